@@ -1,0 +1,114 @@
+"""The Platform interface: where job scripts run and where Postgres instances live.
+
+Two implementations share it: `LocalPlatform` (processes, directories, local servers) and
+`KubernetesPlatform` (Jobs, PVCs, StatefulSets). Both run the very same scripts from
+`templates/scripts/` with the very same environment variables (see `JobSpec`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+
+import dagster as dg
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from toygres_pipelines.models import Endpoints, ImageType, InstanceRef, JobResult
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+SCRIPTS_DIR = TEMPLATES_DIR / "scripts"
+
+LogSink = Callable[[str], None]
+
+
+class JobKind(StrEnum):
+    backup = "backup"
+    restore = "restore"
+
+
+class JobSpec(BaseModel):
+    """A job script run. `env` holds only non-secret values; secrets travel by reference.
+
+    Secrets the scripts may need, and how each platform hands them over:
+    - the instance password: `instance_secret` names the instance whose Secret holds it.
+      Kubernetes: env PGPASSWORD from secretKeyRef. Local: PGPASSFILE (a 0600 pgpass file).
+    - blob access: `blob_sas` (Azurite / account-key SAS). Kubernetes: a per-job Secret,
+      env AZCOPY_SAS via secretKeyRef; when absent the script runs
+      `azcopy login --login-type=workload`. Local: AZCOPY_SAS_FILE (a 0600 file).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: JobKind
+    name: str = Field(description="DNS-1123 name, unique per run attempt: backup-<image>, restore-<instance>")
+    script: str = Field(description="File name under templates/scripts/")
+    env: dict[str, str] = Field(default_factory=dict)
+    instance: InstanceRef = Field(description="The instance the job reads (backup) or writes (restore)")
+    blob_sas: SecretStr | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: int = 3600
+
+
+class JobFailed(RuntimeError):
+    def __init__(self, result: JobResult):
+        self.result = result
+        tail = "\n".join(result.log_tail[-20:])
+        super().__init__(f"job {result.name} failed: {result.reason}\n--- last log lines ---\n{tail}")
+
+
+class PlatformError(RuntimeError):
+    pass
+
+
+class DeploySpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    instance: InstanceRef
+    postgres_version: str
+    image_type: ImageType = ImageType.stock
+    storage_size_gb: int
+    internal: bool = False
+    dns_label: str
+    image_override: str | None = None
+
+
+class PlatformResource(dg.ConfigurableResource, ABC):
+    """What the ops ask of the place where instances run."""
+
+    @abstractmethod
+    def read_instance_password(self, instance: InstanceRef) -> SecretStr:
+        """The superuser password of an existing instance, from its Secret."""
+
+    @abstractmethod
+    def ensure_instance_secret(self, instance: InstanceRef, password: SecretStr) -> None:
+        """Create (or adopt) the instance's Secret holding its superuser password."""
+
+    @abstractmethod
+    def create_volume(self, instance: InstanceRef, size_gb: int) -> None:
+        """Create (or adopt) the instance's data volume."""
+
+    @abstractmethod
+    def run_job(self, spec: JobSpec, log: LogSink) -> JobResult:
+        """Run a job script to completion; raise JobFailed (with the log tail) on failure."""
+
+    @abstractmethod
+    def deploy_instance(self, spec: DeploySpec) -> None:
+        """Start Postgres from the instance's volume (config, server, service)."""
+
+    @abstractmethod
+    def wait_ready(self, instance: InstanceRef, timeout_seconds: int) -> None:
+        """Block until the server reports ready; raise PlatformError on timeout."""
+
+    @abstractmethod
+    def endpoints(self, instance: InstanceRef) -> Endpoints:
+        """Where clients reach the instance."""
+
+    @abstractmethod
+    def delete_instance(self, instance: InstanceRef) -> None:
+        """Remove everything of the instance: server, service, config, secret, volume, jobs."""
+
+    @abstractmethod
+    def delete_job(self, name: str, namespace: str) -> None:
+        """Remove a finished job and what it created for itself (idempotent)."""

@@ -1,0 +1,167 @@
+"""Local PostgreSQL servers: the CMS of the embedded stack, and the local platform's instances.
+
+PostgreSQL refuses to run as root, so when this process is root every server command runs as
+an unprivileged OS user (`postgres` by default, TOYGRES_RUN_AS to change it) through `runuser`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+
+class PostgresBinariesMissing(RuntimeError):
+    pass
+
+
+def postgres_bindir() -> Path:
+    """Where initdb/pg_ctl/pg_dump live: TOYGRES_PG_BIN, else the newest Debian install, else PATH."""
+    configured = os.environ.get("TOYGRES_PG_BIN")
+    if configured:
+        return Path(configured)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True
+    )
+    for candidate in candidates:
+        if (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    raise PostgresBinariesMissing(
+        "no PostgreSQL server binaries found: install postgresql (make dev does) or set TOYGRES_PG_BIN"
+    )
+
+
+def run_as_user() -> str | None:
+    """The OS user that server processes run as, or None to run them as ourselves."""
+    if os.geteuid() != 0:
+        return None
+    return os.environ.get("TOYGRES_RUN_AS", "postgres")
+
+
+def as_service_user(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """Wrap argv so it runs as the service user with exactly `env` (when given)."""
+    user = run_as_user()
+    env_prefix = ["env", "-i", *(f"{k}={v}" for k, v in (env or {}).items())] if env is not None else []
+    if user is None:
+        return [*env_prefix, *argv]
+    return ["runuser", "-u", user, "--", *env_prefix, *argv]
+
+
+def give_to_service_user(path: Path, mode: int = 0o700) -> None:
+    """Make a directory we created usable (and only usable) by the service user."""
+    path.mkdir(parents=True, exist_ok=True)
+    user = run_as_user()
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    path.chmod(mode)
+
+
+def write_private_file(path: Path, content: str) -> None:
+    """A file readable only by its owner (the service user when we are root)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+    user = run_as_user()
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    path.chmod(0o600)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pgpass_line(host: str, port: int, user: str, password: str) -> str:
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+
+    return f"{escape(host)}:{port}:*:{escape(user)}:{escape(password)}\n"
+
+
+def service_env() -> dict[str, str]:
+    return {"PATH": f"{postgres_bindir()}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
+@dataclass(frozen=True)
+class LocalPostgresServer:
+    """A PostgreSQL cluster in `data_dir`, served on 127.0.0.1:`port`."""
+
+    data_dir: Path
+    port: int
+    socket_dir: Path
+    log_file: Path
+    hba_file: Path | None = None
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = as_service_user([str(postgres_bindir() / "pg_ctl"), "-D", str(self.data_dir), *args], service_env())
+        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120)
+
+    @property
+    def initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def initdb(self, superuser: str, password: str) -> None:
+        pwfile = self.data_dir.parent / ".initdb-pw"
+        give_to_service_user(self.data_dir)
+        write_private_file(pwfile, password + "\n")
+        try:
+            argv = [
+                str(postgres_bindir() / "initdb"), "-D", str(self.data_dir), "-U", superuser,
+                f"--pwfile={pwfile}", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+                "--encoding=UTF8", "--locale=C.UTF-8",
+            ]
+            subprocess.run(as_service_user(argv, service_env()), capture_output=True, text=True, check=True, timeout=300)
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    def start(self, timeout_seconds: int = 60) -> None:
+        give_to_service_user(self.socket_dir)
+        options = [
+            f"-p {self.port}",
+            "-c listen_addresses=127.0.0.1",
+            f"-c unix_socket_directories={self.socket_dir}",
+        ]
+        if self.hba_file is not None:
+            options.append(f"-c hba_file={self.hba_file}")
+        self._pg_ctl("start", "-w", "-t", str(timeout_seconds), "-l", str(self.log_file), "-o", " ".join(options))
+
+    def is_running(self) -> bool:
+        return self._pg_ctl("status", check=False).returncode == 0
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.initialized and self.is_running():
+            self._pg_ctl("stop", "-m", mode, "-w", "-t", "60")
+
+    def dsn(self, user: str, password: str, dbname: str = "postgres") -> str:
+        return psycopg.conninfo.make_conninfo(
+            host="127.0.0.1", port=self.port, user=user, password=password, dbname=dbname
+        )
+
+    def wait_accepting(self, user: str, password: str, timeout_seconds: float) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(self.dsn(user, password), connect_timeout=5) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError as error:
+                last_error = error
+                time.sleep(0.5)
+        raise TimeoutError(f"postgres on port {self.port} not accepting connections: {last_error}")

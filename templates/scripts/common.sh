@@ -1,0 +1,56 @@
+# Shared by backup.sh and restore.sh; sourced, never run. Both platforms run these files
+# unchanged: Kubernetes mounts them from a ConfigMap, the local platform copies them into the
+# job's directory.
+#
+# Secrets arrive by reference, never as literals in the job spec:
+#   PGPASSWORD          (Kubernetes: secretKeyRef)   or POSTGRES_PASSWORD_FILE (local: 0600 file)
+#   AZCOPY_SAS          (Kubernetes: secretKeyRef)   or AZCOPY_SAS_FILE        (local: 0600 file)
+#   neither SAS form    -> `azcopy login --login-type=workload` (AKS workload identity)
+
+set -Eeuo pipefail
+umask 077
+
+log() { printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${TOYGRES_JOB:-job}" "$*"; }
+die() { log "ERROR: $*"; exit "${2:-1}"; }
+
+# Anything an external tool prints goes through here: a SAS signature never reaches a log.
+redact() { sed -u -E 's/(sig|se|sp|sv|st|spr|srt|ss|sr|skoid|sktid|skt|ske|sks|skv|saoid|suoid|scid)=[^&[:space:]"]*/\1=REDACTED/g'; }
+
+load_secrets() {
+  if [[ -n "${POSTGRES_PASSWORD_FILE:-}" ]]; then
+    PGPASSWORD="$(<"$POSTGRES_PASSWORD_FILE")"
+    export PGPASSWORD
+  fi
+  if [[ -n "${AZCOPY_SAS_FILE:-}" ]]; then
+    AZCOPY_SAS="$(<"$AZCOPY_SAS_FILE")"
+  fi
+  AZCOPY_SAS="${AZCOPY_SAS:-}"
+  AZCOPY_SAS="${AZCOPY_SAS#\?}"
+  if [[ -z "$AZCOPY_SAS" ]]; then
+    log "no SAS given: logging azcopy in with the pod's workload identity"
+    azcopy login --login-type=workload 2>&1 | redact || die "azcopy login --login-type=workload failed"
+  fi
+}
+
+blob_url() { # $1: blob name relative to BLOB_URL
+  local url="${BLOB_URL%/}/$1"
+  if [[ -n "$AZCOPY_SAS" ]]; then url+="?$AZCOPY_SAS"; fi
+  printf '%s' "$url"
+}
+
+upload_stdin() { # $1: blob name; stdin: the bytes
+  azcopy copy "$(blob_url "$1")" --from-to=PipeBlob --log-level=ERROR --output-level=essential 2>&1 | redact >&2
+}
+
+download_file() { # $1: blob name, $2: local path
+  azcopy copy "$(blob_url "$1")" "$2" --from-to=BlobLocal --check-md5=NoCheck --log-level=ERROR --output-level=essential 2>&1 | redact >&2
+}
+
+json_string() { # minimal JSON string escaping for names and versions
+  local s=${1//\\/\\\\}
+  s=${s//\"/\\\"}
+  s=${s//$'\n'/\\n}
+  s=${s//$'\t'/\\t}
+  s=${s//$'\r'/\\r}
+  printf '"%s"' "$s"
+}
