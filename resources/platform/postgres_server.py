@@ -23,6 +23,21 @@ class PostgresBinariesMissing(RuntimeError):
     pass
 
 
+class ServerCommandFailed(RuntimeError):
+    pass
+
+
+def run_checked(argv: list[str], timeout: int) -> subprocess.CompletedProcess[str]:
+    """Run a server command; failures carry what the command printed."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        command = next((a for a in argv if a.startswith("/") or a in ("bash",)), argv[0])
+        raise ServerCommandFailed(
+            f"{Path(command).name} exited {done.returncode}: {(done.stderr or done.stdout).strip()[-2000:]}"
+        )
+    return done
+
+
 def postgres_bindir() -> Path:
     """Where initdb/pg_ctl/pg_dump live: TOYGRES_PG_BIN, else the newest Debian install, else PATH."""
     configured = os.environ.get("TOYGRES_PG_BIN")
@@ -110,7 +125,9 @@ class LocalPostgresServer:
 
     def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = as_service_user([str(postgres_bindir() / "pg_ctl"), "-D", str(self.data_dir), *args], service_env())
-        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120)
+        if check:
+            return run_checked(argv, timeout=120)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
     @property
     def initialized(self) -> bool:
@@ -126,7 +143,7 @@ class LocalPostgresServer:
                 f"--pwfile={pwfile}", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
                 "--encoding=UTF8", "--locale=C.UTF-8",
             ]
-            subprocess.run(as_service_user(argv, service_env()), capture_output=True, text=True, check=True, timeout=300)
+            run_checked(as_service_user(argv, service_env()), timeout=300)
         finally:
             pwfile.unlink(missing_ok=True)
 

@@ -67,5 +67,6 @@ finished_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   printf '  "tools": {"pg_dump": %s, "azcopy": %s},\n' "$(json_string "$(pg_dump --version)")" "$(json_string "$(azcopy --version 2>/dev/null | head -1)")"
   printf '  "files": [\n    %s\n  ]\n}\n' "$(IFS=$'\n'; echo "${files_json[*]}" | sed '$!s/$/,/' | sed '2,$s/^/    /')"
 } >"$work/manifest.json"
-upload_stdin manifest.json <"$work/manifest.json" || die "manifest upload failed"
+# azcopy insists on a pipe (a redirected file is refused)
+cat "$work/manifest.json" | upload_stdin manifest.json || die "manifest upload failed"
 log "backup complete: ${#databases[@]} database(s), manifest sha256 $(sha256sum "$work/manifest.json" | cut -d' ' -f1)"

@@ -38,12 +38,28 @@ blob_url() { # $1: blob name relative to BLOB_URL
   printf '%s' "$url"
 }
 
-upload_stdin() { # $1: blob name; stdin: the bytes
-  azcopy copy "$(blob_url "$1")" --from-to=PipeBlob --log-level=ERROR --output-level=essential 2>&1 | redact >&2
+# azcopy's summary is noise on success; on failure its last (redacted) lines go to the log.
+azcopy_quietly() {
+  local output status=0
+  output=$(azcopy "$@" --log-level=ERROR --output-level=essential 2>&1) || status=$?
+  if ((status != 0)); then printf '%s\n' "$output" | redact | tail -n 30 >&2; fi
+  return "$status"
 }
 
-download_file() { # $1: blob name, $2: local path
-  azcopy copy "$(blob_url "$1")" "$2" --from-to=BlobLocal --check-md5=NoCheck --log-level=ERROR --output-level=essential 2>&1 | redact >&2
+upload_stdin() { # $1: blob name; stdin: the bytes (a pipe: azcopy refuses a redirected file)
+  azcopy_quietly copy "$(blob_url "$1")" --from-to=PipeBlob
+}
+
+download_file() { # $1: blob name, $2: local path (BlobPipe: much faster start than BlobLocal)
+  local status=0
+  azcopy copy "$(blob_url "$1")" --from-to=BlobPipe --log-level=ERROR --output-level=quiet >"$2" 2>/dev/null || status=$?
+  if ((status != 0)); then
+    # BlobPipe prints nothing on failure; its reason is in the newest azcopy log.
+    local newest
+    newest=$(ls -t "${AZCOPY_LOG_LOCATION:-$HOME/.azcopy}"/*.log 2>/dev/null | grep -v scanning | head -1 || true)
+    [[ -n "$newest" ]] && grep -E 'ERR|error|Error|RESPONSE' "$newest" | redact | tail -n 10 >&2
+  fi
+  return "$status"
 }
 
 json_string() { # minimal JSON string escaping for names and versions

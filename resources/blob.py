@@ -1,0 +1,138 @@
+"""Blob storage: where images live. Azurite locally, Azure Blob Storage in production."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from functools import cached_property
+
+import dagster as dg
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import (
+    BlobServiceClient,
+    ContainerClient,
+    ContainerSasPermissions,
+    generate_container_sas,
+)
+from pydantic import Field, SecretStr
+
+from toygres_pipelines.models import BackupManifest
+
+MANIFEST_NAME = "manifest.json"
+
+
+class BlobUnavailable(RuntimeError):
+    pass
+
+
+class BlobStorageResource(dg.ConfigurableResource):
+    """One container holds every image, each under its own folder `images/<image id>/`.
+
+    With `connection_string` (Azurite, or an account key) job scripts get a short-lived
+    container SAS. With only `account_url` the resource uses DefaultAzureCredential (workload
+    identity on AKS) and job scripts log in with `azcopy login --login-type=workload`.
+    """
+
+    container: str = Field(default="toygres-images", description="Container holding every image")
+    connection_string: str | None = Field(default=None, description="Account-key connection string (Azurite locally)")
+    account_url: str | None = Field(default=None, description="https://<account>.blob.core.windows.net, for workload identity")
+    request_timeout_seconds: int = Field(default=30, description="Per-request timeout of the SDK")
+
+    @cached_property
+    def _client(self) -> BlobServiceClient:
+        options = {"connection_timeout": self.request_timeout_seconds, "read_timeout": self.request_timeout_seconds,
+                   "retry_total": 2}
+        if self.connection_string:
+            return BlobServiceClient.from_connection_string(self.connection_string, **options)
+        if self.account_url:
+            from azure.identity import DefaultAzureCredential
+
+            return BlobServiceClient(self.account_url, credential=DefaultAzureCredential(), **options)
+        raise BlobUnavailable("blob storage needs connection_string or account_url")
+
+    @property
+    def _container(self) -> ContainerClient:
+        return self._client.get_container_client(self.container)
+
+    @property
+    def container_url(self) -> str:
+        return self._container.url
+
+    @property
+    def storage_url(self) -> str:
+        return self._client.url.rstrip("/")
+
+    def folder_url(self, prefix: str) -> str:
+        """The credential-free URL of an image folder (what job scripts and the CMS see)."""
+        return f"{self.container_url}/{prefix.strip('/')}"
+
+    def ensure_container(self) -> None:
+        try:
+            self._container.create_container()
+        except ResourceExistsError:
+            pass
+
+    def check_reachable(self) -> None:
+        try:
+            self._container.get_container_properties()
+        except ResourceNotFoundError:
+            self.ensure_container()
+        except Exception as error:  # noqa: BLE001 - any transport error means unreachable
+            raise BlobUnavailable(f"blob storage at {self.storage_url} is unreachable: {error}") from error
+
+    def job_sas(self, permissions: str, ttl: timedelta) -> SecretStr | None:
+        """A container SAS for a job script, or None where the job uses workload identity."""
+        if not self.connection_string:
+            return None
+        parts = dict(
+            part.split("=", 1) for part in self.connection_string.split(";") if "=" in part
+        )
+        start = datetime.now(timezone.utc) - timedelta(minutes=5)
+        token = generate_container_sas(
+            account_name=parts["AccountName"],
+            container_name=self.container,
+            account_key=parts["AccountKey"],
+            permission=ContainerSasPermissions.from_string(permissions),
+            start=start,
+            expiry=start + ttl,
+        )
+        return SecretStr(token)
+
+    def list_names(self, prefix: str) -> list[str]:
+        return [blob.name for blob in self._container.list_blobs(name_starts_with=prefix.rstrip("/") + "/")]
+
+    def blob_size(self, name: str) -> int:
+        return self._container.get_blob_client(name).get_blob_properties().size
+
+    def read_bytes(self, name: str) -> bytes:
+        return self._container.download_blob(name).readall()
+
+    def write_bytes(self, name: str, data: bytes, overwrite: bool = False) -> None:
+        self._container.upload_blob(name, data, overwrite=overwrite)
+
+    def iter_chunks(self, name: str) -> Iterator[bytes]:
+        yield from self._container.download_blob(name).chunks()
+
+    def sha256(self, name: str) -> tuple[str, int]:
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in self.iter_chunks(name):
+            digest.update(chunk)
+            size += len(chunk)
+        return digest.hexdigest(), size
+
+    def read_manifest(self, prefix: str) -> tuple[BackupManifest, str]:
+        """The folder's manifest and the sha256 of its exact bytes."""
+        raw = self.read_bytes(f"{prefix.rstrip('/')}/{MANIFEST_NAME}")
+        return BackupManifest.model_validate_json(raw), hashlib.sha256(raw).hexdigest()
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every blob under prefix; returns how many were deleted."""
+        names = self.list_names(prefix)
+        for name in names:
+            try:
+                self._container.delete_blob(name, delete_snapshots="include")
+            except ResourceNotFoundError:
+                pass
+        return len(names)

@@ -1,0 +1,290 @@
+"""The local platform: job scripts run as processes, volumes are directories, instances are
+PostgreSQL servers on free loopback ports, secrets are files readable only by their owner.
+
+It is a faithful stand-in for Kubernetes: the same scripts, the same environment variables.
+
+    <state_dir>/bin/azcopy
+    <state_dir>/instances/<namespace>/<k8s_name>/{secret/password, volume/pgdata, config/pg_hba.conf, run/, server.json}
+    <state_dir>/jobs/<namespace>/<job name>/{scripts/, tmp/, home/, sas, job.log}
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+
+from resources.platform.base import (
+    SCRIPTS_DIR,
+    DeploySpec,
+    JobFailed,
+    JobKind,
+    JobSpec,
+    LogSink,
+    PlatformError,
+    PlatformResource,
+)
+from resources.platform.postgres_server import (
+    LocalPostgresServer,
+    ServerCommandFailed,
+    as_service_user,
+    free_port,
+    give_to_service_user,
+    postgres_bindir,
+    write_private_file,
+)
+from toygres_pipelines.models import Endpoints, InstanceRef, JobResult
+
+PG_HBA = """# written by toygres: passwords (scram-sha-256) for everyone, nothing trusted
+local all all scram-sha-256
+host  all all 0.0.0.0/0 scram-sha-256
+host  all all ::/0 scram-sha-256
+"""
+LOG_TAIL_LINES = 200
+
+
+class ServerRecord(BaseModel):
+    port: int
+    dns_label: str
+    postgres_version: str
+    superuser: str = "postgres"
+
+
+class LocalPlatform(PlatformResource):
+    """Runs everything on this machine, under `state_dir`."""
+
+    state_dir: str = Field(description="Where volumes, secrets, servers and job directories live")
+    azcopy_path: str = Field(description="The azcopy binary the job scripts call")
+    superuser: str = Field(default="postgres", description="Superuser of every instance")
+    job_timeout_seconds: int = Field(default=3600, description="Upper bound for any job run")
+
+    # --- layout -----------------------------------------------------------------------------
+
+    @property
+    def _root(self) -> Path:
+        return Path(self.state_dir)
+
+    def instance_dir(self, instance: InstanceRef) -> Path:
+        return self._root / "instances" / instance.namespace / instance.k8s_name
+
+    def volume_dir(self, instance: InstanceRef) -> Path:
+        return self.instance_dir(instance) / "volume"
+
+    def _password_file(self, instance: InstanceRef) -> Path:
+        return self.instance_dir(instance) / "secret" / "password"
+
+    def job_dir(self, name: str, namespace: str) -> Path:
+        return self._root / "jobs" / namespace / name
+
+    def _server(self, instance: InstanceRef, port: int) -> LocalPostgresServer:
+        base = self.instance_dir(instance)
+        return LocalPostgresServer(
+            data_dir=self.volume_dir(instance) / "pgdata",
+            port=port,
+            socket_dir=base / "run",
+            log_file=base / "run" / "postgres.log",
+            hba_file=base / "config" / "pg_hba.conf",
+        )
+
+    def _server_record(self, instance: InstanceRef) -> ServerRecord | None:
+        path = self.instance_dir(instance) / "server.json"
+        return ServerRecord.model_validate_json(path.read_text()) if path.exists() else None
+
+    def _prepare_dirs(self, instance: InstanceRef) -> Path:
+        give_to_service_user(self._root, mode=0o711)
+        for part in (self._root / "instances", self._root / "instances" / instance.namespace):
+            give_to_service_user(part, mode=0o711)
+        base = self.instance_dir(instance)
+        give_to_service_user(base)
+        return base
+
+    def _shared_bin(self) -> Path:
+        """azcopy copied where the service user can run it (the checkout may be private)."""
+        bin_dir = self._root / "bin"
+        give_to_service_user(bin_dir, mode=0o755)
+        target = bin_dir / "azcopy"
+        source = Path(self.azcopy_path)
+        if not target.exists() or target.stat().st_size != source.stat().st_size:
+            shutil.copyfile(source, target.with_suffix(".tmp"))
+            target.with_suffix(".tmp").chmod(0o755)
+            target.with_suffix(".tmp").replace(target)
+        return bin_dir
+
+    # --- secrets and volumes ----------------------------------------------------------------
+
+    def read_instance_password(self, instance: InstanceRef) -> SecretStr:
+        path = self._password_file(instance)
+        if not path.exists():
+            raise PlatformError(f"instance {instance.namespace}/{instance.k8s_name} has no secret at {path}")
+        return SecretStr(path.read_text().rstrip("\n"))
+
+    def ensure_instance_secret(self, instance: InstanceRef, password: SecretStr) -> None:
+        self._prepare_dirs(instance)
+        give_to_service_user(self.instance_dir(instance) / "secret")
+        write_private_file(self._password_file(instance), password.get_secret_value())
+
+    def create_volume(self, instance: InstanceRef, size_gb: int) -> None:
+        # A directory has no size; the requested size is recorded for parity with a PVC.
+        self._prepare_dirs(instance)
+        volume = self.volume_dir(instance)
+        give_to_service_user(volume)
+        (self.instance_dir(instance) / "volume-size-gb").write_text(str(size_gb))
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def _job_env(self, spec: JobSpec, job_dir: Path) -> dict[str, str]:
+        env = {
+            "PATH": f"{self._shared_bin()}:{postgres_bindir()}:/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": str(job_dir / "home"),
+            "TMPDIR": str(job_dir / "tmp"),
+            "AZCOPY_LOG_LOCATION": str(job_dir / "home" / "azcopy-logs"),
+            "AZCOPY_JOB_PLAN_LOCATION": str(job_dir / "home" / "azcopy-plans"),
+            "TOYGRES_JOB": spec.name,
+            "POSTGRES_PASSWORD_FILE": str(self._password_file(spec.instance)),
+            **spec.env,
+        }
+        if spec.kind is JobKind.backup:
+            record = self._server_record(spec.instance)
+            if record is None:
+                raise PlatformError(f"instance {spec.instance.k8s_name} is not deployed on this platform")
+            env |= {"PGHOST": "127.0.0.1", "PGPORT": str(record.port), "PGUSER": spec.env.get("PGUSER", self.superuser)}
+        else:
+            env |= {"VOLUME_PATH": str(self.volume_dir(spec.instance)), "POSTGRES_USER": self.superuser}
+        if spec.blob_sas is not None:
+            write_private_file(job_dir / "sas", spec.blob_sas.get_secret_value())
+            env["AZCOPY_SAS_FILE"] = str(job_dir / "sas")
+        return env
+
+    def _fresh_job_dir(self, spec: JobSpec) -> Path:
+        job_dir = self.job_dir(spec.name, spec.instance.namespace)
+        shutil.rmtree(job_dir, ignore_errors=True)
+        give_to_service_user(self._root, mode=0o711)
+        for part in (self._root / "jobs", job_dir.parent):
+            give_to_service_user(part, mode=0o711)
+        give_to_service_user(job_dir)
+        for sub in ("scripts", "tmp", "home"):
+            give_to_service_user(job_dir / sub)
+        for script in SCRIPTS_DIR.glob("*.sh"):
+            shutil.copyfile(script, job_dir / "scripts" / script.name)
+            (job_dir / "scripts" / script.name).chmod(0o755)
+        return job_dir
+
+    def run_job(self, spec: JobSpec, log: LogSink) -> JobResult:
+        job_dir = self._fresh_job_dir(spec)
+        env = self._job_env(spec, job_dir)
+        argv = as_service_user(["bash", str(job_dir / "scripts" / spec.script)], env)
+        tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        timeout = min(spec.timeout_seconds, self.job_timeout_seconds)
+        with open(job_dir / "job.log", "w") as job_log:
+            process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                cwd=job_dir, start_new_session=True, stdin=subprocess.DEVNULL,
+            )
+            reader = threading.Thread(
+                target=_pump_lines, args=(process, log, tail, job_log), daemon=True
+            )
+            reader.start()
+            try:
+                returncode = process.wait(timeout=timeout)
+                reason = None if returncode == 0 else f"exit code {returncode}"
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                returncode, reason = -1, f"timed out after {timeout}s"
+            except BaseException:
+                # The run is being terminated: take the job down with it.
+                _kill_group(process)
+                raise
+            reader.join(timeout=10)
+        result = JobResult(name=spec.name, succeeded=returncode == 0, log_tail=list(tail), reason=reason)
+        if not result.succeeded:
+            raise JobFailed(result)
+        return result
+
+    def delete_job(self, name: str, namespace: str) -> None:
+        shutil.rmtree(self.job_dir(name, namespace), ignore_errors=True)
+
+    # --- servers ----------------------------------------------------------------------------
+
+    def deploy_instance(self, spec: DeploySpec) -> None:
+        base = self._prepare_dirs(spec.instance)
+        record = self._server_record(spec.instance) or ServerRecord(
+            port=free_port(), dns_label=spec.dns_label, postgres_version=spec.postgres_version,
+            superuser=self.superuser,
+        )
+        (base / "server.json").write_text(record.model_dump_json())
+        give_to_service_user(base / "config")
+        write_private_file(base / "config" / "pg_hba.conf", PG_HBA)
+        server = self._server(spec.instance, record.port)
+        if not server.initialized:
+            raise PlatformError(f"volume of {spec.instance.k8s_name} holds no data directory")
+        if not server.is_running():
+            server.start()
+
+    def wait_ready(self, instance: InstanceRef, timeout_seconds: int) -> None:
+        record = self._server_record(instance)
+        if record is None:
+            raise PlatformError(f"instance {instance.k8s_name} is not deployed")
+        try:
+            self._server(instance, record.port).wait_accepting(
+                record.superuser, self.read_instance_password(instance).get_secret_value(), timeout_seconds
+            )
+        except TimeoutError as error:
+            raise PlatformError(str(error)) from error
+
+    def endpoints(self, instance: InstanceRef) -> Endpoints:
+        record = self._server_record(instance)
+        if record is None:
+            raise PlatformError(f"instance {instance.k8s_name} is not deployed")
+        return Endpoints(host="127.0.0.1", port=record.port, external_ip="127.0.0.1", dns_name="localhost")
+
+    def stop_instance(self, instance: InstanceRef) -> None:
+        record = self._server_record(instance)
+        if record is not None:
+            self._server(instance, record.port).stop("fast")
+
+    def delete_instance(self, instance: InstanceRef) -> None:
+        record = self._server_record(instance)
+        if record is not None:
+            try:
+                self._server(instance, record.port).stop("immediate")
+            except ServerCommandFailed:
+                pass
+        shutil.rmtree(self.instance_dir(instance), ignore_errors=True)
+
+    def instance_exists(self, instance: InstanceRef) -> bool:
+        return self.instance_dir(instance).exists()
+
+
+def _pump_lines(process: subprocess.Popen, log: LogSink, tail: collections.deque, job_log) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        job_log.write(line + "\n")
+        job_log.flush()
+        try:
+            log(line)
+        except Exception:  # noqa: BLE001 - a failing log sink must not stop the job
+            pass
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+    # Give the reader a moment to drain what the job printed last.
+    time.sleep(0.1)

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Restore job: download an image, verify every file's sha256, then build a data directory on
+# the volume from it (initdb with the source password, roles, pg_restore), and stop cleanly.
+# A checksum mismatch exits before initdb, so it can never lead to a running instance.
+#
+# Env: VOLUME_PATH (the volume; PGDATA becomes $VOLUME_PATH/pgdata) BLOB_URL (image folder)
+#      MANIFEST_SHA256 (from the CMS row) BACKUP_SHA256SUMS (sha256sum -c lines, from the
+#      verified manifest) POSTGRES_USER (superuser), PGPASSWORD or POSTGRES_PASSWORD_FILE,
+#      optional RESTORE_JOBS (pg_restore -j)
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+TOYGRES_JOB=restore
+: "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}" "${BACKUP_SHA256SUMS:?}" "${POSTGRES_USER:=postgres}"
+load_secrets
+: "${PGPASSWORD:?the instance password is required}"
+
+pgdata="$VOLUME_PATH/pgdata"
+staging="$VOLUME_PATH/restore-staging"
+socket_dir=$(mktemp -d "${TMPDIR:-/tmp}/toygres-restore.XXXXXX")
+cleanup() {
+  if [[ -f "$pgdata/postmaster.pid" ]]; then pg_ctl -D "$pgdata" stop -m fast -w >/dev/null 2>&1 || true; fi
+  rm -rf "$staging" "$socket_dir"
+}
+trap cleanup EXIT
+
+rm -rf "$staging" "$pgdata"
+mkdir -p "$staging/databases"
+
+log "downloading manifest.json"
+download_file manifest.json "$staging/manifest.json" || die "download of manifest.json failed"
+actual=$(sha256sum "$staging/manifest.json" | cut -d' ' -f1)
+[[ "$actual" == "$MANIFEST_SHA256" ]] || die "checksum mismatch: manifest.json has sha256 $actual, the CMS recorded $MANIFEST_SHA256" 3
+
+mapfile -t files < <(printf '%s\n' "$BACKUP_SHA256SUMS" | awk 'NF {print $2}')
+for name in "${files[@]}"; do
+  log "downloading $name"
+  download_file "$name" "$staging/$name" || die "download of $name failed"
+done
+log "verifying sha256 of ${#files[@]} file(s)"
+if ! (cd "$staging" && printf '%s\n' "$BACKUP_SHA256SUMS" | sha256sum --check --strict --quiet); then
+  die "checksum mismatch: the downloaded image does not match its manifest" 3
+fi
+
+log "initdb in $pgdata"
+pwfile="$socket_dir/pw"
+printf '%s\n' "$PGPASSWORD" >"$pwfile"
+initdb -D "$pgdata" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=scram-sha-256 --auth-host=scram-sha-256 \
+  --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+rm -f "$pwfile"
+
+# The temporary server listens on a private socket only, trusting nobody but that socket.
+printf 'local all all trust\n' >"$socket_dir/pg_hba.conf"
+pg_ctl -D "$pgdata" -w -t 120 -l "$socket_dir/postgres.log" start \
+  -o "-c listen_addresses='' -c unix_socket_directories=$socket_dir -c hba_file=$socket_dir/pg_hba.conf" >/dev/null \
+  || { cat "$socket_dir/postgres.log" >&2; die "temporary server did not start"; }
+export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres
+
+log "restoring roles"
+grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" "$staging/globals.sql" \
+  | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "restoring roles failed"
+
+for name in "${files[@]}"; do
+  [[ "$name" == databases/* ]] || continue
+  database=$(pg_restore --list "$staging/$name" | sed -n 's/^;[[:space:]]*dbname: //Ip' | head -1)
+  [[ -n "$database" ]] || die "$name names no database"
+  exists=$(psql -X -Atq -v db="$database" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")
+  if [[ "$exists" == 1 ]]; then
+    log "restoring database $database into the existing one"
+    pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --dbname="$database" "$staging/$name" \
+      || die "pg_restore of $database failed"
+  else
+    log "restoring database $database"
+    pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres "$staging/$name" \
+      || die "pg_restore of $database failed"
+  fi
+done
+
+log "analyzing"
+vacuumdb --all --analyze-only --quiet || die "analyze failed"
+pg_ctl -D "$pgdata" stop -m fast -w >/dev/null || die "temporary server did not stop cleanly"
+log "restore complete into $pgdata"
