@@ -1,0 +1,484 @@
+"""The CMS resource against a real PostgreSQL server (one fresh database per test)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from resources.cms import (
+    CMSResource,
+    EncryptionKeyInvalid,
+    ImageNotFound,
+    InvalidTransition,
+    NameConflict,
+    PasswordUnavailable,
+    RequestNotFound,
+    migrations,
+)
+from toygres_pipelines.models import (
+    Image,
+    ImageRequest,
+    ImageState,
+    Instance,
+    InstanceState,
+    RequestState,
+    RestoreRequest,
+    ValidationFailed,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def make_instance(cms: CMSResource, name: str = "demo", **overrides) -> Instance:
+    values = dict(
+        user_name="alice", k8s_name=f"{name}-abcde", namespace="toygres", postgres_version="15",
+        storage_size_gb=5, use_load_balancer=False, dns_name=name, image_type="stock",
+    )
+    values.update(overrides)
+    return cms.create_instance(**values)
+
+
+def make_image(cms: CMSResource, source: Instance, name: str = "snap-1", run_id: str | None = "run-1") -> Image:
+    return cms.reserve_image(
+        image_id=uuid.uuid4(), name=name, description="nightly", source=source,
+        blob_storage_url="http://127.0.0.1:10000/devstoreaccount1", blob_container="images",
+        blob_path=f"images/{name}", run_id=run_id,
+    )
+
+
+def transitions(cms: CMSResource, entity_id) -> list[tuple[str | None, str]]:
+    return [(e.from_state, e.to_state) for e in cms.events(entity_id)]
+
+
+# ---- migrations -------------------------------------------------------------------------------
+
+
+def test_migrations_are_numbered_and_the_template_is_fully_migrated(cms):
+    versions = [m.version for m in migrations()]
+    assert versions and versions == sorted(versions)
+    assert cms.applied_migrations() == versions
+    assert cms.migrate() == []  # nothing left to apply
+
+
+def test_migrate_is_idempotent(fresh_database, cms_encryption_key):
+    cms = CMSResource(dsn=fresh_database, encryption_key=cms_encryption_key)
+    assert cms.applied_migrations() == []
+    assert cms.migrate() == [m.version for m in migrations()]
+    assert cms.migrate() == []
+    assert cms.applied_migrations() == [m.version for m in migrations()]
+    make_instance(cms)  # the schema works
+    assert len(cms.list_instances()) == 1
+
+
+def test_concurrent_migrations_apply_each_version_once(fresh_database, cms_encryption_key):
+    cms = CMSResource(dsn=fresh_database, encryption_key=cms_encryption_key)
+    barrier = threading.Barrier(3)
+
+    def run() -> list[str]:
+        barrier.wait(timeout=10)
+        return cms.migrate()
+
+    with ThreadPoolExecutor(3) as pool:
+        results = [f.result(timeout=60) for f in [pool.submit(run) for _ in range(3)]]
+    applied = sorted(v for result in results for v in result)
+    assert applied == [m.version for m in migrations()]  # each version applied exactly once
+    assert sorted(len(r) for r in results)[:2] == [0, 0]
+
+
+# ---- instances --------------------------------------------------------------------------------
+
+
+def test_create_and_find_instance(cms):
+    instance = make_instance(cms, tags={"team": "db"}, run_id="run-a")
+    assert isinstance(instance, Instance)
+    assert instance.state is InstanceState.creating
+    assert instance.tags == {"team": "db"}
+    assert cms.get_instance(instance.id) == instance
+    assert cms.get_instance(str(instance.id)) == instance
+    assert cms.find_instance(str(instance.id)) == instance
+    assert cms.find_instance("demo-abcde") == instance
+    assert cms.find_instance("nope") is None
+    assert cms.get_instance(uuid.uuid4()) is None
+    assert cms.find_instance_by_run("run-a") == instance
+    assert cms.find_instance_by_run("run-zzz") is None
+    assert transitions(cms, instance.id) == [(None, "creating")]
+
+
+def test_register_running_instance_with_given_id(cms):
+    instance_id = uuid.uuid4()
+    instance = make_instance(cms, instance_id=instance_id, state=InstanceState.running)
+    assert instance.id == instance_id and instance.state is InstanceState.running
+    assert [e.to_state for e in cms.events(instance_id)] == ["running"]
+    with pytest.raises(NameConflict) as caught:
+        make_instance(cms, name="other", instance_id=instance_id)
+    assert caught.value.field == "instance_id"
+
+
+def test_duplicate_k8s_name_is_refused(cms):
+    make_instance(cms)
+    with pytest.raises(NameConflict) as caught:
+        make_instance(cms, dns_name="another")
+    assert isinstance(caught.value, ValidationFailed)
+    assert caught.value.field == "k8s_name"
+    assert "demo-abcde" in str(caught.value)
+    assert len(cms.list_instances()) == 1  # no row, no event from the refused insert
+
+
+def test_dns_name_is_reusable_only_after_the_first_instance_leaves_creating_and_running(cms):
+    first = make_instance(cms, name="one", dns_name="shared")
+    assert cms.dns_name_in_use("shared")
+    with pytest.raises(NameConflict) as caught:
+        make_instance(cms, name="two", dns_name="shared")
+    assert caught.value.field == "dns_name"
+    cms.transition_instance(first.id, InstanceState.running)
+    with pytest.raises(NameConflict):
+        make_instance(cms, name="two", dns_name="shared")
+    cms.transition_instance(first.id, InstanceState.stopped)
+    assert not cms.dns_name_in_use("shared")
+    second = make_instance(cms, name="two", dns_name="shared")
+    # the stopped one cannot come back while the name is taken again
+    with pytest.raises(NameConflict) as caught:
+        cms.transition_instance(first.id, InstanceState.running)
+    assert caught.value.field == "dns_name"
+    assert cms.get_instance(first.id).state is InstanceState.stopped
+    assert transitions(cms, first.id) == [(None, "creating"), ("creating", "running"), ("running", "stopped")]
+    # instances without a DNS name never conflict
+    make_instance(cms, name="three", dns_name=None)
+    make_instance(cms, name="four", dns_name=None)
+    assert second.dns_name == "shared"
+
+
+def test_instance_transitions_allowed_and_refused(cms):
+    instance = make_instance(cms)
+    running = cms.transition_instance(
+        instance.id, "running", run_id="run-b", ip_connection_string="postgresql://10.0.0.1:5432",
+        dns_connection_string="postgresql://demo:5432", external_ip="10.0.0.1",
+    )
+    assert running.state is InstanceState.running
+    assert running.external_ip == "10.0.0.1" and running.run_id == "run-b"
+    assert running.updated_at >= instance.updated_at
+
+    with pytest.raises(InvalidTransition) as caught:
+        cms.transition_instance(instance.id, InstanceState.creating)
+    assert "running" in str(caught.value) and "creating" in str(caught.value)
+    with pytest.raises(InvalidTransition):  # the row is not in the expected state
+        cms.transition_instance(instance.id, InstanceState.stopped, expected=InstanceState.creating)
+    with pytest.raises(TypeError):
+        cms.transition_instance(instance.id, InstanceState.stopped, k8s_name="sneaky")
+    with pytest.raises(InvalidTransition):
+        cms.transition_instance(instance.id, "exploded")
+    assert cms.get_instance(instance.id).state is InstanceState.running
+
+    cms.transition_instance(instance.id, InstanceState.deleting, run_id="run-del")
+    cms.transition_instance(instance.id, InstanceState.deleted)
+    with pytest.raises(InvalidTransition) as caught:
+        cms.transition_instance(instance.id, InstanceState.running)
+    assert "terminal" in str(caught.value)
+    assert cms.find_instance_by_run("run-del").id == instance.id
+    assert transitions(cms, instance.id) == [
+        (None, "creating"), ("creating", "running"), ("running", "deleting"), ("deleting", "deleted"),
+    ]
+    events = cms.events(instance.id)
+    assert [e.run_id for e in events] == [None, "run-b", "run-del", "run-del"]
+    assert {e.entity_type for e in events} == {"instance"}
+
+
+def test_failed_instance_records_the_reason(cms):
+    instance = make_instance(cms, run_id="run-c")
+    failed = cms.transition_instance(instance.id, InstanceState.failed, reason="pod never became ready")
+    assert failed.state is InstanceState.failed
+    assert failed.error_message == "pod never became ready"
+    assert cms.events(instance.id)[-1].reason == "pod never became ready"
+    assert cms.events(instance.id)[-1].run_id == "run-c"
+    assert [i.id for i in cms.list_instances([InstanceState.failed])] == [instance.id]
+    assert cms.list_instances([InstanceState.running]) == []
+
+
+def test_transition_of_unknown_instance(cms):
+    from resources.cms import InstanceNotFound
+
+    with pytest.raises(InstanceNotFound):
+        cms.transition_instance(uuid.uuid4(), InstanceState.running)
+
+
+def test_racing_transitions_let_exactly_one_win(cms):
+    instance = make_instance(cms)
+    barrier = threading.Barrier(4)
+
+    def fail() -> str:
+        barrier.wait(timeout=10)
+        try:
+            cms.transition_instance(instance.id, InstanceState.failed, reason="race")
+            return "won"
+        except InvalidTransition:
+            return "refused"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda _: fail(), range(4)))
+    assert sorted(outcomes) == ["refused", "refused", "refused", "won"]
+    assert transitions(cms, instance.id) == [(None, "creating"), ("creating", "failed")]
+
+
+# ---- images -----------------------------------------------------------------------------------
+
+
+def test_reserve_image_copies_the_source(cms):
+    source = make_instance(cms, state=InstanceState.running, image_type="pg_durable", storage_size_gb=7)
+    image = make_image(cms, source)
+    assert image.state is ImageState.creating
+    assert (image.source_instance_id, image.source_k8s_name, image.source_namespace) == (
+        source.id, source.k8s_name, source.namespace,
+    )
+    assert (image.storage_size_gb, image.postgres_version, image.image_type) == (7, "15", "pg_durable")
+    assert cms.get_image(image.id) == image
+    assert cms.find_image(str(image.id)) == image
+    assert cms.find_image("snap-1") == image
+    assert cms.find_image_by_run("run-1") == image
+    assert cms.find_image("nope") is None
+    assert transitions(cms, image.id) == [(None, "creating")]
+
+
+def test_image_name_is_reusable_after_failed_or_deleted(cms):
+    source = make_instance(cms, state=InstanceState.running)
+    first = make_image(cms, source, run_id="run-1")
+    with pytest.raises(NameConflict) as caught:
+        make_image(cms, source, run_id="run-2")
+    assert caught.value.field == "name" and "snap-1" in str(caught.value)
+
+    cms.transition_image(first.id, ImageState.failed, reason="pg_dump failed")
+    second = make_image(cms, source, run_id="run-3")  # a failed image's name can be retried
+    assert cms.find_image("snap-1").id == second.id  # the live one wins
+    with pytest.raises(NameConflict):
+        make_image(cms, source, run_id="run-4")
+
+    cms.transition_image(second.id, ImageState.ready, backup_size_bytes=10, backup_checksum="ab")
+    cms.transition_image(second.id, ImageState.deleting)
+    assert cms.find_image("snap-1").id == second.id
+    cms.transition_image(second.id, ImageState.deleted)
+    assert cms.find_image("snap-1").id == second.id  # no live one: the newest
+    third = make_image(cms, source, run_id="run-5")
+    assert cms.find_image("snap-1").id == third.id
+    assert len(cms.list_images()) == 3
+    assert [i.id for i in cms.list_images([ImageState.creating])] == [third.id]
+
+
+def test_image_transitions(cms):
+    source = make_instance(cms, state=InstanceState.running)
+    image = make_image(cms, source)
+    assert image.ready_at is None
+    with pytest.raises(InvalidTransition):
+        cms.transition_image(image.id, ImageState.deleting)
+    with pytest.raises(TypeError):
+        cms.transition_image(image.id, ImageState.ready, name="renamed")
+    ready = cms.transition_image(
+        image.id, ImageState.ready, backup_size_bytes=123456789012, backup_checksum="f" * 64,
+    )
+    assert ready.state is ImageState.ready and ready.ready_at is not None
+    assert ready.backup_size_bytes == 123456789012 and ready.backup_checksum == "f" * 64
+    with pytest.raises(InvalidTransition):
+        cms.transition_image(image.id, ImageState.failed)
+    deleting = cms.transition_image(image.id, ImageState.deleting, run_id="run-retention")
+    assert deleting.deleted_at is None
+    deleted = cms.transition_image(image.id, ImageState.deleted)
+    assert deleted.deleted_at is not None and deleted.run_id == "run-retention"
+    assert transitions(cms, image.id) == [
+        (None, "creating"), ("creating", "ready"), ("ready", "deleting"), ("deleting", "deleted"),
+    ]
+
+    other = make_image(cms, source, name="snap-2", run_id="run-9")
+    failed = cms.transition_image(other.id, ImageState.failed, reason="blob store unreachable")
+    assert failed.error_message == "blob store unreachable"
+    assert cms.events(other.id)[-1].reason == "blob store unreachable"
+    assert cms.events(other.id)[-1].run_id == "run-9"
+    assert cms.find_image_by_run("run-9").state is ImageState.failed
+
+
+def test_password_is_encrypted_at_rest(cms):
+    source = make_instance(cms, state=InstanceState.running)
+    image = make_image(cms, source)
+    with pytest.raises(PasswordUnavailable, match="no stored source password"):
+        cms.image_password(image.id)
+    secret = "s3cr3t-Pa55word!"
+    cms.set_image_password(image.id, SecretStr(secret))
+    assert cms.image_password(image.id).get_secret_value() == secret
+
+    with psycopg.connect(cms.dsn) as conn:
+        stored = conn.execute(
+            "SELECT source_password_encrypted FROM toygres_cms.images WHERE id = %s", (image.id,)
+        ).fetchone()[0]
+        (everything,) = conn.execute("SELECT row_to_json(i)::text FROM toygres_cms.images i").fetchone()
+    assert stored is not None and secret.encode() not in bytes(stored)
+    assert secret not in everything
+    assert "source_password" not in Image.model_fields  # never comes back with the row
+
+    other_key = CMSResource(dsn=cms.dsn, encryption_key=CMSResource.generate_key())
+    with pytest.raises(PasswordUnavailable, match="cannot be decrypted") as caught:
+        other_key.image_password(image.id)
+    assert secret not in str(caught.value)
+
+    bad_key = CMSResource(dsn=cms.dsn, encryption_key="not-a-key")
+    with pytest.raises(EncryptionKeyInvalid, match="TOYGRES_ENCRYPTION_KEY"):
+        bad_key.set_image_password(image.id, SecretStr(secret))
+    with pytest.raises(ImageNotFound):
+        cms.set_image_password(uuid.uuid4(), SecretStr(secret))
+    with pytest.raises(ImageNotFound):
+        cms.image_password(uuid.uuid4())
+
+
+def test_refused_changes_leave_no_event(cms):
+    source = make_instance(cms, state=InstanceState.running)
+    image = make_image(cms, source)
+    before = len(cms.events(image.id))
+    with pytest.raises(InvalidTransition):
+        cms.transition_image(image.id, ImageState.deleted)
+    assert len(cms.events(image.id)) == before
+    with psycopg.connect(cms.dsn) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM toygres_cms.events").fetchone()
+    assert count == 2  # the instance's creation and the image's creation
+
+
+def test_check_constraints_guard_the_states(cms):
+    instance = make_instance(cms)
+    with psycopg.connect(cms.dsn) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE toygres_cms.instances SET state = 'exploded' WHERE id = %s", (instance.id,))
+
+
+# ---- requests ---------------------------------------------------------------------------------
+
+
+def test_image_request_lifecycle(cms):
+    request = cms.create_image_request(image_name="on-demand", source_instance="demo-abcde", description="x")
+    assert isinstance(request, ImageRequest) and request.state is RequestState.pending
+    assert cms.get_image_request(request.id) == request
+    assert cms.list_image_requests([RequestState.pending]) == [request]
+    accepted = cms.transition_image_request(request.id, RequestState.accepted, run_id="run-r")
+    assert accepted.run_id == "run-r"
+    assert cms.find_request_by_run("run-r") == accepted
+    with pytest.raises(InvalidTransition):
+        cms.transition_image_request(request.id, RequestState.rejected, reason="too late")
+    done = cms.transition_image_request(request.id, RequestState.failed, reason="run failed: boom")
+    assert done.reason == "run failed: boom" and done.run_id == "run-r"
+    assert transitions(cms, request.id) == [(None, "pending"), ("pending", "accepted"), ("accepted", "failed")]
+    assert {e.entity_type for e in cms.events(request.id)} == {"image_request"}
+
+
+def test_restore_request_lifecycle(cms):
+    request = cms.create_restore_request(
+        name="copy", dns_label="copy", source_image_id="snap-1", namespace="toygres", storage_size_gb=5,
+        internal=True,
+    )
+    assert isinstance(request, RestoreRequest) and request.state is RequestState.pending
+    instance = make_instance(cms, name="copy")
+    cms.transition_restore_request(request.id, RequestState.accepted, run_id="run-x")
+    done = cms.transition_restore_request(request.id, RequestState.succeeded, instance_id=instance.id)
+    assert done.instance_id == instance.id and done.state is RequestState.succeeded
+    assert cms.find_request_by_run("run-x") == done
+    assert cms.list_restore_requests([RequestState.succeeded]) == [done]
+    assert [e.entity_type for e in cms.events(request.id)] == ["restore_request"] * 3
+
+
+def test_attach_request_run(cms):
+    request = cms.create_image_request(image_name="img", source_instance="demo")
+    cms.transition_image_request(request.id, RequestState.accepted)
+    assert cms.attach_request_run(request.id, "run-late").run_id == "run-late"
+    assert cms.find_request_by_run("run-late").id == request.id
+    with pytest.raises(RequestNotFound):
+        cms.attach_request_run(uuid.uuid4(), "run-x")
+
+
+def test_claim_accepts_and_rejects_in_one_transaction(cms):
+    good = cms.create_image_request(image_name="good", source_instance="demo")
+    bad = cms.create_image_request(image_name="bad name!", source_instance="demo")
+    with cms.claim_pending_image_requests() as claim:
+        assert [r.id for r in claim] == [good.id, bad.id]
+        claim.accept(good, run_id="run-good")
+        claim.reject(bad.id, "image_name: 'bad name!' must be letters, digits, '_' or '-'")
+        # not committed yet: another connection still sees them pending
+        assert {r.state for r in cms.list_image_requests()} == {RequestState.pending}
+    assert cms.get_image_request(good.id).state is RequestState.accepted
+    assert cms.get_image_request(good.id).run_id == "run-good"
+    rejected = cms.get_image_request(bad.id)
+    assert rejected.state is RequestState.rejected and "bad name" in rejected.reason
+    with cms.claim_pending_image_requests() as claim:
+        assert list(claim) == []
+
+
+def test_claim_rolls_back_on_error(cms):
+    request = cms.create_restore_request(
+        name="r", dns_label="r", source_image_id=str(uuid.uuid4()), namespace="toygres", storage_size_gb=1,
+        internal=False,
+    )
+    with pytest.raises(RuntimeError, match="crash"):
+        with cms.claim_pending_restore_requests() as claim:
+            claim.accept(request, run_id="run-lost")
+            raise RuntimeError("crash between claim and launch")
+    assert cms.get_restore_request(request.id).state is RequestState.pending  # not lost
+    with cms.claim_pending_restore_requests() as claim:
+        assert [r.id for r in claim] == [request.id]
+        with pytest.raises(Exception, match="not part of this claim"):
+            claim.accept(uuid.uuid4(), run_id="x")
+
+
+@pytest.mark.parametrize("kind", ["image", "restore"])
+def test_two_racing_claims_never_get_the_same_request(cms, kind):
+    total = 12
+    for i in range(total):
+        if kind == "image":
+            cms.create_image_request(image_name=f"img-{i}", source_instance="demo")
+        else:
+            cms.create_restore_request(
+                name=f"r{i}", dns_label=f"r{i}", source_image_id="snap", namespace="toygres",
+                storage_size_gb=1, internal=False,
+            )
+    claim_of = cms.claim_pending_image_requests if kind == "image" else cms.claim_pending_restore_requests
+    both_inside = threading.Barrier(2)
+
+    def evaluate(worker: int) -> list[uuid.UUID]:
+        got: list[uuid.UUID] = []
+        first = True
+        while True:
+            with claim_of(limit=4) as claim:
+                if first:
+                    both_inside.wait(timeout=10)  # both transactions hold their locks here
+                    first = False
+                if not claim:
+                    return got
+                for request in claim:
+                    claim.accept(request, run_id=f"run-{worker}-{request.id}")
+                    got.append(request.id)
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(evaluate, [1, 2])
+    assert a and b, "both evaluations should have claimed some requests at the same time"
+    assert not set(a) & set(b)
+    assert len(a) + len(b) == total
+    listed = cms.list_image_requests() if kind == "image" else cms.list_restore_requests()
+    assert {r.state for r in listed} == {RequestState.accepted}
+    for request in listed:
+        events = cms.events(request.id)
+        assert [e.to_state for e in events] == ["pending", "accepted"]
+
+
+def test_usable_as_a_dagster_resource_from_env_vars(cms, monkeypatch):
+    import dagster as dg
+
+    monkeypatch.setenv("TOYGRES_CMS_DSN", cms.dsn)
+    monkeypatch.setenv("TOYGRES_ENCRYPTION_KEY", cms.encryption_key)
+
+    @dg.asset
+    def count_instances(cms: CMSResource) -> int:
+        make_instance(cms)
+        return len(cms.list_instances([InstanceState.creating]))
+
+    result = dg.materialize(
+        [count_instances],
+        resources={"cms": CMSResource(dsn=dg.EnvVar("TOYGRES_CMS_DSN"), encryption_key=dg.EnvVar("TOYGRES_ENCRYPTION_KEY"))},
+    )
+    assert result.success
+    assert result.output_for_node("count_instances") == 1
