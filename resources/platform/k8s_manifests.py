@@ -1,0 +1,437 @@
+"""Kubernetes manifests of the Kubernetes platform, rendered from `templates/*.yaml`.
+
+Every template is loaded with `yaml.safe_load` into plain Python objects and the run-specific
+fields are *set* on those objects: no value is ever substituted into YAML text, so a password
+with quotes, backslashes, newlines or `{{` cannot break a manifest. Secrets are carried as
+base64 `data` (the exact bytes) and referenced from pods by `secretKeyRef`; no password or SAS
+ever appears in an env literal, a label or an annotation.
+
+All functions here are pure (no API calls) so that tests can validate what they return against
+the official Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resources.platform.base import SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
+from toygres_pipelines.models import ImageType, InstanceRef
+
+Manifest = dict[str, Any]
+
+APP_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+TOYGRES_INSTANCE_LABEL = "toygres/instance"
+TOYGRES_JOB_LABEL = "toygres/job"
+WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
+DNS_LABEL_ANNOTATION = "service.beta.kubernetes.io/azure-dns-label-name"
+ORIGINAL_LABELS_ANNOTATION = "toygres/original-labels"
+
+PASSWORD_KEY = "password"
+SAS_KEY = "sas"
+POSTGRES_PORT = 5432
+SCRATCH_DIR = "/scratch"
+SCRIPTS_MOUNT = "/scripts"
+
+# Environment variables a JobSpec may never carry as literals: they are secrets.
+SECRET_ENV_NAMES = frozenset({"PGPASSWORD", "AZCOPY_SAS", "POSTGRES_PASSWORD", "PGPASSFILE"})
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+class ManifestError(ValueError):
+    """A value cannot be turned into a valid manifest (bad name, bad label key...)."""
+
+
+@dataclass(frozen=True)
+class ManifestSettings:
+    """The platform configuration the manifests need (a plain snapshot of KubernetesPlatform)."""
+
+    service_account_name: str = "toygres-jobs"
+    job_image: str = "ghcr.io/toygres/toygres-job:17"
+    job_image_pull_secret: str | None = None
+    postgres_images: dict[str, str] = field(default_factory=dict)
+    pg_durable_images: dict[str, str] = field(default_factory=dict)
+    pg_durable_pull_secret: str | None = None
+    storage_class: str | None = None
+    superuser: str = "postgres"
+    volume_mount_path: str = "/var/lib/postgresql/data"
+    run_as_user: int = 999
+    run_as_group: int = 999
+    fs_group: int = 999
+    job_resources: dict[str, dict[str, str]] = field(default_factory=dict)
+    postgres_resources: dict[str, dict[str, str]] = field(default_factory=dict)
+    backoff_limit: int = 2
+    job_ttl_seconds: int = 86400
+    scratch_size_limit: str | None = None
+    workload_identity: bool = True
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def instance_secret_name(instance: InstanceRef) -> str:
+    return f"{instance.k8s_name}-secret"
+
+
+def volume_name(instance: InstanceRef) -> str:
+    return f"{instance.k8s_name}-data"
+
+
+def config_name(instance: InstanceRef) -> str:
+    return f"{instance.k8s_name}-config"
+
+
+def server_name(instance: InstanceRef) -> str:
+    """The StatefulSet's and the Service's name."""
+    return instance.k8s_name
+
+
+def job_secret_name(job_name: str) -> str:
+    return f"{job_name}-sas"
+
+
+def service_dns_name(instance: InstanceRef) -> str:
+    return f"{server_name(instance)}.{instance.namespace}.svc.cluster.local"
+
+
+def check_dns_label(value: str, what: str, max_length: int = 63) -> str:
+    if not value or len(value) > max_length or not DNS1123_LABEL.match(value):
+        raise ManifestError(
+            f"{what} {value!r} must be a DNS-1123 label of at most {max_length} characters"
+            " (lowercase letters, digits and '-', starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def check_instance(instance: InstanceRef) -> None:
+    # StatefulSet pods are <name>-<ordinal> and carry a controller-revision-hash label made
+    # from the name: 52 characters is the longest StatefulSet name that always works.
+    check_dns_label(instance.k8s_name, "instance name", max_length=52)
+    check_dns_label(instance.namespace, "namespace")
+
+
+def label_value(value: str) -> str:
+    """`value` if it is a valid label value, else a valid, stable stand-in (prefix + hash)."""
+    if len(value) <= 63 and LABEL_VALUE.match(value):
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:10]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", value)[:50].strip("-_.")
+    return f"{stem}-{digest}" if stem else digest
+
+
+def check_label_key(key: str) -> str:
+    prefix, _, name = key.rpartition("/")
+    if not name or len(name) > 63 or not LABEL_KEY_NAME.match(name):
+        raise ManifestError(f"label key {key!r} is not a valid Kubernetes label key")
+    if prefix and (len(prefix) > 253 or not all(DNS1123_LABEL.match(p) for p in prefix.split("."))):
+        raise ManifestError(f"label key {key!r} has an invalid prefix")
+    return key
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode("utf-8")).decode("ascii")
+
+
+# --- templates --------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def _template_text(name: str) -> str:
+    return (TEMPLATES_DIR / name).read_text(encoding="utf-8")
+
+
+def load_template(name: str) -> Manifest:
+    """A fresh, mutable copy of `templates/<name>` as Python objects."""
+    return copy.deepcopy(yaml.safe_load(_template_text(name)))
+
+
+def _meta(manifest: Manifest, name: str, namespace: str, labels: dict[str, str] | None = None) -> Manifest:
+    meta = manifest.setdefault("metadata", {})
+    meta["name"] = name
+    meta["namespace"] = namespace
+    meta.setdefault("labels", {}).update(labels or {})
+    return manifest
+
+
+def _resources(spec: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {kind: dict(values) for kind, values in spec.items() if values}
+
+
+def _instance_labels(instance: InstanceRef) -> dict[str, str]:
+    return {INSTANCE_LABEL: instance.k8s_name, TOYGRES_INSTANCE_LABEL: instance.k8s_name}
+
+
+# --- instance objects -------------------------------------------------------------------------
+
+
+def instance_secret(instance: InstanceRef, password: str) -> Manifest:
+    check_instance(instance)
+    manifest = _meta(load_template("postgres-secret.yaml"), instance_secret_name(instance),
+                     instance.namespace, _instance_labels(instance))
+    manifest["data"] = {PASSWORD_KEY: _b64(password)}
+    manifest.pop("stringData", None)
+    return manifest
+
+
+def decode_secret_value(secret_data: dict[str, str] | None, key: str) -> str | None:
+    if not secret_data or secret_data.get(key) is None:
+        return None
+    return base64.b64decode(secret_data[key]).decode("utf-8")
+
+
+def volume_claim(instance: InstanceRef, size_gb: int, settings: ManifestSettings) -> Manifest:
+    check_instance(instance)
+    if size_gb < 1:
+        raise ManifestError(f"volume size must be at least 1 GB, got {size_gb}")
+    manifest = _meta(load_template("postgres-pvc.yaml"), volume_name(instance), instance.namespace,
+                     _instance_labels(instance))
+    manifest["spec"]["resources"]["requests"]["storage"] = f"{size_gb}Gi"
+    if settings.storage_class:
+        manifest["spec"]["storageClassName"] = settings.storage_class
+    return manifest
+
+
+def hba_config(instance: InstanceRef) -> Manifest:
+    check_instance(instance)
+    return _meta(load_template("postgres-config.yaml"), config_name(instance), instance.namespace,
+                 _instance_labels(instance))
+
+
+def postgres_image(spec: DeploySpec, settings: ManifestSettings) -> tuple[str, str | None]:
+    """(image, pull secret or None) for a deployment."""
+    if spec.image_override:
+        pull = settings.pg_durable_pull_secret if spec.image_type is ImageType.pg_durable else None
+        return spec.image_override, pull
+    if spec.image_type is ImageType.pg_durable:
+        images, pull = settings.pg_durable_images, settings.pg_durable_pull_secret
+    else:
+        images, pull = settings.postgres_images, None
+    image = images.get(str(spec.postgres_version))
+    if image is None and spec.image_type is ImageType.stock:
+        image = f"postgres:{spec.postgres_version}"
+    if image is None:
+        raise ManifestError(
+            f"no {spec.image_type.value} image configured for PostgreSQL {spec.postgres_version}"
+            f" (configured: {sorted(images)})"
+        )
+    return image, pull
+
+
+def _security_context(pod_spec: Manifest, settings: ManifestSettings) -> None:
+    ctx = pod_spec.setdefault("securityContext", {})
+    ctx.update(runAsUser=settings.run_as_user, runAsGroup=settings.run_as_group, fsGroup=settings.fs_group)
+
+
+def statefulset(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
+    instance = spec.instance
+    check_instance(instance)
+    name = server_name(instance)
+    labels = _instance_labels(instance)
+    manifest = _meta(load_template("postgres-statefulset.yaml"), name, instance.namespace, labels)
+    sts = manifest["spec"]
+    sts["serviceName"] = name
+    sts["selector"]["matchLabels"][INSTANCE_LABEL] = name
+    sts["template"]["metadata"]["labels"].update(labels)
+    pod = sts["template"]["spec"]
+    _security_context(pod, settings)
+    image, pull_secret = postgres_image(spec, settings)
+    if pull_secret:
+        pod["imagePullSecrets"] = [{"name": pull_secret}]
+    else:
+        pod.pop("imagePullSecrets", None)
+    container = pod["containers"][0]
+    container["image"] = image
+    pgdata = f"{settings.volume_mount_path.rstrip('/')}/pgdata"
+    env = {item["name"]: item for item in container["env"]}
+    env["PGDATA"]["value"] = pgdata
+    env["POSTGRES_USER"]["value"] = settings.superuser
+    env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] = instance_secret_name(instance)
+    probe = ["pg_isready", "-h", "127.0.0.1", "-p", str(POSTGRES_PORT), "-U", settings.superuser]
+    container["readinessProbe"]["exec"]["command"] = probe
+    container["livenessProbe"]["exec"]["command"] = list(probe)
+    container["resources"] = _resources(settings.postgres_resources)
+    for mount in container["volumeMounts"]:
+        if mount["name"] == "data":
+            mount["mountPath"] = settings.volume_mount_path
+    for volume in pod["volumes"]:
+        if volume["name"] == "data":
+            volume["persistentVolumeClaim"]["claimName"] = volume_name(instance)
+        elif volume["name"] == "config":
+            volume["configMap"]["name"] = config_name(instance)
+    return manifest
+
+
+def service(spec: DeploySpec) -> Manifest:
+    instance = spec.instance
+    check_instance(instance)
+    manifest = _meta(load_template("postgres-service.yaml"), server_name(instance), instance.namespace,
+                     _instance_labels(instance))
+    manifest["spec"]["selector"][INSTANCE_LABEL] = server_name(instance)
+    annotations = manifest["metadata"].setdefault("annotations", {})
+    if spec.internal:
+        manifest["spec"]["type"] = "ClusterIP"
+        annotations.pop(DNS_LABEL_ANNOTATION, None)
+    else:
+        check_dns_label(spec.dns_label, "dns_label")
+        manifest["spec"]["type"] = "LoadBalancer"
+        annotations[DNS_LABEL_ANNOTATION] = spec.dns_label
+    if not annotations:
+        manifest["metadata"].pop("annotations")
+    return manifest
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def script_files(scripts_dir: Path = SCRIPTS_DIR) -> dict[str, bytes]:
+    """The job scripts, exactly as the local platform copies them."""
+    return {path.name: path.read_bytes() for path in sorted(scripts_dir.glob("*.sh"))}
+
+
+def scripts_config_map(namespace: str, files: dict[str, bytes] | None = None) -> Manifest:
+    """The immutable ConfigMap holding the job scripts; its name carries a content hash."""
+    files = script_files() if files is None else files
+    digest = hashlib.sha256()
+    data: dict[str, str] = {}
+    binary: dict[str, str] = {}
+    for name in sorted(files):
+        content = files[name]
+        digest.update(name.encode() + b"\0" + content + b"\0")
+        try:
+            data[name] = content.decode("utf-8")
+        except UnicodeDecodeError:
+            binary[name] = base64.b64encode(content).decode("ascii")
+    manifest = _meta(load_template("job-scripts-configmap.yaml"), f"toygres-job-scripts-{digest.hexdigest()[:12]}",
+                     namespace)
+    manifest["data"] = data
+    if binary:
+        manifest["binaryData"] = binary
+    return manifest
+
+
+def config_map_files(manifest: Manifest) -> dict[str, bytes]:
+    """What a ConfigMap volume would write to disk: file name -> bytes."""
+    files = {name: text.encode("utf-8") for name, text in (manifest.get("data") or {}).items()}
+    files |= {name: base64.b64decode(b64) for name, b64 in (manifest.get("binaryData") or {}).items()}
+    return files
+
+
+def job_secret(spec: JobSpec, sas: str) -> Manifest:
+    labels = {TOYGRES_JOB_LABEL: spec.name, TOYGRES_INSTANCE_LABEL: spec.instance.k8s_name}
+    manifest = _meta(load_template("job-secret.yaml"), job_secret_name(spec.name), spec.instance.namespace, labels)
+    manifest["data"] = {SAS_KEY: _b64(sas.removeprefix("?"))}
+    return manifest
+
+
+def _env_value(name: str, value: str) -> Manifest:
+    return {"name": name, "value": value}
+
+
+def _env_secret(name: str, secret: str, key: str) -> Manifest:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def job_env(spec: JobSpec, settings: ManifestSettings, has_sas: bool) -> list[Manifest]:
+    """The job container's environment: JobSpec.env plus what only the platform knows."""
+    leaked = SECRET_ENV_NAMES & set(spec.env)
+    if leaked:
+        raise ManifestError(f"JobSpec.env may not carry secrets ({sorted(leaked)}): they travel by reference")
+    values: dict[str, str] = {
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": SCRATCH_DIR,
+        "TMPDIR": SCRATCH_DIR,
+        "AZCOPY_LOG_LOCATION": f"{SCRATCH_DIR}/azcopy-logs",
+        "AZCOPY_JOB_PLAN_LOCATION": f"{SCRATCH_DIR}/azcopy-plans",
+        "TOYGRES_JOB": spec.name,
+        **spec.env,
+    }
+    instance = spec.instance
+    if spec.kind is JobKind.backup:
+        values |= {
+            "PGHOST": service_dns_name(instance),
+            "PGPORT": str(POSTGRES_PORT),
+            "PGUSER": spec.env.get("PGUSER", settings.superuser),
+        }
+    else:
+        values |= {
+            "VOLUME_PATH": settings.volume_mount_path,
+            "POSTGRES_USER": spec.env.get("POSTGRES_USER", settings.superuser),
+        }
+    env = [_env_value(name, value) for name, value in values.items()]
+    env.append(_env_secret("PGPASSWORD", instance_secret_name(instance), PASSWORD_KEY))
+    if has_sas:
+        env.append(_env_secret("AZCOPY_SAS", job_secret_name(spec.name), SAS_KEY))
+    return env
+
+
+def job_labels(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, annotations): JobSpec.labels made valid, originals kept in an annotation."""
+    labels: dict[str, str] = {}
+    changed: dict[str, str] = {}
+    for key, value in spec.labels.items():
+        check_label_key(key)
+        labels[key] = label_value(value)
+        if labels[key] != value:
+            changed[key] = value
+    labels |= {TOYGRES_INSTANCE_LABEL: spec.instance.k8s_name, TOYGRES_JOB_LABEL: spec.name}
+    annotations = {ORIGINAL_LABELS_ANNOTATION: yaml.safe_dump(changed, default_flow_style=True).strip()} if changed else {}
+    return labels, annotations
+
+
+def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str, has_sas: bool) -> Manifest:
+    check_dns_label(spec.name, "job name")
+    check_instance(spec.instance)
+    if "/" in spec.script or not spec.script.endswith(".sh"):
+        raise ManifestError(f"job script {spec.script!r} must be a file name under templates/scripts/")
+    template = "backup-job.yaml" if spec.kind is JobKind.backup else "restore-job.yaml"
+    manifest = load_template(template)
+    labels, annotations = job_labels(spec)
+    _meta(manifest, spec.name, spec.instance.namespace, labels)
+    if annotations:
+        manifest["metadata"].setdefault("annotations", {}).update(annotations)
+    job_spec = manifest["spec"]
+    job_spec["backoffLimit"] = settings.backoff_limit
+    job_spec["ttlSecondsAfterFinished"] = settings.job_ttl_seconds
+    job_spec["activeDeadlineSeconds"] = spec.timeout_seconds
+    pod_meta = job_spec["template"]["metadata"]
+    pod_meta["labels"].update(labels)
+    if settings.workload_identity:
+        pod_meta["labels"][WORKLOAD_IDENTITY_LABEL] = "true"
+    else:
+        pod_meta["labels"].pop(WORKLOAD_IDENTITY_LABEL, None)
+    pod = job_spec["template"]["spec"]
+    pod["serviceAccountName"] = settings.service_account_name
+    _security_context(pod, settings)
+    if settings.job_image_pull_secret:
+        pod["imagePullSecrets"] = [{"name": settings.job_image_pull_secret}]
+    container = pod["containers"][0]
+    container["image"] = settings.job_image
+    container["command"] = ["bash", f"{SCRIPTS_MOUNT}/{spec.script}"]
+    container["env"] = job_env(spec, settings, has_sas)
+    container["resources"] = _resources(settings.job_resources)
+    for mount in container["volumeMounts"]:
+        if mount["name"] == "data":
+            mount["mountPath"] = settings.volume_mount_path
+    for volume in pod["volumes"]:
+        if volume["name"] == "scripts":
+            volume["configMap"]["name"] = scripts_config_map_name
+        elif volume["name"] == "data":
+            volume["persistentVolumeClaim"]["claimName"] = volume_name(spec.instance)
+        elif volume["name"] == "scratch" and settings.scratch_size_limit:
+            volume["emptyDir"] = {"sizeLimit": settings.scratch_size_limit}
+    return manifest

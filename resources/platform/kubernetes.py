@@ -1,0 +1,662 @@
+"""The Kubernetes platform: job scripts run as Kubernetes Jobs, volumes are PVCs, instances are
+StatefulSets behind a Service, passwords live in Secrets.
+
+    instance <k8s_name> in <namespace>:
+      Secret      <k8s_name>-secret   (key `password`)
+      PVC         <k8s_name>-data     (PGDATA = <volume_mount_path>/pgdata)
+      ConfigMap   <k8s_name>-config   (pg_hba.conf, passed as hba_file)
+      StatefulSet <k8s_name>          (1 replica, readiness: pg_isready)
+      Service     <k8s_name>          (LoadBalancer + Azure DNS label, or ClusterIP when internal)
+    job <JobSpec.name> in the instance's namespace:
+      ConfigMap   toygres-job-scripts-<hash>  (templates/scripts/*, byte for byte, immutable)
+      Secret      <job>-sas           (only when JobSpec.blob_sas is set; deleted with the job)
+      Job         <job>               (bash /scripts/<JobSpec.script>)
+
+Manifests come from `templates/*.yaml` via `k8s_manifests` (objects, never text substitution).
+API access: the official client; in-cluster config inside a pod, a kubeconfig otherwise.
+Waiting on Jobs uses dagster-k8s' `DagsterKubernetesClient` for the reads (job status with
+retries on transient API errors, the job's pods, pod logs); the decision "finished or not" is
+taken from the Job's conditions (Complete / Failed), not from pod counts, so a failed pod that
+the Job will retry (backoffLimit) is not mistaken for a failed job.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kubernetes
+from dagster_k8s.client import DagsterKubernetesClient, PatchedApiClient
+from kubernetes.client import ApiException
+from pydantic import Field, PrivateAttr, SecretStr
+
+from resources.platform import k8s_manifests as m
+from resources.platform.base import (
+    DeploySpec,
+    JobFailed,
+    JobSpec,
+    LogSink,
+    PlatformError,
+    PlatformResource,
+)
+from toygres_pipelines.models import Endpoints, InstanceRef, JobResult
+
+logger = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+JOB_CONTAINER = "job"
+
+
+class KubernetesPlatform(PlatformResource):
+    """Runs job scripts as Kubernetes Jobs and instances as StatefulSets (AKS in production)."""
+
+    namespace: str = Field(default="toygres", description="Default namespace for instances and jobs")
+    service_account_name: str = Field(
+        default="toygres-jobs",
+        description="Service account of job pods; annotated for Azure workload identity (blob access)",
+    )
+    job_image: str = Field(
+        default="ghcr.io/toygres/toygres-job:17",
+        description="Image of job pods: PostgreSQL client/server tools + azcopy + bash (see docs/kubernetes.md)",
+    )
+    job_image_pull_secret: str | None = Field(default=None, description="imagePullSecret for job_image")
+    postgres_images: dict[str, str] = Field(
+        default={"14": "postgres:14", "15": "postgres:15", "16": "postgres:16", "17": "postgres:17"},
+        description="Stock server image per PostgreSQL major version",
+    )
+    pg_durable_images: dict[str, str] = Field(default={}, description="pg_durable server image per major version")
+    pg_durable_pull_secret: str | None = Field(default=None, description="imagePullSecret for pg_durable images")
+    storage_class: str | None = Field(default=None, description="StorageClass of instance volumes (None: default)")
+    superuser: str = Field(default="postgres", description="Superuser of every instance")
+    volume_mount_path: str = Field(default="/var/lib/postgresql/data", description="PVC mount; PGDATA is <this>/pgdata")
+    run_as_user: int = 999
+    run_as_group: int = 999
+    fs_group: int = 999
+    job_cpu_request: str | None = "250m"
+    job_memory_request: str | None = "512Mi"
+    job_cpu_limit: str | None = None
+    job_memory_limit: str | None = "2Gi"
+    postgres_cpu_request: str | None = "250m"
+    postgres_memory_request: str | None = "512Mi"
+    postgres_cpu_limit: str | None = None
+    postgres_memory_limit: str | None = "2Gi"
+    scratch_size_limit: str | None = Field(default=None, description="sizeLimit of the job's scratch emptyDir")
+    backoff_limit: int = Field(default=2, description="Job backoffLimit: pod retries before the Job fails")
+    job_ttl_seconds: int = Field(default=86400, description="Job ttlSecondsAfterFinished")
+    workload_identity: bool = Field(default=True, description="Label job pods azure.workload.identity/use=true")
+    pod_pending_timeout_seconds: int = Field(
+        default=600, description="Fail a job whose pod never starts (unschedulable, image pull...) after this"
+    )
+    deadline_grace_seconds: int = Field(
+        default=30, description="Client-side wait beyond the Job's activeDeadlineSeconds (= JobSpec.timeout_seconds)"
+    )
+    poll_interval_seconds: float = Field(default=3.0, description="Status polling interval of every wait")
+    log_drain_seconds: float = Field(default=10.0, description="How long to wait for log streams after a job ends")
+    log_tail_lines: int = 200
+    request_timeout_seconds: float = Field(default=30.0, description="Timeout of every single API request")
+    azure_region: str | None = Field(
+        default=None, description="Region for DNS names <dns_label>.<region>.cloudapp.azure.com"
+    )
+    kubeconfig_path: str | None = Field(
+        default=None, description="kubeconfig file; None: in-cluster config in a pod, else the default kubeconfig"
+    )
+    kube_context: str | None = None
+
+    _api_client: Any = PrivateAttr(default=None)
+
+    # --- API access --------------------------------------------------------------------------
+
+    def with_api_client(self, api_client: kubernetes.client.ApiClient) -> KubernetesPlatform:
+        """Use this API client instead of building one from the configuration (tests, tools)."""
+        self._api_client = api_client
+        return self
+
+    def _client(self) -> kubernetes.client.ApiClient:
+        if self._api_client is None:
+            configuration = kubernetes.client.Configuration()
+            if self.kubeconfig_path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+                kubernetes.config.load_incluster_config(client_configuration=configuration)
+            else:
+                kubernetes.config.load_kube_config(
+                    config_file=self.kubeconfig_path, context=self.kube_context,
+                    client_configuration=configuration,
+                )
+            self._api_client = PatchedApiClient(configuration)
+        return self._api_client
+
+    @property
+    def _core(self) -> kubernetes.client.CoreV1Api:
+        return kubernetes.client.CoreV1Api(self._client())
+
+    @property
+    def _batch(self) -> kubernetes.client.BatchV1Api:
+        return kubernetes.client.BatchV1Api(self._client())
+
+    @property
+    def _apps(self) -> kubernetes.client.AppsV1Api:
+        return kubernetes.client.AppsV1Api(self._client())
+
+    @property
+    def _dagster(self) -> DagsterKubernetesClient:
+        return DagsterKubernetesClient(
+            batch_api=self._batch, core_api=self._core, logger=logger.debug,
+            sleeper=time.sleep, timer=time.monotonic,
+        )
+
+    def settings(self) -> m.ManifestSettings:
+        def resources(cpu_req, mem_req, cpu_lim, mem_lim) -> dict[str, dict[str, str]]:
+            requests = {k: v for k, v in (("cpu", cpu_req), ("memory", mem_req)) if v}
+            limits = {k: v for k, v in (("cpu", cpu_lim), ("memory", mem_lim)) if v}
+            return {"requests": requests, "limits": limits}
+
+        return m.ManifestSettings(
+            service_account_name=self.service_account_name,
+            job_image=self.job_image,
+            job_image_pull_secret=self.job_image_pull_secret,
+            postgres_images=dict(self.postgres_images),
+            pg_durable_images=dict(self.pg_durable_images),
+            pg_durable_pull_secret=self.pg_durable_pull_secret,
+            storage_class=self.storage_class,
+            superuser=self.superuser,
+            volume_mount_path=self.volume_mount_path,
+            run_as_user=self.run_as_user,
+            run_as_group=self.run_as_group,
+            fs_group=self.fs_group,
+            job_resources=resources(self.job_cpu_request, self.job_memory_request, self.job_cpu_limit, self.job_memory_limit),
+            postgres_resources=resources(self.postgres_cpu_request, self.postgres_memory_request,
+                                         self.postgres_cpu_limit, self.postgres_memory_limit),
+            backoff_limit=self.backoff_limit,
+            job_ttl_seconds=self.job_ttl_seconds,
+            scratch_size_limit=self.scratch_size_limit,
+            workload_identity=self.workload_identity,
+        )
+
+    def _timeout(self) -> float:
+        return self.request_timeout_seconds
+
+    # --- generic object handling ---------------------------------------------------------------
+
+    def _create_or_adopt(self, kind: str, body: dict, create: Callable[..., Any], read: Callable[..., Any]) -> tuple[Any, bool]:
+        """Create `body`; on 409 Conflict adopt the existing object if it is one of ours."""
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        try:
+            return create(namespace=namespace, body=body, _request_timeout=self._timeout()), True
+        except ApiException as error:
+            if error.status != 409:
+                raise PlatformError(f"creating {kind} {namespace}/{name} failed: {_api_error(error)}") from error
+        existing = read(name=name, namespace=namespace, _request_timeout=self._timeout())
+        labels = (existing.metadata.labels or {}) if existing.metadata else {}
+        if labels.get(m.APP_LABEL) != "toygres" or labels.get(m.MANAGED_BY_LABEL) != "toygres-pipelines":
+            raise PlatformError(f"{kind} {namespace}/{name} already exists and was not created by toygres")
+        logger.info("adopted existing %s %s/%s", kind, namespace, name)
+        return existing, False
+
+    def _delete(self, kind: str, delete: Callable[..., Any], name: str, namespace: str, propagation: str = "Background") -> bool:
+        """Delete one object; False when it was already gone."""
+        try:
+            delete(
+                name=name, namespace=namespace, _request_timeout=self._timeout(),
+                body=kubernetes.client.V1DeleteOptions(propagation_policy=propagation),
+            )
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise PlatformError(f"deleting {kind} {namespace}/{name} failed: {_api_error(error)}") from error
+
+    # --- secrets and volumes -------------------------------------------------------------------
+
+    def read_instance_password(self, instance: InstanceRef) -> SecretStr:
+        name = m.instance_secret_name(instance)
+        try:
+            secret = self._core.read_namespaced_secret(name, instance.namespace, _request_timeout=self._timeout())
+        except ApiException as error:
+            raise PlatformError(f"cannot read secret {instance.namespace}/{name}: {_api_error(error)}") from error
+        password = m.decode_secret_value(secret.data, m.PASSWORD_KEY)
+        if password is None:
+            raise PlatformError(f"secret {instance.namespace}/{name} has no key {m.PASSWORD_KEY!r}")
+        return SecretStr(password)
+
+    def ensure_instance_secret(self, instance: InstanceRef, password: SecretStr) -> None:
+        """Create the Secret; if it exists (a re-run), set it to `password` like the local platform."""
+        body = m.instance_secret(instance, password.get_secret_value())
+        existing, created = self._create_or_adopt("secret", body, self._core.create_namespaced_secret,
+                                                  self._core.read_namespaced_secret)
+        if not created and m.decode_secret_value(existing.data, m.PASSWORD_KEY) != password.get_secret_value():
+            self._core.patch_namespaced_secret(
+                body["metadata"]["name"], instance.namespace, {"data": body["data"]},
+                _content_type=MERGE_PATCH, _request_timeout=self._timeout(),
+            )
+
+    def create_volume(self, instance: InstanceRef, size_gb: int) -> None:
+        body = m.volume_claim(instance, size_gb, self.settings())
+        self._create_or_adopt("persistentvolumeclaim", body, self._core.create_namespaced_persistent_volume_claim,
+                              self._core.read_namespaced_persistent_volume_claim)
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def ensure_scripts_config_map(self, namespace: str) -> str:
+        """Create (or adopt, after checking its bytes) the job-scripts ConfigMap; its name."""
+        body = m.scripts_config_map(namespace)
+        existing, created = self._create_or_adopt("configmap", body, self._core.create_namespaced_config_map,
+                                                  self._core.read_namespaced_config_map)
+        if not created:
+            stored = m.config_map_files({"data": existing.data, "binaryData": existing.binary_data})
+            if stored != m.config_map_files(body):
+                raise PlatformError(f"configmap {namespace}/{body['metadata']['name']} holds other scripts")
+        return body["metadata"]["name"]
+
+    def run_job(self, spec: JobSpec, log: LogSink) -> JobResult:
+        namespace, name = spec.instance.namespace, spec.name
+        sas = spec.blob_sas.get_secret_value() if spec.blob_sas is not None else None
+        try:
+            scripts_name = m.scripts_config_map(namespace)["metadata"]["name"]
+            manifest = m.job(spec, self.settings(), scripts_name, has_sas=sas is not None)
+        except m.ManifestError as error:
+            raise PlatformError(str(error)) from error
+        sink = _LogSink(log, self.log_tail_lines, secrets=[sas] if sas else [])
+
+        self.ensure_scripts_config_map(namespace)
+        if sas is not None:
+            self._ensure_job_secret(spec, sas)
+        job, created = self._create_or_adopt("job", manifest, self._batch.create_namespaced_job,
+                                             self._batch.read_namespaced_job)
+        if not created:
+            sink.note(f"job {name} already exists (an earlier attempt of this run): following it")
+        if sas is not None and job.metadata is not None and job.metadata.uid:
+            self._own_job_secret(spec, job.metadata.uid)
+
+        finished = False
+        try:
+            result = self._follow_job(spec, sink)
+            finished = True
+        finally:
+            if not finished:
+                # Timed out, or the run is being terminated: take the job (and its pod) down.
+                self._cleanup(lambda: self._delete("job", self._batch.delete_namespaced_job, name, namespace))
+            if sas is not None:
+                self._cleanup(lambda: self._delete(
+                    "secret", self._core.delete_namespaced_secret, m.job_secret_name(name), namespace))
+        if not result.succeeded:
+            raise JobFailed(result)
+        return result
+
+    @staticmethod
+    def _cleanup(action: Callable[[], Any]) -> None:
+        """Best-effort cleanup that never hides the error being handled."""
+        try:
+            action()
+        except Exception:  # noqa: BLE001
+            logger.exception("cleanup failed")
+
+    def _ensure_job_secret(self, spec: JobSpec, sas: str) -> None:
+        body = m.job_secret(spec, sas)
+        existing, created = self._create_or_adopt("secret", body, self._core.create_namespaced_secret,
+                                                  self._core.read_namespaced_secret)
+        if not created and (existing.data or {}).get(m.SAS_KEY) != body["data"][m.SAS_KEY]:
+            self._core.patch_namespaced_secret(
+                body["metadata"]["name"], spec.instance.namespace, {"data": body["data"]},
+                _content_type=MERGE_PATCH, _request_timeout=self._timeout(),
+            )
+
+    def _own_job_secret(self, spec: JobSpec, job_uid: str) -> None:
+        """Make the Job own its SAS Secret, so the garbage collector removes it with the Job."""
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": spec.name, "uid": job_uid,
+                 "blockOwnerDeletion": False, "controller": False}
+        self._core.patch_namespaced_secret(
+            m.job_secret_name(spec.name), spec.instance.namespace, {"metadata": {"ownerReferences": [owner]}},
+            _content_type=MERGE_PATCH, _request_timeout=self._timeout(),
+        )
+
+    def _follow_job(self, spec: JobSpec, sink: _LogSink) -> JobResult:
+        """Poll the Job until its Complete/Failed condition, streaming its pods' logs meanwhile."""
+        namespace, name = spec.instance.namespace, spec.name
+        client = self._dagster
+        started = time.monotonic()
+        deadline = started + spec.timeout_seconds + self.deadline_grace_seconds
+        pods: dict[str, _PodFollower] = {}
+        pending_note = ""
+        while True:
+            status = client.get_job_status(name, namespace, wait_time_between_attempts=self.poll_interval_seconds)
+            if status is None:
+                sink.drain()
+                return self._result(spec, sink, False, f"job {namespace}/{name} disappeared while running")
+            job_pods = self._job_pods(name, namespace)
+            for pod in job_pods:
+                pod_name = pod.metadata.name
+                if pod_name not in pods and _pod_started(pod):
+                    if pods:
+                        sink.note(f"pod {pod_name} started (attempt {len(pods) + 1}; earlier attempts failed)")
+                    pods[pod_name] = _PodFollower(self._core, pod_name, namespace, sink, self._timeout()).start()
+            sink.drain()
+
+            outcome = _job_outcome(status)
+            if outcome is not None:
+                succeeded, reason = outcome
+                self._drain_logs(pods, sink, name, namespace)
+                if not succeeded:
+                    last = _last_pod_state(job_pods)
+                    reason = f"{reason}; {last}" if last else reason
+                return self._result(spec, sink, succeeded, None if succeeded else reason)
+
+            now = time.monotonic()
+            if not pods:
+                why = _pending_reason(job_pods) or "no pod created yet"
+                if why != pending_note:
+                    sink.note(f"waiting for the job's pod to start: {why}")
+                    pending_note = why
+                if now - started > self.pod_pending_timeout_seconds:
+                    raise _JobTimeout(self._result(
+                        spec, sink, False,
+                        f"pod did not start within {self.pod_pending_timeout_seconds}s: {why}",
+                    ))
+            if now > deadline:
+                self._drain_logs(pods, sink, name, namespace, wait=False)
+                raise _JobTimeout(self._result(
+                    spec, sink, False, f"timed out after {spec.timeout_seconds}s waiting for job {name}",
+                ))
+            time.sleep(self.poll_interval_seconds)
+
+    def _job_pods(self, name: str, namespace: str) -> list:
+        pods = self._dagster.get_pods_in_job(name, namespace)
+        # The API filters by label already; the check keeps a sloppy stand-in honest too.
+        mine = [p for p in pods if (p.metadata.labels or {}).get("job-name") == name]
+        return sorted(mine, key=lambda p: (str(p.metadata.creation_timestamp or ""), p.metadata.name))
+
+    def _drain_logs(self, pods: dict[str, _PodFollower], sink: _LogSink, name: str, namespace: str,
+                    wait: bool = True) -> None:
+        """Let the log streams finish; fall back to a plain log read for a stream that failed."""
+        end = time.monotonic() + (self.log_drain_seconds if wait else 0)
+        for follower in pods.values():
+            follower.join(max(0.0, end - time.monotonic()))
+            sink.drain()
+        for follower in pods.values():
+            if follower.lines == 0 and follower.done and follower.error is not None:
+                try:
+                    text = self._dagster.retrieve_pod_logs(
+                        follower.pod, namespace, container_name=JOB_CONTAINER, tail_lines=self.log_tail_lines,
+                        _request_timeout=self._timeout(),
+                    )
+                except ApiException as error:
+                    sink.note(f"logs of pod {follower.pod} unavailable: {_api_error(error)}")
+                    continue
+                for line in text.splitlines():
+                    sink.line(line)
+        sink.drain()
+
+    def _result(self, spec: JobSpec, sink: _LogSink, succeeded: bool, reason: str | None) -> JobResult:
+        return JobResult(name=spec.name, succeeded=succeeded, log_tail=sink.tail(), reason=reason)
+
+    def delete_job(self, name: str, namespace: str) -> None:
+        """Remove the Job, its pods (propagation) and its SAS Secret; idempotent."""
+        self._delete("job", self._batch.delete_namespaced_job, name, namespace, propagation="Background")
+        self._delete("secret", self._core.delete_namespaced_secret, m.job_secret_name(name), namespace)
+
+    # --- servers -----------------------------------------------------------------------------
+
+    def deploy_instance(self, spec: DeploySpec) -> None:
+        settings = self.settings()
+        try:
+            config = m.hba_config(spec.instance)
+            server = m.statefulset(spec, settings)
+            service = m.service(spec)
+        except m.ManifestError as error:
+            raise PlatformError(str(error)) from error
+        core, apps = self._core, self._apps
+        self._create_or_adopt("configmap", config, core.create_namespaced_config_map, core.read_namespaced_config_map)
+        self._create_or_adopt("statefulset", server, apps.create_namespaced_stateful_set, apps.read_namespaced_stateful_set)
+        self._create_or_adopt("service", service, core.create_namespaced_service, core.read_namespaced_service)
+
+    def wait_ready(self, instance: InstanceRef, timeout_seconds: int) -> None:
+        """Until the StatefulSet has a ready replica and, for a LoadBalancer, an ingress address."""
+        name = m.server_name(instance)
+        deadline = time.monotonic() + timeout_seconds
+        why = "not checked yet"
+        while True:
+            why = self._not_ready_reason(instance)
+            if why is None:
+                return
+            if time.monotonic() > deadline:
+                raise PlatformError(f"instance {instance.namespace}/{name} not ready after {timeout_seconds}s: {why}")
+            time.sleep(self.poll_interval_seconds)
+
+    def _not_ready_reason(self, instance: InstanceRef) -> str | None:
+        name, namespace = m.server_name(instance), instance.namespace
+        try:
+            sts = self._apps.read_namespaced_stateful_set_status(name, namespace, _request_timeout=self._timeout())
+        except ApiException as error:
+            if error.status == 404:
+                return "statefulset does not exist"
+            raise PlatformError(f"reading statefulset {namespace}/{name} failed: {_api_error(error)}") from error
+        if not (sts.status and (sts.status.ready_replicas or 0) >= 1):
+            try:
+                pod = self._core.read_namespaced_pod(f"{name}-0", namespace, _request_timeout=self._timeout())
+            except ApiException as error:
+                if error.status == 404:
+                    return "pod not created yet"
+                raise
+            return f"pod {name}-0 not ready: {_pending_reason([pod]) or _phase(pod)}"
+        service = self._read_service(instance)
+        if service.spec.type == "LoadBalancer" and not _ingress(service):
+            return "load balancer has no address yet"
+        return None
+
+    def _read_service(self, instance: InstanceRef):
+        name = m.server_name(instance)
+        try:
+            return self._core.read_namespaced_service(name, instance.namespace, _request_timeout=self._timeout())
+        except ApiException as error:
+            raise PlatformError(f"reading service {instance.namespace}/{name} failed: {_api_error(error)}") from error
+
+    def endpoints(self, instance: InstanceRef) -> Endpoints:
+        service = self._read_service(instance)
+        if service.spec.type != "LoadBalancer":
+            dns = m.service_dns_name(instance)
+            return Endpoints(host=dns, port=m.POSTGRES_PORT, external_ip=None, dns_name=dns)
+        address = _ingress(service)
+        if not address:
+            raise PlatformError(f"service {instance.namespace}/{service.metadata.name} has no load balancer address yet")
+        label = (service.metadata.annotations or {}).get(m.DNS_LABEL_ANNOTATION)
+        dns_name = f"{label}.{self.azure_region}.cloudapp.azure.com" if label and self.azure_region else None
+        return Endpoints(host=dns_name or address, port=m.POSTGRES_PORT, external_ip=address, dns_name=dns_name)
+
+    def stop_instance(self, instance: InstanceRef) -> None:
+        """Scale the server to zero (the volume and everything else stay)."""
+        self._apps.patch_namespaced_stateful_set_scale(
+            m.server_name(instance), instance.namespace, {"spec": {"replicas": 0}},
+            _content_type=MERGE_PATCH, _request_timeout=self._timeout(),
+        )
+
+    def instance_exists(self, instance: InstanceRef) -> bool:
+        for read, name in (
+            (self._apps.read_namespaced_stateful_set, m.server_name(instance)),
+            (self._core.read_namespaced_persistent_volume_claim, m.volume_name(instance)),
+            (self._core.read_namespaced_secret, m.instance_secret_name(instance)),
+        ):
+            try:
+                read(name, instance.namespace, _request_timeout=self._timeout())
+                return True
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+        return False
+
+    def delete_instance(self, instance: InstanceRef) -> None:
+        """Remove server, service, jobs, config, secret and volume of the instance (idempotent)."""
+        ns = instance.namespace
+        core, apps, batch = self._core, self._apps, self._batch
+        self._delete("statefulset", apps.delete_namespaced_stateful_set, m.server_name(instance), ns, "Foreground")
+        self._delete("service", core.delete_namespaced_service, m.server_name(instance), ns)
+        selector = f"{m.TOYGRES_INSTANCE_LABEL}={instance.k8s_name}"
+        jobs = batch.list_namespaced_job(ns, label_selector=selector, _request_timeout=self._timeout()).items
+        for job in jobs:
+            if (job.metadata.labels or {}).get(m.TOYGRES_INSTANCE_LABEL) == instance.k8s_name:
+                self.delete_job(job.metadata.name, ns)
+        self._delete("configmap", core.delete_namespaced_config_map, m.config_name(instance), ns)
+        self._delete("secret", core.delete_namespaced_secret, m.instance_secret_name(instance), ns)
+        self._delete("persistentvolumeclaim", core.delete_namespaced_persistent_volume_claim, m.volume_name(instance), ns)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+class _JobTimeout(JobFailed):
+    """The job did not finish (or its pod did not start) in time; run_job deletes it."""
+
+
+# JobFailed subclasses keep `except JobFailed` working for callers; run_job re-raises as is.
+
+
+def _api_error(error: ApiException) -> str:
+    return f"{error.status} {error.reason}"
+
+
+def _job_outcome(status) -> tuple[bool, str] | None:
+    """(succeeded, reason) once the Job has a terminal condition, else None."""
+    for condition in status.conditions or []:
+        if condition.status != "True":
+            continue
+        if condition.type == "Complete":
+            return True, "Complete"
+        if condition.type == "Failed":
+            return False, f"Job failed: {condition.reason}: {condition.message}"
+    return None
+
+
+def _container_status(pod):
+    statuses = (pod.status.container_statuses or []) if pod.status else []
+    return next((s for s in statuses if s.name == JOB_CONTAINER), statuses[0] if statuses else None)
+
+
+def _pod_started(pod) -> bool:
+    phase = pod.status.phase if pod.status else None
+    if phase in ("Running", "Succeeded", "Failed"):
+        return True
+    status = _container_status(pod)
+    return bool(status and status.state and (status.state.running or status.state.terminated))
+
+
+def _phase(pod) -> str:
+    return f"phase {pod.status.phase if pod.status else 'unknown'}"
+
+
+def _pending_reason(pods: list) -> str | None:
+    """Why the newest pod is not running: scheduling or container waiting reason."""
+    for pod in reversed(pods):
+        status = _container_status(pod)
+        if status and status.state and status.state.waiting and status.state.waiting.reason:
+            waiting = status.state.waiting
+            return f"{waiting.reason}: {waiting.message}" if waiting.message else waiting.reason
+        for condition in (pod.status.conditions or []) if pod.status else []:
+            if condition.type == "PodScheduled" and condition.status == "False":
+                return f"{condition.reason}: {condition.message}"
+    return None
+
+
+def _last_pod_state(pods: list) -> str | None:
+    for pod in reversed(pods):
+        status = _container_status(pod)
+        if status and status.state and status.state.terminated:
+            term = status.state.terminated
+            text = f"pod {pod.metadata.name}: exit code {term.exit_code} ({term.reason})"
+            return f"{text}: {term.message}" if term.message else text
+    return None
+
+
+def _ingress(service) -> str | None:
+    lb = service.status.load_balancer if service.status else None
+    for ingress in (lb.ingress or []) if lb else []:
+        if ingress.ip or ingress.hostname:
+            return ingress.ip or ingress.hostname
+    return None
+
+
+@dataclass
+class _LogSink:
+    """Collects log lines from follower threads; hands them to the Dagster log on the caller's thread."""
+
+    log: LogSink
+    tail_lines: int
+    secrets: list[str] = field(default_factory=list)
+    _queue: queue.Queue = field(default_factory=queue.Queue)
+    _tail: collections.deque = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self._tail = collections.deque(maxlen=self.tail_lines)
+        self.secrets = [s for s in self.secrets if s]
+
+    def line(self, text: str) -> None:  # any thread
+        self._queue.put(text)
+
+    def note(self, text: str) -> None:  # any thread
+        self._queue.put(f"[toygres] {text}")
+
+    def drain(self) -> None:  # caller's thread
+        while True:
+            try:
+                text = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            for secret in self.secrets:
+                text = text.replace(secret, "REDACTED")
+            self._tail.append(text)
+            try:
+                self.log(text)
+            except Exception:  # noqa: BLE001 - a failing log sink must not stop the job
+                logger.exception("log sink failed")
+
+    def tail(self) -> list[str]:
+        self.drain()
+        return list(self._tail)
+
+
+class _PodFollower:
+    """Streams one pod's log (follow=True) into the sink on a daemon thread."""
+
+    def __init__(self, core: kubernetes.client.CoreV1Api, pod: str, namespace: str, sink: _LogSink, timeout: float):
+        self.core, self.pod, self.namespace, self.sink, self.timeout = core, pod, namespace, sink, timeout
+        self.lines = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"log-{pod}", daemon=True)
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def start(self) -> _PodFollower:
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            response = self.core.read_namespaced_pod_log(
+                self.pod, self.namespace, container=JOB_CONTAINER, follow=True,
+                _preload_content=False, _request_timeout=(self.timeout, None),
+            )
+            buffer = b""
+            try:
+                for chunk in response.stream(64 * 1024, decode_content=True):
+                    buffer += chunk
+                    *complete, buffer = buffer.split(b"\n")
+                    for raw in complete:
+                        self._emit(raw)
+                if buffer:
+                    self._emit(buffer)
+            finally:
+                response.release_conn()
+        except Exception as error:  # noqa: BLE001 - reported through `error`
+            self.error = error
+
+    def _emit(self, raw: bytes) -> None:
+        self.lines += 1
+        self.sink.line(raw.decode("utf-8", errors="replace").rstrip("\r"))
