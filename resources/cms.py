@@ -578,6 +578,10 @@ class CMSResource(dg.ConfigurableResource):
     def find_instance_by_run(self, run_id: str) -> Instance | None:
         return self._by_run(INSTANCE, run_id)
 
+    def find_instances_by_tag(self, key: str, value: str) -> list[Instance]:
+        """Instances whose tags map `key` to `value` (how a repeated request finds its instance)."""
+        return self._select(INSTANCE, sql.SQL("tags ->> %s = %s"), [key, value])
+
     def list_instances(self, states: Iterable[InstanceState] | None = None) -> list[Instance]:
         return self._list(INSTANCE, states)
 

@@ -24,6 +24,7 @@ class Stack:
 def stack() -> Iterator[Stack]:
     require_tools()
     root = Path(tempfile.mkdtemp(prefix="toygres-test-"))
+    root.chmod(0o711)  # servers run as the unprivileged service user, who must reach inside
     cms = CmsServer.in_dir(root / "cms")
     azurite = Azurite(root / "azurite", free_port()).start()
     try:
@@ -105,3 +106,71 @@ def cms(stack: Stack, cms_template: str, cms_encryption_key: str):
 def cms_dsn(cms) -> str:
     """The DSN of the `cms` fixture's database."""
     return cms.dsn
+
+
+# ---- the local platform, blob storage and a pagila source instance ---------------------------
+
+from collections.abc import Callable  # noqa: E402
+
+from pydantic import SecretStr  # noqa: E402
+
+from resources.blob import BlobStorageResource  # noqa: E402
+from resources.platform.local import LocalPlatform  # noqa: E402
+from toygres_pipelines.demo import load_pagila, provision_server, register_running  # noqa: E402
+from toygres_pipelines.models import InstanceRef  # noqa: E402
+from toygres_pipelines.stack import azcopy_path  # noqa: E402
+
+# Quotes, a backslash, a colon and URL-reserved characters: every layer must carry it exactly.
+SOURCE_PASSWORD = "s'ou\"rce:p@ss/w\\rd%?#"
+
+
+@pytest.fixture(scope="session")
+def platform(stack: Stack) -> Iterator[LocalPlatform]:
+    platform = LocalPlatform(state_dir=str(stack.root / "platform"), azcopy_path=str(azcopy_path()))
+    yield platform
+    instances = stack.root / "platform" / "instances"
+    for namespace in instances.glob("*") if instances.exists() else []:
+        for instance in namespace.glob("*"):
+            platform.delete_instance(InstanceRef(k8s_name=instance.name, namespace=namespace.name))
+
+
+@pytest.fixture(scope="session")
+def pagila_ref(platform: LocalPlatform) -> InstanceRef:
+    """One running server loaded with pagila, shared by the tests of a worker."""
+    ref = InstanceRef(k8s_name="pagila-src", namespace="default")
+    provision_server(platform, ref, SecretStr(SOURCE_PASSWORD))
+    load_pagila(platform, ref)
+    return ref
+
+
+@pytest.fixture
+def source(cms, platform: LocalPlatform, pagila_ref: InstanceRef):
+    """The pagila server, registered as a running instance in this test's CMS."""
+    return register_running(cms, platform, pagila_ref)
+
+
+@pytest.fixture
+def source_dsn(platform: LocalPlatform, pagila_ref: InstanceRef) -> Callable[[str], str]:
+    endpoints = platform.endpoints(pagila_ref)
+
+    def dsn(database: str) -> str:
+        return _psycopg.conninfo.make_conninfo(
+            host=endpoints.host, port=endpoints.port, user="postgres", password=SOURCE_PASSWORD, dbname=database
+        )
+
+    return dsn
+
+
+@pytest.fixture
+def blob(stack: Stack) -> BlobStorageResource:
+    """A container of its own on Azurite."""
+    resource = BlobStorageResource(
+        connection_string=stack.azurite.connection_string, container=f"t{_uuid.uuid4().hex[:20]}"
+    )
+    resource.ensure_container()
+    return resource
+
+
+@pytest.fixture
+def resources(cms, blob: BlobStorageResource, platform: LocalPlatform) -> dict:
+    return {"cms": cms, "blob": blob, "platform": platform}

@@ -1,0 +1,355 @@
+"""Every manifest the Kubernetes platform renders, for a spread of inputs, validated against the
+official Kubernetes JSON schemas (kubernetes-validate, shipped offline with the package), plus
+the rules the schemas cannot express (name lengths, label syntax, secrets only by reference,
+the exact password in the Secret, byte-identical job scripts)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from resources.platform import k8s_manifests as m
+from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobKind, JobSpec
+from resources.platform.kubernetes import KubernetesPlatform
+from toygres_pipelines.models import ImageType, InstanceRef
+
+pytestmark = pytest.mark.kubernetes
+
+# AKS' supported range at the time of writing; both validate offline (schemas ship in the wheel).
+K8S_VERSIONS = ["1.30", "1.33"]
+
+HOSTILE_PASSWORDS = [
+    "plain-Password1",
+    'quote"inside',
+    "back\\slash\\",
+    "single'quote",
+    "new\nline",
+    "{{ .Values.password }}",
+    "${PGPASSWORD} $(rm -rf /) `id`",
+    "all: of \"them\" \\ ' \n {{ x }} # - [ ] , & * ! | > % @",
+    "  leading and trailing spaces  ",
+    "ünïcødé-密码",
+]
+
+NAME_52 = "a" + "b" * 45 + "-x1y2z"  # 52 characters: the longest k8s_name the models allow
+assert len(NAME_52) == 52
+
+INSTANCES = [
+    InstanceRef(k8s_name="orders-ab12c", namespace="toygres"),
+    InstanceRef(k8s_name=NAME_52, namespace="team-" + "n" * 58),
+]
+
+PLATFORMS = [
+    KubernetesPlatform(),
+    KubernetesPlatform(
+        storage_class="managed-csi-premium", job_image_pull_secret="acr-pull", pg_durable_images={"17": "acr.io/pg_durable:17"},
+        pg_durable_pull_secret="pg-durable-pull", scratch_size_limit="20Gi", workload_identity=False,
+        job_cpu_limit="2", postgres_cpu_limit="4", job_memory_request=None,
+    ),
+]
+
+
+def validate(manifest: dict) -> None:
+    # Validate what would go over the wire: a JSON round trip, like the client sends it.
+    wire = json.loads(json.dumps(manifest))
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(wire, version, strict=True)
+    check_names_and_labels(wire)
+    assert "{{" not in json.dumps(wire["metadata"]), "template syntax leaked into metadata"
+    assert "set-by-the-platform" not in json.dumps(wire), "a template placeholder was left in place"
+
+
+def check_names_and_labels(manifest: dict) -> None:
+    """What the JSON schemas leave to the API server's validation."""
+    meta = manifest["metadata"]
+    name_limit = 52 if manifest["kind"] == "StatefulSet" else 63
+    if manifest["kind"] in ("Secret", "ConfigMap", "PersistentVolumeClaim"):
+        name_limit = 253
+    assert len(meta["name"]) <= name_limit and re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", meta["name"]), meta["name"]
+    assert m.DNS1123_LABEL.match(meta["namespace"]) and len(meta["namespace"]) <= 63
+    label_sets = [meta.get("labels", {})]
+    if manifest["kind"] in ("Job", "StatefulSet"):
+        label_sets.append(manifest["spec"]["template"]["metadata"]["labels"])
+    if manifest["kind"] == "StatefulSet":
+        selector = manifest["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= manifest["spec"]["template"]["metadata"]["labels"].items()
+    for labels in label_sets:
+        for key, value in labels.items():
+            m.check_label_key(key)
+            assert len(value) <= 63 and m.LABEL_VALUE.match(value), (key, value)
+
+
+def pod_env(manifest: dict) -> list[dict]:
+    return manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
+def secret_literals_absent(manifest: dict, secrets: list[str]) -> None:
+    text = json.dumps(manifest)
+    for secret in secrets:
+        assert json.dumps(secret)[1:-1] not in text, "a secret appears in the manifest"
+        assert base64.b64encode(secret.encode()).decode() not in text
+
+
+# --- instance objects --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", HOSTILE_PASSWORDS)
+@pytest.mark.parametrize("instance", INSTANCES, ids=["short", "52-chars"])
+def test_instance_secret_is_valid_and_holds_the_exact_password(instance, password):
+    secret = m.instance_secret(instance, password)
+    validate(secret)
+    # Through YAML too (kubectl apply -f of a dumped manifest), byte for byte.
+    round_trip = yaml.safe_load(yaml.safe_dump(secret))
+    for doc in (secret, round_trip):
+        assert base64.b64decode(doc["data"]["password"]).decode("utf-8") == password
+    assert "stringData" not in secret
+    assert secret["metadata"]["name"] == f"{instance.k8s_name}-secret"
+
+
+@pytest.mark.parametrize("platform", PLATFORMS, ids=["defaults", "custom"])
+@pytest.mark.parametrize("instance", INSTANCES, ids=["short", "52-chars"])
+def test_volume_claim(instance, platform):
+    pvc = m.volume_claim(instance, 37, platform.settings())
+    validate(pvc)
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "37Gi"
+    assert pvc["spec"].get("storageClassName") == platform.storage_class
+    with pytest.raises(m.ManifestError):
+        m.volume_claim(instance, 0, platform.settings())
+
+
+def test_pg_hba_requires_scram_for_local_and_every_host():
+    config = m.hba_config(INSTANCES[0])
+    validate(config)
+    rules = [line.split() for line in config["data"]["pg_hba.conf"].splitlines() if line and not line.startswith("#")]
+    assert ["local", "all", "all", "scram-sha-256"] in rules
+    assert ["host", "all", "all", "0.0.0.0/0", "scram-sha-256"] in rules
+    assert ["host", "all", "all", "::/0", "scram-sha-256"] in rules
+    assert all(rule[-1] == "scram-sha-256" for rule in rules), "nothing may be trusted"
+
+
+DEPLOYS = [
+    dict(postgres_version="17", image_type=ImageType.stock, internal=False),
+    dict(postgres_version="16", image_type=ImageType.stock, internal=True),
+    dict(postgres_version="17", image_type=ImageType.pg_durable, internal=False),
+    dict(postgres_version="15", image_type=ImageType.stock, internal=False, image_override="registry.example/pg:15.8"),
+]
+
+
+@pytest.mark.parametrize("deploy", DEPLOYS, ids=["stock", "internal", "pg_durable", "override"])
+@pytest.mark.parametrize("instance", INSTANCES, ids=["short", "52-chars"])
+def test_statefulset_and_service(instance, deploy):
+    platform = PLATFORMS[1]
+    spec = DeploySpec(instance=instance, storage_size_gb=5, dns_label="orders-" + "d" * 56, **deploy)
+    sts = m.statefulset(spec, platform.settings())
+    svc = m.service(spec)
+    validate(sts)
+    validate(svc)
+
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PGDATA"]["value"] == "/var/lib/postgresql/data/pgdata"
+    data_mount = next(v for v in container["volumeMounts"] if v["name"] == "data")
+    assert env["PGDATA"]["value"].startswith(data_mount["mountPath"] + "/"), "PGDATA must live on the PVC"
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{instance.k8s_name}-secret", "key": "password"}
+    assert "-c" in container["args"] and "hba_file=/etc/toygres/pg_hba.conf" in container["args"]
+    assert container["args"][0] == "postgres", "the image entrypoint only runs its setup for `postgres ...`"
+    assert container["readinessProbe"]["exec"]["command"][0] == "pg_isready"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == f"{instance.k8s_name}-data"
+    assert volumes["config"]["configMap"]["name"] == f"{instance.k8s_name}-config"
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"] == instance.k8s_name
+    assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+
+    if deploy.get("image_override"):
+        assert container["image"] == deploy["image_override"]
+    elif deploy["image_type"] is ImageType.pg_durable:
+        assert container["image"] == "acr.io/pg_durable:17"
+        assert pod["imagePullSecrets"] == [{"name": "pg-durable-pull"}]
+    else:
+        assert container["image"] == f"postgres:{deploy['postgres_version']}"
+        assert "imagePullSecrets" not in pod
+
+    if deploy["internal"]:
+        assert svc["spec"]["type"] == "ClusterIP"
+        assert m.DNS_LABEL_ANNOTATION not in svc["metadata"].get("annotations", {})
+    else:
+        assert svc["spec"]["type"] == "LoadBalancer"
+        assert svc["metadata"]["annotations"][m.DNS_LABEL_ANNOTATION] == spec.dns_label
+
+
+def test_pg_durable_without_a_configured_image_is_refused():
+    spec = DeploySpec(instance=INSTANCES[0], postgres_version="17", image_type=ImageType.pg_durable,
+                      storage_size_gb=1, dns_label="x")
+    with pytest.raises(m.ManifestError, match="pg_durable"):
+        m.statefulset(spec, PLATFORMS[0].settings())
+
+
+@pytest.mark.parametrize("bad", ["Upper", "under_score", "-lead", "a" * 53])
+def test_invalid_instance_names_are_refused_before_any_api_call(bad):
+    with pytest.raises(m.ManifestError):
+        m.instance_secret(InstanceRef(k8s_name=bad, namespace="toygres"), "pw")
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+def job_spec(kind: JobKind, instance: InstanceRef, sas: str | None = None, **over) -> JobSpec:
+    env = {
+        JobKind.backup: {"BLOB_URL": "https://acct.blob.core.windows.net/images/orders/2024-01-01",
+                         "IMAGE_NAME": "Orders_Nightly-" + "x" * 80, "SOURCE_INSTANCE": instance.k8s_name,
+                         "SOURCE_NAMESPACE": instance.namespace},
+        JobKind.restore: {"BLOB_URL": "https://acct.blob.core.windows.net/images/orders/2024-01-01",
+                          "MANIFEST_SHA256": "ab" * 32, "BACKUP_SHA256SUMS": f"{'cd' * 32}  globals.sql\n{'ef' * 32}  databases/001.dump"},
+    }[kind]
+    name = over.pop("name", f"{kind.value}-{instance.k8s_name}"[:63].rstrip("-"))
+    return JobSpec(
+        kind=kind, name=name, script=f"{kind.value}.sh", env=env, instance=instance,
+        blob_sas=SecretStr(sas) if sas else None,
+        labels={"toygres/image": "Orders_Nightly-" + "x" * 80, "toygres/kind": kind.value}, **over,
+    )
+
+
+SAS = "sv=2022-11-02&ss=b&srt=co&sp=rwdlac&se=2030-01-01T00:00:00Z&sig=AbC%2B%2Fdef%3D"
+
+
+@pytest.mark.parametrize("platform", PLATFORMS, ids=["defaults", "custom"])
+@pytest.mark.parametrize("sas", [None, SAS], ids=["workload-identity", "sas"])
+@pytest.mark.parametrize("kind", list(JobKind))
+@pytest.mark.parametrize("instance", INSTANCES, ids=["short", "52-chars"])
+def test_job_manifest(instance, kind, sas, platform):
+    spec = job_spec(kind, instance, sas)
+    scripts = m.scripts_config_map(instance.namespace)
+    job = m.job(spec, platform.settings(), scripts["metadata"]["name"], has_sas=sas is not None)
+    validate(job)
+    validate(scripts)
+    if sas:
+        secret = m.job_secret(spec, sas)
+        validate(secret)
+        assert base64.b64decode(secret["data"]["sas"]).decode() == sas
+        secret_literals_absent(job, [sas])
+
+    labels = job["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "toygres"
+    assert labels["app.kubernetes.io/component"] == kind.value
+    assert labels["toygres/instance"] == instance.k8s_name
+    assert labels["toygres/kind"] == kind.value
+    assert labels["toygres/image"] != spec.labels["toygres/image"], "over-long label values are shortened..."
+    assert spec.labels["toygres/image"] in job["metadata"]["annotations"][m.ORIGINAL_LABELS_ANNOTATION]  # ...kept here
+
+    pod_meta = job["spec"]["template"]["metadata"]
+    assert pod_meta["labels"]["app.kubernetes.io/component"] == kind.value
+    assert (pod_meta["labels"].get("azure.workload.identity/use") == "true") is platform.workload_identity
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == platform.service_account_name
+    assert job["spec"]["backoffLimit"] == platform.backoff_limit
+    assert job["spec"]["ttlSecondsAfterFinished"] == platform.job_ttl_seconds
+    assert job["spec"]["activeDeadlineSeconds"] == spec.timeout_seconds
+    container = pod["containers"][0]
+    assert container["image"] == platform.job_image
+    assert container["command"] == ["bash", f"/scripts/{kind.value}.sh"]
+    expected = {kind: values for kind, values in platform.settings().job_resources.items() if values}
+    assert container["resources"] == expected and expected["limits"]["memory"] == platform.job_memory_limit
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["scripts"]["configMap"]["name"] == scripts["metadata"]["name"]
+
+    env = {e["name"]: e for e in pod_env(job)}
+    literals = {k: e["value"] for k, e in env.items() if "value" in e}
+    for key, value in spec.env.items():
+        assert literals[key] == value
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{instance.k8s_name}-secret", "key": "password"}
+    assert ("AZCOPY_SAS" in env) is (sas is not None)
+    if sas:
+        assert env["AZCOPY_SAS"]["valueFrom"]["secretKeyRef"] == {"name": f"{spec.name}-sas", "key": "sas"}
+    for key in ("TMPDIR", "HOME", "AZCOPY_LOG_LOCATION", "AZCOPY_JOB_PLAN_LOCATION"):
+        assert literals[key].startswith("/scratch"), key
+    assert next(v for v in container["volumeMounts"] if v["name"] == "scratch")["mountPath"] == "/scratch"
+    assert "emptyDir" in volumes["scratch"]
+    assert not {"PGPASSWORD", "AZCOPY_SAS", "POSTGRES_PASSWORD"} & set(literals), "secrets only by reference"
+
+    if kind is JobKind.backup:
+        assert literals["PGHOST"] == f"{instance.k8s_name}.{instance.namespace}.svc.cluster.local"
+        assert literals["PGPORT"] == "5432" and literals["PGUSER"] == "postgres"
+        assert "data" not in volumes
+    else:
+        data_mount = next(v for v in container["volumeMounts"] if v["name"] == "data")
+        assert literals["VOLUME_PATH"] == data_mount["mountPath"] == platform.volume_mount_path
+        assert volumes["data"]["persistentVolumeClaim"]["claimName"] == f"{instance.k8s_name}-data"
+        # restore.sh puts PGDATA at $VOLUME_PATH/pgdata: the StatefulSet must agree.
+        sts = m.statefulset(DeploySpec(instance=instance, postgres_version="17", storage_size_gb=1, dns_label="x"),
+                            platform.settings())
+        sts_env = {e["name"]: e.get("value") for e in pod_env(sts)}
+        assert sts_env["PGDATA"] == f"{literals['VOLUME_PATH']}/pgdata"
+
+
+@pytest.mark.parametrize("secret_key", sorted(m.SECRET_ENV_NAMES))
+def test_secret_env_literals_are_refused(secret_key):
+    spec = job_spec(JobKind.backup, INSTANCES[0])
+    spec = spec.model_copy(update={"env": {**spec.env, secret_key: "hunter2"}})
+    with pytest.raises(m.ManifestError, match="secrets"):
+        m.job(spec, PLATFORMS[0].settings(), "toygres-job-scripts-x", has_sas=False)
+
+
+@pytest.mark.parametrize("name", ["Backup-Upper", "backup_under", "b" * 64])
+def test_invalid_job_names_are_refused(name):
+    spec = job_spec(JobKind.backup, INSTANCES[0], name=name)
+    with pytest.raises(m.ManifestError, match="job name"):
+        m.job(spec, PLATFORMS[0].settings(), "toygres-job-scripts-x", has_sas=False)
+
+
+def test_label_values_are_made_valid_and_stable():
+    for value in ["ok-value", "Orders_Nightly-" + "x" * 80, "has spaces/and:colons", "-", "é" * 70, ""]:
+        result = m.label_value(value)
+        assert len(result) <= 63 and m.LABEL_VALUE.match(result), (value, result)
+        assert m.label_value(value) == result
+    assert m.label_value("ok-value") == "ok-value"
+    assert m.label_value("a" * 64) != m.label_value("a" * 65), "distinct values stay distinct"
+
+
+# --- the job scripts ---------------------------------------------------------------------------
+
+
+def test_scripts_config_map_is_byte_identical_to_the_local_scripts():
+    """The Job runs exactly the bytes the local platform copies from templates/scripts/."""
+    manifest = m.scripts_config_map("toygres")
+    validate(manifest)
+    local = {path.name: path.read_bytes() for path in SCRIPTS_DIR.glob("*.sh")}
+    assert {"common.sh", "backup.sh", "restore.sh"} <= set(local)
+    assert m.config_map_files(manifest) == local
+    # ...and through YAML (kubectl apply / a dumped manifest) as well.
+    assert m.config_map_files(yaml.safe_load(yaml.safe_dump(manifest))) == local
+    assert manifest["immutable"] is True
+
+
+def test_scripts_config_map_name_follows_the_content(tmp_path: Path):
+    for name in ("common.sh", "backup.sh"):
+        (tmp_path / name).write_bytes((SCRIPTS_DIR / name).read_bytes())
+    files = m.script_files(tmp_path)
+    first = m.scripts_config_map("ns", files)
+    (tmp_path / "backup.sh").write_bytes(files["backup.sh"] + b"# changed\n")
+    second = m.scripts_config_map("ns", m.script_files(tmp_path))
+    assert first["metadata"]["name"] != second["metadata"]["name"], "a changed script gets a new ConfigMap"
+    # Non-UTF-8 bytes survive as binaryData.
+    odd = {"odd.sh": b"echo \xff\xfe\n"}
+    manifest = m.scripts_config_map("ns", odd)
+    validate(manifest)
+    assert m.config_map_files(manifest) == odd
+
+
+def test_every_template_parses_and_keeps_its_placeholders_out_of_the_output():
+    templates = sorted(p.name for p in m.TEMPLATES_DIR.glob("*.yaml"))
+    assert set(templates) >= {
+        "backup-job.yaml", "restore-job.yaml", "postgres-pvc.yaml", "postgres-secret.yaml",
+        "postgres-config.yaml", "postgres-statefulset.yaml", "postgres-service.yaml",
+    }
+    for name in templates:
+        assert isinstance(m.load_template(name), dict)
+        assert m.load_template(name) is not m.load_template(name)

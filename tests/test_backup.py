@@ -1,0 +1,213 @@
+"""Backups through Dagster against real PostgreSQL, Azurite and azcopy."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import threading
+import time
+
+import dagster as dg
+import psycopg
+import pytest
+
+from resources.platform.postgres_server import postgres_bindir
+from toygres_pipelines.images.assets import image
+from toygres_pipelines.images.janitor import purge_failed_image_blobs
+from toygres_pipelines.models import ImageState, InstanceState
+from toygres_pipelines.restores.steps import SUPERUSER
+
+pytestmark = pytest.mark.integration
+
+
+def materialize_image(resources, key: str, config: dict | None = None, raise_on_error: bool = True, instance=None):
+    instance = instance or dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("images", [key])
+    return dg.materialize(
+        [image], partition_key=key, resources=resources, instance=instance,
+        run_config={"ops": {"image": {"config": config or {}}}}, raise_on_error=raise_on_error,
+    )
+
+
+def run_logs(instance: dg.DagsterInstance, run_id: str) -> str:
+    return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
+
+
+def test_backup_of_pagila_is_verified_and_restorable(resources, cms, blob, source, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize_image(resources, f"{source.k8s_name}__t1", {"description": "first"}, instance=instance)
+    assert result.success
+
+    row = cms.find_image(f"{source.k8s_name}__t1")
+    assert row.state is ImageState.ready
+    assert row.source_instance_id == source.id and row.description == "first"
+    assert row.ready_at is not None and row.blob_path == f"images/{row.id}"
+
+    manifest_bytes = blob.read_bytes(f"{row.blob_path}/manifest.json")
+    assert hashlib.sha256(manifest_bytes).hexdigest() == row.backup_checksum
+    manifest, _ = blob.read_manifest(row.blob_path)
+    assert manifest.image_name == row.name and manifest.source_instance == source.k8s_name
+    assert {f.database for f in manifest.files if f.kind == "database"} >= {"pagila", "postgres"}
+    assert row.backup_size_bytes == sum(f.size_bytes for f in manifest.files)
+
+    pagila_dump = next(f for f in manifest.files if f.database == "pagila")
+    dump_path = tmp_path / "pagila.dump"
+    dump_path.write_bytes(blob.read_bytes(f"{row.blob_path}/{pagila_dump.path}"))
+    assert hashlib.sha256(dump_path.read_bytes()).hexdigest() == pagila_dump.sha256
+    listing = subprocess.run(
+        [str(postgres_bindir() / "pg_restore"), "--list", str(dump_path)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "TABLE DATA public rental" in listing and "MATERIALIZED VIEW public rental_by_category" in listing
+
+    globals_sql = blob.read_bytes(f"{row.blob_path}/globals.sql").decode()
+    assert "CREATE ROLE pagila_app;" in globals_sql
+
+    assert cms.image_password(row.id).get_secret_value() == source_password(resources, source)
+    assert [e.to_state for e in cms.events(row.id)] == ["creating", "ready"]
+
+    materialization = result.asset_materializations_for_node("image")[0]
+    metadata = materialization.metadata
+    assert metadata["bytes"].value == row.backup_size_bytes
+    assert metadata["manifest_sha256"].value == row.backup_checksum
+    assert "sig=" not in metadata["blob_url"].value and metadata["blob_url"].value.endswith(row.blob_path)
+
+    logs = run_logs(instance, result.run_id)
+    assert "uploaded databases/" in logs
+    assert "sig=" not in logs and source_password(resources, source) not in logs
+
+
+def source_password(resources, source) -> str:
+    from toygres_pipelines.restores.steps import instance_ref
+
+    return resources["platform"].read_instance_password(instance_ref(source)).get_secret_value()
+
+
+@pytest.mark.parametrize(
+    ("key", "config", "message"),
+    [
+        ("bad.name", {"source_instance": "SOURCE"}, "image name (partition key): 'bad.name' must be"),
+        ("x" * 101, {"source_instance": "SOURCE"}, "must be 1-100 characters"),
+        ("no-source-given", {}, "source_instance: required"),
+        ("unknown__1", {}, "source_instance: no instance 'unknown'"),
+    ],
+)
+def test_invalid_requests_create_no_image(resources, cms, blob, source, key, config, message):
+    config = {k: v.replace("SOURCE", source.k8s_name) for k, v in config.items()}
+    result = materialize_image(resources, key, config, raise_on_error=False)
+    assert not result.success
+    assert message in failure_text(result)
+    assert cms.list_images() == []
+    assert blob.list_names("images") == []
+
+
+def test_stopped_instance_is_refused(resources, cms, blob, source):
+    cms.transition_instance(source.id, InstanceState.stopped, reason="test")
+    result = materialize_image(resources, f"{source.k8s_name}__t2", raise_on_error=False)
+    assert "source_instance: instance" in failure_text(result) and "must be running" in failure_text(result)
+    assert cms.list_images() == []
+
+
+def test_duplicate_image_name_leaves_the_first_untouched(resources, cms, source):
+    key = f"{source.k8s_name}__dup"
+    assert materialize_image(resources, key).success
+    first = cms.find_image(key)
+    result = materialize_image(resources, key, raise_on_error=False)
+    assert not result.success and "name" in failure_text(result)
+    assert cms.list_images() == [cms.get_image(first.id)]
+    assert cms.get_image(first.id).state is ImageState.ready
+
+
+def failure_text(result) -> str:
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return "\n".join(str(e.event_specific_data.error.to_string()) for e in failures)
+
+
+def wait_for_pg_dump_blocked(dsn: str, database: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'pg_dump'"
+                " AND wait_event_type = 'Lock'", (database,),
+            ).fetchone()
+            if row[0]:
+                return
+            time.sleep(0.1)
+    raise TimeoutError(f"pg_dump never waited on {database}")
+
+
+def blocked_database(source_dsn, name: str) -> psycopg.Connection:
+    """A database with a table locked by the returned connection: pg_dump waits on it."""
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    holder = psycopg.connect(source_dsn(name))
+    holder.execute("CREATE TABLE t (id int)")
+    holder.commit()
+    holder.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+    return holder
+
+
+def test_pg_dump_of_a_dropped_database_fails_the_image(resources, cms, blob, source, source_dsn):
+    key = f"{source.k8s_name}__dropped"
+    holder = blocked_database(source_dsn, "aaa_doomed")
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=materialize_image(resources, key, raise_on_error=False)))
+    runner.start()
+    try:
+        wait_for_pg_dump_blocked(source_dsn("postgres"), "aaa_doomed")
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute('DROP DATABASE "aaa_doomed" WITH (FORCE)')
+    finally:
+        runner.join(timeout=120)
+        holder.close()
+    result = outcome["result"]
+    assert not result.success
+    row = cms.list_images()[0]
+    assert row.state is ImageState.failed
+    assert "pg_dump of database aaa_doomed failed" in row.error_message
+    assert blob.list_names(row.blob_path) == []
+    assert [e.to_state for e in cms.events(row.id)] == ["creating", "failed"]
+
+
+def test_blob_storage_stopping_mid_run_fails_the_image_and_leaves_no_blob(resources, cms, blob, source, source_dsn, stack):
+    key = f"{source.k8s_name}__azurite-down"
+    holder = blocked_database(source_dsn, "aaa_blocked")
+    outcome = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            result=materialize_image(resources, key, {"job_timeout_seconds": 30}, raise_on_error=False)
+        )
+    )
+    runner.start()
+    try:
+        wait_for_pg_dump_blocked(source_dsn("postgres"), "aaa_blocked")
+        assert blob.list_names(cms.list_images()[0].blob_path) == ["images/%s/globals.sql" % cms.list_images()[0].id]
+        stack.azurite.stop()
+        holder.rollback()
+        runner.join(timeout=180)
+    finally:
+        holder.close()
+        if stack.azurite.process is None:
+            stack.azurite.start()
+    result = outcome["result"]
+    assert not result.success
+    row = cms.list_images()[0]
+    assert row.state is ImageState.failed and row.error_message
+    # Blob storage was down when the op cleaned up; the janitor removes what is left.
+    assert purge_failed_image_blobs(cms, blob) >= 1
+    assert blob.list_names(row.blob_path) == []
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute('DROP DATABASE IF EXISTS "aaa_blocked" WITH (FORCE)')
+
+
+def test_source_password_never_reaches_the_cms_in_plaintext(resources, cms, source, stack):
+    assert materialize_image(resources, f"{source.k8s_name}__enc").success
+    row = cms.find_image(f"{source.k8s_name}__enc")
+    password = source_password(resources, source)
+    with psycopg.connect(cms.dsn) as conn:
+        stored = conn.execute(
+            "SELECT source_password_encrypted::text FROM toygres_cms.images WHERE id = %s", (row.id,)
+        ).fetchone()[0]
+    assert stored and password not in stored
+    assert SUPERUSER

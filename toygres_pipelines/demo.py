@@ -1,0 +1,75 @@
+"""Source instances for the embedded stack and the tests: a local server loaded with pagila."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from resources.cms import CMSResource
+from resources.platform.base import DeploySpec
+from resources.platform.local import LocalPlatform
+from resources.platform.postgres_server import postgres_bindir
+from toygres_pipelines.models import ImageType, Instance, InstanceRef, InstanceState
+from toygres_pipelines.restores.steps import SUPERUSER, connection_strings
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+PAGILA_FILES = ("pagila-schema.sql", "pagila-data.sql")
+
+
+def pagila_dir() -> Path:
+    return Path(os.environ.get("TOYGRES_PAGILA_DIR", PROJECT_DIR.parent / "shared" / "fixtures" / "pagila"))
+
+
+def psql(platform: LocalPlatform, ref: InstanceRef, *args: str, database: str = "postgres") -> str:
+    endpoints = platform.endpoints(ref)
+    env = {**os.environ, "PGPASSWORD": platform.read_instance_password(ref).get_secret_value()}
+    done = subprocess.run(
+        [str(postgres_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", endpoints.host,
+         "-p", str(endpoints.port), "-U", SUPERUSER, "-d", database, *args],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"psql {' '.join(args)[:200]} failed: {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+def provision_server(platform: LocalPlatform, ref: InstanceRef, password: SecretStr | None = None) -> None:
+    """A fresh, empty, running PostgreSQL instance on the local platform."""
+    password = password or SecretStr(secrets.token_urlsafe(18))
+    platform.ensure_instance_secret(ref, password)
+    platform.create_volume(ref, 1)
+    platform._server(ref, 0).initdb(SUPERUSER, password.get_secret_value())
+    platform.deploy_instance(DeploySpec(instance=ref, postgres_version="15", storage_size_gb=1, dns_label=ref.k8s_name))
+    platform.wait_ready(ref, 60)
+
+
+def load_pagila(platform: LocalPlatform, ref: InstanceRef, source: Path | None = None) -> None:
+    """Database `pagila` with the sample schema and data, plus an application role."""
+    source = source or pagila_dir()
+    psql(platform, ref, "-c", "CREATE ROLE pagila_app LOGIN PASSWORD 'pagila-app'")
+    psql(platform, ref, "-c", "CREATE DATABASE pagila OWNER postgres")
+    for name in PAGILA_FILES:
+        psql(platform, ref, "-f", str(source / name), database="pagila")
+    psql(platform, ref, "-c", "GRANT SELECT ON ALL TABLES IN SCHEMA public TO pagila_app", database="pagila")
+
+
+def register_running(cms: CMSResource, platform: LocalPlatform, ref: InstanceRef, user_name: str | None = None) -> Instance:
+    """Record an instance the platform already runs as `running` in the CMS."""
+    existing = cms.find_instance(ref.k8s_name)
+    if existing is not None and existing.state is InstanceState.running:
+        return existing
+    endpoints = platform.endpoints(ref)
+    instance = existing or cms.create_instance(
+        user_name=user_name or ref.k8s_name, k8s_name=ref.k8s_name, namespace=ref.namespace,
+        postgres_version="15", storage_size_gb=1, use_load_balancer=True, dns_name=ref.k8s_name,
+        image_type=ImageType.stock,
+    )
+    strings = connection_strings(endpoints, password=None)
+    return cms.transition_instance(
+        instance.id, InstanceState.running, reason="registered running instance",
+        ip_connection_string=strings.ip, dns_connection_string=strings.dns, external_ip=endpoints.external_ip,
+    )

@@ -1,0 +1,583 @@
+"""`make dev`: the embedded stack on one machine, and the Dagster UI + daemon on top of it.
+
+    python -m toygres_pipelines.devstack
+
+Starts (or reuses) everything kept in the state dir (TOYGRES_STATE_DIR, default
+/var/tmp/toygres-dev: outside the checkout, because the `postgres` OS user must traverse it):
+
+    <state>/cms/             the CMS PostgreSQL server (data, credentials, port)
+    <state>/azurite/         Azurite's blob data and log
+    <state>/encryption-key   the Fernet key encrypting stored passwords (0600)
+    <state>/instances/ ...   the local platform's instances (the pagila demo, restored ones)
+    <state>/jobs/ ...        the local platform's job directories
+    <state>/dev.env          the exported environment, to `source` for the CLI (0600)
+
+then runs `dagster dev` with DAGSTER_HOME (TOYGRES_DAGSTER_HOME, default <checkout>/.toygres/dagster_home)
+in its own process group. Ctrl-C (SIGINT) or SIGTERM stops dagster, every local instance server,
+Azurite and the CMS server; the next start reuses the same key, CMS data and demo instance.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import yaml
+from psycopg import sql
+from pydantic import SecretStr
+
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource
+from resources.platform.base import DeploySpec, PlatformError
+from resources.platform.local import LocalPlatform, ServerRecord
+from resources.platform.postgres_server import (
+    ServerCommandFailed,
+    free_port,
+    give_to_service_user,
+    pgpass_line,
+    postgres_bindir,
+    run_as_user,
+)
+from toygres_pipelines.models import ImageType, Instance, InstanceRef, InstanceState
+from toygres_pipelines.stack import PROJECT_DIR, Azurite, CmsServer, azcopy_path, require_tools
+
+DEFAULT_STATE_DIR = Path("/var/tmp/toygres-dev")
+DEFAULT_AZURITE_PORT = 10000
+DEFAULT_UI_PORT = 3000
+CMS_DATABASE = "toygres"
+DAGSTER_GRACE_SECONDS = 20
+
+DEMO_NAME = "pagila-demo"
+DEMO_NAMESPACE = "default"
+DEMO_POSTGRES_VERSION = "15"
+DEMO_STORAGE_GB = 1
+DEMO_DATABASE = "pagila"
+PAGILA_FILES = ("pagila-schema.sql", "pagila-data.sql")
+
+
+class DevStackError(RuntimeError):
+    pass
+
+
+class Stop(Exception):
+    """Raised by the SIGTERM/SIGHUP handler so that cleanup runs."""
+
+
+def log(message: str) -> None:
+    print(f"[devstack] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    dagster_home: Path
+    ui_host: str
+    ui_port: int
+    azurite_port: int
+    blob_container: str
+    pagila_dir: Path
+    max_backups: int | None
+    max_restores: int | None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def optional_int(name: str) -> int | None:
+            value = env.get(name)
+            if value in (None, ""):
+                return None
+            try:
+                number = int(value)
+            except ValueError:
+                raise DevStackError(f"{name}={value!r}: must be an integer") from None
+            if number < 1:
+                raise DevStackError(f"{name}={value!r}: must be at least 1")
+            return number
+
+        return cls(
+            state_dir=Path(env.get("TOYGRES_STATE_DIR") or DEFAULT_STATE_DIR).absolute(),
+            dagster_home=Path(env.get("TOYGRES_DAGSTER_HOME") or PROJECT_DIR / ".toygres" / "dagster_home").absolute(),
+            ui_host=env.get("TOYGRES_UI_HOST") or "127.0.0.1",
+            ui_port=optional_int("TOYGRES_UI_PORT") or DEFAULT_UI_PORT,
+            azurite_port=optional_int("TOYGRES_AZURITE_PORT") or DEFAULT_AZURITE_PORT,
+            blob_container=env.get("TOYGRES_BLOB_CONTAINER") or "toygres-images",
+            pagila_dir=Path(env.get("TOYGRES_PAGILA_DIR") or PROJECT_DIR.parent / "shared" / "fixtures" / "pagila"),
+            max_backups=optional_int("TOYGRES_MAX_CONCURRENT_BACKUPS"),
+            max_restores=optional_int("TOYGRES_MAX_CONCURRENT_RESTORES"),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Create the state dir 0711 and check the service user can reach it (PostgreSQL runs as it)."""
+    give_to_service_user(state_dir, mode=0o711)
+    user = run_as_user()
+    if user is None:
+        return
+    probe = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(state_dir)], capture_output=True)
+    if probe.returncode != 0:
+        raise DevStackError(
+            f"the {user!r} OS user cannot traverse {state_dir}: PostgreSQL runs as that user, so every"
+            " parent directory needs o+x; use a state dir such as /var/tmp/toygres-dev (TOYGRES_STATE_DIR)"
+        )
+
+
+def load_or_create_key(path: Path) -> str:
+    """The Fernet key of this stack: created once (0600), then always the same."""
+    if path.exists():
+        key = path.read_text().strip()
+        if key:
+            return key
+    key = CMSResource.generate_key()
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    tmp.replace(path)
+    path.chmod(0o600)
+    return key
+
+
+def write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)
+
+
+def _pid_alive_with(pid: int, marker: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+def stop_process_group(pgid: int, grace_seconds: float, alive: Callable[[], bool]) -> None:
+    """SIGTERM a process group, SIGKILL it after the grace period."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        if not alive():
+            break
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)  # whatever is left of the group (workers, grandchildren)
+    except ProcessLookupError:
+        pass
+
+
+def kill_leftover(pid_file: Path, marker: str) -> None:
+    """A process group a previous, killed devstack left behind: stop it."""
+    if not pid_file.exists():
+        return
+    try:
+        pid = int(pid_file.read_text().strip())
+    except ValueError:
+        pid = 0
+    if pid > 0 and _pid_alive_with(pid, marker):
+        log(f"stopping a leftover {marker} (process group {pid}) from an earlier run")
+        stop_process_group(pid, 10, lambda: _pid_alive_with(pid, marker))
+    pid_file.unlink(missing_ok=True)
+
+
+def render_dagster_yaml(template: Path, target: Path, max_backups: int | None, max_restores: int | None) -> None:
+    """Copy deploy/local/dagster.yaml to DAGSTER_HOME, applying the fleet-limit overrides."""
+    config = yaml.safe_load(template.read_text())
+    overrides = {"backup": max_backups, "restore": max_restores}
+    if any(v is not None for v in overrides.values()):
+        for limit in config.get("concurrency", {}).get("runs", {}).get("tag_concurrency_limits") or []:
+            value = overrides.get(limit.get("value")) if limit.get("key") == "toygres/kind" else None
+            if value is not None:
+                limit["limit"] = value
+        text = f"# generated by toygres_pipelines.devstack from {template}\n" + yaml.safe_dump(config, sort_keys=False)
+    else:
+        text = template.read_text()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+
+
+def connection_string(host: str, port: int, user: str, password: str, database: str = "postgres") -> str:
+    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{quote(database, safe='')}"
+
+
+# --------------------------------------------------------------------------------------------
+# The demo instance
+
+
+def demo_ref() -> InstanceRef:
+    return InstanceRef(k8s_name=DEMO_NAME, namespace=DEMO_NAMESPACE)
+
+
+def demo_deploy_spec() -> DeploySpec:
+    return DeploySpec(
+        instance=demo_ref(), postgres_version=DEMO_POSTGRES_VERSION, image_type=ImageType.stock,
+        storage_size_gb=DEMO_STORAGE_GB, dns_label=DEMO_NAME,
+    )
+
+
+def _record(platform: LocalPlatform, ref: InstanceRef) -> ServerRecord | None:
+    path = platform.instance_dir(ref) / "server.json"
+    return ServerRecord.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def load_pagila(platform: LocalPlatform, ref: InstanceRef, pagila_dir: Path) -> None:
+    """(Re)create database `pagila` on the instance and load the schema, then the data."""
+    files = [pagila_dir / name for name in PAGILA_FILES]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DevStackError(f"pagila fixtures not found: {missing} (set TOYGRES_PAGILA_DIR)")
+    endpoints = platform.endpoints(ref)
+    password = platform.read_instance_password(ref).get_secret_value()
+    admin = psycopg.conninfo.make_conninfo(
+        host=endpoints.host, port=endpoints.port, user=platform.superuser, password=password,
+        dbname="postgres", connect_timeout=10,
+    )
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DATABASE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
+    with tempfile.TemporaryDirectory(prefix="toygres-psql-") as tmp:
+        pgpass = Path(tmp) / "pgpass"
+        write_private(pgpass, pgpass_line(endpoints.host, endpoints.port, platform.superuser, password))
+        env = {
+            **os.environ, "PGPASSFILE": str(pgpass), "PGHOST": endpoints.host, "PGPORT": str(endpoints.port),
+            "PGUSER": platform.superuser, "PGDATABASE": DEMO_DATABASE, "PGCONNECT_TIMEOUT": "10",
+        }
+        env.pop("PGPASSWORD", None)
+        for path in files:
+            done = subprocess.run(
+                [str(postgres_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                text=True, timeout=600,
+            )
+            if done.returncode != 0:
+                raise DevStackError(f"psql -f {path.name} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+
+
+def _deploy_and_wait(platform: LocalPlatform, spec: DeploySpec, timeout_seconds: int = 60) -> None:
+    platform.deploy_instance(spec)
+    platform.wait_ready(spec.instance, timeout_seconds)
+
+
+def ensure_demo_instance(cms: CMSResource, platform: LocalPlatform, pagila_dir: Path) -> Instance:
+    """The pagila demo instance, running on the platform and registered `running` in the CMS.
+
+    Idempotent: an instance already registered running is only (re)deployed when its server is
+    down; a half-made one (a crash before the CMS row reached `running`) is made again.
+    """
+    ref = demo_ref()
+    spec = demo_deploy_spec()
+    existing = cms.find_instance(DEMO_NAME)
+    if existing is not None and existing.state is InstanceState.running:
+        _deploy_and_wait(platform, spec)
+        return existing
+    if existing is not None and existing.state not in (InstanceState.creating, InstanceState.stopped):
+        raise DevStackError(
+            f"the demo instance {DEMO_NAME} is {existing.state.value} in the CMS; reset the dev stack"
+            " (stop it, then rm -rf the state dir) to recreate it"
+        )
+
+    if existing is not None and existing.state is InstanceState.stopped:
+        # Stopped instances keep their data: start the server again and mark it running.
+        _deploy_and_wait(platform, spec)
+        instance = existing
+    else:
+        try:
+            password = platform.read_instance_password(ref)
+        except PlatformError:
+            password = SecretStr(secrets.token_urlsafe(24))
+        platform.ensure_instance_secret(ref, password)
+        platform.create_volume(ref, DEMO_STORAGE_GB)
+        record = _record(platform, ref)
+        server = platform._server(ref, record.port if record else 0)
+        if server.initialized and server.is_running():
+            server.stop("immediate")
+        # Start from an empty volume: a data dir from an interrupted attempt is not trusted.
+        pgdata = server.data_dir
+        if pgdata.exists():
+            shutil.rmtree(pgdata)
+        server.initdb(platform.superuser, password.get_secret_value())
+        _deploy_and_wait(platform, spec)
+        load_pagila(platform, ref, pagila_dir)
+        instance = existing or cms.create_instance(
+            user_name=DEMO_NAME, k8s_name=DEMO_NAME, namespace=DEMO_NAMESPACE,
+            postgres_version=DEMO_POSTGRES_VERSION, storage_size_gb=DEMO_STORAGE_GB,
+            use_load_balancer=False, dns_name=DEMO_NAME, image_type=ImageType.stock,
+            state=InstanceState.creating, tags={"toygres/demo": "pagila"},
+        )
+
+    endpoints = platform.endpoints(ref)
+    password_text = platform.read_instance_password(ref).get_secret_value()
+    ip_host = endpoints.external_ip or endpoints.host
+    return cms.transition_instance(
+        instance.id, InstanceState.running, reason="dev stack demo instance ready",
+        ip_connection_string=connection_string(ip_host, endpoints.port, platform.superuser, password_text),
+        dns_connection_string=connection_string(
+            endpoints.dns_name or ip_host, endpoints.port, platform.superuser, password_text
+        ),
+        external_ip=endpoints.external_ip,
+    )
+
+
+def redeploy_running_instances(cms: CMSResource, platform: LocalPlatform) -> list[str]:
+    """After a reboot: start the servers of every instance the CMS says is running. Returns problems."""
+    problems: list[str] = []
+    for instance in cms.list_instances([InstanceState.running]):
+        ref = InstanceRef(k8s_name=instance.k8s_name, namespace=instance.namespace)
+        if _record(platform, ref) is None:
+            problems.append(f"{instance.namespace}/{instance.k8s_name}: running in the CMS but not on this platform")
+            continue
+        spec = DeploySpec(
+            instance=ref, postgres_version=instance.postgres_version, image_type=instance.image_type,
+            storage_size_gb=instance.storage_size_gb, dns_label=instance.dns_name or instance.k8s_name,
+        )
+        try:
+            _deploy_and_wait(platform, spec)
+        except (PlatformError, ServerCommandFailed, TimeoutError) as error:
+            problems.append(f"{instance.namespace}/{instance.k8s_name}: {error}")
+    return problems
+
+
+def local_instances(platform: LocalPlatform) -> list[InstanceRef]:
+    root = Path(platform.state_dir) / "instances"
+    return [
+        InstanceRef(k8s_name=path.parent.name, namespace=path.parent.parent.name)
+        for path in sorted(root.glob("*/*/server.json"))
+    ]
+
+
+def stop_local_instances(platform: LocalPlatform) -> None:
+    """Stop every instance server of the platform's state dir (the demo and restored ones)."""
+    for ref in local_instances(platform):
+        try:
+            record = _record(platform, ref)
+            if record is not None and platform._server(ref, record.port).is_running():
+                log(f"stopping instance {ref.namespace}/{ref.k8s_name}")
+                platform.stop_instance(ref)
+        except Exception as error:  # noqa: BLE001 - keep stopping the others
+            log(f"could not stop {ref.namespace}/{ref.k8s_name}: {error}")
+
+
+# --------------------------------------------------------------------------------------------
+# Services
+
+
+def start_azurite(state_dir: Path, preferred_port: int) -> Azurite:
+    data_dir = state_dir / "azurite"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = data_dir / "azurite.pid"
+    kill_leftover(pid_file, "azurite")
+    port = preferred_port
+    if port_in_use(port):
+        port = free_port()
+        log(f"port {preferred_port} is busy: Azurite listens on {port} instead (blob URLs recorded so far name {preferred_port})")
+    azurite = Azurite(data_dir, port).start()
+    pid_file.write_text(str(azurite.process.pid))
+    return azurite
+
+
+def cms_database_dsn(cms_server: CmsServer) -> str:
+    with psycopg.connect(cms_server.dsn, autocommit=True, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (CMS_DATABASE,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(CMS_DATABASE)))
+    return cms_server.server.dsn(cms_server.user, cms_server.password, dbname=CMS_DATABASE)
+
+
+def wait_for_ui(url: str, process: subprocess.Popen, timeout_seconds: float) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DevStackError(f"dagster dev exited with status {process.returncode} before the UI answered")
+        try:
+            with urllib.request.urlopen(url + "/server_info", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)
+    raise DevStackError(f"the Dagster UI did not answer on {url} within {timeout_seconds:.0f}s")
+
+
+def start_dagster(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
+    pid_file = settings.state_dir / "dagster.pid"
+    kill_leftover(pid_file, "dagster")
+    if port_in_use(settings.ui_port, settings.ui_host):
+        raise DevStackError(
+            f"{settings.ui_host}:{settings.ui_port} is already in use: stop what listens there or set TOYGRES_UI_PORT"
+        )
+    argv = [
+        str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(PROJECT_DIR / "workspace.yaml"),
+        "-h", settings.ui_host, "-p", str(settings.ui_port),
+    ]
+    process = subprocess.Popen(argv, cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    pid_file.write_text(str(process.pid))
+    return process
+
+
+def stop_dagster(process: subprocess.Popen, pid_file: Path) -> None:
+    if process.poll() is None:
+        log("stopping dagster")
+    stop_process_group(process.pid, DAGSTER_GRACE_SECONDS, lambda: process.poll() is None)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    pid_file.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+def stack_environment(settings: Settings, cms_dsn: str, key: str, azurite: Azurite) -> dict[str, str]:
+    """What the code location reads (see toygres_pipelines/resources_from_env.py)."""
+    return {
+        "TOYGRES_CMS_DSN": cms_dsn,
+        "TOYGRES_ENCRYPTION_KEY": key,
+        "TOYGRES_BLOB_CONNECTION_STRING": azurite.connection_string,
+        "TOYGRES_BLOB_CONTAINER": settings.blob_container,
+        "TOYGRES_PLATFORM": "local",
+        "TOYGRES_STATE_DIR": str(settings.state_dir),
+        "TOYGRES_AZCOPY": str(azcopy_path().absolute()),
+        "DAGSTER_HOME": str(settings.dagster_home),
+    }
+
+
+def _on_signal(signum: int, _frame) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def run(settings: Settings) -> int:
+    require_tools()
+    if not settings.pagila_dir.is_dir():
+        raise DevStackError(f"pagila fixtures not found in {settings.pagila_dir} (set TOYGRES_PAGILA_DIR)")
+    prepare_state_dir(settings.state_dir)
+
+    with ExitStack() as cleanup:
+        try:
+            return _run_stack(settings, cleanup)
+        finally:
+            # Cleanup (the ExitStack, in reverse order of start) must not be cut short by a
+            # second Ctrl-C or a SIGTERM.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            log("shutting down")
+
+
+def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
+    log(f"state dir {settings.state_dir}")
+    cms_server = CmsServer.in_dir(settings.state_dir / "cms")
+    cleanup.callback(_stop_cms, cms_server)
+
+    azurite = start_azurite(settings.state_dir, settings.azurite_port)
+    cleanup.callback(_stop_azurite, azurite, settings.state_dir / "azurite" / "azurite.pid")
+
+    key = load_or_create_key(settings.state_dir / "encryption-key")
+    cms = CMSResource(dsn=cms_database_dsn(cms_server), encryption_key=key)
+    applied = cms.migrate()
+    log(f"CMS migrations applied now: {', '.join(applied) if applied else 'none (up to date)'}")
+
+    BlobStorageResource(container=settings.blob_container, connection_string=azurite.connection_string).ensure_container()
+
+    platform = LocalPlatform(state_dir=str(settings.state_dir), azcopy_path=str(azcopy_path().absolute()))
+    cleanup.callback(stop_local_instances, platform)
+    for problem in redeploy_running_instances(cms, platform):
+        log(f"warning: {problem}")
+    log(f"demo instance {DEMO_NAME}: checking (the first start loads pagila, about a minute)")
+    demo = ensure_demo_instance(cms, platform, settings.pagila_dir)
+    demo_port = platform.endpoints(demo_ref()).port
+
+    env_vars = stack_environment(settings, cms.dsn, key, azurite)
+    render_dagster_yaml(
+        PROJECT_DIR / "deploy" / "local" / "dagster.yaml", settings.dagster_home / "dagster.yaml",
+        settings.max_backups, settings.max_restores,
+    )
+    write_private(
+        settings.state_dir / "dev.env",
+        "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env_vars.items()),
+    )
+
+    dagster = start_dagster(settings, {**os.environ, **env_vars, "PYTHONUNBUFFERED": "1"})
+    cleanup.callback(stop_dagster, dagster, settings.state_dir / "dagster.pid")
+
+    url = f"http://{settings.ui_host}:{settings.ui_port}"
+    wait_for_ui(url, dagster, 180)
+    log(f"Dagster UI: {url}")
+    log(
+        f"running: Dagster UI+daemon {settings.ui_host}:{settings.ui_port} | CMS PostgreSQL 127.0.0.1:"
+        f"{cms_server.server.port} db {CMS_DATABASE} | Azurite 127.0.0.1:{azurite.port} container "
+        f"{settings.blob_container} | demo instance {demo.k8s_name} 127.0.0.1:{demo_port} db {DEMO_DATABASE} "
+        f"| state {settings.state_dir} | DAGSTER_HOME {settings.dagster_home}"
+    )
+    log(f"for the CLI: source {settings.state_dir / 'dev.env'}   |   Ctrl-C stops everything")
+    status = dagster.wait()
+    log(f"dagster dev exited by itself with status {status}")
+    return status or 1
+
+
+def _stop_cms(cms_server: CmsServer) -> None:
+    log("stopping the CMS server")
+    cms_server.server.stop("fast")
+
+
+def _stop_azurite(azurite: Azurite, pid_file: Path) -> None:
+    log("stopping Azurite")
+    azurite.stop()
+    pid_file.unlink(missing_ok=True)
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    try:
+        settings = Settings.from_env()
+        return run(settings)
+    except (KeyboardInterrupt, Stop):
+        log("stopped")
+        return 0
+    except DevStackError as error:
+        log(f"error: {error}")
+        return 1
+    except Exception:  # noqa: BLE001 - the stack is already stopped; show what went wrong
+        traceback.print_exc()
+        log("error: the dev stack could not start (see above); everything it started is stopped")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

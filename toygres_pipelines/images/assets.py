@@ -1,0 +1,50 @@
+"""The `image` asset: one dynamic partition per snapshot of an instance."""
+
+import dagster as dg
+from pydantic import Field
+
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource
+from resources.platform.base import PlatformResource
+from toygres_pipelines.images.backup import materialization_metadata, source_ref_for, take_image
+from toygres_pipelines.models import ValidationFailed
+
+image_partitions = dg.DynamicPartitionsDefinition(name="images")
+
+
+class BackupConfig(dg.Config):
+    source_instance: str = Field(
+        default="",
+        description="k8s_name or id of the running instance to back up. Empty: the partition key's "
+        "part before '__' (partition 'pagila-demo__manual-1' backs up 'pagila-demo').",
+    )
+    description: str | None = Field(default=None, description="Free text stored with the image")
+    job_timeout_seconds: int = Field(default=3600, ge=30, description="Upper bound for the backup job")
+
+
+@dg.asset(
+    partitions_def=image_partitions,
+    group_name="images",
+    kinds={"postgres", "azure"},
+    description="A verified backup of a running instance in blob storage: roles, one pg_dump -Fc "
+    "per database and a manifest. The partition key is the image name in the CMS.",
+)
+def image(
+    context: dg.AssetExecutionContext,
+    config: BackupConfig,
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    platform: PlatformResource,
+) -> dg.MaterializeResult:
+    name = context.partition_key
+    try:
+        source_ref = source_ref_for(name, config.source_instance)
+        outcome = take_image(
+            name=name, source_ref=source_ref, description=config.description, run_id=context.run_id,
+            cms=cms, blob=blob, platform=platform, log=context.log.info,
+            job_timeout_seconds=config.job_timeout_seconds,
+        )
+    except ValidationFailed as error:
+        raise dg.Failure(description=f"Invalid backup request: {error}", allow_retries=False) from error
+    context.log.info(f"image {name} ready: {outcome.report.total_bytes} bytes, manifest sha256 {outcome.report.manifest_sha256}")
+    return dg.MaterializeResult(metadata=materialization_metadata(outcome))

@@ -1,0 +1,178 @@
+"""Taking an image of a running instance: the steps behind the `image` asset."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+import dagster as dg
+from pydantic import BaseModel
+
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource
+from resources.platform.base import JobKind, JobSpec, PlatformResource
+from toygres_pipelines.images.verification import VerificationReport, verify_image
+from toygres_pipelines.models import (
+    Image,
+    ImageState,
+    Instance,
+    InstanceRef,
+    InstanceState,
+    ValidationFailed,
+    validate_image_name,
+)
+
+PARTITION_SOURCE_SEPARATOR = "__"
+
+
+class BackupOutcome(BaseModel):
+    image: Image
+    report: VerificationReport
+    seconds: float
+
+
+def source_ref_for(image_name: str, configured_source: str) -> str:
+    """The source instance: configured, or the partition key's part before '__'."""
+    if configured_source:
+        return configured_source
+    if PARTITION_SOURCE_SEPARATOR in image_name:
+        return image_name.split(PARTITION_SOURCE_SEPARATOR, 1)[0]
+    raise ValidationFailed(
+        "source_instance",
+        f"required: set it in the run config, or name the partition '<instance>{PARTITION_SOURCE_SEPARATOR}<suffix>'",
+    )
+
+
+def running_source(cms: CMSResource, ref: str) -> Instance:
+    instance = cms.find_instance(ref)
+    if instance is None:
+        raise ValidationFailed("source_instance", f"no instance {ref!r} in the CMS")
+    if instance.state is not InstanceState.running:
+        raise ValidationFailed("source_instance", f"instance {ref!r} is {instance.state}, it must be running")
+    return instance
+
+
+def image_prefix(image_id: uuid.UUID) -> str:
+    return f"images/{image_id}"
+
+
+def backup_job_spec(image: Image, source: Instance, blob: BlobStorageResource, timeout_seconds: int) -> JobSpec:
+    return JobSpec(
+        kind=JobKind.backup,
+        name=f"backup-{image.id}",
+        script="backup.sh",
+        instance=InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace),
+        env={
+            "BLOB_URL": blob.folder_url(image.blob_path),
+            "IMAGE_NAME": image.name,
+            "SOURCE_INSTANCE": source.k8s_name,
+            "SOURCE_NAMESPACE": source.namespace,
+        },
+        blob_sas=blob.job_sas("racwl", timedelta(seconds=timeout_seconds + 600)),
+        labels={"toygres/image-id": str(image.id), "toygres/instance": source.k8s_name},
+        timeout_seconds=timeout_seconds,
+    )
+
+
+def take_image(
+    *,
+    name: str,
+    source_ref: str,
+    description: str | None,
+    run_id: str,
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    platform: PlatformResource,
+    log: Callable[[str], None],
+    job_timeout_seconds: int,
+) -> BackupOutcome:
+    """Reserve the image row, run the backup job, verify the blobs, mark the image ready.
+
+    Validation errors raise before any row exists. Any later failure (including the run being
+    terminated) marks the row failed with the reason and removes the partial blobs.
+    """
+    validate_image_name(name, field="image name (partition key)")
+    source = running_source(cms, source_ref)
+    image_id = uuid.uuid4()
+    image = cms.reserve_image(
+        image_id=image_id, name=name, description=description, source=source,
+        blob_storage_url=blob.storage_url, blob_container=blob.container,
+        blob_path=image_prefix(image_id), run_id=run_id,
+    )
+    started = time.monotonic()
+    ref = InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace)
+    job_name = None
+    try:
+        cms.set_image_password(image.id, platform.read_instance_password(ref))
+        blob.check_reachable()
+        spec = backup_job_spec(image, source, blob, job_timeout_seconds)
+        job_name = spec.name
+        platform.run_job(spec, log)
+        manifest, report = verify_image(blob, image.blob_path)
+        if manifest.image_name != name or manifest.source_instance != source.k8s_name:
+            raise RuntimeError(
+                f"manifest describes {manifest.image_name!r} of {manifest.source_instance!r}, expected {name!r} of {source.k8s_name!r}"
+            )
+        ready = cms.transition_image(
+            image.id, ImageState.ready, run_id=run_id, reason="backup verified",
+            backup_size_bytes=report.total_bytes, backup_checksum=report.manifest_sha256,
+        )
+        platform.delete_job(spec.name, source.namespace)
+        return BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started)
+    except BaseException as error:
+        fail_image(cms, blob, image, reason=describe_failure(error), run_id=run_id, log=log)
+        if job_name is not None:
+            _quietly(lambda: platform.delete_job(job_name, source.namespace), log)
+        raise
+
+
+def describe_failure(error: BaseException) -> str:
+    if isinstance(error, (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)):
+        return "the run was terminated during the backup"
+    text = str(error) or type(error).__name__
+    return text[:4000]
+
+
+def fail_image(
+    cms: CMSResource, blob: BlobStorageResource, image: Image, *, reason: str, run_id: str | None,
+    log: Callable[[str], None],
+) -> None:
+    """Mark the image failed (if it is still creating) and remove whatever reached blob storage."""
+    current = cms.get_image(image.id)
+    if current is not None and current.state is ImageState.creating:
+        cms.transition_image(image.id, ImageState.failed, reason=reason, run_id=run_id)
+    try:
+        removed = blob.delete_prefix(image.blob_path)
+        if removed:
+            log(f"removed {removed} partial blob(s) under {image.blob_path}")
+    except Exception as error:  # noqa: BLE001 - blob storage may be what failed
+        log(f"could not remove blobs under {image.blob_path} now ({error}); the janitor sensor retries")
+
+
+def _quietly(action: Callable[[], None], log: Callable[[str], None]) -> None:
+    try:
+        action()
+    except Exception as error:  # noqa: BLE001 - cleanup must not hide the original failure
+        log(f"cleanup step failed: {error}")
+
+
+def materialization_metadata(outcome: BackupOutcome) -> dict[str, dg.MetadataValue]:
+    image = outcome.image
+    seconds = max(outcome.seconds, 1e-6)
+    return {
+        "image_id": dg.MetadataValue.text(str(image.id)),
+        "source_instance": dg.MetadataValue.text(f"{image.source_namespace}/{image.source_k8s_name}"),
+        "bytes": dg.MetadataValue.int(outcome.report.total_bytes),
+        "manifest_sha256": dg.MetadataValue.text(outcome.report.manifest_sha256),
+        "files": dg.MetadataValue.json(
+            [f.model_dump() for f in outcome.report.files]
+        ),
+        "duration_seconds": dg.MetadataValue.float(round(outcome.seconds, 3)),
+        "throughput_mib_per_second": dg.MetadataValue.float(
+            round(outcome.report.total_bytes / seconds / 2**20, 3)
+        ),
+        "blob_url": dg.MetadataValue.url(f"{image.blob_storage_url}/{image.blob_container}/{image.blob_path}"),
+        "postgres_version": dg.MetadataValue.text(image.postgres_version),
+    }

@@ -1,0 +1,146 @@
+"""What a restore request says, and the rules it must follow before anything is created.
+
+The launchpad, the restore-request sensor and the CLI all go through `check_request_fields`
+(rules on the request alone) and `plan_restore` (rules against the CMS).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import dagster as dg
+from pydantic import BaseModel, ConfigDict, Field
+
+from resources.cms import CMSResource
+from toygres_pipelines.models import (
+    DNS_LABEL_MAX,
+    INSTANCE_NAME_MAX,
+    Image,
+    ImageState,
+    ImageType,
+    ValidationFailed,
+    new_k8s_name,
+    parse_uuid,
+    validate_dns_label,
+)
+
+MAX_STORAGE_GB = 16384
+
+
+class RestoreConfig(dg.Config):
+    """The launchpad form of `restore_instance`."""
+
+    name: str = Field(
+        description=f"The new instance's name (its user_name); DNS-1123, at most {INSTANCE_NAME_MAX} "
+        "characters. Its Kubernetes name is this plus a short random suffix."
+    )
+    dns_label: str = Field(
+        description=f"DNS label of the instance's address, DNS-1123, at most {DNS_LABEL_MAX} characters; "
+        "must not be used by another creating or running instance."
+    )
+    source_image_id: str | None = Field(
+        default=None, description="The image to restore: its id (uuid) or its name. It must be ready."
+    )
+    namespace: str = Field(default="default", description="Kubernetes namespace of the new instance")
+    storage_size_gb: int = Field(
+        default=10, description="Volume size in GiB; raised to the image's storage size when smaller"
+    )
+    internal: bool = Field(
+        default=False, description="ClusterIP only (no public LoadBalancer address)"
+    )
+    runtime_image_id: str | None = Field(
+        default=None, description="Not for restores: cannot be combined with source_image_id"
+    )
+    image_override: str | None = Field(
+        default=None, description="Not for restores: cannot be combined with source_image_id"
+    )
+    password: str | None = Field(
+        default=None,
+        description="Ignored for restores: the instance keeps the source image's password",
+    )
+    job_timeout_seconds: int = Field(default=3600, description="Upper bound for the restore job")
+    ready_timeout_seconds: int = Field(default=600, description="How long the new server may take to accept connections")
+
+
+class RestoreFields(BaseModel):
+    """The request fields every entry point shares (RestoreConfig, restore_requests rows, the CLI)."""
+
+    name: str
+    dns_label: str
+    source_image_id: str | None = None
+    namespace: str = "default"
+    storage_size_gb: int = 10
+    internal: bool = False
+    runtime_image_id: str | None = None
+    image_override: str | None = None
+
+
+class RestorePlan(BaseModel):
+    """A validated request: what will be created. Carries no secret."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_name: str
+    k8s_name: str
+    namespace: str
+    dns_label: str
+    storage_size_gb: int
+    internal: bool
+    image_id: uuid.UUID
+    image_name: str
+    image_type: ImageType
+    postgres_version: str
+    manifest_sha256: str
+    blob_path: str
+
+
+def check_request_fields(fields: RestoreFields) -> None:
+    """Rules on the request alone; each failure names its field."""
+    if not fields.source_image_id:
+        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
+    for other in ("runtime_image_id", "image_override"):
+        if getattr(fields, other):
+            raise ValidationFailed(other, "cannot be combined with source_image_id")
+    validate_dns_label(fields.name, "name", max_length=INSTANCE_NAME_MAX)
+    validate_dns_label(fields.dns_label, "dns_label")
+    validate_dns_label(fields.namespace, "namespace")
+    if not 1 <= fields.storage_size_gb <= MAX_STORAGE_GB:
+        raise ValidationFailed("storage_size_gb", f"{fields.storage_size_gb} must be between 1 and {MAX_STORAGE_GB}")
+
+
+def ready_image(cms: CMSResource, ref: str) -> Image:
+    image = cms.find_image(ref)
+    if image is None:
+        kind = "id" if parse_uuid(ref) else "name"
+        raise ValidationFailed("source_image_id", f"no image with {kind} {ref!r}")
+    if image.state is not ImageState.ready:
+        raise ValidationFailed("source_image_id", f"image {image.name!r} is {image.state}, it must be ready")
+    if not image.backup_checksum:
+        raise ValidationFailed("source_image_id", f"image {image.name!r} has no recorded checksum")
+    return image
+
+
+def plan_restore(fields: RestoreFields, cms: CMSResource) -> RestorePlan:
+    """All rules, the CMS ones included. image_type and postgres_version come from the image."""
+    check_request_fields(fields)
+    image = ready_image(cms, fields.source_image_id or "")
+    if cms.dns_name_in_use(fields.dns_label):
+        raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
+    return RestorePlan(
+        user_name=fields.name,
+        k8s_name=new_k8s_name(fields.name),
+        namespace=fields.namespace,
+        dns_label=fields.dns_label,
+        storage_size_gb=max(fields.storage_size_gb, image.storage_size_gb),
+        internal=fields.internal,
+        image_id=image.id,
+        image_name=image.name,
+        image_type=image.image_type,
+        postgres_version=image.postgres_version,
+        manifest_sha256=image.backup_checksum or "",
+        blob_path=image.blob_path,
+    )
+
+
+def fields_from_config(config: RestoreConfig) -> RestoreFields:
+    return RestoreFields.model_validate(config.model_dump(include=set(RestoreFields.model_fields)))

@@ -1,0 +1,214 @@
+"""`restore_instance`: an image becomes a new, running, verified instance, one op per step."""
+
+import dagster as dg
+from pydantic import BaseModel
+
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource
+from resources.platform.base import DeploySpec, PlatformResource
+from toygres_pipelines.models import (
+    ConnectionStrings,
+    Endpoints,
+    Instance,
+    InstanceState,
+    ValidationFailed,
+)
+from toygres_pipelines.restores.config import RestoreConfig, RestorePlan, fields_from_config, plan_restore
+from toygres_pipelines.restores.steps import (
+    check_connection,
+    clean_up_failed_restore,
+    connection_string,
+    connection_strings,
+    instance_ref,
+    restore_job_spec,
+)
+
+REQUEST_ID_TAG = "toygres/request-id"
+REQUEST_KEY = "request_key"
+CONNECT_TIMEOUT_SECONDS = 120
+
+
+class TimedPlan(BaseModel):
+    plan: RestorePlan
+    job_timeout_seconds: int
+    ready_timeout_seconds: int
+
+
+class InstanceAddress(BaseModel):
+    """Where the instance answers; connection strings here carry no password."""
+
+    endpoints: Endpoints
+    strings: ConnectionStrings
+
+
+def request_key(context: dg.OpExecutionContext) -> str:
+    """Same request, same key: the request id from a sensor, else the root run of re-executions."""
+    return context.run.tags.get(REQUEST_ID_TAG) or context.run.root_run_id or context.run_id
+
+
+def still_creating(cms: CMSResource, instance: Instance) -> Instance:
+    current = cms.get_instance(instance.id)
+    if current is None or current.state is not InstanceState.creating:
+        state = current.state if current else "gone"
+        raise dg.Failure(
+            description=f"instance {instance.k8s_name} is {state}: launch the restore again as a new run "
+            "instead of re-executing a failed one from the failed step",
+            allow_retries=False,
+        )
+    return current
+
+
+@dg.op(description="Check the request and the image; take image_type and postgres_version from the image")
+def validate_request(context: dg.OpExecutionContext, config: RestoreConfig, cms: CMSResource) -> TimedPlan:
+    if config.password:
+        context.log.warning("password is ignored for restores: the instance keeps the source image's password")
+    try:
+        plan = plan_restore(fields_from_config(config), cms)
+    except ValidationFailed as error:
+        raise dg.Failure(description=f"Invalid restore request: {error}", allow_retries=False) from error
+    context.log.info(
+        f"restoring image {plan.image_name} ({plan.image_type}, PostgreSQL {plan.postgres_version}) "
+        f"into {plan.namespace}/{plan.k8s_name}, {plan.storage_size_gb} GiB"
+    )
+    return TimedPlan(plan=plan, job_timeout_seconds=config.job_timeout_seconds, ready_timeout_seconds=config.ready_timeout_seconds)
+
+
+@dg.op(description="Create the CMS instance row (creating); this reserves the DNS name")
+def create_instance_record(
+    context: dg.OpExecutionContext, timed: TimedPlan, cms: CMSResource, platform: PlatformResource
+) -> Instance:
+    plan, key = timed.plan, request_key(context)
+    for earlier in cms.find_instances_by_tag(REQUEST_KEY, key):
+        if earlier.state is InstanceState.running:
+            raise dg.Failure(description=f"request {key} already restored as {earlier.k8s_name}", allow_retries=False)
+        if earlier.state is InstanceState.creating:
+            clean_up_failed_restore(
+                cms, platform, earlier, reason=f"superseded by run {context.run_id} of the same request", log=context.log.info
+            )
+    try:
+        return cms.create_instance(
+            user_name=plan.user_name, k8s_name=plan.k8s_name, namespace=plan.namespace,
+            postgres_version=plan.postgres_version, storage_size_gb=plan.storage_size_gb,
+            use_load_balancer=not plan.internal, dns_name=plan.dns_label, image_type=plan.image_type,
+            source_image_id=plan.image_id, run_id=context.run_id, tags={REQUEST_KEY: key},
+        )
+    except ValidationFailed as error:
+        raise dg.Failure(description=f"Invalid restore request: {error}", allow_retries=False) from error
+
+
+@dg.op(description="Decrypt the source image's password into the new instance's Secret")
+def create_instance_secret(instance: Instance, timed: TimedPlan, cms: CMSResource, platform: PlatformResource) -> Instance:
+    instance = still_creating(cms, instance)
+    platform.ensure_instance_secret(instance_ref(instance), cms.image_password(timed.plan.image_id))
+    return instance
+
+
+@dg.op(description="Create the volume, sized max(requested, image's storage size)")
+def create_volume(instance: Instance, cms: CMSResource, platform: PlatformResource) -> Instance:
+    instance = still_creating(cms, instance)
+    platform.create_volume(instance_ref(instance), instance.storage_size_gb)
+    return instance
+
+
+@dg.op(description="Download, verify sha256 against the manifest and the CMS, initdb, roles, pg_restore")
+def run_restore_job(
+    context: dg.OpExecutionContext, instance: Instance, timed: TimedPlan, cms: CMSResource,
+    blob: BlobStorageResource, platform: PlatformResource,
+) -> Instance:
+    instance = still_creating(cms, instance)
+    spec = restore_job_spec(timed.plan, instance, blob, timed.job_timeout_seconds)
+    platform.run_job(spec, context.log.info)
+    platform.delete_job(spec.name, instance.namespace)
+    return instance
+
+
+@dg.op(description="Deploy Postgres from the volume: Secret, pg_hba ConfigMap, server, Service")
+def deploy_instance(instance: Instance, timed: TimedPlan, cms: CMSResource, platform: PlatformResource) -> Instance:
+    instance = still_creating(cms, instance)
+    plan = timed.plan
+    platform.deploy_instance(
+        DeploySpec(
+            instance=instance_ref(instance), postgres_version=plan.postgres_version, image_type=plan.image_type,
+            storage_size_gb=instance.storage_size_gb, internal=plan.internal, dns_label=plan.dns_label,
+        )
+    )
+    return instance
+
+
+@dg.op(description="Wait until the server accepts authenticated connections")
+def wait_until_ready(instance: Instance, timed: TimedPlan, platform: PlatformResource) -> Instance:
+    platform.wait_ready(instance_ref(instance), timed.ready_timeout_seconds)
+    return instance
+
+
+@dg.op(description="Build the connection strings (the password stays in the Secret)")
+def build_connection_strings(context: dg.OpExecutionContext, instance: Instance, platform: PlatformResource) -> InstanceAddress:
+    endpoints = platform.endpoints(instance_ref(instance))
+    address = InstanceAddress(endpoints=endpoints, strings=connection_strings(endpoints, password=None))
+    context.log.info(f"instance answers at {address.strings.ip}" + (f" and {address.strings.dns}" if address.strings.dns else ""))
+    return address
+
+
+@dg.op(
+    description="SELECT version() over the new address; cloud load balancer DNS can take 60-90 s",
+    retry_policy=dg.RetryPolicy(max_retries=4, delay=2, backoff=dg.Backoff.EXPONENTIAL),
+)
+def test_connection(
+    context: dg.OpExecutionContext, instance: Instance, address: InstanceAddress, platform: PlatformResource
+) -> str:
+    password = platform.read_instance_password(instance_ref(instance))
+    host = address.endpoints.external_ip or address.endpoints.host
+    version = check_connection(connection_string(host, address.endpoints.port, password), CONNECT_TIMEOUT_SECONDS)
+    context.log.info(f"connected: {version}")
+    return version
+
+
+@dg.op(description="Mark the instance running with its connection strings and external address")
+def mark_instance_running(
+    context: dg.OpExecutionContext, instance: Instance, address: InstanceAddress, server_version: str, cms: CMSResource
+) -> dg.Output[Instance]:
+    still_creating(cms, instance)
+    running = cms.transition_instance(
+        instance.id, InstanceState.running, run_id=context.run_id, reason=f"restored and answering: {server_version}",
+        ip_connection_string=address.strings.ip, dns_connection_string=address.strings.dns,
+        external_ip=address.endpoints.external_ip,
+    )
+    return dg.Output(
+        running,
+        metadata={
+            "instance_id": str(running.id),
+            "k8s_name": running.k8s_name,
+            "connection": address.strings.ip,
+            "server_version": server_version,
+        },
+    )
+
+
+@dg.failure_hook(required_resource_keys={"cms", "platform"})
+def clean_up_failed_instance(context: dg.HookContext) -> None:
+    """Whatever step failed: remove what this run created and mark its instance failed."""
+    cms: CMSResource = context.resources.cms
+    instance = cms.find_instance_by_run(context.run_id)
+    if instance is None or instance.state is not InstanceState.creating:
+        return
+    reason = f"step {context.op.name} failed: {context.op_exception}"
+    clean_up_failed_restore(cms, context.resources.platform, instance, reason=reason, log=context.log.info)
+
+
+@dg.job(
+    description="Restore an image into a new instance: validate, create, restore, deploy, verify",
+    tags={"toygres/kind": "restore"},
+    hooks={clean_up_failed_instance},
+    executor_def=dg.in_process_executor,
+)
+def restore_instance():
+    timed = validate_request()
+    instance = create_instance_record(timed)
+    instance = create_instance_secret(instance, timed)
+    instance = create_volume(instance)
+    instance = run_restore_job(instance, timed)
+    instance = deploy_instance(instance, timed)
+    instance = wait_until_ready(instance, timed)
+    address = build_connection_strings(instance)
+    version = test_connection(instance, address)
+    mark_instance_running(instance, address, version)

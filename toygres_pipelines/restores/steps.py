@@ -1,0 +1,106 @@
+"""Helpers behind the restore ops: connection strings, the restore job spec, cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from urllib.parse import quote
+
+import psycopg
+from pydantic import SecretStr
+
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource
+from resources.platform.base import JobKind, JobSpec, PlatformResource
+from toygres_pipelines.images.verification import ImageCorrupt, sha256sums
+from toygres_pipelines.models import (
+    BackupManifest,
+    ConnectionStrings,
+    Endpoints,
+    Instance,
+    InstanceRef,
+    InstanceState,
+)
+from toygres_pipelines.restores.config import RestorePlan
+
+SUPERUSER = "postgres"
+DATABASE = "postgres"
+
+
+def instance_ref(instance: Instance) -> InstanceRef:
+    return InstanceRef(k8s_name=instance.k8s_name, namespace=instance.namespace)
+
+
+def restore_job_name(instance: Instance) -> str:
+    return f"restore-{instance.k8s_name}"
+
+
+def connection_string(host: str, port: int, password: SecretStr | None, user: str = SUPERUSER, database: str = DATABASE) -> str:
+    """A postgresql:// URL; the password, when given, is percent-encoded whatever it contains."""
+    credentials = quote(user, safe="")
+    if password is not None:
+        credentials += ":" + quote(password.get_secret_value(), safe="")
+    return f"postgresql://{credentials}@{host}:{port}/{quote(database, safe='')}"
+
+
+def connection_strings(endpoints: Endpoints, password: SecretStr | None) -> ConnectionStrings:
+    ip_host = endpoints.external_ip or endpoints.host
+    return ConnectionStrings(
+        ip=connection_string(ip_host, endpoints.port, password),
+        dns=connection_string(endpoints.dns_name, endpoints.port, password) if endpoints.dns_name else None,
+    )
+
+
+def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageResource, timeout_seconds: int) -> JobSpec:
+    """Verifies the manifest against the CMS row first; the job verifies every file again."""
+    manifest, _ = verify_manifest_only(blob, plan)
+    return JobSpec(
+        kind=JobKind.restore,
+        name=restore_job_name(instance),
+        script="restore.sh",
+        instance=instance_ref(instance),
+        env={
+            "BLOB_URL": blob.folder_url(plan.blob_path),
+            "MANIFEST_SHA256": plan.manifest_sha256,
+            "BACKUP_SHA256SUMS": sha256sums(manifest),
+            "POSTGRES_USER": SUPERUSER,
+        },
+        blob_sas=blob.job_sas("rl", timedelta(seconds=timeout_seconds + 600)),
+        labels={"toygres/instance": instance.k8s_name, "toygres/image-id": str(plan.image_id)},
+        timeout_seconds=timeout_seconds,
+    )
+
+
+def verify_manifest_only(blob: BlobStorageResource, plan: RestorePlan) -> tuple[BackupManifest, str]:
+    manifest, manifest_sha256 = blob.read_manifest(plan.blob_path)
+    if manifest_sha256 != plan.manifest_sha256:
+        raise ImageCorrupt(
+            f"manifest.json: sha256 {manifest_sha256} in blob storage, the CMS recorded {plan.manifest_sha256}"
+        )
+    return manifest, manifest_sha256
+
+
+def check_connection(connection_url: str, timeout_seconds: int) -> str:
+    with psycopg.connect(connection_url, connect_timeout=timeout_seconds, options=f"-c statement_timeout={timeout_seconds * 1000}") as conn:
+        row = conn.execute("SELECT version()").fetchone()
+    return row[0]
+
+
+def clean_up_failed_restore(
+    cms: CMSResource, platform: PlatformResource, instance: Instance, reason: str, log: Callable[[str], None]
+) -> None:
+    """Remove what the run created and leave the instance failed, its DNS name freed."""
+    ref = instance_ref(instance)
+    for action, what in (
+        (lambda: platform.delete_job(restore_job_name(instance), instance.namespace), "restore job"),
+        (lambda: platform.delete_instance(ref), "server, service, config, secret and volume"),
+    ):
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - keep cleaning; say what is left
+            log(f"cleanup: could not remove the {what} of {instance.k8s_name}: {error}")
+    current = cms.get_instance(instance.id)
+    if current is not None and current.state in (InstanceState.creating, InstanceState.running):
+        cms.transition_instance(instance.id, InstanceState.failed, reason=reason[:4000])
+    log(f"cleanup: instance {instance.k8s_name} marked failed: {reason[:300]}")
+
