@@ -325,9 +325,11 @@ class KubernetesPlatform(PlatformResource):
         pending_note = ""
         while True:
             status = client.get_job_status(name, namespace, wait_time_between_attempts=self.poll_interval_seconds)
-            if status is None:
-                sink.drain()
-                return self._result(spec, sink, False, f"job {namespace}/{name} disappeared while running")
+            if status is None:  # 404, or a Job the controller has not given a status yet
+                if not self._job_exists(name, namespace):
+                    self._drain_logs(pods, sink, name, namespace, wait=False)
+                    return self._result(spec, sink, False, f"job {namespace}/{name} was deleted while running")
+                status = kubernetes.client.V1JobStatus()
             job_pods = self._job_pods(name, namespace)
             for pod in job_pods:
                 pod_name = pod.metadata.name
@@ -363,6 +365,15 @@ class KubernetesPlatform(PlatformResource):
                     spec, sink, False, f"timed out after {spec.timeout_seconds}s waiting for job {name}",
                 ))
             time.sleep(self.poll_interval_seconds)
+
+    def _job_exists(self, name: str, namespace: str) -> bool:
+        try:
+            self._batch.read_namespaced_job(name, namespace, _request_timeout=self._timeout())
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
 
     def _job_pods(self, name: str, namespace: str) -> list:
         pods = self._dagster.get_pods_in_job(name, namespace)
