@@ -60,8 +60,9 @@ class ManifestError(ValueError):
 class ManifestSettings:
     """The platform configuration the manifests need (a plain snapshot of KubernetesPlatform)."""
 
-    service_account_name: str = "toygres-jobs"
+    service_account_name: str = "toygres-pipelines"
     job_image: str = "ghcr.io/toygres/toygres-job:17"
+    job_images: dict[str, str] = field(default_factory=dict)
     job_image_pull_secret: str | None = None
     postgres_images: dict[str, str] = field(default_factory=dict)
     pg_durable_images: dict[str, str] = field(default_factory=dict)
@@ -393,6 +394,13 @@ def job_labels(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:
     return labels, annotations
 
 
+def job_image(spec: JobSpec, settings: ManifestSettings) -> str:
+    """The job image: per PostgreSQL major when the spec names one (a restore's initdb must match
+    the server that later runs the data directory), else the default job image."""
+    version = spec.env.get("POSTGRES_VERSION") or spec.labels.get("toygres/postgres-version")
+    return settings.job_images.get(str(version), settings.job_image) if version else settings.job_image
+
+
 def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str, has_sas: bool) -> Manifest:
     check_dns_label(spec.name, "job name")
     check_instance(spec.instance)
@@ -420,7 +428,7 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str,
     if settings.job_image_pull_secret:
         pod["imagePullSecrets"] = [{"name": settings.job_image_pull_secret}]
     container = pod["containers"][0]
-    container["image"] = settings.job_image
+    container["image"] = job_image(spec, settings)
     container["command"] = ["bash", f"{SCRIPTS_MOUNT}/{spec.script}"]
     container["env"] = job_env(spec, settings, has_sas)
     container["resources"] = _resources(settings.job_resources)

@@ -59,12 +59,16 @@ class KubernetesPlatform(PlatformResource):
 
     namespace: str = Field(default="toygres", description="Default namespace for instances and jobs")
     service_account_name: str = Field(
-        default="toygres-jobs",
+        default="toygres-pipelines",
         description="Service account of job pods; annotated for Azure workload identity (blob access)",
     )
     job_image: str = Field(
         default="ghcr.io/toygres/toygres-job:17",
         description="Image of job pods: PostgreSQL client/server tools + azcopy + bash (see docs/kubernetes.md)",
+    )
+    job_images: dict[str, str] = Field(
+        default={},
+        description="Job image per PostgreSQL major (chosen by env POSTGRES_VERSION of the JobSpec); else job_image",
     )
     job_image_pull_secret: str | None = Field(default=None, description="imagePullSecret for job_image")
     postgres_images: dict[str, str] = Field(
@@ -159,6 +163,7 @@ class KubernetesPlatform(PlatformResource):
         return m.ManifestSettings(
             service_account_name=self.service_account_name,
             job_image=self.job_image,
+            job_images=dict(self.job_images),
             job_image_pull_secret=self.job_image_pull_secret,
             postgres_images=dict(self.postgres_images),
             pg_durable_images=dict(self.pg_durable_images),

@@ -353,3 +353,13 @@ def test_every_template_parses_and_keeps_its_placeholders_out_of_the_output():
     for name in templates:
         assert isinstance(m.load_template(name), dict)
         assert m.load_template(name) is not m.load_template(name)
+
+
+def test_restore_job_image_follows_the_target_postgres_version():
+    platform = KubernetesPlatform(job_image="job:17", job_images={"15": "job:15", "16": "job:16"})
+    spec = job_spec(JobKind.restore, INSTANCES[0])
+    assert m.job(spec, platform.settings(), "x", False)["spec"]["template"]["spec"]["containers"][0]["image"] == "job:17"
+    spec = spec.model_copy(update={"env": {**spec.env, "POSTGRES_VERSION": "15"}})
+    job = m.job(spec, platform.settings(), "x", False)
+    validate(job)
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "job:15"
