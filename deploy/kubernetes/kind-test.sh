@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One command: the Kubernetes tests against a real (kind) cluster.
+#   deploy/kubernetes/kind-test.sh            # creates cluster "toygres" if needed, builds + loads the job image
+# Against AKS (or any cluster) instead:
+#   TOYGRES_K8S_CONTEXT=<context> TOYGRES_K8S_JOB_IMAGE=<registry>/toygres-job:17 \
+#     .venv/bin/python -m pytest tests/kubernetes -m kubernetes
+# Needs: docker, kind, kubectl. Optional: TOYGRES_K8S_BLOB_URL + TOYGRES_K8S_BLOB_SAS (a writable
+# blob folder) to run the backup to completion instead of to its expected upload failure.
+set -Eeuo pipefail
+cd "$(dirname "$0")/../.."
+cluster=${KIND_CLUSTER:-toygres}
+image=${TOYGRES_K8S_JOB_IMAGE:-toygres-job:17-kind}
+namespace=${TOYGRES_K8S_NAMESPACE:-toygres-test}
+
+kind get clusters | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 120s
+docker build --build-arg PG_MAJOR=17 -t "$image" deploy/kubernetes/job-image
+kind load docker-image "$image" --name "$cluster"
+kubectl --context "kind-$cluster" get namespace "$namespace" >/dev/null 2>&1 \
+  || kubectl --context "kind-$cluster" create namespace "$namespace"
+
+TOYGRES_K8S_CONTEXT="kind-$cluster" TOYGRES_K8S_JOB_IMAGE="$image" TOYGRES_K8S_NAMESPACE="$namespace" \
+  exec .venv/bin/python -m pytest tests/kubernetes -m kubernetes -v "$@"
