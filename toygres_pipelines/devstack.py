@@ -36,7 +36,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import psycopg
 import yaml
@@ -56,6 +55,7 @@ from resources.platform.postgres_server import (
     run_as_user,
 )
 from toygres_pipelines.models import ImageType, Instance, InstanceRef, InstanceState
+from toygres_pipelines.restores.steps import connection_strings
 from toygres_pipelines.stack import PROJECT_DIR, Azurite, CmsServer, azcopy_path, require_tools
 
 DEFAULT_STATE_DIR = Path("/var/tmp/toygres-dev")
@@ -184,21 +184,42 @@ def _pid_alive_with(pid: int, marker: str) -> bool:
     return marker in cmdline
 
 
-def stop_process_group(pgid: int, grace_seconds: float, alive: Callable[[], bool]) -> None:
-    """SIGTERM a process group, SIGKILL it after the grace period."""
+def group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_process_group(pgid: int, grace_seconds: float, reap: Callable[[], object] = lambda: None) -> None:
+    """SIGTERM every process of a group, SIGKILL what is left after the grace period.
+
+    `reap` collects the leader when it is our child (a zombie still counts as a group member).
+    """
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline:
-        if not alive():
-            break
+        reap()
+        if not group_exists(pgid):
+            return
         time.sleep(0.2)
+    log(f"process group {pgid} still running after {grace_seconds:.0f}s: killing it")
     try:
-        os.killpg(pgid, signal.SIGKILL)  # whatever is left of the group (workers, grandchildren)
+        os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        reap()
+        if not group_exists(pgid):
+            return
+        time.sleep(0.1)
 
 
 def kill_leftover(pid_file: Path, marker: str) -> None:
@@ -211,7 +232,7 @@ def kill_leftover(pid_file: Path, marker: str) -> None:
         pid = 0
     if pid > 0 and _pid_alive_with(pid, marker):
         log(f"stopping a leftover {marker} (process group {pid}) from an earlier run")
-        stop_process_group(pid, 10, lambda: _pid_alive_with(pid, marker))
+        stop_process_group(pid, 10)
     pid_file.unlink(missing_ok=True)
 
 
@@ -229,10 +250,6 @@ def render_dagster_yaml(template: Path, target: Path, max_backups: int | None, m
         text = template.read_text()
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
-
-
-def connection_string(host: str, port: int, user: str, password: str, database: str = "postgres") -> str:
-    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{quote(database, safe='')}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,6 +333,14 @@ def ensure_demo_instance(cms: CMSResource, platform: LocalPlatform, pagila_dir: 
         _deploy_and_wait(platform, spec)
         instance = existing
     else:
+        # Registered `creating` first; a crash before `running` leaves it so, and the next start
+        # makes the server again from scratch.
+        instance = existing or cms.create_instance(
+            user_name=DEMO_NAME, k8s_name=DEMO_NAME, namespace=DEMO_NAMESPACE,
+            postgres_version=DEMO_POSTGRES_VERSION, storage_size_gb=DEMO_STORAGE_GB,
+            use_load_balancer=False, dns_name=DEMO_NAME, image_type=ImageType.stock,
+            state=InstanceState.creating, tags={"toygres/demo": "pagila"},
+        )
         try:
             password = platform.read_instance_password(ref)
         except PlatformError:
@@ -326,30 +351,18 @@ def ensure_demo_instance(cms: CMSResource, platform: LocalPlatform, pagila_dir: 
         server = platform._server(ref, record.port if record else 0)
         if server.initialized and server.is_running():
             server.stop("immediate")
-        # Start from an empty volume: a data dir from an interrupted attempt is not trusted.
-        pgdata = server.data_dir
-        if pgdata.exists():
-            shutil.rmtree(pgdata)
+        if server.data_dir.exists():  # a data dir from an interrupted attempt is not trusted
+            shutil.rmtree(server.data_dir)
         server.initdb(platform.superuser, password.get_secret_value())
         _deploy_and_wait(platform, spec)
         load_pagila(platform, ref, pagila_dir)
-        instance = existing or cms.create_instance(
-            user_name=DEMO_NAME, k8s_name=DEMO_NAME, namespace=DEMO_NAMESPACE,
-            postgres_version=DEMO_POSTGRES_VERSION, storage_size_gb=DEMO_STORAGE_GB,
-            use_load_balancer=False, dns_name=DEMO_NAME, image_type=ImageType.stock,
-            state=InstanceState.creating, tags={"toygres/demo": "pagila"},
-        )
 
-    endpoints = platform.endpoints(ref)
-    password_text = platform.read_instance_password(ref).get_secret_value()
-    ip_host = endpoints.external_ip or endpoints.host
+    # Same shape as the restore job's rows: no password in the CMS (it stays in the platform's secret).
+    strings = connection_strings(platform.endpoints(ref), password=None)
     return cms.transition_instance(
         instance.id, InstanceState.running, reason="dev stack demo instance ready",
-        ip_connection_string=connection_string(ip_host, endpoints.port, platform.superuser, password_text),
-        dns_connection_string=connection_string(
-            endpoints.dns_name or ip_host, endpoints.port, platform.superuser, password_text
-        ),
-        external_ip=endpoints.external_ip,
+        ip_connection_string=strings.ip, dns_connection_string=strings.dns,
+        external_ip=platform.endpoints(ref).external_ip,
     )
 
 
@@ -450,13 +463,21 @@ def start_dagster(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
 
 
 def stop_dagster(process: subprocess.Popen, pid_file: Path) -> None:
+    """Stop `dagster dev` and everything in its process group.
+
+    SIGTERM goes to `dagster dev` alone first: it maps SIGTERM to its Ctrl-C handling and shuts
+    down the webserver, the daemon and the code servers in order (a code server killed under it
+    would be restarted). Then SIGTERM to what remains of the group (e.g. a run worker, which fails
+    its run and takes its job down), and SIGKILL after the grace period.
+    """
+    log("stopping dagster")
     if process.poll() is None:
-        log("stopping dagster")
-    stop_process_group(process.pid, DAGSTER_GRACE_SECONDS, lambda: process.poll() is None)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=DAGSTER_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            log(f"dagster dev did not stop within {DAGSTER_GRACE_SECONDS}s")
+    stop_process_group(process.pid, 10, process.poll)
     pid_file.unlink(missing_ok=True)
 
 
@@ -562,6 +583,10 @@ def _stop_azurite(azurite: Azurite, pid_file: Path) -> None:
 
 
 def main() -> int:
+    # A process started in the background by a non-interactive shell (`make dev &`, CI) inherits
+    # SIGINT ignored, and `dagster dev` maps SIGTERM to its SIGINT handler: ignored too. Installing
+    # a handler here means children start with the default disposition (handlers reset on exec).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     try:

@@ -1,0 +1,89 @@
+# toygres_pipelines: the two commands.
+#
+#   make dev    install everything, start the embedded stack and serve the Dagster UI
+#   make test   install everything, run the whole test suite (what .ci/run calls)
+#
+# `make tools` is the shared install step; it is idempotent and takes about a second once done.
+# Everything lands inside the checkout (.venv/, .tools/) except the apt packages.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+TOOLS := .tools
+PY := $(VENV)/bin/python
+
+# npm tools, pinned here (the .tools/ dir is not committed).
+AZURITE_VERSION := 3.37.0
+AZCOPY_VERSION := 10.32.2
+NPM_PACKAGES := azurite@$(AZURITE_VERSION) @azure-tools/azcopy-linux@$(AZCOPY_VERSION)
+AZCOPY := $(TOOLS)/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64
+
+# pytest workers: every worker starts its own PostgreSQL + Azurite (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?=
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help tools apt npm venv test dev clean
+
+help:
+	@echo "make dev    install everything, start CMS PostgreSQL + Azurite + demo instance + Dagster UI (http://127.0.0.1:3000)"
+	@echo "make test   install everything, run the test suite"
+	@echo "make tools  only the installs (apt packages, npm tools in $(TOOLS)/, Python venv in $(VENV)/)"
+	@echo "make clean  remove $(VENV)/ and $(TOOLS)/ (the dev stack's state is reset with: rm -rf \$${TOYGRES_STATE_DIR:-/var/tmp/toygres-dev} .toygres)"
+
+tools: apt npm venv
+
+# apt: libsecret-1-0 (azcopy needs it), PostgreSQL server binaries (initdb, pg_ctl, pg_dump,
+# pg_restore, psql) unless some version is installed, python3-venv when venv cannot bootstrap pip.
+apt:
+	@missing=""; \
+	dpkg -s libsecret-1-0 >/dev/null 2>&1 || missing="$$missing libsecret-1-0"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x $(PY) ] || $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  if [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; then \
+	    echo "apt: need root or sudo to install$$missing" >&2; exit 1; \
+	  fi; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# npm: Azurite and azcopy into $(TOOLS)/, reinstalled only when the pinned versions change.
+npm: $(TOOLS)/.installed
+	@chmod +x $(AZCOPY)
+
+$(TOOLS)/.installed: FORCE
+	@want="$(NPM_PACKAGES)"; \
+	if [ "$$(cat $@ 2>/dev/null)" != "$$want" ] || [ ! -e $(AZCOPY) ] || [ ! -e $(TOOLS)/node_modules/.bin/azurite-blob ]; then \
+	  command -v npm >/dev/null || { echo "npm: Node.js (npm) is required" >&2; exit 1; }; \
+	  echo "npm: installing $$want into $(TOOLS)/"; \
+	  mkdir -p $(TOOLS); \
+	  npm install --prefix $(TOOLS) --no-audit --no-fund --save-exact --loglevel=error $$want; \
+	  echo "$$want" > $@; \
+	fi
+
+# pip: the project (editable) and its test extras into $(VENV)/, redone when pyproject.toml changes.
+venv:
+	@want="$$(sha256sum pyproject.toml | cut -d' ' -f1) $$($(PYTHON) -c 'import sys; print(sys.version.split()[0])')"; \
+	if [ "$$(cat $(VENV)/.installed 2>/dev/null)" != "$$want" ] || [ ! -x $(PY) ]; then \
+	  echo "pip: installing the project into $(VENV)/"; \
+	  [ -x $(PY) ] || $(PYTHON) -m venv $(VENV); \
+	  $(PY) -m pip install -q --disable-pip-version-check -e '.[test]'; \
+	  echo "$$want" > $(VENV)/.installed; \
+	fi
+
+test: tools
+	$(PY) -m pytest -n $(TEST_WORKERS) -q $(PYTEST_ARGS)
+
+dev: tools
+	$(PY) -m toygres_pipelines.devstack
+
+clean:
+	rm -rf $(VENV) $(TOOLS)
+
+FORCE:

@@ -1,0 +1,182 @@
+"""The `make dev` runner: demo instance, instance config, key, process-group handling."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from cryptography.fernet import Fernet
+
+from toygres_pipelines import devstack
+from toygres_pipelines.models import ImageType, InstanceRef, InstanceState
+from toygres_pipelines.stack import PROJECT_DIR
+
+SHIPPED_DAGSTER_YAML = PROJECT_DIR / "deploy" / "local" / "dagster.yaml"
+
+
+# ---- the demo instance (real PostgreSQL) ---------------------------------------------------
+
+
+@pytest.mark.integration
+def test_demo_instance_is_created_once_and_redeployed_when_down(cms, platform):
+    pagila_dir = devstack.Settings.from_env().pagila_dir
+
+    demo = devstack.ensure_demo_instance(cms, platform, pagila_dir)
+
+    assert demo.state is InstanceState.running
+    assert (demo.k8s_name, demo.namespace, demo.user_name, demo.dns_name) == (
+        "pagila-demo", "default", "pagila-demo", "pagila-demo",
+    )
+    assert demo.postgres_version == "15" and demo.storage_size_gb == 1 and demo.image_type is ImageType.stock
+    endpoints = platform.endpoints(devstack.demo_ref())
+    assert demo.ip_connection_string == f"postgresql://postgres@{endpoints.external_ip}:{endpoints.port}/postgres"
+    assert demo.dns_connection_string is not None
+    password = platform.read_instance_password(devstack.demo_ref()).get_secret_value()
+    assert password not in demo.ip_connection_string
+    assert [e.to_state for e in cms.events(demo.id)] == ["creating", "running"]
+
+    def pagila_counts() -> tuple[int, int]:
+        dsn = psycopg.conninfo.make_conninfo(
+            host=endpoints.host, port=endpoints.port, user="postgres", password=password, dbname="pagila"
+        )
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            films = conn.execute("SELECT count(*) FROM film").fetchone()[0]
+            payments = conn.execute("SELECT count(*) FROM payment").fetchone()[0]
+        return films, payments
+
+    counts = pagila_counts()
+    assert counts[0] == 1000 and counts[1] > 10000
+
+    # Running again reuses it: same row, no new event, same data.
+    again = devstack.ensure_demo_instance(cms, platform, pagila_dir)
+    assert again.id == demo.id
+    assert len(cms.events(demo.id)) == 2
+    assert pagila_counts() == counts
+
+    # After a reboot the CMS says running but the server is down: it is deployed again.
+    platform.stop_instance(devstack.demo_ref())
+    assert not platform._server(devstack.demo_ref(), endpoints.port).is_running()
+    assert devstack.redeploy_running_instances(cms, platform) == []
+    assert pagila_counts() == counts
+    platform.stop_instance(devstack.demo_ref())
+    assert devstack.ensure_demo_instance(cms, platform, pagila_dir).id == demo.id
+    assert pagila_counts() == counts
+
+    # Shutdown stops every instance server of the state dir.
+    devstack.stop_local_instances(platform)
+    assert not platform._server(devstack.demo_ref(), endpoints.port).is_running()
+
+
+@pytest.mark.integration
+def test_running_instance_unknown_to_the_platform_is_reported(cms, platform):
+    row = cms.create_instance(
+        user_name="ghost", k8s_name="ghost-abcde", namespace="default", postgres_version="15",
+        storage_size_gb=1, use_load_balancer=False, dns_name="ghost", image_type=ImageType.stock,
+    )
+    cms.transition_instance(row.id, InstanceState.running)
+
+    problems = devstack.redeploy_running_instances(cms, platform)
+
+    assert problems == ["default/ghost-abcde: running in the CMS but not on this platform"]
+    assert not platform.instance_exists(InstanceRef(k8s_name="ghost-abcde", namespace="default"))
+
+
+# ---- the Dagster instance config -------------------------------------------------------------
+
+
+def _limits(home: Path) -> dict:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        config = instance.get_concurrency_config()
+        assert instance.run_monitoring_enabled
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+    limits = {}
+    for limit in config.run_queue_config.tag_concurrency_limits:
+        value = limit.get("value")
+        limits[(limit["key"], value if isinstance(value, str) else "per-value")] = limit["limit"]
+    return limits
+
+
+def test_shipped_instance_config_loads_with_the_fleet_limits(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))  # the config's storage lives there
+    devstack.render_dagster_yaml(SHIPPED_DAGSTER_YAML, tmp_path / "dagster.yaml", None, None)
+
+    assert (tmp_path / "dagster.yaml").read_text() == SHIPPED_DAGSTER_YAML.read_text()
+    assert _limits(tmp_path) == {
+        ("toygres/kind", "backup"): 2,
+        ("toygres/kind", "restore"): 2,
+        ("toygres/instance", "per-value"): 1,
+    }
+
+
+def test_fleet_limits_can_be_overridden(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    devstack.render_dagster_yaml(SHIPPED_DAGSTER_YAML, tmp_path / "dagster.yaml", 5, 3)
+
+    assert _limits(tmp_path) == {
+        ("toygres/kind", "backup"): 5,
+        ("toygres/kind", "restore"): 3,
+        ("toygres/instance", "per-value"): 1,
+    }
+
+
+# ---- settings, key, processes ----------------------------------------------------------------
+
+
+def test_settings_defaults_and_overrides():
+    defaults = devstack.Settings.from_env({})
+    assert defaults.state_dir == Path("/var/tmp/toygres-dev")
+    assert defaults.dagster_home == PROJECT_DIR / ".toygres" / "dagster_home"
+    assert (defaults.ui_host, defaults.ui_port, defaults.azurite_port) == ("127.0.0.1", 3000, 10000)
+    assert defaults.blob_container == "toygres-images"
+    assert defaults.pagila_dir == PROJECT_DIR.parent / "shared" / "fixtures" / "pagila"
+    assert (defaults.max_backups, defaults.max_restores) == (None, None)
+
+    custom = devstack.Settings.from_env(
+        {"TOYGRES_STATE_DIR": "/srv/t", "TOYGRES_UI_PORT": "3100", "TOYGRES_MAX_CONCURRENT_BACKUPS": "4"}
+    )
+    assert (custom.state_dir, custom.ui_port, custom.max_backups) == (Path("/srv/t"), 3100, 4)
+
+    with pytest.raises(devstack.DevStackError, match="TOYGRES_UI_PORT='x'"):
+        devstack.Settings.from_env({"TOYGRES_UI_PORT": "x"})
+    with pytest.raises(devstack.DevStackError, match="at least 1"):
+        devstack.Settings.from_env({"TOYGRES_MAX_CONCURRENT_RESTORES": "0"})
+
+
+def test_encryption_key_is_created_private_and_then_kept(tmp_path):
+    path = tmp_path / "encryption-key"
+
+    key = devstack.load_or_create_key(path)
+
+    Fernet(key.encode())  # a valid key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert devstack.load_or_create_key(path) == key
+
+
+def test_process_group_ignoring_sigterm_is_killed_after_the_grace_period():
+    process = subprocess.Popen(
+        ["bash", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"], start_new_session=True
+    )
+    time.sleep(0.5)
+    started = time.monotonic()
+
+    devstack.stop_process_group(process.pid, 1, process.poll)
+
+    assert time.monotonic() - started < 5
+    assert process.poll() is not None
+    assert not devstack.group_exists(process.pid)
+
+
+def test_process_group_stops_at_once_on_sigterm():
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    started = time.monotonic()
+
+    devstack.stop_process_group(process.pid, 20, process.poll)
+
+    assert time.monotonic() - started < 5
+    assert process.returncode == -15
+    assert not devstack.group_exists(process.pid)
