@@ -11,6 +11,7 @@ import dagster as dg
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
     BlobServiceClient,
+    ExponentialRetry,
     ContainerClient,
     ContainerSasPermissions,
     generate_container_sas,
@@ -41,8 +42,12 @@ class BlobStorageResource(dg.ConfigurableResource):
 
     @cached_property
     def _client(self) -> BlobServiceClient:
-        options = {"connection_timeout": self.request_timeout_seconds, "read_timeout": self.request_timeout_seconds,
-                   "retry_total": 2}
+        options = {
+            "connection_timeout": self.request_timeout_seconds,
+            "read_timeout": self.request_timeout_seconds,
+            # The SDK default waits 15 s, then 18 s... before retrying; fail within seconds instead.
+            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
+        }
         if self.connection_string:
             return BlobServiceClient.from_connection_string(self.connection_string, **options)
         if self.account_url:

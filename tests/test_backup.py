@@ -12,25 +12,13 @@ import psycopg
 import pytest
 
 from resources.platform.postgres_server import postgres_bindir
-from toygres_pipelines.images.assets import image
 from toygres_pipelines.images.janitor import purge_failed_image_blobs
 from toygres_pipelines.models import ImageState, InstanceState
 from toygres_pipelines.restores.steps import SUPERUSER
 
+from tests.helpers import failure_text, materialize_image, run_logs
+
 pytestmark = pytest.mark.integration
-
-
-def materialize_image(resources, key: str, config: dict | None = None, raise_on_error: bool = True, instance=None):
-    instance = instance or dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("images", [key])
-    return dg.materialize(
-        [image], partition_key=key, resources=resources, instance=instance,
-        run_config={"ops": {"image": {"config": config or {}}}}, raise_on_error=raise_on_error,
-    )
-
-
-def run_logs(instance: dg.DagsterInstance, run_id: str) -> str:
-    return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
 
 
 def test_backup_of_pagila_is_verified_and_restorable(resources, cms, blob, source, tmp_path):
@@ -117,11 +105,6 @@ def test_duplicate_image_name_leaves_the_first_untouched(resources, cms, source)
     assert cms.get_image(first.id).state is ImageState.ready
 
 
-def failure_text(result) -> str:
-    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    return "\n".join(str(e.event_specific_data.error.to_string()) for e in failures)
-
-
 def wait_for_pg_dump_blocked(dsn: str, database: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -176,7 +159,7 @@ def test_blob_storage_stopping_mid_run_fails_the_image_and_leaves_no_blob(resour
     outcome = {}
     runner = threading.Thread(
         target=lambda: outcome.update(
-            result=materialize_image(resources, key, {"job_timeout_seconds": 30}, raise_on_error=False)
+            result=materialize_image(resources, key, {"job_timeout_seconds": 15}, raise_on_error=False)
         )
     )
     runner.start()

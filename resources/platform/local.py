@@ -11,6 +11,7 @@ It is a faithful stand-in for Kubernetes: the same scripts, the same environment
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import shutil
 import signal
@@ -83,12 +84,17 @@ class LocalPlatform(PlatformResource):
     def job_dir(self, name: str, namespace: str) -> Path:
         return self._root / "jobs" / namespace / name
 
+    def _socket_dir(self, instance: InstanceRef) -> Path:
+        # Unix socket paths are limited to ~107 bytes: keep them short whatever the names.
+        digest = hashlib.sha1(f"{instance.namespace}/{instance.k8s_name}".encode()).hexdigest()[:12]
+        return self._root / "sockets" / digest
+
     def _server(self, instance: InstanceRef, port: int) -> LocalPostgresServer:
         base = self.instance_dir(instance)
         return LocalPostgresServer(
             data_dir=self.volume_dir(instance) / "pgdata",
             port=port,
-            socket_dir=base / "run",
+            socket_dir=self._socket_dir(instance),
             log_file=base / "run" / "postgres.log",
             hba_file=base / "config" / "pg_hba.conf",
         )
@@ -259,6 +265,7 @@ class LocalPlatform(PlatformResource):
             except ServerCommandFailed:
                 pass
         shutil.rmtree(self.instance_dir(instance), ignore_errors=True)
+        shutil.rmtree(self._socket_dir(instance), ignore_errors=True)
 
     def instance_exists(self, instance: InstanceRef) -> bool:
         return self.instance_dir(instance).exists()

@@ -149,6 +149,7 @@ class LocalPostgresServer:
 
     def start(self, timeout_seconds: int = 60) -> None:
         give_to_service_user(self.socket_dir)
+        give_to_service_user(self.log_file.parent)
         options = [
             f"-p {self.port}",
             "-c listen_addresses=127.0.0.1",

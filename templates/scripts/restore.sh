@@ -15,7 +15,8 @@ load_secrets
 
 pgdata="$VOLUME_PATH/pgdata"
 staging="$VOLUME_PATH/restore-staging"
-socket_dir=$(mktemp -d "${TMPDIR:-/tmp}/toygres-restore.XXXXXX")
+# Unix socket paths are limited to ~107 bytes, so the private socket lives directly in /tmp.
+socket_dir=$(mktemp -d /tmp/toygres-restore.XXXXXX)
 cleanup() {
   if [[ -f "$pgdata/postmaster.pid" ]]; then pg_ctl -D "$pgdata" stop -m fast -w >/dev/null 2>&1 || true; fi
   rm -rf "$staging" "$socket_dir"

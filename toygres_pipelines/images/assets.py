@@ -19,7 +19,7 @@ class BackupConfig(dg.Config):
         "part before '__' (partition 'pagila-demo__manual-1' backs up 'pagila-demo').",
     )
     description: str | None = Field(default=None, description="Free text stored with the image")
-    job_timeout_seconds: int = Field(default=3600, ge=30, description="Upper bound for the backup job")
+    job_timeout_seconds: int = Field(default=3600, ge=5, description="Upper bound for the backup job, in seconds")
 
 
 @dg.asset(

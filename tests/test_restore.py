@@ -1,0 +1,230 @@
+"""Restores through the Dagster job against real PostgreSQL, Azurite and azcopy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+
+import dagster as dg
+import psycopg
+import pytest
+
+from resources.platform.postgres_server import postgres_bindir
+from tests.conftest import SOURCE_PASSWORD
+from tests.helpers import failure_text, materialize_image, run_logs
+from toygres_pipelines.models import ImageState, InstanceState
+from toygres_pipelines.restores.jobs import REQUEST_ID_TAG, restore_instance
+from toygres_pipelines.restores.steps import instance_ref
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ready_image(resources, cms, source):
+    assert materialize_image(resources, f"{source.k8s_name}__for-restore").success
+    return cms.find_image(f"{source.k8s_name}__for-restore")
+
+
+def restore(resources, tags: dict | None = None, instance: dg.DagsterInstance | None = None, **config):
+    config.setdefault("name", "restored")
+    config.setdefault("dns_label", "restored-db")
+    config.setdefault("storage_size_gb", 1)
+    config.setdefault("ready_timeout_seconds", 60)
+    return restore_instance.execute_in_process(
+        run_config={"ops": {"validate_request": {"config": config}}},
+        resources=resources, raise_on_error=False, tags=tags, instance=instance,
+    )
+
+
+def dsn_of(platform, instance, password: str, database: str) -> str:
+    endpoints = platform.endpoints(instance_ref(instance))
+    return psycopg.conninfo.make_conninfo(
+        host=endpoints.host, port=endpoints.port, user="postgres", password=password, dbname=database
+    )
+
+
+def schema_dump(dsn: str) -> list[str]:
+    done = subprocess.run(
+        [str(postgres_bindir() / "pg_dump"), "--schema-only", "--dbname", dsn], capture_output=True, text=True, check=True
+    )
+    # Comments carry versions and times; \restrict/\unrestrict carry a random key per dump.
+    return [
+        line for line in done.stdout.splitlines()
+        if line.strip() and not line.startswith(("--", "\\restrict", "\\unrestrict"))
+    ]
+
+
+TABLE_FINGERPRINTS = """
+SELECT c.oid::regclass::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE (c.relkind IN ('r', 'p') OR (c.relkind = 'm' AND c.relispopulated)) AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1
+"""
+
+
+def table_fingerprints(dsn: str) -> dict[str, tuple[int, str]]:
+    """Every table's row count and a checksum of its rows in a stable order."""
+    fingerprints = {}
+    with psycopg.connect(dsn) as conn:
+        for (table,) in conn.execute(TABLE_FINGERPRINTS).fetchall():
+            count, digest = conn.execute(
+                f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
+            ).fetchone()
+            fingerprints[table] = (count, digest)
+    return fingerprints
+
+
+def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, source_dsn, ready_image):
+    dagster = dg.DagsterInstance.ephemeral()
+    result = restore(
+        resources, source_image_id=str(ready_image.id), name="pagila-copy", dns_label="pagila-copy",
+        password="ignored-password", instance=dagster,
+    )
+    assert result.success, failure_text(result)
+
+    instance = result.output_for_node("mark_instance_running")
+    assert instance.state is InstanceState.running
+    row = cms.get_instance(instance.id)
+    assert row.state is InstanceState.running and row.source_image_id == ready_image.id
+    assert row.image_type == ready_image.image_type and row.postgres_version == ready_image.postgres_version
+    assert row.user_name == "pagila-copy" and row.k8s_name.startswith("pagila-copy-") and row.dns_name == "pagila-copy"
+    assert row.ip_connection_string.startswith("postgresql://postgres@127.0.0.1:")
+    assert [e.to_state for e in cms.events(row.id)] == ["creating", "running"]
+
+    restored = lambda db: dsn_of(platform, row, SOURCE_PASSWORD, db)  # noqa: E731
+    assert schema_dump(restored("pagila")) == schema_dump(source_dsn("pagila"))
+    source_tables = table_fingerprints(source_dsn("pagila"))
+    assert len(source_tables) >= 22 and source_tables["rental"][0] > 16000
+    assert source_tables["rental_by_category"][0] > 0  # the materialized view is populated too
+    assert table_fingerprints(restored("pagila")) == source_tables
+
+    with psycopg.connect(restored("pagila")) as conn:
+        assert conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'pagila_app'").fetchone() == (True,)
+    app = psycopg.conninfo.make_conninfo(restored("pagila"), user="pagila_app", password="pagila-app")
+    with psycopg.connect(app) as conn:
+        assert conn.execute("SELECT count(*) FROM film").fetchone()[0] == 1000
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(dsn_of(platform, row, "wrong-password", "postgres"))
+
+    logs = run_logs(dagster, result.run_id)
+    assert "password is ignored for restores" in logs
+    assert SOURCE_PASSWORD not in logs
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"source_image_id": None}, "source_image_id: required"),
+        ({"runtime_image_id": "some-runtime"}, "runtime_image_id: cannot be combined with source_image_id"),
+        ({"image_override": "postgres:16"}, "image_override: cannot be combined with source_image_id"),
+        ({"source_image_id": "no-such-image"}, "source_image_id: no image with name 'no-such-image'"),
+        ({"source_image_id": "00000000-0000-0000-0000-000000000000"}, "source_image_id: no image with id"),
+        ({"name": "Upper_Case"}, "name: 'Upper_Case' must be a DNS-1123 label"),
+        ({"name": "n" * 47}, "name: '" + "n" * 47 + "' must be 1-46 characters long"),
+        ({"dns_label": "-bad-"}, "dns_label: '-bad-' must be a DNS-1123 label"),
+        ({"dns_label": "pagila-src"}, "dns_label: 'pagila-src' is already used by another instance"),
+        ({"namespace": "Not/A/Namespace"}, "namespace:"),
+        ({"storage_size_gb": 0}, "storage_size_gb: 0 must be between 1 and"),
+    ],
+)
+def test_invalid_requests_create_nothing(resources, cms, platform, source, ready_image, config, message):
+    config = {"source_image_id": str(ready_image.id), **config}
+    volumes_before = platform_instances(platform)
+    result = restore(resources, **config)
+    assert not result.success
+    assert message in failure_text(result)
+    assert cms.list_instances() == [cms.get_instance(source.id)]
+    assert platform_instances(platform) == volumes_before
+
+
+def platform_instances(platform) -> set[str]:
+    return {p.name for p in (platform._root / "instances").glob("*/*")}
+
+
+def test_image_that_is_not_ready_is_refused(resources, cms, source, ready_image):
+    cms.transition_image(ready_image.id, ImageState.deleting, reason="test")
+    result = restore(resources, source_image_id=ready_image.name)
+    assert "source_image_id: no image with name" in failure_text(result) or "must be ready" in failure_text(result)
+    result = restore(resources, source_image_id=str(ready_image.id))
+    assert f"image {ready_image.name!r} is deleting, it must be ready" in failure_text(result)
+    assert len(cms.list_instances()) == 1
+
+
+def assert_cleaned_up(cms, platform, failed_step: str, reason: str):
+    failed = [i for i in cms.list_instances() if i.state is InstanceState.failed]
+    assert len(failed) == 1, cms.list_instances()
+    instance = failed[0]
+    assert f"step {failed_step} failed" in instance.error_message and reason in instance.error_message
+    assert not platform.instance_exists(instance_ref(instance))
+    assert not list((platform._root / "jobs").glob(f"*/restore-{instance.k8s_name}"))
+    assert not cms.dns_name_in_use(instance.dns_name)
+    return instance
+
+
+def test_flipped_byte_in_the_blob_never_becomes_an_instance(resources, cms, blob, platform, source, ready_image):
+    manifest, _ = blob.read_manifest(ready_image.blob_path)
+    dump = next(f for f in manifest.files if f.database == "pagila")
+    name = f"{ready_image.blob_path}/{dump.path}"
+    data = bytearray(blob.read_bytes(name))
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(name, bytes(data), overwrite=True)
+
+    result = restore(resources, source_image_id=ready_image.name)
+    assert not result.success
+    assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch")
+
+
+def test_restore_script_failing_midway_is_cleaned_up(resources, cms, blob, platform, source, ready_image):
+    """A consistent image (manifest and CMS agree) whose roles script breaks after initdb."""
+    broken = b"CREATE ROLE broken_role;\nTHIS IS NOT SQL;\n"
+    blob.write_bytes(f"{ready_image.blob_path}/globals.sql", broken, overwrite=True)
+    manifest_doc = json.loads(blob.read_bytes(f"{ready_image.blob_path}/manifest.json"))
+    for entry in manifest_doc["files"]:
+        if entry["path"] == "globals.sql":
+            entry.update(size_bytes=len(broken), sha256=hashlib.sha256(broken).hexdigest())
+    manifest_bytes = json.dumps(manifest_doc).encode()
+    blob.write_bytes(f"{ready_image.blob_path}/manifest.json", manifest_bytes, overwrite=True)
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute(
+            "UPDATE toygres_cms.images SET backup_checksum = %s WHERE id = %s",
+            (hashlib.sha256(manifest_bytes).hexdigest(), ready_image.id),
+        )
+
+    dagster = dg.DagsterInstance.ephemeral()
+    result = restore(resources, source_image_id=ready_image.name, instance=dagster)
+    assert not result.success
+    logs = run_logs(dagster, result.run_id)
+    assert "restoring roles" in logs and "syntax error" in logs  # the job's own log reached the run
+    assert_cleaned_up(cms, platform, "run_restore_job", "restoring roles failed")
+
+
+def test_same_request_twice_restores_once(resources, cms, source, ready_image):
+    tags = {REQUEST_ID_TAG: "7b0d3f8e-request"}
+    assert restore(resources, tags=tags, source_image_id=ready_image.name).success
+    again = restore(resources, tags=tags, source_image_id=ready_image.name, dns_label="another-label")
+    assert not again.success and "already restored" in failure_text(again)
+    restored = [i for i in cms.list_instances() if i.source_image_id == ready_image.id]
+    assert [i.state for i in restored] == [InstanceState.running]
+
+
+def test_launchpad_form_describes_every_field():
+    config_type = restore_instance.run_config_schema.config_type
+    op_config = config_type.fields["ops"].config_type.fields["validate_request"].config_type.fields["config"].config_type
+    expected = {
+        "name", "dns_label", "source_image_id", "namespace", "storage_size_gb", "internal",
+        "runtime_image_id", "image_override", "password",
+    }
+    assert expected <= set(op_config.fields)
+    for name, field in op_config.fields.items():
+        assert field.description, f"{name} has no description in the launchpad"
+    assert op_config.fields["name"].is_required
+    assert op_config.fields["namespace"].default_value == "default"
+
+
+def test_restore_job_is_registered_with_its_tags():
+    from toygres_pipelines.definitions import defs
+
+    job = defs.resolve_job_def("restore_instance")
+    assert job.tags["toygres/kind"] == "restore"
+    assert isinstance(job, dg.JobDefinition)
