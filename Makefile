@@ -27,7 +27,13 @@ PYTEST_ARGS ?=
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help tools apt npm venv test dev clean
+# The pagila sample database (tests and the demo instance): TOYGRES_PAGILA_DIR when set, else the
+# first of these holding pagila-schema.sql. Exported to the tests and the dev stack.
+PAGILA_CANDIDATES := $(CURDIR)/../shared/fixtures/pagila /work/shared/fixtures/pagila
+TOYGRES_PAGILA_DIR ?= $(firstword $(foreach d,$(PAGILA_CANDIDATES),$(if $(wildcard $(d)/pagila-schema.sql),$(abspath $(d)))))
+export TOYGRES_PAGILA_DIR
+
+.PHONY: help tools apt npm venv pagila test dev clean
 
 help:
 	@echo "make dev    install everything, start CMS PostgreSQL + Azurite + demo instance + Dagster UI (http://127.0.0.1:3000)"
@@ -77,11 +83,16 @@ venv:
 	  echo "$$want" > $(VENV)/.installed; \
 	fi
 
-test: tools
+test: tools pagila
 	$(PY) -m pytest -n $(TEST_WORKERS) -q $(PYTEST_ARGS)
 
-dev: tools
+dev: tools pagila
 	$(PY) -m toygres_pipelines.devstack
+
+pagila:
+	@[ -f "$(TOYGRES_PAGILA_DIR)/pagila-schema.sql" ] && [ -f "$(TOYGRES_PAGILA_DIR)/pagila-data.sql" ] || { \
+	  echo "pagila fixtures (pagila-schema.sql, pagila-data.sql) not found in '$(TOYGRES_PAGILA_DIR)'" \
+	       "nor in $(PAGILA_CANDIDATES): set TOYGRES_PAGILA_DIR" >&2; exit 1; }
 
 clean:
 	rm -rf $(VENV) $(TOOLS)

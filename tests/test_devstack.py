@@ -133,7 +133,8 @@ def test_settings_defaults_and_overrides():
     assert defaults.dagster_home == PROJECT_DIR / ".toygres" / "dagster_home"
     assert (defaults.ui_host, defaults.ui_port, defaults.azurite_port) == ("127.0.0.1", 3000, 10000)
     assert defaults.blob_container == "toygres-images"
-    assert defaults.pagila_dir == PROJECT_DIR.parent / "shared" / "fixtures" / "pagila"
+    assert defaults.pagila_dir == devstack.default_pagila_dir()
+    assert devstack.default_pagila_dir() in devstack.PAGILA_CANDIDATES
     assert (defaults.max_backups, defaults.max_restores) == (None, None)
 
     custom = devstack.Settings.from_env(

@@ -87,6 +87,14 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Settings
 
+PAGILA_CANDIDATES = (PROJECT_DIR.parent / "shared" / "fixtures" / "pagila", Path("/work/shared/fixtures/pagila"))
+
+
+def default_pagila_dir() -> Path:
+    """The first candidate holding the pagila fixtures (the Makefile searches the same places)."""
+    return next((d for d in PAGILA_CANDIDATES if (d / PAGILA_FILES[0]).is_file()), PAGILA_CANDIDATES[0])
+
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -123,7 +131,7 @@ class Settings:
             ui_port=optional_int("TOYGRES_UI_PORT") or DEFAULT_UI_PORT,
             azurite_port=optional_int("TOYGRES_AZURITE_PORT") or DEFAULT_AZURITE_PORT,
             blob_container=env.get("TOYGRES_BLOB_CONTAINER") or "toygres-images",
-            pagila_dir=Path(env.get("TOYGRES_PAGILA_DIR") or PROJECT_DIR.parent / "shared" / "fixtures" / "pagila"),
+            pagila_dir=Path(env.get("TOYGRES_PAGILA_DIR") or default_pagila_dir()),
             max_backups=optional_int("TOYGRES_MAX_CONCURRENT_BACKUPS"),
             max_restores=optional_int("TOYGRES_MAX_CONCURRENT_RESTORES"),
         )
