@@ -30,15 +30,28 @@ def blob_from_env() -> BlobStorageResource:
 def platform_from_env() -> PlatformResource:
     kind = os.environ.get("TOYGRES_PLATFORM", "local")
     if kind == "kubernetes":
-        from resources.platform.kubernetes import KubernetesPlatform
-
-        return KubernetesPlatform.from_env()
+        return kubernetes_platform_from_env()
     if kind != "local":
         raise ValueError(f"TOYGRES_PLATFORM: {kind!r} must be 'local' or 'kubernetes'")
     return LocalPlatform(
         state_dir=os.environ.get("TOYGRES_STATE_DIR", DEFAULT_STATE_DIR),
         azcopy_path=os.environ.get("TOYGRES_AZCOPY", str(azcopy_path())),
     )
+
+
+def kubernetes_platform_from_env() -> PlatformResource:
+    from resources.platform.kubernetes import KubernetesPlatform
+
+    settings = {
+        "namespace": "TOYGRES_K8S_NAMESPACE",
+        "service_account_name": "TOYGRES_K8S_SERVICE_ACCOUNT",
+        "job_image": "TOYGRES_K8S_JOB_IMAGE",
+        "storage_class": "TOYGRES_K8S_STORAGE_CLASS",
+        "azure_region": "TOYGRES_K8S_REGION",
+        "kube_context": "TOYGRES_K8S_CONTEXT",
+        "kubeconfig_path": "KUBECONFIG",
+    }
+    return KubernetesPlatform(**{field: os.environ[var] for field, var in settings.items() if os.environ.get(var)})
 
 
 def resources_from_env() -> dict:

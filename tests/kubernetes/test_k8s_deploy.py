@@ -123,9 +123,11 @@ def test_dagster_helm_values():
     assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlHost"]
     concurrency = values["concurrency"]
     assert concurrency["enabled"] is True
-    limits = {limit["key"]: limit for limit in concurrency["runs"]["tagConcurrencyLimits"]}
-    assert limits["toygres-backup"]["limit"] >= 1 and "value" not in limits["toygres-backup"]
-    assert limits["toygres-restore"]["limit"] >= 1
+    limits = {(limit["key"], str(limit.get("value"))): limit for limit in concurrency["runs"]["tagConcurrencyLimits"]}
+    # The same tags as the local instance config (deploy/local/dagster.yaml) and the run requests.
+    assert limits[("toygres/kind", "backup")]["limit"] >= 1
+    assert limits[("toygres/kind", "restore")]["limit"] >= 1
+    limits = {key: limit for (key, _), limit in limits.items()}
     assert limits["toygres/instance"] == {"key": "toygres/instance", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
     # The chart refuses tag limits in both places at once.
     assert "tagConcurrencyLimits" not in values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]

@@ -64,6 +64,8 @@ def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageRes
             "MANIFEST_SHA256": plan.manifest_sha256,
             "BACKUP_SHA256SUMS": sha256sums(manifest),
             "POSTGRES_USER": SUPERUSER,
+            # initdb's major version must be the server's: the platform picks the job image by it.
+            "POSTGRES_VERSION": plan.postgres_version,
         },
         blob_sas=blob.job_sas("rl", timedelta(seconds=timeout_seconds + 600)),
         labels={"toygres/instance": instance.k8s_name, "toygres/image-id": str(plan.image_id)},
