@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -12,9 +13,10 @@ import psycopg
 import pytest
 from cryptography.fernet import Fernet
 
+from resources.platform.local import LocalPlatform
 from toygres_pipelines import devstack
 from toygres_pipelines.models import ImageType, InstanceRef, InstanceState
-from toygres_pipelines.stack import PROJECT_DIR
+from toygres_pipelines.stack import PROJECT_DIR, azcopy_path
 
 SHIPPED_DAGSTER_YAML = PROJECT_DIR / "deploy" / "local" / "dagster.yaml"
 
@@ -22,8 +24,20 @@ SHIPPED_DAGSTER_YAML = PROJECT_DIR / "deploy" / "local" / "dagster.yaml"
 # ---- the demo instance (real PostgreSQL) ---------------------------------------------------
 
 
+@pytest.fixture
+def dev_platform(stack):
+    """A local platform of its own: stop_local_instances() stops every server in its state dir,
+    which must not include the `pagila-src` server the other tests of this worker share."""
+    state_dir = stack.root / f"devstack-{uuid.uuid4().hex[:8]}"
+    platform = LocalPlatform(state_dir=str(state_dir), azcopy_path=str(azcopy_path()))
+    yield platform
+    for ref in devstack.local_instances(platform):
+        platform.delete_instance(ref)
+
+
 @pytest.mark.integration
-def test_demo_instance_is_created_once_and_redeployed_when_down(cms, platform):
+def test_demo_instance_is_created_once_and_redeployed_when_down(cms, dev_platform):
+    platform = dev_platform
     pagila_dir = devstack.Settings.from_env().pagila_dir
 
     demo = devstack.ensure_demo_instance(cms, platform, pagila_dir)
@@ -73,7 +87,8 @@ def test_demo_instance_is_created_once_and_redeployed_when_down(cms, platform):
 
 
 @pytest.mark.integration
-def test_running_instance_unknown_to_the_platform_is_reported(cms, platform):
+def test_running_instance_unknown_to_the_platform_is_reported(cms, dev_platform):
+    platform = dev_platform
     row = cms.create_instance(
         user_name="ghost", k8s_name="ghost-abcde", namespace="default", postgres_version="15",
         storage_size_gb=1, use_load_balancer=False, dns_name="ghost", image_type=ImageType.stock,
