@@ -1,0 +1,315 @@
+"""The `toygres-pipelines` CLI against a real CMS database (one fresh database per test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from resources.platform.postgres_server import free_port
+from toygres_pipelines import cli
+from toygres_pipelines.models import ImageState, ImageType, InstanceState, RequestState
+
+UNREACHABLE_PASSWORD = "n0t-Sh0wn-pw"
+
+
+@pytest.fixture
+def run(cms, monkeypatch, capsys):
+    """main([...]) in process against the test's CMS: (exit code, stdout, stderr)."""
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    monkeypatch.delenv(cli.KEY_ENV, raising=False)
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running, **kwargs):
+    return cms.create_instance(
+        user_name=k8s_name.rsplit("-", 1)[0], k8s_name=k8s_name, namespace="default", postgres_version="15",
+        storage_size_gb=kwargs.pop("storage_size_gb", 2), use_load_balancer=True,
+        dns_name=kwargs.pop("dns_name", None), image_type=ImageType.stock, state=state, **kwargs,
+    )
+
+
+def add_image(cms, source, name: str, state: ImageState = ImageState.ready, checksum: str | None = "ab" * 32):
+    image_id = uuid.uuid4()
+    image = cms.reserve_image(
+        image_id=image_id, name=name, description=None, source=source, blob_storage_url="http://blob",
+        blob_container="c", blob_path=f"images/{image_id}", run_id=None,
+    )
+    if state is ImageState.ready:
+        return cms.transition_image(image.id, ImageState.ready, backup_checksum=checksum, backup_size_bytes=1234)
+    if state is ImageState.failed:
+        return cms.transition_image(image.id, ImageState.failed, reason="broken")
+    return image
+
+
+@pytest.fixture
+def db(cms):
+    return add_instance(cms, "db-abcde")
+
+
+# ---- request-backup ---------------------------------------------------------------------------
+
+
+def test_backup_request_is_queued_pending_with_the_given_fields(run, cms, db):
+    code, out, err = run("request-backup", "--instance", "db-abcde", "--name", "nightly_1", "--description", "before upgrade")
+    assert (code, err) == (0, "")
+    [request] = cms.list_image_requests()
+    assert (request.image_name, request.source_instance, request.description, request.state) == (
+        "nightly_1", "db-abcde", "before upgrade", RequestState.pending,
+    )
+    assert str(request.id) in out and "pending" in out
+
+
+def test_backup_request_by_instance_id_gets_a_timestamped_default_name(run, cms, db):
+    before = datetime.now(UTC).replace(microsecond=0)
+    code, out, err = run("request-backup", "--instance", str(db.id), "--json")
+    assert (code, err) == (0, "")
+    printed = json.loads(out)
+    [request] = cms.list_image_requests()
+    assert printed["id"] == str(request.id) and printed["state"] == "pending" and printed["kind"] == "backup"
+    assert request.source_instance == "db-abcde"
+    prefix = "db-abcde__manual-"
+    assert request.image_name.startswith(prefix)
+    stamp = datetime.strptime(request.image_name[len(prefix):], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    assert before <= stamp <= datetime.now(UTC)
+
+
+@pytest.mark.parametrize("name", ["has space", "semi;colon", "x" * 101, ""])
+def test_backup_request_with_an_invalid_name_exits_2_and_queues_nothing(run, cms, db, name):
+    code, out, err = run("request-backup", "--instance", "db-abcde", "--name", name)
+    assert code == 2 and out == ""
+    assert err.startswith("error: name: ") and "letters, digits" in err
+    assert cms.list_image_requests() == []
+
+
+def test_backup_request_of_an_unknown_instance_exits_2(run, cms):
+    code, _, err = run("request-backup", "--instance", "nope-12345")
+    assert code == 2
+    assert err == "error: source_instance: no instance 'nope-12345' in the CMS\n"
+    assert cms.list_image_requests() == []
+
+
+def test_backup_request_of_a_stopped_instance_exits_2(run, cms):
+    add_instance(cms, "idle-abcde", state=InstanceState.stopped)
+    code, _, err = run("request-backup", "--instance", "idle-abcde", "--name", "x")
+    assert code == 2
+    assert err.startswith("error: source_instance: ") and "stopped" in err and "must be running" in err
+    assert cms.list_image_requests() == []
+
+
+def test_backup_request_with_the_name_of_a_live_image_exits_2(run, cms, db):
+    add_image(cms, db, "taken", state=ImageState.creating)
+    add_image(cms, db, "reusable", state=ImageState.failed)
+    code, _, err = run("request-backup", "--instance", "db-abcde", "--name", "taken")
+    assert code == 2
+    assert err.startswith("error: name: 'taken' is already used by image ")
+    # The name of a failed image may be taken again; a queued request then holds it.
+    assert run("request-backup", "--instance", "db-abcde", "--name", "reusable")[0] == 0
+    code, _, err = run("request-backup", "--instance", "db-abcde", "--name", "reusable")
+    assert code == 2 and err.startswith("error: name: 'reusable' is already requested by pending request ")
+    assert [r.image_name for r in cms.list_image_requests()] == ["reusable"]
+
+
+# ---- request-restore --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image(cms, db):
+    return add_image(cms, db, "db-abcde__golden")
+
+
+def test_restore_request_is_queued_pending_with_the_given_fields(run, cms, image):
+    code, out, err = run(
+        "request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", "db-abcde__golden",
+        "--namespace", "team-a", "--storage-gb", "5", "--internal",
+    )
+    assert (code, err) == (0, "")
+    [request] = cms.list_restore_requests()
+    assert request.model_dump(include={
+        "name", "dns_label", "source_image_id", "namespace", "storage_size_gb", "internal", "runtime_image_id",
+        "image_override", "state",
+    }) == {
+        "name": "copy", "dns_label": "copy-db", "source_image_id": str(image.id), "namespace": "team-a",
+        "storage_size_gb": 5, "internal": True, "runtime_image_id": None, "image_override": None,
+        "state": RequestState.pending,
+    }
+    assert str(request.id) in out and "pending" in out
+
+
+def test_restore_request_by_image_id_with_defaults(run, cms, image):
+    code, out, _ = run("request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", str(image.id), "--json")
+    assert code == 0
+    printed = json.loads(out)
+    assert printed["kind"] == "restore" and printed["state"] == "pending"
+    assert (printed["namespace"], printed["storage_size_gb"], printed["internal"]) == ("default", 10, False)
+    assert cms.get_restore_request(printed["id"]).source_image_id == str(image.id)
+
+
+@pytest.mark.parametrize(
+    "args, field, words",
+    [
+        ([], "source_image_id", "required"),
+        (["--image", "db-abcde__golden", "--runtime-image-id", "r1"], "runtime_image_id", "cannot be combined"),
+        (["--image", "db-abcde__golden", "--image-override", "pg:17"], "image_override", "cannot be combined"),
+        (["--image", "db-abcde__golden", "--name", "Bad_Name"], "name", "DNS-1123"),
+        (["--image", "db-abcde__golden", "--name", "n" * 47], "name", "1-46 characters"),
+        (["--image", "db-abcde__golden", "--dns-label=-bad"], "dns_label", "DNS-1123"),
+        (["--image", "db-abcde__golden", "--namespace", "Team_A"], "namespace", "DNS-1123"),
+        (["--image", "db-abcde__golden", "--storage-gb", "0"], "storage_size_gb", "between 1 and"),
+        (["--image", "db-abcde__golden", "--storage-gb", "99999"], "storage_size_gb", "between 1 and"),
+        (["--image", "no-such-image"], "source_image_id", "no image with name 'no-such-image'"),
+        (["--image", str(uuid.UUID(int=7))], "source_image_id", "no image with id"),
+        (["--image", "half-done"], "source_image_id", "is creating, it must be ready"),
+        (["--image", "no-checksum"], "source_image_id", "no recorded checksum"),
+        (["--image", "db-abcde__golden", "--dns-label", "taken-db"], "dns_label", "already used by another instance"),
+    ],
+)
+def test_each_restore_rule_violation_exits_2_naming_the_field(run, cms, db, image, args, field, words):
+    add_image(cms, db, "half-done", state=ImageState.creating)
+    add_image(cms, db, "no-checksum", checksum=None)
+    add_instance(cms, "other-abcde", dns_name="taken-db")
+    base = {"--name": "copy", "--dns-label": "copy-db"}
+    argv = ["request-restore"]
+    for flag, value in base.items():
+        if not any(a.split("=")[0] == flag for a in args):
+            argv += [flag, value]
+    code, out, err = run(*argv, *args)
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {field}: ") and words in err, err
+    assert cms.list_restore_requests() == []
+
+
+def test_restore_request_for_a_dns_label_already_queued_exits_2(run, cms, image):
+    assert run("request-restore", "--name", "one", "--dns-label", "shared", "--image", str(image.id))[0] == 0
+    code, _, err = run("request-restore", "--name", "two", "--dns-label", "shared", "--image", str(image.id))
+    assert code == 2 and err.startswith("error: dns_label: 'shared' is already requested by pending request ")
+    assert len(cms.list_restore_requests()) == 1
+
+
+# ---- listings ---------------------------------------------------------------------------------
+
+
+def test_listings_as_json_show_states(run, cms, db, image):
+    add_image(cms, db, "broken", state=ImageState.failed)
+    add_instance(cms, "idle-abcde", state=InstanceState.stopped)
+    run("request-backup", "--instance", "db-abcde", "--name", "b1")
+    run("request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", image.name)
+    backup = cms.list_image_requests()[0]
+    with cms.claim_pending_image_requests() as claim:
+        claim.reject(backup, "source went away")
+
+    code, out, _ = run("images", "--json")
+    assert code == 0
+    assert {i["name"]: i["state"] for i in json.loads(out)} == {"db-abcde__golden": "ready", "broken": "failed"}
+    code, out, _ = run("images", "--json", "--state", "ready")
+    assert [i["name"] for i in json.loads(out)] == ["db-abcde__golden"]
+
+    code, out, _ = run("instances", "--json", "--state", "stopped")
+    assert code == 0 and [i["k8s_name"] for i in json.loads(out)] == ["idle-abcde"]
+
+    code, out, _ = run("requests", "--json")
+    listed = {(r["kind"], r["state"], r.get("reason")) for r in json.loads(out)}
+    assert listed == {("backup", "rejected", "source went away"), ("restore", "pending", None)}
+    code, out, _ = run("requests", "--json", "--kind", "restore", "--state", "pending")
+    assert [(r["kind"], r["name"]) for r in json.loads(out)] == [("restore", "copy")]
+    code, out, _ = run("requests", "--json", "--kind", "backup", "--state", "pending")
+    assert json.loads(out) == []
+
+
+def test_listings_as_tables_are_aligned(run, cms, db, image):
+    add_image(cms, db, "a-much-longer-image-name", state=ImageState.failed)
+    code, out, _ = run("images")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["ID", "NAME", "STATE"]
+    state_column = header.index("STATE")
+    assert {row[state_column:].split()[0] for row in rows} == {"ready", "failed"}
+    code, out, _ = run("requests")
+    assert code == 0 and out.splitlines()[1] == "(none)"
+    code, out, _ = run("instances")
+    assert "db-abcde" in out and "running" in out
+
+
+def test_instance_connection_strings_never_show_a_password(run, cms, db):
+    cms.transition_instance(
+        db.id, InstanceState.stopped, ip_connection_string="postgresql://postgres:Hunter2pw@10.0.0.1:5432/postgres",
+    )
+    code, out, _ = run("instances", "--json")
+    assert code == 0 and "Hunter2pw" not in out
+    assert json.loads(out)[0]["ip_connection_string"] == "postgresql://postgres:***@10.0.0.1:5432/postgres"
+
+
+# ---- configuration and the CMS being away -----------------------------------------------------
+
+
+def unreachable_dsn() -> str:
+    return f"host=127.0.0.1 port={free_port()} dbname=cms user=toygres password={UNREACHABLE_PASSWORD} connect_timeout=2"
+
+
+def test_unreachable_cms_exits_3_without_showing_the_password(monkeypatch, capsys):
+    monkeypatch.setenv(cli.DSN_ENV, unreachable_dsn())
+    assert cli.main(["images"]) == 3
+    err = capsys.readouterr().err
+    assert "cannot reach the CMS" in err and "TOYGRES_CMS_DSN" in err and "127.0.0.1" in err
+    assert UNREACHABLE_PASSWORD not in err
+
+
+def test_missing_dsn_exits_3_naming_the_variable(monkeypatch, capsys):
+    monkeypatch.delenv(cli.DSN_ENV, raising=False)
+    assert cli.main(["requests"]) == 3
+    assert "TOYGRES_CMS_DSN" in capsys.readouterr().err
+
+
+def test_unmigrated_cms_exits_3_and_migrate_fixes_it(fresh_database, monkeypatch, capsys):
+    monkeypatch.delenv(cli.DSN_ENV, raising=False)
+    assert cli.main(["--dsn", fresh_database, "images"]) == 3
+    assert "toygres-pipelines migrate" in capsys.readouterr().err
+    assert cli.main(["migrate", "--dsn", fresh_database]) == 0
+    assert "applied migrations: 001" in capsys.readouterr().out
+    assert cli.main(["images", "--dsn", fresh_database, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_the_installed_entry_point_exits_with_the_documented_codes(cms, db):
+    entry_point = Path(sys.executable).parent / "toygres-pipelines"
+    assert entry_point.exists(), "pip install -e . installs the toygres-pipelines script"
+    env = {**os.environ, cli.DSN_ENV: cms.dsn}
+
+    def call(*argv: str, command=(str(entry_point),), environ=env) -> subprocess.CompletedProcess:
+        return subprocess.run([*command, *argv], env=environ, capture_output=True, text=True, timeout=60)
+
+    ok = call("request-backup", "--instance", "db-abcde", "--name", "from-cli")
+    assert ok.returncode == 0, ok.stderr
+    assert [r.image_name for r in cms.list_image_requests()] == ["from-cli"]
+    invalid = call("request-backup", "--instance", "db-abcde", "--name", "bad name")
+    assert (invalid.returncode, invalid.stdout) == (2, "")
+    assert invalid.stderr.startswith("error: name: ")
+    away = call("images", command=(sys.executable, "-m", "toygres_pipelines"), environ={**env, cli.DSN_ENV: unreachable_dsn()})
+    assert away.returncode == 3 and "cannot reach the CMS" in away.stderr
+    assert UNREACHABLE_PASSWORD not in away.stderr + away.stdout
+
+
+def test_an_unexpected_error_exits_1_and_never_shows_the_dsn_password(cms, monkeypatch, capsys):
+    dsn = f"{cms.dsn} password={UNREACHABLE_PASSWORD}"
+
+    def broken(args, cms, out):
+        raise RuntimeError(f"exploded while using {args.dsn} (postgresql://u:{UNREACHABLE_PASSWORD}@h/db)")
+
+    monkeypatch.setattr(cli, "cmd_images", broken)
+    assert cli.main(["images", "--dsn", dsn]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unexpected RuntimeError: exploded while using ")
+    assert UNREACHABLE_PASSWORD not in err

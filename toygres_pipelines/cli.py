@@ -1,0 +1,440 @@
+"""`toygres-pipelines`: queue backups and restores in the CMS, list what the CMS holds.
+
+The request commands apply the very rules the launchpad and the request sensors apply
+(`validate_image_name` + `running_source` for backups, `check_request_fields` + `plan_restore`
+for restores), then insert a `pending` row; the request sensors turn pending rows into runs.
+
+Exit codes: 0 success, 2 invalid request or usage (`error: <field>: <rule>` on stderr),
+3 CMS not configured / unreachable / not migrated, 1 anything else. No password (of the CMS
+DSN or of an instance) is ever printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import BaseModel
+
+from resources.cms import CMSResource
+from toygres_pipelines.images.backup import running_source
+from toygres_pipelines.models import (
+    ImageState,
+    InstanceState,
+    RequestState,
+    ValidationFailed,
+    validate_image_name,
+)
+from toygres_pipelines.restores.config import RestoreFields, plan_restore
+
+DSN_ENV = "TOYGRES_CMS_DSN"
+KEY_ENV = "TOYGRES_ENCRYPTION_KEY"
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_INVALID = 2
+EXIT_CMS = 3
+
+MANUAL_SUFFIX = "manual"
+IN_FLIGHT = (RequestState.pending, RequestState.accepted)
+
+
+class CMSUnavailable(Exception):
+    """The CMS is not configured, not reachable or not migrated (exit 3)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets never leave the process
+
+
+def describe_dsn(dsn: str) -> str:
+    """host/port/dbname/user of a DSN, never its password (nor the raw string)."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "an unparsable connection string"
+    shown = [f"{key}={parts[key]}" for key in ("host", "port", "dbname", "user") if parts.get(key)]
+    return " ".join(shown) or "libpq defaults"
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Remove passwords from a message: those given, and any user:password@ in a URL."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+
+
+def redact_url(url: str | None) -> str | None:
+    """A postgresql:// connection string without its password, if it carried one."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return redact(url)
+
+
+def dsn_password(dsn: str | None) -> str | None:
+    if not dsn:
+        return None
+    try:
+        return conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# The CMS
+
+
+def open_cms(args: argparse.Namespace) -> CMSResource:
+    dsn = args.dsn or os.environ.get(DSN_ENV)
+    if not dsn:
+        raise CMSUnavailable(f"the CMS is not configured: set {DSN_ENV} or pass --dsn")
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error:
+        # psycopg's message quotes part of the string, which may be the password.
+        raise CMSUnavailable(f"{DSN_ENV} (or --dsn) is not a valid libpq connection string") from None
+    # These commands never encrypt or decrypt a password, so any valid Fernet key will do when
+    # TOYGRES_ENCRYPTION_KEY is not set.
+    key = os.environ.get(KEY_ENV) or CMSResource.generate_key()
+    return CMSResource(dsn=dsn, encryption_key=key, connect_timeout=args.connect_timeout)
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+def as_json(record: BaseModel, **extra: Any) -> dict[str, Any]:
+    data = {**extra, **record.model_dump(mode="json")}
+    for key in ("ip_connection_string", "dns_connection_string"):
+        if key in data:
+            data[key] = redact_url(data[key])
+    return data
+
+
+def print_json(data: Any, out: TextIO) -> None:
+    json.dump(data, out, indent=2)
+    out.write("\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    """Aligned columns; None prints as '-'."""
+    text_rows = [["-" if cell is None or cell == "" else str(cell) for cell in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in text_rows]) for i, h in enumerate(headers)]
+    for row in [list(headers), *text_rows]:
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+    if not rows:
+        out.write("(none)\n")
+
+
+def when(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else None
+
+
+def size(num_bytes: int | None) -> str | None:
+    if num_bytes is None:
+        return None
+    value = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return None  # unreachable
+
+
+def clip(text: str | None, width: int = 60) -> str | None:
+    if text is None:
+        return None
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+
+
+def default_image_name(k8s_name: str, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{k8s_name}__{MANUAL_SUFFIX}-{stamp}"
+
+
+def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    if args.name is not None:
+        validate_image_name(args.name, field="name")
+    source = running_source(cms, args.instance)
+    name = args.name if args.name is not None else default_image_name(source.k8s_name)
+    validate_image_name(name, field="name")
+    live = cms.find_image(name)
+    if live is not None and live.state not in (ImageState.failed, ImageState.deleted):
+        raise ValidationFailed("name", f"{name!r} is already used by image {live.id} ({live.state})")
+    for queued in cms.list_image_requests(IN_FLIGHT):
+        if queued.image_name == name:
+            raise ValidationFailed("name", f"{name!r} is already requested by {queued.state} request {queued.id}")
+    request = cms.create_image_request(
+        image_name=name, source_instance=source.k8s_name, description=args.description
+    )
+    if args.json:
+        print_json(as_json(request, kind="backup"), out)
+    else:
+        out.write(
+            f"backup request {request.id} {request.state}: image {request.image_name!r}"
+            f" of instance {source.namespace}/{source.k8s_name}\n"
+        )
+    return EXIT_OK
+
+
+def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    fields = RestoreFields(
+        name=args.name, dns_label=args.dns_label, source_image_id=args.image, namespace=args.namespace,
+        storage_size_gb=args.storage_gb, internal=args.internal, runtime_image_id=args.runtime_image_id,
+        image_override=args.image_override,
+    )
+    plan = plan_restore(fields, cms)
+    for queued in cms.list_restore_requests(IN_FLIGHT):
+        if queued.dns_label == fields.dns_label:
+            raise ValidationFailed(
+                "dns_label", f"{fields.dns_label!r} is already requested by {queued.state} request {queued.id}"
+            )
+    request = cms.create_restore_request(
+        name=fields.name, dns_label=fields.dns_label, source_image_id=str(plan.image_id),
+        namespace=fields.namespace, storage_size_gb=fields.storage_size_gb, internal=fields.internal,
+    )
+    if args.json:
+        print_json(as_json(request, kind="restore"), out)
+    else:
+        out.write(
+            f"restore request {request.id} {request.state}: instance {request.namespace}/{request.name}"
+            f" from image {plan.image_name!r} ({plan.image_id})\n"
+        )
+    return EXIT_OK
+
+
+def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    images = cms.list_images(args.state)
+    if args.json:
+        print_json([as_json(image) for image in images], out)
+        return EXIT_OK
+    print_table(
+        ["ID", "NAME", "STATE", "SOURCE", "PG", "SIZE", "CREATED", "ERROR"],
+        [
+            [i.id, i.name, i.state, f"{i.source_namespace}/{i.source_k8s_name}", i.postgres_version,
+             size(i.backup_size_bytes), when(i.created_at), clip(i.error_message)]
+            for i in images
+        ],
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    instances = cms.list_instances(args.state)
+    if args.json:
+        print_json([as_json(instance) for instance in instances], out)
+        return EXIT_OK
+    print_table(
+        ["ID", "NAME", "K8S NAME", "NAMESPACE", "STATE", "PG", "DNS", "CREATED", "ERROR"],
+        [
+            [i.id, i.user_name, i.k8s_name, i.namespace, i.state, i.postgres_version, i.dns_name,
+             when(i.created_at), clip(i.error_message)]
+            for i in instances
+        ],
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_requests(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    rows: list[tuple[str, Any]] = []
+    if args.kind in (None, "backup"):
+        rows += [("backup", r) for r in cms.list_image_requests(args.state)]
+    if args.kind in (None, "restore"):
+        rows += [("restore", r) for r in cms.list_restore_requests(args.state)]
+    rows.sort(key=lambda pair: (pair[1].created_at, str(pair[1].id)))
+    if args.json:
+        print_json([as_json(request, kind=kind) for kind, request in rows], out)
+        return EXIT_OK
+
+    def describe(kind: str, r: Any) -> tuple[str, str]:
+        if kind == "backup":
+            return f"image {r.image_name}", f"instance {r.source_instance}"
+        return f"instance {r.namespace}/{r.name}", f"image {r.source_image_id}"
+
+    print_table(
+        ["ID", "KIND", "STATE", "TARGET", "SOURCE", "RUN", "CREATED", "REASON"],
+        [
+            [r.id, kind, r.state, *describe(kind, r), r.run_id, when(r.created_at), clip(r.reason)]
+            for kind, r in rows
+        ],
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    applied = cms.migrate()
+    if args.json:
+        print_json({"applied": applied, "versions": cms.applied_migrations()}, out)
+    elif applied:
+        out.write(f"applied migrations: {', '.join(applied)}\n")
+    else:
+        out.write(f"the CMS schema is up to date ({', '.join(cms.applied_migrations()) or 'no migrations'})\n")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# Parser
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit 2 with `error: ...` like validation errors (argparse's own
+    convention), and never print the DSN."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(EXIT_INVALID)
+
+
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    """Options accepted both before and after the subcommand."""
+    default = argparse.SUPPRESS if suppress else None
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dsn", default=default,
+        help=f"libpq connection string of the CMS database (default: ${DSN_ENV})",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
+        help="machine-readable output: JSON records as the CMS stores them",
+    )
+    common.add_argument(
+        "--connect-timeout", type=int, default=argparse.SUPPRESS if suppress else 10, metavar="SECONDS",
+        help="seconds to wait for a CMS connection (default: 10)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="toygres-pipelines",
+        description="Queue backups and restores in the toygres CMS and list its images, instances and requests.",
+        epilog="Exit codes: 0 ok, 2 invalid request, 3 CMS not configured or unreachable, 1 unexpected error.",
+        parents=[_common(suppress=False)],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
+    parent = [_common(suppress=True)]
+
+    backup = sub.add_parser(
+        "request-backup", parents=parent, help="queue an on-demand backup of a running instance",
+        description="Validate and queue an on-demand backup (an image_requests row in state pending).",
+    )
+    backup.add_argument("--instance", required=True, help="the source instance: its k8s_name or id; it must be running")
+    backup.add_argument(
+        "--name", help="the image name: 1-100 letters, digits, '_' or '-', not used by a live image"
+        " (default: <k8s_name>__manual-<UTC YYYYmmddTHHMMSS>)",
+    )
+    backup.add_argument("--description", help="free text stored with the image")
+    backup.set_defaults(handler=cmd_request_backup)
+
+    restore = sub.add_parser(
+        "request-restore", parents=parent, help="queue a restore of an image into a new instance",
+        description="Validate (the launchpad's rules) and queue a restore (a restore_requests row in state pending).",
+    )
+    restore.add_argument("--name", required=True, help="the new instance's name (DNS-1123 label, at most 46 characters)")
+    restore.add_argument("--dns-label", required=True, help="DNS label of the new instance; not used by a creating/running instance")
+    restore.add_argument("--image", help="(required) the image to restore: its id or name; it must be ready")
+    restore.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
+    restore.add_argument(
+        "--storage-gb", type=int, default=10, help="volume size in GiB, raised to the image's size when smaller (default: 10)"
+    )
+    restore.add_argument("--internal", action="store_true", help="ClusterIP only, no public address")
+    restore.add_argument("--runtime-image-id", help="not for restores: refused together with --image")
+    restore.add_argument("--image-override", help="not for restores: refused together with --image")
+    restore.set_defaults(handler=cmd_request_restore)
+
+    images = sub.add_parser("images", parents=parent, help="list images with their states")
+    images.add_argument("--state", action="append", choices=[s.value for s in ImageState], help="only this state (repeatable)")
+    images.set_defaults(handler=cmd_images)
+
+    instances = sub.add_parser("instances", parents=parent, help="list instances with their states")
+    instances.add_argument("--state", action="append", choices=[s.value for s in InstanceState], help="only this state (repeatable)")
+    instances.set_defaults(handler=cmd_instances)
+
+    requests = sub.add_parser("requests", parents=parent, help="list backup and restore requests with their states")
+    requests.add_argument("--kind", choices=["backup", "restore"], help="only backup or only restore requests")
+    requests.add_argument("--state", action="append", choices=[s.value for s in RequestState], help="only this state (repeatable)")
+    requests.set_defaults(handler=cmd_requests)
+
+    migrate = sub.add_parser("migrate", parents=parent, help="apply the CMS schema migrations")
+    migrate.set_defaults(handler=cmd_migrate)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run one command; returns the exit code (the console script exits with it)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_INVALID
+    handler: Callable[[argparse.Namespace, CMSResource, TextIO], int] = args.handler
+    dsn = args.dsn or os.environ.get(DSN_ENV)
+    secrets = [dsn_password(dsn), dsn]
+
+    def fail(code: int, message: str) -> int:
+        err.write(redact(f"error: {message}", secrets) + "\n")
+        return code
+
+    try:
+        cms = open_cms(args)
+        return handler(args, cms, out)
+    except ValidationFailed as invalid:
+        return fail(EXIT_INVALID, str(invalid))
+    except CMSUnavailable as unavailable:
+        return fail(EXIT_CMS, str(unavailable))
+    except psycopg.errors.UndefinedTable:
+        return fail(
+            EXIT_CMS,
+            f"the CMS at {describe_dsn(dsn or '')} has no toygres_cms schema: run `toygres-pipelines migrate`",
+        )
+    except psycopg.OperationalError as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return fail(
+            EXIT_CMS,
+            f"cannot reach the CMS ({DSN_ENV} / --dsn: {describe_dsn(dsn or '')}): {reason}",
+        )
+    except KeyboardInterrupt:
+        return fail(130, "interrupted")
+    except Exception as error:  # noqa: BLE001 - the last line of defence: a message, exit 1
+        return fail(EXIT_UNEXPECTED, f"unexpected {type(error).__name__}: {error}")
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
