@@ -39,6 +39,7 @@ class BlobStorageResource(dg.ConfigurableResource):
     connection_string: str | None = Field(default=None, description="Account-key connection string (Azurite locally)")
     account_url: str | None = Field(default=None, description="https://<account>.blob.core.windows.net, for workload identity")
     request_timeout_seconds: int = Field(default=30, description="Per-request timeout of the SDK")
+    download_chunk_bytes: int = Field(default=4 * 2**20, description="Size of each ranged GET when reading blobs")
 
     @cached_property
     def _client(self) -> BlobServiceClient:
@@ -47,6 +48,8 @@ class BlobStorageResource(dg.ConfigurableResource):
             "read_timeout": self.request_timeout_seconds,
             # The SDK default waits 15 s, then 18 s... before retrying; fail within seconds instead.
             "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
+            "max_single_get_size": self.download_chunk_bytes,
+            "max_chunk_get_size": self.download_chunk_bytes,
         }
         if self.connection_string:
             return BlobServiceClient.from_connection_string(self.connection_string, **options)

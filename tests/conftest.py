@@ -164,8 +164,10 @@ def source_dsn(platform: LocalPlatform, pagila_ref: InstanceRef) -> Callable[[st
 @pytest.fixture
 def blob(stack: Stack) -> BlobStorageResource:
     """A container of its own on Azurite."""
+    # Small ranged reads, so that verification walks many chunks even of a pagila-sized dump.
     resource = BlobStorageResource(
-        connection_string=stack.azurite.connection_string, container=f"t{_uuid.uuid4().hex[:20]}"
+        connection_string=stack.azurite.connection_string, container=f"t{_uuid.uuid4().hex[:20]}",
+        download_chunk_bytes=128 * 1024,
     )
     resource.ensure_container()
     return resource

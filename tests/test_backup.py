@@ -194,3 +194,24 @@ def test_source_password_never_reaches_the_cms_in_plaintext(resources, cms, sour
         ).fetchone()[0]
     assert stored and password not in stored
     assert SUPERUSER
+
+
+def test_verification_reads_every_archive_entry(resources, cms, blob, source):
+    """A dump whose manifest entry was rewritten to match (so the sha256 agrees) is still caught."""
+    import json
+
+    from toygres_pipelines.images.verification import ImageCorrupt, verify_image
+
+    assert materialize_image(resources, f"{source.k8s_name}__verify").success
+    row = cms.find_image(f"{source.k8s_name}__verify")
+    manifest_doc = json.loads(blob.read_bytes(f"{row.blob_path}/manifest.json"))
+    entry = next(f for f in manifest_doc["files"] if f["database"] == "pagila")
+    truncated = blob.read_bytes(f"{row.blob_path}/{entry['path']}")[: entry["size_bytes"] * 2 // 3]
+    blob.write_bytes(f"{row.blob_path}/{entry['path']}", truncated, overwrite=True)
+    entry.update(size_bytes=len(truncated), sha256=hashlib.sha256(truncated).hexdigest())
+    blob.write_bytes(f"{row.blob_path}/manifest.json", json.dumps(manifest_doc).encode(), overwrite=True)
+
+    with pytest.raises(ImageCorrupt, match=f"{entry['path']}: pg_restore cannot read it"):
+        verify_image(blob, row.blob_path)
+    with pytest.raises(ImageCorrupt, match="manifest.json: sha256 .* the CMS recorded"):
+        verify_image(blob, row.blob_path, expected_manifest_sha256=row.backup_checksum)
