@@ -26,7 +26,6 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel
 
 from resources.cms import CMSResource
-from toygres_pipelines.images.backup import running_source
 from toygres_pipelines.models import (
     ImageState,
     InstanceState,
@@ -177,6 +176,9 @@ def default_image_name(k8s_name: str, now: datetime | None = None) -> str:
 
 
 def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    # Imported here: the backup module pulls in the blob storage and platform clients.
+    from toygres_pipelines.images.backup import running_source
+
     if args.name is not None:
         validate_image_name(args.name, field="name")
     source = running_source(cms, args.instance)
