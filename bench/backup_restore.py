@@ -94,7 +94,9 @@ class PeakTreeRss:
 
 
 def shell(command: str, env: dict[str, str]) -> None:
-    subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, check=True, capture_output=True)
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"baseline command failed: {done.stderr.strip()[-1000:]}")
 
 
 def main() -> None:
@@ -134,7 +136,7 @@ def main() -> None:
                 f"pg_dump -Fc -d pagila | {azcopy} copy '{raw_url}' --from-to=PipeBlob --output-level=quiet",
                 tools_env)) for _ in range(args.repeat)]
 
-        ours_backup = []
+        ours_backup, verify_seconds = [], []
         with PeakTreeRss() as ours_backup_rss:
             for attempt in range(args.repeat):
                 prefix = f"images/bench-{attempt}"
@@ -144,9 +146,9 @@ def main() -> None:
                          "SOURCE_INSTANCE": source.k8s_name, "SOURCE_NAMESPACE": source.namespace},
                     blob_sas=sas,
                 )
-                ours_backup.append(
-                    timed(lambda: (platform.run_job(spec, lambda _line: None), verify_image(blob, prefix)))
-                )
+                job_seconds = timed(lambda: platform.run_job(spec, lambda _line: None))
+                verify_seconds.append(timed(lambda: verify_image(blob, prefix)))
+                ours_backup.append(job_seconds + verify_seconds[-1])
         manifest, manifest_sha = blob.read_manifest("images/bench-0")
         dump_bytes = manifest.total_bytes
 
@@ -160,7 +162,7 @@ def main() -> None:
             with raw_restore_rss:
                 raw_restore.append(timed(lambda: shell(
                     f"{azcopy} copy '{raw_url}' --from-to=BlobPipe --output-level=quiet > {root}/raw.dump && "
-                    f"createdb -p {target_port} pagila && pg_restore -j2 -p {target_port} -d pagila {root}/raw.dump",
+                    f"createdb -p {target_port} pagila && pg_restore -j2 --no-owner --no-acl -p {target_port} -d pagila {root}/raw.dump",
                     tools_env)))
 
         ours_restore = []
@@ -190,6 +192,8 @@ def main() -> None:
                 f"ours {ours_s:6.2f} s ({dump_bytes / 2**20 / ours_s:6.1f} MiB/s)   ratio ours/raw {ours_s / raw_s:4.2f}   "
                 f"peak job-tree RSS: raw {raw_rss.peak_mib:.0f} MiB, ours {ours_rss.peak_mib:.0f} MiB"
             )
+        print(f"         of which verification (re-read every byte, pg_restore reads every entry): "
+              f"{statistics.median(verify_seconds):.2f} s")
     finally:
         for ref in (source, InstanceRef(k8s_name="bench-raw", namespace="default")):
             platform.delete_instance(ref)
