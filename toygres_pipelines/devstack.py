@@ -11,6 +11,7 @@ Starts (or reuses) everything kept in the state dir (TOYGRES_STATE_DIR, default
     <state>/instances/ ...   the local platform's instances (the pagila demo, restored ones)
     <state>/jobs/ ...        the local platform's job directories
     <state>/dev.env          the exported environment, to `source` for the CLI (0600)
+    <state>/devstack.pid     this runner (`kill $(cat <state>/devstack.pid)` stops the stack)
 
 then runs `dagster dev` with DAGSTER_HOME (TOYGRES_DAGSTER_HOME, default <checkout>/.toygres/dagster_home)
 in its own process group. Ctrl-C (SIGINT) or SIGTERM stops dagster, every local instance server,
@@ -230,14 +231,18 @@ def stop_process_group(pgid: int, grace_seconds: float, reap: Callable[[], objec
         time.sleep(0.1)
 
 
+def _read_pid(pid_file: Path) -> int:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
 def kill_leftover(pid_file: Path, marker: str) -> None:
     """A process group a previous, killed devstack left behind: stop it."""
     if not pid_file.exists():
         return
-    try:
-        pid = int(pid_file.read_text().strip())
-    except ValueError:
-        pid = 0
+    pid = _read_pid(pid_file)
     if pid > 0 and _pid_alive_with(pid, marker):
         log(f"stopping a leftover {marker} (process group {pid}) from an earlier run")
         stop_process_group(pid, 10)
@@ -516,8 +521,16 @@ def run(settings: Settings) -> int:
     if not settings.pagila_dir.is_dir():
         raise DevStackError(f"pagila fixtures not found in {settings.pagila_dir} (set TOYGRES_PAGILA_DIR)")
     prepare_state_dir(settings.state_dir)
+    pid_file = settings.state_dir / "devstack.pid"
+    other = _read_pid(pid_file)
+    if other and other != os.getpid() and _pid_alive_with(other, "toygres_pipelines.devstack"):
+        raise DevStackError(
+            f"a dev stack already runs on {settings.state_dir} (pid {other}): stop it first (kill {other})"
+        )
+    pid_file.write_text(f"{os.getpid()}\n")
 
     with ExitStack() as cleanup:
+        cleanup.callback(pid_file.unlink, missing_ok=True)
         try:
             return _run_stack(settings, cleanup)
         finally:
