@@ -39,6 +39,7 @@ class BlobStorageResource(dg.ConfigurableResource):
     connection_string: str | None = Field(default=None, description="Account-key connection string (Azurite locally)")
     account_url: str | None = Field(default=None, description="https://<account>.blob.core.windows.net, for workload identity")
     request_timeout_seconds: int = Field(default=30, description="Per-request timeout of the SDK")
+    retry_total: int = Field(default=3, description="Retries of a failed request (backoff 2.5 s, 3.3 s, 4.4 s...)")
     download_chunk_bytes: int = Field(default=4 * 2**20, description="Size of each ranged GET when reading blobs")
 
     @cached_property
@@ -46,8 +47,8 @@ class BlobStorageResource(dg.ConfigurableResource):
         options = {
             "connection_timeout": self.request_timeout_seconds,
             "read_timeout": self.request_timeout_seconds,
-            # The SDK default waits 15 s, then 18 s... before retrying; fail within seconds instead.
-            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
+            # The SDK default waits 15 s, then 24 s... before retrying; fail within seconds instead.
+            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=1.5, retry_total=self.retry_total),
             "max_single_get_size": self.download_chunk_bytes,
             "max_chunk_get_size": self.download_chunk_bytes,
         }

@@ -215,3 +215,18 @@ def test_verification_reads_every_archive_entry(resources, cms, blob, source):
         verify_image(blob, row.blob_path)
     with pytest.raises(ImageCorrupt, match="manifest.json: sha256 .* the CMS recorded"):
         verify_image(blob, row.blob_path, expected_manifest_sha256=row.backup_checksum)
+
+
+def test_unreachable_blob_storage_fails_the_image_with_the_cause(resources, cms, source):
+    from resources.blob import BlobStorageResource
+    from resources.platform.postgres_server import free_port
+    from toygres_pipelines.stack import azurite_connection_string
+
+    unreachable = BlobStorageResource(
+        connection_string=azurite_connection_string(free_port()), container="images", retry_total=0
+    )
+    result = materialize_image({**resources, "blob": unreachable}, f"{source.k8s_name}__nowhere", raise_on_error=False)
+    assert not result.success
+    row = cms.list_images()[0]
+    assert row.state is ImageState.failed
+    assert "blob storage at http://127.0.0.1:" in row.error_message and "unreachable" in row.error_message
