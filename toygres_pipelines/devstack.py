@@ -560,7 +560,7 @@ def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
     cleanup.callback(stop_local_instances, platform)
     for problem in redeploy_running_instances(cms, platform):
         log(f"warning: {problem}")
-    log(f"demo instance {DEMO_NAME}: checking (the first start loads pagila, about a minute)")
+    log(f"demo instance {DEMO_NAME}: checking (the first start creates it and loads pagila)")
     demo = ensure_demo_instance(cms, platform, settings.pagila_dir)
     demo_port = platform.endpoints(demo_ref()).port
 
