@@ -825,6 +825,25 @@ class CMSResource(dg.ConfigurableResource):
     def list_restore_requests(self, states: Iterable[RequestState] | None = None) -> list[RestoreRequest]:
         return self._list(RESTORE_REQUEST, states)
 
+    def _unlaunched(self, kind: _Kind, limit: int) -> list[tuple[Any, float]]:
+        query = sql.SQL(
+            "SELECT {columns}, extract(epoch FROM now() - updated_at)::float8 AS age FROM {table}"
+            " WHERE state = %s AND run_id IS NULL ORDER BY updated_at, id LIMIT %s"
+        ).format(columns=kind.columns, table=kind.table_id)
+        with self.connection() as conn:
+            rows = conn.execute(query, [RequestState.accepted.value, limit]).fetchall()
+        names = list(kind.model.model_fields)
+        return [(kind.model.model_validate(dict(zip(names, row[:-1]))), float(row[-1])) for row in rows]
+
+    def list_unlaunched_image_requests(self, limit: int = 100) -> list[tuple[ImageRequest, float]]:
+        """Accepted image requests with no run recorded yet, each with its age in seconds since
+        it was accepted (measured by the database's clock), oldest first."""
+        return self._unlaunched(IMAGE_REQUEST, limit)
+
+    def list_unlaunched_restore_requests(self, limit: int = 100) -> list[tuple[RestoreRequest, float]]:
+        """Like list_unlaunched_image_requests, for restore requests."""
+        return self._unlaunched(RESTORE_REQUEST, limit)
+
 
 __all__ = [
     "CMSError", "CMSResource", "ClaimedRequests", "EncryptionKeyInvalid", "ImageNotFound",

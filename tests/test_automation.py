@@ -1,0 +1,504 @@
+"""The nightly schedule, the CMS request sensors, run-status write-back and the reconciler."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.test_utils import create_run_for_test
+
+from tests.helpers import failure_text, materialize_image
+from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, REQUEST_ID_TAG, backup_image
+from toygres_pipelines.automation.reconcile import reconcile, reconcile_stuck_rows
+from toygres_pipelines.automation.schedules import nightly_backups, nightly_run_requests, night_of
+from toygres_pipelines.automation.sensors import (
+    evaluate_image_requests,
+    evaluate_restore_requests,
+    image_requests_sensor,
+    restore_requests_sensor,
+)
+from toygres_pipelines.automation.writeback import (
+    request_run_started,
+    run_canceled_writeback,
+    run_failed_writeback,
+    run_succeeded_writeback,
+)
+from toygres_pipelines.images.assets import image
+from toygres_pipelines.models import ImageState, ImageType, InstanceState, RequestState
+from toygres_pipelines.restores.jobs import restore_instance
+
+pytestmark = pytest.mark.integration
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def dagster_instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def repository_def():
+    from toygres_pipelines.definitions import defs
+
+    return defs.get_repository_def()
+
+
+def evaluate_sensor(sensor, instance, resources, repository_def=None):
+    """One evaluation as the daemon runs it: the context holds an instance ref; with a repository
+    the whole tick is evaluated, so partition keys must resolve against the job and the instance."""
+    with dg.build_sensor_context(
+        instance_ref=instance.get_ref(), resources=resources, repository_def=repository_def
+    ) as context:
+        return sensor.evaluate_tick(context) if repository_def is not None else sensor(context)
+
+
+def run_requests_of(result) -> list[dg.RunRequest]:
+    if isinstance(result, dg.SkipReason) or result is None:
+        return []
+    return list(result.run_requests or [])
+
+
+def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running):
+    return cms.create_instance(
+        user_name=k8s_name, k8s_name=k8s_name, namespace="default", postgres_version="15", storage_size_gb=1,
+        use_load_balancer=False, dns_name=k8s_name, image_type=ImageType.stock, state=state,
+    )
+
+
+def reserve_image(cms, blob, source, name: str, run_id: str | None):
+    image_id = uuid.uuid4()
+    return cms.reserve_image(
+        image_id=image_id, name=name, description=None, source=source, blob_storage_url=blob.storage_url,
+        blob_container=blob.container, blob_path=f"images/{image_id}", run_id=run_id,
+    )
+
+
+# ---- image requests -------------------------------------------------------------------------
+
+
+def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
+    resources, cms, blob, source, dagster_instance, repository_def
+):
+    stopped = add_instance(cms, "stopped-one", InstanceState.stopped)
+    reserve_image(cms, blob, source, "taken-name", run_id=None)
+    good = cms.create_image_request(image_name="req-a", source_instance=source.k8s_name, description="on demand")
+    by_id = cms.create_image_request(image_name="req-b", source_instance=str(source.id))
+    bad = {
+        cms.create_image_request(image_name="bad.name", source_instance=source.k8s_name).id: "image_name: 'bad.name' must be",
+        cms.create_image_request(image_name="req-c", source_instance="nope").id: "source_instance: no instance 'nope'",
+        cms.create_image_request(image_name="req-d", source_instance=stopped.k8s_name).id: "source_instance: instance 'stopped-one' is stopped",
+        cms.create_image_request(image_name="taken-name", source_instance=source.k8s_name).id: "image_name: 'taken-name' is already used",
+        cms.create_image_request(image_name="req-a", source_instance=source.k8s_name).id: "image_name: 'req-a' is already requested",
+    }
+
+    assert image_requests_sensor.job_name == "backup_image"
+    data = evaluate_sensor(image_requests_sensor, dagster_instance, {"cms": cms}, repository_def)
+    requests = {r.run_key: r for r in data.run_requests}
+    assert set(requests) == {str(good.id), str(by_id.id)}
+
+    first = requests[str(good.id)]
+    assert first.partition_key == "req-a"
+    assert first.run_config == {"ops": {"image": {"config": {"source_instance": source.k8s_name, "description": "on demand"}}}}
+    assert first.tags[REQUEST_ID_TAG] == str(good.id)
+    assert first.tags[KIND_TAG] == "backup" and first.tags[INSTANCE_TAG] == source.k8s_name
+    assert requests[str(by_id.id)].tags[INSTANCE_TAG] == source.k8s_name
+    assert set(dagster_instance.get_dynamic_partitions("images")) == {"req-a", "req-b"}
+    job = dg.Definitions(assets=[image], jobs=[backup_image], resources=resources).resolve_job_def("backup_image")
+    dg.validate_run_config(job, first.run_config)
+
+    for request_id, reason in bad.items():
+        row = cms.get_image_request(request_id)
+        assert row.state is RequestState.rejected, row
+        assert reason in row.reason, row.reason
+    assert cms.get_image_request(good.id).state is RequestState.accepted
+    assert [e.to_state for e in cms.events(good.id)] == ["pending", "accepted"]
+
+    again = evaluate_sensor(image_requests_sensor, dagster_instance, {"cms": cms})
+    assert isinstance(again, dg.SkipReason) and "0 image request(s) accepted" in again.skip_message
+
+
+def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster_instance):
+    ids = {str(cms.create_image_request(image_name=f"race-{n:02d}", source_instance=source.k8s_name).id) for n in range(24)}
+    emitted: list[list[str]] = [[], []]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def evaluate(slot: int) -> None:
+        try:
+            start.wait(timeout=10)
+            for _ in range(20):
+                done = evaluate_image_requests(dagster_instance, cms, limit=3)
+                emitted[slot].extend(r.run_key for r in done.run_requests)
+                if not done.accepted and not cms.list_image_requests([RequestState.pending]):
+                    return
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=evaluate, args=(slot,)) for slot in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    everything = emitted[0] + emitted[1]
+    assert len(everything) == len(set(everything)), "a request was emitted twice"
+    assert set(everything) == ids, "a request was lost"
+    assert emitted[0] and emitted[1], "the two evaluations did not overlap"
+    assert {r.state for r in cms.list_image_requests()} == {RequestState.accepted}
+
+
+def test_accepted_request_without_a_run_is_emitted_again_and_a_launched_one_is_recorded(cms, source, dagster_instance):
+    lost = cms.create_image_request(image_name="lost-launch", source_instance=source.k8s_name)
+    launched = cms.create_image_request(image_name="launched", source_instance=source.k8s_name)
+    first = evaluate_image_requests(dagster_instance, cms)
+    assert sorted(first.accepted) == sorted([str(lost.id), str(launched.id)])
+
+    # Fresh acceptances are not emitted again (a racing evaluation must not double them).
+    assert evaluate_image_requests(dagster_instance, cms).run_requests == []
+
+    # `launched` got its run (as the daemon would have), `lost` never did (crash before launch).
+    run = create_run_for_test(
+        dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.NOT_STARTED,
+        tags={REQUEST_ID_TAG: str(launched.id)},
+    )
+    later = evaluate_image_requests(dagster_instance, cms, relaunch_after=0)
+    assert later.attached == {str(launched.id): run.run_id}
+    assert [r.run_key for r in later.run_requests] == [str(lost.id)]
+    assert later.run_requests[0].partition_key == "lost-launch"
+    assert cms.get_image_request(launched.id).run_id == run.run_id
+    assert cms.get_image_request(lost.id).state is RequestState.accepted
+
+
+# ---- restore requests -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def ready_image(resources, cms, source):
+    assert materialize_image(resources, f"{source.k8s_name}__auto").success
+    return cms.find_image(f"{source.k8s_name}__auto")
+
+
+def restore_request(cms, **fields):
+    values = dict(name="copy", dns_label="copy-db", source_image_id="", namespace="default", storage_size_gb=1, internal=False)
+    values.update(fields)
+    return cms.create_restore_request(**values)
+
+
+def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(cms, source, ready_image, dagster_instance):
+    good = restore_request(cms, source_image_id=ready_image.name, name="copy", dns_label="copy-db", internal=True)
+    bad = {
+        restore_request(cms, source_image_id=ready_image.name, name="Bad_Name", dns_label="x1").id: "name: 'Bad_Name' must be a DNS-1123 label",
+        restore_request(cms, source_image_id="no-such-image", dns_label="x2").id: "source_image_id: no image with name 'no-such-image'",
+        restore_request(cms, source_image_id=None, dns_label="x3").id: "source_image_id: required",
+        restore_request(cms, source_image_id=ready_image.name, dns_label="x4", runtime_image_id="rt").id: "runtime_image_id: cannot be combined",
+        restore_request(cms, source_image_id=ready_image.name, dns_label=source.k8s_name).id: f"dns_label: '{source.k8s_name}' is already used",
+        restore_request(cms, source_image_id=ready_image.name, dns_label="copy-db").id: "dns_label: 'copy-db' is already requested",
+        restore_request(cms, source_image_id=ready_image.name, dns_label="x5", storage_size_gb=0).id: "storage_size_gb: 0 must be between",
+    }
+
+    result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms})
+    assert restore_requests_sensor.job_name == "restore_instance"
+    [run_request] = run_requests_of(result)
+    assert run_request.run_key == str(good.id)
+    assert run_request.tags == {REQUEST_ID_TAG: str(good.id), KIND_TAG: "restore"}
+    assert run_request.run_config == {
+        "ops": {"validate_request": {"config": {
+            "name": "copy", "dns_label": "copy-db", "source_image_id": str(ready_image.id), "namespace": "default",
+            "storage_size_gb": 1, "internal": True,
+        }}}
+    }
+    dg.validate_run_config(restore_instance, run_request.run_config)
+    for request_id, reason in bad.items():
+        row = cms.get_restore_request(request_id)
+        assert row.state is RequestState.rejected and reason in row.reason, row.reason
+    assert cms.get_restore_request(good.id).state is RequestState.accepted
+    assert run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms})) == []
+
+
+# ---- the nightly schedule -------------------------------------------------------------------
+
+
+def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_instance, repository_def):
+    running = [add_instance(cms, name) for name in ("alpha", "bravo", "charlie")]
+    add_instance(cms, "delta", InstanceState.stopped)
+    assert nightly_backups.cron_schedule == "0 2 * * *" and nightly_backups.execution_timezone == "UTC"
+    assert nightly_backups.job_name == "backup_image"
+    assert nightly_backups.default_status is dg.DefaultScheduleStatus.RUNNING
+
+    tick = datetime(2026, 3, 14, 2, 0, tzinfo=timezone.utc)
+
+    def evaluate():
+        with dg.build_schedule_context(
+            instance_ref=dagster_instance.get_ref(), scheduled_execution_time=tick, resources={"cms": cms},
+            repository_def=repository_def,
+        ) as context:
+            return nightly_backups.evaluate_tick(context).run_requests
+
+    requests = evaluate()
+    expected = {f"{i.k8s_name}__nightly-20260314": i for i in running}
+    assert sorted(r.run_key for r in requests) == sorted(expected)
+    for request in requests:
+        source = expected[request.run_key]
+        assert request.partition_key == request.run_key
+        assert request.tags[INSTANCE_TAG] == source.k8s_name and request.tags[KIND_TAG] == "backup"
+        assert request.run_config["ops"]["image"]["config"]["source_instance"] == str(source.id)
+    assert sorted(dagster_instance.get_dynamic_partitions("images")) == sorted(expected)
+
+    again = evaluate()
+    assert sorted(r.run_key for r in again) == sorted(expected)
+    assert sorted(dagster_instance.get_dynamic_partitions("images")) == sorted(expected)
+
+
+def test_nightly_key_uses_the_date_in_the_schedule_timezone(cms, dagster_instance):
+    add_instance(cms, "echo")
+    late_evening_utc = datetime(2026, 3, 14, 1, 30, tzinfo=timezone.utc)
+    assert night_of(late_evening_utc, "America/New_York") == "20260313"
+    [request] = nightly_run_requests(dagster_instance, cms, late_evening_utc, "America/New_York")
+    assert request.partition_key == "echo__nightly-20260313"
+    assert nightly_run_requests(dg.DagsterInstance.ephemeral(), cms, late_evening_utc, "UTC")[0].run_key == "echo__nightly-20260314"
+
+
+def test_schedule_without_running_instances_skips(cms, dagster_instance):
+    with dg.build_schedule_context(instance=dagster_instance, resources={"cms": cms}) as context:
+        result = nightly_backups(context)
+    assert isinstance(result, dg.SkipReason)
+
+
+# ---- write-back -----------------------------------------------------------------------------
+
+
+def status_event(instance, run_id: str, event_type: dg.DagsterEventType):
+    records = instance.get_records_for_run(run_id, of_type=event_type).records
+    assert records, f"no {event_type} event for run {run_id}"
+    return records[-1].event_log_entry.dagster_event
+
+
+def evaluate_status_sensor(sensor, instance, run_id, event_type, resources):
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name, dagster_event=status_event(instance, run_id, event_type),
+        dagster_instance=instance, dagster_run=instance.get_run_by_id(run_id), resources=resources,
+    )
+    return sensor(context)
+
+
+def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dagster_instance):
+    ghost = add_instance(cms, "ghost")  # running in the CMS, unknown to the platform: fails after the image row exists
+    request = cms.create_image_request(image_name="will-fail", source_instance=ghost.k8s_name)
+    [run_request] = evaluate_image_requests(dagster_instance, cms).run_requests
+    result = dg.materialize(
+        [image], partition_key="will-fail", resources=resources, instance=dagster_instance,
+        run_config=run_request.run_config, tags=run_request.tags, raise_on_error=False,
+    )
+    assert not result.success
+    evaluate_status_sensor(request_run_started, dagster_instance, result.run_id, dg.DagsterEventType.RUN_START, resources)
+    assert cms.get_image_request(request.id).run_id == result.run_id
+
+    evaluate_status_sensor(run_failed_writeback, dagster_instance, result.run_id, dg.DagsterEventType.RUN_FAILURE, resources)
+    row = cms.get_image_request(request.id)
+    assert row.state is RequestState.failed and row.run_id == result.run_id
+    image_row = cms.find_image("will-fail")
+    assert image_row.state is ImageState.failed and image_row.run_id == result.run_id
+    assert row.reason.startswith("step image failed: ") and image_row.error_message in row.reason, row.reason
+
+
+def test_failure_write_back_fails_an_image_the_run_left_creating(resources, cms, blob, source, dagster_instance):
+    """The run worker died inside the backup: nothing in the run marked the image failed."""
+    request = cms.create_image_request(image_name="orphan", source_instance=source.k8s_name)
+    evaluate_image_requests(dagster_instance, cms)
+    run = create_run_for_test(
+        dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.STARTED,
+        tags={REQUEST_ID_TAG: str(request.id)},
+    )
+    left = reserve_image(cms, blob, source, "orphan", run_id=run.run_id)
+    blob.write_bytes(f"{left.blob_path}/globals.sql", b"partial")
+    dagster_instance.report_run_failed(run, "the run worker vanished")
+
+    evaluate_status_sensor(run_failed_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_FAILURE, resources)
+    image_row = cms.get_image(left.id)
+    assert image_row.state is ImageState.failed and "the run worker vanished" in image_row.error_message
+    assert blob.list_names(left.blob_path) == []
+    row = cms.get_image_request(request.id)
+    assert row.state is RequestState.failed and "the run worker vanished" in row.reason
+
+    # A second report of the same end changes nothing and does not raise.
+    evaluate_status_sensor(run_failed_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_FAILURE, resources)
+    assert cms.get_image_request(request.id) == row
+
+
+def test_successful_restore_run_succeeds_its_request_with_the_instance(resources, cms, source, ready_image, dagster_instance):
+    request = restore_request(cms, source_image_id=ready_image.name, name="from-request", dns_label="from-request")
+    [run_request] = run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms}))
+    run_config = run_request.run_config
+    run_config["ops"]["validate_request"]["config"]["ready_timeout_seconds"] = 60
+    result = restore_instance.execute_in_process(
+        run_config=run_config, resources=resources, instance=dagster_instance, tags=run_request.tags,
+        raise_on_error=False,
+    )
+    assert result.success, failure_text(result)
+
+    evaluate_status_sensor(run_succeeded_writeback, dagster_instance, result.run_id, dg.DagsterEventType.RUN_SUCCESS, resources)
+    row = cms.get_restore_request(request.id)
+    restored = result.output_for_node("mark_instance_running")
+    assert row.state is RequestState.succeeded and row.run_id == result.run_id and row.reason is None
+    assert row.instance_id == restored.id
+    assert cms.get_instance(restored.id).state is InstanceState.running
+
+
+def test_canceled_restore_run_fails_request_and_instance(resources, cms, platform, source, ready_image, dagster_instance):
+    request = restore_request(cms, source_image_id=ready_image.name, name="cut-short", dns_label="cut-short")
+    evaluate_restore_requests(dagster_instance, cms)
+    run = create_run_for_test(
+        dagster_instance, job_name="restore_instance", status=dg.DagsterRunStatus.STARTED,
+        tags={REQUEST_ID_TAG: str(request.id)},
+    )
+    left = cms.create_instance(
+        user_name="cut-short", k8s_name="cut-short-abcde", namespace="default", postgres_version="15",
+        storage_size_gb=1, use_load_balancer=False, dns_name="cut-short", image_type=ImageType.stock,
+        source_image_id=ready_image.id, run_id=run.run_id,
+    )
+    dagster_instance.report_run_canceled(run)
+    evaluate_status_sensor(run_canceled_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_CANCELED, resources)
+    assert cms.get_instance(left.id).state is InstanceState.failed
+    assert "terminated" in cms.get_instance(left.id).error_message
+    assert not cms.dns_name_in_use("cut-short")
+    row = cms.get_restore_request(request.id)
+    assert row.state is RequestState.failed and row.instance_id == left.id and "canceled" in row.reason
+
+
+# ---- the reconciler -------------------------------------------------------------------------
+
+
+def test_reconciler_settles_rows_of_runs_that_ended_without_reporting(resources, cms, blob, source, dagster_instance):
+    def run_with(status, **tags):
+        return create_run_for_test(dagster_instance, job_name="backup_image", status=status, tags=tags)
+
+    failed_run = run_with(dg.DagsterRunStatus.STARTED)
+    failed_image = reserve_image(cms, blob, source, "died-failed", failed_run.run_id)
+    dagster_instance.report_run_failed(failed_run)
+
+    canceled_run = run_with(dg.DagsterRunStatus.STARTED)
+    canceled_image = reserve_image(cms, blob, source, "died-canceled", canceled_run.run_id)
+    dagster_instance.report_run_canceled(canceled_run)
+
+    missing_image = reserve_image(cms, blob, source, "died-missing", "0f0f0f0f-dead-beef-0000-000000000000")
+
+    live = {}
+    for status in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+        run = run_with(status)
+        live[status] = reserve_image(cms, blob, source, f"alive-{status.value.lower()}", run.run_id)
+
+    request = cms.create_image_request(image_name="req-died", source_instance=source.k8s_name)
+    evaluate_image_requests(dagster_instance, cms)
+    request_run = run_with(dg.DagsterRunStatus.STARTED, **{REQUEST_ID_TAG: str(request.id)})
+    dagster_instance.report_run_failed(request_run)
+
+    # Within the grace period the run-status sensors are left to do it.
+    assert reconcile(dagster_instance, cms, blob, resources["platform"], grace_seconds=3600).settled == []
+
+    result = evaluate_sensor(reconcile_stuck_rows, dagster_instance, resources)
+    assert isinstance(result, dg.SkipReason)  # default grace applies to the sensor: nothing yet
+    done = reconcile(dagster_instance, cms, blob, resources["platform"], grace_seconds=0)
+    assert "4 run(s) settled" in done.summary()
+
+    for row, run_id, status in (
+        (failed_image, failed_run.run_id, "FAILURE"),
+        (canceled_image, canceled_run.run_id, "CANCELED"),
+        (missing_image, missing_image.run_id, "missing"),
+    ):
+        current = cms.get_image(row.id)
+        assert current.state is ImageState.failed, current
+        assert current.error_message.startswith(f"run {run_id} ended without reporting ({status}")
+    for row in live.values():
+        assert cms.get_image(row.id).state is ImageState.creating
+    settled = cms.get_image_request(request.id)
+    assert settled.state is RequestState.failed and settled.run_id == request_run.run_id
+    assert settled.reason == f"run {request_run.run_id} ended without reporting (FAILURE)"
+
+    # Idempotent: nothing left to do but the live runs.
+    again = reconcile(dagster_instance, cms, blob, resources["platform"], grace_seconds=0)
+    assert not any(s.changed for s in again.settled) and len(again.waiting) == 3
+
+
+# ---- a real run, terminated mid-backup ------------------------------------------------------
+
+
+@pytest.fixture
+def code_location_env(monkeypatch, stack, cms, blob):
+    from toygres_pipelines.stack import azcopy_path
+
+    env = {
+        "TOYGRES_CMS_DSN": cms.dsn,
+        "TOYGRES_ENCRYPTION_KEY": cms.encryption_key,
+        "TOYGRES_BLOB_CONNECTION_STRING": stack.azurite.connection_string,
+        "TOYGRES_BLOB_CONTAINER": blob.container,
+        "TOYGRES_PLATFORM": "local",
+        "TOYGRES_STATE_DIR": str(stack.root / "platform"),
+        "TOYGRES_AZCOPY": str(azcopy_path()),
+    }
+    monkeypatch.delenv("TOYGRES_BLOB_ACCOUNT_URL", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_run_terminated_mid_backup_leaves_its_image_failed(
+    code_location_env, resources, cms, blob, source, source_dsn, dagster_instance, repository_def
+):
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import ModuleTarget
+
+    from tests.test_backup import blocked_database, wait_for_pg_dump_blocked
+
+    key = f"{source.k8s_name}__terminated"
+    dagster_instance.add_dynamic_partitions("images", [key])
+    holder = blocked_database(source_dsn, "aaa_terminated")
+    target = ModuleTarget(
+        module_name="toygres_pipelines.definitions", attribute=None, working_directory=str(PROJECT_DIR),
+        location_name="toygres_pipelines",
+    )
+    try:
+        with WorkspaceProcessContext(dagster_instance, target) as process_context:
+            workspace = process_context.create_request_context()
+            location = workspace.get_code_location("toygres_pipelines")
+            remote_job = location.get_repository("__repository__").get_full_job("backup_image")
+            run = dagster_instance.create_run_for_job(
+                job_def=repository_def.get_job("backup_image"),
+                run_config={"ops": {"image": {"config": {"source_instance": source.k8s_name}}}},
+                tags={**backup_image.tags, "dagster/partition": key, INSTANCE_TAG: source.k8s_name},
+                remote_job_origin=remote_job.get_remote_origin(),
+                job_code_origin=remote_job.get_python_origin(),
+                asset_selection=frozenset({image.key}),
+            )
+            dagster_instance.launch_run(run.run_id, workspace)
+            wait_for_pg_dump_blocked(source_dsn("postgres"), "aaa_terminated", timeout=90)
+            reserved = cms.find_image_by_run(run.run_id)
+            assert reserved.state is ImageState.creating and blob.list_names(reserved.blob_path)
+
+            assert dagster_instance.run_launcher.terminate(run.run_id)
+            ended = wait_for(
+                lambda: (r := dagster_instance.get_run_by_id(run.run_id)).is_finished and r, 60, "the run to end"
+            )
+    finally:
+        holder.close()
+    assert ended.status is dg.DagsterRunStatus.CANCELED
+    row = cms.get_image(reserved.id)
+    assert row.state is ImageState.failed, row
+    assert "terminated" in row.error_message
+    assert blob.list_names(row.blob_path) == []

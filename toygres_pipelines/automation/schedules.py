@@ -1,0 +1,85 @@
+"""`nightly_backups`: one new snapshot partition and one backup run per running instance.
+
+A schedule's result cannot carry dynamic-partition requests, so the evaluation registers the
+night's partitions itself (on the instance) before it returns the run requests. Keys and run
+keys are a function of the instance and the scheduled date only, so a re-evaluated tick adds
+nothing new and launches nothing twice (the daemon skips run keys it has already used).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from resources.cms import CMSResource
+from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, backup_image, backup_run_config
+from toygres_pipelines.automation.settings import nightly_cron, nightly_timezone
+from toygres_pipelines.images.assets import image_partitions
+from toygres_pipelines.models import Instance, InstanceState, validate_image_name
+
+
+def nightly_key(instance: Instance, night: str) -> str:
+    return f"{instance.k8s_name}__nightly-{night}"
+
+
+def night_of(scheduled: datetime | None, timezone: str) -> str:
+    """YYYYMMDD of the scheduled time in the schedule's timezone."""
+    zone = ZoneInfo(timezone)
+    when = scheduled or datetime.now(zone)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=ZoneInfo("UTC"))
+    return when.astimezone(zone).strftime("%Y%m%d")
+
+
+def nightly_run_requests(
+    instance: dg.DagsterInstance, cms: CMSResource, scheduled: datetime | None, timezone: str
+) -> list[dg.RunRequest]:
+    night = night_of(scheduled, timezone)
+    requests = []
+    for source in sorted(cms.list_instances([InstanceState.running]), key=lambda i: i.k8s_name):
+        key = validate_image_name(nightly_key(source, night), field="image name")
+        requests.append(
+            dg.RunRequest(
+                run_key=key,
+                partition_key=key,
+                run_config=backup_run_config(str(source.id), f"nightly backup of {source.k8s_name} for {night}"),
+                tags={KIND_TAG: "backup", INSTANCE_TAG: source.k8s_name},
+            )
+        )
+    if requests:
+        instance.add_dynamic_partitions(image_partitions.name, [r.partition_key for r in requests])
+    return requests
+
+
+def scheduled_time(context: dg.ScheduleEvaluationContext) -> datetime | None:
+    """The tick's scheduled time; None when evaluated by hand without one (then: now)."""
+    try:
+        return context.scheduled_execution_time
+    except dg.DagsterInvariantViolationError:
+        return None
+    except Exception as error:  # noqa: BLE001 - dagster's check.failed raises a CheckError
+        if "scheduled_execution_time" in str(error):
+            return None
+        raise
+
+
+NIGHTLY_TIMEZONE = nightly_timezone()
+
+
+@dg.schedule(
+    name="nightly_backups",
+    job=backup_image,
+    cron_schedule=nightly_cron(),
+    execution_timezone=NIGHTLY_TIMEZONE,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every night: a new image partition `<instance>__nightly-<YYYYMMDD>` and a backup run for "
+    "each running instance in the CMS (TOYGRES_NIGHTLY_CRON, TOYGRES_NIGHTLY_TIMEZONE).",
+)
+def nightly_backups(context: dg.ScheduleEvaluationContext, cms: CMSResource):
+    requests = nightly_run_requests(context.instance, cms, scheduled_time(context), NIGHTLY_TIMEZONE)
+    if not requests:
+        return dg.SkipReason("no running instance in the CMS")
+    context.log.info(f"nightly backups of {len(requests)} instance(s): {[r.partition_key for r in requests]}")
+    return requests

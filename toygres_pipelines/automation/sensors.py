@@ -1,0 +1,256 @@
+"""Sensors that turn CMS requests into runs.
+
+Every evaluation:
+1. looks at accepted requests that have no run recorded: if Dagster has a run tagged with the
+   request id, the run id is recorded; if not and the request was accepted more than
+   TOYGRES_RELAUNCH_AFTER_SECONDS ago (a crash between the accept commit and the launch), its run
+   request is emitted again. The run key is the request id, so the daemon never launches it twice.
+2. claims pending requests (`SELECT ... FOR UPDATE SKIP LOCKED`), validates each with the rules
+   the launchpad uses, rejects the invalid ones with the reason (naming the field) and accepts
+   the valid ones; the claim commits, then the run requests are returned.
+
+Two overlapping evaluations never see the same pending row (SKIP LOCKED) and never re-emit a
+freshly accepted one, so each request is emitted exactly once unless its launch was lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dagster as dg
+import pydantic
+
+from resources.cms import CMSResource
+from toygres_pipelines.automation.jobs import (
+    INSTANCE_TAG,
+    KIND_TAG,
+    REQUEST_ID_TAG,
+    backup_image,
+    backup_run_config,
+)
+from toygres_pipelines.automation.settings import env_int, relaunch_after_seconds, sensor_interval_seconds
+from toygres_pipelines.images.assets import image_partitions
+from toygres_pipelines.images.backup import running_source
+from toygres_pipelines.models import (
+    ImageRequest,
+    ImageState,
+    Instance,
+    RequestState,
+    RestoreRequest,
+    ValidationFailed,
+    validate_image_name,
+)
+from toygres_pipelines.restores.config import RestoreFields, check_request_fields, plan_restore
+from toygres_pipelines.restores.jobs import restore_instance
+
+Log = Callable[[str], None]
+
+
+def batch_size() -> int:
+    """At most this many pending requests are claimed per evaluation (TOYGRES_REQUEST_BATCH)."""
+    return env_int("TOYGRES_REQUEST_BATCH", 50)
+
+
+def first_run_for_request(instance: dg.DagsterInstance, request_id: object) -> dg.DagsterRun | None:
+    runs = instance.get_runs(dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}), limit=1, ascending=True)
+    return runs[0] if runs else None
+
+
+class Evaluation(pydantic.BaseModel):
+    """What one evaluation did (for the tick's log and for tests)."""
+
+    run_requests: list[dg.RunRequest] = []
+    accepted: list[str] = []
+    rejected: dict[str, str] = {}
+    attached: dict[str, str] = {}
+    relaunched: list[str] = []
+
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+
+    def summary(self, what: str) -> str:
+        parts = [
+            f"{len(self.accepted)} {what} request(s) accepted",
+            f"{len(self.rejected)} rejected",
+        ]
+        if self.relaunched:
+            parts.append(f"{len(self.relaunched)} re-emitted (accepted, never launched)")
+        if self.attached:
+            parts.append(f"{len(self.attached)} run id(s) recorded")
+        return ", ".join(parts)
+
+    def result(self, what: str) -> dg.SensorResult | dg.SkipReason:
+        if not self.run_requests:
+            return dg.SkipReason(self.summary(what))
+        return dg.SensorResult(run_requests=self.run_requests)
+
+
+# ---- image requests -------------------------------------------------------------------------
+
+
+def check_image_request(cms: CMSResource, request: ImageRequest, names_taken: set[str]) -> Instance:
+    """The asset's rules, checked before anything runs; returns the running source instance."""
+    validate_image_name(request.image_name, field="image_name")
+    source = running_source(cms, request.source_instance)
+    existing = cms.find_image(request.image_name)
+    if existing is not None and existing.name == request.image_name and existing.state not in (
+        ImageState.failed, ImageState.deleted,
+    ):
+        raise ValidationFailed(
+            "image_name", f"{request.image_name!r} is already used by image {existing.id} ({existing.state})"
+        )
+    if request.image_name in names_taken:
+        raise ValidationFailed("image_name", f"{request.image_name!r} is already requested by another accepted request")
+    return source
+
+
+def image_run_request(request: ImageRequest, source_k8s_name: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=str(request.id),
+        partition_key=request.image_name,
+        run_config=backup_run_config(request.source_instance, request.description),
+        tags={REQUEST_ID_TAG: str(request.id), KIND_TAG: "backup", INSTANCE_TAG: source_k8s_name},
+    )
+
+
+def evaluate_image_requests(
+    instance: dg.DagsterInstance, cms: CMSResource, *, limit: int | None = None,
+    relaunch_after: float | None = None, log: Log = lambda _: None,
+) -> Evaluation:
+    limit = batch_size() if limit is None else limit
+    relaunch_after = relaunch_after_seconds() if relaunch_after is None else relaunch_after
+    done = Evaluation()
+
+    for request, age in cms.list_unlaunched_image_requests():
+        run = first_run_for_request(instance, request.id)
+        if run is not None:
+            cms.attach_request_run(request.id, run.run_id)
+            done.attached[str(request.id)] = run.run_id
+        elif age >= relaunch_after:
+            source = cms.find_instance(request.source_instance)
+            done.run_requests.append(image_run_request(request, source.k8s_name if source else request.source_instance))
+            done.relaunched.append(str(request.id))
+            log(f"image request {request.id} was accepted {age:.0f} s ago and has no run: emitting it again")
+
+    fresh: list[dg.RunRequest] = []
+    with cms.claim_pending_image_requests(limit) as claim:
+        names_taken = {r.image_name for r in cms.list_image_requests([RequestState.accepted])}
+        for request in claim:
+            try:
+                source = check_image_request(cms, request, names_taken)
+            except ValidationFailed as error:
+                claim.reject(request, str(error))
+                done.rejected[str(request.id)] = str(error)
+                log(f"image request {request.id} rejected: {error}")
+                continue
+            claim.accept(request)
+            names_taken.add(request.image_name)
+            fresh.append(image_run_request(request, source.k8s_name))
+            done.accepted.append(str(request.id))
+    # committed: the accepted rows are durable before any run request leaves this evaluation
+    done.run_requests.extend(fresh)
+    if done.run_requests:
+        instance.add_dynamic_partitions(image_partitions.name, sorted({r.partition_key for r in done.run_requests}))
+    return done
+
+
+@dg.sensor(
+    name="image_requests_sensor",
+    job=backup_image,
+    minimum_interval_seconds=sensor_interval_seconds(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Pending rows of toygres_cms.image_requests become backup_image runs (run key = request id); "
+    "invalid ones are rejected with the reason.",
+)
+def image_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource):
+    done = evaluate_image_requests(context.instance, cms, log=context.log.info)
+    context.log.info(done.summary("image"))
+    return done.result("image")
+
+
+# ---- restore requests -----------------------------------------------------------------------
+
+
+def restore_fields(request: RestoreRequest) -> RestoreFields:
+    return RestoreFields(
+        name=request.name, dns_label=request.dns_label, source_image_id=request.source_image_id,
+        namespace=request.namespace, storage_size_gb=request.storage_size_gb, internal=request.internal,
+        runtime_image_id=request.runtime_image_id, image_override=request.image_override,
+    )
+
+
+def check_restore_request(cms: CMSResource, request: RestoreRequest, labels_taken: set[str]) -> str:
+    """The launchpad's rules; returns the id of the (ready) image to restore."""
+    fields = restore_fields(request)
+    check_request_fields(fields)
+    plan = plan_restore(fields, cms)
+    if request.dns_label in labels_taken:
+        raise ValidationFailed("dns_label", f"{request.dns_label!r} is already requested by another accepted request")
+    return str(plan.image_id)
+
+
+def restore_run_request(request: RestoreRequest, image_id: str) -> dg.RunRequest:
+    config = {
+        "name": request.name,
+        "dns_label": request.dns_label,
+        "source_image_id": image_id,
+        "namespace": request.namespace,
+        "storage_size_gb": request.storage_size_gb,
+        "internal": request.internal,
+    }
+    return dg.RunRequest(
+        run_key=str(request.id),
+        run_config={"ops": {"validate_request": {"config": config}}},
+        tags={REQUEST_ID_TAG: str(request.id), KIND_TAG: "restore"},
+    )
+
+
+def evaluate_restore_requests(
+    instance: dg.DagsterInstance, cms: CMSResource, *, limit: int | None = None,
+    relaunch_after: float | None = None, log: Log = lambda _: None,
+) -> Evaluation:
+    limit = batch_size() if limit is None else limit
+    relaunch_after = relaunch_after_seconds() if relaunch_after is None else relaunch_after
+    done = Evaluation()
+
+    for request, age in cms.list_unlaunched_restore_requests():
+        run = first_run_for_request(instance, request.id)
+        if run is not None:
+            cms.attach_request_run(request.id, run.run_id)
+            done.attached[str(request.id)] = run.run_id
+        elif age >= relaunch_after:
+            image = cms.find_image(request.source_image_id or "")
+            done.run_requests.append(restore_run_request(request, str(image.id) if image else request.source_image_id or ""))
+            done.relaunched.append(str(request.id))
+            log(f"restore request {request.id} was accepted {age:.0f} s ago and has no run: emitting it again")
+
+    fresh: list[dg.RunRequest] = []
+    with cms.claim_pending_restore_requests(limit) as claim:
+        labels_taken = {r.dns_label for r in cms.list_restore_requests([RequestState.accepted])}
+        for request in claim:
+            try:
+                image_id = check_restore_request(cms, request, labels_taken)
+            except (ValidationFailed, pydantic.ValidationError) as error:
+                claim.reject(request, str(error))
+                done.rejected[str(request.id)] = str(error)
+                log(f"restore request {request.id} rejected: {error}")
+                continue
+            claim.accept(request)
+            labels_taken.add(request.dns_label)
+            fresh.append(restore_run_request(request, image_id))
+            done.accepted.append(str(request.id))
+    done.run_requests.extend(fresh)
+    return done
+
+
+@dg.sensor(
+    name="restore_requests_sensor",
+    job=restore_instance,
+    minimum_interval_seconds=sensor_interval_seconds(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Pending rows of toygres_cms.restore_requests become restore_instance runs (run key = request "
+    "id); invalid ones are rejected with the reason.",
+)
+def restore_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource):
+    done = evaluate_restore_requests(context.instance, cms, log=context.log.info)
+    context.log.info(done.summary("restore"))
+    return done.result("restore")
