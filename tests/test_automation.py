@@ -27,6 +27,7 @@ from toygres_pipelines.automation.writeback import (
     run_canceled_writeback,
     run_failed_writeback,
     run_succeeded_writeback,
+    settle_run,
 )
 from toygres_pipelines.images.assets import image
 from toygres_pipelines.models import ImageState, ImageType, InstanceState, RequestState
@@ -502,3 +503,21 @@ def test_run_terminated_mid_backup_leaves_its_image_failed(
     assert row.state is ImageState.failed, row
     assert "terminated" in row.error_message
     assert blob.list_names(row.blob_path) == []
+
+
+def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob, source, dagster_instance):
+    request = cms.create_image_request(image_name="odd-success", source_instance=source.k8s_name)
+    evaluate_image_requests(dagster_instance, cms)
+    run = create_run_for_test(
+        dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.SUCCESS,
+        tags={REQUEST_ID_TAG: str(request.id)},
+    )
+    left = reserve_image(cms, blob, source, "odd-success", run_id=run.run_id)
+    settled = settle_run(
+        cms=cms, blob=blob, platform=resources["platform"], run_id=run.run_id, tags=run.tags, succeeded=True,
+        reason=None, log=lambda _: None,
+    )
+    assert settled.images_failed == [str(left.id)] and settled.request_state == "failed"
+    expected = f"run {run.run_id} succeeded without marking the image ready"
+    assert cms.get_image(left.id).error_message == expected
+    assert cms.get_image_request(request.id).reason == expected

@@ -83,22 +83,28 @@ def settle_run(
 ) -> Settlement:
     """Make the rows of an ended run terminal (see the module docstring)."""
     done = Settlement(run_id=run_id)
-    why = (reason or f"run {run_id} {'succeeded' if succeeded else 'failed'}")[:REASON_MAX]
+    failed_why = (reason or f"run {run_id} failed")[:REASON_MAX]
+
+    def leftover_why(what: str) -> str:
+        """Why a row this run left creating is failed (a succeeded run should have settled it)."""
+        if succeeded and not reason:
+            return f"run {run_id} succeeded without marking the {what}"
+        return (reason or f"run {run_id} failed")[:REASON_MAX]
 
     image = cms.find_image_by_run(run_id)
     if image is not None and image.state is ImageState.creating:
-        image_reason = why if not succeeded else f"run {run_id} ended without marking the image ready"
+        failed_why = leftover_why("image ready")
         try:
-            fail_image(cms, blob, image, reason=reason or image_reason, run_id=run_id, log=log)
+            fail_image(cms, blob, image, reason=failed_why, run_id=run_id, log=log)
             done.images_failed.append(str(image.id))
         except CMSError as error:  # InvalidTransition: another writer got there first
             log(f"image {image.id}: {error}")
 
     instance = cms.find_instance_by_run(run_id)
     if instance is not None and instance.state is InstanceState.creating:
-        instance_reason = why if not succeeded else f"run {run_id} ended without marking the instance running"
+        failed_why = leftover_why("instance running")
         try:
-            clean_up_failed_restore(cms, platform, instance, reason=reason or instance_reason, log=log)
+            clean_up_failed_restore(cms, platform, instance, reason=failed_why, log=log)
             done.instances_failed.append(str(instance.id))
         except CMSError as error:
             log(f"instance {instance.id}: {error}")
@@ -112,7 +118,7 @@ def settle_run(
         return done
     ok = succeeded and not done.images_failed and not done.instances_failed
     target = RequestState.succeeded if ok else RequestState.failed
-    request_reason = None if ok else why
+    request_reason = None if ok else failed_why
     try:
         if isinstance(request, RestoreRequest):
             restored = cms.find_instance_by_run(run_id)
