@@ -84,6 +84,43 @@ class Evaluation(pydantic.BaseModel):
         return dg.SensorResult(run_requests=self.run_requests)
 
 
+def settle_unlaunched(
+    instance: dg.DagsterInstance, cms: CMSResource, unlaunched: list, relaunch_after: float,
+    rerequest: Callable[[object], dg.RunRequest], done: Evaluation, log: Log,
+) -> None:
+    """Accepted requests with no run id: record the run Dagster has, or emit a lost one again."""
+    for request, age in unlaunched:
+        run = first_run_for_request(instance, request.id)
+        if run is not None:
+            cms.attach_request_run(request.id, run.run_id)
+            done.attached[str(request.id)] = run.run_id
+        elif age >= relaunch_after:
+            done.run_requests.append(rerequest(request))
+            done.relaunched.append(str(request.id))
+            log(f"request {request.id} was accepted {age:.0f} s ago and has no run: emitting it again")
+
+
+def accept_or_reject(
+    claim, check: Callable[[object, set[str]], object], taken: set[str], key: Callable[[object], str],
+    run_request_for: Callable[[object, object], dg.RunRequest], done: Evaluation, log: Log,
+) -> list[dg.RunRequest]:
+    """Validate each claimed row: reject it with the reason, or accept it and build its run request."""
+    fresh = []
+    for request in claim:
+        try:
+            checked = check(request, taken)
+        except (ValidationFailed, pydantic.ValidationError) as error:
+            claim.reject(request, str(error))
+            done.rejected[str(request.id)] = str(error)
+            log(f"request {request.id} rejected: {error}")
+            continue
+        claim.accept(request)
+        taken.add(key(request))
+        fresh.append(run_request_for(request, checked))
+        done.accepted.append(str(request.id))
+    return fresh
+
+
 # ---- image requests -------------------------------------------------------------------------
 
 
@@ -120,32 +157,18 @@ def evaluate_image_requests(
     relaunch_after = relaunch_after_seconds() if relaunch_after is None else relaunch_after
     done = Evaluation()
 
-    for request, age in cms.list_unlaunched_image_requests():
-        run = first_run_for_request(instance, request.id)
-        if run is not None:
-            cms.attach_request_run(request.id, run.run_id)
-            done.attached[str(request.id)] = run.run_id
-        elif age >= relaunch_after:
-            source = cms.find_instance(request.source_instance)
-            done.run_requests.append(image_run_request(request, source.k8s_name if source else request.source_instance))
-            done.relaunched.append(str(request.id))
-            log(f"image request {request.id} was accepted {age:.0f} s ago and has no run: emitting it again")
+    def rerequest(request: ImageRequest) -> dg.RunRequest:
+        source = cms.find_instance(request.source_instance)
+        return image_run_request(request, source.k8s_name if source else request.source_instance)
 
-    fresh: list[dg.RunRequest] = []
+    settle_unlaunched(instance, cms, cms.list_unlaunched_image_requests(), relaunch_after, rerequest, done, log)
     with cms.claim_pending_image_requests(limit) as claim:
         names_taken = {r.image_name for r in cms.list_image_requests([RequestState.accepted])}
-        for request in claim:
-            try:
-                source = check_image_request(cms, request, names_taken)
-            except ValidationFailed as error:
-                claim.reject(request, str(error))
-                done.rejected[str(request.id)] = str(error)
-                log(f"image request {request.id} rejected: {error}")
-                continue
-            claim.accept(request)
-            names_taken.add(request.image_name)
-            fresh.append(image_run_request(request, source.k8s_name))
-            done.accepted.append(str(request.id))
+        fresh = accept_or_reject(
+            claim, lambda request, taken: check_image_request(cms, request, taken), names_taken,
+            lambda request: request.image_name,
+            lambda request, source: image_run_request(request, source.k8s_name), done, log,
+        )
     # committed: the accepted rows are durable before any run request leaves this evaluation
     done.run_requests.extend(fresh)
     if done.run_requests:
@@ -212,32 +235,17 @@ def evaluate_restore_requests(
     relaunch_after = relaunch_after_seconds() if relaunch_after is None else relaunch_after
     done = Evaluation()
 
-    for request, age in cms.list_unlaunched_restore_requests():
-        run = first_run_for_request(instance, request.id)
-        if run is not None:
-            cms.attach_request_run(request.id, run.run_id)
-            done.attached[str(request.id)] = run.run_id
-        elif age >= relaunch_after:
-            image = cms.find_image(request.source_image_id or "")
-            done.run_requests.append(restore_run_request(request, str(image.id) if image else request.source_image_id or ""))
-            done.relaunched.append(str(request.id))
-            log(f"restore request {request.id} was accepted {age:.0f} s ago and has no run: emitting it again")
+    def rerequest(request: RestoreRequest) -> dg.RunRequest:
+        image = cms.find_image(request.source_image_id or "")
+        return restore_run_request(request, str(image.id) if image else request.source_image_id or "")
 
-    fresh: list[dg.RunRequest] = []
+    settle_unlaunched(instance, cms, cms.list_unlaunched_restore_requests(), relaunch_after, rerequest, done, log)
     with cms.claim_pending_restore_requests(limit) as claim:
         labels_taken = {r.dns_label for r in cms.list_restore_requests([RequestState.accepted])}
-        for request in claim:
-            try:
-                image_id = check_restore_request(cms, request, labels_taken)
-            except (ValidationFailed, pydantic.ValidationError) as error:
-                claim.reject(request, str(error))
-                done.rejected[str(request.id)] = str(error)
-                log(f"restore request {request.id} rejected: {error}")
-                continue
-            claim.accept(request)
-            labels_taken.add(request.dns_label)
-            fresh.append(restore_run_request(request, image_id))
-            done.accepted.append(str(request.id))
+        fresh = accept_or_reject(
+            claim, lambda request, taken: check_restore_request(cms, request, taken), labels_taken,
+            lambda request: request.dns_label, restore_run_request, done, log,
+        )
     done.run_requests.extend(fresh)
     return done
 
