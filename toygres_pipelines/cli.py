@@ -177,16 +177,14 @@ def default_image_name(k8s_name: str, now: datetime | None = None) -> str:
 
 def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     # Imported here: the backup module pulls in the blob storage and platform clients.
-    from toygres_pipelines.images.backup import running_source
+    from toygres_pipelines.images.backup import check_name_free, running_source
 
     if args.name is not None:
         validate_image_name(args.name, field="name")
     source = running_source(cms, args.instance)
     name = args.name if args.name is not None else default_image_name(source.k8s_name)
     validate_image_name(name, field="name")
-    live = cms.find_image(name)
-    if live is not None and live.state not in (ImageState.failed, ImageState.deleted):
-        raise ValidationFailed("name", f"{name!r} is already used by image {live.id} ({live.state})")
+    check_name_free(cms, name, field="name")
     for queued in cms.list_image_requests(IN_FLIGHT):
         if queued.image_name == name:
             raise ValidationFailed("name", f"{name!r} is already requested by {queued.state} request {queued.id}")

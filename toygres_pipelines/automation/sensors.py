@@ -30,10 +30,9 @@ from toygres_pipelines.automation.jobs import (
 )
 from toygres_pipelines.automation.settings import env_int, relaunch_after_seconds, sensor_interval_seconds
 from toygres_pipelines.images.assets import image_partitions
-from toygres_pipelines.images.backup import running_source
+from toygres_pipelines.images.backup import check_name_free, running_source
 from toygres_pipelines.models import (
     ImageRequest,
-    ImageState,
     Instance,
     RequestState,
     RestoreRequest,
@@ -128,13 +127,7 @@ def check_image_request(cms: CMSResource, request: ImageRequest, names_taken: se
     """The asset's rules, checked before anything runs; returns the running source instance."""
     validate_image_name(request.image_name, field="image_name")
     source = running_source(cms, request.source_instance)
-    existing = cms.find_image(request.image_name)
-    if existing is not None and existing.name == request.image_name and existing.state not in (
-        ImageState.failed, ImageState.deleted,
-    ):
-        raise ValidationFailed(
-            "image_name", f"{request.image_name!r} is already used by image {existing.id} ({existing.state})"
-        )
+    check_name_free(cms, request.image_name, field="image_name")
     if request.image_name in names_taken:
         raise ValidationFailed("image_name", f"{request.image_name!r} is already requested by another accepted request")
     return source

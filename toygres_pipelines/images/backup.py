@@ -54,6 +54,13 @@ def running_source(cms: CMSResource, ref: str) -> Instance:
     return instance
 
 
+def check_name_free(cms: CMSResource, name: str, field: str) -> None:
+    """A live image (anything but failed or deleted) already has this name."""
+    existing = cms.find_image(name)
+    if existing is not None and existing.name == name and existing.state not in (ImageState.failed, ImageState.deleted):
+        raise ValidationFailed(field, f"{name!r} is already used by image {existing.id} ({existing.state})")
+
+
 def image_prefix(image_id: uuid.UUID) -> str:
     return f"images/{image_id}"
 
@@ -95,6 +102,7 @@ def take_image(
     terminated) marks the row failed with the reason and removes the partial blobs.
     """
     validate_image_name(name, field="image name (partition key)")
+    check_name_free(cms, name, field="image name (partition key)")
     source = running_source(cms, source_ref)
     image_id = uuid.uuid4()
     image = cms.reserve_image(
