@@ -66,6 +66,12 @@ def test_demo_instance_is_created_once_and_redeployed_when_down(cms, dev_platfor
     counts = pagila_counts()
     assert counts[0] == 1000 and counts[1] > 10000
 
+    # The first start asks for the demo's first backup (the sensor runs it), and only once.
+    assert devstack.request_first_backup(cms, demo) is True
+    assert devstack.request_first_backup(cms, demo) is False
+    [request] = cms.list_image_requests()
+    assert (request.image_name, request.source_instance) == (devstack.FIRST_BACKUP_NAME, "pagila-demo")
+
     # Running again reuses it: same row, no new event, same data.
     again = devstack.ensure_demo_instance(cms, platform, pagila_dir)
     assert again.id == demo.id

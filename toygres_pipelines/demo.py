@@ -26,7 +26,7 @@ def pagila_dir() -> Path:
 
 def psql(platform: LocalPlatform, ref: InstanceRef, *args: str, database: str = "postgres") -> str:
     endpoints = platform.endpoints(ref)
-    env = {**os.environ, "PGPASSWORD": platform.read_instance_password(ref).get_secret_value()}
+    env = {**os.environ, "PGPASSWORD": platform.read_instance_password(ref).get_secret_value(), "PGCONNECT_TIMEOUT": "10"}
     done = subprocess.run(
         [str(postgres_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", endpoints.host,
          "-p", str(endpoints.port), "-U", SUPERUSER, "-d", database, *args],
@@ -47,9 +47,18 @@ def provision_server(platform: LocalPlatform, ref: InstanceRef, password: Secret
     platform.wait_ready(ref, 60)
 
 
+class PagilaMissing(FileNotFoundError):
+    pass
+
+
 def load_pagila(platform: LocalPlatform, ref: InstanceRef, source: Path | None = None) -> None:
-    """Database `pagila` with the sample schema and data, plus an application role."""
+    """(Re)create database `pagila` with the sample schema and data, plus an application role."""
     source = source or pagila_dir()
+    missing = [str(source / name) for name in PAGILA_FILES if not (source / name).is_file()]
+    if missing:
+        raise PagilaMissing(f"pagila fixtures not found: {missing} (set TOYGRES_PAGILA_DIR)")
+    psql(platform, ref, "-c", "DROP DATABASE IF EXISTS pagila WITH (FORCE)")
+    psql(platform, ref, "-c", "DROP ROLE IF EXISTS pagila_app")
     psql(platform, ref, "-c", "CREATE ROLE pagila_app LOGIN PASSWORD 'pagila-app'")
     psql(platform, ref, "-c", "CREATE DATABASE pagila OWNER postgres")
     for name in PAGILA_FILES:

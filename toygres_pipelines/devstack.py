@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import urllib.error
@@ -51,10 +50,9 @@ from resources.platform.postgres_server import (
     ServerCommandFailed,
     free_port,
     give_to_service_user,
-    pgpass_line,
-    postgres_bindir,
     run_as_user,
 )
+from toygres_pipelines.demo import PAGILA_FILES, PagilaMissing, load_pagila
 from toygres_pipelines.models import ImageType, Instance, InstanceRef, InstanceState
 from toygres_pipelines.restores.steps import connection_strings
 from toygres_pipelines.stack import PROJECT_DIR, Azurite, CmsServer, azcopy_path, require_tools
@@ -70,7 +68,7 @@ DEMO_NAMESPACE = "default"
 DEMO_POSTGRES_VERSION = "15"
 DEMO_STORAGE_GB = 1
 DEMO_DATABASE = "pagila"
-PAGILA_FILES = ("pagila-schema.sql", "pagila-data.sql")
+FIRST_BACKUP_NAME = f"{DEMO_NAME}__first-backup"
 
 
 class DevStackError(RuntimeError):
@@ -285,39 +283,6 @@ def _record(platform: LocalPlatform, ref: InstanceRef) -> ServerRecord | None:
     return ServerRecord.model_validate_json(path.read_text()) if path.exists() else None
 
 
-def load_pagila(platform: LocalPlatform, ref: InstanceRef, pagila_dir: Path) -> None:
-    """(Re)create database `pagila` on the instance and load the schema, then the data."""
-    files = [pagila_dir / name for name in PAGILA_FILES]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise DevStackError(f"pagila fixtures not found: {missing} (set TOYGRES_PAGILA_DIR)")
-    endpoints = platform.endpoints(ref)
-    password = platform.read_instance_password(ref).get_secret_value()
-    admin = psycopg.conninfo.make_conninfo(
-        host=endpoints.host, port=endpoints.port, user=platform.superuser, password=password,
-        dbname="postgres", connect_timeout=10,
-    )
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DATABASE)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
-    with tempfile.TemporaryDirectory(prefix="toygres-psql-") as tmp:
-        pgpass = Path(tmp) / "pgpass"
-        write_private(pgpass, pgpass_line(endpoints.host, endpoints.port, platform.superuser, password))
-        env = {
-            **os.environ, "PGPASSFILE": str(pgpass), "PGHOST": endpoints.host, "PGPORT": str(endpoints.port),
-            "PGUSER": platform.superuser, "PGDATABASE": DEMO_DATABASE, "PGCONNECT_TIMEOUT": "10",
-        }
-        env.pop("PGPASSWORD", None)
-        for path in files:
-            done = subprocess.run(
-                [str(postgres_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)],
-                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                text=True, timeout=600,
-            )
-            if done.returncode != 0:
-                raise DevStackError(f"psql -f {path.name} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
-
-
 def _deploy_and_wait(platform: LocalPlatform, spec: DeploySpec, timeout_seconds: int = 60) -> None:
     platform.deploy_instance(spec)
     platform.wait_ready(spec.instance, timeout_seconds)
@@ -368,7 +333,10 @@ def ensure_demo_instance(cms: CMSResource, platform: LocalPlatform, pagila_dir: 
             shutil.rmtree(server.data_dir)
         server.initdb(platform.superuser, password.get_secret_value())
         _deploy_and_wait(platform, spec)
-        load_pagila(platform, ref, pagila_dir)
+        try:
+            load_pagila(platform, ref, pagila_dir)
+        except PagilaMissing as error:
+            raise DevStackError(str(error)) from error
 
     # Same shape as the restore job's rows: no password in the CMS (it stays in the platform's secret).
     strings = connection_strings(platform.endpoints(ref), password=None)
@@ -377,6 +345,21 @@ def ensure_demo_instance(cms: CMSResource, platform: LocalPlatform, pagila_dir: 
         ip_connection_string=strings.ip, dns_connection_string=strings.dns,
         external_ip=platform.endpoints(ref).external_ip,
     )
+
+
+def request_first_backup(cms: CMSResource, demo: Instance) -> bool:
+    """So `make dev` runs the main job at once: the demo's first image, through the request sensor.
+
+    Only on a stack that has never had it; returns whether a request was made.
+    """
+    if cms.find_image(FIRST_BACKUP_NAME) is not None:
+        return False
+    if any(request.image_name == FIRST_BACKUP_NAME for request in cms.list_image_requests()):
+        return False
+    cms.create_image_request(
+        image_name=FIRST_BACKUP_NAME, source_instance=demo.k8s_name, description="first backup, requested by make dev"
+    )
+    return True
 
 
 def redeploy_running_instances(cms: CMSResource, platform: LocalPlatform) -> list[str]:
@@ -563,6 +546,8 @@ def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
     log(f"demo instance {DEMO_NAME}: checking (the first start creates it and loads pagila)")
     demo = ensure_demo_instance(cms, platform, settings.pagila_dir)
     demo_port = platform.endpoints(demo_ref()).port
+    if request_first_backup(cms, demo):
+        log(f"requested the first backup of {DEMO_NAME} ({FIRST_BACKUP_NAME}): the image_requests_sensor runs it")
 
     env_vars = stack_environment(settings, cms.dsn, key, azurite)
     render_dagster_yaml(
