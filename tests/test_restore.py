@@ -228,3 +228,12 @@ def test_restore_job_is_registered_with_its_tags():
     job = defs.resolve_job_def("restore_instance")
     assert job.tags["toygres/kind"] == "restore"
     assert isinstance(job, dg.JobDefinition)
+
+
+def test_backups_and_restores_take_slots_of_their_pools():
+    from toygres_pipelines.definitions import defs
+
+    image_job = defs.resolve_implicit_global_asset_job_def()
+    assert {node.definition.pool for node in image_job.graph.node_dict.values()} == {"toygres-backup"}
+    restore_job = defs.resolve_job_def("restore_instance")
+    assert restore_job.graph.node_named("run_restore_job").definition.pool == "toygres-restore"

@@ -26,6 +26,8 @@ class BackupConfig(dg.Config):
     partitions_def=image_partitions,
     group_name="images",
     kinds={"postgres", "azure"},
+    # Every backup, however launched (UI, schedule, sensor), takes a slot of this pool.
+    pool="toygres-backup",
     description="A verified backup of a running instance in blob storage: roles, one pg_dump -Fc "
     "per database and a manifest. The partition key is the image name in the CMS.",
 )

@@ -110,7 +110,10 @@ def create_volume(instance: Instance, cms: CMSResource, platform: PlatformResour
     return instance
 
 
-@dg.op(description="Download, verify sha256 against the manifest and the CMS, initdb, roles, pg_restore")
+@dg.op(
+    description="Download, verify sha256 against the manifest and the CMS, initdb, roles, pg_restore",
+    pool="toygres-restore",  # however the run was launched, restores share this pool's slots
+)
 def run_restore_job(
     context: dg.OpExecutionContext, instance: Instance, timed: TimedPlan, cms: CMSResource,
     blob: BlobStorageResource, platform: PlatformResource,
