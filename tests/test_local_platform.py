@@ -1,6 +1,5 @@
 """The local platform runs the very scripts the Kubernetes Jobs mount, with secrets by reference."""
 
-
 from pydantic import SecretStr
 
 from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec
