@@ -237,3 +237,28 @@ def test_backups_and_restores_take_slots_of_their_pools():
     assert {node.definition.pool for node in image_job.graph.node_dict.values()} == {"toygres-backup"}
     restore_job = defs.resolve_job_def("restore_instance")
     assert restore_job.graph.node_named("run_restore_job").definition.pool == "toygres-restore"
+
+
+def test_connection_test_retries_without_cleaning_up_in_between(resources, cms, platform, source, ready_image):
+    """The first connection test meets a wrong password, like a server not reachable yet: the
+    RetryPolicy tries again and the failure hook (which would remove everything) stays quiet."""
+    from pydantic import SecretStr
+
+    from resources.platform.local import LocalPlatform
+
+    calls = []
+
+    class Flaky(LocalPlatform):
+        def read_instance_password(self, instance):
+            calls.append(instance.k8s_name)
+            password = super().read_instance_password(instance)
+            # call 1: wait_until_ready; call 2: the first test_connection attempt
+            return SecretStr("not-yet") if len(calls) == 2 else password
+
+    flaky = Flaky(state_dir=platform.state_dir, azcopy_path=platform.azcopy_path)
+    result = restore({**resources, "platform": flaky}, source_image_id=ready_image.name, name="retried", dns_label="retried")
+    assert result.success, failure_text(result)
+    assert result.retry_attempts_for_node("test_connection") == 1
+    restored = [i for i in cms.list_instances() if i.user_name == "retried"]
+    assert [i.state for i in restored] == [InstanceState.running]
+    assert [e.to_state for e in cms.events(restored[0].id)] == ["creating", "running"]
