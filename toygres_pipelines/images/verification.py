@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 import threading
 
+from azure.core.exceptions import ResourceNotFoundError
 from pydantic import BaseModel
 
 from resources.blob import MANIFEST_NAME, BlobStorageResource
@@ -80,7 +81,10 @@ def verify_image(
 
     With `expected_manifest_sha256` (the CMS row's checksum) the manifest itself is pinned too.
     """
-    manifest, manifest_sha256 = blob.read_manifest(prefix)
+    try:
+        manifest, manifest_sha256 = blob.read_manifest(prefix)
+    except ResourceNotFoundError as error:
+        raise ImageCorrupt(f"{MANIFEST_NAME}: missing from blob storage under {prefix}") from error
     if expected_manifest_sha256 is not None and manifest_sha256 != expected_manifest_sha256:
         raise ImageCorrupt(
             f"{MANIFEST_NAME}: sha256 {manifest_sha256} in blob storage, the CMS recorded {expected_manifest_sha256}"

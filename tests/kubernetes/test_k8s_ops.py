@@ -1,0 +1,151 @@
+"""The real Dagster backup asset and restore job, on KubernetesPlatform, against the Kubernetes API
+stand-in (kmock over HTTP), with the real CMS and Azurite: objects in order, Job status, pod logs
+in the run log, cleanup on failure."""
+
+from __future__ import annotations
+
+import hashlib
+import types
+import uuid
+from datetime import datetime, timezone
+
+import dagster as dg
+import pytest
+from pydantic import SecretStr
+
+from k8s_fake_cluster import FakeJobController, PodScript, running_cluster
+from resources.platform.kubernetes import KubernetesPlatform
+from tests.helpers import failure_text, materialize_image, run_logs
+from toygres_pipelines.images import backup
+from toygres_pipelines.models import BackupFile, BackupManifest, ImageState, ImageType, InstanceRef, InstanceState
+from toygres_pipelines.restores.jobs import restore_instance
+
+pytestmark = [pytest.mark.kubernetes, pytest.mark.integration, pytest.mark.timeout(120)]
+
+NS = "toygres"
+SOURCE = InstanceRef(k8s_name="orders-ab12c", namespace=NS)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with running_cluster(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def k8s(cluster) -> KubernetesPlatform:
+    return KubernetesPlatform(
+        namespace=NS, kubeconfig_path=str(cluster.kubeconfig), poll_interval_seconds=0.05, log_drain_seconds=3,
+        deadline_grace_seconds=0, pod_pending_timeout_seconds=10, backoff_limit=1,
+    )
+
+
+def running_source(cms):
+    instance = cms.create_instance(
+        user_name="orders", k8s_name=SOURCE.k8s_name, namespace=NS, postgres_version="16", storage_size_gb=4,
+        use_load_balancer=True, dns_name="orders", image_type=ImageType.pg_durable,
+    )
+    return cms.transition_instance(instance.id, InstanceState.running, reason="test")
+
+
+def test_backup_asset_runs_a_job_and_fails_the_image_whose_blobs_do_not_verify(cms, blob, cluster, k8s, monkeypatch):
+    """The Job reports success but nothing reached blob storage: the image must not be ready."""
+    source = running_source(cms)
+    k8s.ensure_instance_secret(SOURCE, SecretStr("source-password"))
+    image_id = uuid.UUID("11111111-2222-3333-4444-555555555555")
+    monkeypatch.setattr(backup, "uuid", types.SimpleNamespace(uuid4=lambda: image_id, UUID=uuid.UUID))
+
+    job_name = f"backup-{image_id}"
+    attempts = [PodScript(log="backup: uploaded globals.sql\nbackup: backup complete\n")]
+    controller = FakeJobController(cluster, NS, job_name, attempts).start()
+    dagster = dg.DagsterInstance.ephemeral()
+    try:
+        result = materialize_image(
+            {"cms": cms, "blob": blob, "platform": k8s}, f"{SOURCE.k8s_name}__nightly", raise_on_error=False,
+            instance=dagster,
+        )
+    finally:
+        controller.stop()
+
+    assert not result.success
+    image = cms.get_image(image_id)
+    assert image.state is ImageState.failed
+    assert image.error_message == f"manifest.json: missing from blob storage under images/{image_id}"
+    assert (image.postgres_version, image.image_type, image.source_instance_id) == ("16", ImageType.pg_durable, source.id)
+    creations = [(plural, name) for plural, name in cluster.creations() if plural != "pods"]  # pods: the fake kubelet
+    assert [plural for plural, _ in creations] == ["secrets", "configmaps", "secrets", "jobs"]
+    assert creations[2:] == [("secrets", f"{job_name}-sas"), ("jobs", job_name)]
+    assert "backup: backup complete" in run_logs(dagster, result.run_id)  # the pod log reached the run
+    assert cluster.get("jobs", NS, job_name) is None and cluster.get("secrets", NS, f"{job_name}-sas") is None
+
+
+def ready_image(cms, blob):
+    """A ready image whose manifest in blob storage matches the CMS checksum."""
+    source = running_source(cms)
+    image_id = uuid.uuid4()
+    image = cms.reserve_image(
+        image_id=image_id, name="orders__nightly", description=None, source=source,
+        blob_storage_url=blob.storage_url, blob_container=blob.container, blob_path=f"images/{image_id}", run_id="r",
+    )
+    cms.set_image_password(image.id, SecretStr('pa"ss\\wo\'rd'))
+    now = datetime.now(timezone.utc)
+    manifest = BackupManifest(
+        format_version=1, image_name=image.name, source_instance=SOURCE.k8s_name, source_namespace=NS,
+        postgres_version="16", server_version_num=160004, dump_format="custom", started_at=now, finished_at=now,
+        tools={}, files=[
+            BackupFile(path="globals.sql", kind="globals", size_bytes=1, sha256="ab" * 32),
+            BackupFile(path="databases/001.dump", kind="database", database="orders", size_bytes=1, sha256="cd" * 32),
+        ],
+    )
+    raw = manifest.model_dump_json().encode()
+    blob.write_bytes(f"{image.blob_path}/manifest.json", raw)
+    return cms.transition_image(
+        image.id, ImageState.ready, reason="test", backup_size_bytes=2, backup_checksum=hashlib.sha256(raw).hexdigest()
+    )
+
+
+def test_restore_job_creates_objects_in_order_and_cleans_up_after_a_failed_job(cms, blob, cluster, k8s, monkeypatch):
+    image = ready_image(cms, blob)
+    monkeypatch.setattr("toygres_pipelines.restores.config.new_k8s_name", lambda name: f"{name}-x9y8z")
+    target = "orders-copy-x9y8z"
+    attempts = [PodScript(log="restore: downloading manifest.json\nERROR: checksum mismatch\n", exit_code=3)] * 2
+    controller = FakeJobController(cluster, NS, f"restore-{target}", attempts, backoff_gap_seconds=0.05).start()
+    dagster = dg.DagsterInstance.ephemeral()
+    try:
+        result = restore_instance.execute_in_process(
+            run_config={"ops": {"validate_request": {"config": {
+                "name": "orders-copy", "dns_label": "orders-copy", "source_image_id": image.name,
+                "namespace": NS, "storage_size_gb": 1,
+            }}}},
+            resources={"cms": cms, "blob": blob, "platform": k8s}, raise_on_error=False, instance=dagster,
+        )
+    finally:
+        controller.stop()
+
+    assert not result.success and "checksum mismatch" in failure_text(result)
+    assert [(plural, name) for plural, name in cluster.creations()
+            if plural != "pods" and not name.startswith("toygres-job-scripts")] == [
+        ("secrets", f"{target}-secret"),
+        ("persistentvolumeclaims", f"{target}-data"),
+        ("secrets", f"restore-{target}-sas"),
+        ("jobs", f"restore-{target}"),
+    ]
+    job_env = {e["name"]: e for e in controller_job_env(cluster)}
+    assert job_env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == f"{target}-secret"
+    assert job_env["POSTGRES_VERSION"]["value"] == "16"  # from the image, not the request
+    assert "ERROR: checksum mismatch" in run_logs(dagster, result.run_id)
+
+    [instance] = [i for i in cms.list_instances() if i.k8s_name == target]
+    assert instance.state is InstanceState.failed
+    assert "step run_restore_job failed" in instance.error_message and "BackoffLimitExceeded" in instance.error_message
+    for plural, name in [("secrets", f"{target}-secret"), ("persistentvolumeclaims", f"{target}-data"),
+                         ("jobs", f"restore-{target}"), ("secrets", f"restore-{target}-sas"),
+                         ("statefulsets", target)]:
+        assert cluster.get(plural, NS, name) is None, (plural, name)
+    assert not cms.dns_name_in_use("orders-copy")
+
+
+def controller_job_env(cluster) -> list[dict]:
+    job_posts = [r for r in cluster.requests() if r.resource is not None and r.resource.plural == "jobs"
+                 and r.method.value == "POST"]
+    return job_posts[-1].data["spec"]["template"]["spec"]["containers"][0]["env"]
