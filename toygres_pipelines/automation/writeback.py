@@ -195,56 +195,42 @@ def request_run_started(context: dg.RunStatusSensorContext, cms: CMSResource):
     record_run_start(cms, run.run_id, run.tags, context.log.info)
 
 
-@dg.run_status_sensor(
-    name="run_succeeded_writeback",
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    description="A finished backup/restore run: its request succeeded (restore: with the new instance id).",
-    **_SENSOR_ARGS,
+def settling_sensor(
+    name: str, status: dg.DagsterRunStatus, description: str,
+    reason: Callable[[dg.RunStatusSensorContext], str | None],
+) -> dg.SensorDefinition:
+    """A run-status sensor that applies `settle_run` to every run reaching `status`."""
+
+    @dg.run_status_sensor(name=name, run_status=status, description=description, **_SENSOR_ARGS)
+    def settle(
+        context: dg.RunStatusSensorContext, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource
+    ):
+        run = context.dagster_run
+        done = settle_run(
+            cms=cms, blob=blob, platform=platform, run_id=run.run_id, tags=run.tags,
+            succeeded=status is dg.DagsterRunStatus.SUCCESS, reason=reason(context), log=context.log.info,
+        )
+        context.log.info(done.describe())
+
+    return settle
+
+
+run_succeeded_writeback = settling_sensor(
+    "run_succeeded_writeback", dg.DagsterRunStatus.SUCCESS,
+    "A finished backup/restore run: its request succeeded (restore: with the new instance id).",
+    reason=lambda context: None,
 )
-def run_succeeded_writeback(
-    context: dg.RunStatusSensorContext, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource
-):
-    run = context.dagster_run
-    done = settle_run(
-        cms=cms, blob=blob, platform=platform, run_id=run.run_id, tags=run.tags, succeeded=True, reason=None,
-        log=context.log.info,
-    )
-    context.log.info(done.describe())
-
-
-@dg.run_status_sensor(
-    name="run_failed_writeback",
-    run_status=dg.DagsterRunStatus.FAILURE,
-    description="A failed run: its request failed with the reason; an image or instance it left creating "
+run_failed_writeback = settling_sensor(
+    "run_failed_writeback", dg.DagsterRunStatus.FAILURE,
+    "A failed run: its request failed with the reason; an image or instance it left creating "
     "is failed and cleaned up.",
-    **_SENSOR_ARGS,
+    reason=lambda context: failure_reason(context.instance, context.dagster_run.run_id),
 )
-def run_failed_writeback(
-    context: dg.RunStatusSensorContext, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource
-):
-    run = context.dagster_run
-    done = settle_run(
-        cms=cms, blob=blob, platform=platform, run_id=run.run_id, tags=run.tags, succeeded=False,
-        reason=failure_reason(context.instance, run.run_id), log=context.log.info,
-    )
-    context.log.info(done.describe())
-
-
-@dg.run_status_sensor(
-    name="run_canceled_writeback",
-    run_status=dg.DagsterRunStatus.CANCELED,
-    description="A terminated run: like a failure, with the reason that it was canceled.",
-    **_SENSOR_ARGS,
+run_canceled_writeback = settling_sensor(
+    "run_canceled_writeback", dg.DagsterRunStatus.CANCELED,
+    "A terminated run: like a failure, with the reason that it was canceled.",
+    reason=lambda context: cancel_reason(context.dagster_run.run_id),
 )
-def run_canceled_writeback(
-    context: dg.RunStatusSensorContext, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource
-):
-    run = context.dagster_run
-    done = settle_run(
-        cms=cms, blob=blob, platform=platform, run_id=run.run_id, tags=run.tags, succeeded=False,
-        reason=cancel_reason(run.run_id), log=context.log.info,
-    )
-    context.log.info(done.describe())
 
 
 WRITEBACK_SENSORS = [request_run_started, run_succeeded_writeback, run_failed_writeback, run_canceled_writeback]
