@@ -80,7 +80,7 @@ def test_demo_instance_is_created_once_and_redeployed_when_down(cms, dev_platfor
 
     # After a reboot the CMS says running but the server is down: it is deployed again.
     platform.stop_instance(devstack.demo_ref())
-    assert not platform._server(devstack.demo_ref(), endpoints.port).is_running()
+    assert not platform.server(devstack.demo_ref(), endpoints.port).is_running()
     assert devstack.redeploy_running_instances(cms, platform) == []
     assert pagila_counts() == counts
     platform.stop_instance(devstack.demo_ref())
@@ -89,7 +89,7 @@ def test_demo_instance_is_created_once_and_redeployed_when_down(cms, dev_platfor
 
     # Shutdown stops every instance server of the state dir.
     devstack.stop_local_instances(platform)
-    assert not platform._server(devstack.demo_ref(), endpoints.port).is_running()
+    assert not platform.server(devstack.demo_ref(), endpoints.port).is_running()
 
 
 @pytest.mark.integration

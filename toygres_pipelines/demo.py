@@ -42,7 +42,7 @@ def provision_server(platform: LocalPlatform, ref: InstanceRef, password: Secret
     password = password or SecretStr(secrets.token_urlsafe(18))
     platform.ensure_instance_secret(ref, password)
     platform.create_volume(ref, 1)
-    platform._server(ref, 0).initdb(SUPERUSER, password.get_secret_value())
+    platform.server(ref, 0).initdb(SUPERUSER, password.get_secret_value())
     platform.deploy_instance(DeploySpec(instance=ref, postgres_version="15", storage_size_gb=1, dns_label=ref.k8s_name))
     platform.wait_ready(ref, 60)
 

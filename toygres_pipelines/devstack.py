@@ -45,7 +45,7 @@ from pydantic import SecretStr
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, PlatformError
-from resources.platform.local import LocalPlatform, ServerRecord
+from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import (
     ServerCommandFailed,
     free_port,
@@ -278,11 +278,6 @@ def demo_deploy_spec() -> DeploySpec:
     )
 
 
-def _record(platform: LocalPlatform, ref: InstanceRef) -> ServerRecord | None:
-    path = platform.instance_dir(ref) / "server.json"
-    return ServerRecord.model_validate_json(path.read_text()) if path.exists() else None
-
-
 def _deploy_and_wait(platform: LocalPlatform, spec: DeploySpec, timeout_seconds: int = 60) -> None:
     platform.deploy_instance(spec)
     platform.wait_ready(spec.instance, timeout_seconds)
@@ -325,8 +320,8 @@ def ensure_demo_instance(cms: CMSResource, platform: LocalPlatform, pagila_dir: 
             password = SecretStr(secrets.token_urlsafe(24))
         platform.ensure_instance_secret(ref, password)
         platform.create_volume(ref, DEMO_STORAGE_GB)
-        record = _record(platform, ref)
-        server = platform._server(ref, record.port if record else 0)
+        record = platform.server_record(ref)
+        server = platform.server(ref, record.port if record else 0)
         if server.initialized and server.is_running():
             server.stop("immediate")
         if server.data_dir.exists():  # a data dir from an interrupted attempt is not trusted
@@ -367,7 +362,7 @@ def redeploy_running_instances(cms: CMSResource, platform: LocalPlatform) -> lis
     problems: list[str] = []
     for instance in cms.list_instances([InstanceState.running]):
         ref = InstanceRef(k8s_name=instance.k8s_name, namespace=instance.namespace)
-        if _record(platform, ref) is None:
+        if platform.server_record(ref) is None:
             problems.append(f"{instance.namespace}/{instance.k8s_name}: running in the CMS but not on this platform")
             continue
         spec = DeploySpec(
@@ -393,8 +388,8 @@ def stop_local_instances(platform: LocalPlatform) -> None:
     """Stop every instance server of the platform's state dir (the demo and restored ones)."""
     for ref in local_instances(platform):
         try:
-            record = _record(platform, ref)
-            if record is not None and platform._server(ref, record.port).is_running():
+            record = platform.server_record(ref)
+            if record is not None and platform.server(ref, record.port).is_running():
                 log(f"stopping instance {ref.namespace}/{ref.k8s_name}")
                 platform.stop_instance(ref)
         except Exception as error:  # noqa: BLE001 - keep stopping the others

@@ -89,7 +89,7 @@ class LocalPlatform(PlatformResource):
         digest = hashlib.sha1(f"{instance.namespace}/{instance.k8s_name}".encode()).hexdigest()[:12]
         return self._root / "sockets" / digest
 
-    def _server(self, instance: InstanceRef, port: int) -> LocalPostgresServer:
+    def server(self, instance: InstanceRef, port: int) -> LocalPostgresServer:
         base = self.instance_dir(instance)
         return LocalPostgresServer(
             data_dir=self.volume_dir(instance) / "pgdata",
@@ -99,7 +99,7 @@ class LocalPlatform(PlatformResource):
             hba_file=base / "config" / "pg_hba.conf",
         )
 
-    def _server_record(self, instance: InstanceRef) -> ServerRecord | None:
+    def server_record(self, instance: InstanceRef) -> ServerRecord | None:
         path = self.instance_dir(instance) / "server.json"
         return ServerRecord.model_validate_json(path.read_text()) if path.exists() else None
 
@@ -159,7 +159,7 @@ class LocalPlatform(PlatformResource):
             **spec.env,
         }
         if spec.kind is JobKind.backup:
-            record = self._server_record(spec.instance)
+            record = self.server_record(spec.instance)
             if record is None:
                 raise PlatformError(f"instance {spec.instance.k8s_name} is not deployed on this platform")
             env |= {"PGHOST": "127.0.0.1", "PGPORT": str(record.port), "PGUSER": spec.env.get("PGUSER", self.superuser)}
@@ -222,46 +222,46 @@ class LocalPlatform(PlatformResource):
 
     def deploy_instance(self, spec: DeploySpec) -> None:
         base = self._prepare_dirs(spec.instance)
-        record = self._server_record(spec.instance) or ServerRecord(
+        record = self.server_record(spec.instance) or ServerRecord(
             port=free_port(), dns_label=spec.dns_label, postgres_version=spec.postgres_version,
             superuser=self.superuser,
         )
         (base / "server.json").write_text(record.model_dump_json())
         give_to_service_user(base / "config")
         write_private_file(base / "config" / "pg_hba.conf", PG_HBA)
-        server = self._server(spec.instance, record.port)
+        server = self.server(spec.instance, record.port)
         if not server.initialized:
             raise PlatformError(f"volume of {spec.instance.k8s_name} holds no data directory")
         if not server.is_running():
             server.start()
 
     def wait_ready(self, instance: InstanceRef, timeout_seconds: int) -> None:
-        record = self._server_record(instance)
+        record = self.server_record(instance)
         if record is None:
             raise PlatformError(f"instance {instance.k8s_name} is not deployed")
         try:
-            self._server(instance, record.port).wait_accepting(
+            self.server(instance, record.port).wait_accepting(
                 record.superuser, self.read_instance_password(instance).get_secret_value(), timeout_seconds
             )
         except TimeoutError as error:
             raise PlatformError(str(error)) from error
 
     def endpoints(self, instance: InstanceRef) -> Endpoints:
-        record = self._server_record(instance)
+        record = self.server_record(instance)
         if record is None:
             raise PlatformError(f"instance {instance.k8s_name} is not deployed")
         return Endpoints(host="127.0.0.1", port=record.port, external_ip="127.0.0.1", dns_name="localhost")
 
     def stop_instance(self, instance: InstanceRef) -> None:
-        record = self._server_record(instance)
+        record = self.server_record(instance)
         if record is not None:
-            self._server(instance, record.port).stop("fast")
+            self.server(instance, record.port).stop("fast")
 
     def delete_instance(self, instance: InstanceRef) -> None:
-        record = self._server_record(instance)
+        record = self.server_record(instance)
         if record is not None:
             try:
-                self._server(instance, record.port).stop("immediate")
+                self.server(instance, record.port).stop("immediate")
             except ServerCommandFailed:
                 pass
         shutil.rmtree(self.instance_dir(instance), ignore_errors=True)
