@@ -87,7 +87,7 @@ test: tools pagila
 	$(PY) -m pytest -n $(TEST_WORKERS) -q $(PYTEST_ARGS)
 
 dev: tools pagila
-	$(PY) -m toygres_pipelines.devstack
+	$(PY) -m toygres_pipelines.dev.devstack
 
 pagila:
 	@[ -f "$(TOYGRES_PAGILA_DIR)/pagila-schema.sql" ] && [ -f "$(TOYGRES_PAGILA_DIR)/pagila-data.sql" ] || { \

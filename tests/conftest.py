@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from resources.platform.postgres_server import free_port
-from toygres_pipelines.stack import Azurite, CmsServer, remove_tree, require_tools
+from toygres_pipelines.dev.stack import Azurite, CmsServer, remove_tree, require_tools
 
 
 @dataclass
@@ -116,9 +116,9 @@ from pydantic import SecretStr  # noqa: E402
 
 from resources.blob import BlobStorageResource  # noqa: E402
 from resources.platform.local import LocalPlatform  # noqa: E402
-from toygres_pipelines.demo import load_pagila, provision_server, register_running  # noqa: E402
+from toygres_pipelines.dev.demo import load_pagila, provision_server, register_running  # noqa: E402
 from toygres_pipelines.models import InstanceRef  # noqa: E402
-from toygres_pipelines.stack import azcopy_path  # noqa: E402
+from resources.platform.local_tools import azcopy_path  # noqa: E402
 
 # Quotes, a backslash, a colon and URL-reserved characters: every layer must carry it exactly.
 SOURCE_PASSWORD = "s'ou\"rce:p@ss/w\\rd%?#"

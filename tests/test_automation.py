@@ -35,7 +35,7 @@ from toygres_pipelines.restores.jobs import restore_instance
 
 pytestmark = pytest.mark.integration
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+from resources.platform.base import PROJECT_DIR  # noqa: E402
 
 
 @pytest.fixture
@@ -432,7 +432,7 @@ def test_reconciler_settles_rows_of_runs_that_ended_without_reporting(resources,
 
 @pytest.fixture
 def code_location_env(monkeypatch, stack, cms, blob):
-    from toygres_pipelines.stack import azcopy_path
+    from resources.platform.local_tools import azcopy_path
 
     env = {
         "TOYGRES_CMS_DSN": cms.dsn,

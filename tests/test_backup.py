@@ -220,7 +220,7 @@ def test_verification_reads_every_archive_entry(resources, cms, blob, source):
 def test_unreachable_blob_storage_fails_the_image_with_the_cause(resources, cms, source):
     from resources.blob import BlobStorageResource
     from resources.platform.postgres_server import free_port
-    from toygres_pipelines.stack import azurite_connection_string
+    from toygres_pipelines.dev.stack import azurite_connection_string
 
     unreachable = BlobStorageResource(
         connection_string=azurite_connection_string(free_port()), container="images", retry_total=0

@@ -19,14 +19,14 @@ from toygres_pipelines.models import ImageState, InstanceState, RequestState
 
 pytestmark = pytest.mark.integration
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+from resources.platform.base import PROJECT_DIR  # noqa: E402
 WAIT_SECONDS = 180
 
 
 @pytest.fixture
 def daemon_home(tmp_path, stack, cms, blob, platform):
     """DAGSTER_HOME with the dev stack's dagster.yaml, a workspace, and the environment of the code location."""
-    from toygres_pipelines.stack import azcopy_path
+    from resources.platform.local_tools import azcopy_path
 
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -14,9 +14,10 @@ import pytest
 from cryptography.fernet import Fernet
 
 from resources.platform.local import LocalPlatform
-from toygres_pipelines import devstack
+from toygres_pipelines.dev import demo, devstack
 from toygres_pipelines.models import ImageType, InstanceRef, InstanceState
-from toygres_pipelines.stack import PROJECT_DIR, azcopy_path
+from resources.platform.base import PROJECT_DIR
+from resources.platform.local_tools import azcopy_path
 
 SHIPPED_DAGSTER_YAML = PROJECT_DIR / "deploy" / "local" / "dagster.yaml"
 
@@ -154,8 +155,8 @@ def test_settings_defaults_and_overrides():
     assert defaults.dagster_home == PROJECT_DIR / ".toygres" / "dagster_home"
     assert (defaults.ui_host, defaults.ui_port, defaults.azurite_port) == ("127.0.0.1", 3000, 10000)
     assert defaults.blob_container == "toygres-images"
-    assert defaults.pagila_dir == devstack.default_pagila_dir()
-    assert devstack.default_pagila_dir() in devstack.PAGILA_CANDIDATES
+    assert defaults.pagila_dir == demo.pagila_dir({})
+    assert demo.pagila_dir({}) in demo.PAGILA_CANDIDATES
     assert (defaults.max_backups, defaults.max_restores) == (None, None)
 
     custom = devstack.Settings.from_env(

@@ -17,7 +17,9 @@ from dagster_graphql import DagsterGraphQLClient
 
 from resources.platform.postgres_server import free_port
 from toygres_pipelines.models import ImageState
-from toygres_pipelines.stack import PROJECT_DIR, azcopy_path, wait_for_port
+from resources.platform.base import PROJECT_DIR
+from resources.platform.local_tools import azcopy_path
+from toygres_pipelines.dev.stack import wait_for_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from resources.platform.local import LocalPlatform
-from toygres_pipelines.stack import azcopy_path
+from resources.platform.local_tools import azcopy_path
 
 DEFAULT_STATE_DIR = "/var/tmp/toygres-dev"
 

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from toygres_pipelines.models import Endpoints, ImageType, InstanceRef, JobResult
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+TEMPLATES_DIR = PROJECT_DIR / "templates"
 SCRIPTS_DIR = TEMPLATES_DIR / "scripts"
 
 LogSink = Callable[[str], None]

@@ -83,13 +83,13 @@ def give_to_service_user(path: Path, mode: int = 0o700) -> None:
     path.chmod(mode)
 
 
-def write_private_file(path: Path, content: str) -> None:
-    """A file readable only by its owner (the service user when we are root)."""
+def write_private_file(path: Path, content: str, *, for_service_user: bool = True) -> None:
+    """A file readable only by its owner: the service user when we are root, else whoever we are."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(content)
-    user = run_as_user()
+    user = run_as_user() if for_service_user else None
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(path, entry.pw_uid, entry.pw_gid)

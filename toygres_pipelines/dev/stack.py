@@ -15,24 +15,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.platform.postgres_server import LocalPostgresServer, free_port, give_to_service_user
+from resources.platform.base import PROJECT_DIR
+from resources.platform.local_tools import azcopy_path, tools_dir
+from resources.platform.postgres_server import LocalPostgresServer, free_port, give_to_service_user, write_private_file
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 # Azurite's well-known development account (public, documented by Microsoft).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def tools_dir() -> Path:
-    return Path(os.environ.get("TOYGRES_TOOLS_DIR", PROJECT_DIR / ".tools"))
-
-
-def azcopy_path() -> Path:
-    configured = os.environ.get("TOYGRES_AZCOPY")
-    if configured:
-        return Path(configured)
-    return tools_dir() / "node_modules" / "@azure-tools" / "azcopy-linux" / "dist" / "bin" / "azcopy_linux_amd64"
 
 
 def azurite_path() -> Path:
@@ -124,8 +114,7 @@ class CmsServer:
         cms = cls(server=server, password=password)
         if not server.initialized:
             server.initdb(cms.user, password)
-            credentials.write_text(password)
-            credentials.chmod(0o600)
+            write_private_file(credentials, password, for_service_user=False)
             port_file.write_text(str(port))
         if not server.is_running():
             server.start()

@@ -5,23 +5,29 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from resources.cms import CMSResource
-from resources.platform.base import DeploySpec
+from resources.platform.base import PROJECT_DIR, DeploySpec
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
 from toygres_pipelines.models import ImageType, Instance, InstanceRef, InstanceState
 from toygres_pipelines.restores.steps import SUPERUSER, connection_strings
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 PAGILA_FILES = ("pagila-schema.sql", "pagila-data.sql")
+# The Makefile searches the same places and exports TOYGRES_PAGILA_DIR to what it found.
+PAGILA_CANDIDATES = (PROJECT_DIR.parent / "shared" / "fixtures" / "pagila", Path("/work/shared/fixtures/pagila"))
 
 
-def pagila_dir() -> Path:
-    return Path(os.environ.get("TOYGRES_PAGILA_DIR", PROJECT_DIR.parent / "shared" / "fixtures" / "pagila"))
+def pagila_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """TOYGRES_PAGILA_DIR, else the first candidate holding the fixtures."""
+    configured = (os.environ if environ is None else environ).get("TOYGRES_PAGILA_DIR")
+    if configured:
+        return Path(configured)
+    return next((d for d in PAGILA_CANDIDATES if (d / PAGILA_FILES[0]).is_file()), PAGILA_CANDIDATES[0])
 
 
 def psql(platform: LocalPlatform, ref: InstanceRef, *args: str, database: str = "postgres") -> str:

@@ -1,0 +1,1 @@
+"""The embedded stack behind `make dev` and the tests. Nothing in production imports it."""
