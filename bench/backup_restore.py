@@ -37,7 +37,7 @@ from resources.platform.local import LocalPlatform  # noqa: E402
 from resources.platform.postgres_server import free_port, postgres_bindir  # noqa: E402
 from toygres_pipelines.dev.demo import load_pagila, provision_server, psql  # noqa: E402
 from toygres_pipelines.images.verification import sha256sums, verify_image  # noqa: E402
-from toygres_pipelines.models import InstanceRef  # noqa: E402
+from records import InstanceRef  # noqa: E402
 from resources.platform.local_tools import azcopy_path  # noqa: E402
 from toygres_pipelines.dev.stack import Azurite, require_tools  # noqa: E402
 

@@ -18,7 +18,7 @@ from azure.storage.blob import (
 )
 from pydantic import Field, SecretStr
 
-from toygres_pipelines.models import BackupManifest
+from records import BackupManifest
 
 MANIFEST_NAME = "manifest.json"
 

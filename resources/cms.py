@@ -1,6 +1,6 @@
 """The CMS: the control plane's PostgreSQL database (schema `toygres_cms`). All SQL lives here.
 
-Rows cross the boundary as the pydantic records of `toygres_pipelines.models`. Every state
+Rows cross the boundary as the pydantic records of `records`. Every state
 change (the creation of a row included) is written to `toygres_cms.events` in the same
 transaction as the change, and every transition is checked against the models' transition
 tables while the row is locked (`SELECT ... FOR UPDATE`).
@@ -29,7 +29,8 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from pydantic import Field, SecretStr
 
-from toygres_pipelines.models import (
+from records.requests import ImageRequestFields, RequestFields, RestoreRequestFields
+from records import (
     IMAGE_TRANSITIONS,
     INSTANCE_TRANSITIONS,
     REQUEST_TRANSITIONS,
@@ -722,39 +723,23 @@ class CMSResource(dg.ConfigurableResource):
 
     # ---- requests ---------------------------------------------------------------------------
 
-    def create_image_request(
-        self, *, image_name: str, source_instance: str, description: str | None = None,
-        request_id: uuid.UUID | str | None = None,
-    ) -> ImageRequest:
+    def create_image_request(self, fields: ImageRequestFields, request_id: uuid.UUID | str | None = None) -> ImageRequest:
         """Queue an on-demand backup (state pending). Validation happens when a sensor claims it."""
-        values = {
-            "id": uuid.UUID(str(request_id)) if request_id else uuid.uuid4(),
-            "image_name": image_name,
-            "source_instance": str(source_instance),
-            "description": description,
-            "state": RequestState.pending.value,
-        }
-        return self._insert(IMAGE_REQUEST, values)
+        return self._insert(IMAGE_REQUEST, self._request_values(fields, request_id))
 
     def create_restore_request(
-        self, *, name: str, dns_label: str, source_image_id: str, namespace: str, storage_size_gb: int,
-        internal: bool, runtime_image_id: str | None = None, image_override: str | None = None,
-        request_id: uuid.UUID | str | None = None,
+        self, fields: RestoreRequestFields, request_id: uuid.UUID | str | None = None
     ) -> RestoreRequest:
         """Queue a restore (state pending). source_image_id: an image id or name."""
-        values = {
+        return self._insert(RESTORE_REQUEST, self._request_values(fields, request_id))
+
+    @staticmethod
+    def _request_values(fields: RequestFields, request_id: uuid.UUID | str | None) -> dict[str, Any]:
+        return {
             "id": uuid.UUID(str(request_id)) if request_id else uuid.uuid4(),
-            "name": name,
-            "dns_label": dns_label,
-            "source_image_id": str(source_image_id) if source_image_id is not None else None,
-            "namespace": namespace,
-            "storage_size_gb": storage_size_gb,
-            "internal": internal,
-            "runtime_image_id": runtime_image_id,
-            "image_override": image_override,
+            **fields.model_dump(),
             "state": RequestState.pending.value,
         }
-        return self._insert(RESTORE_REQUEST, values)
 
     @contextmanager
     def _claim(self, kind: _Kind, limit: int) -> Iterator[ClaimedRequests]:

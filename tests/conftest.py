@@ -117,7 +117,7 @@ from pydantic import SecretStr  # noqa: E402
 from resources.blob import BlobStorageResource  # noqa: E402
 from resources.platform.local import LocalPlatform  # noqa: E402
 from toygres_pipelines.dev.demo import load_pagila, provision_server, register_running  # noqa: E402
-from toygres_pipelines.models import InstanceRef  # noqa: E402
+from records import InstanceRef  # noqa: E402
 from resources.platform.local_tools import azcopy_path  # noqa: E402
 
 # Quotes, a backslash, a colon and URL-reserved characters: every layer must carry it exactly.

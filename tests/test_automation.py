@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from records.requests import RestoreRequestFields
+from records.requests import ImageRequestFields
 import threading
 import time
 import uuid
@@ -30,7 +32,7 @@ from toygres_pipelines.automation.writeback import (
     settle_run,
 )
 from toygres_pipelines.images.assets import image
-from toygres_pipelines.models import ImageState, ImageType, InstanceState, RequestState
+from records import ImageState, ImageType, InstanceState, RequestState
 from toygres_pipelines.restores.jobs import restore_instance
 
 pytestmark = pytest.mark.integration
@@ -89,14 +91,14 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
 ):
     stopped = add_instance(cms, "stopped-one", InstanceState.stopped)
     reserve_image(cms, blob, source, "taken-name", run_id=None)
-    good = cms.create_image_request(image_name="req-a", source_instance=source.k8s_name, description="on demand")
-    by_id = cms.create_image_request(image_name="req-b", source_instance=str(source.id))
+    good = cms.create_image_request(ImageRequestFields(image_name="req-a", source_instance=source.k8s_name, description="on demand"))
+    by_id = cms.create_image_request(ImageRequestFields(image_name="req-b", source_instance=str(source.id)))
     bad = {
-        cms.create_image_request(image_name="bad.name", source_instance=source.k8s_name).id: "image_name: 'bad.name' must be",
-        cms.create_image_request(image_name="req-c", source_instance="nope").id: "source_instance: no instance 'nope'",
-        cms.create_image_request(image_name="req-d", source_instance=stopped.k8s_name).id: "source_instance: instance 'stopped-one' is stopped",
-        cms.create_image_request(image_name="taken-name", source_instance=source.k8s_name).id: "image_name: 'taken-name' is already used",
-        cms.create_image_request(image_name="req-a", source_instance=source.k8s_name).id: "image_name: 'req-a' is already requested",
+        cms.create_image_request(ImageRequestFields(image_name="bad.name", source_instance=source.k8s_name)).id: "image_name: 'bad.name' must be",
+        cms.create_image_request(ImageRequestFields(image_name="req-c", source_instance="nope")).id: "source_instance: no instance 'nope'",
+        cms.create_image_request(ImageRequestFields(image_name="req-d", source_instance=stopped.k8s_name)).id: "source_instance: instance 'stopped-one' is stopped",
+        cms.create_image_request(ImageRequestFields(image_name="taken-name", source_instance=source.k8s_name)).id: "image_name: 'taken-name' is already used",
+        cms.create_image_request(ImageRequestFields(image_name="req-a", source_instance=source.k8s_name)).id: "image_name: 'req-a' is already requested",
     }
 
     assert image_requests_sensor.job_name == "backup_image"
@@ -126,7 +128,7 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
 
 
 def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster_instance):
-    ids = {str(cms.create_image_request(image_name=f"race-{n:02d}", source_instance=source.k8s_name).id) for n in range(24)}
+    ids = {str(cms.create_image_request(ImageRequestFields(image_name=f"race-{n:02d}", source_instance=source.k8s_name)).id) for n in range(24)}
     emitted: list[list[str]] = [[], []]
     errors: list[BaseException] = []
     start = threading.Barrier(2)
@@ -156,8 +158,8 @@ def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster
 
 
 def test_accepted_request_without_a_run_is_emitted_again_and_a_launched_one_is_recorded(cms, source, dagster_instance):
-    lost = cms.create_image_request(image_name="lost-launch", source_instance=source.k8s_name)
-    launched = cms.create_image_request(image_name="launched", source_instance=source.k8s_name)
+    lost = cms.create_image_request(ImageRequestFields(image_name="lost-launch", source_instance=source.k8s_name))
+    launched = cms.create_image_request(ImageRequestFields(image_name="launched", source_instance=source.k8s_name))
     first = evaluate_image_requests(dagster_instance, cms)
     assert sorted(first.accepted) == sorted([str(lost.id), str(launched.id)])
 
@@ -189,7 +191,7 @@ def ready_image(resources, cms, source):
 def restore_request(cms, **fields):
     values = dict(name="copy", dns_label="copy-db", source_image_id="", namespace="default", storage_size_gb=1, internal=False)
     values.update(fields)
-    return cms.create_restore_request(**values)
+    return cms.create_restore_request(RestoreRequestFields(**values))
 
 
 def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(cms, source, ready_image, dagster_instance):
@@ -291,7 +293,7 @@ def evaluate_status_sensor(sensor, instance, run_id, event_type, resources):
 
 def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dagster_instance):
     ghost = add_instance(cms, "ghost")  # running in the CMS, unknown to the platform: fails after the image row exists
-    request = cms.create_image_request(image_name="will-fail", source_instance=ghost.k8s_name)
+    request = cms.create_image_request(ImageRequestFields(image_name="will-fail", source_instance=ghost.k8s_name))
     [run_request] = evaluate_image_requests(dagster_instance, cms).run_requests
     result = dg.materialize(
         [image], partition_key="will-fail", resources=resources, instance=dagster_instance,
@@ -311,7 +313,7 @@ def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dag
 
 def test_failure_write_back_fails_an_image_the_run_left_creating(resources, cms, blob, source, dagster_instance):
     """The run worker died inside the backup: nothing in the run marked the image failed."""
-    request = cms.create_image_request(image_name="orphan", source_instance=source.k8s_name)
+    request = cms.create_image_request(ImageRequestFields(image_name="orphan", source_instance=source.k8s_name))
     evaluate_image_requests(dagster_instance, cms)
     run = create_run_for_test(
         dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.STARTED,
@@ -395,7 +397,7 @@ def test_reconciler_settles_rows_of_runs_that_ended_without_reporting(resources,
         run = run_with(status)
         live[status] = reserve_image(cms, blob, source, f"alive-{status.value.lower()}", run.run_id)
 
-    request = cms.create_image_request(image_name="req-died", source_instance=source.k8s_name)
+    request = cms.create_image_request(ImageRequestFields(image_name="req-died", source_instance=source.k8s_name))
     evaluate_image_requests(dagster_instance, cms)
     request_run = run_with(dg.DagsterRunStatus.STARTED, **{REQUEST_ID_TAG: str(request.id)})
     dagster_instance.report_run_failed(request_run)
@@ -506,7 +508,7 @@ def test_run_terminated_mid_backup_leaves_its_image_failed(
 
 
 def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob, source, dagster_instance):
-    request = cms.create_image_request(image_name="odd-success", source_instance=source.k8s_name)
+    request = cms.create_image_request(ImageRequestFields(image_name="odd-success", source_instance=source.k8s_name))
     evaluate_image_requests(dagster_instance, cms)
     run = create_run_for_test(
         dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.SUCCESS,

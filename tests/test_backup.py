@@ -13,7 +13,7 @@ import pytest
 
 from resources.platform.postgres_server import postgres_bindir
 from toygres_pipelines.images.janitor import purge_failed_image_blobs
-from toygres_pipelines.models import ImageState, InstanceState
+from records import ImageState, InstanceState
 from toygres_pipelines.restores.steps import SUPERUSER
 
 from tests.helpers import failure_text, materialize_image, run_logs

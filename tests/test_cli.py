@@ -14,7 +14,7 @@ import pytest
 
 from resources.platform.postgres_server import free_port
 from toygres_pipelines import cli
-from toygres_pipelines.models import ImageState, ImageType, InstanceState, RequestState
+from records import ImageState, ImageType, InstanceState, RequestState
 
 UNREACHABLE_PASSWORD = "n0t-Sh0wn-pw"
 

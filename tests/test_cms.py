@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from records.requests import RestoreRequestFields
+from records.requests import ImageRequestFields
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +22,7 @@ from resources.cms import (
     RequestNotFound,
     migrations,
 )
-from toygres_pipelines.models import (
+from records import (
     Image,
     ImageRequest,
     ImageState,
@@ -353,7 +355,7 @@ def test_check_constraints_guard_the_states(cms):
 
 
 def test_image_request_lifecycle(cms):
-    request = cms.create_image_request(image_name="on-demand", source_instance="demo-abcde", description="x")
+    request = cms.create_image_request(ImageRequestFields(image_name="on-demand", source_instance="demo-abcde", description="x"))
     assert isinstance(request, ImageRequest) and request.state is RequestState.pending
     assert cms.get_image_request(request.id) == request
     assert cms.list_image_requests([RequestState.pending]) == [request]
@@ -369,10 +371,10 @@ def test_image_request_lifecycle(cms):
 
 
 def test_restore_request_lifecycle(cms):
-    request = cms.create_restore_request(
+    request = cms.create_restore_request(RestoreRequestFields(
         name="copy", dns_label="copy", source_image_id="snap-1", namespace="toygres", storage_size_gb=5,
         internal=True,
-    )
+    ))
     assert isinstance(request, RestoreRequest) and request.state is RequestState.pending
     instance = make_instance(cms, name="copy")
     cms.transition_restore_request(request.id, RequestState.accepted, run_id="run-x")
@@ -384,7 +386,7 @@ def test_restore_request_lifecycle(cms):
 
 
 def test_attach_request_run(cms):
-    request = cms.create_image_request(image_name="img", source_instance="demo")
+    request = cms.create_image_request(ImageRequestFields(image_name="img", source_instance="demo"))
     cms.transition_image_request(request.id, RequestState.accepted)
     assert cms.attach_request_run(request.id, "run-late").run_id == "run-late"
     assert cms.find_request_by_run("run-late").id == request.id
@@ -393,8 +395,8 @@ def test_attach_request_run(cms):
 
 
 def test_claim_accepts_and_rejects_in_one_transaction(cms):
-    good = cms.create_image_request(image_name="good", source_instance="demo")
-    bad = cms.create_image_request(image_name="bad name!", source_instance="demo")
+    good = cms.create_image_request(ImageRequestFields(image_name="good", source_instance="demo"))
+    bad = cms.create_image_request(ImageRequestFields(image_name="bad name!", source_instance="demo"))
     with cms.claim_pending_image_requests() as claim:
         assert [r.id for r in claim] == [good.id, bad.id]
         claim.accept(good, run_id="run-good")
@@ -410,10 +412,10 @@ def test_claim_accepts_and_rejects_in_one_transaction(cms):
 
 
 def test_claim_rolls_back_on_error(cms):
-    request = cms.create_restore_request(
+    request = cms.create_restore_request(RestoreRequestFields(
         name="r", dns_label="r", source_image_id=str(uuid.uuid4()), namespace="toygres", storage_size_gb=1,
         internal=False,
-    )
+    ))
     with pytest.raises(RuntimeError, match="crash"):
         with cms.claim_pending_restore_requests() as claim:
             claim.accept(request, run_id="run-lost")
@@ -430,12 +432,12 @@ def test_two_racing_claims_never_get_the_same_request(cms, kind):
     total = 12
     for i in range(total):
         if kind == "image":
-            cms.create_image_request(image_name=f"img-{i}", source_instance="demo")
+            cms.create_image_request(ImageRequestFields(image_name=f"img-{i}", source_instance="demo"))
         else:
-            cms.create_restore_request(
+            cms.create_restore_request(RestoreRequestFields(
                 name=f"r{i}", dns_label=f"r{i}", source_image_id="snap", namespace="toygres",
                 storage_size_gb=1, internal=False,
-            )
+            ))
     claim_of = cms.claim_pending_image_requests if kind == "image" else cms.claim_pending_restore_requests
     both_inside = threading.Barrier(2)
 

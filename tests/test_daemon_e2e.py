@@ -3,6 +3,8 @@ workers → CMS rows written back. The instance config is the one `make dev` shi
 
 from __future__ import annotations
 
+from records.requests import RestoreRequestFields
+from records.requests import ImageRequestFields
 import os
 import signal
 import subprocess
@@ -15,7 +17,7 @@ import pytest
 
 from tests.helpers import materialize_image
 from toygres_pipelines.automation.jobs import KIND_TAG, REQUEST_ID_TAG
-from toygres_pipelines.models import ImageState, InstanceState, RequestState
+from records import ImageState, InstanceState, RequestState
 
 pytestmark = pytest.mark.integration
 
@@ -99,15 +101,15 @@ def test_requests_run_through_the_daemon(resources, cms, source, daemon, monkeyp
     assert ready.state is ImageState.ready
 
     process, home, log_path = daemon
-    restore = cms.create_restore_request(
+    restore = cms.create_restore_request(RestoreRequestFields(
         name="via-daemon", dns_label="via-daemon", source_image_id=ready.name, namespace="default",
         storage_size_gb=1, internal=True,
-    )
-    backup = cms.create_image_request(image_name="daemon-backup", source_instance=source.k8s_name, description="e2e")
-    invalid = cms.create_restore_request(
+    ))
+    backup = cms.create_image_request(ImageRequestFields(image_name="daemon-backup", source_instance=source.k8s_name, description="e2e"))
+    invalid = cms.create_restore_request(RestoreRequestFields(
         name="Invalid_Name", dns_label="never", source_image_id=ready.name, namespace="default",
         storage_size_gb=1, internal=True,
-    )
+    ))
 
     deadline = time.monotonic() + WAIT_SECONDS
     terminal = {RequestState.succeeded, RequestState.failed, RequestState.rejected}

@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 
 from resources.platform.local import LocalPlatform
 from toygres_pipelines.dev import demo, devstack
-from toygres_pipelines.models import ImageType, InstanceRef, InstanceState
+from records import ImageType, InstanceRef, InstanceState
 from resources.platform.base import PROJECT_DIR
 from resources.platform.local_tools import azcopy_path
 

@@ -4,7 +4,7 @@ from pydantic import SecretStr
 
 from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec
 from resources.platform.local import LocalPlatform
-from toygres_pipelines.models import InstanceRef
+from records import InstanceRef
 
 
 def test_job_directory_holds_the_template_scripts_byte_for_byte(tmp_path):

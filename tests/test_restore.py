@@ -13,7 +13,7 @@ import pytest
 from resources.platform.postgres_server import postgres_bindir
 from tests.conftest import SOURCE_PASSWORD
 from tests.helpers import failure_text, materialize_image, run_logs
-from toygres_pipelines.models import ImageState, InstanceState
+from records import ImageState, InstanceState
 from toygres_pipelines.restores.jobs import REQUEST_ID_TAG, restore_instance
 from toygres_pipelines.restores.steps import instance_ref
 
@@ -79,7 +79,7 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
     dagster = dg.DagsterInstance.ephemeral()
     result = restore(
         resources, source_image_id=str(ready_image.id), name="pagila-copy", dns_label="pagila-copy",
-        password="ignored-password", instance=dagster,
+        instance=dagster,
     )
     assert result.success, failure_text(result)
 
@@ -108,7 +108,6 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
         psycopg.connect(dsn_of(platform, row, "wrong-password", "postgres"))
 
     logs = run_logs(dagster, result.run_id)
-    assert "password is ignored for restores" in logs
     assert SOURCE_PASSWORD not in logs
 
 
@@ -213,11 +212,12 @@ def test_launchpad_form_describes_every_field():
     op_config = config_type.fields["ops"].config_type.fields["validate_request"].config_type.fields["config"].config_type
     expected = {
         "name", "dns_label", "source_image_id", "namespace", "storage_size_gb", "internal",
-        "runtime_image_id", "image_override", "password",
+        "runtime_image_id", "image_override",
     }
     assert expected <= set(op_config.fields)
     for name, field in op_config.fields.items():
         assert field.description, f"{name} has no description in the launchpad"
+    assert "password" not in op_config.fields  # a password typed in the launchpad would sit in run storage
     assert op_config.fields["name"].is_required
     assert op_config.fields["namespace"].default_value == "default"
 

@@ -16,7 +16,7 @@ import requests
 from dagster_graphql import DagsterGraphQLClient
 
 from resources.platform.postgres_server import free_port
-from toygres_pipelines.models import ImageState
+from records import ImageState
 from resources.platform.base import PROJECT_DIR
 from resources.platform.local_tools import azcopy_path
 from toygres_pipelines.dev.stack import wait_for_port

@@ -26,14 +26,17 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel
 
 from resources.cms import CMSResource
-from toygres_pipelines.models import (
+from records import (
+    ImageRequestFields,
     ImageState,
     InstanceState,
     RequestState,
+    RestoreRequestFields,
     ValidationFailed,
     validate_image_name,
 )
-from toygres_pipelines.restores.config import RestoreFields, plan_restore
+from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
+from toygres_pipelines.restores.config import plan_restore
 
 DSN_ENV = "TOYGRES_CMS_DSN"
 KEY_ENV = "TOYGRES_ENCRYPTION_KEY"
@@ -179,18 +182,17 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
     # Imported here: the backup module pulls in the blob storage and platform clients.
     from toygres_pipelines.images.backup import check_name_free, running_source
 
-    if args.name is not None:
-        validate_image_name(args.name, field="name")
-    source = running_source(cms, args.instance)
-    name = args.name if args.name is not None else default_image_name(source.k8s_name)
+    if args.image_name is not None:
+        validate_image_name(args.image_name, field="name")
+    source = running_source(cms, args.source_instance)
+    name = args.image_name if args.image_name is not None else default_image_name(source.k8s_name)
     validate_image_name(name, field="name")
     check_name_free(cms, name, field="name")
     for queued in cms.list_image_requests(IN_FLIGHT):
         if queued.image_name == name:
             raise ValidationFailed("name", f"{name!r} is already requested by {queued.state} request {queued.id}")
-    request = cms.create_image_request(
-        image_name=name, source_instance=source.k8s_name, description=args.description
-    )
+    fields = fields_from_cli(args, ImageRequestFields, image_name=name, source_instance=source.k8s_name)
+    request = cms.create_image_request(fields)
     if args.json:
         print_json(as_json(request, kind="backup"), out)
     else:
@@ -202,21 +204,14 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
 
 
 def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    fields = RestoreFields(
-        name=args.name, dns_label=args.dns_label, source_image_id=args.image, namespace=args.namespace,
-        storage_size_gb=args.storage_gb, internal=args.internal, runtime_image_id=args.runtime_image_id,
-        image_override=args.image_override,
-    )
+    fields = fields_from_cli(args, RestoreRequestFields)
     plan = plan_restore(fields, cms)
     for queued in cms.list_restore_requests(IN_FLIGHT):
         if queued.dns_label == fields.dns_label:
             raise ValidationFailed(
                 "dns_label", f"{fields.dns_label!r} is already requested by {queued.state} request {queued.id}"
             )
-    request = cms.create_restore_request(
-        name=fields.name, dns_label=fields.dns_label, source_image_id=str(plan.image_id),
-        namespace=fields.namespace, storage_size_gb=fields.storage_size_gb, internal=fields.internal,
-    )
+    request = cms.create_restore_request(fields.model_copy(update={"source_image_id": str(plan.image_id)}))
     if args.json:
         print_json(as_json(request, kind="restore"), out)
     else:
@@ -346,28 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
         "request-backup", parents=parent, help="queue an on-demand backup of a running instance",
         description="Validate and queue an on-demand backup (an image_requests row in state pending).",
     )
-    backup.add_argument("--instance", required=True, help="the source instance: its k8s_name or id; it must be running")
-    backup.add_argument(
-        "--name", help="the image name: 1-100 letters, digits, '_' or '-', not used by a live image"
-        " (default: <k8s_name>__manual-<UTC YYYYmmddTHHMMSS>)",
-    )
-    backup.add_argument("--description", help="free text stored with the image")
+    add_cli_arguments(backup, ImageRequestFields, optional=["image_name"])
     backup.set_defaults(handler=cmd_request_backup)
 
     restore = sub.add_parser(
         "request-restore", parents=parent, help="queue a restore of an image into a new instance",
         description="Validate (the launchpad's rules) and queue a restore (a restore_requests row in state pending).",
     )
-    restore.add_argument("--name", required=True, help="the new instance's name (DNS-1123 label, at most 46 characters)")
-    restore.add_argument("--dns-label", required=True, help="DNS label of the new instance; not used by a creating/running instance")
-    restore.add_argument("--image", help="(required) the image to restore: its id or name; it must be ready")
-    restore.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
-    restore.add_argument(
-        "--storage-gb", type=int, default=10, help="volume size in GiB, raised to the image's size when smaller (default: 10)"
-    )
-    restore.add_argument("--internal", action="store_true", help="ClusterIP only, no public address")
-    restore.add_argument("--runtime-image-id", help="not for restores: refused together with --image")
-    restore.add_argument("--image-override", help="not for restores: refused together with --image")
+    add_cli_arguments(restore, RestoreRequestFields)
     restore.set_defaults(handler=cmd_request_restore)
 
     images = sub.add_parser("images", parents=parent, help="list images with their states")

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from toygres_pipelines.models import Endpoints, ImageType, InstanceRef, JobResult
+from records import Endpoints, ImageType, InstanceRef, JobResult
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = PROJECT_DIR / "templates"

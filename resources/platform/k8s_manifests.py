@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from resources.platform.base import SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
-from toygres_pipelines.models import ImageType, InstanceRef
+from records import ImageType, InstanceRef
 
 Manifest = dict[str, Any]
 

@@ -46,7 +46,7 @@ from resources.platform.base import (
     PlatformError,
     PlatformResource,
 )
-from toygres_pipelines.models import Endpoints, InstanceRef, JobResult
+from records import Endpoints, InstanceRef, JobResult
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from resources.platform.postgres_server import (
     postgres_bindir,
     write_private_file,
 )
-from toygres_pipelines.models import Endpoints, InstanceRef, JobResult
+from records import Endpoints, InstanceRef, JobResult
 
 PG_HBA = """# written by toygres: passwords (scram-sha-256) for everyone, nothing trusted
 local all all scram-sha-256

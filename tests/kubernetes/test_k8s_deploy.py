@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from k8s_fake_cluster import FakeJobController, PodScript, running_cluster
 from resources.platform.base import DeploySpec, JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.kubernetes import KubernetesPlatform
-from toygres_pipelines.models import InstanceRef
+from records import InstanceRef
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(60)]
 

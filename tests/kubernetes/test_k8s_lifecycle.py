@@ -17,7 +17,7 @@ from k8s_fake_cluster import FakeCluster, FakeJobController, PodScript, api_clie
 from resources.platform import k8s_manifests as m
 from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.kubernetes import KubernetesPlatform
-from toygres_pipelines.models import ImageType, InstanceRef
+from records import ImageType, InstanceRef
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(60)]
 

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from resources.platform import k8s_manifests as m
 from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobKind, JobSpec
 from resources.platform.kubernetes import KubernetesPlatform
-from toygres_pipelines.models import ImageType, InstanceRef
+from records import ImageType, InstanceRef
 
 pytestmark = pytest.mark.kubernetes
 

@@ -17,7 +17,7 @@ from k8s_fake_cluster import FakeJobController, PodScript, running_cluster
 from resources.platform.kubernetes import KubernetesPlatform
 from tests.helpers import failure_text, materialize_image, run_logs
 from toygres_pipelines.images import backup
-from toygres_pipelines.models import BackupFile, BackupManifest, ImageState, ImageType, InstanceRef, InstanceState
+from records import BackupFile, BackupManifest, ImageState, ImageType, InstanceRef, InstanceState
 from toygres_pipelines.restores.jobs import restore_instance
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.integration, pytest.mark.timeout(120)]

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from resources.platform.base import DeploySpec, JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.kubernetes import KubernetesPlatform
-from toygres_pipelines.models import InstanceRef
+from records import InstanceRef
 
 CONTEXT = os.environ.get("TOYGRES_K8S_CONTEXT")
 pytestmark = [

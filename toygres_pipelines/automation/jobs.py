@@ -2,7 +2,10 @@
 
 import dagster as dg
 
-from toygres_pipelines.images.assets import image, image_partitions
+from records.requests import ImageRequestFields
+from toygres_pipelines.forms import run_config_values
+
+from toygres_pipelines.images.assets import PARTITION_FIELDS, image, image_partitions
 from toygres_pipelines.restores.jobs import REQUEST_ID_TAG
 
 KIND_TAG = "toygres/kind"
@@ -18,8 +21,6 @@ backup_image = dg.define_asset_job(
 )
 
 
-def backup_run_config(source_instance: str, description: str | None = None) -> dict:
-    config: dict = {"source_instance": source_instance}
-    if description is not None:
-        config["description"] = description
-    return {"ops": {"image": {"config": config}}}
+def backup_run_config(request: ImageRequestFields) -> dict:
+    """The run config of a backup request; its image name travels as the partition key."""
+    return {"ops": {"image": {"config": run_config_values(request, ImageRequestFields, exclude=PARTITION_FIELDS)}}}

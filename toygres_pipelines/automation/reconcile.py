@@ -25,7 +25,7 @@ from resources.platform.base import PlatformResource
 from toygres_pipelines.automation.sensors import first_run_for_request
 from toygres_pipelines.automation.settings import reconcile_grace_seconds, reconcile_interval_seconds
 from toygres_pipelines.automation.writeback import FINISHED, Settlement, settle_run
-from toygres_pipelines.models import ImageState, InstanceState, RequestState
+from records import ImageState, InstanceState, RequestState
 
 Log = Callable[[str], None]
 MISSING = "missing from this Dagster instance"

@@ -17,7 +17,8 @@ from resources.cms import CMSResource
 from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, backup_image, backup_run_config
 from toygres_pipelines.automation.settings import nightly_cron, nightly_timezone
 from toygres_pipelines.images.assets import image_partitions
-from toygres_pipelines.models import Instance, InstanceState, validate_image_name
+from records.requests import ImageRequestFields
+from records import Instance, InstanceState, validate_image_name
 
 
 def nightly_key(instance: Instance, night: str) -> str:
@@ -44,7 +45,12 @@ def nightly_run_requests(
             dg.RunRequest(
                 run_key=key,
                 partition_key=key,
-                run_config=backup_run_config(str(source.id), f"nightly backup of {source.k8s_name} for {night}"),
+                run_config=backup_run_config(
+                    ImageRequestFields(
+                        image_name=key, source_instance=str(source.id),
+                        description=f"nightly backup of {source.k8s_name} for {night}",
+                    )
+                ),
                 tags={KIND_TAG: "backup", INSTANCE_TAG: source.k8s_name},
             )
         )

@@ -31,15 +31,17 @@ from toygres_pipelines.automation.jobs import (
 from toygres_pipelines.automation.settings import env_int, relaunch_after_seconds, sensor_interval_seconds
 from toygres_pipelines.images.assets import image_partitions
 from toygres_pipelines.images.backup import check_name_free, running_source
-from toygres_pipelines.models import (
+from records import (
     ImageRequest,
     Instance,
     RequestState,
     RestoreRequest,
+    RestoreRequestFields,
     ValidationFailed,
     validate_image_name,
 )
-from toygres_pipelines.restores.config import RestoreFields, check_request_fields, plan_restore
+from toygres_pipelines.forms import run_config_values
+from toygres_pipelines.restores.config import check_request_fields, plan_restore
 from toygres_pipelines.restores.jobs import restore_instance
 
 Log = Callable[[str], None]
@@ -137,7 +139,7 @@ def image_run_request(request: ImageRequest, source_k8s_name: str) -> dg.RunRequ
     return dg.RunRequest(
         run_key=str(request.id),
         partition_key=request.image_name,
-        run_config=backup_run_config(request.source_instance, request.description),
+        run_config=backup_run_config(request),
         tags={REQUEST_ID_TAG: str(request.id), KIND_TAG: "backup", INSTANCE_TAG: source_k8s_name},
     )
 
@@ -186,17 +188,9 @@ def image_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource)
 # ---- restore requests -----------------------------------------------------------------------
 
 
-def restore_fields(request: RestoreRequest) -> RestoreFields:
-    return RestoreFields(
-        name=request.name, dns_label=request.dns_label, source_image_id=request.source_image_id,
-        namespace=request.namespace, storage_size_gb=request.storage_size_gb, internal=request.internal,
-        runtime_image_id=request.runtime_image_id, image_override=request.image_override,
-    )
-
-
 def check_restore_request(cms: CMSResource, request: RestoreRequest, labels_taken: set[str]) -> str:
     """The launchpad's rules; returns the id of the (ready) image to restore."""
-    fields = restore_fields(request)
+    fields = RestoreRequestFields.of(request)
     check_request_fields(fields)
     plan = plan_restore(fields, cms)
     if request.dns_label in labels_taken:
@@ -205,14 +199,7 @@ def check_restore_request(cms: CMSResource, request: RestoreRequest, labels_take
 
 
 def restore_run_request(request: RestoreRequest, image_id: str) -> dg.RunRequest:
-    config = {
-        "name": request.name,
-        "dns_label": request.dns_label,
-        "source_image_id": image_id,
-        "namespace": request.namespace,
-        "storage_size_gb": request.storage_size_gb,
-        "internal": request.internal,
-    }
+    config = run_config_values(request, RestoreRequestFields, source_image_id=image_id)
     return dg.RunRequest(
         run_key=str(request.id),
         run_config={"ops": {"validate_request": {"config": config}}},

@@ -25,7 +25,7 @@ from resources.platform.base import PlatformResource
 from toygres_pipelines.automation.jobs import REQUEST_ID_TAG
 from toygres_pipelines.automation.settings import sensor_interval_seconds
 from toygres_pipelines.images.backup import fail_image
-from toygres_pipelines.models import (
+from records import (
     ImageRequest,
     ImageState,
     InstanceState,

@@ -14,7 +14,7 @@ from resources.cms import CMSResource
 from resources.platform.base import PROJECT_DIR, DeploySpec
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
-from toygres_pipelines.models import ImageType, Instance, InstanceRef, InstanceState
+from records import ImageType, Instance, InstanceRef, InstanceState
 from toygres_pipelines.restores.steps import SUPERUSER, connection_strings
 
 PAGILA_FILES = ("pagila-schema.sql", "pagila-data.sql")

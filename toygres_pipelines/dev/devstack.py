@@ -20,6 +20,7 @@ Azurite and the CMS server; the next start reuses the same key, CMS data and dem
 
 from __future__ import annotations
 
+from records.requests import ImageRequestFields
 import os
 import secrets
 import shlex
@@ -55,7 +56,7 @@ from resources.platform.postgres_server import (
     write_private_file,
 )
 from toygres_pipelines.dev.demo import PagilaMissing, load_pagila, pagila_dir
-from toygres_pipelines.models import ImageType, Instance, InstanceRef, InstanceState
+from records import ImageType, Instance, InstanceRef, InstanceState
 from toygres_pipelines.restores.steps import connection_strings
 from toygres_pipelines.dev.stack import Azurite, CmsServer, require_tools
 
@@ -336,9 +337,9 @@ def request_first_backup(cms: CMSResource, demo: Instance) -> bool:
         return False
     if any(request.image_name == FIRST_BACKUP_NAME for request in cms.list_image_requests()):
         return False
-    cms.create_image_request(
+    cms.create_image_request(ImageRequestFields(
         image_name=FIRST_BACKUP_NAME, source_instance=demo.k8s_name, description="first backup, requested by make dev"
-    )
+    ))
     return True
 
 

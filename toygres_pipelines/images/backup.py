@@ -14,7 +14,7 @@ from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import JobKind, JobSpec, PlatformResource
 from toygres_pipelines.images.verification import VerificationReport, verify_image
-from toygres_pipelines.models import (
+from records import (
     Image,
     ImageState,
     Instance,

@@ -4,7 +4,7 @@ import dagster as dg
 
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
-from toygres_pipelines.models import ImageState
+from records import ImageState
 
 
 def purge_failed_image_blobs(cms: CMSResource, blob: BlobStorageResource) -> int:

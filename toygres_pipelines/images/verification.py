@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from resources.blob import MANIFEST_NAME, BlobStorageResource
 from resources.platform.postgres_server import postgres_bindir
-from toygres_pipelines.models import BackupFile, BackupManifest
+from records import BackupFile, BackupManifest
 
 
 class ImageCorrupt(RuntimeError):

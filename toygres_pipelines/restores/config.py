@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import uuid
 
-import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field
 
-from resources.cms import CMSResource
-from toygres_pipelines.models import (
-    DNS_LABEL_MAX,
+from records import (
     INSTANCE_NAME_MAX,
     Image,
     ImageState,
@@ -23,56 +20,22 @@ from toygres_pipelines.models import (
     parse_uuid,
     validate_dns_label,
 )
+from records.requests import RestoreRequestFields
+from resources.cms import CMSResource
+from toygres_pipelines.forms import launchpad_config
 
 MAX_STORAGE_GB = 16384
 
 
-class RestoreConfig(dg.Config):
-    """The launchpad form of `restore_instance`."""
-
-    name: str = Field(
-        description=f"The new instance's name (its user_name); DNS-1123, at most {INSTANCE_NAME_MAX} "
-        "characters. Its Kubernetes name is this plus a short random suffix."
-    )
-    dns_label: str = Field(
-        description=f"DNS label of the instance's address, DNS-1123, at most {DNS_LABEL_MAX} characters; "
-        "must not be used by another creating or running instance."
-    )
-    source_image_id: str | None = Field(
-        default=None, description="The image to restore: its id (uuid) or its name. It must be ready."
-    )
-    namespace: str = Field(default="default", description="Kubernetes namespace of the new instance")
-    storage_size_gb: int = Field(
-        default=10, description="Volume size in GiB; raised to the image's storage size when smaller"
-    )
-    internal: bool = Field(
-        default=False, description="ClusterIP only (no public LoadBalancer address)"
-    )
-    runtime_image_id: str | None = Field(
-        default=None, description="Not for restores: cannot be combined with source_image_id"
-    )
-    image_override: str | None = Field(
-        default=None, description="Not for restores: cannot be combined with source_image_id"
-    )
-    password: str | None = Field(
-        default=None,
-        description="Ignored for restores: the instance keeps the source image's password",
-    )
-    job_timeout_seconds: int = Field(default=3600, description="Upper bound for the restore job")
-    ready_timeout_seconds: int = Field(default=600, description="How long the new server may take to accept connections")
-
-
-class RestoreFields(BaseModel):
-    """The request fields every entry point shares (RestoreConfig, restore_requests rows, the CLI)."""
-
-    name: str
-    dns_label: str
-    source_image_id: str | None = None
-    namespace: str = "default"
-    storage_size_gb: int = 10
-    internal: bool = False
-    runtime_image_id: str | None = None
-    image_override: str | None = None
+RestoreConfig = launchpad_config(
+    RestoreRequestFields,
+    "RestoreConfig",
+    "The launchpad form of `restore_instance`.",
+    job_timeout_seconds=(int, Field(default=3600, description="Upper bound for the restore job")),
+    ready_timeout_seconds=(
+        int, Field(default=600, description="How long the new server may take to accept connections"),
+    ),
+)
 
 
 class RestorePlan(BaseModel):
@@ -94,7 +57,7 @@ class RestorePlan(BaseModel):
     blob_path: str
 
 
-def check_request_fields(fields: RestoreFields) -> None:
+def check_request_fields(fields: RestoreRequestFields) -> None:
     """Rules on the request alone; each failure names its field."""
     if not fields.source_image_id:
         raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
@@ -120,7 +83,7 @@ def ready_image(cms: CMSResource, ref: str) -> Image:
     return image
 
 
-def plan_restore(fields: RestoreFields, cms: CMSResource) -> RestorePlan:
+def plan_restore(fields: RestoreRequestFields, cms: CMSResource) -> RestorePlan:
     """All rules, the CMS ones included. image_type and postgres_version come from the image."""
     check_request_fields(fields)
     image = ready_image(cms, fields.source_image_id or "")
@@ -142,5 +105,3 @@ def plan_restore(fields: RestoreFields, cms: CMSResource) -> RestorePlan:
     )
 
 
-def fields_from_config(config: RestoreConfig) -> RestoreFields:
-    return RestoreFields.model_validate(config.model_dump(include=set(RestoreFields.model_fields)))

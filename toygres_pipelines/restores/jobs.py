@@ -6,14 +6,15 @@ from pydantic import BaseModel
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, PlatformResource
-from toygres_pipelines.models import (
+from records.requests import RestoreRequestFields
+from records import (
     ConnectionStrings,
     Endpoints,
     Instance,
     InstanceState,
     ValidationFailed,
 )
-from toygres_pipelines.restores.config import RestoreConfig, RestorePlan, fields_from_config, plan_restore
+from toygres_pipelines.restores.config import RestoreConfig, RestorePlan, plan_restore
 from toygres_pipelines.restores.steps import (
     check_connection,
     clean_up_failed_restore,
@@ -60,10 +61,8 @@ def still_creating(cms: CMSResource, instance: Instance) -> Instance:
 
 @dg.op(description="Check the request and the image; take image_type and postgres_version from the image")
 def validate_request(context: dg.OpExecutionContext, config: RestoreConfig, cms: CMSResource) -> TimedPlan:
-    if config.password:
-        context.log.warning("password is ignored for restores: the instance keeps the source image's password")
     try:
-        plan = plan_restore(fields_from_config(config), cms)
+        plan = plan_restore(RestoreRequestFields.of(config), cms)
     except ValidationFailed as error:
         raise dg.Failure(description=f"Invalid restore request: {error}", allow_retries=False) from error
     context.log.info(

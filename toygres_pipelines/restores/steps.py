@@ -13,7 +13,7 @@ from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import JobKind, JobSpec, PlatformResource
 from toygres_pipelines.images.verification import ImageCorrupt, sha256sums
-from toygres_pipelines.models import (
+from records import (
     BackupManifest,
     ConnectionStrings,
     Endpoints,

@@ -1,0 +1,39 @@
+"""manifest.json: an image's own record, written by the backup script beside the dump files."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from records.rows import Record
+
+
+class BackupFile(Record):
+    """One file of an image, as the backup script records it in manifest.json."""
+
+    path: str = Field(description="Blob name relative to the image's blob path")
+    kind: str = Field(description="globals (pg_dumpall --globals-only) or database (pg_dump -Fc)")
+    database: str | None = None
+    size_bytes: int
+    sha256: str
+
+
+class BackupManifest(Record):
+    """manifest.json, written by the backup script beside the dump files."""
+
+    format_version: int
+    image_name: str
+    source_instance: str
+    source_namespace: str
+    postgres_version: str
+    server_version_num: int
+    dump_format: str
+    started_at: datetime
+    finished_at: datetime
+    tools: dict[str, str]
+    files: list[BackupFile]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.files)

@@ -1,0 +1,50 @@
+"""Naming rules: the launchpad, the sensors and the CLI apply these very functions."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+import uuid
+
+from records.errors import ValidationFailed
+
+IMAGE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+K8S_NAME_SUFFIX_LENGTH = 5
+# k8s_name feeds StatefulSet pod names (<name>-0) and the controller-revision-hash label, which
+# limit the StatefulSet name to 52 characters; leave room for "-" + the random suffix.
+INSTANCE_NAME_MAX = 52 - 1 - K8S_NAME_SUFFIX_LENGTH
+DNS_LABEL_MAX = 63
+
+
+def validate_image_name(name: str, field: str = "name") -> str:
+    if not IMAGE_NAME_PATTERN.match(name or ""):
+        raise ValidationFailed(field, f"{name!r} must be 1-100 characters of letters, digits, '_' or '-'")
+    return name
+
+
+def validate_dns_label(value: str, field: str, max_length: int = DNS_LABEL_MAX) -> str:
+    if not value or len(value) > max_length:
+        raise ValidationFailed(field, f"{value!r} must be 1-{max_length} characters long")
+    if not DNS1123_LABEL.match(value):
+        raise ValidationFailed(
+            field,
+            f"{value!r} must be a DNS-1123 label: lowercase letters, digits and '-',"
+            " starting and ending with a letter or digit",
+        )
+    return value
+
+
+def new_k8s_name(name: str) -> str:
+    """The instance's Kubernetes name: the user's name plus a short random suffix."""
+    alphabet = string.ascii_lowercase + string.digits
+    suffix = "".join(secrets.choice(alphabet) for _ in range(K8S_NAME_SUFFIX_LENGTH))
+    return f"{name}-{suffix}"
+
+
+def parse_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None

@@ -1,0 +1,33 @@
+"""What a platform (local or Kubernetes) answers: where an instance is, how a job ended."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from records.rows import Record
+
+
+class InstanceRef(Record):
+    """What a platform needs to find an instance's objects."""
+
+    k8s_name: str
+    namespace: str
+
+
+class JobResult(Record):
+    name: str
+    succeeded: bool
+    log_tail: list[str] = Field(default_factory=list)
+    reason: str | None = None
+
+
+class Endpoints(Record):
+    host: str
+    port: int
+    external_ip: str | None = None
+    dns_name: str | None = None
+
+
+class ConnectionStrings(Record):
+    ip: str
+    dns: str | None

@@ -1,0 +1,95 @@
+"""The requests users make, each declared once.
+
+`RestoreRequestFields` and `ImageRequestFields` are the one field list of each request. Everything
+else derives from them: the launchpad form (`toygres_pipelines.restores.config`), the CMS row
+(`RestoreRequest` / `ImageRequest` below add only the row's own columns; the CMS reads and writes
+exactly the model's fields), the request sensor's run config and the CLI's arguments
+(`toygres_pipelines.cli_fields`). Adding a field is this one edit plus a migration.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from records.naming import DNS_LABEL_MAX, INSTANCE_NAME_MAX
+from records.rows import Record
+from records.states import RequestState
+
+
+class RequestFields(BaseModel):
+    """A request's fields, without the row's bookkeeping."""
+
+    model_config = ConfigDict(frozen=True)
+
+    @classmethod
+    def of(cls, source: BaseModel) -> Self:
+        """This request's fields taken from anything that carries them (a row, a launchpad config)."""
+        return cls.model_validate(source.model_dump(include=set(cls.model_fields)))
+
+
+class RestoreRequestFields(RequestFields):
+    """What a user asks of a restore."""
+
+    name: str = Field(
+        description=f"The new instance's name (its user_name); DNS-1123, at most {INSTANCE_NAME_MAX} "
+        "characters. Its Kubernetes name is this plus a short random suffix."
+    )
+    dns_label: str = Field(
+        description=f"DNS label of the instance's address, DNS-1123, at most {DNS_LABEL_MAX} characters; "
+        "must not be used by another creating or running instance."
+    )
+    source_image_id: str | None = Field(
+        default=None,
+        description="The image to restore: its id (uuid) or its name. It must be ready.",
+        json_schema_extra={"cli_flag": "--image"},
+    )
+    namespace: str = Field(default="default", description="Kubernetes namespace of the new instance")
+    storage_size_gb: int = Field(
+        default=10,
+        description="Volume size in GiB; raised to the image's storage size when smaller",
+        json_schema_extra={"cli_flag": "--storage-gb"},
+    )
+    internal: bool = Field(default=False, description="ClusterIP only (no public LoadBalancer address)")
+    runtime_image_id: str | None = Field(
+        default=None, description="Not for restores: cannot be combined with source_image_id"
+    )
+    image_override: str | None = Field(
+        default=None, description="Not for restores: cannot be combined with source_image_id"
+    )
+
+
+class ImageRequestFields(RequestFields):
+    """What a user asks of an on-demand backup."""
+
+    image_name: str = Field(
+        description="The image name: 1-100 letters, digits, '_' or '-', not used by a live image",
+        json_schema_extra={"cli_flag": "--name"},
+    )
+    source_instance: str = Field(
+        description="The source instance: its k8s_name or id; it must be running",
+        json_schema_extra={"cli_flag": "--instance"},
+    )
+    description: str | None = Field(default=None, description="Free text stored with the image")
+
+
+class _RequestRow(Record):
+    id: uuid.UUID
+    state: RequestState
+    run_id: str | None = None
+    reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ImageRequest(ImageRequestFields, _RequestRow):
+    """A row of toygres_cms.image_requests."""
+
+
+class RestoreRequest(RestoreRequestFields, _RequestRow):
+    """A row of toygres_cms.restore_requests."""
+
+    instance_id: uuid.UUID | None = None

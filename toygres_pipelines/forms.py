@@ -1,0 +1,78 @@
+"""The forms derived from a request's one field list (`records.requests`): the launchpad Config
+and the CLI's arguments. Names, types, defaults and descriptions all come from the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+from collections.abc import Iterable
+from typing import Any, Union, get_args, get_origin
+
+import dagster as dg
+from pydantic import BaseModel, create_model
+from pydantic.fields import FieldInfo
+
+from records.requests import RequestFields
+
+
+def launchpad_config(
+    fields: type[RequestFields], name: str, doc: str, *, exclude: Iterable[str] = (), **job_fields: Any
+) -> type[dg.Config]:
+    """A launchpad form: the request's fields (minus `exclude`) plus the job's own `job_fields`
+    (name=(type, Field(...))), which may also redeclare a request field for the launchpad."""
+    skip = set(exclude)
+    declared = {
+        field: (info.annotation, info) for field, info in fields.model_fields.items() if field not in skip
+    }
+    declared.update(job_fields)
+    return create_model(name, __base__=dg.Config, __doc__=doc, **declared)
+
+
+def cli_flag(field: str, info: FieldInfo) -> str:
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return str(extra.get("cli_flag") or "--" + field.replace("_", "-"))
+
+
+def _scalar(annotation: Any) -> Any:
+    """str | None -> str; the CLI passes None by leaving the option out."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        kinds = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return kinds[0] if len(kinds) == 1 else str
+    return annotation
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser, fields: type[RequestFields], *, optional: Iterable[str] = ()) -> None:
+    """One option per field, `--field-name` (or the field's `cli_flag`), help from its description.
+    A field without a default is required unless named in `optional` (the command fills it in)."""
+    may_omit = set(optional)
+    for field, info in fields.model_fields.items():
+        kind = _scalar(info.annotation)
+        flag = cli_flag(field, info)
+        help_text = info.description or ""
+        if kind is bool:
+            parser.add_argument(flag, dest=field, action="store_true", help=help_text)
+            continue
+        required = info.is_required() and field not in may_omit
+        default = None if info.is_required() else info.get_default()
+        if default not in (None, ""):
+            help_text += f" (default: {default})"
+        parser.add_argument(
+            flag, dest=field, type=kind if kind in (int, float) else str, required=required, default=default,
+            help=help_text,
+        )
+
+
+def fields_from_cli(args: argparse.Namespace, fields: type[RequestFields], **filled: Any) -> RequestFields:
+    """The request the CLI arguments describe; `filled` supplies what the command computed."""
+    values = {field: getattr(args, field) for field in fields.model_fields if hasattr(args, field)}
+    values.update(filled)
+    return fields.model_validate(values)
+
+
+def run_config_values(
+    request: BaseModel, fields: type[RequestFields], *, exclude: Iterable[str] = (), **overrides: Any
+) -> dict[str, Any]:
+    """The launchpad config a request stands for (sensors and schedules launch runs with it)."""
+    values = fields.of(request).model_dump(mode="json", exclude=set(exclude), exclude_none=True)
+    return {**values, **overrides}
