@@ -1,0 +1,146 @@
+"""The layers and the one-field-list rule, checked on the code itself (no services needed).
+
+Layers, bottom to top; a module may import its own layer and the layers below, never above:
+    records/                 records and rules
+    resources/               one resource per external system
+    toygres_pipelines/       the Dagster code location
+    toygres_pipelines/dev/   the embedded stack behind `make dev` and the tests
+"""
+
+import argparse
+import ast
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from pydantic import Field
+
+from records.requests import ImageRequestFields, RestoreRequestFields
+from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, launchpad_config, run_config_values
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("records", "resources", "toygres_pipelines", "toygres_pipelines.dev")
+
+
+def layer_of(module: str) -> int | None:
+    """The highest layer whose package holds the module (None: not ours)."""
+    found = None
+    for rank, package in enumerate(LAYERS):
+        if module == package or module.startswith(package + "."):
+            found = rank
+    return found
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def wrong_way_imports(root: Path) -> list[str]:
+    wrong = []
+    for package in ("records", "resources", "toygres_pipelines"):
+        for path in sorted((root / package).rglob("*.py")):
+            importer = module_name(path, root)
+            own = layer_of(importer)
+            for line, target in imported_modules(path):
+                theirs = layer_of(target)
+                if own is not None and theirs is not None and theirs > own:
+                    wrong.append(f"{path.relative_to(root)}:{line} ({LAYERS[own]}) imports {target} ({LAYERS[theirs]})")
+    return wrong
+
+
+def test_imports_point_down_the_layers():
+    assert wrong_way_imports(ROOT) == []
+
+
+def test_the_layer_check_sees_a_wrong_way_import(tmp_path):
+    """The check itself: a resource importing the code location is reported."""
+    for package in ("records", "resources", "toygres_pipelines"):
+        (tmp_path / package).mkdir()
+    (tmp_path / "resources" / "leak.py").write_text("from toygres_pipelines.images import backup\n")
+    (tmp_path / "toygres_pipelines" / "wiring.py").write_text("import toygres_pipelines.dev.stack\n")
+    assert wrong_way_imports(tmp_path) == [
+        "resources/leak.py:1 (resources) imports toygres_pipelines.images.backup (toygres_pipelines)",
+        "toygres_pipelines/wiring.py:1 (toygres_pipelines) imports toygres_pipelines.dev.stack (toygres_pipelines.dev)",
+    ]
+
+
+# ---- one field list per request ------------------------------------------------------------
+
+
+class RestoreWithPriority(RestoreRequestFields):
+    priority: int = Field(default=3, description="How urgent this restore is, 1 (most) to 5")
+
+
+def launchpad_fields(config_class: type[dg.Config]) -> dict:
+    @dg.op
+    def form(config: config_class):  # type: ignore[valid-type]
+        del config
+
+    @dg.job
+    def probe():
+        form()
+
+    config_type = probe.run_config_schema.config_type
+    return config_type.fields["ops"].config_type.fields["form"].config_type.fields["config"].config_type.fields
+
+
+def test_a_field_added_to_the_record_reaches_every_form(capsys):
+    fields = launchpad_fields(launchpad_config(RestoreWithPriority, "Form", "a restore form"))
+    assert fields["priority"].description == "How urgent this restore is, 1 (most) to 5"
+    assert fields["priority"].default_value == 3
+
+    parser = argparse.ArgumentParser(prog="request-restore")
+    add_cli_arguments(parser, RestoreWithPriority)
+    assert "--priority PRIORITY" in parser.format_help()
+    assert "How urgent this restore is, 1 (most) to 5 (default: 3)" in " ".join(parser.format_help().split())
+    args = parser.parse_args(["--name", "n", "--dns-label", "d", "--image", "img", "--priority", "1"])
+    request = fields_from_cli(args, RestoreWithPriority)
+    assert request.priority == 1 and request.source_image_id == "img"
+
+    assert run_config_values(request, RestoreWithPriority)["priority"] == 1
+
+
+@pytest.mark.parametrize("record", [RestoreRequestFields, ImageRequestFields])
+def test_every_request_field_has_a_description(record):
+    assert all(info.description for info in record.model_fields.values())
+
+
+def classes_declaring(fields: set[str]) -> list[str]:
+    """Classes of the production code that annotate every one of `fields`."""
+    found = []
+    for package in ("records", "resources", "toygres_pipelines"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ClassDef):
+                    names = {
+                        item.target.id for item in node.body
+                        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+                    }
+                    if fields <= names:
+                        found.append(f"{path.relative_to(ROOT)}:{node.name}")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("record", "home"),
+    [
+        (RestoreRequestFields, "records/requests.py:RestoreRequestFields"),
+        (ImageRequestFields, "records/requests.py:ImageRequestFields"),
+    ],
+)
+def test_each_request_field_list_is_declared_once(record, home):
+    assert classes_declaring(set(record.model_fields)) == [home]
