@@ -176,3 +176,11 @@ def blob(stack: Stack) -> BlobStorageResource:
 @pytest.fixture
 def resources(cms, blob: BlobStorageResource, platform: LocalPlatform) -> dict:
     return {"cms": cms, "blob": blob, "platform": platform}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that reach the real stack (the `stack` fixture, directly or not) are the integration
+    tier; the rest is pure logic: `pytest -m "not integration"` runs it without services."""
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
