@@ -1,0 +1,121 @@
+"""toygres_cms.images: images, their states and their encrypted source passwords."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from psycopg import sql
+from pydantic import SecretStr
+
+from records import (
+    Image,
+    ImageState,
+    ImageType,
+    Instance,
+    parse_uuid,
+)
+from resources.cms.encryption import InvalidToken
+from resources.cms.errors import ImageNotFound, PasswordUnavailable
+from resources.cms.queries import Queries
+from resources.cms.tables import (
+    IMAGE,
+)
+
+
+class ImagesTable(Queries):
+
+    def reserve_image(
+        self, *, image_id: uuid.UUID | str | None, name: str, description: str | None, source: Instance,
+        blob_storage_url: str, blob_container: str, blob_path: str, run_id: str | None,
+    ) -> Image:
+        """A new image row in state `creating`; NameConflict("name", ...) when the name is taken."""
+        values = {
+            "id": uuid.UUID(str(image_id)) if image_id else uuid.uuid4(),
+            "name": name,
+            "description": description,
+            "source_instance_id": source.id,
+            "source_k8s_name": source.k8s_name,
+            "source_namespace": source.namespace,
+            "blob_storage_url": blob_storage_url,
+            "blob_container": blob_container,
+            "blob_path": blob_path,
+            "storage_size_gb": source.storage_size_gb,
+            "postgres_version": source.postgres_version,
+            "image_type": ImageType(source.image_type).value,
+            "state": ImageState.creating.value,
+            "run_id": run_id,
+        }
+        return self._insert(IMAGE, values)
+
+    def set_image_password(self, image_id: uuid.UUID | str, password: SecretStr | str) -> None:
+        """Store the source instance's password, Fernet-encrypted with encryption_key."""
+        plaintext = password.get_secret_value() if isinstance(password, SecretStr) else password
+        token = self.passwords().encrypt(plaintext)
+        parsed = parse_uuid(str(image_id))
+        with self.connection() as conn:
+            updated = conn.execute(
+                sql.SQL("UPDATE {} SET source_password_encrypted = %s, updated_at = now() WHERE id = %s").format(
+                    IMAGE.table_id
+                ),
+                [token, parsed],
+            ).rowcount if parsed else 0
+        if not updated:
+            raise ImageNotFound(image_id)
+
+    def image_password(self, image_id: uuid.UUID | str) -> SecretStr:
+        """The decrypted source password of an image (PasswordUnavailable when missing/undecryptable)."""
+        parsed = parse_uuid(str(image_id))
+        row = None
+        if parsed is not None:
+            with self.connection() as conn:
+                row = conn.execute(
+                    sql.SQL("SELECT name, source_password_encrypted FROM {} WHERE id = %s").format(IMAGE.table_id),
+                    [parsed],
+                ).fetchone()
+        if row is None:
+            raise ImageNotFound(image_id)
+        name, token = row
+        if token is None:
+            raise PasswordUnavailable(f"image {name} ({image_id}) has no stored source password")
+        try:
+            return SecretStr(self.passwords().decrypt(bytes(token)))
+        except InvalidToken:
+            raise PasswordUnavailable(
+                f"image {name} ({image_id}): the stored source password cannot be decrypted with the"
+                " configured encryption_key (TOYGRES_ENCRYPTION_KEY differs from the key it was stored with)"
+            ) from None
+
+    def get_image(self, image_id: uuid.UUID | str) -> Image | None:
+        return self._get(IMAGE, image_id)
+
+    def find_image(self, ref: str) -> Image | None:
+        """An image by id (uuid string) or by name: the live (not failed/deleted) one, else the newest."""
+        found = self._get(IMAGE, ref)
+        if found is not None:
+            return found
+        rows = self._select(
+            IMAGE, sql.SQL("name = %s"), [str(ref)],
+            order="(state IN ('failed', 'deleted')), created_at DESC, id", limit=1,
+        )
+        return rows[0] if rows else None
+
+    def find_image_by_run(self, run_id: str) -> Image | None:
+        return self._by_run(IMAGE, run_id)
+
+    def list_images(self, states: Iterable[ImageState] | None = None) -> list[Image]:
+        return self._list(IMAGE, states)
+
+    def transition_image(
+        self, image_id: uuid.UUID | str, to_state: ImageState | str, *, reason: str | None = None,
+        run_id: str | None = None, expected: ImageState | Iterable[ImageState] | None = None,
+        **fields: Any,
+    ) -> Image:
+        """Move an image per IMAGE_TRANSITIONS; ready sets ready_at, deleted sets deleted_at.
+
+        `fields`: backup_size_bytes, backup_checksum, error_message.
+        """
+        return self._transition_own(
+            IMAGE, image_id, to_state, reason=reason, run_id=run_id, fields=fields, expected=expected
+        )

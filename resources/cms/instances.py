@@ -1,0 +1,93 @@
+"""toygres_cms.instances: the instances this system knows and their states."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from records import (
+    ImageType,
+    Instance,
+    InstanceState,
+)
+from resources.cms.queries import Queries
+from resources.cms.tables import (
+    INSTANCE,
+)
+
+
+class InstancesTable(Queries):
+
+    def create_instance(
+        self, *, user_name: str, k8s_name: str, namespace: str, postgres_version: str,
+        storage_size_gb: int, use_load_balancer: bool, dns_name: str | None, image_type: ImageType | str,
+        source_image_id: uuid.UUID | str | None = None, run_id: str | None = None,
+        tags: dict[str, Any] | None = None, instance_id: uuid.UUID | str | None = None,
+        state: InstanceState | str = InstanceState.creating,
+    ) -> Instance:
+        """Register an instance (state `creating` unless told); NameConflict on k8s_name/dns_name."""
+        values = {
+            "id": uuid.UUID(str(instance_id)) if instance_id else uuid.uuid4(),
+            "user_name": user_name,
+            "k8s_name": k8s_name,
+            "namespace": namespace,
+            "postgres_version": str(postgres_version),
+            "storage_size_gb": storage_size_gb,
+            "use_load_balancer": use_load_balancer,
+            "dns_name": dns_name,
+            "state": InstanceState(state).value,
+            "image_type": ImageType(image_type).value,
+            "source_image_id": uuid.UUID(str(source_image_id)) if source_image_id else None,
+            "run_id": run_id,
+            "tags": Jsonb(tags or {}),
+        }
+        return self._insert(INSTANCE, values)
+
+    def get_instance(self, instance_id: uuid.UUID | str) -> Instance | None:
+        return self._get(INSTANCE, instance_id)
+
+    def find_instance(self, ref: str) -> Instance | None:
+        """An instance by id (uuid string) or by k8s_name."""
+        found = self._get(INSTANCE, ref)
+        if found is not None:
+            return found
+        rows = self._select(INSTANCE, sql.SQL("k8s_name = %s"), [str(ref)])
+        return rows[0] if rows else None
+
+    def find_instance_by_run(self, run_id: str) -> Instance | None:
+        return self._by_run(INSTANCE, run_id)
+
+    def find_instances_by_tag(self, key: str, value: str) -> list[Instance]:
+        """Instances whose tags map `key` to `value` (how a repeated request finds its instance)."""
+        return self._select(INSTANCE, sql.SQL("tags ->> %s = %s"), [key, value])
+
+    def list_instances(self, states: Iterable[InstanceState] | None = None) -> list[Instance]:
+        return self._list(INSTANCE, states)
+
+    def dns_name_in_use(self, dns_name: str) -> bool:
+        with self.connection() as conn:
+            row = conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE dns_name = %s AND state = ANY(%s))").format(
+                    INSTANCE.table_id
+                ),
+                [dns_name, [InstanceState.creating.value, InstanceState.running.value]],
+            ).fetchone()
+        return bool(row[0])
+
+    def transition_instance(
+        self, instance_id: uuid.UUID | str, to_state: InstanceState | str, *, reason: str | None = None,
+        run_id: str | None = None, expected: InstanceState | Iterable[InstanceState] | None = None,
+        **fields: Any,
+    ) -> Instance:
+        """Move an instance per INSTANCE_TRANSITIONS (InvalidTransition otherwise).
+
+        `fields`: ip_connection_string, dns_connection_string, external_ip, error_message.
+        `expected`: refuse unless the row is currently in this state (or one of these states).
+        """
+        return self._transition_own(
+            INSTANCE, instance_id, to_state, reason=reason, run_id=run_id, fields=fields, expected=expected
+        )

@@ -1,0 +1,52 @@
+"""CMSResource: the toygres CMS (PostgreSQL, schema toygres_cms) as one Dagster resource."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import psycopg
+from pydantic import Field
+
+from resources.cms.encryption import PasswordBox
+from resources.cms.events import EventsTable
+from resources.cms.images import ImagesTable
+from resources.cms.instances import InstancesTable
+from resources.cms.requests import RequestsTable
+from resources.cms.schema import Migrations
+
+
+class CMSResource(InstancesTable, ImagesTable, EventsTable, RequestsTable, Migrations, dg.ConfigurableResource):
+    """The toygres CMS (PostgreSQL, schema toygres_cms): instances, images, events, requests.
+
+    One repository per table (instances, images, events, requests) over the shared `Queries`;
+    each call opens a short connection, so one resource serves many threads at once.
+    """
+
+    dsn: str = Field(description="libpq connection string of the CMS database (TOYGRES_CMS_DSN)")
+    encryption_key: str = Field(
+        description="Fernet key encrypting stored passwords (TOYGRES_ENCRYPTION_KEY); see generate_key()"
+    )
+    connect_timeout: int = Field(default=10, description="Seconds to wait for a CMS connection")
+
+    @staticmethod
+    def generate_key() -> str:
+        return PasswordBox.generate_key()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A new connection in a transaction: commits when the block ends, rolls back on error."""
+        conn = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=False)
+        try:
+            with conn:  # commit on success, rollback on exception, then close
+                yield conn
+        finally:
+            if not conn.closed:
+                conn.close()
+
+    def autocommit_connection(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=True)
+
+    def passwords(self) -> PasswordBox:
+        return PasswordBox(self.encryption_key)
