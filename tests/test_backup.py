@@ -14,7 +14,6 @@ import pytest
 from resources.platform.postgres_server import postgres_bindir
 from toygres_pipelines.images.janitor import purge_failed_image_blobs
 from records import ImageState, InstanceState
-from toygres_pipelines.restores.steps import SUPERUSER
 
 from tests.helpers import failure_text, materialize_image, run_logs
 
@@ -192,8 +191,11 @@ def test_source_password_never_reaches_the_cms_in_plaintext(resources, cms, sour
         stored = conn.execute(
             "SELECT source_password_encrypted::text FROM toygres_cms.images WHERE id = %s", (row.id,)
         ).fetchone()[0]
+        whole_row = conn.execute("SELECT row_to_json(i)::text FROM toygres_cms.images i WHERE id = %s", (row.id,)).fetchone()[0]
+        events = conn.execute("SELECT coalesce(string_agg(row_to_json(e)::text, ''), '') FROM toygres_cms.events e").fetchone()[0]
     assert stored and password not in stored
-    assert SUPERUSER
+    assert password not in whole_row and password not in events
+    assert cms.image_password(row.id).get_secret_value() == password
 
 
 def test_verification_reads_every_archive_entry(resources, cms, blob, source):

@@ -26,6 +26,16 @@ def ready_image(resources, cms, source):
     return cms.find_image(f"{source.k8s_name}__for-restore")
 
 
+@pytest.fixture
+def catalogued_image(cms, source):
+    """A ready image row with no blobs: enough for requests that validation refuses."""
+    image = cms.reserve_image(
+        image_id=None, name=f"{source.k8s_name}__catalogued", description=None, source=source,
+        blob_storage_url="http://127.0.0.1:1/none", blob_container="none", blob_path="images/none", run_id=None,
+    )
+    return cms.transition_image(image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64)
+
+
 def restore(resources, tags: dict | None = None, instance: dg.DagsterInstance | None = None, **config):
     config.setdefault("name", "restored")
     config.setdefault("dns_label", "restored-db")
@@ -127,8 +137,8 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
         ({"storage_size_gb": 0}, "storage_size_gb: 0 must be between 1 and"),
     ],
 )
-def test_invalid_requests_create_nothing(resources, cms, platform, source, ready_image, config, message):
-    config = {"source_image_id": str(ready_image.id), **config}
+def test_invalid_requests_create_nothing(resources, cms, platform, source, catalogued_image, config, message):
+    config = {"source_image_id": str(catalogued_image.id), **config}
     volumes_before = platform_instances(platform)
     result = restore(resources, **config)
     assert not result.success
