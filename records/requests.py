@@ -1,7 +1,7 @@
 """The requests users make, each declared once.
 
 `RestoreRequestFields` and `ImageRequestFields` are the one field list of each request. Everything
-else derives from them: the launchpad form (`toygres_pipelines.restores.config`), the CMS row
+else derives from them: the launchpad Config (a subclass adding the job's own settings), the CMS row
 (`RestoreRequest` / `ImageRequest` below add only the row's own columns; the CMS reads and writes
 exactly the model's fields), the request sensor's run config and the CLI's arguments
 (`toygres_pipelines.cli_fields`). Adding a field is this one edit plus a migration.
@@ -62,18 +62,24 @@ class RestoreRequestFields(RequestFields):
     )
 
 
-class ImageRequestFields(RequestFields):
-    """What a user asks of an on-demand backup."""
+class BackupFields(RequestFields):
+    """What a backup run is told: the launchpad form of the `image` asset, whose partition key
+    is the image name."""
 
-    image_name: str = Field(
-        description="The image name: 1-100 letters, digits, '_' or '-', not used by a live image",
-        json_schema_extra={"cli_flag": "--name"},
-    )
     source_instance: str = Field(
         description="The source instance: its k8s_name or id; it must be running",
         json_schema_extra={"cli_flag": "--instance"},
     )
     description: str | None = Field(default=None, description="Free text stored with the image")
+
+
+class ImageRequestFields(BackupFields):
+    """What a user asks of an on-demand backup: a backup and the name of the image it makes."""
+
+    image_name: str = Field(
+        description="The image name: 1-100 letters, digits, '_' or '-', not used by a live image",
+        json_schema_extra={"cli_flag": "--name"},
+    )
 
 
 class _RequestRow(Record):

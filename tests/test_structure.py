@@ -15,8 +15,10 @@ import dagster as dg
 import pytest
 from pydantic import Field
 
-from records.requests import ImageRequestFields, RestoreRequestFields
-from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, launchpad_config, run_config_values
+from records.requests import BackupFields, ImageRequest, ImageRequestFields, RestoreRequest, RestoreRequestFields
+from toygres_pipelines.images.assets import BackupConfig
+from toygres_pipelines.restores.config import RestoreConfig
+from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, run_config_values
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("records", "resources", "toygres_pipelines", "toygres_pipelines.dev")
@@ -99,7 +101,10 @@ def launchpad_fields(config_class: type[dg.Config]) -> dict:
 
 
 def test_a_field_added_to_the_record_reaches_every_form(capsys):
-    fields = launchpad_fields(launchpad_config(RestoreWithPriority, "Form", "a restore form"))
+    class Form(RestoreWithPriority, dg.Config):
+        pass
+
+    fields = launchpad_fields(Form)
     assert fields["priority"].description == "How urgent this restore is, 1 (most) to 5"
     assert fields["priority"].default_value == 3
 
@@ -119,10 +124,10 @@ def test_every_request_field_has_a_description(record):
     assert all(info.description for info in record.model_fields.values())
 
 
-def classes_declaring(fields: set[str]) -> list[str]:
-    """Classes of the production code that annotate every one of `fields`."""
+def classes_declaring_most_of(fields: set[str]) -> list[str]:
+    """Classes outside records/ that annotate more than half of `fields`: a second field list."""
     found = []
-    for package in ("records", "resources", "toygres_pipelines"):
+    for package in ("resources", "toygres_pipelines"):
         for path in sorted((ROOT / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ClassDef):
@@ -130,17 +135,17 @@ def classes_declaring(fields: set[str]) -> list[str]:
                         item.target.id for item in node.body
                         if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
                     }
-                    if fields <= names:
+                    if len(fields & names) * 2 > len(fields):
                         found.append(f"{path.relative_to(ROOT)}:{node.name}")
     return found
 
 
-@pytest.mark.parametrize(
-    ("record", "home"),
-    [
-        (RestoreRequestFields, "records/requests.py:RestoreRequestFields"),
-        (ImageRequestFields, "records/requests.py:ImageRequestFields"),
-    ],
-)
-def test_each_request_field_list_is_declared_once(record, home):
-    assert classes_declaring(set(record.model_fields)) == [home]
+@pytest.mark.parametrize("record", [RestoreRequestFields, ImageRequestFields])
+def test_no_second_field_list_of_a_request(record):
+    assert classes_declaring_most_of(set(record.model_fields)) == []
+
+
+def test_launchpads_and_rows_are_the_records():
+    assert issubclass(RestoreConfig, RestoreRequestFields) and issubclass(RestoreRequest, RestoreRequestFields)
+    assert issubclass(BackupConfig, BackupFields) and issubclass(ImageRequest, ImageRequestFields)
+    assert issubclass(ImageRequestFields, BackupFields)

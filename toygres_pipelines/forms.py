@@ -1,5 +1,6 @@
-"""The forms derived from a request's one field list (`records.requests`): the launchpad Config
-and the CLI's arguments. Names, types, defaults and descriptions all come from the model.
+"""What derives from a request's one field list (`records.requests`) besides the launchpad Config
+(a subclass of the record and `dg.Config`): the CLI's arguments and the run config a request
+stands for. Names, types, defaults and descriptions all come from the model.
 """
 
 from __future__ import annotations
@@ -9,24 +10,10 @@ import types
 from collections.abc import Iterable
 from typing import Any, Union, get_args, get_origin
 
-import dagster as dg
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from records.requests import RequestFields
-
-
-def launchpad_config(
-    fields: type[RequestFields], name: str, doc: str, *, exclude: Iterable[str] = (), **job_fields: Any
-) -> type[dg.Config]:
-    """A launchpad form: the request's fields (minus `exclude`) plus the job's own `job_fields`
-    (name=(type, Field(...))), which may also redeclare a request field for the launchpad."""
-    skip = set(exclude)
-    declared = {
-        field: (info.annotation, info) for field, info in fields.model_fields.items() if field not in skip
-    }
-    declared.update(job_fields)
-    return create_model(name, __base__=dg.Config, __doc__=doc, **declared)
 
 
 def cli_flag(field: str, info: FieldInfo) -> str:
@@ -70,9 +57,7 @@ def fields_from_cli(args: argparse.Namespace, fields: type[RequestFields], **fil
     return fields.model_validate(values)
 
 
-def run_config_values(
-    request: BaseModel, fields: type[RequestFields], *, exclude: Iterable[str] = (), **overrides: Any
-) -> dict[str, Any]:
+def run_config_values(request: BaseModel, fields: type[RequestFields], **overrides: Any) -> dict[str, Any]:
     """The launchpad config a request stands for (sensors and schedules launch runs with it)."""
-    values = fields.of(request).model_dump(mode="json", exclude=set(exclude), exclude_none=True)
+    values = fields.of(request).model_dump(mode="json", exclude_none=True)
     return {**values, **overrides}

@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from records.requests import ImageRequestFields
+from records.requests import BackupFields, ImageRequestFields
 from toygres_pipelines.forms import run_config_values
 
-from toygres_pipelines.images.assets import PARTITION_FIELDS, image, image_partitions
+from toygres_pipelines.images.assets import image, image_partitions
 from toygres_pipelines.restores.jobs import REQUEST_ID_TAG
 
 KIND_TAG = "toygres/kind"
@@ -23,4 +23,4 @@ backup_image = dg.define_asset_job(
 
 def backup_run_config(request: ImageRequestFields) -> dict:
     """The run config of a backup request; its image name travels as the partition key."""
-    return {"ops": {"image": {"config": run_config_values(request, ImageRequestFields, exclude=PARTITION_FIELDS)}}}
+    return {"ops": {"image": {"config": run_config_values(request, BackupFields)}}}

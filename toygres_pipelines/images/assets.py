@@ -8,30 +8,20 @@ from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.images.backup import materialization_metadata, source_ref_for, take_image
 from records import ValidationFailed
-from records.requests import ImageRequestFields
-from toygres_pipelines.forms import launchpad_config
+from records.requests import BackupFields
 
 image_partitions = dg.DynamicPartitionsDefinition(name="images")
 
 
-# The image name is the partition key, not a config field.
-PARTITION_FIELDS = ("image_name",)
+class BackupConfig(BackupFields, dg.Config):
+    """The launchpad form of the `image` asset (the partition key is the image name)."""
 
-BackupConfig = launchpad_config(
-    ImageRequestFields,
-    "BackupConfig",
-    "The launchpad form of the `image` asset.",
-    exclude=PARTITION_FIELDS,
-    source_instance=(
-        str,
-        Field(
-            default="",
-            description="k8s_name or id of the running instance to back up. Empty: the partition key's "
-            "part before '__' (partition 'pagila-demo__manual-1' backs up 'pagila-demo').",
-        ),
-    ),
-    job_timeout_seconds=(int, Field(default=3600, ge=5, description="Upper bound for the backup job, in seconds")),
-)
+    source_instance: str = Field(
+        default="",
+        description="k8s_name or id of the running instance to back up. Empty: the partition key's "
+        "part before '__' (partition 'pagila-demo__manual-1' backs up 'pagila-demo').",
+    )
+    job_timeout_seconds: int = Field(default=3600, ge=5, description="Upper bound for the backup job, in seconds")
 
 
 @dg.asset(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 
+import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field
 
 from records import (
@@ -22,20 +23,17 @@ from records import (
 )
 from records.requests import RestoreRequestFields
 from resources.cms import CMSResource
-from toygres_pipelines.forms import launchpad_config
 
 MAX_STORAGE_GB = 16384
 
 
-RestoreConfig = launchpad_config(
-    RestoreRequestFields,
-    "RestoreConfig",
-    "The launchpad form of `restore_instance`.",
-    job_timeout_seconds=(int, Field(default=3600, description="Upper bound for the restore job")),
-    ready_timeout_seconds=(
-        int, Field(default=600, description="How long the new server may take to accept connections"),
-    ),
-)
+class RestoreConfig(RestoreRequestFields, dg.Config):
+    """The launchpad form of `restore_instance`: the restore request plus the job's own limits."""
+
+    job_timeout_seconds: int = Field(default=3600, description="Upper bound for the restore job")
+    ready_timeout_seconds: int = Field(
+        default=600, description="How long the new server may take to accept connections"
+    )
 
 
 class RestorePlan(BaseModel):
