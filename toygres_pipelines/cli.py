@@ -96,7 +96,8 @@ def dsn_password(dsn: str | None) -> str | None:
     if not dsn:
         return None
     try:
-        return conninfo_to_dict(dsn).get("password")
+        password = conninfo_to_dict(dsn).get("password")
+        return None if password is None else str(password)
     except psycopg.Error:
         return None
 
@@ -302,16 +303,16 @@ class Parser(argparse.ArgumentParser):
     """argparse, but usage errors exit 2 with `error: ...` like validation errors (argparse's own
     convention), and never print the DSN."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.print_usage(sys.stderr)
         sys.stderr.write(f"error: {message}\n")
         raise SystemExit(EXIT_INVALID)
 
 
-def _common(suppress: bool) -> argparse.ArgumentParser:
+def _common(suppress: bool) -> Parser:
     """Options accepted both before and after the subcommand."""
     default = argparse.SUPPRESS if suppress else None
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "--dsn", default=default,
         help=f"libpq connection string of the CMS database (default: ${DSN_ENV})",

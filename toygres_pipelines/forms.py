@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import types
 from collections.abc import Iterable
-from typing import Any, Union, get_args, get_origin
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from records.requests import RequestFields
+
+FieldsT = TypeVar("FieldsT", bound=RequestFields)
 
 
 def cli_flag(field: str, info: FieldInfo) -> str:
@@ -50,7 +52,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser, fields: type[RequestField
         )
 
 
-def fields_from_cli(args: argparse.Namespace, fields: type[RequestFields], **filled: Any) -> RequestFields:
+def fields_from_cli(args: argparse.Namespace, fields: type[FieldsT], **filled: Any) -> FieldsT:
     """The request the CLI arguments describe; `filled` supplies what the command computed."""
     values = {field: getattr(args, field) for field in fields.model_fields if hasattr(args, field)}
     values.update(filled)

@@ -35,7 +35,7 @@ class ClaimedRequests(list, Generic[RecordT]):
     def _id(self, request: Any) -> uuid.UUID:
         request_id = getattr(request, "id", request)
         request_id = request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(str(request_id))
-        if request_id not in {row.id for row in self}:  # type: ignore[attr-defined]
+        if request_id not in {row.id for row in self}:
             raise CMSError(f"request {request_id} is not part of this claim")
         return request_id
 

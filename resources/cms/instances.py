@@ -14,7 +14,7 @@ from records import (
     Instance,
     InstanceState,
 )
-from resources.cms.queries import Queries
+from resources.cms.queries import Queries, fetch_one
 from resources.cms.tables import (
     INSTANCE,
 )
@@ -75,8 +75,8 @@ class InstancesTable(Queries):
                     INSTANCE.table_id
                 ),
                 [dns_name, [InstanceState.creating.value, InstanceState.running.value]],
-            ).fetchone()
-        return bool(row[0])
+            )
+            return bool(fetch_one(row)[0])
 
     def transition_instance(
         self, instance_id: uuid.UUID | str, to_state: InstanceState | str, *, reason: str | None = None,

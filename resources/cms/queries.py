@@ -13,8 +13,16 @@ from psycopg.rows import class_row
 
 from records import ImageState, parse_uuid
 from resources.cms.encryption import PasswordBox
-from resources.cms.errors import InvalidTransition
+from resources.cms.errors import CMSError, InvalidTransition
 from resources.cms.tables import IMAGE, SCHEMA, Table, conflict, state_values
+
+
+def fetch_one(cursor: psycopg.Cursor[Any]) -> Any:
+    """The one row a statement must return (INSERT/UPDATE ... RETURNING, SELECT EXISTS ...)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise CMSError("the statement returned no row")
+    return row
 
 
 class Queries:
@@ -54,9 +62,7 @@ class Queries:
         )
         try:
             with self.connection() as conn:
-                row = conn.cursor(row_factory=class_row(kind.model)).execute(
-                    query, list(values.values())
-                ).fetchone()
+                row = fetch_one(conn.cursor(row_factory=class_row(kind.model)).execute(query, list(values.values())))
                 self._record_event(conn, kind, row.id, None, row.state.value, reason, row.run_id)
         except psycopg.errors.UniqueViolation as error:
             aliases = {"instance_id": values.get("id"), "image_id": values.get("id"), "request_id": values.get("id")}
@@ -183,9 +189,7 @@ class Queries:
         )
         try:
             with conn.transaction():  # a savepoint: a conflict leaves the outer transaction usable
-                updated = conn.cursor(row_factory=class_row(kind.model)).execute(
-                    query, [*params, parsed]
-                ).fetchone()
+                updated = fetch_one(conn.cursor(row_factory=class_row(kind.model)).execute(query, [*params, parsed]))
                 self._record_event(
                     conn, kind, parsed, current.value, target.value, reason, run_id or updated.run_id
                 )

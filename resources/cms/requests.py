@@ -119,6 +119,7 @@ class RequestsTable(Queries):
         return self._list(RESTORE_REQUEST, states)
 
     def _unlaunched(self, kind: Table, limit: int) -> list[tuple[Any, float]]:
+        """Accepted rows with no run recorded, each with its age since accepted (by the database's clock)."""
         query = sql.SQL(
             "SELECT {columns}, extract(epoch FROM now() - updated_at)::float8 AS age FROM {table}"
             " WHERE state = %s AND run_id IS NULL ORDER BY updated_at, id LIMIT %s"

@@ -10,7 +10,7 @@ from pathlib import Path
 from psycopg import sql
 
 from resources.cms.errors import MigrationError
-from resources.cms.queries import Queries
+from resources.cms.queries import Queries, fetch_one
 from resources.cms.tables import SCHEMA
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
@@ -103,9 +103,9 @@ class Migrations(Queries):
 
     def applied_migrations(self) -> list[str]:
         with self.connection() as conn:
-            exists = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_migrations",)
-            ).fetchone()[0]
+            exists = fetch_one(
+                conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_migrations",))
+            )[0]
             if not exists:
                 return []
             rows = conn.execute(

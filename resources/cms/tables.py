@@ -38,18 +38,18 @@ class Table:
 
     entity_type: str
     table: str
-    model: type
+    model: type[Any]
     state_enum: type
     transitions: dict
     fields: frozenset[str]
     not_found: type[NotFound]
 
     @property
-    def table_id(self) -> sql.Composed:
+    def table_id(self) -> sql.Identifier:
         return sql.Identifier(SCHEMA, self.table)
 
     @property
-    def columns(self) -> sql.Composed:
+    def columns(self) -> sql.Composable:
         return sql.SQL(", ").join(sql.Identifier(name) for name in self.model.model_fields)
 
 

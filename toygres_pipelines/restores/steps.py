@@ -85,7 +85,9 @@ def verify_manifest_only(blob: BlobStorageResource, plan: RestorePlan) -> tuple[
 def check_connection(connection_url: str, timeout_seconds: int) -> str:
     with psycopg.connect(connection_url, connect_timeout=timeout_seconds, options=f"-c statement_timeout={timeout_seconds * 1000}") as conn:
         row = conn.execute("SELECT version()").fetchone()
-    return row[0]
+    if row is None:
+        raise RuntimeError("SELECT version() returned no row")
+    return str(row[0])
 
 
 def clean_up_failed_restore(
