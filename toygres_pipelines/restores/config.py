@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field
 
 from resources.cms import CMSResource
+from resources.platform.base import PlatformResource
 from toygres_pipelines.models import (
     DNS_LABEL_MAX,
     INSTANCE_NAME_MAX,
@@ -21,6 +22,7 @@ from toygres_pipelines.models import (
     ValidationFailed,
     new_k8s_name,
     parse_uuid,
+    validate_azure_dns_label,
     validate_dns_label,
 )
 
@@ -35,13 +37,18 @@ class RestoreConfig(dg.Config):
         "characters. Its Kubernetes name is this plus a short random suffix."
     )
     dns_label: str = Field(
-        description=f"DNS label of the instance's address, DNS-1123, at most {DNS_LABEL_MAX} characters; "
+        description=f"DNS label of the instance's address: 3-{DNS_LABEL_MAX} lowercase letters, digits and '-', "
+        "starting with a letter (Azure's rule); "
         "must not be used by another creating or running instance."
     )
     source_image_id: str | None = Field(
         default=None, description="The image to restore: its id (uuid) or its name. It must be ready."
     )
-    namespace: str = Field(default="default", description="Kubernetes namespace of the new instance")
+    namespace: str | None = Field(
+        default=None,
+        description="Kubernetes namespace of the new instance; empty: the platform's own (TOYGRES_K8S_NAMESPACE). "
+        "Any other must be enabled by the deployment (TOYGRES_K8S_INSTANCE_NAMESPACES)",
+    )
     storage_size_gb: int = Field(
         default=10, description="Volume size in GiB; raised to the image's storage size when smaller"
     )
@@ -68,7 +75,7 @@ class RestoreFields(BaseModel):
     name: str
     dns_label: str
     source_image_id: str | None = None
-    namespace: str = "default"
+    namespace: str | None = None  # None: the platform's own namespace
     storage_size_gb: int = 10
     internal: bool = False
     runtime_image_id: str | None = None
@@ -102,8 +109,9 @@ def check_request_fields(fields: RestoreFields) -> None:
         if getattr(fields, other):
             raise ValidationFailed(other, "cannot be combined with source_image_id")
     validate_dns_label(fields.name, "name", max_length=INSTANCE_NAME_MAX)
-    validate_dns_label(fields.dns_label, "dns_label")
-    validate_dns_label(fields.namespace, "namespace")
+    validate_azure_dns_label(fields.dns_label, "dns_label")
+    if fields.namespace is not None:
+        validate_dns_label(fields.namespace, "namespace")
     if not 1 <= fields.storage_size_gb <= MAX_STORAGE_GB:
         raise ValidationFailed("storage_size_gb", f"{fields.storage_size_gb} must be between 1 and {MAX_STORAGE_GB}")
 
@@ -120,16 +128,18 @@ def ready_image(cms: CMSResource, ref: str) -> Image:
     return image
 
 
-def plan_restore(fields: RestoreFields, cms: CMSResource) -> RestorePlan:
-    """All rules, the CMS ones included. image_type and postgres_version come from the image."""
+def plan_restore(fields: RestoreFields, cms: CMSResource, platform: PlatformResource) -> RestorePlan:
+    """All rules, the CMS and platform ones included. image_type and postgres_version come from the image."""
     check_request_fields(fields)
+    namespace = platform.resolve_namespace(fields.namespace)
     image = ready_image(cms, fields.source_image_id or "")
+    platform.check_postgres_version(image.postgres_version, "source_image_id", f"image {image.name!r}")
     if cms.dns_name_in_use(fields.dns_label):
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     return RestorePlan(
         user_name=fields.name,
         k8s_name=new_k8s_name(fields.name),
-        namespace=fields.namespace,
+        namespace=namespace,
         dns_label=fields.dns_label,
         storage_size_gb=max(fields.storage_size_gb, image.storage_size_gb),
         internal=fields.internal,
