@@ -33,6 +33,7 @@ from toygres_pipelines.models import (
     ValidationFailed,
     validate_image_name,
 )
+from toygres_pipelines.resources_from_env import platform_from_env
 from toygres_pipelines.restores.config import RestoreFields, plan_restore
 
 DSN_ENV = "TOYGRES_CMS_DSN"
@@ -207,7 +208,7 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
         storage_size_gb=args.storage_gb, internal=args.internal, runtime_image_id=args.runtime_image_id,
         image_override=args.image_override,
     )
-    plan = plan_restore(fields, cms)
+    plan = plan_restore(fields, cms, platform_from_env())
     for queued in cms.list_restore_requests(IN_FLIGHT):
         if queued.dns_label == fields.dns_label:
             raise ValidationFailed(
@@ -215,7 +216,7 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
             )
     request = cms.create_restore_request(
         name=fields.name, dns_label=fields.dns_label, source_image_id=str(plan.image_id),
-        namespace=fields.namespace, storage_size_gb=fields.storage_size_gb, internal=fields.internal,
+        namespace=plan.namespace, storage_size_gb=fields.storage_size_gb, internal=fields.internal,
     )
     if args.json:
         print_json(as_json(request, kind="restore"), out)
@@ -361,7 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--name", required=True, help="the new instance's name (DNS-1123 label, at most 46 characters)")
     restore.add_argument("--dns-label", required=True, help="DNS label of the new instance; not used by a creating/running instance")
     restore.add_argument("--image", help="(required) the image to restore: its id or name; it must be ready")
-    restore.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
+    restore.add_argument(
+        "--namespace",
+        help="namespace of the new instance; one the deployment enabled (default: the platform's own,"
+        " TOYGRES_K8S_NAMESPACE with TOYGRES_PLATFORM=kubernetes, else 'default')",
+    )
     restore.add_argument(
         "--storage-gb", type=int, default=10, help="volume size in GiB, raised to the image's size when smaller (default: 10)"
     )

@@ -529,9 +529,9 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str,
     if settings.job_image_pull_secret:
         pod["imagePullSecrets"] = [{"name": settings.job_image_pull_secret}]
     container = pod["containers"][0]
+    container["env"] = job_env(spec, settings, has_sas)
     container["image"] = job_image(spec, settings)
     container["command"] = ["bash", f"{SCRIPTS_MOUNT}/{spec.script}"]
-    container["env"] = job_env(spec, settings, has_sas)
     container["resources"] = _resources(settings.job_resources)
     for mount in container["volumeMounts"]:
         if mount["name"] == "data":

@@ -45,6 +45,7 @@ def platform(cluster) -> KubernetesPlatform:
         pod_pending_timeout_seconds=5,
         backoff_limit=2,
         azure_region="westeurope",
+        job_images={"17": f"registry.example/toygres-job@sha256:{'ab' * 32}"},
     )
 
 
@@ -61,7 +62,7 @@ def backup_spec(**over) -> JobSpec:
     return JobSpec(
         kind=JobKind.backup, name=over.pop("name", "backup-nightly-1"), script="backup.sh", instance=SOURCE,
         env={"BLOB_URL": "https://acct.blob.core.windows.net/images/nightly", "IMAGE_NAME": "nightly",
-             "SOURCE_INSTANCE": SOURCE.k8s_name, "SOURCE_NAMESPACE": NS},
+             "SOURCE_INSTANCE": SOURCE.k8s_name, "SOURCE_NAMESPACE": NS, "POSTGRES_VERSION": "17"},
         labels={"toygres/image": "nightly"}, timeout_seconds=over.pop("timeout_seconds", 30), **over,
     )
 
@@ -70,7 +71,7 @@ def restore_spec(**over) -> JobSpec:
     return JobSpec(
         kind=JobKind.restore, name=over.pop("name", "restore-orders-copy-x9y8z"), script="restore.sh", instance=TARGET,
         env={"BLOB_URL": "https://acct.blob.core.windows.net/images/nightly", "MANIFEST_SHA256": "ab" * 32,
-             "BACKUP_SHA256SUMS": f"{'cd' * 32}  globals.sql"},
+             "BACKUP_SHA256SUMS": f"{'cd' * 32}  globals.sql", "POSTGRES_VERSION": "17"},
         labels={"toygres/image": "nightly"}, timeout_seconds=over.pop("timeout_seconds", 30), **over,
     )
 
@@ -268,12 +269,9 @@ def test_restore_flow_deploys_waits_and_reports_endpoints(cluster, platform):
         ("persistentvolumeclaims", f"{TARGET.k8s_name}-data"),
         ("configmaps", m.scripts_config_map(NS)["metadata"]["name"]),
         ("jobs", spec.name),
-        ("configmaps", f"{TARGET.k8s_name}-config"),
-        ("statefulsets", TARGET.k8s_name),
-        ("services", TARGET.k8s_name),
-        ("configmaps", f"{TARGET.k8s_name}-config"),
-        ("statefulsets", TARGET.k8s_name),
-        ("services", TARGET.k8s_name),
+        *[("secrets", f"{TARGET.k8s_name}-tls"), ("configmaps", f"{TARGET.k8s_name}-config"),
+          ("services", f"{TARGET.k8s_name}-hl"), ("statefulsets", TARGET.k8s_name),
+          ("services", TARGET.k8s_name)] * 2,
     ]
     assert cluster.get("persistentvolumeclaims", NS, f"{TARGET.k8s_name}-data")["spec"]["resources"]["requests"]["storage"] == "8Gi"
 
@@ -315,11 +313,12 @@ def test_failed_restore_is_cleaned_up_by_delete_instance(cluster, platform):
     with job_controller(cluster, spec.name, attempts, backoff_gap_seconds=0.05):
         with pytest.raises(JobFailed, match="checksum mismatch"):
             platform.run_job(spec, lambda line: None)
-    platform.deploy_instance(DeploySpec(instance=TARGET, postgres_version="17", storage_size_gb=2, dns_label="oc"))
+    platform.deploy_instance(DeploySpec(instance=TARGET, postgres_version="17", storage_size_gb=2, dns_label="orders-copy"))
     assert platform.instance_exists(TARGET)
 
     platform.delete_instance(TARGET)
     for plural, name in [("statefulsets", TARGET.k8s_name), ("services", TARGET.k8s_name),
+                         ("services", f"{TARGET.k8s_name}-hl"), ("secrets", f"{TARGET.k8s_name}-tls"),
                          ("configmaps", f"{TARGET.k8s_name}-config"), ("secrets", f"{TARGET.k8s_name}-secret"),
                          ("persistentvolumeclaims", f"{TARGET.k8s_name}-data"), ("jobs", spec.name),
                          ("secrets", f"{spec.name}-sas")]:
