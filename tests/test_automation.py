@@ -195,13 +195,13 @@ def restore_request(cms, **fields):
 def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(cms, platform, source, ready_image, dagster_instance):
     good = restore_request(cms, source_image_id=ready_image.name, name="copy", dns_label="copy-db", internal=True)
     bad = {
-        restore_request(cms, source_image_id=ready_image.name, name="Bad_Name", dns_label="x1").id: "name: 'Bad_Name' must be a DNS-1123 label",
-        restore_request(cms, source_image_id="no-such-image", dns_label="x2").id: "source_image_id: no image with name 'no-such-image'",
-        restore_request(cms, source_image_id=None, dns_label="x3").id: "source_image_id: required",
-        restore_request(cms, source_image_id=ready_image.name, dns_label="x4", runtime_image_id="rt").id: "runtime_image_id: cannot be combined",
+        restore_request(cms, source_image_id=ready_image.name, name="Bad_Name", dns_label="req-1").id: "name: 'Bad_Name' must be a DNS-1123 label",
+        restore_request(cms, source_image_id="no-such-image", dns_label="req-2").id: "source_image_id: no image with name 'no-such-image'",
+        restore_request(cms, source_image_id=None, dns_label="req-3").id: "source_image_id: required",
+        restore_request(cms, source_image_id=ready_image.name, dns_label="req-4", runtime_image_id="rt").id: "runtime_image_id: cannot be combined",
         restore_request(cms, source_image_id=ready_image.name, dns_label=source.k8s_name).id: f"dns_label: '{source.k8s_name}' is already used",
         restore_request(cms, source_image_id=ready_image.name, dns_label="copy-db").id: "dns_label: 'copy-db' is already requested",
-        restore_request(cms, source_image_id=ready_image.name, dns_label="x5", storage_size_gb=0).id: "storage_size_gb: 0 must be between",
+        restore_request(cms, source_image_id=ready_image.name, dns_label="req-5", storage_size_gb=0).id: "storage_size_gb: 0 must be between",
     }
 
     result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform})

@@ -198,6 +198,7 @@ def test_restore_request_namespace_defaults_to_the_kubernetes_platforms_and_must
     monkeypatch.setenv("TOYGRES_PLATFORM", "kubernetes")
     monkeypatch.setenv("TOYGRES_K8S_NAMESPACE", "pg-instances")
     monkeypatch.setenv("TOYGRES_K8S_INSTANCE_NAMESPACES", "team-a")
+    monkeypatch.setenv("TOYGRES_K8S_JOB_IMAGES", f"15=acr.io/toygres-job@sha256:{'ab' * 32}")
     assert run("request-restore", "--name", "one", "--dns-label", "one-db", "--image", str(image.id))[0] == 0
     assert run("request-restore", "--name", "two", "--dns-label", "two-db", "--image", str(image.id),
                "--namespace", "team-a")[0] == 0
@@ -206,6 +207,9 @@ def test_restore_request_namespace_defaults_to_the_kubernetes_platforms_and_must
                          "--namespace", "default")
     assert code == 2 and err.startswith("error: namespace: ") and "TOYGRES_K8S_INSTANCE_NAMESPACES" in err, err
     assert len(cms.list_restore_requests()) == 2
+    monkeypatch.setenv("TOYGRES_K8S_JOB_IMAGES", f"17=acr.io/toygres-job@sha256:{'ab' * 32}")
+    code, out, err = run("request-restore", "--name", "four", "--dns-label", "four-db", "--image", str(image.id))
+    assert code == 2 and err.startswith("error: source_image_id: ") and "PostgreSQL 15" in err, err
 
 
 def test_restore_request_for_a_dns_label_already_queued_exits_2(run, cms, image):

@@ -345,3 +345,15 @@ def test_a_job_for_a_version_without_image_creates_nothing(tmp_path):
         with pytest.raises(PlatformError, match="PostgreSQL 17"):
             k8s.run_job(spec, lambda line: None)
         assert cluster.creations() == []
+
+
+def test_the_templates_show_the_platforms_defaults():
+    """Settings are declared once (KubernetesPlatform); the template values a reader sees are those defaults."""
+    template = m.load_template("postgres-statefulset.yaml")
+    rendered = m.statefulset(deploy(), platform().settings())
+    pod, rendered_pod = template["spec"]["template"]["spec"], rendered["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == rendered_pod["terminationGracePeriodSeconds"]
+    assert [v for v in pod["volumes"] if v["name"] == "dshm"] == [v for v in rendered_pod["volumes"] if v["name"] == "dshm"]
+    probe, rendered_probe = pod["containers"][0]["startupProbe"], rendered_pod["containers"][0]["startupProbe"]
+    assert (probe["periodSeconds"], probe["failureThreshold"]) == (rendered_probe["periodSeconds"],
+                                                                    rendered_probe["failureThreshold"])
