@@ -8,9 +8,13 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import pwd
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -21,10 +25,21 @@ from resources.platform import k8s_manifests as m
 from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobKind, JobSpec, PlatformError
 from resources.platform.kubernetes import KubernetesPlatform
 from resources.platform.local import LocalPlatform
+from resources.platform.postgres_server import (
+    LocalPostgresServer,
+    as_service_user,
+    free_port,
+    give_to_service_user,
+    postgres_bindir,
+    run_as_user,
+    run_checked,
+    service_env,
+)
 from test_k8s_manifests import job_spec, validate
 from toygres_pipelines.models import Endpoints, InstanceRef, ValidationFailed
 from toygres_pipelines.resources_from_env import kubernetes_platform_from_env
 from toygres_pipelines.restores.steps import connection_strings
+from toygres_pipelines.stack import remove_tree
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(60)]
 
@@ -357,3 +372,64 @@ def test_the_templates_show_the_platforms_defaults():
     probe, rendered_probe = pod["containers"][0]["startupProbe"], rendered_pod["containers"][0]["startupProbe"]
     assert (probe["periodSeconds"], probe["failureThreshold"]) == (rendered_probe["periodSeconds"],
                                                                     rendered_probe["failureThreshold"])
+
+
+@pytest.fixture
+def service_dir() -> Iterator[Path]:
+    """A directory the unprivileged server user can reach (pytest's tmp_path parents are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="toygres-tls-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+def test_a_real_server_with_the_rendered_tls_settings_refuses_plain_connections(service_dir):
+    """A real PostgreSQL with the StatefulSet's ssl/hba settings, the certificate Secret's files laid
+    out as the kubelet does (root-owned, group fsGroup, mode 0440): TLS works, plain TCP is refused."""
+    tmp_path = service_dir
+    server = LocalPostgresServer(data_dir=tmp_path / "pgdata", port=free_port(), socket_dir=tmp_path / "run",
+                                 log_file=tmp_path / "log" / "postgres.log")
+    server.initdb("postgres", "s3cret")
+    tls_dir, conf_dir = tmp_path / "tls", tmp_path / "conf"
+    tls_dir.mkdir()
+    conf_dir.mkdir()
+    secret = m.tls_secret(INSTANCE, m.tls_names(deploy(), "westeurope"))
+    user = run_as_user()
+    for key in (m.TLS_CERT_KEY, m.TLS_KEY_KEY):
+        path = tls_dir / key
+        path.write_bytes(base64.b64decode(secret["data"][key]))
+        if user is not None:  # as the kubelet leaves a Secret volume with fsGroup
+            os.chown(path, 0, pwd.getpwnam(user).pw_gid)
+        path.chmod(0o440)
+    tls_dir.chmod(0o755)
+    (conf_dir / "pg_hba.conf").write_text(m.hba_config(INSTANCE)["data"]["pg_hba.conf"])
+    conf_dir.chmod(0o755)
+    (conf_dir / "pg_hba.conf").chmod(0o644)
+
+    args = container(m.statefulset(deploy(), platform().settings()))["args"]
+    settings = [args[i + 1] for i, arg in enumerate(args) if arg == "-c"]
+    moved = {"hba_file": str(conf_dir / "pg_hba.conf"), "listen_addresses": "127.0.0.1",
+             "ssl_cert_file": str(tls_dir / m.TLS_CERT_KEY), "ssl_key_file": str(tls_dir / m.TLS_KEY_KEY)}
+    options = [f"-p {server.port}", f"-c unix_socket_directories={server.socket_dir}"]
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        options.append(f"-c {name}={moved.get(name, value)}")
+    give_to_service_user(server.socket_dir)
+    give_to_service_user(server.log_file.parent)
+    pg_ctl = [str(postgres_bindir() / "pg_ctl"), "-D", str(server.data_dir)]
+    run_checked(as_service_user([*pg_ctl, "start", "-w", "-t", "60", "-l", str(server.log_file),
+                                 "-o", " ".join(options)], service_env()), timeout=90)
+    try:
+        url = connection_strings(Endpoints(host="127.0.0.1", port=server.port, sslmode=m.CLIENT_SSLMODE),
+                                 password=SecretStr("s3cret")).ip
+        assert url.endswith("?sslmode=require")
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+        with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry"):
+            psycopg.connect(url.replace("sslmode=require", "sslmode=disable"), connect_timeout=10)
+        probe = [str(postgres_bindir() / "pg_isready"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres"]
+        assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0, "the probes still pass"
+    finally:
+        server.stop("immediate")
