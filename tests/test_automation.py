@@ -223,6 +223,19 @@ def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(cms,
     assert run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform})) == []
 
 
+def test_on_kubernetes_the_sensor_rejects_what_the_deployment_cannot_run(cms, ready_image, dagster_instance):
+    from resources.platform.kubernetes import KubernetesPlatform
+
+    k8s = KubernetesPlatform(namespace="toygres-instances", instance_namespaces=["team-a"],
+                             job_images={ready_image.postgres_version: f"acr.io/toygres-job@sha256:{'ab' * 32}"})
+    good = restore_request(cms, source_image_id=ready_image.name, dns_label="req-ok", namespace="team-a")
+    bad = restore_request(cms, source_image_id=ready_image.name, dns_label="req-ns", namespace="default")
+    result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": k8s})
+    assert [r.run_key for r in run_requests_of(result)] == [str(good.id)]
+    row = cms.get_restore_request(bad.id)
+    assert row.state is RequestState.rejected and "namespace: 'default' is not enabled" in row.reason, row.reason
+
+
 # ---- the nightly schedule -------------------------------------------------------------------
 
 

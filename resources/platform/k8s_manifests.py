@@ -43,10 +43,8 @@ PASSWORD_KEY = "password"
 SAS_KEY = "sas"
 TLS_CERT_KEY = "tls.crt"
 TLS_KEY_KEY = "tls.key"
-TLS_MOUNT = "/etc/toygres/tls"
 # Clients get TLS without certificate verification: the certificate is per instance and self-signed.
 CLIENT_SSLMODE = "require"
-CHECKSUM_EXIT_CODE = 3  # die "checksum mismatch" ... 3 in templates/scripts/restore.sh
 STARTUP_PROBE_PERIOD_SECONDS = 10
 POSTGRES_PORT = 5432
 SCRATCH_DIR = "/scratch"

@@ -4,10 +4,14 @@ StatefulSets behind a Service, passwords live in Secrets.
     instance <k8s_name> in <namespace>:
       Secret      <k8s_name>-secret   (key `password`)
       PVC         <k8s_name>-data     (PGDATA = <volume_mount_path>/pgdata)
-      ConfigMap   <k8s_name>-config   (pg_hba.conf, passed as hba_file)
-      StatefulSet <k8s_name>          (1 replica, readiness: pg_isready)
+      Secret      <k8s_name>-tls      (the instance's TLS certificate and key; ssl=on)
+      ConfigMap   <k8s_name>-config   (pg_hba.conf, passed as hba_file: hostssl only)
+      Service     <k8s_name>-hl       (headless, the StatefulSet's serviceName)
+      StatefulSet <k8s_name>          (1 replica, startup/readiness/liveness: pg_isready)
       Service     <k8s_name>          (LoadBalancer + Azure DNS label, or ClusterIP when internal)
-    job <JobSpec.name> in the instance's namespace:
+    The namespace is the request's or the platform's `namespace`; only enabled ones are accepted
+    (`resolve_namespace`, at request time).
+    job <JobSpec.name> in the instance's namespace (image: job_images[POSTGRES_VERSION]):
       ConfigMap   toygres-job-scripts-<hash>  (templates/scripts/*, byte for byte, immutable)
       Secret      <job>-sas           (only when JobSpec.blob_sas is set; deleted with the job)
       Job         <job>               (bash /scripts/<JobSpec.script>)
@@ -77,7 +81,7 @@ class KubernetesPlatform(PlatformResource):
         description="Job image per PostgreSQL major, pinned by digest (@sha256:...) or a unique tag; a job for a "
         "major without one is refused at request time",
     )
-    job_image_pull_secret: str | None = Field(default=None, description="imagePullSecret for job_image")
+    job_image_pull_secret: str | None = Field(default=None, description="imagePullSecret for the job images")
     postgres_images: dict[str, str] = Field(
         default={"14": "postgres:14", "15": "postgres:15", "16": "postgres:16", "17": "postgres:17"},
         description="Stock server image per PostgreSQL major version",
