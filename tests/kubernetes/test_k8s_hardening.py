@@ -101,6 +101,7 @@ def test_the_job_environment_never_calls_azcopy_login_on_kubernetes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert calls, "azcopy was not called at all"
     assert not [c for c in calls if c.split()[0] == "login"], calls
+    assert not [c for c in calls if "--identity" in c], "the documented rule: never --identity"
     assert all(c.endswith("|auto=WORKLOAD") for c in calls), calls
 
 
