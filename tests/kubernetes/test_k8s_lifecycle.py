@@ -157,14 +157,14 @@ def test_a_retried_pod_is_not_a_failure(cluster, platform):
 
 def test_failure_after_backoff_carries_the_log_tail_and_the_jobs_condition(cluster, platform):
     lines: list[str] = []
-    attempts = [PodScript(log=f"attempt {n}\npg_dump: error: connection refused\n", exit_code=3) for n in (1, 2, 3)]
+    attempts = [PodScript(log=f"attempt {n}\npg_dump: error: connection refused\n", exit_code=1) for n in (1, 2, 3)]
     with job_controller(cluster, "backup-nightly-1", attempts, backoff_gap_seconds=0.1) as ctl:
         with pytest.raises(JobFailed) as failed:
             platform.run_job(backup_spec(), lines.append)
 
     result = failed.value.result
     assert not result.succeeded
-    assert "BackoffLimitExceeded" in result.reason and "exit code 3" in result.reason
+    assert "BackoffLimitExceeded" in result.reason and "exit code 1" in result.reason
     assert result.log_tail[-2:] == ["attempt 3", "pg_dump: error: connection refused"]
     assert "pg_dump: error: connection refused" in str(failed.value)
     # backoffLimit=2: three pods ran before the Job failed, none of them ended the wait early.
@@ -181,6 +181,17 @@ def test_timeout_deletes_the_job(cluster, platform):
     assert cluster.get("jobs", NS, spec.name) is None
     delete = next(r for r in cluster.requests() if r.method.value == "DELETE" and r.resource and r.resource.plural == "jobs")
     assert delete.data["propagationPolicy"] == "Background"
+
+
+def test_a_checksum_failure_fails_the_job_without_retries(cluster, platform):
+    """Exit 3 (checksum mismatch) matches the Job's podFailurePolicy: one pod, no backoff retries."""
+    spec = restore_spec()
+    attempts = [PodScript(log="ERROR: checksum mismatch\n", exit_code=3)] * (platform.backoff_limit + 1)
+    with job_controller(cluster, spec.name, attempts, backoff_gap_seconds=0.05) as controller:
+        with pytest.raises(JobFailed, match="PodFailurePolicy") as failed:
+            platform.run_job(spec, lambda line: None)
+    assert len(pod_names(cluster, NS, spec.name)) == 1, controller.events
+    assert "exit code 3" in failed.value.result.reason
 
 
 def test_a_pod_that_never_starts_fails_with_the_scheduler_reason(cluster, platform):

@@ -144,7 +144,7 @@ def test_restore_job_creates_objects_in_order_and_cleans_up_after_a_failed_job(c
 
     [instance] = [i for i in cms.list_instances() if i.k8s_name == target]
     assert instance.state is InstanceState.failed
-    assert "step run_restore_job failed" in instance.error_message and "BackoffLimitExceeded" in instance.error_message
+    assert "step run_restore_job failed" in instance.error_message and "PodFailurePolicy" in instance.error_message  # exit 3: no retry
     for plural, name in [("secrets", f"{target}-secret"), ("persistentvolumeclaims", f"{target}-data"),
                          ("jobs", f"restore-{target}"), ("secrets", f"restore-{target}-sas"),
                          ("statefulsets", target)]:
