@@ -9,6 +9,9 @@
 #                          authenticates each command with the pod's workload identity and keeps no
 #                          token. Never `azcopy login`: it stores its token in the kernel keyring,
 #                          which RuntimeDefault seccomp forbids. Never `--identity` either.
+#
+# Exit code 3 means "checksum mismatch" and nothing else: the Kubernetes Jobs' podFailurePolicy
+# fails the Job at once on it (no retry can fix wrong bytes). Use another code for anything else.
 
 set -Eeuo pipefail
 umask 077
