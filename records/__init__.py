@@ -12,6 +12,7 @@ from records.naming import (
     K8S_NAME_SUFFIX_LENGTH,
     new_k8s_name,
     parse_uuid,
+    validate_azure_dns_label,
     validate_dns_label,
     validate_image_name,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "ValidationFailed",
     "new_k8s_name",
     "parse_uuid",
+    "validate_azure_dns_label",
     "validate_dns_label",
     "validate_image_name",
 ]

@@ -36,6 +36,19 @@ def validate_dns_label(value: str, field: str, max_length: int = DNS_LABEL_MAX) 
     return value
 
 
+AZURE_DNS_LABEL = re.compile(r"[a-z][a-z0-9-]{1,61}[a-z0-9]")
+
+
+def validate_azure_dns_label(value: str, field: str) -> str:
+    """A Service's azure-dns-label-name: <label>.<region>.cloudapp.azure.com must be accepted by Azure."""
+    validate_dns_label(value, field)
+    if not 3 <= len(value) <= DNS_LABEL_MAX:
+        raise ValidationFailed(field, f"{value!r} must be 3-{DNS_LABEL_MAX} characters (Azure's DNS label rule)")
+    if not AZURE_DNS_LABEL.fullmatch(value):
+        raise ValidationFailed(field, f"{value!r} must start with a letter (Azure's DNS label rule)")
+    return value
+
+
 def new_k8s_name(name: str) -> str:
     """The instance's Kubernetes name: the user's name plus a short random suffix."""
     alphabet = string.ascii_lowercase + string.digits

@@ -26,6 +26,7 @@ class Endpoints(Record):
     port: int
     external_ip: str | None = None
     dns_name: str | None = None
+    sslmode: str | None = Field(default=None, description="libpq sslmode clients must use (None: libpq's default)")
 
 
 class ConnectionStrings(Record):

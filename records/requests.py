@@ -39,15 +39,19 @@ class RestoreRequestFields(RequestFields):
         "characters. Its Kubernetes name is this plus a short random suffix."
     )
     dns_label: str = Field(
-        description=f"DNS label of the instance's address, DNS-1123, at most {DNS_LABEL_MAX} characters; "
-        "must not be used by another creating or running instance."
+        description=f"DNS label of the instance's address: 3-{DNS_LABEL_MAX} lowercase letters, digits and '-', "
+        "starting with a letter (Azure's rule); must not be used by another creating or running instance."
     )
     source_image_id: str | None = Field(
         default=None,
         description="The image to restore: its id (uuid) or its name. It must be ready.",
         json_schema_extra={"cli_flag": "--image"},
     )
-    namespace: str = Field(default="default", description="Kubernetes namespace of the new instance")
+    namespace: str | None = Field(
+        default=None,
+        description="Kubernetes namespace of the new instance; empty: the platform's own (TOYGRES_K8S_NAMESPACE). "
+        "Any other must be enabled by the deployment (TOYGRES_K8S_INSTANCE_NAMESPACES)",
+    )
     storage_size_gb: int = Field(
         default=10,
         description="Volume size in GiB; raised to the image's storage size when smaller",

@@ -32,7 +32,7 @@ class BlobStorageResource(dg.ConfigurableResource):
 
     With `connection_string` (Azurite, or an account key) job scripts get a short-lived
     container SAS. With only `account_url` the resource uses DefaultAzureCredential (workload
-    identity on AKS) and job scripts log in with `azcopy login --login-type=workload`.
+    identity on AKS) and job scripts use azcopy's workload login (AZCOPY_AUTO_LOGIN_TYPE=WORKLOAD).
     """
 
     container: str = Field(default="toygres-images", description="Container holding every image")

@@ -194,19 +194,19 @@ def restore_request(cms, **fields):
     return cms.create_restore_request(RestoreRequestFields(**values))
 
 
-def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(cms, source, ready_image, dagster_instance):
+def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(cms, platform, source, ready_image, dagster_instance):
     good = restore_request(cms, source_image_id=ready_image.name, name="copy", dns_label="copy-db", internal=True)
     bad = {
-        restore_request(cms, source_image_id=ready_image.name, name="Bad_Name", dns_label="x1").id: "name: 'Bad_Name' must be a DNS-1123 label",
-        restore_request(cms, source_image_id="no-such-image", dns_label="x2").id: "source_image_id: no image with name 'no-such-image'",
-        restore_request(cms, source_image_id=None, dns_label="x3").id: "source_image_id: required",
-        restore_request(cms, source_image_id=ready_image.name, dns_label="x4", runtime_image_id="rt").id: "runtime_image_id: cannot be combined",
+        restore_request(cms, source_image_id=ready_image.name, name="Bad_Name", dns_label="req-1").id: "name: 'Bad_Name' must be a DNS-1123 label",
+        restore_request(cms, source_image_id="no-such-image", dns_label="req-2").id: "source_image_id: no image with name 'no-such-image'",
+        restore_request(cms, source_image_id=None, dns_label="req-3").id: "source_image_id: required",
+        restore_request(cms, source_image_id=ready_image.name, dns_label="req-4", runtime_image_id="rt").id: "runtime_image_id: cannot be combined",
         restore_request(cms, source_image_id=ready_image.name, dns_label=source.k8s_name).id: f"dns_label: '{source.k8s_name}' is already used",
         restore_request(cms, source_image_id=ready_image.name, dns_label="copy-db").id: "dns_label: 'copy-db' is already requested",
-        restore_request(cms, source_image_id=ready_image.name, dns_label="x5", storage_size_gb=0).id: "storage_size_gb: 0 must be between",
+        restore_request(cms, source_image_id=ready_image.name, dns_label="req-5", storage_size_gb=0).id: "storage_size_gb: 0 must be between",
     }
 
-    result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms})
+    result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform})
     assert restore_requests_sensor.job_name == "restore_instance"
     [run_request] = run_requests_of(result)
     assert run_request.run_key == str(good.id)
@@ -222,7 +222,20 @@ def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(cms,
         row = cms.get_restore_request(request_id)
         assert row.state is RequestState.rejected and reason in row.reason, row.reason
     assert cms.get_restore_request(good.id).state is RequestState.accepted
-    assert run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms})) == []
+    assert run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform})) == []
+
+
+def test_on_kubernetes_the_sensor_rejects_what_the_deployment_cannot_run(cms, ready_image, dagster_instance):
+    from resources.platform.kubernetes import KubernetesPlatform
+
+    k8s = KubernetesPlatform(namespace="toygres-instances", instance_namespaces=["team-a"],
+                             job_images={ready_image.postgres_version: f"acr.io/toygres-job@sha256:{'ab' * 32}"})
+    good = restore_request(cms, source_image_id=ready_image.name, dns_label="req-ok", namespace="team-a")
+    bad = restore_request(cms, source_image_id=ready_image.name, dns_label="req-ns", namespace="default")
+    result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": k8s})
+    assert [r.run_key for r in run_requests_of(result)] == [str(good.id)]
+    row = cms.get_restore_request(bad.id)
+    assert row.state is RequestState.rejected and "namespace: 'default' is not enabled" in row.reason, row.reason
 
 
 # ---- the nightly schedule -------------------------------------------------------------------
@@ -335,9 +348,9 @@ def test_failure_write_back_fails_an_image_the_run_left_creating(resources, cms,
     assert cms.get_image_request(request.id) == row
 
 
-def test_successful_restore_run_succeeds_its_request_with_the_instance(resources, cms, source, ready_image, dagster_instance):
+def test_successful_restore_run_succeeds_its_request_with_the_instance(resources, cms, platform, source, ready_image, dagster_instance):
     request = restore_request(cms, source_image_id=ready_image.name, name="from-request", dns_label="from-request")
-    [run_request] = run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms}))
+    [run_request] = run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform}))
     run_config = run_request.run_config
     run_config["ops"]["validate_request"]["config"]["ready_timeout_seconds"] = 60
     result = restore_instance.execute_in_process(
@@ -356,7 +369,7 @@ def test_successful_restore_run_succeeds_its_request_with_the_instance(resources
 
 def test_canceled_restore_run_fails_request_and_instance(resources, cms, platform, source, ready_image, dagster_instance):
     request = restore_request(cms, source_image_id=ready_image.name, name="cut-short", dns_label="cut-short")
-    evaluate_restore_requests(dagster_instance, cms)
+    evaluate_restore_requests(dagster_instance, cms, platform)
     run = create_run_for_test(
         dagster_instance, job_name="restore_instance", status=dg.DagsterRunStatus.STARTED,
         tags={REQUEST_ID_TAG: str(request.id)},

@@ -168,6 +168,8 @@ def test_restore_request_by_image_id_with_defaults(run, cms, image):
         (["--image", "db-abcde__golden", "--name", "n" * 47], "name", "1-46 characters"),
         (["--image", "db-abcde__golden", "--dns-label=-bad"], "dns_label", "DNS-1123"),
         (["--image", "db-abcde__golden", "--namespace", "Team_A"], "namespace", "DNS-1123"),
+        (["--image", "db-abcde__golden", "--dns-label", "9db"], "dns_label", "start with a letter"),
+        (["--image", "db-abcde__golden", "--dns-label", "db"], "dns_label", "3-63 characters"),
         (["--image", "db-abcde__golden", "--storage-gb", "0"], "storage_size_gb", "between 1 and"),
         (["--image", "db-abcde__golden", "--storage-gb", "99999"], "storage_size_gb", "between 1 and"),
         (["--image", "no-such-image"], "source_image_id", "no image with name 'no-such-image'"),
@@ -190,6 +192,24 @@ def test_each_restore_rule_violation_exits_2_naming_the_field(run, cms, db, imag
     assert code == 2 and out == ""
     assert err.startswith(f"error: {field}: ") and words in err, err
     assert cms.list_restore_requests() == []
+
+
+def test_restore_request_namespace_defaults_to_the_kubernetes_platforms_and_must_be_enabled(run, cms, image, monkeypatch):
+    monkeypatch.setenv("TOYGRES_PLATFORM", "kubernetes")
+    monkeypatch.setenv("TOYGRES_K8S_NAMESPACE", "pg-instances")
+    monkeypatch.setenv("TOYGRES_K8S_INSTANCE_NAMESPACES", "team-a")
+    monkeypatch.setenv("TOYGRES_K8S_JOB_IMAGES", f"15=acr.io/toygres-job@sha256:{'ab' * 32}")
+    assert run("request-restore", "--name", "one", "--dns-label", "one-db", "--image", str(image.id))[0] == 0
+    assert run("request-restore", "--name", "two", "--dns-label", "two-db", "--image", str(image.id),
+               "--namespace", "team-a")[0] == 0
+    assert sorted(r.namespace for r in cms.list_restore_requests()) == ["pg-instances", "team-a"]
+    code, out, err = run("request-restore", "--name", "three", "--dns-label", "three-db", "--image", str(image.id),
+                         "--namespace", "default")
+    assert code == 2 and err.startswith("error: namespace: ") and "TOYGRES_K8S_INSTANCE_NAMESPACES" in err, err
+    assert len(cms.list_restore_requests()) == 2
+    monkeypatch.setenv("TOYGRES_K8S_JOB_IMAGES", f"17=acr.io/toygres-job@sha256:{'ab' * 32}")
+    code, out, err = run("request-restore", "--name", "four", "--dns-label", "four-db", "--image", str(image.id))
+    assert code == 2 and err.startswith("error: source_image_id: ") and "PostgreSQL 15" in err, err
 
 
 def test_restore_request_for_a_dns_label_already_queued_exits_2(run, cms, image):

@@ -134,6 +134,8 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
         ({"dns_label": "-bad-"}, "dns_label: '-bad-' must be a DNS-1123 label"),
         ({"dns_label": "pagila-src"}, "dns_label: 'pagila-src' is already used by another instance"),
         ({"namespace": "Not/A/Namespace"}, "namespace:"),
+        ({"dns_label": "ab"}, "dns_label: 'ab' must be 3-63 characters"),
+        ({"dns_label": "1st-copy"}, "dns_label: '1st-copy' must start with a letter"),
         ({"storage_size_gb": 0}, "storage_size_gb: 0 must be between 1 and"),
     ],
 )
@@ -229,7 +231,9 @@ def test_launchpad_form_describes_every_field():
         assert field.description, f"{name} has no description in the launchpad"
     assert "password" not in op_config.fields  # a password typed in the launchpad would sit in run storage
     assert op_config.fields["name"].is_required
-    assert op_config.fields["namespace"].default_value == "default"
+    # No fixed default: an empty namespace means the platform's own (TOYGRES_K8S_NAMESPACE on Kubernetes).
+    assert not op_config.fields["namespace"].is_required
+    assert op_config.fields["namespace"].default_value is None
 
 
 def test_restore_job_is_registered_with_its_tags():

@@ -36,6 +36,7 @@ from records import (
     validate_image_name,
 )
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
+from toygres_pipelines.resources_from_env import platform_from_env
 from toygres_pipelines.restores.config import plan_restore
 
 DSN_ENV = "TOYGRES_CMS_DSN"
@@ -206,13 +207,15 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
 
 def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     fields = fields_from_cli(args, RestoreRequestFields)
-    plan = plan_restore(fields, cms)
+    plan = plan_restore(fields, cms, platform_from_env())
     for queued in cms.list_restore_requests(IN_FLIGHT):
         if queued.dns_label == fields.dns_label:
             raise ValidationFailed(
                 "dns_label", f"{fields.dns_label!r} is already requested by {queued.state} request {queued.id}"
             )
-    request = cms.create_restore_request(fields.model_copy(update={"source_image_id": str(plan.image_id)}))
+    request = cms.create_restore_request(
+        fields.model_copy(update={"source_image_id": str(plan.image_id), "namespace": plan.namespace})
+    )
     if args.json:
         print_json(as_json(request, kind="restore"), out)
     else:

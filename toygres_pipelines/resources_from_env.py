@@ -40,18 +40,40 @@ def platform_from_env() -> PlatformResource:
 
 
 def kubernetes_platform_from_env() -> PlatformResource:
+    """Only the variables that are set are passed: every default lives in KubernetesPlatform."""
     from resources.platform.kubernetes import KubernetesPlatform
 
-    settings = {
+    text = {
         "namespace": "TOYGRES_K8S_NAMESPACE",
         "service_account_name": "TOYGRES_K8S_SERVICE_ACCOUNT",
-        "job_image": "TOYGRES_K8S_JOB_IMAGE",
         "storage_class": "TOYGRES_K8S_STORAGE_CLASS",
         "azure_region": "TOYGRES_K8S_REGION",
         "kube_context": "TOYGRES_K8S_CONTEXT",
         "kubeconfig_path": "KUBECONFIG",
     }
-    return KubernetesPlatform(**{field: os.environ[var] for field, var in settings.items() if os.environ.get(var)})
+    lists = {
+        "instance_namespaces": "TOYGRES_K8S_INSTANCE_NAMESPACES",  # team-a,team-b
+        "load_balancer_source_ranges": "TOYGRES_K8S_LOAD_BALANCER_SOURCE_RANGES",  # 203.0.113.0/24,...
+    }
+    maps = {"job_images": "TOYGRES_K8S_JOB_IMAGES"}  # 16=<registry>/toygres-job@sha256:...,17=...
+    fields: dict = {field: os.environ[var] for field, var in text.items() if os.environ.get(var)}
+    fields |= {field: _list(os.environ[var]) for field, var in lists.items() if os.environ.get(var)}
+    fields |= {field: _map(var, os.environ[var]) for field, var in maps.items() if os.environ.get(var)}
+    return KubernetesPlatform(**fields)
+
+
+def _list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _map(var: str, value: str) -> dict[str, str]:
+    pairs = {}
+    for item in _list(value):
+        key, sep, mapped = item.partition("=")
+        if not sep or not key.strip() or not mapped.strip():
+            raise ValueError(f"{var}: {item!r} must be <key>=<value> (comma-separated pairs)")
+        pairs[key.strip()] = mapped.strip()
+    return pairs
 
 
 def resources_from_env() -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from records import Endpoints, ImageType, InstanceRef, JobResult
+from records import Endpoints, ImageType, InstanceRef, JobResult, validate_dns_label
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = PROJECT_DIR / "templates"
@@ -36,8 +36,8 @@ class JobSpec(BaseModel):
     - the instance password: `instance_secret` names the instance whose Secret holds it.
       Kubernetes: env PGPASSWORD from secretKeyRef. Local: PGPASSFILE (a 0600 pgpass file).
     - blob access: `blob_sas` (Azurite / account-key SAS). Kubernetes: a per-job Secret,
-      env AZCOPY_SAS via secretKeyRef; when absent the script runs
-      `azcopy login --login-type=workload`. Local: AZCOPY_SAS_FILE (a 0600 file).
+      env AZCOPY_SAS via secretKeyRef; when absent,
+      azcopy's non-persisting workload login (env AZCOPY_AUTO_LOGIN_TYPE=WORKLOAD). Local: AZCOPY_SAS_FILE.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -75,8 +75,20 @@ class DeploySpec(BaseModel):
     image_override: str | None = None
 
 
+DEFAULT_NAMESPACE = "default"
+
+
 class PlatformResource(dg.ConfigurableResource, ABC):
     """What the ops ask of the place where instances run."""
+
+    def resolve_namespace(self, requested: str | None) -> str:
+        """The namespace a new instance goes to, checked at request time (ValidationFailed names
+        the field). Here: any valid name, `default` when none is given (the local platform's
+        namespaces are just directories)."""
+        return validate_dns_label(requested or DEFAULT_NAMESPACE, "namespace")
+
+    def check_postgres_version(self, version: str, field: str, subject: str = "the request") -> None:
+        """Refuse, at request time, a PostgreSQL major this platform cannot run jobs for."""
 
     @abstractmethod
     def read_instance_password(self, instance: InstanceRef) -> SecretStr:

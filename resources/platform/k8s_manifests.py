@@ -24,7 +24,8 @@ from typing import Any
 import yaml
 
 from resources.platform.base import SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
-from records import ImageType, InstanceRef
+from resources.platform.tls import self_signed_certificate
+from records import ImageType, InstanceRef, ValidationFailed, validate_azure_dns_label
 
 Manifest = dict[str, Any]
 
@@ -40,6 +41,11 @@ ORIGINAL_LABELS_ANNOTATION = "toygres/original-labels"
 
 PASSWORD_KEY = "password"
 SAS_KEY = "sas"
+TLS_CERT_KEY = "tls.crt"
+TLS_KEY_KEY = "tls.key"
+# Clients get TLS without certificate verification: the certificate is per instance and self-signed.
+CLIENT_SSLMODE = "require"
+STARTUP_PROBE_PERIOD_SECONDS = 10
 POSTGRES_PORT = 5432
 SCRATCH_DIR = "/scratch"
 SCRIPTS_MOUNT = "/scripts"
@@ -61,7 +67,6 @@ class ManifestSettings:
     """The platform configuration the manifests need (a plain snapshot of KubernetesPlatform)."""
 
     service_account_name: str = "toygres-pipelines"
-    job_image: str = "ghcr.io/toygres/toygres-job:17"
     job_images: dict[str, str] = field(default_factory=dict)
     job_image_pull_secret: str | None = None
     postgres_images: dict[str, str] = field(default_factory=dict)
@@ -79,6 +84,11 @@ class ManifestSettings:
     job_ttl_seconds: int = 86400
     scratch_size_limit: str | None = None
     workload_identity: bool = True
+    # Added for issue 15 without defaults: KubernetesPlatform's fields hold the only defaults.
+    load_balancer_source_ranges: tuple[str, ...] = field(kw_only=True)
+    shm_size_limit: str = field(kw_only=True)
+    postgres_termination_grace_seconds: int = field(kw_only=True)
+    startup_timeout_seconds: int = field(kw_only=True)
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -101,6 +111,15 @@ def server_name(instance: InstanceRef) -> str:
     return instance.k8s_name
 
 
+def headless_service_name(instance: InstanceRef) -> str:
+    """The StatefulSet's governing Service (serviceName): stable pod DNS, no load balancing."""
+    return f"{instance.k8s_name}-hl"
+
+
+def tls_secret_name(instance: InstanceRef) -> str:
+    return f"{instance.k8s_name}-tls"
+
+
 def job_secret_name(job_name: str) -> str:
     return f"{job_name}-sas"
 
@@ -116,6 +135,32 @@ def check_dns_label(value: str, what: str, max_length: int = 63) -> str:
             " (lowercase letters, digits and '-', starting and ending with a letter or digit)"
         )
     return value
+
+
+def check_azure_dns_label(value: str) -> str:
+    try:
+        return validate_azure_dns_label(value, "dns_label")
+    except ValidationFailed as error:
+        raise ManifestError(str(error)) from error
+
+
+MUTABLE_TAG = re.compile(r"latest|\d+(\.\d+)*(-[a-z]+[0-9.]*)?")
+
+
+def check_pinned_image(image: str, what: str) -> str:
+    """A job image must name one build: by digest, or by a tag that is not a moving one
+    (`latest`, `17`, `17.6`, `17-bookworm`...), so a node's cached `:17` is never run in its place."""
+    name, at, digest = image.partition("@")
+    if at:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise ManifestError(f"{what}: {image!r} has an invalid digest (expected @sha256:<64 hex digits>)")
+        return image
+    tag = name.rsplit("/", 1)[-1].partition(":")[2]
+    if not tag or MUTABLE_TAG.fullmatch(tag):
+        raise ManifestError(
+            f"{what}: {image!r} is not pinned: use @sha256:<digest> or a unique tag (not latest, not a bare version)"
+        )
+    return image
 
 
 def check_instance(instance: InstanceRef) -> None:
@@ -244,11 +289,12 @@ def statefulset(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
     labels = _instance_labels(instance)
     manifest = _meta(load_template("postgres-statefulset.yaml"), name, instance.namespace, labels)
     sts = manifest["spec"]
-    sts["serviceName"] = name
+    sts["serviceName"] = headless_service_name(instance)
     sts["selector"]["matchLabels"][INSTANCE_LABEL] = name
     sts["template"]["metadata"]["labels"].update(labels)
     pod = sts["template"]["spec"]
     _security_context(pod, settings)
+    pod["terminationGracePeriodSeconds"] = settings.postgres_termination_grace_seconds
     image, pull_secret = postgres_image(spec, settings)
     if pull_secret:
         pod["imagePullSecrets"] = [{"name": pull_secret}]
@@ -262,8 +308,16 @@ def statefulset(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
     env["POSTGRES_USER"]["value"] = settings.superuser
     env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] = instance_secret_name(instance)
     probe = ["pg_isready", "-h", "127.0.0.1", "-p", str(POSTGRES_PORT), "-U", settings.superuser]
-    container["readinessProbe"]["exec"]["command"] = probe
-    container["livenessProbe"]["exec"]["command"] = list(probe)
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        container[kind]["exec"]["command"] = list(probe)
+    container["startupProbe"]["periodSeconds"] = STARTUP_PROBE_PERIOD_SECONDS
+    container["startupProbe"]["failureThreshold"] = -(-settings.startup_timeout_seconds // STARTUP_PROBE_PERIOD_SECONDS)
+    # Kubernetes stops with SIGTERM, postgres' "smart" shutdown that waits for every client:
+    # ask for a fast one first, bounded by the grace period.
+    stop_wait = max(1, settings.postgres_termination_grace_seconds - 10)
+    container["lifecycle"]["preStop"]["exec"]["command"] = [
+        "pg_ctl", "stop", "-D", pgdata, "-m", "fast", "-w", "-t", str(stop_wait),
+    ]
     container["resources"] = _resources(settings.postgres_resources)
     for mount in container["volumeMounts"]:
         if mount["name"] == "data":
@@ -273,10 +327,42 @@ def statefulset(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
             volume["persistentVolumeClaim"]["claimName"] = volume_name(instance)
         elif volume["name"] == "config":
             volume["configMap"]["name"] = config_name(instance)
+        elif volume["name"] == "tls":
+            volume["secret"]["secretName"] = tls_secret_name(instance)
+        elif volume["name"] == "dshm":
+            volume["emptyDir"]["sizeLimit"] = settings.shm_size_limit
     return manifest
 
 
-def service(spec: DeploySpec) -> Manifest:
+def headless_service(spec: DeploySpec) -> Manifest:
+    instance = spec.instance
+    check_instance(instance)
+    manifest = _meta(load_template("postgres-headless-service.yaml"), headless_service_name(instance),
+                     instance.namespace, _instance_labels(instance))
+    manifest["spec"]["selector"][INSTANCE_LABEL] = server_name(instance)
+    return manifest
+
+
+def tls_names(spec: DeploySpec, azure_region: str | None) -> list[str]:
+    """DNS names the instance's certificate covers: its public name (when known) and its Service's."""
+    instance = spec.instance
+    service_name = f"{server_name(instance)}.{instance.namespace}.svc"
+    names = [] if spec.internal or not azure_region else [f"{spec.dns_label}.{azure_region}.cloudapp.azure.com"]
+    return names + [service_dns_name(instance), service_name, server_name(instance)]
+
+
+def tls_secret(instance: InstanceRef, dns_names: list[str]) -> Manifest:
+    """The instance's server certificate (self-signed, per instance) as a kubernetes.io/tls Secret."""
+    check_instance(instance)
+    cert_pem, key_pem = self_signed_certificate(dns_names)
+    manifest = _meta(load_template("postgres-tls-secret.yaml"), tls_secret_name(instance), instance.namespace,
+                     _instance_labels(instance))
+    manifest["data"] = {TLS_CERT_KEY: base64.b64encode(cert_pem).decode("ascii"),
+                        TLS_KEY_KEY: base64.b64encode(key_pem).decode("ascii")}
+    return manifest
+
+
+def service(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
     instance = spec.instance
     check_instance(instance)
     manifest = _meta(load_template("postgres-service.yaml"), server_name(instance), instance.namespace,
@@ -287,9 +373,11 @@ def service(spec: DeploySpec) -> Manifest:
         manifest["spec"]["type"] = "ClusterIP"
         annotations.pop(DNS_LABEL_ANNOTATION, None)
     else:
-        check_dns_label(spec.dns_label, "dns_label")
+        check_azure_dns_label(spec.dns_label)
         manifest["spec"]["type"] = "LoadBalancer"
         annotations[DNS_LABEL_ANNOTATION] = spec.dns_label
+        if settings.load_balancer_source_ranges:
+            manifest["spec"]["loadBalancerSourceRanges"] = list(settings.load_balancer_source_ranges)
     if not annotations:
         manifest["metadata"].pop("annotations")
     return manifest
@@ -361,12 +449,17 @@ def job_env(spec: JobSpec, settings: ManifestSettings, has_sas: bool) -> list[Ma
         "TOYGRES_JOB": spec.name,
         **spec.env,
     }
+    if not has_sas:
+        # azcopy's non-persisting workload-identity login: `azcopy login` would store its token
+        # in the kernel keyring, which RuntimeDefault seccomp forbids (keyctl/add_key).
+        values["AZCOPY_AUTO_LOGIN_TYPE"] = "WORKLOAD"
     instance = spec.instance
     if spec.kind is JobKind.backup:
         values |= {
             "PGHOST": service_dns_name(instance),
             "PGPORT": str(POSTGRES_PORT),
             "PGUSER": spec.env.get("PGUSER", settings.superuser),
+            "PGSSLMODE": CLIENT_SSLMODE,
         }
     else:
         values |= {
@@ -395,10 +488,16 @@ def job_labels(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def job_image(spec: JobSpec, settings: ManifestSettings) -> str:
-    """The job image: per PostgreSQL major when the spec names one (a restore's initdb must match
-    the server that later runs the data directory), else the default job image."""
-    version = spec.env.get("POSTGRES_VERSION") or spec.labels.get("toygres/postgres-version")
-    return settings.job_images.get(str(version), settings.job_image) if version else settings.job_image
+    """The job image of the spec's PostgreSQL major: a restore's initdb must match the server that
+    later opens the data directory, and pg_dump must be at least the source's major."""
+    version = spec.env.get("POSTGRES_VERSION")
+    if not version:
+        raise ManifestError(f"job {spec.name}: JobSpec.env has no POSTGRES_VERSION to choose the job image by")
+    image = settings.job_images.get(version)
+    if image is None:
+        configured = ", ".join(sorted(settings.job_images)) or "none"
+        raise ManifestError(f"no job image for PostgreSQL {version} (job_images has: {configured})")
+    return check_pinned_image(image, f"job_images[{version!r}]")
 
 
 def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str, has_sas: bool) -> Manifest:
@@ -428,9 +527,9 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str,
     if settings.job_image_pull_secret:
         pod["imagePullSecrets"] = [{"name": settings.job_image_pull_secret}]
     container = pod["containers"][0]
+    container["env"] = job_env(spec, settings, has_sas)
     container["image"] = job_image(spec, settings)
     container["command"] = ["bash", f"{SCRIPTS_MOUNT}/{spec.script}"]
-    container["env"] = job_env(spec, settings, has_sas)
     container["resources"] = _resources(settings.job_resources)
     for mount in container["volumeMounts"]:
         if mount["name"] == "data":

@@ -4,10 +4,14 @@ StatefulSets behind a Service, passwords live in Secrets.
     instance <k8s_name> in <namespace>:
       Secret      <k8s_name>-secret   (key `password`)
       PVC         <k8s_name>-data     (PGDATA = <volume_mount_path>/pgdata)
-      ConfigMap   <k8s_name>-config   (pg_hba.conf, passed as hba_file)
-      StatefulSet <k8s_name>          (1 replica, readiness: pg_isready)
+      Secret      <k8s_name>-tls      (the instance's TLS certificate and key; ssl=on)
+      ConfigMap   <k8s_name>-config   (pg_hba.conf, passed as hba_file: hostssl only)
+      Service     <k8s_name>-hl       (headless, the StatefulSet's serviceName)
+      StatefulSet <k8s_name>          (1 replica, startup/readiness/liveness: pg_isready)
       Service     <k8s_name>          (LoadBalancer + Azure DNS label, or ClusterIP when internal)
-    job <JobSpec.name> in the instance's namespace:
+    The namespace is the request's or the platform's `namespace`; only enabled ones are accepted
+    (`resolve_namespace`, at request time).
+    job <JobSpec.name> in the instance's namespace (image: job_images[POSTGRES_VERSION]):
       ConfigMap   toygres-job-scripts-<hash>  (templates/scripts/*, byte for byte, immutable)
       Secret      <job>-sas           (only when JobSpec.blob_sas is set; deleted with the job)
       Job         <job>               (bash /scripts/<JobSpec.script>)
@@ -23,9 +27,11 @@ the Job will retry (backoffLimit) is not mistaken for a failed job.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +41,7 @@ from typing import Any
 import kubernetes
 from dagster_k8s.client import DagsterKubernetesClient, PatchedApiClient
 from kubernetes.client import ApiException
-from pydantic import Field, PrivateAttr, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
 from resources.platform import k8s_manifests as m
 from resources.platform.base import (
@@ -46,7 +52,7 @@ from resources.platform.base import (
     PlatformError,
     PlatformResource,
 )
-from records import Endpoints, InstanceRef, JobResult
+from records import Endpoints, InstanceRef, JobResult, ValidationFailed, validate_dns_label
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +63,25 @@ JOB_CONTAINER = "job"
 class KubernetesPlatform(PlatformResource):
     """Runs job scripts as Kubernetes Jobs and instances as StatefulSets (AKS in production)."""
 
-    namespace: str = Field(default="toygres", description="Default namespace for instances and jobs")
+    namespace: str = Field(
+        default="toygres-instances",
+        description="Namespace of instances when a request names none; never Dagster's own (see docs/kubernetes.md)",
+    )
+    instance_namespaces: list[str] = Field(
+        default=[],
+        description="Further namespaces a request may name; each needs the deploy files of "
+        "deploy/kubernetes/instances/ (python -m resources.platform.k8s_instance_namespace <namespace>)",
+    )
     service_account_name: str = Field(
         default="toygres-pipelines",
         description="Service account of job pods; annotated for Azure workload identity (blob access)",
     )
-    job_image: str = Field(
-        default="ghcr.io/toygres/toygres-job:17",
-        description="Image of job pods: PostgreSQL client/server tools + azcopy + bash (see docs/kubernetes.md)",
-    )
     job_images: dict[str, str] = Field(
         default={},
-        description="Job image per PostgreSQL major (chosen by env POSTGRES_VERSION of the JobSpec); else job_image",
+        description="Job image per PostgreSQL major, pinned by digest (@sha256:...) or a unique tag; a job for a "
+        "major without one is refused at request time",
     )
-    job_image_pull_secret: str | None = Field(default=None, description="imagePullSecret for job_image")
+    job_image_pull_secret: str | None = Field(default=None, description="imagePullSecret for the job images")
     postgres_images: dict[str, str] = Field(
         default={"14": "postgres:14", "15": "postgres:15", "16": "postgres:16", "17": "postgres:17"},
         description="Stock server image per PostgreSQL major version",
@@ -79,6 +90,16 @@ class KubernetesPlatform(PlatformResource):
     pg_durable_pull_secret: str | None = Field(default=None, description="imagePullSecret for pg_durable images")
     storage_class: str | None = Field(default=None, description="StorageClass of instance volumes (None: default)")
     superuser: str = Field(default="postgres", description="Superuser of every instance")
+    load_balancer_source_ranges: list[str] = Field(
+        default=[], description="CIDRs allowed to reach public instances (Service loadBalancerSourceRanges); [] = any"
+    )
+    shm_size_limit: str = Field(default="1Gi", description="Size of the server's /dev/shm (memory-backed emptyDir)")
+    postgres_termination_grace_seconds: int = Field(
+        default=120, description="terminationGracePeriodSeconds of the server; its preStop hook runs a fast shutdown"
+    )
+    startup_timeout_seconds: int = Field(
+        default=3600, description="How long the server may take to start (crash recovery) before liveness applies"
+    )
     volume_mount_path: str = Field(default="/var/lib/postgresql/data", description="PVC mount; PGDATA is <this>/pgdata")
     run_as_user: int = 999
     run_as_group: int = 999
@@ -114,6 +135,60 @@ class KubernetesPlatform(PlatformResource):
     kube_context: str | None = None
 
     _api_client: Any = PrivateAttr(default=None)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_a_label(cls, value: str) -> str:
+        return _label(value, "namespace")
+
+    @field_validator("instance_namespaces")
+    @classmethod
+    def _namespaces_are_labels(cls, value: list[str]) -> list[str]:
+        return [_label(namespace, "instance_namespaces") for namespace in value]
+
+    @field_validator("job_images")
+    @classmethod
+    def _job_images_are_pinned(cls, value: dict[str, str]) -> dict[str, str]:
+        for major, image in value.items():
+            if not re.fullmatch(r"\d{2}", major):
+                raise ValueError(f"job_images: {major!r} must be a PostgreSQL major version such as '17'")
+            m.check_pinned_image(image, f"job_images[{major!r}]")
+        return value
+
+    @field_validator("load_balancer_source_ranges")
+    @classmethod
+    def _ranges_are_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as error:
+                raise ValueError(f"load_balancer_source_ranges: {cidr!r} is not a CIDR ({error})") from error
+        return value
+
+    # --- request-time rules ------------------------------------------------------------------
+
+    def enabled_namespaces(self) -> list[str]:
+        return [self.namespace, *(n for n in self.instance_namespaces if n != self.namespace)]
+
+    def resolve_namespace(self, requested: str | None) -> str:
+        namespace = validate_dns_label(requested or self.namespace, "namespace")
+        enabled = self.enabled_namespaces()
+        if namespace not in enabled:
+            raise ValidationFailed(
+                "namespace",
+                f"{namespace!r} is not enabled for instances (enabled: {', '.join(enabled)}); a deployment enables "
+                "a namespace with TOYGRES_K8S_INSTANCE_NAMESPACES and its deploy files (docs/kubernetes.md)",
+            )
+        return namespace
+
+    def check_postgres_version(self, version: str, field: str, subject: str = "the request") -> None:
+        if str(version) not in self.job_images:
+            configured = ", ".join(sorted(self.job_images)) or "none"
+            raise ValidationFailed(
+                field,
+                f"{subject} is PostgreSQL {version} and this deployment has no job image for it "
+                f"(TOYGRES_K8S_JOB_IMAGES has: {configured})",
+            )
 
     # --- API access --------------------------------------------------------------------------
 
@@ -162,7 +237,6 @@ class KubernetesPlatform(PlatformResource):
 
         return m.ManifestSettings(
             service_account_name=self.service_account_name,
-            job_image=self.job_image,
             job_images=dict(self.job_images),
             job_image_pull_secret=self.job_image_pull_secret,
             postgres_images=dict(self.postgres_images),
@@ -181,6 +255,10 @@ class KubernetesPlatform(PlatformResource):
             job_ttl_seconds=self.job_ttl_seconds,
             scratch_size_limit=self.scratch_size_limit,
             workload_identity=self.workload_identity,
+            load_balancer_source_ranges=tuple(self.load_balancer_source_ranges),
+            shm_size_limit=self.shm_size_limit,
+            postgres_termination_grace_seconds=self.postgres_termination_grace_seconds,
+            startup_timeout_seconds=self.startup_timeout_seconds,
         )
 
     def _timeout(self) -> float:
@@ -421,12 +499,17 @@ class KubernetesPlatform(PlatformResource):
         settings = self.settings()
         try:
             config = m.hba_config(spec.instance)
+            headless = m.headless_service(spec)
             server = m.statefulset(spec, settings)
-            service = m.service(spec)
+            service = m.service(spec, settings)
+            # A re-run adopts the existing Secret: the certificate a client may have pinned stays.
+            tls = m.tls_secret(spec.instance, m.tls_names(spec, self.azure_region))
         except m.ManifestError as error:
             raise PlatformError(str(error)) from error
         core, apps = self._core, self._apps
+        self._create_or_adopt("secret", tls, core.create_namespaced_secret, core.read_namespaced_secret)
         self._create_or_adopt("configmap", config, core.create_namespaced_config_map, core.read_namespaced_config_map)
+        self._create_or_adopt("service", headless, core.create_namespaced_service, core.read_namespaced_service)
         self._create_or_adopt("statefulset", server, apps.create_namespaced_stateful_set, apps.read_namespaced_stateful_set)
         self._create_or_adopt("service", service, core.create_namespaced_service, core.read_namespaced_service)
 
@@ -475,13 +558,14 @@ class KubernetesPlatform(PlatformResource):
         service = self._read_service(instance)
         if service.spec.type != "LoadBalancer":
             dns = m.service_dns_name(instance)
-            return Endpoints(host=dns, port=m.POSTGRES_PORT, external_ip=None, dns_name=dns)
+            return Endpoints(host=dns, port=m.POSTGRES_PORT, external_ip=None, dns_name=dns, sslmode=m.CLIENT_SSLMODE)
         address = _ingress(service)
         if not address:
             raise PlatformError(f"service {instance.namespace}/{service.metadata.name} has no load balancer address yet")
         label = (service.metadata.annotations or {}).get(m.DNS_LABEL_ANNOTATION)
         dns_name = f"{label}.{self.azure_region}.cloudapp.azure.com" if label and self.azure_region else None
-        return Endpoints(host=dns_name or address, port=m.POSTGRES_PORT, external_ip=address, dns_name=dns_name)
+        return Endpoints(host=dns_name or address, port=m.POSTGRES_PORT, external_ip=address, dns_name=dns_name,
+                         sslmode=m.CLIENT_SSLMODE)
 
     def stop_instance(self, instance: InstanceRef) -> None:
         """Scale the server to zero (the volume and everything else stay)."""
@@ -510,6 +594,7 @@ class KubernetesPlatform(PlatformResource):
         core, apps, batch = self._core, self._apps, self._batch
         self._delete("statefulset", apps.delete_namespaced_stateful_set, m.server_name(instance), ns, "Foreground")
         self._delete("service", core.delete_namespaced_service, m.server_name(instance), ns)
+        self._delete("service", core.delete_namespaced_service, m.headless_service_name(instance), ns)
         selector = f"{m.TOYGRES_INSTANCE_LABEL}={instance.k8s_name}"
         jobs = batch.list_namespaced_job(ns, label_selector=selector, _request_timeout=self._timeout()).items
         for job in jobs:
@@ -517,6 +602,7 @@ class KubernetesPlatform(PlatformResource):
                 self.delete_job(job.metadata.name, ns)
         self._delete("configmap", core.delete_namespaced_config_map, m.config_name(instance), ns)
         self._delete("secret", core.delete_namespaced_secret, m.instance_secret_name(instance), ns)
+        self._delete("secret", core.delete_namespaced_secret, m.tls_secret_name(instance), ns)
         self._delete("persistentvolumeclaim", core.delete_namespaced_persistent_volume_claim, m.volume_name(instance), ns)
 
 
@@ -528,6 +614,13 @@ class _JobTimeout(JobFailed):
 
 
 # JobFailed subclasses keep `except JobFailed` working for callers; run_job re-raises as is.
+
+
+def _label(value: str, field: str) -> str:
+    try:
+        return validate_dns_label(value, field)
+    except ValidationFailed as error:
+        raise ValueError(str(error)) from error
 
 
 def _api_error(error: ApiException) -> str:

@@ -5,7 +5,13 @@
 # Secrets arrive by reference, never as literals in the job spec:
 #   PGPASSWORD          (Kubernetes: secretKeyRef)   or POSTGRES_PASSWORD_FILE (local: 0600 file)
 #   AZCOPY_SAS          (Kubernetes: secretKeyRef)   or AZCOPY_SAS_FILE        (local: 0600 file)
-#   neither SAS form    -> `azcopy login --login-type=workload` (AKS workload identity)
+#   neither SAS form    -> AZCOPY_AUTO_LOGIN_TYPE=WORKLOAD (Kubernetes: set in the Job env): azcopy
+#                          authenticates each command with the pod's workload identity and keeps no
+#                          token. Never `azcopy login`: it stores its token in the kernel keyring,
+#                          which RuntimeDefault seccomp forbids. Never `--identity` either.
+#
+# Exit code 3 means "checksum mismatch" and nothing else: the Kubernetes Jobs' podFailurePolicy
+# fails the Job at once on it (no retry can fix wrong bytes). Use another code for anything else.
 
 set -Eeuo pipefail
 umask 077
@@ -27,8 +33,10 @@ load_secrets() {
   AZCOPY_SAS="${AZCOPY_SAS:-}"
   AZCOPY_SAS="${AZCOPY_SAS#\?}"
   if [[ -z "$AZCOPY_SAS" ]]; then
-    log "no SAS given: logging azcopy in with the pod's workload identity"
-    azcopy login --login-type=workload 2>&1 | redact || die "azcopy login --login-type=workload failed"
+    [[ "${AZCOPY_AUTO_LOGIN_TYPE:-}" == WORKLOAD ]] \
+      || die "no SAS given and AZCOPY_AUTO_LOGIN_TYPE is not WORKLOAD: no way to reach blob storage"
+    export AZCOPY_AUTO_LOGIN_TYPE
+    log "no SAS given: azcopy uses the pod's workload identity (AZCOPY_AUTO_LOGIN_TYPE=WORKLOAD)"
   fi
 }
 

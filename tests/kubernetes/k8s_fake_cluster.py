@@ -208,7 +208,9 @@ class FakeJobController:
     runs it (Running -> Succeeded/Failed with the script's exit code and log), and updates the
     Job status the way Kubernetes does, including the gap between a failed pod and its
     replacement (active=0, failed=n, no Failed condition) while the backoff delay runs.
-    After `backoff_limit + 1` failures the Job gets the Failed condition (BackoffLimitExceeded).
+    After `backoff_limit + 1` failures the Job gets the Failed condition (BackoffLimitExceeded);
+    a failed pod whose exit code matches a `podFailurePolicy` FailJob rule fails the Job at once
+    (reason PodFailurePolicy), as the real controller does.
     """
 
     cluster: FakeCluster
@@ -257,6 +259,7 @@ class FakeJobController:
                 if not self._sleep(0.02):
                     return
         backoff_limit = job.spec.backoff_limit if job.spec.backoff_limit is not None else 6
+        policy = client.sanitize_for_serialization(job.spec.pod_failure_policy) or {}
         template = client.sanitize_for_serialization(job.spec.template)
         uid = job.metadata.uid or str(uuid.uuid4())
         failed = 0
@@ -314,6 +317,17 @@ class FakeJobController:
                 self.events.append("job Complete")
                 return
             failed += 1
+            rule = _fail_job_rule(policy, script.exit_code)
+            if rule is not None:
+                message = (f"Container job for pod {self.namespace}/{pod_name} failed with exit code "
+                           f"{script.exit_code} matching FailJob rule at index {rule}")
+                self._patch_job(batch, merge, {"status": {
+                    "active": None, "failed": failed,
+                    "conditions": [
+                        {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy", "message": message},
+                        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": message}]}})
+                self.events.append("job Failed")
+                return
             if failed > backoff_limit:
                 self._patch_job(batch, merge, {"status": {
                     "active": None, "failed": failed,
@@ -333,6 +347,18 @@ class FakeJobController:
 
     def _patch_job(self, batch: kubernetes.client.BatchV1Api, content_type: str, body: dict) -> None:
         batch.patch_namespaced_job_status(self.job_name, self.namespace, body, _content_type=content_type)
+
+
+def _fail_job_rule(policy: dict, exit_code: int) -> int | None:
+    """Index of the first podFailurePolicy rule matching the job container's exit code, if it is FailJob."""
+    for index, rule in enumerate(policy.get("rules") or []):
+        codes = rule.get("onExitCodes")
+        if not codes or codes.get("containerName") not in (None, "job"):
+            continue
+        inside = exit_code in codes["values"]
+        if inside if codes["operator"] == "In" else not inside:
+            return index if rule["action"] == "FailJob" else None
+    return None
 
 
 def pod_names(cluster: FakeCluster, namespace: str, job_name: str) -> list[str]:

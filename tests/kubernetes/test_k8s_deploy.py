@@ -4,6 +4,7 @@ values configure what the issue asks of the Dagster deployment."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -20,34 +21,68 @@ from records import InstanceRef
 pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(60)]
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
-NS = "toygres"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md"
+DAGSTER_NS = "toygres"  # Dagster, its run pods and their service account
+NS = KubernetesPlatform().namespace  # the instances' own namespace
+
+
+def instance_namespace_manifests(namespace: str) -> list[dict]:
+    from resources.platform.k8s_instance_namespace import instance_namespace_manifests as render
+
+    return render(namespace)
 
 
 def load(name: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all((DEPLOY / name).read_text()) if doc]
 
 
-def manifests() -> dict[str, dict]:
+def deployed() -> list[dict]:
     kustomization = load("kustomization.yaml")[0]
-    return {doc["kind"]: doc for name in kustomization["resources"] for doc in load(name)}
+    return [doc for name in kustomization["resources"] for doc in load(name)]
+
+
+def one(kind: str, namespace: str | None) -> dict:
+    [doc] = [d for d in deployed() if d["kind"] == kind and d["metadata"].get("namespace") == namespace]
+    return doc
 
 
 @pytest.mark.parametrize("version", ["1.30", "1.33"])
 def test_deploy_manifests_validate(version):
-    docs = manifests()
-    assert set(docs) == {"Namespace", "ServiceAccount", "Role", "RoleBinding"}
-    for doc in docs.values():
+    docs = deployed()
+    assert sorted((d["kind"], d["metadata"].get("namespace") or d["metadata"]["name"]) for d in docs) == sorted([
+        ("Namespace", DAGSTER_NS), ("ServiceAccount", DAGSTER_NS),
+        ("Namespace", NS), ("ServiceAccount", NS), ("Role", NS), ("RoleBinding", NS),
+    ])
+    for doc in docs + instance_namespace_manifests("team-a"):
         kubernetes_validate.validate(json.loads(json.dumps(doc)), version, strict=True)
 
 
 def test_identity_and_binding_fit_the_platform():
-    docs = manifests()
-    account, role, binding = docs["ServiceAccount"], docs["Role"], docs["RoleBinding"]
-    assert account["metadata"]["name"] == KubernetesPlatform().service_account_name
-    assert account["metadata"]["namespace"] == KubernetesPlatform().namespace == docs["Namespace"]["metadata"]["name"]
-    assert "azure.workload.identity/client-id" in account["metadata"]["annotations"]
+    platform = KubernetesPlatform()
+    for namespace in (DAGSTER_NS, NS):
+        account = one("ServiceAccount", namespace)
+        assert account["metadata"]["name"] == platform.service_account_name
+        assert "azure.workload.identity/client-id" in account["metadata"]["annotations"]
+    role, binding = one("Role", NS), one("RoleBinding", NS)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NS}]
+    # The Dagster run pods (in Dagster's namespace) act on the instances' namespace.
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": platform.service_account_name,
+                                    "namespace": DAGSTER_NS}]
+
+
+def test_nothing_grants_access_to_secrets_in_dagsters_namespace():
+    assert NS != DAGSTER_NS
+    assert not [d for d in deployed() if d["kind"] in ("Role", "RoleBinding") and d["metadata"]["namespace"] == DAGSTER_NS]
+
+
+def test_the_checked_in_instance_namespace_is_what_the_generator_writes():
+    assert load(f"instances/{NS}.yaml") == instance_namespace_manifests(NS)
+    team = instance_namespace_manifests("team-a")
+    assert {d["metadata"].get("namespace") or d["metadata"]["name"] for d in team} == {"team-a"}
+    with pytest.raises(ValueError, match="namespace"):
+        instance_namespace_manifests("Team_A")
+    with pytest.raises(ValueError, match="Dagster"):
+        instance_namespace_manifests(DAGSTER_NS)
 
 
 VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
@@ -68,12 +103,14 @@ def test_the_role_grants_exactly_the_calls_the_platform_makes(tmp_path):
     target = InstanceRef(k8s_name="dst-bbbbb", namespace=NS)
     with running_cluster(tmp_path) as cluster:
         platform = KubernetesPlatform(kubeconfig_path=str(cluster.kubeconfig), poll_interval_seconds=0.05,
+                                      job_images={"17": "registry.example/toygres-job:17-20261126"},
                                       log_drain_seconds=2, deadline_grace_seconds=0, backoff_limit=1,
                                       pod_pending_timeout_seconds=5, azure_region="westeurope")
+        env = {"BLOB_URL": "https://a/b", "POSTGRES_VERSION": "17"}
         backup = JobSpec(kind=JobKind.backup, name="backup-one", script="backup.sh", instance=source,
-                         env={"BLOB_URL": "https://a/b"}, blob_sas=SecretStr("sig=x"))
+                         env=env, blob_sas=SecretStr("sig=x"))
         restore = JobSpec(kind=JobKind.restore, name="restore-one", script="restore.sh", instance=target,
-                          env={"BLOB_URL": "https://a/b"}, timeout_seconds=1)
+                          env=env, timeout_seconds=1)
 
         platform.ensure_instance_secret(target, SecretStr("pw"))
         platform.ensure_instance_secret(target, SecretStr("pw2"))
@@ -99,13 +136,15 @@ def test_the_role_grants_exactly_the_calls_the_platform_makes(tmp_path):
         platform.delete_job("backup-one", NS)
         platform.delete_instance(target)
         platform.instance_exists(target)
+        namespaces = {r.namespace for r in cluster.requests() if r.resource is not None}
         used = {
             (r.resource.group, r.resource.plural + (f"/{r.subresource}" if r.subresource else ""), _verb(r))
             for r in cluster.requests() if r.resource is not None and r.resource.plural
         }
     # The fake controller creates/patches pods and statuses itself; those are not the platform's.
     used -= {("", "pods", "create"), ("", "pods/status", "patch"), ("batch", "jobs/status", "patch")}
-    role = manifests()["Role"]
+    assert namespaces == {NS}, "the platform only acts in the instances' namespace"
+    role = one("Role", NS)
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
     assert used - granted == set(), "the platform makes calls the Role does not allow"
@@ -117,8 +156,8 @@ def test_dagster_helm_values():
     launcher = values["runLauncher"]
     assert launcher["type"] == "K8sRunLauncher"
     k8s = launcher["config"]["k8sRunLauncher"]
-    assert k8s["jobNamespace"] == NS
-    assert k8s["runK8sConfig"]["podSpecConfig"]["serviceAccountName"] == manifests()["ServiceAccount"]["metadata"]["name"]
+    assert k8s["jobNamespace"] == DAGSTER_NS
+    assert k8s["runK8sConfig"]["podSpecConfig"]["serviceAccountName"] == one("ServiceAccount", NS)["metadata"]["name"]
     assert values["dagsterDaemon"]["runMonitoring"]["enabled"] is True
     assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlHost"]
     concurrency = values["concurrency"]
@@ -131,3 +170,11 @@ def test_dagster_helm_values():
     assert limits["toygres/instance"] == {"key": "toygres/instance", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
     # The chart refuses tag limits in both places at once.
     assert "tagConcurrencyLimits" not in values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+
+
+def test_helm_values_name_the_chart_version_and_the_docs_render_them_with_it():
+    chart = importlib.metadata.version("dagster")
+    header = (DEPLOY / "dagster-values.yaml").read_text().split("\n\n")[0]
+    assert f"written for the dagster chart {chart}" in header
+    command = f"helm template dagster dagster/dagster --version {chart} -n {DAGSTER_NS} -f deploy/kubernetes/dagster-values.yaml"
+    assert command in header and command in DOCS.read_text()

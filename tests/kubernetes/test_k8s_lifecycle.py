@@ -45,6 +45,7 @@ def platform(cluster) -> KubernetesPlatform:
         pod_pending_timeout_seconds=5,
         backoff_limit=2,
         azure_region="westeurope",
+        job_images={"17": f"registry.example/toygres-job@sha256:{'ab' * 32}"},
     )
 
 
@@ -61,7 +62,7 @@ def backup_spec(**over) -> JobSpec:
     return JobSpec(
         kind=JobKind.backup, name=over.pop("name", "backup-nightly-1"), script="backup.sh", instance=SOURCE,
         env={"BLOB_URL": "https://acct.blob.core.windows.net/images/nightly", "IMAGE_NAME": "nightly",
-             "SOURCE_INSTANCE": SOURCE.k8s_name, "SOURCE_NAMESPACE": NS},
+             "SOURCE_INSTANCE": SOURCE.k8s_name, "SOURCE_NAMESPACE": NS, "POSTGRES_VERSION": "17"},
         labels={"toygres/image": "nightly"}, timeout_seconds=over.pop("timeout_seconds", 30), **over,
     )
 
@@ -70,7 +71,7 @@ def restore_spec(**over) -> JobSpec:
     return JobSpec(
         kind=JobKind.restore, name=over.pop("name", "restore-orders-copy-x9y8z"), script="restore.sh", instance=TARGET,
         env={"BLOB_URL": "https://acct.blob.core.windows.net/images/nightly", "MANIFEST_SHA256": "ab" * 32,
-             "BACKUP_SHA256SUMS": f"{'cd' * 32}  globals.sql"},
+             "BACKUP_SHA256SUMS": f"{'cd' * 32}  globals.sql", "POSTGRES_VERSION": "17"},
         labels={"toygres/image": "nightly"}, timeout_seconds=over.pop("timeout_seconds", 30), **over,
     )
 
@@ -156,14 +157,14 @@ def test_a_retried_pod_is_not_a_failure(cluster, platform):
 
 def test_failure_after_backoff_carries_the_log_tail_and_the_jobs_condition(cluster, platform):
     lines: list[str] = []
-    attempts = [PodScript(log=f"attempt {n}\npg_dump: error: connection refused\n", exit_code=3) for n in (1, 2, 3)]
+    attempts = [PodScript(log=f"attempt {n}\npg_dump: error: connection refused\n", exit_code=1) for n in (1, 2, 3)]
     with job_controller(cluster, "backup-nightly-1", attempts, backoff_gap_seconds=0.1) as ctl:
         with pytest.raises(JobFailed) as failed:
             platform.run_job(backup_spec(), lines.append)
 
     result = failed.value.result
     assert not result.succeeded
-    assert "BackoffLimitExceeded" in result.reason and "exit code 3" in result.reason
+    assert "BackoffLimitExceeded" in result.reason and "exit code 1" in result.reason
     assert result.log_tail[-2:] == ["attempt 3", "pg_dump: error: connection refused"]
     assert "pg_dump: error: connection refused" in str(failed.value)
     # backoffLimit=2: three pods ran before the Job failed, none of them ended the wait early.
@@ -180,6 +181,17 @@ def test_timeout_deletes_the_job(cluster, platform):
     assert cluster.get("jobs", NS, spec.name) is None
     delete = next(r for r in cluster.requests() if r.method.value == "DELETE" and r.resource and r.resource.plural == "jobs")
     assert delete.data["propagationPolicy"] == "Background"
+
+
+def test_a_checksum_failure_fails_the_job_without_retries(cluster, platform):
+    """Exit 3 (checksum mismatch) matches the Job's podFailurePolicy: one pod, no backoff retries."""
+    spec = restore_spec()
+    attempts = [PodScript(log="ERROR: checksum mismatch\n", exit_code=3)] * (platform.backoff_limit + 1)
+    with job_controller(cluster, spec.name, attempts, backoff_gap_seconds=0.05) as controller:
+        with pytest.raises(JobFailed, match="PodFailurePolicy") as failed:
+            platform.run_job(spec, lambda line: None)
+    assert len(pod_names(cluster, NS, spec.name)) == 1, controller.events
+    assert "exit code 3" in failed.value.result.reason
 
 
 def test_a_pod_that_never_starts_fails_with_the_scheduler_reason(cluster, platform):
@@ -268,12 +280,9 @@ def test_restore_flow_deploys_waits_and_reports_endpoints(cluster, platform):
         ("persistentvolumeclaims", f"{TARGET.k8s_name}-data"),
         ("configmaps", m.scripts_config_map(NS)["metadata"]["name"]),
         ("jobs", spec.name),
-        ("configmaps", f"{TARGET.k8s_name}-config"),
-        ("statefulsets", TARGET.k8s_name),
-        ("services", TARGET.k8s_name),
-        ("configmaps", f"{TARGET.k8s_name}-config"),
-        ("statefulsets", TARGET.k8s_name),
-        ("services", TARGET.k8s_name),
+        *[("secrets", f"{TARGET.k8s_name}-tls"), ("configmaps", f"{TARGET.k8s_name}-config"),
+          ("services", f"{TARGET.k8s_name}-hl"), ("statefulsets", TARGET.k8s_name),
+          ("services", TARGET.k8s_name)] * 2,
     ]
     assert cluster.get("persistentvolumeclaims", NS, f"{TARGET.k8s_name}-data")["spec"]["resources"]["requests"]["storage"] == "8Gi"
 
@@ -315,11 +324,12 @@ def test_failed_restore_is_cleaned_up_by_delete_instance(cluster, platform):
     with job_controller(cluster, spec.name, attempts, backoff_gap_seconds=0.05):
         with pytest.raises(JobFailed, match="checksum mismatch"):
             platform.run_job(spec, lambda line: None)
-    platform.deploy_instance(DeploySpec(instance=TARGET, postgres_version="17", storage_size_gb=2, dns_label="oc"))
+    platform.deploy_instance(DeploySpec(instance=TARGET, postgres_version="17", storage_size_gb=2, dns_label="orders-copy"))
     assert platform.instance_exists(TARGET)
 
     platform.delete_instance(TARGET)
     for plural, name in [("statefulsets", TARGET.k8s_name), ("services", TARGET.k8s_name),
+                         ("services", f"{TARGET.k8s_name}-hl"), ("secrets", f"{TARGET.k8s_name}-tls"),
                          ("configmaps", f"{TARGET.k8s_name}-config"), ("secrets", f"{TARGET.k8s_name}-secret"),
                          ("persistentvolumeclaims", f"{TARGET.k8s_name}-data"), ("jobs", spec.name),
                          ("secrets", f"{spec.name}-sas")]:

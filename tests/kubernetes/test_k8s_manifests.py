@@ -46,9 +46,12 @@ INSTANCES = [
     InstanceRef(k8s_name=NAME_52, namespace="team-" + "n" * 58),
 ]
 
+JOB_IMAGES = {v: f"registry.example/toygres-job:{v}-20261126@sha256:{'ab' * 32}" for v in ("14", "15", "16", "17")}
+
 PLATFORMS = [
-    KubernetesPlatform(),
+    KubernetesPlatform(job_images=JOB_IMAGES),
     KubernetesPlatform(
+        job_images={"17": "registry.example/toygres-job:17-20261126-3f2a9c1"},
         storage_class="managed-csi-premium", job_image_pull_secret="acr-pull", pg_durable_images={"17": "acr.io/pg_durable:17"},
         pg_durable_pull_secret="pg-durable-pull", scratch_size_limit="20Gi", workload_identity=False,
         job_cpu_limit="2", postgres_cpu_limit="4", job_memory_request=None,
@@ -129,8 +132,8 @@ def test_pg_hba_requires_scram_for_local_and_every_host():
     validate(config)
     rules = [line.split() for line in config["data"]["pg_hba.conf"].splitlines() if line and not line.startswith("#")]
     assert ["local", "all", "all", "scram-sha-256"] in rules
-    assert ["host", "all", "all", "0.0.0.0/0", "scram-sha-256"] in rules
-    assert ["host", "all", "all", "::/0", "scram-sha-256"] in rules
+    assert ["hostssl", "all", "all", "0.0.0.0/0", "scram-sha-256"] in rules
+    assert ["hostssl", "all", "all", "::/0", "scram-sha-256"] in rules
     assert all(rule[-1] == "scram-sha-256" for rule in rules), "nothing may be trusted"
 
 
@@ -148,7 +151,7 @@ def test_statefulset_and_service(instance, deploy):
     platform = PLATFORMS[1]
     spec = DeploySpec(instance=instance, storage_size_gb=5, dns_label="orders-" + "d" * 56, **deploy)
     sts = m.statefulset(spec, platform.settings())
-    svc = m.service(spec)
+    svc = m.service(spec, platform.settings())
     validate(sts)
     validate(svc)
 
@@ -165,7 +168,7 @@ def test_statefulset_and_service(instance, deploy):
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == f"{instance.k8s_name}-data"
     assert volumes["config"]["configMap"]["name"] == f"{instance.k8s_name}-config"
-    assert sts["spec"]["serviceName"] == svc["metadata"]["name"] == instance.k8s_name
+    assert svc["metadata"]["name"] == instance.k8s_name and sts["spec"]["serviceName"] == f"{instance.k8s_name}-hl"
     assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
 
     if deploy.get("image_override"):
@@ -208,7 +211,7 @@ def job_spec(kind: JobKind, instance: InstanceRef, sas: str | None = None, **ove
                          "SOURCE_NAMESPACE": instance.namespace},
         JobKind.restore: {"BLOB_URL": "https://acct.blob.core.windows.net/images/orders/2024-01-01",
                           "MANIFEST_SHA256": "ab" * 32, "BACKUP_SHA256SUMS": f"{'cd' * 32}  globals.sql\n{'ef' * 32}  databases/001.dump"},
-    }[kind]
+    }[kind] | {"POSTGRES_VERSION": "17"}
     name = over.pop("name", f"{kind.value}-{instance.k8s_name}"[:63].rstrip("-"))
     return JobSpec(
         kind=kind, name=name, script=f"{kind.value}.sh", env=env, instance=instance,
@@ -254,7 +257,7 @@ def test_job_manifest(instance, kind, sas, platform):
     assert job["spec"]["ttlSecondsAfterFinished"] == platform.job_ttl_seconds
     assert job["spec"]["activeDeadlineSeconds"] == spec.timeout_seconds
     container = pod["containers"][0]
-    assert container["image"] == platform.job_image
+    assert container["image"] == platform.job_images["17"]
     assert container["command"] == ["bash", f"/scripts/{kind.value}.sh"]
     expected = {kind: values for kind, values in platform.settings().job_resources.items() if values}
     assert container["resources"] == expected and expected["limits"]["memory"] == platform.job_memory_limit
@@ -356,10 +359,10 @@ def test_every_template_parses_and_keeps_its_placeholders_out_of_the_output():
 
 
 def test_restore_job_image_follows_the_target_postgres_version():
-    platform = KubernetesPlatform(job_image="job:17", job_images={"15": "job:15", "16": "job:16"})
+    platform = KubernetesPlatform(job_images=JOB_IMAGES)
     spec = job_spec(JobKind.restore, INSTANCES[0])
-    assert m.job(spec, platform.settings(), "x", False)["spec"]["template"]["spec"]["containers"][0]["image"] == "job:17"
+    assert m.job(spec, platform.settings(), "x", False)["spec"]["template"]["spec"]["containers"][0]["image"] == JOB_IMAGES["17"]
     spec = spec.model_copy(update={"env": {**spec.env, "POSTGRES_VERSION": "15"}})
     job = m.job(spec, platform.settings(), "x", False)
     validate(job)
-    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "job:15"
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == JOB_IMAGES["15"]

@@ -22,7 +22,8 @@ from toygres_pipelines.restores.jobs import restore_instance
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.integration, pytest.mark.timeout(120)]
 
-NS = "toygres"
+NS = "toygres-instances"
+JOB_IMAGES = {v: f"registry.example/toygres-job:{v}-20261126@sha256:{'ab' * 32}" for v in ("15", "16", "17")}
 SOURCE = InstanceRef(k8s_name="orders-ab12c", namespace=NS)
 
 
@@ -32,12 +33,17 @@ def cluster(tmp_path):
         yield running
 
 
+def make_k8s(cluster, **over) -> KubernetesPlatform:
+    return KubernetesPlatform(**{
+        "namespace": NS, "kubeconfig_path": str(cluster.kubeconfig), "poll_interval_seconds": 0.05,
+        "log_drain_seconds": 3, "deadline_grace_seconds": 0, "pod_pending_timeout_seconds": 10, "backoff_limit": 1,
+        "job_images": JOB_IMAGES, **over,
+    })
+
+
 @pytest.fixture
 def k8s(cluster) -> KubernetesPlatform:
-    return KubernetesPlatform(
-        namespace=NS, kubeconfig_path=str(cluster.kubeconfig), poll_interval_seconds=0.05, log_drain_seconds=3,
-        deadline_grace_seconds=0, pod_pending_timeout_seconds=10, backoff_limit=1,
-    )
+    return make_k8s(cluster)
 
 
 def running_source(cms):
@@ -115,7 +121,7 @@ def test_restore_job_creates_objects_in_order_and_cleans_up_after_a_failed_job(c
         result = restore_instance.execute_in_process(
             run_config={"ops": {"validate_request": {"config": {
                 "name": "orders-copy", "dns_label": "orders-copy", "source_image_id": image.name,
-                "namespace": NS, "storage_size_gb": 1,
+                "storage_size_gb": 1,  # no namespace: the platform's own
             }}}},
             resources={"cms": cms, "blob": blob, "platform": k8s}, raise_on_error=False, instance=dagster,
         )
@@ -130,6 +136,7 @@ def test_restore_job_creates_objects_in_order_and_cleans_up_after_a_failed_job(c
         ("secrets", f"restore-{target}-sas"),
         ("jobs", f"restore-{target}"),
     ]
+    assert {r.namespace for r in cluster.requests() if r.resource is not None and r.resource.plural != "pods"} == {NS}
     job_env = {e["name"]: e for e in controller_job_env(cluster)}
     assert job_env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == f"{target}-secret"
     assert job_env["POSTGRES_VERSION"]["value"] == "16"  # from the image, not the request
@@ -137,7 +144,7 @@ def test_restore_job_creates_objects_in_order_and_cleans_up_after_a_failed_job(c
 
     [instance] = [i for i in cms.list_instances() if i.k8s_name == target]
     assert instance.state is InstanceState.failed
-    assert "step run_restore_job failed" in instance.error_message and "BackoffLimitExceeded" in instance.error_message
+    assert "step run_restore_job failed" in instance.error_message and "PodFailurePolicy" in instance.error_message  # exit 3: no retry
     for plural, name in [("secrets", f"{target}-secret"), ("persistentvolumeclaims", f"{target}-data"),
                          ("jobs", f"restore-{target}"), ("secrets", f"restore-{target}-sas"),
                          ("statefulsets", target)]:
@@ -149,3 +156,27 @@ def controller_job_env(cluster) -> list[dict]:
     job_posts = [r for r in cluster.requests() if r.resource is not None and r.resource.plural == "jobs"
                  and r.method.value == "POST"]
     return job_posts[-1].data["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
+@pytest.mark.parametrize(
+    ("config", "platform_over", "message"),
+    [
+        ({"namespace": "default"}, {}, "namespace: 'default' is not enabled"),
+        ({}, {"job_images": {"17": JOB_IMAGES["17"]}}, "source_image_id: image 'orders__nightly' is PostgreSQL 16"),
+    ],
+    ids=["namespace-not-enabled", "no-job-image-for-the-major"],
+)
+def test_a_restore_the_deployment_cannot_run_fails_before_anything_is_created(cms, blob, cluster, config,
+                                                                              platform_over, message):
+    image = ready_image(cms, blob)
+    platform = make_k8s(cluster, **platform_over)
+    result = restore_instance.execute_in_process(
+        run_config={"ops": {"validate_request": {"config": {
+            "name": "orders-copy", "dns_label": "orders-copy", "source_image_id": image.name, **config,
+        }}}},
+        resources={"cms": cms, "blob": blob, "platform": platform}, raise_on_error=False,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert not result.success and message in failure_text(result), failure_text(result)
+    assert cluster.creations() == []
+    assert [i.k8s_name for i in cms.list_instances()] == [SOURCE.k8s_name]

@@ -5,7 +5,7 @@ deploy/kubernetes/kind-test.sh for the one-command run. Not executed where no cl
     TOYGRES_K8S_CONTEXT      kubeconfig context to use (required)
     TOYGRES_K8S_KUBECONFIG   kubeconfig file (default: ~/.kube/config / $KUBECONFIG)
     TOYGRES_K8S_NAMESPACE    an existing namespace to work in (default: toygres-test)
-    TOYGRES_K8S_JOB_IMAGE    the job image (deploy/kubernetes/job-image) (required)
+    TOYGRES_K8S_JOB_IMAGES   17=<the job image (deploy/kubernetes/job-image), pinned> (required)
     TOYGRES_K8S_STORAGE_CLASS   optional StorageClass
     TOYGRES_K8S_BLOB_URL + TOYGRES_K8S_BLOB_SAS   optional: a writable blob folder; with them the
                              backup must succeed, without them it must fail after its retries
@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from resources.platform.base import DeploySpec, JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.kubernetes import KubernetesPlatform
 from records import InstanceRef
+from toygres_pipelines.resources_from_env import kubernetes_platform_from_env
 
 CONTEXT = os.environ.get("TOYGRES_K8S_CONTEXT")
 pytestmark = [
@@ -37,12 +38,11 @@ PASSWORD = 'r3al"clu\\ster\'pw {{ x }} $(id)'
 
 @pytest.fixture
 def platform() -> KubernetesPlatform:
-    job_image = os.environ.get("TOYGRES_K8S_JOB_IMAGE")
-    if not job_image:
-        pytest.skip("TOYGRES_K8S_JOB_IMAGE not set")
+    if not os.environ.get("TOYGRES_K8S_JOB_IMAGES"):
+        pytest.skip("TOYGRES_K8S_JOB_IMAGES not set")
     return KubernetesPlatform(
         namespace=NAMESPACE, kube_context=CONTEXT, kubeconfig_path=os.environ.get("TOYGRES_K8S_KUBECONFIG"),
-        job_image=job_image, storage_class=os.environ.get("TOYGRES_K8S_STORAGE_CLASS"),
+        job_images=kubernetes_platform_from_env().job_images, storage_class=os.environ.get("TOYGRES_K8S_STORAGE_CLASS"),
         backoff_limit=1, poll_interval_seconds=2, pod_pending_timeout_seconds=300,
         job_cpu_request="50m", job_memory_request="128Mi", postgres_cpu_request="50m", postgres_memory_request="256Mi",
     )
@@ -72,7 +72,7 @@ def test_instance_and_backup_job_on_a_real_cluster(platform, source):
     spec = JobSpec(
         kind=JobKind.backup, name=f"backup-{source.k8s_name}", script="backup.sh", instance=source,
         env={"BLOB_URL": blob_url or "https://devnull.blob.core.windows.net/none/k8s-test", "IMAGE_NAME": "k8s-test",
-             "SOURCE_INSTANCE": source.k8s_name, "SOURCE_NAMESPACE": NAMESPACE},
+             "SOURCE_INSTANCE": source.k8s_name, "SOURCE_NAMESPACE": NAMESPACE, "POSTGRES_VERSION": "17"},
         blob_sas=SecretStr(sas or "sv=2000-01-01&sig=invalid"), labels={"toygres/image": "k8s-test"},
         timeout_seconds=600,
     )
@@ -104,7 +104,8 @@ def test_unschedulable_job_fails_with_the_reason(platform, source):
     platform = platform.model_copy(update={"pod_pending_timeout_seconds": 30, "job_memory_request": "64Ti",
                                            "job_memory_limit": "64Ti"})
     spec = JobSpec(kind=JobKind.backup, name=f"backup-{source.k8s_name}", script="backup.sh", instance=source,
-                   env={"BLOB_URL": "https://x/y", "IMAGE_NAME": "x", "SOURCE_INSTANCE": "x", "SOURCE_NAMESPACE": "x"})
+                   env={"BLOB_URL": "https://x/y", "IMAGE_NAME": "x", "SOURCE_INSTANCE": "x", "SOURCE_NAMESPACE": "x",
+                        "POSTGRES_VERSION": "17"})
     with pytest.raises(JobFailed, match="did not start within 30s"):
         platform.run_job(spec, lambda line: None)
     with pytest.raises(PlatformError):

@@ -21,6 +21,7 @@ import dagster as dg
 import pydantic
 
 from resources.cms import CMSResource
+from resources.platform.base import PlatformResource
 from toygres_pipelines.automation.jobs import (
     INSTANCE_TAG,
     KIND_TAG,
@@ -188,11 +189,13 @@ def image_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource)
 # ---- restore requests -----------------------------------------------------------------------
 
 
-def check_restore_request(cms: CMSResource, request: RestoreRequest, labels_taken: set[str]) -> str:
+def check_restore_request(
+    cms: CMSResource, platform: PlatformResource, request: RestoreRequest, labels_taken: set[str]
+) -> str:
     """The launchpad's rules; returns the id of the (ready) image to restore."""
     fields = RestoreRequestFields.of(request)
     check_request_fields(fields)
-    plan = plan_restore(fields, cms)
+    plan = plan_restore(fields, cms, platform)
     if request.dns_label in labels_taken:
         raise ValidationFailed("dns_label", f"{request.dns_label!r} is already requested by another accepted request")
     return str(plan.image_id)
@@ -208,7 +211,7 @@ def restore_run_request(request: RestoreRequest, image_id: str) -> dg.RunRequest
 
 
 def evaluate_restore_requests(
-    instance: dg.DagsterInstance, cms: CMSResource, *, limit: int | None = None,
+    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, *, limit: int | None = None,
     relaunch_after: float | None = None, log: Log = lambda _: None,
 ) -> Evaluation:
     limit = batch_size() if limit is None else limit
@@ -223,7 +226,7 @@ def evaluate_restore_requests(
     with cms.claim_pending_restore_requests(limit) as claim:
         labels_taken = {r.dns_label for r in cms.list_restore_requests([RequestState.accepted])}
         fresh = accept_or_reject(
-            claim, lambda request, taken: check_restore_request(cms, request, taken), labels_taken,
+            claim, lambda request, taken: check_restore_request(cms, platform, request, taken), labels_taken,
             lambda request: request.dns_label, restore_run_request, done, log,
         )
     done.run_requests.extend(fresh)
@@ -238,7 +241,7 @@ def evaluate_restore_requests(
     description="Pending rows of toygres_cms.restore_requests become restore_instance runs (run key = request "
     "id); invalid ones are rejected with the reason.",
 )
-def restore_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource):
-    done = evaluate_restore_requests(context.instance, cms, log=context.log.info)
+def restore_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource, platform: PlatformResource):
+    done = evaluate_restore_requests(context.instance, cms, platform, log=context.log.info)
     context.log.info(done.summary("restore"))
     return done.result("restore")

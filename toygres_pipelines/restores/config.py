@@ -19,10 +19,12 @@ from records import (
     ValidationFailed,
     new_k8s_name,
     parse_uuid,
+    validate_azure_dns_label,
     validate_dns_label,
 )
 from records.requests import RestoreRequestFields
 from resources.cms import CMSResource
+from resources.platform.base import PlatformResource
 
 MAX_STORAGE_GB = 16384
 
@@ -63,8 +65,9 @@ def check_request_fields(fields: RestoreRequestFields) -> None:
         if getattr(fields, other):
             raise ValidationFailed(other, "cannot be combined with source_image_id")
     validate_dns_label(fields.name, "name", max_length=INSTANCE_NAME_MAX)
-    validate_dns_label(fields.dns_label, "dns_label")
-    validate_dns_label(fields.namespace, "namespace")
+    validate_azure_dns_label(fields.dns_label, "dns_label")
+    if fields.namespace is not None:
+        validate_dns_label(fields.namespace, "namespace")
     if not 1 <= fields.storage_size_gb <= MAX_STORAGE_GB:
         raise ValidationFailed("storage_size_gb", f"{fields.storage_size_gb} must be between 1 and {MAX_STORAGE_GB}")
 
@@ -81,16 +84,18 @@ def ready_image(cms: CMSResource, ref: str) -> Image:
     return image
 
 
-def plan_restore(fields: RestoreRequestFields, cms: CMSResource) -> RestorePlan:
-    """All rules, the CMS ones included. image_type and postgres_version come from the image."""
+def plan_restore(fields: RestoreRequestFields, cms: CMSResource, platform: PlatformResource) -> RestorePlan:
+    """All rules, the CMS and platform ones included. image_type and postgres_version come from the image."""
     check_request_fields(fields)
+    namespace = platform.resolve_namespace(fields.namespace)
     image = ready_image(cms, fields.source_image_id or "")
+    platform.check_postgres_version(image.postgres_version, "source_image_id", f"image {image.name!r}")
     if cms.dns_name_in_use(fields.dns_label):
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     return RestorePlan(
         user_name=fields.name,
         k8s_name=new_k8s_name(fields.name),
-        namespace=fields.namespace,
+        namespace=namespace,
         dns_label=fields.dns_label,
         storage_size_gb=max(fields.storage_size_gb, image.storage_size_gb),
         internal=fields.internal,

@@ -60,9 +60,11 @@ def still_creating(cms: CMSResource, instance: Instance) -> Instance:
 
 
 @dg.op(description="Check the request and the image; take image_type and postgres_version from the image")
-def validate_request(context: dg.OpExecutionContext, config: RestoreConfig, cms: CMSResource) -> TimedPlan:
+def validate_request(
+    context: dg.OpExecutionContext, config: RestoreConfig, cms: CMSResource, platform: PlatformResource
+) -> TimedPlan:
     try:
-        plan = plan_restore(RestoreRequestFields.of(config), cms)
+        plan = plan_restore(RestoreRequestFields.of(config), cms, platform)
     except ValidationFailed as error:
         raise dg.Failure(description=f"Invalid restore request: {error}", allow_retries=False) from error
     context.log.info(
@@ -160,7 +162,8 @@ def test_connection(
 ) -> str:
     password = platform.read_instance_password(instance_ref(instance))
     host = address.endpoints.external_ip or address.endpoints.host
-    version = check_connection(connection_string(host, address.endpoints.port, password), CONNECT_TIMEOUT_SECONDS)
+    url = connection_string(host, address.endpoints.port, password, sslmode=address.endpoints.sslmode)
+    version = check_connection(url, CONNECT_TIMEOUT_SECONDS)
     context.log.info(f"connected: {version}")
     return version
 
