@@ -16,7 +16,6 @@ import base64
 import copy
 import hashlib
 import re
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import yaml
 
 from resources.platform.base import SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
+from resources.platform.k8s_images import ManifestError, check_pinned_image
+from resources.platform.k8s_settings import ManifestSettings
 from resources.platform.tls import self_signed_certificate
 from records import ImageType, InstanceRef, ValidationFailed, validate_azure_dns_label
 
@@ -56,39 +57,6 @@ SECRET_ENV_NAMES = frozenset({"PGPASSWORD", "AZCOPY_SAS", "POSTGRES_PASSWORD", "
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-
-
-class ManifestError(ValueError):
-    """A value cannot be turned into a valid manifest (bad name, bad label key...)."""
-
-
-@dataclass(frozen=True)
-class ManifestSettings:
-    """The platform configuration the manifests need (a plain snapshot of KubernetesPlatform)."""
-
-    service_account_name: str = "toygres-pipelines"
-    job_images: dict[str, str] = field(default_factory=dict)
-    job_image_pull_secret: str | None = None
-    postgres_images: dict[str, str] = field(default_factory=dict)
-    pg_durable_images: dict[str, str] = field(default_factory=dict)
-    pg_durable_pull_secret: str | None = None
-    storage_class: str | None = None
-    superuser: str = "postgres"
-    volume_mount_path: str = "/var/lib/postgresql/data"
-    run_as_user: int = 999
-    run_as_group: int = 999
-    fs_group: int = 999
-    job_resources: dict[str, dict[str, str]] = field(default_factory=dict)
-    postgres_resources: dict[str, dict[str, str]] = field(default_factory=dict)
-    backoff_limit: int = 2
-    job_ttl_seconds: int = 86400
-    scratch_size_limit: str | None = None
-    workload_identity: bool = True
-    # Added for issue 15 without defaults: KubernetesPlatform's fields hold the only defaults.
-    load_balancer_source_ranges: tuple[str, ...] = field(kw_only=True)
-    shm_size_limit: str = field(kw_only=True)
-    postgres_termination_grace_seconds: int = field(kw_only=True)
-    startup_timeout_seconds: int = field(kw_only=True)
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -144,23 +112,6 @@ def check_azure_dns_label(value: str) -> str:
         raise ManifestError(str(error)) from error
 
 
-MUTABLE_TAG = re.compile(r"latest|\d+(\.\d+)*(-[a-z]+[0-9.]*)?")
-
-
-def check_pinned_image(image: str, what: str) -> str:
-    """A job image must name one build: by digest, or by a tag that is not a moving one
-    (`latest`, `17`, `17.6`, `17-bookworm`...), so a node's cached `:17` is never run in its place."""
-    name, at, digest = image.partition("@")
-    if at:
-        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-            raise ManifestError(f"{what}: {image!r} has an invalid digest (expected @sha256:<64 hex digits>)")
-        return image
-    tag = name.rsplit("/", 1)[-1].partition(":")[2]
-    if not tag or MUTABLE_TAG.fullmatch(tag):
-        raise ManifestError(
-            f"{what}: {image!r} is not pinned: use @sha256:<digest> or a unique tag (not latest, not a bare version)"
-        )
-    return image
 
 
 def check_instance(instance: InstanceRef) -> None:

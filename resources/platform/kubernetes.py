@@ -60,8 +60,12 @@ MERGE_PATCH = "application/merge-patch+json"
 JOB_CONTAINER = "job"
 
 
-class KubernetesPlatform(PlatformResource):
-    """Runs job scripts as Kubernetes Jobs and instances as StatefulSets (AKS in production)."""
+class KubernetesPlatform(m.ManifestSettings, PlatformResource):
+    """Runs job scripts as Kubernetes Jobs and instances as StatefulSets (AKS in production).
+
+    The settings the manifests use are `ManifestSettings` fields (declared there, once); the
+    fields below are about reaching the API and following jobs.
+    """
 
     namespace: str = Field(
         default="toygres-instances",
@@ -72,50 +76,6 @@ class KubernetesPlatform(PlatformResource):
         description="Further namespaces a request may name; each needs the deploy files of "
         "deploy/kubernetes/instances/ (python -m resources.platform.k8s_instance_namespace <namespace>)",
     )
-    service_account_name: str = Field(
-        default="toygres-pipelines",
-        description="Service account of job pods; annotated for Azure workload identity (blob access)",
-    )
-    job_images: dict[str, str] = Field(
-        default={},
-        description="Job image per PostgreSQL major, pinned by digest (@sha256:...) or a unique tag; a job for a "
-        "major without one is refused at request time",
-    )
-    job_image_pull_secret: str | None = Field(default=None, description="imagePullSecret for the job images")
-    postgres_images: dict[str, str] = Field(
-        default={"14": "postgres:14", "15": "postgres:15", "16": "postgres:16", "17": "postgres:17"},
-        description="Stock server image per PostgreSQL major version",
-    )
-    pg_durable_images: dict[str, str] = Field(default={}, description="pg_durable server image per major version")
-    pg_durable_pull_secret: str | None = Field(default=None, description="imagePullSecret for pg_durable images")
-    storage_class: str | None = Field(default=None, description="StorageClass of instance volumes (None: default)")
-    superuser: str = Field(default="postgres", description="Superuser of every instance")
-    load_balancer_source_ranges: list[str] = Field(
-        default=[], description="CIDRs allowed to reach public instances (Service loadBalancerSourceRanges); [] = any"
-    )
-    shm_size_limit: str = Field(default="1Gi", description="Size of the server's /dev/shm (memory-backed emptyDir)")
-    postgres_termination_grace_seconds: int = Field(
-        default=120, description="terminationGracePeriodSeconds of the server; its preStop hook runs a fast shutdown"
-    )
-    startup_timeout_seconds: int = Field(
-        default=3600, description="How long the server may take to start (crash recovery) before liveness applies"
-    )
-    volume_mount_path: str = Field(default="/var/lib/postgresql/data", description="PVC mount; PGDATA is <this>/pgdata")
-    run_as_user: int = 999
-    run_as_group: int = 999
-    fs_group: int = 999
-    job_cpu_request: str | None = "250m"
-    job_memory_request: str | None = "512Mi"
-    job_cpu_limit: str | None = None
-    job_memory_limit: str | None = "2Gi"
-    postgres_cpu_request: str | None = "250m"
-    postgres_memory_request: str | None = "512Mi"
-    postgres_cpu_limit: str | None = None
-    postgres_memory_limit: str | None = "2Gi"
-    scratch_size_limit: str | None = Field(default=None, description="sizeLimit of the job's scratch emptyDir")
-    backoff_limit: int = Field(default=2, description="Job backoffLimit: pod retries before the Job fails")
-    job_ttl_seconds: int = Field(default=86400, description="Job ttlSecondsAfterFinished")
-    workload_identity: bool = Field(default=True, description="Label job pods azure.workload.identity/use=true")
     pod_pending_timeout_seconds: int = Field(
         default=600, description="Fail a job whose pod never starts (unschedulable, image pull...) after this"
     )
@@ -145,25 +105,6 @@ class KubernetesPlatform(PlatformResource):
     @classmethod
     def _namespaces_are_labels(cls, value: list[str]) -> list[str]:
         return [_label(namespace, "instance_namespaces") for namespace in value]
-
-    @field_validator("job_images")
-    @classmethod
-    def _job_images_are_pinned(cls, value: dict[str, str]) -> dict[str, str]:
-        for major, image in value.items():
-            if not re.fullmatch(r"\d{2}", major):
-                raise ValueError(f"job_images: {major!r} must be a PostgreSQL major version such as '17'")
-            m.check_pinned_image(image, f"job_images[{major!r}]")
-        return value
-
-    @field_validator("load_balancer_source_ranges")
-    @classmethod
-    def _ranges_are_cidrs(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr, strict=True)
-            except ValueError as error:
-                raise ValueError(f"load_balancer_source_ranges: {cidr!r} is not a CIDR ({error})") from error
-        return value
 
     # --- request-time rules ------------------------------------------------------------------
 
@@ -230,36 +171,7 @@ class KubernetesPlatform(PlatformResource):
         )
 
     def settings(self) -> m.ManifestSettings:
-        def resources(cpu_req, mem_req, cpu_lim, mem_lim) -> dict[str, dict[str, str]]:
-            requests = {k: v for k, v in (("cpu", cpu_req), ("memory", mem_req)) if v}
-            limits = {k: v for k, v in (("cpu", cpu_lim), ("memory", mem_lim)) if v}
-            return {"requests": requests, "limits": limits}
-
-        return m.ManifestSettings(
-            service_account_name=self.service_account_name,
-            job_images=dict(self.job_images),
-            job_image_pull_secret=self.job_image_pull_secret,
-            postgres_images=dict(self.postgres_images),
-            pg_durable_images=dict(self.pg_durable_images),
-            pg_durable_pull_secret=self.pg_durable_pull_secret,
-            storage_class=self.storage_class,
-            superuser=self.superuser,
-            volume_mount_path=self.volume_mount_path,
-            run_as_user=self.run_as_user,
-            run_as_group=self.run_as_group,
-            fs_group=self.fs_group,
-            job_resources=resources(self.job_cpu_request, self.job_memory_request, self.job_cpu_limit, self.job_memory_limit),
-            postgres_resources=resources(self.postgres_cpu_request, self.postgres_memory_request,
-                                         self.postgres_cpu_limit, self.postgres_memory_limit),
-            backoff_limit=self.backoff_limit,
-            job_ttl_seconds=self.job_ttl_seconds,
-            scratch_size_limit=self.scratch_size_limit,
-            workload_identity=self.workload_identity,
-            load_balancer_source_ranges=tuple(self.load_balancer_source_ranges),
-            shm_size_limit=self.shm_size_limit,
-            postgres_termination_grace_seconds=self.postgres_termination_grace_seconds,
-            startup_timeout_seconds=self.startup_timeout_seconds,
-        )
+        return m.ManifestSettings.model_validate(self.model_dump(include=set(m.ManifestSettings.model_fields)))
 
     def _timeout(self) -> float:
         return self.request_timeout_seconds

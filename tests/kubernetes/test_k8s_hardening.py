@@ -363,8 +363,20 @@ def test_a_job_for_a_version_without_image_creates_nothing(tmp_path):
         assert cluster.creations() == []
 
 
+@pytest.mark.parametrize("kind", [JobKind.backup, JobKind.restore])
+def test_the_job_templates_show_the_settings_defaults(kind):
+    """Settings are declared once (ManifestSettings); what a reader of a Job template sees is their default."""
+    template = m.load_template(f"{kind.value}-job.yaml")
+    defaults = m.ManifestSettings(job_images={"17": "registry.example/toygres-job:17-2024@sha256:" + "a" * 64})
+    rendered = m.job(job_spec(kind, InstanceRef(k8s_name="x", namespace="toygres-instances")), defaults, "scripts", False)
+    for key in ("backoffLimit", "ttlSecondsAfterFinished"):
+        assert template["spec"][key] == rendered["spec"][key], key
+    pod, rendered_pod = template["spec"]["template"]["spec"], rendered["spec"]["template"]["spec"]
+    assert pod["securityContext"] == rendered_pod["securityContext"]
+
+
 def test_the_templates_show_the_platforms_defaults():
-    """Settings are declared once (KubernetesPlatform); the template values a reader sees are those defaults."""
+    """Settings are declared once (ManifestSettings); the template values a reader sees are those defaults."""
     template = m.load_template("postgres-statefulset.yaml")
     rendered = m.statefulset(deploy(), platform().settings())
     pod, rendered_pod = template["spec"]["template"]["spec"], rendered["spec"]["template"]["spec"]
@@ -373,6 +385,7 @@ def test_the_templates_show_the_platforms_defaults():
     probe, rendered_probe = pod["containers"][0]["startupProbe"], rendered_pod["containers"][0]["startupProbe"]
     assert (probe["periodSeconds"], probe["failureThreshold"]) == (rendered_probe["periodSeconds"],
                                                                     rendered_probe["failureThreshold"])
+    assert pod["securityContext"] == rendered_pod["securityContext"]
 
 
 @pytest.fixture

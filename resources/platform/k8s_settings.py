@@ -1,0 +1,100 @@
+"""Every setting the rendered Kubernetes manifests use, declared once with its default.
+
+`KubernetesPlatform` (the Dagster resource) inherits these fields, so they are configured where
+the platform is; the renderers in `k8s_manifests.py` read them from this model. The templates
+show these same defaults (`tests/kubernetes/test_k8s_hardening.py` holds them to it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from pydantic import BaseModel, Field, field_validator
+
+from resources.platform.k8s_images import check_pinned_image
+
+
+def _resources(cpu_request: str | None, memory_request: str | None, cpu_limit: str | None,
+               memory_limit: str | None) -> dict[str, dict[str, str]]:
+    requests = {k: v for k, v in (("cpu", cpu_request), ("memory", memory_request)) if v}
+    limits = {k: v for k, v in (("cpu", cpu_limit), ("memory", memory_limit)) if v}
+    return {"requests": requests, "limits": limits}
+
+
+class ManifestSettings(BaseModel):
+    """The platform configuration the manifests need."""
+
+    service_account_name: str = Field(
+        default="toygres-pipelines",
+        description="Service account of job pods; annotated for Azure workload identity (blob access)",
+    )
+    job_images: dict[str, str] = Field(
+        default={},
+        description="Job image per PostgreSQL major, pinned by digest (@sha256:...) or a unique tag; a job for a "
+        "major without one is refused at request time",
+    )
+    job_image_pull_secret: str | None = Field(default=None, description="imagePullSecret for the job images")
+    postgres_images: dict[str, str] = Field(
+        default={"14": "postgres:14", "15": "postgres:15", "16": "postgres:16", "17": "postgres:17"},
+        description="Stock server image per PostgreSQL major version",
+    )
+    pg_durable_images: dict[str, str] = Field(default={}, description="pg_durable server image per major version")
+    pg_durable_pull_secret: str | None = Field(default=None, description="imagePullSecret for pg_durable images")
+    storage_class: str | None = Field(default=None, description="StorageClass of instance volumes (None: default)")
+    superuser: str = Field(default="postgres", description="Superuser of every instance")
+    load_balancer_source_ranges: list[str] = Field(
+        default=[], description="CIDRs allowed to reach public instances (Service loadBalancerSourceRanges); [] = any"
+    )
+    shm_size_limit: str = Field(default="1Gi", description="Size of the server's /dev/shm (memory-backed emptyDir)")
+    postgres_termination_grace_seconds: int = Field(
+        default=120, description="terminationGracePeriodSeconds of the server; its preStop hook runs a fast shutdown"
+    )
+    startup_timeout_seconds: int = Field(
+        default=3600, description="How long the server may take to start (crash recovery) before liveness applies"
+    )
+    volume_mount_path: str = Field(default="/var/lib/postgresql/data", description="PVC mount; PGDATA is <this>/pgdata")
+    run_as_user: int = Field(default=999, description="UID of server and job containers (the postgres images' user)")
+    run_as_group: int = Field(default=999, description="GID of server and job containers")
+    fs_group: int = Field(default=999, description="fsGroup of the pods (volume and secret files)")
+    job_cpu_request: str | None = Field(default="250m", description="CPU request of job containers")
+    job_memory_request: str | None = Field(default="512Mi", description="Memory request of job containers")
+    job_cpu_limit: str | None = Field(default=None, description="CPU limit of job containers (None: none)")
+    job_memory_limit: str | None = Field(default="2Gi", description="Memory limit of job containers")
+    postgres_cpu_request: str | None = Field(default="250m", description="CPU request of the server container")
+    postgres_memory_request: str | None = Field(default="512Mi", description="Memory request of the server")
+    postgres_cpu_limit: str | None = Field(default=None, description="CPU limit of the server (None: none)")
+    postgres_memory_limit: str | None = Field(default="2Gi", description="Memory limit of the server")
+    scratch_size_limit: str | None = Field(default=None, description="sizeLimit of the job's scratch emptyDir")
+    backoff_limit: int = Field(default=2, description="Job backoffLimit: pod retries before the Job fails")
+    job_ttl_seconds: int = Field(default=86400, description="Job ttlSecondsAfterFinished")
+    workload_identity: bool = Field(default=True, description="Label job pods azure.workload.identity/use=true")
+
+    @field_validator("job_images")
+    @classmethod
+    def _job_images_are_pinned(cls, value: dict[str, str]) -> dict[str, str]:
+        for major, image in value.items():
+            if not re.fullmatch(r"\d{2}", major):
+                raise ValueError(f"job_images: {major!r} must be a PostgreSQL major version such as '17'")
+            check_pinned_image(image, f"job_images[{major!r}]")
+        return value
+
+    @field_validator("load_balancer_source_ranges")
+    @classmethod
+    def _ranges_are_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as error:
+                raise ValueError(f"load_balancer_source_ranges: {cidr!r} is not a CIDR ({error})") from error
+        return value
+
+    @property
+    def job_resources(self) -> dict[str, dict[str, str]]:
+        return _resources(self.job_cpu_request, self.job_memory_request, self.job_cpu_limit, self.job_memory_limit)
+
+    @property
+    def postgres_resources(self) -> dict[str, dict[str, str]]:
+        return _resources(
+            self.postgres_cpu_request, self.postgres_memory_request, self.postgres_cpu_limit, self.postgres_memory_limit
+        )
