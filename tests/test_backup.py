@@ -11,6 +11,8 @@ import dagster as dg
 import psycopg
 import pytest
 
+from resources.platform.base import PlatformError
+from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
 from toygres_pipelines.images.janitor import purge_failed_image_blobs
 from toygres_pipelines.models import ImageState, InstanceState
@@ -230,3 +232,27 @@ def test_unreachable_blob_storage_fails_the_image_with_the_cause(resources, cms,
     row = cms.list_images()[0]
     assert row.state is ImageState.failed
     assert "blob storage at http://127.0.0.1:" in row.error_message and "unreachable" in row.error_message
+
+
+class CleanupFailingPlatform(LocalPlatform):
+    """The local platform, except that removing a finished job fails (as a Kubernetes API error would)."""
+
+    def delete_job(self, name: str, namespace: str) -> None:
+        raise PlatformError(f"API error while deleting job {name}: 500 Internal Server Error")
+
+
+def test_cleanup_error_after_ready_never_destroys_the_verified_image(resources, cms, blob, source, platform):
+    failing = CleanupFailingPlatform(state_dir=platform.state_dir, azcopy_path=platform.azcopy_path)
+    instance = dg.DagsterInstance.ephemeral()
+    key = f"{source.k8s_name}__cleanup-fails"
+    result = materialize_image({**resources, "platform": failing}, key, instance=instance, raise_on_error=False)
+
+    row = cms.find_image(key)
+    assert row.state is ImageState.ready
+    manifest, _ = blob.read_manifest(row.blob_path)
+    assert sorted(blob.list_names(row.blob_path)) == sorted(
+        [f"{row.blob_path}/manifest.json", *(f"{row.blob_path}/{f.path}" for f in manifest.files)]
+    )
+    assert [e.to_state for e in cms.events(row.id)] == ["creating", "ready"]
+    assert result.success
+    assert "500 Internal Server Error" in run_logs(instance, result.run_id)
