@@ -32,6 +32,7 @@ from pydantic import Field, SecretStr
 from toygres_pipelines.models import (
     IMAGE_TRANSITIONS,
     INSTANCE_TRANSITIONS,
+    K8S_NAME_MAX,
     REQUEST_TRANSITIONS,
     Event,
     Image,
@@ -44,6 +45,8 @@ from toygres_pipelines.models import (
     RestoreRequest,
     ValidationFailed,
     parse_uuid,
+    validate_dns_label,
+    validate_image_name,
 )
 
 SCHEMA = "toygres_cms"
@@ -204,7 +207,7 @@ class Migration:
 def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
-        match = MIGRATION_FILE.match(path.name)
+        match = MIGRATION_FILE.fullmatch(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files are named NNN_lowercase_name.sql")
         found.append(Migration(version=match.group(1), name=match.group(2), path=path))
@@ -546,7 +549,14 @@ class CMSResource(dg.ConfigurableResource):
         tags: dict[str, Any] | None = None, instance_id: uuid.UUID | str | None = None,
         state: InstanceState | str = InstanceState.creating,
     ) -> Instance:
-        """Register an instance (state `creating` unless told); NameConflict on k8s_name/dns_name."""
+        """Register an instance (state `creating` unless told); NameConflict on k8s_name/dns_name.
+
+        The names reach manifests, paths and DNS: they are checked here too, whoever calls.
+        """
+        validate_dns_label(k8s_name, "k8s_name", max_length=K8S_NAME_MAX)
+        validate_dns_label(namespace, "namespace")
+        if dns_name is not None:
+            validate_dns_label(dns_name, "dns_name")
         values = {
             "id": uuid.UUID(str(instance_id)) if instance_id else uuid.uuid4(),
             "user_name": user_name,
@@ -616,6 +626,7 @@ class CMSResource(dg.ConfigurableResource):
         blob_storage_url: str, blob_container: str, blob_path: str, run_id: str | None,
     ) -> Image:
         """A new image row in state `creating`; NameConflict("name", ...) when the name is taken."""
+        validate_image_name(name, field="name")
         values = {
             "id": uuid.UUID(str(image_id)) if image_id else uuid.uuid4(),
             "name": name,

@@ -256,3 +256,10 @@ def test_cleanup_error_after_ready_never_destroys_the_verified_image(resources, 
     assert [e.to_state for e in cms.events(row.id)] == ["creating", "ready"]
     assert result.success
     assert "500 Internal Server Error" in run_logs(instance, result.run_id)
+
+
+def test_image_named_with_a_trailing_newline_is_refused_before_any_row(resources, cms, source):
+    result = materialize_image(resources, f"{source.k8s_name}__nl\n", raise_on_error=False)
+    assert not result.success
+    assert "image name (partition key): " in failure_text(result)
+    assert cms.list_images() == []

@@ -21,7 +21,8 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 K8S_NAME_SUFFIX_LENGTH = 5
 # k8s_name feeds StatefulSet pod names (<name>-0) and the controller-revision-hash label, which
 # limit the StatefulSet name to 52 characters; leave room for "-" + the random suffix.
-INSTANCE_NAME_MAX = 52 - 1 - K8S_NAME_SUFFIX_LENGTH
+K8S_NAME_MAX = 52
+INSTANCE_NAME_MAX = K8S_NAME_MAX - 1 - K8S_NAME_SUFFIX_LENGTH
 DNS_LABEL_MAX = 63
 
 
@@ -91,7 +92,7 @@ REQUEST_TRANSITIONS: dict[RequestState, set[RequestState]] = {
 
 
 def validate_image_name(name: str, field: str = "name") -> str:
-    if not IMAGE_NAME_PATTERN.match(name or ""):
+    if not IMAGE_NAME_PATTERN.fullmatch(name or ""):  # fullmatch: `$` alone lets "x\n" through
         raise ValidationFailed(
             field, f"{name!r} must be 1-100 characters of letters, digits, '_' or '-'"
         )
@@ -101,7 +102,7 @@ def validate_image_name(name: str, field: str = "name") -> str:
 def validate_dns_label(value: str, field: str, max_length: int = DNS_LABEL_MAX) -> str:
     if not value or len(value) > max_length:
         raise ValidationFailed(field, f"{value!r} must be 1-{max_length} characters long")
-    if not DNS1123_LABEL.match(value):
+    if not DNS1123_LABEL.fullmatch(value):
         raise ValidationFailed(
             field,
             f"{value!r} must be a DNS-1123 label: lowercase letters, digits and '-',"
