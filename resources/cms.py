@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -750,9 +751,15 @@ class CMSResource(dg.ConfigurableResource):
     def create_restore_request(
         self, *, name: str, dns_label: str, source_image_id: str, namespace: str, storage_size_gb: int,
         internal: bool, runtime_image_id: str | None = None, image_override: str | None = None,
-        request_id: uuid.UUID | str | None = None,
+        request_id: uuid.UUID | str | None = None, password: str | None = None,
     ) -> RestoreRequest:
-        """Queue a restore (state pending). source_image_id: an image id or name."""
+        """Queue a restore (state pending). source_image_id: an image id or name.
+
+        `password` is accepted for compatibility and ignored (a restored instance keeps the
+        source image's password): it is never stored.
+        """
+        if password is not None:
+            warnings.warn("password is ignored for restores and stored nowhere", UserWarning, stacklevel=2)
         values = {
             "id": uuid.UUID(str(request_id)) if request_id else uuid.uuid4(),
             "name": name,

@@ -12,7 +12,7 @@ import pytest
 
 from resources.platform.postgres_server import postgres_bindir
 from tests.conftest import SOURCE_PASSWORD
-from tests.helpers import failure_text, materialize_image, run_logs
+from tests.helpers import cms_text, dagster_text, failure_text, materialize_image, run_logs
 from toygres_pipelines.models import ImageState, InstanceState
 from toygres_pipelines.restores.jobs import REQUEST_ID_TAG, restore_instance
 from toygres_pipelines.restores.steps import instance_ref
@@ -78,8 +78,7 @@ def table_fingerprints(dsn: str) -> dict[str, tuple[int, str]]:
 def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, source_dsn, ready_image):
     dagster = dg.DagsterInstance.ephemeral()
     result = restore(
-        resources, source_image_id=str(ready_image.id), name="pagila-copy", dns_label="pagila-copy",
-        password="ignored-password", instance=dagster,
+        resources, source_image_id=str(ready_image.id), name="pagila-copy", dns_label="pagila-copy", instance=dagster,
     )
     assert result.success, failure_text(result)
 
@@ -107,9 +106,7 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn_of(platform, row, "wrong-password", "postgres"))
 
-    logs = run_logs(dagster, result.run_id)
-    assert "password is ignored for restores" in logs
-    assert SOURCE_PASSWORD not in logs
+    assert SOURCE_PASSWORD not in run_logs(dagster, result.run_id)
 
 
 @pytest.mark.parametrize(
@@ -213,9 +210,10 @@ def test_launchpad_form_describes_every_field():
     op_config = config_type.fields["ops"].config_type.fields["validate_request"].config_type.fields["config"].config_type
     expected = {
         "name", "dns_label", "source_image_id", "namespace", "storage_size_gb", "internal",
-        "runtime_image_id", "image_override", "password",
+        "runtime_image_id", "image_override",
     }
     assert expected <= set(op_config.fields)
+    assert "password" not in op_config.fields  # run config is stored in plaintext
     for name, field in op_config.fields.items():
         assert field.description, f"{name} has no description in the launchpad"
     assert op_config.fields["name"].is_required
@@ -262,3 +260,12 @@ def test_connection_test_retries_without_cleaning_up_in_between(resources, cms, 
     restored = [i for i in cms.list_instances() if i.user_name == "retried"]
     assert [i.state for i in restored] == [InstanceState.running]
     assert [e.to_state for e in cms.events(restored[0].id)] == ["creating", "running"]
+
+
+def test_a_password_typed_in_the_launchpad_is_refused_and_stored_nowhere(resources, cms, ready_image):
+    secret = "s3cret-Launchpad-pw"
+    dagster = dg.DagsterInstance.ephemeral()
+    with pytest.raises(dg.DagsterInvalidConfigError, match='"password"'):
+        restore(resources, source_image_id=str(ready_image.id), password=secret, instance=dagster)
+    assert secret not in dagster_text(dagster)
+    assert secret not in cms_text(cms)

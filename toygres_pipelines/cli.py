@@ -45,6 +45,7 @@ EXIT_CMS = 3
 
 MANUAL_SUFFIX = "manual"
 IN_FLIGHT = (RequestState.pending, RequestState.accepted)
+PASSWORD_IGNORED = "a restored instance keeps the source image's password; this one is stored nowhere"
 
 
 class CMSUnavailable(Exception):
@@ -207,6 +208,8 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
         storage_size_gb=args.storage_gb, internal=args.internal, runtime_image_id=args.runtime_image_id,
         image_override=args.image_override,
     )
+    if args.password is not None:
+        sys.stderr.write(f"warning: --password is ignored: {PASSWORD_IGNORED}\n")
     plan = plan_restore(fields, cms)
     for queued in cms.list_restore_requests(IN_FLIGHT):
         if queued.dns_label == fields.dns_label:
@@ -368,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--internal", action="store_true", help="ClusterIP only, no public address")
     restore.add_argument("--runtime-image-id", help="not for restores: refused together with --image")
     restore.add_argument("--image-override", help="not for restores: refused together with --image")
+    restore.add_argument("--password", metavar="IGNORED", help=f"accepted for compatibility and ignored: {PASSWORD_IGNORED}")
     restore.set_defaults(handler=cmd_request_restore)
 
     images = sub.add_parser("images", parents=parent, help="list images with their states")

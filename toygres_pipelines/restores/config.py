@@ -54,10 +54,9 @@ class RestoreConfig(dg.Config):
     image_override: str | None = Field(
         default=None, description="Not for restores: cannot be combined with source_image_id"
     )
-    password: str | None = Field(
-        default=None,
-        description="Ignored for restores: the instance keeps the source image's password",
-    )
+    # No `password` field: Dagster stores run config in plaintext, and a restored instance keeps
+    # the source image's password anyway. The launchpad refuses one; the CLI and the CMS request
+    # API accept and ignore one with a warning.
     job_timeout_seconds: int = Field(default=3600, description="Upper bound for the restore job")
     ready_timeout_seconds: int = Field(default=600, description="How long the new server may take to accept connections")
 

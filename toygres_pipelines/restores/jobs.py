@@ -60,8 +60,6 @@ def still_creating(cms: CMSResource, instance: Instance) -> Instance:
 
 @dg.op(description="Check the request and the image; take image_type and postgres_version from the image")
 def validate_request(context: dg.OpExecutionContext, config: RestoreConfig, cms: CMSResource) -> TimedPlan:
-    if config.password:
-        context.log.warning("password is ignored for restores: the instance keeps the source image's password")
     try:
         plan = plan_restore(fields_from_config(config), cms)
     except ValidationFailed as error:
