@@ -123,6 +123,11 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
         ({"dns_label": "pagila-src"}, "dns_label: 'pagila-src' is already used by another instance"),
         ({"namespace": "Not/A/Namespace"}, "namespace:"),
         ({"storage_size_gb": 0}, "storage_size_gb: 0 must be between 1 and"),
+        ({"job_timeout_seconds": 0}, "job_timeout_seconds: 0 must be between 60 and 172800 seconds"),
+        ({"job_timeout_seconds": -1}, "job_timeout_seconds: -1 must be between 60 and 172800 seconds"),
+        ({"job_timeout_seconds": 10**9}, "job_timeout_seconds: 1000000000 must be between 60 and 172800 seconds"),
+        ({"ready_timeout_seconds": 0}, "ready_timeout_seconds: 0 must be between 5 and 3600 seconds"),
+        ({"ready_timeout_seconds": 86400}, "ready_timeout_seconds: 86400 must be between 5 and 3600 seconds"),
     ],
 )
 def test_invalid_requests_create_nothing(resources, cms, platform, source, ready_image, config, message):

@@ -25,6 +25,10 @@ from toygres_pipelines.models import (
 )
 
 MAX_STORAGE_GB = 16384
+# A restore job downloads, checks and pg_restores the whole image: a minute at the least, two
+# days at the most (a hung job must not hold its pool slot for ever).
+JOB_TIMEOUT_BOUNDS = (60, 2 * 24 * 3600)
+READY_TIMEOUT_BOUNDS = (5, 3600)
 
 
 class RestoreConfig(dg.Config):
@@ -57,8 +61,15 @@ class RestoreConfig(dg.Config):
     # No `password` field: Dagster stores run config in plaintext, and a restored instance keeps
     # the source image's password anyway. The launchpad refuses one; the CLI and the CMS request
     # API accept and ignore one with a warning.
-    job_timeout_seconds: int = Field(default=3600, description="Upper bound for the restore job")
-    ready_timeout_seconds: int = Field(default=600, description="How long the new server may take to accept connections")
+    job_timeout_seconds: int = Field(
+        default=3600,
+        description=f"Upper bound for the restore job, {JOB_TIMEOUT_BOUNDS[0]}-{JOB_TIMEOUT_BOUNDS[1]} seconds",
+    )
+    ready_timeout_seconds: int = Field(
+        default=600,
+        description=f"How long the new server may take to accept connections, {READY_TIMEOUT_BOUNDS[0]}-"
+        f"{READY_TIMEOUT_BOUNDS[1]} seconds",
+    )
 
 
 class RestoreFields(BaseModel):
@@ -105,6 +116,13 @@ def check_request_fields(fields: RestoreFields) -> None:
     validate_dns_label(fields.namespace, "namespace")
     if not 1 <= fields.storage_size_gb <= MAX_STORAGE_GB:
         raise ValidationFailed("storage_size_gb", f"{fields.storage_size_gb} must be between 1 and {MAX_STORAGE_GB}")
+
+
+def check_timeouts(config: RestoreConfig) -> None:
+    for field, (low, high) in (("job_timeout_seconds", JOB_TIMEOUT_BOUNDS), ("ready_timeout_seconds", READY_TIMEOUT_BOUNDS)):
+        value = getattr(config, field)
+        if not low <= value <= high:
+            raise ValidationFailed(field, f"{value} must be between {low} and {high} seconds")
 
 
 def ready_image(cms: CMSResource, ref: str) -> Image:

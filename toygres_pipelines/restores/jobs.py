@@ -13,7 +13,13 @@ from toygres_pipelines.models import (
     InstanceState,
     ValidationFailed,
 )
-from toygres_pipelines.restores.config import RestoreConfig, RestorePlan, fields_from_config, plan_restore
+from toygres_pipelines.restores.config import (
+    RestoreConfig,
+    RestorePlan,
+    check_timeouts,
+    fields_from_config,
+    plan_restore,
+)
 from toygres_pipelines.restores.steps import (
     check_connection,
     clean_up_failed_restore,
@@ -61,6 +67,7 @@ def still_creating(cms: CMSResource, instance: Instance) -> Instance:
 @dg.op(description="Check the request and the image; take image_type and postgres_version from the image")
 def validate_request(context: dg.OpExecutionContext, config: RestoreConfig, cms: CMSResource) -> TimedPlan:
     try:
+        check_timeouts(config)
         plan = plan_restore(fields_from_config(config), cms)
     except ValidationFailed as error:
         raise dg.Failure(description=f"Invalid restore request: {error}", allow_retries=False) from error
