@@ -274,3 +274,27 @@ def test_a_password_typed_in_the_launchpad_is_refused_and_stored_nowhere(resourc
         restore(resources, source_image_id=str(ready_image.id), password=secret, instance=dagster)
     assert secret not in dagster_text(dagster)
     assert secret not in cms_text(cms)
+
+
+def test_a_second_run_of_a_request_leaves_the_first_runs_live_restore_alone(resources, cms, platform, source, ready_image):
+    from dagster._core.test_utils import create_run_for_test
+
+    dagster = dg.DagsterInstance.ephemeral()
+    key = "5d1c2f0e-in-flight"
+    first = create_run_for_test(dagster, job_name="restore_instance", status=dg.DagsterRunStatus.STARTED, tags={REQUEST_ID_TAG: key})
+    in_flight = cms.create_instance(
+        user_name="restored", k8s_name="restored-first", namespace="default", postgres_version=ready_image.postgres_version,
+        storage_size_gb=1, use_load_balancer=False, dns_name="first-label", image_type=ready_image.image_type,
+        source_image_id=ready_image.id, run_id=first.run_id, tags={"request_key": key},
+    )
+
+    second = restore(resources, tags={REQUEST_ID_TAG: key}, instance=dagster, source_image_id=ready_image.name)
+    assert not second.success
+    assert f"request {key} is being restored by run {first.run_id}, which is still STARTED" in failure_text(second)
+    assert cms.get_instance(in_flight.id).state is InstanceState.creating
+
+    # Once the first run has ended, a new run of the request takes its leftovers over.
+    dagster.report_run_failed(first)
+    third = restore(resources, tags={REQUEST_ID_TAG: key}, instance=dagster, source_image_id=ready_image.name)
+    assert third.success, failure_text(third)
+    assert cms.get_instance(in_flight.id).state is InstanceState.failed

@@ -64,6 +64,19 @@ def still_creating(cms: CMSResource, instance: Instance) -> Instance:
     return current
 
 
+def refuse_while_alive(context: dg.OpExecutionContext, earlier: Instance, key: str) -> None:
+    """Only a run that has ended may have its half-made instance taken over."""
+    if not earlier.run_id or earlier.run_id == context.run_id:
+        return
+    run = context.instance.get_run_by_id(earlier.run_id)
+    if run is not None and not run.is_finished:
+        raise dg.Failure(
+            description=f"request {key} is being restored by run {earlier.run_id}, which is still {run.status.value}: "
+            f"wait for it to end (or terminate it) before launching the request again",
+            allow_retries=False,
+        )
+
+
 @dg.op(description="Check the request and the image; take image_type and postgres_version from the image")
 def validate_request(context: dg.OpExecutionContext, config: RestoreConfig, cms: CMSResource) -> TimedPlan:
     try:
@@ -87,6 +100,7 @@ def create_instance_record(
         if earlier.state is InstanceState.running:
             raise dg.Failure(description=f"request {key} already restored as {earlier.k8s_name}", allow_retries=False)
         if earlier.state is InstanceState.creating:
+            refuse_while_alive(context, earlier, key)
             clean_up_failed_restore(
                 cms, platform, earlier, reason=f"superseded by run {context.run_id} of the same request", log=context.log.info
             )
