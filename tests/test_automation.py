@@ -420,7 +420,10 @@ def test_reconciler_settles_rows_of_runs_that_ended_without_reporting(resources,
         assert cms.get_image(row.id).state is ImageState.creating
     settled = cms.get_image_request(request.id)
     assert settled.state is RequestState.failed and settled.run_id == request_run.run_id
-    assert settled.reason == f"run {request_run.run_id} ended without reporting (FAILURE)"
+    assert settled.reason == (
+        f"run {request_run.run_id} ended without reporting (FAILURE): "
+        "This run has been marked as failed from outside the execution context."
+    )
 
     # Idempotent: nothing left to do but the live runs.
     again = reconcile(dagster_instance, cms, blob, resources["platform"], grace_seconds=0)
@@ -521,3 +524,15 @@ def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob
     expected = f"run {run.run_id} succeeded without marking the image ready"
     assert cms.get_image(left.id).error_message == expected
     assert cms.get_image_request(request.id).reason == expected
+
+
+def test_reconciler_records_the_dead_runs_own_failure_message(resources, cms, blob, source, dagster_instance):
+    run = create_run_for_test(dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.STARTED)
+    row = reserve_image(cms, blob, source, "died-oom", run.run_id)
+    dagster_instance.report_run_failed(run, message="Run worker process died: exit code -9 (killed by the OOM killer)")
+
+    reconcile(dagster_instance, cms, blob, resources["platform"], grace_seconds=0)
+
+    assert cms.get_image(row.id).error_message == (
+        f"run {run.run_id} ended without reporting (FAILURE): Run worker process died: exit code -9 (killed by the OOM killer)"
+    )
