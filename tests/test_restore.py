@@ -164,17 +164,27 @@ def assert_cleaned_up(cms, platform, failed_step: str, reason: str):
     return instance
 
 
-def test_flipped_byte_in_the_blob_never_becomes_an_instance(resources, cms, blob, platform, source, ready_image):
+@pytest.mark.parametrize("flipped", ["pagila dump", "manifest.json"])
+def test_flipped_byte_in_the_blob_never_becomes_an_instance_and_marks_the_image_corrupt(
+    resources, cms, blob, platform, source, ready_image, flipped
+):
     manifest, _ = blob.read_manifest(ready_image.blob_path)
     dump = next(f for f in manifest.files if f.database == "pagila")
-    name = f"{ready_image.blob_path}/{dump.path}"
+    name = f"{ready_image.blob_path}/{dump.path if flipped == 'pagila dump' else 'manifest.json'}"
     data = bytearray(blob.read_bytes(name))
     data[len(data) // 2] ^= 0x01
     blob.write_bytes(name, bytes(data), overwrite=True)
 
     result = restore(resources, source_image_id=ready_image.name)
     assert not result.success
-    assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch")
+    assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch" if flipped == "pagila dump" else "manifest.json: sha256")
+
+    image = cms.get_image(ready_image.id)
+    assert image.state is ImageState.corrupt
+    assert "failed verification at restore" in image.error_message
+    assert [e.to_state for e in cms.events(image.id)] == ["creating", "ready", "corrupt"]
+    again = restore(resources, source_image_id=ready_image.name, dns_label="second-try")
+    assert f"image {ready_image.name!r} is corrupt, it must be ready" in failure_text(again)
 
 
 def test_restore_script_failing_midway_is_cleaned_up(resources, cms, blob, platform, source, ready_image):

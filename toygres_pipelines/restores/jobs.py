@@ -26,7 +26,9 @@ from toygres_pipelines.restores.steps import (
     connection_string,
     connection_strings,
     instance_ref,
+    mark_image_corrupt,
     restore_job_spec,
+    verification_failure,
 )
 
 REQUEST_ID_TAG = "toygres/request-id"
@@ -138,8 +140,14 @@ def run_restore_job(
     blob: BlobStorageResource, platform: PlatformResource,
 ) -> Instance:
     instance = still_creating(cms, instance)
-    spec = restore_job_spec(timed.plan, instance, blob, timed.job_timeout_seconds)
-    platform.run_job(spec, context.log.info)
+    try:
+        spec = restore_job_spec(timed.plan, instance, blob, timed.job_timeout_seconds)
+        platform.run_job(spec, context.log.info)
+    except Exception as error:
+        why = verification_failure(error)
+        if why is not None:
+            mark_image_corrupt(cms, timed.plan, why, context.run_id, context.log.warning)
+        raise
     platform.delete_job(spec.name, instance.namespace)
     return instance
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import quote
@@ -9,14 +10,15 @@ from urllib.parse import quote
 import psycopg
 from pydantic import SecretStr
 
-from resources.blob import BlobStorageResource
-from resources.cms import CMSResource
-from resources.platform.base import JobKind, JobSpec, PlatformResource
+from resources.blob import MANIFEST_NAME, BlobStorageResource
+from resources.cms import CMSError, CMSResource
+from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource
 from toygres_pipelines.images.verification import ImageCorrupt, sha256sums
 from toygres_pipelines.models import (
     BackupManifest,
     ConnectionStrings,
     Endpoints,
+    ImageState,
     Instance,
     InstanceRef,
     InstanceState,
@@ -74,12 +76,39 @@ def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageRes
 
 
 def verify_manifest_only(blob: BlobStorageResource, plan: RestorePlan) -> tuple[BackupManifest, str]:
-    manifest, manifest_sha256 = blob.read_manifest(plan.blob_path)
+    # The checksum first: damaged bytes must read as a corrupt image, not as a parse error.
+    raw = blob.read_bytes(f"{plan.blob_path.rstrip('/')}/{MANIFEST_NAME}")
+    manifest_sha256 = hashlib.sha256(raw).hexdigest()
     if manifest_sha256 != plan.manifest_sha256:
         raise ImageCorrupt(
             f"manifest.json: sha256 {manifest_sha256} in blob storage, the CMS recorded {plan.manifest_sha256}"
         )
-    return manifest, manifest_sha256
+    return BackupManifest.model_validate_json(raw), manifest_sha256
+
+
+CHECKSUM_MISMATCH = "ERROR: checksum mismatch"  # restore.sh's message (exit 3) when a file's sha256 differs
+
+
+def verification_failure(error: BaseException) -> str | None:
+    """Why the image's bytes failed verification, when that is what `error` says; else None."""
+    if isinstance(error, ImageCorrupt):
+        return str(error)
+    if isinstance(error, JobFailed):
+        return next((line for line in error.result.log_tail if CHECKSUM_MISMATCH in line), None)
+    return None
+
+
+def mark_image_corrupt(cms: CMSResource, plan: RestorePlan, why: str, run_id: str, log: Callable[[str], None]) -> None:
+    """A ready image whose bytes failed verification is never offered again until re-verified."""
+    try:
+        cms.transition_image(
+            plan.image_id, ImageState.corrupt, run_id=run_id, expected=ImageState.ready,
+            reason=f"failed verification at restore: {why}"[:4000],
+            error_message=f"failed verification at restore: {why}"[:4000],
+        )
+        log(f"image {plan.image_name} marked corrupt: {why}")
+    except CMSError as error:  # another run got there first, or it is being deleted
+        log(f"image {plan.image_name} not marked corrupt: {error}")
 
 
 def check_connection(connection_url: str, timeout_seconds: int) -> str:
