@@ -55,6 +55,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_FILE = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 # pg_advisory_lock key for migrations ("toygres" in ASCII); advisory locks are per database.
 MIGRATION_LOCK_KEY = 0x746F7967726573
+# First key of the claims' pg_advisory_xact_lock(int4, int4) ("tgcl"); the second is the table's.
+CLAIM_LOCK_KEY = 0x7467636C
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +229,8 @@ class ClaimedRequests(list, Generic[RecordT]):
 
     Everything happens in the claim's single transaction, which commits when the `with` block
     exits normally and rolls back (the rows stay pending) when it raises. Rows locked by
-    another open claim are skipped, so two claims never see the same request.
+    another open claim are skipped, so two claims never see the same request; claims that
+    call `already_accepted()` take turns from there on, so their duplicate checks agree.
     """
 
     def __init__(self, rows: list[RecordT], cms: CMSResource, conn: psycopg.Connection, kind: _Kind):
@@ -266,6 +269,16 @@ class ClaimedRequests(list, Generic[RecordT]):
 
     accepted = accept
     rejected = reject
+
+    def already_accepted(self) -> list[RecordT]:
+        """Every accepted request of this kind, for duplicate checks.
+
+        From here to the end of the claim, claims of this kind take turns (a transaction-scoped
+        advisory lock): this read waits until an overlapping claim has committed, so it sees
+        every request accepted before, and no other claim accepts anything until this one ends.
+        """
+        self._conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CLAIM_LOCK_KEY, self._kind.table))
+        return self._cms._select(self._kind, sql.SQL("state = %s"), [RequestState.accepted.value], conn=self._conn)
 
 
 # --------------------------------------------------------------------------------------------

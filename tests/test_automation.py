@@ -536,3 +536,43 @@ def test_reconciler_records_the_dead_runs_own_failure_message(resources, cms, bl
     assert cms.get_image(row.id).error_message == (
         f"run {run.run_id} ended without reporting (FAILURE): Run worker process died: exit code -9 (killed by the OOM killer)"
     )
+
+
+def test_racing_claims_never_accept_two_requests_for_the_same_name(cms, source, dagster_instance, monkeypatch):
+    from toygres_pipelines.automation import sensors
+
+    first = cms.create_image_request(image_name="same-name", source_instance=source.k8s_name)
+    second = cms.create_image_request(image_name="same-name", source_instance=source.k8s_name)
+    # Each evaluation claims one request; both then check the name at the same moment when the
+    # claims can overlap (when they cannot, the barrier times out and the evaluations run in turn).
+    both_checking = threading.Barrier(2)
+    check = sensors.check_image_request
+
+    def check_together(cms_, request, taken):
+        checked = check(cms_, request, taken)
+        try:
+            both_checking.wait(timeout=5)
+        except threading.BrokenBarrierError:
+            pass
+        return checked
+
+    monkeypatch.setattr(sensors, "check_image_request", check_together)
+    outcomes, errors = [], []
+
+    def evaluate() -> None:
+        try:
+            outcomes.append(evaluate_image_requests(dagster_instance, cms, limit=1))
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=evaluate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    states = {r.id: r.state for r in cms.list_image_requests()}
+    assert sorted(states.values()) == [RequestState.accepted, RequestState.rejected], states
+    rejected = next(r for r in cms.list_image_requests() if r.state is RequestState.rejected)
+    assert rejected.id in (first.id, second.id)
+    assert "'same-name' is already requested by another accepted request" in rejected.reason
