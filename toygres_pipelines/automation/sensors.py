@@ -35,7 +35,6 @@ from toygres_pipelines.images.backup import check_name_free, running_source
 from toygres_pipelines.models import (
     ImageRequest,
     Instance,
-    RequestState,
     RestoreRequest,
     ValidationFailed,
     validate_image_name,
