@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.platform.postgres_server import LocalPostgresServer, free_port, give_to_service_user
+from resources.platform.postgres_server import DEFAULT_SIGNALS, LocalPostgresServer, free_port, give_to_service_user
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ class Azurite:
         log = open(self.data_dir / "azurite.log", "ab")
         self.process = subprocess.Popen(
             [
-                str(azurite_path()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                *DEFAULT_SIGNALS, str(azurite_path()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
                 "--location", str(self.data_dir), "--skipApiVersionCheck", "--loose", "--disableTelemetry",
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
