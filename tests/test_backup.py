@@ -11,11 +11,12 @@ import dagster as dg
 import psycopg
 import pytest
 
-from resources.platform.base import PlatformError
+from resources.cms import CMSResource
+from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
 from toygres_pipelines.images.janitor import purge_failed_image_blobs
-from toygres_pipelines.models import ImageState, InstanceState
+from toygres_pipelines.models import ImageState, InstanceRef, InstanceState, JobResult
 from toygres_pipelines.restores.steps import SUPERUSER
 
 from tests.helpers import failure_text, materialize_image, run_logs
@@ -263,3 +264,53 @@ def test_image_named_with_a_trailing_newline_is_refused_before_any_row(resources
     assert not result.success
     assert "image name (partition key): " in failure_text(result)
     assert cms.list_images() == []
+
+
+class FailingAfterJobPlatform(LocalPlatform):
+    """The real backup job runs, then the platform reports it failed."""
+
+    def run_job(self, spec, log):
+        super().run_job(spec, log)
+        raise JobFailed(JobResult(name=spec.name, succeeded=False, reason="exit code 1"))
+
+
+class CMSDownOnFailure(CMSResource):
+    """The CMS answers until the backup fails, then is unreachable."""
+
+    def get_image(self, image_id):
+        raise psycopg.OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+
+
+def job_dirs(platform) -> set[str]:
+    return {str(p) for p in (platform._root / "jobs").glob("*/backup-*")}
+
+
+def test_job_directory_and_its_sas_are_removed_even_when_the_cms_is_unreachable(resources, cms, source, platform):
+    failing = FailingAfterJobPlatform(state_dir=platform.state_dir, azcopy_path=platform.azcopy_path)
+    down = CMSDownOnFailure(dsn=cms.dsn, encryption_key=cms.encryption_key)
+    before = job_dirs(platform)
+    result = materialize_image({**resources, "platform": failing, "cms": down}, f"{source.k8s_name}__cms-down", raise_on_error=False)
+    assert not result.success
+    assert job_dirs(platform) == before
+    # The row stays creating (the CMS could not be told); the blobs stay for the reconciler.
+    [row] = cms.list_images()
+    assert row.state is ImageState.creating
+
+
+def test_janitor_removes_local_job_directories_past_their_timeout(platform, tmp_path):
+    import os
+
+    from toygres_pipelines.images.janitor import remove_stale_jobs
+
+    tmp_path.chmod(0o711)
+    local = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path=platform.azcopy_path, job_timeout_seconds=600)
+    ref = InstanceRef(k8s_name="x", namespace="default")
+    stale = local._fresh_job_dir(JobSpec(kind=JobKind.backup, name="backup-stale", script="backup.sh", instance=ref))
+    (stale / "sas").write_text("sv=1&sig=secret")
+    fresh = local._fresh_job_dir(JobSpec(kind=JobKind.backup, name="backup-fresh", script="backup.sh", instance=ref))
+    old = time.time() - 600 - 3600
+    os.utime(stale, (old, old))
+
+    removed = remove_stale_jobs(local, namespaces={"default"}, grace_seconds=3600, log=print)
+    assert removed == ["default/backup-stale"]
+    assert not stale.exists() and fresh.exists()
