@@ -187,6 +187,37 @@ def test_flipped_byte_in_the_blob_never_becomes_an_instance_and_marks_the_image_
     assert f"image {ready_image.name!r} is corrupt, it must be ready" in failure_text(again)
 
 
+def test_a_corrupt_image_is_ready_again_only_once_its_bytes_verify(resources, cms, blob, platform, source, ready_image):
+    from toygres_pipelines.images.reverify import reverify_image
+
+    manifest, _ = blob.read_manifest(ready_image.blob_path)
+    dump = next(f for f in manifest.files if f.database == "pagila")
+    name = f"{ready_image.blob_path}/{dump.path}"
+    original = blob.read_bytes(name)
+    damaged = bytearray(original)
+    damaged[len(damaged) // 3] ^= 0x80
+    blob.write_bytes(name, bytes(damaged), overwrite=True)
+    assert not restore(resources, source_image_id=ready_image.name).success
+    assert cms.get_image(ready_image.id).state is ImageState.corrupt
+
+    def reverify():
+        return reverify_image.execute_in_process(
+            run_config={"ops": {"reverify_corrupt_image": {"config": {"image": ready_image.name}}}},
+            resources={"cms": cms, "blob": blob}, raise_on_error=False,
+        )
+
+    still_bad = reverify()
+    assert not still_bad.success and f"{dump.path}: " in failure_text(still_bad)
+    assert cms.get_image(ready_image.id).state is ImageState.corrupt
+
+    blob.write_bytes(name, original, overwrite=True)
+    assert reverify().success
+    image = cms.get_image(ready_image.id)
+    assert image.state is ImageState.ready and image.error_message is None
+    assert [e.to_state for e in cms.events(image.id)] == ["creating", "ready", "corrupt", "ready"]
+    assert restore(resources, source_image_id=ready_image.name, dns_label="after-repair").success
+
+
 def test_restore_script_failing_midway_is_cleaned_up(resources, cms, blob, platform, source, ready_image):
     """A consistent image (manifest and CMS agree) whose roles script breaks after initdb."""
     broken = b"CREATE ROLE broken_role;\nTHIS IS NOT SQL;\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import quote
@@ -10,10 +9,10 @@ from urllib.parse import quote
 import psycopg
 from pydantic import SecretStr
 
-from resources.blob import MANIFEST_NAME, BlobStorageResource
+from resources.blob import BlobStorageResource
 from resources.cms import CMSError, CMSResource
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource
-from toygres_pipelines.images.verification import ImageCorrupt, sha256sums
+from toygres_pipelines.images.verification import ImageCorrupt, read_manifest, sha256sums
 from toygres_pipelines.models import (
     BackupManifest,
     ConnectionStrings,
@@ -76,14 +75,7 @@ def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageRes
 
 
 def verify_manifest_only(blob: BlobStorageResource, plan: RestorePlan) -> tuple[BackupManifest, str]:
-    # The checksum first: damaged bytes must read as a corrupt image, not as a parse error.
-    raw = blob.read_bytes(f"{plan.blob_path.rstrip('/')}/{MANIFEST_NAME}")
-    manifest_sha256 = hashlib.sha256(raw).hexdigest()
-    if manifest_sha256 != plan.manifest_sha256:
-        raise ImageCorrupt(
-            f"manifest.json: sha256 {manifest_sha256} in blob storage, the CMS recorded {plan.manifest_sha256}"
-        )
-    return BackupManifest.model_validate_json(raw), manifest_sha256
+    return read_manifest(blob, plan.blob_path, plan.manifest_sha256)
 
 
 CHECKSUM_MISMATCH = "ERROR: checksum mismatch"  # restore.sh's message (exit 3) when a file's sha256 differs
