@@ -538,30 +538,39 @@ def test_reconciler_records_the_dead_runs_own_failure_message(resources, cms, bl
     )
 
 
-def test_racing_claims_never_accept_two_requests_for_the_same_name(cms, source, dagster_instance, monkeypatch):
+@pytest.mark.parametrize("kind", ["image", "restore"])
+def test_racing_claims_never_accept_two_requests_for_the_same_name(request, cms, source, dagster_instance, monkeypatch, kind):
     from toygres_pipelines.automation import sensors
 
-    first = cms.create_image_request(image_name="same-name", source_instance=source.k8s_name)
-    second = cms.create_image_request(image_name="same-name", source_instance=source.k8s_name)
+    if kind == "image":
+        create = lambda: cms.create_image_request(image_name="same-name", source_instance=source.k8s_name)  # noqa: E731
+        check_name, evaluate_kind, listing = "check_image_request", evaluate_image_requests, cms.list_image_requests
+        reason = "'same-name' is already requested by another accepted request"
+    else:
+        image_name = request.getfixturevalue("ready_image").name
+        create = lambda: restore_request(cms, source_image_id=image_name, dns_label="same-label")  # noqa: E731
+        check_name, evaluate_kind, listing = "check_restore_request", evaluate_restore_requests, cms.list_restore_requests
+        reason = "'same-label' is already requested by another accepted request"
+    first, second = create(), create()
     # Each evaluation claims one request; both then check the name at the same moment when the
     # claims can overlap (when they cannot, the barrier times out and the evaluations run in turn).
     both_checking = threading.Barrier(2)
-    check = sensors.check_image_request
+    check = getattr(sensors, check_name)
 
-    def check_together(cms_, request, taken):
-        checked = check(cms_, request, taken)
+    def check_together(cms_, claimed, taken):
+        checked = check(cms_, claimed, taken)
         try:
             both_checking.wait(timeout=5)
         except threading.BrokenBarrierError:
             pass
         return checked
 
-    monkeypatch.setattr(sensors, "check_image_request", check_together)
-    outcomes, errors = [], []
+    monkeypatch.setattr(sensors, check_name, check_together)
+    errors = []
 
     def evaluate() -> None:
         try:
-            outcomes.append(evaluate_image_requests(dagster_instance, cms, limit=1))
+            evaluate_kind(dagster_instance, cms, limit=1)
         except BaseException as error:  # noqa: BLE001 - reported by the main thread
             errors.append(error)
 
@@ -571,8 +580,8 @@ def test_racing_claims_never_accept_two_requests_for_the_same_name(cms, source, 
     for thread in threads:
         thread.join(timeout=60)
     assert not errors, errors
-    states = {r.id: r.state for r in cms.list_image_requests()}
+    states = {r.id: r.state for r in listing()}
     assert sorted(states.values()) == [RequestState.accepted, RequestState.rejected], states
-    rejected = next(r for r in cms.list_image_requests() if r.state is RequestState.rejected)
+    rejected = next(r for r in listing() if r.state is RequestState.rejected)
     assert rejected.id in (first.id, second.id)
-    assert "'same-name' is already requested by another accepted request" in rejected.reason
+    assert reason in rejected.reason
