@@ -297,10 +297,10 @@ def test_job_directory_and_its_sas_are_removed_even_when_the_cms_is_unreachable(
     assert row.state is ImageState.creating
 
 
-def test_janitor_removes_local_job_directories_past_their_timeout(platform, tmp_path):
+def test_janitor_removes_local_job_directories_past_their_timeout(cms, blob, platform, tmp_path, monkeypatch):
     import os
 
-    from toygres_pipelines.images.janitor import remove_stale_jobs
+    from toygres_pipelines.images.janitor import purge_failed_image_blobs_hourly
 
     tmp_path.chmod(0o711)
     local = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path=platform.azcopy_path, job_timeout_seconds=600)
@@ -311,6 +311,11 @@ def test_janitor_removes_local_job_directories_past_their_timeout(platform, tmp_
     old = time.time() - 600 - 3600
     os.utime(stale, (old, old))
 
-    removed = remove_stale_jobs(local, namespaces={"default"}, grace_seconds=3600, log=print)
-    assert removed == ["default/backup-stale"]
+    monkeypatch.setenv("TOYGRES_STALE_JOB_GRACE_SECONDS", "3600")
+    instance = dg.DagsterInstance.ephemeral()
+    result = purge_failed_image_blobs_hourly.job.execute_in_process(
+        resources={"cms": cms, "blob": blob, "platform": local}, instance=instance
+    )
+    assert result.success
     assert not stale.exists() and fresh.exists()
+    assert "removed stale job default/backup-stale" in run_logs(instance, result.run_id)
