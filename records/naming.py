@@ -9,17 +9,19 @@ import uuid
 
 from records.errors import ValidationFailed
 
-IMAGE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Matched with fullmatch: with match, `$` alone lets "x\n" through.
+IMAGE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,100}")
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 K8S_NAME_SUFFIX_LENGTH = 5
 # k8s_name feeds StatefulSet pod names (<name>-0) and the controller-revision-hash label, which
 # limit the StatefulSet name to 52 characters; leave room for "-" + the random suffix.
-INSTANCE_NAME_MAX = 52 - 1 - K8S_NAME_SUFFIX_LENGTH
+K8S_NAME_MAX = 52
+INSTANCE_NAME_MAX = K8S_NAME_MAX - 1 - K8S_NAME_SUFFIX_LENGTH
 DNS_LABEL_MAX = 63
 
 
 def validate_image_name(name: str, field: str = "name") -> str:
-    if not IMAGE_NAME_PATTERN.match(name or ""):
+    if not IMAGE_NAME_PATTERN.fullmatch(name or ""):
         raise ValidationFailed(field, f"{name!r} must be 1-100 characters of letters, digits, '_' or '-'")
     return name
 
@@ -27,7 +29,7 @@ def validate_image_name(name: str, field: str = "name") -> str:
 def validate_dns_label(value: str, field: str, max_length: int = DNS_LABEL_MAX) -> str:
     if not value or len(value) > max_length:
         raise ValidationFailed(field, f"{value!r} must be 1-{max_length} characters long")
-    if not DNS1123_LABEL.match(value):
+    if not DNS1123_LABEL.fullmatch(value):
         raise ValidationFailed(
             field,
             f"{value!r} must be a DNS-1123 label: lowercase letters, digits and '-',"

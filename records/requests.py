@@ -21,9 +21,9 @@ from records.states import RequestState
 
 
 class RequestFields(BaseModel):
-    """A request's fields, without the row's bookkeeping."""
+    """A request's fields, without the row's bookkeeping. An unknown field is an error, not dropped."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     @classmethod
     def of(cls, source: BaseModel) -> Self:

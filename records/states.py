@@ -11,6 +11,7 @@ class ImageState(StrEnum):
     failed = "failed"
     deleting = "deleting"
     deleted = "deleted"
+    corrupt = "corrupt"  # failed verification at restore; offered again only once re-verified
 
 
 class InstanceState(StrEnum):
@@ -37,7 +38,8 @@ class RequestState(StrEnum):
 
 IMAGE_TRANSITIONS: dict[ImageState, set[ImageState]] = {
     ImageState.creating: {ImageState.ready, ImageState.failed},
-    ImageState.ready: {ImageState.deleting},
+    ImageState.ready: {ImageState.deleting, ImageState.corrupt},
+    ImageState.corrupt: {ImageState.ready, ImageState.deleting},
     ImageState.failed: {ImageState.deleting, ImageState.deleted},
     ImageState.deleting: {ImageState.deleted, ImageState.failed},
     ImageState.deleted: set(),

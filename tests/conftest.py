@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +12,13 @@ import pytest
 
 from resources.platform.postgres_server import free_port
 from toygres_pipelines.dev.stack import Azurite, CmsServer, remove_tree, require_tools
+
+# Started in the background (`make test &`, nohup, CI), pytest inherits SIGINT ignored. Every
+# Dagster execution then copies that to SIGTERM (dagster._utils.interrupts), and an ignored
+# SIGTERM is inherited by every child the tests start. A handler (not SIG_IGN) is reset to the
+# default on exec, so children start with default dispositions again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass

@@ -21,3 +21,26 @@ def run_logs(instance: dg.DagsterInstance, run_id: str) -> str:
 def failure_text(result) -> str:
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     return "\n".join(str(e.event_specific_data.error.to_string()) for e in failures)
+
+
+def cms_text(cms) -> str:
+    """Every row of every CMS table (events included), as text: for 'no secret stored' checks."""
+    import psycopg
+
+    with psycopg.connect(cms.dsn) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'toygres_cms'"
+        ).fetchall()]
+        assert {"instances", "images", "events", "restore_requests", "image_requests"} <= set(tables)
+        return "\n".join(
+            row[0] for table in tables
+            for row in conn.execute(f'SELECT t::text FROM toygres_cms."{table}" t').fetchall()
+        )
+
+
+def dagster_text(instance: dg.DagsterInstance) -> str:
+    """Run config, tags and every log line of every run the Dagster instance stored."""
+    parts = []
+    for run in instance.get_runs():
+        parts += [repr(run.run_config), repr(run.tags), run_logs(instance, run.run_id)]
+    return "\n".join(parts)

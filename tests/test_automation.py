@@ -435,7 +435,10 @@ def test_reconciler_settles_rows_of_runs_that_ended_without_reporting(resources,
         assert cms.get_image(row.id).state is ImageState.creating
     settled = cms.get_image_request(request.id)
     assert settled.state is RequestState.failed and settled.run_id == request_run.run_id
-    assert settled.reason == f"run {request_run.run_id} ended without reporting (FAILURE)"
+    assert settled.reason == (
+        f"run {request_run.run_id} ended without reporting (FAILURE): "
+        "This run has been marked as failed from outside the execution context."
+    )
 
     # Idempotent: nothing left to do but the live runs.
     again = reconcile(dagster_instance, cms, blob, resources["platform"], grace_seconds=0)
@@ -536,3 +539,66 @@ def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob
     expected = f"run {run.run_id} succeeded without marking the image ready"
     assert cms.get_image(left.id).error_message == expected
     assert cms.get_image_request(request.id).reason == expected
+
+
+def test_reconciler_records_the_dead_runs_own_failure_message(resources, cms, blob, source, dagster_instance):
+    run = create_run_for_test(dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.STARTED)
+    row = reserve_image(cms, blob, source, "died-oom", run.run_id)
+    dagster_instance.report_run_failed(run, message="Run worker process died: exit code -9 (killed by the OOM killer)")
+
+    reconcile(dagster_instance, cms, blob, resources["platform"], grace_seconds=0)
+
+    assert cms.get_image(row.id).error_message == (
+        f"run {run.run_id} ended without reporting (FAILURE): Run worker process died: exit code -9 (killed by the OOM killer)"
+    )
+
+
+@pytest.mark.parametrize("kind", ["image", "restore"])
+def test_racing_claims_never_accept_two_requests_for_the_same_name(request, cms, source, dagster_instance, monkeypatch, kind):
+    from toygres_pipelines.automation import sensors
+
+    if kind == "image":
+        create = lambda: cms.create_image_request(ImageRequestFields(image_name="same-name", source_instance=source.k8s_name))  # noqa: E731
+        check_name, evaluate_kind, listing = "check_image_request", evaluate_image_requests, cms.list_image_requests
+        reason = "'same-name' is already requested by another accepted request"
+    else:
+        image_name = request.getfixturevalue("ready_image").name
+        create = lambda: restore_request(cms, source_image_id=image_name, dns_label="same-label")  # noqa: E731
+        platform = request.getfixturevalue("platform")
+        check_name, listing = "check_restore_request", cms.list_restore_requests
+        evaluate_kind = lambda instance, cms_, limit: evaluate_restore_requests(instance, cms_, platform, limit=limit)  # noqa: E731
+        reason = "'same-label' is already requested by another accepted request"
+    first, second = create(), create()
+    # Each evaluation claims one request; both then check the name at the same moment when the
+    # claims can overlap (when they cannot, the barrier times out and the evaluations run in turn).
+    both_checking = threading.Barrier(2)
+    check = getattr(sensors, check_name)
+
+    def check_together(*args):
+        checked = check(*args)
+        try:
+            both_checking.wait(timeout=5)
+        except threading.BrokenBarrierError:
+            pass
+        return checked
+
+    monkeypatch.setattr(sensors, check_name, check_together)
+    errors = []
+
+    def evaluate() -> None:
+        try:
+            evaluate_kind(dagster_instance, cms, limit=1)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=evaluate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    states = {r.id: r.state for r in listing()}
+    assert sorted(states.values()) == [RequestState.accepted, RequestState.rejected], states
+    rejected = next(r for r in listing() if r.state is RequestState.rejected)
+    assert rejected.id in (first.id, second.id)
+    assert reason in rejected.reason

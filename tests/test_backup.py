@@ -11,9 +11,12 @@ import dagster as dg
 import psycopg
 import pytest
 
+from resources.cms import CMSResource
+from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformError
+from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
 from toygres_pipelines.images.janitor import purge_failed_image_blobs
-from records import ImageState, InstanceState
+from records import ImageState, InstanceRef, InstanceState, JobResult
 
 from tests.helpers import failure_text, materialize_image, run_logs
 
@@ -232,3 +235,89 @@ def test_unreachable_blob_storage_fails_the_image_with_the_cause(resources, cms,
     row = cms.list_images()[0]
     assert row.state is ImageState.failed
     assert "blob storage at http://127.0.0.1:" in row.error_message and "unreachable" in row.error_message
+
+
+class CleanupFailingPlatform(LocalPlatform):
+    """The local platform, except that removing a finished job fails (as a Kubernetes API error would)."""
+
+    def delete_job(self, name: str, namespace: str) -> None:
+        raise PlatformError(f"API error while deleting job {name}: 500 Internal Server Error")
+
+
+def test_cleanup_error_after_ready_never_destroys_the_verified_image(resources, cms, blob, source, platform):
+    failing = CleanupFailingPlatform(state_dir=platform.state_dir, azcopy_path=platform.azcopy_path)
+    instance = dg.DagsterInstance.ephemeral()
+    key = f"{source.k8s_name}__cleanup-fails"
+    result = materialize_image({**resources, "platform": failing}, key, instance=instance, raise_on_error=False)
+
+    row = cms.find_image(key)
+    assert row.state is ImageState.ready
+    manifest, _ = blob.read_manifest(row.blob_path)
+    assert sorted(blob.list_names(row.blob_path)) == sorted(
+        [f"{row.blob_path}/manifest.json", *(f"{row.blob_path}/{f.path}" for f in manifest.files)]
+    )
+    assert [e.to_state for e in cms.events(row.id)] == ["creating", "ready"]
+    assert result.success
+    assert "500 Internal Server Error" in run_logs(instance, result.run_id)
+
+
+def test_image_named_with_a_trailing_newline_is_refused_before_any_row(resources, cms, source):
+    result = materialize_image(resources, f"{source.k8s_name}__nl\n", raise_on_error=False)
+    assert not result.success
+    assert "image name (partition key): " in failure_text(result)
+    assert cms.list_images() == []
+
+
+class FailingAfterJobPlatform(LocalPlatform):
+    """The real backup job runs, then the platform reports it failed."""
+
+    def run_job(self, spec, log):
+        super().run_job(spec, log)
+        raise JobFailed(JobResult(name=spec.name, succeeded=False, reason="exit code 1"))
+
+
+class CMSDownOnFailure(CMSResource):
+    """The CMS answers until the backup fails, then is unreachable."""
+
+    def get_image(self, image_id):
+        raise psycopg.OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+
+
+def job_dirs(platform) -> set[str]:
+    return {str(p) for p in (platform._root / "jobs").glob("*/backup-*")}
+
+
+def test_job_directory_and_its_sas_are_removed_even_when_the_cms_is_unreachable(resources, cms, source, platform):
+    failing = FailingAfterJobPlatform(state_dir=platform.state_dir, azcopy_path=platform.azcopy_path)
+    down = CMSDownOnFailure(dsn=cms.dsn, encryption_key=cms.encryption_key)
+    before = job_dirs(platform)
+    result = materialize_image({**resources, "platform": failing, "cms": down}, f"{source.k8s_name}__cms-down", raise_on_error=False)
+    assert not result.success
+    assert job_dirs(platform) == before
+    # The row stays creating (the CMS could not be told); the blobs stay for the reconciler.
+    [row] = cms.list_images()
+    assert row.state is ImageState.creating
+
+
+def test_janitor_removes_local_job_directories_past_their_timeout(cms, blob, platform, tmp_path, monkeypatch):
+    import os
+
+    from toygres_pipelines.images.janitor import purge_failed_image_blobs_hourly
+
+    tmp_path.chmod(0o711)
+    local = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path=platform.azcopy_path, job_timeout_seconds=600)
+    ref = InstanceRef(k8s_name="x", namespace="default")
+    stale = local._fresh_job_dir(JobSpec(kind=JobKind.backup, name="backup-stale", script="backup.sh", instance=ref))
+    (stale / "sas").write_text("sv=1&sig=secret")
+    fresh = local._fresh_job_dir(JobSpec(kind=JobKind.backup, name="backup-fresh", script="backup.sh", instance=ref))
+    old = time.time() - 600 - 3600
+    os.utime(stale, (old, old))
+
+    monkeypatch.setenv("TOYGRES_STALE_JOB_GRACE_SECONDS", "3600")
+    instance = dg.DagsterInstance.ephemeral()
+    result = purge_failed_image_blobs_hourly.job.execute_in_process(
+        resources={"cms": cms, "blob": blob, "platform": local}, instance=instance
+    )
+    assert result.success
+    assert not stale.exists() and fresh.exists()
+    assert "removed stale job default/backup-stale" in run_logs(instance, result.run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from records.requests import RestoreRequestFields
 import json
 import os
 import subprocess
@@ -333,3 +334,40 @@ def test_an_unexpected_error_exits_1_and_never_shows_the_dsn_password(cms, monke
     err = capsys.readouterr().err
     assert err.startswith("error: unexpected RuntimeError: exploded while using ")
     assert UNREACHABLE_PASSWORD not in err
+
+
+def test_a_restore_password_is_accepted_ignored_and_stored_nowhere(run, cms, image):
+    import dagster as dg
+
+    from tests.helpers import cms_text, dagster_text
+    from toygres_pipelines.automation.sensors import evaluate_restore_requests
+    from toygres_pipelines.resources_from_env import platform_from_env
+    from toygres_pipelines.restores.jobs import restore_instance
+
+    secret = "s3cret-Typed-At-3am"
+    code, out, err = run(
+        "request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", "db-abcde__golden", "--password", secret,
+    )
+    assert code == 0, err
+    assert "warning: --password is ignored" in err and secret not in err + out
+
+    dagster = dg.DagsterInstance.ephemeral()
+    [run_request] = evaluate_restore_requests(dagster, cms, platform_from_env()).run_requests
+    dagster.create_run_for_job(restore_instance, run_config=run_request.run_config, tags=run_request.tags)
+    assert dagster.get_runs() and secret not in dagster_text(dagster)
+    assert secret not in cms_text(cms)
+
+
+def test_a_password_given_to_the_cms_request_api_is_ignored_with_a_warning(cms, image):
+    from tests.helpers import cms_text
+
+    secret = "s3cret-Via-The-Api"
+    with pytest.warns(UserWarning, match="password is ignored"):
+        cms.create_restore_request(
+            RestoreRequestFields(
+                name="copy", dns_label="copy-db", source_image_id=str(image.id), namespace="default",
+                storage_size_gb=1, internal=True,
+            ),
+            password=secret,
+        )
+    assert secret not in cms_text(cms)

@@ -484,3 +484,22 @@ def test_usable_as_a_dagster_resource_from_env_vars(cms, monkeypatch):
     )
     assert result.success
     assert result.output_for_node("count_instances") == 1
+
+
+@pytest.mark.parametrize("field", ["dns_name", "k8s_name", "namespace"])
+def test_a_name_with_a_trailing_newline_never_becomes_an_instance_row(cms, field):
+    make_instance(cms, "shared", state=InstanceState.running)
+    bad = {"dns_name": "shared\n", "k8s_name": "shared-abcde\n", "namespace": "toygres\n"}[field]
+    with pytest.raises(ValidationFailed, match=f"^{field}: "):
+        make_instance(cms, "shared2", **{field: bad})
+    assert [i.dns_name for i in cms.list_instances()] == ["shared"]
+
+
+def test_an_image_name_with_a_trailing_newline_is_never_reserved(cms):
+    source = make_instance(cms, "src", state=InstanceState.running)
+    with pytest.raises(ValidationFailed, match="^name: "):
+        cms.reserve_image(
+            image_id=None, name="src__nl\n", description=None, source=source, blob_storage_url="http://blob",
+            blob_container="images", blob_path="images/x", run_id=None,
+        )
+    assert cms.list_images() == []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import stat
 import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -203,3 +206,51 @@ def test_process_group_stops_at_once_on_sigterm():
     assert time.monotonic() - started < 5
     assert process.returncode == -15
     assert not devstack.group_exists(process.pid)
+
+
+def ignored_signals(status_line: str) -> set[signal.Signals]:
+    mask = int(status_line.split()[1], 16)
+    return {s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT) if mask & (1 << (s - 1))}
+
+
+def test_children_get_default_signals_after_a_dagster_run_in_a_background_session():
+    """Started as `cmd &` (SIGINT ignored), a Dagster execution copies SIGINT's disposition to
+    SIGTERM (dagster._utils.interrupts): the suite must not hand an ignored SIGTERM to children."""
+    code = textwrap.dedent(
+        """
+        import subprocess
+        import tests.conftest  # what pytest loads before any test
+        import dagster as dg
+
+        @dg.op
+        def noop():
+            pass
+
+        @dg.job
+        def one_op():
+            noop()
+
+        one_op.execute_in_process()
+        print(subprocess.run(["grep", "SigIgn", "/proc/self/status"], capture_output=True, text=True).stdout)
+        """
+    )
+    out = subprocess.run(
+        ["bash", "-c", 'trap "" INT; exec "$0" -c "$1"', sys.executable, code],
+        cwd=PROJECT_DIR, capture_output=True, text=True, check=True,
+    ).stdout
+    assert ignored_signals(out) == set()
+
+
+def test_service_processes_start_with_default_signals_whatever_the_parent_ignores():
+    from resources.platform.postgres_server import as_service_user
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in before:
+            signal.signal(s, signal.SIG_IGN)
+        for argv in (as_service_user(["grep", "SigIgn", "/proc/self/status"], {}), as_service_user(["grep", "SigIgn", "/proc/self/status"])):
+            out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+            assert ignored_signals(out) == set(), argv
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

@@ -12,7 +12,7 @@ import pytest
 
 from resources.platform.postgres_server import postgres_bindir
 from tests.conftest import SOURCE_PASSWORD
-from tests.helpers import failure_text, materialize_image, run_logs
+from tests.helpers import cms_text, dagster_text, failure_text, materialize_image, run_logs
 from records import ImageState, InstanceState
 from toygres_pipelines.restores.jobs import REQUEST_ID_TAG, restore_instance
 from toygres_pipelines.restores.steps import instance_ref
@@ -88,8 +88,7 @@ def table_fingerprints(dsn: str) -> dict[str, tuple[int, str]]:
 def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, source_dsn, ready_image):
     dagster = dg.DagsterInstance.ephemeral()
     result = restore(
-        resources, source_image_id=str(ready_image.id), name="pagila-copy", dns_label="pagila-copy",
-        instance=dagster,
+        resources, source_image_id=str(ready_image.id), name="pagila-copy", dns_label="pagila-copy", instance=dagster,
     )
     assert result.success, failure_text(result)
 
@@ -117,8 +116,7 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn_of(platform, row, "wrong-password", "postgres"))
 
-    logs = run_logs(dagster, result.run_id)
-    assert SOURCE_PASSWORD not in logs
+    assert SOURCE_PASSWORD not in run_logs(dagster, result.run_id)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +135,11 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
         ({"dns_label": "ab"}, "dns_label: 'ab' must be 3-63 characters"),
         ({"dns_label": "1st-copy"}, "dns_label: '1st-copy' must start with a letter"),
         ({"storage_size_gb": 0}, "storage_size_gb: 0 must be between 1 and"),
+        ({"job_timeout_seconds": 0}, "job_timeout_seconds: 0 must be between 60 and 172800 seconds"),
+        ({"job_timeout_seconds": -1}, "job_timeout_seconds: -1 must be between 60 and 172800 seconds"),
+        ({"job_timeout_seconds": 10**9}, "job_timeout_seconds: 1000000000 must be between 60 and 172800 seconds"),
+        ({"ready_timeout_seconds": 0}, "ready_timeout_seconds: 0 must be between 5 and 3600 seconds"),
+        ({"ready_timeout_seconds": 86400}, "ready_timeout_seconds: 86400 must be between 5 and 3600 seconds"),
     ],
 )
 def test_invalid_requests_create_nothing(resources, cms, platform, source, catalogued_image, config, message):
@@ -173,17 +176,58 @@ def assert_cleaned_up(cms, platform, failed_step: str, reason: str):
     return instance
 
 
-def test_flipped_byte_in_the_blob_never_becomes_an_instance(resources, cms, blob, platform, source, ready_image):
+@pytest.mark.parametrize("flipped", ["pagila dump", "manifest.json"])
+def test_flipped_byte_in_the_blob_never_becomes_an_instance_and_marks_the_image_corrupt(
+    resources, cms, blob, platform, source, ready_image, flipped
+):
     manifest, _ = blob.read_manifest(ready_image.blob_path)
     dump = next(f for f in manifest.files if f.database == "pagila")
-    name = f"{ready_image.blob_path}/{dump.path}"
+    name = f"{ready_image.blob_path}/{dump.path if flipped == 'pagila dump' else 'manifest.json'}"
     data = bytearray(blob.read_bytes(name))
     data[len(data) // 2] ^= 0x01
     blob.write_bytes(name, bytes(data), overwrite=True)
 
     result = restore(resources, source_image_id=ready_image.name)
     assert not result.success
-    assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch")
+    assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch" if flipped == "pagila dump" else "manifest.json: sha256")
+
+    image = cms.get_image(ready_image.id)
+    assert image.state is ImageState.corrupt
+    assert "failed verification at restore" in image.error_message
+    assert [e.to_state for e in cms.events(image.id)] == ["creating", "ready", "corrupt"]
+    again = restore(resources, source_image_id=ready_image.name, dns_label="second-try")
+    assert f"image {ready_image.name!r} is corrupt, it must be ready" in failure_text(again)
+
+
+def test_a_corrupt_image_is_ready_again_only_once_its_bytes_verify(resources, cms, blob, platform, source, ready_image):
+    from toygres_pipelines.images.reverify import reverify_image
+
+    manifest, _ = blob.read_manifest(ready_image.blob_path)
+    dump = next(f for f in manifest.files if f.database == "pagila")
+    name = f"{ready_image.blob_path}/{dump.path}"
+    original = blob.read_bytes(name)
+    damaged = bytearray(original)
+    damaged[len(damaged) // 3] ^= 0x80
+    blob.write_bytes(name, bytes(damaged), overwrite=True)
+    assert not restore(resources, source_image_id=ready_image.name).success
+    assert cms.get_image(ready_image.id).state is ImageState.corrupt
+
+    def reverify():
+        return reverify_image.execute_in_process(
+            run_config={"ops": {"reverify_corrupt_image": {"config": {"image": ready_image.name}}}},
+            resources={"cms": cms, "blob": blob}, raise_on_error=False,
+        )
+
+    still_bad = reverify()
+    assert not still_bad.success and f"{dump.path}: " in failure_text(still_bad)
+    assert cms.get_image(ready_image.id).state is ImageState.corrupt
+
+    blob.write_bytes(name, original, overwrite=True)
+    assert reverify().success
+    image = cms.get_image(ready_image.id)
+    assert image.state is ImageState.ready and image.error_message is None
+    assert [e.to_state for e in cms.events(image.id)] == ["creating", "ready", "corrupt", "ready"]
+    assert restore(resources, source_image_id=ready_image.name, dns_label="after-repair").success
 
 
 def test_restore_script_failing_midway_is_cleaned_up(resources, cms, blob, platform, source, ready_image):
@@ -227,6 +271,7 @@ def test_launchpad_form_describes_every_field():
         "runtime_image_id", "image_override",
     }
     assert expected <= set(op_config.fields)
+    assert "password" not in op_config.fields  # run config is stored in plaintext
     for name, field in op_config.fields.items():
         assert field.description, f"{name} has no description in the launchpad"
     assert "password" not in op_config.fields  # a password typed in the launchpad would sit in run storage
@@ -276,3 +321,36 @@ def test_connection_test_retries_without_cleaning_up_in_between(resources, cms, 
     restored = [i for i in cms.list_instances() if i.user_name == "retried"]
     assert [i.state for i in restored] == [InstanceState.running]
     assert [e.to_state for e in cms.events(restored[0].id)] == ["creating", "running"]
+
+
+def test_a_password_typed_in_the_launchpad_is_refused_and_stored_nowhere(resources, cms, ready_image):
+    secret = "s3cret-Launchpad-pw"
+    dagster = dg.DagsterInstance.ephemeral()
+    with pytest.raises(dg.DagsterInvalidConfigError, match='"password"'):
+        restore(resources, source_image_id=str(ready_image.id), password=secret, instance=dagster)
+    assert secret not in dagster_text(dagster)
+    assert secret not in cms_text(cms)
+
+
+def test_a_second_run_of_a_request_leaves_the_first_runs_live_restore_alone(resources, cms, platform, source, ready_image):
+    from dagster._core.test_utils import create_run_for_test
+
+    dagster = dg.DagsterInstance.ephemeral()
+    key = "5d1c2f0e-in-flight"
+    first = create_run_for_test(dagster, job_name="restore_instance", status=dg.DagsterRunStatus.STARTED, tags={REQUEST_ID_TAG: key})
+    in_flight = cms.create_instance(
+        user_name="restored", k8s_name="restored-first", namespace="default", postgres_version=ready_image.postgres_version,
+        storage_size_gb=1, use_load_balancer=False, dns_name="first-label", image_type=ready_image.image_type,
+        source_image_id=ready_image.id, run_id=first.run_id, tags={"request_key": key},
+    )
+
+    second = restore(resources, tags={REQUEST_ID_TAG: key}, instance=dagster, source_image_id=ready_image.name)
+    assert not second.success
+    assert f"request {key} is being restored by run {first.run_id}, which is still STARTED" in failure_text(second)
+    assert cms.get_instance(in_flight.id).state is InstanceState.creating
+
+    # Once the first run has ended, a new run of the request takes its leftovers over.
+    dagster.report_run_failed(first)
+    third = restore(resources, tags={REQUEST_ID_TAG: key}, instance=dagster, source_image_id=ready_image.name)
+    assert third.success, failure_text(third)
+    assert cms.get_instance(in_flight.id).state is InstanceState.failed

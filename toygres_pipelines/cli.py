@@ -49,6 +49,7 @@ EXIT_CMS = 3
 
 MANUAL_SUFFIX = "manual"
 IN_FLIGHT = (RequestState.pending, RequestState.accepted)
+PASSWORD_IGNORED = "a restored instance keeps the source image's password; this one is stored nowhere"
 
 
 class CMSUnavailable(Exception):
@@ -207,6 +208,8 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
 
 def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     fields = fields_from_cli(args, RestoreRequestFields)
+    if args.password is not None:
+        sys.stderr.write(f"warning: --password is ignored: {PASSWORD_IGNORED}\n")
     plan = plan_restore(fields, cms, platform_from_env())
     for queued in cms.list_restore_requests(IN_FLIGHT):
         if queued.dns_label == fields.dns_label:
@@ -353,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate (the launchpad's rules) and queue a restore (a restore_requests row in state pending).",
     )
     add_cli_arguments(restore, RestoreRequestFields)
+    # Not a request field: accepted for compatibility, never stored (a restore keeps the image's password).
+    restore.add_argument("--password", metavar="IGNORED", help=f"accepted for compatibility and ignored: {PASSWORD_IGNORED}")
     restore.set_defaults(handler=cmd_request_restore)
 
     images = sub.add_parser("images", parents=parent, help="list images with their states")

@@ -6,6 +6,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import psycopg
+from psycopg import sql
 
 from records import RequestState
 from resources.cms.errors import CMSError
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from resources.cms.queries import Queries
 
 RecordT = TypeVar("RecordT")
+# First key of the claims' pg_advisory_xact_lock(int4, int4) ("tgcl"); the second is the table's.
+CLAIM_LOCK_KEY = 0x7467636C
 
 
 class ClaimedRequests(list, Generic[RecordT]):
@@ -22,7 +25,8 @@ class ClaimedRequests(list, Generic[RecordT]):
 
     Everything happens in the claim's single transaction, which commits when the `with` block
     exits normally and rolls back (the rows stay pending) when it raises. Rows locked by
-    another open claim are skipped, so two claims never see the same request.
+    another open claim are skipped, so two claims never see the same request; claims that
+    call `already_accepted()` take turns from there on, so their duplicate checks agree.
     """
 
     def __init__(self, rows: list[RecordT], cms: Queries, conn: psycopg.Connection, kind: Table):
@@ -59,5 +63,12 @@ class ClaimedRequests(list, Generic[RecordT]):
         self.settled[request_id] = row
         return row
 
-    accepted = accept
-    rejected = reject
+    def already_accepted(self) -> list[RecordT]:
+        """Every accepted request of this kind, for duplicate checks.
+
+        From here to the end of the claim, claims of this kind take turns (a transaction-scoped
+        advisory lock): this read waits until an overlapping claim has committed, so it sees
+        every request accepted before, and no other claim accepts anything until this one ends.
+        """
+        self._conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CLAIM_LOCK_KEY, self._kind.table))
+        return self._cms._select(self._kind, sql.SQL("state = %s"), [RequestState.accepted.value], conn=self._conn)

@@ -15,6 +15,7 @@ from records import (
     ImageType,
     Instance,
     parse_uuid,
+    validate_image_name,
 )
 from resources.cms.encryption import InvalidToken
 from resources.cms.errors import ImageNotFound, PasswordUnavailable
@@ -31,6 +32,7 @@ class ImagesTable(Queries):
         blob_storage_url: str, blob_container: str, blob_path: str, run_id: str | None,
     ) -> Image:
         """A new image row in state `creating`; NameConflict("name", ...) when the name is taken."""
+        validate_image_name(name, field="name")
         values = {
             "id": uuid.UUID(str(image_id)) if image_id else uuid.uuid4(),
             "name": name,

@@ -10,9 +10,11 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from records import (
+    K8S_NAME_MAX,
     ImageType,
     Instance,
     InstanceState,
+    validate_dns_label,
 )
 from resources.cms.queries import Queries, fetch_one
 from resources.cms.tables import (
@@ -29,7 +31,14 @@ class InstancesTable(Queries):
         tags: dict[str, Any] | None = None, instance_id: uuid.UUID | str | None = None,
         state: InstanceState | str = InstanceState.creating,
     ) -> Instance:
-        """Register an instance (state `creating` unless told); NameConflict on k8s_name/dns_name."""
+        """Register an instance (state `creating` unless told); NameConflict on k8s_name/dns_name.
+
+        The names reach manifests, paths and DNS: they are checked here too, whoever calls.
+        """
+        validate_dns_label(k8s_name, "k8s_name", max_length=K8S_NAME_MAX)
+        validate_dns_label(namespace, "namespace")
+        if dns_name is not None:
+            validate_dns_label(dns_name, "dns_name")
         values = {
             "id": uuid.UUID(str(instance_id)) if instance_id else uuid.uuid4(),
             "user_name": user_name,

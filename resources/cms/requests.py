@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,9 +37,15 @@ class RequestsTable(Queries):
         return self._insert(IMAGE_REQUEST, self._request_values(fields, request_id))
 
     def create_restore_request(
-        self, fields: RestoreRequestFields, request_id: uuid.UUID | str | None = None
+        self, fields: RestoreRequestFields, request_id: uuid.UUID | str | None = None, password: str | None = None
     ) -> RestoreRequest:
-        """Queue a restore (state pending). source_image_id: an image id or name."""
+        """Queue a restore (state pending). source_image_id: an image id or name.
+
+        `password` is accepted for compatibility and ignored (a restored instance keeps the
+        source image's password): it is never stored.
+        """
+        if password is not None:
+            warnings.warn("password is ignored for restores and stored nowhere", UserWarning, stacklevel=2)
         return self._insert(RESTORE_REQUEST, self._request_values(fields, request_id))
 
     @staticmethod

@@ -37,7 +37,7 @@ class Migration:
 def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
-        match = MIGRATION_FILE.match(path.name)
+        match = MIGRATION_FILE.fullmatch(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files are named NNN_lowercase_name.sql")
         found.append(Migration(version=match.group(1), name=match.group(2), path=path))

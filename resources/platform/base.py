@@ -125,3 +125,8 @@ class PlatformResource(dg.ConfigurableResource, ABC):
     @abstractmethod
     def delete_job(self, name: str, namespace: str) -> None:
         """Remove a finished job and what it created for itself (idempotent)."""
+
+    @abstractmethod
+    def delete_stale_jobs(self, namespaces: set[str], grace_seconds: float) -> list[str]:
+        """Remove jobs (and their credentials) older than their timeout plus `grace_seconds`:
+        no run follows them any more. Returns `<namespace>/<name>` of each job removed."""

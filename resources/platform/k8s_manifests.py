@@ -97,7 +97,7 @@ def service_dns_name(instance: InstanceRef) -> str:
 
 
 def check_dns_label(value: str, what: str, max_length: int = 63) -> str:
-    if not value or len(value) > max_length or not DNS1123_LABEL.match(value):
+    if not value or len(value) > max_length or not DNS1123_LABEL.fullmatch(value):
         raise ManifestError(
             f"{what} {value!r} must be a DNS-1123 label of at most {max_length} characters"
             " (lowercase letters, digits and '-', starting and ending with a letter or digit)"
@@ -123,7 +123,7 @@ def check_instance(instance: InstanceRef) -> None:
 
 def label_value(value: str) -> str:
     """`value` if it is a valid label value, else a valid, stable stand-in (prefix + hash)."""
-    if len(value) <= 63 and LABEL_VALUE.match(value):
+    if len(value) <= 63 and LABEL_VALUE.fullmatch(value):
         return value
     digest = hashlib.sha256(value.encode()).hexdigest()[:10]
     stem = re.sub(r"[^A-Za-z0-9_.-]", "-", value)[:50].strip("-_.")
@@ -132,9 +132,9 @@ def label_value(value: str) -> str:
 
 def check_label_key(key: str) -> str:
     prefix, _, name = key.rpartition("/")
-    if not name or len(name) > 63 or not LABEL_KEY_NAME.match(name):
+    if not name or len(name) > 63 or not LABEL_KEY_NAME.fullmatch(name):
         raise ManifestError(f"label key {key!r} is not a valid Kubernetes label key")
-    if prefix and (len(prefix) > 253 or not all(DNS1123_LABEL.match(p) for p in prefix.split("."))):
+    if prefix and (len(prefix) > 253 or not all(DNS1123_LABEL.fullmatch(p) for p in prefix.split("."))):
         raise ManifestError(f"label key {key!r} has an invalid prefix")
     return key
 

@@ -405,6 +405,37 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         self._delete("job", self._batch.delete_namespaced_job, name, namespace, propagation="Background")
         self._delete("secret", self._core.delete_namespaced_secret, m.job_secret_name(name), namespace)
 
+    def delete_stale_jobs(self, namespaces: set[str], grace_seconds: float) -> list[str]:
+        """Jobs past activeDeadlineSeconds + grace, and SAS Secrets older than the grace whose Job
+        is gone (a run that died between creating the Secret and the Job), found by label."""
+        now = time.time()
+        removed = []
+        managed = f"{m.MANAGED_BY_LABEL}=toygres-pipelines"
+        for namespace in sorted(namespaces | {self.namespace}):
+            jobs = self._batch.list_namespaced_job(namespace, label_selector=managed, _request_timeout=self._timeout()).items
+            live = set()
+            for job in jobs:
+                labels = job.metadata.labels or {}
+                if labels.get(m.MANAGED_BY_LABEL) != "toygres-pipelines" or m.TOYGRES_JOB_LABEL not in labels:
+                    continue
+                deadline = (job.spec.active_deadline_seconds if job.spec else None) or 0
+                if deadline and _age_seconds(job.metadata, now) > deadline + grace_seconds:
+                    self.delete_job(job.metadata.name, namespace)
+                    removed.append(f"{namespace}/{job.metadata.name}")
+                else:
+                    live.add(job.metadata.name)
+            selector = f"{managed},{m.COMPONENT_LABEL}=job-credential"
+            secrets = self._core.list_namespaced_secret(namespace, label_selector=selector, _request_timeout=self._timeout()).items
+            for secret in secrets:
+                labels = secret.metadata.labels or {}
+                if labels.get(m.COMPONENT_LABEL) != "job-credential" or labels.get(m.MANAGED_BY_LABEL) != "toygres-pipelines":
+                    continue
+                job_name = labels.get(m.TOYGRES_JOB_LABEL)
+                if job_name not in live and f"{namespace}/{job_name}" not in removed and _age_seconds(secret.metadata, now) > grace_seconds:
+                    self._delete("secret", self._core.delete_namespaced_secret, secret.metadata.name, namespace)
+                    removed.append(f"{namespace}/{secret.metadata.name}")
+        return removed
+
     # --- servers -----------------------------------------------------------------------------
 
     def deploy_instance(self, spec: DeploySpec) -> None:
@@ -533,6 +564,12 @@ def _label(value: str, field: str) -> str:
         return validate_dns_label(value, field)
     except ValidationFailed as error:
         raise ValueError(str(error)) from error
+
+
+def _age_seconds(metadata, now: float) -> float:
+    """Seconds since the object was created (0 when the API did not say)."""
+    created = metadata.creation_timestamp if metadata else None
+    return now - created.timestamp() if created else 0.0
 
 
 def _api_error(error: ApiException) -> str:

@@ -218,6 +218,18 @@ class LocalPlatform(PlatformResource):
     def delete_job(self, name: str, namespace: str) -> None:
         shutil.rmtree(self.job_dir(name, namespace), ignore_errors=True)
 
+    def delete_stale_jobs(self, namespaces: set[str], grace_seconds: float) -> list[str]:
+        # run_job kills every job at job_timeout_seconds at the latest, so a job directory
+        # created longer ago than that (plus the grace) belongs to no live job. Every namespace
+        # on this machine is swept: they all live under one state directory.
+        cutoff = time.time() - self.job_timeout_seconds - grace_seconds
+        removed = []
+        for job_dir in sorted((self._root / "jobs").glob("*/*")):
+            if job_dir.is_dir() and job_dir.stat().st_mtime < cutoff:
+                self.delete_job(job_dir.name, job_dir.parent.name)
+                removed.append(f"{job_dir.parent.name}/{job_dir.name}")
+        return removed
+
     # --- servers ----------------------------------------------------------------------------
 
     def deploy_instance(self, spec: DeploySpec) -> None:

@@ -64,10 +64,17 @@ def run_as_user() -> str | None:
     return os.environ.get("TOYGRES_RUN_AS", "postgres")
 
 
+# A process started in the background inherits SIGINT ignored, and Dagster copies SIGINT's
+# disposition to SIGTERM: an ignored signal survives exec, and bash cannot even trap it. Every
+# child (server, job script) therefore starts with the default dispositions (GNU env >= 8.31).
+DEFAULT_SIGNALS = ["env", "--default-signal=HUP,INT,QUIT,TERM"]
+
+
 def as_service_user(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
-    """Wrap argv so it runs as the service user with exactly `env` (when given)."""
+    """Wrap argv so it runs as the service user with exactly `env` (when given) and default
+    signal dispositions."""
     user = run_as_user()
-    env_prefix = ["env", "-i", *(f"{k}={v}" for k, v in (env or {}).items())] if env is not None else []
+    env_prefix = [*DEFAULT_SIGNALS, "-i", *(f"{k}={v}" for k, v in (env or {}).items())] if env is not None else DEFAULT_SIGNALS
     if user is None:
         return [*env_prefix, *argv]
     return ["runuser", "-u", user, "--", *env_prefix, *argv]

@@ -180,3 +180,39 @@ def test_a_restore_the_deployment_cannot_run_fails_before_anything_is_created(cm
     assert not result.success and message in failure_text(result), failure_text(result)
     assert cluster.creations() == []
     assert [i.k8s_name for i in cms.list_instances()] == [SOURCE.k8s_name]
+
+
+def test_janitor_removes_jobs_and_sas_secrets_past_their_timeout_by_label(cms, cluster, k8s):
+    from datetime import timedelta
+
+    from resources.platform import k8s_manifests as m
+    from resources.platform.base import JobKind, JobSpec
+    from toygres_pipelines.images.janitor import remove_stale_jobs
+
+    def put(name: str, age: timedelta, job: bool = True, timeout: int = 600) -> None:
+        spec = JobSpec(kind=JobKind.backup, name=name, script="backup.sh", instance=SOURCE, timeout_seconds=timeout,
+                       env={"POSTGRES_VERSION": "16"})
+        created = (datetime.now(timezone.utc) - age).strftime("%Y-%m-%dT%H:%M:%SZ")
+        secret = m.job_secret(spec, "sv=1&sig=secret")
+        secret["metadata"]["creationTimestamp"] = created
+        cluster.put_object("secrets", NS, secret)
+        if job:
+            body = m.job(spec, k8s.settings(), "toygres-job-scripts", has_sas=True)
+            body["metadata"]["creationTimestamp"] = created
+            cluster.put_object("jobs", NS, body)
+
+    put("backup-stale", timedelta(seconds=600 + 3600 + 60))          # past its deadline and the grace
+    put("backup-running", timedelta(seconds=600 + 60))               # past its deadline, within the grace
+    put("backup-orphan", timedelta(seconds=3600 + 60), job=False)    # its run died before creating the Job
+    put("backup-starting", timedelta(seconds=5), job=False)          # its Job is about to be created
+    cluster.put_object("secrets", NS, {"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "someone-elses", "namespace": NS, "creationTimestamp": "2020-01-01T00:00:00Z"}, "data": {}})
+
+    removed = remove_stale_jobs(k8s, namespaces={NS}, grace_seconds=3600, log=print)
+
+    assert sorted(removed) == [f"{NS}/backup-orphan-sas", f"{NS}/backup-stale"]
+    assert cluster.get("jobs", NS, "backup-stale") is None and cluster.get("secrets", NS, "backup-stale-sas") is None
+    assert cluster.get("secrets", NS, "backup-orphan-sas") is None
+    assert cluster.get("jobs", NS, "backup-running") is not None and cluster.get("secrets", NS, "backup-running-sas") is not None
+    assert cluster.get("secrets", NS, "backup-starting-sas") is not None
+    assert cluster.get("secrets", NS, "someone-elses") is not None

@@ -5,7 +5,9 @@ failure handler, and a run-status sensor that was stopped or errored never sees 
 Every few minutes this sensor looks at every image and instance still `creating` and every
 request still `accepted`, finds its Dagster run (the row's run id, or the request-id tag) and,
 when that run is finished (or missing from this Dagster instance), applies the same write-back
-as the run-status sensors with the reason "run <id> ended without reporting (<status>)".
+as the run-status sensors with the reason "run <id> ended without reporting (<status>)", followed
+by the run's own failure message when Dagster recorded one (failed steps, else the run failure
+event, e.g. run monitoring's "run worker died").
 Rows whose run is queued, starting, started or canceling are not touched, and finished runs are
 left to the run-status sensors for a grace period first.
 """
@@ -24,7 +26,7 @@ from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.automation.sensors import first_run_for_request
 from toygres_pipelines.automation.settings import reconcile_grace_seconds, reconcile_interval_seconds
-from toygres_pipelines.automation.writeback import FINISHED, Settlement, settle_run
+from toygres_pipelines.automation.writeback import FINISHED, Settlement, run_failure_message, settle_run
 from records import ImageState, InstanceState, RequestState
 
 Log = Callable[[str], None]
@@ -88,10 +90,13 @@ def reconcile(
                 done.waiting[run_id] = f"{run.status.value} (grace)"
                 continue
             status, tags = run.status.value, run.tags
+        reason = f"run {run_id} ended without reporting ({status})"
+        if status == dg.DagsterRunStatus.FAILURE.value:
+            detail = run_failure_message(instance, run_id)
+            reason += f": {detail}" if detail else ""
         settlement = settle_run(
             cms=cms, blob=blob, platform=platform, run_id=run_id, tags=tags,
-            succeeded=status == dg.DagsterRunStatus.SUCCESS.value,
-            reason=f"run {run_id} ended without reporting ({status})", log=log,
+            succeeded=status == dg.DagsterRunStatus.SUCCESS.value, reason=reason, log=log,
         )
         if settlement.changed:
             log(settlement.describe())

@@ -5,9 +5,10 @@ Every evaluation:
    request id, the run id is recorded; if not and the request was accepted more than
    TOYGRES_RELAUNCH_AFTER_SECONDS ago (a crash between the accept commit and the launch), its run
    request is emitted again. The run key is the request id, so the daemon never launches it twice.
-2. claims pending requests (`SELECT ... FOR UPDATE SKIP LOCKED`), validates each with the rules
-   the launchpad uses, rejects the invalid ones with the reason (naming the field) and accepts
-   the valid ones; the claim commits, then the run requests are returned.
+2. claims pending requests (`SELECT ... FOR UPDATE SKIP LOCKED`, claims of one kind taking
+   turns), validates each with the rules the launchpad uses and against the requests already
+   accepted (read in the claim's transaction), rejects the invalid ones with the reason (naming
+   the field) and accepts the valid ones; the claim commits, then the run requests are returned.
 
 Two overlapping evaluations never see the same pending row (SKIP LOCKED) and never re-emit a
 freshly accepted one, so each request is emitted exactly once unless its launch was lost.
@@ -35,7 +36,6 @@ from toygres_pipelines.images.backup import check_name_free, running_source
 from records import (
     ImageRequest,
     Instance,
-    RequestState,
     RestoreRequest,
     RestoreRequestFields,
     ValidationFailed,
@@ -159,7 +159,7 @@ def evaluate_image_requests(
 
     settle_unlaunched(instance, cms, cms.list_unlaunched_image_requests(), relaunch_after, rerequest, done, log)
     with cms.claim_pending_image_requests(limit) as claim:
-        names_taken = {r.image_name for r in cms.list_image_requests([RequestState.accepted])}
+        names_taken = {r.image_name for r in claim.already_accepted()}
         fresh = accept_or_reject(
             claim, lambda request, taken: check_image_request(cms, request, taken), names_taken,
             lambda request: request.image_name,
@@ -224,7 +224,7 @@ def evaluate_restore_requests(
 
     settle_unlaunched(instance, cms, cms.list_unlaunched_restore_requests(), relaunch_after, rerequest, done, log)
     with cms.claim_pending_restore_requests(limit) as claim:
-        labels_taken = {r.dns_label for r in cms.list_restore_requests([RequestState.accepted])}
+        labels_taken = {r.dns_label for r in claim.already_accepted()}
         fresh = accept_or_reject(
             claim, lambda request, taken: check_restore_request(cms, platform, request, taken), labels_taken,
             lambda request: request.dns_label, restore_run_request, done, log,

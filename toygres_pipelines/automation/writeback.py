@@ -138,6 +138,11 @@ def settle_run(
 
 def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
     """The failed steps and their errors (a dg.Failure's description), else the run failure message."""
+    return run_failure_message(instance, run_id) or f"run {run_id} failed"
+
+
+def run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """What Dagster recorded about why the run failed (failed steps, else the run failure event), if anything."""
     reasons: list[str] = []
     records = instance.get_records_for_run(
         run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
@@ -157,9 +162,13 @@ def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
             reasons.append(f"step {event.step_key} failed: {text}")
         else:
             run_message = event.message or record.event_log_entry.user_message
+            failure_data = event.event_specific_data
+            error = getattr(failure_data, "error", None)
+            if error is not None:
+                run_message = f"{run_message}: {error_text(error)}" if run_message else error_text(error)
     if reasons:
         return "; ".join(reasons)[:REASON_MAX]
-    return (run_message or f"run {run_id} failed")[:REASON_MAX]
+    return run_message[:REASON_MAX] if run_message else None
 
 
 def error_text(error) -> str:

@@ -49,6 +49,7 @@ from resources.platform.base import PROJECT_DIR, DeploySpec, PlatformError
 from resources.platform.local_tools import azcopy_path
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import (
+    DEFAULT_SIGNALS,
     ServerCommandFailed,
     free_port,
     give_to_service_user,
@@ -431,7 +432,7 @@ def start_dagster(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
             f"{settings.ui_host}:{settings.ui_port} is already in use: stop what listens there or set TOYGRES_UI_PORT"
         )
     argv = [
-        str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(PROJECT_DIR / "workspace.yaml"),
+        *DEFAULT_SIGNALS, str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(PROJECT_DIR / "workspace.yaml"),
         "-h", settings.ui_host, "-p", str(settings.ui_port),
     ]
     process = subprocess.Popen(argv, cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -17,7 +17,13 @@ from pathlib import Path
 
 from resources.platform.base import PROJECT_DIR
 from resources.platform.local_tools import azcopy_path, tools_dir
-from resources.platform.postgres_server import LocalPostgresServer, free_port, give_to_service_user, write_private_file
+from resources.platform.postgres_server import (
+    DEFAULT_SIGNALS,
+    LocalPostgresServer,
+    free_port,
+    give_to_service_user,
+    write_private_file,
+)
 
 
 # Azurite's well-known development account (public, documented by Microsoft).
@@ -64,7 +70,7 @@ class Azurite:
         log = open(self.data_dir / "azurite.log", "ab")
         self.process = subprocess.Popen(
             [
-                str(azurite_path()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                *DEFAULT_SIGNALS, str(azurite_path()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
                 "--location", str(self.data_dir), "--skipApiVersionCheck", "--loose", "--disableTelemetry",
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

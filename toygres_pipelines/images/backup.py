@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import BaseModel
 
 from resources.blob import BlobStorageResource
-from resources.cms import CMSResource
+from resources.cms import CMSResource, InvalidTransition
 from resources.platform.base import JobKind, JobSpec, PlatformResource
 from toygres_pipelines.images.verification import VerificationReport, verify_image
 from records import (
@@ -98,8 +98,10 @@ def take_image(
 ) -> BackupOutcome:
     """Reserve the image row, run the backup job, verify the blobs, mark the image ready.
 
-    Validation errors raise before any row exists. Any later failure (including the run being
-    terminated) marks the row failed with the reason and removes the partial blobs.
+    Validation errors raise before any row exists. Any failure before the image is ready
+    (including the run being terminated) marks the row failed with the reason and removes the
+    partial blobs. Once the image is ready nothing can fail the backup: a job that cannot be
+    removed is logged and left to the janitor.
     """
     validate_image_name(name, field="image name (partition key)")
     check_name_free(cms, name, field="image name (partition key)")
@@ -128,13 +130,16 @@ def take_image(
             image.id, ImageState.ready, run_id=run_id, reason="backup verified",
             backup_size_bytes=report.total_bytes, backup_checksum=report.manifest_sha256,
         )
-        platform.delete_job(spec.name, source.namespace)
-        return BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started)
     except BaseException as error:
-        fail_image(cms, blob, image, reason=describe_failure(error), run_id=run_id, log=log)
-        if job_name is not None:
-            _quietly(lambda: platform.delete_job(job_name, source.namespace), log)
+        try:
+            fail_image(cms, blob, image, reason=describe_failure(error), run_id=run_id, log=log)
+        finally:
+            # Even when the CMS is unreachable: the job (and its SAS) must not outlive the run.
+            if job_name is not None:
+                _quietly(lambda: platform.delete_job(job_name, source.namespace), log)
         raise
+    _quietly(lambda: platform.delete_job(spec.name, source.namespace), log, then="the janitor removes it")
+    return BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started)
 
 
 def describe_failure(error: BaseException) -> str:
@@ -144,14 +149,30 @@ def describe_failure(error: BaseException) -> str:
     return text[:4000]
 
 
+BLOBS_REMOVABLE = (ImageState.failed, ImageState.deleting)
+
+
 def fail_image(
     cms: CMSResource, blob: BlobStorageResource, image: Image, *, reason: str, run_id: str | None,
     log: Callable[[str], None],
 ) -> None:
-    """Mark the image failed (if it is still creating) and remove whatever reached blob storage."""
+    """Mark the image failed (if it is still creating) and remove whatever reached blob storage.
+
+    The one place that decides whether a failure may delete an image's blobs: only when the
+    row is (or was just made) failed or deleting. A ready image keeps every blob, whatever
+    failed after it became ready; an unreachable CMS keeps them too (the reconciler settles
+    the row later).
+    """
     current = cms.get_image(image.id)
     if current is not None and current.state is ImageState.creating:
-        cms.transition_image(image.id, ImageState.failed, reason=reason, run_id=run_id)
+        try:
+            current = cms.transition_image(image.id, ImageState.failed, reason=reason, run_id=run_id, expected=ImageState.creating)
+        except InvalidTransition:  # another writer settled it first (e.g. it became ready)
+            current = cms.get_image(image.id)
+    if current is None or current.state not in BLOBS_REMOVABLE:
+        state = current.state if current is not None else "gone from the CMS"
+        log(f"image {image.id} is {state}: its blobs are kept ({reason[:300]})")
+        return
     try:
         removed = blob.delete_prefix(image.blob_path)
         if removed:
@@ -160,11 +181,11 @@ def fail_image(
         log(f"could not remove blobs under {image.blob_path} now ({error}); the janitor sensor retries")
 
 
-def _quietly(action: Callable[[], None], log: Callable[[str], None]) -> None:
+def _quietly(action: Callable[[], None], log: Callable[[str], None], then: str = "") -> None:
     try:
         action()
     except Exception as error:  # noqa: BLE001 - cleanup must not hide the original failure
-        log(f"cleanup step failed: {error}")
+        log(f"cleanup step failed: {error}" + (f"; {then}" if then else ""))
 
 
 def materialization_metadata(outcome: BackupOutcome) -> dict[str, dg.MetadataValue]:

@@ -1,15 +1,35 @@
-"""Blobs of failed images that could not be removed when the backup failed (storage was down)."""
+"""What failed runs could not clean up themselves: blobs of failed images (storage was down) and
+jobs past their timeout with their blob credentials (the run died, or the CMS was down)."""
+
+from collections.abc import Callable
 
 import dagster as dg
 
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
+from resources.platform.base import PlatformResource
+from toygres_pipelines.automation.settings import env_int
 from records import ImageState
+
+
+def stale_job_grace_seconds() -> int:
+    """A job this long past its timeout is removed (TOYGRES_STALE_JOB_GRACE_SECONDS)."""
+    return env_int("TOYGRES_STALE_JOB_GRACE_SECONDS", 3600, minimum=0)
 
 
 def purge_failed_image_blobs(cms: CMSResource, blob: BlobStorageResource) -> int:
     """Delete every blob left under a failed image's folder; returns how many were removed."""
     return sum(blob.delete_prefix(failed.blob_path) for failed in cms.list_images([ImageState.failed]))
+
+
+def remove_stale_jobs(
+    platform: PlatformResource, namespaces: set[str], grace_seconds: float, log: Callable[[str], None]
+) -> list[str]:
+    """Jobs (job directories locally; Jobs and SAS Secrets on Kubernetes) past their timeout."""
+    removed = platform.delete_stale_jobs(namespaces, grace_seconds)
+    for name in removed:
+        log(f"removed stale job {name}")
+    return removed
 
 
 @dg.op(description="Delete blobs left behind by failed backups")
@@ -18,9 +38,20 @@ def purge_failed_images(context: dg.OpExecutionContext, cms: CMSResource, blob: 
     context.log.info(f"removed {removed} blob(s) of failed images")
 
 
-@dg.job(description="Remove blobs that failed backups left behind", tags={"toygres/kind": "maintenance"})
+@dg.op(description="Delete jobs (and their blob credentials) past their timeout")
+def purge_stale_jobs(context: dg.OpExecutionContext, cms: CMSResource, platform: PlatformResource) -> None:
+    namespaces = {instance.namespace for instance in cms.list_instances()}
+    removed = remove_stale_jobs(platform, namespaces, stale_job_grace_seconds(), context.log.info)
+    context.log.info(f"removed {len(removed)} stale job(s)")
+
+
+@dg.job(
+    description="Remove what failed runs left behind: blobs of failed backups, jobs past their timeout",
+    tags={"toygres/kind": "maintenance"},
+)
 def purge_failed_image_blobs_job():
     purge_failed_images()
+    purge_stale_jobs()
 
 
 purge_failed_image_blobs_hourly = dg.ScheduleDefinition(

@@ -74,6 +74,24 @@ def check_file(blob: BlobStorageResource, prefix: str, expected: BackupFile) -> 
     return actual
 
 
+def read_manifest(
+    blob: BlobStorageResource, prefix: str, expected_sha256: str | None = None
+) -> tuple[BackupManifest, str]:
+    """The manifest and the sha256 of its bytes, checked against `expected_sha256` before it is
+    parsed: damaged bytes read as ImageCorrupt, never as a parse error."""
+    try:
+        raw = blob.read_bytes(f"{prefix.rstrip('/')}/{MANIFEST_NAME}")
+    except ResourceNotFoundError as error:
+        raise ImageCorrupt(f"{MANIFEST_NAME}: missing from blob storage under {prefix}") from error
+    sha256 = hashlib.sha256(raw).hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise ImageCorrupt(f"{MANIFEST_NAME}: sha256 {sha256} in blob storage, the CMS recorded {expected_sha256}")
+    try:
+        return BackupManifest.model_validate_json(raw), sha256
+    except ValueError as error:
+        raise ImageCorrupt(f"{MANIFEST_NAME}: not a valid manifest: {error}") from error
+
+
 def verify_image(
     blob: BlobStorageResource, prefix: str, expected_manifest_sha256: str | None = None
 ) -> tuple[BackupManifest, VerificationReport]:
@@ -81,14 +99,7 @@ def verify_image(
 
     With `expected_manifest_sha256` (the CMS row's checksum) the manifest itself is pinned too.
     """
-    try:
-        manifest, manifest_sha256 = blob.read_manifest(prefix)
-    except ResourceNotFoundError as error:
-        raise ImageCorrupt(f"{MANIFEST_NAME}: missing from blob storage under {prefix}") from error
-    if expected_manifest_sha256 is not None and manifest_sha256 != expected_manifest_sha256:
-        raise ImageCorrupt(
-            f"{MANIFEST_NAME}: sha256 {manifest_sha256} in blob storage, the CMS recorded {expected_manifest_sha256}"
-        )
+    manifest, manifest_sha256 = read_manifest(blob, prefix, expected_manifest_sha256)
     listed = {f.path for f in manifest.files}
     stored = {name.removeprefix(prefix.rstrip("/") + "/") for name in blob.list_names(prefix)} - {MANIFEST_NAME}
     if listed - stored:

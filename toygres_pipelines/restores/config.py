@@ -27,14 +27,26 @@ from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 
 MAX_STORAGE_GB = 16384
+# A restore job downloads, checks and pg_restores the whole image: a minute at the least, two
+# days at the most (a hung job must not hold its pool slot for ever).
+JOB_TIMEOUT_BOUNDS = (60, 2 * 24 * 3600)
+READY_TIMEOUT_BOUNDS = (5, 3600)
 
 
 class RestoreConfig(RestoreRequestFields, dg.Config):
     """The launchpad form of `restore_instance`: the restore request plus the job's own limits."""
 
-    job_timeout_seconds: int = Field(default=3600, description="Upper bound for the restore job")
+    # No `password` field: Dagster stores run config in plaintext, and a restored instance keeps
+    # the source image's password anyway. The launchpad refuses one; the CLI and the CMS request
+    # API accept and ignore one with a warning.
+    job_timeout_seconds: int = Field(
+        default=3600,
+        description=f"Upper bound for the restore job, {JOB_TIMEOUT_BOUNDS[0]}-{JOB_TIMEOUT_BOUNDS[1]} seconds",
+    )
     ready_timeout_seconds: int = Field(
-        default=600, description="How long the new server may take to accept connections"
+        default=600,
+        description=f"How long the new server may take to accept connections, {READY_TIMEOUT_BOUNDS[0]}-"
+        f"{READY_TIMEOUT_BOUNDS[1]} seconds",
     )
 
 
@@ -70,6 +82,13 @@ def check_request_fields(fields: RestoreRequestFields) -> None:
         validate_dns_label(fields.namespace, "namespace")
     if not 1 <= fields.storage_size_gb <= MAX_STORAGE_GB:
         raise ValidationFailed("storage_size_gb", f"{fields.storage_size_gb} must be between 1 and {MAX_STORAGE_GB}")
+
+
+def check_timeouts(config: RestoreConfig) -> None:
+    for field, (low, high) in (("job_timeout_seconds", JOB_TIMEOUT_BOUNDS), ("ready_timeout_seconds", READY_TIMEOUT_BOUNDS)):
+        value = getattr(config, field)
+        if not low <= value <= high:
+            raise ValidationFailed(field, f"{value} must be between {low} and {high} seconds")
 
 
 def ready_image(cms: CMSResource, ref: str) -> Image:

@@ -14,14 +14,16 @@ from records import (
     InstanceState,
     ValidationFailed,
 )
-from toygres_pipelines.restores.config import RestoreConfig, RestorePlan, plan_restore
+from toygres_pipelines.restores.config import RestoreConfig, RestorePlan, check_timeouts, plan_restore
 from toygres_pipelines.restores.steps import (
     check_connection,
     clean_up_failed_restore,
     connection_string,
     connection_strings,
     instance_ref,
+    mark_image_corrupt,
     restore_job_spec,
+    verification_failure,
 )
 
 REQUEST_ID_TAG = "toygres/request-id"
@@ -59,11 +61,25 @@ def still_creating(cms: CMSResource, instance: Instance) -> Instance:
     return current
 
 
+def refuse_while_alive(context: dg.OpExecutionContext, earlier: Instance, key: str) -> None:
+    """Only a run that has ended may have its half-made instance taken over."""
+    if not earlier.run_id or earlier.run_id == context.run_id:
+        return
+    run = context.instance.get_run_by_id(earlier.run_id)
+    if run is not None and not run.is_finished:
+        raise dg.Failure(
+            description=f"request {key} is being restored by run {earlier.run_id}, which is still {run.status.value}: "
+            f"wait for it to end (or terminate it) before launching the request again",
+            allow_retries=False,
+        )
+
+
 @dg.op(description="Check the request and the image; take image_type and postgres_version from the image")
 def validate_request(
     context: dg.OpExecutionContext, config: RestoreConfig, cms: CMSResource, platform: PlatformResource
 ) -> TimedPlan:
     try:
+        check_timeouts(config)
         plan = plan_restore(RestoreRequestFields.of(config), cms, platform)
     except ValidationFailed as error:
         raise dg.Failure(description=f"Invalid restore request: {error}", allow_retries=False) from error
@@ -83,6 +99,7 @@ def create_instance_record(
         if earlier.state is InstanceState.running:
             raise dg.Failure(description=f"request {key} already restored as {earlier.k8s_name}", allow_retries=False)
         if earlier.state is InstanceState.creating:
+            refuse_while_alive(context, earlier, key)
             clean_up_failed_restore(
                 cms, platform, earlier, reason=f"superseded by run {context.run_id} of the same request", log=context.log.info
             )
@@ -120,8 +137,14 @@ def run_restore_job(
     blob: BlobStorageResource, platform: PlatformResource,
 ) -> Instance:
     instance = still_creating(cms, instance)
-    spec = restore_job_spec(timed.plan, instance, blob, timed.job_timeout_seconds)
-    platform.run_job(spec, context.log.info)
+    try:
+        spec = restore_job_spec(timed.plan, instance, blob, timed.job_timeout_seconds)
+        platform.run_job(spec, context.log.info)
+    except Exception as error:
+        why = verification_failure(error)
+        if why is not None:
+            mark_image_corrupt(cms, timed.plan, why, context.run_id, context.log.warning)
+        raise
     platform.delete_job(spec.name, instance.namespace)
     return instance
 

@@ -10,13 +10,14 @@ import psycopg
 from pydantic import SecretStr
 
 from resources.blob import BlobStorageResource
-from resources.cms import CMSResource
-from resources.platform.base import JobKind, JobSpec, PlatformResource
-from toygres_pipelines.images.verification import ImageCorrupt, sha256sums
+from resources.cms import CMSError, CMSResource
+from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource
+from toygres_pipelines.images.verification import ImageCorrupt, read_manifest, sha256sums
 from records import (
     BackupManifest,
     ConnectionStrings,
     Endpoints,
+    ImageState,
     Instance,
     InstanceRef,
     InstanceState,
@@ -79,12 +80,32 @@ def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageRes
 
 
 def verify_manifest_only(blob: BlobStorageResource, plan: RestorePlan) -> tuple[BackupManifest, str]:
-    manifest, manifest_sha256 = blob.read_manifest(plan.blob_path)
-    if manifest_sha256 != plan.manifest_sha256:
-        raise ImageCorrupt(
-            f"manifest.json: sha256 {manifest_sha256} in blob storage, the CMS recorded {plan.manifest_sha256}"
+    return read_manifest(blob, plan.blob_path, plan.manifest_sha256)
+
+
+CHECKSUM_MISMATCH = "ERROR: checksum mismatch"  # restore.sh's message (exit 3) when a file's sha256 differs
+
+
+def verification_failure(error: BaseException) -> str | None:
+    """Why the image's bytes failed verification, when that is what `error` says; else None."""
+    if isinstance(error, ImageCorrupt):
+        return str(error)
+    if isinstance(error, JobFailed):
+        return next((line for line in error.result.log_tail if CHECKSUM_MISMATCH in line), None)
+    return None
+
+
+def mark_image_corrupt(cms: CMSResource, plan: RestorePlan, why: str, run_id: str, log: Callable[[str], None]) -> None:
+    """A ready image whose bytes failed verification is never offered again until re-verified."""
+    try:
+        cms.transition_image(
+            plan.image_id, ImageState.corrupt, run_id=run_id, expected=ImageState.ready,
+            reason=f"failed verification at restore: {why}"[:4000],
+            error_message=f"failed verification at restore: {why}"[:4000],
         )
-    return manifest, manifest_sha256
+        log(f"image {plan.image_name} marked corrupt: {why}")
+    except CMSError as error:  # another run got there first, or it is being deleted
+        log(f"image {plan.image_name} not marked corrupt: {error}")
 
 
 def check_connection(connection_url: str, timeout_seconds: int) -> str:

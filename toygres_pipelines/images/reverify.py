@@ -1,0 +1,47 @@
+"""`reverify_image`: a corrupt image is offered again only once every byte verifies again."""
+
+from collections.abc import Callable
+
+import dagster as dg
+from pydantic import Field
+
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource
+from toygres_pipelines.images.verification import ImageCorrupt, verify_image
+from records import Image, ImageState, ValidationFailed
+
+
+class ReverifyConfig(dg.Config):
+    image: str = Field(description="Id or name of the corrupt image to verify again")
+
+
+def reverify(cms: CMSResource, blob: BlobStorageResource, ref: str, run_id: str, log: Callable[[str], None]) -> Image:
+    """corrupt -> ready when every file (and the manifest, against the CMS checksum) verifies."""
+    image = cms.find_image(ref)
+    if image is None:
+        raise ValidationFailed("image", f"no image {ref!r}")
+    if image.state is not ImageState.corrupt:
+        raise ValidationFailed("image", f"image {image.name!r} is {image.state}, only a corrupt image is re-verified")
+    try:
+        verify_image(blob, image.blob_path, expected_manifest_sha256=image.backup_checksum)
+    except ImageCorrupt as error:
+        log(f"image {image.name} still fails verification: {error}")
+        raise
+    return cms.transition_image(
+        image.id, ImageState.ready, run_id=run_id, expected=ImageState.corrupt,
+        reason="re-verified: every file matches its manifest and the CMS checksum", error_message=None,
+    )
+
+
+@dg.op(description="Verify a corrupt image's blobs again; ready again when every byte matches")
+def reverify_corrupt_image(context: dg.OpExecutionContext, config: ReverifyConfig, cms: CMSResource, blob: BlobStorageResource) -> None:
+    try:
+        image = reverify(cms, blob, config.image, context.run_id, context.log.info)
+    except (ValidationFailed, ImageCorrupt) as error:
+        raise dg.Failure(description=f"image {config.image} not re-verified: {error}", allow_retries=False) from error
+    context.log.info(f"image {image.name} verified again: ready")
+
+
+@dg.job(description="Re-verify a corrupt image (after its blobs were repaired)", tags={"toygres/kind": "maintenance"})
+def reverify_image():
+    reverify_corrupt_image()
