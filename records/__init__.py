@@ -17,7 +17,7 @@ from records.naming import (
     validate_dns_label,
     validate_image_name,
 )
-from records.platform import ConnectionStrings, Endpoints, InstanceRef, JobResult
+from records.platform import ConnectionStrings, Endpoints, InstanceRef, JobResult, LogSink
 from records.requests import ImageRequest, ImageRequestFields, RestoreRequest, RestoreRequestFields
 from records.rows import Event, Image, Instance, Record
 from records.states import (
@@ -54,6 +54,7 @@ __all__ = [
     "InstanceRef",
     "InstanceState",
     "JobResult",
+    "LogSink",
     "Record",
     "RequestState",
     "RestoreRequest",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import Field
 
 from records.rows import Record
+
+# Where a step's progress lines go (a run's log, print, a test's list).
+LogSink = Callable[[str], None]
 
 
 class InstanceRef(Record):

@@ -11,9 +11,9 @@ import dagster as dg
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
     BlobServiceClient,
-    ExponentialRetry,
     ContainerClient,
     ContainerSasPermissions,
+    ExponentialRetry,
     generate_container_sas,
 )
 from pydantic import Field, SecretStr

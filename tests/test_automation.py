@@ -16,26 +16,26 @@ from dagster._core.test_utils import create_run_for_test
 
 from tests.helpers import failure_text, materialize_image
 from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, REQUEST_ID_TAG, backup_image
-from toygres_pipelines.automation.reconcile import reconcile, reconcile_stuck_rows
-from toygres_pipelines.automation.schedules import nightly_backups, nightly_run_requests, night_of
-from toygres_pipelines.automation.sensors import (
-    evaluate_image_requests,
-    evaluate_restore_requests,
-    image_requests_sensor,
-    restore_requests_sensor,
-)
-from toygres_pipelines.automation.writeback import (
-    request_run_started,
-    run_canceled_writeback,
-    run_failed_writeback,
-    run_succeeded_writeback,
-    settle_run,
-)
+from toygres_pipelines.automation import AutomationSettings, build_automation
+from toygres_pipelines.automation.reconcile import reconcile
+from toygres_pipelines.automation.schedules import nightly_run_requests, night_of
+from toygres_pipelines.automation.sensors import evaluate_image_requests, evaluate_restore_requests
+from toygres_pipelines.automation.writeback import settle_run
 from toygres_pipelines.images.assets import image
 from records import ImageState, ImageType, InstanceState, RequestState
 from toygres_pipelines.restores.jobs import restore_instance
 
 pytestmark = pytest.mark.integration
+
+AUTOMATION = build_automation(AutomationSettings())
+image_requests_sensor = AUTOMATION.sensor("image_requests_sensor")
+restore_requests_sensor = AUTOMATION.sensor("restore_requests_sensor")
+request_run_started = AUTOMATION.sensor("request_run_started")
+run_succeeded_writeback = AUTOMATION.sensor("run_succeeded_writeback")
+run_failed_writeback = AUTOMATION.sensor("run_failed_writeback")
+run_canceled_writeback = AUTOMATION.sensor("run_canceled_writeback")
+reconcile_stuck_rows = AUTOMATION.sensor("reconcile_stuck_rows")
+nightly_backups = AUTOMATION.schedule("nightly_backups")
 
 from resources.platform.base import PROJECT_DIR  # noqa: E402
 
@@ -112,7 +112,9 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
     assert first.tags[REQUEST_ID_TAG] == str(good.id)
     assert first.tags[KIND_TAG] == "backup" and first.tags[INSTANCE_TAG] == source.k8s_name
     assert requests[str(by_id.id)].tags[INSTANCE_TAG] == source.k8s_name
-    assert set(dagster_instance.get_dynamic_partitions("images")) == {"req-a", "req-b"}
+    # the partitions travel in the SensorResult; the daemon adds them before launching the runs
+    [added] = data.dynamic_partitions_requests
+    assert added.partitions_def_name == "images" and sorted(added.partition_keys) == ["req-a", "req-b"]
     job = dg.Definitions(assets=[image], jobs=[backup_image], resources=resources).resolve_job_def("backup_image")
     dg.validate_run_config(job, first.run_config)
 
@@ -307,7 +309,9 @@ def evaluate_status_sensor(sensor, instance, run_id, event_type, resources):
 def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dagster_instance):
     ghost = add_instance(cms, "ghost")  # running in the CMS, unknown to the platform: fails after the image row exists
     request = cms.create_image_request(ImageRequestFields(image_name="will-fail", source_instance=ghost.k8s_name))
-    [run_request] = evaluate_image_requests(dagster_instance, cms).run_requests
+    evaluation = evaluate_image_requests(dagster_instance, cms)
+    [run_request] = evaluation.run_requests
+    dagster_instance.add_dynamic_partitions("images", evaluation.new_partitions)  # as the daemon does
     result = dg.materialize(
         [image], partition_key="will-fail", resources=resources, instance=dagster_instance,
         run_config=run_request.run_config, tags=run_request.tags, raise_on_error=False,

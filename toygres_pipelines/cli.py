@@ -25,7 +25,6 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel
 
-from resources.cms import CMSResource
 from records import (
     ImageRequestFields,
     ImageState,
@@ -35,6 +34,7 @@ from records import (
     ValidationFailed,
     validate_image_name,
 )
+from resources.cms import CMSResource
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
 from toygres_pipelines.resources_from_env import platform_from_env
 from toygres_pipelines.restores.config import plan_restore

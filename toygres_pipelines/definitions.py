@@ -1,16 +1,18 @@
 import dagster as dg
 
-from toygres_pipelines.automation import AUTOMATION_JOBS, AUTOMATION_SCHEDULES, AUTOMATION_SENSORS
+from toygres_pipelines.automation import AutomationSettings, build_automation
 from toygres_pipelines.images.assets import image
 from toygres_pipelines.images.janitor import purge_failed_image_blobs_hourly, purge_failed_image_blobs_job
 from toygres_pipelines.images.reverify import reverify_image
 from toygres_pipelines.resources_from_env import resources_from_env
 from toygres_pipelines.restores.jobs import restore_instance
 
+automation = build_automation(AutomationSettings.from_env())
+
 defs = dg.Definitions(
     assets=[image],
-    jobs=[restore_instance, purge_failed_image_blobs_job, reverify_image, *AUTOMATION_JOBS],
-    schedules=[purge_failed_image_blobs_hourly, *AUTOMATION_SCHEDULES],
-    sensors=[*AUTOMATION_SENSORS],
+    jobs=[restore_instance, purge_failed_image_blobs_job, reverify_image, *automation.jobs],
+    schedules=[purge_failed_image_blobs_hourly, *automation.schedules],
+    sensors=automation.sensors,
     resources=resources_from_env(),
 )

@@ -8,20 +8,18 @@ Two implementations share it: `LocalPlatform` (processes, directories, local ser
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from records import Endpoints, ImageType, InstanceRef, JobResult, validate_dns_label
+from records import Endpoints, ImageType, InstanceRef, JobResult, LogSink, validate_dns_label
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = PROJECT_DIR / "templates"
 SCRIPTS_DIR = TEMPLATES_DIR / "scripts"
 
-LogSink = Callable[[str], None]
 
 
 class JobKind(StrEnum):

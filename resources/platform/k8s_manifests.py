@@ -22,11 +22,11 @@ from typing import Any
 
 import yaml
 
+from records import ImageType, InstanceRef, ValidationFailed, validate_azure_dns_label
 from resources.platform.base import SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
 from resources.platform.k8s_images import ManifestError, check_pinned_image
 from resources.platform.k8s_settings import ManifestSettings
 from resources.platform.tls import self_signed_certificate
-from records import ImageType, InstanceRef, ValidationFailed, validate_azure_dns_label
 
 Manifest = dict[str, Any]
 

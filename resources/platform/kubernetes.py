@@ -27,11 +27,9 @@ the Job will retry (backoffLimit) is not mistaken for a failed job.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +41,7 @@ from dagster_k8s.client import DagsterKubernetesClient, PatchedApiClient
 from kubernetes.client import ApiException
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 
+from records import Endpoints, InstanceRef, JobResult, ValidationFailed, validate_dns_label
 from resources.platform import k8s_manifests as m
 from resources.platform.base import (
     DeploySpec,
@@ -52,7 +51,6 @@ from resources.platform.base import (
     PlatformError,
     PlatformResource,
 )
-from records import Endpoints, InstanceRef, JobResult, ValidationFailed, validate_dns_label
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +254,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             manifest = m.job(spec, self.settings(), scripts_name, has_sas=sas is not None)
         except m.ManifestError as error:
             raise PlatformError(str(error)) from error
-        sink = _LogSink(log, self.log_tail_lines, secrets=[sas] if sas else [])
+        sink = _PodLogCollector(log, self.log_tail_lines, secrets=[sas] if sas else [])
 
         self.ensure_scripts_config_map(namespace)
         if sas is not None:
@@ -310,7 +308,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             _content_type=MERGE_PATCH, _request_timeout=self._timeout(),
         )
 
-    def _follow_job(self, spec: JobSpec, sink: _LogSink) -> JobResult:
+    def _follow_job(self, spec: JobSpec, sink: _PodLogCollector) -> JobResult:
         """Poll the Job until its Complete/Failed condition, streaming its pods' logs meanwhile."""
         namespace, name = spec.instance.namespace, spec.name
         client = self._dagster
@@ -376,7 +374,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         mine = [p for p in pods if (p.metadata.labels or {}).get("job-name") == name]
         return sorted(mine, key=lambda p: (str(p.metadata.creation_timestamp or ""), p.metadata.name))
 
-    def _drain_logs(self, pods: dict[str, _PodFollower], sink: _LogSink, name: str, namespace: str,
+    def _drain_logs(self, pods: dict[str, _PodFollower], sink: _PodLogCollector, name: str, namespace: str,
                     wait: bool = True) -> None:
         """Let the log streams finish; fall back to a plain log read for a stream that failed."""
         end = time.monotonic() + (self.log_drain_seconds if wait else 0)
@@ -397,7 +395,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                     sink.line(line)
         sink.drain()
 
-    def _result(self, spec: JobSpec, sink: _LogSink, succeeded: bool, reason: str | None) -> JobResult:
+    def _result(self, spec: JobSpec, sink: _PodLogCollector, succeeded: bool, reason: str | None) -> JobResult:
         return JobResult(name=spec.name, succeeded=succeeded, log_tail=sink.tail(), reason=reason)
 
     def delete_job(self, name: str, namespace: str) -> None:
@@ -637,7 +635,7 @@ def _ingress(service) -> str | None:
 
 
 @dataclass
-class _LogSink:
+class _PodLogCollector:
     """Collects log lines from follower threads; hands them to the Dagster log on the caller's thread."""
 
     log: LogSink
@@ -678,7 +676,7 @@ class _LogSink:
 class _PodFollower:
     """Streams one pod's log (follow=True) into the sink on a daemon thread."""
 
-    def __init__(self, core: kubernetes.client.CoreV1Api, pod: str, namespace: str, sink: _LogSink, timeout: float):
+    def __init__(self, core: kubernetes.client.CoreV1Api, pod: str, namespace: str, sink: _PodLogCollector, timeout: float):
         self.core, self.pod, self.namespace, self.sink, self.timeout = core, pod, namespace, sink, timeout
         self.lines = 0
         self.error: BaseException | None = None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 
+from records import Endpoints, InstanceRef, JobResult
 from resources.platform.base import (
     SCRIPTS_DIR,
     DeploySpec,
@@ -41,7 +42,6 @@ from resources.platform.postgres_server import (
     postgres_bindir,
     write_private_file,
 )
-from records import Endpoints, InstanceRef, JobResult
 
 PG_HBA = """# written by toygres: passwords (scram-sha-256) for everyone, nothing trusted
 local all all scram-sha-256

@@ -11,24 +11,42 @@
     run_canceled_writeback
     reconcile_stuck_rows      rows left creating/accepted by runs that ended without reporting
 
-Environment (read when the code location loads):
-    TOYGRES_NIGHTLY_CRON                "0 2 * * *"
-    TOYGRES_NIGHTLY_TIMEZONE            "UTC" (also decides the date in the partition key)
-    TOYGRES_SENSOR_INTERVAL_SECONDS     30   request sensors and run-status sensors
-    TOYGRES_REQUEST_BATCH               50   pending requests claimed per evaluation
-    TOYGRES_RELAUNCH_AFTER_SECONDS      120  accepted without a run this long -> emitted again
-    TOYGRES_RECONCILE_INTERVAL_SECONDS  300
-    TOYGRES_RECONCILE_GRACE_SECONDS     60   finished runs are left to the run-status sensors first
+Settings: `settings.AutomationSettings`, read from TOYGRES_<FIELD> once when the code location
+loads (`definitions.py`); `build_automation` makes every definition from them.
 """
 
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
 from toygres_pipelines.automation.jobs import backup_image
-from toygres_pipelines.automation.reconcile import reconcile_stuck_rows
-from toygres_pipelines.automation.schedules import nightly_backups
-from toygres_pipelines.automation.sensors import image_requests_sensor, restore_requests_sensor
-from toygres_pipelines.automation.writeback import WRITEBACK_SENSORS
+from toygres_pipelines.automation.reconcile import reconcile_sensor
+from toygres_pipelines.automation.schedules import nightly_schedule
+from toygres_pipelines.automation.sensors import request_sensors
+from toygres_pipelines.automation.settings import AutomationSettings
+from toygres_pipelines.automation.writeback import writeback_sensors
 
-AUTOMATION_JOBS = [backup_image]
-AUTOMATION_SCHEDULES = [nightly_backups]
-AUTOMATION_SENSORS = [image_requests_sensor, restore_requests_sensor, *WRITEBACK_SENSORS, reconcile_stuck_rows]
 
-__all__ = ["AUTOMATION_JOBS", "AUTOMATION_SCHEDULES", "AUTOMATION_SENSORS"]
+@dataclass(frozen=True)
+class Automation:
+    jobs: list[Any]
+    schedules: list[dg.ScheduleDefinition]
+    sensors: list[dg.SensorDefinition]
+
+    def sensor(self, name: str) -> dg.SensorDefinition:
+        return next(s for s in self.sensors if s.name == name)
+
+    def schedule(self, name: str) -> dg.ScheduleDefinition:
+        return next(s for s in self.schedules if s.name == name)
+
+
+def build_automation(settings: AutomationSettings) -> Automation:
+    return Automation(
+        jobs=[backup_image],
+        schedules=[nightly_schedule(settings)],
+        sensors=[*request_sensors(settings), *writeback_sensors(settings), reconcile_sensor(settings)],
+    )
+
+
+__all__ = ["Automation", "AutomationSettings", "build_automation"]

@@ -4,7 +4,6 @@ import dagster as dg
 
 from records.requests import BackupFields, ImageRequestFields
 from toygres_pipelines.forms import run_config_values
-
 from toygres_pipelines.images.assets import image, image_partitions
 from toygres_pipelines.restores.jobs import REQUEST_ID_TAG
 

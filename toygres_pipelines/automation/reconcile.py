@@ -15,21 +15,19 @@ left to the run-status sensors for a grace period first.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime
 
 import dagster as dg
 from pydantic import BaseModel
 
+from records import ImageState, InstanceState, LogSink, RequestState
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.automation.sensors import first_run_for_request
-from toygres_pipelines.automation.settings import reconcile_grace_seconds, reconcile_interval_seconds
+from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.automation.writeback import FINISHED, Settlement, run_failure_message, settle_run
-from records import ImageState, InstanceState, RequestState
 
-Log = Callable[[str], None]
 MISSING = "missing from this Dagster instance"
 
 
@@ -68,9 +66,8 @@ def stuck_run_ids(instance: dg.DagsterInstance, cms: CMSResource) -> dict[str, f
 
 def reconcile(
     instance: dg.DagsterInstance, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource, *,
-    grace_seconds: float | None = None, log: Log = lambda _: None,
+    grace_seconds: float = AutomationSettings().reconcile_grace_seconds, log: LogSink = lambda _: None,
 ) -> Reconciliation:
-    grace_seconds = reconcile_grace_seconds() if grace_seconds is None else grace_seconds
     done = Reconciliation()
     now = time.time()
     for run_id, row_changed in stuck_run_ids(instance, cms).items():
@@ -104,15 +101,20 @@ def reconcile(
     return done
 
 
-@dg.sensor(
-    name="reconcile_stuck_rows",
-    minimum_interval_seconds=reconcile_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Images/instances left creating and requests left accepted by runs that ended (or vanished) "
-    "without reporting become failed with the reason.",
-)
-def reconcile_stuck_rows(
-    context: dg.SensorEvaluationContext, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource
-):
-    done = reconcile(context.instance, cms, blob, platform, log=context.log.info)
-    return dg.SkipReason(done.summary())
+def reconcile_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="reconcile_stuck_rows",
+        minimum_interval_seconds=settings.reconcile_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Images/instances left creating and requests left accepted by runs that ended (or vanished) "
+        "without reporting become failed with the reason.",
+    )
+    def reconcile_stuck_rows(
+        context: dg.SensorEvaluationContext, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource
+    ):
+        done = reconcile(
+            context.instance, cms, blob, platform, grace_seconds=settings.reconcile_grace_seconds, log=context.log.info
+        )
+        return dg.SkipReason(done.summary())
+
+    return reconcile_stuck_rows

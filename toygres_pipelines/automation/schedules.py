@@ -13,12 +13,12 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from records import Instance, InstanceState, validate_image_name
+from records.requests import ImageRequestFields
 from resources.cms import CMSResource
 from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, backup_image, backup_run_config
-from toygres_pipelines.automation.settings import nightly_cron, nightly_timezone
+from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.images.assets import image_partitions
-from records.requests import ImageRequestFields
-from records import Instance, InstanceState, validate_image_name
 
 
 def nightly_key(instance: Instance, night: str) -> str:
@@ -71,21 +71,24 @@ def scheduled_time(context: dg.ScheduleEvaluationContext) -> datetime | None:
         raise
 
 
-NIGHTLY_TIMEZONE = nightly_timezone()
+def nightly_schedule(settings: AutomationSettings) -> dg.ScheduleDefinition:
+    timezone = settings.nightly_timezone
 
+    @dg.schedule(
+        name="nightly_backups",
+        job=backup_image,
+        cron_schedule=settings.nightly_cron,
+        execution_timezone=timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Every night: a new image partition `<instance>__nightly-<YYYYMMDD>` and a backup run for "
+        "each running instance in the CMS (TOYGRES_NIGHTLY_CRON, TOYGRES_NIGHTLY_TIMEZONE).",
+    )
+    def nightly_backups(context: dg.ScheduleEvaluationContext, cms: CMSResource):
+        # A schedule cannot return dynamic partition requests: nightly_run_requests adds them itself.
+        requests = nightly_run_requests(context.instance, cms, scheduled_time(context), timezone)
+        if not requests:
+            return dg.SkipReason("no running instance in the CMS")
+        context.log.info(f"nightly backups of {len(requests)} instance(s): {[r.partition_key for r in requests]}")
+        return requests
 
-@dg.schedule(
-    name="nightly_backups",
-    job=backup_image,
-    cron_schedule=nightly_cron(),
-    execution_timezone=NIGHTLY_TIMEZONE,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Every night: a new image partition `<instance>__nightly-<YYYYMMDD>` and a backup run for "
-    "each running instance in the CMS (TOYGRES_NIGHTLY_CRON, TOYGRES_NIGHTLY_TIMEZONE).",
-)
-def nightly_backups(context: dg.ScheduleEvaluationContext, cms: CMSResource):
-    requests = nightly_run_requests(context.instance, cms, scheduled_time(context), NIGHTLY_TIMEZONE)
-    if not requests:
-        return dg.SkipReason("no running instance in the CMS")
-    context.log.info(f"nightly backups of {len(requests)} instance(s): {[r.partition_key for r in requests]}")
-    return requests
+    return nightly_backups

@@ -17,11 +17,21 @@ freshly accepted one, so each request is emitted exactly once unless its launch 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 import pydantic
 
-from resources.cms import CMSResource
+from records import (
+    ImageRequest,
+    Instance,
+    LogSink,
+    RestoreRequest,
+    RestoreRequestFields,
+    ValidationFailed,
+    validate_image_name,
+)
+from resources.cms import ClaimedRequests, CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.automation.jobs import (
     INSTANCE_TAG,
@@ -30,27 +40,14 @@ from toygres_pipelines.automation.jobs import (
     backup_image,
     backup_run_config,
 )
-from toygres_pipelines.automation.settings import env_int, relaunch_after_seconds, sensor_interval_seconds
+from toygres_pipelines.automation.settings import AutomationSettings
+from toygres_pipelines.forms import run_config_values
 from toygres_pipelines.images.assets import image_partitions
 from toygres_pipelines.images.backup import check_name_free, running_source
-from records import (
-    ImageRequest,
-    Instance,
-    RestoreRequest,
-    RestoreRequestFields,
-    ValidationFailed,
-    validate_image_name,
-)
-from toygres_pipelines.forms import run_config_values
 from toygres_pipelines.restores.config import check_request_fields, plan_restore
 from toygres_pipelines.restores.jobs import restore_instance
 
-Log = Callable[[str], None]
-
-
-def batch_size() -> int:
-    """At most this many pending requests are claimed per evaluation (TOYGRES_REQUEST_BATCH)."""
-    return env_int("TOYGRES_REQUEST_BATCH", 50)
+DEFAULTS = AutomationSettings()
 
 
 def first_run_for_request(instance: dg.DagsterInstance, request_id: object) -> dg.DagsterRun | None:
@@ -62,6 +59,7 @@ class Evaluation(pydantic.BaseModel):
     """What one evaluation did (for the tick's log and for tests)."""
 
     run_requests: list[dg.RunRequest] = []
+    new_partitions: list[str] = []
     accepted: list[str] = []
     rejected: dict[str, str] = {}
     attached: dict[str, str] = {}
@@ -83,12 +81,13 @@ class Evaluation(pydantic.BaseModel):
     def result(self, what: str) -> dg.SensorResult | dg.SkipReason:
         if not self.run_requests:
             return dg.SkipReason(self.summary(what))
-        return dg.SensorResult(run_requests=self.run_requests)
+        partitions = [image_partitions.build_add_request(self.new_partitions)] if self.new_partitions else []
+        return dg.SensorResult(run_requests=self.run_requests, dynamic_partitions_requests=partitions)
 
 
 def settle_unlaunched(
     instance: dg.DagsterInstance, cms: CMSResource, unlaunched: list, relaunch_after: float,
-    rerequest: Callable[[object], dg.RunRequest], done: Evaluation, log: Log,
+    rerequest: Callable[[Any], dg.RunRequest], done: Evaluation, log: LogSink,
 ) -> None:
     """Accepted requests with no run id: record the run Dagster has, or emit a lost one again."""
     for request, age in unlaunched:
@@ -103,8 +102,8 @@ def settle_unlaunched(
 
 
 def accept_or_reject(
-    claim, check: Callable[[object, set[str]], object], taken: set[str], key: Callable[[object], str],
-    run_request_for: Callable[[object, object], dg.RunRequest], done: Evaluation, log: Log,
+    claim: ClaimedRequests, check: Callable[[Any, set[str]], Any], taken: set[str], key: Callable[[Any], str],
+    run_request_for: Callable[[Any, Any], dg.RunRequest], done: Evaluation, log: LogSink,
 ) -> list[dg.RunRequest]:
     """Validate each claimed row: reject it with the reason, or accept it and build its run request."""
     fresh = []
@@ -146,11 +145,9 @@ def image_run_request(request: ImageRequest, source_k8s_name: str) -> dg.RunRequ
 
 
 def evaluate_image_requests(
-    instance: dg.DagsterInstance, cms: CMSResource, *, limit: int | None = None,
-    relaunch_after: float | None = None, log: Log = lambda _: None,
+    instance: dg.DagsterInstance, cms: CMSResource, *, limit: int = DEFAULTS.request_batch,
+    relaunch_after: float = DEFAULTS.relaunch_after_seconds, log: LogSink = lambda _: None,
 ) -> Evaluation:
-    limit = batch_size() if limit is None else limit
-    relaunch_after = relaunch_after_seconds() if relaunch_after is None else relaunch_after
     done = Evaluation()
 
     def rerequest(request: ImageRequest) -> dg.RunRequest:
@@ -167,23 +164,10 @@ def evaluate_image_requests(
         )
     # committed: the accepted rows are durable before any run request leaves this evaluation
     done.run_requests.extend(fresh)
-    if done.run_requests:
-        instance.add_dynamic_partitions(image_partitions.name, sorted({r.partition_key for r in done.run_requests}))
+    done.new_partitions = sorted(
+        {key for r in done.run_requests if (key := r.partition_key) and not instance.has_dynamic_partition(image_partitions.name, key)}
+    )
     return done
-
-
-@dg.sensor(
-    name="image_requests_sensor",
-    job=backup_image,
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Pending rows of toygres_cms.image_requests become backup_image runs (run key = request id); "
-    "invalid ones are rejected with the reason.",
-)
-def image_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource):
-    done = evaluate_image_requests(context.instance, cms, log=context.log.info)
-    context.log.info(done.summary("image"))
-    return done.result("image")
 
 
 # ---- restore requests -----------------------------------------------------------------------
@@ -211,11 +195,10 @@ def restore_run_request(request: RestoreRequest, image_id: str) -> dg.RunRequest
 
 
 def evaluate_restore_requests(
-    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, *, limit: int | None = None,
-    relaunch_after: float | None = None, log: Log = lambda _: None,
+    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, *,
+    limit: int = DEFAULTS.request_batch, relaunch_after: float = DEFAULTS.relaunch_after_seconds,
+    log: LogSink = lambda _: None,
 ) -> Evaluation:
-    limit = batch_size() if limit is None else limit
-    relaunch_after = relaunch_after_seconds() if relaunch_after is None else relaunch_after
     done = Evaluation()
 
     def rerequest(request: RestoreRequest) -> dg.RunRequest:
@@ -233,15 +216,32 @@ def evaluate_restore_requests(
     return done
 
 
-@dg.sensor(
-    name="restore_requests_sensor",
-    job=restore_instance,
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Pending rows of toygres_cms.restore_requests become restore_instance runs (run key = request "
-    "id); invalid ones are rejected with the reason.",
-)
-def restore_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource, platform: PlatformResource):
-    done = evaluate_restore_requests(context.instance, cms, platform, log=context.log.info)
-    context.log.info(done.summary("restore"))
-    return done.result("restore")
+# ---- the sensors ----------------------------------------------------------------------------
+
+
+def request_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
+    """The two request sensors, with the interval, batch and relaunch delay of `settings`."""
+    common = {"minimum_interval_seconds": settings.sensor_interval_seconds, "default_status": dg.DefaultSensorStatus.RUNNING}
+    limits = {"limit": settings.request_batch, "relaunch_after": settings.relaunch_after_seconds}
+
+    @dg.sensor(
+        name="image_requests_sensor", job=backup_image, **common,
+        description="Pending rows of toygres_cms.image_requests become backup_image runs (run key = request id); "
+        "invalid ones are rejected with the reason.",
+    )
+    def image_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource):
+        done = evaluate_image_requests(context.instance, cms, log=context.log.info, **limits)
+        context.log.info(done.summary("image"))
+        return done.result("image")
+
+    @dg.sensor(
+        name="restore_requests_sensor", job=restore_instance, **common,
+        description="Pending rows of toygres_cms.restore_requests become restore_instance runs (run key = request "
+        "id); invalid ones are rejected with the reason.",
+    )
+    def restore_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource, platform: PlatformResource):
+        done = evaluate_restore_requests(context.instance, cms, platform, log=context.log.info, **limits)
+        context.log.info(done.summary("restore"))
+        return done.result("restore")
+
+    return [image_requests_sensor, restore_requests_sensor]

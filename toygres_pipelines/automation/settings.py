@@ -1,49 +1,53 @@
-"""Automation settings read from the environment when the code location loads."""
+"""Automation settings, declared once: each field is read from TOYGRES_<FIELD NAME> by `from_env`,
+which `definitions.py` calls once when the code location loads; the schedules, sensors and jobs
+are built from the result (nothing reads the environment at import).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "TOYGRES_"
 
 
-def env_int(name: str, default: int, minimum: int = 1) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}: {raw!r} is not an integer") from None
-    if value < minimum:
-        raise ValueError(f"{name}: {value} must be at least {minimum}")
-    return value
+class AutomationSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
+    nightly_cron: str = Field(default="0 2 * * *", description="When the nightly backups run")
+    nightly_timezone: str = Field(
+        default="UTC", description="Time zone of the nightly cron (also decides the date in the partition key)"
+    )
+    sensor_interval_seconds: int = Field(default=30, ge=1, description="Request sensors and run-status sensors")
+    request_batch: int = Field(default=50, ge=1, description="Pending requests claimed per evaluation")
+    relaunch_after_seconds: int = Field(
+        default=120, ge=1, description="An accepted request with no run after this long is emitted again"
+    )
+    reconcile_interval_seconds: int = Field(default=300, ge=1, description="How often the reconciler looks")
+    reconcile_grace_seconds: int = Field(
+        default=60, ge=0, description="A finished run's rows are left to the run-status sensors for this long"
+    )
+    stale_job_grace_seconds: int = Field(
+        default=3600, ge=0, description="A job this long past its timeout is removed by the janitor"
+    )
 
-def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, "").strip() or default
+    @staticmethod
+    def env_name(field: str) -> str:
+        return ENV_PREFIX + field.upper()
 
-
-def sensor_interval_seconds() -> int:
-    """How often the request sensors look for pending requests (TOYGRES_SENSOR_INTERVAL_SECONDS)."""
-    return env_int("TOYGRES_SENSOR_INTERVAL_SECONDS", 30)
-
-
-def relaunch_after_seconds() -> int:
-    """An accepted request with no run after this long is emitted again (TOYGRES_RELAUNCH_AFTER_SECONDS)."""
-    return env_int("TOYGRES_RELAUNCH_AFTER_SECONDS", 120)
-
-
-def reconcile_interval_seconds() -> int:
-    return env_int("TOYGRES_RECONCILE_INTERVAL_SECONDS", 300)
-
-
-def reconcile_grace_seconds() -> int:
-    """A finished run's rows are left to the run-status sensors for this long (TOYGRES_RECONCILE_GRACE_SECONDS)."""
-    return env_int("TOYGRES_RECONCILE_GRACE_SECONDS", 60, minimum=0)
-
-
-def nightly_cron() -> str:
-    return env_str("TOYGRES_NIGHTLY_CRON", "0 2 * * *")
-
-
-def nightly_timezone() -> str:
-    return env_str("TOYGRES_NIGHTLY_TIMEZONE", "UTC")
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """The settings the environment gives (an unset or empty variable keeps the default)."""
+        env = os.environ if environ is None else environ
+        values = {
+            field: env[cls.env_name(field)].strip() for field in cls.model_fields if env.get(cls.env_name(field), "").strip()
+        }
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = str(first["loc"][0])
+            raise ValueError(f"{cls.env_name(field)}: {values.get(field)!r}: {first['msg']}") from None

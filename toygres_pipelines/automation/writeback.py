@@ -19,22 +19,22 @@ from collections.abc import Callable, Mapping
 import dagster as dg
 from pydantic import BaseModel
 
-from resources.blob import BlobStorageResource
-from resources.cms import CMSError, CMSResource
-from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.jobs import REQUEST_ID_TAG
-from toygres_pipelines.automation.settings import sensor_interval_seconds
-from toygres_pipelines.images.backup import fail_image
 from records import (
     ImageRequest,
     ImageState,
     InstanceState,
+    LogSink,
     RequestState,
     RestoreRequest,
 )
+from resources.blob import BlobStorageResource
+from resources.cms import CMSError, CMSResource
+from resources.platform.base import PlatformResource
+from toygres_pipelines.automation.jobs import REQUEST_ID_TAG
+from toygres_pipelines.automation.settings import AutomationSettings
+from toygres_pipelines.images.backup import fail_image
 from toygres_pipelines.restores.steps import clean_up_failed_restore
 
-Log = Callable[[str], None]
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 REASON_MAX = 4000
 
@@ -67,7 +67,7 @@ def request_for_run(cms: CMSResource, run_id: str, tags: Mapping[str, str]) -> I
     return cms.find_request_by_run(run_id)
 
 
-def record_run_start(cms: CMSResource, run_id: str, tags: Mapping[str, str], log: Log) -> str | None:
+def record_run_start(cms: CMSResource, run_id: str, tags: Mapping[str, str], log: LogSink) -> str | None:
     """Record the run id of an accepted request that has none yet; returns the request id."""
     request = request_for_run(cms, run_id, tags)
     if request is None or request.state is not RequestState.accepted or request.run_id is not None:
@@ -79,7 +79,7 @@ def record_run_start(cms: CMSResource, run_id: str, tags: Mapping[str, str], log
 
 def settle_run(
     *, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource, run_id: str,
-    tags: Mapping[str, str], succeeded: bool, reason: str | None, log: Log,
+    tags: Mapping[str, str], succeeded: bool, reason: str | None, log: LogSink,
 ) -> Settlement:
     """Make the rows of an ended run terminal (see the module docstring)."""
     done = Settlement(run_id=run_id)
@@ -187,30 +187,31 @@ def cancel_reason(run_id: str) -> str:
 
 # ---- the sensors ----------------------------------------------------------------------------
 
-_SENSOR_ARGS = dict(
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
+def run_started_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        name="request_run_started",
+        run_status=dg.DagsterRunStatus.STARTED,
+        description="Records the run id of the CMS request a run was launched for.",
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def request_run_started(context: dg.RunStatusSensorContext, cms: CMSResource):
+        run = context.dagster_run
+        record_run_start(cms, run.run_id, run.tags, context.log.info)
 
-
-@dg.run_status_sensor(
-    name="request_run_started",
-    run_status=dg.DagsterRunStatus.STARTED,
-    description="Records the run id of the CMS request a run was launched for.",
-    **_SENSOR_ARGS,
-)
-def request_run_started(context: dg.RunStatusSensorContext, cms: CMSResource):
-    run = context.dagster_run
-    record_run_start(cms, run.run_id, run.tags, context.log.info)
+    return request_run_started
 
 
 def settling_sensor(
-    name: str, status: dg.DagsterRunStatus, description: str,
+    settings: AutomationSettings, name: str, status: dg.DagsterRunStatus, description: str,
     reason: Callable[[dg.RunStatusSensorContext], str | None],
 ) -> dg.SensorDefinition:
     """A run-status sensor that applies `settle_run` to every run reaching `status`."""
 
-    @dg.run_status_sensor(name=name, run_status=status, description=description, **_SENSOR_ARGS)
+    @dg.run_status_sensor(
+        name=name, run_status=status, description=description,
+        minimum_interval_seconds=settings.sensor_interval_seconds, default_status=dg.DefaultSensorStatus.RUNNING,
+    )
     def settle(
         context: dg.RunStatusSensorContext, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource
     ):
@@ -224,22 +225,24 @@ def settling_sensor(
     return settle
 
 
-run_succeeded_writeback = settling_sensor(
-    "run_succeeded_writeback", dg.DagsterRunStatus.SUCCESS,
-    "A finished backup/restore run: its request succeeded (restore: with the new instance id).",
-    reason=lambda context: None,
-)
-run_failed_writeback = settling_sensor(
-    "run_failed_writeback", dg.DagsterRunStatus.FAILURE,
-    "A failed run: its request failed with the reason; an image or instance it left creating "
-    "is failed and cleaned up.",
-    reason=lambda context: failure_reason(context.instance, context.dagster_run.run_id),
-)
-run_canceled_writeback = settling_sensor(
-    "run_canceled_writeback", dg.DagsterRunStatus.CANCELED,
-    "A terminated run: like a failure, with the reason that it was canceled.",
-    reason=lambda context: cancel_reason(context.dagster_run.run_id),
-)
-
-
-WRITEBACK_SENSORS = [request_run_started, run_succeeded_writeback, run_failed_writeback, run_canceled_writeback]
+def writeback_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
+    """Run-status sensors: record a request's run, then settle it when the run succeeds, fails or is canceled."""
+    return [
+        run_started_sensor(settings),
+        settling_sensor(
+            settings, "run_succeeded_writeback", dg.DagsterRunStatus.SUCCESS,
+            "A finished backup/restore run: its request succeeded (restore: with the new instance id).",
+            reason=lambda context: None,
+        ),
+        settling_sensor(
+            settings, "run_failed_writeback", dg.DagsterRunStatus.FAILURE,
+            "A failed run: its request failed with the reason; an image or instance it left creating "
+            "is failed and cleaned up.",
+            reason=lambda context: failure_reason(context.instance, context.dagster_run.run_id),
+        ),
+        settling_sensor(
+            settings, "run_canceled_writeback", dg.DagsterRunStatus.CANCELED,
+            "A terminated run: like a failure, with the reason that it was canceled.",
+            reason=lambda context: cancel_reason(context.dagster_run.run_id),
+        ),
+    ]

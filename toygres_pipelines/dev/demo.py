@@ -10,11 +10,11 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from records import ImageType, Instance, InstanceRef, InstanceState
 from resources.cms import CMSResource
 from resources.platform.base import PROJECT_DIR, DeploySpec
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
-from records import ImageType, Instance, InstanceRef, InstanceState
 from toygres_pipelines.restores.steps import SUPERUSER, connection_strings
 
 PAGILA_FILES = ("pagila-schema.sql", "pagila-data.sql")

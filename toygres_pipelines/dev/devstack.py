@@ -20,7 +20,6 @@ Azurite and the CMS server; the next start reuses the same key, CMS data and dem
 
 from __future__ import annotations
 
-from records.requests import ImageRequestFields
 import os
 import secrets
 import shlex
@@ -43,11 +42,13 @@ import yaml
 from psycopg import sql
 from pydantic import SecretStr
 
+from records import ImageType, Instance, InstanceRef, InstanceState
+from records.requests import ImageRequestFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PROJECT_DIR, DeploySpec, PlatformError
-from resources.platform.local_tools import azcopy_path
 from resources.platform.local import LocalPlatform
+from resources.platform.local_tools import azcopy_path
 from resources.platform.postgres_server import (
     DEFAULT_SIGNALS,
     ServerCommandFailed,
@@ -57,9 +58,8 @@ from resources.platform.postgres_server import (
     write_private_file,
 )
 from toygres_pipelines.dev.demo import PagilaMissing, load_pagila, pagila_dir
-from records import ImageType, Instance, InstanceRef, InstanceState
-from toygres_pipelines.restores.steps import connection_strings
 from toygres_pipelines.dev.stack import Azurite, CmsServer, require_tools
+from toygres_pipelines.restores.steps import connection_strings
 
 DEFAULT_STATE_DIR = Path("/var/tmp/toygres-dev")
 DEFAULT_AZURITE_PORT = 10000

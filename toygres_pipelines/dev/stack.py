@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.platform.base import PROJECT_DIR
 from resources.platform.local_tools import azcopy_path, tools_dir
 from resources.platform.postgres_server import (
     DEFAULT_SIGNALS,
@@ -24,7 +23,6 @@ from resources.platform.postgres_server import (
     give_to_service_user,
     write_private_file,
 )
-
 
 # Azurite's well-known development account (public, documented by Microsoft).
 AZURITE_ACCOUNT = "devstoreaccount1"

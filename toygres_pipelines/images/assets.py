@@ -3,12 +3,12 @@
 import dagster as dg
 from pydantic import Field
 
+from records import ValidationFailed
+from records.requests import BackupFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.images.backup import materialization_metadata, source_ref_for, take_image
-from records import ValidationFailed
-from records.requests import BackupFields
 
 image_partitions = dg.DynamicPartitionsDefinition(name="images")
 

@@ -10,10 +10,6 @@ from datetime import timedelta
 import dagster as dg
 from pydantic import BaseModel
 
-from resources.blob import BlobStorageResource
-from resources.cms import CMSResource, InvalidTransition
-from resources.platform.base import JobKind, JobSpec, PlatformResource
-from toygres_pipelines.images.verification import VerificationReport, verify_image
 from records import (
     Image,
     ImageState,
@@ -23,6 +19,10 @@ from records import (
     ValidationFailed,
     validate_image_name,
 )
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource, InvalidTransition
+from resources.platform.base import JobKind, JobSpec, PlatformResource
+from toygres_pipelines.images.verification import VerificationReport, verify_image
 
 PARTITION_SOURCE_SEPARATOR = "__"
 

@@ -5,16 +5,11 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from records import ImageState
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.settings import env_int
-from records import ImageState
-
-
-def stale_job_grace_seconds() -> int:
-    """A job this long past its timeout is removed (TOYGRES_STALE_JOB_GRACE_SECONDS)."""
-    return env_int("TOYGRES_STALE_JOB_GRACE_SECONDS", 3600, minimum=0)
+from toygres_pipelines.automation.settings import AutomationSettings
 
 
 def purge_failed_image_blobs(cms: CMSResource, blob: BlobStorageResource) -> int:
@@ -41,7 +36,7 @@ def purge_failed_images(context: dg.OpExecutionContext, cms: CMSResource, blob: 
 @dg.op(description="Delete jobs (and their blob credentials) past their timeout")
 def purge_stale_jobs(context: dg.OpExecutionContext, cms: CMSResource, platform: PlatformResource) -> None:
     namespaces = {instance.namespace for instance in cms.list_instances()}
-    removed = remove_stale_jobs(platform, namespaces, stale_job_grace_seconds(), context.log.info)
+    removed = remove_stale_jobs(platform, namespaces, AutomationSettings.from_env().stale_job_grace_seconds, context.log.info)
     context.log.info(f"removed {len(removed)} stale job(s)")
 
 

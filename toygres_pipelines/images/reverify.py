@@ -5,10 +5,10 @@ from collections.abc import Callable
 import dagster as dg
 from pydantic import Field
 
+from records import Image, ImageState, ValidationFailed
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
-from records import Image, ImageState, ValidationFailed
 
 
 class ReverifyConfig(dg.Config):

@@ -9,9 +9,9 @@ import threading
 from azure.core.exceptions import ResourceNotFoundError
 from pydantic import BaseModel
 
+from records import BackupFile, BackupManifest
 from resources.blob import MANIFEST_NAME, BlobStorageResource
 from resources.platform.postgres_server import postgres_bindir
-from records import BackupFile, BackupManifest
 
 
 class ImageCorrupt(RuntimeError):

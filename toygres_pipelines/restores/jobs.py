@@ -3,10 +3,6 @@
 import dagster as dg
 from pydantic import BaseModel
 
-from resources.blob import BlobStorageResource
-from resources.cms import CMSResource
-from resources.platform.base import DeploySpec, PlatformResource
-from records.requests import RestoreRequestFields
 from records import (
     ConnectionStrings,
     Endpoints,
@@ -14,6 +10,10 @@ from records import (
     InstanceState,
     ValidationFailed,
 )
+from records.requests import RestoreRequestFields
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource
+from resources.platform.base import DeploySpec, PlatformResource
 from toygres_pipelines.restores.config import RestoreConfig, RestorePlan, check_timeouts, plan_restore
 from toygres_pipelines.restores.steps import (
     check_connection,

@@ -9,10 +9,6 @@ from urllib.parse import quote
 import psycopg
 from pydantic import SecretStr
 
-from resources.blob import BlobStorageResource
-from resources.cms import CMSError, CMSResource
-from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource
-from toygres_pipelines.images.verification import ImageCorrupt, read_manifest, sha256sums
 from records import (
     BackupManifest,
     ConnectionStrings,
@@ -22,6 +18,10 @@ from records import (
     InstanceRef,
     InstanceState,
 )
+from resources.blob import BlobStorageResource
+from resources.cms import CMSError, CMSResource
+from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource
+from toygres_pipelines.images.verification import ImageCorrupt, read_manifest, sha256sums
 from toygres_pipelines.restores.config import RestorePlan
 
 SUPERUSER = "postgres"
