@@ -62,11 +62,13 @@ download_file() { # $1: blob name, $2: local path (BlobPipe: much faster start t
   return "$status"
 }
 
-json_string() { # minimal JSON string escaping for names and versions
-  local s=${1//\\/\\\\}
-  s=${s//\"/\\\"}
-  s=${s//$'\n'/\\n}
-  s=${s//$'\t'/\\t}
-  s=${s//$'\r'/\\r}
-  printf '"%s"' "$s"
+# A database name as a libpq connection string that can only mean that name: a bare name
+# holding `=` or starting with postgresql:// would be parsed as a whole connection string.
+dbname_conninfo() {
+  local name=${1//\\/\\\\}
+  name=${name//\'/\\\'}
+  printf "dbname='%s'" "$name"
 }
+
+# A name as it may appear in a log line: control characters escaped, one line whatever it holds.
+shown() { printf '%q' "$1"; }

@@ -59,19 +59,24 @@ log "restoring roles"
 grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" "$staging/globals.sql" \
   | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "restoring roles failed"
 
-for name in "${files[@]}"; do
-  [[ "$name" == databases/* ]] || continue
-  database=$(pg_restore --list "$staging/$name" | sed -n 's/^;[[:space:]]*dbname: //Ip' | head -1)
-  [[ -n "$database" ]] || die "$name names no database"
+# Names come from the verified manifest, NUL-separated: each database keeps its exact name.
+jq -j '.files[] | select(.kind == "database") | .path, "\u0000", .database, "\u0000"' "$staging/manifest.json" \
+  >"$socket_dir/databases" || die "manifest.json lists no readable databases"
+mapfile -d '' -t entries <"$socket_dir/databases"
+for ((i = 0; i < ${#entries[@]}; i += 2)); do
+  name=${entries[i]} database=${entries[i + 1]}
+  [[ -f "$staging/$name" && -n "$database" ]] || die "manifest entry $(shown "$name") names no verified dump or no database"
   exists=$(psql -X -Atq -v db="$database" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")
   if [[ "$exists" == 1 ]]; then
-    log "restoring database $database into the existing one"
-    pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --dbname="$database" "$staging/$name" \
-      || die "pg_restore of $database failed"
+    log "restoring database $(shown "$database") into the existing one"
+    pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --dbname="$(dbname_conninfo "$database")" "$staging/$name" \
+      || die "pg_restore of $(shown "$database") failed"
   else
-    log "restoring database $database"
+    log "restoring database $(shown "$database")"
+    # --create takes the name from the archive (quoted as an identifier) and reconnects by it
+    # as a plain name, never parsed as a connection string.
     pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres "$staging/$name" \
-      || die "pg_restore of $database failed"
+      || die "pg_restore of $(shown "$database") failed"
   fi
 done
 

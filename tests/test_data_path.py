@@ -1,0 +1,203 @@
+"""The job scripts' data path on the real stack: hostile database names, byte-exact passwords,
+SIGTERM during a restore and blob storage stalling mid-transfer."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from pydantic import SecretStr
+
+from tests.helpers import failure_text, materialize_image
+from tests.test_restore import dsn_of, restore
+from toygres_pipelines.demo import provision_server, register_running
+from toygres_pipelines.models import ImageState, InstanceRef, InstanceState
+
+pytestmark = pytest.mark.integration
+
+SMALL_SOURCE_PASSWORD = "small-source-password"
+
+
+@pytest.fixture(scope="module")
+def small_ref(platform) -> InstanceRef:
+    """An empty server of its own: tests add (and drop) databases with hostile names on it."""
+    ref = InstanceRef(k8s_name="names-src", namespace="default")
+    provision_server(platform, ref, SecretStr(SMALL_SOURCE_PASSWORD))
+    return ref
+
+
+@pytest.fixture
+def small_source(cms, platform, small_ref):
+    return register_running(cms, platform, small_ref)
+
+
+def server_dsn(platform, ref: InstanceRef, database: str = "postgres") -> str:
+    endpoints = platform.endpoints(ref)
+    return psycopg.conninfo.make_conninfo(
+        host=endpoints.host, port=endpoints.port, user="postgres",
+        password=platform.read_instance_password(ref).get_secret_value(), dbname=database,
+    )
+
+
+def connect_to_database(dsn: str, name: str) -> psycopg.Connection:
+    """A connection to the database literally named `name` (passed as a keyword, never expanded)."""
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params["dbname"] = name
+    return psycopg.connect(**params)
+
+
+@pytest.fixture
+def databases_named(platform, small_ref) -> Iterator:
+    """create(names): each database holds a table with a value of its own; all dropped afterwards."""
+    created: list[str] = []
+
+    def create(names: list[str]) -> dict[str, str]:
+        contents = {}
+        with psycopg.connect(server_dsn(platform, small_ref), autocommit=True) as admin:
+            for index, name in enumerate(names):
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                created.append(name)
+                contents[name] = f"content {index} of {name!r}"
+                with connect_to_database(server_dsn(platform, small_ref), name) as conn:
+                    conn.execute("CREATE TABLE marker (v text)")
+                    conn.execute("INSERT INTO marker VALUES (%s)", (contents[name],))
+        return contents
+
+    yield create
+    with psycopg.connect(server_dsn(platform, small_ref), autocommit=True) as admin:
+        for name in created:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def databases_and_contents(dsn: str) -> dict[str, list[str]]:
+    """Every connectable non-template database and the rows of its `marker` table (if any)."""
+    with psycopg.connect(dsn) as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate")]
+    found = {}
+    for name in names:
+        with connect_to_database(dsn, name) as conn:
+            has_marker = conn.execute("SELECT to_regclass('public.marker') IS NOT NULL").fetchone()[0]
+            found[name] = [r[0] for r in conn.execute("SELECT v FROM marker ORDER BY v")] if has_marker else []
+    return found
+
+
+def round_trip(resources, cms, platform, source, key: str, restored_name: str) -> dict[str, list[str]]:
+    """Back `source` up as image `key`, restore it as `restored_name`, return what the copy holds."""
+    backup = materialize_image(resources, f"{source.k8s_name}__{key}", raise_on_error=False)
+    assert backup.success, failure_text(backup)
+    image = cms.find_image(f"{source.k8s_name}__{key}")
+    assert image.state is ImageState.ready
+    result = restore(resources, source_image_id=str(image.id), name=restored_name, dns_label=restored_name)
+    assert result.success, failure_text(result)
+    copy = result.output_for_node("mark_instance_running")
+    assert copy.state is InstanceState.running
+    password = platform.read_instance_password(InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace))
+    return databases_and_contents(dsn_of(platform, copy, password.get_secret_value(), "postgres"))
+
+
+class PasswordTrap:
+    """A TCP listener posing as a PostgreSQL server: records every connection and any password sent."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.passwords: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(5)
+                try:
+                    self._talk(conn)
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _read_exact(conn: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise OSError("closed")
+            data += chunk
+        return data
+
+    def _talk(self, conn: socket.socket) -> None:
+        while True:
+            length = int.from_bytes(self._read_exact(conn, 4), "big")
+            body = self._read_exact(conn, length - 4)
+            if body[:4] in (b"\x04\xd2\x16\x2f", b"\x04\xd2\x16\x30"):  # SSLRequest / GSSENCRequest
+                conn.sendall(b"N")
+                continue
+            break
+        conn.sendall(b"R" + (8).to_bytes(4, "big") + (3).to_bytes(4, "big"))  # cleartext password, please
+        kind = self._read_exact(conn, 1)
+        length = int.from_bytes(self._read_exact(conn, 4), "big")
+        body = self._read_exact(conn, length - 4)
+        if kind == b"p":
+            self.passwords.append(body.rstrip(b"\0"))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_database_named_dbname_postgres_round_trips_exactly(resources, cms, platform, small_source, databases_named):
+    contents = databases_named(["dbname=postgres"])
+    copy = round_trip(resources, cms, platform, small_source, "dbname-eq", "dbname-eq-copy")
+    assert copy["dbname=postgres"] == [contents["dbname=postgres"]]
+    assert copy["postgres"] == []  # not overwritten by (nor dumped in place of) the other one
+
+
+def test_database_named_like_a_conninfo_never_makes_a_tool_connect_elsewhere(
+    resources, cms, platform, small_source, databases_named
+):
+    trap = PasswordTrap()
+    try:
+        name = f"host=127.0.0.1 port={trap.port} dbname=x sslmode=disable"
+        contents = databases_named([name, f"postgresql://postgres@127.0.0.1:{trap.port}/x"])
+        copy = round_trip(resources, cms, platform, small_source, "conninfo", "conninfo-copy")
+    finally:
+        trap.close()
+        assert (trap.connections, trap.passwords) == (0, [])  # checked even when the round trip failed
+    for database, value in contents.items():
+        assert copy[database] == [value]
+
+
+HOSTILE_NAMES = [
+    "line\nbreak",
+    "trailing newline\n",
+    "\x01control\x1fchars\x7f",
+    "tab\there\rand cr",
+    "quote's \"double\" \\back\\slash",
+    "-leading-dash",
+    "--help",
+    "a=b c=d",
+    " spaces around ",
+    "$(touch /tmp/toygres-pwned) `x` ;|&",
+    "%s %n {} [] ,:",
+    "é" * 31 + "x",  # 63 bytes: the longest name PostgreSQL keeps
+    "日本語のデータベース名前は長いです😀x",
+]
+
+
+def test_databases_with_any_allowed_name_round_trip_exactly(resources, cms, platform, small_source, databases_named):
+    assert len(("é" * 31 + "x").encode()) == 63
+    contents = databases_named(HOSTILE_NAMES)
+    copy = round_trip(resources, cms, platform, small_source, "hostile-names", "hostile-copy")
+    assert set(copy) == set(HOSTILE_NAMES) | {"postgres"}
+    for database, value in contents.items():
+        assert copy[database] == [value]
