@@ -201,3 +201,33 @@ def test_databases_with_any_allowed_name_round_trip_exactly(resources, cms, plat
     assert set(copy) == set(HOSTILE_NAMES) | {"postgres"}
     for database, value in contents.items():
         assert copy[database] == [value]
+
+
+NEWLINE_PASSWORD = "ends in a newline\r\n'quote\\\n"
+
+
+@pytest.fixture(scope="module")
+def newline_password_ref(platform) -> InstanceRef:
+    """A server whose superuser password ends in a newline (set by ALTER ROLE: initdb takes one line)."""
+    ref = InstanceRef(k8s_name="newline-pw-src", namespace="default")
+    provision_server(platform, ref, SecretStr("temporary-password"))
+    with psycopg.connect(server_dsn(platform, ref), autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(NEWLINE_PASSWORD)))
+    platform.ensure_instance_secret(ref, SecretStr(NEWLINE_PASSWORD))
+    return ref
+
+
+def test_source_password_ending_in_a_newline_is_carried_exactly(resources, cms, platform, newline_password_ref):
+    assert platform.read_instance_password(newline_password_ref).get_secret_value() == NEWLINE_PASSWORD
+    source = register_running(cms, platform, newline_password_ref)
+    copy = round_trip(resources, cms, platform, source, "newline-pw", "newline-pw-copy")
+    assert set(copy) == {"postgres"}
+    image = cms.find_image(f"{source.k8s_name}__newline-pw")
+    assert cms.image_password(image.id).get_secret_value() == NEWLINE_PASSWORD
+    restored = next(i for i in cms.list_instances() if i.user_name == "newline-pw-copy")
+    ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
+    assert platform.read_instance_password(ref).get_secret_value() == NEWLINE_PASSWORD
+    with psycopg.connect(dsn_of(platform, restored, NEWLINE_PASSWORD, "postgres")) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(dsn_of(platform, restored, NEWLINE_PASSWORD.rstrip("\r\n"), "postgres"))

@@ -129,7 +129,8 @@ class LocalPlatform(PlatformResource):
         path = self._password_file(instance)
         if not path.exists():
             raise PlatformError(f"instance {instance.namespace}/{instance.k8s_name} has no secret at {path}")
-        return SecretStr(path.read_text().rstrip("\n"))
+        # Byte-exact: a password may end in (or hold) a line break.
+        return SecretStr(path.read_bytes().decode())
 
     def ensure_instance_secret(self, instance: InstanceRef, password: SecretStr) -> None:
         self._prepare_dirs(instance)

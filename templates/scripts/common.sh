@@ -18,7 +18,9 @@ redact() { sed -u -E 's/(sig|se|sp|sv|st|spr|srt|ss|sr|skoid|sktid|skt|ske|sks|s
 
 load_secrets() {
   if [[ -n "${POSTGRES_PASSWORD_FILE:-}" ]]; then
-    PGPASSWORD="$(<"$POSTGRES_PASSWORD_FILE")"
+    # Byte-exact: $(<file) would drop the trailing newlines a password may end in.
+    [[ -r "$POSTGRES_PASSWORD_FILE" ]] || die "POSTGRES_PASSWORD_FILE ${POSTGRES_PASSWORD_FILE} is not readable"
+    IFS= read -r -d '' PGPASSWORD <"$POSTGRES_PASSWORD_FILE" || true
     export PGPASSWORD
   fi
   if [[ -n "${AZCOPY_SAS_FILE:-}" ]]; then

@@ -42,8 +42,10 @@ if ! (cd "$staging" && printf '%s\n' "$BACKUP_SHA256SUMS" | sha256sum --check --
 fi
 
 log "initdb in $pgdata"
+# initdb reads one line of its password file: it gets a throwaway password, and the real one
+# (which may hold any character, line breaks too) is set by ALTER ROLE once the roles are in.
 pwfile="$socket_dir/pw"
-printf '%s\n' "$PGPASSWORD" >"$pwfile"
+head -c 24 /dev/urandom | base64 >"$pwfile"
 initdb -D "$pgdata" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=scram-sha-256 --auth-host=scram-sha-256 \
   --encoding=UTF8 --locale=C.UTF-8 >/dev/null
 rm -f "$pwfile"
@@ -58,6 +60,11 @@ export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres
 log "restoring roles"
 grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" "$staging/globals.sql" \
   | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "restoring roles failed"
+
+# The instance's Secret is what clients will use: the superuser's password is set from it, as a
+# literal on stdin (never on a command line), whatever globals.sql said.
+printf 'ALTER ROLE "%s" PASSWORD '"'"'%s'"'"';\n' "${POSTGRES_USER//\"/\"\"}" "${PGPASSWORD//\'/\'\'}" \
+  | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "setting the password of ${POSTGRES_USER} failed"
 
 # Names come from the verified manifest, NUL-separated: each database keeps its exact name.
 jq -j '.files[] | select(.kind == "database") | .path, "\u0000", .database, "\u0000"' "$staging/manifest.json" \
