@@ -3,18 +3,25 @@ SIGTERM during a restore and blob storage stalling mid-transfer."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 from pydantic import SecretStr
 
+from resources.platform.base import JobFailed, JobKind, JobSpec
 from tests.helpers import failure_text, materialize_image
 from tests.test_restore import dsn_of, restore
 from toygres_pipelines.demo import provision_server, register_running
+from toygres_pipelines.images.verification import sha256sums
 from toygres_pipelines.models import ImageState, InstanceRef, InstanceState
 
 pytestmark = pytest.mark.integration
@@ -231,3 +238,110 @@ def test_source_password_ending_in_a_newline_is_carried_exactly(resources, cms, 
         assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn_of(platform, restored, NEWLINE_PASSWORD.rstrip("\r\n"), "postgres"))
+
+
+# ---- a restore job that is SIGTERMed, a transfer whose blob storage stalls -------------------
+
+
+def processes() -> Iterator[tuple[int, int, list[str]]]:
+    """(pid, process group, argv) of every process we can see."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        pgid = int(stat.rsplit(")", 1)[1].split()[2])
+        yield int(entry.name), pgid, [a.decode(errors="replace") for a in argv if a]
+
+
+def wait_for_process(predicate, what: str, timeout: float = 120) -> tuple[int, int, list[str]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for found in processes():
+            if predicate(*found):
+                return found
+        time.sleep(0.05)
+    raise TimeoutError(f"no {what} appeared")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead (an orphan's may linger where PID 1 does not reap)
+        return "(zombie)" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def restore_spec(cms, blob, platform, image, ref: InstanceRef, **env) -> JobSpec:
+    """The restore job of `image` into a fresh volume of `ref`, as the restore pipeline builds it."""
+    manifest, _ = blob.read_manifest(image.blob_path)
+    platform.ensure_instance_secret(ref, cms.image_password(image.id))
+    platform.create_volume(ref, 1)
+    return JobSpec(
+        kind=JobKind.restore, name=f"restore-{ref.k8s_name}", script="restore.sh", instance=ref,
+        env={
+            "BLOB_URL": blob.folder_url(image.blob_path), "MANIFEST_SHA256": image.backup_checksum,
+            "BACKUP_SHA256SUMS": sha256sums(manifest), "POSTGRES_USER": "postgres", **env,
+        },
+        blob_sas=blob.job_sas("rl", timedelta(hours=1)), timeout_seconds=600,
+    )
+
+
+def run_in_thread(platform, spec: JobSpec) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = platform.run_job(spec, lambda line: outcome.setdefault("log", []).append(line))
+        except BaseException as error:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("target", ["process group", "script only"])
+def test_sigterm_during_pg_restore_stops_the_temporary_server_and_removes_temp_dirs(
+    resources, cms, blob, platform, source, target
+):
+    """The local platform signals the job's process group; Kubernetes signals the script alone."""
+    assert materialize_image(resources, f"{source.k8s_name}__sigterm").success
+    image = cms.find_image(f"{source.k8s_name}__sigterm")
+    ref = InstanceRef(k8s_name=f"sigterm-{target.split()[0]}", namespace="default")
+    spec = restore_spec(cms, blob, platform, image, ref)
+    pgdata = str(platform.volume_dir(ref) / "pgdata")
+    thread, outcome = run_in_thread(platform, spec)
+    try:
+        postmaster, _, argv = wait_for_process(
+            lambda pid, pgid, argv: argv[:1] and argv[0].endswith("postgres") and pgdata in argv, "temporary server"
+        )
+        socket_dir = next(a.split("=", 1)[1] for a in " ".join(argv).split() if a.startswith("unix_socket_directories="))
+        _, job_group, _ = wait_for_process(
+            lambda pid, pgid, argv: argv[:1] == ["pg_restore"] or (argv and argv[0].endswith("/pg_restore")),
+            "pg_restore",
+        )
+        if target == "process group":
+            os.killpg(job_group, signal.SIGTERM)
+        else:
+            script, _, _ = wait_for_process(
+                lambda pid, pgid, argv: pgid == job_group and argv[:1] == ["bash"] and argv[-1].endswith("/restore.sh"),
+                "restore.sh",
+            )
+            os.kill(script, signal.SIGTERM)
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+        assert isinstance(outcome.get("error"), JobFailed), outcome
+        assert not alive(postmaster), "the temporary server outlived its job"
+        assert not Path(socket_dir).exists()
+        assert not (platform.volume_dir(ref) / "restore-staging").exists()
+        assert [(p, argv) for p, pgid, argv in processes() if pgid == job_group and alive(p)] == []
+    finally:
+        thread.join(timeout=120)
+        platform.delete_instance(ref)

@@ -10,6 +10,25 @@
 set -Eeuo pipefail
 umask 077
 
+# A termination signal ends the job through `exit`, so its EXIT trap (the cleanup) runs first:
+# without a trap bash would die at once and leave a temporary server and directories behind.
+trap 'log "terminated (SIGTERM): cleaning up"; exit 143' TERM
+trap 'exit 130' INT
+trap 'exit 129' HUP
+
+# A long step runs in the background and is waited for, so that a signal sent to this shell
+# alone (Kubernetes signals only the container's PID 1) is handled at once, not when it ends.
+interruptible() { "$@" & wait "$!"; }
+
+# For an EXIT trap: stop background steps still running, then wait for them to be gone.
+stop_background_steps() {
+  local pids
+  pids=$(jobs -pr)
+  [[ -z "$pids" ]] && return 0
+  kill $pids 2>/dev/null || true
+  wait $pids 2>/dev/null || true
+}
+
 log() { printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${TOYGRES_JOB:-job}" "$*"; }
 die() { log "ERROR: $*"; exit "${2:-1}"; }
 

@@ -18,6 +18,7 @@ staging="$VOLUME_PATH/restore-staging"
 # Unix socket paths are limited to ~107 bytes, so the private socket lives directly in /tmp.
 socket_dir=$(mktemp -d /tmp/toygres-restore.XXXXXX)
 cleanup() {
+  stop_background_steps
   if [[ -f "$pgdata/postmaster.pid" ]]; then pg_ctl -D "$pgdata" stop -m fast -w >/dev/null 2>&1 || true; fi
   rm -rf "$staging" "$socket_dir"
 }
@@ -76,18 +77,18 @@ for ((i = 0; i < ${#entries[@]}; i += 2)); do
   exists=$(psql -X -Atq -v db="$database" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")
   if [[ "$exists" == 1 ]]; then
     log "restoring database $(shown "$database") into the existing one"
-    pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --dbname="$(dbname_conninfo "$database")" "$staging/$name" \
+    interruptible pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --dbname="$(dbname_conninfo "$database")" "$staging/$name" \
       || die "pg_restore of $(shown "$database") failed"
   else
     log "restoring database $(shown "$database")"
     # --create takes the name from the archive (quoted as an identifier) and reconnects by it
     # as a plain name, never parsed as a connection string.
-    pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres "$staging/$name" \
+    interruptible pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres "$staging/$name" \
       || die "pg_restore of $(shown "$database") failed"
   fi
 done
 
 log "analyzing"
-vacuumdb --all --analyze-only --quiet || die "analyze failed"
+interruptible vacuumdb --all --analyze-only --quiet || die "analyze failed"
 pg_ctl -D "$pgdata" stop -m fast -w >/dev/null || die "temporary server did not stop cleanly"
 log "restore complete into $pgdata"
