@@ -17,6 +17,7 @@ import pytest
 from psycopg import sql
 from pydantic import SecretStr
 
+from resources.blob import BlobStorageResource
 from resources.platform.base import JobFailed, JobKind, JobSpec
 from tests.helpers import failure_text, materialize_image
 from tests.test_restore import dsn_of, restore
@@ -345,3 +346,75 @@ def test_sigterm_during_pg_restore_stops_the_temporary_server_and_removes_temp_d
     finally:
         thread.join(timeout=120)
         platform.delete_instance(ref)
+
+
+def wait_for_log_line(path: Path, text: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{text!r} never appeared in {path}")
+
+
+def test_blob_storage_stalling_mid_backup_fails_the_image_within_the_stall_time(
+    resources, cms, blob, platform, source, source_dsn, stack
+):
+    """Azurite frozen (SIGSTOP) while a dump streams: the job gives up after the stall time, not the job timeout."""
+    from tests.test_backup import blocked_database, wait_for_pg_dump_blocked
+
+    stalling = BlobStorageResource(
+        connection_string=blob.connection_string, container=blob.container, transfer_stall_seconds=5
+    )
+    key = f"{source.k8s_name}__stalled"
+    holder = blocked_database(source_dsn, "aaa_stalled")
+    outcome = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            result=materialize_image(
+                {**resources, "blob": stalling}, key, {"job_timeout_seconds": 3600}, raise_on_error=False
+            )
+        )
+    )
+    runner.start()
+    azurite_group = stack.azurite.process.pid
+    try:
+        wait_for_pg_dump_blocked(source_dsn("postgres"), "aaa_stalled")
+        image = cms.list_images()[0]
+        job_log = platform.job_dir(f"backup-{image.id}", image.source_namespace) / "job.log"
+        os.killpg(azurite_group, signal.SIGSTOP)
+        holder.rollback()  # the dump of aaa_stalled streams on, into a frozen blob storage
+        wait_for_log_line(job_log, "blob storage unreachable", timeout=120)
+    finally:
+        os.killpg(azurite_group, signal.SIGCONT)
+        runner.join(timeout=300)
+        holder.close()
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute('DROP DATABASE IF EXISTS "aaa_stalled" WITH (FORCE)')
+    result = outcome["result"]
+    assert not result.success
+    row = cms.find_image(key)
+    assert row.state is ImageState.failed
+    assert "blob storage unreachable" in row.error_message and "timed out" not in row.error_message
+
+
+def test_blob_storage_stalling_during_a_restore_download_fails_the_job_within_the_stall_time(
+    resources, cms, blob, platform, small_source, stack
+):
+    assert materialize_image(resources, f"{small_source.k8s_name}__restore-stall").success
+    image = cms.find_image(f"{small_source.k8s_name}__restore-stall")
+    ref = InstanceRef(k8s_name="stalled-restore", namespace="default")
+    spec = restore_spec(cms, blob, platform, image, ref, TRANSFER_STALL_SECONDS="5")
+    azurite_group = stack.azurite.process.pid
+    os.killpg(azurite_group, signal.SIGSTOP)
+    try:
+        thread, outcome = run_in_thread(platform, spec)
+        wait_for_log_line(platform.job_dir(spec.name, ref.namespace) / "job.log", "blob storage unreachable", timeout=120)
+    finally:
+        os.killpg(azurite_group, signal.SIGCONT)
+        thread.join(timeout=300)
+        platform.delete_instance(ref)
+    error = outcome.get("error")
+    assert isinstance(error, JobFailed), outcome
+    assert "blob storage unreachable while downloading manifest.json" in str(error)
+    assert "timed out" not in str(error)

@@ -59,22 +59,94 @@ blob_url() { # $1: blob name relative to BLOB_URL
   printf '%s' "$url"
 }
 
-# azcopy's summary is noise on success; on failure its last (redacted) lines go to the log.
-azcopy_quietly() {
-  local output status=0
-  output=$(azcopy "$@" --log-level=ERROR --output-level=essential 2>&1) || status=$?
-  if ((status != 0)); then printf '%s\n' "$output" | redact | tail -n 30 >&2; fi
+# --- transfers under a stall watchdog ----------------------------------------------------------
+# azcopy waits on a frozen blob storage for as long as the job may run. A transfer fails instead
+# after TRANSFER_STALL_SECONDS (default 180) without progress: neither a downloaded file growing
+# nor blob storage answering a listing probe. (An upload has no outside measure of its bytes
+# on the wire: azcopy buffers its input. A source that is merely slow, pg_dump waiting on a
+# lock, leaves blob storage answering the probe, so it never counts as a stall.)
+STALL_MESSAGE="blob storage unreachable"
+
+probe_blob_storage() { # $1: seconds to wait for an answer
+  local logs status=0
+  logs=$(mktemp -d "${TMPDIR:-/tmp}/toygres-probe.XXXXXX")
+  AZCOPY_LOG_LOCATION="$logs" AZCOPY_JOB_PLAN_LOCATION="$logs" timeout -k 2 "$1" \
+    azcopy list "${BLOB_URL%/}${AZCOPY_SAS:+?$AZCOPY_SAS}" --location=Blob --output-level=quiet >/dev/null 2>&1 || status=$?
+  rm -rf "$logs"
+  return "$status"
+}
+
+file_size() { stat -c %s "$1" 2>/dev/null || true; }
+
+watch_transfer() { # $1: azcopy's pid, $2: a file to create when it stalled, $3: a file it writes (optional)
+  local pid=$1 marker=$2 output=${3:-} stall=${TRANSFER_STALL_SECONDS:-180} sleeper=""
+  local interval=$((stall / 6)) last_progress=$SECONDS last_written="" written
+  ((interval >= 1)) || interval=1
+  trap '[[ -n "$sleeper" ]] && kill "$sleeper" 2>/dev/null; exit 0' TERM
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep "$interval" &
+    sleeper=$!
+    wait "$sleeper" || true
+    written=${output:+$(file_size "$output")}
+    if [[ -n "$written" && "$written" != "$last_written" ]]; then
+      last_written=$written last_progress=$SECONDS
+    elif probe_blob_storage "$interval" & sleeper=$! && wait "$sleeper"; then
+      last_progress=$SECONDS
+    elif ((SECONDS - last_progress >= stall)); then
+      : >"$marker"
+      log "ERROR: ${STALL_MESSAGE}: no transfer progress for ${stall}s, stopping azcopy"
+      kill "$pid" 2>/dev/null || true
+      sleep 2
+      kill -KILL "$pid" 2>/dev/null || true
+      return 0
+    fi
+  done
+}
+
+# azcopy_watched STDOUT STDERR ARGS...: azcopy (reading this shell's stdin) under the watchdog;
+# STDOUT growing counts as progress when it is the downloaded file.
+# It runs in the background, so a SIGTERM to the job is handled at once.
+azcopy_watched() {
+  local stdout=$1 stderr=$2 marker pid watchdog status=0 progress=""
+  shift 2
+  if [[ " $* " == *" --from-to=BlobPipe "* ]]; then progress=$stdout; fi
+  marker=$(mktemp -u "${TMPDIR:-/tmp}/toygres-stalled.XXXXXX")
+  azcopy "$@" <&0 >"$stdout" 2>"$stderr" &
+  pid=$!
+  watch_transfer "$pid" "$marker" "$progress" &
+  watchdog=$!
+  wait "$pid" || status=$?
+  kill "$watchdog" 2>/dev/null || true
+  wait "$watchdog" 2>/dev/null || true
+  if [[ -e "$marker" ]]; then
+    rm -f "$marker"
+    return 124
+  fi
   return "$status"
 }
 
 upload_stdin() { # $1: blob name; stdin: the bytes (a pipe: azcopy refuses a redirected file)
-  azcopy_quietly copy "$(blob_url "$1")" --from-to=PipeBlob
+  local output status=0
+  output=$(mktemp "${TMPDIR:-/tmp}/toygres-azcopy.XXXXXX")
+  azcopy_watched "$output" "$output.err" copy "$(blob_url "$1")" --from-to=PipeBlob \
+    --log-level=ERROR --output-level=essential || status=$?
+  if ((status == 124)); then
+    log "ERROR: ${STALL_MESSAGE} while uploading $1"
+  elif ((status != 0)); then
+    # azcopy's summary is noise on success; on failure its last (redacted) lines go to the log.
+    cat "$output" "$output.err" | redact | tail -n 30 >&2
+  fi
+  rm -f "$output" "$output.err"
+  return "$status"
 }
 
 download_file() { # $1: blob name, $2: local path (BlobPipe: much faster start than BlobLocal)
   local status=0
-  azcopy copy "$(blob_url "$1")" --from-to=BlobPipe --log-level=ERROR --output-level=quiet >"$2" 2>/dev/null || status=$?
-  if ((status != 0)); then
+  azcopy_watched "$2" /dev/null copy "$(blob_url "$1")" --from-to=BlobPipe --log-level=ERROR --output-level=quiet \
+    </dev/null || status=$?
+  if ((status == 124)); then
+    log "ERROR: ${STALL_MESSAGE} while downloading $1"
+  elif ((status != 0)); then
     # BlobPipe prints nothing on failure; its reason is in the newest azcopy log.
     local newest
     newest=$(ls -t "${AZCOPY_LOG_LOCATION:-$HOME/.azcopy}"/*.log 2>/dev/null | grep -v scanning | head -1 || true)
