@@ -258,6 +258,20 @@ def processes() -> Iterator[tuple[int, int, list[str]]]:
         yield int(entry.name), pgid, [a.decode(errors="replace") for a in argv if a]
 
 
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return []
+
+
 def wait_for_process(predicate, what: str, timeout: float = 120) -> tuple[int, int, list[str]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -266,6 +280,15 @@ def wait_for_process(predicate, what: str, timeout: float = 120) -> tuple[int, i
                 return found
         time.sleep(0.05)
     raise TimeoutError(f"no {what} appeared")
+
+
+def wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def alive(pid: int) -> bool:
@@ -310,40 +333,55 @@ def run_in_thread(platform, spec: JobSpec) -> tuple[threading.Thread, dict]:
 
 @pytest.mark.parametrize("target", ["process group", "script only"])
 def test_sigterm_during_pg_restore_stops_the_temporary_server_and_removes_temp_dirs(
-    resources, cms, blob, platform, source, target
+    resources, cms, blob, platform, small_source, databases_named, target
 ):
-    """The local platform signals the job's process group; Kubernetes signals the script alone."""
-    assert materialize_image(resources, f"{source.k8s_name}__sigterm").success
-    image = cms.find_image(f"{source.k8s_name}__sigterm")
+    """The local platform signals the job's process group; Kubernetes signals the script alone.
+
+    The image holds a materialized view whose refresh sleeps for an hour, so pg_restore is
+    certainly running (and would run on) when the signal arrives."""
+    databases_named(["slow_restore"])
+    source_ref = InstanceRef(k8s_name=small_source.k8s_name, namespace=small_source.namespace)
+    with connect_to_database(server_dsn(platform, source_ref), "slow_restore") as conn:
+        conn.execute("CREATE TABLE delay (seconds int)")
+        conn.execute("INSERT INTO delay VALUES (0)")
+        conn.execute("CREATE MATERIALIZED VIEW slow AS SELECT pg_sleep(seconds) IS NULL AS slept FROM delay")
+        conn.execute("UPDATE delay SET seconds = 3600")
+    assert materialize_image(resources, f"{small_source.k8s_name}__sigterm-{target[:5]}").success
+    image = cms.find_image(f"{small_source.k8s_name}__sigterm-{target[:5]}")
     ref = InstanceRef(k8s_name=f"sigterm-{target.split()[0]}", namespace="default")
     spec = restore_spec(cms, blob, platform, image, ref)
     pgdata = str(platform.volume_dir(ref) / "pgdata")
     thread, outcome = run_in_thread(platform, spec)
+    postmaster = None
     try:
         postmaster, _, argv = wait_for_process(
             lambda pid, pgid, argv: argv[:1] and argv[0].endswith("postgres") and pgdata in argv, "temporary server"
         )
         socket_dir = next(a.split("=", 1)[1] for a in " ".join(argv).split() if a.startswith("unix_socket_directories="))
-        _, job_group, _ = wait_for_process(
-            lambda pid, pgid, argv: argv[:1] == ["pg_restore"] or (argv and argv[0].endswith("/pg_restore")),
-            "pg_restore",
+        script_path = str(platform.job_dir(spec.name, ref.namespace) / "scripts" / "restore.sh")
+        # The script's own shell: bash running it whose parent is not one of its subshells.
+        script, job_group, _ = wait_for_process(
+            lambda pid, pgid, argv: argv == ["bash", script_path] and command_line(parent_of(pid)) != argv, "restore.sh"
+        )
+        wait_for_process(  # databases are restored in name order: postgres, then slow_restore
+            lambda pid, pgid, argv: pgid == job_group and argv[:1] and argv[0].endswith("pg_restore") and "--create" in argv,
+            "pg_restore of slow_restore",
         )
         if target == "process group":
             os.killpg(job_group, signal.SIGTERM)
         else:
-            script, _, _ = wait_for_process(
-                lambda pid, pgid, argv: pgid == job_group and argv[:1] == ["bash"] and argv[-1].endswith("/restore.sh"),
-                "restore.sh",
-            )
             os.kill(script, signal.SIGTERM)
         thread.join(timeout=120)
-        assert not thread.is_alive()
+        assert not thread.is_alive(), "the job is still running after SIGTERM"
         assert isinstance(outcome.get("error"), JobFailed), outcome
-        assert not alive(postmaster), "the temporary server outlived its job"
+        # pg_ctl stop -w returns once postmaster.pid is gone; the process itself exits right after.
+        assert wait_until(lambda: not alive(postmaster), timeout=30), ("the temporary server outlived its job", outcome)
         assert not Path(socket_dir).exists()
         assert not (platform.volume_dir(ref) / "restore-staging").exists()
         assert [(p, argv) for p, pgid, argv in processes() if pgid == job_group and alive(p)] == []
     finally:
+        if postmaster is not None and alive(postmaster):
+            os.kill(postmaster, signal.SIGQUIT)  # what the old script left behind, so the session can end
         thread.join(timeout=120)
         platform.delete_instance(ref)
 
