@@ -3,7 +3,8 @@
 # each streamed through sha256 straight into blob storage (no staging file), then manifest.json.
 #
 # Env: PGHOST PGPORT PGUSER (source superuser) BLOB_URL (image folder, no credentials)
-#      IMAGE_NAME SOURCE_INSTANCE SOURCE_NAMESPACE, optional DUMP_COMPRESSION (0-9)
+#      IMAGE_NAME SOURCE_INSTANCE SOURCE_NAMESPACE, optional DUMP_COMPRESSION (0-9),
+#      TRANSFER_STALL_SECONDS (see common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=backup
 : "${PGHOST:?}" "${PGPORT:?}" "${PGUSER:?}" "${BLOB_URL:?}" "${IMAGE_NAME:?}" "${SOURCE_INSTANCE:?}" "${SOURCE_NAMESPACE:?}"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Restore job: download an image, verify every file's sha256, then build a data directory on
-# the volume from it (initdb with the source password, roles, pg_restore), and stop cleanly.
+# the volume from it (initdb, roles, the superuser password from the instance's Secret,
+# pg_restore of each database under its exact name from the manifest), and stop cleanly.
 # A checksum mismatch exits before initdb, so it can never lead to a running instance.
 #
 # Env: VOLUME_PATH (the volume; PGDATA becomes $VOLUME_PATH/pgdata) BLOB_URL (image folder)
 #      MANIFEST_SHA256 (from the CMS row) BACKUP_SHA256SUMS (sha256sum -c lines, from the
 #      verified manifest) POSTGRES_USER (superuser), PGPASSWORD or POSTGRES_PASSWORD_FILE,
-#      optional RESTORE_JOBS (pg_restore -j)
+#      optional RESTORE_JOBS (pg_restore -j), TRANSFER_STALL_SECONDS (see common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore
 : "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}" "${BACKUP_SHA256SUMS:?}" "${POSTGRES_USER:=postgres}"
