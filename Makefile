@@ -43,11 +43,13 @@ help:
 
 tools: apt npm venv
 
-# apt: libsecret-1-0 (azcopy needs it), PostgreSQL server binaries (initdb, pg_ctl, pg_dump,
-# pg_restore, psql) unless some version is installed, python3-venv when venv cannot bootstrap pip.
+# apt: libsecret-1-0 (azcopy needs it), jq (the job scripts write and read manifest.json),
+# PostgreSQL server binaries (initdb, pg_ctl, pg_dump, pg_restore, psql) unless some version is
+# installed, python3-venv when venv cannot bootstrap pip.
 apt:
 	@missing=""; \
 	dpkg -s libsecret-1-0 >/dev/null 2>&1 || missing="$$missing libsecret-1-0"; \
+	command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -x $(PY) ] || $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \

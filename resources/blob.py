@@ -41,6 +41,10 @@ class BlobStorageResource(dg.ConfigurableResource):
     request_timeout_seconds: int = Field(default=30, description="Per-request timeout of the SDK")
     retry_total: int = Field(default=3, description="Retries of a failed request (backoff 2.5 s, 3.3 s, 4.4 s...)")
     download_chunk_bytes: int = Field(default=4 * 2**20, description="Size of each ranged GET when reading blobs")
+    transfer_stall_seconds: int = Field(
+        default=180, ge=1, le=3600,
+        description="A job script's transfer fails with 'blob storage unreachable' after this long without progress",
+    )
 
     @cached_property
     def _client(self) -> BlobServiceClient:

@@ -27,3 +27,21 @@ def test_job_directory_holds_the_template_scripts_byte_for_byte(tmp_path):
     assert env["AZCOPY_SAS_FILE"] == str(job_dir / "sas")
     assert env["POSTGRES_PASSWORD_FILE"].endswith("instances/default/x/secret/password")
     assert env["VOLUME_PATH"].endswith("instances/default/x/volume")
+
+
+def test_initdb_refuses_a_password_it_would_cut_at_a_line_break(stack):
+    """initdb keeps the first line of --pwfile: such a password must be set by ALTER ROLE instead."""
+    import uuid
+
+    import pytest
+
+    from resources.platform.postgres_server import LocalPostgresServer, give_to_service_user
+
+    base = stack.root / f"initdb-{uuid.uuid4().hex[:8]}"
+    give_to_service_user(base, mode=0o711)
+    server = LocalPostgresServer(
+        data_dir=base / "pgdata", port=1, socket_dir=base / "run", log_file=base / "log" / "postgres.log"
+    )
+    with pytest.raises(ValueError, match="password: initdb takes a single line"):
+        server.initdb("postgres", "ends in a newline\n")
+    assert not server.initialized

@@ -22,9 +22,10 @@ def cms_from_env() -> CMSResource:
 
 def blob_from_env() -> BlobStorageResource:
     container = os.environ.get("TOYGRES_BLOB_CONTAINER", "toygres-images")
+    stall = {"transfer_stall_seconds": int(v) for v in [os.environ.get("TOYGRES_TRANSFER_STALL_SECONDS")] if v}
     if os.environ.get("TOYGRES_BLOB_ACCOUNT_URL") and not os.environ.get("TOYGRES_BLOB_CONNECTION_STRING"):
-        return BlobStorageResource(container=container, account_url=dg.EnvVar("TOYGRES_BLOB_ACCOUNT_URL"))
-    return BlobStorageResource(container=container, connection_string=dg.EnvVar("TOYGRES_BLOB_CONNECTION_STRING"))
+        return BlobStorageResource(container=container, account_url=dg.EnvVar("TOYGRES_BLOB_ACCOUNT_URL"), **stall)
+    return BlobStorageResource(container=container, connection_string=dg.EnvVar("TOYGRES_BLOB_CONNECTION_STRING"), **stall)
 
 
 def platform_from_env() -> PlatformResource:

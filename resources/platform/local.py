@@ -65,6 +65,9 @@ class LocalPlatform(PlatformResource):
     azcopy_path: str = Field(description="The azcopy binary the job scripts call")
     superuser: str = Field(default="postgres", description="Superuser of every instance")
     job_timeout_seconds: int = Field(default=3600, description="Upper bound for any job run")
+    job_stop_grace_seconds: int = Field(
+        default=30, ge=1, description="How long a SIGTERMed job may clean up before its process group is killed"
+    )
 
     # --- layout -----------------------------------------------------------------------------
 
@@ -129,7 +132,8 @@ class LocalPlatform(PlatformResource):
         path = self._password_file(instance)
         if not path.exists():
             raise PlatformError(f"instance {instance.namespace}/{instance.k8s_name} has no secret at {path}")
-        return SecretStr(path.read_text().rstrip("\n"))
+        # Byte-exact: a password may end in (or hold) a line break.
+        return SecretStr(path.read_bytes().decode())
 
     def ensure_instance_secret(self, instance: InstanceRef, password: SecretStr) -> None:
         self._prepare_dirs(instance)
@@ -203,11 +207,11 @@ class LocalPlatform(PlatformResource):
                 returncode = process.wait(timeout=timeout)
                 reason = None if returncode == 0 else f"exit code {returncode}"
             except subprocess.TimeoutExpired:
-                _kill_group(process)
+                _kill_group(process, self.job_stop_grace_seconds)
                 returncode, reason = -1, f"timed out after {timeout}s"
             except BaseException:
                 # The run is being terminated: take the job down with it.
-                _kill_group(process)
+                _kill_group(process, self.job_stop_grace_seconds)
                 raise
             reader.join(timeout=10)
         result = JobResult(name=spec.name, succeeded=returncode == 0, log_tail=list(tail), reason=reason)
@@ -296,10 +300,11 @@ def _pump_lines(process: subprocess.Popen, log: LogSink, tail: collections.deque
             pass
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def _kill_group(process: subprocess.Popen, grace_seconds: int) -> None:
+    """SIGTERM first: the job's own traps stop its temporary server and remove its directories."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
+        process.wait(timeout=grace_seconds)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

@@ -94,7 +94,7 @@ def write_private_file(path: Path, content: str, *, for_service_user: bool = Tru
     """A file readable only by its owner: the service user when we are root, else whoever we are."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
+    with os.fdopen(fd, "w", newline="") as handle:  # byte-exact, no newline translation
         handle.write(content)
     user = run_as_user() if for_service_user else None
     if user is not None:
@@ -141,6 +141,9 @@ class LocalPostgresServer:
         return (self.data_dir / "PG_VERSION").exists()
 
     def initdb(self, superuser: str, password: str) -> None:
+        if "\n" in password or "\r" in password:
+            # initdb reads one line of --pwfile: such a password would be silently cut short.
+            raise ValueError("password: initdb takes a single line; set one with line breaks by ALTER ROLE")
         pwfile = self.data_dir.parent / ".initdb-pw"
         give_to_service_user(self.data_dir)
         write_private_file(pwfile, password + "\n")

@@ -16,6 +16,25 @@
 set -Eeuo pipefail
 umask 077
 
+# A termination signal ends the job through `exit`, so its EXIT trap (the cleanup) runs first:
+# without a trap bash would die at once and leave a temporary server and directories behind.
+trap 'log "terminated (SIGTERM): cleaning up"; exit 143' TERM
+trap 'exit 130' INT
+trap 'exit 129' HUP
+
+# A long step runs in the background and is waited for, so that a signal sent to this shell
+# alone (Kubernetes signals only the container's PID 1) is handled at once, not when it ends.
+interruptible() { "$@" & wait "$!"; }
+
+# For an EXIT trap: stop background steps still running, then wait for them to be gone.
+stop_background_steps() {
+  local pids
+  pids=$(jobs -pr)
+  [[ -z "$pids" ]] && return 0
+  kill $pids 2>/dev/null || true
+  wait $pids 2>/dev/null || true
+}
+
 log() { printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${TOYGRES_JOB:-job}" "$*"; }
 die() { log "ERROR: $*"; exit "${2:-1}"; }
 
@@ -24,7 +43,9 @@ redact() { sed -u -E 's/(sig|se|sp|sv|st|spr|srt|ss|sr|skoid|sktid|skt|ske|sks|s
 
 load_secrets() {
   if [[ -n "${POSTGRES_PASSWORD_FILE:-}" ]]; then
-    PGPASSWORD="$(<"$POSTGRES_PASSWORD_FILE")"
+    # Byte-exact: $(<file) would drop the trailing newlines a password may end in.
+    [[ -r "$POSTGRES_PASSWORD_FILE" ]] || die "POSTGRES_PASSWORD_FILE ${POSTGRES_PASSWORD_FILE} is not readable"
+    IFS= read -r -d '' PGPASSWORD <"$POSTGRES_PASSWORD_FILE" || true
     export PGPASSWORD
   fi
   if [[ -n "${AZCOPY_SAS_FILE:-}" ]]; then
@@ -46,22 +67,94 @@ blob_url() { # $1: blob name relative to BLOB_URL
   printf '%s' "$url"
 }
 
-# azcopy's summary is noise on success; on failure its last (redacted) lines go to the log.
-azcopy_quietly() {
-  local output status=0
-  output=$(azcopy "$@" --log-level=ERROR --output-level=essential 2>&1) || status=$?
-  if ((status != 0)); then printf '%s\n' "$output" | redact | tail -n 30 >&2; fi
+# --- transfers under a stall watchdog ----------------------------------------------------------
+# azcopy waits on a frozen blob storage for as long as the job may run. A transfer fails instead
+# after TRANSFER_STALL_SECONDS (default 180) without progress: neither a downloaded file growing
+# nor blob storage answering a listing probe. (An upload has no outside measure of its bytes
+# on the wire: azcopy buffers its input. A source that is merely slow, pg_dump waiting on a
+# lock, leaves blob storage answering the probe, so it never counts as a stall.)
+STALL_MESSAGE="blob storage unreachable"
+
+probe_blob_storage() { # $1: seconds to wait for an answer
+  local logs status=0
+  logs=$(mktemp -d "${TMPDIR:-/tmp}/toygres-probe.XXXXXX")
+  AZCOPY_LOG_LOCATION="$logs" AZCOPY_JOB_PLAN_LOCATION="$logs" timeout -k 2 "$1" \
+    azcopy list "${BLOB_URL%/}${AZCOPY_SAS:+?$AZCOPY_SAS}" --location=Blob --output-level=quiet >/dev/null 2>&1 || status=$?
+  rm -rf "$logs"
+  return "$status"
+}
+
+file_size() { stat -c %s "$1" 2>/dev/null || true; }
+
+watch_transfer() { # $1: azcopy's pid, $2: a file to create when it stalled, $3: a file it writes (optional)
+  local pid=$1 marker=$2 output=${3:-} stall=${TRANSFER_STALL_SECONDS:-180} sleeper=""
+  local interval=$((stall / 6)) last_progress=$SECONDS last_written="" written
+  ((interval >= 1)) || interval=1
+  trap '[[ -n "$sleeper" ]] && kill "$sleeper" 2>/dev/null; exit 0' TERM
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep "$interval" &
+    sleeper=$!
+    wait "$sleeper" || true
+    written=${output:+$(file_size "$output")}
+    if [[ -n "$written" && "$written" != "$last_written" ]]; then
+      last_written=$written last_progress=$SECONDS
+    elif probe_blob_storage "$interval" & sleeper=$! && wait "$sleeper"; then
+      last_progress=$SECONDS
+    elif ((SECONDS - last_progress >= stall)); then
+      : >"$marker"
+      log "ERROR: ${STALL_MESSAGE}: no transfer progress for ${stall}s, stopping azcopy"
+      kill "$pid" 2>/dev/null || true
+      sleep 2
+      kill -KILL "$pid" 2>/dev/null || true
+      return 0
+    fi
+  done
+}
+
+# azcopy_watched STDOUT STDERR ARGS...: azcopy (reading this shell's stdin) under the watchdog;
+# STDOUT growing counts as progress when it is the downloaded file.
+# It runs in the background, so a SIGTERM to the job is handled at once.
+azcopy_watched() {
+  local stdout=$1 stderr=$2 marker pid watchdog status=0 progress=""
+  shift 2
+  if [[ " $* " == *" --from-to=BlobPipe "* ]]; then progress=$stdout; fi
+  marker=$(mktemp -u "${TMPDIR:-/tmp}/toygres-stalled.XXXXXX")
+  azcopy "$@" <&0 >"$stdout" 2>"$stderr" &
+  pid=$!
+  watch_transfer "$pid" "$marker" "$progress" &
+  watchdog=$!
+  wait "$pid" || status=$?
+  kill "$watchdog" 2>/dev/null || true
+  wait "$watchdog" 2>/dev/null || true
+  if [[ -e "$marker" ]]; then
+    rm -f "$marker"
+    return 124
+  fi
   return "$status"
 }
 
 upload_stdin() { # $1: blob name; stdin: the bytes (a pipe: azcopy refuses a redirected file)
-  azcopy_quietly copy "$(blob_url "$1")" --from-to=PipeBlob
+  local output status=0
+  output=$(mktemp "${TMPDIR:-/tmp}/toygres-azcopy.XXXXXX")
+  azcopy_watched "$output" "$output.err" copy "$(blob_url "$1")" --from-to=PipeBlob \
+    --log-level=ERROR --output-level=essential || status=$?
+  if ((status == 124)); then
+    log "ERROR: ${STALL_MESSAGE} while uploading $1"
+  elif ((status != 0)); then
+    # azcopy's summary is noise on success; on failure its last (redacted) lines go to the log.
+    cat "$output" "$output.err" | redact | tail -n 30 >&2
+  fi
+  rm -f "$output" "$output.err"
+  return "$status"
 }
 
 download_file() { # $1: blob name, $2: local path (BlobPipe: much faster start than BlobLocal)
   local status=0
-  azcopy copy "$(blob_url "$1")" --from-to=BlobPipe --log-level=ERROR --output-level=quiet >"$2" 2>/dev/null || status=$?
-  if ((status != 0)); then
+  azcopy_watched "$2" /dev/null copy "$(blob_url "$1")" --from-to=BlobPipe --log-level=ERROR --output-level=quiet \
+    </dev/null || status=$?
+  if ((status == 124)); then
+    log "ERROR: ${STALL_MESSAGE} while downloading $1"
+  elif ((status != 0)); then
     # BlobPipe prints nothing on failure; its reason is in the newest azcopy log.
     local newest
     newest=$(ls -t "${AZCOPY_LOG_LOCATION:-$HOME/.azcopy}"/*.log 2>/dev/null | grep -v scanning | head -1 || true)
@@ -70,11 +163,13 @@ download_file() { # $1: blob name, $2: local path (BlobPipe: much faster start t
   return "$status"
 }
 
-json_string() { # minimal JSON string escaping for names and versions
-  local s=${1//\\/\\\\}
-  s=${s//\"/\\\"}
-  s=${s//$'\n'/\\n}
-  s=${s//$'\t'/\\t}
-  s=${s//$'\r'/\\r}
-  printf '"%s"' "$s"
+# A database name as a libpq connection string that can only mean that name: a bare name
+# holding `=` or starting with postgresql:// would be parsed as a whole connection string.
+dbname_conninfo() {
+  local name=${1//\\/\\\\}
+  name=${name//\'/\\\'}
+  printf "dbname='%s'" "$name"
 }
+
+# A name as it may appear in a log line: control characters escaped, one line whatever it holds.
+shown() { printf '%q' "$1"; }

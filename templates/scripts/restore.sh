@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Restore job: download an image, verify every file's sha256, then build a data directory on
-# the volume from it (initdb with the source password, roles, pg_restore), and stop cleanly.
+# the volume from it (initdb, roles, the superuser password from the instance's Secret,
+# pg_restore of each database under its exact name from the manifest), and stop cleanly.
 # A checksum mismatch exits before initdb, so it can never lead to a running instance.
 #
 # Env: VOLUME_PATH (the volume; PGDATA becomes $VOLUME_PATH/pgdata) BLOB_URL (image folder)
 #      MANIFEST_SHA256 (from the CMS row) BACKUP_SHA256SUMS (sha256sum -c lines, from the
 #      verified manifest) POSTGRES_USER (superuser), PGPASSWORD or POSTGRES_PASSWORD_FILE,
-#      optional RESTORE_JOBS (pg_restore -j)
+#      optional RESTORE_JOBS (pg_restore -j), TRANSFER_STALL_SECONDS (see common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore
 : "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}" "${BACKUP_SHA256SUMS:?}" "${POSTGRES_USER:=postgres}"
@@ -18,6 +19,7 @@ staging="$VOLUME_PATH/restore-staging"
 # Unix socket paths are limited to ~107 bytes, so the private socket lives directly in /tmp.
 socket_dir=$(mktemp -d /tmp/toygres-restore.XXXXXX)
 cleanup() {
+  stop_background_steps
   if [[ -f "$pgdata/postmaster.pid" ]]; then pg_ctl -D "$pgdata" stop -m fast -w >/dev/null 2>&1 || true; fi
   rm -rf "$staging" "$socket_dir"
 }
@@ -42,8 +44,10 @@ if ! (cd "$staging" && printf '%s\n' "$BACKUP_SHA256SUMS" | sha256sum --check --
 fi
 
 log "initdb in $pgdata"
+# initdb reads one line of its password file: it gets a throwaway password, and the real one
+# (which may hold any character, line breaks too) is set by ALTER ROLE once the roles are in.
 pwfile="$socket_dir/pw"
-printf '%s\n' "$PGPASSWORD" >"$pwfile"
+head -c 24 /dev/urandom | base64 >"$pwfile"
 initdb -D "$pgdata" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=scram-sha-256 --auth-host=scram-sha-256 \
   --encoding=UTF8 --locale=C.UTF-8 >/dev/null
 rm -f "$pwfile"
@@ -59,23 +63,33 @@ log "restoring roles"
 grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" "$staging/globals.sql" \
   | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "restoring roles failed"
 
-for name in "${files[@]}"; do
-  [[ "$name" == databases/* ]] || continue
-  database=$(pg_restore --list "$staging/$name" | sed -n 's/^;[[:space:]]*dbname: //Ip' | head -1)
-  [[ -n "$database" ]] || die "$name names no database"
+# The instance's Secret is what clients will use: the superuser's password is set from it, as a
+# literal on stdin (never on a command line), whatever globals.sql said.
+printf 'ALTER ROLE "%s" PASSWORD '"'"'%s'"'"';\n' "${POSTGRES_USER//\"/\"\"}" "${PGPASSWORD//\'/\'\'}" \
+  | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "setting the password of ${POSTGRES_USER} failed"
+
+# Names come from the verified manifest, NUL-separated: each database keeps its exact name.
+jq -j '.files[] | select(.kind == "database") | .path, "\u0000", .database, "\u0000"' "$staging/manifest.json" \
+  >"$socket_dir/databases" || die "manifest.json lists no readable databases"
+mapfile -d '' -t entries <"$socket_dir/databases"
+for ((i = 0; i < ${#entries[@]}; i += 2)); do
+  name=${entries[i]} database=${entries[i + 1]}
+  [[ -f "$staging/$name" && -n "$database" ]] || die "manifest entry $(shown "$name") names no verified dump or no database"
   exists=$(psql -X -Atq -v db="$database" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")
   if [[ "$exists" == 1 ]]; then
-    log "restoring database $database into the existing one"
-    pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --dbname="$database" "$staging/$name" \
-      || die "pg_restore of $database failed"
+    log "restoring database $(shown "$database") into the existing one"
+    interruptible pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --dbname="$(dbname_conninfo "$database")" "$staging/$name" \
+      || die "pg_restore of $(shown "$database") failed"
   else
-    log "restoring database $database"
-    pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres "$staging/$name" \
-      || die "pg_restore of $database failed"
+    log "restoring database $(shown "$database")"
+    # --create takes the name from the archive (quoted as an identifier) and reconnects by it
+    # as a plain name, never parsed as a connection string.
+    interruptible pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres "$staging/$name" \
+      || die "pg_restore of $(shown "$database") failed"
   fi
 done
 
 log "analyzing"
-vacuumdb --all --analyze-only --quiet || die "analyze failed"
+interruptible vacuumdb --all --analyze-only --quiet || die "analyze failed"
 pg_ctl -D "$pgdata" stop -m fast -w >/dev/null || die "temporary server did not stop cleanly"
 log "restore complete into $pgdata"

@@ -87,7 +87,7 @@ def run_common(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Complete
     fake = bin_dir / "azcopy"
     fake.write_text(f'#!/bin/bash\nprintf "%s|auto=%s\\n" "$*" "${{AZCOPY_AUTO_LOGIN_TYPE:-}}" >> {calls}\n')
     fake.chmod(0o755)
-    script = f'source {SCRIPTS_DIR}/common.sh; load_secrets; azcopy_quietly list "$(blob_url x)"'
+    script = f'source {SCRIPTS_DIR}/common.sh; load_secrets; download_file x "{tmp_path}/x"'
     full_env = {**env, "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "TOYGRES_JOB": "t"}
     result = subprocess.run(["bash", "-c", script], env=full_env, capture_output=True, text=True, timeout=30)
     return result, calls.read_text().splitlines() if calls.exists() else []
@@ -121,7 +121,7 @@ def test_the_local_platform_keeps_using_the_sas(tmp_path):
     assert "AZCOPY_AUTO_LOGIN_TYPE" not in env and env["AZCOPY_SAS_FILE"]
     result, calls = run_common(tmp_path, {"AZCOPY_SAS_FILE": env["AZCOPY_SAS_FILE"], "BLOB_URL": "https://b/c"})
     assert result.returncode == 0, result.stderr
-    assert calls == ["list https://b/c/x?sv=1&sig=s --log-level=ERROR --output-level=essential|auto="]
+    assert calls and calls[0].startswith("copy https://b/c/x?sv=1&sig=s ") and calls[0].endswith("|auto="), calls
 
 
 # --- namespaces -------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ def backup_job_spec(image: Image, source: Instance, blob: BlobStorageResource, t
             "SOURCE_INSTANCE": source.k8s_name,
             "SOURCE_NAMESPACE": source.namespace,
             "POSTGRES_VERSION": source.postgres_version,
+            "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
         },
         blob_sas=blob.job_sas("racwl", timedelta(seconds=timeout_seconds + 600)),
         labels={"toygres/image-id": str(image.id), "toygres/instance": source.k8s_name},
