@@ -1,7 +1,8 @@
 # toygres_pipelines: the two commands.
 #
 #   make dev    install everything, start the embedded stack and serve the Dagster UI
-#   make test   install everything, run the whole test suite (what .ci/run calls)
+#   make test   install everything, then lint, format check, type check and the whole test suite
+#               (what .ci/run calls); `make check` is the static part alone
 #
 # `make tools` is the shared install step; it is idempotent and takes about a second once done.
 # Everything lands inside the checkout (.venv/, .tools/) except the apt packages.
@@ -33,11 +34,12 @@ PAGILA_CANDIDATES := $(CURDIR)/../shared/fixtures/pagila /work/shared/fixtures/p
 TOYGRES_PAGILA_DIR ?= $(firstword $(foreach d,$(PAGILA_CANDIDATES),$(if $(wildcard $(d)/pagila-schema.sql),$(abspath $(d)))))
 export TOYGRES_PAGILA_DIR
 
-.PHONY: help tools apt npm venv pagila test dev clean
+.PHONY: help tools apt npm venv pagila check test dev clean
 
 help:
 	@echo "make dev    install everything, start CMS PostgreSQL + Azurite + demo instance + Dagster UI (http://127.0.0.1:3000)"
-	@echo "make test   install everything, run the test suite"
+	@echo "make test   install everything, lint/format/type checks, run the test suite (both tiers)"
+	@echo "make check  only ruff (lint + format check) and mypy"
 	@echo "make tools  only the installs (apt packages, npm tools in $(TOOLS)/, Python venv in $(VENV)/)"
 	@echo "make clean  remove $(VENV)/ and $(TOOLS)/ (the dev stack's state is reset with: rm -rf \$${TOYGRES_STATE_DIR:-/var/tmp/toygres-dev} .toygres)"
 
@@ -85,7 +87,15 @@ venv:
 	  echo "$$want" > $(VENV)/.installed; \
 	fi
 
-test: tools pagila
+# Static checks: ruff (lint + format) and mypy, configured in pyproject.toml.
+check: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Both test tiers in one run: the pure tier (`pytest -m "not integration"`, no services) and the
+# integration tier (real PostgreSQL, Azurite, azcopy, Dagster).
+test: tools pagila check
 	$(PY) -m pytest -n $(TEST_WORKERS) -q $(PYTEST_ARGS)
 
 dev: tools pagila

@@ -31,15 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import SecretStr  # noqa: E402
 
+from records import InstanceRef  # noqa: E402
 from resources.blob import BlobStorageResource  # noqa: E402
 from resources.platform.base import JobKind, JobSpec  # noqa: E402
 from resources.platform.local import LocalPlatform  # noqa: E402
+from resources.platform.local_tools import azcopy_path  # noqa: E402
 from resources.platform.postgres_server import free_port, postgres_bindir  # noqa: E402
 from toygres_pipelines.dev.demo import load_pagila, provision_server, psql  # noqa: E402
-from toygres_pipelines.images.verification import sha256sums, verify_image  # noqa: E402
-from records import InstanceRef  # noqa: E402
-from resources.platform.local_tools import azcopy_path  # noqa: E402
 from toygres_pipelines.dev.stack import Azurite, require_tools  # noqa: E402
+from toygres_pipelines.images.verification import sha256sums, verify_image  # noqa: E402
 
 PASSWORD = SecretStr("bench-password")
 
@@ -118,33 +118,56 @@ def main() -> None:
         sas = blob.job_sas("racwdl", timedelta(hours=2))
         provision_server(platform, source, PASSWORD)
         load_pagila(platform, source)
-        psql(platform, source, "-c",
-             f"CREATE TABLE bench AS SELECT g AS id, md5(g::text) AS payload, now() - g * interval '1 second' AS at "
-             f"FROM generate_series(1, {args.rows}) g", database="pagila")
+        psql(
+            platform,
+            source,
+            "-c",
+            f"CREATE TABLE bench AS SELECT g AS id, md5(g::text) AS payload, now() - g * interval '1 second' AS at "
+            f"FROM generate_series(1, {args.rows}) g",
+            database="pagila",
+        )
         endpoints = platform.endpoints(source)
         size = int(psql(platform, source, "-Atc", "SELECT sum(pg_database_size(datname)) FROM pg_database").strip())
 
         tools_env = {
-            **os.environ, "PGPASSWORD": PASSWORD.get_secret_value(), "PGHOST": endpoints.host,
-            "PGPORT": str(endpoints.port), "PGUSER": "postgres", "HOME": str(root / "home"),
-            "AZCOPY_LOG_LOCATION": str(root / "home"), "AZCOPY_JOB_PLAN_LOCATION": str(root / "home"),
+            **os.environ,
+            "PGPASSWORD": PASSWORD.get_secret_value(),
+            "PGHOST": endpoints.host,
+            "PGPORT": str(endpoints.port),
+            "PGUSER": "postgres",
+            "HOME": str(root / "home"),
+            "AZCOPY_LOG_LOCATION": str(root / "home"),
+            "AZCOPY_JOB_PLAN_LOCATION": str(root / "home"),
             "PATH": f"{postgres_bindir()}:{Path(azcopy_path()).parent}:{os.environ['PATH']}",
         }
         azcopy = str(azcopy_path())
         raw_url = f"{blob.folder_url('raw/pagila.dump')}?{sas.get_secret_value()}"
         with PeakTreeRss() as raw_backup_rss:
-            raw_backup = [timed(lambda: shell(
-                f"pg_dump -Fc -d pagila | {azcopy} copy '{raw_url}' --from-to=PipeBlob --output-level=quiet",
-                tools_env)) for _ in range(args.repeat)]
+            raw_backup = [
+                timed(
+                    lambda: shell(
+                        f"pg_dump -Fc -d pagila | {azcopy} copy '{raw_url}' --from-to=PipeBlob --output-level=quiet",
+                        tools_env,
+                    )
+                )
+                for _ in range(args.repeat)
+            ]
 
         ours_backup, verify_seconds = [], []
         with PeakTreeRss() as ours_backup_rss:
             for attempt in range(args.repeat):
                 prefix = f"images/bench-{attempt}"
                 spec = JobSpec(
-                    kind=JobKind.backup, name=f"backup-bench-{attempt}", script="backup.sh", instance=source,
-                    env={"BLOB_URL": blob.folder_url(prefix), "IMAGE_NAME": f"bench-{attempt}",
-                         "SOURCE_INSTANCE": source.k8s_name, "SOURCE_NAMESPACE": source.namespace},
+                    kind=JobKind.backup,
+                    name=f"backup-bench-{attempt}",
+                    script="backup.sh",
+                    instance=source,
+                    env={
+                        "BLOB_URL": blob.folder_url(prefix),
+                        "IMAGE_NAME": f"bench-{attempt}",
+                        "SOURCE_INSTANCE": source.k8s_name,
+                        "SOURCE_NAMESPACE": source.namespace,
+                    },
                     blob_sas=sas,
                 )
                 job_seconds = timed(lambda: platform.run_job(spec, lambda _line: None))
@@ -161,10 +184,16 @@ def main() -> None:
             provision_server(platform, target, PASSWORD)
             target_port = platform.endpoints(target).port
             with raw_restore_rss:
-                raw_restore.append(timed(lambda: shell(
-                    f"{azcopy} copy '{raw_url}' --from-to=BlobPipe --output-level=quiet > {root}/raw.dump && "
-                    f"createdb -p {target_port} pagila && pg_restore -j2 --no-owner --no-acl -p {target_port} -d pagila {root}/raw.dump",
-                    tools_env)))
+                raw_restore.append(
+                    timed(
+                        lambda: shell(
+                            f"{azcopy} copy '{raw_url}' --from-to=BlobPipe --output-level=quiet > {root}/raw.dump && "
+                            f"createdb -p {target_port} pagila && "
+                            f"pg_restore -j2 --no-owner --no-acl -p {target_port} -d pagila {root}/raw.dump",
+                            tools_env,
+                        )
+                    )
+                )
 
         ours_restore = []
         ours_restore_rss = PeakTreeRss()
@@ -173,16 +202,25 @@ def main() -> None:
             platform.ensure_instance_secret(restored, PASSWORD)
             platform.create_volume(restored, 1)
             spec = JobSpec(
-                kind=JobKind.restore, name=f"restore-bench-{attempt}", script="restore.sh", instance=restored,
-                env={"BLOB_URL": blob.folder_url("images/bench-0"), "MANIFEST_SHA256": manifest_sha,
-                     "BACKUP_SHA256SUMS": sha256sums(manifest), "POSTGRES_USER": "postgres"},
+                kind=JobKind.restore,
+                name=f"restore-bench-{attempt}",
+                script="restore.sh",
+                instance=restored,
+                env={
+                    "BLOB_URL": blob.folder_url("images/bench-0"),
+                    "MANIFEST_SHA256": manifest_sha,
+                    "BACKUP_SHA256SUMS": sha256sums(manifest),
+                    "POSTGRES_USER": "postgres",
+                },
                 blob_sas=sas,
             )
             with ours_restore_rss:
                 ours_restore.append(timed(lambda: platform.run_job(spec, lambda _line: None)))
             platform.delete_instance(restored)
 
-        print(f"source: {size / 2**20:.0f} MiB of databases, dump {dump_bytes / 2**20:.1f} MiB, {args.repeat} runs each")
+        print(
+            f"source: {size / 2**20:.0f} MiB of databases, dump {dump_bytes / 2**20:.1f} MiB, {args.repeat} runs each"
+        )
         for label, raw, ours, raw_rss, ours_rss in (
             ("backup ", raw_backup, ours_backup, raw_backup_rss, ours_backup_rss),
             ("restore", raw_restore, ours_restore, raw_restore_rss, ours_restore_rss),
@@ -190,11 +228,14 @@ def main() -> None:
             raw_s, ours_s = statistics.median(raw), statistics.median(ours)
             print(
                 f"{label}  raw {raw_s:6.2f} s ({dump_bytes / 2**20 / raw_s:6.1f} MiB/s)   "
-                f"ours {ours_s:6.2f} s ({dump_bytes / 2**20 / ours_s:6.1f} MiB/s)   ratio ours/raw {ours_s / raw_s:4.2f}   "
+                f"ours {ours_s:6.2f} s ({dump_bytes / 2**20 / ours_s:6.1f} MiB/s)   "
+                f"ratio ours/raw {ours_s / raw_s:4.2f}   "
                 f"peak job-tree RSS: raw {raw_rss.peak_mib:.0f} MiB, ours {ours_rss.peak_mib:.0f} MiB"
             )
-        print(f"         of which verification (re-read every byte, pg_restore reads every entry): "
-              f"{statistics.median(verify_seconds):.2f} s")
+        print(
+            f"         of which verification (re-read every byte, pg_restore reads every entry): "
+            f"{statistics.median(verify_seconds):.2f} s"
+        )
     finally:
         for ref in (source, InstanceRef(k8s_name="bench-raw", namespace="default")):
             platform.delete_instance(ref)

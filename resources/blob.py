@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from typing import Any
 
 import dagster as dg
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
@@ -37,22 +38,31 @@ class BlobStorageResource(dg.ConfigurableResource):
 
     container: str = Field(default="toygres-images", description="Container holding every image")
     connection_string: str | None = Field(default=None, description="Account-key connection string (Azurite locally)")
-    account_url: str | None = Field(default=None, description="https://<account>.blob.core.windows.net, for workload identity")
+    account_url: str | None = Field(
+        default=None, description="https://<account>.blob.core.windows.net, for workload identity"
+    )
     request_timeout_seconds: int = Field(default=30, description="Per-request timeout of the SDK")
     retry_total: int = Field(default=3, description="Retries of a failed request (backoff 2.5 s, 3.3 s, 4.4 s...)")
     download_chunk_bytes: int = Field(default=4 * 2**20, description="Size of each ranged GET when reading blobs")
     transfer_stall_seconds: int = Field(
-        default=180, ge=1, le=3600,
+        default=180,
+        ge=1,
+        le=3600,
         description="A job script's transfer fails with 'blob storage unreachable' after this long without progress",
     )
 
     @cached_property
     def _client(self) -> BlobServiceClient:
-        options = {
+        options: dict[str, Any] = {
             "connection_timeout": self.request_timeout_seconds,
             "read_timeout": self.request_timeout_seconds,
             # The SDK default waits 15 s, then 24 s... before retrying; fail within seconds instead.
-            "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=1.5, retry_total=self.retry_total),
+            # The stub says int; the SDK computes increment_base ** retries, so 1.5 works and is meant.
+            "retry_policy": ExponentialRetry(
+                initial_backoff=1,
+                increment_base=1.5,  # type: ignore[arg-type]
+                retry_total=self.retry_total,
+            ),
             "max_single_get_size": self.download_chunk_bytes,
             "max_chunk_get_size": self.download_chunk_bytes,
         }
@@ -98,10 +108,8 @@ class BlobStorageResource(dg.ConfigurableResource):
         """A container SAS for a job script, or None where the job uses workload identity."""
         if not self.connection_string:
             return None
-        parts = dict(
-            part.split("=", 1) for part in self.connection_string.split(";") if "=" in part
-        )
-        start = datetime.now(timezone.utc) - timedelta(minutes=5)
+        parts = dict(part.split("=", 1) for part in self.connection_string.split(";") if "=" in part)
+        start = datetime.now(UTC) - timedelta(minutes=5)
         token = generate_container_sas(
             account_name=parts["AccountName"],
             container_name=self.container,

@@ -122,11 +122,11 @@ from collections.abc import Callable  # noqa: E402
 
 from pydantic import SecretStr  # noqa: E402
 
+from records import InstanceRef  # noqa: E402
 from resources.blob import BlobStorageResource  # noqa: E402
 from resources.platform.local import LocalPlatform  # noqa: E402
-from toygres_pipelines.dev.demo import load_pagila, provision_server, register_running  # noqa: E402
-from records import InstanceRef  # noqa: E402
 from resources.platform.local_tools import azcopy_path  # noqa: E402
+from toygres_pipelines.dev.demo import load_pagila, provision_server, register_running  # noqa: E402
 
 # Quotes, a backslash, a colon and URL-reserved characters: every layer must carry it exactly.
 SOURCE_PASSWORD = "s'ou\"rce:p@ss/w\\rd%?#"
@@ -174,7 +174,8 @@ def blob(stack: Stack) -> BlobStorageResource:
     """A container of its own on Azurite."""
     # Small ranged reads, so that verification walks many chunks even of a pagila-sized dump.
     resource = BlobStorageResource(
-        connection_string=stack.azurite.connection_string, container=f"t{_uuid.uuid4().hex[:20]}",
+        connection_string=stack.azurite.connection_string,
+        container=f"t{_uuid.uuid4().hex[:20]}",
         download_chunk_bytes=128 * 1024,
     )
     resource.ensure_container()

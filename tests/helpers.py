@@ -9,8 +9,12 @@ def materialize_image(resources, key: str, config: dict | None = None, raise_on_
     instance = instance or dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("images", [key])
     return dg.materialize(
-        [image], partition_key=key, resources=resources, instance=instance,
-        run_config={"ops": {"image": {"config": config or {}}}}, raise_on_error=raise_on_error,
+        [image],
+        partition_key=key,
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"image": {"config": config or {}}}},
+        raise_on_error=raise_on_error,
     )
 
 
@@ -28,12 +32,16 @@ def cms_text(cms) -> str:
     import psycopg
 
     with psycopg.connect(cms.dsn) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'toygres_cms'"
-        ).fetchall()]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'toygres_cms'"
+            ).fetchall()
+        ]
         assert {"instances", "images", "events", "restore_requests", "image_requests"} <= set(tables)
         return "\n".join(
-            row[0] for table in tables
+            row[0]
+            for table in tables
             for row in conn.execute(f'SELECT t::text FROM toygres_cms."{table}" t').fetchall()
         )
 

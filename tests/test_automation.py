@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from records.requests import RestoreRequestFields
-from records.requests import ImageRequestFields
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
 from dagster._core.test_utils import create_run_for_test
 
+from records import ImageState, ImageType, InstanceState, RequestState
+from records.requests import ImageRequestFields, RestoreRequestFields
 from tests.helpers import failure_text, materialize_image
-from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, REQUEST_ID_TAG, backup_image
 from toygres_pipelines.automation import AutomationSettings, build_automation
+from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, REQUEST_ID_TAG, backup_image
 from toygres_pipelines.automation.reconcile import reconcile
-from toygres_pipelines.automation.schedules import nightly_run_requests, night_of
+from toygres_pipelines.automation.schedules import night_of, nightly_run_requests
 from toygres_pipelines.automation.sensors import evaluate_image_requests, evaluate_restore_requests
 from toygres_pipelines.automation.writeback import settle_run
 from toygres_pipelines.images.assets import image
-from records import ImageState, ImageType, InstanceState, RequestState
 from toygres_pipelines.restores.jobs import restore_instance
 
 pytestmark = pytest.mark.integration
@@ -70,16 +68,29 @@ def run_requests_of(result) -> list[dg.RunRequest]:
 
 def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running):
     return cms.create_instance(
-        user_name=k8s_name, k8s_name=k8s_name, namespace="default", postgres_version="15", storage_size_gb=1,
-        use_load_balancer=False, dns_name=k8s_name, image_type=ImageType.stock, state=state,
+        user_name=k8s_name,
+        k8s_name=k8s_name,
+        namespace="default",
+        postgres_version="15",
+        storage_size_gb=1,
+        use_load_balancer=False,
+        dns_name=k8s_name,
+        image_type=ImageType.stock,
+        state=state,
     )
 
 
 def reserve_image(cms, blob, source, name: str, run_id: str | None):
     image_id = uuid.uuid4()
     return cms.reserve_image(
-        image_id=image_id, name=name, description=None, source=source, blob_storage_url=blob.storage_url,
-        blob_container=blob.container, blob_path=f"images/{image_id}", run_id=run_id,
+        image_id=image_id,
+        name=name,
+        description=None,
+        source=source,
+        blob_storage_url=blob.storage_url,
+        blob_container=blob.container,
+        blob_path=f"images/{image_id}",
+        run_id=run_id,
     )
 
 
@@ -91,14 +102,26 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
 ):
     stopped = add_instance(cms, "stopped-one", InstanceState.stopped)
     reserve_image(cms, blob, source, "taken-name", run_id=None)
-    good = cms.create_image_request(ImageRequestFields(image_name="req-a", source_instance=source.k8s_name, description="on demand"))
+    good = cms.create_image_request(
+        ImageRequestFields(image_name="req-a", source_instance=source.k8s_name, description="on demand")
+    )
     by_id = cms.create_image_request(ImageRequestFields(image_name="req-b", source_instance=str(source.id)))
     bad = {
-        cms.create_image_request(ImageRequestFields(image_name="bad.name", source_instance=source.k8s_name)).id: "image_name: 'bad.name' must be",
-        cms.create_image_request(ImageRequestFields(image_name="req-c", source_instance="nope")).id: "source_instance: no instance 'nope'",
-        cms.create_image_request(ImageRequestFields(image_name="req-d", source_instance=stopped.k8s_name)).id: "source_instance: instance 'stopped-one' is stopped",
-        cms.create_image_request(ImageRequestFields(image_name="taken-name", source_instance=source.k8s_name)).id: "image_name: 'taken-name' is already used",
-        cms.create_image_request(ImageRequestFields(image_name="req-a", source_instance=source.k8s_name)).id: "image_name: 'req-a' is already requested",
+        cms.create_image_request(
+            ImageRequestFields(image_name="bad.name", source_instance=source.k8s_name)
+        ).id: "image_name: 'bad.name' must be",
+        cms.create_image_request(
+            ImageRequestFields(image_name="req-c", source_instance="nope")
+        ).id: "source_instance: no instance 'nope'",
+        cms.create_image_request(
+            ImageRequestFields(image_name="req-d", source_instance=stopped.k8s_name)
+        ).id: "source_instance: instance 'stopped-one' is stopped",
+        cms.create_image_request(
+            ImageRequestFields(image_name="taken-name", source_instance=source.k8s_name)
+        ).id: "image_name: 'taken-name' is already used",
+        cms.create_image_request(
+            ImageRequestFields(image_name="req-a", source_instance=source.k8s_name)
+        ).id: "image_name: 'req-a' is already requested",
     }
 
     assert image_requests_sensor.job_name == "backup_image"
@@ -108,7 +131,9 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
 
     first = requests[str(good.id)]
     assert first.partition_key == "req-a"
-    assert first.run_config == {"ops": {"image": {"config": {"source_instance": source.k8s_name, "description": "on demand"}}}}
+    assert first.run_config == {
+        "ops": {"image": {"config": {"source_instance": source.k8s_name, "description": "on demand"}}}
+    }
     assert first.tags[REQUEST_ID_TAG] == str(good.id)
     assert first.tags[KIND_TAG] == "backup" and first.tags[INSTANCE_TAG] == source.k8s_name
     assert requests[str(by_id.id)].tags[INSTANCE_TAG] == source.k8s_name
@@ -130,7 +155,12 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
 
 
 def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster_instance):
-    ids = {str(cms.create_image_request(ImageRequestFields(image_name=f"race-{n:02d}", source_instance=source.k8s_name)).id) for n in range(24)}
+    ids = {
+        str(
+            cms.create_image_request(ImageRequestFields(image_name=f"race-{n:02d}", source_instance=source.k8s_name)).id
+        )
+        for n in range(24)
+    }
     emitted: list[list[str]] = [[], []]
     errors: list[BaseException] = []
     start = threading.Barrier(2)
@@ -170,7 +200,9 @@ def test_accepted_request_without_a_run_is_emitted_again_and_a_launched_one_is_r
 
     # `launched` got its run (as the daemon would have), `lost` never did (crash before launch).
     run = create_run_for_test(
-        dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.NOT_STARTED,
+        dagster_instance,
+        job_name="backup_image",
+        status=dg.DagsterRunStatus.NOT_STARTED,
         tags={REQUEST_ID_TAG: str(launched.id)},
     )
     later = evaluate_image_requests(dagster_instance, cms, relaunch_after=0)
@@ -191,21 +223,37 @@ def ready_image(resources, cms, source):
 
 
 def restore_request(cms, **fields):
-    values = dict(name="copy", dns_label="copy-db", source_image_id="", namespace="default", storage_size_gb=1, internal=False)
+    values = dict(
+        name="copy", dns_label="copy-db", source_image_id="", namespace="default", storage_size_gb=1, internal=False
+    )
     values.update(fields)
     return cms.create_restore_request(RestoreRequestFields(**values))
 
 
-def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(cms, platform, source, ready_image, dagster_instance):
+def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(
+    cms, platform, source, ready_image, dagster_instance
+):
     good = restore_request(cms, source_image_id=ready_image.name, name="copy", dns_label="copy-db", internal=True)
     bad = {
-        restore_request(cms, source_image_id=ready_image.name, name="Bad_Name", dns_label="req-1").id: "name: 'Bad_Name' must be a DNS-1123 label",
-        restore_request(cms, source_image_id="no-such-image", dns_label="req-2").id: "source_image_id: no image with name 'no-such-image'",
+        restore_request(
+            cms, source_image_id=ready_image.name, name="Bad_Name", dns_label="req-1"
+        ).id: "name: 'Bad_Name' must be a DNS-1123 label",
+        restore_request(
+            cms, source_image_id="no-such-image", dns_label="req-2"
+        ).id: "source_image_id: no image with name 'no-such-image'",
         restore_request(cms, source_image_id=None, dns_label="req-3").id: "source_image_id: required",
-        restore_request(cms, source_image_id=ready_image.name, dns_label="req-4", runtime_image_id="rt").id: "runtime_image_id: cannot be combined",
-        restore_request(cms, source_image_id=ready_image.name, dns_label=source.k8s_name).id: f"dns_label: '{source.k8s_name}' is already used",
-        restore_request(cms, source_image_id=ready_image.name, dns_label="copy-db").id: "dns_label: 'copy-db' is already requested",
-        restore_request(cms, source_image_id=ready_image.name, dns_label="req-5", storage_size_gb=0).id: "storage_size_gb: 0 must be between",
+        restore_request(
+            cms, source_image_id=ready_image.name, dns_label="req-4", runtime_image_id="rt"
+        ).id: "runtime_image_id: cannot be combined",
+        restore_request(
+            cms, source_image_id=ready_image.name, dns_label=source.k8s_name
+        ).id: f"dns_label: '{source.k8s_name}' is already used",
+        restore_request(
+            cms, source_image_id=ready_image.name, dns_label="copy-db"
+        ).id: "dns_label: 'copy-db' is already requested",
+        restore_request(
+            cms, source_image_id=ready_image.name, dns_label="req-5", storage_size_gb=0
+        ).id: "storage_size_gb: 0 must be between",
     }
 
     result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform})
@@ -214,24 +262,38 @@ def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(cms,
     assert run_request.run_key == str(good.id)
     assert run_request.tags == {REQUEST_ID_TAG: str(good.id), KIND_TAG: "restore"}
     assert run_request.run_config == {
-        "ops": {"validate_request": {"config": {
-            "name": "copy", "dns_label": "copy-db", "source_image_id": str(ready_image.id), "namespace": "default",
-            "storage_size_gb": 1, "internal": True,
-        }}}
+        "ops": {
+            "validate_request": {
+                "config": {
+                    "name": "copy",
+                    "dns_label": "copy-db",
+                    "source_image_id": str(ready_image.id),
+                    "namespace": "default",
+                    "storage_size_gb": 1,
+                    "internal": True,
+                }
+            }
+        }
     }
     dg.validate_run_config(restore_instance, run_request.run_config)
     for request_id, reason in bad.items():
         row = cms.get_restore_request(request_id)
         assert row.state is RequestState.rejected and reason in row.reason, row.reason
     assert cms.get_restore_request(good.id).state is RequestState.accepted
-    assert run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform})) == []
+    assert (
+        run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform}))
+        == []
+    )
 
 
 def test_on_kubernetes_the_sensor_rejects_what_the_deployment_cannot_run(cms, ready_image, dagster_instance):
     from resources.platform.kubernetes import KubernetesPlatform
 
-    k8s = KubernetesPlatform(namespace="toygres-instances", instance_namespaces=["team-a"],
-                             job_images={ready_image.postgres_version: f"acr.io/toygres-job@sha256:{'ab' * 32}"})
+    k8s = KubernetesPlatform(
+        namespace="toygres-instances",
+        instance_namespaces=["team-a"],
+        job_images={ready_image.postgres_version: f"acr.io/toygres-job@sha256:{'ab' * 32}"},
+    )
     good = restore_request(cms, source_image_id=ready_image.name, dns_label="req-ok", namespace="team-a")
     bad = restore_request(cms, source_image_id=ready_image.name, dns_label="req-ns", namespace="default")
     result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": k8s})
@@ -250,11 +312,13 @@ def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_inst
     assert nightly_backups.job_name == "backup_image"
     assert nightly_backups.default_status is dg.DefaultScheduleStatus.RUNNING
 
-    tick = datetime(2026, 3, 14, 2, 0, tzinfo=timezone.utc)
+    tick = datetime(2026, 3, 14, 2, 0, tzinfo=UTC)
 
     def evaluate():
         with dg.build_schedule_context(
-            instance_ref=dagster_instance.get_ref(), scheduled_execution_time=tick, resources={"cms": cms},
+            instance_ref=dagster_instance.get_ref(),
+            scheduled_execution_time=tick,
+            resources={"cms": cms},
             repository_def=repository_def,
         ) as context:
             return nightly_backups.evaluate_tick(context).run_requests
@@ -276,11 +340,14 @@ def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_inst
 
 def test_nightly_key_uses_the_date_in_the_schedule_timezone(cms, dagster_instance):
     add_instance(cms, "echo")
-    late_evening_utc = datetime(2026, 3, 14, 1, 30, tzinfo=timezone.utc)
+    late_evening_utc = datetime(2026, 3, 14, 1, 30, tzinfo=UTC)
     assert night_of(late_evening_utc, "America/New_York") == "20260313"
     [request] = nightly_run_requests(dagster_instance, cms, late_evening_utc, "America/New_York")
     assert request.partition_key == "echo__nightly-20260313"
-    assert nightly_run_requests(dg.DagsterInstance.ephemeral(), cms, late_evening_utc, "UTC")[0].run_key == "echo__nightly-20260314"
+    assert (
+        nightly_run_requests(dg.DagsterInstance.ephemeral(), cms, late_evening_utc, "UTC")[0].run_key
+        == "echo__nightly-20260314"
+    )
 
 
 def test_schedule_without_running_instances_skips(cms, dagster_instance):
@@ -300,8 +367,11 @@ def status_event(instance, run_id: str, event_type: dg.DagsterEventType):
 
 def evaluate_status_sensor(sensor, instance, run_id, event_type, resources):
     context = dg.build_run_status_sensor_context(
-        sensor_name=sensor.name, dagster_event=status_event(instance, run_id, event_type),
-        dagster_instance=instance, dagster_run=instance.get_run_by_id(run_id), resources=resources,
+        sensor_name=sensor.name,
+        dagster_event=status_event(instance, run_id, event_type),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run_id),
+        resources=resources,
     )
     return sensor(context)
 
@@ -313,14 +383,23 @@ def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dag
     [run_request] = evaluation.run_requests
     dagster_instance.add_dynamic_partitions("images", evaluation.new_partitions)  # as the daemon does
     result = dg.materialize(
-        [image], partition_key="will-fail", resources=resources, instance=dagster_instance,
-        run_config=run_request.run_config, tags=run_request.tags, raise_on_error=False,
+        [image],
+        partition_key="will-fail",
+        resources=resources,
+        instance=dagster_instance,
+        run_config=run_request.run_config,
+        tags=run_request.tags,
+        raise_on_error=False,
     )
     assert not result.success
-    evaluate_status_sensor(request_run_started, dagster_instance, result.run_id, dg.DagsterEventType.RUN_START, resources)
+    evaluate_status_sensor(
+        request_run_started, dagster_instance, result.run_id, dg.DagsterEventType.RUN_START, resources
+    )
     assert cms.get_image_request(request.id).run_id == result.run_id
 
-    evaluate_status_sensor(run_failed_writeback, dagster_instance, result.run_id, dg.DagsterEventType.RUN_FAILURE, resources)
+    evaluate_status_sensor(
+        run_failed_writeback, dagster_instance, result.run_id, dg.DagsterEventType.RUN_FAILURE, resources
+    )
     row = cms.get_image_request(request.id)
     assert row.state is RequestState.failed and row.run_id == result.run_id
     image_row = cms.find_image("will-fail")
@@ -333,14 +412,18 @@ def test_failure_write_back_fails_an_image_the_run_left_creating(resources, cms,
     request = cms.create_image_request(ImageRequestFields(image_name="orphan", source_instance=source.k8s_name))
     evaluate_image_requests(dagster_instance, cms)
     run = create_run_for_test(
-        dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.STARTED,
+        dagster_instance,
+        job_name="backup_image",
+        status=dg.DagsterRunStatus.STARTED,
         tags={REQUEST_ID_TAG: str(request.id)},
     )
     left = reserve_image(cms, blob, source, "orphan", run_id=run.run_id)
     blob.write_bytes(f"{left.blob_path}/globals.sql", b"partial")
     dagster_instance.report_run_failed(run, "the run worker vanished")
 
-    evaluate_status_sensor(run_failed_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_FAILURE, resources)
+    evaluate_status_sensor(
+        run_failed_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_FAILURE, resources
+    )
     image_row = cms.get_image(left.id)
     assert image_row.state is ImageState.failed and "the run worker vanished" in image_row.error_message
     assert blob.list_names(left.blob_path) == []
@@ -348,22 +431,33 @@ def test_failure_write_back_fails_an_image_the_run_left_creating(resources, cms,
     assert row.state is RequestState.failed and "the run worker vanished" in row.reason
 
     # A second report of the same end changes nothing and does not raise.
-    evaluate_status_sensor(run_failed_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_FAILURE, resources)
+    evaluate_status_sensor(
+        run_failed_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_FAILURE, resources
+    )
     assert cms.get_image_request(request.id) == row
 
 
-def test_successful_restore_run_succeeds_its_request_with_the_instance(resources, cms, platform, source, ready_image, dagster_instance):
+def test_successful_restore_run_succeeds_its_request_with_the_instance(
+    resources, cms, platform, source, ready_image, dagster_instance
+):
     request = restore_request(cms, source_image_id=ready_image.name, name="from-request", dns_label="from-request")
-    [run_request] = run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform}))
+    [run_request] = run_requests_of(
+        evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform})
+    )
     run_config = run_request.run_config
     run_config["ops"]["validate_request"]["config"]["ready_timeout_seconds"] = 60
     result = restore_instance.execute_in_process(
-        run_config=run_config, resources=resources, instance=dagster_instance, tags=run_request.tags,
+        run_config=run_config,
+        resources=resources,
+        instance=dagster_instance,
+        tags=run_request.tags,
         raise_on_error=False,
     )
     assert result.success, failure_text(result)
 
-    evaluate_status_sensor(run_succeeded_writeback, dagster_instance, result.run_id, dg.DagsterEventType.RUN_SUCCESS, resources)
+    evaluate_status_sensor(
+        run_succeeded_writeback, dagster_instance, result.run_id, dg.DagsterEventType.RUN_SUCCESS, resources
+    )
     row = cms.get_restore_request(request.id)
     restored = result.output_for_node("mark_instance_running")
     assert row.state is RequestState.succeeded and row.run_id == result.run_id and row.reason is None
@@ -371,20 +465,33 @@ def test_successful_restore_run_succeeds_its_request_with_the_instance(resources
     assert cms.get_instance(restored.id).state is InstanceState.running
 
 
-def test_canceled_restore_run_fails_request_and_instance(resources, cms, platform, source, ready_image, dagster_instance):
+def test_canceled_restore_run_fails_request_and_instance(
+    resources, cms, platform, source, ready_image, dagster_instance
+):
     request = restore_request(cms, source_image_id=ready_image.name, name="cut-short", dns_label="cut-short")
     evaluate_restore_requests(dagster_instance, cms, platform)
     run = create_run_for_test(
-        dagster_instance, job_name="restore_instance", status=dg.DagsterRunStatus.STARTED,
+        dagster_instance,
+        job_name="restore_instance",
+        status=dg.DagsterRunStatus.STARTED,
         tags={REQUEST_ID_TAG: str(request.id)},
     )
     left = cms.create_instance(
-        user_name="cut-short", k8s_name="cut-short-abcde", namespace="default", postgres_version="15",
-        storage_size_gb=1, use_load_balancer=False, dns_name="cut-short", image_type=ImageType.stock,
-        source_image_id=ready_image.id, run_id=run.run_id,
+        user_name="cut-short",
+        k8s_name="cut-short-abcde",
+        namespace="default",
+        postgres_version="15",
+        storage_size_gb=1,
+        use_load_balancer=False,
+        dns_name="cut-short",
+        image_type=ImageType.stock,
+        source_image_id=ready_image.id,
+        run_id=run.run_id,
     )
     dagster_instance.report_run_canceled(run)
-    evaluate_status_sensor(run_canceled_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_CANCELED, resources)
+    evaluate_status_sensor(
+        run_canceled_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_CANCELED, resources
+    )
     assert cms.get_instance(left.id).state is InstanceState.failed
     assert "terminated" in cms.get_instance(left.id).error_message
     assert not cms.dns_name_in_use("cut-short")
@@ -493,7 +600,9 @@ def test_run_terminated_mid_backup_leaves_its_image_failed(
     dagster_instance.add_dynamic_partitions("images", [key])
     holder = blocked_database(source_dsn, "aaa_terminated")
     target = ModuleTarget(
-        module_name="toygres_pipelines.definitions", attribute=None, working_directory=str(PROJECT_DIR),
+        module_name="toygres_pipelines.definitions",
+        attribute=None,
+        working_directory=str(PROJECT_DIR),
         location_name="toygres_pipelines",
     )
     try:
@@ -531,13 +640,21 @@ def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob
     request = cms.create_image_request(ImageRequestFields(image_name="odd-success", source_instance=source.k8s_name))
     evaluate_image_requests(dagster_instance, cms)
     run = create_run_for_test(
-        dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.SUCCESS,
+        dagster_instance,
+        job_name="backup_image",
+        status=dg.DagsterRunStatus.SUCCESS,
         tags={REQUEST_ID_TAG: str(request.id)},
     )
     left = reserve_image(cms, blob, source, "odd-success", run_id=run.run_id)
     settled = settle_run(
-        cms=cms, blob=blob, platform=resources["platform"], run_id=run.run_id, tags=run.tags, succeeded=True,
-        reason=None, log=lambda _: None,
+        cms=cms,
+        blob=blob,
+        platform=resources["platform"],
+        run_id=run.run_id,
+        tags=run.tags,
+        succeeded=True,
+        reason=None,
+        log=lambda _: None,
     )
     assert settled.images_failed == [str(left.id)] and settled.request_state == "failed"
     expected = f"run {run.run_id} succeeded without marking the image ready"
@@ -553,16 +670,22 @@ def test_reconciler_records_the_dead_runs_own_failure_message(resources, cms, bl
     reconcile(dagster_instance, cms, blob, resources["platform"], grace_seconds=0)
 
     assert cms.get_image(row.id).error_message == (
-        f"run {run.run_id} ended without reporting (FAILURE): Run worker process died: exit code -9 (killed by the OOM killer)"
+        f"run {run.run_id} ended without reporting (FAILURE): "
+        "Run worker process died: exit code -9 (killed by the OOM killer)"
     )
 
 
 @pytest.mark.parametrize("kind", ["image", "restore"])
-def test_racing_claims_never_accept_two_requests_for_the_same_name(request, cms, source, dagster_instance, monkeypatch, kind):
+def test_racing_claims_never_accept_two_requests_for_the_same_name(
+    request, cms, source, dagster_instance, monkeypatch, kind
+):
     from toygres_pipelines.automation import sensors
 
     if kind == "image":
-        create = lambda: cms.create_image_request(ImageRequestFields(image_name="same-name", source_instance=source.k8s_name))  # noqa: E731
+
+        def create():
+            return cms.create_image_request(ImageRequestFields(image_name="same-name", source_instance=source.k8s_name))
+
         check_name, evaluate_kind, listing = "check_image_request", evaluate_image_requests, cms.list_image_requests
         reason = "'same-name' is already requested by another accepted request"
     else:

@@ -11,14 +11,13 @@ import dagster as dg
 import psycopg
 import pytest
 
+from records import ImageState, InstanceRef, InstanceState, JobResult
 from resources.cms import CMSResource
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
-from toygres_pipelines.images.janitor import purge_failed_image_blobs
-from records import ImageState, InstanceRef, InstanceState, JobResult
-
 from tests.helpers import failure_text, materialize_image, run_logs
+from toygres_pipelines.images.janitor import purge_failed_image_blobs
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +112,8 @@ def wait_for_pg_dump_blocked(dsn: str, database: str, timeout: float = 60) -> No
         while time.monotonic() < deadline:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'pg_dump'"
-                " AND wait_event_type = 'Lock'", (database,),
+                " AND wait_event_type = 'Lock'",
+                (database,),
             ).fetchone()
             if row[0]:
                 return
@@ -137,7 +137,9 @@ def test_pg_dump_of_a_dropped_database_fails_the_image(resources, cms, blob, sou
     key = f"{source.k8s_name}__dropped"
     holder = blocked_database(source_dsn, "aaa_doomed")
     outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=materialize_image(resources, key, raise_on_error=False)))
+    runner = threading.Thread(
+        target=lambda: outcome.update(result=materialize_image(resources, key, raise_on_error=False))
+    )
     runner.start()
     try:
         wait_for_pg_dump_blocked(source_dsn("postgres"), "aaa_doomed")
@@ -155,7 +157,9 @@ def test_pg_dump_of_a_dropped_database_fails_the_image(resources, cms, blob, sou
     assert [e.to_state for e in cms.events(row.id)] == ["creating", "failed"]
 
 
-def test_blob_storage_stopping_mid_run_fails_the_image_and_leaves_no_blob(resources, cms, blob, source, source_dsn, stack):
+def test_blob_storage_stopping_mid_run_fails_the_image_and_leaves_no_blob(
+    resources, cms, blob, source, source_dsn, stack
+):
     key = f"{source.k8s_name}__azurite-down"
     holder = blocked_database(source_dsn, "aaa_blocked")
     outcome = {}
@@ -167,7 +171,7 @@ def test_blob_storage_stopping_mid_run_fails_the_image_and_leaves_no_blob(resour
     runner.start()
     try:
         wait_for_pg_dump_blocked(source_dsn("postgres"), "aaa_blocked")
-        assert blob.list_names(cms.list_images()[0].blob_path) == ["images/%s/globals.sql" % cms.list_images()[0].id]
+        assert blob.list_names(cms.list_images()[0].blob_path) == [f"images/{cms.list_images()[0].id}/globals.sql"]
         stack.azurite.stop()
         holder.rollback()
         runner.join(timeout=180)
@@ -194,8 +198,12 @@ def test_source_password_never_reaches_the_cms_in_plaintext(resources, cms, sour
         stored = conn.execute(
             "SELECT source_password_encrypted::text FROM toygres_cms.images WHERE id = %s", (row.id,)
         ).fetchone()[0]
-        whole_row = conn.execute("SELECT row_to_json(i)::text FROM toygres_cms.images i WHERE id = %s", (row.id,)).fetchone()[0]
-        events = conn.execute("SELECT coalesce(string_agg(row_to_json(e)::text, ''), '') FROM toygres_cms.events e").fetchone()[0]
+        whole_row = conn.execute(
+            "SELECT row_to_json(i)::text FROM toygres_cms.images i WHERE id = %s", (row.id,)
+        ).fetchone()[0]
+        events = conn.execute(
+            "SELECT coalesce(string_agg(row_to_json(e)::text, ''), '') FROM toygres_cms.events e"
+        ).fetchone()[0]
     assert stored and password not in stored
     assert password not in whole_row and password not in events
     assert cms.image_password(row.id).get_secret_value() == password
@@ -291,7 +299,9 @@ def test_job_directory_and_its_sas_are_removed_even_when_the_cms_is_unreachable(
     failing = FailingAfterJobPlatform(state_dir=platform.state_dir, azcopy_path=platform.azcopy_path)
     down = CMSDownOnFailure(dsn=cms.dsn, encryption_key=cms.encryption_key)
     before = job_dirs(platform)
-    result = materialize_image({**resources, "platform": failing, "cms": down}, f"{source.k8s_name}__cms-down", raise_on_error=False)
+    result = materialize_image(
+        {**resources, "platform": failing, "cms": down}, f"{source.k8s_name}__cms-down", raise_on_error=False
+    )
     assert not result.success
     assert job_dirs(platform) == before
     # The row stays creating (the CMS could not be told); the blobs stay for the reconciler.

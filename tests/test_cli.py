@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from records.requests import RestoreRequestFields
 import json
 import os
 import subprocess
@@ -13,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from records import ImageState, ImageType, InstanceState, RequestState
+from records.requests import RestoreRequestFields
 from resources.platform.postgres_server import free_port
 from toygres_pipelines import cli
-from records import ImageState, ImageType, InstanceState, RequestState
 
 UNREACHABLE_PASSWORD = "n0t-Sh0wn-pw"
 
@@ -37,17 +37,30 @@ def run(cms, monkeypatch, capsys):
 
 def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running, **kwargs):
     return cms.create_instance(
-        user_name=k8s_name.rsplit("-", 1)[0], k8s_name=k8s_name, namespace="default", postgres_version="15",
-        storage_size_gb=kwargs.pop("storage_size_gb", 2), use_load_balancer=True,
-        dns_name=kwargs.pop("dns_name", None), image_type=ImageType.stock, state=state, **kwargs,
+        user_name=k8s_name.rsplit("-", 1)[0],
+        k8s_name=k8s_name,
+        namespace="default",
+        postgres_version="15",
+        storage_size_gb=kwargs.pop("storage_size_gb", 2),
+        use_load_balancer=True,
+        dns_name=kwargs.pop("dns_name", None),
+        image_type=ImageType.stock,
+        state=state,
+        **kwargs,
     )
 
 
 def add_image(cms, source, name: str, state: ImageState = ImageState.ready, checksum: str | None = "ab" * 32):
     image_id = uuid.uuid4()
     image = cms.reserve_image(
-        image_id=image_id, name=name, description=None, source=source, blob_storage_url="http://blob",
-        blob_container="c", blob_path=f"images/{image_id}", run_id=None,
+        image_id=image_id,
+        name=name,
+        description=None,
+        source=source,
+        blob_storage_url="http://blob",
+        blob_container="c",
+        blob_path=f"images/{image_id}",
+        run_id=None,
     )
     if state is ImageState.ready:
         return cms.transition_image(image.id, ImageState.ready, backup_checksum=checksum, backup_size_bytes=1234)
@@ -65,11 +78,16 @@ def db(cms):
 
 
 def test_backup_request_is_queued_pending_with_the_given_fields(run, cms, db):
-    code, out, err = run("request-backup", "--instance", "db-abcde", "--name", "nightly_1", "--description", "before upgrade")
+    code, out, err = run(
+        "request-backup", "--instance", "db-abcde", "--name", "nightly_1", "--description", "before upgrade"
+    )
     assert (code, err) == (0, "")
     [request] = cms.list_image_requests()
     assert (request.image_name, request.source_instance, request.description, request.state) == (
-        "nightly_1", "db-abcde", "before upgrade", RequestState.pending,
+        "nightly_1",
+        "db-abcde",
+        "before upgrade",
+        RequestState.pending,
     )
     assert str(request.id) in out and "pending" in out
 
@@ -84,7 +102,7 @@ def test_backup_request_by_instance_id_gets_a_timestamped_default_name(run, cms,
     assert request.source_instance == "db-abcde"
     prefix = "db-abcde__manual-"
     assert request.image_name.startswith(prefix)
-    stamp = datetime.strptime(request.image_name[len(prefix):], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    stamp = datetime.strptime(request.image_name[len(prefix) :], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
     assert before <= stamp <= datetime.now(UTC)
 
 
@@ -134,24 +152,51 @@ def image(cms, db):
 
 def test_restore_request_is_queued_pending_with_the_given_fields(run, cms, image):
     code, out, err = run(
-        "request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", "db-abcde__golden",
-        "--namespace", "team-a", "--storage-gb", "5", "--internal",
+        "request-restore",
+        "--name",
+        "copy",
+        "--dns-label",
+        "copy-db",
+        "--image",
+        "db-abcde__golden",
+        "--namespace",
+        "team-a",
+        "--storage-gb",
+        "5",
+        "--internal",
     )
     assert (code, err) == (0, "")
     [request] = cms.list_restore_requests()
-    assert request.model_dump(include={
-        "name", "dns_label", "source_image_id", "namespace", "storage_size_gb", "internal", "runtime_image_id",
-        "image_override", "state",
-    }) == {
-        "name": "copy", "dns_label": "copy-db", "source_image_id": str(image.id), "namespace": "team-a",
-        "storage_size_gb": 5, "internal": True, "runtime_image_id": None, "image_override": None,
+    assert request.model_dump(
+        include={
+            "name",
+            "dns_label",
+            "source_image_id",
+            "namespace",
+            "storage_size_gb",
+            "internal",
+            "runtime_image_id",
+            "image_override",
+            "state",
+        }
+    ) == {
+        "name": "copy",
+        "dns_label": "copy-db",
+        "source_image_id": str(image.id),
+        "namespace": "team-a",
+        "storage_size_gb": 5,
+        "internal": True,
+        "runtime_image_id": None,
+        "image_override": None,
         "state": RequestState.pending,
     }
     assert str(request.id) in out and "pending" in out
 
 
 def test_restore_request_by_image_id_with_defaults(run, cms, image):
-    code, out, _ = run("request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", str(image.id), "--json")
+    code, out, _ = run(
+        "request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", str(image.id), "--json"
+    )
     assert code == 0
     printed = json.loads(out)
     assert printed["kind"] == "restore" and printed["state"] == "pending"
@@ -195,17 +240,40 @@ def test_each_restore_rule_violation_exits_2_naming_the_field(run, cms, db, imag
     assert cms.list_restore_requests() == []
 
 
-def test_restore_request_namespace_defaults_to_the_kubernetes_platforms_and_must_be_enabled(run, cms, image, monkeypatch):
+def test_restore_request_namespace_defaults_to_the_kubernetes_platforms_and_must_be_enabled(
+    run, cms, image, monkeypatch
+):
     monkeypatch.setenv("TOYGRES_PLATFORM", "kubernetes")
     monkeypatch.setenv("TOYGRES_K8S_NAMESPACE", "pg-instances")
     monkeypatch.setenv("TOYGRES_K8S_INSTANCE_NAMESPACES", "team-a")
     monkeypatch.setenv("TOYGRES_K8S_JOB_IMAGES", f"15=acr.io/toygres-job@sha256:{'ab' * 32}")
     assert run("request-restore", "--name", "one", "--dns-label", "one-db", "--image", str(image.id))[0] == 0
-    assert run("request-restore", "--name", "two", "--dns-label", "two-db", "--image", str(image.id),
-               "--namespace", "team-a")[0] == 0
+    assert (
+        run(
+            "request-restore",
+            "--name",
+            "two",
+            "--dns-label",
+            "two-db",
+            "--image",
+            str(image.id),
+            "--namespace",
+            "team-a",
+        )[0]
+        == 0
+    )
     assert sorted(r.namespace for r in cms.list_restore_requests()) == ["pg-instances", "team-a"]
-    code, out, err = run("request-restore", "--name", "three", "--dns-label", "three-db", "--image", str(image.id),
-                         "--namespace", "default")
+    code, out, err = run(
+        "request-restore",
+        "--name",
+        "three",
+        "--dns-label",
+        "three-db",
+        "--image",
+        str(image.id),
+        "--namespace",
+        "default",
+    )
     assert code == 2 and err.startswith("error: namespace: ") and "TOYGRES_K8S_INSTANCE_NAMESPACES" in err, err
     assert len(cms.list_restore_requests()) == 2
     monkeypatch.setenv("TOYGRES_K8S_JOB_IMAGES", f"17=acr.io/toygres-job@sha256:{'ab' * 32}")
@@ -266,7 +334,9 @@ def test_listings_as_tables_are_aligned(run, cms, db, image):
 
 def test_instance_connection_strings_never_show_a_password(run, cms, db):
     cms.transition_instance(
-        db.id, InstanceState.stopped, ip_connection_string="postgresql://postgres:Hunter2pw@10.0.0.1:5432/postgres",
+        db.id,
+        InstanceState.stopped,
+        ip_connection_string="postgresql://postgres:Hunter2pw@10.0.0.1:5432/postgres",
     )
     code, out, _ = run("instances", "--json")
     assert code == 0 and "Hunter2pw" not in out
@@ -277,7 +347,9 @@ def test_instance_connection_strings_never_show_a_password(run, cms, db):
 
 
 def unreachable_dsn() -> str:
-    return f"host=127.0.0.1 port={free_port()} dbname=cms user=toygres password={UNREACHABLE_PASSWORD} connect_timeout=2"
+    return (
+        f"host=127.0.0.1 port={free_port()} dbname=cms user=toygres password={UNREACHABLE_PASSWORD} connect_timeout=2"
+    )
 
 
 def test_unreachable_cms_exits_3_without_showing_the_password(monkeypatch, capsys):
@@ -318,7 +390,9 @@ def test_the_installed_entry_point_exits_with_the_documented_codes(cms, db):
     invalid = call("request-backup", "--instance", "db-abcde", "--name", "bad name")
     assert (invalid.returncode, invalid.stdout) == (2, "")
     assert invalid.stderr.startswith("error: name: ")
-    away = call("images", command=(sys.executable, "-m", "toygres_pipelines"), environ={**env, cli.DSN_ENV: unreachable_dsn()})
+    away = call(
+        "images", command=(sys.executable, "-m", "toygres_pipelines"), environ={**env, cli.DSN_ENV: unreachable_dsn()}
+    )
     assert away.returncode == 3 and "cannot reach the CMS" in away.stderr
     assert UNREACHABLE_PASSWORD not in away.stderr + away.stdout
 
@@ -346,7 +420,15 @@ def test_a_restore_password_is_accepted_ignored_and_stored_nowhere(run, cms, ima
 
     secret = "s3cret-Typed-At-3am"
     code, out, err = run(
-        "request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", "db-abcde__golden", "--password", secret,
+        "request-restore",
+        "--name",
+        "copy",
+        "--dns-label",
+        "copy-db",
+        "--image",
+        "db-abcde__golden",
+        "--password",
+        secret,
     )
     assert code == 0, err
     assert "warning: --password is ignored" in err and secret not in err + out
@@ -365,8 +447,12 @@ def test_a_password_given_to_the_cms_request_api_is_ignored_with_a_warning(cms, 
     with pytest.warns(UserWarning, match="password is ignored"):
         cms.create_restore_request(
             RestoreRequestFields(
-                name="copy", dns_label="copy-db", source_image_id=str(image.id), namespace="default",
-                storage_size_gb=1, internal=True,
+                name="copy",
+                dns_label="copy-db",
+                source_image_id=str(image.id),
+                namespace="default",
+                storage_size_gb=1,
+                internal=True,
             ),
             password=secret,
         )

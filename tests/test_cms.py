@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from records.requests import RestoreRequestFields
-from records.requests import ImageRequestFields
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -12,16 +10,6 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from resources.cms import (
-    CMSResource,
-    EncryptionKeyInvalid,
-    ImageNotFound,
-    InvalidTransition,
-    NameConflict,
-    PasswordUnavailable,
-    RequestNotFound,
-    migrations,
-)
 from records import (
     Image,
     ImageRequest,
@@ -32,14 +20,31 @@ from records import (
     RestoreRequest,
     ValidationFailed,
 )
+from records.requests import ImageRequestFields, RestoreRequestFields
+from resources.cms import (
+    CMSResource,
+    EncryptionKeyInvalid,
+    ImageNotFound,
+    InvalidTransition,
+    NameConflict,
+    PasswordUnavailable,
+    RequestNotFound,
+    migrations,
+)
 
 pytestmark = pytest.mark.integration
 
 
 def make_instance(cms: CMSResource, name: str = "demo", **overrides) -> Instance:
     values = dict(
-        user_name="alice", k8s_name=f"{name}-abcde", namespace="toygres", postgres_version="15",
-        storage_size_gb=5, use_load_balancer=False, dns_name=name, image_type="stock",
+        user_name="alice",
+        k8s_name=f"{name}-abcde",
+        namespace="toygres",
+        postgres_version="15",
+        storage_size_gb=5,
+        use_load_balancer=False,
+        dns_name=name,
+        image_type="stock",
     )
     values.update(overrides)
     return cms.create_instance(**values)
@@ -47,9 +52,14 @@ def make_instance(cms: CMSResource, name: str = "demo", **overrides) -> Instance
 
 def make_image(cms: CMSResource, source: Instance, name: str = "snap-1", run_id: str | None = "run-1") -> Image:
     return cms.reserve_image(
-        image_id=uuid.uuid4(), name=name, description="nightly", source=source,
-        blob_storage_url="http://127.0.0.1:10000/devstoreaccount1", blob_container="images",
-        blob_path=f"images/{name}", run_id=run_id,
+        image_id=uuid.uuid4(),
+        name=name,
+        description="nightly",
+        source=source,
+        blob_storage_url="http://127.0.0.1:10000/devstoreaccount1",
+        blob_container="images",
+        blob_path=f"images/{name}",
+        run_id=run_id,
     )
 
 
@@ -158,8 +168,12 @@ def test_dns_name_is_reusable_only_after_the_first_instance_leaves_creating_and_
 def test_instance_transitions_allowed_and_refused(cms):
     instance = make_instance(cms)
     running = cms.transition_instance(
-        instance.id, "running", run_id="run-b", ip_connection_string="postgresql://10.0.0.1:5432",
-        dns_connection_string="postgresql://demo:5432", external_ip="10.0.0.1",
+        instance.id,
+        "running",
+        run_id="run-b",
+        ip_connection_string="postgresql://10.0.0.1:5432",
+        dns_connection_string="postgresql://demo:5432",
+        external_ip="10.0.0.1",
     )
     assert running.state is InstanceState.running
     assert running.external_ip == "10.0.0.1" and running.run_id == "run-b"
@@ -183,7 +197,10 @@ def test_instance_transitions_allowed_and_refused(cms):
     assert "terminal" in str(caught.value)
     assert cms.find_instance_by_run("run-del").id == instance.id
     assert transitions(cms, instance.id) == [
-        (None, "creating"), ("creating", "running"), ("running", "deleting"), ("deleting", "deleted"),
+        (None, "creating"),
+        ("creating", "running"),
+        ("running", "deleting"),
+        ("deleting", "deleted"),
     ]
     events = cms.events(instance.id)
     assert [e.run_id for e in events] == [None, "run-b", "run-del", "run-del"]
@@ -234,7 +251,9 @@ def test_reserve_image_copies_the_source(cms):
     image = make_image(cms, source)
     assert image.state is ImageState.creating
     assert (image.source_instance_id, image.source_k8s_name, image.source_namespace) == (
-        source.id, source.k8s_name, source.namespace,
+        source.id,
+        source.k8s_name,
+        source.namespace,
     )
     assert (image.storage_size_gb, image.postgres_version, image.image_type) == (7, "15", "pg_durable")
     assert cms.get_image(image.id) == image
@@ -278,7 +297,10 @@ def test_image_transitions(cms):
     with pytest.raises(TypeError):
         cms.transition_image(image.id, ImageState.ready, name="renamed")
     ready = cms.transition_image(
-        image.id, ImageState.ready, backup_size_bytes=123456789012, backup_checksum="f" * 64,
+        image.id,
+        ImageState.ready,
+        backup_size_bytes=123456789012,
+        backup_checksum="f" * 64,
     )
     assert ready.state is ImageState.ready and ready.ready_at is not None
     assert ready.backup_size_bytes == 123456789012 and ready.backup_checksum == "f" * 64
@@ -289,7 +311,10 @@ def test_image_transitions(cms):
     deleted = cms.transition_image(image.id, ImageState.deleted)
     assert deleted.deleted_at is not None and deleted.run_id == "run-retention"
     assert transitions(cms, image.id) == [
-        (None, "creating"), ("creating", "ready"), ("ready", "deleting"), ("deleting", "deleted"),
+        (None, "creating"),
+        ("creating", "ready"),
+        ("ready", "deleting"),
+        ("deleting", "deleted"),
     ]
 
     other = make_image(cms, source, name="snap-2", run_id="run-9")
@@ -355,7 +380,9 @@ def test_check_constraints_guard_the_states(cms):
 
 
 def test_image_request_lifecycle(cms):
-    request = cms.create_image_request(ImageRequestFields(image_name="on-demand", source_instance="demo-abcde", description="x"))
+    request = cms.create_image_request(
+        ImageRequestFields(image_name="on-demand", source_instance="demo-abcde", description="x")
+    )
     assert isinstance(request, ImageRequest) and request.state is RequestState.pending
     assert cms.get_image_request(request.id) == request
     assert cms.list_image_requests([RequestState.pending]) == [request]
@@ -371,10 +398,16 @@ def test_image_request_lifecycle(cms):
 
 
 def test_restore_request_lifecycle(cms):
-    request = cms.create_restore_request(RestoreRequestFields(
-        name="copy", dns_label="copy", source_image_id="snap-1", namespace="toygres", storage_size_gb=5,
-        internal=True,
-    ))
+    request = cms.create_restore_request(
+        RestoreRequestFields(
+            name="copy",
+            dns_label="copy",
+            source_image_id="snap-1",
+            namespace="toygres",
+            storage_size_gb=5,
+            internal=True,
+        )
+    )
     assert isinstance(request, RestoreRequest) and request.state is RequestState.pending
     instance = make_instance(cms, name="copy")
     cms.transition_restore_request(request.id, RequestState.accepted, run_id="run-x")
@@ -412,10 +445,16 @@ def test_claim_accepts_and_rejects_in_one_transaction(cms):
 
 
 def test_claim_rolls_back_on_error(cms):
-    request = cms.create_restore_request(RestoreRequestFields(
-        name="r", dns_label="r", source_image_id=str(uuid.uuid4()), namespace="toygres", storage_size_gb=1,
-        internal=False,
-    ))
+    request = cms.create_restore_request(
+        RestoreRequestFields(
+            name="r",
+            dns_label="r",
+            source_image_id=str(uuid.uuid4()),
+            namespace="toygres",
+            storage_size_gb=1,
+            internal=False,
+        )
+    )
     with pytest.raises(RuntimeError, match="crash"):
         with cms.claim_pending_restore_requests() as claim:
             claim.accept(request, run_id="run-lost")
@@ -434,10 +473,16 @@ def test_two_racing_claims_never_get_the_same_request(cms, kind):
         if kind == "image":
             cms.create_image_request(ImageRequestFields(image_name=f"img-{i}", source_instance="demo"))
         else:
-            cms.create_restore_request(RestoreRequestFields(
-                name=f"r{i}", dns_label=f"r{i}", source_image_id="snap", namespace="toygres",
-                storage_size_gb=1, internal=False,
-            ))
+            cms.create_restore_request(
+                RestoreRequestFields(
+                    name=f"r{i}",
+                    dns_label=f"r{i}",
+                    source_image_id="snap",
+                    namespace="toygres",
+                    storage_size_gb=1,
+                    internal=False,
+                )
+            )
     claim_of = cms.claim_pending_image_requests if kind == "image" else cms.claim_pending_restore_requests
     both_inside = threading.Barrier(2)
 
@@ -480,7 +525,9 @@ def test_usable_as_a_dagster_resource_from_env_vars(cms, monkeypatch):
 
     result = dg.materialize(
         [count_instances],
-        resources={"cms": CMSResource(dsn=dg.EnvVar("TOYGRES_CMS_DSN"), encryption_key=dg.EnvVar("TOYGRES_ENCRYPTION_KEY"))},
+        resources={
+            "cms": CMSResource(dsn=dg.EnvVar("TOYGRES_CMS_DSN"), encryption_key=dg.EnvVar("TOYGRES_ENCRYPTION_KEY"))
+        },
     )
     assert result.success
     assert result.output_for_node("count_instances") == 1
@@ -499,7 +546,13 @@ def test_an_image_name_with_a_trailing_newline_is_never_reserved(cms):
     source = make_instance(cms, "src", state=InstanceState.running)
     with pytest.raises(ValidationFailed, match="^name: "):
         cms.reserve_image(
-            image_id=None, name="src__nl\n", description=None, source=source, blob_storage_url="http://blob",
-            blob_container="images", blob_path="images/x", run_id=None,
+            image_id=None,
+            name="src__nl\n",
+            description=None,
+            source=source,
+            blob_storage_url="http://blob",
+            blob_container="images",
+            blob_path="images/x",
+            run_id=None,
         )
     assert cms.list_images() == []

@@ -3,8 +3,6 @@ workers → CMS rows written back. The instance config is the one `make dev` shi
 
 from __future__ import annotations
 
-from records.requests import RestoreRequestFields
-from records.requests import ImageRequestFields
 import os
 import signal
 import subprocess
@@ -15,13 +13,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from records import ImageState, InstanceState, RequestState
+from records.requests import ImageRequestFields, RestoreRequestFields
 from tests.helpers import materialize_image
 from toygres_pipelines.automation.jobs import KIND_TAG, REQUEST_ID_TAG
-from records import ImageState, InstanceState, RequestState
 
 pytestmark = pytest.mark.integration
 
 from resources.platform.base import PROJECT_DIR  # noqa: E402
+
 WAIT_SECONDS = 180
 
 
@@ -63,8 +63,12 @@ def daemon(daemon_home, tmp_path):
     daemon_bin = Path(sys.executable).parent / "dagster-daemon"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(daemon_bin), "run", "-w", str(workspace)], cwd=str(PROJECT_DIR), env=env,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [str(daemon_bin), "run", "-w", str(workspace)],
+            cwd=str(PROJECT_DIR),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         yield process, home, log_path
@@ -101,15 +105,29 @@ def test_requests_run_through_the_daemon(resources, cms, source, daemon, monkeyp
     assert ready.state is ImageState.ready
 
     process, home, log_path = daemon
-    restore = cms.create_restore_request(RestoreRequestFields(
-        name="via-daemon", dns_label="via-daemon", source_image_id=ready.name, namespace="default",
-        storage_size_gb=1, internal=True,
-    ))
-    backup = cms.create_image_request(ImageRequestFields(image_name="daemon-backup", source_instance=source.k8s_name, description="e2e"))
-    invalid = cms.create_restore_request(RestoreRequestFields(
-        name="Invalid_Name", dns_label="never", source_image_id=ready.name, namespace="default",
-        storage_size_gb=1, internal=True,
-    ))
+    restore = cms.create_restore_request(
+        RestoreRequestFields(
+            name="via-daemon",
+            dns_label="via-daemon",
+            source_image_id=ready.name,
+            namespace="default",
+            storage_size_gb=1,
+            internal=True,
+        )
+    )
+    backup = cms.create_image_request(
+        ImageRequestFields(image_name="daemon-backup", source_instance=source.k8s_name, description="e2e")
+    )
+    invalid = cms.create_restore_request(
+        RestoreRequestFields(
+            name="Invalid_Name",
+            dns_label="never",
+            source_image_id=ready.name,
+            namespace="default",
+            storage_size_gb=1,
+            internal=True,
+        )
+    )
 
     deadline = time.monotonic() + WAIT_SECONDS
     terminal = {RequestState.succeeded, RequestState.failed, RequestState.rejected}

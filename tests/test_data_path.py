@@ -17,13 +17,13 @@ import pytest
 from psycopg import sql
 from pydantic import SecretStr
 
+from records import ImageState, InstanceRef, InstanceState
 from resources.blob import BlobStorageResource
 from resources.platform.base import JobFailed, JobKind, JobSpec
 from tests.helpers import failure_text, materialize_image
 from tests.test_restore import dsn_of, restore
 from toygres_pipelines.dev.demo import provision_server, register_running
 from toygres_pipelines.images.verification import sha256sums
-from records import ImageState, InstanceRef, InstanceState
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +46,11 @@ def small_source(cms, platform, small_ref):
 def server_dsn(platform, ref: InstanceRef, database: str = "postgres") -> str:
     endpoints = platform.endpoints(ref)
     return psycopg.conninfo.make_conninfo(
-        host=endpoints.host, port=endpoints.port, user="postgres",
-        password=platform.read_instance_password(ref).get_secret_value(), dbname=database,
+        host=endpoints.host,
+        port=endpoints.port,
+        user="postgres",
+        password=platform.read_instance_password(ref).get_secret_value(),
+        dbname=database,
     )
 
 
@@ -190,7 +193,7 @@ HOSTILE_NAMES = [
     "trailing newline\n",
     "\x01control\x1fchars\x7f",
     "tab\there\rand cr",
-    "quote's \"double\" \\back\\slash",
+    'quote\'s "double" \\back\\slash',
     "-leading-dash",
     "--help",
     "a=b c=d",
@@ -308,12 +311,19 @@ def restore_spec(cms, blob, platform, image, ref: InstanceRef, **env) -> JobSpec
     platform.ensure_instance_secret(ref, cms.image_password(image.id))
     platform.create_volume(ref, 1)
     return JobSpec(
-        kind=JobKind.restore, name=f"restore-{ref.k8s_name}", script="restore.sh", instance=ref,
+        kind=JobKind.restore,
+        name=f"restore-{ref.k8s_name}",
+        script="restore.sh",
+        instance=ref,
         env={
-            "BLOB_URL": blob.folder_url(image.blob_path), "MANIFEST_SHA256": image.backup_checksum,
-            "BACKUP_SHA256SUMS": sha256sums(manifest), "POSTGRES_USER": "postgres", **env,
+            "BLOB_URL": blob.folder_url(image.blob_path),
+            "MANIFEST_SHA256": image.backup_checksum,
+            "BACKUP_SHA256SUMS": sha256sums(manifest),
+            "POSTGRES_USER": "postgres",
+            **env,
         },
-        blob_sas=blob.job_sas("rl", timedelta(hours=1)), timeout_seconds=600,
+        blob_sas=blob.job_sas("rl", timedelta(hours=1)),
+        timeout_seconds=600,
     )
 
 
@@ -357,14 +367,18 @@ def test_sigterm_during_pg_restore_stops_the_temporary_server_and_removes_temp_d
         postmaster, _, argv = wait_for_process(
             lambda pid, pgid, argv: argv[:1] and argv[0].endswith("postgres") and pgdata in argv, "temporary server"
         )
-        socket_dir = next(a.split("=", 1)[1] for a in " ".join(argv).split() if a.startswith("unix_socket_directories="))
+        socket_dir = next(
+            a.split("=", 1)[1] for a in " ".join(argv).split() if a.startswith("unix_socket_directories=")
+        )
         script_path = str(platform.job_dir(spec.name, ref.namespace) / "scripts" / "restore.sh")
         # The script's own shell: bash running it whose parent is not one of its subshells.
         script, job_group, _ = wait_for_process(
             lambda pid, pgid, argv: argv == ["bash", script_path] and command_line(parent_of(pid)) != argv, "restore.sh"
         )
         wait_for_process(  # databases are restored in name order: postgres, then slow_restore
-            lambda pid, pgid, argv: pgid == job_group and argv[:1] and argv[0].endswith("pg_restore") and "--create" in argv,
+            lambda pid, pgid, argv: (
+                pgid == job_group and argv[:1] and argv[0].endswith("pg_restore") and "--create" in argv
+            ),
             "pg_restore of slow_restore",
         )
         if target == "process group":
@@ -447,7 +461,9 @@ def test_blob_storage_stalling_during_a_restore_download_fails_the_job_within_th
     os.killpg(azurite_group, signal.SIGSTOP)
     try:
         thread, outcome = run_in_thread(platform, spec)
-        wait_for_log_line(platform.job_dir(spec.name, ref.namespace) / "job.log", "blob storage unreachable", timeout=120)
+        wait_for_log_line(
+            platform.job_dir(spec.name, ref.namespace) / "job.log", "blob storage unreachable", timeout=120
+        )
     finally:
         os.killpg(azurite_group, signal.SIGCONT)
         thread.join(timeout=300)

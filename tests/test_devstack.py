@@ -16,11 +16,11 @@ import psycopg
 import pytest
 from cryptography.fernet import Fernet
 
-from resources.platform.local import LocalPlatform
-from toygres_pipelines.dev import demo, devstack
 from records import ImageType, InstanceRef, InstanceState
 from resources.platform.base import PROJECT_DIR
+from resources.platform.local import LocalPlatform
 from resources.platform.local_tools import azcopy_path
+from toygres_pipelines.dev import demo, devstack
 
 SHIPPED_DAGSTER_YAML = PROJECT_DIR / "deploy" / "local" / "dagster.yaml"
 
@@ -48,7 +48,10 @@ def test_demo_instance_is_created_once_and_redeployed_when_down(cms, dev_platfor
 
     assert demo.state is InstanceState.running
     assert (demo.k8s_name, demo.namespace, demo.user_name, demo.dns_name) == (
-        "pagila-demo", "default", "pagila-demo", "pagila-demo",
+        "pagila-demo",
+        "default",
+        "pagila-demo",
+        "pagila-demo",
     )
     assert demo.postgres_version == "15" and demo.storage_size_gb == 1 and demo.image_type is ImageType.stock
     endpoints = platform.endpoints(devstack.demo_ref())
@@ -100,8 +103,14 @@ def test_demo_instance_is_created_once_and_redeployed_when_down(cms, dev_platfor
 def test_running_instance_unknown_to_the_platform_is_reported(cms, dev_platform):
     platform = dev_platform
     row = cms.create_instance(
-        user_name="ghost", k8s_name="ghost-abcde", namespace="default", postgres_version="15",
-        storage_size_gb=1, use_load_balancer=False, dns_name="ghost", image_type=ImageType.stock,
+        user_name="ghost",
+        k8s_name="ghost-abcde",
+        namespace="default",
+        postgres_version="15",
+        storage_size_gb=1,
+        use_load_balancer=False,
+        dns_name="ghost",
+        image_type=ImageType.stock,
     )
     cms.transition_instance(row.id, InstanceState.running)
 
@@ -184,9 +193,7 @@ def test_encryption_key_is_created_private_and_then_kept(tmp_path):
 
 
 def test_process_group_ignoring_sigterm_is_killed_after_the_grace_period():
-    process = subprocess.Popen(
-        ["bash", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"], start_new_session=True
-    )
+    process = subprocess.Popen(["bash", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"], start_new_session=True)
     time.sleep(0.5)
     started = time.monotonic()
 
@@ -236,7 +243,10 @@ def test_children_get_default_signals_after_a_dagster_run_in_a_background_sessio
     )
     out = subprocess.run(
         ["bash", "-c", 'trap "" INT; exec "$0" -c "$1"', sys.executable, code],
-        cwd=PROJECT_DIR, capture_output=True, text=True, check=True,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert ignored_signals(out) == set()
 
@@ -248,7 +258,10 @@ def test_service_processes_start_with_default_signals_whatever_the_parent_ignore
     try:
         for s in before:
             signal.signal(s, signal.SIG_IGN)
-        for argv in (as_service_user(["grep", "SigIgn", "/proc/self/status"], {}), as_service_user(["grep", "SigIgn", "/proc/self/status"])):
+        for argv in (
+            as_service_user(["grep", "SigIgn", "/proc/self/status"], {}),
+            as_service_user(["grep", "SigIgn", "/proc/self/status"]),
+        ):
             out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
             assert ignored_signals(out) == set(), argv
     finally:

@@ -2,17 +2,20 @@
 
 from pydantic import SecretStr
 
+from records import InstanceRef
 from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec
 from resources.platform.local import LocalPlatform
-from records import InstanceRef
 
 
 def test_job_directory_holds_the_template_scripts_byte_for_byte(tmp_path):
     tmp_path.chmod(0o711)
     platform = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path="/bin/true")
     spec = JobSpec(
-        kind=JobKind.restore, name="restore-x", script="restore.sh",
-        instance=InstanceRef(k8s_name="x", namespace="default"), blob_sas=SecretStr("sv=1&sig=secret"),
+        kind=JobKind.restore,
+        name="restore-x",
+        script="restore.sh",
+        instance=InstanceRef(k8s_name="x", namespace="default"),
+        blob_sas=SecretStr("sv=1&sig=secret"),
     )
     job_dir = platform._fresh_job_dir(spec)
     templates = sorted(SCRIPTS_DIR.glob("*.sh"))

@@ -10,10 +10,10 @@ import dagster as dg
 import psycopg
 import pytest
 
+from records import ImageState, InstanceState
 from resources.platform.postgres_server import postgres_bindir
 from tests.conftest import SOURCE_PASSWORD
 from tests.helpers import cms_text, dagster_text, failure_text, materialize_image, run_logs
-from records import ImageState, InstanceState
 from toygres_pipelines.restores.jobs import REQUEST_ID_TAG, restore_instance
 from toygres_pipelines.restores.steps import instance_ref
 
@@ -30,10 +30,18 @@ def ready_image(resources, cms, source):
 def catalogued_image(cms, source):
     """A ready image row with no blobs: enough for requests that validation refuses."""
     image = cms.reserve_image(
-        image_id=None, name=f"{source.k8s_name}__catalogued", description=None, source=source,
-        blob_storage_url="http://127.0.0.1:1/none", blob_container="none", blob_path="images/none", run_id=None,
+        image_id=None,
+        name=f"{source.k8s_name}__catalogued",
+        description=None,
+        source=source,
+        blob_storage_url="http://127.0.0.1:1/none",
+        blob_container="none",
+        blob_path="images/none",
+        run_id=None,
     )
-    return cms.transition_image(image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64)
+    return cms.transition_image(
+        image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64
+    )
 
 
 def restore(resources, tags: dict | None = None, instance: dg.DagsterInstance | None = None, **config):
@@ -43,7 +51,10 @@ def restore(resources, tags: dict | None = None, instance: dg.DagsterInstance | 
     config.setdefault("ready_timeout_seconds", 60)
     return restore_instance.execute_in_process(
         run_config={"ops": {"validate_request": {"config": config}}},
-        resources=resources, raise_on_error=False, tags=tags, instance=instance,
+        resources=resources,
+        raise_on_error=False,
+        tags=tags,
+        instance=instance,
     )
 
 
@@ -56,11 +67,15 @@ def dsn_of(platform, instance, password: str, database: str) -> str:
 
 def schema_dump(dsn: str) -> list[str]:
     done = subprocess.run(
-        [str(postgres_bindir() / "pg_dump"), "--schema-only", "--dbname", dsn], capture_output=True, text=True, check=True
+        [str(postgres_bindir() / "pg_dump"), "--schema-only", "--dbname", dsn],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     # Comments carry versions and times; \restrict/\unrestrict carry a random key per dump.
     return [
-        line for line in done.stdout.splitlines()
+        line
+        for line in done.stdout.splitlines()
         if line.strip() and not line.startswith(("--", "\\restrict", "\\unrestrict"))
     ]
 
@@ -68,7 +83,8 @@ def schema_dump(dsn: str) -> list[str]:
 TABLE_FINGERPRINTS = """
 SELECT c.oid::regclass::text
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE (c.relkind IN ('r', 'p') OR (c.relkind = 'm' AND c.relispopulated)) AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE (c.relkind IN ('r', 'p') OR (c.relkind = 'm' AND c.relispopulated))
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY 1
 """
 
@@ -88,7 +104,11 @@ def table_fingerprints(dsn: str) -> dict[str, tuple[int, str]]:
 def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, source_dsn, ready_image):
     dagster = dg.DagsterInstance.ephemeral()
     result = restore(
-        resources, source_image_id=str(ready_image.id), name="pagila-copy", dns_label="pagila-copy", instance=dagster,
+        resources,
+        source_image_id=str(ready_image.id),
+        name="pagila-copy",
+        dns_label="pagila-copy",
+        instance=dagster,
     )
     assert result.success, failure_text(result)
 
@@ -189,7 +209,9 @@ def test_flipped_byte_in_the_blob_never_becomes_an_instance_and_marks_the_image_
 
     result = restore(resources, source_image_id=ready_image.name)
     assert not result.success
-    assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch" if flipped == "pagila dump" else "manifest.json: sha256")
+    assert_cleaned_up(
+        cms, platform, "run_restore_job", "checksum mismatch" if flipped == "pagila dump" else "manifest.json: sha256"
+    )
 
     image = cms.get_image(ready_image.id)
     assert image.state is ImageState.corrupt
@@ -215,7 +237,8 @@ def test_a_corrupt_image_is_ready_again_only_once_its_bytes_verify(resources, cm
     def reverify():
         return reverify_image.execute_in_process(
             run_config={"ops": {"reverify_corrupt_image": {"config": {"image": ready_image.name}}}},
-            resources={"cms": cms, "blob": blob}, raise_on_error=False,
+            resources={"cms": cms, "blob": blob},
+            raise_on_error=False,
         )
 
     still_bad = reverify()
@@ -265,10 +288,18 @@ def test_same_request_twice_restores_once(resources, cms, source, ready_image):
 
 def test_launchpad_form_describes_every_field():
     config_type = restore_instance.run_config_schema.config_type
-    op_config = config_type.fields["ops"].config_type.fields["validate_request"].config_type.fields["config"].config_type
+    op_config = (
+        config_type.fields["ops"].config_type.fields["validate_request"].config_type.fields["config"].config_type
+    )
     expected = {
-        "name", "dns_label", "source_image_id", "namespace", "storage_size_gb", "internal",
-        "runtime_image_id", "image_override",
+        "name",
+        "dns_label",
+        "source_image_id",
+        "namespace",
+        "storage_size_gb",
+        "internal",
+        "runtime_image_id",
+        "image_override",
     }
     assert expected <= set(op_config.fields)
     assert "password" not in op_config.fields  # run config is stored in plaintext
@@ -315,7 +346,9 @@ def test_connection_test_retries_without_cleaning_up_in_between(resources, cms, 
             return SecretStr("not-yet") if len(calls) == 2 else password
 
     flaky = Flaky(state_dir=platform.state_dir, azcopy_path=platform.azcopy_path)
-    result = restore({**resources, "platform": flaky}, source_image_id=ready_image.name, name="retried", dns_label="retried")
+    result = restore(
+        {**resources, "platform": flaky}, source_image_id=ready_image.name, name="retried", dns_label="retried"
+    )
     assert result.success, failure_text(result)
     assert result.retry_attempts_for_node("test_connection") == 1
     restored = [i for i in cms.list_instances() if i.user_name == "retried"]
@@ -332,16 +365,28 @@ def test_a_password_typed_in_the_launchpad_is_refused_and_stored_nowhere(resourc
     assert secret not in cms_text(cms)
 
 
-def test_a_second_run_of_a_request_leaves_the_first_runs_live_restore_alone(resources, cms, platform, source, ready_image):
+def test_a_second_run_of_a_request_leaves_the_first_runs_live_restore_alone(
+    resources, cms, platform, source, ready_image
+):
     from dagster._core.test_utils import create_run_for_test
 
     dagster = dg.DagsterInstance.ephemeral()
     key = "5d1c2f0e-in-flight"
-    first = create_run_for_test(dagster, job_name="restore_instance", status=dg.DagsterRunStatus.STARTED, tags={REQUEST_ID_TAG: key})
+    first = create_run_for_test(
+        dagster, job_name="restore_instance", status=dg.DagsterRunStatus.STARTED, tags={REQUEST_ID_TAG: key}
+    )
     in_flight = cms.create_instance(
-        user_name="restored", k8s_name="restored-first", namespace="default", postgres_version=ready_image.postgres_version,
-        storage_size_gb=1, use_load_balancer=False, dns_name="first-label", image_type=ready_image.image_type,
-        source_image_id=ready_image.id, run_id=first.run_id, tags={"request_key": key},
+        user_name="restored",
+        k8s_name="restored-first",
+        namespace="default",
+        postgres_version=ready_image.postgres_version,
+        storage_size_gb=1,
+        use_load_balancer=False,
+        dns_name="first-label",
+        image_type=ready_image.image_type,
+        source_image_id=ready_image.id,
+        run_id=first.run_id,
+        tags={"request_key": key},
     )
 
     second = restore(resources, tags={REQUEST_ID_TAG: key}, instance=dagster, source_image_id=ready_image.name)

@@ -16,9 +16,9 @@ import pytest
 from pydantic import Field
 
 from records.requests import BackupFields, ImageRequest, ImageRequestFields, RestoreRequest, RestoreRequestFields
+from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, run_config_values
 from toygres_pipelines.images.assets import BackupConfig
 from toygres_pipelines.restores.config import RestoreConfig
-from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, run_config_values
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("records", "resources", "toygres_pipelines", "toygres_pipelines.dev")
@@ -132,7 +132,8 @@ def classes_declaring_most_of(fields: set[str]) -> list[str]:
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ClassDef):
                     names = {
-                        item.target.id for item in node.body
+                        item.target.id
+                        for item in node.body
                         if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
                     }
                     if len(fields & names) * 2 > len(fields):

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from resources.platform import k8s_manifests as m
 from records import (
     DNS_LABEL_MAX,
     INSTANCE_NAME_MAX,
@@ -21,6 +20,7 @@ from records import (
     validate_image_name,
 )
 from records.requests import RestoreRequestFields
+from resources.platform import k8s_manifests as m
 from toygres_pipelines.restores.config import check_request_fields
 
 IMAGE_NAME_CHARS = set(string.ascii_letters + string.digits + "_-")
@@ -37,10 +37,7 @@ def is_image_name(value: str) -> bool:
 
 
 def is_dns_label(value: str, max_length: int = DNS_LABEL_MAX) -> bool:
-    return (
-        1 <= len(value) <= max_length and set(value) <= DNS_CHARS
-        and value[0] != "-" and value[-1] != "-"
-    )
+    return 1 <= len(value) <= max_length and set(value) <= DNS_CHARS and value[0] != "-" and value[-1] != "-"
 
 
 def is_label_value(value: str) -> bool:
@@ -63,7 +60,11 @@ def near_valid(alphabet: str, max_size: int) -> st.SearchStrategy[str]:
     return st.one_of(
         core,
         st.tuples(core, st.sampled_from(HOSTILE), st.sampled_from(["start", "middle", "end"])).map(
-            lambda t: {"start": t[1] + t[0], "end": t[0] + t[1], "middle": t[0][: len(t[0]) // 2] + t[1] + t[0][len(t[0]) // 2 :]}[t[2]]
+            lambda t: {
+                "start": t[1] + t[0],
+                "end": t[0] + t[1],
+                "middle": t[0][: len(t[0]) // 2] + t[1] + t[0][len(t[0]) // 2 :],
+            }[t[2]]
         ),
         st.text(max_size=max_size + 5),
     )
@@ -85,7 +86,9 @@ def test_image_names_accepted_exactly_by_the_rule(value):
 @example("a\n")
 def test_dns_labels_accepted_exactly_by_the_rule(value):
     assert accepts(lambda v: validate_dns_label(v, "dns_label"), value) == is_dns_label(value)
-    assert accepts(lambda v: validate_dns_label(v, "name", INSTANCE_NAME_MAX), value) == is_dns_label(value, INSTANCE_NAME_MAX)
+    assert accepts(lambda v: validate_dns_label(v, "name", INSTANCE_NAME_MAX), value) == is_dns_label(
+        value, INSTANCE_NAME_MAX
+    )
 
 
 @given(labels)
@@ -110,7 +113,10 @@ def test_label_values_are_always_valid_and_valid_ones_are_kept(value):
 def test_label_keys_are_refused_unless_valid(value):
     prefix, _, name = value.rpartition("/")
     valid = (
-        1 <= len(name) <= 63 and set(name) <= LABEL_VALUE_CHARS and name[0] in ALNUM and name[-1] in ALNUM
+        1 <= len(name) <= 63
+        and set(name) <= LABEL_VALUE_CHARS
+        and name[0] in ALNUM
+        and name[-1] in ALNUM
         and (not prefix or (len(prefix) <= 253 and all(is_dns_label(p) for p in prefix.split("."))))
     )
     assert accepts(m.check_label_key, value) == valid
@@ -121,7 +127,9 @@ def test_label_keys_are_refused_unless_valid(value):
 @example(field="dns_label", value="shared\n")
 @example(field="name", value="restored\n")
 def test_restore_request_fields_that_reach_manifests_follow_the_rule(field, value):
-    fields = RestoreRequestFields(**{"name": "restored", "dns_label": "restored-db", "source_image_id": "img", field: value})
+    fields = RestoreRequestFields(
+        **{"name": "restored", "dns_label": "restored-db", "source_image_id": "img", field: value}
+    )
     limit = INSTANCE_NAME_MAX if field == "name" else DNS_LABEL_MAX
     # dns_label becomes <label>.<region>.cloudapp.azure.com: Azure also wants 3+ characters and a letter first.
     rule = is_dns_label(value, limit) and (field != "dns_label" or (len(value) >= 3 and value[0].isalpha()))

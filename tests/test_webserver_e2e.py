@@ -15,10 +15,10 @@ import pytest
 import requests
 from dagster_graphql import DagsterGraphQLClient
 
-from resources.platform.postgres_server import free_port
 from records import ImageState
 from resources.platform.base import PROJECT_DIR
 from resources.platform.local_tools import azcopy_path
+from resources.platform.postgres_server import free_port
 from toygres_pipelines.dev.stack import wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -60,10 +60,20 @@ def webserver(cms, blob, platform, tmp_path):
     )
     port = free_port()
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-webserver"), "-w", str(PROJECT_DIR / "workspace.yaml"),
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=PROJECT_DIR, env=code_location_env(cms, blob, platform, dagster_home),
-        stdout=open(tmp_path / "webserver.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "dagster-webserver"),
+            "-w",
+            str(PROJECT_DIR / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=PROJECT_DIR,
+        env=code_location_env(cms, blob, platform, dagster_home),
+        stdout=open(tmp_path / "webserver.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_for_port(port, 90)
@@ -95,7 +105,9 @@ def test_backup_requested_through_the_ui_api(webserver, cms, source):
     assert added == {"__typename": "AddDynamicPartitionSuccess", "partitionKey": key}
 
     run_id = client.submit_job_execution(
-        "__ASSET_JOB", repository_location_name="toygres_pipelines", repository_name="__repository__",
+        "__ASSET_JOB",
+        repository_location_name="toygres_pipelines",
+        repository_name="__repository__",
         tags={"dagster/partition": key},
     )
     deadline = time.monotonic() + 120

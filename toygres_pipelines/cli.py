@@ -145,7 +145,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Text
     text_rows = [["-" if cell is None or cell == "" else str(cell) for cell in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in text_rows]) for i, h in enumerate(headers)]
     for row in [list(headers), *text_rows]:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
     if not rows:
         out.write("(none)\n")
 
@@ -237,8 +237,16 @@ def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     print_table(
         ["ID", "NAME", "STATE", "SOURCE", "PG", "SIZE", "CREATED", "ERROR"],
         [
-            [i.id, i.name, i.state, f"{i.source_namespace}/{i.source_k8s_name}", i.postgres_version,
-             size(i.backup_size_bytes), when(i.created_at), clip(i.error_message)]
+            [
+                i.id,
+                i.name,
+                i.state,
+                f"{i.source_namespace}/{i.source_k8s_name}",
+                i.postgres_version,
+                size(i.backup_size_bytes),
+                when(i.created_at),
+                clip(i.error_message),
+            ]
             for i in images
         ],
         out,
@@ -254,8 +262,17 @@ def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> in
     print_table(
         ["ID", "NAME", "K8S NAME", "NAMESPACE", "STATE", "PG", "DNS", "CREATED", "ERROR"],
         [
-            [i.id, i.user_name, i.k8s_name, i.namespace, i.state, i.postgres_version, i.dns_name,
-             when(i.created_at), clip(i.error_message)]
+            [
+                i.id,
+                i.user_name,
+                i.k8s_name,
+                i.namespace,
+                i.state,
+                i.postgres_version,
+                i.dns_name,
+                when(i.created_at),
+                clip(i.error_message),
+            ]
             for i in instances
         ],
         out,
@@ -281,10 +298,7 @@ def cmd_requests(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int
 
     print_table(
         ["ID", "KIND", "STATE", "TARGET", "SOURCE", "RUN", "CREATED", "REASON"],
-        [
-            [r.id, kind, r.state, *describe(kind, r), r.run_id, when(r.created_at), clip(r.reason)]
-            for kind, r in rows
-        ],
+        [[r.id, kind, r.state, *describe(kind, r), r.run_id, when(r.created_at), clip(r.reason)] for kind, r in rows],
         out,
     )
     return EXIT_OK
@@ -320,15 +334,21 @@ def _common(suppress: bool) -> Parser:
     default = argparse.SUPPRESS if suppress else None
     common = Parser(add_help=False)
     common.add_argument(
-        "--dsn", default=default,
+        "--dsn",
+        default=default,
         help=f"libpq connection string of the CMS database (default: ${DSN_ENV})",
     )
     common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
         help="machine-readable output: JSON records as the CMS stores them",
     )
     common.add_argument(
-        "--connect-timeout", type=int, default=argparse.SUPPRESS if suppress else 10, metavar="SECONDS",
+        "--connect-timeout",
+        type=int,
+        default=argparse.SUPPRESS if suppress else 10,
+        metavar="SECONDS",
         help="seconds to wait for a CMS connection (default: 10)",
     )
     return common
@@ -345,32 +365,44 @@ def build_parser() -> argparse.ArgumentParser:
     parent = [_common(suppress=True)]
 
     backup = sub.add_parser(
-        "request-backup", parents=parent, help="queue an on-demand backup of a running instance",
+        "request-backup",
+        parents=parent,
+        help="queue an on-demand backup of a running instance",
         description="Validate and queue an on-demand backup (an image_requests row in state pending).",
     )
     add_cli_arguments(backup, ImageRequestFields, optional=["image_name"])
     backup.set_defaults(handler=cmd_request_backup)
 
     restore = sub.add_parser(
-        "request-restore", parents=parent, help="queue a restore of an image into a new instance",
+        "request-restore",
+        parents=parent,
+        help="queue a restore of an image into a new instance",
         description="Validate (the launchpad's rules) and queue a restore (a restore_requests row in state pending).",
     )
     add_cli_arguments(restore, RestoreRequestFields)
     # Not a request field: accepted for compatibility, never stored (a restore keeps the image's password).
-    restore.add_argument("--password", metavar="IGNORED", help=f"accepted for compatibility and ignored: {PASSWORD_IGNORED}")
+    restore.add_argument(
+        "--password", metavar="IGNORED", help=f"accepted for compatibility and ignored: {PASSWORD_IGNORED}"
+    )
     restore.set_defaults(handler=cmd_request_restore)
 
     images = sub.add_parser("images", parents=parent, help="list images with their states")
-    images.add_argument("--state", action="append", choices=[s.value for s in ImageState], help="only this state (repeatable)")
+    images.add_argument(
+        "--state", action="append", choices=[s.value for s in ImageState], help="only this state (repeatable)"
+    )
     images.set_defaults(handler=cmd_images)
 
     instances = sub.add_parser("instances", parents=parent, help="list instances with their states")
-    instances.add_argument("--state", action="append", choices=[s.value for s in InstanceState], help="only this state (repeatable)")
+    instances.add_argument(
+        "--state", action="append", choices=[s.value for s in InstanceState], help="only this state (repeatable)"
+    )
     instances.set_defaults(handler=cmd_instances)
 
     requests = sub.add_parser("requests", parents=parent, help="list backup and restore requests with their states")
     requests.add_argument("--kind", choices=["backup", "restore"], help="only backup or only restore requests")
-    requests.add_argument("--state", action="append", choices=[s.value for s in RequestState], help="only this state (repeatable)")
+    requests.add_argument(
+        "--state", action="append", choices=[s.value for s in RequestState], help="only this state (repeatable)"
+    )
     requests.set_defaults(handler=cmd_requests)
 
     migrate = sub.add_parser("migrate", parents=parent, help="apply the CMS schema migrations")

@@ -31,7 +31,9 @@ def _scalar(annotation: Any) -> Any:
     return annotation
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser, fields: type[RequestFields], *, optional: Iterable[str] = ()) -> None:
+def add_cli_arguments(
+    parser: argparse.ArgumentParser, fields: type[RequestFields], *, optional: Iterable[str] = ()
+) -> None:
     """One option per field, `--field-name` (or the field's `cli_flag`), help from its description.
     A field without a default is required unless named in `optional` (the command fills it in)."""
     may_omit = set(optional)
@@ -47,7 +49,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser, fields: type[RequestField
         if default not in (None, ""):
             help_text += f" (default: {default})"
         parser.add_argument(
-            flag, dest=field, type=kind if kind in (int, float) else str, required=required, default=default,
+            flag,
+            dest=field,
+            type=kind if kind in (int, float) else str,
+            required=required,
+            default=default,
             help=help_text,
         )
 

@@ -4,6 +4,7 @@ TOYGRES_PLATFORM=local (default) or kubernetes; see docs/setup.md for every vari
 """
 
 import os
+from typing import Any
 
 import dagster as dg
 
@@ -22,10 +23,13 @@ def cms_from_env() -> CMSResource:
 
 def blob_from_env() -> BlobStorageResource:
     container = os.environ.get("TOYGRES_BLOB_CONTAINER", "toygres-images")
-    stall = {"transfer_stall_seconds": int(v) for v in [os.environ.get("TOYGRES_TRANSFER_STALL_SECONDS")] if v}
+    configured = os.environ.get("TOYGRES_TRANSFER_STALL_SECONDS", "").strip()
+    stall: dict[str, Any] = {"transfer_stall_seconds": int(configured)} if configured else {}
     if os.environ.get("TOYGRES_BLOB_ACCOUNT_URL") and not os.environ.get("TOYGRES_BLOB_CONNECTION_STRING"):
         return BlobStorageResource(container=container, account_url=dg.EnvVar("TOYGRES_BLOB_ACCOUNT_URL"), **stall)
-    return BlobStorageResource(container=container, connection_string=dg.EnvVar("TOYGRES_BLOB_CONNECTION_STRING"), **stall)
+    return BlobStorageResource(
+        container=container, connection_string=dg.EnvVar("TOYGRES_BLOB_CONNECTION_STRING"), **stall
+    )
 
 
 def platform_from_env() -> PlatformResource:

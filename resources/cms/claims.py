@@ -47,8 +47,14 @@ class ClaimedRequests(list, Generic[RecordT]):
         """pending -> accepted, recording the run launched for it (when known)."""
         request_id = self._id(request)
         row = self._cms._transition(
-            self._conn, self._kind, request_id, RequestState.accepted,
-            reason=None, run_id=run_id, fields=fields, expected=[RequestState.pending],
+            self._conn,
+            self._kind,
+            request_id,
+            RequestState.accepted,
+            reason=None,
+            run_id=run_id,
+            fields=fields,
+            expected=[RequestState.pending],
         )
         self.settled[request_id] = row
         return row
@@ -57,8 +63,14 @@ class ClaimedRequests(list, Generic[RecordT]):
         """pending -> rejected with the reason (validation failed)."""
         request_id = self._id(request)
         row = self._cms._transition(
-            self._conn, self._kind, request_id, RequestState.rejected,
-            reason=reason, run_id=None, fields={}, expected=[RequestState.pending],
+            self._conn,
+            self._kind,
+            request_id,
+            RequestState.rejected,
+            reason=reason,
+            run_id=None,
+            fields={},
+            expected=[RequestState.pending],
         )
         self.settled[request_id] = row
         return row

@@ -18,16 +18,19 @@ from resources.cms.tables import (
 
 
 class EventsTable(Queries):
-
     def events(self, entity_id: uuid.UUID | str) -> list[Event]:
         parsed = entity_id if isinstance(entity_id, uuid.UUID) else parse_uuid(str(entity_id))
         if parsed is None:
             return []
         with self.connection() as conn:
-            return conn.cursor(row_factory=class_row(Event)).execute(
-                sql.SQL(
-                    "SELECT id, entity_type, entity_id, from_state, to_state, reason, run_id, created_at"
-                    " FROM {} WHERE entity_id = %s ORDER BY id"
-                ).format(sql.Identifier(SCHEMA, "events")),
-                [parsed],
-            ).fetchall()
+            return (
+                conn.cursor(row_factory=class_row(Event))
+                .execute(
+                    sql.SQL(
+                        "SELECT id, entity_type, entity_id, from_state, to_state, reason, run_id, created_at"
+                        " FROM {} WHERE entity_id = %s ORDER BY id"
+                    ).format(sql.Identifier(SCHEMA, "events")),
+                    [parsed],
+                )
+                .fetchall()
+            )

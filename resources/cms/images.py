@@ -26,10 +26,17 @@ from resources.cms.tables import (
 
 
 class ImagesTable(Queries):
-
     def reserve_image(
-        self, *, image_id: uuid.UUID | str | None, name: str, description: str | None, source: Instance,
-        blob_storage_url: str, blob_container: str, blob_path: str, run_id: str | None,
+        self,
+        *,
+        image_id: uuid.UUID | str | None,
+        name: str,
+        description: str | None,
+        source: Instance,
+        blob_storage_url: str,
+        blob_container: str,
+        blob_path: str,
+        run_id: str | None,
     ) -> Image:
         """A new image row in state `creating`; NameConflict("name", ...) when the name is taken."""
         validate_image_name(name, field="name")
@@ -57,12 +64,16 @@ class ImagesTable(Queries):
         token = self.passwords().encrypt(plaintext)
         parsed = parse_uuid(str(image_id))
         with self.connection() as conn:
-            updated = conn.execute(
-                sql.SQL("UPDATE {} SET source_password_encrypted = %s, updated_at = now() WHERE id = %s").format(
-                    IMAGE.table_id
-                ),
-                [token, parsed],
-            ).rowcount if parsed else 0
+            updated = (
+                conn.execute(
+                    sql.SQL("UPDATE {} SET source_password_encrypted = %s, updated_at = now() WHERE id = %s").format(
+                        IMAGE.table_id
+                    ),
+                    [token, parsed],
+                ).rowcount
+                if parsed
+                else 0
+            )
         if not updated:
             raise ImageNotFound(image_id)
 
@@ -98,8 +109,11 @@ class ImagesTable(Queries):
         if found is not None:
             return found
         rows = self._select(
-            IMAGE, sql.SQL("name = %s"), [str(ref)],
-            order="(state IN ('failed', 'deleted')), created_at DESC, id", limit=1,
+            IMAGE,
+            sql.SQL("name = %s"),
+            [str(ref)],
+            order="(state IN ('failed', 'deleted')), created_at DESC, id",
+            limit=1,
         )
         return rows[0] if rows else None
 
@@ -110,8 +124,13 @@ class ImagesTable(Queries):
         return self._list(IMAGE, states)
 
     def transition_image(
-        self, image_id: uuid.UUID | str, to_state: ImageState | str, *, reason: str | None = None,
-        run_id: str | None = None, expected: ImageState | Iterable[ImageState] | None = None,
+        self,
+        image_id: uuid.UUID | str,
+        to_state: ImageState | str,
+        *,
+        reason: str | None = None,
+        run_id: str | None = None,
+        expected: ImageState | Iterable[ImageState] | None = None,
         **fields: Any,
     ) -> Image:
         """Move an image per IMAGE_TRANSITIONS; ready sets ready_at, deleted sets deleted_at.

@@ -23,12 +23,21 @@ from resources.cms.tables import (
 
 
 class InstancesTable(Queries):
-
     def create_instance(
-        self, *, user_name: str, k8s_name: str, namespace: str, postgres_version: str,
-        storage_size_gb: int, use_load_balancer: bool, dns_name: str | None, image_type: ImageType | str,
-        source_image_id: uuid.UUID | str | None = None, run_id: str | None = None,
-        tags: dict[str, Any] | None = None, instance_id: uuid.UUID | str | None = None,
+        self,
+        *,
+        user_name: str,
+        k8s_name: str,
+        namespace: str,
+        postgres_version: str,
+        storage_size_gb: int,
+        use_load_balancer: bool,
+        dns_name: str | None,
+        image_type: ImageType | str,
+        source_image_id: uuid.UUID | str | None = None,
+        run_id: str | None = None,
+        tags: dict[str, Any] | None = None,
+        instance_id: uuid.UUID | str | None = None,
         state: InstanceState | str = InstanceState.creating,
     ) -> Instance:
         """Register an instance (state `creating` unless told); NameConflict on k8s_name/dns_name.
@@ -88,8 +97,13 @@ class InstancesTable(Queries):
             return bool(fetch_one(row)[0])
 
     def transition_instance(
-        self, instance_id: uuid.UUID | str, to_state: InstanceState | str, *, reason: str | None = None,
-        run_id: str | None = None, expected: InstanceState | Iterable[InstanceState] | None = None,
+        self,
+        instance_id: uuid.UUID | str,
+        to_state: InstanceState | str,
+        *,
+        reason: str | None = None,
+        run_id: str | None = None,
+        expected: InstanceState | Iterable[InstanceState] | None = None,
         **fields: Any,
     ) -> Instance:
         """Move an instance per INSTANCE_TRANSITIONS (InvalidTransition otherwise).

@@ -38,11 +38,15 @@ class Queries:
     def passwords(self) -> PasswordBox:
         raise NotImplementedError
 
-
     @staticmethod
     def _record_event(
-        conn: psycopg.Connection, kind: Table, entity_id: uuid.UUID, from_state: str | None,
-        to_state: str, reason: str | None, run_id: str | None,
+        conn: psycopg.Connection,
+        kind: Table,
+        entity_id: uuid.UUID,
+        from_state: str | None,
+        to_state: str,
+        reason: str | None,
+        run_id: str | None,
     ) -> None:
         conn.execute(
             sql.SQL(
@@ -70,9 +74,14 @@ class Queries:
         return row
 
     def _select(
-        self, kind: Table, where: sql.Composable | None = None, params: Iterable[Any] = (),
-        order: str = "created_at, id", limit: int | None = None,
-        conn: psycopg.Connection | None = None, lock: str | None = None,
+        self,
+        kind: Table,
+        where: sql.Composable | None = None,
+        params: Iterable[Any] = (),
+        order: str = "created_at, id",
+        limit: int | None = None,
+        conn: psycopg.Connection | None = None,
+        lock: str | None = None,
     ) -> list[Any]:
         """SELECT rows as models. `order` and `lock` are constant SQL written in this module."""
         query = sql.SQL("SELECT {columns} FROM {table}").format(columns=kind.columns, table=kind.table_id)
@@ -111,30 +120,32 @@ class Queries:
         rows = self._select(
             kind,
             sql.SQL(
-                "id = (SELECT entity_id FROM {events} WHERE run_id = %s AND entity_type = %s"
-                " ORDER BY id DESC LIMIT 1)"
+                "id = (SELECT entity_id FROM {events} WHERE run_id = %s AND entity_type = %s ORDER BY id DESC LIMIT 1)"
             ).format(events=sql.Identifier(SCHEMA, "events")),
             [run_id, kind.entity_type],
         )
         return rows[0] if rows else None
 
     def _transition(
-        self, conn: psycopg.Connection, kind: Table, entity_id: Any, to_state: Any, *,
-        reason: str | None, run_id: str | None, fields: dict[str, Any],
+        self,
+        conn: psycopg.Connection,
+        kind: Table,
+        entity_id: Any,
+        to_state: Any,
+        *,
+        reason: str | None,
+        run_id: str | None,
+        fields: dict[str, Any],
         expected: Iterable[Any] | None = None,
     ) -> Any:
         """Move one row to `to_state` inside `conn`'s transaction, with its event."""
         unknown = set(fields) - kind.fields
         if unknown:
-            raise TypeError(
-                f"{kind.entity_type} transitions set only {sorted(kind.fields)}, not {sorted(unknown)}"
-            )
+            raise TypeError(f"{kind.entity_type} transitions set only {sorted(kind.fields)}, not {sorted(unknown)}")
         try:
             target = kind.state_enum(to_state)
         except ValueError:
-            raise InvalidTransition(
-                kind.entity_type, entity_id, None, str(to_state), "unknown state"
-            ) from None
+            raise InvalidTransition(kind.entity_type, entity_id, None, str(to_state), "unknown state") from None
         parsed = entity_id if isinstance(entity_id, uuid.UUID) else parse_uuid(str(entity_id))
         if parsed is None:
             raise kind.not_found(entity_id)
@@ -148,13 +159,19 @@ class Queries:
             allowed_from = {kind.state_enum(s) for s in ([expected] if isinstance(expected, str) else expected)}
             if current not in allowed_from:
                 raise InvalidTransition(
-                    kind.entity_type, parsed, current.value, target.value,
+                    kind.entity_type,
+                    parsed,
+                    current.value,
+                    target.value,
                     f"expected the row in state {' or '.join(sorted(s.value for s in allowed_from))}",
                 )
         if target not in kind.transitions[current]:
             allowed = sorted(s.value for s in kind.transitions[current]) or ["none (terminal state)"]
             raise InvalidTransition(
-                kind.entity_type, parsed, current.value, target.value,
+                kind.entity_type,
+                parsed,
+                current.value,
+                target.value,
                 f"allowed next states: {', '.join(allowed)}",
             )
 
@@ -190,9 +207,7 @@ class Queries:
         try:
             with conn.transaction():  # a savepoint: a conflict leaves the outer transaction usable
                 updated = fetch_one(conn.cursor(row_factory=class_row(kind.model)).execute(query, [*params, parsed]))
-                self._record_event(
-                    conn, kind, parsed, current.value, target.value, reason, run_id or updated.run_id
-                )
+                self._record_event(conn, kind, parsed, current.value, target.value, reason, run_id or updated.run_id)
         except psycopg.errors.UniqueViolation as error:
             current_row = self._select(kind, sql.SQL("id = %s"), [parsed], conn=conn)[0]
             raise conflict(error, current_row.model_dump()) from None

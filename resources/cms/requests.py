@@ -31,8 +31,9 @@ from resources.cms.tables import (
 
 
 class RequestsTable(Queries):
-
-    def create_image_request(self, fields: ImageRequestFields, request_id: uuid.UUID | str | None = None) -> ImageRequest:
+    def create_image_request(
+        self, fields: ImageRequestFields, request_id: uuid.UUID | str | None = None
+    ) -> ImageRequest:
         """Queue an on-demand backup (state pending). Validation happens when a sensor claims it."""
         return self._insert(IMAGE_REQUEST, self._request_values(fields, request_id))
 
@@ -60,8 +61,13 @@ class RequestsTable(Queries):
     def _claim(self, kind: Table, limit: int) -> Iterator[ClaimedRequests]:
         with self.connection() as conn:
             rows = self._select(
-                kind, sql.SQL("state = %s"), [RequestState.pending.value], order="created_at, id",
-                limit=limit, conn=conn, lock="FOR UPDATE SKIP LOCKED",
+                kind,
+                sql.SQL("state = %s"),
+                [RequestState.pending.value],
+                order="created_at, id",
+                limit=limit,
+                conn=conn,
+                lock="FOR UPDATE SKIP LOCKED",
             )
             yield ClaimedRequests(rows, self, conn, kind)
 
@@ -76,21 +82,36 @@ class RequestsTable(Queries):
         return self._claim(RESTORE_REQUEST, limit)
 
     def transition_image_request(
-        self, request_id: uuid.UUID | str, to_state: RequestState | str, *, reason: str | None = None,
-        run_id: str | None = None, expected: RequestState | Iterable[RequestState] | None = None,
+        self,
+        request_id: uuid.UUID | str,
+        to_state: RequestState | str,
+        *,
+        reason: str | None = None,
+        run_id: str | None = None,
+        expected: RequestState | Iterable[RequestState] | None = None,
     ) -> ImageRequest:
         return self._transition_own(
             IMAGE_REQUEST, request_id, to_state, reason=reason, run_id=run_id, fields={}, expected=expected
         )
 
     def transition_restore_request(
-        self, request_id: uuid.UUID | str, to_state: RequestState | str, *, reason: str | None = None,
-        run_id: str | None = None, instance_id: uuid.UUID | str | None = None,
+        self,
+        request_id: uuid.UUID | str,
+        to_state: RequestState | str,
+        *,
+        reason: str | None = None,
+        run_id: str | None = None,
+        instance_id: uuid.UUID | str | None = None,
         expected: RequestState | Iterable[RequestState] | None = None,
     ) -> RestoreRequest:
         fields = {"instance_id": uuid.UUID(str(instance_id))} if instance_id else {}
         return self._transition_own(
-            RESTORE_REQUEST, request_id, to_state, reason=reason, run_id=run_id, fields=fields,
+            RESTORE_REQUEST,
+            request_id,
+            to_state,
+            reason=reason,
+            run_id=run_id,
+            fields=fields,
             expected=expected,
         )
 
@@ -100,12 +121,16 @@ class RequestsTable(Queries):
         if parsed is not None:
             with self.connection() as conn:
                 for kind in (IMAGE_REQUEST, RESTORE_REQUEST):
-                    row = conn.cursor(row_factory=class_row(kind.model)).execute(
-                        sql.SQL(
-                            "UPDATE {table} SET run_id = %s, updated_at = now() WHERE id = %s RETURNING {columns}"
-                        ).format(table=kind.table_id, columns=kind.columns),
-                        [run_id, parsed],
-                    ).fetchone()
+                    row = (
+                        conn.cursor(row_factory=class_row(kind.model))
+                        .execute(
+                            sql.SQL(
+                                "UPDATE {table} SET run_id = %s, updated_at = now() WHERE id = %s RETURNING {columns}"
+                            ).format(table=kind.table_id, columns=kind.columns),
+                            [run_id, parsed],
+                        )
+                        .fetchone()
+                    )
                     if row is not None:
                         return row
         raise RequestNotFound(request_id)
@@ -134,7 +159,7 @@ class RequestsTable(Queries):
         with self.connection() as conn:
             rows = conn.execute(query, [RequestState.accepted.value, limit]).fetchall()
         names = list(kind.model.model_fields)
-        return [(kind.model.model_validate(dict(zip(names, row[:-1]))), float(row[-1])) for row in rows]
+        return [(kind.model.model_validate(dict(zip(names, row[:-1], strict=True))), float(row[-1])) for row in rows]
 
     def list_unlaunched_image_requests(self, limit: int = 100) -> list[tuple[ImageRequest, float]]:
         """Accepted image requests with no run recorded yet, each with its age in seconds since

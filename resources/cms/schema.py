@@ -74,9 +74,7 @@ class Migrations(Queries):
                 done = {
                     version: checksum
                     for version, checksum in conn.execute(
-                        sql.SQL("SELECT version, checksum FROM {}").format(
-                            sql.Identifier(SCHEMA, "schema_migrations")
-                        )
+                        sql.SQL("SELECT version, checksum FROM {}").format(sql.Identifier(SCHEMA, "schema_migrations"))
                     ).fetchall()
                 }
                 for migration in available:
@@ -103,14 +101,10 @@ class Migrations(Queries):
 
     def applied_migrations(self) -> list[str]:
         with self.connection() as conn:
-            exists = fetch_one(
-                conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_migrations",))
-            )[0]
+            exists = fetch_one(conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_migrations",)))[0]
             if not exists:
                 return []
             rows = conn.execute(
-                sql.SQL("SELECT version FROM {} ORDER BY version").format(
-                    sql.Identifier(SCHEMA, "schema_migrations")
-                )
+                sql.SQL("SELECT version FROM {} ORDER BY version").format(sql.Identifier(SCHEMA, "schema_migrations"))
             ).fetchall()
         return [row[0] for row in rows]

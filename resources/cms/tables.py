@@ -54,22 +54,40 @@ class Table:
 
 
 INSTANCE = Table(
-    "instance", "instances", Instance, InstanceState, INSTANCE_TRANSITIONS,
+    "instance",
+    "instances",
+    Instance,
+    InstanceState,
+    INSTANCE_TRANSITIONS,
     frozenset({"ip_connection_string", "dns_connection_string", "external_ip", "error_message"}),
     InstanceNotFound,
 )
 IMAGE = Table(
-    "image", "images", Image, ImageState, IMAGE_TRANSITIONS,
+    "image",
+    "images",
+    Image,
+    ImageState,
+    IMAGE_TRANSITIONS,
     frozenset({"backup_size_bytes", "backup_checksum", "error_message"}),
     ImageNotFound,
 )
 IMAGE_REQUEST = Table(
-    "image_request", "image_requests", ImageRequest, RequestState, REQUEST_TRANSITIONS,
-    frozenset(), RequestNotFound,
+    "image_request",
+    "image_requests",
+    ImageRequest,
+    RequestState,
+    REQUEST_TRANSITIONS,
+    frozenset(),
+    RequestNotFound,
 )
 RESTORE_REQUEST = Table(
-    "restore_request", "restore_requests", RestoreRequest, RequestState, REQUEST_TRANSITIONS,
-    frozenset({"instance_id"}), RequestNotFound,
+    "restore_request",
+    "restore_requests",
+    RestoreRequest,
+    RequestState,
+    REQUEST_TRANSITIONS,
+    frozenset({"instance_id"}),
+    RequestNotFound,
 )
 
 # Unique constraints / indexes -> (field, rule) for NameConflict.
@@ -77,11 +95,13 @@ _CONFLICTS: dict[str, tuple[str, str]] = {
     "instances_pkey": ("instance_id", "an instance with this id already exists"),
     "instances_k8s_name_key": ("k8s_name", "must be unique among all instances"),
     "instances_dns_name_active_key": (
-        "dns_name", "is already used by another instance in state creating or running",
+        "dns_name",
+        "is already used by another instance in state creating or running",
     ),
     "images_pkey": ("image_id", "an image with this id already exists"),
     "images_name_active_key": (
-        "name", "is already used by another image that is not failed or deleted",
+        "name",
+        "is already used by another image that is not failed or deleted",
     ),
     "image_requests_pkey": ("request_id", "a request with this id already exists"),
     "restore_requests_pkey": ("request_id", "a request with this id already exists"),

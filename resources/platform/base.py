@@ -21,7 +21,6 @@ TEMPLATES_DIR = PROJECT_DIR / "templates"
 SCRIPTS_DIR = TEMPLATES_DIR / "scripts"
 
 
-
 class JobKind(StrEnum):
     backup = "backup"
     restore = "restore"

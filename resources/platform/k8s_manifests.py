@@ -16,7 +16,7 @@ import base64
 import copy
 import hashlib
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +112,6 @@ def check_azure_dns_label(value: str) -> str:
         raise ManifestError(str(error)) from error
 
 
-
-
 def check_instance(instance: InstanceRef) -> None:
     # StatefulSet pods are <name>-<ordinal> and carry a controller-revision-hash label made
     # from the name: 52 characters is the longest StatefulSet name that always works.
@@ -146,7 +144,7 @@ def _b64(value: str) -> str:
 # --- templates --------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template_text(name: str) -> str:
     return (TEMPLATES_DIR / name).read_text(encoding="utf-8")
 
@@ -177,8 +175,12 @@ def _instance_labels(instance: InstanceRef) -> dict[str, str]:
 
 def instance_secret(instance: InstanceRef, password: str) -> Manifest:
     check_instance(instance)
-    manifest = _meta(load_template("postgres-secret.yaml"), instance_secret_name(instance),
-                     instance.namespace, _instance_labels(instance))
+    manifest = _meta(
+        load_template("postgres-secret.yaml"),
+        instance_secret_name(instance),
+        instance.namespace,
+        _instance_labels(instance),
+    )
     manifest["data"] = {PASSWORD_KEY: _b64(password)}
     manifest.pop("stringData", None)
     return manifest
@@ -194,8 +196,9 @@ def volume_claim(instance: InstanceRef, size_gb: int, settings: ManifestSettings
     check_instance(instance)
     if size_gb < 1:
         raise ManifestError(f"volume size must be at least 1 GB, got {size_gb}")
-    manifest = _meta(load_template("postgres-pvc.yaml"), volume_name(instance), instance.namespace,
-                     _instance_labels(instance))
+    manifest = _meta(
+        load_template("postgres-pvc.yaml"), volume_name(instance), instance.namespace, _instance_labels(instance)
+    )
     manifest["spec"]["resources"]["requests"]["storage"] = f"{size_gb}Gi"
     if settings.storage_class:
         manifest["spec"]["storageClassName"] = settings.storage_class
@@ -204,8 +207,9 @@ def volume_claim(instance: InstanceRef, size_gb: int, settings: ManifestSettings
 
 def hba_config(instance: InstanceRef) -> Manifest:
     check_instance(instance)
-    return _meta(load_template("postgres-config.yaml"), config_name(instance), instance.namespace,
-                 _instance_labels(instance))
+    return _meta(
+        load_template("postgres-config.yaml"), config_name(instance), instance.namespace, _instance_labels(instance)
+    )
 
 
 def postgres_image(spec: DeploySpec, settings: ManifestSettings) -> tuple[str, str | None]:
@@ -267,7 +271,15 @@ def statefulset(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
     # ask for a fast one first, bounded by the grace period.
     stop_wait = max(1, settings.postgres_termination_grace_seconds - 10)
     container["lifecycle"]["preStop"]["exec"]["command"] = [
-        "pg_ctl", "stop", "-D", pgdata, "-m", "fast", "-w", "-t", str(stop_wait),
+        "pg_ctl",
+        "stop",
+        "-D",
+        pgdata,
+        "-m",
+        "fast",
+        "-w",
+        "-t",
+        str(stop_wait),
     ]
     container["resources"] = _resources(settings.postgres_resources)
     for mount in container["volumeMounts"]:
@@ -288,8 +300,12 @@ def statefulset(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
 def headless_service(spec: DeploySpec) -> Manifest:
     instance = spec.instance
     check_instance(instance)
-    manifest = _meta(load_template("postgres-headless-service.yaml"), headless_service_name(instance),
-                     instance.namespace, _instance_labels(instance))
+    manifest = _meta(
+        load_template("postgres-headless-service.yaml"),
+        headless_service_name(instance),
+        instance.namespace,
+        _instance_labels(instance),
+    )
     manifest["spec"]["selector"][INSTANCE_LABEL] = server_name(instance)
     return manifest
 
@@ -306,18 +322,25 @@ def tls_secret(instance: InstanceRef, dns_names: list[str]) -> Manifest:
     """The instance's server certificate (self-signed, per instance) as a kubernetes.io/tls Secret."""
     check_instance(instance)
     cert_pem, key_pem = self_signed_certificate(dns_names)
-    manifest = _meta(load_template("postgres-tls-secret.yaml"), tls_secret_name(instance), instance.namespace,
-                     _instance_labels(instance))
-    manifest["data"] = {TLS_CERT_KEY: base64.b64encode(cert_pem).decode("ascii"),
-                        TLS_KEY_KEY: base64.b64encode(key_pem).decode("ascii")}
+    manifest = _meta(
+        load_template("postgres-tls-secret.yaml"),
+        tls_secret_name(instance),
+        instance.namespace,
+        _instance_labels(instance),
+    )
+    manifest["data"] = {
+        TLS_CERT_KEY: base64.b64encode(cert_pem).decode("ascii"),
+        TLS_KEY_KEY: base64.b64encode(key_pem).decode("ascii"),
+    }
     return manifest
 
 
 def service(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
     instance = spec.instance
     check_instance(instance)
-    manifest = _meta(load_template("postgres-service.yaml"), server_name(instance), instance.namespace,
-                     _instance_labels(instance))
+    manifest = _meta(
+        load_template("postgres-service.yaml"), server_name(instance), instance.namespace, _instance_labels(instance)
+    )
     manifest["spec"]["selector"][INSTANCE_LABEL] = server_name(instance)
     annotations = manifest["metadata"].setdefault("annotations", {})
     if spec.internal:
@@ -355,8 +378,9 @@ def scripts_config_map(namespace: str, files: dict[str, bytes] | None = None) ->
             data[name] = content.decode("utf-8")
         except UnicodeDecodeError:
             binary[name] = base64.b64encode(content).decode("ascii")
-    manifest = _meta(load_template("job-scripts-configmap.yaml"), f"toygres-job-scripts-{digest.hexdigest()[:12]}",
-                     namespace)
+    manifest = _meta(
+        load_template("job-scripts-configmap.yaml"), f"toygres-job-scripts-{digest.hexdigest()[:12]}", namespace
+    )
     manifest["data"] = data
     if binary:
         manifest["binaryData"] = binary
@@ -434,7 +458,9 @@ def job_labels(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:
         if labels[key] != value:
             changed[key] = value
     labels |= {TOYGRES_INSTANCE_LABEL: spec.instance.k8s_name, TOYGRES_JOB_LABEL: spec.name}
-    annotations = {ORIGINAL_LABELS_ANNOTATION: yaml.safe_dump(changed, default_flow_style=True).strip()} if changed else {}
+    annotations = (
+        {ORIGINAL_LABELS_ANNOTATION: yaml.safe_dump(changed, default_flow_style=True).strip()} if changed else {}
+    )
     return labels, annotations
 
 

@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field, field_validator
 from resources.platform.k8s_images import check_pinned_image
 
 
-def _resources(cpu_request: str | None, memory_request: str | None, cpu_limit: str | None,
-               memory_limit: str | None) -> dict[str, dict[str, str]]:
+def _resources(
+    cpu_request: str | None, memory_request: str | None, cpu_limit: str | None, memory_limit: str | None
+) -> dict[str, dict[str, str]]:
     requests = {k: v for k, v in (("cpu", cpu_request), ("memory", memory_request)) if v}
     limits = {k: v for k, v in (("cpu", cpu_limit), ("memory", memory_limit)) if v}
     return {"requests": requests, "limits": limits}

@@ -143,7 +143,8 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                 kubernetes.config.load_incluster_config(client_configuration=configuration)
             else:
                 kubernetes.config.load_kube_config(
-                    config_file=self.kubeconfig_path, context=self.kube_context,
+                    config_file=self.kubeconfig_path,
+                    context=self.kube_context,
                     client_configuration=configuration,
                 )
             self._api_client = PatchedApiClient(configuration)
@@ -164,8 +165,11 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
     @property
     def _dagster(self) -> DagsterKubernetesClient:
         return DagsterKubernetesClient(
-            batch_api=self._batch, core_api=self._core, logger=logger.debug,
-            sleeper=time.sleep, timer=time.monotonic,
+            batch_api=self._batch,
+            core_api=self._core,
+            logger=logger.debug,
+            sleeper=time.sleep,
+            timer=time.monotonic,
         )
 
     def settings(self) -> m.ManifestSettings:
@@ -176,7 +180,9 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
 
     # --- generic object handling ---------------------------------------------------------------
 
-    def _create_or_adopt(self, kind: str, body: dict, create: Callable[..., Any], read: Callable[..., Any]) -> tuple[Any, bool]:
+    def _create_or_adopt(
+        self, kind: str, body: dict, create: Callable[..., Any], read: Callable[..., Any]
+    ) -> tuple[Any, bool]:
         """Create `body`; on 409 Conflict adopt the existing object if it is one of ours."""
         name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
         try:
@@ -191,11 +197,15 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         logger.info("adopted existing %s %s/%s", kind, namespace, name)
         return existing, False
 
-    def _delete(self, kind: str, delete: Callable[..., Any], name: str, namespace: str, propagation: str = "Background") -> bool:
+    def _delete(
+        self, kind: str, delete: Callable[..., Any], name: str, namespace: str, propagation: str = "Background"
+    ) -> bool:
         """Delete one object; False when it was already gone."""
         try:
             delete(
-                name=name, namespace=namespace, _request_timeout=self._timeout(),
+                name=name,
+                namespace=namespace,
+                _request_timeout=self._timeout(),
                 body=kubernetes.client.V1DeleteOptions(propagation_policy=propagation),
             )
             return True
@@ -220,26 +230,35 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
     def ensure_instance_secret(self, instance: InstanceRef, password: SecretStr) -> None:
         """Create the Secret; if it exists (a re-run), set it to `password` like the local platform."""
         body = m.instance_secret(instance, password.get_secret_value())
-        existing, created = self._create_or_adopt("secret", body, self._core.create_namespaced_secret,
-                                                  self._core.read_namespaced_secret)
+        existing, created = self._create_or_adopt(
+            "secret", body, self._core.create_namespaced_secret, self._core.read_namespaced_secret
+        )
         if not created and m.decode_secret_value(existing.data, m.PASSWORD_KEY) != password.get_secret_value():
             self._core.patch_namespaced_secret(
-                body["metadata"]["name"], instance.namespace, {"data": body["data"]},
-                _content_type=MERGE_PATCH, _request_timeout=self._timeout(),
+                body["metadata"]["name"],
+                instance.namespace,
+                {"data": body["data"]},
+                _content_type=MERGE_PATCH,
+                _request_timeout=self._timeout(),
             )
 
     def create_volume(self, instance: InstanceRef, size_gb: int) -> None:
         body = m.volume_claim(instance, size_gb, self.settings())
-        self._create_or_adopt("persistentvolumeclaim", body, self._core.create_namespaced_persistent_volume_claim,
-                              self._core.read_namespaced_persistent_volume_claim)
+        self._create_or_adopt(
+            "persistentvolumeclaim",
+            body,
+            self._core.create_namespaced_persistent_volume_claim,
+            self._core.read_namespaced_persistent_volume_claim,
+        )
 
     # --- jobs --------------------------------------------------------------------------------
 
     def ensure_scripts_config_map(self, namespace: str) -> str:
         """Create (or adopt, after checking its bytes) the job-scripts ConfigMap; its name."""
         body = m.scripts_config_map(namespace)
-        existing, created = self._create_or_adopt("configmap", body, self._core.create_namespaced_config_map,
-                                                  self._core.read_namespaced_config_map)
+        existing, created = self._create_or_adopt(
+            "configmap", body, self._core.create_namespaced_config_map, self._core.read_namespaced_config_map
+        )
         if not created:
             stored = m.config_map_files({"data": existing.data, "binaryData": existing.binary_data})
             if stored != m.config_map_files(body):
@@ -259,8 +278,9 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         self.ensure_scripts_config_map(namespace)
         if sas is not None:
             self._ensure_job_secret(spec, sas)
-        job, created = self._create_or_adopt("job", manifest, self._batch.create_namespaced_job,
-                                             self._batch.read_namespaced_job)
+        job, created = self._create_or_adopt(
+            "job", manifest, self._batch.create_namespaced_job, self._batch.read_namespaced_job
+        )
         if not created:
             sink.note(f"job {name} already exists (an earlier attempt of this run): following it")
         if sas is not None and job.metadata is not None and job.metadata.uid:
@@ -275,8 +295,11 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                 # Timed out, or the run is being terminated: take the job (and its pod) down.
                 self._cleanup(lambda: self._delete("job", self._batch.delete_namespaced_job, name, namespace))
             if sas is not None:
-                self._cleanup(lambda: self._delete(
-                    "secret", self._core.delete_namespaced_secret, m.job_secret_name(name), namespace))
+                self._cleanup(
+                    lambda: self._delete(
+                        "secret", self._core.delete_namespaced_secret, m.job_secret_name(name), namespace
+                    )
+                )
         if not result.succeeded:
             raise JobFailed(result)
         return result
@@ -291,21 +314,34 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
 
     def _ensure_job_secret(self, spec: JobSpec, sas: str) -> None:
         body = m.job_secret(spec, sas)
-        existing, created = self._create_or_adopt("secret", body, self._core.create_namespaced_secret,
-                                                  self._core.read_namespaced_secret)
+        existing, created = self._create_or_adopt(
+            "secret", body, self._core.create_namespaced_secret, self._core.read_namespaced_secret
+        )
         if not created and (existing.data or {}).get(m.SAS_KEY) != body["data"][m.SAS_KEY]:
             self._core.patch_namespaced_secret(
-                body["metadata"]["name"], spec.instance.namespace, {"data": body["data"]},
-                _content_type=MERGE_PATCH, _request_timeout=self._timeout(),
+                body["metadata"]["name"],
+                spec.instance.namespace,
+                {"data": body["data"]},
+                _content_type=MERGE_PATCH,
+                _request_timeout=self._timeout(),
             )
 
     def _own_job_secret(self, spec: JobSpec, job_uid: str) -> None:
         """Make the Job own its SAS Secret, so the garbage collector removes it with the Job."""
-        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": spec.name, "uid": job_uid,
-                 "blockOwnerDeletion": False, "controller": False}
+        owner = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": spec.name,
+            "uid": job_uid,
+            "blockOwnerDeletion": False,
+            "controller": False,
+        }
         self._core.patch_namespaced_secret(
-            m.job_secret_name(spec.name), spec.instance.namespace, {"metadata": {"ownerReferences": [owner]}},
-            _content_type=MERGE_PATCH, _request_timeout=self._timeout(),
+            m.job_secret_name(spec.name),
+            spec.instance.namespace,
+            {"metadata": {"ownerReferences": [owner]}},
+            _content_type=MERGE_PATCH,
+            _request_timeout=self._timeout(),
         )
 
     def _follow_job(self, spec: JobSpec, sink: _PodLogCollector) -> JobResult:
@@ -348,15 +384,24 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                     sink.note(f"waiting for the job's pod to start: {why}")
                     pending_note = why
                 if now - started > self.pod_pending_timeout_seconds:
-                    raise _JobTimeout(self._result(
-                        spec, sink, False,
-                        f"pod did not start within {self.pod_pending_timeout_seconds}s: {why}",
-                    ))
+                    raise _JobTimeout(
+                        self._result(
+                            spec,
+                            sink,
+                            False,
+                            f"pod did not start within {self.pod_pending_timeout_seconds}s: {why}",
+                        )
+                    )
             if now > deadline:
                 self._drain_logs(pods, sink, name, namespace, wait=False)
-                raise _JobTimeout(self._result(
-                    spec, sink, False, f"timed out after {spec.timeout_seconds}s waiting for job {name}",
-                ))
+                raise _JobTimeout(
+                    self._result(
+                        spec,
+                        sink,
+                        False,
+                        f"timed out after {spec.timeout_seconds}s waiting for job {name}",
+                    )
+                )
             time.sleep(self.poll_interval_seconds)
 
     def _job_exists(self, name: str, namespace: str) -> bool:
@@ -374,8 +419,9 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         mine = [p for p in pods if (p.metadata.labels or {}).get("job-name") == name]
         return sorted(mine, key=lambda p: (str(p.metadata.creation_timestamp or ""), p.metadata.name))
 
-    def _drain_logs(self, pods: dict[str, _PodFollower], sink: _PodLogCollector, name: str, namespace: str,
-                    wait: bool = True) -> None:
+    def _drain_logs(
+        self, pods: dict[str, _PodFollower], sink: _PodLogCollector, name: str, namespace: str, wait: bool = True
+    ) -> None:
         """Let the log streams finish; fall back to a plain log read for a stream that failed."""
         end = time.monotonic() + (self.log_drain_seconds if wait else 0)
         for follower in pods.values():
@@ -385,7 +431,10 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             if follower.lines == 0 and follower.done and follower.error is not None:
                 try:
                     text = self._dagster.retrieve_pod_logs(
-                        follower.pod, namespace, container_name=JOB_CONTAINER, tail_lines=self.log_tail_lines,
+                        follower.pod,
+                        namespace,
+                        container_name=JOB_CONTAINER,
+                        tail_lines=self.log_tail_lines,
                         _request_timeout=self._timeout(),
                     )
                 except ApiException as error:
@@ -410,7 +459,9 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         removed = []
         managed = f"{m.MANAGED_BY_LABEL}=toygres-pipelines"
         for namespace in sorted(namespaces | {self.namespace}):
-            jobs = self._batch.list_namespaced_job(namespace, label_selector=managed, _request_timeout=self._timeout()).items
+            jobs = self._batch.list_namespaced_job(
+                namespace, label_selector=managed, _request_timeout=self._timeout()
+            ).items
             live = set()
             for job in jobs:
                 labels = job.metadata.labels or {}
@@ -423,13 +474,22 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                 else:
                     live.add(job.metadata.name)
             selector = f"{managed},{m.COMPONENT_LABEL}=job-credential"
-            secrets = self._core.list_namespaced_secret(namespace, label_selector=selector, _request_timeout=self._timeout()).items
+            secrets = self._core.list_namespaced_secret(
+                namespace, label_selector=selector, _request_timeout=self._timeout()
+            ).items
             for secret in secrets:
                 labels = secret.metadata.labels or {}
-                if labels.get(m.COMPONENT_LABEL) != "job-credential" or labels.get(m.MANAGED_BY_LABEL) != "toygres-pipelines":
+                if (
+                    labels.get(m.COMPONENT_LABEL) != "job-credential"
+                    or labels.get(m.MANAGED_BY_LABEL) != "toygres-pipelines"
+                ):
                     continue
                 job_name = labels.get(m.TOYGRES_JOB_LABEL)
-                if job_name not in live and f"{namespace}/{job_name}" not in removed and _age_seconds(secret.metadata, now) > grace_seconds:
+                if (
+                    job_name not in live
+                    and f"{namespace}/{job_name}" not in removed
+                    and _age_seconds(secret.metadata, now) > grace_seconds
+                ):
                     self._delete("secret", self._core.delete_namespaced_secret, secret.metadata.name, namespace)
                     removed.append(f"{namespace}/{secret.metadata.name}")
         return removed
@@ -451,14 +511,16 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         self._create_or_adopt("secret", tls, core.create_namespaced_secret, core.read_namespaced_secret)
         self._create_or_adopt("configmap", config, core.create_namespaced_config_map, core.read_namespaced_config_map)
         self._create_or_adopt("service", headless, core.create_namespaced_service, core.read_namespaced_service)
-        self._create_or_adopt("statefulset", server, apps.create_namespaced_stateful_set, apps.read_namespaced_stateful_set)
+        self._create_or_adopt(
+            "statefulset", server, apps.create_namespaced_stateful_set, apps.read_namespaced_stateful_set
+        )
         self._create_or_adopt("service", service, core.create_namespaced_service, core.read_namespaced_service)
 
     def wait_ready(self, instance: InstanceRef, timeout_seconds: int) -> None:
         """Until the StatefulSet has a ready replica and, for a LoadBalancer, an ingress address."""
         name = m.server_name(instance)
         deadline = time.monotonic() + timeout_seconds
-        why = "not checked yet"
+        why: str | None = "not checked yet"
         while True:
             why = self._not_ready_reason(instance)
             if why is None:
@@ -502,17 +564,27 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             return Endpoints(host=dns, port=m.POSTGRES_PORT, external_ip=None, dns_name=dns, sslmode=m.CLIENT_SSLMODE)
         address = _ingress(service)
         if not address:
-            raise PlatformError(f"service {instance.namespace}/{service.metadata.name} has no load balancer address yet")
+            raise PlatformError(
+                f"service {instance.namespace}/{service.metadata.name} has no load balancer address yet"
+            )
         label = (service.metadata.annotations or {}).get(m.DNS_LABEL_ANNOTATION)
         dns_name = f"{label}.{self.azure_region}.cloudapp.azure.com" if label and self.azure_region else None
-        return Endpoints(host=dns_name or address, port=m.POSTGRES_PORT, external_ip=address, dns_name=dns_name,
-                         sslmode=m.CLIENT_SSLMODE)
+        return Endpoints(
+            host=dns_name or address,
+            port=m.POSTGRES_PORT,
+            external_ip=address,
+            dns_name=dns_name,
+            sslmode=m.CLIENT_SSLMODE,
+        )
 
     def stop_instance(self, instance: InstanceRef) -> None:
         """Scale the server to zero (the volume and everything else stay)."""
         self._apps.patch_namespaced_stateful_set_scale(
-            m.server_name(instance), instance.namespace, {"spec": {"replicas": 0}},
-            _content_type=MERGE_PATCH, _request_timeout=self._timeout(),
+            m.server_name(instance),
+            instance.namespace,
+            {"spec": {"replicas": 0}},
+            _content_type=MERGE_PATCH,
+            _request_timeout=self._timeout(),
         )
 
     def instance_exists(self, instance: InstanceRef) -> bool:
@@ -544,7 +616,9 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         self._delete("configmap", core.delete_namespaced_config_map, m.config_name(instance), ns)
         self._delete("secret", core.delete_namespaced_secret, m.instance_secret_name(instance), ns)
         self._delete("secret", core.delete_namespaced_secret, m.tls_secret_name(instance), ns)
-        self._delete("persistentvolumeclaim", core.delete_namespaced_persistent_volume_claim, m.volume_name(instance), ns)
+        self._delete(
+            "persistentvolumeclaim", core.delete_namespaced_persistent_volume_claim, m.volume_name(instance), ns
+        )
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -642,7 +716,7 @@ class _PodLogCollector:
     tail_lines: int
     secrets: list[str] = field(default_factory=list)
     _queue: queue.Queue = field(default_factory=queue.Queue)
-    _tail: collections.deque = field(default=None)  # type: ignore[assignment]
+    _tail: collections.deque = field(init=False)
 
     def __post_init__(self) -> None:
         self._tail = collections.deque(maxlen=self.tail_lines)
@@ -676,7 +750,9 @@ class _PodLogCollector:
 class _PodFollower:
     """Streams one pod's log (follow=True) into the sink on a daemon thread."""
 
-    def __init__(self, core: kubernetes.client.CoreV1Api, pod: str, namespace: str, sink: _PodLogCollector, timeout: float):
+    def __init__(
+        self, core: kubernetes.client.CoreV1Api, pod: str, namespace: str, sink: _PodLogCollector, timeout: float
+    ):
         self.core, self.pod, self.namespace, self.sink, self.timeout = core, pod, namespace, sink, timeout
         self.lines = 0
         self.error: BaseException | None = None
@@ -696,8 +772,12 @@ class _PodFollower:
     def _run(self) -> None:
         try:
             response = self.core.read_namespaced_pod_log(
-                self.pod, self.namespace, container=JOB_CONTAINER, follow=True,
-                _preload_content=False, _request_timeout=(self.timeout, None),
+                self.pod,
+                self.namespace,
+                container=JOB_CONTAINER,
+                follow=True,
+                _preload_content=False,
+                _request_timeout=(self.timeout, None),
             )
             buffer = b""
             try:

@@ -196,12 +196,15 @@ class LocalPlatform(PlatformResource):
         timeout = min(spec.timeout_seconds, self.job_timeout_seconds)
         with open(job_dir / "job.log", "w") as job_log:
             process = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                cwd=job_dir, start_new_session=True, stdin=subprocess.DEVNULL,
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=job_dir,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
             )
-            reader = threading.Thread(
-                target=_pump_lines, args=(process, log, tail, job_log), daemon=True
-            )
+            reader = threading.Thread(target=_pump_lines, args=(process, log, tail, job_log), daemon=True)
             reader.start()
             try:
                 returncode = process.wait(timeout=timeout)
@@ -239,7 +242,9 @@ class LocalPlatform(PlatformResource):
     def deploy_instance(self, spec: DeploySpec) -> None:
         base = self._prepare_dirs(spec.instance)
         record = self.server_record(spec.instance) or ServerRecord(
-            port=free_port(), dns_label=spec.dns_label, postgres_version=spec.postgres_version,
+            port=free_port(),
+            dns_label=spec.dns_label,
+            postgres_version=spec.postgres_version,
             superuser=self.superuser,
         )
         (base / "server.json").write_text(record.model_dump_json())

@@ -43,9 +43,7 @@ def postgres_bindir() -> Path:
     configured = os.environ.get("TOYGRES_PG_BIN")
     if configured:
         return Path(configured)
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True
-    )
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
     for candidate in candidates:
         if (Path(candidate) / "initdb").exists():
             return Path(candidate)
@@ -74,7 +72,9 @@ def as_service_user(argv: list[str], env: dict[str, str] | None = None) -> list[
     """Wrap argv so it runs as the service user with exactly `env` (when given) and default
     signal dispositions."""
     user = run_as_user()
-    env_prefix = [*DEFAULT_SIGNALS, "-i", *(f"{k}={v}" for k, v in (env or {}).items())] if env is not None else DEFAULT_SIGNALS
+    env_prefix = (
+        [*DEFAULT_SIGNALS, "-i", *(f"{k}={v}" for k, v in (env or {}).items())] if env is not None else DEFAULT_SIGNALS
+    )
     if user is None:
         return [*env_prefix, *argv]
     return ["runuser", "-u", user, "--", *env_prefix, *argv]
@@ -149,9 +149,16 @@ class LocalPostgresServer:
         write_private_file(pwfile, password + "\n")
         try:
             argv = [
-                str(postgres_bindir() / "initdb"), "-D", str(self.data_dir), "-U", superuser,
-                f"--pwfile={pwfile}", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
-                "--encoding=UTF8", "--locale=C.UTF-8",
+                str(postgres_bindir() / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                superuser,
+                f"--pwfile={pwfile}",
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
             ]
             run_checked(as_service_user(argv, service_env()), timeout=300)
         finally:

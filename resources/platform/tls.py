@@ -21,7 +21,7 @@ def self_signed_certificate(dns_names: list[str]) -> tuple[bytes, bytes]:
         raise ValueError("a server certificate needs at least one DNS name")
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0][:64])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -54,7 +54,9 @@ class FakeCluster:
     def requests(self) -> list[kmock.Request]:
         return list(self.emulator.requests) if hasattr(self.emulator, "requests") else list(self.emulator)
 
-    def calls(self, method: str | None = None, plural: str | None = None) -> list[tuple[str, str, str | None, str | None]]:
+    def calls(
+        self, method: str | None = None, plural: str | None = None
+    ) -> list[tuple[str, str, str | None, str | None]]:
         """(METHOD, plural, name, subresource) of every Kubernetes request so far, in order."""
         out = []
         for request in self.requests():
@@ -81,6 +83,7 @@ class FakeCluster:
     def _run(self, coro_fn: Callable[[], Any]) -> Any:
         async def wrapper():
             return coro_fn()
+
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout=10)
 
     def get(self, plural: str, namespace: str, name: str) -> dict | None:
@@ -90,32 +93,43 @@ class FakeCluster:
                 return None
             obj = self.emulator.objects[key]
             return None if obj.deleted else dict(obj.raw)
+
         return self._run(read)
 
     def names(self, plural: str, namespace: str) -> list[str]:
         def read():
             return sorted(
-                name for (resource, ns, name), obj in self.emulator.objects.items()
+                name
+                for (resource, ns, name), obj in self.emulator.objects.items()
                 if resource == RESOURCES[plural] and ns == namespace and not obj.deleted
             )
+
         return self._run(read)
 
     def put_object(self, plural: str, namespace: str, body: dict) -> None:
         """Store an object directly (as if someone else had created it earlier)."""
+
         def write():
             self.emulator.objects[RESOURCES[plural], namespace, body["metadata"]["name"]] = body
+
         self._run(write)
 
 
 def _kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-        "users": [{"name": "tester", "user": {"token": "not-a-real-token"}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "tester", "namespace": "default"}}],
-        "current-context": "kmock",
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "kmock", "cluster": {"server": url}}],
+                "users": [{"name": "tester", "user": {"token": "not-a-real-token"}}],
+                "contexts": [
+                    {"name": "kmock", "context": {"cluster": "kmock", "user": "tester", "namespace": "default"}}
+                ],
+                "current-context": "kmock",
+            }
+        )
+    )
     return path
 
 
@@ -150,7 +164,9 @@ def running_cluster(tmp_path: Path) -> Iterator[FakeCluster]:
     if not started.wait(10) or "error" in box:
         raise RuntimeError(f"kmock did not start: {box.get('error')!r}")
     cluster = FakeCluster(
-        emulator=box["emulator"], loop=loop, url=box["url"],
+        emulator=box["emulator"],
+        loop=loop,
+        url=box["url"],
         kubeconfig=_kubeconfig(tmp_path / "kubeconfig", box["url"]),
     )
     _serve_pod_logs(cluster)
@@ -172,7 +188,7 @@ def _serve_pod_logs(cluster: FakeCluster) -> None:
         tail = request.params.get("tailLines")
         if tail:
             lines = data.decode().splitlines(keepends=True)
-            return "".join(lines[-int(tail):]).encode()
+            return "".join(lines[-int(tail) :]).encode()
         return data
 
     async def register() -> None:
@@ -268,10 +284,10 @@ class FakeJobController:
         for attempt, script in enumerate(self.attempts):
             pod_name = f"{self.job_name}-{attempt}{uuid.uuid4().hex[:4]}"
             labels = dict(template["metadata"].get("labels", {}))
-            labels |= {"job-name": self.job_name, "batch.kubernetes.io/job-name": self.job_name,
-                       "controller-uid": uid}
+            labels |= {"job-name": self.job_name, "batch.kubernetes.io/job-name": self.job_name, "controller-uid": uid}
             pod = {
-                "apiVersion": "v1", "kind": "Pod",
+                "apiVersion": "v1",
+                "kind": "Pod",
                 "metadata": {"name": pod_name, "namespace": self.namespace, "labels": labels},
                 "spec": template["spec"],
                 "status": {"phase": "Pending"},
@@ -281,61 +297,161 @@ class FakeJobController:
             self._patch_job(batch, merge, {"status": {"active": 1, "failed": failed or None}})
             if script.pending_reason is not None:
                 reason, message = script.pending_reason
-                status = {"phase": "Pending", "conditions": [
-                    {"type": "PodScheduled", "status": "False", "reason": reason, "message": message}]}
+                status = {
+                    "phase": "Pending",
+                    "conditions": [{"type": "PodScheduled", "status": "False", "reason": reason, "message": message}],
+                }
                 if reason in ("ErrImagePull", "ImagePullBackOff"):
-                    status = {"phase": "Pending", "containerStatuses": [{
-                        "name": "job", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
-                        "state": {"waiting": {"reason": reason, "message": message}}}]}
+                    status = {
+                        "phase": "Pending",
+                        "containerStatuses": [
+                            {
+                                "name": "job",
+                                "ready": False,
+                                "restartCount": 0,
+                                "image": "x",
+                                "imageID": "",
+                                "state": {"waiting": {"reason": reason, "message": message}},
+                            }
+                        ],
+                    }
                 core.patch_namespaced_pod_status(pod_name, self.namespace, {"status": status}, _content_type=merge)
                 while self._sleep(0.05):
                     pass
                 return
-            core.patch_namespaced_pod_status(pod_name, self.namespace, {"status": {
-                "phase": "Running",
-                "containerStatuses": [{"name": "job", "ready": True, "restartCount": 0, "image": "x", "imageID": "",
-                                       "state": {"running": {"startedAt": now()}}}]}}, _content_type=merge)
+            core.patch_namespaced_pod_status(
+                pod_name,
+                self.namespace,
+                {
+                    "status": {
+                        "phase": "Running",
+                        "containerStatuses": [
+                            {
+                                "name": "job",
+                                "ready": True,
+                                "restartCount": 0,
+                                "image": "x",
+                                "imageID": "",
+                                "state": {"running": {"startedAt": now()}},
+                            }
+                        ],
+                    }
+                },
+                _content_type=merge,
+            )
             self.cluster.pod_logs[(self.namespace, pod_name)] = script.log.encode()
             if script.run_seconds and not self._sleep(script.run_seconds):
                 return
             phase = "Succeeded" if script.exit_code == 0 else "Failed"
-            core.patch_namespaced_pod_status(pod_name, self.namespace, {"status": {
-                "phase": phase,
-                "containerStatuses": [{"name": "job", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
-                                       "state": {"terminated": {"exitCode": script.exit_code,
-                                                                "reason": "Completed" if phase == "Succeeded" else "Error",
-                                                                "finishedAt": now()}}}]}}, _content_type=merge)
+            core.patch_namespaced_pod_status(
+                pod_name,
+                self.namespace,
+                {
+                    "status": {
+                        "phase": phase,
+                        "containerStatuses": [
+                            {
+                                "name": "job",
+                                "ready": False,
+                                "restartCount": 0,
+                                "image": "x",
+                                "imageID": "",
+                                "state": {
+                                    "terminated": {
+                                        "exitCode": script.exit_code,
+                                        "reason": "Completed" if phase == "Succeeded" else "Error",
+                                        "finishedAt": now(),
+                                    }
+                                },
+                            }
+                        ],
+                    }
+                },
+                _content_type=merge,
+            )
             self.events.append(f"pod {pod_name} {phase}")
             if script.exit_code == 0:
-                self._patch_job(batch, merge, {"status": {
-                    "active": None, "succeeded": 1, "failed": failed or None, "completionTime": now(),
-                    "conditions": [
-                        {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
-                         "message": "Reached expected number of succeeded pods"},
-                        {"type": "Complete", "status": "True", "reason": "CompletionsReached",
-                         "message": "Reached expected number of succeeded pods"}]}})
+                self._patch_job(
+                    batch,
+                    merge,
+                    {
+                        "status": {
+                            "active": None,
+                            "succeeded": 1,
+                            "failed": failed or None,
+                            "completionTime": now(),
+                            "conditions": [
+                                {
+                                    "type": "SuccessCriteriaMet",
+                                    "status": "True",
+                                    "reason": "CompletionsReached",
+                                    "message": "Reached expected number of succeeded pods",
+                                },
+                                {
+                                    "type": "Complete",
+                                    "status": "True",
+                                    "reason": "CompletionsReached",
+                                    "message": "Reached expected number of succeeded pods",
+                                },
+                            ],
+                        }
+                    },
+                )
                 self.events.append("job Complete")
                 return
             failed += 1
             rule = _fail_job_rule(policy, script.exit_code)
             if rule is not None:
-                message = (f"Container job for pod {self.namespace}/{pod_name} failed with exit code "
-                           f"{script.exit_code} matching FailJob rule at index {rule}")
-                self._patch_job(batch, merge, {"status": {
-                    "active": None, "failed": failed,
-                    "conditions": [
-                        {"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy", "message": message},
-                        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": message}]}})
+                message = (
+                    f"Container job for pod {self.namespace}/{pod_name} failed with exit code "
+                    f"{script.exit_code} matching FailJob rule at index {rule}"
+                )
+                self._patch_job(
+                    batch,
+                    merge,
+                    {
+                        "status": {
+                            "active": None,
+                            "failed": failed,
+                            "conditions": [
+                                {
+                                    "type": "FailureTarget",
+                                    "status": "True",
+                                    "reason": "PodFailurePolicy",
+                                    "message": message,
+                                },
+                                {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": message},
+                            ],
+                        }
+                    },
+                )
                 self.events.append("job Failed")
                 return
             if failed > backoff_limit:
-                self._patch_job(batch, merge, {"status": {
-                    "active": None, "failed": failed,
-                    "conditions": [
-                        {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
-                         "message": "Job has reached the specified backoff limit"},
-                        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                         "message": "Job has reached the specified backoff limit"}]}})
+                self._patch_job(
+                    batch,
+                    merge,
+                    {
+                        "status": {
+                            "active": None,
+                            "failed": failed,
+                            "conditions": [
+                                {
+                                    "type": "FailureTarget",
+                                    "status": "True",
+                                    "reason": "BackoffLimitExceeded",
+                                    "message": "Job has reached the specified backoff limit",
+                                },
+                                {
+                                    "type": "Failed",
+                                    "status": "True",
+                                    "reason": "BackoffLimitExceeded",
+                                    "message": "Job has reached the specified backoff limit",
+                                },
+                            ],
+                        }
+                    },
+                )
                 self.events.append("job Failed")
                 return
             # The real controller waits (exponential backoff) before the replacement pod: the

@@ -11,12 +11,12 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from k8s_fake_cluster import FakeJobController, PodScript, running_cluster
 from pydantic import SecretStr
 
-from k8s_fake_cluster import FakeJobController, PodScript, running_cluster
+from records import InstanceRef
 from resources.platform.base import DeploySpec, JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.kubernetes import KubernetesPlatform
-from records import InstanceRef
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(60)]
 
@@ -49,10 +49,16 @@ def one(kind: str, namespace: str | None) -> dict:
 @pytest.mark.parametrize("version", ["1.30", "1.33"])
 def test_deploy_manifests_validate(version):
     docs = deployed()
-    assert sorted((d["kind"], d["metadata"].get("namespace") or d["metadata"]["name"]) for d in docs) == sorted([
-        ("Namespace", DAGSTER_NS), ("ServiceAccount", DAGSTER_NS),
-        ("Namespace", NS), ("ServiceAccount", NS), ("Role", NS), ("RoleBinding", NS),
-    ])
+    assert sorted((d["kind"], d["metadata"].get("namespace") or d["metadata"]["name"]) for d in docs) == sorted(
+        [
+            ("Namespace", DAGSTER_NS),
+            ("ServiceAccount", DAGSTER_NS),
+            ("Namespace", NS),
+            ("ServiceAccount", NS),
+            ("Role", NS),
+            ("RoleBinding", NS),
+        ]
+    )
     for doc in docs + instance_namespace_manifests("team-a"):
         kubernetes_validate.validate(json.loads(json.dumps(doc)), version, strict=True)
 
@@ -64,15 +70,22 @@ def test_identity_and_binding_fit_the_platform():
         assert account["metadata"]["name"] == platform.service_account_name
         assert "azure.workload.identity/client-id" in account["metadata"]["annotations"]
     role, binding = one("Role", NS), one("RoleBinding", NS)
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     # The Dagster run pods (in Dagster's namespace) act on the instances' namespace.
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": platform.service_account_name,
-                                    "namespace": DAGSTER_NS}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": platform.service_account_name, "namespace": DAGSTER_NS}
+    ]
 
 
 def test_nothing_grants_access_to_secrets_in_dagsters_namespace():
     assert NS != DAGSTER_NS
-    assert not [d for d in deployed() if d["kind"] in ("Role", "RoleBinding") and d["metadata"]["namespace"] == DAGSTER_NS]
+    assert not [
+        d for d in deployed() if d["kind"] in ("Role", "RoleBinding") and d["metadata"]["namespace"] == DAGSTER_NS
+    ]
 
 
 def test_the_checked_in_instance_namespace_is_what_the_generator_writes():
@@ -102,23 +115,41 @@ def test_the_role_grants_exactly_the_calls_the_platform_makes(tmp_path):
     source = InstanceRef(k8s_name="src-aaaaa", namespace=NS)
     target = InstanceRef(k8s_name="dst-bbbbb", namespace=NS)
     with running_cluster(tmp_path) as cluster:
-        platform = KubernetesPlatform(kubeconfig_path=str(cluster.kubeconfig), poll_interval_seconds=0.05,
-                                      job_images={"17": "registry.example/toygres-job:17-20261126"},
-                                      log_drain_seconds=2, deadline_grace_seconds=0, backoff_limit=1,
-                                      pod_pending_timeout_seconds=5, azure_region="westeurope")
+        platform = KubernetesPlatform(
+            kubeconfig_path=str(cluster.kubeconfig),
+            poll_interval_seconds=0.05,
+            job_images={"17": "registry.example/toygres-job:17-20261126"},
+            log_drain_seconds=2,
+            deadline_grace_seconds=0,
+            backoff_limit=1,
+            pod_pending_timeout_seconds=5,
+            azure_region="westeurope",
+        )
         env = {"BLOB_URL": "https://a/b", "POSTGRES_VERSION": "17"}
-        backup = JobSpec(kind=JobKind.backup, name="backup-one", script="backup.sh", instance=source,
-                         env=env, blob_sas=SecretStr("sig=x"))
-        restore = JobSpec(kind=JobKind.restore, name="restore-one", script="restore.sh", instance=target,
-                          env=env, timeout_seconds=1)
+        backup = JobSpec(
+            kind=JobKind.backup,
+            name="backup-one",
+            script="backup.sh",
+            instance=source,
+            env=env,
+            blob_sas=SecretStr("sig=x"),
+        )
+        restore = JobSpec(
+            kind=JobKind.restore, name="restore-one", script="restore.sh", instance=target, env=env, timeout_seconds=1
+        )
 
         platform.ensure_instance_secret(target, SecretStr("pw"))
         platform.ensure_instance_secret(target, SecretStr("pw2"))
         platform.read_instance_password(target)
         platform.create_volume(target, 1)
         platform.create_volume(target, 1)
-        controller = FakeJobController(cluster, NS, "backup-one", [PodScript(log="x\n", exit_code=1), PodScript(log="ok\n")],
-                                       backoff_gap_seconds=0.05).start()
+        controller = FakeJobController(
+            cluster,
+            NS,
+            "backup-one",
+            [PodScript(log="x\n", exit_code=1), PodScript(log="ok\n")],
+            backoff_gap_seconds=0.05,
+        ).start()
         platform.run_job(backup, lambda line: None)
         controller.stop()
         platform.run_job(backup, lambda line: None)  # re-run: adopt
@@ -140,14 +171,20 @@ def test_the_role_grants_exactly_the_calls_the_platform_makes(tmp_path):
         namespaces = {r.namespace for r in cluster.requests() if r.resource is not None}
         used = {
             (r.resource.group, r.resource.plural + (f"/{r.subresource}" if r.subresource else ""), _verb(r))
-            for r in cluster.requests() if r.resource is not None and r.resource.plural
+            for r in cluster.requests()
+            if r.resource is not None and r.resource.plural
         }
     # The fake controller creates/patches pods and statuses itself; those are not the platform's.
     used -= {("", "pods", "create"), ("", "pods/status", "patch"), ("batch", "jobs/status", "patch")}
     assert namespaces == {NS}, "the platform only acts in the instances' namespace"
     role = one("Role", NS)
-    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
     assert used - granted == set(), "the platform makes calls the Role does not allow"
     assert granted - used == set(), "the Role grants more than the platform uses"
 
@@ -168,7 +205,11 @@ def test_dagster_helm_values():
     assert limits[("toygres/kind", "backup")]["limit"] >= 1
     assert limits[("toygres/kind", "restore")]["limit"] >= 1
     limits = {key: limit for (key, _), limit in limits.items()}
-    assert limits["toygres/instance"] == {"key": "toygres/instance", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    assert limits["toygres/instance"] == {
+        "key": "toygres/instance",
+        "value": {"applyLimitPerUniqueValue": True},
+        "limit": 1,
+    }
     # The chart refuses tag limits in both places at once.
     assert "tagConcurrencyLimits" not in values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
 
@@ -177,5 +218,6 @@ def test_helm_values_name_the_chart_version_and_the_docs_render_them_with_it():
     chart = importlib.metadata.version("dagster")
     header = (DEPLOY / "dagster-values.yaml").read_text().split("\n\n")[0]
     assert f"written for the dagster chart {chart}" in header
-    command = f"helm template dagster dagster/dagster --version {chart} -n {DAGSTER_NS} -f deploy/kubernetes/dagster-values.yaml"
+    values = "deploy/kubernetes/dagster-values.yaml"
+    command = f"helm template dagster dagster/dagster --version {chart} -n {DAGSTER_NS} -f {values}"
     assert command in header and command in DOCS.read_text()

@@ -18,9 +18,11 @@ import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pydantic import SecretStr, ValidationError
-
 from k8s_fake_cluster import running_cluster
+from pydantic import SecretStr, ValidationError
+from test_k8s_manifests import job_spec, validate
+
+from records import Endpoints, InstanceRef, ValidationFailed
 from resources.platform import k8s_manifests as m
 from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobKind, JobSpec, PlatformError
 from resources.platform.kubernetes import KubernetesPlatform
@@ -35,11 +37,9 @@ from resources.platform.postgres_server import (
     run_checked,
     service_env,
 )
-from test_k8s_manifests import job_spec, validate
-from records import Endpoints, InstanceRef, ValidationFailed
+from toygres_pipelines.dev.stack import remove_tree
 from toygres_pipelines.resources_from_env import kubernetes_platform_from_env
 from toygres_pipelines.restores.steps import connection_strings
-from toygres_pipelines.dev.stack import remove_tree
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(60)]
 
@@ -53,8 +53,9 @@ def platform(**over) -> KubernetesPlatform:
 
 
 def deploy(**over) -> DeploySpec:
-    return DeploySpec(**{"instance": INSTANCE, "postgres_version": "16", "storage_size_gb": 1,
-                         "dns_label": "orders-copy", **over})
+    return DeploySpec(
+        **{"instance": INSTANCE, "postgres_version": "16", "storage_size_gb": 1, "dns_label": "orders-copy", **over}
+    )
 
 
 def container(manifest: dict) -> dict:
@@ -115,8 +116,13 @@ def test_no_sas_and_no_auto_login_is_a_clear_error_not_a_login(tmp_path):
 def test_the_local_platform_keeps_using_the_sas(tmp_path):
     tmp_path.chmod(0o711)
     local = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path="/bin/true")
-    spec = JobSpec(kind=JobKind.restore, name="restore-x", script="restore.sh",
-                   instance=InstanceRef(k8s_name="x", namespace="default"), blob_sas=SecretStr("sv=1&sig=s"))
+    spec = JobSpec(
+        kind=JobKind.restore,
+        name="restore-x",
+        script="restore.sh",
+        instance=InstanceRef(k8s_name="x", namespace="default"),
+        blob_sas=SecretStr("sv=1&sig=s"),
+    )
     env = local._job_env(spec, local._fresh_job_dir(spec))
     assert "AZCOPY_AUTO_LOGIN_TYPE" not in env and env["AZCOPY_SAS_FILE"]
     result, calls = run_common(tmp_path, {"AZCOPY_SAS_FILE": env["AZCOPY_SAS_FILE"], "BLOB_URL": "https://b/c"})
@@ -189,15 +195,17 @@ def test_the_platform_refuses_a_version_without_image_at_request_time():
     assert error.value.field == "source_image_id" and "TOYGRES_K8S_JOB_IMAGES" in str(error.value)
 
 
-@pytest.mark.parametrize("image", ["acr.io/job", "acr.io/job:latest", "acr.io/job:17", "acr.io:5000/job",
-                                   "acr.io/job@sha256:abc"])
+@pytest.mark.parametrize(
+    "image", ["acr.io/job", "acr.io/job:latest", "acr.io/job:17", "acr.io:5000/job", "acr.io/job@sha256:abc"]
+)
 def test_mutable_job_image_references_are_refused(image):
     with pytest.raises(ValidationError, match="job_images"):
         KubernetesPlatform(job_images={"17": image})
 
 
-@pytest.mark.parametrize("image", [f"acr.io/job@{DIGEST}", "acr.io/job:17-20261126-3f2a9c1",
-                                   f"acr.io:5000/team/job:17.6-1@{DIGEST}"])
+@pytest.mark.parametrize(
+    "image", [f"acr.io/job@{DIGEST}", "acr.io/job:17-20261126-3f2a9c1", f"acr.io:5000/team/job:17.6-1@{DIGEST}"]
+)
 def test_pinned_job_image_references_are_accepted(image):
     assert KubernetesPlatform(job_images={"17": image}).job_images["17"] == image
 
@@ -232,16 +240,23 @@ def test_tls_secret_holds_a_certificate_for_the_instances_names():
     key = serialization.load_pem_private_key(base64.b64decode(secret["data"]["tls.key"]), password=None)
     assert cert.public_key().public_numbers() == key.public_key().public_numbers()
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-    assert {"orders-copy.westeurope.cloudapp.azure.com", "orders-ab12c.toygres-instances.svc.cluster.local",
-            "orders-ab12c.toygres-instances.svc"} <= set(sans)
+    assert {
+        "orders-copy.westeurope.cloudapp.azure.com",
+        "orders-ab12c.toygres-instances.svc.cluster.local",
+        "orders-ab12c.toygres-instances.svc",
+    } <= set(sans)
 
 
 def test_the_server_serves_tls_with_the_instances_certificate():
     sts = m.statefulset(deploy(), platform().settings())
     validate(sts)
     args = container(sts)["args"]
-    for setting in ("ssl=on", "ssl_cert_file=/etc/toygres/tls/tls.crt", "ssl_key_file=/etc/toygres/tls/tls.key",
-                    "ssl_min_protocol_version=TLSv1.2"):
+    for setting in (
+        "ssl=on",
+        "ssl_cert_file=/etc/toygres/tls/tls.crt",
+        "ssl_key_file=/etc/toygres/tls/tls.key",
+        "ssl_min_protocol_version=TLSv1.2",
+    ):
         assert setting in args
     volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == m.tls_secret_name(INSTANCE)
@@ -257,8 +272,10 @@ def test_backup_jobs_require_tls_to_the_source():
 
 
 def test_connection_strings_require_tls_when_the_platform_serves_it():
-    strings = connection_strings(Endpoints(host="h.example", port=5432, external_ip="20.1.2.3", dns_name="h.example",
-                                           sslmode="require"), password=None)
+    strings = connection_strings(
+        Endpoints(host="h.example", port=5432, external_ip="20.1.2.3", dns_name="h.example", sslmode="require"),
+        password=None,
+    )
     assert strings.ip == "postgresql://postgres@20.1.2.3:5432/postgres?sslmode=require"
     assert strings.dns == "postgresql://postgres@h.example:5432/postgres?sslmode=require"
     local = connection_strings(Endpoints(host="127.0.0.1", port=5999), password=None)
@@ -332,8 +349,12 @@ def test_dns_labels_follow_azures_rule(label):
 
 def test_deploy_creates_the_tls_secret_and_headless_service_once_and_delete_removes_them(tmp_path):
     with running_cluster(tmp_path) as cluster:
-        k8s = platform(namespace=INSTANCE.namespace, kubeconfig_path=str(cluster.kubeconfig), azure_region="westeurope",
-                       load_balancer_source_ranges=["203.0.113.0/24"])
+        k8s = platform(
+            namespace=INSTANCE.namespace,
+            kubeconfig_path=str(cluster.kubeconfig),
+            azure_region="westeurope",
+            load_balancer_source_ranges=["203.0.113.0/24"],
+        )
         k8s.deploy_instance(deploy())
         first = cluster.get("secrets", INSTANCE.namespace, m.tls_secret_name(INSTANCE))
         k8s.deploy_instance(deploy())  # a re-run adopts: the certificate clients may have pinned stays
@@ -368,7 +389,9 @@ def test_the_job_templates_show_the_settings_defaults(kind):
     """Settings are declared once (ManifestSettings); what a reader of a Job template sees is their default."""
     template = m.load_template(f"{kind.value}-job.yaml")
     defaults = m.ManifestSettings(job_images={"17": "registry.example/toygres-job:17-2024@sha256:" + "a" * 64})
-    rendered = m.job(job_spec(kind, InstanceRef(k8s_name="x", namespace="toygres-instances")), defaults, "scripts", False)
+    rendered = m.job(
+        job_spec(kind, InstanceRef(k8s_name="x", namespace="toygres-instances")), defaults, "scripts", False
+    )
     for key in ("backoffLimit", "ttlSecondsAfterFinished"):
         assert template["spec"][key] == rendered["spec"][key], key
     pod, rendered_pod = template["spec"]["template"]["spec"], rendered["spec"]["template"]["spec"]
@@ -381,10 +404,14 @@ def test_the_templates_show_the_platforms_defaults():
     rendered = m.statefulset(deploy(), platform().settings())
     pod, rendered_pod = template["spec"]["template"]["spec"], rendered["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == rendered_pod["terminationGracePeriodSeconds"]
-    assert [v for v in pod["volumes"] if v["name"] == "dshm"] == [v for v in rendered_pod["volumes"] if v["name"] == "dshm"]
+    assert [v for v in pod["volumes"] if v["name"] == "dshm"] == [
+        v for v in rendered_pod["volumes"] if v["name"] == "dshm"
+    ]
     probe, rendered_probe = pod["containers"][0]["startupProbe"], rendered_pod["containers"][0]["startupProbe"]
-    assert (probe["periodSeconds"], probe["failureThreshold"]) == (rendered_probe["periodSeconds"],
-                                                                    rendered_probe["failureThreshold"])
+    assert (probe["periodSeconds"], probe["failureThreshold"]) == (
+        rendered_probe["periodSeconds"],
+        rendered_probe["failureThreshold"],
+    )
     assert pod["securityContext"] == rendered_pod["securityContext"]
 
 
@@ -403,8 +430,12 @@ def test_a_real_server_with_the_rendered_tls_settings_refuses_plain_connections(
     """A real PostgreSQL with the StatefulSet's ssl/hba settings, the certificate Secret's files laid
     out as the kubelet does (root-owned, group fsGroup, mode 0440): TLS works, plain TCP is refused."""
     tmp_path = service_dir
-    server = LocalPostgresServer(data_dir=tmp_path / "pgdata", port=free_port(), socket_dir=tmp_path / "run",
-                                 log_file=tmp_path / "log" / "postgres.log")
+    server = LocalPostgresServer(
+        data_dir=tmp_path / "pgdata",
+        port=free_port(),
+        socket_dir=tmp_path / "run",
+        log_file=tmp_path / "log" / "postgres.log",
+    )
     server.initdb("postgres", "s3cret")
     tls_dir, conf_dir = tmp_path / "tls", tmp_path / "conf"
     tls_dir.mkdir()
@@ -424,8 +455,12 @@ def test_a_real_server_with_the_rendered_tls_settings_refuses_plain_connections(
 
     args = container(m.statefulset(deploy(), platform().settings()))["args"]
     settings = [args[i + 1] for i, arg in enumerate(args) if arg == "-c"]
-    moved = {"hba_file": str(conf_dir / "pg_hba.conf"), "listen_addresses": "127.0.0.1",
-             "ssl_cert_file": str(tls_dir / m.TLS_CERT_KEY), "ssl_key_file": str(tls_dir / m.TLS_KEY_KEY)}
+    moved = {
+        "hba_file": str(conf_dir / "pg_hba.conf"),
+        "listen_addresses": "127.0.0.1",
+        "ssl_cert_file": str(tls_dir / m.TLS_CERT_KEY),
+        "ssl_key_file": str(tls_dir / m.TLS_KEY_KEY),
+    }
     options = [f"-p {server.port}", f"-c unix_socket_directories={server.socket_dir}"]
     for setting in settings:
         name, _, value = setting.partition("=")
@@ -433,11 +468,16 @@ def test_a_real_server_with_the_rendered_tls_settings_refuses_plain_connections(
     give_to_service_user(server.socket_dir)
     give_to_service_user(server.log_file.parent)
     pg_ctl = [str(postgres_bindir() / "pg_ctl"), "-D", str(server.data_dir)]
-    run_checked(as_service_user([*pg_ctl, "start", "-w", "-t", "60", "-l", str(server.log_file),
-                                 "-o", " ".join(options)], service_env()), timeout=90)
+    run_checked(
+        as_service_user(
+            [*pg_ctl, "start", "-w", "-t", "60", "-l", str(server.log_file), "-o", " ".join(options)], service_env()
+        ),
+        timeout=90,
+    )
     try:
-        url = connection_strings(Endpoints(host="127.0.0.1", port=server.port, sslmode=m.CLIENT_SSLMODE),
-                                 password=SecretStr("s3cret")).ip
+        url = connection_strings(
+            Endpoints(host="127.0.0.1", port=server.port, sslmode=m.CLIENT_SSLMODE), password=SecretStr("s3cret")
+        ).ip
         assert url.endswith("?sslmode=require")
         with psycopg.connect(url, connect_timeout=10) as conn:
             assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)

@@ -11,20 +11,20 @@ from contextlib import contextmanager
 
 import kubernetes
 import pytest
+from k8s_fake_cluster import FakeCluster, FakeJobController, PodScript, api_client, pod_names, running_cluster
 from pydantic import SecretStr
 
-from k8s_fake_cluster import FakeCluster, FakeJobController, PodScript, api_client, pod_names, running_cluster
+from records import ImageType, InstanceRef
 from resources.platform import k8s_manifests as m
 from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.kubernetes import KubernetesPlatform
-from records import ImageType, InstanceRef
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(60)]
 
 NS = "toygres"
 SOURCE = InstanceRef(k8s_name="orders-ab12c", namespace=NS)
 TARGET = InstanceRef(k8s_name="orders-copy-x9y8z", namespace=NS)
-PASSWORD = 'pa"ss\\wo\'rd\n{{ .Values }} $(id)'
+PASSWORD = "pa\"ss\\wo'rd\n{{ .Values }} $(id)"
 SAS = "sv=2022-11-02&ss=b&srt=co&sp=rwdlac&se=2030-01-01T00:00:00Z&sig=S3cr3tSig%3D"
 
 
@@ -60,19 +60,38 @@ def job_controller(cluster: FakeCluster, name: str, attempts: list[PodScript], *
 
 def backup_spec(**over) -> JobSpec:
     return JobSpec(
-        kind=JobKind.backup, name=over.pop("name", "backup-nightly-1"), script="backup.sh", instance=SOURCE,
-        env={"BLOB_URL": "https://acct.blob.core.windows.net/images/nightly", "IMAGE_NAME": "nightly",
-             "SOURCE_INSTANCE": SOURCE.k8s_name, "SOURCE_NAMESPACE": NS, "POSTGRES_VERSION": "17"},
-        labels={"toygres/image": "nightly"}, timeout_seconds=over.pop("timeout_seconds", 30), **over,
+        kind=JobKind.backup,
+        name=over.pop("name", "backup-nightly-1"),
+        script="backup.sh",
+        instance=SOURCE,
+        env={
+            "BLOB_URL": "https://acct.blob.core.windows.net/images/nightly",
+            "IMAGE_NAME": "nightly",
+            "SOURCE_INSTANCE": SOURCE.k8s_name,
+            "SOURCE_NAMESPACE": NS,
+            "POSTGRES_VERSION": "17",
+        },
+        labels={"toygres/image": "nightly"},
+        timeout_seconds=over.pop("timeout_seconds", 30),
+        **over,
     )
 
 
 def restore_spec(**over) -> JobSpec:
     return JobSpec(
-        kind=JobKind.restore, name=over.pop("name", "restore-orders-copy-x9y8z"), script="restore.sh", instance=TARGET,
-        env={"BLOB_URL": "https://acct.blob.core.windows.net/images/nightly", "MANIFEST_SHA256": "ab" * 32,
-             "BACKUP_SHA256SUMS": f"{'cd' * 32}  globals.sql", "POSTGRES_VERSION": "17"},
-        labels={"toygres/image": "nightly"}, timeout_seconds=over.pop("timeout_seconds", 30), **over,
+        kind=JobKind.restore,
+        name=over.pop("name", "restore-orders-copy-x9y8z"),
+        script="restore.sh",
+        instance=TARGET,
+        env={
+            "BLOB_URL": "https://acct.blob.core.windows.net/images/nightly",
+            "MANIFEST_SHA256": "ab" * 32,
+            "BACKUP_SHA256SUMS": f"{'cd' * 32}  globals.sql",
+            "POSTGRES_VERSION": "17",
+        },
+        labels={"toygres/image": "nightly"},
+        timeout_seconds=over.pop("timeout_seconds", 30),
+        **over,
     )
 
 
@@ -143,8 +162,10 @@ def test_a_retried_pod_is_not_a_failure(cluster, platform):
     condition (the backoff delay). dagster-k8s' wait_for_job_success treats exactly that as a
     failure; the platform waits for the Job's own verdict."""
     lines: list[str] = []
-    attempts = [PodScript(log="connecting\nERROR: connection reset\n", exit_code=1),
-                PodScript(log="connecting\nbackup complete\n")]
+    attempts = [
+        PodScript(log="connecting\nERROR: connection reset\n", exit_code=1),
+        PodScript(log="connecting\nbackup complete\n"),
+    ]
     with job_controller(cluster, "backup-nightly-1", attempts, backoff_gap_seconds=0.4) as ctl:
         result = platform.run_job(backup_spec(), lines.append)
 
@@ -179,7 +200,9 @@ def test_timeout_deletes_the_job(cluster, platform):
         with pytest.raises(JobFailed, match="timed out after 1s"):
             platform.run_job(spec, lambda line: None)
     assert cluster.get("jobs", NS, spec.name) is None
-    delete = next(r for r in cluster.requests() if r.method.value == "DELETE" and r.resource and r.resource.plural == "jobs")
+    delete = next(
+        r for r in cluster.requests() if r.method.value == "DELETE" and r.resource and r.resource.plural == "jobs"
+    )
     assert delete.data["propagationPolicy"] == "Background"
 
 
@@ -225,8 +248,15 @@ def test_a_rerun_adopts_the_existing_objects(cluster, platform):
 
 
 def test_an_object_toygres_did_not_create_is_not_adopted(cluster, platform):
-    cluster.put_object("jobs", NS, {"apiVersion": "batch/v1", "kind": "Job",
-                                    "metadata": {"name": "backup-nightly-1", "namespace": NS, "labels": {"team": "other"}}})
+    cluster.put_object(
+        "jobs",
+        NS,
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "backup-nightly-1", "namespace": NS, "labels": {"team": "other"}},
+        },
+    )
     with pytest.raises(PlatformError, match="not created by toygres"):
         platform.run_job(backup_spec(), lambda line: None)
 
@@ -247,10 +277,12 @@ def _mark_ready(cluster: FakeCluster, instance: InstanceRef, ingress_ip: str | N
     client = api_client(cluster)
     merge = "application/merge-patch+json"
     kubernetes.client.AppsV1Api(client).patch_namespaced_stateful_set_status(
-        instance.k8s_name, NS, {"status": {"replicas": 1, "readyReplicas": 1}}, _content_type=merge)
+        instance.k8s_name, NS, {"status": {"replicas": 1, "readyReplicas": 1}}, _content_type=merge
+    )
     if ingress_ip:
         kubernetes.client.CoreV1Api(client).patch_namespaced_service_status(
-            instance.k8s_name, NS, {"status": {"loadBalancer": {"ingress": [{"ip": ingress_ip}]}}}, _content_type=merge)
+            instance.k8s_name, NS, {"status": {"loadBalancer": {"ingress": [{"ip": ingress_ip}]}}}, _content_type=merge
+        )
 
 
 def test_instance_secret_round_trip_and_update(cluster, platform):
@@ -270,8 +302,9 @@ def test_restore_flow_deploys_waits_and_reports_endpoints(cluster, platform):
     spec = restore_spec()
     with job_controller(cluster, spec.name, [PodScript(log="restore complete\n")]):
         platform.run_job(spec, lambda line: None)
-    deploy = DeploySpec(instance=TARGET, postgres_version="17", image_type=ImageType.stock, storage_size_gb=8,
-                        dns_label="orders-copy")
+    deploy = DeploySpec(
+        instance=TARGET, postgres_version="17", image_type=ImageType.stock, storage_size_gb=8, dns_label="orders-copy"
+    )
     platform.deploy_instance(deploy)
     platform.deploy_instance(deploy)  # idempotent: every object adopted
 
@@ -280,11 +313,19 @@ def test_restore_flow_deploys_waits_and_reports_endpoints(cluster, platform):
         ("persistentvolumeclaims", f"{TARGET.k8s_name}-data"),
         ("configmaps", m.scripts_config_map(NS)["metadata"]["name"]),
         ("jobs", spec.name),
-        *[("secrets", f"{TARGET.k8s_name}-tls"), ("configmaps", f"{TARGET.k8s_name}-config"),
-          ("services", f"{TARGET.k8s_name}-hl"), ("statefulsets", TARGET.k8s_name),
-          ("services", TARGET.k8s_name)] * 2,
+        *[
+            ("secrets", f"{TARGET.k8s_name}-tls"),
+            ("configmaps", f"{TARGET.k8s_name}-config"),
+            ("services", f"{TARGET.k8s_name}-hl"),
+            ("statefulsets", TARGET.k8s_name),
+            ("services", TARGET.k8s_name),
+        ]
+        * 2,
     ]
-    assert cluster.get("persistentvolumeclaims", NS, f"{TARGET.k8s_name}-data")["spec"]["resources"]["requests"]["storage"] == "8Gi"
+    assert (
+        cluster.get("persistentvolumeclaims", NS, f"{TARGET.k8s_name}-data")["spec"]["resources"]["requests"]["storage"]
+        == "8Gi"
+    )
 
     with pytest.raises(PlatformError, match="not ready after 0s"):
         platform.wait_ready(TARGET, 0)
@@ -306,8 +347,9 @@ def test_restore_flow_deploys_waits_and_reports_endpoints(cluster, platform):
 def test_internal_instance_endpoints_are_the_service_dns_name(cluster, platform):
     platform.ensure_instance_secret(TARGET, SecretStr(PASSWORD))
     platform.create_volume(TARGET, 1)
-    platform.deploy_instance(DeploySpec(instance=TARGET, postgres_version="16", storage_size_gb=1,
-                                        dns_label="orders-copy", internal=True))
+    platform.deploy_instance(
+        DeploySpec(instance=TARGET, postgres_version="16", storage_size_gb=1, dns_label="orders-copy", internal=True)
+    )
     _mark_ready(cluster, TARGET, ingress_ip=None)
     platform.wait_ready(TARGET, 5)
     endpoints = platform.endpoints(TARGET)
@@ -324,15 +366,23 @@ def test_failed_restore_is_cleaned_up_by_delete_instance(cluster, platform):
     with job_controller(cluster, spec.name, attempts, backoff_gap_seconds=0.05):
         with pytest.raises(JobFailed, match="checksum mismatch"):
             platform.run_job(spec, lambda line: None)
-    platform.deploy_instance(DeploySpec(instance=TARGET, postgres_version="17", storage_size_gb=2, dns_label="orders-copy"))
+    platform.deploy_instance(
+        DeploySpec(instance=TARGET, postgres_version="17", storage_size_gb=2, dns_label="orders-copy")
+    )
     assert platform.instance_exists(TARGET)
 
     platform.delete_instance(TARGET)
-    for plural, name in [("statefulsets", TARGET.k8s_name), ("services", TARGET.k8s_name),
-                         ("services", f"{TARGET.k8s_name}-hl"), ("secrets", f"{TARGET.k8s_name}-tls"),
-                         ("configmaps", f"{TARGET.k8s_name}-config"), ("secrets", f"{TARGET.k8s_name}-secret"),
-                         ("persistentvolumeclaims", f"{TARGET.k8s_name}-data"), ("jobs", spec.name),
-                         ("secrets", f"{spec.name}-sas")]:
+    for plural, name in [
+        ("statefulsets", TARGET.k8s_name),
+        ("services", TARGET.k8s_name),
+        ("services", f"{TARGET.k8s_name}-hl"),
+        ("secrets", f"{TARGET.k8s_name}-tls"),
+        ("configmaps", f"{TARGET.k8s_name}-config"),
+        ("secrets", f"{TARGET.k8s_name}-secret"),
+        ("persistentvolumeclaims", f"{TARGET.k8s_name}-data"),
+        ("jobs", spec.name),
+        ("secrets", f"{spec.name}-sas"),
+    ]:
         assert cluster.get(plural, NS, name) is None, (plural, name)
     assert not platform.instance_exists(TARGET)
     deletes = {r.resource.plural: r.data for r in cluster.requests() if r.method.value == "DELETE" and r.resource}

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
+from records import ImageType, InstanceRef
 from resources.platform import k8s_manifests as m
 from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobKind, JobSpec
 from resources.platform.kubernetes import KubernetesPlatform
-from records import ImageType, InstanceRef
 
 pytestmark = pytest.mark.kubernetes
 
@@ -33,7 +33,7 @@ HOSTILE_PASSWORDS = [
     "new\nline",
     "{{ .Values.password }}",
     "${PGPASSWORD} $(rm -rf /) `id`",
-    "all: of \"them\" \\ ' \n {{ x }} # - [ ] , & * ! | > % @",
+    'all: of "them" \\ \' \n {{ x }} # - [ ] , & * ! | > % @',
     "  leading and trailing spaces  ",
     "ünïcødé-密码",
 ]
@@ -52,9 +52,15 @@ PLATFORMS = [
     KubernetesPlatform(job_images=JOB_IMAGES),
     KubernetesPlatform(
         job_images={"17": "registry.example/toygres-job:17-20261126-3f2a9c1"},
-        storage_class="managed-csi-premium", job_image_pull_secret="acr-pull", pg_durable_images={"17": "acr.io/pg_durable:17"},
-        pg_durable_pull_secret="pg-durable-pull", scratch_size_limit="20Gi", workload_identity=False,
-        job_cpu_limit="2", postgres_cpu_limit="4", job_memory_request=None,
+        storage_class="managed-csi-premium",
+        job_image_pull_secret="acr-pull",
+        pg_durable_images={"17": "acr.io/pg_durable:17"},
+        pg_durable_pull_secret="pg-durable-pull",
+        scratch_size_limit="20Gi",
+        workload_identity=False,
+        job_cpu_limit="2",
+        postgres_cpu_limit="4",
+        job_memory_request=None,
     ),
 ]
 
@@ -161,7 +167,10 @@ def test_statefulset_and_service(instance, deploy):
     assert env["PGDATA"]["value"] == "/var/lib/postgresql/data/pgdata"
     data_mount = next(v for v in container["volumeMounts"] if v["name"] == "data")
     assert env["PGDATA"]["value"].startswith(data_mount["mountPath"] + "/"), "PGDATA must live on the PVC"
-    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{instance.k8s_name}-secret", "key": "password"}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": f"{instance.k8s_name}-secret",
+        "key": "password",
+    }
     assert "-c" in container["args"] and "hba_file=/etc/toygres/pg_hba.conf" in container["args"]
     assert container["args"][0] == "postgres", "the image entrypoint only runs its setup for `postgres ...`"
     assert container["readinessProbe"]["exec"]["command"][0] == "pg_isready"
@@ -189,8 +198,9 @@ def test_statefulset_and_service(instance, deploy):
 
 
 def test_pg_durable_without_a_configured_image_is_refused():
-    spec = DeploySpec(instance=INSTANCES[0], postgres_version="17", image_type=ImageType.pg_durable,
-                      storage_size_gb=1, dns_label="x")
+    spec = DeploySpec(
+        instance=INSTANCES[0], postgres_version="17", image_type=ImageType.pg_durable, storage_size_gb=1, dns_label="x"
+    )
     with pytest.raises(m.ManifestError, match="pg_durable"):
         m.statefulset(spec, PLATFORMS[0].settings())
 
@@ -206,17 +216,28 @@ def test_invalid_instance_names_are_refused_before_any_api_call(bad):
 
 def job_spec(kind: JobKind, instance: InstanceRef, sas: str | None = None, **over) -> JobSpec:
     env = {
-        JobKind.backup: {"BLOB_URL": "https://acct.blob.core.windows.net/images/orders/2024-01-01",
-                         "IMAGE_NAME": "Orders_Nightly-" + "x" * 80, "SOURCE_INSTANCE": instance.k8s_name,
-                         "SOURCE_NAMESPACE": instance.namespace},
-        JobKind.restore: {"BLOB_URL": "https://acct.blob.core.windows.net/images/orders/2024-01-01",
-                          "MANIFEST_SHA256": "ab" * 32, "BACKUP_SHA256SUMS": f"{'cd' * 32}  globals.sql\n{'ef' * 32}  databases/001.dump"},
+        JobKind.backup: {
+            "BLOB_URL": "https://acct.blob.core.windows.net/images/orders/2024-01-01",
+            "IMAGE_NAME": "Orders_Nightly-" + "x" * 80,
+            "SOURCE_INSTANCE": instance.k8s_name,
+            "SOURCE_NAMESPACE": instance.namespace,
+        },
+        JobKind.restore: {
+            "BLOB_URL": "https://acct.blob.core.windows.net/images/orders/2024-01-01",
+            "MANIFEST_SHA256": "ab" * 32,
+            "BACKUP_SHA256SUMS": f"{'cd' * 32}  globals.sql\n{'ef' * 32}  databases/001.dump",
+        },
     }[kind] | {"POSTGRES_VERSION": "17"}
     name = over.pop("name", f"{kind.value}-{instance.k8s_name}"[:63].rstrip("-"))
     return JobSpec(
-        kind=kind, name=name, script=f"{kind.value}.sh", env=env, instance=instance,
+        kind=kind,
+        name=name,
+        script=f"{kind.value}.sh",
+        env=env,
+        instance=instance,
         blob_sas=SecretStr(sas) if sas else None,
-        labels={"toygres/image": "Orders_Nightly-" + "x" * 80, "toygres/kind": kind.value}, **over,
+        labels={"toygres/image": "Orders_Nightly-" + "x" * 80, "toygres/kind": kind.value},
+        **over,
     )
 
 
@@ -287,8 +308,9 @@ def test_job_manifest(instance, kind, sas, platform):
         assert literals["VOLUME_PATH"] == data_mount["mountPath"] == platform.volume_mount_path
         assert volumes["data"]["persistentVolumeClaim"]["claimName"] == f"{instance.k8s_name}-data"
         # restore.sh puts PGDATA at $VOLUME_PATH/pgdata: the StatefulSet must agree.
-        sts = m.statefulset(DeploySpec(instance=instance, postgres_version="17", storage_size_gb=1, dns_label="x"),
-                            platform.settings())
+        sts = m.statefulset(
+            DeploySpec(instance=instance, postgres_version="17", storage_size_gb=1, dns_label="x"), platform.settings()
+        )
         sts_env = {e["name"]: e.get("value") for e in pod_env(sts)}
         assert sts_env["PGDATA"] == f"{literals['VOLUME_PATH']}/pgdata"
 
@@ -350,8 +372,13 @@ def test_scripts_config_map_name_follows_the_content(tmp_path: Path):
 def test_every_template_parses_and_keeps_its_placeholders_out_of_the_output():
     templates = sorted(p.name for p in m.TEMPLATES_DIR.glob("*.yaml"))
     assert set(templates) >= {
-        "backup-job.yaml", "restore-job.yaml", "postgres-pvc.yaml", "postgres-secret.yaml",
-        "postgres-config.yaml", "postgres-statefulset.yaml", "postgres-service.yaml",
+        "backup-job.yaml",
+        "restore-job.yaml",
+        "postgres-pvc.yaml",
+        "postgres-secret.yaml",
+        "postgres-config.yaml",
+        "postgres-statefulset.yaml",
+        "postgres-service.yaml",
     }
     for name in templates:
         assert isinstance(m.load_template(name), dict)
@@ -361,7 +388,10 @@ def test_every_template_parses_and_keeps_its_placeholders_out_of_the_output():
 def test_restore_job_image_follows_the_target_postgres_version():
     platform = KubernetesPlatform(job_images=JOB_IMAGES)
     spec = job_spec(JobKind.restore, INSTANCES[0])
-    assert m.job(spec, platform.settings(), "x", False)["spec"]["template"]["spec"]["containers"][0]["image"] == JOB_IMAGES["17"]
+    assert (
+        m.job(spec, platform.settings(), "x", False)["spec"]["template"]["spec"]["containers"][0]["image"]
+        == JOB_IMAGES["17"]
+    )
     spec = spec.model_copy(update={"env": {**spec.env, "POSTGRES_VERSION": "15"}})
     job = m.job(spec, platform.settings(), "x", False)
     validate(job)

@@ -7,17 +7,17 @@ from __future__ import annotations
 import hashlib
 import types
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
+from k8s_fake_cluster import FakeJobController, PodScript, running_cluster
 from pydantic import SecretStr
 
-from k8s_fake_cluster import FakeJobController, PodScript, running_cluster
+from records import BackupFile, BackupManifest, ImageState, ImageType, InstanceRef, InstanceState
 from resources.platform.kubernetes import KubernetesPlatform
 from tests.helpers import failure_text, materialize_image, run_logs
 from toygres_pipelines.images import backup
-from records import BackupFile, BackupManifest, ImageState, ImageType, InstanceRef, InstanceState
 from toygres_pipelines.restores.jobs import restore_instance
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.integration, pytest.mark.timeout(120)]
@@ -34,11 +34,19 @@ def cluster(tmp_path):
 
 
 def make_k8s(cluster, **over) -> KubernetesPlatform:
-    return KubernetesPlatform(**{
-        "namespace": NS, "kubeconfig_path": str(cluster.kubeconfig), "poll_interval_seconds": 0.05,
-        "log_drain_seconds": 3, "deadline_grace_seconds": 0, "pod_pending_timeout_seconds": 10, "backoff_limit": 1,
-        "job_images": JOB_IMAGES, **over,
-    })
+    return KubernetesPlatform(
+        **{
+            "namespace": NS,
+            "kubeconfig_path": str(cluster.kubeconfig),
+            "poll_interval_seconds": 0.05,
+            "log_drain_seconds": 3,
+            "deadline_grace_seconds": 0,
+            "pod_pending_timeout_seconds": 10,
+            "backoff_limit": 1,
+            "job_images": JOB_IMAGES,
+            **over,
+        }
+    )
 
 
 @pytest.fixture
@@ -48,8 +56,14 @@ def k8s(cluster) -> KubernetesPlatform:
 
 def running_source(cms):
     instance = cms.create_instance(
-        user_name="orders", k8s_name=SOURCE.k8s_name, namespace=NS, postgres_version="16", storage_size_gb=4,
-        use_load_balancer=True, dns_name="orders", image_type=ImageType.pg_durable,
+        user_name="orders",
+        k8s_name=SOURCE.k8s_name,
+        namespace=NS,
+        postgres_version="16",
+        storage_size_gb=4,
+        use_load_balancer=True,
+        dns_name="orders",
+        image_type=ImageType.pg_durable,
     )
     return cms.transition_instance(instance.id, InstanceState.running, reason="test")
 
@@ -67,7 +81,9 @@ def test_backup_asset_runs_a_job_and_fails_the_image_whose_blobs_do_not_verify(c
     dagster = dg.DagsterInstance.ephemeral()
     try:
         result = materialize_image(
-            {"cms": cms, "blob": blob, "platform": k8s}, f"{SOURCE.k8s_name}__nightly", raise_on_error=False,
+            {"cms": cms, "blob": blob, "platform": k8s},
+            f"{SOURCE.k8s_name}__nightly",
+            raise_on_error=False,
             instance=dagster,
         )
     finally:
@@ -77,7 +93,11 @@ def test_backup_asset_runs_a_job_and_fails_the_image_whose_blobs_do_not_verify(c
     image = cms.get_image(image_id)
     assert image.state is ImageState.failed
     assert image.error_message == f"manifest.json: missing from blob storage under images/{image_id}"
-    assert (image.postgres_version, image.image_type, image.source_instance_id) == ("16", ImageType.pg_durable, source.id)
+    assert (image.postgres_version, image.image_type, image.source_instance_id) == (
+        "16",
+        ImageType.pg_durable,
+        source.id,
+    )
     creations = [(plural, name) for plural, name in cluster.creations() if plural != "pods"]  # pods: the fake kubelet
     assert [plural for plural, _ in creations] == ["secrets", "configmaps", "secrets", "jobs"]
     assert creations[2:] == [("secrets", f"{job_name}-sas"), ("jobs", job_name)]
@@ -90,15 +110,29 @@ def ready_image(cms, blob):
     source = running_source(cms)
     image_id = uuid.uuid4()
     image = cms.reserve_image(
-        image_id=image_id, name="orders__nightly", description=None, source=source,
-        blob_storage_url=blob.storage_url, blob_container=blob.container, blob_path=f"images/{image_id}", run_id="r",
+        image_id=image_id,
+        name="orders__nightly",
+        description=None,
+        source=source,
+        blob_storage_url=blob.storage_url,
+        blob_container=blob.container,
+        blob_path=f"images/{image_id}",
+        run_id="r",
     )
-    cms.set_image_password(image.id, SecretStr('pa"ss\\wo\'rd'))
-    now = datetime.now(timezone.utc)
+    cms.set_image_password(image.id, SecretStr("pa\"ss\\wo'rd"))
+    now = datetime.now(UTC)
     manifest = BackupManifest(
-        format_version=1, image_name=image.name, source_instance=SOURCE.k8s_name, source_namespace=NS,
-        postgres_version="16", server_version_num=160004, dump_format="custom", started_at=now, finished_at=now,
-        tools={}, files=[
+        format_version=1,
+        image_name=image.name,
+        source_instance=SOURCE.k8s_name,
+        source_namespace=NS,
+        postgres_version="16",
+        server_version_num=160004,
+        dump_format="custom",
+        started_at=now,
+        finished_at=now,
+        tools={},
+        files=[
             BackupFile(path="globals.sql", kind="globals", size_bytes=1, sha256="ab" * 32),
             BackupFile(path="databases/001.dump", kind="database", database="orders", size_bytes=1, sha256="cd" * 32),
         ],
@@ -119,18 +153,31 @@ def test_restore_job_creates_objects_in_order_and_cleans_up_after_a_failed_job(c
     dagster = dg.DagsterInstance.ephemeral()
     try:
         result = restore_instance.execute_in_process(
-            run_config={"ops": {"validate_request": {"config": {
-                "name": "orders-copy", "dns_label": "orders-copy", "source_image_id": image.name,
-                "storage_size_gb": 1,  # no namespace: the platform's own
-            }}}},
-            resources={"cms": cms, "blob": blob, "platform": k8s}, raise_on_error=False, instance=dagster,
+            run_config={
+                "ops": {
+                    "validate_request": {
+                        "config": {
+                            "name": "orders-copy",
+                            "dns_label": "orders-copy",
+                            "source_image_id": image.name,
+                            "storage_size_gb": 1,  # no namespace: the platform's own
+                        }
+                    }
+                }
+            },
+            resources={"cms": cms, "blob": blob, "platform": k8s},
+            raise_on_error=False,
+            instance=dagster,
         )
     finally:
         controller.stop()
 
     assert not result.success and "checksum mismatch" in failure_text(result)
-    assert [(plural, name) for plural, name in cluster.creations()
-            if plural != "pods" and not name.startswith("toygres-job-scripts")] == [
+    assert [
+        (plural, name)
+        for plural, name in cluster.creations()
+        if plural != "pods" and not name.startswith("toygres-job-scripts")
+    ] == [
         ("secrets", f"{target}-secret"),
         ("persistentvolumeclaims", f"{target}-data"),
         ("secrets", f"restore-{target}-sas"),
@@ -144,17 +191,26 @@ def test_restore_job_creates_objects_in_order_and_cleans_up_after_a_failed_job(c
 
     [instance] = [i for i in cms.list_instances() if i.k8s_name == target]
     assert instance.state is InstanceState.failed
-    assert "step run_restore_job failed" in instance.error_message and "PodFailurePolicy" in instance.error_message  # exit 3: no retry
-    for plural, name in [("secrets", f"{target}-secret"), ("persistentvolumeclaims", f"{target}-data"),
-                         ("jobs", f"restore-{target}"), ("secrets", f"restore-{target}-sas"),
-                         ("statefulsets", target)]:
+    assert (
+        "step run_restore_job failed" in instance.error_message and "PodFailurePolicy" in instance.error_message
+    )  # exit 3: no retry
+    for plural, name in [
+        ("secrets", f"{target}-secret"),
+        ("persistentvolumeclaims", f"{target}-data"),
+        ("jobs", f"restore-{target}"),
+        ("secrets", f"restore-{target}-sas"),
+        ("statefulsets", target),
+    ]:
         assert cluster.get(plural, NS, name) is None, (plural, name)
     assert not cms.dns_name_in_use("orders-copy")
 
 
 def controller_job_env(cluster) -> list[dict]:
-    job_posts = [r for r in cluster.requests() if r.resource is not None and r.resource.plural == "jobs"
-                 and r.method.value == "POST"]
+    job_posts = [
+        r
+        for r in cluster.requests()
+        if r.resource is not None and r.resource.plural == "jobs" and r.method.value == "POST"
+    ]
     return job_posts[-1].data["spec"]["template"]["spec"]["containers"][0]["env"]
 
 
@@ -166,15 +222,26 @@ def controller_job_env(cluster) -> list[dict]:
     ],
     ids=["namespace-not-enabled", "no-job-image-for-the-major"],
 )
-def test_a_restore_the_deployment_cannot_run_fails_before_anything_is_created(cms, blob, cluster, config,
-                                                                              platform_over, message):
+def test_a_restore_the_deployment_cannot_run_fails_before_anything_is_created(
+    cms, blob, cluster, config, platform_over, message
+):
     image = ready_image(cms, blob)
     platform = make_k8s(cluster, **platform_over)
     result = restore_instance.execute_in_process(
-        run_config={"ops": {"validate_request": {"config": {
-            "name": "orders-copy", "dns_label": "orders-copy", "source_image_id": image.name, **config,
-        }}}},
-        resources={"cms": cms, "blob": blob, "platform": platform}, raise_on_error=False,
+        run_config={
+            "ops": {
+                "validate_request": {
+                    "config": {
+                        "name": "orders-copy",
+                        "dns_label": "orders-copy",
+                        "source_image_id": image.name,
+                        **config,
+                    }
+                }
+            }
+        },
+        resources={"cms": cms, "blob": blob, "platform": platform},
+        raise_on_error=False,
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert not result.success and message in failure_text(result), failure_text(result)
@@ -190,9 +257,15 @@ def test_janitor_removes_jobs_and_sas_secrets_past_their_timeout_by_label(cms, c
     from toygres_pipelines.images.janitor import remove_stale_jobs
 
     def put(name: str, age: timedelta, job: bool = True, timeout: int = 600) -> None:
-        spec = JobSpec(kind=JobKind.backup, name=name, script="backup.sh", instance=SOURCE, timeout_seconds=timeout,
-                       env={"POSTGRES_VERSION": "16"})
-        created = (datetime.now(timezone.utc) - age).strftime("%Y-%m-%dT%H:%M:%SZ")
+        spec = JobSpec(
+            kind=JobKind.backup,
+            name=name,
+            script="backup.sh",
+            instance=SOURCE,
+            timeout_seconds=timeout,
+            env={"POSTGRES_VERSION": "16"},
+        )
+        created = (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%SZ")
         secret = m.job_secret(spec, "sv=1&sig=secret")
         secret["metadata"]["creationTimestamp"] = created
         cluster.put_object("secrets", NS, secret)
@@ -201,18 +274,29 @@ def test_janitor_removes_jobs_and_sas_secrets_past_their_timeout_by_label(cms, c
             body["metadata"]["creationTimestamp"] = created
             cluster.put_object("jobs", NS, body)
 
-    put("backup-stale", timedelta(seconds=600 + 3600 + 60))          # past its deadline and the grace
-    put("backup-running", timedelta(seconds=600 + 60))               # past its deadline, within the grace
-    put("backup-orphan", timedelta(seconds=3600 + 60), job=False)    # its run died before creating the Job
-    put("backup-starting", timedelta(seconds=5), job=False)          # its Job is about to be created
-    cluster.put_object("secrets", NS, {"apiVersion": "v1", "kind": "Secret", "metadata": {
-        "name": "someone-elses", "namespace": NS, "creationTimestamp": "2020-01-01T00:00:00Z"}, "data": {}})
+    put("backup-stale", timedelta(seconds=600 + 3600 + 60))  # past its deadline and the grace
+    put("backup-running", timedelta(seconds=600 + 60))  # past its deadline, within the grace
+    put("backup-orphan", timedelta(seconds=3600 + 60), job=False)  # its run died before creating the Job
+    put("backup-starting", timedelta(seconds=5), job=False)  # its Job is about to be created
+    cluster.put_object(
+        "secrets",
+        NS,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "someone-elses", "namespace": NS, "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "data": {},
+        },
+    )
 
     removed = remove_stale_jobs(k8s, namespaces={NS}, grace_seconds=3600, log=print)
 
     assert sorted(removed) == [f"{NS}/backup-orphan-sas", f"{NS}/backup-stale"]
     assert cluster.get("jobs", NS, "backup-stale") is None and cluster.get("secrets", NS, "backup-stale-sas") is None
     assert cluster.get("secrets", NS, "backup-orphan-sas") is None
-    assert cluster.get("jobs", NS, "backup-running") is not None and cluster.get("secrets", NS, "backup-running-sas") is not None
+    assert (
+        cluster.get("jobs", NS, "backup-running") is not None
+        and cluster.get("secrets", NS, "backup-running-sas") is not None
+    )
     assert cluster.get("secrets", NS, "backup-starting-sas") is not None
     assert cluster.get("secrets", NS, "someone-elses") is not None

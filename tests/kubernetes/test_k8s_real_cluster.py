@@ -21,9 +21,9 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr
 
+from records import InstanceRef
 from resources.platform.base import DeploySpec, JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.kubernetes import KubernetesPlatform
-from records import InstanceRef
 from toygres_pipelines.resources_from_env import kubernetes_platform_from_env
 
 CONTEXT = os.environ.get("TOYGRES_K8S_CONTEXT")
@@ -33,7 +33,7 @@ pytestmark = [
     pytest.mark.skipif(not CONTEXT, reason="TOYGRES_K8S_CONTEXT not set: no real cluster to test against"),
 ]
 NAMESPACE = os.environ.get("TOYGRES_K8S_NAMESPACE", "toygres-test")
-PASSWORD = 'r3al"clu\\ster\'pw {{ x }} $(id)'
+PASSWORD = "r3al\"clu\\ster'pw {{ x }} $(id)"
 
 
 @pytest.fixture
@@ -41,10 +41,18 @@ def platform() -> KubernetesPlatform:
     if not os.environ.get("TOYGRES_K8S_JOB_IMAGES"):
         pytest.skip("TOYGRES_K8S_JOB_IMAGES not set")
     return KubernetesPlatform(
-        namespace=NAMESPACE, kube_context=CONTEXT, kubeconfig_path=os.environ.get("TOYGRES_K8S_KUBECONFIG"),
-        job_images=kubernetes_platform_from_env().job_images, storage_class=os.environ.get("TOYGRES_K8S_STORAGE_CLASS"),
-        backoff_limit=1, poll_interval_seconds=2, pod_pending_timeout_seconds=300,
-        job_cpu_request="50m", job_memory_request="128Mi", postgres_cpu_request="50m", postgres_memory_request="256Mi",
+        namespace=NAMESPACE,
+        kube_context=CONTEXT,
+        kubeconfig_path=os.environ.get("TOYGRES_K8S_KUBECONFIG"),
+        job_images=kubernetes_platform_from_env().job_images,
+        storage_class=os.environ.get("TOYGRES_K8S_STORAGE_CLASS"),
+        backoff_limit=1,
+        poll_interval_seconds=2,
+        pod_pending_timeout_seconds=300,
+        job_cpu_request="50m",
+        job_memory_request="128Mi",
+        postgres_cpu_request="50m",
+        postgres_memory_request="256Mi",
     )
 
 
@@ -62,18 +70,28 @@ def test_instance_and_backup_job_on_a_real_cluster(platform, source):
     platform.ensure_instance_secret(source, SecretStr(PASSWORD))
     assert platform.read_instance_password(source).get_secret_value() == PASSWORD
     platform.create_volume(source, 1)
-    platform.deploy_instance(DeploySpec(instance=source, postgres_version="17", storage_size_gb=1,
-                                        dns_label=source.k8s_name, internal=True))
+    platform.deploy_instance(
+        DeploySpec(instance=source, postgres_version="17", storage_size_gb=1, dns_label=source.k8s_name, internal=True)
+    )
     platform.wait_ready(source, 600)
     endpoints = platform.endpoints(source)
     assert endpoints.host == f"{source.k8s_name}.{NAMESPACE}.svc.cluster.local"
 
     blob_url, sas = os.environ.get("TOYGRES_K8S_BLOB_URL"), os.environ.get("TOYGRES_K8S_BLOB_SAS")
     spec = JobSpec(
-        kind=JobKind.backup, name=f"backup-{source.k8s_name}", script="backup.sh", instance=source,
-        env={"BLOB_URL": blob_url or "https://devnull.blob.core.windows.net/none/k8s-test", "IMAGE_NAME": "k8s-test",
-             "SOURCE_INSTANCE": source.k8s_name, "SOURCE_NAMESPACE": NAMESPACE, "POSTGRES_VERSION": "17"},
-        blob_sas=SecretStr(sas or "sv=2000-01-01&sig=invalid"), labels={"toygres/image": "k8s-test"},
+        kind=JobKind.backup,
+        name=f"backup-{source.k8s_name}",
+        script="backup.sh",
+        instance=source,
+        env={
+            "BLOB_URL": blob_url or "https://devnull.blob.core.windows.net/none/k8s-test",
+            "IMAGE_NAME": "k8s-test",
+            "SOURCE_INSTANCE": source.k8s_name,
+            "SOURCE_NAMESPACE": NAMESPACE,
+            "POSTGRES_VERSION": "17",
+        },
+        blob_sas=SecretStr(sas or "sv=2000-01-01&sig=invalid"),
+        labels={"toygres/image": "k8s-test"},
         timeout_seconds=600,
     )
     lines: list[str] = []
@@ -86,7 +104,9 @@ def test_instance_and_backup_job_on_a_real_cluster(platform, source):
             with pytest.raises(JobFailed) as failed:
                 platform.run_job(spec, lines.append)
             assert "BackoffLimitExceeded" in failed.value.result.reason
-            assert any("runs PostgreSQL 17" in line for line in lines), "the backup connected with the Secret's password"
+            assert any("runs PostgreSQL 17" in line for line in lines), (
+                "the backup connected with the Secret's password"
+            )
             assert failed.value.result.log_tail
         assert not any(PASSWORD in line for line in lines)
     finally:
@@ -101,11 +121,22 @@ def test_instance_and_backup_job_on_a_real_cluster(platform, source):
 
 
 def test_unschedulable_job_fails_with_the_reason(platform, source):
-    platform = platform.model_copy(update={"pod_pending_timeout_seconds": 30, "job_memory_request": "64Ti",
-                                           "job_memory_limit": "64Ti"})
-    spec = JobSpec(kind=JobKind.backup, name=f"backup-{source.k8s_name}", script="backup.sh", instance=source,
-                   env={"BLOB_URL": "https://x/y", "IMAGE_NAME": "x", "SOURCE_INSTANCE": "x", "SOURCE_NAMESPACE": "x",
-                        "POSTGRES_VERSION": "17"})
+    platform = platform.model_copy(
+        update={"pod_pending_timeout_seconds": 30, "job_memory_request": "64Ti", "job_memory_limit": "64Ti"}
+    )
+    spec = JobSpec(
+        kind=JobKind.backup,
+        name=f"backup-{source.k8s_name}",
+        script="backup.sh",
+        instance=source,
+        env={
+            "BLOB_URL": "https://x/y",
+            "IMAGE_NAME": "x",
+            "SOURCE_INSTANCE": "x",
+            "SOURCE_NAMESPACE": "x",
+            "POSTGRES_VERSION": "17",
+        },
+    )
     with pytest.raises(JobFailed, match="did not start within 30s"):
         platform.run_job(spec, lambda line: None)
     with pytest.raises(PlatformError):

@@ -15,6 +15,7 @@ left to the run-status sensors for a grace period first.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import datetime
 
 import dagster as dg
@@ -54,7 +55,10 @@ def stuck_run_ids(instance: dg.DagsterInstance, cms: CMSResource) -> dict[str, f
         add(image.run_id, image.updated_at)
     for row in cms.list_instances([InstanceState.creating]):
         add(row.run_id, row.updated_at)
-    for request in [*cms.list_image_requests([RequestState.accepted]), *cms.list_restore_requests([RequestState.accepted])]:
+    for request in [
+        *cms.list_image_requests([RequestState.accepted]),
+        *cms.list_restore_requests([RequestState.accepted]),
+    ]:
         run_id = request.run_id
         if run_id is None:
             # never launched (the request sensor re-emits it) or launched and not yet recorded
@@ -65,12 +69,18 @@ def stuck_run_ids(instance: dg.DagsterInstance, cms: CMSResource) -> dict[str, f
 
 
 def reconcile(
-    instance: dg.DagsterInstance, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource, *,
-    grace_seconds: float = AutomationSettings().reconcile_grace_seconds, log: LogSink = lambda _: None,
+    instance: dg.DagsterInstance,
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    platform: PlatformResource,
+    *,
+    grace_seconds: float = AutomationSettings().reconcile_grace_seconds,
+    log: LogSink = lambda _: None,
 ) -> Reconciliation:
     done = Reconciliation()
     now = time.time()
     for run_id, row_changed in stuck_run_ids(instance, cms).items():
+        tags: Mapping[str, str]
         record = instance.get_run_record_by_id(run_id)
         if record is None:
             if now - row_changed < grace_seconds:
@@ -92,8 +102,14 @@ def reconcile(
             detail = run_failure_message(instance, run_id)
             reason += f": {detail}" if detail else ""
         settlement = settle_run(
-            cms=cms, blob=blob, platform=platform, run_id=run_id, tags=tags,
-            succeeded=status == dg.DagsterRunStatus.SUCCESS.value, reason=reason, log=log,
+            cms=cms,
+            blob=blob,
+            platform=platform,
+            run_id=run_id,
+            tags=tags,
+            succeeded=status == dg.DagsterRunStatus.SUCCESS.value,
+            reason=reason,
+            log=log,
         )
         if settlement.changed:
             log(settlement.describe())

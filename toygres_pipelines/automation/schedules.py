@@ -18,7 +18,7 @@ from records.requests import ImageRequestFields
 from resources.cms import CMSResource
 from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, backup_image, backup_run_config
 from toygres_pipelines.automation.settings import AutomationSettings
-from toygres_pipelines.images.assets import image_partitions
+from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 
 
 def nightly_key(instance: Instance, night: str) -> str:
@@ -47,7 +47,8 @@ def nightly_run_requests(
                 partition_key=key,
                 run_config=backup_run_config(
                     ImageRequestFields(
-                        image_name=key, source_instance=str(source.id),
+                        image_name=key,
+                        source_instance=str(source.id),
                         description=f"nightly backup of {source.k8s_name} for {night}",
                     )
                 ),
@@ -55,7 +56,7 @@ def nightly_run_requests(
             )
         )
     if requests:
-        instance.add_dynamic_partitions(image_partitions.name, [r.partition_key for r in requests])
+        instance.add_dynamic_partitions(IMAGE_PARTITIONS, [r.partition_key for r in requests if r.partition_key])
     return requests
 
 

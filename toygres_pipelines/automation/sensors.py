@@ -42,7 +42,7 @@ from toygres_pipelines.automation.jobs import (
 )
 from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.forms import run_config_values
-from toygres_pipelines.images.assets import image_partitions
+from toygres_pipelines.images.assets import IMAGE_PARTITIONS, image_partitions
 from toygres_pipelines.images.backup import check_name_free, running_source
 from toygres_pipelines.restores.config import check_request_fields, plan_restore
 from toygres_pipelines.restores.jobs import restore_instance
@@ -86,8 +86,13 @@ class Evaluation(pydantic.BaseModel):
 
 
 def settle_unlaunched(
-    instance: dg.DagsterInstance, cms: CMSResource, unlaunched: list, relaunch_after: float,
-    rerequest: Callable[[Any], dg.RunRequest], done: Evaluation, log: LogSink,
+    instance: dg.DagsterInstance,
+    cms: CMSResource,
+    unlaunched: list,
+    relaunch_after: float,
+    rerequest: Callable[[Any], dg.RunRequest],
+    done: Evaluation,
+    log: LogSink,
 ) -> None:
     """Accepted requests with no run id: record the run Dagster has, or emit a lost one again."""
     for request, age in unlaunched:
@@ -102,8 +107,13 @@ def settle_unlaunched(
 
 
 def accept_or_reject(
-    claim: ClaimedRequests, check: Callable[[Any, set[str]], Any], taken: set[str], key: Callable[[Any], str],
-    run_request_for: Callable[[Any, Any], dg.RunRequest], done: Evaluation, log: LogSink,
+    claim: ClaimedRequests,
+    check: Callable[[Any, set[str]], Any],
+    taken: set[str],
+    key: Callable[[Any], str],
+    run_request_for: Callable[[Any, Any], dg.RunRequest],
+    done: Evaluation,
+    log: LogSink,
 ) -> list[dg.RunRequest]:
     """Validate each claimed row: reject it with the reason, or accept it and build its run request."""
     fresh = []
@@ -145,8 +155,12 @@ def image_run_request(request: ImageRequest, source_k8s_name: str) -> dg.RunRequ
 
 
 def evaluate_image_requests(
-    instance: dg.DagsterInstance, cms: CMSResource, *, limit: int = DEFAULTS.request_batch,
-    relaunch_after: float = DEFAULTS.relaunch_after_seconds, log: LogSink = lambda _: None,
+    instance: dg.DagsterInstance,
+    cms: CMSResource,
+    *,
+    limit: int = DEFAULTS.request_batch,
+    relaunch_after: float = DEFAULTS.relaunch_after_seconds,
+    log: LogSink = lambda _: None,
 ) -> Evaluation:
     done = Evaluation()
 
@@ -158,15 +172,18 @@ def evaluate_image_requests(
     with cms.claim_pending_image_requests(limit) as claim:
         names_taken = {r.image_name for r in claim.already_accepted()}
         fresh = accept_or_reject(
-            claim, lambda request, taken: check_image_request(cms, request, taken), names_taken,
+            claim,
+            lambda request, taken: check_image_request(cms, request, taken),
+            names_taken,
             lambda request: request.image_name,
-            lambda request, source: image_run_request(request, source.k8s_name), done, log,
+            lambda request, source: image_run_request(request, source.k8s_name),
+            done,
+            log,
         )
     # committed: the accepted rows are durable before any run request leaves this evaluation
     done.run_requests.extend(fresh)
-    done.new_partitions = sorted(
-        {key for r in done.run_requests if (key := r.partition_key) and not instance.has_dynamic_partition(image_partitions.name, key)}
-    )
+    keys = {r.partition_key for r in done.run_requests if r.partition_key is not None}
+    done.new_partitions = sorted(k for k in keys if not instance.has_dynamic_partition(IMAGE_PARTITIONS, k))
     return done
 
 
@@ -195,8 +212,12 @@ def restore_run_request(request: RestoreRequest, image_id: str) -> dg.RunRequest
 
 
 def evaluate_restore_requests(
-    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, *,
-    limit: int = DEFAULTS.request_batch, relaunch_after: float = DEFAULTS.relaunch_after_seconds,
+    instance: dg.DagsterInstance,
+    cms: CMSResource,
+    platform: PlatformResource,
+    *,
+    limit: int = DEFAULTS.request_batch,
+    relaunch_after: float = DEFAULTS.relaunch_after_seconds,
     log: LogSink = lambda _: None,
 ) -> Evaluation:
     done = Evaluation()
@@ -209,8 +230,13 @@ def evaluate_restore_requests(
     with cms.claim_pending_restore_requests(limit) as claim:
         labels_taken = {r.dns_label for r in claim.already_accepted()}
         fresh = accept_or_reject(
-            claim, lambda request, taken: check_restore_request(cms, platform, request, taken), labels_taken,
-            lambda request: request.dns_label, restore_run_request, done, log,
+            claim,
+            lambda request, taken: check_restore_request(cms, platform, request, taken),
+            labels_taken,
+            lambda request: request.dns_label,
+            restore_run_request,
+            done,
+            log,
         )
     done.run_requests.extend(fresh)
     return done
@@ -221,11 +247,13 @@ def evaluate_restore_requests(
 
 def request_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
     """The two request sensors, with the interval, batch and relaunch delay of `settings`."""
-    common = {"minimum_interval_seconds": settings.sensor_interval_seconds, "default_status": dg.DefaultSensorStatus.RUNNING}
     limits = {"limit": settings.request_batch, "relaunch_after": settings.relaunch_after_seconds}
 
     @dg.sensor(
-        name="image_requests_sensor", job=backup_image, **common,
+        name="image_requests_sensor",
+        job=backup_image,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description="Pending rows of toygres_cms.image_requests become backup_image runs (run key = request id); "
         "invalid ones are rejected with the reason.",
     )
@@ -235,7 +263,10 @@ def request_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
         return done.result("image")
 
     @dg.sensor(
-        name="restore_requests_sensor", job=restore_instance, **common,
+        name="restore_requests_sensor",
+        job=restore_instance,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description="Pending rows of toygres_cms.restore_requests become restore_instance runs (run key = request "
         "id); invalid ones are rejected with the reason.",
     )

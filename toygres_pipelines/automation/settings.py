@@ -43,7 +43,9 @@ class AutomationSettings(BaseModel):
         """The settings the environment gives (an unset or empty variable keeps the default)."""
         env = os.environ if environ is None else environ
         values = {
-            field: env[cls.env_name(field)].strip() for field in cls.model_fields if env.get(cls.env_name(field), "").strip()
+            field: env[cls.env_name(field)].strip()
+            for field in cls.model_fields
+            if env.get(cls.env_name(field), "").strip()
         }
         try:
             return cls.model_validate(values)

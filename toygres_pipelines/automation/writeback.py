@@ -78,8 +78,15 @@ def record_run_start(cms: CMSResource, run_id: str, tags: Mapping[str, str], log
 
 
 def settle_run(
-    *, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource, run_id: str,
-    tags: Mapping[str, str], succeeded: bool, reason: str | None, log: LogSink,
+    *,
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    platform: PlatformResource,
+    run_id: str,
+    tags: Mapping[str, str],
+    succeeded: bool,
+    reason: str | None,
+    log: LogSink,
 ) -> Settlement:
     """Make the rows of an ended run terminal (see the module docstring)."""
     done = Settlement(run_id=run_id)
@@ -123,12 +130,20 @@ def settle_run(
         if isinstance(request, RestoreRequest):
             restored = cms.find_instance_by_run(run_id)
             cms.transition_restore_request(
-                request.id, target, reason=request_reason, run_id=run_id,
-                instance_id=restored.id if restored else None, expected=RequestState.accepted,
+                request.id,
+                target,
+                reason=request_reason,
+                run_id=run_id,
+                instance_id=restored.id if restored else None,
+                expected=RequestState.accepted,
             )
         else:
             cms.transition_image_request(
-                request.id, target, reason=request_reason, run_id=run_id, expected=RequestState.accepted,
+                request.id,
+                target,
+                reason=request_reason,
+                run_id=run_id,
+                expected=RequestState.accepted,
             )
         done.request_state = target.value
     except CMSError as error:
@@ -187,6 +202,7 @@ def cancel_reason(run_id: str) -> str:
 
 # ---- the sensors ----------------------------------------------------------------------------
 
+
 def run_started_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name="request_run_started",
@@ -203,22 +219,34 @@ def run_started_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
 
 
 def settling_sensor(
-    settings: AutomationSettings, name: str, status: dg.DagsterRunStatus, description: str,
+    settings: AutomationSettings,
+    name: str,
+    status: dg.DagsterRunStatus,
+    description: str,
     reason: Callable[[dg.RunStatusSensorContext], str | None],
 ) -> dg.SensorDefinition:
     """A run-status sensor that applies `settle_run` to every run reaching `status`."""
 
     @dg.run_status_sensor(
-        name=name, run_status=status, description=description,
-        minimum_interval_seconds=settings.sensor_interval_seconds, default_status=dg.DefaultSensorStatus.RUNNING,
+        name=name,
+        run_status=status,
+        description=description,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def settle(
         context: dg.RunStatusSensorContext, cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource
     ):
         run = context.dagster_run
         done = settle_run(
-            cms=cms, blob=blob, platform=platform, run_id=run.run_id, tags=run.tags,
-            succeeded=status is dg.DagsterRunStatus.SUCCESS, reason=reason(context), log=context.log.info,
+            cms=cms,
+            blob=blob,
+            platform=platform,
+            run_id=run.run_id,
+            tags=run.tags,
+            succeeded=status is dg.DagsterRunStatus.SUCCESS,
+            reason=reason(context),
+            log=context.log.info,
         )
         context.log.info(done.describe())
 
@@ -230,18 +258,24 @@ def writeback_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]
     return [
         run_started_sensor(settings),
         settling_sensor(
-            settings, "run_succeeded_writeback", dg.DagsterRunStatus.SUCCESS,
+            settings,
+            "run_succeeded_writeback",
+            dg.DagsterRunStatus.SUCCESS,
             "A finished backup/restore run: its request succeeded (restore: with the new instance id).",
             reason=lambda context: None,
         ),
         settling_sensor(
-            settings, "run_failed_writeback", dg.DagsterRunStatus.FAILURE,
+            settings,
+            "run_failed_writeback",
+            dg.DagsterRunStatus.FAILURE,
             "A failed run: its request failed with the reason; an image or instance it left creating "
             "is failed and cleaned up.",
             reason=lambda context: failure_reason(context.instance, context.dagster_run.run_id),
         ),
         settling_sensor(
-            settings, "run_canceled_writeback", dg.DagsterRunStatus.CANCELED,
+            settings,
+            "run_canceled_writeback",
+            dg.DagsterRunStatus.CANCELED,
             "A terminated run: like a failure, with the reason that it was canceled.",
             reason=lambda context: cancel_reason(context.dagster_run.run_id),
         ),

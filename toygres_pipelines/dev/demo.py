@@ -32,11 +32,32 @@ def pagila_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 def psql(platform: LocalPlatform, ref: InstanceRef, *args: str, database: str = "postgres") -> str:
     endpoints = platform.endpoints(ref)
-    env = {**os.environ, "PGPASSWORD": platform.read_instance_password(ref).get_secret_value(), "PGCONNECT_TIMEOUT": "10"}
+    env = {
+        **os.environ,
+        "PGPASSWORD": platform.read_instance_password(ref).get_secret_value(),
+        "PGCONNECT_TIMEOUT": "10",
+    }
     done = subprocess.run(
-        [str(postgres_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", endpoints.host,
-         "-p", str(endpoints.port), "-U", SUPERUSER, "-d", database, *args],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            str(postgres_bindir() / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            endpoints.host,
+            "-p",
+            str(endpoints.port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            database,
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if done.returncode != 0:
         raise RuntimeError(f"psql {' '.join(args)[:200]} failed: {done.stderr.strip()[-2000:]}")
@@ -73,19 +94,30 @@ def load_pagila(platform: LocalPlatform, ref: InstanceRef, source: Path | None =
     psql(platform, ref, "-c", "GRANT SELECT ON ALL TABLES IN SCHEMA public TO pagila_app", database="pagila")
 
 
-def register_running(cms: CMSResource, platform: LocalPlatform, ref: InstanceRef, user_name: str | None = None) -> Instance:
+def register_running(
+    cms: CMSResource, platform: LocalPlatform, ref: InstanceRef, user_name: str | None = None
+) -> Instance:
     """Record an instance the platform already runs as `running` in the CMS."""
     existing = cms.find_instance(ref.k8s_name)
     if existing is not None and existing.state is InstanceState.running:
         return existing
     endpoints = platform.endpoints(ref)
     instance = existing or cms.create_instance(
-        user_name=user_name or ref.k8s_name, k8s_name=ref.k8s_name, namespace=ref.namespace,
-        postgres_version="15", storage_size_gb=1, use_load_balancer=True, dns_name=ref.k8s_name,
+        user_name=user_name or ref.k8s_name,
+        k8s_name=ref.k8s_name,
+        namespace=ref.namespace,
+        postgres_version="15",
+        storage_size_gb=1,
+        use_load_balancer=True,
+        dns_name=ref.k8s_name,
         image_type=ImageType.stock,
     )
     strings = connection_strings(endpoints, password=None)
     return cms.transition_instance(
-        instance.id, InstanceState.running, reason="registered running instance",
-        ip_connection_string=strings.ip, dns_connection_string=strings.dns, external_ip=endpoints.external_ip,
+        instance.id,
+        InstanceState.running,
+        reason="registered running instance",
+        ip_connection_string=strings.ip,
+        dns_connection_string=strings.dns,
+        external_ip=endpoints.external_ip,
     )

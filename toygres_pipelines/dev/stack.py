@@ -68,10 +68,21 @@ class Azurite:
         log = open(self.data_dir / "azurite.log", "ab")
         self.process = subprocess.Popen(
             [
-                *DEFAULT_SIGNALS, str(azurite_path()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-                "--location", str(self.data_dir), "--skipApiVersionCheck", "--loose", "--disableTelemetry",
+                *DEFAULT_SIGNALS,
+                str(azurite_path()),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.port),
+                "--location",
+                str(self.data_dir),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
             ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for_port(self.port, 30)
         return self
@@ -112,7 +123,9 @@ class CmsServer:
             password = secrets.token_urlsafe(24)
             port = port or free_port()
         server = LocalPostgresServer(
-            data_dir=state_dir / "cms-data", port=port, socket_dir=state_dir / "cms-socket",
+            data_dir=state_dir / "cms-data",
+            port=port,
+            socket_dir=state_dir / "cms-socket",
             log_file=state_dir / "cms-socket" / "postgres.log",
         )
         cms = cls(server=server, password=password)

@@ -10,7 +10,8 @@ from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.images.backup import materialization_metadata, source_ref_for, take_image
 
-image_partitions = dg.DynamicPartitionsDefinition(name="images")
+IMAGE_PARTITIONS = "images"
+image_partitions = dg.DynamicPartitionsDefinition(name=IMAGE_PARTITIONS)
 
 
 class BackupConfig(BackupFields, dg.Config):
@@ -44,11 +45,19 @@ def image(
     try:
         source_ref = source_ref_for(name, config.source_instance)
         outcome = take_image(
-            name=name, source_ref=source_ref, description=config.description, run_id=context.run_id,
-            cms=cms, blob=blob, platform=platform, log=context.log.info,
+            name=name,
+            source_ref=source_ref,
+            description=config.description,
+            run_id=context.run_id,
+            cms=cms,
+            blob=blob,
+            platform=platform,
+            log=context.log.info,
             job_timeout_seconds=config.job_timeout_seconds,
         )
     except ValidationFailed as error:
         raise dg.Failure(description=f"Invalid backup request: {error}", allow_retries=False) from error
-    context.log.info(f"image {name} ready: {outcome.report.total_bytes} bytes, manifest sha256 {outcome.report.manifest_sha256}")
+    context.log.info(
+        f"image {name} ready: {outcome.report.total_bytes} bytes, manifest sha256 {outcome.report.manifest_sha256}"
+    )
     return dg.MaterializeResult(metadata=materialization_metadata(outcome))

@@ -109,9 +109,14 @@ def take_image(
     source = running_source(cms, source_ref)
     image_id = uuid.uuid4()
     image = cms.reserve_image(
-        image_id=image_id, name=name, description=description, source=source,
-        blob_storage_url=blob.storage_url, blob_container=blob.container,
-        blob_path=image_prefix(image_id), run_id=run_id,
+        image_id=image_id,
+        name=name,
+        description=description,
+        source=source,
+        blob_storage_url=blob.storage_url,
+        blob_container=blob.container,
+        blob_path=image_prefix(image_id),
+        run_id=run_id,
     )
     started = time.monotonic()
     ref = InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace)
@@ -125,11 +130,16 @@ def take_image(
         manifest, report = verify_image(blob, image.blob_path)
         if manifest.image_name != name or manifest.source_instance != source.k8s_name:
             raise RuntimeError(
-                f"manifest describes {manifest.image_name!r} of {manifest.source_instance!r}, expected {name!r} of {source.k8s_name!r}"
+                f"manifest describes {manifest.image_name!r} of {manifest.source_instance!r},"
+                f" expected {name!r} of {source.k8s_name!r}"
             )
         ready = cms.transition_image(
-            image.id, ImageState.ready, run_id=run_id, reason="backup verified",
-            backup_size_bytes=report.total_bytes, backup_checksum=report.manifest_sha256,
+            image.id,
+            ImageState.ready,
+            run_id=run_id,
+            reason="backup verified",
+            backup_size_bytes=report.total_bytes,
+            backup_checksum=report.manifest_sha256,
         )
     except BaseException as error:
         try:
@@ -154,7 +164,12 @@ BLOBS_REMOVABLE = (ImageState.failed, ImageState.deleting)
 
 
 def fail_image(
-    cms: CMSResource, blob: BlobStorageResource, image: Image, *, reason: str, run_id: str | None,
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    image: Image,
+    *,
+    reason: str,
+    run_id: str | None,
     log: Callable[[str], None],
 ) -> None:
     """Mark the image failed (if it is still creating) and remove whatever reached blob storage.
@@ -167,7 +182,9 @@ def fail_image(
     current = cms.get_image(image.id)
     if current is not None and current.state is ImageState.creating:
         try:
-            current = cms.transition_image(image.id, ImageState.failed, reason=reason, run_id=run_id, expected=ImageState.creating)
+            current = cms.transition_image(
+                image.id, ImageState.failed, reason=reason, run_id=run_id, expected=ImageState.creating
+            )
         except InvalidTransition:  # another writer settled it first (e.g. it became ready)
             current = cms.get_image(image.id)
     if current is None or current.state not in BLOBS_REMOVABLE:
@@ -197,13 +214,9 @@ def materialization_metadata(outcome: BackupOutcome) -> dict[str, dg.MetadataVal
         "source_instance": dg.MetadataValue.text(f"{image.source_namespace}/{image.source_k8s_name}"),
         "bytes": dg.MetadataValue.int(outcome.report.total_bytes),
         "manifest_sha256": dg.MetadataValue.text(outcome.report.manifest_sha256),
-        "files": dg.MetadataValue.json(
-            [f.model_dump() for f in outcome.report.files]
-        ),
+        "files": dg.MetadataValue.json([f.model_dump() for f in outcome.report.files]),
         "duration_seconds": dg.MetadataValue.float(round(outcome.seconds, 3)),
-        "throughput_mib_per_second": dg.MetadataValue.float(
-            round(outcome.report.total_bytes / seconds / 2**20, 3)
-        ),
+        "throughput_mib_per_second": dg.MetadataValue.float(round(outcome.report.total_bytes / seconds / 2**20, 3)),
         "blob_url": dg.MetadataValue.url(f"{image.blob_storage_url}/{image.blob_container}/{image.blob_path}"),
         "postgres_version": dg.MetadataValue.text(image.postgres_version),
     }

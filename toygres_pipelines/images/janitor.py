@@ -36,7 +36,9 @@ def purge_failed_images(context: dg.OpExecutionContext, cms: CMSResource, blob: 
 @dg.op(description="Delete jobs (and their blob credentials) past their timeout")
 def purge_stale_jobs(context: dg.OpExecutionContext, cms: CMSResource, platform: PlatformResource) -> None:
     namespaces = {instance.namespace for instance in cms.list_instances()}
-    removed = remove_stale_jobs(platform, namespaces, AutomationSettings.from_env().stale_job_grace_seconds, context.log.info)
+    removed = remove_stale_jobs(
+        platform, namespaces, AutomationSettings.from_env().stale_job_grace_seconds, context.log.info
+    )
     context.log.info(f"removed {len(removed)} stale job(s)")
 
 

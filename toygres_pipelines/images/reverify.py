@@ -28,13 +28,19 @@ def reverify(cms: CMSResource, blob: BlobStorageResource, ref: str, run_id: str,
         log(f"image {image.name} still fails verification: {error}")
         raise
     return cms.transition_image(
-        image.id, ImageState.ready, run_id=run_id, expected=ImageState.corrupt,
-        reason="re-verified: every file matches its manifest and the CMS checksum", error_message=None,
+        image.id,
+        ImageState.ready,
+        run_id=run_id,
+        expected=ImageState.corrupt,
+        reason="re-verified: every file matches its manifest and the CMS checksum",
+        error_message=None,
     )
 
 
 @dg.op(description="Verify a corrupt image's blobs again; ready again when every byte matches")
-def reverify_corrupt_image(context: dg.OpExecutionContext, config: ReverifyConfig, cms: CMSResource, blob: BlobStorageResource) -> None:
+def reverify_corrupt_image(
+    context: dg.OpExecutionContext, config: ReverifyConfig, cms: CMSResource, blob: BlobStorageResource
+) -> None:
     try:
         image = reverify(cms, blob, config.image, context.run_id, context.log.info)
     except (ValidationFailed, ImageCorrupt) as error:

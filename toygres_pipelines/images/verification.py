@@ -40,10 +40,14 @@ def _hash_and_read(blob: BlobStorageResource, name: str, is_dump: bool) -> FileC
     if is_dump:
         reader = subprocess.Popen(
             [str(postgres_bindir() / "pg_restore"), "--file=/dev/null"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         errors: list[bytes] = []
-        drain = threading.Thread(target=lambda: errors.append(reader.stderr.read()))
+        stderr = reader.stderr
+        assert stderr is not None  # stderr=PIPE
+        drain = threading.Thread(target=lambda: errors.append(stderr.read()))
         drain.start()
     for chunk in blob.iter_chunks(name):
         digest.update(chunk)
@@ -68,7 +72,9 @@ def check_file(blob: BlobStorageResource, prefix: str, expected: BackupFile) -> 
     name = f"{prefix.rstrip('/')}/{expected.path}"
     actual = _hash_and_read(blob, name, is_dump=expected.kind == "database")
     if actual.size_bytes != expected.size_bytes:
-        raise ImageCorrupt(f"{expected.path}: {actual.size_bytes} bytes in blob storage, manifest says {expected.size_bytes}")
+        raise ImageCorrupt(
+            f"{expected.path}: {actual.size_bytes} bytes in blob storage, manifest says {expected.size_bytes}"
+        )
     if actual.sha256 != expected.sha256:
         raise ImageCorrupt(f"{expected.path}: sha256 {actual.sha256} in blob storage, manifest says {expected.sha256}")
     return actual
@@ -107,9 +113,7 @@ def verify_image(
     if not any(f.kind == "globals" for f in manifest.files) or not any(f.kind == "database" for f in manifest.files):
         raise ImageCorrupt("the manifest must list the roles (globals) and at least one database dump")
     checks = [check_file(blob, prefix, expected) for expected in manifest.files]
-    return manifest, VerificationReport(
-        manifest_sha256=manifest_sha256, total_bytes=manifest.total_bytes, files=checks
-    )
+    return manifest, VerificationReport(manifest_sha256=manifest_sha256, total_bytes=manifest.total_bytes, files=checks)
 
 
 def sha256sums(manifest: BackupManifest) -> str:

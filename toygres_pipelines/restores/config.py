@@ -85,7 +85,10 @@ def check_request_fields(fields: RestoreRequestFields) -> None:
 
 
 def check_timeouts(config: RestoreConfig) -> None:
-    for field, (low, high) in (("job_timeout_seconds", JOB_TIMEOUT_BOUNDS), ("ready_timeout_seconds", READY_TIMEOUT_BOUNDS)):
+    for field, (low, high) in (
+        ("job_timeout_seconds", JOB_TIMEOUT_BOUNDS),
+        ("ready_timeout_seconds", READY_TIMEOUT_BOUNDS),
+    ):
         value = getattr(config, field)
         if not low <= value <= high:
             raise ValidationFailed(field, f"{value} must be between {low} and {high} seconds")
@@ -125,5 +128,3 @@ def plan_restore(fields: RestoreRequestFields, cms: CMSResource, platform: Platf
         manifest_sha256=image.backup_checksum or "",
         blob_path=image.blob_path,
     )
-
-

@@ -87,7 +87,9 @@ def validate_request(
         f"restoring image {plan.image_name} ({plan.image_type}, PostgreSQL {plan.postgres_version}) "
         f"into {plan.namespace}/{plan.k8s_name}, {plan.storage_size_gb} GiB"
     )
-    return TimedPlan(plan=plan, job_timeout_seconds=config.job_timeout_seconds, ready_timeout_seconds=config.ready_timeout_seconds)
+    return TimedPlan(
+        plan=plan, job_timeout_seconds=config.job_timeout_seconds, ready_timeout_seconds=config.ready_timeout_seconds
+    )
 
 
 @dg.op(description="Create the CMS instance row (creating); this reserves the DNS name")
@@ -101,21 +103,34 @@ def create_instance_record(
         if earlier.state is InstanceState.creating:
             refuse_while_alive(context, earlier, key)
             clean_up_failed_restore(
-                cms, platform, earlier, reason=f"superseded by run {context.run_id} of the same request", log=context.log.info
+                cms,
+                platform,
+                earlier,
+                reason=f"superseded by run {context.run_id} of the same request",
+                log=context.log.info,
             )
     try:
         return cms.create_instance(
-            user_name=plan.user_name, k8s_name=plan.k8s_name, namespace=plan.namespace,
-            postgres_version=plan.postgres_version, storage_size_gb=plan.storage_size_gb,
-            use_load_balancer=not plan.internal, dns_name=plan.dns_label, image_type=plan.image_type,
-            source_image_id=plan.image_id, run_id=context.run_id, tags={REQUEST_KEY: key},
+            user_name=plan.user_name,
+            k8s_name=plan.k8s_name,
+            namespace=plan.namespace,
+            postgres_version=plan.postgres_version,
+            storage_size_gb=plan.storage_size_gb,
+            use_load_balancer=not plan.internal,
+            dns_name=plan.dns_label,
+            image_type=plan.image_type,
+            source_image_id=plan.image_id,
+            run_id=context.run_id,
+            tags={REQUEST_KEY: key},
         )
     except ValidationFailed as error:
         raise dg.Failure(description=f"Invalid restore request: {error}", allow_retries=False) from error
 
 
 @dg.op(description="Decrypt the source image's password into the new instance's Secret")
-def create_instance_secret(instance: Instance, timed: TimedPlan, cms: CMSResource, platform: PlatformResource) -> Instance:
+def create_instance_secret(
+    instance: Instance, timed: TimedPlan, cms: CMSResource, platform: PlatformResource
+) -> Instance:
     instance = still_creating(cms, instance)
     platform.ensure_instance_secret(instance_ref(instance), cms.image_password(timed.plan.image_id))
     return instance
@@ -133,8 +148,12 @@ def create_volume(instance: Instance, cms: CMSResource, platform: PlatformResour
     pool="toygres-restore",  # however the run was launched, restores share this pool's slots
 )
 def run_restore_job(
-    context: dg.OpExecutionContext, instance: Instance, timed: TimedPlan, cms: CMSResource,
-    blob: BlobStorageResource, platform: PlatformResource,
+    context: dg.OpExecutionContext,
+    instance: Instance,
+    timed: TimedPlan,
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    platform: PlatformResource,
 ) -> Instance:
     instance = still_creating(cms, instance)
     try:
@@ -155,8 +174,12 @@ def deploy_instance(instance: Instance, timed: TimedPlan, cms: CMSResource, plat
     plan = timed.plan
     platform.deploy_instance(
         DeploySpec(
-            instance=instance_ref(instance), postgres_version=plan.postgres_version, image_type=plan.image_type,
-            storage_size_gb=instance.storage_size_gb, internal=plan.internal, dns_label=plan.dns_label,
+            instance=instance_ref(instance),
+            postgres_version=plan.postgres_version,
+            image_type=plan.image_type,
+            storage_size_gb=instance.storage_size_gb,
+            internal=plan.internal,
+            dns_label=plan.dns_label,
         )
     )
     return instance
@@ -169,10 +192,14 @@ def wait_until_ready(instance: Instance, timed: TimedPlan, platform: PlatformRes
 
 
 @dg.op(description="Build the connection strings (the password stays in the Secret)")
-def build_connection_strings(context: dg.OpExecutionContext, instance: Instance, platform: PlatformResource) -> InstanceAddress:
+def build_connection_strings(
+    context: dg.OpExecutionContext, instance: Instance, platform: PlatformResource
+) -> InstanceAddress:
     endpoints = platform.endpoints(instance_ref(instance))
     address = InstanceAddress(endpoints=endpoints, strings=connection_strings(endpoints, password=None))
-    context.log.info(f"instance answers at {address.strings.ip}" + (f" and {address.strings.dns}" if address.strings.dns else ""))
+    context.log.info(
+        f"instance answers at {address.strings.ip}" + (f" and {address.strings.dns}" if address.strings.dns else "")
+    )
     return address
 
 
@@ -197,8 +224,12 @@ def mark_instance_running(
 ) -> dg.Output[Instance]:
     still_creating(cms, instance)
     running = cms.transition_instance(
-        instance.id, InstanceState.running, run_id=context.run_id, reason=f"restored and answering: {server_version}",
-        ip_connection_string=address.strings.ip, dns_connection_string=address.strings.dns,
+        instance.id,
+        InstanceState.running,
+        run_id=context.run_id,
+        reason=f"restored and answering: {server_version}",
+        ip_connection_string=address.strings.ip,
+        dns_connection_string=address.strings.dns,
         external_ip=address.endpoints.external_ip,
     )
     return dg.Output(

@@ -37,7 +37,11 @@ def restore_job_name(instance: Instance) -> str:
 
 
 def connection_string(
-    host: str, port: int, password: SecretStr | None, user: str = SUPERUSER, database: str = DATABASE,
+    host: str,
+    port: int,
+    password: SecretStr | None,
+    user: str = SUPERUSER,
+    database: str = DATABASE,
     sslmode: str | None = None,
 ) -> str:
     """A postgresql:// URL; the password, when given, is percent-encoded whatever it contains."""
@@ -53,7 +57,9 @@ def connection_strings(endpoints: Endpoints, password: SecretStr | None) -> Conn
     ssl = endpoints.sslmode
     return ConnectionStrings(
         ip=connection_string(ip_host, endpoints.port, password, sslmode=ssl),
-        dns=connection_string(endpoints.dns_name, endpoints.port, password, sslmode=ssl) if endpoints.dns_name else None,
+        dns=connection_string(endpoints.dns_name, endpoints.port, password, sslmode=ssl)
+        if endpoints.dns_name
+        else None,
     )
 
 
@@ -100,7 +106,10 @@ def mark_image_corrupt(cms: CMSResource, plan: RestorePlan, why: str, run_id: st
     """A ready image whose bytes failed verification is never offered again until re-verified."""
     try:
         cms.transition_image(
-            plan.image_id, ImageState.corrupt, run_id=run_id, expected=ImageState.ready,
+            plan.image_id,
+            ImageState.corrupt,
+            run_id=run_id,
+            expected=ImageState.ready,
             reason=f"failed verification at restore: {why}"[:4000],
             error_message=f"failed verification at restore: {why}"[:4000],
         )
@@ -110,7 +119,9 @@ def mark_image_corrupt(cms: CMSResource, plan: RestorePlan, why: str, run_id: st
 
 
 def check_connection(connection_url: str, timeout_seconds: int) -> str:
-    with psycopg.connect(connection_url, connect_timeout=timeout_seconds, options=f"-c statement_timeout={timeout_seconds * 1000}") as conn:
+    with psycopg.connect(
+        connection_url, connect_timeout=timeout_seconds, options=f"-c statement_timeout={timeout_seconds * 1000}"
+    ) as conn:
         row = conn.execute("SELECT version()").fetchone()
     if row is None:
         raise RuntimeError("SELECT version() returned no row")
@@ -134,4 +145,3 @@ def clean_up_failed_restore(
     if current is not None and current.state in (InstanceState.creating, InstanceState.running):
         cms.transition_instance(instance.id, InstanceState.failed, reason=reason[:4000])
     log(f"cleanup: instance {instance.k8s_name} marked failed: {reason[:300]}")
-
