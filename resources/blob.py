@@ -123,9 +123,6 @@ class BlobStorageResource(dg.ConfigurableResource):
     def list_names(self, prefix: str) -> list[str]:
         return [blob.name for blob in self._container.list_blobs(name_starts_with=prefix.rstrip("/") + "/")]
 
-    def blob_size(self, name: str) -> int:
-        return self._container.get_blob_client(name).get_blob_properties().size
-
     def read_bytes(self, name: str) -> bytes:
         return self._container.download_blob(name).readall()
 
@@ -134,14 +131,6 @@ class BlobStorageResource(dg.ConfigurableResource):
 
     def iter_chunks(self, name: str) -> Iterator[bytes]:
         yield from self._container.download_blob(name).chunks()
-
-    def sha256(self, name: str) -> tuple[str, int]:
-        digest = hashlib.sha256()
-        size = 0
-        for chunk in self.iter_chunks(name):
-            digest.update(chunk)
-            size += len(chunk)
-        return digest.hexdigest(), size
 
     def read_manifest(self, prefix: str) -> tuple[BackupManifest, str]:
         """The folder's manifest and the sha256 of its exact bytes."""

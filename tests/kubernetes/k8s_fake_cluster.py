@@ -406,53 +406,12 @@ class FakeJobController:
                     f"Container job for pod {self.namespace}/{pod_name} failed with exit code "
                     f"{script.exit_code} matching FailJob rule at index {rule}"
                 )
-                self._patch_job(
-                    batch,
-                    merge,
-                    {
-                        "status": {
-                            "active": None,
-                            "failed": failed,
-                            "conditions": [
-                                {
-                                    "type": "FailureTarget",
-                                    "status": "True",
-                                    "reason": "PodFailurePolicy",
-                                    "message": message,
-                                },
-                                {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": message},
-                            ],
-                        }
-                    },
-                )
-                self.events.append("job Failed")
+                self._fail_job(batch, merge, failed, "PodFailurePolicy", message)
                 return
             if failed > backoff_limit:
-                self._patch_job(
-                    batch,
-                    merge,
-                    {
-                        "status": {
-                            "active": None,
-                            "failed": failed,
-                            "conditions": [
-                                {
-                                    "type": "FailureTarget",
-                                    "status": "True",
-                                    "reason": "BackoffLimitExceeded",
-                                    "message": "Job has reached the specified backoff limit",
-                                },
-                                {
-                                    "type": "Failed",
-                                    "status": "True",
-                                    "reason": "BackoffLimitExceeded",
-                                    "message": "Job has reached the specified backoff limit",
-                                },
-                            ],
-                        }
-                    },
+                self._fail_job(
+                    batch, merge, failed, "BackoffLimitExceeded", "Job has reached the specified backoff limit"
                 )
-                self.events.append("job Failed")
                 return
             # The real controller waits (exponential backoff) before the replacement pod: the
             # Job then shows active=0, failed=n and no Failed condition. Not a failure yet.
@@ -460,6 +419,15 @@ class FakeJobController:
             self.events.append(f"backoff after {failed} failure(s)")
             if not self._sleep(self.backoff_gap_seconds):
                 return
+
+    def _fail_job(self, batch, merge, failed: int, reason: str, message: str) -> None:
+        """The Job's terminal failure, with the conditions the real controller sets."""
+        conditions = [
+            {"type": kind, "status": "True", "reason": reason, "message": message}
+            for kind in ("FailureTarget", "Failed")
+        ]
+        self._patch_job(batch, merge, {"status": {"active": None, "failed": failed, "conditions": conditions}})
+        self.events.append("job Failed")
 
     def _patch_job(self, batch: kubernetes.client.BatchV1Api, content_type: str, body: dict) -> None:
         batch.patch_namespaced_job_status(self.job_name, self.namespace, body, _content_type=content_type)
