@@ -7,6 +7,9 @@ for restores), then insert a `pending` row; the request sensors turn pending row
 Exit codes: 0 success, 2 invalid request or usage (`error: <field>: <rule>` on stderr),
 3 CMS not configured / unreachable / not migrated, 1 anything else. No password (of the CMS
 DSN or of an instance) is ever printed.
+
+Why one module of this size: one function per command plus the parser; the request commands'
+options are generated from the request records (`toygres_pipelines.forms`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ ever appears in an env literal, a label or an annotation.
 
 All functions here are pure (no API calls) so that tests can validate what they return against
 the official Kubernetes schemas.
+
+Why one module of this size: one renderer per template file, each short; splitting them apart
+would scatter the naming rules (names, labels) they all share.
 """
 
 from __future__ import annotations

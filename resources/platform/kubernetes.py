@@ -22,18 +22,18 @@ Waiting on Jobs uses dagster-k8s' `DagsterKubernetesClient` for the reads (job s
 retries on transient API errors, the job's pods, pod logs); the decision "finished or not" is
 taken from the Job's conditions (Complete / Failed), not from pod counts, so a failed pod that
 the Job will retry (backoffLimit) is not mistaken for a failed job.
+
+Why one module of this size: it is the PlatformResource over one API, and each method is one
+step of the platform contract (base.py); rendering (k8s_manifests), settings (k8s_settings),
+image pinning (k8s_images) and pod status/log following (k8s_pods) live beside it.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
@@ -51,11 +51,20 @@ from resources.platform.base import (
     PlatformError,
     PlatformResource,
 )
+from resources.platform.k8s_pods import (
+    JOB_CONTAINER,
+    PodFollower,
+    PodLogCollector,
+    job_outcome,
+    last_pod_state,
+    pending_reason,
+    phase,
+    pod_started,
+)
 
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
-JOB_CONTAINER = "job"
 
 
 class KubernetesPlatform(m.ManifestSettings, PlatformResource):
@@ -273,7 +282,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             manifest = m.job(spec, self.settings(), scripts_name, has_sas=sas is not None)
         except m.ManifestError as error:
             raise PlatformError(str(error)) from error
-        sink = _PodLogCollector(log, self.log_tail_lines, secrets=[sas] if sas else [])
+        sink = PodLogCollector(log, self.log_tail_lines, secrets=[sas] if sas else [])
 
         self.ensure_scripts_config_map(namespace)
         if sas is not None:
@@ -344,13 +353,13 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             _request_timeout=self._timeout(),
         )
 
-    def _follow_job(self, spec: JobSpec, sink: _PodLogCollector) -> JobResult:
+    def _follow_job(self, spec: JobSpec, sink: PodLogCollector) -> JobResult:
         """Poll the Job until its Complete/Failed condition, streaming its pods' logs meanwhile."""
         namespace, name = spec.instance.namespace, spec.name
         client = self._dagster
         started = time.monotonic()
         deadline = started + spec.timeout_seconds + self.deadline_grace_seconds
-        pods: dict[str, _PodFollower] = {}
+        pods: dict[str, PodFollower] = {}
         pending_note = ""
         while True:
             status = client.get_job_status(name, namespace, wait_time_between_attempts=self.poll_interval_seconds)
@@ -362,24 +371,24 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             job_pods = self._job_pods(name, namespace)
             for pod in job_pods:
                 pod_name = pod.metadata.name
-                if pod_name not in pods and _pod_started(pod):
+                if pod_name not in pods and pod_started(pod):
                     if pods:
                         sink.note(f"pod {pod_name} started (attempt {len(pods) + 1}; earlier attempts failed)")
-                    pods[pod_name] = _PodFollower(self._core, pod_name, namespace, sink, self._timeout()).start()
+                    pods[pod_name] = PodFollower(self._core, pod_name, namespace, sink, self._timeout()).start()
             sink.drain()
 
-            outcome = _job_outcome(status)
+            outcome = job_outcome(status)
             if outcome is not None:
                 succeeded, reason = outcome
                 self._drain_logs(pods, sink, name, namespace)
                 if not succeeded:
-                    last = _last_pod_state(job_pods)
+                    last = last_pod_state(job_pods)
                     reason = f"{reason}; {last}" if last else reason
                 return self._result(spec, sink, succeeded, None if succeeded else reason)
 
             now = time.monotonic()
             if not pods:
-                why = _pending_reason(job_pods) or "no pod created yet"
+                why = pending_reason(job_pods) or "no pod created yet"
                 if why != pending_note:
                     sink.note(f"waiting for the job's pod to start: {why}")
                     pending_note = why
@@ -420,7 +429,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         return sorted(mine, key=lambda p: (str(p.metadata.creation_timestamp or ""), p.metadata.name))
 
     def _drain_logs(
-        self, pods: dict[str, _PodFollower], sink: _PodLogCollector, name: str, namespace: str, wait: bool = True
+        self, pods: dict[str, PodFollower], sink: PodLogCollector, name: str, namespace: str, wait: bool = True
     ) -> None:
         """Let the log streams finish; fall back to a plain log read for a stream that failed."""
         end = time.monotonic() + (self.log_drain_seconds if wait else 0)
@@ -444,7 +453,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                     sink.line(line)
         sink.drain()
 
-    def _result(self, spec: JobSpec, sink: _PodLogCollector, succeeded: bool, reason: str | None) -> JobResult:
+    def _result(self, spec: JobSpec, sink: PodLogCollector, succeeded: bool, reason: str | None) -> JobResult:
         return JobResult(name=spec.name, succeeded=succeeded, log_tail=sink.tail(), reason=reason)
 
     def delete_job(self, name: str, namespace: str) -> None:
@@ -544,7 +553,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                 if error.status == 404:
                     return "pod not created yet"
                 raise
-            return f"pod {name}-0 not ready: {_pending_reason([pod]) or _phase(pod)}"
+            return f"pod {name}-0 not ready: {pending_reason([pod]) or phase(pod)}"
         service = self._read_service(instance)
         if service.spec.type == "LoadBalancer" and not _ingress(service):
             return "load balancer has no address yet"
@@ -648,151 +657,9 @@ def _api_error(error: ApiException) -> str:
     return f"{error.status} {error.reason}"
 
 
-def _job_outcome(status) -> tuple[bool, str] | None:
-    """(succeeded, reason) once the Job has a terminal condition, else None."""
-    for condition in status.conditions or []:
-        if condition.status != "True":
-            continue
-        if condition.type == "Complete":
-            return True, "Complete"
-        if condition.type == "Failed":
-            return False, f"Job failed: {condition.reason}: {condition.message}"
-    return None
-
-
-def _container_status(pod):
-    statuses = (pod.status.container_statuses or []) if pod.status else []
-    return next((s for s in statuses if s.name == JOB_CONTAINER), statuses[0] if statuses else None)
-
-
-def _pod_started(pod) -> bool:
-    phase = pod.status.phase if pod.status else None
-    if phase in ("Running", "Succeeded", "Failed"):
-        return True
-    status = _container_status(pod)
-    return bool(status and status.state and (status.state.running or status.state.terminated))
-
-
-def _phase(pod) -> str:
-    return f"phase {pod.status.phase if pod.status else 'unknown'}"
-
-
-def _pending_reason(pods: list) -> str | None:
-    """Why the newest pod is not running: scheduling or container waiting reason."""
-    for pod in reversed(pods):
-        status = _container_status(pod)
-        if status and status.state and status.state.waiting and status.state.waiting.reason:
-            waiting = status.state.waiting
-            return f"{waiting.reason}: {waiting.message}" if waiting.message else waiting.reason
-        for condition in (pod.status.conditions or []) if pod.status else []:
-            if condition.type == "PodScheduled" and condition.status == "False":
-                return f"{condition.reason}: {condition.message}"
-    return None
-
-
-def _last_pod_state(pods: list) -> str | None:
-    for pod in reversed(pods):
-        status = _container_status(pod)
-        if status and status.state and status.state.terminated:
-            term = status.state.terminated
-            text = f"pod {pod.metadata.name}: exit code {term.exit_code} ({term.reason})"
-            return f"{text}: {term.message}" if term.message else text
-    return None
-
-
 def _ingress(service) -> str | None:
     lb = service.status.load_balancer if service.status else None
     for ingress in (lb.ingress or []) if lb else []:
         if ingress.ip or ingress.hostname:
             return ingress.ip or ingress.hostname
     return None
-
-
-@dataclass
-class _PodLogCollector:
-    """Collects log lines from follower threads; hands them to the Dagster log on the caller's thread."""
-
-    log: LogSink
-    tail_lines: int
-    secrets: list[str] = field(default_factory=list)
-    _queue: queue.Queue = field(default_factory=queue.Queue)
-    _tail: collections.deque = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._tail = collections.deque(maxlen=self.tail_lines)
-        self.secrets = [s for s in self.secrets if s]
-
-    def line(self, text: str) -> None:  # any thread
-        self._queue.put(text)
-
-    def note(self, text: str) -> None:  # any thread
-        self._queue.put(f"[toygres] {text}")
-
-    def drain(self) -> None:  # caller's thread
-        while True:
-            try:
-                text = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            for secret in self.secrets:
-                text = text.replace(secret, "REDACTED")
-            self._tail.append(text)
-            try:
-                self.log(text)
-            except Exception:  # noqa: BLE001 - a failing log sink must not stop the job
-                logger.exception("log sink failed")
-
-    def tail(self) -> list[str]:
-        self.drain()
-        return list(self._tail)
-
-
-class _PodFollower:
-    """Streams one pod's log (follow=True) into the sink on a daemon thread."""
-
-    def __init__(
-        self, core: kubernetes.client.CoreV1Api, pod: str, namespace: str, sink: _PodLogCollector, timeout: float
-    ):
-        self.core, self.pod, self.namespace, self.sink, self.timeout = core, pod, namespace, sink, timeout
-        self.lines = 0
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"log-{pod}", daemon=True)
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def start(self) -> _PodFollower:
-        self._thread.start()
-        return self
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        try:
-            response = self.core.read_namespaced_pod_log(
-                self.pod,
-                self.namespace,
-                container=JOB_CONTAINER,
-                follow=True,
-                _preload_content=False,
-                _request_timeout=(self.timeout, None),
-            )
-            buffer = b""
-            try:
-                for chunk in response.stream(64 * 1024, decode_content=True):
-                    buffer += chunk
-                    *complete, buffer = buffer.split(b"\n")
-                    for raw in complete:
-                        self._emit(raw)
-                if buffer:
-                    self._emit(buffer)
-            finally:
-                response.release_conn()
-        except Exception as error:  # noqa: BLE001 - reported through `error`
-            self.error = error
-
-    def _emit(self, raw: bytes) -> None:
-        self.lines += 1
-        self.sink.line(raw.decode("utf-8", errors="replace").rstrip("\r"))

@@ -16,6 +16,9 @@ Starts (or reuses) everything kept in the state dir (TOYGRES_STATE_DIR, default
 then runs `dagster dev` with DAGSTER_HOME (TOYGRES_DAGSTER_HOME, default <checkout>/.toygres/dagster_home)
 in its own process group. Ctrl-C (SIGINT) or SIGTERM stops dagster, every local instance server,
 Azurite and the CMS server; the next start reuses the same key, CMS data and demo instance.
+
+Why one module of this size: it is one program (settings, start order, signals, stop order);
+the services it starts are in stack.py and the demo instance in demo.py.
 """
 
 from __future__ import annotations
