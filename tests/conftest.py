@@ -13,12 +13,15 @@ import pytest
 from resources.platform.postgres_server import free_port
 from toygres_pipelines.dev.stack import Azurite, CmsServer, remove_tree, require_tools
 
-# Started in the background (`make test &`, nohup, CI), pytest inherits SIGINT ignored. Every
-# Dagster execution then copies that to SIGTERM (dagster._utils.interrupts), and an ignored
-# SIGTERM is inherited by every child the tests start. A handler (not SIG_IGN) is reset to the
-# default on exec, so children start with default dispositions again.
+# Started in the background (`make test &` from a script, CI), pytest inherits SIGINT and SIGQUIT
+# ignored. Every Dagster execution then copies SIGINT's disposition to SIGTERM
+# (dagster._utils.interrupts), and ignored signals are inherited by every child the tests start.
+# A handler (not SIG_IGN) is reset to the default on exec, so children start with default
+# dispositions again. SIGHUP is left alone: ignoring it is what nohup is for.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @dataclass

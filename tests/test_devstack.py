@@ -221,8 +221,9 @@ def ignored_signals(status_line: str) -> set[signal.Signals]:
 
 
 def test_children_get_default_signals_after_a_dagster_run_in_a_background_session():
-    """Started as `cmd &` (SIGINT ignored), a Dagster execution copies SIGINT's disposition to
-    SIGTERM (dagster._utils.interrupts): the suite must not hand an ignored SIGTERM to children."""
+    """Started as `cmd &` from a non-interactive shell (SIGINT and SIGQUIT ignored), a Dagster
+    execution copies SIGINT's disposition to SIGTERM (dagster._utils.interrupts): the suite must
+    hand neither an ignored SIGTERM nor the inherited SIGINT/SIGQUIT to the children it starts."""
     code = textwrap.dedent(
         """
         import subprocess
@@ -242,13 +243,14 @@ def test_children_get_default_signals_after_a_dagster_run_in_a_background_sessio
         """
     )
     out = subprocess.run(
-        ["bash", "-c", 'trap "" INT; exec "$0" -c "$1"', sys.executable, code],
+        ["bash", "-c", 'trap "" INT QUIT; exec "$0" -c "$1"', sys.executable, code],
         cwd=PROJECT_DIR,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert ignored_signals(out) == set()
+    # SIGHUP may be ignored by whoever started the suite (nohup): that choice is theirs to pass on.
+    assert ignored_signals(out) - {signal.SIGHUP} == set()
 
 
 def test_service_processes_start_with_default_signals_whatever_the_parent_ignores():
