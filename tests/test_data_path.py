@@ -472,3 +472,21 @@ def test_blob_storage_stalling_during_a_restore_download_fails_the_job_within_th
     assert isinstance(error, JobFailed), outcome
     assert "blob storage unreachable while downloading manifest.json" in str(error)
     assert "timed out" not in str(error)
+
+
+def test_the_stall_watchdog_leaves_nothing_holding_the_jobs_output(tmp_path):
+    """The job's log is a pipe read to its end. A watchdog stopped between starting its timer
+    and recording it (or killed outright) must not leave that timer holding the pipe open: the
+    job would look alive for up to a probe interval (TRANSFER_STALL_SECONDS / 6) after it ended."""
+    import subprocess
+
+    from resources.platform.base import SCRIPTS_DIR
+
+    script = (
+        f"source {SCRIPTS_DIR}/common.sh; TRANSFER_STALL_SECONDS=600; "
+        f"sleep 1000 & target=$!; watch_transfer $target {tmp_path}/stalled & watchdog=$!; "
+        "sleep 1; kill -KILL $watchdog; kill $target; echo done"
+    )
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "done"
+    assert not (tmp_path / "stalled").exists()

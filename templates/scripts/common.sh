@@ -91,14 +91,16 @@ watch_transfer() { # $1: azcopy's pid, $2: a file to create when it stalled, $3:
   local interval=$((stall / 6)) last_progress=$SECONDS last_written="" written
   ((interval >= 1)) || interval=1
   trap '[[ -n "$sleeper" ]] && kill "$sleeper" 2>/dev/null; exit 0' TERM
+  # The timer and the probe get no stdout/stderr: left behind by a watchdog stopped at the wrong
+  # moment, they would hold the job's log pipe open (the job looks alive until they end).
   while kill -0 "$pid" 2>/dev/null; do
-    sleep "$interval" &
+    sleep "$interval" >/dev/null 2>&1 &
     sleeper=$!
     wait "$sleeper" || true
     written=${output:+$(file_size "$output")}
     if [[ -n "$written" && "$written" != "$last_written" ]]; then
       last_written=$written last_progress=$SECONDS
-    elif probe_blob_storage "$interval" & sleeper=$! && wait "$sleeper"; then
+    elif probe_blob_storage "$interval" >/dev/null 2>&1 & sleeper=$! && wait "$sleeper"; then
       last_progress=$SECONDS
     elif ((SECONDS - last_progress >= stall)); then
       : >"$marker"
