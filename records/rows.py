@@ -59,6 +59,7 @@ class Image(Record):
     updated_at: datetime
     ready_at: datetime | None = None
     deleted_at: datetime | None = None
+    pinned: bool = False
 
 
 class Event(Record):
