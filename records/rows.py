@@ -35,6 +35,7 @@ class Instance(Record):
     tags: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
+    retention_override: dict[str, Any] | None = None  # fields of RetentionPolicy this instance sets
 
 
 class Image(Record):

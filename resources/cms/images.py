@@ -123,6 +123,23 @@ class ImagesTable(Queries):
     def list_images(self, states: Iterable[ImageState] | None = None) -> list[Image]:
         return self._list(IMAGE, states)
 
+    def set_image_pinned(self, image_id: uuid.UUID | str, pinned: bool) -> Image:
+        """Pin (never deleted) or unpin an image; the caller checks the image may be pinned."""
+        parsed = parse_uuid(str(image_id))
+        row = None
+        if parsed is not None:
+            with self.connection() as conn:
+                row = conn.execute(
+                    sql.SQL("UPDATE {} SET pinned = %s, updated_at = now() WHERE id = %s RETURNING id").format(
+                        IMAGE.table_id
+                    ),
+                    [pinned, parsed],
+                ).fetchone()
+        image = self.get_image(parsed) if row is not None and parsed is not None else None
+        if image is None:
+            raise ImageNotFound(image_id)
+        return image
+
     def transition_image(
         self,
         image_id: uuid.UUID | str,

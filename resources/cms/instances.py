@@ -14,8 +14,10 @@ from records import (
     ImageType,
     Instance,
     InstanceState,
+    parse_uuid,
     validate_dns_label,
 )
+from resources.cms.errors import InstanceNotFound
 from resources.cms.queries import Queries, fetch_one
 from resources.cms.tables import (
     INSTANCE,
@@ -95,6 +97,23 @@ class InstancesTable(Queries):
                 [dns_name, [InstanceState.creating.value, InstanceState.running.value]],
             )
             return bool(fetch_one(row)[0])
+
+    def set_retention_override(self, instance_id: uuid.UUID | str, override: dict[str, Any] | None) -> Instance:
+        """Store the fields of the retention policy this instance overrides (None: the default applies)."""
+        parsed = parse_uuid(str(instance_id))
+        updated = 0
+        if parsed is not None:
+            with self.connection() as conn:
+                updated = conn.execute(
+                    sql.SQL("UPDATE {} SET retention_override = %s, updated_at = now() WHERE id = %s").format(
+                        INSTANCE.table_id
+                    ),
+                    [Jsonb(override) if override else None, parsed],
+                ).rowcount
+        instance = self.get_instance(instance_id) if updated else None
+        if instance is None:
+            raise InstanceNotFound(instance_id)
+        return instance
 
     def transition_instance(
         self,
