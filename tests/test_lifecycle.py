@@ -265,3 +265,60 @@ def test_a_pinned_image_is_refused_until_unpinned(resources, cms, blob, catalogu
     assert delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None).state is ImageState.deleted
     with pytest.raises(ValidationFailed, match="only a ready or corrupt image can be pinned"):
         pin_image(cms, str(target.id))
+
+
+# ---- deleting instances -----------------------------------------------------------------------
+
+
+def test_delete_instance_removes_everything_and_frees_the_dns_label_for_a_new_restore(resources, cms, platform, source):
+    from tests.helpers import materialize_image
+    from tests.test_restore import restore
+    from toygres_pipelines.lifecycle.jobs import delete_instance_job
+    from toygres_pipelines.restores.steps import instance_ref
+
+    assert materialize_image(resources, f"{source.k8s_name}__for-delete").success
+    image = cms.find_image(f"{source.k8s_name}__for-delete")
+    first = restore(resources, name="first", dns_label="reused-label", source_image_id=image.name)
+    assert first.success
+    restored = cms.find_instance_by_run(first.run_id)
+    assert platform.instance_exists(instance_ref(restored))
+
+    refused = restore(resources, name="second", dns_label="reused-label", source_image_id=image.name)
+    assert not refused.success  # the label is taken while the first instance lives
+
+    result = delete_instance_job.execute_in_process(
+        run_config={"ops": {"delete_one_instance": {"config": {"instance": restored.k8s_name}}}}, resources=resources
+    )
+    assert result.success
+    gone = cms.get_instance(restored.id)
+    assert gone.state is InstanceState.deleted
+    assert [e.to_state for e in cms.events(restored.id)][-2:] == ["deleting", "deleted"]
+    assert not platform.instance_exists(instance_ref(restored))
+    assert not cms.dns_name_in_use("reused-label")
+
+    second = restore(resources, name="second", dns_label="reused-label", source_image_id=image.name)
+    assert second.success
+    assert cms.find_instance_by_run(second.run_id).dns_name == "reused-label"
+
+
+def test_an_instance_no_restore_created_is_refused_unless_forced(resources, cms, platform):
+    from records import ValidationFailed
+    from toygres_pipelines.lifecycle.instances import delete_instance
+
+    outsider = running_instance(cms, "registered-elsewhere")
+    with pytest.raises(ValidationFailed, match="force: instance 'registered-elsewhere' was not created by a toygres"):
+        delete_instance(cms, platform, outsider.k8s_name)
+    assert cms.get_instance(outsider.id).state is InstanceState.running
+    assert delete_instance(cms, platform, str(outsider.id), force=True).state is InstanceState.deleted
+    assert delete_instance(cms, platform, str(outsider.id)).state is InstanceState.deleted  # idempotent
+
+
+def test_a_creating_instance_is_refused(resources, cms, platform):
+    from records import ValidationFailed
+    from toygres_pipelines.lifecycle.instances import delete_instance
+
+    making = running_instance(cms, "being-made")
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute("UPDATE toygres_cms.instances SET state = 'creating', run_id = 'r1' WHERE id = %s", (making.id,))
+    with pytest.raises(ValidationFailed, match="instance: instance 'being-made' is creating: its restore run r1"):
+        delete_instance(cms, platform, making.k8s_name, force=True)
