@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -140,15 +141,15 @@ def cmd_retention_plan(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
     return EXIT_OK
 
 
-def add_lifecycle_commands(sub: Any, parent: list[argparse.ArgumentParser]) -> None:
-    pin = sub.add_parser("pin", parents=parent, help="pin an image (never deleted) or unpin it (--off)")
+def add_lifecycle_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
+    pin = sub.add_parser("pin", parents=list(parent), help="pin an image (never deleted) or unpin it (--off)")
     pin.add_argument("image", help="image id or name")
     pin.add_argument("--off", action="store_true", help="unpin")
     pin.set_defaults(handler=cmd_pin)
 
     image = sub.add_parser(
         "delete-image",
-        parents=parent,
+        parents=list(parent),
         help="delete an image: its blobs, its CMS row (deleted) and its partition",
         description="Refused when the image is pinned or used by a pending/accepted restore or a creating "
         "instance. Needs the blob settings (TOYGRES_BLOB_*); removes the partition when DAGSTER_HOME is set.",
@@ -158,7 +159,7 @@ def add_lifecycle_commands(sub: Any, parent: list[argparse.ArgumentParser]) -> N
 
     instance = sub.add_parser(
         "delete-instance",
-        parents=parent,
+        parents=list(parent),
         help="delete an instance a restore created: server, service, volume, secret; frees its DNS label",
     )
     instance.add_argument("instance", help="instance id or k8s_name")
@@ -167,7 +168,7 @@ def add_lifecycle_commands(sub: Any, parent: list[argparse.ArgumentParser]) -> N
 
     retention = sub.add_parser(
         "retention",
-        parents=parent,
+        parents=list(parent),
         help="show or set an instance's retention override (fields of the default policy it changes)",
     )
     retention.add_argument("instance", help="instance id or k8s_name")
@@ -182,7 +183,7 @@ def add_lifecycle_commands(sub: Any, parent: list[argparse.ArgumentParser]) -> N
 
     plan = sub.add_parser(
         "retention-plan",
-        parents=parent,
+        parents=list(parent),
         help="dry run: show what the retention job would keep (and why) and delete, deleting nothing",
     )
     plan.set_defaults(handler=cmd_retention_plan)
