@@ -260,3 +260,48 @@ def test_markdown_table_lists_every_planned_image():
     newest = a_image(images, date(2026, 10, 27))
     assert f"| {newest.name} | default/inst-a | ready | 13 h | newest ready, newest 2," in table
     assert f"| {a_image(images, date(2026, 10, 24)).name} | default/inst-a | ready | 3 d | expired |" in table
+
+
+# ---- the default policy from the environment, the job and its schedule -------------------------
+
+
+def test_default_policy_comes_from_toygres_retention_variables():
+    from toygres_pipelines.automation.settings import AutomationSettings
+
+    settings = AutomationSettings.from_env(
+        {
+            "TOYGRES_RETENTION_KEEP_DAILY": "14",
+            "TOYGRES_RETENTION_TIMEZONE": "Europe/Berlin",
+            "TOYGRES_NIGHTLY_CRON": "",
+        }
+    )
+    assert settings.retention == RetentionPolicy(keep_daily=14, timezone="Europe/Berlin")
+    assert AutomationSettings.from_env({}).retention == RetentionPolicy()
+    with pytest.raises(ValueError, match="TOYGRES_RETENTION_KEEP_WEEKLY: 'many'"):
+        AutomationSettings.from_env({"TOYGRES_RETENTION_KEEP_WEEKLY": "many"})
+    with pytest.raises(ValueError, match="TOYGRES_RETENTION_TIMEZONE: 'Berlin' is not a known time zone"):
+        AutomationSettings.from_env({"TOYGRES_RETENTION_TIMEZONE": "Berlin"})
+
+
+def test_daily_schedule_runs_retention_for_real_and_the_launchpad_defaults_to_a_dry_run():
+    import dagster as dg
+
+    from toygres_pipelines.automation import AutomationSettings, build_automation
+    from toygres_pipelines.lifecycle.retention_job import RetentionConfig
+
+    automation = build_automation(AutomationSettings(retention_cron="15 5 * * *"))
+    schedule = automation.schedule("retention_daily")
+    assert schedule.cron_schedule == "15 5 * * *" and schedule.job_name == "retention"
+    assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
+    [request] = schedule.evaluate_tick(dg.build_schedule_context()).run_requests
+    assert request.run_config == {"ops": {"apply_retention": {"config": {"dry_run": False}}}}
+    assert RetentionConfig().dry_run is True
+    assert "retention" in {job.name for job in automation.jobs}
+
+
+def test_lifecycle_jobs_are_in_the_code_location():
+    from toygres_pipelines.definitions import defs
+
+    for job in ("retention", "delete_image", "delete_instance"):
+        assert defs.get_job_def(job).name == job
+    assert defs.get_schedule_def("retention_daily").job_name == "retention"
