@@ -305,3 +305,62 @@ def test_lifecycle_jobs_are_in_the_code_location():
     for job in ("retention", "delete_image", "delete_instance"):
         assert defs.get_job_def(job).name == job
     assert defs.get_schedule_def("retention_daily").job_name == "retention"
+
+
+# ---- whatever the policy and the catalogue: the rules that always hold -----------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+policies = st.builds(
+    RetentionPolicy,
+    keep_newest=st.integers(0, 5),
+    keep_daily=st.integers(0, 10),
+    keep_weekly=st.integers(0, 6),
+    keep_monthly=st.integers(0, 14),
+    min_age_hours=st.integers(0, 24 * 30),
+    failed_window_days=st.integers(0, 30),
+    timezone=st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Pacific/Chatham", "Asia/Kolkata"]),
+)
+entries = st.lists(
+    st.tuples(
+        st.sampled_from([INSTANCE_A, INSTANCE_B]),
+        st.integers(0, 400 * 24 * 60),  # minutes before NOW
+        st.sampled_from([ImageState.ready] * 4 + [ImageState.failed, ImageState.corrupt, ImageState.creating]),
+        st.booleans(),  # pinned
+        st.booleans(),  # in use
+    ),
+    max_size=60,
+    unique_by=lambda e: (e[0], e[1]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(policy=policies, drawn=entries)
+def test_never_deleted_whatever_the_policy(policy, drawn):
+    images = [
+        image(instance, NOW - timedelta(minutes=minutes), state, pinned=pinned and state is ImageState.ready)
+        for instance, minutes, state, pinned, _ in drawn
+    ]
+    in_use = {i.id: "test" for i, (*_, used) in zip(images, drawn, strict=True) if used}
+    plan = plan_retention(images, default=policy, overrides={}, in_use=in_use, now=NOW)
+    expired = {d.image_id for d in plan.expired}
+    for instance in (INSTANCE_A, INSTANCE_B):
+        ready = [i for i in images if i.source_instance_id == instance and i.state is ImageState.ready]
+        if ready:
+            assert max(ready, key=lambda i: i.created_at).id not in expired
+    for i in images:
+        if i.pinned or i.id in in_use or i.state in (ImageState.creating, ImageState.corrupt):
+            assert i.id not in expired
+        if i.state is ImageState.ready and NOW - i.created_at < timedelta(hours=policy.min_age_hours):
+            assert i.id not in expired
+        if i.state is ImageState.failed and NOW - i.created_at < timedelta(days=policy.failed_window_days):
+            assert i.id not in expired
+    kept_ready = [d for d in plan.kept if d.state is ImageState.ready]
+    for instance in (INSTANCE_A, INSTANCE_B):
+        ready = sorted(
+            (i for i in images if i.source_instance_id == instance and i.state is ImageState.ready),
+            key=lambda i: i.created_at,
+            reverse=True,
+        )
+        assert {i.id for i in ready[: policy.keep_newest]} <= {d.image_id for d in kept_ready}
