@@ -322,3 +322,29 @@ def test_a_creating_instance_is_refused(resources, cms, platform):
         conn.execute("UPDATE toygres_cms.instances SET state = 'creating', run_id = 'r1' WHERE id = %s", (making.id,))
     with pytest.raises(ValidationFailed, match="instance: instance 'being-made' is creating: its restore run r1"):
         delete_instance(cms, platform, making.k8s_name, force=True)
+
+
+class BackupStartsDuringTheListing(BlobStorageResource):
+    """A backup reserves its row and writes its first blob just as retention lists the folders."""
+
+    def list_folders(self, prefix: str) -> list[str]:
+        started = STARTED.pop(self.container, None)
+        if started is not None:
+            started()
+        return super().list_folders(prefix)
+
+
+STARTED: dict = {}
+
+
+def test_a_backup_starting_during_a_retention_run_is_never_taken_for_stray_blobs(resources, cms, blob, catalogue):
+    fresh = {}
+    STARTED[blob.container] = lambda: fresh.update(
+        image=stored_image(cms, blob, catalogue["source"], "app-src__now", days_old=0, state=ImageState.creating)
+    )
+    racing = BackupStartsDuringTheListing(connection_string=blob.connection_string, container=blob.container)
+    result = run_retention_job({**resources, "blob": racing}, catalogue["instance"], dry_run=False)
+    assert result.success
+    assert cms.get_image(fresh["image"].id).state is ImageState.creating
+    assert len(blob.list_names(fresh["image"].blob_path)) == len(FILES)
+    assert blob.list_names(catalogue["stray"]) == []

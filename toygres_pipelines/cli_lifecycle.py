@@ -123,8 +123,9 @@ def describe_policy(policy: RetentionPolicy) -> str:
 
 def cmd_retention_plan(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     now = datetime.now(UTC)
+    folders = blob_from_env().process_config_and_initialize().list_folders(IMAGES_PREFIX)  # before the rows
     images, plan = compute_plan(cms, AutomationSettings.from_env().retention, now)
-    strays = stray_folders(blob_from_env().process_config_and_initialize().list_folders(IMAGES_PREFIX), images)
+    strays = stray_folders(folders, images)
     if args.json:
         _print_json(
             {

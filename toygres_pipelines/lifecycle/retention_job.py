@@ -86,8 +86,11 @@ def run_retention(
     partitions: Partitions | None,
     now: datetime | None = None,
 ) -> RetentionOutcome:
+    # Folders first: a backup reserves its row before it writes a blob, so every folder listed
+    # here has its row in the catalogue read after it, and a backup starting now is never stray.
+    folders = blob.list_folders(IMAGES_PREFIX)
     images, plan = compute_plan(cms, default, now or datetime.now(UTC))
-    strays = stray_folders(blob.list_folders(IMAGES_PREFIX), images)
+    strays = stray_folders(folders, images)
     outcome = RetentionOutcome(dry_run=dry_run, plan=plan, stray_folders=strays)
     if dry_run:
         return outcome
