@@ -123,6 +123,24 @@ def test_materializing_a_ready_partition_again_reports_the_image_and_touches_not
     assert "already ready" in run_logs(instance, again.run_id)
 
 
+def test_a_ready_partition_whose_bytes_no_longer_verify_fails_and_marks_the_image_corrupt(resources, cms, blob, source):
+    key = f"{source.k8s_name}__rotten"
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_image(resources, key, instance=instance).success
+    image = cms.find_image(key)
+    manifest, _ = blob.read_manifest(image.blob_path)
+    name = f"{image.blob_path}/{next(f for f in manifest.files if f.database == 'pagila').path}"
+    data = bytearray(blob.read_bytes(name))
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(name, bytes(data), overwrite=True)
+
+    again = materialize_image(resources, key, instance=instance, raise_on_error=False)
+    assert not again.success
+    assert "its bytes no longer verify: marked corrupt" in failure_text(again)
+    assert cms.get_image(image.id).state is ImageState.corrupt
+    assert [e.to_state for e in cms.events(image.id)] == ["creating", "ready", "corrupt"]
+
+
 def test_a_partition_whose_image_is_not_ready_fails_and_keeps_the_partition(resources, cms, source):
     key = f"{source.k8s_name}__busy"
     cms.reserve_image(

@@ -304,7 +304,7 @@ def test_lifecycle_jobs_are_in_the_code_location():
 
     for job in ("retention", "delete_image", "delete_instance"):
         assert defs.get_job_def(job).name == job
-    assert defs.get_schedule_def("retention_daily").job_name == "retention"
+    assert {s.name: s.job_name for s in defs.schedules}["retention_daily"] == "retention"
 
 
 # ---- whatever the policy and the catalogue: the rules that always hold -----------------------

@@ -16,7 +16,7 @@ from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.images.backup import BackupOutcome, materialization_metadata, source_ref_for, take_image
-from toygres_pipelines.images.verification import verify_image
+from toygres_pipelines.images.verification import ImageCorrupt, verify_image
 
 IMAGE_PARTITIONS = "images"
 image_partitions = dg.DynamicPartitionsDefinition(name=IMAGE_PARTITIONS)
@@ -52,7 +52,7 @@ def image(
     name = context.partition_key
     existing = image_named(cms, name)
     if existing is not None and existing.state is ImageState.ready:
-        return report_ready_image(context, existing, blob)
+        return report_ready_image(context, existing, cms, blob)
     try:
         source_ref = source_ref_for(name, config.source_instance)
         outcome = take_image(
@@ -85,11 +85,27 @@ def image_named(cms: CMSResource, name: str) -> Image | None:
 
 
 def report_ready_image(
-    context: dg.AssetExecutionContext, ready: Image, blob: BlobStorageResource
+    context: dg.AssetExecutionContext, ready: Image, cms: CMSResource, blob: BlobStorageResource
 ) -> dg.MaterializeResult:
-    """The partition's image is ready: verify its bytes again (read only) and report it as it is."""
+    """The partition's image is ready: verify its bytes again (read only) and report it as it is.
+    Bytes that no longer verify make it corrupt, like a failed verification at restore."""
     started = time.monotonic()
-    _, report = verify_image(blob, ready.blob_path, expected_manifest_sha256=ready.backup_checksum)
+    try:
+        _, report = verify_image(blob, ready.blob_path, expected_manifest_sha256=ready.backup_checksum)
+    except ImageCorrupt as error:
+        why = f"failed verification when its partition was materialized again: {error}"[:4000]
+        cms.transition_image(
+            ready.id,
+            ImageState.corrupt,
+            run_id=context.run_id,
+            expected=ImageState.ready,
+            reason=why,
+            error_message=why,
+        )
+        raise dg.Failure(
+            description=f"image {ready.name} was ready but its bytes no longer verify: marked corrupt ({error})",
+            allow_retries=False,
+        ) from error
     context.log.info(
         f"image {ready.name} ({ready.id}) is already ready and verifies: reported as it is, no new backup taken"
     )
