@@ -348,3 +348,76 @@ def test_a_backup_starting_during_a_retention_run_is_never_taken_for_stray_blobs
     assert cms.get_image(fresh["image"].id).state is ImageState.creating
     assert len(blob.list_names(fresh["image"].blob_path)) == len(FILES)
     assert blob.list_names(catalogue["stray"]) == []
+
+
+# ---- a restore and a deletion of the same image at the same time ------------------------------
+
+
+def wait_until_a_lock_is_awaited(dsn: str, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+                return
+            time.sleep(0.05)
+    raise TimeoutError("no session ever waited for a lock")
+
+
+def test_a_restore_creating_its_instance_during_a_deletion_keeps_the_image(resources, cms, blob, catalogue):
+    import threading
+
+    from records import ValidationFailed
+    from toygres_pipelines.lifecycle.images import delete_image
+
+    target = catalogue["ready"][2]
+    # What the restore's create_instance does in one transaction, held open: lock the image row
+    # (FOR SHARE) and insert the creating instance that uses it.
+    restore_tx = psycopg.connect(cms.dsn)
+    restore_tx.execute("SELECT state FROM toygres_cms.images WHERE id = %s FOR SHARE", (target.id,))
+    restore_tx.execute(
+        "INSERT INTO toygres_cms.instances (id, user_name, k8s_name, namespace, postgres_version, storage_size_gb,"
+        " state, source_image_id) VALUES (%s, 'copy', 'copy-x1y2z', 'default', '16', 1, 'creating', %s)",
+        (uuid.uuid4(), target.id),
+    )
+    outcome: dict = {}
+
+    def delete() -> None:
+        try:
+            outcome["image"] = delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)
+        except ValidationFailed as refused:
+            outcome["refused"] = refused
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    try:
+        wait_until_a_lock_is_awaited(cms.dsn)
+        restore_tx.commit()
+    finally:
+        deleter.join(timeout=60)
+        restore_tx.close()
+    assert "image" not in outcome
+    assert "is in use: it is the source_image_id of creating instance copy-x1y2z" in str(outcome["refused"])
+    assert cms.get_image(target.id).state is ImageState.ready
+    assert len(blob.list_names(target.blob_path)) == len(FILES)
+
+
+def test_a_restore_cannot_create_its_instance_from_an_image_being_deleted(cms, blob, catalogue):
+    from records import ValidationFailed
+
+    target = catalogue["ready"][2]
+    cms.transition_image(target.id, ImageState.deleting, reason="test")
+    with pytest.raises(ValidationFailed, match=f"source_image_id: image {target.name!r} is deleting, it must be ready"):
+        cms.create_instance(
+            user_name="copy",
+            k8s_name="copy-x1y2z",
+            namespace="default",
+            postgres_version="16",
+            storage_size_gb=1,
+            use_load_balancer=False,
+            dns_name="copy-db",
+            image_type=ImageType.stock,
+            source_image_id=target.id,
+        )
+    assert cms.find_instance("copy-x1y2z") is None

@@ -23,8 +23,9 @@ from records import (
     RestoreRequest,
     ValidationFailed,
 )
+from records.lifecycle import images_in_use
 from records.retention import RetentionPolicy
-from toygres_pipelines.lifecycle.retention import images_in_use, plan_retention
+from toygres_pipelines.lifecycle.retention import plan_retention
 
 NOW = datetime(2026, 10, 28, 12, 0, tzinfo=UTC)  # a Wednesday
 BERLIN = RetentionPolicy(

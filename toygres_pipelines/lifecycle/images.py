@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from records import Image, ImageState, InstanceState, LogSink, RequestState, ValidationFailed
+from records import lifecycle as rules
+from records.lifecycle import images_in_use
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
-from toygres_pipelines.lifecycle.retention import images_in_use
 
-DELETABLE = (ImageState.ready, ImageState.corrupt, ImageState.failed, ImageState.deleting)
 PINNABLE = (ImageState.ready, ImageState.corrupt)
 
 
@@ -58,19 +58,9 @@ def in_use_by(cms: CMSResource, images: Iterable[Image]) -> dict:
 
 
 def check_deletable(cms: CMSResource, image: Image) -> None:
-    """The rules every deletion follows (on request and by retention); each names its rule."""
-    if image.pinned:
-        raise ValidationFailed(
-            "image", f"image {image.name!r} is pinned: unpin it first (toygres-pipelines pin {image.name} --off)"
-        )
-    why = in_use_by(cms, [image]).get(image.id)
-    if why is not None:
-        raise ValidationFailed("image", f"image {image.name!r} is in use: it is the {why}")
-    if image.state not in DELETABLE:
-        raise ValidationFailed(
-            "image",
-            f"image {image.name!r} is {image.state}: only a {', '.join(s.value for s in DELETABLE)} image is deleted",
-        )
+    """The deletion rules, checked up front for a clear refusal; `begin_image_deletion` checks
+    them again under the image row's lock."""
+    rules.check_deletable(image, in_use_by(cms, [image]).get(image.id))
 
 
 def pin_image(cms: CMSResource, ref: str, pinned: bool = True) -> Image:
@@ -108,8 +98,7 @@ def remove_image(
     partitions: Partitions | None,
 ) -> Image:
     """deleting (event) -> blobs -> deleted (event) -> partition; see the module docstring."""
-    if image.state is not ImageState.deleting:
-        image = cms.transition_image(image.id, ImageState.deleting, reason=reason, run_id=run_id, expected=image.state)
+    image = cms.begin_image_deletion(image.id, reason=reason, run_id=run_id)
     removed = blob.delete_prefix(image.blob_path)
     deleted = cms.transition_image(
         image.id,

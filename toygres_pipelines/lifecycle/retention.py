@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
-from records import Image, ImageState, Instance, InstanceState, RequestState, RestoreRequest
+from records import Image, ImageState
 from records.retention import RetentionPolicy
 
 # What a plan looks at: ready images go through the tiers, failed ones through the failed-image
@@ -59,28 +59,6 @@ class RetentionPlan(BaseModel):
 def age(elapsed: timedelta) -> str:
     hours = elapsed.total_seconds() / 3600
     return f"{int(hours)} h" if hours < 48 else f"{elapsed.days} d"
-
-
-def images_in_use(
-    images: Iterable[Image], restore_requests: Iterable[RestoreRequest], instances: Iterable[Instance]
-) -> dict[uuid.UUID, str]:
-    """Images a pending/accepted restore request or a creating instance (a restore or drill under
-    way) uses, each with who uses it and through which field."""
-    images = list(images)
-    used: dict[uuid.UUID, str] = {}
-    for instance in instances:
-        if instance.state is InstanceState.creating and instance.source_image_id is not None:
-            used.setdefault(instance.source_image_id, f"source_image_id of creating instance {instance.k8s_name}")
-    for request in restore_requests:
-        if request.state not in (RequestState.pending, RequestState.accepted) or not request.source_image_id:
-            continue
-        ref = request.source_image_id
-        for image in images:
-            # A request may name its image: every live image of that name counts.
-            named = image.name == ref and image.state is not ImageState.deleted
-            if str(image.id) == ref or named:
-                used.setdefault(image.id, f"source_image_id of {request.state} restore request {request.id}")
-    return used
 
 
 def plan_retention(
