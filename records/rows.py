@@ -35,6 +35,7 @@ class Instance(Record):
     tags: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     updated_at: datetime
+    retention_override: dict[str, Any] | None = None  # fields of RetentionPolicy this instance sets
 
 
 class Image(Record):
@@ -59,6 +60,7 @@ class Image(Record):
     updated_at: datetime
     ready_at: datetime | None = None
     deleted_at: datetime | None = None
+    pinned: bool = False
 
 
 class Event(Record):

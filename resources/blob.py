@@ -123,6 +123,15 @@ class BlobStorageResource(dg.ConfigurableResource):
     def list_names(self, prefix: str) -> list[str]:
         return [blob.name for blob in self._container.list_blobs(name_starts_with=prefix.rstrip("/") + "/")]
 
+    def list_folders(self, prefix: str) -> list[str]:
+        """The names of the folders directly under prefix (`images/<id>/` gives `<id>`)."""
+        start = prefix.rstrip("/") + "/"
+        return [
+            item.name[len(start) :].rstrip("/")
+            for item in self._container.walk_blobs(name_starts_with=start, delimiter="/")
+            if item.name.endswith("/")
+        ]
+
     def read_bytes(self, name: str) -> bytes:
         return self._container.download_blob(name).readall()
 

@@ -80,30 +80,85 @@ def source_password(resources, source) -> str:
         ("unknown__1", {}, "source_instance: no instance 'unknown'"),
     ],
 )
-def test_invalid_requests_create_no_image(resources, cms, blob, source, key, config, message):
+def test_invalid_requests_create_no_image_and_remove_their_partition(
+    resources, cms, blob, source, key, config, message
+):
     config = {k: v.replace("SOURCE", source.k8s_name) for k, v in config.items()}
-    result = materialize_image(resources, key, config, raise_on_error=False)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("images", ["kept-partition"])
+    result = materialize_image(resources, key, config, raise_on_error=False, instance=instance)
     assert not result.success
     assert message in failure_text(result)
+    assert f"partition {key!r} removed: no image row has this name" in failure_text(result)
+    assert instance.get_dynamic_partitions("images") == ["kept-partition"]
     assert cms.list_images() == []
     assert blob.list_names("images") == []
 
 
 def test_stopped_instance_is_refused(resources, cms, blob, source):
     cms.transition_instance(source.id, InstanceState.stopped, reason="test")
-    result = materialize_image(resources, f"{source.k8s_name}__t2", raise_on_error=False)
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize_image(resources, f"{source.k8s_name}__t2", raise_on_error=False, instance=instance)
     assert "source_instance: instance" in failure_text(result) and "must be running" in failure_text(result)
     assert cms.list_images() == []
+    assert instance.get_dynamic_partitions("images") == []
 
 
-def test_duplicate_image_name_leaves_the_first_untouched(resources, cms, source):
+def test_materializing_a_ready_partition_again_reports_the_image_and_touches_nothing(resources, cms, blob, source):
     key = f"{source.k8s_name}__dup"
-    assert materialize_image(resources, key).success
+    instance = dg.DagsterInstance.ephemeral()
+    first_run = materialize_image(resources, key, instance=instance)
+    assert first_run.success
     first = cms.find_image(key)
-    result = materialize_image(resources, key, raise_on_error=False)
-    assert not result.success and "name" in failure_text(result)
-    assert cms.list_images() == [cms.get_image(first.id)]
-    assert cms.get_image(first.id).state is ImageState.ready
+    blobs = blob.list_names(first.blob_path)
+    again = materialize_image(resources, key, instance=instance)
+    assert again.success
+    assert cms.list_images() == [first]  # same row, same updated_at: untouched
+    assert [e.to_state for e in cms.events(first.id)] == ["creating", "ready"]
+    assert blob.list_names(first.blob_path) == blobs
+    before = first_run.asset_materializations_for_node("image")[0].metadata
+    after = again.asset_materializations_for_node("image")[0].metadata
+    same = ("image_id", "source_instance", "bytes", "manifest_sha256", "files", "blob_url", "postgres_version")
+    assert {k: after[k] for k in same} == {k: before[k] for k in same}
+    assert "already ready" in run_logs(instance, again.run_id)
+
+
+def test_a_ready_partition_whose_bytes_no_longer_verify_fails_and_marks_the_image_corrupt(resources, cms, blob, source):
+    key = f"{source.k8s_name}__rotten"
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_image(resources, key, instance=instance).success
+    image = cms.find_image(key)
+    manifest, _ = blob.read_manifest(image.blob_path)
+    name = f"{image.blob_path}/{next(f for f in manifest.files if f.database == 'pagila').path}"
+    data = bytearray(blob.read_bytes(name))
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(name, bytes(data), overwrite=True)
+
+    again = materialize_image(resources, key, instance=instance, raise_on_error=False)
+    assert not again.success
+    assert "its bytes no longer verify: marked corrupt" in failure_text(again)
+    assert cms.get_image(image.id).state is ImageState.corrupt
+    assert [e.to_state for e in cms.events(image.id)] == ["creating", "ready", "corrupt"]
+
+
+def test_a_partition_whose_image_is_not_ready_fails_and_keeps_the_partition(resources, cms, source):
+    key = f"{source.k8s_name}__busy"
+    cms.reserve_image(
+        image_id=None,
+        name=key,
+        description=None,
+        source=source,
+        blob_storage_url="http://blob",
+        blob_container="c",
+        blob_path="images/busy",
+        run_id="another-run",
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize_image(resources, key, raise_on_error=False, instance=instance)
+    assert not result.success
+    assert f"image name (partition key): {key!r} is already used by image" in failure_text(result)
+    assert "removed" not in failure_text(result)
+    assert instance.get_dynamic_partitions("images") == [key]
 
 
 def wait_for_pg_dump_blocked(dsn: str, database: str, timeout: float = 60) -> None:

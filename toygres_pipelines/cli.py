@@ -38,6 +38,7 @@ from records import (
     validate_image_name,
 )
 from resources.cms import CMSResource
+from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
 from toygres_pipelines.resources_from_env import platform_from_env
 from toygres_pipelines.restores.config import plan_restore
@@ -410,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", parents=parent, help="apply the CMS schema migrations")
     migrate.set_defaults(handler=cmd_migrate)
+
+    add_lifecycle_commands(sub, parent)
     return parser
 
 

@@ -4,6 +4,7 @@ from toygres_pipelines.automation import AutomationSettings, build_automation
 from toygres_pipelines.images.assets import image
 from toygres_pipelines.images.janitor import purge_failed_image_blobs_hourly, purge_failed_image_blobs_job
 from toygres_pipelines.images.reverify import reverify_image
+from toygres_pipelines.lifecycle.jobs import delete_image_job, delete_instance_job
 from toygres_pipelines.resources_from_env import resources_from_env
 from toygres_pipelines.restores.jobs import restore_instance
 
@@ -11,7 +12,14 @@ automation = build_automation(AutomationSettings.from_env())
 
 defs = dg.Definitions(
     assets=[image],
-    jobs=[restore_instance, purge_failed_image_blobs_job, reverify_image, *automation.jobs],
+    jobs=[
+        restore_instance,
+        purge_failed_image_blobs_job,
+        reverify_image,
+        delete_image_job,
+        delete_instance_job,
+        *automation.jobs,
+    ],
     schedules=[purge_failed_image_blobs_hourly, *automation.schedules],
     sensors=automation.sensors,
     resources=resources_from_env(),

@@ -14,14 +14,19 @@ from records import (
     ImageState,
     ImageType,
     Instance,
+    InstanceState,
+    RequestState,
     parse_uuid,
     validate_image_name,
 )
+from records.lifecycle import check_deletable, images_in_use
 from resources.cms.encryption import InvalidToken
 from resources.cms.errors import ImageNotFound, PasswordUnavailable
 from resources.cms.queries import Queries
 from resources.cms.tables import (
     IMAGE,
+    INSTANCE,
+    RESTORE_REQUEST,
 )
 
 
@@ -122,6 +127,54 @@ class ImagesTable(Queries):
 
     def list_images(self, states: Iterable[ImageState] | None = None) -> list[Image]:
         return self._list(IMAGE, states)
+
+    def set_image_pinned(self, image_id: uuid.UUID | str, pinned: bool) -> Image:
+        """Pin (never deleted) or unpin an image; the caller checks the image may be pinned."""
+        parsed = parse_uuid(str(image_id))
+        row = None
+        if parsed is not None:
+            with self.connection() as conn:
+                row = conn.execute(
+                    sql.SQL("UPDATE {} SET pinned = %s, updated_at = now() WHERE id = %s RETURNING id").format(
+                        IMAGE.table_id
+                    ),
+                    [pinned, parsed],
+                ).fetchone()
+        image = self.get_image(parsed) if row is not None and parsed is not None else None
+        if image is None:
+            raise ImageNotFound(image_id)
+        return image
+
+    def begin_image_deletion(self, image_id: uuid.UUID | str, *, reason: str, run_id: str | None) -> Image:
+        """`-> deleting` (with its event) after the deletion rules (`records.lifecycle.check_deletable`)
+        hold, all under the image row's lock: a restore creating an instance from it holds a share
+        lock on that row, so it either committed before the users are read here or sees `deleting`."""
+        parsed = parse_uuid(str(image_id))
+        if parsed is None:
+            raise ImageNotFound(image_id)
+        with self.connection() as conn:
+            rows = self._select(IMAGE, sql.SQL("id = %s"), [parsed], conn=conn, lock="FOR UPDATE")
+            if not rows:
+                raise ImageNotFound(image_id)
+            image: Image = rows[0]
+            requests = self._select(
+                RESTORE_REQUEST,
+                sql.SQL("state = ANY(%s)"),
+                [[RequestState.pending.value, RequestState.accepted.value]],
+                conn=conn,
+            )
+            instances = self._select(
+                INSTANCE,
+                sql.SQL("state = %s AND source_image_id = %s"),
+                [InstanceState.creating.value, parsed],
+                conn=conn,
+            )
+            check_deletable(image, images_in_use([image], requests, instances).get(image.id))
+            if image.state is ImageState.deleting:
+                return image
+            return self._transition(
+                conn, IMAGE, parsed, ImageState.deleting, reason=reason, run_id=run_id, fields={}, expected=None
+            )
 
     def transition_image(
         self,

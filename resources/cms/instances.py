@@ -6,18 +6,24 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from records import (
     K8S_NAME_MAX,
+    ImageState,
     ImageType,
     Instance,
     InstanceState,
+    ValidationFailed,
+    parse_uuid,
     validate_dns_label,
 )
+from resources.cms.errors import InstanceNotFound
 from resources.cms.queries import Queries, fetch_one
 from resources.cms.tables import (
+    IMAGE,
     INSTANCE,
 )
 
@@ -63,7 +69,23 @@ class InstancesTable(Queries):
             "run_id": run_id,
             "tags": Jsonb(tags or {}),
         }
-        return self._insert(INSTANCE, values)
+        source = uuid.UUID(str(source_image_id)) if source_image_id else None
+        restoring = source is not None and InstanceState(state) is InstanceState.creating
+        return self._insert(
+            INSTANCE, values, first=lambda conn: self._lock_ready_source(conn, source) if restoring and source else None
+        )
+
+    @staticmethod
+    def _lock_ready_source(conn: psycopg.Connection, image_id: uuid.UUID) -> None:
+        """The source image must be ready, and stays so until the instance row commits: a deletion
+        (`begin_image_deletion`, FOR UPDATE) waits for this lock, then sees the creating instance."""
+        row = conn.execute(
+            sql.SQL("SELECT name, state FROM {} WHERE id = %s FOR SHARE").format(IMAGE.table_id), [image_id]
+        ).fetchone()
+        if row is None:
+            raise ValidationFailed("source_image_id", f"no image with id {str(image_id)!r}")
+        if row[1] != ImageState.ready.value:
+            raise ValidationFailed("source_image_id", f"image {row[0]!r} is {row[1]}, it must be ready")
 
     def get_instance(self, instance_id: uuid.UUID | str) -> Instance | None:
         return self._get(INSTANCE, instance_id)
@@ -95,6 +117,23 @@ class InstancesTable(Queries):
                 [dns_name, [InstanceState.creating.value, InstanceState.running.value]],
             )
             return bool(fetch_one(row)[0])
+
+    def set_retention_override(self, instance_id: uuid.UUID | str, override: dict[str, Any] | None) -> Instance:
+        """Store the fields of the retention policy this instance overrides (None: the default applies)."""
+        parsed = parse_uuid(str(instance_id))
+        updated = 0
+        if parsed is not None:
+            with self.connection() as conn:
+                updated = conn.execute(
+                    sql.SQL("UPDATE {} SET retention_override = %s, updated_at = now() WHERE id = %s").format(
+                        INSTANCE.table_id
+                    ),
+                    [Jsonb(override) if override else None, parsed],
+                ).rowcount
+        instance = self.get_instance(instance_id) if updated else None
+        if instance is None:
+            raise InstanceNotFound(instance_id)
+        return instance
 
     def transition_instance(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -56,8 +56,15 @@ class Queries:
             (kind.entity_type, entity_id, from_state, to_state, reason, run_id),
         )
 
-    def _insert(self, kind: Table, values: dict[str, Any], reason: str | None = "created") -> Any:
-        """INSERT a row and its creation event in one transaction; the row comes back as a model."""
+    def _insert(
+        self,
+        kind: Table,
+        values: dict[str, Any],
+        reason: str | None = "created",
+        first: Callable[[psycopg.Connection], None] | None = None,
+    ) -> Any:
+        """INSERT a row and its creation event in one transaction; the row comes back as a model.
+        `first` runs in that transaction before the INSERT (a check under a lock)."""
         query = sql.SQL("INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING {returning}").format(
             table=kind.table_id,
             columns=sql.SQL(", ").join(sql.Identifier(name) for name in values),
@@ -66,6 +73,8 @@ class Queries:
         )
         try:
             with self.connection() as conn:
+                if first is not None:
+                    first(conn)
                 row = fetch_one(conn.cursor(row_factory=class_row(kind.model)).execute(query, list(values.values())))
                 self._record_event(conn, kind, row.id, None, row.state.value, reason, row.run_id)
         except psycopg.errors.UniqueViolation as error:

@@ -10,6 +10,8 @@
     run_failed_writeback        canceled (writeback.settle_run)
     run_canceled_writeback
     reconcile_stuck_rows      rows left creating/accepted by runs that ended without reporting
+    retention                 job: apply the retention policy (dry_run by default in the launchpad)
+    retention_daily           schedule -> retention with dry_run false (TOYGRES_RETENTION_CRON)
 
 Settings: `settings.AutomationSettings`, read from TOYGRES_<FIELD> once when the code location
 loads (`definitions.py`); `build_automation` makes every definition from them.
@@ -22,10 +24,11 @@ import dagster as dg
 
 from toygres_pipelines.automation.jobs import backup_image
 from toygres_pipelines.automation.reconcile import reconcile_sensor
-from toygres_pipelines.automation.schedules import nightly_schedule
+from toygres_pipelines.automation.schedules import nightly_schedule, retention_schedule
 from toygres_pipelines.automation.sensors import request_sensors
 from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.automation.writeback import writeback_sensors
+from toygres_pipelines.lifecycle.retention_job import retention_job
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,10 @@ class Automation:
 
 
 def build_automation(settings: AutomationSettings) -> Automation:
+    retention = retention_job(settings.retention)
     return Automation(
-        jobs=[backup_image],
-        schedules=[nightly_schedule(settings)],
+        jobs=[backup_image, retention],
+        schedules=[nightly_schedule(settings), retention_schedule(settings, retention)],
         sensors=[*request_sensors(settings), *writeback_sensors(settings), reconcile_sensor(settings)],
     )
 

@@ -93,3 +93,17 @@ def nightly_schedule(settings: AutomationSettings) -> dg.ScheduleDefinition:
         return requests
 
     return nightly_backups
+
+
+def retention_schedule(settings: AutomationSettings, job: dg.JobDefinition) -> dg.ScheduleDefinition:
+    """The daily retention run: not dry (the launchpad's default is), so expired images go."""
+    return dg.ScheduleDefinition(
+        name="retention_daily",
+        job=job,
+        cron_schedule=settings.retention_cron,
+        execution_timezone=settings.nightly_timezone,
+        run_config={"ops": {"apply_retention": {"config": {"dry_run": False}}}},
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Every day: delete the images the retention policy no longer keeps (TOYGRES_RETENTION_*); "
+        "preview with a dry_run launch of the `retention` job.",
+    )

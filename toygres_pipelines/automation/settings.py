@@ -11,7 +11,11 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from records import ValidationFailed
+from records.retention import RetentionPolicy
+
 ENV_PREFIX = "TOYGRES_"
+RETENTION_PREFIX = ENV_PREFIX + "RETENTION_"
 
 
 class AutomationSettings(BaseModel):
@@ -33,6 +37,14 @@ class AutomationSettings(BaseModel):
     stale_job_grace_seconds: int = Field(
         default=3600, ge=0, description="A job this long past its timeout is removed by the janitor"
     )
+    retention_cron: str = Field(
+        default="30 4 * * *", description="When the retention job runs (in nightly_timezone), deleting what expired"
+    )
+    retention: RetentionPolicy = Field(
+        default_factory=RetentionPolicy,
+        description="The default retention policy: each field from TOYGRES_RETENTION_<FIELD>; an instance "
+        "may override fields in the CMS (toygres-pipelines retention)",
+    )
 
     @staticmethod
     def env_name(field: str) -> str:
@@ -42,11 +54,20 @@ class AutomationSettings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         """The settings the environment gives (an unset or empty variable keeps the default)."""
         env = os.environ if environ is None else environ
-        values = {
+        values: dict[str, object] = {
             field: env[cls.env_name(field)].strip()
             for field in cls.model_fields
-            if env.get(cls.env_name(field), "").strip()
+            if field != "retention" and env.get(cls.env_name(field), "").strip()
         }
+        policy = {
+            field: env[RETENTION_PREFIX + field.upper()].strip()
+            for field in RetentionPolicy.model_fields
+            if env.get(RETENTION_PREFIX + field.upper(), "").strip()
+        }
+        try:
+            values["retention"] = RetentionPolicy.checked(policy)
+        except ValidationFailed as error:
+            raise ValueError(f"{RETENTION_PREFIX}{error.field.upper()}: {error.rule}") from None
         try:
             return cls.model_validate(values)
         except ValidationError as error:

@@ -1,14 +1,22 @@
-"""The `image` asset: one dynamic partition per snapshot of an instance."""
+"""The `image` asset: one dynamic partition per snapshot of an instance.
+
+A partition means an image: materializing one whose image is already `ready` verifies and
+reports that image (nothing is taken or changed), and a request refused before any image row
+exists removes the partition it was launched for, so a typo leaves no red partition behind.
+"""
+
+import time
 
 import dagster as dg
 from pydantic import Field
 
-from records import ValidationFailed
+from records import Image, ImageState, ValidationFailed
 from records.requests import BackupFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.images.backup import materialization_metadata, source_ref_for, take_image
+from toygres_pipelines.images.backup import BackupOutcome, materialization_metadata, source_ref_for, take_image
+from toygres_pipelines.images.verification import ImageCorrupt, verify_image
 
 IMAGE_PARTITIONS = "images"
 image_partitions = dg.DynamicPartitionsDefinition(name=IMAGE_PARTITIONS)
@@ -42,6 +50,9 @@ def image(
     platform: PlatformResource,
 ) -> dg.MaterializeResult:
     name = context.partition_key
+    existing = image_named(cms, name)
+    if existing is not None and existing.state is ImageState.ready:
+        return report_ready_image(context, existing, cms, blob)
     try:
         source_ref = source_ref_for(name, config.source_instance)
         outcome = take_image(
@@ -56,8 +67,47 @@ def image(
             job_timeout_seconds=config.job_timeout_seconds,
         )
     except ValidationFailed as error:
-        raise dg.Failure(description=f"Invalid backup request: {error}", allow_retries=False) from error
+        note = ""
+        if image_named(cms, name) is None:
+            context.instance.delete_dynamic_partition(IMAGE_PARTITIONS, name)
+            note = f"; partition {name!r} removed: no image row has this name"
+        raise dg.Failure(description=f"Invalid backup request: {error}{note}", allow_retries=False) from error
     context.log.info(
         f"image {name} ready: {outcome.report.total_bytes} bytes, manifest sha256 {outcome.report.manifest_sha256}"
     )
+    return dg.MaterializeResult(metadata=materialization_metadata(outcome))
+
+
+def image_named(cms: CMSResource, name: str) -> Image | None:
+    """The image row of this name (the live one, else the newest), if any."""
+    found = cms.find_image(name)
+    return found if found is not None and found.name == name else None
+
+
+def report_ready_image(
+    context: dg.AssetExecutionContext, ready: Image, cms: CMSResource, blob: BlobStorageResource
+) -> dg.MaterializeResult:
+    """The partition's image is ready: verify its bytes again (read only) and report it as it is.
+    Bytes that no longer verify make it corrupt, like a failed verification at restore."""
+    started = time.monotonic()
+    try:
+        _, report = verify_image(blob, ready.blob_path, expected_manifest_sha256=ready.backup_checksum)
+    except ImageCorrupt as error:
+        why = f"failed verification when its partition was materialized again: {error}"[:4000]
+        cms.transition_image(
+            ready.id,
+            ImageState.corrupt,
+            run_id=context.run_id,
+            expected=ImageState.ready,
+            reason=why,
+            error_message=why,
+        )
+        raise dg.Failure(
+            description=f"image {ready.name} was ready but its bytes no longer verify: marked corrupt ({error})",
+            allow_retries=False,
+        ) from error
+    context.log.info(
+        f"image {ready.name} ({ready.id}) is already ready and verifies: reported as it is, no new backup taken"
+    )
+    outcome = BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started)
     return dg.MaterializeResult(metadata=materialization_metadata(outcome))

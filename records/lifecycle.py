@@ -1,0 +1,51 @@
+"""Lifecycle rules: which images are in use, and when an image may be deleted. The CMS applies
+them inside the transaction that starts a deletion; the retention plan applies them too."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from records.errors import ValidationFailed
+from records.requests import RestoreRequest
+from records.rows import Image, Instance
+from records.states import ImageState, InstanceState, RequestState
+
+DELETABLE = (ImageState.ready, ImageState.corrupt, ImageState.failed, ImageState.deleting)
+
+
+def images_in_use(
+    images: Iterable[Image], restore_requests: Iterable[RestoreRequest], instances: Iterable[Instance]
+) -> dict[uuid.UUID, str]:
+    """Images a pending/accepted restore request or a creating instance (a restore or drill under
+    way) uses, each with who uses it and through which field."""
+    images = list(images)
+    used: dict[uuid.UUID, str] = {}
+    for instance in instances:
+        if instance.state is InstanceState.creating and instance.source_image_id is not None:
+            used.setdefault(instance.source_image_id, f"source_image_id of creating instance {instance.k8s_name}")
+    for request in restore_requests:
+        if request.state not in (RequestState.pending, RequestState.accepted) or not request.source_image_id:
+            continue
+        ref = request.source_image_id
+        for image in images:
+            # A request may name its image: every live image of that name counts.
+            named = image.name == ref and image.state is not ImageState.deleted
+            if str(image.id) == ref or named:
+                used.setdefault(image.id, f"source_image_id of {request.state} restore request {request.id}")
+    return used
+
+
+def check_deletable(image: Image, used_by: str | None) -> None:
+    """The rules every deletion follows (on request and by retention); each names its rule."""
+    if image.pinned:
+        raise ValidationFailed(
+            "image", f"image {image.name!r} is pinned: unpin it first (toygres-pipelines pin {image.name} --off)"
+        )
+    if used_by is not None:
+        raise ValidationFailed("image", f"image {image.name!r} is in use: it is the {used_by}")
+    if image.state not in DELETABLE:
+        raise ValidationFailed(
+            "image",
+            f"image {image.name!r} is {image.state}: only a {', '.join(s.value for s in DELETABLE)} image is deleted",
+        )

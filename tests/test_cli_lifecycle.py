@@ -1,0 +1,148 @@
+"""The CLI's lifecycle commands against a real CMS and Azurite: pin, delete-image, delete-instance,
+retention (per-instance override) and retention-plan (the dry run)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import dagster as dg
+import pytest
+
+from records import ImageState, InstanceState
+from records.requests import RestoreRequestFields
+from tests.test_cli import add_instance
+from tests.test_lifecycle import FILES, stored_image
+from toygres_pipelines import cli
+from toygres_pipelines.images.assets import IMAGE_PARTITIONS
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def run(cms, blob, monkeypatch, capsys, tmp_path):
+    """main([...]) in process against the test's CMS, container and a local platform directory."""
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    monkeypatch.delenv(cli.KEY_ENV, raising=False)
+    monkeypatch.setenv("TOYGRES_BLOB_CONNECTION_STRING", blob.connection_string)
+    monkeypatch.setenv("TOYGRES_BLOB_CONTAINER", blob.container)
+    monkeypatch.setenv("TOYGRES_PLATFORM", "local")
+    monkeypatch.setenv("TOYGRES_STATE_DIR", str(tmp_path / "platform"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    for name in ("KEEP_NEWEST", "KEEP_DAILY", "KEEP_WEEKLY", "KEEP_MONTHLY", "MIN_AGE_HOURS", "TIMEZONE"):
+        monkeypatch.delenv(f"TOYGRES_RETENTION_{name}", raising=False)
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+@pytest.fixture
+def source(cms):
+    return add_instance(cms, "app-abcde")
+
+
+def test_pin_and_unpin(run, cms, blob, source):
+    image = stored_image(cms, blob, source, "app__one", days_old=3)
+    code, out, err = run("pin", image.name)
+    assert (code, err) == (0, "") and "pinned" in out
+    assert cms.get_image(image.id).pinned
+    code, out, err = run("pin", str(image.id), "--off")
+    assert (code, err) == (0, "") and "unpinned" in out
+    assert not cms.get_image(image.id).pinned
+
+
+def test_delete_image_refuses_a_pinned_or_in_use_image_and_deletes_otherwise(run, cms, blob, source, tmp_path):
+    image = stored_image(cms, blob, source, "app__two", days_old=3)
+    run("pin", image.name)
+    code, out, err = run("delete-image", image.name)
+    assert code == 2 and out == ""
+    assert err == "error: image: image 'app__two' is pinned: unpin it first (toygres-pipelines pin app__two --off)\n"
+    run("pin", image.name, "--off")
+    request = cms.create_restore_request(
+        RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=image.name, namespace="default")
+    )
+    code, _, err = run("delete-image", image.name)
+    assert code == 2
+    assert err == (
+        f"error: image: image 'app__two' is in use: it is the source_image_id of pending restore request {request.id}\n"
+    )
+    assert cms.get_image(image.id).state is ImageState.ready
+    assert len(blob.list_names(image.blob_path)) == len(FILES)
+
+    cms.transition_restore_request(request.id, "rejected", reason="test")
+    code, out, err = run("delete-image", image.name)
+    assert (code, err) == (0, "")
+    assert cms.get_image(image.id).state is ImageState.deleted
+    assert blob.list_names(image.blob_path) == []
+    assert "3 blob(s)" in out and "retention" in out  # without DAGSTER_HOME the partition is left to retention
+
+
+def test_delete_image_removes_the_partition_when_dagster_home_is_set(run, cms, blob, source, tmp_path, monkeypatch):
+    image = stored_image(cms, blob, source, "app__three", days_old=3)
+    home = tmp_path / "dagster-home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(IMAGE_PARTITIONS, [image.name, "other"])
+    code, out, err = run("delete-image", str(image.id))
+    assert (code, err) == (0, ""), err
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_dynamic_partitions(IMAGE_PARTITIONS) == ["other"]
+    assert "partition app__three removed" in out
+
+
+def test_delete_instance_refuses_what_no_restore_created_unless_forced(run, cms, source):
+    code, _, err = run("delete-instance", source.k8s_name)
+    assert code == 2
+    assert err.startswith("error: force: instance 'app-abcde' was not created by a toygres restore")
+    assert cms.get_instance(source.id).state is InstanceState.running
+    code, out, err = run("delete-instance", source.k8s_name, "--force")
+    assert (code, err) == (0, "")
+    assert cms.get_instance(source.id).state is InstanceState.deleted
+    assert "deleted" in out
+
+
+def test_retention_override_is_stored_checked_and_cleared(run, cms, source):
+    code, out, err = run("retention", source.k8s_name, "--set", "keep_daily=14", "--set", "timezone=Europe/Berlin")
+    assert (code, err) == (0, "")
+    assert cms.get_instance(source.id).retention_override == {"keep_daily": 14, "timezone": "Europe/Berlin"}
+    assert "keep_daily" in out and "Europe/Berlin" in out
+
+    code, _, err = run("retention", source.k8s_name, "--set", "keep_daily=-1")
+    assert code == 2 and err.startswith("error: keep_daily: '-1': ")
+    code, _, err = run("retention", source.k8s_name, "--set", "keep_forever=1")
+    assert code == 2 and err.startswith("error: keep_forever: ")
+    code, _, err = run("retention", source.k8s_name, "--set", "keep_daily")
+    assert code == 2 and "FIELD=VALUE" in err
+    assert cms.get_instance(source.id).retention_override == {"keep_daily": 14, "timezone": "Europe/Berlin"}
+
+    code, out, err = run("retention", source.k8s_name, "--json")
+    assert json.loads(out)["effective"]["keep_daily"] == 14
+    code, _, err = run("retention", source.k8s_name, "--clear")
+    assert (code, err) == (0, "")
+    assert cms.get_instance(source.id).retention_override is None
+
+
+def test_retention_plan_previews_and_deletes_nothing(run, cms, blob, source, monkeypatch):
+    images = [stored_image(cms, blob, source, f"app__d{n}", days_old=n) for n in range(1, 5)]
+    monkeypatch.setenv("TOYGRES_RETENTION_KEEP_NEWEST", "2")
+    monkeypatch.setenv("TOYGRES_RETENTION_KEEP_DAILY", "0")
+    monkeypatch.setenv("TOYGRES_RETENTION_KEEP_WEEKLY", "0")
+    monkeypatch.setenv("TOYGRES_RETENTION_KEEP_MONTHLY", "0")
+    code, out, err = run("retention-plan")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == "| image | instance | state | age | kept by |"
+    assert "| app__d3 | default/app-abcde | ready | 3 d | expired |" in out
+    assert "| app__d1 | default/app-abcde | ready | 24 h | newest ready, newest 2 |" in out
+    assert all(cms.get_image(i.id).state is ImageState.ready for i in images)
+    stray = uuid.uuid4()
+    blob.write_bytes(f"images/{stray}/x", b"x")
+    code, out, _ = run("retention-plan", "--json")
+    printed = json.loads(out)
+    assert {d["image_name"] for d in printed["expired"]} == {"app__d3", "app__d4"}
+    assert printed["stray_blob_folders"] == [str(stray)]

@@ -1,0 +1,423 @@
+"""Lifecycle against the real CMS and Azurite: retention runs, deleting and pinning images."""
+
+from __future__ import annotations
+
+import uuid
+
+import dagster as dg
+import psycopg
+import pytest
+
+from records import ImageState, ImageType, InstanceState
+from records.requests import RestoreRequestFields
+from records.retention import RetentionPolicy
+from resources.blob import BlobStorageResource
+from toygres_pipelines.images.assets import IMAGE_PARTITIONS
+from toygres_pipelines.lifecycle.retention_job import retention_job
+
+pytestmark = pytest.mark.integration
+
+# Keep the newest two; nothing by calendar; no minimum age: older images expire.
+POLICY = RetentionPolicy(keep_newest=2, keep_daily=0, keep_weekly=0, keep_monthly=0, min_age_hours=0)
+FILES = ("manifest.json", "globals.sql", "databases/app.dump")
+
+
+def running_instance(cms, k8s_name: str = "app-src"):
+    return cms.create_instance(
+        user_name=k8s_name,
+        k8s_name=k8s_name,
+        namespace="default",
+        postgres_version="16",
+        storage_size_gb=1,
+        use_load_balancer=False,
+        dns_name=None,
+        image_type=ImageType.stock,
+        state=InstanceState.running,
+    )
+
+
+def stored_image(cms, blob: BlobStorageResource, source, name: str, days_old: float, state=ImageState.ready):
+    """An image row with blobs under its folder, created `days_old` days ago."""
+    image_id = uuid.uuid4()
+    image = cms.reserve_image(
+        image_id=image_id,
+        name=name,
+        description=None,
+        source=source,
+        blob_storage_url=blob.storage_url,
+        blob_container=blob.container,
+        blob_path=f"images/{image_id}",
+        run_id=None,
+    )
+    for file in FILES:
+        blob.write_bytes(f"{image.blob_path}/{file}", f"{name}/{file}".encode())
+    if state is ImageState.ready:
+        cms.transition_image(image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64)
+    elif state is ImageState.failed:
+        cms.transition_image(image.id, ImageState.failed, reason="test")
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute(
+            "UPDATE toygres_cms.images SET created_at = now() - make_interval(secs => %s) WHERE id = %s",
+            (days_old * 86400, image.id),
+        )
+    return cms.get_image(image.id)
+
+
+@pytest.fixture
+def catalogue(cms, blob):
+    """Five ready images of one instance (1..5 days old), a failed one past the 7-day window and a
+    stray blob folder no row owns; the Dagster instance has a partition per image."""
+    source = running_instance(cms)
+    ready = [stored_image(cms, blob, source, f"app-src__d{n}", days_old=n) for n in range(1, 6)]
+    failed = stored_image(cms, blob, source, "app-src__broken", days_old=10, state=ImageState.failed)
+    stray = f"images/{uuid.uuid4()}"
+    blob.write_bytes(f"{stray}/manifest.json", b"{}")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(IMAGE_PARTITIONS, [i.name for i in [*ready, failed]])
+    return {"source": source, "ready": ready, "failed": failed, "stray": stray, "instance": instance}
+
+
+def run_retention_job(resources, instance, dry_run: bool | None = None, policy: RetentionPolicy = POLICY):
+    config = {} if dry_run is None else {"dry_run": dry_run}
+    return retention_job(policy).execute_in_process(
+        run_config={"ops": {"apply_retention": {"config": config}}},
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def plan_metadata(result) -> dict:
+    materialized = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    if materialized:
+        return materialized[0].event_specific_data.metadata
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return failure.event_specific_data.user_failure_data.metadata
+
+
+def snapshot(cms, blob):
+    return (
+        {i.id: (i.state, i.updated_at) for i in cms.list_images()},
+        sorted(blob.list_names("images")),
+    )
+
+
+def test_dry_run_is_the_default_and_deletes_nothing(resources, cms, blob, catalogue):
+    before = snapshot(cms, blob)
+    result = run_retention_job(resources, catalogue["instance"])
+    assert result.success
+    assert snapshot(cms, blob) == before
+    assert sorted(catalogue["instance"].get_dynamic_partitions(IMAGE_PARTITIONS)) == sorted(
+        i.name for i in [*catalogue["ready"], catalogue["failed"]]
+    )
+    metadata = plan_metadata(result)
+    assert metadata["dry_run"].value is True
+    table = metadata["plan"].value
+    assert table.splitlines()[0] == "| image | instance | state | age | kept by |"
+    d1, d2, d3 = catalogue["ready"][:3]
+    assert f"| {d1.name} | default/app-src | ready | 24 h | newest ready, newest 2 |" in table
+    assert f"| {d2.name} | default/app-src | ready | 2 d | newest 2 |" in table
+    assert f"| {d3.name} | default/app-src | ready | 3 d | expired |" in table
+    assert f"| {catalogue['failed'].name} | default/app-src | failed | 10 d | expired |" in table
+    assert metadata["stray_blob_folders"].value == [catalogue["stray"].split("/")[1]]
+
+
+def test_real_run_deletes_exactly_the_planned_blobs_rows_and_partitions(resources, cms, blob, catalogue):
+    instance = catalogue["instance"]
+    result = run_retention_job(resources, instance, dry_run=False)
+    assert result.success, result
+    kept, expired = catalogue["ready"][:2], [*catalogue["ready"][2:], catalogue["failed"]]
+    for image in kept:
+        assert cms.get_image(image.id).state is ImageState.ready
+        assert len(blob.list_names(image.blob_path)) == len(FILES)
+        assert [e.to_state for e in cms.events(image.id)] == ["creating", "ready"]
+    for image in expired:
+        assert cms.get_image(image.id).state is ImageState.deleted
+        assert blob.list_names(image.blob_path) == []
+        assert [e.to_state for e in cms.events(image.id)][-2:] == ["deleting", "deleted"]
+        assert cms.events(image.id)[-1].run_id == result.run_id
+    assert blob.list_names(catalogue["stray"]) == []
+    assert sorted(instance.get_dynamic_partitions(IMAGE_PARTITIONS)) == sorted(i.name for i in kept)
+    assert plan_metadata(result)["dry_run"].value is False
+
+
+class StorageFailingOnSecondDelete(BlobStorageResource):
+    """Azurite, except that the second image folder's deletion fails after its first blob."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        calls = FAILURES.setdefault(self.container, [])
+        calls.append(prefix)
+        if len(calls) == 2:
+            first = self.list_names(prefix)[0]
+            self._container.delete_blob(first)
+            raise ConnectionError("blob storage went away mid-delete")
+        return super().delete_prefix(prefix)
+
+
+FAILURES: dict[str, list[str]] = {}
+
+
+def test_blob_storage_failing_mid_run_leaves_consistent_state_and_the_next_run_finishes(
+    resources, cms, blob, catalogue
+):
+    instance = catalogue["instance"]
+    failing = StorageFailingOnSecondDelete(connection_string=blob.connection_string, container=blob.container)
+    result = run_retention_job({**resources, "blob": failing}, instance, dry_run=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "blob storage went away mid-delete" in failure.event_specific_data.user_failure_data.description
+    expired = [*catalogue["ready"][2:], catalogue["failed"]]
+    states = {cms.get_image(i.id).state for i in expired}
+    assert ImageState.deleting in states
+    for image in cms.list_images():
+        # never a ready row without its blobs
+        if image.state is ImageState.ready:
+            assert len(blob.list_names(image.blob_path)) == len(FILES)
+        else:
+            assert image.state in (ImageState.deleting, ImageState.deleted)
+    half_done = next(i for i in expired if cms.get_image(i.id).state is ImageState.deleting)
+    assert half_done.name in instance.get_dynamic_partitions(IMAGE_PARTITIONS)
+
+    again = run_retention_job(resources, instance, dry_run=False)
+    assert again.success
+    for image in expired:
+        assert cms.get_image(image.id).state is ImageState.deleted
+        assert blob.list_names(image.blob_path) == []
+    assert sorted(instance.get_dynamic_partitions(IMAGE_PARTITIONS)) == sorted(i.name for i in catalogue["ready"][:2])
+
+
+def test_pinned_and_in_use_images_survive_retention(resources, cms, blob, catalogue):
+    from toygres_pipelines.lifecycle.images import pin_image
+
+    d4, d5 = catalogue["ready"][3:5]
+    pin_image(cms, d4.name)
+    cms.create_restore_request(
+        RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=d5.name, namespace="default")
+    )
+    result = run_retention_job(resources, catalogue["instance"], dry_run=False)
+    assert result.success
+    table = plan_metadata(result)["plan"].value
+    assert f"| {d4.name} | default/app-src | ready | 4 d | pinned |" in table
+    assert f"| {d5.name} | default/app-src | ready | 5 d | in use: source_image_id of pending restore request" in table
+    assert cms.get_image(d4.id).state is ImageState.ready and cms.get_image(d5.id).state is ImageState.ready
+    assert cms.get_image(catalogue["ready"][2].id).state is ImageState.deleted
+
+
+def test_a_per_instance_override_in_the_cms_changes_the_plan(resources, cms, blob, catalogue):
+    cms.set_retention_override(catalogue["source"].id, {"keep_newest": 4})
+    result = run_retention_job(resources, catalogue["instance"], dry_run=False)
+    assert result.success
+    states = [cms.get_image(i.id).state for i in catalogue["ready"]]
+    assert states == [ImageState.ready] * 4 + [ImageState.deleted]
+
+
+def test_deleting_an_image_in_use_is_refused_with_the_reason(resources, cms, blob, catalogue):
+    from toygres_pipelines.lifecycle.jobs import delete_image_job
+
+    target = catalogue["ready"][2]
+    request = cms.create_restore_request(
+        RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=str(target.id), namespace="default")
+    )
+    result = delete_image_job.execute_in_process(
+        run_config={"ops": {"delete_one_image": {"config": {"image": target.name}}}},
+        resources=resources,
+        instance=catalogue["instance"],
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert (
+        f"image: image {target.name!r} is in use: it is the source_image_id of pending restore request {request.id}"
+        in failure.event_specific_data.user_failure_data.description
+    )
+    assert cms.get_image(target.id).state is ImageState.ready
+    assert len(blob.list_names(target.blob_path)) == len(FILES)
+
+
+def test_delete_image_job_deletes_blobs_row_and_partition(resources, cms, blob, catalogue):
+    from toygres_pipelines.lifecycle.jobs import delete_image_job
+
+    target = catalogue["ready"][0]  # the newest: deleting on request is the user's call
+    result = delete_image_job.execute_in_process(
+        run_config={"ops": {"delete_one_image": {"config": {"image": str(target.id)}}}},
+        resources=resources,
+        instance=catalogue["instance"],
+    )
+    assert result.success
+    assert cms.get_image(target.id).state is ImageState.deleted
+    assert blob.list_names(target.blob_path) == []
+    assert target.name not in catalogue["instance"].get_dynamic_partitions(IMAGE_PARTITIONS)
+    assert [e.reason for e in cms.events(target.id)][-2:] == [
+        "deleted on request",
+        "deleted on request: 3 blob(s) removed",
+    ]
+
+
+def test_a_pinned_image_is_refused_until_unpinned(resources, cms, blob, catalogue):
+    from records import ValidationFailed
+    from toygres_pipelines.lifecycle.images import delete_image, pin_image
+
+    target = catalogue["ready"][1]
+    assert pin_image(cms, target.name).pinned
+    with pytest.raises(ValidationFailed, match="is pinned: unpin it first"):
+        delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)
+    assert not pin_image(cms, target.name, pinned=False).pinned
+    assert delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None).state is ImageState.deleted
+    with pytest.raises(ValidationFailed, match="only a ready or corrupt image can be pinned"):
+        pin_image(cms, str(target.id))
+
+
+# ---- deleting instances -----------------------------------------------------------------------
+
+
+def test_delete_instance_removes_everything_and_frees_the_dns_label_for_a_new_restore(resources, cms, platform, source):
+    from tests.helpers import materialize_image
+    from tests.test_restore import restore
+    from toygres_pipelines.lifecycle.jobs import delete_instance_job
+    from toygres_pipelines.restores.steps import instance_ref
+
+    assert materialize_image(resources, f"{source.k8s_name}__for-delete").success
+    image = cms.find_image(f"{source.k8s_name}__for-delete")
+    first = restore(resources, name="first", dns_label="reused-label", source_image_id=image.name)
+    assert first.success
+    restored = cms.find_instance_by_run(first.run_id)
+    assert platform.instance_exists(instance_ref(restored))
+
+    refused = restore(resources, name="second", dns_label="reused-label", source_image_id=image.name)
+    assert not refused.success  # the label is taken while the first instance lives
+
+    result = delete_instance_job.execute_in_process(
+        run_config={"ops": {"delete_one_instance": {"config": {"instance": restored.k8s_name}}}}, resources=resources
+    )
+    assert result.success
+    gone = cms.get_instance(restored.id)
+    assert gone.state is InstanceState.deleted
+    assert [e.to_state for e in cms.events(restored.id)][-2:] == ["deleting", "deleted"]
+    assert not platform.instance_exists(instance_ref(restored))
+    assert not cms.dns_name_in_use("reused-label")
+
+    second = restore(resources, name="second", dns_label="reused-label", source_image_id=image.name)
+    assert second.success
+    assert cms.find_instance_by_run(second.run_id).dns_name == "reused-label"
+
+
+def test_an_instance_no_restore_created_is_refused_unless_forced(resources, cms, platform):
+    from records import ValidationFailed
+    from toygres_pipelines.lifecycle.instances import delete_instance
+
+    outsider = running_instance(cms, "registered-elsewhere")
+    with pytest.raises(ValidationFailed, match="force: instance 'registered-elsewhere' was not created by a toygres"):
+        delete_instance(cms, platform, outsider.k8s_name)
+    assert cms.get_instance(outsider.id).state is InstanceState.running
+    assert delete_instance(cms, platform, str(outsider.id), force=True).state is InstanceState.deleted
+    assert delete_instance(cms, platform, str(outsider.id)).state is InstanceState.deleted  # idempotent
+
+
+def test_a_creating_instance_is_refused(resources, cms, platform):
+    from records import ValidationFailed
+    from toygres_pipelines.lifecycle.instances import delete_instance
+
+    making = running_instance(cms, "being-made")
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute("UPDATE toygres_cms.instances SET state = 'creating', run_id = 'r1' WHERE id = %s", (making.id,))
+    with pytest.raises(ValidationFailed, match="instance: instance 'being-made' is creating: its restore run r1"):
+        delete_instance(cms, platform, making.k8s_name, force=True)
+
+
+class BackupStartsDuringTheListing(BlobStorageResource):
+    """A backup reserves its row and writes its first blob just as retention lists the folders."""
+
+    def list_folders(self, prefix: str) -> list[str]:
+        started = STARTED.pop(self.container, None)
+        if started is not None:
+            started()
+        return super().list_folders(prefix)
+
+
+STARTED: dict = {}
+
+
+def test_a_backup_starting_during_a_retention_run_is_never_taken_for_stray_blobs(resources, cms, blob, catalogue):
+    fresh = {}
+    STARTED[blob.container] = lambda: fresh.update(
+        image=stored_image(cms, blob, catalogue["source"], "app-src__now", days_old=0, state=ImageState.creating)
+    )
+    racing = BackupStartsDuringTheListing(connection_string=blob.connection_string, container=blob.container)
+    result = run_retention_job({**resources, "blob": racing}, catalogue["instance"], dry_run=False)
+    assert result.success
+    assert cms.get_image(fresh["image"].id).state is ImageState.creating
+    assert len(blob.list_names(fresh["image"].blob_path)) == len(FILES)
+    assert blob.list_names(catalogue["stray"]) == []
+
+
+# ---- a restore and a deletion of the same image at the same time ------------------------------
+
+
+def wait_until_a_lock_is_awaited(dsn: str, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+                return
+            time.sleep(0.05)
+    raise TimeoutError("no session ever waited for a lock")
+
+
+def test_a_restore_creating_its_instance_during_a_deletion_keeps_the_image(resources, cms, blob, catalogue):
+    import threading
+
+    from records import ValidationFailed
+    from toygres_pipelines.lifecycle.images import delete_image
+
+    target = catalogue["ready"][2]
+    # What the restore's create_instance does in one transaction, held open: lock the image row
+    # (FOR SHARE) and insert the creating instance that uses it.
+    restore_tx = psycopg.connect(cms.dsn)
+    restore_tx.execute("SELECT state FROM toygres_cms.images WHERE id = %s FOR SHARE", (target.id,))
+    restore_tx.execute(
+        "INSERT INTO toygres_cms.instances (id, user_name, k8s_name, namespace, postgres_version, storage_size_gb,"
+        " state, source_image_id) VALUES (%s, 'copy', 'copy-x1y2z', 'default', '16', 1, 'creating', %s)",
+        (uuid.uuid4(), target.id),
+    )
+    outcome: dict = {}
+
+    def delete() -> None:
+        try:
+            outcome["image"] = delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)
+        except ValidationFailed as refused:
+            outcome["refused"] = refused
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    try:
+        wait_until_a_lock_is_awaited(cms.dsn)
+        restore_tx.commit()
+    finally:
+        deleter.join(timeout=60)
+        restore_tx.close()
+    assert "image" not in outcome
+    assert "is in use: it is the source_image_id of creating instance copy-x1y2z" in str(outcome["refused"])
+    assert cms.get_image(target.id).state is ImageState.ready
+    assert len(blob.list_names(target.blob_path)) == len(FILES)
+
+
+def test_a_restore_cannot_create_its_instance_from_an_image_being_deleted(cms, blob, catalogue):
+    from records import ValidationFailed
+
+    target = catalogue["ready"][2]
+    cms.transition_image(target.id, ImageState.deleting, reason="test")
+    with pytest.raises(ValidationFailed, match=f"source_image_id: image {target.name!r} is deleting, it must be ready"):
+        cms.create_instance(
+            user_name="copy",
+            k8s_name="copy-x1y2z",
+            namespace="default",
+            postgres_version="16",
+            storage_size_gb=1,
+            use_load_balancer=False,
+            dns_name="copy-db",
+            image_type=ImageType.stock,
+            source_image_id=target.id,
+        )
+    assert cms.find_instance("copy-x1y2z") is None

@@ -1,0 +1,190 @@
+"""The CLI's lifecycle commands: pin, delete-image, delete-instance, retention, retention-plan.
+
+They call the very functions the Dagster jobs call (`toygres_pipelines.lifecycle`), so the same
+checks refuse the same things with the same reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from records import ValidationFailed
+from records.retention import RetentionPolicy
+from resources.cms import CMSResource
+from toygres_pipelines.automation.settings import AutomationSettings
+from toygres_pipelines.images.assets import IMAGE_PARTITIONS
+from toygres_pipelines.lifecycle.images import DagsterPartitions, delete_image, pin_image
+from toygres_pipelines.lifecycle.instances import delete_instance
+from toygres_pipelines.lifecycle.retention_job import IMAGES_PREFIX, compute_plan, stray_folders
+from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
+
+EXIT_OK = 0
+
+
+def _print_json(data: Any, out: TextIO) -> None:
+    from toygres_pipelines.cli import print_json  # cli imports this module
+
+    print_json(data, out)
+
+
+def cmd_pin(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    image = pin_image(cms, args.image, pinned=not args.off)
+    if args.json:
+        _print_json(image.model_dump(mode="json"), out)
+    else:
+        out.write(f"image {image.name} ({image.id}) {'pinned' if image.pinned else 'unpinned'}\n")
+    return EXIT_OK
+
+
+def cmd_delete_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    blob = blob_from_env().process_config_and_initialize()
+    lines: list[str] = []
+    if os.environ.get("DAGSTER_HOME"):
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            image = delete_image(
+                cms,
+                blob,
+                args.image,
+                run_id=None,
+                log=lines.append,
+                partitions=DagsterPartitions(instance, IMAGE_PARTITIONS),
+            )
+    else:
+        image = delete_image(cms, blob, args.image, run_id=None, log=lines.append, partitions=None)
+        lines.append("DAGSTER_HOME is not set: the next retention run removes the image's partition")
+    if args.json:
+        _print_json({**image.model_dump(mode="json"), "log": lines}, out)
+    else:
+        out.write("".join(f"{line}\n" for line in lines))
+    return EXIT_OK
+
+
+def cmd_delete_instance(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    lines: list[str] = []
+    instance = delete_instance(cms, platform_from_env(), args.instance, force=args.force, log=lines.append)
+    if args.json:
+        _print_json(
+            {**instance.model_dump(mode="json", exclude={"ip_connection_string", "dns_connection_string"})}, out
+        )
+    else:
+        out.write("".join(f"{line}\n" for line in lines))
+    return EXIT_OK
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip():
+            raise ValidationFailed("--set", f"{item!r} must be FIELD=VALUE (a field of the retention policy)")
+        pairs[field.strip()] = value.strip()
+    return pairs
+
+
+def cmd_retention(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    instance = cms.find_instance(args.instance)
+    if instance is None:
+        raise ValidationFailed("instance", f"no instance {args.instance!r} (an instance id or k8s_name)")
+    default = AutomationSettings.from_env().retention
+    override = dict(instance.retention_override or {})
+    if args.clear:
+        override = {}
+    if args.set:
+        override |= parse_assignments(args.set)
+        effective = default.with_override(override)  # ValidationFailed names the field
+        override = {field: getattr(effective, field) for field in override}
+    if args.clear or args.set:
+        instance = cms.set_retention_override(instance.id, override or None)
+    effective = default.with_override(instance.retention_override)
+    if args.json:
+        _print_json(
+            {
+                "instance": instance.k8s_name,
+                "override": instance.retention_override,
+                "effective": effective.model_dump(),
+            },
+            out,
+        )
+    else:
+        out.write(f"instance {instance.namespace}/{instance.k8s_name}: override {instance.retention_override or '-'}\n")
+        out.write(describe_policy(effective))
+    return EXIT_OK
+
+
+def describe_policy(policy: RetentionPolicy) -> str:
+    return "".join(f"  {field} = {value}\n" for field, value in policy.model_dump().items())
+
+
+def cmd_retention_plan(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    now = datetime.now(UTC)
+    folders = blob_from_env().process_config_and_initialize().list_folders(IMAGES_PREFIX)  # before the rows
+    images, plan = compute_plan(cms, AutomationSettings.from_env().retention, now)
+    strays = stray_folders(folders, images)
+    if args.json:
+        _print_json(
+            {
+                "kept": [d.model_dump(mode="json") for d in plan.kept],
+                "expired": [d.model_dump(mode="json") for d in plan.expired],
+                "stray_blob_folders": strays,
+            },
+            out,
+        )
+        return EXIT_OK
+    out.write(plan.markdown(now) + "\n\n")
+    out.write(f"dry run: {len(plan.expired)} image(s) would be deleted, {len(plan.kept)} kept")
+    out.write(f"; stray blob folders: {', '.join(strays) or 'none'}\n")
+    return EXIT_OK
+
+
+def add_lifecycle_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
+    pin = sub.add_parser("pin", parents=list(parent), help="pin an image (never deleted) or unpin it (--off)")
+    pin.add_argument("image", help="image id or name")
+    pin.add_argument("--off", action="store_true", help="unpin")
+    pin.set_defaults(handler=cmd_pin)
+
+    image = sub.add_parser(
+        "delete-image",
+        parents=list(parent),
+        help="delete an image: its blobs, its CMS row (deleted) and its partition",
+        description="Refused when the image is pinned or used by a pending/accepted restore or a creating "
+        "instance. Needs the blob settings (TOYGRES_BLOB_*); removes the partition when DAGSTER_HOME is set.",
+    )
+    image.add_argument("image", help="image id or name")
+    image.set_defaults(handler=cmd_delete_image)
+
+    instance = sub.add_parser(
+        "delete-instance",
+        parents=list(parent),
+        help="delete an instance a restore created: server, service, volume, secret; frees its DNS label",
+    )
+    instance.add_argument("instance", help="instance id or k8s_name")
+    instance.add_argument("--force", action="store_true", help="also an instance no toygres restore created")
+    instance.set_defaults(handler=cmd_delete_instance)
+
+    retention = sub.add_parser(
+        "retention",
+        parents=list(parent),
+        help="show or set an instance's retention override (fields of the default policy it changes)",
+    )
+    retention.add_argument("instance", help="instance id or k8s_name")
+    retention.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help=f"override one field ({', '.join(RetentionPolicy.model_fields)}); repeatable",
+    )
+    retention.add_argument("--clear", action="store_true", help="drop the override: the default applies")
+    retention.set_defaults(handler=cmd_retention)
+
+    plan = sub.add_parser(
+        "retention-plan",
+        parents=list(parent),
+        help="dry run: show what the retention job would keep (and why) and delete, deleting nothing",
+    )
+    plan.set_defaults(handler=cmd_retention_plan)

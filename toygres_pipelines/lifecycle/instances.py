@@ -1,0 +1,73 @@
+"""Deleting an instance this system created: its server, service, volume and secret go, the row
+ends `deleted` (with events) and its DNS label is free again.
+
+"Created by this system" means made by a restore (the `restore_instance` job or a drill built on
+it): the row has a `source_image_id` and the `request_key` tag `create_instance_record` writes.
+Instances registered from elsewhere (e.g. a backup source) are refused unless `force`.
+The DNS label is reserved only by creating or running rows (`instances_dns_name_active_key`,
+`dns_name_in_use`): the row leaves both at `deleting`, so a new restore may take the label.
+"""
+
+from __future__ import annotations
+
+from records import Instance, InstanceState, LogSink, ValidationFailed
+from resources.cms import CMSResource
+from resources.platform.base import PlatformResource
+from toygres_pipelines.restores.jobs import REQUEST_KEY
+from toygres_pipelines.restores.steps import instance_ref, restore_job_name
+
+DELETABLE = (InstanceState.running, InstanceState.stopped, InstanceState.failed, InstanceState.deleting)
+
+
+def created_by_restore(instance: Instance) -> bool:
+    return instance.source_image_id is not None and REQUEST_KEY in instance.tags
+
+
+def delete_instance(
+    cms: CMSResource,
+    platform: PlatformResource,
+    ref: str,
+    *,
+    force: bool = False,
+    reason: str = "deleted on request",
+    run_id: str | None = None,
+    log: LogSink = lambda _: None,
+) -> Instance:
+    """Remove the instance's objects and mark it deleted. A failure leaves the row `deleting`;
+    calling again finishes the job. An already deleted instance is returned as it is."""
+    instance = cms.find_instance(ref)
+    if instance is None:
+        raise ValidationFailed("instance", f"no instance {ref!r} (an instance id or k8s_name)")
+    if instance.state is InstanceState.deleted:
+        log(f"instance {instance.k8s_name} is already deleted")
+        return instance
+    if instance.state not in DELETABLE:
+        raise ValidationFailed(
+            "instance",
+            f"instance {instance.k8s_name!r} is {instance.state}: its restore run {instance.run_id} is still making "
+            "it (a failed run removes what it made); terminate that run first",
+        )
+    if not force and not created_by_restore(instance):
+        raise ValidationFailed(
+            "force",
+            f"instance {instance.k8s_name!r} was not created by a toygres restore (no source_image_id and "
+            "request_key tag): pass force to delete it anyway",
+        )
+    if instance.state is not InstanceState.deleting:
+        instance = cms.transition_instance(
+            instance.id, InstanceState.deleting, reason=reason, run_id=run_id, expected=instance.state
+        )
+    try:
+        platform.delete_job(restore_job_name(instance), instance.namespace)
+    except Exception as error:  # noqa: BLE001 - a leftover job is the janitor's; the instance still goes
+        log(f"restore job of {instance.k8s_name} not removed now: {error}")
+    platform.delete_instance(instance_ref(instance))
+    deleted = cms.transition_instance(
+        instance.id,
+        InstanceState.deleted,
+        reason=f"{reason}: server, service, config, secret and volume removed",
+        run_id=run_id,
+        expected=InstanceState.deleting,
+    )
+    log(f"instance {instance.namespace}/{instance.k8s_name} deleted; DNS label {instance.dns_name or '-'} is free")
+    return deleted
