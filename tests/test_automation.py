@@ -13,6 +13,7 @@ from dagster._core.test_utils import create_run_for_test
 
 from records import ImageState, ImageType, InstanceState, RequestState
 from records.requests import ImageRequestFields, RestoreRequestFields
+from resources.platform.local import LocalPlatform
 from tests.helpers import failure_text, materialize_image
 from toygres_pipelines.automation import AutomationSettings, build_automation
 from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, REQUEST_ID_TAG, backup_image
@@ -26,6 +27,9 @@ from toygres_pipelines.restores.jobs import restore_instance
 pytestmark = pytest.mark.integration
 
 AUTOMATION = build_automation(AutomationSettings())
+# The local platform's request-time rules (any valid namespace, every PostgreSQL major): enough
+# for the request checks these tests exercise; nothing here runs a job on it.
+RULES_ONLY = LocalPlatform(state_dir="/nonexistent/toygres-rules-only", azcopy_path="/bin/true")
 image_requests_sensor = AUTOMATION.sensor("image_requests_sensor")
 restore_requests_sensor = AUTOMATION.sensor("restore_requests_sensor")
 request_run_started = AUTOMATION.sensor("request_run_started")
@@ -125,7 +129,9 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
     }
 
     assert image_requests_sensor.job_name == "backup_image"
-    data = evaluate_sensor(image_requests_sensor, dagster_instance, {"cms": cms}, repository_def)
+    data = evaluate_sensor(
+        image_requests_sensor, dagster_instance, {"cms": cms, "platform": RULES_ONLY}, repository_def
+    )
     requests = {r.run_key: r for r in data.run_requests}
     assert set(requests) == {str(good.id), str(by_id.id)}
 
@@ -150,7 +156,7 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
     assert cms.get_image_request(good.id).state is RequestState.accepted
     assert [e.to_state for e in cms.events(good.id)] == ["pending", "accepted"]
 
-    again = evaluate_sensor(image_requests_sensor, dagster_instance, {"cms": cms})
+    again = evaluate_sensor(image_requests_sensor, dagster_instance, {"cms": cms, "platform": RULES_ONLY})
     assert isinstance(again, dg.SkipReason) and "0 image request(s) accepted" in again.skip_message
 
 
@@ -169,7 +175,7 @@ def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster
         try:
             start.wait(timeout=10)
             for _ in range(20):
-                done = evaluate_image_requests(dagster_instance, cms, limit=3)
+                done = evaluate_image_requests(dagster_instance, cms, RULES_ONLY, limit=3)
                 emitted[slot].extend(r.run_key for r in done.run_requests)
                 if not done.accepted and not cms.list_image_requests([RequestState.pending]):
                     return
@@ -192,11 +198,11 @@ def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster
 def test_accepted_request_without_a_run_is_emitted_again_and_a_launched_one_is_recorded(cms, source, dagster_instance):
     lost = cms.create_image_request(ImageRequestFields(image_name="lost-launch", source_instance=source.k8s_name))
     launched = cms.create_image_request(ImageRequestFields(image_name="launched", source_instance=source.k8s_name))
-    first = evaluate_image_requests(dagster_instance, cms)
+    first = evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     assert sorted(first.accepted) == sorted([str(lost.id), str(launched.id)])
 
     # Fresh acceptances are not emitted again (a racing evaluation must not double them).
-    assert evaluate_image_requests(dagster_instance, cms).run_requests == []
+    assert evaluate_image_requests(dagster_instance, cms, RULES_ONLY).run_requests == []
 
     # `launched` got its run (as the daemon would have), `lost` never did (crash before launch).
     run = create_run_for_test(
@@ -205,7 +211,7 @@ def test_accepted_request_without_a_run_is_emitted_again_and_a_launched_one_is_r
         status=dg.DagsterRunStatus.NOT_STARTED,
         tags={REQUEST_ID_TAG: str(launched.id)},
     )
-    later = evaluate_image_requests(dagster_instance, cms, relaunch_after=0)
+    later = evaluate_image_requests(dagster_instance, cms, RULES_ONLY, relaunch_after=0)
     assert later.attached == {str(launched.id): run.run_id}
     assert [r.run_key for r in later.run_requests] == [str(lost.id)]
     assert later.run_requests[0].partition_key == "lost-launch"
@@ -318,7 +324,7 @@ def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_inst
         with dg.build_schedule_context(
             instance_ref=dagster_instance.get_ref(),
             scheduled_execution_time=tick,
-            resources={"cms": cms},
+            resources={"cms": cms, "platform": RULES_ONLY},
             repository_def=repository_def,
         ) as context:
             return nightly_backups.evaluate_tick(context).run_requests
@@ -342,16 +348,18 @@ def test_nightly_key_uses_the_date_in_the_schedule_timezone(cms, dagster_instanc
     add_instance(cms, "echo")
     late_evening_utc = datetime(2026, 3, 14, 1, 30, tzinfo=UTC)
     assert night_of(late_evening_utc, "America/New_York") == "20260313"
-    [request] = nightly_run_requests(dagster_instance, cms, late_evening_utc, "America/New_York")
+    [request] = nightly_run_requests(dagster_instance, cms, RULES_ONLY, late_evening_utc, "America/New_York")
     assert request.partition_key == "echo__nightly-20260313"
     assert (
-        nightly_run_requests(dg.DagsterInstance.ephemeral(), cms, late_evening_utc, "UTC")[0].run_key
+        nightly_run_requests(dg.DagsterInstance.ephemeral(), cms, RULES_ONLY, late_evening_utc, "UTC")[0].run_key
         == "echo__nightly-20260314"
     )
 
 
 def test_schedule_without_running_instances_skips(cms, dagster_instance):
-    with dg.build_schedule_context(instance=dagster_instance, resources={"cms": cms}) as context:
+    with dg.build_schedule_context(
+        instance=dagster_instance, resources={"cms": cms, "platform": RULES_ONLY}
+    ) as context:
         result = nightly_backups(context)
     assert isinstance(result, dg.SkipReason)
 
@@ -379,7 +387,7 @@ def evaluate_status_sensor(sensor, instance, run_id, event_type, resources):
 def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dagster_instance):
     ghost = add_instance(cms, "ghost")  # running in the CMS, unknown to the platform: fails after the image row exists
     request = cms.create_image_request(ImageRequestFields(image_name="will-fail", source_instance=ghost.k8s_name))
-    evaluation = evaluate_image_requests(dagster_instance, cms)
+    evaluation = evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     [run_request] = evaluation.run_requests
     dagster_instance.add_dynamic_partitions("images", evaluation.new_partitions)  # as the daemon does
     result = dg.materialize(
@@ -410,7 +418,7 @@ def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dag
 def test_failure_write_back_fails_an_image_the_run_left_creating(resources, cms, blob, source, dagster_instance):
     """The run worker died inside the backup: nothing in the run marked the image failed."""
     request = cms.create_image_request(ImageRequestFields(image_name="orphan", source_instance=source.k8s_name))
-    evaluate_image_requests(dagster_instance, cms)
+    evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     run = create_run_for_test(
         dagster_instance,
         job_name="backup_image",
@@ -522,7 +530,7 @@ def test_reconciler_settles_rows_of_runs_that_ended_without_reporting(resources,
         live[status] = reserve_image(cms, blob, source, f"alive-{status.value.lower()}", run.run_id)
 
     request = cms.create_image_request(ImageRequestFields(image_name="req-died", source_instance=source.k8s_name))
-    evaluate_image_requests(dagster_instance, cms)
+    evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     request_run = run_with(dg.DagsterRunStatus.STARTED, **{REQUEST_ID_TAG: str(request.id)})
     dagster_instance.report_run_failed(request_run)
 
@@ -638,7 +646,7 @@ def test_run_terminated_mid_backup_leaves_its_image_failed(
 
 def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob, source, dagster_instance):
     request = cms.create_image_request(ImageRequestFields(image_name="odd-success", source_instance=source.k8s_name))
-    evaluate_image_requests(dagster_instance, cms)
+    evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     run = create_run_for_test(
         dagster_instance,
         job_name="backup_image",
@@ -686,7 +694,8 @@ def test_racing_claims_never_accept_two_requests_for_the_same_name(
         def create():
             return cms.create_image_request(ImageRequestFields(image_name="same-name", source_instance=source.k8s_name))
 
-        check_name, evaluate_kind, listing = "check_image_request", evaluate_image_requests, cms.list_image_requests
+        check_name, listing = "check_image_request", cms.list_image_requests
+        evaluate_kind = lambda instance, cms_, limit: evaluate_image_requests(instance, cms_, RULES_ONLY, limit=limit)  # noqa: E731
         reason = "'same-name' is already requested by another accepted request"
     else:
         image_name = request.getfixturevalue("ready_image").name

@@ -191,7 +191,7 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
 
     if args.image_name is not None:
         validate_image_name(args.image_name, field="name")
-    source = running_source(cms, args.source_instance)
+    source = running_source(cms, platform_from_env(), args.source_instance)
     name = args.image_name if args.image_name is not None else default_image_name(source.k8s_name)
     validate_image_name(name, field="name")
     check_name_free(cms, name, field="name")

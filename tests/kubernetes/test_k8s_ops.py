@@ -300,3 +300,47 @@ def test_janitor_removes_jobs_and_sas_secrets_past_their_timeout_by_label(cms, c
     )
     assert cluster.get("secrets", NS, "backup-starting-sas") is not None
     assert cluster.get("secrets", NS, "someone-elses") is not None
+
+
+def add_source(cms, k8s_name: str, namespace: str, postgres_version: str):
+    return cms.create_instance(
+        user_name=k8s_name,
+        k8s_name=k8s_name,
+        namespace=namespace,
+        postgres_version=postgres_version,
+        storage_size_gb=1,
+        use_load_balancer=False,
+        dns_name=None,
+        image_type=ImageType.stock,
+        state=InstanceState.running,
+    )
+
+
+@pytest.mark.parametrize(
+    ("namespace", "version", "message"),
+    [
+        (NS, "18", "source_instance: instance 'pg18-src' is PostgreSQL 18 and this deployment has no job image"),
+        ("default", "16", "source_instance: instance 'pg18-src' is in namespace 'default', which this deployment"),
+    ],
+    ids=["no-job-image-for-the-major", "namespace-not-enabled"],
+)
+def test_a_backup_the_deployment_cannot_run_is_refused_before_any_row(cms, blob, cluster, namespace, version, message):
+    """The asset, the request sensor and the CLI share one backup-source rule; the nightly schedule skips such
+    a source and says why. No image row (with its encrypted password) is written, no object created."""
+    from records.requests import ImageRequestFields
+    from toygres_pipelines.automation.schedules import nightly_run_requests
+    from toygres_pipelines.automation.sensors import evaluate_image_requests
+
+    k8s = make_k8s(cluster)
+    add_source(cms, "pg18-src", namespace, version)
+    result = materialize_image({"cms": cms, "blob": blob, "platform": k8s}, "pg18-src__manual", raise_on_error=False)
+    assert not result.success and message in failure_text(result), failure_text(result)
+    assert cms.list_images() == [] and cluster.creations() == []
+
+    request = cms.create_image_request(ImageRequestFields(image_name="pg18-src__req", source_instance="pg18-src"))
+    done = evaluate_image_requests(dg.DagsterInstance.ephemeral(), cms, k8s)
+    assert done.run_requests == [] and message in done.rejected[str(request.id)]
+
+    skipped: list[str] = []
+    assert nightly_run_requests(dg.DagsterInstance.ephemeral(), cms, k8s, None, "UTC", log=skipped.append) == []
+    assert any(message in line for line in skipped), skipped

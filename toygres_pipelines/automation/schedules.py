@@ -13,12 +13,14 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from records import Instance, InstanceState, validate_image_name
+from records import Instance, InstanceState, LogSink, ValidationFailed, validate_image_name
 from records.requests import ImageRequestFields
 from resources.cms import CMSResource
+from resources.platform.base import PlatformResource
 from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, backup_image, backup_run_config
 from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
+from toygres_pipelines.images.backup import running_source
 
 
 def nightly_key(instance: Instance, night: str) -> str:
@@ -35,11 +37,21 @@ def night_of(scheduled: datetime | None, timezone: str) -> str:
 
 
 def nightly_run_requests(
-    instance: dg.DagsterInstance, cms: CMSResource, scheduled: datetime | None, timezone: str
+    instance: dg.DagsterInstance,
+    cms: CMSResource,
+    platform: PlatformResource,
+    scheduled: datetime | None,
+    timezone: str,
+    log: LogSink = lambda _: None,
 ) -> list[dg.RunRequest]:
     night = night_of(scheduled, timezone)
     requests = []
     for source in sorted(cms.list_instances([InstanceState.running]), key=lambda i: i.k8s_name):
+        try:
+            running_source(cms, platform, str(source.id))
+        except ValidationFailed as error:
+            log(f"not backing up {source.namespace}/{source.k8s_name} tonight: {error}")
+            continue
         key = validate_image_name(nightly_key(source, night), field="image name")
         requests.append(
             dg.RunRequest(
@@ -84,9 +96,11 @@ def nightly_schedule(settings: AutomationSettings) -> dg.ScheduleDefinition:
         description="Every night: a new image partition `<instance>__nightly-<YYYYMMDD>` and a backup run for "
         "each running instance in the CMS (TOYGRES_NIGHTLY_CRON, TOYGRES_NIGHTLY_TIMEZONE).",
     )
-    def nightly_backups(context: dg.ScheduleEvaluationContext, cms: CMSResource):
+    def nightly_backups(context: dg.ScheduleEvaluationContext, cms: CMSResource, platform: PlatformResource):
         # A schedule cannot return dynamic partition requests: nightly_run_requests adds them itself.
-        requests = nightly_run_requests(context.instance, cms, scheduled_time(context), timezone)
+        requests = nightly_run_requests(
+            context.instance, cms, platform, scheduled_time(context), timezone, log=context.log.warning
+        )
         if not requests:
             return dg.SkipReason("no running instance in the CMS")
         context.log.info(f"nightly backups of {len(requests)} instance(s): {[r.partition_key for r in requests]}")

@@ -135,10 +135,12 @@ def accept_or_reject(
 # ---- image requests -------------------------------------------------------------------------
 
 
-def check_image_request(cms: CMSResource, request: ImageRequest, names_taken: set[str]) -> Instance:
+def check_image_request(
+    cms: CMSResource, platform: PlatformResource, request: ImageRequest, names_taken: set[str]
+) -> Instance:
     """The asset's rules, checked before anything runs; returns the running source instance."""
     validate_image_name(request.image_name, field="image_name")
-    source = running_source(cms, request.source_instance)
+    source = running_source(cms, platform, request.source_instance)
     check_name_free(cms, request.image_name, field="image_name")
     if request.image_name in names_taken:
         raise ValidationFailed("image_name", f"{request.image_name!r} is already requested by another accepted request")
@@ -157,6 +159,7 @@ def image_run_request(request: ImageRequest, source_k8s_name: str) -> dg.RunRequ
 def evaluate_image_requests(
     instance: dg.DagsterInstance,
     cms: CMSResource,
+    platform: PlatformResource,
     *,
     limit: int = DEFAULTS.request_batch,
     relaunch_after: float = DEFAULTS.relaunch_after_seconds,
@@ -173,7 +176,7 @@ def evaluate_image_requests(
         names_taken = {r.image_name for r in claim.already_accepted()}
         fresh = accept_or_reject(
             claim,
-            lambda request, taken: check_image_request(cms, request, taken),
+            lambda request, taken: check_image_request(cms, platform, request, taken),
             names_taken,
             lambda request: request.image_name,
             lambda request, source: image_run_request(request, source.k8s_name),
@@ -257,8 +260,8 @@ def request_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
         description="Pending rows of toygres_cms.image_requests become backup_image runs (run key = request id); "
         "invalid ones are rejected with the reason.",
     )
-    def image_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource):
-        done = evaluate_image_requests(context.instance, cms, log=context.log.info, **limits)
+    def image_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource, platform: PlatformResource):
+        done = evaluate_image_requests(context.instance, cms, platform, log=context.log.info, **limits)
         context.log.info(done.summary("image"))
         return done.result("image")
 

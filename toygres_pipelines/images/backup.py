@@ -45,12 +45,24 @@ def source_ref_for(image_name: str, configured_source: str) -> str:
     )
 
 
-def running_source(cms: CMSResource, ref: str) -> Instance:
+def running_source(cms: CMSResource, platform: PlatformResource, ref: str) -> Instance:
+    """The instance to back up: in the CMS and running, in a namespace this deployment serves, of a
+    PostgreSQL major it has a job image for. Every entry point (asset, request sensor, CLI, nightly
+    schedule) checks this before any image row exists."""
     instance = cms.find_instance(ref)
     if instance is None:
         raise ValidationFailed("source_instance", f"no instance {ref!r} in the CMS")
     if instance.state is not InstanceState.running:
         raise ValidationFailed("source_instance", f"instance {ref!r} is {instance.state}, it must be running")
+    try:
+        platform.resolve_namespace(instance.namespace)
+    except ValidationFailed as error:
+        raise ValidationFailed(
+            "source_instance",
+            f"instance {instance.k8s_name!r} is in namespace {instance.namespace!r},"
+            f" which this deployment does not serve ({error.rule})",
+        ) from None
+    platform.check_postgres_version(instance.postgres_version, "source_instance", f"instance {instance.k8s_name!r}")
     return instance
 
 
@@ -106,7 +118,7 @@ def take_image(
     """
     validate_image_name(name, field="image name (partition key)")
     check_name_free(cms, name, field="image name (partition key)")
-    source = running_source(cms, source_ref)
+    source = running_source(cms, platform, source_ref)
     image_id = uuid.uuid4()
     image = cms.reserve_image(
         image_id=image_id,
