@@ -463,45 +463,58 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
 
     def delete_stale_jobs(self, namespaces: set[str], grace_seconds: float) -> list[str]:
         """Jobs past activeDeadlineSeconds + grace, and SAS Secrets older than the grace whose Job
-        is gone (a run that died between creating the Secret and the Job), found by label."""
+        is gone (a run that died between creating the Secret and the Job), found by label.
+
+        Only namespaces this deployment serves can hold its jobs (others, such as `default` of rows
+        older than instance namespaces, are not asked); one that refuses does not stop the others.
+        """
         now = time.time()
-        removed = []
-        managed = f"{m.MANAGED_BY_LABEL}=toygres-pipelines"
-        for namespace in sorted(namespaces | {self.namespace}):
-            jobs = self._batch.list_namespaced_job(
-                namespace, label_selector=managed, _request_timeout=self._timeout()
-            ).items
-            live = set()
-            for job in jobs:
-                labels = job.metadata.labels or {}
-                if labels.get(m.MANAGED_BY_LABEL) != "toygres-pipelines" or m.TOYGRES_JOB_LABEL not in labels:
-                    continue
-                deadline = (job.spec.active_deadline_seconds if job.spec else None) or 0
-                if deadline and _age_seconds(job.metadata, now) > deadline + grace_seconds:
-                    self.delete_job(job.metadata.name, namespace)
-                    removed.append(f"{namespace}/{job.metadata.name}")
-                else:
-                    live.add(job.metadata.name)
-            selector = f"{managed},{m.COMPONENT_LABEL}=job-credential"
-            secrets = self._core.list_namespaced_secret(
-                namespace, label_selector=selector, _request_timeout=self._timeout()
-            ).items
-            for secret in secrets:
-                labels = secret.metadata.labels or {}
-                if (
-                    labels.get(m.COMPONENT_LABEL) != "job-credential"
-                    or labels.get(m.MANAGED_BY_LABEL) != "toygres-pipelines"
-                ):
-                    continue
-                job_name = labels.get(m.TOYGRES_JOB_LABEL)
-                if (
-                    job_name not in live
-                    and f"{namespace}/{job_name}" not in removed
-                    and _age_seconds(secret.metadata, now) > grace_seconds
-                ):
-                    self._delete("secret", self._core.delete_namespaced_secret, secret.metadata.name, namespace)
-                    removed.append(f"{namespace}/{secret.metadata.name}")
+        removed: list[str] = []
+        refused: list[str] = []
+        for namespace in sorted((namespaces | {self.namespace}) & set(self.enabled_namespaces())):
+            try:
+                self._delete_stale_jobs_in(namespace, grace_seconds, now, removed)
+            except ApiException as error:
+                refused.append(f"{namespace}: {_api_error(error)}")
+        if refused:
+            raise PlatformError(f"stale jobs could not be listed in {'; '.join(refused)} (removed: {removed})")
         return removed
+
+    def _delete_stale_jobs_in(self, namespace: str, grace_seconds: float, now: float, removed: list[str]) -> None:
+        managed = f"{m.MANAGED_BY_LABEL}=toygres-pipelines"
+        jobs = self._batch.list_namespaced_job(
+            namespace, label_selector=managed, _request_timeout=self._timeout()
+        ).items
+        live = set()
+        for job in jobs:
+            labels = job.metadata.labels or {}
+            if labels.get(m.MANAGED_BY_LABEL) != "toygres-pipelines" or m.TOYGRES_JOB_LABEL not in labels:
+                continue
+            deadline = (job.spec.active_deadline_seconds if job.spec else None) or 0
+            if deadline and _age_seconds(job.metadata, now) > deadline + grace_seconds:
+                self.delete_job(job.metadata.name, namespace)
+                removed.append(f"{namespace}/{job.metadata.name}")
+            else:
+                live.add(job.metadata.name)
+        selector = f"{managed},{m.COMPONENT_LABEL}=job-credential"
+        secrets = self._core.list_namespaced_secret(
+            namespace, label_selector=selector, _request_timeout=self._timeout()
+        ).items
+        for secret in secrets:
+            labels = secret.metadata.labels or {}
+            if (
+                labels.get(m.COMPONENT_LABEL) != "job-credential"
+                or labels.get(m.MANAGED_BY_LABEL) != "toygres-pipelines"
+            ):
+                continue
+            job_name = labels.get(m.TOYGRES_JOB_LABEL)
+            if (
+                job_name not in live
+                and f"{namespace}/{job_name}" not in removed
+                and _age_seconds(secret.metadata, now) > grace_seconds
+            ):
+                self._delete("secret", self._core.delete_namespaced_secret, secret.metadata.name, namespace)
+                removed.append(f"{namespace}/{secret.metadata.name}")
 
     # --- servers -----------------------------------------------------------------------------
 

@@ -487,3 +487,39 @@ def test_a_real_server_with_the_rendered_tls_settings_refuses_plain_connections(
         assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0, "the probes still pass"
     finally:
         server.stop("immediate")
+
+
+def test_the_stale_job_sweep_covers_every_served_namespace_whatever_others_answer():
+    """The janitor is handed the namespaces of every CMS row, old ones (`default`, before instances had a
+    namespace of their own) included. Only namespaces this deployment serves are swept, and one that
+    answers 403 does not stop the others."""
+    from types import SimpleNamespace
+
+    from kubernetes.client import ApiException
+
+    listed: list[str] = []
+
+    class Batch:
+        def list_namespaced_job(self, namespace, **kw):
+            listed.append(namespace)
+            if namespace == "team-a":  # enabled, but its Role is missing: a deploy mistake
+                raise ApiException(status=403, reason="Forbidden")
+            return SimpleNamespace(items=[])
+
+    class Core:
+        def list_namespaced_secret(self, namespace, **kw):
+            return SimpleNamespace(items=[])
+
+    class Platform(KubernetesPlatform):
+        @property
+        def _batch(self):
+            return Batch()
+
+        @property
+        def _core(self):
+            return Core()
+
+    janitor = Platform(namespace="toygres-instances", instance_namespaces=["team-a"])
+    with pytest.raises(PlatformError, match="team-a: 403 Forbidden"):
+        janitor.delete_stale_jobs({"default", "team-a", "toygres-instances"}, 3600)
+    assert sorted(listed) == ["team-a", "toygres-instances"]
