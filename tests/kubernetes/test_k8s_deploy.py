@@ -221,3 +221,19 @@ def test_helm_values_name_the_chart_version_and_the_docs_render_them_with_it():
     values = "deploy/kubernetes/dagster-values.yaml"
     command = f"helm template dagster dagster/dagster --version {chart} -n {DAGSTER_NS} -f {values}"
     assert command in header and command in DOCS.read_text()
+
+
+def test_every_pod_that_calls_the_platform_runs_as_the_bound_account():
+    """Run pods (the ops) and the user-code server (sensors and schedules: write-back, the reconciler
+    and the janitor delete Jobs, instances and blobs) both act on the instances' namespace and on
+    blob storage: both must run as the account the RoleBinding and the federated credential name."""
+    values = load("dagster-values.yaml")[0]
+    bound = {(s["name"], s["namespace"]) for s in one("RoleBinding", NS)["subjects"]}
+    runs = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    user_code = values["dagster-user-deployments"]
+    assert user_code["serviceAccount"] == {"create": False, "name": runs["podSpecConfig"]["serviceAccountName"]}
+    for account in (runs["podSpecConfig"]["serviceAccountName"], user_code["serviceAccount"]["name"]):
+        assert (account, DAGSTER_NS) in bound
+    assert runs["podTemplateSpecMetadata"]["labels"]["azure.workload.identity/use"] == "true"
+    for deployment in user_code["deployments"]:
+        assert deployment["labels"]["azure.workload.identity/use"] == "true"
