@@ -32,6 +32,11 @@ class Endpoints(Record):
     external_ip: str | None = None
     dns_name: str | None = None
     sslmode: str | None = Field(default=None, description="libpq sslmode clients must use (None: libpq's default)")
+    check_host: str | None = Field(
+        default=None,
+        description="Where this system connects to check the instance when the public address is not reachable "
+        "from inside (a LoadBalancer with source ranges); None: the public address",
+    )
 
 
 class ConnectionStrings(Record):

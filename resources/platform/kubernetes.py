@@ -597,6 +597,8 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             external_ip=address,
             dns_name=dns_name,
             sslmode=m.CLIENT_SSLMODE,
+            # kube-proxy drops pod traffic to a LoadBalancer address its source ranges don't list.
+            check_host=m.service_dns_name(instance) if self.load_balancer_source_ranges else None,
         )
 
     def stop_instance(self, instance: InstanceRef) -> None:

@@ -405,3 +405,25 @@ def test_in_cluster_config_is_used_inside_a_pod(monkeypatch, tmp_path):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     KubernetesPlatform()._client()
     assert calls == ["incluster", "kubeconfig", "kubeconfig"]
+
+
+def test_with_source_ranges_the_restore_checks_the_instance_inside_the_cluster(cluster, platform):
+    """kube-proxy drops in-cluster traffic to a LoadBalancer address whose loadBalancerSourceRanges
+    don't list the pod network (Kubernetes >= 1.25): the run pod must check the instance through the
+    Service's cluster name then, while users still get the public address."""
+    from toygres_pipelines.restores.steps import check_url
+
+    ranged = platform.model_copy(update={"load_balancer_source_ranges": ["203.0.113.0/24"]})
+    ranged.with_api_client(platform._client())
+    ranged.ensure_instance_secret(TARGET, SecretStr(PASSWORD))
+    ranged.deploy_instance(
+        DeploySpec(instance=TARGET, postgres_version="16", storage_size_gb=1, dns_label="orders-copy")
+    )
+    _mark_ready(cluster, TARGET, ingress_ip="20.1.2.3")
+    endpoints = ranged.endpoints(TARGET)
+    assert endpoints.external_ip == "20.1.2.3"
+    assert endpoints.check_host == f"{TARGET.k8s_name}.{NS}.svc.cluster.local"
+    assert f"@{TARGET.k8s_name}.{NS}.svc.cluster.local:5432/" in check_url(endpoints, SecretStr("pw"))
+    # Without source ranges the public address itself is checked.
+    open_endpoints = platform.endpoints(TARGET)
+    assert open_endpoints.check_host is None and "@20.1.2.3:5432/" in check_url(open_endpoints, SecretStr("pw"))

@@ -17,8 +17,8 @@ from resources.platform.base import DeploySpec, PlatformResource
 from toygres_pipelines.restores.config import RestoreConfig, RestorePlan, check_timeouts, plan_restore
 from toygres_pipelines.restores.steps import (
     check_connection,
+    check_url,
     clean_up_failed_restore,
-    connection_string,
     connection_strings,
     instance_ref,
     mark_image_corrupt,
@@ -211,9 +211,7 @@ def test_connection(
     context: dg.OpExecutionContext, instance: Instance, address: InstanceAddress, platform: PlatformResource
 ) -> str:
     password = platform.read_instance_password(instance_ref(instance))
-    host = address.endpoints.external_ip or address.endpoints.host
-    url = connection_string(host, address.endpoints.port, password, sslmode=address.endpoints.sslmode)
-    version = check_connection(url, CONNECT_TIMEOUT_SECONDS)
+    version = check_connection(check_url(address.endpoints, password), CONNECT_TIMEOUT_SECONDS)
     context.log.info(f"connected: {version}")
     return version
 

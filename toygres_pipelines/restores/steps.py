@@ -63,6 +63,13 @@ def connection_strings(endpoints: Endpoints, password: SecretStr | None) -> Conn
     )
 
 
+def check_url(endpoints: Endpoints, password: SecretStr) -> str:
+    """Where the restore checks that the instance answers: the public address, or the in-cluster
+    one when the public address is closed to the cluster itself (check_host)."""
+    host = endpoints.check_host or endpoints.external_ip or endpoints.host
+    return connection_string(host, endpoints.port, password, sslmode=endpoints.sslmode)
+
+
 def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageResource, timeout_seconds: int) -> JobSpec:
     """Verifies the manifest against the CMS row first; the job verifies every file again."""
     manifest, _ = verify_manifest_only(blob, plan)
