@@ -40,14 +40,18 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
-def imported_modules(path: Path) -> list[tuple[int, str]]:
+def imported_modules(path: Path, importer: str) -> list[tuple[int, str]]:
+    """Every module an import names, relative imports resolved against `importer`."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    package = importer.split(".") if path.name == "__init__.py" else importer.split(".")[:-1]
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found += [(node.lineno, f"{module}.{alias.name}".lstrip(".")) for alias in node.names]
     return found
 
 
@@ -57,7 +61,7 @@ def wrong_way_imports(root: Path) -> list[str]:
         for path in sorted((root / package).rglob("*.py")):
             importer = module_name(path, root)
             own = layer_of(importer)
-            for line, target in imported_modules(path):
+            for line, target in imported_modules(path, importer):
                 theirs = layer_of(target)
                 if own is not None and theirs is not None and theirs > own:
                     wrong.append(f"{path.relative_to(root)}:{line} ({LAYERS[own]}) imports {target} ({LAYERS[theirs]})")
@@ -74,8 +78,13 @@ def test_the_layer_check_sees_a_wrong_way_import(tmp_path):
         (tmp_path / package).mkdir()
     (tmp_path / "resources" / "leak.py").write_text("from toygres_pipelines.images import backup\n")
     (tmp_path / "toygres_pipelines" / "wiring.py").write_text("import toygres_pipelines.dev.stack\n")
+    (tmp_path / "toygres_pipelines" / "relative.py").write_text("from .dev import stack\n")
+    (tmp_path / "records" / "up.py").write_text("from ..resources import cms\n")
     assert wrong_way_imports(tmp_path) == [
+        "records/up.py:1 (records) imports resources.cms (resources)",
         "resources/leak.py:1 (resources) imports toygres_pipelines.images.backup (toygres_pipelines)",
+        "toygres_pipelines/relative.py:1 (toygres_pipelines) imports "
+        "toygres_pipelines.dev.stack (toygres_pipelines.dev)",
         "toygres_pipelines/wiring.py:1 (toygres_pipelines) imports toygres_pipelines.dev.stack (toygres_pipelines.dev)",
     ]
 
@@ -117,6 +126,49 @@ def test_a_field_added_to_the_record_reaches_every_form(capsys):
     assert request.priority == 1 and request.source_image_id == "img"
 
     assert run_config_values(request, RestoreWithPriority)["priority"] == 1
+
+
+def test_the_real_launchpad_cli_and_sensor_are_made_from_the_records():
+    """The derivations above are the ones the code location uses: every field of each record is in
+    the real launchpad form, the real CLI and the real sensor's run config."""
+    import dagster as dg
+
+    from toygres_pipelines.automation.sensors import restore_run_request
+    from toygres_pipelines.cli import build_parser
+    from toygres_pipelines.forms import cli_flag
+    from toygres_pipelines.images.assets import image
+    from toygres_pipelines.restores.jobs import restore_instance
+
+    config = restore_instance.run_config_schema.config_type.fields["ops"].config_type
+    restore_form = config.fields["validate_request"].config_type.fields["config"].config_type.fields
+    assert set(RestoreRequestFields.model_fields) <= set(restore_form)
+    assert set(BackupFields.model_fields) <= set(image.op.config_schema.config_type.fields)
+
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command, record in (("request-restore", RestoreRequestFields), ("request-backup", ImageRequestFields)):
+        flags = {flag for action in subcommands[command]._actions for flag in action.option_strings}
+        assert {cli_flag(name, info) for name, info in record.model_fields.items()} <= flags, command
+
+    row = RestoreRequest.model_validate(
+        {
+            **{
+                name: info.get_default()
+                for name, info in RestoreRequestFields.model_fields.items()
+                if not info.is_required()
+            },
+            "name": "n",
+            "dns_label": "dns",
+            "source_image_id": "img",
+            "namespace": "ns",
+            "id": "00000000-0000-0000-0000-000000000001",
+            "state": "accepted",
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+        }
+    )
+    sent = restore_run_request(row, "img-id").run_config["ops"]["validate_request"]["config"]
+    assert set(sent) <= set(RestoreRequestFields.model_fields) and sent["source_image_id"] == "img-id"
+    dg.validate_run_config(restore_instance, {"ops": {"validate_request": {"config": sent}}})
 
 
 @pytest.mark.parametrize("record", [RestoreRequestFields, ImageRequestFields])
