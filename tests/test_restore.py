@@ -399,3 +399,23 @@ def test_a_second_run_of_a_request_leaves_the_first_runs_live_restore_alone(
     third = restore(resources, tags={REQUEST_ID_TAG: key}, instance=dagster, source_image_id=ready_image.name)
     assert third.success, failure_text(third)
     assert cms.get_instance(in_flight.id).state is InstanceState.failed
+
+
+def test_a_job_cleanup_error_after_a_good_restore_job_does_not_undo_the_restore(resources, cms, source, ready_image):
+    """Removing the finished restore Job can fail (a transient API error): the restore goes on,
+    the job is left to the janitor; the failure hook never tears down a restore that worked."""
+    from tests.test_backup import CleanupFailingPlatform
+
+    platform = resources["platform"]
+    failing = CleanupFailingPlatform(state_dir=platform.state_dir, azcopy_path=platform.azcopy_path)
+    dagster = dg.DagsterInstance.ephemeral()
+    result = restore(
+        {**resources, "platform": failing},
+        source_image_id=ready_image.name,
+        name="kept",
+        dns_label="kept-db",
+        instance=dagster,
+    )
+    assert result.success, failure_text(result)
+    assert result.output_for_node("mark_instance_running").state is InstanceState.running
+    assert "500 Internal Server Error" in run_logs(dagster, result.run_id)

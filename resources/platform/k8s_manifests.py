@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from records import ImageType, InstanceRef, ValidationFailed, validate_azure_dns_label
+from records import DNS1123_LABEL, ImageType, InstanceRef, ValidationFailed, validate_azure_dns_label
 from resources.platform.base import SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
 from resources.platform.k8s_images import ManifestError, check_pinned_image
 from resources.platform.k8s_settings import ManifestSettings
@@ -57,8 +57,7 @@ SCRIPTS_MOUNT = "/scripts"
 # Environment variables a JobSpec may never carry as literals: they are secrets.
 SECRET_ENV_NAMES = frozenset({"PGPASSWORD", "AZCOPY_SAS", "POSTGRES_PASSWORD", "PGPASSFILE"})
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")  # fullmatch only
 LABEL_KEY_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 

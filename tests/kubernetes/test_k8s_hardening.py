@@ -9,6 +9,7 @@ import base64
 import ipaddress
 import os
 import pwd
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -523,3 +524,11 @@ def test_the_stale_job_sweep_covers_every_served_namespace_whatever_others_answe
     with pytest.raises(PlatformError, match="team-a: 403 Forbidden"):
         janitor.delete_stale_jobs({"default", "team-a", "toygres-instances"}, 3600)
     assert sorted(listed) == ["team-a", "toygres-instances"]
+
+
+def test_no_job_script_logs_azcopy_in():
+    """The job environment test runs common.sh; this one reads every script, so a `login` added to
+    backup.sh or restore.sh is caught too (comments aside)."""
+    for script in sorted(SCRIPTS_DIR.glob("*.sh")):
+        code = [line.split("#", 1)[0] for line in script.read_text().splitlines()]
+        assert not [line for line in code if re.search(r"\bazcopy\b.*\blogin\b|--identity", line)], script.name

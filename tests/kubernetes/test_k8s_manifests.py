@@ -81,8 +81,10 @@ def check_names_and_labels(manifest: dict) -> None:
     name_limit = 52 if manifest["kind"] == "StatefulSet" else 63
     if manifest["kind"] in ("Secret", "ConfigMap", "PersistentVolumeClaim"):
         name_limit = 253
-    assert len(meta["name"]) <= name_limit and re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", meta["name"]), meta["name"]
-    assert m.DNS1123_LABEL.match(meta["namespace"]) and len(meta["namespace"]) <= 63
+    assert len(meta["name"]) <= name_limit and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", meta["name"]), meta[
+        "name"
+    ]
+    assert m.DNS1123_LABEL.fullmatch(meta["namespace"]) and len(meta["namespace"]) <= 63
     label_sets = [meta.get("labels", {})]
     if manifest["kind"] in ("Job", "StatefulSet"):
         label_sets.append(manifest["spec"]["template"]["metadata"]["labels"])
@@ -92,7 +94,7 @@ def check_names_and_labels(manifest: dict) -> None:
     for labels in label_sets:
         for key, value in labels.items():
             m.check_label_key(key)
-            assert len(value) <= 63 and m.LABEL_VALUE.match(value), (key, value)
+            assert len(value) <= 63 and m.LABEL_VALUE.fullmatch(value), (key, value)
 
 
 def pod_env(manifest: dict) -> list[dict]:
@@ -333,7 +335,7 @@ def test_invalid_job_names_are_refused(name):
 def test_label_values_are_made_valid_and_stable():
     for value in ["ok-value", "Orders_Nightly-" + "x" * 80, "has spaces/and:colons", "-", "é" * 70, ""]:
         result = m.label_value(value)
-        assert len(result) <= 63 and m.LABEL_VALUE.match(result), (value, result)
+        assert len(result) <= 63 and m.LABEL_VALUE.fullmatch(result), (value, result)
         assert m.label_value(value) == result
     assert m.label_value("ok-value") == "ok-value"
     assert m.label_value("a" * 64) != m.label_value("a" * 65), "distinct values stay distinct"
