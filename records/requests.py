@@ -4,7 +4,7 @@
 else derives from them: the launchpad Config (a subclass adding the job's own settings), the CMS row
 (`RestoreRequest` / `ImageRequest` below add only the row's own columns; the CMS reads and writes
 exactly the model's fields), the request sensor's run config and the CLI's arguments
-(`toygres_pipelines.cli_fields`). Adding a field is this one edit plus a migration.
+(`toygres_pipelines.forms`). Adding a field is this one edit plus a migration.
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ class BackupConfig(BackupFields, dg.Config):
         description="k8s_name or id of the running instance to back up. Empty: the partition key's "
         "part before '__' (partition 'pagila-demo__manual-1' backs up 'pagila-demo').",
     )
-    job_timeout_seconds: int = Field(default=3600, ge=5, description="Upper bound for the backup job, in seconds")
+    job_timeout_seconds: int = Field(
+        default=3600, ge=5, le=2 * 24 * 3600, description="Upper bound for the backup job, 5-172800 seconds"
+    )
 
 
 @dg.asset(

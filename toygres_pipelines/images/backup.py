@@ -16,6 +16,7 @@ from records import (
     Instance,
     InstanceRef,
     InstanceState,
+    LogSink,
     ValidationFailed,
     validate_image_name,
 )
@@ -106,7 +107,7 @@ def take_image(
     cms: CMSResource,
     blob: BlobStorageResource,
     platform: PlatformResource,
-    log: Callable[[str], None],
+    log: LogSink,
     job_timeout_seconds: int,
 ) -> BackupOutcome:
     """Reserve the image row, run the backup job, verify the blobs, mark the image ready.
@@ -182,7 +183,7 @@ def fail_image(
     *,
     reason: str,
     run_id: str | None,
-    log: Callable[[str], None],
+    log: LogSink,
 ) -> None:
     """Mark the image failed (if it is still creating) and remove whatever reached blob storage.
 
@@ -211,7 +212,7 @@ def fail_image(
         log(f"could not remove blobs under {image.blob_path} now ({error}); the janitor sensor retries")
 
 
-def _quietly(action: Callable[[], None], log: Callable[[str], None], then: str = "") -> None:
+def _quietly(action: Callable[[], None], log: LogSink, then: str = "") -> None:
     try:
         action()
     except Exception as error:  # noqa: BLE001 - cleanup must not hide the original failure

@@ -1,11 +1,9 @@
 """What failed runs could not clean up themselves: blobs of failed images (storage was down) and
 jobs past their timeout with their blob credentials (the run died, or the CMS was down)."""
 
-from collections.abc import Callable
-
 import dagster as dg
 
-from records import ImageState
+from records import ImageState, LogSink
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
@@ -18,7 +16,7 @@ def purge_failed_image_blobs(cms: CMSResource, blob: BlobStorageResource) -> int
 
 
 def remove_stale_jobs(
-    platform: PlatformResource, namespaces: set[str], grace_seconds: float, log: Callable[[str], None]
+    platform: PlatformResource, namespaces: set[str], grace_seconds: float, log: LogSink
 ) -> list[str]:
     """Jobs (job directories locally; Jobs and SAS Secrets on Kubernetes) past their timeout."""
     removed = platform.delete_stale_jobs(namespaces, grace_seconds)

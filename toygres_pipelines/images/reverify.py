@@ -1,11 +1,9 @@
 """`reverify_image`: a corrupt image is offered again only once every byte verifies again."""
 
-from collections.abc import Callable
-
 import dagster as dg
 from pydantic import Field
 
-from records import Image, ImageState, ValidationFailed
+from records import Image, ImageState, LogSink, ValidationFailed
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
@@ -15,7 +13,7 @@ class ReverifyConfig(dg.Config):
     image: str = Field(description="Id or name of the corrupt image to verify again")
 
 
-def reverify(cms: CMSResource, blob: BlobStorageResource, ref: str, run_id: str, log: Callable[[str], None]) -> Image:
+def reverify(cms: CMSResource, blob: BlobStorageResource, ref: str, run_id: str, log: LogSink) -> Image:
     """corrupt -> ready when every file (and the manifest, against the CMS checksum) verifies."""
     image = cms.find_image(ref)
     if image is None:

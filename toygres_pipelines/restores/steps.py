@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -17,6 +16,7 @@ from records import (
     Instance,
     InstanceRef,
     InstanceState,
+    LogSink,
 )
 from resources.blob import BlobStorageResource
 from resources.cms import CMSError, CMSResource
@@ -109,7 +109,7 @@ def verification_failure(error: BaseException) -> str | None:
     return None
 
 
-def mark_image_corrupt(cms: CMSResource, plan: RestorePlan, why: str, run_id: str, log: Callable[[str], None]) -> None:
+def mark_image_corrupt(cms: CMSResource, plan: RestorePlan, why: str, run_id: str, log: LogSink) -> None:
     """A ready image whose bytes failed verification is never offered again until re-verified."""
     try:
         cms.transition_image(
@@ -136,7 +136,7 @@ def check_connection(connection_url: str, timeout_seconds: int) -> str:
 
 
 def clean_up_failed_restore(
-    cms: CMSResource, platform: PlatformResource, instance: Instance, reason: str, log: Callable[[str], None]
+    cms: CMSResource, platform: PlatformResource, instance: Instance, reason: str, log: LogSink
 ) -> None:
     """Remove what the run created and leave the instance failed, its DNS name freed."""
     ref = instance_ref(instance)
