@@ -148,3 +148,13 @@ def test_a_name_with_a_newline_is_refused_naming_the_field(bad):
         validate_dns_label(bad, "dns_label")
     with pytest.raises(ValidationFailed, match="^name: "):
         validate_image_name(bad.replace("shared", "src__nl"), field="name")
+
+
+@pytest.mark.parametrize("seconds", [4, 2 * 24 * 3600 + 1, 10**9])
+def test_the_backup_job_timeout_is_bounded_both_ways(seconds):
+    import pydantic
+
+    from toygres_pipelines.images.assets import BackupConfig
+
+    with pytest.raises(pydantic.ValidationError, match="job_timeout_seconds"):
+        BackupConfig(job_timeout_seconds=seconds)
