@@ -142,7 +142,7 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"source_image_id": None}, "source_image_id: required"),
+        ({"source_image_id": ""}, "source_image_id: required"),
         ({"runtime_image_id": "some-runtime"}, "runtime_image_id: cannot be combined with source_image_id"),
         ({"image_override": "postgres:16"}, "image_override: cannot be combined with source_image_id"),
         ({"source_image_id": "no-such-image"}, "source_image_id: no image with name 'no-such-image'"),
@@ -170,6 +170,16 @@ def test_invalid_requests_create_nothing(resources, cms, platform, source, catal
     assert message in failure_text(result)
     assert cms.list_instances() == [cms.get_instance(source.id)]
     assert platform_instances(platform) == volumes_before
+
+
+def test_a_bad_request_fails_in_one_short_failure_naming_field_rule_and_value(resources, catalogued_image):
+    result = restore(resources, source_image_id=str(catalogued_image.id), name="Upper_Case")
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "validate_request"
+    error = failure.event_specific_data.error
+    assert "Invalid restore request: name: 'Upper_Case' must be a DNS-1123 label" in error.message
+    # no chained ValidationFailed traceback under it: the description is the whole story
+    assert error.cause is None and error.context is None
 
 
 def platform_instances(platform) -> set[str]:

@@ -207,6 +207,8 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
 
 
 def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    if not args.source_image_id:
+        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore (--image)")
     fields = fields_from_cli(args, RestoreRequestFields)
     if args.password is not None:
         sys.stderr.write(f"warning: --password is ignored: {PASSWORD_IGNORED}\n")
@@ -379,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="queue a restore of an image into a new instance",
         description="Validate (the launchpad's rules) and queue a restore (a restore_requests row in state pending).",
     )
-    add_cli_arguments(restore, RestoreRequestFields)
+    # --image is checked by the command, so a missing one reads like every other rule: `error: source_image_id: ...`
+    add_cli_arguments(restore, RestoreRequestFields, optional=["source_image_id"])
     # Not a request field: accepted for compatibility, never stored (a restore keeps the image's password).
     restore.add_argument(
         "--password", metavar="IGNORED", help=f"accepted for compatibility and ignored: {PASSWORD_IGNORED}"
