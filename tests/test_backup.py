@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from records import ImageState, InstanceRef, InstanceState, JobResult
+from records.units import human_bytes
 from resources.cms import CMSResource
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.local import LocalPlatform
@@ -56,12 +57,22 @@ def test_backup_of_pagila_is_verified_and_restorable(resources, cms, blob, sourc
 
     materialization = result.asset_materializations_for_node("image")[0]
     metadata = materialization.metadata
-    assert metadata["bytes"].value == row.backup_size_bytes
+    assert metadata["bytes"].value == row.backup_size_bytes  # the raw number stays, for plots
+    assert metadata["size"].value == human_bytes(row.backup_size_bytes)
+    files = {r.data["path"]: r.data for r in metadata["files"].value.records}
+    assert files.keys() == {f.path for f in manifest.files}
+    assert files[pagila_dump.path]["database"] == "pagila" and files[pagila_dump.path]["kind"] == "database"
+    assert files[pagila_dump.path]["size"] == human_bytes(pagila_dump.size_bytes)
+    assert files[pagila_dump.path]["size_bytes"] == pagila_dump.size_bytes
+    assert files[pagila_dump.path]["verified"] == "sha256 matches, pg_restore reads every entry"
     assert metadata["manifest_sha256"].value == row.backup_checksum
     assert "sig=" not in metadata["blob_url"].value and metadata["blob_url"].value.endswith(row.blob_path)
 
     logs = run_logs(instance, result.run_id)
     assert "uploaded databases/" in logs
+    # verification is visible: one line per file, then the verdict
+    assert f"verified {pagila_dump.path} (database pagila, {human_bytes(pagila_dump.size_bytes)})" in logs
+    assert f"image verified: {len(manifest.files)} files" in logs
     assert "sig=" not in logs and source_password(resources, source) not in logs
 
 

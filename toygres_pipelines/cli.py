@@ -34,6 +34,7 @@ from records import (
     ValidationFailed,
     validate_image_name,
 )
+from records.units import human_bytes
 from resources.cms import CMSResource
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
 from toygres_pipelines.resources_from_env import platform_from_env
@@ -155,14 +156,7 @@ def when(value: datetime | None) -> str | None:
 
 
 def size(num_bytes: int | None) -> str | None:
-    if num_bytes is None:
-        return None
-    value = float(num_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return None  # unreachable
+    return None if num_bytes is None else human_bytes(num_bytes)
 
 
 def clip(text: str | None, width: int = 60) -> str | None:
