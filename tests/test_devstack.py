@@ -127,7 +127,7 @@ def _limits(home: Path) -> dict:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         config = instance.get_concurrency_config()
         assert instance.run_monitoring_enabled
-        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert type(instance.run_coordinator).__name__ == "TaggingRunCoordinator"  # a QueuedRunCoordinator
     limits = {}
     for limit in config.run_queue_config.tag_concurrency_limits:
         value = limit.get("value")
