@@ -14,6 +14,8 @@ TaggingRunCoordinator`); it takes QueuedRunCoordinator's config.
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun
@@ -37,8 +39,10 @@ def is_backup(run: DagsterRun) -> bool:
 
 def source_instance(run: DagsterRun) -> str | None:
     """The configured source_instance, else the partition key's part before '__' (the asset's rule)."""
-    config = run.run_config.get("ops", {}).get("image", {}).get("config", {}) if run.run_config else {}
-    if config.get("source_instance"):
+    config: Any = run.run_config or {}
+    for key in ("ops", "image", "config"):
+        config = config.get(key) if isinstance(config, dict) else None
+    if isinstance(config, dict) and config.get("source_instance"):
         return str(config["source_instance"])
     partition = run.tags.get(PARTITION_TAG, "")
     if PARTITION_SOURCE_SEPARATOR in partition:
