@@ -10,7 +10,7 @@ Starts (or reuses) everything kept in the state dir (TOYGRES_STATE_DIR, default
     <state>/encryption-key   the Fernet key encrypting stored passwords (0600)
     <state>/instances/ ...   the local platform's instances (the pagila demo, restored ones)
     <state>/jobs/ ...        the local platform's job directories
-    <state>/dev.env          the exported environment, to `source` for the CLI (0600)
+    <state>/dev.env          the exported environment and the CLI on PATH, to `source` (0600)
     <state>/devstack.pid     this runner (`kill $(cat <state>/devstack.pid)` stops the stack)
 
 then runs `dagster dev` with DAGSTER_HOME (TOYGRES_DAGSTER_HOME, default <checkout>/.toygres/dagster_home)
@@ -508,6 +508,12 @@ def stack_environment(settings: Settings, cms_dsn: str, key: str, azurite: Azuri
     }
 
 
+def dev_env_text(env_vars: dict[str, str]) -> str:
+    """dev.env: the stack's environment, and this checkout's venv first on PATH (the CLI lives there)."""
+    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env_vars.items())
+    return exports + f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"\n'
+
+
 def _on_signal(signum: int, _frame) -> None:
     raise Stop(signal.Signals(signum).name)
 
@@ -571,11 +577,7 @@ def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
         settings.max_backups,
         settings.max_restores,
     )
-    write_private_file(
-        settings.state_dir / "dev.env",
-        "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env_vars.items()),
-        for_service_user=False,
-    )
+    write_private_file(settings.state_dir / "dev.env", dev_env_text(env_vars), for_service_user=False)
 
     dagster = start_dagster(settings, {**os.environ, **env_vars, "PYTHONUNBUFFERED": "1"})
     cleanup.callback(stop_dagster, dagster, settings.state_dir / "dagster.pid")
