@@ -341,6 +341,25 @@ def test_instance_connection_strings_never_show_a_password(run, cms, db):
     code, out, _ = run("instances", "--json")
     assert code == 0 and "Hunter2pw" not in out
     assert json.loads(out)[0]["ip_connection_string"] == "postgresql://postgres:***@10.0.0.1:5432/postgres"
+    code, out, _ = run("instances")
+    assert code == 0 and "Hunter2pw" not in out
+
+
+def test_the_instances_table_shows_where_each_instance_answers(run, cms, db):
+    cms.transition_instance(db.id, InstanceState.stopped)
+    cms.transition_instance(
+        db.id,
+        InstanceState.running,
+        ip_connection_string="postgresql://postgres@10.0.0.1:5432/postgres?sslmode=require",
+        dns_connection_string="postgresql://postgres@db.westeurope.cloudapp.azure.com:5432/postgres?sslmode=require",
+    )
+    add_instance(cms, "new-abcde", state=InstanceState.creating)
+    code, out, _ = run("instances")
+    header, *rows = out.splitlines()
+    assert "ENDPOINT" in header.split()
+    row = next(r for r in rows if "db-abcde" in r)
+    assert "db.westeurope.cloudapp.azure.com:5432" in row.split() and "10.0.0.1:5432" not in row
+    assert ":5432" not in next(r for r in rows if "new-abcde" in r)
 
 
 # ---- configuration and the CMS being away -----------------------------------------------------
@@ -457,3 +476,63 @@ def test_a_password_given_to_the_cms_request_api_is_ignored_with_a_warning(cms, 
             password=secret,
         )
     assert secret not in cms_text(cms)
+
+
+# ---- connect ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_platform_env(platform, monkeypatch):
+    monkeypatch.setenv("TOYGRES_PLATFORM", "local")
+    monkeypatch.setenv("TOYGRES_STATE_DIR", platform.state_dir)
+
+
+def psql(command: str, *extra: str) -> subprocess.CompletedProcess:
+    """Run the printed `psql '<uri>'` command (with `extra` arguments), psql from the PostgreSQL install."""
+    from resources.platform.postgres_server import postgres_bindir
+
+    env = {"PATH": f"{postgres_bindir()}:/usr/bin:/bin", "PGCONNECT_TIMEOUT": "10"}
+    return subprocess.run(
+        ["bash", "-c", command + " " + " ".join(extra)],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_connect_prints_a_psql_command_without_the_password(run, source, local_platform_env):
+    from tests.conftest import SOURCE_PASSWORD
+
+    code, out, err = run("connect", source.k8s_name, "--database", "pagila")
+    assert code == 0, err
+    [command] = out.splitlines()
+    assert command.startswith("psql 'postgresql://postgres@127.0.0.1:") and command.endswith("/pagila'")
+    assert SOURCE_PASSWORD not in out + err and "--show-password" in err
+    refused = psql(command, "-w", "-Atc", "'SELECT 1'")  # -w: never prompt, so no password means no session
+    assert refused.returncode != 0 and "password" in refused.stderr
+
+
+def test_connect_with_show_password_gives_a_command_that_connects(run, source, local_platform_env):
+    code, out, err = run("connect", str(source.id), "--database", "pagila", "--show-password")
+    assert code == 0, err
+    [command] = out.splitlines()
+    done = psql(command, "-w", "-Atc", "'SELECT count(*) FROM film'")
+    assert (done.returncode, done.stdout.strip()) == (0, "1000"), done.stderr
+
+
+def test_connect_json_names_both_addresses(run, source, local_platform_env):
+    code, out, _ = run("connect", source.k8s_name, "--json")
+    assert code == 0
+    printed = json.loads(out)
+    assert printed["instance"] == source.k8s_name and printed["uri"] == source.ip_connection_string
+    assert printed["psql"] == f"psql '{source.ip_connection_string}'" and "password" not in printed
+
+
+def test_connect_to_an_instance_that_is_not_running_exits_2(run, cms, local_platform_env):
+    add_instance(cms, "half-abcde", state=InstanceState.creating)
+    code, out, err = run("connect", "half-abcde")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: instance: ") and "creating" in err
+    code, _, err = run("connect", "no-such-abcde")
+    assert code == 2 and "no instance 'no-such-abcde'" in err

@@ -273,7 +273,7 @@ def test_sourcing_dev_env_puts_the_cli_on_path(tmp_path):
     env_file = tmp_path / "dev.env"
     env_file.write_text(devstack.dev_env_text({"TOYGRES_CMS_DSN": "host=/tmp dbname=x user='o''neil'"}))
     found = subprocess.run(
-        ["bash", "-c", f"source {env_file} && command -v toygres-pipelines && echo \"$TOYGRES_CMS_DSN\""],
+        ["bash", "-c", f'source {env_file} && command -v toygres-pipelines && echo "$TOYGRES_CMS_DSN"'],
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
         capture_output=True,
         text=True,

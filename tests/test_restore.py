@@ -137,6 +137,16 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
         psycopg.connect(dsn_of(platform, row, "wrong-password", "postgres"))
 
     assert SOURCE_PASSWORD not in run_logs(dagster, result.run_id)
+    # The run's last word says how to reach the instance, without the password.
+    user_lines = [e.user_message for e in dagster.all_logs(result.run_id) if e.dagster_event is None]
+    assert f"toygres-pipelines connect {row.k8s_name}" in user_lines[-1]
+    assert row.ip_connection_string in user_lines[-1] and "--show-password" in user_lines[-1]
+    output = next(
+        e for e in result.all_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == "mark_instance_running"
+    )
+    shown = output.event_specific_data.metadata
+    assert shown["connect"].value == f"toygres-pipelines connect {row.k8s_name}"
+    assert shown["source_image"].value == ready_image.name and shown["image asset"].value == dg.AssetKey("image")
 
 
 @pytest.mark.parametrize(

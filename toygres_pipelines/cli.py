@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from records import (
     ImageRequestFields,
     ImageState,
+    InstanceRef,
     InstanceState,
     RequestState,
     RestoreRequestFields,
@@ -159,6 +160,17 @@ def size(num_bytes: int | None) -> str | None:
     return None if num_bytes is None else human_bytes(num_bytes)
 
 
+def endpoint(uri: str | None) -> str | None:
+    """host:port of a connection string (`toygres-pipelines connect` prints the whole command)."""
+    if not uri:
+        return None
+    try:
+        parts = urlsplit(uri)
+        return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    except ValueError:
+        return None
+
+
 def clip(text: str | None, width: int = 60) -> str | None:
     if text is None:
         return None
@@ -256,7 +268,7 @@ def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> in
         print_json([as_json(instance) for instance in instances], out)
         return EXIT_OK
     print_table(
-        ["ID", "NAME", "K8S NAME", "NAMESPACE", "STATE", "PG", "DNS", "CREATED", "ERROR"],
+        ["ID", "NAME", "K8S NAME", "NAMESPACE", "STATE", "PG", "ENDPOINT", "CREATED", "ERROR"],
         [
             [
                 i.id,
@@ -265,7 +277,7 @@ def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> in
                 i.namespace,
                 i.state,
                 i.postgres_version,
-                i.dns_name,
+                endpoint(i.dns_connection_string or i.ip_connection_string),
                 when(i.created_at),
                 clip(i.error_message),
             ]
@@ -297,6 +309,54 @@ def cmd_requests(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int
         [[r.id, kind, r.state, *describe(kind, r), r.run_id, when(r.created_at), clip(r.reason)] for kind, r in rows],
         out,
     )
+    return EXIT_OK
+
+
+def with_password(uri: str, password: str) -> str:
+    parts = urlsplit(uri)
+    netloc = f"{parts.username or ''}:{quote(password, safe='')}@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def cmd_connect(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    """A ready psql command for a running instance; its password only on request, from the platform's secret."""
+    instance = cms.find_instance(args.instance)
+    if instance is None:
+        raise ValidationFailed("instance", f"no instance {args.instance!r} in the CMS")
+    if instance.state is not InstanceState.running or not instance.ip_connection_string:
+        raise ValidationFailed(
+            "instance", f"{instance.k8s_name} is {instance.state}: only a running instance accepts connections"
+        )
+    uri = urlsplit(instance.ip_connection_string)._replace(path="/" + quote(args.database, safe="")).geturl()
+    shown = uri
+    if args.show_password:
+        secret = platform_from_env().read_instance_password(
+            InstanceRef(k8s_name=instance.k8s_name, namespace=instance.namespace)
+        )
+        shown = with_password(uri, secret.get_secret_value())
+    # Quoted for the shell; a percent-encoded URI holds no single quote (encoded anyway, to be sure).
+    command = "psql '" + shown.replace("'", "%27") + "'"
+    if args.json:
+        dns = instance.dns_connection_string
+        print_json(
+            {
+                "instance": instance.k8s_name,
+                "namespace": instance.namespace,
+                "uri": shown,
+                "psql": command,
+                "dns_uri": dns,
+            },
+            out,
+        )
+    else:
+        out.write(command + "\n")
+    if not args.show_password:
+        sys.stderr.write(
+            "# psql asks for the password; --show-password prints a command with it "
+            "(read from the instance's Secret, never from the CMS)\n"
+        )
     return EXIT_OK
 
 
@@ -401,6 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", action="append", choices=[s.value for s in RequestState], help="only this state (repeatable)"
     )
     requests.set_defaults(handler=cmd_requests)
+
+    connect = sub.add_parser(
+        "connect",
+        parents=parent,
+        help="print a ready psql command for a running instance",
+        description="Print `psql '<uri>'` for a running instance (its k8s_name or id). The password is left out "
+        "(psql asks for it) unless --show-password: then it is read from the instance's Secret (the local platform's "
+        "file or the Kubernetes Secret) and put in the URI.",
+    )
+    connect.add_argument("instance", metavar="INSTANCE", help="k8s_name or id of the instance")
+    connect.add_argument("--database", default="postgres", help="database to connect to (default: postgres)")
+    connect.add_argument("--show-password", action="store_true", help="put the superuser password in the URI")
+    connect.set_defaults(handler=cmd_connect)
 
     migrate = sub.add_parser("migrate", parents=parent, help="apply the CMS schema migrations")
     migrate.set_defaults(handler=cmd_migrate)

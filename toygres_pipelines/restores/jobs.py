@@ -241,12 +241,22 @@ def mark_instance_running(
         dns_connection_string=address.strings.dns,
         external_ip=address.endpoints.external_ip,
     )
+    connect = f"toygres-pipelines connect {running.k8s_name}"
+    image = cms.get_image(running.source_image_id) if running.source_image_id else None
+    context.log.info(
+        f"instance {running.namespace}/{running.k8s_name} is running at {address.strings.ip}: connect with "
+        f"`{connect}` (prints the psql command; add --show-password for one carrying the password, read from "
+        f"the instance's Secret)"
+    )
     return dg.Output(
         running,
         metadata={
             "instance_id": str(running.id),
             "k8s_name": running.k8s_name,
             "connection": address.strings.ip,
+            "connect": connect,
+            "source_image": image.name if image else str(running.source_image_id),
+            "image asset": dg.MetadataValue.asset(dg.AssetKey("image")),
             "server_version": server_version,
         },
     )
