@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import threading
 import time
@@ -73,6 +74,12 @@ def test_backup_of_pagila_is_verified_and_restorable(resources, cms, blob, sourc
     # verification is visible: one line per file, then the verdict
     assert f"verified {pagila_dump.path} (database pagila, {human_bytes(pagila_dump.size_bytes)})" in logs
     assert f"image verified: {len(manifest.files)} files" in logs
+    # progress of each stream, against the database's size on disk
+    assert re.search(
+        rf"{re.escape(pagila_dump.path)} \(database pagila\) done: [0-9.]+ MiB dumped and uploaded in [0-9]+s "
+        r"\([0-9.]+ MiB/s\); the database takes [0-9.]+ MiB on disk",
+        logs,
+    ), logs
     assert "sig=" not in logs and source_password(resources, source) not in logs
 
 

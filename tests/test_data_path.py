@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -472,3 +473,32 @@ def test_blob_storage_stalling_during_a_restore_download_fails_the_job_within_th
     assert isinstance(error, JobFailed), outcome
     assert "blob storage unreachable while downloading manifest.json" in str(error)
     assert "timed out" not in str(error)
+
+
+def test_a_long_step_reports_its_progress_every_few_seconds_until_it_ends(tmp_path):
+    """common.sh's start_progress/stop_progress: the reporter runs while the step does, then stops."""
+    from resources.platform.base import PROJECT_DIR
+
+    gate = tmp_path / "gate"
+    script = f"""
+source {PROJECT_DIR}/templates/scripts/common.sh
+PROGRESS_SECONDS=1
+report() {{ log "step: $(mib $(stat -c %s {tmp_path}/grown)) so far"; }}
+head -c 3145728 /dev/zero >{tmp_path}/grown
+start_progress report
+until [[ -e {gate} ]]; do sleep 0.2; done
+stop_progress
+log "step done"
+"""
+    process = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+        if sum("step: 3.0 MiB so far" in entry for entry in lines) == 2:
+            gate.touch()  # two reports seen: let the step end
+        if line.rstrip().endswith("step done"):
+            break
+    assert process.wait(timeout=60) == 0
+    reports = [entry for entry in lines if "so far" in entry]
+    assert len(reports) >= 2 and lines[-1].endswith("step done")
+    assert not [entry for entry in lines[lines.index(reports[-1]) + 1 :] if "so far" in entry]

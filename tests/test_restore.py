@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 
 import dagster as dg
@@ -137,6 +138,13 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
         psycopg.connect(dsn_of(platform, row, "wrong-password", "postgres"))
 
     assert SOURCE_PASSWORD not in run_logs(dagster, result.run_id)
+    # Progress: each download against its size in the manifest, pg_restore's items against the archive's.
+    logs = run_logs(dagster, result.run_id)
+    assert re.search(r"databases/[0-9]+\.dump done: [0-9.]+ MiB of [0-9.]+ MiB downloaded \(100%\)", logs), logs
+    done, total = map(
+        int, re.search(r"pg_restore of database pagila done: ([0-9]+) of ([0-9]+) archive items", logs).groups()
+    )
+    assert 0 < done <= total
     # The run's last word says how to reach the instance, without the password.
     user_lines = [e.user_message for e in dagster.all_logs(result.run_id) if e.dagster_event is None]
     assert f"toygres-pipelines connect {row.k8s_name}" in user_lines[-1]
