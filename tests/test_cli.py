@@ -536,3 +536,85 @@ def test_connect_to_an_instance_that_is_not_running_exits_2(run, cms, local_plat
     assert err.startswith("error: instance: ") and "creating" in err
     code, _, err = run("connect", "no-such-abcde")
     assert code == 2 and "no instance 'no-such-abcde'" in err
+
+
+# ---- --wait -----------------------------------------------------------------------------------
+
+
+def follow_in_thread(cms, *argv: str):
+    """The CLI with --wait in a thread (it polls the CMS); returns (thread, result dict, output)."""
+    import io
+    import threading
+
+    out, err, result = io.StringIO(), io.StringIO(), {}
+    os.environ[cli.DSN_ENV] = cms.dsn
+
+    def main():
+        result["code"] = cli.main([*argv, "--wait", "--poll-seconds", "0.1", "--wait-timeout", "240"], out, err)
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    return thread, result, out, err
+
+
+def wait_for(condition, what: str, timeout: float = 120):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout}s for {what}"
+        time.sleep(0.05)
+
+
+def test_request_backup_wait_follows_the_request_to_its_end(cms, resources, source, monkeypatch):
+    import dagster as dg
+
+    from tests.helpers import materialize_image
+    from toygres_pipelines.automation.jobs import REQUEST_ID_TAG
+    from toygres_pipelines.automation.sensors import evaluate_image_requests
+    from toygres_pipelines.automation.writeback import settle_run
+
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    thread, result, out, _ = follow_in_thread(cms, "request-backup", "--instance", source.k8s_name, "--name", "waited")
+    wait_for(lambda: "backup request" in out.getvalue() and "pending" in out.getvalue(), "the pending line")
+    dagster = dg.DagsterInstance.ephemeral()
+    [run_request] = evaluate_image_requests(dagster, cms).run_requests  # the sensor accepts it
+    wait_for(lambda: "accepted" in out.getvalue(), "the accepted line")
+    done = materialize_image(resources, "waited", run_request.run_config["ops"]["image"]["config"], instance=dagster)
+    [request] = cms.list_image_requests()
+    cms.attach_request_run(request.id, done.run_id)
+    settle_run(
+        cms=cms,
+        blob=resources["blob"],
+        platform=resources["platform"],
+        run_id=done.run_id,
+        tags={REQUEST_ID_TAG: str(request.id)},
+        succeeded=True,
+        reason=None,
+        log=lambda _: None,
+    )
+    thread.join(timeout=60)
+    assert result["code"] == 0
+    lines = out.getvalue().splitlines()
+    states = [line.split()[-1] for line in lines if " backup request " in line]
+    assert states == ["pending", "accepted", "succeeded"], lines
+    assert any(f"run {done.run_id} started" in line for line in lines)
+    assert any("image waited ready (" in line for line in lines), lines
+
+
+def test_request_restore_wait_ends_with_the_rejection_and_exit_2(cms, image, monkeypatch):
+    monkeypatch.setenv("TOYGRES_PLATFORM", "local")
+    thread, result, out, _ = follow_in_thread(
+        cms, "request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", str(image.id)
+    )
+    wait_for(lambda: "pending" in out.getvalue(), "the pending line")
+    with cms.claim_pending_restore_requests() as claim:
+        for request in claim:
+            claim.reject(request, "dns_label: 'copy-db' is already requested by another accepted request")
+    thread.join(timeout=60)
+    assert result["code"] == 2
+    assert (
+        out.getvalue()
+        .splitlines()[-1]
+        .endswith("rejected: dns_label: 'copy-db' is already requested by another accepted request")
+    )

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -209,7 +210,7 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
             f"backup request {request.id} {request.state}: image {request.image_name!r}"
             f" of instance {source.namespace}/{source.k8s_name}\n"
         )
-    return EXIT_OK
+    return follow(args, cms, request, "backup", out) if args.wait else EXIT_OK
 
 
 def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
@@ -234,7 +235,69 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
             f"restore request {request.id} {request.state}: instance {request.namespace}/{request.name}"
             f" from image {plan.image_name!r} ({plan.image_id})\n"
         )
-    return EXIT_OK
+    return follow(args, cms, request, "restore", out) if args.wait else EXIT_OK
+
+
+FINAL_REQUEST_STATES = {RequestState.succeeded: EXIT_OK, RequestState.rejected: EXIT_INVALID, RequestState.failed: 1}
+
+
+def follow(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, out: TextIO) -> int:
+    """--wait: poll the CMS until the request ends, printing each change of the request and of the
+    image or instance it makes; the exit code says how it ended (0 succeeded, 2 rejected, 1 failed)."""
+    fetch = cms.get_image_request if kind == "backup" else cms.get_restore_request
+    seen: dict[str, str] = {}
+    out = sys.stderr if args.json else out  # --json: stdout holds the request's JSON alone
+
+    def show(key: str, text: str) -> None:
+        if seen.get(key) != text:
+            seen[key] = text
+            out.write(f"{when(datetime.now(UTC))} {text}\n")
+            out.flush()
+
+    deadline = time.monotonic() + args.wait_timeout if args.wait_timeout else None
+    while True:
+        request = fetch(request.id) or request
+        reason = f": {clip(request.reason, 300)}" if request.reason else ""
+        show("request", f"{kind} request {request.id} {request.state}{reason}")
+        if request.run_id:
+            show("run", f"run {request.run_id} started (Dagster UI: Runs)")
+        target = made_by(cms, request, kind)
+        if target is not None:
+            what = f"image {target.name}" if kind == "backup" else f"instance {target.namespace}/{target.k8s_name}"
+            error = f": {clip(target.error_message, 300)}" if getattr(target, "error_message", None) else ""
+            size_text = f" ({size(target.backup_size_bytes)})" if kind == "backup" and target.backup_size_bytes else ""
+            show("target", f"{what} {target.state}{size_text}{error}")
+        if request.state in FINAL_REQUEST_STATES:
+            if kind == "restore" and request.state is RequestState.succeeded and target is not None:
+                out.write(f"connect: toygres-pipelines connect {target.k8s_name}\n")
+            return FINAL_REQUEST_STATES[request.state]
+        if deadline is not None and time.monotonic() > deadline:
+            out.write(f"still {request.state} after {args.wait_timeout} s: stopped waiting (the request goes on)\n")
+            return EXIT_UNEXPECTED
+        time.sleep(args.poll_seconds)
+
+
+def made_by(cms: CMSResource, request: Any, kind: str) -> Any:
+    if kind == "backup":
+        image = cms.find_image(request.image_name)
+        return image if image is not None and image.name == request.image_name else None
+    return cms.find_instance_by_run(request.run_id) if request.run_id else None
+
+
+def add_wait_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the request to its end, printing each change (exit 0 succeeded, 2 rejected, 1 failed)",
+    )
+    parser.add_argument("--poll-seconds", type=float, default=2.0, help="with --wait: how often to look (default: 2)")
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="with --wait: give up after this long (default: never); the request goes on",
+    )
 
 
 def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
@@ -427,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate and queue an on-demand backup (an image_requests row in state pending).",
     )
     add_cli_arguments(backup, ImageRequestFields, optional=["image_name"])
+    add_wait_arguments(backup)
     backup.set_defaults(handler=cmd_request_backup)
 
     restore = sub.add_parser(
@@ -437,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # --image is checked by the command, so a missing one reads like every other rule: `error: source_image_id: ...`
     add_cli_arguments(restore, RestoreRequestFields, optional=["source_image_id"])
+    add_wait_arguments(restore)
     # Not a request field: accepted for compatibility, never stored (a restore keeps the image's password).
     restore.add_argument(
         "--password", metavar="IGNORED", help=f"accepted for compatibility and ignored: {PASSWORD_IGNORED}"
