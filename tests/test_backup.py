@@ -69,6 +69,10 @@ def test_backup_of_pagila_is_verified_and_restorable(resources, cms, blob, sourc
     assert metadata["manifest_sha256"].value == row.backup_checksum
     assert "sig=" not in metadata["blob_url"].value and metadata["blob_url"].value.endswith(row.blob_path)
 
+    [check] = result.get_asset_check_evaluations()  # the Checks tab: verification passed, with its proof
+    assert check.check_name == "verified" and check.passed
+    assert {r.data["path"] for r in check.metadata["files"].value.records} == {f.path for f in manifest.files}
+
     logs = run_logs(instance, result.run_id)
     assert "uploaded databases/" in logs
     # verification is visible: one line per file, then the verdict
