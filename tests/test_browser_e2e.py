@@ -46,10 +46,15 @@ SCREENSHOTS_ENV = "TOYGRES_SCREENSHOTS_DIR"
 
 
 @pytest.fixture
-def browser_page(tmp_path):
+def chromium():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make tools does) to run the browser test")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
+    return pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
+
+
+@contextmanager
+def browser_page(playwright_api, tmp_path: Path):
+    """A fresh Chromium profile; opened after any in-process Dagster run (Playwright runs an event loop)."""
     with playwright_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),
@@ -141,7 +146,7 @@ def running_daemon(workspace: Path, env: dict[str, str], log_path: Path):
 
 
 def test_an_operator_backs_up_and_restores_through_the_ui(
-    browser_page,
+    chromium,
     daemon_home,  # noqa: F811 - the fixture imported above
     resources,
     cms,
@@ -150,7 +155,6 @@ def test_an_operator_backs_up_and_restores_through_the_ui(
     monkeypatch,  # noqa: F811
 ):
     home, workspace, env = daemon_home
-    page = browser_page
     image_name = f"{source.k8s_name}__before-upgrade"
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     # The image is made before the services start (they and this process would race to create the storage).
@@ -160,6 +164,7 @@ def test_an_operator_backs_up_and_restores_through_the_ui(
     with (
         running_daemon(workspace, env, tmp_path / "daemon.log") as process,
         running_webserver(tmp_path, env, workspace=workspace) as port,
+        browser_page(chromium, tmp_path) as page,
     ):
         base = f"http://127.0.0.1:{port}"
 
