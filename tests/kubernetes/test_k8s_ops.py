@@ -5,6 +5,7 @@ in the run log, cleanup on failure."""
 from __future__ import annotations
 
 import hashlib
+import json
 import types
 import uuid
 from datetime import UTC, datetime
@@ -300,3 +301,29 @@ def test_janitor_removes_jobs_and_sas_secrets_past_their_timeout_by_label(cms, c
     )
     assert cluster.get("secrets", NS, "backup-starting-sas") is not None
     assert cluster.get("secrets", NS, "someone-elses") is not None
+
+
+def test_connect_reads_the_password_from_the_kubernetes_secret(cms, k8s, monkeypatch, capsys):
+    from urllib.parse import unquote, urlsplit
+
+    from toygres_pipelines import cli
+
+    password = "k8s'pw:@/%?#"
+    source = running_source(cms)
+    source = cms.transition_instance(source.id, InstanceState.stopped, reason="test")
+    cms.transition_instance(
+        source.id,
+        InstanceState.running,
+        reason="test",
+        ip_connection_string="postgresql://postgres@20.1.2.3:5432/postgres?sslmode=require",
+    )
+    k8s.ensure_instance_secret(SOURCE, SecretStr(password))
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    monkeypatch.setattr(cli, "platform_from_env", lambda: k8s)  # TOYGRES_PLATFORM=kubernetes, built from env
+
+    assert cli.main(["connect", SOURCE.k8s_name, "--show-password", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    uri = urlsplit(printed["uri"])
+    assert unquote(uri.password) == password and uri.hostname == "20.1.2.3" and uri.query == "sslmode=require"
+    assert cli.main(["connect", SOURCE.k8s_name]) == 0
+    assert password not in capsys.readouterr().out
