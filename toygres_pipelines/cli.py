@@ -278,10 +278,12 @@ def follow(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, 
 
 
 def made_by(cms: CMSResource, request: Any, kind: str) -> Any:
-    if kind == "backup":
+    if not request.run_id:
+        return None
+    if kind == "backup":  # the image this request's run made (not an older one of the same name)
         image = cms.find_image(request.image_name)
-        return image if image is not None and image.name == request.image_name else None
-    return cms.find_instance_by_run(request.run_id) if request.run_id else None
+        return image if image is not None and image.run_id == request.run_id else None
+    return cms.find_instance_by_run(request.run_id)
 
 
 def add_wait_arguments(parser: argparse.ArgumentParser) -> None:
