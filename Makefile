@@ -47,13 +47,15 @@ tools: apt npm venv
 
 # apt: libsecret-1-0 (azcopy needs it), jq (the job scripts write and read manifest.json),
 # PostgreSQL server binaries (initdb, pg_ctl, pg_dump, pg_restore, psql) unless some version is
-# installed, python3-venv when venv cannot bootstrap pip.
+# installed, python3-venv when venv cannot bootstrap pip, chromium (and a font) for the browser test.
 apt:
 	@missing=""; \
 	dpkg -s libsecret-1-0 >/dev/null 2>&1 || missing="$$missing libsecret-1-0"; \
 	command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -x $(PY) ] || $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	dpkg -s fonts-dejavu-core >/dev/null 2>&1 || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing$$missing"; \
 	  if [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; then \

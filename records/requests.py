@@ -42,9 +42,9 @@ class RestoreRequestFields(RequestFields):
         description=f"DNS label of the instance's address: 3-{DNS_LABEL_MAX} lowercase letters, digits and '-', "
         "starting with a letter (Azure's rule); must not be used by another creating or running instance."
     )
-    source_image_id: str | None = Field(
-        default=None,
-        description="The image to restore: its id (uuid) or its name. It must be ready.",
+    source_image_id: str = Field(
+        description="The image to restore: its id (uuid) or its name (`toygres-pipelines images` lists them). "
+        "It must be ready.",
         json_schema_extra={"cli_flag": "--image"},
     )
     namespace: str | None = Field(
@@ -102,4 +102,6 @@ class ImageRequest(ImageRequestFields, _RequestRow):
 class RestoreRequest(RestoreRequestFields, _RequestRow):
     """A row of toygres_cms.restore_requests."""
 
+    # The column is nullable (any client may insert a row): the sensor rejects a row without it.
+    source_image_id: str | None = None  # type: ignore[assignment]
     instance_id: uuid.UUID | None = None

@@ -233,6 +233,8 @@ def restore_request(cms, **fields):
         name="copy", dns_label="copy-db", source_image_id="", namespace="default", storage_size_gb=1, internal=False
     )
     values.update(fields)
+    if values["source_image_id"] is None:  # a row another client wrote into the nullable column
+        return cms.create_restore_request(RestoreRequestFields.model_construct(**values))
     return cms.create_restore_request(RestoreRequestFields(**values))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import threading
 import time
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from records import ImageState, InstanceRef, InstanceState, JobResult
+from records.units import human_bytes
 from resources.cms import CMSResource
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.local import LocalPlatform
@@ -56,12 +58,32 @@ def test_backup_of_pagila_is_verified_and_restorable(resources, cms, blob, sourc
 
     materialization = result.asset_materializations_for_node("image")[0]
     metadata = materialization.metadata
-    assert metadata["bytes"].value == row.backup_size_bytes
+    assert metadata["bytes"].value == row.backup_size_bytes  # the raw number stays, for plots
+    assert metadata["size"].value == human_bytes(row.backup_size_bytes)
+    files = {r.data["path"]: r.data for r in metadata["files"].value.records}
+    assert files.keys() == {f.path for f in manifest.files}
+    assert files[pagila_dump.path]["database"] == "pagila" and files[pagila_dump.path]["kind"] == "database"
+    assert files[pagila_dump.path]["size"] == human_bytes(pagila_dump.size_bytes)
+    assert files[pagila_dump.path]["size_bytes"] == pagila_dump.size_bytes
+    assert files[pagila_dump.path]["verified"] == "sha256 matches, pg_restore reads every entry"
     assert metadata["manifest_sha256"].value == row.backup_checksum
     assert "sig=" not in metadata["blob_url"].value and metadata["blob_url"].value.endswith(row.blob_path)
 
+    [check] = result.get_asset_check_evaluations()  # the Checks tab: verification passed, with its proof
+    assert check.check_name == "verified" and check.passed
+    assert {r.data["path"] for r in check.metadata["files"].value.records} == {f.path for f in manifest.files}
+
     logs = run_logs(instance, result.run_id)
     assert "uploaded databases/" in logs
+    # verification is visible: one line per file, then the verdict
+    assert f"verified {pagila_dump.path} (database pagila, {human_bytes(pagila_dump.size_bytes)})" in logs
+    assert f"image verified: {len(manifest.files)} files" in logs
+    # progress of each stream, against the database's size on disk
+    assert re.search(
+        rf"{re.escape(pagila_dump.path)} \(database pagila\) done: [0-9.]+ MiB dumped and uploaded in [0-9]+s "
+        r"\([0-9.]+ MiB/s\); the database takes [0-9.]+ MiB on disk",
+        logs,
+    ), logs
     assert "sig=" not in logs and source_password(resources, source) not in logs
 
 

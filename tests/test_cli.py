@@ -341,6 +341,25 @@ def test_instance_connection_strings_never_show_a_password(run, cms, db):
     code, out, _ = run("instances", "--json")
     assert code == 0 and "Hunter2pw" not in out
     assert json.loads(out)[0]["ip_connection_string"] == "postgresql://postgres:***@10.0.0.1:5432/postgres"
+    code, out, _ = run("instances")
+    assert code == 0 and "Hunter2pw" not in out
+
+
+def test_the_instances_table_shows_where_each_instance_answers(run, cms, db):
+    cms.transition_instance(db.id, InstanceState.stopped)
+    cms.transition_instance(
+        db.id,
+        InstanceState.running,
+        ip_connection_string="postgresql://postgres@10.0.0.1:5432/postgres?sslmode=require",
+        dns_connection_string="postgresql://postgres@db.westeurope.cloudapp.azure.com:5432/postgres?sslmode=require",
+    )
+    add_instance(cms, "new-abcde", state=InstanceState.creating)
+    code, out, _ = run("instances")
+    header, *rows = out.splitlines()
+    assert "ENDPOINT" in header.split()
+    row = next(r for r in rows if "db-abcde" in r)
+    assert "db.westeurope.cloudapp.azure.com:5432" in row.split() and "10.0.0.1:5432" not in row
+    assert ":5432" not in next(r for r in rows if "new-abcde" in r)
 
 
 # ---- configuration and the CMS being away -----------------------------------------------------
@@ -457,3 +476,145 @@ def test_a_password_given_to_the_cms_request_api_is_ignored_with_a_warning(cms, 
             password=secret,
         )
     assert secret not in cms_text(cms)
+
+
+# ---- connect ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_platform_env(platform, monkeypatch):
+    monkeypatch.setenv("TOYGRES_PLATFORM", "local")
+    monkeypatch.setenv("TOYGRES_STATE_DIR", platform.state_dir)
+
+
+def psql(command: str, *extra: str) -> subprocess.CompletedProcess:
+    """Run the printed `psql '<uri>'` command (with `extra` arguments), psql from the PostgreSQL install."""
+    from resources.platform.postgres_server import postgres_bindir
+
+    env = {"PATH": f"{postgres_bindir()}:/usr/bin:/bin", "PGCONNECT_TIMEOUT": "10"}
+    return subprocess.run(
+        ["bash", "-c", command + " " + " ".join(extra)],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_connect_prints_a_psql_command_without_the_password(run, source, local_platform_env):
+    from tests.conftest import SOURCE_PASSWORD
+
+    code, out, err = run("connect", source.k8s_name, "--database", "pagila")
+    assert code == 0, err
+    [command] = out.splitlines()
+    assert command.startswith("psql 'postgresql://postgres@127.0.0.1:") and command.endswith("/pagila'")
+    assert SOURCE_PASSWORD not in out + err and "--show-password" in err
+    refused = psql(command, "-w", "-Atc", "'SELECT 1'")  # -w: never prompt, so no password means no session
+    assert refused.returncode != 0 and "password" in refused.stderr
+
+
+def test_connect_with_show_password_gives_a_command_that_connects(run, source, local_platform_env):
+    code, out, err = run("connect", str(source.id), "--database", "pagila", "--show-password")
+    assert code == 0, err
+    [command] = out.splitlines()
+    done = psql(command, "-w", "-Atc", "'SELECT count(*) FROM film'")
+    assert (done.returncode, done.stdout.strip()) == (0, "1000"), done.stderr
+
+
+def test_connect_json_names_both_addresses(run, source, local_platform_env):
+    code, out, _ = run("connect", source.k8s_name, "--json")
+    assert code == 0
+    printed = json.loads(out)
+    assert printed["instance"] == source.k8s_name and printed["uri"] == source.ip_connection_string
+    assert printed["psql"] == f"psql '{source.ip_connection_string}'" and "password" not in printed
+
+
+def test_connect_to_an_instance_that_is_not_running_exits_2(run, cms, local_platform_env):
+    add_instance(cms, "half-abcde", state=InstanceState.creating)
+    code, out, err = run("connect", "half-abcde")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: instance: ") and "creating" in err
+    code, _, err = run("connect", "no-such-abcde")
+    assert code == 2 and "no instance 'no-such-abcde'" in err
+
+
+# ---- --wait -----------------------------------------------------------------------------------
+
+
+def follow_in_thread(cms, *argv: str):
+    """The CLI with --wait in a thread (it polls the CMS); returns (thread, result dict, output)."""
+    import io
+    import threading
+
+    out, err, result = io.StringIO(), io.StringIO(), {}
+    os.environ[cli.DSN_ENV] = cms.dsn
+
+    def main():
+        result["code"] = cli.main([*argv, "--wait", "--poll-seconds", "0.1", "--wait-timeout", "240"], out, err)
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    return thread, result, out, err
+
+
+def wait_for(condition, what: str, timeout: float = 120):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout}s for {what}"
+        time.sleep(0.05)
+
+
+def test_request_backup_wait_follows_the_request_to_its_end(cms, resources, source, monkeypatch):
+    import dagster as dg
+
+    from tests.helpers import materialize_image
+    from toygres_pipelines.automation.jobs import REQUEST_ID_TAG
+    from toygres_pipelines.automation.sensors import evaluate_image_requests
+    from toygres_pipelines.automation.writeback import settle_run
+
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    thread, result, out, _ = follow_in_thread(cms, "request-backup", "--instance", source.k8s_name, "--name", "waited")
+    wait_for(lambda: "backup request" in out.getvalue() and "pending" in out.getvalue(), "the pending line")
+    dagster = dg.DagsterInstance.ephemeral()
+    [run_request] = evaluate_image_requests(dagster, cms, resources["platform"]).run_requests  # the sensor accepts it
+    wait_for(lambda: "accepted" in out.getvalue(), "the accepted line")
+    done = materialize_image(resources, "waited", run_request.run_config["ops"]["image"]["config"], instance=dagster)
+    [request] = cms.list_image_requests()
+    cms.attach_request_run(request.id, done.run_id)
+    settle_run(
+        cms=cms,
+        blob=resources["blob"],
+        platform=resources["platform"],
+        run_id=done.run_id,
+        tags={REQUEST_ID_TAG: str(request.id)},
+        succeeded=True,
+        reason=None,
+        log=lambda _: None,
+    )
+    thread.join(timeout=60)
+    assert result["code"] == 0
+    lines = out.getvalue().splitlines()
+    states = [line.split()[-1] for line in lines if " backup request " in line]
+    assert states == ["pending", "accepted", "succeeded"], lines
+    assert any(f"run {done.run_id} started" in line for line in lines)
+    assert any("image waited ready (" in line for line in lines), lines
+
+
+def test_request_restore_wait_ends_with_the_rejection_and_exit_2(cms, image, monkeypatch):
+    monkeypatch.setenv("TOYGRES_PLATFORM", "local")
+    thread, result, out, _ = follow_in_thread(
+        cms, "request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", str(image.id)
+    )
+    wait_for(lambda: "pending" in out.getvalue(), "the pending line")
+    with cms.claim_pending_restore_requests() as claim:
+        for request in claim:
+            claim.reject(request, "dns_label: 'copy-db' is already requested by another accepted request")
+    thread.join(timeout=60)
+    assert result["code"] == 2
+    assert (
+        out.getvalue()
+        .splitlines()[-1]
+        .endswith("rejected: dns_label: 'copy-db' is already requested by another accepted request")
+    )

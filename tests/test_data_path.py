@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -490,3 +491,32 @@ def test_the_stall_watchdog_leaves_nothing_holding_the_jobs_output(tmp_path):
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "done"
     assert not (tmp_path / "stalled").exists()
+
+
+def test_a_long_step_reports_its_progress_every_few_seconds_until_it_ends(tmp_path):
+    """common.sh's start_progress/stop_progress: the reporter runs while the step does, then stops."""
+    from resources.platform.base import PROJECT_DIR
+
+    gate = tmp_path / "gate"
+    script = f"""
+source {PROJECT_DIR}/templates/scripts/common.sh
+PROGRESS_SECONDS=1
+report() {{ log "step: $(mib $(stat -c %s {tmp_path}/grown)) so far"; }}
+head -c 3145728 /dev/zero >{tmp_path}/grown
+start_progress report
+until [[ -e {gate} ]]; do sleep 0.2; done
+stop_progress
+log "step done"
+"""
+    process = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+        if sum("step: 3.0 MiB so far" in entry for entry in lines) == 2:
+            gate.touch()  # two reports seen: let the step end
+        if line.rstrip().endswith("step done"):
+            break
+    assert process.wait(timeout=60) == 0
+    reports = [entry for entry in lines if "so far" in entry]
+    assert len(reports) >= 2 and lines[-1].endswith("step done")
+    assert not [entry for entry in lines[lines.index(reports[-1]) + 1 :] if "so far" in entry]

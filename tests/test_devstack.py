@@ -127,7 +127,7 @@ def _limits(home: Path) -> dict:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         config = instance.get_concurrency_config()
         assert instance.run_monitoring_enabled
-        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert type(instance.run_coordinator).__name__ == "TaggingRunCoordinator"  # a QueuedRunCoordinator
     limits = {}
     for limit in config.run_queue_config.tag_concurrency_limits:
         value = limit.get("value")
@@ -269,3 +269,42 @@ def test_service_processes_start_with_default_signals_whatever_the_parent_ignore
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_sourcing_dev_env_puts_the_cli_on_path(tmp_path):
+    env_file = tmp_path / "dev.env"
+    env_file.write_text(devstack.dev_env_text({"TOYGRES_CMS_DSN": "host=/tmp dbname=x user='o''neil'"}))
+    found = subprocess.run(
+        ["bash", "-c", f'source {env_file} && command -v toygres-pipelines && echo "$TOYGRES_CMS_DSN"'],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert found == [str(Path(sys.executable).parent / "toygres-pipelines"), "host=/tmp dbname=x user='o''neil'"]
+
+
+def test_our_definitions_load_without_a_warning():
+    """`make dev` starts quietly: loading the code location (what every code server does) warns of nothing."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-c",
+            "import toygres_pipelines.definitions as d; d.defs.get_repository_def().get_all_jobs()",
+        ],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+
+
+def test_the_ui_runs_with_the_command_the_pinned_dagster_recommends(tmp_path):
+    """`dagster dev` is superseded in Dagster 1.13 ("Use 'dg dev' instead")."""
+    settings = devstack.Settings.from_env({"TOYGRES_STATE_DIR": str(tmp_path)})
+    argv = devstack.dagster_argv(settings)
+    assert Path(argv[0]).name == "dg" and argv[1] == "dev" and "-w" in argv
+    shown = subprocess.run([argv[0], "dev", "--help"], capture_output=True, text=True, cwd=PROJECT_DIR)
+    assert shown.returncode == 0 and "Warning" not in shown.stderr, shown.stderr

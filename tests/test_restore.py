@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 
 import dagster as dg
@@ -137,12 +138,29 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
         psycopg.connect(dsn_of(platform, row, "wrong-password", "postgres"))
 
     assert SOURCE_PASSWORD not in run_logs(dagster, result.run_id)
+    # Progress: each download against its size in the manifest, pg_restore's items against the archive's.
+    logs = run_logs(dagster, result.run_id)
+    assert re.search(r"databases/[0-9]+\.dump done: [0-9.]+ MiB of [0-9.]+ MiB downloaded \(100%\)", logs), logs
+    done, total = map(
+        int, re.search(r"pg_restore of database pagila done: ([0-9]+) of ([0-9]+) archive items", logs).groups()
+    )
+    assert 0 < done <= total
+    # The run's last word says how to reach the instance, without the password.
+    user_lines = [e.user_message for e in dagster.all_logs(result.run_id) if e.dagster_event is None]
+    assert f"toygres-pipelines connect {row.k8s_name}" in user_lines[-1]
+    assert row.ip_connection_string in user_lines[-1] and "--show-password" in user_lines[-1]
+    output = next(
+        e for e in result.all_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == "mark_instance_running"
+    )
+    shown = output.event_specific_data.metadata
+    assert shown["connect"].value == f"toygres-pipelines connect {row.k8s_name}"
+    assert shown["source_image"].value == ready_image.name and shown["image asset"].value == dg.AssetKey("image")
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"source_image_id": None}, "source_image_id: required"),
+        ({"source_image_id": ""}, "source_image_id: required"),
         ({"runtime_image_id": "some-runtime"}, "runtime_image_id: cannot be combined with source_image_id"),
         ({"image_override": "postgres:16"}, "image_override: cannot be combined with source_image_id"),
         ({"source_image_id": "no-such-image"}, "source_image_id: no image with name 'no-such-image'"),
@@ -170,6 +188,16 @@ def test_invalid_requests_create_nothing(resources, cms, platform, source, catal
     assert message in failure_text(result)
     assert cms.list_instances() == [cms.get_instance(source.id)]
     assert platform_instances(platform) == volumes_before
+
+
+def test_a_bad_request_fails_in_one_short_failure_naming_field_rule_and_value(resources, catalogued_image):
+    result = restore(resources, source_image_id=str(catalogued_image.id), name="Upper_Case")
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "validate_request"
+    error = failure.event_specific_data.error
+    assert "Invalid restore request: name: 'Upper_Case' must be a DNS-1123 label" in error.message
+    # no chained ValidationFailed traceback under it: the description is the whole story
+    assert error.cause is None and error.context is None
 
 
 def platform_instances(platform) -> set[str]:

@@ -9,16 +9,20 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import requests
+from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
 from records import ImageState
 from resources.platform.base import PROJECT_DIR
 from resources.platform.local_tools import azcopy_path
 from resources.platform.postgres_server import free_port
+from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG
 from toygres_pipelines.dev.stack import wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -49,28 +53,22 @@ def code_location_env(cms, blob, platform, dagster_home: Path) -> dict[str, str]
     }
 
 
-@pytest.fixture
-def webserver(cms, blob, platform, tmp_path):
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    # No daemon here: the webserver launches runs itself (the daemon path has its own test).
-    (dagster_home / "dagster.yaml").write_text(
-        "telemetry:\n  enabled: false\n"
-        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
-    )
+@contextmanager
+def running_webserver(tmp_path: Path, env: dict[str, str], workspace: Path = PROJECT_DIR / "workspace.yaml"):
+    """dagster-webserver on a free port, serving `workspace`; yields the port."""
     port = free_port()
     process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "dagster-webserver"),
             "-w",
-            str(PROJECT_DIR / "workspace.yaml"),
+            str(workspace),
             "-h",
             "127.0.0.1",
             "-p",
             str(port),
         ],
         cwd=PROJECT_DIR,
-        env=code_location_env(cms, blob, platform, dagster_home),
+        env=env,
         stdout=open(tmp_path / "webserver.log", "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -91,9 +89,30 @@ def webserver(cms, blob, platform, tmp_path):
             process.wait()
 
 
-def test_backup_requested_through_the_ui_api(webserver, cms, source):
-    client = DagsterGraphQLClient("127.0.0.1", port_number=webserver, timeout=60)
-    key = f"{source.k8s_name}__from-the-ui"
+@pytest.fixture
+def webserver(cms, blob, platform, tmp_path):
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    # No daemon here: the webserver launches runs itself (the daemon path has its own test).
+    (dagster_home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\n"
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
+    )
+    with running_webserver(tmp_path, code_location_env(cms, blob, platform, dagster_home)) as port:
+        yield port
+
+
+@pytest.fixture
+def queueing_webserver(cms, blob, platform, tmp_path):
+    """The webserver with the instance config `make dev` ships (runs are queued; no daemon here)."""
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text((PROJECT_DIR / "deploy" / "local" / "dagster.yaml").read_text())
+    with running_webserver(tmp_path, code_location_env(cms, blob, platform, dagster_home)) as port:
+        yield port, dagster_home
+
+
+def add_partition(client: DagsterGraphQLClient, key: str) -> None:
     added = client._execute(
         ADD_PARTITION,
         {
@@ -103,6 +122,32 @@ def test_backup_requested_through_the_ui_api(webserver, cms, source):
         },
     )["addDynamicPartition"]
     assert added == {"__typename": "AddDynamicPartitionSuccess", "partitionKey": key}
+
+
+def test_a_backup_launched_like_the_ui_does_is_queued_with_the_fleet_tags(queueing_webserver, source, monkeypatch):
+    port, dagster_home = queueing_webserver
+    client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=60)
+    key = f"{source.k8s_name}__materialize-button"
+    add_partition(client, key)
+    # What the UI's Materialize sends: the implicit asset job, the asset, the partition tag.
+    run_id = client.submit_job_execution(
+        "__ASSET_JOB",
+        repository_location_name="toygres_pipelines",
+        repository_name="__repository__",
+        tags={"dagster/partition": key},
+        asset_selection=[["image"]],
+    )
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        run = instance.get_run_by_id(run_id)
+    assert run.status is DagsterRunStatus.QUEUED  # no daemon here: it waits for the limits in the queue
+    assert run.tags[KIND_TAG] == "backup" and run.tags[INSTANCE_TAG] == source.k8s_name
+
+
+def test_backup_requested_through_the_ui_api(webserver, cms, source):
+    client = DagsterGraphQLClient("127.0.0.1", port_number=webserver, timeout=60)
+    key = f"{source.k8s_name}__from-the-ui"
+    add_partition(client, key)
 
     run_id = client.submit_job_execution(
         "__ASSET_JOB",

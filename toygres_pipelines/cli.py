@@ -19,10 +19,11 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -31,12 +32,14 @@ from pydantic import BaseModel
 from records import (
     ImageRequestFields,
     ImageState,
+    InstanceRef,
     InstanceState,
     RequestState,
     RestoreRequestFields,
     ValidationFailed,
     validate_image_name,
 )
+from records.units import human_bytes
 from resources.cms import CMSResource
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
@@ -159,14 +162,18 @@ def when(value: datetime | None) -> str | None:
 
 
 def size(num_bytes: int | None) -> str | None:
-    if num_bytes is None:
+    return None if num_bytes is None else human_bytes(num_bytes)
+
+
+def endpoint(uri: str | None) -> str | None:
+    """host:port of a connection string (`toygres-pipelines connect` prints the whole command)."""
+    if not uri:
         return None
-    value = float(num_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return None  # unreachable
+    try:
+        parts = urlsplit(uri)
+        return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    except ValueError:
+        return None
 
 
 def clip(text: str | None, width: int = 60) -> str | None:
@@ -207,10 +214,12 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
             f"backup request {request.id} {request.state}: image {request.image_name!r}"
             f" of instance {source.namespace}/{source.k8s_name}\n"
         )
-    return EXIT_OK
+    return follow(args, cms, request, "backup", out) if args.wait else EXIT_OK
 
 
 def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    if not args.source_image_id:
+        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore (--image)")
     fields = fields_from_cli(args, RestoreRequestFields)
     if args.password is not None:
         sys.stderr.write(f"warning: --password is ignored: {PASSWORD_IGNORED}\n")
@@ -230,7 +239,71 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
             f"restore request {request.id} {request.state}: instance {request.namespace}/{request.name}"
             f" from image {plan.image_name!r} ({plan.image_id})\n"
         )
-    return EXIT_OK
+    return follow(args, cms, request, "restore", out) if args.wait else EXIT_OK
+
+
+FINAL_REQUEST_STATES = {RequestState.succeeded: EXIT_OK, RequestState.rejected: EXIT_INVALID, RequestState.failed: 1}
+
+
+def follow(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, out: TextIO) -> int:
+    """--wait: poll the CMS until the request ends, printing each change of the request and of the
+    image or instance it makes; the exit code says how it ended (0 succeeded, 2 rejected, 1 failed)."""
+    fetch = cms.get_image_request if kind == "backup" else cms.get_restore_request
+    seen: dict[str, str] = {}
+    out = sys.stderr if args.json else out  # --json: stdout holds the request's JSON alone
+
+    def show(key: str, text: str) -> None:
+        if seen.get(key) != text:
+            seen[key] = text
+            out.write(f"{when(datetime.now(UTC))} {text}\n")
+            out.flush()
+
+    deadline = time.monotonic() + args.wait_timeout if args.wait_timeout else None
+    while True:
+        request = fetch(request.id) or request
+        reason = f": {clip(request.reason, 300)}" if request.reason else ""
+        show("request", f"{kind} request {request.id} {request.state}{reason}")
+        if request.run_id:
+            show("run", f"run {request.run_id} started (Dagster UI: Runs)")
+        target = made_by(cms, request, kind)
+        if target is not None:
+            what = f"image {target.name}" if kind == "backup" else f"instance {target.namespace}/{target.k8s_name}"
+            error = f": {clip(target.error_message, 300)}" if getattr(target, "error_message", None) else ""
+            size_text = f" ({size(target.backup_size_bytes)})" if kind == "backup" and target.backup_size_bytes else ""
+            show("target", f"{what} {target.state}{size_text}{error}")
+        if request.state in FINAL_REQUEST_STATES:
+            if kind == "restore" and request.state is RequestState.succeeded and target is not None:
+                out.write(f"connect: toygres-pipelines connect {target.k8s_name}\n")
+            return FINAL_REQUEST_STATES[request.state]
+        if deadline is not None and time.monotonic() > deadline:
+            out.write(f"still {request.state} after {args.wait_timeout} s: stopped waiting (the request goes on)\n")
+            return EXIT_UNEXPECTED
+        time.sleep(args.poll_seconds)
+
+
+def made_by(cms: CMSResource, request: Any, kind: str) -> Any:
+    if not request.run_id:
+        return None
+    if kind == "backup":  # the image this request's run made (not an older one of the same name)
+        image = cms.find_image(request.image_name)
+        return image if image is not None and image.run_id == request.run_id else None
+    return cms.find_instance_by_run(request.run_id)
+
+
+def add_wait_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the request to its end, printing each change (exit 0 succeeded, 2 rejected, 1 failed)",
+    )
+    parser.add_argument("--poll-seconds", type=float, default=2.0, help="with --wait: how often to look (default: 2)")
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="with --wait: give up after this long (default: never); the request goes on",
+    )
 
 
 def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
@@ -264,7 +337,7 @@ def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> in
         print_json([as_json(instance) for instance in instances], out)
         return EXIT_OK
     print_table(
-        ["ID", "NAME", "K8S NAME", "NAMESPACE", "STATE", "PG", "DNS", "CREATED", "ERROR"],
+        ["ID", "NAME", "K8S NAME", "NAMESPACE", "STATE", "PG", "ENDPOINT", "CREATED", "ERROR"],
         [
             [
                 i.id,
@@ -273,7 +346,7 @@ def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> in
                 i.namespace,
                 i.state,
                 i.postgres_version,
-                i.dns_name,
+                endpoint(i.dns_connection_string or i.ip_connection_string),
                 when(i.created_at),
                 clip(i.error_message),
             ]
@@ -305,6 +378,54 @@ def cmd_requests(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int
         [[r.id, kind, r.state, *describe(kind, r), r.run_id, when(r.created_at), clip(r.reason)] for kind, r in rows],
         out,
     )
+    return EXIT_OK
+
+
+def with_password(uri: str, password: str) -> str:
+    parts = urlsplit(uri)
+    netloc = f"{parts.username or ''}:{quote(password, safe='')}@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def cmd_connect(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    """A ready psql command for a running instance; its password only on request, from the platform's secret."""
+    instance = cms.find_instance(args.instance)
+    if instance is None:
+        raise ValidationFailed("instance", f"no instance {args.instance!r} in the CMS")
+    if instance.state is not InstanceState.running or not instance.ip_connection_string:
+        raise ValidationFailed(
+            "instance", f"{instance.k8s_name} is {instance.state}: only a running instance accepts connections"
+        )
+    uri = urlsplit(instance.ip_connection_string)._replace(path="/" + quote(args.database, safe="")).geturl()
+    shown = uri
+    if args.show_password:
+        secret = platform_from_env().read_instance_password(
+            InstanceRef(k8s_name=instance.k8s_name, namespace=instance.namespace)
+        )
+        shown = with_password(uri, secret.get_secret_value())
+    # Quoted for the shell; a percent-encoded URI holds no single quote (encoded anyway, to be sure).
+    command = "psql '" + shown.replace("'", "%27") + "'"
+    if args.json:
+        dns = instance.dns_connection_string
+        print_json(
+            {
+                "instance": instance.k8s_name,
+                "namespace": instance.namespace,
+                "uri": shown,
+                "psql": command,
+                "dns_uri": dns,
+            },
+            out,
+        )
+    else:
+        out.write(command + "\n")
+    if not args.show_password:
+        sys.stderr.write(
+            "# psql asks for the password; --show-password prints a command with it "
+            "(read from the instance's Secret, never from the CMS)\n"
+        )
     return EXIT_OK
 
 
@@ -375,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate and queue an on-demand backup (an image_requests row in state pending).",
     )
     add_cli_arguments(backup, ImageRequestFields, optional=["image_name"])
+    add_wait_arguments(backup)
     backup.set_defaults(handler=cmd_request_backup)
 
     restore = sub.add_parser(
@@ -383,7 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="queue a restore of an image into a new instance",
         description="Validate (the launchpad's rules) and queue a restore (a restore_requests row in state pending).",
     )
-    add_cli_arguments(restore, RestoreRequestFields)
+    # --image is checked by the command, so a missing one reads like every other rule: `error: source_image_id: ...`
+    add_cli_arguments(restore, RestoreRequestFields, optional=["source_image_id"])
+    add_wait_arguments(restore)
     # Not a request field: accepted for compatibility, never stored (a restore keeps the image's password).
     restore.add_argument(
         "--password", metavar="IGNORED", help=f"accepted for compatibility and ignored: {PASSWORD_IGNORED}"
@@ -408,6 +532,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", action="append", choices=[s.value for s in RequestState], help="only this state (repeatable)"
     )
     requests.set_defaults(handler=cmd_requests)
+
+    connect = sub.add_parser(
+        "connect",
+        parents=parent,
+        help="print a ready psql command for a running instance",
+        description="Print `psql '<uri>'` for a running instance (its k8s_name or id). The password is left out "
+        "(psql asks for it) unless --show-password: then it is read from the instance's Secret (the local platform's "
+        "file or the Kubernetes Secret) and put in the URI.",
+    )
+    connect.add_argument("instance", metavar="INSTANCE", help="k8s_name or id of the instance")
+    connect.add_argument("--database", default="postgres", help="database to connect to (default: postgres)")
+    connect.add_argument("--show-password", action="store_true", help="put the superuser password in the URI")
+    connect.set_defaults(handler=cmd_connect)
 
     migrate = sub.add_parser("migrate", parents=parent, help="apply the CMS schema migrations")
     migrate.set_defaults(handler=cmd_migrate)

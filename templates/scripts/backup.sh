@@ -12,25 +12,39 @@ export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-15}" PGDATABASE=postgres
 load_secrets
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/toygres-backup.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+trap 'stop_background_steps; rm -rf "$work"' EXIT
 
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 server_version_num=$(psql -w -X -Atqc 'SHOW server_version_num') || die "cannot connect to ${SOURCE_INSTANCE} at ${PGHOST}:${PGPORT}"
 postgres_version=$((server_version_num / 10000))
 log "source ${SOURCE_NAMESPACE}/${SOURCE_INSTANCE} runs PostgreSQL ${postgres_version} (${server_version_num})"
 
-# stream_to_blob NAME: stdin -> sha256 + byte count + azcopy; writes $work/NAME.{sha256,size}
+# dump_progress LABEL DD_REPORT STARTED [ON_DISK_BYTES]: one line of how far a stream has come
+dump_progress() {
+  local bytes elapsed=$((SECONDS - $3))
+  bytes=$(bytes_counted "$2")
+  log "$1: $(mib "${bytes:-0}") dumped and uploaded in ${elapsed}s ($(rate "${bytes:-0}" "$elapsed"))${4:+; the database takes $(mib "$4") on disk}"
+}
+
+# stream_to_blob NAME [LABEL ON_DISK_BYTES]: stdin -> sha256 + byte count + azcopy; writes
+# $work/NAME.{sha256,size}; logs its progress every PROGRESS_SECONDS and when done.
 stream_to_blob() {
-  local name=$1 key=${1//\//_}
+  local name=$1 key=${1//\//_} label=${2:-$1} on_disk=${3:-} started=$SECONDS
   mkfifo "$work/$key.hash-pipe" "$work/$key.size-pipe"
   sha256sum <"$work/$key.hash-pipe" | cut -d' ' -f1 >"$work/$key.sha256" &
   local hash_pid=$!
-  wc -c <"$work/$key.size-pipe" | tr -d ' ' >"$work/$key.size" &
+  # dd counts the bytes exactly and reports them as it goes (status=progress), for the progress lines
+  LC_ALL=C dd bs=1M of=/dev/null status=progress <"$work/$key.size-pipe" 2>"$work/$key.count" &
   local size_pid=$!
+  start_progress dump_progress "$label" "$work/$key.count" "$started" "$on_disk"
   local status=0
   tee "$work/$key.hash-pipe" "$work/$key.size-pipe" | upload_stdin "$name" || status=$?
   wait "$hash_pid" || status=$?
   wait "$size_pid" || status=$?
+  stop_progress
+  bytes_counted "$work/$key.count" >"$work/$key.size"
+  [[ -s "$work/$key.size" ]] || status=1
+  ((status != 0)) || dump_progress "$label done" "$work/$key.count" "$started" "$on_disk"
   return "$status"
 }
 
@@ -52,13 +66,19 @@ psql -w -X -At -0 -c "SELECT datname FROM pg_database WHERE datallowconn AND NOT
   >"$work/databases" || die "cannot list the databases of ${SOURCE_INSTANCE}"
 mapfile -d '' -t databases <"$work/databases"
 [[ ${#databases[@]} -gt 0 ]] || die "no databases to back up"
+# Their sizes on disk, in the same order: the estimate the progress lines compare against.
+psql -w -X -At -0 -c "SELECT pg_database_size(oid) FROM pg_database WHERE datallowconn AND NOT datistemplate
+  ORDER BY datname" >"$work/database-sizes" || die "cannot read the database sizes of ${SOURCE_INSTANCE}"
+mapfile -d '' -t sizes <"$work/database-sizes"
+log "${#databases[@]} database(s) to dump, $(mib "$(IFS=+; echo $((${sizes[*]:-0})))") on disk in all"
 index=0
 for database in "${databases[@]}"; do
   index=$((index + 1))
   name=$(printf 'databases/%03d.dump' "$index")
-  log "dumping database $(shown "$database")"
+  log "dumping database $(shown "$database") into $name ($(mib "${sizes[index - 1]:-0}") on disk)"
   pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --dbname="$(dbname_conninfo "$database")" \
-    | stream_to_blob "$name" || die "pg_dump of database $(shown "$database") failed"
+    | stream_to_blob "$name" "$name (database $(shown "$database"))" "${sizes[index - 1]:-}" \
+    || die "pg_dump of database $(shown "$database") failed"
   record_file "$name" database "$database"
 done
 

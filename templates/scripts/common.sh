@@ -175,3 +175,37 @@ dbname_conninfo() {
 
 # A name as it may appear in a log line: control characters escaped, one line whatever it holds.
 shown() { printf '%q' "$1"; }
+
+# --- progress ---------------------------------------------------------------------------------
+# A long step logs where it is every PROGRESS_SECONDS (default 5): start_progress runs a reporter
+# in the background, stop_progress ends it (the EXIT trap's stop_background_steps does too).
+PROGRESS_SECONDS=${PROGRESS_SECONDS:-5}
+PROGRESS_PID=""
+
+mib() { awk -v b="${1:-0}" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
+rate() { awk -v b="${1:-0}" -v s="${2:-0}" 'BEGIN { printf "%.1f MiB/s", (s > 0 ? b / s : b) / 1048576 }'; }
+percent() { awk -v d="${1:-0}" -v t="${2:-0}" 'BEGIN { printf "%d%%", (t > 0 ? 100 * d / t : 100) }'; }
+
+start_progress() { # REPORTER ARGS...: run REPORTER (it logs one line) every PROGRESS_SECONDS
+  (
+    sleeper=""
+    trap '[[ -n "$sleeper" ]] && kill "$sleeper" 2>/dev/null; exit 0' TERM
+    while :; do
+      sleep "$PROGRESS_SECONDS" &
+      sleeper=$!
+      wait "$sleeper" || true
+      "$@" || true
+    done
+  ) &
+  PROGRESS_PID=$!
+}
+
+stop_progress() {
+  [[ -n "$PROGRESS_PID" ]] || return 0
+  kill "$PROGRESS_PID" 2>/dev/null || true
+  wait "$PROGRESS_PID" 2>/dev/null || true
+  PROGRESS_PID=""
+}
+
+# The bytes `dd status=progress` has passed so far, from its report ($1); empty before its first.
+bytes_counted() { { tr '\r' '\n' <"$1" | grep -Eo '^[0-9]+ bytes' | tail -n 1 | cut -d' ' -f1; } 2>/dev/null || true; }

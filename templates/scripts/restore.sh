@@ -33,10 +33,31 @@ download_file manifest.json "$staging/manifest.json" || die "download of manifes
 actual=$(sha256sum "$staging/manifest.json" | cut -d' ' -f1)
 [[ "$actual" == "$MANIFEST_SHA256" ]] || die "checksum mismatch: manifest.json has sha256 $actual, the CMS recorded $MANIFEST_SHA256" 3
 
+# download_progress NAME FILE TOTAL_BYTES STARTED: one line of how far a download has come
+download_progress() {
+  local bytes elapsed=$((SECONDS - $4))
+  bytes=$(file_size "$2")
+  log "$1: $(mib "${bytes:-0}") of $(mib "$3") downloaded ($(percent "${bytes:-0}" "$3")) in ${elapsed}s ($(rate "${bytes:-0}" "$elapsed"))"
+}
+
+# restore_progress LABEL VERBOSE_LOG ITEMS STARTED: archive items pg_restore has done so far
+restore_progress() {
+  local done elapsed=$((SECONDS - $4))
+  done=$(grep -cE '^pg_restore: (creating|processing data for|executing) ' "$2" 2>/dev/null || true)
+  # --create's DATABASE entry is logged but not listed: never show more than the archive holds
+  ((${done:-0} <= $3)) || done=$3
+  log "$1: ${done:-0} of $3 archive items restored in ${elapsed}s"
+}
+
 mapfile -t files < <(printf '%s\n' "$BACKUP_SHA256SUMS" | awk 'NF {print $2}')
 for name in "${files[@]}"; do
-  log "downloading $name"
+  total=$(jq -r --arg path "$name" '.files[] | select(.path == $path) | .size_bytes' "$staging/manifest.json")
+  log "downloading $name ($(mib "$total"))"
+  started=$SECONDS
+  start_progress download_progress "$name" "$staging/$name" "$total" "$started"
   download_file "$name" "$staging/$name" || die "download of $name failed"
+  stop_progress
+  download_progress "$name done" "$staging/$name" "$total" "$started"
 done
 log "verifying sha256 of ${#files[@]} file(s)"
 if ! (cd "$staging" && printf '%s\n' "$BACKUP_SHA256SUMS" | sha256sum --check --strict --quiet); then
@@ -68,6 +89,12 @@ grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" "$staging/globals.sql" \
 printf 'ALTER ROLE "%s" PASSWORD '"'"'%s'"'"';\n' "${POSTGRES_USER//\"/\"\"}" "${PGPASSWORD//\'/\'\'}" \
   | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "setting the password of ${POSTGRES_USER} failed"
 
+restore_failed() { # $1: pg_restore's verbose log, $2: the database; its errors (not its progress) go to the log
+  grep -vE '^pg_restore: (creating|processing data for|executing|launching item|finished item|connecting) ' "$1" \
+    | tail -n 20 >&2 || true
+  die "pg_restore of $(shown "$2") failed"
+}
+
 # Names come from the verified manifest, NUL-separated: each database keeps its exact name.
 jq -j '.files[] | select(.kind == "database") | .path, "\u0000", .database, "\u0000"' "$staging/manifest.json" \
   >"$socket_dir/databases" || die "manifest.json lists no readable databases"
@@ -76,17 +103,22 @@ for ((i = 0; i < ${#entries[@]}; i += 2)); do
   name=${entries[i]} database=${entries[i + 1]}
   [[ -f "$staging/$name" && -n "$database" ]] || die "manifest entry $(shown "$name") names no verified dump or no database"
   exists=$(psql -X -Atq -v db="$database" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")
+  items=$(pg_restore --list "$staging/$name" | grep -c '^[0-9]' || true)
+  report="$socket_dir/pg_restore.log" label="pg_restore of database $(shown "$database")" started=$SECONDS
+  start_progress restore_progress "$label" "$report" "$items" "$started"
   if [[ "$exists" == 1 ]]; then
-    log "restoring database $(shown "$database") into the existing one"
-    interruptible pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --dbname="$(dbname_conninfo "$database")" "$staging/$name" \
-      || die "pg_restore of $(shown "$database") failed"
+    log "restoring database $(shown "$database") into the existing one (${items} archive items)"
+    interruptible pg_restore --verbose --exit-on-error --jobs="${RESTORE_JOBS:-2}" \
+      --dbname="$(dbname_conninfo "$database")" "$staging/$name" 2>"$report" || restore_failed "$report" "$database"
   else
-    log "restoring database $(shown "$database")"
+    log "restoring database $(shown "$database") (${items} archive items)"
     # --create takes the name from the archive (quoted as an identifier) and reconnects by it
     # as a plain name, never parsed as a connection string.
-    interruptible pg_restore --exit-on-error --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres "$staging/$name" \
-      || die "pg_restore of $(shown "$database") failed"
+    interruptible pg_restore --verbose --exit-on-error --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres \
+      "$staging/$name" 2>"$report" || restore_failed "$report" "$database"
   fi
+  stop_progress
+  restore_progress "$label done" "$report" "$items" "$started"
 done
 
 log "analyzing"

@@ -210,8 +210,17 @@ def test_dagster_helm_values():
         "value": {"applyLimitPerUniqueValue": True},
         "limit": 1,
     }
-    # The chart refuses tag limits in both places at once.
-    assert "tagConcurrencyLimits" not in values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    # Every backup run gets the fleet tags, however launched; the chart refuses tag limits in both places at once.
+    coordinator = values["dagsterDaemon"]["runCoordinator"]
+    assert coordinator["type"] == "CustomRunCoordinator"
+    custom = coordinator["config"]["customRunCoordinator"]
+    assert (custom["module"], custom["class"]) == ("toygres_pipelines.run_coordinator", "TaggingRunCoordinator")
+    assert "tag_concurrency_limits" not in custom["config"]
+    # webserver and daemon import it: they run the project image
+    project = values["dagster-user-deployments"]["deployments"][0]["image"]["repository"]
+    assert (
+        values["dagsterWebserver"]["image"]["repository"] == values["dagsterDaemon"]["image"]["repository"] == project
+    )
 
 
 def test_helm_values_name_the_chart_version_and_the_docs_render_them_with_it():

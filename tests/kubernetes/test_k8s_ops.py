@@ -5,6 +5,7 @@ in the run log, cleanup on failure."""
 from __future__ import annotations
 
 import hashlib
+import json
 import types
 import uuid
 from datetime import UTC, datetime
@@ -344,3 +345,29 @@ def test_a_backup_the_deployment_cannot_run_is_refused_before_any_row(cms, blob,
     skipped: list[str] = []
     assert nightly_run_requests(dg.DagsterInstance.ephemeral(), cms, k8s, None, "UTC", log=skipped.append) == []
     assert any(message in line for line in skipped), skipped
+
+
+def test_connect_reads_the_password_from_the_kubernetes_secret(cms, k8s, monkeypatch, capsys):
+    from urllib.parse import unquote, urlsplit
+
+    from toygres_pipelines import cli
+
+    password = "k8s'pw:@/%?#"
+    source = running_source(cms)
+    source = cms.transition_instance(source.id, InstanceState.stopped, reason="test")
+    cms.transition_instance(
+        source.id,
+        InstanceState.running,
+        reason="test",
+        ip_connection_string="postgresql://postgres@20.1.2.3:5432/postgres?sslmode=require",
+    )
+    k8s.ensure_instance_secret(SOURCE, SecretStr(password))
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    monkeypatch.setattr(cli, "platform_from_env", lambda: k8s)  # TOYGRES_PLATFORM=kubernetes, built from env
+
+    assert cli.main(["connect", SOURCE.k8s_name, "--show-password", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    uri = urlsplit(printed["uri"])
+    assert unquote(uri.password) == password and uri.hostname == "20.1.2.3" and uri.query == "sslmode=require"
+    assert cli.main(["connect", SOURCE.k8s_name]) == 0
+    assert password not in capsys.readouterr().out

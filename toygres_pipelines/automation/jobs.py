@@ -4,7 +4,7 @@ import dagster as dg
 
 from records.requests import BackupFields, ImageRequestFields
 from toygres_pipelines.forms import run_config_values
-from toygres_pipelines.images.assets import image, image_partitions
+from toygres_pipelines.images.assets import image
 from toygres_pipelines.restores.jobs import REQUEST_ID_TAG
 
 KIND_TAG = "toygres/kind"
@@ -13,8 +13,7 @@ __all__ = ["INSTANCE_TAG", "KIND_TAG", "REQUEST_ID_TAG", "backup_image", "backup
 
 backup_image = dg.define_asset_job(
     name="backup_image",
-    selection=dg.AssetSelection.assets(image),
-    partitions_def=image_partitions,
+    selection=dg.AssetSelection.assets(image),  # partitions (`images`) come from the asset
     tags={KIND_TAG: "backup"},
     description="Back up one instance into one `image` partition (the partition key is the image name).",
 )

@@ -197,6 +197,8 @@ def check_restore_request(
     cms: CMSResource, platform: PlatformResource, request: RestoreRequest, labels_taken: set[str]
 ) -> str:
     """The launchpad's rules; returns the id of the (ready) image to restore."""
+    if not request.source_image_id:  # the column is nullable; the request record requires it
+        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
     fields = RestoreRequestFields.of(request)
     check_request_fields(fields)
     plan = plan_restore(fields, cms, platform)

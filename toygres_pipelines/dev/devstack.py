@@ -10,10 +10,11 @@ Starts (or reuses) everything kept in the state dir (TOYGRES_STATE_DIR, default
     <state>/encryption-key   the Fernet key encrypting stored passwords (0600)
     <state>/instances/ ...   the local platform's instances (the pagila demo, restored ones)
     <state>/jobs/ ...        the local platform's job directories
-    <state>/dev.env          the exported environment, to `source` for the CLI (0600)
+    <state>/dev.env          the exported environment and the CLI on PATH, to `source` (0600)
     <state>/devstack.pid     this runner (`kill $(cat <state>/devstack.pid)` stops the stack)
 
-then runs `dagster dev` with DAGSTER_HOME (TOYGRES_DAGSTER_HOME, default <checkout>/.toygres/dagster_home)
+then runs `dg dev` (webserver, daemon, code server) with DAGSTER_HOME (TOYGRES_DAGSTER_HOME, default
+<checkout>/.toygres/dagster_home)
 in its own process group. Ctrl-C (SIGINT) or SIGTERM stops dagster, every local instance server,
 Azurite and the CMS server; the next start reuses the same key, CMS data and demo instance.
 
@@ -440,7 +441,7 @@ def wait_for_ui(url: str, process: subprocess.Popen, timeout_seconds: float) -> 
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DevStackError(f"dagster dev exited with status {process.returncode} before the UI answered")
+            raise DevStackError(f"dg dev exited with status {process.returncode} before the UI answered")
         try:
             with urllib.request.urlopen(url + "/server_info", timeout=2) as response:
                 if response.status == 200:
@@ -451,16 +452,10 @@ def wait_for_ui(url: str, process: subprocess.Popen, timeout_seconds: float) -> 
     raise DevStackError(f"the Dagster UI did not answer on {url} within {timeout_seconds:.0f}s")
 
 
-def start_dagster(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
-    pid_file = settings.state_dir / "dagster.pid"
-    kill_leftover(pid_file, "dagster")
-    if port_in_use(settings.ui_port, settings.ui_host):
-        raise DevStackError(
-            f"{settings.ui_host}:{settings.ui_port} is already in use: stop what listens there or set TOYGRES_UI_PORT"
-        )
-    argv = [
-        *DEFAULT_SIGNALS,
-        str(Path(sys.executable).parent / "dagster"),
+def dagster_argv(settings: Settings) -> list[str]:
+    """The UI, the daemon and the code server: `dg dev` (Dagster 1.13 supersedes `dagster dev` with it)."""
+    return [
+        str(Path(sys.executable).parent / "dg"),
         "dev",
         "-w",
         str(PROJECT_DIR / "workspace.yaml"),
@@ -469,15 +464,25 @@ def start_dagster(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
         "-p",
         str(settings.ui_port),
     ]
+
+
+def start_dagster(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
+    pid_file = settings.state_dir / "dagster.pid"
+    kill_leftover(pid_file, "dagster")
+    if port_in_use(settings.ui_port, settings.ui_host):
+        raise DevStackError(
+            f"{settings.ui_host}:{settings.ui_port} is already in use: stop what listens there or set TOYGRES_UI_PORT"
+        )
+    argv = [*DEFAULT_SIGNALS, *dagster_argv(settings)]
     process = subprocess.Popen(argv, cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
     pid_file.write_text(str(process.pid))
     return process
 
 
 def stop_dagster(process: subprocess.Popen, pid_file: Path) -> None:
-    """Stop `dagster dev` and everything in its process group.
+    """Stop `dg dev` and everything in its process group.
 
-    SIGTERM goes to `dagster dev` alone first: it maps SIGTERM to its Ctrl-C handling and shuts
+    SIGTERM goes to `dg dev` alone first: it maps SIGTERM to its Ctrl-C handling and shuts
     down the webserver, the daemon and the code servers in order (a code server killed under it
     would be restarted). Then SIGTERM to what remains of the group (e.g. a run worker, which fails
     its run and takes its job down), and SIGKILL after the grace period.
@@ -488,7 +493,7 @@ def stop_dagster(process: subprocess.Popen, pid_file: Path) -> None:
         try:
             process.wait(timeout=DAGSTER_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            log(f"dagster dev did not stop within {DAGSTER_GRACE_SECONDS}s")
+            log(f"dg dev did not stop within {DAGSTER_GRACE_SECONDS}s")
     stop_process_group(process.pid, 10, process.poll)
     pid_file.unlink(missing_ok=True)
 
@@ -509,6 +514,12 @@ def stack_environment(settings: Settings, cms_dsn: str, key: str, azurite: Azuri
         "TOYGRES_AZCOPY": str(azcopy_path().absolute()),
         "DAGSTER_HOME": str(settings.dagster_home),
     }
+
+
+def dev_env_text(env_vars: dict[str, str]) -> str:
+    """dev.env: the stack's environment, and this checkout's venv first on PATH (the CLI lives there)."""
+    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env_vars.items())
+    return exports + f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"\n'
 
 
 def _on_signal(signum: int, _frame) -> None:
@@ -574,11 +585,7 @@ def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
         settings.max_backups,
         settings.max_restores,
     )
-    write_private_file(
-        settings.state_dir / "dev.env",
-        "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env_vars.items()),
-        for_service_user=False,
-    )
+    write_private_file(settings.state_dir / "dev.env", dev_env_text(env_vars), for_service_user=False)
 
     dagster = start_dagster(settings, {**os.environ, **env_vars, "PYTHONUNBUFFERED": "1"})
     cleanup.callback(stop_dagster, dagster, settings.state_dir / "dagster.pid")
@@ -594,7 +601,7 @@ def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
     )
     log(f"for the CLI: source {settings.state_dir / 'dev.env'}   |   Ctrl-C stops everything")
     status = dagster.wait()
-    log(f"dagster dev exited by itself with status {status}")
+    log(f"dg dev exited by itself with status {status}")
     return status or 1
 
 
@@ -611,7 +618,7 @@ def _stop_azurite(azurite: Azurite, pid_file: Path) -> None:
 
 def main() -> int:
     # A process started in the background by a non-interactive shell (`make dev &`, CI) inherits
-    # SIGINT ignored, and `dagster dev` maps SIGTERM to its SIGINT handler: ignored too. Installing
+    # SIGINT ignored, and `dg dev` maps SIGTERM to its SIGINT handler: ignored too. Installing
     # a handler here means children start with the default disposition (handlers reset on exec).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_signal)

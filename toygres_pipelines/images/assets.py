@@ -15,10 +15,17 @@ from records.requests import BackupFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.images.backup import BackupOutcome, materialization_metadata, source_ref_for, take_image
+from toygres_pipelines.images.backup import (
+    BackupOutcome,
+    files_table,
+    materialization_metadata,
+    source_ref_for,
+    take_image,
+)
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
 
 IMAGE_PARTITIONS = "images"
+VERIFIED_CHECK = "verified"
 image_partitions = dg.DynamicPartitionsDefinition(name=IMAGE_PARTITIONS)
 
 
@@ -41,6 +48,14 @@ class BackupConfig(BackupFields, dg.Config):
     kinds={"postgres", "azure"},
     # Every backup, however launched (UI, schedule, sensor), takes a slot of this pool.
     pool="toygres-backup",
+    check_specs=[
+        dg.AssetCheckSpec(
+            VERIFIED_CHECK,
+            asset="image",
+            description="Every file the manifest lists is in blob storage, byte-exact (sha256), and pg_restore "
+            "reads every dump end to end. The image is ready only when this passes.",
+        )
+    ],
     description="A verified backup of a running instance in blob storage: roles, one pg_dump -Fc "
     "per database and a manifest. The partition key is the image name in the CMS.",
 )
@@ -77,7 +92,7 @@ def image(
     context.log.info(
         f"image {name} ready: {outcome.report.total_bytes} bytes, manifest sha256 {outcome.report.manifest_sha256}"
     )
-    return dg.MaterializeResult(metadata=materialization_metadata(outcome))
+    return verified_result(outcome)
 
 
 def image_named(cms: CMSResource, name: str) -> Image | None:
@@ -112,4 +127,22 @@ def report_ready_image(
         f"image {ready.name} ({ready.id}) is already ready and verifies: reported as it is, no new backup taken"
     )
     outcome = BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started)
-    return dg.MaterializeResult(metadata=materialization_metadata(outcome))
+    return verified_result(outcome)
+
+
+def verified_result(outcome: BackupOutcome) -> dg.MaterializeResult:
+    """The image's metadata and its `verified` check: reached only when verification passed (a
+    failed one fails the run before this)."""
+    return dg.MaterializeResult(
+        metadata=materialization_metadata(outcome),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=VERIFIED_CHECK,
+                passed=True,
+                metadata={
+                    "files": files_table(outcome.report),
+                    "manifest_sha256": dg.MetadataValue.text(outcome.report.manifest_sha256),
+                },
+            )
+        ],
+    )

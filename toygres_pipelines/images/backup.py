@@ -20,6 +20,7 @@ from records import (
     ValidationFailed,
     validate_image_name,
 )
+from records.units import human_bytes
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource, InvalidTransition
 from resources.platform.base import JobKind, JobSpec, PlatformResource
@@ -140,7 +141,7 @@ def take_image(
         spec = backup_job_spec(image, source, blob, job_timeout_seconds)
         job_name = spec.name
         platform.run_job(spec, log)
-        manifest, report = verify_image(blob, image.blob_path)
+        manifest, report = verify_image(blob, image.blob_path, log=log)
         if manifest.image_name != name or manifest.source_instance != source.k8s_name:
             raise RuntimeError(
                 f"manifest describes {manifest.image_name!r} of {manifest.source_instance!r},"
@@ -219,15 +220,50 @@ def _quietly(action: Callable[[], None], log: LogSink, then: str = "") -> None:
         log(f"cleanup step failed: {error}" + (f"; {then}" if then else ""))
 
 
+FILES_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("path", "string", description="blob name under the image's blob path"),
+        dg.TableColumn("database", "string", description="the database the dump holds (empty: the roles)"),
+        dg.TableColumn("kind", "string"),
+        dg.TableColumn("size", "string"),
+        dg.TableColumn("size_bytes", "int"),
+        dg.TableColumn("sha256", "string"),
+        dg.TableColumn("verified", "string"),
+    ]
+)
+
+
+def files_table(report: VerificationReport) -> dg.MetadataValue:
+    """Each file with the database it holds, its size (human and raw) and what verification proved."""
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {
+                    "path": f.path,
+                    "database": f.database or "",
+                    "kind": f.kind,
+                    "size": human_bytes(f.size_bytes),
+                    "size_bytes": f.size_bytes,
+                    "sha256": f.sha256,
+                    "verified": f.verdict,
+                }
+            )
+            for f in report.files
+        ],
+        schema=FILES_SCHEMA,
+    )
+
+
 def materialization_metadata(outcome: BackupOutcome) -> dict[str, dg.MetadataValue]:
     image = outcome.image
     seconds = max(outcome.seconds, 1e-6)
     return {
         "image_id": dg.MetadataValue.text(str(image.id)),
         "source_instance": dg.MetadataValue.text(f"{image.source_namespace}/{image.source_k8s_name}"),
+        "size": dg.MetadataValue.text(human_bytes(outcome.report.total_bytes)),
         "bytes": dg.MetadataValue.int(outcome.report.total_bytes),
         "manifest_sha256": dg.MetadataValue.text(outcome.report.manifest_sha256),
-        "files": dg.MetadataValue.json([f.model_dump() for f in outcome.report.files]),
+        "files": files_table(outcome.report),
         "duration_seconds": dg.MetadataValue.float(round(outcome.seconds, 3)),
         "throughput_mib_per_second": dg.MetadataValue.float(round(outcome.report.total_bytes / seconds / 2**20, 3)),
         "blob_url": dg.MetadataValue.url(f"{image.blob_storage_url}/{image.blob_container}/{image.blob_path}"),

@@ -21,7 +21,7 @@ def reverify(cms: CMSResource, blob: BlobStorageResource, ref: str, run_id: str,
     if image.state is not ImageState.corrupt:
         raise ValidationFailed("image", f"image {image.name!r} is {image.state}, only a corrupt image is re-verified")
     try:
-        verify_image(blob, image.blob_path, expected_manifest_sha256=image.backup_checksum)
+        verify_image(blob, image.blob_path, expected_manifest_sha256=image.backup_checksum, log=log)
     except ImageCorrupt as error:
         log(f"image {image.name} still fails verification: {error}")
         raise

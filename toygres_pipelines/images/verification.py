@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import threading
+from collections.abc import Callable
 
 from azure.core.exceptions import ResourceNotFoundError
 from pydantic import BaseModel
 
 from records import BackupFile, BackupManifest
+from records.units import human_bytes
 from resources.blob import MANIFEST_NAME, BlobStorageResource
 from resources.platform.postgres_server import postgres_bindir
 
@@ -23,6 +25,16 @@ class FileCheck(BaseModel):
     size_bytes: int
     sha256: str
     archive_readable: bool | None = None
+    kind: str = ""
+    database: str | None = None
+
+    @property
+    def holds(self) -> str:
+        return f"database {self.database}" if self.database else self.kind
+
+    @property
+    def verdict(self) -> str:
+        return "sha256 matches" + (", pg_restore reads every entry" if self.archive_readable else "")
 
 
 class VerificationReport(BaseModel):
@@ -77,7 +89,7 @@ def check_file(blob: BlobStorageResource, prefix: str, expected: BackupFile) -> 
         )
     if actual.sha256 != expected.sha256:
         raise ImageCorrupt(f"{expected.path}: sha256 {actual.sha256} in blob storage, manifest says {expected.sha256}")
-    return actual
+    return actual.model_copy(update={"path": expected.path, "kind": expected.kind, "database": expected.database})
 
 
 def read_manifest(
@@ -99,11 +111,15 @@ def read_manifest(
 
 
 def verify_image(
-    blob: BlobStorageResource, prefix: str, expected_manifest_sha256: str | None = None
+    blob: BlobStorageResource,
+    prefix: str,
+    expected_manifest_sha256: str | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> tuple[BackupManifest, VerificationReport]:
     """Every file the manifest lists is present, byte-exact, and every dump is a readable archive.
 
     With `expected_manifest_sha256` (the CMS row's checksum) the manifest itself is pinned too.
+    Each file's result is logged as it is checked, then the verdict.
     """
     manifest, manifest_sha256 = read_manifest(blob, prefix, expected_manifest_sha256)
     listed = {f.path for f in manifest.files}
@@ -112,7 +128,13 @@ def verify_image(
         raise ImageCorrupt(f"missing from blob storage: {sorted(listed - stored)}")
     if not any(f.kind == "globals" for f in manifest.files) or not any(f.kind == "database" for f in manifest.files):
         raise ImageCorrupt("the manifest must list the roles (globals) and at least one database dump")
-    checks = [check_file(blob, prefix, expected) for expected in manifest.files]
+    log(f"verifying {len(manifest.files)} files ({human_bytes(manifest.total_bytes)}) against manifest.json")
+    checks = []
+    for expected in manifest.files:
+        check = check_file(blob, prefix, expected)
+        log(f"verified {check.path} ({check.holds}, {human_bytes(check.size_bytes)}): {check.verdict}")
+        checks.append(check)
+    log(f"image verified: {len(checks)} files, {human_bytes(manifest.total_bytes)}, manifest sha256 {manifest_sha256}")
     return manifest, VerificationReport(manifest_sha256=manifest_sha256, total_bytes=manifest.total_bytes, files=checks)
 
 

@@ -44,6 +44,15 @@ class InstanceAddress(BaseModel):
     strings: ConnectionStrings
 
 
+def invalid_request(error: ValidationFailed) -> dg.Failure:
+    """One short failure naming the field, the rule and the value: no chained traceback under it."""
+    return dg.Failure(
+        description=f"Invalid restore request: {error}",
+        metadata={"field": error.field, "rule": error.rule},
+        allow_retries=False,
+    )
+
+
 def request_key(context: dg.OpExecutionContext) -> str:
     """Same request, same key: the request id from a sensor, else the root run of re-executions."""
     return context.run.tags.get(REQUEST_ID_TAG) or context.run.root_run_id or context.run_id
@@ -82,7 +91,7 @@ def validate_request(
         check_timeouts(config)
         plan = plan_restore(RestoreRequestFields.of(config), cms, platform)
     except ValidationFailed as error:
-        raise dg.Failure(description=f"Invalid restore request: {error}", allow_retries=False) from error
+        raise invalid_request(error) from None
     context.log.info(
         f"restoring image {plan.image_name} ({plan.image_type}, PostgreSQL {plan.postgres_version}) "
         f"into {plan.namespace}/{plan.k8s_name}, {plan.storage_size_gb} GiB"
@@ -124,7 +133,7 @@ def create_instance_record(
             tags={REQUEST_KEY: key},
         )
     except ValidationFailed as error:
-        raise dg.Failure(description=f"Invalid restore request: {error}", allow_retries=False) from error
+        raise invalid_request(error) from None
 
 
 @dg.op(description="Decrypt the source image's password into the new instance's Secret")
@@ -233,12 +242,22 @@ def mark_instance_running(
         dns_connection_string=address.strings.dns,
         external_ip=address.endpoints.external_ip,
     )
+    connect = f"toygres-pipelines connect {running.k8s_name}"
+    image = cms.get_image(running.source_image_id) if running.source_image_id else None
+    context.log.info(
+        f"instance {running.namespace}/{running.k8s_name} is running at {address.strings.ip}: connect with "
+        f"`{connect}` (prints the psql command; add --show-password for one carrying the password, read from "
+        f"the instance's Secret)"
+    )
     return dg.Output(
         running,
         metadata={
             "instance_id": str(running.id),
             "k8s_name": running.k8s_name,
             "connection": address.strings.ip,
+            "connect": connect,
+            "source_image": image.name if image else str(running.source_image_id),
+            "image asset": dg.MetadataValue.asset(dg.AssetKey("image")),
             "server_version": server_version,
         },
     )

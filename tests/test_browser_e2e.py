@@ -1,0 +1,208 @@
+"""The UI as an operator sees it, in a real browser: Debian's Chromium driven by Playwright against a
+dagster-webserver and a dagster-daemon (the instance config `make dev` ships) on free ports.
+
+Walks the Catalog's `image` asset (partitions with their status, the Checks tab), the restore
+launchpad (scaffolded, filled, launched), the finished run with every step green, and a bad
+request's one failure. Screenshots land in the test's tmp dir (docs/screenshots/ holds a few).
+Skipped only when Chromium (apt package `chromium`, installed by `make tools`) is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from records import InstanceState
+from resources.platform.base import PROJECT_DIR
+from tests.helpers import materialize_image
+from tests.test_daemon_e2e import daemon_home, stop_group  # noqa: F401 - daemon_home is a fixture
+from tests.test_webserver_e2e import running_webserver
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless=new",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+EDITOR_TEXT = "document.querySelector('.CodeMirror').CodeMirror.getValue()"
+RUN_SECONDS = 240_000  # Playwright timeouts are in ms
+# Where README's screenshots come from: TOYGRES_SCREENSHOTS_DIR=docs/screenshots copies them there.
+SCREENSHOTS_ENV = "TOYGRES_SCREENSHOTS_DIR"
+
+
+@pytest.fixture
+def chromium():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make tools does) to run the browser test")
+    return pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
+
+
+@contextmanager
+def browser_page(playwright_api, tmp_path: Path):
+    """A fresh Chromium profile; opened after any in-process Dagster run (Playwright runs an event loop)."""
+    with playwright_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1400, "height": 900},
+        )
+        try:
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            yield page
+        finally:
+            context.close()
+
+
+def shoot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / "screenshots" / f"{name}.png"
+    path.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(path))
+    target = os.environ.get(SCREENSHOTS_ENV)
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / path.name)
+    return path
+
+
+def launch_from_the_launchpad(page, base: str, config: dict, tmp_path: Path, scaffold_first: bool = True) -> str:
+    """(Scaffold,) fill the config editor, launch; returns the run id the UI navigated to."""
+    page.goto(f"{base}/locations/toygres_pipelines/jobs/restore_instance/playground")
+    page.wait_for_selector(".CodeMirror")
+    if scaffold_first:
+        scaffold_missing_config(page, tmp_path)
+    page.evaluate(
+        "config => document.querySelector('.CodeMirror').CodeMirror.setValue(config)",
+        json.dumps({"ops": {"validate_request": {"config": config}}}, indent=2),
+    )
+    page.get_by_role("button", name="Launch Run").click()
+    page.wait_for_url("**/runs/**")
+    return page.url.rstrip("/").split("/runs/")[-1].split("?")[0]
+
+
+def scaffold_missing_config(page, tmp_path: Path) -> None:
+    """What a new user does first: the launchpad names the required fields, scaffolding adds exactly those."""
+    scaffold = page.get_by_role("button", name="Scaffold missing config")
+    deadline = time.monotonic() + 60
+    while not scaffold.is_enabled():  # enabled once the launchpad has validated the defaults
+        assert time.monotonic() < deadline, "the launchpad never found the required fields missing"
+        page.wait_for_timeout(200)
+    scaffold.click()
+    page.get_by_text("ops.validate_request.config.source_image_id").first.wait_for()  # the dialog lists them
+    shoot(page, tmp_path, "launchpad-scaffold-missing-config")
+    page.get_by_role("button", name="Confirm").click()
+    # (polled from here: the UI's content security policy forbids wait_for_function's eval)
+    deadline = time.monotonic() + 30
+    while "source_image_id" not in (scaffolded := page.evaluate(EDITOR_TEXT)) and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    for field in ("name", "dns_label", "source_image_id"):
+        assert f"{field}:" in scaffolded, scaffolded
+
+
+def wait_for_run(home: Path, run_id: str, monkeypatch) -> dg.DagsterRun:
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    deadline = time.monotonic() + RUN_SECONDS / 1000
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        while True:
+            run = instance.get_run_by_id(run_id)
+            if run is not None and run.is_finished:
+                return run
+            assert time.monotonic() < deadline, f"run {run_id} is still {run.status if run else 'unknown'}"
+            time.sleep(1)
+
+
+@contextmanager
+def running_daemon(workspace: Path, env: dict[str, str], log_path: Path):
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+            cwd=str(PROJECT_DIR),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        stop_group(process)
+
+
+def test_an_operator_backs_up_and_restores_through_the_ui(
+    chromium,
+    daemon_home,  # noqa: F811 - the fixture imported above
+    resources,
+    cms,
+    source,
+    tmp_path,
+    monkeypatch,  # noqa: F811
+):
+    home, workspace, env = daemon_home
+    image_name = f"{source.k8s_name}__before-upgrade"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    # The image is made before the services start (they and this process would race to create the storage).
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert materialize_image(resources, image_name, instance=instance).success
+
+    with (
+        running_daemon(workspace, env, tmp_path / "daemon.log") as process,
+        running_webserver(tmp_path, env, workspace=workspace) as port,
+        browser_page(chromium, tmp_path) as page,
+    ):
+        base = f"http://127.0.0.1:{port}"
+
+        # The Catalog's image asset: its partitions, each with its status
+        page.goto(f"{base}/assets/image?view=partitions")
+        page.get_by_text(image_name).first.click()
+        page.get_by_text("manifest_sha256").first.wait_for()
+        shoot(page, tmp_path, "catalog-image-partitions")
+
+        # The Checks tab: every image's verification
+        page.goto(f"{base}/assets/image?view=checks")
+        page.get_by_text("verified").first.wait_for()
+        shoot(page, tmp_path, "catalog-image-checks")
+
+        # The restore launchpad: scaffolded, filled, launched; the run ends with every step green
+        run_id = launch_from_the_launchpad(
+            page,
+            base,
+            {"name": "from-ui", "dns_label": "from-ui", "source_image_id": image_name, "storage_size_gb": 1},
+            tmp_path,
+        )
+        run = wait_for_run(home, run_id, monkeypatch)
+        assert run.status is dg.DagsterRunStatus.SUCCESS
+        page.goto(f"{base}/runs/{run_id}")
+        page.get_by_text("toygres-pipelines connect").first.wait_for()
+        shoot(page, tmp_path, "restore-run-succeeded")
+        restored = cms.find_instance_by_run(run_id)
+        assert restored.state is InstanceState.running and restored.user_name == "from-ui"
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            steps = instance.get_run_step_stats(run_id)
+        assert len(steps) == 10 and {s.status.value for s in steps} == {"SUCCESS"}, steps
+
+        # A bad request: one short failure naming the field, the rule and the value
+        bad_id = launch_from_the_launchpad(
+            page, base, {"name": "Bad_Name", "dns_label": "bad-name", "source_image_id": image_name}, tmp_path, False
+        )
+        assert wait_for_run(home, bad_id, monkeypatch).status is dg.DagsterRunStatus.FAILURE
+        page.goto(f"{base}/runs/{bad_id}")
+        page.get_by_text("Invalid restore request: name: 'Bad_Name' must be a DNS-1123 label").first.wait_for()
+        shoot(page, tmp_path, "restore-run-bad-request")
+        assert process.poll() is None

@@ -1,0 +1,43 @@
+"""Every backup run carries the fleet tags, however it was launched (the UI's Materialize included),
+so the queue's tag limits (one run per instance, N backups at once) see it."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG
+from toygres_pipelines.run_coordinator import fleet_tags
+
+IMAGE = frozenset({dg.AssetKey("image")})
+
+
+def run_of(job_name: str, tags: dict, config: dict | None = None, selection=IMAGE) -> DagsterRun:
+    return DagsterRun(
+        job_name=job_name,
+        run_config=config or {},
+        tags=tags,
+        asset_selection=selection,
+        status=DagsterRunStatus.NOT_STARTED,
+    )
+
+
+def test_ui_materialize_of_an_image_partition_gets_kind_and_instance_from_the_partition_key():
+    run = run_of("__ASSET_JOB", {"dagster/partition": "pagila-demo__before-upgrade"})
+    assert fleet_tags(run) == {KIND_TAG: "backup", INSTANCE_TAG: "pagila-demo"}
+
+
+def test_the_configured_source_instance_wins_over_the_partition_key():
+    config = {"ops": {"image": {"config": {"source_instance": "orders-x1y2z"}}}}
+    run = run_of("__ASSET_JOB", {"dagster/partition": "pagila-demo__copy"}, config)
+    assert fleet_tags(run) == {KIND_TAG: "backup", INSTANCE_TAG: "orders-x1y2z"}
+
+
+def test_tags_a_run_already_carries_are_kept():
+    tags = {KIND_TAG: "backup", INSTANCE_TAG: "pagila-demo", "dagster/partition": "pagila-demo__nightly-20260101"}
+    assert fleet_tags(run_of("backup_image", tags)) == {}
+
+
+def test_other_runs_get_nothing():
+    assert fleet_tags(run_of("restore_instance", {KIND_TAG: "restore"}, selection=None)) == {}
+    assert fleet_tags(run_of("purge_failed_image_blobs", {}, selection=None)) == {}

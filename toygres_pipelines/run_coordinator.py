@@ -1,0 +1,73 @@
+"""The run queue of every toygres deployment: Dagster's QueuedRunCoordinator, plus the fleet tags
+on every backup run.
+
+The schedule and the sensors tag their backup runs `toygres/kind=backup` and `toygres/instance`.
+A run launched from the UI (Materialize on the `image` asset runs as `__ASSET_JOB`) carries only
+the tags the user typed, and the queue's tag limits (`concurrency.runs.tag_concurrency_limits`)
+look at run tags only. So this coordinator adds the missing tags when a run is submitted, before
+it is queued: every backup run, however launched, meets the same limits. (The `image` asset's
+pool covers the op side; pools cannot limit per instance.)
+
+Configured in dagster.yaml (`run_coordinator: module: toygres_pipelines.run_coordinator, class:
+TaggingRunCoordinator`); it takes QueuedRunCoordinator's config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
+from dagster._core.storage.dagster_run import DagsterRun
+
+from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, backup_image
+from toygres_pipelines.images.backup import PARTITION_SOURCE_SEPARATOR
+
+IMAGE_ASSET = dg.AssetKey("image")
+PARTITION_TAG = "dagster/partition"
+IMPLICIT_ASSET_JOB = "__ASSET_JOB"
+
+
+def is_backup(run: DagsterRun) -> bool:
+    if run.job_name == backup_image.name:
+        return True
+    if run.asset_selection is not None:
+        return IMAGE_ASSET in run.asset_selection
+    # The implicit asset job with no selection materializes every asset: `image` is the only one.
+    return run.job_name.startswith(IMPLICIT_ASSET_JOB)
+
+
+def source_instance(run: DagsterRun) -> str | None:
+    """The configured source_instance, else the partition key's part before '__' (the asset's rule)."""
+    config: Any = run.run_config or {}
+    for key in ("ops", "image", "config"):
+        config = config.get(key) if isinstance(config, dict) else None
+    if isinstance(config, dict) and config.get("source_instance"):
+        return str(config["source_instance"])
+    partition = run.tags.get(PARTITION_TAG, "")
+    if PARTITION_SOURCE_SEPARATOR in partition:
+        return partition.split(PARTITION_SOURCE_SEPARATOR, 1)[0]
+    return None
+
+
+def fleet_tags(run: DagsterRun) -> dict[str, str]:
+    """The fleet tags this run lacks (a tag the run already carries is never changed)."""
+    if not is_backup(run):
+        return {}
+    wanted = {KIND_TAG: "backup"}
+    instance = source_instance(run)
+    if instance:
+        wanted[INSTANCE_TAG] = instance
+    return {key: value for key, value in wanted.items() if key not in run.tags}
+
+
+class TaggingRunCoordinator(QueuedRunCoordinator):
+    """QueuedRunCoordinator that tags backup runs with toygres/kind and toygres/instance first."""
+
+    def submit_run(self, context: SubmitRunContext) -> DagsterRun:
+        missing = fleet_tags(context.dagster_run)
+        if missing:
+            self._instance.add_run_tags(context.dagster_run.run_id, missing)
+            tagged = self._instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+            context = SubmitRunContext(tagged, context.workspace)
+        return super().submit_run(context)
