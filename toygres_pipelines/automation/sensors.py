@@ -17,6 +17,8 @@ freshly accepted one, so each request is emitted exactly once unless its launch 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import dagster as dg
@@ -156,35 +158,15 @@ def image_run_request(request: ImageRequest, source_k8s_name: str) -> dg.RunRequ
     )
 
 
+def rerequest_image(cms: CMSResource, request: ImageRequest) -> dg.RunRequest:
+    source = cms.find_instance(request.source_instance)
+    return image_run_request(request, source.k8s_name if source else request.source_instance)
+
+
 def evaluate_image_requests(
-    instance: dg.DagsterInstance,
-    cms: CMSResource,
-    platform: PlatformResource,
-    *,
-    limit: int = DEFAULTS.request_batch,
-    relaunch_after: float = DEFAULTS.relaunch_after_seconds,
-    log: LogSink = lambda _: None,
+    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, **options: Any
 ) -> Evaluation:
-    done = Evaluation()
-
-    def rerequest(request: ImageRequest) -> dg.RunRequest:
-        source = cms.find_instance(request.source_instance)
-        return image_run_request(request, source.k8s_name if source else request.source_instance)
-
-    settle_unlaunched(instance, cms, cms.list_unlaunched_image_requests(), relaunch_after, rerequest, done, log)
-    with cms.claim_pending_image_requests(limit) as claim:
-        names_taken = {r.image_name for r in claim.already_accepted()}
-        fresh = accept_or_reject(
-            claim,
-            lambda request, taken: check_image_request(cms, platform, request, taken),
-            names_taken,
-            lambda request: request.image_name,
-            lambda request, source: image_run_request(request, source.k8s_name),
-            done,
-            log,
-        )
-    # committed: the accepted rows are durable before any run request leaves this evaluation
-    done.run_requests.extend(fresh)
+    done = evaluate_requests(IMAGE_REQUESTS, instance, cms, platform, **options)
     keys = {r.partition_key for r in done.run_requests if r.partition_key is not None}
     done.new_partitions = sorted(k for k in keys if not instance.has_dynamic_partition(IMAGE_PARTITIONS, k))
     return done
@@ -216,7 +198,53 @@ def restore_run_request(request: RestoreRequest, image_id: str) -> dg.RunRequest
     )
 
 
+def rerequest_restore(cms: CMSResource, request: RestoreRequest) -> dg.RunRequest:
+    image = cms.find_image(request.source_image_id or "")
+    return restore_run_request(request, str(image.id) if image else request.source_image_id or "")
+
+
 def evaluate_restore_requests(
+    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, **options: Any
+) -> Evaluation:
+    return evaluate_requests(RESTORE_REQUESTS, instance, cms, platform, **options)
+
+
+# ---- one evaluation, whatever the kind ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestKind:
+    """How one kind of request is listed, claimed, checked and launched. The functions are looked
+    up when called, so what a test puts in their place is what runs."""
+
+    unlaunched: Callable[[CMSResource], list[tuple[Any, float]]]
+    claim: Callable[[CMSResource, int], Any]
+    key: Callable[[Any], str]
+    check: Callable[[CMSResource, PlatformResource, Any, set[str]], Any]
+    run_request: Callable[[Any, Any], dg.RunRequest]
+    rerequest: Callable[[CMSResource, Any], dg.RunRequest]
+
+
+IMAGE_REQUESTS = RequestKind(
+    unlaunched=lambda cms: cms.list_unlaunched_image_requests(),
+    claim=lambda cms, limit: cms.claim_pending_image_requests(limit),
+    key=lambda request: request.image_name,
+    check=lambda *args: check_image_request(*args),
+    run_request=lambda request, source: image_run_request(request, source.k8s_name),
+    rerequest=lambda cms, request: rerequest_image(cms, request),
+)
+RESTORE_REQUESTS = RequestKind(
+    unlaunched=lambda cms: cms.list_unlaunched_restore_requests(),
+    claim=lambda cms, limit: cms.claim_pending_restore_requests(limit),
+    key=lambda request: request.dns_label,
+    check=lambda *args: check_restore_request(*args),
+    run_request=lambda request, image_id: restore_run_request(request, image_id),
+    rerequest=lambda cms, request: rerequest_restore(cms, request),
+)
+
+
+def evaluate_requests(
+    kind: RequestKind,
     instance: dg.DagsterInstance,
     cms: CMSResource,
     platform: PlatformResource,
@@ -226,23 +254,13 @@ def evaluate_restore_requests(
     log: LogSink = lambda _: None,
 ) -> Evaluation:
     done = Evaluation()
-
-    def rerequest(request: RestoreRequest) -> dg.RunRequest:
-        image = cms.find_image(request.source_image_id or "")
-        return restore_run_request(request, str(image.id) if image else request.source_image_id or "")
-
-    settle_unlaunched(instance, cms, cms.list_unlaunched_restore_requests(), relaunch_after, rerequest, done, log)
-    with cms.claim_pending_restore_requests(limit) as claim:
-        labels_taken = {r.dns_label for r in claim.already_accepted()}
-        fresh = accept_or_reject(
-            claim,
-            lambda request, taken: check_restore_request(cms, platform, request, taken),
-            labels_taken,
-            lambda request: request.dns_label,
-            restore_run_request,
-            done,
-            log,
-        )
+    rerequest = partial(kind.rerequest, cms)
+    settle_unlaunched(instance, cms, kind.unlaunched(cms), relaunch_after, rerequest, done, log)
+    with kind.claim(cms, limit) as claim:
+        taken = {kind.key(r) for r in claim.already_accepted()}
+        check = partial(kind.check, cms, platform)
+        fresh = accept_or_reject(claim, check, taken, kind.key, kind.run_request, done, log)
+    # committed: the accepted rows are durable before any run request leaves this evaluation
     done.run_requests.extend(fresh)
     return done
 
@@ -250,34 +268,56 @@ def evaluate_restore_requests(
 # ---- the sensors ----------------------------------------------------------------------------
 
 
+def request_sensor(
+    settings: AutomationSettings,
+    name: str,
+    job: Any,
+    what: str,
+    evaluate: Callable[..., Evaluation],
+    description: str,
+) -> dg.SensorDefinition:
+    """A request sensor with the interval, batch and relaunch delay of `settings`."""
+
+    @dg.sensor(
+        name=name,
+        job=job,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=description,
+    )
+    def request_sensor(context: dg.SensorEvaluationContext, cms: CMSResource, platform: PlatformResource):
+        done = evaluate(
+            context.instance,
+            cms,
+            platform,
+            limit=settings.request_batch,
+            relaunch_after=settings.relaunch_after_seconds,
+            log=context.log.info,
+        )
+        context.log.info(done.summary(what))
+        return done.result(what)
+
+    return request_sensor
+
+
 def request_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
-    """The two request sensors, with the interval, batch and relaunch delay of `settings`."""
-    limits = {"limit": settings.request_batch, "relaunch_after": settings.relaunch_after_seconds}
-
-    @dg.sensor(
-        name="image_requests_sensor",
-        job=backup_image,
-        minimum_interval_seconds=settings.sensor_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Pending rows of toygres_cms.image_requests become backup_image runs (run key = request id); "
-        "invalid ones are rejected with the reason.",
-    )
-    def image_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource, platform: PlatformResource):
-        done = evaluate_image_requests(context.instance, cms, platform, log=context.log.info, **limits)
-        context.log.info(done.summary("image"))
-        return done.result("image")
-
-    @dg.sensor(
-        name="restore_requests_sensor",
-        job=restore_instance,
-        minimum_interval_seconds=settings.sensor_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Pending rows of toygres_cms.restore_requests become restore_instance runs (run key = request "
-        "id); invalid ones are rejected with the reason.",
-    )
-    def restore_requests_sensor(context: dg.SensorEvaluationContext, cms: CMSResource, platform: PlatformResource):
-        done = evaluate_restore_requests(context.instance, cms, platform, log=context.log.info, **limits)
-        context.log.info(done.summary("restore"))
-        return done.result("restore")
-
-    return [image_requests_sensor, restore_requests_sensor]
+    return [
+        request_sensor(
+            settings,
+            "image_requests_sensor",
+            backup_image,
+            "image",
+            evaluate_image_requests,
+            "Pending rows of toygres_cms.image_requests become backup_image runs (run key = request id); "
+            "invalid ones are rejected with the reason.",
+        ),
+        request_sensor(
+            settings,
+            "restore_requests_sensor",
+            restore_instance,
+            "restore",
+            evaluate_restore_requests,
+            "Pending rows of toygres_cms.restore_requests become restore_instance runs (run key = request id); "
+            "invalid ones are rejected with the reason.",
+        ),
+    ]
