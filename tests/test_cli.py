@@ -618,3 +618,42 @@ def test_request_restore_wait_ends_with_the_rejection_and_exit_2(cms, image, mon
         .splitlines()[-1]
         .endswith("rejected: dns_label: 'copy-db' is already requested by another accepted request")
     )
+
+
+def test_connect_finds_an_instance_by_the_name_it_was_restored_under(run, cms, local_platform_env):
+    """`restore --name copy` makes k8s_name copy-<suffix>: `connect copy` finds it when the name is unambiguous."""
+    copy = cms.create_instance(
+        user_name="copy",
+        k8s_name="copy-x1y2z",
+        namespace="default",
+        postgres_version="15",
+        storage_size_gb=1,
+        use_load_balancer=False,
+        dns_name="copy-db",
+        image_type=ImageType.stock,
+        state=InstanceState.running,
+    )
+    cms.transition_instance(copy.id, InstanceState.stopped, reason="test")
+    cms.transition_instance(
+        copy.id,
+        InstanceState.running,
+        reason="test",
+        ip_connection_string="postgresql://postgres@127.0.0.1:5999/postgres",
+    )
+    code, out, err = run("connect", "copy")
+    assert code == 0, err
+    assert out.strip() == "psql 'postgresql://postgres@127.0.0.1:5999/postgres'"
+    twin = cms.create_instance(
+        user_name="copy",
+        k8s_name="copy-a9b8c",
+        namespace="default",
+        postgres_version="15",
+        storage_size_gb=1,
+        use_load_balancer=False,
+        dns_name="copy-two",
+        image_type=ImageType.stock,
+        state=InstanceState.running,
+    )
+    code, _, err = run("connect", "copy")
+    assert code == 2 and "copy-a9b8c" in err and "copy-x1y2z" in err, err
+    assert twin.k8s_name in err

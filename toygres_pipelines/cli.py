@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from records import (
     ImageRequestFields,
     ImageState,
+    Instance,
     InstanceRef,
     InstanceState,
     RequestState,
@@ -389,11 +390,20 @@ def with_password(uri: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def running_instance_named(cms: CMSResource, name: str) -> Instance:
+    """The running instance restored under `name` (its user name), when exactly one is."""
+    named = [i for i in cms.list_instances([InstanceState.running]) if i.user_name == name]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        choices = ", ".join(sorted(i.k8s_name for i in named))
+        raise ValidationFailed("instance", f"{name!r} names {len(named)} running instances: give one of {choices}")
+    raise ValidationFailed("instance", f"no instance {name!r} in the CMS")
+
+
 def cmd_connect(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     """A ready psql command for a running instance; its password only on request, from the platform's secret."""
-    instance = cms.find_instance(args.instance)
-    if instance is None:
-        raise ValidationFailed("instance", f"no instance {args.instance!r} in the CMS")
+    instance = cms.find_instance(args.instance) or running_instance_named(cms, args.instance)
     if instance.state is not InstanceState.running or not instance.ip_connection_string:
         raise ValidationFailed(
             "instance", f"{instance.k8s_name} is {instance.state}: only a running instance accepts connections"
