@@ -52,3 +52,22 @@ def dagster_text(instance: dg.DagsterInstance) -> str:
     for run in instance.get_runs():
         parts += [repr(run.run_config), repr(run.tags), run_logs(instance, run.run_id)]
     return "\n".join(parts)
+
+
+def catalogued_image(cms, source, name: str):
+    """A ready image row with no blobs: enough for whatever refuses or deletes before reading bytes."""
+    from records import ImageState
+
+    image = cms.reserve_image(
+        image_id=None,
+        name=name,
+        description=None,
+        source=source,
+        blob_storage_url="http://127.0.0.1:1/none",
+        blob_container="none",
+        blob_path="images/none",
+        run_id=None,
+    )
+    return cms.transition_image(
+        image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64
+    )

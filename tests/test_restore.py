@@ -13,6 +13,7 @@ import pytest
 
 from records import ImageState, InstanceState
 from resources.platform.postgres_server import postgres_bindir
+from tests import helpers
 from tests.conftest import SOURCE_PASSWORD
 from tests.helpers import cms_text, dagster_text, failure_text, materialize_image, run_logs
 from toygres_pipelines.restores.jobs import REQUEST_ID_TAG, restore_instance
@@ -30,19 +31,7 @@ def ready_image(resources, cms, source):
 @pytest.fixture
 def catalogued_image(cms, source):
     """A ready image row with no blobs: enough for requests that validation refuses."""
-    image = cms.reserve_image(
-        image_id=None,
-        name=f"{source.k8s_name}__catalogued",
-        description=None,
-        source=source,
-        blob_storage_url="http://127.0.0.1:1/none",
-        blob_container="none",
-        blob_path="images/none",
-        run_id=None,
-    )
-    return cms.transition_image(
-        image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64
-    )
+    return helpers.catalogued_image(cms, source, f"{source.k8s_name}__catalogued")
 
 
 def restore(resources, tags: dict | None = None, instance: dg.DagsterInstance | None = None, **config):

@@ -7,8 +7,9 @@ import pytest
 from pydantic import SecretStr
 from test_k8s_lifecycle import NS, TARGET, cluster, platform  # noqa: F401 - fixtures
 
-from records import ImageState, ImageType, InstanceState
+from records import ImageType, InstanceState
 from resources.platform.base import DeploySpec
+from tests.helpers import catalogued_image
 from toygres_pipelines.lifecycle.instances import delete_instance
 from toygres_pipelines.restores.jobs import REQUEST_KEY
 
@@ -27,17 +28,7 @@ def restored_row(cms):
         image_type=ImageType.stock,
         state=InstanceState.running,
     )
-    image = cms.reserve_image(
-        image_id=None,
-        name="orders__n1",
-        description=None,
-        source=source,
-        blob_storage_url="http://blob",
-        blob_container="c",
-        blob_path="images/x",
-        run_id=None,
-    )
-    cms.transition_image(image.id, ImageState.ready, reason="test", backup_checksum="0" * 64, backup_size_bytes=1)
+    image = catalogued_image(cms, source, "orders__n1")
     row = cms.create_instance(
         user_name="orders-copy",
         k8s_name=TARGET.k8s_name,
