@@ -52,7 +52,7 @@ decrypt_files() {
   local name
   for name in "$@"; do
     log "decrypting $name"
-    interruptible age --decrypt --identity "$AGE_IDENTITY_FILE" --output "$staging/$name.plain" "$staging/$name" \
+    interruptible age --decrypt -i "$AGE_IDENTITY_FILE" --output "$staging/$name.plain" "$staging/$name" \
       || die "decrypting $name failed"
     mv "$staging/$name.plain" "$staging/$name"
   done
