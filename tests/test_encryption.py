@@ -200,3 +200,23 @@ def test_declared_identities_without_an_identity_file_are_refused():
     recipient = "age1" + "q" * 58
     with pytest.raises(ValueError, match="age_identity_file: required when age_identity_recipients"):
         LocalPlatform(state_dir="/nonexistent", azcopy_path="/nonexistent", age_identity_recipients=[recipient])
+
+
+def test_the_bench_measures_an_encrypted_backup_against_a_plain_one_in_the_same_run(
+    platform, pagila_ref, blob, tmp_path
+):
+    from datetime import timedelta
+
+    from bench.encryption import bench_encryption
+
+    result = bench_encryption(
+        platform, pagila_ref, blob, blob.job_sas("racwdl", timedelta(hours=1)), tmp_path, repeat=1
+    )
+    plain, _ = blob.read_manifest(result.plain_prefix)
+    encrypted, _ = blob.read_manifest(result.encrypted_prefix)
+    assert plain.encryption is None and encrypted.encryption is not None
+    assert result.plain_bytes == plain.total_bytes and result.encrypted_bytes == encrypted.total_bytes
+    # age adds a header and 16 bytes per 64 KiB chunk: a little more, never less
+    assert plain.total_bytes < encrypted.total_bytes < plain.total_bytes * 1.01 + 4096
+    assert result.ratio == pytest.approx(result.encrypted_seconds / result.plain_seconds)
+    assert f"ratio encrypted/plain {result.ratio:4.2f}" in result.line()
