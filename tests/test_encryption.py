@@ -220,3 +220,18 @@ def test_the_bench_measures_an_encrypted_backup_against_a_plain_one_in_the_same_
     assert plain.total_bytes < encrypted.total_bytes < plain.total_bytes * 1.01 + 4096
     assert result.ratio == pytest.approx(result.encrypted_seconds / result.plain_seconds)
     assert f"ratio encrypted/plain {result.ratio:4.2f}" in result.line()
+
+
+def test_local_encryption_settings_come_from_the_environment(monkeypatch, tmp_path):
+    from toygres_pipelines.resources_from_env import platform_from_env
+
+    recipient = "age1" + "q" * 58
+    monkeypatch.setenv("TOYGRES_PLATFORM", "local")
+    monkeypatch.setenv("TOYGRES_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("TOYGRES_AGE_RECIPIENT", recipient)
+    monkeypatch.setenv("TOYGRES_AGE_IDENTITY_RECIPIENTS", recipient)
+    monkeypatch.setenv("TOYGRES_AGE_IDENTITY_FILE", str(tmp_path / "identities"))
+    platform = platform_from_env()
+    assert isinstance(platform, LocalPlatform)
+    assert platform.age_recipient == recipient and platform.age_identity_recipients == [recipient]
+    assert platform.age_identity_file == str(tmp_path / "identities")
