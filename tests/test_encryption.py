@@ -235,3 +235,28 @@ def test_local_encryption_settings_come_from_the_environment(monkeypatch, tmp_pa
     assert isinstance(platform, LocalPlatform)
     assert platform.age_recipient == recipient and platform.age_identity_recipients == [recipient]
     assert platform.age_identity_file == str(tmp_path / "identities")
+
+
+def test_the_cli_refuses_a_restore_request_no_identity_opens_and_queues_nothing(
+    cms, source, tmp_path, monkeypatch, capsys
+):
+    import psycopg
+
+    from tests import helpers
+    from toygres_pipelines import cli
+
+    recipient = "age1" + "q" * 58
+    image = helpers.catalogued_image(cms, source, f"{source.k8s_name}__sealed-row")
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute("UPDATE toygres_cms.images SET encryption_recipient = %s WHERE id = %s", (recipient, image.id))
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    monkeypatch.setenv("TOYGRES_PLATFORM", "local")
+    monkeypatch.setenv("TOYGRES_STATE_DIR", str(tmp_path))
+    for name in ("TOYGRES_AGE_RECIPIENT", "TOYGRES_AGE_IDENTITY_RECIPIENTS", "TOYGRES_AGE_IDENTITY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+    code = cli.main(["request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", image.name])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"source_image_id: image '{image.name}' is encrypted with age for recipient {recipient}" in err
+    assert cms.list_restore_requests() == []
