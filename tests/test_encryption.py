@@ -261,3 +261,25 @@ def test_the_cli_refuses_a_restore_request_no_identity_opens_and_queues_nothing(
     assert code == 2
     assert f"source_image_id: image '{image.name}' is encrypted with age for recipient {recipient}" in err
     assert cms.list_restore_requests() == []
+
+
+class JobIgnoringTheRecipient(LocalPlatform):
+    """A backup job that stored plaintext although the deployment encrypts (an old job image, say)."""
+
+    def run_job(self, spec, log):
+        env = {k: v for k, v in spec.env.items() if k != "AGE_RECIPIENT"}
+        return super().run_job(spec.model_copy(update={"env": env}), log)
+
+
+def test_a_backup_stored_in_plaintext_by_an_encrypting_deployment_fails_and_leaves_no_blob(
+    resources, cms, blob, platform, source, old_key
+):
+    path, recipient = old_key
+    ignoring = JobIgnoringTheRecipient(
+        state_dir=platform.state_dir, azcopy_path=platform.azcopy_path, age_recipient=recipient
+    )
+    result = materialize_image({**resources, "platform": ignoring}, f"{source.k8s_name}__leaky", raise_on_error=False)
+    assert not result.success
+    assert f"this deployment encrypts for {recipient}" in failure_text(result)
+    row = cms.find_image(f"{source.k8s_name}__leaky")
+    assert row.state is ImageState.failed and blob.list_names(row.blob_path) == []
