@@ -283,3 +283,24 @@ def test_a_backup_stored_in_plaintext_by_an_encrypting_deployment_fails_and_leav
     assert f"this deployment encrypts for {recipient}" in failure_text(result)
     row = cms.find_image(f"{source.k8s_name}__leaky")
     assert row.state is ImageState.failed and blob.list_names(row.blob_path) == []
+
+
+def test_verification_of_an_encrypted_image_catches_a_file_that_is_not_age(
+    resources, cms, blob, platform, source, old_key
+):
+    """A file swapped for plaintext with its manifest entry rewritten to match is still caught, without the key."""
+    import json
+
+    from toygres_pipelines.images.verification import ImageCorrupt, verify_image
+
+    assert materialize_image(encrypting(resources, platform, old_key), f"{source.k8s_name}__swapped").success
+    row = cms.find_image(f"{source.k8s_name}__swapped")
+    manifest_doc = json.loads(blob.read_bytes(f"{row.blob_path}/manifest.json"))
+    entry = next(f for f in manifest_doc["files"] if f["kind"] == "globals")
+    plaintext = b"CREATE ROLE intruder LOGIN PASSWORD 'x';\n"
+    blob.write_bytes(f"{row.blob_path}/globals.sql", plaintext, overwrite=True)
+    entry.update(size_bytes=len(plaintext), sha256=hashlib.sha256(plaintext).hexdigest())
+    blob.write_bytes(f"{row.blob_path}/manifest.json", json.dumps(manifest_doc).encode(), overwrite=True)
+
+    with pytest.raises(ImageCorrupt, match="globals.sql: the manifest says it is age-encrypted, its bytes are not"):
+        verify_image(blob, row.blob_path)

@@ -35,20 +35,20 @@ actual=$(sha256sum "$staging/manifest.json" | cut -d' ' -f1)
 [[ "$actual" == "$MANIFEST_SHA256" ]] || die "checksum mismatch: manifest.json has sha256 $actual, the CMS recorded $MANIFEST_SHA256" 3
 
 # An encrypted image: the mounted identities must open it, checked before anything is downloaded.
-recipient=$(jq -r '.encryption.recipient // empty' "$staging/manifest.json")
+encrypted_for=$(jq -r '.encryption.recipient // empty' "$staging/manifest.json")
 check_identity() {
-  [[ -n "$recipient" ]] || return 0
+  [[ -n "$encrypted_for" ]] || return 0
   [[ -n "${AGE_IDENTITY_FILE:-}" && -r "${AGE_IDENTITY_FILE:-}" ]] \
-    || die "the image is age-encrypted for recipient $recipient and no identity file is mounted (AGE_IDENTITY_FILE)"
-  age-keygen -y "$AGE_IDENTITY_FILE" 2>/dev/null | grep -qxF "$recipient" \
-    || die "the mounted identity file holds no identity for recipient $recipient: the image cannot be decrypted"
-  log "the image is age-encrypted for recipient $recipient; the mounted identity file holds its key"
+    || die "the image is age-encrypted for recipient $encrypted_for and no identity file is mounted (AGE_IDENTITY_FILE)"
+  age-keygen -y "$AGE_IDENTITY_FILE" 2>/dev/null | grep -qxF "$encrypted_for" \
+    || die "the mounted identity file holds no identity for recipient $encrypted_for: the image cannot be decrypted"
+  log "the image is age-encrypted for recipient $encrypted_for; the mounted identity file holds its key"
 }
 check_identity
 
 # decrypt_files FILE...: each verified ciphertext replaced by its plaintext (age authenticates every chunk).
 decrypt_files() {
-  [[ -n "$recipient" ]] || return 0
+  [[ -n "$encrypted_for" ]] || return 0
   local name
   for name in "$@"; do
     log "decrypting $name"
