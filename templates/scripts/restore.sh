@@ -40,7 +40,9 @@ check_identity() {
   [[ -n "$encrypted_for" ]] || return 0
   [[ -n "${AGE_IDENTITY_FILE:-}" && -r "${AGE_IDENTITY_FILE:-}" ]] \
     || die "the image is age-encrypted for recipient $encrypted_for and no identity file is mounted (AGE_IDENTITY_FILE)"
-  age-keygen -y "$AGE_IDENTITY_FILE" 2>/dev/null | grep -qxF "$encrypted_for" \
+  local held # captured first: `age-keygen | grep -q` could fail on SIGPIPE under pipefail
+  held=$(age-keygen -y "$AGE_IDENTITY_FILE" 2>/dev/null) || die "the mounted identity file is not an age identity file"
+  grep -qxF "$encrypted_for" <<<"$held" \
     || die "the mounted identity file holds no identity for recipient $encrypted_for: the image cannot be decrypted"
   log "the image is age-encrypted for recipient $encrypted_for; the mounted identity file holds its key"
 }
