@@ -304,3 +304,24 @@ def test_verification_of_an_encrypted_image_catches_a_file_that_is_not_age(
 
     with pytest.raises(ImageCorrupt, match="globals.sql: the manifest says it is age-encrypted, its bytes are not"):
         verify_image(blob, row.blob_path)
+
+
+def test_on_the_local_platform_only_restore_jobs_get_a_private_copy_of_the_identities(
+    platform, pagila_ref, old_key, tmp_path
+):
+    from resources.platform.base import JobKind, JobSpec
+
+    path, recipient = old_key
+    encrypting_platform = with_encryption(
+        platform, age_recipient=recipient, age_identity_file=str(path), age_identity_recipients=[recipient]
+    )
+    envs = {}
+    for kind in JobKind:
+        job_dir = tmp_path / kind.value
+        job_dir.mkdir()
+        spec = JobSpec(kind=kind, name=f"{kind.value}-x", script=f"{kind.value}.sh", instance=pagila_ref)
+        envs[kind] = encrypting_platform._job_env(spec, job_dir)
+        assert (job_dir / "age-identities").exists() is (kind is JobKind.restore)
+    assert "AGE_IDENTITY_FILE" not in envs[JobKind.backup]
+    copy = Path(envs[JobKind.restore]["AGE_IDENTITY_FILE"])
+    assert copy.read_text() == path.read_text() and copy.stat().st_mode & 0o777 == 0o600
