@@ -8,6 +8,7 @@ Starts its own Azurite and a source server (pagila + a generated table of --rows
                  image verification the asset does before marking an image ready
   restore  raw:  azcopy BlobPipe > file; pg_restore into a fresh server
            ours: the restore job script (download, sha256 check, initdb, roles, pg_restore -j2)
+  encryption: the backup (job + verification) with an age recipient against without (bench/encryption.py)
 Prints seconds (median), MiB/s and the ratio ours/raw, and the peak RSS of the job processes.
 Nothing here asserts a threshold: read the ratios.
 """
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import SecretStr  # noqa: E402
 
+from bench.encryption import bench_encryption  # noqa: E402
 from records import InstanceRef  # noqa: E402
 from resources.blob import BlobStorageResource  # noqa: E402
 from resources.platform.base import JobKind, JobSpec  # noqa: E402
@@ -175,6 +177,7 @@ def main() -> None:
                 ours_backup.append(job_seconds + verify_seconds[-1])
         manifest, manifest_sha = blob.read_manifest("images/bench-0")
         dump_bytes = manifest.total_bytes
+        encryption = bench_encryption(platform, source, blob, sas, root, args.repeat)
 
         target = InstanceRef(k8s_name="bench-raw", namespace="default")
         raw_restore = []
@@ -236,6 +239,7 @@ def main() -> None:
             f"         of which verification (re-read every byte, pg_restore reads every entry): "
             f"{statistics.median(verify_seconds):.2f} s"
         )
+        print(encryption.line())
     finally:
         for ref in (source, InstanceRef(k8s_name="bench-raw", namespace="default")):
             platform.delete_instance(ref)

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from records.encryption import ImageEncryption
 from records.rows import Record
 
 
@@ -33,6 +34,9 @@ class BackupManifest(Record):
     finished_at: datetime
     tools: dict[str, str]
     files: list[BackupFile]
+    encryption: ImageEncryption | None = Field(
+        default=None, description="Set when every file is age-encrypted (sizes and sha256 are of the stored bytes)"
+    )
 
     @property
     def total_bytes(self) -> int:

@@ -61,6 +61,7 @@ class Image(Record):
     ready_at: datetime | None = None
     deleted_at: datetime | None = None
     pinned: bool = False
+    encryption_recipient: str | None = None
 
 
 class Event(Record):

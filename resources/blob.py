@@ -135,6 +135,11 @@ class BlobStorageResource(dg.ConfigurableResource):
     def read_bytes(self, name: str) -> bytes:
         return self._container.download_blob(name).readall()
 
+    def read_head(self, name: str, length: int) -> bytes:
+        """The first `length` bytes (fewer when the blob is shorter)."""
+        size = self._container.get_blob_client(name).get_blob_properties().size
+        return self._container.download_blob(name, offset=0, length=min(length, size)).readall() if size else b""
+
     def write_bytes(self, name: str, data: bytes, overwrite: bool = False) -> None:
         self._container.upload_blob(name, data, overwrite=overwrite)
 

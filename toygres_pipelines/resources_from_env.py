@@ -41,7 +41,20 @@ def platform_from_env() -> PlatformResource:
     return LocalPlatform(
         state_dir=os.environ.get("TOYGRES_STATE_DIR", DEFAULT_STATE_DIR),
         azcopy_path=os.environ.get("TOYGRES_AZCOPY", str(azcopy_path())),
+        age_identity_file=os.environ.get("TOYGRES_AGE_IDENTITY_FILE") or None,
+        **encryption_from_env(),
     )
+
+
+def encryption_from_env() -> dict[str, Any]:
+    """Client-side encryption (docs/encryption.md): public keys only; the private keys reach restore
+    jobs as a file (local) or a Secret (Kubernetes), never through this process's settings."""
+    fields: dict[str, Any] = {}
+    if os.environ.get("TOYGRES_AGE_RECIPIENT", "").strip():
+        fields["age_recipient"] = os.environ["TOYGRES_AGE_RECIPIENT"].strip()
+    if os.environ.get("TOYGRES_AGE_IDENTITY_RECIPIENTS", "").strip():
+        fields["age_identity_recipients"] = _list(os.environ["TOYGRES_AGE_IDENTITY_RECIPIENTS"])
+    return fields
 
 
 def kubernetes_platform_from_env() -> PlatformResource:
@@ -55,6 +68,7 @@ def kubernetes_platform_from_env() -> PlatformResource:
         "azure_region": "TOYGRES_K8S_REGION",
         "kube_context": "TOYGRES_K8S_CONTEXT",
         "kubeconfig_path": "KUBECONFIG",
+        "age_identity_secret": "TOYGRES_K8S_AGE_IDENTITY_SECRET",
     }
     lists = {
         "instance_namespaces": "TOYGRES_K8S_INSTANCE_NAMESPACES",  # team-a,team-b
@@ -64,7 +78,7 @@ def kubernetes_platform_from_env() -> PlatformResource:
     fields: dict = {field: os.environ[var] for field, var in text.items() if os.environ.get(var)}
     fields |= {field: _list(os.environ[var]) for field, var in lists.items() if os.environ.get(var)}
     fields |= {field: _map(var, os.environ[var]) for field, var in maps.items() if os.environ.get(var)}
-    return KubernetesPlatform(**fields)
+    return KubernetesPlatform(**fields, **encryption_from_env())
 
 
 def _list(value: str) -> list[str]:

@@ -188,7 +188,7 @@ class ImagesTable(Queries):
     ) -> Image:
         """Move an image per IMAGE_TRANSITIONS; ready sets ready_at, deleted sets deleted_at.
 
-        `fields`: backup_size_bytes, backup_checksum, error_message.
+        `fields`: backup_size_bytes, backup_checksum, error_message, encryption_recipient.
         """
         return self._transition_own(
             IMAGE, image_id, to_state, reason=reason, run_id=run_id, fields=fields, expected=expected

@@ -68,7 +68,7 @@ IMAGE = Table(
     Image,
     ImageState,
     IMAGE_TRANSITIONS,
-    frozenset({"backup_size_bytes", "backup_checksum", "error_message"}),
+    frozenset({"backup_size_bytes", "backup_checksum", "error_message", "encryption_recipient"}),
     ImageNotFound,
 )
 IMAGE_REQUEST = Table(

@@ -12,9 +12,10 @@ from enum import StrEnum
 from pathlib import Path
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from records import Endpoints, ImageType, InstanceRef, JobResult, LogSink, validate_dns_label
+from records.encryption import validate_age_recipient
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = PROJECT_DIR / "templates"
@@ -75,8 +76,36 @@ class DeploySpec(BaseModel):
 DEFAULT_NAMESPACE = "default"
 
 
+# Where a restore job finds the age identities (the private keys) of an encrypting deployment.
+AGE_IDENTITY_ENV = "AGE_IDENTITY_FILE"
+
+
 class PlatformResource(dg.ConfigurableResource, ABC):
     """What the ops ask of the place where instances run."""
+
+    # A private key pasted into the wrong setting must not come back in an error message.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    age_recipient: str | None = Field(
+        default=None,
+        description="age X25519 recipient (public key, age1...) every new image's files are encrypted to inside "
+        "the backup job; None: images are stored unencrypted",
+    )
+    age_identity_recipients: list[str] = Field(
+        default=[],
+        description="The recipients (public keys) of the age identities restore jobs mount (age-keygen -y); "
+        "an encrypted image for any other recipient is refused before anything is created",
+    )
+
+    @field_validator("age_recipient")
+    @classmethod
+    def _recipient_is_age(cls, value: str | None) -> str | None:
+        return None if value is None else validate_age_recipient(value, "age_recipient")
+
+    @field_validator("age_identity_recipients")
+    @classmethod
+    def _identity_recipients_are_age(cls, value: list[str]) -> list[str]:
+        return [validate_age_recipient(item, "age_identity_recipients") for item in value]
 
     def resolve_namespace(self, requested: str | None) -> str:
         """The namespace a new instance goes to, checked at request time (ValidationFailed names

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from records import DNS1123_LABEL, ImageType, InstanceRef, ValidationFailed, validate_azure_dns_label
-from resources.platform.base import SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
+from resources.platform.base import AGE_IDENTITY_ENV, SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
 from resources.platform.k8s_images import ManifestError, check_pinned_image
 from resources.platform.k8s_settings import ManifestSettings
 from resources.platform.tls import self_signed_certificate
@@ -53,6 +53,8 @@ STARTUP_PROBE_PERIOD_SECONDS = 10
 POSTGRES_PORT = 5432
 SCRATCH_DIR = "/scratch"
 SCRIPTS_MOUNT = "/scripts"
+AGE_IDENTITY_KEY = "identities"
+AGE_IDENTITY_MOUNT = "/var/run/toygres/age"
 
 # Environment variables a JobSpec may never carry as literals: they are secrets.
 SECRET_ENV_NAMES = frozenset({"PGPASSWORD", "AZCOPY_SAS", "POSTGRES_PASSWORD", "PGPASSFILE"})
@@ -520,4 +522,25 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str,
             volume["persistentVolumeClaim"]["claimName"] = volume_name(spec.instance)
         elif volume["name"] == "scratch" and settings.scratch_size_limit:
             volume["emptyDir"] = {"sizeLimit": settings.scratch_size_limit}
+    if spec.kind is JobKind.restore and settings.age_identity_secret:
+        mount_age_identities(pod, settings.age_identity_secret)
     return manifest
+
+
+def mount_age_identities(pod: Manifest, secret_name: str) -> None:
+    """The age private keys, read-only, into a restore pod: only restores decrypt images."""
+    check_dns_label(secret_name, "age_identity_secret")
+    pod["volumes"].append(
+        {
+            "name": "age-identities",
+            # 0440: the job's group (fsGroup) reads the keys, nobody writes them
+            "secret": {
+                "secretName": secret_name,
+                "items": [{"key": AGE_IDENTITY_KEY, "path": AGE_IDENTITY_KEY}],
+                "defaultMode": 0o440,
+            },
+        }
+    )
+    container = pod["containers"][0]
+    container["volumeMounts"].append({"name": "age-identities", "mountPath": AGE_IDENTITY_MOUNT, "readOnly": True})
+    container["env"].append(_env_value(AGE_IDENTITY_ENV, f"{AGE_IDENTITY_MOUNT}/{AGE_IDENTITY_KEY}"))

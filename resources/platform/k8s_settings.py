@@ -70,6 +70,11 @@ class ManifestSettings(BaseModel):
     backoff_limit: int = Field(default=2, description="Job backoffLimit: pod retries before the Job fails")
     job_ttl_seconds: int = Field(default=86400, description="Job ttlSecondsAfterFinished")
     workload_identity: bool = Field(default=True, description="Label job pods azure.workload.identity/use=true")
+    age_identity_secret: str | None = Field(
+        default=None,
+        description="Secret (key `identities`: one or more age private keys) in each instance namespace, mounted "
+        "read-only into restore Jobs only; never into backup Jobs",
+    )
 
     @field_validator("job_images")
     @classmethod

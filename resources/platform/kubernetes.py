@@ -39,7 +39,7 @@ from typing import Any
 import kubernetes
 from dagster_k8s.client import DagsterKubernetesClient, PatchedApiClient
 from kubernetes.client import ApiException
-from pydantic import Field, PrivateAttr, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from records import Endpoints, InstanceRef, JobResult, ValidationFailed, validate_dns_label
 from resources.platform import k8s_manifests as m
@@ -112,6 +112,12 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
     @classmethod
     def _namespaces_are_labels(cls, value: list[str]) -> list[str]:
         return [_label(namespace, "instance_namespaces") for namespace in value]
+
+    @model_validator(mode="after")
+    def _identities_have_a_secret(self) -> KubernetesPlatform:
+        if self.age_identity_recipients and not self.age_identity_secret:
+            raise ValueError("age_identity_secret: required when age_identity_recipients names any recipient")
+        return self
 
     # --- request-time rules ------------------------------------------------------------------
 

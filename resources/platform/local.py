@@ -20,10 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from records import Endpoints, InstanceRef, JobResult
 from resources.platform.base import (
+    AGE_IDENTITY_ENV,
     SCRIPTS_DIR,
     DeploySpec,
     JobFailed,
@@ -68,6 +69,17 @@ class LocalPlatform(PlatformResource):
     job_stop_grace_seconds: int = Field(
         default=30, ge=1, description="How long a SIGTERMed job may clean up before its process group is killed"
     )
+    age_identity_file: str | None = Field(
+        default=None,
+        description="age identity file (one or more private keys, age-keygen) that restore jobs get a private "
+        "copy of; backup jobs never do",
+    )
+
+    @model_validator(mode="after")
+    def _identities_have_a_file(self) -> LocalPlatform:
+        if self.age_identity_recipients and not self.age_identity_file:
+            raise ValueError("age_identity_file: required when age_identity_recipients names any recipient")
+        return self
 
     # --- layout -----------------------------------------------------------------------------
 
@@ -169,10 +181,23 @@ class LocalPlatform(PlatformResource):
             env |= {"PGHOST": "127.0.0.1", "PGPORT": str(record.port), "PGUSER": spec.env.get("PGUSER", self.superuser)}
         else:
             env |= {"VOLUME_PATH": str(self.volume_dir(spec.instance)), "POSTGRES_USER": self.superuser}
+            if self.age_identity_file:
+                env[AGE_IDENTITY_ENV] = str(self._private_identity_copy(job_dir))
         if spec.blob_sas is not None:
             write_private_file(job_dir / "sas", spec.blob_sas.get_secret_value())
             env["AZCOPY_SAS_FILE"] = str(job_dir / "sas")
         return env
+
+    def _private_identity_copy(self, job_dir: Path) -> Path:
+        """The identity file copied into the job's directory, readable by the job's user only (the
+        configured file may belong to someone else); it goes when the job directory does."""
+        source = Path(self.age_identity_file or "")
+        try:
+            identities = source.read_text()
+        except OSError as error:
+            raise PlatformError(f"age_identity_file {source} cannot be read: {error.strerror}") from None
+        write_private_file(job_dir / "age-identities", identities)
+        return job_dir / "age-identities"
 
     def _fresh_job_dir(self, spec: JobSpec) -> Path:
         job_dir = self.job_dir(spec.name, spec.instance.namespace)

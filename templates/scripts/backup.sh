@@ -4,7 +4,7 @@
 #
 # Env: PGHOST PGPORT PGUSER (source superuser) BLOB_URL (image folder, no credentials)
 #      IMAGE_NAME SOURCE_INSTANCE SOURCE_NAMESPACE, optional DUMP_COMPRESSION (0-9),
-#      TRANSFER_STALL_SECONDS (see common.sh)
+#      TRANSFER_STALL_SECONDS (see common.sh), AGE_RECIPIENT (encrypt every file, see encrypt_stream)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=backup
 : "${PGHOST:?}" "${PGPORT:?}" "${PGUSER:?}" "${BLOB_URL:?}" "${IMAGE_NAME:?}" "${SOURCE_INSTANCE:?}" "${SOURCE_NAMESPACE:?}"
@@ -18,12 +18,27 @@ started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 server_version_num=$(psql -w -X -Atqc 'SHOW server_version_num') || die "cannot connect to ${SOURCE_INSTANCE} at ${PGHOST}:${PGPORT}"
 postgres_version=$((server_version_num / 10000))
 log "source ${SOURCE_NAMESPACE}/${SOURCE_INSTANCE} runs PostgreSQL ${postgres_version} (${server_version_num})"
+[[ -z "${AGE_RECIPIENT:-}" ]] || log "every file is age-encrypted for recipient ${AGE_RECIPIENT} before it leaves this job"
 
 # dump_progress LABEL DD_REPORT STARTED [ON_DISK_BYTES]: one line of how far a stream has come
 dump_progress() {
   local bytes elapsed=$((SECONDS - $3))
   bytes=$(bytes_counted "$2")
   log "$1: $(mib "${bytes:-0}") dumped and uploaded in ${elapsed}s ($(rate "${bytes:-0}" "$elapsed"))${4:+; the database takes $(mib "$4") on disk}"
+}
+
+# encrypt_stream: stdin -> stdout. With AGE_RECIPIENT (an age X25519 public key) every file is
+# age-encrypted here, before it is hashed, counted and uploaded: what leaves the job, and what the
+# manifest's sizes and sha256 describe, is ciphertext. Without it the bytes pass unchanged.
+encrypt_stream() {
+  if [[ -n "${AGE_RECIPIENT:-}" ]]; then age --encrypt --recipient "$AGE_RECIPIENT"; else cat; fi
+}
+
+# The manifest itself stays plaintext (names, sizes, hashes: no data); it says to whom the files are encrypted.
+record_encryption() { # $1: manifest.json
+  [[ -n "${AGE_RECIPIENT:-}" ]] || return 0
+  jq --arg recipient "$AGE_RECIPIENT" --arg age "age $(age --version)" \
+    '.encryption = {format: "age", recipient: $recipient} | .tools.age = $age' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
 }
 
 # stream_to_blob NAME [LABEL ON_DISK_BYTES]: stdin -> sha256 + byte count + azcopy; writes
@@ -38,7 +53,7 @@ stream_to_blob() {
   local size_pid=$!
   start_progress dump_progress "$label" "$work/$key.count" "$started" "$on_disk"
   local status=0
-  tee "$work/$key.hash-pipe" "$work/$key.size-pipe" | upload_stdin "$name" || status=$?
+  encrypt_stream | tee "$work/$key.hash-pipe" "$work/$key.size-pipe" | upload_stdin "$name" || status=$?
   wait "$hash_pid" || status=$?
   wait "$size_pid" || status=$?
   stop_progress
@@ -93,6 +108,7 @@ jq -n --arg image_name "$IMAGE_NAME" --arg source_instance "$SOURCE_INSTANCE" \
     server_version_num: $server_version_num, dump_format: "custom", started_at: $started_at,
     finished_at: $finished_at, tools: {pg_dump: $pg_dump, azcopy: $azcopy}, files: $files}' \
   >"$work/manifest.json" || die "writing manifest.json failed"
+record_encryption "$work/manifest.json" || die "recording the encryption in manifest.json failed"
 # azcopy insists on a pipe (a redirected file is refused)
 cat "$work/manifest.json" | upload_stdin manifest.json || die "manifest upload failed"
 log "backup complete: ${#databases[@]} database(s), manifest sha256 $(sha256sum "$work/manifest.json" | cut -d' ' -f1)"

@@ -7,7 +7,8 @@
 # Env: VOLUME_PATH (the volume; PGDATA becomes $VOLUME_PATH/pgdata) BLOB_URL (image folder)
 #      MANIFEST_SHA256 (from the CMS row) BACKUP_SHA256SUMS (sha256sum -c lines, from the
 #      verified manifest) POSTGRES_USER (superuser), PGPASSWORD or POSTGRES_PASSWORD_FILE,
-#      optional RESTORE_JOBS (pg_restore -j), TRANSFER_STALL_SECONDS (see common.sh)
+#      optional RESTORE_JOBS (pg_restore -j), TRANSFER_STALL_SECONDS (see common.sh),
+#      AGE_IDENTITY_FILE (age private keys, mounted; needed when the manifest says the files are encrypted)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore
 : "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}" "${BACKUP_SHA256SUMS:?}" "${POSTGRES_USER:=postgres}"
@@ -32,6 +33,32 @@ log "downloading manifest.json"
 download_file manifest.json "$staging/manifest.json" || die "download of manifest.json failed"
 actual=$(sha256sum "$staging/manifest.json" | cut -d' ' -f1)
 [[ "$actual" == "$MANIFEST_SHA256" ]] || die "checksum mismatch: manifest.json has sha256 $actual, the CMS recorded $MANIFEST_SHA256" 3
+
+# An encrypted image: the mounted identities must open it, checked before anything is downloaded.
+encrypted_for=$(jq -r '.encryption.recipient // empty' "$staging/manifest.json")
+check_identity() {
+  [[ -n "$encrypted_for" ]] || return 0
+  [[ -n "${AGE_IDENTITY_FILE:-}" && -r "${AGE_IDENTITY_FILE:-}" ]] \
+    || die "the image is age-encrypted for recipient $encrypted_for and no identity file is mounted (AGE_IDENTITY_FILE)"
+  local held # captured first: `age-keygen | grep -q` could fail on SIGPIPE under pipefail
+  held=$(age-keygen -y "$AGE_IDENTITY_FILE" 2>/dev/null) || die "the mounted identity file is not an age identity file"
+  grep -qxF "$encrypted_for" <<<"$held" \
+    || die "the mounted identity file holds no identity for recipient $encrypted_for: the image cannot be decrypted"
+  log "the image is age-encrypted for recipient $encrypted_for; the mounted identity file holds its key"
+}
+check_identity
+
+# decrypt_files FILE...: each verified ciphertext replaced by its plaintext (age authenticates every chunk).
+decrypt_files() {
+  [[ -n "$encrypted_for" ]] || return 0
+  local name
+  for name in "$@"; do
+    log "decrypting $name"
+    interruptible age --decrypt -i "$AGE_IDENTITY_FILE" --output "$staging/$name.plain" "$staging/$name" \
+      || die "decrypting $name failed"
+    mv "$staging/$name.plain" "$staging/$name"
+  done
+}
 
 # download_progress NAME FILE TOTAL_BYTES STARTED: one line of how far a download has come
 download_progress() {
@@ -63,6 +90,7 @@ log "verifying sha256 of ${#files[@]} file(s)"
 if ! (cd "$staging" && printf '%s\n' "$BACKUP_SHA256SUMS" | sha256sum --check --strict --quiet); then
   die "checksum mismatch: the downloaded image does not match its manifest" 3
 fi
+decrypt_files "${files[@]}"
 
 log "initdb in $pgdata"
 # initdb reads one line of its password file: it gets a throwaway password, and the real one

@@ -79,7 +79,9 @@ def image_prefix(image_id: uuid.UUID) -> str:
     return f"images/{image_id}"
 
 
-def backup_job_spec(image: Image, source: Instance, blob: BlobStorageResource, timeout_seconds: int) -> JobSpec:
+def backup_job_spec(
+    image: Image, source: Instance, blob: BlobStorageResource, timeout_seconds: int, age_recipient: str | None = None
+) -> JobSpec:
     return JobSpec(
         kind=JobKind.backup,
         name=f"backup-{image.id}",
@@ -92,6 +94,7 @@ def backup_job_spec(image: Image, source: Instance, blob: BlobStorageResource, t
             "SOURCE_NAMESPACE": source.namespace,
             "POSTGRES_VERSION": source.postgres_version,
             "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
+            **({"AGE_RECIPIENT": age_recipient} if age_recipient else {}),
         },
         blob_sas=blob.job_sas("racwl", timedelta(seconds=timeout_seconds + 600)),
         labels={"toygres/image-id": str(image.id), "toygres/instance": source.k8s_name},
@@ -138,7 +141,7 @@ def take_image(
     try:
         cms.set_image_password(image.id, platform.read_instance_password(ref))
         blob.check_reachable()
-        spec = backup_job_spec(image, source, blob, job_timeout_seconds)
+        spec = backup_job_spec(image, source, blob, job_timeout_seconds, platform.age_recipient)
         job_name = spec.name
         platform.run_job(spec, log)
         manifest, report = verify_image(blob, image.blob_path, log=log)
@@ -147,6 +150,12 @@ def take_image(
                 f"manifest describes {manifest.image_name!r} of {manifest.source_instance!r},"
                 f" expected {name!r} of {source.k8s_name!r}"
             )
+        stored_for = manifest.encryption.recipient if manifest.encryption else None
+        if stored_for != platform.age_recipient:
+            raise RuntimeError(
+                f"manifest says the files are encrypted for {stored_for or 'nobody (plaintext)'},"
+                f" this deployment encrypts for {platform.age_recipient or 'nobody'}"
+            )
         ready = cms.transition_image(
             image.id,
             ImageState.ready,
@@ -154,6 +163,7 @@ def take_image(
             reason="backup verified",
             backup_size_bytes=report.total_bytes,
             backup_checksum=report.manifest_sha256,
+            encryption_recipient=manifest.encryption.recipient if manifest.encryption else None,
         )
     except BaseException as error:
         try:
@@ -268,4 +278,7 @@ def materialization_metadata(outcome: BackupOutcome) -> dict[str, dg.MetadataVal
         "throughput_mib_per_second": dg.MetadataValue.float(round(outcome.report.total_bytes / seconds / 2**20, 3)),
         "blob_url": dg.MetadataValue.url(f"{image.blob_storage_url}/{image.blob_container}/{image.blob_path}"),
         "postgres_version": dg.MetadataValue.text(image.postgres_version),
+        "encryption": dg.MetadataValue.text(
+            f"age, recipient {image.encryption_recipient}" if image.encryption_recipient else "none"
+        ),
     }

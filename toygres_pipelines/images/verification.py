@@ -11,6 +11,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from pydantic import BaseModel
 
 from records import BackupFile, BackupManifest
+from records.encryption import AGE_HEADER
 from records.units import human_bytes
 from resources.blob import MANIFEST_NAME, BlobStorageResource
 from resources.platform.postgres_server import postgres_bindir
@@ -27,6 +28,7 @@ class FileCheck(BaseModel):
     archive_readable: bool | None = None
     kind: str = ""
     database: str | None = None
+    encrypted: bool = False
 
     @property
     def holds(self) -> str:
@@ -34,7 +36,11 @@ class FileCheck(BaseModel):
 
     @property
     def verdict(self) -> str:
-        return "sha256 matches" + (", pg_restore reads every entry" if self.archive_readable else "")
+        return (
+            "sha256 matches"
+            + (", pg_restore reads every entry" if self.archive_readable else "")
+            + (", age-encrypted (the archive is read at restore, with the key)" if self.encrypted else "")
+        )
 
 
 class VerificationReport(BaseModel):
@@ -80,16 +86,27 @@ def _hash_and_read(blob: BlobStorageResource, name: str, is_dump: bool) -> FileC
     return FileCheck(path=name, size_bytes=size, sha256=digest.hexdigest(), archive_readable=is_dump or None)
 
 
-def check_file(blob: BlobStorageResource, prefix: str, expected: BackupFile) -> FileCheck:
+def check_file(blob: BlobStorageResource, prefix: str, expected: BackupFile, encrypted: bool = False) -> FileCheck:
+    """Size and sha256 of the stored bytes; a plaintext dump is read by pg_restore too. An encrypted
+    file cannot be read without the key (which only restore jobs hold): it must be an age file."""
     name = f"{prefix.rstrip('/')}/{expected.path}"
-    actual = _hash_and_read(blob, name, is_dump=expected.kind == "database")
+    actual = _hash_and_read(blob, name, is_dump=expected.kind == "database" and not encrypted)
     if actual.size_bytes != expected.size_bytes:
         raise ImageCorrupt(
             f"{expected.path}: {actual.size_bytes} bytes in blob storage, manifest says {expected.size_bytes}"
         )
     if actual.sha256 != expected.sha256:
         raise ImageCorrupt(f"{expected.path}: sha256 {actual.sha256} in blob storage, manifest says {expected.sha256}")
-    return actual.model_copy(update={"path": expected.path, "kind": expected.kind, "database": expected.database})
+    if encrypted:
+        check_age_header(blob, name, expected.path)
+    return actual.model_copy(
+        update={"path": expected.path, "kind": expected.kind, "database": expected.database, "encrypted": encrypted}
+    )
+
+
+def check_age_header(blob: BlobStorageResource, name: str, path: str) -> None:
+    if blob.read_head(name, len(AGE_HEADER)) != AGE_HEADER:
+        raise ImageCorrupt(f"{path}: the manifest says it is age-encrypted, its bytes are not an age file")
 
 
 def read_manifest(
@@ -131,7 +148,7 @@ def verify_image(
     log(f"verifying {len(manifest.files)} files ({human_bytes(manifest.total_bytes)}) against manifest.json")
     checks = []
     for expected in manifest.files:
-        check = check_file(blob, prefix, expected)
+        check = check_file(blob, prefix, expected, encrypted=manifest.encryption is not None)
         log(f"verified {check.path} ({check.holds}, {human_bytes(check.size_bytes)}): {check.verdict}")
         checks.append(check)
     log(f"image verified: {len(checks)} files, {human_bytes(manifest.total_bytes)}, manifest sha256 {manifest_sha256}")

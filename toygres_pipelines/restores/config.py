@@ -22,6 +22,7 @@ from records import (
     validate_azure_dns_label,
     validate_dns_label,
 )
+from records.encryption import check_identity_for
 from records.requests import RestoreRequestFields
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
@@ -112,6 +113,7 @@ def plan_restore(fields: RestoreRequestFields, cms: CMSResource, platform: Platf
     namespace = platform.resolve_namespace(fields.namespace)
     image = ready_image(cms, fields.source_image_id or "")
     platform.check_postgres_version(image.postgres_version, "source_image_id", f"image {image.name!r}")
+    check_identity_for(image.encryption_recipient, platform.age_identity_recipients, image.name)
     if cms.dns_name_in_use(fields.dns_label):
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     return RestorePlan(
