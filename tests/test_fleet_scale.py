@@ -122,3 +122,38 @@ def test_images_in_use_are_found_by_id_or_by_live_name_in_a_large_catalogue():
         named.id: f"source_image_id of accepted restore request {uuid.UUID(int=1)}",
         by_id.id: f"source_image_id of pending restore request {uuid.UUID(int=2)}",
     }
+
+
+# The fleet's frequent reads, as the repositories issue them (resources/cms): each must find its
+# rows through an index, whatever the planner would choose for a table as small as a test's.
+INDEXED_READS = {
+    "a page of images (toygres-pipelines images)": (
+        "SELECT * FROM toygres_cms.images ORDER BY created_at, id LIMIT 50 OFFSET 50",
+        [],
+    ),
+    "in-flight restore requests (in use, reconciler)": (
+        "SELECT * FROM toygres_cms.restore_requests WHERE state = ANY(%s) ORDER BY created_at, id",
+        [["pending", "accepted"]],
+    ),
+    "accepted image requests (request sensor, reconciler)": (
+        "SELECT * FROM toygres_cms.image_requests WHERE state = %s ORDER BY created_at, id",
+        ["accepted"],
+    ),
+    "the instance of a repeated restore request": (
+        "SELECT * FROM toygres_cms.instances WHERE tags ->> %s = %s",
+        ["request_key", "k"],
+    ),
+}
+
+
+@pytest.mark.parametrize("read", sorted(INDEXED_READS))
+def test_the_fleet_reads_are_served_by_an_index(cms, read):
+    query, params = INDEXED_READS[read]
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, params).fetchall())
+    assert "Seq Scan" not in plan, plan
+    if "ORDER BY created_at, id LIMIT" in query:  # a page: read in the index's order, never sorted whole
+        assert "Sort" not in plan, plan
+    else:
+        assert "Index Cond" in plan, plan
