@@ -157,3 +157,44 @@ def test_the_fleet_reads_are_served_by_an_index(cms, read):
         assert "Sort" not in plan, plan
     else:
         assert "Index Cond" in plan, plan
+
+
+# ---- the scale bench, tiny ----------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_scale_bench_runs_end_to_end_in_a_tiny_configuration(tmp_path, capsys):
+    """bench/fleet_scale.py with 50 instances and 500 images: every operation runs and does its work."""
+    import json
+
+    from bench import fleet_scale
+
+    fleet_scale.main(["--instances", "50", "--images", "500", "--repeat", "1", "--json", str(tmp_path / "scale.json")])
+    report = json.loads((tmp_path / "scale.json").read_text())
+    assert report["fleet"]["instances"]["running"] == 50
+    assert sum(report["fleet"]["images"].values()) == 500
+    results = {t["operation"]: t["result"] for t in report["timings"]}
+    assert set(results) == {
+        "nightly_backups tick",
+        "image_requests_sensor tick",
+        "restore_requests_sensor tick",
+        "reconcile_stuck_rows tick",
+        "request_run_started tick",
+        "run_succeeded_writeback tick",
+        "run_failed_writeback tick",
+        "run_canceled_writeback tick",
+        "retention plan",
+        "toygres-pipelines images",
+        "toygres-pipelines images --page 10",
+        "toygres-pipelines images --limit 0",
+    }
+    assert results["nightly_backups tick"] == "50 run request(s)"
+    # the pending requests (20 of each kind) are accepted; the reconciler finds every run still going
+    assert results["image_requests_sensor tick"] == results["restore_requests_sensor tick"] == "20 run request(s)"
+    assert results["reconcile_stuck_rows tick"].startswith("skipped: 0 run(s) settled")
+    planned = 500 - report["fleet"]["images"]["creating"] - report["fleet"]["images"].get("deleted", 0)
+    assert results["retention plan"].startswith(f"{planned} image(s) planned")
+    assert results["toygres-pipelines images"].endswith("images 1-50 of 500 (page 1 of 10): the next page is --page 2")
+    assert results["toygres-pipelines images --page 10"].endswith("images 451-500 of 500 (page 10 of 10)")
+    assert results["toygres-pipelines images --limit 0"].startswith("501 line(s)")
+    assert "nightly_backups tick" in capsys.readouterr().out
