@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.set_defaults(handler=cmd_request_restore)
 
-    images = sub.add_parser("images", parents=parent, help="list images with their states")
+    images = sub.add_parser("images", parents=parent, help="list images with their states, a page at a time")
     images.add_argument(
         "--state", action="append", choices=[s.value for s in ImageState], help="only this state (repeatable)"
     )
