@@ -59,3 +59,17 @@ def test_overhead_reads_events_in_time_order_and_only_the_backup_step():
 def test_a_run_without_the_backup_step_is_refused_by_name():
     with pytest.raises(ValueError, match="no STEP_START event for step 'image'"):
         run_overhead(events(("RUN_START", 1.0, None), ("RUN_SUCCESS", 2.0, None)))
+
+
+@pytest.mark.integration
+def test_the_overhead_bench_measures_a_backup_run_launched_as_the_daemon_does():
+    """bench/overhead.py end to end (its own embedded stack, one run): the run's step ran in the
+    run worker (no step process was started) and the overhead is read from its events."""
+    from bench.overhead import overhead_runs
+
+    [run] = overhead_runs(1)
+    assert run.launch is not None and run.launch > 0
+    assert run.before_step >= 0 and run.after_step >= 0 and run.seconds == run.before_step + run.after_step
+    labels = [label for label, _ in run.gaps]
+    assert any("STEP_START" in label for label in labels)
+    assert not any("STEP_WORKER" in label for label in labels), labels
