@@ -4,6 +4,7 @@ them inside the transaction that starts a deletion; the retention plan applies t
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 
 from records.errors import ValidationFailed
@@ -19,7 +20,13 @@ def images_in_use(
 ) -> dict[uuid.UUID, str]:
     """Images a pending/accepted restore request or a creating instance (a restore or drill under
     way) uses, each with who uses it and through which field."""
-    images = list(images)
+    # What a request's source_image_id may say: an image's id, or its name (then every live image
+    # of that name counts). Looked up, not searched: a fleet has tens of thousands of images.
+    by_ref: dict[str, list[Image]] = defaultdict(list)
+    for image in images:
+        by_ref[str(image.id)].append(image)
+        if image.state is not ImageState.deleted:
+            by_ref[image.name].append(image)
     used: dict[uuid.UUID, str] = {}
     for instance in instances:
         if instance.state is InstanceState.creating and instance.source_image_id is not None:
@@ -27,12 +34,8 @@ def images_in_use(
     for request in restore_requests:
         if request.state not in (RequestState.pending, RequestState.accepted) or not request.source_image_id:
             continue
-        ref = request.source_image_id
-        for image in images:
-            # A request may name its image: every live image of that name counts.
-            named = image.name == ref and image.state is not ImageState.deleted
-            if str(image.id) == ref or named:
-                used.setdefault(image.id, f"source_image_id of {request.state} restore request {request.id}")
+        for image in by_ref.get(request.source_image_id, []):
+            used.setdefault(image.id, f"source_image_id of {request.state} restore request {request.id}")
     return used
 
 

@@ -56,6 +56,7 @@ EXIT_INVALID = 2
 EXIT_CMS = 3
 
 MANUAL_SUFFIX = "manual"
+IMAGES_PAGE_SIZE = 50
 IN_FLIGHT = (RequestState.pending, RequestState.accepted)
 PASSWORD_IGNORED = "a restored instance keeps the source image's password; this one is stored nowhere"
 
@@ -307,10 +308,36 @@ def add_wait_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def page_bounds(args: argparse.Namespace) -> tuple[int | None, int]:
+    """(limit, offset) of --limit/--page; ValidationFailed names the option."""
+    if args.limit < 0:
+        raise ValidationFailed("limit", f"{args.limit} must be 0 (every image) or a positive number of images per page")
+    if args.page < 1:
+        raise ValidationFailed("page", f"{args.page} must be 1 or more")
+    if args.limit == 0:
+        return None, 0
+    return args.limit, (args.page - 1) * args.limit
+
+
+def page_note(shown: int, total: int, limit: int | None, offset: int, page: int) -> str | None:
+    """Where this page sits in the listing; None when it holds every image."""
+    if limit is None or (offset == 0 and shown == total):
+        return None
+    pages = -(-total // limit)
+    if not shown:
+        return f"no images on page {page}: {total} images, {pages} pages of {limit}"
+    note = f"images {offset + 1}-{offset + shown} of {total} (page {page} of {pages})"
+    return note + (f": the next page is --page {page + 1}" if page < pages else "")
+
+
 def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    images = cms.list_images(args.state)
+    limit, offset = page_bounds(args)
+    images, total = cms.page_of_images(args.state, limit=limit, offset=offset)
+    note = page_note(len(images), total, limit, offset, args.page)
     if args.json:
         print_json([as_json(image) for image in images], out)
+        if note:
+            sys.stderr.write(note + "\n")
         return EXIT_OK
     print_table(
         ["ID", "NAME", "STATE", "SOURCE", "PG", "SIZE", "CREATED", "ERROR"],
@@ -329,6 +356,8 @@ def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
         ],
         out,
     )
+    if note:
+        out.write(note + "\n")
     return EXIT_OK
 
 
@@ -524,10 +553,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.set_defaults(handler=cmd_request_restore)
 
-    images = sub.add_parser("images", parents=parent, help="list images with their states")
+    images = sub.add_parser("images", parents=parent, help="list images with their states, a page at a time")
     images.add_argument(
         "--state", action="append", choices=[s.value for s in ImageState], help="only this state (repeatable)"
     )
+    images.add_argument(
+        "--limit",
+        type=int,
+        default=IMAGES_PAGE_SIZE,
+        help=f"images per page (default: {IMAGES_PAGE_SIZE}; 0: every image)",
+    )
+    images.add_argument("--page", type=int, default=1, help="which page, oldest images first (default: 1)")
     images.set_defaults(handler=cmd_images)
 
     instances = sub.add_parser("instances", parents=parent, help="list instances with their states")

@@ -31,4 +31,7 @@ defs = dg.Definitions(
     schedules=[purge_failed_image_blobs_hourly, *automation.schedules],
     sensors=automation.sensors,
     resources=resources_from_env(),
+    # Every job (the UI's Materialize of `image` included) runs its steps in its run worker: one
+    # process per run, not one more per step (docs/benchmarks.md, orchestration overhead).
+    executor=dg.in_process_executor,
 )

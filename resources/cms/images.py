@@ -128,6 +128,13 @@ class ImagesTable(Queries):
     def list_images(self, states: Iterable[ImageState] | None = None) -> list[Image]:
         return self._list(IMAGE, states)
 
+    def page_of_images(
+        self, states: Iterable[ImageState] | None = None, *, limit: int | None, offset: int = 0
+    ) -> tuple[list[Image], int]:
+        """`limit` images (None: all) from `offset` on, oldest first (created_at, then id: a stable
+        order), and how many images (of these states) there are in all."""
+        return self._page(IMAGE, states, limit, offset)
+
     def set_image_pinned(self, image_id: uuid.UUID | str, pinned: bool) -> Image:
         """Pin (never deleted) or unpin an image; the caller checks the image may be pinned."""
         parsed = parse_uuid(str(image_id))

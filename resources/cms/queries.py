@@ -91,6 +91,7 @@ class Queries:
         limit: int | None = None,
         conn: psycopg.Connection | None = None,
         lock: str | None = None,
+        offset: int = 0,
     ) -> list[Any]:
         """SELECT rows as models. `order` and `lock` are constant SQL written in this module."""
         query = sql.SQL("SELECT {columns} FROM {table}").format(columns=kind.columns, table=kind.table_id)
@@ -101,6 +102,9 @@ class Queries:
         if limit is not None:
             query += sql.SQL(" LIMIT %s")
             params.append(limit)
+        if offset:
+            query += sql.SQL(" OFFSET %s")
+            params.append(offset)
         if lock is not None:
             query += sql.SQL(" ") + sql.SQL(lock)
         if conn is not None:
@@ -120,6 +124,18 @@ class Queries:
         if wanted is None:
             return self._select(kind)
         return self._select(kind, sql.SQL("state = ANY(%s)"), [wanted])
+
+    def _page(self, kind: Table, states: Iterable[Any] | None, limit: int | None, offset: int) -> tuple[list[Any], int]:
+        """One page of rows (in the stable order created_at, id) and how many rows there are in all."""
+        wanted = state_values(kind, states)
+        where, params = (None, []) if wanted is None else (sql.SQL("state = ANY(%s)"), [wanted])
+        count = sql.SQL("SELECT count(*) FROM {}").format(kind.table_id)
+        if where is not None:
+            count += sql.SQL(" WHERE ") + where
+        with self.connection() as conn:
+            total = int(fetch_one(conn.execute(count, params))[0])
+            rows = self._select(kind, where, params, limit=limit, offset=offset, conn=conn)
+        return rows, total
 
     def _by_run(self, kind: Table, run_id: str) -> Any | None:
         """The row a run last acted on: the row's run_id, else the newest event of that run."""

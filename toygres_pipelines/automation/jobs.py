@@ -15,6 +15,9 @@ backup_image = dg.define_asset_job(
     name="backup_image",
     selection=dg.AssetSelection.assets(image),  # partitions (`images`) come from the asset
     tags={KIND_TAG: "backup"},
+    # The one step runs in the run worker: a step process would import the code location and set
+    # up the resources a second time (docs/benchmarks.md, orchestration overhead).
+    executor_def=dg.in_process_executor,
     description="Back up one instance into one `image` partition (the partition key is the image name).",
 )
 

@@ -54,6 +54,11 @@ def running_source(cms: CMSResource, platform: PlatformResource, ref: str) -> In
     instance = cms.find_instance(ref)
     if instance is None:
         raise ValidationFailed("source_instance", f"no instance {ref!r} in the CMS")
+    return check_running_source(platform, instance, ref)
+
+
+def check_running_source(platform: PlatformResource, instance: Instance, ref: str) -> Instance:
+    """`running_source`'s rules on an instance row already read (the nightly schedule reads them all at once)."""
     if instance.state is not InstanceState.running:
         raise ValidationFailed("source_instance", f"instance {ref!r} is {instance.state}, it must be running")
     try:
