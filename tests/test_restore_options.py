@@ -1,0 +1,155 @@
+"""Selective restore and upgrade on restore: the rules, without services."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from datetime import UTC, datetime
+
+import pytest
+
+from records import BackupFile, BackupManifest, ValidationFailed
+from records.requests import RestoreRequestFields
+from resources.platform.local import LocalPlatform
+from resources.platform.postgres_server import available_postgres_versions, postgres_bindir
+from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, run_config_values
+from toygres_pipelines.restores.config import check_request_fields, chosen_databases, target_postgres_version
+from toygres_pipelines.restores.steps import restore_job_env
+
+HOSTILE = "b'\"=x\nnew line ü postgresql://"
+
+
+def fields(**over) -> RestoreRequestFields:
+    return RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id="img", **over)
+
+
+def manifest(*databases: str) -> BackupManifest:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    files = [BackupFile(path="globals.sql", kind="globals", size_bytes=10, sha256="a" * 64)]
+    files += [
+        BackupFile(
+            path=f"databases/{i:03d}.dump", kind="database", database=name, size_bytes=100 * i, sha256=f"{i}" * 64
+        )
+        for i, name in enumerate(databases, start=1)
+    ]
+    return BackupManifest(
+        format_version=1,
+        image_name="img",
+        source_instance="src",
+        source_namespace="default",
+        postgres_version="15",
+        server_version_num=150000,
+        dump_format="custom",
+        started_at=now,
+        finished_at=now,
+        tools={},
+        files=files,
+    )
+
+
+@pytest.mark.parametrize(
+    ("databases", "words"),
+    [
+        ([], "databases: name at least one database"),
+        (["a\x00b"], "databases: 'a\\x00b' holds a NUL byte"),
+        (["a", "a"], "databases: 'a' is named twice"),
+        ([""], "databases: '' is empty"),
+    ],
+)
+def test_a_bad_database_list_is_refused_naming_the_field(databases, words):
+    with pytest.raises(ValidationFailed) as raised:
+        check_request_fields(fields(databases=databases))
+    assert words in str(raised.value)
+
+
+@pytest.mark.parametrize("version", ["", "16.2", "sixteen", "9.6", "016", " 16"])
+def test_a_target_version_must_be_a_major_number(version):
+    with pytest.raises(ValidationFailed) as raised:
+        check_request_fields(fields(postgres_version=version))
+    assert str(raised.value).startswith("postgres_version: ")
+
+
+def test_any_name_but_nul_is_a_valid_selection():
+    check_request_fields(fields(databases=["pagila", HOSTILE], postgres_version="16"))
+
+
+def test_no_selection_means_every_database():
+    assert chosen_databases(None, manifest("a", "b"), "img") is None
+
+
+def test_a_selection_keeps_the_images_names_in_the_requested_order():
+    assert chosen_databases([HOSTILE, "a"], manifest("a", HOSTILE, "c"), "img") == [HOSTILE, "a"]
+
+
+def test_an_unknown_database_is_refused_listing_what_the_image_holds():
+    with pytest.raises(ValidationFailed) as raised:
+        chosen_databases(["a", "nope"], manifest("a", HOSTILE), "img")
+    error = raised.value
+    assert error.field == "databases"
+    assert "'nope'" in str(error) and "image 'img' holds: 'a', " + repr(HOSTILE) in str(error)
+
+
+@pytest.mark.parametrize(("image", "requested", "target"), [("15", None, "15"), ("15", "15", "15"), ("15", "16", "16")])
+def test_the_target_is_the_images_major_or_a_newer_one(image, requested, target):
+    assert target_postgres_version(image, requested, "img") == target
+
+
+def test_a_downgrade_is_refused_with_its_reason():
+    with pytest.raises(ValidationFailed) as raised:
+        target_postgres_version("16", "15", "img")
+    assert str(raised.value) == (
+        "postgres_version: 15 is older than PostgreSQL 16 of image 'img': a restore can keep or raise the major, "
+        "never lower it"
+    )
+
+
+def test_the_cli_takes_databases_one_option_each_and_a_target_version():
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser, RestoreRequestFields)
+    args = parser.parse_args(
+        ["--name", "n", "--dns-label", "d", "--image", "i", "--database", "a", "--database", HOSTILE]
+        + ["--postgres-version", "16"]
+    )
+    request = fields_from_cli(args, RestoreRequestFields)
+    assert request.databases == ["a", HOSTILE] and request.postgres_version == "16"
+    assert run_config_values(request, RestoreRequestFields)["databases"] == ["a", HOSTILE]
+    plain = fields_from_cli(
+        parser.parse_args(["--name", "n", "--dns-label", "d", "--image", "i"]), RestoreRequestFields
+    )
+    assert plain.databases is None and plain.postgres_version is None
+
+
+def test_the_restore_job_downloads_and_restores_only_the_chosen_databases():
+    env = restore_job_env(manifest("a", HOSTILE, "c"), [HOSTILE])
+    assert json.loads(env["RESTORE_DATABASES"]) == [HOSTILE]
+    assert env["RESTORE_DATABASES"].isascii()  # any name, one safe line of an environment variable
+    assert [line.split("  ", 1)[1] for line in env["BACKUP_SHA256SUMS"].splitlines()] == [
+        "globals.sql",
+        "databases/002.dump",
+    ]
+    everything = restore_job_env(manifest("a", HOSTILE), None)
+    assert "RESTORE_DATABASES" not in everything
+    assert len(everything["BACKUP_SHA256SUMS"].splitlines()) == 3
+
+
+def server_major(bindir) -> str:
+    out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True).stdout
+    return out.split()[-1].split(".")[0]
+
+
+def test_the_machines_postgres_majors_each_have_their_own_binaries():
+    versions = available_postgres_versions()
+    assert {"15", "16"} <= set(versions)  # apt's 15 and the pgserver wheel's 16
+    for major in ("15", "16"):
+        assert server_major(postgres_bindir(major)) == major
+    assert postgres_bindir() == postgres_bindir("15")  # the default stays what it was
+
+
+def test_the_local_platform_refuses_a_major_it_has_no_binaries_for(tmp_path):
+    platform = LocalPlatform(state_dir=str(tmp_path), azcopy_path="/bin/true")
+    platform.check_postgres_version("16", "postgres_version")
+    with pytest.raises(ValidationFailed) as raised:
+        platform.check_postgres_version("17", "postgres_version", "the target")
+    assert str(raised.value).startswith("postgres_version: the target is PostgreSQL 17 and this machine has no ")
+    assert "(it has: 15, 16)" in str(raised.value)
