@@ -127,3 +127,11 @@ def test_a_postgresql_15_image_restores_into_16_with_full_fidelity(resources, cm
     app = psycopg.conninfo.make_conninfo(restored("pagila"), user="pagila_app", password="pagila-app")
     with psycopg.connect(app) as conn:
         assert conn.execute("SELECT count(*) FROM film").fetchone()[0] == 1000
+
+    # The upgraded instance is a source like any other: its backup is taken and verified with 16's tools.
+    backup = materialize_image(resources, f"{row.k8s_name}__on-16")
+    assert backup.success, failure_text(backup)
+    upgraded = cms.find_image(f"{row.k8s_name}__on-16")
+    assert upgraded.postgres_version == "16"
+    manifest, _ = resources["blob"].read_manifest(upgraded.blob_path)
+    assert manifest.postgres_version == "16" and "16." in manifest.tools["pg_dump"]

@@ -81,6 +81,12 @@ def available_postgres_versions() -> dict[str, Path]:
     return versions
 
 
+def newest_postgres_bindir() -> Path:
+    """The newest major's binaries: its pg_restore reads the archives of every older pg_dump."""
+    versions = available_postgres_versions()
+    return versions[max(versions, key=int)] if versions else postgres_bindir()
+
+
 def postgres_bindir(version: str | None = None) -> Path:
     """Where initdb/pg_ctl/pg_dump live. With a major: that major's binaries (an instance, its
     jobs). Without: TOYGRES_PG_BIN, else the newest Debian install, else PATH, else the wheel's."""
