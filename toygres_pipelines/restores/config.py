@@ -180,10 +180,13 @@ def plan_restore(
     namespace = platform.resolve_namespace(fields.namespace)
     image = ready_image(cms, fields.source_image_id or "")
     target = target_postgres_version(image.postgres_version, fields.postgres_version, image.name)
-    if fields.postgres_version is None:
-        platform.check_postgres_version(target, "source_image_id", f"image {image.name!r}")
-    else:
-        platform.check_postgres_version(target, "postgres_version", f"the target of image {image.name!r}")
+    field, subject = (
+        ("source_image_id", f"image {image.name!r}")
+        if fields.postgres_version is None
+        else ("postgres_version", f"the target of image {image.name!r}")
+    )
+    platform.check_postgres_version(target, field, subject)
+    platform.check_server_image(target, image.image_type, field, subject)
     if cms.dns_name_in_use(fields.dns_label):
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     databases = fields.databases
