@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from records import BackupFile, BackupManifest, ValidationFailed
 from records.requests import RestoreRequestFields
 from resources.platform.local import LocalPlatform
-from resources.platform.postgres_server import available_postgres_versions, postgres_bindir
+from resources.platform.postgres_server import (
+    available_postgres_versions,
+    postgres_bindir,
+    run_as_user,
+    shared_wheel_bindir,
+)
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, run_config_values
 from toygres_pipelines.restores.config import check_request_fields, chosen_databases, target_postgres_version
 from toygres_pipelines.restores.steps import restore_job_env
@@ -153,3 +161,29 @@ def test_the_local_platform_refuses_a_major_it_has_no_binaries_for(tmp_path):
         platform.check_postgres_version("17", "postgres_version", "the target")
     assert str(raised.value).startswith("postgres_version: the target is PostgreSQL 17 and this machine has no ")
     assert "(it has: 15, 16)" in str(raised.value)
+
+
+@pytest.mark.skipif(run_as_user() is None, reason="only a root process hands the server to a service user")
+def test_the_wheels_binaries_are_made_usable_by_the_service_user_from_a_private_checkout(tmp_path):
+    """A checkout only its owner can enter (mode 0700): the service user cannot run binaries inside it,
+    so they are copied, once, where it can."""
+    wheel = postgres_bindir("16").parents[2]  # site-packages holding pgserver/ and pgserver.libs/
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    for part in ("pgserver", "pgserver.libs"):
+        shutil.copytree(wheel / part, private / part, symlinks=True)
+    inside = private / "pgserver" / "pginstall" / "bin"
+    as_service = ["runuser", "-u", run_as_user(), "--"]
+    assert subprocess.run([*as_service, str(inside / "postgres"), "--version"], capture_output=True).returncode != 0
+
+    cache = Path(tempfile.mkdtemp(prefix="toygres-pg-cache-", dir="/var/tmp")) / "cache"
+    cache.parent.chmod(0o755)  # a place everyone may enter, like the default /var/tmp/toygres-pg
+    try:
+        usable = shared_wheel_bindir(inside, cache)
+        assert usable != inside
+        done = subprocess.run([*as_service, str(usable / "initdb"), "--version"], capture_output=True, text=True)
+        assert done.returncode == 0 and "16." in done.stdout, done.stderr
+        assert shared_wheel_bindir(inside, cache) == usable  # copied once
+        assert shared_wheel_bindir(postgres_bindir("16"), cache) == postgres_bindir("16")  # reachable: as it is
+    finally:
+        shutil.rmtree(cache.parent)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +58,42 @@ def _bindir_candidates() -> list[Path]:
     if wheel is not None and wheel.submodule_search_locations:
         bundled = Path(next(iter(wheel.submodule_search_locations))) / "pginstall" / "bin"
         if (bundled / "initdb").exists():
-            found.append(bundled)
+            found.append(shared_wheel_bindir(bundled, Path(os.environ.get("TOYGRES_PG_CACHE", DEFAULT_PG_CACHE))))
     return list(dict.fromkeys(found))
+
+
+DEFAULT_PG_CACHE = "/var/tmp/toygres-pg"
+
+
+@functools.lru_cache(maxsize=8)
+def shared_wheel_bindir(bindir: Path, cache_dir: Path) -> Path:
+    """The pgserver wheel's binaries where the service user can run them: where they are, or (a
+    checkout only its owner can enter) a copy under `cache_dir`, made once per wheel build. The
+    copy keeps the wheel's layout: the binaries find pgserver.libs, lib/ and share/ relative to themselves."""
+    user = run_as_user()
+    probe = ["runuser", "-u", user, "--", "test", "-x", str(bindir / "postgres")] if user else None
+    if probe is None or subprocess.run(probe, capture_output=True, timeout=30).returncode == 0:
+        return bindir
+    package = bindir.parents[1]  # .../pgserver (bin -> pginstall -> pgserver)
+    stamp = (bindir / "postgres").stat()
+    key = hashlib.sha256(f"{package}:{stamp.st_size}:{stamp.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir / f"pgserver-{key}"
+    copied = target / "pgserver" / "pginstall" / "bin"
+    if not (copied / "postgres").exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache_dir.chmod(0o755)
+        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=cache_dir))
+        shutil.copytree(package / "pginstall", staging / "pgserver" / "pginstall", symlinks=True)
+        if (package.parent / "pgserver.libs").is_dir():
+            shutil.copytree(package.parent / "pgserver.libs", staging / "pgserver.libs", symlinks=True)
+        for path in [staging, *staging.rglob("*")]:
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        try:
+            staging.rename(target)
+        except OSError:  # another process copied it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return copied
 
 
 @functools.lru_cache(maxsize=32)
