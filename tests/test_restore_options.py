@@ -187,3 +187,27 @@ def test_the_wheels_binaries_are_made_usable_by_the_service_user_from_a_private_
         assert shared_wheel_bindir(postgres_bindir("16"), cache) == postgres_bindir("16")  # reachable: as it is
     finally:
         shutil.rmtree(cache.parent)
+
+
+def test_a_request_rows_selection_and_target_reach_the_run_the_sensor_launches():
+    import dagster as dg
+
+    from records.requests import RestoreRequest
+    from toygres_pipelines.automation.sensors import restore_run_request
+    from toygres_pipelines.restores.jobs import restore_instance
+
+    row = RestoreRequest(
+        id="00000000-0000-0000-0000-000000000001",
+        name="n",
+        dns_label="dns",
+        source_image_id="img",
+        namespace="default",
+        databases=["pagila", HOSTILE],
+        postgres_version="16",
+        state="accepted",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    config = restore_run_request(row, "img-id").run_config["ops"]["validate_request"]["config"]
+    assert (config["databases"], config["postgres_version"]) == (["pagila", HOSTILE], "16")
+    assert dg.validate_run_config(restore_instance, {"ops": {"validate_request": {"config": config}}})
