@@ -211,3 +211,18 @@ def test_a_request_rows_selection_and_target_reach_the_run_the_sensor_launches()
     config = restore_run_request(row, "img-id").run_config["ops"]["validate_request"]["config"]
     assert (config["databases"], config["postgres_version"]) == (["pagila", HOSTILE], "16")
     assert dg.validate_run_config(restore_instance, {"ops": {"validate_request": {"config": config}}})
+
+
+def test_an_instance_whose_major_has_no_binaries_any_more_can_still_be_deleted(tmp_path):
+    from records import InstanceRef
+    from resources.platform.local import ServerRecord
+
+    platform = LocalPlatform(state_dir=str(tmp_path), azcopy_path="/bin/true")
+    ref = InstanceRef(k8s_name="old-major", namespace="default")
+    pgdata = platform.volume_dir(ref) / "pgdata"
+    pgdata.mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text("12\n")  # a major this machine has no binaries for
+    record = ServerRecord(port=1, dns_label="old-major", postgres_version="12")
+    (platform.instance_dir(ref) / "server.json").write_text(record.model_dump_json())
+    platform.delete_instance(ref)
+    assert not platform.instance_exists(ref)

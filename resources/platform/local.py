@@ -35,6 +35,7 @@ from resources.platform.base import (
 )
 from resources.platform.postgres_server import (
     LocalPostgresServer,
+    PostgresBinariesMissing,
     ServerCommandFailed,
     as_service_user,
     available_postgres_versions,
@@ -298,7 +299,7 @@ class LocalPlatform(PlatformResource):
         if record is not None:
             try:
                 self.server(instance, record.port).stop("immediate")
-            except ServerCommandFailed:
+            except (ServerCommandFailed, PostgresBinariesMissing):  # its major's binaries gone: remove it all the same
                 pass
         shutil.rmtree(self.instance_dir(instance), ignore_errors=True)
         shutil.rmtree(self._socket_dir(instance), ignore_errors=True)
