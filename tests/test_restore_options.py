@@ -226,3 +226,20 @@ def test_an_instance_whose_major_has_no_binaries_any_more_can_still_be_deleted(t
     (platform.instance_dir(ref) / "server.json").write_text(record.model_dump_json())
     platform.delete_instance(ref)
     assert not platform.instance_exists(ref)
+
+
+def test_an_images_databases_show_their_rows_when_the_manifest_counted_them():
+    from toygres_pipelines.images.contents import database_contents, databases_table
+
+    counted = manifest("a", HOSTILE)
+    files = [
+        f.model_copy(update={"row_counts": {"public.t": 3, "public.u": 4}}) if f.database == "a" else f
+        for f in counted.files
+    ]
+    contents = database_contents(counted.model_copy(update={"files": files}))
+    assert [(c.database, c.size_bytes, c.rows) for c in contents] == [("a", 100, 7), (HOSTILE, 200, None)]
+    table = databases_table(counted.model_copy(update={"files": files}))
+    assert [(r.data["database"], r.data["size_bytes"], r.data["rows"]) for r in table.value.records] == [
+        ("a", 100, "7"),
+        (HOSTILE, 200, ""),
+    ]
