@@ -81,13 +81,13 @@ $(TOOLS)/.installed: FORCE
 	  echo "$$want" > $@; \
 	fi
 
-# pip: the project (editable) and its test extras into $(VENV)/, redone when pyproject.toml changes.
+# pip: the project (editable) with its test and local extras into $(VENV)/, redone when pyproject.toml changes.
 venv:
 	@want="$$(sha256sum pyproject.toml | cut -d' ' -f1) $$($(PYTHON) -c 'import sys; print(sys.version.split()[0])')"; \
 	if [ "$$(cat $(VENV)/.installed 2>/dev/null)" != "$$want" ] || [ ! -x $(PY) ]; then \
 	  echo "pip: installing the project into $(VENV)/"; \
 	  [ -x $(PY) ] || $(PYTHON) -m venv $(VENV); \
-	  $(PY) -m pip install -q --disable-pip-version-check -e '.[test]'; \
+	  $(PY) -m pip install -q --disable-pip-version-check -e '.[test,local]'; \
 	  echo "$$want" > $(VENV)/.installed; \
 	fi
 

@@ -18,6 +18,7 @@ class BackupFile(Record):
     database: str | None = None
     size_bytes: int
     sha256: str
+    row_counts: dict[str, int] | None = None
 
 
 class BackupManifest(Record):

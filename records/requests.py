@@ -64,6 +64,17 @@ class RestoreRequestFields(RequestFields):
     image_override: str | None = Field(
         default=None, description="Not for restores: cannot be combined with source_image_id"
     )
+    databases: list[str] | None = Field(
+        default=None,
+        description="The databases to restore, by their exact names (`toygres-pipelines images --show IMAGE` "
+        "lists them); empty: all. Roles are always restored",
+        json_schema_extra={"cli_flag": "--database"},
+    )
+    postgres_version: str | None = Field(
+        default=None,
+        description="PostgreSQL major of the new instance, e.g. 16; empty: the image's. It may be newer than the "
+        "image's (upgrade on restore), never older",
+    )
 
 
 class BackupFields(RequestFields):

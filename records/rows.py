@@ -36,6 +36,7 @@ class Instance(Record):
     created_at: datetime
     updated_at: datetime
     retention_override: dict[str, Any] | None = None  # fields of RetentionPolicy this instance sets
+    source_postgres_version: str | None = None  # restored: the image's major (postgres_version may be newer)
 
 
 class Image(Record):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import subprocess
+from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -55,9 +56,9 @@ def dsn_of(platform, instance, password: str, database: str) -> str:
     )
 
 
-def schema_dump(dsn: str) -> list[str]:
+def schema_dump(dsn: str, bindir: Path | None = None) -> list[str]:
     done = subprocess.run(
-        [str(postgres_bindir() / "pg_dump"), "--schema-only", "--dbname", dsn],
+        [str((bindir or postgres_bindir()) / "pg_dump"), "--schema-only", "--dbname", dsn],
         capture_output=True,
         text=True,
         check=True,
@@ -167,6 +168,10 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
         ({"job_timeout_seconds": 10**9}, "job_timeout_seconds: 1000000000 must be between 60 and 172800 seconds"),
         ({"ready_timeout_seconds": 0}, "ready_timeout_seconds: 0 must be between 5 and 3600 seconds"),
         ({"ready_timeout_seconds": 86400}, "ready_timeout_seconds: 86400 must be between 5 and 3600 seconds"),
+        ({"postgres_version": "14"}, "postgres_version: 14 is older than PostgreSQL 15 of image"),
+        ({"postgres_version": "17"}, "postgres_version: the target of image"),
+        ({"postgres_version": "17"}, "is PostgreSQL 17 and this machine has no server binaries for it"),
+        ({"databases": []}, "databases: name at least one database"),
     ],
 )
 def test_invalid_requests_create_nothing(resources, cms, platform, source, catalogued_image, config, message):

@@ -38,13 +38,14 @@ from records import (
     RequestState,
     RestoreRequestFields,
     ValidationFailed,
+    parse_uuid,
     validate_image_name,
 )
 from records.units import human_bytes
 from resources.cms import CMSResource
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
-from toygres_pipelines.resources_from_env import platform_from_env
+from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
 from toygres_pipelines.restores.config import plan_restore
 
 DSN_ENV = "TOYGRES_CMS_DSN"
@@ -225,7 +226,9 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
     fields = fields_from_cli(args, RestoreRequestFields)
     if args.password is not None:
         sys.stderr.write(f"warning: --password is ignored: {PASSWORD_IGNORED}\n")
-    plan = plan_restore(fields, cms, platform_from_env())
+    # Named databases are checked against the image's manifest, so blob storage is read only then.
+    blob = blob_from_env().process_config_and_initialize() if fields.databases else None
+    plan = plan_restore(fields, cms, platform_from_env(), blob)
     for queued in cms.list_restore_requests(IN_FLIGHT):
         if queued.dns_label == fields.dns_label:
             raise ValidationFailed(
@@ -308,6 +311,38 @@ def add_wait_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_show_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    """One image and its databases (the sizes of their dumps, their rows when the manifest counted
+    them), read from its manifest, which is checked against the CMS checksum first."""
+    from toygres_pipelines.images.contents import database_contents
+    from toygres_pipelines.images.verification import read_manifest
+
+    image = cms.find_image(args.show)
+    if image is None:
+        raise ValidationFailed("image", f"no image with {'id' if parse_uuid(args.show) else 'name'} {args.show!r}")
+    manifest, _ = read_manifest(blob_from_env().process_config_and_initialize(), image.blob_path, image.backup_checksum)
+    databases = database_contents(manifest)
+    if args.json:
+        print_json({"image": as_json(image), "databases": [d.model_dump() for d in databases]}, out)
+        return EXIT_OK
+    size_text = size(image.backup_size_bytes) or "-"
+    out.write(
+        f"image {image.name} ({image.id}): {image.state}, PostgreSQL {image.postgres_version}, {size_text}, "
+        f"from {image.source_namespace}/{image.source_k8s_name} at {when(image.created_at)}\n"
+    )
+    print_table(
+        ["DATABASE", "SIZE", "BYTES", "ROWS"],
+        [[printable(d.database), size(d.size_bytes), d.size_bytes, d.rows] for d in databases],
+        out,
+    )
+    return EXIT_OK
+
+
+def printable(name: str) -> str:
+    """A name on one line of a table: as it is, or quoted with its control characters escaped."""
+    return name if name.isprintable() and name.strip() == name and name else repr(name)
+
+
 def page_bounds(args: argparse.Namespace) -> tuple[int | None, int]:
     """(limit, offset) of --limit/--page; ValidationFailed names the option."""
     if args.limit < 0:
@@ -331,6 +366,8 @@ def page_note(shown: int, total: int, limit: int | None, offset: int, page: int)
 
 
 def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    if args.show:
+        return cmd_show_image(args, cms, out)
     limit, offset = page_bounds(args)
     images, total = cms.page_of_images(args.state, limit=limit, offset=offset)
     note = page_note(len(images), total, limit, offset, args.page)
@@ -564,6 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"images per page (default: {IMAGES_PAGE_SIZE}; 0: every image)",
     )
     images.add_argument("--page", type=int, default=1, help="which page, oldest images first (default: 1)")
+    images.add_argument(
+        "--show",
+        metavar="IMAGE",
+        help="one image (its name or id) with its databases: the size of each dump, and its rows when the manifest "
+        "counted them (read from the image's manifest in blob storage)",
+    )
     images.set_defaults(handler=cmd_images)
 
     instances = sub.add_parser("instances", parents=parent, help="list instances with their states")

@@ -44,6 +44,9 @@ def add_cli_arguments(
         if kind is bool:
             parser.add_argument(flag, dest=field, action="store_true", help=help_text)
             continue
+        if get_origin(kind) is list:  # one option per item: --database a --database b
+            parser.add_argument(flag, dest=field, action="append", help=help_text + " (repeat the option for each)")
+            continue
         required = info.is_required() and field not in may_omit
         default = None if info.is_required() else info.get_default()
         if default not in (None, ""):

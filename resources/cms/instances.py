@@ -45,6 +45,7 @@ class InstancesTable(Queries):
         tags: dict[str, Any] | None = None,
         instance_id: uuid.UUID | str | None = None,
         state: InstanceState | str = InstanceState.creating,
+        source_postgres_version: str | None = None,
     ) -> Instance:
         """Register an instance (state `creating` unless told); NameConflict on k8s_name/dns_name.
 
@@ -68,6 +69,7 @@ class InstancesTable(Queries):
             "source_image_id": uuid.UUID(str(source_image_id)) if source_image_id else None,
             "run_id": run_id,
             "tags": Jsonb(tags or {}),
+            "source_postgres_version": source_postgres_version,
         }
         source = uuid.UUID(str(source_image_id)) if source_image_id else None
         restoring = source is not None and InstanceState(state) is InstanceState.creating

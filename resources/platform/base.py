@@ -116,6 +116,9 @@ class PlatformResource(dg.ConfigurableResource, ABC):
     def check_postgres_version(self, version: str, field: str, subject: str = "the request") -> None:
         """Refuse, at request time, a PostgreSQL major this platform cannot run jobs for."""
 
+    def check_server_image(self, version: str, image_type: ImageType, field: str, subject: str = "the request") -> None:
+        """Refuse, at request time, a server (major and image type) this platform cannot deploy."""
+
     @abstractmethod
     def read_instance_password(self, instance: InstanceRef) -> SecretStr:
         """The superuser password of an existing instance, from its Secret."""

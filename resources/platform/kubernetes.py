@@ -41,7 +41,7 @@ from dagster_k8s.client import DagsterKubernetesClient, PatchedApiClient
 from kubernetes.client import ApiException
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from records import Endpoints, InstanceRef, JobResult, ValidationFailed, validate_dns_label
+from records import Endpoints, ImageType, InstanceRef, JobResult, ValidationFailed, validate_dns_label
 from resources.platform import k8s_manifests as m
 from resources.platform.base import (
     DeploySpec,
@@ -142,6 +142,16 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                 field,
                 f"{subject} is PostgreSQL {version} and this deployment has no job image for it "
                 f"(TOYGRES_K8S_JOB_IMAGES has: {configured})",
+            )
+
+    def check_server_image(self, version: str, image_type: ImageType, field: str, subject: str = "the request") -> None:
+        # A stock server without a configured image runs postgres:<major>; pg_durable has no such default.
+        if image_type is ImageType.pg_durable and str(version) not in self.pg_durable_images:
+            configured = ", ".join(sorted(self.pg_durable_images, key=int)) or "none"
+            raise ValidationFailed(
+                field,
+                f"{subject} is PostgreSQL {version} and this deployment has no pg_durable server image for it "
+                f"(configured: {configured})",
             )
 
     # --- API access --------------------------------------------------------------------------

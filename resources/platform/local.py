@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
-from records import Endpoints, InstanceRef, JobResult
+from records import Endpoints, InstanceRef, JobResult, ValidationFailed
 from resources.platform.base import (
     AGE_IDENTITY_ENV,
     SCRIPTS_DIR,
@@ -36,8 +36,10 @@ from resources.platform.base import (
 )
 from resources.platform.postgres_server import (
     LocalPostgresServer,
+    PostgresBinariesMissing,
     ServerCommandFailed,
     as_service_user,
+    available_postgres_versions,
     free_port,
     give_to_service_user,
     postgres_bindir,
@@ -104,7 +106,8 @@ class LocalPlatform(PlatformResource):
         digest = hashlib.sha1(f"{instance.namespace}/{instance.k8s_name}".encode()).hexdigest()[:12]
         return self._root / "sockets" / digest
 
-    def server(self, instance: InstanceRef, port: int) -> LocalPostgresServer:
+    def server(self, instance: InstanceRef, port: int, postgres_version: str | None = None) -> LocalPostgresServer:
+        """The instance's server; its binaries are the data directory's major unless told (initdb)."""
         base = self.instance_dir(instance)
         return LocalPostgresServer(
             data_dir=self.volume_dir(instance) / "pgdata",
@@ -112,7 +115,18 @@ class LocalPlatform(PlatformResource):
             socket_dir=self._socket_dir(instance),
             log_file=base / "run" / "postgres.log",
             hba_file=base / "config" / "pg_hba.conf",
+            postgres_version=postgres_version,
         )
+
+    def check_postgres_version(self, version: str, field: str, subject: str = "the request") -> None:
+        """Only a major this machine has server binaries for (Debian's, the pgserver wheel's)."""
+        versions = available_postgres_versions()
+        if str(version) not in versions:
+            raise ValidationFailed(
+                field,
+                f"{subject} is PostgreSQL {version} and this machine has no server binaries for it "
+                f"(it has: {', '.join(sorted(versions, key=int)) or 'none'})",
+            )
 
     def server_record(self, instance: InstanceRef) -> ServerRecord | None:
         path = self.instance_dir(instance) / "server.json"
@@ -162,8 +176,10 @@ class LocalPlatform(PlatformResource):
     # --- jobs -------------------------------------------------------------------------------
 
     def _job_env(self, spec: JobSpec, job_dir: Path) -> dict[str, str]:
+        # The job's tools are its major's: pg_dump of the source's, initdb/pg_restore of the target's.
+        tools = postgres_bindir(spec.env.get("POSTGRES_VERSION"))
         env = {
-            "PATH": f"{self._shared_bin()}:{postgres_bindir()}:/usr/local/bin:/usr/bin:/bin",
+            "PATH": f"{self._shared_bin()}:{tools}:/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
             "HOME": str(job_dir / "home"),
@@ -308,7 +324,7 @@ class LocalPlatform(PlatformResource):
         if record is not None:
             try:
                 self.server(instance, record.port).stop("immediate")
-            except ServerCommandFailed:
+            except (ServerCommandFailed, PostgresBinariesMissing):  # its major's binaries gone: remove it all the same
                 pass
         shutil.rmtree(self.instance_dir(instance), ignore_errors=True)
         shutil.rmtree(self._socket_dir(instance), ignore_errors=True)

@@ -6,12 +6,16 @@ an unprivileged OS user (`postgres` by default, TOYGRES_RUN_AS to change it) thr
 
 from __future__ import annotations
 
+import functools
 import glob
+import hashlib
+import importlib.util
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,18 +42,101 @@ def run_checked(argv: list[str], timeout: int) -> subprocess.CompletedProcess[st
     return done
 
 
-def postgres_bindir() -> Path:
-    """Where initdb/pg_ctl/pg_dump live: TOYGRES_PG_BIN, else the newest Debian install, else PATH."""
+def _bindir_candidates() -> list[Path]:
+    """Every PostgreSQL bin dir this machine has, in order of preference: TOYGRES_PG_BIN, the
+    Debian installs (newest first), the one on PATH, the `pgserver` wheel's (PostgreSQL 16)."""
+    found: list[Path] = []
     configured = os.environ.get("TOYGRES_PG_BIN")
     if configured:
-        return Path(configured)
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
-    for candidate in candidates:
-        if (Path(candidate) / "initdb").exists():
-            return Path(candidate)
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
+        found.append(Path(configured))
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
+    found += [Path(candidate) for candidate in debian if (Path(candidate) / "initdb").exists()]
+    on_path = shutil.which("initdb")
+    if on_path:
+        found.append(Path(on_path).resolve().parent)
+    wheel = importlib.util.find_spec("pgserver")
+    if wheel is not None and wheel.submodule_search_locations:
+        bundled = Path(next(iter(wheel.submodule_search_locations))) / "pginstall" / "bin"
+        if (bundled / "initdb").exists():
+            found.append(shared_wheel_bindir(bundled, Path(os.environ.get("TOYGRES_PG_CACHE", DEFAULT_PG_CACHE))))
+    return list(dict.fromkeys(found))
+
+
+DEFAULT_PG_CACHE = "/var/tmp/toygres-pg"
+
+
+@functools.lru_cache(maxsize=8)
+def shared_wheel_bindir(bindir: Path, cache_dir: Path) -> Path:
+    """The pgserver wheel's binaries where the service user can run them: where they are, or (a
+    checkout only its owner can enter) a copy under `cache_dir`, made once per wheel build. The
+    copy keeps the wheel's layout: the binaries find pgserver.libs, lib/ and share/ relative to themselves."""
+    user = run_as_user()
+    probe = ["runuser", "-u", user, "--", "test", "-x", str(bindir / "postgres")] if user else None
+    if probe is None or subprocess.run(probe, capture_output=True, timeout=30).returncode == 0:
+        return bindir
+    package = bindir.parents[1]  # .../pgserver (bin -> pginstall -> pgserver)
+    stamp = (bindir / "postgres").stat()
+    key = hashlib.sha256(f"{package}:{stamp.st_size}:{stamp.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir / f"pgserver-{key}"
+    copied = target / "pgserver" / "pginstall" / "bin"
+    if not (copied / "postgres").exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache_dir.chmod(0o755)
+        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=cache_dir))
+        shutil.copytree(package / "pginstall", staging / "pgserver" / "pginstall", symlinks=True)
+        if (package.parent / "pgserver.libs").is_dir():
+            shutil.copytree(package.parent / "pgserver.libs", staging / "pgserver.libs", symlinks=True)
+        for path in [staging, *staging.rglob("*")]:
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        try:
+            staging.rename(target)
+        except OSError:  # another process copied it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return copied
+
+
+@functools.lru_cache(maxsize=32)
+def _major_of(bindir: Path) -> str | None:
+    """The major of the server binaries in `bindir` (`postgres --version`: "postgres (PostgreSQL) 16.2")."""
+    try:
+        done = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    words = done.stdout.split()
+    return words[-1].split(".")[0] if done.returncode == 0 and words else None
+
+
+def available_postgres_versions() -> dict[str, Path]:
+    """Each PostgreSQL major this machine can run, and the bin dir it is run from."""
+    versions: dict[str, Path] = {}
+    for candidate in _bindir_candidates():
+        major = _major_of(candidate)
+        if major is not None:
+            versions.setdefault(major, candidate)
+    return versions
+
+
+def newest_postgres_bindir() -> Path:
+    """The newest major's binaries: its pg_restore reads the archives of every older pg_dump."""
+    versions = available_postgres_versions()
+    return versions[max(versions, key=int)] if versions else postgres_bindir()
+
+
+def postgres_bindir(version: str | None = None) -> Path:
+    """Where initdb/pg_ctl/pg_dump live. With a major: that major's binaries (an instance, its
+    jobs). Without: TOYGRES_PG_BIN, else the newest Debian install, else PATH, else the wheel's."""
+    if version is not None:
+        versions = available_postgres_versions()
+        if str(version) not in versions:
+            raise PostgresBinariesMissing(
+                f"no PostgreSQL {version} server binaries on this machine "
+                f"(it has: {', '.join(sorted(versions, key=int)) or 'none'})"
+            )
+        return versions[str(version)]
+    candidates = _bindir_candidates()
+    if candidates:
+        return candidates[0]
     raise PostgresBinariesMissing(
         "no PostgreSQL server binaries found: install postgresql (make dev does) or set TOYGRES_PG_BIN"
     )
@@ -116,8 +203,12 @@ def pgpass_line(host: str, port: int, user: str, password: str) -> str:
     return f"{escape(host)}:{port}:*:{escape(user)}:{escape(password)}\n"
 
 
-def service_env() -> dict[str, str]:
-    return {"PATH": f"{postgres_bindir()}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+def service_env(bindir: Path | None = None) -> dict[str, str]:
+    return {
+        "PATH": f"{bindir or postgres_bindir()}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
 
 
 @dataclass(frozen=True)
@@ -129,9 +220,22 @@ class LocalPostgresServer:
     socket_dir: Path
     log_file: Path
     hba_file: Path | None = None
+    postgres_version: str | None = None  # None: the data directory's (PG_VERSION), else the default
+
+    @property
+    def bindir(self) -> Path:
+        """The binaries of the data directory's major: a server runs with the version that made it."""
+        version = self.postgres_version
+        if version is None:
+            try:
+                version = (self.data_dir / "PG_VERSION").read_text().strip() or None
+            except OSError:
+                version = None
+        return postgres_bindir(version)
 
     def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = as_service_user([str(postgres_bindir() / "pg_ctl"), "-D", str(self.data_dir), *args], service_env())
+        bindir = self.bindir
+        argv = as_service_user([str(bindir / "pg_ctl"), "-D", str(self.data_dir), *args], service_env(bindir))
         if check:
             return run_checked(argv, timeout=120)
         return subprocess.run(argv, capture_output=True, text=True, timeout=120)
@@ -148,8 +252,9 @@ class LocalPostgresServer:
         give_to_service_user(self.data_dir)
         write_private_file(pwfile, password + "\n")
         try:
+            bindir = self.bindir
             argv = [
-                str(postgres_bindir() / "initdb"),
+                str(bindir / "initdb"),
                 "-D",
                 str(self.data_dir),
                 "-U",
@@ -160,7 +265,7 @@ class LocalPostgresServer:
                 "--encoding=UTF8",
                 "--locale=C.UTF-8",
             ]
-            run_checked(as_service_user(argv, service_env()), timeout=300)
+            run_checked(as_service_user(argv, service_env(bindir)), timeout=300)
         finally:
             pwfile.unlink(missing_ok=True)
 

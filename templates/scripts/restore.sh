@@ -9,6 +9,7 @@
 #      verified manifest) POSTGRES_USER (superuser), PGPASSWORD or POSTGRES_PASSWORD_FILE,
 #      optional RESTORE_JOBS (pg_restore -j), TRANSFER_STALL_SECONDS (see common.sh),
 #      AGE_IDENTITY_FILE (age private keys, mounted; needed when the manifest says the files are encrypted)
+#      RESTORE_DATABASES (a JSON array of database names: restore only those; unset: all)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore
 : "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}" "${BACKUP_SHA256SUMS:?}" "${POSTGRES_USER:=postgres}"
@@ -108,8 +109,19 @@ pg_ctl -D "$pgdata" -w -t 120 -l "$socket_dir/postgres.log" start \
   || { cat "$socket_dir/postgres.log" >&2; die "temporary server did not start"; }
 export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres
 
+# globals_for_psql FILE: globals.sql as this psql can run it. pg_dumpall since 17.6/16.10/15.14
+# wraps its script in \restrict KEY ... \unrestrict KEY; a psql of an older minor (an upgrade
+# target can be one) knows neither command, and only for such a psql are the two lines dropped.
+globals_for_psql() {
+  if printf '\\restrict probe\n\\unrestrict probe\n' | psql -X -q -v ON_ERROR_STOP=1 >/dev/null 2>&1; then
+    cat "$1"
+  else
+    grep -v -E '^\\(un)?restrict [[:alnum:]]+$' "$1"
+  fi
+}
+
 log "restoring roles"
-grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" "$staging/globals.sql" \
+globals_for_psql "$staging/globals.sql" | grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" \
   | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "restoring roles failed"
 
 # The instance's Secret is what clients will use: the superuser's password is set from it, as a
@@ -123,10 +135,22 @@ restore_failed() { # $1: pg_restore's verbose log, $2: the database; its errors 
   die "pg_restore of $(shown "$2") failed"
 }
 
+# selected_databases MANIFEST: "path NUL database NUL" of each database to restore: all of them,
+# or those RESTORE_DATABASES names (a JSON array, read by jq: any name arrives exactly).
+selected_databases() {
+  jq -j --argjson wanted "${RESTORE_DATABASES:-null}" '.files[] | select(.kind == "database")
+    | .database as $name | select($wanted == null or any($wanted[]; . == $name))
+    | .path, "\u0000", .database, "\u0000"' "$1"
+}
+
 # Names come from the verified manifest, NUL-separated: each database keeps its exact name.
-jq -j '.files[] | select(.kind == "database") | .path, "\u0000", .database, "\u0000"' "$staging/manifest.json" \
-  >"$socket_dir/databases" || die "manifest.json lists no readable databases"
+selected_databases "$staging/manifest.json" >"$socket_dir/databases" || die "manifest.json lists no readable databases"
 mapfile -d '' -t entries <"$socket_dir/databases"
+if [[ -n "${RESTORE_DATABASES:-}" ]]; then
+  wanted=$(jq -r 'length' <<<"$RESTORE_DATABASES") || die "RESTORE_DATABASES is not a JSON array of names"
+  ((${#entries[@]} == 2 * wanted)) || die "the image holds $((${#entries[@]} / 2)) of the ${wanted} database(s) asked for"
+  log "restoring ${wanted} of the image's databases (selected); roles are restored whole"
+fi
 for ((i = 0; i < ${#entries[@]}; i += 2)); do
   name=${entries[i]} database=${entries[i + 1]}
   [[ -f "$staging/$name" && -n "$database" ]] || die "manifest entry $(shown "$name") names no verified dump or no database"

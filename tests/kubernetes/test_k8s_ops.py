@@ -45,6 +45,7 @@ def make_k8s(cluster, **over) -> KubernetesPlatform:
             "pod_pending_timeout_seconds": 10,
             "backoff_limit": 1,
             "job_images": JOB_IMAGES,
+            "pg_durable_images": {"16": f"acr.example/pg_durable:16-20261126@sha256:{'ef' * 32}"},  # the source's
             **over,
         }
     )
@@ -371,3 +372,96 @@ def test_connect_reads_the_password_from_the_kubernetes_secret(cms, k8s, monkeyp
     assert unquote(uri.password) == password and uri.hostname == "20.1.2.3" and uri.query == "sslmode=require"
     assert cli.main(["connect", SOURCE.k8s_name]) == 0
     assert password not in capsys.readouterr().out
+
+
+PG_DURABLE_17 = f"acr.example/pg_durable:17-20261126@sha256:{'cd' * 32}"
+
+
+def test_an_upgrade_restore_runs_the_target_majors_job_image_and_server(cms, blob, cluster, monkeypatch):
+    """A pg_durable image of PostgreSQL 16 restored into 17, one database named: the restore Job runs
+    the 17 job image and is told which database, the StatefulSet runs pg_durable 17, the CMS keeps both majors."""
+    image = ready_image(cms, blob)
+    k8s = make_k8s(cluster, pg_durable_images={"16": "acr.example/pg_durable:16-x", "17": PG_DURABLE_17})
+    monkeypatch.setattr("toygres_pipelines.restores.config.new_k8s_name", lambda name: f"{name}-x9y8z")
+    target = "orders-copy-x9y8z"
+    attempts = [PodScript(log="restore: restore complete\n", exit_code=0)]
+    controller = FakeJobController(cluster, NS, f"restore-{target}", attempts, backoff_gap_seconds=0.05).start()
+    try:
+        restore_instance.execute_in_process(
+            run_config={
+                "ops": {
+                    "validate_request": {
+                        "config": {
+                            "name": "orders-copy",
+                            "dns_label": "orders-copy",
+                            "source_image_id": image.name,
+                            "postgres_version": "17",
+                            "databases": ["orders"],
+                            "ready_timeout_seconds": 5,  # no kubelet runs the server: the run ends there
+                        }
+                    }
+                }
+            },
+            resources={"cms": cms, "blob": blob, "platform": k8s},
+            raise_on_error=False,
+            instance=dg.DagsterInstance.ephemeral(),
+        )
+    finally:
+        controller.stop()
+
+    posted = {
+        r.resource.plural: r.data
+        for r in cluster.requests()
+        if r.resource is not None and r.method.value == "POST" and r.resource.plural in ("jobs", "statefulsets")
+    }
+    job = posted["jobs"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in job["env"]}
+    assert job["image"] == JOB_IMAGES["17"] and env["POSTGRES_VERSION"] == "17"
+    assert json.loads(env["RESTORE_DATABASES"]) == ["orders"]
+    assert [line.split()[1] for line in env["BACKUP_SHA256SUMS"].splitlines()] == ["globals.sql", "databases/001.dump"]
+    assert posted["statefulsets"]["spec"]["template"]["spec"]["containers"][0]["image"] == PG_DURABLE_17
+    [instance] = [i for i in cms.list_instances() if i.k8s_name == target]
+    assert (instance.postgres_version, instance.source_postgres_version) == ("17", "16")
+
+
+@pytest.mark.parametrize(
+    ("platform_over", "message"),
+    [
+        (
+            {"job_images": {"16": JOB_IMAGES["16"]}, "pg_durable_images": {"17": PG_DURABLE_17}},
+            "postgres_version: the target of image 'orders__nightly' is PostgreSQL 17 and this deployment has no job "
+            "image for it (TOYGRES_K8S_JOB_IMAGES has: 16)",
+        ),
+        (
+            {"pg_durable_images": {"16": "acr.example/pg_durable:16-x"}},
+            "postgres_version: the target of image 'orders__nightly' is PostgreSQL 17 and this deployment has no "
+            "pg_durable server image for it (configured: 16)",
+        ),
+    ],
+    ids=["no-job-image", "no-server-image"],
+)
+def test_a_restore_into_a_major_the_deployment_cannot_run_is_refused_before_anything_is_created(
+    cms, blob, cluster, platform_over, message
+):
+    image = ready_image(cms, blob)
+    platform = make_k8s(cluster, **platform_over)
+    result = restore_instance.execute_in_process(
+        run_config={
+            "ops": {
+                "validate_request": {
+                    "config": {
+                        "name": "orders-copy",
+                        "dns_label": "orders-copy",
+                        "source_image_id": image.name,
+                        "postgres_version": "17",
+                    }
+                }
+            }
+        },
+        resources={"cms": cms, "blob": blob, "platform": platform},
+        raise_on_error=False,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert not result.success and message in failure_text(result), failure_text(result)
+    assert cluster.creations() == []
+    assert [i.k8s_name for i in cms.list_instances()] == [SOURCE.k8s_name]

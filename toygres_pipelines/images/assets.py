@@ -108,7 +108,7 @@ def report_ready_image(
     Bytes that no longer verify make it corrupt, like a failed verification at restore."""
     started = time.monotonic()
     try:
-        _, report = verify_image(blob, ready.blob_path, expected_manifest_sha256=ready.backup_checksum)
+        manifest, report = verify_image(blob, ready.blob_path, expected_manifest_sha256=ready.backup_checksum)
     except ImageCorrupt as error:
         why = f"failed verification when its partition was materialized again: {error}"[:4000]
         cms.transition_image(
@@ -126,7 +126,7 @@ def report_ready_image(
     context.log.info(
         f"image {ready.name} ({ready.id}) is already ready and verifies: reported as it is, no new backup taken"
     )
-    outcome = BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started)
+    outcome = BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started, manifest=manifest)
     return verified_result(outcome)
 
 

@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import BaseModel
 
 from records import (
+    BackupManifest,
     Image,
     ImageState,
     Instance,
@@ -24,6 +25,7 @@ from records.units import human_bytes
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource, InvalidTransition
 from resources.platform.base import JobKind, JobSpec, PlatformResource
+from toygres_pipelines.images.contents import databases_table
 from toygres_pipelines.images.verification import VerificationReport, verify_image
 
 PARTITION_SOURCE_SEPARATOR = "__"
@@ -33,6 +35,7 @@ class BackupOutcome(BaseModel):
     image: Image
     report: VerificationReport
     seconds: float
+    manifest: BackupManifest | None = None
 
 
 def source_ref_for(image_name: str, configured_source: str) -> str:
@@ -179,7 +182,7 @@ def take_image(
                 _quietly(lambda: platform.delete_job(job_name, source.namespace), log)
         raise
     _quietly(lambda: platform.delete_job(spec.name, source.namespace), log, then="the janitor removes it")
-    return BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started)
+    return BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started, manifest=manifest)
 
 
 def describe_failure(error: BaseException) -> str:
@@ -286,4 +289,5 @@ def materialization_metadata(outcome: BackupOutcome) -> dict[str, dg.MetadataVal
         "encryption": dg.MetadataValue.text(
             f"age, recipient {image.encryption_recipient}" if image.encryption_recipient else "none"
         ),
+        **({"databases": databases_table(outcome.manifest)} if outcome.manifest else {}),
     }

@@ -14,7 +14,7 @@ from records import BackupFile, BackupManifest
 from records.encryption import AGE_HEADER
 from records.units import human_bytes
 from resources.blob import MANIFEST_NAME, BlobStorageResource
-from resources.platform.postgres_server import postgres_bindir
+from resources.platform.postgres_server import newest_postgres_bindir
 
 
 class ImageCorrupt(RuntimeError):
@@ -57,7 +57,7 @@ def _hash_and_read(blob: BlobStorageResource, name: str, is_dump: bool) -> FileC
     reader = None
     if is_dump:
         reader = subprocess.Popen(
-            [str(postgres_bindir() / "pg_restore"), "--file=/dev/null"],
+            [str(newest_postgres_bindir() / "pg_restore"), "--file=/dev/null"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

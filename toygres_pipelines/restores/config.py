@@ -1,11 +1,13 @@
 """What a restore request says, and the rules it must follow before anything is created.
 
 The launchpad, the restore-request sensor and the CLI all go through `check_request_fields`
-(rules on the request alone) and `plan_restore` (rules against the CMS).
+(rules on the request alone) and `plan_restore` (rules against the CMS, the platform and, for a
+selection of databases, the image's verified manifest).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import dagster as dg
@@ -13,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from records import (
     INSTANCE_NAME_MAX,
+    BackupManifest,
     Image,
     ImageState,
     ImageType,
@@ -24,14 +27,18 @@ from records import (
 )
 from records.encryption import check_identity_for
 from records.requests import RestoreRequestFields
+from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
+from toygres_pipelines.images.verification import read_manifest
 
 MAX_STORAGE_GB = 16384
 # A restore job downloads, checks and pg_restores the whole image: a minute at the least, two
 # days at the most (a hung job must not hold its pool slot for ever).
 JOB_TIMEOUT_BOUNDS = (60, 2 * 24 * 3600)
 READY_TIMEOUT_BOUNDS = (5, 3600)
+# A PostgreSQL major since 10 is one number (16), never 9.6-style or with a minor (16.2).
+POSTGRES_MAJOR = re.compile(r"[1-9][0-9]+")
 
 
 class RestoreConfig(RestoreRequestFields, dg.Config):
@@ -65,7 +72,11 @@ class RestorePlan(BaseModel):
     image_id: uuid.UUID
     image_name: str
     image_type: ImageType
-    postgres_version: str
+    postgres_version: str = Field(description="The new instance's major: the image's, or the newer one asked for")
+    source_postgres_version: str = Field(description="The image's major")
+    selected_databases: list[str] | None = Field(
+        default=None, description="The databases to restore, checked against the image; None: all"
+    )
     manifest_sha256: str
     blob_path: str
 
@@ -83,6 +94,55 @@ def check_request_fields(fields: RestoreRequestFields) -> None:
         validate_dns_label(fields.namespace, "namespace")
     if not 1 <= fields.storage_size_gb <= MAX_STORAGE_GB:
         raise ValidationFailed("storage_size_gb", f"{fields.storage_size_gb} must be between 1 and {MAX_STORAGE_GB}")
+    if fields.databases is not None:
+        check_database_names(fields.databases)
+    if fields.postgres_version is not None and not POSTGRES_MAJOR.fullmatch(fields.postgres_version):
+        raise ValidationFailed(
+            "postgres_version", f"{fields.postgres_version!r} must be a PostgreSQL major version such as 16"
+        )
+
+
+def check_database_names(names: list[str]) -> None:
+    """A database name may hold any character but NUL; each is named once."""
+    if not names:
+        raise ValidationFailed("databases", "name at least one database, or leave the field out to restore all")
+    seen: set[str] = set()
+    for name in names:
+        if not name:
+            raise ValidationFailed("databases", f"{name!r} is empty")
+        if "\x00" in name:
+            raise ValidationFailed("databases", f"{name!r} holds a NUL byte, which no database name can")
+        if name in seen:
+            raise ValidationFailed("databases", f"{name!r} is named twice")
+        seen.add(name)
+
+
+def chosen_databases(requested: list[str] | None, manifest: BackupManifest, image_name: str) -> list[str] | None:
+    """The requested databases, each checked against what the image holds; None: all of them."""
+    if requested is None:
+        return None
+    held = [f.database for f in manifest.files if f.kind == "database" and f.database is not None]
+    unknown = [name for name in requested if name not in held]
+    if unknown:
+        raise ValidationFailed(
+            "databases",
+            f"{', '.join(map(repr, unknown))}: no such database in the image; image {image_name!r} holds: "
+            + ", ".join(map(repr, held)),
+        )
+    return list(requested)
+
+
+def target_postgres_version(image_version: str, requested: str | None, image_name: str) -> str:
+    """The new instance's major: the image's, or a newer one; pg_restore cannot go back a major."""
+    if requested is None:
+        return image_version
+    if int(requested) < int(image_version):
+        raise ValidationFailed(
+            "postgres_version",
+            f"{requested} is older than PostgreSQL {image_version} of image {image_name!r}: a restore can keep or "
+            "raise the major, never lower it",
+        )
+    return requested
 
 
 def check_timeouts(config: RestoreConfig) -> None:
@@ -107,15 +167,34 @@ def ready_image(cms: CMSResource, ref: str) -> Image:
     return image
 
 
-def plan_restore(fields: RestoreRequestFields, cms: CMSResource, platform: PlatformResource) -> RestorePlan:
-    """All rules, the CMS and platform ones included. image_type and postgres_version come from the image."""
+def plan_restore(
+    fields: RestoreRequestFields,
+    cms: CMSResource,
+    platform: PlatformResource,
+    blob: BlobStorageResource | None = None,
+) -> RestorePlan:
+    """All rules, the CMS and platform ones included. image_type comes from the image, the major
+    from the image unless a newer one is asked for. With `blob`, named databases are checked
+    against the image's manifest (verified against the CMS checksum); without it (the request
+    sensor) the run's validate step checks them, still before anything is created."""
     check_request_fields(fields)
     namespace = platform.resolve_namespace(fields.namespace)
     image = ready_image(cms, fields.source_image_id or "")
-    platform.check_postgres_version(image.postgres_version, "source_image_id", f"image {image.name!r}")
+    target = target_postgres_version(image.postgres_version, fields.postgres_version, image.name)
+    field, subject = (
+        ("source_image_id", f"image {image.name!r}")
+        if fields.postgres_version is None
+        else ("postgres_version", f"the target of image {image.name!r}")
+    )
+    platform.check_postgres_version(target, field, subject)
+    platform.check_server_image(target, image.image_type, field, subject)
     check_identity_for(image.encryption_recipient, platform.age_identity_recipients, image.name)
     if cms.dns_name_in_use(fields.dns_label):
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
+    databases = fields.databases
+    if databases is not None and blob is not None:
+        manifest, _ = read_manifest(blob, image.blob_path, image.backup_checksum)
+        databases = chosen_databases(databases, manifest, image.name)
     return RestorePlan(
         user_name=fields.name,
         k8s_name=new_k8s_name(fields.name),
@@ -126,7 +205,9 @@ def plan_restore(fields: RestoreRequestFields, cms: CMSResource, platform: Platf
         image_id=image.id,
         image_name=image.name,
         image_type=image.image_type,
-        postgres_version=image.postgres_version,
+        postgres_version=target,
+        source_postgres_version=image.postgres_version,
+        selected_databases=databases,
         manifest_sha256=image.backup_checksum or "",
         blob_path=image.blob_path,
     )

@@ -83,18 +83,35 @@ def refuse_while_alive(context: dg.OpExecutionContext, earlier: Instance, key: s
         )
 
 
-@dg.op(description="Check the request and the image; take image_type and postgres_version from the image")
+@dg.op(
+    description="Check the request and the image (the databases named against its manifest); image_type from the "
+    "image, the PostgreSQL major from the image or the newer one asked for"
+)
 def validate_request(
-    context: dg.OpExecutionContext, config: RestoreConfig, cms: CMSResource, platform: PlatformResource
+    context: dg.OpExecutionContext,
+    config: RestoreConfig,
+    cms: CMSResource,
+    platform: PlatformResource,
+    blob: BlobStorageResource,
 ) -> TimedPlan:
     try:
         check_timeouts(config)
-        plan = plan_restore(RestoreRequestFields.of(config), cms, platform)
+        plan = plan_restore(RestoreRequestFields.of(config), cms, platform, blob)
     except ValidationFailed as error:
         raise invalid_request(error) from None
+    upgrade = (
+        f", upgraded from PostgreSQL {plan.source_postgres_version}"
+        if plan.postgres_version != plan.source_postgres_version
+        else ""
+    )
+    chosen = (
+        "every database"
+        if plan.selected_databases is None
+        else f"database(s) {', '.join(map(repr, plan.selected_databases))}"
+    )
     context.log.info(
-        f"restoring image {plan.image_name} ({plan.image_type}, PostgreSQL {plan.postgres_version}) "
-        f"into {plan.namespace}/{plan.k8s_name}, {plan.storage_size_gb} GiB"
+        f"restoring {chosen} and the roles of image {plan.image_name} ({plan.image_type}, PostgreSQL "
+        f"{plan.postgres_version}{upgrade}) into {plan.namespace}/{plan.k8s_name}, {plan.storage_size_gb} GiB"
     )
     return TimedPlan(
         plan=plan, job_timeout_seconds=config.job_timeout_seconds, ready_timeout_seconds=config.ready_timeout_seconds
@@ -124,6 +141,7 @@ def create_instance_record(
             k8s_name=plan.k8s_name,
             namespace=plan.namespace,
             postgres_version=plan.postgres_version,
+            source_postgres_version=plan.source_postgres_version,
             storage_size_gb=plan.storage_size_gb,
             use_load_balancer=not plan.internal,
             dns_name=plan.dns_label,

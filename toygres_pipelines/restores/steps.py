@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -70,6 +71,19 @@ def check_url(endpoints: Endpoints, password: SecretStr) -> str:
     return connection_string(host, endpoints.port, password, sslmode=endpoints.sslmode)
 
 
+def restore_job_env(manifest: BackupManifest, databases: list[str] | None) -> dict[str, str]:
+    """What the restore job downloads and restores: every file, or the roles and the chosen
+    databases. The names travel as a JSON array (ASCII, any name exactly; the script reads it with jq)."""
+    if databases is None:
+        return {"BACKUP_SHA256SUMS": sha256sums(manifest)}
+    wanted = set(databases)
+    files = [f for f in manifest.files if f.kind != "database" or f.database in wanted]
+    return {
+        "BACKUP_SHA256SUMS": sha256sums(manifest.model_copy(update={"files": files})),
+        "RESTORE_DATABASES": json.dumps(databases, ensure_ascii=True),
+    }
+
+
 def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageResource, timeout_seconds: int) -> JobSpec:
     """Verifies the manifest against the CMS row first; the job verifies every file again."""
     manifest, _ = verify_manifest_only(blob, plan)
@@ -81,9 +95,10 @@ def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageRes
         env={
             "BLOB_URL": blob.folder_url(plan.blob_path),
             "MANIFEST_SHA256": plan.manifest_sha256,
-            "BACKUP_SHA256SUMS": sha256sums(manifest),
+            **restore_job_env(manifest, plan.selected_databases),
             "POSTGRES_USER": SUPERUSER,
-            # initdb's major version must be the server's: the platform picks the job image by it.
+            # initdb's major version must be the server's (the target's: a restore may upgrade):
+            # the platform picks the job image (Kubernetes) or the binaries (local) by it.
             "POSTGRES_VERSION": plan.postgres_version,
             "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
         },
