@@ -17,6 +17,17 @@ class BackupFile(Record):
     database: str | None = None
     size_bytes: int
     sha256: str
+    dump_format: str = Field(
+        default="custom",
+        description="A database's dump: custom (pg_dump -Fc, this one file) or directory (pg_dump -Fd: this file "
+        "is one of the directory `archive`)",
+    )
+    archive: str | None = Field(default=None, description="Directory format: the archive directory this file is in")
+
+    @property
+    def restorable(self) -> str:
+        """What pg_restore is given: the dump file, or the directory it belongs to."""
+        return self.archive or self.path
 
 
 class BackupManifest(Record):
@@ -33,6 +44,7 @@ class BackupManifest(Record):
     finished_at: datetime
     tools: dict[str, str]
     files: list[BackupFile]
+    parallel_jobs: int = 1
 
     @property
     def total_bytes(self) -> int:

@@ -4,7 +4,8 @@
 #
 # Env: PGHOST PGPORT PGUSER (source superuser) BLOB_URL (image folder, no credentials)
 #      IMAGE_NAME SOURCE_INSTANCE SOURCE_NAMESPACE, optional DUMP_COMPRESSION (0-9),
-#      TRANSFER_STALL_SECONDS (see common.sh)
+#      TRANSFER_STALL_SECONDS (see common.sh), PARALLEL_JOBS (>1: parallel mode, see
+#      dump_directory_to_blob)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=backup
 : "${PGHOST:?}" "${PGPORT:?}" "${PGUSER:?}" "${BLOB_URL:?}" "${IMAGE_NAME:?}" "${SOURCE_INSTANCE:?}" "${SOURCE_NAMESPACE:?}"
@@ -58,6 +59,67 @@ record_file() { # $1 blob name, $2 kind, $3 database (kind database only)
   log "uploaded $1 ($(<"$work/$key.size") bytes, sha256 $(<"$work/$key.sha256"))"
 }
 
+# --- parallel mode (PARALLEL_JOBS > 1) ---------------------------------------------------------
+# pg_dump -Fd -j N cannot write to a pipe: each database is dumped into a directory on the job's
+# scratch disk (one file per table), then uploaded by one azcopy (files in parallel) while every
+# file is hashed, each recorded in the manifest with the archive (directory) it belongs to.
+PARALLEL_JOBS=${PARALLEL_JOBS:-1}
+[[ "$PARALLEL_JOBS" =~ ^[1-9][0-9]*$ ]] || die "PARALLEL_JOBS must be a positive integer, not $(shown "$PARALLEL_JOBS")"
+
+# directory_progress LABEL DIRECTORY STARTED [ON_DISK_BYTES]: how much pg_dump -Fd has written
+directory_progress() {
+  local bytes elapsed=$((SECONDS - $3))
+  bytes=$(du -sb "$2" 2>/dev/null | cut -f1 || true)
+  log "$1: $(mib "${bytes:-0}") dumped in ${elapsed}s ($(rate "${bytes:-0}" "$elapsed"))${4:+; the database takes $(mib "$4") on disk}"
+}
+
+upload_directory() { # $1: local directory, $2: blob folder it goes into (keeping the directory's name)
+  local output status=0
+  output=$(mktemp "${TMPDIR:-/tmp}/toygres-azcopy.XXXXXX")
+  azcopy_watched "$output" "$output.err" copy "$1" "$(blob_url "$2")" --from-to=LocalBlob --recursive \
+    --log-level=ERROR --output-level=essential </dev/null || status=$?
+  if ((status == 124)); then
+    log "ERROR: ${STALL_MESSAGE} while uploading $2/$(basename "$1")"
+  elif ((status != 0)); then
+    cat "$output" "$output.err" | redact | tail -n 30 >&2
+  fi
+  rm -f "$output" "$output.err"
+  return "$status"
+}
+
+record_directory() { # $1 archive (blob folder), $2 database: each file of $work/dirs/$1 with its size and sha256
+  local archive=$1 path size sha256
+  while IFS= read -r -d '' path; do
+    size=$(file_size "$work/dirs/$archive/$path")
+    sha256=$(sha256sum "$work/dirs/$archive/$path" | cut -d' ' -f1)
+    jq -n -c --arg path "$archive/$path" --arg archive "$archive" --arg database "$2" --argjson size "$size" \
+      --arg sha256 "$sha256" \
+      '{path: $path, kind: "database", database: $database, size_bytes: $size, sha256: $sha256,
+        dump_format: "directory", archive: $archive}' >>"$work/files.jsonl" || return 1
+  done < <(cd "$work/dirs/$archive" && find . -type f -printf '%P\0' | LC_ALL=C sort -z)
+}
+
+# dump_directory_to_blob ARCHIVE DATABASE [ON_DISK_BYTES]: pg_dump -Fd -j PARALLEL_JOBS into
+# $work/dirs/ARCHIVE, uploaded to ARCHIVE/ and recorded file by file; the local copy is then removed.
+dump_directory_to_blob() {
+  local archive=$1 database=$2 on_disk=${3:-} started=$SECONDS upload count
+  local label="$archive (database $(shown "$database"))"
+  mkdir -p "$work/dirs/$(dirname "$archive")"
+  log "dumping database $(shown "$database") into $archive/ with pg_dump -Fd -j ${PARALLEL_JOBS} ($(mib "${on_disk:-0}") on disk)"
+  start_progress directory_progress "$label" "$work/dirs/$archive" "$started" "$on_disk"
+  interruptible pg_dump -w -Fd -j "$PARALLEL_JOBS" ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} \
+    --dbname="$(dbname_conninfo "$database")" -f "$work/dirs/$archive" || die "pg_dump of database $(shown "$database") failed"
+  stop_progress
+  directory_progress "$label dumped" "$work/dirs/$archive" "$started" "$on_disk"
+  upload_directory "$work/dirs/$archive" "$(dirname "$archive")" &
+  upload=$!
+  record_directory "$archive" "$database" || die "recording $archive in the manifest failed"
+  wait "$upload" || die "upload of $archive (database $(shown "$database")) failed"
+  count=$(find "$work/dirs/$archive" -type f | wc -l)
+  log "uploaded $archive/ ($count files, $(du -sb "$work/dirs/$archive" | cut -f1) bytes, each file's sha256 recorded) in $((SECONDS - started))s"
+  rm -rf "${work:?}/dirs/$archive"
+}
+
 pg_dumpall -w --globals-only | stream_to_blob globals.sql || die "pg_dumpall --globals-only failed"
 record_file globals.sql globals ""
 
@@ -74,6 +136,10 @@ log "${#databases[@]} database(s) to dump, $(mib "$(IFS=+; echo $((${sizes[*]:-0
 index=0
 for database in "${databases[@]}"; do
   index=$((index + 1))
+  if ((PARALLEL_JOBS > 1)); then
+    dump_directory_to_blob "$(printf 'databases/%03d' "$index")" "$database" "${sizes[index - 1]:-}"
+    continue
+  fi
   name=$(printf 'databases/%03d.dump' "$index")
   log "dumping database $(shown "$database") into $name ($(mib "${sizes[index - 1]:-0}") on disk)"
   pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --dbname="$(dbname_conninfo "$database")" \
@@ -87,10 +153,11 @@ jq -n --arg image_name "$IMAGE_NAME" --arg source_instance "$SOURCE_INSTANCE" \
   --arg source_namespace "$SOURCE_NAMESPACE" --arg postgres_version "$postgres_version" \
   --argjson server_version_num "$server_version_num" --arg started_at "$started_at" --arg finished_at "$finished_at" \
   --arg pg_dump "$(pg_dump --version)" --arg azcopy "$(azcopy --version 2>/dev/null | head -1)" \
-  --slurpfile files "$work/files.jsonl" \
+  --slurpfile files "$work/files.jsonl" --argjson parallel_jobs "$PARALLEL_JOBS" \
   '{format_version: 1, image_name: $image_name, source_instance: $source_instance,
     source_namespace: $source_namespace, postgres_version: $postgres_version,
-    server_version_num: $server_version_num, dump_format: "custom", started_at: $started_at,
+    server_version_num: $server_version_num, dump_format: (if $parallel_jobs > 1 then "directory" else "custom" end),
+    parallel_jobs: $parallel_jobs, started_at: $started_at,
     finished_at: $finished_at, tools: {pg_dump: $pg_dump, azcopy: $azcopy}, files: $files}' \
   >"$work/manifest.json" || die "writing manifest.json failed"
 # azcopy insists on a pipe (a redirected file is refused)

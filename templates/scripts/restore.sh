@@ -7,7 +7,8 @@
 # Env: VOLUME_PATH (the volume; PGDATA becomes $VOLUME_PATH/pgdata) BLOB_URL (image folder)
 #      MANIFEST_SHA256 (from the CMS row) BACKUP_SHA256SUMS (sha256sum -c lines, from the
 #      verified manifest) POSTGRES_USER (superuser), PGPASSWORD or POSTGRES_PASSWORD_FILE,
-#      optional RESTORE_JOBS (pg_restore -j), TRANSFER_STALL_SECONDS (see common.sh)
+#      optional RESTORE_JOBS (pg_restore -j; the image's parallel_jobs for a parallel-mode image),
+#      TRANSFER_STALL_SECONDS (see common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore
 : "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}" "${BACKUP_SHA256SUMS:?}" "${POSTGRES_USER:=postgres}"
@@ -54,6 +55,7 @@ for name in "${files[@]}"; do
   total=$(jq -r --arg path "$name" '.files[] | select(.path == $path) | .size_bytes' "$staging/manifest.json")
   log "downloading $name ($(mib "$total"))"
   started=$SECONDS
+  mkdir -p "$(dirname "$staging/$name")" # a directory-format dump (parallel mode) is a folder of files
   start_progress download_progress "$name" "$staging/$name" "$total" "$started"
   download_file "$name" "$staging/$name" || die "download of $name failed"
   stop_progress
@@ -96,12 +98,14 @@ restore_failed() { # $1: pg_restore's verbose log, $2: the database; its errors 
 }
 
 # Names come from the verified manifest, NUL-separated: each database keeps its exact name.
-jq -j '.files[] | select(.kind == "database") | .path, "\u0000", .database, "\u0000"' "$staging/manifest.json" \
+# A directory-format dump (parallel mode) is restored from its archive folder, named once (by its toc.dat).
+jq -j '.files[] | select(.kind == "database" and (.archive == null or .path == .archive + "/toc.dat"))
+  | (.archive // .path), "\u0000", .database, "\u0000"' "$staging/manifest.json" \
   >"$socket_dir/databases" || die "manifest.json lists no readable databases"
 mapfile -d '' -t entries <"$socket_dir/databases"
 for ((i = 0; i < ${#entries[@]}; i += 2)); do
   name=${entries[i]} database=${entries[i + 1]}
-  [[ -f "$staging/$name" && -n "$database" ]] || die "manifest entry $(shown "$name") names no verified dump or no database"
+  [[ -e "$staging/$name" && -n "$database" ]] || die "manifest entry $(shown "$name") names no verified dump or no database"
   exists=$(psql -X -Atq -v db="$database" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")
   items=$(pg_restore --list "$staging/$name" | grep -c '^[0-9]' || true)
   report="$socket_dir/pg_restore.log" label="pg_restore of database $(shown "$database")" started=$SECONDS

@@ -82,6 +82,7 @@ def image(
             platform=platform,
             log=context.log.info,
             job_timeout_seconds=config.job_timeout_seconds,
+            parallel_jobs=config.parallel_jobs,
         )
     except ValidationFailed as error:
         note = ""

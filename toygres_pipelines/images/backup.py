@@ -20,6 +20,7 @@ from records import (
     ValidationFailed,
     validate_image_name,
 )
+from records.parallel import SINGLE_STREAM, validate_parallel_jobs
 from records.units import human_bytes
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource, InvalidTransition
@@ -79,7 +80,13 @@ def image_prefix(image_id: uuid.UUID) -> str:
     return f"images/{image_id}"
 
 
-def backup_job_spec(image: Image, source: Instance, blob: BlobStorageResource, timeout_seconds: int) -> JobSpec:
+def backup_job_spec(
+    image: Image,
+    source: Instance,
+    blob: BlobStorageResource,
+    timeout_seconds: int,
+    parallel_jobs: int = SINGLE_STREAM,
+) -> JobSpec:
     return JobSpec(
         kind=JobKind.backup,
         name=f"backup-{image.id}",
@@ -92,6 +99,7 @@ def backup_job_spec(image: Image, source: Instance, blob: BlobStorageResource, t
             "SOURCE_NAMESPACE": source.namespace,
             "POSTGRES_VERSION": source.postgres_version,
             "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
+            **({"PARALLEL_JOBS": str(parallel_jobs)} if parallel_jobs > SINGLE_STREAM else {}),
         },
         blob_sas=blob.job_sas("racwl", timedelta(seconds=timeout_seconds + 600)),
         labels={"toygres/image-id": str(image.id), "toygres/instance": source.k8s_name},
@@ -110,6 +118,7 @@ def take_image(
     platform: PlatformResource,
     log: LogSink,
     job_timeout_seconds: int,
+    parallel_jobs: int = SINGLE_STREAM,
 ) -> BackupOutcome:
     """Reserve the image row, run the backup job, verify the blobs, mark the image ready.
 
@@ -120,6 +129,7 @@ def take_image(
     """
     validate_image_name(name, field="image name (partition key)")
     check_name_free(cms, name, field="image name (partition key)")
+    validate_parallel_jobs(parallel_jobs)
     source = running_source(cms, platform, source_ref)
     image_id = uuid.uuid4()
     image = cms.reserve_image(
@@ -138,7 +148,7 @@ def take_image(
     try:
         cms.set_image_password(image.id, platform.read_instance_password(ref))
         blob.check_reachable()
-        spec = backup_job_spec(image, source, blob, job_timeout_seconds)
+        spec = backup_job_spec(image, source, blob, job_timeout_seconds, parallel_jobs)
         job_name = spec.name
         platform.run_job(spec, log)
         manifest, report = verify_image(blob, image.blob_path, log=log)
