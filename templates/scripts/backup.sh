@@ -61,8 +61,8 @@ record_file() { # $1 blob name, $2 kind, $3 database (kind database only)
 
 # --- parallel mode (PARALLEL_JOBS > 1) ---------------------------------------------------------
 # pg_dump -Fd -j N cannot write to a pipe: each database is dumped into a directory on the job's
-# scratch disk (one file per table), then uploaded by one azcopy (files in parallel) while every
-# file is hashed, each recorded in the manifest with the archive (directory) it belongs to.
+# scratch disk (one file per table); each file is uploaded once pg_dump has finished it, and every
+# file is hashed and recorded in the manifest with the archive (directory) it belongs to.
 PARALLEL_JOBS=${PARALLEL_JOBS:-1}
 [[ "$PARALLEL_JOBS" =~ ^[1-9][0-9]*$ ]] || die "PARALLEL_JOBS must be a positive integer, not $(shown "$PARALLEL_JOBS")"
 
@@ -73,17 +73,39 @@ directory_progress() {
   log "$1: $(mib "${bytes:-0}") dumped in ${elapsed}s ($(rate "${bytes:-0}" "$elapsed"))${4:+; the database takes $(mib "$4") on disk}"
 }
 
-upload_directory() { # $1: local directory, $2: blob folder it goes into (keeping the directory's name)
-  local output status=0
-  output=$(mktemp "${TMPDIR:-/tmp}/toygres-azcopy.XXXXXX")
-  azcopy_watched "$output" "$output.err" copy "$1" "$(blob_url "$2")" --from-to=LocalBlob --recursive \
-    --log-level=ERROR --output-level=essential </dev/null || status=$?
-  if ((status == 124)); then
-    log "ERROR: ${STALL_MESSAGE} while uploading $2/$(basename "$1")"
-  elif ((status != 0)); then
-    cat "$output" "$output.err" | redact | tail -n 30 >&2
-  fi
-  rm -f "$output" "$output.err"
+# upload_as_dumped ARCHIVE VERBOSE_LOG DUMP_PID: each table's data file is uploaded as soon as
+# pg_dump reports it finished (uploads overlap the dump), every other file (toc.dat, large objects)
+# once pg_dump has exited; PARALLEL_JOBS uploads at a time, one azcopy PipeBlob per file (a
+# directory upload costs azcopy seconds of job bookkeeping).
+upload_as_dumped() {
+  local archive=$1 report=$2 dump=$3 dir="$work/dirs/$1" running=0 status=0 dumping=1 name path
+  local -A sent=()
+  local -a ready
+  while ((dumping)); do
+    kill -0 "$dump" 2>/dev/null || dumping=0 # checked first: the last scan sees every file
+    if ((dumping)); then
+      grep -oE '^pg_dump: finished item [0-9]+ TABLE DATA ' "$report" 2>/dev/null | awk '{print $4 ".dat"}' >"$report.ready" || true
+    else
+      (cd "$dir" && find . -type f -printf '%P\n') >"$report.ready"
+    fi
+    mapfile -t ready <"$report.ready"
+    for name in "${ready[@]}"; do
+      for path in "$dir/$name" "$dir/$name".*; do
+        name=${path##*/}
+        [[ -f "$path" && -z "${sent[$name]:-}" ]] || continue
+        sent[$name]=1
+        if ((running >= PARALLEL_JOBS)); then
+          wait -n || status=1
+          running=$((running - 1))
+        fi
+        # azcopy insists on a pipe (a redirected file is refused)
+        { cat "$path" | upload_stdin "$archive/$name"; } &
+        running=$((running + 1))
+      done
+    done
+    ((dumping == 0)) || sleep 0.2
+  done
+  for (( ; running > 0; running--)); do wait -n || status=1; done
   return "$status"
 }
 
@@ -102,17 +124,22 @@ record_directory() { # $1 archive (blob folder), $2 database: each file of $work
 # dump_directory_to_blob ARCHIVE DATABASE [ON_DISK_BYTES]: pg_dump -Fd -j PARALLEL_JOBS into
 # $work/dirs/ARCHIVE, uploaded to ARCHIVE/ and recorded file by file; the local copy is then removed.
 dump_directory_to_blob() {
-  local archive=$1 database=$2 on_disk=${3:-} started=$SECONDS upload count
+  local archive=$1 database=$2 on_disk=${3:-} started=$SECONDS dump upload count
   local label="$archive (database $(shown "$database"))"
   mkdir -p "$work/dirs/$(dirname "$archive")"
   log "dumping database $(shown "$database") into $archive/ with pg_dump -Fd -j ${PARALLEL_JOBS} ($(mib "${on_disk:-0}") on disk)"
   start_progress directory_progress "$label" "$work/dirs/$archive" "$started" "$on_disk"
-  interruptible pg_dump -w -Fd -j "$PARALLEL_JOBS" ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} \
-    --dbname="$(dbname_conninfo "$database")" -f "$work/dirs/$archive" || die "pg_dump of database $(shown "$database") failed"
+  pg_dump -w -Fd -j "$PARALLEL_JOBS" --verbose ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} \
+    --dbname="$(dbname_conninfo "$database")" -f "$work/dirs/$archive" 2>"$work/dirs/$archive.log" &
+  dump=$!
+  upload_as_dumped "$archive" "$work/dirs/$archive.log" "$dump" &
+  upload=$!
+  if ! wait "$dump"; then
+    grep -iE 'error|fatal|warning' "$work/dirs/$archive.log" | tail -n 20 >&2 || true
+    die "pg_dump of database $(shown "$database") failed"
+  fi
   stop_progress
   directory_progress "$label dumped" "$work/dirs/$archive" "$started" "$on_disk"
-  upload_directory "$work/dirs/$archive" "$(dirname "$archive")" &
-  upload=$!
   record_directory "$archive" "$database" || die "recording $archive in the manifest failed"
   wait "$upload" || die "upload of $archive (database $(shown "$database")) failed"
   count=$(find "$work/dirs/$archive" -type f | wc -l)
