@@ -20,6 +20,7 @@ from tests.conftest import SOURCE_PASSWORD
 from tests.helpers import failure_text, materialize_image, run_logs
 from tests.test_restore import assert_cleaned_up, dsn_of, restore, schema_dump, table_fingerprints
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
+from toygres_pipelines.images.assets import image
 
 # --- the rule (no services) ---------------------------------------------------------------------
 
@@ -174,3 +175,41 @@ def test_a_backup_with_parallel_jobs_outside_the_rule_is_refused_before_any_imag
     assert not result.success
     assert f"parallel_jobs: {value} must be between 1 and {MAX_PARALLEL_JOBS}" in failure_text(result)
     assert cms.list_images() == []
+
+
+def test_a_backup_request_carries_parallel_jobs_to_its_run_and_one_outside_the_rule_is_rejected(resources, cms, source):
+    from tests.test_automation import RULES_ONLY
+    from toygres_pipelines.automation.jobs import backup_image
+    from toygres_pipelines.automation.sensors import evaluate_image_requests
+
+    parallel = cms.create_image_request(
+        ImageRequestFields(image_name="req-parallel", source_instance=source.k8s_name, parallel_jobs=3)
+    )
+    too_many = cms.create_image_request(
+        ImageRequestFields(image_name="req-too-many", source_instance=source.k8s_name, parallel_jobs=64)
+    )
+    with dg.instance_for_test() as dagster:
+        done = evaluate_image_requests(dagster, cms, RULES_ONLY)
+    [run_request] = done.run_requests
+    assert run_request.run_key == str(parallel.id)
+    assert run_request.run_config["ops"]["image"]["config"]["parallel_jobs"] == 3
+    job = dg.Definitions(assets=[image], jobs=[backup_image], resources=resources).resolve_job_def("backup_image")
+    dg.validate_run_config(job, run_request.run_config)
+    assert done.rejected == {str(too_many.id): f"parallel_jobs: 64 must be between 1 and {MAX_PARALLEL_JOBS}"}
+
+
+def test_request_backup_cli_queues_parallel_jobs_and_refuses_one_outside_the_rule(cms, monkeypatch, capsys):
+    from tests.test_cli import add_instance
+    from toygres_pipelines import cli
+
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    monkeypatch.delenv(cli.KEY_ENV, raising=False)
+    db = add_instance(cms, "db-abcde")
+    capsys.readouterr()
+    code = cli.main(["request-backup", "--instance", db.k8s_name, "--name", "too-many", "--parallel-jobs", "17"])
+    assert code == 2
+    assert capsys.readouterr().err == f"error: parallel_jobs: 17 must be between 1 and {MAX_PARALLEL_JOBS}\n"
+    assert cms.list_image_requests() == []
+    assert cli.main(["request-backup", "--instance", db.k8s_name, "--name", "four", "--parallel-jobs", "4"]) == 0
+    [request] = cms.list_image_requests()
+    assert (request.image_name, request.parallel_jobs) == ("four", 4)

@@ -57,7 +57,7 @@ class BackupConfig(BackupFields, dg.Config):
         )
     ],
     description="A verified backup of a running instance in blob storage: roles, one pg_dump -Fc "
-    "per database and a manifest. The partition key is the image name in the CMS.",
+    "per database (parallel mode: pg_dump -Fd -j N) and a manifest. The partition key is the image name in the CMS.",
 )
 def image(
     context: dg.AssetExecutionContext,
