@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -17,17 +18,12 @@ class BackupFile(Record):
     database: str | None = None
     size_bytes: int
     sha256: str
-    dump_format: str = Field(
+    dump_format: Literal["custom", "directory"] = Field(
         default="custom",
         description="A database's dump: custom (pg_dump -Fc, this one file) or directory (pg_dump -Fd: this file "
         "is one of the directory `archive`)",
     )
     archive: str | None = Field(default=None, description="Directory format: the archive directory this file is in")
-
-    @property
-    def restorable(self) -> str:
-        """What pg_restore is given: the dump file, or the directory it belongs to."""
-        return self.archive or self.path
 
 
 class BackupManifest(Record):
