@@ -213,3 +213,34 @@ def test_request_backup_cli_queues_parallel_jobs_and_refuses_one_outside_the_rul
     assert cli.main(["request-backup", "--instance", db.k8s_name, "--name", "four", "--parallel-jobs", "4"]) == 0
     [request] = cms.list_image_requests()
     assert (request.image_name, request.parallel_jobs) == ("four", 4)
+
+
+def test_a_parallel_pg_dump_that_fails_fails_the_image_and_leaves_no_blob(resources, cms, blob, source, source_dsn):
+    import threading
+
+    import psycopg
+
+    from tests.test_backup import blocked_database, wait_for_pg_dump_blocked
+
+    holder = blocked_database(source_dsn, "aaa_doomed_parallel")
+    outcome = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            result=materialize_image(
+                resources, f"{source.k8s_name}__parallel-dropped", {"parallel_jobs": 2}, raise_on_error=False
+            )
+        )
+    )
+    runner.start()
+    try:
+        wait_for_pg_dump_blocked(source_dsn("postgres"), "aaa_doomed_parallel")
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute('DROP DATABASE "aaa_doomed_parallel" WITH (FORCE)')
+    finally:
+        runner.join(timeout=120)
+        holder.close()
+    assert not outcome["result"].success
+    [row] = cms.list_images()
+    assert row.state is ImageState.failed
+    assert "pg_dump of database aaa_doomed_parallel failed" in row.error_message
+    assert blob.list_names(row.blob_path) == []
