@@ -244,3 +244,24 @@ def test_a_parallel_pg_dump_that_fails_fails_the_image_and_leaves_no_blob(resour
     assert row.state is ImageState.failed
     assert "pg_dump of database aaa_doomed_parallel failed" in row.error_message
     assert blob.list_names(row.blob_path) == []
+
+
+def test_a_directory_archive_missing_a_table_data_file_is_caught(resources, cms, blob, source):
+    """The file and its manifest entry are both gone (every remaining sha256 agrees): the TOC still names it."""
+    from toygres_pipelines.images.verification import ImageCorrupt, verify_image
+
+    key = f"{source.k8s_name}__parallel-gap"
+    assert materialize_image(resources, key, {"parallel_jobs": 2}).success
+    image = cms.find_image(key)
+    manifest_doc = json.loads(blob.read_bytes(f"{image.blob_path}/manifest.json"))
+    gone = max(
+        (f for f in manifest_doc["files"] if f["database"] == "pagila" and f["path"].endswith(".dat.gz")),
+        key=lambda f: f["size_bytes"],
+    )
+    manifest_doc["files"].remove(gone)
+    blob.delete_prefix(f"{image.blob_path}/{gone['path']}")
+    blob.write_bytes(f"{image.blob_path}/manifest.json", json.dumps(manifest_doc).encode(), overwrite=True)
+    dump_id = gone["path"].rsplit("/", 1)[1].split(".", 1)[0]
+
+    with pytest.raises(ImageCorrupt, match=rf"TOC names data files the manifest lacks: \['{dump_id}'\]"):
+        verify_image(blob, image.blob_path)

@@ -160,22 +160,23 @@ def check_directory_archive(blob: BlobStorageResource, prefix: str, archive: str
     """A directory-format dump parses (`pg_restore --list` reads its toc.dat) and is whole: every
     table's data file the TOC names is one of the archive's (already hashed) files. Only toc.dat
     is downloaded; the data files were verified by their sha256. Returns the number of entries."""
-    names = {f.path.removeprefix(f"{archive}/") for f in files}
-    if "toc.dat" not in names:
+    names = {f.path.removeprefix(f"{archive}/"): f for f in files}
+    toc = names.get("toc.dat")
+    if toc is None:
         raise ImageCorrupt(f"{archive}: the manifest lists no toc.dat for this directory-format dump")
+    toc_bytes = blob.read_bytes(f"{prefix.rstrip('/')}/{toc.path}")
+    if hashlib.sha256(toc_bytes).hexdigest() != toc.sha256:
+        raise ImageCorrupt(f"{toc.path}: changed in blob storage since it was verified")
     with tempfile.TemporaryDirectory(prefix="toygres-verify-") as scratch:
-        (Path(scratch) / "toc.dat").write_bytes(blob.read_bytes(f"{prefix.rstrip('/')}/{archive}/toc.dat"))
+        (Path(scratch) / "toc.dat").write_bytes(toc_bytes)
         listed = subprocess.run(
             [str(postgres_bindir() / "pg_restore"), "--list", scratch], capture_output=True, text=True, timeout=600
         )
     if listed.returncode != 0:
         message = listed.stderr.strip() or f"exit code {listed.returncode}"
         raise ImageCorrupt(f"{archive}: pg_restore cannot list the archive: {message}")
-    missing = [
-        dump_id
-        for dump_id in TABLE_DATA_ENTRY.findall(listed.stdout)
-        if not any(name == f"{dump_id}.dat" or name.startswith(f"{dump_id}.dat.") for name in names)
-    ]
+    data_files = {name.split(".", 1)[0] for name in names if name.endswith(".dat") or ".dat." in name}
+    missing = [dump_id for dump_id in TABLE_DATA_ENTRY.findall(listed.stdout) if dump_id not in data_files]
     if missing:
         raise ImageCorrupt(f"{archive}: the archive's TOC names data files the manifest lacks: {missing[:10]}")
     return sum(1 for line in listed.stdout.splitlines() if line[:1].isdigit())
