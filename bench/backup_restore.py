@@ -10,6 +10,7 @@ Starts its own Azurite and a source server (pagila + a generated table of --rows
            ours: the restore job script (download, sha256 check, initdb, roles, pg_restore -j2)
   encryption: the backup (job + verification) with an age recipient against without (bench/encryption.py)
 Prints seconds (median), MiB/s and the ratio ours/raw, and the peak RSS of the job processes.
+Then parallel mode against the raw single stream on its own data (bench/parallel.py).
 Nothing here asserts a threshold: read the ratios.
 """
 
@@ -33,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pydantic import SecretStr  # noqa: E402
 
 from bench.encryption import bench_encryption  # noqa: E402
+from bench.parallel import describe as describe_parallel  # noqa: E402
+from bench.parallel import measure_parallel  # noqa: E402
 from records import InstanceRef  # noqa: E402
 from resources.blob import BlobStorageResource  # noqa: E402
 from resources.platform.base import JobKind, JobSpec  # noqa: E402
@@ -106,6 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_000_000, help="rows in the generated table")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--parallel-jobs", type=int, default=2, help="parallel mode: pg_dump/pg_restore -j")
+    parser.add_argument("--parallel-tables", type=int, default=4, help="parallel mode: tables the --rows spread over")
     args = parser.parse_args()
     require_tools()
 
@@ -240,6 +245,17 @@ def main() -> None:
             f"{statistics.median(verify_seconds):.2f} s"
         )
         print(encryption.line())
+        # Parallel mode on its own source (bench/parallel.py): its ratios are to the raw single stream.
+        parallel = measure_parallel(
+            platform,
+            blob,
+            root,
+            rows=args.rows,
+            tables=args.parallel_tables,
+            jobs=args.parallel_jobs,
+            repeat=args.repeat,
+        )
+        print(describe_parallel(parallel))
     finally:
         for ref in (source, InstanceRef(k8s_name="bench-raw", namespace="default")):
             platform.delete_instance(ref)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -19,6 +20,12 @@ class BackupFile(Record):
     size_bytes: int
     sha256: str
     row_counts: dict[str, int] | None = None
+    dump_format: Literal["custom", "directory"] = Field(
+        default="custom",
+        description="A database's dump: custom (pg_dump -Fc, this one file) or directory (pg_dump -Fd: this file "
+        "is one of the directory `archive`)",
+    )
+    archive: str | None = Field(default=None, description="Directory format: the archive directory this file is in")
 
 
 class BackupManifest(Record):
@@ -38,6 +45,7 @@ class BackupManifest(Record):
     encryption: ImageEncryption | None = Field(
         default=None, description="Set when every file is age-encrypted (sizes and sha256 are of the stored bytes)"
     )
+    parallel_jobs: int = 1
 
     @property
     def total_bytes(self) -> int:

@@ -16,6 +16,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field
 
 from records.naming import DNS_LABEL_MAX, INSTANCE_NAME_MAX
+from records.parallel import MAX_PARALLEL_JOBS, SINGLE_STREAM
 from records.rows import Record
 from records.states import RequestState
 
@@ -86,6 +87,12 @@ class BackupFields(RequestFields):
         json_schema_extra={"cli_flag": "--instance"},
     )
     description: str | None = Field(default=None, description="Free text stored with the image")
+    parallel_jobs: int = Field(
+        default=SINGLE_STREAM,
+        description=f"1: one pg_dump -Fc stream per database. 2-{MAX_PARALLEL_JOBS}: parallel mode, pg_dump -Fd -j "
+        "N per database (directory format, staged on the job's scratch disk) and pg_restore -j N; worth it for "
+        "databases with several large tables",
+    )
 
 
 class ImageRequestFields(BackupFields):

@@ -138,7 +138,9 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
     first = requests[str(good.id)]
     assert first.partition_key == "req-a"
     assert first.run_config == {
-        "ops": {"image": {"config": {"source_instance": source.k8s_name, "description": "on demand"}}}
+        "ops": {
+            "image": {"config": {"source_instance": source.k8s_name, "description": "on demand", "parallel_jobs": 1}}
+        }
     }
     assert first.tags[REQUEST_ID_TAG] == str(good.id)
     assert first.tags[KIND_TAG] == "backup" and first.tags[INSTANCE_TAG] == source.k8s_name

@@ -325,3 +325,28 @@ def test_on_the_local_platform_only_restore_jobs_get_a_private_copy_of_the_ident
     assert "AGE_IDENTITY_FILE" not in envs[JobKind.backup]
     copy = Path(envs[JobKind.restore]["AGE_IDENTITY_FILE"])
     assert copy.read_text() == path.read_text() and copy.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_parallel_mode_image_is_encrypted_file_by_file_and_restores_pagila_exactly(
+    resources, cms, blob, platform, source, source_dsn, old_key
+):
+    encrypted = encrypting(resources, platform, old_key)
+    key = f"{source.k8s_name}__sealed-parallel"
+    result = materialize_image(encrypted, key, {"parallel_jobs": 2})
+    assert result.success, failure_text(result)
+    row = cms.find_image(key)
+    manifest, _ = blob.read_manifest(row.blob_path)
+    assert manifest.parallel_jobs == 2 and manifest.encryption is not None
+    directory_files = [f for f in manifest.files if f.archive is not None]
+    assert len(directory_files) > 10
+    for entry in manifest.files:
+        stored = blob.read_bytes(f"{row.blob_path}/{entry.path}")
+        assert stored.startswith(AGE_HEADER), entry.path
+        assert len(stored) == entry.size_bytes and hashlib.sha256(stored).hexdigest() == entry.sha256
+
+    restored_run = restore(encrypted, source_image_id=key, name="unsealed-parallel", dns_label="unsealed-parallel")
+    assert restored_run.success, failure_text(restored_run)
+    instance = restored_run.output_for_node("mark_instance_running")
+    restored = lambda db: dsn_of(platform, instance, SOURCE_PASSWORD, db)  # noqa: E731
+    assert table_fingerprints(restored("pagila")) == table_fingerprints(source_dsn("pagila"))
+    assert schema_dump(restored("pagila")) == schema_dump(source_dsn("pagila"))

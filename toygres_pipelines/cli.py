@@ -41,6 +41,7 @@ from records import (
     parse_uuid,
     validate_image_name,
 )
+from records.parallel import validate_parallel_jobs
 from records.units import human_bytes
 from resources.cms import CMSResource
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
@@ -201,6 +202,7 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
 
     if args.image_name is not None:
         validate_image_name(args.image_name, field="name")
+    validate_parallel_jobs(args.parallel_jobs)
     source = running_source(cms, platform_from_env(), args.source_instance)
     name = args.image_name if args.image_name is not None else default_image_name(source.k8s_name)
     validate_image_name(name, field="name")

@@ -481,6 +481,32 @@ def job_image(spec: JobSpec, settings: ManifestSettings) -> str:
     return check_pinned_image(image, f"job_images[{version!r}]")
 
 
+# pg_dump -j N (backup) and pg_restore -j N (restore): each job compresses or loads on a CPU of its own.
+PARALLELISM_ENV = ("PARALLEL_JOBS", "RESTORE_JOBS")
+
+
+def _cpu_millis(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else round(float(quantity) * 1000)
+
+
+def job_resources(spec: JobSpec, settings: ManifestSettings) -> dict[str, dict[str, str]]:
+    """The settings' requests and limits; a parallel job requests one CPU per pg_dump/pg_restore job,
+    and a configured CPU limit below that is raised to it (the API server refuses a request above
+    its limit)."""
+    resources = _resources(settings.job_resources)
+    try:
+        jobs = max(int(spec.env.get(name, "1")) for name in PARALLELISM_ENV)
+    except ValueError as error:
+        raise ManifestError(f"job {spec.name}: {'/'.join(PARALLELISM_ENV)} must be integers ({error})") from None
+    if jobs <= 1:
+        return resources
+    for kind in ("requests", "limits"):
+        current = resources.get(kind, {}).get("cpu")
+        if (kind == "requests" or current is not None) and (current is None or _cpu_millis(current) < jobs * 1000):
+            resources.setdefault(kind, {})["cpu"] = str(jobs)
+    return resources
+
+
 def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str, has_sas: bool) -> Manifest:
     check_dns_label(spec.name, "job name")
     check_instance(spec.instance)
@@ -511,7 +537,7 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str,
     container["env"] = job_env(spec, settings, has_sas)
     container["image"] = job_image(spec, settings)
     container["command"] = ["bash", f"{SCRIPTS_MOUNT}/{spec.script}"]
-    container["resources"] = _resources(settings.job_resources)
+    container["resources"] = job_resources(spec, settings)
     for mount in container["volumeMounts"]:
         if mount["name"] == "data":
             mount["mountPath"] = settings.volume_mount_path

@@ -5,6 +5,8 @@
 # Env: PGHOST PGPORT PGUSER (source superuser) BLOB_URL (image folder, no credentials)
 #      IMAGE_NAME SOURCE_INSTANCE SOURCE_NAMESPACE, optional DUMP_COMPRESSION (0-9),
 #      TRANSFER_STALL_SECONDS (see common.sh), AGE_RECIPIENT (encrypt every file, see encrypt_stream)
+#      PARALLEL_JOBS (>1: parallel mode, see
+#      dump_directory_to_blob)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=backup
 : "${PGHOST:?}" "${PGPORT:?}" "${PGUSER:?}" "${BLOB_URL:?}" "${IMAGE_NAME:?}" "${SOURCE_INSTANCE:?}" "${SOURCE_NAMESPACE:?}"
@@ -73,6 +75,108 @@ record_file() { # $1 blob name, $2 kind, $3 database (kind database only)
   log "uploaded $1 ($(<"$work/$key.size") bytes, sha256 $(<"$work/$key.sha256"))"
 }
 
+# --- parallel mode (PARALLEL_JOBS > 1) ---------------------------------------------------------
+# pg_dump -Fd -j N cannot write to a pipe: each database is dumped into a directory on the job's
+# scratch disk (one file per table); each file is uploaded once pg_dump has finished it, and every
+# file is hashed and recorded in the manifest with the archive (directory) it belongs to.
+PARALLEL_JOBS=${PARALLEL_JOBS:-1}
+[[ "$PARALLEL_JOBS" =~ ^[1-9][0-9]*$ ]] || die "PARALLEL_JOBS must be a positive integer, not $(shown "$PARALLEL_JOBS")"
+
+# directory_progress LABEL DIRECTORY STARTED [ON_DISK_BYTES]: how much pg_dump -Fd has written
+directory_progress() {
+  local bytes elapsed=$((SECONDS - $3))
+  bytes=$(du -sb "$2" 2>/dev/null | cut -f1 || true)
+  log "$1: $(mib "${bytes:-0}") dumped in ${elapsed}s ($(rate "${bytes:-0}" "$elapsed"))${4:+; the database takes $(mib "$4") on disk}"
+}
+
+# upload_as_dumped ARCHIVE VERBOSE_LOG DUMP_PID: each table's data file is uploaded as soon as
+# pg_dump reports it finished (uploads overlap the dump), every other file (toc.dat, large objects)
+# once pg_dump has exited; PARALLEL_JOBS uploads at a time, one azcopy PipeBlob per file (a
+# directory upload costs azcopy seconds of job bookkeeping).
+upload_as_dumped() {
+  local archive=$1 report=$2 dump=$3 dir="$work/dirs/$1" running=0 status=0 dumping=1 name path
+  local -A sent=()
+  local -a ready
+  while ((dumping)); do
+    kill -0 "$dump" 2>/dev/null || dumping=0 # checked first: the last scan sees every file
+    if ((dumping)); then
+      grep -oE '^pg_dump: finished item [0-9]+ TABLE DATA ' "$report" 2>/dev/null | awk '{print $4 ".dat"}' >"$report.ready" || true
+    else
+      (cd "$dir" && find . -type f -printf '%P\n') >"$report.ready"
+    fi
+    mapfile -t ready <"$report.ready"
+    for name in "${ready[@]}"; do
+      for path in "$dir/$name" "$dir/$name".*; do
+        name=${path##*/}
+        [[ -f "$path" && -z "${sent[$name]:-}" ]] || continue
+        sent[$name]=1
+        if ((running >= PARALLEL_JOBS)); then
+          wait -n || status=1
+          running=$((running - 1))
+        fi
+        { store_file "$archive" "$name"; } &
+        running=$((running + 1))
+      done
+    done
+    ((dumping == 0)) || sleep 0.2
+  done
+  for (( ; running > 0; running--)); do wait -n || status=1; done
+  return "$status"
+}
+
+# store_file ARCHIVE NAME: one file of a directory dump as it is stored (encrypt_stream: ciphertext
+# when the deployment has a recipient) kept in $work/dirs/ARCHIVE.stored, then uploaded from there.
+store_file() {
+  local stored="$work/dirs/$1.stored/$2"
+  if [[ -n "${AGE_RECIPIENT:-}" ]]; then
+    encrypt_stream <"$work/dirs/$1/$2" >"$stored" || return 1
+  else
+    ln "$work/dirs/$1/$2" "$stored" || return 1
+  fi
+  # azcopy insists on a pipe (a redirected file is refused)
+  cat "$stored" | upload_stdin "$1/$2"
+}
+
+# record_directory ARCHIVE DATABASE: each stored file of the archive (once every upload is done)
+# with the size and sha256 of the bytes stored
+record_directory() {
+  local archive=$1 path size sha256
+  while IFS= read -r -d '' path; do
+    size=$(file_size "$work/dirs/$archive.stored/$path")
+    sha256=$(sha256sum "$work/dirs/$archive.stored/$path" | cut -d' ' -f1)
+    jq -n -c --arg path "$archive/$path" --arg archive "$archive" --arg database "$2" --argjson size "$size" \
+      --arg sha256 "$sha256" \
+      '{path: $path, kind: "database", database: $database, size_bytes: $size, sha256: $sha256,
+        dump_format: "directory", archive: $archive}' >>"$work/files.jsonl" || return 1
+  done < <(cd "$work/dirs/$archive.stored" && find . -type f -printf '%P\0' | LC_ALL=C sort -z)
+}
+
+# dump_directory_to_blob ARCHIVE DATABASE [ON_DISK_BYTES]: pg_dump -Fd -j PARALLEL_JOBS into
+# $work/dirs/ARCHIVE, uploaded to ARCHIVE/ and recorded file by file; the local copy is then removed.
+dump_directory_to_blob() {
+  local archive=$1 database=$2 on_disk=${3:-} started=$SECONDS dump upload count
+  local label="$archive (database $(shown "$database"))"
+  mkdir -p "$work/dirs/$archive.stored"
+  log "dumping database $(shown "$database") into $archive/ with pg_dump -Fd -j ${PARALLEL_JOBS} ($(mib "${on_disk:-0}") on disk)"
+  start_progress directory_progress "$label" "$work/dirs/$archive" "$started" "$on_disk"
+  pg_dump -w -Fd -j "$PARALLEL_JOBS" --verbose ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} \
+    --dbname="$(dbname_conninfo "$database")" -f "$work/dirs/$archive" 2>"$work/dirs/$archive.log" &
+  dump=$!
+  upload_as_dumped "$archive" "$work/dirs/$archive.log" "$dump" &
+  upload=$!
+  if ! wait "$dump"; then
+    grep -iE 'error|fatal|warning' "$work/dirs/$archive.log" | tail -n 20 >&2 || true
+    die "pg_dump of database $(shown "$database") failed"
+  fi
+  stop_progress
+  directory_progress "$label dumped" "$work/dirs/$archive" "$started" "$on_disk"
+  wait "$upload" || die "upload of $archive (database $(shown "$database")) failed"
+  record_directory "$archive" "$database" || die "recording $archive in the manifest failed"
+  count=$(find "$work/dirs/$archive" -type f | wc -l)
+  log "uploaded $archive/ ($count files, $(du -sb "$work/dirs/$archive" | cut -f1) bytes, each file's sha256 recorded) in $((SECONDS - started))s"
+  rm -rf "${work:?}/dirs/$archive" "${work:?}/dirs/$archive.stored"
+}
+
 pg_dumpall -w --globals-only | stream_to_blob globals.sql || die "pg_dumpall --globals-only failed"
 record_file globals.sql globals ""
 
@@ -89,6 +193,10 @@ log "${#databases[@]} database(s) to dump, $(mib "$(IFS=+; echo $((${sizes[*]:-0
 index=0
 for database in "${databases[@]}"; do
   index=$((index + 1))
+  if ((PARALLEL_JOBS > 1)); then
+    dump_directory_to_blob "$(printf 'databases/%03d' "$index")" "$database" "${sizes[index - 1]:-}"
+    continue
+  fi
   name=$(printf 'databases/%03d.dump' "$index")
   log "dumping database $(shown "$database") into $name ($(mib "${sizes[index - 1]:-0}") on disk)"
   pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --dbname="$(dbname_conninfo "$database")" \
@@ -102,10 +210,11 @@ jq -n --arg image_name "$IMAGE_NAME" --arg source_instance "$SOURCE_INSTANCE" \
   --arg source_namespace "$SOURCE_NAMESPACE" --arg postgres_version "$postgres_version" \
   --argjson server_version_num "$server_version_num" --arg started_at "$started_at" --arg finished_at "$finished_at" \
   --arg pg_dump "$(pg_dump --version)" --arg azcopy "$(azcopy --version 2>/dev/null | head -1)" \
-  --slurpfile files "$work/files.jsonl" \
+  --slurpfile files "$work/files.jsonl" --argjson parallel_jobs "$PARALLEL_JOBS" \
   '{format_version: 1, image_name: $image_name, source_instance: $source_instance,
     source_namespace: $source_namespace, postgres_version: $postgres_version,
-    server_version_num: $server_version_num, dump_format: "custom", started_at: $started_at,
+    server_version_num: $server_version_num, dump_format: (if $parallel_jobs > 1 then "directory" else "custom" end),
+    parallel_jobs: $parallel_jobs, started_at: $started_at,
     finished_at: $finished_at, tools: {pg_dump: $pg_dump, azcopy: $azcopy}, files: $files}' \
   >"$work/manifest.json" || die "writing manifest.json failed"
 record_encryption "$work/manifest.json" || die "recording the encryption in manifest.json failed"

@@ -10,6 +10,7 @@
 #      optional RESTORE_JOBS (pg_restore -j), TRANSFER_STALL_SECONDS (see common.sh),
 #      AGE_IDENTITY_FILE (age private keys, mounted; needed when the manifest says the files are encrypted)
 #      RESTORE_DATABASES (a JSON array of database names: restore only those; unset: all)
+#      (a parallel-mode image: RESTORE_JOBS is its parallel_jobs)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore
 : "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}" "${BACKUP_SHA256SUMS:?}" "${POSTGRES_USER:=postgres}"
@@ -82,6 +83,7 @@ for name in "${files[@]}"; do
   total=$(jq -r --arg path "$name" '.files[] | select(.path == $path) | .size_bytes' "$staging/manifest.json")
   log "downloading $name ($(mib "$total"))"
   started=$SECONDS
+  mkdir -p "$(dirname "$staging/$name")" # a directory-format dump (parallel mode) is a folder of files
   start_progress download_progress "$name" "$staging/$name" "$total" "$started"
   download_file "$name" "$staging/$name" || die "download of $name failed"
   stop_progress
@@ -140,10 +142,12 @@ restore_failed() { # $1: pg_restore's verbose log, $2: the database; its errors 
 selected_databases() {
   jq -j --argjson wanted "${RESTORE_DATABASES:-null}" '.files[] | select(.kind == "database")
     | .database as $name | select($wanted == null or any($wanted[]; . == $name))
-    | .path, "\u0000", .database, "\u0000"' "$1"
+    | select(.archive == null or .path == .archive + "/toc.dat")
+    | (.archive // .path), "\u0000", .database, "\u0000"' "$1"
 }
 
 # Names come from the verified manifest, NUL-separated: each database keeps its exact name.
+# A directory-format dump (parallel mode) is restored from its archive folder, named once (by its toc.dat).
 selected_databases "$staging/manifest.json" >"$socket_dir/databases" || die "manifest.json lists no readable databases"
 mapfile -d '' -t entries <"$socket_dir/databases"
 if [[ -n "${RESTORE_DATABASES:-}" ]]; then
@@ -153,7 +157,7 @@ if [[ -n "${RESTORE_DATABASES:-}" ]]; then
 fi
 for ((i = 0; i < ${#entries[@]}; i += 2)); do
   name=${entries[i]} database=${entries[i + 1]}
-  [[ -f "$staging/$name" && -n "$database" ]] || die "manifest entry $(shown "$name") names no verified dump or no database"
+  [[ -e "$staging/$name" && -n "$database" ]] || die "manifest entry $(shown "$name") names no verified dump or no database"
   exists=$(psql -X -Atq -v db="$database" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")
   items=$(pg_restore --list "$staging/$name" | grep -c '^[0-9]' || true)
   report="$socket_dir/pg_restore.log" label="pg_restore of database $(shown "$database")" started=$SECONDS

@@ -317,6 +317,24 @@ def test_job_manifest(instance, kind, sas, platform):
         assert sts_env["PGDATA"] == f"{literals['VOLUME_PATH']}/pgdata"
 
 
+@pytest.mark.parametrize("platform", PLATFORMS, ids=["defaults", "custom"])
+@pytest.mark.parametrize(("kind", "variable"), [(JobKind.backup, "PARALLEL_JOBS"), (JobKind.restore, "RESTORE_JOBS")])
+@pytest.mark.parametrize("jobs", [2, 4, 16])
+def test_a_parallel_job_requests_one_cpu_per_dump_job(platform, kind, variable, jobs):
+    spec = job_spec(kind, INSTANCES[0])
+    spec = spec.model_copy(update={"env": {**spec.env, variable: str(jobs)}})
+    job = m.job(spec, platform.settings(), "toygres-job-scripts-x", has_sas=False)
+    validate(job)
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["cpu"] == str(jobs)
+    # the API server refuses a request above the limit: a configured limit is raised to it
+    if platform.job_cpu_limit is not None:
+        assert resources["limits"]["cpu"] == str(max(jobs, int(platform.job_cpu_limit)))
+    else:
+        assert "cpu" not in resources.get("limits", {})
+    assert resources["limits"]["memory"] == platform.job_memory_limit
+
+
 @pytest.mark.parametrize("secret_key", sorted(m.SECRET_ENV_NAMES))
 def test_secret_env_literals_are_refused(secret_key):
     spec = job_spec(JobKind.backup, INSTANCES[0])

@@ -33,6 +33,7 @@ from records import (
     ValidationFailed,
     validate_image_name,
 )
+from records.parallel import validate_parallel_jobs
 from resources.cms import ClaimedRequests, CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.automation.jobs import (
@@ -142,6 +143,7 @@ def check_image_request(
 ) -> Instance:
     """The asset's rules, checked before anything runs; returns the running source instance."""
     validate_image_name(request.image_name, field="image_name")
+    validate_parallel_jobs(request.parallel_jobs)
     source = running_source(cms, platform, request.source_instance)
     check_name_free(cms, request.image_name, field="image_name")
     if request.image_name in names_taken:

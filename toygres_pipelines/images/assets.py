@@ -57,7 +57,7 @@ class BackupConfig(BackupFields, dg.Config):
         )
     ],
     description="A verified backup of a running instance in blob storage: roles, one pg_dump -Fc "
-    "per database and a manifest. The partition key is the image name in the CMS.",
+    "per database (parallel mode: pg_dump -Fd -j N) and a manifest. The partition key is the image name in the CMS.",
 )
 def image(
     context: dg.AssetExecutionContext,
@@ -82,6 +82,7 @@ def image(
             platform=platform,
             log=context.log.info,
             job_timeout_seconds=config.job_timeout_seconds,
+            parallel_jobs=config.parallel_jobs,
         )
     except ValidationFailed as error:
         note = ""

@@ -21,6 +21,7 @@ from records import (
     ValidationFailed,
     validate_image_name,
 )
+from records.parallel import SINGLE_STREAM, validate_parallel_jobs
 from records.units import human_bytes
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource, InvalidTransition
@@ -88,7 +89,12 @@ def image_prefix(image_id: uuid.UUID) -> str:
 
 
 def backup_job_spec(
-    image: Image, source: Instance, blob: BlobStorageResource, timeout_seconds: int, age_recipient: str | None = None
+    image: Image,
+    source: Instance,
+    blob: BlobStorageResource,
+    timeout_seconds: int,
+    age_recipient: str | None = None,
+    parallel_jobs: int = SINGLE_STREAM,
 ) -> JobSpec:
     return JobSpec(
         kind=JobKind.backup,
@@ -103,6 +109,7 @@ def backup_job_spec(
             "POSTGRES_VERSION": source.postgres_version,
             "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
             **({"AGE_RECIPIENT": age_recipient} if age_recipient else {}),
+            **({"PARALLEL_JOBS": str(parallel_jobs)} if parallel_jobs > SINGLE_STREAM else {}),
         },
         blob_sas=blob.job_sas("racwl", timedelta(seconds=timeout_seconds + 600)),
         labels={"toygres/image-id": str(image.id), "toygres/instance": source.k8s_name},
@@ -121,6 +128,7 @@ def take_image(
     platform: PlatformResource,
     log: LogSink,
     job_timeout_seconds: int,
+    parallel_jobs: int = SINGLE_STREAM,
 ) -> BackupOutcome:
     """Reserve the image row, run the backup job, verify the blobs, mark the image ready.
 
@@ -131,6 +139,7 @@ def take_image(
     """
     validate_image_name(name, field="image name (partition key)")
     check_name_free(cms, name, field="image name (partition key)")
+    validate_parallel_jobs(parallel_jobs)
     source = running_source(cms, platform, source_ref)
     image_id = uuid.uuid4()
     image = cms.reserve_image(
@@ -149,7 +158,7 @@ def take_image(
     try:
         cms.set_image_password(image.id, platform.read_instance_password(ref))
         blob.check_reachable()
-        spec = backup_job_spec(image, source, blob, job_timeout_seconds, platform.age_recipient)
+        spec = backup_job_spec(image, source, blob, job_timeout_seconds, platform.age_recipient, parallel_jobs)
         job_name = spec.name
         platform.run_job(spec, log)
         manifest, report = verify_image(blob, image.blob_path, log=log)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from azure.core.exceptions import ResourceNotFoundError
 from pydantic import BaseModel
@@ -90,7 +93,8 @@ def check_file(blob: BlobStorageResource, prefix: str, expected: BackupFile, enc
     """Size and sha256 of the stored bytes; a plaintext dump is read by pg_restore too. An encrypted
     file cannot be read without the key (which only restore jobs hold): it must be an age file."""
     name = f"{prefix.rstrip('/')}/{expected.path}"
-    actual = _hash_and_read(blob, name, is_dump=expected.kind == "database" and not encrypted)
+    is_dump = expected.kind == "database" and expected.archive is None and not encrypted
+    actual = _hash_and_read(blob, name, is_dump=is_dump)
     if actual.size_bytes != expected.size_bytes:
         raise ImageCorrupt(
             f"{expected.path}: {actual.size_bytes} bytes in blob storage, manifest says {expected.size_bytes}"
@@ -151,8 +155,53 @@ def verify_image(
         check = check_file(blob, prefix, expected, encrypted=manifest.encryption is not None)
         log(f"verified {check.path} ({check.holds}, {human_bytes(check.size_bytes)}): {check.verdict}")
         checks.append(check)
+    # An encrypted archive's TOC cannot be read without the key: the restore reads it.
+    for archive, listed_files in directory_archives(manifest).items() if manifest.encryption is None else ():
+        entries = check_directory_archive(blob, prefix, archive, listed_files)
+        log(f"pg_restore lists the archive {archive} ({entries} entries), every data file it names is verified")
     log(f"image verified: {len(checks)} files, {human_bytes(manifest.total_bytes)}, manifest sha256 {manifest_sha256}")
     return manifest, VerificationReport(manifest_sha256=manifest_sha256, total_bytes=manifest.total_bytes, files=checks)
+
+
+def directory_archives(manifest: BackupManifest) -> dict[str, list[BackupFile]]:
+    """The directory-format dumps (parallel mode) of the manifest: archive -> its files."""
+    archives: dict[str, list[BackupFile]] = {}
+    for entry in manifest.files:
+        if entry.archive is not None:
+            archives.setdefault(entry.archive, []).append(entry)
+    return archives
+
+
+TABLE_DATA_ENTRY = re.compile(r"^(\d+); \d+ \d+ TABLE DATA ", re.MULTILINE)
+
+
+def check_directory_archive(blob: BlobStorageResource, prefix: str, archive: str, files: list[BackupFile]) -> int:
+    """A directory-format dump parses (`pg_restore --list` reads its toc.dat) and is whole: every
+    table's data file the TOC names is one of the archive's (already hashed) files. Only toc.dat
+    is downloaded; the data files were verified by their sha256. Returns the number of entries."""
+    names = {f.path.removeprefix(f"{archive}/"): f for f in files}
+    toc = names.get("toc.dat")
+    if toc is None:
+        raise ImageCorrupt(f"{archive}: the manifest lists no toc.dat for this directory-format dump")
+    toc_bytes = blob.read_bytes(f"{prefix.rstrip('/')}/{toc.path}")
+    if hashlib.sha256(toc_bytes).hexdigest() != toc.sha256:
+        raise ImageCorrupt(f"{toc.path}: changed in blob storage since it was verified")
+    with tempfile.TemporaryDirectory(prefix="toygres-verify-") as scratch:
+        (Path(scratch) / "toc.dat").write_bytes(toc_bytes)
+        listed = subprocess.run(
+            [str(newest_postgres_bindir() / "pg_restore"), "--list", scratch],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    if listed.returncode != 0:
+        message = listed.stderr.strip() or f"exit code {listed.returncode}"
+        raise ImageCorrupt(f"{archive}: pg_restore cannot list the archive: {message}")
+    data_files = {name.split(".", 1)[0] for name in names if name.endswith(".dat") or ".dat." in name}
+    missing = [dump_id for dump_id in TABLE_DATA_ENTRY.findall(listed.stdout) if dump_id not in data_files]
+    if missing:
+        raise ImageCorrupt(f"{archive}: the archive's TOC names data files the manifest lacks: {missing[:10]}")
+    return sum(1 for line in listed.stdout.splitlines() if line[:1].isdigit())
 
 
 def sha256sums(manifest: BackupManifest) -> str:

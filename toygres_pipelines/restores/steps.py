@@ -101,6 +101,8 @@ def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageRes
             # the platform picks the job image (Kubernetes) or the binaries (local) by it.
             "POSTGRES_VERSION": plan.postgres_version,
             "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
+            # A parallel-mode image restores with as many pg_restore jobs as it was dumped with.
+            **({"RESTORE_JOBS": str(manifest.parallel_jobs)} if manifest.parallel_jobs > 1 else {}),
         },
         blob_sas=blob.job_sas("rl", timedelta(seconds=timeout_seconds + 600)),
         labels={"toygres/instance": instance.k8s_name, "toygres/image-id": str(plan.image_id)},
