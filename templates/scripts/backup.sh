@@ -166,6 +166,8 @@ dump_directory_to_blob() {
   upload=$!
   if ! wait "$dump"; then
     grep -iE 'error|fatal|warning' "$work/dirs/$archive.log" | tail -n 20 >&2 || true
+    # uploads in flight finish first: no blob of this image may land after the failure's cleanup
+    wait "$upload" || true
     die "pg_dump of database $(shown "$database") failed"
   fi
   stop_progress
