@@ -9,6 +9,14 @@ from pydantic import Field
 from records.rows import Record
 
 
+class StreamCheck(Record):
+    """What the backup script proved about a file while it streamed to blob storage."""
+
+    chunk_bytes: int = Field(description="Size of each range hashed (the last one may be shorter)")
+    chunk_sha256: list[str] = Field(description="sha256 of each range, in order: what ranges read back must match")
+    archive_parsed: bool = Field(default=False, description="pg_restore read the whole archive as it streamed")
+
+
 class BackupFile(Record):
     """One file of an image, as the backup script records it in manifest.json."""
 
@@ -17,12 +25,14 @@ class BackupFile(Record):
     database: str | None = None
     size_bytes: int
     sha256: str
+    stream_check: StreamCheck | None = None
 
 
 class BackupManifest(Record):
     """manifest.json, written by the backup script beside the dump files."""
 
     format_version: int
+    compression: str | None = Field(default=None, description="pg_dump -Z of the dumps, as METHOD:LEVEL")
     image_name: str
     source_instance: str
     source_namespace: str
