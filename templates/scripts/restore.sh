@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Restore job: download an image, verify every file's sha256, then build a data directory on
-# the volume from it (initdb, roles, the superuser password from the instance's Secret,
-# pg_restore of each database under its exact name from the manifest), and stop cleanly.
-# A checksum mismatch exits before initdb, so it can never lead to a running instance.
+# Restore job: download an image and build a data directory on the volume from it (initdb,
+# roles, the superuser password from the instance's Secret, pg_restore of each database under its
+# exact name from the manifest), and stop cleanly. The steps overlap: files download (and are
+# hashed) in the background while initdb runs and earlier databases restore; each file's sha256 is
+# checked before anything reads it, and every file's before the job can succeed. A checksum
+# mismatch exits 3 and removes the data directory: it can never lead to a running instance.
 #
 # Env: VOLUME_PATH (the volume; PGDATA becomes $VOLUME_PATH/pgdata) BLOB_URL (image folder)
 #      MANIFEST_SHA256 (from the CMS row) BACKUP_SHA256SUMS (sha256sum -c lines, from the
@@ -19,8 +21,11 @@ staging="$VOLUME_PATH/restore-staging"
 # Unix socket paths are limited to ~107 bytes, so the private socket lives directly in /tmp.
 socket_dir=$(mktemp -d /tmp/toygres-restore.XXXXXX)
 cleanup() {
+  local status=$?
   stop_background_steps
   if [[ -f "$pgdata/postmaster.pid" ]]; then pg_ctl -D "$pgdata" stop -m fast -w >/dev/null 2>&1 || true; fi
+  # A failed restore leaves no half-made data directory behind (the steps overlap, so one may exist)
+  if ((status != 0)); then rm -rf "$pgdata"; fi
   rm -rf "$staging" "$socket_dir"
 }
 trap cleanup EXIT
@@ -50,27 +55,51 @@ restore_progress() {
 }
 
 mapfile -t files < <(printf '%s\n' "$BACKUP_SHA256SUMS" | awk 'NF {print $2}')
-for name in "${files[@]}"; do
-  total=$(jq -r --arg path "$name" '.files[] | select(.path == $path) | .size_bytes' "$staging/manifest.json")
-  log "downloading $name ($(mib "$total"))"
-  started=$SECONDS
-  start_progress download_progress "$name" "$staging/$name" "$total" "$started"
-  download_file "$name" "$staging/$name" || die "download of $name failed"
-  stop_progress
-  download_progress "$name done" "$staging/$name" "$total" "$started"
-done
-log "verifying sha256 of ${#files[@]} file(s)"
-if ! (cd "$staging" && printf '%s\n' "$BACKUP_SHA256SUMS" | sha256sum --check --strict --quiet); then
-  die "checksum mismatch: the downloaded image does not match its manifest" 3
-fi
+mkdir -p "$socket_dir/hashed"
 
-log "initdb in $pgdata"
+# download_all: every file in turn, each hashed as soon as it is down; $socket_dir/hashed/N holds
+# the sha256 of the Nth file once it is complete. Runs in the background while the rest goes on.
+download_all() {
+  local index=0 name total started
+  # Stopped by the job's cleanup: stop this step's own azcopy and progress reporter too
+  trap 'stop_background_steps; exit 143' TERM
+  for name in "${files[@]}"; do
+    total=$(jq -r --arg path "$name" '.files[] | select(.path == $path) | .size_bytes' "$staging/manifest.json")
+    log "downloading $name ($(mib "$total"))"
+    started=$SECONDS
+    start_progress download_progress "$name" "$staging/$name" "$total" "$started"
+    download_file "$name" "$staging/$name" || die "download of $name failed"
+    stop_progress
+    download_progress "$name done" "$staging/$name" "$total" "$started"
+    sha256sum <"$staging/$name" | cut -d' ' -f1 >"$socket_dir/hashed/$index.tmp"
+    mv "$socket_dir/hashed/$index.tmp" "$socket_dir/hashed/$index"
+    index=$((index + 1))
+  done
+}
+download_all &
+downloader=$!
+
+# verified NAME: wait until NAME is downloaded, then exit 3 unless its sha256 is the manifest's.
+verified() {
+  local index="" i expected actual
+  for i in "${!files[@]}"; do if [[ "${files[i]}" == "$1" ]]; then index=$i && break; fi; done
+  [[ -n "$index" ]] || die "manifest entry $(shown "$1") is not among the verified files"
+  while [[ ! -e "$socket_dir/hashed/$index" ]]; do
+    kill -0 "$downloader" 2>/dev/null || [[ -e "$socket_dir/hashed/$index" ]] || { wait "$downloader" || true; die "download of $1 failed"; }
+    sleep 0.1
+  done
+  expected=$(printf '%s\n' "$BACKUP_SHA256SUMS" | awk -v name="$1" 'NF && $2 == name {print $1; exit}')
+  actual=$(<"$socket_dir/hashed/$index")
+  [[ "$actual" == "$expected" ]] || die "checksum mismatch: $1 has sha256 $actual, the manifest says $expected" 3
+}
+
+log "initdb in $pgdata (while the files download)"
 # initdb reads one line of its password file: it gets a throwaway password, and the real one
 # (which may hold any character, line breaks too) is set by ALTER ROLE once the roles are in.
 pwfile="$socket_dir/pw"
 head -c 24 /dev/urandom | base64 >"$pwfile"
-initdb -D "$pgdata" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=scram-sha-256 --auth-host=scram-sha-256 \
-  --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+interruptible initdb -D "$pgdata" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=scram-sha-256 \
+  --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null || die "initdb failed"
 rm -f "$pwfile"
 
 # The temporary server listens on a private socket only, trusting nobody but that socket.
@@ -80,6 +109,7 @@ pg_ctl -D "$pgdata" -w -t 120 -l "$socket_dir/postgres.log" start \
   || { cat "$socket_dir/postgres.log" >&2; die "temporary server did not start"; }
 export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres
 
+verified globals.sql
 log "restoring roles"
 grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" "$staging/globals.sql" \
   | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "restoring roles failed"
@@ -101,7 +131,8 @@ jq -j '.files[] | select(.kind == "database") | .path, "\u0000", .database, "\u0
 mapfile -d '' -t entries <"$socket_dir/databases"
 for ((i = 0; i < ${#entries[@]}; i += 2)); do
   name=${entries[i]} database=${entries[i + 1]}
-  [[ -f "$staging/$name" && -n "$database" ]] || die "manifest entry $(shown "$name") names no verified dump or no database"
+  [[ -n "$database" ]] || die "manifest entry $(shown "$name") names no database"
+  verified "$name"
   exists=$(psql -X -Atq -v db="$database" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")
   items=$(pg_restore --list "$staging/$name" | grep -c '^[0-9]' || true)
   report="$socket_dir/pg_restore.log" label="pg_restore of database $(shown "$database")" started=$SECONDS
@@ -120,6 +151,10 @@ for ((i = 0; i < ${#entries[@]}; i += 2)); do
   stop_progress
   restore_progress "$label done" "$report" "$items" "$started"
 done
+
+for name in "${files[@]}"; do verified "$name"; done
+wait "$downloader" || die "downloading the image failed"
+log "all ${#files[@]} file(s) match their sha256"
 
 log "analyzing"
 interruptible vacuumdb --all --analyze-only --quiet || die "analyze failed"
