@@ -1,18 +1,20 @@
 """Backup and restore speed and memory against fair raw baselines measured in the same run.
 
-    .venv/bin/python bench/backup_restore.py [--rows 300000] [--repeat 3] [--json PATH] [--quick]
+    .venv/bin/python bench/backup_restore.py [--rows 200000] [--scale 10] [--repeat 3] [--json PATH] [--quick]
 
-Starts its own Azurite and a source server (pagila + a generated table of --rows rows), then,
-medians of --repeat runs each (with min-max):
+Starts its own Azurite and a source server (pagila + a generated table of --rows rows: the 1x data).
+At 1x: the peak RSS of our backup and restore job trees (the jobs' processes; the PostgreSQL
+servers and Azurite are not part of them) and pg_dump's size and speed at each gzip level.
+Then the table grows to --scale x and, medians of --repeat runs each (with min-max):
   backup   floor: globals + every database, each pg_dump -Fc > a local file     (the physical floor)
            raw:   globals + every database, each pg_dump -Fc | azcopy PipeBlob  (what a competent script does)
            ours:  the backup job script + the verification the asset does before marking an image ready
   restore  raw:   initdb, start, download every file, roles, pg_restore -j2 each database,
                   vacuumdb --analyze-only
            ours:  the restore job script (download, sha256 check, initdb, roles, pg_restore -j2, analyze)
-Then the peak RSS of our backup and restore job trees (the job's processes; the PostgreSQL servers
-are not part of them) at 1x and at --scale x the rows, and pg_dump's size and speed at each gzip
-level. Prints a table; --json PATH writes the same numbers. Nothing here asserts a threshold.
+and the peak RSS of our job trees at that size (the 10x). Every backup line uses the same
+--compression (the project's default). Prints a table; --json PATH writes the same numbers.
+Nothing here asserts a threshold.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from resources.platform.local_tools import azcopy_path  # noqa: E402
 from resources.platform.postgres_server import as_service_user, free_port, give_to_service_user, postgres_bindir  # noqa: E402
 from toygres_pipelines.dev.demo import load_pagila, provision_server, psql  # noqa: E402
 from toygres_pipelines.dev.stack import Azurite, require_tools  # noqa: E402
-from toygres_pipelines.images.backup import CHECK_CHUNK_BYTES  # noqa: E402
+from toygres_pipelines.images.backup import CHECK_CHUNK_BYTES, DEFAULT_DUMP_COMPRESSION  # noqa: E402
 from toygres_pipelines.images.verification import sha256sums, verify_image  # noqa: E402
 
 PASSWORD = SecretStr("bench-password")
@@ -116,6 +118,7 @@ def assemble_results(
 ) -> dict[str, Any]:
     """The bench's JSON object: the ratios first, then every line's median and min-max."""
     return {
+        **context,
         "backup_ratio": ratio(lines["backup_ours"], lines["backup_raw"]),
         "restore_ratio": ratio(lines["restore_ours"], lines["restore_raw"]),
         "parallel_backup_ratio": parallel[0],
@@ -127,7 +130,6 @@ def assemble_results(
         "seconds": {name: samples.summary() for name, samples in lines.items()},
         "peak_rss_mib": {name: round(value, 1) for name, value in rss_mib.items()},
         "compression": list(compression),
-        **context,
     }
 
 
@@ -156,7 +158,10 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 class PeakTreeRss:
-    """Samples the summed RSS of every descendant process (the whole job tree) while active."""
+    """Samples the summed RSS of every descendant process (the whole job tree) while active,
+    except the subtrees of `exclude` (the bench's own Azurite)."""
+
+    exclude: tuple[int, ...] = ()
 
     def __init__(self) -> None:
         self.peak_mib = 0.0
@@ -176,8 +181,8 @@ class PeakTreeRss:
                 continue
         me, total = os.getpid(), 0
         for pid in rss:
-            ancestor = parents.get(pid)
-            while ancestor and ancestor != me:
+            ancestor = parents.get(pid) if pid not in self.exclude else None
+            while ancestor and ancestor != me and ancestor not in self.exclude:
                 ancestor = parents.get(ancestor)
             if ancestor == me:
                 total += rss[pid]
@@ -217,6 +222,7 @@ class Bench:
     def __init__(self, root: Path, args: argparse.Namespace) -> None:
         self.root, self.args = root, args
         self.azurite = Azurite(root / "azurite", free_port()).start()
+        PeakTreeRss.exclude = (self.azurite.process.pid,)
         self.platform = LocalPlatform(state_dir=str(root / "platform"), azcopy_path=str(azcopy_path()))
         self.source = InstanceRef(k8s_name="bench-src", namespace="default")
         self.blob = BlobStorageResource(connection_string=self.azurite.connection_string, container="bench")
@@ -284,7 +290,8 @@ class Bench:
     def backup_script(self, sink: Callable[[str], str]) -> str:
         """globals + every database, each pg_dump -Fc into `sink(name)` (a shell redirection)."""
         lines = [f"pg_dumpall -w --globals-only {sink('globals.sql')}"]
-        lines += [f"pg_dump -w -Fc -d {db} {sink(f'{db}.dump')}" for db in self.databases()]
+        level = f"-Z {self.args.compression}"
+        lines += [f"pg_dump -w -Fc {level} -d {db} {sink(f'{db}.dump')}" for db in self.databases()]
         return "\n".join(lines)
 
     def backup_floor(self) -> float:
@@ -315,6 +322,7 @@ class Bench:
                 "SOURCE_INSTANCE": self.source.k8s_name,
                 "SOURCE_NAMESPACE": self.source.namespace,
                 "CHECK_CHUNK_BYTES": str(CHECK_CHUNK_BYTES),
+                "DUMP_COMPRESSION": self.args.compression,
             },
             blob_sas=self.sas,
         )
@@ -402,9 +410,12 @@ pg_ctl -D {target}/pgdata -w stop -m fast >/dev/null
         table = []
         for level in levels:
             script = "\n".join(f"pg_dump -w -Fc -Z {level} -d {db} | wc -c" for db in self.databases())
-            started = time.perf_counter()
-            out = shell(script, self.tools_env(), as_postgres=True)
-            seconds = time.perf_counter() - started
+            runs = []
+            for _ in range(self.args.repeat):
+                started = time.perf_counter()
+                out = shell(script, self.tools_env(), as_postgres=True)
+                runs.append(time.perf_counter() - started)
+            seconds = statistics.median(runs)
             dump_mib = sum(int(n) for n in out.split()) / 2**20
             table.append(
                 {
@@ -428,38 +439,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = Bench(root, args)
     try:
         bench.load_source()
+        context: dict[str, Any] = {"rows_1x": args.rows, "scale": args.scale, "repeat": args.repeat}
+        context["dump_compression"] = args.compression
+        context["source_mib_1x"] = round(bench.source_mib(), 1)
+        rss: dict[str, float] = {}
+        backup_rss, restore_rss = PeakTreeRss(), PeakTreeRss()
+        _, prefix = bench.backup_ours(backup_rss)
+        bench.restore_ours(prefix, restore_rss)
+        rss["backup_1x"], rss["restore_1x"] = backup_rss.peak_mib, restore_rss.peak_mib
+        context["dump_mib_1x"] = round(bench.blob.read_manifest(prefix)[0].total_bytes / 2**20, 2)
+        compression = bench.compression_table(args.levels)
+
+        # The timed lines run on --scale x the data, which is also the memory line's 10x
+        bench.add_rows(args.rows * (args.scale - 1))
+        context["source_mib_10x"] = round(bench.source_mib(), 1)
         lines = {
             name: Samples() for name in ("backup_floor", "backup_raw", "backup_ours", "restore_raw", "restore_ours")
         }
+        backup_rss, restore_rss = PeakTreeRss(), PeakTreeRss()
         raw_prefix, ours_prefix = "", ""
         for _ in range(args.repeat):  # interleaved: a noisy neighbour hits every line alike
             lines["backup_floor"].seconds.append(bench.backup_floor())
             lines["backup_raw"].seconds.append(bench.backup_raw())
             raw_prefix = f"raw/{bench.attempt}"
-            seconds, ours_prefix = bench.backup_ours()
+            seconds, ours_prefix = bench.backup_ours(backup_rss)
             lines["backup_ours"].seconds.append(seconds)
         for _ in range(args.repeat):
             lines["restore_raw"].seconds.append(bench.restore_raw(raw_prefix))
-            lines["restore_ours"].seconds.append(bench.restore_ours(ours_prefix))
-        context = {
-            "rows": args.rows,
-            "repeat": args.repeat,
-            "source_mib_1x": round(bench.source_mib(), 1),
-            "dump_mib_1x": round(bench.blob.read_manifest(ours_prefix)[0].total_bytes / 2**20, 2),
-        }
-        compression = bench.compression_table(args.levels)
-
-        rss: dict[str, float] = {}
-        for scale, label in ((1, "1x"), (args.scale, "10x")):
-            if scale != 1:
-                bench.add_rows(args.rows * (scale - 1))
-                context[f"source_mib_{label}"] = round(bench.source_mib(), 1)
-            backup_rss, restore_rss = PeakTreeRss(), PeakTreeRss()
-            _, prefix = bench.backup_ours(backup_rss)
-            bench.restore_ours(prefix, restore_rss)
-            rss[f"backup_{label}"], rss[f"restore_{label}"] = backup_rss.peak_mib, restore_rss.peak_mib
-            context[f"dump_mib_{label}"] = round(bench.blob.read_manifest(prefix)[0].total_bytes / 2**20, 2)
-        context["scale"] = args.scale
+            lines["restore_ours"].seconds.append(bench.restore_ours(ours_prefix, restore_rss))
+        rss["backup_10x"], rss["restore_10x"] = backup_rss.peak_mib, restore_rss.peak_mib
+        context["dump_mib_10x"] = round(bench.blob.read_manifest(ours_prefix)[0].total_bytes / 2**20, 2)
         context["versions"] = {
             "pg_dump": shell("pg_dump --version", bench.tools_env()).strip(),
             "azcopy": shell("azcopy --version", bench.tools_env()).strip(),
@@ -479,7 +488,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=300_000, help="rows in the generated table at 1x")
+    parser.add_argument("--rows", type=int, default=200_000, help="rows in the generated table at 1x")
+    parser.add_argument(
+        "--compression", default=DEFAULT_DUMP_COMPRESSION, help="pg_dump -Z of every backup line (ours and raw)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each line (medians, min-max)")
     parser.add_argument("--scale", type=int, default=10, help="the data multiplier of the memory line")
     parser.add_argument("--json", type=Path, help="also write the results to this file as JSON")
@@ -495,9 +507,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     require_tools()
     results = run(args)
-    print(format_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
 
 
 if __name__ == "__main__":

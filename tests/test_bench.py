@@ -33,7 +33,8 @@ def test_results_hold_every_key_with_ratios_of_medians_and_print_as_a_table(benc
     }
     rss = {"backup_1x": 100.0, "restore_1x": 120.0, "backup_10x": 104.0, "restore_10x": 119.0}
     compression = [{"level": "gzip:1", "dump_mib": 1.0, "seconds": 0.5, "source_mib_per_s": 40.0}]
-    results = bench.assemble_results(lines=lines, rss_mib=rss, compression=compression, context={"rows": 10})
+    context = {"rows": 10, "compression": "gzip:1"}  # a context key never hides a result's
+    results = bench.assemble_results(lines=lines, rss_mib=rss, compression=compression, context=context)
 
     assert set(bench.RESULT_KEYS) <= results.keys()
     assert results["backup_ratio"] == pytest.approx(2.3 / 2.0, abs=1e-3)  # medians, not means: 5.0 is an outlier
@@ -42,7 +43,7 @@ def test_results_hold_every_key_with_ratios_of_medians_and_print_as_a_table(benc
     assert results["peak_rss_mib_1x"] == 120.0 and results["peak_rss_mib_10x"] == 119.0
     assert results["parallel_backup_ratio"] is None and results["parallel_restore_ratio"] is None
     assert results["seconds"]["backup_ours"] == {"median": 2.3, "min": 2.1, "max": 5.0}
-    assert results["rows"] == 10
+    assert results["rows"] == 10 and results["compression"] == compression
     json.loads(json.dumps(results))  # writable as JSON as it is
 
     table = bench.format_table(results)
