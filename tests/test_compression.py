@@ -9,7 +9,6 @@ import pytest
 
 from resources.platform.postgres_server import postgres_bindir
 from tests.test_streaming_verification import backup_spec
-from toygres_pipelines.images.backup import DEFAULT_DUMP_COMPRESSION, dump_compression
 from toygres_pipelines.images.verification import verify_image
 
 pytestmark = pytest.mark.integration
@@ -39,9 +38,3 @@ def test_pagila_round_trips_through_every_gzip_level_and_the_manifest_records_it
         assert "COPY public.rental" in "\n".join(sql)
         expected_sql = expected_sql or sql
         assert sql == expected_sql, f"level {level} restores other SQL than level {LEVELS[0]}"
-
-
-def test_the_default_compression_follows_the_sources_major():
-    assert dump_compression("15") == DEFAULT_DUMP_COMPRESSION
-    assert dump_compression("14") == DEFAULT_DUMP_COMPRESSION
-    assert dump_compression("16") == "zstd:1" and dump_compression("17") == "zstd:1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import subprocess
@@ -98,9 +99,32 @@ def _hash_and_read(blob: BlobStorageResource, name: str, is_dump: bool) -> FileC
     return FileCheck(path=name, size_bytes=size, sha256=digest.hexdigest(), archive_readable=is_dump or None)
 
 
-def check_file(blob: BlobStorageResource, prefix: str, expected: BackupFile) -> FileCheck:
+# pg_restore reads lz4 and zstd archives from PostgreSQL 16 on
+NEWER_METHODS_FROM_MAJOR = 16
+
+
+def readable_by_pg_restore(compression: str | None, pg_restore_major: int) -> bool:
+    """Whether a pg_restore of this major decodes dumps of this compression (None: an older image, gzip)."""
+    method = (compression or "gzip").split(":", 1)[0]
+    return method in ("gzip", "none") or pg_restore_major >= NEWER_METHODS_FROM_MAJOR
+
+
+@functools.cache
+def local_pg_restore_major() -> int:
+    version = subprocess.run(
+        [str(postgres_bindir() / "pg_restore"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    return int(version.split(")", 1)[1].split(".")[0])
+
+
+def check_file(
+    blob: BlobStorageResource, prefix: str, expected: BackupFile, compression: str | None = None
+) -> FileCheck:
+    """Every byte hashed; a dump also read end to end by pg_restore, when this host's can decode it
+    (a zstd dump of a 16+ source was parsed by its own pg_restore while it streamed)."""
     name = f"{prefix.rstrip('/')}/{expected.path}"
-    actual = _hash_and_read(blob, name, is_dump=expected.kind == "database")
+    parse = expected.kind == "database" and readable_by_pg_restore(compression, local_pg_restore_major())
+    actual = _hash_and_read(blob, name, is_dump=parse)
     if actual.size_bytes != expected.size_bytes:
         raise ImageCorrupt(
             f"{expected.path}: {actual.size_bytes} bytes in blob storage, manifest says {expected.size_bytes}"
@@ -197,7 +221,10 @@ def verify_image(
         f.stream_check is not None and (f.kind != "database" or f.stream_check.archive_parsed) for f in manifest.files
     )
     for expected in manifest.files:
-        check = spot_check_file(blob, prefix, expected) if streamed else check_file(blob, prefix, expected)
+        if streamed:
+            check = spot_check_file(blob, prefix, expected)
+        else:
+            check = check_file(blob, prefix, expected, manifest.compression)
         log(f"verified {check.path} ({check.holds}, {human_bytes(check.size_bytes)}): {check.verdict}")
         checks.append(check)
     log(f"image verified: {len(checks)} files, {human_bytes(manifest.total_bytes)}, manifest sha256 {manifest_sha256}")
