@@ -1,22 +1,26 @@
-"""Backup and restore speed and memory against a raw baseline measured in the same run.
+"""Backup and restore speed and memory against fair raw baselines measured in the same run.
 
-    .venv/bin/python bench/backup_restore.py [--rows 2000000] [--repeat 3]
+    .venv/bin/python bench/backup_restore.py [--rows 200000] [--scale 10] [--repeat 3] [--json PATH] [--quick]
 
-Starts its own Azurite and a source server (pagila + a generated table of --rows rows), then:
-  backup   raw:  pg_dump -Fc | azcopy PipeBlob              (what any script would do)
-           ours: the backup job script (globals + every database, sha256, manifest) + the
-                 image verification the asset does before marking an image ready
-  restore  raw:  azcopy BlobPipe > file; pg_restore into a fresh server
-           ours: the restore job script (download, sha256 check, initdb, roles, pg_restore -j2)
-  encryption: the backup (job + verification) with an age recipient against without (bench/encryption.py)
-Prints seconds (median), MiB/s and the ratio ours/raw, and the peak RSS of the job processes.
-Then parallel mode against the raw single stream on its own data (bench/parallel.py).
-Nothing here asserts a threshold: read the ratios.
+Starts its own Azurite and a source server (pagila + a generated table of --rows rows: the 1x data).
+At 1x: the peak RSS of our backup and restore job trees (the jobs' processes; the PostgreSQL
+servers and Azurite are not part of them) and pg_dump's size and speed at each gzip level.
+Then the table grows to --scale x and, medians of --repeat runs each (with min-max):
+  backup   floor: globals + every database, each pg_dump -Fc > a local file     (the physical floor)
+           raw:   globals + every database, each pg_dump -Fc | azcopy PipeBlob  (what a competent script does)
+           ours:  the backup job script + the verification the asset does before marking an image ready
+  restore  raw:   initdb, start, download every file, roles, pg_restore -j2 each database,
+                  vacuumdb --analyze-only
+           ours:  the restore job script (download, sha256 check, initdb, roles, pg_restore -j2, analyze)
+and the peak RSS of our job trees at that size (the 10x). Every backup line uses the same
+--compression (the project's default). Prints a table; --json PATH writes the same numbers.
+Nothing here asserts a threshold.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -26,14 +30,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import SecretStr  # noqa: E402
 
 from bench.encryption import bench_encryption  # noqa: E402
+from bench.overhead import measure_overhead  # noqa: E402
 from bench.parallel import describe as describe_parallel  # noqa: E402
 from bench.parallel import measure_parallel  # noqa: E402
 from records import InstanceRef  # noqa: E402
@@ -41,22 +49,112 @@ from resources.blob import BlobStorageResource  # noqa: E402
 from resources.platform.base import JobKind, JobSpec  # noqa: E402
 from resources.platform.local import LocalPlatform  # noqa: E402
 from resources.platform.local_tools import azcopy_path  # noqa: E402
-from resources.platform.postgres_server import free_port, postgres_bindir  # noqa: E402
+from resources.platform.postgres_server import as_service_user, free_port, give_to_service_user, postgres_bindir  # noqa: E402
 from toygres_pipelines.dev.demo import load_pagila, provision_server, psql  # noqa: E402
 from toygres_pipelines.dev.stack import Azurite, require_tools  # noqa: E402
+from toygres_pipelines.images.backup import CHECK_CHUNK_BYTES, DEFAULT_DUMP_COMPRESSION  # noqa: E402
 from toygres_pipelines.images.verification import sha256sums, verify_image  # noqa: E402
 
 PASSWORD = SecretStr("bench-password")
+GZIP_LEVELS = tuple(range(10))
+RESULT_KEYS = (
+    "backup_ratio",
+    "restore_ratio",
+    "parallel_backup_ratio",
+    "parallel_restore_ratio",
+    "peak_rss_mib_1x",
+    "peak_rss_mib_10x",
+    "overhead_seconds",
+    "encryption_ratio",
+)
 
 
-def timed(action) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
+# ---- numbers -> results (pure: unit-tested) ----------------------------------------------------
+
+
+@dataclass
+class Samples:
+    """Seconds of repeated runs of one line of the bench."""
+
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def summary(self) -> dict[str, float]:
+        rounded = [round(value, 3) for value in (self.median, min(self.seconds), max(self.seconds))]
+        return dict(zip(("median", "min", "max"), rounded, strict=True))
+
+
+def ratio(ours: Samples, raw: Samples) -> float:
+    return round(ours.median / raw.median, 3)
+
+
+def parallel_ratios(result: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The parallel mode's (backup, restore) medians over the raw single stream (bench/parallel.py)."""
+    return result.get("parallel_backup_ratio"), result.get("parallel_restore_ratio")
+
+
+def assemble_results(
+    *,
+    lines: dict[str, Samples],
+    rss_mib: dict[str, float],
+    compression: Sequence[dict[str, Any]],
+    context: dict[str, Any],
+    parallel: tuple[float | None, float | None] = (None, None),
+    overhead: float | None = None,
+    encryption_ratio: float | None = None,
+) -> dict[str, Any]:
+    """The bench's JSON object: the ratios first, then every line's median and min-max."""
+    return {
+        **context,
+        "backup_ratio": ratio(lines["backup_ours"], lines["backup_raw"]),
+        "restore_ratio": ratio(lines["restore_ours"], lines["restore_raw"]),
+        "parallel_backup_ratio": parallel[0],
+        "parallel_restore_ratio": parallel[1],
+        "peak_rss_mib_1x": round(max(rss_mib["backup_1x"], rss_mib["restore_1x"]), 1),
+        "peak_rss_mib_10x": round(max(rss_mib["backup_10x"], rss_mib["restore_10x"]), 1),
+        "overhead_seconds": overhead,
+        "encryption_ratio": encryption_ratio,
+        "backup_raw_over_floor": ratio(lines["backup_raw"], lines["backup_floor"]),
+        "seconds": {name: samples.summary() for name, samples in lines.items()},
+        "peak_rss_mib": {name: round(value, 1) for name, value in rss_mib.items()},
+        "compression": list(compression),
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    def shown(value: Any) -> str:
+        return "n/a" if value is None else str(value)
+
+    rows = [f"{key:<24} {shown(results[key])}" for key in RESULT_KEYS]
+    rows.append(f"{'backup_raw_over_floor':<24} {results['backup_raw_over_floor']}")
+    rows.append("")
+    rows.append(f"{'line':<16} {'median s':>9} {'min':>8} {'max':>8}")
+    for name, summary in results["seconds"].items():
+        rows.append(f"{name:<16} {summary['median']:>9.2f} {summary['min']:>8.2f} {summary['max']:>8.2f}")
+    rows.append("")
+    rows.append("peak job-tree RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in results["peak_rss_mib"].items()))
+    if results["compression"]:
+        rows.append("")
+        rows.append(f"{'pg_dump -Z':<11} {'MiB':>8} {'seconds':>8} {'MiB/s in':>9} {'CPU s':>7}")
+        for entry in results["compression"]:
+            level, mib, seconds, speed = (entry[k] for k in ("level", "dump_mib", "seconds", "source_mib_per_s"))
+            rows.append(
+                f"{level:<11} {mib:>8.2f} {seconds:>8.2f} {speed:>9.1f} {entry.get('pg_dump_cpu_seconds', 0):>7.2f}"
+            )
+    return "\n".join(rows)
+
+
+# ---- measuring -------------------------------------------------------------------------------
 
 
 class PeakTreeRss:
-    """Samples the summed RSS of every descendant process (the whole job tree) while active."""
+    """Samples the summed RSS of every descendant process (the whole job tree) while active,
+    except the subtrees of `exclude` (the bench's own Azurite)."""
+
+    exclude: tuple[int, ...] = ()
 
     def __init__(self) -> None:
         self.peak_mib = 0.0
@@ -69,15 +167,18 @@ class PeakTreeRss:
             if not entry.name.isdigit():
                 continue
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                stat = (entry / "stat").read_text()
+                fields = stat.rsplit(")", 1)[1].split()
                 parents[int(entry.name)] = int(fields[1])
-                rss[int(entry.name)] = int(fields[21]) * resource.getpagesize() // 1024
+                # A fork of this Python before its exec shares (and shows) all of the bench's memory
+                if not stat[stat.index("(") + 1 :].startswith("python"):
+                    rss[int(entry.name)] = int(fields[21]) * resource.getpagesize() // 1024
             except (OSError, IndexError, ValueError):
                 continue
         me, total = os.getpid(), 0
         for pid in rss:
-            ancestor = parents.get(pid)
-            while ancestor and ancestor != me:
+            ancestor = parents.get(pid) if pid not in self.exclude else None
+            while ancestor and ancestor != me and ancestor not in self.exclude:
                 ancestor = parents.get(ancestor)
             if ancestor == me:
                 total += rss[pid]
@@ -99,168 +200,346 @@ class PeakTreeRss:
         self._thread.join()
 
 
-def shell(command: str, env: dict[str, str]) -> None:
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, capture_output=True, text=True)
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(action: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def shell(command: str, env: dict[str, str], as_postgres: bool = False) -> str:
+    argv = ["bash", "-o", "pipefail", "-e", "-c", command]
+    done = subprocess.run(as_service_user(argv, env) if as_postgres else argv, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"baseline command failed: {done.stderr.strip()[-1000:]}")
+        raise RuntimeError(f"baseline command failed: {done.stderr.strip()[-1500:]}")
+    return done.stdout
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=2_000_000, help="rows in the generated table")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--parallel-jobs", type=int, default=2, help="parallel mode: pg_dump/pg_restore -j")
-    parser.add_argument("--parallel-tables", type=int, default=4, help="parallel mode: tables the --rows spread over")
-    args = parser.parse_args()
-    require_tools()
+class Bench:
+    def __init__(self, root: Path, args: argparse.Namespace) -> None:
+        self.root, self.args = root, args
+        self.azurite = Azurite(root / "azurite", free_port()).start()
+        PeakTreeRss.exclude = (self.azurite.process.pid,)
+        self.platform = LocalPlatform(state_dir=str(root / "platform"), azcopy_path=str(azcopy_path()))
+        self.source = InstanceRef(k8s_name="bench-src", namespace="default")
+        self.blob = BlobStorageResource(connection_string=self.azurite.connection_string, container="bench")
+        self.blob.ensure_container()
+        sas = self.blob.job_sas("racwdl", timedelta(hours=3))
+        assert sas is not None
+        self.sas = sas
+        self.work = root / "work"
+        give_to_service_user(self.work, 0o755)
+        self.azcopy = str(self.work / "azcopy")
+        shutil.copyfile(azcopy_path(), self.azcopy)
+        Path(self.azcopy).chmod(0o755)
+        self.attempt = 0
 
-    root = Path(tempfile.mkdtemp(prefix="toygres-bench-"))
-    root.chmod(0o711)
-    azurite = Azurite(root / "azurite", free_port()).start()
-    platform = LocalPlatform(state_dir=str(root / "platform"), azcopy_path=str(azcopy_path()))
-    source = InstanceRef(k8s_name="bench-src", namespace="default")
-    try:
-        blob = BlobStorageResource(connection_string=azurite.connection_string, container="bench")
-        blob.ensure_container()
-        sas = blob.job_sas("racwdl", timedelta(hours=2))
-        provision_server(platform, source, PASSWORD)
-        load_pagila(platform, source)
-        psql(
-            platform,
-            source,
-            "-c",
-            f"CREATE TABLE bench AS SELECT g AS id, md5(g::text) AS payload, now() - g * interval '1 second' AS at "
-            f"FROM generate_series(1, {args.rows}) g",
-            database="pagila",
-        )
-        endpoints = platform.endpoints(source)
-        size = int(psql(platform, source, "-Atc", "SELECT sum(pg_database_size(datname)) FROM pg_database").strip())
-
-        tools_env = {
-            **os.environ,
+    def tools_env(self) -> dict[str, str]:
+        endpoints = self.platform.endpoints(self.source)
+        home = self.work / "home"
+        give_to_service_user(home, 0o700)
+        return {
             "PGPASSWORD": PASSWORD.get_secret_value(),
             "PGHOST": endpoints.host,
             "PGPORT": str(endpoints.port),
             "PGUSER": "postgres",
-            "HOME": str(root / "home"),
-            "AZCOPY_LOG_LOCATION": str(root / "home"),
-            "AZCOPY_JOB_PLAN_LOCATION": str(root / "home"),
-            "PATH": f"{postgres_bindir()}:{Path(azcopy_path()).parent}:{os.environ['PATH']}",
+            "HOME": str(home),
+            "AZCOPY_LOG_LOCATION": str(home),
+            "AZCOPY_JOB_PLAN_LOCATION": str(home),
+            "LC_ALL": "C.UTF-8",
+            "PATH": f"{postgres_bindir()}:{self.work}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         }
-        azcopy = str(azcopy_path())
-        raw_url = f"{blob.folder_url('raw/pagila.dump')}?{sas.get_secret_value()}"
-        with PeakTreeRss() as raw_backup_rss:
-            raw_backup = [
-                timed(
-                    lambda: shell(
-                        f"pg_dump -Fc -d pagila | {azcopy} copy '{raw_url}' --from-to=PipeBlob --output-level=quiet",
-                        tools_env,
-                    )
-                )
-                for _ in range(args.repeat)
-            ]
 
-        ours_backup, verify_seconds = [], []
-        with PeakTreeRss() as ours_backup_rss:
-            for attempt in range(args.repeat):
-                prefix = f"images/bench-{attempt}"
-                spec = JobSpec(
-                    kind=JobKind.backup,
-                    name=f"backup-bench-{attempt}",
-                    script="backup.sh",
-                    instance=source,
-                    env={
-                        "BLOB_URL": blob.folder_url(prefix),
-                        "IMAGE_NAME": f"bench-{attempt}",
-                        "SOURCE_INSTANCE": source.k8s_name,
-                        "SOURCE_NAMESPACE": source.namespace,
-                    },
-                    blob_sas=sas,
-                )
-                job_seconds = timed(lambda: platform.run_job(spec, lambda _line: None))
-                verify_seconds.append(timed(lambda: verify_image(blob, prefix)))
-                ours_backup.append(job_seconds + verify_seconds[-1])
-        manifest, manifest_sha = blob.read_manifest("images/bench-0")
-        dump_bytes = manifest.total_bytes
-        encryption = bench_encryption(platform, source, blob, sas, root, args.repeat)
+    def url(self, name: str) -> str:
+        return f"{self.blob.folder_url(name)}?{self.sas.get_secret_value()}"
 
-        target = InstanceRef(k8s_name="bench-raw", namespace="default")
-        raw_restore = []
-        raw_restore_rss = PeakTreeRss()
+    def load_source(self) -> None:
+        provision_server(self.platform, self.source, PASSWORD)
+        load_pagila(self.platform, self.source)
+        self.add_rows(self.args.rows)
+
+    def add_rows(self, rows: int) -> None:
+        psql(
+            self.platform,
+            self.source,
+            "-c",
+            "CREATE TABLE IF NOT EXISTS bench (id bigint, payload text, at timestamptz);"
+            f"INSERT INTO bench SELECT g, md5(g::text), now() - g * interval '1 second' "
+            f"FROM generate_series((SELECT count(*) FROM bench) + 1, (SELECT count(*) FROM bench) + {rows}) g",
+            database="pagila",
+        )
+
+    def databases(self) -> list[str]:
+        listed = psql(
+            self.platform,
+            self.source,
+            "-Atc",
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+        )
+        return listed.split()
+
+    def source_mib(self) -> float:
+        size = psql(self.platform, self.source, "-Atc", "SELECT sum(pg_database_size(datname)) FROM pg_database")
+        return int(size.strip()) / 2**20
+
+    # -- backup lines --
+
+    def backup_script(self, sink: Callable[[str], str]) -> str:
+        """globals + every database, each pg_dump -Fc into `sink(name)` (a shell redirection)."""
+        lines = [f"pg_dumpall -w --globals-only {sink('globals.sql')}"]
+        level = f"-Z {self.args.compression}"
+        lines += [f"pg_dump -w -Fc {level} -d {db} {sink(f'{db}.dump')}" for db in self.databases()]
+        return "\n".join(lines)
+
+    def backup_floor(self) -> float:
+        target = self.work / "floor"
+        give_to_service_user(target, 0o700)
+        script = self.backup_script(lambda name: f"> {target}/{name}")
+        return timed(lambda: shell(script, self.tools_env(), as_postgres=True))
+
+    def backup_raw(self) -> float:
+        self.attempt += 1
+        prefix = f"raw/{self.attempt}"
+        script = self.backup_script(
+            lambda name: f"| azcopy copy '{self.url(f'{prefix}/{name}')}' --from-to=PipeBlob --output-level=quiet"
+        )
+        return timed(lambda: shell(script, self.tools_env(), as_postgres=True))
+
+    def backup_env(self) -> dict[str, str]:
+        """What the image asset gives every backup job beyond where things are."""
+        return {"CHECK_CHUNK_BYTES": str(CHECK_CHUNK_BYTES), "DUMP_COMPRESSION": self.args.compression}
+
+    def backup_ours(self, rss: PeakTreeRss | None = None) -> tuple[float, str]:
+        self.attempt += 1
+        prefix = f"images/bench-{self.attempt}"
+        spec = JobSpec(
+            kind=JobKind.backup,
+            name=f"backup-bench-{self.attempt}",
+            script="backup.sh",
+            instance=self.source,
+            env={
+                "BLOB_URL": self.blob.folder_url(prefix),
+                "IMAGE_NAME": f"bench-{self.attempt}",
+                "SOURCE_INSTANCE": self.source.k8s_name,
+                "SOURCE_NAMESPACE": self.source.namespace,
+                **self.backup_env(),
+            },
+            blob_sas=self.sas,
+        )
+
+        def backup_and_verify() -> None:
+            if rss is None:
+                self.platform.run_job(spec, lambda _line: None)
+            else:
+                with rss:
+                    self.platform.run_job(spec, lambda _line: None)
+            verify_image(self.blob, prefix, full=False)  # what the asset does before marking it ready
+
+        seconds = timed(backup_and_verify)
+        return seconds, prefix
+
+    # -- restore lines --
+
+    def restore_raw(self, raw_prefix: str) -> float:
+        target = self.work / f"raw-restore-{self.attempt}"
+        self.attempt += 1
+        give_to_service_user(target, 0o700)
+        sockets = Path(tempfile.mkdtemp(prefix="bench-sock-"))
+        give_to_service_user(sockets, 0o700)
+        port = free_port()
+        download = "\n".join(
+            f"azcopy copy '{self.url(f'{raw_prefix}/{name}')}' --from-to=BlobPipe --output-level=quiet >{target}/{name}"
+            for name in ["globals.sql", *(f"{db}.dump" for db in self.databases())]
+        )
+        restores = "\n".join(
+            f"pg_restore -j2 -d {db} {target}/{db}.dump"
+            if db == "postgres"
+            else f"pg_restore -j2 --create -d postgres {target}/{db}.dump"
+            for db in self.databases()
+        )
+        script = f"""
+initdb -D {target}/pgdata -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+options="-c listen_addresses='' -c port={port} -c unix_socket_directories={sockets}"
+pg_ctl -D {target}/pgdata -w -l {target}/log start -o "$options" >/dev/null
+export PGHOST={sockets} PGPORT={port} PGDATABASE=postgres
+{download}
+grep -v '^CREATE ROLE postgres;' {target}/globals.sql | psql -X -q -v ON_ERROR_STOP=1 >/dev/null
+{restores}
+vacuumdb --all --analyze-only --quiet
+pg_ctl -D {target}/pgdata -w stop -m fast >/dev/null
+"""
+        env = {key: value for key, value in self.tools_env().items() if key not in ("PGHOST", "PGPORT", "PGPASSWORD")}
+        try:
+            return timed(lambda: shell(script, env, as_postgres=True))
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(sockets, ignore_errors=True)
+
+    def restore_ours(self, prefix: str, rss: PeakTreeRss | None = None) -> float:
+        manifest, manifest_sha = self.blob.read_manifest(prefix)
+        self.attempt += 1
+        restored = InstanceRef(k8s_name=f"bench-restored-{self.attempt}", namespace="default")
+        self.platform.ensure_instance_secret(restored, PASSWORD)
+        self.platform.create_volume(restored, 1)
+        spec = JobSpec(
+            kind=JobKind.restore,
+            name=f"restore-bench-{self.attempt}",
+            script="restore.sh",
+            instance=restored,
+            env={
+                "BLOB_URL": self.blob.folder_url(prefix),
+                "MANIFEST_SHA256": manifest_sha,
+                "BACKUP_SHA256SUMS": sha256sums(manifest),
+                "POSTGRES_USER": "postgres",
+            },
+            blob_sas=self.sas,
+        )
+        try:
+            if rss is None:
+                return timed(lambda: self.platform.run_job(spec, lambda _line: None))
+            with rss:
+                return timed(lambda: self.platform.run_job(spec, lambda _line: None))
+        finally:
+            self.platform.delete_instance(restored)
+
+    # -- compression --
+
+    def compression_table(self, levels: Sequence[int]) -> list[dict[str, Any]]:
+        """pg_dump -Fc -Z level of every database into a pipe that only counts: size and seconds."""
+        source_mib = self.source_mib()
+        table = []
+        for level in levels:
+            script = "\n".join(f"pg_dump -w -Fc -Z {level} -d {db} | wc -c" for db in self.databases())
+            runs, cpu = [], []
+            for _ in range(self.args.repeat):
+                started, used = time.perf_counter(), children_cpu_seconds()
+                out = shell(script, self.tools_env(), as_postgres=True)
+                runs.append(time.perf_counter() - started)
+                cpu.append(children_cpu_seconds() - used)
+            seconds = statistics.median(runs)
+            dump_mib = sum(int(n) for n in out.split()) / 2**20
+            table.append(
+                {
+                    "level": f"gzip:{level}" if level else "none",
+                    "dump_mib": round(dump_mib, 2),
+                    "seconds": round(seconds, 2),
+                    # pg_dump's own CPU (compression happens there): what a noisy neighbour does not skew
+                    "pg_dump_cpu_seconds": round(statistics.median(cpu), 2),
+                    "source_mib_per_s": round(source_mib / seconds, 1),
+                }
+            )
+        return table
+
+    def close(self) -> None:
+        for ref in (self.source,):
+            self.platform.delete_instance(ref)
+        self.azurite.stop()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="toygres-bench-"))
+    root.chmod(0o711)
+    bench = Bench(root, args)
+    try:
+        bench.load_source()
+        context: dict[str, Any] = {"rows_1x": args.rows, "scale": args.scale, "repeat": args.repeat}
+        context["dump_compression"] = args.compression
+        context["source_mib_1x"] = round(bench.source_mib(), 1)
+        rss: dict[str, float] = {}
+        backup_rss, restore_rss = PeakTreeRss(), PeakTreeRss()
+        _, prefix = bench.backup_ours(backup_rss)
+        bench.restore_ours(prefix, restore_rss)
+        rss["backup_1x"], rss["restore_1x"] = backup_rss.peak_mib, restore_rss.peak_mib
+        context["dump_mib_1x"] = round(bench.blob.read_manifest(prefix)[0].total_bytes / 2**20, 2)
+        compression = bench.compression_table(args.levels)
+
+        # The timed lines run on --scale x the data, which is also the memory line's 10x
+        bench.add_rows(args.rows * (args.scale - 1))
+        context["source_mib_10x"] = round(bench.source_mib(), 1)
+        lines = {
+            name: Samples() for name in ("backup_floor", "backup_raw", "backup_ours", "restore_raw", "restore_ours")
+        }
+        backup_rss, restore_rss = PeakTreeRss(), PeakTreeRss()
+        raw_prefix, ours_prefix = "", ""
+        for _ in range(args.repeat):  # interleaved: a noisy neighbour hits every line alike
+            lines["backup_floor"].seconds.append(bench.backup_floor())
+            lines["backup_raw"].seconds.append(bench.backup_raw())
+            raw_prefix = f"raw/{bench.attempt}"
+            seconds, ours_prefix = bench.backup_ours(backup_rss)
+            lines["backup_ours"].seconds.append(seconds)
         for _ in range(args.repeat):
-            platform.delete_instance(target)
-            provision_server(platform, target, PASSWORD)
-            target_port = platform.endpoints(target).port
-            with raw_restore_rss:
-                raw_restore.append(
-                    timed(
-                        lambda: shell(
-                            f"{azcopy} copy '{raw_url}' --from-to=BlobPipe --output-level=quiet > {root}/raw.dump && "
-                            f"createdb -p {target_port} pagila && "
-                            f"pg_restore -j2 --no-owner --no-acl -p {target_port} -d pagila {root}/raw.dump",
-                            tools_env,
-                        )
-                    )
-                )
-
-        ours_restore = []
-        ours_restore_rss = PeakTreeRss()
-        for attempt in range(args.repeat):
-            restored = InstanceRef(k8s_name=f"bench-restored-{attempt}", namespace="default")
-            platform.ensure_instance_secret(restored, PASSWORD)
-            platform.create_volume(restored, 1)
-            spec = JobSpec(
-                kind=JobKind.restore,
-                name=f"restore-bench-{attempt}",
-                script="restore.sh",
-                instance=restored,
-                env={
-                    "BLOB_URL": blob.folder_url("images/bench-0"),
-                    "MANIFEST_SHA256": manifest_sha,
-                    "BACKUP_SHA256SUMS": sha256sums(manifest),
-                    "POSTGRES_USER": "postgres",
-                },
-                blob_sas=sas,
+            lines["restore_raw"].seconds.append(bench.restore_raw(raw_prefix))
+            lines["restore_ours"].seconds.append(bench.restore_ours(ours_prefix, restore_rss))
+        rss["backup_10x"], rss["restore_10x"] = backup_rss.peak_mib, restore_rss.peak_mib
+        context["dump_mib_10x"] = round(bench.blob.read_manifest(ours_prefix)[0].total_bytes / 2**20, 2)
+        encryption = bench_encryption(
+            bench.platform, bench.source, bench.blob, bench.sas, root, args.repeat, bench.backup_env()
+        )
+        print(encryption.line(), flush=True)
+        parallel: dict[str, Any] = {}
+        if not args.skip_parallel:
+            parallel = measure_parallel(
+                bench.platform,
+                bench.blob,
+                root,
+                rows=args.rows * args.scale,
+                tables=args.parallel_tables,
+                jobs=args.parallel_jobs,
+                repeat=args.repeat,
             )
-            with ours_restore_rss:
-                ours_restore.append(timed(lambda: platform.run_job(spec, lambda _line: None)))
-            platform.delete_instance(restored)
-
-        print(
-            f"source: {size / 2**20:.0f} MiB of databases, dump {dump_bytes / 2**20:.1f} MiB, {args.repeat} runs each"
+            print(describe_parallel(parallel), flush=True)
+            context["parallel"] = parallel
+        overhead = None if args.skip_overhead else measure_overhead(args.repeat)
+        context["versions"] = {
+            "pg_dump": shell("pg_dump --version", bench.tools_env()).strip(),
+            "azcopy": shell("azcopy --version", bench.tools_env()).strip(),
+        }
+        return assemble_results(
+            lines=lines,
+            rss_mib=rss,
+            compression=compression,
+            context=context,
+            parallel=parallel_ratios(parallel),
+            overhead=overhead,
+            encryption_ratio=round(encryption.ratio, 3),
         )
-        for label, raw, ours, raw_rss, ours_rss in (
-            ("backup ", raw_backup, ours_backup, raw_backup_rss, ours_backup_rss),
-            ("restore", raw_restore, ours_restore, raw_restore_rss, ours_restore_rss),
-        ):
-            raw_s, ours_s = statistics.median(raw), statistics.median(ours)
-            print(
-                f"{label}  raw {raw_s:6.2f} s ({dump_bytes / 2**20 / raw_s:6.1f} MiB/s)   "
-                f"ours {ours_s:6.2f} s ({dump_bytes / 2**20 / ours_s:6.1f} MiB/s)   "
-                f"ratio ours/raw {ours_s / raw_s:4.2f}   "
-                f"peak job-tree RSS: raw {raw_rss.peak_mib:.0f} MiB, ours {ours_rss.peak_mib:.0f} MiB"
-            )
-        print(
-            f"         of which verification (re-read every byte, pg_restore reads every entry): "
-            f"{statistics.median(verify_seconds):.2f} s"
-        )
-        print(encryption.line())
-        # Parallel mode on its own source (bench/parallel.py): its ratios are to the raw single stream.
-        parallel = measure_parallel(
-            platform,
-            blob,
-            root,
-            rows=args.rows,
-            tables=args.parallel_tables,
-            jobs=args.parallel_jobs,
-            repeat=args.repeat,
-        )
-        print(describe_parallel(parallel))
     finally:
-        for ref in (source, InstanceRef(k8s_name="bench-raw", namespace="default")):
-            platform.delete_instance(ref)
-        azurite.stop()
+        bench.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000, help="rows in the generated table at 1x")
+    parser.add_argument(
+        "--compression", default=DEFAULT_DUMP_COMPRESSION, help="pg_dump -Z of every backup line (ours and raw)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each line (medians, min-max)")
+    parser.add_argument("--scale", type=int, default=10, help="the data multiplier of the memory line")
+    parser.add_argument("--parallel-jobs", type=int, default=2, help="parallel mode: pg_dump/pg_restore -j")
+    parser.add_argument("--parallel-tables", type=int, default=4, help="parallel mode: tables the rows spread over")
+    parser.add_argument("--skip-parallel", action="store_true", help="leave out the parallel-mode lines")
+    parser.add_argument("--skip-overhead", action="store_true", help="leave out the orchestration overhead runs")
+    parser.add_argument("--json", type=Path, help="also write the results to this file as JSON")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few rows, one run, two gzip levels")
+    args = parser.parse_args(argv)
+    args.levels = GZIP_LEVELS
+    if args.quick:
+        args.rows, args.repeat, args.levels = 2_000, 1, (1, 6)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    require_tools()
+    results = run(args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,14 @@ from records.encryption import ImageEncryption
 from records.rows import Record
 
 
+class StreamCheck(Record):
+    """What the backup script proved about a file while it streamed to blob storage."""
+
+    chunk_bytes: int = Field(description="Size of each range hashed (the last one may be shorter)")
+    chunk_sha256: list[str] = Field(description="sha256 of each range, in order: what ranges read back must match")
+    archive_parsed: bool = Field(default=False, description="pg_restore read the whole archive as it streamed")
+
+
 class BackupFile(Record):
     """One file of an image, as the backup script records it in manifest.json."""
 
@@ -26,12 +34,14 @@ class BackupFile(Record):
         "is one of the directory `archive`)",
     )
     archive: str | None = Field(default=None, description="Directory format: the archive directory this file is in")
+    stream_check: StreamCheck | None = None
 
 
 class BackupManifest(Record):
     """manifest.json, written by the backup script beside the dump files."""
 
     format_version: int
+    compression: str | None = Field(default=None, description="pg_dump -Z of the dumps, as METHOD:LEVEL")
     image_name: str
     source_instance: str
     source_namespace: str

@@ -146,6 +146,13 @@ class BlobStorageResource(dg.ConfigurableResource):
     def iter_chunks(self, name: str) -> Iterator[bytes]:
         yield from self._container.download_blob(name).chunks()
 
+    def stored_size(self, name: str) -> int:
+        """The blob's size as blob storage reports it (no byte is read)."""
+        return self._container.get_blob_client(name).get_blob_properties().size
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        return self._container.download_blob(name, offset=offset, length=length).readall()
+
     def read_manifest(self, prefix: str) -> tuple[BackupManifest, str]:
         """The folder's manifest and the sha256 of its exact bytes."""
         raw = self.read_bytes(f"{prefix.rstrip('/')}/{MANIFEST_NAME}")

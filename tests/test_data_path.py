@@ -520,3 +520,32 @@ log "step done"
     reports = [entry for entry in lines if "so far" in entry]
     assert len(reports) >= 2 and lines[-1].endswith("step done")
     assert not [entry for entry in lines[lines.index(reports[-1]) + 1 :] if "so far" in entry]
+
+
+def test_a_checksum_mismatch_found_after_a_database_was_restored_still_fails_with_3_and_leaves_no_data(
+    resources, cms, blob, platform, source
+):
+    """Restores overlap downloads: the last dump's damage shows only after the first database is in.
+    The job still exits 3 (the code no retry may follow) and removes the data directory it made."""
+    assert materialize_image(resources, f"{source.k8s_name}__late-mismatch").success
+    image = cms.find_image(f"{source.k8s_name}__late-mismatch")
+    manifest, _ = blob.read_manifest(image.blob_path)
+    last = manifest.files[-1]
+    assert last.kind == "database" and manifest.files[-2].kind == "database"
+    name = f"{image.blob_path}/{last.path}"
+    data = bytearray(blob.read_bytes(name))
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(name, bytes(data), overwrite=True)
+
+    ref = InstanceRef(k8s_name="late-mismatch", namespace="default")
+    spec = restore_spec(cms, blob, platform, image, ref)
+    try:
+        with pytest.raises(JobFailed) as failed:
+            platform.run_job(spec, lambda _line: None)
+        assert failed.value.result.reason == "exit code 3"
+        log = "\n".join(failed.value.result.log_tail)
+        assert f"checksum mismatch: {last.path} has sha256" in log
+        assert f"pg_restore of database {manifest.files[-2].database} done" in log  # the overlap is real
+        assert not (platform.volume_dir(ref) / "pgdata").exists()
+    finally:
+        platform.delete_instance(ref)

@@ -3,9 +3,10 @@
 # each streamed through sha256 straight into blob storage (no staging file), then manifest.json.
 #
 # Env: PGHOST PGPORT PGUSER (source superuser) BLOB_URL (image folder, no credentials)
-#      IMAGE_NAME SOURCE_INSTANCE SOURCE_NAMESPACE, optional DUMP_COMPRESSION (0-9),
-#      TRANSFER_STALL_SECONDS (see common.sh), AGE_RECIPIENT (encrypt every file, see encrypt_stream)
-#      PARALLEL_JOBS (>1: parallel mode, see
+#      IMAGE_NAME SOURCE_INSTANCE SOURCE_NAMESPACE, optional DUMP_COMPRESSION (pg_dump -Z: 0-9, or
+#      from PostgreSQL 16 METHOD[:LEVEL] with METHOD gzip, lz4, zstd or none), CHECK_CHUNK_BYTES,
+#      TRANSFER_STALL_SECONDS (see common.sh)
+#      AGE_RECIPIENT (encrypt every file, see encrypt_stream), PARALLEL_JOBS (>1: parallel mode, see
 #      dump_directory_to_blob)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=backup
@@ -20,6 +21,14 @@ started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 server_version_num=$(psql -w -X -Atqc 'SHOW server_version_num') || die "cannot connect to ${SOURCE_INSTANCE} at ${PGHOST}:${PGPORT}"
 postgres_version=$((server_version_num / 10000))
 log "source ${SOURCE_NAMESPACE}/${SOURCE_INSTANCE} runs PostgreSQL ${postgres_version} (${server_version_num})"
+
+# A pg_dump built without the asked method (a PostgreSQL 16 built with zlib only has no zstd or
+# lz4) dumps with gzip level 1 instead, and the manifest records what was used.
+compression_probe=$(pg_dump -Z "${DUMP_COMPRESSION:-0}" -f /dev/null --dbname="host=/nonexistent" 2>&1 || true)
+if [[ -n "${DUMP_COMPRESSION:-}" && "$compression_probe" == *"invalid compression specification"* ]]; then
+  log "this pg_dump cannot compress with ${DUMP_COMPRESSION}: using gzip level 1"
+  DUMP_COMPRESSION=1
+fi
 [[ -z "${AGE_RECIPIENT:-}" ]] || log "every file is age-encrypted for recipient ${AGE_RECIPIENT} before it leaves this job"
 
 # dump_progress LABEL DD_REPORT STARTED [ON_DISK_BYTES]: one line of how far a stream has come
@@ -43,21 +52,43 @@ record_encryption() { # $1: manifest.json
     '.encryption = {format: "age", recipient: $recipient} | .tools.age = $age' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
 }
 
-# stream_to_blob NAME [LABEL ON_DISK_BYTES]: stdin -> sha256 + byte count + azcopy; writes
-# $work/NAME.{sha256,size}; logs its progress every PROGRESS_SECONDS and when done.
+# stream_to_blob NAME [LABEL ON_DISK_BYTES]: stdin -> sha256 + byte count + range hashes (+ the
+# archive parser, for a dump) + azcopy; writes $work/NAME.{sha256,size,chunks}; logs its progress
+# every PROGRESS_SECONDS and when done.
 stream_to_blob() {
   local name=$1 key=${1//\//_} label=${2:-$1} on_disk=${3:-} started=$SECONDS
-  mkfifo "$work/$key.hash-pipe" "$work/$key.size-pipe"
+  mkfifo "$work/$key.hash-pipe" "$work/$key.size-pipe" "$work/$key.chunk-pipe"
   sha256sum <"$work/$key.hash-pipe" | cut -d' ' -f1 >"$work/$key.sha256" &
   local hash_pid=$!
   # dd counts the bytes exactly and reports them as it goes (status=progress), for the progress lines
   LC_ALL=C dd bs=1M of=/dev/null status=progress <"$work/$key.size-pipe" 2>"$work/$key.count" &
   local size_pid=$!
+  hash_chunks <"$work/$key.chunk-pipe" >"$work/$key.chunks" &
+  local chunks_pid=$! parse_pid="" parse_pipe=()
+  if [[ "$name" == *.dump ]]; then
+    mkfifo "$work/$key.parse-pipe"
+    parse_pipe=("$work/$key.parse-pipe")
+    parse_archive "$work/$key.parse-errors" <"$work/$key.parse-pipe" &
+    parse_pid=$!
+  fi
   start_progress dump_progress "$label" "$work/$key.count" "$started" "$on_disk"
   local status=0
-  encrypt_stream | tee "$work/$key.hash-pipe" "$work/$key.size-pipe" | upload_stdin "$name" || status=$?
+  if [[ -n "${AGE_RECIPIENT:-}" ]]; then
+    # the parser reads the plaintext; what is hashed, counted and stored is the ciphertext
+    tee "${parse_pipe[@]}" | encrypt_stream | tee "$work/$key.hash-pipe" "$work/$key.size-pipe" "$work/$key.chunk-pipe" \
+      | upload_stdin "$name" || status=$?
+  else
+    tee "$work/$key.hash-pipe" "$work/$key.size-pipe" "$work/$key.chunk-pipe" "${parse_pipe[@]}" \
+      | upload_stdin "$name" || status=$?
+  fi
   wait "$hash_pid" || status=$?
   wait "$size_pid" || status=$?
+  wait "$chunks_pid" || status=$?
+  if [[ -n "$parse_pid" ]] && ! wait "$parse_pid"; then
+    log "ERROR: $name does not parse as an archive (pg_restore read it as it streamed):"
+    redact <"$work/$key.parse-errors" | tail -n 5 >&2
+    status=1
+  fi
   stop_progress
   bytes_counted "$work/$key.count" >"$work/$key.size"
   [[ -s "$work/$key.size" ]] || status=1
@@ -65,13 +96,30 @@ stream_to_blob() {
   return "$status"
 }
 
+# The sha256 of each CHECK_CHUNK_BYTES range of stdin, one per line: verification compares a
+# sample of ranges read back from blob storage with these, instead of downloading every byte.
+CHECK_CHUNK_BYTES=${CHECK_CHUNK_BYTES:-4194304}
+hash_chunks() { split -b "$CHECK_CHUNK_BYTES" -a 12 -d --filter='sha256sum | cut -c1-64' - "$work/chunk."; }
+
+# parse_archive ERRORS: pg_restore reads the whole archive on stdin (every entry decompressed, the
+# SQL thrown away), then the rest of stdin is drained so the stream never blocks on this branch.
+parse_archive() {
+  local status=0
+  pg_restore --file=/dev/null 2>"$1" || status=$?
+  cat >/dev/null
+  return "$status"
+}
+
 # One JSON object per file, written by jq: any byte a database name may hold is carried exactly.
 record_file() { # $1 blob name, $2 kind, $3 database (kind database only)
   local key=${1//\//_}
   jq -n -c --arg path "$1" --arg kind "$2" --arg database "${3-}" --argjson size "$(<"$work/$key.size")" \
-    --arg sha256 "$(<"$work/$key.sha256")" \
+    --arg sha256 "$(<"$work/$key.sha256")" --rawfile chunks "$work/$key.chunks" --argjson chunk_bytes "$CHECK_CHUNK_BYTES" \
     '{path: $path, kind: $kind, database: (if $kind == "database" then $database else null end),
-      size_bytes: $size, sha256: $sha256}' >>"$work/files.jsonl" || die "recording $1 in the manifest failed"
+      size_bytes: $size, sha256: $sha256,
+      stream_check: {chunk_bytes: $chunk_bytes, chunk_sha256: ($chunks | split("\n") | map(select(. != ""))),
+                     archive_parsed: ($path | endswith(".dump"))}}' \
+    >>"$work/files.jsonl" || die "recording $1 in the manifest failed"
   log "uploaded $1 ($(<"$work/$key.size") bytes, sha256 $(<"$work/$key.sha256"))"
 }
 
@@ -207,13 +255,24 @@ for database in "${databases[@]}"; do
   record_file "$name" database "$database"
 done
 
+# What the dumps were compressed with, as METHOD:LEVEL (pg_dump -Fc's own default is gzip at zlib's default)
+compression_label() {
+  case "$1" in
+    "") echo "gzip:default" ;;
+    0) echo "none" ;;
+    [1-9]) echo "gzip:$1" ;;
+    *) echo "$1" ;;
+  esac
+}
+
 finished_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 jq -n --arg image_name "$IMAGE_NAME" --arg source_instance "$SOURCE_INSTANCE" \
   --arg source_namespace "$SOURCE_NAMESPACE" --arg postgres_version "$postgres_version" \
   --argjson server_version_num "$server_version_num" --arg started_at "$started_at" --arg finished_at "$finished_at" \
   --arg pg_dump "$(pg_dump --version)" --arg azcopy "$(azcopy --version 2>/dev/null | head -1)" \
   --slurpfile files "$work/files.jsonl" --argjson parallel_jobs "$PARALLEL_JOBS" \
-  '{format_version: 1, image_name: $image_name, source_instance: $source_instance,
+  --arg compression "$(compression_label "${DUMP_COMPRESSION:-}")" \
+  '{format_version: 1, compression: $compression, image_name: $image_name, source_instance: $source_instance,
     source_namespace: $source_namespace, postgres_version: $postgres_version,
     server_version_num: $server_version_num, dump_format: (if $parallel_jobs > 1 then "directory" else "custom" end),
     parallel_jobs: $parallel_jobs, started_at: $started_at,

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Restore job: download an image, verify every file's sha256, then build a data directory on
-# the volume from it (initdb, roles, the superuser password from the instance's Secret,
-# pg_restore of each database under its exact name from the manifest), and stop cleanly.
-# A checksum mismatch exits before initdb, so it can never lead to a running instance.
+# Restore job: download an image and build a data directory on the volume from it (initdb,
+# roles, the superuser password from the instance's Secret, pg_restore of each database under its
+# exact name from the manifest), and stop cleanly. The steps overlap: files download (and are
+# hashed) in the background while initdb runs and earlier databases restore; each file's sha256 is
+# checked before anything reads it, and every file's before the job can succeed. A checksum
+# mismatch exits 3 and removes the data directory: it can never lead to a running instance.
 #
 # Env: VOLUME_PATH (the volume; PGDATA becomes $VOLUME_PATH/pgdata) BLOB_URL (image folder)
 #      MANIFEST_SHA256 (from the CMS row) BACKUP_SHA256SUMS (sha256sum -c lines, from the
 #      verified manifest) POSTGRES_USER (superuser), PGPASSWORD or POSTGRES_PASSWORD_FILE,
-#      optional RESTORE_JOBS (pg_restore -j), TRANSFER_STALL_SECONDS (see common.sh),
+#      optional RESTORE_JOBS (pg_restore -j; a parallel-mode image: its parallel_jobs),
+#      TRANSFER_STALL_SECONDS (see common.sh),
 #      AGE_IDENTITY_FILE (age private keys, mounted; needed when the manifest says the files are encrypted)
 #      RESTORE_DATABASES (a JSON array of database names: restore only those; unset: all)
-#      (a parallel-mode image: RESTORE_JOBS is its parallel_jobs)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore
 : "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}" "${BACKUP_SHA256SUMS:?}" "${POSTGRES_USER:=postgres}"
@@ -22,8 +24,11 @@ staging="$VOLUME_PATH/restore-staging"
 # Unix socket paths are limited to ~107 bytes, so the private socket lives directly in /tmp.
 socket_dir=$(mktemp -d /tmp/toygres-restore.XXXXXX)
 cleanup() {
+  local status=$?
   stop_background_steps
   if [[ -f "$pgdata/postmaster.pid" ]]; then pg_ctl -D "$pgdata" stop -m fast -w >/dev/null 2>&1 || true; fi
+  # A failed restore leaves no half-made data directory behind (the steps overlap, so one may exist)
+  if ((status != 0)); then rm -rf "$pgdata"; fi
   rm -rf "$staging" "$socket_dir"
 }
 trap cleanup EXIT
@@ -50,16 +55,13 @@ check_identity() {
 }
 check_identity
 
-# decrypt_files FILE...: each verified ciphertext replaced by its plaintext (age authenticates every chunk).
-decrypt_files() {
+# decrypt_file NAME: a verified ciphertext replaced by its plaintext (age authenticates every chunk).
+decrypt_file() {
   [[ -n "$encrypted_for" ]] || return 0
-  local name
-  for name in "$@"; do
-    log "decrypting $name"
-    interruptible age --decrypt -i "$AGE_IDENTITY_FILE" --output "$staging/$name.plain" "$staging/$name" \
-      || die "decrypting $name failed"
-    mv "$staging/$name.plain" "$staging/$name"
-  done
+  log "decrypting $1"
+  interruptible age --decrypt -i "$AGE_IDENTITY_FILE" --output "$staging/$1.plain" "$staging/$1" \
+    || die "decrypting $1 failed"
+  mv "$staging/$1.plain" "$staging/$1"
 }
 
 # download_progress NAME FILE TOTAL_BYTES STARTED: one line of how far a download has come
@@ -79,35 +81,78 @@ restore_progress() {
 }
 
 mapfile -t files < <(printf '%s\n' "$BACKUP_SHA256SUMS" | awk 'NF {print $2}')
-for name in "${files[@]}"; do
-  total=$(jq -r --arg path "$name" '.files[] | select(.path == $path) | .size_bytes' "$staging/manifest.json")
-  log "downloading $name ($(mib "$total"))"
-  started=$SECONDS
-  mkdir -p "$(dirname "$staging/$name")" # a directory-format dump (parallel mode) is a folder of files
-  start_progress download_progress "$name" "$staging/$name" "$total" "$started"
-  download_file "$name" "$staging/$name" || die "download of $name failed"
-  stop_progress
-  download_progress "$name done" "$staging/$name" "$total" "$started"
-done
-log "verifying sha256 of ${#files[@]} file(s)"
-if ! (cd "$staging" && printf '%s\n' "$BACKUP_SHA256SUMS" | sha256sum --check --strict --quiet); then
-  die "checksum mismatch: the downloaded image does not match its manifest" 3
-fi
-decrypt_files "${files[@]}"
+mkdir -p "$socket_dir/hashed"
 
-log "initdb in $pgdata"
+# download_all: every file in turn, each hashed as soon as it is down; $socket_dir/hashed/N holds
+# the sha256 of the Nth file once it is complete. Runs in the background while the rest goes on.
+download_all() {
+  local index=0 name total started
+  # Stopped by the job's cleanup: stop this step's own azcopy and progress reporter too
+  trap 'stop_background_steps; exit 143' TERM
+  for name in "${files[@]}"; do
+    total=$(jq -r --arg path "$name" '.files[] | select(.path == $path) | .size_bytes' "$staging/manifest.json")
+    log "downloading $name ($(mib "$total"))"
+    started=$SECONDS
+    mkdir -p "$(dirname "$staging/$name")" # a directory-format dump (parallel mode) is a folder of files
+    start_progress download_progress "$name" "$staging/$name" "$total" "$started"
+    download_file "$name" "$staging/$name" || die "download of $name failed"
+    stop_progress
+    download_progress "$name done" "$staging/$name" "$total" "$started"
+    sha256sum <"$staging/$name" | cut -d' ' -f1 >"$socket_dir/hashed/$index.tmp"
+    mv "$socket_dir/hashed/$index.tmp" "$socket_dir/hashed/$index"
+    index=$((index + 1))
+  done
+}
+download_all &
+downloader=$!
+
+# verified NAME: wait until NAME is downloaded, then exit 3 unless its sha256 is the manifest's.
+verified() {
+  local index="" i expected actual
+  for i in "${!files[@]}"; do if [[ "${files[i]}" == "$1" ]]; then index=$i && break; fi; done
+  [[ -n "$index" ]] || die "manifest entry $(shown "$1") is not among the verified files"
+  while [[ ! -e "$socket_dir/hashed/$index" ]]; do
+    kill -0 "$downloader" 2>/dev/null || [[ -e "$socket_dir/hashed/$index" ]] || { wait "$downloader" || true; die "download of $1 failed"; }
+    sleep 0.1
+  done
+  expected=$(printf '%s\n' "$BACKUP_SHA256SUMS" | awk -v name="$1" 'NF && $2 == name {print $1; exit}')
+  actual=$(<"$socket_dir/hashed/$index")
+  [[ "$actual" == "$expected" ]] || die "checksum mismatch: $1 has sha256 $actual, the manifest says $expected" 3
+}
+
+# ready_to_read NAME: NAME (a file, or a directory-format dump's archive folder: each of its files)
+# verified and, for an encrypted image, decrypted.
+ready_to_read() {
+  local member
+  if jq -e --arg archive "$1" 'any(.files[]; .archive == $archive)' "$staging/manifest.json" >/dev/null; then
+    for member in "${files[@]}"; do
+      if [[ "$member" == "$1/"* ]]; then
+        verified "$member"
+        decrypt_file "$member"
+      fi
+    done
+  else
+    verified "$1"
+    decrypt_file "$1"
+  fi
+}
+
+log "initdb in $pgdata (while the files download)"
 # initdb reads one line of its password file: it gets a throwaway password, and the real one
 # (which may hold any character, line breaks too) is set by ALTER ROLE once the roles are in.
 pwfile="$socket_dir/pw"
 head -c 24 /dev/urandom | base64 >"$pwfile"
-initdb -D "$pgdata" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=scram-sha-256 --auth-host=scram-sha-256 \
-  --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+interruptible initdb -D "$pgdata" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=scram-sha-256 \
+  --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >/dev/null || die "initdb failed"
 rm -f "$pwfile"
 
 # The temporary server listens on a private socket only, trusting nobody but that socket.
+# Its commits need not wait for the WAL flush: the clean stop's checkpoint makes everything durable,
+# and a restore that does not end cleanly removes the data directory anyway.
 printf 'local all all trust\n' >"$socket_dir/pg_hba.conf"
 pg_ctl -D "$pgdata" -w -t 120 -l "$socket_dir/postgres.log" start \
-  -o "-c listen_addresses='' -c unix_socket_directories=$socket_dir -c hba_file=$socket_dir/pg_hba.conf" >/dev/null \
+  -o "-c listen_addresses='' -c unix_socket_directories=$socket_dir -c hba_file=$socket_dir/pg_hba.conf \
+  -c synchronous_commit=off" >/dev/null \
   || { cat "$socket_dir/postgres.log" >&2; die "temporary server did not start"; }
 export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres
 
@@ -122,6 +167,7 @@ globals_for_psql() {
   fi
 }
 
+ready_to_read globals.sql
 log "restoring roles"
 globals_for_psql "$staging/globals.sql" | grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" \
   | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "restoring roles failed"
@@ -139,6 +185,7 @@ restore_failed() { # $1: pg_restore's verbose log, $2: the database; its errors 
 
 # selected_databases MANIFEST: "path NUL database NUL" of each database to restore: all of them,
 # or those RESTORE_DATABASES names (a JSON array, read by jq: any name arrives exactly).
+# A directory-format dump (parallel mode) is restored from its archive folder, named once (by its toc.dat).
 selected_databases() {
   jq -j --argjson wanted "${RESTORE_DATABASES:-null}" '.files[] | select(.kind == "database")
     | .database as $name | select($wanted == null or any($wanted[]; . == $name))
@@ -147,7 +194,6 @@ selected_databases() {
 }
 
 # Names come from the verified manifest, NUL-separated: each database keeps its exact name.
-# A directory-format dump (parallel mode) is restored from its archive folder, named once (by its toc.dat).
 selected_databases "$staging/manifest.json" >"$socket_dir/databases" || die "manifest.json lists no readable databases"
 mapfile -d '' -t entries <"$socket_dir/databases"
 if [[ -n "${RESTORE_DATABASES:-}" ]]; then
@@ -157,7 +203,8 @@ if [[ -n "${RESTORE_DATABASES:-}" ]]; then
 fi
 for ((i = 0; i < ${#entries[@]}; i += 2)); do
   name=${entries[i]} database=${entries[i + 1]}
-  [[ -e "$staging/$name" && -n "$database" ]] || die "manifest entry $(shown "$name") names no verified dump or no database"
+  [[ -n "$database" ]] || die "manifest entry $(shown "$name") names no database"
+  ready_to_read "$name"
   exists=$(psql -X -Atq -v db="$database" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")
   items=$(pg_restore --list "$staging/$name" | grep -c '^[0-9]' || true)
   report="$socket_dir/pg_restore.log" label="pg_restore of database $(shown "$database")" started=$SECONDS
@@ -177,7 +224,11 @@ for ((i = 0; i < ${#entries[@]}; i += 2)); do
   restore_progress "$label done" "$report" "$items" "$started"
 done
 
+for name in "${files[@]}"; do verified "$name"; done
+wait "$downloader" || die "downloading the image failed"
+log "all ${#files[@]} file(s) match their sha256"
+
 log "analyzing"
-interruptible vacuumdb --all --analyze-only --quiet || die "analyze failed"
+interruptible vacuumdb --all --analyze-only --quiet --jobs="${RESTORE_JOBS:-2}" || die "analyze failed"
 pg_ctl -D "$pgdata" stop -m fast -w >/dev/null || die "temporary server did not stop cleanly"
 log "restore complete into $pgdata"

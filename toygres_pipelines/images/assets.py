@@ -52,8 +52,10 @@ class BackupConfig(BackupFields, dg.Config):
         dg.AssetCheckSpec(
             VERIFIED_CHECK,
             asset="image",
-            description="Every file the manifest lists is in blob storage, byte-exact (sha256), and pg_restore "
-            "reads every dump end to end. The image is ready only when this passes.",
+            description="Every file the manifest lists is in blob storage. After a backup: pg_restore parsed "
+            "every dump while it streamed, blob storage's sizes match and sampled ranges read back match the "
+            "stream's hashes. A ready partition materialized again (and reverify_image): every byte re-read, "
+            "sha256 and pg_restore end to end. The image is ready only when this passes; its `method` says which.",
         )
     ],
     description="A verified backup of a running instance in blob storage: roles, one pg_dump -Fc "
@@ -143,6 +145,7 @@ def verified_result(outcome: BackupOutcome) -> dg.MaterializeResult:
                 metadata={
                     "files": files_table(outcome.report),
                     "manifest_sha256": dg.MetadataValue.text(outcome.report.manifest_sha256),
+                    "method": dg.MetadataValue.text(outcome.report.method),
                 },
             )
         ],

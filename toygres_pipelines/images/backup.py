@@ -30,6 +30,20 @@ from toygres_pipelines.images.contents import databases_table
 from toygres_pipelines.images.verification import VerificationReport, verify_image
 
 PARTITION_SOURCE_SEPARATOR = "__"
+# The backup script hashes each range of this size as it streams; verification reads a few back.
+CHECK_CHUNK_BYTES = 4 * 2**20
+# pg_dump -Z of every backup, chosen from the gzip table in docs/benchmarks.md: level 1 dumps
+# about twice as fast as the default 6 for a few percent more bytes.
+DEFAULT_DUMP_COMPRESSION = "1"
+# From PostgreSQL 16 on the job image's pg_dump has zstd, faster than gzip 1 and smaller than gzip 6.
+ZSTD_FROM_MAJOR = 16
+ZSTD_DUMP_COMPRESSION = "zstd:1"
+
+
+def dump_compression(postgres_version: str) -> str:
+    """pg_dump -Z for a source of this major (the job image runs the same major's pg_dump)."""
+    major = int(postgres_version.split(".")[0])
+    return ZSTD_DUMP_COMPRESSION if major >= ZSTD_FROM_MAJOR else DEFAULT_DUMP_COMPRESSION
 
 
 class BackupOutcome(BaseModel):
@@ -110,6 +124,8 @@ def backup_job_spec(
             "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
             **({"AGE_RECIPIENT": age_recipient} if age_recipient else {}),
             **({"PARALLEL_JOBS": str(parallel_jobs)} if parallel_jobs > SINGLE_STREAM else {}),
+            "CHECK_CHUNK_BYTES": str(CHECK_CHUNK_BYTES),
+            "DUMP_COMPRESSION": dump_compression(source.postgres_version),
         },
         blob_sas=blob.job_sas("racwl", timedelta(seconds=timeout_seconds + 600)),
         labels={"toygres/image-id": str(image.id), "toygres/instance": source.k8s_name},
@@ -161,7 +177,8 @@ def take_image(
         spec = backup_job_spec(image, source, blob, job_timeout_seconds, platform.age_recipient, parallel_jobs)
         job_name = spec.name
         platform.run_job(spec, log)
-        manifest, report = verify_image(blob, image.blob_path, log=log)
+        # What the job proved while streaming, plus sizes and sampled ranges: no second full transfer
+        manifest, report = verify_image(blob, image.blob_path, log=log, full=False)
         if manifest.image_name != name or manifest.source_instance != source.k8s_name:
             raise RuntimeError(
                 f"manifest describes {manifest.image_name!r} of {manifest.source_instance!r},"

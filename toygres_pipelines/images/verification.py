@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import random
 import re
 import subprocess
 import tempfile
@@ -32,6 +34,9 @@ class FileCheck(BaseModel):
     kind: str = ""
     database: str | None = None
     encrypted: bool = False
+    # Set when the file was checked against what the backup proved while it streamed (no full read)
+    ranges_checked: int | None = None
+    ranges_total: int | None = None
 
     @property
     def holds(self) -> str:
@@ -39,17 +44,29 @@ class FileCheck(BaseModel):
 
     @property
     def verdict(self) -> str:
-        return (
-            "sha256 matches"
-            + (", pg_restore reads every entry" if self.archive_readable else "")
-            + (", age-encrypted (the archive is read at restore, with the key)" if self.encrypted else "")
-        )
+        if self.ranges_total is None:
+            verdict = "sha256 matches" + (", pg_restore reads every entry" if self.archive_readable else "")
+        else:
+            verdict = (
+                f"size in blob storage matches, {self.ranges_checked} of {self.ranges_total} ranges read back match "
+                "the hashes taken while it streamed"
+                + ("; pg_restore parsed it while it streamed" if self.archive_readable else "")
+            )
+        return verdict + (", age-encrypted (stored bytes checked without the key)" if self.encrypted else "")
+
+
+FULL_METHOD = "full re-read: every byte downloaded and hashed, pg_restore reads every dump"
+STREAMED_METHOD = (
+    "streamed: pg_restore parsed every dump while it streamed to blob storage; blob storage's sizes match, and "
+    "the first, the last and a random range of each file read back match the hashes taken from the stream"
+)
 
 
 class VerificationReport(BaseModel):
     manifest_sha256: str
     total_bytes: int
     files: list[FileCheck]
+    method: str = FULL_METHOD
 
 
 def _hash_and_read(blob: BlobStorageResource, name: str, is_dump: bool) -> FileCheck:
@@ -89,28 +106,96 @@ def _hash_and_read(blob: BlobStorageResource, name: str, is_dump: bool) -> FileC
     return FileCheck(path=name, size_bytes=size, sha256=digest.hexdigest(), archive_readable=is_dump or None)
 
 
-def check_file(blob: BlobStorageResource, prefix: str, expected: BackupFile, encrypted: bool = False) -> FileCheck:
-    """Size and sha256 of the stored bytes; a plaintext dump is read by pg_restore too. An encrypted
-    file cannot be read without the key (which only restore jobs hold): it must be an age file."""
+# pg_restore reads lz4 and zstd archives from PostgreSQL 16 on
+NEWER_METHODS_FROM_MAJOR = 16
+
+
+def readable_by_pg_restore(compression: str | None, pg_restore_major: int) -> bool:
+    """Whether a pg_restore of this major decodes dumps of this compression (None: an older image, gzip)."""
+    method = (compression or "gzip").split(":", 1)[0]
+    return method in ("gzip", "none") or pg_restore_major >= NEWER_METHODS_FROM_MAJOR
+
+
+@functools.cache
+def local_pg_restore_major() -> int:
+    version = subprocess.run(
+        [str(newest_postgres_bindir() / "pg_restore"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    return int(version.split(")", 1)[1].split(".")[0])
+
+
+def check_file(
+    blob: BlobStorageResource,
+    prefix: str,
+    expected: BackupFile,
+    compression: str | None = None,
+    encrypted: bool = False,
+) -> FileCheck:
+    """Every byte hashed; a single-file dump also read end to end by pg_restore, when this host's can
+    decode it (a zstd dump of a 16+ source was parsed by its own pg_restore while it streamed). An
+    encrypted file cannot be read without the key (which only restore jobs hold): it must be an age file."""
     name = f"{prefix.rstrip('/')}/{expected.path}"
-    is_dump = expected.kind == "database" and expected.archive is None and not encrypted
-    actual = _hash_and_read(blob, name, is_dump=is_dump)
+    parse = (
+        expected.kind == "database"
+        and expected.archive is None
+        and not encrypted
+        and readable_by_pg_restore(compression, local_pg_restore_major())
+    )
+    actual = _hash_and_read(blob, name, is_dump=parse)
     if actual.size_bytes != expected.size_bytes:
         raise ImageCorrupt(
             f"{expected.path}: {actual.size_bytes} bytes in blob storage, manifest says {expected.size_bytes}"
         )
     if actual.sha256 != expected.sha256:
         raise ImageCorrupt(f"{expected.path}: sha256 {actual.sha256} in blob storage, manifest says {expected.sha256}")
-    if encrypted:
-        check_age_header(blob, name, expected.path)
-    return actual.model_copy(
-        update={"path": expected.path, "kind": expected.kind, "database": expected.database, "encrypted": encrypted}
-    )
+    return actual.model_copy(update={"path": expected.path, "kind": expected.kind, "database": expected.database})
 
 
 def check_age_header(blob: BlobStorageResource, name: str, path: str) -> None:
     if blob.read_head(name, len(AGE_HEADER)) != AGE_HEADER:
         raise ImageCorrupt(f"{path}: the manifest says it is age-encrypted, its bytes are not an age file")
+
+
+def sampled_ranges(count: int) -> list[int]:
+    """The first, the last and one random range: truncation shows in the size, a damaged start or
+    end (the archive's header and trailer) in the hashes; the random one varies between checks."""
+    if count <= 3:
+        return list(range(count))
+    return [0, random.SystemRandom().randrange(1, count - 1), count - 1]
+
+
+def spot_check_file(blob: BlobStorageResource, prefix: str, expected: BackupFile) -> FileCheck:
+    """The stored size and a sample of ranges against what the backup recorded while streaming."""
+    stream = expected.stream_check
+    assert stream is not None  # only called for a file the backup checked as it streamed
+    name = f"{prefix.rstrip('/')}/{expected.path}"
+    stored = blob.stored_size(name)
+    if stored != expected.size_bytes:
+        raise ImageCorrupt(f"{expected.path}: {stored} bytes in blob storage, manifest says {expected.size_bytes}")
+    count = -(-expected.size_bytes // stream.chunk_bytes)
+    if len(stream.chunk_sha256) != count:
+        raise ImageCorrupt(
+            f"{expected.path}: the manifest holds {len(stream.chunk_sha256)} range hashes, {count} expected"
+        )
+    checked = sampled_ranges(count)
+    for index in checked:
+        start = index * stream.chunk_bytes
+        data = blob.read_range(name, start, min(stream.chunk_bytes, expected.size_bytes - start))
+        if hashlib.sha256(data).hexdigest() != stream.chunk_sha256[index]:
+            raise ImageCorrupt(
+                f"{expected.path}: bytes {start}-{start + len(data) - 1} in blob storage differ from the stream "
+                "(their sha256 does not match the one taken while it streamed)"
+            )
+    return FileCheck(
+        path=expected.path,
+        size_bytes=stored,
+        sha256=expected.sha256,
+        archive_readable=stream.archive_parsed or None,
+        kind=expected.kind,
+        database=expected.database,
+        ranges_checked=len(checked),
+        ranges_total=count,
+    )
 
 
 def read_manifest(
@@ -136,10 +221,13 @@ def verify_image(
     prefix: str,
     expected_manifest_sha256: str | None = None,
     log: Callable[[str], None] = lambda _: None,
+    full: bool = True,
 ) -> tuple[BackupManifest, VerificationReport]:
     """Every file the manifest lists is present, byte-exact, and every dump is a readable archive.
 
     With `expected_manifest_sha256` (the CMS row's checksum) the manifest itself is pinned too.
+    `full=False` (right after a backup) relies on what the backup proved while streaming and reads
+    back only each file's size and a sample of ranges; a file without that proof is read in full.
     Each file's result is logged as it is checked, then the verdict.
     """
     manifest, manifest_sha256 = read_manifest(blob, prefix, expected_manifest_sha256)
@@ -151,8 +239,18 @@ def verify_image(
         raise ImageCorrupt("the manifest must list the roles (globals) and at least one database dump")
     log(f"verifying {len(manifest.files)} files ({human_bytes(manifest.total_bytes)}) against manifest.json")
     checks = []
+    encrypted = manifest.encryption is not None
+    streamed = not full and all(
+        f.stream_check is not None and (f.kind != "database" or f.stream_check.archive_parsed) for f in manifest.files
+    )
     for expected in manifest.files:
-        check = check_file(blob, prefix, expected, encrypted=manifest.encryption is not None)
+        if streamed:
+            check = spot_check_file(blob, prefix, expected)
+        else:
+            check = check_file(blob, prefix, expected, manifest.compression, encrypted)
+        if encrypted:
+            check_age_header(blob, f"{prefix.rstrip('/')}/{expected.path}", expected.path)
+            check = check.model_copy(update={"encrypted": True})
         log(f"verified {check.path} ({check.holds}, {human_bytes(check.size_bytes)}): {check.verdict}")
         checks.append(check)
     # An encrypted archive's TOC cannot be read without the key: the restore reads it.
@@ -160,7 +258,12 @@ def verify_image(
         entries = check_directory_archive(blob, prefix, archive, listed_files)
         log(f"pg_restore lists the archive {archive} ({entries} entries), every data file it names is verified")
     log(f"image verified: {len(checks)} files, {human_bytes(manifest.total_bytes)}, manifest sha256 {manifest_sha256}")
-    return manifest, VerificationReport(manifest_sha256=manifest_sha256, total_bytes=manifest.total_bytes, files=checks)
+    return manifest, VerificationReport(
+        manifest_sha256=manifest_sha256,
+        total_bytes=manifest.total_bytes,
+        files=checks,
+        method=STREAMED_METHOD if streamed else FULL_METHOD,
+    )
 
 
 def directory_archives(manifest: BackupManifest) -> dict[str, list[BackupFile]]:

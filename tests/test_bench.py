@@ -1,0 +1,64 @@
+"""bench/backup_restore.py's results: the keys the issue asks for, the ratios from the medians.
+(Numbers only: the bench itself takes minutes and no test times anything.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "backup_restore.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_backup_restore", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_hold_every_key_with_ratios_of_medians_and_print_as_a_table(bench):
+    lines = {
+        "backup_floor": bench.Samples([1.0, 1.2, 0.9]),
+        "backup_raw": bench.Samples([2.0, 2.2, 1.9]),
+        "backup_ours": bench.Samples([2.1, 5.0, 2.3]),
+        "restore_raw": bench.Samples([4.0, 4.4, 3.8]),
+        "restore_ours": bench.Samples([4.4, 4.6, 4.0]),
+    }
+    rss = {"backup_1x": 100.0, "restore_1x": 120.0, "backup_10x": 104.0, "restore_10x": 119.0}
+    compression = [{"level": "gzip:1", "dump_mib": 1.0, "seconds": 0.5, "source_mib_per_s": 40.0}]
+    context = {"rows": 10, "compression": "gzip:1"}  # a context key never hides a result's
+    results = bench.assemble_results(lines=lines, rss_mib=rss, compression=compression, context=context)
+
+    assert set(bench.RESULT_KEYS) <= results.keys()
+    assert results["backup_ratio"] == pytest.approx(2.3 / 2.0, abs=1e-3)  # medians, not means: 5.0 is an outlier
+    assert results["restore_ratio"] == pytest.approx(4.4 / 4.0, abs=1e-3)
+    assert results["backup_raw_over_floor"] == pytest.approx(2.0 / 1.0, abs=1e-3)
+    assert results["peak_rss_mib_1x"] == 120.0 and results["peak_rss_mib_10x"] == 119.0
+    assert results["parallel_backup_ratio"] is None and results["parallel_restore_ratio"] is None
+    assert results["seconds"]["backup_ours"] == {"median": 2.3, "min": 2.1, "max": 5.0}
+    assert results["rows"] == 10 and results["compression"] == compression
+    json.loads(json.dumps(results))  # writable as JSON as it is
+
+    table = bench.format_table(results)
+    for key in bench.RESULT_KEYS:
+        assert key in table
+    assert "n/a" in table and "gzip:1" in table
+
+
+def test_the_parallel_ratios_come_from_the_parallel_measurement(bench):
+    assert bench.parallel_ratios({}) == (None, None)
+    measured = {"parallel_backup_ratio": 0.9, "parallel_restore_ratio": 1.1}
+    assert bench.parallel_ratios(measured) == (0.9, 1.1)
+
+
+def test_quick_is_a_small_single_run(bench, tmp_path):
+    args = bench.parse_args(["--quick", "--json", str(tmp_path / "out.json")])
+    assert args.repeat == 1 and args.rows < 100_000 and args.json == tmp_path / "out.json"
+    assert bench.parse_args([]).repeat >= 3

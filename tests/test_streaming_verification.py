@@ -1,0 +1,133 @@
+"""Per-backup verification without a second full transfer: the archive is parsed while it streams,
+blob storage's sizes and sampled ranges are compared with what was sent, and an image whose stored
+bytes differ from the stream never becomes ready."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import ContainerClient
+
+from records import ImageState, InstanceRef
+from resources.platform.base import JobFailed, JobKind, JobSpec
+from resources.platform.local import LocalPlatform
+from resources.platform.postgres_server import postgres_bindir
+from tests.helpers import failure_text, materialize_image
+from toygres_pipelines.images import backup as backup_module
+from toygres_pipelines.images.verification import ImageCorrupt, verify_image
+
+pytestmark = pytest.mark.integration
+
+
+def backup_spec(blob, source, name: str, **env: str) -> JobSpec:
+    return JobSpec(
+        kind=JobKind.backup,
+        name=f"backup-{name}",
+        script="backup.sh",
+        instance=InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace),
+        env={
+            "BLOB_URL": blob.folder_url(f"images/{name}"),
+            "IMAGE_NAME": name,
+            "SOURCE_INSTANCE": source.k8s_name,
+            "SOURCE_NAMESPACE": source.namespace,
+            **env,
+        },
+        blob_sas=blob.job_sas("racwl", timedelta(hours=1)),
+    )
+
+
+def test_a_dump_that_does_not_parse_fails_the_backup_job_itself(blob, platform, source, stack):
+    """pg_dump exits 0 but its archive is cut short: the parser on the stream fails the job, no manifest."""
+    fake_bin = Path(tempfile.mkdtemp(dir=stack.root, prefix="fake-bin-"))
+    fake_bin.chmod(0o755)
+    (fake_bin / "pg_dump").write_text(f'#!/bin/bash\n"{postgres_bindir()}/pg_dump" "$@" | head -c 300\nexit 0\n')
+    (fake_bin / "pg_dump").chmod(0o755)
+    job_path = f"{fake_bin}:{platform._shared_bin()}:{postgres_bindir()}:/usr/local/bin:/usr/bin:/bin"
+    spec = backup_spec(blob, source, "unparseable", PATH=job_path)
+    with pytest.raises(JobFailed, match="does not parse as an archive"):
+        platform.run_job(spec, lambda _line: None)
+    assert "images/unparseable/manifest.json" not in blob.list_names("images/unparseable")
+
+
+class DownloadCounter:
+    """Counts the bytes every download from blob storage returns, per blob name."""
+
+    def __init__(self, monkeypatch):
+        self.bytes: dict[str, int] = {}
+        original = ContainerClient.download_blob
+
+        def counting(client, blob, *args, **kwargs):
+            downloader = original(client, blob, *args, **kwargs)
+            self.bytes[str(blob)] = self.bytes.get(str(blob), 0) + downloader.size
+            return downloader
+
+        monkeypatch.setattr(ContainerClient, "download_blob", counting)
+
+
+def test_per_backup_verification_reads_sampled_ranges_not_the_whole_dump(resources, cms, blob, source, monkeypatch):
+    monkeypatch.setattr(backup_module, "CHECK_CHUNK_BYTES", 64 * 1024)
+    downloads = DownloadCounter(monkeypatch)
+    result = materialize_image(resources, f"{source.k8s_name}__sampled", raise_on_error=False)
+    assert result.success, failure_text(result)
+    image = cms.find_image(f"{source.k8s_name}__sampled")
+    manifest, _ = blob.read_manifest(image.blob_path)
+    pagila = next(f for f in manifest.files if f.database == "pagila")
+    assert pagila.size_bytes > 8 * 64 * 1024  # many ranges, so a sample is far from the whole
+    read = downloads.bytes.get(f"{image.blob_path}/{pagila.path}", 0)
+    assert 0 < read <= 4 * 64 * 1024, f"read {read} of {pagila.size_bytes} bytes"
+    assert manifest.compression
+    [check] = result.get_asset_check_evaluations()
+    verdicts = {r.data["path"]: r.data["verified"] for r in check.metadata["files"].value.records}
+    assert "pg_restore parsed it while it streamed" in verdicts[pagila.path]
+    assert "sha256" not in verdicts[pagila.path]  # no claim that every byte was re-hashed
+    assert check.metadata["method"].value.startswith("streamed")
+
+
+def truncate_tail(data: bytes) -> bytes:
+    return data[:-10]
+
+
+def flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
+def flip_first_byte(data: bytes) -> bytes:
+    return bytes([data[0] ^ 0xFF]) + data[1:]
+
+
+@pytest.mark.parametrize("tamper", [truncate_tail, flip_last_byte, flip_first_byte])
+def test_stored_bytes_that_differ_from_the_stream_never_become_ready(resources, cms, blob, source, monkeypatch, tamper):
+    """Blob storage ends up holding other bytes than were sent: the image fails before ready."""
+    original = LocalPlatform.run_job
+
+    def run_then_tamper(platform, spec, log):
+        result = original(platform, spec, log)
+        dump = f"{spec.env['BLOB_URL'].split('/' + blob.container + '/', 1)[1]}/databases/001.dump"
+        blob.write_bytes(dump, tamper(blob.read_bytes(dump)), overwrite=True)
+        return result
+
+    monkeypatch.setattr(LocalPlatform, "run_job", run_then_tamper)
+    result = materialize_image(resources, f"{source.k8s_name}__tampered", raise_on_error=False)
+    assert not result.success
+    assert "databases/001.dump: " in failure_text(result)
+    image = cms.find_image(f"{source.k8s_name}__tampered")
+    assert image.state is ImageState.failed
+    assert [e.to_state for e in cms.events(image.id)] == ["creating", "failed"]
+
+
+def test_the_full_re_read_stays_available_and_catches_what_a_sample_cannot(resources, cms, blob, source, monkeypatch):
+    """A byte changed in a range the sample skipped: only the full mode (reverify, drills, restore) sees it."""
+    monkeypatch.setattr(backup_module, "CHECK_CHUNK_BYTES", 64 * 1024)
+    assert materialize_image(resources, f"{source.k8s_name}__full").success
+    image = cms.find_image(f"{source.k8s_name}__full")
+    manifest, _ = blob.read_manifest(image.blob_path)
+    pagila = next(f for f in manifest.files if f.database == "pagila")
+    name = f"{image.blob_path}/{pagila.path}"
+    data = bytearray(blob.read_bytes(name))
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(name, bytes(data), overwrite=True)
+    with pytest.raises(ImageCorrupt, match=f"{pagila.path}: (sha256|pg_restore cannot read)"):
+        verify_image(blob, image.blob_path, expected_manifest_sha256=image.backup_checksum)
