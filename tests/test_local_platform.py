@@ -1,10 +1,18 @@
 """The local platform runs the very scripts the Kubernetes Jobs mount, with secrets by reference."""
 
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
 from pydantic import SecretStr
 
 from records import InstanceRef
 from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec
 from resources.platform.local import LocalPlatform
+from resources.platform.postgres_server import as_service_user, give_to_service_user
 
 
 def test_job_directory_holds_the_template_scripts_byte_for_byte(tmp_path):
@@ -48,3 +56,28 @@ def test_initdb_refuses_a_password_it_would_cut_at_a_line_break(stack):
     with pytest.raises(ValueError, match="password: initdb takes a single line"):
         server.initdb("postgres", "ends in a newline\n")
     assert not server.initialized
+
+
+def test_a_job_run_as_the_service_user_may_clean_up_for_longer_than_two_seconds_after_sigterm():
+    """The local platform signals a job's whole process group and gives it its grace period. A
+    supervising `runuser`/`su` in the group would SIGKILL the script 2 s after the signal, cutting
+    its cleanup (stopping the temporary server) short on a loaded machine."""
+    shared = Path(tempfile.mkdtemp(prefix="toygres-sigterm-"))  # a pytest tmp_path is private to its user
+    give_to_service_user(shared, 0o777)
+    marker = shared / "cleaned-up"
+    started = shared / "started"
+    script = f"trap 'sleep 3; touch {marker}; exit 143' TERM; touch {started}; sleep 60 & wait"
+    process = subprocess.Popen(
+        as_service_user(["bash", "-c", script], env={"PATH": os.environ["PATH"]}), start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        assert marker.exists(), "the job's cleanup was killed before it finished"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)

@@ -79,15 +79,17 @@ def test_one_database_of_a_two_database_image_is_restored_alone(resources, cms, 
     assert "restoring 1 of the image's databases (selected)" in run_logs(dagster, result.run_id)
 
 
-def test_an_unknown_database_is_refused_before_anything_is_created(resources, cms, platform, source):
+def test_an_unknown_database_is_refused_before_anything_is_created(resources, cms, blob, platform, source):
     assert materialize_image(resources, f"{source.k8s_name}__pick").success
     image = cms.find_image(f"{source.k8s_name}__pick")
     volumes_before = platform_instances(platform)
     result = restore(resources, source_image_id=image.name, databases=["pagila", "nope"])
     assert not result.success
+    held = ", ".join(repr(f.database) for f in blob.read_manifest(image.blob_path)[0].files if f.database)
+    assert {"'pagila'", "'postgres'"} <= set(held.split(", "))
     assert (
         f"Invalid restore request: databases: 'nope': no such database in the image; image {image.name!r} holds: "
-        "'pagila', 'postgres'" in failure_text(result)
+        f"{held}" in failure_text(result)
     )
     assert cms.list_instances() == [cms.get_instance(source.id)]  # no instance row
     assert platform_instances(platform) == volumes_before  # no volume, no secret, no server

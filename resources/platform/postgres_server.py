@@ -1,7 +1,7 @@
 """Local PostgreSQL servers: the CMS of the embedded stack, and the local platform's instances.
 
 PostgreSQL refuses to run as root, so when this process is root every server command runs as
-an unprivileged OS user (`postgres` by default, TOYGRES_RUN_AS to change it) through `runuser`.
+an unprivileged OS user (`postgres` by default, TOYGRES_RUN_AS to change it) through `setpriv`.
 """
 
 from __future__ import annotations
@@ -164,7 +164,20 @@ def as_service_user(argv: list[str], env: dict[str, str] | None = None) -> list[
     )
     if user is None:
         return [*env_prefix, *argv]
-    return ["runuser", "-u", user, "--", *env_prefix, *argv]
+    # setpriv execs the command as the user: no supervising `runuser`/`su` stays in the process
+    # group, which would SIGKILL a signalled job after 2 s, cutting its cleanup short.
+    account = pwd.getpwnam(user)
+    identity = [f"HOME={account.pw_dir}", f"USER={user}", f"LOGNAME={user}"] if env is None else []
+    return [
+        "setpriv",
+        f"--reuid={account.pw_uid}",
+        f"--regid={account.pw_gid}",
+        "--init-groups",
+        "--",
+        *env_prefix,
+        *identity,
+        *argv,
+    ]
 
 
 def give_to_service_user(path: Path, mode: int = 0o700) -> None:
