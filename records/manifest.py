@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from pydantic import Field
@@ -17,6 +18,10 @@ class BackupFile(Record):
     database: str | None = None
     size_bytes: int
     sha256: str
+    row_counts: dict[str, int] | None = Field(
+        default=None,
+        description="Exact rows per table (key: table_key) in the dump's snapshot; None before format 2",
+    )
 
 
 class BackupManifest(Record):
@@ -37,3 +42,26 @@ class BackupManifest(Record):
     @property
     def total_bytes(self) -> int:
         return sum(f.size_bytes for f in self.files)
+
+    @property
+    def counted(self) -> bool:
+        """Whether every database file carries its row counts (format 2 and later)."""
+        return all(f.row_counts is not None for f in self.files if f.kind == "database")
+
+
+# A name that needs no quotes; the key rule is fixed here (not PostgreSQL's quote_ident, whose
+# keyword list changes between majors) so a key reads the same whichever server computes it.
+_BARE_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def quoted_name(name: str) -> str:
+    if _BARE_NAME.fullmatch(name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_key(schema: str, table: str) -> str:
+    """How row_counts keys a table: schema.table, each part double-quoted (quotes doubled) unless it
+    is a bare lower-case identifier, so a dot or quote inside a name never makes a key ambiguous.
+    backup.sh computes the same key in SQL (row_count_query)."""
+    return f"{quoted_name(schema)}.{quoted_name(table)}"

@@ -58,6 +58,55 @@ record_file() { # $1 blob name, $2 kind, $3 database (kind database only)
   log "uploaded $1 ($(<"$work/$key.size") bytes, sha256 $(<"$work/$key.sha256"))"
 }
 
+# --- row counts in the dump's snapshot ---------------------------------------------------------
+# Each database is dumped in a snapshot a holder session exports; a second session counts every
+# table's rows exactly in that same snapshot while pg_dump runs, so a restore can be checked
+# against the counts. Counted: ordinary tables and partitions outside the system schemas, except
+# an extension's own tables (CREATE EXTENSION makes them, the dump holds at most some of their
+# rows); partitioned parents (their rows are their partitions'), views, materialized views
+# (derived, refreshed on restore), foreign and temporary tables are not. A key is
+# schema.table, each part double-quoted unless a bare lower-case identifier (records/manifest.py
+# table_key: the same rule).
+open_snapshot() { # $1 database: sets SNAPSHOT_ID, the holder session stays open until close_snapshot
+  coproc SNAPSHOT_HOLDER { psql -w -X -At -q -v ON_ERROR_STOP=1 --dbname="$(dbname_conninfo "$1")"; }
+  printf '%s\n' 'BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;' 'SELECT pg_export_snapshot();' \
+    >&"${SNAPSHOT_HOLDER[1]}"
+  SNAPSHOT_ID=""
+  IFS= read -r SNAPSHOT_ID <&"${SNAPSHOT_HOLDER[0]}" || true
+  [[ "$SNAPSHOT_ID" =~ ^[0-9A-F]+-[0-9A-F]+-[0-9]+$ ]]
+}
+
+close_snapshot() {
+  printf 'COMMIT;\n' >&"${SNAPSHOT_HOLDER[1]}" || true
+  exec {SNAPSHOT_HOLDER[1]}>&-
+  wait "$SNAPSHOT_HOLDER_PID" || true
+}
+
+count_rows() { # $1 database, $2 snapshot id, $3 output file: one JSON object {key: rows}
+  psql -w -X -At -q -v ON_ERROR_STOP=1 -v snapshot="$2" --dbname="$(dbname_conninfo "$1")" <<'SQL' \
+    | jq -s 'add // {}' >"$3"
+BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+SET TRANSACTION SNAPSHOT :'snapshot';
+SELECT format('SELECT json_build_object(%L, count(*)) FROM %I.%I',
+         CASE WHEN n.nspname ~ '^[a-z_][a-z0-9_$]*$' THEN n.nspname ELSE '"' || replace(n.nspname, '"', '""') || '"' END
+         || '.' ||
+         CASE WHEN c.relname ~ '^[a-z_][a-z0-9_$]*$' THEN c.relname ELSE '"' || replace(c.relname, '"', '""') || '"' END,
+         n.nspname, c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'
+   AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ ORDER BY n.nspname, c.relname \gexec
+COMMIT;
+SQL
+}
+
+record_row_counts() { # $1 blob name, $2 the counts file; merged into the file's manifest entry
+  jq -c --arg path "$1" '{path: $path, row_counts: .}' "$2" >>"$work/row_counts.jsonl" \
+    || die "recording the row counts of $1 failed"
+  log "counted $(jq 'length' "$2") table(s) of $1: $(jq '[.[]] | add // 0' "$2") rows"
+}
+
 pg_dumpall -w --globals-only | stream_to_blob globals.sql || die "pg_dumpall --globals-only failed"
 record_file globals.sql globals ""
 
@@ -76,10 +125,16 @@ for database in "${databases[@]}"; do
   index=$((index + 1))
   name=$(printf 'databases/%03d.dump' "$index")
   log "dumping database $(shown "$database") into $name ($(mib "${sizes[index - 1]:-0}") on disk)"
-  pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --dbname="$(dbname_conninfo "$database")" \
+  open_snapshot "$database" || die "cannot export a snapshot of database $(shown "$database")"
+  count_rows "$database" "$SNAPSHOT_ID" "$work/counts.json" &
+  counting=$!
+  pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --snapshot="$SNAPSHOT_ID" --dbname="$(dbname_conninfo "$database")" \
     | stream_to_blob "$name" "$name (database $(shown "$database"))" "${sizes[index - 1]:-}" \
     || die "pg_dump of database $(shown "$database") failed"
+  wait "$counting" || die "counting the rows of database $(shown "$database") failed"
+  close_snapshot
   record_file "$name" database "$database"
+  record_row_counts "$name" "$work/counts.json"
 done
 
 finished_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -87,11 +142,12 @@ jq -n --arg image_name "$IMAGE_NAME" --arg source_instance "$SOURCE_INSTANCE" \
   --arg source_namespace "$SOURCE_NAMESPACE" --arg postgres_version "$postgres_version" \
   --argjson server_version_num "$server_version_num" --arg started_at "$started_at" --arg finished_at "$finished_at" \
   --arg pg_dump "$(pg_dump --version)" --arg azcopy "$(azcopy --version 2>/dev/null | head -1)" \
-  --slurpfile files "$work/files.jsonl" \
-  '{format_version: 1, image_name: $image_name, source_instance: $source_instance,
+  --slurpfile files "$work/files.jsonl" --slurpfile counts "$work/row_counts.jsonl" \
+  '{format_version: 2, image_name: $image_name, source_instance: $source_instance,
     source_namespace: $source_namespace, postgres_version: $postgres_version,
     server_version_num: $server_version_num, dump_format: "custom", started_at: $started_at,
-    finished_at: $finished_at, tools: {pg_dump: $pg_dump, azcopy: $azcopy}, files: $files}' \
+    finished_at: $finished_at, tools: {pg_dump: $pg_dump, azcopy: $azcopy},
+    files: [$files[] | . as $f | . + {row_counts: (first($counts[] | select(.path == $f.path) | .row_counts) // null)}]}' \
   >"$work/manifest.json" || die "writing manifest.json failed"
 # azcopy insists on a pipe (a redirected file is refused)
 cat "$work/manifest.json" | upload_stdin manifest.json || die "manifest upload failed"
