@@ -10,6 +10,7 @@
     run_failed_writeback        canceled (writeback.settle_run)
     run_canceled_writeback
     reconcile_stuck_rows      rows left creating/accepted by runs that ended without reporting
+    abandoned_drills          drills whose run ended without finishing: failed, scratch instance deleted
     retention                 job: apply the retention policy (dry_run by default in the launchpad)
     retention_daily           schedule -> retention with dry_run false (TOYGRES_RETENTION_CRON)
 
@@ -28,6 +29,7 @@ from toygres_pipelines.automation.schedules import nightly_schedule, retention_s
 from toygres_pipelines.automation.sensors import request_sensors
 from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.automation.writeback import writeback_sensors
+from toygres_pipelines.drills.janitor import abandoned_drills_sensor
 from toygres_pipelines.lifecycle.retention_job import retention_job
 
 
@@ -49,7 +51,12 @@ def build_automation(settings: AutomationSettings) -> Automation:
     return Automation(
         jobs=[backup_image, retention],
         schedules=[nightly_schedule(settings), retention_schedule(settings, retention)],
-        sensors=[*request_sensors(settings), *writeback_sensors(settings), reconcile_sensor(settings)],
+        sensors=[
+            *request_sensors(settings),
+            *writeback_sensors(settings),
+            reconcile_sensor(settings),
+            abandoned_drills_sensor(settings),
+        ],
     )
 
 

@@ -1,0 +1,48 @@
+"""`abandoned_drills`: drills whose run ended without finishing them (terminated, worker lost: no
+failure hook ran) are failed and their scratch instances deleted."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from records import LogSink
+from records.drills import Drill, DrillResult
+from resources.cms import CMSResource
+from resources.platform.base import PlatformResource
+from toygres_pipelines.automation.settings import AutomationSettings
+from toygres_pipelines.drills.settle import settle_drill
+
+MISSING = "missing from this Dagster instance"
+
+
+def settle_abandoned_drills(
+    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, log: LogSink
+) -> list[Drill]:
+    """Every running drill whose run is finished (or unknown here): failed, scratch instance deleted."""
+    settled = []
+    for drill in cms.list_drills(results=[DrillResult.running]):
+        run = instance.get_run_by_id(drill.run_id)
+        if run is not None and not run.is_finished:
+            continue
+        status = run.status.value if run is not None else MISSING
+        done = settle_drill(
+            cms, platform, instance, drill.run_id, f"drill run {drill.run_id} ended without finishing ({status})", log
+        )
+        if done is not None:
+            settled.append(done)
+    return settled
+
+
+def abandoned_drills_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="abandoned_drills",
+        minimum_interval_seconds=settings.reconcile_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Drills whose run ended without finishing them (terminated, worker lost): failed, their "
+        "scratch instances deleted.",
+    )
+    def abandoned_drills(context: dg.SensorEvaluationContext, cms: CMSResource, platform: PlatformResource):
+        settled = settle_abandoned_drills(context.instance, cms, platform, context.log.info)
+        return dg.SkipReason(f"{len(settled)} abandoned drill(s) settled")
+
+    return abandoned_drills
