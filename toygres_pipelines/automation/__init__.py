@@ -23,13 +23,13 @@ from typing import Any
 
 import dagster as dg
 
+from toygres_pipelines.automation.drills import abandoned_drills_sensor
 from toygres_pipelines.automation.jobs import backup_image
 from toygres_pipelines.automation.reconcile import reconcile_sensor
 from toygres_pipelines.automation.schedules import nightly_schedule, retention_schedule
 from toygres_pipelines.automation.sensors import request_sensors
 from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.automation.writeback import writeback_sensors
-from toygres_pipelines.drills.janitor import abandoned_drills_sensor
 from toygres_pipelines.lifecycle.retention_job import retention_job
 
 

@@ -1,4 +1,4 @@
-"""`abandoned_drills`: drills whose run ended without finishing them (terminated, worker lost: no
+"""Drills whose run ended without finishing them (terminated, worker lost: no
 failure hook ran) are failed and their scratch instances deleted."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from records import LogSink
 from records.drills import Drill, DrillResult
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.drills.settle import settle_drill
 
 MISSING = "missing from this Dagster instance"
@@ -31,18 +30,3 @@ def settle_abandoned_drills(
         if done is not None:
             settled.append(done)
     return settled
-
-
-def abandoned_drills_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
-    @dg.sensor(
-        name="abandoned_drills",
-        minimum_interval_seconds=settings.reconcile_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Drills whose run ended without finishing them (terminated, worker lost): failed, their "
-        "scratch instances deleted.",
-    )
-    def abandoned_drills(context: dg.SensorEvaluationContext, cms: CMSResource, platform: PlatformResource):
-        settled = settle_abandoned_drills(context.instance, cms, platform, context.log.info)
-        return dg.SkipReason(f"{len(settled)} abandoned drill(s) settled")
-
-    return abandoned_drills
