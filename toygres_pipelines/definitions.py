@@ -3,7 +3,7 @@ import warnings
 import dagster as dg
 
 from toygres_pipelines.automation import AutomationSettings, build_automation
-from toygres_pipelines.drills.checks import restorable
+from toygres_pipelines.drills.checks import restorable, size_plausible
 from toygres_pipelines.drills.jobs import restore_drill
 from toygres_pipelines.images.assets import image
 from toygres_pipelines.images.janitor import purge_failed_image_blobs_hourly, purge_failed_image_blobs_job
@@ -27,7 +27,7 @@ automation = build_automation(AutomationSettings.from_env())
 
 defs = dg.Definitions(
     assets=[image],
-    asset_checks=[restorable],
+    asset_checks=[restorable, size_plausible, *automation.checks],
     jobs=[
         restore_instance,
         restore_drill,

@@ -11,6 +11,8 @@
     run_canceled_writeback
     reconcile_stuck_rows      rows left creating/accepted by runs that ended without reporting
     abandoned_drills          drills whose run ended without finishing: failed, scratch instance deleted
+    weekly_drills             schedule -> restore_drill: each running instance once a week (automation/drills.py)
+    backups_fresh, drills_fresh   asset checks on `image`, run by job check_freshness on freshness_checks
     retention                 job: apply the retention policy (dry_run by default in the launchpad)
     retention_daily           schedule -> retention with dry_run false (TOYGRES_RETENTION_CRON)
 
@@ -23,7 +25,13 @@ from typing import Any
 
 import dagster as dg
 
-from toygres_pipelines.automation.drills import abandoned_drills_sensor
+from toygres_pipelines.automation.drills import (
+    abandoned_drills_sensor,
+    freshness_checks,
+    freshness_job,
+    freshness_schedule,
+    weekly_drill_schedule,
+)
 from toygres_pipelines.automation.jobs import backup_image
 from toygres_pipelines.automation.reconcile import reconcile_sensor
 from toygres_pipelines.automation.schedules import nightly_schedule, retention_schedule
@@ -36,6 +44,7 @@ from toygres_pipelines.lifecycle.retention_job import retention_job
 @dataclass(frozen=True)
 class Automation:
     jobs: list[Any]
+    checks: list[dg.AssetChecksDefinition]
     schedules: list[dg.ScheduleDefinition]
     sensors: list[dg.SensorDefinition]
 
@@ -48,9 +57,17 @@ class Automation:
 
 def build_automation(settings: AutomationSettings) -> Automation:
     retention = retention_job(settings.retention)
+    checks = freshness_checks(settings)
+    check_freshness = freshness_job(checks)
     return Automation(
-        jobs=[backup_image, retention],
-        schedules=[nightly_schedule(settings), retention_schedule(settings, retention)],
+        jobs=[backup_image, retention, check_freshness],
+        checks=checks,
+        schedules=[
+            nightly_schedule(settings),
+            retention_schedule(settings, retention),
+            weekly_drill_schedule(settings),
+            freshness_schedule(settings, check_freshness),
+        ],
         sensors=[
             *request_sensors(settings),
             *writeback_sensors(settings),

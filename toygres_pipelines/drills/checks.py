@@ -1,11 +1,20 @@
-"""The `restorable` asset check on the image partition: the newest drill's verdict, with metadata
-that plots over time (recovery seconds, seconds per GiB, tables checked)."""
+"""Asset checks on the image partition: `restorable` (the newest drill's verdict, with metadata that
+plots over time: recovery seconds, seconds per GiB, tables checked) and `size_plausible`."""
+
+import warnings
 
 import dagster as dg
 
+from records import ImageState
 from records.drills import Drill, DrillResult
+from records.freshness import previous_ready_image, size_anomaly
 from resources.cms import CMSResource
 from toygres_pipelines.images.assets import image, image_named, image_partitions
+
+# Partitioned asset checks are a preview feature of Dagster 1.13; these two rely on it knowingly.
+warnings.filterwarnings(
+    "ignore", message=r"Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
+)
 
 RESTORABLE_CHECK = "restorable"
 IMAGE_ASSET = dg.AssetKey("image")
@@ -72,4 +81,42 @@ def restorable(context: dg.AssetCheckExecutionContext, cms: CMSResource) -> dg.A
         severity=evaluation.severity,
         metadata=evaluation.metadata,
         description=evaluation.description,
+    )
+
+
+SIZE_CHECK = "size_plausible"
+
+
+@dg.asset_check(
+    asset=image,
+    name=SIZE_CHECK,
+    partitions_def=image_partitions,
+    blocking=False,
+    description="The image is at least half and at most double its instance's previous ready image "
+    "(a sudden change often means lost data or a runaway table). Warns; never blocks.",
+)
+def size_plausible(context: dg.AssetCheckExecutionContext, cms: CMSResource) -> dg.AssetCheckResult:
+    return size_result(cms, context.partition_key)
+
+
+def size_result(cms: CMSResource, name: str) -> dg.AssetCheckResult:
+    """`size_plausible` of the image `name` against its instance's previous ready image."""
+    row = image_named(cms, name)
+    if row is None or row.state is not ImageState.ready:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"no ready image named {name!r}: nothing to compare",
+        )
+    previous = previous_ready_image(cms.list_images([ImageState.ready]), row)
+    why = size_anomaly(row.backup_size_bytes, previous.backup_size_bytes if previous else None)
+    metadata: dict[str, dg.MetadataValue] = {"bytes": dg.MetadataValue.int(row.backup_size_bytes or 0)}
+    if previous is not None:
+        metadata["previous_image"] = dg.MetadataValue.text(previous.name)
+        metadata["previous_bytes"] = dg.MetadataValue.int(previous.backup_size_bytes or 0)
+    return dg.AssetCheckResult(
+        passed=why is None,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=why or ("first image of its instance" if previous is None else "within half to double"),
+        metadata=metadata,
     )
