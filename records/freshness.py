@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from records.drills import RESTORED, Drill
+from records.drills import RESTORED, Drill, DrillResult
 from records.rows import Image, Instance, Record
 from records.states import ImageState
 
@@ -108,3 +108,55 @@ def previous_ready_image(images: Iterable[Image], image: Image) -> Image | None:
         return None
     before = [i for i in ready_images_of(images, image.source_instance_id) if i.created_at < image.created_at]
     return before[0] if before else None
+
+
+class InstanceStatus(Record):
+    """One running instance as `toygres-pipelines status` shows it."""
+
+    instance: str
+    newest_image: str | None
+    newest_image_age_hours: float | None
+    last_drill_started_at: datetime | None
+    last_drill_result: str | None
+    last_drill_recovery_seconds: float | None
+    problems: list[str]
+
+    @property
+    def in_windows(self) -> bool:
+        return not self.problems
+
+
+def instance_status(
+    instances: Iterable[Instance],
+    images: Iterable[Image],
+    drills: Iterable[Drill],
+    now: datetime,
+    backup_window: timedelta,
+    drill_window: timedelta,
+) -> list[InstanceStatus]:
+    """Each instance's newest image and last drill; out of its windows when its backup or its newest
+    successful drill is too old, or when its newest finished drill failed (the image is not restorable)."""
+    instances, images, drills = list(instances), list(images), list(drills)
+    backups = {r.instance: r for r in backup_freshness(instances, images, now, backup_window)}
+    drilled = {r.instance: r for r in drill_freshness(instances, drills, now, drill_window)}
+    rows = []
+    for instance in sorted(instances, key=lambda i: i.k8s_name):
+        newest = next(iter(ready_images_of(images, instance.id)), None)
+        mine = sorted((d for d in drills if d.source_instance_id == instance.id), key=lambda d: d.started_at)
+        last = mine[-1] if mine else None
+        finished = [d for d in mine if d.result is not DrillResult.running]
+        problems = [f"{r.why}" for r in (backups[instance.k8s_name], drilled[instance.k8s_name]) if not r.fresh]
+        if finished and finished[-1].result is DrillResult.failed:
+            problems.append("newest drill failed: not restorable")
+        rows.append(
+            InstanceStatus(
+                instance=instance.k8s_name,
+                newest_image=newest.name if newest else None,
+                newest_image_age_hours=backups[instance.k8s_name].age_hours,
+                last_drill_started_at=last.started_at if last else None,
+                last_drill_result=last.result.value if last else None,
+                last_drill_recovery_seconds=last.recovery_seconds if last else None,
+                problems=problems,
+            )
+        )
+    return rows

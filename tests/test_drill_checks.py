@@ -52,7 +52,9 @@ def test_a_backup_reports_verified_and_size_plausible_on_its_partition(resources
     )
     assert result.success
     found = evaluations(result)
-    assert found.keys() == {"verified", "size_plausible"}
+    assert {"verified", "size_plausible", "restorable"} <= found.keys()
+    assert not found["restorable"].passed and "never been drilled" in found["restorable"].description
+    assert found["restorable"].partition == key
     assert found["size_plausible"].passed and found["size_plausible"].partition == key
     assert found["size_plausible"].description == "first image of its instance"
 

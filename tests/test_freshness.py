@@ -150,3 +150,30 @@ def test_count_differences_name_each_table_and_both_counts():
 def test_seconds_per_gib():
     assert seconds_per_gib(10.0, 2 * 1024**3) == 5.0
     assert seconds_per_gib(10.0, None) is None and seconds_per_gib(10.0, 0) is None
+
+
+def test_instance_status_is_out_of_windows_for_a_stale_backup_a_stale_drill_or_a_failed_newest_drill():
+    from records.freshness import instance_status
+
+    good, stale, unproven, broken = instance("good"), instance("stale"), instance("unproven"), instance("broken")
+    images = [image(good, 2), image(stale, 40), image(unproven, 2), image(broken, 2)]
+    ok = drill(good, 1, DrillResult.passed).model_copy(update={"recovery_seconds": 7.5})
+    drills = [
+        ok,
+        drill(stale, 1, DrillResult.passed),
+        drill(unproven, 10, DrillResult.passed),
+        drill(broken, 3, DrillResult.passed),
+        drill(broken, 1, DrillResult.failed),
+    ]
+    rows = {
+        r.instance: r
+        for r in instance_status(
+            [good, stale, unproven, broken], images, drills, NOW, timedelta(hours=26), timedelta(days=8)
+        )
+    }
+    assert rows["good"].in_windows and rows["good"].last_drill_recovery_seconds == 7.5
+    assert rows["good"].newest_image == "good__2" and rows["good"].newest_image_age_hours == 2.0
+    assert rows["good"].last_drill_result == "passed"
+    assert not rows["stale"].in_windows and "newest ready image 40.0 h old" in rows["stale"].problems[0]
+    assert not rows["unproven"].in_windows and "successful drill" in rows["unproven"].problems[0]
+    assert not rows["broken"].in_windows and rows["broken"].problems == ["newest drill failed: not restorable"]

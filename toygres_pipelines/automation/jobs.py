@@ -3,9 +3,8 @@
 import dagster as dg
 
 from records.requests import BackupFields, ImageRequestFields
-from toygres_pipelines.drills.checks import SIZE_CHECK
 from toygres_pipelines.forms import run_config_values
-from toygres_pipelines.images.assets import VERIFIED_CHECK, image
+from toygres_pipelines.images.assets import image
 from toygres_pipelines.restores.jobs import REQUEST_ID_TAG
 
 KIND_TAG = "toygres/kind"
@@ -14,9 +13,7 @@ __all__ = ["INSTANCE_TAG", "KIND_TAG", "REQUEST_ID_TAG", "backup_image", "backup
 
 backup_image = dg.define_asset_job(
     name="backup_image",
-    # partitions (`images`) come from the asset; of its checks, a backup runs the two about its own bytes
-    selection=dg.AssetSelection.assets(image).without_checks()
-    | dg.AssetSelection.checks(dg.AssetCheckKey(image.key, VERIFIED_CHECK), dg.AssetCheckKey(image.key, SIZE_CHECK)),
+    selection=dg.AssetSelection.assets(image),  # partitions (`images`) come from the asset
     tags={KIND_TAG: "backup"},
     description="Back up one instance into one `image` partition (the partition key is the image name).",
 )
