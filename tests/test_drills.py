@@ -212,3 +212,37 @@ def test_the_janitor_deletes_the_scratch_instance_of_a_drill_whose_run_ended_wit
     assert cms.get_instance(scratch.id).state is InstanceState.deleted
     assert not platform.instance_exists(instance_ref(scratch))
     assert settle_abandoned_drills(instance, cms, platform, log=print) == []
+
+
+def test_the_janitor_deletes_a_scratch_instance_its_finished_drill_could_not_delete(
+    resources, cms, platform, ready_image
+):
+    """The drill ended (its own removal failed, say) but its scratch instance is still there."""
+    instance = dg.DagsterInstance.ephemeral()
+    restored = restore_instance.execute_in_process(
+        run_config={
+            "ops": {
+                "validate_request": {
+                    "config": {
+                        "name": "drill-leftover",
+                        "dns_label": "drill-leftover",
+                        "source_image_id": ready_image.name,
+                        "storage_size_gb": 1,
+                        "ready_timeout_seconds": 60,
+                    }
+                }
+            }
+        },
+        resources=resources,
+        instance=instance,
+    )
+    scratch = cms.find_instance_by_run(restored.run_id)
+    row = cms.start_drill(ready_image.id, ready_image.source_instance_id, restored.run_id)
+    cms.finish_drill(row.id, DrillResult.failed, "step finish_drill failed: platform unreachable")
+
+    settle_abandoned_drills(instance, cms, platform, log=print)
+
+    assert cms.get_instance(scratch.id).state is InstanceState.deleted
+    assert not platform.instance_exists(instance_ref(scratch))
+    [row] = cms.list_drills(image_id=ready_image.id)
+    assert row.result is DrillResult.failed and row.reason == "step finish_drill failed: platform unreachable"

@@ -87,6 +87,16 @@ class DrillsTable(Queries):
             params.append([r.value for r in results])
         return self._drill_where(sql.SQL(" AND ").join(where), params)
 
+    def drills_with_scratch_left(self) -> list[Drill]:
+        """Finished drills whose scratch instance (the instance their run created) is not deleted."""
+        return self._drill_where(
+            sql.SQL(
+                "result <> 'running'"
+                " AND EXISTS (SELECT FROM {i} i WHERE i.run_id = {t}.run_id AND i.state <> 'deleted')"
+            ).format(i=sql.Identifier(SCHEMA, "instances"), t=TABLE),
+            [],
+        )
+
     def _drill_where(self, where: sql.Composable, params: list) -> list[Drill]:
         with self.connection() as conn:
             return (

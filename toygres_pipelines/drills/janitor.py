@@ -1,5 +1,6 @@
-"""Drills whose run ended without finishing them (terminated, worker lost: no
-failure hook ran) are failed and their scratch instances deleted."""
+"""Drills whose run ended without finishing them (terminated, worker lost: no failure hook ran)
+are failed and their scratch instances deleted; a finished drill whose scratch instance is still
+there (its removal failed) gets it removed again."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from records import LogSink
 from records.drills import Drill, DrillResult
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.drills.settle import settle_drill
+from toygres_pipelines.drills.settle import remove_scratch_instance, settle_drill
 
 MISSING = "missing from this Dagster instance"
 
@@ -29,4 +30,8 @@ def settle_abandoned_drills(
         )
         if done is not None:
             settled.append(done)
+    for drill in cms.drills_with_scratch_left():
+        run = instance.get_run_by_id(drill.run_id)
+        if run is None or run.is_finished:
+            remove_scratch_instance(cms, platform, drill.run_id, f"drill {drill.id} ended with it left", log)
     return settled
