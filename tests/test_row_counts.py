@@ -129,3 +129,31 @@ def test_a_manifest_written_before_row_counts_still_reads():
     manifest = BackupManifest.model_validate(old)
     assert manifest.files[0].row_counts is None
     assert manifest.counted is False
+
+
+@pytest.fixture
+def database_with_short_timeouts(source_dsn):
+    name = "row_count_timeouts"
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(source_dsn(name), autocommit=True) as conn:
+        conn.execute("CREATE TABLE big AS SELECT generate_series(1, 300000) AS v")
+        for setting in ("statement_timeout", "idle_in_transaction_session_timeout"):
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET {} = '5ms'").format(sql.Identifier(name), sql.Identifier(setting))
+            )
+    try:
+        yield name
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_databases_own_timeouts_never_cut_the_count_or_the_snapshot_short(
+    resources, cms, blob, source, database_with_short_timeouts
+):
+    assert materialize_image(resources, f"{source.k8s_name}__timeouts").success
+    manifest, _ = blob.read_manifest(cms.find_image(f"{source.k8s_name}__timeouts").blob_path)
+    [entry] = [f for f in manifest.files if f.database == database_with_short_timeouts]
+    assert entry.row_counts == {"public.big": 300000}

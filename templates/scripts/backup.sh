@@ -69,22 +69,26 @@ record_file() { # $1 blob name, $2 kind, $3 database (kind database only)
 # table_key: the same rule).
 open_snapshot() { # $1 database: sets SNAPSHOT_ID, the holder session stays open until close_snapshot
   coproc SNAPSHOT_HOLDER { psql -w -X -At -q -v ON_ERROR_STOP=1 --dbname="$(dbname_conninfo "$1")"; }
-  printf '%s\n' 'BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;' 'SELECT pg_export_snapshot();' \
-    >&"${SNAPSHOT_HOLDER[1]}"
+  # Like pg_dump: no server-side timeout may end the holder (or the count) half way.
+  printf '%s\n' 'SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;' \
+    'BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;' 'SELECT pg_export_snapshot();' >&"${SNAPSHOT_HOLDER[1]}"
   SNAPSHOT_ID=""
   IFS= read -r SNAPSHOT_ID <&"${SNAPSHOT_HOLDER[0]}" || true
   [[ "$SNAPSHOT_ID" =~ ^[0-9A-F]+-[0-9A-F]+-[0-9]+$ ]]
 }
 
-close_snapshot() {
-  printf 'COMMIT;\n' >&"${SNAPSHOT_HOLDER[1]}" || true
-  exec {SNAPSHOT_HOLDER[1]}>&-
-  wait "$SNAPSHOT_HOLDER_PID" || true
+close_snapshot() { # the holder may have gone already (bash then unsets SNAPSHOT_HOLDER): nothing to close
+  if [[ -n "${SNAPSHOT_HOLDER[1]:-}" ]]; then
+    printf 'COMMIT;\n' >&"${SNAPSHOT_HOLDER[1]}" 2>/dev/null || true
+    exec {SNAPSHOT_HOLDER[1]}>&-
+  fi
+  wait "$SNAPSHOT_HOLDER_PID" 2>/dev/null || true
 }
 
 count_rows() { # $1 database, $2 snapshot id, $3 output file: one JSON object {key: rows}
   psql -w -X -At -q -v ON_ERROR_STOP=1 -v snapshot="$2" --dbname="$(dbname_conninfo "$1")" <<'SQL' \
     | jq -s 'add // {}' >"$3"
+SET statement_timeout = 0;
 BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 SET TRANSACTION SNAPSHOT :'snapshot';
 SELECT format('SELECT json_build_object(%L, count(*)) FROM %I.%I',
