@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 
 from psycopg import sql
 from psycopg.rows import class_row
@@ -19,16 +20,24 @@ REASON_MAX = 4000
 
 
 class DrillsTable(Queries):
-    def start_drill(self, image_id: uuid.UUID, source_instance_id: uuid.UUID | None, run_id: str) -> Drill:
-        """The drill of this run (started now), or the one already started by it."""
+    def start_drill(
+        self,
+        image_id: uuid.UUID,
+        source_instance_id: uuid.UUID | None,
+        run_id: str,
+        started_at: datetime | None = None,
+    ) -> Drill:
+        """The drill of this run, or the one already started by it. `started_at` (default: the CMS's
+        now) is given by the drill itself, so its recovery time is measured on one clock."""
         with self.connection() as conn:
             return fetch_one(
                 conn.cursor(row_factory=class_row(Drill)).execute(
                     sql.SQL(
-                        "INSERT INTO {t} (image_id, source_instance_id, run_id) VALUES (%s, %s, %s)"
+                        "INSERT INTO {t} (image_id, source_instance_id, run_id, started_at)"
+                        " VALUES (%s, %s, %s, coalesce(%s, now()))"
                         " ON CONFLICT (run_id) DO UPDATE SET run_id = EXCLUDED.run_id RETURNING {c}"
                     ).format(t=TABLE, c=COLUMNS),
-                    [image_id, source_instance_id, run_id],
+                    [image_id, source_instance_id, run_id, started_at],
                 )
             )
 

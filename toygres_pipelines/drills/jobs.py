@@ -80,7 +80,7 @@ def plan_drill(
 ) -> TimedPlan:
     try:
         target = ready_image(cms, config.image)
-        drill = cms.start_drill(target.id, target.source_instance_id, context.run_id)
+        drill = cms.start_drill(target.id, target.source_instance_id, context.run_id, datetime.now(UTC))
         request = scratch_request(target, context.run_id, config)
         check_timeouts(request)
         plan = plan_restore(RestoreRequestFields.of(request), cms, platform)
