@@ -26,7 +26,7 @@ warnings.filterwarnings(
 automation = build_automation(AutomationSettings.from_env())
 
 defs = dg.Definitions(
-    assets=[image],
+    assets=[image, *automation.assets],
     asset_checks=[restorable, size_plausible, *automation.checks],
     jobs=[
         restore_instance,

@@ -12,7 +12,7 @@
     reconcile_stuck_rows      rows left creating/accepted by runs that ended without reporting
     abandoned_drills          drills whose run ended without finishing: failed, scratch instance deleted
     weekly_drills             schedule -> restore_drill: each running instance once a week (automation/drills.py)
-    backups_fresh, drills_fresh   asset checks on `image`, run by job check_freshness on freshness_checks
+    backups_fresh, drills_fresh   asset checks on `fleet`, run by job check_freshness on freshness_checks
     retention                 job: apply the retention policy (dry_run by default in the launchpad)
     retention_daily           schedule -> retention with dry_run false (TOYGRES_RETENTION_CRON)
 
@@ -27,6 +27,7 @@ import dagster as dg
 
 from toygres_pipelines.automation.drills import (
     abandoned_drills_sensor,
+    fleet,
     freshness_checks,
     freshness_job,
     freshness_schedule,
@@ -44,6 +45,7 @@ from toygres_pipelines.lifecycle.retention_job import retention_job
 @dataclass(frozen=True)
 class Automation:
     jobs: list[Any]
+    assets: list[dg.AssetSpec]
     checks: list[dg.AssetChecksDefinition]
     schedules: list[dg.ScheduleDefinition]
     sensors: list[dg.SensorDefinition]
@@ -61,6 +63,7 @@ def build_automation(settings: AutomationSettings) -> Automation:
     check_freshness = freshness_job(checks)
     return Automation(
         jobs=[backup_image, retention, check_freshness],
+        assets=[fleet],
         checks=checks,
         schedules=[
             nightly_schedule(settings),

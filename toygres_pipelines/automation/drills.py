@@ -32,9 +32,14 @@ from toygres_pipelines.automation.schedules import scheduled_time
 from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.drills.janitor import settle_abandoned_drills
 from toygres_pipelines.drills.jobs import DRILL_KIND, restore_drill
-from toygres_pipelines.images.assets import image
 from toygres_pipelines.images.backup import running_source
 
+fleet = dg.AssetSpec(
+    "fleet",
+    group_name="images",
+    description="The running instances in the CMS: what backups_fresh and drills_fresh judge. Nothing "
+    "materializes it; its Checks tab is the fleet's backup and drill freshness.",
+)
 BACKUPS_FRESH = "backups_fresh"
 DRILLS_FRESH = "drills_fresh"
 
@@ -123,7 +128,7 @@ def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinit
     drill_window = timedelta(days=settings.drill_freshness_days)
 
     @dg.asset_check(
-        asset=image,
+        asset=fleet.key,
         name=BACKUPS_FRESH,
         description=f"Every running instance has a ready image younger than {settings.backup_freshness_hours} h "
         "(TOYGRES_BACKUP_FRESHNESS_HOURS); offenders named.",
@@ -138,7 +143,7 @@ def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinit
         return freshness_result(report, settings.backup_freshness_severity, "backup")
 
     @dg.asset_check(
-        asset=image,
+        asset=fleet.key,
         name=DRILLS_FRESH,
         description=f"Every running instance had a successful restore drill in the last "
         f"{settings.drill_freshness_days} days (TOYGRES_DRILL_FRESHNESS_DAYS); offenders named.",
