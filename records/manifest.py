@@ -63,5 +63,5 @@ def quoted_name(name: str) -> str:
 def table_key(schema: str, table: str) -> str:
     """How row_counts keys a table: schema.table, each part double-quoted (quotes doubled) unless it
     is a bare lower-case identifier, so a dot or quote inside a name never makes a key ambiguous.
-    backup.sh computes the same key in SQL (row_count_query)."""
+    backup.sh computes the same key in SQL (count_rows)."""
     return f"{quoted_name(schema)}.{quoted_name(table)}"
