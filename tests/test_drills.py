@@ -246,3 +246,46 @@ def test_the_janitor_deletes_a_scratch_instance_its_finished_drill_could_not_del
     assert not platform.instance_exists(instance_ref(scratch))
     [row] = cms.list_drills(image_id=ready_image.id)
     assert row.result is DrillResult.failed and row.reason == "step finish_drill failed: platform unreachable"
+
+
+def test_a_canceled_drill_run_is_settled_by_the_run_status_sensor(resources, cms, platform, ready_image):
+    """Terminated while its scratch instance was running: the sensor settles it without waiting for the janitor."""
+    from toygres_pipelines.automation import AutomationSettings, build_automation
+
+    instance = dg.DagsterInstance.ephemeral()
+    restored = restore_instance.execute_in_process(
+        run_config={
+            "ops": {
+                "validate_request": {
+                    "config": {
+                        "name": "drill-canceled",
+                        "dns_label": "drill-canceled",
+                        "source_image_id": ready_image.name,
+                        "storage_size_gb": 1,
+                        "ready_timeout_seconds": 60,
+                    }
+                }
+            }
+        },
+        resources=resources,
+        instance=instance,
+    )
+    scratch = cms.find_instance_by_run(restored.run_id)
+    cms.start_drill(ready_image.id, ready_image.source_instance_id, restored.run_id)
+    run = instance.get_run_by_id(restored.run_id)
+    event = instance.report_run_canceled(run)
+
+    sensor = build_automation(AutomationSettings()).sensor("drill_run_canceled")
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(restored.run_id),
+        resources=resources,
+    )
+    sensor(context)
+
+    [row] = cms.list_drills(image_id=ready_image.id)
+    assert row.result is DrillResult.failed and "canceled" in row.reason
+    assert cms.get_instance(scratch.id).state is InstanceState.deleted
+    assert not platform.instance_exists(instance_ref(scratch))

@@ -10,6 +10,7 @@
     run_failed_writeback        canceled (writeback.settle_run)
     run_canceled_writeback
     reconcile_stuck_rows      rows left creating/accepted by runs that ended without reporting
+    drill_run_canceled        a terminated drill run: scratch instance deleted, drill failed at once
     abandoned_drills          drills whose run ended without finishing: failed, scratch instance deleted
     weekly_drills             schedule -> restore_drill: each running instance once a week (automation/drills.py)
     backups_fresh, drills_fresh   asset checks on `fleet`, run by job check_freshness on freshness_checks
@@ -27,6 +28,7 @@ import dagster as dg
 
 from toygres_pipelines.automation.drills import (
     abandoned_drills_sensor,
+    drill_canceled_sensor,
     fleet,
     freshness_checks,
     freshness_job,
@@ -76,6 +78,7 @@ def build_automation(settings: AutomationSettings) -> Automation:
             *writeback_sensors(settings),
             reconcile_sensor(settings),
             abandoned_drills_sensor(settings),
+            drill_canceled_sensor(settings),
         ],
     )
 

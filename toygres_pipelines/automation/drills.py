@@ -32,6 +32,7 @@ from toygres_pipelines.automation.schedules import scheduled_time
 from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.drills.janitor import settle_abandoned_drills
 from toygres_pipelines.drills.jobs import DRILL_KIND, restore_drill
+from toygres_pipelines.drills.settle import settle_drill
 from toygres_pipelines.images.backup import running_source
 
 fleet = dg.AssetSpec(
@@ -57,6 +58,23 @@ def abandoned_drills_sensor(settings: AutomationSettings) -> dg.SensorDefinition
         return dg.SkipReason(f"{len(settled)} abandoned drill(s) settled")
 
     return abandoned_drills
+
+
+def drill_canceled_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        name="drill_run_canceled",
+        run_status=dg.DagsterRunStatus.CANCELED,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="A terminated drill run: its scratch instance deleted and its drill failed at once "
+        "(abandoned_drills catches what this misses).",
+    )
+    def drill_run_canceled(context: dg.RunStatusSensorContext, cms: CMSResource, platform: PlatformResource):
+        run_id = context.dagster_run.run_id
+        reason = f"drill run {run_id} was terminated (canceled) before it finished"
+        settle_drill(cms, platform, context.instance, run_id, reason, context.log.info)
+
+    return drill_run_canceled
 
 
 def drill_run_requests(
