@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -27,7 +28,10 @@ class BackupFile(Record):
     database: str | None = None
     size_bytes: int
     sha256: str
-    row_counts: dict[str, int] | None = None
+    row_counts: dict[str, int] | None = Field(
+        default=None,
+        description="Exact rows per table (key: table_key) in the dump's snapshot; None before format 2",
+    )
     dump_format: Literal["custom", "directory"] = Field(
         default="custom",
         description="A database's dump: custom (pg_dump -Fc, this one file) or directory (pg_dump -Fd: this file "
@@ -60,3 +64,42 @@ class BackupManifest(Record):
     @property
     def total_bytes(self) -> int:
         return sum(f.size_bytes for f in self.files)
+
+    def database_files(self) -> dict[str, list[BackupFile]]:
+        """Each database's files in manifest order: its dump, or the files of its directory archive."""
+        files: dict[str, list[BackupFile]] = {}
+        for f in self.files:
+            if f.kind == "database" and f.database is not None:
+                files.setdefault(f.database, []).append(f)
+        return files
+
+    def row_counts_by_database(self) -> dict[str, dict[str, int] | None]:
+        """Each database's row counts (one of its files carries them: its dump, or its archive's
+        toc.dat); None for a database the backup did not count (format 1)."""
+        return {
+            database: next((f.row_counts for f in files if f.row_counts is not None), None)
+            for database, files in self.database_files().items()
+        }
+
+    @property
+    def counted(self) -> bool:
+        """Whether every database carries its row counts (format 2 and later)."""
+        return all(counts is not None for counts in self.row_counts_by_database().values())
+
+
+# A name that needs no quotes; the key rule is fixed here (not PostgreSQL's quote_ident, whose
+# keyword list changes between majors) so a key reads the same whichever server computes it.
+_BARE_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def quoted_name(name: str) -> str:
+    if _BARE_NAME.fullmatch(name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_key(schema: str, table: str) -> str:
+    """How row_counts keys a table: schema.table, each part double-quoted (quotes doubled) unless it
+    is a bare lower-case identifier, so a dot or quote inside a name never makes a key ambiguous.
+    backup.sh computes the same key in SQL (count_rows)."""
+    return f"{quoted_name(schema)}.{quoted_name(table)}"

@@ -45,6 +45,7 @@ from records.parallel import validate_parallel_jobs
 from records.units import human_bytes
 from resources.cms import CMSResource
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
+from toygres_pipelines.cli_status import add_status_command
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
 from toygres_pipelines.restores.config import plan_restore
@@ -641,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(handler=cmd_migrate)
 
     add_lifecycle_commands(sub, parent)
+    add_status_command(sub, parent)
     return parser
 
 

@@ -3,6 +3,8 @@ import warnings
 import dagster as dg
 
 from toygres_pipelines.automation import AutomationSettings, build_automation
+from toygres_pipelines.drills.checks import restorable, size_plausible
+from toygres_pipelines.drills.jobs import restore_drill
 from toygres_pipelines.images.assets import image
 from toygres_pipelines.images.janitor import purge_failed_image_blobs_hourly, purge_failed_image_blobs_job
 from toygres_pipelines.images.reverify import reverify_image
@@ -16,12 +18,19 @@ warnings.filterwarnings(
     "ignore", message=r"Parameter `owners` of initializer `SensorDefinition.__init__`", category=dg.BetaWarning
 )
 
+# Partitioned asset checks (`restorable` on the image partition) are a preview feature of 1.13.
+warnings.filterwarnings(
+    "ignore", message=r"Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
+)
+
 automation = build_automation(AutomationSettings.from_env())
 
 defs = dg.Definitions(
-    assets=[image],
+    assets=[image, *automation.assets],
+    asset_checks=[restorable, size_plausible, *automation.checks],
     jobs=[
         restore_instance,
+        restore_drill,
         purge_failed_image_blobs_job,
         reverify_image,
         delete_image_job,

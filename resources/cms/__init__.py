@@ -10,7 +10,7 @@ and every transition is checked against the records' transition tables while the
     encryption.py   Fernet encryption of stored source passwords
     queries.py      the shared query helper (insert, select, transition + event)
     tables.py       the tables as that helper sees them; unique violations as NameConflict
-    instances.py, images.py, events.py, requests.py   one repository per table
+    instances.py, images.py, events.py, requests.py, drills.py   one repository per table
     claims.py       pending requests claimed FOR UPDATE SKIP LOCKED by the sensors
     errors.py       the resource's own errors
 """

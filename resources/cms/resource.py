@@ -9,6 +9,7 @@ import dagster as dg
 import psycopg
 from pydantic import Field
 
+from resources.cms.drills import DrillsTable
 from resources.cms.encryption import PasswordBox
 from resources.cms.events import EventsTable
 from resources.cms.images import ImagesTable
@@ -17,10 +18,12 @@ from resources.cms.requests import RequestsTable
 from resources.cms.schema import Migrations
 
 
-class CMSResource(InstancesTable, ImagesTable, EventsTable, RequestsTable, Migrations, dg.ConfigurableResource):
-    """The toygres CMS (PostgreSQL, schema toygres_cms): instances, images, events, requests.
+class CMSResource(
+    InstancesTable, ImagesTable, EventsTable, RequestsTable, DrillsTable, Migrations, dg.ConfigurableResource
+):
+    """The toygres CMS (PostgreSQL, schema toygres_cms): instances, images, events, requests, drills.
 
-    One repository per table (instances, images, events, requests) over the shared `Queries`;
+    One repository per table (instances, images, events, requests, restore_drills) over the shared `Queries`;
     each call opens a short connection, so one resource serves many threads at once.
     """
 

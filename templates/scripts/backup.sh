@@ -199,15 +199,15 @@ record_directory() {
   done < <(cd "$work/dirs/$archive.stored" && find . -type f -printf '%P\0' | LC_ALL=C sort -z)
 }
 
-# dump_directory_to_blob ARCHIVE DATABASE [ON_DISK_BYTES]: pg_dump -Fd -j PARALLEL_JOBS into
+# dump_directory_to_blob ARCHIVE DATABASE SNAPSHOT [ON_DISK_BYTES]: pg_dump -Fd -j PARALLEL_JOBS into
 # $work/dirs/ARCHIVE, uploaded to ARCHIVE/ and recorded file by file; the local copy is then removed.
 dump_directory_to_blob() {
-  local archive=$1 database=$2 on_disk=${3:-} started=$SECONDS dump upload count
+  local archive=$1 database=$2 snapshot=$3 on_disk=${4:-} started=$SECONDS dump upload count
   local label="$archive (database $(shown "$database"))"
   mkdir -p "$work/dirs/$archive.stored"
   log "dumping database $(shown "$database") into $archive/ with pg_dump -Fd -j ${PARALLEL_JOBS} ($(mib "${on_disk:-0}") on disk)"
   start_progress directory_progress "$label" "$work/dirs/$archive" "$started" "$on_disk"
-  pg_dump -w -Fd -j "$PARALLEL_JOBS" --verbose ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} \
+  pg_dump -w -Fd -j "$PARALLEL_JOBS" --verbose ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --snapshot="$snapshot" \
     --dbname="$(dbname_conninfo "$database")" -f "$work/dirs/$archive" 2>"$work/dirs/$archive.log" &
   dump=$!
   upload_as_dumped "$archive" "$work/dirs/$archive.log" "$dump" &
@@ -227,6 +227,59 @@ dump_directory_to_blob() {
   rm -rf "${work:?}/dirs/$archive" "${work:?}/dirs/$archive.stored"
 }
 
+# --- row counts in the dump's snapshot ---------------------------------------------------------
+# Each database is dumped in a snapshot a holder session exports; a second session counts every
+# table's rows exactly in that same snapshot while pg_dump runs, so a restore can be checked
+# against the counts. Counted: ordinary tables and partitions outside the system schemas, except
+# an extension's own tables (CREATE EXTENSION makes them, the dump holds at most some of their
+# rows); partitioned parents (their rows are their partitions'), views, materialized views
+# (derived, refreshed on restore), foreign and temporary tables are not. A key is
+# schema.table, each part double-quoted unless a bare lower-case identifier (records/manifest.py
+# table_key: the same rule).
+open_snapshot() { # $1 database: sets SNAPSHOT_ID, the holder session stays open until close_snapshot
+  coproc SNAPSHOT_HOLDER { psql -w -X -At -q -v ON_ERROR_STOP=1 --dbname="$(dbname_conninfo "$1")"; }
+  # Like pg_dump: no server-side timeout may end the holder (or the count) half way.
+  printf '%s\n' 'SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;' \
+    'BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;' 'SELECT pg_export_snapshot();' >&"${SNAPSHOT_HOLDER[1]}"
+  SNAPSHOT_ID=""
+  IFS= read -r SNAPSHOT_ID <&"${SNAPSHOT_HOLDER[0]}" || true
+  [[ "$SNAPSHOT_ID" =~ ^[0-9A-F]+-[0-9A-F]+-[0-9]+$ ]]
+}
+
+close_snapshot() { # the holder may have gone already (bash then unsets SNAPSHOT_HOLDER): nothing to close
+  if [[ -n "${SNAPSHOT_HOLDER[1]:-}" ]]; then
+    printf 'COMMIT;\n' >&"${SNAPSHOT_HOLDER[1]}" 2>/dev/null || true
+    exec {SNAPSHOT_HOLDER[1]}>&-
+  fi
+  wait "$SNAPSHOT_HOLDER_PID" 2>/dev/null || true
+}
+
+count_rows() { # $1 database, $2 snapshot id, $3 output file: one JSON object {key: rows}
+  psql -w -X -At -q -v ON_ERROR_STOP=1 -v snapshot="$2" --dbname="$(dbname_conninfo "$1")" <<'SQL' \
+    | jq -s 'add // {}' >"$3"
+SET statement_timeout = 0;
+BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+SET TRANSACTION SNAPSHOT :'snapshot';
+SELECT format('SELECT json_build_object(%L, count(*)) FROM %I.%I',
+         CASE WHEN n.nspname ~ '^[a-z_][a-z0-9_$]*$' THEN n.nspname ELSE '"' || replace(n.nspname, '"', '""') || '"' END
+         || '.' ||
+         CASE WHEN c.relname ~ '^[a-z_][a-z0-9_$]*$' THEN c.relname ELSE '"' || replace(c.relname, '"', '""') || '"' END,
+         n.nspname, c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'
+   AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ ORDER BY n.nspname, c.relname \gexec
+COMMIT;
+SQL
+}
+
+record_row_counts() { # $1 blob name, $2 the counts file; merged into the file's manifest entry
+  jq -c --arg path "$1" '{path: $path, row_counts: .}' "$2" >>"$work/row_counts.jsonl" \
+    || die "recording the row counts of $1 failed"
+  log "counted $(jq 'length' "$2") table(s) of $1: $(jq '[.[]] | add // 0' "$2") rows"
+}
+
 pg_dumpall -w --globals-only | stream_to_blob globals.sql || die "pg_dumpall --globals-only failed"
 record_file globals.sql globals ""
 
@@ -243,16 +296,25 @@ log "${#databases[@]} database(s) to dump, $(mib "$(IFS=+; echo $((${sizes[*]:-0
 index=0
 for database in "${databases[@]}"; do
   index=$((index + 1))
+  open_snapshot "$database" || die "cannot export a snapshot of database $(shown "$database")"
+  count_rows "$database" "$SNAPSHOT_ID" "$work/counts.json" &
+  counting=$!
   if ((PARALLEL_JOBS > 1)); then
-    dump_directory_to_blob "$(printf 'databases/%03d' "$index")" "$database" "${sizes[index - 1]:-}"
-    continue
+    archive=$(printf 'databases/%03d' "$index")
+    dump_directory_to_blob "$archive" "$database" "$SNAPSHOT_ID" "${sizes[index - 1]:-}"
+    counted="$archive/toc.dat" # a directory archive's counts sit on its table of contents
+  else
+    name=$(printf 'databases/%03d.dump' "$index")
+    log "dumping database $(shown "$database") into $name ($(mib "${sizes[index - 1]:-0}") on disk)"
+    pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --snapshot="$SNAPSHOT_ID" --dbname="$(dbname_conninfo "$database")" \
+      | stream_to_blob "$name" "$name (database $(shown "$database"))" "${sizes[index - 1]:-}" \
+      || die "pg_dump of database $(shown "$database") failed"
+    record_file "$name" database "$database"
+    counted=$name
   fi
-  name=$(printf 'databases/%03d.dump' "$index")
-  log "dumping database $(shown "$database") into $name ($(mib "${sizes[index - 1]:-0}") on disk)"
-  pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --dbname="$(dbname_conninfo "$database")" \
-    | stream_to_blob "$name" "$name (database $(shown "$database"))" "${sizes[index - 1]:-}" \
-    || die "pg_dump of database $(shown "$database") failed"
-  record_file "$name" database "$database"
+  wait "$counting" || die "counting the rows of database $(shown "$database") failed"
+  close_snapshot
+  record_row_counts "$counted" "$work/counts.json"
 done
 
 # What the dumps were compressed with, as METHOD:LEVEL (pg_dump -Fc's own default is gzip at zlib's default)
@@ -271,12 +333,13 @@ jq -n --arg image_name "$IMAGE_NAME" --arg source_instance "$SOURCE_INSTANCE" \
   --argjson server_version_num "$server_version_num" --arg started_at "$started_at" --arg finished_at "$finished_at" \
   --arg pg_dump "$(pg_dump --version)" --arg azcopy "$(azcopy --version 2>/dev/null | head -1)" \
   --slurpfile files "$work/files.jsonl" --argjson parallel_jobs "$PARALLEL_JOBS" \
-  --arg compression "$(compression_label "${DUMP_COMPRESSION:-}")" \
-  '{format_version: 1, compression: $compression, image_name: $image_name, source_instance: $source_instance,
+  --arg compression "$(compression_label "${DUMP_COMPRESSION:-}")" --slurpfile counts "$work/row_counts.jsonl" \
+  '{format_version: 2, compression: $compression, image_name: $image_name, source_instance: $source_instance,
     source_namespace: $source_namespace, postgres_version: $postgres_version,
     server_version_num: $server_version_num, dump_format: (if $parallel_jobs > 1 then "directory" else "custom" end),
     parallel_jobs: $parallel_jobs, started_at: $started_at,
-    finished_at: $finished_at, tools: {pg_dump: $pg_dump, azcopy: $azcopy}, files: $files}' \
+    finished_at: $finished_at, tools: {pg_dump: $pg_dump, azcopy: $azcopy},
+    files: [$files[] | . as $f | . + {row_counts: (first($counts[] | select(.path == $f.path) | .row_counts) // null)}]}' \
   >"$work/manifest.json" || die "writing manifest.json failed"
 record_encryption "$work/manifest.json" || die "recording the encryption in manifest.json failed"
 # azcopy insists on a pipe (a redirected file is refused)

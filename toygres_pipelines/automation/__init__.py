@@ -10,6 +10,10 @@
     run_failed_writeback        canceled (writeback.settle_run)
     run_canceled_writeback
     reconcile_stuck_rows      rows left creating/accepted by runs that ended without reporting
+    drill_run_canceled        a terminated drill run: scratch instance deleted, drill failed at once
+    abandoned_drills          drills whose run ended without finishing: failed, scratch instance deleted
+    weekly_drills             schedule -> restore_drill: each running instance once a week (automation/drills.py)
+    backups_fresh, drills_fresh   asset checks on `fleet`, run by job check_freshness on freshness_checks
     retention                 job: apply the retention policy (dry_run by default in the launchpad)
     retention_daily           schedule -> retention with dry_run false (TOYGRES_RETENTION_CRON)
 
@@ -22,6 +26,15 @@ from typing import Any
 
 import dagster as dg
 
+from toygres_pipelines.automation.drills import (
+    abandoned_drills_sensor,
+    drill_canceled_sensor,
+    fleet,
+    freshness_checks,
+    freshness_job,
+    freshness_schedule,
+    weekly_drill_schedule,
+)
 from toygres_pipelines.automation.jobs import backup_image
 from toygres_pipelines.automation.reconcile import reconcile_sensor
 from toygres_pipelines.automation.schedules import nightly_schedule, retention_schedule
@@ -34,6 +47,8 @@ from toygres_pipelines.lifecycle.retention_job import retention_job
 @dataclass(frozen=True)
 class Automation:
     jobs: list[Any]
+    assets: list[dg.AssetSpec]
+    checks: list[dg.AssetChecksDefinition]
     schedules: list[dg.ScheduleDefinition]
     sensors: list[dg.SensorDefinition]
 
@@ -46,10 +61,25 @@ class Automation:
 
 def build_automation(settings: AutomationSettings) -> Automation:
     retention = retention_job(settings.retention)
+    checks = freshness_checks(settings)
+    check_freshness = freshness_job(checks)
     return Automation(
-        jobs=[backup_image, retention],
-        schedules=[nightly_schedule(settings), retention_schedule(settings, retention)],
-        sensors=[*request_sensors(settings), *writeback_sensors(settings), reconcile_sensor(settings)],
+        jobs=[backup_image, retention, check_freshness],
+        assets=[fleet],
+        checks=checks,
+        schedules=[
+            nightly_schedule(settings),
+            retention_schedule(settings, retention),
+            weekly_drill_schedule(settings),
+            freshness_schedule(settings, check_freshness),
+        ],
+        sensors=[
+            *request_sensors(settings),
+            *writeback_sensors(settings),
+            reconcile_sensor(settings),
+            abandoned_drills_sensor(settings),
+            drill_canceled_sensor(settings),
+        ],
     )
 
 

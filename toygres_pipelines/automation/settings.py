@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -39,6 +39,24 @@ class AutomationSettings(BaseModel):
     )
     retention_cron: str = Field(
         default="30 4 * * *", description="When the retention job runs (in nightly_timezone), deleting what expired"
+    )
+    backup_freshness_hours: float = Field(
+        default=26, gt=0, description="A running instance's newest ready image must be younger than this"
+    )
+    backup_freshness_severity: Literal["WARN", "ERROR"] = Field(
+        default="ERROR", description="Severity of the backups_fresh check when an instance is out of its window"
+    )
+    drill_freshness_days: float = Field(
+        default=8, gt=0, description="A running instance's newest successful restore drill must be younger than this"
+    )
+    drill_freshness_severity: Literal["WARN", "ERROR"] = Field(
+        default="WARN", description="Severity of the drills_fresh check when an instance is out of its window"
+    )
+    freshness_cron: str = Field(default="15 * * * *", description="When backups_fresh and drills_fresh are evaluated")
+    drill_cron: str = Field(
+        default="0 5 * * *",
+        description="When the day's restore drills start (in nightly_timezone); each running instance is drilled "
+        "on one day of the week (a stable hash of its name)",
     )
     retention: RetentionPolicy = Field(
         default_factory=RetentionPolicy,

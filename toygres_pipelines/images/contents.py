@@ -19,15 +19,15 @@ class DatabaseContents(BaseModel):
 
 
 def database_contents(manifest: BackupManifest) -> list[DatabaseContents]:
+    counts = manifest.row_counts_by_database()
     return [
         DatabaseContents(
-            database=f.database,
-            path=f.path,
-            size_bytes=f.size_bytes,
-            rows=sum(f.row_counts.values()) if f.row_counts is not None else None,
+            database=database,
+            path=files[0].archive or files[0].path,
+            size_bytes=sum(f.size_bytes for f in files),
+            rows=None if (rows := counts[database]) is None else sum(rows.values()),
         )
-        for f in manifest.files
-        if f.kind == "database" and f.database is not None
+        for database, files in manifest.database_files().items()
     ]
 
 

@@ -1,0 +1,61 @@
+"""`toygres-pipelines status` against a real CMS: per instance, newest image and last drill; a
+non-zero exit when any instance is out of its windows."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from records.drills import DrillResult
+from tests import helpers
+from toygres_pipelines import cli
+from toygres_pipelines.cli_status import EXIT_OUT_OF_WINDOWS
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def run(cms, monkeypatch, capsys):
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    for name in ("BACKUP_FRESHNESS_HOURS", "DRILL_FRESHNESS_DAYS"):
+        monkeypatch.delenv(f"TOYGRES_{name}", raising=False)
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+def test_status_shows_newest_image_and_last_drill_and_fails_out_of_windows(run, cms, source, monkeypatch):
+    code, out, _ = run("status")
+    assert code == EXIT_OUT_OF_WINDOWS
+    assert source.k8s_name in out and "no ready image" in out
+
+    image = helpers.catalogued_image(cms, source, f"{source.k8s_name}__status")
+    drill = cms.start_drill(image.id, source.id, "run-status-1")
+    cms.finish_drill(drill.id, DrillResult.passed, "ok", recovery_seconds=7.25)
+    code, out, _ = run("status")
+    assert code == 0, out
+    [line] = [line for line in out.splitlines() if line.startswith(source.k8s_name)]
+    assert image.name in line and "passed" in line and "7.2" in line and "ok" in line
+
+    code, out, _ = run("status", "--json")
+    [row] = json.loads(out)
+    assert row["instance"] == source.k8s_name and row["in_windows"] is True
+    assert row["last_drill_recovery_seconds"] == 7.25
+
+    with psycopg.connect(cms.dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE toygres_cms.images SET ready_at = %s WHERE id = %s",
+            (datetime.now(UTC) - timedelta(hours=30), image.id),
+        )
+    code, out, _ = run("status")
+    assert code == EXIT_OUT_OF_WINDOWS and "30.0 h old" in out
+    monkeypatch.setenv("TOYGRES_BACKUP_FRESHNESS_HOURS", "48")  # the same setting the check uses
+    assert run("status")[0] == 0

@@ -1,0 +1,110 @@
+"""The checks the UI shows, evaluated by the jobs and schedules that run them, against a real CMS."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import psycopg
+import pytest
+
+from records.freshness import drill_weekday
+from records.requests import ImageRequestFields
+from tests import helpers
+from toygres_pipelines.automation import AutomationSettings, build_automation
+from toygres_pipelines.automation.jobs import backup_run_config
+from toygres_pipelines.drills.checks import restorable, size_plausible, size_result
+from toygres_pipelines.images.assets import IMAGE_PARTITIONS, image
+
+pytestmark = pytest.mark.integration
+
+
+def definitions(resources, settings: AutomationSettings | None = None) -> tuple[dg.Definitions, object]:
+    automation = build_automation(settings or AutomationSettings())
+    defs = dg.Definitions(
+        assets=[image, *automation.assets],
+        asset_checks=[restorable, size_plausible, *automation.checks],
+        jobs=automation.jobs,
+        schedules=automation.schedules,
+        resources=resources,
+    )
+    return defs, automation
+
+
+def evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def set_image(cms, image_id, **columns) -> None:
+    assignments = ", ".join(f"{name} = %s" for name in columns)
+    with psycopg.connect(cms.dsn, autocommit=True) as conn:
+        conn.execute(f"UPDATE toygres_cms.images SET {assignments} WHERE id = %s", [*columns.values(), image_id])
+
+
+def test_a_backup_reports_verified_and_size_plausible_on_its_partition(resources, cms, source):
+    defs, _ = definitions(resources)
+    instance = dg.DagsterInstance.ephemeral()
+    key = f"{source.k8s_name}__checked"
+    instance.add_dynamic_partitions(IMAGE_PARTITIONS, [key])
+    request = ImageRequestFields(image_name=key, source_instance=str(source.id))
+    result = defs.resolve_job_def("backup_image").execute_in_process(
+        run_config=backup_run_config(request), partition_key=key, instance=instance
+    )
+    assert result.success
+    found = evaluations(result)
+    assert found.keys() == {"verified", "size_plausible", "restorable"}  # the fleet's checks are not a backup's
+    assert not found["restorable"].passed and "never been drilled" in found["restorable"].description
+    assert found["restorable"].partition == key
+    assert found["size_plausible"].passed and found["size_plausible"].partition == key
+    assert found["size_plausible"].description == "first image of its instance"
+
+
+def test_an_image_more_than_double_its_previous_one_warns(resources, cms, source):
+    earlier = helpers.catalogued_image(cms, source, f"{source.k8s_name}__small")
+    later = helpers.catalogued_image(cms, source, f"{source.k8s_name}__large")
+    set_image(cms, earlier.id, backup_size_bytes=1000, created_at=datetime.now(UTC) - timedelta(days=1))
+    set_image(cms, later.id, backup_size_bytes=2500)
+    evaluation = size_result(cms, later.name)
+    assert not evaluation.passed and evaluation.severity is dg.AssetCheckSeverity.WARN
+    assert "more than double the previous image's 1000" in evaluation.description
+    assert evaluation.metadata["previous_image"].value == earlier.name
+
+
+def test_a_stale_instance_fails_the_freshness_checks_by_name(resources, cms, source):
+    defs, _ = definitions(resources, AutomationSettings(drill_freshness_severity="ERROR"))
+    check_freshness = defs.resolve_job_def("check_freshness")
+
+    result = check_freshness.execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    found = evaluations(result)
+    assert not found["backups_fresh"].passed and found["backups_fresh"].severity is dg.AssetCheckSeverity.ERROR
+    assert f"{source.k8s_name} (no ready image)" in found["backups_fresh"].description
+    assert not found["drills_fresh"].passed and found["drills_fresh"].severity is dg.AssetCheckSeverity.ERROR
+    assert f"{source.k8s_name} (no successful drill)" in found["drills_fresh"].description
+
+    ready = helpers.catalogued_image(cms, source, f"{source.k8s_name}__recent")
+    found = evaluations(check_freshness.execute_in_process(instance=dg.DagsterInstance.ephemeral()))
+    assert found["backups_fresh"].passed and found["backups_fresh"].metadata["stale_instances"].value == 0
+
+    set_image(cms, ready.id, ready_at=datetime.now(UTC) - timedelta(hours=30))
+    found = evaluations(check_freshness.execute_in_process(instance=dg.DagsterInstance.ephemeral()))
+    assert not found["backups_fresh"].passed
+    assert f"{source.k8s_name} (newest ready image 30.0 h old (window 26.0 h))" in found["backups_fresh"].description
+
+
+def test_the_weekly_schedule_drills_an_instance_on_its_day_only(resources, cms, source):
+    defs, automation = definitions(resources)
+    ready = helpers.catalogued_image(cms, source, f"{source.k8s_name}__weekly")
+    schedule = automation.schedule("weekly_drills")
+    monday = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+    day = drill_weekday(source.k8s_name)
+    for offset in range(7):
+        when = monday + timedelta(days=offset)
+        with dg.build_schedule_context(scheduled_execution_time=when, resources=resources) as context:
+            result = schedule.evaluate_tick(context)
+        if offset == day:
+            [request] = result.run_requests
+            assert request.run_config == {"ops": {"plan_drill": {"config": {"image": str(ready.id)}}}}
+            assert request.run_key == f"drill-{ready.name}-{when:%Y%m%d}"
+            assert request.tags["toygres/kind"] == "drill"
+        else:
+            assert not result.run_requests

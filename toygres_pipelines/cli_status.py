@@ -1,0 +1,70 @@
+"""`toygres-pipelines status`: per running instance, its newest image and its age, its last drill,
+that drill's result and recovery time. Exit 4 when any instance is out of its windows (the
+backups_fresh / drills_fresh settings, TOYGRES_BACKUP_FRESHNESS_HOURS and
+TOYGRES_DRILL_FRESHNESS_DAYS) or its newest drill failed."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from records import ImageState, InstanceState
+from records.freshness import instance_status
+from resources.cms import CMSResource
+from toygres_pipelines.automation.settings import AutomationSettings
+
+EXIT_OK = 0
+EXIT_OUT_OF_WINDOWS = 4
+
+
+def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    from toygres_pipelines.cli import print_json, print_table, when  # cli imports this module
+
+    settings = AutomationSettings.from_env()
+    rows = instance_status(
+        cms.list_instances([InstanceState.running]),
+        cms.list_images([ImageState.ready]),
+        cms.list_drills(),
+        datetime.now(UTC),
+        timedelta(hours=settings.backup_freshness_hours),
+        timedelta(days=settings.drill_freshness_days),
+    )
+    if args.json:
+        print_json([{**row.model_dump(mode="json"), "in_windows": row.in_windows} for row in rows], out)
+    else:
+        print_table(
+            ["INSTANCE", "NEWEST IMAGE", "AGE (H)", "LAST DRILL", "RESULT", "RECOVERY (S)", "STATUS"],
+            [
+                [
+                    r.instance,
+                    r.newest_image,
+                    r.newest_image_age_hours,
+                    when(r.last_drill_started_at),
+                    r.last_drill_result,
+                    _seconds(r.last_drill_recovery_seconds),
+                    "ok" if r.in_windows else "; ".join(r.problems),
+                ]
+                for r in rows
+            ],
+            out,
+        )
+    return EXIT_OK if all(r.in_windows for r in rows) else EXIT_OUT_OF_WINDOWS
+
+
+def _seconds(value: float | None) -> str | None:
+    return None if value is None else f"{value:.1f}"
+
+
+def add_status_command(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser(
+        "status",
+        parents=list(parent),
+        help="per running instance: newest image and its age, last drill and its recovery time",
+        description="Per running instance: its newest ready image and its age, its last restore drill, that "
+        f"drill's result and recovery time. Exit {EXIT_OUT_OF_WINDOWS} when any instance's newest image is older "
+        "than TOYGRES_BACKUP_FRESHNESS_HOURS (default 26), its newest successful drill older than "
+        "TOYGRES_DRILL_FRESHNESS_DAYS (default 8), or its newest drill failed.",
+    )
+    status.set_defaults(handler=cmd_status)
