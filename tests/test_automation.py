@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime
 
 import dagster as dg
+import psycopg
 import pytest
 from dagster._core.test_utils import create_run_for_test
 
@@ -641,6 +642,8 @@ def test_run_terminated_mid_backup_leaves_its_image_failed(
             )
     finally:
         holder.close()
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:  # the source is shared
+            admin.execute('DROP DATABASE IF EXISTS "aaa_terminated" WITH (FORCE)')
     assert ended.status is dg.DagsterRunStatus.CANCELED
     row = cms.get_image(reserved.id)
     assert row.state is ImageState.failed, row
