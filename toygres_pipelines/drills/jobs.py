@@ -26,19 +26,7 @@ from toygres_pipelines.drills.checks import report_restorable
 from toygres_pipelines.drills.counting import restored_counts
 from toygres_pipelines.drills.settle import SCRATCH_PREFIX, remove_scratch_instance, settle_drill
 from toygres_pipelines.restores.config import RestoreConfig, check_timeouts, plan_restore, ready_image
-from toygres_pipelines.restores.jobs import (
-    TimedPlan,
-    build_connection_strings,
-    create_instance_record,
-    create_instance_secret,
-    create_volume,
-    deploy_instance,
-    invalid_request,
-    mark_instance_running,
-    run_restore_job,
-    test_connection,
-    wait_until_ready,
-)
+from toygres_pipelines.restores.jobs import TimedPlan, invalid_request, restore_steps
 from toygres_pipelines.restores.steps import instance_ref, verify_manifest_only
 
 DRILL_KIND = "drill"
@@ -192,13 +180,4 @@ def settle_failed_drill(context: dg.HookContext) -> None:
 )
 def restore_drill():
     timed = plan_drill()
-    instance = create_instance_record(timed)
-    instance = create_instance_secret(instance, timed)
-    instance = create_volume(instance)
-    instance = run_restore_job(instance, timed)
-    instance = deploy_instance(instance, timed)
-    instance = wait_until_ready(instance, timed)
-    address = build_connection_strings(instance)
-    version = test_connection(instance, address)
-    running = mark_instance_running(instance, address, version)
-    finish_drill(verify_row_counts(running, timed), timed)
+    finish_drill(verify_row_counts(restore_steps(timed), timed), timed)

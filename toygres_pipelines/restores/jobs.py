@@ -292,14 +292,9 @@ def clean_up_failed_instance(context: dg.HookContext) -> None:
     clean_up_failed_restore(cms, context.resources.platform, instance, reason=reason, log=context.log.info)
 
 
-@dg.job(
-    description="Restore an image into a new instance: validate, create, restore, deploy, verify",
-    tags={"toygres/kind": "restore"},
-    hooks={clean_up_failed_instance},
-    executor_def=dg.in_process_executor,
-)
-def restore_instance():
-    timed = validate_request()
+def restore_steps(timed):
+    """Every step from a validated plan to a running instance, as ops of the calling job (the
+    restore and the restore drill run the very same ones)."""
     instance = create_instance_record(timed)
     instance = create_instance_secret(instance, timed)
     instance = create_volume(instance)
@@ -308,4 +303,14 @@ def restore_instance():
     instance = wait_until_ready(instance, timed)
     address = build_connection_strings(instance)
     version = test_connection(instance, address)
-    mark_instance_running(instance, address, version)
+    return mark_instance_running(instance, address, version)
+
+
+@dg.job(
+    description="Restore an image into a new instance: validate, create, restore, deploy, verify",
+    tags={"toygres/kind": "restore"},
+    hooks={clean_up_failed_instance},
+    executor_def=dg.in_process_executor,
+)
+def restore_instance():
+    restore_steps(validate_request())
