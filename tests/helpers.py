@@ -71,3 +71,16 @@ def catalogued_image(cms, source, name: str):
     return cms.transition_image(
         image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64
     )
+
+
+def cli_runner(capsys):
+    """`toygres-pipelines ...` in process: invoke(*argv) -> (exit code, stdout, stderr)."""
+    from toygres_pipelines import cli
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke

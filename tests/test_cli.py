@@ -15,6 +15,7 @@ import pytest
 from records import ImageState, ImageType, InstanceState, RequestState
 from records.requests import RestoreRequestFields
 from resources.platform.postgres_server import free_port
+from tests.helpers import cli_runner
 from toygres_pipelines import cli
 
 UNREACHABLE_PASSWORD = "n0t-Sh0wn-pw"
@@ -26,13 +27,7 @@ def run(cms, monkeypatch, capsys):
     monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
     monkeypatch.delenv(cli.KEY_ENV, raising=False)
 
-    def invoke(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
+    return cli_runner(capsys)
 
 
 def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running, **kwargs):

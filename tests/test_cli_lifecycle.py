@@ -11,6 +11,7 @@ import pytest
 
 from records import ImageState, InstanceState
 from records.requests import RestoreRequestFields
+from tests.helpers import cli_runner
 from tests.test_cli import add_instance
 from tests.test_lifecycle import FILES, stored_image
 from toygres_pipelines import cli
@@ -32,13 +33,7 @@ def run(cms, blob, monkeypatch, capsys, tmp_path):
     for name in ("KEEP_NEWEST", "KEEP_DAILY", "KEEP_WEEKLY", "KEEP_MONTHLY", "MIN_AGE_HOURS", "TIMEZONE"):
         monkeypatch.delenv(f"TOYGRES_RETENTION_{name}", raising=False)
 
-    def invoke(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
+    return cli_runner(capsys)
 
 
 @pytest.fixture

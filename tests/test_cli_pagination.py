@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from records import ImageState
+from tests.helpers import cli_runner
 from tests.test_cli import add_image, add_instance
 from toygres_pipelines import cli
 
@@ -16,13 +17,7 @@ from toygres_pipelines import cli
 def run(cms, monkeypatch, capsys):
     monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
 
-    def invoke(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
+    return cli_runner(capsys)
 
 
 @pytest.fixture

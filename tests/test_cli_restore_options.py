@@ -8,7 +8,7 @@ import json
 import pytest
 
 from records import RequestState
-from tests.helpers import materialize_image
+from tests.helpers import cli_runner, materialize_image
 from toygres_pipelines import cli
 
 
@@ -21,13 +21,7 @@ def run(cms, blob, stack, monkeypatch, capsys):
     monkeypatch.setenv("TOYGRES_BLOB_CONNECTION_STRING", stack.azurite.connection_string)
     monkeypatch.setenv("TOYGRES_BLOB_CONTAINER", blob.container)
 
-    def invoke(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
+    return cli_runner(capsys)
 
 
 @pytest.fixture

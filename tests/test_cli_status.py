@@ -11,6 +11,7 @@ import pytest
 
 from records.drills import DrillResult
 from tests import helpers
+from tests.helpers import cli_runner
 from toygres_pipelines import cli
 from toygres_pipelines.cli_status import EXIT_OUT_OF_WINDOWS
 
@@ -23,13 +24,7 @@ def run(cms, monkeypatch, capsys):
     for name in ("BACKUP_FRESHNESS_HOURS", "DRILL_FRESHNESS_DAYS"):
         monkeypatch.delenv(f"TOYGRES_{name}", raising=False)
 
-    def invoke(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
+    return cli_runner(capsys)
 
 
 def test_status_shows_newest_image_and_last_drill_and_fails_out_of_windows(run, cms, source, monkeypatch):
