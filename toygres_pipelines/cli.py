@@ -64,6 +64,10 @@ IN_FLIGHT = (RequestState.pending, RequestState.accepted)
 PASSWORD_IGNORED = "a restored instance keeps the source image's password; this one is stored nowhere"
 
 
+class CommandFailed(Exception):
+    """The command cannot do what was asked, for a reason its message gives in full (exit 1)."""
+
+
 class CMSUnavailable(Exception):
     """The CMS is not configured, not reachable or not migrated (exit 3)."""
 
@@ -318,12 +322,21 @@ def cmd_show_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> i
     """One image and its databases (the sizes of their dumps, their rows when the manifest counted
     them), read from its manifest, which is checked against the CMS checksum first."""
     from toygres_pipelines.images.contents import database_contents
-    from toygres_pipelines.images.verification import read_manifest
+    from toygres_pipelines.images.verification import ImageCorrupt, read_manifest
 
     image = cms.find_image(args.show)
     if image is None:
         raise ValidationFailed("image", f"no image with {'id' if parse_uuid(args.show) else 'name'} {args.show!r}")
-    manifest, _ = read_manifest(blob_from_env().process_config_and_initialize(), image.blob_path, image.backup_checksum)
+    try:
+        manifest, _ = read_manifest(
+            blob_from_env().process_config_and_initialize(), image.blob_path, image.backup_checksum
+        )
+    except ImageCorrupt as error:
+        if image.state in (ImageState.creating, ImageState.failed, ImageState.deleted):
+            raise ValidationFailed("image", f"{image.name!r} is {image.state}: it has no manifest to show") from error
+        raise CommandFailed(
+            f"image {image.name!r} is {image.state} but its manifest cannot be read: {error}"
+        ) from error
     databases = database_contents(manifest)
     if args.json:
         print_json({"image": as_json(image), "databases": [d.model_dump() for d in databases]}, out)
@@ -673,6 +686,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return fail(EXIT_INVALID, str(invalid))
     except CMSUnavailable as unavailable:
         return fail(EXIT_CMS, str(unavailable))
+    except CommandFailed as failed:
+        return fail(EXIT_UNEXPECTED, str(failed))
     except psycopg.errors.UndefinedTable:
         return fail(
             EXIT_CMS,

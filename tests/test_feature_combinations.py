@@ -1,0 +1,116 @@
+"""Features together on one image: encryption + parallel mode + selective restore + upgrade,
+drills and full re-reads of such images, `images --show` (PostgreSQL, Azurite, azcopy, age)."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import psycopg
+import pytest
+
+from records import ImageState, InstanceState
+from tests.helpers import catalogued_image, failure_text, materialize_image, run_logs
+from tests.test_cli_restore_options import run  # noqa: F401 - fixture
+from tests.test_drills import drill
+from tests.test_encryption import encrypting, old_key  # noqa: F401 - fixture
+from tests.test_restore import dsn_of, restore
+from tests.test_restore_options_stack import ODD_NAME, TWO_DB_PASSWORD, databases_of, two_db_ref  # noqa: F401
+from toygres_pipelines.dev.demo import register_running
+from toygres_pipelines.images.verification import verify_image
+
+
+def test_encrypted_parallel_image_selective_upgrade_restore_drill_and_reverify(
+    resources,
+    cms,
+    blob,
+    platform,
+    two_db_ref,  # noqa: F811
+    old_key,  # noqa: F811
+):
+    source = register_running(cms, platform, two_db_ref)
+    encrypted = encrypting(resources, platform, old_key)
+    key = f"{source.k8s_name}__sealed-par"
+    made = materialize_image(encrypted, key, {"parallel_jobs": 2})
+    assert made.success, failure_text(made)
+    image = cms.find_image(key)
+    manifest, _ = blob.read_manifest(image.blob_path)
+    assert manifest.encryption is not None and manifest.parallel_jobs == 2
+    assert manifest.row_counts_by_database()[ODD_NAME] == {"public.items": 2}
+
+    # a full re-read of the encrypted directory archives
+    verify_image(blob, image.blob_path, expected_manifest_sha256=image.backup_checksum, full=True)
+
+    # selective + upgrade restore of the odd-named database
+    dagster = dg.DagsterInstance.ephemeral()
+    result = restore(
+        encrypted,
+        source_image_id=image.name,
+        databases=[ODD_NAME],
+        postgres_version="16",
+        name="odd-16",
+        dns_label="odd-16",
+        instance=dagster,
+    )
+    assert result.success, failure_text(result)
+    row = cms.get_instance(result.output_for_node("mark_instance_running").id)
+    assert row.state is InstanceState.running and row.postgres_version == "16"
+    restored = lambda db: dsn_of(platform, row, TWO_DB_PASSWORD, db)  # noqa: E731
+    assert databases_of(restored("postgres")) == {"postgres", ODD_NAME}
+    with psycopg.connect(restored(ODD_NAME)) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (2,)
+    assert "decrypting" in run_logs(dagster, result.run_id)
+
+    # a drill of the encrypted parallel image compares the odd-named database's counts
+    dagster = dg.DagsterInstance.ephemeral()
+    drilled = drill(encrypted, image.name, dagster)
+    assert drilled.success, failure_text(drilled)
+    assert cms.find_image(key).state is ImageState.ready
+
+
+def test_images_show_of_a_parallel_image_lists_each_database_once_with_its_rows(
+    resources,
+    cms,
+    blob,
+    platform,
+    two_db_ref,  # noqa: F811
+    run,  # noqa: F811
+):
+    source = register_running(cms, platform, two_db_ref)
+    key = f"{source.k8s_name}__par-show"
+    assert materialize_image(resources, key, {"parallel_jobs": 2}).success
+    image = cms.find_image(key)
+    manifest, _ = blob.read_manifest(image.blob_path)
+    code, out, err = run("images", "--show", image.name, "--json")
+    assert code == 0, err
+    shown = {d["database"]: d for d in json.loads(out)["databases"]}
+    assert set(shown) == {"alpha", "postgres", ODD_NAME}
+    assert shown[ODD_NAME]["rows"] == 2 and shown["alpha"]["rows"] == 3
+    assert shown[ODD_NAME]["size_bytes"] == sum(f.size_bytes for f in manifest.database_files()[ODD_NAME])
+    code, out, err = run("images", "--show", image.name)
+    assert code == 0, err
+    assert repr(ODD_NAME) in out
+
+
+@pytest.mark.parametrize("state", ["creating", "ready_without_manifest"])
+def test_images_show_of_an_image_without_a_manifest_says_so_clearly(cms, source, run, state):  # noqa: F811
+    if state == "creating":
+        image = cms.reserve_image(
+            image_id=None,
+            name=f"{source.k8s_name}__pending-show",
+            description=None,
+            source=source,
+            blob_storage_url="http://127.0.0.1:1/none",
+            blob_container="none",
+            blob_path="images/none-pending",
+            run_id=None,
+        )
+    else:
+        image = catalogued_image(cms, source, f"{source.k8s_name}__lost-show")
+    code, out, err = run("images", "--show", image.name)
+    assert "unexpected" not in err and "Traceback" not in err, err
+    if state == "creating":
+        assert code == 2 and err.startswith(f"error: image: {image.name!r} is creating: it has no manifest"), err
+    else:
+        assert code == 1 and err.startswith(f"error: image {image.name!r} is ready but its manifest cannot be read: ")
+        assert "manifest.json: missing from blob storage" in err, err
