@@ -4,18 +4,23 @@ drills and full re-reads of such images, `images --show` (PostgreSQL, Azurite, a
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import dagster as dg
 import psycopg
 import pytest
 
 from records import ImageState, InstanceState
+from resources.platform.base import JobFailed
+from resources.platform.postgres_server import postgres_bindir
 from tests.helpers import catalogued_image, failure_text, materialize_image, run_logs
 from tests.test_cli_restore_options import run  # noqa: F401 - fixture
 from tests.test_drills import drill
 from tests.test_encryption import encrypting, old_key  # noqa: F401 - fixture
 from tests.test_restore import dsn_of, restore
 from tests.test_restore_options_stack import ODD_NAME, TWO_DB_PASSWORD, databases_of, two_db_ref  # noqa: F401
+from tests.test_streaming_verification import backup_spec
 from toygres_pipelines.dev.demo import register_running
 from toygres_pipelines.images.verification import verify_image
 
@@ -114,3 +119,29 @@ def test_images_show_of_an_image_without_a_manifest_says_so_clearly(cms, source,
     else:
         assert code == 1 and err.startswith(f"error: image {image.name!r} is ready but its manifest cannot be read: ")
         assert "manifest.json: missing from blob storage" in err, err
+
+
+def test_an_encrypted_parallel_dump_whose_toc_does_not_parse_fails_the_backup_job(
+    blob,
+    platform,
+    source,
+    stack,
+    old_key,  # noqa: F811
+):
+    """Verification cannot read an encrypted toc.dat (no key): the job itself lists each directory
+    archive before it is recorded, as verification does for a plaintext one."""
+    fake_bin = Path(tempfile.mkdtemp(dir=stack.root, prefix="fake-bin-"))
+    fake_bin.chmod(0o755)
+    (fake_bin / "pg_dump").write_text(
+        "#!/bin/bash\n"
+        f'"{postgres_bindir()}/pg_dump" "$@" || exit\n'
+        'previous=""; for arg in "$@"; do\n'
+        '  [[ "$previous" == -f ]] && truncate -s 40 "$arg/toc.dat"; previous=$arg\n'
+        "done\n"
+    )
+    (fake_bin / "pg_dump").chmod(0o755)
+    job_path = f"{fake_bin}:{platform._shared_bin()}:{postgres_bindir()}:/usr/local/bin:/usr/bin:/bin"
+    spec = backup_spec(blob, source, "sealed-unparseable", PATH=job_path, AGE_RECIPIENT=old_key[1], PARALLEL_JOBS="2")
+    with pytest.raises(JobFailed, match="does not parse as an archive"):
+        platform.run_job(spec, lambda _line: None)
+    assert "images/sealed-unparseable/manifest.json" not in blob.list_names("images/sealed-unparseable")

@@ -219,6 +219,13 @@ dump_directory_to_blob() {
     die "pg_dump of database $(shown "$database") failed"
   fi
   stop_progress
+  # Verification cannot read an encrypted toc.dat (it holds no key): the archive is listed here
+  if ! pg_restore --list "$work/dirs/$archive" >/dev/null 2>"$work/dirs/$archive.parse-errors"; then
+    wait "$upload" || true
+    log "ERROR: $archive does not parse as an archive (pg_restore --list of its toc.dat):"
+    redact <"$work/dirs/$archive.parse-errors" | tail -n 5 >&2
+    die "pg_dump of database $(shown "$database") wrote an unreadable archive"
+  fi
   directory_progress "$label dumped" "$work/dirs/$archive" "$started" "$on_disk"
   wait "$upload" || die "upload of $archive (database $(shown "$database")) failed"
   record_directory "$archive" "$database" || die "recording $archive in the manifest failed"
