@@ -18,7 +18,7 @@ from tests.helpers import catalogued_image, failure_text, materialize_image, run
 from tests.test_cli_restore_options import run  # noqa: F401 - fixture
 from tests.test_drills import drill
 from tests.test_encryption import encrypting, old_key  # noqa: F401 - fixture
-from tests.test_restore import dsn_of, restore
+from tests.test_restore import assert_cleaned_up, dsn_of, restore
 from tests.test_restore_options_stack import ODD_NAME, TWO_DB_PASSWORD, databases_of, two_db_ref  # noqa: F401
 from tests.test_streaming_verification import backup_spec
 from toygres_pipelines.dev.demo import register_running
@@ -145,3 +145,33 @@ def test_an_encrypted_parallel_dump_whose_toc_does_not_parse_fails_the_backup_jo
     with pytest.raises(JobFailed, match="does not parse as an archive"):
         platform.run_job(spec, lambda _line: None)
     assert "images/sealed-unparseable/manifest.json" not in blob.list_names("images/sealed-unparseable")
+
+
+def test_a_later_file_of_an_encrypted_parallel_image_flipped_never_becomes_an_instance(
+    resources,
+    cms,
+    blob,
+    platform,
+    source,
+    old_key,  # noqa: F811
+):
+    """The restore overlaps: pagila is restored while later files download; the postgres
+    database's toc.dat (the last file) is damaged."""
+    encrypted = encrypting(resources, platform, old_key)
+    key = f"{source.k8s_name}__sealed-flip"
+    assert materialize_image(encrypted, key, {"parallel_jobs": 2}).success
+    image = cms.find_image(key)
+    manifest, _ = blob.read_manifest(image.blob_path)
+    last = manifest.files[-1]
+    assert last.database == "postgres" and last.path.endswith("/toc.dat")
+    name = f"{image.blob_path}/{last.path}"
+    data = bytearray(blob.read_bytes(name))
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(name, bytes(data), overwrite=True)
+
+    dagster = dg.DagsterInstance.ephemeral()
+    result = restore(encrypted, source_image_id=image.name, instance=dagster)
+    assert not result.success
+    assert "restoring database pagila" in run_logs(dagster, result.run_id)  # the overlap reached pagila first
+    assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch")
+    assert cms.get_image(image.id).state is ImageState.corrupt
