@@ -4,6 +4,8 @@ drills and full re-reads of such images, `images --show` (PostgreSQL, Azurite, a
 from __future__ import annotations
 
 import json
+import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -11,11 +13,26 @@ import dagster as dg
 import psycopg
 import pytest
 
-from records import ImageState, InstanceState
+from records import ImageState, InstanceRef, InstanceState
 from resources.platform.base import JobFailed
 from resources.platform.postgres_server import postgres_bindir
 from tests.helpers import catalogued_image, failure_text, materialize_image, run_logs
 from tests.test_cli_restore_options import run  # noqa: F401 - fixture
+from tests.test_data_path import (  # noqa: F401 - fixtures
+    alive,
+    command_line,
+    connect_to_database,
+    databases_named,
+    parent_of,
+    processes,
+    restore_spec,
+    run_in_thread,
+    server_dsn,
+    small_ref,
+    small_source,
+    wait_for_process,
+    wait_until,
+)
 from tests.test_drills import drill
 from tests.test_encryption import encrypting, old_key  # noqa: F401 - fixture
 from tests.test_restore import assert_cleaned_up, dsn_of, restore
@@ -175,3 +192,64 @@ def test_a_later_file_of_an_encrypted_parallel_image_flipped_never_becomes_an_in
     assert "restoring database pagila" in run_logs(dagster, result.run_id)  # the overlap reached pagila first
     assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch")
     assert cms.get_image(image.id).state is ImageState.corrupt
+
+
+def test_sigterm_during_an_encrypted_parallel_overlapped_restore_leaves_nothing_running(
+    resources,
+    cms,
+    blob,
+    platform,
+    small_source,  # noqa: F811
+    databases_named,  # noqa: F811
+    old_key,  # noqa: F811
+):
+    """SIGTERM to the script alone (as Kubernetes sends it) while pg_restore -j runs a directory
+    archive that was decrypted while the downloader went on: no process, server or staging left."""
+    databases_named(["slow_restore"])
+    source_ref = InstanceRef(k8s_name=small_source.k8s_name, namespace=small_source.namespace)
+    with connect_to_database(server_dsn(platform, source_ref), "slow_restore") as conn:
+        conn.execute("CREATE TABLE delay (seconds int)")
+        conn.execute("INSERT INTO delay VALUES (0)")
+        conn.execute("CREATE MATERIALIZED VIEW slow AS SELECT pg_sleep(seconds) IS NULL AS slept FROM delay")
+        conn.execute("UPDATE delay SET seconds = 3600")
+    encrypted = encrypting(resources, platform, old_key)
+    sealed = encrypted["platform"]
+    key = f"{small_source.k8s_name}__sigterm-sealed"
+    assert materialize_image(encrypted, key, {"parallel_jobs": 2}).success
+    image = cms.find_image(key)
+    ref = InstanceRef(k8s_name="sigterm-sealed", namespace="default")
+    spec = restore_spec(cms, blob, sealed, image, ref, RESTORE_JOBS="2")
+    pgdata = str(sealed.volume_dir(ref) / "pgdata")
+    thread, outcome = run_in_thread(sealed, spec)
+    postmaster = None
+    try:
+        postmaster, _, argv = wait_for_process(
+            lambda pid, pgid, argv: argv[:1] and argv[0].endswith("postgres") and pgdata in argv, "temporary server"
+        )
+        socket_dir = next(
+            a.split("=", 1)[1] for a in " ".join(argv).split() if a.startswith("unix_socket_directories=")
+        )
+        script_path = str(sealed.job_dir(spec.name, ref.namespace) / "scripts" / "restore.sh")
+        script, job_group, _ = wait_for_process(
+            lambda pid, pgid, argv: argv == ["bash", script_path] and command_line(parent_of(pid)) != argv, "restore.sh"
+        )
+        wait_for_process(
+            lambda pid, pgid, argv: (
+                pgid == job_group and argv[:1] and argv[0].endswith("pg_restore") and "--create" in argv
+            ),
+            "pg_restore of slow_restore",
+        )
+        os.kill(script, signal.SIGTERM)
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the job is still running after SIGTERM"
+        assert isinstance(outcome.get("error"), JobFailed), outcome
+        assert wait_until(lambda: not alive(postmaster), timeout=30), ("the temporary server outlived its job", outcome)
+        assert not Path(socket_dir).exists()
+        assert not (sealed.volume_dir(ref) / "restore-staging").exists()
+        assert not (sealed.volume_dir(ref) / "pgdata").exists()
+        assert [(p, argv) for p, pgid, argv in processes() if pgid == job_group and alive(p)] == []
+    finally:
+        if postmaster is not None and alive(postmaster):
+            os.kill(postmaster, signal.SIGQUIT)
+        thread.join(timeout=120)
+        sealed.delete_instance(ref)
