@@ -253,3 +253,40 @@ def test_sigterm_during_an_encrypted_parallel_overlapped_restore_leaves_nothing_
             os.kill(postmaster, signal.SIGQUIT)
         thread.join(timeout=120)
         sealed.delete_instance(ref)
+
+
+def test_a_16_source_backed_up_zstd_parallel_encrypted_restores_reverifies_and_drills(
+    resources,
+    cms,
+    blob,
+    platform,
+    two_db_ref,  # noqa: F811
+    old_key,  # noqa: F811
+):
+    """PostgreSQL 16 (an upgrade restore of a 15 image) as a source: compression zstd:1 (or gzip 1
+    where this pg_dump lacks zstd), parallel mode and encryption on the same image."""
+    source = register_running(cms, platform, two_db_ref)
+    encrypted = encrypting(resources, platform, old_key)
+    assert materialize_image(encrypted, f"{source.k8s_name}__to16").success
+    upgraded = restore(
+        encrypted, source_image_id=f"{source.k8s_name}__to16", postgres_version="16", name="src16", dns_label="src16"
+    )
+    assert upgraded.success, failure_text(upgraded)
+    source16 = cms.get_instance(upgraded.output_for_node("mark_instance_running").id)
+
+    key = f"{source16.k8s_name}__zpar"
+    made = materialize_image(encrypted, key, {"parallel_jobs": 2})
+    assert made.success, failure_text(made)
+    image = cms.find_image(key)
+    manifest, _ = blob.read_manifest(image.blob_path)
+    assert manifest.postgres_version == "16" and manifest.compression in ("zstd:1", "gzip:1")
+    assert manifest.encryption is not None and manifest.parallel_jobs == 2
+    verify_image(blob, image.blob_path, expected_manifest_sha256=image.backup_checksum, full=True)
+
+    result = restore(encrypted, source_image_id=key, name="from-zpar", dns_label="from-zpar")
+    assert result.success, failure_text(result)
+    row = cms.get_instance(result.output_for_node("mark_instance_running").id)
+    with psycopg.connect(dsn_of(platform, row, TWO_DB_PASSWORD, ODD_NAME)) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (2,)
+    drilled = drill(encrypted, key, dg.DagsterInstance.ephemeral())
+    assert drilled.success, failure_text(drilled)
