@@ -35,7 +35,7 @@ from tests.test_data_path import (  # noqa: F401 - fixtures
 )
 from tests.test_drills import drill
 from tests.test_encryption import encrypting, old_key  # noqa: F401 - fixture
-from tests.test_restore import assert_cleaned_up, dsn_of, restore
+from tests.test_restore import assert_cleaned_up, dsn_of, platform_instances, restore
 from tests.test_restore_options_stack import ODD_NAME, TWO_DB_PASSWORD, databases_of, two_db_ref  # noqa: F401
 from tests.test_streaming_verification import backup_spec
 from toygres_pipelines.dev.demo import register_running
@@ -290,3 +290,26 @@ def test_a_16_source_backed_up_zstd_parallel_encrypted_restores_reverifies_and_d
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (2,)
     drilled = drill(encrypted, key, dg.DagsterInstance.ephemeral())
     assert drilled.success, failure_text(drilled)
+
+
+def test_a_drill_of_an_encrypted_image_without_its_key_fails_clearly_and_leaves_nothing(
+    resources,
+    cms,
+    platform,
+    source,
+    old_key,  # noqa: F811
+):
+    key = f"{source.k8s_name}__sealed-drill"
+    assert materialize_image(encrypting(resources, platform, old_key), key).success
+    before = platform_instances(platform)
+    dagster = dg.DagsterInstance.ephemeral()
+    drilled = drill(resources, key, dagster)  # this deployment holds no identity
+    assert not drilled.success
+    [row] = [d for d in cms.list_drills() if d.run_id == drilled.run_id]
+    assert row.result.value == "failed" and "identit" in (row.reason or ""), row
+    assert platform_instances(platform) == before
+    assert all(
+        i.state in (InstanceState.running, InstanceState.deleted, InstanceState.failed) for i in cms.list_instances()
+    )
+    assert [i for i in cms.list_instances() if i.state is InstanceState.running] == [cms.get_instance(source.id)]
+    assert cms.find_image(key).state is ImageState.ready
