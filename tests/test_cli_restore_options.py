@@ -45,12 +45,14 @@ def test_images_show_lists_the_databases_with_their_sizes(run, image, blob):
     rows = {
         line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["pagila"], ["postgres"])
     }
-    assert set(rows) == {"pagila", "postgres"} and rows["pagila"][-1] == "-"  # no row counts in this manifest
+    counted = {database: sum(counts.values()) for database, counts in manifest.row_counts_by_database().items()}
+    assert counted["pagila"] > 16000  # the manifest counts each database's rows in the dump's snapshot
+    assert set(rows) == {"pagila", "postgres"} and rows["pagila"][-1] == str(counted["pagila"])
     code, out, _ = run("images", "--show", str(image.id), "--json")
     shown = json.loads(out)
     assert shown["image"]["name"] == image.name
     assert {d["database"]: d["size_bytes"] for d in shown["databases"]} == sizes
-    assert all(d["rows"] is None for d in shown["databases"])
+    assert {d["database"]: d["rows"] for d in shown["databases"]} == counted
     code, _, err = run("images", "--show", "no-such-image")
     assert code == 2 and err.startswith("error: image: no image with name 'no-such-image'"), err
 
