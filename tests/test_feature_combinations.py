@@ -313,3 +313,31 @@ def test_a_drill_of_an_encrypted_image_without_its_key_fails_clearly_and_leaves_
     )
     assert [i for i in cms.list_instances() if i.state is InstanceState.running] == [cms.get_instance(source.id)]
     assert cms.find_image(key).state is ImageState.ready
+
+
+def test_an_encrypted_parallel_dump_missing_a_data_file_its_toc_names_fails_the_backup_job(
+    blob,
+    platform,
+    source,
+    stack,
+    old_key,  # noqa: F811
+):
+    """Verification checks a plaintext archive's TOC against its files; an encrypted one is checked by the job."""
+    fake_bin = Path(tempfile.mkdtemp(dir=stack.root, prefix="fake-bin-"))
+    fake_bin.chmod(0o755)
+    (fake_bin / "pg_dump").write_text(
+        "#!/bin/bash\n"
+        'args=(); previous=""; for arg in "$@"; do\n'
+        '  if [[ "$previous" == -f ]]; then target=$arg; arg=$arg.real; fi; args+=("$arg"); previous=$arg\n'
+        "done\n"
+        f'"{postgres_bindir()}/pg_dump" "${{args[@]}}" || exit\n'
+        '[[ -n "${target:-}" ]] || exit 0\n'
+        'first=$(ls "$target.real" | grep -E "^[0-9]+[.]dat" | head -n 1) && rm "$target.real/$first"\n'
+        'mv "$target.real" "$target"\n'
+    )
+    (fake_bin / "pg_dump").chmod(0o755)
+    job_path = f"{fake_bin}:{platform._shared_bin()}:{postgres_bindir()}:/usr/local/bin:/usr/bin:/bin"
+    spec = backup_spec(blob, source, "sealed-holey", PATH=job_path, AGE_RECIPIENT=old_key[1], PARALLEL_JOBS="2")
+    with pytest.raises(JobFailed, match="names data files the dump lacks"):
+        platform.run_job(spec, lambda _line: None)
+    assert "images/sealed-holey/manifest.json" not in blob.list_names("images/sealed-holey")
