@@ -228,7 +228,7 @@ dump_directory_to_blob() {
     die "pg_dump of database $(shown "$database") wrote an unreadable archive"
   fi
   missing=$(awk '/^[0-9]+; [0-9]+ [0-9]+ TABLE DATA / {print $1 + 0}' "$work/dirs/$archive.list" | while read -r id; do
-    compgen -G "$work/dirs/$archive/$id.dat*" >/dev/null || printf '%s ' "$id"
+    ls "$work/dirs/$archive/$id".dat* >/dev/null 2>&1 || printf '%s ' "$id"
   done)
   if [[ -n "$missing" ]]; then
     wait "$upload" || true
