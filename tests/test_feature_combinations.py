@@ -341,3 +341,14 @@ def test_an_encrypted_parallel_dump_missing_a_data_file_its_toc_names_fails_the_
     with pytest.raises(JobFailed, match="names data files the dump lacks"):
         platform.run_job(spec, lambda _line: None)
     assert "images/sealed-holey/manifest.json" not in blob.list_names("images/sealed-holey")
+
+
+def test_request_restore_of_databases_of_an_image_whose_manifest_is_gone_says_so(cms, source, run):  # noqa: F811
+    image = catalogued_image(cms, source, f"{source.k8s_name}__lost-pick")
+    code, _, err = run("request-restore", "--name", "pick", "--dns-label", "pick-db", "--image", image.name,
+                       "--database", "pagila")  # fmt: skip
+    assert "unexpected" not in err, err
+    assert code == 2 and err.startswith(f"error: source_image_id: image {image.name!r}: its manifest cannot be read"), (
+        err
+    )
+    assert cms.list_restore_requests() == []

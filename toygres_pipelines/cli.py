@@ -47,6 +47,7 @@ from resources.cms import CMSResource
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
 from toygres_pipelines.cli_status import add_status_command
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
+from toygres_pipelines.images.verification import ImageCorrupt
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
 from toygres_pipelines.restores.config import plan_restore
 
@@ -235,7 +236,12 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
         sys.stderr.write(f"warning: --password is ignored: {PASSWORD_IGNORED}\n")
     # Named databases are checked against the image's manifest, so blob storage is read only then.
     blob = blob_from_env().process_config_and_initialize() if fields.databases else None
-    plan = plan_restore(fields, cms, platform_from_env(), blob)
+    try:
+        plan = plan_restore(fields, cms, platform_from_env(), blob)
+    except ImageCorrupt as error:  # the request is refused; the restore run is what marks an image corrupt
+        image = cms.find_image(fields.source_image_id or "")
+        name = image.name if image else fields.source_image_id
+        raise ValidationFailed("source_image_id", f"image {name!r}: its manifest cannot be read: {error}") from error
     for queued in cms.list_restore_requests(IN_FLIGHT):
         if queued.dns_label == fields.dns_label:
             raise ValidationFailed(
@@ -322,7 +328,7 @@ def cmd_show_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> i
     """One image and its databases (the sizes of their dumps, their rows when the manifest counted
     them), read from its manifest, which is checked against the CMS checksum first."""
     from toygres_pipelines.images.contents import database_contents
-    from toygres_pipelines.images.verification import ImageCorrupt, read_manifest
+    from toygres_pipelines.images.verification import read_manifest
 
     image = cms.find_image(args.show)
     if image is None:
