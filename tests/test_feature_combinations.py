@@ -352,3 +352,29 @@ def test_request_restore_of_databases_of_an_image_whose_manifest_is_gone_says_so
         err
     )
     assert cms.list_restore_requests() == []
+
+
+def test_a_drill_compares_counts_of_tables_with_odd_names_in_an_odd_database(
+    resources,
+    cms,
+    blob,
+    platform,
+    two_db_ref,  # noqa: F811
+):
+    source = register_running(cms, platform, two_db_ref)
+    endpoints = platform.endpoints(two_db_ref)
+    with psycopg.connect(
+        host=endpoints.host, port=endpoints.port, user="postgres", password=TWO_DB_PASSWORD, dbname=ODD_NAME
+    ) as conn:
+        conn.execute('CREATE SCHEMA IF NOT EXISTS "Odd.Schema\n\'x"')
+        conn.execute('CREATE TABLE IF NOT EXISTS "Odd.Schema\n\'x"."T""able.1" (v int)')
+        conn.execute('INSERT INTO "Odd.Schema\n\'x"."T""able.1" VALUES (1), (2), (3)')
+    key = f"{source.k8s_name}__odd-tables"
+    assert materialize_image(resources, key).success
+    manifest, _ = blob.read_manifest(cms.find_image(key).blob_path)
+    assert manifest.row_counts_by_database()[ODD_NAME]['"Odd.Schema\n\'x"."T""able.1"'] == 3
+    dagster = dg.DagsterInstance.ephemeral()
+    drilled = drill(resources, key, dagster)
+    assert drilled.success, failure_text(drilled)
+    [row] = [d for d in cms.list_drills() if d.run_id == drilled.run_id]
+    assert row.result.value == "passed" and row.tables_checked >= 3, row
