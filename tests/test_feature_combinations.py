@@ -378,3 +378,33 @@ def test_a_drill_compares_counts_of_tables_with_odd_names_in_an_odd_database(
     assert drilled.success, failure_text(drilled)
     [row] = [d for d in cms.list_drills() if d.run_id == drilled.run_id]
     assert row.result.value == "passed" and row.tables_checked >= 3, row
+
+
+@pytest.mark.parametrize("selected", [None, ["pagila"]])
+def test_restore_sh_without_the_sums_in_its_env_reads_them_from_the_verified_manifest(
+    resources, cms, blob, platform, source, selected
+):
+    """What a parallel image of thousands of tables gets (the list would not fit an environment variable)."""
+    key = f"{source.k8s_name}__no-sums-{len(selected or [])}"
+    assert materialize_image(resources, key, {"parallel_jobs": 2}).success
+    image = cms.find_image(key)
+    manifest, _ = blob.read_manifest(image.blob_path)
+    expected = [f for f in manifest.files if selected is None or f.kind != "database" or f.database in selected]
+    ref = InstanceRef(k8s_name=f"no-sums-{len(selected or [])}", namespace="default")
+    spec = restore_spec(cms, blob, platform, image, ref, RESTORE_JOBS="2")
+    env = {k: v for k, v in spec.env.items() if k != "BACKUP_SHA256SUMS"}
+    if selected:
+        env["RESTORE_DATABASES"] = json.dumps(selected)
+    lines: list[str] = []
+    try:
+        platform.run_job(spec.model_copy(update={"env": env}), lines.append)
+        assert any(f"all {len(expected)} file(s) match their sha256" in line for line in lines), lines[-5:]
+        # a damaged file is still caught by its sha256 from the manifest
+        damaged = next(f for f in expected if f.database == "pagila" and f.path.endswith("toc.dat"))
+        data = bytearray(blob.read_bytes(f"{image.blob_path}/{damaged.path}"))
+        data[len(data) // 2] ^= 0x01
+        blob.write_bytes(f"{image.blob_path}/{damaged.path}", bytes(data), overwrite=True)
+        with pytest.raises(JobFailed, match="checksum mismatch"):
+            platform.run_job(spec.model_copy(update={"env": env}), lines.append)
+    finally:
+        platform.delete_instance(ref)
