@@ -12,6 +12,8 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
+from psycopg import sql
+from pydantic import SecretStr
 
 from records import ImageState, InstanceRef, InstanceState
 from resources.platform.base import JobFailed
@@ -22,24 +24,47 @@ from tests.test_data_path import (  # noqa: F401 - fixtures
     alive,
     command_line,
     connect_to_database,
-    databases_named,
     parent_of,
     processes,
     restore_spec,
     run_in_thread,
     server_dsn,
-    small_ref,
-    small_source,
     wait_for_process,
     wait_until,
 )
 from tests.test_drills import drill
 from tests.test_encryption import encrypting, old_key  # noqa: F401 - fixture
 from tests.test_restore import assert_cleaned_up, dsn_of, platform_instances, restore
-from tests.test_restore_options_stack import ODD_NAME, TWO_DB_PASSWORD, databases_of, two_db_ref  # noqa: F401
+from tests.test_restore_options_stack import ODD_NAME, TWO_DB_PASSWORD, databases_of
 from tests.test_streaming_verification import backup_spec
-from toygres_pipelines.dev.demo import register_running
+from toygres_pipelines.dev.demo import provision_server, register_running
 from toygres_pipelines.images.verification import verify_image
+
+
+@pytest.fixture(scope="module")
+def two_db_ref(platform) -> InstanceRef:
+    """This module's own server with `alpha` and ODD_NAME (test_restore_options_stack's, under another name)."""
+    ref = InstanceRef(k8s_name="combo-two-dbs", namespace="default")
+    provision_server(platform, ref, SecretStr(TWO_DB_PASSWORD))
+    endpoints = platform.endpoints(ref)
+    admin = psycopg.conninfo.make_conninfo(
+        host=endpoints.host, port=endpoints.port, user="postgres", password=TWO_DB_PASSWORD, dbname="postgres"
+    )
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name, rows in (("alpha", 3), (ODD_NAME, 2)):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            with psycopg.connect(psycopg.conninfo.make_conninfo(admin, dbname=name)) as db:
+                db.execute("CREATE TABLE items (id int PRIMARY KEY)")
+                db.execute("INSERT INTO items SELECT generate_series(1, %s)", [rows])
+    return ref
+
+
+@pytest.fixture(scope="module")
+def combo_ref(platform) -> InstanceRef:
+    """A server of this module's own (other modules' servers are their own fixtures' to set up)."""
+    ref = InstanceRef(k8s_name="combo-src", namespace="default")
+    provision_server(platform, ref, SecretStr("combo-src-Pw"))
+    return ref
 
 
 def test_encrypted_parallel_image_selective_upgrade_restore_drill_and_reverify(
@@ -47,7 +72,7 @@ def test_encrypted_parallel_image_selective_upgrade_restore_drill_and_reverify(
     cms,
     blob,
     platform,
-    two_db_ref,  # noqa: F811
+    two_db_ref,
     old_key,  # noqa: F811
 ):
     source = register_running(cms, platform, two_db_ref)
@@ -95,7 +120,7 @@ def test_images_show_of_a_parallel_image_lists_each_database_once_with_its_rows(
     cms,
     blob,
     platform,
-    two_db_ref,  # noqa: F811
+    two_db_ref,
     run,  # noqa: F811
 ):
     source = register_running(cms, platform, two_db_ref)
@@ -199,15 +224,15 @@ def test_sigterm_during_an_encrypted_parallel_overlapped_restore_leaves_nothing_
     cms,
     blob,
     platform,
-    small_source,  # noqa: F811
-    databases_named,  # noqa: F811
+    combo_ref,
     old_key,  # noqa: F811
 ):
     """SIGTERM to the script alone (as Kubernetes sends it) while pg_restore -j runs a directory
     archive that was decrypted while the downloader went on: no process, server or staging left."""
-    databases_named(["slow_restore"])
-    source_ref = InstanceRef(k8s_name=small_source.k8s_name, namespace=small_source.namespace)
-    with connect_to_database(server_dsn(platform, source_ref), "slow_restore") as conn:
+    small_source = register_running(cms, platform, combo_ref)
+    with psycopg.connect(server_dsn(platform, combo_ref), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE slow_restore")
+    with connect_to_database(server_dsn(platform, combo_ref), "slow_restore") as conn:
         conn.execute("CREATE TABLE delay (seconds int)")
         conn.execute("INSERT INTO delay VALUES (0)")
         conn.execute("CREATE MATERIALIZED VIEW slow AS SELECT pg_sleep(seconds) IS NULL AS slept FROM delay")
@@ -260,7 +285,7 @@ def test_a_16_source_backed_up_zstd_parallel_encrypted_restores_reverifies_and_d
     cms,
     blob,
     platform,
-    two_db_ref,  # noqa: F811
+    two_db_ref,
     old_key,  # noqa: F811
 ):
     """PostgreSQL 16 (an upgrade restore of a 15 image) as a source: compression zstd:1 (or gzip 1
@@ -359,7 +384,7 @@ def test_a_drill_compares_counts_of_tables_with_odd_names_in_an_odd_database(
     cms,
     blob,
     platform,
-    two_db_ref,  # noqa: F811
+    two_db_ref,
 ):
     source = register_running(cms, platform, two_db_ref)
     endpoints = platform.endpoints(two_db_ref)
