@@ -44,6 +44,13 @@ def ready_images_of(images: Iterable[Image], instance_id: uuid.UUID) -> list[Ima
     return sorted(mine, key=lambda i: i.ready_at or i.created_at, reverse=True)
 
 
+def fleet_instances(instances: Iterable[Instance], drills: Iterable[Drill]) -> list[Instance]:
+    """The instances the fleet's windows apply to: not a drill's scratch instance (created by the
+    drill's run, running only until the drill deletes it)."""
+    drill_runs = {d.run_id for d in drills}
+    return [i for i in instances if i.run_id is None or i.run_id not in drill_runs]
+
+
 def backup_freshness(
     instances: Iterable[Instance], images: Iterable[Image], now: datetime, window: timedelta
 ) -> list[InstanceFreshness]:
@@ -61,9 +68,10 @@ def drill_freshness(
     instances: Iterable[Instance], drills: Iterable[Drill], now: datetime, window: timedelta
 ) -> list[InstanceFreshness]:
     """Each instance: did a drill of one of its images restore it within `window`?"""
+    drills = list(drills)
     good = [d for d in drills if d.result in RESTORED]
     report = []
-    for instance in sorted(instances, key=lambda i: i.k8s_name):
+    for instance in sorted(fleet_instances(instances, drills), key=lambda i: i.k8s_name):
         times = [d.started_at for d in good if d.source_instance_id == instance.id]
         report.append(_judge(instance, max(times, default=None), now, window, "successful drill"))
     return report
@@ -136,7 +144,8 @@ def instance_status(
 ) -> list[InstanceStatus]:
     """Each instance's newest image and last drill; out of its windows when its backup or its newest
     successful drill is too old, or when its newest finished drill failed (the image is not restorable)."""
-    instances, images, drills = list(instances), list(images), list(drills)
+    drills = list(drills)
+    instances, images = fleet_instances(instances, drills), list(images)
     backups = {r.instance: r for r in backup_freshness(instances, images, now, backup_window)}
     drilled = {r.instance: r for r in drill_freshness(instances, drills, now, drill_window)}
     rows = []

@@ -54,3 +54,11 @@ def test_status_shows_newest_image_and_last_drill_and_fails_out_of_windows(run, 
     assert code == EXIT_OUT_OF_WINDOWS and "30.0 h old" in out
     monkeypatch.setenv("TOYGRES_BACKUP_FRESHNESS_HOURS", "48")  # the same setting the check uses
     assert run("status")[0] == 0
+
+
+def test_status_with_a_bad_window_setting_exits_2_naming_the_variable(run, monkeypatch):
+    monkeypatch.setenv("TOYGRES_BACKUP_FRESHNESS_HOURS", "abc")
+    code, out, err = run("status")
+    assert code == 2 and out == "", (code, err)
+    assert err.startswith("error: TOYGRES_BACKUP_FRESHNESS_HOURS: 'abc': "), err
+    assert "unexpected" not in err

@@ -13,6 +13,7 @@ from records.freshness import (
     drill_freshness,
     drill_weekday,
     due_drills,
+    fleet_instances,
     offenders,
     previous_ready_image,
     size_anomaly,
@@ -177,3 +178,19 @@ def test_instance_status_is_out_of_windows_for_a_stale_backup_a_stale_drill_or_a
     assert not rows["stale"].in_windows and "newest ready image 40.0 h old" in rows["stale"].problems[0]
     assert not rows["unproven"].in_windows and "successful drill" in rows["unproven"].problems[0]
     assert not rows["broken"].in_windows and rows["broken"].problems == ["newest drill failed: not restorable"]
+
+
+def test_a_drills_scratch_instance_is_no_instance_of_the_fleet_while_the_drill_runs():
+    """The scratch instance a drill restored into is running until the drill deletes it: it has no
+    image or drill of its own and must not put the fleet out of its windows meanwhile."""
+    from records.freshness import instance_status
+
+    good = instance("good")
+    running = drill(good, 0, DrillResult.running)
+    scratch = instance("drill-abc123").model_copy(update={"run_id": running.run_id})
+    drills = [drill(good, 1, DrillResult.passed), running]
+    rows = instance_status([good, scratch], [image(good, 2)], drills, NOW, timedelta(hours=26), timedelta(days=8))
+    assert [r.instance for r in rows] == ["good"] and rows[0].in_windows
+    fleet = fleet_instances([good, scratch], drills)
+    assert fleet == [good]  # what the backups_fresh check judges
+    assert offenders(drill_freshness([good, scratch], drills, NOW, timedelta(days=8))) == []

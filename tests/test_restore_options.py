@@ -243,3 +243,26 @@ def test_an_images_databases_show_their_rows_when_the_manifest_counted_them():
         ("a", 100, "7"),
         (HOSTILE, 200, ""),
     ]
+
+
+# execve refuses any one environment string longer than this (Linux MAX_ARG_STRLEN): the job never starts
+MAX_ENV_STRING = 32 * 4096
+
+
+@pytest.mark.parametrize("databases", [None, ["a"]])
+def test_the_restore_job_env_of_a_parallel_image_with_thousands_of_files_fits_an_environment(databases):
+    big = manifest("a")
+    files = [big.files[0]] + [
+        BackupFile(
+            path=f"databases/001/{4000 + i}.dat.gz",
+            kind="database",
+            database="a",
+            size_bytes=100,
+            sha256=f"{i:064x}",
+            dump_format="directory",
+            archive="databases/001",
+        )
+        for i in range(3000)
+    ]
+    env = restore_job_env(big.model_copy(update={"files": files}), databases)
+    assert all(len(f"{name}={value}".encode()) < MAX_ENV_STRING for name, value in env.items())

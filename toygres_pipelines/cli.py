@@ -47,6 +47,7 @@ from resources.cms import CMSResource
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
 from toygres_pipelines.cli_status import add_status_command
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
+from toygres_pipelines.images.verification import ImageCorrupt
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
 from toygres_pipelines.restores.config import plan_restore
 
@@ -62,6 +63,10 @@ MANUAL_SUFFIX = "manual"
 IMAGES_PAGE_SIZE = 50
 IN_FLIGHT = (RequestState.pending, RequestState.accepted)
 PASSWORD_IGNORED = "a restored instance keeps the source image's password; this one is stored nowhere"
+
+
+class CommandFailed(Exception):
+    """The command cannot do what was asked, for a reason its message gives in full (exit 1)."""
 
 
 class CMSUnavailable(Exception):
@@ -231,7 +236,12 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
         sys.stderr.write(f"warning: --password is ignored: {PASSWORD_IGNORED}\n")
     # Named databases are checked against the image's manifest, so blob storage is read only then.
     blob = blob_from_env().process_config_and_initialize() if fields.databases else None
-    plan = plan_restore(fields, cms, platform_from_env(), blob)
+    try:
+        plan = plan_restore(fields, cms, platform_from_env(), blob)
+    except ImageCorrupt as error:  # the request is refused; the restore run is what marks an image corrupt
+        image = cms.find_image(fields.source_image_id or "")
+        name = image.name if image else fields.source_image_id
+        raise ValidationFailed("source_image_id", f"image {name!r}: its manifest cannot be read: {error}") from error
     for queued in cms.list_restore_requests(IN_FLIGHT):
         if queued.dns_label == fields.dns_label:
             raise ValidationFailed(
@@ -323,7 +333,16 @@ def cmd_show_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> i
     image = cms.find_image(args.show)
     if image is None:
         raise ValidationFailed("image", f"no image with {'id' if parse_uuid(args.show) else 'name'} {args.show!r}")
-    manifest, _ = read_manifest(blob_from_env().process_config_and_initialize(), image.blob_path, image.backup_checksum)
+    try:
+        manifest, _ = read_manifest(
+            blob_from_env().process_config_and_initialize(), image.blob_path, image.backup_checksum
+        )
+    except ImageCorrupt as error:
+        if image.state in (ImageState.creating, ImageState.failed, ImageState.deleted):
+            raise ValidationFailed("image", f"{image.name!r} is {image.state}: it has no manifest to show") from error
+        raise CommandFailed(
+            f"image {image.name!r} is {image.state} but its manifest cannot be read: {error}"
+        ) from error
     databases = database_contents(manifest)
     if args.json:
         print_json({"image": as_json(image), "databases": [d.model_dump() for d in databases]}, out)
@@ -673,6 +692,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return fail(EXIT_INVALID, str(invalid))
     except CMSUnavailable as unavailable:
         return fail(EXIT_CMS, str(unavailable))
+    except CommandFailed as failed:
+        return fail(EXIT_UNEXPECTED, str(failed))
     except psycopg.errors.UndefinedTable:
         return fail(
             EXIT_CMS,

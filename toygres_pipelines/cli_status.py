@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from records import ImageState, InstanceState
+from records import ImageState, InstanceState, ValidationFailed
 from records.freshness import instance_status
 from resources.cms import CMSResource
 from toygres_pipelines.automation.settings import AutomationSettings
@@ -22,7 +22,11 @@ EXIT_OUT_OF_WINDOWS = 4
 def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     from toygres_pipelines.cli import print_json, print_table, when  # cli imports this module
 
-    settings = AutomationSettings.from_env()
+    try:
+        settings = AutomationSettings.from_env()
+    except ValueError as error:  # bad input, not an unexpected error: its message names the variable and the rule
+        variable, _, rule = str(error).partition(": ")
+        raise ValidationFailed(variable, rule) from error
     rows = instance_status(
         cms.list_instances([InstanceState.running]),
         cms.list_images([ImageState.ready]),

@@ -202,7 +202,7 @@ record_directory() {
 # dump_directory_to_blob ARCHIVE DATABASE SNAPSHOT [ON_DISK_BYTES]: pg_dump -Fd -j PARALLEL_JOBS into
 # $work/dirs/ARCHIVE, uploaded to ARCHIVE/ and recorded file by file; the local copy is then removed.
 dump_directory_to_blob() {
-  local archive=$1 database=$2 snapshot=$3 on_disk=${4:-} started=$SECONDS dump upload count
+  local archive=$1 database=$2 snapshot=$3 on_disk=${4:-} started=$SECONDS dump upload count missing
   local label="$archive (database $(shown "$database"))"
   mkdir -p "$work/dirs/$archive.stored"
   log "dumping database $(shown "$database") into $archive/ with pg_dump -Fd -j ${PARALLEL_JOBS} ($(mib "${on_disk:-0}") on disk)"
@@ -219,6 +219,21 @@ dump_directory_to_blob() {
     die "pg_dump of database $(shown "$database") failed"
   fi
   stop_progress
+  # Verification cannot read an encrypted toc.dat (it holds no key): the archive is listed here,
+  # and every table's data file it names must be there (verification's check of a plaintext one)
+  if ! pg_restore --list "$work/dirs/$archive" >"$work/dirs/$archive.list" 2>"$work/dirs/$archive.parse-errors"; then
+    wait "$upload" || true
+    log "ERROR: $archive does not parse as an archive (pg_restore --list of its toc.dat):"
+    redact <"$work/dirs/$archive.parse-errors" | tail -n 5 >&2
+    die "pg_dump of database $(shown "$database") wrote an unreadable archive"
+  fi
+  missing=$(awk '/^[0-9]+; [0-9]+ [0-9]+ TABLE DATA / {print $1 + 0}' "$work/dirs/$archive.list" | while read -r id; do
+    ls "$work/dirs/$archive/$id".dat* >/dev/null 2>&1 || printf '%s ' "$id"
+  done)
+  if [[ -n "$missing" ]]; then
+    wait "$upload" || true
+    die "$archive (database $(shown "$database")): its TOC names data files the dump lacks: ${missing% }"
+  fi
   directory_progress "$label dumped" "$work/dirs/$archive" "$started" "$on_disk"
   wait "$upload" || die "upload of $archive (database $(shown "$database")) failed"
   record_directory "$archive" "$database" || die "recording $archive in the manifest failed"

@@ -7,15 +7,15 @@
 # mismatch exits 3 and removes the data directory: it can never lead to a running instance.
 #
 # Env: VOLUME_PATH (the volume; PGDATA becomes $VOLUME_PATH/pgdata) BLOB_URL (image folder)
-#      MANIFEST_SHA256 (from the CMS row) BACKUP_SHA256SUMS (sha256sum -c lines, from the
-#      verified manifest) POSTGRES_USER (superuser), PGPASSWORD or POSTGRES_PASSWORD_FILE,
+#      MANIFEST_SHA256 (from the CMS row) optional BACKUP_SHA256SUMS (sha256sum -c lines, from the
+#      verified manifest; unset: read from it here) POSTGRES_USER (superuser), PGPASSWORD or POSTGRES_PASSWORD_FILE,
 #      optional RESTORE_JOBS (pg_restore -j; a parallel-mode image: its parallel_jobs),
 #      TRANSFER_STALL_SECONDS (see common.sh),
 #      AGE_IDENTITY_FILE (age private keys, mounted; needed when the manifest says the files are encrypted)
 #      RESTORE_DATABASES (a JSON array of database names: restore only those; unset: all)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore
-: "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}" "${BACKUP_SHA256SUMS:?}" "${POSTGRES_USER:=postgres}"
+: "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}" "${POSTGRES_USER:=postgres}"
 load_secrets
 : "${PGPASSWORD:?the instance password is required}"
 
@@ -80,6 +80,13 @@ restore_progress() {
   log "$1: ${done:-0} of $3 archive items restored in ${elapsed}s"
 }
 
+# Without BACKUP_SHA256SUMS (too long for one environment variable: a parallel image of thousands of
+# tables) the same list comes from the verified manifest: the roles and the chosen databases.
+if [[ -z "${BACKUP_SHA256SUMS:-}" ]]; then
+  BACKUP_SHA256SUMS=$(jq -r --argjson wanted "${RESTORE_DATABASES:-null}" '.files[]
+    | select(.kind != "database" or $wanted == null or (.database as $name | any($wanted[]; . == $name)))
+    | "\(.sha256)  \(.path)"' "$staging/manifest.json") || die "manifest.json lists no files"
+fi
 mapfile -t files < <(printf '%s\n' "$BACKUP_SHA256SUMS" | awk 'NF {print $2}')
 mkdir -p "$socket_dir/hashed"
 

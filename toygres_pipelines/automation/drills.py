@@ -22,6 +22,7 @@ from records.freshness import (
     backup_freshness,
     drill_freshness,
     due_drills,
+    fleet_instances,
     offenders,
 )
 from records.states import ImageState
@@ -153,7 +154,7 @@ def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinit
     )
     def backups_fresh(cms: CMSResource) -> dg.AssetCheckResult:
         report = backup_freshness(
-            cms.list_instances([InstanceState.running]),
+            fleet_instances(cms.list_instances([InstanceState.running]), cms.list_drills()),
             cms.list_images([ImageState.ready]),
             datetime.now(UTC),
             backup_window,

@@ -75,13 +75,22 @@ def restore_job_env(manifest: BackupManifest, databases: list[str] | None) -> di
     """What the restore job downloads and restores: every file, or the roles and the chosen
     databases. The names travel as a JSON array (ASCII, any name exactly; the script reads it with jq)."""
     if databases is None:
-        return {"BACKUP_SHA256SUMS": sha256sums(manifest)}
+        return sums_env(sha256sums(manifest))
     wanted = set(databases)
     files = [f for f in manifest.files if f.kind != "database" or f.database in wanted]
     return {
-        "BACKUP_SHA256SUMS": sha256sums(manifest.model_copy(update={"files": files})),
+        **sums_env(sha256sums(manifest.model_copy(update={"files": files}))),
         "RESTORE_DATABASES": json.dumps(databases, ensure_ascii=True),
     }
+
+
+# Well below the 128 KiB execve allows one environment string: a parallel image of thousands of
+# tables lists more files than that; restore.sh then reads the same list from the verified manifest.
+SUMS_ENV_LIMIT = 64 * 1024
+
+
+def sums_env(sums: str) -> dict[str, str]:
+    return {"BACKUP_SHA256SUMS": sums} if len(sums.encode()) <= SUMS_ENV_LIMIT else {}
 
 
 def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageResource, timeout_seconds: int) -> JobSpec:
