@@ -349,6 +349,32 @@ def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_inst
     assert sorted(dagster_instance.get_dynamic_partitions("images")) == sorted(expected)
 
 
+def test_nightly_schedule_leaves_out_a_running_drills_scratch_instance(cms, blob, dagster_instance, repository_def):
+    source = add_instance(cms, "echo")
+    image = reserve_image(cms, blob, source, "echo__drilled", run_id=None)
+    scratch = cms.create_instance(
+        user_name="drill-echo",
+        k8s_name="drill-echo-x1y2z",
+        namespace="default",
+        postgres_version="15",
+        storage_size_gb=1,
+        use_load_balancer=False,
+        dns_name="drill-run-1",
+        image_type=ImageType.stock,
+        state=InstanceState.running,
+        run_id="drill-run-1",
+    )
+    cms.start_drill(image.id, source.id, "drill-run-1")
+    with dg.build_schedule_context(
+        instance_ref=dagster_instance.get_ref(),
+        scheduled_execution_time=datetime(2026, 3, 15, 2, 0, tzinfo=UTC),
+        resources={"cms": cms, "platform": RULES_ONLY},
+        repository_def=repository_def,
+    ) as context:
+        requests = nightly_backups.evaluate_tick(context).run_requests
+    assert [r.run_key for r in requests] == ["echo__nightly-20260315"], scratch.k8s_name
+
+
 def test_nightly_key_uses_the_date_in_the_schedule_timezone(cms, dagster_instance):
     add_instance(cms, "echo")
     late_evening_utc = datetime(2026, 3, 14, 1, 30, tzinfo=UTC)

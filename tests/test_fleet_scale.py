@@ -54,7 +54,7 @@ def test_the_nightly_tick_reads_the_instances_once_whatever_the_fleet_size(cms, 
     add_running(cms, 6)
     requests = nightly_run_requests(dg.DagsterInstance.ephemeral(), counting, RULES_ONLY, None, "UTC")
     assert len(requests) == 6
-    assert len(CONNECTIONS) == 1
+    assert len(CONNECTIONS) == 2  # the running instances, and the running drills (their scratch instances)
 
 
 def test_the_nightly_tick_asks_the_dagster_instance_nothing_per_partition(cms, monkeypatch):

@@ -15,6 +15,8 @@ import dagster as dg
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 
 from records import Instance, InstanceState, LogSink, ValidationFailed, validate_image_name
+from records.drills import DrillResult
+from records.freshness import fleet_instances
 from records.requests import ImageRequestFields
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
@@ -47,8 +49,10 @@ def nightly_run_requests(
 ) -> list[dg.RunRequest]:
     night = night_of(scheduled, timezone)
     requests = []
-    # One read of the running instances; each is checked by the rules of `running_source`.
-    for source in sorted(cms.list_instances([InstanceState.running]), key=lambda i: i.k8s_name):
+    # One read of the running instances (a running drill's scratch instance is none of the fleet's);
+    # each is checked by the rules of `running_source`.
+    fleet = fleet_instances(cms.list_instances([InstanceState.running]), cms.list_drills(results=[DrillResult.running]))
+    for source in sorted(fleet, key=lambda i: i.k8s_name):
         try:
             check_running_source(platform, source, str(source.id))
         except ValidationFailed as error:
