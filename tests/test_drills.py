@@ -16,10 +16,10 @@ from records import ImageState, InstanceState
 from records.drills import DrillResult
 from resources.platform.postgres_server import postgres_bindir
 from tests.helpers import materialize_image
+from tests.test_restore import restore
 from toygres_pipelines.drills.checks import RESTORABLE_CHECK
 from toygres_pipelines.drills.janitor import settle_abandoned_drills
 from toygres_pipelines.drills.jobs import restore_drill
-from toygres_pipelines.restores.jobs import restore_instance
 from toygres_pipelines.restores.steps import instance_ref
 
 pytestmark = pytest.mark.integration
@@ -196,23 +196,10 @@ def test_the_janitor_deletes_the_scratch_instance_of_a_drill_whose_run_ended_wit
 ):
     """A drill run killed after its scratch instance was running: no hook ran, the row says running."""
     instance = dg.DagsterInstance.ephemeral()
-    restored = restore_instance.execute_in_process(
-        run_config={
-            "ops": {
-                "validate_request": {
-                    "config": {
-                        "name": "drill-killed",
-                        "dns_label": "drill-killed",
-                        "source_image_id": ready_image.name,
-                        "storage_size_gb": 1,
-                        "ready_timeout_seconds": 60,
-                    }
-                }
-            }
-        },
-        resources=resources,
-        instance=instance,
+    restored = restore(
+        resources, instance=instance, name="drill-killed", dns_label="drill-killed", source_image_id=ready_image.name
     )
+    assert restored.success
     scratch = cms.find_instance_by_run(restored.run_id)
     assert scratch.state is InstanceState.running
     cms.start_drill(ready_image.id, ready_image.source_instance_id, restored.run_id)
@@ -232,23 +219,14 @@ def test_the_janitor_deletes_a_scratch_instance_its_finished_drill_could_not_del
 ):
     """The drill ended (its own removal failed, say) but its scratch instance is still there."""
     instance = dg.DagsterInstance.ephemeral()
-    restored = restore_instance.execute_in_process(
-        run_config={
-            "ops": {
-                "validate_request": {
-                    "config": {
-                        "name": "drill-leftover",
-                        "dns_label": "drill-leftover",
-                        "source_image_id": ready_image.name,
-                        "storage_size_gb": 1,
-                        "ready_timeout_seconds": 60,
-                    }
-                }
-            }
-        },
-        resources=resources,
+    restored = restore(
+        resources,
         instance=instance,
+        name="drill-leftover",
+        dns_label="drill-leftover",
+        source_image_id=ready_image.name,
     )
+    assert restored.success
     scratch = cms.find_instance_by_run(restored.run_id)
     row = cms.start_drill(ready_image.id, ready_image.source_instance_id, restored.run_id)
     cms.finish_drill(row.id, DrillResult.failed, "step finish_drill failed: platform unreachable")
@@ -266,23 +244,14 @@ def test_a_canceled_drill_run_is_settled_by_the_run_status_sensor(resources, cms
     from toygres_pipelines.automation import AutomationSettings, build_automation
 
     instance = dg.DagsterInstance.ephemeral()
-    restored = restore_instance.execute_in_process(
-        run_config={
-            "ops": {
-                "validate_request": {
-                    "config": {
-                        "name": "drill-canceled",
-                        "dns_label": "drill-canceled",
-                        "source_image_id": ready_image.name,
-                        "storage_size_gb": 1,
-                        "ready_timeout_seconds": 60,
-                    }
-                }
-            }
-        },
-        resources=resources,
+    restored = restore(
+        resources,
         instance=instance,
+        name="drill-canceled",
+        dns_label="drill-canceled",
+        source_image_id=ready_image.name,
     )
+    assert restored.success
     scratch = cms.find_instance_by_run(restored.run_id)
     cms.start_drill(ready_image.id, ready_image.source_instance_id, restored.run_id)
     run = instance.get_run_by_id(restored.run_id)

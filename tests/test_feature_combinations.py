@@ -12,7 +12,6 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
-from psycopg import sql
 from pydantic import SecretStr
 
 from records import ImageState, InstanceRef, InstanceState
@@ -35,7 +34,7 @@ from tests.test_data_path import (  # noqa: F401 - fixtures
 from tests.test_drills import drill
 from tests.test_encryption import encrypting, old_key  # noqa: F401 - fixture
 from tests.test_restore import assert_cleaned_up, dsn_of, platform_instances, restore
-from tests.test_restore_options_stack import ODD_NAME, TWO_DB_PASSWORD, databases_of
+from tests.test_restore_options_stack import ODD_NAME, TWO_DB_PASSWORD, databases_of, provision_two_databases
 from tests.test_streaming_verification import backup_spec
 from toygres_pipelines.dev.demo import provision_server, register_running
 from toygres_pipelines.images.verification import verify_image
@@ -44,19 +43,7 @@ from toygres_pipelines.images.verification import verify_image
 @pytest.fixture(scope="module")
 def two_db_ref(platform) -> InstanceRef:
     """This module's own server with `alpha` and ODD_NAME (test_restore_options_stack's, under another name)."""
-    ref = InstanceRef(k8s_name="combo-two-dbs", namespace="default")
-    provision_server(platform, ref, SecretStr(TWO_DB_PASSWORD))
-    endpoints = platform.endpoints(ref)
-    admin = psycopg.conninfo.make_conninfo(
-        host=endpoints.host, port=endpoints.port, user="postgres", password=TWO_DB_PASSWORD, dbname="postgres"
-    )
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for name, rows in (("alpha", 3), (ODD_NAME, 2)):
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            with psycopg.connect(psycopg.conninfo.make_conninfo(admin, dbname=name)) as db:
-                db.execute("CREATE TABLE items (id int PRIMARY KEY)")
-                db.execute("INSERT INTO items SELECT generate_series(1, %s)", [rows])
-    return ref
+    return provision_two_databases(platform, InstanceRef(k8s_name="combo-two-dbs", namespace="default"))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,11 @@ TWO_DB_PASSWORD = "two-db-Pw"
 @pytest.fixture(scope="module")
 def two_db_ref(platform) -> InstanceRef:
     """A server holding two databases (`alpha` and ODD_NAME) and a login role."""
-    ref = InstanceRef(k8s_name="two-dbs", namespace="default")
+    return provision_two_databases(platform, InstanceRef(k8s_name="two-dbs", namespace="default"))
+
+
+def provision_two_databases(platform, ref: InstanceRef) -> InstanceRef:
+    """A new server `ref` holding two databases (`alpha` and ODD_NAME) and a login role."""
     provision_server(platform, ref, SecretStr(TWO_DB_PASSWORD))
     endpoints = platform.endpoints(ref)
     admin = psycopg.conninfo.make_conninfo(
