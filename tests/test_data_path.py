@@ -342,6 +342,31 @@ def run_in_thread(platform, spec: JobSpec) -> tuple[threading.Thread, dict]:
     return thread, outcome
 
 
+def temporary_server(pgdata: str) -> tuple[int, str]:
+    """The restore's temporary server on `pgdata`, once it runs: (its pid, its socket directory)."""
+    postmaster, _, argv = wait_for_process(
+        lambda pid, pgid, argv: argv[:1] and argv[0].endswith("postgres") and pgdata in argv, "temporary server"
+    )
+    socket_dir = next(a.split("=", 1)[1] for a in " ".join(argv).split() if a.startswith("unix_socket_directories="))
+    return postmaster, socket_dir
+
+
+def script_running_pg_restore(platform, spec, ref) -> tuple[int, int]:
+    """Once the restore script runs `pg_restore --create`: (the script's pid, the job's process group)."""
+    script_path = str(platform.job_dir(spec.name, ref.namespace) / "scripts" / "restore.sh")
+    # The script's own shell: bash running it whose parent is not one of its subshells.
+    script, job_group, _ = wait_for_process(
+        lambda pid, pgid, argv: argv == ["bash", script_path] and command_line(parent_of(pid)) != argv, "restore.sh"
+    )
+    wait_for_process(
+        lambda pid, pgid, argv: (
+            pgid == job_group and argv[:1] and argv[0].endswith("pg_restore") and "--create" in argv
+        ),
+        "pg_restore --create",
+    )
+    return script, job_group
+
+
 @pytest.mark.parametrize("target", ["process group", "script only"])
 def test_sigterm_during_pg_restore_stops_the_temporary_server_and_removes_temp_dirs(
     resources, cms, blob, platform, small_source, databases_named, target
@@ -365,23 +390,9 @@ def test_sigterm_during_pg_restore_stops_the_temporary_server_and_removes_temp_d
     thread, outcome = run_in_thread(platform, spec)
     postmaster = None
     try:
-        postmaster, _, argv = wait_for_process(
-            lambda pid, pgid, argv: argv[:1] and argv[0].endswith("postgres") and pgdata in argv, "temporary server"
-        )
-        socket_dir = next(
-            a.split("=", 1)[1] for a in " ".join(argv).split() if a.startswith("unix_socket_directories=")
-        )
-        script_path = str(platform.job_dir(spec.name, ref.namespace) / "scripts" / "restore.sh")
-        # The script's own shell: bash running it whose parent is not one of its subshells.
-        script, job_group, _ = wait_for_process(
-            lambda pid, pgid, argv: argv == ["bash", script_path] and command_line(parent_of(pid)) != argv, "restore.sh"
-        )
-        wait_for_process(  # databases are restored in name order: postgres, then slow_restore
-            lambda pid, pgid, argv: (
-                pgid == job_group and argv[:1] and argv[0].endswith("pg_restore") and "--create" in argv
-            ),
-            "pg_restore of slow_restore",
-        )
+        postmaster, socket_dir = temporary_server(pgdata)
+        # databases are restored in name order: postgres, then slow_restore
+        script, job_group = script_running_pg_restore(platform, spec, ref)
         if target == "process group":
             os.killpg(job_group, signal.SIGTERM)
         else:

@@ -19,16 +19,15 @@ from resources.platform.base import JobFailed
 from resources.platform.postgres_server import postgres_bindir
 from tests.helpers import catalogued_image, failure_text, materialize_image, run_logs
 from tests.test_cli_restore_options import run  # noqa: F401 - fixture
-from tests.test_data_path import (  # noqa: F401 - fixtures
+from tests.test_data_path import (
     alive,
-    command_line,
     connect_to_database,
-    parent_of,
     processes,
     restore_spec,
     run_in_thread,
+    script_running_pg_restore,
     server_dsn,
-    wait_for_process,
+    temporary_server,
     wait_until,
 )
 from tests.test_drills import drill
@@ -235,22 +234,8 @@ def test_sigterm_during_an_encrypted_parallel_overlapped_restore_leaves_nothing_
     thread, outcome = run_in_thread(sealed, spec)
     postmaster = None
     try:
-        postmaster, _, argv = wait_for_process(
-            lambda pid, pgid, argv: argv[:1] and argv[0].endswith("postgres") and pgdata in argv, "temporary server"
-        )
-        socket_dir = next(
-            a.split("=", 1)[1] for a in " ".join(argv).split() if a.startswith("unix_socket_directories=")
-        )
-        script_path = str(sealed.job_dir(spec.name, ref.namespace) / "scripts" / "restore.sh")
-        script, job_group, _ = wait_for_process(
-            lambda pid, pgid, argv: argv == ["bash", script_path] and command_line(parent_of(pid)) != argv, "restore.sh"
-        )
-        wait_for_process(
-            lambda pid, pgid, argv: (
-                pgid == job_group and argv[:1] and argv[0].endswith("pg_restore") and "--create" in argv
-            ),
-            "pg_restore of slow_restore",
-        )
+        postmaster, socket_dir = temporary_server(pgdata)
+        script, job_group = script_running_pg_restore(sealed, spec, ref)
         os.kill(script, signal.SIGTERM)
         thread.join(timeout=120)
         assert not thread.is_alive(), "the job is still running after SIGTERM"

@@ -70,6 +70,18 @@ def running_source(cms):
     return cms.transition_instance(instance.id, InstanceState.running, reason="test")
 
 
+def restore_orders_copy(cms, blob, platform, instance: dg.DagsterInstance, **config):
+    """restore_instance into "orders-copy" on `platform`, not raising on failure."""
+    return restore_instance.execute_in_process(
+        run_config={
+            "ops": {"validate_request": {"config": {"name": "orders-copy", "dns_label": "orders-copy", **config}}}
+        },
+        resources={"cms": cms, "blob": blob, "platform": platform},
+        raise_on_error=False,
+        instance=instance,
+    )
+
+
 def test_backup_asset_runs_a_job_and_fails_the_image_whose_blobs_do_not_verify(cms, blob, cluster, k8s, monkeypatch):
     """The Job reports success but nothing reached blob storage: the image must not be ready."""
     source = running_source(cms)
@@ -154,23 +166,8 @@ def test_restore_job_creates_objects_in_order_and_cleans_up_after_a_failed_job(c
     controller = FakeJobController(cluster, NS, f"restore-{target}", attempts, backoff_gap_seconds=0.05).start()
     dagster = dg.DagsterInstance.ephemeral()
     try:
-        result = restore_instance.execute_in_process(
-            run_config={
-                "ops": {
-                    "validate_request": {
-                        "config": {
-                            "name": "orders-copy",
-                            "dns_label": "orders-copy",
-                            "source_image_id": image.name,
-                            "storage_size_gb": 1,  # no namespace: the platform's own
-                        }
-                    }
-                }
-            },
-            resources={"cms": cms, "blob": blob, "platform": k8s},
-            raise_on_error=False,
-            instance=dagster,
-        )
+        # no namespace: the platform's own
+        result = restore_orders_copy(cms, blob, k8s, dagster, source_image_id=image.name, storage_size_gb=1)
     finally:
         controller.stop()
 
@@ -229,22 +226,8 @@ def test_a_restore_the_deployment_cannot_run_fails_before_anything_is_created(
 ):
     image = ready_image(cms, blob)
     platform = make_k8s(cluster, **platform_over)
-    result = restore_instance.execute_in_process(
-        run_config={
-            "ops": {
-                "validate_request": {
-                    "config": {
-                        "name": "orders-copy",
-                        "dns_label": "orders-copy",
-                        "source_image_id": image.name,
-                        **config,
-                    }
-                }
-            }
-        },
-        resources={"cms": cms, "blob": blob, "platform": platform},
-        raise_on_error=False,
-        instance=dg.DagsterInstance.ephemeral(),
+    result = restore_orders_copy(
+        cms, blob, platform, dg.DagsterInstance.ephemeral(), source_image_id=image.name, **config
     )
     assert not result.success and message in failure_text(result), failure_text(result)
     assert cluster.creations() == []
@@ -387,24 +370,15 @@ def test_an_upgrade_restore_runs_the_target_majors_job_image_and_server(cms, blo
     attempts = [PodScript(log="restore: restore complete\n", exit_code=0)]
     controller = FakeJobController(cluster, NS, f"restore-{target}", attempts, backoff_gap_seconds=0.05).start()
     try:
-        restore_instance.execute_in_process(
-            run_config={
-                "ops": {
-                    "validate_request": {
-                        "config": {
-                            "name": "orders-copy",
-                            "dns_label": "orders-copy",
-                            "source_image_id": image.name,
-                            "postgres_version": "17",
-                            "databases": ["orders"],
-                            "ready_timeout_seconds": 5,  # no kubelet runs the server: the run ends there
-                        }
-                    }
-                }
-            },
-            resources={"cms": cms, "blob": blob, "platform": k8s},
-            raise_on_error=False,
-            instance=dg.DagsterInstance.ephemeral(),
+        restore_orders_copy(
+            cms,
+            blob,
+            k8s,
+            dg.DagsterInstance.ephemeral(),
+            source_image_id=image.name,
+            postgres_version="17",
+            databases=["orders"],
+            ready_timeout_seconds=5,  # no kubelet runs the server: the run ends there
         )
     finally:
         controller.stop()
@@ -445,22 +419,8 @@ def test_a_restore_into_a_major_the_deployment_cannot_run_is_refused_before_anyt
 ):
     image = ready_image(cms, blob)
     platform = make_k8s(cluster, **platform_over)
-    result = restore_instance.execute_in_process(
-        run_config={
-            "ops": {
-                "validate_request": {
-                    "config": {
-                        "name": "orders-copy",
-                        "dns_label": "orders-copy",
-                        "source_image_id": image.name,
-                        "postgres_version": "17",
-                    }
-                }
-            }
-        },
-        resources={"cms": cms, "blob": blob, "platform": platform},
-        raise_on_error=False,
-        instance=dg.DagsterInstance.ephemeral(),
+    result = restore_orders_copy(
+        cms, blob, platform, dg.DagsterInstance.ephemeral(), source_image_id=image.name, postgres_version="17"
     )
     assert not result.success and message in failure_text(result), failure_text(result)
     assert cluster.creations() == []
