@@ -71,8 +71,9 @@ def run_requests_of(result) -> list[dg.RunRequest]:
     return list(result.run_requests or [])
 
 
-def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running):
+def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running, **more):
     return cms.create_instance(
+        **more,
         user_name=k8s_name,
         k8s_name=k8s_name,
         namespace="default",
@@ -352,18 +353,7 @@ def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_inst
 def test_nightly_schedule_leaves_out_a_running_drills_scratch_instance(cms, blob, dagster_instance, repository_def):
     source = add_instance(cms, "echo")
     image = reserve_image(cms, blob, source, "echo__drilled", run_id=None)
-    scratch = cms.create_instance(
-        user_name="drill-echo",
-        k8s_name="drill-echo-x1y2z",
-        namespace="default",
-        postgres_version="15",
-        storage_size_gb=1,
-        use_load_balancer=False,
-        dns_name="drill-run-1",
-        image_type=ImageType.stock,
-        state=InstanceState.running,
-        run_id="drill-run-1",
-    )
+    scratch = add_instance(cms, "drill-echo-x1y2z", run_id="drill-run-1")
     cms.start_drill(image.id, source.id, "drill-run-1")
     with dg.build_schedule_context(
         instance_ref=dagster_instance.get_ref(),
