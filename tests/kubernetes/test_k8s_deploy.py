@@ -135,7 +135,13 @@ def test_the_role_grants_exactly_the_calls_the_platform_makes(tmp_path):
             blob_sas=SecretStr("sig=x"),
         )
         restore = JobSpec(
-            kind=JobKind.restore, name="restore-one", script="restore.sh", instance=target, env=env, timeout_seconds=1
+            kind=JobKind.restore,
+            name="restore-one",
+            script="restore.sh",
+            instance=target,
+            env=env,
+            timeout_seconds=1,
+            blob_sas=SecretStr("sig=x"),
         )
 
         platform.ensure_instance_secret(target, SecretStr("pw"))
