@@ -68,7 +68,9 @@ def test_identity_and_binding_fit_the_platform():
     for namespace in (DAGSTER_NS, NS):
         account = one("ServiceAccount", namespace)
         assert account["metadata"]["name"] == platform.service_account_name
-        assert "azure.workload.identity/client-id" in account["metadata"]["annotations"]
+    # Dagster's account holds the Azure identity (it mints the jobs' grants); the Job pods' holds none.
+    assert "azure.workload.identity/client-id" in one("ServiceAccount", DAGSTER_NS)["metadata"]["annotations"]
+    assert "annotations" not in one("ServiceAccount", NS)["metadata"]
     role, binding = one("Role", NS), one("RoleBinding", NS)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
