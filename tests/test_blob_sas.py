@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
+import dagster as dg
 import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobClient, ContainerClient
 from pydantic import SecretStr
 
-from records import BackupManifest, Image, ImageState, ImageType, Instance, InstanceState
+from records import BackupManifest, Image, ImageState, ImageType, Instance, InstanceRef, InstanceState
 from resources.blob import BlobStorageResource
-from resources.platform.base import SCRIPTS_DIR
+from resources.platform.base import SCRIPTS_DIR, JobFailed, JobKind, JobSpec
 from resources.platform.local_tools import azcopy_path
+from tests.helpers import cms_text, dagster_text, failure_text, materialize_image
+from tests.test_restore import restore
 from toygres_pipelines.images.backup import backup_job_spec, image_prefix
 from toygres_pipelines.restores.config import RestorePlan
 from toygres_pipelines.restores.steps import restore_job_spec
@@ -331,3 +335,47 @@ def test_redact_hides_every_form_of_a_grant(blob):
         ).stdout
         assert shown.count("\n") == text.count("\n")
         assert not [s for s in signatures_in(grant) if s in shown], shown
+
+
+# --- through the real jobs ------------------------------------------------------------------------
+
+
+def test_a_single_stream_backup_with_more_databases_than_its_grant_names_is_refused_before_dumping(
+    blob, platform, source
+):
+    """backup.sh checks, right after listing the databases, that its grant names a dump for each."""
+    prefix = f"images/{uuid.uuid4()}"
+    spec = JobSpec(
+        kind=JobKind.backup,
+        name="backup-too-many",
+        script="backup.sh",
+        instance=InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace),
+        env={
+            "BLOB_URL": blob.folder_url(prefix),
+            "IMAGE_NAME": "x",
+            "SOURCE_INSTANCE": source.k8s_name,
+            "SOURCE_NAMESPACE": source.namespace,
+        },
+        blob_sas=blob.write_grant(prefix, ["globals.sql", "manifest.json", "databases/001.dump"], 600),
+    )
+    with pytest.raises(JobFailed) as failed:
+        platform.run_job(spec, lambda _line: None)
+    assert any(
+        "more than this job's blob grant names dumps for: back it up in parallel mode" in line
+        for line in failed.value.result.log_tail
+    ), failed.value.result.log_tail
+    assert not [name for name in blob.list_names(prefix) if name.endswith(".dump")]
+
+
+UNREDACTED_SIGNATURE = re.compile(r"sig=(?!REDACTED)[^&\s\"']+")
+
+
+def test_no_signature_reaches_the_run_logs_or_the_cms_of_a_backup_and_a_restore(resources, cms, source):
+    dagster = dg.DagsterInstance.ephemeral()
+    assert materialize_image(resources, f"{source.k8s_name}__sas", instance=dagster).success
+    image = cms.find_image(f"{source.k8s_name}__sas")
+    result = restore(resources, source_image_id=str(image.id), name="sas-copy", dns_label="sas-copy", instance=dagster)
+    assert result.success, failure_text(result)
+    for text in (dagster_text(dagster), cms_text(cms)):
+        assert not UNREDACTED_SIGNATURE.search(text)
+        assert '"signatures"' not in text
