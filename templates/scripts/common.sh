@@ -54,18 +54,35 @@ load_secrets() {
   fi
   [[ -n "${AZCOPY_SAS_FILE:-}" ]] || die "no blob grant given (AZCOPY_SAS_FILE): no way to reach blob storage"
   [[ -r "$AZCOPY_SAS_FILE" ]] || die "AZCOPY_SAS_FILE ${AZCOPY_SAS_FILE} is not readable"
-  jq -e '.format == 1 and (.signatures | type == "object")' "$AZCOPY_SAS_FILE" >/dev/null 2>&1 \
-    || die "AZCOPY_SAS_FILE ${AZCOPY_SAS_FILE} is not a blob grant (format 1)"
+  load_grant || die "AZCOPY_SAS_FILE ${AZCOPY_SAS_FILE} is not a blob grant (format 1)"
+}
+
+# The grant, read once (a restore of thousands of files looks a name up for each): the shared
+# parameters, each name's signature, a parallel-mode backup's container token. Never exported.
+declare -A GRANT_SIGNATURES=()
+GRANT_QUERY="" GRANT_CONTAINER=""
+load_grant() {
+  local entries i
+  jq -e '.format == 1 and (.query | type == "string") and (.signatures | type == "object")' "$AZCOPY_SAS_FILE" \
+    >/dev/null 2>&1 || return 1
+  GRANT_QUERY=$(jq -r '.query' "$AZCOPY_SAS_FILE") || return 1
+  GRANT_CONTAINER=$(jq -r '.container // empty' "$AZCOPY_SAS_FILE") || return 1
+  mapfile -d '' -t entries < <(jq -j '.signatures | to_entries[] | .key, "\u0000", .value, "\u0000"' "$AZCOPY_SAS_FILE")
+  for ((i = 0; i + 1 < ${#entries[@]}; i += 2)); do GRANT_SIGNATURES[${entries[i]}]=${entries[i + 1]}; done
 }
 
 # blob_url NAME: NAME (relative to BLOB_URL) with the grant's SAS for it: NAME's own blob-level SAS,
 # else the container SAS of a parallel-mode backup's grant. Fails when the grant opens no such name.
 blob_url() {
   local token
-  [[ "/$1/" != *"/../"* && "/$1/" != *"/./"* && "$1" != /* ]] || return 1
-  token=$(jq -r -e --arg name "$1" \
-    'if .signatures[$name] then "\(.query)&sig=\(.signatures[$name])" else (.container // empty) end' \
-    "$AZCOPY_SAS_FILE" 2>/dev/null) || return 1
+  [[ -n "$1" && "/$1/" != *"/../"* && "/$1/" != *"/./"* && "$1" != /* ]] || return 1
+  if [[ -n "${GRANT_SIGNATURES[$1]+set}" ]]; then
+    token="${GRANT_QUERY}&sig=${GRANT_SIGNATURES[$1]}"
+  elif [[ -n "$GRANT_CONTAINER" ]]; then
+    token=$GRANT_CONTAINER
+  else
+    return 1
+  fi
   printf '%s?%s' "${BLOB_URL%/}/$1" "$token"
 }
 
