@@ -45,15 +45,17 @@ from bench.overhead import measure_overhead  # noqa: E402
 from bench.parallel import describe as describe_parallel  # noqa: E402
 from bench.parallel import measure_parallel  # noqa: E402
 from records import InstanceRef  # noqa: E402
+from records.parallel import SINGLE_STREAM  # noqa: E402
 from resources.blob import BlobStorageResource  # noqa: E402
 from resources.platform.base import JobKind, JobSpec  # noqa: E402
 from resources.platform.local import LocalPlatform  # noqa: E402
 from resources.platform.local_tools import azcopy_path  # noqa: E402
 from resources.platform.postgres_server import as_service_user, free_port, give_to_service_user, postgres_bindir  # noqa: E402
 from toygres_pipelines.dev.demo import load_pagila, provision_server, psql  # noqa: E402
-from toygres_pipelines.dev.stack import Azurite, require_tools  # noqa: E402
-from toygres_pipelines.images.backup import CHECK_CHUNK_BYTES, DEFAULT_DUMP_COMPRESSION  # noqa: E402
+from toygres_pipelines.dev.stack import Azurite, container_sas, require_tools  # noqa: E402
+from toygres_pipelines.images.backup import CHECK_CHUNK_BYTES, DEFAULT_DUMP_COMPRESSION, backup_grant  # noqa: E402
 from toygres_pipelines.images.verification import sha256sums, verify_image  # noqa: E402
+from toygres_pipelines.restores.steps import restore_grant  # noqa: E402
 
 PASSWORD = SecretStr("bench-password")
 GZIP_LEVELS = tuple(range(10))
@@ -228,9 +230,8 @@ class Bench:
         self.source = InstanceRef(k8s_name="bench-src", namespace="default")
         self.blob = BlobStorageResource(connection_string=self.azurite.connection_string, container="bench")
         self.blob.ensure_container()
-        sas = self.blob.job_sas("racwdl", timedelta(hours=3))
-        assert sas is not None
-        self.sas = sas
+        # The raw baselines' azcopy only; the jobs get least-privilege grants as the pipelines mint them
+        self.raw_sas = container_sas(self.azurite.connection_string, "bench", "racwdl", timedelta(hours=3))
         self.work = root / "work"
         give_to_service_user(self.work, 0o755)
         self.azcopy = str(self.work / "azcopy")
@@ -255,7 +256,7 @@ class Bench:
         }
 
     def url(self, name: str) -> str:
-        return f"{self.blob.folder_url(name)}?{self.sas.get_secret_value()}"
+        return f"{self.blob.folder_url(name)}?{self.raw_sas}"
 
     def load_source(self) -> None:
         provision_server(self.platform, self.source, PASSWORD)
@@ -328,7 +329,7 @@ class Bench:
                 "SOURCE_NAMESPACE": self.source.namespace,
                 **self.backup_env(),
             },
-            blob_sas=self.sas,
+            blob_sas=backup_grant(self.blob, prefix, 3 * 3600, SINGLE_STREAM),
         )
 
         def backup_and_verify() -> None:
@@ -396,7 +397,7 @@ pg_ctl -D {target}/pgdata -w stop -m fast >/dev/null
                 "BACKUP_SHA256SUMS": sha256sums(manifest),
                 "POSTGRES_USER": "postgres",
             },
-            blob_sas=self.sas,
+            blob_sas=restore_grant(self.blob, prefix, manifest, None, 3 * 3600),
         )
         try:
             if rss is None:
@@ -476,9 +477,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lines["restore_ours"].seconds.append(bench.restore_ours(ours_prefix, restore_rss))
         rss["backup_10x"], rss["restore_10x"] = backup_rss.peak_mib, restore_rss.peak_mib
         context["dump_mib_10x"] = round(bench.blob.read_manifest(ours_prefix)[0].total_bytes / 2**20, 2)
-        encryption = bench_encryption(
-            bench.platform, bench.source, bench.blob, bench.sas, root, args.repeat, bench.backup_env()
-        )
+        encryption = bench_encryption(bench.platform, bench.source, bench.blob, root, args.repeat, bench.backup_env())
         print(encryption.line(), flush=True)
         parallel: dict[str, Any] = {}
         if not args.skip_parallel:

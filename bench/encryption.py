@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from records import InstanceRef
+from records.parallel import SINGLE_STREAM
 from resources.blob import BlobStorageResource
 from resources.platform.base import JobKind, JobSpec
 from resources.platform.local import LocalPlatform
+from toygres_pipelines.images.backup import backup_grant
 from toygres_pipelines.images.verification import verify_image
 
 
@@ -48,9 +48,7 @@ def new_recipient(work_dir: Path) -> str:
     return subprocess.run(["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def _backup(
-    platform: LocalPlatform, source: InstanceRef, blob: BlobStorageResource, sas: SecretStr | None, name: str, env: dict
-) -> float:
+def _backup(platform: LocalPlatform, source: InstanceRef, blob: BlobStorageResource, name: str, env: dict) -> float:
     prefix = f"images/{name}"
     spec = JobSpec(
         kind=JobKind.backup,
@@ -64,7 +62,7 @@ def _backup(
             "SOURCE_NAMESPACE": source.namespace,
             **env,
         },
-        blob_sas=sas,
+        blob_sas=backup_grant(blob, prefix, 3600, SINGLE_STREAM),
     )
     started = time.perf_counter()
     platform.run_job(spec, lambda _line: None)
@@ -76,7 +74,6 @@ def bench_encryption(
     platform: LocalPlatform,
     source: InstanceRef,
     blob: BlobStorageResource,
-    sas: SecretStr | None,
     work_dir: Path,
     repeat: int,
     base_env: dict[str, str] | None = None,
@@ -84,11 +81,9 @@ def bench_encryption(
     recipient = new_recipient(work_dir)
     plain, encrypted = [], []
     for attempt in range(repeat):
-        plain.append(_backup(platform, source, blob, sas, f"bench-plain-{attempt}", dict(base_env or {})))
+        plain.append(_backup(platform, source, blob, f"bench-plain-{attempt}", dict(base_env or {})))
         encrypted.append(
-            _backup(
-                platform, source, blob, sas, f"bench-age-{attempt}", {**(base_env or {}), "AGE_RECIPIENT": recipient}
-            )
+            _backup(platform, source, blob, f"bench-age-{attempt}", {**(base_env or {}), "AGE_RECIPIENT": recipient})
         )
     plain_manifest, _ = blob.read_manifest("images/bench-plain-0")
     encrypted_manifest, _ = blob.read_manifest("images/bench-age-0")

@@ -49,8 +49,14 @@ from resources.platform.postgres_server import (  # noqa: E402
     postgres_bindir,
 )
 from toygres_pipelines.dev.demo import provision_server, psql  # noqa: E402
-from toygres_pipelines.dev.stack import Azurite, require_tools  # noqa: E402
+from toygres_pipelines.dev.stack import (  # noqa: E402
+    Azurite,
+    container_sas,  # noqa: E402
+    require_tools,
+)
+from toygres_pipelines.images.backup import backup_grant  # noqa: E402
 from toygres_pipelines.images.verification import sha256sums, verify_image  # noqa: E402
+from toygres_pipelines.restores.steps import restore_grant  # noqa: E402
 
 PASSWORD = SecretStr("bench-parallel-password")
 DATABASE = "parallel_bench"
@@ -99,7 +105,8 @@ def measure_parallel(
 ) -> dict[str, object]:
     """Seconds (median, min, max) of the raw single stream and of parallel mode, both ways, and
     `parallel_backup_ratio` / `parallel_restore_ratio` (parallel median / raw median)."""
-    sas = blob.job_sas("racwdl", timedelta(hours=2)).get_secret_value()
+    assert blob.connection_string, "the bench runs on Azurite"
+    sas = container_sas(blob.connection_string, blob.container, "racwdl", timedelta(hours=2))  # raw baselines only
     source = InstanceRef(k8s_name=f"bench-par-{tables}t", namespace="default")
     work = root / f"parallel-{tables}t"
     give_to_service_user(work, mode=0o711)
@@ -149,7 +156,7 @@ def measure_parallel(
                     "SOURCE_NAMESPACE": source.namespace,
                     "PARALLEL_JOBS": str(jobs),
                 },
-                blob_sas=SecretStr(sas),
+                blob_sas=backup_grant(blob, prefix, 7200, jobs),
             )
             job_seconds.append(_timed(lambda: platform.run_job(spec, lambda _line: None)))
             verify_seconds.append(_timed(lambda: verify_image(blob, prefix)))
@@ -192,7 +199,7 @@ def measure_parallel(
                     "POSTGRES_USER": "postgres",
                     "RESTORE_JOBS": str(manifest.parallel_jobs),
                 },
-                blob_sas=SecretStr(sas),
+                blob_sas=restore_grant(blob, f"images/parallel-{tables}t-0", manifest, None, 7200),
             )
             parallel_restore.append(_timed(lambda: platform.run_job(spec, lambda _line: None)))
             platform.delete_instance(restored)

@@ -10,18 +10,17 @@ from typing import Any
 
 import dagster as dg
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import (
-    BlobServiceClient,
-    ContainerClient,
-    ContainerSasPermissions,
-    ExponentialRetry,
-    generate_container_sas,
-)
+from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 from pydantic import Field, SecretStr
 
 from records import BackupManifest
+from resources.blob_sas import CREATE_WRITE, READ, SasSigner, mint_grant
 
 MANIFEST_NAME = "manifest.json"
+# Clocks of blob storage and of this process may differ a little: a token starts a bit early.
+SAS_CLOCK_SKEW = timedelta(minutes=5)
+# A job's SAS outlives its timeout by this much: the platform stops the job first (deadline + grace).
+JOB_SAS_MARGIN = timedelta(minutes=10)
 
 
 class BlobUnavailable(RuntimeError):
@@ -31,9 +30,11 @@ class BlobUnavailable(RuntimeError):
 class BlobStorageResource(dg.ConfigurableResource):
     """One container holds every image, each under its own folder `images/<image id>/`.
 
-    With `connection_string` (Azurite, or an account key) job scripts get a short-lived
-    container SAS. With only `account_url` the resource uses DefaultAzureCredential (workload
-    identity on AKS) and job scripts use azcopy's workload login (AZCOPY_AUTO_LOGIN_TYPE=WORKLOAD).
+    With `connection_string` (Azurite, or an account key) the resource signs with the account
+    key; with only `account_url` it uses DefaultAzureCredential (workload identity on AKS) and
+    signs with a user delegation key that identity obtains. Either way a job script gets only a
+    short-lived grant of blob-level SAS for the names it needs (resources/blob_sas.py,
+    docs/security.md), never the deployment's credential.
     """
 
     container: str = Field(default="toygres-images", description="Container holding every image")
@@ -104,21 +105,33 @@ class BlobStorageResource(dg.ConfigurableResource):
         except Exception as error:  # noqa: BLE001 - any transport error means unreachable
             raise BlobUnavailable(f"blob storage at {self.storage_url} is unreachable: {error}") from error
 
-    def job_sas(self, permissions: str, ttl: timedelta) -> SecretStr | None:
-        """A container SAS for a job script, or None where the job uses workload identity."""
-        if not self.connection_string:
-            return None
-        parts = dict(part.split("=", 1) for part in self.connection_string.split(";") if "=" in part)
-        start = datetime.now(UTC) - timedelta(minutes=5)
-        token = generate_container_sas(
-            account_name=parts["AccountName"],
-            container_name=self.container,
-            account_key=parts["AccountKey"],
-            permission=ContainerSasPermissions.from_string(permissions),
-            start=start,
-            expiry=start + ttl,
-        )
-        return SecretStr(token)
+    def _signer(self, start: datetime, expiry: datetime) -> SasSigner:
+        account = self._client.account_name or ""
+        if self.connection_string:
+            parts = dict(part.split("=", 1) for part in self.connection_string.split(";") if "=" in part)
+            return SasSigner(account_name=account, container=self.container, account_key=parts["AccountKey"])
+        # Workload identity: the key is valid for this grant's lifetime only (Azure caps it at 7 days).
+        key = self._client.get_user_delegation_key(key_start_time=start, key_expiry_time=expiry)
+        return SasSigner(account_name=account, container=self.container, delegation_key=key)
+
+    @staticmethod
+    def _window(job_timeout_seconds: int) -> tuple[datetime, datetime]:
+        now = datetime.now(UTC)
+        return now - SAS_CLOCK_SKEW, now + timedelta(seconds=job_timeout_seconds) + JOB_SAS_MARGIN
+
+    def read_grant(self, prefix: str, names: list[str], job_timeout_seconds: int) -> SecretStr:
+        """A restore's grant: read-only blob SAS for exactly these files of the image (relative to
+        its folder), for the job's lifetime; nothing else of the container, no listing."""
+        start, expiry = self._window(job_timeout_seconds)
+        return mint_grant(self._signer(start, expiry), prefix, names, READ, start, expiry)
+
+    def write_grant(self, prefix: str, names: list[str], job_timeout_seconds: int, any_name: bool = False) -> SecretStr:
+        """A backup's grant: create + write blob SAS for these names under the image's folder, no
+        read, list or delete. `any_name` (parallel mode, whose file names nobody knows ahead) adds
+        a container SAS with create + write only: docs/security.md says what that still allows."""
+        start, expiry = self._window(job_timeout_seconds)
+        signer = self._signer(start, expiry)
+        return mint_grant(signer, prefix, names, CREATE_WRITE, start, expiry, CREATE_WRITE if any_name else None)
 
     def list_names(self, prefix: str) -> list[str]:
         return [blob.name for blob in self._container.list_blobs(name_starts_with=prefix.rstrip("/") + "/")]

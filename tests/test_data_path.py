@@ -10,7 +10,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -25,6 +24,7 @@ from tests.helpers import failure_text, materialize_image
 from tests.test_restore import dsn_of, restore
 from toygres_pipelines.dev.demo import provision_server, register_running
 from toygres_pipelines.images.verification import sha256sums
+from toygres_pipelines.restores.steps import restore_grant
 
 pytestmark = pytest.mark.integration
 
@@ -323,7 +323,7 @@ def restore_spec(cms, blob, platform, image, ref: InstanceRef, **env) -> JobSpec
             "POSTGRES_USER": "postgres",
             **env,
         },
-        blob_sas=blob.job_sas("rl", timedelta(hours=1)),
+        blob_sas=restore_grant(blob, image.blob_path, manifest, None, 600),
         timeout_seconds=600,
     )
 

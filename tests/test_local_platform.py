@@ -7,10 +7,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 
 from records import InstanceRef
-from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec
+from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec, PlatformError
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import as_service_user, give_to_service_user
 
@@ -81,3 +82,18 @@ def test_a_job_run_as_the_service_user_may_clean_up_for_longer_than_two_seconds_
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_job_without_a_blob_grant_is_refused_before_anything_runs(tmp_path):
+    """Every job reaches blob storage with its own grant (docs/security.md); none gets a way around it."""
+    tmp_path.chmod(0o711)
+    platform = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path="/bin/true")
+    spec = JobSpec(
+        kind=JobKind.restore,
+        name="restore-x",
+        script="restore.sh",
+        instance=InstanceRef(k8s_name="x", namespace="default"),
+    )
+    with pytest.raises(PlatformError, match="has no blob grant"):
+        platform.run_job(spec, lambda _line: None)
+    assert not platform.job_dir("restore-x", "default").exists()

@@ -5,18 +5,19 @@ bytes differ from the stream never becomes ready."""
 from __future__ import annotations
 
 import tempfile
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from azure.storage.blob import ContainerClient
 
 from records import ImageState, InstanceRef
+from records.parallel import SINGLE_STREAM
 from resources.platform.base import JobFailed, JobKind, JobSpec
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
 from tests.helpers import failure_text, materialize_image
 from toygres_pipelines.images import backup as backup_module
+from toygres_pipelines.images.backup import backup_grant
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ def backup_spec(blob, source, name: str, **env: str) -> JobSpec:
             "SOURCE_NAMESPACE": source.namespace,
             **env,
         },
-        blob_sas=blob.job_sas("racwl", timedelta(hours=1)),
+        blob_sas=backup_grant(blob, f"images/{name}", 3600, SINGLE_STREAM),
     )
 
 

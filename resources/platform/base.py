@@ -33,9 +33,10 @@ class JobSpec(BaseModel):
     Secrets the scripts may need, and how each platform hands them over:
     - the instance password: `instance_secret` names the instance whose Secret holds it.
       Kubernetes: env PGPASSWORD from secretKeyRef. Local: PGPASSFILE (a 0600 pgpass file).
-    - blob access: `blob_sas` (Azurite / account-key SAS). Kubernetes: a per-job Secret,
-      env AZCOPY_SAS via secretKeyRef; when absent,
-      azcopy's non-persisting workload login (env AZCOPY_AUTO_LOGIN_TYPE=WORKLOAD). Local: AZCOPY_SAS_FILE.
+    - blob access: `blob_sas`, the job's grant (resources/blob_sas.py: one blob-level SAS per name
+      the job may touch, minted by the Dagster process with the account key or a user delegation
+      key). Kubernetes: a per-job Secret mounted as the file AZCOPY_SAS_FILE names. Local: a 0600
+      AZCOPY_SAS_FILE. Every job has one: no job holds the deployment's identity.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -45,7 +46,7 @@ class JobSpec(BaseModel):
     script: str = Field(description="File name under templates/scripts/")
     env: dict[str, str] = Field(default_factory=dict)
     instance: InstanceRef = Field(description="The instance the job reads (backup) or writes (restore)")
-    blob_sas: SecretStr | None = None
+    blob_sas: SecretStr | None = Field(default=None, description="The job's blob grant; run_job refuses a job without")
     labels: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: int = 3600
 

@@ -55,6 +55,12 @@ SCRATCH_DIR = "/scratch"
 SCRIPTS_MOUNT = "/scripts"
 AGE_IDENTITY_KEY = "identities"
 AGE_IDENTITY_MOUNT = "/var/run/toygres/age"
+# The job's blob grant (resources/blob_sas.py): its Secret mounted as a file, never an env variable
+# (a parallel image's grant can exceed the 128 KiB one variable may hold).
+BLOB_GRANT_MOUNT = "/var/run/toygres/blob"
+BLOB_GRANT_ENV = "AZCOPY_SAS_FILE"
+# What the API server accepts in one Secret's data.
+SECRET_MAX_BYTES = 1024 * 1024
 
 # Environment variables a JobSpec may never carry as literals: they are secrets.
 SECRET_ENV_NAMES = frozenset({"PGPASSWORD", "AZCOPY_SAS", "POSTGRES_PASSWORD", "PGPASSFILE"})
@@ -398,10 +404,16 @@ def config_map_files(manifest: Manifest) -> dict[str, bytes]:
     return files
 
 
-def job_secret(spec: JobSpec, sas: str) -> Manifest:
+def job_secret(spec: JobSpec, grant: str) -> Manifest:
+    """The job's blob grant as its own Secret (mounted by `job`, deleted with the Job)."""
+    if len(grant.encode()) > SECRET_MAX_BYTES:
+        raise ManifestError(
+            f"job {spec.name}: its blob grant takes {len(grant.encode())} bytes, more than one Secret holds"
+            f" ({SECRET_MAX_BYTES}): the image has too many files for one restore job"
+        )
     labels = {TOYGRES_JOB_LABEL: spec.name, TOYGRES_INSTANCE_LABEL: spec.instance.k8s_name}
     manifest = _meta(load_template("job-secret.yaml"), job_secret_name(spec.name), spec.instance.namespace, labels)
-    manifest["data"] = {SAS_KEY: _b64(sas.removeprefix("?"))}
+    manifest["data"] = {SAS_KEY: _b64(grant)}
     return manifest
 
 
@@ -413,7 +425,7 @@ def _env_secret(name: str, secret: str, key: str) -> Manifest:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def job_env(spec: JobSpec, settings: ManifestSettings, has_sas: bool) -> list[Manifest]:
+def job_env(spec: JobSpec, settings: ManifestSettings) -> list[Manifest]:
     """The job container's environment: JobSpec.env plus what only the platform knows."""
     leaked = SECRET_ENV_NAMES & set(spec.env)
     if leaked:
@@ -427,11 +439,8 @@ def job_env(spec: JobSpec, settings: ManifestSettings, has_sas: bool) -> list[Ma
         "AZCOPY_JOB_PLAN_LOCATION": f"{SCRATCH_DIR}/azcopy-plans",
         "TOYGRES_JOB": spec.name,
         **spec.env,
+        BLOB_GRANT_ENV: f"{BLOB_GRANT_MOUNT}/{SAS_KEY}",
     }
-    if not has_sas:
-        # azcopy's non-persisting workload-identity login: `azcopy login` would store its token
-        # in the kernel keyring, which RuntimeDefault seccomp forbids (keyctl/add_key).
-        values["AZCOPY_AUTO_LOGIN_TYPE"] = "WORKLOAD"
     instance = spec.instance
     if spec.kind is JobKind.backup:
         values |= {
@@ -447,8 +456,6 @@ def job_env(spec: JobSpec, settings: ManifestSettings, has_sas: bool) -> list[Ma
         }
     env = [_env_value(name, value) for name, value in values.items()]
     env.append(_env_secret("PGPASSWORD", instance_secret_name(instance), PASSWORD_KEY))
-    if has_sas:
-        env.append(_env_secret("AZCOPY_SAS", job_secret_name(spec.name), SAS_KEY))
     return env
 
 
@@ -507,7 +514,7 @@ def job_resources(spec: JobSpec, settings: ManifestSettings) -> dict[str, dict[s
     return resources
 
 
-def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str, has_sas: bool) -> Manifest:
+def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str) -> Manifest:
     check_dns_label(spec.name, "job name")
     check_instance(spec.instance)
     if "/" in spec.script or not spec.script.endswith(".sh"):
@@ -524,17 +531,16 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str,
     job_spec["activeDeadlineSeconds"] = spec.timeout_seconds
     pod_meta = job_spec["template"]["metadata"]
     pod_meta["labels"].update(labels)
-    if settings.workload_identity:
-        pod_meta["labels"][WORKLOAD_IDENTITY_LABEL] = "true"
-    else:
-        pod_meta["labels"].pop(WORKLOAD_IDENTITY_LABEL, None)
+    # No job holds the deployment's identity: its grant is all it reaches blob storage with, so the
+    # webhook must not inject the identity's token (docs/security.md, "Blob storage access").
+    pod_meta["labels"].pop(WORKLOAD_IDENTITY_LABEL, None)
     pod = job_spec["template"]["spec"]
     pod["serviceAccountName"] = settings.service_account_name
     _security_context(pod, settings)
     if settings.job_image_pull_secret:
         pod["imagePullSecrets"] = [{"name": settings.job_image_pull_secret}]
     container = pod["containers"][0]
-    container["env"] = job_env(spec, settings, has_sas)
+    container["env"] = job_env(spec, settings)
     container["image"] = job_image(spec, settings)
     container["command"] = ["bash", f"{SCRIPTS_MOUNT}/{spec.script}"]
     container["resources"] = job_resources(spec, settings)
@@ -548,9 +554,22 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str,
             volume["persistentVolumeClaim"]["claimName"] = volume_name(spec.instance)
         elif volume["name"] == "scratch" and settings.scratch_size_limit:
             volume["emptyDir"] = {"sizeLimit": settings.scratch_size_limit}
+    mount_blob_grant(pod, job_secret_name(spec.name))
     if spec.kind is JobKind.restore and settings.age_identity_secret:
         mount_age_identities(pod, settings.age_identity_secret)
     return manifest
+
+
+def mount_blob_grant(pod: Manifest, secret_name: str) -> None:
+    """The job's blob grant, read-only, as the file AZCOPY_SAS_FILE names."""
+    pod["volumes"].append(
+        {
+            "name": "blob-grant",
+            # 0440: the job's group (fsGroup) reads it, nobody writes it
+            "secret": {"secretName": secret_name, "items": [{"key": SAS_KEY, "path": SAS_KEY}], "defaultMode": 0o440},
+        }
+    )
+    pod["containers"][0]["volumeMounts"].append({"name": "blob-grant", "mountPath": BLOB_GRANT_MOUNT, "readOnly": True})
 
 
 def mount_age_identities(pod: Manifest, secret_name: str) -> None:

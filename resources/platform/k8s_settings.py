@@ -69,7 +69,6 @@ class ManifestSettings(BaseModel):
     scratch_size_limit: str | None = Field(default=None, description="sizeLimit of the job's scratch emptyDir")
     backoff_limit: int = Field(default=2, description="Job backoffLimit: pod retries before the Job fails")
     job_ttl_seconds: int = Field(default=86400, description="Job ttlSecondsAfterFinished")
-    workload_identity: bool = Field(default=True, description="Label job pods azure.workload.identity/use=true")
     age_identity_secret: str | None = Field(
         default=None,
         description="Secret (key `identities`: one or more age private keys) in each instance namespace, mounted "

@@ -13,7 +13,7 @@ StatefulSets behind a Service, passwords live in Secrets.
     (`resolve_namespace`, at request time).
     job <JobSpec.name> in the instance's namespace (image: job_images[POSTGRES_VERSION]):
       ConfigMap   toygres-job-scripts-<hash>  (templates/scripts/*, byte for byte, immutable)
-      Secret      <job>-sas           (only when JobSpec.blob_sas is set; deleted with the job)
+      Secret      <job>-sas           (the job's blob grant, JobSpec.blob_sas, mounted as a file; deleted with the job)
       Job         <job>               (bash /scripts/<JobSpec.script>)
 
 Manifests come from `templates/*.yaml` via `k8s_manifests` (objects, never text substitution).
@@ -42,6 +42,7 @@ from kubernetes.client import ApiException
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from records import Endpoints, ImageType, InstanceRef, JobResult, ValidationFailed, validate_dns_label
+from resources.blob_sas import grant_secrets
 from resources.platform import k8s_manifests as m
 from resources.platform.base import (
     DeploySpec,
@@ -292,23 +293,25 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
 
     def run_job(self, spec: JobSpec, log: LogSink) -> JobResult:
         namespace, name = spec.instance.namespace, spec.name
-        sas = spec.blob_sas.get_secret_value() if spec.blob_sas is not None else None
+        if spec.blob_sas is None:
+            raise PlatformError(f"job {name} has no blob grant: a job reaches blob storage through its grant only")
+        grant = spec.blob_sas.get_secret_value()
         try:
             scripts_name = m.scripts_config_map(namespace)["metadata"]["name"]
-            manifest = m.job(spec, self.settings(), scripts_name, has_sas=sas is not None)
+            manifest = m.job(spec, self.settings(), scripts_name)
+            secret = m.job_secret(spec, grant)
         except m.ManifestError as error:
             raise PlatformError(str(error)) from error
-        sink = PodLogCollector(log, self.log_tail_lines, secrets=[sas] if sas else [])
+        sink = PodLogCollector(log, self.log_tail_lines, secrets=grant_secrets(spec.blob_sas))
 
         self.ensure_scripts_config_map(namespace)
-        if sas is not None:
-            self._ensure_job_secret(spec, sas)
+        self._ensure_job_secret(spec, secret)
         job, created = self._create_or_adopt(
             "job", manifest, self._batch.create_namespaced_job, self._batch.read_namespaced_job
         )
         if not created:
             sink.note(f"job {name} already exists (an earlier attempt of this run): following it")
-        if sas is not None and job.metadata is not None and job.metadata.uid:
+        if job.metadata is not None and job.metadata.uid:
             self._own_job_secret(spec, job.metadata.uid)
 
         finished = False
@@ -319,12 +322,9 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             if not finished:
                 # Timed out, or the run is being terminated: take the job (and its pod) down.
                 self._cleanup(lambda: self._delete("job", self._batch.delete_namespaced_job, name, namespace))
-            if sas is not None:
-                self._cleanup(
-                    lambda: self._delete(
-                        "secret", self._core.delete_namespaced_secret, m.job_secret_name(name), namespace
-                    )
-                )
+            self._cleanup(
+                lambda: self._delete("secret", self._core.delete_namespaced_secret, m.job_secret_name(name), namespace)
+            )
         if not result.succeeded:
             raise JobFailed(result)
         return result
@@ -337,8 +337,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         except Exception:  # noqa: BLE001
             logger.exception("cleanup failed")
 
-    def _ensure_job_secret(self, spec: JobSpec, sas: str) -> None:
-        body = m.job_secret(spec, sas)
+    def _ensure_job_secret(self, spec: JobSpec, body: dict[str, Any]) -> None:
         existing, created = self._create_or_adopt(
             "secret", body, self._core.create_namespaced_secret, self._core.read_namespaced_secret
         )

@@ -230,6 +230,8 @@ class LocalPlatform(PlatformResource):
         return job_dir
 
     def run_job(self, spec: JobSpec, log: LogSink) -> JobResult:
+        if spec.blob_sas is None:
+            raise PlatformError(f"job {spec.name} has no blob grant: a job reaches blob storage through its grant only")
         job_dir = self._fresh_job_dir(spec)
         env = self._job_env(spec, job_dir)
         argv = as_service_user(["bash", str(job_dir / "scripts" / spec.script)], env)

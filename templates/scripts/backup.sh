@@ -308,6 +308,10 @@ psql -w -X -At -0 -c "SELECT pg_database_size(oid) FROM pg_database WHERE datall
   ORDER BY datname" >"$work/database-sizes" || die "cannot read the database sizes of ${SOURCE_INSTANCE}"
 mapfile -d '' -t sizes <"$work/database-sizes"
 log "${#databases[@]} database(s) to dump, $(mib "$(IFS=+; echo $((${sizes[*]:-0})))") on disk in all"
+# A single-stream backup's grant names each dump ahead (resources/blob_sas.py): refuse, before any
+# dump, an instance with more databases than it names.
+blob_url "$(printf 'databases/%03d.dump' "${#databases[@]}")" >/dev/null \
+  || die "${SOURCE_INSTANCE} has ${#databases[@]} databases, more than this job's blob grant names dumps for: back it up in parallel mode (parallel_jobs 2 or more)"
 index=0
 for database in "${databases[@]}"; do
   index=$((index + 1))

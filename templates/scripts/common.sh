@@ -4,11 +4,11 @@
 #
 # Secrets arrive by reference, never as literals in the job spec:
 #   PGPASSWORD          (Kubernetes: secretKeyRef)   or POSTGRES_PASSWORD_FILE (local: 0600 file)
-#   AZCOPY_SAS          (Kubernetes: secretKeyRef)   or AZCOPY_SAS_FILE        (local: 0600 file)
-#   neither SAS form    -> AZCOPY_AUTO_LOGIN_TYPE=WORKLOAD (Kubernetes: set in the Job env): azcopy
-#                          authenticates each command with the pod's workload identity and keeps no
-#                          token. Never `azcopy login`: it stores its token in the kernel keyring,
-#                          which RuntimeDefault seccomp forbids. Never `--identity` either.
+#   AZCOPY_SAS_FILE     the job's blob grant (local: a 0600 file; Kubernetes: the per-job Secret
+#                       mounted as a file): JSON from resources/blob_sas.py holding one blob-level
+#                       SAS per name the job may touch (docs/security.md). blob_url picks the one of
+#                       the name it is given. No job holds the deployment's identity: never
+#                       `azcopy login`, never `--identity`, no AZCOPY_AUTO_LOGIN_TYPE.
 #
 # Exit code 3 means "checksum mismatch" and nothing else: the Kubernetes Jobs' podFailurePolicy
 # fails the Job at once on it (no retry can fix wrong bytes). Use another code for anything else.
@@ -38,8 +38,12 @@ stop_background_steps() {
 log() { printf '%s %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${TOYGRES_JOB:-job}" "$*"; }
 die() { log "ERROR: $*"; exit "${2:-1}"; }
 
-# Anything an external tool prints goes through here: a SAS signature never reaches a log.
-redact() { sed -u -E 's/(sig|se|sp|sv|st|spr|srt|ss|sr|skoid|sktid|skt|ske|sks|skv|saoid|suoid|scid)=[^&[:space:]"]*/\1=REDACTED/g'; }
+# Anything an external tool prints goes through here: a SAS signature never reaches a log, neither
+# in a URL's query nor as the grant file's JSON (its signatures, its container token).
+redact() {
+  sed -u -E -e 's/(sig|se|sp|sv|st|spr|srt|ss|sr|skoid|sktid|skt|ske|sks|skv|saoid|suoid|scid)=[^&[:space:]"]*/\1=REDACTED/g' \
+    -e 's/("signatures"[[:space:]]*:[[:space:]]*\{)[^}]*/\1"REDACTED":""/g' -e 's/("container"[[:space:]]*:[[:space:]]*")[^"]*/\1REDACTED/g'
+}
 
 load_secrets() {
   if [[ -n "${POSTGRES_PASSWORD_FILE:-}" ]]; then
@@ -48,40 +52,52 @@ load_secrets() {
     IFS= read -r -d '' PGPASSWORD <"$POSTGRES_PASSWORD_FILE" || true
     export PGPASSWORD
   fi
-  if [[ -n "${AZCOPY_SAS_FILE:-}" ]]; then
-    AZCOPY_SAS="$(<"$AZCOPY_SAS_FILE")"
-  fi
-  AZCOPY_SAS="${AZCOPY_SAS:-}"
-  AZCOPY_SAS="${AZCOPY_SAS#\?}"
-  if [[ -z "$AZCOPY_SAS" ]]; then
-    [[ "${AZCOPY_AUTO_LOGIN_TYPE:-}" == WORKLOAD ]] \
-      || die "no SAS given and AZCOPY_AUTO_LOGIN_TYPE is not WORKLOAD: no way to reach blob storage"
-    export AZCOPY_AUTO_LOGIN_TYPE
-    log "no SAS given: azcopy uses the pod's workload identity (AZCOPY_AUTO_LOGIN_TYPE=WORKLOAD)"
-  fi
+  [[ -n "${AZCOPY_SAS_FILE:-}" ]] || die "no blob grant given (AZCOPY_SAS_FILE): no way to reach blob storage"
+  [[ -r "$AZCOPY_SAS_FILE" ]] || die "AZCOPY_SAS_FILE ${AZCOPY_SAS_FILE} is not readable"
+  load_grant || die "AZCOPY_SAS_FILE ${AZCOPY_SAS_FILE} is not a blob grant (format 1)"
 }
 
-blob_url() { # $1: blob name relative to BLOB_URL
-  local url="${BLOB_URL%/}/$1"
-  if [[ -n "$AZCOPY_SAS" ]]; then url+="?$AZCOPY_SAS"; fi
-  printf '%s' "$url"
+# The grant, read once (a restore of thousands of files looks a name up for each): the shared
+# parameters, each name's signature, a parallel-mode backup's container token. Never exported.
+declare -A GRANT_SIGNATURES=()
+GRANT_QUERY="" GRANT_CONTAINER=""
+load_grant() {
+  local entries i
+  jq -e '.format == 1 and (.query | type == "string") and (.signatures | type == "object")' "$AZCOPY_SAS_FILE" \
+    >/dev/null 2>&1 || return 1
+  GRANT_QUERY=$(jq -r '.query' "$AZCOPY_SAS_FILE") || return 1
+  GRANT_CONTAINER=$(jq -r '.container // empty' "$AZCOPY_SAS_FILE") || return 1
+  mapfile -d '' -t entries < <(jq -j '.signatures | to_entries[] | .key, "\u0000", .value, "\u0000"' "$AZCOPY_SAS_FILE")
+  for ((i = 0; i + 1 < ${#entries[@]}; i += 2)); do GRANT_SIGNATURES[${entries[i]}]=${entries[i + 1]}; done
+}
+
+# blob_url NAME: NAME (relative to BLOB_URL) with the grant's SAS for it: NAME's own blob-level SAS,
+# else the container SAS of a parallel-mode backup's grant. Fails when the grant opens no such name.
+blob_url() {
+  local token
+  [[ -n "$1" && "/$1/" != *"/../"* && "/$1/" != *"/./"* && "$1" != /* ]] || return 1
+  if [[ -n "${GRANT_SIGNATURES[$1]+set}" ]]; then
+    token="${GRANT_QUERY}&sig=${GRANT_SIGNATURES[$1]}"
+  elif [[ -n "$GRANT_CONTAINER" ]]; then
+    token=$GRANT_CONTAINER
+  else
+    return 1
+  fi
+  printf '%s?%s' "${BLOB_URL%/}/$1" "$token"
 }
 
 # --- transfers under a stall watchdog ----------------------------------------------------------
 # azcopy waits on a frozen blob storage for as long as the job may run. A transfer fails instead
 # after TRANSFER_STALL_SECONDS (default 180) without progress: neither a downloaded file growing
-# nor blob storage answering a listing probe. (An upload has no outside measure of its bytes
+# nor blob storage answering a probe. (An upload has no outside measure of its bytes
 # on the wire: azcopy buffers its input. A source that is merely slow, pg_dump waiting on a
 # lock, leaves blob storage answering the probe, so it never counts as a stall.)
 STALL_MESSAGE="blob storage unreachable"
 
+# The probe carries no credential: any HTTP answer (403 and 404 included) shows blob storage is
+# there, so it needs no permission a job lacks (a restore cannot list, a backup cannot read).
 probe_blob_storage() { # $1: seconds to wait for an answer
-  local logs status=0
-  logs=$(mktemp -d "${TMPDIR:-/tmp}/toygres-probe.XXXXXX")
-  AZCOPY_LOG_LOCATION="$logs" AZCOPY_JOB_PLAN_LOCATION="$logs" timeout -k 2 "$1" \
-    azcopy list "${BLOB_URL%/}${AZCOPY_SAS:+?$AZCOPY_SAS}" --location=Blob --output-level=quiet >/dev/null 2>&1 || status=$?
-  rm -rf "$logs"
-  return "$status"
+  timeout -k 2 "$1" curl --silent --head --output /dev/null --max-time "$1" "${BLOB_URL%/}/" >/dev/null 2>&1
 }
 
 file_size() { stat -c %s "$1" 2>/dev/null || true; }
@@ -136,9 +152,10 @@ azcopy_watched() {
 }
 
 upload_stdin() { # $1: blob name; stdin: the bytes (a pipe: azcopy refuses a redirected file)
-  local output status=0
+  local output url status=0
+  url=$(blob_url "$1") || { log "ERROR: this job's blob grant opens no $(shown "$1")"; return 1; }
   output=$(mktemp "${TMPDIR:-/tmp}/toygres-azcopy.XXXXXX")
-  azcopy_watched "$output" "$output.err" copy "$(blob_url "$1")" --from-to=PipeBlob \
+  azcopy_watched "$output" "$output.err" copy "$url" --from-to=PipeBlob \
     --log-level=ERROR --output-level=essential || status=$?
   if ((status == 124)); then
     log "ERROR: ${STALL_MESSAGE} while uploading $1"
@@ -151,8 +168,9 @@ upload_stdin() { # $1: blob name; stdin: the bytes (a pipe: azcopy refuses a red
 }
 
 download_file() { # $1: blob name, $2: local path (BlobPipe: much faster start than BlobLocal)
-  local status=0
-  azcopy_watched "$2" /dev/null copy "$(blob_url "$1")" --from-to=BlobPipe --log-level=ERROR --output-level=quiet \
+  local url status=0
+  url=$(blob_url "$1") || { log "ERROR: this job's blob grant opens no $(shown "$1")"; return 1; }
+  azcopy_watched "$2" /dev/null copy "$url" --from-to=BlobPipe --log-level=ERROR --output-level=quiet \
     </dev/null || status=$?
   if ((status == 124)); then
     log "ERROR: ${STALL_MESSAGE} while downloading $1"

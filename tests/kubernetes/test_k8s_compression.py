@@ -66,7 +66,7 @@ def test_backup_job_of_a_16_plus_source_dumps_with_zstd_on_that_majors_image(maj
     blob = BlobStorageResource(connection_string=AZURITE)
     spec = backup_job_spec(image, source, blob, timeout_seconds=3600)
     platform = KubernetesPlatform(job_images=JOB_IMAGES)
-    job = m.job(spec, platform.settings(), "toygres-scripts", has_sas=True)
+    job = m.job(spec, platform.settings(), "toygres-scripts")
     for version in ("1.30", "1.33"):
         kubernetes_validate.validate(job, version, strict=True)
     container = job["spec"]["template"]["spec"]["containers"][0]

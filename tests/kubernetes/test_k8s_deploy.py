@@ -68,7 +68,9 @@ def test_identity_and_binding_fit_the_platform():
     for namespace in (DAGSTER_NS, NS):
         account = one("ServiceAccount", namespace)
         assert account["metadata"]["name"] == platform.service_account_name
-        assert "azure.workload.identity/client-id" in account["metadata"]["annotations"]
+    # Dagster's account holds the Azure identity (it mints the jobs' grants); the Job pods' holds none.
+    assert "azure.workload.identity/client-id" in one("ServiceAccount", DAGSTER_NS)["metadata"]["annotations"]
+    assert "annotations" not in one("ServiceAccount", NS)["metadata"]
     role, binding = one("Role", NS), one("RoleBinding", NS)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -135,7 +137,13 @@ def test_the_role_grants_exactly_the_calls_the_platform_makes(tmp_path):
             blob_sas=SecretStr("sig=x"),
         )
         restore = JobSpec(
-            kind=JobKind.restore, name="restore-one", script="restore.sh", instance=target, env=env, timeout_seconds=1
+            kind=JobKind.restore,
+            name="restore-one",
+            script="restore.sh",
+            instance=target,
+            env=env,
+            timeout_seconds=1,
+            blob_sas=SecretStr("sig=x"),
         )
 
         platform.ensure_instance_secret(target, SecretStr("pw"))

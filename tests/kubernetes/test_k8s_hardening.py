@@ -67,18 +67,23 @@ def env_of(manifest: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container(manifest)["env"]}
 
 
-# --- azcopy without `azcopy login` -----------------------------------------------------------
+# --- azcopy without `azcopy login`, job pods without the deployment's identity ------------------
+
+# A job's blob grant (resources/blob_sas.py) opening the one blob `x`
+GRANT_QUERY = "se=2030-01-01T00%3A00%3A00Z&sp=r&sv=2026-10-06&sr=b"
+GRANT = f'{{"format":1,"query":"{GRANT_QUERY}","signatures":{{"x":"s1g%2B%3D"}}}}'
 
 
 @pytest.mark.parametrize("kind", list(JobKind))
-def test_jobs_without_sas_use_azcopys_non_persisting_workload_login(kind):
-    settings = platform().settings()
-    spec = job_spec(kind, INSTANCE)
-    job = m.job(spec, settings, "scripts", has_sas=False)
+def test_no_job_pod_carries_the_deployments_workload_identity(kind):
+    """Jobs reach blob storage with their grant only: no workload identity label (the webhook would
+    inject the identity's token into every container), no azcopy auto-login."""
+    job = m.job(job_spec(kind, INSTANCE, GRANT), platform().settings(), "scripts")
     validate(job)
-    assert env_of(job)["AZCOPY_AUTO_LOGIN_TYPE"] == {"name": "AZCOPY_AUTO_LOGIN_TYPE", "value": "WORKLOAD"}
-    with_sas = m.job(job_spec(kind, INSTANCE, "sv=1&sig=x"), settings, "scripts", has_sas=True)
-    assert "AZCOPY_AUTO_LOGIN_TYPE" not in env_of(with_sas), "a SAS job must not try workload identity"
+    assert "azure.workload.identity/use" not in job["spec"]["template"]["metadata"]["labels"]
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert "AZCOPY_AUTO_LOGIN_TYPE" not in env_of(job)
+    assert env_of(job)["AZCOPY_SAS_FILE"] == {"name": "AZCOPY_SAS_FILE", "value": "/var/run/toygres/blob/sas"}
 
 
 def run_common(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, list[str]]:
@@ -96,25 +101,30 @@ def run_common(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Complete
 
 
 def test_the_job_environment_never_calls_azcopy_login_on_kubernetes(tmp_path):
-    job = m.job(job_spec(JobKind.backup, INSTANCE), platform().settings(), "scripts", has_sas=False)
+    job = m.job(job_spec(JobKind.backup, INSTANCE, GRANT), platform().settings(), "scripts")
     literals = {name: e["value"] for name, e in env_of(job).items() if "value" in e}
     literals["PGPASSWORD"] = "from-the-secret"
+    grant = tmp_path / "grant"  # where the pod has its Secret mounted
+    grant.write_text(GRANT)
+    literals["AZCOPY_SAS_FILE"] = str(grant)
     result, calls = run_common(tmp_path, {k: v for k, v in literals.items() if k not in ("HOME", "TMPDIR")})
     assert result.returncode == 0, result.stderr
     assert calls, "azcopy was not called at all"
     assert not [c for c in calls if c.split()[0] == "login"], calls
     assert not [c for c in calls if "--identity" in c], "the documented rule: never --identity"
-    assert all(c.endswith("|auto=WORKLOAD") for c in calls), calls
+    assert all(c.endswith("|auto=") for c in calls), calls
 
 
-def test_no_sas_and_no_auto_login_is_a_clear_error_not_a_login(tmp_path):
-    result, calls = run_common(tmp_path, {"BLOB_URL": "https://a.blob.core.windows.net/c/p"})
+def test_no_grant_is_a_clear_error_not_a_login(tmp_path):
+    result, calls = run_common(
+        tmp_path, {"BLOB_URL": "https://a.blob.core.windows.net/c/p", "AZCOPY_AUTO_LOGIN_TYPE": "WORKLOAD"}
+    )
     assert result.returncode != 0
-    assert "AZCOPY_AUTO_LOGIN_TYPE" in result.stdout + result.stderr
+    assert "no blob grant given (AZCOPY_SAS_FILE)" in result.stdout + result.stderr
     assert calls == []
 
 
-def test_the_local_platform_keeps_using_the_sas(tmp_path):
+def test_the_local_platform_hands_the_grant_over_as_a_private_file(tmp_path):
     tmp_path.chmod(0o711)
     local = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path="/bin/true")
     spec = JobSpec(
@@ -122,13 +132,17 @@ def test_the_local_platform_keeps_using_the_sas(tmp_path):
         name="restore-x",
         script="restore.sh",
         instance=InstanceRef(k8s_name="x", namespace="default"),
-        blob_sas=SecretStr("sv=1&sig=s"),
+        blob_sas=SecretStr(GRANT),
     )
     env = local._job_env(spec, local._fresh_job_dir(spec))
     assert "AZCOPY_AUTO_LOGIN_TYPE" not in env and env["AZCOPY_SAS_FILE"]
     result, calls = run_common(tmp_path, {"AZCOPY_SAS_FILE": env["AZCOPY_SAS_FILE"], "BLOB_URL": "https://b/c"})
     assert result.returncode == 0, result.stderr
-    assert calls and calls[0].startswith("copy https://b/c/x?sv=1&sig=s ") and calls[0].endswith("|auto="), calls
+    assert (
+        calls
+        and calls[0].startswith(f"copy https://b/c/x?{GRANT_QUERY}&sig=s1g%2B%3D ")
+        and calls[0].endswith("|auto=")
+    ), calls
 
 
 # --- namespaces -------------------------------------------------------------------------------
@@ -178,14 +192,14 @@ def test_job_image_follows_the_major_and_a_missing_one_is_an_error(kind):
     settings = KubernetesPlatform(job_images={"16": f"acr.io/job16@{DIGEST}"}).settings()
     spec = job_spec(kind, INSTANCE)
     spec = spec.model_copy(update={"env": {**spec.env, "POSTGRES_VERSION": "16"}})
-    assert container(m.job(spec, settings, "s", False))["image"] == f"acr.io/job16@{DIGEST}"
+    assert container(m.job(spec, settings, "s"))["image"] == f"acr.io/job16@{DIGEST}"
     for version in ("17", "18"):
         other = spec.model_copy(update={"env": {**spec.env, "POSTGRES_VERSION": version}})
         with pytest.raises(m.ManifestError, match=f"PostgreSQL {version}"):
-            m.job(other, settings, "s", False)
+            m.job(other, settings, "s")
     unversioned = spec.model_copy(update={"env": {k: v for k, v in spec.env.items() if k != "POSTGRES_VERSION"}})
     with pytest.raises(m.ManifestError, match="POSTGRES_VERSION"):
-        m.job(unversioned, settings, "s", False)
+        m.job(unversioned, settings, "s")
 
 
 def test_the_platform_refuses_a_version_without_image_at_request_time():
@@ -268,7 +282,7 @@ def test_the_server_serves_tls_with_the_instances_certificate():
 
 
 def test_backup_jobs_require_tls_to_the_source():
-    job = m.job(job_spec(JobKind.backup, INSTANCE), platform().settings(), "s", has_sas=False)
+    job = m.job(job_spec(JobKind.backup, INSTANCE, GRANT), platform().settings(), "s")
     assert env_of(job)["PGSSLMODE"]["value"] == "require"
 
 
@@ -329,7 +343,7 @@ def test_statefulset_is_governed_by_a_headless_service():
 
 @pytest.mark.parametrize("kind", list(JobKind))
 def test_a_checksum_failure_fails_the_job_at_once(kind):
-    job = m.job(job_spec(kind, INSTANCE), platform().settings(), "s", has_sas=False)
+    job = m.job(job_spec(kind, INSTANCE, GRANT), platform().settings(), "s")
     validate(job)
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     rules = job["spec"]["podFailurePolicy"]["rules"]
@@ -378,7 +392,7 @@ def test_endpoints_say_tls_is_required(tmp_path):
 def test_a_job_for_a_version_without_image_creates_nothing(tmp_path):
     with running_cluster(tmp_path) as cluster:
         k8s = KubernetesPlatform(job_images={"16": f"acr.io/job16@{DIGEST}"}, kubeconfig_path=str(cluster.kubeconfig))
-        spec = job_spec(JobKind.restore, INSTANCE)
+        spec = job_spec(JobKind.restore, INSTANCE, GRANT)
         spec = spec.model_copy(update={"env": {**spec.env, "POSTGRES_VERSION": "17"}})
         with pytest.raises(PlatformError, match="PostgreSQL 17"):
             k8s.run_job(spec, lambda line: None)
@@ -391,7 +405,7 @@ def test_the_job_templates_show_the_settings_defaults(kind):
     template = m.load_template(f"{kind.value}-job.yaml")
     defaults = m.ManifestSettings(job_images={"17": "registry.example/toygres-job:17-2024@sha256:" + "a" * 64})
     rendered = m.job(
-        job_spec(kind, InstanceRef(k8s_name="x", namespace="toygres-instances")), defaults, "scripts", False
+        job_spec(kind, InstanceRef(k8s_name="x", namespace="toygres-instances"), GRANT), defaults, "scripts"
     )
     for key in ("backoffLimit", "ttlSecondsAfterFinished"):
         assert template["spec"][key] == rendered["spec"][key], key

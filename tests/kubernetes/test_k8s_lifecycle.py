@@ -25,7 +25,11 @@ NS = "toygres"
 SOURCE = InstanceRef(k8s_name="orders-ab12c", namespace=NS)
 TARGET = InstanceRef(k8s_name="orders-copy-x9y8z", namespace=NS)
 PASSWORD = "pa\"ss\\wo'rd\n{{ .Values }} $(id)"
-SAS = "sv=2022-11-02&ss=b&srt=co&sp=rwdlac&se=2030-01-01T00:00:00Z&sig=S3cr3tSig%3D"
+# A job's blob grant (resources/blob_sas.py); TOKEN is the URL query azcopy gets for manifest.json
+QUERY = "st=2030-01-01T00%3A00%3A00Z&se=2030-01-01T02%3A00%3A00Z&sp=r&sv=2026-10-06&sr=b"
+SIGNATURE = "S3cr3tSig%2B%2F%3D"
+SAS = f'{{"format":1,"query":"{QUERY}","signatures":{{"manifest.json":"{SIGNATURE}"}}}}'
+TOKEN = f"{QUERY}&sig={SIGNATURE}"
 
 
 @pytest.fixture
@@ -73,6 +77,7 @@ def backup_spec(**over) -> JobSpec:
         },
         labels={"toygres/image": "nightly"},
         timeout_seconds=over.pop("timeout_seconds", 30),
+        blob_sas=over.pop("blob_sas", SecretStr(SAS)),
         **over,
     )
 
@@ -91,6 +96,7 @@ def restore_spec(**over) -> JobSpec:
         },
         labels={"toygres/image": "nightly"},
         timeout_seconds=over.pop("timeout_seconds", 30),
+        blob_sas=over.pop("blob_sas", SecretStr(SAS)),
         **over,
     )
 
@@ -116,12 +122,14 @@ def test_backup_job_success_streams_the_pod_log(cluster, platform):
     assert "dumping orders" in lines and "backup complete" in lines
     assert result.log_tail[-1] == "backup complete"
     assert ctl.events[-1] == "job Complete"
-    # Objects created in order: the scripts ConfigMap, then the Job (no SAS: no Secret at all).
-    assert [plural for plural, _ in cluster.creations() if plural != "pods"] == ["configmaps", "jobs"]
+    # Objects created in order: the scripts ConfigMap, the job's grant Secret, then the Job.
+    assert [plural for plural, _ in cluster.creations() if plural != "pods"] == ["configmaps", "secrets", "jobs"]
     env = job_env(cluster, "backup-nightly-1")
     assert env["PGHOST"]["value"] == f"{SOURCE.k8s_name}.{NS}.svc.cluster.local"
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{SOURCE.k8s_name}-secret", "key": "password"}
-    assert "AZCOPY_SAS" not in env, "without a SAS the script logs in with workload identity"
+    assert "AZCOPY_AUTO_LOGIN_TYPE" not in env and env["AZCOPY_SAS_FILE"]["value"] == "/var/run/toygres/blob/sas"
+    pod = cluster.get("jobs", NS, "backup-nightly-1")["spec"]["template"]
+    assert "azure.workload.identity/use" not in pod["metadata"]["labels"], "a backup pod needs no workload identity"
     # Every wait went through the Job's status subresource (dagster-k8s get_job_status).
     assert ("GET", "jobs", "backup-nightly-1", "status") in cluster.calls()
 
@@ -140,18 +148,23 @@ def test_the_jobs_scripts_in_the_cluster_are_byte_identical_to_the_local_ones(cl
 def test_restore_with_sas_uses_a_per_job_secret_and_never_shows_it(cluster, platform):
     lines: list[str] = []
     spec = restore_spec(blob_sas=SecretStr(SAS))
-    log = f"downloading https://acct.blob.core.windows.net/images/nightly/manifest.json?{SAS}\nrestore complete\n"
+    log = f"downloading https://acct.blob.core.windows.net/images/nightly/manifest.json?{TOKEN}\nrestore complete\n"
     with job_controller(cluster, spec.name, [PodScript(log=log)]):
         platform.run_job(spec, lines.append)
 
     assert [plural for plural, _ in cluster.creations() if plural != "pods"] == ["configmaps", "secrets", "jobs"]
     env = job_env(cluster, spec.name)
-    assert env["AZCOPY_SAS"]["valueFrom"]["secretKeyRef"] == {"name": f"{spec.name}-sas", "key": "sas"}
+    assert "AZCOPY_SAS" not in env and env["AZCOPY_SAS_FILE"]["value"] == "/var/run/toygres/blob/sas"
+    pod = cluster.get("jobs", NS, spec.name)["spec"]["template"]
+    assert "azure.workload.identity/use" not in pod["metadata"]["labels"], "a restore pod needs no workload identity"
+    grant = next(v for v in pod["spec"]["volumes"] if v["name"] == "blob-grant")
+    assert grant["secret"]["secretName"] == f"{spec.name}-sas"
     assert env["VOLUME_PATH"]["value"] == platform.volume_mount_path
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == f"{TARGET.k8s_name}-secret"
     # The SAS travelled only inside the Secret (base64), never in plain text, and not in the log.
-    assert SAS not in all_request_text(cluster)
-    assert any("REDACTED" in line for line in lines) and not any(SAS in line for line in lines)
+    assert SIGNATURE not in all_request_text(cluster)
+    assert any("REDACTED" in line for line in lines)
+    assert not [line for line in lines if SIGNATURE in line or "S3cr3tSig+/=" in line]
     # The per-job Secret is gone once the job finished.
     assert cluster.get("secrets", NS, f"{spec.name}-sas") is None
     assert ("DELETE", "secrets", f"{spec.name}-sas", None) in cluster.calls()
@@ -312,6 +325,7 @@ def test_restore_flow_deploys_waits_and_reports_endpoints(cluster, platform):
         ("secrets", f"{TARGET.k8s_name}-secret"),
         ("persistentvolumeclaims", f"{TARGET.k8s_name}-data"),
         ("configmaps", m.scripts_config_map(NS)["metadata"]["name"]),
+        ("secrets", f"{spec.name}-sas"),
         ("jobs", spec.name),
         *[
             ("secrets", f"{TARGET.k8s_name}-tls"),

@@ -57,7 +57,6 @@ PLATFORMS = [
         pg_durable_images={"17": "acr.io/pg_durable:17"},
         pg_durable_pull_secret="pg-durable-pull",
         scratch_size_limit="20Gi",
-        workload_identity=False,
         job_cpu_limit="2",
         postgres_cpu_limit="4",
         job_memory_request=None,
@@ -243,24 +242,26 @@ def job_spec(kind: JobKind, instance: InstanceRef, sas: str | None = None, **ove
     )
 
 
-SAS = "sv=2022-11-02&ss=b&srt=co&sp=rwdlac&se=2030-01-01T00:00:00Z&sig=AbC%2B%2Fdef%3D"
+# A job's blob grant (resources/blob_sas.py), as the pipelines mint it
+SAS = (
+    '{"format":1,"query":"st=2030-01-01T00%3A00%3A00Z&se=2030-01-01T02%3A00%3A00Z&sp=r&sv=2026-10-06&sr=b",'
+    '"signatures":{"manifest.json":"AbC%2B%2Fdef%3D","globals.sql":"GhI%2Bjkl%3D"}}'
+)
 
 
 @pytest.mark.parametrize("platform", PLATFORMS, ids=["defaults", "custom"])
-@pytest.mark.parametrize("sas", [None, SAS], ids=["workload-identity", "sas"])
 @pytest.mark.parametrize("kind", list(JobKind))
 @pytest.mark.parametrize("instance", INSTANCES, ids=["short", "52-chars"])
-def test_job_manifest(instance, kind, sas, platform):
-    spec = job_spec(kind, instance, sas)
+def test_job_manifest(instance, kind, platform):
+    spec = job_spec(kind, instance, SAS)
     scripts = m.scripts_config_map(instance.namespace)
-    job = m.job(spec, platform.settings(), scripts["metadata"]["name"], has_sas=sas is not None)
+    job = m.job(spec, platform.settings(), scripts["metadata"]["name"])
     validate(job)
     validate(scripts)
-    if sas:
-        secret = m.job_secret(spec, sas)
-        validate(secret)
-        assert base64.b64decode(secret["data"]["sas"]).decode() == sas
-        secret_literals_absent(job, [sas])
+    secret = m.job_secret(spec, SAS)
+    validate(secret)
+    assert base64.b64decode(secret["data"]["sas"]).decode() == SAS
+    secret_literals_absent(job, [SAS, "AbC%2B%2Fdef%3D", "GhI%2Bjkl%3D"])
 
     labels = job["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == "toygres"
@@ -272,7 +273,7 @@ def test_job_manifest(instance, kind, sas, platform):
 
     pod_meta = job["spec"]["template"]["metadata"]
     assert pod_meta["labels"]["app.kubernetes.io/component"] == kind.value
-    assert (pod_meta["labels"].get("azure.workload.identity/use") == "true") is platform.workload_identity
+    assert "azure.workload.identity/use" not in pod_meta["labels"], "no job pod gets the deployment's identity"
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["serviceAccountName"] == platform.service_account_name
@@ -292,9 +293,15 @@ def test_job_manifest(instance, kind, sas, platform):
     for key, value in spec.env.items():
         assert literals[key] == value
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{instance.k8s_name}-secret", "key": "password"}
-    assert ("AZCOPY_SAS" in env) is (sas is not None)
-    if sas:
-        assert env["AZCOPY_SAS"]["valueFrom"]["secretKeyRef"] == {"name": f"{spec.name}-sas", "key": "sas"}
+    # the grant: its Secret mounted read-only as the file AZCOPY_SAS_FILE names, never an env variable
+    assert not {"AZCOPY_SAS", "AZCOPY_AUTO_LOGIN_TYPE"} & set(env)
+    assert volumes["blob-grant"]["secret"] == {
+        "secretName": f"{spec.name}-sas",
+        "items": [{"key": "sas", "path": "sas"}],
+        "defaultMode": 0o440,
+    }
+    mount = next(v for v in container["volumeMounts"] if v["name"] == "blob-grant")
+    assert mount["readOnly"] and literals["AZCOPY_SAS_FILE"] == f"{mount['mountPath']}/sas"
     for key in ("TMPDIR", "HOME", "AZCOPY_LOG_LOCATION", "AZCOPY_JOB_PLAN_LOCATION"):
         assert literals[key].startswith("/scratch"), key
     assert next(v for v in container["volumeMounts"] if v["name"] == "scratch")["mountPath"] == "/scratch"
@@ -323,7 +330,7 @@ def test_job_manifest(instance, kind, sas, platform):
 def test_a_parallel_job_requests_one_cpu_per_dump_job(platform, kind, variable, jobs):
     spec = job_spec(kind, INSTANCES[0])
     spec = spec.model_copy(update={"env": {**spec.env, variable: str(jobs)}})
-    job = m.job(spec, platform.settings(), "toygres-job-scripts-x", has_sas=False)
+    job = m.job(spec, platform.settings(), "toygres-job-scripts-x")
     validate(job)
     resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"]["cpu"] == str(jobs)
@@ -340,14 +347,14 @@ def test_secret_env_literals_are_refused(secret_key):
     spec = job_spec(JobKind.backup, INSTANCES[0])
     spec = spec.model_copy(update={"env": {**spec.env, secret_key: "hunter2"}})
     with pytest.raises(m.ManifestError, match="secrets"):
-        m.job(spec, PLATFORMS[0].settings(), "toygres-job-scripts-x", has_sas=False)
+        m.job(spec, PLATFORMS[0].settings(), "toygres-job-scripts-x")
 
 
 @pytest.mark.parametrize("name", ["Backup-Upper", "backup_under", "b" * 64])
 def test_invalid_job_names_are_refused(name):
     spec = job_spec(JobKind.backup, INSTANCES[0], name=name)
     with pytest.raises(m.ManifestError, match="job name"):
-        m.job(spec, PLATFORMS[0].settings(), "toygres-job-scripts-x", has_sas=False)
+        m.job(spec, PLATFORMS[0].settings(), "toygres-job-scripts-x")
 
 
 def test_label_values_are_made_valid_and_stable():
@@ -409,10 +416,9 @@ def test_restore_job_image_follows_the_target_postgres_version():
     platform = KubernetesPlatform(job_images=JOB_IMAGES)
     spec = job_spec(JobKind.restore, INSTANCES[0])
     assert (
-        m.job(spec, platform.settings(), "x", False)["spec"]["template"]["spec"]["containers"][0]["image"]
-        == JOB_IMAGES["17"]
+        m.job(spec, platform.settings(), "x")["spec"]["template"]["spec"]["containers"][0]["image"] == JOB_IMAGES["17"]
     )
     spec = spec.model_copy(update={"env": {**spec.env, "POSTGRES_VERSION": "15"}})
-    job = m.job(spec, platform.settings(), "x", False)
+    job = m.job(spec, platform.settings(), "x")
     validate(job)
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == JOB_IMAGES["15"]

@@ -255,7 +255,7 @@ def test_janitor_removes_jobs_and_sas_secrets_past_their_timeout_by_label(cms, c
         secret["metadata"]["creationTimestamp"] = created
         cluster.put_object("secrets", NS, secret)
         if job:
-            body = m.job(spec, k8s.settings(), "toygres-job-scripts", has_sas=True)
+            body = m.job(spec, k8s.settings(), "toygres-job-scripts")
             body["metadata"]["creationTimestamp"] = created
             cluster.put_object("jobs", NS, body)
 

@@ -7,12 +7,14 @@ deploy/kubernetes/kind-test.sh for the one-command run. Not executed where no cl
     TOYGRES_K8S_NAMESPACE    an existing namespace to work in (default: toygres-test)
     TOYGRES_K8S_JOB_IMAGES   17=<the job image (deploy/kubernetes/job-image), pinned> (required)
     TOYGRES_K8S_STORAGE_CLASS   optional StorageClass
-    TOYGRES_K8S_BLOB_URL + TOYGRES_K8S_BLOB_SAS   optional: a writable blob folder; with them the
+    TOYGRES_K8S_BLOB_URL + TOYGRES_K8S_BLOB_SAS   optional: a blob folder and a container SAS with
+                             create + write (sp=cw) on its container; with them the
                              backup must succeed, without them it must fail after its retries
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -90,7 +92,10 @@ def test_instance_and_backup_job_on_a_real_cluster(platform, source):
             "SOURCE_NAMESPACE": NAMESPACE,
             "POSTGRES_VERSION": "17",
         },
-        blob_sas=SecretStr(sas or "sv=2000-01-01&sig=invalid"),
+        # a grant (resources/blob_sas.py) whose container token is the given SAS: create + write is enough
+        blob_sas=SecretStr(
+            json.dumps({"format": 1, "query": "", "signatures": {}, "container": sas or "sv=2000-01-01&sig=invalid"})
+        ),
         labels={"toygres/image": "k8s-test"},
         timeout_seconds=600,
     )

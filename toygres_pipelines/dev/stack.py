@@ -13,7 +13,10 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from resources.platform.local_tools import azcopy_path, tools_dir
 from resources.platform.postgres_server import (
@@ -37,6 +40,21 @@ def azurite_connection_string(port: int) -> str:
     return (
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
         f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+    )
+
+
+def container_sas(connection_string: str, container: str, permissions: str, ttl: timedelta) -> str:
+    """A container SAS for the benchmarks' raw azcopy baselines only: jobs get least-privilege
+    grants (resources/blob_sas.py), never this."""
+    parts = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    return generate_container_sas(
+        account_name=parts["AccountName"],
+        container_name=container,
+        account_key=parts["AccountKey"],
+        permission=ContainerSasPermissions.from_string(permissions),
+        start=start,
+        expiry=start + ttl,
     )
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 
 import dagster as dg
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from records import (
     BackupManifest,
@@ -23,7 +22,7 @@ from records import (
 )
 from records.parallel import SINGLE_STREAM, validate_parallel_jobs
 from records.units import human_bytes
-from resources.blob import BlobStorageResource
+from resources.blob import MANIFEST_NAME, BlobStorageResource
 from resources.cms import CMSResource, InvalidTransition
 from resources.platform.base import JobKind, JobSpec, PlatformResource
 from toygres_pipelines.images.contents import databases_table
@@ -102,6 +101,21 @@ def image_prefix(image_id: uuid.UUID) -> str:
     return f"images/{image_id}"
 
 
+# A single-stream backup's grant names each file ahead: the roles, the manifest and one dump per
+# database, databases/001.dump up to this many (backup.sh refuses an instance with more, before
+# dumping, and says to use parallel mode).
+MAX_SINGLE_STREAM_DATABASES = 1000
+
+
+def backup_grant(blob: BlobStorageResource, prefix: str, timeout_seconds: int, parallel_jobs: int) -> SecretStr:
+    """Create + write SAS for the image's own file names, no read, list or delete (docs/security.md).
+    Parallel mode's file names (pg_dump -Fd's) are known to nobody ahead: it also gets a
+    container SAS with create + write only."""
+    names = ["globals.sql", MANIFEST_NAME]
+    names += [f"databases/{index:03d}.dump" for index in range(1, MAX_SINGLE_STREAM_DATABASES + 1)]
+    return blob.write_grant(prefix, names, timeout_seconds, any_name=parallel_jobs > SINGLE_STREAM)
+
+
 def backup_job_spec(
     image: Image,
     source: Instance,
@@ -127,7 +141,7 @@ def backup_job_spec(
             "CHECK_CHUNK_BYTES": str(CHECK_CHUNK_BYTES),
             "DUMP_COMPRESSION": dump_compression(source.postgres_version),
         },
-        blob_sas=blob.job_sas("racwl", timedelta(seconds=timeout_seconds + 600)),
+        blob_sas=backup_grant(blob, image.blob_path, timeout_seconds, parallel_jobs),
         labels={"toygres/image-id": str(image.id), "toygres/instance": source.k8s_name},
         timeout_seconds=timeout_seconds,
     )

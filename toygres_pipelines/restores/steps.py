@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from urllib.parse import quote
 
 import psycopg
@@ -19,7 +18,7 @@ from records import (
     InstanceState,
     LogSink,
 )
-from resources.blob import BlobStorageResource
+from resources.blob import MANIFEST_NAME, BlobStorageResource
 from resources.cms import CMSError, CMSResource
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource
 from toygres_pipelines.images.verification import ImageCorrupt, read_manifest, sha256sums
@@ -71,17 +70,32 @@ def check_url(endpoints: Endpoints, password: SecretStr) -> str:
     return connection_string(host, endpoints.port, password, sslmode=endpoints.sslmode)
 
 
-def restore_job_env(manifest: BackupManifest, databases: list[str] | None) -> dict[str, str]:
-    """What the restore job downloads and restores: every file, or the roles and the chosen
-    databases. The names travel as a JSON array (ASCII, any name exactly; the script reads it with jq)."""
+def files_to_download(manifest: BackupManifest, databases: list[str] | None) -> BackupManifest:
+    """The manifest narrowed to what the job downloads: every file, or the roles and the chosen databases."""
     if databases is None:
-        return sums_env(sha256sums(manifest))
+        return manifest
     wanted = set(databases)
-    files = [f for f in manifest.files if f.kind != "database" or f.database in wanted]
-    return {
-        **sums_env(sha256sums(manifest.model_copy(update={"files": files}))),
-        "RESTORE_DATABASES": json.dumps(databases, ensure_ascii=True),
-    }
+    return manifest.model_copy(
+        update={"files": [f for f in manifest.files if f.kind != "database" or f.database in wanted]}
+    )
+
+
+def restore_job_env(manifest: BackupManifest, databases: list[str] | None) -> dict[str, str]:
+    """What the restore job downloads and restores. The chosen databases' names travel as a JSON
+    array (ASCII, any name exactly; the script reads it with jq)."""
+    sums = sums_env(sha256sums(files_to_download(manifest, databases)))
+    if databases is None:
+        return sums
+    return {**sums, "RESTORE_DATABASES": json.dumps(databases, ensure_ascii=True)}
+
+
+def restore_grant(
+    blob: BlobStorageResource, prefix: str, manifest: BackupManifest, databases: list[str] | None, timeout_seconds: int
+) -> SecretStr:
+    """Read-only SAS for manifest.json and each file the job downloads, of this image only, for
+    the job's lifetime plus a margin: nothing else of the container, no listing."""
+    names = [MANIFEST_NAME, *(f.path for f in files_to_download(manifest, databases).files)]
+    return blob.read_grant(prefix, names, timeout_seconds)
 
 
 # Well below the 128 KiB execve allows one environment string: a parallel image of thousands of
@@ -113,7 +127,7 @@ def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageRes
             # A parallel-mode image restores with as many pg_restore jobs as it was dumped with.
             **({"RESTORE_JOBS": str(manifest.parallel_jobs)} if manifest.parallel_jobs > 1 else {}),
         },
-        blob_sas=blob.job_sas("rl", timedelta(seconds=timeout_seconds + 600)),
+        blob_sas=restore_grant(blob, plan.blob_path, manifest, plan.selected_databases, timeout_seconds),
         labels={"toygres/instance": instance.k8s_name, "toygres/image-id": str(plan.image_id)},
         timeout_seconds=timeout_seconds,
     )
