@@ -39,6 +39,32 @@ def images_in_use(
     return used
 
 
+def group_of(image: Image) -> str:
+    """The instance an image belongs to for retention: its source instance's id, else (an image
+    taken before ids were recorded) its namespace/name."""
+    return (
+        str(image.source_instance_id)
+        if image.source_instance_id
+        else f"{image.source_namespace}/{image.source_k8s_name}"
+    )
+
+
+def newest_first(images: Iterable[Image]) -> list[Image]:
+    return sorted(images, key=lambda i: (i.created_at, str(i.id)), reverse=True)
+
+
+def check_not_newest_ready(image: Image, group: Iterable[Image]) -> None:
+    """Retention never deletes the newest ready image of an instance: `group` is every image of
+    image's instance as it is now (read under the lock the deletion holds)."""
+    ready = newest_first(i for i in group if i.state is ImageState.ready and group_of(i) == group_of(image))
+    if image.state is ImageState.ready and ready and ready[0].id == image.id:
+        raise ValidationFailed(
+            "image",
+            f"image {image.name!r} is the newest ready image of instance "
+            f"{image.source_namespace}/{image.source_k8s_name}: retention always keeps one",
+        )
+
+
 def check_deletable(image: Image, used_by: str | None) -> None:
     """The rules every deletion follows (on request and by retention); each names its rule."""
     if image.pinned:

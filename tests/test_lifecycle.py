@@ -421,3 +421,80 @@ def test_a_restore_cannot_create_its_instance_from_an_image_being_deleted(cms, b
             source_image_id=target.id,
         )
     assert cms.find_instance("copy-x1y2z") is None
+
+
+# ---- the newest ready image changes while a retention run goes on (issue 19) -------------------
+
+KEEP_ONE = RetentionPolicy(keep_newest=1, keep_daily=0, keep_weekly=0, keep_monthly=0, min_age_hours=0)
+
+
+def run_retention_after(monkeypatch, resources, catalogue, meanwhile) -> object:
+    """A real retention run with `meanwhile()` run between its plan and its first deletion."""
+    from toygres_pipelines.lifecycle import retention_job as module
+
+    planned = module.compute_plan
+
+    def plan_then_race(*args, **kwargs):
+        result = planned(*args, **kwargs)
+        meanwhile()
+        return result
+
+    monkeypatch.setattr(module, "compute_plan", plan_then_race)
+    return run_retention_job(resources, catalogue["instance"], dry_run=False, policy=KEEP_ONE)
+
+
+def ready_images(cms, source) -> list:
+    return [i for i in cms.list_images([ImageState.ready]) if i.source_instance_id == source.id]
+
+
+def test_the_newest_ready_image_turning_corrupt_after_the_plan_keeps_the_next_newest(
+    monkeypatch, resources, cms, blob, catalogue
+):
+    d1, d2 = catalogue["ready"][:2]
+    result = run_retention_after(
+        monkeypatch,
+        resources,
+        catalogue,
+        lambda: cms.transition_image(d1.id, ImageState.corrupt, reason="bytes failed verification"),
+    )
+    assert result.success, result
+    assert [i.id for i in ready_images(cms, catalogue["source"])] == [d2.id]
+    assert len(blob.list_names(d2.blob_path)) == len(FILES)
+    assert [cms.get_image(i.id).state for i in catalogue["ready"][2:]] == [ImageState.deleted] * 3
+
+
+def test_the_newest_ready_image_deleted_on_request_after_the_plan_keeps_the_next_newest(
+    monkeypatch, resources, cms, blob, catalogue
+):
+    from toygres_pipelines.lifecycle.images import delete_image
+
+    d1, d2 = catalogue["ready"][:2]
+    result = run_retention_after(
+        monkeypatch,
+        resources,
+        catalogue,
+        lambda: delete_image(cms, blob, str(d1.id), run_id=None, log=print, partitions=None),
+    )
+    assert result.success, result
+    assert cms.get_image(d1.id).state is ImageState.deleted
+    assert [i.id for i in ready_images(cms, catalogue["source"])] == [d2.id]
+    assert len(blob.list_names(d2.blob_path)) == len(FILES)
+
+
+def test_retention_never_turns_the_newest_ready_image_deleting_even_when_asked_directly(cms, blob, catalogue):
+    from records import ValidationFailed
+
+    d1, d2 = catalogue["ready"][:2]
+    cms.transition_image(d1.id, ImageState.corrupt, reason="bytes failed verification")
+    with pytest.raises(
+        ValidationFailed, match=f"image {d2.name!r} is the newest ready image of instance default/app-src"
+    ):
+        cms.begin_image_deletion(d2.id, reason="expired by retention", run_id=None, keep_newest_ready=True)
+    assert cms.get_image(d2.id).state is ImageState.ready
+    # an older one still goes: the rule is about the newest only
+    assert (
+        cms.begin_image_deletion(
+            catalogue["ready"][2].id, reason="expired by retention", run_id=None, keep_newest_ready=True
+        ).state
+        is ImageState.deleting
+    )

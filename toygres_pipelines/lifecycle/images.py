@@ -96,9 +96,12 @@ def remove_image(
     run_id: str | None,
     log: LogSink,
     partitions: Partitions | None,
+    keep_newest_ready: bool = False,
 ) -> Image:
-    """deleting (event) -> blobs -> deleted (event) -> partition; see the module docstring."""
-    image = cms.begin_image_deletion(image.id, reason=reason, run_id=run_id)
+    """deleting (event) -> blobs -> deleted (event) -> partition; see the module docstring.
+    keep_newest_ready (retention): refused when the image is its instance's newest ready image
+    at the moment it would turn deleting."""
+    image = cms.begin_image_deletion(image.id, reason=reason, run_id=run_id, keep_newest_ready=keep_newest_ready)
     removed = blob.delete_prefix(image.blob_path)
     deleted = cms.transition_image(
         image.id,

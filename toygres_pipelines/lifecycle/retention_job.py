@@ -4,7 +4,8 @@ Expired ready images and failed images past the window go through `remove_image`
 blobs, row deleted, partition), images left `deleting` by an earlier run are finished, blob
 folders no live row owns (stray) are removed, and partitions whose images are all deleted go.
 Before each deletion the image is read again and checked like a deletion on request: a pin or a
-restore that appeared since the plan keeps it.
+restore that appeared since the plan keeps it, and under the instance's lock, at the moment the row
+turns deleting, an image that has become the instance's newest ready one since the plan is kept.
 """
 
 from datetime import UTC, datetime
@@ -100,7 +101,16 @@ def run_retention(
             if current is None or current.state is not decision.state:
                 raise ValidationFailed("image", f"changed since the plan (now {current.state if current else 'gone'})")
             check_deletable(cms, current)
-            remove_image(cms, blob, current, reason="expired by retention", run_id=run_id, log=log, partitions=None)
+            remove_image(
+                cms,
+                blob,
+                current,
+                reason="expired by retention",
+                run_id=run_id,
+                log=log,
+                partitions=None,
+                keep_newest_ready=True,
+            )
             outcome.deleted.append(decision.image_name)
         except (ValidationFailed, CMSError) as refused:
             outcome.skipped[decision.image_name] = str(refused)
