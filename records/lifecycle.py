@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from records.errors import ValidationFailed
+from records.naming import parse_uuid
 from records.requests import RestoreRequest
 from records.rows import Image, Instance
 from records.states import ImageState, InstanceState, RequestState
@@ -34,7 +35,7 @@ def images_in_use(
     for request in restore_requests:
         if request.state not in (RequestState.pending, RequestState.accepted) or not request.source_image_id:
             continue
-        for image in by_ref.get(request.source_image_id, []):
+        for image in by_ref.get(canonical_image_ref(request.source_image_id), []):
             used.setdefault(image.id, f"source_image_id of {request.state} restore request {request.id}")
     return used
 
@@ -63,6 +64,14 @@ def check_not_newest_ready(image: Image, group: Iterable[Image]) -> None:
             f"image {image.name!r} is the newest ready image of instance "
             f"{image.source_namespace}/{image.source_k8s_name}: retention always keeps one",
         )
+
+
+def canonical_image_ref(ref: str) -> str:
+    """An image id in any spelling uuid.UUID reads (upper case, braces, urn:uuid:, no dashes) in
+    its one canonical spelling; a name as it is (names are never UUID-shaped). The CMS stores
+    request rows in this spelling too (migration 009)."""
+    parsed = parse_uuid(ref)
+    return str(parsed) if parsed is not None else ref
 
 
 def check_deletable(image: Image, used_by: str | None) -> None:
