@@ -16,6 +16,7 @@ from records import (
     Instance,
     InstanceState,
     RequestState,
+    ValidationFailed,
     parse_uuid,
     validate_image_name,
 )
@@ -111,11 +112,13 @@ class ImagesTable(Queries):
     def get_image(self, image_id: uuid.UUID | str) -> Image | None:
         return self._get(IMAGE, image_id)
 
-    def find_image(self, ref: str) -> Image | None:
-        """An image by id (uuid string) or by name: the live (not failed/deleted) one, else the newest."""
-        found = self._get(IMAGE, ref)
-        if found is not None:
-            return found
+    def find_image(self, ref: str, field: str = "image") -> Image | None:
+        """An image by id (any spelling of a uuid) or by name: the live (not failed/deleted) one,
+        else the newest. A UUID-shaped reference is an id (names never are, see
+        validate_image_name); when it is also the name of another image (a row named before that
+        rule) the lookup is ambiguous: ValidationFailed(field)."""
+        parsed = parse_uuid(str(ref))
+        found = self._get(IMAGE, parsed) if parsed is not None else None
         rows = self._select(
             IMAGE,
             sql.SQL("name = %s"),
@@ -123,7 +126,14 @@ class ImagesTable(Queries):
             order="(state IN ('failed', 'deleted')), created_at DESC, id",
             limit=1,
         )
-        return rows[0] if rows else None
+        named = rows[0] if rows else None
+        if found is not None and named is not None and named.id != found.id:
+            raise ValidationFailed(
+                field,
+                f"{ref!r} is ambiguous: the id of image {found.name!r} and the name of image {named.id}"
+                " (named before image names were checked); refer to the image by its id",
+            )
+        return found or named
 
     def find_image_by_run(self, run_id: str) -> Image | None:
         return self._by_run(IMAGE, run_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from records import Image, ImageState, InstanceState, LogSink, RequestState, ValidationFailed
+from records import Image, ImageState, InstanceState, LogSink, RequestState, ValidationFailed, parse_uuid
 from records import lifecycle as rules
 from records.lifecycle import images_in_use
 from resources.blob import BlobStorageResource
@@ -84,7 +84,10 @@ def delete_image(
     """Delete one image on request (job `delete_image`, CLI `delete-image`)."""
     image = find(cms, ref)
     check_deletable(cms, image)
-    return remove_image(cms, blob, image, reason="deleted on request", run_id=run_id, log=log, partitions=partitions)
+    matched = "id" if parse_uuid(ref) is not None and parse_uuid(ref) == image.id else "name"
+    return remove_image(
+        cms, blob, image, reason="deleted on request", run_id=run_id, log=log, partitions=partitions, matched=matched
+    )
 
 
 def remove_image(
@@ -97,6 +100,7 @@ def remove_image(
     log: LogSink,
     partitions: Partitions | None,
     keep_newest_ready: bool = False,
+    matched: str | None = None,
 ) -> Image:
     """deleting (event) -> blobs -> deleted (event) -> partition; see the module docstring.
     keep_newest_ready (retention): refused when the image is its instance's newest ready image
@@ -110,7 +114,8 @@ def remove_image(
         run_id=run_id,
         expected=ImageState.deleting,
     )
-    log(f"image {image.name} ({image.id}) deleted: {removed} blob(s) under {image.blob_path} removed")
+    how = f", matched by {matched}" if matched else ""
+    log(f"image {image.name} ({image.id}{how}) deleted: {removed} blob(s) under {image.blob_path} removed")
     if partitions is not None:
         tidy_partitions(cms.list_images(), partitions, log, names={image.name})
     return deleted
