@@ -7,6 +7,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 
+from records.drills import Drill, DrillResult
 from records.errors import ValidationFailed
 from records.naming import parse_uuid
 from records.requests import RestoreRequest
@@ -17,10 +18,14 @@ DELETABLE = (ImageState.ready, ImageState.corrupt, ImageState.failed, ImageState
 
 
 def images_in_use(
-    images: Iterable[Image], restore_requests: Iterable[RestoreRequest], instances: Iterable[Instance]
+    images: Iterable[Image],
+    restore_requests: Iterable[RestoreRequest],
+    instances: Iterable[Instance],
+    drills: Iterable[Drill] = (),
 ) -> dict[uuid.UUID, str]:
-    """Images a pending/accepted restore request or a creating instance (a restore or drill under
-    way) uses, each with who uses it and through which field."""
+    """Images a pending/accepted restore request, a creating instance (a restore or drill under
+    way) or a running restore drill (its scratch instance running, its counts not yet compared)
+    uses, each with who uses it and through which field."""
     # What a request's source_image_id may say: an image's id, or its name (then every live image
     # of that name counts). Looked up, not searched: a fleet has tens of thousands of images.
     by_ref: dict[str, list[Image]] = defaultdict(list)
@@ -32,6 +37,9 @@ def images_in_use(
     for instance in instances:
         if instance.state is InstanceState.creating and instance.source_image_id is not None:
             used.setdefault(instance.source_image_id, f"source_image_id of creating instance {instance.k8s_name}")
+    for drill in drills:
+        if drill.result is DrillResult.running:
+            used.setdefault(drill.image_id, f"image of running restore drill {drill.id} (run {drill.run_id})")
     for request in restore_requests:
         if request.state not in (RequestState.pending, RequestState.accepted) or not request.source_image_id:
             continue

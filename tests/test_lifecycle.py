@@ -498,3 +498,31 @@ def test_retention_never_turns_the_newest_ready_image_deleting_even_when_asked_d
         ).state
         is ImageState.deleting
     )
+
+
+# ---- a running drill holds its image (issue 19) -------------------------------------------------
+
+
+def test_a_running_drill_holds_its_image_against_delete_image_and_retention(resources, cms, blob, catalogue):
+    from records import ValidationFailed
+    from records.drills import DrillResult
+    from toygres_pipelines.lifecycle.images import delete_image
+
+    target = catalogue["ready"][3]  # expired by POLICY
+    drill = cms.start_drill(target.id, catalogue["source"].id, run_id="drill-run-1")
+    held = f"image {target.name!r} is in use: it is the image of running restore drill {drill.id} (run drill-run-1)"
+    with pytest.raises(ValidationFailed, match=held.replace("(", r"\(").replace(")", r"\)")):
+        delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)
+    with pytest.raises(ValidationFailed, match="running restore drill"):
+        cms.begin_image_deletion(target.id, reason="test", run_id=None)
+    result = run_retention_job(resources, catalogue["instance"], dry_run=False)
+    assert result.success
+    assert f"| {target.name} | default/app-src | ready | 4 d | in use: image of running restore drill {drill.id}" in (
+        plan_metadata(result)["plan"].value
+    )
+    assert cms.get_image(target.id).state is ImageState.ready
+    assert len(blob.list_names(target.blob_path)) == len(FILES)
+
+    cms.finish_drill(drill.id, DrillResult.passed, None)
+    delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)
+    assert cms.get_image(target.id).state is ImageState.deleted

@@ -21,6 +21,7 @@ from records import (
     validate_image_name,
 )
 from records.lifecycle import check_deletable, check_not_newest_ready, group_of, images_in_use
+from resources.cms.drills import running_drills_of
 from resources.cms.encryption import InvalidToken
 from resources.cms.errors import ImageNotFound, PasswordUnavailable
 from resources.cms.queries import Queries
@@ -200,7 +201,8 @@ class ImagesTable(Queries):
                 [InstanceState.creating.value, parsed],
                 conn=conn,
             )
-            check_deletable(image, images_in_use([image], requests, instances).get(image.id))
+            drills = running_drills_of(conn, parsed)
+            check_deletable(image, images_in_use([image], requests, instances, drills).get(image.id))
             if keep_newest_ready:
                 check_not_newest_ready(image, self._ready_of_group(conn, image))
             if image.state is ImageState.deleting:

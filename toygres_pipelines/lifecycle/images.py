@@ -14,6 +14,7 @@ from typing import Protocol
 
 from records import Image, ImageState, InstanceState, LogSink, RequestState, ValidationFailed, parse_uuid
 from records import lifecycle as rules
+from records.drills import DrillResult
 from records.lifecycle import images_in_use
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -49,11 +50,13 @@ def find(cms: CMSResource, ref: str) -> Image:
 
 
 def in_use_by(cms: CMSResource, images: Iterable[Image]) -> dict:
-    """Which of these images a pending/accepted restore request or a creating instance uses."""
+    """Which of these images a pending/accepted restore request, a creating instance or a running
+    drill uses."""
     return images_in_use(
         images,
         cms.list_restore_requests([RequestState.pending, RequestState.accepted]),
         cms.list_instances([InstanceState.creating]),
+        cms.list_drills(results=[DrillResult.running]),
     )
 
 
