@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from records.drills import Drill, DrillResult
 from records.errors import ValidationFailed
 from records.naming import parse_uuid
-from records.requests import RestoreRequest
+from records.requests import MalformedRequest, RestoreRequest
 from records.rows import Image, Instance
 from records.states import ImageState, InstanceState, RequestState
 
@@ -19,7 +19,7 @@ DELETABLE = (ImageState.ready, ImageState.corrupt, ImageState.failed, ImageState
 
 def images_in_use(
     images: Iterable[Image],
-    restore_requests: Iterable[RestoreRequest],
+    restore_requests: Iterable[RestoreRequest | MalformedRequest],
     instances: Iterable[Instance],
     drills: Iterable[Drill] = (),
 ) -> dict[uuid.UUID, str]:

@@ -193,3 +193,42 @@ def test_delete_image_says_whether_it_matched_an_id_or_a_name_and_refuses_an_amb
     )
     assert cms.get_image(victim.id).state is ImageState.ready
     assert cms.get_image(decoy.id).state is ImageState.ready
+
+
+def test_a_malformed_request_row_stops_neither_retention_nor_delete_image_nor_the_cli(
+    run, cms, blob, source, resources
+):
+    import psycopg
+
+    from tests.test_automation import without_the_databases_check
+    from tests.test_lifecycle import run_retention_job
+
+    used, free = (stored_image(cms, blob, source, f"app__{n}", days_old=d) for n, d in (("used", 3), ("free", 4)))
+    newest = stored_image(cms, blob, source, "app__newest", days_old=1)
+    without_the_databases_check(cms)
+    bad = uuid.uuid4()
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute(
+            "INSERT INTO toygres_cms.restore_requests (id, name, dns_label, source_image_id, namespace,"
+            " storage_size_gb, databases) VALUES (%s, 'bad', 'bad-db', %s, 'default', 1, ARRAY[NULL]::text[])",
+            (bad, used.name.upper().lower()),
+        )
+    code, out, err = run("requests")
+    assert (code, err) == (0, "")
+    assert str(bad)[:8] in out or str(bad) in out
+    code, out, err = run("requests", "--json")
+    assert code == 0
+    [row] = json.loads(out)
+    assert row["id"] == str(bad) and row["malformed"].startswith("databases")
+    code, out, err = run("retention-plan")
+    assert (code, err) == (0, "")
+    assert "in use: source_image_id of pending restore request" in out
+    # the pending row, malformed or not, still protects the image it names
+    code, _, err = run("delete-image", used.name)
+    assert code == 2 and "is in use" in err
+    code, out, err = run("delete-image", free.name)
+    assert (code, err) == (0, ""), err
+    assert cms.get_image(free.id).state is ImageState.deleted
+    dry = run_retention_job(resources, dg.DagsterInstance.ephemeral(), dry_run=True)
+    assert dry.success
+    assert cms.get_image(used.id).state is ImageState.ready and cms.get_image(newest.id).state is ImageState.ready

@@ -42,6 +42,7 @@ from records import (
     validate_image_name,
 )
 from records.parallel import validate_parallel_jobs
+from records.requests import MalformedRequest
 from records.units import human_bytes
 from resources.cms import CMSResource
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
@@ -458,6 +459,8 @@ def cmd_requests(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int
         return EXIT_OK
 
     def describe(kind: str, r: Any) -> tuple[str, str]:
+        if isinstance(r, MalformedRequest):
+            return f"malformed row: {clip(r.malformed)}", f"image {r.source_image_id}" if kind == "restore" else "-"
         if kind == "backup":
             return f"image {r.image_name}", f"instance {r.source_instance}"
         return f"instance {r.namespace}/{r.name}", f"image {r.source_image_id}"
