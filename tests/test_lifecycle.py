@@ -526,3 +526,57 @@ def test_a_running_drill_holds_its_image_against_delete_image_and_retention(reso
     cms.finish_drill(drill.id, DrillResult.passed, None)
     delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)
     assert cms.get_image(target.id).state is ImageState.deleted
+
+
+# ---- the CMS connection cut in the middle of a retention run (issue 19) -------------------------
+
+
+class StorageCuttingTheCMSOnSecondDelete(BlobStorageResource):
+    """Azurite; at the second image folder's deletion the CMS stops taking connections (the
+    database refuses new ones and every open one is terminated) before the blobs go."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        calls = CUTS.setdefault(self.container, [])
+        calls.append(prefix)
+        if len(calls) == 2:
+            CUT_CMS[self.container]()
+        return super().delete_prefix(prefix)
+
+
+CUTS: dict[str, list[str]] = {}
+CUT_CMS: dict[str, object] = {}
+
+
+def test_a_cms_connection_cut_mid_retention_lists_what_was_and_was_not_deleted(resources, cms, blob, stack, catalogue):
+    database = psycopg.conninfo.conninfo_to_dict(cms.dsn)["dbname"]
+    admin_dsn = stack.cms.server.dsn(stack.cms.user, stack.cms.password, dbname="postgres")
+
+    def cut() -> None:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+    CUT_CMS[blob.container] = cut
+    cutting = StorageCuttingTheCMSOnSecondDelete(connection_string=blob.connection_string, container=blob.container)
+    try:
+        result = run_retention_job({**resources, "blob": cutting}, catalogue["instance"], dry_run=False)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    description = failure.event_specific_data.user_failure_data.description
+    first_deleted = CUTS[blob.container][0]
+    deleted = next(i for i in cms.list_images() if i.blob_path == first_deleted)
+    assert deleted.state is ImageState.deleted
+    assert description.startswith("retention: the CMS became unreachable"), description
+    assert f"deleted: {deleted.name}" in description
+    expired = [*catalogue["ready"][2:], catalogue["failed"]]
+    left = sorted(i.name for i in expired if i.id != deleted.id)
+    assert f"not deleted (retried by the next run): {', '.join(left)}" in description
+    for image in cms.list_images():  # consistent: never a ready row without its blobs
+        if image.state is ImageState.ready:
+            assert len(blob.list_names(image.blob_path)) == len(FILES)
+    again = run_retention_job(resources, catalogue["instance"], dry_run=False)
+    assert again.success
+    assert all(cms.get_image(i.id).state is ImageState.deleted for i in expired)
