@@ -308,3 +308,30 @@ def test_the_ui_runs_with_the_command_the_pinned_dagster_recommends(tmp_path):
     assert Path(argv[0]).name == "dg" and argv[1] == "dev" and "-w" in argv
     shown = subprocess.run([argv[0], "dev", "--help"], capture_output=True, text=True, cwd=PROJECT_DIR)
     assert shown.returncode == 0 and "Warning" not in shown.stderr, shown.stderr
+
+
+def test_the_azurite_log_holds_no_sas_signature_and_is_private(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import ContainerClient, ContainerSasPermissions, generate_container_sas
+
+    from resources.blob import BlobStorageResource
+    from toygres_pipelines.dev.stack import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, free_port
+
+    azurite = Azurite(data_dir=tmp_path / "azurite", port=free_port()).start()
+    try:
+        blob = BlobStorageResource(connection_string=azurite.connection_string, container="sas-log")
+        blob.ensure_container()
+        sas = generate_container_sas(
+            AZURITE_ACCOUNT,
+            "sas-log",
+            account_key=AZURITE_KEY,
+            permission=ContainerSasPermissions(read=True, list=True),
+            expiry=datetime.now(UTC) + timedelta(hours=1),
+        )
+        assert list(ContainerClient.from_container_url(f"{blob.container_url}?{sas}").list_blobs()) == []
+    finally:
+        azurite.stop()  # the log is complete once the process is gone
+    log = tmp_path / "azurite" / "azurite.log"
+    assert "sig=" not in log.read_text() and "sas-log" not in log.read_text()
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
