@@ -192,9 +192,15 @@ def test_encryption_key_is_created_private_and_then_kept(tmp_path):
     assert devstack.load_or_create_key(path) == key
 
 
-def test_process_group_ignoring_sigterm_is_killed_after_the_grace_period():
-    process = subprocess.Popen(["bash", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"], start_new_session=True)
-    time.sleep(0.5)
+def test_process_group_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path):
+    ready = tmp_path / "ready"
+    process = subprocess.Popen(
+        ["bash", "-c", f"trap '' TERM; sleep 60 & sleep 60 & touch {ready}; wait"], start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists():  # the trap is set and both children run: the group ignores SIGTERM
+        assert time.monotonic() < deadline, "the process group never started"
+        time.sleep(0.02)
     started = time.monotonic()
 
     devstack.stop_process_group(process.pid, 1, process.poll)
