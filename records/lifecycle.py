@@ -77,7 +77,7 @@ def check_not_newest_ready(image: Image, group: Iterable[Image]) -> None:
 def canonical_image_ref(ref: str) -> str:
     """An image id in any spelling uuid.UUID reads (upper case, braces, urn:uuid:, no dashes) in
     its one canonical spelling; a name as it is (names are never UUID-shaped). The CMS stores
-    request rows in this spelling too (migration 009)."""
+    request rows in this spelling too (migration 011)."""
     parsed = parse_uuid(ref)
     return str(parsed) if parsed is not None else ref
 

@@ -767,7 +767,7 @@ def test_racing_claims_never_accept_two_requests_for_the_same_name(
 
 
 def without_the_databases_check(cms) -> None:
-    """A CMS whose restore_requests table lacks migration 009's CHECK (a row written before it, or
+    """A CMS whose restore_requests table lacks migration 011's CHECK (a row written before it, or
     by a client bypassing it): the readers themselves must cope."""
     import psycopg
 

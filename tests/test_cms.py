@@ -609,7 +609,8 @@ def test_the_request_migration_rewrites_rows_already_stored(fresh_database, cms_
     from resources.cms import schema
 
     everything = migrations()
-    monkeypatch.setattr(schema, "migrations", lambda: [m for m in everything if m.version <= "008"])
+    [ours] = [m.version for m in everything if m.name == "request_rows"]
+    monkeypatch.setattr(schema, "migrations", lambda: [m for m in everything if m.version < ours])
     cms = CMSResource(dsn=fresh_database, encryption_key=cms_encryption_key)
     cms.migrate()
     image = make_image(cms, make_instance(cms))
@@ -619,7 +620,7 @@ def test_the_request_migration_rewrites_rows_already_stored(fresh_database, cms_
         bad_accepted = insert_restore_request(conn, "snap-1", MALFORMED_DATABASES["2-D"], state="accepted")
         bad_done = insert_restore_request(conn, "snap-1", MALFORMED_DATABASES["2-D"], state="succeeded")
     monkeypatch.setattr(schema, "migrations", lambda: everything)
-    assert cms.migrate() == [m.version for m in everything if m.version > "008"]
+    assert cms.migrate() == [m.version for m in everything if m.version >= ours]
     assert cms.get_restore_request(spelled).source_image_id == str(image.id)
     pending, accepted, done = (cms.get_restore_request(r) for r in (bad_pending, bad_accepted, bad_done))
     assert (pending.state, accepted.state, done.state) == (

@@ -40,7 +40,7 @@ CREATE TEMP TABLE malformed_databases ON COMMIT DROP AS
 SELECT id, state AS from_state,
        CASE state WHEN 'pending' THEN 'rejected' WHEN 'accepted' THEN 'failed' ELSE state END AS to_state,
        'databases: the stored value ' || quote_literal(databases::text)
-           || ' is not a list of database names (one dimension, no NULL); settled by migration 009' AS why
+           || ' is not a list of database names (one dimension, no NULL); settled by migration 011' AS why
   FROM toygres_cms.restore_requests
  WHERE databases IS NOT NULL AND cardinality(databases) > 0
    AND (array_ndims(databases) <> 1 OR array_position(databases, NULL) IS NOT NULL);
