@@ -35,6 +35,18 @@ def validate_age_recipient(value: str, field: str) -> str:
     return value
 
 
+def refuse_pasted_identity(value: str, field: str, what: str) -> str:
+    """A setting that says where the age private keys are (`what`: a file path, a Secret name)
+    must not hold a key itself; the message never repeats the value."""
+    if "SECRET-KEY" in value.upper() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValidationFailed(
+            field,
+            f"must be {what}, not an age private key or key file text (it holds one, or a line break);"
+            " the value is not repeated here. Put the keys where the setting points instead",
+        )
+    return value
+
+
 def check_identity_for(recipient: str | None, available: list[str], image_name: str) -> None:
     """Refuse, before anything is created, to restore an encrypted image no restore job can open."""
     if recipient is None or recipient in available:

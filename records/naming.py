@@ -23,6 +23,9 @@ DNS_LABEL_MAX = 63
 def validate_image_name(name: str, field: str = "name") -> str:
     if not IMAGE_NAME_PATTERN.fullmatch(name or ""):
         raise ValidationFailed(field, f"{name!r} must be 1-100 characters of letters, digits, '_' or '-'")
+    if parse_uuid(name) is not None:
+        # Lookups take a UUID-shaped reference for an id: such a name could stand for another image.
+        raise ValidationFailed(field, f"{name!r} reads as an image id (a UUID): an image name must not be one")
     return name
 
 

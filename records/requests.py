@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Self
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from records.naming import DNS_LABEL_MAX, INSTANCE_NAME_MAX
 from records.parallel import MAX_PARALLEL_JOBS, SINGLE_STREAM
@@ -123,3 +123,30 @@ class RestoreRequest(RestoreRequestFields, _RequestRow):
     # The column is nullable (any client may insert a row): the sensor rejects a row without it.
     source_image_id: str | None = None  # type: ignore[assignment]
     instance_id: uuid.UUID | None = None
+
+
+class MalformedRequest(_RequestRow):
+    """A request row that breaks its record's rules (a value a client wrote past the CMS's
+    checks, e.g. `databases = ARRAY[NULL]`): read as far as it can be trusted, never acted on.
+    The sensor rejects it with `malformed`; a pending one still counts as using the image it
+    names (records.lifecycle), so a bad row never frees an image."""
+
+    source_image_id: str | None = None
+    malformed: str
+
+
+def request_row(model: type[_RequestRow], data: dict[str, Any]) -> _RequestRow:
+    """A request row as its record, or as a MalformedRequest saying which field broke which rule."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problem = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        source = data.get("source_image_id")
+        known = {k: v for k, v in data.items() if k in _RequestRow.model_fields}
+        return MalformedRequest.model_validate(
+            {**known, "source_image_id": source if isinstance(source, str) else None, "malformed": problem}
+        )
+
+
+def is_request_model(model: type) -> bool:
+    return isinstance(model, type) and issubclass(model, _RequestRow)

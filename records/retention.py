@@ -19,12 +19,14 @@ class RetentionPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    keep_newest: int = Field(default=3, ge=0, description="The newest N ready images of each instance")
-    keep_daily: int = Field(default=7, ge=0, description="The newest image of each of the last D days")
-    keep_weekly: int = Field(default=4, ge=0, description="The newest image of each of the last W ISO weeks")
-    keep_monthly: int = Field(default=12, ge=0, description="The newest image of each of the last M months")
-    min_age_hours: int = Field(default=24, ge=0, description="No image younger than this is deleted")
-    failed_window_days: int = Field(default=7, ge=0, description="Failed images are purged after this many days")
+    keep_newest: int = Field(default=3, ge=0, le=10000, description="The newest N ready images of each instance")
+    keep_daily: int = Field(default=7, ge=0, le=10000, description="The newest image of each of the last D days")
+    keep_weekly: int = Field(default=4, ge=0, le=10000, description="The newest image of each of the last W ISO weeks")
+    keep_monthly: int = Field(default=12, ge=0, le=10000, description="The newest image of each of the last M months")
+    min_age_hours: int = Field(default=24, ge=0, le=87600, description="No image younger than this is deleted")
+    failed_window_days: int = Field(
+        default=7, ge=0, le=3650, description="Failed images are purged after this many days"
+    )
     timezone: str = Field(default="UTC", description="Time zone the days, weeks and months are counted in")
 
     @field_validator("timezone")

@@ -761,3 +761,42 @@ def test_racing_claims_never_accept_two_requests_for_the_same_name(
     rejected = next(r for r in listing() if r.state is RequestState.rejected)
     assert rejected.id in (first.id, second.id)
     assert reason in rejected.reason
+
+
+# ---- a malformed request row never stops the others (issue 19) ----------------------------------
+
+
+def without_the_databases_check(cms) -> None:
+    """A CMS whose restore_requests table lacks migration 011's CHECK (a row written before it, or
+    by a client bypassing it): the readers themselves must cope."""
+    import psycopg
+
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute("ALTER TABLE toygres_cms.restore_requests DROP CONSTRAINT restore_requests_databases_check")
+
+
+def test_a_malformed_request_row_is_rejected_with_its_reason_and_the_others_go_on(
+    cms, blob, platform, source, dagster_instance
+):
+    import psycopg
+
+    from tests.test_lifecycle import stored_image
+
+    image = stored_image(cms, blob, source, f"{source.k8s_name}__ok", days_old=1)
+    without_the_databases_check(cms)
+    with psycopg.connect(cms.dsn) as conn:
+        for n, value in enumerate(("ARRAY[NULL]::text[]", "ARRAY[ARRAY['a','b'],ARRAY['c','d']]")):
+            conn.execute(
+                "INSERT INTO toygres_cms.restore_requests (id, name, dns_label, source_image_id, namespace,"
+                f" storage_size_gb, databases, created_at) VALUES (%s, 'bad', %s, %s, 'default', 1, {value},"
+                " now() - interval '1 hour')",
+                (uuid.UUID(int=n + 1), f"bad-{n}", image.name),
+            )
+    good = restore_request(cms, source_image_id=image.name, dns_label="good-db")
+    done = evaluate_restore_requests(dagster_instance, cms, platform)
+    assert done.accepted == [str(good.id)]
+    for n in (1, 2):
+        row = cms.get_restore_request(uuid.UUID(int=n))
+        assert row.state is RequestState.rejected
+        assert row.reason.startswith("malformed row: databases")
+    assert cms.get_restore_request(good.id).state is RequestState.accepted

@@ -625,3 +625,32 @@ def test_connect_finds_an_instance_by_the_name_it_was_restored_under(run, cms, l
     add_instance(cms, "copy-a9b8c")
     code, _, err = run("connect", "copy")
     assert code == 2 and "give one of copy-a9b8c, copy-x1y2z" in err, err
+
+
+# ---- hostile values on the command line (issue 19) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["request-backup", "--instance", "db-abc\x00de"], "source_instance"),
+        (["request-backup", "--instance", "db-abcde", "--name", "n\x00"], "image_name"),
+        (["request-restore", "--image", "x\x00", "--name", "copy", "--dns-label", "copy-db"], "source_image_id"),
+        (["images", "--show", "a\x00b"], "show"),
+        (["delete-image", "\x00"], "image"),
+        (["pin", "x\x00y"], "image"),
+        (["retention", "db\x00", "--set", "keep_daily=1"], "instance"),
+    ],
+)
+def test_a_nul_byte_in_any_cli_value_exits_2_naming_the_field(run, cms, db, argv, field):
+    code, out, err = run(*argv)
+    assert (code, out) == (2, ""), err
+    assert err.startswith(f"error: {field}: ") and "NUL" in err, err
+    assert cms.list_image_requests() == [] and cms.list_restore_requests() == []
+
+
+def test_images_show_with_an_empty_reference_is_refused(run, cms, db):
+    add_image(cms, db, "db__one")
+    code, out, err = run("images", "--show", "")
+    assert (code, out) == (2, "")
+    assert err == "error: image: --show needs an image id or name, not ''\n"

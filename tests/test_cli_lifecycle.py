@@ -141,3 +141,94 @@ def test_retention_plan_previews_and_deletes_nothing(run, cms, blob, source, mon
     printed = json.loads(out)
     assert {d["image_name"] for d in printed["expired"]} == {"app__d3", "app__d4"}
     assert printed["stray_blob_folders"] == [str(stray)]
+
+
+# ---- a name never stands for another image (issue 19) -----------------------------------------
+
+UUID_SPELLINGS = {
+    "canonical": str,
+    "upper": lambda s: s.upper(),
+    "no dashes": lambda s: s.replace("-", ""),
+    "dashes moved": lambda s: s.replace("-", "")[:4] + "-" + s.replace("-", "")[4:],
+}
+
+
+@pytest.mark.parametrize("spelling", UUID_SPELLINGS)
+def test_an_image_can_never_be_named_with_an_id(run, cms, blob, source, spelling):
+    from records import ValidationFailed
+
+    other = stored_image(cms, blob, source, "app__other", days_old=3)
+    name = UUID_SPELLINGS[spelling](str(other.id))
+    code, out, err = run("request-backup", "--instance", source.k8s_name, "--name", name)
+    assert (code, out) == (2, "")
+    assert err == f"error: name: {name!r} reads as an image id (a UUID): an image name must not be one\n"
+    assert cms.list_image_requests() == []
+    with pytest.raises(ValidationFailed, match="name: .* reads as an image id"):
+        stored_image(cms, blob, source, name, days_old=1)
+
+
+def test_delete_image_says_whether_it_matched_an_id_or_a_name_and_refuses_an_ambiguous_reference(
+    run, cms, blob, source
+):
+    import psycopg
+
+    by_id, by_name, victim = (stored_image(cms, blob, source, f"app__{n}", days_old=3) for n in ("a", "b", "c"))
+    code, out, err = run("delete-image", str(by_id.id).upper())
+    assert (code, err) == (0, "")
+    assert f"image app__a ({by_id.id}, matched by id) deleted" in out
+    code, out, err = run("delete-image", by_name.name)
+    assert (code, err) == (0, "")
+    assert f"image app__b ({by_name.id}, matched by name) deleted" in out
+    # A row named before names were checked, with another image's id as its name.
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute("UPDATE toygres_cms.images SET name = %s WHERE id = %s", (str(victim.id), by_name.id))
+    decoy = stored_image(cms, blob, source, "app__decoy", days_old=2)
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute("UPDATE toygres_cms.images SET name = %s WHERE id = %s", (str(victim.id), decoy.id))
+    code, out, err = run("delete-image", str(victim.id))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: image: {str(victim.id)!r} is ambiguous: the id of image 'app__c' and the name of image"
+        f" {decoy.id} (named before image names were checked); refer to the image by its id\n"
+    )
+    assert cms.get_image(victim.id).state is ImageState.ready
+    assert cms.get_image(decoy.id).state is ImageState.ready
+
+
+def test_a_malformed_request_row_stops_neither_retention_nor_delete_image_nor_the_cli(
+    run, cms, blob, source, resources
+):
+    import psycopg
+
+    from tests.test_automation import without_the_databases_check
+    from tests.test_lifecycle import run_retention_job
+
+    used, free = (stored_image(cms, blob, source, f"app__{n}", days_old=d) for n, d in (("used", 3), ("free", 4)))
+    newest = stored_image(cms, blob, source, "app__newest", days_old=1)
+    without_the_databases_check(cms)
+    bad = uuid.uuid4()
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute(
+            "INSERT INTO toygres_cms.restore_requests (id, name, dns_label, source_image_id, namespace,"
+            " storage_size_gb, databases) VALUES (%s, 'bad', 'bad-db', %s, 'default', 1, ARRAY[NULL]::text[])",
+            (bad, used.name.upper().lower()),
+        )
+    code, out, err = run("requests")
+    assert (code, err) == (0, "")
+    assert str(bad)[:8] in out or str(bad) in out
+    code, out, err = run("requests", "--json")
+    assert code == 0
+    [row] = json.loads(out)
+    assert row["id"] == str(bad) and row["malformed"].startswith("databases")
+    code, out, err = run("retention-plan")
+    assert (code, err) == (0, "")
+    assert "in use: source_image_id of pending restore request" in out
+    # the pending row, malformed or not, still protects the image it names
+    code, _, err = run("delete-image", used.name)
+    assert code == 2 and "is in use" in err
+    code, out, err = run("delete-image", free.name)
+    assert (code, err) == (0, ""), err
+    assert cms.get_image(free.id).state is ImageState.deleted
+    dry = run_retention_job(resources, dg.DagsterInstance.ephemeral(), dry_run=True)
+    assert dry.success
+    assert cms.get_image(used.id).state is ImageState.ready and cms.get_image(newest.id).state is ImageState.ready

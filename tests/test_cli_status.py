@@ -60,5 +60,22 @@ def test_status_with_a_bad_window_setting_exits_2_naming_the_variable(run, monke
     monkeypatch.setenv("TOYGRES_BACKUP_FRESHNESS_HOURS", "abc")
     code, out, err = run("status")
     assert code == 2 and out == "", (code, err)
-    assert err.startswith("error: TOYGRES_BACKUP_FRESHNESS_HOURS: 'abc': "), err
+    assert err == "error: TOYGRES_BACKUP_FRESHNESS_HOURS: 'abc' must be a number more than 0 and at most 8784\n", err
     assert "unexpected" not in err
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400", "-1", "0", "-inf"])
+@pytest.mark.parametrize(
+    ("variable", "allowed"),
+    [
+        ("TOYGRES_BACKUP_FRESHNESS_HOURS", "more than 0 and at most 8784"),
+        ("TOYGRES_DRILL_FRESHNESS_DAYS", "more than 0 and at most 366"),
+    ],
+)
+def test_status_with_an_extreme_window_setting_exits_2_naming_the_variable_and_the_range(
+    run, monkeypatch, variable, allowed, value
+):
+    monkeypatch.setenv(variable, value)
+    code, out, err = run("status")
+    assert (code, out) == (2, ""), err
+    assert err == f"error: {variable}: {value!r} must be a number {allowed}\n"

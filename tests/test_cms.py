@@ -556,3 +556,80 @@ def test_an_image_name_with_a_trailing_newline_is_never_reserved(cms):
             run_id=None,
         )
     assert cms.list_images() == []
+
+
+# ---- request rows every reader can trust (issue 19) --------------------------------------------
+
+SPELLINGS = {
+    "upper": str.upper,
+    "braces": lambda s: "{" + s + "}",
+    "urn": lambda s: "urn:uuid:" + s,
+    "no dashes": lambda s: s.replace("-", ""),
+}
+MALFORMED_DATABASES = {"null element": "ARRAY[NULL]::text[]", "2-D": "ARRAY[ARRAY['a','b'],ARRAY['c','d']]"}
+
+
+def insert_restore_request(
+    conn, source_image_id: str, databases_sql: str = "NULL", state: str = "pending"
+) -> uuid.UUID:
+    request_id = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO toygres_cms.restore_requests (id, name, dns_label, source_image_id, namespace, storage_size_gb,"
+        f" state, databases) VALUES (%s, 'copy', 'copy-db', %s, 'default', 1, %s, {databases_sql})",
+        (request_id, source_image_id, state),
+    )
+    return request_id
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_every_reader_sees_a_requests_image_id_in_one_spelling(cms, spelling):
+    image = make_image(cms, make_instance(cms))
+    spelled = SPELLINGS[spelling](str(image.id))
+    queued = cms.create_restore_request(
+        RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=spelled, namespace="default")
+    )
+    with psycopg.connect(cms.dsn) as conn:
+        raw = insert_restore_request(conn, spelled)
+    assert cms.get_restore_request(queued.id).source_image_id == str(image.id)
+    assert cms.get_restore_request(raw).source_image_id == str(image.id)
+    # a name stays a name
+    named = cms.create_restore_request(
+        RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id="snap-1", namespace="default")
+    )
+    assert cms.get_restore_request(named.id).source_image_id == "snap-1"
+
+
+@pytest.mark.parametrize("malformed", MALFORMED_DATABASES)
+def test_the_cms_refuses_a_malformed_databases_value(cms, malformed):
+    with psycopg.connect(cms.dsn) as conn, pytest.raises(psycopg.errors.CheckViolation, match="databases"):
+        insert_restore_request(conn, "snap-1", MALFORMED_DATABASES[malformed])
+
+
+def test_the_request_migration_rewrites_rows_already_stored(fresh_database, cms_encryption_key, monkeypatch):
+    from resources.cms import schema
+
+    everything = migrations()
+    [ours] = [m.version for m in everything if m.name == "request_rows"]
+    monkeypatch.setattr(schema, "migrations", lambda: [m for m in everything if m.version < ours])
+    cms = CMSResource(dsn=fresh_database, encryption_key=cms_encryption_key)
+    cms.migrate()
+    image = make_image(cms, make_instance(cms))
+    with psycopg.connect(cms.dsn) as conn:
+        spelled = insert_restore_request(conn, "{" + str(image.id).upper() + "}")
+        bad_pending = insert_restore_request(conn, "snap-1", MALFORMED_DATABASES["null element"])
+        bad_accepted = insert_restore_request(conn, "snap-1", MALFORMED_DATABASES["2-D"], state="accepted")
+        bad_done = insert_restore_request(conn, "snap-1", MALFORMED_DATABASES["2-D"], state="succeeded")
+    monkeypatch.setattr(schema, "migrations", lambda: everything)
+    assert cms.migrate() == [m.version for m in everything if m.version >= ours]
+    assert cms.get_restore_request(spelled).source_image_id == str(image.id)
+    pending, accepted, done = (cms.get_restore_request(r) for r in (bad_pending, bad_accepted, bad_done))
+    assert (pending.state, accepted.state, done.state) == (
+        RequestState.rejected,
+        RequestState.failed,
+        RequestState.succeeded,
+    )
+    for row in (pending, accepted, done):
+        assert row.databases is None
+        assert "databases: the stored value" in row.reason and "is not a list of database names" in row.reason
+    assert "{NULL}" in pending.reason
+    assert transitions(cms, bad_pending)[-1] == ("pending", "rejected")

@@ -497,7 +497,10 @@ def test_the_stall_watchdog_leaves_nothing_holding_the_jobs_output(tmp_path):
     script = (
         f"source {SCRIPTS_DIR}/common.sh; TRANSFER_STALL_SECONDS=600; "
         f"sleep 1000 & target=$!; watch_transfer $target {tmp_path}/stalled & watchdog=$!; "
-        "sleep 1; kill -KILL $watchdog; kill $target; echo done"
+        # the watchdog's timer runs (polled, under a deadline), then the watchdog dies
+        "for _ in $(seq 1200); do pgrep -P $watchdog -x sleep >/dev/null && break; sleep 0.05; done; "
+        "pgrep -P $watchdog -x sleep >/dev/null || { echo 'no timer'; exit 1; }; "
+        "kill -KILL $watchdog; kill $target; echo done"
     )
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "done"

@@ -192,9 +192,15 @@ def test_encryption_key_is_created_private_and_then_kept(tmp_path):
     assert devstack.load_or_create_key(path) == key
 
 
-def test_process_group_ignoring_sigterm_is_killed_after_the_grace_period():
-    process = subprocess.Popen(["bash", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"], start_new_session=True)
-    time.sleep(0.5)
+def test_process_group_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path):
+    ready = tmp_path / "ready"
+    process = subprocess.Popen(
+        ["bash", "-c", f"trap '' TERM; sleep 60 & sleep 60 & touch {ready}; wait"], start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists():  # the trap is set and both children run: the group ignores SIGTERM
+        assert time.monotonic() < deadline, "the process group never started"
+        time.sleep(0.02)
     started = time.monotonic()
 
     devstack.stop_process_group(process.pid, 1, process.poll)
@@ -308,3 +314,30 @@ def test_the_ui_runs_with_the_command_the_pinned_dagster_recommends(tmp_path):
     assert Path(argv[0]).name == "dg" and argv[1] == "dev" and "-w" in argv
     shown = subprocess.run([argv[0], "dev", "--help"], capture_output=True, text=True, cwd=PROJECT_DIR)
     assert shown.returncode == 0 and "Warning" not in shown.stderr, shown.stderr
+
+
+def test_the_azurite_log_holds_no_sas_signature_and_is_private(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import ContainerClient, ContainerSasPermissions, generate_container_sas
+
+    from resources.blob import BlobStorageResource
+    from toygres_pipelines.dev.stack import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, free_port
+
+    azurite = Azurite(data_dir=tmp_path / "azurite", port=free_port()).start()
+    try:
+        blob = BlobStorageResource(connection_string=azurite.connection_string, container="sas-log")
+        blob.ensure_container()
+        sas = generate_container_sas(
+            AZURITE_ACCOUNT,
+            "sas-log",
+            account_key=AZURITE_KEY,
+            permission=ContainerSasPermissions(read=True, list=True),
+            expiry=datetime.now(UTC) + timedelta(hours=1),
+        )
+        assert list(ContainerClient.from_container_url(f"{blob.container_url}?{sas}").list_blobs()) == []
+    finally:
+        azurite.stop()  # the log is complete once the process is gone
+    log = tmp_path / "azurite" / "azurite.log"
+    assert "sig=" not in log.read_text() and "sas-log" not in log.read_text()
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600

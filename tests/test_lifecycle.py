@@ -421,3 +421,162 @@ def test_a_restore_cannot_create_its_instance_from_an_image_being_deleted(cms, b
             source_image_id=target.id,
         )
     assert cms.find_instance("copy-x1y2z") is None
+
+
+# ---- the newest ready image changes while a retention run goes on (issue 19) -------------------
+
+KEEP_ONE = RetentionPolicy(keep_newest=1, keep_daily=0, keep_weekly=0, keep_monthly=0, min_age_hours=0)
+
+
+def run_retention_after(monkeypatch, resources, catalogue, meanwhile) -> object:
+    """A real retention run with `meanwhile()` run between its plan and its first deletion."""
+    from toygres_pipelines.lifecycle import retention_job as module
+
+    planned = module.compute_plan
+
+    def plan_then_race(*args, **kwargs):
+        result = planned(*args, **kwargs)
+        meanwhile()
+        return result
+
+    monkeypatch.setattr(module, "compute_plan", plan_then_race)
+    return run_retention_job(resources, catalogue["instance"], dry_run=False, policy=KEEP_ONE)
+
+
+def ready_images(cms, source) -> list:
+    return [i for i in cms.list_images([ImageState.ready]) if i.source_instance_id == source.id]
+
+
+def test_the_newest_ready_image_turning_corrupt_after_the_plan_keeps_the_next_newest(
+    monkeypatch, resources, cms, blob, catalogue
+):
+    d1, d2 = catalogue["ready"][:2]
+    result = run_retention_after(
+        monkeypatch,
+        resources,
+        catalogue,
+        lambda: cms.transition_image(d1.id, ImageState.corrupt, reason="bytes failed verification"),
+    )
+    assert result.success, result
+    assert [i.id for i in ready_images(cms, catalogue["source"])] == [d2.id]
+    assert len(blob.list_names(d2.blob_path)) == len(FILES)
+    assert [cms.get_image(i.id).state for i in catalogue["ready"][2:]] == [ImageState.deleted] * 3
+
+
+def test_the_newest_ready_image_deleted_on_request_after_the_plan_keeps_the_next_newest(
+    monkeypatch, resources, cms, blob, catalogue
+):
+    from toygres_pipelines.lifecycle.images import delete_image
+
+    d1, d2 = catalogue["ready"][:2]
+    result = run_retention_after(
+        monkeypatch,
+        resources,
+        catalogue,
+        lambda: delete_image(cms, blob, str(d1.id), run_id=None, log=print, partitions=None),
+    )
+    assert result.success, result
+    assert cms.get_image(d1.id).state is ImageState.deleted
+    assert [i.id for i in ready_images(cms, catalogue["source"])] == [d2.id]
+    assert len(blob.list_names(d2.blob_path)) == len(FILES)
+
+
+def test_retention_never_turns_the_newest_ready_image_deleting_even_when_asked_directly(cms, blob, catalogue):
+    from records import ValidationFailed
+
+    d1, d2 = catalogue["ready"][:2]
+    cms.transition_image(d1.id, ImageState.corrupt, reason="bytes failed verification")
+    with pytest.raises(
+        ValidationFailed, match=f"image {d2.name!r} is the newest ready image of instance default/app-src"
+    ):
+        cms.begin_image_deletion(d2.id, reason="expired by retention", run_id=None, keep_newest_ready=True)
+    assert cms.get_image(d2.id).state is ImageState.ready
+    # an older one still goes: the rule is about the newest only
+    assert (
+        cms.begin_image_deletion(
+            catalogue["ready"][2].id, reason="expired by retention", run_id=None, keep_newest_ready=True
+        ).state
+        is ImageState.deleting
+    )
+
+
+# ---- a running drill holds its image (issue 19) -------------------------------------------------
+
+
+def test_a_running_drill_holds_its_image_against_delete_image_and_retention(resources, cms, blob, catalogue):
+    from records import ValidationFailed
+    from records.drills import DrillResult
+    from toygres_pipelines.lifecycle.images import delete_image
+
+    target = catalogue["ready"][3]  # expired by POLICY
+    drill = cms.start_drill(target.id, catalogue["source"].id, run_id="drill-run-1")
+    held = f"image {target.name!r} is in use: it is the image of running restore drill {drill.id} (run drill-run-1)"
+    with pytest.raises(ValidationFailed, match=held.replace("(", r"\(").replace(")", r"\)")):
+        delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)
+    with pytest.raises(ValidationFailed, match="running restore drill"):
+        cms.begin_image_deletion(target.id, reason="test", run_id=None)
+    result = run_retention_job(resources, catalogue["instance"], dry_run=False)
+    assert result.success
+    assert f"| {target.name} | default/app-src | ready | 4 d | in use: image of running restore drill {drill.id}" in (
+        plan_metadata(result)["plan"].value
+    )
+    assert cms.get_image(target.id).state is ImageState.ready
+    assert len(blob.list_names(target.blob_path)) == len(FILES)
+
+    cms.finish_drill(drill.id, DrillResult.passed, None)
+    delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)
+    assert cms.get_image(target.id).state is ImageState.deleted
+
+
+# ---- the CMS connection cut in the middle of a retention run (issue 19) -------------------------
+
+
+class StorageCuttingTheCMSOnSecondDelete(BlobStorageResource):
+    """Azurite; at the second image folder's deletion the CMS stops taking connections (the
+    database refuses new ones and every open one is terminated) before the blobs go."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        calls = CUTS.setdefault(self.container, [])
+        calls.append(prefix)
+        if len(calls) == 2:
+            CUT_CMS[self.container]()
+        return super().delete_prefix(prefix)
+
+
+CUTS: dict[str, list[str]] = {}
+CUT_CMS: dict[str, object] = {}
+
+
+def test_a_cms_connection_cut_mid_retention_lists_what_was_and_was_not_deleted(resources, cms, blob, stack, catalogue):
+    database = psycopg.conninfo.conninfo_to_dict(cms.dsn)["dbname"]
+    admin_dsn = stack.cms.server.dsn(stack.cms.user, stack.cms.password, dbname="postgres")
+
+    def cut() -> None:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+    CUT_CMS[blob.container] = cut
+    cutting = StorageCuttingTheCMSOnSecondDelete(connection_string=blob.connection_string, container=blob.container)
+    try:
+        result = run_retention_job({**resources, "blob": cutting}, catalogue["instance"], dry_run=False)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    description = failure.event_specific_data.user_failure_data.description
+    first_deleted = CUTS[blob.container][0]
+    deleted = next(i for i in cms.list_images() if i.blob_path == first_deleted)
+    assert deleted.state is ImageState.deleted
+    assert description.startswith("retention: the CMS became unreachable"), description
+    assert f"deleted: {deleted.name}" in description
+    expired = [*catalogue["ready"][2:], catalogue["failed"]]
+    left = sorted(i.name for i in expired if i.id != deleted.id)
+    assert f"not deleted (retried by the next run): {', '.join(left)}" in description
+    for image in cms.list_images():  # consistent: never a ready row without its blobs
+        if image.state is ImageState.ready:
+            assert len(blob.list_names(image.blob_path)) == len(FILES)
+    again = run_retention_job(resources, catalogue["instance"], dry_run=False)
+    assert again.success
+    assert all(cms.get_image(i.id).state is ImageState.deleted for i in expired)

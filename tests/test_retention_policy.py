@@ -365,3 +365,23 @@ def test_never_deleted_whatever_the_policy(policy, drawn):
             reverse=True,
         )
         assert {i.id for i in ready[: policy.keep_newest]} <= {d.image_id for d in kept_ready}
+
+
+@pytest.mark.parametrize(
+    "spell", [str.upper, lambda s: "{" + s + "}", lambda s: "urn:uuid:" + s, lambda s: s.replace("-", "")]
+)
+def test_an_image_is_in_use_whatever_spelling_of_its_id_a_request_uses(spell):
+    images = catalogue()
+    target = a_image(images, date(2026, 6, 15))
+    request = RestoreRequest(
+        id=uuid.UUID(int=1),
+        state=RequestState.pending,
+        name="r",
+        dns_label="rrr",
+        source_image_id=spell(str(target.id)),
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    assert images_in_use(images, [request], []) == {
+        target.id: f"source_image_id of pending restore request {uuid.UUID(int=1)}"
+    }

@@ -6,6 +6,7 @@ validator whose pattern lets a trailing newline or any other byte through is cau
 
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
@@ -32,8 +33,15 @@ ALNUM = set(string.ascii_letters + string.digits)
 HOSTILE = ["\n", "\r", "\x00", "\t", "\x1b", "\x7f", " ", "'", '"', ";", "$", "`", "/", "=", "\u2028", "\u0430", "é"]
 
 
+def reads_as_a_uuid(value: str) -> bool:
+    """What uuid.UUID takes for an id among image-name characters: dashes anywhere, then 32
+    characters that are hex digits with single underscores between them (int(x, 16) reads those)."""
+    digits = value.replace("-", "")
+    return len(digits) == 32 and re.fullmatch(r"[0-9A-Fa-f](_?[0-9A-Fa-f])*", digits) is not None
+
+
 def is_image_name(value: str) -> bool:
-    return 1 <= len(value) <= 100 and set(value) <= IMAGE_NAME_CHARS
+    return 1 <= len(value) <= 100 and set(value) <= IMAGE_NAME_CHARS and not reads_as_a_uuid(value)
 
 
 def is_dns_label(value: str, max_length: int = DNS_LABEL_MAX) -> bool:
@@ -77,6 +85,11 @@ labels = near_valid(string.ascii_lowercase + string.digits + "-", 63)
 @given(names)
 @example("src__nl\n")
 @example("x\n")
+@example("0123456789abcdef0123456789ABCDEF")
+@example("01234567-89ab-cdef-0123-456789abcdef")
+@example("0123-456789abcdef0123456789abcdef")
+@example("0_123456789abcdef0123456789abcde")
+@example("0123456789abcdef0123456789abcdeg")
 def test_image_names_accepted_exactly_by_the_rule(value):
     assert accepts(lambda v: validate_image_name(v, field="name"), value) == is_image_name(value)
 

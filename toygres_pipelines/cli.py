@@ -42,6 +42,7 @@ from records import (
     validate_image_name,
 )
 from records.parallel import validate_parallel_jobs
+from records.requests import MalformedRequest
 from records.units import human_bytes
 from resources.cms import CMSResource
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
@@ -388,6 +389,8 @@ def page_note(shown: int, total: int, limit: int | None, offset: int, page: int)
 
 
 def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    if args.show is not None and not args.show.strip():
+        raise ValidationFailed("image", f"--show needs an image id or name, not {args.show!r}")
     if args.show:
         return cmd_show_image(args, cms, out)
     limit, offset = page_bounds(args)
@@ -458,6 +461,8 @@ def cmd_requests(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int
         return EXIT_OK
 
     def describe(kind: str, r: Any) -> tuple[str, str]:
+        if isinstance(r, MalformedRequest):
+            return f"malformed row: {clip(r.malformed)}", f"image {r.source_image_id}" if kind == "restore" else "-"
         if kind == "backup":
             return f"image {r.image_name}", f"instance {r.source_instance}"
         return f"instance {r.namespace}/{r.name}", f"image {r.source_image_id}"
@@ -686,6 +691,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return code
 
     try:
+        refuse_nul_bytes(args)
         cms = open_cms(args)
         return handler(args, cms, out)
     except ValidationFailed as invalid:
@@ -709,6 +715,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return fail(130, "interrupted")
     except Exception as error:  # noqa: BLE001 - the last line of defence: a message, exit 1
         return fail(EXIT_UNEXPECTED, f"unexpected {type(error).__name__}: {error}")
+
+
+def refuse_nul_bytes(args: argparse.Namespace) -> None:
+    """No CLI value may hold a NUL byte (PostgreSQL text cannot, nor can a name): refused naming
+    the field, without echoing the value (it may be a DSN with its password)."""
+    for field, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise ValidationFailed(field, "holds a NUL byte (\\x00): no value may contain one")
 
 
 def run() -> None:

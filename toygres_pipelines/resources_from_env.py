@@ -4,10 +4,13 @@ TOYGRES_PLATFORM=local (default) or kubernetes; see docs/setup.md for every vari
 """
 
 import os
+import re
 from typing import Any
 
 import dagster as dg
 
+from records import ValidationFailed
+from records.bounds import field_bounds, numeric_rule
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
@@ -15,6 +18,8 @@ from resources.platform.local import LocalPlatform
 from resources.platform.local_tools import azcopy_path
 
 DEFAULT_STATE_DIR = "/var/tmp/toygres-dev"
+# The bounds BlobStorageResource declares for transfer_stall_seconds (declared once, there).
+STALL_BOUNDS = field_bounds(BlobStorageResource, "transfer_stall_seconds")
 
 
 def cms_from_env() -> CMSResource:
@@ -24,12 +29,19 @@ def cms_from_env() -> CMSResource:
 def blob_from_env() -> BlobStorageResource:
     container = os.environ.get("TOYGRES_BLOB_CONTAINER", "toygres-images")
     configured = os.environ.get("TOYGRES_TRANSFER_STALL_SECONDS", "").strip()
-    stall: dict[str, Any] = {"transfer_stall_seconds": int(configured)} if configured else {}
+    stall: dict[str, Any] = {"transfer_stall_seconds": stall_seconds(configured)} if configured else {}
     if os.environ.get("TOYGRES_BLOB_ACCOUNT_URL") and not os.environ.get("TOYGRES_BLOB_CONNECTION_STRING"):
         return BlobStorageResource(container=container, account_url=dg.EnvVar("TOYGRES_BLOB_ACCOUNT_URL"), **stall)
     return BlobStorageResource(
         container=container, connection_string=dg.EnvVar("TOYGRES_BLOB_CONNECTION_STRING"), **stall
     )
+
+
+def stall_seconds(configured: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", configured) or not STALL_BOUNDS["ge"] <= int(configured) <= STALL_BOUNDS["le"]:
+        rule = numeric_rule(BlobStorageResource, "transfer_stall_seconds")
+        raise ValidationFailed("TOYGRES_TRANSFER_STALL_SECONDS", f"{configured!r} must be {rule}")
+    return int(configured)
 
 
 def platform_from_env() -> PlatformResource:

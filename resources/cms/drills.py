@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
+import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
@@ -15,6 +16,7 @@ from resources.cms.queries import Queries, fetch_one
 from resources.cms.tables import SCHEMA
 
 TABLE = sql.Identifier(SCHEMA, "restore_drills")
+IMAGES = sql.Identifier(SCHEMA, "images")
 COLUMNS = sql.SQL(", ").join(sql.Identifier(name) for name in Drill.model_fields)
 REASON_MAX = 4000
 
@@ -28,8 +30,11 @@ class DrillsTable(Queries):
         started_at: datetime | None = None,
     ) -> Drill:
         """The drill of this run, or the one already started by it. `started_at` (default: the CMS's
-        now) is given by the drill itself, so its recovery time is measured on one clock."""
+        now) is given by the drill itself, so its recovery time is measured on one clock. The image
+        row is share-locked first: a deletion starting now (begin_image_deletion, FOR UPDATE) waits
+        for this drill's row and then sees it."""
         with self.connection() as conn:
+            conn.execute(sql.SQL("SELECT 1 FROM {} WHERE id = %s FOR SHARE").format(IMAGES), [image_id])
             return fetch_one(
                 conn.cursor(row_factory=class_row(Drill)).execute(
                     sql.SQL(
@@ -108,13 +113,20 @@ class DrillsTable(Queries):
 
     def _drill_where(self, where: sql.Composable, params: list) -> list[Drill]:
         with self.connection() as conn:
-            return (
-                conn.cursor(row_factory=class_row(Drill))
-                .execute(
-                    sql.SQL("SELECT {c} FROM {t} WHERE {w} ORDER BY started_at DESC, id").format(
-                        c=COLUMNS, t=TABLE, w=where
-                    ),
-                    params,
-                )
-                .fetchall()
-            )
+            return drills_in(conn, where, params)
+
+
+def running_drills_of(conn: psycopg.Connection, image_id: uuid.UUID) -> list[Drill]:
+    """The running drills of one image, read in `conn`'s transaction (a deletion's)."""
+    return drills_in(conn, sql.SQL("image_id = %s AND result = 'running'"), [image_id])
+
+
+def drills_in(conn: psycopg.Connection, where: sql.Composable, params: list) -> list[Drill]:
+    return (
+        conn.cursor(row_factory=class_row(Drill))
+        .execute(
+            sql.SQL("SELECT {c} FROM {t} WHERE {w} ORDER BY started_at DESC, id").format(c=COLUMNS, t=TABLE, w=where),
+            params,
+        )
+        .fetchall()
+    )

@@ -16,10 +16,12 @@ from records import (
     Instance,
     InstanceState,
     RequestState,
+    ValidationFailed,
     parse_uuid,
     validate_image_name,
 )
-from records.lifecycle import check_deletable, images_in_use
+from records.lifecycle import check_deletable, check_not_newest_ready, group_of, images_in_use
+from resources.cms.drills import running_drills_of
 from resources.cms.encryption import InvalidToken
 from resources.cms.errors import ImageNotFound, PasswordUnavailable
 from resources.cms.queries import Queries
@@ -28,6 +30,9 @@ from resources.cms.tables import (
     INSTANCE,
     RESTORE_REQUEST,
 )
+
+# First key of the per-instance pg_advisory_xact_lock(int4, int4) every deletion takes ("tgim").
+IMAGE_GROUP_LOCK_KEY = 0x7467696D
 
 
 class ImagesTable(Queries):
@@ -108,11 +113,13 @@ class ImagesTable(Queries):
     def get_image(self, image_id: uuid.UUID | str) -> Image | None:
         return self._get(IMAGE, image_id)
 
-    def find_image(self, ref: str) -> Image | None:
-        """An image by id (uuid string) or by name: the live (not failed/deleted) one, else the newest."""
-        found = self._get(IMAGE, ref)
-        if found is not None:
-            return found
+    def find_image(self, ref: str, field: str = "image") -> Image | None:
+        """An image by id (any spelling of a uuid) or by name: the live (not failed/deleted) one,
+        else the newest. A UUID-shaped reference is an id (names never are, see
+        validate_image_name); when it is also the name of another image (a row named before that
+        rule) the lookup is ambiguous: ValidationFailed(field)."""
+        parsed = parse_uuid(str(ref))
+        found = self._get(IMAGE, parsed) if parsed is not None else None
         rows = self._select(
             IMAGE,
             sql.SQL("name = %s"),
@@ -120,7 +127,14 @@ class ImagesTable(Queries):
             order="(state IN ('failed', 'deleted')), created_at DESC, id",
             limit=1,
         )
-        return rows[0] if rows else None
+        named = rows[0] if rows else None
+        if found is not None and named is not None and named.id != found.id:
+            raise ValidationFailed(
+                field,
+                f"{ref!r} is ambiguous: the id of image {found.name!r} and the name of image {named.id}"
+                " (named before image names were checked); refer to the image by its id",
+            )
+        return found or named
 
     def find_image_by_run(self, run_id: str) -> Image | None:
         return self._by_run(IMAGE, run_id)
@@ -152,14 +166,25 @@ class ImagesTable(Queries):
             raise ImageNotFound(image_id)
         return image
 
-    def begin_image_deletion(self, image_id: uuid.UUID | str, *, reason: str, run_id: str | None) -> Image:
+    def begin_image_deletion(
+        self, image_id: uuid.UUID | str, *, reason: str, run_id: str | None, keep_newest_ready: bool = False
+    ) -> Image:
         """`-> deleting` (with its event) after the deletion rules (`records.lifecycle.check_deletable`)
         hold, all under the image row's lock: a restore creating an instance from it holds a share
-        lock on that row, so it either committed before the users are read here or sees `deleting`."""
+        lock on that row, so it either committed before the users are read here or sees `deleting`.
+
+        keep_newest_ready (retention): the image must not be the newest ready image of its instance
+        at this moment. Every deletion of an instance's images takes that instance's advisory lock
+        first and the retention check reads its ready images FOR SHARE, so a newer image turning
+        corrupt or deleting is either committed before the check or waits for this transaction."""
         parsed = parse_uuid(str(image_id))
         if parsed is None:
             raise ImageNotFound(image_id)
+        found = self.get_image(parsed)
+        if found is None:
+            raise ImageNotFound(image_id)
         with self.connection() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (IMAGE_GROUP_LOCK_KEY, group_of(found)))
             rows = self._select(IMAGE, sql.SQL("id = %s"), [parsed], conn=conn, lock="FOR UPDATE")
             if not rows:
                 raise ImageNotFound(image_id)
@@ -176,12 +201,29 @@ class ImagesTable(Queries):
                 [InstanceState.creating.value, parsed],
                 conn=conn,
             )
-            check_deletable(image, images_in_use([image], requests, instances).get(image.id))
+            drills = running_drills_of(conn, parsed)
+            check_deletable(image, images_in_use([image], requests, instances, drills).get(image.id))
+            if keep_newest_ready:
+                check_not_newest_ready(image, self._ready_of_group(conn, image))
             if image.state is ImageState.deleting:
                 return image
             return self._transition(
                 conn, IMAGE, parsed, ImageState.deleting, reason=reason, run_id=run_id, fields={}, expected=None
             )
+
+    def _ready_of_group(self, conn: Any, image: Image) -> list[Image]:
+        """The ready images of image's instance, share-locked in id order (no lock cycle)."""
+        where = (
+            sql.SQL("source_instance_id = %s AND state = %s")
+            if image.source_instance_id
+            else sql.SQL("source_instance_id IS NULL AND source_namespace = %s AND source_k8s_name = %s AND state = %s")
+        )
+        params = (
+            [image.source_instance_id, ImageState.ready.value]
+            if image.source_instance_id
+            else [image.source_namespace, image.source_k8s_name, ImageState.ready.value]
+        )
+        return self._select(IMAGE, where, params, order="id", conn=conn, lock="FOR SHARE")
 
     def transition_image(
         self,

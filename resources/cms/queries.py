@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -12,9 +12,23 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from records import ImageState, parse_uuid
+from records.requests import is_request_model, request_row
 from resources.cms.encryption import PasswordBox
 from resources.cms.errors import CMSError, InvalidTransition
 from resources.cms.tables import IMAGE, SCHEMA, Table, conflict, state_values
+
+
+def model_row(model: type) -> Any:
+    """psycopg row factory: rows as `model`; a request row that breaks its record's rules comes
+    back as a MalformedRequest instead of stopping every reader of the table."""
+    if not is_request_model(model):
+        return class_row(model)
+
+    def factory(cursor: Any) -> Callable[[Sequence[Any]], Any]:
+        names = [column.name for column in cursor.description or []]
+        return lambda values: request_row(model, dict(zip(names, values, strict=True)))
+
+    return factory
 
 
 def fetch_one(cursor: psycopg.Cursor[Any]) -> Any:
@@ -75,7 +89,7 @@ class Queries:
             with self.connection() as conn:
                 if first is not None:
                     first(conn)
-                row = fetch_one(conn.cursor(row_factory=class_row(kind.model)).execute(query, list(values.values())))
+                row = fetch_one(conn.cursor(row_factory=model_row(kind.model)).execute(query, list(values.values())))
                 self._record_event(conn, kind, row.id, None, row.state.value, reason, row.run_id)
         except psycopg.errors.UniqueViolation as error:
             aliases = {"instance_id": values.get("id"), "image_id": values.get("id"), "request_id": values.get("id")}
@@ -108,9 +122,9 @@ class Queries:
         if lock is not None:
             query += sql.SQL(" ") + sql.SQL(lock)
         if conn is not None:
-            return conn.cursor(row_factory=class_row(kind.model)).execute(query, params).fetchall()
+            return conn.cursor(row_factory=model_row(kind.model)).execute(query, params).fetchall()
         with self.connection() as own:
-            return own.cursor(row_factory=class_row(kind.model)).execute(query, params).fetchall()
+            return own.cursor(row_factory=model_row(kind.model)).execute(query, params).fetchall()
 
     def _get(self, kind: Table, entity_id: Any) -> Any | None:
         parsed = entity_id if isinstance(entity_id, uuid.UUID) else parse_uuid(str(entity_id))
@@ -231,7 +245,7 @@ class Queries:
         )
         try:
             with conn.transaction():  # a savepoint: a conflict leaves the outer transaction usable
-                updated = fetch_one(conn.cursor(row_factory=class_row(kind.model)).execute(query, [*params, parsed]))
+                updated = fetch_one(conn.cursor(row_factory=model_row(kind.model)).execute(query, [*params, parsed]))
                 self._record_event(conn, kind, parsed, current.value, target.value, reason, run_id or updated.run_id)
         except psycopg.errors.UniqueViolation as error:
             current_row = self._select(kind, sql.SQL("id = %s"), [parsed], conn=conn)[0]

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from psycopg import sql
-from psycopg.rows import class_row
 
 from records import (
     ImageRequest,
@@ -19,10 +18,10 @@ from records import (
     RestoreRequestFields,
     parse_uuid,
 )
-from records.requests import RequestFields
+from records.requests import MalformedRequest, RequestFields, request_row
 from resources.cms.claims import ClaimedRequests
 from resources.cms.errors import RequestNotFound
-from resources.cms.queries import Queries
+from resources.cms.queries import Queries, model_row
 from resources.cms.tables import (
     IMAGE_REQUEST,
     RESTORE_REQUEST,
@@ -122,7 +121,7 @@ class RequestsTable(Queries):
             with self.connection() as conn:
                 for kind in (IMAGE_REQUEST, RESTORE_REQUEST):
                     row = (
-                        conn.cursor(row_factory=class_row(kind.model))
+                        conn.cursor(row_factory=model_row(kind.model))
                         .execute(
                             sql.SQL(
                                 "UPDATE {table} SET run_id = %s, updated_at = now() WHERE id = %s RETURNING {columns}"
@@ -159,7 +158,9 @@ class RequestsTable(Queries):
         with self.connection() as conn:
             rows = conn.execute(query, [RequestState.accepted.value, limit]).fetchall()
         names = list(kind.model.model_fields)
-        return [(kind.model.model_validate(dict(zip(names, row[:-1], strict=True))), float(row[-1])) for row in rows]
+        read = [(request_row(kind.model, dict(zip(names, row[:-1], strict=True))), float(row[-1])) for row in rows]
+        # a malformed row is never launched (nor relaunched)
+        return [(request, age) for request, age in read if not isinstance(request, MalformedRequest)]
 
     def list_unlaunched_image_requests(self, limit: int = 100) -> list[tuple[ImageRequest, float]]:
         """Accepted image requests with no run recorded yet, each with its age in seconds since

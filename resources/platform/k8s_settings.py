@@ -12,6 +12,7 @@ import re
 
 from pydantic import BaseModel, Field, field_validator
 
+from records.encryption import refuse_pasted_identity
 from resources.platform.k8s_images import check_pinned_image
 
 
@@ -82,6 +83,20 @@ class ManifestSettings(BaseModel):
             if not re.fullmatch(r"\d{2}", major):
                 raise ValueError(f"job_images: {major!r} must be a PostgreSQL major version such as '17'")
             check_pinned_image(image, f"job_images[{major!r}]")
+        return value
+
+    @field_validator("age_identity_secret")
+    @classmethod
+    def _identity_secret_is_a_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        refuse_pasted_identity(value, "age_identity_secret", "the name of the Secret holding the age identities")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", value) or len(value) > 63:
+            # not repeated either: a wrong value here may still be part of a key
+            raise ValueError(
+                "age_identity_secret: must be a Secret name (a DNS-1123 label of at most 63 characters);"
+                " the value is not repeated here"
+            )
         return value
 
     @field_validator("load_balancer_source_ranges")

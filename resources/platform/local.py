@@ -20,9 +20,10 @@ import threading
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from records import Endpoints, InstanceRef, JobResult, ValidationFailed
+from records.encryption import refuse_pasted_identity
 from resources.platform.base import (
     AGE_IDENTITY_ENV,
     SCRIPTS_DIR,
@@ -76,6 +77,13 @@ class LocalPlatform(PlatformResource):
         description="age identity file (one or more private keys, age-keygen) that restore jobs get a private "
         "copy of; backup jobs never do",
     )
+
+    @field_validator("age_identity_file")
+    @classmethod
+    def _identity_file_is_a_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return refuse_pasted_identity(value, "age_identity_file", "the path of the age identity file")
 
     @model_validator(mode="after")
     def _identities_have_a_file(self) -> LocalPlatform:

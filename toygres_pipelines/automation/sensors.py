@@ -34,6 +34,7 @@ from records import (
     validate_image_name,
 )
 from records.parallel import validate_parallel_jobs
+from records.requests import MalformedRequest
 from resources.cms import ClaimedRequests, CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.automation.jobs import (
@@ -121,6 +122,12 @@ def accept_or_reject(
     """Validate each claimed row: reject it with the reason, or accept it and build its run request."""
     fresh = []
     for request in claim:
+        if isinstance(request, MalformedRequest):
+            reason = f"malformed row: {request.malformed}"
+            claim.reject(request, reason)
+            done.rejected[str(request.id)] = reason
+            log(f"request {request.id} rejected: {reason}")
+            continue
         try:
             checked = check(request, taken)
         except (ValidationFailed, pydantic.ValidationError) as error:
@@ -259,7 +266,7 @@ def evaluate_requests(
     rerequest = partial(kind.rerequest, cms)
     settle_unlaunched(instance, cms, kind.unlaunched(cms), relaunch_after, rerequest, done, log)
     with kind.claim(cms, limit) as claim:
-        taken = {kind.key(r) for r in claim.already_accepted()}
+        taken = {kind.key(r) for r in claim.already_accepted() if not isinstance(r, MalformedRequest)}
         check = partial(kind.check, cms, platform)
         fresh = accept_or_reject(claim, check, taken, kind.key, kind.run_request, done, log)
     # committed: the accepted rows are durable before any run request leaves this evaluation

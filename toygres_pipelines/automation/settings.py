@@ -12,6 +12,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from records import ValidationFailed
+from records.bounds import numeric_rule
 from records.retention import RetentionPolicy
 
 ENV_PREFIX = "TOYGRES_"
@@ -25,29 +26,39 @@ class AutomationSettings(BaseModel):
     nightly_timezone: str = Field(
         default="UTC", description="Time zone of the nightly cron (also decides the date in the partition key)"
     )
-    sensor_interval_seconds: int = Field(default=30, ge=1, description="Request sensors and run-status sensors")
-    request_batch: int = Field(default=50, ge=1, description="Pending requests claimed per evaluation")
-    relaunch_after_seconds: int = Field(
-        default=120, ge=1, description="An accepted request with no run after this long is emitted again"
+    sensor_interval_seconds: int = Field(
+        default=30, ge=1, le=86400, description="Request sensors and run-status sensors"
     )
-    reconcile_interval_seconds: int = Field(default=300, ge=1, description="How often the reconciler looks")
+    request_batch: int = Field(default=50, ge=1, le=10000, description="Pending requests claimed per evaluation")
+    relaunch_after_seconds: int = Field(
+        default=120, ge=1, le=604800, description="An accepted request with no run after this long is emitted again"
+    )
+    reconcile_interval_seconds: int = Field(default=300, ge=1, le=86400, description="How often the reconciler looks")
     reconcile_grace_seconds: int = Field(
-        default=60, ge=0, description="A finished run's rows are left to the run-status sensors for this long"
+        default=60, ge=0, le=86400, description="A finished run's rows are left to the run-status sensors for this long"
     )
     stale_job_grace_seconds: int = Field(
-        default=3600, ge=0, description="A job this long past its timeout is removed by the janitor"
+        default=3600, ge=0, le=2592000, description="A job this long past its timeout is removed by the janitor"
     )
     retention_cron: str = Field(
         default="30 4 * * *", description="When the retention job runs (in nightly_timezone), deleting what expired"
     )
     backup_freshness_hours: float = Field(
-        default=26, gt=0, description="A running instance's newest ready image must be younger than this"
+        default=26,
+        gt=0,
+        le=8784,
+        allow_inf_nan=False,
+        description="A running instance's newest ready image must be younger than this",
     )
     backup_freshness_severity: Literal["WARN", "ERROR"] = Field(
         default="ERROR", description="Severity of the backups_fresh check when an instance is out of its window"
     )
     drill_freshness_days: float = Field(
-        default=8, gt=0, description="A running instance's newest successful restore drill must be younger than this"
+        default=8,
+        gt=0,
+        le=366,
+        allow_inf_nan=False,
+        description="A running instance's newest successful restore drill must be younger than this",
     )
     drill_freshness_severity: Literal["WARN", "ERROR"] = Field(
         default="WARN", description="Severity of the drills_fresh check when an instance is out of its window"
@@ -91,4 +102,7 @@ class AutomationSettings(BaseModel):
         except ValidationError as error:
             first = error.errors()[0]
             field = str(first["loc"][0])
-            raise ValueError(f"{cls.env_name(field)}: {values.get(field)!r}: {first['msg']}") from None
+            allowed = numeric_rule(cls, field)
+            rule = f"must be {allowed}" if allowed else first["msg"]
+            separator = " " if allowed else ": "
+            raise ValueError(f"{cls.env_name(field)}: {values.get(field)!r}{separator}{rule}") from None

@@ -83,7 +83,10 @@ class Azurite:
 
     def start(self) -> Azurite:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "azurite.log", "ab")
+        # Private, and without the access log (--silent): request URLs carry SAS signatures.
+        log_path = self.data_dir / "azurite.log"
+        log = open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        os.chmod(log_path, 0o600)  # a log left by an older stack
         self.process = subprocess.Popen(
             [
                 *DEFAULT_SIGNALS,
@@ -97,6 +100,7 @@ class Azurite:
                 "--skipApiVersionCheck",
                 "--loose",
                 "--disableTelemetry",
+                "--silent",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from records import Image, ImageState, InstanceState, LogSink, RequestState, ValidationFailed
+from records import Image, ImageState, InstanceState, LogSink, RequestState, ValidationFailed, parse_uuid
 from records import lifecycle as rules
+from records.drills import DrillResult
 from records.lifecycle import images_in_use
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -49,11 +50,13 @@ def find(cms: CMSResource, ref: str) -> Image:
 
 
 def in_use_by(cms: CMSResource, images: Iterable[Image]) -> dict:
-    """Which of these images a pending/accepted restore request or a creating instance uses."""
+    """Which of these images a pending/accepted restore request, a creating instance or a running
+    drill uses."""
     return images_in_use(
         images,
         cms.list_restore_requests([RequestState.pending, RequestState.accepted]),
         cms.list_instances([InstanceState.creating]),
+        cms.list_drills(results=[DrillResult.running]),
     )
 
 
@@ -84,7 +87,10 @@ def delete_image(
     """Delete one image on request (job `delete_image`, CLI `delete-image`)."""
     image = find(cms, ref)
     check_deletable(cms, image)
-    return remove_image(cms, blob, image, reason="deleted on request", run_id=run_id, log=log, partitions=partitions)
+    matched = "id" if parse_uuid(ref) is not None and parse_uuid(ref) == image.id else "name"
+    return remove_image(
+        cms, blob, image, reason="deleted on request", run_id=run_id, log=log, partitions=partitions, matched=matched
+    )
 
 
 def remove_image(
@@ -96,9 +102,13 @@ def remove_image(
     run_id: str | None,
     log: LogSink,
     partitions: Partitions | None,
+    keep_newest_ready: bool = False,
+    matched: str | None = None,
 ) -> Image:
-    """deleting (event) -> blobs -> deleted (event) -> partition; see the module docstring."""
-    image = cms.begin_image_deletion(image.id, reason=reason, run_id=run_id)
+    """deleting (event) -> blobs -> deleted (event) -> partition; see the module docstring.
+    keep_newest_ready (retention): refused when the image is its instance's newest ready image
+    at the moment it would turn deleting."""
+    image = cms.begin_image_deletion(image.id, reason=reason, run_id=run_id, keep_newest_ready=keep_newest_ready)
     removed = blob.delete_prefix(image.blob_path)
     deleted = cms.transition_image(
         image.id,
@@ -107,7 +117,8 @@ def remove_image(
         run_id=run_id,
         expected=ImageState.deleting,
     )
-    log(f"image {image.name} ({image.id}) deleted: {removed} blob(s) under {image.blob_path} removed")
+    how = f", matched by {matched}" if matched else ""
+    log(f"image {image.name} ({image.id}{how}) deleted: {removed} blob(s) under {image.blob_path} removed")
     if partitions is not None:
         tidy_partitions(cms.list_images(), partitions, log, names={image.name})
     return deleted

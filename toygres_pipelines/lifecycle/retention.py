@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta
 from pydantic import BaseModel, ConfigDict
 
 from records import Image, ImageState
+from records.lifecycle import group_of
 from records.retention import RetentionPolicy
 
 # What a plan looks at: ready images go through the tiers, failed ones through the failed-image
@@ -92,14 +93,6 @@ def plan_retention(
             for i in members
         ]
     return RetentionPlan(decisions=decisions)
-
-
-def group_of(image: Image) -> str:
-    return (
-        str(image.source_instance_id)
-        if image.source_instance_id
-        else f"{image.source_namespace}/{image.source_k8s_name}"
-    )
 
 
 def keep_reasons(

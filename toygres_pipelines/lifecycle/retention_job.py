@@ -4,12 +4,14 @@ Expired ready images and failed images past the window go through `remove_image`
 blobs, row deleted, partition), images left `deleting` by an earlier run are finished, blob
 folders no live row owns (stray) are removed, and partitions whose images are all deleted go.
 Before each deletion the image is read again and checked like a deletion on request: a pin or a
-restore that appeared since the plan keeps it.
+restore that appeared since the plan keeps it, and under the instance's lock, at the moment the row
+turns deleting, an image that has become the instance's newest ready one since the plan is kept.
 """
 
 from datetime import UTC, datetime
 
 import dagster as dg
+import psycopg
 from pydantic import BaseModel, Field
 
 from records import Image, ImageState, LogSink, ValidationFailed, parse_uuid
@@ -38,6 +40,10 @@ class RetentionOutcome(BaseModel):
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
     partitions_removed: list[str] = []
+    cms_unreachable: str | None = None
+
+    def not_deleted(self) -> list[str]:
+        return sorted({d.image_name for d in self.plan.expired} - set(self.deleted))
 
     def summary(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
@@ -100,8 +106,21 @@ def run_retention(
             if current is None or current.state is not decision.state:
                 raise ValidationFailed("image", f"changed since the plan (now {current.state if current else 'gone'})")
             check_deletable(cms, current)
-            remove_image(cms, blob, current, reason="expired by retention", run_id=run_id, log=log, partitions=None)
+            remove_image(
+                cms,
+                blob,
+                current,
+                reason="expired by retention",
+                run_id=run_id,
+                log=log,
+                partitions=None,
+                keep_newest_ready=True,
+            )
             outcome.deleted.append(decision.image_name)
+        except psycopg.OperationalError as lost:  # the CMS went away: nothing more is deleted now
+            outcome.cms_unreachable = " ".join(str(lost).split()) or type(lost).__name__
+            log(f"the CMS became unreachable at image {decision.image_name}: {outcome.cms_unreachable}")
+            break
         except (ValidationFailed, CMSError) as refused:
             outcome.skipped[decision.image_name] = str(refused)
             log(f"image {decision.image_name} kept: {refused}")
@@ -114,7 +133,7 @@ def run_retention(
             log(f"stray blob folder {IMAGES_PREFIX}/{folder}: {removed} blob(s) removed")
         except Exception as error:  # noqa: BLE001 - retried next run
             outcome.failed[f"{IMAGES_PREFIX}/{folder}"] = f"{type(error).__name__}: {error}"
-    if partitions is not None:
+    if partitions is not None and outcome.cms_unreachable is None:
         outcome.partitions_removed = tidy_partitions(cms.list_images(), partitions, log)
     return outcome
 
@@ -156,6 +175,14 @@ def retention_job(policy: RetentionPolicy) -> dg.JobDefinition:
             "default_policy": dg.MetadataValue.json(policy.model_dump()),
         }
         context.log.info(outcome.summary())
+        if outcome.cms_unreachable is not None:
+            raise dg.Failure(
+                description=f"retention: the CMS became unreachable ({outcome.cms_unreachable}); "
+                f"deleted: {', '.join(outcome.deleted) or 'none'}; "
+                f"not deleted (retried by the next run): {', '.join(outcome.not_deleted())}. Each image is untouched, "
+                "deleting (finished by the next run) or deleted",
+                metadata=metadata,
+            )
         if outcome.failed:
             raise dg.Failure(
                 description=f"retention: {outcome.summary()}: "

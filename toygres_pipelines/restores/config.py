@@ -156,7 +156,7 @@ def check_timeouts(config: RestoreConfig) -> None:
 
 
 def ready_image(cms: CMSResource, ref: str) -> Image:
-    image = cms.find_image(ref)
+    image = cms.find_image(ref, field="source_image_id")
     if image is None:
         kind = "id" if parse_uuid(ref) else "name"
         raise ValidationFailed("source_image_id", f"no image with {kind} {ref!r}")
