@@ -41,6 +41,8 @@ TOYGRES_INSTANCE_LABEL = "toygres/instance"
 TOYGRES_JOB_LABEL = "toygres/job"
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 DNS_LABEL_ANNOTATION = "service.beta.kubernetes.io/azure-dns-label-name"
+# Without it, AKS also allows the cluster's own load balancer rules around the ranges (cloud-provider-azure).
+DENY_ALL_EXCEPT_RANGES_ANNOTATION = "service.beta.kubernetes.io/azure-deny-all-except-load-balancer-source-ranges"
 ORIGINAL_LABELS_ANNOTATION = "toygres/original-labels"
 
 PASSWORD_KEY = "password"
@@ -233,7 +235,9 @@ def postgres_image(spec: DeploySpec, settings: ManifestSettings) -> tuple[str, s
         images, pull = settings.postgres_images, None
     image = images.get(str(spec.postgres_version))
     if image is None and spec.image_type is ImageType.stock:
-        image = f"postgres:{spec.postgres_version}"
+        # The job image of the major: the very build (FROM postgres:<major>-bookworm@digest) that
+        # restored the data directory, so its collations match the server's glibc.
+        image = settings.job_images.get(str(spec.postgres_version))
     if image is None:
         raise ManifestError(
             f"no {spec.image_type.value} image configured for PostgreSQL {spec.postgres_version}"
@@ -345,6 +349,13 @@ def tls_secret(instance: InstanceRef, dns_names: list[str]) -> Manifest:
     return manifest
 
 
+PUBLIC_WITHOUT_RANGES = (
+    "a public instance needs load_balancer_source_ranges (TOYGRES_K8S_LOAD_BALANCER_SOURCE_RANGES): without them"
+    " Azure opens port 5432 to the whole Internet; request internal: true, or set"
+    " allow_public_without_source_ranges (TOYGRES_K8S_ALLOW_PUBLIC_WITHOUT_SOURCE_RANGES) to accept that"
+)
+
+
 def service(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
     instance = spec.instance
     check_instance(instance)
@@ -362,6 +373,9 @@ def service(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
         annotations[DNS_LABEL_ANNOTATION] = spec.dns_label
         if settings.load_balancer_source_ranges:
             manifest["spec"]["loadBalancerSourceRanges"] = list(settings.load_balancer_source_ranges)
+            annotations[DENY_ALL_EXCEPT_RANGES_ANNOTATION] = "true"
+        elif not settings.allow_public_without_source_ranges:
+            raise ManifestError(PUBLIC_WITHOUT_RANGES)
     if not annotations:
         manifest["metadata"].pop("annotations")
     return manifest
@@ -441,6 +455,9 @@ def job_env(spec: JobSpec, settings: ManifestSettings) -> list[Manifest]:
         **spec.env,
         BLOB_GRANT_ENV: f"{BLOB_GRANT_MOUNT}/{SAS_KEY}",
     }
+    buffer_gb = azcopy_buffer_gb(spec, settings)
+    if buffer_gb is not None:
+        values["AZCOPY_BUFFER_GB"] = buffer_gb
     instance = spec.instance
     if spec.kind is JobKind.backup:
         values |= {
@@ -457,6 +474,46 @@ def job_env(spec: JobSpec, settings: ManifestSettings) -> list[Manifest]:
     env = [_env_value(name, value) for name, value in values.items()]
     env.append(_env_secret("PGPASSWORD", instance_secret_name(instance), PASSWORD_KEY))
     return env
+
+
+MEMORY_UNITS = {
+    "": 1,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
+# The share of the job's memory limit all azcopy buffers together may take; the rest is for
+# pg_dump/pg_restore, age, bash and the page cache of the scratch disk.
+AZCOPY_MEMORY_SHARE = 0.5
+
+
+def memory_bytes(quantity: str) -> int:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", quantity)
+    if match is None:
+        raise ManifestError(f"memory quantity {quantity!r}: expected a number with an optional unit such as 2Gi")
+    return int(float(match.group(1)) * MEMORY_UNITS[match.group(2) or ""])
+
+
+def concurrent_transfers(spec: JobSpec) -> int:
+    """How many azcopy processes a job runs at once (parallel mode: one per file in flight)."""
+    try:
+        return max(1, *(int(spec.env.get(name, "1")) for name in PARALLELISM_ENV))
+    except ValueError as error:
+        raise ManifestError(f"job {spec.name}: {'/'.join(PARALLELISM_ENV)} must be integers ({error})") from None
+
+
+def azcopy_buffer_gb(spec: JobSpec, settings: ManifestSettings) -> str | None:
+    """AZCOPY_BUFFER_GB: azcopy's default is 0.5 GB per CPU *of the node* (not of the pod), per
+    process; the Job's memory limit shared among its concurrent transfers decides instead."""
+    if not settings.job_memory_limit:
+        return None
+    share = memory_bytes(settings.job_memory_limit) * AZCOPY_MEMORY_SHARE / concurrent_transfers(spec) / 2**30
+    return f"{max(int(share * 100) / 100, 0.01):.2f}"
 
 
 def job_labels(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:

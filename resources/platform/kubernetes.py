@@ -145,8 +145,13 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                 f"(TOYGRES_K8S_JOB_IMAGES has: {configured})",
             )
 
+    def check_exposure(self, internal: bool) -> None:
+        if not internal and not self.load_balancer_source_ranges and not self.allow_public_without_source_ranges:
+            raise ValidationFailed("internal", m.PUBLIC_WITHOUT_RANGES)
+
     def check_server_image(self, version: str, image_type: ImageType, field: str, subject: str = "the request") -> None:
-        # A stock server without a configured image runs postgres:<major>; pg_durable has no such default.
+        # A stock server without a configured image runs the job image of its major (checked by
+        # check_postgres_version); pg_durable has no such default.
         if image_type is ImageType.pg_durable and str(version) not in self.pg_durable_images:
             configured = ", ".join(sorted(self.pg_durable_images, key=int)) or "none"
             raise ValidationFailed(
