@@ -29,7 +29,7 @@ from records import DNS1123_LABEL, ImageType, InstanceRef, ValidationFailed, val
 from resources.platform.base import AGE_IDENTITY_ENV, SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
 from resources.platform.k8s_images import ManifestError, check_pinned_image
 from resources.platform.k8s_settings import ManifestSettings
-from resources.platform.tls import self_signed_certificate
+from resources.platform.tls import server_certificate
 
 Manifest = dict[str, Any]
 
@@ -49,6 +49,8 @@ PASSWORD_KEY = "password"
 SAS_KEY = "sas"
 TLS_CERT_KEY = "tls.crt"
 TLS_KEY_KEY = "tls.key"
+CA_CERT_KEY = "ca.crt"
+VERIFIED_SSLMODE = "verify-full"  # offered for the DNS name when the deployment's CA signs the certificates
 # Clients get TLS without certificate verification: the certificate is per instance and self-signed.
 CLIENT_SSLMODE = "require"
 STARTUP_PROBE_PERIOD_SECONDS = 10
@@ -332,10 +334,11 @@ def tls_names(spec: DeploySpec, azure_region: str | None) -> list[str]:
     return names + [service_dns_name(instance), service_name, server_name(instance)]
 
 
-def tls_secret(instance: InstanceRef, dns_names: list[str]) -> Manifest:
-    """The instance's server certificate (self-signed, per instance) as a kubernetes.io/tls Secret."""
+def tls_secret(instance: InstanceRef, dns_names: list[str], ca: tuple[bytes, bytes] | None = None) -> Manifest:
+    """The instance's server certificate as a kubernetes.io/tls Secret: signed by the deployment's
+    CA (certificate PEM, key PEM; its certificate kept as ca.crt) when given, else self-signed."""
     check_instance(instance)
-    cert_pem, key_pem = self_signed_certificate(dns_names)
+    cert_pem, key_pem = server_certificate(dns_names, ca)
     manifest = _meta(
         load_template("postgres-tls-secret.yaml"),
         tls_secret_name(instance),
@@ -346,6 +349,8 @@ def tls_secret(instance: InstanceRef, dns_names: list[str]) -> Manifest:
         TLS_CERT_KEY: base64.b64encode(cert_pem).decode("ascii"),
         TLS_KEY_KEY: base64.b64encode(key_pem).decode("ascii"),
     }
+    if ca is not None:
+        manifest["data"][CA_CERT_KEY] = base64.b64encode(ca[0]).decode("ascii")
     return manifest
 
 

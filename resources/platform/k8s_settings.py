@@ -66,6 +66,12 @@ class ManifestSettings(BaseModel):
         description="CIDRs allowed to reach public instances (Service loadBalancerSourceRanges); with none, public "
         "instances are refused unless allow_public_without_source_ranges",
     )
+    tls_ca_secret: str | None = Field(
+        default=None,
+        description="kubernetes.io/tls Secret (tls.crt, tls.key) in each instance namespace holding the deployment's "
+        "CA: it signs every instance certificate and connection strings by DNS name say sslmode=verify-full; "
+        "None: self-signed certificates, sslmode=require",
+    )
     allow_public_without_source_ranges: bool = Field(
         default=False,
         description="Let public instances open 5432 to the whole Internet when load_balancer_source_ranges is empty",

@@ -288,3 +288,88 @@ def test_the_project_image_installs_exactly_what_pyproject_declares():
     assert froms == ["${PYTHON_BASE}"] and "ARG PYTHON_BASE\n" in dockerfile  # a digest from build.sh
     build = (DEPLOY / "image" / "build.sh").read_text()
     assert '--build-arg "PYTHON_BASE=$base"' in build and "RepoDigests" in build
+
+
+# --- verify-full: a per-deployment CA signs every instance certificate ------------------------------
+
+
+def test_instance_certificates_are_signed_by_the_deployments_ca(tmp_path):
+    import base64
+
+    from cryptography import x509
+
+    from resources.platform import tls
+
+    ca_cert, ca_key = tls.new_ca("toygres test CA")
+    names = m.tls_names(deploy(internal=False), "westeurope")
+    secret = m.tls_secret(INSTANCE, names, ca=(ca_cert, ca_key))
+    validate(secret)
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    authority = x509.load_pem_x509_certificate(ca_cert)
+    cert.verify_directly_issued_by(authority)  # raises unless the CA signed it
+    assert base64.b64decode(secret["data"]["ca.crt"]) == ca_cert
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "orders-copy.westeurope.cloudapp.azure.com" in sans
+    # the CLI-side tool: a fresh CA written for `kubectl create secret tls`
+    tls.main([str(tmp_path / "ca.crt"), str(tmp_path / "ca.key")])
+    assert (tmp_path / "ca.key").stat().st_mode & 0o777 == 0o600
+    x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+
+
+def test_with_a_ca_the_dns_connection_string_verifies_the_server():
+    from records import Endpoints
+    from toygres_pipelines.restores.steps import check_url, connection_strings
+
+    endpoints = Endpoints(
+        host="orders-copy.westeurope.cloudapp.azure.com",
+        port=5432,
+        external_ip="203.0.113.7",
+        dns_name="orders-copy.westeurope.cloudapp.azure.com",
+        sslmode="require",
+        dns_sslmode="verify-full",
+    )
+    strings = connection_strings(endpoints, password=None)
+    assert strings.dns.endswith("?sslmode=verify-full")  # the name is in the CA-signed certificate
+    assert strings.ip.endswith("?sslmode=require")  # an address is not: encrypted, not verified
+    from pydantic import SecretStr
+
+    assert check_url(endpoints, SecretStr("x")).endswith("?sslmode=require")  # the run holds no CA file
+
+
+def test_the_platform_signs_with_the_ca_secret_of_the_instances_namespace(tmp_path):
+    """Against the API stand-in: deploy_instance reads the CA Secret (tls_ca_secret) of the
+    instance's namespace and stores a certificate it signed; endpoints offer verify-full."""
+    import base64
+
+    from cryptography import x509
+    from k8s_fake_cluster import running_cluster
+
+    from resources.platform import tls
+
+    ca_cert, ca_key = tls.new_ca("toygres test CA")
+    with running_cluster(tmp_path) as cluster:
+        k8s = platform(
+            kubeconfig_path=str(cluster.kubeconfig),
+            tls_ca_secret="toygres-ca",
+            load_balancer_source_ranges=["203.0.113.0/24"],
+            azure_region="westeurope",
+        )
+        spec = deploy(internal=True)
+        with pytest.raises(Exception, match="tls_ca_secret: Secret 'toygres-ca' .*toygres-instances"):
+            k8s.deploy_instance(spec)
+        k8s._core.create_namespaced_secret(
+            INSTANCE.namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "toygres-ca", "namespace": INSTANCE.namespace},
+                "type": "kubernetes.io/tls",
+                "data": {"tls.crt": base64.b64encode(ca_cert).decode(), "tls.key": base64.b64encode(ca_key).decode()},
+            },
+        )
+        k8s.deploy_instance(spec)
+        stored = k8s._core.read_namespaced_secret(m.tls_secret_name(INSTANCE), INSTANCE.namespace)
+        cert = x509.load_pem_x509_certificate(base64.b64decode(stored.data["tls.crt"]))
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_cert))
+        endpoints = k8s.endpoints(INSTANCE)
+        assert endpoints.dns_sslmode == "verify-full" and endpoints.sslmode == "require"
