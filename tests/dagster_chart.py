@@ -10,6 +10,10 @@ Followed, block by block, from the chart's sources (helm/dagster/templates/ in d
   helpers/instance/_compute-log-manager.tpl   NoOpComputeLogManager (the chart's default type)
   helpers/instance/_concurrency.tpl           concurrency.pools / concurrency.runs
   helpers/_helpers.tpl                        dagster.postgresql.host, dagster.serviceAccountName
+Where the stored sources differ by version, the newest read is followed (the k8s run launcher block
+with labels, run_k8s_config, fail_pod_on_run_failure). The `concurrency:` block is rendered from
+_concurrency.tpl under `concurrency.enabled`; the configmap version read here predates that include,
+so its placement is assumed, not copied (compare with `helm template`, docs/kubernetes.md).
 Only the value paths the project's values use are rendered; anything else in `values` is an error
 here (so a new setting is added to this renderer, not silently dropped).
 """
