@@ -32,6 +32,11 @@ class Endpoints(Record):
     external_ip: str | None = None
     dns_name: str | None = None
     sslmode: str | None = Field(default=None, description="libpq sslmode clients must use (None: libpq's default)")
+    dns_sslmode: str | None = Field(
+        default=None,
+        description="sslmode of the connection string by DNS name when it is stricter (verify-full: the name is in a "
+        "certificate the deployment's CA signed); None: sslmode",
+    )
     check_host: str | None = Field(
         default=None,
         description="Where this system connects to check the instance when the public address is not reachable "

@@ -305,6 +305,7 @@ def test_on_kubernetes_the_sensor_rejects_what_the_deployment_cannot_run(cms, re
         namespace="toygres-instances",
         instance_namespaces=["team-a"],
         job_images={ready_image.postgres_version: f"acr.io/toygres-job@sha256:{'ab' * 32}"},
+        load_balancer_source_ranges=["203.0.113.0/24"],
     )
     good = restore_request(cms, source_image_id=ready_image.name, dns_label="req-ok", namespace="team-a")
     bad = restore_request(cms, source_image_id=ready_image.name, dns_label="req-ns", namespace="default")
@@ -312,6 +313,18 @@ def test_on_kubernetes_the_sensor_rejects_what_the_deployment_cannot_run(cms, re
     assert [r.run_key for r in run_requests_of(result)] == [str(good.id)]
     row = cms.get_restore_request(bad.id)
     assert row.state is RequestState.rejected and "namespace: 'default' is not enabled" in row.reason, row.reason
+
+    # A public instance on a deployment without source ranges: refused before any run.
+    open_to_all = KubernetesPlatform(
+        namespace="toygres-instances",
+        instance_namespaces=["team-a"],
+        job_images={ready_image.postgres_version: f"acr.io/toygres-job@sha256:{'ab' * 32}"},
+    )
+    public = restore_request(cms, source_image_id=ready_image.name, dns_label="req-pub", namespace="team-a")
+    result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": open_to_all})
+    assert str(public.id) not in [r.run_key for r in run_requests_of(result)]
+    row = cms.get_restore_request(public.id)
+    assert row.state is RequestState.rejected and row.reason.startswith("internal: a public instance needs"), row.reason
 
 
 # ---- the nightly schedule -------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The UI as an operator sees it, in a real browser: Debian's Chromium driven by Playwright against a
-dagster-webserver and a dagster-daemon (the instance config `make dev` ships) on free ports.
+webserver and daemon of the chart's topology (toygres_pipelines/dev/topology.py: PostgreSQL storage,
+a gRPC code server; the instance config `make dev` ships) on free ports.
 
 Walks the Catalog's `image` asset (partitions with their status, the Checks tab), the restore
 launchpad (scaffolded, filled, launched), the finished run with every step green, and a bad
@@ -12,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +21,10 @@ import dagster as dg
 import pytest
 
 from records import InstanceState
-from resources.platform.base import PROJECT_DIR
+from resources.platform.postgres_server import free_port
 from tests.helpers import materialize_image
-from tests.test_daemon_e2e import daemon_home, stop_group  # noqa: F401 - daemon_home is a fixture
-from tests.test_webserver_e2e import running_webserver
+from tests.test_daemon_e2e import dagster_instance, topology  # noqa: F401 - topology is a fixture
+from toygres_pipelines.dev.topology import DagsterTopology
 
 pytestmark = pytest.mark.integration
 
@@ -116,10 +115,9 @@ def scaffold_missing_config(page, tmp_path: Path) -> None:
         assert f"{field}:" in scaffolded, scaffolded
 
 
-def wait_for_run(home: Path, run_id: str, monkeypatch) -> dg.DagsterRun:
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+def wait_for_run(dagster: DagsterTopology, run_id: str, monkeypatch) -> dg.DagsterRun:
     deadline = time.monotonic() + RUN_SECONDS / 1000
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(dagster, monkeypatch) as instance:
         while True:
             run = instance.get_run_by_id(run_id)
             if run is not None and run.is_finished:
@@ -128,44 +126,23 @@ def wait_for_run(home: Path, run_id: str, monkeypatch) -> dg.DagsterRun:
             time.sleep(1)
 
 
-@contextmanager
-def running_daemon(workspace: Path, env: dict[str, str], log_path: Path):
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
-            cwd=str(PROJECT_DIR),
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        stop_group(process)
-
-
 def test_an_operator_backs_up_and_restores_through_the_ui(
     chromium,
-    daemon_home,  # noqa: F811 - the fixture imported above
+    topology,  # noqa: F811 - the fixture imported above
     resources,
     cms,
     source,
     tmp_path,
     monkeypatch,  # noqa: F811
 ):
-    home, workspace, env = daemon_home
     image_name = f"{source.k8s_name}__before-upgrade"
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    # The image is made before the services start (they and this process would race to create the storage).
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(topology, monkeypatch) as instance:
         assert materialize_image(resources, image_name, instance=instance).success
 
-    with (
-        running_daemon(workspace, env, tmp_path / "daemon.log") as process,
-        running_webserver(tmp_path, env, workspace=workspace) as port,
-        browser_page(chromium, tmp_path) as page,
-    ):
+    port = free_port()
+    topology.start_daemon()
+    topology.start_webserver("127.0.0.1", port)
+    with browser_page(chromium, tmp_path) as page:
         base = f"http://127.0.0.1:{port}"
 
         # The Catalog's image asset: its partitions, each with its status
@@ -186,14 +163,14 @@ def test_an_operator_backs_up_and_restores_through_the_ui(
             {"name": "from-ui", "dns_label": "from-ui", "source_image_id": image_name, "storage_size_gb": 1},
             tmp_path,
         )
-        run = wait_for_run(home, run_id, monkeypatch)
+        run = wait_for_run(topology, run_id, monkeypatch)
         assert run.status is dg.DagsterRunStatus.SUCCESS
         page.goto(f"{base}/runs/{run_id}")
         page.get_by_text("toygres-pipelines connect").first.wait_for()
         shoot(page, tmp_path, "restore-run-succeeded")
         restored = cms.find_instance_by_run(run_id)
         assert restored.state is InstanceState.running and restored.user_name == "from-ui"
-        with dg.DagsterInstance.from_config(str(home)) as instance:
+        with dagster_instance(topology, monkeypatch) as instance:
             steps = instance.get_run_step_stats(run_id)
         assert len(steps) == 10 and {s.status.value for s in steps} == {"SUCCESS"}, steps
 
@@ -201,8 +178,8 @@ def test_an_operator_backs_up_and_restores_through_the_ui(
         bad_id = launch_from_the_launchpad(
             page, base, {"name": "Bad_Name", "dns_label": "bad-name", "source_image_id": image_name}, tmp_path, False
         )
-        assert wait_for_run(home, bad_id, monkeypatch).status is dg.DagsterRunStatus.FAILURE
+        assert wait_for_run(topology, bad_id, monkeypatch).status is dg.DagsterRunStatus.FAILURE
         page.goto(f"{base}/runs/{bad_id}")
         page.get_by_text("Invalid restore request: name: 'Bad_Name' must be a DNS-1123 label").first.wait_for()
         shoot(page, tmp_path, "restore-run-bad-request")
-        assert process.poll() is None
+        topology.check_running()

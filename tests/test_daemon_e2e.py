@@ -1,17 +1,18 @@
-"""End to end through a real `dagster-daemon`: CMS requests → sensor ticks → queued runs → run
-workers → CMS rows written back. The instance config is the one `make dev` ships."""
+"""End to end through Dagster deployed as the Helm chart deploys it (toygres_pipelines/dev/topology.py:
+PostgreSQL storage, a gRPC code server, daemon and webserver loading it over gRPC, one process per
+run): CMS requests → sensor ticks → queued runs → run workers → CMS rows written back. The instance
+config is the one `make dev` ships."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
+import uuid
+from contextlib import contextmanager
 
 import dagster as dg
+import psycopg
 import pytest
+from psycopg import sql
 
 from records import ImageState, InstanceState, RequestState
 from records.requests import ImageRequestFields, RestoreRequestFields
@@ -20,30 +21,24 @@ from toygres_pipelines.automation.jobs import KIND_TAG, REQUEST_ID_TAG
 
 pytestmark = pytest.mark.integration
 
-from resources.platform.base import PROJECT_DIR  # noqa: E402
+from resources.platform.postgres_server import free_port  # noqa: E402
+from toygres_pipelines.dev.topology import LOCAL_INSTANCE, DagsterTopology, ensure_storage_database  # noqa: E402
 
 WAIT_SECONDS = 180
 
 
 @pytest.fixture
-def daemon_home(tmp_path, stack, cms, blob, platform):
-    """DAGSTER_HOME with the dev stack's dagster.yaml, a workspace, and the environment of the code location."""
+def topology(tmp_path, stack, cms, blob, platform):
+    """The chart's topology (toygres_pipelines/dev/topology.py) over this test's CMS and blob
+    container: a storage database of its own, the shipped dagster.yaml, the code server running."""
     from resources.platform.local_tools import azcopy_path
 
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((PROJECT_DIR / "deploy" / "local" / "dagster.yaml").read_text())
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: toygres_pipelines.definitions\n"
-        f"      working_directory: {PROJECT_DIR}\n"
-        "      location_name: toygres_pipelines\n"
-    )
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TOYGRES_", "DAGSTER_"))},
-        "DAGSTER_HOME": str(home),
+    (home / "dagster.yaml").write_text(LOCAL_INSTANCE.read_text())
+    database = f"dagster_{uuid.uuid4().hex[:12]}"
+    storage_env = ensure_storage_database(stack.cms.dsn, database)
+    code_env = {
         "TOYGRES_CMS_DSN": cms.dsn,
         "TOYGRES_ENCRYPTION_KEY": cms.encryption_key,
         "TOYGRES_BLOB_CONNECTION_STRING": stack.azurite.connection_string,
@@ -53,58 +48,42 @@ def daemon_home(tmp_path, stack, cms, blob, platform):
         "TOYGRES_AZCOPY": str(azcopy_path()),
         "TOYGRES_SENSOR_INTERVAL_SECONDS": "5",
     }
-    return home, workspace, env
-
-
-@pytest.fixture
-def daemon(daemon_home, tmp_path):
-    home, workspace, env = daemon_home
-    log_path = tmp_path / "daemon.log"
-    daemon_bin = Path(sys.executable).parent / "dagster-daemon"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(daemon_bin), "run", "-w", str(workspace)],
-            cwd=str(PROJECT_DIR),
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    dagster = DagsterTopology(
+        home=home,
+        workspace=tmp_path / "workspace.yaml",
+        log_dir=tmp_path / "dagster-logs",
+        dagster_env={"DAGSTER_HOME": str(home), **storage_env},
+        code_env=code_env,
+        code_port=free_port(),
+    )
     try:
-        yield process, home, log_path
+        dagster.start_code_server()
+        yield dagster
     finally:
-        stop_group(process)
+        dagster.stop()
+        with psycopg.connect(stack.cms.dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    """The daemon, its code server and any run worker: the whole process group it leads."""
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=grace)
-            # run workers may outlive the daemon briefly; the group is signalled again below
-        except subprocess.TimeoutExpired:
-            continue
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+@contextmanager
+def dagster_instance(topology: DagsterTopology, monkeypatch):
+    """This process's view of the topology's instance (the same storage variables)."""
+    for name, value in topology.dagster_env.items():
+        monkeypatch.setenv(name, value)
+    with dg.DagsterInstance.from_config(str(topology.home)) as instance:
+        yield instance
 
 
-def log_tail(path: Path, lines: int = 60) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-
-def test_requests_run_through_the_daemon(resources, cms, source, daemon, monkeypatch):
+def test_requests_run_through_the_chart_topology(resources, cms, source, topology, monkeypatch):
+    """Request → sensor tick in the daemon → queued run → TaggingRunCoordinator → run worker
+    launched by the code server → CMS write-back, with the webserver up as in a deployment."""
     key = f"{source.k8s_name}__for-daemon"
     assert materialize_image(resources, key).success
     ready = cms.find_image(key)
     assert ready.state is ImageState.ready
 
-    process, home, log_path = daemon
+    topology.start_daemon()
+    topology.start_webserver("127.0.0.1", free_port())
     restore = cms.create_restore_request(
         RestoreRequestFields(
             name="via-daemon",
@@ -132,7 +111,7 @@ def test_requests_run_through_the_daemon(resources, cms, source, daemon, monkeyp
     deadline = time.monotonic() + WAIT_SECONDS
     terminal = {RequestState.succeeded, RequestState.failed, RequestState.rejected}
     while time.monotonic() < deadline:
-        assert process.poll() is None, f"dagster-daemon exited ({process.returncode}):\n{log_tail(log_path)}"
+        topology.check_running()
         states = (cms.get_restore_request(restore.id).state, cms.get_image_request(backup.id).state)
         if all(state in terminal for state in states):
             break
@@ -140,7 +119,10 @@ def test_requests_run_through_the_daemon(resources, cms, source, daemon, monkeyp
 
     restored = cms.get_restore_request(restore.id)
     backed_up = cms.get_image_request(backup.id)
-    context = f"restore request: {restored}\nimage request: {backed_up}\ndaemon log:\n{log_tail(log_path)}"
+    context = (
+        f"restore request: {restored}\nimage request: {backed_up}\ndaemon log:\n{topology.log_tail('daemon')}"
+        f"\ncode server log:\n{topology.log_tail('code-server')}"
+    )
     assert restored.state is RequestState.succeeded, context
     assert backed_up.state is RequestState.succeeded, context
     rejected = cms.get_restore_request(invalid.id)
@@ -153,8 +135,7 @@ def test_requests_run_through_the_daemon(resources, cms, source, daemon, monkeyp
     assert image_row.state is ImageState.ready and image_row.run_id == backed_up.run_id
     assert image_row.description == "e2e"
 
-    monkeypatch.setenv("DAGSTER_HOME", str(home))  # the shipped dagster.yaml reads it
-    with dg.DagsterInstance.from_config(str(home)) as dagster:
+    with dagster_instance(topology, monkeypatch) as dagster:
         restore_run = dagster.get_run_by_id(restored.run_id)
         assert restore_run.job_name == "restore_instance" and restore_run.status is dg.DagsterRunStatus.SUCCESS
         assert restore_run.tags[REQUEST_ID_TAG] == str(restore.id) and restore_run.tags[KIND_TAG] == "restore"

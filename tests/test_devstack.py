@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
+import yaml
 from cryptography.fernet import Fernet
 
 from records import ImageType, InstanceRef, InstanceState
@@ -123,6 +124,19 @@ def test_running_instance_unknown_to_the_platform_is_reported(cms, dev_platform)
 # ---- the Dagster instance config -------------------------------------------------------------
 
 
+@pytest.fixture
+def dagster_storage(fresh_database, monkeypatch):
+    """The DAGSTER_PG_* variables of the shipped instance config, naming a database of its own."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from toygres_pipelines.dev.topology import ensure_storage_database
+
+    env = ensure_storage_database(fresh_database, conninfo_to_dict(fresh_database)["dbname"])
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
 def _limits(home: Path) -> dict:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         config = instance.get_concurrency_config()
@@ -135,8 +149,8 @@ def _limits(home: Path) -> dict:
     return limits
 
 
-def test_shipped_instance_config_loads_with_the_fleet_limits(tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))  # the config's storage lives there
+def test_shipped_instance_config_loads_with_the_fleet_limits(tmp_path, monkeypatch, dagster_storage):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))  # local artifacts live there
     devstack.render_dagster_yaml(SHIPPED_DAGSTER_YAML, tmp_path / "dagster.yaml", None, None)
 
     assert (tmp_path / "dagster.yaml").read_text() == SHIPPED_DAGSTER_YAML.read_text()
@@ -147,7 +161,7 @@ def test_shipped_instance_config_loads_with_the_fleet_limits(tmp_path, monkeypat
     }
 
 
-def test_fleet_limits_can_be_overridden(tmp_path, monkeypatch):
+def test_fleet_limits_can_be_overridden(tmp_path, monkeypatch, dagster_storage):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     devstack.render_dagster_yaml(SHIPPED_DAGSTER_YAML, tmp_path / "dagster.yaml", 5, 3)
 
@@ -307,13 +321,16 @@ def test_our_definitions_load_without_a_warning():
     assert loaded.returncode == 0, loaded.stderr[-2000:]
 
 
-def test_the_ui_runs_with_the_command_the_pinned_dagster_recommends(tmp_path):
-    """`dagster dev` is superseded in Dagster 1.13 ("Use 'dg dev' instead")."""
-    settings = devstack.Settings.from_env({"TOYGRES_STATE_DIR": str(tmp_path)})
-    argv = devstack.dagster_argv(settings)
-    assert Path(argv[0]).name == "dg" and argv[1] == "dev" and "-w" in argv
-    shown = subprocess.run([argv[0], "dev", "--help"], capture_output=True, text=True, cwd=PROJECT_DIR)
-    assert shown.returncode == 0 and "Warning" not in shown.stderr, shown.stderr
+def test_the_code_server_runs_as_the_charts_user_deployment():
+    """The chart starts `dagster api grpc` with the values' dagsterApiGrpcArgs; the webserver and the
+    daemon load it over gRPC (the chart's workspace: one grpc_server per user deployment)."""
+    from toygres_pipelines.dev import topology
+
+    assert topology.code_server_args() == ["--module-name", "toygres_pipelines.definitions"]
+    workspace = yaml.safe_load(topology.workspace_yaml(4321))
+    assert workspace == {
+        "load_from": [{"grpc_server": {"host": "127.0.0.1", "port": 4321, "location_name": "toygres_pipelines"}}]
+    }
 
 
 def test_the_azurite_log_holds_no_sas_signature_and_is_private(tmp_path):

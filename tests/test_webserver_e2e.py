@@ -1,29 +1,21 @@
-"""The UI path, for real: a dagster-webserver serving workspace.yaml, driven through the same
-GraphQL calls the UI makes to add a partition and materialize it (no Python written by the user).
+"""The UI path, for real: the chart topology's webserver (toygres_pipelines/dev/topology.py: the code
+location over gRPC, PostgreSQL storage), driven through the same GraphQL calls the UI makes to add
+a partition and materialize it (no Python written by the user).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
-import dagster as dg
 import pytest
-import requests
+import yaml
 from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
 from records import ImageState
-from resources.platform.base import PROJECT_DIR
-from resources.platform.local_tools import azcopy_path
 from resources.platform.postgres_server import free_port
+from tests.test_daemon_e2e import dagster_instance, topology  # noqa: F401 - topology is a fixture
 from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG
-from toygres_pipelines.dev.stack import wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,77 +31,24 @@ mutation AddPartition($repositorySelector: RepositorySelector!, $partitionsDefNa
 """
 
 
-def code_location_env(cms, blob, platform, dagster_home: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DAGSTER_HOME": str(dagster_home),
-        "TOYGRES_CMS_DSN": cms.dsn,
-        "TOYGRES_ENCRYPTION_KEY": cms.encryption_key,
-        "TOYGRES_BLOB_CONNECTION_STRING": blob.connection_string,
-        "TOYGRES_BLOB_CONTAINER": blob.container,
-        "TOYGRES_PLATFORM": "local",
-        "TOYGRES_STATE_DIR": platform.state_dir,
-        "TOYGRES_AZCOPY": str(azcopy_path()),
-    }
-
-
-@contextmanager
-def running_webserver(tmp_path: Path, env: dict[str, str], workspace: Path = PROJECT_DIR / "workspace.yaml"):
-    """dagster-webserver on a free port, serving `workspace`; yields the port."""
+@pytest.fixture
+def webserver(topology):  # noqa: F811 - the fixture imported above
+    """The chart's webserver over the gRPC code server; no daemon here, so it launches runs itself
+    (DefaultRunCoordinator; the daemon path has its own test)."""
+    config = yaml.safe_load((topology.home / "dagster.yaml").read_text())
+    config["run_coordinator"] = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
+    (topology.home / "dagster.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster-webserver"),
-            "-w",
-            str(workspace),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=PROJECT_DIR,
-        env=env,
-        stdout=open(tmp_path / "webserver.log", "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for_port(port, 90)
-        deadline = time.monotonic() + 90
-        while requests.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, (tmp_path / "webserver.log").read_text()[-3000:]
-            time.sleep(0.5)
-        yield port
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    topology.start_webserver("127.0.0.1", port)
+    return port
 
 
 @pytest.fixture
-def webserver(cms, blob, platform, tmp_path):
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    # No daemon here: the webserver launches runs itself (the daemon path has its own test).
-    (dagster_home / "dagster.yaml").write_text(
-        "telemetry:\n  enabled: false\n"
-        "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
-    )
-    with running_webserver(tmp_path, code_location_env(cms, blob, platform, dagster_home)) as port:
-        yield port
-
-
-@pytest.fixture
-def queueing_webserver(cms, blob, platform, tmp_path):
+def queueing_webserver(topology):  # noqa: F811 - the fixture imported above
     """The webserver with the instance config `make dev` ships (runs are queued; no daemon here)."""
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text((PROJECT_DIR / "deploy" / "local" / "dagster.yaml").read_text())
-    with running_webserver(tmp_path, code_location_env(cms, blob, platform, dagster_home)) as port:
-        yield port, dagster_home
+    port = free_port()
+    topology.start_webserver("127.0.0.1", port)
+    return port, topology
 
 
 def add_partition(client: DagsterGraphQLClient, key: str) -> None:
@@ -125,7 +64,7 @@ def add_partition(client: DagsterGraphQLClient, key: str) -> None:
 
 
 def test_a_backup_launched_like_the_ui_does_is_queued_with_the_fleet_tags(queueing_webserver, source, monkeypatch):
-    port, dagster_home = queueing_webserver
+    port, dagster = queueing_webserver
     client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=60)
     key = f"{source.k8s_name}__materialize-button"
     add_partition(client, key)
@@ -137,8 +76,7 @@ def test_a_backup_launched_like_the_ui_does_is_queued_with_the_fleet_tags(queuei
         tags={"dagster/partition": key},
         asset_selection=[["image"]],
     )
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
-    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+    with dagster_instance(dagster, monkeypatch) as instance:
         run = instance.get_run_by_id(run_id)
     assert run.status is DagsterRunStatus.QUEUED  # no daemon here: it waits for the limits in the queue
     assert run.tags[KIND_TAG] == "backup" and run.tags[INSTANCE_TAG] == source.k8s_name

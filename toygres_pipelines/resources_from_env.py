@@ -81,12 +81,17 @@ def kubernetes_platform_from_env() -> PlatformResource:
         "kube_context": "TOYGRES_K8S_CONTEXT",
         "kubeconfig_path": "KUBECONFIG",
         "age_identity_secret": "TOYGRES_K8S_AGE_IDENTITY_SECRET",
+        "allow_public_without_source_ranges": "TOYGRES_K8S_ALLOW_PUBLIC_WITHOUT_SOURCE_RANGES",  # true|false
+        "tls_ca_secret": "TOYGRES_K8S_TLS_CA_SECRET",  # the CA Secret's name in each instance namespace
     }
     lists = {
         "instance_namespaces": "TOYGRES_K8S_INSTANCE_NAMESPACES",  # team-a,team-b
         "load_balancer_source_ranges": "TOYGRES_K8S_LOAD_BALANCER_SOURCE_RANGES",  # 203.0.113.0/24,...
     }
-    maps = {"job_images": "TOYGRES_K8S_JOB_IMAGES"}  # 16=<registry>/toygres-job@sha256:...,17=...
+    maps = {
+        "job_images": "TOYGRES_K8S_JOB_IMAGES",  # 16=<registry>/toygres-job@sha256:...,17=...
+        "postgres_images": "TOYGRES_K8S_POSTGRES_IMAGES",  # 16=postgres@sha256:... (default: the job images)
+    }
     fields: dict = {field: os.environ[var] for field, var in text.items() if os.environ.get(var)}
     fields |= {field: _list(os.environ[var]) for field, var in lists.items() if os.environ.get(var)}
     fields |= {field: _map(var, os.environ[var]) for field, var in maps.items() if os.environ.get(var)}

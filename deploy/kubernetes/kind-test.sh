@@ -14,7 +14,10 @@ image=${TOYGRES_KIND_JOB_IMAGE:-toygres-job:17-kind-$(git rev-parse --short=12 H
 namespace=${TOYGRES_K8S_NAMESPACE:-toygres-test}
 
 kind get clusters | grep -qx "$cluster" || kind create cluster --name "$cluster" --wait 120s
-docker build --build-arg PG_MAJOR=17 -t "$image" deploy/kubernetes/job-image
+# The job image's base, pinned by digest as build.sh does (the servers run the same build).
+docker pull postgres:17-bookworm >/dev/null
+base=$(docker inspect --format '{{index .RepoDigests 0}}' postgres:17-bookworm)
+docker build --build-arg "BASE_IMAGE=$base" -t "$image" deploy/kubernetes/job-image
 kind load docker-image "$image" --name "$cluster"
 kubectl --context "kind-$cluster" get namespace "$namespace" >/dev/null 2>&1 \
   || kubectl --context "kind-$cluster" create namespace "$namespace"

@@ -120,6 +120,10 @@ class PlatformResource(dg.ConfigurableResource, ABC):
     def check_server_image(self, version: str, image_type: ImageType, field: str, subject: str = "the request") -> None:
         """Refuse, at request time, a server (major and image type) this platform cannot deploy."""
 
+    def check_exposure(self, internal: bool) -> None:
+        """Refuse, at request time, an exposure this platform will not create (Kubernetes: a public
+        instance open to the whole Internet)."""
+
     @abstractmethod
     def read_instance_password(self, instance: InstanceRef) -> SecretStr:
         """The superuser password of an existing instance, from its Secret."""

@@ -29,7 +29,7 @@ from records import DNS1123_LABEL, ImageType, InstanceRef, ValidationFailed, val
 from resources.platform.base import AGE_IDENTITY_ENV, SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
 from resources.platform.k8s_images import ManifestError, check_pinned_image
 from resources.platform.k8s_settings import ManifestSettings
-from resources.platform.tls import self_signed_certificate
+from resources.platform.tls import server_certificate
 
 Manifest = dict[str, Any]
 
@@ -41,12 +41,16 @@ TOYGRES_INSTANCE_LABEL = "toygres/instance"
 TOYGRES_JOB_LABEL = "toygres/job"
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 DNS_LABEL_ANNOTATION = "service.beta.kubernetes.io/azure-dns-label-name"
+# Without it, AKS also allows the cluster's own load balancer rules around the ranges (cloud-provider-azure).
+DENY_ALL_EXCEPT_RANGES_ANNOTATION = "service.beta.kubernetes.io/azure-deny-all-except-load-balancer-source-ranges"
 ORIGINAL_LABELS_ANNOTATION = "toygres/original-labels"
 
 PASSWORD_KEY = "password"
 SAS_KEY = "sas"
 TLS_CERT_KEY = "tls.crt"
 TLS_KEY_KEY = "tls.key"
+CA_CERT_KEY = "ca.crt"
+VERIFIED_SSLMODE = "verify-full"  # offered for the DNS name when the deployment's CA signs the certificates
 # Clients get TLS without certificate verification: the certificate is per instance and self-signed.
 CLIENT_SSLMODE = "require"
 STARTUP_PROBE_PERIOD_SECONDS = 10
@@ -233,7 +237,9 @@ def postgres_image(spec: DeploySpec, settings: ManifestSettings) -> tuple[str, s
         images, pull = settings.postgres_images, None
     image = images.get(str(spec.postgres_version))
     if image is None and spec.image_type is ImageType.stock:
-        image = f"postgres:{spec.postgres_version}"
+        # The job image of the major: the very build (FROM postgres:<major>-bookworm@digest) that
+        # restored the data directory, so its collations match the server's glibc.
+        image = settings.job_images.get(str(spec.postgres_version))
     if image is None:
         raise ManifestError(
             f"no {spec.image_type.value} image configured for PostgreSQL {spec.postgres_version}"
@@ -328,10 +334,11 @@ def tls_names(spec: DeploySpec, azure_region: str | None) -> list[str]:
     return names + [service_dns_name(instance), service_name, server_name(instance)]
 
 
-def tls_secret(instance: InstanceRef, dns_names: list[str]) -> Manifest:
-    """The instance's server certificate (self-signed, per instance) as a kubernetes.io/tls Secret."""
+def tls_secret(instance: InstanceRef, dns_names: list[str], ca: tuple[bytes, bytes] | None = None) -> Manifest:
+    """The instance's server certificate as a kubernetes.io/tls Secret: signed by the deployment's
+    CA (certificate PEM, key PEM; its certificate kept as ca.crt) when given, else self-signed."""
     check_instance(instance)
-    cert_pem, key_pem = self_signed_certificate(dns_names)
+    cert_pem, key_pem = server_certificate(dns_names, ca)
     manifest = _meta(
         load_template("postgres-tls-secret.yaml"),
         tls_secret_name(instance),
@@ -342,7 +349,16 @@ def tls_secret(instance: InstanceRef, dns_names: list[str]) -> Manifest:
         TLS_CERT_KEY: base64.b64encode(cert_pem).decode("ascii"),
         TLS_KEY_KEY: base64.b64encode(key_pem).decode("ascii"),
     }
+    if ca is not None:
+        manifest["data"][CA_CERT_KEY] = base64.b64encode(ca[0]).decode("ascii")
     return manifest
+
+
+PUBLIC_WITHOUT_RANGES = (
+    "a public instance needs load_balancer_source_ranges (TOYGRES_K8S_LOAD_BALANCER_SOURCE_RANGES): without them"
+    " Azure opens port 5432 to the whole Internet; request internal: true, or set"
+    " allow_public_without_source_ranges (TOYGRES_K8S_ALLOW_PUBLIC_WITHOUT_SOURCE_RANGES) to accept that"
+)
 
 
 def service(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
@@ -362,6 +378,9 @@ def service(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
         annotations[DNS_LABEL_ANNOTATION] = spec.dns_label
         if settings.load_balancer_source_ranges:
             manifest["spec"]["loadBalancerSourceRanges"] = list(settings.load_balancer_source_ranges)
+            annotations[DENY_ALL_EXCEPT_RANGES_ANNOTATION] = "true"
+        elif not settings.allow_public_without_source_ranges:
+            raise ManifestError(PUBLIC_WITHOUT_RANGES)
     if not annotations:
         manifest["metadata"].pop("annotations")
     return manifest
@@ -441,6 +460,9 @@ def job_env(spec: JobSpec, settings: ManifestSettings) -> list[Manifest]:
         **spec.env,
         BLOB_GRANT_ENV: f"{BLOB_GRANT_MOUNT}/{SAS_KEY}",
     }
+    buffer_gb = azcopy_buffer_gb(spec, settings)
+    if buffer_gb is not None:
+        values["AZCOPY_BUFFER_GB"] = buffer_gb
     instance = spec.instance
     if spec.kind is JobKind.backup:
         values |= {
@@ -457,6 +479,46 @@ def job_env(spec: JobSpec, settings: ManifestSettings) -> list[Manifest]:
     env = [_env_value(name, value) for name, value in values.items()]
     env.append(_env_secret("PGPASSWORD", instance_secret_name(instance), PASSWORD_KEY))
     return env
+
+
+MEMORY_UNITS = {
+    "": 1,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+}
+# The share of the job's memory limit all azcopy buffers together may take; the rest is for
+# pg_dump/pg_restore, age, bash and the page cache of the scratch disk.
+AZCOPY_MEMORY_SHARE = 0.5
+
+
+def memory_bytes(quantity: str) -> int:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", quantity)
+    if match is None:
+        raise ManifestError(f"memory quantity {quantity!r}: expected a number with an optional unit such as 2Gi")
+    return int(float(match.group(1)) * MEMORY_UNITS[match.group(2) or ""])
+
+
+def concurrent_transfers(spec: JobSpec) -> int:
+    """How many azcopy processes a job runs at once (parallel mode: one per file in flight)."""
+    try:
+        return max(1, *(int(spec.env.get(name, "1")) for name in PARALLELISM_ENV))
+    except ValueError as error:
+        raise ManifestError(f"job {spec.name}: {'/'.join(PARALLELISM_ENV)} must be integers ({error})") from None
+
+
+def azcopy_buffer_gb(spec: JobSpec, settings: ManifestSettings) -> str | None:
+    """AZCOPY_BUFFER_GB: azcopy's default is 0.5 GB per CPU *of the node* (not of the pod), per
+    process; the Job's memory limit shared among its concurrent transfers decides instead."""
+    if not settings.job_memory_limit:
+        return None
+    share = memory_bytes(settings.job_memory_limit) * AZCOPY_MEMORY_SHARE / concurrent_transfers(spec) / 2**30
+    return f"{max(int(share * 100) / 100, 0.01):.2f}"
 
 
 def job_labels(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:

@@ -10,17 +10,29 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from records.encryption import refuse_pasted_identity
 from resources.platform.k8s_images import check_pinned_image
 
+# The PostgreSQL majors a deployment builds job images for (deploy/kubernetes/job-image/build.sh).
+SUPPORTED_MAJORS = ("14", "15", "16", "17")
+
 
 def _resources(
-    cpu_request: str | None, memory_request: str | None, cpu_limit: str | None, memory_limit: str | None
+    cpu_request: str | None,
+    memory_request: str | None,
+    cpu_limit: str | None,
+    memory_limit: str | None,
+    storage_request: str | None = None,
+    storage_limit: str | None = None,
 ) -> dict[str, dict[str, str]]:
-    requests = {k: v for k, v in (("cpu", cpu_request), ("memory", memory_request)) if v}
-    limits = {k: v for k, v in (("cpu", cpu_limit), ("memory", memory_limit)) if v}
+    requests = {
+        k: v for k, v in (("cpu", cpu_request), ("memory", memory_request), ("ephemeral-storage", storage_request)) if v
+    }
+    limits = {
+        k: v for k, v in (("cpu", cpu_limit), ("memory", memory_limit), ("ephemeral-storage", storage_limit)) if v
+    }
     return {"requests": requests, "limits": limits}
 
 
@@ -38,15 +50,31 @@ class ManifestSettings(BaseModel):
     )
     job_image_pull_secret: str | None = Field(default=None, description="imagePullSecret for the job images")
     postgres_images: dict[str, str] = Field(
-        default={"14": "postgres:14", "15": "postgres:15", "16": "postgres:16", "17": "postgres:17"},
-        description="Stock server image per PostgreSQL major version",
+        default={},
+        description="Stock server image per PostgreSQL major, pinned like job_images; a major without one runs "
+        "the job image of that major (the very build that restored the data: one Debian release, one glibc "
+        "collation version)",
     )
-    pg_durable_images: dict[str, str] = Field(default={}, description="pg_durable server image per major version")
+    pg_durable_images: dict[str, str] = Field(
+        default={}, description="pg_durable server image per major version, pinned like job_images"
+    )
     pg_durable_pull_secret: str | None = Field(default=None, description="imagePullSecret for pg_durable images")
     storage_class: str | None = Field(default=None, description="StorageClass of instance volumes (None: default)")
     superuser: str = Field(default="postgres", description="Superuser of every instance")
     load_balancer_source_ranges: list[str] = Field(
-        default=[], description="CIDRs allowed to reach public instances (Service loadBalancerSourceRanges); [] = any"
+        default=[],
+        description="CIDRs allowed to reach public instances (Service loadBalancerSourceRanges); with none, public "
+        "instances are refused unless allow_public_without_source_ranges",
+    )
+    tls_ca_secret: str | None = Field(
+        default=None,
+        description="kubernetes.io/tls Secret (tls.crt, tls.key) in each instance namespace holding the deployment's "
+        "CA: it signs every instance certificate and connection strings by DNS name say sslmode=verify-full; "
+        "None: self-signed certificates, sslmode=require",
+    )
+    allow_public_without_source_ranges: bool = Field(
+        default=False,
+        description="Let public instances open 5432 to the whole Internet when load_balancer_source_ranges is empty",
     )
     shm_size_limit: str = Field(default="1Gi", description="Size of the server's /dev/shm (memory-backed emptyDir)")
     postgres_termination_grace_seconds: int = Field(
@@ -68,6 +96,14 @@ class ManifestSettings(BaseModel):
     postgres_cpu_limit: str | None = Field(default=None, description="CPU limit of the server (None: none)")
     postgres_memory_limit: str | None = Field(default="2Gi", description="Memory limit of the server")
     scratch_size_limit: str | None = Field(default=None, description="sizeLimit of the job's scratch emptyDir")
+    job_ephemeral_storage_request: str | None = Field(
+        default="1Gi", description="ephemeral-storage request of job containers (scratch, /tmp, logs)"
+    )
+    job_ephemeral_storage_limit: str | None = Field(
+        default="20Gi",
+        description="ephemeral-storage limit of job containers: a job filling it is evicted and fails instead of "
+        "filling the node (raise it for parallel mode, whose dump is on the scratch disk)",
+    )
     backoff_limit: int = Field(default=2, description="Job backoffLimit: pod retries before the Job fails")
     job_ttl_seconds: int = Field(default=86400, description="Job ttlSecondsAfterFinished")
     age_identity_secret: str | None = Field(
@@ -76,13 +112,13 @@ class ManifestSettings(BaseModel):
         "read-only into restore Jobs only; never into backup Jobs",
     )
 
-    @field_validator("job_images")
+    @field_validator("job_images", "postgres_images", "pg_durable_images")
     @classmethod
-    def _job_images_are_pinned(cls, value: dict[str, str]) -> dict[str, str]:
+    def _images_are_pinned(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for major, image in value.items():
             if not re.fullmatch(r"\d{2}", major):
-                raise ValueError(f"job_images: {major!r} must be a PostgreSQL major version such as '17'")
-            check_pinned_image(image, f"job_images[{major!r}]")
+                raise ValueError(f"{info.field_name}: {major!r} must be a PostgreSQL major version such as '17'")
+            check_pinned_image(image, f"{info.field_name}[{major!r}]")
         return value
 
     @field_validator("age_identity_secret")
@@ -111,7 +147,14 @@ class ManifestSettings(BaseModel):
 
     @property
     def job_resources(self) -> dict[str, dict[str, str]]:
-        return _resources(self.job_cpu_request, self.job_memory_request, self.job_cpu_limit, self.job_memory_limit)
+        return _resources(
+            self.job_cpu_request,
+            self.job_memory_request,
+            self.job_cpu_limit,
+            self.job_memory_limit,
+            self.job_ephemeral_storage_request,
+            self.job_ephemeral_storage_limit,
+        )
 
     @property
     def postgres_resources(self) -> dict[str, dict[str, str]]:

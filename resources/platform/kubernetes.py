@@ -145,8 +145,13 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                 f"(TOYGRES_K8S_JOB_IMAGES has: {configured})",
             )
 
+    def check_exposure(self, internal: bool) -> None:
+        if not internal and not self.load_balancer_source_ranges and not self.allow_public_without_source_ranges:
+            raise ValidationFailed("internal", m.PUBLIC_WITHOUT_RANGES)
+
     def check_server_image(self, version: str, image_type: ImageType, field: str, subject: str = "the request") -> None:
-        # A stock server without a configured image runs postgres:<major>; pg_durable has no such default.
+        # A stock server without a configured image runs the job image of its major (checked by
+        # check_postgres_version); pg_durable has no such default.
         if image_type is ImageType.pg_durable and str(version) not in self.pg_durable_images:
             configured = ", ".join(sorted(self.pg_durable_images, key=int)) or "none"
             raise ValidationFailed(
@@ -533,6 +538,24 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
 
     # --- servers -----------------------------------------------------------------------------
 
+    def _deployment_ca(self, namespace: str) -> tuple[bytes, bytes] | None:
+        """(certificate PEM, key PEM) of tls_ca_secret in `namespace`, or None without one."""
+        if not self.tls_ca_secret:
+            return None
+        try:
+            secret = self._core.read_namespaced_secret(self.tls_ca_secret, namespace, _request_timeout=self._timeout())
+        except ApiException as error:
+            raise PlatformError(
+                f"tls_ca_secret: Secret {self.tls_ca_secret!r} cannot be read in namespace {namespace}"
+                f" ({_api_error(error)}); create it there from the deployment's CA (docs/kubernetes.md)"
+            ) from error
+        cert, key = (m.decode_secret_value(secret.data, name) for name in (m.TLS_CERT_KEY, m.TLS_KEY_KEY))
+        if not cert or not key:
+            raise PlatformError(
+                f"tls_ca_secret: Secret {self.tls_ca_secret!r} in namespace {namespace} lacks tls.crt or tls.key"
+            )
+        return cert.encode(), key.encode()
+
     def deploy_instance(self, spec: DeploySpec) -> None:
         settings = self.settings()
         try:
@@ -541,8 +564,9 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             server = m.statefulset(spec, settings)
             service = m.service(spec, settings)
             # A re-run adopts the existing Secret: the certificate a client may have pinned stays.
-            tls = m.tls_secret(spec.instance, m.tls_names(spec, self.azure_region))
-        except m.ManifestError as error:
+            ca = self._deployment_ca(spec.instance.namespace)
+            tls = m.tls_secret(spec.instance, m.tls_names(spec, self.azure_region), ca)
+        except (m.ManifestError, ValueError) as error:
             raise PlatformError(str(error)) from error
         core, apps = self._core, self._apps
         self._create_or_adopt("secret", tls, core.create_namespaced_secret, core.read_namespaced_secret)
@@ -598,7 +622,14 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         service = self._read_service(instance)
         if service.spec.type != "LoadBalancer":
             dns = m.service_dns_name(instance)
-            return Endpoints(host=dns, port=m.POSTGRES_PORT, external_ip=None, dns_name=dns, sslmode=m.CLIENT_SSLMODE)
+            return Endpoints(
+                host=dns,
+                port=m.POSTGRES_PORT,
+                external_ip=None,
+                dns_name=dns,
+                sslmode=m.CLIENT_SSLMODE,
+                dns_sslmode=m.VERIFIED_SSLMODE if self.tls_ca_secret else None,
+            )
         address = _ingress(service)
         if not address:
             raise PlatformError(
@@ -612,6 +643,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             external_ip=address,
             dns_name=dns_name,
             sslmode=m.CLIENT_SSLMODE,
+            dns_sslmode=m.VERIFIED_SSLMODE if self.tls_ca_secret and dns_name else None,
             # kube-proxy drops pod traffic to a LoadBalancer address its source ranges don't list.
             check_host=m.service_dns_name(instance) if self.load_balancer_source_ranges else None,
         )

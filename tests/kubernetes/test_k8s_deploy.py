@@ -121,6 +121,7 @@ def test_the_role_grants_exactly_the_calls_the_platform_makes(tmp_path):
             kubeconfig_path=str(cluster.kubeconfig),
             poll_interval_seconds=0.05,
             job_images={"17": "registry.example/toygres-job:17-20261126"},
+            allow_public_without_source_ranges=True,
             log_drain_seconds=2,
             deadline_grace_seconds=0,
             backoff_limit=1,

@@ -26,6 +26,7 @@ from test_k8s_manifests import job_spec, validate
 from records import Endpoints, InstanceRef, ValidationFailed
 from resources.platform import k8s_manifests as m
 from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobKind, JobSpec, PlatformError
+from resources.platform.k8s_settings import SUPPORTED_MAJORS
 from resources.platform.kubernetes import KubernetesPlatform
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import (
@@ -228,10 +229,10 @@ def test_pinned_job_image_references_are_accepted(image):
 def test_one_job_image_per_supported_major_is_built():
     dockerfile = (Path(m.TEMPLATES_DIR).parent / "deploy/kubernetes/job-image/Dockerfile").read_text()
     build = Path(m.TEMPLATES_DIR).parent / "deploy/kubernetes/job-image/build.sh"
-    assert "ARG PG_MAJOR" in dockerfile and os.access(build, os.X_OK)
+    assert "ARG BASE_IMAGE" in dockerfile and os.access(build, os.X_OK)
     listed = subprocess.run(["bash", str(build), "--list-majors"], capture_output=True, text=True, timeout=30)
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.split() == sorted(KubernetesPlatform().postgres_images)
+    assert listed.stdout.split() == list(SUPPORTED_MAJORS)
 
 
 # --- TLS and exposure ---------------------------------------------------------------------------

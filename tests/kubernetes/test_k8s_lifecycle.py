@@ -49,7 +49,8 @@ def platform(cluster) -> KubernetesPlatform:
         pod_pending_timeout_seconds=5,
         backoff_limit=2,
         azure_region="westeurope",
-        job_images={"17": f"registry.example/toygres-job@sha256:{'ab' * 32}"},
+        job_images={v: f"registry.example/toygres-job@sha256:{'ab' * 32}" for v in ("16", "17")},
+        allow_public_without_source_ranges=True,  # the refusal has its own tests (test_k8s_first_run.py)
     )
 
 

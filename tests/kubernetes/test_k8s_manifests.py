@@ -54,8 +54,10 @@ PLATFORMS = [
         job_images={"17": "registry.example/toygres-job:17-20261126-3f2a9c1"},
         storage_class="managed-csi-premium",
         job_image_pull_secret="acr-pull",
-        pg_durable_images={"17": "acr.io/pg_durable:17"},
+        pg_durable_images={"17": "acr.io/pg_durable:17-20261126-3f2a9c1"},
         pg_durable_pull_secret="pg-durable-pull",
+        postgres_images={v: f"registry.example/postgres:{v}-bookworm@sha256:{'cd' * 32}" for v in ("15", "16")},
+        allow_public_without_source_ranges=True,
         scratch_size_limit="20Gi",
         job_cpu_limit="2",
         postgres_cpu_limit="4",
@@ -184,10 +186,11 @@ def test_statefulset_and_service(instance, deploy):
     if deploy.get("image_override"):
         assert container["image"] == deploy["image_override"]
     elif deploy["image_type"] is ImageType.pg_durable:
-        assert container["image"] == "acr.io/pg_durable:17"
+        assert container["image"] == "acr.io/pg_durable:17-20261126-3f2a9c1"
         assert pod["imagePullSecrets"] == [{"name": "pg-durable-pull"}]
     else:
-        assert container["image"] == f"postgres:{deploy['postgres_version']}"
+        major = deploy["postgres_version"]
+        assert container["image"] == platform.postgres_images.get(major, platform.job_images.get(major))
         assert "imagePullSecrets" not in pod
 
     if deploy["internal"]:

@@ -46,6 +46,7 @@ def make_k8s(cluster, **over) -> KubernetesPlatform:
             "backoff_limit": 1,
             "job_images": JOB_IMAGES,
             "pg_durable_images": {"16": f"acr.example/pg_durable:16-20261126@sha256:{'ef' * 32}"},  # the source's
+            "allow_public_without_source_ranges": True,  # refused by default: test_k8s_first_run.py
             **over,
         }
     )
@@ -364,7 +365,7 @@ def test_an_upgrade_restore_runs_the_target_majors_job_image_and_server(cms, blo
     """A pg_durable image of PostgreSQL 16 restored into 17, one database named: the restore Job runs
     the 17 job image and is told which database, the StatefulSet runs pg_durable 17, the CMS keeps both majors."""
     image = ready_image(cms, blob)
-    k8s = make_k8s(cluster, pg_durable_images={"16": "acr.example/pg_durable:16-x", "17": PG_DURABLE_17})
+    k8s = make_k8s(cluster, pg_durable_images={"16": "acr.example/pg_durable:16-20261126-x1", "17": PG_DURABLE_17})
     monkeypatch.setattr("toygres_pipelines.restores.config.new_k8s_name", lambda name: f"{name}-x9y8z")
     target = "orders-copy-x9y8z"
     attempts = [PodScript(log="restore: restore complete\n", exit_code=0)]
@@ -407,7 +408,7 @@ def test_an_upgrade_restore_runs_the_target_majors_job_image_and_server(cms, blo
             "image for it (TOYGRES_K8S_JOB_IMAGES has: 16)",
         ),
         (
-            {"pg_durable_images": {"16": "acr.example/pg_durable:16-x"}},
+            {"pg_durable_images": {"16": "acr.example/pg_durable:16-20261126-x1"}},
             "postgres_version: the target of image 'orders__nightly' is PostgreSQL 17 and this deployment has no "
             "pg_durable server image for it (configured: 16)",
         ),

@@ -13,9 +13,10 @@ Starts (or reuses) everything kept in the state dir (TOYGRES_STATE_DIR, default
     <state>/dev.env          the exported environment and the CLI on PATH, to `source` (0600)
     <state>/devstack.pid     this runner (`kill $(cat <state>/devstack.pid)` stops the stack)
 
-then runs `dg dev` (webserver, daemon, code server) with DAGSTER_HOME (TOYGRES_DAGSTER_HOME, default
-<checkout>/.toygres/dagster_home)
-in its own process group. Ctrl-C (SIGINT) or SIGTERM stops dagster, every local instance server,
+then runs Dagster as the Helm chart does (topology.py: a code server, the daemon and the webserver,
+each in its own process group, with PostgreSQL storage in the database `dagster` of the CMS server)
+with DAGSTER_HOME (TOYGRES_DAGSTER_HOME, default <checkout>/.toygres/dagster_home). Ctrl-C (SIGINT)
+or SIGTERM stops dagster, every local instance server,
 Azurite and the CMS server; the next start reuses the same key, CMS data and demo instance.
 
 Why one module of this size: it is one program (settings, start order, signals, stop order);
@@ -34,8 +35,6 @@ import subprocess
 import sys
 import time
 import traceback
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -54,7 +53,6 @@ from resources.platform.base import PROJECT_DIR, DeploySpec, PlatformError
 from resources.platform.local import LocalPlatform
 from resources.platform.local_tools import azcopy_path
 from resources.platform.postgres_server import (
-    DEFAULT_SIGNALS,
     ServerCommandFailed,
     free_port,
     give_to_service_user,
@@ -63,13 +61,16 @@ from resources.platform.postgres_server import (
 )
 from toygres_pipelines.dev.demo import PagilaMissing, load_pagila, pagila_dir
 from toygres_pipelines.dev.stack import Azurite, CmsServer, require_tools
+from toygres_pipelines.dev.topology import DagsterTopology, TopologyError, ensure_storage_database
 from toygres_pipelines.restores.steps import connection_strings
 
 DEFAULT_STATE_DIR = Path("/var/tmp/toygres-dev")
 DEFAULT_AZURITE_PORT = 10000
 DEFAULT_UI_PORT = 3000
 CMS_DATABASE = "toygres"
-DAGSTER_GRACE_SECONDS = 20
+DAGSTER_DATABASE = "dagster"  # Dagster's run, event-log and schedule storage, beside the CMS database
+# The command line that identifies each Dagster process of an earlier, killed run (its pid file).
+PROCESS_MARKERS = {"webserver": "dagster-webserver", "daemon": "dagster-daemon", "code-server": "api grpc"}
 
 DEMO_NAME = "pagila-demo"
 DEMO_NAMESPACE = "default"
@@ -437,65 +438,53 @@ def cms_database_dsn(cms_server: CmsServer) -> str:
     return cms_server.server.dsn(cms_server.user, cms_server.password, dbname=CMS_DATABASE)
 
 
-def wait_for_ui(url: str, process: subprocess.Popen, timeout_seconds: float) -> None:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DevStackError(f"dg dev exited with status {process.returncode} before the UI answered")
-        try:
-            with urllib.request.urlopen(url + "/server_info", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1)
-    raise DevStackError(f"the Dagster UI did not answer on {url} within {timeout_seconds:.0f}s")
+def start_dagster(settings: Settings, storage_env: dict[str, str], code_env: dict[str, str]) -> DagsterTopology:
+    """The chart's topology (topology.py): the code server, the daemon and the webserver.
 
-
-def dagster_argv(settings: Settings) -> list[str]:
-    """The UI, the daemon and the code server: `dg dev` (Dagster 1.13 supersedes `dagster dev` with it)."""
-    return [
-        str(Path(sys.executable).parent / "dg"),
-        "dev",
-        "-w",
-        str(PROJECT_DIR / "workspace.yaml"),
-        "-h",
-        settings.ui_host,
-        "-p",
-        str(settings.ui_port),
-    ]
-
-
-def start_dagster(settings: Settings, env: dict[str, str]) -> subprocess.Popen:
-    pid_file = settings.state_dir / "dagster.pid"
-    kill_leftover(pid_file, "dagster")
+    Leftovers of a killed earlier run are stopped first (their pid files name their process groups).
+    """
+    for name, marker in PROCESS_MARKERS.items():
+        kill_leftover(settings.state_dir / f"dagster-{name}.pid", marker)
     if port_in_use(settings.ui_port, settings.ui_host):
         raise DevStackError(
             f"{settings.ui_host}:{settings.ui_port} is already in use: stop what listens there or set TOYGRES_UI_PORT"
         )
-    argv = [*DEFAULT_SIGNALS, *dagster_argv(settings)]
-    process = subprocess.Popen(argv, cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-    pid_file.write_text(str(process.pid))
-    return process
+    topology = DagsterTopology(
+        home=settings.dagster_home,
+        workspace=settings.dagster_home / "workspace.yaml",
+        log_dir=settings.state_dir / "dagster-logs",
+        dagster_env={"DAGSTER_HOME": str(settings.dagster_home), **storage_env},
+        code_env=code_env,
+        code_port=free_port(),
+    )
+    try:
+        topology.start_code_server()
+        topology.start_daemon()
+        topology.start_webserver(settings.ui_host, settings.ui_port)
+    except TopologyError as error:
+        topology.stop()
+        raise DevStackError(str(error)) from error
+    finally:
+        for name, process in topology.processes.items():
+            (settings.state_dir / f"dagster-{name}.pid").write_text(str(process.pid))
+    return topology
 
 
-def stop_dagster(process: subprocess.Popen, pid_file: Path) -> None:
-    """Stop `dg dev` and everything in its process group.
+def stop_dagster(topology: DagsterTopology, state_dir: Path) -> None:
+    log("stopping dagster (webserver, daemon, code server and its run workers)")
+    topology.stop()
+    for name in PROCESS_MARKERS:
+        (state_dir / f"dagster-{name}.pid").unlink(missing_ok=True)
 
-    SIGTERM goes to `dg dev` alone first: it maps SIGTERM to its Ctrl-C handling and shuts
-    down the webserver, the daemon and the code servers in order (a code server killed under it
-    would be restarted). Then SIGTERM to what remains of the group (e.g. a run worker, which fails
-    its run and takes its job down), and SIGKILL after the grace period.
-    """
-    log("stopping dagster")
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+
+def wait_while_running(topology: DagsterTopology) -> str:
+    """Until one of the Dagster processes exits: returns what happened."""
+    while True:
         try:
-            process.wait(timeout=DAGSTER_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            log(f"dg dev did not stop within {DAGSTER_GRACE_SECONDS}s")
-    stop_process_group(process.pid, 10, process.poll)
-    pid_file.unlink(missing_ok=True)
+            topology.check_running()
+        except TopologyError as error:
+            return str(error)
+        time.sleep(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,30 +568,33 @@ def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
         log(f"requested the first backup of {DEMO_NAME} ({FIRST_BACKUP_NAME}): the image_requests_sensor runs it")
 
     env_vars = stack_environment(settings, cms.dsn, key, azurite)
+    storage_env = ensure_storage_database(cms_server.dsn, DAGSTER_DATABASE)
     render_dagster_yaml(
         PROJECT_DIR / "deploy" / "local" / "dagster.yaml",
         settings.dagster_home / "dagster.yaml",
         settings.max_backups,
         settings.max_restores,
     )
-    write_private_file(settings.state_dir / "dev.env", dev_env_text(env_vars), for_service_user=False)
+    write_private_file(
+        settings.state_dir / "dev.env", dev_env_text({**env_vars, **storage_env}), for_service_user=False
+    )
 
-    dagster = start_dagster(settings, {**os.environ, **env_vars, "PYTHONUNBUFFERED": "1"})
-    cleanup.callback(stop_dagster, dagster, settings.state_dir / "dagster.pid")
+    code_env = {name: value for name, value in env_vars.items() if name != "DAGSTER_HOME"}
+    dagster = start_dagster(settings, storage_env, code_env)
+    cleanup.callback(stop_dagster, dagster, settings.state_dir)
 
     url = f"http://{settings.ui_host}:{settings.ui_port}"
-    wait_for_ui(url, dagster, 180)
     log(f"Dagster UI: {url}")
     log(
-        f"running: Dagster UI+daemon {settings.ui_host}:{settings.ui_port} | CMS PostgreSQL 127.0.0.1:"
-        f"{cms_server.server.port} db {CMS_DATABASE} | Azurite 127.0.0.1:{azurite.port} container "
-        f"{settings.blob_container} | demo instance {demo.k8s_name} 127.0.0.1:{demo_port} db {DEMO_DATABASE} "
-        f"| state {settings.state_dir} | DAGSTER_HOME {settings.dagster_home}"
+        f"running: Dagster webserver {settings.ui_host}:{settings.ui_port}, daemon, code server 127.0.0.1:"
+        f"{dagster.code_port} (logs {dagster.log_dir}) | CMS PostgreSQL 127.0.0.1:"
+        f"{cms_server.server.port} db {CMS_DATABASE}, Dagster storage db {DAGSTER_DATABASE} | Azurite 127.0.0.1:"
+        f"{azurite.port} container {settings.blob_container} | demo instance {demo.k8s_name} 127.0.0.1:{demo_port}"
+        f" db {DEMO_DATABASE} | state {settings.state_dir} | DAGSTER_HOME {settings.dagster_home}"
     )
     log(f"for the CLI: source {settings.state_dir / 'dev.env'}   |   Ctrl-C stops everything")
-    status = dagster.wait()
-    log(f"dg dev exited by itself with status {status}")
-    return status or 1
+    log(f"error: {wait_while_running(dagster)}")
+    return 1
 
 
 def _stop_cms(cms_server: CmsServer) -> None:
@@ -618,7 +610,7 @@ def _stop_azurite(azurite: Azurite, pid_file: Path) -> None:
 
 def main() -> int:
     # A process started in the background by a non-interactive shell (`make dev &`, CI) inherits
-    # SIGINT ignored, and `dg dev` maps SIGTERM to its SIGINT handler: ignored too. Installing
+    # SIGINT ignored, and Dagster maps SIGTERM to its SIGINT handler: ignored too. Installing
     # a handler here means children start with the default disposition (handlers reset on exec).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_signal)

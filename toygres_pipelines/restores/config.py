@@ -188,6 +188,7 @@ def plan_restore(
     )
     platform.check_postgres_version(target, field, subject)
     platform.check_server_image(target, image.image_type, field, subject)
+    platform.check_exposure(fields.internal)
     check_identity_for(image.encryption_recipient, platform.age_identity_recipients, image.name)
     if cms.dns_name_in_use(fields.dns_label):
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")

@@ -57,7 +57,7 @@ def connection_strings(endpoints: Endpoints, password: SecretStr | None) -> Conn
     ssl = endpoints.sslmode
     return ConnectionStrings(
         ip=connection_string(ip_host, endpoints.port, password, sslmode=ssl),
-        dns=connection_string(endpoints.dns_name, endpoints.port, password, sslmode=ssl)
+        dns=connection_string(endpoints.dns_name, endpoints.port, password, sslmode=endpoints.dns_sslmode or ssl)
         if endpoints.dns_name
         else None,
     )
