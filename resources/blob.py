@@ -123,6 +123,14 @@ class BlobStorageResource(dg.ConfigurableResource):
     def list_names(self, prefix: str) -> list[str]:
         return [blob.name for blob in self._container.list_blobs(name_starts_with=prefix.rstrip("/") + "/")]
 
+    def list_with_metadata(self, prefix: str) -> list[tuple[str, dict[str, str]]]:
+        """Every blob under prefix with its metadata (one listing call per page, no blob read)."""
+        start = prefix.rstrip("/") + "/"
+        return [
+            (b.name, dict(b.metadata or {}))
+            for b in self._container.list_blobs(name_starts_with=start, include=["metadata"])
+        ]
+
     def list_folders(self, prefix: str) -> list[str]:
         """The names of the folders directly under prefix (`images/<id>/` gives `<id>`)."""
         start = prefix.rstrip("/") + "/"
