@@ -151,3 +151,23 @@ def test_encrypted_wal_round_trips(archived, blob, tmp_path):
     assert blob.read_head(segment.blob_name, 21) == b"age-encryption.org/v1"
     plaintext = read_segment(blob, segment, str(identity))
     assert len(plaintext) == 16 * 2**20
+
+
+def test_the_sensor_archives_every_running_instance_and_removes_the_archiver_of_one_gone(cms, blob, platform, archived):
+    from records import InstanceState
+    from toygres_pipelines.dev.demo import register_running
+    from toygres_pipelines.pitr.archivers import reconcile_archivers
+
+    ref, dsn, _ = archived
+    instance = register_running(cms, platform, ref)
+    done = reconcile_archivers(cms, blob, platform, log=print)
+    assert done.started == [f"default/{ref.k8s_name}"] and done.failed == {}
+    wait_for(lambda: slot_active(dsn), "the sensor's archiver streaming")
+    assert reconcile_archivers(cms, blob, platform, log=print).started == []  # already running
+
+    cms.transition_instance(instance.id, InstanceState.stopped, reason="test")
+    done = reconcile_archivers(cms, blob, platform, log=print)
+    assert done.removed == [f"default/{ref.k8s_name}"]
+    assert ref not in platform.wal_archivers()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
