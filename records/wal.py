@@ -11,7 +11,9 @@ new timeline): it never writes into its source's archive.
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
@@ -139,3 +141,80 @@ class RecoveryWindow(BaseModel):
             raise ValidationFailed(field, "needs a time zone (e.g. 2026-12-04T05:00:00+00:00)")
         if not self.earliest <= target <= self.latest:
             raise ValidationFailed(field, f"{target.isoformat()} is outside the recoverable window {self}")
+
+
+class BaseBackupState(StrEnum):
+    creating = "creating"
+    ready = "ready"
+    failed = "failed"
+    deleted = "deleted"
+
+
+class BaseBackup(BaseModel):
+    """A row of toygres_cms.base_backups: a physical backup (kind `base`) of one instance."""
+
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+    id: uuid.UUID
+    kind: str = "base"
+    instance_id: uuid.UUID
+    namespace: str
+    k8s_name: str
+    state: BaseBackupState
+    run_id: str | None = None
+    blob_path: str
+    postgres_version: str
+    system_identifier: str | None = None
+    timeline: int | None = None
+    start_segment: str | None = None
+    consistent_at: datetime | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    encryption_recipient: str | None = None
+    reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class BaseBackupResult(BaseModel):
+    """What the base backup job wrote into pitr.json beside the backup (its format, declared once)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: int = 1
+    system_identifier: str
+    timeline: int
+    start_segment: str
+    consistent_at: datetime
+    size_bytes: int
+    sha256: str
+    postgres_version: str
+    encryption_recipient: str | None = None
+    files: list[str]
+
+
+class PlanBlob(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    blob: str
+    sha256: str
+    encrypted: bool
+
+
+class PlanSegment(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    blob: str
+    segment: str
+    sha256: str  # of the plaintext segment
+    encrypted: bool
+
+
+class RecoveryPlanFile(BaseModel):
+    """plan.json of a point-in-time restore job: what restore-pitr.sh downloads and replays."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: PlanBlob
+    segments: list[PlanSegment]
+    target_time: datetime | None = None  # None: replay everything archived (`latest`)

@@ -122,17 +122,19 @@ class Archiver:
             env=env,
         )  # fmt: skip
 
-    def _upload(self, container: ContainerClient, path: Path, partial: bool) -> None:
+    def _blob_name(self, segment: str, partial: bool) -> str:
         assert self.system_identifier is not None
+        prefix = timeline_prefix(
+            self.config.namespace, self.config.k8s_name, self.system_identifier, int(segment[:8], 16)
+        )
+        return f"{prefix}/{segment}{'.partial' if partial else ''}.zst{'.age' if self.config.age_recipient else ''}"
+
+    def _upload(self, container: ContainerClient, path: Path, partial: bool) -> None:
         segment = path.name.removesuffix(".partial")
-        timeline = int(segment[:8], 16)
         plaintext = path.read_bytes()
         archived_at = datetime.now(UTC)
         data = stored_bytes(plaintext, self.config.age_recipient)
-        name = (
-            f"{timeline_prefix(self.config.namespace, self.config.k8s_name, self.system_identifier, timeline)}/"
-            f"{segment}{'.partial' if partial else ''}.zst{'.age' if self.config.age_recipient else ''}"
-        )
+        name = self._blob_name(segment, partial)
         container.upload_blob(
             name,
             data,
@@ -145,7 +147,8 @@ class Archiver:
         finished = sorted(p for p in self.spool.iterdir() if SEGMENT_NAME.fullmatch(p.name))
         for path in finished:
             self._upload(container, path, partial=False)
-            # Its partial blob is superseded by the finished one.
+            # Its partial blob is superseded by the finished one (left in place: the archiver's SAS
+            # cannot delete; retention removes it with the segment).
             self.partial_sent.pop(path.name + ".partial", None)
             path.unlink()
         for path in sorted(self.spool.glob("*.history")):

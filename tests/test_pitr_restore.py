@@ -1,0 +1,145 @@
+"""Base backups and restores to a point in time on the real stack (docs/pitr.md)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from records import InstanceRef, InstanceState, ValidationFailed
+from records.wal import BaseBackupState
+from tests.test_pitr_archiving import archived, archived_segments, slot_active, switch_wal, wait_for  # noqa: F401
+from toygres_pipelines.dev.demo import register_running
+from toygres_pipelines.pitr.base_backups import take_base_backup
+from toygres_pipelines.pitr.restore import restore_to_time
+from toygres_pipelines.pitr.window import window_of
+
+
+def commit(dsn: str, label: str):
+    """Insert a row; returns the server's clock after its commit."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS marks (label text PRIMARY KEY)")
+        conn.execute("INSERT INTO marks VALUES (%s)", [label])
+        return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+
+def labels(platform, ref: InstanceRef) -> set[str]:
+    endpoints = platform.endpoints(ref)
+    dsn = psycopg.conninfo.make_conninfo(
+        host=endpoints.host,
+        port=endpoints.port,
+        user="postgres",
+        password=platform.read_instance_password(ref).get_secret_value(),
+    )
+    with psycopg.connect(dsn) as conn:
+        return {row[0] for row in conn.execute("SELECT label FROM marks")}
+
+
+@pytest.fixture
+def backed_up(cms, blob, platform, archived):  # noqa: F811
+    ref, dsn, start = archived
+    start()
+    source = register_running(cms, platform, ref)
+    commit(dsn, "before-base")
+    backup = take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    return source, dsn, backup
+
+
+def archived_until(cms, blob, source, moment) -> None:
+    def covered():
+        state = window_of(cms, blob, source)
+        return state.window is not None and state.window.latest >= moment
+
+    wait_for(covered, f"the archive to cover {moment}")
+
+
+def test_a_base_backup_is_verified_and_catalogued_with_its_start_segment(cms, blob, backed_up):
+    source, _, backup = backed_up
+    assert backup.state is BaseBackupState.ready and backup.kind == "base"
+    assert backup.start_segment and backup.consistent_at and backup.sha256
+    assert blob.stored_size(f"{backup.blob_path}/base.tar.zst") == backup.size_bytes
+    assert [b.id for b in cms.list_base_backups(source.id)] == [backup.id]
+
+
+def test_a_restore_to_t_has_the_rows_committed_before_t_and_none_after(cms, blob, platform, backed_up):
+    source, dsn, backup = backed_up
+    commit(dsn, "before-t")
+    target = commit(dsn, "marker")  # the clock after that commit
+    after = commit(dsn, "after-t")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, after)
+    restored = restore_to_time(
+        cms, blob, platform, source_instance=source.k8s_name, name="pitr-at-t", dns_label="pitr-at-t",
+        target_time=target,
+    )  # fmt: skip
+    try:
+        assert restored.state is InstanceState.running
+        found = labels(platform, InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
+        assert {"before-base", "before-t", "marker"} <= found
+        assert "after-t" not in found
+    finally:
+        platform.delete_instance(InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
+
+
+def test_targets_outside_the_window_are_refused_naming_it_before_anything_exists(cms, blob, platform, backed_up):
+    source, dsn, backup = backed_up
+    moment = commit(dsn, "x")
+    archived_until(cms, blob, source, moment)
+    window = window_of(cms, blob, source).window
+    assert window is not None
+    before = cms.list_instances()
+    for target in (backup.consistent_at - timedelta(seconds=5), window.latest + timedelta(hours=1)):
+        with pytest.raises(ValidationFailed) as refused:
+            restore_to_time(
+                cms, blob, platform, source_instance=source.k8s_name, name="too-far", dns_label="too-far",
+                target_time=target,
+            )  # fmt: skip
+        assert refused.value.field == "target_time"
+        assert window.earliest.isoformat() in str(refused.value)
+    assert cms.list_instances() == before
+    assert not any(r.k8s_name.startswith("too-far") for r in platform.wal_archivers())
+
+
+def test_a_restore_across_a_deleted_segment_is_refused(cms, blob, platform, backed_up):
+    source, dsn, backup = backed_up
+    names = [switch_wal(dsn) for _ in range(3)]
+    wait_for(lambda: any(s.segment == names[-1] and not s.partial for s in archived_segments(blob, source)), "archived")
+    middle = next(s for s in archived_segments(blob, source) if s.segment == names[1] and not s.partial)
+    blob._container.delete_blob(middle.blob_name)
+    with pytest.raises(ValidationFailed) as refused:
+        restore_to_time(
+            cms, blob, platform, source_instance=source.k8s_name, name="gap", dns_label="gapped", target_time=None
+        )
+    assert f"segments missing between {names[0]} and {names[2]}" in str(refused.value)
+
+
+def test_a_restored_instance_archives_into_its_own_prefix(cms, blob, platform, backed_up):
+    from resources.platform.base import WalArchiverSpec
+    from resources.wal_archive import list_timelines
+
+    source, dsn, backup = backed_up
+    moment = commit(dsn, "latest-row")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, moment)
+    restored = restore_to_time(
+        cms, blob, platform, source_instance=source.k8s_name, name="pitr-latest", dns_label="pitr-latest",
+        target_time=None,
+    )  # fmt: skip
+    ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
+    try:
+        assert "latest-row" in labels(platform, ref)
+        platform.ensure_wal_archiver(
+            WalArchiverSpec(
+                instance=ref, container_url=blob.container_url, blob_sas=blob.job_sas("acwl", timedelta(hours=1))
+            )
+        )
+        timelines = wait_for(lambda: list_timelines(blob, ref.namespace, ref.k8s_name), "the restored instance's WAL")
+        source_timelines = list_timelines(blob, source.namespace, source.k8s_name)
+        # The same system (a physical copy), a new timeline (promoted), its own prefix.
+        assert timelines[0].system_identifier == source_timelines[0].system_identifier
+        assert timelines[0].timeline == source_timelines[0].timeline + 1
+        assert all(s.blob_name.startswith(f"wal/{ref.namespace}/{ref.k8s_name}/") for s in timelines[0].segments)
+    finally:
+        platform.remove_wal_archiver(ref)
+        platform.delete_instance(ref)
