@@ -218,3 +218,24 @@ class RecoveryPlanFile(BaseModel):
     base: PlanBlob
     segments: list[PlanSegment]
     target_time: datetime | None = None  # None: replay everything archived (`latest`)
+
+
+class ArchiveHealth(BaseModel):
+    """One running instance's archive as the checks judge it (toygres_pipelines/pitr/checks.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    instance: str
+    lag_seconds: float | None  # now - when the archiver last read WAL it uploaded; None: nothing archived
+    gaps: list[str] = []
+    why: str | None = None  # a named reason: the archiver's last error, no WAL at all
+
+    def fresh(self, rpo_seconds: float) -> bool:
+        return self.lag_seconds is not None and self.lag_seconds <= rpo_seconds
+
+    def describe_lag(self, rpo_seconds: float) -> str:
+        if self.lag_seconds is None:
+            return f"{self.instance} (no WAL archived{': ' + self.why if self.why else ''})"
+        return (
+            f"{self.instance} (lag {self.lag_seconds:.0f}s > {rpo_seconds:.0f}s{': ' + self.why if self.why else ''})"
+        )

@@ -143,3 +143,32 @@ def test_a_restored_instance_archives_into_its_own_prefix(cms, blob, platform, b
     finally:
         platform.remove_wal_archiver(ref)
         platform.delete_instance(ref)
+
+
+def test_a_deleted_segment_turns_wal_archive_continuous_red(cms, blob, platform, backed_up):
+    import dagster as dg
+
+    from toygres_pipelines.pitr.checks import FLEET, check_wal_archives, wal_archive_continuous, wal_archive_fresh
+
+    source, dsn, backup = backed_up
+    defs = dg.Definitions(
+        assets=[dg.AssetSpec(FLEET)],
+        asset_checks=[wal_archive_fresh, wal_archive_continuous],
+        jobs=[check_wal_archives],
+        resources={"cms": cms, "blob": blob, "platform": platform},
+    )
+
+    def evaluate(check):
+        result = defs.resolve_job_def("check_wal_archives").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+        found = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        return found[check.check_key.name]
+
+    names = [switch_wal(dsn) for _ in range(3)]
+    wait_for(lambda: any(s.segment == names[-1] and not s.partial for s in archived_segments(blob, source)), "archived")
+    assert evaluate(wal_archive_continuous).passed
+    assert evaluate(wal_archive_fresh).passed
+    middle = next(s for s in archived_segments(blob, source) if s.segment == names[1] and not s.partial)
+    blob._container.delete_blob(middle.blob_name)
+    red = evaluate(wal_archive_continuous)
+    assert not red.passed and red.severity is dg.AssetCheckSeverity.ERROR
+    assert f"segments missing between {names[0]} and {names[2]}" in red.description

@@ -176,6 +176,10 @@ class PlatformResource(dg.ConfigurableResource, ABC):
         """The instances that have an archiver (running or not)."""
         return []
 
+    def wal_archiver_error(self, instance: InstanceRef) -> str | None:
+        """The archiver's last error (refused replication, storage down...), None when it is well."""
+        return None
+
     def remove_wal_archiver(self, instance: InstanceRef) -> None:
         """Stop the archiver, drop its replication slot (when the server is up), forget it."""
 

@@ -363,6 +363,9 @@ class LocalPlatform(PlatformResource):
     def wal_archivers(self) -> list[InstanceRef]:
         return local_archivers.listed(self._root / "archivers")
 
+    def wal_archiver_error(self, instance: InstanceRef) -> str | None:
+        return local_archivers.last_error(self._root / "archivers", instance)
+
     def remove_wal_archiver(self, instance: InstanceRef) -> None:
         local_archivers.stop(self._root / "archivers", instance)
         record = self.server_record(instance)

@@ -6,6 +6,7 @@ supervised like its servers: a pid file, started again when it is not running.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from records import InstanceRef
 from records.wal import SLOT_NAME
 from resources.platform.base import PROJECT_DIR, WalArchiverSpec
 from resources.platform.postgres_server import pgpass_line, write_private_file
-from resources.platform.wal_archiver import PGPASS_FILE, SAS_FILE, ArchiverConfig, config_path
+from resources.platform.wal_archiver import PGPASS_FILE, SAS_FILE, STATUS_FILE, ArchiverConfig, config_path
 
 
 def archiver_dir(root: Path, instance: InstanceRef) -> Path:
@@ -119,6 +120,19 @@ def drop_slot(*, port: int, user: str, password: SecretStr) -> None:
         conn.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", [SLOT_NAME]
         )
+
+
+def last_error(root: Path, instance: InstanceRef) -> str | None:
+    directory = archiver_dir(root, instance)
+    if not config_path(directory).exists():
+        return "no archiver"
+    if pid_of(directory) is None:
+        return "archiver not running"
+    try:
+        status = json.loads((directory / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return status.get("error")
 
 
 def forget(root: Path, instance: InstanceRef) -> None:

@@ -1,0 +1,20 @@
+"""Everything the PITR domain defines; `toygres_pipelines/definitions.py` merges it in."""
+
+import dagster as dg
+
+from toygres_pipelines.pitr.archivers import wal_archivers
+from toygres_pipelines.pitr.base_backups import base_backup_job, weekly_base_backups
+from toygres_pipelines.pitr.checks import (
+    check_wal_archives,
+    wal_archive_checks_schedule,
+    wal_archive_continuous,
+    wal_archive_fresh,
+)
+from toygres_pipelines.pitr.restore import restore_to_time_job
+
+pitr_definitions = dg.Definitions(
+    asset_checks=[wal_archive_fresh, wal_archive_continuous],
+    jobs=[base_backup_job, restore_to_time_job, check_wal_archives],
+    schedules=[weekly_base_backups, wal_archive_checks_schedule],
+    sensors=[wal_archivers],
+)
