@@ -239,3 +239,46 @@ class ArchiveHealth(BaseModel):
         return (
             f"{self.instance} (lag {self.lag_seconds:.0f}s > {rpo_seconds:.0f}s{': ' + self.why if self.why else ''})"
         )
+
+
+class WalRetentionPlan(BaseModel):
+    """What retention removes from one instance's PITR history: expired base backups, and the WAL
+    no kept base backup needs (older than the oldest kept one's start, or of a timeline none uses)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    expired_backups: list[uuid.UUID] = []
+    expired_blobs: list[str] = []
+    kept_from: str | None = None  # the oldest kept base backup's start segment
+
+
+def plan_wal_retention(
+    bases: list[BaseBackup], timelines: dict[tuple[str, int], list[StoredSegment]], keep: int
+) -> WalRetentionPlan:
+    """Keep the newest `keep` ready base backups (at least one) and every segment from the oldest
+    kept one's start on, in its system and timeline and in every timeline after it; another
+    system's WAL is never touched. Nothing is removed while no base backup is ready: that WAL is the
+    only history there is."""
+    ready = sorted(
+        (b for b in bases if b.state is BaseBackupState.ready and b.consistent_at is not None),
+        key=lambda b: b.consistent_at or datetime.min,
+    )
+    if not ready:
+        return WalRetentionPlan()
+    kept = ready[-max(1, keep) :]
+    oldest = kept[0]
+    assert oldest.system_identifier is not None and oldest.timeline is not None and oldest.start_segment
+    start = segment_number(oldest.start_segment)
+    expired_blobs = []
+    for (system, timeline), segments in timelines.items():
+        if system != oldest.system_identifier:
+            continue  # another system's history (a re-created data directory) is never judged by this one's
+        older_timeline = timeline < oldest.timeline
+        for segment in segments:
+            if older_timeline or (timeline == oldest.timeline and segment.number < start):
+                expired_blobs.append(segment.blob_name)
+    return WalRetentionPlan(
+        expired_backups=[b.id for b in ready[: -len(kept)]] if len(ready) > len(kept) else [],
+        expired_blobs=sorted(expired_blobs),
+        kept_from=oldest.start_segment,
+    )

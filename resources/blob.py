@@ -166,6 +166,13 @@ class BlobStorageResource(dg.ConfigurableResource):
         raw = self.read_bytes(f"{prefix.rstrip('/')}/{MANIFEST_NAME}")
         return BackupManifest.model_validate_json(raw), hashlib.sha256(raw).hexdigest()
 
+    def delete_blob(self, name: str) -> None:
+        """Delete one blob (gone already: nothing to do)."""
+        try:
+            self._container.delete_blob(name, delete_snapshots="include")
+        except ResourceNotFoundError:
+            pass
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every blob under prefix; returns how many were deleted."""
         names = self.list_names(prefix)

@@ -172,3 +172,38 @@ def test_a_deleted_segment_turns_wal_archive_continuous_red(cms, blob, platform,
     red = evaluate(wal_archive_continuous)
     assert not red.passed and red.severity is dg.AssetCheckSeverity.ERROR
     assert f"segments missing between {names[0]} and {names[2]}" in red.description
+
+
+def test_retention_never_deletes_wal_a_kept_base_backup_needs(cms, blob, platform, backed_up):
+    from records.wal import segment_number
+    from toygres_pipelines.pitr.retention import apply_wal_retention
+
+    source, dsn, first = backed_up
+    between = [switch_wal(dsn) for _ in range(2)]
+    second = take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    after = switch_wal(dsn)
+    wait_for(lambda: any(s.segment == after and not s.partial for s in archived_segments(blob, source)), "archived")
+
+    # Both base backups kept: every segment since the first one's start stays, older ones go.
+    start = segment_number(first.start_segment)
+    before = {s.blob_name for s in archived_segments(blob, source) if s.number >= start}
+    apply_wal_retention(cms, blob, keep=2, log=print)
+    assert {s.blob_name for s in archived_segments(blob, source)} == before
+
+    # Only the newest kept: the older base backup and the WAL before the newer one's start go.
+    outcome = apply_wal_retention(cms, blob, keep=1, log=print)
+    assert outcome.failed == {}
+    left = archived_segments(blob, source)
+    assert min(s.number for s in left) == segment_number(second.start_segment)
+    assert all(
+        name not in {s.segment for s in left}
+        for name in between
+        if segment_number(name) < segment_number(second.start_segment)
+    )
+    assert [b.id for b in cms.list_base_backups(source.id)] == [second.id]
+    assert first.id not in [b.id for b in cms.list_base_backups(source.id)]
+    # What is left still restores.
+    restored = restore_to_time(
+        cms, blob, platform, source_instance=source.k8s_name, name="after-ret", dns_label="after-ret", target_time=None
+    )
+    platform.delete_instance(InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))

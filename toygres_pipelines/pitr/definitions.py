@@ -11,10 +11,11 @@ from toygres_pipelines.pitr.checks import (
     wal_archive_fresh,
 )
 from toygres_pipelines.pitr.restore import restore_to_time_job
+from toygres_pipelines.pitr.retention import wal_retention_daily, wal_retention_job
 
 pitr_definitions = dg.Definitions(
     asset_checks=[wal_archive_fresh, wal_archive_continuous],
-    jobs=[base_backup_job, restore_to_time_job, check_wal_archives],
-    schedules=[weekly_base_backups, wal_archive_checks_schedule],
+    jobs=[base_backup_job, restore_to_time_job, check_wal_archives, wal_retention_job],
+    schedules=[weekly_base_backups, wal_archive_checks_schedule, wal_retention_daily],
     sensors=[wal_archivers],
 )
