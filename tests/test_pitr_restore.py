@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import psycopg
 import pytest
@@ -207,3 +207,29 @@ def test_retention_never_deletes_wal_a_kept_base_backup_needs(cms, blob, platfor
         cms, blob, platform, source_instance=source.k8s_name, name="after-ret", dns_label="after-ret", target_time=None
     )
     platform.delete_instance(InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
+
+
+def test_pitr_status_shows_the_window_and_the_lag(cms, blob, platform, backed_up, monkeypatch, capsys):
+    import json
+
+    from tests.helpers import cli_runner
+    from toygres_pipelines import cli
+
+    source, dsn, backup = backed_up
+    moment = commit(dsn, "status")
+    archived_until(cms, blob, source, moment)
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    monkeypatch.setenv("TOYGRES_BLOB_CONNECTION_STRING", blob.connection_string)
+    monkeypatch.setenv("TOYGRES_BLOB_CONTAINER", blob.container)
+    monkeypatch.setenv("TOYGRES_STATE_DIR", platform.state_dir)
+    invoke = cli_runner(capsys)
+    code, out, err = invoke("pitr-status", "--json")
+    assert code == 0, err
+    [row] = [r for r in json.loads(out) if r["instance"] == f"default/{source.k8s_name}"]
+    assert row["earliest"] == backup.consistent_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    assert row["latest"] is not None and row["lag_seconds"] is not None and row["base_backups"] == 1
+    assert row["problems"] == []
+
+    platform.remove_wal_archiver(InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace))
+    code, out, _ = invoke("pitr-status")
+    assert code == 4 and "archiver" in out
