@@ -97,6 +97,12 @@ def test_targets_outside_the_window_are_refused_naming_it_before_anything_exists
             )  # fmt: skip
         assert refused.value.field == "target_time"
         assert window.earliest.isoformat() in str(refused.value)
+    with pytest.raises(ValidationFailed) as upgrade:
+        restore_to_time(
+            cms, blob, platform, source_instance=source.k8s_name, name="newer", dns_label="newer-major",
+            target_time=None, postgres_version="16",
+        )  # fmt: skip
+    assert upgrade.value.field == "postgres_version" and "keeps the major of its base backup (15)" in str(upgrade.value)
     assert cms.list_instances() == before
     assert not any(r.k8s_name.startswith("too-far") for r in platform.wal_archivers())
 
