@@ -171,3 +171,19 @@ def test_the_sensor_archives_every_running_instance_and_removes_the_archiver_of_
     assert ref not in platform.wal_archivers()
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+
+
+def test_an_instance_refusing_replication_gets_a_named_reason_not_a_silent_gap(archived, platform):
+    ref, dsn, _ = archived
+    hba = platform.instance_dir(ref) / "config" / "pg_hba.conf"
+    hba.write_text("".join(line for line in hba.read_text().splitlines(keepends=True) if "replication" not in line))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+    platform.ensure_wal_archiver(WalArchiverSpec(instance=ref, container_url="http://127.0.0.1:1/none", blob_sas=None))
+    reason = wait_for(
+        lambda: (
+            (platform.wal_archiver_error(ref) or "") if "pg_hba" in (platform.wal_archiver_error(ref) or "") else ""
+        ),
+        "the archiver's reason",
+    )
+    assert "replication connection" in reason and reason.startswith("pg_receivewal exited")

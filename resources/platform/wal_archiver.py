@@ -50,6 +50,7 @@ def config_path(directory: Path) -> Path:
 SAS_FILE = "sas"
 PGPASS_FILE = "pgpass"
 STATUS_FILE = "status.json"
+RECEIVER_LOG = "pg_receivewal.log"
 SPOOL_DIR = "spool"
 
 
@@ -81,6 +82,7 @@ class Archiver:
         self.partial_sent: dict[str, float] = {}
         self.last_partial_upload = 0.0
         self.uploaded_bytes = 0
+        self.receiver_error: str | None = None
 
     def _env(self) -> dict[str, str]:
         return {
@@ -116,11 +118,12 @@ class Archiver:
                 "(SELECT FROM pg_replication_slots WHERE slot_name = %s)",
                 [SLOT_NAME, SLOT_NAME],
             )
-        self.receiver = subprocess.Popen(
-            [str(bindir / "pg_receivewal"), "-d", self._conninfo(), "--slot", SLOT_NAME, "-D", str(self.spool),
-             "--synchronous", "--no-loop", "-s", "1"],
-            env=env,
-        )  # fmt: skip
+        with open(self.directory / RECEIVER_LOG, "ab") as log:
+            self.receiver = subprocess.Popen(
+                [str(bindir / "pg_receivewal"), "-d", self._conninfo(), "--slot", SLOT_NAME, "-D", str(self.spool),
+                 "--synchronous", "--no-loop", "-s", "1"],
+                env=env, stdout=log, stderr=log,
+            )  # fmt: skip
 
     def _blob_name(self, segment: str, partial: bool) -> str:
         assert self.system_identifier is not None
@@ -142,6 +145,7 @@ class Archiver:
             metadata={"sha256": hashlib.sha256(plaintext).hexdigest(), "archived_at": archived_at.isoformat()},
         )
         self.uploaded_bytes += len(data)
+        self.receiver_error = None
 
     def upload_pending(self, container: ContainerClient) -> None:
         finished = sorted(p for p in self.spool.iterdir() if SEGMENT_NAME.fullmatch(p.name))
@@ -167,6 +171,14 @@ class Archiver:
                 self.partial_sent[path.name] = mtime
         self.last_partial_upload = now
 
+    def _receiver_said(self) -> str:
+        """pg_receivewal's last message (why it stopped: a refused replication connection...)."""
+        try:
+            lines = (self.directory / RECEIVER_LOG).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no message"
+        return lines[-1][-500:] if lines else "no message"
+
     def write_status(self, error: str | None) -> None:
         status = {
             "at": datetime.now(UTC).isoformat(),
@@ -189,13 +201,17 @@ class Archiver:
             try:
                 if self.system_identifier is None:
                     self.system_identifier = self._identify()
-                if self.receiver is None or self.receiver.poll() is not None:
+                if self.receiver is not None and self.receiver.poll() is not None:
+                    # Kept until WAL flows again: a refused connection is the instance's named reason.
+                    self.receiver_error = f"pg_receivewal exited {self.receiver.returncode}: {self._receiver_said()}"
+                    self.receiver = None
+                elif self.receiver is None:
                     self._start_receiver()
                 self.upload_pending(self._container())
             except Exception as failure:  # noqa: BLE001 - reported in status.json and retried
-                error = f"{type(failure).__name__}: {failure}"
+                error = f"{type(failure).__name__}: {failure}".strip()
                 print(f"wal archiver: {error}", file=sys.stderr, flush=True)
-            self.write_status(error)
+            self.write_status(error or self.receiver_error)
             time.sleep(self.config.poll_seconds if error is None else 2.0)
         if self.receiver is not None and self.receiver.poll() is None:
             self.receiver.terminate()
