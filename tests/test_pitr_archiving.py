@@ -187,3 +187,18 @@ def test_an_instance_refusing_replication_gets_a_named_reason_not_a_silent_gap(a
         "the archiver's reason",
     )
     assert "replication connection" in reason and reason.startswith("pg_receivewal exited")
+
+
+def test_an_archiver_whose_directory_is_gone_ends_with_its_pg_receivewal(archived, platform):
+    """A deleted state directory (a test session's, a wiped dev stack) leaves no process behind."""
+    import shutil
+
+    ref, dsn, start = archived
+    start()
+    directory = archiver_dir(Path(platform.state_dir) / "archivers", ref)
+    pid = pid_of(directory)
+    assert pid is not None
+    shutil.rmtree(directory)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3],
+             "the archiver gone")  # fmt: skip
+    wait_for(lambda: not slot_active(dsn), "its pg_receivewal gone")

@@ -363,6 +363,12 @@ class LocalPlatform(PlatformResource):
     def wal_archivers(self) -> list[InstanceRef]:
         return local_archivers.listed(self._root / "archivers")
 
+    def stop_wal_archivers(self) -> None:
+        """Stop every archiver process, keeping its slot and directory: started again, each
+        resumes where it stopped (make dev's shutdown)."""
+        for ref in self.wal_archivers():
+            local_archivers.stop(self._root / "archivers", ref)
+
     def wal_archiver_error(self, instance: InstanceRef) -> str | None:
         return local_archivers.last_error(self._root / "archivers", instance)
 

@@ -197,6 +197,8 @@ class Archiver:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         while not self.stopping:
+            if not config_path(self.directory).exists():
+                break  # forgotten (its instance removed, the state directory deleted): nothing to serve
             error = None
             try:
                 if self.system_identifier is None:
