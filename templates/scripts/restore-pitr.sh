@@ -33,7 +33,7 @@ download_file "$PLAN_BLOB" "$staging/plan.json" || die "download of the restore 
 plaintext() { # $1: encrypted (true/false): stdin stored bytes -> stdout plaintext
   if [[ "$1" == true ]]; then
     [[ -n "${AGE_IDENTITY_FILE:-}" ]] || die "the backup is encrypted and this job has no age identity"
-    age --decrypt --identity "$AGE_IDENTITY_FILE" | zstd -q -d -c
+    age --decrypt -i "$AGE_IDENTITY_FILE" | zstd -q -d -c
   else
     zstd -q -d -c
   fi
