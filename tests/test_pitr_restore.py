@@ -239,3 +239,19 @@ def test_pitr_status_shows_the_window_and_the_lag(cms, blob, platform, backed_up
     platform.remove_wal_archiver(InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace))
     code, out, _ = invoke("pitr-status")
     assert code == 4 and "archiver" in out
+
+
+def test_a_pitr_drill_restores_inside_the_window_checks_and_leaves_nothing(cms, blob, platform, backed_up):
+    from toygres_pipelines.pitr.drill import pitr_drill
+
+    source, dsn, backup = backed_up
+    for label in ("d1", "d2", "d3"):
+        moment = commit(dsn, label)
+    archived_until(cms, blob, source, moment)
+    result = pitr_drill(cms, blob, platform, source, log=print)
+    assert result.passed, result.reason
+    assert result.rto_seconds and result.rto_seconds > 0
+    assert result.replayed_at is None or result.replayed_at <= result.target_time
+    scratch = cms.find_instance(result.scratch)
+    assert scratch is not None and scratch.state is InstanceState.deleted
+    assert not platform.instance_exists(InstanceRef(k8s_name=scratch.k8s_name, namespace=scratch.namespace))
