@@ -282,3 +282,19 @@ def plan_wal_retention(
         expired_blobs=sorted(expired_blobs),
         kept_from=oldest.start_segment,
     )
+
+
+LATEST = "latest"
+
+
+def parse_target_time(value: str | None, field: str = "target_time") -> datetime | None:
+    """A point-in-time target: ISO 8601 with a time zone, or `latest` (None)."""
+    if value is None or value == LATEST:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationFailed(field, f"not an ISO 8601 time nor 'latest': {value!r}") from None
+    if parsed.tzinfo is None:
+        raise ValidationFailed(field, "needs a time zone (e.g. 2026-12-04T05:00:00+00:00)")
+    return parsed

@@ -255,3 +255,49 @@ def test_a_pitr_drill_restores_inside_the_window_checks_and_leaves_nothing(cms, 
     scratch = cms.find_instance(result.scratch)
     assert scratch is not None and scratch.state is InstanceState.deleted
     assert not platform.instance_exists(InstanceRef(k8s_name=scratch.k8s_name, namespace=scratch.namespace))
+
+
+def test_restore_instance_with_target_time_restores_to_that_second(cms, blob, platform, backed_up):
+    """The restore_instance job (launchpad, request sensor, CLI) takes target_time: source_image_id
+    names a base backup, and the same rows-before/after rule holds."""
+    import dagster as dg
+
+    from toygres_pipelines.restores.jobs import restore_instance
+
+    source, dsn, backup = backed_up
+    commit(dsn, "before-t")
+    target = commit(dsn, "marker")
+    after = commit(dsn, "after-t")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, after)
+
+    def run(**config):
+        return restore_instance.execute_in_process(
+            run_config={"ops": {"validate_request": {"config": {
+                "name": "via-job", "dns_label": "via-job-pitr", "storage_size_gb": 1, "ready_timeout_seconds": 60,
+                "source_image_id": str(backup.id), **config}}}},
+            resources={"cms": cms, "blob": blob, "platform": platform},
+            raise_on_error=False,
+            instance=dg.DagsterInstance.ephemeral(),
+        )  # fmt: skip
+
+    refused = run(target_time=(target + timedelta(hours=1)).isoformat())
+    assert not refused.success and "is outside the recoverable window" in helpers_failure(refused)
+    assert cms.find_instance("via-job") is None and not [i for i in cms.list_instances() if i.user_name == "via-job"]
+
+    result = run(target_time=target.isoformat())
+    assert result.success, helpers_failure(result)
+    [restored] = [i for i in cms.list_instances([InstanceState.running]) if i.user_name == "via-job"]
+    ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
+    try:
+        found = labels(platform, ref)
+        assert {"before-t", "marker"} <= found and "after-t" not in found
+        assert restored.tags["pitr_base_backup"] == str(backup.id)
+    finally:
+        platform.delete_instance(ref)
+
+
+def helpers_failure(result) -> str:
+    from tests.helpers import failure_text
+
+    return failure_text(result)

@@ -97,6 +97,18 @@ class BaseBackupsTable(Queries):
                 .fetchall()
             )
 
+    def get_base_backup(self, backup_id: str) -> BaseBackup | None:
+        try:
+            parsed = uuid.UUID(str(backup_id))
+        except ValueError:
+            return None
+        with self.connection() as conn:
+            return (
+                conn.cursor(row_factory=class_row(BaseBackup))
+                .execute(sql.SQL("SELECT {c} FROM {t} WHERE id = %s").format(t=TABLE, c=COLUMNS), [parsed])
+                .fetchone()
+            )
+
     def base_backup_password(self, backup_id: uuid.UUID) -> SecretStr:
         with self.connection() as conn:
             row = conn.execute(

@@ -19,6 +19,7 @@ from records import (
     validate_azure_dns_label,
     validate_dns_label,
 )
+from records.wal import RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, JobKind, JobSpec, PlatformResource
@@ -79,33 +80,12 @@ def restore_to_time(
         },
         source_postgres_version=base.postgres_version,
     )
-    plan_blob = f"restores/pitr/{ref.namespace}/{ref.k8s_name}/plan.json"
-    job_name = f"restore-{ref.k8s_name}"
     try:
         platform.ensure_instance_secret(ref, cms.base_backup_password(base.id))
         platform.create_volume(ref, instance.storage_size_gb)
-        raw = plan.model_dump_json().encode()
-        blob.write_bytes(plan_blob, raw, overwrite=True)
         log(f"restoring {ref.k8s_name} from base backup {base.id} + {len(plan.segments)} WAL segment(s) "
             f"to {target_time.isoformat() if target_time else 'latest'}")  # fmt: skip
-        platform.run_job(
-            JobSpec(
-                kind=JobKind.restore,
-                name=job_name,
-                script="restore-pitr.sh",
-                instance=ref,
-                env={
-                    "BLOB_URL": blob.container_url,
-                    "PLAN_BLOB": plan_blob,
-                    "PLAN_SHA256": hashlib.sha256(raw).hexdigest(),
-                    "POSTGRES_VERSION": base.postgres_version,
-                    "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
-                },
-                blob_sas=blob.job_sas("rl", timedelta(seconds=RESTORE_TIMEOUT_SECONDS + 600)),
-                timeout_seconds=RESTORE_TIMEOUT_SECONDS,
-            ),
-            log,
-        )
+        run_pitr_job(platform, blob, ref, plan, base.postgres_version, RESTORE_TIMEOUT_SECONDS, log)
         platform.deploy_instance(
             DeploySpec(
                 instance=ref,
@@ -130,6 +110,42 @@ def restore_to_time(
         cms.transition_instance(instance.id, InstanceState.failed, reason=str(error)[:2000])
         platform.delete_instance(ref)
         raise
+
+
+def run_pitr_job(
+    platform: PlatformResource,
+    blob: BlobStorageResource,
+    ref: InstanceRef,
+    plan: RecoveryPlanFile,
+    postgres_version: str,
+    timeout_seconds: int,
+    log: LogSink,
+) -> None:
+    """restore-pitr.sh into the instance's volume from `plan` (written beside it for the job, with
+    its sha256 in the job's env; both removed afterwards)."""
+    plan_blob = f"restores/pitr/{ref.namespace}/{ref.k8s_name}/plan.json"
+    job_name = f"restore-{ref.k8s_name}"
+    raw = plan.model_dump_json().encode()
+    blob.write_bytes(plan_blob, raw, overwrite=True)
+    try:
+        platform.run_job(
+            JobSpec(
+                kind=JobKind.restore,
+                name=job_name,
+                script="restore-pitr.sh",
+                instance=ref,
+                env={
+                    "BLOB_URL": blob.container_url,
+                    "PLAN_BLOB": plan_blob,
+                    "PLAN_SHA256": hashlib.sha256(raw).hexdigest(),
+                    "POSTGRES_VERSION": postgres_version,
+                    "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
+                },
+                blob_sas=blob.job_sas("rl", timedelta(seconds=timeout_seconds + 600)),
+                timeout_seconds=timeout_seconds,
+            ),
+            log,
+        )
     finally:
         platform.delete_job(job_name, ref.namespace)
         blob.delete_prefix(plan_blob.rsplit("/", 1)[0])
@@ -144,18 +160,6 @@ class RestoreToTimeConfig(dg.Config):
     )
     namespace: str | None = None
     storage_size_gb: int = 10
-
-
-def parse_target_time(value: str | None) -> datetime | None:
-    if value is None or value == "latest":
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationFailed("target_time", f"not an ISO 8601 timestamp: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise ValidationFailed("target_time", "needs a time zone (e.g. 2026-12-04T05:00:00+00:00)")
-    return parsed
 
 
 @dg.op(description="Refused before anything is created when the target is outside the window")
