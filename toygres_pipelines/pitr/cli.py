@@ -7,11 +7,24 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from pydantic import BaseModel
+
 from records import InstanceState
 from resources.cms import CMSResource
 from toygres_pipelines.pitr.checks import RPO_SECONDS, archive_health
 from toygres_pipelines.pitr.window import window_of
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
+
+
+class PitrStatusRow(BaseModel):
+    instance: str
+    earliest: datetime | None
+    latest: datetime | None
+    lag_seconds: float | None
+    base_backups: int
+    problems: list[str]
+    archiver_error: str | None
+
 
 EXIT_OK = 0
 EXIT_OUT_OF_TARGET = 4
@@ -35,35 +48,37 @@ def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> 
         if not health.fresh(RPO_SECONDS):
             problems.append(health.describe_lag(RPO_SECONDS))
         rows.append(
-            {
-                "instance": f"{instance.namespace}/{instance.k8s_name}",
-                "earliest": state.window.earliest if state.window else None,
-                "latest": state.window.latest if state.window else None,
-                "lag_seconds": health.lag_seconds,
-                "base_backups": len(cms.list_base_backups(instance.id)),
-                "problems": problems,
-                "archiver_error": health.why,
-            }
+            PitrStatusRow(
+                instance=f"{instance.namespace}/{instance.k8s_name}",
+                earliest=state.window.earliest if state.window else None,
+                latest=state.window.latest if state.window else None,
+                lag_seconds=health.lag_seconds,
+                base_backups=len(cms.list_base_backups(instance.id)),
+                problems=problems,
+                archiver_error=health.why,
+            )
         )
     if args.json:
-        print_json([{**r, "earliest": when(r["earliest"]), "latest": when(r["latest"])} for r in rows], out)
+        print_json(
+            [{**r.model_dump(mode="json"), "earliest": when(r.earliest), "latest": when(r.latest)} for r in rows], out
+        )
     else:
         print_table(
             ["INSTANCE", "EARLIEST", "LATEST", "LAG (S)", "BASE BACKUPS", "STATUS"],
             [
                 [
-                    r["instance"],
-                    when(r["earliest"]),
-                    when(r["latest"]),
-                    None if r["lag_seconds"] is None else f"{r['lag_seconds']:.1f}",
-                    r["base_backups"],
-                    "; ".join(r["problems"]) or "ok",
+                    r.instance,
+                    when(r.earliest),
+                    when(r.latest),
+                    None if r.lag_seconds is None else f"{r.lag_seconds:.1f}",
+                    r.base_backups,
+                    "; ".join(r.problems) or "ok",
                 ]
                 for r in rows
             ],
             out,
         )
-    return EXIT_OUT_OF_TARGET if any(r["problems"] for r in rows) else EXIT_OK
+    return EXIT_OUT_OF_TARGET if any(r.problems for r in rows) else EXIT_OK
 
 
 def add_pitr_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
