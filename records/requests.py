@@ -76,6 +76,12 @@ class RestoreRequestFields(RequestFields):
         description="PostgreSQL major of the new instance, e.g. 16; empty: the image's. It may be newer than the "
         "image's (upgrade on restore), never older",
     )
+    target_time: str | None = Field(
+        default=None,
+        description="Point-in-time restore (docs/pitr.md): an ISO 8601 time with a zone, or `latest`; "
+        "source_image_id then names a base backup (`pitr-status`, toygres_cms.base_backups) and the new instance "
+        "is its instance replayed to that second. Refused, naming the window, when outside it",
+    )
 
 
 class BackupFields(RequestFields):

@@ -133,8 +133,22 @@ class BlobStorageResource(dg.ConfigurableResource):
         signer = self._signer(start, expiry)
         return mint_grant(signer, prefix, names, CREATE_WRITE, start, expiry, CREATE_WRITE if any_name else None)
 
+    def container_write_token(self, ttl_seconds: int) -> SecretStr:
+        """A container SAS with create + write only (no read, list or delete) for a long-lived
+        writer whose blob names nobody knows ahead: the WAL archiver, run by the deployment."""
+        start, expiry = self._window(ttl_seconds)
+        return SecretStr(self._signer(start, expiry).container_token(CREATE_WRITE, start, expiry))
+
     def list_names(self, prefix: str) -> list[str]:
         return [blob.name for blob in self._container.list_blobs(name_starts_with=prefix.rstrip("/") + "/")]
+
+    def list_with_metadata(self, prefix: str) -> list[tuple[str, dict[str, str]]]:
+        """Every blob under prefix with its metadata (one listing call per page, no blob read)."""
+        start = prefix.rstrip("/") + "/"
+        return [
+            (b.name, dict(b.metadata or {}))
+            for b in self._container.list_blobs(name_starts_with=start, include=["metadata"])
+        ]
 
     def list_folders(self, prefix: str) -> list[str]:
         """The names of the folders directly under prefix (`images/<id>/` gives `<id>`)."""
@@ -170,6 +184,13 @@ class BlobStorageResource(dg.ConfigurableResource):
         """The folder's manifest and the sha256 of its exact bytes."""
         raw = self.read_bytes(f"{prefix.rstrip('/')}/{MANIFEST_NAME}")
         return BackupManifest.model_validate_json(raw), hashlib.sha256(raw).hexdigest()
+
+    def delete_blob(self, name: str) -> None:
+        """Delete one blob (gone already: nothing to do)."""
+        try:
+            self._container.delete_blob(name, delete_snapshots="include")
+        except ResourceNotFoundError:
+            pass
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every blob under prefix; returns how many were deleted."""

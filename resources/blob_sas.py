@@ -93,7 +93,9 @@ def mint_grant(
     query = None
     signatures: dict[str, str] = {}
     for name in names:
-        shared, signature = _split_signature(signer.blob_token(f"{prefix}/{name}", permission, start, expiry))
+        shared, signature = _split_signature(
+            signer.blob_token(f"{prefix}/{name}" if prefix else name, permission, start, expiry)
+        )
         if query is not None and shared != query:
             raise RuntimeError("blob SAS tokens of one grant differ in more than their signature")
         query = shared

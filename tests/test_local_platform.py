@@ -28,7 +28,7 @@ def test_job_directory_holds_the_template_scripts_byte_for_byte(tmp_path):
     )
     job_dir = platform._fresh_job_dir(spec)
     templates = sorted(SCRIPTS_DIR.glob("*.sh"))
-    assert [p.name for p in templates] == ["backup.sh", "common.sh", "restore.sh"]
+    assert [p.name for p in templates] == ["backup.sh", "basebackup.sh", "common.sh", "restore-pitr.sh", "restore.sh"]
     for template in templates:
         assert (job_dir / "scripts" / template.name).read_bytes() == template.read_bytes()
 

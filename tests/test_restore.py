@@ -348,8 +348,15 @@ def test_backups_and_restores_take_slots_of_their_pools():
     image_job = defs.resolve_implicit_global_asset_job_def()
     pools = {name: node.definition.pool for name, node in image_job.graph.node_dict.items()}
     assert pools.pop("image") == "toygres-backup"
-    # beside the backup only asset checks run, which read the CMS and take no backup slot
-    assert set(pools) == {"image_restorable", "image_size_plausible", "fleet_backups_fresh", "fleet_drills_fresh"}
+    # beside the backup only asset checks run, which read the CMS (and blob storage) and take no backup slot
+    assert set(pools) == {
+        "image_restorable",
+        "image_size_plausible",
+        "fleet_backups_fresh",
+        "fleet_drills_fresh",
+        "fleet_wal_archive_fresh",
+        "fleet_wal_archive_continuous",
+    }
     assert set(pools.values()) == {None}
     restore_job = defs.resolve_job_def("restore_instance")
     assert restore_job.graph.node_named("run_restore_job").definition.pool == "toygres-restore"

@@ -49,6 +49,7 @@ from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
 from toygres_pipelines.cli_status import add_status_command
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
 from toygres_pipelines.images.verification import ImageCorrupt
+from toygres_pipelines.pitr.cli import add_pitr_commands
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
 from toygres_pipelines.restores.config import plan_restore
 
@@ -667,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lifecycle_commands(sub, parent)
     add_status_command(sub, parent)
+    add_pitr_commands(sub, parent)
     return parser
 
 

@@ -9,6 +9,7 @@ from toygres_pipelines.images.assets import image
 from toygres_pipelines.images.janitor import purge_failed_image_blobs_hourly, purge_failed_image_blobs_job
 from toygres_pipelines.images.reverify import reverify_image
 from toygres_pipelines.lifecycle.jobs import delete_image_job, delete_instance_job
+from toygres_pipelines.pitr.definitions import pitr_definitions
 from toygres_pipelines.resources_from_env import resources_from_env
 from toygres_pipelines.restores.jobs import restore_instance
 
@@ -25,22 +26,26 @@ warnings.filterwarnings(
 
 automation = build_automation(AutomationSettings.from_env())
 
-defs = dg.Definitions(
-    assets=[image, *automation.assets],
-    asset_checks=[restorable, size_plausible, *automation.checks],
-    jobs=[
-        restore_instance,
-        restore_drill,
-        purge_failed_image_blobs_job,
-        reverify_image,
-        delete_image_job,
-        delete_instance_job,
-        *automation.jobs,
-    ],
-    schedules=[purge_failed_image_blobs_hourly, *automation.schedules],
-    sensors=automation.sensors,
-    resources=resources_from_env(),
-    # Every job (the UI's Materialize of `image` included) runs its steps in its run worker: one
-    # process per run, not one more per step (docs/benchmarks.md, orchestration overhead).
-    executor=dg.in_process_executor,
+# Each domain owns its definitions (toygres_pipelines/pitr/definitions.py); they are composed here.
+defs = dg.Definitions.merge(
+    dg.Definitions(
+        assets=[image, *automation.assets],
+        asset_checks=[restorable, size_plausible, *automation.checks],
+        jobs=[
+            restore_instance,
+            restore_drill,
+            purge_failed_image_blobs_job,
+            reverify_image,
+            delete_image_job,
+            delete_instance_job,
+            *automation.jobs,
+        ],
+        schedules=[purge_failed_image_blobs_hourly, *automation.schedules],
+        sensors=automation.sensors,
+        resources=resources_from_env(),
+        # Every job (the UI's Materialize of `image` included) runs its steps in its run worker: one
+        # process per run, not one more per step (docs/benchmarks.md, orchestration overhead).
+        executor=dg.in_process_executor,
+    ),
+    pitr_definitions(),
 )

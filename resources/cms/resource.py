@@ -9,6 +9,7 @@ import dagster as dg
 import psycopg
 from pydantic import Field
 
+from resources.cms.base_backups import BaseBackupsTable
 from resources.cms.drills import DrillsTable
 from resources.cms.encryption import PasswordBox
 from resources.cms.events import EventsTable
@@ -19,7 +20,14 @@ from resources.cms.schema import Migrations
 
 
 class CMSResource(
-    InstancesTable, ImagesTable, EventsTable, RequestsTable, DrillsTable, Migrations, dg.ConfigurableResource
+    InstancesTable,
+    ImagesTable,
+    EventsTable,
+    RequestsTable,
+    DrillsTable,
+    BaseBackupsTable,
+    Migrations,
+    dg.ConfigurableResource,
 ):
     """The toygres CMS (PostgreSQL, schema toygres_cms): instances, images, events, requests, drills.
 

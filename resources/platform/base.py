@@ -74,6 +74,19 @@ class DeploySpec(BaseModel):
     image_override: str | None = None
 
 
+class WalArchiverSpec(BaseModel):
+    """What the archiver of one instance streams into: the container (credential-free URL), the SAS
+    it writes with (None: workload identity), and the age recipient of the deployment, if any."""
+
+    model_config = ConfigDict(frozen=True)
+
+    instance: InstanceRef
+    container_url: str
+    blob_sas: SecretStr | None = None
+    age_recipient: str | None = None
+    partial_seconds: float = 2.0
+
+
 DEFAULT_NAMESPACE = "default"
 
 
@@ -159,6 +172,21 @@ class PlatformResource(dg.ConfigurableResource, ABC):
     @abstractmethod
     def delete_job(self, name: str, namespace: str) -> None:
         """Remove a finished job and what it created for itself (idempotent)."""
+
+    def ensure_wal_archiver(self, spec: WalArchiverSpec) -> bool:
+        """Start the instance's WAL archiver unless it runs (True: started). docs/pitr.md"""
+        raise PlatformError(f"{type(self).__name__} has no WAL archivers yet (docs/pitr.md)")
+
+    def wal_archivers(self) -> list[InstanceRef]:
+        """The instances that have an archiver (running or not)."""
+        return []
+
+    def wal_archiver_error(self, instance: InstanceRef) -> str | None:
+        """The archiver's last error (refused replication, storage down...), None when it is well."""
+        return None
+
+    def remove_wal_archiver(self, instance: InstanceRef) -> None:
+        """Stop the archiver, drop its replication slot (when the server is up), forget it."""
 
     @abstractmethod
     def delete_stale_jobs(self, namespaces: set[str], grace_seconds: float) -> list[str]:

@@ -6,6 +6,7 @@ It is a faithful stand-in for Kubernetes: the same scripts, the same environment
     <state_dir>/bin/azcopy
     <state_dir>/instances/<namespace>/<k8s_name>/{secret/password, volume/pgdata, config/pg_hba.conf, run/, server.json}
     <state_dir>/jobs/<namespace>/<job name>/{scripts/, tmp/, home/, sas, job.log}
+    <state_dir>/archivers/<namespace>/<k8s_name>/{config.json, sas, pgpass, spool/, archiver.log, pid}
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from records import Endpoints, InstanceRef, JobResult, ValidationFailed
 from records.encryption import refuse_pasted_identity
+from resources.platform import local_archivers
 from resources.platform.base import (
     AGE_IDENTITY_ENV,
     SCRIPTS_DIR,
@@ -34,6 +36,7 @@ from resources.platform.base import (
     LogSink,
     PlatformError,
     PlatformResource,
+    WalArchiverSpec,
 )
 from resources.platform.postgres_server import (
     LocalPostgresServer,
@@ -51,6 +54,7 @@ PG_HBA = """# written by toygres: passwords (scram-sha-256) for everyone, nothin
 local all all scram-sha-256
 host  all all 0.0.0.0/0 scram-sha-256
 host  all all ::/0 scram-sha-256
+host  replication all 127.0.0.1/32 scram-sha-256
 """
 LOG_TAIL_LINES = 200
 
@@ -84,6 +88,14 @@ class LocalPlatform(PlatformResource):
         if value is None:
             return None
         return refuse_pasted_identity(value, "age_identity_file", "the path of the age identity file")
+
+    wal_slot_max_keep_mb: int = Field(
+        default=1024,
+        ge=64,
+        description="max_slot_wal_keep_size of every instance: WAL its archiver's slot may hold back while the "
+        "archiver is down; past it the server drops that WAL (the archive reports the gap) instead of filling "
+        "the tenant's disk",
+    )
 
     @model_validator(mode="after")
     def _identities_have_a_file(self) -> LocalPlatform:
@@ -124,6 +136,7 @@ class LocalPlatform(PlatformResource):
             log_file=base / "run" / "postgres.log",
             hba_file=base / "config" / "pg_hba.conf",
             postgres_version=postgres_version,
+            settings=(("max_slot_wal_keep_size", f"{self.wal_slot_max_keep_mb}MB"),),
         )
 
     def check_postgres_version(self, version: str, field: str, subject: str = "the request") -> None:
@@ -341,6 +354,42 @@ class LocalPlatform(PlatformResource):
 
     def instance_exists(self, instance: InstanceRef) -> bool:
         return self.instance_dir(instance).exists()
+
+    # --- WAL archivers (resources/platform/local_archivers.py) ------------------------------
+
+    def ensure_wal_archiver(self, spec: WalArchiverSpec) -> bool:
+        record = self.server_record(spec.instance)
+        if record is None:
+            raise PlatformError(f"instance {spec.instance.k8s_name} is not deployed on this platform")
+        return local_archivers.ensure(
+            self._root / "archivers",
+            spec,
+            port=record.port,
+            user=record.superuser,
+            password=self.read_instance_password(spec.instance),
+            bindir=postgres_bindir(record.postgres_version),
+        )
+
+    def wal_archivers(self) -> list[InstanceRef]:
+        return local_archivers.listed(self._root / "archivers")
+
+    def stop_wal_archivers(self) -> None:
+        """Stop every archiver process, keeping its slot and directory: started again, each
+        resumes where it stopped (make dev's shutdown)."""
+        for ref in self.wal_archivers():
+            local_archivers.stop(self._root / "archivers", ref)
+
+    def wal_archiver_error(self, instance: InstanceRef) -> str | None:
+        return local_archivers.last_error(self._root / "archivers", instance)
+
+    def remove_wal_archiver(self, instance: InstanceRef) -> None:
+        local_archivers.stop(self._root / "archivers", instance)
+        record = self.server_record(instance)
+        if record is not None and self.server(instance, record.port).is_running():
+            local_archivers.drop_slot(
+                port=record.port, user=record.superuser, password=self.read_instance_password(instance)
+            )
+        local_archivers.forget(self._root / "archivers", instance)
 
 
 def _pump_lines(process: subprocess.Popen, log: LogSink, tail: collections.deque, job_log) -> None:

@@ -234,6 +234,7 @@ class LocalPostgresServer:
     log_file: Path
     hba_file: Path | None = None
     postgres_version: str | None = None  # None: the data directory's (PG_VERSION), else the default
+    settings: tuple[tuple[str, str], ...] = ()  # -c name=value on the command line: above postgresql.auto.conf
 
     @property
     def bindir(self) -> Path:
@@ -292,6 +293,7 @@ class LocalPostgresServer:
         ]
         if self.hba_file is not None:
             options.append(f"-c hba_file={self.hba_file}")
+        options += [f"-c {name}={value}" for name, value in self.settings]
         self._pg_ctl("start", "-w", "-t", str(timeout_seconds), "-l", str(self.log_file), "-o", " ".join(options))
 
     def is_running(self) -> bool:

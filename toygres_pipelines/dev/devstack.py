@@ -406,6 +406,7 @@ def stop_local_instances(platform: LocalPlatform) -> None:
                 platform.stop_instance(ref)
         except Exception as error:  # noqa: BLE001 - keep stopping the others
             log(f"could not stop {ref.namespace}/{ref.k8s_name}: {error}")
+    platform.stop_wal_archivers()  # detached processes: they would outlive the stack
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,10 +27,12 @@ from records import (
 )
 from records.encryption import check_identity_for
 from records.requests import RestoreRequestFields
+from records.wal import RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.images.verification import read_manifest
+from toygres_pipelines.pitr.window import plan_recovery
 
 MAX_STORAGE_GB = 16384
 # A restore job downloads, checks and pg_restores the whole image: a minute at the least, two
@@ -79,6 +81,10 @@ class RestorePlan(BaseModel):
     )
     manifest_sha256: str
     blob_path: str
+    point_in_time: str | None = Field(default=None, description="A point-in-time restore's target (docs/pitr.md)")
+    recovery: RecoveryPlanFile | None = Field(
+        default=None, description="Its base backup and WAL, planned against the window (None: a logical image)"
+    )
 
 
 def check_request_fields(fields: RestoreRequestFields) -> None:
@@ -179,6 +185,8 @@ def plan_restore(
     sensor) the run's validate step checks them, still before anything is created."""
     check_request_fields(fields)
     namespace = platform.resolve_namespace(fields.namespace)
+    if fields.target_time is not None:
+        return plan_point_in_time(fields, namespace, cms, platform, blob)
     image = ready_image(cms, fields.source_image_id or "")
     target = target_postgres_version(image.postgres_version, fields.postgres_version, image.name)
     field, subject = (
@@ -211,4 +219,54 @@ def plan_restore(
         selected_databases=databases,
         manifest_sha256=image.backup_checksum or "",
         blob_path=image.blob_path,
+    )
+
+
+def plan_point_in_time(
+    fields: RestoreRequestFields,
+    namespace: str,
+    cms: CMSResource,
+    platform: PlatformResource,
+    blob: BlobStorageResource | None,
+) -> RestorePlan:
+    """A restore with `target_time` (docs/pitr.md): source_image_id names a base backup; the window
+    of its instance is checked (with `blob`; the request sensor reads no blob storage, the run's
+    validate step does) before anything is created. Same major, every database."""
+    target = parse_target_time(fields.target_time)
+    if fields.databases is not None:
+        raise ValidationFailed("databases", "a point-in-time restore restores every database")
+    base = cms.get_base_backup(fields.source_image_id or "")
+    if base is None or base.state.value != "ready":
+        raise ValidationFailed(
+            "source_image_id", f"no ready base backup {fields.source_image_id!r} (`pitr-status` lists the windows)"
+        )
+    if fields.postgres_version not in (None, base.postgres_version):
+        raise ValidationFailed(
+            "postgres_version",
+            f"a point-in-time restore keeps the major of its base backup ({base.postgres_version}); "
+            f"restore to {base.postgres_version}, then upgrade with a logical image",
+        )
+    source = cms.get_instance(base.instance_id)
+    if source is None:
+        raise ValidationFailed("source_image_id", f"base backup {base.id} has no instance")
+    platform.check_postgres_version(base.postgres_version, "source_image_id", f"base backup {base.id}")
+    if cms.dns_name_in_use(fields.dns_label):
+        raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
+    recovery = plan_recovery(cms, blob, source, target)[1] if blob is not None else None
+    return RestorePlan(
+        user_name=fields.name,
+        k8s_name=new_k8s_name(fields.name),
+        namespace=namespace,
+        dns_label=fields.dns_label,
+        storage_size_gb=max(fields.storage_size_gb, source.storage_size_gb),
+        internal=fields.internal,
+        image_id=base.id,
+        image_name=f"base backup {base.id} of {source.k8s_name}",
+        image_type=source.image_type,
+        postgres_version=base.postgres_version,
+        source_postgres_version=base.postgres_version,
+        manifest_sha256="",
+        blob_path=base.blob_path,
+        point_in_time=fields.target_time,
+        recovery=recovery,
     )

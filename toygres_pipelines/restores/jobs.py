@@ -14,6 +14,7 @@ from records.requests import RestoreRequestFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, PlatformResource
+from toygres_pipelines.pitr.restore import run_pitr_job
 from toygres_pipelines.restores.config import RestoreConfig, RestorePlan, check_timeouts, plan_restore
 from toygres_pipelines.restores.steps import (
     check_connection,
@@ -146,9 +147,9 @@ def create_instance_record(
             use_load_balancer=not plan.internal,
             dns_name=plan.dns_label,
             image_type=plan.image_type,
-            source_image_id=plan.image_id,
+            source_image_id=None if plan.point_in_time else plan.image_id,  # a base backup is no image row
             run_id=context.run_id,
-            tags={REQUEST_KEY: key},
+            tags={REQUEST_KEY: key, **({"pitr_base_backup": str(plan.image_id)} if plan.point_in_time else {})},
         )
     except ValidationFailed as error:
         raise invalid_request(error) from None
@@ -159,7 +160,9 @@ def create_instance_secret(
     instance: Instance, timed: TimedPlan, cms: CMSResource, platform: PlatformResource
 ) -> Instance:
     instance = still_creating(cms, instance)
-    platform.ensure_instance_secret(instance_ref(instance), cms.image_password(timed.plan.image_id))
+    plan = timed.plan
+    password = cms.base_backup_password(plan.image_id) if plan.point_in_time else cms.image_password(plan.image_id)
+    platform.ensure_instance_secret(instance_ref(instance), password)
     return instance
 
 
@@ -183,6 +186,12 @@ def run_restore_job(
     platform: PlatformResource,
 ) -> Instance:
     instance = still_creating(cms, instance)
+    if timed.plan.point_in_time is not None:  # point in time: restore-pitr.sh (docs/pitr.md)
+        if timed.plan.recovery is None:
+            raise dg.Failure("target_time: the restore was planned without its WAL (no blob storage)")
+        run_pitr_job(platform, blob, instance_ref(instance), timed.plan.recovery, timed.plan.postgres_version,
+                     timed.job_timeout_seconds, context.log.info)  # fmt: skip
+        return instance
     try:
         spec = restore_job_spec(timed.plan, instance, blob, timed.job_timeout_seconds)
         platform.run_job(spec, context.log.info)

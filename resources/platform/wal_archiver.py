@@ -1,0 +1,234 @@
+"""The WAL archiver of one instance: `pg_receivewal` on a physical replication slot, and an uploader
+that puts every finished segment (once) and the partial segment being written (every
+`partial_seconds`, when it changed) into blob storage, zstd-compressed, age-encrypted when the
+deployment has a recipient, each with the sha256 of its plaintext in the blob's metadata.
+
+Run as `python -m resources.platform.wal_archiver <dir>`; `<dir>/config.json` says what to stream.
+It runs as the deployment's user, never as the server's: the SAS and the password files are
+unreadable to anything the tenant's code can run (functions execute as the server's OS user).
+A finished segment is deleted locally once uploaded: the slot, not the directory, is where the
+archiver resumes from (pg_receivewal 15+ starts at the slot's restart_lsn in an empty directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import psycopg
+from azure.storage.blob import ContainerClient
+from pydantic import BaseModel
+
+from records.wal import SEGMENT_NAME, SLOT_NAME, timeline_prefix
+
+
+class ArchiverConfig(BaseModel):
+    namespace: str
+    k8s_name: str
+    host: str
+    port: int
+    user: str
+    bindir: str
+    container_url: str
+    age_recipient: str | None = None
+    partial_seconds: float = 2.0
+    poll_seconds: float = 0.5
+
+
+def config_path(directory: Path) -> Path:
+    return directory / "config.json"
+
+
+# Files beside config.json, each 0600: the container SAS and a pgpass line for the instance.
+SAS_FILE = "sas"
+PGPASS_FILE = "pgpass"
+STATUS_FILE = "status.json"
+RECEIVER_LOG = "pg_receivewal.log"
+SPOOL_DIR = "spool"
+
+
+def stored_bytes(plaintext: bytes, age_recipient: str | None) -> bytes:
+    compressed = subprocess.run(["zstd", "-q", "-3", "-c"], input=plaintext, capture_output=True, check=True).stdout
+    if age_recipient is None:
+        return compressed
+    return subprocess.run(["age", "-r", age_recipient], input=compressed, capture_output=True, check=True).stdout
+
+
+def plaintext_of(stored: bytes, identity_file: str | None) -> bytes:
+    """What `stored_bytes` made, back (age identity needed for an encrypted segment)."""
+    if identity_file is not None:
+        stored = subprocess.run(
+            ["age", "-d", "-i", identity_file], input=stored, capture_output=True, check=True
+        ).stdout
+    return subprocess.run(["zstd", "-q", "-d", "-c"], input=stored, capture_output=True, check=True).stdout
+
+
+class Archiver:
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.config = ArchiverConfig.model_validate_json(config_path(directory).read_text())
+        self.spool = directory / SPOOL_DIR
+        self.spool.mkdir(exist_ok=True)
+        self.receiver: subprocess.Popen | None = None
+        self.stopping = False
+        self.system_identifier: str | None = None
+        self.partial_sent: dict[str, float] = {}
+        self.last_partial_upload = 0.0
+        self.uploaded_bytes = 0
+        self.receiver_error: str | None = None
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "PATH": f"{self.config.bindir}:/usr/bin:/bin",
+            "PGPASSFILE": str(self.directory / PGPASS_FILE),
+            "PGCONNECT_TIMEOUT": "10",
+            "LANG": "C.UTF-8",
+        }
+
+    def _conninfo(self) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host=self.config.host, port=self.config.port, user=self.config.user, dbname="postgres"
+        )
+
+    def _container(self) -> ContainerClient:
+        sas = (self.directory / SAS_FILE).read_text().strip()
+        url = self.config.container_url + (f"?{sas}" if sas else "")
+        return ContainerClient.from_container_url(url)
+
+    def _identify(self) -> str:
+        with psycopg.connect(self._conninfo(), connect_timeout=10, passfile=self._env()["PGPASSFILE"]) as conn:
+            row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def _start_receiver(self) -> None:
+        bindir = Path(self.config.bindir)
+        env = self._env()
+        # Reserved at once: WAL written between now and pg_receivewal's first connection is kept.
+        with psycopg.connect(self._conninfo(), connect_timeout=10, passfile=env["PGPASSFILE"], autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
+                "(SELECT FROM pg_replication_slots WHERE slot_name = %s)",
+                [SLOT_NAME, SLOT_NAME],
+            )
+        with open(self.directory / RECEIVER_LOG, "ab") as log:
+            self.receiver = subprocess.Popen(
+                [str(bindir / "pg_receivewal"), "-d", self._conninfo(), "--slot", SLOT_NAME, "-D", str(self.spool),
+                 "--synchronous", "--no-loop", "-s", "1"],
+                env=env, stdout=log, stderr=log,
+            )  # fmt: skip
+
+    def _blob_name(self, segment: str, partial: bool) -> str:
+        assert self.system_identifier is not None
+        prefix = timeline_prefix(
+            self.config.namespace, self.config.k8s_name, self.system_identifier, int(segment[:8], 16)
+        )
+        return f"{prefix}/{segment}{'.partial' if partial else ''}.zst{'.age' if self.config.age_recipient else ''}"
+
+    def _upload(self, container: ContainerClient, path: Path, partial: bool) -> None:
+        segment = path.name.removesuffix(".partial")
+        plaintext = path.read_bytes()
+        archived_at = datetime.now(UTC)
+        data = stored_bytes(plaintext, self.config.age_recipient)
+        name = self._blob_name(segment, partial)
+        container.upload_blob(
+            name,
+            data,
+            overwrite=True,
+            metadata={"sha256": hashlib.sha256(plaintext).hexdigest(), "archived_at": archived_at.isoformat()},
+        )
+        self.uploaded_bytes += len(data)
+        self.receiver_error = None
+
+    def upload_pending(self, container: ContainerClient) -> None:
+        finished = sorted(p for p in self.spool.iterdir() if SEGMENT_NAME.fullmatch(p.name))
+        for path in finished:
+            self._upload(container, path, partial=False)
+            # Its partial blob is superseded by the finished one (left in place: the archiver's SAS
+            # cannot delete; retention removes it with the segment).
+            self.partial_sent.pop(path.name + ".partial", None)
+            path.unlink()
+        for path in sorted(self.spool.glob("*.history")):
+            timeline = int(path.name[:8], 16)
+            assert self.system_identifier is not None
+            prefix = timeline_prefix(self.config.namespace, self.config.k8s_name, self.system_identifier, timeline)
+            container.upload_blob(f"{prefix}/{path.name}", path.read_bytes(), overwrite=True)
+            path.rename(path.with_suffix(".history.done"))
+        now = time.monotonic()
+        if now - self.last_partial_upload < self.config.partial_seconds:
+            return
+        for path in self.spool.glob("*.partial"):
+            mtime = path.stat().st_mtime
+            if self.partial_sent.get(path.name) != mtime:
+                self._upload(container, path, partial=True)
+                self.partial_sent[path.name] = mtime
+        self.last_partial_upload = now
+
+    def _receiver_said(self) -> str:
+        """pg_receivewal's last message (why it stopped: a refused replication connection...)."""
+        try:
+            lines = (self.directory / RECEIVER_LOG).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no message"
+        return lines[-1][-500:] if lines else "no message"
+
+    def write_status(self, error: str | None) -> None:
+        status = {
+            "at": datetime.now(UTC).isoformat(),
+            "system_identifier": self.system_identifier,
+            "error": error,
+            "uploaded_bytes": self.uploaded_bytes,
+        }
+        tmp = self.directory / (STATUS_FILE + ".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(self.directory / STATUS_FILE)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        while not self.stopping:
+            if not config_path(self.directory).exists():
+                break  # forgotten (its instance removed, the state directory deleted): nothing to serve
+            error = None
+            try:
+                if self.system_identifier is None:
+                    self.system_identifier = self._identify()
+                if self.receiver is not None and self.receiver.poll() is not None:
+                    # Kept until WAL flows again: a refused connection is the instance's named reason.
+                    self.receiver_error = f"pg_receivewal exited {self.receiver.returncode}: {self._receiver_said()}"
+                    self.receiver = None
+                elif self.receiver is None:
+                    self._start_receiver()
+                self.upload_pending(self._container())
+            except Exception as failure:  # noqa: BLE001 - reported in status.json and retried
+                error = f"{type(failure).__name__}: {failure}".strip()
+                print(f"wal archiver: {error}", file=sys.stderr, flush=True)
+            self.write_status(error or self.receiver_error)
+            time.sleep(self.config.poll_seconds if error is None else 2.0)
+        if self.receiver is not None and self.receiver.poll() is None:
+            self.receiver.terminate()
+            self.receiver.wait(timeout=30)
+        try:  # what pg_receivewal wrote before it stopped
+            self.last_partial_upload = 0.0
+            self.upload_pending(self._container())
+        except Exception as failure:  # noqa: BLE001
+            print(f"wal archiver: final upload: {failure}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    Archiver(Path(argv[1])).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,210 @@
+"""Continuous WAL archiving on the local platform (docs/pitr.md): pg_receivewal on a slot, every
+segment in blob storage with its checksum, gaps found, the slot resumed after a crash."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from records import InstanceRef
+from records.wal import SLOT_NAME, find_gaps, segment_number
+from resources.platform.base import WalArchiverSpec
+from resources.platform.local_archivers import archiver_dir, pid_of
+from resources.wal_archive import list_timelines, read_segment
+from toygres_pipelines.dev.demo import provision_server
+
+
+def wait_for(condition, what: str, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def archived(platform, blob):
+    """A fresh instance of its own with an archiver streaming into the test's container."""
+    ref = InstanceRef(k8s_name=f"wal-{uuid.uuid4().hex[:8]}", namespace="default")
+    password = SecretStr(secrets.token_urlsafe(12))
+    provision_server(platform, ref, password)
+    endpoints = platform.endpoints(ref)
+    dsn = psycopg.conninfo.make_conninfo(
+        host=endpoints.host, port=endpoints.port, user="postgres", password=password.get_secret_value()
+    )
+
+    def start(age_recipient: str | None = None) -> WalArchiverSpec:
+        spec = WalArchiverSpec(
+            instance=ref,
+            container_url=blob.container_url,
+            blob_sas=blob.container_write_token(3600),
+            age_recipient=age_recipient,
+            partial_seconds=0.5,
+        )
+        platform.ensure_wal_archiver(spec)
+        wait_for(lambda: slot_active(dsn), "the archiver streaming from its slot")
+        return spec
+
+    yield ref, dsn, start
+    directory = archiver_dir(Path(platform.state_dir) / "archivers", ref)
+    for name in ("archiver.log", "status.json"):  # shown when the test failed
+        print(name, (directory / name).read_text() if (directory / name).exists() else "-")
+    platform.remove_wal_archiver(ref)
+    platform.delete_instance(ref)
+
+
+def pid_of_gone(pid: int) -> bool:
+    """The process ended (a zombie not yet reaped by its parent counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def slot_active(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [SLOT_NAME]).fetchone()
+    return bool(row and row[0])
+
+
+def switch_wal(dsn: str, rows: int = 1) -> str:
+    """Commit rows, then close the segment; returns the segment just finished."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (id serial, at timestamptz default now())")
+        for _ in range(rows):
+            conn.execute("INSERT INTO t DEFAULT VALUES")
+        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def archived_segments(blob, ref):
+    timelines = list_timelines(blob, ref.namespace, ref.k8s_name)
+    return timelines[0].segments if timelines else []
+
+
+def has_segment(blob, ref, name: str) -> bool:
+    return any(s.segment == name and not s.partial for s in archived_segments(blob, ref))
+
+
+def test_every_segment_reaches_blob_storage_with_its_checksum_under_the_instance_and_system_prefix(archived, blob):
+    ref, dsn, start = archived
+    start()
+    first = switch_wal(dsn)
+    second = switch_wal(dsn)
+    wait_for(lambda: has_segment(blob, ref, second), f"segment {second} archived")
+    timelines = list_timelines(blob, ref.namespace, ref.k8s_name)
+    with psycopg.connect(dsn) as conn:
+        sysid = str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+    assert [(t.system_identifier, t.timeline) for t in timelines] == [(sysid, 1)]
+    segment = next(s for s in timelines[0].segments if s.segment == first)
+    assert segment.blob_name.startswith(f"wal/default/{ref.k8s_name}/{sysid}/00000001/")
+    assert len(read_segment(blob, segment, None)) == 16 * 2**20  # checksum verified inside
+    assert find_gaps(timelines[0].segments) == []
+
+
+def test_a_killed_archiver_resumes_from_its_slot_without_a_gap(archived, blob, platform):
+    ref, dsn, start = archived
+    start()
+    before = switch_wal(dsn)
+    wait_for(lambda: has_segment(blob, ref, before), f"segment {before} archived")
+    pid = pid_of(archiver_dir(Path(platform.state_dir) / "archivers", ref))
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)  # the archiver and its pg_receivewal, no chance to upload more
+    wait_for(lambda: pid_of(archiver_dir(Path(platform.state_dir) / "archivers", ref)) is None, "archiver gone")
+    # While it is down the server keeps writing: the slot holds that WAL back.
+    missed = [switch_wal(dsn, rows=3) for _ in range(3)]
+    start()  # what the reconciling sensor does on its next tick
+    wait_for(lambda: all(has_segment(blob, ref, name) for name in missed), f"segments {missed} archived")
+    segments = archived_segments(blob, ref)
+    assert find_gaps(segments, since=before) == []
+    assert segment_number(missed[-1]) - segment_number(before) == 3
+
+
+def test_a_deleted_segment_is_reported_as_a_gap(archived, blob):
+    ref, dsn, start = archived
+    start()
+    names = [switch_wal(dsn) for _ in range(3)]
+    wait_for(lambda: has_segment(blob, ref, names[-1]), "segments archived")
+    middle = next(s for s in archived_segments(blob, ref) if s.segment == names[1])
+    blob._container.delete_blob(middle.blob_name)
+    gaps = find_gaps(archived_segments(blob, ref))
+    assert [(g.after, g.before) for g in gaps] == [(names[0], names[2])]
+
+
+def test_encrypted_wal_round_trips(archived, blob, tmp_path):
+    ref, dsn, start = archived
+    identity = tmp_path / "identity"
+    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    start(age_recipient=recipient)
+    name = switch_wal(dsn, rows=5)
+    wait_for(lambda: has_segment(blob, ref, name), f"segment {name} archived")
+    segment = next(s for s in archived_segments(blob, ref) if s.segment == name)
+    assert segment.encrypted and segment.blob_name.endswith(".zst.age")
+    assert blob.read_head(segment.blob_name, 21) == b"age-encryption.org/v1"
+    plaintext = read_segment(blob, segment, str(identity))
+    assert len(plaintext) == 16 * 2**20
+
+
+def test_the_sensor_archives_every_running_instance_and_removes_the_archiver_of_one_gone(cms, blob, platform, archived):
+    from records import InstanceState
+    from toygres_pipelines.dev.demo import register_running
+    from toygres_pipelines.pitr.archivers import reconcile_archivers
+
+    ref, dsn, _ = archived
+    instance = register_running(cms, platform, ref)
+    done = reconcile_archivers(cms, blob, platform, log=print)
+    assert done.started == [f"default/{ref.k8s_name}"] and done.failed == {}
+    wait_for(lambda: slot_active(dsn), "the sensor's archiver streaming")
+    assert reconcile_archivers(cms, blob, platform, log=print).started == []  # already running
+
+    cms.transition_instance(instance.id, InstanceState.stopped, reason="test")
+    done = reconcile_archivers(cms, blob, platform, log=print)
+    assert done.removed == [f"default/{ref.k8s_name}"]
+    assert ref not in platform.wal_archivers()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+
+
+def test_an_instance_refusing_replication_gets_a_named_reason_not_a_silent_gap(archived, platform):
+    ref, dsn, _ = archived
+    hba = platform.instance_dir(ref) / "config" / "pg_hba.conf"
+    hba.write_text("".join(line for line in hba.read_text().splitlines(keepends=True) if "replication" not in line))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+    platform.ensure_wal_archiver(WalArchiverSpec(instance=ref, container_url="http://127.0.0.1:1/none", blob_sas=None))
+    reason = wait_for(
+        lambda: (
+            (platform.wal_archiver_error(ref) or "") if "pg_hba" in (platform.wal_archiver_error(ref) or "") else ""
+        ),
+        "the archiver's reason",
+    )
+    assert "replication connection" in reason and reason.startswith("pg_receivewal exited")
+
+
+def test_an_archiver_whose_directory_is_gone_ends_with_its_pg_receivewal(archived, platform):
+    """A deleted state directory (a test session's, a wiped dev stack) leaves no process behind."""
+    import shutil
+
+    ref, dsn, start = archived
+    start()
+    directory = archiver_dir(Path(platform.state_dir) / "archivers", ref)
+    pid = pid_of(directory)
+    assert pid is not None
+    shutil.rmtree(directory)
+    wait_for(lambda: pid_of_gone(pid), "the archiver gone")
+    wait_for(lambda: not slot_active(dsn), "its pg_receivewal gone")

@@ -1,0 +1,301 @@
+"""Base backups and restores to a point in time on the real stack (docs/pitr.md)."""
+
+from __future__ import annotations
+
+from datetime import UTC, timedelta
+
+import psycopg
+import pytest
+
+from records import InstanceRef, InstanceState, ValidationFailed
+from records.wal import BaseBackupState
+from tests.test_pitr_archiving import archived, archived_segments, slot_active, switch_wal, wait_for  # noqa: F401
+from toygres_pipelines.dev.demo import register_running
+from toygres_pipelines.pitr.base_backups import take_base_backup
+from toygres_pipelines.pitr.restore import restore_to_time
+from toygres_pipelines.pitr.window import window_of
+
+
+def commit(dsn: str, label: str):
+    """Insert a row; returns the server's clock after its commit."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS marks (label text PRIMARY KEY)")
+        conn.execute("INSERT INTO marks VALUES (%s)", [label])
+        return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+
+def labels(platform, ref: InstanceRef) -> set[str]:
+    endpoints = platform.endpoints(ref)
+    dsn = psycopg.conninfo.make_conninfo(
+        host=endpoints.host,
+        port=endpoints.port,
+        user="postgres",
+        password=platform.read_instance_password(ref).get_secret_value(),
+    )
+    with psycopg.connect(dsn) as conn:
+        return {row[0] for row in conn.execute("SELECT label FROM marks")}
+
+
+@pytest.fixture
+def backed_up(cms, blob, platform, archived):  # noqa: F811
+    ref, dsn, start = archived
+    start()
+    source = register_running(cms, platform, ref)
+    commit(dsn, "before-base")
+    backup = take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    return source, dsn, backup
+
+
+def archived_until(cms, blob, source, moment) -> None:
+    def covered():
+        state = window_of(cms, blob, source)
+        return state.window is not None and state.window.latest >= moment
+
+    wait_for(covered, f"the archive to cover {moment}")
+
+
+def test_a_base_backup_is_verified_and_catalogued_with_its_start_segment(cms, blob, backed_up):
+    source, _, backup = backed_up
+    assert backup.state is BaseBackupState.ready and backup.kind == "base"
+    assert backup.start_segment and backup.consistent_at and backup.sha256
+    assert blob.stored_size(f"{backup.blob_path}/base.tar.zst") == backup.size_bytes
+    assert [b.id for b in cms.list_base_backups(source.id)] == [backup.id]
+
+
+def test_a_restore_to_t_has_the_rows_committed_before_t_and_none_after(cms, blob, platform, backed_up):
+    source, dsn, backup = backed_up
+    commit(dsn, "before-t")
+    target = commit(dsn, "marker")  # the clock after that commit
+    after = commit(dsn, "after-t")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, after)
+    restored = restore_to_time(
+        cms, blob, platform, source_instance=source.k8s_name, name="pitr-at-t", dns_label="pitr-at-t",
+        target_time=target,
+    )  # fmt: skip
+    try:
+        assert restored.state is InstanceState.running
+        found = labels(platform, InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
+        assert {"before-base", "before-t", "marker"} <= found
+        assert "after-t" not in found
+    finally:
+        platform.delete_instance(InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
+
+
+def test_targets_outside_the_window_are_refused_naming_it_before_anything_exists(cms, blob, platform, backed_up):
+    source, dsn, backup = backed_up
+    moment = commit(dsn, "x")
+    archived_until(cms, blob, source, moment)
+    window = window_of(cms, blob, source).window
+    assert window is not None
+    before = cms.list_instances()
+    for target in (backup.consistent_at - timedelta(seconds=5), window.latest + timedelta(hours=1)):
+        with pytest.raises(ValidationFailed) as refused:
+            restore_to_time(
+                cms, blob, platform, source_instance=source.k8s_name, name="too-far", dns_label="too-far",
+                target_time=target,
+            )  # fmt: skip
+        assert refused.value.field == "target_time"
+        assert window.earliest.isoformat() in str(refused.value)
+    with pytest.raises(ValidationFailed) as upgrade:
+        restore_to_time(
+            cms, blob, platform, source_instance=source.k8s_name, name="newer", dns_label="newer-major",
+            target_time=None, postgres_version="16",
+        )  # fmt: skip
+    assert upgrade.value.field == "postgres_version" and "keeps the major of its base backup (15)" in str(upgrade.value)
+    assert cms.list_instances() == before
+    assert not any(r.k8s_name.startswith("too-far") for r in platform.wal_archivers())
+
+
+def test_a_restore_across_a_deleted_segment_is_refused(cms, blob, platform, backed_up):
+    source, dsn, backup = backed_up
+    names = [switch_wal(dsn) for _ in range(3)]
+    wait_for(lambda: any(s.segment == names[-1] and not s.partial for s in archived_segments(blob, source)), "archived")
+    middle = next(s for s in archived_segments(blob, source) if s.segment == names[1] and not s.partial)
+    blob._container.delete_blob(middle.blob_name)
+    with pytest.raises(ValidationFailed) as refused:
+        restore_to_time(
+            cms, blob, platform, source_instance=source.k8s_name, name="gap", dns_label="gapped", target_time=None
+        )
+    assert f"segments missing between {names[0]} and {names[2]}" in str(refused.value)
+
+
+def test_a_restored_instance_archives_into_its_own_prefix(cms, blob, platform, backed_up):
+    from resources.platform.base import WalArchiverSpec
+    from resources.wal_archive import list_timelines
+
+    source, dsn, backup = backed_up
+    moment = commit(dsn, "latest-row")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, moment)
+    restored = restore_to_time(
+        cms, blob, platform, source_instance=source.k8s_name, name="pitr-latest", dns_label="pitr-latest",
+        target_time=None,
+    )  # fmt: skip
+    ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
+    try:
+        assert "latest-row" in labels(platform, ref)
+        platform.ensure_wal_archiver(
+            WalArchiverSpec(instance=ref, container_url=blob.container_url, blob_sas=blob.container_write_token(3600))
+        )
+        timelines = wait_for(lambda: list_timelines(blob, ref.namespace, ref.k8s_name), "the restored instance's WAL")
+        source_timelines = list_timelines(blob, source.namespace, source.k8s_name)
+        # The same system (a physical copy), a new timeline (promoted), its own prefix.
+        assert timelines[0].system_identifier == source_timelines[0].system_identifier
+        assert timelines[0].timeline == source_timelines[0].timeline + 1
+        assert all(s.blob_name.startswith(f"wal/{ref.namespace}/{ref.k8s_name}/") for s in timelines[0].segments)
+    finally:
+        platform.remove_wal_archiver(ref)
+        platform.delete_instance(ref)
+
+
+def test_a_deleted_segment_turns_wal_archive_continuous_red(cms, blob, platform, backed_up):
+    import dagster as dg
+
+    from toygres_pipelines.pitr.checks import FLEET, check_wal_archives, wal_archive_continuous, wal_archive_fresh
+
+    source, dsn, backup = backed_up
+    defs = dg.Definitions(
+        assets=[dg.AssetSpec(FLEET)],
+        asset_checks=[wal_archive_fresh, wal_archive_continuous],
+        jobs=[check_wal_archives],
+        resources={"cms": cms, "blob": blob, "platform": platform},
+    )
+
+    def evaluate(check):
+        result = defs.resolve_job_def("check_wal_archives").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+        found = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        return found[check.check_key.name]
+
+    names = [switch_wal(dsn) for _ in range(3)]
+    wait_for(lambda: any(s.segment == names[-1] and not s.partial for s in archived_segments(blob, source)), "archived")
+    assert evaluate(wal_archive_continuous).passed
+    assert evaluate(wal_archive_fresh).passed
+    middle = next(s for s in archived_segments(blob, source) if s.segment == names[1] and not s.partial)
+    blob._container.delete_blob(middle.blob_name)
+    red = evaluate(wal_archive_continuous)
+    assert not red.passed and red.severity is dg.AssetCheckSeverity.ERROR
+    assert f"segments missing between {names[0]} and {names[2]}" in red.description
+
+
+def test_retention_never_deletes_wal_a_kept_base_backup_needs(cms, blob, platform, backed_up):
+    from records.wal import segment_number
+    from toygres_pipelines.pitr.retention import apply_wal_retention
+
+    source, dsn, first = backed_up
+    between = [switch_wal(dsn) for _ in range(2)]
+    second = take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    after = switch_wal(dsn)
+    wait_for(lambda: any(s.segment == after and not s.partial for s in archived_segments(blob, source)), "archived")
+
+    # Both base backups kept: every segment since the first one's start stays, older ones go.
+    start = segment_number(first.start_segment)
+    before = {s.blob_name for s in archived_segments(blob, source) if s.number >= start}
+    apply_wal_retention(cms, blob, keep=2, log=print)
+    assert {s.blob_name for s in archived_segments(blob, source)} == before
+
+    # Only the newest kept: the older base backup and the WAL before the newer one's start go.
+    outcome = apply_wal_retention(cms, blob, keep=1, log=print)
+    assert outcome.failed == {}
+    left = archived_segments(blob, source)
+    assert min(s.number for s in left) == segment_number(second.start_segment)
+    assert all(
+        name not in {s.segment for s in left}
+        for name in between
+        if segment_number(name) < segment_number(second.start_segment)
+    )
+    assert [b.id for b in cms.list_base_backups(source.id)] == [second.id]
+    assert first.id not in [b.id for b in cms.list_base_backups(source.id)]
+    # What is left still restores.
+    restored = restore_to_time(
+        cms, blob, platform, source_instance=source.k8s_name, name="after-ret", dns_label="after-ret", target_time=None
+    )
+    platform.delete_instance(InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
+
+
+def test_pitr_status_shows_the_window_and_the_lag(cms, blob, platform, backed_up, monkeypatch, capsys):
+    import json
+
+    from tests.helpers import cli_runner
+    from toygres_pipelines import cli
+
+    source, dsn, backup = backed_up
+    moment = commit(dsn, "status")
+    archived_until(cms, blob, source, moment)
+    monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
+    monkeypatch.setenv("TOYGRES_BLOB_CONNECTION_STRING", blob.connection_string)
+    monkeypatch.setenv("TOYGRES_BLOB_CONTAINER", blob.container)
+    monkeypatch.setenv("TOYGRES_STATE_DIR", platform.state_dir)
+    invoke = cli_runner(capsys)
+    code, out, err = invoke("pitr-status", "--json")
+    assert code == 0, err
+    [row] = [r for r in json.loads(out) if r["instance"] == f"default/{source.k8s_name}"]
+    assert row["earliest"] == backup.consistent_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    assert row["latest"] is not None and row["lag_seconds"] is not None and row["base_backups"] == 1
+    assert row["problems"] == []
+
+    platform.remove_wal_archiver(InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace))
+    code, out, _ = invoke("pitr-status")
+    assert code == 4 and "archiver" in out
+
+
+def test_a_pitr_drill_restores_inside_the_window_checks_and_leaves_nothing(cms, blob, platform, backed_up):
+    from toygres_pipelines.pitr.drill import pitr_drill
+
+    source, dsn, backup = backed_up
+    for label in ("d1", "d2", "d3"):
+        moment = commit(dsn, label)
+    archived_until(cms, blob, source, moment)
+    result = pitr_drill(cms, blob, platform, source, log=print)
+    assert result.passed, result.reason
+    assert result.rto_seconds and result.rto_seconds > 0
+    assert result.replayed_at is None or result.replayed_at <= result.target_time
+    scratch = cms.find_instance(result.scratch)
+    assert scratch is not None and scratch.state is InstanceState.deleted
+    assert not platform.instance_exists(InstanceRef(k8s_name=scratch.k8s_name, namespace=scratch.namespace))
+
+
+def test_restore_instance_with_target_time_restores_to_that_second(cms, blob, platform, backed_up):
+    """The restore_instance job (launchpad, request sensor, CLI) takes target_time: source_image_id
+    names a base backup, and the same rows-before/after rule holds."""
+    import dagster as dg
+
+    from toygres_pipelines.restores.jobs import restore_instance
+
+    source, dsn, backup = backed_up
+    commit(dsn, "before-t")
+    target = commit(dsn, "marker")
+    after = commit(dsn, "after-t")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, after)
+
+    def run(**config):
+        return restore_instance.execute_in_process(
+            run_config={"ops": {"validate_request": {"config": {
+                "name": "via-job", "dns_label": "via-job-pitr", "storage_size_gb": 1, "ready_timeout_seconds": 60,
+                "source_image_id": str(backup.id), **config}}}},
+            resources={"cms": cms, "blob": blob, "platform": platform},
+            raise_on_error=False,
+            instance=dg.DagsterInstance.ephemeral(),
+        )  # fmt: skip
+
+    refused = run(target_time=(target + timedelta(hours=1)).isoformat())
+    assert not refused.success and "is outside the recoverable window" in helpers_failure(refused)
+    assert cms.find_instance("via-job") is None and not [i for i in cms.list_instances() if i.user_name == "via-job"]
+
+    result = run(target_time=target.isoformat())
+    assert result.success, helpers_failure(result)
+    [restored] = [i for i in cms.list_instances([InstanceState.running]) if i.user_name == "via-job"]
+    ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
+    try:
+        found = labels(platform, ref)
+        assert {"before-t", "marker"} <= found and "after-t" not in found
+        assert restored.tags["pitr_base_backup"] == str(backup.id)
+    finally:
+        platform.delete_instance(ref)
+
+
+def helpers_failure(result) -> str:
+    from tests.helpers import failure_text
+
+    return failure_text(result)

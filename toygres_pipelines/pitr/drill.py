@@ -1,0 +1,159 @@
+"""PITR drill (job `pitr_drill`, schedule `weekly_pitr_drills`): an instance restored into a
+scratch instance to a point inside its window (10 minutes before its end, or the middle of a
+shorter window), the replayed point checked against the target, `pg_amcheck` over every database,
+the recovery time recorded, the scratch instance deleted whatever happened."""
+
+import hashlib
+import os
+import re
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+from pydantic import BaseModel, Field
+
+from records import Instance, InstanceRef, InstanceState, LogSink
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource
+from resources.platform.base import PlatformResource
+from resources.platform.postgres_server import postgres_bindir
+from toygres_pipelines.lifecycle.instances import delete_instance
+from toygres_pipelines.pitr.restore import restore_to_time
+from toygres_pipelines.pitr.window import window_of
+
+BEFORE_END = timedelta(minutes=10)
+REPLAYED = re.compile(r"last transaction replayed committed at (?P<at>.+)$")
+
+
+class PitrDrillResult(BaseModel):
+    passed: bool
+    reason: str
+    target_time: datetime | None = None
+    replayed_at: datetime | None = None
+    rto_seconds: float | None = None
+    scratch: str | None = None
+
+
+def drill_target(earliest: datetime, latest: datetime) -> datetime:
+    if latest - earliest > BEFORE_END:
+        return latest - BEFORE_END
+    return earliest + (latest - earliest) / 2
+
+
+def amcheck(platform: PlatformResource, ref: InstanceRef, postgres_version: str) -> None:
+    """pg_amcheck over every database (heap and btree indexes); raises with its findings."""
+    endpoints = platform.endpoints(ref)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PGPASSWORD": platform.read_instance_password(ref).get_secret_value(),
+        "PGCONNECT_TIMEOUT": "15",
+    }
+    done = subprocess.run(
+        [str(postgres_bindir(postgres_version) / "pg_amcheck"), "-h", endpoints.host, "-p", str(endpoints.port),
+         "-U", "postgres", "--all", "--install-missing", "--heapallindexed"],
+        env={**env, "LANG": os.environ.get("LANG", "C.UTF-8")}, capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_amcheck found problems: {(done.stdout + done.stderr).strip()[-2000:]}")
+
+
+def pitr_drill(
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    platform: PlatformResource,
+    source: Instance,
+    log: LogSink,
+    run_id: str | None = None,
+) -> PitrDrillResult:
+    state = window_of(cms, blob, source)
+    if state.window is None:
+        return PitrDrillResult(passed=False, reason=f"no recoverable window: {state.why_none}")
+    target = drill_target(state.window.earliest, state.window.latest)
+    suffix = hashlib.sha256(f"{source.k8s_name}:{time.time_ns()}".encode()).hexdigest()[:6]
+    lines: list[str] = []
+
+    def collect(line: str) -> None:
+        lines.append(line)
+        log(line)
+
+    started = time.monotonic()
+    scratch = None
+    try:
+        scratch = restore_to_time(
+            cms, blob, platform, source_instance=source.k8s_name, name=f"pitr-drill-{suffix}",
+            dns_label=f"pitr-drill-{suffix}", target_time=target, run_id=run_id, log=collect,
+        )  # fmt: skip
+        rto = time.monotonic() - started
+        replayed = next((m.group("at") for line in lines if (m := REPLAYED.search(line))), None)
+        replayed_at = datetime.fromisoformat(replayed) if replayed and replayed != "unknown" else None
+        if replayed_at is not None and replayed_at > target:
+            return PitrDrillResult(
+                passed=False, reason=f"replayed past the target: {replayed_at} > {target}", target_time=target,
+                replayed_at=replayed_at, rto_seconds=rto, scratch=scratch.k8s_name,
+            )  # fmt: skip
+        amcheck(platform, InstanceRef(k8s_name=scratch.k8s_name, namespace=scratch.namespace), scratch.postgres_version)
+        return PitrDrillResult(
+            passed=True, reason="restored to the target, recovery target reached, pg_amcheck clean",
+            target_time=target, replayed_at=replayed_at, rto_seconds=rto, scratch=scratch.k8s_name,
+        )  # fmt: skip
+    except Exception as error:  # noqa: BLE001 - the drill's finding, recorded
+        return PitrDrillResult(
+            passed=False, reason=f"{type(error).__name__}: {error}"[:2000], target_time=target,
+            scratch=scratch.k8s_name if scratch else None,
+        )  # fmt: skip
+    finally:
+        if scratch is not None:
+            delete_instance(cms, platform, scratch.k8s_name, force=True, reason="pitr drill finished", log=log)
+
+
+class PitrDrillConfig(dg.Config):
+    source_instance: str = Field(description="The instance drilled (k8s_name or id); it must be running")
+
+
+@dg.op(description="Restore to a point inside the window into a scratch instance, check, pg_amcheck, delete")
+def pitr_drill_op(
+    context: dg.OpExecutionContext,
+    config: PitrDrillConfig,
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    platform: PlatformResource,
+) -> None:
+    source = cms.find_instance(config.source_instance)
+    if source is None or source.state is not InstanceState.running:
+        raise dg.Failure(f"source_instance: {config.source_instance!r} is not a running instance")
+    result = pitr_drill(cms, blob, platform, source, context.log.info, run_id=context.run_id)
+    context.add_output_metadata(
+        {"passed": result.passed, "reason": result.reason, "target_time": str(result.target_time),
+         "replayed_at": str(result.replayed_at), "rto_seconds": dg.MetadataValue.float(result.rto_seconds or 0.0)}
+    )  # fmt: skip
+    if not result.passed:
+        raise dg.Failure(f"pitr drill of {source.k8s_name} failed: {result.reason}")
+
+
+@dg.job(name="pitr_drill", description="Restore an instance to a point in time into a scratch instance and check it")
+def pitr_drill_job() -> None:
+    pitr_drill_op()
+
+
+def pitr_drill_weekday(k8s_name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"pitr:{k8s_name}".encode()).digest()[:8], "big") % 7
+
+
+@dg.schedule(
+    name="weekly_pitr_drills",
+    cron_schedule="30 5 * * *",
+    job=pitr_drill_job,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Each running instance with a base backup gets a PITR drill once a week, on its own day",
+)
+def weekly_pitr_drills(context: dg.ScheduleEvaluationContext, cms: CMSResource):
+    when = context.scheduled_execution_time or datetime.now(UTC)
+    with_bases = {b.instance_id for b in cms.list_base_backups()}
+    for instance in sorted(cms.list_instances([InstanceState.running]), key=lambda i: i.k8s_name):
+        if instance.id in with_bases and pitr_drill_weekday(instance.k8s_name) == when.weekday():
+            yield dg.RunRequest(
+                run_key=f"pitr-drill-{instance.k8s_name}-{when.date().isoformat()}",
+                run_config={"ops": {"pitr_drill_op": {"config": {"source_instance": instance.k8s_name}}}},
+            )

@@ -1,0 +1,196 @@
+"""Restore to a point in time (docs/pitr.md): a new instance from the newest base backup before
+the target and the archived WAL after it, replayed to `target_time` (or everything: `latest`)
+and promoted. The target is checked against the recoverable window before anything is created;
+same major only (the base backup's: a physical copy cannot change major)."""
+
+import hashlib
+from datetime import datetime
+
+import dagster as dg
+from pydantic import Field
+
+from records import (
+    Instance,
+    InstanceRef,
+    InstanceState,
+    LogSink,
+    ValidationFailed,
+    new_k8s_name,
+    validate_azure_dns_label,
+    validate_dns_label,
+)
+from records.wal import RecoveryPlanFile, parse_target_time
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource
+from resources.platform.base import DeploySpec, JobKind, JobSpec, PlatformResource
+from toygres_pipelines.pitr.window import plan_recovery
+from toygres_pipelines.restores.steps import connection_strings
+
+RESTORE_TIMEOUT_SECONDS = 6 * 3600
+READY_TIMEOUT_SECONDS = 600
+
+
+def restore_to_time(
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    platform: PlatformResource,
+    *,
+    source_instance: str,
+    name: str,
+    dns_label: str,
+    target_time: datetime | None,
+    namespace: str | None = None,
+    storage_size_gb: int = 10,
+    postgres_version: str | None = None,
+    run_id: str | None = None,
+    log: LogSink = print,
+) -> Instance:
+    """ValidationFailed (naming the field and the window) before anything exists; else the new
+    instance, running. A failure removes what was made and leaves the row failed with the reason."""
+    source = cms.find_instance(source_instance)
+    if source is None:
+        raise ValidationFailed("source_instance", f"no instance {source_instance!r}")
+    validate_dns_label(name, "name")
+    validate_azure_dns_label(dns_label, "dns_label")
+    if cms.dns_name_in_use(dns_label):
+        raise ValidationFailed("dns_label", f"{dns_label} is used by another instance")
+    base, plan = plan_recovery(cms, blob, source, target_time)
+    if postgres_version is not None and postgres_version != base.postgres_version:
+        raise ValidationFailed(
+            "postgres_version",
+            f"a point-in-time restore keeps the major of its base backup ({base.postgres_version}); "
+            f"restore to {base.postgres_version}, then upgrade with a logical image",
+        )
+    platform.check_postgres_version(base.postgres_version, "postgres_version", "the base backup")
+    ref = InstanceRef(k8s_name=new_k8s_name(name), namespace=platform.resolve_namespace(namespace))
+    instance = cms.create_instance(
+        user_name=name,
+        k8s_name=ref.k8s_name,
+        namespace=ref.namespace,
+        postgres_version=base.postgres_version,
+        storage_size_gb=max(storage_size_gb, source.storage_size_gb),
+        use_load_balancer=True,
+        dns_name=dns_label,
+        image_type=source.image_type,
+        run_id=run_id,
+        tags={
+            "pitr_source": source.k8s_name,
+            "pitr_base_backup": str(base.id),
+            "pitr_target": target_time.isoformat() if target_time else "latest",
+        },
+        source_postgres_version=base.postgres_version,
+    )
+    try:
+        platform.ensure_instance_secret(ref, cms.base_backup_password(base.id))
+        platform.create_volume(ref, instance.storage_size_gb)
+        log(f"restoring {ref.k8s_name} from base backup {base.id} + {len(plan.segments)} WAL segment(s) "
+            f"to {target_time.isoformat() if target_time else 'latest'}")  # fmt: skip
+        run_pitr_job(platform, blob, ref, plan, base.postgres_version, RESTORE_TIMEOUT_SECONDS, log)
+        platform.deploy_instance(
+            DeploySpec(
+                instance=ref,
+                postgres_version=base.postgres_version,
+                image_type=source.image_type,
+                storage_size_gb=instance.storage_size_gb,
+                dns_label=dns_label,
+            )
+        )
+        platform.wait_ready(ref, READY_TIMEOUT_SECONDS)
+        endpoints = platform.endpoints(ref)
+        strings = connection_strings(endpoints, password=None)
+        return cms.transition_instance(
+            instance.id,
+            InstanceState.running,
+            reason=f"restored from base backup {base.id} to {plan.target_time or 'latest'}",
+            ip_connection_string=strings.ip,
+            dns_connection_string=strings.dns,
+            external_ip=endpoints.external_ip,
+        )
+    except BaseException as error:
+        cms.transition_instance(instance.id, InstanceState.failed, reason=str(error)[:2000])
+        platform.delete_instance(ref)
+        raise
+
+
+def run_pitr_job(
+    platform: PlatformResource,
+    blob: BlobStorageResource,
+    ref: InstanceRef,
+    plan: RecoveryPlanFile,
+    postgres_version: str,
+    timeout_seconds: int,
+    log: LogSink,
+) -> None:
+    """restore-pitr.sh into the instance's volume from `plan` (written beside it for the job, with
+    its sha256 in the job's env; both removed afterwards)."""
+    plan_blob = f"restores/pitr/{ref.namespace}/{ref.k8s_name}/plan.json"
+    job_name = f"restore-{ref.k8s_name}"
+    raw = plan.model_dump_json().encode()
+    blob.write_bytes(plan_blob, raw, overwrite=True)
+    try:
+        platform.run_job(
+            JobSpec(
+                kind=JobKind.restore,
+                name=job_name,
+                script="restore-pitr.sh",
+                instance=ref,
+                env={
+                    "BLOB_URL": blob.container_url,
+                    "PLAN_BLOB": plan_blob,
+                    "PLAN_SHA256": hashlib.sha256(raw).hexdigest(),
+                    "POSTGRES_VERSION": postgres_version,
+                    "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
+                },
+                blob_sas=blob.read_grant(
+                    "", [plan_blob, plan.base.blob, *(s.blob for s in plan.segments)], timeout_seconds
+                ),
+                timeout_seconds=timeout_seconds,
+            ),
+            log,
+        )
+    finally:
+        platform.delete_job(job_name, ref.namespace)
+        blob.delete_prefix(plan_blob.rsplit("/", 1)[0])
+
+
+class RestoreToTimeConfig(dg.Config):
+    source_instance: str = Field(description="The instance whose history is restored (k8s_name or id)")
+    name: str = Field(description="The new instance's name")
+    dns_label: str = Field(description="DNS label of the new instance's address")
+    target_time: str | None = Field(
+        default=None, description="ISO 8601 timestamp with a time zone; empty: `latest` (everything archived)"
+    )
+    namespace: str | None = None
+    storage_size_gb: int = 10
+
+
+@dg.op(description="Refused before anything is created when the target is outside the window")
+def restore_to_time_op(
+    context: dg.OpExecutionContext,
+    config: RestoreToTimeConfig,
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    platform: PlatformResource,
+) -> str:
+    try:
+        instance = restore_to_time(
+            cms,
+            blob,
+            platform,
+            source_instance=config.source_instance,
+            name=config.name,
+            dns_label=config.dns_label,
+            target_time=parse_target_time(config.target_time),
+            namespace=config.namespace,
+            storage_size_gb=config.storage_size_gb,
+            run_id=context.run_id,
+            log=context.log.info,
+        )
+    except ValidationFailed as error:
+        raise dg.Failure(str(error)) from None
+    return instance.k8s_name
+
+
+@dg.job(name="restore_to_time", description="A new instance restored to a point in time (docs/pitr.md)")
+def restore_to_time_job() -> None:
+    restore_to_time_op()

@@ -1,0 +1,75 @@
+"""Job `wal_retention`: per instance, the newest TOYGRES_PITR_KEEP_BASE_BACKUPS base backups are
+kept with all the WAL they need (records/wal.py plan_wal_retention); older base backups and the
+WAL before the oldest kept one go. The row is marked deleted before its blobs go, so a restore
+never plans from a base backup being deleted; one instance failing never stops the others."""
+
+import os
+
+import dagster as dg
+from pydantic import BaseModel
+
+from records import LogSink
+from records.wal import BaseBackupState, WalRetentionPlan, plan_wal_retention
+from resources.blob import BlobStorageResource
+from resources.cms import CMSResource
+from resources.wal_archive import list_timelines
+
+DEFAULT_KEEP_BASE_BACKUPS = 2
+
+
+def keep_base_backups() -> int:
+    raw = os.environ.get("TOYGRES_PITR_KEEP_BASE_BACKUPS", str(DEFAULT_KEEP_BASE_BACKUPS))
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"TOYGRES_PITR_KEEP_BASE_BACKUPS: a whole number >= 1, got {raw!r}")
+    return int(raw)
+
+
+class RetentionOutcome(BaseModel):
+    plans: dict[str, WalRetentionPlan] = {}
+    failed: dict[str, str] = {}
+
+
+def apply_wal_retention(cms: CMSResource, blob: BlobStorageResource, keep: int, log: LogSink) -> RetentionOutcome:
+    outcome = RetentionOutcome()
+    backups = cms.list_base_backups(states=[BaseBackupState.ready])
+    instances = {(b.namespace, b.k8s_name): b.instance_id for b in backups}
+    for (namespace, k8s_name), instance_id in sorted(instances.items()):
+        name = f"{namespace}/{k8s_name}"
+        try:
+            timelines = {
+                (t.system_identifier, t.timeline): t.segments for t in list_timelines(blob, namespace, k8s_name)
+            }
+            plan = plan_wal_retention([b for b in backups if b.instance_id == instance_id], timelines, keep)
+            by_id = {b.id: b for b in backups}
+            for backup_id in plan.expired_backups:
+                cms.settle_base_backup(backup_id, BaseBackupState.deleted, "retention: older than the kept ones")
+                blob.delete_prefix(by_id[backup_id].blob_path)
+            for blob_name in plan.expired_blobs:
+                blob.delete_blob(blob_name)
+            outcome.plans[name] = plan
+            log(f"{name}: {len(plan.expired_backups)} base backup(s), {len(plan.expired_blobs)} WAL blob(s) removed; "
+                f"WAL kept from {plan.kept_from}")  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - named, the others go on
+            outcome.failed[name] = f"{type(error).__name__}: {error}"
+    return outcome
+
+
+@dg.op(description="Expired base backups and the WAL no kept base backup needs are deleted")
+def wal_retention_op(context: dg.OpExecutionContext, cms: CMSResource, blob: BlobStorageResource) -> None:
+    outcome = apply_wal_retention(cms, blob, keep_base_backups(), context.log.info)
+    if outcome.failed:
+        raise dg.Failure("; ".join(f"{k}: {v}" for k, v in outcome.failed.items()))
+
+
+@dg.job(name="wal_retention", description="PITR retention: base backups and their WAL (docs/pitr.md)")
+def wal_retention_job() -> None:
+    wal_retention_op()
+
+
+wal_retention_daily = dg.ScheduleDefinition(
+    name="wal_retention_daily",
+    job=wal_retention_job,
+    cron_schedule="30 4 * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Runs wal_retention daily",
+)
