@@ -8,7 +8,8 @@ of every table counted from the archive itself.
 Prints one JSON object: {"row_counts": {key: rows}, "data_bytes": N, "data_entries": N}. Exit 1 with
 the reason on stderr when the archive is truncated, a block does not decode, or a TOC data entry
 has no data. After an error on stdin the rest of the input is drained, so a `tee` feeding this never
-blocks. Standard library only (zstd/lz4 archives need the `zstandard`/`lz4` modules).
+blocks. Standard library only (zstd/lz4 archives need the `zstandard`/`lz4` modules; `isal`, when
+there, inflates gzip faster).
 
 The format is pg_dump's own (src/bin/pg_dump/pg_backup_archiver.c ReadHead/ReadToc,
 pg_backup_custom.c, pg_backup_directory.c). Rows: COPY text, one newline per row (a newline inside
@@ -25,6 +26,11 @@ import os
 import re
 import sys
 import zlib
+
+try:  # ISA-L's inflate, about twice zlib's speed (the job image has it; the standard zlib otherwise)
+    from isal import isal_zlib as fast_zlib
+except ImportError:
+    fast_zlib = zlib
 from collections.abc import Callable, Iterator
 from typing import IO
 
@@ -174,7 +180,7 @@ def decompressor(method: str, what: str) -> tuple[Callable[[bytes], bytes], Call
     if method == NONE:
         return (lambda data: data), (lambda: True)
     if method == GZIP:
-        d = zlib.decompressobj(47)  # zlib or gzip header, detected
+        d = fast_zlib.decompressobj(47)  # zlib or gzip header, detected
         return d.decompress, (lambda: d.eof and not d.unused_data)
     try:
         if method == ZSTD:
