@@ -17,7 +17,10 @@ class StreamCheck(Record):
 
     chunk_bytes: int = Field(description="Size of each range hashed (the last one may be shorter)")
     chunk_sha256: list[str] = Field(description="sha256 of each range, in order: what ranges read back must match")
-    archive_parsed: bool = Field(default=False, description="pg_restore read the whole archive as it streamed")
+    archive_parsed: bool = Field(
+        default=False,
+        description="The whole archive was read as it streamed (format 3: the archive reader; before: pg_restore)",
+    )
 
 
 class BackupFile(Record):
