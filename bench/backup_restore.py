@@ -62,13 +62,19 @@ GZIP_LEVELS = tuple(range(10))
 RESULT_KEYS = (
     "backup_ratio",
     "restore_ratio",
+    "backup_ratio_unpinned",
+    "restore_ratio_unpinned",
+    "backup_ratio_1x",
+    "restore_ratio_1x",
     "parallel_backup_ratio",
     "parallel_restore_ratio",
     "peak_rss_mib_1x",
     "peak_rss_mib_10x",
     "overhead_seconds",
     "encryption_ratio",
+    "verify_mib_per_s",
 )
+READER = Path(__file__).resolve().parents[1] / "templates" / "scripts" / "archive_reader.py"
 
 
 # ---- numbers -> results (pure: unit-tested) ----------------------------------------------------
@@ -79,6 +85,7 @@ class Samples:
     """Seconds of repeated runs of one line of the bench."""
 
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # the line's processes (the job tree), not the servers'
 
     @property
     def median(self) -> float:
@@ -91,6 +98,21 @@ class Samples:
 
 def ratio(ours: Samples, raw: Samples) -> float:
     return round(ours.median / raw.median, 3)
+
+
+def throughput(lines: dict[str, Samples], source_mib: float, dump_mib: float) -> dict[str, dict[str, float | None]]:
+    """Each line's MiB/s of database and of dump (medians) and its CPU seconds per GiB of database."""
+    return {
+        name: {
+            "database_mib_per_s": round(source_mib / samples.median, 1),
+            "dump_mib_per_s": round(dump_mib / samples.median, 1),
+            "cpu_s_per_gib": round(statistics.median(samples.cpu_seconds) / (source_mib / 1024), 2)
+            if samples.cpu_seconds
+            else None,
+        }
+        for name, samples in lines.items()
+        if samples.seconds
+    }
 
 
 def parallel_ratios(result: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -107,12 +129,31 @@ def assemble_results(
     parallel: tuple[float | None, float | None] = (None, None),
     overhead: float | None = None,
     encryption_ratio: float | None = None,
+    unpinned: dict[str, Samples] | None = None,
+    lines_1x: dict[str, Samples] | None = None,
+    verify_mib_per_s: float | None = None,
 ) -> dict[str, Any]:
-    """The bench's JSON object: the ratios first, then every line's median and min-max."""
+    """The bench's JSON object: the ratios first, then every line's median and min-max. `lines` are
+    the 10x lines (pinned with --pin), `unpinned` the same unpinned, `lines_1x` at 1x."""
+
+    def ratios(measured: dict[str, Samples] | None) -> tuple[float | None, float | None]:
+        if not measured:
+            return None, None
+        return ratio(measured["backup_ours"], measured["backup_raw"]), ratio(
+            measured["restore_ours"], measured["restore_raw"]
+        )
+
+    backup_unpinned, restore_unpinned = ratios(unpinned)
+    backup_1x, restore_1x = ratios(lines_1x)
     return {
         **context,
         "backup_ratio": ratio(lines["backup_ours"], lines["backup_raw"]),
         "restore_ratio": ratio(lines["restore_ours"], lines["restore_raw"]),
+        "backup_ratio_unpinned": backup_unpinned,
+        "restore_ratio_unpinned": restore_unpinned,
+        "backup_ratio_1x": backup_1x,
+        "restore_ratio_1x": restore_1x,
+        "verify_mib_per_s": verify_mib_per_s,
         "parallel_backup_ratio": parallel[0],
         "parallel_restore_ratio": parallel[1],
         "peak_rss_mib_1x": round(max(rss_mib["backup_1x"], rss_mib["restore_1x"]), 1),
@@ -121,6 +162,8 @@ def assemble_results(
         "encryption_ratio": encryption_ratio,
         "backup_raw_over_floor": ratio(lines["backup_raw"], lines["backup_floor"]),
         "seconds": {name: samples.summary() for name, samples in lines.items()},
+        "seconds_unpinned": {name: samples.summary() for name, samples in (unpinned or {}).items()},
+        "seconds_1x": {name: samples.summary() for name, samples in (lines_1x or {}).items()},
         "peak_rss_mib": {name: round(value, 1) for name, value in rss_mib.items()},
         "compression": list(compression),
     }
@@ -221,6 +264,62 @@ def shell(command: str, env: dict[str, str], as_postgres: bool = False) -> str:
     return done.stdout
 
 
+def tree_tasks(root_pid: int) -> list[int]:
+    """Every thread of `root_pid` and of its descendants (affinity is per thread)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, grown = {root_pid}, True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grown = bool(children)
+    tasks = []
+    for pid in tree:
+        try:
+            tasks += [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue
+    return tasks
+
+
+class Pinning:
+    """--pin: production's shape on one machine. The source server and Azurite (another pod and the
+    cloud) get the first core, the job tree (ours and raw alike: every line runs as a child of this
+    process) the others; new server backends inherit the postmaster's set, new job processes ours."""
+
+    def __init__(self, server_pids: Callable[[], list[int]]) -> None:
+        self.all = set(os.sched_getaffinity(0))
+        cores = sorted(self.all)
+        self.servers, self.jobs = {cores[0]}, set(cores[1:]) or {cores[0]}
+        self.server_pids = server_pids
+
+    def apply(self, pinned: bool) -> None:
+        for pid in self.server_pids():
+            for task in tree_tasks(pid):
+                try:
+                    os.sched_setaffinity(task, self.servers if pinned else self.all)
+                except OSError:
+                    continue  # a backend that just ended
+        os.sched_setaffinity(0, self.jobs if pinned else self.all)
+
+
+def reader_mib_per_s(dump: Path, python: str, core: int) -> tuple[float, int]:
+    """The archive reader alone on one core (taskset): MiB/s of table data it yields, and that size."""
+    started = time.perf_counter()
+    with open(dump, "rb") as stdin:
+        done = subprocess.run(
+            ["taskset", "-c", str(core), python, str(READER), "custom"], stdin=stdin, capture_output=True, check=True
+        )
+    seconds = time.perf_counter() - started
+    data_bytes = json.loads(done.stdout)["data_bytes"]
+    return round(data_bytes / 2**20 / seconds, 1), data_bytes
+
+
 class Bench:
     def __init__(self, root: Path, args: argparse.Namespace) -> None:
         self.root, self.args = root, args
@@ -264,15 +363,54 @@ class Bench:
         self.add_rows(self.args.rows)
 
     def add_rows(self, rows: int) -> None:
+        """Rows of realistic width (text, numerics, timestamps; about 200 bytes with its two indexes)."""
         psql(
             self.platform,
             self.source,
             "-c",
-            "CREATE TABLE IF NOT EXISTS bench (id bigint, payload text, at timestamptz);"
-            f"INSERT INTO bench SELECT g, md5(g::text), now() - g * interval '1 second' "
-            f"FROM generate_series((SELECT count(*) FROM bench) + 1, (SELECT count(*) FROM bench) + {rows}) g",
+            "CREATE TABLE IF NOT EXISTS bench (id bigint PRIMARY KEY, customer text, email text, amount numeric(12,2),"
+            " quantity int, created_at timestamptz, note text);"
+            "CREATE INDEX IF NOT EXISTS bench_created_at ON bench (created_at);"
+            f"INSERT INTO bench SELECT g, 'customer ' || (g % 50000), md5(g::text) || '@example.com',"
+            " (g % 100000) / 100.0, g % 17, now() - g * interval '1 second',"
+            " repeat(chr((97 + g % 26)::int), (20 + g % 60)::int)"
+            f" FROM generate_series((SELECT count(*) FROM bench) + 1, (SELECT count(*) FROM bench) + {rows}) g",
             database="pagila",
         )
+
+    def server_pids(self) -> list[int]:
+        """The source server's postmaster and Azurite: what --pin keeps off the job's cores."""
+        pids = []
+        pid_file = self.platform.server(self.source, 0).data_dir / "postmaster.pid"
+        if pid_file.exists():
+            pids.append(int(pid_file.read_text().split()[0]))
+        if self.azurite.process is not None:
+            pids.append(self.azurite.process.pid)
+        return pids
+
+    def verify_speed(self, prefix: str, core: int) -> dict[str, Any]:
+        """The reader alone on the biggest dump of an image: with isal (the job image's inflate) when
+        this Python has it, and with the standard library's zlib (a job python3 without isal)."""
+        manifest, _ = self.blob.read_manifest(prefix)
+        biggest = max((f for f in manifest.files if f.path.endswith(".dump")), key=lambda f: f.size_bytes)
+        dump = self.work / "verify.dump"
+        with open(dump, "wb") as out:
+            for chunk in self.blob.iter_chunks(f"{prefix}/{biggest.path}"):
+                out.write(chunk)
+        try:
+            speeds: dict[str, Any] = {"dump_mib": round(biggest.size_bytes / 2**20, 1)}
+            speeds["python_job"], table_bytes = reader_mib_per_s(dump, "/usr/bin/python3", core)
+            speeds["table_mib"] = round(table_bytes / 2**20, 1)
+            speeds["python_bench"], _ = reader_mib_per_s(dump, sys.executable, core)
+            try:
+                import isal  # noqa: F401
+
+                speeds["python_bench_inflate"] = "isal"
+            except ImportError:
+                speeds["python_bench_inflate"] = "zlib"
+            return speeds
+        finally:
+            dump.unlink(missing_ok=True)
 
     def databases(self) -> list[str]:
         listed = psql(
@@ -441,44 +579,80 @@ pg_ctl -D {target}/pgdata -w stop -m fast >/dev/null
         self.azurite.stop()
 
 
+LINES = ("backup_floor", "backup_raw", "backup_ours", "restore_raw", "restore_ours")
+
+
+def cpu_timed(samples: Samples, action: Callable[[], Any]) -> Any:
+    """Runs one line: its seconds and its processes' CPU seconds go into `samples`."""
+    used = children_cpu_seconds()
+    started = time.perf_counter()
+    result = action()
+    samples.seconds.append(time.perf_counter() - started)
+    samples.cpu_seconds.append(children_cpu_seconds() - used)
+    return result
+
+
+def measure_lines(bench: Bench, repeat: int, rss: tuple[PeakTreeRss, PeakTreeRss] | None = None) -> tuple:
+    """Every line `repeat` times, interleaved (a noisy neighbour hits every line alike); returns
+    the lines and the last ours image's prefix."""
+    lines = {name: Samples() for name in LINES}
+    raw_prefix, ours_prefix = "", ""
+    for _ in range(repeat):
+        cpu_timed(lines["backup_floor"], bench.backup_floor)
+        cpu_timed(lines["backup_raw"], bench.backup_raw)
+        raw_prefix = f"raw/{bench.attempt}"
+        ours_prefix = cpu_timed(lines["backup_ours"], lambda: bench.backup_ours(rss[0] if rss else None)[1])
+    for _ in range(repeat):
+        cpu_timed(lines["restore_raw"], lambda: bench.restore_raw(raw_prefix))
+        cpu_timed(lines["restore_ours"], lambda: bench.restore_ours(ours_prefix, rss[1] if rss else None))
+    return lines, ours_prefix
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="toygres-bench-"))
     root.chmod(0o711)
     bench = Bench(root, args)
+    pinning = Pinning(bench.server_pids) if args.pin else None
     try:
         bench.load_source()
         context: dict[str, Any] = {"rows_1x": args.rows, "scale": args.scale, "repeat": args.repeat}
+        context["pinned"] = (
+            {"servers": sorted(pinning.servers), "jobs": sorted(pinning.jobs)} if pinning is not None else None
+        )
         context["dump_compression"] = args.compression
         context["source_mib_1x"] = round(bench.source_mib(), 1)
+        if pinning is not None:
+            pinning.apply(True)
         rss: dict[str, float] = {}
         backup_rss, restore_rss = PeakTreeRss(), PeakTreeRss()
         _, prefix = bench.backup_ours(backup_rss)
         bench.restore_ours(prefix, restore_rss)
         rss["backup_1x"], rss["restore_1x"] = backup_rss.peak_mib, restore_rss.peak_mib
         context["dump_mib_1x"] = round(bench.blob.read_manifest(prefix)[0].total_bytes / 2**20, 2)
+        lines_1x, _ = measure_lines(bench, 1)
+        context["throughput_1x"] = throughput(lines_1x, context["source_mib_1x"], context["dump_mib_1x"])
         compression = bench.compression_table(args.levels)
 
         # The timed lines run on --scale x the data, which is also the memory line's 10x
         bench.add_rows(args.rows * (args.scale - 1))
         context["source_mib_10x"] = round(bench.source_mib(), 1)
-        lines = {
-            name: Samples() for name in ("backup_floor", "backup_raw", "backup_ours", "restore_raw", "restore_ours")
-        }
         backup_rss, restore_rss = PeakTreeRss(), PeakTreeRss()
-        raw_prefix, ours_prefix = "", ""
-        for _ in range(args.repeat):  # interleaved: a noisy neighbour hits every line alike
-            lines["backup_floor"].seconds.append(bench.backup_floor())
-            lines["backup_raw"].seconds.append(bench.backup_raw())
-            raw_prefix = f"raw/{bench.attempt}"
-            seconds, ours_prefix = bench.backup_ours(backup_rss)
-            lines["backup_ours"].seconds.append(seconds)
-        for _ in range(args.repeat):
-            lines["restore_raw"].seconds.append(bench.restore_raw(raw_prefix))
-            lines["restore_ours"].seconds.append(bench.restore_ours(ours_prefix, restore_rss))
+        lines, ours_prefix = measure_lines(bench, args.repeat, (backup_rss, restore_rss))
         rss["backup_10x"], rss["restore_10x"] = backup_rss.peak_mib, restore_rss.peak_mib
         context["dump_mib_10x"] = round(bench.blob.read_manifest(ours_prefix)[0].total_bytes / 2**20, 2)
+        context["throughput_10x"] = throughput(lines, context["source_mib_10x"], context["dump_mib_10x"])
+        core = min(pinning.jobs) if pinning is not None else 0
+        context["verify"] = bench.verify_speed(ours_prefix, core)
+        print(f"archive reader alone on one core: {context['verify']}", flush=True)
         encryption = bench_encryption(bench.platform, bench.source, bench.blob, root, args.repeat, bench.backup_env())
         print(encryption.line(), flush=True)
+        unpinned = None
+        if pinning is not None:  # the same 10x lines with every process free to use every core
+            pinning.apply(False)
+            unpinned, _ = measure_lines(bench, args.unpinned_repeat)
+            context["throughput_10x_unpinned"] = throughput(
+                unpinned, context["source_mib_10x"], context["dump_mib_10x"]
+            )
         parallel: dict[str, Any] = {}
         if not args.skip_parallel:
             parallel = measure_parallel(
@@ -505,15 +679,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             parallel=parallel_ratios(parallel),
             overhead=overhead,
             encryption_ratio=round(encryption.ratio, 3),
+            unpinned=unpinned,
+            lines_1x=lines_1x,
+            verify_mib_per_s=max(context["verify"]["python_job"], context["verify"]["python_bench"]),
         )
     finally:
+        if pinning is not None:
+            pinning.apply(False)
         bench.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=200_000, help="rows in the generated table at 1x")
+    parser.add_argument(
+        "--rows", type=int, default=1_000_000, help="rows in the generated table at 1x (about 200 MiB of databases)"
+    )
     parser.add_argument(
         "--compression", default=DEFAULT_DUMP_COMPRESSION, help="pg_dump -Z of every backup line (ours and raw)"
     )
@@ -525,10 +706,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-overhead", action="store_true", help="leave out the orchestration overhead runs")
     parser.add_argument("--json", type=Path, help="also write the results to this file as JSON")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few rows, one run, two gzip levels")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None,
+        help="source server + Azurite on the first core, the job tree on the others (default with >= 2 cores); "
+        "the 10x lines then run unpinned too",
+    )
+    parser.add_argument("--unpinned-repeat", type=int, default=1, help="runs of each unpinned 10x line")
     args = parser.parse_args(argv)
     args.levels = GZIP_LEVELS
     if args.quick:
-        args.rows, args.repeat, args.levels = 2_000, 1, (1, 6)
+        args.rows, args.repeat, args.levels = 20_000, 1, (1, 6)
     return args
 
 

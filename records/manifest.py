@@ -17,7 +17,10 @@ class StreamCheck(Record):
 
     chunk_bytes: int = Field(description="Size of each range hashed (the last one may be shorter)")
     chunk_sha256: list[str] = Field(description="sha256 of each range, in order: what ranges read back must match")
-    archive_parsed: bool = Field(default=False, description="pg_restore read the whole archive as it streamed")
+    archive_parsed: bool = Field(
+        default=False,
+        description="The whole archive was read as it streamed (format 3: the archive reader; before: pg_restore)",
+    )
 
 
 class BackupFile(Record):
@@ -30,7 +33,9 @@ class BackupFile(Record):
     sha256: str
     row_counts: dict[str, int] | None = Field(
         default=None,
-        description="Exact rows per table (key: table_key) in the dump's snapshot; None before format 2",
+        description="Exact rows per table (key: table_key): from format 3 the rows the archive holds (each "
+        "table's own, counted from its COPY data), format 2 count(*) in the dump's snapshot (an inheritance "
+        "parent with its children's); None before format 2",
     )
     dump_format: Literal["custom", "directory"] = Field(
         default="custom",
@@ -82,6 +87,12 @@ class BackupManifest(Record):
         }
 
     @property
+    def counts_own_rows(self) -> bool:
+        """Format 3 counts each table's own rows (count(*) FROM ONLY); format 2 counted a parent's
+        inheritance children with it."""
+        return self.format_version >= 3
+
+    @property
     def counted(self) -> bool:
         """Whether every database carries its row counts (format 2 and later)."""
         return all(counts is not None for counts in self.row_counts_by_database().values())
@@ -101,5 +112,6 @@ def quoted_name(name: str) -> str:
 def table_key(schema: str, table: str) -> str:
     """How row_counts keys a table: schema.table, each part double-quoted (quotes doubled) unless it
     is a bare lower-case identifier, so a dot or quote inside a name never makes a key ambiguous.
-    backup.sh computes the same key in SQL (count_rows)."""
+    templates/scripts/archive_reader.py computes the same key (the job cannot import this module;
+    tests/test_archive_reader.py holds the two equal)."""
     return f"{quoted_name(schema)}.{quoted_name(table)}"

@@ -62,3 +62,40 @@ def test_quick_is_a_small_single_run(bench, tmp_path):
     args = bench.parse_args(["--quick", "--json", str(tmp_path / "out.json")])
     assert args.repeat == 1 and args.rows < 100_000 and args.json == tmp_path / "out.json"
     assert bench.parse_args([]).repeat >= 3
+
+
+def test_pinned_unpinned_and_1x_ratios_and_throughput(bench):
+    def lines(ours: float) -> dict:
+        return {
+            "backup_floor": bench.Samples([1.0], [0.5]),
+            "backup_raw": bench.Samples([2.0], [1.0]),
+            "backup_ours": bench.Samples([ours], [1.5]),
+            "restore_raw": bench.Samples([4.0], [2.0]),
+            "restore_ours": bench.Samples([2 * ours], [2.5]),
+        }
+
+    rss = {"backup_1x": 100.0, "restore_1x": 120.0, "backup_10x": 104.0, "restore_10x": 119.0}
+    results = bench.assemble_results(
+        lines=lines(2.2),
+        rss_mib=rss,
+        compression=[],
+        context={},
+        unpinned=lines(3.0),
+        lines_1x=lines(4.0),
+        verify_mib_per_s=420.0,
+    )
+    assert (results["backup_ratio"], results["restore_ratio"]) == (1.1, 1.1)
+    assert (results["backup_ratio_unpinned"], results["restore_ratio_unpinned"]) == (1.5, 1.5)
+    assert (results["backup_ratio_1x"], results["restore_ratio_1x"]) == (2.0, 2.0)
+    assert results["verify_mib_per_s"] == 420.0
+
+    speeds = bench.throughput(lines(2.0), source_mib=2048.0, dump_mib=512.0)
+    assert speeds["backup_ours"] == {"database_mib_per_s": 1024.0, "dump_mib_per_s": 256.0, "cpu_s_per_gib": 0.75}
+    assert bench.throughput({"x": bench.Samples()}, 1.0, 1.0) == {}
+
+
+def test_pin_is_the_default_with_two_cores_and_can_be_turned_off(bench):
+    import os
+
+    assert bench.parse_args([]).pin == (len(os.sched_getaffinity(0)) >= 2 and bench.shutil.which("taskset") is not None)
+    assert bench.parse_args(["--no-pin"]).pin is False

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from records import InstanceRef
-from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec, PlatformError
+from resources.platform.base import JobKind, JobSpec, PlatformError, job_script_files
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import as_service_user, give_to_service_user
 
@@ -27,8 +27,15 @@ def test_job_directory_holds_the_template_scripts_byte_for_byte(tmp_path):
         blob_sas=SecretStr("sv=1&sig=secret"),
     )
     job_dir = platform._fresh_job_dir(spec)
-    templates = sorted(SCRIPTS_DIR.glob("*.sh"))
-    assert [p.name for p in templates] == ["backup.sh", "basebackup.sh", "common.sh", "restore-pitr.sh", "restore.sh"]
+    templates = job_script_files()
+    assert [p.name for p in templates] == [
+        "archive_reader.py",
+        "backup.sh",
+        "basebackup.sh",
+        "common.sh",
+        "restore-pitr.sh",
+        "restore.sh",
+    ]
     for template in templates:
         assert (job_dir / "scripts" / template.name).read_bytes() == template.read_bytes()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -40,7 +42,7 @@ def test_manifest_records_the_exact_row_count_of_every_table(resources, cms, blo
     assert materialize_image(resources, f"{source.k8s_name}__counted").success
     manifest, _ = blob.read_manifest(cms.find_image(f"{source.k8s_name}__counted").blob_path)
 
-    assert manifest.format_version == 2
+    assert manifest.format_version == 3
     by_database = {f.database: f.row_counts for f in manifest.files if f.kind == "database"}
     assert by_database["pagila"] == exact_counts(source_dsn("pagila"))
     assert by_database["pagila"]["public.rental"] > 16000
@@ -139,7 +141,7 @@ def database_with_short_timeouts(source_dsn):
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     with psycopg.connect(source_dsn(name), autocommit=True) as conn:
         conn.execute("CREATE TABLE big AS SELECT generate_series(1, 300000) AS v")
-        for setting in ("statement_timeout", "idle_in_transaction_session_timeout"):
+        for setting in ("statement_timeout", "idle_in_transaction_session_timeout", "lock_timeout"):
             conn.execute(
                 sql.SQL("ALTER DATABASE {} SET {} = '5ms'").format(sql.Identifier(name), sql.Identifier(setting))
             )
@@ -212,3 +214,76 @@ def test_a_directory_archive_is_one_database_with_its_counts_on_its_toc():
     assert manifest.row_counts_by_database() == {"app": {"public.t": 7, "public.u": 3}, "postgres": {}}
     contents = {c.database: (c.size_bytes, c.rows) for c in database_contents(manifest)}
     assert contents == {"app": (110, 10), "postgres": (4, 0)}
+
+
+@pytest.fixture
+def tables_changed_after_the_dump(source_dsn) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A database whose tables z_truncated and z_altered (1000 rows each) are TRUNCATEd and ALTERed
+    the moment pg_dump lets go of them: each statement is queued behind pg_dump's lock as soon as
+    pg_dump holds it, so it commits right after pg_dump ends (and before anything that reads those
+    tables later in the backup)."""
+    name = "changed_after_dump"
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = source_dsn(name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE a_big AS SELECT generate_series(1, 8000000) AS v")
+        conn.execute("CREATE TABLE z_truncated AS SELECT generate_series(1, 1000) AS v")
+        conn.execute("CREATE TABLE z_altered AS SELECT generate_series(1, 1000) AS v")
+    done: list[str] = []
+
+    def change(statement: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(statement)
+        done.append(statement)
+
+    def queue_changes() -> None:
+        deadline = time.monotonic() + 120
+        with psycopg.connect(dsn, autocommit=True) as watcher:
+            while time.monotonic() < deadline:
+                held = watcher.execute(
+                    "SELECT count(DISTINCT l.relation) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                    " WHERE a.application_name = 'pg_dump' AND a.datname = current_database() AND l.granted"
+                    " AND l.relation IN ('z_truncated'::regclass, 'z_altered'::regclass)"
+                ).fetchone()[0]
+                if held == 2:
+                    break
+                time.sleep(0.01)
+            else:
+                raise TimeoutError("pg_dump never locked the tables")
+        for statement in ("TRUNCATE z_truncated", "ALTER TABLE z_altered ALTER v TYPE bigint USING v + 0"):
+            threading.Thread(target=change, args=(statement,)).start()
+
+    def wait_for_changes() -> None:
+        deadline = time.monotonic() + 120
+        while len(done) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(done) == 2, done
+
+    watcher = threading.Thread(target=queue_changes)
+    watcher.start()
+    try:
+        yield name, wait_for_changes
+    finally:
+        watcher.join()
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_table_changed_right_after_pg_dump_read_it_keeps_the_dumps_count(
+    resources, cms, blob, source, source_dsn, tables_changed_after_the_dump
+):
+    """Issue 19 item 6: the counts are the archive's, so a TRUNCATE or ALTER ... TYPE committed after
+    pg_dump finished a table cannot make a manifest disagree with its dump."""
+    name, wait_for_changes = tables_changed_after_the_dump
+    assert materialize_image(resources, f"{source.k8s_name}__changed").success
+    wait_for_changes()
+    row = cms.find_image(f"{source.k8s_name}__changed")
+    manifest, _ = blob.read_manifest(row.blob_path)
+    [entry] = [f for f in manifest.files if f.database == name]
+    dump = blob.read_bytes(f"{row.blob_path}/{entry.path}")
+    assert entry.row_counts is not None
+    assert entry.row_counts["public.z_truncated"] == rows_in_dump(dump, "z_truncated") == 1000
+    assert entry.row_counts["public.z_altered"] == rows_in_dump(dump, "z_altered") == 1000
+    assert exact_counts(source_dsn(name))["public.z_truncated"] == 0  # the source did change

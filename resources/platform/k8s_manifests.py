@@ -26,7 +26,15 @@ from typing import Any
 import yaml
 
 from records import DNS1123_LABEL, ImageType, InstanceRef, ValidationFailed, validate_azure_dns_label
-from resources.platform.base import AGE_IDENTITY_ENV, SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
+from resources.platform.base import (
+    AGE_IDENTITY_ENV,
+    SCRIPTS_DIR,
+    TEMPLATES_DIR,
+    DeploySpec,
+    JobKind,
+    JobSpec,
+    job_script_files,
+)
 from resources.platform.k8s_images import ManifestError, check_pinned_image
 from resources.platform.k8s_settings import ManifestSettings
 from resources.platform.tls import server_certificate
@@ -391,7 +399,7 @@ def service(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
 
 def script_files(scripts_dir: Path = SCRIPTS_DIR) -> dict[str, bytes]:
     """The job scripts, exactly as the local platform copies them."""
-    return {path.name: path.read_bytes() for path in sorted(scripts_dir.glob("*.sh"))}
+    return {path.name: path.read_bytes() for path in job_script_files(scripts_dir)}
 
 
 def scripts_config_map(namespace: str, files: dict[str, bytes] | None = None) -> Manifest:

@@ -28,7 +28,6 @@ from records.encryption import refuse_pasted_identity
 from resources.platform import local_archivers
 from resources.platform.base import (
     AGE_IDENTITY_ENV,
-    SCRIPTS_DIR,
     DeploySpec,
     JobFailed,
     JobKind,
@@ -37,6 +36,7 @@ from resources.platform.base import (
     PlatformError,
     PlatformResource,
     WalArchiverSpec,
+    job_script_files,
 )
 from resources.platform.postgres_server import (
     LocalPostgresServer,
@@ -245,7 +245,7 @@ class LocalPlatform(PlatformResource):
         give_to_service_user(job_dir)
         for sub in ("scripts", "tmp", "home"):
             give_to_service_user(job_dir / sub)
-        for script in SCRIPTS_DIR.glob("*.sh"):
+        for script in job_script_files():
             shutil.copyfile(script, job_dir / "scripts" / script.name)
             (job_dir / "scripts" / script.name).chmod(0o755)
         return job_dir

@@ -53,8 +53,8 @@ record_encryption() { # $1: manifest.json
 }
 
 # stream_to_blob NAME [LABEL ON_DISK_BYTES]: stdin -> sha256 + byte count + range hashes (+ the
-# archive parser, for a dump) + azcopy; writes $work/NAME.{sha256,size,chunks}; logs its progress
-# every PROGRESS_SECONDS and when done.
+# archive reader, for a dump: $work/NAME.counts) + azcopy; writes $work/NAME.{sha256,size,chunks};
+# logs its progress every PROGRESS_SECONDS and when done.
 stream_to_blob() {
   local name=$1 key=${1//\//_} label=${2:-$1} on_disk=${3:-} started=$SECONDS
   mkfifo "$work/$key.hash-pipe" "$work/$key.size-pipe" "$work/$key.chunk-pipe"
@@ -68,13 +68,13 @@ stream_to_blob() {
   if [[ "$name" == *.dump ]]; then
     mkfifo "$work/$key.parse-pipe"
     parse_pipe=("$work/$key.parse-pipe")
-    parse_archive "$work/$key.parse-errors" <"$work/$key.parse-pipe" &
+    read_archive "$work/$key.counts" "$work/$key.parse-errors" <"$work/$key.parse-pipe" &
     parse_pid=$!
   fi
   start_progress dump_progress "$label" "$work/$key.count" "$started" "$on_disk"
   local status=0
   if [[ -n "${AGE_RECIPIENT:-}" ]]; then
-    # the parser reads the plaintext; what is hashed, counted and stored is the ciphertext
+    # the reader reads the plaintext; what is hashed, counted and stored is the ciphertext
     tee "${parse_pipe[@]}" | encrypt_stream | tee "$work/$key.hash-pipe" "$work/$key.size-pipe" "$work/$key.chunk-pipe" \
       | upload_stdin "$name" || status=$?
   else
@@ -85,7 +85,7 @@ stream_to_blob() {
   wait "$size_pid" || status=$?
   wait "$chunks_pid" || status=$?
   if [[ -n "$parse_pid" ]] && ! wait "$parse_pid"; then
-    log "ERROR: $name does not parse as an archive (pg_restore read it as it streamed):"
+    log "ERROR: $name does not parse as an archive (the archive reader read it as it streamed):"
     redact <"$work/$key.parse-errors" | tail -n 5 >&2
     status=1
   fi
@@ -101,11 +101,14 @@ stream_to_blob() {
 CHECK_CHUNK_BYTES=${CHECK_CHUNK_BYTES:-4194304}
 hash_chunks() { split -b "$CHECK_CHUNK_BYTES" -a 12 -d --filter='sha256sum | cut -c1-64' - "$work/chunk."; }
 
-# parse_archive ERRORS: pg_restore reads the whole archive on stdin (every entry decompressed, the
-# SQL thrown away), then the rest of stdin is drained so the stream never blocks on this branch.
-parse_archive() {
+# read_archive COUNTS ERRORS: archive_reader.py reads the whole archive on stdin once (the TOC, every
+# data block inflated, each table's rows counted from its COPY data: what the archive holds, so no
+# second session counts the source) and writes {row_counts, data_bytes, data_entries} to COUNTS; the
+# rest of stdin is drained whatever happened, so the stream never blocks on this branch.
+ARCHIVE_READER="$(dirname "${BASH_SOURCE[0]}")/archive_reader.py"
+read_archive() {
   local status=0
-  pg_restore --file=/dev/null 2>"$1" || status=$?
+  python3 "$ARCHIVE_READER" custom >"$1" 2>"$2" || status=$?
   cat >/dev/null
   return "$status"
 }
@@ -199,15 +202,16 @@ record_directory() {
   done < <(cd "$work/dirs/$archive.stored" && find . -type f -printf '%P\0' | LC_ALL=C sort -z)
 }
 
-# dump_directory_to_blob ARCHIVE DATABASE SNAPSHOT [ON_DISK_BYTES]: pg_dump -Fd -j PARALLEL_JOBS into
-# $work/dirs/ARCHIVE, uploaded to ARCHIVE/ and recorded file by file; the local copy is then removed.
+# dump_directory_to_blob ARCHIVE DATABASE [ON_DISK_BYTES]: pg_dump -Fd -j PARALLEL_JOBS into
+# $work/dirs/ARCHIVE, uploaded to ARCHIVE/ and recorded file by file, its rows counted from the
+# archive into $work/dirs/ARCHIVE.counts; the local copy is then removed.
 dump_directory_to_blob() {
-  local archive=$1 database=$2 snapshot=$3 on_disk=${4:-} started=$SECONDS dump upload count missing
+  local archive=$1 database=$2 on_disk=${3:-} started=$SECONDS dump upload count missing
   local label="$archive (database $(shown "$database"))"
   mkdir -p "$work/dirs/$archive.stored"
   log "dumping database $(shown "$database") into $archive/ with pg_dump -Fd -j ${PARALLEL_JOBS} ($(mib "${on_disk:-0}") on disk)"
   start_progress directory_progress "$label" "$work/dirs/$archive" "$started" "$on_disk"
-  pg_dump -w -Fd -j "$PARALLEL_JOBS" --verbose ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --snapshot="$snapshot" \
+  pg_dump -w -Fd -j "$PARALLEL_JOBS" --verbose ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} \
     --dbname="$(dbname_conninfo "$database")" -f "$work/dirs/$archive" 2>"$work/dirs/$archive.log" &
   dump=$!
   upload_as_dumped "$archive" "$work/dirs/$archive.log" "$dump" &
@@ -234,6 +238,13 @@ dump_directory_to_blob() {
     wait "$upload" || true
     die "$archive (database $(shown "$database")): its TOC names data files the dump lacks: ${missing% }"
   fi
+  # every data file inflated and each table's rows counted (the plaintext, before encryption)
+  if ! python3 "$ARCHIVE_READER" directory "$work/dirs/$archive" >"$work/dirs/$archive.counts" 2>"$work/dirs/$archive.parse-errors"; then
+    wait "$upload" || true
+    log "ERROR: $archive does not parse as an archive (the archive reader read every file):"
+    redact <"$work/dirs/$archive.parse-errors" | tail -n 5 >&2
+    die "pg_dump of database $(shown "$database") wrote an unreadable archive"
+  fi
   directory_progress "$label dumped" "$work/dirs/$archive" "$started" "$on_disk"
   wait "$upload" || die "upload of $archive (database $(shown "$database")) failed"
   record_directory "$archive" "$database" || die "recording $archive in the manifest failed"
@@ -242,57 +253,17 @@ dump_directory_to_blob() {
   rm -rf "${work:?}/dirs/$archive" "${work:?}/dirs/$archive.stored"
 }
 
-# --- row counts in the dump's snapshot ---------------------------------------------------------
-# Each database is dumped in a snapshot a holder session exports; a second session counts every
-# table's rows exactly in that same snapshot while pg_dump runs, so a restore can be checked
-# against the counts. Counted: ordinary tables and partitions outside the system schemas, except
-# an extension's own tables (CREATE EXTENSION makes them, the dump holds at most some of their
-# rows); partitioned parents (their rows are their partitions'), views, materialized views
-# (derived, refreshed on restore), foreign and temporary tables are not. A key is
+# --- row counts from the archive itself --------------------------------------------------------
+# The archive reader counts each table's rows in the dump's own COPY data (archive_reader.py says
+# which tables: every TABLE DATA entry whose table the archive creates, an extension's configuration
+# table aside; each table's own rows, as count(*) FROM ONLY): the counts are what the archive holds,
+# whatever happens to the source after pg_dump read it, and the source is read once. A key is
 # schema.table, each part double-quoted unless a bare lower-case identifier (records/manifest.py
 # table_key: the same rule).
-open_snapshot() { # $1 database: sets SNAPSHOT_ID, the holder session stays open until close_snapshot
-  coproc SNAPSHOT_HOLDER { psql -w -X -At -q -v ON_ERROR_STOP=1 --dbname="$(dbname_conninfo "$1")"; }
-  # Like pg_dump: no server-side timeout may end the holder (or the count) half way.
-  printf '%s\n' 'SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;' \
-    'BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;' 'SELECT pg_export_snapshot();' >&"${SNAPSHOT_HOLDER[1]}"
-  SNAPSHOT_ID=""
-  IFS= read -r SNAPSHOT_ID <&"${SNAPSHOT_HOLDER[0]}" || true
-  [[ "$SNAPSHOT_ID" =~ ^[0-9A-F]+-[0-9A-F]+-[0-9]+$ ]]
-}
-
-close_snapshot() { # the holder may have gone already (bash then unsets SNAPSHOT_HOLDER): nothing to close
-  if [[ -n "${SNAPSHOT_HOLDER[1]:-}" ]]; then
-    printf 'COMMIT;\n' >&"${SNAPSHOT_HOLDER[1]}" 2>/dev/null || true
-    exec {SNAPSHOT_HOLDER[1]}>&-
-  fi
-  wait "$SNAPSHOT_HOLDER_PID" 2>/dev/null || true
-}
-
-count_rows() { # $1 database, $2 snapshot id, $3 output file: one JSON object {key: rows}
-  psql -w -X -At -q -v ON_ERROR_STOP=1 -v snapshot="$2" --dbname="$(dbname_conninfo "$1")" <<'SQL' \
-    | jq -s 'add // {}' >"$3"
-SET statement_timeout = 0;
-BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;
-SET TRANSACTION SNAPSHOT :'snapshot';
-SELECT format('SELECT json_build_object(%L, count(*)) FROM %I.%I',
-         CASE WHEN n.nspname ~ '^[a-z_][a-z0-9_$]*$' THEN n.nspname ELSE '"' || replace(n.nspname, '"', '""') || '"' END
-         || '.' ||
-         CASE WHEN c.relname ~ '^[a-z_][a-z0-9_$]*$' THEN c.relname ELSE '"' || replace(c.relname, '"', '""') || '"' END,
-         n.nspname, c.relname)
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind = 'r' AND c.relpersistence <> 't'
-   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'
-   AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
- ORDER BY n.nspname, c.relname \gexec
-COMMIT;
-SQL
-}
-
-record_row_counts() { # $1 blob name, $2 the counts file; merged into the file's manifest entry
-  jq -c --arg path "$1" '{path: $path, row_counts: .}' "$2" >>"$work/row_counts.jsonl" \
+record_row_counts() { # $1 blob name, $2 the reader's output; its counts merged into the file's manifest entry
+  jq -c --arg path "$1" '{path: $path, row_counts: .row_counts}' "$2" >>"$work/row_counts.jsonl" \
     || die "recording the row counts of $1 failed"
-  log "counted $(jq 'length' "$2") table(s) of $1: $(jq '[.[]] | add // 0' "$2") rows"
+  log "counted $(jq '.row_counts | length' "$2") table(s) of $1 in its archive: $(jq '[.row_counts[]] | add // 0' "$2") rows, $(mib "$(jq '.data_bytes' "$2")") of table data"
 }
 
 pg_dumpall -w --globals-only | stream_to_blob globals.sql || die "pg_dumpall --globals-only failed"
@@ -315,25 +286,20 @@ blob_url "$(printf 'databases/%03d.dump' "${#databases[@]}")" >/dev/null \
 index=0
 for database in "${databases[@]}"; do
   index=$((index + 1))
-  open_snapshot "$database" || die "cannot export a snapshot of database $(shown "$database")"
-  count_rows "$database" "$SNAPSHOT_ID" "$work/counts.json" &
-  counting=$!
   if ((PARALLEL_JOBS > 1)); then
     archive=$(printf 'databases/%03d' "$index")
-    dump_directory_to_blob "$archive" "$database" "$SNAPSHOT_ID" "${sizes[index - 1]:-}"
-    counted="$archive/toc.dat" # a directory archive's counts sit on its table of contents
+    dump_directory_to_blob "$archive" "$database" "${sizes[index - 1]:-}"
+    # a directory archive's counts sit on its table of contents
+    record_row_counts "$archive/toc.dat" "$work/dirs/$archive.counts"
   else
     name=$(printf 'databases/%03d.dump' "$index")
     log "dumping database $(shown "$database") into $name ($(mib "${sizes[index - 1]:-0}") on disk)"
-    pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --snapshot="$SNAPSHOT_ID" --dbname="$(dbname_conninfo "$database")" \
+    pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --dbname="$(dbname_conninfo "$database")" \
       | stream_to_blob "$name" "$name (database $(shown "$database"))" "${sizes[index - 1]:-}" \
       || die "pg_dump of database $(shown "$database") failed"
     record_file "$name" database "$database"
-    counted=$name
+    record_row_counts "$name" "$work/${name//\//_}.counts"
   fi
-  wait "$counting" || die "counting the rows of database $(shown "$database") failed"
-  close_snapshot
-  record_row_counts "$counted" "$work/counts.json"
 done
 
 # What the dumps were compressed with, as METHOD:LEVEL (pg_dump -Fc's own default is gzip at zlib's default)
@@ -353,7 +319,7 @@ jq -n --arg image_name "$IMAGE_NAME" --arg source_instance "$SOURCE_INSTANCE" \
   --arg pg_dump "$(pg_dump --version)" --arg azcopy "$(azcopy --version 2>/dev/null | head -1)" \
   --slurpfile files "$work/files.jsonl" --argjson parallel_jobs "$PARALLEL_JOBS" \
   --arg compression "$(compression_label "${DUMP_COMPRESSION:-}")" --slurpfile counts "$work/row_counts.jsonl" \
-  '{format_version: 2, compression: $compression, image_name: $image_name, source_instance: $source_instance,
+  '{format_version: 3, compression: $compression, image_name: $image_name, source_instance: $source_instance,
     source_namespace: $source_namespace, postgres_version: $postgres_version,
     server_version_num: $server_version_num, dump_format: (if $parallel_jobs > 1 then "directory" else "custom" end),
     parallel_jobs: $parallel_jobs, started_at: $started_at,

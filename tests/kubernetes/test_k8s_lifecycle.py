@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from records import ImageType, InstanceRef
 from resources.platform import k8s_manifests as m
-from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobFailed, JobKind, JobSpec, PlatformError
+from resources.platform.base import DeploySpec, JobFailed, JobKind, JobSpec, PlatformError, job_script_files
 from resources.platform.kubernetes import KubernetesPlatform
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(60)]
@@ -141,7 +141,7 @@ def test_the_jobs_scripts_in_the_cluster_are_byte_identical_to_the_local_ones(cl
     job = cluster.get("jobs", NS, "backup-nightly-1")
     volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "scripts")
     stored = cluster.get("configmaps", NS, volume["configMap"]["name"])
-    local = {p.name: p.read_bytes() for p in SCRIPTS_DIR.glob("*.sh")}
+    local = {p.name: p.read_bytes() for p in job_script_files()}
     assert m.config_map_files(stored) == local
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["bash", "/scripts/backup.sh"]
 

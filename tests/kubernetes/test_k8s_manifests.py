@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from records import ImageType, InstanceRef
 from resources.platform import k8s_manifests as m
-from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobKind, JobSpec
+from resources.platform.base import SCRIPTS_DIR, DeploySpec, JobKind, JobSpec, job_script_files
 from resources.platform.kubernetes import KubernetesPlatform
 
 pytestmark = pytest.mark.kubernetes
@@ -376,8 +376,8 @@ def test_scripts_config_map_is_byte_identical_to_the_local_scripts():
     """The Job runs exactly the bytes the local platform copies from templates/scripts/."""
     manifest = m.scripts_config_map("toygres")
     validate(manifest)
-    local = {path.name: path.read_bytes() for path in SCRIPTS_DIR.glob("*.sh")}
-    assert {"common.sh", "backup.sh", "restore.sh"} <= set(local)
+    local = {path.name: path.read_bytes() for path in job_script_files()}
+    assert {"common.sh", "backup.sh", "restore.sh", "archive_reader.py"} <= set(local)
     assert m.config_map_files(manifest) == local
     # ...and through YAML (kubectl apply / a dumped manifest) as well.
     assert m.config_map_files(yaml.safe_load(yaml.safe_dump(manifest))) == local

@@ -10,7 +10,7 @@ from records.manifest import BackupManifest, table_key
 from records.platform import Endpoints
 from toygres_pipelines.restores.steps import SUPERUSER
 
-# backup.sh count_rows: the same relations (docs/drills.md says which and why).
+# The tables the archive reader counts (archive_reader.py, docs/drills.md says which and why).
 COUNTED_TABLES = """
 SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind = 'r' AND c.relpersistence <> 't'
@@ -20,8 +20,12 @@ SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.rel
 """
 
 
-def count_rows(endpoints: Endpoints, password: SecretStr, database: str, timeout_seconds: int = 60) -> dict[str, int]:
-    """Every counted table of `database` and its exact row count."""
+def count_rows(
+    endpoints: Endpoints, password: SecretStr, database: str, own_rows: bool = True, timeout_seconds: int = 60
+) -> dict[str, int]:
+    """Every counted table of `database` and its exact row count: each table's own rows (ONLY, as
+    the archive holds them: manifest format 3), or with its inheritance children's (format 2)."""
+    query = "SELECT count(*) FROM ONLY {}.{}" if own_rows else "SELECT count(*) FROM {}.{}"
     # Keywords, never one conninfo string: a database name holding `=` stays a name.
     with psycopg.connect(
         host=endpoints.check_host or endpoints.external_ip or endpoints.host,
@@ -35,13 +39,12 @@ def count_rows(endpoints: Endpoints, password: SecretStr, database: str, timeout
         tables = conn.execute(COUNTED_TABLES).fetchall()
         counts = {}
         for schema, name in tables:
-            row = conn.execute(
-                sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-            ).fetchone()
+            row = conn.execute(sql.SQL(query).format(sql.Identifier(schema), sql.Identifier(name))).fetchone()
             counts[table_key(schema, name)] = int(row[0]) if row else 0
         return counts
 
 
 def restored_counts(endpoints: Endpoints, password: SecretStr, manifest: BackupManifest) -> dict[str, dict[str, int]]:
     """The restored instance's counts of every database the manifest holds."""
-    return {database: count_rows(endpoints, password, database) for database in manifest.database_files()}
+    own_rows = manifest.counts_own_rows
+    return {database: count_rows(endpoints, password, database, own_rows) for database in manifest.database_files()}

@@ -52,10 +52,11 @@ class BackupConfig(BackupFields, dg.Config):
         dg.AssetCheckSpec(
             VERIFIED_CHECK,
             asset="image",
-            description="Every file the manifest lists is in blob storage. After a backup: pg_restore parsed "
-            "every dump while it streamed, blob storage's sizes match and sampled ranges read back match the "
-            "stream's hashes. A ready partition materialized again (and reverify_image): every byte re-read, "
-            "sha256 and pg_restore end to end. The image is ready only when this passes; its `method` says which.",
+            description="Every file the manifest lists is in blob storage. After a backup: the archive reader "
+            "read every block of every dump while it streamed, blob storage's sizes match and sampled ranges read "
+            "back match the stream's hashes. A ready partition materialized again (and reverify_image): every byte "
+            "re-read, sha256 and pg_restore end to end. The image is ready only when this passes; its `method` "
+            "says which.",
         )
     ],
     description="A verified backup of a running instance in blob storage: roles, one pg_dump -Fc "

@@ -50,15 +50,16 @@ class FileCheck(BaseModel):
             verdict = (
                 f"size in blob storage matches, {self.ranges_checked} of {self.ranges_total} ranges read back match "
                 "the hashes taken while it streamed"
-                + ("; pg_restore parsed it while it streamed" if self.archive_readable else "")
+                + ("; the archive reader read every block of it while it streamed" if self.archive_readable else "")
             )
         return verdict + (", age-encrypted (stored bytes checked without the key)" if self.encrypted else "")
 
 
 FULL_METHOD = "full re-read: every byte downloaded and hashed, pg_restore reads every dump"
 STREAMED_METHOD = (
-    "streamed: pg_restore parsed every dump while it streamed to blob storage; blob storage's sizes match, and "
-    "the first, the last and a random range of each file read back match the hashes taken from the stream"
+    "streamed: the archive reader read every block of every dump while it streamed to blob storage; blob "
+    "storage's sizes match, and the first, the last and a random range of each file read back match the hashes "
+    "taken from the stream"
 )
 
 
@@ -132,7 +133,7 @@ def check_file(
     encrypted: bool = False,
 ) -> FileCheck:
     """Every byte hashed; a single-file dump also read end to end by pg_restore, when this host's can
-    decode it (a zstd dump of a 16+ source was parsed by its own pg_restore while it streamed). An
+    decode it (a zstd dump of a 16+ source was read by the archive reader while it streamed). An
     encrypted file cannot be read without the key (which only restore jobs hold): it must be an age file."""
     name = f"{prefix.rstrip('/')}/{expected.path}"
     parse = (
