@@ -13,7 +13,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 from pydantic import Field, SecretStr
 
-from records import BackupManifest
+from records import BackupManifest, ValidationFailed
 from resources.blob_sas import CREATE_WRITE, READ, SasSigner, mint_grant
 
 MANIFEST_NAME = "manifest.json"
@@ -108,8 +108,15 @@ class BlobStorageResource(dg.ConfigurableResource):
     def _signer(self, start: datetime, expiry: datetime) -> SasSigner:
         account = self._client.account_name or ""
         if self.connection_string:
-            parts = dict(part.split("=", 1) for part in self.connection_string.split(";") if "=" in part)
-            return SasSigner(account_name=account, container=self.container, account_key=parts["AccountKey"])
+            # The key the SDK parsed (its keys are case-insensitive), never the string re-parsed here.
+            key = getattr(self._client.credential, "account_key", None)
+            if not key:
+                raise ValidationFailed(
+                    "connection_string",
+                    "holds no AccountKey: job grants are signed with the account key "
+                    "(or give account_url alone for workload identity)",
+                )
+            return SasSigner(account_name=account, container=self.container, account_key=key)
         # Workload identity: the key is valid for this grant's lifetime only (Azure caps it at 7 days).
         key = self._client.get_user_delegation_key(key_start_time=start, key_expiry_time=expiry)
         return SasSigner(account_name=account, container=self.container, delegation_key=key)

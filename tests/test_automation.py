@@ -366,6 +366,7 @@ def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_inst
 def test_nightly_schedule_leaves_out_a_running_drills_scratch_instance(cms, blob, dagster_instance, repository_def):
     source = add_instance(cms, "echo")
     image = reserve_image(cms, blob, source, "echo__drilled", run_id=None)
+    cms.transition_image(image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64)
     scratch = add_instance(cms, "drill-echo-x1y2z", run_id="drill-run-1")
     cms.start_drill(image.id, source.id, "drill-run-1")
     with dg.build_schedule_context(

@@ -379,3 +379,30 @@ def test_no_signature_reaches_the_run_logs_or_the_cms_of_a_backup_and_a_restore(
     for text in (dagster_text(dagster), cms_text(cms)):
         assert not UNREDACTED_SIGNATURE.search(text)
         assert '"signatures"' not in text
+
+
+def test_a_grant_is_signed_from_any_spelling_of_an_account_key_connection_string(blob):
+    """Connection string keys are case-insensitive (the SDK reads `accountkey=` as AccountKey):
+    the grant is signed with the key the client uses, not a KeyError mid-run."""
+    lowered = ";".join(
+        f"{key.lower()}={value}"
+        for key, _, value in (part.partition("=") for part in (blob.connection_string or "").split(";") if part)
+    )
+    same = BlobStorageResource(connection_string=lowered, container=blob.container)
+    image, sha = stored_image(blob, "a")
+    tokens = tokens_handed(restore_spec(same, image, sha).blob_sas)
+    assert any(can_read(blob, f"{image_prefix(image)}/globals.sql", t) for t in tokens)
+
+
+def test_a_connection_string_without_an_account_key_is_refused_by_name_without_its_secret(blob):
+    """A SAS connection string reaches blob storage but cannot sign grants: a clear error naming
+    the setting and the rule, never the SAS it holds."""
+    secret = "sv=2024-11-04&ss=b&srt=sco&sp=rwdlac&se=2099-01-01T00:00:00Z&sig=c2VjcmV0LXNpZw%3D%3D"
+    endpoint = blob.storage_url.rstrip("/")
+    sas_only = BlobStorageResource(
+        connection_string=f"BlobEndpoint={endpoint};SharedAccessSignature={secret}", container=blob.container
+    )
+    with pytest.raises(Exception) as refused:
+        sas_only.read_grant("images/x", ["manifest.json"], TIMEOUT)
+    assert "connection_string" in str(refused.value) and "AccountKey" in str(refused.value)
+    assert "c2VjcmV0" not in str(refused.value) and "sig=" not in str(refused.value)

@@ -232,3 +232,23 @@ def test_a_malformed_request_row_stops_neither_retention_nor_delete_image_nor_th
     dry = run_retention_job(resources, dg.DagsterInstance.ephemeral(), dry_run=True)
     assert dry.success
     assert cms.get_image(used.id).state is ImageState.ready and cms.get_image(newest.id).state is ImageState.ready
+
+
+def test_a_malformed_request_row_in_flight_never_crashes_request_restore(run, cms, blob, source):
+    """request-restore checks the in-flight rows for its DNS label: a malformed one among them
+    (no dns_label to compare, read as MalformedRequest) is skipped, not an AttributeError."""
+    import psycopg
+
+    from tests.test_automation import without_the_databases_check
+
+    image = stored_image(cms, blob, source, "app__one", days_old=1)
+    without_the_databases_check(cms)
+    with psycopg.connect(cms.dsn) as conn:
+        conn.execute(
+            "INSERT INTO toygres_cms.restore_requests (id, name, dns_label, source_image_id, namespace,"
+            " storage_size_gb, databases) VALUES (%s, 'bad', 'bad-db', %s, 'default', 1, ARRAY[NULL]::text[])",
+            (uuid.uuid4(), image.name),
+        )
+    code, out, err = run("request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", image.name)
+    assert (code, err) == (0, ""), err
+    assert "restore request" in out and "pending" in out

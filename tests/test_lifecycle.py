@@ -580,3 +580,15 @@ def test_a_cms_connection_cut_mid_retention_lists_what_was_and_was_not_deleted(r
     again = run_retention_job(resources, catalogue["instance"], dry_run=False)
     assert again.success
     assert all(cms.get_image(i.id).state is ImageState.deleted for i in expired)
+
+
+def test_a_drill_cannot_start_on_an_image_a_deletion_has_taken(cms, blob, catalogue):
+    """The drill read the image ready (ready_image), then a deletion turned it deleting before the
+    drill recorded itself: the drill is refused, no running drill holds a deleting image."""
+    from records import ValidationFailed
+
+    target = catalogue["ready"][3]
+    cms.begin_image_deletion(target.id, reason="deleted on request", run_id=None)
+    with pytest.raises(ValidationFailed, match=f"image: image {target.name!r} is deleting, it must be ready"):
+        cms.start_drill(target.id, catalogue["source"].id, run_id="drill-run-late")
+    assert cms.find_drill_by_run("drill-run-late") is None

@@ -55,3 +55,31 @@ def test_a_huge_retention_setting_is_refused_not_overflowed(field):
     assert "less than or equal to" in str(refused.value)
     with pytest.raises(ValidationFailed, match=f"{field}: "):
         RetentionPolicy.checked({field: 10**30})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TOYGRES_NIGHTLY_CRON", "bogus"),
+        ("TOYGRES_RETENTION_CRON", "61 * * * *"),
+        ("TOYGRES_FRESHNESS_CRON", "0 5 * * * * *"),
+        ("TOYGRES_DRILL_CRON", "@reboot"),
+        ("TOYGRES_NIGHTLY_TIMEZONE", "Mars/Olympus"),
+        ("TOYGRES_NIGHTLY_TIMEZONE", "../../etc/passwd"),
+    ],
+)
+def test_a_bad_cron_or_time_zone_is_refused_naming_the_variable_before_any_schedule_is_built(variable, value):
+    """Not Dagster's DagsterInvalidDefinitionError while the code location loads, naming a schedule
+    and no setting: from_env refuses it, naming the variable, the value and the rule."""
+    from toygres_pipelines.automation import build_automation
+
+    try:
+        settings = AutomationSettings.from_env({variable: value})
+    except ValueError as refused:
+        assert str(refused).startswith(f"{variable}: {value!r}: "), str(refused)
+        rule = str(refused).removeprefix(f"{variable}: {value!r}: ")
+        expected = "an IANA time zone name" if variable.endswith("TIMEZONE") else "a cron expression of 5 fields"
+        assert rule.startswith(f"must be {expected}"), rule
+        return
+    build_automation(settings)
+    pytest.fail(f"{variable}={value!r} was accepted")

@@ -216,7 +216,8 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
     validate_image_name(name, field="name")
     check_name_free(cms, name, field="name")
     for queued in cms.list_image_requests(IN_FLIGHT):
-        if queued.image_name == name:
+        # A malformed row is never acted on (the sensor rejects it): it reserves no name.
+        if not isinstance(queued, MalformedRequest) and queued.image_name == name:
             raise ValidationFailed("name", f"{name!r} is already requested by {queued.state} request {queued.id}")
     fields = fields_from_cli(args, ImageRequestFields, image_name=name, source_instance=source.k8s_name)
     request = cms.create_image_request(fields)
@@ -245,7 +246,7 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
         name = image.name if image else fields.source_image_id
         raise ValidationFailed("source_image_id", f"image {name!r}: its manifest cannot be read: {error}") from error
     for queued in cms.list_restore_requests(IN_FLIGHT):
-        if queued.dns_label == fields.dns_label:
+        if not isinstance(queued, MalformedRequest) and queued.dns_label == fields.dns_label:
             raise ValidationFailed(
                 "dns_label", f"{fields.dns_label!r} is already requested by {queued.state} request {queued.id}"
             )

@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
+from records import ImageState, ValidationFailed
 from records.drills import Drill, DrillResult
 from resources.cms.errors import CMSError
 from resources.cms.queries import Queries, fetch_one
@@ -32,9 +33,16 @@ class DrillsTable(Queries):
         """The drill of this run, or the one already started by it. `started_at` (default: the CMS's
         now) is given by the drill itself, so its recovery time is measured on one clock. The image
         row is share-locked first: a deletion starting now (begin_image_deletion, FOR UPDATE) waits
-        for this drill's row and then sees it."""
+        for this drill's row and then sees it; one that committed first leaves the image not ready,
+        and the drill is refused (ValidationFailed "image") rather than holding a deleting image."""
         with self.connection() as conn:
-            conn.execute(sql.SQL("SELECT 1 FROM {} WHERE id = %s FOR SHARE").format(IMAGES), [image_id])
+            row = conn.execute(
+                sql.SQL("SELECT name, state FROM {} WHERE id = %s FOR SHARE").format(IMAGES), [image_id]
+            ).fetchone()
+            if row is None:
+                raise ValidationFailed("image", f"no image with id {str(image_id)!r}")
+            if row[1] != ImageState.ready.value:
+                raise ValidationFailed("image", f"image {row[0]!r} is {row[1]}, it must be ready")
             return fetch_one(
                 conn.cursor(row_factory=class_row(Drill)).execute(
                     sql.SQL(

@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from dagster._utils.schedules import is_valid_cron_string
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from records import ValidationFailed
 from records.bounds import numeric_rule
@@ -75,6 +77,23 @@ class AutomationSettings(BaseModel):
         "may override fields in the CMS (toygres-pipelines retention)",
     )
 
+    @field_validator("nightly_cron", "retention_cron", "freshness_cron", "drill_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        # Dagster's own check, so a setting it would refuse while building a schedule never loads.
+        if not is_valid_cron_string(value):
+            raise ValueError("must be a cron expression of 5 fields (minute hour day-of-month month day-of-week)")
+        return value
+
+    @field_validator("nightly_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError("must be an IANA time zone name, e.g. UTC or Europe/Berlin") from None
+        return value
+
     @staticmethod
     def env_name(field: str) -> str:
         return ENV_PREFIX + field.upper()
@@ -103,6 +122,7 @@ class AutomationSettings(BaseModel):
             first = error.errors()[0]
             field = str(first["loc"][0])
             allowed = numeric_rule(cls, field)
-            rule = f"must be {allowed}" if allowed else first["msg"]
+            # A validator's own message as it wrote it (pydantic prefixes "Value error, " to msg).
+            rule = f"must be {allowed}" if allowed else str(first.get("ctx", {}).get("error") or first["msg"])
             separator = " " if allowed else ": "
             raise ValueError(f"{cls.env_name(field)}: {values.get(field)!r}{separator}{rule}") from None
