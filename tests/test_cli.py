@@ -242,6 +242,8 @@ def test_restore_request_namespace_defaults_to_the_kubernetes_platforms_and_must
     monkeypatch.setenv("TOYGRES_K8S_NAMESPACE", "pg-instances")
     monkeypatch.setenv("TOYGRES_K8S_INSTANCE_NAMESPACES", "team-a")
     monkeypatch.setenv("TOYGRES_K8S_JOB_IMAGES", f"15=acr.io/toygres-job@sha256:{'ab' * 32}")
+    # Public instances need source ranges on Kubernetes: this test is about namespaces only.
+    monkeypatch.setenv("TOYGRES_K8S_LOAD_BALANCER_SOURCE_RANGES", "203.0.113.0/24")
     assert run("request-restore", "--name", "one", "--dns-label", "one-db", "--image", str(image.id))[0] == 0
     assert (
         run(
