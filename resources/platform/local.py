@@ -277,7 +277,8 @@ class LocalPlatform(PlatformResource):
         handoff, nor the serve role's directory (its trust pg_hba.conf, its data directory) outlives
         this call; on success the data directory moves to the volume, owned by the service user."""
         handoff, serve_dir = job_dir / "handoff", job_dir / "serve"
-        password = self.read_instance_password(spec.instance).get_secret_value()
+        # the Secret file itself (byte-exact), read by root: the serve role never reads it
+        password = self._password_file(spec.instance).read_bytes().decode()
         serve_env = {
             "PATH": env["PATH"],
             "LANG": "C.UTF-8",

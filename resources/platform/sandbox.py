@@ -69,7 +69,7 @@ def sandbox_account() -> Iterator[pwd.struct_passwd]:
 
 # Run as root (bash) inside the new namespaces, before dropping to the account: each path to keep
 # is opened, fresh tmpfs mounted over each world-writable directory, each kept path bound back in
-# (from its open descriptor: its old path now leads into the tmpfs), then the command is exec'd.
+# (from its open descriptor: its old path now leads into the tmpfs), then the command runs.
 _PRIVATE_TMP_THEN_EXEC = """set -e
 keep=(); while [ "$1" != -- ]; do keep+=("$1"); shift; done; shift
 masked=(); while [ "$1" != -- ]; do masked+=("$1"); shift; done; shift
@@ -80,7 +80,11 @@ for i in "${!keep[@]}"; do
   mount --no-canonicalize --bind "/proc/self/fd/${fds[i]}" "${keep[i]}"
   eval "exec ${fds[i]}<&-"
 done
-exec "$@"
+# Not exec'd: this root shell stays the namespace's first process (its init, reaping orphans such as
+# the postmaster), so the script keeps ordinary signal handling; when the script ends, this shell
+# does, and the kernel ends every process left in the namespace.
+"$@" && status=0 || status=$?
+exit "$status"
 """
 
 
