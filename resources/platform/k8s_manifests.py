@@ -26,8 +26,17 @@ from typing import Any
 import yaml
 
 from records import DNS1123_LABEL, ImageType, InstanceRef, ValidationFailed, validate_azure_dns_label
-from resources.platform.base import AGE_IDENTITY_ENV, SCRIPTS_DIR, TEMPLATES_DIR, DeploySpec, JobKind, JobSpec
+from resources.platform.base import (
+    AGE_IDENTITY_ENV,
+    SCRIPTS_DIR,
+    TEMPLATES_DIR,
+    DeploySpec,
+    JobKind,
+    JobSpec,
+    RestoreRoles,
+)
 from resources.platform.k8s_images import ManifestError, check_pinned_image
+from resources.platform.k8s_pods import SERVE_CONTAINER
 from resources.platform.k8s_settings import ManifestSettings
 from resources.platform.tls import self_signed_certificate
 
@@ -398,10 +407,16 @@ def config_map_files(manifest: Manifest) -> dict[str, bytes]:
     return files
 
 
-def job_secret(spec: JobSpec, sas: str) -> Manifest:
+def job_secret(spec: JobSpec, sas: str | None, password_verifier: str | None = None) -> Manifest:
+    """The job's own Secret: its SAS (the fetch container's env) and, for a restore, the SCRAM
+    verifier of the instance's password (mounted into the serve container only)."""
     labels = {TOYGRES_JOB_LABEL: spec.name, TOYGRES_INSTANCE_LABEL: spec.instance.k8s_name}
     manifest = _meta(load_template("job-secret.yaml"), job_secret_name(spec.name), spec.instance.namespace, labels)
-    manifest["data"] = {SAS_KEY: _b64(sas.removeprefix("?"))}
+    manifest["data"] = {}
+    if sas is not None:
+        manifest["data"][SAS_KEY] = _b64(sas.removeprefix("?"))
+    if password_verifier is not None:
+        manifest["data"][VERIFIER_KEY] = _b64(password_verifier)
     return manifest
 
 
@@ -548,9 +563,69 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str,
             volume["persistentVolumeClaim"]["claimName"] = volume_name(spec.instance)
         elif volume["name"] == "scratch" and settings.scratch_size_limit:
             volume["emptyDir"] = {"sizeLimit": settings.scratch_size_limit}
-    if spec.kind is JobKind.restore and settings.age_identity_secret:
-        mount_age_identities(pod, settings.age_identity_secret)
+    if spec.kind is JobKind.restore:
+        _restore_roles(pod, spec, settings, container)
+        if settings.age_identity_secret:
+            mount_age_identities(pod, settings.age_identity_secret)
     return manifest
+
+
+RESTORE_HANDOFF_DIR = "restore-handoff"
+VERIFIER_KEY = "password-verifier"
+VERIFIER_MOUNT = "/var/run/toygres/verifier"
+
+
+def _restore_roles(pod: Manifest, spec: JobSpec, settings: ManifestSettings, fetch: Manifest) -> None:
+    """A restore pod's two containers (RestoreRoles): `job` runs the fetch role as its own user (in
+    the volume's group: it hands files over), `serve` runs the image's code as the server's user
+    with a scrubbed environment, no Secret but the password's verifier, no workload identity token."""
+    if settings.restore_fetch_user == settings.run_as_user:
+        raise ManifestError("restore_fetch_user: must differ from run_as_user (the user of the serve container)")
+    handoff = f"{settings.volume_mount_path.rstrip('/')}/{RESTORE_HANDOFF_DIR}"
+    fetch["securityContext"] |= {"runAsUser": settings.restore_fetch_user, "runAsGroup": settings.fs_group}
+    fetch["env"] = [e for e in fetch["env"] if e["name"] not in ("PGPASSWORD", "VOLUME_PATH", "POSTGRES_USER")]
+    fetch["env"].append(_env_value(RestoreRoles.handoff_env, handoff))
+    serve = next(c for c in pod["containers"] if c["name"] == SERVE_CONTAINER)
+    serve["image"] = fetch["image"]
+    serve["resources"] = fetch["resources"]
+    serve["securityContext"] |= {"runAsUser": settings.run_as_user, "runAsGroup": settings.run_as_group}
+    values = {
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "TOYGRES_JOB": spec.name,
+        "VOLUME_PATH": settings.volume_mount_path,
+        RestoreRoles.handoff_env: handoff,
+        RestoreRoles.password_verifier_env: f"{VERIFIER_MOUNT}/{VERIFIER_KEY}",
+        "POSTGRES_USER": spec.env.get("POSTGRES_USER", settings.superuser),
+        **RestoreRoles.serve_env_of(spec.env),
+        **({RestoreRoles.refuse_dangerous_env: "1"} if settings.refuse_dangerous_images else {}),
+    }
+    serve["env"] = [_env_value(name, value) for name, value in values.items()]
+    for mount in serve["volumeMounts"]:
+        if mount["name"] == "data":
+            mount["mountPath"] = settings.volume_mount_path
+    for volume in pod["volumes"]:
+        if volume["name"] == "password-verifier":
+            volume["secret"]["secretName"] = job_secret_name(spec.name)
+
+
+def restore_network_policy(namespace: str, settings: ManifestSettings) -> Manifest:
+    """Restore pods: no ingress; egress to DNS and to `restore_egress_cidrs` on 443 only (blob storage)."""
+    manifest = _meta(load_template("restore-network-policy.yaml"), RESTORE_NETWORK_POLICY, namespace, {})
+    egress = manifest["spec"]["egress"]
+    if settings.restore_egress_cidrs:
+        egress.append(
+            {
+                "to": [{"ipBlock": {"cidr": cidr}} for cidr in settings.restore_egress_cidrs],
+                "ports": [{"protocol": "TCP", "port": 443}],
+            }
+        )
+    return manifest
+
+
+RESTORE_NETWORK_POLICY = "toygres-restore-jobs"
 
 
 def mount_age_identities(pod: Manifest, secret_name: str) -> None:

@@ -42,17 +42,19 @@ from kubernetes.client import ApiException
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from records import Endpoints, ImageType, InstanceRef, JobResult, ValidationFailed, validate_dns_label
+from records.passwords import scram_sha256_verifier
 from resources.platform import k8s_manifests as m
 from resources.platform.base import (
     DeploySpec,
     JobFailed,
+    JobKind,
     JobSpec,
     LogSink,
     PlatformError,
     PlatformResource,
 )
 from resources.platform.k8s_pods import (
-    JOB_CONTAINER,
+    SERVE_CONTAINER,
     PodFollower,
     PodLogCollector,
     job_outcome,
@@ -301,14 +303,19 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         sink = PodLogCollector(log, self.log_tail_lines, secrets=[sas] if sas else [])
 
         self.ensure_scripts_config_map(namespace)
-        if sas is not None:
-            self._ensure_job_secret(spec, sas)
+        verifier = None
+        if spec.kind is JobKind.restore:
+            # The serve container gets the password's SCRAM verifier, never the password
+            verifier = scram_sha256_verifier(self.read_instance_password(spec.instance).get_secret_value())
+        has_secret = sas is not None or verifier is not None
+        if has_secret:
+            self._ensure_job_secret(spec, sas, verifier)
         job, created = self._create_or_adopt(
             "job", manifest, self._batch.create_namespaced_job, self._batch.read_namespaced_job
         )
         if not created:
             sink.note(f"job {name} already exists (an earlier attempt of this run): following it")
-        if sas is not None and job.metadata is not None and job.metadata.uid:
+        if has_secret and job.metadata is not None and job.metadata.uid:
             self._own_job_secret(spec, job.metadata.uid)
 
         finished = False
@@ -319,7 +326,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             if not finished:
                 # Timed out, or the run is being terminated: take the job (and its pod) down.
                 self._cleanup(lambda: self._delete("job", self._batch.delete_namespaced_job, name, namespace))
-            if sas is not None:
+            if has_secret:
                 self._cleanup(
                     lambda: self._delete(
                         "secret", self._core.delete_namespaced_secret, m.job_secret_name(name), namespace
@@ -337,12 +344,12 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         except Exception:  # noqa: BLE001
             logger.exception("cleanup failed")
 
-    def _ensure_job_secret(self, spec: JobSpec, sas: str) -> None:
-        body = m.job_secret(spec, sas)
+    def _ensure_job_secret(self, spec: JobSpec, sas: str | None, verifier: str | None = None) -> None:
+        body = m.job_secret(spec, sas, verifier)
         existing, created = self._create_or_adopt(
             "secret", body, self._core.create_namespaced_secret, self._core.read_namespaced_secret
         )
-        if not created and (existing.data or {}).get(m.SAS_KEY) != body["data"][m.SAS_KEY]:
+        if not created and (existing.data or {}) != body["data"]:
             self._core.patch_namespaced_secret(
                 body["metadata"]["name"],
                 spec.instance.namespace,
@@ -391,6 +398,10 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                     if pods:
                         sink.note(f"pod {pod_name} started (attempt {len(pods) + 1}; earlier attempts failed)")
                     pods[pod_name] = PodFollower(self._core, pod_name, namespace, sink, self._timeout()).start()
+                    if spec.kind is JobKind.restore:  # the serve role's log too
+                        pods[f"{pod_name}/{SERVE_CONTAINER}"] = PodFollower(
+                            self._core, pod_name, namespace, sink, self._timeout(), container=SERVE_CONTAINER
+                        ).start()
             sink.drain()
 
             outcome = job_outcome(status)
@@ -458,7 +469,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                     text = self._dagster.retrieve_pod_logs(
                         follower.pod,
                         namespace,
-                        container_name=JOB_CONTAINER,
+                        container_name=follower.container,
                         tail_lines=self.log_tail_lines,
                         _request_timeout=self._timeout(),
                     )
