@@ -25,10 +25,10 @@ from pydantic import SecretStr
 
 from records import InstanceRef
 from resources.platform.postgres_server import available_postgres_versions
-from tests.helpers import failure_text, materialize_image
+from tests.helpers import failure_text, materialize_image, run_logs
 from tests.test_drills import drill
 from tests.test_encryption import encrypting, new_identity, private_key
-from tests.test_restore import dsn_of, restore
+from tests.test_restore import dsn_of, platform_instances, restore
 from toygres_pipelines.dev.demo import provision_server, register_running
 from toygres_pipelines.drills import jobs as drill_jobs
 from toygres_pipelines.drills.counting import restored_counts
@@ -48,7 +48,9 @@ PROBE_SHELL = r"""
     echo "== readable $f"
     case "$f" in */pgdata/*|*.dump|*.log) ;; *) head -c 4096 "$f"; echo ;; esac
   done
-  if (exec 3<>/dev/tcp/127.0.0.1/{port} && echo "tenant-code-was-here" >&3) 2>/dev/null; then echo "== TCP CONNECTED"; fi
+  if (exec 3<>/dev/tcp/127.0.0.1/{port} && echo "tenant-code-was-here" >&3) 2>/dev/null; then
+    echo "== TCP CONNECTED"
+  fi
 }} 2>/dev/null | base64 -w0; echo
 """
 
@@ -199,12 +201,28 @@ def test_tenant_code_in_an_image_finds_no_secret_no_other_tenant_and_no_network(
     # A plain restore, and a selective one of the hostile database alone.
     for via, extra in (("restore", {}), ("selective restore", {"databases": ["hostile"]})):
         label = "plain-r" if not extra else "select-r"
-        result = restore(sealed, source_image_id=image.name, name=label, dns_label=label, **extra)
+        dagster = dg.DagsterInstance.ephemeral()
+        result = restore(sealed, source_image_id=image.name, name=label, dns_label=label, instance=dagster, **extra)
         assert result.success, failure_text(result)
+        # What the image's code does is surfaced, before it ran, in the log and the step's metadata.
+        [step] = [
+            e for e in result.all_node_events if e.step_key == "run_restore_job" and e.event_type_value == "STEP_OUTPUT"
+        ]
+        reported = step.event_specific_data.metadata["dangerous_content"].value
+        for finding in ("COPY ... PROGRAM in FUNCTION public.snoop", "index target_probe calls public.probe_index()"):
+            assert finding in reported and finding in run_logs(dagster, result.run_id)
         row = cms.get_instance(result.output_for_node("mark_instance_running").id)
         assert_found_nothing(
             loot_of(dsn_of(platform, row, HOSTILE_PASSWORD, "hostile")), listener, key, platform.state_dir, via
         )
+
+    # A deployment that refuses such images refuses it before the image's code ran, leaving nothing.
+    refusing = encrypting(resources, platform, (key, recipient), refuse_dangerous_images=True)
+    before = platform_instances(platform)
+    result = restore(refusing, source_image_id=image.name, name="refused-r", dns_label="refused-r")
+    assert not result.success and "refused: database hostile holds functions that run COPY" in failure_text(result)
+    assert platform_instances(platform) == before
+    assert not list((Path(platform.state_dir) / "jobs").glob("*/restore-refused-r*/serve"))
 
     # An upgrade restore (15 -> 16) where this machine has 16.
     if "16" in available_postgres_versions():
