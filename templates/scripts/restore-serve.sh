@@ -54,6 +54,10 @@ restore_progress() {
   log "$1: ${done:-0} of $3 archive items restored in ${elapsed}s"
 }
 
+# Nothing is created before the fetch role has checked the manifest and the identity.
+handed_over manifest
+mapfile -d '' -t entries <"$handoff/meta/databases"
+
 rm -rf "$pgdata"
 log "initdb in $pgdata (while the files download)"
 # initdb reads one line of its password file: it gets a throwaway password, replaced by the
@@ -84,9 +88,6 @@ globals_for_psql() {
     grep -v -E '^\\(un)?restrict [[:alnum:]]+$' "$1"
   fi
 }
-
-handed_over manifest
-mapfile -d '' -t entries <"$handoff/meta/databases"
 
 handed_over globals
 log "restoring roles"
