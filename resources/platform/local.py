@@ -322,17 +322,15 @@ class LocalPlatform(PlatformResource):
             os.chown(serve_dir / "password-verifier", uid, gid)
             (serve_dir / "password-verifier").chmod(0o400)
             jobs: list[_JobProcess] = []
+            tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
             try:
-                jobs.append(
-                    _JobProcess.start(
-                        as_service_user(["bash", str(job_dir / "scripts" / spec.script)], env), job_dir, log, job_log
-                    )
-                )
-                jobs.append(_JobProcess.start(serve_argv, job_dir, log, job_log))
+                fetch_argv = as_service_user(["bash", str(job_dir / "scripts" / spec.script)], env)
+                jobs.append(_JobProcess.start(fetch_argv, job_dir, log, job_log, tail))
+                jobs.append(_JobProcess.start(serve_argv, job_dir, log, job_log, tail))
                 returncode, reason = _wait_all(jobs, timeout, self.job_stop_grace_seconds)
                 if returncode == 0:
                     self._adopt_data_directory(serve_dir / "pgdata", spec.instance)
-                return returncode, reason, [line for job in jobs for line in job.tail]
+                return returncode, reason, list(tail)
             finally:
                 for job in jobs:
                     job.stop(self.job_stop_grace_seconds)
@@ -426,7 +424,10 @@ class _JobProcess:
         self.process, self.reader, self.tail = process, reader, tail
 
     @classmethod
-    def start(cls, argv: list[str], cwd: Path, log: LogSink, job_log) -> _JobProcess:
+    def start(
+        cls, argv: list[str], cwd: Path, log: LogSink, job_log, tail: collections.deque[str] | None = None
+    ) -> _JobProcess:
+        """`tail`: shared by a job's processes, so their last lines stay in the order they came."""
         process = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
@@ -436,7 +437,7 @@ class _JobProcess:
             start_new_session=True,
             stdin=subprocess.DEVNULL,
         )
-        tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        tail = tail if tail is not None else collections.deque(maxlen=LOG_TAIL_LINES)
         reader = threading.Thread(target=_pump_lines, args=(process, log, tail, job_log), daemon=True)
         reader.start()
         return cls(process, reader, tail)
@@ -449,22 +450,25 @@ class _JobProcess:
 
 def _wait_all(jobs: list[_JobProcess], timeout: float, grace_seconds: int) -> tuple[int, str | None]:
     """Wait for every process; the first to fail (or the timeout) stops the others. A terminated
-    run (any exception here) takes them all down."""
+    run (any exception here) takes them all down. The exit code reported is the first process's
+    (a restore's fetch role: its 3 means a checksum mismatch) when it failed too."""
     deadline = time.monotonic() + timeout
     try:
         while True:
             codes = [job.process.poll() for job in jobs]
-            failed = next((code for code in codes if code not in (None, 0)), None)
-            if failed is not None or all(code == 0 for code in codes):
+            if any(code not in (None, 0) for code in codes) or all(code == 0 for code in codes):
                 break
             if time.monotonic() >= deadline:
                 for job in jobs:
                     job.stop(grace_seconds)
                 return -1, f"timed out after {timeout:g}s"
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 next(job for job in jobs if job.process.poll() is None).process.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                pass
+        # One failed: the others notice (the fetch role's `failed` marker) and end on their own.
+        settle = time.monotonic() + min(5, grace_seconds)
+        while any(job.process.poll() is None for job in jobs) and time.monotonic() < settle:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                next(job for job in jobs if job.process.poll() is None).process.wait(timeout=0.2)
     except BaseException:
         for job in jobs:
             job.stop(grace_seconds)
@@ -473,6 +477,7 @@ def _wait_all(jobs: list[_JobProcess], timeout: float, grace_seconds: int) -> tu
         if job.process.poll() is None:
             job.stop(grace_seconds)
         job.reader.join(timeout=10)
+    failed = next((job.process.returncode for job in jobs if job.process.returncode != 0), None)
     return (0, None) if failed is None else (failed, f"exit code {failed}")
 
 
