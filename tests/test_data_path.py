@@ -351,12 +351,18 @@ def temporary_server(pgdata: str) -> tuple[int, str]:
     return postmaster, socket_dir
 
 
+def serve_pgdata(platform, spec, ref) -> str:
+    """Where the restore's serve role builds the data directory (the platform moves it to the volume)."""
+    return str(platform.job_dir(spec.name, ref.namespace) / "serve" / "pgdata")
+
+
 def script_running_pg_restore(platform, spec, ref) -> tuple[int, int]:
-    """Once the restore script runs `pg_restore --create`: (the script's pid, the job's process group)."""
-    script_path = str(platform.job_dir(spec.name, ref.namespace) / "scripts" / "restore.sh")
+    """Once the serve role runs `pg_restore --create`: (the serve script's pid, its process group)."""
+    script_path = str(platform.job_dir(spec.name, ref.namespace) / "scripts" / "restore-serve.sh")
     # The script's own shell: bash running it whose parent is not one of its subshells.
     script, job_group, _ = wait_for_process(
-        lambda pid, pgid, argv: argv == ["bash", script_path] and command_line(parent_of(pid)) != argv, "restore.sh"
+        lambda pid, pgid, argv: argv == ["bash", script_path] and command_line(parent_of(pid)) != argv,
+        "restore-serve.sh",
     )
     wait_for_process(
         lambda pid, pgid, argv: (
@@ -365,6 +371,19 @@ def script_running_pg_restore(platform, spec, ref) -> tuple[int, int]:
         "pg_restore --create",
     )
     return script, job_group
+
+
+def assert_nothing_of_the_job_left(platform, spec, ref, job_group: int) -> None:
+    """No process of the job, no handoff, no serve directory (its data directory), no trust
+    pg_hba.conf anywhere on disk, no data directory on the volume."""
+    job_dir = platform.job_dir(spec.name, ref.namespace)
+    assert not (job_dir / "serve").exists() and not (job_dir / "handoff").exists()
+    assert not (platform.volume_dir(ref) / "pgdata").exists()
+    assert [(p, argv) for p, pgid, argv in processes() if pgid == job_group and alive(p)] == []
+    trusting = subprocess.run(
+        ["grep", "-rlsx", "local all all trust", platform.state_dir, "/tmp", "/var/tmp"], capture_output=True, text=True
+    ).stdout.split()
+    assert [path for path in trusting if "toygres-restore." in path or spec.name in path] == []
 
 
 @pytest.mark.parametrize("target", ["process group", "script only"])
@@ -386,11 +405,11 @@ def test_sigterm_during_pg_restore_stops_the_temporary_server_and_removes_temp_d
     image = cms.find_image(f"{small_source.k8s_name}__sigterm-{target[:5]}")
     ref = InstanceRef(k8s_name=f"sigterm-{target.split()[0]}", namespace="default")
     spec = restore_spec(cms, blob, platform, image, ref)
-    pgdata = str(platform.volume_dir(ref) / "pgdata")
+    pgdata = serve_pgdata(platform, spec, ref)
     thread, outcome = run_in_thread(platform, spec)
     postmaster = None
     try:
-        postmaster, socket_dir = temporary_server(pgdata)
+        postmaster, _ = temporary_server(pgdata)
         # databases are restored in name order: postgres, then slow_restore
         script, job_group = script_running_pg_restore(platform, spec, ref)
         if target == "process group":
@@ -402,9 +421,45 @@ def test_sigterm_during_pg_restore_stops_the_temporary_server_and_removes_temp_d
         assert isinstance(outcome.get("error"), JobFailed), outcome
         # pg_ctl stop -w returns once postmaster.pid is gone; the process itself exits right after.
         assert wait_until(lambda: not alive(postmaster), timeout=30), ("the temporary server outlived its job", outcome)
-        assert not Path(socket_dir).exists()
-        assert not (platform.volume_dir(ref) / "restore-staging").exists()
-        assert [(p, argv) for p, pgid, argv in processes() if pgid == job_group and alive(p)] == []
+        assert_nothing_of_the_job_left(platform, spec, ref, job_group)
+    finally:
+        if postmaster is not None and alive(postmaster):
+            os.kill(postmaster, signal.SIGQUIT)  # what the old script left behind, so the session can end
+        thread.join(timeout=120)
+        platform.delete_instance(ref)
+
+
+@pytest.mark.parametrize("root", ["sandbox", "script"])
+def test_sigkill_of_a_restore_roots_leaves_no_temporary_server_and_no_files(
+    resources, cms, blob, platform, small_source, databases_named, root
+):
+    """Issue 19 item 9: SIGKILL runs no trap. The platform stops the other role, the kernel ends the
+    serve role's PID namespace with its first process, and the platform removes the job's files."""
+    databases_named(["slow_restore"])
+    source_ref = InstanceRef(k8s_name=small_source.k8s_name, namespace=small_source.namespace)
+    with connect_to_database(server_dsn(platform, source_ref), "slow_restore") as conn:
+        conn.execute("CREATE TABLE delay (seconds int)")
+        conn.execute("INSERT INTO delay VALUES (0)")
+        conn.execute("CREATE MATERIALIZED VIEW slow AS SELECT pg_sleep(seconds) IS NULL AS slept FROM delay")
+        conn.execute("UPDATE delay SET seconds = 3600")
+    assert materialize_image(resources, f"{small_source.k8s_name}__sigkill-{root}").success
+    image = cms.find_image(f"{small_source.k8s_name}__sigkill-{root}")
+    ref = InstanceRef(k8s_name=f"sigkill-{root}", namespace="default")
+    spec = restore_spec(cms, blob, platform, image, ref)
+    thread, outcome = run_in_thread(platform, spec)
+    postmaster = None
+    try:
+        postmaster, _ = temporary_server(serve_pgdata(platform, spec, ref))
+        serve_script, serve_group = script_running_pg_restore(platform, spec, ref)
+        # The root of the serve role's process tree (the sandbox: unshare), or its script (the
+        # first process of its PID namespace): what runs the temporary server.
+        os.kill(serve_group if root == "sandbox" else serve_script, signal.SIGKILL)
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "the job is still running after SIGKILL"
+        assert isinstance(outcome.get("error"), JobFailed), outcome
+        assert wait_until(lambda: not alive(postmaster), timeout=30), ("the temporary server outlived its job", outcome)
+        assert not alive(serve_script)
+        assert_nothing_of_the_job_left(platform, spec, ref, serve_group)
     finally:
         if postmaster is not None and alive(postmaster):
             os.kill(postmaster, signal.SIGQUIT)  # what the old script left behind, so the session can end
@@ -539,7 +594,7 @@ log "step done"
 def test_a_checksum_mismatch_found_after_a_database_was_restored_still_fails_with_3_and_leaves_no_data(
     resources, cms, blob, platform, source
 ):
-    """Restores overlap downloads: the last dump's damage shows only after the first database is in.
+    """Restores overlap downloads: the last dump's damage shows while the serve role is restoring.
     The job still exits 3 (the code no retry may follow) and removes the data directory it made."""
     assert materialize_image(resources, f"{source.k8s_name}__late-mismatch").success
     image = cms.find_image(f"{source.k8s_name}__late-mismatch")
@@ -559,7 +614,9 @@ def test_a_checksum_mismatch_found_after_a_database_was_restored_still_fails_wit
         assert failed.value.result.reason == "exit code 3"
         log = "\n".join(failed.value.result.log_tail)
         assert f"checksum mismatch: {last.path} has sha256" in log
-        assert f"pg_restore of database {manifest.files[-2].database} done" in log  # the overlap is real
+        # the overlap is real: the serve role was building the data directory while files downloaded
+        # (the fetch role checks each file as soon as it is down, so it may stop the serve role sooner)
+        assert "initdb in " in log
         assert not (platform.volume_dir(ref) / "pgdata").exists()
     finally:
         platform.delete_instance(ref)

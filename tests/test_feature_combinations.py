@@ -21,11 +21,12 @@ from tests.helpers import catalogued_image, failure_text, materialize_image, run
 from tests.test_cli_restore_options import run  # noqa: F401 - fixture
 from tests.test_data_path import (
     alive,
+    assert_nothing_of_the_job_left,
     connect_to_database,
-    processes,
     restore_spec,
     run_in_thread,
     script_running_pg_restore,
+    serve_pgdata,
     server_dsn,
     temporary_server,
     wait_until,
@@ -230,21 +231,18 @@ def test_sigterm_during_an_encrypted_parallel_overlapped_restore_leaves_nothing_
     image = cms.find_image(key)
     ref = InstanceRef(k8s_name="sigterm-sealed", namespace="default")
     spec = restore_spec(cms, blob, sealed, image, ref, RESTORE_JOBS="2")
-    pgdata = str(sealed.volume_dir(ref) / "pgdata")
+    pgdata = serve_pgdata(sealed, spec, ref)
     thread, outcome = run_in_thread(sealed, spec)
     postmaster = None
     try:
-        postmaster, socket_dir = temporary_server(pgdata)
+        postmaster, _ = temporary_server(pgdata)
         script, job_group = script_running_pg_restore(sealed, spec, ref)
         os.kill(script, signal.SIGTERM)
         thread.join(timeout=120)
         assert not thread.is_alive(), "the job is still running after SIGTERM"
         assert isinstance(outcome.get("error"), JobFailed), outcome
         assert wait_until(lambda: not alive(postmaster), timeout=30), ("the temporary server outlived its job", outcome)
-        assert not Path(socket_dir).exists()
-        assert not (sealed.volume_dir(ref) / "restore-staging").exists()
-        assert not (sealed.volume_dir(ref) / "pgdata").exists()
-        assert [(p, argv) for p, pgid, argv in processes() if pgid == job_group and alive(p)] == []
+        assert_nothing_of_the_job_left(sealed, spec, ref, job_group)
     finally:
         if postmaster is not None and alive(postmaster):
             os.kill(postmaster, signal.SIGQUIT)

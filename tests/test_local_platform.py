@@ -34,6 +34,7 @@ def test_job_directory_holds_the_template_scripts_byte_for_byte(tmp_path):
         "basebackup.sh",
         "common.sh",
         "restore-pitr.sh",
+        "restore-serve.sh",
         "restore.sh",
     ]
     for template in templates:
@@ -44,8 +45,10 @@ def test_job_directory_holds_the_template_scripts_byte_for_byte(tmp_path):
     assert (job_dir / "sas").read_text() == "sv=1&sig=secret"
     assert (job_dir / "sas").stat().st_mode & 0o777 == 0o600
     assert env["AZCOPY_SAS_FILE"] == str(job_dir / "sas")
-    assert env["POSTGRES_PASSWORD_FILE"].endswith("instances/default/x/secret/password")
-    assert env["VOLUME_PATH"].endswith("instances/default/x/volume")
+    # The restore's fetch role gets no password and no volume: the serve role builds the data
+    # directory from the handoff and the platform moves it to the volume.
+    assert "POSTGRES_PASSWORD_FILE" not in env and "PGPASSWORD" not in env and "VOLUME_PATH" not in env
+    assert env["RESTORE_HANDOFF"] == str(job_dir / "handoff")
 
 
 def test_initdb_refuses_a_password_it_would_cut_at_a_line_break(stack):

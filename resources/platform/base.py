@@ -100,6 +100,39 @@ DEFAULT_NAMESPACE = "default"
 AGE_IDENTITY_ENV = "AGE_IDENTITY_FILE"
 
 
+class RestoreRoles:
+    """The restore job's two roles (docs/security.md), declared once for both platforms.
+
+    fetch (`restore.sh`): holds the SAS and the age identity; downloads, hashes, verifies and
+      decrypts, and hands the plaintext over in RESTORE_HANDOFF (it writes, serve only reads).
+    serve (`restore-serve.sh`): runs the image's code (initdb, the temporary server, roles,
+      pg_restore, analyze, the clean stop) as another OS user / container, with a scrubbed
+      environment: exactly SERVE_ENV of the job's variables plus where things are, and the SCRAM
+      verifier of the instance password (PASSWORD_VERIFIER_ENV names its file), never the password.
+    """
+
+    fetch_script = "restore.sh"
+    serve_script = "restore-serve.sh"
+    handoff_env = "RESTORE_HANDOFF"
+    password_verifier_env = "POSTGRES_PASSWORD_VERIFIER_FILE"
+    refuse_dangerous_env = "RESTORE_REFUSE_DANGEROUS"
+    # The only JobSpec.env variables the serve role gets; everything else stays with fetch.
+    serve_env = frozenset(
+        {"POSTGRES_USER", "POSTGRES_VERSION", "RESTORE_JOBS", "RESTORE_DATABASES", "PROGRESS_SECONDS"}
+    )
+    # A finding of the serve role's archive scan, as logged ("dangerous content: database <name>: <what>").
+    finding_prefix = "dangerous content: "
+
+    @classmethod
+    def splits(cls, spec: JobSpec) -> bool:
+        """Whether a job runs as these two roles: a logical restore (restore.sh)."""
+        return spec.kind is JobKind.restore and spec.script == cls.fetch_script
+
+    @classmethod
+    def serve_env_of(cls, env: dict[str, str]) -> dict[str, str]:
+        return {name: value for name, value in env.items() if name in cls.serve_env}
+
+
 class PlatformResource(dg.ConfigurableResource, ABC):
     """What the ops ask of the place where instances run."""
 
@@ -110,6 +143,11 @@ class PlatformResource(dg.ConfigurableResource, ABC):
         default=None,
         description="age X25519 recipient (public key, age1...) every new image's files are encrypted to inside "
         "the backup job; None: images are stored unencrypted",
+    )
+    refuse_dangerous_images: bool = Field(
+        default=False,
+        description="Refuse to restore an image whose functions run COPY ... PROGRAM or are written in an "
+        "untrusted language (default: restore it and report what it holds in the run's metadata)",
     )
     age_identity_recipients: list[str] = Field(
         default=[],

@@ -33,9 +33,11 @@ from resources.platform.base import (
     DeploySpec,
     JobKind,
     JobSpec,
+    RestoreRoles,
     job_script_files,
 )
 from resources.platform.k8s_images import ManifestError, check_pinned_image
+from resources.platform.k8s_pods import SERVE_CONTAINER
 from resources.platform.k8s_settings import ManifestSettings
 from resources.platform.tls import server_certificate
 
@@ -431,8 +433,10 @@ def config_map_files(manifest: Manifest) -> dict[str, bytes]:
     return files
 
 
-def job_secret(spec: JobSpec, grant: str) -> Manifest:
-    """The job's blob grant as its own Secret (mounted by `job`, deleted with the Job)."""
+def job_secret(spec: JobSpec, grant: str, password_verifier: str | None = None) -> Manifest:
+    """The job's own Secret (deleted with the Job): its blob grant (mounted into the job container
+    only) and, for a restore, the SCRAM verifier of the instance's password (mounted into the
+    serve container only)."""
     if len(grant.encode()) > SECRET_MAX_BYTES:
         raise ManifestError(
             f"job {spec.name}: its blob grant takes {len(grant.encode())} bytes, more than one Secret holds"
@@ -441,6 +445,8 @@ def job_secret(spec: JobSpec, grant: str) -> Manifest:
     labels = {TOYGRES_JOB_LABEL: spec.name, TOYGRES_INSTANCE_LABEL: spec.instance.k8s_name}
     manifest = _meta(load_template("job-secret.yaml"), job_secret_name(spec.name), spec.instance.namespace, labels)
     manifest["data"] = {SAS_KEY: _b64(grant)}
+    if password_verifier is not None:
+        manifest["data"][VERIFIER_KEY] = _b64(password_verifier)
     return manifest
 
 
@@ -625,9 +631,72 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str)
         elif volume["name"] == "scratch" and settings.scratch_size_limit:
             volume["emptyDir"] = {"sizeLimit": settings.scratch_size_limit}
     mount_blob_grant(pod, job_secret_name(spec.name))
+    if RestoreRoles.splits(spec):
+        _restore_roles(pod, spec, settings, container)
+    elif spec.kind is JobKind.restore:  # a restore of another shape (restore-pitr.sh): one container
+        pod["containers"] = [c for c in pod["containers"] if c["name"] != SERVE_CONTAINER]
+        pod["volumes"] = [v for v in pod["volumes"] if v["name"] not in ("serve-tmp", "password-verifier")]
     if spec.kind is JobKind.restore and settings.age_identity_secret:
         mount_age_identities(pod, settings.age_identity_secret)
     return manifest
+
+
+RESTORE_HANDOFF_DIR = "restore-handoff"
+VERIFIER_KEY = "password-verifier"
+VERIFIER_MOUNT = "/var/run/toygres/verifier"
+
+
+def _restore_roles(pod: Manifest, spec: JobSpec, settings: ManifestSettings, fetch: Manifest) -> None:
+    """A restore pod's two containers (RestoreRoles): `job` runs the fetch role as its own user (in
+    the volume's group: it hands files over), `serve` runs the image's code as the server's user
+    with a scrubbed environment, no Secret but the password's verifier, no workload identity token."""
+    if settings.restore_fetch_user == settings.run_as_user:
+        raise ManifestError("restore_fetch_user: must differ from run_as_user (the user of the serve container)")
+    handoff = f"{settings.volume_mount_path.rstrip('/')}/{RESTORE_HANDOFF_DIR}"
+    fetch["securityContext"] |= {"runAsUser": settings.restore_fetch_user, "runAsGroup": settings.fs_group}
+    fetch["env"] = [e for e in fetch["env"] if e["name"] not in ("PGPASSWORD", "VOLUME_PATH", "POSTGRES_USER")]
+    fetch["env"].append(_env_value(RestoreRoles.handoff_env, handoff))
+    serve = next(c for c in pod["containers"] if c["name"] == SERVE_CONTAINER)
+    serve["image"] = fetch["image"]
+    serve["resources"] = fetch["resources"]
+    serve["securityContext"] |= {"runAsUser": settings.run_as_user, "runAsGroup": settings.run_as_group}
+    values = {
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "TOYGRES_JOB": spec.name,
+        "VOLUME_PATH": settings.volume_mount_path,
+        RestoreRoles.handoff_env: handoff,
+        RestoreRoles.password_verifier_env: f"{VERIFIER_MOUNT}/{VERIFIER_KEY}",
+        "POSTGRES_USER": spec.env.get("POSTGRES_USER", settings.superuser),
+        **RestoreRoles.serve_env_of(spec.env),
+        **({RestoreRoles.refuse_dangerous_env: "1"} if settings.refuse_dangerous_images else {}),
+    }
+    serve["env"] = [_env_value(name, value) for name, value in values.items()]
+    for mount in serve["volumeMounts"]:
+        if mount["name"] == "data":
+            mount["mountPath"] = settings.volume_mount_path
+    for volume in pod["volumes"]:
+        if volume["name"] == "password-verifier":
+            volume["secret"]["secretName"] = job_secret_name(spec.name)
+
+
+def restore_network_policy(namespace: str, settings: ManifestSettings) -> Manifest:
+    """Restore pods: no ingress; egress to DNS and to `restore_egress_cidrs` on 443 only (blob storage)."""
+    manifest = _meta(load_template("restore-network-policy.yaml"), RESTORE_NETWORK_POLICY, namespace, {})
+    egress = manifest["spec"]["egress"]
+    if settings.restore_egress_cidrs:
+        egress.append(
+            {
+                "to": [{"ipBlock": {"cidr": cidr}} for cidr in settings.restore_egress_cidrs],
+                "ports": [{"protocol": "TCP", "port": 443}],
+            }
+        )
+    return manifest
+
+
+RESTORE_NETWORK_POLICY = "toygres-restore-jobs"
 
 
 def mount_blob_grant(pod: Manifest, secret_name: str) -> None:

@@ -19,8 +19,10 @@ from records import LogSink
 
 logger = logging.getLogger(__name__)
 
-# The name of the job container in templates/{backup,restore}-job.yaml.
+# The name of the job container in templates/{backup,restore}-job.yaml (a restore's fetch role),
+# and of a restore's serve role's container (base.RestoreRoles).
 JOB_CONTAINER = "job"
+SERVE_CONTAINER = "serve"
 
 
 def job_outcome(status) -> tuple[bool, str] | None:
@@ -118,9 +120,16 @@ class PodFollower:
     """Streams one pod's log (follow=True) into the sink on a daemon thread."""
 
     def __init__(
-        self, core: kubernetes.client.CoreV1Api, pod: str, namespace: str, sink: PodLogCollector, timeout: float
+        self,
+        core: kubernetes.client.CoreV1Api,
+        pod: str,
+        namespace: str,
+        sink: PodLogCollector,
+        timeout: float,
+        container: str = JOB_CONTAINER,
     ):
         self.core, self.pod, self.namespace, self.sink, self.timeout = core, pod, namespace, sink, timeout
+        self.container = container
         self.lines = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"log-{pod}", daemon=True)
@@ -141,7 +150,7 @@ class PodFollower:
             response = self.core.read_namespaced_pod_log(
                 self.pod,
                 self.namespace,
-                container=JOB_CONTAINER,
+                container=self.container,
                 follow=True,
                 _preload_content=False,
                 _request_timeout=(self.timeout, None),

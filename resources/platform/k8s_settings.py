@@ -87,6 +87,19 @@ class ManifestSettings(BaseModel):
     run_as_user: int = Field(default=999, description="UID of server and job containers (the postgres images' user)")
     run_as_group: int = Field(default=999, description="GID of server and job containers")
     fs_group: int = Field(default=999, description="fsGroup of the pods (volume and secret files)")
+    restore_fetch_user: int = Field(
+        default=1001,
+        description="UID of a restore's fetch container (the SAS, the age identity); never run_as_user, which runs "
+        "its serve container (the image's code)",
+    )
+    restore_egress_cidrs: list[str] = Field(
+        default=[],
+        description="Where restore pods may connect besides DNS (TCP 443): blob storage's addresses, e.g. the storage "
+        "account's private endpoint subnet. NetworkPolicy has no FQDNs; empty: DNS only (azcopy then fails)",
+    )
+    refuse_dangerous_images: bool = Field(
+        default=False, description="Refuse images whose functions run COPY ... PROGRAM or use an untrusted language"
+    )
     job_cpu_request: str | None = Field(default="250m", description="CPU request of job containers")
     job_memory_request: str | None = Field(default="512Mi", description="Memory request of job containers")
     job_cpu_limit: str | None = Field(default=None, description="CPU limit of job containers (None: none)")

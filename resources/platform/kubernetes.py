@@ -42,6 +42,7 @@ from kubernetes.client import ApiException
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from records import Endpoints, ImageType, InstanceRef, JobResult, ValidationFailed, validate_dns_label
+from records.passwords import scram_sha256_verifier
 from resources.blob_sas import grant_secrets
 from resources.platform import k8s_manifests as m
 from resources.platform.base import (
@@ -51,9 +52,10 @@ from resources.platform.base import (
     LogSink,
     PlatformError,
     PlatformResource,
+    RestoreRoles,
 )
 from resources.platform.k8s_pods import (
-    JOB_CONTAINER,
+    SERVE_CONTAINER,
     PodFollower,
     PodLogCollector,
     job_outcome,
@@ -304,7 +306,13 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         try:
             scripts_name = m.scripts_config_map(namespace)["metadata"]["name"]
             manifest = m.job(spec, self.settings(), scripts_name)
-            secret = m.job_secret(spec, grant)
+            # The serve container gets the password's SCRAM verifier, never the password
+            verifier = (
+                scram_sha256_verifier(self.read_instance_password(spec.instance).get_secret_value())
+                if RestoreRoles.splits(spec)
+                else None
+            )
+            secret = m.job_secret(spec, grant, verifier)
         except m.ManifestError as error:
             raise PlatformError(str(error)) from error
         sink = PodLogCollector(log, self.log_tail_lines, secrets=grant_secrets(spec.blob_sas))
@@ -346,7 +354,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
         existing, created = self._create_or_adopt(
             "secret", body, self._core.create_namespaced_secret, self._core.read_namespaced_secret
         )
-        if not created and (existing.data or {}).get(m.SAS_KEY) != body["data"][m.SAS_KEY]:
+        if not created and (existing.data or {}) != body["data"]:
             self._core.patch_namespaced_secret(
                 body["metadata"]["name"],
                 spec.instance.namespace,
@@ -395,6 +403,10 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                     if pods:
                         sink.note(f"pod {pod_name} started (attempt {len(pods) + 1}; earlier attempts failed)")
                     pods[pod_name] = PodFollower(self._core, pod_name, namespace, sink, self._timeout()).start()
+                    if RestoreRoles.splits(spec):  # the serve role's log too
+                        pods[f"{pod_name}/{SERVE_CONTAINER}"] = PodFollower(
+                            self._core, pod_name, namespace, sink, self._timeout(), container=SERVE_CONTAINER
+                        ).start()
             sink.drain()
 
             outcome = job_outcome(status)
@@ -462,7 +474,7 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
                     text = self._dagster.retrieve_pod_logs(
                         follower.pod,
                         namespace,
-                        container_name=JOB_CONTAINER,
+                        container_name=follower.container,
                         tail_lines=self.log_tail_lines,
                         _request_timeout=self._timeout(),
                     )

@@ -7,11 +7,18 @@ It is a faithful stand-in for Kubernetes: the same scripts, the same environment
     <state_dir>/instances/<namespace>/<k8s_name>/{secret/password, volume/pgdata, config/pg_hba.conf, run/, server.json}
     <state_dir>/jobs/<namespace>/<job name>/{scripts/, tmp/, home/, sas, job.log}
     <state_dir>/archivers/<namespace>/<k8s_name>/{config.json, sas, pgpass, spool/, archiver.log, pid}
+        a restore also: handoff/ (the fetch role writes, the serve role reads), serve/ (the serve
+        role's own directory: its data directory until the platform moves it to the volume)
+
+A restore runs its two roles (base.RestoreRoles) as two process trees: fetch as the service user,
+serve as a sandbox account in its own namespaces (sandbox.py). Root is required for that; a
+non-root developer's restore is refused unless `allow_unsandboxed_restores` is set.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
 import shutil
@@ -25,6 +32,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from records import Endpoints, InstanceRef, JobResult, ValidationFailed
 from records.encryption import refuse_pasted_identity
+from records.passwords import scram_sha256_verifier
 from resources.platform import local_archivers
 from resources.platform.base import (
     AGE_IDENTITY_ENV,
@@ -35,6 +43,7 @@ from resources.platform.base import (
     LogSink,
     PlatformError,
     PlatformResource,
+    RestoreRoles,
     WalArchiverSpec,
     job_script_files,
 )
@@ -47,8 +56,11 @@ from resources.platform.postgres_server import (
     free_port,
     give_to_service_user,
     postgres_bindir,
+    run_as_user,
+    run_checked,
     write_private_file,
 )
+from resources.platform.sandbox import SandboxUnavailable, sandbox_account, sandboxed
 
 PG_HBA = """# written by toygres: passwords (scram-sha-256) for everyone, nothing trusted
 local all all scram-sha-256
@@ -95,6 +107,11 @@ class LocalPlatform(PlatformResource):
         description="max_slot_wal_keep_size of every instance: WAL its archiver's slot may hold back while the "
         "archiver is down; past it the server drops that WAL (the archive reports the gap) instead of filling "
         "the tenant's disk",
+    )
+    allow_unsandboxed_restores: bool = Field(
+        default=False,
+        description="Not root (no sandbox accounts, no namespaces): run a restore's serve role as this user, "
+        "with the image's code able to reach everything this user can. For a developer's own images only",
     )
 
     @model_validator(mode="after")
@@ -208,16 +225,24 @@ class LocalPlatform(PlatformResource):
             "AZCOPY_LOG_LOCATION": str(job_dir / "home" / "azcopy-logs"),
             "AZCOPY_JOB_PLAN_LOCATION": str(job_dir / "home" / "azcopy-plans"),
             "TOYGRES_JOB": spec.name,
-            "POSTGRES_PASSWORD_FILE": str(self._password_file(spec.instance)),
             **spec.env,
         }
         if spec.kind is JobKind.backup:
+            env["POSTGRES_PASSWORD_FILE"] = str(self._password_file(spec.instance))
             record = self.server_record(spec.instance)
             if record is None:
                 raise PlatformError(f"instance {spec.instance.k8s_name} is not deployed on this platform")
             env |= {"PGHOST": "127.0.0.1", "PGPORT": str(record.port), "PGUSER": spec.env.get("PGUSER", self.superuser)}
-        else:
-            env |= {"VOLUME_PATH": str(self.volume_dir(spec.instance)), "POSTGRES_USER": self.superuser}
+        elif RestoreRoles.splits(spec):
+            env |= {RestoreRoles.handoff_env: str(job_dir / "handoff")}
+            if self.age_identity_file:
+                env[AGE_IDENTITY_ENV] = str(self._private_identity_copy(job_dir))
+        else:  # a restore of another shape (restore-pitr.sh) builds the volume itself, in one role
+            env |= {
+                "VOLUME_PATH": str(self.volume_dir(spec.instance)),
+                "POSTGRES_USER": self.superuser,
+                "POSTGRES_PASSWORD_FILE": str(self._password_file(spec.instance)),
+            }
             if self.age_identity_file:
                 env[AGE_IDENTITY_ENV] = str(self._private_identity_copy(job_dir))
         if spec.blob_sas is not None:
@@ -242,9 +267,11 @@ class LocalPlatform(PlatformResource):
         give_to_service_user(self._root, mode=0o711)
         for part in (self._root / "jobs", job_dir.parent):
             give_to_service_user(part, mode=0o711)
-        give_to_service_user(job_dir)
-        for sub in ("scripts", "tmp", "home"):
+        # 0711: a restore's serve role reaches its own directory and the scripts, nothing else here
+        give_to_service_user(job_dir, mode=0o711)
+        for sub in ("tmp", "home"):
             give_to_service_user(job_dir / sub)
+        give_to_service_user(job_dir / "scripts", mode=0o755)
         for script in job_script_files():
             shutil.copyfile(script, job_dir / "scripts" / script.name)
             (job_dir / "scripts" / script.name).chmod(0o755)
@@ -255,36 +282,100 @@ class LocalPlatform(PlatformResource):
             raise PlatformError(f"job {spec.name} has no blob grant: a job reaches blob storage through its grant only")
         job_dir = self._fresh_job_dir(spec)
         env = self._job_env(spec, job_dir)
-        argv = as_service_user(["bash", str(job_dir / "scripts" / spec.script)], env)
-        tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         timeout = min(spec.timeout_seconds, self.job_timeout_seconds)
         with open(job_dir / "job.log", "w") as job_log:
-            process = subprocess.Popen(
-                argv,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                cwd=job_dir,
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-            )
-            reader = threading.Thread(target=_pump_lines, args=(process, log, tail, job_log), daemon=True)
-            reader.start()
-            try:
-                returncode = process.wait(timeout=timeout)
-                reason = None if returncode == 0 else f"exit code {returncode}"
-            except subprocess.TimeoutExpired:
-                _kill_group(process, self.job_stop_grace_seconds)
-                returncode, reason = -1, f"timed out after {timeout}s"
-            except BaseException:
-                # The run is being terminated: take the job down with it.
-                _kill_group(process, self.job_stop_grace_seconds)
-                raise
-            reader.join(timeout=10)
+            if RestoreRoles.splits(spec):
+                returncode, reason, tail = self._run_restore(spec, job_dir, env, log, job_log, timeout)
+            else:
+                argv = as_service_user(["bash", str(job_dir / "scripts" / spec.script)], env)
+                job = _JobProcess.start(argv, job_dir, log, job_log)
+                try:
+                    returncode, reason = _wait_all([job], timeout, self.job_stop_grace_seconds)
+                finally:
+                    job.stop(self.job_stop_grace_seconds)
+                tail = list(job.tail)
         result = JobResult(name=spec.name, succeeded=returncode == 0, log_tail=list(tail), reason=reason)
         if not result.succeeded:
             raise JobFailed(result)
         return result
+
+    def _run_restore(
+        self, spec: JobSpec, job_dir: Path, env: dict[str, str], log: LogSink, job_log, timeout: int
+    ) -> tuple[int, str | None, list[str]]:
+        """The fetch role as the service user, the serve role sandboxed; both or neither succeed.
+        Whatever happens (a failure, a kill, a terminated run), neither process tree, nor the
+        handoff, nor the serve role's directory (its trust pg_hba.conf, its data directory) outlives
+        this call; on success the data directory moves to the volume, owned by the service user."""
+        handoff, serve_dir = job_dir / "handoff", job_dir / "serve"
+        # the Secret file itself (byte-exact), read by root: the serve role never reads it
+        password = self._password_file(spec.instance).read_bytes().decode()
+        serve_env = {
+            "PATH": env["PATH"],
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": str(serve_dir),
+            "TMPDIR": "/tmp",
+            "TOYGRES_JOB": spec.name,
+            "VOLUME_PATH": str(serve_dir),
+            RestoreRoles.handoff_env: str(handoff),
+            RestoreRoles.password_verifier_env: str(serve_dir / "password-verifier"),
+            "POSTGRES_USER": self.superuser,
+            **RestoreRoles.serve_env_of(spec.env),
+            **({RestoreRoles.refuse_dangerous_env: "1"} if self.refuse_dangerous_images else {}),
+        }
+        serve_script = ["bash", str(job_dir / "scripts" / RestoreRoles.serve_script)]
+        with contextlib.ExitStack() as stack:
+            if run_as_user() is not None:
+                try:
+                    account = stack.enter_context(sandbox_account())
+                except SandboxUnavailable as error:
+                    raise PlatformError(f"restore {spec.name}: {error}") from None
+                uid, gid = account.pw_uid, account.pw_gid
+                tools = postgres_bindir(spec.env.get("POSTGRES_VERSION"))
+                # the binaries' installation (a copy of the wheel's may live in /var/tmp)
+                serve_argv = sandboxed(account, serve_script, serve_env, keep=[job_dir, tools.parents[2]])
+            elif self.allow_unsandboxed_restores:
+                uid, gid = os.getuid(), os.getgid()
+                serve_argv = as_service_user(serve_script, serve_env)
+            else:
+                raise PlatformError(
+                    "restores run the image's code in a sandbox (its own OS user and network namespace), which "
+                    "needs root; this process is not root (allow_unsandboxed_restores: for a developer's own images)"
+                )
+            for directory in (handoff, handoff / "data", handoff / "ready"):
+                give_to_service_user(directory, mode=0o750)
+                os.chown(directory, -1, gid)
+                directory.chmod(0o2750)  # what the fetch role creates here belongs to the serve role's group
+            serve_dir.mkdir(mode=0o700)
+            os.chown(serve_dir, uid, gid)
+            write_private_file(serve_dir / "password-verifier", scram_sha256_verifier(password), for_service_user=False)
+            os.chown(serve_dir / "password-verifier", uid, gid)
+            (serve_dir / "password-verifier").chmod(0o400)
+            jobs: list[_JobProcess] = []
+            tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+            try:
+                fetch_argv = as_service_user(["bash", str(job_dir / "scripts" / spec.script)], env)
+                jobs.append(_JobProcess.start(fetch_argv, job_dir, log, job_log, tail))
+                jobs.append(_JobProcess.start(serve_argv, job_dir, log, job_log, tail))
+                returncode, reason = _wait_all(jobs, timeout, self.job_stop_grace_seconds)
+                if returncode == 0:
+                    self._adopt_data_directory(serve_dir / "pgdata", spec.instance)
+                return returncode, reason, list(tail)
+            finally:
+                for job in jobs:
+                    job.stop(self.job_stop_grace_seconds)
+                shutil.rmtree(serve_dir, ignore_errors=True)
+                shutil.rmtree(handoff, ignore_errors=True)
+        raise AssertionError("unreachable")
+
+    def _adopt_data_directory(self, built: Path, instance: InstanceRef) -> None:
+        """The serve role's data directory, owned by the service user, becomes the volume's."""
+        user = run_as_user()
+        if user is not None:
+            run_checked(["chown", "-R", "--no-dereference", f"{user}:", str(built)], timeout=3600)
+        target = self.volume_dir(instance) / "pgdata"
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(built, target)
 
     def delete_job(self, name: str, namespace: str) -> None:
         shutil.rmtree(self.job_dir(name, namespace), ignore_errors=True)
@@ -392,6 +483,70 @@ class LocalPlatform(PlatformResource):
         local_archivers.forget(self._root / "archivers", instance)
 
 
+class _JobProcess:
+    """One process tree of a job (its own process group), its output pumped into the log."""
+
+    def __init__(self, process: subprocess.Popen, reader: threading.Thread, tail: collections.deque[str]):
+        self.process, self.reader, self.tail = process, reader, tail
+
+    @classmethod
+    def start(
+        cls, argv: list[str], cwd: Path, log: LogSink, job_log, tail: collections.deque[str] | None = None
+    ) -> _JobProcess:
+        """`tail`: shared by a job's processes, so their last lines stay in the order they came."""
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
+        tail = tail if tail is not None else collections.deque(maxlen=LOG_TAIL_LINES)
+        reader = threading.Thread(target=_pump_lines, args=(process, log, tail, job_log), daemon=True)
+        reader.start()
+        return cls(process, reader, tail)
+
+    def stop(self, grace_seconds: int) -> None:
+        """SIGTERM (then SIGKILL) to whatever is left of its process group; the reader drained."""
+        _kill_group(self.process, grace_seconds)
+        self.reader.join(timeout=10)
+
+
+def _wait_all(jobs: list[_JobProcess], timeout: float, grace_seconds: int) -> tuple[int, str | None]:
+    """Wait for every process; the first to fail (or the timeout) stops the others. A terminated
+    run (any exception here) takes them all down. The exit code reported is the first process's
+    (a restore's fetch role: its 3 means a checksum mismatch) when it failed too."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            codes = [job.process.poll() for job in jobs]
+            if any(code not in (None, 0) for code in codes) or all(code == 0 for code in codes):
+                break
+            if time.monotonic() >= deadline:
+                for job in jobs:
+                    job.stop(grace_seconds)
+                return -1, f"timed out after {timeout:g}s"
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                next(job for job in jobs if job.process.poll() is None).process.wait(timeout=0.2)
+        # One failed: the others notice (the fetch role's `failed` marker) and end on their own.
+        settle = time.monotonic() + min(5, grace_seconds)
+        while any(job.process.poll() is None for job in jobs) and time.monotonic() < settle:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                next(job for job in jobs if job.process.poll() is None).process.wait(timeout=0.2)
+    except BaseException:
+        for job in jobs:
+            job.stop(grace_seconds)
+        raise
+    for job in jobs:
+        if job.process.poll() is None:
+            job.stop(grace_seconds)
+        job.reader.join(timeout=10)
+    failed = next((job.process.returncode for job in jobs if job.process.returncode != 0), None)
+    return (0, None) if failed is None else (failed, f"exit code {failed}")
+
+
 def _pump_lines(process: subprocess.Popen, log: LogSink, tail: collections.deque, job_log) -> None:
     assert process.stdout is not None
     for line in process.stdout:
@@ -406,14 +561,24 @@ def _pump_lines(process: subprocess.Popen, log: LogSink, tail: collections.deque
 
 
 def _kill_group(process: subprocess.Popen, grace_seconds: int) -> None:
-    """SIGTERM first: the job's own traps stop its temporary server and remove its directories."""
+    """SIGTERM first: the job's own traps stop its temporary server and remove its directories.
+    A group whose leader was killed may still hold processes: they are stopped all the same."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
     except ProcessLookupError:
-        pass
+        process.poll()
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        process.poll()
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
     # Give the reader a moment to drain what the job printed last.
     time.sleep(0.1)

@@ -36,7 +36,7 @@ def render(platform: KubernetesPlatform, kind: JobKind, instance, sas: str | Non
 def test_the_restore_job_mounts_the_identity_secret_read_only(instance):
     job = render(ENCRYPTING, JobKind.restore, instance, SAS)
     pod = job["spec"]["template"]["spec"]
-    [volume] = [v for v in pod["volumes"] if "secret" in v and v["name"] != "blob-grant"]
+    [volume] = [v for v in pod["volumes"] if "secret" in v and v["name"] not in ("blob-grant", "password-verifier")]
     assert volume["secret"]["secretName"] == "toygres-age-identities"
     assert volume["secret"]["items"] == [{"key": "identities", "path": "identities"}]
     assert volume["secret"]["defaultMode"] == 0o440  # the job's group (fsGroup) reads it, nobody writes it
@@ -59,7 +59,11 @@ def test_the_backup_job_never_sees_the_identity_secret(instance):
 def test_without_an_identity_secret_the_restore_job_mounts_none():
     job = render(KubernetesPlatform(job_images=JOB_IMAGES), JobKind.restore, INSTANCES[0])
     assert "AGE_IDENTITY_FILE" not in json.dumps(job)
-    assert not [v for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v and v["name"] != "blob-grant"]
+    assert not [
+        v
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v and v["name"] not in ("blob-grant", "password-verifier")
+    ]
 
 
 def test_encryption_settings_come_from_the_environment(monkeypatch):

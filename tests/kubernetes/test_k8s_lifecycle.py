@@ -147,21 +147,27 @@ def test_the_jobs_scripts_in_the_cluster_are_byte_identical_to_the_local_ones(cl
 
 
 def test_restore_with_sas_uses_a_per_job_secret_and_never_shows_it(cluster, platform):
+    platform.ensure_instance_secret(TARGET, SecretStr(PASSWORD))  # its verifier goes to the serve container
     lines: list[str] = []
     spec = restore_spec(blob_sas=SecretStr(SAS))
     log = f"downloading https://acct.blob.core.windows.net/images/nightly/manifest.json?{TOKEN}\nrestore complete\n"
     with job_controller(cluster, spec.name, [PodScript(log=log)]):
         platform.run_job(spec, lines.append)
 
-    assert [plural for plural, _ in cluster.creations() if plural != "pods"] == ["configmaps", "secrets", "jobs"]
+    assert [plural for plural, _ in cluster.creations() if plural != "pods"] == [
+        "secrets",  # the instance's (made by this test)
+        "configmaps",
+        "secrets",
+        "jobs",
+    ]
     env = job_env(cluster, spec.name)
     assert "AZCOPY_SAS" not in env and env["AZCOPY_SAS_FILE"]["value"] == "/var/run/toygres/blob/sas"
     pod = cluster.get("jobs", NS, spec.name)["spec"]["template"]
     assert "azure.workload.identity/use" not in pod["metadata"]["labels"], "a restore pod needs no workload identity"
     grant = next(v for v in pod["spec"]["volumes"] if v["name"] == "blob-grant")
     assert grant["secret"]["secretName"] == f"{spec.name}-sas"
-    assert env["VOLUME_PATH"]["value"] == platform.volume_mount_path
-    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == f"{TARGET.k8s_name}-secret"
+    assert env["RESTORE_HANDOFF"]["value"] == f"{platform.volume_mount_path}/restore-handoff"
+    assert "PGPASSWORD" not in env  # the fetch role holds no password
     # The SAS travelled only inside the Secret (base64), never in plain text, and not in the log.
     assert SIGNATURE not in all_request_text(cluster)
     assert any("REDACTED" in line for line in lines)
@@ -222,6 +228,7 @@ def test_timeout_deletes_the_job(cluster, platform):
 
 def test_a_checksum_failure_fails_the_job_without_retries(cluster, platform):
     """Exit 3 (checksum mismatch) matches the Job's podFailurePolicy: one pod, no backoff retries."""
+    platform.ensure_instance_secret(TARGET, SecretStr(PASSWORD))  # its verifier goes to the serve container
     spec = restore_spec()
     attempts = [PodScript(log="ERROR: checksum mismatch\n", exit_code=3)] * (platform.backoff_limit + 1)
     with job_controller(cluster, spec.name, attempts, backoff_gap_seconds=0.05) as controller:
@@ -245,6 +252,7 @@ def test_a_pod_that_never_starts_fails_with_the_scheduler_reason(cluster, platfo
 
 
 def test_a_rerun_adopts_the_existing_objects(cluster, platform):
+    platform.ensure_instance_secret(TARGET, SecretStr(PASSWORD))  # its verifier goes to the serve container
     spec = restore_spec(blob_sas=SecretStr(SAS))
     with job_controller(cluster, spec.name, [PodScript(log="restore complete\n")]):
         platform.run_job(spec, lambda line: None)
@@ -326,7 +334,7 @@ def test_restore_flow_deploys_waits_and_reports_endpoints(cluster, platform):
         ("secrets", f"{TARGET.k8s_name}-secret"),
         ("persistentvolumeclaims", f"{TARGET.k8s_name}-data"),
         ("configmaps", m.scripts_config_map(NS)["metadata"]["name"]),
-        ("secrets", f"{spec.name}-sas"),
+        ("secrets", f"{spec.name}-sas"),  # the job's Secret: its grant and the password's verifier
         ("jobs", spec.name),
         *[
             ("secrets", f"{TARGET.k8s_name}-tls"),

@@ -295,7 +295,13 @@ def test_job_manifest(instance, kind, platform):
     literals = {k: e["value"] for k, e in env.items() if "value" in e}
     for key, value in spec.env.items():
         assert literals[key] == value
-    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{instance.k8s_name}-secret", "key": "password"}
+    if kind is JobKind.backup:
+        assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": f"{instance.k8s_name}-secret",
+            "key": "password",
+        }
+    else:  # a restore's fetch role needs no password; its serve role gets only the verifier
+        assert "PGPASSWORD" not in env
     # the grant: its Secret mounted read-only as the file AZCOPY_SAS_FILE names, never an env variable
     assert not {"AZCOPY_SAS", "AZCOPY_AUTO_LOGIN_TYPE"} & set(env)
     assert volumes["blob-grant"]["secret"] == {
@@ -317,14 +323,88 @@ def test_job_manifest(instance, kind, platform):
         assert "data" not in volumes
     else:
         data_mount = next(v for v in container["volumeMounts"] if v["name"] == "data")
-        assert literals["VOLUME_PATH"] == data_mount["mountPath"] == platform.volume_mount_path
+        assert data_mount["mountPath"] == platform.volume_mount_path
+        assert literals["RESTORE_HANDOFF"] == f"{platform.volume_mount_path}/restore-handoff"
         assert volumes["data"]["persistentVolumeClaim"]["claimName"] == f"{instance.k8s_name}-data"
-        # restore.sh puts PGDATA at $VOLUME_PATH/pgdata: the StatefulSet must agree.
+        serve = next(c for c in pod["containers"] if c["name"] == "serve")
+        serve_env = {e["name"]: e["value"] for e in serve["env"]}  # literals only: no secretKeyRef at all
+        # restore-serve.sh puts PGDATA at $VOLUME_PATH/pgdata: the StatefulSet must agree.
         sts = m.statefulset(
             DeploySpec(instance=instance, postgres_version="17", storage_size_gb=1, dns_label="x"), platform.settings()
         )
         sts_env = {e["name"]: e.get("value") for e in pod_env(sts)}
-        assert sts_env["PGDATA"] == f"{literals['VOLUME_PATH']}/pgdata"
+        assert sts_env["PGDATA"] == f"{serve_env['VOLUME_PATH']}/pgdata"
+
+
+def test_a_restore_pod_splits_fetch_and_serve_and_only_fetch_holds_credentials():
+    """Issue 25: separate containers and users; the blob grant and the identity Secret in the fetch
+    container only; the serve container (the image's code) gets no token, no Secret but the
+    password's verifier, and sees no other process."""
+    platform = KubernetesPlatform(job_images=JOB_IMAGES, age_identity_secret="toygres-age-identities")
+    spec = job_spec(JobKind.restore, INSTANCES[0])
+    job = m.job(spec, platform.settings(), "scripts")
+    validate(job)
+    template = job["spec"]["template"]
+    pod = template["spec"]
+    assert pod["shareProcessNamespace"] is False
+    assert template["metadata"]["annotations"]["azure.workload.identity/skip-containers"] == "serve"
+    fetch, serve = (next(c for c in pod["containers"] if c["name"] == name) for name in ("job", "serve"))
+    assert fetch["command"] == ["bash", "/scripts/restore.sh"]
+    assert serve["command"] == ["bash", "/scripts/restore-serve.sh"]
+    assert fetch["securityContext"]["runAsUser"] != serve["securityContext"]["runAsUser"] == platform.run_as_user
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def secrets_mounted(container) -> set[tuple[str, str]]:
+        return {
+            (volumes[mount["name"]]["secret"]["secretName"], item["key"])
+            for mount in container["volumeMounts"]
+            if "secret" in volumes[mount["name"]]
+            for item in volumes[mount["name"]]["secret"]["items"]
+        }
+
+    def secret_refs(container) -> set[tuple[str, str]]:
+        return {
+            (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for e in container["env"]
+            if "valueFrom" in e
+        }
+
+    assert secrets_mounted(fetch) == {("toygres-age-identities", "identities"), (f"{spec.name}-sas", "sas")}
+    assert secret_refs(fetch) == set()
+    assert secrets_mounted(serve) == {(f"{spec.name}-sas", "password-verifier")}
+    assert secret_refs(serve) == set()
+    serve_env = {e["name"] for e in serve["env"]}
+    for name in (
+        "PGPASSWORD",
+        "POSTGRES_PASSWORD_FILE",
+        "AZCOPY_SAS",
+        "AZCOPY_SAS_FILE",
+        "AGE_IDENTITY_FILE",
+        "BLOB_URL",
+    ):
+        assert name not in serve_env and not any(name in v for v in serve_env)
+    assert not any(k.startswith("AZCOPY_") or k.startswith("AGE_") for k in serve_env)
+    secret = m.job_secret(spec, '{"format":1}', "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy")
+    validate(secret)
+    assert set(secret["data"]) == {"sas", "password-verifier"}
+
+
+def test_the_restore_network_policy_allows_only_dns_and_blob_storage():
+    platform = KubernetesPlatform(job_images=JOB_IMAGES, restore_egress_cidrs=["10.20.30.0/24"])
+    policy = m.restore_network_policy("team-a", platform.settings())
+    validate(policy)
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "restore"
+    job = m.job(job_spec(JobKind.restore, INSTANCES[0]), platform.settings(), "scripts")
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()  # it selects the restore pods
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"] and spec["ingress"] == []
+    assert spec["egress"] == [
+        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        {"to": [{"ipBlock": {"cidr": "10.20.30.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]},
+    ]
+    none = m.restore_network_policy("team-a", KubernetesPlatform(job_images=JOB_IMAGES).settings())
+    assert none["spec"]["egress"] == [spec["egress"][0]]  # DNS only
 
 
 @pytest.mark.parametrize("platform", PLATFORMS, ids=["defaults", "custom"])

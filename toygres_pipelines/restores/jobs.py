@@ -21,6 +21,7 @@ from toygres_pipelines.restores.steps import (
     check_url,
     clean_up_failed_restore,
     connection_strings,
+    dangerous_content,
     instance_ref,
     mark_image_corrupt,
     restore_job_spec,
@@ -194,12 +195,18 @@ def run_restore_job(
         return instance
     try:
         spec = restore_job_spec(timed.plan, instance, blob, timed.job_timeout_seconds)
-        platform.run_job(spec, context.log.info)
+        result = platform.run_job(spec, context.log.info)
     except Exception as error:
         why = verification_failure(error)
         if why is not None:
             mark_image_corrupt(cms, timed.plan, why, context.run_id, context.log.warning)
         raise
+    findings = dangerous_content(result.log_tail)
+    context.add_output_metadata(
+        {"dangerous_content": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) if findings else "none found")}
+    )
+    if findings:
+        context.log.warning(f"the image's code that ran with the server's rights: {len(findings)} finding(s)")
     try:
         platform.delete_job(spec.name, instance.namespace)
     except Exception as error:  # noqa: BLE001 - the restore worked: a leftover job is the janitor's

@@ -20,7 +20,7 @@ from records import (
 )
 from resources.blob import MANIFEST_NAME, BlobStorageResource
 from resources.cms import CMSError, CMSResource
-from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource
+from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource, RestoreRoles
 from toygres_pipelines.images.verification import ImageCorrupt, read_manifest, sha256sums
 from toygres_pipelines.restores.config import RestorePlan
 
@@ -135,6 +135,12 @@ def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageRes
 
 def verify_manifest_only(blob: BlobStorageResource, plan: RestorePlan) -> tuple[BackupManifest, str]:
     return read_manifest(blob, plan.blob_path, plan.manifest_sha256)
+
+
+def dangerous_content(log_lines: list[str]) -> list[str]:
+    """What the serve role's scan of the archives reported (RestoreRoles.finding_prefix lines)."""
+    marker = RestoreRoles.finding_prefix
+    return [line.split(marker, 1)[1] for line in log_lines if marker in line]
 
 
 CHECKSUM_MISMATCH = "ERROR: checksum mismatch"  # restore.sh's message (exit 3) when a file's sha256 differs
