@@ -517,11 +517,40 @@ def test_connect_with_show_password_gives_a_command_that_connects(run, source, l
 
 
 def test_connect_json_names_both_addresses(run, source, local_platform_env):
-    code, out, _ = run("connect", source.k8s_name, "--json")
+    code, out, _ = run("connect", source.k8s_name, "--json", "--database", "postgres")
     assert code == 0
     printed = json.loads(out)
     assert printed["instance"] == source.k8s_name and printed["uri"] == source.ip_connection_string
     assert printed["psql"] == f"psql '{source.ip_connection_string}'" and "password" not in printed
+
+
+def test_connect_defaults_to_the_only_application_database(run, source, local_platform_env):
+    """pagila-src holds one database besides `postgres`: connect points at it without --database."""
+    code, out, err = run("connect", source.k8s_name)
+    assert code == 0, err
+    [command] = out.splitlines()
+    assert command.endswith("/pagila'"), command
+    assert "database pagila: the instance's only application database" in err
+    code, out, err = run("connect", source.k8s_name, "--database", "postgres")
+    assert code == 0 and out.strip().endswith("/postgres'")
+
+
+def test_connect_falls_back_to_postgres_when_the_instance_has_several_databases(
+    run, source, source_dsn, local_platform_env
+):
+    import psycopg
+
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS second_app")
+        conn.execute("CREATE DATABASE second_app")
+    try:
+        code, out, err = run("connect", source.k8s_name)
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as conn:
+            conn.execute("DROP DATABASE second_app")
+    assert code == 0, err
+    assert out.strip().endswith("/postgres'")
+    assert "2 application databases (pagila, second_app)" in err and "--database" in err
 
 
 def test_connect_to_an_instance_that_is_not_running_exits_2(run, cms, local_platform_env):
