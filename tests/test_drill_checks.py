@@ -70,8 +70,17 @@ def test_an_image_more_than_double_its_previous_one_warns(resources, cms, source
     assert evaluation.metadata["previous_image"].value == earlier.name
 
 
-def test_a_stale_instance_fails_the_freshness_checks_by_name(resources, cms, source):
+def test_a_new_instance_passes_the_freshness_checks_during_its_grace_period(resources, cms, source):
+    """The source was registered just now: no image and no drill yet is no offence (issue 23)."""
     defs, _ = definitions(resources, AutomationSettings(drill_freshness_severity="ERROR"))
+    found = evaluations(
+        defs.resolve_job_def("check_freshness").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    )
+    assert found["backups_fresh"].passed and found["drills_fresh"].passed
+
+
+def test_a_stale_instance_fails_the_freshness_checks_by_name(resources, cms, source):
+    defs, _ = definitions(resources, AutomationSettings(drill_freshness_severity="ERROR", new_instance_grace_hours=0))
     check_freshness = defs.resolve_job_def("check_freshness")
 
     result = check_freshness.execute_in_process(instance=dg.DagsterInstance.ephemeral())

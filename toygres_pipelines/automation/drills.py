@@ -145,12 +145,14 @@ def freshness_result(report: list[InstanceFreshness], severity: str, what: str) 
 def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinition]:
     backup_window = timedelta(hours=settings.backup_freshness_hours)
     drill_window = timedelta(days=settings.drill_freshness_days)
+    grace = timedelta(hours=settings.new_instance_grace_hours)
 
     @dg.asset_check(
         asset=fleet.key,
         name=BACKUPS_FRESH,
         description=f"Every running instance has a ready image younger than {settings.backup_freshness_hours} h "
-        "(TOYGRES_BACKUP_FRESHNESS_HOURS); offenders named.",
+        "(TOYGRES_BACKUP_FRESHNESS_HOURS); offenders named. An instance created less than "
+        f"{settings.new_instance_grace_hours} h ago is new (TOYGRES_NEW_INSTANCE_GRACE_HOURS).",
     )
     def backups_fresh(cms: CMSResource) -> dg.AssetCheckResult:
         report = backup_freshness(
@@ -158,6 +160,7 @@ def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinit
             cms.list_images([ImageState.ready]),
             datetime.now(UTC),
             backup_window,
+            grace,
         )
         return freshness_result(report, settings.backup_freshness_severity, "backup")
 
@@ -169,7 +172,7 @@ def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinit
     )
     def drills_fresh(cms: CMSResource) -> dg.AssetCheckResult:
         report = drill_freshness(
-            cms.list_instances([InstanceState.running]), cms.list_drills(), datetime.now(UTC), drill_window
+            cms.list_instances([InstanceState.running]), cms.list_drills(), datetime.now(UTC), drill_window, grace
         )
         return freshness_result(report, settings.drill_freshness_severity, "drill")
 
