@@ -28,7 +28,7 @@ from records.freshness import (
 from records.states import ImageState
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG
+from toygres_pipelines.automation.jobs import CHECKS_KIND, INSTANCE_TAG, KIND_TAG
 from toygres_pipelines.automation.schedules import scheduled_time
 from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.drills.janitor import settle_abandoned_drills
@@ -183,7 +183,7 @@ def freshness_job(checks: list[dg.AssetChecksDefinition]):
     return dg.define_asset_job(
         name="check_freshness",
         selection=dg.AssetSelection.checks(*checks),
-        tags={KIND_TAG: "checks"},
+        tags={KIND_TAG: CHECKS_KIND},
         description="Evaluate backups_fresh and drills_fresh for every running instance.",
     )
 
