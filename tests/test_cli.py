@@ -683,3 +683,32 @@ def test_images_show_with_an_empty_reference_is_refused(run, cms, db):
     code, out, err = run("images", "--show", "")
     assert (code, out) == (2, "")
     assert err == "error: image: --show needs an image id or name, not ''\n"
+
+
+def test_wait_prints_events_in_the_order_they_happened(cms, source, monkeypatch):
+    """A request already finished when --wait first looks: run started, the image, then the end."""
+    import argparse
+    import io
+
+    import psycopg
+
+    from records import RequestState
+    from records.requests import ImageRequestFields
+    from tests.helpers import catalogued_image
+
+    request = cms.create_image_request(ImageRequestFields(source_instance=source.k8s_name, image_name="fast"))
+    cms.transition_image_request(request.id, RequestState.accepted)
+    cms.attach_request_run(request.id, "run-fast-1")
+    image = catalogued_image(cms, source, "fast")
+    with psycopg.connect(cms.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE toygres_cms.images SET run_id = 'run-fast-1' WHERE id = %s", (image.id,))
+    cms.transition_image_request(request.id, RequestState.succeeded)
+    out = io.StringIO()
+    args = argparse.Namespace(json=False, wait_timeout=30, poll_seconds=0.1)
+    assert cli.follow(args, cms, request, "backup", out) == 0
+    lines = [line.split("Z ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "run run-fast-1 started (Dagster UI: Runs)",
+        "image fast ready (1 B)",
+        f"backup request {request.id} succeeded",
+    ], lines

@@ -283,7 +283,9 @@ def follow(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, 
     while True:
         request = fetch(request.id) or request
         reason = f": {clip(request.reason, 300)}" if request.reason else ""
-        show("request", f"{kind} request {request.id} {request.state}{reason}")
+        final = request.state in FINAL_REQUEST_STATES
+        if not final:  # pending/accepted come before the run; the end comes after it (below)
+            show("request", f"{kind} request {request.id} {request.state}{reason}")
         if request.run_id:
             show("run", f"run {request.run_id} started (Dagster UI: Runs)")
         target = made_by(cms, request, kind)
@@ -292,7 +294,8 @@ def follow(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, 
             error = f": {clip(target.error_message, 300)}" if getattr(target, "error_message", None) else ""
             size_text = f" ({size(target.backup_size_bytes)})" if kind == "backup" and target.backup_size_bytes else ""
             show("target", f"{what} {target.state}{size_text}{error}")
-        if request.state in FINAL_REQUEST_STATES:
+        if final:
+            show("request", f"{kind} request {request.id} {request.state}{reason}")
             if kind == "restore" and request.state is RequestState.succeeded and target is not None:
                 out.write(f"connect: toygres-pipelines connect {target.k8s_name}\n")
             return FINAL_REQUEST_STATES[request.state]
