@@ -98,3 +98,11 @@ def test_status_with_an_extreme_window_setting_exits_2_naming_the_variable_and_t
     code, out, err = run("status")
     assert (code, out) == (2, ""), err
     assert err == f"error: {variable}: {value!r} must be a number {allowed}\n"
+
+
+def test_the_top_level_help_lists_every_exit_code(capsys):
+    """`toygres-pipelines --help` names exit 4 (status out of windows) beside 0, 1, 2 and 3."""
+    assert cli.main(["--help"]) == 0
+    epilog = " ".join(capsys.readouterr().out.split()).split("Exit codes:", 1)[1]
+    for code in ("0 ok", "1 unexpected", "2 invalid", "3 CMS", f"{EXIT_OUT_OF_WINDOWS} status:"):
+        assert code in epilog, epilog

@@ -623,7 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="toygres-pipelines",
         description="Queue backups and restores in the toygres CMS and list its images, instances and requests.",
-        epilog="Exit codes: 0 ok, 2 invalid request, 3 CMS not configured or unreachable, 1 unexpected error.",
+        epilog="Exit codes: 0 ok, 2 invalid request (or a destructive command without --yes and without a "
+        "terminal), 3 CMS not configured or unreachable, 4 status: an instance out of its windows, "
+        "1 unexpected error.",
         parents=[_common(suppress=False)],
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
