@@ -188,6 +188,32 @@ def freshness_job(checks: list[dg.AssetChecksDefinition]):
     )
 
 
+FLEET_CHANGING_KINDS = ("backup", "restore", DRILL_KIND)
+
+
+def fleet_checks_after_runs_sensor(settings: AutomationSettings, job) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        name="fleet_checks_after_runs",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        request_job=job,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Evaluates backups_fresh and drills_fresh after every successful backup, restore and drill "
+        "(the freshness_checks schedule runs them hourly besides).",
+    )
+    def fleet_checks_after_runs(context: dg.RunStatusSensorContext):
+        run = context.dagster_run
+        if run.tags.get(KIND_TAG) not in FLEET_CHANGING_KINDS:
+            return dg.SkipReason(f"run {run.run_id} ({run.tags.get(KIND_TAG, 'untagged')}) does not change the fleet")
+        return dg.RunRequest(
+            job_name=job.name,
+            run_key=f"fleet-after-{run.run_id}",
+            tags={KIND_TAG: CHECKS_KIND, "toygres/after-run": run.run_id},
+        )
+
+    return fleet_checks_after_runs
+
+
 def freshness_schedule(settings: AutomationSettings, job) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name="freshness_checks",
