@@ -25,7 +25,31 @@ class InstanceFreshness(Record):
     why: str
 
 
-def _judge(instance: Instance, newest: datetime | None, now: datetime, window: timedelta, what: str):
+def is_new(instance: Instance, now: datetime, grace: timedelta) -> bool:
+    """Created less than `grace` ago: its windows do not count yet (a restored copy has no image)."""
+    return now - instance.created_at < grace
+
+
+def new_note(instance: Instance, now: datetime, grace: timedelta) -> str:
+    created = round((now - instance.created_at).total_seconds() / 3600, 1)
+    return f"new (created {created} h ago; windows count after {grace.total_seconds() / 3600:g} h)"
+
+
+def _judge(
+    instance: Instance,
+    newest: datetime | None,
+    now: datetime,
+    window: timedelta,
+    what: str,
+    grace: timedelta = timedelta(0),
+):
+    judged = _judge_window(instance, newest, now, window, what)
+    if judged.fresh or not is_new(instance, now, grace):
+        return judged
+    return judged.model_copy(update={"fresh": True, "why": new_note(instance, now, grace)})
+
+
+def _judge_window(instance: Instance, newest: datetime | None, now: datetime, window: timedelta, what: str):
     if newest is None:
         return InstanceFreshness(
             instance=instance.k8s_name, newest_at=None, age_hours=None, fresh=False, why=f"no {what}"
@@ -52,7 +76,11 @@ def fleet_instances(instances: Iterable[Instance], drills: Iterable[Drill]) -> l
 
 
 def backup_freshness(
-    instances: Iterable[Instance], images: Iterable[Image], now: datetime, window: timedelta
+    instances: Iterable[Instance],
+    images: Iterable[Image],
+    now: datetime,
+    window: timedelta,
+    grace: timedelta = timedelta(0),
 ) -> list[InstanceFreshness]:
     """Each instance: is its newest ready image younger than `window`?"""
     images = list(images)
@@ -60,12 +88,16 @@ def backup_freshness(
     for instance in sorted(instances, key=lambda i: i.k8s_name):
         newest = next(iter(ready_images_of(images, instance.id)), None)
         when = (newest.ready_at or newest.created_at) if newest else None
-        report.append(_judge(instance, when, now, window, "ready image"))
+        report.append(_judge(instance, when, now, window, "ready image", grace))
     return report
 
 
 def drill_freshness(
-    instances: Iterable[Instance], drills: Iterable[Drill], now: datetime, window: timedelta
+    instances: Iterable[Instance],
+    drills: Iterable[Drill],
+    now: datetime,
+    window: timedelta,
+    grace: timedelta = timedelta(0),
 ) -> list[InstanceFreshness]:
     """Each instance: did a drill of one of its images restore it within `window`?"""
     drills = list(drills)
@@ -73,7 +105,7 @@ def drill_freshness(
     report = []
     for instance in sorted(fleet_instances(instances, drills), key=lambda i: i.k8s_name):
         times = [d.started_at for d in good if d.source_instance_id == instance.id]
-        report.append(_judge(instance, max(times, default=None), now, window, "successful drill"))
+        report.append(_judge(instance, max(times, default=None), now, window, "successful drill", grace))
     return report
 
 
@@ -128,6 +160,8 @@ class InstanceStatus(Record):
     last_drill_result: str | None
     last_drill_recovery_seconds: float | None
     problems: list[str]
+    new: bool = False  # created less than the grace period ago: a missing image or drill is no problem yet
+    note: str | None = None  # for a new instance: how old it is and when its windows count
 
     @property
     def in_windows(self) -> bool:
@@ -141,13 +175,14 @@ def instance_status(
     now: datetime,
     backup_window: timedelta,
     drill_window: timedelta,
+    grace: timedelta = timedelta(0),
 ) -> list[InstanceStatus]:
     """Each instance's newest image and last drill; out of its windows when its backup or its newest
     successful drill is too old, or when its newest finished drill failed (the image is not restorable)."""
     drills = list(drills)
     instances, images = fleet_instances(instances, drills), list(images)
-    backups = {r.instance: r for r in backup_freshness(instances, images, now, backup_window)}
-    drilled = {r.instance: r for r in drill_freshness(instances, drills, now, drill_window)}
+    backups = {r.instance: r for r in backup_freshness(instances, images, now, backup_window, grace)}
+    drilled = {r.instance: r for r in drill_freshness(instances, drills, now, drill_window, grace)}
     rows = []
     for instance in sorted(instances, key=lambda i: i.k8s_name):
         newest = next(iter(ready_images_of(images, instance.id)), None)
@@ -166,6 +201,8 @@ def instance_status(
                 last_drill_result=last.result.value if last else None,
                 last_drill_recovery_seconds=last.recovery_seconds if last else None,
                 problems=problems,
+                new=is_new(instance, now, grace),
+                note=new_note(instance, now, grace) if is_new(instance, now, grace) else None,
             )
         )
     return rows

@@ -519,11 +519,40 @@ def test_connect_with_show_password_gives_a_command_that_connects(run, source, l
 
 
 def test_connect_json_names_both_addresses(run, source, local_platform_env):
-    code, out, _ = run("connect", source.k8s_name, "--json")
+    code, out, _ = run("connect", source.k8s_name, "--json", "--database", "postgres")
     assert code == 0
     printed = json.loads(out)
     assert printed["instance"] == source.k8s_name and printed["uri"] == source.ip_connection_string
     assert printed["psql"] == f"psql '{source.ip_connection_string}'" and "password" not in printed
+
+
+def test_connect_defaults_to_the_only_application_database(run, source, local_platform_env):
+    """pagila-src holds one database besides `postgres`: connect points at it without --database."""
+    code, out, err = run("connect", source.k8s_name)
+    assert code == 0, err
+    [command] = out.splitlines()
+    assert command.endswith("/pagila'"), command
+    assert "database pagila: the instance's only application database" in err
+    code, out, err = run("connect", source.k8s_name, "--database", "postgres")
+    assert code == 0 and out.strip().endswith("/postgres'")
+
+
+def test_connect_falls_back_to_postgres_when_the_instance_has_several_databases(
+    run, source, source_dsn, local_platform_env
+):
+    import psycopg
+
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS second_app")
+        conn.execute("CREATE DATABASE second_app")
+    try:
+        code, out, err = run("connect", source.k8s_name)
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as conn:
+            conn.execute("DROP DATABASE second_app")
+    assert code == 0, err
+    assert out.strip().endswith("/postgres'")
+    assert "2 application databases (pagila, second_app)" in err and "--database" in err
 
 
 def test_connect_to_an_instance_that_is_not_running_exits_2(run, cms, local_platform_env):
@@ -656,3 +685,32 @@ def test_images_show_with_an_empty_reference_is_refused(run, cms, db):
     code, out, err = run("images", "--show", "")
     assert (code, out) == (2, "")
     assert err == "error: image: --show needs an image id or name, not ''\n"
+
+
+def test_wait_prints_events_in_the_order_they_happened(cms, source, monkeypatch):
+    """A request already finished when --wait first looks: run started, the image, then the end."""
+    import argparse
+    import io
+
+    import psycopg
+
+    from records import RequestState
+    from records.requests import ImageRequestFields
+    from tests.helpers import catalogued_image
+
+    request = cms.create_image_request(ImageRequestFields(source_instance=source.k8s_name, image_name="fast"))
+    cms.transition_image_request(request.id, RequestState.accepted)
+    cms.attach_request_run(request.id, "run-fast-1")
+    image = catalogued_image(cms, source, "fast")
+    with psycopg.connect(cms.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE toygres_cms.images SET run_id = 'run-fast-1' WHERE id = %s", (image.id,))
+    cms.transition_image_request(request.id, RequestState.succeeded)
+    out = io.StringIO()
+    args = argparse.Namespace(json=False, wait_timeout=30, poll_seconds=0.1)
+    assert cli.follow(args, cms, request, "backup", out) == 0
+    lines = [line.split("Z ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "run run-fast-1 started (Dagster UI: Runs)",
+        "image fast ready (1 B)",
+        f"backup request {request.id} succeeded",
+    ], lines

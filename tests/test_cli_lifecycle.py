@@ -70,7 +70,7 @@ def test_delete_image_refuses_a_pinned_or_in_use_image_and_deletes_otherwise(run
     assert len(blob.list_names(image.blob_path)) == len(FILES)
 
     cms.transition_restore_request(request.id, "rejected", reason="test")
-    code, out, err = run("delete-image", image.name)
+    code, out, err = run("delete-image", image.name, "--yes")
     assert (code, err) == (0, "")
     assert cms.get_image(image.id).state is ImageState.deleted
     assert blob.list_names(image.blob_path) == []
@@ -84,7 +84,7 @@ def test_delete_image_removes_the_partition_when_dagster_home_is_set(run, cms, b
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(IMAGE_PARTITIONS, [image.name, "other"])
-    code, out, err = run("delete-image", str(image.id))
+    code, out, err = run("delete-image", str(image.id), "--yes")
     assert (code, err) == (0, ""), err
     with dg.DagsterInstance.get() as instance:
         assert instance.get_dynamic_partitions(IMAGE_PARTITIONS) == ["other"]
@@ -94,9 +94,9 @@ def test_delete_image_removes_the_partition_when_dagster_home_is_set(run, cms, b
 def test_delete_instance_refuses_what_no_restore_created_unless_forced(run, cms, source):
     code, _, err = run("delete-instance", source.k8s_name)
     assert code == 2
-    assert err.startswith("error: force: instance 'app-abcde' was not created by a toygres restore")
+    assert err.startswith("error: --force: instance 'app-abcde' was not created by a toygres restore")
     assert cms.get_instance(source.id).state is InstanceState.running
-    code, out, err = run("delete-instance", source.k8s_name, "--force")
+    code, out, err = run("delete-instance", source.k8s_name, "--force", "--yes")
     assert (code, err) == (0, "")
     assert cms.get_instance(source.id).state is InstanceState.deleted
     assert "deleted" in out
@@ -173,10 +173,10 @@ def test_delete_image_says_whether_it_matched_an_id_or_a_name_and_refuses_an_amb
     import psycopg
 
     by_id, by_name, victim = (stored_image(cms, blob, source, f"app__{n}", days_old=3) for n in ("a", "b", "c"))
-    code, out, err = run("delete-image", str(by_id.id).upper())
+    code, out, err = run("delete-image", str(by_id.id).upper(), "--yes")
     assert (code, err) == (0, "")
     assert f"image app__a ({by_id.id}, matched by id) deleted" in out
-    code, out, err = run("delete-image", by_name.name)
+    code, out, err = run("delete-image", by_name.name, "--yes")
     assert (code, err) == (0, "")
     assert f"image app__b ({by_name.id}, matched by name) deleted" in out
     # A row named before names were checked, with another image's id as its name.
@@ -226,7 +226,7 @@ def test_a_malformed_request_row_stops_neither_retention_nor_delete_image_nor_th
     # the pending row, malformed or not, still protects the image it names
     code, _, err = run("delete-image", used.name)
     assert code == 2 and "is in use" in err
-    code, out, err = run("delete-image", free.name)
+    code, out, err = run("delete-image", free.name, "--yes")
     assert (code, err) == (0, ""), err
     assert cms.get_image(free.id).state is ImageState.deleted
     dry = run_retention_job(resources, dg.DagsterInstance.ephemeral(), dry_run=True)
@@ -252,3 +252,88 @@ def test_a_malformed_request_row_in_flight_never_crashes_request_restore(run, cm
     code, out, err = run("request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", image.name)
     assert (code, err) == (0, ""), err
     assert "restore request" in out and "pending" in out
+
+
+# ---- confirmations, idempotent deletes, --set keys (issue 23) ----------------------------------
+
+
+class Terminal:
+    """stdin as a person at a terminal: isatty() and one typed answer."""
+
+    def __init__(self, answer: str):
+        self.answer = answer
+        self.asked = 0
+
+    def isatty(self) -> bool:
+        return True
+
+    def readline(self) -> str:
+        self.asked += 1
+        return self.answer
+
+
+def test_delete_image_without_yes_and_without_a_terminal_refuses_with_exit_2(run, cms, blob, source):
+    image = stored_image(cms, blob, source, "app__confirm", days_old=3)
+    code, out, err = run("delete-image", image.name)  # pytest's stdin is not a terminal
+    assert (code, out) == (2, "")
+    assert err.startswith("error: --yes: delete-image removes image 'app__confirm'")
+    assert "stdin is not a terminal" in err
+    assert cms.get_image(image.id).state is ImageState.ready
+    assert len(blob.list_names(image.blob_path)) == len(FILES)
+
+
+def test_delete_image_at_a_terminal_asks_and_deletes_only_on_yes(run, cms, blob, source, monkeypatch):
+    image = stored_image(cms, blob, source, "app__ask", days_old=3)
+    declined = Terminal("n\n")
+    monkeypatch.setattr("sys.stdin", declined)
+    code, out, err = run("delete-image", image.name)
+    assert declined.asked == 1 and code == 2
+    assert "delete image 'app__ask'" in err and "error: --yes: not confirmed: nothing deleted" in err
+    assert cms.get_image(image.id).state is ImageState.ready
+    monkeypatch.setattr("sys.stdin", Terminal("yes\n"))
+    code, out, err = run("delete-image", image.name)
+    assert code == 0 and "deleted" in out
+    assert cms.get_image(image.id).state is ImageState.deleted
+
+
+def test_delete_instance_asks_too(run, cms, source, monkeypatch):
+    code, _, err = run("delete-instance", source.k8s_name, "--force")
+    assert code == 2 and err.startswith("error: --yes: delete-instance removes instance 'app-abcde'")
+    assert cms.get_instance(source.id).state is InstanceState.running
+    monkeypatch.setattr("sys.stdin", Terminal("y\n"))
+    code, out, err = run("delete-instance", source.k8s_name, "--force")
+    assert code == 0, err
+    assert cms.get_instance(source.id).state is InstanceState.deleted
+
+
+def test_deleting_twice_exits_0_for_an_image_and_for_an_instance(run, cms, blob, source):
+    image = stored_image(cms, blob, source, "app__twice", days_old=3)
+    assert run("delete-image", image.name, "--yes")[0] == 0
+    code, out, err = run("delete-image", image.name)  # nothing left to delete: no confirmation needed
+    assert (code, err) == (0, "")
+    assert out == f"image app__twice ({image.id}) is already deleted\n"
+    assert run("delete-instance", source.k8s_name, "--force", "--yes")[0] == 0
+    code, out, err = run("delete-instance", source.k8s_name)
+    assert (code, err) == (0, "")
+    assert out == "instance app-abcde is already deleted\n"
+    code, _, err = run("delete-image", "app__never")
+    assert code == 2 and "no image 'app__never'" in err
+    code, _, err = run("delete-instance", "never-abcde")
+    assert code == 2 and "no instance 'never-abcde'" in err
+
+
+def test_delete_instance_names_the_cli_flag_not_the_job_field(run, source):
+    code, _, err = run("delete-instance", source.k8s_name, "--yes")
+    assert code == 2
+    assert err.startswith("error: --force: instance 'app-abcde' was not created by a toygres restore")
+    assert "pass --force to delete it anyway" in err
+
+
+def test_retention_set_with_an_unknown_key_lists_the_allowed_keys(run, cms, source):
+    from records.retention import RetentionPolicy
+
+    code, out, err = run("retention", source.k8s_name, "--set", "keep_dayly=3")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: keep_dayly: ")
+    assert all(key in err for key in RetentionPolicy.model_fields), err
+    assert cms.get_instance(source.id).retention_override is None

@@ -21,13 +21,32 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def run(cms, monkeypatch, capsys):
     monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
-    for name in ("BACKUP_FRESHNESS_HOURS", "DRILL_FRESHNESS_DAYS"):
+    for name in ("BACKUP_FRESHNESS_HOURS", "DRILL_FRESHNESS_DAYS", "NEW_INSTANCE_GRACE_HOURS"):
         monkeypatch.delenv(f"TOYGRES_{name}", raising=False)
 
     return cli_runner(capsys)
 
 
+def test_a_new_instance_is_new_not_out_of_windows_until_its_grace_period_ends(run, cms, source, monkeypatch):
+    """A just-registered (or just-restored) instance has no image and no drill yet: it is `new`
+    (exit 0) for TOYGRES_NEW_INSTANCE_GRACE_HOURS, then its windows count."""
+    code, out, err = run("status")
+    assert code == 0, out + err
+    [line] = [line for line in out.splitlines() if line.startswith(source.k8s_name)]
+    assert line.rstrip().endswith("new (created 0.0 h ago; windows count after 26 h)"), line
+    [row] = json.loads(run("status", "--json")[1])
+    assert (row["new"], row["in_windows"], row["problems"]) == (True, True, [])
+    with psycopg.connect(cms.dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE toygres_cms.instances SET created_at = %s WHERE id = %s",
+            (datetime.now(UTC) - timedelta(hours=27), source.id),
+        )
+    code, out, _ = run("status")
+    assert code == EXIT_OUT_OF_WINDOWS and "no ready image" in out
+
+
 def test_status_shows_newest_image_and_last_drill_and_fails_out_of_windows(run, cms, source, monkeypatch):
+    monkeypatch.setenv("TOYGRES_NEW_INSTANCE_GRACE_HOURS", "0")  # no grace: windows count from the start
     code, out, _ = run("status")
     assert code == EXIT_OUT_OF_WINDOWS
     assert source.k8s_name in out and "no ready image" in out
@@ -79,3 +98,11 @@ def test_status_with_an_extreme_window_setting_exits_2_naming_the_variable_and_t
     code, out, err = run("status")
     assert (code, out) == (2, ""), err
     assert err == f"error: {variable}: {value!r} must be a number {allowed}\n"
+
+
+def test_the_top_level_help_lists_every_exit_code(capsys):
+    """`toygres-pipelines --help` names exit 4 (status out of windows) beside 0, 1, 2 and 3."""
+    assert cli.main(["--help"]) == 0
+    epilog = " ".join(capsys.readouterr().out.split()).split("Exit codes:", 1)[1]
+    for code in ("0 ok", "1 unexpected", "2 invalid", "3 CMS", f"{EXIT_OUT_OF_WINDOWS} status:"):
+        assert code in epilog, epilog

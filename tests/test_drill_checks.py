@@ -70,8 +70,17 @@ def test_an_image_more_than_double_its_previous_one_warns(resources, cms, source
     assert evaluation.metadata["previous_image"].value == earlier.name
 
 
-def test_a_stale_instance_fails_the_freshness_checks_by_name(resources, cms, source):
+def test_a_new_instance_passes_the_freshness_checks_during_its_grace_period(resources, cms, source):
+    """The source was registered just now: no image and no drill yet is no offence (issue 23)."""
     defs, _ = definitions(resources, AutomationSettings(drill_freshness_severity="ERROR"))
+    found = evaluations(
+        defs.resolve_job_def("check_freshness").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    )
+    assert found["backups_fresh"].passed and found["drills_fresh"].passed
+
+
+def test_a_stale_instance_fails_the_freshness_checks_by_name(resources, cms, source):
+    defs, _ = definitions(resources, AutomationSettings(drill_freshness_severity="ERROR", new_instance_grace_hours=0))
     check_freshness = defs.resolve_job_def("check_freshness")
 
     result = check_freshness.execute_in_process(instance=dg.DagsterInstance.ephemeral())
@@ -108,3 +117,38 @@ def test_the_weekly_schedule_drills_an_instance_on_its_day_only(resources, cms, 
             assert request.tags["toygres/kind"] == "drill"
         else:
             assert not result.run_requests
+
+
+@pytest.mark.parametrize(
+    ("kind", "requested"), [("backup", True), ("restore", True), ("drill", True), ("checks", False)]
+)
+def test_the_fleet_checks_run_after_every_successful_backup_restore_and_drill(kind, requested):
+    """Not only hourly: a finished backup, restore or drill changes the fleet, so its checks run then
+    (a run of the checks themselves does not start another one)."""
+    from toygres_pipelines.automation.jobs import KIND_TAG
+
+    @dg.op
+    def noop():
+        pass
+
+    @dg.job(name=f"some_{kind}", tags={KIND_TAG: kind})
+    def some_job():
+        noop()
+
+    instance = dg.DagsterInstance.ephemeral()
+    done = some_job.execute_in_process(instance=instance)
+    sensor = build_automation(AutomationSettings()).sensor("fleet_checks_after_runs")
+    [record] = instance.get_records_for_run(done.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=record.event_log_entry.dagster_event,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(done.run_id),
+    )
+    result = sensor(context)
+    if not requested:
+        assert result is None or isinstance(result, dg.SkipReason), result
+        return
+    assert isinstance(result, dg.RunRequest), result
+    assert result.job_name == "check_freshness" and result.run_key == f"fleet-after-{done.run_id}"
+    assert result.tags[KIND_TAG] == "checks"

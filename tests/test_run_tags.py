@@ -41,3 +41,39 @@ def test_tags_a_run_already_carries_are_kept():
 def test_other_runs_get_nothing():
     assert fleet_tags(run_of("restore_instance", {KIND_TAG: "restore"}, selection=None)) == {}
     assert fleet_tags(run_of("purge_failed_image_blobs", {}, selection=None)) == {}
+
+
+# ---- every run findable (issue 23) ------------------------------------------------------------
+
+
+def test_a_ui_launched_restore_is_tagged_with_the_instance_it_makes():
+    config = {"ops": {"validate_request": {"config": {"name": "orders-copy", "source_image_id": "orders__n1"}}}}
+    run = run_of("restore_instance", {KIND_TAG: "restore"}, config, selection=None)
+    assert fleet_tags(run) == {INSTANCE_TAG: "orders-copy"}
+
+
+def test_a_ui_launched_drill_is_tagged_with_the_image_s_instance():
+    config = {"ops": {"plan_drill": {"config": {"image": "orders-x1y2z__nightly-20260101"}}}}
+    run = run_of("restore_drill", {KIND_TAG: "drill"}, config, selection=None)
+    assert fleet_tags(run) == {INSTANCE_TAG: "orders-x1y2z"}
+    scheduled = run_of("restore_drill", {KIND_TAG: "drill", INSTANCE_TAG: "orders-x1y2z"}, config, selection=None)
+    assert fleet_tags(scheduled) == {}
+
+
+def test_fleet_checks_executed_from_the_ui_are_tagged_as_checks_not_as_a_backup():
+    checks = frozenset(
+        {
+            dg.AssetCheckKey(dg.AssetKey("fleet"), "backups_fresh"),
+            dg.AssetCheckKey(dg.AssetKey("fleet"), "drills_fresh"),
+        }
+    )
+    for selection in (None, frozenset()):
+        run = DagsterRun(
+            job_name="__ASSET_JOB",
+            run_config={},
+            tags={},
+            asset_selection=selection,
+            asset_check_selection=checks,
+            status=DagsterRunStatus.NOT_STARTED,
+        )
+        assert fleet_tags(run) == {KIND_TAG: "checks"}

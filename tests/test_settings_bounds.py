@@ -16,7 +16,7 @@ EXTREMES = ["inf", "nan", "1e400", "-1", "99999999999999999999999"]
 
 
 def test_every_numeric_setting_is_declared_with_bounds():
-    assert len(NUMERIC) == 8
+    assert len(NUMERIC) == 9  # new_instance_grace_hours (issue 23) is the ninth
     for name in NUMERIC:
         kinds = {type(m).__name__ for m in AutomationSettings.model_fields[name].metadata}
         assert kinds & {"Ge", "Gt"} and "Le" in kinds, name

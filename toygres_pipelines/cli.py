@@ -45,6 +45,7 @@ from records.parallel import validate_parallel_jobs
 from records.requests import MalformedRequest
 from records.units import human_bytes
 from resources.cms import CMSResource
+from resources.platform.base import PlatformError
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
 from toygres_pipelines.cli_status import add_status_command
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
@@ -283,7 +284,9 @@ def follow(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, 
     while True:
         request = fetch(request.id) or request
         reason = f": {clip(request.reason, 300)}" if request.reason else ""
-        show("request", f"{kind} request {request.id} {request.state}{reason}")
+        final = request.state in FINAL_REQUEST_STATES
+        if not final:  # pending/accepted come before the run; the end comes after it (below)
+            show("request", f"{kind} request {request.id} {request.state}{reason}")
         if request.run_id:
             show("run", f"run {request.run_id} started (Dagster UI: Runs)")
         target = made_by(cms, request, kind)
@@ -292,7 +295,8 @@ def follow(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, 
             error = f": {clip(target.error_message, 300)}" if getattr(target, "error_message", None) else ""
             size_text = f" ({size(target.backup_size_bytes)})" if kind == "backup" and target.backup_size_bytes else ""
             show("target", f"{what} {target.state}{size_text}{error}")
-        if request.state in FINAL_REQUEST_STATES:
+        if final:
+            show("request", f"{kind} request {request.id} {request.state}{reason}")
             if kind == "restore" and request.state is RequestState.succeeded and target is not None:
                 out.write(f"connect: toygres-pipelines connect {target.k8s_name}\n")
             return FINAL_REQUEST_STATES[request.state]
@@ -496,6 +500,39 @@ def running_instance_named(cms: CMSResource, name: str) -> Instance:
     raise ValidationFailed("instance", f"no instance {name!r} in the CMS")
 
 
+def read_password(ref: InstanceRef) -> str:
+    return platform_from_env().read_instance_password(ref).get_secret_value()
+
+
+def default_database(uri: str, password: Callable[[], str]) -> str:
+    """The instance's application database when it has exactly one, else `postgres` (said on stderr)."""
+    secret: str | None = None
+    try:
+        secret = password()
+        with psycopg.connect(with_password(uri, secret), connect_timeout=5) as conn:
+            names = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
+                    " AND datname <> 'postgres' ORDER BY 1"
+                )
+            ]
+    except (psycopg.Error, ValidationFailed, PlatformError, OSError) as error:
+        reason = redact(str(error).splitlines()[0] if str(error) else type(error).__name__, [secret])
+        sys.stderr.write(
+            f"# database postgres: the instance's databases could not be listed ({reason}); --database picks one\n"
+        )
+        return "postgres"
+    if len(names) == 1:
+        sys.stderr.write(
+            f"# database {names[0]}: the instance's only application database (--database picks another)\n"
+        )
+        return names[0]
+    listed = f" ({', '.join(printable(n) for n in names)})" if names else ""
+    sys.stderr.write(f"# database postgres: {len(names)} application databases{listed}; --database picks one\n")
+    return "postgres"
+
+
 def cmd_connect(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     """A ready psql command for a running instance; its password only on request, from the platform's secret."""
     instance = cms.find_instance(args.instance) or running_instance_named(cms, args.instance)
@@ -503,13 +540,12 @@ def cmd_connect(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
         raise ValidationFailed(
             "instance", f"{instance.k8s_name} is {instance.state}: only a running instance accepts connections"
         )
-    uri = urlsplit(instance.ip_connection_string)._replace(path="/" + quote(args.database, safe="")).geturl()
+    ref = InstanceRef(k8s_name=instance.k8s_name, namespace=instance.namespace)
+    database = args.database or default_database(instance.ip_connection_string, lambda: read_password(ref))
+    uri = urlsplit(instance.ip_connection_string)._replace(path="/" + quote(database, safe="")).geturl()
     shown = uri
     if args.show_password:
-        secret = platform_from_env().read_instance_password(
-            InstanceRef(k8s_name=instance.k8s_name, namespace=instance.namespace)
-        )
-        shown = with_password(uri, secret.get_secret_value())
+        shown = with_password(uri, read_password(ref))
     # Quoted for the shell; a percent-encoded URI holds no single quote (encoded anyway, to be sure).
     command = "psql '" + shown.replace("'", "%27") + "'"
     if args.json:
@@ -588,7 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="toygres-pipelines",
         description="Queue backups and restores in the toygres CMS and list its images, instances and requests.",
-        epilog="Exit codes: 0 ok, 2 invalid request, 3 CMS not configured or unreachable, 1 unexpected error.",
+        epilog="Exit codes: 0 ok, 2 invalid request (or a destructive command without --yes and without a "
+        "terminal), 3 CMS not configured or unreachable, 4 status: an instance out of its windows, "
+        "1 unexpected error.",
         parents=[_common(suppress=False)],
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
@@ -660,7 +698,12 @@ def build_parser() -> argparse.ArgumentParser:
         "file or the Kubernetes Secret) and put in the URI.",
     )
     connect.add_argument("instance", metavar="INSTANCE", help="k8s_name or id of the instance")
-    connect.add_argument("--database", default="postgres", help="database to connect to (default: postgres)")
+    connect.add_argument(
+        "--database",
+        default=None,
+        help="database to connect to (default: the instance's application database when it has exactly one, "
+        "else postgres; finding it reads the password from the instance's Secret and connects once)",
+    )
     connect.add_argument("--show-password", action="store_true", help="put the superuser password in the URI")
     connect.set_defaults(handler=cmd_connect)
 

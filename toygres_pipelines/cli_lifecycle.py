@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from records import ValidationFailed
+from records import ImageState, InstanceState, ValidationFailed
 from records.retention import RetentionPolicy
 from resources.cms import CMSResource
 from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
-from toygres_pipelines.lifecycle.images import DagsterPartitions, delete_image, pin_image
+from toygres_pipelines.lifecycle import images as image_rules
+from toygres_pipelines.lifecycle import instances as instance_rules
+from toygres_pipelines.lifecycle.images import DagsterPartitions, delete_image, find, pin_image
 from toygres_pipelines.lifecycle.instances import delete_instance
 from toygres_pipelines.lifecycle.retention_job import IMAGES_PREFIX, compute_plan, stray_folders
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
@@ -40,7 +43,32 @@ def cmd_pin(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     return EXIT_OK
 
 
+def confirm(args: argparse.Namespace, what: str) -> None:
+    """A destructive command goes on only with --yes or a `y` typed at a terminal."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise ValidationFailed(
+            "--yes",
+            f"{args.command} removes {what} for good: pass --yes to confirm (stdin is not a terminal, so nothing asks)",
+        )
+    sys.stderr.write(f"{args.command.split('-', 1)[0]} {what}? This cannot be undone. [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise ValidationFailed("--yes", "not confirmed: nothing deleted")
+
+
 def cmd_delete_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
+    target = find(cms, args.image)
+    if target.state is ImageState.deleted:
+        # Idempotent: deleting what is gone succeeds (exit 0), like delete-instance.
+        if args.json:
+            _print_json({**target.model_dump(mode="json"), "log": ["already deleted"]}, out)
+        else:
+            out.write(f"image {target.name} ({target.id}) is already deleted\n")
+        return EXIT_OK
+    image_rules.check_deletable(cms, target)  # a refusal comes before the question
+    confirm(args, f"image {target.name!r} ({target.id}) and its blobs")
     blob = blob_from_env().process_config_and_initialize()
     lines: list[str] = []
     if os.environ.get("DAGSTER_HOME"):
@@ -66,8 +94,17 @@ def cmd_delete_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) ->
 
 
 def cmd_delete_instance(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    lines: list[str] = []
-    instance = delete_instance(cms, platform_from_env(), args.instance, force=args.force, log=lines.append)
+    target = cms.find_instance(args.instance)
+    try:
+        if target is not None and target.state is not InstanceState.deleted:
+            instance_rules.check_deletable(target, args.force)  # a refusal comes before the question
+            confirm(args, f"instance {target.k8s_name!r} ({target.namespace}) with its server, volume and secret")
+        lines: list[str] = []
+        instance = delete_instance(cms, platform_from_env(), args.instance, force=args.force, log=lines.append)
+    except ValidationFailed as refused:
+        if refused.field != "force":
+            raise
+        raise ValidationFailed("--force", refused.rule.replace("pass force", "pass --force")) from None
     if args.json:
         _print_json(
             {**instance.model_dump(mode="json", exclude={"ip_connection_string", "dns_connection_string"})}, out
@@ -83,6 +120,9 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
         field, sep, value = item.partition("=")
         if not sep or not field.strip():
             raise ValidationFailed("--set", f"{item!r} must be FIELD=VALUE (a field of the retention policy)")
+        if field.strip() not in RetentionPolicy.model_fields:
+            allowed = ", ".join(RetentionPolicy.model_fields)
+            raise ValidationFailed(field.strip(), f"not a field of the retention policy; allowed: {allowed}")
         pairs[field.strip()] = value.strip()
     return pairs
 
@@ -142,6 +182,14 @@ def cmd_retention_plan(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
     return EXIT_OK
 
 
+def add_yes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask for confirmation (required when stdin is not a terminal: without it the command exits 2)",
+    )
+
+
 def add_lifecycle_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
     pin = sub.add_parser("pin", parents=list(parent), help="pin an image (never deleted) or unpin it (--off)")
     pin.add_argument("image", help="image id or name")
@@ -156,6 +204,7 @@ def add_lifecycle_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) 
         "instance. Needs the blob settings (TOYGRES_BLOB_*); removes the partition when DAGSTER_HOME is set.",
     )
     image.add_argument("image", help="image id or name")
+    add_yes(image)
     image.set_defaults(handler=cmd_delete_image)
 
     instance = sub.add_parser(
@@ -165,6 +214,7 @@ def add_lifecycle_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) 
     )
     instance.add_argument("instance", help="instance id or k8s_name")
     instance.add_argument("--force", action="store_true", help="also an instance no toygres restore created")
+    add_yes(instance)
     instance.set_defaults(handler=cmd_delete_instance)
 
     retention = sub.add_parser(

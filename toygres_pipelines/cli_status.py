@@ -34,6 +34,7 @@ def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
         datetime.now(UTC),
         timedelta(hours=settings.backup_freshness_hours),
         timedelta(days=settings.drill_freshness_days),
+        timedelta(hours=settings.new_instance_grace_hours),
     )
     if args.json:
         print_json([{**row.model_dump(mode="json"), "in_windows": row.in_windows} for row in rows], out)
@@ -48,7 +49,7 @@ def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
                     when(r.last_drill_started_at),
                     r.last_drill_result,
                     _seconds(r.last_drill_recovery_seconds),
-                    "ok" if r.in_windows else "; ".join(r.problems),
+                    "; ".join(r.problems) or r.note or "ok",
                 ]
                 for r in rows
             ],

@@ -30,6 +30,7 @@ from toygres_pipelines.automation.drills import (
     abandoned_drills_sensor,
     drill_canceled_sensor,
     fleet,
+    fleet_checks_after_runs_sensor,
     freshness_checks,
     freshness_job,
     freshness_schedule,
@@ -79,6 +80,7 @@ def build_automation(settings: AutomationSettings) -> Automation:
             reconcile_sensor(settings),
             abandoned_drills_sensor(settings),
             drill_canceled_sensor(settings),
+            fleet_checks_after_runs_sensor(settings, check_freshness),
         ],
     )
 

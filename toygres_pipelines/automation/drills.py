@@ -28,7 +28,7 @@ from records.freshness import (
 from records.states import ImageState
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG
+from toygres_pipelines.automation.jobs import CHECKS_KIND, INSTANCE_TAG, KIND_TAG
 from toygres_pipelines.automation.schedules import scheduled_time
 from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.drills.janitor import settle_abandoned_drills
@@ -145,12 +145,14 @@ def freshness_result(report: list[InstanceFreshness], severity: str, what: str) 
 def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinition]:
     backup_window = timedelta(hours=settings.backup_freshness_hours)
     drill_window = timedelta(days=settings.drill_freshness_days)
+    grace = timedelta(hours=settings.new_instance_grace_hours)
 
     @dg.asset_check(
         asset=fleet.key,
         name=BACKUPS_FRESH,
         description=f"Every running instance has a ready image younger than {settings.backup_freshness_hours} h "
-        "(TOYGRES_BACKUP_FRESHNESS_HOURS); offenders named.",
+        "(TOYGRES_BACKUP_FRESHNESS_HOURS); offenders named. An instance created less than "
+        f"{settings.new_instance_grace_hours} h ago is new (TOYGRES_NEW_INSTANCE_GRACE_HOURS).",
     )
     def backups_fresh(cms: CMSResource) -> dg.AssetCheckResult:
         report = backup_freshness(
@@ -158,6 +160,7 @@ def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinit
             cms.list_images([ImageState.ready]),
             datetime.now(UTC),
             backup_window,
+            grace,
         )
         return freshness_result(report, settings.backup_freshness_severity, "backup")
 
@@ -169,7 +172,7 @@ def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinit
     )
     def drills_fresh(cms: CMSResource) -> dg.AssetCheckResult:
         report = drill_freshness(
-            cms.list_instances([InstanceState.running]), cms.list_drills(), datetime.now(UTC), drill_window
+            cms.list_instances([InstanceState.running]), cms.list_drills(), datetime.now(UTC), drill_window, grace
         )
         return freshness_result(report, settings.drill_freshness_severity, "drill")
 
@@ -180,9 +183,35 @@ def freshness_job(checks: list[dg.AssetChecksDefinition]):
     return dg.define_asset_job(
         name="check_freshness",
         selection=dg.AssetSelection.checks(*checks),
-        tags={KIND_TAG: "checks"},
+        tags={KIND_TAG: CHECKS_KIND},
         description="Evaluate backups_fresh and drills_fresh for every running instance.",
     )
+
+
+FLEET_CHANGING_KINDS = ("backup", "restore", DRILL_KIND)
+
+
+def fleet_checks_after_runs_sensor(settings: AutomationSettings, job) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        name="fleet_checks_after_runs",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        request_job=job,
+        minimum_interval_seconds=settings.sensor_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Evaluates backups_fresh and drills_fresh after every successful backup, restore and drill "
+        "(the freshness_checks schedule runs them hourly besides).",
+    )
+    def fleet_checks_after_runs(context: dg.RunStatusSensorContext):
+        run = context.dagster_run
+        if run.tags.get(KIND_TAG) not in FLEET_CHANGING_KINDS:
+            return dg.SkipReason(f"run {run.run_id} ({run.tags.get(KIND_TAG, 'untagged')}) does not change the fleet")
+        return dg.RunRequest(
+            job_name=job.name,
+            run_key=f"fleet-after-{run.run_id}",
+            tags={KIND_TAG: CHECKS_KIND, "toygres/after-run": run.run_id},
+        )
+
+    return fleet_checks_after_runs
 
 
 def freshness_schedule(settings: AutomationSettings, job) -> dg.ScheduleDefinition:

@@ -9,7 +9,8 @@ from toygres_pipelines.restores.jobs import REQUEST_ID_TAG
 
 KIND_TAG = "toygres/kind"
 INSTANCE_TAG = "toygres/instance"
-__all__ = ["INSTANCE_TAG", "KIND_TAG", "REQUEST_ID_TAG", "backup_image", "backup_run_config"]
+CHECKS_KIND = "checks"  # the fleet's freshness checks, however launched
+__all__ = ["CHECKS_KIND", "INSTANCE_TAG", "KIND_TAG", "REQUEST_ID_TAG", "backup_image", "backup_run_config"]
 
 backup_image = dg.define_asset_job(
     name="backup_image",

@@ -65,6 +65,14 @@ class AutomationSettings(BaseModel):
     drill_freshness_severity: Literal["WARN", "ERROR"] = Field(
         default="WARN", description="Severity of the drills_fresh check when an instance is out of its window"
     )
+    new_instance_grace_hours: float = Field(
+        default=26,
+        ge=0,
+        le=8784,
+        allow_inf_nan=False,
+        description="An instance created less than this ago is `new`: a missing image or drill does not put it "
+        "out of its windows yet (a restored copy has none)",
+    )
     freshness_cron: str = Field(default="15 * * * *", description="When backups_fresh and drills_fresh are evaluated")
     drill_cron: str = Field(
         default="0 5 * * *",

@@ -23,6 +23,22 @@ def created_by_restore(instance: Instance) -> bool:
     return instance.source_image_id is not None and REQUEST_KEY in instance.tags
 
 
+def check_deletable(instance: Instance, force: bool) -> None:
+    """The rules a live instance must meet to be deleted (the CLI checks them before it asks)."""
+    if instance.state not in DELETABLE:
+        raise ValidationFailed(
+            "instance",
+            f"instance {instance.k8s_name!r} is {instance.state}: its restore run {instance.run_id} is still making "
+            "it (a failed run removes what it made); terminate that run first",
+        )
+    if not force and not created_by_restore(instance):
+        raise ValidationFailed(
+            "force",
+            f"instance {instance.k8s_name!r} was not created by a toygres restore (no source_image_id and "
+            "request_key tag): pass force to delete it anyway",
+        )
+
+
 def delete_instance(
     cms: CMSResource,
     platform: PlatformResource,
@@ -41,18 +57,7 @@ def delete_instance(
     if instance.state is InstanceState.deleted:
         log(f"instance {instance.k8s_name} is already deleted")
         return instance
-    if instance.state not in DELETABLE:
-        raise ValidationFailed(
-            "instance",
-            f"instance {instance.k8s_name!r} is {instance.state}: its restore run {instance.run_id} is still making "
-            "it (a failed run removes what it made); terminate that run first",
-        )
-    if not force and not created_by_restore(instance):
-        raise ValidationFailed(
-            "force",
-            f"instance {instance.k8s_name!r} was not created by a toygres restore (no source_image_id and "
-            "request_key tag): pass force to delete it anyway",
-        )
+    check_deletable(instance, force)
     if instance.state is not InstanceState.deleting:
         instance = cms.transition_instance(
             instance.id, InstanceState.deleting, reason=reason, run_id=run_id, expected=instance.state
