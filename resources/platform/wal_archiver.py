@@ -35,6 +35,7 @@ class ArchiverConfig(BaseModel):
     host: str
     port: int
     user: str
+    sslmode: str = "prefer"  # Kubernetes: "require" (its instances accept TLS only)
     bindir: str
     container_url: str
     age_recipient: str | None = None
@@ -104,7 +105,11 @@ class Archiver:
 
     def _conninfo(self) -> str:
         return psycopg.conninfo.make_conninfo(
-            host=self.config.host, port=self.config.port, user=self.config.user, dbname="postgres"
+            host=self.config.host,
+            port=self.config.port,
+            user=self.config.user,
+            sslmode=self.config.sslmode,
+            dbname="postgres",
         )
 
     def _container(self) -> ContainerClient:
@@ -117,6 +122,21 @@ class Archiver:
             row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
         assert row is not None
         return str(row[0])
+
+    def drop_slot(self) -> None:
+        """Drop the instance's slot (its archiver removed); a server that does not answer keeps it, bounded
+        by max_slot_wal_keep_size."""
+        try:
+            with psycopg.connect(
+                self._conninfo(), connect_timeout=5, passfile=str(self.pgpass_file), autocommit=True
+            ) as conn:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE slot_name = %s AND NOT active",
+                    [SLOT_NAME],
+                )
+        except psycopg.Error as error:
+            print(f"wal archiver {self.config.namespace}/{self.config.k8s_name}: slot kept: {error}", flush=True)
 
     def _start_receiver(self) -> None:
         bindir = Path(self.config.bindir)

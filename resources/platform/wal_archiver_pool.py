@@ -17,6 +17,7 @@ its pg_receivewal wrote is uploaded first). Each status change is printed as one
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -55,11 +56,28 @@ class ArchiverPool:
             return {key: archiver.config for key, archiver in self.served.items()}
         return {key_of(config): config for config in wanted.archivers}
 
+    def _private_pgpass(self) -> Path:
+        """libpq ignores a pgpass readable by the group (a mounted Secret's file is): a 0600 copy."""
+        copy = self.work_dir / PGPASS_FILE
+        content = (self.config_dir / PGPASS_FILE).read_bytes()
+        if not copy.exists() or copy.read_bytes() != content:
+            fd = os.open(copy.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+            copy.with_suffix(".tmp").replace(copy)
+        return copy
+
     def reconcile(self) -> None:
         wanted = self._wanted()
         for key in sorted(set(self.served) - set(wanted)):
-            self.served.pop(key).close()
+            # Its instance is no longer running: stopped, what it wrote uploaded, its slot dropped
+            # (with the password still in the previous pgpass copy) when the server answers.
+            archiver = self.served.pop(key)
+            archiver.close()
+            archiver.drop_slot()
             self.reported.pop(key, None)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        pgpass = self._private_pgpass()
         for key, config in wanted.items():
             archiver = self.served.get(key)
             if archiver is not None and archiver.config == config:
@@ -72,7 +90,7 @@ class ArchiverPool:
                 directory,
                 config,
                 sas_file=self.config_dir / SAS_FILE,
-                pgpass_file=self.config_dir / PGPASS_FILE,
+                pgpass_file=pgpass,
             )
 
     def step(self) -> float:
