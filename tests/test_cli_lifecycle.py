@@ -102,6 +102,22 @@ def test_delete_instance_refuses_what_no_restore_created_unless_forced(run, cms,
     assert "deleted" in out
 
 
+@pytest.mark.parametrize("through_request", [True, False], ids=["restore_instance", "restore_to_time"])
+def test_delete_instance_deletes_a_point_in_time_restored_instance_without_force(run, cms, through_request):
+    """A PITR restore has no source_image_id (a base backup is no image row): its base backup tag
+    is what says a toygres restore made it."""
+    tags = {"pitr_base_backup": str(uuid.uuid4()), "pitr_source": "app-abcde", "pitr_target": "latest"}
+    if through_request:
+        tags["request_key"] = f"restore-request:{uuid.uuid4()}"
+    instance = cms.create_instance(
+        user_name="pitr", k8s_name="pitr-fghij", namespace="default", postgres_version="17", storage_size_gb=1,
+        use_load_balancer=True, dns_name="pitr-fghij", image_type="stock", tags=tags, state=InstanceState.running,
+    )  # fmt: skip
+    code, out, err = run("delete-instance", instance.k8s_name)
+    assert (code, err) == (0, ""), err
+    assert cms.get_instance(instance.id).state is InstanceState.deleted
+
+
 def test_retention_override_is_stored_checked_and_cleared(run, cms, source):
     code, out, err = run("retention", source.k8s_name, "--set", "keep_daily=14", "--set", "timezone=Europe/Berlin")
     assert (code, err) == (0, "")
