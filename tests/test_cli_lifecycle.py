@@ -248,3 +248,16 @@ def test_a_malformed_request_row_stops_neither_retention_nor_delete_image_nor_th
     dry = run_retention_job(resources, dg.DagsterInstance.ephemeral(), dry_run=True)
     assert dry.success
     assert cms.get_image(used.id).state is ImageState.ready and cms.get_image(newest.id).state is ImageState.ready
+
+
+def test_request_restore_latest_is_a_point_in_time_restore_to_the_newest_second(run, cms):
+    """--latest is --target-time latest: the id is then looked up as a base backup; both at once is refused."""
+    unknown = str(uuid.uuid4())
+    args = ["request-restore", "--image", unknown, "--name", "again", "--dns-label", "again-x"]
+    code, _, err = run(*args, "--latest")
+    assert code == 2
+    assert err == f"error: source_image_id: no ready base backup {unknown!r} (`pitr-status` lists the windows)\n"
+    code, _, err = run(*args, "--latest", "--target-time", "2026-12-04T10:00:00Z")
+    assert code == 2
+    assert err.startswith("error: target_time: --latest and --target-time '2026-12-04T10:00:00Z' both given")
+    assert cms.list_restore_requests() == []

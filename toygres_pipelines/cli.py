@@ -44,6 +44,7 @@ from records import (
 from records.parallel import validate_parallel_jobs
 from records.requests import MalformedRequest
 from records.units import human_bytes
+from records.wal import LATEST
 from resources.cms import CMSResource
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
 from toygres_pipelines.cli_status import add_status_command
@@ -233,6 +234,12 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
 def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     if not args.source_image_id:
         raise ValidationFailed("source_image_id", "required: the id or name of the image to restore (--image)")
+    if args.latest:
+        if args.target_time not in (None, LATEST):
+            raise ValidationFailed(
+                "target_time", f"--latest and --target-time {args.target_time!r} both given: choose one"
+            )
+        args.target_time = LATEST
     fields = fields_from_cli(args, RestoreRequestFields)
     if args.password is not None:
         sys.stderr.write(f"warning: --password is ignored: {PASSWORD_IGNORED}\n")
@@ -612,6 +619,12 @@ def build_parser() -> argparse.ArgumentParser:
     # --image is checked by the command, so a missing one reads like every other rule: `error: source_image_id: ...`
     add_cli_arguments(restore, RestoreRequestFields, optional=["source_image_id"])
     add_wait_arguments(restore)
+    restore.add_argument(
+        "--latest",
+        action="store_true",
+        help="point-in-time restore to the newest recoverable second (the same as --target-time latest); "
+        "--image then names a base backup",
+    )
     # Not a request field: accepted for compatibility, never stored (a restore keeps the image's password).
     restore.add_argument(
         "--password", metavar="IGNORED", help=f"accepted for compatibility and ignored: {PASSWORD_IGNORED}"
