@@ -405,16 +405,17 @@ def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     images, total = cms.page_of_images(args.state, limit=limit, offset=offset)
     note = page_note(len(images), total, limit, offset, args.page)
     if args.json:
-        print_json([as_json(image) for image in images], out)
+        print_json([as_json(image, kind="logical") for image in images], out)
         if note:
             sys.stderr.write(note + "\n")
         return EXIT_OK
     print_table(
-        ["ID", "NAME", "STATE", "SOURCE", "PG", "SIZE", "CREATED", "ERROR"],
+        ["ID", "NAME", "KIND", "STATE", "SOURCE", "PG", "SIZE", "CREATED", "ERROR"],
         [
             [
                 i.id,
                 i.name,
+                "logical",
                 i.state,
                 f"{i.source_namespace}/{i.source_k8s_name}",
                 i.postgres_version,
@@ -428,7 +429,40 @@ def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     )
     if note:
         out.write(note + "\n")
+    if not args.state and args.page == 1:
+        print_base_backups(cms, out)
     return EXIT_OK
+
+
+def print_base_backups(cms: CMSResource, out: TextIO) -> None:
+    """The ready base backups (kind `base`, docs/pitr.md) with their instance's window and archive lag."""
+    from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
+
+    backups = cms.list_base_backups()
+    if not backups:
+        return
+    instances = {i.id: i for i in cms.list_instances() if i.id in {b.instance_id for b in backups}}
+    summaries = pitr_summaries(cms, list(instances.values()), datetime.now(UTC)) or {}
+    empty = PitrSummary()
+    out.write("\nbase backups (point-in-time recovery; restore with --target-time or --latest):\n")
+    print_table(
+        ["ID", "KIND", "STATE", "SOURCE", "PG", "SIZE", "CONSISTENT AT", "PITR WINDOW", "ARCHIVE LAG (S)"],
+        [
+            [
+                b.id,
+                b.kind,
+                b.state,
+                f"{b.namespace}/{b.k8s_name}",
+                b.postgres_version,
+                size(b.size_bytes),
+                when(b.consistent_at),
+                summaries.get(b.k8s_name, empty).window_text(when),
+                None if (lag := summaries.get(b.k8s_name, empty).lag_seconds) is None else f"{lag:.1f}",
+            ]
+            for b in backups
+        ],
+        out,
+    )
 
 
 def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
