@@ -72,9 +72,9 @@ class ArchiverPool:
         for key in sorted(set(self.served) - set(wanted)):
             # Its instance is no longer running: stopped, what it wrote uploaded, its slot dropped
             # (with the password still in the previous pgpass copy) when the server answers.
-            archiver = self.served.pop(key)
-            archiver.close()
-            archiver.drop_slot()
+            removed = self.served.pop(key)
+            removed.close()
+            removed.drop_slot()
             self.reported.pop(key, None)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         pgpass = self._private_pgpass()
@@ -94,7 +94,10 @@ class ArchiverPool:
             )
 
     def step(self) -> float:
-        self.reconcile()
+        try:
+            self.reconcile()
+        except OSError as unreadable:  # the Secret mid-update or not mounted yet: serve what is served, retry
+            print(f"wal archiver pool: configuration not read: {unreadable}", flush=True)
         wait = 2.0
         for key, archiver in self.served.items():
             wait = min(wait, archiver.step())
