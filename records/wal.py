@@ -25,6 +25,9 @@ SEGMENT_NAME = re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})")
 STORED_NAME = re.compile(r"(?P<segment>[0-9A-F]{24})(?P<partial>\.partial)?\.zst(?P<age>\.age)?")
 SYSTEM_IDENTIFIER = re.compile(r"[0-9]{1,20}")
 SLOT_NAME = "toygres_wal_archiver"
+# The instance-row tag naming the base backup a point-in-time restore made it from (it has no
+# source_image_id: a base backup is no image row).
+PITR_BASE_BACKUP_TAG = "pitr_base_backup"
 
 
 def wal_prefix(namespace: str, k8s_name: str) -> str:

@@ -320,7 +320,7 @@ def test_listings_as_tables_are_aligned(run, cms, db, image):
     code, out, _ = run("images")
     assert code == 0
     header, *rows = out.splitlines()
-    assert header.split()[:3] == ["ID", "NAME", "STATE"]
+    assert header.split()[:4] == ["ID", "NAME", "KIND", "STATE"]
     state_column = header.index("STATE")
     assert {row[state_column:].split()[0] for row in rows} == {"ready", "failed"}
     code, out, _ = run("requests")

@@ -102,6 +102,22 @@ def test_delete_instance_refuses_what_no_restore_created_unless_forced(run, cms,
     assert "deleted" in out
 
 
+@pytest.mark.parametrize("through_request", [True, False], ids=["restore_instance", "restore_to_time"])
+def test_delete_instance_deletes_a_point_in_time_restored_instance_without_force(run, cms, through_request):
+    """A PITR restore has no source_image_id (a base backup is no image row): its base backup tag
+    is what says a toygres restore made it."""
+    tags = {"pitr_base_backup": str(uuid.uuid4()), "pitr_source": "app-abcde", "pitr_target": "latest"}
+    if through_request:
+        tags["request_key"] = f"restore-request:{uuid.uuid4()}"
+    instance = cms.create_instance(
+        user_name="pitr", k8s_name="pitr-fghij", namespace="default", postgres_version="17", storage_size_gb=1,
+        use_load_balancer=True, dns_name="pitr-fghij", image_type="stock", tags=tags, state=InstanceState.running,
+    )  # fmt: skip
+    code, out, err = run("delete-instance", instance.k8s_name, "--yes")
+    assert (code, err) == (0, ""), err
+    assert cms.get_instance(instance.id).state is InstanceState.deleted
+
+
 def test_retention_override_is_stored_checked_and_cleared(run, cms, source):
     code, out, err = run("retention", source.k8s_name, "--set", "keep_daily=14", "--set", "timezone=Europe/Berlin")
     assert (code, err) == (0, "")
@@ -337,3 +353,16 @@ def test_retention_set_with_an_unknown_key_lists_the_allowed_keys(run, cms, sour
     assert err.startswith("error: keep_dayly: ")
     assert all(key in err for key in RetentionPolicy.model_fields), err
     assert cms.get_instance(source.id).retention_override is None
+
+
+def test_request_restore_latest_is_a_point_in_time_restore_to_the_newest_second(run, cms):
+    """--latest is --target-time latest: the id is then looked up as a base backup; both at once is refused."""
+    unknown = str(uuid.uuid4())
+    args = ["request-restore", "--image", unknown, "--name", "again", "--dns-label", "again-x"]
+    code, _, err = run(*args, "--latest")
+    assert code == 2
+    assert err == f"error: source_image_id: no ready base backup {unknown!r} (`pitr-status` lists the windows)\n"
+    code, _, err = run(*args, "--latest", "--target-time", "2026-12-04T10:00:00Z")
+    assert code == 2
+    assert err.startswith("error: target_time: --latest and --target-time '2026-12-04T10:00:00Z' both given")
+    assert cms.list_restore_requests() == []

@@ -72,6 +72,7 @@ def test_drill_of_pagila_passes_records_its_recovery_time_and_deletes_the_scratc
     assert row.seconds_per_gib is not None and row.seconds_per_gib > 0
     assert row.backup_size_bytes == ready_image.backup_size_bytes
     assert row.tables_checked and row.tables_checked > 20
+    assert row.reason and "pg_amcheck clean" in row.reason  # heap and btree of every database checked
     assert_scratch_gone(cms, platform, result.run_id)
 
     [evaluation] = check_evaluations(instance, RESTORABLE_CHECK)

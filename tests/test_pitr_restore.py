@@ -234,6 +234,18 @@ def test_pitr_status_shows_the_window_and_the_lag(cms, blob, platform, backed_up
     assert row["latest"] is not None and row["lag_seconds"] is not None and row["base_backups"] == 1
     assert row["problems"] == []
 
+    # `status` and `images` show the same window and the lag; `images` the base backups with their kind.
+    code, out, err = invoke("status", "--json")
+    [status] = [r for r in json.loads(out) if r["instance"] == source.k8s_name]
+    assert status["pitr_earliest"] == row["earliest"]
+    assert status["pitr_latest"] is not None and status["archive_lag_seconds"] is not None
+    code, out, err = invoke("status")
+    assert "PITR WINDOW" in out and "ARCHIVE LAG (S)" in out and row["earliest"] in out
+    code, out, err = invoke("images")
+    assert code == 0, err
+    [line] = [line for line in out.splitlines() if str(backup.id) in line]
+    assert " base " in f" {line} " and source.k8s_name in line and row["earliest"] in line
+
     platform.remove_wal_archiver(InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace))
     code, out, _ = invoke("pitr-status")
     assert code == 4 and "archiver" in out

@@ -44,6 +44,7 @@ from records import (
 from records.parallel import validate_parallel_jobs
 from records.requests import MalformedRequest
 from records.units import human_bytes
+from records.wal import LATEST
 from resources.cms import CMSResource
 from resources.platform.base import PlatformError
 from toygres_pipelines.cli_lifecycle import add_lifecycle_commands
@@ -235,6 +236,12 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
 def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     if not args.source_image_id:
         raise ValidationFailed("source_image_id", "required: the id or name of the image to restore (--image)")
+    if args.latest:
+        if args.target_time not in (None, LATEST):
+            raise ValidationFailed(
+                "target_time", f"--latest and --target-time {args.target_time!r} both given: choose one"
+            )
+        args.target_time = LATEST
     fields = fields_from_cli(args, RestoreRequestFields)
     if args.password is not None:
         sys.stderr.write(f"warning: --password is ignored: {PASSWORD_IGNORED}\n")
@@ -403,16 +410,17 @@ def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     images, total = cms.page_of_images(args.state, limit=limit, offset=offset)
     note = page_note(len(images), total, limit, offset, args.page)
     if args.json:
-        print_json([as_json(image) for image in images], out)
+        print_json([as_json(image, kind="logical") for image in images], out)
         if note:
             sys.stderr.write(note + "\n")
         return EXIT_OK
     print_table(
-        ["ID", "NAME", "STATE", "SOURCE", "PG", "SIZE", "CREATED", "ERROR"],
+        ["ID", "NAME", "KIND", "STATE", "SOURCE", "PG", "SIZE", "CREATED", "ERROR"],
         [
             [
                 i.id,
                 i.name,
+                "logical",
                 i.state,
                 f"{i.source_namespace}/{i.source_k8s_name}",
                 i.postgres_version,
@@ -426,7 +434,40 @@ def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     )
     if note:
         out.write(note + "\n")
+    if not args.state and args.page == 1:
+        print_base_backups(cms, out)
     return EXIT_OK
+
+
+def print_base_backups(cms: CMSResource, out: TextIO) -> None:
+    """The ready base backups (kind `base`, docs/pitr.md) with their instance's window and archive lag."""
+    from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
+
+    backups = cms.list_base_backups()
+    if not backups:
+        return
+    instances = {i.id: i for i in cms.list_instances() if i.id in {b.instance_id for b in backups}}
+    summaries = pitr_summaries(cms, list(instances.values()), datetime.now(UTC)) or {}
+    empty = PitrSummary()
+    out.write("\nbase backups (point-in-time recovery; restore with --target-time or --latest):\n")
+    print_table(
+        ["ID", "KIND", "STATE", "SOURCE", "PG", "SIZE", "CONSISTENT AT", "PITR WINDOW", "ARCHIVE LAG (S)"],
+        [
+            [
+                b.id,
+                b.kind,
+                b.state,
+                f"{b.namespace}/{b.k8s_name}",
+                b.postgres_version,
+                size(b.size_bytes),
+                when(b.consistent_at),
+                summaries.get(b.k8s_name, empty).window_text(when),
+                None if (lag := summaries.get(b.k8s_name, empty).lag_seconds) is None else f"{lag:.1f}",
+            ]
+            for b in backups
+        ],
+        out,
+    )
 
 
 def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
@@ -651,6 +692,12 @@ def build_parser() -> argparse.ArgumentParser:
     # --image is checked by the command, so a missing one reads like every other rule: `error: source_image_id: ...`
     add_cli_arguments(restore, RestoreRequestFields, optional=["source_image_id"])
     add_wait_arguments(restore)
+    restore.add_argument(
+        "--latest",
+        action="store_true",
+        help="point-in-time restore to the newest recoverable second (the same as --target-time latest); "
+        "--image then names a base backup",
+    )
     # Not a request field: accepted for compatibility, never stored (a restore keeps the image's password).
     restore.add_argument(
         "--password", metavar="IGNORED", help=f"accepted for compatibility and ignored: {PASSWORD_IGNORED}"

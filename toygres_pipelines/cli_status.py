@@ -14,6 +14,7 @@ from records import ImageState, InstanceState, ValidationFailed
 from records.freshness import instance_status
 from resources.cms import CMSResource
 from toygres_pipelines.automation.settings import AutomationSettings
+from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
 
 EXIT_OK = 0
 EXIT_OUT_OF_WINDOWS = 4
@@ -27,20 +28,38 @@ def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     except ValueError as error:  # bad input, not an unexpected error: its message names the variable and the rule
         variable, _, rule = str(error).partition(": ")
         raise ValidationFailed(variable, rule) from error
+    running = cms.list_instances([InstanceState.running])
+    now = datetime.now(UTC)
+    pitr = pitr_summaries(cms, running, now)
     rows = instance_status(
-        cms.list_instances([InstanceState.running]),
+        running,
         cms.list_images([ImageState.ready]),
         cms.list_drills(),
-        datetime.now(UTC),
+        now,
         timedelta(hours=settings.backup_freshness_hours),
         timedelta(days=settings.drill_freshness_days),
         timedelta(hours=settings.new_instance_grace_hours),
     )
+    summaries = pitr or {}
+    empty = PitrSummary()
     if args.json:
-        print_json([{**row.model_dump(mode="json"), "in_windows": row.in_windows} for row in rows], out)
+        print_json(
+            [
+                {
+                    **row.model_dump(mode="json"),
+                    "in_windows": row.in_windows,
+                    "pitr_earliest": when(summaries.get(row.instance, empty).earliest),
+                    "pitr_latest": when(summaries.get(row.instance, empty).latest),
+                    "archive_lag_seconds": summaries.get(row.instance, empty).lag_seconds,
+                }
+                for row in rows
+            ],
+            out,
+        )
     else:
         print_table(
-            ["INSTANCE", "NEWEST IMAGE", "AGE (H)", "LAST DRILL", "RESULT", "RECOVERY (S)", "STATUS"],
+            ["INSTANCE", "NEWEST IMAGE", "AGE (H)", "LAST DRILL", "RESULT", "RECOVERY (S)", "PITR WINDOW",
+             "ARCHIVE LAG (S)", "STATUS"],
             [
                 [
                     r.instance,
@@ -49,12 +68,16 @@ def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
                     when(r.last_drill_started_at),
                     r.last_drill_result,
                     _seconds(r.last_drill_recovery_seconds),
+                    summaries.get(r.instance, empty).window_text(when),
+                    _seconds(summaries.get(r.instance, empty).lag_seconds),
                     "; ".join(r.problems) or r.note or "ok",
                 ]
                 for r in rows
             ],
             out,
-        )
+        )  # fmt: skip
+        if pitr is None:
+            out.write("PITR window and archive lag not shown: blob storage is not configured (TOYGRES_BLOB_*)\n")
     return EXIT_OK if all(r.in_windows for r in rows) else EXIT_OUT_OF_WINDOWS
 
 
@@ -66,7 +89,8 @@ def add_status_command(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> N
     status = sub.add_parser(
         "status",
         parents=list(parent),
-        help="per running instance: newest image and its age, last drill and its recovery time",
+        help="per running instance: newest image and its age, last drill and its recovery time, PITR window and "
+        "archive lag",
         description="Per running instance: its newest ready image and its age, its last restore drill, that "
         f"drill's result and recovery time. Exit {EXIT_OUT_OF_WINDOWS} when any instance's newest image is older "
         "than TOYGRES_BACKUP_FRESHNESS_HOURS (default 26), its newest successful drill older than "

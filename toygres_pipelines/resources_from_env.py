@@ -83,6 +83,7 @@ def kubernetes_platform_from_env() -> PlatformResource:
         "age_identity_secret": "TOYGRES_K8S_AGE_IDENTITY_SECRET",
         "allow_public_without_source_ranges": "TOYGRES_K8S_ALLOW_PUBLIC_WITHOUT_SOURCE_RANGES",  # true|false
         "tls_ca_secret": "TOYGRES_K8S_TLS_CA_SECRET",  # the CA Secret's name in each instance namespace
+        "archiver_image": "TOYGRES_K8S_ARCHIVER_IMAGE",  # the project image, pinned: the WAL archiver Deployments
     }
     lists = {
         "instance_namespaces": "TOYGRES_K8S_INSTANCE_NAMESPACES",  # team-a,team-b

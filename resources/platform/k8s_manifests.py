@@ -40,6 +40,8 @@ from resources.platform.k8s_images import ManifestError, check_pinned_image
 from resources.platform.k8s_pods import SERVE_CONTAINER
 from resources.platform.k8s_settings import ManifestSettings
 from resources.platform.tls import server_certificate
+from resources.platform.wal_archiver import PGPASS_FILE, SAS_FILE
+from resources.platform.wal_archiver_pool import ARCHIVERS_FILE, ArchiverSet
 
 Manifest = dict[str, Any]
 
@@ -308,6 +310,8 @@ def statefulset(spec: DeploySpec, settings: ManifestSettings) -> Manifest:
         str(stop_wait),
     ]
     container["resources"] = _resources(settings.postgres_resources)
+    # On the command line, above postgresql.auto.conf: a tenant's ALTER SYSTEM cannot lift it.
+    container["args"] += ["-c", f"max_slot_wal_keep_size={settings.wal_slot_max_keep_mb}MB"]
     for mount in container["volumeMounts"]:
         if mount["name"] == "data":
             mount["mountPath"] = settings.volume_mount_path
@@ -728,3 +732,36 @@ def mount_age_identities(pod: Manifest, secret_name: str) -> None:
     container = pod["containers"][0]
     container["volumeMounts"].append({"name": "age-identities", "mountPath": AGE_IDENTITY_MOUNT, "readOnly": True})
     container["env"].append(_env_value(AGE_IDENTITY_ENV, f"{AGE_IDENTITY_MOUNT}/{AGE_IDENTITY_KEY}"))
+
+
+# --- the WAL archiver of an instance namespace (docs/pitr.md) ---------------------------------
+
+WAL_ARCHIVER_NAME = "toygres-wal-archiver"
+WAL_ARCHIVER_COMPONENT = "wal-archiver"
+WAL_ARCHIVER_CONFIG_KEYS = (ARCHIVERS_FILE, PGPASS_FILE, SAS_FILE)
+# pg_receivewal of the archiver image (the project image's PGDG client: it streams from every older major).
+ARCHIVER_BINDIR = "/usr/lib/postgresql/17/bin"
+
+
+def wal_archiver_secret(namespace: str, archivers: ArchiverSet, pgpass: str, sas: str) -> Manifest:
+    manifest = _meta(load_template("wal-archiver-secret.yaml"), WAL_ARCHIVER_NAME, namespace)
+    files = {ARCHIVERS_FILE: archivers.model_dump_json(), PGPASS_FILE: pgpass, SAS_FILE: sas}
+    manifest["data"] = {key: _b64(value) for key, value in files.items()}
+    return manifest
+
+
+def wal_archiver_deployment(namespace: str, settings: ManifestSettings) -> Manifest:
+    if settings.archiver_image is None:
+        raise ManifestError("archiver_image: not set, so no WAL archiver can run (docs/pitr.md)")
+    manifest = _meta(load_template("wal-archiver-deployment.yaml"), WAL_ARCHIVER_NAME, namespace)
+    pod = manifest["spec"]["template"]["spec"]
+    pod["serviceAccountName"] = settings.service_account_name
+    [container] = pod["containers"]
+    container["image"] = settings.archiver_image
+    container["resources"] = _resources(settings.archiver_resources)
+    if settings.job_image_pull_secret:
+        pod["imagePullSecrets"] = [{"name": settings.job_image_pull_secret}]
+    for volume in pod["volumes"]:
+        if volume["name"] == "config":
+            volume["secret"]["secretName"] = WAL_ARCHIVER_NAME
+    return manifest

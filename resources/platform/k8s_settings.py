@@ -125,6 +125,33 @@ class ManifestSettings(BaseModel):
         "read-only into restore Jobs only; never into backup Jobs",
     )
 
+    archiver_image: str | None = Field(
+        default=None,
+        description="Image of the WAL archiver Deployment of each instance namespace (the project image: Python, "
+        "pg_receivewal, zstd, age), pinned like job_images; None: no archivers (their instances are named by the "
+        "wal_archivers sensor)",
+    )
+    archiver_memory_request: str | None = Field(
+        default="256Mi",
+        description="Memory request of the archiver pod: ~100 MiB for its Python process + ~11 MiB per archived "
+        "instance (one pg_receivewal each; docs/pitr.md)",
+    )
+    archiver_memory_limit: str | None = Field(default="2Gi", description="Memory limit of the archiver pod")
+    archiver_cpu_request: str | None = Field(default="50m", description="CPU request of the archiver pod")
+    wal_slot_max_keep_mb: int = Field(
+        default=1024,
+        ge=64,
+        description="max_slot_wal_keep_size of every server: WAL its archiver's slot may hold back while the archiver "
+        "is down; past it the server drops that WAL (the archive reports the gap) instead of filling the volume",
+    )
+
+    @field_validator("archiver_image")
+    @classmethod
+    def _archiver_image_is_pinned(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_pinned_image(value, "archiver_image")
+        return value
+
     @field_validator("job_images", "postgres_images", "pg_durable_images")
     @classmethod
     def _images_are_pinned(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
@@ -174,3 +201,7 @@ class ManifestSettings(BaseModel):
         return _resources(
             self.postgres_cpu_request, self.postgres_memory_request, self.postgres_cpu_limit, self.postgres_memory_limit
         )
+
+    @property
+    def archiver_resources(self) -> dict[str, dict[str, str]]:
+        return _resources(self.archiver_cpu_request, self.archiver_memory_request, None, self.archiver_memory_limit)

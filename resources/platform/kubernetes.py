@@ -33,7 +33,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
@@ -53,6 +55,7 @@ from resources.platform.base import (
     PlatformError,
     PlatformResource,
     RestoreRoles,
+    WalArchiverSpec,
 )
 from resources.platform.k8s_pods import (
     SERVE_CONTAINER,
@@ -64,10 +67,14 @@ from resources.platform.k8s_pods import (
     phase,
     pod_started,
 )
+from resources.platform.postgres_server import pgpass_line
+from resources.platform.wal_archiver import PGPASS_FILE, SAS_FILE, ArchiverConfig
+from resources.platform.wal_archiver_pool import ARCHIVERS_FILE, ArchiverSet, key_of, last_errors
 
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+ARCHIVER_LOG_TAIL = 5000  # lines of the archiver pod's log read for an instance's last status
 
 
 class KubernetesPlatform(m.ManifestSettings, PlatformResource):
@@ -703,6 +710,126 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             "persistentvolumeclaim", core.delete_namespaced_persistent_volume_claim, m.volume_name(instance), ns
         )
 
+    # --- WAL archivers: one Deployment per instance namespace (docs/pitr.md) -----------------------
+
+    def _archiver_secret(self, namespace: str) -> tuple[ArchiverSet, dict[str, str], str] | None:
+        """(the instances served, pgpass line per instance key, sas) of a namespace's archiver, None: none."""
+        try:
+            secret = self._core.read_namespaced_secret(m.WAL_ARCHIVER_NAME, namespace, _request_timeout=self._timeout())
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise PlatformError(f"cannot read secret {namespace}/{m.WAL_ARCHIVER_NAME}: {_api_error(error)}") from error
+        served = ArchiverSet.model_validate_json(m.decode_secret_value(secret.data, ARCHIVERS_FILE) or "{}")
+        lines = (m.decode_secret_value(secret.data, PGPASS_FILE) or "").splitlines(keepends=True)
+        by_host = {line.split(":", 1)[0]: line for line in lines}
+        pgpass = {key_of(c): by_host[c.host] for c in served.archivers if c.host in by_host}
+        return served, pgpass, m.decode_secret_value(secret.data, SAS_FILE) or ""
+
+    def _write_archiver_secret(
+        self, namespace: str, served: ArchiverSet, pgpass: dict[str, str], sas: str, exists: bool
+    ) -> None:
+        body = m.wal_archiver_secret(namespace, served, "".join(pgpass[key_of(c)] for c in served.archivers), sas)
+        if not exists:
+            self._create_or_adopt(
+                "secret", body, self._core.create_namespaced_secret, self._core.read_namespaced_secret
+            )
+        self._core.patch_namespaced_secret(
+            m.WAL_ARCHIVER_NAME, namespace, {"data": body["data"]}, _content_type=MERGE_PATCH,
+            _request_timeout=self._timeout(),
+        )  # fmt: skip
+
+    def ensure_wal_archiver(self, spec: WalArchiverSpec) -> bool:
+        """Add the instance to its namespace's archiver (created with the first one); the SAS is
+        replaced once past half its life."""
+        settings = self.settings()
+        if settings.archiver_image is None:
+            raise PlatformError("archiver_image is not set: no WAL archiver can run on this platform (docs/pitr.md)")
+        if spec.blob_sas is None:
+            raise PlatformError("the archiver needs a container SAS: it holds no Azure identity")
+        instance, namespace = spec.instance, spec.instance.namespace
+        m.check_instance(instance)
+        host = m.service_dns_name(instance)
+        config = ArchiverConfig(
+            namespace=namespace, k8s_name=instance.k8s_name, host=host, port=m.POSTGRES_PORT,
+            user=settings.superuser, sslmode=m.CLIENT_SSLMODE, bindir=m.ARCHIVER_BINDIR,
+            container_url=spec.container_url, age_recipient=spec.age_recipient, partial_seconds=spec.partial_seconds,
+        )  # fmt: skip
+        line = pgpass_line(
+            host, m.POSTGRES_PORT, settings.superuser, self.read_instance_password(instance).get_secret_value()
+        )
+        current = self._archiver_secret(namespace)
+        served, pgpass, sas = current or (ArchiverSet(), {}, "")
+        key = key_of(config)
+        added = config not in served.archivers or pgpass.get(key) != line
+        refresh = sas_needs_refresh(sas, spec.blob_sas.get_secret_value())
+        if added or refresh:
+            others = [c for c in served.archivers if key_of(c) != key]
+            served = ArchiverSet(archivers=sorted([*others, config], key=key_of))
+            pgpass[key] = line
+            sas = spec.blob_sas.get_secret_value() if refresh else sas
+            self._write_archiver_secret(namespace, served, pgpass, sas, exists=current is not None)
+        body = m.wal_archiver_deployment(namespace, settings)
+        try:
+            self._apps.read_namespaced_deployment(m.WAL_ARCHIVER_NAME, namespace, _request_timeout=self._timeout())
+        except ApiException as error:
+            if error.status != 404:
+                raise PlatformError(f"cannot read {namespace}/{m.WAL_ARCHIVER_NAME}: {_api_error(error)}") from error
+            self._create_or_adopt(
+                "deployment", body, self._apps.create_namespaced_deployment, self._apps.read_namespaced_deployment
+            )
+        return added
+
+    def wal_archivers(self) -> list[InstanceRef]:
+        found = []
+        for namespace in self.enabled_namespaces():
+            current = self._archiver_secret(namespace)
+            if current is not None:
+                found += [InstanceRef(namespace=c.namespace, k8s_name=c.k8s_name) for c in current[0].archivers]
+        return found
+
+    def wal_archiver_error(self, instance: InstanceRef) -> str | None:
+        namespace = instance.namespace
+        where = f"Deployment {namespace}/{m.WAL_ARCHIVER_NAME}"
+        try:
+            deployment = self._apps.read_namespaced_deployment(
+                m.WAL_ARCHIVER_NAME, namespace, _request_timeout=self._timeout()
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return f"no archiver ({where} missing)"
+            raise PlatformError(f"cannot read {where}: {_api_error(error)}") from error
+        available = (deployment.status.available_replicas if deployment.status else None) or 0
+        if available < 1:
+            return f"archiver not running ({where}: {available} of 1 available)"
+        selector = f"{m.APP_LABEL}=toygres,{m.COMPONENT_LABEL}={m.WAL_ARCHIVER_COMPONENT}"
+        pods = self._core.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=self._timeout())
+        for pod in pods.items:
+            if phase(pod) != "Running":
+                continue
+            log = self._core.read_namespaced_pod_log(
+                pod.metadata.name, namespace, tail_lines=ARCHIVER_LOG_TAIL, _request_timeout=self._timeout()
+            )
+            return last_errors(log.splitlines()).get(f"{namespace}/{instance.k8s_name}")
+        return None
+
+    def remove_wal_archiver(self, instance: InstanceRef) -> None:
+        """Take the instance out of its namespace's archiver (which stops its pg_receivewal and drops
+        its slot); the Deployment and Secret go with the last one."""
+        namespace = instance.namespace
+        current = self._archiver_secret(namespace)
+        if current is None:
+            return
+        served, pgpass, sas = current
+        key = f"{namespace}/{instance.k8s_name}"
+        kept = ArchiverSet(archivers=[c for c in served.archivers if key_of(c) != key])
+        if kept.archivers:
+            if kept != served:
+                self._write_archiver_secret(namespace, kept, pgpass, sas, exists=True)
+            return
+        self._delete("deployment", self._apps.delete_namespaced_deployment, m.WAL_ARCHIVER_NAME, namespace)
+        self._delete("secret", self._core.delete_namespaced_secret, m.WAL_ARCHIVER_NAME, namespace)
+
 
 # --- helpers ----------------------------------------------------------------------------------
 
@@ -737,3 +864,20 @@ def _ingress(service) -> str | None:
         if ingress.ip or ingress.hostname:
             return ingress.ip or ingress.hostname
     return None
+
+
+def sas_needs_refresh(stored: str, fresh: str) -> bool:
+    """The stored SAS is missing, unreadable or past half its life (measured against the fresh one's expiry)."""
+
+    def expiry(sas: str) -> datetime | None:
+        values = urllib.parse.parse_qs(sas).get("se")
+        try:
+            return datetime.fromisoformat(values[0].replace("Z", "+00:00")) if values else None
+        except ValueError:
+            return None
+
+    old, new = expiry(stored), expiry(fresh)
+    if old is None or new is None:
+        return stored != fresh
+    now = datetime.now(UTC)
+    return old - now < (new - now) / 2

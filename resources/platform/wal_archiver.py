@@ -35,6 +35,7 @@ class ArchiverConfig(BaseModel):
     host: str
     port: int
     user: str
+    sslmode: str = "prefer"  # Kubernetes: "require" (its instances accept TLS only)
     bindir: str
     container_url: str
     age_recipient: str | None = None
@@ -71,9 +72,19 @@ def plaintext_of(stored: bytes, identity_file: str | None) -> bytes:
 
 
 class Archiver:
-    def __init__(self, directory: Path):
+    def __init__(
+        self,
+        directory: Path,
+        config: ArchiverConfig | None = None,
+        *,
+        sas_file: Path | None = None,
+        pgpass_file: Path | None = None,
+    ):
         self.directory = directory
-        self.config = ArchiverConfig.model_validate_json(config_path(directory).read_text())
+        self.config = config or ArchiverConfig.model_validate_json(config_path(directory).read_text())
+        # A supervisor serving many instances passes shared files (one SAS, one pgpass of every instance).
+        self.sas_file = sas_file or directory / SAS_FILE
+        self.pgpass_file = pgpass_file or directory / PGPASS_FILE
         self.spool = directory / SPOOL_DIR
         self.spool.mkdir(exist_ok=True)
         self.receiver: subprocess.Popen | None = None
@@ -87,18 +98,22 @@ class Archiver:
     def _env(self) -> dict[str, str]:
         return {
             "PATH": f"{self.config.bindir}:/usr/bin:/bin",
-            "PGPASSFILE": str(self.directory / PGPASS_FILE),
+            "PGPASSFILE": str(self.pgpass_file),
             "PGCONNECT_TIMEOUT": "10",
             "LANG": "C.UTF-8",
         }
 
     def _conninfo(self) -> str:
         return psycopg.conninfo.make_conninfo(
-            host=self.config.host, port=self.config.port, user=self.config.user, dbname="postgres"
+            host=self.config.host,
+            port=self.config.port,
+            user=self.config.user,
+            sslmode=self.config.sslmode,
+            dbname="postgres",
         )
 
     def _container(self) -> ContainerClient:
-        sas = (self.directory / SAS_FILE).read_text().strip()
+        sas = self.sas_file.read_text().strip()
         url = self.config.container_url + (f"?{sas}" if sas else "")
         return ContainerClient.from_container_url(url)
 
@@ -107,6 +122,21 @@ class Archiver:
             row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
         assert row is not None
         return str(row[0])
+
+    def drop_slot(self) -> None:
+        """Drop the instance's slot (its archiver removed); a server that does not answer keeps it, bounded
+        by max_slot_wal_keep_size."""
+        try:
+            with psycopg.connect(
+                self._conninfo(), connect_timeout=5, passfile=str(self.pgpass_file), autocommit=True
+            ) as conn:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE slot_name = %s AND NOT active",
+                    [SLOT_NAME],
+                )
+        except psycopg.Error as error:
+            print(f"wal archiver {self.config.namespace}/{self.config.k8s_name}: slot kept: {error}", flush=True)
 
     def _start_receiver(self) -> None:
         bindir = Path(self.config.bindir)
@@ -193,36 +223,44 @@ class Archiver:
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
 
+    def step(self) -> float:
+        """One round: (re)start pg_receivewal, upload what is new; the seconds until the next round."""
+        error = None
+        try:
+            if self.system_identifier is None:
+                self.system_identifier = self._identify()
+            if self.receiver is not None and self.receiver.poll() is not None:
+                # Kept until WAL flows again: a refused connection is the instance's named reason.
+                self.receiver_error = f"pg_receivewal exited {self.receiver.returncode}: {self._receiver_said()}"
+                self.receiver = None
+            elif self.receiver is None:
+                self._start_receiver()
+            self.upload_pending(self._container())
+        except Exception as failure:  # noqa: BLE001 - reported in status.json and retried
+            error = f"{type(failure).__name__}: {failure}".strip()
+            print(f"wal archiver {self.config.namespace}/{self.config.k8s_name}: {error}", file=sys.stderr, flush=True)
+        self.write_status(error or self.receiver_error)
+        return self.config.poll_seconds if error is None else 2.0
+
+    def close(self) -> None:
+        """Stop pg_receivewal and upload what it wrote before it stopped."""
+        if self.receiver is not None and self.receiver.poll() is None:
+            self.receiver.terminate()
+            self.receiver.wait(timeout=30)
+        try:
+            self.last_partial_upload = 0.0
+            self.upload_pending(self._container())
+        except Exception as failure:  # noqa: BLE001
+            print(f"wal archiver: final upload: {failure}", file=sys.stderr, flush=True)
+
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         while not self.stopping:
             if not config_path(self.directory).exists():
                 break  # forgotten (its instance removed, the state directory deleted): nothing to serve
-            error = None
-            try:
-                if self.system_identifier is None:
-                    self.system_identifier = self._identify()
-                if self.receiver is not None and self.receiver.poll() is not None:
-                    # Kept until WAL flows again: a refused connection is the instance's named reason.
-                    self.receiver_error = f"pg_receivewal exited {self.receiver.returncode}: {self._receiver_said()}"
-                    self.receiver = None
-                elif self.receiver is None:
-                    self._start_receiver()
-                self.upload_pending(self._container())
-            except Exception as failure:  # noqa: BLE001 - reported in status.json and retried
-                error = f"{type(failure).__name__}: {failure}".strip()
-                print(f"wal archiver: {error}", file=sys.stderr, flush=True)
-            self.write_status(error or self.receiver_error)
-            time.sleep(self.config.poll_seconds if error is None else 2.0)
-        if self.receiver is not None and self.receiver.poll() is None:
-            self.receiver.terminate()
-            self.receiver.wait(timeout=30)
-        try:  # what pg_receivewal wrote before it stopped
-            self.last_partial_upload = 0.0
-            self.upload_pending(self._container())
-        except Exception as failure:  # noqa: BLE001
-            print(f"wal archiver: final upload: {failure}", file=sys.stderr, flush=True)
+            time.sleep(self.step())
+        self.close()
 
 
 def main(argv: list[str]) -> int:

@@ -36,6 +36,7 @@ RESOURCES = {
     "persistentvolumeclaims": kmock.resource("", "v1", "persistentvolumeclaims"),
     "jobs": kmock.resource("batch", "v1", "jobs"),
     "statefulsets": kmock.resource("apps", "v1", "statefulsets"),
+    "deployments": kmock.resource("apps", "v1", "deployments"),
 }
 
 

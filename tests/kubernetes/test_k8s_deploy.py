@@ -15,7 +15,7 @@ from k8s_fake_cluster import FakeJobController, PodScript, running_cluster
 from pydantic import SecretStr
 
 from records import InstanceRef
-from resources.platform.base import DeploySpec, JobFailed, JobKind, JobSpec, PlatformError
+from resources.platform.base import DeploySpec, JobFailed, JobKind, JobSpec, PlatformError, WalArchiverSpec
 from resources.platform.kubernetes import KubernetesPlatform
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(60)]
@@ -127,6 +127,7 @@ def test_the_role_grants_exactly_the_calls_the_platform_makes(tmp_path):
             backoff_limit=1,
             pod_pending_timeout_seconds=5,
             azure_region="westeurope",
+            archiver_image="registry.example/toygres:1.13-20261204",
         )
         env = {"BLOB_URL": "https://a/b", "POSTGRES_VERSION": "17"}
         backup = JobSpec(
@@ -173,6 +174,12 @@ def test_the_role_grants_exactly_the_calls_the_platform_makes(tmp_path):
             platform.wait_ready(target, 0)
         platform.stop_instance(target)
         platform.instance_exists(target)
+        archiver = WalArchiverSpec(instance=target, container_url="https://a/b", blob_sas=SecretStr("se=x&sig=y"))
+        platform.ensure_wal_archiver(archiver)  # creates the Secret and the Deployment
+        platform.ensure_wal_archiver(archiver)  # served: reads only
+        platform.wal_archivers()
+        platform.wal_archiver_error(target)
+        platform.remove_wal_archiver(target)  # the last one: Deployment and Secret deleted
         platform.delete_job("backup-one", NS)
         platform.delete_stale_jobs({NS}, 0)  # the janitor
         platform.delete_instance(target)

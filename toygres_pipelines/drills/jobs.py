@@ -11,6 +11,7 @@ table's row count compared with the manifest, the result recorded, the scratch i
     failure hook        any failed step: scratch instance deleted, drill failed with the reason
 """
 
+import subprocess
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -22,6 +23,7 @@ from records.requests import RestoreRequestFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
+from toygres_pipelines.drills.amcheck import AMCHECK_CLEAN, amcheck
 from toygres_pipelines.drills.checks import report_restorable
 from toygres_pipelines.drills.counting import restored_counts
 from toygres_pipelines.drills.settle import SCRATCH_PREFIX, remove_scratch_instance, settle_drill
@@ -97,11 +99,17 @@ def verify_row_counts(
     started = drill.started_at if drill else datetime.now(UTC)
     recovery = max(0.0, (datetime.now(UTC) - started).total_seconds())
     checked = sum(len(tables) for tables in found.values())
+    try:  # the restored data's structure: every heap page and btree index, each index entry against its heap
+        amcheck(platform, instance_ref(instance), instance.postgres_version)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        return DrillVerdict(result=DrillResult.failed, reason=str(error), recovery_seconds=recovery,
+                            tables_checked=checked)  # fmt: skip
+    context.log.info(AMCHECK_CLEAN)
     if not manifest.counted:
         return DrillVerdict(
             result=DrillResult.uncounted,
             reason=f"restored and answering; counts not compared: manifest format {manifest.format_version} "
-            "records no row counts",
+            f"records no row counts; {AMCHECK_CLEAN}",
             recovery_seconds=recovery,
             tables_checked=checked,
         )
@@ -122,7 +130,7 @@ def verify_row_counts(
     context.log.info(f"row counts of {checked} table(s) equal the manifest's; recovery took {recovery:.1f}s")
     return DrillVerdict(
         result=DrillResult.passed,
-        reason=f"restored; row counts of {checked} table(s) equal the manifest's",
+        reason=f"restored; row counts of {checked} table(s) equal the manifest's; {AMCHECK_CLEAN}",
         recovery_seconds=recovery,
         tables_checked=checked,
     )

@@ -2,7 +2,8 @@
 ends `deleted` (with events) and its DNS label is free again.
 
 "Created by this system" means made by a restore (the `restore_instance` job or a drill built on
-it): the row has a `source_image_id` and the `request_key` tag `create_instance_record` writes.
+it): the row has a `source_image_id` and the `request_key` tag `create_instance_record` writes,
+or, for a point-in-time restore (no image row behind it), the `pitr_base_backup` tag.
 Instances registered from elsewhere (e.g. a backup source) are refused unless `force`.
 The DNS label is reserved only by creating or running rows (`instances_dns_name_active_key`,
 `dns_name_in_use`): the row leaves both at `deleting`, so a new restore may take the label.
@@ -11,6 +12,7 @@ The DNS label is reserved only by creating or running rows (`instances_dns_name_
 from __future__ import annotations
 
 from records import Instance, InstanceState, LogSink, ValidationFailed
+from records.wal import PITR_BASE_BACKUP_TAG
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.restores.jobs import REQUEST_KEY
@@ -20,7 +22,9 @@ DELETABLE = (InstanceState.running, InstanceState.stopped, InstanceState.failed,
 
 
 def created_by_restore(instance: Instance) -> bool:
-    return instance.source_image_id is not None and REQUEST_KEY in instance.tags
+    if instance.source_image_id is not None and REQUEST_KEY in instance.tags:
+        return True
+    return bool(instance.tags.get(PITR_BASE_BACKUP_TAG))
 
 
 def check_deletable(instance: Instance, force: bool) -> None:
@@ -35,7 +39,7 @@ def check_deletable(instance: Instance, force: bool) -> None:
         raise ValidationFailed(
             "force",
             f"instance {instance.k8s_name!r} was not created by a toygres restore (no source_image_id and "
-            "request_key tag): pass force to delete it anyway",
+            "request_key tag, no pitr_base_backup tag): pass force to delete it anyway",
         )
 
 

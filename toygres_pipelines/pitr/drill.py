@@ -4,9 +4,7 @@ shorter window), the replayed point checked against the target, `pg_amcheck` ove
 the recovery time recorded, the scratch instance deleted whatever happened."""
 
 import hashlib
-import os
 import re
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +15,7 @@ from records import Instance, InstanceRef, InstanceState, LogSink
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from resources.platform.postgres_server import postgres_bindir
+from toygres_pipelines.drills.amcheck import amcheck
 from toygres_pipelines.lifecycle.instances import delete_instance
 from toygres_pipelines.pitr.restore import restore_to_time
 from toygres_pipelines.pitr.window import window_of
@@ -39,23 +37,6 @@ def drill_target(earliest: datetime, latest: datetime) -> datetime:
     if latest - earliest > BEFORE_END:
         return latest - BEFORE_END
     return earliest + (latest - earliest) / 2
-
-
-def amcheck(platform: PlatformResource, ref: InstanceRef, postgres_version: str) -> None:
-    """pg_amcheck over every database (heap and btree indexes); raises with its findings."""
-    endpoints = platform.endpoints(ref)
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PGPASSWORD": platform.read_instance_password(ref).get_secret_value(),
-        "PGCONNECT_TIMEOUT": "15",
-    }
-    done = subprocess.run(
-        [str(postgres_bindir(postgres_version) / "pg_amcheck"), "-h", endpoints.host, "-p", str(endpoints.port),
-         "-U", "postgres", "--all", "--install-missing", "--heapallindexed"],
-        env={**env, "LANG": os.environ.get("LANG", "C.UTF-8")}, capture_output=True, text=True, timeout=3600,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"pg_amcheck found problems: {(done.stdout + done.stderr).strip()[-2000:]}")
 
 
 def pitr_drill(

@@ -19,7 +19,7 @@ from records import (
     validate_azure_dns_label,
     validate_dns_label,
 )
-from records.wal import RecoveryPlanFile, parse_target_time
+from records.wal import PITR_BASE_BACKUP_TAG, RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, JobKind, JobSpec, PlatformResource
@@ -75,7 +75,7 @@ def restore_to_time(
         run_id=run_id,
         tags={
             "pitr_source": source.k8s_name,
-            "pitr_base_backup": str(base.id),
+            PITR_BASE_BACKUP_TAG: str(base.id),
             "pitr_target": target_time.isoformat() if target_time else "latest",
         },
         source_postgres_version=base.postgres_version,

@@ -11,6 +11,7 @@ from records import (
     ValidationFailed,
 )
 from records.requests import RestoreRequestFields
+from records.wal import PITR_BASE_BACKUP_TAG
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, PlatformResource
@@ -150,7 +151,7 @@ def create_instance_record(
             image_type=plan.image_type,
             source_image_id=None if plan.point_in_time else plan.image_id,  # a base backup is no image row
             run_id=context.run_id,
-            tags={REQUEST_KEY: key, **({"pitr_base_backup": str(plan.image_id)} if plan.point_in_time else {})},
+            tags={REQUEST_KEY: key, **({PITR_BASE_BACKUP_TAG: str(plan.image_id)} if plan.point_in_time else {})},
         )
     except ValidationFailed as error:
         raise invalid_request(error) from None
