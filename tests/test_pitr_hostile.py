@@ -7,8 +7,12 @@ restore, and the temporary server holds no secret of the deployment in its envir
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -155,3 +159,63 @@ def test_tenant_settings_and_files_run_nothing_reach_nothing_and_hang_nothing_in
         assert not connected.is_set(), "the restore's server connected to the tenant's primary_conninfo"
     finally:
         platform.delete_instance(ref)
+
+
+def test_a_tenant_writing_wal_faster_than_it_uploads_cannot_fill_the_archivers_disk(archived, platform, tmp_path):  # noqa: F811
+    """Blob storage unreachable, the tenant switching segments: the archiver's spool (the
+    deployment's disk) stays bounded; the rest waits in the slot (bounded on the tenant's side)."""
+    import sys
+
+    from resources.platform.base import PROJECT_DIR
+    from resources.platform.postgres_server import pgpass_line
+    from resources.platform.wal_archiver import ArchiverConfig, config_path
+    from tests.test_pitr_archiving import slot_active, wait_for
+
+    ref, dsn, _ = archived
+    endpoints = platform.endpoints(ref)
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    directory = tmp_path / "archiver"
+    directory.mkdir(mode=0o700)
+    (directory / "sas").write_text("")
+    (directory / "pgpass").write_text(pgpass_line(endpoints.host, endpoints.port, "postgres", str(info["password"])))
+    (directory / "pgpass").chmod(0o600)
+    limit = 2
+    config = {
+        **ArchiverConfig(
+            namespace=ref.namespace, k8s_name=ref.k8s_name, host=endpoints.host, port=endpoints.port,
+            user="postgres", bindir=str(postgres_bindir("15")),
+            container_url="http://127.0.0.1:9/devstoreaccount1/unreachable", poll_seconds=0.2,
+        ).model_dump(),
+        "spool_max_segments": limit,
+    }  # fmt: skip
+    config_path(directory).write_text(json.dumps(config))
+    output = open(directory / "archiver.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "resources.platform.wal_archiver", str(directory)],
+        cwd=PROJECT_DIR, start_new_session=True, stdout=output, stderr=output,
+    )  # fmt: skip
+    spool = directory / "spool"
+
+    def spooled() -> list[str]:
+        return sorted(p.name for p in spool.iterdir() if len(p.name) == 24) if spool.exists() else []
+
+    try:
+        wait_for(lambda: slot_active(dsn), "the archiver streaming from its slot")
+        for _ in range(2 * limit + 2):
+            name = switch_wal(dsn)
+            # Spooled, or the receiver stopped (the slot idle: the rest waits on the tenant's side).
+            wait_for(lambda n=name: n in spooled() or not slot_active(dsn), f"{name} spooled or streaming paused")
+            assert len(spooled()) <= limit, f"the spool grows without bound: {spooled()}"
+        assert not slot_active(dsn)
+        wait_for(
+            lambda: "spool full" in (json.loads((directory / "status.json").read_text()).get("error") or ""),
+            "the pause named in status.json", timeout=240,
+        )  # fmt: skip
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # its final upload would retry the unreachable storage
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        output.close()
+        for name in ("archiver.log", "status.json", "pg_receivewal.log"):  # shown when the test failed
+            print(name, (directory / name).read_text() if (directory / name).exists() else "-")
+        wait_for(lambda: not slot_active(dsn), "pg_receivewal gone")
