@@ -17,6 +17,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from types import FrameType
 
 import psycopg
 from azure.storage.blob import ContainerClient
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from records.wal import SEGMENT_NAME, SLOT_NAME, timeline_prefix
 
@@ -41,6 +42,10 @@ class ArchiverConfig(BaseModel):
     age_recipient: str | None = None
     partial_seconds: float = 2.0
     poll_seconds: float = 0.5
+    # Finished segments waiting for upload: past this the receiver stops (the slot keeps the rest
+    # on the tenant's side, bounded there by max_slot_wal_keep_size), so a tenant writing WAL
+    # faster than blob storage takes it never fills the deployment's disk.
+    spool_max_segments: int = Field(default=64, ge=1)
 
 
 def config_path(directory: Path) -> Path:
@@ -177,8 +182,35 @@ class Archiver:
         self.uploaded_bytes += len(data)
         self.receiver_error = None
 
+    def _finished(self) -> list[Path]:
+        return sorted(p for p in self.spool.iterdir() if SEGMENT_NAME.fullmatch(p.name))
+
+    def _guard_spool(self) -> None:
+        """Stops the receiver the moment the spool is full, even while an upload round is still
+        retrying an unreachable blob storage (the run loop then keeps it stopped)."""
+        while not self.stopping:
+            receiver = self.receiver
+            if receiver is not None and len(self._finished()) >= self.config.spool_max_segments:
+                receiver.terminate()
+            time.sleep(self.config.poll_seconds)
+
+    def _pause_when_spool_full(self) -> bool:
+        """True (the receiver stopped, the reason kept) while the spool holds its maximum."""
+        waiting = len(self._finished())
+        if waiting < self.config.spool_max_segments:
+            return False
+        if self.receiver is not None and self.receiver.poll() is None:
+            self.receiver.terminate()
+            self.receiver.wait(timeout=30)
+        self.receiver = None
+        self.receiver_error = (
+            f"spool full: {waiting} segment(s) await upload (at most {self.config.spool_max_segments}); "
+            "streaming paused, the slot keeps the rest"
+        )
+        return True
+
     def upload_pending(self, container: ContainerClient) -> None:
-        finished = sorted(p for p in self.spool.iterdir() if SEGMENT_NAME.fullmatch(p.name))
+        finished = self._finished()
         for path in finished:
             self._upload(container, path, partial=False)
             # Its partial blob is superseded by the finished one (left in place: the archiver's SAS
@@ -229,7 +261,9 @@ class Archiver:
         try:
             if self.system_identifier is None:
                 self.system_identifier = self._identify()
-            if self.receiver is not None and self.receiver.poll() is not None:
+            if self._pause_when_spool_full():
+                pass
+            elif self.receiver is not None and self.receiver.poll() is not None:
                 # Kept until WAL flows again: a refused connection is the instance's named reason.
                 self.receiver_error = f"pg_receivewal exited {self.receiver.returncode}: {self._receiver_said()}"
                 self.receiver = None
@@ -239,7 +273,8 @@ class Archiver:
         except Exception as failure:  # noqa: BLE001 - reported in status.json and retried
             error = f"{type(failure).__name__}: {failure}".strip()
             print(f"wal archiver {self.config.namespace}/{self.config.k8s_name}: {error}", file=sys.stderr, flush=True)
-        self.write_status(error or self.receiver_error)
+        # Both when both: blob storage down *and* streaming paused on a full spool.
+        self.write_status("; ".join(filter(None, [error, self.receiver_error])) or None)
         return self.config.poll_seconds if error is None else 2.0
 
     def close(self) -> None:
@@ -256,6 +291,7 @@ class Archiver:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        threading.Thread(target=self._guard_spool, daemon=True).start()
         while not self.stopping:
             if not config_path(self.directory).exists():
                 break  # forgotten (its instance removed, the state directory deleted): nothing to serve

@@ -1,0 +1,221 @@
+"""A hostile tenant's base backup replayed by restore-pitr.sh (docs/security.md, docs/pitr.md).
+
+The tenant is the superuser of its instance: its base backup carries settings it wrote with ALTER
+SYSTEM, files it wrote into its data directory and per-role settings in its catalogue. None of it
+may run a command, load code, write outside the data directory, reach the network or hang the
+restore, and the temporary server holds no secret of the deployment in its environment."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from records import InstanceRef
+from resources.platform.postgres_server import postgres_bindir
+from tests.test_pitr_archiving import archived, switch_wal  # noqa: F401
+from tests.test_pitr_restore import archived_until, commit
+from toygres_pipelines.dev.demo import register_running
+from toygres_pipelines.pitr.base_backups import take_base_backup
+from toygres_pipelines.pitr.restore import run_pitr_job
+from toygres_pipelines.pitr.window import plan_recovery
+
+
+@pytest.fixture
+def loot():
+    """A directory anyone may write into: where the tenant's code drops what it finds."""
+    path = Path(tempfile.mkdtemp(prefix="toygres-loot-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def listener():
+    """A TCP port on loopback that records whether anything connected to it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    connected = threading.Event()
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            connected.set()
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], connected
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def hostile_backup(cms, blob, platform, archived, statements):  # noqa: F811
+    ref, dsn, start = archived
+    start()
+    source = register_running(cms, platform, ref)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    commit(dsn, "before-base")
+    take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    moment = commit(dsn, "after-base")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, moment)
+    return source, dsn
+
+
+def replay(cms, blob, platform, source, name: str) -> tuple[InstanceRef, Path]:
+    """restore-pitr.sh of `source`'s archive to its end into a fresh volume (the job alone: the
+    restored instance would then run the tenant's own settings, in the tenant's own realm)."""
+    _, plan = plan_recovery(cms, blob, source, None)
+    ref = InstanceRef(k8s_name=f"{name}-{uuid.uuid4().hex[:6]}", namespace="default")
+    platform.ensure_instance_secret(ref, SecretStr(secrets.token_urlsafe(12)))
+    platform.create_volume(ref, 1)
+    run_pitr_job(platform, blob, ref, plan, "15", 240, print)
+    return ref, platform.volume_dir(ref) / "pgdata"
+
+
+def promoted(pgdata: Path) -> bool:
+    tool = str(Path(postgres_bindir("15")) / "pg_controldata")
+    state = subprocess.run([tool, str(pgdata)], capture_output=True, text=True, check=True)
+    return "Database cluster state:               shut down\n" in state.stdout
+
+
+def test_tenant_settings_and_files_run_nothing_reach_nothing_and_hang_nothing_in_a_pitr_restore(
+    cms,
+    blob,
+    platform,
+    archived,  # noqa: F811
+    loot,
+    listener,
+):
+    sh = f'env > {loot}/%s; cat "$AZCOPY_SAS_FILE" "$AGE_IDENTITY_FILE" "$POSTGRES_PASSWORD_FILE" >> {loot}/%s'
+    port, connected = listener
+    ref, dsn, start = archived
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        datadir = conn.execute("SHOW data_directory").fetchone()[0]
+    steal = (sh % ("search_path", "search_path")).replace("'", "''")
+    statements = [
+        f"ALTER SYSTEM SET recovery_end_command = '{sh % ('recovery_end', 'recovery_end')}'",
+        f"ALTER SYSTEM SET archive_cleanup_command = '{sh % ('archive_cleanup', 'archive_cleanup')}'",
+        f"ALTER SYSTEM SET external_pid_file = '{loot}/external_pid_file'",
+        f"ALTER SYSTEM SET log_directory = '{loot}/log'",
+        "ALTER SYSTEM SET logging_collector = on",
+        "ALTER SYSTEM SET log_statement = 'all'",
+        "ALTER SYSTEM SET shared_preload_libraries = '/nonexistent/tenant-library'",
+        "ALTER SYSTEM SET session_preload_libraries = '/nonexistent/tenant-library'",
+        "ALTER SYSTEM SET local_preload_libraries = '/nonexistent/tenant-library'",
+        "ALTER SYSTEM SET jit_provider = '/nonexistent/tenant-library'",
+        "ALTER SYSTEM SET ssl = on",
+        f"ALTER SYSTEM SET ssl_passphrase_command = '{sh % ('ssl_passphrase', 'ssl_passphrase')}'",
+        # The restore's own queries, hijacked through the role's search_path (a catalogue setting
+        # that no server command-line option overrides).
+        "CREATE SCHEMA evil",
+        f"""CREATE FUNCTION evil.pg_is_in_recovery() RETURNS boolean LANGUAGE plpgsql AS $f$
+            BEGIN
+              IF current_setting('data_directory') <> '{datadir}' THEN
+                EXECUTE 'COPY (SELECT 1) TO PROGRAM ''{steal.replace("'", "''")}''';
+              END IF;
+              RETURN pg_catalog.pg_is_in_recovery();
+            END $f$""",
+        "ALTER ROLE postgres SET search_path = evil, pg_catalog",
+        # A standby that never promotes and streams from a server of the tenant's choosing; a
+        # replay delayed by a day.
+        f"COPY (SELECT '') TO '{datadir}/standby.signal'",
+        f"ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={port} connect_timeout=2'",
+        "ALTER SYSTEM SET recovery_min_apply_delay = '1d'",
+    ]
+    source, _ = hostile_backup(cms, blob, platform, archived, statements)
+    with psycopg.connect(dsn) as conn:
+        (tenant_settings,) = conn.execute("SELECT pg_read_file('postgresql.auto.conf')").fetchone()
+    ref, pgdata = replay(cms, blob, platform, source, "hostile")
+    try:
+        assert promoted(pgdata)
+        assert (pgdata / "postgresql.auto.conf").read_text() == tenant_settings  # the tenant's, untouched
+        assert not (pgdata / "recovery.signal").exists()
+        found = {p.name: p.read_text(errors="replace") if p.is_file() else "(dir)" for p in loot.iterdir()}
+        assert found == {}, f"the tenant's settings ran or wrote as the restore job: {found}"
+        assert not connected.is_set(), "the restore's server connected to the tenant's primary_conninfo"
+    finally:
+        platform.delete_instance(ref)
+
+
+def test_a_tenant_writing_wal_faster_than_it_uploads_cannot_fill_the_archivers_disk(archived, platform, tmp_path):  # noqa: F811
+    """Blob storage unreachable, the tenant switching segments: the archiver's spool (the
+    deployment's disk) stays bounded; the rest waits in the slot (bounded on the tenant's side)."""
+    import sys
+
+    from resources.platform.base import PROJECT_DIR
+    from resources.platform.postgres_server import pgpass_line
+    from resources.platform.wal_archiver import ArchiverConfig, config_path
+    from tests.test_pitr_archiving import slot_active, wait_for
+
+    ref, dsn, _ = archived
+    endpoints = platform.endpoints(ref)
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    directory = tmp_path / "archiver"
+    directory.mkdir(mode=0o700)
+    (directory / "sas").write_text("")
+    (directory / "pgpass").write_text(pgpass_line(endpoints.host, endpoints.port, "postgres", str(info["password"])))
+    (directory / "pgpass").chmod(0o600)
+    limit = 2
+    config = {
+        **ArchiverConfig(
+            namespace=ref.namespace, k8s_name=ref.k8s_name, host=endpoints.host, port=endpoints.port,
+            user="postgres", bindir=str(postgres_bindir("15")),
+            container_url="http://127.0.0.1:9/devstoreaccount1/unreachable", poll_seconds=0.2,
+        ).model_dump(),
+        "spool_max_segments": limit,
+    }  # fmt: skip
+    config_path(directory).write_text(json.dumps(config))
+    output = open(directory / "archiver.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "resources.platform.wal_archiver", str(directory)],
+        cwd=PROJECT_DIR, start_new_session=True, stdout=output, stderr=output,
+    )  # fmt: skip
+    spool = directory / "spool"
+
+    def spooled() -> list[str]:
+        return sorted(p.name for p in spool.iterdir() if len(p.name) == 24) if spool.exists() else []
+
+    try:
+        wait_for(lambda: slot_active(dsn), "the archiver streaming from its slot")
+        for _ in range(2 * limit + 2):
+            name = switch_wal(dsn)
+            # Spooled, or the receiver stopped (the slot idle: the rest waits on the tenant's side).
+            wait_for(lambda n=name: n in spooled() or not slot_active(dsn), f"{name} spooled or streaming paused")
+            assert len(spooled()) <= limit, f"the spool grows without bound: {spooled()}"
+        assert not slot_active(dsn)
+        wait_for(
+            lambda: "spool full" in (json.loads((directory / "status.json").read_text()).get("error") or ""),
+            "the pause named in status.json", timeout=240,
+        )  # fmt: skip
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # its final upload would retry the unreachable storage
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        output.close()
+        for name in ("archiver.log", "status.json", "pg_receivewal.log"):  # shown when the test failed
+            print(name, (directory / name).read_text() if (directory / name).exists() else "-")
+        wait_for(lambda: not slot_active(dsn), "pg_receivewal gone")
