@@ -15,7 +15,10 @@ load_secrets
 
 pgdata="$VOLUME_PATH/pgdata"
 staging="$VOLUME_PATH/pitr-staging"
-socket_dir=$(mktemp -d /tmp/toygres-pitr.XXXXXX)
+# Unix socket paths are limited to ~107 bytes: a long TMPDIR falls back to /tmp.
+tmp_root=${TMPDIR:-/tmp}
+((${#tmp_root} <= 60)) || tmp_root=/tmp
+socket_dir=$(mktemp -d "$tmp_root/toygres-pitr.XXXXXX")
 cleanup() {
   local status=$?
   stop_background_steps
