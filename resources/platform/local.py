@@ -10,9 +10,10 @@ It is a faithful stand-in for Kubernetes: the same scripts, the same environment
         a restore also: handoff/ (the fetch role writes, the serve role reads), serve/ (the serve
         role's own directory: its data directory until the platform moves it to the volume)
 
-A restore runs its two roles (base.RestoreRoles) as two process trees: fetch as the service user,
-serve as a sandbox account in its own namespaces (sandbox.py). Root is required for that; a
-non-root developer's restore is refused unless `allow_unsandboxed_restores` is set.
+Job scripts run as the job account (sandbox.job_account), never the service user every instance
+server (its tenant's code) runs as. A restore runs its two roles (base.RestoreRoles) as two process
+trees: fetch as the job account, serve as a sandbox account in its own namespaces (sandbox.py).
+Root is required for that; a non-root developer's restore is refused unless `allow_unsandboxed_restores` is set.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from resources.platform.postgres_server import (
     run_checked,
     write_private_file,
 )
-from resources.platform.sandbox import SandboxUnavailable, sandbox_account, sandboxed
+from resources.platform.sandbox import SandboxUnavailable, job_account, sandbox_account, sandboxed
 
 PG_HBA = """# written by toygres: passwords (scram-sha-256) for everyone, nothing trusted
 local all all scram-sha-256
@@ -201,8 +202,9 @@ class LocalPlatform(PlatformResource):
 
     def ensure_instance_secret(self, instance: InstanceRef, password: SecretStr) -> None:
         self._prepare_dirs(instance)
-        give_to_service_user(self.instance_dir(instance) / "secret")
-        write_private_file(self._password_file(instance), password.get_secret_value())
+        # root's (when root): no instance server, no job reads it; a job gets a copy of its own
+        (self.instance_dir(instance) / "secret").mkdir(mode=0o700, exist_ok=True)
+        write_private_file(self._password_file(instance), password.get_secret_value(), for_service_user=False)
 
     def create_volume(self, instance: InstanceRef, size_gb: int) -> None:
         # A directory has no size; the requested size is recorded for parity with a PVC.
@@ -227,8 +229,9 @@ class LocalPlatform(PlatformResource):
             "TOYGRES_JOB": spec.name,
             **spec.env,
         }
+        user = self._job_user(spec)
         if spec.kind is JobKind.backup:
-            env["POSTGRES_PASSWORD_FILE"] = str(self._password_file(spec.instance))
+            env["POSTGRES_PASSWORD_FILE"] = str(self._private_password_copy(spec, job_dir))
             record = self.server_record(spec.instance)
             if record is None:
                 raise PlatformError(f"instance {spec.instance.k8s_name} is not deployed on this platform")
@@ -236,21 +239,38 @@ class LocalPlatform(PlatformResource):
         elif RestoreRoles.splits(spec):
             env |= {RestoreRoles.handoff_env: str(job_dir / "handoff")}
             if self.age_identity_file:
-                env[AGE_IDENTITY_ENV] = str(self._private_identity_copy(job_dir))
+                env[AGE_IDENTITY_ENV] = str(self._private_identity_copy(job_dir, user))
         else:  # a restore of another shape (restore-pitr.sh) builds the volume itself, in one role
             env |= {
                 "VOLUME_PATH": str(self.volume_dir(spec.instance)),
                 "POSTGRES_USER": self.superuser,
-                "POSTGRES_PASSWORD_FILE": str(self._password_file(spec.instance)),
+                "POSTGRES_PASSWORD_FILE": str(self._private_password_copy(spec, job_dir)),
             }
             if self.age_identity_file:
-                env[AGE_IDENTITY_ENV] = str(self._private_identity_copy(job_dir))
+                env[AGE_IDENTITY_ENV] = str(self._private_identity_copy(job_dir, user))
         if spec.blob_sas is not None:
-            write_private_file(job_dir / "sas", spec.blob_sas.get_secret_value())
+            write_private_file(job_dir / "sas", spec.blob_sas.get_secret_value(), user=user)
             env["AZCOPY_SAS_FILE"] = str(job_dir / "sas")
         return env
 
-    def _private_identity_copy(self, job_dir: Path) -> Path:
+    def _job_user(self, spec: JobSpec) -> str | None:
+        """Who runs the job's script (root only: else we are everyone): the job account, never
+        the service user every instance server runs as. restore-pitr.sh is the exception: it builds
+        the instance's volume in place, which the service user owns (docs/security.md, Known limits)."""
+        if run_as_user() is None or (spec.kind is JobKind.restore and not RestoreRoles.splits(spec)):
+            return None
+        try:
+            return job_account()
+        except SandboxUnavailable as error:
+            raise PlatformError(f"job {spec.name}: {error}") from None
+
+    def _private_password_copy(self, spec: JobSpec, job_dir: Path) -> Path:
+        """The instance's password (byte-exact, read by root) in a 0600 file of the job's user."""
+        write_private_file(job_dir / "password", self._password_file(spec.instance).read_bytes().decode(),
+                           user=self._job_user(spec))  # fmt: skip
+        return job_dir / "password"
+
+    def _private_identity_copy(self, job_dir: Path, user: str | None) -> Path:
         """The identity file copied into the job's directory, readable by the job's user only (the
         configured file may belong to someone else); it goes when the job directory does."""
         source = Path(self.age_identity_file or "")
@@ -258,20 +278,21 @@ class LocalPlatform(PlatformResource):
             identities = source.read_text()
         except OSError as error:
             raise PlatformError(f"age_identity_file {source} cannot be read: {error.strerror}") from None
-        write_private_file(job_dir / "age-identities", identities)
+        write_private_file(job_dir / "age-identities", identities, user=user)
         return job_dir / "age-identities"
 
     def _fresh_job_dir(self, spec: JobSpec) -> Path:
         job_dir = self.job_dir(spec.name, spec.instance.namespace)
         shutil.rmtree(job_dir, ignore_errors=True)
+        user = self._job_user(spec)
         give_to_service_user(self._root, mode=0o711)
         for part in (self._root / "jobs", job_dir.parent):
             give_to_service_user(part, mode=0o711)
         # 0711: a restore's serve role reaches its own directory and the scripts, nothing else here
-        give_to_service_user(job_dir, mode=0o711)
+        give_to_service_user(job_dir, mode=0o711, user=user)
         for sub in ("tmp", "home"):
-            give_to_service_user(job_dir / sub)
-        give_to_service_user(job_dir / "scripts", mode=0o755)
+            give_to_service_user(job_dir / sub, user=user)
+        give_to_service_user(job_dir / "scripts", mode=0o755, user=user)
         for script in job_script_files():
             shutil.copyfile(script, job_dir / "scripts" / script.name)
             (job_dir / "scripts" / script.name).chmod(0o755)
@@ -287,7 +308,7 @@ class LocalPlatform(PlatformResource):
             if RestoreRoles.splits(spec):
                 returncode, reason, tail = self._run_restore(spec, job_dir, env, log, job_log, timeout)
             else:
-                argv = as_service_user(["bash", str(job_dir / "scripts" / spec.script)], env)
+                argv = as_service_user(["bash", str(job_dir / "scripts" / spec.script)], env, self._job_user(spec))
                 job = _JobProcess.start(argv, job_dir, log, job_log)
                 try:
                     returncode, reason = _wait_all([job], timeout, self.job_stop_grace_seconds)
@@ -343,7 +364,7 @@ class LocalPlatform(PlatformResource):
                     "needs root; this process is not root (allow_unsandboxed_restores: for a developer's own images)"
                 )
             for directory in (handoff, handoff / "data", handoff / "ready"):
-                give_to_service_user(directory, mode=0o750)
+                give_to_service_user(directory, mode=0o750, user=self._job_user(spec))
                 os.chown(directory, -1, gid)
                 directory.chmod(0o2750)  # what the fetch role creates here belongs to the serve role's group
             serve_dir.mkdir(mode=0o700)
@@ -354,7 +375,9 @@ class LocalPlatform(PlatformResource):
             jobs: list[_JobProcess] = []
             tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
             try:
-                fetch_argv = as_service_user(["bash", str(job_dir / "scripts" / spec.script)], env)
+                fetch_argv = as_service_user(
+                    ["bash", str(job_dir / "scripts" / spec.script)], env, self._job_user(spec)
+                )
                 jobs.append(_JobProcess.start(fetch_argv, job_dir, log, job_log, tail))
                 jobs.append(_JobProcess.start(serve_argv, job_dir, log, job_log, tail))
                 returncode, reason = _wait_all(jobs, timeout, self.job_stop_grace_seconds)

@@ -155,10 +155,10 @@ def run_as_user() -> str | None:
 DEFAULT_SIGNALS = ["env", "--default-signal=HUP,INT,QUIT,TERM"]
 
 
-def as_service_user(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
-    """Wrap argv so it runs as the service user with exactly `env` (when given) and default
-    signal dispositions."""
-    user = run_as_user()
+def as_service_user(argv: list[str], env: dict[str, str] | None = None, user: str | None = None) -> list[str]:
+    """Wrap argv so it runs as the service user (or `user`, when root) with exactly `env` (when
+    given) and default signal dispositions."""
+    user = run_as_user() and (user or run_as_user())
     env_prefix = (
         [*DEFAULT_SIGNALS, "-i", *(f"{k}={v}" for k, v in (env or {}).items())] if env is not None else DEFAULT_SIGNALS
     )
@@ -180,23 +180,23 @@ def as_service_user(argv: list[str], env: dict[str, str] | None = None) -> list[
     ]
 
 
-def give_to_service_user(path: Path, mode: int = 0o700) -> None:
-    """Make a directory we created usable (and only usable) by the service user."""
+def give_to_service_user(path: Path, mode: int = 0o700, user: str | None = None) -> None:
+    """Make a directory we created usable (and only usable) by the service user (or `user`, when root)."""
     path.mkdir(parents=True, exist_ok=True)
-    user = run_as_user()
+    user = run_as_user() and (user or run_as_user())
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(path, entry.pw_uid, entry.pw_gid)
     path.chmod(mode)
 
 
-def write_private_file(path: Path, content: str, *, for_service_user: bool = True) -> None:
-    """A file readable only by its owner: the service user when we are root, else whoever we are."""
+def write_private_file(path: Path, content: str, *, for_service_user: bool = True, user: str | None = None) -> None:
+    """A file readable only by its owner: the service user (or `user`) when we are root, else whoever we are."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", newline="") as handle:  # byte-exact, no newline translation
         handle.write(content)
-    user = run_as_user() if for_service_user else None
+    user = run_as_user() and (user or run_as_user()) if for_service_user else None
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(path, entry.pw_uid, entry.pw_gid)

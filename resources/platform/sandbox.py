@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ACCOUNT_PREFIX = "toygres-sbx"
+JOB_ACCOUNT = "toygres-job"
 POOL_SIZE = 64
 LOCK_DIR = Path(os.environ.get("TOYGRES_SANDBOX_LOCK_DIR", "/var/tmp/toygres-sandbox"))
 PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
@@ -46,6 +47,13 @@ def _account(name: str) -> pwd.struct_passwd:
         return pwd.getpwnam(name)  # created, or by a concurrent job (useradd exit 9)
     except KeyError:
         raise SandboxUnavailable(f"could not create the sandbox account {name}: {done.stderr.strip()}") from None
+
+
+def job_account() -> str:
+    """The account job scripts (a backup, a restore's fetch role) run as: never the service user
+    every instance server runs as, so no tenant's code reaches a job's grant, identity copy,
+    password copy or environment."""
+    return _account(JOB_ACCOUNT).pw_name
 
 
 @contextlib.contextmanager
