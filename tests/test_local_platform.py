@@ -1,6 +1,7 @@
 """The local platform runs the very scripts the Kubernetes Jobs mount, with secrets by reference."""
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -107,3 +108,39 @@ def test_a_job_without_a_blob_grant_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(PlatformError, match="has no blob grant"):
         platform.run_job(spec, lambda _line: None)
     assert not platform.job_dir("restore-x", "default").exists()
+
+
+def test_two_jobs_starting_at_once_both_get_azcopy(tmp_path, monkeypatch):
+    """Jobs start concurrently (the sensors launch several runs): each copies azcopy beside the
+    state directory through a temporary name of its own, so neither finds the other's gone."""
+    import threading
+
+    source = tmp_path / "azcopy-src"
+    source.write_bytes(b"#!/bin/sh\n" + b"x" * 4096)
+    platform = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path=str(source))
+    both_copied = threading.Barrier(2, timeout=30)
+    copy = shutil.copyfile
+
+    def copy_then_wait(src, dst, **kwargs):
+        copied = copy(src, dst, **kwargs)
+        both_copied.wait()  # both jobs hold a copied temporary file before either installs it
+        return copied
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_wait)
+    errors: list[BaseException] = []
+
+    def start_job() -> None:
+        try:
+            platform._shared_bin()
+        except BaseException as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=start_job) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    installed = tmp_path / "state" / "bin" / "azcopy"
+    assert installed.read_bytes() == source.read_bytes() and os.access(installed, os.X_OK)
+    assert [p.name for p in installed.parent.iterdir()] == ["azcopy"]

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -186,9 +187,15 @@ class LocalPlatform(PlatformResource):
         target = bin_dir / "azcopy"
         source = Path(self.azcopy_path)
         if not target.exists() or target.stat().st_size != source.stat().st_size:
-            shutil.copyfile(source, target.with_suffix(".tmp"))
-            target.with_suffix(".tmp").chmod(0o755)
-            target.with_suffix(".tmp").replace(target)
+            # A temporary name of its own: jobs start concurrently, and each installs a whole copy.
+            handle, name = tempfile.mkstemp(dir=bin_dir, prefix=".azcopy-")
+            os.close(handle)
+            try:
+                shutil.copyfile(source, name)
+                Path(name).chmod(0o755)
+                Path(name).replace(target)
+            finally:
+                Path(name).unlink(missing_ok=True)
         return bin_dir
 
     # --- secrets and volumes ----------------------------------------------------------------
