@@ -311,3 +311,41 @@ def helpers_failure(result) -> str:
     from tests.helpers import failure_text
 
     return failure_text(result)
+
+
+def test_retention_never_deletes_the_base_backup_or_wal_a_running_restore_planned_from(
+    cms, blob, platform, backed_up, monkeypatch
+):
+    """Retention runs exactly between the restore's plan and its replay (a deterministic hook):
+    the base backup the restore holds and the WAL from its start stay until the restore ends."""
+    from records.wal import segment_number
+    from toygres_pipelines.pitr import restore as restore_module
+    from toygres_pipelines.pitr.retention import apply_wal_retention
+
+    source, dsn, first = backed_up
+    target = commit(dsn, "between")
+    switch_wal(dsn)
+    second = take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    archived_until(cms, blob, source, target)
+    outcomes = []
+    real_run_pitr_job = restore_module.run_pitr_job
+
+    def retention_then_replay(*args, **kwargs):
+        outcomes.append(apply_wal_retention(cms, blob, keep=1, log=print))
+        return real_run_pitr_job(*args, **kwargs)
+
+    monkeypatch.setattr(restore_module, "run_pitr_job", retention_then_replay)
+    restored = restore_to_time(
+        cms, blob, platform, source_instance=source.k8s_name, name="held", dns_label="held", target_time=target
+    )
+    ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
+    assert outcomes and outcomes[0].failed == {}
+    assert restored.state is InstanceState.running and "between" in labels(platform, ref)
+    assert [b.id for b in cms.list_base_backups(source.id)] == [first.id, second.id]
+
+    # The restore ended: the hold is gone, the next retention removes the older base backup and its WAL.
+    monkeypatch.setattr(restore_module, "run_pitr_job", real_run_pitr_job)
+    assert apply_wal_retention(cms, blob, keep=1, log=print).failed == {}
+    assert [b.id for b in cms.list_base_backups(source.id)] == [second.id]
+    assert min(s.number for s in archived_segments(blob, source)) == segment_number(second.start_segment)
+    platform.delete_instance(ref)
