@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -349,3 +351,26 @@ def test_retention_never_deletes_the_base_backup_or_wal_a_running_restore_planne
     assert [b.id for b in cms.list_base_backups(source.id)] == [second.id]
     assert min(s.number for s in archived_segments(blob, source)) == segment_number(second.start_segment)
     platform.delete_instance(ref)
+
+
+def test_a_source_with_a_tablespace_is_refused_naming_the_reason_not_backed_up(cms, blob, platform, archived):  # noqa: F811
+    """A plain-format copy of a server with tablespaces cannot be restored into one volume: the base
+    backup fails naming the tablespace instead of becoming a `ready` backup that restores nothing."""
+    from resources.platform.base import JobFailed
+
+    ref, dsn, start = archived
+    start()
+    source = register_running(cms, platform, ref)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        data_directory = Path(conn.execute("SHOW data_directory").fetchone()[0])
+        # Beside the data directory: a path the server's user reaches, owned by it like a tablespace must be.
+        location = data_directory.parent / f"tablespace-{data_directory.name}"
+        location.mkdir()
+        owner = data_directory.stat()
+        os.chown(location, owner.st_uid, owner.st_gid)
+        conn.execute(psycopg.sql.SQL("CREATE TABLESPACE tenant_space LOCATION {}").format(str(location)))
+    with pytest.raises(JobFailed, match=r"ERROR: the source has tablespaces \(tenant_space\)"):
+        take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    [row] = cms.list_base_backups(source.id, states=list(BaseBackupState))
+    assert row.state is BaseBackupState.failed and "tenant_space" in (row.reason or "")
+    assert cms.list_base_backups(source.id) == []
