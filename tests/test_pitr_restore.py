@@ -374,3 +374,35 @@ def test_a_source_with_a_tablespace_is_refused_naming_the_reason_not_backed_up(c
     [row] = cms.list_base_backups(source.id, states=list(BaseBackupState))
     assert row.state is BaseBackupState.failed and "tenant_space" in (row.reason or "")
     assert cms.list_base_backups(source.id) == []
+
+
+def test_a_restore_whose_base_backup_retention_deleted_after_planning_is_refused_before_any_download(
+    cms, blob, platform, backed_up, monkeypatch
+):
+    """The other order: retention commits between the plan and the hold. The hold sees the base
+    backup deleted and refuses, naming the field, before any replay; the instance row is failed."""
+    from toygres_pipelines.pitr import restore as restore_module
+    from toygres_pipelines.pitr.retention import apply_wal_retention
+
+    source, dsn, first = backed_up
+    target = commit(dsn, "between")
+    switch_wal(dsn)
+    take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    archived_until(cms, blob, source, target)
+    real_plan_recovery = restore_module.plan_recovery
+    replays = []
+
+    def plan_then_retention(*args, **kwargs):
+        planned = real_plan_recovery(*args, **kwargs)
+        assert apply_wal_retention(cms, blob, keep=1, log=print).plans[f"{source.namespace}/{source.k8s_name}"]
+        return planned
+
+    monkeypatch.setattr(restore_module, "plan_recovery", plan_then_retention)
+    monkeypatch.setattr(restore_module, "run_pitr_job", lambda *args, **kwargs: replays.append(args))
+    with pytest.raises(ValidationFailed, match=f"target_time.*base backup {first.id} is deleted"):
+        restore_to_time(
+            cms, blob, platform, source_instance=source.k8s_name, name="late", dns_label="late", target_time=target
+        )
+    assert replays == []
+    [late] = [i for i in cms.list_instances() if i.user_name == "late"]
+    assert late.state is InstanceState.failed
