@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -311,3 +313,96 @@ def helpers_failure(result) -> str:
     from tests.helpers import failure_text
 
     return failure_text(result)
+
+
+def test_retention_never_deletes_the_base_backup_or_wal_a_running_restore_planned_from(
+    cms, blob, platform, backed_up, monkeypatch
+):
+    """Retention runs exactly between the restore's plan and its replay (a deterministic hook):
+    the base backup the restore holds and the WAL from its start stay until the restore ends."""
+    from records.wal import segment_number
+    from toygres_pipelines.pitr import restore as restore_module
+    from toygres_pipelines.pitr.retention import apply_wal_retention
+
+    source, dsn, first = backed_up
+    target = commit(dsn, "between")
+    switch_wal(dsn)
+    second = take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    archived_until(cms, blob, source, target)
+    outcomes = []
+    real_run_pitr_job = restore_module.run_pitr_job
+
+    def retention_then_replay(*args, **kwargs):
+        outcomes.append(apply_wal_retention(cms, blob, keep=1, log=print))
+        return real_run_pitr_job(*args, **kwargs)
+
+    monkeypatch.setattr(restore_module, "run_pitr_job", retention_then_replay)
+    restored = restore_to_time(
+        cms, blob, platform, source_instance=source.k8s_name, name="held", dns_label="held", target_time=target
+    )
+    ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
+    assert outcomes and outcomes[0].failed == {}
+    assert restored.state is InstanceState.running and "between" in labels(platform, ref)
+    assert [b.id for b in cms.list_base_backups(source.id)] == [first.id, second.id]
+
+    # The restore ended: the hold is gone, the next retention removes the older base backup and its WAL.
+    monkeypatch.setattr(restore_module, "run_pitr_job", real_run_pitr_job)
+    assert apply_wal_retention(cms, blob, keep=1, log=print).failed == {}
+    assert [b.id for b in cms.list_base_backups(source.id)] == [second.id]
+    assert min(s.number for s in archived_segments(blob, source)) == segment_number(second.start_segment)
+    platform.delete_instance(ref)
+
+
+def test_a_source_with_a_tablespace_is_refused_naming_the_reason_not_backed_up(cms, blob, platform, archived):  # noqa: F811
+    """A plain-format copy of a server with tablespaces cannot be restored into one volume: the base
+    backup fails naming the tablespace instead of becoming a `ready` backup that restores nothing."""
+    from resources.platform.base import JobFailed
+
+    ref, dsn, start = archived
+    start()
+    source = register_running(cms, platform, ref)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        data_directory = Path(conn.execute("SHOW data_directory").fetchone()[0])
+        # Beside the data directory: a path the server's user reaches, owned by it like a tablespace must be.
+        location = data_directory.parent / f"tablespace-{data_directory.name}"
+        location.mkdir()
+        owner = data_directory.stat()
+        os.chown(location, owner.st_uid, owner.st_gid)
+        conn.execute(psycopg.sql.SQL("CREATE TABLESPACE tenant_space LOCATION {}").format(str(location)))
+    with pytest.raises(JobFailed, match=r"ERROR: the source has tablespaces \(tenant_space\)"):
+        take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    [row] = cms.list_base_backups(source.id, states=list(BaseBackupState))
+    assert row.state is BaseBackupState.failed and "tenant_space" in (row.reason or "")
+    assert cms.list_base_backups(source.id) == []
+
+
+def test_a_restore_whose_base_backup_retention_deleted_after_planning_is_refused_before_any_download(
+    cms, blob, platform, backed_up, monkeypatch
+):
+    """The other order: retention commits between the plan and the hold. The hold sees the base
+    backup deleted and refuses, naming the field, before any replay; the instance row is failed."""
+    from toygres_pipelines.pitr import restore as restore_module
+    from toygres_pipelines.pitr.retention import apply_wal_retention
+
+    source, dsn, first = backed_up
+    target = commit(dsn, "between")
+    switch_wal(dsn)
+    take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    archived_until(cms, blob, source, target)
+    real_plan_recovery = restore_module.plan_recovery
+    replays = []
+
+    def plan_then_retention(*args, **kwargs):
+        planned = real_plan_recovery(*args, **kwargs)
+        assert apply_wal_retention(cms, blob, keep=1, log=print).plans[f"{source.namespace}/{source.k8s_name}"]
+        return planned
+
+    monkeypatch.setattr(restore_module, "plan_recovery", plan_then_retention)
+    monkeypatch.setattr(restore_module, "run_pitr_job", lambda *args, **kwargs: replays.append(args))
+    with pytest.raises(ValidationFailed, match=f"target_time.*base backup {first.id} is deleted"):
+        restore_to_time(
+            cms, blob, platform, source_instance=source.k8s_name, name="late", dns_label="late", target_time=target
+        )
+    assert replays == []
+    [late] = [i for i in cms.list_instances() if i.user_name == "late"]
+    assert late.state is InstanceState.failed

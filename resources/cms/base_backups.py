@@ -9,13 +9,14 @@ from psycopg import sql
 from psycopg.rows import class_row
 from pydantic import SecretStr
 
-from records import Instance
-from records.wal import BaseBackup, BaseBackupResult, BaseBackupState
+from records import Instance, ValidationFailed
+from records.wal import PITR_BASE_BACKUP_TAG, BaseBackup, BaseBackupResult, BaseBackupState
 from resources.cms.errors import CMSError, PasswordUnavailable
 from resources.cms.queries import Queries, fetch_one
 from resources.cms.tables import SCHEMA
 
 TABLE = sql.Identifier(SCHEMA, "base_backups")
+INSTANCES = sql.Identifier(SCHEMA, "instances")
 COLUMNS = sql.SQL(", ").join(sql.Identifier(name) for name in BaseBackup.model_fields)
 REASON_MAX = 4000
 
@@ -79,6 +80,52 @@ class BaseBackupsTable(Queries):
                 .format(t=TABLE),
                 [state.value, reason[:REASON_MAX], backup_id, allowed],
             )  # fmt: skip
+
+    def hold_base_backup(self, instance_id: uuid.UUID, backup_id: uuid.UUID) -> None:
+        """A point-in-time restore holds its base backup: its instance row is `creating` and tagged
+        with the base backup (created before this call). The base backup row is share-locked here: a
+        retention deleting it (expire_base_backup, FOR UPDATE) either committed first, and the
+        restore is refused here before it reads a blob, or waits and then sees this instance."""
+        with self.connection() as conn:
+            row = conn.execute(
+                sql.SQL("SELECT state FROM {t} WHERE id = %s FOR SHARE").format(t=TABLE), [backup_id]
+            ).fetchone()
+            if row is None or row[0] != BaseBackupState.ready.value:
+                raise ValidationFailed(
+                    "target_time", f"base backup {backup_id} is {row[0] if row else 'gone'}, plan the restore again"
+                )
+            held = conn.execute(
+                sql.SQL("SELECT 1 FROM {i} WHERE id = %s AND state = 'creating' AND tags ->> %s = %s").format(
+                    i=INSTANCES
+                ),
+                [instance_id, PITR_BASE_BACKUP_TAG, str(backup_id)],
+            ).fetchone()
+            if held is None:
+                raise CMSError(f"instance {instance_id} is not a creating restore of base backup {backup_id}")
+
+    def expire_base_backup(self, backup_id: uuid.UUID, reason: str) -> list[str]:
+        """Retention: ready -> deleted under the row's lock, unless a running point-in-time restore
+        holds it (hold_base_backup). Returns the holders' k8s names: empty when it was marked deleted
+        (or already was), else nothing changed."""
+        with self.connection() as conn:
+            conn.execute(sql.SQL("SELECT 1 FROM {t} WHERE id = %s FOR UPDATE").format(t=TABLE), [backup_id])
+            holders = [
+                row[0]
+                for row in conn.execute(
+                    sql.SQL("SELECT k8s_name FROM {i} WHERE state = 'creating' AND tags ->> %s = %s").format(
+                        i=INSTANCES
+                    ),
+                    [PITR_BASE_BACKUP_TAG, str(backup_id)],
+                )
+            ]
+            if holders:
+                return holders
+            conn.execute(
+                sql.SQL("UPDATE {t} SET state = 'deleted', reason = %s, updated_at = now()"
+                        " WHERE id = %s AND state = ANY(%s)").format(t=TABLE),
+                [reason[:REASON_MAX], backup_id, ["ready", "failed"]],
+            )  # fmt: skip
+            return []
 
     def list_base_backups(
         self, instance_id: uuid.UUID | None = None, states: Iterable[BaseBackupState] = (BaseBackupState.ready,)

@@ -21,11 +21,23 @@ postgres_version=$((server_version_num / 10000))
 system_identifier=$(psql -w -X -Atqc 'SELECT system_identifier FROM pg_control_system()')
 log "base backup of ${SOURCE_NAMESPACE}/${SOURCE_INSTANCE} (PostgreSQL ${postgres_version}, system ${system_identifier})"
 
+# A tablespace lives outside the data directory: the plain copy restored into one volume would lack
+# it, so such a source is refused rather than given a `ready` base backup that cannot be restored.
+refuse_tablespaces() {
+  [[ -z "$1" ]] || die "the source has tablespaces (${1}): a base backup copies one data directory and a tablespace lives outside it, so it could not be restored; move their objects to pg_default and drop them"
+}
+tablespaces=$(psql -w -X -Atqc "SELECT left(string_agg(regexp_replace(spcname, '[^a-zA-Z0-9_.-]', '?', 'g'),
+  ', ' ORDER BY spcname), 300) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')") \
+  || die "cannot list the tablespaces of ${SOURCE_INSTANCE}"
+refuse_tablespaces "$tablespaces"
+
 interruptible pg_basebackup -w -D "$work/data" -Fp -X stream --checkpoint=fast --no-sync \
   --label="toygres base backup" 2>&1 | redact \
   || die "pg_basebackup failed"
 # The backup is consistent once its end-of-backup record is replayed: no target before this second.
 consistent_at=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+# One created while the copy ran.
+refuse_tablespaces "$(find "$work/data/pg_tblspc" -mindepth 1 -maxdepth 1 -printf '%f ' | head -c 300)"
 interruptible pg_verifybackup "$work/data" 2>&1 | redact || die "pg_verifybackup failed: the copy does not match its manifest"
 log "pg_verifybackup: every file matches the backup manifest, the WAL it needs parses"
 

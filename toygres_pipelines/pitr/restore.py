@@ -81,6 +81,7 @@ def restore_to_time(
         source_postgres_version=base.postgres_version,
     )
     try:
+        cms.hold_base_backup(instance.id, base.id)
         platform.ensure_instance_secret(ref, cms.base_backup_password(base.id))
         platform.create_volume(ref, instance.storage_size_gb)
         log(f"restoring {ref.k8s_name} from base backup {base.id} + {len(plan.segments)} WAL segment(s) "

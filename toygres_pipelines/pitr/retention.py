@@ -1,7 +1,9 @@
 """Job `wal_retention`: per instance, the newest TOYGRES_PITR_KEEP_BASE_BACKUPS base backups are
 kept with all the WAL they need (records/wal.py plan_wal_retention); older base backups and the
 WAL before the oldest kept one go. The row is marked deleted before its blobs go, so a restore
-never plans from a base backup being deleted; one instance failing never stops the others."""
+never plans from a base backup being deleted; a base backup a running point-in-time restore or
+drill holds (cms hold_base_backup) is not deleted, and the WAL is cut only before the oldest base
+backup still ready once the deletions are done; one instance failing never stops the others."""
 
 import os
 
@@ -39,13 +41,22 @@ def apply_wal_retention(cms: CMSResource, blob: BlobStorageResource, keep: int, 
             timelines = {
                 (t.system_identifier, t.timeline): t.segments for t in list_timelines(blob, namespace, k8s_name)
             }
-            plan = plan_wal_retention([b for b in backups if b.instance_id == instance_id], timelines, keep)
+            expiring = plan_wal_retention([b for b in backups if b.instance_id == instance_id], timelines, keep)
             by_id = {b.id: b for b in backups}
-            for backup_id in plan.expired_backups:
-                cms.settle_base_backup(backup_id, BaseBackupState.deleted, "retention: older than the kept ones")
+            deleted = []
+            for backup_id in expiring.expired_backups:
+                holders = cms.expire_base_backup(backup_id, "retention: older than the kept ones")
+                if holders:
+                    log(f"{name}: base backup {backup_id} kept, a running restore holds it: {', '.join(holders)}")
+                    continue
+                deleted.append(backup_id)
                 blob.delete_prefix(by_id[backup_id].blob_path)
-            for blob_name in plan.expired_blobs:
+            # The WAL cut is planned again from what is still ready: a held base backup keeps its WAL.
+            still_ready = cms.list_base_backups(instance_id)
+            cut = plan_wal_retention(still_ready, timelines, max(1, len(still_ready)))
+            for blob_name in cut.expired_blobs:
                 blob.delete_blob(blob_name)
+            plan = WalRetentionPlan(expired_backups=deleted, expired_blobs=cut.expired_blobs, kept_from=cut.kept_from)
             outcome.plans[name] = plan
             log(f"{name}: {len(plan.expired_backups)} base backup(s), {len(plan.expired_blobs)} WAL blob(s) removed; "
                 f"WAL kept from {plan.kept_from}")  # fmt: skip

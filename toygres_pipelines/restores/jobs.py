@@ -191,6 +191,10 @@ def run_restore_job(
     if timed.plan.point_in_time is not None:  # point in time: restore-pitr.sh (docs/pitr.md)
         if timed.plan.recovery is None:
             raise dg.Failure("target_time: the restore was planned without its WAL (no blob storage)")
+        try:
+            cms.hold_base_backup(instance.id, timed.plan.image_id)
+        except ValidationFailed as error:
+            raise invalid_request(error) from None
         run_pitr_job(platform, blob, instance_ref(instance), timed.plan.recovery, timed.plan.postgres_version,
                      timed.job_timeout_seconds, context.log.info)  # fmt: skip
         return instance
