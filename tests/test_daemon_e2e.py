@@ -144,4 +144,7 @@ def test_requests_run_through_the_chart_topology(resources, cms, source, topolog
         backup_run = dagster.get_run_by_id(backed_up.run_id)
         assert backup_run.job_name == "backup_image" and backup_run.tags["dagster/partition"] == "daemon-backup"
         assert "daemon-backup" in dagster.get_dynamic_partitions("images")
-        assert len(dagster.get_runs()) == 2  # nothing launched twice, nothing for the rejected request
+        # Nothing launched twice, nothing for the rejected request. Runs of the schedules and of the
+        # fleet-check sensor may come and go while the daemon runs (a busy machine crosses their ticks).
+        request_runs = [run for run in dagster.get_runs() if run.job_name in ("restore_instance", "backup_image")]
+        assert sorted(run.run_id for run in request_runs) == sorted([restored.run_id, backed_up.run_id])
