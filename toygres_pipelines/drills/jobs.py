@@ -23,7 +23,7 @@ from records.requests import RestoreRequestFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.drills.amcheck import AMCHECK_CLEAN, amcheck
+from toygres_pipelines.drills.amcheck import amcheck
 from toygres_pipelines.drills.checks import report_restorable
 from toygres_pipelines.drills.counting import restored_counts
 from toygres_pipelines.drills.settle import SCRATCH_PREFIX, remove_scratch_instance, settle_drill
@@ -100,16 +100,16 @@ def verify_row_counts(
     recovery = max(0.0, (datetime.now(UTC) - started).total_seconds())
     checked = sum(len(tables) for tables in found.values())
     try:  # the restored data's structure: every heap page and btree index, each index entry against its heap
-        amcheck(platform, instance_ref(instance), instance.postgres_version)
+        structure = amcheck(platform, instance_ref(instance), instance.postgres_version)
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
         return DrillVerdict(result=DrillResult.failed, reason=str(error), recovery_seconds=recovery,
                             tables_checked=checked)  # fmt: skip
-    context.log.info(AMCHECK_CLEAN)
+    context.log.info(structure)
     if not manifest.counted:
         return DrillVerdict(
             result=DrillResult.uncounted,
             reason=f"restored and answering; counts not compared: manifest format {manifest.format_version} "
-            f"records no row counts; {AMCHECK_CLEAN}",
+            f"records no row counts; {structure}",
             recovery_seconds=recovery,
             tables_checked=checked,
         )
@@ -130,7 +130,7 @@ def verify_row_counts(
     context.log.info(f"row counts of {checked} table(s) equal the manifest's; recovery took {recovery:.1f}s")
     return DrillVerdict(
         result=DrillResult.passed,
-        reason=f"restored; row counts of {checked} table(s) equal the manifest's; {AMCHECK_CLEAN}",
+        reason=f"restored; row counts of {checked} table(s) equal the manifest's; {structure}",
         recovery_seconds=recovery,
         tables_checked=checked,
     )

@@ -73,9 +73,11 @@ def pitr_drill(
                 passed=False, reason=f"replayed past the target: {replayed_at} > {target}", target_time=target,
                 replayed_at=replayed_at, rto_seconds=rto, scratch=scratch.k8s_name,
             )  # fmt: skip
-        amcheck(platform, InstanceRef(k8s_name=scratch.k8s_name, namespace=scratch.namespace), scratch.postgres_version)
+        structure = amcheck(
+            platform, InstanceRef(k8s_name=scratch.k8s_name, namespace=scratch.namespace), scratch.postgres_version
+        )
         return PitrDrillResult(
-            passed=True, reason="restored to the target, recovery target reached, pg_amcheck clean",
+            passed=True, reason=f"restored to the target, recovery target reached, {structure}",
             target_time=target, replayed_at=replayed_at, rto_seconds=rto, scratch=scratch.k8s_name,
         )  # fmt: skip
     except Exception as error:  # noqa: BLE001 - the drill's finding, recorded
