@@ -62,7 +62,7 @@ from resources.platform.postgres_server import (
 from toygres_pipelines.dev.demo import PagilaMissing, load_pagila, pagila_dir
 from toygres_pipelines.dev.stack import Azurite, CmsServer, require_tools
 from toygres_pipelines.dev.topology import DagsterTopology, TopologyError, ensure_storage_database
-from toygres_pipelines.restores.steps import connection_strings
+from toygres_pipelines.shared.connections import connection_strings
 
 DEFAULT_STATE_DIR = Path("/var/tmp/toygres-dev")
 DEFAULT_AZURITE_PORT = 10000

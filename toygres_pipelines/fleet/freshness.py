@@ -1,126 +1,34 @@
-"""Drill automation, built from the settings:
+"""The fleet domain: asset `fleet` (the running instances) and its freshness checks, built from
+the settings:
 
-weekly_drills       schedule (TOYGRES_DRILL_CRON, daily): the running instances whose drill day
-                    (records.freshness.drill_weekday) is today, each its newest ready image ->
-                    restore_drill; the restore pool (`toygres-restore`) limits how many run at once
-backups_fresh       asset checks on `image` (not partitioned): every running instance, offenders
-drills_fresh        named, WARN or ERROR as configured (TOYGRES_*_FRESHNESS_*)
+backups_fresh       asset checks on `fleet`: every running instance, offenders named, WARN or
+drills_fresh        ERROR as configured (TOYGRES_*_FRESHNESS_*)
 check_freshness     job running both checks; freshness_checks schedule (TOYGRES_FRESHNESS_CRON)
-abandoned_drills    sensor: drills whose run ended without finishing: failed, scratch deleted
+fleet_checks_after_runs  sensor: both checks after every successful backup, restore and drill
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from records import InstanceState, ValidationFailed
-from records.freshness import (
-    InstanceFreshness,
-    backup_freshness,
-    drill_freshness,
-    due_drills,
-    fleet_instances,
-    offenders,
-)
+from records import InstanceState
+from records.freshness import InstanceFreshness, backup_freshness, drill_freshness, fleet_instances, offenders
 from records.states import ImageState
 from resources.cms import CMSResource
-from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.jobs import CHECKS_KIND, INSTANCE_TAG, KIND_TAG
-from toygres_pipelines.automation.schedules import scheduled_time
-from toygres_pipelines.automation.settings import AutomationSettings
-from toygres_pipelines.drills.janitor import settle_abandoned_drills
-from toygres_pipelines.drills.jobs import DRILL_KIND, restore_drill
-from toygres_pipelines.drills.settle import settle_drill
-from toygres_pipelines.images.backup import running_source
+from toygres_pipelines.fleet.settings import FleetSettings
+from toygres_pipelines.shared import asset_keys
+from toygres_pipelines.shared.tags import AFTER_RUN_TAG, BACKUP_KIND, CHECKS_KIND, DRILL_KIND, KIND_TAG, RESTORE_KIND
 
 fleet = dg.AssetSpec(
-    "fleet",
+    asset_keys.FLEET,
     group_name="images",
     description="The running instances in the CMS: what backups_fresh and drills_fresh judge. Nothing "
     "materializes it; its Checks tab is the fleet's backup and drill freshness.",
 )
 BACKUPS_FRESH = "backups_fresh"
 DRILLS_FRESH = "drills_fresh"
-
-
-def abandoned_drills_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
-    @dg.sensor(
-        name="abandoned_drills",
-        minimum_interval_seconds=settings.reconcile_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Drills whose run ended without finishing them (terminated, worker lost): failed, their "
-        "scratch instances deleted.",
-    )
-    def abandoned_drills(context: dg.SensorEvaluationContext, cms: CMSResource, platform: PlatformResource):
-        settled = settle_abandoned_drills(context.instance, cms, platform, context.log.info)
-        return dg.SkipReason(f"{len(settled)} abandoned drill(s) settled")
-
-    return abandoned_drills
-
-
-def drill_canceled_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
-    @dg.run_status_sensor(
-        name="drill_run_canceled",
-        run_status=dg.DagsterRunStatus.CANCELED,
-        minimum_interval_seconds=settings.sensor_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="A terminated drill run: its scratch instance deleted and its drill failed at once "
-        "(abandoned_drills catches what this misses).",
-    )
-    def drill_run_canceled(context: dg.RunStatusSensorContext, cms: CMSResource, platform: PlatformResource):
-        run_id = context.dagster_run.run_id
-        reason = f"drill run {run_id} was terminated (canceled) before it finished"
-        settle_drill(cms, platform, context.instance, run_id, reason, context.log.info)
-
-    return drill_run_canceled
-
-
-def drill_run_requests(
-    cms: CMSResource, platform: PlatformResource, when: datetime, log=lambda _: None
-) -> list[dg.RunRequest]:
-    """Today's drills: one run per due running instance, keyed by image and date (never twice)."""
-    instances = []
-    for instance in cms.list_instances([InstanceState.running]):
-        try:
-            running_source(cms, platform, str(instance.id))
-        except ValidationFailed as error:
-            log(f"not drilling {instance.namespace}/{instance.k8s_name}: {error}")
-            continue
-        instances.append(instance)
-    day = when.strftime("%Y%m%d")
-    return [
-        dg.RunRequest(
-            run_key=f"drill-{target.name}-{day}",
-            run_config={"ops": {"plan_drill": {"config": {"image": str(target.id)}}}},
-            tags={KIND_TAG: DRILL_KIND, INSTANCE_TAG: instance.k8s_name},
-        )
-        for instance, target in due_drills(instances, cms.list_images([ImageState.ready]), when.weekday())
-    ]
-
-
-def weekly_drill_schedule(settings: AutomationSettings) -> dg.ScheduleDefinition:
-    timezone = settings.nightly_timezone
-
-    @dg.schedule(
-        name="weekly_drills",
-        job=restore_drill,
-        cron_schedule=settings.drill_cron,
-        execution_timezone=timezone,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Every day: a restore drill of the newest ready image of each running instance whose drill "
-        "day is today, so every instance is drilled once a week, spread over the week (TOYGRES_DRILL_CRON).",
-    )
-    def weekly_drills(context: dg.ScheduleEvaluationContext, cms: CMSResource, platform: PlatformResource):
-        when = (scheduled_time(context) or datetime.now(UTC)).astimezone(ZoneInfo(timezone))
-        requests = drill_run_requests(cms, platform, when, log=context.log.warning)
-        if not requests:
-            return dg.SkipReason(f"no running instance with a ready image is due for a drill on {when:%A}")
-        return requests
-
-    return weekly_drills
 
 
 def freshness_result(report: list[InstanceFreshness], severity: str, what: str) -> dg.AssetCheckResult:
@@ -142,7 +50,7 @@ def freshness_result(report: list[InstanceFreshness], severity: str, what: str) 
     )
 
 
-def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinition]:
+def freshness_checks(settings: FleetSettings) -> list[dg.AssetChecksDefinition]:
     backup_window = timedelta(hours=settings.backup_freshness_hours)
     drill_window = timedelta(days=settings.drill_freshness_days)
     grace = timedelta(hours=settings.new_instance_grace_hours)
@@ -188,10 +96,10 @@ def freshness_job(checks: list[dg.AssetChecksDefinition]):
     )
 
 
-FLEET_CHANGING_KINDS = ("backup", "restore", DRILL_KIND)
+FLEET_CHANGING_KINDS = (BACKUP_KIND, RESTORE_KIND, DRILL_KIND)
 
 
-def fleet_checks_after_runs_sensor(settings: AutomationSettings, job) -> dg.SensorDefinition:
+def fleet_checks_after_runs_sensor(settings: FleetSettings, job) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name="fleet_checks_after_runs",
         run_status=dg.DagsterRunStatus.SUCCESS,
@@ -208,13 +116,13 @@ def fleet_checks_after_runs_sensor(settings: AutomationSettings, job) -> dg.Sens
         return dg.RunRequest(
             job_name=job.name,
             run_key=f"fleet-after-{run.run_id}",
-            tags={KIND_TAG: CHECKS_KIND, "toygres/after-run": run.run_id},
+            tags={KIND_TAG: CHECKS_KIND, AFTER_RUN_TAG: run.run_id},
         )
 
     return fleet_checks_after_runs
 
 
-def freshness_schedule(settings: AutomationSettings, job) -> dg.ScheduleDefinition:
+def freshness_schedule(settings: FleetSettings, job) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name="freshness_checks",
         job=job,

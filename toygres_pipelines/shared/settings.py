@@ -1,30 +1,43 @@
-"""Automation settings, declared once: each field is read from TOYGRES_<FIELD NAME> by `from_env`,
-which `definitions.py` calls once when the code location loads; the schedules, sensors and jobs
-are built from the result (nothing reads the environment at import).
+"""The settings machinery, declared once, and the settings several domains share.
+
+Each domain declares its own settings as a subclass of `SharedSettings` (images/settings.py,
+drills/settings.py, ...); `toygres_pipelines/settings.py` composes them into one `Settings`,
+which `definitions.py` reads once when the code location loads (`from_env`: each field from
+TOYGRES_<FIELD NAME>, a nested record's fields from TOYGRES_<FIELD>_<ITS FIELD>) and hands to
+every domain's definitions (nothing reads the environment at import, nor in an op).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal, Self
+from typing import Annotated, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dagster._utils.schedules import is_valid_cron_string
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from records import ValidationFailed
 from records.bounds import numeric_rule
-from records.retention import RetentionPolicy
 
 ENV_PREFIX = "TOYGRES_"
-RETENTION_PREFIX = ENV_PREFIX + "RETENTION_"
 
 
-class AutomationSettings(BaseModel):
+def _cron(value: str) -> str:
+    # Dagster's own check, so a setting it would refuse while building a schedule never loads.
+    if not is_valid_cron_string(value):
+        raise ValueError("must be a cron expression of 5 fields (minute hour day-of-month month day-of-week)")
+    return value
+
+
+Cron = Annotated[str, AfterValidator(_cron)]
+
+
+class SharedSettings(BaseModel):
+    """What the domains share: the time zone of every schedule and the sensors' pace."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    nightly_cron: str = Field(default="0 2 * * *", description="When the nightly backups run")
     nightly_timezone: str = Field(
         default="UTC", description="Time zone of the nightly cron (also decides the date in the partition key)"
     )
@@ -36,62 +49,6 @@ class AutomationSettings(BaseModel):
         default=120, ge=1, le=604800, description="An accepted request with no run after this long is emitted again"
     )
     reconcile_interval_seconds: int = Field(default=300, ge=1, le=86400, description="How often the reconciler looks")
-    reconcile_grace_seconds: int = Field(
-        default=60, ge=0, le=86400, description="A finished run's rows are left to the run-status sensors for this long"
-    )
-    stale_job_grace_seconds: int = Field(
-        default=3600, ge=0, le=2592000, description="A job this long past its timeout is removed by the janitor"
-    )
-    retention_cron: str = Field(
-        default="30 4 * * *", description="When the retention job runs (in nightly_timezone), deleting what expired"
-    )
-    backup_freshness_hours: float = Field(
-        default=26,
-        gt=0,
-        le=8784,
-        allow_inf_nan=False,
-        description="A running instance's newest ready image must be younger than this",
-    )
-    backup_freshness_severity: Literal["WARN", "ERROR"] = Field(
-        default="ERROR", description="Severity of the backups_fresh check when an instance is out of its window"
-    )
-    drill_freshness_days: float = Field(
-        default=8,
-        gt=0,
-        le=366,
-        allow_inf_nan=False,
-        description="A running instance's newest successful restore drill must be younger than this",
-    )
-    drill_freshness_severity: Literal["WARN", "ERROR"] = Field(
-        default="WARN", description="Severity of the drills_fresh check when an instance is out of its window"
-    )
-    new_instance_grace_hours: float = Field(
-        default=26,
-        ge=0,
-        le=8784,
-        allow_inf_nan=False,
-        description="An instance created less than this ago is `new`: a missing image or drill does not put it "
-        "out of its windows yet (a restored copy has none)",
-    )
-    freshness_cron: str = Field(default="15 * * * *", description="When backups_fresh and drills_fresh are evaluated")
-    drill_cron: str = Field(
-        default="0 5 * * *",
-        description="When the day's restore drills start (in nightly_timezone); each running instance is drilled "
-        "on one day of the week (a stable hash of its name)",
-    )
-    retention: RetentionPolicy = Field(
-        default_factory=RetentionPolicy,
-        description="The default retention policy: each field from TOYGRES_RETENTION_<FIELD>; an instance "
-        "may override fields in the CMS (toygres-pipelines retention)",
-    )
-
-    @field_validator("nightly_cron", "retention_cron", "freshness_cron", "drill_cron")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        # Dagster's own check, so a setting it would refuse while building a schedule never loads.
-        if not is_valid_cron_string(value):
-            raise ValueError("must be a cron expression of 5 fields (minute hour day-of-month month day-of-week)")
-        return value
 
     @field_validator("nightly_timezone")
     @classmethod
@@ -110,20 +67,13 @@ class AutomationSettings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         """The settings the environment gives (an unset or empty variable keeps the default)."""
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {
-            field: env[cls.env_name(field)].strip()
-            for field in cls.model_fields
-            if field != "retention" and env.get(cls.env_name(field), "").strip()
-        }
-        policy = {
-            field: env[RETENTION_PREFIX + field.upper()].strip()
-            for field in RetentionPolicy.model_fields
-            if env.get(RETENTION_PREFIX + field.upper(), "").strip()
-        }
-        try:
-            values["retention"] = RetentionPolicy.checked(policy)
-        except ValidationFailed as error:
-            raise ValueError(f"{RETENTION_PREFIX}{error.field.upper()}: {error.rule}") from None
+        values: dict[str, object] = {}
+        for field, info in cls.model_fields.items():
+            record = info.annotation
+            if isinstance(record, type) and issubclass(record, BaseModel):
+                values[field] = cls._record_from_env(record, cls.env_name(field) + "_", env)
+            elif env.get(cls.env_name(field), "").strip():
+                values[field] = env[cls.env_name(field)].strip()
         try:
             return cls.model_validate(values)
         except ValidationError as error:
@@ -134,3 +84,17 @@ class AutomationSettings(BaseModel):
             rule = f"must be {allowed}" if allowed else str(first.get("ctx", {}).get("error") or first["msg"])
             separator = " " if allowed else ": "
             raise ValueError(f"{cls.env_name(field)}: {values.get(field)!r}{separator}{rule}") from None
+
+    @staticmethod
+    def _record_from_env(record: type[BaseModel], prefix: str, env: Mapping[str, str]) -> BaseModel:
+        """A nested record (the retention policy) from PREFIX<FIELD> variables, by its own rules."""
+        given = {
+            field: env[prefix + field.upper()].strip()
+            for field in record.model_fields
+            if env.get(prefix + field.upper(), "").strip()
+        }
+        checked = getattr(record, "checked", None)
+        try:
+            return checked(given) if checked is not None else record.model_validate(given)
+        except ValidationFailed as error:
+            raise ValueError(f"{prefix}{error.field.upper()}: {error.rule}") from None
