@@ -211,6 +211,32 @@ def test_domains_get_their_settings_and_never_read_them_from_the_environment():
     assert readers == []
 
 
+RUN_TAG_NAMES = ("toygres/kind", "toygres/request-id", "toygres/after-run")
+SHARED_ASSET_KEYS = ("image", "fleet")
+
+
+def retyped_names(root: Path) -> list[str]:
+    """Run tag names and shared asset keys typed as literals outside shared/tags.py and
+    shared/asset_keys.py (Kubernetes labels such as toygres/instance are not run tags)."""
+    found = []
+    declared = {root / "toygres_pipelines" / SHARED / "tags.py", root / "toygres_pipelines" / SHARED / "asset_keys.py"}
+    for path in sorted((root / "toygres_pipelines").rglob("*.py")):
+        if path in declared:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Constant) and node.value in RUN_TAG_NAMES:
+                found.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "AssetKey":
+                key = [getattr(argument, "value", None) for argument in node.args]
+                if len(key) == 1 and key[0] in SHARED_ASSET_KEYS:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} AssetKey({key[0]!r})")
+    return found
+
+
+def test_run_tags_and_shared_asset_keys_are_declared_once():
+    assert retyped_names(ROOT) == []
+
+
 # ---- one field list per request ------------------------------------------------------------
 
 
