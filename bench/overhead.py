@@ -183,8 +183,9 @@ def dagster_bench(root: Path, env: dict[str, str]) -> Iterator[Bench]:
 
 def launch_backup(bench: Bench, key: str) -> str:
     """Launch one backup_image run as the daemon does (code server + run launcher); returns its id."""
-    from toygres_pipelines.automation.jobs import INSTANCE_TAG, backup_image
     from toygres_pipelines.images.assets import IMAGE_PARTITIONS, image
+    from toygres_pipelines.images.jobs import backup_image
+    from toygres_pipelines.shared.tags import INSTANCE_TAG
 
     instance, workspace = bench.instance, bench.workspace
     instance.add_dynamic_partitions(IMAGE_PARTITIONS, [key])  # type: ignore[attr-defined]

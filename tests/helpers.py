@@ -18,6 +18,14 @@ def materialize_image(resources, key: str, config: dict | None = None, raise_on_
     )
 
 
+def sensor_named(definitions: dg.Definitions, name: str) -> dg.SensorDefinition:
+    return next(s for s in definitions.sensors or [] if s.name == name)
+
+
+def schedule_named(definitions: dg.Definitions, name: str) -> dg.ScheduleDefinition:
+    return next(s for s in definitions.schedules or [] if s.name == name)
+
+
 def run_logs(instance: dg.DagsterInstance, run_id: str) -> str:
     return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
 

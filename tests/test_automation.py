@@ -15,30 +15,33 @@ from dagster._core.test_utils import create_run_for_test
 from records import ImageState, ImageType, InstanceState, RequestState
 from records.requests import ImageRequestFields, RestoreRequestFields
 from resources.platform.local import LocalPlatform
-from tests.helpers import failure_text, materialize_image
-from toygres_pipelines.automation import AutomationSettings, build_automation
-from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, REQUEST_ID_TAG, backup_image
-from toygres_pipelines.automation.reconcile import reconcile
-from toygres_pipelines.automation.schedules import night_of, nightly_run_requests
-from toygres_pipelines.automation.sensors import evaluate_image_requests, evaluate_restore_requests
-from toygres_pipelines.automation.writeback import settle_run
+from tests.helpers import failure_text, materialize_image, schedule_named, sensor_named
+from toygres_pipelines.domains import domain_definitions
 from toygres_pipelines.images.assets import image
+from toygres_pipelines.images.jobs import backup_image
+from toygres_pipelines.images.schedules import night_of, nightly_run_requests
+from toygres_pipelines.images.sensors import evaluate_image_requests
+from toygres_pipelines.requests.reconcile import reconcile
+from toygres_pipelines.requests.writeback import settle_run
 from toygres_pipelines.restores.jobs import restore_instance
+from toygres_pipelines.restores.sensors import evaluate_restore_requests
+from toygres_pipelines.settings import Settings
+from toygres_pipelines.shared.tags import INSTANCE_TAG, KIND_TAG, REQUEST_ID_TAG
 
 pytestmark = pytest.mark.integration
 
-AUTOMATION = build_automation(AutomationSettings())
+AUTOMATION = domain_definitions(Settings())
 # The local platform's request-time rules (any valid namespace, every PostgreSQL major): enough
 # for the request checks these tests exercise; nothing here runs a job on it.
 RULES_ONLY = LocalPlatform(state_dir="/nonexistent/toygres-rules-only", azcopy_path="/bin/true")
-image_requests_sensor = AUTOMATION.sensor("image_requests_sensor")
-restore_requests_sensor = AUTOMATION.sensor("restore_requests_sensor")
-request_run_started = AUTOMATION.sensor("request_run_started")
-run_succeeded_writeback = AUTOMATION.sensor("run_succeeded_writeback")
-run_failed_writeback = AUTOMATION.sensor("run_failed_writeback")
-run_canceled_writeback = AUTOMATION.sensor("run_canceled_writeback")
-reconcile_stuck_rows = AUTOMATION.sensor("reconcile_stuck_rows")
-nightly_backups = AUTOMATION.schedule("nightly_backups")
+image_requests_sensor = sensor_named(AUTOMATION, "image_requests_sensor")
+restore_requests_sensor = sensor_named(AUTOMATION, "restore_requests_sensor")
+request_run_started = sensor_named(AUTOMATION, "request_run_started")
+run_succeeded_writeback = sensor_named(AUTOMATION, "run_succeeded_writeback")
+run_failed_writeback = sensor_named(AUTOMATION, "run_failed_writeback")
+run_canceled_writeback = sensor_named(AUTOMATION, "run_canceled_writeback")
+reconcile_stuck_rows = sensor_named(AUTOMATION, "reconcile_stuck_rows")
+nightly_backups = schedule_named(AUTOMATION, "nightly_backups")
 
 from resources.platform.base import PROJECT_DIR  # noqa: E402
 
@@ -724,21 +727,22 @@ def test_reconciler_records_the_dead_runs_own_failure_message(resources, cms, bl
 def test_racing_claims_never_accept_two_requests_for_the_same_name(
     request, cms, source, dagster_instance, monkeypatch, kind
 ):
-    from toygres_pipelines.automation import sensors
+    from toygres_pipelines.images import sensors as image_sensors
+    from toygres_pipelines.restores import sensors as restore_sensors
 
     if kind == "image":
 
         def create():
             return cms.create_image_request(ImageRequestFields(image_name="same-name", source_instance=source.k8s_name))
 
-        check_name, listing = "check_image_request", cms.list_image_requests
+        sensors, check_name, listing = image_sensors, "check_image_request", cms.list_image_requests
         evaluate_kind = lambda instance, cms_, limit: evaluate_image_requests(instance, cms_, RULES_ONLY, limit=limit)  # noqa: E731
         reason = "'same-name' is already requested by another accepted request"
     else:
         image_name = request.getfixturevalue("ready_image").name
         create = lambda: restore_request(cms, source_image_id=image_name, dns_label="same-label")  # noqa: E731
         platform = request.getfixturevalue("platform")
-        check_name, listing = "check_restore_request", cms.list_restore_requests
+        sensors, check_name, listing = restore_sensors, "check_restore_request", cms.list_restore_requests
         evaluate_kind = lambda instance, cms_, limit: evaluate_restore_requests(instance, cms_, platform, limit=limit)  # noqa: E731
         reason = "'same-label' is already requested by another accepted request"
     first, second = create(), create()

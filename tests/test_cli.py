@@ -430,9 +430,9 @@ def test_a_restore_password_is_accepted_ignored_and_stored_nowhere(run, cms, ima
     import dagster as dg
 
     from tests.helpers import cms_text, dagster_text
-    from toygres_pipelines.automation.sensors import evaluate_restore_requests
     from toygres_pipelines.resources_from_env import platform_from_env
     from toygres_pipelines.restores.jobs import restore_instance
+    from toygres_pipelines.restores.sensors import evaluate_restore_requests
 
     secret = "s3cret-Typed-At-3am"
     code, out, err = run(
@@ -596,9 +596,9 @@ def test_request_backup_wait_follows_the_request_to_its_end(cms, resources, sour
     import dagster as dg
 
     from tests.helpers import materialize_image
-    from toygres_pipelines.automation.jobs import REQUEST_ID_TAG
-    from toygres_pipelines.automation.sensors import evaluate_image_requests
-    from toygres_pipelines.automation.writeback import settle_run
+    from toygres_pipelines.images.sensors import evaluate_image_requests
+    from toygres_pipelines.requests.writeback import settle_run
+    from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 
     monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
     thread, result, out, _ = follow_in_thread(cms, "request-backup", "--instance", source.k8s_name, "--name", "waited")

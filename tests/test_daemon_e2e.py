@@ -17,7 +17,7 @@ from psycopg import sql
 from records import ImageState, InstanceState, RequestState
 from records.requests import ImageRequestFields, RestoreRequestFields
 from tests.helpers import materialize_image
-from toygres_pipelines.automation.jobs import KIND_TAG, REQUEST_ID_TAG
+from toygres_pipelines.shared.tags import KIND_TAG, REQUEST_ID_TAG
 
 pytestmark = pytest.mark.integration
 

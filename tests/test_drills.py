@@ -242,7 +242,9 @@ def test_the_janitor_deletes_a_scratch_instance_its_finished_drill_could_not_del
 
 def test_a_canceled_drill_run_is_settled_by_the_run_status_sensor(resources, cms, platform, ready_image):
     """Terminated while its scratch instance was running: the sensor settles it without waiting for the janitor."""
-    from toygres_pipelines.automation import AutomationSettings, build_automation
+    from tests.helpers import sensor_named
+    from toygres_pipelines.domains import domain_definitions
+    from toygres_pipelines.settings import Settings
 
     instance = dg.DagsterInstance.ephemeral()
     restored = restore(
@@ -258,7 +260,7 @@ def test_a_canceled_drill_run_is_settled_by_the_run_status_sensor(resources, cms
     run = instance.get_run_by_id(restored.run_id)
     event = instance.report_run_canceled(run)
 
-    sensor = build_automation(AutomationSettings()).sensor("drill_run_canceled")
+    sensor = sensor_named(domain_definitions(Settings()), "drill_run_canceled")
     context = dg.build_run_status_sensor_context(
         sensor_name=sensor.name,
         dagster_event=event,

@@ -179,8 +179,8 @@ def test_a_backup_with_parallel_jobs_outside_the_rule_is_refused_before_any_imag
 
 def test_a_backup_request_carries_parallel_jobs_to_its_run_and_one_outside_the_rule_is_rejected(resources, cms, source):
     from tests.test_automation import RULES_ONLY
-    from toygres_pipelines.automation.jobs import backup_image
-    from toygres_pipelines.automation.sensors import evaluate_image_requests
+    from toygres_pipelines.images.jobs import backup_image
+    from toygres_pipelines.images.sensors import evaluate_image_requests
 
     parallel = cms.create_image_request(
         ImageRequestFields(image_name="req-parallel", source_instance=source.k8s_name, parallel_jobs=3)

@@ -254,7 +254,7 @@ def test_pitr_status_shows_the_window_and_the_lag(cms, blob, platform, backed_up
 
 
 def test_a_pitr_drill_restores_inside_the_window_checks_and_leaves_nothing(cms, blob, platform, backed_up):
-    from toygres_pipelines.pitr.drill import pitr_drill
+    from toygres_pipelines.drills.pitr_drill import pitr_drill
 
     source, dsn, backup = backed_up
     for label in ("d1", "d2", "d3"):

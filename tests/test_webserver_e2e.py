@@ -15,7 +15,7 @@ from dagster_graphql import DagsterGraphQLClient
 from records import ImageState
 from resources.platform.postgres_server import free_port
 from tests.test_daemon_e2e import dagster_instance, topology  # noqa: F401 - topology is a fixture
-from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG
+from toygres_pipelines.shared.tags import INSTANCE_TAG, KIND_TAG
 
 pytestmark = pytest.mark.integration
 

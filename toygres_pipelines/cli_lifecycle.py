@@ -16,7 +16,6 @@ from typing import Any, TextIO
 from records import ImageState, InstanceState, ValidationFailed
 from records.retention import RetentionPolicy
 from resources.cms import CMSResource
-from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.lifecycle import images as image_rules
 from toygres_pipelines.lifecycle import instances as instance_rules
@@ -24,6 +23,7 @@ from toygres_pipelines.lifecycle.images import DagsterPartitions, delete_image, 
 from toygres_pipelines.lifecycle.instances import delete_instance
 from toygres_pipelines.lifecycle.retention_job import IMAGES_PREFIX, compute_plan, stray_folders
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
+from toygres_pipelines.settings import Settings as AutomationSettings
 
 EXIT_OK = 0
 

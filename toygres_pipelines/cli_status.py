@@ -13,8 +13,8 @@ from typing import Any, TextIO
 from records import ImageState, InstanceState, ValidationFailed
 from records.freshness import instance_status
 from resources.cms import CMSResource
-from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
+from toygres_pipelines.settings import Settings as AutomationSettings
 
 EXIT_OK = 0
 EXIT_OUT_OF_WINDOWS = 4

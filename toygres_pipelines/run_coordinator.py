@@ -20,16 +20,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import dagster as dg
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun
 
-from toygres_pipelines.automation.jobs import CHECKS_KIND, INSTANCE_TAG, KIND_TAG, backup_image
 from toygres_pipelines.drills.jobs import restore_drill
 from toygres_pipelines.images.backup import PARTITION_SOURCE_SEPARATOR
+from toygres_pipelines.images.jobs import backup_image
 from toygres_pipelines.restores.jobs import restore_instance
+from toygres_pipelines.shared import asset_keys
+from toygres_pipelines.shared.tags import BACKUP_KIND, CHECKS_KIND, INSTANCE_TAG, KIND_TAG
 
-IMAGE_ASSET = dg.AssetKey("image")
+IMAGE_ASSET = asset_keys.IMAGE
 PARTITION_TAG = "dagster/partition"
 IMPLICIT_ASSET_JOB = "__ASSET_JOB"
 RESTORE_JOB = restore_instance.name
@@ -89,7 +90,7 @@ def fleet_tags(run: DagsterRun) -> dict[str, str]:
     if is_check_run(run):
         wanted[KIND_TAG] = CHECKS_KIND
     elif is_backup(run):
-        wanted[KIND_TAG] = "backup"
+        wanted[KIND_TAG] = BACKUP_KIND
         instance = source_instance(run)
         if instance:
             wanted[INSTANCE_TAG] = instance

@@ -314,8 +314,8 @@ def test_a_backup_the_deployment_cannot_run_is_refused_before_any_row(cms, blob,
     """The asset, the request sensor and the CLI share one backup-source rule; the nightly schedule skips such
     a source and says why. No image row (with its encrypted password) is written, no object created."""
     from records.requests import ImageRequestFields
-    from toygres_pipelines.automation.schedules import nightly_run_requests
-    from toygres_pipelines.automation.sensors import evaluate_image_requests
+    from toygres_pipelines.images.schedules import nightly_run_requests
+    from toygres_pipelines.images.sensors import evaluate_image_requests
 
     k8s = make_k8s(cluster)
     add_source(cms, "pg18-src", namespace, version)

@@ -15,7 +15,7 @@ from resources.cms import CMSResource
 from resources.platform.base import PROJECT_DIR, DeploySpec
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
-from toygres_pipelines.restores.steps import SUPERUSER, connection_strings
+from toygres_pipelines.shared.connections import SUPERUSER, connection_strings
 
 PAGILA_FILES = ("pagila-schema.sql", "pagila-data.sql")
 # The Makefile searches the same places and exports TOYGRES_PAGILA_DIR to what it found.

@@ -10,6 +10,7 @@ from records.drills import Drill, DrillResult
 from records.freshness import previous_ready_image, size_anomaly
 from resources.cms import CMSResource
 from toygres_pipelines.images.assets import image, image_named, image_partitions
+from toygres_pipelines.shared import asset_keys
 
 # Partitioned asset checks are a preview feature of Dagster 1.13; these two rely on it knowingly.
 warnings.filterwarnings(
@@ -17,7 +18,7 @@ warnings.filterwarnings(
 )
 
 RESTORABLE_CHECK = "restorable"
-IMAGE_ASSET = dg.AssetKey("image")
+IMAGE_ASSET = asset_keys.IMAGE
 
 
 def restorable_metadata(drill: Drill) -> dict[str, dg.MetadataValue]:

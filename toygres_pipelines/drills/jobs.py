@@ -30,9 +30,7 @@ from toygres_pipelines.drills.settle import SCRATCH_PREFIX, remove_scratch_insta
 from toygres_pipelines.restores.config import RestoreConfig, check_timeouts, plan_restore, ready_image
 from toygres_pipelines.restores.jobs import TimedPlan, invalid_request, restore_steps
 from toygres_pipelines.restores.steps import instance_ref, verify_manifest_only
-
-DRILL_KIND = "drill"
-IMAGE_TAG = "toygres/image"
+from toygres_pipelines.shared.tags import DRILL_KIND, KIND_TAG
 
 
 class DrillConfig(dg.Config):
@@ -182,7 +180,7 @@ def settle_failed_drill(context: dg.HookContext) -> None:
 @dg.job(
     description="Restore drill: restore an image into a scratch instance with the restore's own ops, compare "
     "every table's row count with the manifest, record the result, delete the scratch instance",
-    tags={"toygres/kind": DRILL_KIND},
+    tags={KIND_TAG: DRILL_KIND},
     hooks={settle_failed_drill},
     executor_def=dg.in_process_executor,
 )

@@ -23,10 +23,9 @@ from toygres_pipelines.images.backup import (
     take_image,
 )
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
+from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS, image_partitions
 
-IMAGE_PARTITIONS = "images"
 VERIFIED_CHECK = "verified"
-image_partitions = dg.DynamicPartitionsDefinition(name=IMAGE_PARTITIONS)
 
 
 class BackupConfig(BackupFields, dg.Config):

@@ -7,6 +7,7 @@ from records import Image, ImageState, LogSink, ValidationFailed
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
+from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
 
 
 class ReverifyConfig(dg.Config):
@@ -46,6 +47,6 @@ def reverify_corrupt_image(
     context.log.info(f"image {image.name} verified again: ready")
 
 
-@dg.job(description="Re-verify a corrupt image (after its blobs were repaired)", tags={"toygres/kind": "maintenance"})
+@dg.job(description="Re-verify a corrupt image (after its blobs were repaired)", tags={KIND_TAG: MAINTENANCE_KIND})
 def reverify_image():
     reverify_corrupt_image()

@@ -15,8 +15,8 @@ from records import Instance, InstanceState, LogSink, ValidationFailed
 from records.wal import PITR_BASE_BACKUP_TAG
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.restores.jobs import REQUEST_KEY
 from toygres_pipelines.restores.steps import instance_ref, restore_job_name
+from toygres_pipelines.shared.tags import REQUEST_KEY
 
 DELETABLE = (InstanceState.running, InstanceState.stopped, InstanceState.failed, InstanceState.deleting)
 

@@ -18,7 +18,6 @@ from records import Image, ImageState, LogSink, ValidationFailed, parse_uuid
 from records.retention import RetentionPolicy
 from resources.blob import BlobStorageResource
 from resources.cms import CMSError, CMSResource
-from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.lifecycle.images import (
     DagsterPartitions,
     Partitions,
@@ -28,6 +27,8 @@ from toygres_pipelines.lifecycle.images import (
     tidy_partitions,
 )
 from toygres_pipelines.lifecycle.retention import RetentionPlan, plan_retention
+from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
 
 IMAGES_PREFIX = "images"
 
@@ -195,7 +196,7 @@ def retention_job(policy: RetentionPolicy) -> dg.JobDefinition:
         name="retention",
         description="Apply the retention policy (TOYGRES_RETENTION_*, per-instance overrides in the CMS). "
         "dry_run (the default in the launchpad) only shows the plan.",
-        tags={"toygres/kind": "maintenance"},
+        tags={KIND_TAG: MAINTENANCE_KIND},
     )
     def retention():
         apply_retention()

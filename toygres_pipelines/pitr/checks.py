@@ -13,8 +13,9 @@ from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from resources.wal_archive import list_timelines
+from toygres_pipelines.shared import asset_keys
 
-FLEET = dg.AssetKey("fleet")
+FLEET = asset_keys.FLEET
 RPO_SECONDS = 60.0  # TOYGRES has no setting for it yet: docs/pitr.md
 
 

@@ -10,7 +10,6 @@ from toygres_pipelines.pitr.checks import (
     wal_archive_continuous,
     wal_archive_fresh,
 )
-from toygres_pipelines.pitr.drill import pitr_drill_job, weekly_pitr_drills
 from toygres_pipelines.pitr.restore import restore_to_time_job
 from toygres_pipelines.pitr.retention import wal_retention_daily, wal_retention_job
 
@@ -20,7 +19,7 @@ def pitr_definitions() -> dg.Definitions:
     than one Definitions (the daemon e2e test failed on it)."""
     return dg.Definitions(
         asset_checks=[wal_archive_fresh, wal_archive_continuous],
-        jobs=[base_backup_job, restore_to_time_job, check_wal_archives, wal_retention_job, pitr_drill_job],
-        schedules=[weekly_base_backups, wal_archive_checks_schedule, wal_retention_daily, weekly_pitr_drills],
+        jobs=[base_backup_job, restore_to_time_job, check_wal_archives, wal_retention_job],
+        schedules=[weekly_base_backups, wal_archive_checks_schedule, wal_retention_daily],
         sensors=[wal_archivers],
     )

@@ -24,7 +24,7 @@ from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, JobKind, JobSpec, PlatformResource
 from toygres_pipelines.pitr.window import plan_recovery
-from toygres_pipelines.restores.steps import connection_strings
+from toygres_pipelines.shared.connections import connection_strings
 
 RESTORE_TIMEOUT_SECONDS = 6 * 3600
 READY_TIMEOUT_SECONDS = 600

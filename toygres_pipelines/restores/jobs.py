@@ -21,16 +21,16 @@ from toygres_pipelines.restores.steps import (
     check_connection,
     check_url,
     clean_up_failed_restore,
-    connection_strings,
     dangerous_content,
     instance_ref,
     mark_image_corrupt,
     restore_job_spec,
     verification_failure,
 )
+from toygres_pipelines.shared import asset_keys
+from toygres_pipelines.shared.connections import connection_strings
+from toygres_pipelines.shared.tags import KIND_TAG, REQUEST_ID_TAG, REQUEST_KEY, RESTORE_KIND
 
-REQUEST_ID_TAG = "toygres/request-id"
-REQUEST_KEY = "request_key"
 CONNECT_TIMEOUT_SECONDS = 120
 
 
@@ -296,7 +296,7 @@ def mark_instance_running(
             "connection": address.strings.ip,
             "connect": connect,
             "source_image": image.name if image else str(running.source_image_id),
-            "image asset": dg.MetadataValue.asset(dg.AssetKey("image")),
+            "image asset": dg.MetadataValue.asset(asset_keys.IMAGE),
             "server_version": server_version,
         },
     )
@@ -329,7 +329,7 @@ def restore_steps(timed):
 
 @dg.job(
     description="Restore an image into a new instance: validate, create, restore, deploy, verify",
-    tags={"toygres/kind": "restore"},
+    tags={KIND_TAG: RESTORE_KIND},
     hooks={clean_up_failed_instance},
     executor_def=dg.in_process_executor,
 )

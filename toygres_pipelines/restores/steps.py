@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
 
 import psycopg
 from pydantic import SecretStr
 
 from records import (
     BackupManifest,
-    ConnectionStrings,
     Endpoints,
     ImageState,
     Instance,
@@ -23,9 +21,7 @@ from resources.cms import CMSError, CMSResource
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource, RestoreRoles
 from toygres_pipelines.images.verification import ImageCorrupt, read_manifest, sha256sums
 from toygres_pipelines.restores.config import RestorePlan
-
-SUPERUSER = "postgres"
-DATABASE = "postgres"
+from toygres_pipelines.shared.connections import SUPERUSER, connection_string
 
 
 def instance_ref(instance: Instance) -> InstanceRef:
@@ -34,33 +30,6 @@ def instance_ref(instance: Instance) -> InstanceRef:
 
 def restore_job_name(instance: Instance) -> str:
     return f"restore-{instance.k8s_name}"
-
-
-def connection_string(
-    host: str,
-    port: int,
-    password: SecretStr | None,
-    user: str = SUPERUSER,
-    database: str = DATABASE,
-    sslmode: str | None = None,
-) -> str:
-    """A postgresql:// URL; the password, when given, is percent-encoded whatever it contains."""
-    credentials = quote(user, safe="")
-    if password is not None:
-        credentials += ":" + quote(password.get_secret_value(), safe="")
-    query = f"?sslmode={sslmode}" if sslmode else ""
-    return f"postgresql://{credentials}@{host}:{port}/{quote(database, safe='')}{query}"
-
-
-def connection_strings(endpoints: Endpoints, password: SecretStr | None) -> ConnectionStrings:
-    ip_host = endpoints.external_ip or endpoints.host
-    ssl = endpoints.sslmode
-    return ConnectionStrings(
-        ip=connection_string(ip_host, endpoints.port, password, sslmode=ssl),
-        dns=connection_string(endpoints.dns_name, endpoints.port, password, sslmode=endpoints.dns_sslmode or ssl)
-        if endpoints.dns_name
-        else None,
-    )
 
 
 def check_url(endpoints: Endpoints, password: SecretStr) -> str:

@@ -30,10 +30,10 @@ from records import (
 from resources.blob import BlobStorageResource
 from resources.cms import CMSError, CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.jobs import REQUEST_ID_TAG
-from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.images.backup import fail_image
 from toygres_pipelines.restores.steps import clean_up_failed_restore
+from toygres_pipelines.shared.settings import SharedSettings
+from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 REASON_MAX = 4000
@@ -203,7 +203,7 @@ def cancel_reason(run_id: str) -> str:
 # ---- the sensors ----------------------------------------------------------------------------
 
 
-def run_started_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
+def run_started_sensor(settings: SharedSettings) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name="request_run_started",
         run_status=dg.DagsterRunStatus.STARTED,
@@ -219,7 +219,7 @@ def run_started_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
 
 
 def settling_sensor(
-    settings: AutomationSettings,
+    settings: SharedSettings,
     name: str,
     status: dg.DagsterRunStatus,
     description: str,
@@ -253,7 +253,7 @@ def settling_sensor(
     return settle
 
 
-def writeback_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
+def writeback_sensors(settings: SharedSettings) -> list[dg.SensorDefinition]:
     """Run-status sensors: record a request's run, then settle it when the run succeeds, fails or is canceled."""
     return [
         run_started_sensor(settings),

@@ -25,9 +25,9 @@ from records import ImageState, InstanceState, LogSink, RequestState
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.sensors import first_run_for_request
-from toygres_pipelines.automation.settings import AutomationSettings
-from toygres_pipelines.automation.writeback import FINISHED, Settlement, run_failure_message, settle_run
+from toygres_pipelines.requests.settings import RequestsSettings
+from toygres_pipelines.requests.writeback import FINISHED, Settlement, run_failure_message, settle_run
+from toygres_pipelines.shared.request_claims import first_run_for_request
 
 MISSING = "missing from this Dagster instance"
 
@@ -74,7 +74,7 @@ def reconcile(
     blob: BlobStorageResource,
     platform: PlatformResource,
     *,
-    grace_seconds: float = AutomationSettings().reconcile_grace_seconds,
+    grace_seconds: float = RequestsSettings().reconcile_grace_seconds,
     log: LogSink = lambda _: None,
 ) -> Reconciliation:
     done = Reconciliation()
@@ -117,7 +117,7 @@ def reconcile(
     return done
 
 
-def reconcile_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
+def reconcile_sensor(settings: RequestsSettings) -> dg.SensorDefinition:
     @dg.sensor(
         name="reconcile_stuck_rows",
         minimum_interval_seconds=settings.reconcile_interval_seconds,
