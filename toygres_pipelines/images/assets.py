@@ -6,6 +6,7 @@ exists removes the partition it was launched for, so a typo leaves no red partit
 """
 
 import time
+import warnings
 
 import dagster as dg
 from pydantic import Field
@@ -23,6 +24,11 @@ from toygres_pipelines.images.backup import (
     take_image,
 )
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
+
+# Partitioned asset checks are a preview feature of Dagster 1.13; `verified` relies on it knowingly.
+warnings.filterwarnings(
+    "ignore", message=r"Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
+)
 
 IMAGE_PARTITIONS = "images"
 VERIFIED_CHECK = "verified"
@@ -52,6 +58,8 @@ class BackupConfig(BackupFields, dg.Config):
         dg.AssetCheckSpec(
             VERIFIED_CHECK,
             asset="image",
+            # Per partition: one image's verification says nothing of another's.
+            partitions_def=image_partitions,
             description="Every file the manifest lists is in blob storage. After a backup: the archive reader "
             "read every block of every dump while it streamed, blob storage's sizes match and sampled ranges read "
             "back match the stream's hashes. A ready partition materialized again (and reverify_image): every byte "
