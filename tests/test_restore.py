@@ -169,7 +169,6 @@ def test_restore_reproduces_pagila_exactly(resources, cms, platform, source, sou
         ({"postgres_version": "14"}, "postgres_version: 14 is older than PostgreSQL 15 of image"),
         ({"postgres_version": "17"}, "postgres_version: the target of image"),
         ({"postgres_version": "17"}, "is PostgreSQL 17 and this machine has no server binaries for it"),
-        ({"databases": []}, "databases: name at least one database"),
     ],
 )
 def test_invalid_requests_create_nothing(resources, cms, platform, source, catalogued_image, config, message):
