@@ -1,6 +1,7 @@
 """The requests users make, each declared once.
 
-`RestoreRequestFields` and `ImageRequestFields` are the one field list of each request. Everything
+`RestoreRequestFields` (= `RestoreFormFields`, the launchpad's, + two columns no restore takes) and
+`ImageRequestFields` are the one field list of each request. Everything
 else derives from them: the launchpad Config (a subclass adding the job's own settings), the CMS row
 (`RestoreRequest` / `ImageRequest` below add only the row's own columns; the CMS reads and writes
 exactly the model's fields), the request sensor's run config and the CLI's arguments
@@ -32,8 +33,8 @@ class RequestFields(BaseModel):
         return cls.model_validate(source.model_dump(include=set(cls.model_fields)))
 
 
-class RestoreRequestFields(RequestFields):
-    """What a user asks of a restore."""
+class RestoreFormFields(RequestFields):
+    """What a user asks of a restore: every field of the restore launchpad."""
 
     name: str = Field(
         description=f"The new instance's name (its user_name); DNS-1123, at most {INSTANCE_NAME_MAX} "
@@ -59,12 +60,6 @@ class RestoreRequestFields(RequestFields):
         json_schema_extra={"cli_flag": "--storage-gb"},
     )
     internal: bool = Field(default=False, description="ClusterIP only (no public LoadBalancer address)")
-    runtime_image_id: str | None = Field(
-        default=None, description="Not for restores: cannot be combined with source_image_id"
-    )
-    image_override: str | None = Field(
-        default=None, description="Not for restores: cannot be combined with source_image_id"
-    )
     databases: list[str] | None = Field(
         default=None,
         description="The databases to restore, by their exact names (`toygres-pipelines images --show IMAGE` "
@@ -81,6 +76,18 @@ class RestoreRequestFields(RequestFields):
         description="Point-in-time restore (docs/pitr.md): an ISO 8601 time with a zone, or `latest`; "
         "source_image_id then names a base backup (`pitr-status`, toygres_cms.base_backups) and the new instance "
         "is its instance replayed to that second. Refused, naming the window, when outside it",
+    )
+
+
+class RestoreRequestFields(RestoreFormFields):
+    """A restore request as clients write it: the form's fields plus two columns of the request
+    table that no restore takes (a request setting one is rejected; the launchpad has neither)."""
+
+    runtime_image_id: str | None = Field(
+        default=None, description="Not for restores: cannot be combined with source_image_id"
+    )
+    image_override: str | None = Field(
+        default=None, description="Not for restores: cannot be combined with source_image_id"
     )
 
 

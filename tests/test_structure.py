@@ -15,7 +15,14 @@ import dagster as dg
 import pytest
 from pydantic import Field
 
-from records.requests import BackupFields, ImageRequest, ImageRequestFields, RestoreRequest, RestoreRequestFields
+from records.requests import (
+    BackupFields,
+    ImageRequest,
+    ImageRequestFields,
+    RestoreFormFields,
+    RestoreRequest,
+    RestoreRequestFields,
+)
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, run_config_values
 from toygres_pipelines.images.assets import BackupConfig
 from toygres_pipelines.restores.config import RestoreConfig
@@ -240,7 +247,7 @@ def test_run_tags_and_shared_asset_keys_are_declared_once():
 # ---- one field list per request ------------------------------------------------------------
 
 
-class RestoreWithPriority(RestoreRequestFields):
+class RestoreWithPriority(RestoreFormFields):
     priority: int = Field(default=3, description="How urgent this restore is, 1 (most) to 5")
 
 
@@ -289,7 +296,8 @@ def test_the_real_launchpad_cli_and_sensor_are_made_from_the_records():
 
     config = restore_instance.run_config_schema.config_type.fields["ops"].config_type
     restore_form = config.fields["validate_request"].config_type.fields["config"].config_type.fields
-    assert set(RestoreRequestFields.model_fields) <= set(restore_form)
+    assert set(RestoreFormFields.model_fields) <= set(restore_form)
+    assert not set(RestoreRequestFields.model_fields) - set(RestoreFormFields.model_fields) & set(restore_form)
     assert set(BackupFields.model_fields) <= set(image.op.config_schema.config_type.fields)
 
     subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -347,6 +355,7 @@ def test_no_second_field_list_of_a_request(record):
 
 
 def test_launchpads_and_rows_are_the_records():
-    assert issubclass(RestoreConfig, RestoreRequestFields) and issubclass(RestoreRequest, RestoreRequestFields)
+    assert issubclass(RestoreConfig, RestoreFormFields) and issubclass(RestoreRequest, RestoreRequestFields)
+    assert issubclass(RestoreRequestFields, RestoreFormFields)
     assert issubclass(BackupConfig, BackupFields) and issubclass(ImageRequest, ImageRequestFields)
     assert issubclass(ImageRequestFields, BackupFields)

@@ -19,7 +19,6 @@ from pydantic import BaseModel, Field
 
 from records import Image, Instance, ValidationFailed
 from records.drills import DrillResult, count_differences, seconds_per_gib
-from records.requests import RestoreRequestFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
@@ -71,7 +70,7 @@ def plan_drill(
         drill = cms.start_drill(target.id, target.source_instance_id, context.run_id, datetime.now(UTC))
         request = scratch_request(target, context.run_id, config)
         check_timeouts(request)
-        plan = plan_restore(RestoreRequestFields.of(request), cms, platform)
+        plan = plan_restore(request.request_fields(), cms, platform)
     except ValidationFailed as error:
         raise invalid_request(error) from None
     context.log.info(f"drill {drill.id}: restoring image {plan.image_name} into scratch instance {plan.k8s_name}")

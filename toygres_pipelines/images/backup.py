@@ -68,10 +68,17 @@ def running_source(cms: CMSResource, platform: PlatformResource, ref: str) -> In
     """The instance to back up: in the CMS and running, in a namespace this deployment serves, of a
     PostgreSQL major it has a job image for. Every entry point (asset, request sensor, CLI, nightly
     schedule) checks this before any image row exists."""
+    return check_running_source(platform, source_in_cms(cms, ref), ref)
+
+
+def source_in_cms(cms: CMSResource, ref: str) -> Instance:
+    """`running_source`'s rules the CMS alone answers (the run coordinator checks these at submit)."""
     instance = cms.find_instance(ref)
     if instance is None:
         raise ValidationFailed("source_instance", f"no instance {ref!r} in the CMS")
-    return check_running_source(platform, instance, ref)
+    if instance.state is not InstanceState.running:
+        raise ValidationFailed("source_instance", f"instance {ref!r} is {instance.state}, it must be running")
+    return instance
 
 
 def check_running_source(platform: PlatformResource, instance: Instance, ref: str) -> Instance:
@@ -147,6 +154,15 @@ def backup_job_spec(
     )
 
 
+def check_backup_request(cms: CMSResource, name: str, source_ref: str, parallel_jobs: int) -> Instance:
+    """A new image's rules that need no platform: its name, parallel_jobs and the source in the CMS.
+    take_image adds the platform's; the run coordinator applies these when the run is submitted."""
+    validate_image_name(name, field="image name (partition key)")
+    check_name_free(cms, name, field="image name (partition key)")
+    validate_parallel_jobs(parallel_jobs)
+    return source_in_cms(cms, source_ref)
+
+
 def take_image(
     *,
     name: str,
@@ -167,10 +183,7 @@ def take_image(
     partial blobs. Once the image is ready nothing can fail the backup: a job that cannot be
     removed is logged and left to the janitor.
     """
-    validate_image_name(name, field="image name (partition key)")
-    check_name_free(cms, name, field="image name (partition key)")
-    validate_parallel_jobs(parallel_jobs)
-    source = running_source(cms, platform, source_ref)
+    source = check_running_source(platform, check_backup_request(cms, name, source_ref, parallel_jobs), source_ref)
     image_id = uuid.uuid4()
     image = cms.reserve_image(
         image_id=image_id,

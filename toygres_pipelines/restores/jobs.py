@@ -10,7 +10,6 @@ from records import (
     InstanceState,
     ValidationFailed,
 )
-from records.requests import RestoreRequestFields
 from records.wal import PITR_BASE_BACKUP_TAG
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -99,7 +98,7 @@ def validate_request(
 ) -> TimedPlan:
     try:
         check_timeouts(config)
-        plan = plan_restore(RestoreRequestFields.of(config), cms, platform, blob)
+        plan = plan_restore(config.request_fields(), cms, platform, blob)
     except ValidationFailed as error:
         raise invalid_request(error) from None
     upgrade = (
