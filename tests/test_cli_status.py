@@ -13,7 +13,7 @@ from records.drills import DrillResult
 from tests import helpers
 from tests.helpers import cli_runner
 from toygres_pipelines import cli
-from toygres_pipelines.cli_status import EXIT_OUT_OF_WINDOWS
+from toygres_pipelines.cli.status import EXIT_OUT_OF_WINDOWS
 
 pytestmark = pytest.mark.integration
 

@@ -350,3 +350,39 @@ def test_launchpads_and_rows_are_the_records():
     assert issubclass(RestoreConfig, RestoreRequestFields) and issubclass(RestoreRequest, RestoreRequestFields)
     assert issubclass(BackupConfig, BackupFields) and issubclass(ImageRequest, ImageRequestFields)
     assert issubclass(ImageRequestFields, BackupFields)
+
+
+# ---- the CLI: a package of command groups -------------------------------------------------------
+
+
+def cli_modules(root: Path) -> list[Path]:
+    """Every module of the operator CLI: the package, and any CLI module left outside it."""
+    package = root / "toygres_pipelines"
+    return sorted({*(package / "cli").rglob("*.py"), *package.glob("cli*.py"), *package.glob("*/cli.py")})
+
+
+def imports_inside_functions(path: Path) -> list[str]:
+    """`module:line imports X` for each import statement in a function body."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import | ast.ImportFrom):
+                    names = ", ".join(alias.name for alias in inner.names)
+                    found.append(f"{path.relative_to(ROOT)}:{inner.lineno} imports {names}")
+    return found
+
+
+def test_the_cli_imports_at_module_level_only():
+    """The CLI's modules import each other (and everything else) at module level: an import inside a
+    function is how a cycle hides, and the command groups need none (the output module is below them)."""
+    modules = cli_modules(ROOT)
+    assert ROOT / "toygres_pipelines" / "cli" / "__init__.py" in modules
+    assert [line for path in modules for line in imports_inside_functions(path)] == []
+
+
+def test_the_cli_package_exposes_the_entry_points():
+    from toygres_pipelines import cli
+
+    assert callable(cli.main) and callable(cli.build_parser)
+    assert cli_modules(ROOT) == sorted((ROOT / "toygres_pipelines" / "cli").rglob("*.py")), "a CLI module outside cli/"

@@ -31,7 +31,7 @@ EXIT_OUT_OF_TARGET = 4
 
 
 def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    from toygres_pipelines.cli import print_json, print_table, when  # cli imports this module
+    from toygres_pipelines.cli.output import print_json, print_table, when
 
     blob = blob_from_env().process_config_and_initialize()
     platform = platform_from_env()

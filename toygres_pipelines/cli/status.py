@@ -21,7 +21,7 @@ EXIT_OUT_OF_WINDOWS = 4
 
 
 def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    from toygres_pipelines.cli import print_json, print_table, when  # cli imports this module
+    from toygres_pipelines.cli.output import print_json, print_table, when
 
     try:
         settings = AutomationSettings.from_env()

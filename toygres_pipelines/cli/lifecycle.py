@@ -29,7 +29,7 @@ EXIT_OK = 0
 
 
 def _print_json(data: Any, out: TextIO) -> None:
-    from toygres_pipelines.cli import print_json  # cli imports this module
+    from toygres_pipelines.cli.output import print_json
 
     print_json(data, out)
 
