@@ -11,7 +11,9 @@ from records import ImageState, ValidationFailed, parse_uuid
 from resources.cms import CMSResource
 from toygres_pipelines.cli.exits import EXIT_OK, CommandFailed
 from toygres_pipelines.cli.output import as_json, clip, print_json, print_table, printable, size, when
-from toygres_pipelines.images.verification import ImageCorrupt
+from toygres_pipelines.images.contents import database_contents
+from toygres_pipelines.images.verification import ImageCorrupt, read_manifest
+from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
 from toygres_pipelines.resources_from_env import blob_from_env
 
 IMAGES_PAGE_SIZE = 50
@@ -20,9 +22,6 @@ IMAGES_PAGE_SIZE = 50
 def cmd_show_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     """One image and its databases (the sizes of their dumps, their rows when the manifest counted
     them), read from its manifest, which is checked against the CMS checksum first."""
-    from toygres_pipelines.images.contents import database_contents
-    from toygres_pipelines.images.verification import read_manifest
-
     image = cms.find_image(args.show)
     if image is None:
         raise ValidationFailed("image", f"no image with {'id' if parse_uuid(args.show) else 'name'} {args.show!r}")
@@ -115,8 +114,6 @@ def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
 
 def print_base_backups(cms: CMSResource, out: TextIO) -> None:
     """The ready base backups (kind `base`, docs/pitr.md) with their instance's window and archive lag."""
-    from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
-
     backups = cms.list_base_backups()
     if not backups:
         return

@@ -13,9 +13,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import dagster as dg
+
 from records import ImageState, InstanceState, ValidationFailed
 from records.retention import RetentionPolicy
 from resources.cms import CMSResource
+from toygres_pipelines.cli.output import print_json
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.lifecycle import images as image_rules
 from toygres_pipelines.lifecycle import instances as instance_rules
@@ -28,16 +31,10 @@ from toygres_pipelines.settings import Settings as AutomationSettings
 EXIT_OK = 0
 
 
-def _print_json(data: Any, out: TextIO) -> None:
-    from toygres_pipelines.cli.output import print_json
-
-    print_json(data, out)
-
-
 def cmd_pin(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     image = pin_image(cms, args.image, pinned=not args.off)
     if args.json:
-        _print_json(image.model_dump(mode="json"), out)
+        print_json(image.model_dump(mode="json"), out)
     else:
         out.write(f"image {image.name} ({image.id}) {'pinned' if image.pinned else 'unpinned'}\n")
     return EXIT_OK
@@ -63,7 +60,7 @@ def cmd_delete_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) ->
     if target.state is ImageState.deleted:
         # Idempotent: deleting what is gone succeeds (exit 0), like delete-instance.
         if args.json:
-            _print_json({**target.model_dump(mode="json"), "log": ["already deleted"]}, out)
+            print_json({**target.model_dump(mode="json"), "log": ["already deleted"]}, out)
         else:
             out.write(f"image {target.name} ({target.id}) is already deleted\n")
         return EXIT_OK
@@ -72,8 +69,6 @@ def cmd_delete_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) ->
     blob = blob_from_env().process_config_and_initialize()
     lines: list[str] = []
     if os.environ.get("DAGSTER_HOME"):
-        import dagster as dg
-
         with dg.DagsterInstance.get() as instance:
             image = delete_image(
                 cms,
@@ -87,7 +82,7 @@ def cmd_delete_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) ->
         image = delete_image(cms, blob, args.image, run_id=None, log=lines.append, partitions=None)
         lines.append("DAGSTER_HOME is not set: the next retention run removes the image's partition")
     if args.json:
-        _print_json({**image.model_dump(mode="json"), "log": lines}, out)
+        print_json({**image.model_dump(mode="json"), "log": lines}, out)
     else:
         out.write("".join(f"{line}\n" for line in lines))
     return EXIT_OK
@@ -106,9 +101,7 @@ def cmd_delete_instance(args: argparse.Namespace, cms: CMSResource, out: TextIO)
             raise
         raise ValidationFailed("--force", refused.rule.replace("pass force", "pass --force")) from None
     if args.json:
-        _print_json(
-            {**instance.model_dump(mode="json", exclude={"ip_connection_string", "dns_connection_string"})}, out
-        )
+        print_json({**instance.model_dump(mode="json", exclude={"ip_connection_string", "dns_connection_string"})}, out)
     else:
         out.write("".join(f"{line}\n" for line in lines))
     return EXIT_OK
@@ -143,7 +136,7 @@ def cmd_retention(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> in
         instance = cms.set_retention_override(instance.id, override or None)
     effective = default.with_override(instance.retention_override)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "instance": instance.k8s_name,
                 "override": instance.retention_override,
@@ -167,7 +160,7 @@ def cmd_retention_plan(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
     images, plan = compute_plan(cms, AutomationSettings.from_env().retention, now)
     strays = stray_folders(folders, images)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "kept": [d.model_dump(mode="json") for d in plan.kept],
                 "expired": [d.model_dump(mode="json") for d in plan.expired],

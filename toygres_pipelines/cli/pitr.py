@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from records import InstanceState
 from resources.cms import CMSResource
+from toygres_pipelines.cli.output import print_json, print_table, when
 from toygres_pipelines.pitr.checks import RPO_SECONDS, archive_health
 from toygres_pipelines.pitr.window import window_of
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
@@ -31,8 +32,6 @@ EXIT_OUT_OF_TARGET = 4
 
 
 def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    from toygres_pipelines.cli.output import print_json, print_table, when
-
     blob = blob_from_env().process_config_and_initialize()
     platform = platform_from_env()
     now = datetime.now(UTC)

@@ -16,6 +16,7 @@ from resources.cms import CMSResource
 from toygres_pipelines.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_UNEXPECTED
 from toygres_pipelines.cli.output import as_json, clip, print_json, print_table, size, when
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
+from toygres_pipelines.images.backup import check_name_free, running_source
 from toygres_pipelines.images.verification import ImageCorrupt
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
 from toygres_pipelines.restores.config import plan_restore
@@ -32,9 +33,6 @@ def default_image_name(k8s_name: str, now: datetime | None = None) -> str:
 
 
 def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    # Imported here: the backup module pulls in the blob storage and platform clients.
-    from toygres_pipelines.images.backup import check_name_free, running_source
-
     if args.image_name is not None:
         validate_image_name(args.image_name, field="name")
     validate_parallel_jobs(args.parallel_jobs)

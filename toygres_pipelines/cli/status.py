@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from records import ImageState, InstanceState, ValidationFailed
 from records.freshness import instance_status
 from resources.cms import CMSResource
+from toygres_pipelines.cli.output import print_json, print_table, when
 from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
 from toygres_pipelines.settings import Settings as AutomationSettings
 
@@ -21,8 +22,6 @@ EXIT_OUT_OF_WINDOWS = 4
 
 
 def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    from toygres_pipelines.cli.output import print_json, print_table, when
-
     try:
         settings = AutomationSettings.from_env()
     except ValueError as error:  # bad input, not an unexpected error: its message names the variable and the rule
