@@ -15,6 +15,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from records.errors import ValidationFailed
 from records.naming import DNS_LABEL_MAX, INSTANCE_NAME_MAX
 from records.parallel import MAX_PARALLEL_JOBS, SINGLE_STREAM
 from records.rows import Record
@@ -82,6 +83,14 @@ class RestoreRequestFields(RequestFields):
         "source_image_id then names a base backup (`pitr-status`, toygres_cms.base_backups) and the new instance "
         "is its instance replayed to that second. Refused, naming the window, when outside it",
     )
+
+
+def require_source_image(source_image_id: str | None) -> str:
+    """A restore names its image. The record requires the field, yet a CMS row's column is nullable
+    and the CLI's --image optional to argparse: every entry point refuses a missing one with this rule."""
+    if not source_image_id:
+        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
+    return source_image_id
 
 
 class BackupFields(RequestFields):

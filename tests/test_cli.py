@@ -716,3 +716,35 @@ def test_wait_prints_events_in_the_order_they_happened(cms, source, monkeypatch)
         "image fast ready (1 B)",
         f"backup request {request.id} succeeded",
     ], lines
+
+
+# ---- the CLI's rules are the records' and the domains' --------------------------------------
+
+
+def test_a_restore_without_an_image_is_refused_with_the_one_rule_every_entry_point_applies(run, cms):
+    """The CLI's --image is optional to argparse (so a missing one reads like every other rule): its
+    refusal is the domain's, word for word, and so is the request sensor's for a row without one."""
+    from records import ValidationFailed
+    from records.requests import RestoreRequest
+    from toygres_pipelines.automation.sensors import check_restore_request
+    from toygres_pipelines.restores.config import check_request_fields
+
+    with pytest.raises(ValidationFailed) as domain:
+        check_request_fields(RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=""))
+    code, out, err = run("request-restore", "--name", "copy", "--dns-label", "copy-db")
+    assert (code, out, err) == (2, "", f"error: {domain.value}\n")
+
+    row = RestoreRequest.model_validate(
+        {
+            "id": uuid.uuid4(),
+            "state": RequestState.accepted,
+            "created_at": datetime.now(UTC),
+            "updated_at": datetime.now(UTC),
+            "name": "copy",
+            "dns_label": "copy-db",
+            "source_image_id": None,
+        }
+    )
+    with pytest.raises(ValidationFailed) as sensor:
+        check_restore_request(cms, None, row, set())  # refused before the platform is asked anything
+    assert str(sensor.value) == str(domain.value)

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from records import ImageRequestFields, RequestState, RestoreRequestFields, ValidationFailed, validate_image_name
 from records.parallel import validate_parallel_jobs
-from records.requests import MalformedRequest
+from records.requests import MalformedRequest, require_source_image
 from records.wal import LATEST
 from resources.cms import CMSResource
 from toygres_pipelines.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_UNEXPECTED
@@ -57,8 +57,7 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
 
 
 def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    if not args.source_image_id:
-        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore (--image)")
+    require_source_image(args.source_image_id)
     if args.latest:
         if args.target_time not in (None, LATEST):
             raise ValidationFailed(

@@ -26,7 +26,7 @@ from records import (
     validate_dns_label,
 )
 from records.encryption import check_identity_for
-from records.requests import RestoreRequestFields
+from records.requests import RestoreRequestFields, require_source_image
 from records.wal import RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -89,8 +89,7 @@ class RestorePlan(BaseModel):
 
 def check_request_fields(fields: RestoreRequestFields) -> None:
     """Rules on the request alone; each failure names its field."""
-    if not fields.source_image_id:
-        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
+    require_source_image(fields.source_image_id)
     for other in ("runtime_image_id", "image_override"):
         if getattr(fields, other):
             raise ValidationFailed(other, "cannot be combined with source_image_id")
