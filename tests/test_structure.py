@@ -386,3 +386,30 @@ def test_the_cli_package_exposes_the_entry_points():
 
     assert callable(cli.main) and callable(cli.build_parser)
     assert cli_modules(ROOT) == sorted((ROOT / "toygres_pipelines" / "cli").rglob("*.py")), "a CLI module outside cli/"
+
+
+# ---- a rule declared once ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["job_timeout_seconds", "ready_timeout_seconds"])
+def test_a_drill_takes_the_restores_timeouts_as_declared(field):
+    """The drill's restore is checked by the restore's bounds (check_timeouts): its launchpad says
+    the restore's words and defaults, never a copy of them."""
+    from toygres_pipelines.drills.jobs import DrillConfig
+
+    drill, restore = DrillConfig.model_fields[field], RestoreConfig.model_fields[field]
+    assert (drill.description, drill.default) == (restore.description, restore.default)
+
+
+def test_a_jobs_timeout_is_described_by_the_bounds_that_check_it():
+    from records.bounds import field_bounds
+    from toygres_pipelines.restores.config import JOB_TIMEOUT_BOUNDS, READY_TIMEOUT_BOUNDS
+
+    backup = field_bounds(BackupConfig, "job_timeout_seconds")
+    assert f"{backup['ge']}-{backup['le']} seconds" in str(BackupConfig.model_fields["job_timeout_seconds"].description)
+    for field, (low, high) in (
+        ("job_timeout_seconds", JOB_TIMEOUT_BOUNDS),
+        ("ready_timeout_seconds", READY_TIMEOUT_BOUNDS),
+    ):
+        assert f"{low}-{high} seconds" in str(RestoreConfig.model_fields[field].description)
+    assert backup["le"] == JOB_TIMEOUT_BOUNDS[1], "a backup job and a restore job run two days at the most"

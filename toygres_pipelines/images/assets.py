@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from records import Image, ImageState, ValidationFailed
+from records.bounds import MAX_JOB_SECONDS
 from records.requests import BackupFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -25,6 +26,7 @@ from toygres_pipelines.images.backup import (
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
 from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS, image_partitions
 
+BACKUP_TIMEOUT_BOUNDS = (5, MAX_JOB_SECONDS)
 VERIFIED_CHECK = "verified"
 
 
@@ -37,7 +39,10 @@ class BackupConfig(BackupFields, dg.Config):
         "part before '__' (partition 'pagila-demo__manual-1' backs up 'pagila-demo').",
     )
     job_timeout_seconds: int = Field(
-        default=3600, ge=5, le=2 * 24 * 3600, description="Upper bound for the backup job, 5-172800 seconds"
+        default=3600,
+        ge=BACKUP_TIMEOUT_BOUNDS[0],
+        le=BACKUP_TIMEOUT_BOUNDS[1],
+        description=f"Upper bound for the backup job, {BACKUP_TIMEOUT_BOUNDS[0]}-{BACKUP_TIMEOUT_BOUNDS[1]} seconds",
     )
 
 
