@@ -6,6 +6,8 @@ EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_INVALID = 2
 EXIT_CMS = 3
+# status and pitr-status: an instance out of its windows (backup, drill, recoverable window, RPO)
+EXIT_OUT_OF_WINDOWS = 4
 
 
 class CommandFailed(Exception):

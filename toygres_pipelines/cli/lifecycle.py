@@ -18,7 +18,10 @@ import dagster as dg
 from records import ImageState, InstanceState, ValidationFailed
 from records.retention import RetentionPolicy
 from resources.cms import CMSResource
+from toygres_pipelines.cli.exits import EXIT_OK
 from toygres_pipelines.cli.output import print_json
+from toygres_pipelines.cli.parsing import add_command
+from toygres_pipelines.cli.settings import automation_settings
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.lifecycle import images as image_rules
 from toygres_pipelines.lifecycle import instances as instance_rules
@@ -26,9 +29,6 @@ from toygres_pipelines.lifecycle.images import DagsterPartitions, delete_image, 
 from toygres_pipelines.lifecycle.instances import delete_instance
 from toygres_pipelines.lifecycle.retention_job import IMAGES_PREFIX, compute_plan, stray_folders
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
-from toygres_pipelines.settings import Settings as AutomationSettings
-
-EXIT_OK = 0
 
 
 def cmd_pin(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
@@ -124,7 +124,7 @@ def cmd_retention(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> in
     instance = cms.find_instance(args.instance)
     if instance is None:
         raise ValidationFailed("instance", f"no instance {args.instance!r} (an instance id or k8s_name)")
-    default = AutomationSettings.from_env().retention
+    default = automation_settings().retention
     override = dict(instance.retention_override or {})
     if args.clear:
         override = {}
@@ -157,7 +157,7 @@ def describe_policy(policy: RetentionPolicy) -> str:
 def cmd_retention_plan(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     now = datetime.now(UTC)
     folders = blob_from_env().process_config_and_initialize().list_folders(IMAGES_PREFIX)  # before the rows
-    images, plan = compute_plan(cms, AutomationSettings.from_env().retention, now)
+    images, plan = compute_plan(cms, automation_settings().retention, now)
     strays = stray_folders(folders, images)
     if args.json:
         print_json(
@@ -184,35 +184,38 @@ def add_yes(parser: argparse.ArgumentParser) -> None:
 
 
 def add_lifecycle_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
-    pin = sub.add_parser("pin", parents=list(parent), help="pin an image (never deleted) or unpin it (--off)")
+    pin = add_command(sub, parent, "pin", cmd_pin, help="pin an image (never deleted) or unpin it (--off)")
     pin.add_argument("image", help="image id or name")
     pin.add_argument("--off", action="store_true", help="unpin")
-    pin.set_defaults(handler=cmd_pin)
 
-    image = sub.add_parser(
+    image = add_command(
+        sub,
+        parent,
         "delete-image",
-        parents=list(parent),
+        cmd_delete_image,
         help="delete an image: its blobs, its CMS row (deleted) and its partition",
         description="Refused when the image is pinned or used by a pending/accepted restore or a creating "
         "instance. Needs the blob settings (TOYGRES_BLOB_*); removes the partition when DAGSTER_HOME is set.",
     )
     image.add_argument("image", help="image id or name")
     add_yes(image)
-    image.set_defaults(handler=cmd_delete_image)
 
-    instance = sub.add_parser(
+    instance = add_command(
+        sub,
+        parent,
         "delete-instance",
-        parents=list(parent),
+        cmd_delete_instance,
         help="delete an instance a restore created: server, service, volume, secret; frees its DNS label",
     )
     instance.add_argument("instance", help="instance id or k8s_name")
     instance.add_argument("--force", action="store_true", help="also an instance no toygres restore created")
     add_yes(instance)
-    instance.set_defaults(handler=cmd_delete_instance)
 
-    retention = sub.add_parser(
+    retention = add_command(
+        sub,
+        parent,
         "retention",
-        parents=list(parent),
+        cmd_retention,
         help="show or set an instance's retention override (fields of the default policy it changes)",
     )
     retention.add_argument("instance", help="instance id or k8s_name")
@@ -223,11 +226,11 @@ def add_lifecycle_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) 
         help=f"override one field ({', '.join(RetentionPolicy.model_fields)}); repeatable",
     )
     retention.add_argument("--clear", action="store_true", help="drop the override: the default applies")
-    retention.set_defaults(handler=cmd_retention)
 
-    plan = sub.add_parser(
+    add_command(
+        sub,
+        parent,
         "retention-plan",
-        parents=list(parent),
+        cmd_retention_plan,
         help="dry run: show what the retention job would keep (and why) and delete, deleting nothing",
     )
-    plan.set_defaults(handler=cmd_retention_plan)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from records import ImageRequestFields, RequestState, RestoreRequestFields, ValidationFailed, validate_image_name
 from records.parallel import validate_parallel_jobs
-from records.requests import MalformedRequest, require_source_image
+from records.requests import MalformedRequest, RequestFields, require_source_image
 from records.wal import LATEST
 from resources.cms import CMSResource
 from toygres_pipelines.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_UNEXPECTED
 from toygres_pipelines.cli.output import as_json, clip, print_json, print_table, size, when
+from toygres_pipelines.cli.parsing import add_command
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
 from toygres_pipelines.images.backup import check_name_free, running_source
 from toygres_pipelines.images.verification import ImageCorrupt
@@ -40,20 +42,11 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
     name = args.image_name if args.image_name is not None else default_image_name(source.k8s_name)
     validate_image_name(name, field="name")
     check_name_free(cms, name, field="name")
-    for queued in cms.list_image_requests(IN_FLIGHT):
-        # A malformed row is never acted on (the sensor rejects it): it reserves no name.
-        if not isinstance(queued, MalformedRequest) and queued.image_name == name:
-            raise ValidationFailed("name", f"{name!r} is already requested by {queued.state} request {queued.id}")
+    refuse_requested_twice(cms.list_image_requests(IN_FLIGHT), "image_name", name, field="name")
     fields = fields_from_cli(args, ImageRequestFields, image_name=name, source_instance=source.k8s_name)
     request = cms.create_image_request(fields)
-    if args.json:
-        print_json(as_json(request, kind="backup"), out)
-    else:
-        out.write(
-            f"backup request {request.id} {request.state}: image {request.image_name!r}"
-            f" of instance {source.namespace}/{source.k8s_name}\n"
-        )
-    return follow(args, cms, request, "backup", out) if args.wait else EXIT_OK
+    what = f"image {request.image_name!r} of instance {source.namespace}/{source.k8s_name}"
+    return queued(args, cms, request, "backup", what, out)
 
 
 def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
@@ -75,25 +68,36 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
         image = cms.find_image(fields.source_image_id or "")
         name = image.name if image else fields.source_image_id
         raise ValidationFailed("source_image_id", f"image {name!r}: its manifest cannot be read: {error}") from error
-    for queued in cms.list_restore_requests(IN_FLIGHT):
-        if not isinstance(queued, MalformedRequest) and queued.dns_label == fields.dns_label:
-            raise ValidationFailed(
-                "dns_label", f"{fields.dns_label!r} is already requested by {queued.state} request {queued.id}"
-            )
+    refuse_requested_twice(cms.list_restore_requests(IN_FLIGHT), "dns_label", fields.dns_label, field="dns_label")
     request = cms.create_restore_request(
         fields.model_copy(update={"source_image_id": str(plan.image_id), "namespace": plan.namespace})
     )
+    what = f"instance {request.namespace}/{request.name} from image {plan.image_name!r} ({plan.image_id})"
+    return queued(args, cms, request, "restore", what, out)
+
+
+def refuse_requested_twice(in_flight: list[Any], key: str, value: str, field: str) -> None:
+    """What a pending or accepted request already asks for (an image name, a DNS label) is not asked
+    for again. A malformed row is never acted on (the sensor rejects it): it reserves nothing."""
+    for request in in_flight:
+        if not isinstance(request, MalformedRequest) and getattr(request, key) == value:
+            raise ValidationFailed(field, f"{value!r} is already requested by {request.state} request {request.id}")
+
+
+def queued(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, what: str, out: TextIO) -> int:
+    """The queued request said (or printed as JSON), then followed to its end with --wait."""
     if args.json:
-        print_json(as_json(request, kind="restore"), out)
+        print_json(as_json(request, kind=kind), out)
     else:
-        out.write(
-            f"restore request {request.id} {request.state}: instance {request.namespace}/{request.name}"
-            f" from image {plan.image_name!r} ({plan.image_id})\n"
-        )
-    return follow(args, cms, request, "restore", out) if args.wait else EXIT_OK
+        out.write(f"{kind} request {request.id} {request.state}: {what}\n")
+    return follow(args, cms, request, kind, out) if args.wait else EXIT_OK
 
 
-FINAL_REQUEST_STATES = {RequestState.succeeded: EXIT_OK, RequestState.rejected: EXIT_INVALID, RequestState.failed: 1}
+FINAL_REQUEST_STATES = {
+    RequestState.succeeded: EXIT_OK,
+    RequestState.rejected: EXIT_INVALID,
+    RequestState.failed: EXIT_UNEXPECTED,
+}
 
 
 def follow(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, out: TextIO) -> int:
@@ -186,26 +190,44 @@ def cmd_requests(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int
     return EXIT_OK
 
 
+def add_request_command(
+    sub: Any,
+    parent: list[argparse.ArgumentParser],
+    name: str,
+    handler: Callable[..., int],
+    record: type[RequestFields],
+    optional: str,
+    **options: Any,
+) -> argparse.ArgumentParser:
+    """A request command: one option per field of its record (`optional`: the command fills it in), --wait."""
+    command = add_command(sub, parent, name, handler, **options)
+    add_cli_arguments(command, record, optional=[optional])
+    add_wait_arguments(command)
+    return command
+
+
 def add_request_commands(sub: Any, parent: list[argparse.ArgumentParser]) -> None:
-    backup = sub.add_parser(
+    add_request_command(
+        sub,
+        parent,
         "request-backup",
-        parents=parent,
+        cmd_request_backup,
+        ImageRequestFields,
+        optional="image_name",
         help="queue an on-demand backup of a running instance",
         description="Validate and queue an on-demand backup (an image_requests row in state pending).",
     )
-    add_cli_arguments(backup, ImageRequestFields, optional=["image_name"])
-    add_wait_arguments(backup)
-    backup.set_defaults(handler=cmd_request_backup)
-
-    restore = sub.add_parser(
+    # --image is checked by the command, so a missing one reads like every other rule: `error: source_image_id: ...`
+    restore = add_request_command(
+        sub,
+        parent,
         "request-restore",
-        parents=parent,
+        cmd_request_restore,
+        RestoreRequestFields,
+        optional="source_image_id",
         help="queue a restore of an image into a new instance",
         description="Validate (the launchpad's rules) and queue a restore (a restore_requests row in state pending).",
     )
-    # --image is checked by the command, so a missing one reads like every other rule: `error: source_image_id: ...`
-    add_cli_arguments(restore, RestoreRequestFields, optional=["source_image_id"])
-    add_wait_arguments(restore)
     restore.add_argument(
         "--latest",
         action="store_true",
@@ -216,7 +238,6 @@ def add_request_commands(sub: Any, parent: list[argparse.ArgumentParser]) -> Non
     restore.add_argument(
         "--password", metavar="IGNORED", help=f"accepted for compatibility and ignored: {PASSWORD_IGNORED}"
     )
-    restore.set_defaults(handler=cmd_request_restore)
 
 
 def add_requests_command(sub: Any, parent: list[argparse.ArgumentParser]) -> None:
