@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import psycopg
@@ -12,6 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 from resources.cms import CMSResource
 from toygres_pipelines.cli.exits import EXIT_OK, CMSUnavailable
 from toygres_pipelines.cli.output import print_json
+from toygres_pipelines.cli.parsing import add_command
 
 DSN_ENV = "TOYGRES_CMS_DSN"
 KEY_ENV = "TOYGRES_ENCRYPTION_KEY"
@@ -43,6 +45,5 @@ def cmd_migrate(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     return EXIT_OK
 
 
-def add_migrate_command(sub: Any, parent: list[argparse.ArgumentParser]) -> None:
-    migrate = sub.add_parser("migrate", parents=parent, help="apply the CMS schema migrations")
-    migrate.set_defaults(handler=cmd_migrate)
+def add_migrate_command(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
+    add_command(sub, parent, "migrate", cmd_migrate, help="apply the CMS schema migrations")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -11,6 +12,7 @@ from records import ImageState, ValidationFailed, parse_uuid
 from resources.cms import CMSResource
 from toygres_pipelines.cli.exits import EXIT_OK, CommandFailed
 from toygres_pipelines.cli.output import as_json, clip, print_json, print_table, printable, size, when
+from toygres_pipelines.cli.parsing import add_command
 from toygres_pipelines.images.contents import database_contents
 from toygres_pipelines.images.verification import ImageCorrupt, read_manifest
 from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
@@ -141,8 +143,8 @@ def print_base_backups(cms: CMSResource, out: TextIO) -> None:
     )
 
 
-def add_images_command(sub: Any, parent: list[argparse.ArgumentParser]) -> None:
-    images = sub.add_parser("images", parents=parent, help="list images with their states, a page at a time")
+def add_images_command(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
+    images = add_command(sub, parent, "images", cmd_images, help="list images with their states, a page at a time")
     images.add_argument(
         "--state", action="append", choices=[s.value for s in ImageState], help="only this state (repeatable)"
     )
@@ -159,4 +161,3 @@ def add_images_command(sub: Any, parent: list[argparse.ArgumentParser]) -> None:
         help="one image (its name or id) with its databases: the size of each dump, and its rows when the manifest "
         "counted them (read from the image's manifest in blob storage)",
     )
-    images.set_defaults(handler=cmd_images)

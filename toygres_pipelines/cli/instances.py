@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -15,6 +15,7 @@ from resources.cms import CMSResource
 from resources.platform.base import PlatformError
 from toygres_pipelines.cli.exits import EXIT_OK
 from toygres_pipelines.cli.output import as_json, clip, endpoint, print_json, print_table, printable, when
+from toygres_pipelines.cli.parsing import add_command
 from toygres_pipelines.cli.redaction import redact
 from toygres_pipelines.resources_from_env import platform_from_env
 
@@ -134,18 +135,19 @@ def cmd_connect(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     return EXIT_OK
 
 
-def add_instances_command(sub: Any, parent: list[argparse.ArgumentParser]) -> None:
-    instances = sub.add_parser("instances", parents=parent, help="list instances with their states")
+def add_instances_command(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
+    instances = add_command(sub, parent, "instances", cmd_instances, help="list instances with their states")
     instances.add_argument(
         "--state", action="append", choices=[s.value for s in InstanceState], help="only this state (repeatable)"
     )
-    instances.set_defaults(handler=cmd_instances)
 
 
-def add_connect_command(sub: Any, parent: list[argparse.ArgumentParser]) -> None:
-    connect = sub.add_parser(
+def add_connect_command(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
+    connect = add_command(
+        sub,
+        parent,
         "connect",
-        parents=parent,
+        cmd_connect,
         help="print a ready psql command for a running instance",
         description="Print `psql '<uri>'` for a running instance (its k8s_name or id). The password is left out "
         "(psql asks for it) unless --show-password: then it is read from the instance's Secret (the local platform's "
@@ -159,4 +161,3 @@ def add_connect_command(sub: Any, parent: list[argparse.ArgumentParser]) -> None
         "else postgres; finding it reads the password from the instance's Secret and connects once)",
     )
     connect.add_argument("--show-password", action="store_true", help="put the superuser password in the URI")
-    connect.set_defaults(handler=cmd_connect)

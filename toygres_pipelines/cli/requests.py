@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -192,7 +192,7 @@ def cmd_requests(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int
 
 def add_request_command(
     sub: Any,
-    parent: list[argparse.ArgumentParser],
+    parent: Sequence[argparse.ArgumentParser],
     name: str,
     handler: Callable[..., int],
     record: type[RequestFields],
@@ -206,7 +206,7 @@ def add_request_command(
     return command
 
 
-def add_request_commands(sub: Any, parent: list[argparse.ArgumentParser]) -> None:
+def add_request_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
     add_request_command(
         sub,
         parent,
@@ -240,10 +240,11 @@ def add_request_commands(sub: Any, parent: list[argparse.ArgumentParser]) -> Non
     )
 
 
-def add_requests_command(sub: Any, parent: list[argparse.ArgumentParser]) -> None:
-    requests = sub.add_parser("requests", parents=parent, help="list backup and restore requests with their states")
+def add_requests_command(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
+    requests = add_command(
+        sub, parent, "requests", cmd_requests, help="list backup and restore requests with their states"
+    )
     requests.add_argument("--kind", choices=["backup", "restore"], help="only backup or only restore requests")
     requests.add_argument(
         "--state", action="append", choices=[s.value for s in RequestState], help="only this state (repeatable)"
     )
-    requests.set_defaults(handler=cmd_requests)

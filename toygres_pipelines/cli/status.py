@@ -15,6 +15,7 @@ from records.freshness import instance_status
 from resources.cms import CMSResource
 from toygres_pipelines.cli.exits import EXIT_OK, EXIT_OUT_OF_WINDOWS
 from toygres_pipelines.cli.output import print_json, print_table, when
+from toygres_pipelines.cli.parsing import add_command
 from toygres_pipelines.cli.settings import automation_settings, described
 from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
 
@@ -79,9 +80,11 @@ def _seconds(value: float | None) -> str | None:
 
 
 def add_status_command(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
-    status = sub.add_parser(
+    add_command(
+        sub,
+        parent,
         "status",
-        parents=list(parent),
+        cmd_status,
         help="per running instance: newest image and its age, last drill and its recovery time, PITR window and "
         "archive lag",
         description="Per running instance: its newest ready image and its age, its last restore drill, that "
@@ -89,4 +92,3 @@ def add_status_command(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> N
         f"than {described('backup_freshness_hours')}, its newest successful drill older than "
         f"{described('drill_freshness_days')}, or its newest drill failed.",
     )
-    status.set_defaults(handler=cmd_status)
