@@ -726,8 +726,8 @@ def test_a_restore_without_an_image_is_refused_with_the_one_rule_every_entry_poi
     refusal is the domain's, word for word, and so is the request sensor's for a row without one."""
     from records import ValidationFailed
     from records.requests import RestoreRequest
-    from toygres_pipelines.automation.sensors import check_restore_request
     from toygres_pipelines.restores.config import check_request_fields
+    from toygres_pipelines.restores.sensors import check_restore_request
 
     with pytest.raises(ValidationFailed) as domain:
         check_request_fields(RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=""))

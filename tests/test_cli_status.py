@@ -123,7 +123,7 @@ def test_every_command_reading_the_settings_refuses_a_bad_one_alike(run, source,
 
 
 def test_the_status_help_names_the_windows_as_the_settings_declare_them(capsys):
-    from toygres_pipelines.automation.settings import AutomationSettings
+    from toygres_pipelines.settings import Settings as AutomationSettings
 
     assert cli.main(["status", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
