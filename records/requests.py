@@ -16,6 +16,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from records.errors import ValidationFailed
 from records.naming import DNS_LABEL_MAX, INSTANCE_NAME_MAX
 from records.parallel import MAX_PARALLEL_JOBS, SINGLE_STREAM
 from records.rows import Record
@@ -89,6 +90,14 @@ class RestoreRequestFields(RestoreFormFields):
     image_override: str | None = Field(
         default=None, description="Not for restores: cannot be combined with source_image_id"
     )
+
+
+def require_source_image(source_image_id: str | None) -> str:
+    """A restore names its image. The record requires the field, yet a CMS row's column is nullable
+    and the CLI's --image optional to argparse: every entry point refuses a missing one with this rule."""
+    if not source_image_id:
+        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
+    return source_image_id
 
 
 class BackupFields(RequestFields):

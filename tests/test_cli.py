@@ -17,6 +17,8 @@ from records.requests import RestoreRequestFields
 from resources.platform.postgres_server import free_port
 from tests.helpers import cli_runner
 from toygres_pipelines import cli
+from toygres_pipelines.cli import images as cli_images
+from toygres_pipelines.cli.requests import follow
 
 UNREACHABLE_PASSWORD = "n0t-Sh0wn-pw"
 
@@ -419,7 +421,7 @@ def test_an_unexpected_error_exits_1_and_never_shows_the_dsn_password(cms, monke
     def broken(args, cms, out):
         raise RuntimeError(f"exploded while using {args.dsn} (postgresql://u:{UNREACHABLE_PASSWORD}@h/db)")
 
-    monkeypatch.setattr(cli, "cmd_images", broken)
+    monkeypatch.setattr(cli_images, "cmd_images", broken)
     assert cli.main(["images", "--dsn", dsn]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: unexpected RuntimeError: exploded while using ")
@@ -707,10 +709,42 @@ def test_wait_prints_events_in_the_order_they_happened(cms, source, monkeypatch)
     cms.transition_image_request(request.id, RequestState.succeeded)
     out = io.StringIO()
     args = argparse.Namespace(json=False, wait_timeout=30, poll_seconds=0.1)
-    assert cli.follow(args, cms, request, "backup", out) == 0
+    assert follow(args, cms, request, "backup", out) == 0
     lines = [line.split("Z ", 1)[1] for line in out.getvalue().splitlines()]
     assert lines == [
         "run run-fast-1 started (Dagster UI: Runs)",
         "image fast ready (1 B)",
         f"backup request {request.id} succeeded",
     ], lines
+
+
+# ---- the CLI's rules are the records' and the domains' --------------------------------------
+
+
+def test_a_restore_without_an_image_is_refused_with_the_one_rule_every_entry_point_applies(run, cms):
+    """The CLI's --image is optional to argparse (so a missing one reads like every other rule): its
+    refusal is the domain's, word for word, and so is the request sensor's for a row without one."""
+    from records import ValidationFailed
+    from records.requests import RestoreRequest
+    from toygres_pipelines.restores.config import check_request_fields
+    from toygres_pipelines.restores.sensors import check_restore_request
+
+    with pytest.raises(ValidationFailed) as domain:
+        check_request_fields(RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=""))
+    code, out, err = run("request-restore", "--name", "copy", "--dns-label", "copy-db")
+    assert (code, out, err) == (2, "", f"error: {domain.value}\n")
+
+    row = RestoreRequest.model_validate(
+        {
+            "id": uuid.uuid4(),
+            "state": RequestState.accepted,
+            "created_at": datetime.now(UTC),
+            "updated_at": datetime.now(UTC),
+            "name": "copy",
+            "dns_label": "copy-db",
+            "source_image_id": None,
+        }
+    )
+    with pytest.raises(ValidationFailed) as sensor:
+        check_restore_request(cms, None, row, set())  # refused before the platform is asked anything
+    assert str(sensor.value) == str(domain.value)

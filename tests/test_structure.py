@@ -102,8 +102,8 @@ def test_the_layer_check_sees_a_wrong_way_import(tmp_path):
 DOMAINS = ("images", "restores", "drills", "lifecycle", "fleet", "pitr", "requests")
 # What several domains use, one small module each; shared modules import no domain.
 SHARED = "shared"
-# The packages of the code location that are no domain: the embedded stack.
-NOT_DOMAINS = ("dev",)
+# The packages of the code location that are no domain: the embedded stack, the operator CLI.
+NOT_DOMAINS = ("dev", "cli")
 # The real dependencies between domains, each with its reason; any other arrow between two
 # domains fails (docs/ARCHITECTURE.md, "Domains").
 DOMAIN_DEPENDENCIES = {
@@ -359,3 +359,66 @@ def test_launchpads_and_rows_are_the_records():
     assert issubclass(RestoreRequestFields, RestoreFormFields)
     assert issubclass(BackupConfig, BackupFields) and issubclass(ImageRequest, ImageRequestFields)
     assert issubclass(ImageRequestFields, BackupFields)
+
+
+# ---- the CLI: a package of command groups -------------------------------------------------------
+
+
+def cli_modules(root: Path) -> list[Path]:
+    """Every module of the operator CLI: the package, and any CLI module left outside it."""
+    package = root / "toygres_pipelines"
+    return sorted({*(package / "cli").rglob("*.py"), *package.glob("cli*.py"), *package.glob("*/cli.py")})
+
+
+def imports_inside_functions(path: Path) -> list[str]:
+    """`module:line imports X` for each import statement in a function body."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import | ast.ImportFrom):
+                    names = ", ".join(alias.name for alias in inner.names)
+                    found.append(f"{path.relative_to(ROOT)}:{inner.lineno} imports {names}")
+    return found
+
+
+def test_the_cli_imports_at_module_level_only():
+    """The CLI's modules import each other (and everything else) at module level: an import inside a
+    function is how a cycle hides, and the command groups need none (the output module is below them)."""
+    modules = cli_modules(ROOT)
+    assert ROOT / "toygres_pipelines" / "cli" / "__init__.py" in modules
+    assert [line for path in modules for line in imports_inside_functions(path)] == []
+
+
+def test_the_cli_package_exposes_the_entry_points():
+    from toygres_pipelines import cli
+
+    assert callable(cli.main) and callable(cli.build_parser)
+    assert cli_modules(ROOT) == sorted((ROOT / "toygres_pipelines" / "cli").rglob("*.py")), "a CLI module outside cli/"
+
+
+# ---- a rule declared once ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["job_timeout_seconds", "ready_timeout_seconds"])
+def test_a_drill_takes_the_restores_timeouts_as_declared(field):
+    """The drill's restore is checked by the restore's bounds (check_timeouts): its launchpad says
+    the restore's words and defaults, never a copy of them."""
+    from toygres_pipelines.drills.jobs import DrillConfig
+
+    drill, restore = DrillConfig.model_fields[field], RestoreConfig.model_fields[field]
+    assert (drill.description, drill.default) == (restore.description, restore.default)
+
+
+def test_a_jobs_timeout_is_described_by_the_bounds_that_check_it():
+    from records.bounds import field_bounds
+    from toygres_pipelines.restores.config import JOB_TIMEOUT_BOUNDS, READY_TIMEOUT_BOUNDS
+
+    backup = field_bounds(BackupConfig, "job_timeout_seconds")
+    assert f"{backup['ge']}-{backup['le']} seconds" in str(BackupConfig.model_fields["job_timeout_seconds"].description)
+    for field, (low, high) in (
+        ("job_timeout_seconds", JOB_TIMEOUT_BOUNDS),
+        ("ready_timeout_seconds", READY_TIMEOUT_BOUNDS),
+    ):
+        assert f"{low}-{high} seconds" in str(RestoreConfig.model_fields[field].description)
+    assert backup["le"] == JOB_TIMEOUT_BOUNDS[1], "a backup job and a restore job run two days at the most"

@@ -336,6 +336,7 @@ def test_connect_reads_the_password_from_the_kubernetes_secret(cms, k8s, monkeyp
     from urllib.parse import unquote, urlsplit
 
     from toygres_pipelines import cli
+    from toygres_pipelines.cli import instances as cli_instances
 
     password = "k8s'pw:@/%?#"
     source = running_source(cms)
@@ -348,7 +349,7 @@ def test_connect_reads_the_password_from_the_kubernetes_secret(cms, k8s, monkeyp
     )
     k8s.ensure_instance_secret(SOURCE, SecretStr(password))
     monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
-    monkeypatch.setattr(cli, "platform_from_env", lambda: k8s)  # TOYGRES_PLATFORM=kubernetes, built from env
+    monkeypatch.setattr(cli_instances, "platform_from_env", lambda: k8s)  # TOYGRES_PLATFORM=kubernetes, built from env
 
     assert cli.main(["connect", SOURCE.k8s_name, "--show-password", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -26,7 +26,14 @@ from toygres_pipelines.drills.amcheck import amcheck
 from toygres_pipelines.drills.checks import report_restorable
 from toygres_pipelines.drills.counting import restored_counts
 from toygres_pipelines.drills.settle import SCRATCH_PREFIX, remove_scratch_instance, settle_drill
-from toygres_pipelines.restores.config import RestoreConfig, check_timeouts, plan_restore, ready_image
+from toygres_pipelines.restores.config import (
+    RestoreConfig,
+    check_timeouts,
+    job_timeout_field,
+    plan_restore,
+    ready_image,
+    ready_timeout_field,
+)
 from toygres_pipelines.restores.jobs import TimedPlan, invalid_request, restore_steps
 from toygres_pipelines.restores.steps import instance_ref, verify_manifest_only
 from toygres_pipelines.shared.tags import DRILL_KIND, KIND_TAG
@@ -34,8 +41,8 @@ from toygres_pipelines.shared.tags import DRILL_KIND, KIND_TAG
 
 class DrillConfig(dg.Config):
     image: str = Field(description="The image to drill: its id or name; it must be ready")
-    job_timeout_seconds: int = Field(default=3600, description="Upper bound for the restore job, 60-172800 seconds")
-    ready_timeout_seconds: int = Field(default=600, description="How long the scratch server may take, 5-3600 s")
+    job_timeout_seconds: int = job_timeout_field()
+    ready_timeout_seconds: int = ready_timeout_field()
 
 
 class DrillVerdict(BaseModel):

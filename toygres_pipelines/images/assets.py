@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from records import Image, ImageState, ValidationFailed
+from records.bounds import MAX_JOB_SECONDS
 from records.requests import BackupFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -31,6 +32,7 @@ warnings.filterwarnings(
     "ignore", message=r"Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning
 )
 
+BACKUP_TIMEOUT_BOUNDS = (5, MAX_JOB_SECONDS)
 VERIFIED_CHECK = "verified"
 
 
@@ -43,7 +45,10 @@ class BackupConfig(BackupFields, dg.Config):
         "part before '__' (partition 'pagila-demo__manual-1' backs up 'pagila-demo').",
     )
     job_timeout_seconds: int = Field(
-        default=3600, ge=5, le=2 * 24 * 3600, description="Upper bound for the backup job, 5-172800 seconds"
+        default=3600,
+        ge=BACKUP_TIMEOUT_BOUNDS[0],
+        le=BACKUP_TIMEOUT_BOUNDS[1],
+        description=f"Upper bound for the backup job, {BACKUP_TIMEOUT_BOUNDS[0]}-{BACKUP_TIMEOUT_BOUNDS[1]} seconds",
     )
 
 

@@ -26,8 +26,9 @@ from records import (
     validate_azure_dns_label,
     validate_dns_label,
 )
+from records.bounds import MAX_JOB_SECONDS
 from records.encryption import check_identity_for
-from records.requests import RestoreFormFields, RestoreRequestFields
+from records.requests import RestoreFormFields, RestoreRequestFields, require_source_image
 from records.wal import BaseBackup, RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -36,12 +37,26 @@ from toygres_pipelines.images.verification import read_manifest
 from toygres_pipelines.pitr.window import plan_recovery
 
 MAX_STORAGE_GB = 16384
-# A restore job downloads, checks and pg_restores the whole image: a minute at the least, two
-# days at the most (a hung job must not hold its pool slot for ever).
-JOB_TIMEOUT_BOUNDS = (60, 2 * 24 * 3600)
+# A restore job downloads, checks and pg_restores the whole image: a minute at the least.
+JOB_TIMEOUT_BOUNDS = (60, MAX_JOB_SECONDS)
 READY_TIMEOUT_BOUNDS = (5, 3600)
 # A PostgreSQL major since 10 is one number (16), never 9.6-style or with a minor (16.2).
 POSTGRES_MAJOR = re.compile(r"[1-9][0-9]+")
+
+
+def job_timeout_field() -> Any:
+    """The restore job's limit as every form that launches a restore declares it (the launchpad's,
+    the drill's); check_timeouts holds it to JOB_TIMEOUT_BOUNDS."""
+    low, high = JOB_TIMEOUT_BOUNDS
+    return Field(default=3600, description=f"Upper bound for the restore job, {low}-{high} seconds")
+
+
+def ready_timeout_field() -> Any:
+    """How long a restored server may take to accept connections; check_timeouts holds it to READY_TIMEOUT_BOUNDS."""
+    low, high = READY_TIMEOUT_BOUNDS
+    return Field(
+        default=600, description=f"How long the new server may take to accept connections, {low}-{high} seconds"
+    )
 
 
 def request_description(field: str, then: str = "") -> str:
@@ -67,15 +82,8 @@ class RestoreConfig(RestoreFormFields, dg.Config):
     target_time: str = Field(
         default="", description=request_description("target_time", "Empty: a logical restore of an image")
     )
-    job_timeout_seconds: int = Field(
-        default=3600,
-        description=f"Upper bound for the restore job, {JOB_TIMEOUT_BOUNDS[0]}-{JOB_TIMEOUT_BOUNDS[1]} seconds",
-    )
-    ready_timeout_seconds: int = Field(
-        default=600,
-        description=f"How long the new server may take to accept connections, {READY_TIMEOUT_BOUNDS[0]}-"
-        f"{READY_TIMEOUT_BOUNDS[1]} seconds",
-    )
+    job_timeout_seconds: int = job_timeout_field()
+    ready_timeout_seconds: int = ready_timeout_field()
 
     def request_fields(self) -> RestoreRequestFields:
         """The restore request this form stands for: empty fields are the request's defaults, a
@@ -128,8 +136,7 @@ class RestorePlan(BaseModel):
 
 def check_request_fields(fields: RestoreRequestFields) -> None:
     """Rules on the request alone; each failure names its field."""
-    if not fields.source_image_id:
-        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
+    require_source_image(fields.source_image_id)
     for other in ("runtime_image_id", "image_override"):
         if getattr(fields, other):
             raise ValidationFailed(other, "cannot be combined with source_image_id")

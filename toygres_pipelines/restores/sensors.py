@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 
 from records import RestoreRequest, RestoreRequestFields, ValidationFailed
+from records.requests import require_source_image
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.forms import run_config_values
@@ -22,8 +23,7 @@ def check_restore_request(
     cms: CMSResource, platform: PlatformResource, request: RestoreRequest, labels_taken: set[str]
 ) -> str:
     """The launchpad's rules; returns the id of the (ready) image to restore."""
-    if not request.source_image_id:  # the column is nullable; the request record requires it
-        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
+    require_source_image(request.source_image_id)  # the column is nullable; the request record requires it
     fields = RestoreRequestFields.of(request)
     check_request_fields(fields)
     plan = plan_restore(fields, cms, platform)

@@ -11,6 +11,9 @@ from pydantic import BaseModel
 
 from records import InstanceState
 from resources.cms import CMSResource
+from toygres_pipelines.cli.exits import EXIT_OK, EXIT_OUT_OF_WINDOWS
+from toygres_pipelines.cli.output import print_json, print_table, when
+from toygres_pipelines.cli.parsing import add_command
 from toygres_pipelines.pitr.checks import RPO_SECONDS, archive_health
 from toygres_pipelines.pitr.window import window_of
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
@@ -26,13 +29,7 @@ class PitrStatusRow(BaseModel):
     archiver_error: str | None
 
 
-EXIT_OK = 0
-EXIT_OUT_OF_TARGET = 4
-
-
 def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    from toygres_pipelines.cli import print_json, print_table, when  # cli imports this module
-
     blob = blob_from_env().process_config_and_initialize()
     platform = platform_from_env()
     now = datetime.now(UTC)
@@ -78,16 +75,17 @@ def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> 
             ],
             out,
         )
-    return EXIT_OUT_OF_TARGET if any(r.problems for r in rows) else EXIT_OK
+    return EXIT_OUT_OF_WINDOWS if any(r.problems for r in rows) else EXIT_OK
 
 
 def add_pitr_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
-    status = sub.add_parser(
+    add_command(
+        sub,
+        parent,
         "pitr-status",
-        parents=list(parent),
+        cmd_pitr_status,
         help="per running instance: recoverable window, archive lag and gaps, base backups",
         description="Per running instance: the earliest and latest second it can be restored to (from its ready "
         "base backups and its WAL archive), the archive's lag and gaps. Exit "
-        f"{EXIT_OUT_OF_TARGET} when any instance has no window, a gap, or a lag over {RPO_SECONDS:.0f} s.",
+        f"{EXIT_OUT_OF_WINDOWS} when any instance has no window, a gap, or a lag over {RPO_SECONDS:.0f} s.",
     )
-    status.set_defaults(handler=cmd_pitr_status)
