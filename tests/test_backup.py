@@ -15,6 +15,7 @@ import pytest
 from records import ImageState, InstanceRef, InstanceState, JobResult
 from records.units import human_bytes
 from resources.cms import CMSResource
+from resources.cms.images import ImagesTable
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
@@ -370,11 +371,17 @@ class FailingAfterJobPlatform(LocalPlatform):
         raise JobFailed(JobResult(name=spec.name, succeeded=False, reason="exit code 1"))
 
 
+class ImagesDownOnFailure(ImagesTable):
+    def get(self, image_id):
+        raise psycopg.OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+
+
 class CMSDownOnFailure(CMSResource):
     """The CMS answers until the backup fails, then is unreachable."""
 
-    def get_image(self, image_id):
-        raise psycopg.OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+    @property
+    def images(self) -> ImagesTable:
+        return ImagesDownOnFailure(self)
 
 
 def job_dirs(platform) -> set[str]:

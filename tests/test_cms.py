@@ -6,6 +6,7 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import dagster as dg
 import psycopg
 import pytest
 from pydantic import SecretStr
@@ -65,6 +66,26 @@ def make_image(cms: CMSResource, source: Instance, name: str = "snap-1", run_id:
 
 def transitions(cms: CMSResource, entity_id) -> list[tuple[str | None, str]]:
     return [(e.from_state, e.to_state) for e in cms.events(entity_id)]
+
+
+# ---- the resource is composed of repositories -------------------------------------------------
+
+REPOSITORIES = ("instances", "images", "events", "requests", "drills", "base_backups", "migrations")
+
+
+def test_the_repositories_are_attributes_of_the_resource_and_none_of_their_methods_is_on_it():
+    """No mixin left: a repository's method is reached through its repository only."""
+    resource = CMSResource(dsn="postgresql://127.0.0.1:1/none", encryption_key=CMSResource.generate_key())
+    own = {name for name in vars(CMSResource) if not name.startswith("_")}
+    for name in REPOSITORIES:
+        repository = getattr(resource, name)
+        methods = {m for m in dir(type(repository)) if not m.startswith("_") and callable(getattr(repository, m))}
+        assert methods, f"cms.{name} has no public method"
+        leaked = sorted(m for m in methods if hasattr(resource, m) and m not in own)
+        assert not leaked, f"cms.{name}'s methods reachable on the resource itself: {leaked}"
+    public = {m for m in dir(resource) if not m.startswith("_") and m not in dir(dg.ConfigurableResource)}
+    assert public - set(CMSResource.model_fields) <= {*REPOSITORIES, "connection", "autocommit_connection",
+                                                      "passwords", "generate_key"}, sorted(public)
 
 
 # ---- migrations -------------------------------------------------------------------------------
