@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -30,12 +31,14 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel
 
 from records import (
+    ImageRequest,
     ImageRequestFields,
     ImageState,
     Instance,
     InstanceRef,
     InstanceState,
     RequestState,
+    RestoreRequest,
     RestoreRequestFields,
     ValidationFailed,
     parse_uuid,
@@ -217,12 +220,12 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
     name = args.image_name if args.image_name is not None else default_image_name(source.k8s_name)
     validate_image_name(name, field="name")
     check_name_free(cms, name, field="name")
-    for queued in cms.list_image_requests(IN_FLIGHT):
+    for queued in cms.requests.list(ImageRequest, IN_FLIGHT):
         # A malformed row is never acted on (the sensor rejects it): it reserves no name.
         if not isinstance(queued, MalformedRequest) and queued.image_name == name:
             raise ValidationFailed("name", f"{name!r} is already requested by {queued.state} request {queued.id}")
     fields = fields_from_cli(args, ImageRequestFields, image_name=name, source_instance=source.k8s_name)
-    request = cms.create_image_request(fields)
+    request = cms.requests.create(fields)
     if args.json:
         print_json(as_json(request, kind="backup"), out)
     else:
@@ -250,15 +253,15 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
     try:
         plan = plan_restore(fields, cms, platform_from_env(), blob)
     except ImageCorrupt as error:  # the request is refused; the restore run is what marks an image corrupt
-        image = cms.find_image(fields.source_image_id or "")
+        image = cms.images.find(fields.source_image_id or "")
         name = image.name if image else fields.source_image_id
         raise ValidationFailed("source_image_id", f"image {name!r}: its manifest cannot be read: {error}") from error
-    for queued in cms.list_restore_requests(IN_FLIGHT):
+    for queued in cms.requests.list(RestoreRequest, IN_FLIGHT):
         if not isinstance(queued, MalformedRequest) and queued.dns_label == fields.dns_label:
             raise ValidationFailed(
                 "dns_label", f"{fields.dns_label!r} is already requested by {queued.state} request {queued.id}"
             )
-    request = cms.create_restore_request(
+    request = cms.requests.create(
         fields.model_copy(update={"source_image_id": str(plan.image_id), "namespace": plan.namespace})
     )
     if args.json:
@@ -277,7 +280,7 @@ FINAL_REQUEST_STATES = {RequestState.succeeded: EXIT_OK, RequestState.rejected: 
 def follow(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, out: TextIO) -> int:
     """--wait: poll the CMS until the request ends, printing each change of the request and of the
     image or instance it makes; the exit code says how it ended (0 succeeded, 2 rejected, 1 failed)."""
-    fetch = cms.get_image_request if kind == "backup" else cms.get_restore_request
+    fetch = partial(cms.requests.get, ImageRequest) if kind == "backup" else partial(cms.requests.get, RestoreRequest)
     seen: dict[str, str] = {}
     out = sys.stderr if args.json else out  # --json: stdout holds the request's JSON alone
 
@@ -317,9 +320,9 @@ def made_by(cms: CMSResource, request: Any, kind: str) -> Any:
     if not request.run_id:
         return None
     if kind == "backup":  # the image this request's run made (not an older one of the same name)
-        image = cms.find_image(request.image_name)
+        image = cms.images.find(request.image_name)
         return image if image is not None and image.run_id == request.run_id else None
-    return cms.find_instance_by_run(request.run_id)
+    return cms.instances.find_by_run(request.run_id)
 
 
 def add_wait_arguments(parser: argparse.ArgumentParser) -> None:
@@ -344,7 +347,7 @@ def cmd_show_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> i
     from toygres_pipelines.images.contents import database_contents
     from toygres_pipelines.images.verification import read_manifest
 
-    image = cms.find_image(args.show)
+    image = cms.images.find(args.show)
     if image is None:
         raise ValidationFailed("image", f"no image with {'id' if parse_uuid(args.show) else 'name'} {args.show!r}")
     try:
@@ -407,7 +410,7 @@ def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     if args.show:
         return cmd_show_image(args, cms, out)
     limit, offset = page_bounds(args)
-    images, total = cms.page_of_images(args.state, limit=limit, offset=offset)
+    images, total = cms.images.page(args.state, limit=limit, offset=offset)
     note = page_note(len(images), total, limit, offset, args.page)
     if args.json:
         print_json([as_json(image, kind="logical") for image in images], out)
@@ -443,10 +446,10 @@ def print_base_backups(cms: CMSResource, out: TextIO) -> None:
     """The ready base backups (kind `base`, docs/pitr.md) with their instance's window and archive lag."""
     from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
 
-    backups = cms.list_base_backups()
+    backups = cms.base_backups.list()
     if not backups:
         return
-    instances = {i.id: i for i in cms.list_instances() if i.id in {b.instance_id for b in backups}}
+    instances = {i.id: i for i in cms.instances.list() if i.id in {b.instance_id for b in backups}}
     summaries = pitr_summaries(cms, list(instances.values()), datetime.now(UTC)) or {}
     empty = PitrSummary()
     out.write("\nbase backups (point-in-time recovery; restore with --target-time or --latest):\n")
@@ -471,7 +474,7 @@ def print_base_backups(cms: CMSResource, out: TextIO) -> None:
 
 
 def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    instances = cms.list_instances(args.state)
+    instances = cms.instances.list(args.state)
     if args.json:
         print_json([as_json(instance) for instance in instances], out)
         return EXIT_OK
@@ -499,9 +502,9 @@ def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> in
 def cmd_requests(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     rows: list[tuple[str, Any]] = []
     if args.kind in (None, "backup"):
-        rows += [("backup", r) for r in cms.list_image_requests(args.state)]
+        rows += [("backup", r) for r in cms.requests.list(ImageRequest, args.state)]
     if args.kind in (None, "restore"):
-        rows += [("restore", r) for r in cms.list_restore_requests(args.state)]
+        rows += [("restore", r) for r in cms.requests.list(RestoreRequest, args.state)]
     rows.sort(key=lambda pair: (pair[1].created_at, str(pair[1].id)))
     if args.json:
         print_json([as_json(request, kind=kind) for kind, request in rows], out)
@@ -532,7 +535,7 @@ def with_password(uri: str, password: str) -> str:
 
 def running_instance_named(cms: CMSResource, name: str) -> Instance:
     """The running instance restored under `name` (its user name), when exactly one is."""
-    named = [i for i in cms.list_instances([InstanceState.running]) if i.user_name == name]
+    named = [i for i in cms.instances.list([InstanceState.running]) if i.user_name == name]
     if len(named) == 1:
         return named[0]
     if named:
@@ -576,7 +579,7 @@ def default_database(uri: str, password: Callable[[], str]) -> str:
 
 def cmd_connect(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     """A ready psql command for a running instance; its password only on request, from the platform's secret."""
-    instance = cms.find_instance(args.instance) or running_instance_named(cms, args.instance)
+    instance = cms.instances.find(args.instance) or running_instance_named(cms, args.instance)
     if instance.state is not InstanceState.running or not instance.ip_connection_string:
         raise ValidationFailed(
             "instance", f"{instance.k8s_name} is {instance.state}: only a running instance accepts connections"
@@ -612,13 +615,13 @@ def cmd_connect(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    applied = cms.migrate()
+    applied = cms.migrations.apply()
     if args.json:
-        print_json({"applied": applied, "versions": cms.applied_migrations()}, out)
+        print_json({"applied": applied, "versions": cms.migrations.applied()}, out)
     elif applied:
         out.write(f"applied migrations: {', '.join(applied)}\n")
     else:
-        out.write(f"the CMS schema is up to date ({', '.join(cms.applied_migrations()) or 'no migrations'})\n")
+        out.write(f"the CMS schema is up to date ({', '.join(cms.migrations.applied()) or 'no migrations'})\n")
     return EXIT_OK
 
 

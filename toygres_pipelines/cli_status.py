@@ -28,13 +28,13 @@ def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     except ValueError as error:  # bad input, not an unexpected error: its message names the variable and the rule
         variable, _, rule = str(error).partition(": ")
         raise ValidationFailed(variable, rule) from error
-    running = cms.list_instances([InstanceState.running])
+    running = cms.instances.list([InstanceState.running])
     now = datetime.now(UTC)
     pitr = pitr_summaries(cms, running, now)
     rows = instance_status(
         running,
-        cms.list_images([ImageState.ready]),
-        cms.list_drills(),
+        cms.images.list([ImageState.ready]),
+        cms.drills.list(),
         now,
         timedelta(hours=settings.backup_freshness_hours),
         timedelta(days=settings.drill_freshness_days),

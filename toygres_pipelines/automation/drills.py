@@ -83,7 +83,7 @@ def drill_run_requests(
 ) -> list[dg.RunRequest]:
     """Today's drills: one run per due running instance, keyed by image and date (never twice)."""
     instances = []
-    for instance in cms.list_instances([InstanceState.running]):
+    for instance in cms.instances.list([InstanceState.running]):
         try:
             running_source(cms, platform, str(instance.id))
         except ValidationFailed as error:
@@ -97,7 +97,7 @@ def drill_run_requests(
             run_config={"ops": {"plan_drill": {"config": {"image": str(target.id)}}}},
             tags={KIND_TAG: DRILL_KIND, INSTANCE_TAG: instance.k8s_name},
         )
-        for instance, target in due_drills(instances, cms.list_images([ImageState.ready]), when.weekday())
+        for instance, target in due_drills(instances, cms.images.list([ImageState.ready]), when.weekday())
     ]
 
 
@@ -156,8 +156,8 @@ def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinit
     )
     def backups_fresh(cms: CMSResource) -> dg.AssetCheckResult:
         report = backup_freshness(
-            fleet_instances(cms.list_instances([InstanceState.running]), cms.list_drills()),
-            cms.list_images([ImageState.ready]),
+            fleet_instances(cms.instances.list([InstanceState.running]), cms.drills.list()),
+            cms.images.list([ImageState.ready]),
             datetime.now(UTC),
             backup_window,
             grace,
@@ -172,7 +172,7 @@ def freshness_checks(settings: AutomationSettings) -> list[dg.AssetChecksDefinit
     )
     def drills_fresh(cms: CMSResource) -> dg.AssetCheckResult:
         report = drill_freshness(
-            cms.list_instances([InstanceState.running]), cms.list_drills(), datetime.now(UTC), drill_window, grace
+            cms.instances.list([InstanceState.running]), cms.drills.list(), datetime.now(UTC), drill_window, grace
         )
         return freshness_result(report, settings.drill_freshness_severity, "drill")
 

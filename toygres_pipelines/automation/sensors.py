@@ -102,7 +102,7 @@ def settle_unlaunched(
     for request, age in unlaunched:
         run = first_run_for_request(instance, request.id)
         if run is not None:
-            cms.attach_request_run(request.id, run.run_id)
+            cms.requests.attach_run(request.id, run.run_id)
             done.attached[str(request.id)] = run.run_id
         elif age >= relaunch_after:
             done.run_requests.append(rerequest(request))
@@ -168,7 +168,7 @@ def image_run_request(request: ImageRequest, source_k8s_name: str) -> dg.RunRequ
 
 
 def rerequest_image(cms: CMSResource, request: ImageRequest) -> dg.RunRequest:
-    source = cms.find_instance(request.source_instance)
+    source = cms.instances.find(request.source_instance)
     return image_run_request(request, source.k8s_name if source else request.source_instance)
 
 
@@ -208,7 +208,7 @@ def restore_run_request(request: RestoreRequest, image_id: str) -> dg.RunRequest
 
 
 def rerequest_restore(cms: CMSResource, request: RestoreRequest) -> dg.RunRequest:
-    image = cms.find_image(request.source_image_id or "")
+    image = cms.images.find(request.source_image_id or "")
     return restore_run_request(request, str(image.id) if image else request.source_image_id or "")
 
 
@@ -235,16 +235,16 @@ class RequestKind:
 
 
 IMAGE_REQUESTS = RequestKind(
-    unlaunched=lambda cms: cms.list_unlaunched_image_requests(),
-    claim=lambda cms, limit: cms.claim_pending_image_requests(limit),
+    unlaunched=lambda cms: cms.requests.unlaunched(ImageRequest),
+    claim=lambda cms, limit: cms.requests.claim(ImageRequest, limit),
     key=lambda request: request.image_name,
     check=lambda *args: check_image_request(*args),
     run_request=lambda request, source: image_run_request(request, source.k8s_name),
     rerequest=lambda cms, request: rerequest_image(cms, request),
 )
 RESTORE_REQUESTS = RequestKind(
-    unlaunched=lambda cms: cms.list_unlaunched_restore_requests(),
-    claim=lambda cms, limit: cms.claim_pending_restore_requests(limit),
+    unlaunched=lambda cms: cms.requests.unlaunched(RestoreRequest),
+    claim=lambda cms, limit: cms.requests.claim(RestoreRequest, limit),
     key=lambda request: request.dns_label,
     check=lambda *args: check_restore_request(*args),
     run_request=lambda request, image_id: restore_run_request(request, image_id),

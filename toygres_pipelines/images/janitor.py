@@ -12,7 +12,7 @@ from toygres_pipelines.automation.settings import AutomationSettings
 
 def purge_failed_image_blobs(cms: CMSResource, blob: BlobStorageResource) -> int:
     """Delete every blob left under a failed image's folder; returns how many were removed."""
-    return sum(blob.delete_prefix(failed.blob_path) for failed in cms.list_images([ImageState.failed]))
+    return sum(blob.delete_prefix(failed.blob_path) for failed in cms.images.list([ImageState.failed]))
 
 
 def remove_stale_jobs(
@@ -33,7 +33,7 @@ def purge_failed_images(context: dg.OpExecutionContext, cms: CMSResource, blob: 
 
 @dg.op(description="Delete jobs (and their blob credentials) past their timeout")
 def purge_stale_jobs(context: dg.OpExecutionContext, cms: CMSResource, platform: PlatformResource) -> None:
-    namespaces = {instance.namespace for instance in cms.list_instances()}
+    namespaces = {instance.namespace for instance in cms.instances.list()}
     removed = remove_stale_jobs(
         platform, namespaces, AutomationSettings.from_env().stale_job_grace_seconds, context.log.info
     )

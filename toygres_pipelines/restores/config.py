@@ -162,7 +162,7 @@ def check_timeouts(config: RestoreConfig) -> None:
 
 
 def ready_image(cms: CMSResource, ref: str) -> Image:
-    image = cms.find_image(ref, field="source_image_id")
+    image = cms.images.find(ref, field="source_image_id")
     if image is None:
         kind = "id" if parse_uuid(ref) else "name"
         raise ValidationFailed("source_image_id", f"no image with {kind} {ref!r}")
@@ -198,7 +198,7 @@ def plan_restore(
     platform.check_server_image(target, image.image_type, field, subject)
     platform.check_exposure(fields.internal)
     check_identity_for(image.encryption_recipient, platform.age_identity_recipients, image.name)
-    if cms.dns_name_in_use(fields.dns_label):
+    if cms.instances.dns_name_in_use(fields.dns_label):
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     databases = fields.databases
     if databases is not None and blob is not None:
@@ -235,7 +235,7 @@ def plan_point_in_time(
     target = parse_target_time(fields.target_time)
     if fields.databases is not None:
         raise ValidationFailed("databases", "a point-in-time restore restores every database")
-    base = cms.get_base_backup(fields.source_image_id or "")
+    base = cms.base_backups.get(fields.source_image_id or "")
     if base is None or base.state.value != "ready":
         raise ValidationFailed(
             "source_image_id", f"no ready base backup {fields.source_image_id!r} (`pitr-status` lists the windows)"
@@ -246,11 +246,11 @@ def plan_point_in_time(
             f"a point-in-time restore keeps the major of its base backup ({base.postgres_version}); "
             f"restore to {base.postgres_version}, then upgrade with a logical image",
         )
-    source = cms.get_instance(base.instance_id)
+    source = cms.instances.get(base.instance_id)
     if source is None:
         raise ValidationFailed("source_image_id", f"base backup {base.id} has no instance")
     platform.check_postgres_version(base.postgres_version, "source_image_id", f"base backup {base.id}")
-    if cms.dns_name_in_use(fields.dns_label):
+    if cms.instances.dns_name_in_use(fields.dns_label):
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     recovery = plan_recovery(cms, blob, source, target)[1] if blob is not None else None
     return RestorePlan(
