@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable
 
@@ -105,7 +106,7 @@ class BaseBackupsTable(Queries):
             if held is None:
                 raise CMSError(f"instance {instance_id} is not a creating restore of base backup {backup_id}")
 
-    def expire(self, backup_id: uuid.UUID, reason: str) -> list[str]:
+    def expire(self, backup_id: uuid.UUID, reason: str) -> builtins.list[str]:
         """Retention: ready -> deleted under the row's lock, unless a running point-in-time restore
         holds it (hold). Returns the holders' k8s names: empty when it was marked deleted
         (or already was), else nothing changed."""
@@ -131,7 +132,7 @@ class BaseBackupsTable(Queries):
 
     def list(
         self, instance_id: uuid.UUID | None = None, states: Iterable[BaseBackupState] = (BaseBackupState.ready,)
-    ) -> list[BaseBackup]:
+    ) -> builtins.list[BaseBackup]:
         """Oldest consistent first."""
         with self.connection() as conn:
             return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -99,10 +100,10 @@ class DrillsTable(Queries):
 
     def list(
         self, *, image_id: uuid.UUID | None = None, results: Iterable[DrillResult] | None = None
-    ) -> list[Drill]:
+    ) -> builtins.list[Drill]:
         """Drills, newest first; of one image and/or with one of `results` when given."""
-        where: list[sql.Composable] = [sql.SQL("true")]
-        params: list[object] = []
+        where: builtins.list[sql.Composable] = [sql.SQL("true")]
+        params: builtins.list[object] = []
         if image_id is not None:
             where.append(sql.SQL("image_id = %s"))
             params.append(image_id)
@@ -111,7 +112,7 @@ class DrillsTable(Queries):
             params.append([r.value for r in results])
         return self._drill_where(sql.SQL(" AND ").join(where), params)
 
-    def with_scratch_left(self) -> list[Drill]:
+    def with_scratch_left(self) -> builtins.list[Drill]:
         """Finished drills whose scratch instance (the instance their run created) is not deleted."""
         return self._drill_where(
             sql.SQL(
@@ -121,7 +122,7 @@ class DrillsTable(Queries):
             [],
         )
 
-    def _drill_where(self, where: sql.Composable, params: list) -> list[Drill]:
+    def _drill_where(self, where: sql.Composable, params: builtins.list) -> builtins.list[Drill]:
         with self.connection() as conn:
             return drills_in(conn, where, params)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -141,12 +142,12 @@ class ImagesTable(Queries):
     def find_by_run(self, run_id: str) -> Image | None:
         return self._by_run(IMAGE, run_id)
 
-    def list(self, states: Iterable[ImageState] | None = None) -> list[Image]:
+    def list(self, states: Iterable[ImageState] | None = None) -> builtins.list[Image]:
         return self._list(IMAGE, states)
 
     def page(
         self, states: Iterable[ImageState] | None = None, *, limit: int | None, offset: int = 0
-    ) -> tuple[list[Image], int]:
+    ) -> tuple[builtins.list[Image], int]:
         """`limit` images (None: all) from `offset` on, oldest first (created_at, then id: a stable
         order), and how many images (of these states) there are in all."""
         return self._page(IMAGE, states, limit, offset)
@@ -213,7 +214,7 @@ class ImagesTable(Queries):
                 conn, IMAGE, parsed, ImageState.deleting, reason=reason, run_id=run_id, fields={}, expected=None
             )
 
-    def _ready_of_group(self, conn: Any, image: Image) -> list[Image]:
+    def _ready_of_group(self, conn: Any, image: Image) -> builtins.list[Image]:
         """The ready images of image's instance, share-locked in id order (no lock cycle)."""
         where = (
             sql.SQL("source_instance_id = %s AND state = %s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -105,11 +106,11 @@ class InstancesTable(Queries):
     def find_by_run(self, run_id: str) -> Instance | None:
         return self._by_run(INSTANCE, run_id)
 
-    def find_by_tag(self, key: str, value: str) -> list[Instance]:
+    def find_by_tag(self, key: str, value: str) -> builtins.list[Instance]:
         """Instances whose tags map `key` to `value` (how a repeated request finds its instance)."""
         return self._select(INSTANCE, sql.SQL("tags ->> %s = %s"), [key, value])
 
-    def list(self, states: Iterable[InstanceState] | None = None) -> list[Instance]:
+    def list(self, states: Iterable[InstanceState] | None = None) -> builtins.list[Instance]:
         return self._list(INSTANCE, states)
 
     def dns_name_in_use(self, dns_name: str) -> bool:

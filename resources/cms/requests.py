@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
@@ -135,10 +136,10 @@ class RequestsTable(Queries):
         """The request (of either kind) a run last acted on."""
         return self._by_run(IMAGE_REQUEST, run_id) or self._by_run(RESTORE_REQUEST, run_id)
 
-    def list(self, kind: type[RequestT], states: Iterable[RequestState] | None = None) -> list[RequestT]:
+    def list(self, kind: type[RequestT], states: Iterable[RequestState] | None = None) -> builtins.list[RequestT]:
         return self._list(table_of(kind), states)
 
-    def unlaunched(self, kind: type[RequestT], limit: int = 100) -> list[tuple[RequestT, float]]:
+    def unlaunched(self, kind: type[RequestT], limit: int = 100) -> builtins.list[tuple[RequestT, float]]:
         """Accepted requests of this kind with no run recorded yet, each with its age in seconds
         since it was accepted (measured by the database's clock), oldest first."""
         table = table_of(kind)
@@ -149,6 +150,8 @@ class RequestsTable(Queries):
         with self.connection() as conn:
             rows = conn.execute(query, [RequestState.accepted.value, limit]).fetchall()
         names = list(table.model.model_fields)
-        read = [(request_row(table.model, dict(zip(names, row[:-1], strict=True))), float(row[-1])) for row in rows]
+        read: builtins.list[tuple[Any, float]] = [
+            (request_row(table.model, dict(zip(names, row[:-1], strict=True))), float(row[-1])) for row in rows
+        ]
         # a malformed row is never launched (nor relaunched)
         return [(request, age) for request, age in read if not isinstance(request, MalformedRequest)]
