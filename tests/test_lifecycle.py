@@ -372,7 +372,7 @@ def test_a_restore_creating_its_instance_during_a_deletion_keeps_the_image(resou
     from toygres_pipelines.lifecycle.images import delete_image
 
     target = catalogue["ready"][2]
-    # What the restore's create_instance does in one transaction, held open: lock the image row
+    # What the restore's cms.instances.create does in one transaction, held open: lock the image row
     # (FOR SHARE) and insert the creating instance that uses it.
     restore_tx = psycopg.connect(cms.dsn)
     restore_tx.execute("SELECT state FROM toygres_cms.images WHERE id = %s FOR SHARE", (target.id,))

@@ -70,7 +70,7 @@ def in_use_by(cms: CMSResource, images: Iterable[Image]) -> dict:
 
 
 def check_deletable(cms: CMSResource, image: Image) -> None:
-    """The deletion rules, checked up front for a clear refusal; `begin_image_deletion` checks
+    """The deletion rules, checked up front for a clear refusal; `cms.images.begin_deletion` checks
     them again under the image row's lock."""
     rules.check_deletable(image, in_use_by(cms, [image]).get(image.id))
 

@@ -6,7 +6,7 @@ it): the row has a `source_image_id` and the `request_key` tag `create_instance_
 or, for a point-in-time restore (no image row behind it), the `pitr_base_backup` tag.
 Instances registered from elsewhere (e.g. a backup source) are refused unless `force`.
 The DNS label is reserved only by creating or running rows (`instances_dns_name_active_key`,
-`dns_name_in_use`): the row leaves both at `deleting`, so a new restore may take the label.
+`cms.instances.dns_name_in_use`): the row leaves both at `deleting`, so a new restore may take the label.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 kept with all the WAL they need (records/wal.py plan_wal_retention); older base backups and the
 WAL before the oldest kept one go. The row is marked deleted before its blobs go, so a restore
 never plans from a base backup being deleted; a base backup a running point-in-time restore or
-drill holds (cms hold_base_backup) is not deleted, and the WAL is cut only before the oldest base
+drill holds (cms.base_backups.hold) is not deleted, and the WAL is cut only before the oldest base
 backup still ready once the deletions are done; one instance failing never stops the others."""
 
 import os
