@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import dagster as dg
 import psycopg
@@ -33,6 +32,7 @@ from resources.cms import (
     RequestNotFound,
     migrations,
 )
+from resources.cms.queries import Queries
 
 pytestmark = pytest.mark.integration
 
@@ -77,21 +77,16 @@ REPOSITORIES = ("instances", "images", "events", "requests", "drills", "base_bac
 def test_the_repositories_are_attributes_of_the_resource_and_none_of_their_methods_is_on_it():
     """No mixin left: a repository's method is reached through its repository only."""
     resource = CMSResource(dsn="postgresql://127.0.0.1:1/none", encryption_key=CMSResource.generate_key())
-    own = {name for name in vars(CMSResource) if not name.startswith("_")}
+    plumbing = {m for m in dir(Queries) if not m.startswith("_")}  # connection(), passwords(): the resource's
     for name in REPOSITORIES:
         repository = getattr(resource, name)
-        methods = {m for m in dir(type(repository)) if not m.startswith("_") and callable(getattr(repository, m))}
+        assert isinstance(repository, Queries)
+        methods = {m for m in dir(type(repository)) if not m.startswith("_")} - plumbing
         assert methods, f"cms.{name} has no public method"
-        leaked = sorted(m for m in methods if hasattr(resource, m) and m not in own)
+        leaked = sorted(m for m in methods if hasattr(resource, m))
         assert not leaked, f"cms.{name}'s methods reachable on the resource itself: {leaked}"
-    public = {m for m in dir(resource) if not m.startswith("_") and m not in dir(dg.ConfigurableResource)}
-    assert public - set(CMSResource.model_fields) <= {
-        *REPOSITORIES,
-        "connection",
-        "autocommit_connection",
-        "passwords",
-        "generate_key",
-    }, sorted(public)
+    public = {m for m in dir(resource) if not m.startswith("_")} - set(dir(dg.ConfigurableResource))
+    assert public <= {*REPOSITORIES, *plumbing, *CMSResource.model_fields, "generate_key"}, sorted(public)
 
 
 # ---- migrations -------------------------------------------------------------------------------
@@ -493,33 +488,26 @@ def test_claim_rolls_back_on_error(cms):
             claim.accept(uuid.uuid4(), run_id="x")
 
 
-@pytest.mark.parametrize("kind", ["image", "restore"])
+def request_fields(kind: type, i: int) -> ImageRequestFields | RestoreRequestFields:
+    if kind is ImageRequest:
+        return ImageRequestFields(image_name=f"img-{i}", source_instance="demo")
+    return RestoreRequestFields(
+        name=f"r{i}", dns_label=f"r{i}", source_image_id="snap", namespace="toygres", storage_size_gb=1, internal=False
+    )
+
+
+@pytest.mark.parametrize("kind", [ImageRequest, RestoreRequest])
 def test_two_racing_claims_never_get_the_same_request(cms, kind):
     total = 12
     for i in range(total):
-        if kind == "image":
-            cms.requests.create(ImageRequestFields(image_name=f"img-{i}", source_instance="demo"))
-        else:
-            cms.requests.create(
-                RestoreRequestFields(
-                    name=f"r{i}",
-                    dns_label=f"r{i}",
-                    source_image_id="snap",
-                    namespace="toygres",
-                    storage_size_gb=1,
-                    internal=False,
-                )
-            )
-    claim_of = (
-        partial(cms.requests.claim, ImageRequest) if kind == "image" else partial(cms.requests.claim, RestoreRequest)
-    )
+        cms.requests.create(request_fields(kind, i))
     both_inside = threading.Barrier(2)
 
     def evaluate(worker: int) -> list[uuid.UUID]:
         got: list[uuid.UUID] = []
         first = True
         while True:
-            with claim_of(limit=4) as claim:
+            with cms.requests.claim(kind, limit=4) as claim:
                 if first:
                     both_inside.wait(timeout=10)  # both transactions hold their locks here
                     first = False
@@ -534,11 +522,28 @@ def test_two_racing_claims_never_get_the_same_request(cms, kind):
     assert a and b, "both evaluations should have claimed some requests at the same time"
     assert not set(a) & set(b)
     assert len(a) + len(b) == total
-    listed = cms.requests.list(ImageRequest) if kind == "image" else cms.requests.list(RestoreRequest)
+    listed = cms.requests.list(kind)
     assert {r.state for r in listed} == {RequestState.accepted}
     for request in listed:
         events = cms.events.of(request.id)
         assert [e.to_state for e in events] == ["pending", "accepted"]
+
+
+def test_a_request_method_is_told_its_kind_and_keeps_the_kinds_apart(cms):
+    image_request = cms.requests.create(request_fields(ImageRequest, 1))
+    restore_request = cms.requests.create(request_fields(RestoreRequest, 1))
+    assert isinstance(image_request, ImageRequest) and isinstance(restore_request, RestoreRequest)
+    assert cms.requests.list(ImageRequest) == [image_request]
+    assert cms.requests.list(RestoreRequest) == [restore_request]
+    assert cms.requests.get(RestoreRequest, image_request.id) is None
+    with pytest.raises(RequestNotFound):
+        cms.requests.transition(RestoreRequest, image_request.id, RequestState.accepted)
+    with pytest.raises(TypeError, match="ImageRequest or RestoreRequest"):
+        cms.requests.list(Image)
+    with pytest.raises(TypeError):  # an image request has no instance to record
+        cms.requests.transition(ImageRequest, image_request.id, RequestState.accepted, instance_id=uuid.uuid4())
+    assert cms.requests.get(ImageRequest, image_request.id).state is RequestState.pending
+    assert cms.requests.find_by_run("nobody") is None
 
 
 def test_usable_as_a_dagster_resource_from_env_vars(cms, monkeypatch):
