@@ -450,7 +450,7 @@ def measure(dsn: str, repeat: int = 3) -> list[Timing]:
 
     timings.append(timed(dsn, "retention plan", plan, repeat))
     timings.append(timed(dsn, "toygres-pipelines images", lambda: cli(dsn, "images"), repeat))
-    last = str(-(-sum(1 for _ in cms.list_images()) // 50))
+    last = str(-(-sum(1 for _ in cms.images.list()) // 50))
     timings.append(
         timed(dsn, f"toygres-pipelines images --page {last}", lambda: cli(dsn, "images", "--page", last), repeat)
     )
@@ -471,7 +471,7 @@ def scratch_cms() -> Iterator[str]:
     root.chmod(0o711)  # the server runs as the unprivileged service user, who must reach inside
     server = CmsServer.in_dir(root / "cms")
     try:
-        CMSResource(dsn=server.dsn, encryption_key=CMSResource.generate_key()).migrate()
+        CMSResource(dsn=server.dsn, encryption_key=CMSResource.generate_key()).migrations.apply()
         yield server.dsn
     finally:
         server.server.stop("immediate")

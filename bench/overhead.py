@@ -125,7 +125,7 @@ def embedded_stack(root: Path) -> Iterator[dict[str, str]]:
     ref = InstanceRef(k8s_name=SOURCE_NAME, namespace="default")
     try:
         cms = CMSResource(dsn=server.dsn, encryption_key=CMSResource.generate_key())
-        cms.migrate()
+        cms.migrations.apply()
         blob = BlobStorageResource(connection_string=azurite.connection_string, container="overhead")
         blob.ensure_container()
         provision_server(platform, ref, SecretStr("overhead-bench"))

@@ -155,7 +155,7 @@ def main() -> None:
     cms_server = CmsServer.in_dir(root / "cms")
     try:
         cms = CMSResource(dsn=cms_server.dsn, encryption_key=CMSResource.generate_key())
-        cms.migrate()
+        cms.migrations.apply()
         blob = BlobStorageResource(connection_string=azurite.connection_string, container="bench-pitr")
         blob.ensure_container()
         platform = LocalPlatform(state_dir=str(root / "platform"), azcopy_path=str(azcopy_path()))

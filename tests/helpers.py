@@ -66,7 +66,7 @@ def catalogued_image(cms, source, name: str):
     """A ready image row with no blobs: enough for whatever refuses or deletes before reading bytes."""
     from records import ImageState
 
-    image = cms.reserve_image(
+    image = cms.images.reserve(
         image_id=None,
         name=name,
         description=None,
@@ -76,7 +76,7 @@ def catalogued_image(cms, source, name: str):
         blob_path="images/none",
         run_id=None,
     )
-    return cms.transition_image(
+    return cms.images.transition(
         image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64
     )
 

@@ -373,7 +373,7 @@ UNREDACTED_SIGNATURE = re.compile(r"sig=(?!REDACTED)[^&\s\"']+")
 def test_no_signature_reaches_the_run_logs_or_the_cms_of_a_backup_and_a_restore(resources, cms, source):
     dagster = dg.DagsterInstance.ephemeral()
     assert materialize_image(resources, f"{source.k8s_name}__sas", instance=dagster).success
-    image = cms.find_image(f"{source.k8s_name}__sas")
+    image = cms.images.find(f"{source.k8s_name}__sas")
     result = restore(resources, source_image_id=str(image.id), name="sas-copy", dns_label="sas-copy", instance=dagster)
     assert result.success, failure_text(result)
     for text in (dagster_text(dagster), cms_text(cms)):

@@ -257,7 +257,7 @@ def test_an_operator_backs_up_and_restores_through_the_ui(
         page.goto(f"{base}/runs/{run_id}")
         page.get_by_text("toygres-pipelines connect").first.wait_for()
         shoot(page, tmp_path, "restore-run-succeeded")
-        restored = cms.find_instance_by_run(run_id)
+        restored = cms.instances.find_by_run(run_id)
         assert restored.state is InstanceState.running and restored.user_name == "from-ui"
         with dagster_instance(topology, monkeypatch) as instance:
             steps = instance.get_run_step_stats(run_id)

@@ -47,7 +47,7 @@ def test_pages_split_the_listing_at_their_boundaries_in_a_stable_order(run, five
 
 
 def test_a_page_counts_only_the_images_of_the_states_asked_for(run, five, cms):
-    ready = [i for i in five if cms.get_image(i).state is ImageState.ready]
+    ready = [i for i in five if cms.images.get(i).state is ImageState.ready]
     assert page(run, "--state", "ready", "--limit", "3", "--page", "2") == ready[3:]
     code, out, _ = run("images", "--state", "ready", "--limit", "3")
     assert code == 0

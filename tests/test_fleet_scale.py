@@ -37,7 +37,7 @@ def counting(cms) -> CountingCMS:
 
 def add_running(cms: CMSResource, count: int, namespace: str = "default") -> None:
     for n in range(count):
-        cms.create_instance(
+        cms.instances.create(
             user_name=f"fleet-{namespace}-{n}",
             k8s_name=f"fleet-{namespace}-{n}",
             namespace=namespace,

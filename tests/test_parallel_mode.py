@@ -11,7 +11,7 @@ import subprocess
 import dagster as dg
 import pytest
 
-from records import ImageState, ValidationFailed
+from records import ImageRequest, ImageState, ValidationFailed
 from records.parallel import MAX_PARALLEL_JOBS, validate_parallel_jobs
 from records.requests import ImageRequestFields
 from resources.platform.local import LocalPlatform
@@ -62,7 +62,7 @@ def test_parallel_backup_of_pagila_restores_exactly_through_the_normal_restore_j
     key = f"{source.k8s_name}__parallel"
     result = materialize_image(resources, key, {"parallel_jobs": 2}, instance=dagster)
     assert result.success, failure_text(result)
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     assert image.state is ImageState.ready
 
     manifest, _ = blob.read_manifest(image.blob_path)
@@ -125,7 +125,7 @@ def test_a_damaged_file_of_a_directory_image_is_caught_before_ready(resources, c
     damaging = damaging_platform(platform, blob)
     result = materialize_image({**resources, "platform": damaging}, key, {"parallel_jobs": 2}, raise_on_error=False)
     assert not result.success
-    [row] = cms.list_images()
+    [row] = cms.images.list()
     assert row.state is ImageState.failed
     assert "sha256" in row.error_message and ".dat.gz" in row.error_message
     assert blob.list_names(row.blob_path) == []
@@ -138,7 +138,7 @@ def test_a_directory_archive_pg_restore_cannot_read_is_caught_even_when_its_chec
 
     key = f"{source.k8s_name}__parallel-toc"
     assert materialize_image(resources, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest_doc = json.loads(blob.read_bytes(f"{image.blob_path}/manifest.json"))
     toc = next(f for f in manifest_doc["files"] if f["database"] == "pagila" and f["path"].endswith("/toc.dat"))
     truncated = blob.read_bytes(f"{image.blob_path}/{toc['path']}")[: toc["size_bytes"] // 2]
@@ -153,7 +153,7 @@ def test_a_directory_archive_pg_restore_cannot_read_is_caught_even_when_its_chec
 def test_a_damaged_file_of_a_ready_directory_image_never_becomes_an_instance(resources, cms, blob, platform, source):
     key = f"{source.k8s_name}__parallel-rot"
     assert materialize_image(resources, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest, _ = blob.read_manifest(image.blob_path)
     data_file = max(
         (f for f in database_files(manifest, "pagila") if f.path.endswith(".dat.gz")), key=lambda f: f.size_bytes
@@ -163,7 +163,7 @@ def test_a_damaged_file_of_a_ready_directory_image_never_becomes_an_instance(res
     result = restore(resources, source_image_id=image.name, name="rotten", dns_label="rotten-copy")
     assert not result.success
     assert "checksum mismatch" in failure_text(result)
-    assert cms.get_image(image.id).state is ImageState.corrupt
+    assert cms.images.get(image.id).state is ImageState.corrupt
     assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch")
 
 
@@ -174,7 +174,7 @@ def test_a_backup_with_parallel_jobs_outside_the_rule_is_refused_before_any_imag
     )
     assert not result.success
     assert f"parallel_jobs: {value} must be between 1 and {MAX_PARALLEL_JOBS}" in failure_text(result)
-    assert cms.list_images() == []
+    assert cms.images.list() == []
 
 
 def test_a_backup_request_carries_parallel_jobs_to_its_run_and_one_outside_the_rule_is_rejected(resources, cms, source):
@@ -182,10 +182,10 @@ def test_a_backup_request_carries_parallel_jobs_to_its_run_and_one_outside_the_r
     from toygres_pipelines.images.jobs import backup_image
     from toygres_pipelines.images.sensors import evaluate_image_requests
 
-    parallel = cms.create_image_request(
+    parallel = cms.requests.create(
         ImageRequestFields(image_name="req-parallel", source_instance=source.k8s_name, parallel_jobs=3)
     )
-    too_many = cms.create_image_request(
+    too_many = cms.requests.create(
         ImageRequestFields(image_name="req-too-many", source_instance=source.k8s_name, parallel_jobs=64)
     )
     with dg.instance_for_test() as dagster:
@@ -209,9 +209,9 @@ def test_request_backup_cli_queues_parallel_jobs_and_refuses_one_outside_the_rul
     code = cli.main(["request-backup", "--instance", db.k8s_name, "--name", "too-many", "--parallel-jobs", "17"])
     assert code == 2
     assert capsys.readouterr().err == f"error: parallel_jobs: 17 must be between 1 and {MAX_PARALLEL_JOBS}\n"
-    assert cms.list_image_requests() == []
+    assert cms.requests.list(ImageRequest) == []
     assert cli.main(["request-backup", "--instance", db.k8s_name, "--name", "four", "--parallel-jobs", "4"]) == 0
-    [request] = cms.list_image_requests()
+    [request] = cms.requests.list(ImageRequest)
     assert (request.image_name, request.parallel_jobs) == ("four", 4)
 
 
@@ -240,7 +240,7 @@ def test_a_parallel_pg_dump_that_fails_fails_the_image_and_leaves_no_blob(resour
         runner.join(timeout=120)
         holder.close()
     assert not outcome["result"].success
-    [row] = cms.list_images()
+    [row] = cms.images.list()
     assert row.state is ImageState.failed
     assert "pg_dump of database aaa_doomed_parallel failed" in row.error_message
     assert blob.list_names(row.blob_path) == []
@@ -252,7 +252,7 @@ def test_a_directory_archive_missing_a_table_data_file_is_caught(resources, cms,
 
     key = f"{source.k8s_name}__parallel-gap"
     assert materialize_image(resources, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest_doc = json.loads(blob.read_bytes(f"{image.blob_path}/manifest.json"))
     gone = max(
         (f for f in manifest_doc["files"] if f["database"] == "pagila" and f["path"].endswith(".dat.gz")),

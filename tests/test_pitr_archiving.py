@@ -172,7 +172,7 @@ def test_the_sensor_archives_every_running_instance_and_removes_the_archiver_of_
     wait_for(lambda: slot_active(dsn), "the sensor's archiver streaming")
     assert reconcile_archivers(cms, blob, platform, log=print).started == []  # already running
 
-    cms.transition_instance(instance.id, InstanceState.stopped, reason="test")
+    cms.instances.transition(instance.id, InstanceState.stopped, reason="test")
     done = reconcile_archivers(cms, blob, platform, log=print)
     assert done.removed == [f"default/{ref.k8s_name}"]
     assert ref not in platform.wal_archivers()

@@ -61,7 +61,7 @@ def test_a_base_backup_is_verified_and_catalogued_with_its_start_segment(cms, bl
     assert backup.state is BaseBackupState.ready and backup.kind == "base"
     assert backup.start_segment and backup.consistent_at and backup.sha256
     assert blob.stored_size(f"{backup.blob_path}/base.tar.zst") == backup.size_bytes
-    assert [b.id for b in cms.list_base_backups(source.id)] == [backup.id]
+    assert [b.id for b in cms.base_backups.list(source.id)] == [backup.id]
 
 
 def test_a_restore_to_t_has_the_rows_committed_before_t_and_none_after(cms, blob, platform, backed_up):
@@ -90,7 +90,7 @@ def test_targets_outside_the_window_are_refused_naming_it_before_anything_exists
     archived_until(cms, blob, source, moment)
     window = window_of(cms, blob, source).window
     assert window is not None
-    before = cms.list_instances()
+    before = cms.instances.list()
     for target in (backup.consistent_at - timedelta(seconds=5), window.latest + timedelta(hours=1)):
         with pytest.raises(ValidationFailed) as refused:
             restore_to_time(
@@ -105,7 +105,7 @@ def test_targets_outside_the_window_are_refused_naming_it_before_anything_exists
             target_time=None, postgres_version="16",
         )  # fmt: skip
     assert upgrade.value.field == "postgres_version" and "keeps the major of its base backup (15)" in str(upgrade.value)
-    assert cms.list_instances() == before
+    assert cms.instances.list() == before
     assert not any(r.k8s_name.startswith("too-far") for r in platform.wal_archivers())
 
 
@@ -206,8 +206,8 @@ def test_retention_never_deletes_wal_a_kept_base_backup_needs(cms, blob, platfor
         for name in between
         if segment_number(name) < segment_number(second.start_segment)
     )
-    assert [b.id for b in cms.list_base_backups(source.id)] == [second.id]
-    assert first.id not in [b.id for b in cms.list_base_backups(source.id)]
+    assert [b.id for b in cms.base_backups.list(source.id)] == [second.id]
+    assert first.id not in [b.id for b in cms.base_backups.list(source.id)]
     # What is left still restores.
     restored = restore_to_time(
         cms, blob, platform, source_instance=source.k8s_name, name="after-ret", dns_label="after-ret", target_time=None
@@ -264,7 +264,7 @@ def test_a_pitr_drill_restores_inside_the_window_checks_and_leaves_nothing(cms, 
     assert result.passed, result.reason
     assert result.rto_seconds and result.rto_seconds > 0
     assert result.replayed_at is None or result.replayed_at <= result.target_time
-    scratch = cms.find_instance(result.scratch)
+    scratch = cms.instances.find(result.scratch)
     assert scratch is not None and scratch.state is InstanceState.deleted
     assert not platform.instance_exists(InstanceRef(k8s_name=scratch.k8s_name, namespace=scratch.namespace))
 
@@ -295,11 +295,11 @@ def test_restore_instance_with_target_time_restores_to_that_second(cms, blob, pl
 
     refused = run(target_time=(target + timedelta(hours=1)).isoformat())
     assert not refused.success and "is outside the recoverable window" in helpers_failure(refused)
-    assert cms.find_instance("via-job") is None and not [i for i in cms.list_instances() if i.user_name == "via-job"]
+    assert cms.instances.find("via-job") is None and not [i for i in cms.instances.list() if i.user_name == "via-job"]
 
     result = run(target_time=target.isoformat())
     assert result.success, helpers_failure(result)
-    [restored] = [i for i in cms.list_instances([InstanceState.running]) if i.user_name == "via-job"]
+    [restored] = [i for i in cms.instances.list([InstanceState.running]) if i.user_name == "via-job"]
     ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
     try:
         found = labels(platform, ref)
@@ -343,12 +343,12 @@ def test_retention_never_deletes_the_base_backup_or_wal_a_running_restore_planne
     ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
     assert outcomes and outcomes[0].failed == {}
     assert restored.state is InstanceState.running and "between" in labels(platform, ref)
-    assert [b.id for b in cms.list_base_backups(source.id)] == [first.id, second.id]
+    assert [b.id for b in cms.base_backups.list(source.id)] == [first.id, second.id]
 
     # The restore ended: the hold is gone, the next retention removes the older base backup and its WAL.
     monkeypatch.setattr(restore_module, "run_pitr_job", real_run_pitr_job)
     assert apply_wal_retention(cms, blob, keep=1, log=print).failed == {}
-    assert [b.id for b in cms.list_base_backups(source.id)] == [second.id]
+    assert [b.id for b in cms.base_backups.list(source.id)] == [second.id]
     assert min(s.number for s in archived_segments(blob, source)) == segment_number(second.start_segment)
     platform.delete_instance(ref)
 
@@ -371,9 +371,9 @@ def test_a_source_with_a_tablespace_is_refused_naming_the_reason_not_backed_up(c
         conn.execute(psycopg.sql.SQL("CREATE TABLESPACE tenant_space LOCATION {}").format(str(location)))
     with pytest.raises(JobFailed, match=r"ERROR: the source has tablespaces \(tenant_space\)"):
         take_base_backup(cms, blob, platform, source, run_id=None, log=print)
-    [row] = cms.list_base_backups(source.id, states=list(BaseBackupState))
+    [row] = cms.base_backups.list(source.id, states=list(BaseBackupState))
     assert row.state is BaseBackupState.failed and "tenant_space" in (row.reason or "")
-    assert cms.list_base_backups(source.id) == []
+    assert cms.base_backups.list(source.id) == []
 
 
 def test_a_restore_whose_base_backup_retention_deleted_after_planning_is_refused_before_any_download(
@@ -404,5 +404,5 @@ def test_a_restore_whose_base_backup_retention_deleted_after_planning_is_refused
             cms, blob, platform, source_instance=source.k8s_name, name="late", dns_label="late", target_time=target
         )
     assert replays == []
-    [late] = [i for i in cms.list_instances() if i.user_name == "late"]
+    [late] = [i for i in cms.instances.list() if i.user_name == "late"]
     assert late.state is InstanceState.failed

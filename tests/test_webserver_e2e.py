@@ -98,5 +98,5 @@ def test_backup_requested_through_the_ui_api(webserver, cms, source):
         assert time.monotonic() < deadline, f"run {run_id} still {status}"
         time.sleep(1)
     assert status == "SUCCESS"
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     assert image.state is ImageState.ready and image.run_id == run_id

@@ -35,13 +35,13 @@ def open_cms(args: argparse.Namespace) -> CMSResource:
 
 
 def cmd_migrate(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    applied = cms.migrate()
+    applied = cms.migrations.apply()
     if args.json:
-        print_json({"applied": applied, "versions": cms.applied_migrations()}, out)
+        print_json({"applied": applied, "versions": cms.migrations.applied()}, out)
     elif applied:
         out.write(f"applied migrations: {', '.join(applied)}\n")
     else:
-        out.write(f"the CMS schema is up to date ({', '.join(cms.applied_migrations()) or 'no migrations'})\n")
+        out.write(f"the CMS schema is up to date ({', '.join(cms.migrations.applied()) or 'no migrations'})\n")
     return EXIT_OK
 
 

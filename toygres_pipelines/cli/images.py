@@ -24,7 +24,7 @@ IMAGES_PAGE_SIZE = 50
 def cmd_show_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     """One image and its databases (the sizes of their dumps, their rows when the manifest counted
     them), read from its manifest, which is checked against the CMS checksum first."""
-    image = cms.find_image(args.show)
+    image = cms.images.find(args.show)
     if image is None:
         raise ValidationFailed("image", f"no image with {'id' if parse_uuid(args.show) else 'name'} {args.show!r}")
     try:
@@ -82,7 +82,7 @@ def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     if args.show:
         return cmd_show_image(args, cms, out)
     limit, offset = page_bounds(args)
-    images, total = cms.page_of_images(args.state, limit=limit, offset=offset)
+    images, total = cms.images.page(args.state, limit=limit, offset=offset)
     note = page_note(len(images), total, limit, offset, args.page)
     if args.json:
         print_json([as_json(image, kind="logical") for image in images], out)
@@ -116,10 +116,10 @@ def cmd_images(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
 
 def print_base_backups(cms: CMSResource, out: TextIO) -> None:
     """The ready base backups (kind `base`, docs/pitr.md) with their instance's window and archive lag."""
-    backups = cms.list_base_backups()
+    backups = cms.base_backups.list()
     if not backups:
         return
-    instances = {i.id: i for i in cms.list_instances() if i.id in {b.instance_id for b in backups}}
+    instances = {i.id: i for i in cms.instances.list() if i.id in {b.instance_id for b in backups}}
     summaries = pitr_summaries(cms, list(instances.values()), datetime.now(UTC)) or {}
     empty = PitrSummary()
     out.write("\nbase backups (point-in-time recovery; restore with --target-time or --latest):\n")

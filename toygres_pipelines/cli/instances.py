@@ -21,7 +21,7 @@ from toygres_pipelines.resources_from_env import platform_from_env
 
 
 def cmd_instances(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    instances = cms.list_instances(args.state)
+    instances = cms.instances.list(args.state)
     if args.json:
         print_json([as_json(instance) for instance in instances], out)
         return EXIT_OK
@@ -56,7 +56,7 @@ def with_password(uri: str, password: str) -> str:
 
 def running_instance_named(cms: CMSResource, name: str) -> Instance:
     """The running instance restored under `name` (its user name), when exactly one is."""
-    named = [i for i in cms.list_instances([InstanceState.running]) if i.user_name == name]
+    named = [i for i in cms.instances.list([InstanceState.running]) if i.user_name == name]
     if len(named) == 1:
         return named[0]
     if named:
@@ -100,7 +100,7 @@ def default_database(uri: str, password: Callable[[], str]) -> str:
 
 def cmd_connect(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     """A ready psql command for a running instance; its password only on request, from the platform's secret."""
-    instance = cms.find_instance(args.instance) or running_instance_named(cms, args.instance)
+    instance = cms.instances.find(args.instance) or running_instance_named(cms, args.instance)
     if instance.state is not InstanceState.running or not instance.ip_connection_string:
         raise ValidationFailed(
             "instance", f"{instance.k8s_name} is {instance.state}: only a running instance accepts connections"

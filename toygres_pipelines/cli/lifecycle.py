@@ -89,7 +89,7 @@ def cmd_delete_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) ->
 
 
 def cmd_delete_instance(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    target = cms.find_instance(args.instance)
+    target = cms.instances.find(args.instance)
     try:
         if target is not None and target.state is not InstanceState.deleted:
             instance_rules.check_deletable(target, args.force)  # a refusal comes before the question
@@ -121,7 +121,7 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 
 def cmd_retention(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    instance = cms.find_instance(args.instance)
+    instance = cms.instances.find(args.instance)
     if instance is None:
         raise ValidationFailed("instance", f"no instance {args.instance!r} (an instance id or k8s_name)")
     default = automation_settings().retention
@@ -133,7 +133,7 @@ def cmd_retention(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> in
         effective = default.with_override(override)  # ValidationFailed names the field
         override = {field: getattr(effective, field) for field in override}
     if args.clear or args.set:
-        instance = cms.set_retention_override(instance.id, override or None)
+        instance = cms.instances.set_retention_override(instance.id, override or None)
     effective = default.with_override(instance.retention_override)
     if args.json:
         print_json(

@@ -34,7 +34,7 @@ def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> 
     platform = platform_from_env()
     now = datetime.now(UTC)
     rows = []
-    for instance in cms.list_instances([InstanceState.running]):
+    for instance in cms.instances.list([InstanceState.running]):
         state = window_of(cms, blob, instance)
         health = archive_health(cms, blob, platform, instance, now)
         problems = [*health.gaps]
@@ -50,7 +50,7 @@ def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> 
                 earliest=state.window.earliest if state.window else None,
                 latest=state.window.latest if state.window else None,
                 lag_seconds=health.lag_seconds,
-                base_backups=len(cms.list_base_backups(instance.id)),
+                base_backups=len(cms.base_backups.list(instance.id)),
                 problems=problems,
                 archiver_error=health.why,
             )

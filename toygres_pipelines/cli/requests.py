@@ -7,9 +7,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TextIO
 
-from records import ImageRequestFields, RequestState, RestoreRequestFields, ValidationFailed, validate_image_name
+from records import (
+    ImageRequest,
+    ImageRequestFields,
+    RequestState,
+    RestoreRequest,
+    RestoreRequestFields,
+    ValidationFailed,
+    validate_image_name,
+)
 from records.parallel import validate_parallel_jobs
 from records.requests import MalformedRequest, RequestFields, require_source_image
 from records.wal import LATEST
@@ -42,9 +51,9 @@ def cmd_request_backup(args: argparse.Namespace, cms: CMSResource, out: TextIO) 
     name = args.image_name if args.image_name is not None else default_image_name(source.k8s_name)
     validate_image_name(name, field="name")
     check_name_free(cms, name, field="name")
-    refuse_requested_twice(cms.list_image_requests(IN_FLIGHT), "image_name", name, field="name")
+    refuse_requested_twice(cms.requests.list(ImageRequest, IN_FLIGHT), "image_name", name, field="name")
     fields = fields_from_cli(args, ImageRequestFields, image_name=name, source_instance=source.k8s_name)
-    request = cms.create_image_request(fields)
+    request = cms.requests.create(fields)
     what = f"image {request.image_name!r} of instance {source.namespace}/{source.k8s_name}"
     return queued(args, cms, request, "backup", what, out)
 
@@ -65,11 +74,13 @@ def cmd_request_restore(args: argparse.Namespace, cms: CMSResource, out: TextIO)
     try:
         plan = plan_restore(fields, cms, platform_from_env(), blob)
     except ImageCorrupt as error:  # the request is refused; the restore run is what marks an image corrupt
-        image = cms.find_image(fields.source_image_id or "")
+        image = cms.images.find(fields.source_image_id or "")
         name = image.name if image else fields.source_image_id
         raise ValidationFailed("source_image_id", f"image {name!r}: its manifest cannot be read: {error}") from error
-    refuse_requested_twice(cms.list_restore_requests(IN_FLIGHT), "dns_label", fields.dns_label, field="dns_label")
-    request = cms.create_restore_request(
+    refuse_requested_twice(
+        cms.requests.list(RestoreRequest, IN_FLIGHT), "dns_label", fields.dns_label, field="dns_label"
+    )
+    request = cms.requests.create(
         fields.model_copy(update={"source_image_id": str(plan.image_id), "namespace": plan.namespace})
     )
     what = f"instance {request.namespace}/{request.name} from image {plan.image_name!r} ({plan.image_id})"
@@ -103,7 +114,7 @@ FINAL_REQUEST_STATES = {
 def follow(args: argparse.Namespace, cms: CMSResource, request: Any, kind: str, out: TextIO) -> int:
     """--wait: poll the CMS until the request ends, printing each change of the request and of the
     image or instance it makes; the exit code says how it ended (0 succeeded, 2 rejected, 1 failed)."""
-    fetch = cms.get_image_request if kind == "backup" else cms.get_restore_request
+    fetch = partial(cms.requests.get, ImageRequest) if kind == "backup" else partial(cms.requests.get, RestoreRequest)
     seen: dict[str, str] = {}
     out = sys.stderr if args.json else out  # --json: stdout holds the request's JSON alone
 
@@ -143,9 +154,9 @@ def made_by(cms: CMSResource, request: Any, kind: str) -> Any:
     if not request.run_id:
         return None
     if kind == "backup":  # the image this request's run made (not an older one of the same name)
-        image = cms.find_image(request.image_name)
+        image = cms.images.find(request.image_name)
         return image if image is not None and image.run_id == request.run_id else None
-    return cms.find_instance_by_run(request.run_id)
+    return cms.instances.find_by_run(request.run_id)
 
 
 def add_wait_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,9 +178,9 @@ def add_wait_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_requests(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     rows: list[tuple[str, Any]] = []
     if args.kind in (None, "backup"):
-        rows += [("backup", r) for r in cms.list_image_requests(args.state)]
+        rows += [("backup", r) for r in cms.requests.list(ImageRequest, args.state)]
     if args.kind in (None, "restore"):
-        rows += [("restore", r) for r in cms.list_restore_requests(args.state)]
+        rows += [("restore", r) for r in cms.requests.list(RestoreRequest, args.state)]
     rows.sort(key=lambda pair: (pair[1].created_at, str(pair[1].id)))
     if args.json:
         print_json([as_json(request, kind=kind) for kind, request in rows], out)

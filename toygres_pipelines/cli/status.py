@@ -22,13 +22,13 @@ from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
 
 def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     settings = automation_settings()
-    running = cms.list_instances([InstanceState.running])
+    running = cms.instances.list([InstanceState.running])
     now = datetime.now(UTC)
     pitr = pitr_summaries(cms, running, now)
     rows = instance_status(
         running,
-        cms.list_images([ImageState.ready]),
-        cms.list_drills(),
+        cms.images.list([ImageState.ready]),
+        cms.drills.list(),
         now,
         timedelta(hours=settings.backup_freshness_hours),
         timedelta(days=settings.drill_freshness_days),

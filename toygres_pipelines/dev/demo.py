@@ -98,11 +98,11 @@ def register_running(
     cms: CMSResource, platform: LocalPlatform, ref: InstanceRef, user_name: str | None = None
 ) -> Instance:
     """Record an instance the platform already runs as `running` in the CMS."""
-    existing = cms.find_instance(ref.k8s_name)
+    existing = cms.instances.find(ref.k8s_name)
     if existing is not None and existing.state is InstanceState.running:
         return existing
     endpoints = platform.endpoints(ref)
-    instance = existing or cms.create_instance(
+    instance = existing or cms.instances.create(
         user_name=user_name or ref.k8s_name,
         k8s_name=ref.k8s_name,
         namespace=ref.namespace,
@@ -113,7 +113,7 @@ def register_running(
         image_type=ImageType.stock,
     )
     strings = connection_strings(endpoints, password=None)
-    return cms.transition_instance(
+    return cms.instances.transition(
         instance.id,
         InstanceState.running,
         reason="registered running instance",

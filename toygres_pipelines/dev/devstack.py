@@ -45,7 +45,7 @@ import yaml
 from psycopg import sql
 from pydantic import SecretStr
 
-from records import ImageType, Instance, InstanceRef, InstanceState
+from records import ImageRequest, ImageType, Instance, InstanceRef, InstanceState
 from records.requests import ImageRequestFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -288,7 +288,7 @@ def ensure_demo_instance(cms: CMSResource, platform: LocalPlatform, pagila_dir: 
     """
     ref = demo_ref()
     spec = demo_deploy_spec()
-    existing = cms.find_instance(DEMO_NAME)
+    existing = cms.instances.find(DEMO_NAME)
     if existing is not None and existing.state is InstanceState.running:
         _deploy_and_wait(platform, spec)
         return existing
@@ -305,7 +305,7 @@ def ensure_demo_instance(cms: CMSResource, platform: LocalPlatform, pagila_dir: 
     else:
         # Registered `creating` first; a crash before `running` leaves it so, and the next start
         # makes the server again from scratch.
-        instance = existing or cms.create_instance(
+        instance = existing or cms.instances.create(
             user_name=DEMO_NAME,
             k8s_name=DEMO_NAME,
             namespace=DEMO_NAMESPACE,
@@ -338,7 +338,7 @@ def ensure_demo_instance(cms: CMSResource, platform: LocalPlatform, pagila_dir: 
 
     # Same shape as the restore job's rows: no password in the CMS (it stays in the platform's secret).
     strings = connection_strings(platform.endpoints(ref), password=None)
-    return cms.transition_instance(
+    return cms.instances.transition(
         instance.id,
         InstanceState.running,
         reason="dev stack demo instance ready",
@@ -353,11 +353,11 @@ def request_first_backup(cms: CMSResource, demo: Instance) -> bool:
 
     Only on a stack that has never had it; returns whether a request was made.
     """
-    if cms.find_image(FIRST_BACKUP_NAME) is not None:
+    if cms.images.find(FIRST_BACKUP_NAME) is not None:
         return False
-    if any(request.image_name == FIRST_BACKUP_NAME for request in cms.list_image_requests()):
+    if any(request.image_name == FIRST_BACKUP_NAME for request in cms.requests.list(ImageRequest)):
         return False
-    cms.create_image_request(
+    cms.requests.create(
         ImageRequestFields(
             image_name=FIRST_BACKUP_NAME,
             source_instance=demo.k8s_name,
@@ -370,7 +370,7 @@ def request_first_backup(cms: CMSResource, demo: Instance) -> bool:
 def redeploy_running_instances(cms: CMSResource, platform: LocalPlatform) -> list[str]:
     """After a reboot: start the servers of every instance the CMS says is running. Returns problems."""
     problems: list[str] = []
-    for instance in cms.list_instances([InstanceState.running]):
+    for instance in cms.instances.list([InstanceState.running]):
         ref = InstanceRef(k8s_name=instance.k8s_name, namespace=instance.namespace)
         if platform.server_record(ref) is None:
             problems.append(f"{instance.namespace}/{instance.k8s_name}: running in the CMS but not on this platform")
@@ -552,7 +552,7 @@ def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
 
     key = load_or_create_key(settings.state_dir / "encryption-key")
     cms = CMSResource(dsn=cms_database_dsn(cms_server), encryption_key=key)
-    applied = cms.migrate()
+    applied = cms.migrations.apply()
     log(f"CMS migrations applied now: {', '.join(applied) if applied else 'none (up to date)'}")
 
     BlobStorageResource(

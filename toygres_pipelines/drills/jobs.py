@@ -74,7 +74,7 @@ def plan_drill(
 ) -> TimedPlan:
     try:
         target = ready_image(cms, config.image)
-        drill = cms.start_drill(target.id, target.source_instance_id, context.run_id, datetime.now(UTC))
+        drill = cms.drills.start(target.id, target.source_instance_id, context.run_id, datetime.now(UTC))
         request = scratch_request(target, context.run_id, config)
         check_timeouts(request)
         plan = plan_restore(request.request_fields(), cms, platform)
@@ -99,7 +99,7 @@ def verify_row_counts(
     found = restored_counts(
         platform.endpoints(instance_ref(instance)), platform.read_instance_password(instance_ref(instance)), manifest
     )
-    drill = cms.find_drill_by_run(context.run_id)
+    drill = cms.drills.find_by_run(context.run_id)
     started = drill.started_at if drill else datetime.now(UTC)
     recovery = max(0.0, (datetime.now(UTC) - started).total_seconds())
     checked = sum(len(tables) for tables in found.values())
@@ -148,12 +148,12 @@ def finish_drill(
     cms: CMSResource,
     platform: PlatformResource,
 ) -> None:
-    drill = cms.find_drill_by_run(context.run_id)
+    drill = cms.drills.find_by_run(context.run_id)
     if drill is None:
         raise dg.Failure(description=f"no drill row for run {context.run_id}", allow_retries=False)
     remove_scratch_instance(cms, platform, context.run_id, "drill finished", context.log.info)
-    size = (image_row := cms.get_image(timed.plan.image_id)) and image_row.backup_size_bytes
-    drill = cms.finish_drill(
+    size = (image_row := cms.images.get(timed.plan.image_id)) and image_row.backup_size_bytes
+    drill = cms.drills.finish(
         drill.id,
         verdict.result,
         verdict.reason,

@@ -102,7 +102,7 @@ def pitr_drill_op(
     blob: BlobStorageResource,
     platform: PlatformResource,
 ) -> None:
-    source = cms.find_instance(config.source_instance)
+    source = cms.instances.find(config.source_instance)
     if source is None or source.state is not InstanceState.running:
         raise dg.Failure(f"source_instance: {config.source_instance!r} is not a running instance")
     result = pitr_drill(cms, blob, platform, source, context.log.info, run_id=context.run_id)
@@ -133,8 +133,8 @@ def pitr_drill_weekday(k8s_name: str) -> int:
 )
 def weekly_pitr_drills(context: dg.ScheduleEvaluationContext, cms: CMSResource):
     when = context.scheduled_execution_time or datetime.now(UTC)
-    with_bases = {b.instance_id for b in cms.list_base_backups()}
-    for instance in sorted(cms.list_instances([InstanceState.running]), key=lambda i: i.k8s_name):
+    with_bases = {b.instance_id for b in cms.base_backups.list()}
+    for instance in sorted(cms.instances.list([InstanceState.running]), key=lambda i: i.k8s_name):
         if instance.id in with_bases and pitr_drill_weekday(instance.k8s_name) == when.weekday():
             yield dg.RunRequest(
                 run_key=f"pitr-drill-{instance.k8s_name}-{when.date().isoformat()}",

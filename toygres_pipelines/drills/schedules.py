@@ -26,7 +26,7 @@ def drill_run_requests(
 ) -> list[dg.RunRequest]:
     """Today's drills: one run per due running instance, keyed by image and date (never twice)."""
     instances = []
-    for instance in cms.list_instances([InstanceState.running]):
+    for instance in cms.instances.list([InstanceState.running]):
         try:
             running_source(cms, platform, str(instance.id))
         except ValidationFailed as error:
@@ -40,7 +40,7 @@ def drill_run_requests(
             run_config={"ops": {"plan_drill": {"config": {"image": str(target.id)}}}},
             tags={KIND_TAG: DRILL_KIND, INSTANCE_TAG: instance.k8s_name},
         )
-        for instance, target in due_drills(instances, cms.list_images([ImageState.ready]), when.weekday())
+        for instance, target in due_drills(instances, cms.images.list([ImageState.ready]), when.weekday())
     ]
 
 

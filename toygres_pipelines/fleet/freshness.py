@@ -64,8 +64,8 @@ def freshness_checks(settings: FleetSettings) -> list[dg.AssetChecksDefinition]:
     )
     def backups_fresh(cms: CMSResource) -> dg.AssetCheckResult:
         report = backup_freshness(
-            fleet_instances(cms.list_instances([InstanceState.running]), cms.list_drills()),
-            cms.list_images([ImageState.ready]),
+            fleet_instances(cms.instances.list([InstanceState.running]), cms.drills.list()),
+            cms.images.list([ImageState.ready]),
             datetime.now(UTC),
             backup_window,
             grace,
@@ -80,7 +80,7 @@ def freshness_checks(settings: FleetSettings) -> list[dg.AssetChecksDefinition]:
     )
     def drills_fresh(cms: CMSResource) -> dg.AssetCheckResult:
         report = drill_freshness(
-            cms.list_instances([InstanceState.running]), cms.list_drills(), datetime.now(UTC), drill_window, grace
+            cms.instances.list([InstanceState.running]), cms.drills.list(), datetime.now(UTC), drill_window, grace
         )
         return freshness_result(report, settings.drill_freshness_severity, "drill")
 

@@ -113,7 +113,7 @@ def image(
 
 def image_named(cms: CMSResource, name: str) -> Image | None:
     """The image row of this name (the live one, else the newest), if any."""
-    found = cms.find_image(name)
+    found = cms.images.find(name)
     return found if found is not None and found.name == name else None
 
 
@@ -127,7 +127,7 @@ def report_ready_image(
         manifest, report = verify_image(blob, ready.blob_path, expected_manifest_sha256=ready.backup_checksum)
     except ImageCorrupt as error:
         why = f"failed verification when its partition was materialized again: {error}"[:4000]
-        cms.transition_image(
+        cms.images.transition(
             ready.id,
             ImageState.corrupt,
             run_id=context.run_id,

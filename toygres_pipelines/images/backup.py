@@ -73,7 +73,7 @@ def running_source(cms: CMSResource, platform: PlatformResource, ref: str) -> In
 
 def source_in_cms(cms: CMSResource, ref: str) -> Instance:
     """`running_source`'s rules the CMS alone answers (the run coordinator checks these at submit)."""
-    instance = cms.find_instance(ref)
+    instance = cms.instances.find(ref)
     if instance is None:
         raise ValidationFailed("source_instance", f"no instance {ref!r} in the CMS")
     if instance.state is not InstanceState.running:
@@ -99,7 +99,7 @@ def check_running_source(platform: PlatformResource, instance: Instance, ref: st
 
 def check_name_free(cms: CMSResource, name: str, field: str) -> None:
     """A live image (anything but failed or deleted) already has this name."""
-    existing = cms.find_image(name)
+    existing = cms.images.find(name)
     if existing is not None and existing.name == name and existing.state not in (ImageState.failed, ImageState.deleted):
         raise ValidationFailed(field, f"{name!r} is already used by image {existing.id} ({existing.state})")
 
@@ -185,7 +185,7 @@ def take_image(
     """
     source = check_running_source(platform, check_backup_request(cms, name, source_ref, parallel_jobs), source_ref)
     image_id = uuid.uuid4()
-    image = cms.reserve_image(
+    image = cms.images.reserve(
         image_id=image_id,
         name=name,
         description=description,
@@ -199,7 +199,7 @@ def take_image(
     ref = InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace)
     job_name = None
     try:
-        cms.set_image_password(image.id, platform.read_instance_password(ref))
+        cms.images.set_password(image.id, platform.read_instance_password(ref))
         blob.check_reachable()
         spec = backup_job_spec(image, source, blob, job_timeout_seconds, platform.age_recipient, parallel_jobs)
         job_name = spec.name
@@ -217,7 +217,7 @@ def take_image(
                 f"manifest says the files are encrypted for {stored_for or 'nobody (plaintext)'},"
                 f" this deployment encrypts for {platform.age_recipient or 'nobody'}"
             )
-        ready = cms.transition_image(
+        ready = cms.images.transition(
             image.id,
             ImageState.ready,
             run_id=run_id,
@@ -264,14 +264,14 @@ def fail_image(
     failed after it became ready; an unreachable CMS keeps them too (the reconciler settles
     the row later).
     """
-    current = cms.get_image(image.id)
+    current = cms.images.get(image.id)
     if current is not None and current.state is ImageState.creating:
         try:
-            current = cms.transition_image(
+            current = cms.images.transition(
                 image.id, ImageState.failed, reason=reason, run_id=run_id, expected=ImageState.creating
             )
         except InvalidTransition:  # another writer settled it first (e.g. it became ready)
-            current = cms.get_image(image.id)
+            current = cms.images.get(image.id)
     if current is None or current.state not in BLOBS_REMOVABLE:
         state = current.state if current is not None else "gone from the CMS"
         log(f"image {image.id} is {state}: its blobs are kept ({reason[:300]})")

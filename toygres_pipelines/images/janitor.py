@@ -13,7 +13,7 @@ from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
 
 def purge_failed_image_blobs(cms: CMSResource, blob: BlobStorageResource) -> int:
     """Delete every blob left under a failed image's folder; returns how many were removed."""
-    return sum(blob.delete_prefix(failed.blob_path) for failed in cms.list_images([ImageState.failed]))
+    return sum(blob.delete_prefix(failed.blob_path) for failed in cms.images.list([ImageState.failed]))
 
 
 def remove_stale_jobs(
@@ -37,7 +37,7 @@ def purge_stale_jobs_op(grace_seconds: float) -> dg.OpDefinition:
 
     @dg.op(name="purge_stale_jobs", description="Delete jobs (and their blob credentials) past their timeout")
     def purge_stale_jobs(context: dg.OpExecutionContext, cms: CMSResource, platform: PlatformResource) -> None:
-        namespaces = {instance.namespace for instance in cms.list_instances()}
+        namespaces = {instance.namespace for instance in cms.instances.list()}
         removed = remove_stale_jobs(platform, namespaces, grace_seconds, context.log.info)
         context.log.info(f"removed {len(removed)} stale job(s)")
 

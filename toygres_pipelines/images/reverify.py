@@ -16,7 +16,7 @@ class ReverifyConfig(dg.Config):
 
 def reverify(cms: CMSResource, blob: BlobStorageResource, ref: str, run_id: str, log: LogSink) -> Image:
     """corrupt -> ready when every file (and the manifest, against the CMS checksum) verifies."""
-    image = cms.find_image(ref)
+    image = cms.images.find(ref)
     if image is None:
         raise ValidationFailed("image", f"no image {ref!r}")
     if image.state is not ImageState.corrupt:
@@ -26,7 +26,7 @@ def reverify(cms: CMSResource, blob: BlobStorageResource, ref: str, run_id: str,
     except ImageCorrupt as error:
         log(f"image {image.name} still fails verification: {error}")
         raise
-    return cms.transition_image(
+    return cms.images.transition(
         image.id,
         ImageState.ready,
         run_id=run_id,

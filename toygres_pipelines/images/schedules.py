@@ -53,7 +53,7 @@ def nightly_run_requests(
     requests = []
     # One read of the running instances (a running drill's scratch instance is none of the fleet's);
     # each is checked by the rules of `running_source`.
-    fleet = fleet_instances(cms.list_instances([InstanceState.running]), cms.list_drills(results=[DrillResult.running]))
+    fleet = fleet_instances(cms.instances.list([InstanceState.running]), cms.drills.list(results=[DrillResult.running]))
     for source in sorted(fleet, key=lambda i: i.k8s_name):
         try:
             check_running_source(platform, source, str(source.id))

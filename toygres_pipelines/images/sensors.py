@@ -42,7 +42,7 @@ def image_run_request(request: ImageRequest, source_k8s_name: str) -> dg.RunRequ
 
 
 def rerequest_image(cms: CMSResource, request: ImageRequest) -> dg.RunRequest:
-    source = cms.find_instance(request.source_instance)
+    source = cms.instances.find(request.source_instance)
     return image_run_request(request, source.k8s_name if source else request.source_instance)
 
 
@@ -56,8 +56,8 @@ def evaluate_image_requests(
 
 
 IMAGE_REQUESTS = RequestKind(
-    unlaunched=lambda cms: cms.list_unlaunched_image_requests(),
-    claim=lambda cms, limit: cms.claim_pending_image_requests(limit),
+    unlaunched=lambda cms: cms.requests.unlaunched(ImageRequest),
+    claim=lambda cms, limit: cms.requests.claim(ImageRequest, limit),
     key=lambda request: request.image_name,
     check=lambda *args: check_image_request(*args),
     run_request=lambda request, source: image_run_request(request, source.k8s_name),

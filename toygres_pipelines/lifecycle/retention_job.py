@@ -67,9 +67,9 @@ def stray_folders(folders: list[str], images: list[Image]) -> list[str]:
 
 
 def compute_plan(cms: CMSResource, default: RetentionPolicy, now: datetime) -> tuple[list[Image], RetentionPlan]:
-    images = cms.list_images()
+    images = cms.images.list()
     overrides = {}
-    for instance in cms.list_instances():
+    for instance in cms.instances.list():
         if instance.retention_override:
             try:
                 overrides[instance.id] = default.with_override(instance.retention_override)
@@ -102,7 +102,7 @@ def run_retention(
     if dry_run:
         return outcome
     for decision in plan.expired:
-        current = cms.get_image(decision.image_id)
+        current = cms.images.get(decision.image_id)
         try:
             if current is None or current.state is not decision.state:
                 raise ValidationFailed("image", f"changed since the plan (now {current.state if current else 'gone'})")
@@ -135,7 +135,7 @@ def run_retention(
         except Exception as error:  # noqa: BLE001 - retried next run
             outcome.failed[f"{IMAGES_PREFIX}/{folder}"] = f"{type(error).__name__}: {error}"
     if partitions is not None and outcome.cms_unreachable is None:
-        outcome.partitions_removed = tidy_partitions(cms.list_images(), partitions, log)
+        outcome.partitions_removed = tidy_partitions(cms.images.list(), partitions, log)
     return outcome
 
 

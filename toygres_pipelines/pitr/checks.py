@@ -33,7 +33,7 @@ def archive_health(
     assert current.newest_archived_at is not None
     bases = [
         b
-        for b in cms.list_base_backups(instance.id)
+        for b in cms.base_backups.list(instance.id)
         if b.system_identifier == current.system_identifier and b.timeline == current.timeline
     ]
     since = bases[0].start_segment if bases else None
@@ -50,7 +50,7 @@ def fleet_archive_health(
 ) -> list[ArchiveHealth]:
     now = datetime.now(UTC)
     report = []
-    for instance in cms.list_instances([InstanceState.running]):
+    for instance in cms.instances.list([InstanceState.running]):
         try:
             report.append(archive_health(cms, blob, platform, instance, now))
         except Exception as error:  # noqa: BLE001 - named, never stops the others

@@ -47,12 +47,12 @@ def restore_to_time(
 ) -> Instance:
     """ValidationFailed (naming the field and the window) before anything exists; else the new
     instance, running. A failure removes what was made and leaves the row failed with the reason."""
-    source = cms.find_instance(source_instance)
+    source = cms.instances.find(source_instance)
     if source is None:
         raise ValidationFailed("source_instance", f"no instance {source_instance!r}")
     validate_dns_label(name, "name")
     validate_azure_dns_label(dns_label, "dns_label")
-    if cms.dns_name_in_use(dns_label):
+    if cms.instances.dns_name_in_use(dns_label):
         raise ValidationFailed("dns_label", f"{dns_label} is used by another instance")
     base, plan = plan_recovery(cms, blob, source, target_time)
     if postgres_version is not None and postgres_version != base.postgres_version:
@@ -63,7 +63,7 @@ def restore_to_time(
         )
     platform.check_postgres_version(base.postgres_version, "postgres_version", "the base backup")
     ref = InstanceRef(k8s_name=new_k8s_name(name), namespace=platform.resolve_namespace(namespace))
-    instance = cms.create_instance(
+    instance = cms.instances.create(
         user_name=name,
         k8s_name=ref.k8s_name,
         namespace=ref.namespace,
@@ -81,8 +81,8 @@ def restore_to_time(
         source_postgres_version=base.postgres_version,
     )
     try:
-        cms.hold_base_backup(instance.id, base.id)
-        platform.ensure_instance_secret(ref, cms.base_backup_password(base.id))
+        cms.base_backups.hold(instance.id, base.id)
+        platform.ensure_instance_secret(ref, cms.base_backups.password(base.id))
         platform.create_volume(ref, instance.storage_size_gb)
         log(f"restoring {ref.k8s_name} from base backup {base.id} + {len(plan.segments)} WAL segment(s) "
             f"to {target_time.isoformat() if target_time else 'latest'}")  # fmt: skip
@@ -99,7 +99,7 @@ def restore_to_time(
         platform.wait_ready(ref, READY_TIMEOUT_SECONDS)
         endpoints = platform.endpoints(ref)
         strings = connection_strings(endpoints, password=None)
-        return cms.transition_instance(
+        return cms.instances.transition(
             instance.id,
             InstanceState.running,
             reason=f"restored from base backup {base.id} to {plan.target_time or 'latest'}",
@@ -108,7 +108,7 @@ def restore_to_time(
             external_ip=endpoints.external_ip,
         )
     except BaseException as error:
-        cms.transition_instance(instance.id, InstanceState.failed, reason=str(error)[:2000])
+        cms.instances.transition(instance.id, InstanceState.failed, reason=str(error)[:2000])
         platform.delete_instance(ref)
         raise
 

@@ -21,7 +21,7 @@ from datetime import datetime
 import dagster as dg
 from pydantic import BaseModel
 
-from records import ImageState, InstanceState, LogSink, RequestState
+from records import ImageRequest, ImageState, InstanceState, LogSink, RequestState, RestoreRequest
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
@@ -51,13 +51,13 @@ def stuck_run_ids(instance: dg.DagsterInstance, cms: CMSResource) -> dict[str, f
         if run_id:
             run_ids[run_id] = max(run_ids.get(run_id, 0.0), changed.timestamp())
 
-    for image in cms.list_images([ImageState.creating]):
+    for image in cms.images.list([ImageState.creating]):
         add(image.run_id, image.updated_at)
-    for row in cms.list_instances([InstanceState.creating]):
+    for row in cms.instances.list([InstanceState.creating]):
         add(row.run_id, row.updated_at)
     for request in [
-        *cms.list_image_requests([RequestState.accepted]),
-        *cms.list_restore_requests([RequestState.accepted]),
+        *cms.requests.list(ImageRequest, [RequestState.accepted]),
+        *cms.requests.list(RestoreRequest, [RequestState.accepted]),
     ]:
         run_id = request.run_id
         if run_id is None:

@@ -61,10 +61,10 @@ class Settlement(BaseModel):
 def request_for_run(cms: CMSResource, run_id: str, tags: Mapping[str, str]) -> ImageRequest | RestoreRequest | None:
     request_id = tags.get(REQUEST_ID_TAG)
     if request_id:
-        found = cms.get_image_request(request_id) or cms.get_restore_request(request_id)
+        found = cms.requests.get(ImageRequest, request_id) or cms.requests.get(RestoreRequest, request_id)
         if found is not None:
             return found
-    return cms.find_request_by_run(run_id)
+    return cms.requests.find_by_run(run_id)
 
 
 def record_run_start(cms: CMSResource, run_id: str, tags: Mapping[str, str], log: LogSink) -> str | None:
@@ -72,7 +72,7 @@ def record_run_start(cms: CMSResource, run_id: str, tags: Mapping[str, str], log
     request = request_for_run(cms, run_id, tags)
     if request is None or request.state is not RequestState.accepted or request.run_id is not None:
         return None
-    cms.attach_request_run(request.id, run_id)
+    cms.requests.attach_run(request.id, run_id)
     log(f"request {request.id}: run {run_id} started")
     return str(request.id)
 
@@ -98,7 +98,7 @@ def settle_run(
             return f"run {run_id} succeeded without marking the {what}"
         return (reason or f"run {run_id} failed")[:REASON_MAX]
 
-    image = cms.find_image_by_run(run_id)
+    image = cms.images.find_by_run(run_id)
     if image is not None and image.state is ImageState.creating:
         failed_why = leftover_why("image ready")
         try:
@@ -107,7 +107,7 @@ def settle_run(
         except CMSError as error:  # InvalidTransition: another writer got there first
             log(f"image {image.id}: {error}")
 
-    instance = cms.find_instance_by_run(run_id)
+    instance = cms.instances.find_by_run(run_id)
     if instance is not None and instance.state is InstanceState.creating:
         failed_why = leftover_why("instance running")
         try:
@@ -128,8 +128,9 @@ def settle_run(
     request_reason = None if ok else failed_why
     try:
         if isinstance(request, RestoreRequest):
-            restored = cms.find_instance_by_run(run_id)
-            cms.transition_restore_request(
+            restored = cms.instances.find_by_run(run_id)
+            cms.requests.transition(
+                RestoreRequest,
                 request.id,
                 target,
                 reason=request_reason,
@@ -138,7 +139,8 @@ def settle_run(
                 expected=RequestState.accepted,
             )
         else:
-            cms.transition_image_request(
+            cms.requests.transition(
+                ImageRequest,
                 request.id,
                 target,
                 reason=request_reason,

@@ -208,7 +208,7 @@ def check_timeouts(config: RestoreConfig) -> None:
 
 
 def ready_image(cms: CMSResource, ref: str) -> Image:
-    image = cms.find_image(ref, field="source_image_id")
+    image = cms.images.find(ref, field="source_image_id")
     if image is None:
         kind = "id" if parse_uuid(ref) else "name"
         raise ValidationFailed("source_image_id", f"no image with {kind} {ref!r}")
@@ -230,7 +230,7 @@ def request_source(fields: RestoreRequestFields, cms: CMSResource) -> Image | Ba
     else:
         source = ready_image(cms, fields.source_image_id or "")
         target_postgres_version(source.postgres_version, fields.postgres_version, source.name)
-    if cms.dns_name_in_use(fields.dns_label):
+    if cms.instances.dns_name_in_use(fields.dns_label):
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     return source
 
@@ -288,7 +288,7 @@ def point_in_time_source(fields: RestoreRequestFields, cms: CMSResource) -> Base
     parse_target_time(fields.target_time)
     if fields.databases is not None:
         raise ValidationFailed("databases", "a point-in-time restore restores every database")
-    base = cms.get_base_backup(fields.source_image_id or "")
+    base = cms.base_backups.get(fields.source_image_id or "")
     if base is None or base.state.value != "ready":
         raise ValidationFailed(
             "source_image_id", f"no ready base backup {fields.source_image_id!r} (`pitr-status` lists the windows)"
@@ -313,7 +313,7 @@ def plan_point_in_time(
     """The base backup's instance and window (with `blob`; the request sensor reads no blob storage,
     the run's validate step does) checked before anything is created."""
     target = parse_target_time(fields.target_time)
-    source = cms.get_instance(base.instance_id)
+    source = cms.instances.get(base.instance_id)
     if source is None:
         raise ValidationFailed("source_image_id", f"base backup {base.id} has no instance")
     platform.check_postgres_version(base.postgres_version, "source_image_id", f"base backup {base.id}")

@@ -61,7 +61,7 @@ def request_key(context: dg.OpExecutionContext) -> str:
 
 
 def still_creating(cms: CMSResource, instance: Instance) -> Instance:
-    current = cms.get_instance(instance.id)
+    current = cms.instances.get(instance.id)
     if current is None or current.state is not InstanceState.creating:
         state = current.state if current else "gone"
         raise dg.Failure(
@@ -125,7 +125,7 @@ def create_instance_record(
     context: dg.OpExecutionContext, timed: TimedPlan, cms: CMSResource, platform: PlatformResource
 ) -> Instance:
     plan, key = timed.plan, request_key(context)
-    for earlier in cms.find_instances_by_tag(REQUEST_KEY, key):
+    for earlier in cms.instances.find_by_tag(REQUEST_KEY, key):
         if earlier.state is InstanceState.running:
             raise dg.Failure(description=f"request {key} already restored as {earlier.k8s_name}", allow_retries=False)
         if earlier.state is InstanceState.creating:
@@ -138,7 +138,7 @@ def create_instance_record(
                 log=context.log.info,
             )
     try:
-        return cms.create_instance(
+        return cms.instances.create(
             user_name=plan.user_name,
             k8s_name=plan.k8s_name,
             namespace=plan.namespace,
@@ -162,7 +162,7 @@ def create_instance_secret(
 ) -> Instance:
     instance = still_creating(cms, instance)
     plan = timed.plan
-    password = cms.base_backup_password(plan.image_id) if plan.point_in_time else cms.image_password(plan.image_id)
+    password = cms.base_backups.password(plan.image_id) if plan.point_in_time else cms.images.password(plan.image_id)
     platform.ensure_instance_secret(instance_ref(instance), password)
     return instance
 
@@ -191,7 +191,7 @@ def run_restore_job(
         if timed.plan.recovery is None:
             raise dg.Failure("target_time: the restore was planned without its WAL (no blob storage)")
         try:
-            cms.hold_base_backup(instance.id, timed.plan.image_id)
+            cms.base_backups.hold(instance.id, timed.plan.image_id)
         except ValidationFailed as error:
             raise invalid_request(error) from None
         run_pitr_job(platform, blob, instance_ref(instance), timed.plan.recovery, timed.plan.postgres_version,
@@ -271,7 +271,7 @@ def mark_instance_running(
     context: dg.OpExecutionContext, instance: Instance, address: InstanceAddress, server_version: str, cms: CMSResource
 ) -> dg.Output[Instance]:
     still_creating(cms, instance)
-    running = cms.transition_instance(
+    running = cms.instances.transition(
         instance.id,
         InstanceState.running,
         run_id=context.run_id,
@@ -281,7 +281,7 @@ def mark_instance_running(
         external_ip=address.endpoints.external_ip,
     )
     connect = f"toygres-pipelines connect {running.k8s_name}"
-    image = cms.get_image(running.source_image_id) if running.source_image_id else None
+    image = cms.images.get(running.source_image_id) if running.source_image_id else None
     context.log.info(
         f"instance {running.namespace}/{running.k8s_name} is running at {address.strings.ip}: connect with "
         f"`{connect}` (prints the psql command; add --show-password for one carrying the password, read from "
@@ -305,7 +305,7 @@ def mark_instance_running(
 def clean_up_failed_instance(context: dg.HookContext) -> None:
     """Whatever step failed: remove what this run created and mark its instance failed."""
     cms: CMSResource = context.resources.cms
-    instance = cms.find_instance_by_run(context.run_id)
+    instance = cms.instances.find_by_run(context.run_id)
     if instance is None or instance.state is not InstanceState.creating:
         return
     reason = f"step {context.op.name} failed: {context.op_exception}"

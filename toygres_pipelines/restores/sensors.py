@@ -42,7 +42,7 @@ def restore_run_request(request: RestoreRequest, image_id: str) -> dg.RunRequest
 
 
 def rerequest_restore(cms: CMSResource, request: RestoreRequest) -> dg.RunRequest:
-    image = cms.find_image(request.source_image_id or "")
+    image = cms.images.find(request.source_image_id or "")
     return restore_run_request(request, str(image.id) if image else request.source_image_id or "")
 
 
@@ -53,8 +53,8 @@ def evaluate_restore_requests(
 
 
 RESTORE_REQUESTS = RequestKind(
-    unlaunched=lambda cms: cms.list_unlaunched_restore_requests(),
-    claim=lambda cms, limit: cms.claim_pending_restore_requests(limit),
+    unlaunched=lambda cms: cms.requests.unlaunched(RestoreRequest),
+    claim=lambda cms, limit: cms.requests.claim(RestoreRequest, limit),
     key=lambda request: request.dns_label,
     check=lambda *args: check_restore_request(*args),
     run_request=lambda request, image_id: restore_run_request(request, image_id),

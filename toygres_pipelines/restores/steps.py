@@ -127,7 +127,7 @@ def verification_failure(error: BaseException) -> str | None:
 def mark_image_corrupt(cms: CMSResource, plan: RestorePlan, why: str, run_id: str, log: LogSink) -> None:
     """A ready image whose bytes failed verification is never offered again until re-verified."""
     try:
-        cms.transition_image(
+        cms.images.transition(
             plan.image_id,
             ImageState.corrupt,
             run_id=run_id,
@@ -163,7 +163,7 @@ def clean_up_failed_restore(
             action()
         except Exception as error:  # noqa: BLE001 - keep cleaning; say what is left
             log(f"cleanup: could not remove the {what} of {instance.k8s_name}: {error}")
-    current = cms.get_instance(instance.id)
+    current = cms.instances.get(instance.id)
     if current is not None and current.state in (InstanceState.creating, InstanceState.running):
-        cms.transition_instance(instance.id, InstanceState.failed, reason=reason[:4000])
+        cms.instances.transition(instance.id, InstanceState.failed, reason=reason[:4000])
     log(f"cleanup: instance {instance.k8s_name} marked failed: {reason[:300]}")

@@ -84,7 +84,7 @@ def settle_unlaunched(
     for request, age in unlaunched:
         run = first_run_for_request(instance, request.id)
         if run is not None:
-            cms.attach_request_run(request.id, run.run_id)
+            cms.requests.attach_run(request.id, run.run_id)
             done.attached[str(request.id)] = run.run_id
         elif age >= relaunch_after:
             done.run_requests.append(rerequest(request))
