@@ -73,6 +73,14 @@ class AutomationSettings(BaseModel):
         description="An instance created less than this ago is `new`: a missing image or drill does not put it "
         "out of its windows yet (a restored copy has none)",
     )
+    rpo_target_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="The RPO target: wal_archive_fresh is an ERROR (and pitr-status exits 4) for a running "
+        "instance whose WAL archive lags more than this",
+    )
     freshness_cron: str = Field(default="15 * * * *", description="When backups_fresh and drills_fresh are evaluated")
     drill_cron: str = Field(
         default="0 5 * * *",

@@ -13,9 +13,15 @@ from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from resources.wal_archive import list_timelines
+from toygres_pipelines.automation.settings import AutomationSettings
 
 FLEET = dg.AssetKey("fleet")
-RPO_SECONDS = 60.0  # TOYGRES has no setting for it yet: docs/pitr.md
+RPO_ENV = AutomationSettings.env_name("rpo_target_seconds")
+
+
+def rpo_target_seconds() -> float:
+    """The RPO target, read when a check or command runs (a changed setting needs no reload)."""
+    return AutomationSettings.from_env().rpo_target_seconds
 
 
 def archive_health(
@@ -66,19 +72,23 @@ def fleet_archive_health(
 @dg.asset_check(
     asset=FLEET,
     name="wal_archive_fresh",
-    description=f"Every running instance's WAL archive lags less than {RPO_SECONDS:.0f} s (the RPO target); "
-    "offenders named with the archiver's last error.",
+    description=f"Every running instance's WAL archive lags less than the RPO target ({RPO_ENV}, default "
+    f"{AutomationSettings().rpo_target_seconds:.0f} s); offenders named with the archiver's last error.",
 )
 def wal_archive_fresh(cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource) -> dg.AssetCheckResult:
+    rpo = rpo_target_seconds()
     report = fleet_archive_health(cms, blob, platform)
-    stale = [h.describe_lag(RPO_SECONDS) for h in report if not h.fresh(RPO_SECONDS)]
+    stale = [h.describe_lag(rpo) for h in report if not h.fresh(rpo)]
     lags = [h.lag_seconds for h in report if h.lag_seconds is not None]
     return dg.AssetCheckResult(
         passed=not stale,
         severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(stale) if stale else f"all {len(report)} running instance(s) within the RPO target",
+        description="; ".join(stale)
+        if stale
+        else f"all {len(report)} running instance(s) within the RPO target ({rpo:g} s)",
         metadata={
             "max_lag_seconds": dg.MetadataValue.float(max(lags) if lags else 0.0),
+            "rpo_target_seconds": dg.MetadataValue.float(rpo),
             "offenders": dg.MetadataValue.text(", ".join(stale) or "none"),
             "instances": dg.MetadataValue.json([h.model_dump(mode="json") for h in report]),
         },
