@@ -15,6 +15,7 @@ from resources.cms.encryption import PasswordBox
 from resources.cms.events import EventsTable
 from resources.cms.images import ImagesTable
 from resources.cms.instances import InstancesTable
+from resources.cms.pitr_drills import PitrDrillsTable
 from resources.cms.requests import RequestsTable
 from resources.cms.schema import Migrations
 
@@ -26,6 +27,7 @@ class CMSResource(
     RequestsTable,
     DrillsTable,
     BaseBackupsTable,
+    PitrDrillsTable,
     Migrations,
     dg.ConfigurableResource,
 ):

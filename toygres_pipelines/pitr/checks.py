@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from records import Instance, InstanceState
+from records.drills import DrillResult
 from records.wal import ArchiveHealth, find_gaps
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -113,6 +114,62 @@ def wal_archive_continuous(
             "instances_with_gaps": dg.MetadataValue.int(len(broken)),
             "offenders": dg.MetadataValue.text(", ".join(broken) or "none"),
         },
+    )
+
+
+PITR_RESTORABLE_CHECK = "pitr_restorable"
+
+
+def pitr_restorable_evaluation(cms: CMSResource) -> dg.AssetCheckEvaluation:
+    """Each running instance's newest PITR drill (toygres_cms.pitr_drills): an ERROR naming every
+    instance whose newest drill failed; metadata: each one's result, target, replayed point and RTO
+    (`max_rto_seconds`, a float per evaluation, plots over time). Instances never drilled are
+    listed, not failed (the weekly schedule drills each one)."""
+    running = {i.id: f"{i.namespace}/{i.k8s_name}" for i in cms.list_instances([InstanceState.running])}
+    newest = [d for d in cms.latest_pitr_drills() if d.source_instance_id in running]
+    failed = [f"{running[d.source_instance_id]} ({d.reason})" for d in newest if d.result is not DrillResult.passed]
+    rtos = [d.rto_seconds for d in newest if d.rto_seconds is not None]
+    drilled = {d.source_instance_id for d in newest}
+    never = sorted(name for key, name in running.items() if key not in drilled)
+    shown = [
+        {"instance": running[d.source_instance_id], "result": d.result.value, "run_id": d.run_id,
+         "target_time": d.target_time.isoformat() if d.target_time else None,
+         "replayed_at": d.replayed_at.isoformat() if d.replayed_at else None,
+         "rto_seconds": d.rto_seconds, "finished_at": d.finished_at.isoformat(), "reason": d.reason}
+        for d in sorted(newest, key=lambda d: running[d.source_instance_id])
+    ]  # fmt: skip
+    passed_text = f"the newest PITR drill of {len(newest)} running instance(s) passed"
+    return dg.AssetCheckEvaluation(
+        asset_key=FLEET,
+        check_name=PITR_RESTORABLE_CHECK,
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(failed)
+        if failed
+        else passed_text + (f"; never drilled: {', '.join(never)}" if never else ""),
+        metadata={
+            "max_rto_seconds": dg.MetadataValue.float(max(rtos) if rtos else 0.0),
+            "offenders": dg.MetadataValue.text(", ".join(failed) or "none"),
+            "never_drilled": dg.MetadataValue.text(", ".join(never) or "none"),
+            "instances": dg.MetadataValue.json(shown),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=FLEET,
+    name=PITR_RESTORABLE_CHECK,
+    description="Every running instance's newest PITR drill (job pitr_drill) passed: restored to a point in its "
+    "window, replayed point checked, pg_amcheck clean; metadata: result, target, replayed point, RTO. Each drill "
+    "reports here; executing the check reports the newest drills again (it does not run one).",
+)
+def pitr_restorable(cms: CMSResource) -> dg.AssetCheckResult:
+    evaluation = pitr_restorable_evaluation(cms)
+    return dg.AssetCheckResult(
+        passed=evaluation.passed,
+        severity=evaluation.severity,
+        description=evaluation.description,
+        metadata=evaluation.metadata,
     )
 
 

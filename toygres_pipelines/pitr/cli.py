@@ -89,6 +89,7 @@ def add_pitr_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> No
         help="per running instance: recoverable window, archive lag and gaps, base backups",
         description="Per running instance: the earliest and latest second it can be restored to (from its ready "
         "base backups and its WAL archive), the archive's lag and gaps. Exit "
-        f"{EXIT_OUT_OF_TARGET} when any instance has no window, a gap, or a lag over the RPO target ({RPO_ENV}, default 60 s).",
+        f"{EXIT_OUT_OF_TARGET} when any instance has no window, a gap, or a lag over the RPO target "
+        f"({RPO_ENV}, default 60 s).",
     )
     status.set_defaults(handler=cmd_pitr_status)
