@@ -73,6 +73,6 @@ class PitrDrillsTable(Queries):
         )
         return self._pitr_drills(query.format(c=COLUMNS, t=TABLE), [])
 
-    def _pitr_drills(self, query: sql.Composable, params: list) -> list[PitrDrill]:
+    def _pitr_drills(self, query: sql.Composed, params: list) -> list[PitrDrill]:
         with self.connection() as conn:
             return conn.cursor(row_factory=class_row(PitrDrill)).execute(query, params).fetchall()
