@@ -55,7 +55,10 @@ def pitr_drill(
 ) -> PitrDrillResult:
     """Drill `source` and record the result in toygres_cms.pitr_drills (whatever it is)."""
     started_at = datetime.now(UTC)
-    result = drill_once(cms, blob, platform, source, log, run_id)
+    try:
+        result = drill_once(cms, blob, platform, source, log, run_id)
+    except Exception as error:  # noqa: BLE001 - the window unreadable, the scratch not deletable: recorded too
+        result = PitrDrillResult(passed=False, reason=f"{type(error).__name__}: {error}"[:2000])
     cms.record_pitr_drill(
         source.id, DrillResult.passed if result.passed else DrillResult.failed, result.reason,
         started_at=started_at, run_id=run_id, base_backup_id=result.base_backup_id, target_time=result.target_time,
