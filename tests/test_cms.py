@@ -71,7 +71,7 @@ def transitions(cms: CMSResource, entity_id) -> list[tuple[str | None, str]]:
 
 # ---- the resource is composed of repositories -------------------------------------------------
 
-REPOSITORIES = ("instances", "images", "events", "requests", "drills", "base_backups", "migrations")
+REPOSITORIES = ("instances", "images", "events", "requests", "drills", "base_backups", "pitr_drills", "migrations")
 
 
 def test_the_repositories_are_attributes_of_the_resource_and_none_of_their_methods_is_on_it():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -154,8 +154,10 @@ def test_a_restored_instance_archives_into_its_own_prefix(cms, blob, platform, b
 def test_a_deleted_segment_turns_wal_archive_continuous_red(cms, blob, platform, backed_up):
     import dagster as dg
 
-    from toygres_pipelines.pitr.checks import FLEET, check_wal_archives, wal_archive_continuous, wal_archive_fresh
+    from toygres_pipelines.pitr.checks import FLEET, check_wal_archives, wal_archive_continuous, wal_archive_fresh_check
+    from toygres_pipelines.pitr.settings import PitrSettings
 
+    wal_archive_fresh = wal_archive_fresh_check(PitrSettings())
     source, dsn, backup = backed_up
     defs = dg.Definitions(
         assets=[dg.AssetSpec(FLEET)],
@@ -406,3 +408,87 @@ def test_a_restore_whose_base_backup_retention_deleted_after_planning_is_refused
     assert replays == []
     [late] = [i for i in cms.instances.list() if i.user_name == "late"]
     assert late.state is InstanceState.failed
+
+
+def run_pitr_drill(cms, blob, platform, source, instance):
+    from toygres_pipelines.drills.pitr_drill import pitr_drill_job
+
+    return pitr_drill_job.execute_in_process(
+        run_config={"ops": {"pitr_drill_op": {"config": {"source_instance": source.k8s_name}}}},
+        resources={"cms": cms, "blob": blob, "platform": platform},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def pitr_check_evaluations(instance) -> list:
+    import dagster as dg
+
+    from toygres_pipelines.pitr.checks import PITR_RESTORABLE_CHECK
+
+    records = instance.get_event_records(
+        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), ascending=True
+    )
+    found = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    return [e for e in found if e.check_name == PITR_RESTORABLE_CHECK]
+
+
+def test_a_pitr_drill_is_recorded_in_the_cms_and_shown_by_the_fleet_check(cms, blob, platform, backed_up):
+    """Result, target time, replayed point and RTO in toygres_cms.pitr_drills; the drill reports
+    `pitr_restorable` on the fleet asset, and executing the check reports the same from the CMS."""
+    import dagster as dg
+
+    from records.drills import DrillResult
+    from toygres_pipelines.pitr.checks import FLEET, pitr_restorable
+
+    source, dsn, backup = backed_up
+    for label in ("r1", "r2"):
+        moment = commit(dsn, label)
+    archived_until(cms, blob, source, moment)
+    # The archive stops changing: a partial segment re-uploaded between the drill's plan and its
+    # download fails the restore's sha256 check (a known race of active archives, docs/pitr.md).
+    platform.remove_wal_archiver(InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace))
+    instance = dg.DagsterInstance.ephemeral()
+    started = datetime.now(UTC)
+    result = run_pitr_drill(cms, blob, platform, source, instance)
+    assert result.success
+    [row] = cms.pitr_drills.list(source_instance_id=source.id)
+    assert row.result is DrillResult.passed and row.run_id == result.run_id and row.base_backup_id == backup.id
+    assert row.target_time is not None and backup.consistent_at <= row.target_time <= moment
+    assert row.replayed_at is None or row.replayed_at <= row.target_time
+    assert row.rto_seconds is not None and 0 < row.rto_seconds <= (datetime.now(UTC) - started).total_seconds()
+    assert row.scratch and row.scratch.startswith("pitr-drill-") and row.finished_at is not None
+
+    [evaluation] = pitr_check_evaluations(instance)
+    assert evaluation.passed and evaluation.asset_key == FLEET
+    assert evaluation.metadata["max_rto_seconds"].value == pytest.approx(row.rto_seconds)
+    [shown] = evaluation.metadata["instances"].value
+    assert shown["instance"] == f"default/{source.k8s_name}" and shown["result"] == "passed"
+
+    defs = dg.Definitions(
+        assets=[dg.AssetSpec(FLEET)],
+        asset_checks=[pitr_restorable],
+        jobs=[dg.define_asset_job("evaluate", selection=dg.AssetSelection.checks(pitr_restorable))],
+        resources={"cms": cms},
+    )
+    again = defs.resolve_job_def("evaluate").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    [executed] = again.get_asset_check_evaluations()
+    assert executed.passed and executed.metadata["max_rto_seconds"].value == pytest.approx(row.rto_seconds)
+
+
+def test_a_failed_pitr_drill_is_recorded_and_turns_the_fleet_check_red(cms, blob, platform, archived):  # noqa: F811
+    import dagster as dg
+
+    from records.drills import DrillResult
+
+    ref, _, _ = archived
+    source = register_running(cms, platform, ref)  # no base backup: no recoverable window
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_pitr_drill(cms, blob, platform, source, instance)
+    assert not result.success
+    [row] = cms.pitr_drills.list(source_instance_id=source.id)
+    assert row.result is DrillResult.failed and row.run_id == result.run_id
+    assert row.reason and "no recoverable window" in row.reason and row.rto_seconds is None
+    [evaluation] = pitr_check_evaluations(instance)
+    assert not evaluation.passed and evaluation.severity is dg.AssetCheckSeverity.ERROR
+    assert f"default/{source.k8s_name}" in (evaluation.description or "")

@@ -356,6 +356,7 @@ def test_backups_and_restores_take_slots_of_their_pools():
         "fleet_drills_fresh",
         "fleet_wal_archive_fresh",
         "fleet_wal_archive_continuous",
+        "fleet_pitr_restorable",
     }
     assert set(pools.values()) == {None}
     restore_job = defs.resolve_job_def("restore_instance")

@@ -16,7 +16,7 @@ EXTREMES = ["inf", "nan", "1e400", "-1", "99999999999999999999999"]
 
 
 def test_every_numeric_setting_is_declared_with_bounds():
-    assert len(NUMERIC) == 9  # new_instance_grace_hours (issue 23) is the ninth
+    assert len(NUMERIC) == 10  # rpo_target_seconds (issue 24) is the tenth
     for name in NUMERIC:
         kinds = {type(m).__name__ for m in Settings.model_fields[name].metadata}
         assert kinds & {"Ge", "Gt"} and "Le" in kinds, name
@@ -32,6 +32,14 @@ def test_an_extreme_setting_names_the_variable_and_the_range(field, value):
         rf"{variable}: {re.escape(repr(value))} must be a (whole )?number (from -?\d+ to|more than 0 and at most) \d+",
         str(refused.value),
     ), str(refused.value)
+
+
+@pytest.mark.parametrize(("value", "rule"), [("0", "more than 0 and at most 86400"), ("86401", "more than 0")])
+def test_the_rpo_target_is_a_bounded_setting(value, rule):
+    assert Settings().rpo_target_seconds == 60
+    assert Settings.from_env({"TOYGRES_RPO_TARGET_SECONDS": "15"}).rpo_target_seconds == 15
+    with pytest.raises(ValueError, match=f"TOYGRES_RPO_TARGET_SECONDS: {value!r} must be a number {rule}"):
+        Settings.from_env({"TOYGRES_RPO_TARGET_SECONDS": value})
 
 
 @pytest.mark.parametrize("value", ["inf", "1e400", "-1", "0", "3601", "abc"])

@@ -40,5 +40,5 @@ def domain_definitions(settings: Settings) -> dg.Definitions:
         lifecycle_definitions(settings),
         fleet_definitions(settings),
         requests_definitions(settings),
-        pitr_definitions(),
+        pitr_definitions(settings),
     )

@@ -15,13 +15,14 @@ from resources.cms.encryption import PasswordBox
 from resources.cms.events import EventsTable
 from resources.cms.images import ImagesTable
 from resources.cms.instances import InstancesTable
+from resources.cms.pitr_drills import PitrDrillsTable
 from resources.cms.requests import RequestsTable
 from resources.cms.schema import Migrations
 
 
 class CMSResource(dg.ConfigurableResource):
     """The toygres CMS (PostgreSQL, schema toygres_cms), composed of one repository per table:
-    `cms.instances`, `cms.images`, `cms.events`, `cms.requests`, `cms.drills`, `cms.base_backups`,
+    `cms.instances`, `cms.images`, `cms.events`, `cms.requests`, `cms.drills`, `cms.base_backups`, `cms.pitr_drills`,
     and `cms.migrations` (the schema). Each repository is a small `Queries` over this resource's
     connections; each call opens a short connection, so one resource serves many threads at once.
     """
@@ -76,6 +77,10 @@ class CMSResource(dg.ConfigurableResource):
     @property
     def base_backups(self) -> BaseBackupsTable:
         return BaseBackupsTable(self)
+
+    @property
+    def pitr_drills(self) -> PitrDrillsTable:
+        return PitrDrillsTable(self)
 
     @property
     def migrations(self) -> Migrations:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import json
 import re
 from functools import cache
 from pathlib import Path
@@ -56,6 +57,8 @@ DNS_LABEL_ANNOTATION = "service.beta.kubernetes.io/azure-dns-label-name"
 # Without it, AKS also allows the cluster's own load balancer rules around the ranges (cloud-provider-azure).
 DENY_ALL_EXCEPT_RANGES_ANNOTATION = "service.beta.kubernetes.io/azure-deny-all-except-load-balancer-source-ranges"
 ORIGINAL_LABELS_ANNOTATION = "toygres/original-labels"
+# The sha256 of the spec a Deployment was rendered with: a different one means its settings changed.
+SPEC_SHA256_ANNOTATION = "toygres/spec-sha256"
 
 PASSWORD_KEY = "password"
 SAS_KEY = "sas"
@@ -764,4 +767,18 @@ def wal_archiver_deployment(namespace: str, settings: ManifestSettings) -> Manif
     for volume in pod["volumes"]:
         if volume["name"] == "config":
             volume["secret"]["secretName"] = WAL_ARCHIVER_NAME
+    digest = hashlib.sha256(json.dumps(manifest["spec"], sort_keys=True).encode()).hexdigest()
+    manifest["metadata"].setdefault("annotations", {})[SPEC_SHA256_ANNOTATION] = digest
     return manifest
+
+
+def merge_patch(current: object, wanted: object) -> object:
+    """The JSON merge patch (RFC 7386) turning `current` into `wanted`: keys `wanted` lacks are
+    removed (null), so a setting taken away (a pull secret, a limit) goes too; fields the API server
+    defaults come back as its defaults."""
+    if not isinstance(current, dict) or not isinstance(wanted, dict):
+        return wanted
+    patch: dict[str, object] = {key: None for key in current if key not in wanted}
+    for key, value in wanted.items():
+        patch[key] = merge_patch(current.get(key), value)
+    return patch

@@ -14,7 +14,8 @@ from resources.cms import CMSResource
 from toygres_pipelines.cli.exits import EXIT_OK, EXIT_OUT_OF_WINDOWS
 from toygres_pipelines.cli.output import print_json, print_table, when
 from toygres_pipelines.cli.parsing import add_command
-from toygres_pipelines.pitr.checks import RPO_SECONDS, archive_health
+from toygres_pipelines.cli.settings import automation_settings
+from toygres_pipelines.pitr.checks import RPO_ENV, archive_health
 from toygres_pipelines.pitr.window import window_of
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
 
@@ -32,6 +33,7 @@ class PitrStatusRow(BaseModel):
 def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     blob = blob_from_env().process_config_and_initialize()
     platform = platform_from_env()
+    rpo = automation_settings().rpo_target_seconds
     now = datetime.now(UTC)
     rows = []
     for instance in cms.instances.list([InstanceState.running]):
@@ -42,8 +44,8 @@ def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> 
             problems.append(f"archiver: {health.why}")
         if state.window is None:
             problems.append(f"no window: {state.why_none}")
-        if not health.fresh(RPO_SECONDS):
-            problems.append(health.describe_lag(RPO_SECONDS))
+        if not health.fresh(rpo):
+            problems.append(health.describe_lag(rpo))
         rows.append(
             PitrStatusRow(
                 instance=f"{instance.namespace}/{instance.k8s_name}",
@@ -87,5 +89,6 @@ def add_pitr_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> No
         help="per running instance: recoverable window, archive lag and gaps, base backups",
         description="Per running instance: the earliest and latest second it can be restored to (from its ready "
         "base backups and its WAL archive), the archive's lag and gaps. Exit "
-        f"{EXIT_OUT_OF_WINDOWS} when any instance has no window, a gap, or a lag over {RPO_SECONDS:.0f} s.",
+        f"{EXIT_OUT_OF_WINDOWS} when any instance has no window, a gap, or a lag over the RPO target "
+        f"({RPO_ENV}, default 60 s).",
     )
