@@ -141,7 +141,9 @@ def backup_job_spec(
         instance=InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace),
         env={
             # a parallel backup writes into its staging container; the run copies it into the image
-            "BLOB_URL": blob.staging_url(image.id) if parallel_jobs > SINGLE_STREAM else blob.folder_url(image.blob_path),
+            "BLOB_URL": (
+                blob.staging_url(image.id) if parallel_jobs > SINGLE_STREAM else blob.folder_url(image.blob_path)
+            ),
             "IMAGE_NAME": image.name,
             "SOURCE_INSTANCE": source.k8s_name,
             "SOURCE_NAMESPACE": source.namespace,

@@ -56,7 +56,9 @@ def purge_stale_jobs(context: dg.OpExecutionContext, cms: CMSResource, platform:
 
 
 @dg.job(
-    description="Remove what failed runs left behind: blobs and staging containers of failed backups, jobs past their timeout",
+    description=(
+        "Remove what failed runs left behind: blobs and staging containers of failed backups, jobs past their timeout"
+    ),
     tags={"toygres/kind": "maintenance"},
 )
 def purge_failed_image_blobs_job():
