@@ -33,7 +33,8 @@ cleanup() {
 }
 trap cleanup EXIT
 rm -rf "$staging"
-mkdir -p "$staging/wal"
+# (made by the local platform already, setgid; on Kubernetes the volume's fsGroup is the serve role's group)
+mkdir -p "$staging/wal" "$handoff/data" "$handoff/ready"
 
 download_file "$PLAN_BLOB" "$staging/plan.json" || die "download of the restore plan failed"
 [[ "$(sha256sum <"$staging/plan.json" | cut -d' ' -f1)" == "$PLAN_SHA256" ]] || die "the restore plan is not the one planned" 3
