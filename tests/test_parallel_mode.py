@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import json
 import subprocess
+import uuid
 
 import dagster as dg
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from records import ImageRequest, ImageState, ValidationFailed
 from records.parallel import MAX_PARALLEL_JOBS, validate_parallel_jobs
 from records.requests import ImageRequestFields
+from resources.blob import BlobStorageResource
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
 from tests.conftest import SOURCE_PASSWORD
@@ -86,6 +88,7 @@ def test_parallel_backup_of_pagila_restores_exactly_through_the_normal_restore_j
     ).stdout
     assert "TABLE DATA public rental" in listing
     assert image.backup_size_bytes == manifest.total_bytes
+    assert blob.staging_image_ids() == [], "the backup's staging container outlives its run"
     logs = run_logs(dagster, result.run_id)
     assert f"pg_restore lists the archive {archive}" in logs
 
@@ -108,13 +111,20 @@ def flip_a_byte(blob, name: str) -> bytes:
 
 
 def damaging_platform(platform: LocalPlatform, blob) -> LocalPlatform:
-    """The real backup job runs; then the largest data file of the pagila directory is damaged in storage."""
+    """The real backup job runs; then the largest data file of the pagila directory is damaged in
+    storage (in the backup's staging container, where the job wrote it: the run copies it on)."""
 
     class Damaging(LocalPlatform):
         def run_job(self, spec, log):
             result = super().run_job(spec, log)
-            names = blob.list_names(f"images/{spec.labels['toygres/image-id']}/databases")
-            flip_a_byte(blob, max((n for n in names if n.endswith(".dat.gz")), key=lambda n: len(blob.read_bytes(n))))
+            staging = BlobStorageResource(
+                connection_string=blob.connection_string,
+                container=blob.staging_name(uuid.UUID(spec.labels["toygres/image-id"])),
+            )
+            names = staging.list_names("databases")
+            flip_a_byte(
+                staging, max((n for n in names if n.endswith(".dat.gz")), key=lambda n: len(staging.read_bytes(n)))
+            )
             return result
 
     return Damaging(state_dir=platform.state_dir, azcopy_path=platform.azcopy_path)
@@ -129,6 +139,7 @@ def test_a_damaged_file_of_a_directory_image_is_caught_before_ready(resources, c
     assert row.state is ImageState.failed
     assert "sha256" in row.error_message and ".dat.gz" in row.error_message
     assert blob.list_names(row.blob_path) == []
+    assert blob.staging_image_ids() == []
 
 
 def test_a_directory_archive_pg_restore_cannot_read_is_caught_even_when_its_checksum_was_rewritten(
@@ -244,6 +255,7 @@ def test_a_parallel_pg_dump_that_fails_fails_the_image_and_leaves_no_blob(resour
     assert row.state is ImageState.failed
     assert "pg_dump of database aaa_doomed_parallel failed" in row.error_message
     assert blob.list_names(row.blob_path) == []
+    assert blob.staging_image_ids() == []
 
 
 def test_a_directory_archive_missing_a_table_data_file_is_caught(resources, cms, blob, source):
@@ -265,3 +277,40 @@ def test_a_directory_archive_missing_a_table_data_file_is_caught(resources, cms,
 
     with pytest.raises(ImageCorrupt, match=rf"TOC names data files the manifest lacks: \['{dump_id}'\]"):
         verify_image(blob, image.blob_path)
+
+
+def test_the_janitor_removes_staging_containers_no_running_backup_writes_into(cms, blob, source):
+    """A run killed between its job and the copy leaves its staging container: the janitor removes
+    it once the image is not `creating` any more (or is unknown), never another deployment's."""
+    from toygres_pipelines.images.backup import image_prefix
+    from toygres_pipelines.images.janitor import purge_orphan_staging
+
+    def reserve() -> uuid.UUID:
+        image_id = uuid.uuid4()
+        cms.images.reserve(
+            image_id=image_id,
+            name=f"{source.k8s_name}__staged-{image_id.hex[:8]}",
+            description=None,
+            source=source,
+            blob_storage_url=blob.storage_url,
+            blob_container=blob.container,
+            blob_path=image_prefix(image_id),
+            run_id="r",
+        )
+        return image_id
+
+    writing, dead, unknown = reserve(), reserve(), uuid.uuid4()
+    cms.images.transition(dead, ImageState.failed, reason="the run died", run_id="r")
+    for image_id in (writing, dead, unknown):
+        blob.create_staging(image_id)
+    neighbour = BlobStorageResource(connection_string=blob.connection_string, container=f"{blob.container}-other")
+    neighbours_staging = uuid.uuid4()
+    neighbour.create_staging(neighbours_staging)
+    try:
+        assert set(blob.staging_image_ids()) == {writing, dead, unknown}
+        assert purge_orphan_staging(cms, blob) == 2
+        assert blob.staging_image_ids() == [writing]
+        assert neighbour.staging_image_ids() == [neighbours_staging]
+    finally:
+        blob.delete_staging(writing)
+        neighbour.delete_staging(neighbours_staging)

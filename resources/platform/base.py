@@ -101,18 +101,20 @@ AGE_IDENTITY_ENV = "AGE_IDENTITY_FILE"
 
 
 class RestoreRoles:
-    """The restore job's two roles (docs/security.md), declared once for both platforms.
+    """A restore job's two roles (docs/security.md), declared once for both platforms and for both
+    restores: the logical one (`restore.sh` + `restore-serve.sh`) and the point-in-time one
+    (`restore-pitr.sh` + `restore-pitr-serve.sh`).
 
-    fetch (`restore.sh`): holds the SAS and the age identity; downloads, hashes, verifies and
-      decrypts, and hands the plaintext over in RESTORE_HANDOFF (it writes, serve only reads).
-    serve (`restore-serve.sh`): runs the image's code (initdb, the temporary server, roles,
-      pg_restore, analyze, the clean stop) as another OS user / container, with a scrubbed
+    fetch: holds the SAS and the age identity; downloads, hashes, verifies and decrypts, and hands
+      the plaintext over in RESTORE_HANDOFF (it writes, serve only reads).
+    serve: runs the tenant's code (the image's functions, or the replayed catalogue of a base
+      backup: the temporary server, the clean stop) as another OS user / container, with a scrubbed
       environment: exactly SERVE_ENV of the job's variables plus where things are, and the SCRAM
       verifier of the instance password (PASSWORD_VERIFIER_ENV names its file), never the password.
     """
 
-    fetch_script = "restore.sh"
-    serve_script = "restore-serve.sh"
+    # fetch script -> its serve script
+    scripts = {"restore.sh": "restore-serve.sh", "restore-pitr.sh": "restore-pitr-serve.sh"}
     handoff_env = "RESTORE_HANDOFF"
     password_verifier_env = "POSTGRES_PASSWORD_VERIFIER_FILE"
     refuse_dangerous_env = "RESTORE_REFUSE_DANGEROUS"
@@ -125,8 +127,12 @@ class RestoreRoles:
 
     @classmethod
     def splits(cls, spec: JobSpec) -> bool:
-        """Whether a job runs as these two roles: a logical restore (restore.sh)."""
-        return spec.kind is JobKind.restore and spec.script == cls.fetch_script
+        """Whether a job runs as these two roles: every restore (restore.sh, restore-pitr.sh)."""
+        return spec.kind is JobKind.restore and spec.script in cls.scripts
+
+    @classmethod
+    def serve_script_of(cls, spec: JobSpec) -> str:
+        return cls.scripts[spec.script]
 
     @classmethod
     def serve_env_of(cls, env: dict[str, str]) -> dict[str, str]:

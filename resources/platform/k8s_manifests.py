@@ -640,9 +640,8 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str)
     mount_blob_grant(pod, job_secret_name(spec.name))
     if RestoreRoles.splits(spec):
         _restore_roles(pod, spec, settings, container)
-    elif spec.kind is JobKind.restore:  # a restore of another shape (restore-pitr.sh): one container
-        pod["containers"] = [c for c in pod["containers"] if c["name"] != SERVE_CONTAINER]
-        pod["volumes"] = [v for v in pod["volumes"] if v["name"] not in ("serve-tmp", "password-verifier")]
+    elif spec.kind is JobKind.restore:
+        raise ManifestError(f"job script {spec.script!r}: a restore runs as fetch and serve roles, it has none")
     if spec.kind is JobKind.restore and settings.age_identity_secret:
         mount_age_identities(pod, settings.age_identity_secret)
     return manifest
@@ -665,6 +664,7 @@ def _restore_roles(pod: Manifest, spec: JobSpec, settings: ManifestSettings, fet
     fetch["env"].append(_env_value(RestoreRoles.handoff_env, handoff))
     serve = next(c for c in pod["containers"] if c["name"] == SERVE_CONTAINER)
     serve["image"] = fetch["image"]
+    serve["command"] = ["bash", f"{SCRIPTS_MOUNT}/{RestoreRoles.serve_script_of(spec)}"]
     serve["resources"] = fetch["resources"]
     serve["securityContext"] |= {"runAsUser": settings.run_as_user, "runAsGroup": settings.run_as_group}
     values = {

@@ -247,14 +247,8 @@ class LocalPlatform(PlatformResource):
             env |= {RestoreRoles.handoff_env: str(job_dir / "handoff")}
             if self.age_identity_file:
                 env[AGE_IDENTITY_ENV] = str(self._private_identity_copy(job_dir, user))
-        else:  # a restore of another shape (restore-pitr.sh) builds the volume itself, in one role
-            env |= {
-                "VOLUME_PATH": str(self.volume_dir(spec.instance)),
-                "POSTGRES_USER": self.superuser,
-                "POSTGRES_PASSWORD_FILE": str(self._private_password_copy(spec, job_dir)),
-            }
-            if self.age_identity_file:
-                env[AGE_IDENTITY_ENV] = str(self._private_identity_copy(job_dir, user))
+        elif spec.kind is JobKind.restore:
+            raise PlatformError(f"job {spec.name}: a restore runs as fetch and serve roles, {spec.script} has none")
         if spec.blob_sas is not None:
             write_private_file(job_dir / "sas", spec.blob_sas.get_secret_value(), user=user)
             env["AZCOPY_SAS_FILE"] = str(job_dir / "sas")
@@ -262,9 +256,8 @@ class LocalPlatform(PlatformResource):
 
     def _job_user(self, spec: JobSpec) -> str | None:
         """Who runs the job's script (root only: else we are everyone): the job account, never
-        the service user every instance server runs as. restore-pitr.sh is the exception: it builds
-        the instance's volume in place, which the service user owns (docs/security.md, Known limits)."""
-        if run_as_user() is None or (spec.kind is JobKind.restore and not RestoreRoles.splits(spec)):
+        the service user every instance server runs as."""
+        if run_as_user() is None:
             return None
         try:
             return job_account()
@@ -330,7 +323,7 @@ class LocalPlatform(PlatformResource):
     def _run_restore(
         self, spec: JobSpec, job_dir: Path, env: dict[str, str], log: LogSink, job_log, timeout: int
     ) -> tuple[int, str | None, list[str]]:
-        """The fetch role as the service user, the serve role sandboxed; both or neither succeed.
+        """The fetch role as the job account, the serve role sandboxed; both or neither succeed.
         Whatever happens (a failure, a kill, a terminated run), neither process tree, nor the
         handoff, nor the serve role's directory (its trust pg_hba.conf, its data directory) outlives
         this call; on success the data directory moves to the volume, owned by the service user."""
@@ -351,7 +344,7 @@ class LocalPlatform(PlatformResource):
             **RestoreRoles.serve_env_of(spec.env),
             **({RestoreRoles.refuse_dangerous_env: "1"} if self.refuse_dangerous_images else {}),
         }
-        serve_script = ["bash", str(job_dir / "scripts" / RestoreRoles.serve_script)]
+        serve_script = ["bash", str(job_dir / "scripts" / RestoreRoles.serve_script_of(spec))]
         with contextlib.ExitStack() as stack:
             if run_as_user() is not None:
                 try:

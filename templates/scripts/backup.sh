@@ -2,7 +2,8 @@
 # Backup job: the instance's roles (pg_dumpall --globals-only) and one pg_dump -Fc per database,
 # each streamed through sha256 straight into blob storage (no staging file), then manifest.json.
 #
-# Env: PGHOST PGPORT PGUSER (source superuser) BLOB_URL (image folder, no credentials)
+# Env: PGHOST PGPORT PGUSER (source superuser) BLOB_URL (image folder, no credentials; parallel mode:
+#      the backup's own staging container, which the run copies into the image folder afterwards)
 #      IMAGE_NAME SOURCE_INSTANCE SOURCE_NAMESPACE, optional DUMP_COMPRESSION (pg_dump -Z: 0-9, or
 #      from PostgreSQL 16 METHOD[:LEVEL] with METHOD gzip, lz4, zstd or none), CHECK_CHUNK_BYTES,
 #      TRANSFER_STALL_SECONDS (see common.sh)

@@ -114,13 +114,23 @@ def image_prefix(image_id: uuid.UUID) -> str:
 MAX_SINGLE_STREAM_DATABASES = 1000
 
 
-def backup_grant(blob: BlobStorageResource, prefix: str, timeout_seconds: int, parallel_jobs: int) -> SecretStr:
-    """Create + write SAS for the image's own file names, no read, list or delete (docs/security.md).
-    Parallel mode's file names (pg_dump -Fd's) are known to nobody ahead: it also gets a
-    container SAS with create + write only."""
+def backup_grant(
+    blob: BlobStorageResource,
+    prefix: str,
+    timeout_seconds: int,
+    parallel_jobs: int,
+    staging_id: uuid.UUID | None = None,
+) -> SecretStr:
+    """Create + write SAS, no read, list or delete (docs/security.md): a single-stream backup's
+    for its image's own file names under `prefix`; a parallel one's (pg_dump -Fd's names are
+    known to nobody ahead) for the staging container of `staging_id` only."""
+    if parallel_jobs > SINGLE_STREAM:
+        if staging_id is None:
+            raise RuntimeError("a parallel-mode backup writes into a staging container: give its image id")
+        return blob.staging_grant(staging_id, timeout_seconds)
     names = ["globals.sql", MANIFEST_NAME]
     names += [f"databases/{index:03d}.dump" for index in range(1, MAX_SINGLE_STREAM_DATABASES + 1)]
-    return blob.write_grant(prefix, names, timeout_seconds, any_name=parallel_jobs > SINGLE_STREAM)
+    return blob.write_grant(prefix, names, timeout_seconds)
 
 
 def backup_job_spec(
@@ -137,7 +147,10 @@ def backup_job_spec(
         script="backup.sh",
         instance=InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace),
         env={
-            "BLOB_URL": blob.folder_url(image.blob_path),
+            # a parallel backup writes into its staging container; the run copies it into the image
+            "BLOB_URL": (
+                blob.staging_url(image.id) if parallel_jobs > SINGLE_STREAM else blob.folder_url(image.blob_path)
+            ),
             "IMAGE_NAME": image.name,
             "SOURCE_INSTANCE": source.k8s_name,
             "SOURCE_NAMESPACE": source.namespace,
@@ -148,7 +161,7 @@ def backup_job_spec(
             "CHECK_CHUNK_BYTES": str(CHECK_CHUNK_BYTES),
             "DUMP_COMPRESSION": dump_compression(source.postgres_version),
         },
-        blob_sas=backup_grant(blob, image.blob_path, timeout_seconds, parallel_jobs),
+        blob_sas=backup_grant(blob, image.blob_path, timeout_seconds, parallel_jobs, image.id),
         labels={"toygres/image-id": str(image.id), "toygres/instance": source.k8s_name},
         timeout_seconds=timeout_seconds,
     )
@@ -198,12 +211,18 @@ def take_image(
     started = time.monotonic()
     ref = InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace)
     job_name = None
+    staged = parallel_jobs > SINGLE_STREAM
     try:
         cms.images.set_password(image.id, platform.read_instance_password(ref))
         blob.check_reachable()
+        if staged:
+            blob.create_staging(image.id)
         spec = backup_job_spec(image, source, blob, job_timeout_seconds, platform.age_recipient, parallel_jobs)
         job_name = spec.name
         platform.run_job(spec, log)
+        if staged:
+            copied = blob.promote_staging(image.id, image.blob_path)
+            log(f"copied {copied} file(s) from the backup's staging container into {image.blob_path}")
         # What the job proved while streaming, plus sizes and sampled ranges: no second full transfer
         manifest, report = verify_image(blob, image.blob_path, log=log, full=False)
         if manifest.image_name != name or manifest.source_instance != source.k8s_name:
@@ -233,8 +252,12 @@ def take_image(
             # Even when the CMS is unreachable: the job (and its SAS) must not outlive the run.
             if job_name is not None:
                 _quietly(lambda: platform.delete_job(job_name, source.namespace), log)
+            if staged:
+                _quietly(lambda: blob.delete_staging(image.id), log, then="the janitor removes it")
         raise
     _quietly(lambda: platform.delete_job(spec.name, source.namespace), log, then="the janitor removes it")
+    if staged:
+        _quietly(lambda: blob.delete_staging(image.id), log, then="the janitor removes it")
     return BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started, manifest=manifest)
 
 

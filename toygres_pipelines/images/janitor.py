@@ -1,5 +1,6 @@
-"""What failed runs could not clean up themselves: blobs of failed images (storage was down) and
-jobs past their timeout with their blob credentials (the run died, or the CMS was down)."""
+"""What failed runs could not clean up themselves: blobs of failed images (storage was down),
+staging containers of parallel-mode backups no run writes into any more, and jobs past their
+timeout with their blob credentials (the run died, or the CMS was down)."""
 
 import dagster as dg
 
@@ -16,6 +17,18 @@ def purge_failed_image_blobs(cms: CMSResource, blob: BlobStorageResource) -> int
     return sum(blob.delete_prefix(failed.blob_path) for failed in cms.images.list([ImageState.failed]))
 
 
+def purge_orphan_staging(cms: CMSResource, blob: BlobStorageResource) -> int:
+    """Delete the staging container of every image that is not `creating` (or not in the CMS):
+    its run has settled it, or died; returns how many were removed."""
+    removed = 0
+    for image_id in blob.staging_image_ids():
+        image = cms.images.get(image_id)
+        if image is None or image.state is not ImageState.creating:
+            blob.delete_staging(image_id)
+            removed += 1
+    return removed
+
+
 def remove_stale_jobs(
     platform: PlatformResource, namespaces: set[str], grace_seconds: float, log: LogSink
 ) -> list[str]:
@@ -30,6 +43,8 @@ def remove_stale_jobs(
 def purge_failed_images(context: dg.OpExecutionContext, cms: CMSResource, blob: BlobStorageResource) -> None:
     removed = purge_failed_image_blobs(cms, blob)
     context.log.info(f"removed {removed} blob(s) of failed images")
+    staged = purge_orphan_staging(cms, blob)
+    context.log.info(f"removed {staged} staging container(s) of backups no run writes into")
 
 
 def purge_stale_jobs_op(grace_seconds: float) -> dg.OpDefinition:
@@ -48,7 +63,10 @@ def janitor_job(settings: ImagesSettings) -> dg.JobDefinition:
     purge_stale_jobs = purge_stale_jobs_op(settings.stale_job_grace_seconds)
 
     @dg.job(
-        description="Remove what failed runs left behind: blobs of failed backups, jobs past their timeout",
+        description=(
+            "Remove what failed runs left behind: blobs and staging containers of failed backups, jobs past "
+            "their timeout"
+        ),
         tags={KIND_TAG: MAINTENANCE_KIND},
     )
     def purge_failed_image_blobs_job():
