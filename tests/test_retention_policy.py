@@ -98,9 +98,15 @@ OVERRIDES = {
 }
 
 
-def test_catalogue_is_the_size_the_issue_asks_for():
-    assert len(catalogue()) >= 400
-    assert {i.source_instance_id for i in catalogue()} == {INSTANCE_A, INSTANCE_B, INSTANCE_C}
+def test_the_plan_decides_once_on_every_image_it_may_delete_and_leaves_the_others_alone():
+    images = catalogue()
+    plan = plan_retention(images, default=BERLIN, overrides=OVERRIDES, in_use={}, now=NOW)
+
+    decided = [d.image_id for d in plan.decisions]
+    assert len(decided) == len(set(decided))
+    left_alone = {ImageState.creating, ImageState.deleted}
+    assert set(decided) == {i.id for i in images if i.state not in left_alone}
+    assert {d.instance_id for d in plan.decisions} == {INSTANCE_A, INSTANCE_B, INSTANCE_C}
 
 
 def test_plan_keeps_exactly_the_hand_computed_set():
