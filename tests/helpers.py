@@ -1,7 +1,14 @@
 """Helpers shared by the integration tests."""
 
-import dagster as dg
+import uuid
+from typing import Any
 
+import dagster as dg
+from psycopg import sql
+
+from records import Image, ImageRequest, ImageState, ImageType, Instance, InstanceState, RestoreRequest
+from records.drills import Drill
+from records.requests import ImageRequestFields, RestoreRequestFields
 from toygres_pipelines.images.assets import image
 
 
@@ -62,23 +69,117 @@ def dagster_text(instance: dg.DagsterInstance) -> str:
     return "\n".join(parts)
 
 
-def catalogued_image(cms, source, name: str):
-    """A ready image row with no blobs: enough for whatever refuses or deletes before reading bytes."""
-    from records import ImageState
+# ---- one factory per CMS record: defaults anything may use, keyword overrides for what a test means
 
+
+def add_instance(cms, k8s_name: str = "demo-abcde", **overrides) -> Instance:
+    """An instance row, running unless told (`state=`); user_name is k8s_name without its suffix."""
+    values: dict[str, Any] = {
+        "user_name": k8s_name.rsplit("-", 1)[0],
+        "k8s_name": k8s_name,
+        "namespace": "default",
+        "postgres_version": "15",
+        "storage_size_gb": 1,
+        "use_load_balancer": False,
+        "dns_name": None,
+        "image_type": ImageType.stock,
+        "state": InstanceState.running,
+    }
+    return cms.create_instance(**{**values, **overrides})
+
+
+def add_image(
+    cms,
+    source: Instance,
+    name: str,
+    *,
+    state: ImageState = ImageState.creating,
+    blob=None,
+    run_id: str | None = None,
+    description: str | None = None,
+    image_id: uuid.UUID | None = None,
+    **finish: Any,
+) -> Image:
+    """An image row of `source` as a backup makes it: reserved (creating), then moved to `state`
+    (ready: size 1 and a zero checksum unless `finish` says; failed: reason "test"). Its blob
+    address is `blob`'s container when given, else one nothing answers on; no blob is written."""
+    image_id = image_id or uuid.uuid4()
     image = cms.reserve_image(
-        image_id=None,
+        image_id=image_id,
         name=name,
-        description=None,
+        description=description,
         source=source,
-        blob_storage_url="http://127.0.0.1:1/none",
-        blob_container="none",
-        blob_path="images/none",
-        run_id=None,
+        blob_storage_url=blob.storage_url if blob else "http://127.0.0.1:1/none",
+        blob_container=blob.container if blob else "none",
+        blob_path=f"images/{image_id}",
+        run_id=run_id,
     )
-    return cms.transition_image(
-        image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64
+    if state is ImageState.ready:
+        finish = {"reason": "test", "backup_size_bytes": 1, "backup_checksum": "0" * 64, **finish}
+    elif state is ImageState.failed:
+        finish = {"reason": "test", **finish}
+    elif state is not ImageState.creating:
+        raise ValueError(f"add_image makes creating, ready or failed images, not {state}")
+    return image if state is ImageState.creating else cms.transition_image(image.id, state, **finish)
+
+
+def catalogued_image(cms, source: Instance, name: str) -> Image:
+    """A ready image row with no blobs: enough for whatever refuses or deletes before reading bytes."""
+    return add_image(cms, source, name, state=ImageState.ready)
+
+
+def restore_request(cms, **overrides) -> RestoreRequest:
+    """A pending restore request (a copy named `copy`); `source_image_id=None` writes the row
+    another client may write into the nullable column, which the record itself refuses."""
+    values: dict[str, Any] = {
+        "name": "copy",
+        "dns_label": "copy-db",
+        "source_image_id": "",
+        "namespace": "default",
+        "storage_size_gb": 1,
+        "internal": False,
+        **overrides,
+    }
+    if values["source_image_id"] is None:
+        return cms.create_restore_request(RestoreRequestFields.model_construct(**values))
+    return cms.create_restore_request(RestoreRequestFields(**values))
+
+
+def image_request(cms, source_instance: str, image_name: str, **overrides) -> ImageRequest:
+    """A pending backup request."""
+    return cms.create_image_request(
+        ImageRequestFields(source_instance=source_instance, image_name=image_name, **overrides)
     )
+
+
+def insert_restore_request(conn, *, databases_sql: str = "NULL", **columns: Any) -> uuid.UUID:
+    """A restore_requests row written in SQL, past the record's rules (a malformed row another client
+    may write); `databases_sql` is an SQL expression for the databases column."""
+    values = {
+        "id": uuid.uuid4(),
+        "name": "copy",
+        "dns_label": "copy-db",
+        "source_image_id": "",
+        "namespace": "default",
+        "storage_size_gb": 1,
+        "state": "pending",
+        **columns,
+    }
+    conn.execute(
+        sql.SQL("INSERT INTO toygres_cms.restore_requests ({}, databases) VALUES ({}, {})").format(
+            sql.SQL(", ").join(map(sql.Identifier, values)),
+            sql.SQL(", ").join(sql.Placeholder() * len(values)),
+            sql.SQL(databases_sql),
+        ),
+        list(values.values()),
+    )
+    return values["id"]
+
+
+def add_drill(cms, image: Image, run_id: str, **overrides) -> Drill:
+    """A running drill of `image` (its source instance unless `source_instance_id=`)."""
+    values: dict[str, Any] = {"source_instance_id": image.source_instance_id, "run_id": run_id, **overrides}
+    return cms.start_drill(image.id, **values)
 
 
 def cli_runner(capsys):
