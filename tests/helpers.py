@@ -1,14 +1,16 @@
 """Helpers shared by the integration tests."""
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 from psycopg import sql
 
 from records import Image, ImageRequest, ImageState, ImageType, Instance, InstanceState, RestoreRequest
-from records.drills import Drill
+from records.drills import Drill, DrillResult
 from records.requests import ImageRequestFields, RestoreRequestFields
+from records.wal import BaseBackup, BaseBackupState
 from toygres_pipelines.images.assets import image
 
 
@@ -180,6 +182,86 @@ def add_drill(cms, image: Image, run_id: str, **overrides) -> Drill:
     """A running drill of `image` (its source instance unless `source_instance_id=`)."""
     values: dict[str, Any] = {"source_instance_id": image.source_instance_id, "run_id": run_id, **overrides}
     return cms.start_drill(image.id, **values)
+
+
+# ---- the same records without a CMS, for the pure tests: what a row reads back as
+
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _stamped(values: dict[str, Any], overrides: dict[str, Any], stamp: str = "created_at") -> dict[str, Any]:
+    values = {**values, **overrides}
+    values.setdefault("updated_at", values[stamp])
+    return values
+
+
+def instance_record(k8s_name: str = "demo", **overrides) -> Instance:
+    """An Instance row, running, created at EPOCH (updated_at follows created_at unless given)."""
+    values = {
+        "id": uuid.uuid4(),
+        "user_name": k8s_name,
+        "k8s_name": k8s_name,
+        "namespace": "default",
+        "postgres_version": "16",
+        "storage_size_gb": 1,
+        "use_load_balancer": False,
+        "state": InstanceState.running,
+        "image_type": ImageType.stock,
+        "created_at": EPOCH,
+    }
+    return Instance(**_stamped(values, overrides))
+
+
+def image_record(source: Instance | None = None, name: str = "demo__1", **overrides) -> Image:
+    """An Image row of `source` (none: an image whose instance row is gone), ready, made at EPOCH."""
+    image_id = overrides.pop("id", None) or uuid.uuid4()
+    values = {
+        "id": image_id,
+        "name": name,
+        "source_instance_id": source.id if source else None,
+        "source_k8s_name": source.k8s_name if source else name.split("__")[0],
+        "source_namespace": source.namespace if source else "default",
+        "blob_storage_url": "http://blob",
+        "blob_container": "c",
+        "blob_path": f"images/{image_id}",
+        "storage_size_gb": 1,
+        "postgres_version": "16",
+        "image_type": ImageType.stock,
+        "state": ImageState.ready,
+        "created_at": EPOCH,
+    }
+    return Image(**_stamped(values, overrides))
+
+
+def drill_record(source: Instance | None = None, **overrides) -> Drill:
+    """A restore_drills row of an image of `source`, running since EPOCH."""
+    values = {
+        "id": uuid.uuid4(),
+        "image_id": uuid.uuid4(),
+        "source_instance_id": source.id if source else None,
+        "run_id": str(uuid.uuid4()),
+        "started_at": EPOCH,
+        "result": DrillResult.running,
+        **overrides,
+    }
+    return Drill(**values)
+
+
+def base_backup_record(**overrides) -> BaseBackup:
+    """A base_backups row, ready, made at EPOCH."""
+    backup_id = overrides.pop("id", None) or uuid.uuid4()
+    values = {
+        "id": backup_id,
+        "instance_id": uuid.uuid4(),
+        "namespace": "default",
+        "k8s_name": "demo",
+        "state": BaseBackupState.ready,
+        "blob_path": f"base/{backup_id}",
+        "postgres_version": "16",
+        "created_at": EPOCH,
+    }
+    return BaseBackup(**_stamped(values, overrides))
 
 
 def cli_runner(capsys):

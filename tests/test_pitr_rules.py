@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 from records import ValidationFailed
 from records.wal import (
     BaseBackup,
-    BaseBackupState,
     RecoveryWindow,
     StoredSegment,
     find_gaps,
@@ -20,6 +18,7 @@ from records.wal import (
     segment_number,
     segment_of_lsn,
 )
+from tests.helpers import base_backup_record
 
 
 def stored(number: int, partial: bool = False, timeline: int = 1, system: str = "7") -> StoredSegment:
@@ -64,12 +63,17 @@ def test_a_target_needs_a_zone_and_must_fall_in_the_window():
 
 
 def base(start: int, at: datetime, system: str = "7", timeline: int = 1) -> BaseBackup:
-    return BaseBackup(
-        id=uuid.uuid4(), instance_id=uuid.uuid4(), namespace="default", k8s_name="x",
-        state=BaseBackupState.ready, blob_path="base/x", postgres_version="15", system_identifier=system,
-        timeline=timeline, start_segment=segment_name(timeline, start), consistent_at=at, sha256="0" * 64,
-        created_at=at, updated_at=at,
-    )  # fmt: skip
+    return base_backup_record(
+        k8s_name="x",
+        blob_path="base/x",
+        postgres_version="15",
+        system_identifier=system,
+        timeline=timeline,
+        start_segment=segment_name(timeline, start),
+        consistent_at=at,
+        sha256="0" * 64,
+        created_at=at,
+    )
 
 
 def test_retention_keeps_every_segment_the_oldest_kept_base_backup_needs():
