@@ -95,3 +95,22 @@ def test_the_code_location_module_holds_one_definitions_with_the_pitr_domain():
     jobs = {job.name for job in defs.resolve_all_job_defs()}
     assert {"base_backup", "restore_to_time", "check_wal_archives", "wal_retention", "pitr_drill"} <= jobs
     assert "wal_archivers" in {sensor.name for sensor in defs.sensors or []}
+
+
+def test_the_point_in_time_launchpad_declares_a_new_instance_as_a_restore_request_does():
+    import dagster as dg
+
+    from records.requests import NewInstanceFields
+    from toygres_pipelines.pitr.restore import restore_to_time_job
+
+    form = restore_to_time_job.run_config_schema.config_type.fields["ops"].config_type
+    fields = form.fields["restore_to_time_op"].config_type.fields["config"].config_type.fields
+    assert set(fields) == {*NewInstanceFields.model_fields, "source_instance", "target_time"}
+    for name, info in NewInstanceFields.model_fields.items():
+        assert fields[name].description == info.description, name
+    config = {"source_instance": "app-abcde", "name": "copy", "dns_label": "copy-db"}
+    assert dg.validate_run_config(restore_to_time_job, {"ops": {"restore_to_time_op": {"config": config}}})
+    with pytest.raises(dg.DagsterInvalidConfigError, match="storage_size_gb"):
+        dg.validate_run_config(
+            restore_to_time_job, {"ops": {"restore_to_time_op": {"config": {**config, "storage_size_gb": "big"}}}}
+        )

@@ -12,8 +12,14 @@ Severity = Literal["WARN", "ERROR"]
 def span(default: float, most: float, description: str, zero_allowed: bool = False) -> Any:
     """A length of time in the unit its name says: a finite number above zero (or zero, when
     `zero_allowed`), at most `most`."""
-    lowest = {"ge": 0} if zero_allowed else {"gt": 0}
-    return Field(default=default, **lowest, le=most, allow_inf_nan=False, description=description)
+    return Field(
+        default=default,
+        gt=None if zero_allowed else 0,
+        ge=0 if zero_allowed else None,
+        le=most,
+        allow_inf_nan=False,
+        description=description,
+    )
 
 
 def severity(default: Severity, check: str) -> Any:
