@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from records.drills import RESTORED, Drill, DrillResult
@@ -84,12 +84,12 @@ def backup_freshness(
 ) -> list[InstanceFreshness]:
     """Each instance: is its newest ready image younger than `window`?"""
     images = list(images)
-    report = []
-    for instance in sorted(instances, key=lambda i: i.k8s_name):
+
+    def newest_ready(instance: Instance) -> datetime | None:
         newest = next(iter(ready_images_of(images, instance.id)), None)
-        when = (newest.ready_at or newest.created_at) if newest else None
-        report.append(_judge(instance, when, now, window, "ready image", grace))
-    return report
+        return (newest.ready_at or newest.created_at) if newest else None
+
+    return _judge_each(instances, newest_ready, now, window, "ready image", grace)
 
 
 def drill_freshness(
@@ -102,11 +102,23 @@ def drill_freshness(
     """Each instance: did a drill of one of its images restore it within `window`?"""
     drills = list(drills)
     good = [d for d in drills if d.result in RESTORED]
-    report = []
-    for instance in sorted(fleet_instances(instances, drills), key=lambda i: i.k8s_name):
-        times = [d.started_at for d in good if d.source_instance_id == instance.id]
-        report.append(_judge(instance, max(times, default=None), now, window, "successful drill", grace))
-    return report
+
+    def newest_restored(instance: Instance) -> datetime | None:
+        return max((d.started_at for d in good if d.source_instance_id == instance.id), default=None)
+
+    return _judge_each(fleet_instances(instances, drills), newest_restored, now, window, "successful drill", grace)
+
+
+def _judge_each(
+    instances: Iterable[Instance],
+    newest: Callable[[Instance], datetime | None],
+    now: datetime,
+    window: timedelta,
+    what: str,
+    grace: timedelta,
+) -> list[InstanceFreshness]:
+    """Each instance by name, judged on when `newest` says its last `what` was."""
+    return [_judge(i, newest(i), now, window, what, grace) for i in sorted(instances, key=lambda i: i.k8s_name)]
 
 
 def offenders(report: Iterable[InstanceFreshness]) -> list[str]:

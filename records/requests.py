@@ -34,8 +34,8 @@ class RequestFields(BaseModel):
         return cls.model_validate(source.model_dump(include=set(cls.model_fields)))
 
 
-class RestoreFormFields(RequestFields):
-    """What a user asks of a restore: every field of the restore launchpad."""
+class NewInstanceFields(RequestFields):
+    """What names and sizes the instance a restore makes: shared by every kind of restore."""
 
     name: str = Field(
         description=f"The new instance's name (its user_name); DNS-1123, at most {INSTANCE_NAME_MAX} "
@@ -44,11 +44,6 @@ class RestoreFormFields(RequestFields):
     dns_label: str = Field(
         description=f"DNS label of the instance's address: 3-{DNS_LABEL_MAX} lowercase letters, digits and '-', "
         "starting with a letter (Azure's rule); must not be used by another creating or running instance."
-    )
-    source_image_id: str = Field(
-        description="The image to restore: its id (uuid) or its name (`toygres-pipelines images` lists them). "
-        "It must be ready.",
-        json_schema_extra={"cli_flag": "--image"},
     )
     namespace: str | None = Field(
         default=None,
@@ -59,6 +54,16 @@ class RestoreFormFields(RequestFields):
         default=10,
         description="Volume size in GiB; raised to the image's storage size when smaller",
         json_schema_extra={"cli_flag": "--storage-gb"},
+    )
+
+
+class RestoreFormFields(NewInstanceFields):
+    """What a user asks of a restore: every field of the restore launchpad."""
+
+    source_image_id: str = Field(
+        description="The image to restore: its id (uuid) or its name (`toygres-pipelines images` lists them). "
+        "It must be ready.",
+        json_schema_extra={"cli_flag": "--image"},
     )
     internal: bool = Field(default=False, description="ClusterIP only (no public LoadBalancer address)")
     databases: list[str] | None = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import dagster as dg
@@ -13,10 +13,20 @@ import psycopg
 import pytest
 from dagster._core.test_utils import create_run_for_test
 
-from records import ImageRequest, ImageState, ImageType, InstanceState, RequestState, RestoreRequest
-from records.requests import ImageRequestFields, RestoreRequestFields
+from records import ImageRequest, ImageState, InstanceState, RequestState, RestoreRequest
 from resources.platform.local import LocalPlatform
-from tests.helpers import failure_text, materialize_image, schedule_named, sensor_named
+from tests.helpers import (
+    add_drill,
+    add_image,
+    add_instance,
+    failure_text,
+    image_request,
+    insert_restore_request,
+    materialize_image,
+    restore_request,
+    schedule_named,
+    sensor_named,
+)
 from toygres_pipelines.domains import domain_definitions
 from toygres_pipelines.images.assets import image
 from toygres_pipelines.images.jobs import backup_image
@@ -75,63 +85,22 @@ def run_requests_of(result) -> list[dg.RunRequest]:
     return list(result.run_requests or [])
 
 
-def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running, **more):
-    return cms.instances.create(
-        **more,
-        user_name=k8s_name,
-        k8s_name=k8s_name,
-        namespace="default",
-        postgres_version="15",
-        storage_size_gb=1,
-        use_load_balancer=False,
-        dns_name=k8s_name,
-        image_type=ImageType.stock,
-        state=state,
-    )
-
-
-def reserve_image(cms, blob, source, name: str, run_id: str | None):
-    image_id = uuid.uuid4()
-    return cms.images.reserve(
-        image_id=image_id,
-        name=name,
-        description=None,
-        source=source,
-        blob_storage_url=blob.storage_url,
-        blob_container=blob.container,
-        blob_path=f"images/{image_id}",
-        run_id=run_id,
-    )
-
-
 # ---- image requests -------------------------------------------------------------------------
 
 
 def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
     resources, cms, blob, source, dagster_instance, repository_def
 ):
-    stopped = add_instance(cms, "stopped-one", InstanceState.stopped)
-    reserve_image(cms, blob, source, "taken-name", run_id=None)
-    good = cms.requests.create(
-        ImageRequestFields(image_name="req-a", source_instance=source.k8s_name, description="on demand")
-    )
-    by_id = cms.requests.create(ImageRequestFields(image_name="req-b", source_instance=str(source.id)))
+    stopped = add_instance(cms, "stopped-one", state=InstanceState.stopped)
+    add_image(cms, source, "taken-name", blob=blob, run_id=None)
+    good = image_request(cms, source.k8s_name, "req-a", description="on demand")
+    by_id = image_request(cms, str(source.id), "req-b")
     bad = {
-        cms.requests.create(
-            ImageRequestFields(image_name="bad.name", source_instance=source.k8s_name)
-        ).id: "image_name: 'bad.name' must be",
-        cms.requests.create(
-            ImageRequestFields(image_name="req-c", source_instance="nope")
-        ).id: "source_instance: no instance 'nope'",
-        cms.requests.create(
-            ImageRequestFields(image_name="req-d", source_instance=stopped.k8s_name)
-        ).id: "source_instance: instance 'stopped-one' is stopped",
-        cms.requests.create(
-            ImageRequestFields(image_name="taken-name", source_instance=source.k8s_name)
-        ).id: "image_name: 'taken-name' is already used",
-        cms.requests.create(
-            ImageRequestFields(image_name="req-a", source_instance=source.k8s_name)
-        ).id: "image_name: 'req-a' is already requested",
+        image_request(cms, source.k8s_name, "bad.name").id: "image_name: 'bad.name' must be",
+        image_request(cms, "nope", "req-c").id: "source_instance: no instance 'nope'",
+        image_request(cms, stopped.k8s_name, "req-d").id: "source_instance: instance 'stopped-one' is stopped",
+        image_request(cms, source.k8s_name, "taken-name").id: "image_name: 'taken-name' is already used",
+        image_request(cms, source.k8s_name, "req-a").id: "image_name: 'req-a' is already requested",
     }
 
     assert image_requests_sensor.job_name == "backup_image"
@@ -169,10 +138,7 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
 
 
 def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster_instance):
-    ids = {
-        str(cms.requests.create(ImageRequestFields(image_name=f"race-{n:02d}", source_instance=source.k8s_name)).id)
-        for n in range(24)
-    }
+    ids = {str(image_request(cms, source.k8s_name, f"race-{n:02d}").id) for n in range(24)}
     emitted: list[list[str]] = [[], []]
     errors: list[BaseException] = []
     start = threading.Barrier(2)
@@ -202,8 +168,8 @@ def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster
 
 
 def test_accepted_request_without_a_run_is_emitted_again_and_a_launched_one_is_recorded(cms, source, dagster_instance):
-    lost = cms.requests.create(ImageRequestFields(image_name="lost-launch", source_instance=source.k8s_name))
-    launched = cms.requests.create(ImageRequestFields(image_name="launched", source_instance=source.k8s_name))
+    lost = image_request(cms, source.k8s_name, "lost-launch")
+    launched = image_request(cms, source.k8s_name, "launched")
     first = evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     assert sorted(first.accepted) == sorted([str(lost.id), str(launched.id)])
 
@@ -232,16 +198,6 @@ def test_accepted_request_without_a_run_is_emitted_again_and_a_launched_one_is_r
 def ready_image(resources, cms, source):
     assert materialize_image(resources, f"{source.k8s_name}__auto").success
     return cms.images.find(f"{source.k8s_name}__auto")
-
-
-def restore_request(cms, **fields):
-    values = dict(
-        name="copy", dns_label="copy-db", source_image_id="", namespace="default", storage_size_gb=1, internal=False
-    )
-    values.update(fields)
-    if values["source_image_id"] is None:  # a row another client wrote into the nullable column
-        return cms.requests.create(RestoreRequestFields.model_construct(**values))
-    return cms.requests.create(RestoreRequestFields(**values))
 
 
 def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(
@@ -334,7 +290,7 @@ def test_on_kubernetes_the_sensor_rejects_what_the_deployment_cannot_run(cms, re
 
 def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_instance, repository_def):
     running = [add_instance(cms, name) for name in ("alpha", "bravo", "charlie")]
-    add_instance(cms, "delta", InstanceState.stopped)
+    add_instance(cms, "delta", state=InstanceState.stopped)
     assert nightly_backups.cron_schedule == "0 2 * * *" and nightly_backups.execution_timezone == "UTC"
     assert nightly_backups.job_name == "backup_image"
     assert nightly_backups.default_status is dg.DefaultScheduleStatus.RUNNING
@@ -367,10 +323,9 @@ def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_inst
 
 def test_nightly_schedule_leaves_out_a_running_drills_scratch_instance(cms, blob, dagster_instance, repository_def):
     source = add_instance(cms, "echo")
-    image = reserve_image(cms, blob, source, "echo__drilled", run_id=None)
-    cms.images.transition(image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64)
+    image = add_image(cms, source, "echo__drilled", blob=blob, state=ImageState.ready)
     scratch = add_instance(cms, "drill-echo-x1y2z", run_id="drill-run-1")
-    cms.drills.start(image.id, source.id, "drill-run-1")
+    add_drill(cms, image, "drill-run-1")
     with dg.build_schedule_context(
         instance_ref=dagster_instance.get_ref(),
         scheduled_execution_time=datetime(2026, 3, 15, 2, 0, tzinfo=UTC),
@@ -423,7 +378,7 @@ def evaluate_status_sensor(sensor, instance, run_id, event_type, resources):
 
 def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dagster_instance):
     ghost = add_instance(cms, "ghost")  # running in the CMS, unknown to the platform: fails after the image row exists
-    request = cms.requests.create(ImageRequestFields(image_name="will-fail", source_instance=ghost.k8s_name))
+    request = image_request(cms, ghost.k8s_name, "will-fail")
     evaluation = evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     [run_request] = evaluation.run_requests
     dagster_instance.add_dynamic_partitions("images", evaluation.new_partitions)  # as the daemon does
@@ -454,7 +409,7 @@ def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dag
 
 def test_failure_write_back_fails_an_image_the_run_left_creating(resources, cms, blob, source, dagster_instance):
     """The run worker died inside the backup: nothing in the run marked the image failed."""
-    request = cms.requests.create(ImageRequestFields(image_name="orphan", source_instance=source.k8s_name))
+    request = image_request(cms, source.k8s_name, "orphan")
     evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     run = create_run_for_test(
         dagster_instance,
@@ -462,7 +417,7 @@ def test_failure_write_back_fails_an_image_the_run_left_creating(resources, cms,
         status=dg.DagsterRunStatus.STARTED,
         tags={REQUEST_ID_TAG: str(request.id)},
     )
-    left = reserve_image(cms, blob, source, "orphan", run_id=run.run_id)
+    left = add_image(cms, source, "orphan", blob=blob, run_id=run.run_id)
     blob.write_bytes(f"{left.blob_path}/globals.sql", b"partial")
     dagster_instance.report_run_failed(run, "the run worker vanished")
 
@@ -521,15 +476,11 @@ def test_canceled_restore_run_fails_request_and_instance(
         status=dg.DagsterRunStatus.STARTED,
         tags={REQUEST_ID_TAG: str(request.id)},
     )
-    left = cms.instances.create(
-        user_name="cut-short",
-        k8s_name="cut-short-abcde",
-        namespace="default",
-        postgres_version="15",
-        storage_size_gb=1,
-        use_load_balancer=False,
+    left = add_instance(
+        cms,
+        "cut-short-abcde",
+        state=InstanceState.creating,
         dns_name="cut-short",
-        image_type=ImageType.stock,
         source_image_id=ready_image.id,
         run_id=run.run_id,
     )
@@ -552,21 +503,21 @@ def test_reconciler_settles_rows_of_runs_that_ended_without_reporting(resources,
         return create_run_for_test(dagster_instance, job_name="backup_image", status=status, tags=tags)
 
     failed_run = run_with(dg.DagsterRunStatus.STARTED)
-    failed_image = reserve_image(cms, blob, source, "died-failed", failed_run.run_id)
+    failed_image = add_image(cms, source, "died-failed", blob=blob, run_id=failed_run.run_id)
     dagster_instance.report_run_failed(failed_run)
 
     canceled_run = run_with(dg.DagsterRunStatus.STARTED)
-    canceled_image = reserve_image(cms, blob, source, "died-canceled", canceled_run.run_id)
+    canceled_image = add_image(cms, source, "died-canceled", blob=blob, run_id=canceled_run.run_id)
     dagster_instance.report_run_canceled(canceled_run)
 
-    missing_image = reserve_image(cms, blob, source, "died-missing", "0f0f0f0f-dead-beef-0000-000000000000")
+    missing_image = add_image(cms, source, "died-missing", blob=blob, run_id="0f0f0f0f-dead-beef-0000-000000000000")
 
     live = {}
     for status in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
         run = run_with(status)
-        live[status] = reserve_image(cms, blob, source, f"alive-{status.value.lower()}", run.run_id)
+        live[status] = add_image(cms, source, f"alive-{status.value.lower()}", blob=blob, run_id=run.run_id)
 
-    request = cms.requests.create(ImageRequestFields(image_name="req-died", source_instance=source.k8s_name))
+    request = image_request(cms, source.k8s_name, "req-died")
     evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     request_run = run_with(dg.DagsterRunStatus.STARTED, **{REQUEST_ID_TAG: str(request.id)})
     dagster_instance.report_run_failed(request_run)
@@ -684,7 +635,7 @@ def test_run_terminated_mid_backup_leaves_its_image_failed(
 
 
 def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob, source, dagster_instance):
-    request = cms.requests.create(ImageRequestFields(image_name="odd-success", source_instance=source.k8s_name))
+    request = image_request(cms, source.k8s_name, "odd-success")
     evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     run = create_run_for_test(
         dagster_instance,
@@ -692,7 +643,7 @@ def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob
         status=dg.DagsterRunStatus.SUCCESS,
         tags={REQUEST_ID_TAG: str(request.id)},
     )
-    left = reserve_image(cms, blob, source, "odd-success", run_id=run.run_id)
+    left = add_image(cms, source, "odd-success", blob=blob, run_id=run.run_id)
     settled = settle_run(
         cms=cms,
         blob=blob,
@@ -711,7 +662,7 @@ def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob
 
 def test_reconciler_records_the_dead_runs_own_failure_message(resources, cms, blob, source, dagster_instance):
     run = create_run_for_test(dagster_instance, job_name="backup_image", status=dg.DagsterRunStatus.STARTED)
-    row = reserve_image(cms, blob, source, "died-oom", run.run_id)
+    row = add_image(cms, source, "died-oom", blob=blob, run_id=run.run_id)
     dagster_instance.report_run_failed(run, message="Run worker process died: exit code -9 (killed by the OOM killer)")
 
     reconcile(dagster_instance, cms, blob, resources["platform"], grace_seconds=0)
@@ -732,7 +683,7 @@ def test_racing_claims_never_accept_two_requests_for_the_same_name(
     if kind == "image":
 
         def create():
-            return cms.requests.create(ImageRequestFields(image_name="same-name", source_instance=source.k8s_name))
+            return image_request(cms, source.k8s_name, "same-name")
 
         sensors, check_name, listing = image_sensors, "check_image_request", partial(cms.requests.list, ImageRequest)
         evaluate_kind = lambda instance, cms_, limit: evaluate_image_requests(instance, cms_, RULES_ONLY, limit=limit)  # noqa: E731
@@ -807,11 +758,14 @@ def test_a_malformed_request_row_is_rejected_with_its_reason_and_the_others_go_o
     without_the_databases_check(cms)
     with psycopg.connect(cms.dsn) as conn:
         for n, value in enumerate(("ARRAY[NULL]::text[]", "ARRAY[ARRAY['a','b'],ARRAY['c','d']]")):
-            conn.execute(
-                "INSERT INTO toygres_cms.restore_requests (id, name, dns_label, source_image_id, namespace,"
-                f" storage_size_gb, databases, created_at) VALUES (%s, 'bad', %s, %s, 'default', 1, {value},"
-                " now() - interval '1 hour')",
-                (uuid.UUID(int=n + 1), f"bad-{n}", image.name),
+            insert_restore_request(
+                conn,
+                id=uuid.UUID(int=n + 1),
+                name="bad",
+                dns_label=f"bad-{n}",
+                source_image_id=image.name,
+                created_at=datetime.now(UTC) - timedelta(hours=1),
+                databases_sql=value,
             )
     good = restore_request(cms, source_image_id=image.name, dns_label="good-db")
     done = evaluate_restore_requests(dagster_instance, cms, platform)

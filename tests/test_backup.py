@@ -19,7 +19,7 @@ from resources.cms.images import ImagesTable
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
-from tests.helpers import failure_text, materialize_image, run_logs
+from tests.helpers import add_image, failure_text, materialize_image, run_logs
 from toygres_pipelines.images.janitor import purge_failed_image_blobs
 
 pytestmark = pytest.mark.integration
@@ -175,16 +175,7 @@ def test_a_ready_partition_whose_bytes_no_longer_verify_fails_and_marks_the_imag
 
 def test_a_partition_whose_image_is_not_ready_fails_and_keeps_the_partition(resources, cms, source):
     key = f"{source.k8s_name}__busy"
-    cms.images.reserve(
-        image_id=None,
-        name=key,
-        description=None,
-        source=source,
-        blob_storage_url="http://blob",
-        blob_container="c",
-        blob_path="images/busy",
-        run_id="another-run",
-    )
+    add_image(cms, source, key, run_id="another-run")
     instance = dg.DagsterInstance.ephemeral()
     result = materialize_image(resources, key, raise_on_error=False, instance=instance)
     assert not result.success

@@ -25,7 +25,7 @@ from records import BackupManifest, Image, ImageState, ImageType, Instance, Inst
 from resources.blob import BlobStorageResource
 from resources.platform.base import SCRIPTS_DIR, JobFailed, JobKind, JobSpec
 from resources.platform.local_tools import azcopy_path
-from tests.helpers import cms_text, dagster_text, failure_text, materialize_image
+from tests.helpers import cms_text, dagster_text, failure_text, image_record, instance_record, materialize_image
 from tests.test_restore import restore
 from toygres_pipelines.images.backup import backup_job_spec, image_prefix
 from toygres_pipelines.restores.config import RestorePlan
@@ -119,19 +119,7 @@ def stored_image(blob: BlobStorageResource, name: str) -> tuple[uuid.UUID, str]:
 
 
 def instance_row(name: str) -> Instance:
-    return Instance(
-        id=uuid.uuid4(),
-        user_name=name,
-        k8s_name=name,
-        namespace="default",
-        postgres_version="16",
-        storage_size_gb=1,
-        use_load_balancer=False,
-        state=InstanceState.creating,
-        image_type=ImageType.stock,
-        created_at=NOW,
-        updated_at=NOW,
-    )
+    return instance_record(name, state=InstanceState.creating, created_at=NOW)
 
 
 def restore_spec(blob: BlobStorageResource, image_id: uuid.UUID, sha256: str, databases: list[str] | None = None):
@@ -155,20 +143,16 @@ def restore_spec(blob: BlobStorageResource, image_id: uuid.UUID, sha256: str, da
 
 
 def image_row(image_id: uuid.UUID) -> Image:
-    return Image(
+    return image_record(
+        None,
+        "src__b",
         id=image_id,
-        name="src__b",
         source_k8s_name="src",
-        source_namespace="default",
         blob_storage_url="http://unused",
         blob_container="unused",
         blob_path=image_prefix(image_id),
-        storage_size_gb=1,
-        postgres_version="16",
-        image_type=ImageType.stock,
         state=ImageState.creating,
         created_at=NOW,
-        updated_at=NOW,
     )
 
 

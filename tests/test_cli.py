@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from records import ImageRequest, ImageState, ImageType, InstanceState, RequestState, RestoreRequest
+from records import ImageRequest, ImageState, InstanceState, RequestState, RestoreRequest
 from records.requests import RestoreRequestFields
 from resources.platform.postgres_server import free_port
-from tests.helpers import cli_runner
+from tests.helpers import add_image, add_instance, cli_runner, image_request
 from toygres_pipelines import cli
 from toygres_pipelines.cli import images as cli_images
 from toygres_pipelines.cli.requests import follow
@@ -30,40 +30,6 @@ def run(cms, monkeypatch, capsys):
     monkeypatch.delenv(cli.KEY_ENV, raising=False)
 
     return cli_runner(capsys)
-
-
-def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running, **kwargs):
-    return cms.instances.create(
-        user_name=k8s_name.rsplit("-", 1)[0],
-        k8s_name=k8s_name,
-        namespace="default",
-        postgres_version="15",
-        storage_size_gb=kwargs.pop("storage_size_gb", 2),
-        use_load_balancer=True,
-        dns_name=kwargs.pop("dns_name", None),
-        image_type=ImageType.stock,
-        state=state,
-        **kwargs,
-    )
-
-
-def add_image(cms, source, name: str, state: ImageState = ImageState.ready, checksum: str | None = "ab" * 32):
-    image_id = uuid.uuid4()
-    image = cms.images.reserve(
-        image_id=image_id,
-        name=name,
-        description=None,
-        source=source,
-        blob_storage_url="http://blob",
-        blob_container="c",
-        blob_path=f"images/{image_id}",
-        run_id=None,
-    )
-    if state is ImageState.ready:
-        return cms.images.transition(image.id, ImageState.ready, backup_checksum=checksum, backup_size_bytes=1234)
-    if state is ImageState.failed:
-        return cms.images.transition(image.id, ImageState.failed, reason="broken")
-    return image
 
 
 @pytest.fixture
@@ -144,7 +110,7 @@ def test_backup_request_with_the_name_of_a_live_image_exits_2(run, cms, db):
 
 @pytest.fixture
 def image(cms, db):
-    return add_image(cms, db, "db-abcde__golden")
+    return add_image(cms, db, "db-abcde__golden", state=ImageState.ready)
 
 
 def test_restore_request_is_queued_pending_with_the_given_fields(run, cms, image):
@@ -224,7 +190,7 @@ def test_restore_request_by_image_id_with_defaults(run, cms, image):
 )
 def test_each_restore_rule_violation_exits_2_naming_the_field(run, cms, db, image, args, field, words):
     add_image(cms, db, "half-done", state=ImageState.creating)
-    add_image(cms, db, "no-checksum", checksum=None)
+    add_image(cms, db, "no-checksum", state=ImageState.ready, backup_checksum=None)
     add_instance(cms, "other-abcde", dns_name="taken-db")
     base = {"--name": "copy", "--dns-label": "copy-db"}
     argv = ["request-restore"]
@@ -683,7 +649,7 @@ def test_a_nul_byte_in_any_cli_value_exits_2_naming_the_field(run, cms, db, argv
 
 
 def test_images_show_with_an_empty_reference_is_refused(run, cms, db):
-    add_image(cms, db, "db__one")
+    add_image(cms, db, "db__one", state=ImageState.ready)
     code, out, err = run("images", "--show", "")
     assert (code, out) == (2, "")
     assert err == "error: image: --show needs an image id or name, not ''\n"
@@ -697,10 +663,9 @@ def test_wait_prints_events_in_the_order_they_happened(cms, source, monkeypatch)
     import psycopg
 
     from records import RequestState
-    from records.requests import ImageRequestFields
     from tests.helpers import catalogued_image
 
-    request = cms.requests.create(ImageRequestFields(source_instance=source.k8s_name, image_name="fast"))
+    request = image_request(cms, source.k8s_name, "fast")
     cms.requests.transition(ImageRequest, request.id, RequestState.accepted)
     cms.requests.attach_run(request.id, "run-fast-1")
     image = catalogued_image(cms, source, "fast")

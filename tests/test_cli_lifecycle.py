@@ -10,14 +10,15 @@ import dagster as dg
 import pytest
 
 from records import ImageRequest, ImageState, InstanceState, RestoreRequest
-from records.requests import RestoreRequestFields
-from tests.helpers import cli_runner
-from tests.test_cli import add_instance
+from tests.helpers import add_instance, cli_runner, insert_restore_request, restore_request
 from tests.test_lifecycle import FILES, stored_image
 from toygres_pipelines import cli
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 
 pytestmark = pytest.mark.integration
+
+
+NULL_DATABASE = "ARRAY[NULL]::text[]"  # a databases value the record refuses
 
 
 @pytest.fixture
@@ -58,9 +59,7 @@ def test_delete_image_refuses_a_pinned_or_in_use_image_and_deletes_otherwise(run
     assert code == 2 and out == ""
     assert err == "error: image: image 'app__two' is pinned: unpin it first (toygres-pipelines pin app__two --off)\n"
     run("pin", image.name, "--off")
-    request = cms.requests.create(
-        RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=image.name, namespace="default")
-    )
+    request = restore_request(cms, source_image_id=image.name)
     code, _, err = run("delete-image", image.name)
     assert code == 2
     assert err == (
@@ -109,10 +108,9 @@ def test_delete_instance_deletes_a_point_in_time_restored_instance_without_force
     tags = {"pitr_base_backup": str(uuid.uuid4()), "pitr_source": "app-abcde", "pitr_target": "latest"}
     if through_request:
         tags["request_key"] = f"restore-request:{uuid.uuid4()}"
-    instance = cms.instances.create(
-        user_name="pitr", k8s_name="pitr-fghij", namespace="default", postgres_version="17", storage_size_gb=1,
-        use_load_balancer=True, dns_name="pitr-fghij", image_type="stock", tags=tags, state=InstanceState.running,
-    )  # fmt: skip
+    instance = add_instance(
+        cms, "pitr-fghij", postgres_version="17", use_load_balancer=True, dns_name="pitr-fghij", tags=tags
+    )
     code, out, err = run("delete-instance", instance.k8s_name, "--yes")
     assert (code, err) == (0, ""), err
     assert cms.instances.get(instance.id).state is InstanceState.deleted
@@ -224,10 +222,8 @@ def test_a_malformed_request_row_stops_neither_retention_nor_delete_image_nor_th
     without_the_databases_check(cms)
     bad = uuid.uuid4()
     with psycopg.connect(cms.dsn) as conn:
-        conn.execute(
-            "INSERT INTO toygres_cms.restore_requests (id, name, dns_label, source_image_id, namespace,"
-            " storage_size_gb, databases) VALUES (%s, 'bad', 'bad-db', %s, 'default', 1, ARRAY[NULL]::text[])",
-            (bad, used.name.upper().lower()),
+        insert_restore_request(
+            conn, id=bad, name="bad", dns_label="bad-db", source_image_id=used.name, databases_sql=NULL_DATABASE
         )
     code, out, err = run("requests")
     assert (code, err) == (0, "")
@@ -260,10 +256,8 @@ def test_a_malformed_request_row_in_flight_never_crashes_request_restore(run, cm
     image = stored_image(cms, blob, source, "app__one", days_old=1)
     without_the_databases_check(cms)
     with psycopg.connect(cms.dsn) as conn:
-        conn.execute(
-            "INSERT INTO toygres_cms.restore_requests (id, name, dns_label, source_image_id, namespace,"
-            " storage_size_gb, databases) VALUES (%s, 'bad', 'bad-db', %s, 'default', 1, ARRAY[NULL]::text[])",
-            (uuid.uuid4(), image.name),
+        insert_restore_request(
+            conn, name="bad", dns_label="bad-db", source_image_id=image.name, databases_sql=NULL_DATABASE
         )
     code, out, err = run("request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", image.name)
     assert (code, err) == (0, ""), err

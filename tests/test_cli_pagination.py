@@ -8,8 +8,7 @@ import psycopg
 import pytest
 
 from records import ImageState
-from tests.helpers import cli_runner
-from tests.test_cli import add_image, add_instance
+from tests.helpers import add_image, add_instance, cli_runner
 from toygres_pipelines import cli
 from toygres_pipelines.cli.images import IMAGES_PAGE_SIZE
 
@@ -25,7 +24,7 @@ def run(cms, monkeypatch, capsys):
 def five(cms):
     """Five images created at the same instant (ties on created_at), one of them failed."""
     source = add_instance(cms, "db-pages")
-    made = [add_image(cms, source, f"db-pages__{n}") for n in range(4)]
+    made = [add_image(cms, source, f"db-pages__{n}", state=ImageState.ready) for n in range(4)]
     made.append(add_image(cms, source, "db-pages__broken", state=ImageState.failed))
     with psycopg.connect(cms.dsn) as conn:
         conn.execute("UPDATE toygres_cms.images SET created_at = '2026-01-01T00:00:00Z'")

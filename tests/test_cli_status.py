@@ -52,7 +52,7 @@ def test_status_shows_newest_image_and_last_drill_and_fails_out_of_windows(run, 
     assert source.k8s_name in out and "no ready image" in out
 
     image = helpers.catalogued_image(cms, source, f"{source.k8s_name}__status")
-    drill = cms.drills.start(image.id, source.id, "run-status-1")
+    drill = helpers.add_drill(cms, image, "run-status-1")
     cms.drills.finish(drill.id, DrillResult.passed, "ok", recovery_seconds=7.25)
     code, out, _ = run("status")
     assert code == 0, out

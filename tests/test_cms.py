@@ -33,36 +33,9 @@ from resources.cms import (
     migrations,
 )
 from resources.cms.queries import Queries
+from tests.helpers import add_image, add_instance, insert_restore_request
 
 pytestmark = pytest.mark.integration
-
-
-def make_instance(cms: CMSResource, name: str = "demo", **overrides) -> Instance:
-    values = dict(
-        user_name="alice",
-        k8s_name=f"{name}-abcde",
-        namespace="toygres",
-        postgres_version="15",
-        storage_size_gb=5,
-        use_load_balancer=False,
-        dns_name=name,
-        image_type="stock",
-    )
-    values.update(overrides)
-    return cms.instances.create(**values)
-
-
-def make_image(cms: CMSResource, source: Instance, name: str = "snap-1", run_id: str | None = "run-1") -> Image:
-    return cms.images.reserve(
-        image_id=uuid.uuid4(),
-        name=name,
-        description="nightly",
-        source=source,
-        blob_storage_url="http://127.0.0.1:10000/devstoreaccount1",
-        blob_container="images",
-        blob_path=f"images/{name}",
-        run_id=run_id,
-    )
 
 
 def transitions(cms: CMSResource, entity_id) -> list[tuple[str | None, str]]:
@@ -105,7 +78,7 @@ def test_migrate_is_idempotent(fresh_database, cms_encryption_key):
     assert cms.migrations.apply() == [m.version for m in migrations()]
     assert cms.migrations.apply() == []
     assert cms.migrations.applied() == [m.version for m in migrations()]
-    make_instance(cms)  # the schema works
+    add_instance(cms, state=InstanceState.creating)  # the schema works
     assert len(cms.instances.list()) == 1
 
 
@@ -128,7 +101,7 @@ def test_concurrent_migrations_apply_each_version_once(fresh_database, cms_encry
 
 
 def test_create_and_find_instance(cms):
-    instance = make_instance(cms, tags={"team": "db"}, run_id="run-a")
+    instance = add_instance(cms, state=InstanceState.creating, tags={"team": "db"}, run_id="run-a")
     assert isinstance(instance, Instance)
     assert instance.state is InstanceState.creating
     assert instance.tags == {"team": "db"}
@@ -145,18 +118,18 @@ def test_create_and_find_instance(cms):
 
 def test_register_running_instance_with_given_id(cms):
     instance_id = uuid.uuid4()
-    instance = make_instance(cms, instance_id=instance_id, state=InstanceState.running)
+    instance = add_instance(cms, instance_id=instance_id, state=InstanceState.running)
     assert instance.id == instance_id and instance.state is InstanceState.running
     assert [e.to_state for e in cms.events.of(instance_id)] == ["running"]
     with pytest.raises(NameConflict) as caught:
-        make_instance(cms, name="other", instance_id=instance_id)
+        add_instance(cms, "other-abcde", state=InstanceState.creating, instance_id=instance_id)
     assert caught.value.field == "instance_id"
 
 
 def test_duplicate_k8s_name_is_refused(cms):
-    make_instance(cms)
+    add_instance(cms, state=InstanceState.creating)
     with pytest.raises(NameConflict) as caught:
-        make_instance(cms, dns_name="another")
+        add_instance(cms, state=InstanceState.creating, dns_name="another")
     assert isinstance(caught.value, ValidationFailed)
     assert caught.value.field == "k8s_name"
     assert "demo-abcde" in str(caught.value)
@@ -164,17 +137,17 @@ def test_duplicate_k8s_name_is_refused(cms):
 
 
 def test_dns_name_is_reusable_only_after_the_first_instance_leaves_creating_and_running(cms):
-    first = make_instance(cms, name="one", dns_name="shared")
+    first = add_instance(cms, "one-abcde", state=InstanceState.creating, dns_name="shared")
     assert cms.instances.dns_name_in_use("shared")
     with pytest.raises(NameConflict) as caught:
-        make_instance(cms, name="two", dns_name="shared")
+        add_instance(cms, "two-abcde", state=InstanceState.creating, dns_name="shared")
     assert caught.value.field == "dns_name"
     cms.instances.transition(first.id, InstanceState.running)
     with pytest.raises(NameConflict):
-        make_instance(cms, name="two", dns_name="shared")
+        add_instance(cms, "two-abcde", state=InstanceState.creating, dns_name="shared")
     cms.instances.transition(first.id, InstanceState.stopped)
     assert not cms.instances.dns_name_in_use("shared")
-    second = make_instance(cms, name="two", dns_name="shared")
+    second = add_instance(cms, "two-abcde", state=InstanceState.creating, dns_name="shared")
     # the stopped one cannot come back while the name is taken again
     with pytest.raises(NameConflict) as caught:
         cms.instances.transition(first.id, InstanceState.running)
@@ -182,13 +155,13 @@ def test_dns_name_is_reusable_only_after_the_first_instance_leaves_creating_and_
     assert cms.instances.get(first.id).state is InstanceState.stopped
     assert transitions(cms, first.id) == [(None, "creating"), ("creating", "running"), ("running", "stopped")]
     # instances without a DNS name never conflict
-    make_instance(cms, name="three", dns_name=None)
-    make_instance(cms, name="four", dns_name=None)
+    add_instance(cms, "three-abcde", state=InstanceState.creating, dns_name=None)
+    add_instance(cms, "four-abcde", state=InstanceState.creating, dns_name=None)
     assert second.dns_name == "shared"
 
 
 def test_instance_transitions_allowed_and_refused(cms):
-    instance = make_instance(cms)
+    instance = add_instance(cms, state=InstanceState.creating)
     running = cms.instances.transition(
         instance.id,
         "running",
@@ -230,7 +203,7 @@ def test_instance_transitions_allowed_and_refused(cms):
 
 
 def test_failed_instance_records_the_reason(cms):
-    instance = make_instance(cms, run_id="run-c")
+    instance = add_instance(cms, state=InstanceState.creating, run_id="run-c")
     failed = cms.instances.transition(instance.id, InstanceState.failed, reason="pod never became ready")
     assert failed.state is InstanceState.failed
     assert failed.error_message == "pod never became ready"
@@ -248,7 +221,7 @@ def test_transition_of_unknown_instance(cms):
 
 
 def test_racing_transitions_let_exactly_one_win(cms):
-    instance = make_instance(cms)
+    instance = add_instance(cms, state=InstanceState.creating)
     barrier = threading.Barrier(4)
 
     def fail() -> str:
@@ -269,8 +242,8 @@ def test_racing_transitions_let_exactly_one_win(cms):
 
 
 def test_reserve_image_copies_the_source(cms):
-    source = make_instance(cms, state=InstanceState.running, image_type="pg_durable", storage_size_gb=7)
-    image = make_image(cms, source)
+    source = add_instance(cms, image_type="pg_durable", storage_size_gb=7)
+    image = add_image(cms, source, "snap-1", run_id="run-1")
     assert image.state is ImageState.creating
     assert (image.source_instance_id, image.source_k8s_name, image.source_namespace) == (
         source.id,
@@ -287,32 +260,32 @@ def test_reserve_image_copies_the_source(cms):
 
 
 def test_image_name_is_reusable_after_failed_or_deleted(cms):
-    source = make_instance(cms, state=InstanceState.running)
-    first = make_image(cms, source, run_id="run-1")
+    source = add_instance(cms)
+    first = add_image(cms, source, "snap-1", run_id="run-1")
     with pytest.raises(NameConflict) as caught:
-        make_image(cms, source, run_id="run-2")
+        add_image(cms, source, "snap-1", run_id="run-2")
     assert caught.value.field == "name" and "snap-1" in str(caught.value)
 
     cms.images.transition(first.id, ImageState.failed, reason="pg_dump failed")
-    second = make_image(cms, source, run_id="run-3")  # a failed image's name can be retried
+    second = add_image(cms, source, "snap-1", run_id="run-3")  # a failed image's name can be retried
     assert cms.images.find("snap-1").id == second.id  # the live one wins
     with pytest.raises(NameConflict):
-        make_image(cms, source, run_id="run-4")
+        add_image(cms, source, "snap-1", run_id="run-4")
 
     cms.images.transition(second.id, ImageState.ready, backup_size_bytes=10, backup_checksum="ab")
     cms.images.transition(second.id, ImageState.deleting)
     assert cms.images.find("snap-1").id == second.id
     cms.images.transition(second.id, ImageState.deleted)
     assert cms.images.find("snap-1").id == second.id  # no live one: the newest
-    third = make_image(cms, source, run_id="run-5")
+    third = add_image(cms, source, "snap-1", run_id="run-5")
     assert cms.images.find("snap-1").id == third.id
     assert len(cms.images.list()) == 3
     assert [i.id for i in cms.images.list([ImageState.creating])] == [third.id]
 
 
 def test_image_transitions(cms):
-    source = make_instance(cms, state=InstanceState.running)
-    image = make_image(cms, source)
+    source = add_instance(cms)
+    image = add_image(cms, source, "snap-1", run_id="run-1")
     assert image.ready_at is None
     with pytest.raises(InvalidTransition):
         cms.images.transition(image.id, ImageState.deleting)
@@ -339,7 +312,7 @@ def test_image_transitions(cms):
         ("deleting", "deleted"),
     ]
 
-    other = make_image(cms, source, name="snap-2", run_id="run-9")
+    other = add_image(cms, source, "snap-2", run_id="run-9")
     failed = cms.images.transition(other.id, ImageState.failed, reason="blob store unreachable")
     assert failed.error_message == "blob store unreachable"
     assert cms.events.of(other.id)[-1].reason == "blob store unreachable"
@@ -348,8 +321,8 @@ def test_image_transitions(cms):
 
 
 def test_password_is_encrypted_at_rest(cms):
-    source = make_instance(cms, state=InstanceState.running)
-    image = make_image(cms, source)
+    source = add_instance(cms)
+    image = add_image(cms, source, "snap-1", run_id="run-1")
     with pytest.raises(PasswordUnavailable, match="no stored source password"):
         cms.images.password(image.id)
     secret = "s3cr3t-Pa55word!"
@@ -380,8 +353,8 @@ def test_password_is_encrypted_at_rest(cms):
 
 
 def test_refused_changes_leave_no_event(cms):
-    source = make_instance(cms, state=InstanceState.running)
-    image = make_image(cms, source)
+    source = add_instance(cms)
+    image = add_image(cms, source, "snap-1", run_id="run-1")
     before = len(cms.events.of(image.id))
     with pytest.raises(InvalidTransition):
         cms.images.transition(image.id, ImageState.deleted)
@@ -392,7 +365,7 @@ def test_refused_changes_leave_no_event(cms):
 
 
 def test_check_constraints_guard_the_states(cms):
-    instance = make_instance(cms)
+    instance = add_instance(cms, state=InstanceState.creating)
     with psycopg.connect(cms.dsn) as conn:
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("UPDATE toygres_cms.instances SET state = 'exploded' WHERE id = %s", (instance.id,))
@@ -431,7 +404,7 @@ def test_restore_request_lifecycle(cms):
         )
     )
     assert isinstance(request, RestoreRequest) and request.state is RequestState.pending
-    instance = make_instance(cms, name="copy")
+    instance = add_instance(cms, "copy-abcde", state=InstanceState.creating)
     cms.requests.transition(RestoreRequest, request.id, RequestState.accepted, run_id="run-x")
     done = cms.requests.transition(RestoreRequest, request.id, RequestState.succeeded, instance_id=instance.id)
     assert done.instance_id == instance.id and done.state is RequestState.succeeded
@@ -554,7 +527,7 @@ def test_usable_as_a_dagster_resource_from_env_vars(cms, monkeypatch):
 
     @dg.asset
     def count_instances(cms: CMSResource) -> int:
-        make_instance(cms)
+        add_instance(cms, state=InstanceState.creating)
         return len(cms.instances.list([InstanceState.creating]))
 
     result = dg.materialize(
@@ -569,15 +542,15 @@ def test_usable_as_a_dagster_resource_from_env_vars(cms, monkeypatch):
 
 @pytest.mark.parametrize("field", ["dns_name", "k8s_name", "namespace"])
 def test_a_name_with_a_trailing_newline_never_becomes_an_instance_row(cms, field):
-    make_instance(cms, "shared", state=InstanceState.running)
+    add_instance(cms, "shared-abcde", state=InstanceState.running, dns_name="shared")
     bad = {"dns_name": "shared\n", "k8s_name": "shared-abcde\n", "namespace": "toygres\n"}[field]
     with pytest.raises(ValidationFailed, match=f"^{field}: "):
-        make_instance(cms, "shared2", **{field: bad})
+        add_instance(cms, **{"k8s_name": "shared2-abcde", "state": InstanceState.creating, field: bad})
     assert [i.dns_name for i in cms.instances.list()] == ["shared"]
 
 
 def test_an_image_name_with_a_trailing_newline_is_never_reserved(cms):
-    source = make_instance(cms, "src", state=InstanceState.running)
+    source = add_instance(cms, "src-abcde")
     with pytest.raises(ValidationFailed, match="^name: "):
         cms.images.reserve(
             image_id=None,
@@ -603,27 +576,15 @@ SPELLINGS = {
 MALFORMED_DATABASES = {"null element": "ARRAY[NULL]::text[]", "2-D": "ARRAY[ARRAY['a','b'],ARRAY['c','d']]"}
 
 
-def insert_restore_request(
-    conn, source_image_id: str, databases_sql: str = "NULL", state: str = "pending"
-) -> uuid.UUID:
-    request_id = uuid.uuid4()
-    conn.execute(
-        "INSERT INTO toygres_cms.restore_requests (id, name, dns_label, source_image_id, namespace, storage_size_gb,"
-        f" state, databases) VALUES (%s, 'copy', 'copy-db', %s, 'default', 1, %s, {databases_sql})",
-        (request_id, source_image_id, state),
-    )
-    return request_id
-
-
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_every_reader_sees_a_requests_image_id_in_one_spelling(cms, spelling):
-    image = make_image(cms, make_instance(cms))
+    image = add_image(cms, add_instance(cms), "snap-1", run_id="run-1")
     spelled = SPELLINGS[spelling](str(image.id))
     queued = cms.requests.create(
         RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=spelled, namespace="default")
     )
     with psycopg.connect(cms.dsn) as conn:
-        raw = insert_restore_request(conn, spelled)
+        raw = insert_restore_request(conn, source_image_id=spelled)
     assert cms.requests.get(RestoreRequest, queued.id).source_image_id == str(image.id)
     assert cms.requests.get(RestoreRequest, raw).source_image_id == str(image.id)
     # a name stays a name
@@ -636,7 +597,7 @@ def test_every_reader_sees_a_requests_image_id_in_one_spelling(cms, spelling):
 @pytest.mark.parametrize("malformed", MALFORMED_DATABASES)
 def test_the_cms_refuses_a_malformed_databases_value(cms, malformed):
     with psycopg.connect(cms.dsn) as conn, pytest.raises(psycopg.errors.CheckViolation, match="databases"):
-        insert_restore_request(conn, "snap-1", MALFORMED_DATABASES[malformed])
+        insert_restore_request(conn, source_image_id="snap-1", databases_sql=MALFORMED_DATABASES[malformed])
 
 
 def test_the_request_migration_rewrites_rows_already_stored(fresh_database, cms_encryption_key, monkeypatch):
@@ -647,12 +608,18 @@ def test_the_request_migration_rewrites_rows_already_stored(fresh_database, cms_
     monkeypatch.setattr(schema, "migrations", lambda: [m for m in everything if m.version < ours])
     cms = CMSResource(dsn=fresh_database, encryption_key=cms_encryption_key)
     cms.migrations.apply()
-    image = make_image(cms, make_instance(cms))
+    image = add_image(cms, add_instance(cms), "snap-1", run_id="run-1")
     with psycopg.connect(cms.dsn) as conn:
-        spelled = insert_restore_request(conn, "{" + str(image.id).upper() + "}")
-        bad_pending = insert_restore_request(conn, "snap-1", MALFORMED_DATABASES["null element"])
-        bad_accepted = insert_restore_request(conn, "snap-1", MALFORMED_DATABASES["2-D"], state="accepted")
-        bad_done = insert_restore_request(conn, "snap-1", MALFORMED_DATABASES["2-D"], state="succeeded")
+        spelled = insert_restore_request(conn, source_image_id="{" + str(image.id).upper() + "}")
+        bad_pending = insert_restore_request(
+            conn, source_image_id="snap-1", databases_sql=MALFORMED_DATABASES["null element"]
+        )
+        bad_accepted = insert_restore_request(
+            conn, source_image_id="snap-1", databases_sql=MALFORMED_DATABASES["2-D"], state="accepted"
+        )
+        bad_done = insert_restore_request(
+            conn, source_image_id="snap-1", databases_sql=MALFORMED_DATABASES["2-D"], state="succeeded"
+        )
     monkeypatch.setattr(schema, "migrations", lambda: everything)
     assert cms.migrations.apply() == [m.version for m in everything if m.version >= ours]
     assert cms.requests.get(RestoreRequest, spelled).source_image_id == str(image.id)

@@ -21,6 +21,7 @@ from records import ImageRequest, ImageType, InstanceRef, InstanceState
 from resources.platform.base import PROJECT_DIR
 from resources.platform.local import LocalPlatform
 from resources.platform.local_tools import azcopy_path
+from tests.helpers import add_instance
 from toygres_pipelines.dev import demo, devstack
 
 SHIPPED_DAGSTER_YAML = PROJECT_DIR / "deploy" / "local" / "dagster.yaml"
@@ -103,16 +104,7 @@ def test_demo_instance_is_created_once_and_redeployed_when_down(cms, dev_platfor
 @pytest.mark.integration
 def test_running_instance_unknown_to_the_platform_is_reported(cms, dev_platform):
     platform = dev_platform
-    row = cms.instances.create(
-        user_name="ghost",
-        k8s_name="ghost-abcde",
-        namespace="default",
-        postgres_version="15",
-        storage_size_gb=1,
-        use_load_balancer=False,
-        dns_name="ghost",
-        image_type=ImageType.stock,
-    )
+    row = add_instance(cms, "ghost-abcde", state=InstanceState.creating, dns_name="ghost")
     cms.instances.transition(row.id, InstanceState.running)
 
     problems = devstack.redeploy_running_instances(cms, platform)

@@ -15,7 +15,7 @@ import pytest
 from records import ImageState, InstanceState
 from records.drills import DrillResult
 from resources.platform.postgres_server import postgres_bindir
-from tests.helpers import materialize_image
+from tests.helpers import add_drill, materialize_image
 from tests.test_restore import restore
 from toygres_pipelines.drills.checks import RESTORABLE_CHECK
 from toygres_pipelines.drills.janitor import settle_abandoned_drills
@@ -203,7 +203,7 @@ def test_the_janitor_deletes_the_scratch_instance_of_a_drill_whose_run_ended_wit
     assert restored.success
     scratch = cms.instances.find_by_run(restored.run_id)
     assert scratch.state is InstanceState.running
-    cms.drills.start(ready_image.id, ready_image.source_instance_id, restored.run_id)
+    add_drill(cms, ready_image, restored.run_id)
 
     settled = settle_abandoned_drills(instance, cms, platform, log=print)
 
@@ -229,7 +229,7 @@ def test_the_janitor_deletes_a_scratch_instance_its_finished_drill_could_not_del
     )
     assert restored.success
     scratch = cms.instances.find_by_run(restored.run_id)
-    row = cms.drills.start(ready_image.id, ready_image.source_instance_id, restored.run_id)
+    row = add_drill(cms, ready_image, restored.run_id)
     cms.drills.finish(row.id, DrillResult.failed, "step finish_drill failed: platform unreachable")
 
     settle_abandoned_drills(instance, cms, platform, log=print)
@@ -256,7 +256,7 @@ def test_a_canceled_drill_run_is_settled_by_the_run_status_sensor(resources, cms
     )
     assert restored.success
     scratch = cms.instances.find_by_run(restored.run_id)
-    cms.drills.start(ready_image.id, ready_image.source_instance_id, restored.run_id)
+    add_drill(cms, ready_image, restored.run_id)
     run = instance.get_run_by_id(restored.run_id)
     event = instance.report_run_canceled(run)
 

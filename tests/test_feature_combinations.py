@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from records import ImageState, InstanceRef, InstanceState, RestoreRequest
 from resources.platform.base import JobFailed
 from resources.platform.postgres_server import postgres_bindir
-from tests.helpers import catalogued_image, failure_text, materialize_image, run_logs
+from tests.helpers import add_image, catalogued_image, failure_text, materialize_image, run_logs
 from tests.test_cli_restore_options import run  # noqa: F401 - fixture
 from tests.test_data_path import (
     alive,
@@ -129,16 +129,7 @@ def test_images_show_of_a_parallel_image_lists_each_database_once_with_its_rows(
 @pytest.mark.parametrize("state", ["creating", "ready_without_manifest"])
 def test_images_show_of_an_image_without_a_manifest_says_so_clearly(cms, source, run, state):  # noqa: F811
     if state == "creating":
-        image = cms.images.reserve(
-            image_id=None,
-            name=f"{source.k8s_name}__pending-show",
-            description=None,
-            source=source,
-            blob_storage_url="http://127.0.0.1:1/none",
-            blob_container="none",
-            blob_path="images/none-pending",
-            run_id=None,
-        )
+        image = add_image(cms, source, f"{source.k8s_name}__pending-show")
     else:
         image = catalogued_image(cms, source, f"{source.k8s_name}__lost-show")
     code, out, err = run("images", "--show", image.name)

@@ -10,9 +10,9 @@ import dagster as dg
 import psycopg
 import pytest
 
-from records import ImageType, InstanceState
 from resources.cms import CMSResource
 from resources.platform.local import LocalPlatform
+from tests.helpers import add_instance
 from toygres_pipelines.images.schedules import nightly_run_requests
 
 RULES_ONLY = LocalPlatform(state_dir="/nonexistent/toygres-rules-only", azcopy_path="/bin/true")
@@ -37,17 +37,7 @@ def counting(cms) -> CountingCMS:
 
 def add_running(cms: CMSResource, count: int, namespace: str = "default") -> None:
     for n in range(count):
-        cms.instances.create(
-            user_name=f"fleet-{namespace}-{n}",
-            k8s_name=f"fleet-{namespace}-{n}",
-            namespace=namespace,
-            postgres_version="15",
-            storage_size_gb=1,
-            use_load_balancer=False,
-            dns_name=None,
-            image_type=ImageType.stock,
-            state=InstanceState.running,
-        )
+        add_instance(cms, f"fleet-{namespace}-{n}", user_name=f"fleet-{namespace}-{n}", namespace=namespace)
 
 
 def test_the_nightly_tick_reads_the_instances_once_whatever_the_fleet_size(cms, counting):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from records import Image, ImageState, ImageType, Instance, InstanceState
+from records import Image, ImageState, Instance
 from records.drills import Drill, DrillResult, count_differences, seconds_per_gib
 from records.freshness import (
     backup_freshness,
@@ -18,57 +17,27 @@ from records.freshness import (
     previous_ready_image,
     size_anomaly,
 )
+from tests.helpers import drill_record, image_record, instance_record
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
 def instance(name: str) -> Instance:
-    return Instance(
-        id=uuid.uuid4(),
-        user_name=name,
-        k8s_name=name,
-        namespace="default",
-        postgres_version="16",
-        storage_size_gb=1,
-        use_load_balancer=False,
-        state=InstanceState.running,
-        image_type=ImageType.stock,
-        created_at=NOW - timedelta(days=30),
-        updated_at=NOW - timedelta(days=30),
-    )
+    return instance_record(name, created_at=NOW - timedelta(days=30))
 
 
 def image(source: Instance, hours_ago: float, state: ImageState = ImageState.ready, size: int = 1000) -> Image:
     at = NOW - timedelta(hours=hours_ago)
-    return Image(
-        id=uuid.uuid4(),
-        name=f"{source.k8s_name}__{hours_ago}",
-        source_instance_id=source.id,
-        source_k8s_name=source.k8s_name,
-        source_namespace="default",
-        blob_storage_url="http://x",
-        blob_container="c",
-        blob_path="images/x",
-        storage_size_gb=1,
-        postgres_version="16",
-        image_type=ImageType.stock,
-        backup_size_bytes=size,
-        state=state,
-        created_at=at,
-        updated_at=at,
-        ready_at=at if state is ImageState.ready else None,
+    ready_at = at if state is ImageState.ready else None
+    return image_record(
+        source, f"{source.k8s_name}__{hours_ago}", state=state, backup_size_bytes=size, created_at=at, ready_at=ready_at
     )
 
 
 def drill(source: Instance, days_ago: float, result: DrillResult) -> Drill:
-    return Drill(
-        id=uuid.uuid4(),
-        image_id=uuid.uuid4(),
-        source_instance_id=source.id,
-        run_id=str(uuid.uuid4()),
-        started_at=NOW - timedelta(days=days_ago),
-        finished_at=NOW - timedelta(days=days_ago) if result is not DrillResult.running else None,
-        result=result,
+    at = NOW - timedelta(days=days_ago)
+    return drill_record(
+        source, started_at=at, finished_at=at if result is not DrillResult.running else None, result=result
     )
 
 

@@ -8,10 +8,10 @@ import dagster as dg
 import psycopg
 import pytest
 
-from records import ImageState, ImageType, InstanceState
-from records.requests import RestoreRequestFields
+from records import ImageState, InstanceState
 from records.retention import RetentionPolicy
 from resources.blob import BlobStorageResource
+from tests.helpers import add_drill, add_image, add_instance, restore_request
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.lifecycle.retention_job import retention_job
 
@@ -23,38 +23,14 @@ FILES = ("manifest.json", "globals.sql", "databases/app.dump")
 
 
 def running_instance(cms, k8s_name: str = "app-src"):
-    return cms.instances.create(
-        user_name=k8s_name,
-        k8s_name=k8s_name,
-        namespace="default",
-        postgres_version="16",
-        storage_size_gb=1,
-        use_load_balancer=False,
-        dns_name=None,
-        image_type=ImageType.stock,
-        state=InstanceState.running,
-    )
+    return add_instance(cms, k8s_name, postgres_version="16")
 
 
 def stored_image(cms, blob: BlobStorageResource, source, name: str, days_old: float, state=ImageState.ready):
     """An image row with blobs under its folder, created `days_old` days ago."""
-    image_id = uuid.uuid4()
-    image = cms.images.reserve(
-        image_id=image_id,
-        name=name,
-        description=None,
-        source=source,
-        blob_storage_url=blob.storage_url,
-        blob_container=blob.container,
-        blob_path=f"images/{image_id}",
-        run_id=None,
-    )
+    image = add_image(cms, source, name, blob=blob, state=state)
     for file in FILES:
         blob.write_bytes(f"{image.blob_path}/{file}", f"{name}/{file}".encode())
-    if state is ImageState.ready:
-        cms.images.transition(image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64)
-    elif state is ImageState.failed:
-        cms.images.transition(image.id, ImageState.failed, reason="test")
     with psycopg.connect(cms.dsn) as conn:
         conn.execute(
             "UPDATE toygres_cms.images SET created_at = now() - make_interval(secs => %s) WHERE id = %s",
@@ -191,9 +167,7 @@ def test_pinned_and_in_use_images_survive_retention(resources, cms, blob, catalo
 
     d4, d5 = catalogue["ready"][3:5]
     pin_image(cms, d4.name)
-    cms.requests.create(
-        RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=d5.name, namespace="default")
-    )
+    restore_request(cms, source_image_id=d5.name)
     result = run_retention_job(resources, catalogue["instance"], dry_run=False)
     assert result.success
     table = plan_metadata(result)["plan"].value
@@ -215,9 +189,7 @@ def test_deleting_an_image_in_use_is_refused_with_the_reason(resources, cms, blo
     from toygres_pipelines.lifecycle.jobs import delete_image_job
 
     target = catalogue["ready"][2]
-    request = cms.requests.create(
-        RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=str(target.id), namespace="default")
-    )
+    request = restore_request(cms, source_image_id=str(target.id))
     result = delete_image_job.execute_in_process(
         run_config={"ops": {"delete_one_image": {"config": {"image": target.name}}}},
         resources=resources,
@@ -409,15 +381,12 @@ def test_a_restore_cannot_create_its_instance_from_an_image_being_deleted(cms, b
     target = catalogue["ready"][2]
     cms.images.transition(target.id, ImageState.deleting, reason="test")
     with pytest.raises(ValidationFailed, match=f"source_image_id: image {target.name!r} is deleting, it must be ready"):
-        cms.instances.create(
-            user_name="copy",
-            k8s_name="copy-x1y2z",
-            namespace="default",
+        add_instance(
+            cms,
+            "copy-x1y2z",
+            state=InstanceState.creating,
             postgres_version="16",
-            storage_size_gb=1,
-            use_load_balancer=False,
             dns_name="copy-db",
-            image_type=ImageType.stock,
             source_image_id=target.id,
         )
     assert cms.instances.find("copy-x1y2z") is None
@@ -509,7 +478,7 @@ def test_a_running_drill_holds_its_image_against_delete_image_and_retention(reso
     from toygres_pipelines.lifecycle.images import delete_image
 
     target = catalogue["ready"][3]  # expired by POLICY
-    drill = cms.drills.start(target.id, catalogue["source"].id, run_id="drill-run-1")
+    drill = add_drill(cms, target, "drill-run-1")
     held = f"image {target.name!r} is in use: it is the image of running restore drill {drill.id} (run drill-run-1)"
     with pytest.raises(ValidationFailed, match=held.replace("(", r"\(").replace(")", r"\)")):
         delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)

@@ -19,7 +19,7 @@ from resources.blob import BlobStorageResource
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
 from tests.conftest import SOURCE_PASSWORD
-from tests.helpers import failure_text, materialize_image, run_logs
+from tests.helpers import failure_text, image_request, materialize_image, run_logs
 from tests.test_restore import assert_cleaned_up, dsn_of, restore, schema_dump, table_fingerprints
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
 from toygres_pipelines.images.assets import image
@@ -193,12 +193,8 @@ def test_a_backup_request_carries_parallel_jobs_to_its_run_and_one_outside_the_r
     from toygres_pipelines.images.jobs import backup_image
     from toygres_pipelines.images.sensors import evaluate_image_requests
 
-    parallel = cms.requests.create(
-        ImageRequestFields(image_name="req-parallel", source_instance=source.k8s_name, parallel_jobs=3)
-    )
-    too_many = cms.requests.create(
-        ImageRequestFields(image_name="req-too-many", source_instance=source.k8s_name, parallel_jobs=64)
-    )
+    parallel = image_request(cms, source.k8s_name, "req-parallel", parallel_jobs=3)
+    too_many = image_request(cms, source.k8s_name, "req-too-many", parallel_jobs=64)
     with dg.instance_for_test() as dagster:
         done = evaluate_image_requests(dagster, cms, RULES_ONLY)
     [run_request] = done.run_requests
@@ -210,7 +206,7 @@ def test_a_backup_request_carries_parallel_jobs_to_its_run_and_one_outside_the_r
 
 
 def test_request_backup_cli_queues_parallel_jobs_and_refuses_one_outside_the_rule(cms, monkeypatch, capsys):
-    from tests.test_cli import add_instance
+    from tests.helpers import add_instance
     from toygres_pipelines import cli
 
     monkeypatch.setenv(cli.DSN_ENV, cms.dsn)

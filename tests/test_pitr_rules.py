@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 from records import ValidationFailed
 from records.wal import (
     BaseBackup,
-    BaseBackupState,
     RecoveryWindow,
     StoredSegment,
     find_gaps,
@@ -20,6 +18,7 @@ from records.wal import (
     segment_number,
     segment_of_lsn,
 )
+from tests.helpers import base_backup_record
 
 
 def stored(number: int, partial: bool = False, timeline: int = 1, system: str = "7") -> StoredSegment:
@@ -64,12 +63,17 @@ def test_a_target_needs_a_zone_and_must_fall_in_the_window():
 
 
 def base(start: int, at: datetime, system: str = "7", timeline: int = 1) -> BaseBackup:
-    return BaseBackup(
-        id=uuid.uuid4(), instance_id=uuid.uuid4(), namespace="default", k8s_name="x",
-        state=BaseBackupState.ready, blob_path="base/x", postgres_version="15", system_identifier=system,
-        timeline=timeline, start_segment=segment_name(timeline, start), consistent_at=at, sha256="0" * 64,
-        created_at=at, updated_at=at,
-    )  # fmt: skip
+    return base_backup_record(
+        k8s_name="x",
+        blob_path="base/x",
+        postgres_version="15",
+        system_identifier=system,
+        timeline=timeline,
+        start_segment=segment_name(timeline, start),
+        consistent_at=at,
+        sha256="0" * 64,
+        created_at=at,
+    )
 
 
 def test_retention_keeps_every_segment_the_oldest_kept_base_backup_needs():
@@ -91,3 +95,22 @@ def test_the_code_location_module_holds_one_definitions_with_the_pitr_domain():
     jobs = {job.name for job in defs.resolve_all_job_defs()}
     assert {"base_backup", "restore_to_time", "check_wal_archives", "wal_retention", "pitr_drill"} <= jobs
     assert "wal_archivers" in {sensor.name for sensor in defs.sensors or []}
+
+
+def test_the_point_in_time_launchpad_declares_a_new_instance_as_a_restore_request_does():
+    import dagster as dg
+
+    from records.requests import NewInstanceFields
+    from toygres_pipelines.pitr.restore import restore_to_time_job
+
+    form = restore_to_time_job.run_config_schema.config_type.fields["ops"].config_type
+    fields = form.fields["restore_to_time_op"].config_type.fields["config"].config_type.fields
+    assert set(fields) == {*NewInstanceFields.model_fields, "source_instance", "target_time"}
+    for name, info in NewInstanceFields.model_fields.items():
+        assert fields[name].description == info.description, name
+    config = {"source_instance": "app-abcde", "name": "copy", "dns_label": "copy-db"}
+    assert dg.validate_run_config(restore_to_time_job, {"ops": {"restore_to_time_op": {"config": config}}})
+    with pytest.raises(dg.DagsterInvalidConfigError, match="storage_size_gb"):
+        dg.validate_run_config(
+            restore_to_time_job, {"ops": {"restore_to_time_op": {"config": {**config, "storage_size_gb": "big"}}}}
+        )

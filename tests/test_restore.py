@@ -409,13 +409,12 @@ def test_a_second_run_of_a_request_leaves_the_first_runs_live_restore_alone(
     first = create_run_for_test(
         dagster, job_name="restore_instance", status=dg.DagsterRunStatus.STARTED, tags={REQUEST_ID_TAG: key}
     )
-    in_flight = cms.instances.create(
+    in_flight = helpers.add_instance(
+        cms,
+        "restored-first",
+        state=InstanceState.creating,
         user_name="restored",
-        k8s_name="restored-first",
-        namespace="default",
         postgres_version=ready_image.postgres_version,
-        storage_size_gb=1,
-        use_load_balancer=False,
         dns_name="first-label",
         image_type=ready_image.image_type,
         source_image_id=ready_image.id,

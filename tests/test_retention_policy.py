@@ -25,6 +25,7 @@ from records import (
 )
 from records.lifecycle import images_in_use
 from records.retention import RetentionPolicy
+from tests.helpers import image_record
 from toygres_pipelines.lifecycle.retention import plan_retention
 
 NOW = datetime(2026, 10, 28, 12, 0, tzinfo=UTC)  # a Wednesday
@@ -37,26 +38,21 @@ BERLIN = RetentionPolicy(
     failed_window_days=7,
     timezone="Europe/Berlin",
 )
+
 INSTANCE_A, INSTANCE_B, INSTANCE_C = (uuid.UUID(int=n) for n in (0xA, 0xB, 0xC))
 
 
 def image(instance: uuid.UUID, created: datetime, state: ImageState = ImageState.ready, **extra) -> Image:
     name = f"{instance.int:x}__{created:%Y%m%dT%H%M}"
-    return Image(
+    return image_record(
+        None,
+        name,
         id=uuid.uuid5(uuid.NAMESPACE_URL, name),
-        name=name,
         source_instance_id=instance,
         source_k8s_name=f"inst-{instance.int:x}",
-        source_namespace="default",
-        blob_storage_url="http://blob",
-        blob_container="c",
         blob_path=f"images/{name}",
-        storage_size_gb=1,
-        postgres_version="16",
-        image_type=ImageType.stock,
         state=state,
         created_at=created,
-        updated_at=created,
         **extra,
     )
 
@@ -98,9 +94,15 @@ OVERRIDES = {
 }
 
 
-def test_catalogue_is_the_size_the_issue_asks_for():
-    assert len(catalogue()) >= 400
-    assert {i.source_instance_id for i in catalogue()} == {INSTANCE_A, INSTANCE_B, INSTANCE_C}
+def test_the_plan_decides_once_on_every_image_it_may_delete_and_leaves_the_others_alone():
+    images = catalogue()
+    plan = plan_retention(images, default=BERLIN, overrides=OVERRIDES, in_use={}, now=NOW)
+
+    decided = [d.image_id for d in plan.decisions]
+    assert len(decided) == len(set(decided))
+    left_alone = {ImageState.creating, ImageState.deleted}
+    assert set(decided) == {i.id for i in images if i.state not in left_alone}
+    assert {d.instance_id for d in plan.decisions} == {INSTANCE_A, INSTANCE_B, INSTANCE_C}
 
 
 def test_plan_keeps_exactly_the_hand_computed_set():

@@ -15,10 +15,12 @@ import dagster as dg
 import pytest
 from pydantic import Field
 
+from records import requests as requests_module
 from records.requests import (
     BackupFields,
     ImageRequest,
     ImageRequestFields,
+    RequestFields,
     RestoreFormFields,
     RestoreRequest,
     RestoreRequestFields,
@@ -332,26 +334,65 @@ def test_every_request_field_has_a_description(record):
     assert all(info.description for info in record.model_fields.values())
 
 
-def classes_declaring_most_of(fields: set[str]) -> list[str]:
-    """Classes outside records/ that annotate more than half of `fields`: a second field list."""
+# Classes outside records/ that share field names with a request and are not a copy of it, with why.
+NOT_A_REQUEST = {
+    "resources/platform/base.py:DeploySpec": "the platform's deployment of a checked plan: resolved names and sizes",
+    "toygres_pipelines/restores/config.py:RestorePlan": "the checked request resolved: k8s name, image id, majors",
+}
+REQUEST_RECORDS = {
+    name for name, cls in vars(requests_module).items() if isinstance(cls, type) and issubclass(cls, RequestFields)
+}
+
+
+def base_names(node: ast.ClassDef) -> set[str]:
+    return {base.id if isinstance(base, ast.Name) else getattr(base, "attr", "") for base in node.bases}
+
+
+def second_field_lists(fields: set[str], root: Path = ROOT) -> list[str]:
+    """Classes outside records/ that declare 3 or more of `fields` without deriving from a request
+    record (subclassing it; a field list read from `model_fields` declares nothing): a copy."""
     found = []
     for package in ("resources", "toygres_pipelines"):
-        for path in sorted((ROOT / package).rglob("*.py")):
+        for path in sorted((root / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ClassDef):
-                    names = {
-                        item.target.id
-                        for item in node.body
-                        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
-                    }
-                    if len(fields & names) * 2 > len(fields):
-                        found.append(f"{path.relative_to(ROOT)}:{node.name}")
+                if not isinstance(node, ast.ClassDef) or base_names(node) & REQUEST_RECORDS:
+                    continue
+                names = {
+                    item.target.id
+                    for item in node.body
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+                }
+                place = f"{path.relative_to(root).as_posix()}:{node.name}"
+                if len(fields & names) >= 3 and place not in NOT_A_REQUEST:
+                    found.append(f"{place} {sorted(fields & names)}")
     return found
 
 
 @pytest.mark.parametrize("record", [RestoreRequestFields, ImageRequestFields])
 def test_no_second_field_list_of_a_request(record):
-    assert classes_declaring_most_of(set(record.model_fields)) == []
+    assert second_field_lists(set(record.model_fields)) == []
+
+
+def test_the_field_list_check_sees_a_three_field_copy(tmp_path):
+    (tmp_path / "resources").mkdir()
+    (tmp_path / "toygres_pipelines").mkdir()
+    (tmp_path / "toygres_pipelines" / "copy.py").write_text(
+        "class Form:\n    name: str\n    dns_label: str\n    storage_size_gb: int = 10\n"
+        "class Derived(RestoreFormFields):\n    name: str\n    dns_label: str\n    storage_size_gb: int = 1\n"
+        "class Two:\n    name: str\n    dns_label: str\n"
+    )
+    assert second_field_lists(set(RestoreRequestFields.model_fields), tmp_path) == [
+        "toygres_pipelines/copy.py:Form ['dns_label', 'name', 'storage_size_gb']"
+    ]
+
+
+def test_every_class_said_not_to_be_a_request_exists():
+    for place in NOT_A_REQUEST:
+        path, name = place.split(":")
+        classes = [
+            node.name for node in ast.walk(ast.parse((ROOT / path).read_text())) if isinstance(node, ast.ClassDef)
+        ]
+        assert name in classes, place
 
 
 def test_launchpads_and_rows_are_the_records():

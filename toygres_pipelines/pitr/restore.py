@@ -19,6 +19,7 @@ from records import (
     validate_azure_dns_label,
     validate_dns_label,
 )
+from records.requests import NewInstanceFields
 from records.wal import PITR_BASE_BACKUP_TAG, RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -154,15 +155,13 @@ def run_pitr_job(
         blob.delete_prefix(plan_blob.rsplit("/", 1)[0])
 
 
-class RestoreToTimeConfig(dg.Config):
+class RestoreToTimeConfig(NewInstanceFields, dg.Config):
+    """The new instance as a restore request names it, from an instance's history."""
+
     source_instance: str = Field(description="The instance whose history is restored (k8s_name or id)")
-    name: str = Field(description="The new instance's name")
-    dns_label: str = Field(description="DNS label of the new instance's address")
     target_time: str | None = Field(
         default=None, description="ISO 8601 timestamp with a time zone; empty: `latest` (everything archived)"
     )
-    namespace: str | None = None
-    storage_size_gb: int = 10
 
 
 @dg.op(description="Refused before anything is created when the target is outside the window")

@@ -134,6 +134,19 @@ class RestorePlan(BaseModel):
     )
 
 
+def new_instance(fields: RestoreRequestFields, namespace: str, source_size_gb: int) -> dict[str, Any]:
+    """The plan's new instance, as both kinds of restore make it: the request's names, a fresh
+    Kubernetes name, and at least the source's storage."""
+    return {
+        "user_name": fields.name,
+        "k8s_name": new_k8s_name(fields.name),
+        "namespace": namespace,
+        "dns_label": fields.dns_label,
+        "storage_size_gb": max(fields.storage_size_gb, source_size_gb),
+        "internal": fields.internal,
+    }
+
+
 def check_request_fields(fields: RestoreRequestFields) -> None:
     """Rules on the request alone; each failure names its field."""
     require_source_image(fields.source_image_id)
@@ -265,12 +278,7 @@ def plan_restore(
         manifest, _ = read_manifest(blob, image.blob_path, image.backup_checksum)
         databases = chosen_databases(databases, manifest, image.name)
     return RestorePlan(
-        user_name=fields.name,
-        k8s_name=new_k8s_name(fields.name),
-        namespace=namespace,
-        dns_label=fields.dns_label,
-        storage_size_gb=max(fields.storage_size_gb, image.storage_size_gb),
-        internal=fields.internal,
+        **new_instance(fields, namespace, image.storage_size_gb),
         image_id=image.id,
         image_name=image.name,
         image_type=image.image_type,
@@ -319,12 +327,7 @@ def plan_point_in_time(
     platform.check_postgres_version(base.postgres_version, "source_image_id", f"base backup {base.id}")
     recovery = plan_recovery(cms, blob, source, target)[1] if blob is not None else None
     return RestorePlan(
-        user_name=fields.name,
-        k8s_name=new_k8s_name(fields.name),
-        namespace=namespace,
-        dns_label=fields.dns_label,
-        storage_size_gb=max(fields.storage_size_gb, source.storage_size_gb),
-        internal=fields.internal,
+        **new_instance(fields, namespace, source.storage_size_gb),
         image_id=base.id,
         image_name=f"base backup {base.id} of {source.k8s_name}",
         image_type=source.image_type,
