@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from records import Endpoints, ImageType, InstanceRef, JobResult, LogSink, validate_dns_label
 from records.encryption import validate_age_recipient
+from records.job_scripts import JobScriptEnv, RestoreFetchEnv, RestoreServeEnv, Supply, roles_of
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = PROJECT_DIR / "templates"
@@ -50,11 +51,22 @@ class JobSpec(BaseModel):
     kind: JobKind
     name: str = Field(description="DNS-1123 name, unique per run attempt: backup-<image>, restore-<instance>")
     script: str = Field(description="File name under templates/scripts/")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="The caller's variables of the script's model(s) (records/job_scripts.py job_env)",
+    )
     instance: InstanceRef = Field(description="The instance the job reads (backup) or writes (restore)")
     blob_sas: SecretStr | None = Field(default=None, description="The job's blob grant; run_job refuses a job without")
     labels: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: int = 3600
+
+
+def script_contract(spec: JobSpec) -> type[JobScriptEnv]:
+    """The model of the script a job runs (its first role's: a logical restore's fetch)."""
+    try:
+        return roles_of(spec.script)[0]
+    except ValueError as error:
+        raise PlatformError(f"job {spec.name}: {error}") from None
 
 
 class JobFailed(RuntimeError):
@@ -101,25 +113,26 @@ AGE_IDENTITY_ENV = "AGE_IDENTITY_FILE"
 
 
 class RestoreRoles:
-    """The restore job's two roles (docs/security.md), declared once for both platforms.
+    """The restore job's two roles (docs/security.md), declared once for both platforms; what each
+    role's environment holds is its model's (records/job_scripts.py).
 
-    fetch (`restore.sh`): holds the SAS and the age identity; downloads, hashes, verifies and
-      decrypts, and hands the plaintext over in RESTORE_HANDOFF (it writes, serve only reads).
-    serve (`restore-serve.sh`): runs the image's code (initdb, the temporary server, roles,
-      pg_restore, analyze, the clean stop) as another OS user / container, with a scrubbed
-      environment: exactly SERVE_ENV of the job's variables plus where things are, and the SCRAM
-      verifier of the instance password (PASSWORD_VERIFIER_ENV names its file), never the password.
+    fetch (`restore.sh`, RestoreFetchEnv): holds the SAS and the age identity; downloads, hashes,
+      verifies and decrypts, and hands the plaintext over in RESTORE_HANDOFF (it writes, serve only reads).
+    serve (`restore-serve.sh`, RestoreServeEnv): runs the image's code (initdb, the temporary server,
+      roles, pg_restore, analyze, the clean stop) as another OS user / container, with a scrubbed
+      environment: its model's variables only, the SCRAM verifier of the instance password
+      (PASSWORD_VERIFIER_ENV names its file), never the password.
     """
 
-    fetch_script = "restore.sh"
-    serve_script = "restore-serve.sh"
+    fetch = RestoreFetchEnv
+    serve = RestoreServeEnv
+    fetch_script = RestoreFetchEnv.script
+    serve_script = RestoreServeEnv.script
     handoff_env = "RESTORE_HANDOFF"
     password_verifier_env = "POSTGRES_PASSWORD_VERIFIER_FILE"
     refuse_dangerous_env = "RESTORE_REFUSE_DANGEROUS"
     # The only JobSpec.env variables the serve role gets; everything else stays with fetch.
-    serve_env = frozenset(
-        {"POSTGRES_USER", "POSTGRES_VERSION", "RESTORE_JOBS", "RESTORE_DATABASES", "PROGRESS_SECONDS"}
-    )
+    serve_env = RestoreServeEnv.variables(Supply.caller)
     # A finding of the serve role's archive scan, as logged ("dangerous content: database <name>: <what>").
     finding_prefix = "dangerous content: "
 
@@ -127,10 +140,6 @@ class RestoreRoles:
     def splits(cls, spec: JobSpec) -> bool:
         """Whether a job runs as these two roles: a logical restore (restore.sh)."""
         return spec.kind is JobKind.restore and spec.script == cls.fetch_script
-
-    @classmethod
-    def serve_env_of(cls, env: dict[str, str]) -> dict[str, str]:
-        return {name: value for name, value in env.items() if name in cls.serve_env}
 
 
 class PlatformResource(dg.ConfigurableResource, ABC):

@@ -19,6 +19,7 @@ from records import (
     validate_azure_dns_label,
     validate_dns_label,
 )
+from records.job_scripts import PitrRestoreEnv
 from records.wal import PITR_BASE_BACKUP_TAG, RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -135,13 +136,13 @@ def run_pitr_job(
                 name=job_name,
                 script="restore-pitr.sh",
                 instance=ref,
-                env={
-                    "BLOB_URL": blob.container_url,
-                    "PLAN_BLOB": plan_blob,
-                    "PLAN_SHA256": hashlib.sha256(raw).hexdigest(),
-                    "POSTGRES_VERSION": postgres_version,
-                    "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
-                },
+                env=PitrRestoreEnv(
+                    BLOB_URL=blob.container_url,
+                    PLAN_BLOB=plan_blob,
+                    PLAN_SHA256=hashlib.sha256(raw).hexdigest(),
+                    POSTGRES_VERSION=postgres_version,
+                    TRANSFER_STALL_SECONDS=blob.transfer_stall_seconds,
+                ).env(),
                 blob_sas=blob.read_grant(
                     "", [plan_blob, plan.base.blob, *(s.blob for s in plan.segments)], timeout_seconds
                 ),

@@ -1,0 +1,96 @@
+"""The job-script contract (records/job_scripts.py) against the scripts themselves: each script's
+variables, parsed from its text, are exactly its model's, in both directions (no services needed)."""
+
+import re
+
+import pytest
+
+from records.job_scripts import JOB_SCRIPTS, BackupEnv, JobScriptEnv, Reader, RestoreServeEnv, Supply
+from resources.platform.base import SCRIPTS_DIR, RestoreRoles
+
+# `${VAR:?...}` (required), `${VAR:-default}` and `${VAR:=default}` (optional: the script has a default)
+DECLARING = re.compile(r"\$\{([A-Z][A-Z0-9_]*):([?=-])")
+# any reference at all: `$VAR`, `${VAR}`, `${VAR//x/y}`...
+REFERENCE = re.compile(r"\$\{?([A-Z][A-Z0-9_]*)")
+
+
+def code_of(text: str) -> str:
+    """The script without its comment lines (its header documents; only code counts)."""
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def script_variables(text: str) -> tuple[set[str], set[str]]:
+    """(required, optional) environment variables a script declares by its parameter expansions."""
+    required: set[str] = set()
+    optional: set[str] = set()
+    for name, kind in DECLARING.findall(code_of(text)):
+        (required if kind == "?" else optional).add(name)
+    return required, optional - required
+
+
+def disagreements(model: type[JobScriptEnv], script: str, common: str) -> list[str]:
+    """How a script (and common.sh, which every script sources) and its model differ."""
+    required, optional = script_variables(script)
+    common_required, common_optional = script_variables(common)
+    read = set(REFERENCE.findall(code_of(script))) | set(REFERENCE.findall(code_of(common)))
+    declared = model.variables()
+    found = []
+    for name in sorted((required | optional) - declared):
+        found.append(f"{name}: the script reads it, the model does not declare it")
+    for name in sorted(declared - read):
+        if model.read_by(name) is Reader.script:
+            found.append(f"{name}: the model declares it, the script never reads it")
+    for name in sorted(required - model.required()):
+        if name in declared:
+            found.append(f"{name}: the script requires it (:?), the model has it optional")
+    for name in sorted((model.required() & read) - required - common_required - common_optional):
+        found.append(f"{name}: the model requires it, the script has it optional or a default")
+    return found
+
+
+def text_of(script: str) -> str:
+    return (SCRIPTS_DIR / script).read_text()
+
+
+@pytest.mark.parametrize("script", sorted(JOB_SCRIPTS))
+def test_every_job_script_reads_exactly_what_its_model_declares(script):
+    assert disagreements(JOB_SCRIPTS[script], text_of(script), text_of("common.sh")) == []
+
+
+def test_every_job_script_has_a_model():
+    scripts = {p.name for p in SCRIPTS_DIR.glob("*.sh")} - {"common.sh"}
+    assert scripts == set(JOB_SCRIPTS)
+
+
+def test_every_variable_of_common_sh_is_declared_by_a_model():
+    required, optional = script_variables(text_of("common.sh"))
+    declared = set().union(*(model.variables() for model in JOB_SCRIPTS.values()))
+    assert (required | optional) - declared == set()
+
+
+def test_the_contract_check_sees_a_disagreement_either_way():
+    script = text_of("backup.sh").replace('"${IMAGE_NAME:?}"', '"${IMAGE_NAME:?}" "${NEW_THING:?}"')
+    script = script.replace("CHECK_CHUNK_BYTES", "CHUNK_BYTES")
+    found = disagreements(BackupEnv, script, text_of("common.sh"))
+    assert "NEW_THING: the script reads it, the model does not declare it" in found
+    assert "CHUNK_BYTES: the script reads it, the model does not declare it" in found
+    assert "CHECK_CHUNK_BYTES: the model declares it, the script never reads it" in found
+    optional = text_of("backup.sh").replace('"${IMAGE_NAME:?}"', '"${IMAGE_NAME:-x}"')
+    assert disagreements(BackupEnv, optional, "") != []
+
+
+def test_the_serve_role_gets_only_what_its_model_declares():
+    """The serve role runs the image's code: it gets its model's variables, nothing the fetch role has."""
+    assert RestoreRoles.serve_env <= RestoreServeEnv.variables(Supply.caller)
+
+
+def test_the_model_holds_no_platform_value():
+    with pytest.raises(ValueError, match="PGHOST: supplied by the platform"):
+        BackupEnv(
+            BLOB_URL="https://a/b",
+            POSTGRES_VERSION="17",
+            SOURCE_INSTANCE="s",
+            SOURCE_NAMESPACE="default",
+            IMAGE_NAME="n",
+            PGHOST="x",
+        )
