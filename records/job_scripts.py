@@ -216,13 +216,17 @@ class BackupEnv(SourceEnv):
 
     IMAGE_NAME: str = variable("The image's name (written into manifest.json)")
     DUMP_COMPRESSION: str | None = variable(
-        "pg_dump -Z: 0-9, or from PostgreSQL 16 METHOD[:LEVEL]; unset: pg_dump's default", default=None
+        "pg_dump -Z: 0-9, or from PostgreSQL 16 METHOD[:LEVEL] (gzip, lz4, zstd or none; a pg_dump without "
+        "the method uses gzip 1); unset: pg_dump's default",
+        default=None,
     )
     CHECK_CHUNK_BYTES: int | None = variable(
         "The size of each range the stream's sha256s cover (verify_image); unset: 4 MiB", default=None
     )
     PARALLEL_JOBS: int | None = variable(
-        "pg_dump -Fd -j N per database (parallel mode, records/parallel.py); unset: 1, one stream", default=None
+        "> 1: parallel mode, pg_dump -Fd -j N per database (records/parallel.py, dump_directory_to_blob); "
+        "unset: 1, one stream",
+        default=None,
     )
 
 

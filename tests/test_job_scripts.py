@@ -1,6 +1,7 @@
 """The job-script contract (records/job_scripts.py) against the scripts themselves: each script's
 variables, parsed from its text, are exactly its model's, in both directions (no services needed)."""
 
+import itertools
 import re
 
 import pytest
@@ -94,3 +95,13 @@ def test_the_model_holds_no_platform_value():
             IMAGE_NAME="n",
             PGHOST="x",
         )
+
+
+@pytest.mark.parametrize("script", sorted(JOB_SCRIPTS))
+def test_every_job_script_header_points_at_its_model_and_lists_no_variable_of_its_own(script):
+    """The model is the one list: a header naming variables itself drifts (restore-serve.sh's named
+    RESTORE_DATABASES, which it never read)."""
+    lines = text_of(script).splitlines()[1:]
+    header = "\n".join(itertools.takewhile(lambda line: line.startswith("#"), lines))
+    assert f"records/job_scripts.py {JOB_SCRIPTS[script].__name__}" in header
+    assert "# Env:" not in header  # the list is the model's

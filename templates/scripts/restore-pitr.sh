@@ -5,9 +5,7 @@
 # plan names is downloaded, decrypted, decompressed and checked against its sha256 first (exit 3
 # on a mismatch), so the temporary server's restore_command is a plain copy holding no credential.
 #
-# Env: VOLUME_PATH (PGDATA becomes $VOLUME_PATH/pgdata) BLOB_URL (the container) PLAN_BLOB (the
-#      plan's blob name) PLAN_SHA256 (its sha256, from the op that wrote it) POSTGRES_USER,
-#      AGE_IDENTITY_FILE (encrypted backups), TRANSFER_STALL_SECONDS
+# Environment: records/job_scripts.py PitrRestoreEnv (every variable, who supplies it, what it means).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore-pitr
 : "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${PLAN_BLOB:?}" "${PLAN_SHA256:?}" "${POSTGRES_USER:?}"
