@@ -136,7 +136,7 @@ def instance_row(name: str) -> Instance:
 
 def restore_spec(blob: BlobStorageResource, image_id: uuid.UUID, sha256: str, databases: list[str] | None = None):
     plan = RestorePlan(
-        user_name="copy",
+        name="copy",
         k8s_name="copy",
         namespace="default",
         dns_label="copy",

@@ -1,13 +1,18 @@
 """The job-script contract (records/job_scripts.py) against the scripts themselves: each script's
 variables, parsed from its text, are exactly its model's, in both directions (no services needed)."""
 
+import ast
 import itertools
 import re
+from pathlib import Path
 
 import pytest
 
 from records.job_scripts import JOB_SCRIPTS, BackupEnv, JobScriptEnv, Reader, RestoreServeEnv, Supply
 from resources.platform.base import SCRIPTS_DIR, RestoreRoles
+from toygres_pipelines.restores.config import RestorePlan
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # `${VAR:?...}` (required), `${VAR:-default}` and `${VAR:=default}` (optional: the script has a default)
 DECLARING = re.compile(r"\$\{([A-Z][A-Z0-9_]*):([?=-])")
@@ -105,3 +110,36 @@ def test_every_job_script_header_points_at_its_model_and_lists_no_variable_of_it
     header = "\n".join(itertools.takewhile(lambda line: line.startswith("#"), lines))
     assert f"records/job_scripts.py {JOB_SCRIPTS[script].__name__}" in header
     assert "# Env:" not in header  # the list is the model's
+
+
+# The instances table spells three request fields its own way; records/rows.py renames them, once.
+ROW_NAMES = {"user_name": "name", "use_load_balancer": "internal", "dns_name": "dns_label"}
+
+
+def renames_outside_the_records(root: Path) -> list[str]:
+    """Where code above the records renames a request field to its column name, or back."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg in ROW_NAMES:
+                found.append(f"{path.relative_to(root.parent)}:{node.value.lineno}: {node.arg}=")
+            elif (
+                isinstance(node, ast.keyword)
+                and node.arg in ROW_NAMES.values()
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr in ROW_NAMES
+            ):
+                found.append(f"{path.relative_to(root.parent)}:{node.value.lineno}: {node.arg}=.{node.value.attr}")
+    return found
+
+
+def test_the_request_names_flow_unchanged_or_are_renamed_in_the_records_only():
+    assert renames_outside_the_records(ROOT / "toygres_pipelines") == []
+    assert {"name", "internal", "dns_label"} <= set(RestorePlan.model_fields)
+
+
+def test_the_rename_check_sees_a_rename(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("f(use_load_balancer=not plan.internal)\ng(dns_label=row.dns_name)\n")
+    assert len(renames_outside_the_records(tmp_path / "pkg")) == 2

@@ -20,6 +20,7 @@ from records import (
     validate_dns_label,
 )
 from records.job_scripts import PitrRestoreEnv
+from records.rows import instance_columns
 from records.wal import PITR_BASE_BACKUP_TAG, RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -65,13 +66,11 @@ def restore_to_time(
     platform.check_postgres_version(base.postgres_version, "postgres_version", "the base backup")
     ref = InstanceRef(k8s_name=new_k8s_name(name), namespace=platform.resolve_namespace(namespace))
     instance = cms.create_instance(
-        user_name=name,
+        **instance_columns(name=name, internal=False, dns_label=dns_label),
         k8s_name=ref.k8s_name,
         namespace=ref.namespace,
         postgres_version=base.postgres_version,
         storage_size_gb=max(storage_size_gb, source.storage_size_gb),
-        use_load_balancer=True,
-        dns_name=dns_label,
         image_type=source.image_type,
         run_id=run_id,
         tags={

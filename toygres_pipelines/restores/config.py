@@ -65,7 +65,7 @@ class RestorePlan(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    user_name: str
+    name: str
     k8s_name: str
     namespace: str
     dns_label: str
@@ -205,7 +205,7 @@ def plan_restore(
         manifest, _ = read_manifest(blob, image.blob_path, image.backup_checksum)
         databases = chosen_databases(databases, manifest, image.name)
     return RestorePlan(
-        user_name=fields.name,
+        name=fields.name,
         k8s_name=new_k8s_name(fields.name),
         namespace=namespace,
         dns_label=fields.dns_label,
@@ -254,7 +254,7 @@ def plan_point_in_time(
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     recovery = plan_recovery(cms, blob, source, target)[1] if blob is not None else None
     return RestorePlan(
-        user_name=fields.name,
+        name=fields.name,
         k8s_name=new_k8s_name(fields.name),
         namespace=namespace,
         dns_label=fields.dns_label,

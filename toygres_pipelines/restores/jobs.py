@@ -11,6 +11,7 @@ from records import (
     ValidationFailed,
 )
 from records.requests import RestoreRequestFields
+from records.rows import instance_columns
 from records.wal import PITR_BASE_BACKUP_TAG
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -140,14 +141,12 @@ def create_instance_record(
             )
     try:
         return cms.create_instance(
-            user_name=plan.user_name,
+            **instance_columns(name=plan.name, internal=plan.internal, dns_label=plan.dns_label),
             k8s_name=plan.k8s_name,
             namespace=plan.namespace,
             postgres_version=plan.postgres_version,
             source_postgres_version=plan.source_postgres_version,
             storage_size_gb=plan.storage_size_gb,
-            use_load_balancer=not plan.internal,
-            dns_name=plan.dns_label,
             image_type=plan.image_type,
             source_image_id=None if plan.point_in_time else plan.image_id,  # a base backup is no image row
             run_id=context.run_id,
