@@ -35,15 +35,15 @@ class JobKind(StrEnum):
 
 
 class JobSpec(BaseModel):
-    """A job script run. `env` holds only non-secret values; secrets travel by reference.
+    """A job script run. `env` holds only the caller's variables of the script's model(s)
+    (records/job_scripts.py), never a secret: secrets travel by reference, as the model declares.
 
-    Secrets the scripts may need, and how each platform hands them over:
-    - the instance password: `instance_secret` names the instance whose Secret holds it.
-      Kubernetes: env PGPASSWORD from secretKeyRef. Local: PGPASSFILE (a 0600 pgpass file).
+    - the instance password: `instance` names the instance whose Secret holds it (Kubernetes:
+      PGPASSWORD from secretKeyRef; local: POSTGRES_PASSWORD_FILE, a 0600 copy).
     - blob access: `blob_sas`, the job's grant (resources/blob_sas.py: one blob-level SAS per name
       the job may touch, minted by the Dagster process with the account key or a user delegation
-      key). Kubernetes: a per-job Secret mounted as the file AZCOPY_SAS_FILE names. Local: a 0600
-      AZCOPY_SAS_FILE. Every job has one: no job holds the deployment's identity.
+      key) as the file AZCOPY_SAS_FILE names (Kubernetes: a per-job Secret mounted; local: 0600).
+      Every job has one: no job holds the deployment's identity.
     """
 
     model_config = ConfigDict(frozen=True)
