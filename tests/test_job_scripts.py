@@ -7,9 +7,25 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from records.job_scripts import JOB_SCRIPTS, BackupEnv, JobScriptEnv, Reader, RestoreServeEnv, Supply
-from resources.platform.base import SCRIPTS_DIR, RestoreRoles
+from records import InstanceRef
+from records.job_scripts import (
+    JOB_SCRIPTS,
+    BackupEnv,
+    BaseBackupEnv,
+    JobScriptEnv,
+    PitrRestoreEnv,
+    Reader,
+    RestoreFetchEnv,
+    RestoreServeEnv,
+    Supply,
+    job_env,
+    roles_of,
+)
+from resources.platform import k8s_manifests as m
+from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec, RestoreRoles
+from resources.platform.kubernetes import KubernetesPlatform
 from toygres_pipelines.restores.config import RestorePlan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,3 +159,49 @@ def test_the_rename_check_sees_a_rename(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "m.py").write_text("f(use_load_balancer=not plan.internal)\ng(dns_label=row.dns_name)\n")
     assert len(renames_outside_the_records(tmp_path / "pkg")) == 2
+
+
+# What a job's process gets besides its script's variables: the locale, HOME, azcopy's plan files.
+PROCESS_BASICS = {"LANG", "LC_ALL", "HOME", "AZCOPY_JOB_PLAN_LOCATION"}
+
+CALLER_VALUES: dict[type[JobScriptEnv], JobScriptEnv] = {
+    BackupEnv: BackupEnv(
+        BLOB_URL="https://a/b", POSTGRES_VERSION="17", SOURCE_INSTANCE="s", SOURCE_NAMESPACE="toygres", IMAGE_NAME="n"
+    ),
+    BaseBackupEnv: BaseBackupEnv(
+        BLOB_URL="https://a/b", POSTGRES_VERSION="17", SOURCE_INSTANCE="s", SOURCE_NAMESPACE="toygres"
+    ),
+    RestoreFetchEnv: RestoreFetchEnv(
+        BLOB_URL="https://a/b", POSTGRES_VERSION="17", MANIFEST_SHA256="ab" * 32, RESTORE_DATABASES=["x"]
+    ),
+    RestoreServeEnv: RestoreServeEnv(RESTORE_JOBS=4),
+    PitrRestoreEnv: PitrRestoreEnv(
+        BLOB_URL="https://a/b", POSTGRES_VERSION="17", PLAN_BLOB="p/plan.json", PLAN_SHA256="cd" * 32
+    ),
+}
+
+
+@pytest.mark.parametrize("script", sorted(set(JOB_SCRIPTS) - {RestoreServeEnv.script}))
+def test_the_kubernetes_job_gives_each_role_its_models_variables(script):
+    """Every variable a role's script requires, and nothing its model does not declare."""
+    roles = roles_of(script)
+    platform = KubernetesPlatform(
+        job_images={"17": f"registry.example/toygres-job:17@sha256:{'ab' * 32}"},
+        age_identity_secret="age-keys",
+        refuse_dangerous_images=True,
+    )
+    spec = JobSpec(
+        kind=JobKind.restore if "restore" in script else JobKind.backup,
+        name="job-x",
+        script=script,
+        instance=InstanceRef(k8s_name="orders-ab12c", namespace="toygres"),
+        env=job_env(*(CALLER_VALUES[role] for role in roles)),
+        blob_sas=SecretStr("sig=x"),
+    )
+    containers = m.job(spec, platform.settings(), "toygres-job-scripts")["spec"]["template"]["spec"]["containers"]
+    for role, container in zip(roles, containers, strict=True):
+        names = {e["name"] for e in container["env"]}
+        assert role.required() <= names, (role.script, role.required() - names)
+        assert names - PROCESS_BASICS <= role.variables(), (role.script, names - PROCESS_BASICS - role.variables())
+        secret_refs = {e["name"] for e in container["env"] if "valueFrom" in e}
+        assert secret_refs == role.variables(Supply.secret_ref)

@@ -651,7 +651,7 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str)
     elif spec.kind is JobKind.restore:  # a restore of another shape (restore-pitr.sh): one container
         pod["containers"] = [c for c in pod["containers"] if c["name"] != SERVE_CONTAINER]
         pod["volumes"] = [v for v in pod["volumes"] if v["name"] not in ("serve-tmp", "password-verifier")]
-    if spec.kind is JobKind.restore and settings.age_identity_secret:
+    if settings.age_identity_secret and AGE_IDENTITY_ENV in roles_of(spec.script)[0].variables(Supply.secret_file):
         mount_age_identities(pod, settings.age_identity_secret)
     return manifest
 
