@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from pydantic_core import PydanticUndefined
+
+from records.rows import Instance
 
 
 class Supply(StrEnum):
@@ -208,6 +210,21 @@ class SourceEnv(TransferEnv):
         "age X25519 recipient every stored file is encrypted to; unset: stored unencrypted", default=None
     )
 
+    @classmethod
+    def of_source(
+        cls, source: Instance, *, blob_url: str, transfer_stall_seconds: int, age_recipient: str | None, **values: Any
+    ) -> Self:
+        """The variables of a job reading `source` into `blob_url`, plus the script's own `values`."""
+        return cls(
+            BLOB_URL=blob_url,
+            SOURCE_INSTANCE=source.k8s_name,
+            SOURCE_NAMESPACE=source.namespace,
+            POSTGRES_VERSION=source.postgres_version,
+            TRANSFER_STALL_SECONDS=transfer_stall_seconds,
+            AGE_RECIPIENT=age_recipient or None,
+            **values,
+        )
+
 
 class BackupEnv(SourceEnv):
     """backup.sh: pg_dumpall --globals-only and one pg_dump per database into blob storage."""
@@ -236,7 +253,23 @@ class BaseBackupEnv(SourceEnv):
     script: ClassVar[str] = "basebackup.sh"
 
 
-class RestoreFetchEnv(TransferEnv):
+class BuildsVolume(JobScriptEnv):
+    """A job that builds an instance's data directory on its volume."""
+
+    VOLUME_PATH: str | None = variable(
+        "The instance's volume; PGDATA becomes $VOLUME_PATH/pgdata", Supply.platform, required=True
+    )
+
+
+class Decrypts(JobScriptEnv):
+    """A job that reads an encrypting deployment's files."""
+
+    AGE_IDENTITY_FILE: str | None = variable(
+        "The age identities (private keys) of an encrypting deployment", Supply.secret_file
+    )
+
+
+class RestoreFetchEnv(TransferEnv, Decrypts):
     """restore.sh, the fetch role of a logical restore (docs/security.md): downloads, verifies and
     decrypts, and hands the plaintext over; runs no code of the image."""
 
@@ -254,21 +287,15 @@ class RestoreFetchEnv(TransferEnv):
     RESTORE_DATABASES: list[str] | None = variable(
         "A JSON array (ASCII) of the database names to restore; unset: all", default=None
     )
-    AGE_IDENTITY_FILE: str | None = variable(
-        "The age identities (private keys) of an encrypting deployment", Supply.secret_file
-    )
 
 
-class RestoreServeEnv(JobScriptEnv):
+class RestoreServeEnv(BuildsVolume):
     """restore-serve.sh, the serve role of a logical restore (docs/security.md): runs the image's
     code, so it holds nothing of the deployment: no SAS, no key, no password, only these."""
 
     script: ClassVar[str] = "restore-serve.sh"
     scrubbed: ClassVar[bool] = True
 
-    VOLUME_PATH: str | None = variable(
-        "The instance's volume; PGDATA becomes $VOLUME_PATH/pgdata", Supply.platform, required=True
-    )
     RESTORE_HANDOFF: str | None = variable(
         "The handoff directory the fetch role fills (read only here)", Supply.platform, required=True
     )
@@ -288,14 +315,11 @@ class RestoreServeEnv(JobScriptEnv):
     )
 
 
-class PitrRestoreEnv(TransferEnv):
+class PitrRestoreEnv(TransferEnv, BuildsVolume, Decrypts):
     """restore-pitr.sh: a base backup and the WAL after it, replayed into the volume (docs/pitr.md)."""
 
     script: ClassVar[str] = "restore-pitr.sh"
 
-    VOLUME_PATH: str | None = variable(
-        "The instance's volume; PGDATA becomes $VOLUME_PATH/pgdata", Supply.platform, required=True
-    )
     PLAN_BLOB: str = variable("The restore plan's blob name (plan.json), relative to BLOB_URL")
     PLAN_SHA256: str = variable("The plan's sha256, from the op that wrote it")
     POSTGRES_USER: str | None = variable("The instance's superuser (the platform's)", Supply.platform, required=True)
@@ -306,9 +330,6 @@ class PitrRestoreEnv(TransferEnv):
     POSTGRES_PASSWORD_FILE: str | None = variable(
         "The instance's password as a file (local: a 0600 copy); load_secrets reads it byte-exactly",
         Supply.secret_file,
-    )
-    AGE_IDENTITY_FILE: str | None = variable(
-        "The age identities (private keys) of an encrypting deployment", Supply.secret_file
     )
 
 
