@@ -49,15 +49,17 @@ def variable(
     default: Any = PydanticUndefined,
     required: bool = False,
     read_by: Reader = Reader.script,
+    unset: str | None = None,
 ) -> Any:
     """One variable of a script. A caller variable is required when it has no default; a platform
-    one (never set by the caller, so None in the model) says `required` when the script needs it."""
+    one (never set by the caller, so None in the model) says `required` when the script needs it.
+    `unset`: the script's own default (`${VAR:-unset}`), what an unset optional variable means."""
     if supply is not Supply.caller:
         default = None
     return Field(
         default,
         description=description,
-        json_schema_extra={"supply": supply.value, "read_by": read_by.value, "required": required},
+        json_schema_extra={"supply": supply.value, "read_by": read_by.value, "required": required, "unset": unset},
     )
 
 
@@ -75,7 +77,7 @@ class JobScriptEnv(BaseModel):
         "The job's name; the script's own TOYGRES_JOB= names its log lines", Supply.platform
     )
     PROGRESS_SECONDS: int | None = variable(
-        "How often a long step logs how far it is (common.sh start_progress); unset: 5", default=None
+        "How often a long step logs how far it is (common.sh start_progress)", default=None, unset="5"
     )
 
     @model_validator(mode="after")
@@ -93,6 +95,12 @@ class JobScriptEnv(BaseModel):
     def variables(cls, *supplies: Supply) -> frozenset[str]:
         """The declared variables (of the given suppliers; none given: all)."""
         return frozenset(name for name in cls.model_fields if not supplies or cls.supply_of(name) in supplies)
+
+    @classmethod
+    def unset(cls, name: str) -> str | None:
+        """The script's default of an optional variable, when the model declares it."""
+        value = _extra(cls, name)["unset"]
+        return None if value is None else str(value)
 
     @classmethod
     def read_by(cls, name: str) -> Reader:
@@ -172,7 +180,7 @@ class TransferEnv(JobScriptEnv):
         read_by=Reader.platform,
     )
     TRANSFER_STALL_SECONDS: int | None = variable(
-        "No transfer progress for this long stops azcopy (blob storage unreachable); unset: 180", default=None
+        "No transfer progress for this long stops azcopy (blob storage unreachable)", default=None, unset="180"
     )
     AZCOPY_SAS_FILE: str | None = variable(
         "The job's blob grant (resources/blob_sas.py): one blob-level SAS per name the job may touch",
@@ -203,7 +211,7 @@ class SourceEnv(TransferEnv):
         "The source's superuser password as a file (local: a 0600 copy); load_secrets reads it byte-exactly",
         Supply.secret_file,
     )
-    PGCONNECT_TIMEOUT: int | None = variable("libpq's connect timeout in seconds; unset: 15", default=None)
+    PGCONNECT_TIMEOUT: int | None = variable("libpq's connect timeout in seconds", default=None, unset="15")
     SOURCE_INSTANCE: str = variable("The source instance's k8s_name")
     SOURCE_NAMESPACE: str = variable("The source instance's namespace")
     AGE_RECIPIENT: str | None = variable(
@@ -238,12 +246,13 @@ class BackupEnv(SourceEnv):
         default=None,
     )
     CHECK_CHUNK_BYTES: int | None = variable(
-        "The size of each range the stream's sha256s cover (verify_image); unset: 4 MiB", default=None
+        "The size of each range the stream's sha256s cover (verify_image)", default=None, unset="4194304"
     )
     PARALLEL_JOBS: int | None = variable(
         "> 1: parallel mode, pg_dump -Fd -j N per database (records/parallel.py, dump_directory_to_blob); "
-        "unset: 1, one stream",
+        "unset: one stream",
         default=None,
+        unset="1",
     )
 
 
@@ -299,19 +308,20 @@ class RestoreServeEnv(BuildsVolume):
     RESTORE_HANDOFF: str | None = variable(
         "The handoff directory the fetch role fills (read only here)", Supply.platform, required=True
     )
-    POSTGRES_USER: str | None = variable("The instance's superuser (the platform's); unset: postgres", Supply.platform)
+    POSTGRES_USER: str | None = variable("The instance's superuser (the platform's)", Supply.platform, unset="postgres")
     POSTGRES_PASSWORD_VERIFIER_FILE: str | None = variable(
         "The SCRAM-SHA-256 verifier of the instance's password (never the password)",
         Supply.platform,
         required=True,
     )
     RESTORE_JOBS: int | None = variable(
-        "pg_restore -j (a parallel-mode image: its parallel_jobs); unset: 2", default=None
+        "pg_restore -j (a parallel-mode image: its parallel_jobs)", default=None, unset="2"
     )
     RESTORE_REFUSE_DANGEROUS: bool | None = variable(
         "1: refuse an image whose functions run COPY ... PROGRAM or are in an untrusted language "
-        "(refuse_dangerous_images); unset: restore it and report",
+        "(refuse_dangerous_images); 0: restore it and report",
         Supply.platform,
+        unset="0",
     )
 
 

@@ -70,6 +70,25 @@ def disagreements(model: type[JobScriptEnv], script: str, common: str) -> list[s
     return found
 
 
+# `${VAR:-default}` / `${VAR:=default}` with a literal default
+DEFAULT = re.compile(r"\$\{([A-Z][A-Z0-9_]*):[-=]([^}$]+)\}")
+
+
+def default_disagreements(model: type[JobScriptEnv], script: str, common: str) -> list[str]:
+    """A default the model declares (`unset`) that the script's text does not use, or contradicts."""
+    defaults: dict[str, set[str]] = {}
+    for name, value in DEFAULT.findall(code_of(script) + "\n" + code_of(common)):
+        defaults.setdefault(name, set()).add(value)
+    found = []
+    for name in sorted(model.variables()):
+        declared = model.unset(name)
+        if declared is not None and defaults.get(name, set()) != {declared}:
+            found.append(
+                f"{name}: the model says unset means {declared!r}, the script: {sorted(defaults.get(name, []))}"
+            )
+    return found
+
+
 def text_of(script: str) -> str:
     return (SCRIPTS_DIR / script).read_text()
 
@@ -77,6 +96,18 @@ def text_of(script: str) -> str:
 @pytest.mark.parametrize("script", sorted(JOB_SCRIPTS))
 def test_every_job_script_reads_exactly_what_its_model_declares(script):
     assert disagreements(JOB_SCRIPTS[script], text_of(script), text_of("common.sh")) == []
+
+
+@pytest.mark.parametrize("script", sorted(JOB_SCRIPTS))
+def test_every_default_the_model_declares_is_the_scripts(script):
+    assert default_disagreements(JOB_SCRIPTS[script], text_of(script), text_of("common.sh")) == []
+
+
+def test_the_default_check_sees_a_changed_default():
+    script = text_of("restore-serve.sh").replace("${RESTORE_JOBS:-2}", "${RESTORE_JOBS:-4}", 1)
+    assert default_disagreements(RestoreServeEnv, script, text_of("common.sh")) == [
+        "RESTORE_JOBS: the model says unset means '2', the script: ['2', '4']"
+    ]
 
 
 def test_every_job_script_has_a_model():
