@@ -65,12 +65,12 @@ class RestorePlan(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
+    request: RestoreRequestFields = Field(
+        description="The request as asked: its names (name, dns_label, internal) flow unchanged from here"
+    )
     k8s_name: str
     namespace: str
-    dns_label: str
     storage_size_gb: int
-    internal: bool
     image_id: uuid.UUID
     image_name: str
     image_type: ImageType
@@ -205,12 +205,10 @@ def plan_restore(
         manifest, _ = read_manifest(blob, image.blob_path, image.backup_checksum)
         databases = chosen_databases(databases, manifest, image.name)
     return RestorePlan(
-        name=fields.name,
+        request=fields,
         k8s_name=new_k8s_name(fields.name),
         namespace=namespace,
-        dns_label=fields.dns_label,
         storage_size_gb=max(fields.storage_size_gb, image.storage_size_gb),
-        internal=fields.internal,
         image_id=image.id,
         image_name=image.name,
         image_type=image.image_type,
@@ -254,12 +252,10 @@ def plan_point_in_time(
         raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     recovery = plan_recovery(cms, blob, source, target)[1] if blob is not None else None
     return RestorePlan(
-        name=fields.name,
+        request=fields,
         k8s_name=new_k8s_name(fields.name),
         namespace=namespace,
-        dns_label=fields.dns_label,
         storage_size_gb=max(fields.storage_size_gb, source.storage_size_gb),
-        internal=fields.internal,
         image_id=base.id,
         image_name=f"base backup {base.id} of {source.k8s_name}",
         image_type=source.image_type,

@@ -141,7 +141,9 @@ def create_instance_record(
             )
     try:
         return cms.create_instance(
-            **instance_columns(name=plan.name, internal=plan.internal, dns_label=plan.dns_label),
+            **instance_columns(
+                name=plan.request.name, internal=plan.request.internal, dns_label=plan.request.dns_label
+            ),
             k8s_name=plan.k8s_name,
             namespace=plan.namespace,
             postgres_version=plan.postgres_version,
@@ -228,8 +230,8 @@ def deploy_instance(instance: Instance, timed: TimedPlan, cms: CMSResource, plat
             postgres_version=plan.postgres_version,
             image_type=plan.image_type,
             storage_size_gb=instance.storage_size_gb,
-            internal=plan.internal,
-            dns_label=plan.dns_label,
+            internal=plan.request.internal,
+            dns_label=plan.request.dns_label,
         )
     )
     return instance
