@@ -3,8 +3,9 @@
     .venv/bin/python bench/backup_restore.py [--rows 200000] [--scale 10] [--repeat 3] [--json PATH] [--quick]
 
 Starts its own Azurite and a source server (pagila + a generated table of --rows rows: the 1x data).
-At 1x: the peak RSS of our backup and restore job trees (the jobs' processes; the PostgreSQL
-servers and Azurite are not part of them) and pg_dump's size and speed at each gzip level.
+At 1x: the peak memory (summed PSS) of our backup and restore job trees (the jobs' processes and
+the restore's temporary server; the source server and Azurite are not part of them) and pg_dump's
+size and speed at each gzip level.
 Then the table grows to --scale x and, medians of --repeat runs each (with min-max):
   backup   floor: globals + every database, each pg_dump -Fc > a local file     (the physical floor)
            raw:   globals + every database, each pg_dump -Fc | azcopy PipeBlob  (what a competent script does)
@@ -195,8 +196,17 @@ def format_table(results: dict[str, Any]) -> str:
 # ---- measuring -------------------------------------------------------------------------------
 
 
+def proportional_set_kib(process: Path) -> int:
+    """The process's PSS: each shared page divided among the processes that map it. A summed RSS
+    counts a server's shared memory (shared_buffers, mapped by every backend) once per process."""
+    for line in (process / "smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise ValueError(f"no Pss in {process}/smaps_rollup")
+
+
 class PeakTreeRss:
-    """Samples the summed RSS of every descendant process (the whole job tree) while active,
+    """Samples the summed PSS of every descendant process (the whole job tree) while active,
     except the subtrees of `exclude` (the bench's own Azurite)."""
 
     exclude: tuple[int, ...] = ()
@@ -217,7 +227,7 @@ class PeakTreeRss:
                 parents[int(entry.name)] = int(fields[1])
                 # A fork of this Python before its exec shares (and shows) all of the bench's memory
                 if not stat[stat.index("(") + 1 :].startswith("python"):
-                    rss[int(entry.name)] = int(fields[21]) * resource.getpagesize() // 1024
+                    rss[int(entry.name)] = proportional_set_kib(entry)
             except (OSError, IndexError, ValueError):
                 continue
         me, total = os.getpid(), 0

@@ -361,7 +361,7 @@ def start_runs(instance: dg.DagsterInstance, dsn: str) -> list[tuple[str, str]]:
     (run id, request id) of those launched for a request."""
     from dagster._core.test_utils import create_run_for_test
 
-    from toygres_pipelines.automation.jobs import REQUEST_ID_TAG
+    from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 
     for_requests = []
     for run_id, request_id in in_flight(dsn):
@@ -387,12 +387,15 @@ def end_run(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterEvent:
 
 def measure(dsn: str, repeat: int = 3) -> list[Timing]:
     """Every timed operation against the CMS at `dsn` (seeded), in order."""
-    from toygres_pipelines.automation import AutomationSettings, build_automation
     from toygres_pipelines.definitions import defs
+    from toygres_pipelines.domains import domain_definitions
     from toygres_pipelines.lifecycle.retention_job import compute_plan
+    from toygres_pipelines.settings import Settings
 
-    automation = build_automation(AutomationSettings())
-    settings = AutomationSettings()
+    settings = Settings()
+    automation = domain_definitions(settings)
+    sensors = {s.name: s for s in automation.sensors or []}
+    schedules = {s.name: s for s in automation.schedules or []}
     cms = CMSResource(dsn=dsn, encryption_key=CMSResource.generate_key())
     resources = {"cms": cms, "platform": RULES_ONLY, "blob": NO_STORAGE}
     repository = defs.get_repository_def()
@@ -406,14 +409,14 @@ def measure(dsn: str, repeat: int = 3) -> list[Timing]:
                 resources=resources,
                 repository_def=repository,
             ) as context:
-                return describe(automation.schedule("nightly_backups").evaluate_tick(context))
+                return describe(schedules["nightly_backups"].evaluate_tick(context))
 
         def sensor_tick(name: str) -> Callable[[], str]:
             def tick() -> str:
                 with dg.build_sensor_context(
                     instance_ref=instance.get_ref(), resources=resources, repository_def=repository
                 ) as context:
-                    return describe(automation.sensor(name).evaluate_tick(context))
+                    return describe(sensors[name].evaluate_tick(context))
 
             return tick
 
@@ -436,7 +439,7 @@ def measure(dsn: str, repeat: int = 3) -> list[Timing]:
                     dagster_run=instance.get_run_by_id(run_id),
                     resources=resources,
                 )
-                return describe(automation.sensor(name)(context))
+                return describe(sensors[name](context))
 
             timings.append(timed(dsn, f"{name} tick", status_tick, 1))
 
@@ -447,7 +450,7 @@ def measure(dsn: str, repeat: int = 3) -> list[Timing]:
 
     timings.append(timed(dsn, "retention plan", plan, repeat))
     timings.append(timed(dsn, "toygres-pipelines images", lambda: cli(dsn, "images"), repeat))
-    last = str(-(-sum(1 for _ in cms.list_images()) // 50))
+    last = str(-(-sum(1 for _ in cms.images.list()) // 50))
     timings.append(
         timed(dsn, f"toygres-pipelines images --page {last}", lambda: cli(dsn, "images", "--page", last), repeat)
     )
@@ -468,7 +471,7 @@ def scratch_cms() -> Iterator[str]:
     root.chmod(0o711)  # the server runs as the unprivileged service user, who must reach inside
     server = CmsServer.in_dir(root / "cms")
     try:
-        CMSResource(dsn=server.dsn, encryption_key=CMSResource.generate_key()).migrate()
+        CMSResource(dsn=server.dsn, encryption_key=CMSResource.generate_key()).migrations.apply()
         yield server.dsn
     finally:
         server.server.stop("immediate")

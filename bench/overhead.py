@@ -125,7 +125,7 @@ def embedded_stack(root: Path) -> Iterator[dict[str, str]]:
     ref = InstanceRef(k8s_name=SOURCE_NAME, namespace="default")
     try:
         cms = CMSResource(dsn=server.dsn, encryption_key=CMSResource.generate_key())
-        cms.migrate()
+        cms.migrations.apply()
         blob = BlobStorageResource(connection_string=azurite.connection_string, container="overhead")
         blob.ensure_container()
         provision_server(platform, ref, SecretStr("overhead-bench"))
@@ -183,8 +183,9 @@ def dagster_bench(root: Path, env: dict[str, str]) -> Iterator[Bench]:
 
 def launch_backup(bench: Bench, key: str) -> str:
     """Launch one backup_image run as the daemon does (code server + run launcher); returns its id."""
-    from toygres_pipelines.automation.jobs import INSTANCE_TAG, backup_image
     from toygres_pipelines.images.assets import IMAGE_PARTITIONS, image
+    from toygres_pipelines.images.jobs import backup_image
+    from toygres_pipelines.shared.tags import INSTANCE_TAG
 
     instance, workspace = bench.instance, bench.workspace
     instance.add_dynamic_partitions(IMAGE_PARTITIONS, [key])  # type: ignore[attr-defined]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+# A job (a backup's or a restore's) runs two days at the most: a hung one must not hold its pool
+# slot for ever.
+MAX_JOB_SECONDS = 2 * 24 * 3600
+
 
 def field_bounds(model: type[BaseModel], field: str) -> dict[str, float]:
     """{'ge': 1, 'le': 3600}: the bound constraints declared on `field`."""

@@ -56,3 +56,20 @@ def count_differences(expected: dict[str, int], found: dict[str, int]) -> list[s
                 f"{key}: manifest {'-' if want is None else want}, restored {'missing' if got is None else got}"
             )
     return lines
+
+
+class PitrDrill(Record):
+    """A row of toygres_cms.pitr_drills: one finished PITR drill (toygres_pipelines/drills/pitr_drill.py)."""
+
+    id: uuid.UUID
+    source_instance_id: uuid.UUID
+    base_backup_id: uuid.UUID | None = None
+    run_id: str | None = None
+    started_at: datetime
+    finished_at: datetime
+    result: DrillResult  # passed or failed
+    target_time: datetime | None = None
+    replayed_at: datetime | None = None  # the last transaction replayed (pg_last_xact_replay_timestamp)
+    rto_seconds: float | None = None  # drill start to the scratch instance running
+    scratch: str | None = None
+    reason: str | None = None

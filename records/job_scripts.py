@@ -239,6 +239,10 @@ class BackupEnv(SourceEnv):
 
     script: ClassVar[str] = "backup.sh"
 
+    BLOB_URL: str = variable(
+        "The image's folder; parallel mode: the backup's own staging container, which the run copies "
+        "into the image folder afterwards. No credential in it"
+    )
     IMAGE_NAME: str = variable("The image's name (written into manifest.json)")
     DUMP_COMPRESSION: str | None = variable(
         "pg_dump -Z: 0-9, or from PostgreSQL 16 METHOD[:LEVEL] (gzip, lz4, zstd or none; a pg_dump without "
@@ -278,15 +282,36 @@ class Decrypts(JobScriptEnv):
     )
 
 
-class RestoreFetchEnv(TransferEnv, Decrypts):
-    """restore.sh, the fetch role of a logical restore (docs/security.md): downloads, verifies and
-    decrypts, and hands the plaintext over; runs no code of the image."""
-
-    script: ClassVar[str] = "restore.sh"
+class FetchRole(TransferEnv, Decrypts):
+    """The fetch role of a restore (docs/security.md): downloads, verifies and decrypts, and hands
+    the plaintext over; runs no code of the tenant's."""
 
     RESTORE_HANDOFF: str | None = variable(
         "The handoff directory: this role writes it, the serve role only reads it", Supply.platform, required=True
     )
+
+
+class ServeRole(BuildsVolume):
+    """The serve role of a restore (docs/security.md): runs the tenant's code, so it holds nothing of
+    the deployment: no SAS, no key, no password, only its model's variables."""
+
+    scrubbed: ClassVar[bool] = True
+
+    RESTORE_HANDOFF: str | None = variable(
+        "The handoff directory the fetch role fills (read only here)", Supply.platform, required=True
+    )
+    POSTGRES_PASSWORD_VERIFIER_FILE: str | None = variable(
+        "The SCRAM-SHA-256 verifier of the instance's password (never the password)",
+        Supply.platform,
+        required=True,
+    )
+
+
+class RestoreFetchEnv(FetchRole):
+    """restore.sh, the fetch role of a logical restore."""
+
+    script: ClassVar[str] = "restore.sh"
+
     MANIFEST_SHA256: str = variable("manifest.json's sha256, from the image's CMS row")
     BACKUP_SHA256SUMS: str | None = variable(
         "sha256sum -c lines of the files to download, from the verified manifest; unset (a list over 64 KiB): "
@@ -298,22 +323,12 @@ class RestoreFetchEnv(TransferEnv, Decrypts):
     )
 
 
-class RestoreServeEnv(BuildsVolume):
-    """restore-serve.sh, the serve role of a logical restore (docs/security.md): runs the image's
-    code, so it holds nothing of the deployment: no SAS, no key, no password, only these."""
+class RestoreServeEnv(ServeRole):
+    """restore-serve.sh, the serve role of a logical restore: runs the image's code."""
 
     script: ClassVar[str] = "restore-serve.sh"
-    scrubbed: ClassVar[bool] = True
 
-    RESTORE_HANDOFF: str | None = variable(
-        "The handoff directory the fetch role fills (read only here)", Supply.platform, required=True
-    )
     POSTGRES_USER: str | None = variable("The instance's superuser (the platform's)", Supply.platform, unset="postgres")
-    POSTGRES_PASSWORD_VERIFIER_FILE: str | None = variable(
-        "The SCRAM-SHA-256 verifier of the instance's password (never the password)",
-        Supply.platform,
-        required=True,
-    )
     RESTORE_JOBS: int | None = variable(
         "pg_restore -j (a parallel-mode image: its parallel_jobs)", default=None, unset="2"
     )
@@ -325,31 +340,37 @@ class RestoreServeEnv(BuildsVolume):
     )
 
 
-class PitrRestoreEnv(TransferEnv, BuildsVolume, Decrypts):
-    """restore-pitr.sh: a base backup and the WAL after it, replayed into the volume (docs/pitr.md)."""
+class PitrRestoreFetchEnv(FetchRole):
+    """restore-pitr.sh, the fetch role of a point-in-time restore (docs/pitr.md): the plan's base
+    backup and WAL after it, downloaded, checked and decoded."""
 
     script: ClassVar[str] = "restore-pitr.sh"
 
     PLAN_BLOB: str = variable("The restore plan's blob name (plan.json), relative to BLOB_URL")
     PLAN_SHA256: str = variable("The plan's sha256, from the op that wrote it")
+
+
+class PitrRestoreServeEnv(ServeRole):
+    """restore-pitr-serve.sh, the serve role of a point-in-time restore: replays the tenant's WAL
+    into the volume and promotes."""
+
+    script: ClassVar[str] = "restore-pitr-serve.sh"
+
     POSTGRES_USER: str | None = variable("The instance's superuser (the platform's)", Supply.platform, required=True)
-    PGPASSWORD: str | None = variable(
-        "The instance's password, set on the superuser (Kubernetes: secretKeyRef of the instance Secret)",
-        Supply.secret_ref,
-    )
-    POSTGRES_PASSWORD_FILE: str | None = variable(
-        "The instance's password as a file (local: a 0600 copy); load_secrets reads it byte-exactly",
-        Supply.secret_file,
-    )
 
 
-JOB_SCRIPTS: dict[str, type[JobScriptEnv]] = {
-    model.script: model for model in (BackupEnv, BaseBackupEnv, RestoreFetchEnv, RestoreServeEnv, PitrRestoreEnv)
+# A restore runs as two roles, each a script of its own: fetch model -> serve model.
+RESTORE_ROLES: dict[type[JobScriptEnv], type[JobScriptEnv]] = {
+    RestoreFetchEnv: RestoreServeEnv,
+    PitrRestoreFetchEnv: PitrRestoreServeEnv,
 }
 
-# A job's roles, each a script of its own: a logical restore's job (restore.sh) also runs restore-serve.sh.
+SCRIPT_MODELS: tuple[type[JobScriptEnv], ...] = (BackupEnv, BaseBackupEnv, *RESTORE_ROLES, *RESTORE_ROLES.values())
+JOB_SCRIPTS: dict[str, type[JobScriptEnv]] = {model.script: model for model in SCRIPT_MODELS}
+
+# A job's roles: a restore's job (restore.sh, restore-pitr.sh) also runs its serve script.
 ROLES: dict[str, tuple[type[JobScriptEnv], ...]] = {
-    RestoreFetchEnv.script: (RestoreFetchEnv, RestoreServeEnv),
+    fetch.script: (fetch, serve) for fetch, serve in RESTORE_ROLES.items()
 }
 
 

@@ -1,6 +1,7 @@
 """The requests users make, each declared once.
 
-`RestoreRequestFields` and `ImageRequestFields` are the one field list of each request. Everything
+`RestoreRequestFields` (= `RestoreFormFields`, the launchpad's, + two columns no restore takes) and
+`ImageRequestFields` are the one field list of each request. Everything
 else derives from them: the launchpad Config (a subclass adding the job's own settings), the CMS row
 (`RestoreRequest` / `ImageRequest` below add only the row's own columns; the CMS reads and writes
 exactly the model's fields), the request sensor's run config and the CLI's arguments
@@ -15,6 +16,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from records.errors import ValidationFailed
 from records.naming import DNS_LABEL_MAX, INSTANCE_NAME_MAX
 from records.parallel import MAX_PARALLEL_JOBS, SINGLE_STREAM
 from records.rows import Record
@@ -32,8 +34,8 @@ class RequestFields(BaseModel):
         return cls.model_validate(source.model_dump(include=set(cls.model_fields)))
 
 
-class RestoreRequestFields(RequestFields):
-    """What a user asks of a restore."""
+class RestoreFormFields(RequestFields):
+    """What a user asks of a restore: every field of the restore launchpad."""
 
     name: str = Field(
         description=f"The new instance's name (its user_name); DNS-1123, at most {INSTANCE_NAME_MAX} "
@@ -59,12 +61,6 @@ class RestoreRequestFields(RequestFields):
         json_schema_extra={"cli_flag": "--storage-gb"},
     )
     internal: bool = Field(default=False, description="ClusterIP only (no public LoadBalancer address)")
-    runtime_image_id: str | None = Field(
-        default=None, description="Not for restores: cannot be combined with source_image_id"
-    )
-    image_override: str | None = Field(
-        default=None, description="Not for restores: cannot be combined with source_image_id"
-    )
     databases: list[str] | None = Field(
         default=None,
         description="The databases to restore, by their exact names (`toygres-pipelines images --show IMAGE` "
@@ -82,6 +78,26 @@ class RestoreRequestFields(RequestFields):
         "source_image_id then names a base backup (`pitr-status`, toygres_cms.base_backups) and the new instance "
         "is its instance replayed to that second. Refused, naming the window, when outside it",
     )
+
+
+class RestoreRequestFields(RestoreFormFields):
+    """A restore request as clients write it: the form's fields plus two columns of the request
+    table that no restore takes (a request setting one is rejected; the launchpad has neither)."""
+
+    runtime_image_id: str | None = Field(
+        default=None, description="Not for restores: cannot be combined with source_image_id"
+    )
+    image_override: str | None = Field(
+        default=None, description="Not for restores: cannot be combined with source_image_id"
+    )
+
+
+def require_source_image(source_image_id: str | None) -> str:
+    """A restore names its image. The record requires the field, yet a CMS row's column is nullable
+    and the CLI's --image optional to argparse: every entry point refuses a missing one with this rule."""
+    if not source_image_id:
+        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
+    return source_image_id
 
 
 class BackupFields(RequestFields):

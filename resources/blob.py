@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -21,6 +23,12 @@ MANIFEST_NAME = "manifest.json"
 SAS_CLOCK_SKEW = timedelta(minutes=5)
 # A job's SAS outlives its timeout by this much: the platform stops the job first (deadline + grace).
 JOB_SAS_MARGIN = timedelta(minutes=10)
+# A parallel-mode backup writes into a container of its own, `<prefix><image id hex>`, whose
+# metadata names the images container it belongs to (an account may serve several deployments).
+STAGING_PREFIX = "toygres-staging-"
+STAGING_OWNER_KEY = "toygres_images_container"
+# How long the server-side copy of one staging container into its image folder may take.
+STAGING_COPY_TIMEOUT = timedelta(hours=1)
 
 
 class BlobUnavailable(RuntimeError):
@@ -105,8 +113,9 @@ class BlobStorageResource(dg.ConfigurableResource):
         except Exception as error:  # noqa: BLE001 - any transport error means unreachable
             raise BlobUnavailable(f"blob storage at {self.storage_url} is unreachable: {error}") from error
 
-    def _signer(self, start: datetime, expiry: datetime) -> SasSigner:
+    def _signer(self, start: datetime, expiry: datetime, container: str | None = None) -> SasSigner:
         account = self._client.account_name or ""
+        container = container or self.container
         if self.connection_string:
             # The key the SDK parsed (its keys are case-insensitive), never the string re-parsed here.
             key = getattr(self._client.credential, "account_key", None)
@@ -116,10 +125,10 @@ class BlobStorageResource(dg.ConfigurableResource):
                     "holds no AccountKey: job grants are signed with the account key "
                     "(or give account_url alone for workload identity)",
                 )
-            return SasSigner(account_name=account, container=self.container, account_key=key)
+            return SasSigner(account_name=account, container=container, account_key=key)
         # Workload identity: the key is valid for this grant's lifetime only (Azure caps it at 7 days).
         key = self._client.get_user_delegation_key(key_start_time=start, key_expiry_time=expiry)
-        return SasSigner(account_name=account, container=self.container, delegation_key=key)
+        return SasSigner(account_name=account, container=container, delegation_key=key)
 
     @staticmethod
     def _window(job_timeout_seconds: int) -> tuple[datetime, datetime]:
@@ -132,13 +141,75 @@ class BlobStorageResource(dg.ConfigurableResource):
         start, expiry = self._window(job_timeout_seconds)
         return mint_grant(self._signer(start, expiry), prefix, names, READ, start, expiry)
 
-    def write_grant(self, prefix: str, names: list[str], job_timeout_seconds: int, any_name: bool = False) -> SecretStr:
-        """A backup's grant: create + write blob SAS for these names under the image's folder, no
-        read, list or delete. `any_name` (parallel mode, whose file names nobody knows ahead) adds
-        a container SAS with create + write only: docs/security.md says what that still allows."""
+    def write_grant(self, prefix: str, names: list[str], job_timeout_seconds: int) -> SecretStr:
+        """A single-stream backup's grant: create + write blob SAS for these names under the image's
+        folder, no read, list or delete."""
         start, expiry = self._window(job_timeout_seconds)
-        signer = self._signer(start, expiry)
-        return mint_grant(signer, prefix, names, CREATE_WRITE, start, expiry, CREATE_WRITE if any_name else None)
+        return mint_grant(self._signer(start, expiry), prefix, names, CREATE_WRITE, start, expiry)
+
+    # --- a parallel-mode backup's staging container (docs/security.md, "Blob storage access") ---
+
+    @staticmethod
+    def staging_name(image_id: uuid.UUID) -> str:
+        return f"{STAGING_PREFIX}{image_id.hex}"
+
+    def staging_url(self, image_id: uuid.UUID) -> str:
+        """The credential-free URL of the image's staging container (the parallel job's BLOB_URL)."""
+        return self._client.get_container_client(self.staging_name(image_id)).url
+
+    def staging_grant(self, image_id: uuid.UUID, job_timeout_seconds: int) -> SecretStr:
+        """A parallel-mode backup's grant: pg_dump -Fd names its files after dump ids nobody knows
+        ahead, so a container SAS, create + write only, on the image's own staging container:
+        nothing of the images container, no read, no list, no delete."""
+        start, expiry = self._window(job_timeout_seconds)
+        signer = self._signer(start, expiry, self.staging_name(image_id))
+        return mint_grant(signer, "", [], CREATE_WRITE, start, expiry, container_permission=CREATE_WRITE)
+
+    def create_staging(self, image_id: uuid.UUID) -> None:
+        self._client.get_container_client(self.staging_name(image_id)).create_container(
+            metadata={STAGING_OWNER_KEY: self.container}
+        )
+
+    def promote_staging(self, image_id: uuid.UUID, prefix: str) -> int:
+        """Copy every blob of the staging container to `prefix/<its name>` server-side (no byte
+        passes through this process); returns how many. The copies' source is read with a
+        read-only SAS of the staging container that only this process ever holds."""
+        staging = self._client.get_container_client(self.staging_name(image_id))
+        start, expiry = self._window(int(STAGING_COPY_TIMEOUT.total_seconds()))
+        token = self._signer(start, expiry, staging.container_name).container_token("r", start, expiry)
+        targets = []
+        for item in staging.list_blobs():
+            target = self._container.get_blob_client(f"{prefix.strip('/')}/{item.name}")
+            target.start_copy_from_url(f"{staging.get_blob_client(item.name).url}?{token}")
+            targets.append(target)
+        deadline = time.monotonic() + STAGING_COPY_TIMEOUT.total_seconds()
+        for target in targets:
+            while (status := target.get_blob_properties().copy.status) == "pending":
+                if time.monotonic() > deadline:
+                    raise BlobUnavailable(f"copying {target.blob_name} out of its staging container timed out")
+                time.sleep(0.5)
+            if status != "success":
+                raise BlobUnavailable(f"copying {target.blob_name} out of its staging container ended {status}")
+        return len(targets)
+
+    def delete_staging(self, image_id: uuid.UUID) -> None:
+        """Delete the image's staging container with every blob in it (gone already: nothing to do)."""
+        try:
+            self._client.delete_container(self.staging_name(image_id))
+        except ResourceNotFoundError:
+            pass
+
+    def staging_image_ids(self) -> list[uuid.UUID]:
+        """The images whose staging containers of this images container exist."""
+        found = []
+        for item in self._client.list_containers(name_starts_with=STAGING_PREFIX, include_metadata=True):
+            if (item.metadata or {}).get(STAGING_OWNER_KEY) != self.container:
+                continue
+            try:
+                found.append(uuid.UUID(hex=item.name.removeprefix(STAGING_PREFIX)))
+            except ValueError:
+                continue
+        return found
 
     def container_write_token(self, ttl_seconds: int) -> SecretStr:
         """A container SAS with create + write only (no read, list or delete) for a long-lived

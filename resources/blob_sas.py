@@ -6,7 +6,7 @@ Secret mounted as that file) and read by `blob_url` in templates/scripts/common.
     {"format": 1,
      "query": "<every parameter of each blob's SAS but its signature>",
      "signatures": {"<blob name under BLOB_URL>": "<that blob's sig, URL-encoded>", ...},
-     "container": "<a container SAS>"}      (only a parallel-mode backup's: create + write)
+     "container": "<a container SAS>"}      (only a parallel-mode backup's: create + write on its staging container)
 
 Each blob's token is `query&sig=<its signature>`: a blob-level SAS (sr=b) that opens that one
 name and nothing else. The parameters every token shares are stored once, so an image of

@@ -76,7 +76,7 @@ def cms_template(stack: Stack) -> str:
     CMSResource(
         dsn=stack.cms.server.dsn(stack.cms.user, stack.cms.password, dbname=name),
         encryption_key=CMSResource.generate_key(),
-    ).migrate()
+    ).migrations.apply()
     return name
 
 

@@ -18,6 +18,14 @@ def materialize_image(resources, key: str, config: dict | None = None, raise_on_
     )
 
 
+def sensor_named(definitions: dg.Definitions, name: str) -> dg.SensorDefinition:
+    return next(s for s in definitions.sensors or [] if s.name == name)
+
+
+def schedule_named(definitions: dg.Definitions, name: str) -> dg.ScheduleDefinition:
+    return next(s for s in definitions.schedules or [] if s.name == name)
+
+
 def run_logs(instance: dg.DagsterInstance, run_id: str) -> str:
     return "\n".join(entry.user_message for entry in instance.all_logs(run_id))
 
@@ -58,7 +66,7 @@ def catalogued_image(cms, source, name: str):
     """A ready image row with no blobs: enough for whatever refuses or deletes before reading bytes."""
     from records import ImageState
 
-    image = cms.reserve_image(
+    image = cms.images.reserve(
         image_id=None,
         name=name,
         description=None,
@@ -68,7 +76,7 @@ def catalogued_image(cms, source, name: str):
         blob_path="images/none",
         run_id=None,
     )
-    return cms.transition_image(
+    return cms.images.transition(
         image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64
     )
 

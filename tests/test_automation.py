@@ -6,39 +6,43 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 
 import dagster as dg
 import psycopg
 import pytest
 from dagster._core.test_utils import create_run_for_test
 
-from records import ImageState, ImageType, InstanceState, RequestState
+from records import ImageRequest, ImageState, ImageType, InstanceState, RequestState, RestoreRequest
 from records.requests import ImageRequestFields, RestoreRequestFields
 from resources.platform.local import LocalPlatform
-from tests.helpers import failure_text, materialize_image
-from toygres_pipelines.automation import AutomationSettings, build_automation
-from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, REQUEST_ID_TAG, backup_image
-from toygres_pipelines.automation.reconcile import reconcile
-from toygres_pipelines.automation.schedules import night_of, nightly_run_requests
-from toygres_pipelines.automation.sensors import evaluate_image_requests, evaluate_restore_requests
-from toygres_pipelines.automation.writeback import settle_run
+from tests.helpers import failure_text, materialize_image, schedule_named, sensor_named
+from toygres_pipelines.domains import domain_definitions
 from toygres_pipelines.images.assets import image
+from toygres_pipelines.images.jobs import backup_image
+from toygres_pipelines.images.schedules import night_of, nightly_run_requests
+from toygres_pipelines.images.sensors import evaluate_image_requests
+from toygres_pipelines.requests.reconcile import reconcile
+from toygres_pipelines.requests.writeback import settle_run
 from toygres_pipelines.restores.jobs import restore_instance
+from toygres_pipelines.restores.sensors import evaluate_restore_requests
+from toygres_pipelines.settings import Settings
+from toygres_pipelines.shared.tags import INSTANCE_TAG, KIND_TAG, REQUEST_ID_TAG
 
 pytestmark = pytest.mark.integration
 
-AUTOMATION = build_automation(AutomationSettings())
+AUTOMATION = domain_definitions(Settings())
 # The local platform's request-time rules (any valid namespace, every PostgreSQL major): enough
 # for the request checks these tests exercise; nothing here runs a job on it.
 RULES_ONLY = LocalPlatform(state_dir="/nonexistent/toygres-rules-only", azcopy_path="/bin/true")
-image_requests_sensor = AUTOMATION.sensor("image_requests_sensor")
-restore_requests_sensor = AUTOMATION.sensor("restore_requests_sensor")
-request_run_started = AUTOMATION.sensor("request_run_started")
-run_succeeded_writeback = AUTOMATION.sensor("run_succeeded_writeback")
-run_failed_writeback = AUTOMATION.sensor("run_failed_writeback")
-run_canceled_writeback = AUTOMATION.sensor("run_canceled_writeback")
-reconcile_stuck_rows = AUTOMATION.sensor("reconcile_stuck_rows")
-nightly_backups = AUTOMATION.schedule("nightly_backups")
+image_requests_sensor = sensor_named(AUTOMATION, "image_requests_sensor")
+restore_requests_sensor = sensor_named(AUTOMATION, "restore_requests_sensor")
+request_run_started = sensor_named(AUTOMATION, "request_run_started")
+run_succeeded_writeback = sensor_named(AUTOMATION, "run_succeeded_writeback")
+run_failed_writeback = sensor_named(AUTOMATION, "run_failed_writeback")
+run_canceled_writeback = sensor_named(AUTOMATION, "run_canceled_writeback")
+reconcile_stuck_rows = sensor_named(AUTOMATION, "reconcile_stuck_rows")
+nightly_backups = schedule_named(AUTOMATION, "nightly_backups")
 
 from resources.platform.base import PROJECT_DIR  # noqa: E402
 
@@ -72,7 +76,7 @@ def run_requests_of(result) -> list[dg.RunRequest]:
 
 
 def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running, **more):
-    return cms.create_instance(
+    return cms.instances.create(
         **more,
         user_name=k8s_name,
         k8s_name=k8s_name,
@@ -88,7 +92,7 @@ def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.runnin
 
 def reserve_image(cms, blob, source, name: str, run_id: str | None):
     image_id = uuid.uuid4()
-    return cms.reserve_image(
+    return cms.images.reserve(
         image_id=image_id,
         name=name,
         description=None,
@@ -108,24 +112,24 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
 ):
     stopped = add_instance(cms, "stopped-one", InstanceState.stopped)
     reserve_image(cms, blob, source, "taken-name", run_id=None)
-    good = cms.create_image_request(
+    good = cms.requests.create(
         ImageRequestFields(image_name="req-a", source_instance=source.k8s_name, description="on demand")
     )
-    by_id = cms.create_image_request(ImageRequestFields(image_name="req-b", source_instance=str(source.id)))
+    by_id = cms.requests.create(ImageRequestFields(image_name="req-b", source_instance=str(source.id)))
     bad = {
-        cms.create_image_request(
+        cms.requests.create(
             ImageRequestFields(image_name="bad.name", source_instance=source.k8s_name)
         ).id: "image_name: 'bad.name' must be",
-        cms.create_image_request(
+        cms.requests.create(
             ImageRequestFields(image_name="req-c", source_instance="nope")
         ).id: "source_instance: no instance 'nope'",
-        cms.create_image_request(
+        cms.requests.create(
             ImageRequestFields(image_name="req-d", source_instance=stopped.k8s_name)
         ).id: "source_instance: instance 'stopped-one' is stopped",
-        cms.create_image_request(
+        cms.requests.create(
             ImageRequestFields(image_name="taken-name", source_instance=source.k8s_name)
         ).id: "image_name: 'taken-name' is already used",
-        cms.create_image_request(
+        cms.requests.create(
             ImageRequestFields(image_name="req-a", source_instance=source.k8s_name)
         ).id: "image_name: 'req-a' is already requested",
     }
@@ -154,11 +158,11 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
     dg.validate_run_config(job, first.run_config)
 
     for request_id, reason in bad.items():
-        row = cms.get_image_request(request_id)
+        row = cms.requests.get(ImageRequest, request_id)
         assert row.state is RequestState.rejected, row
         assert reason in row.reason, row.reason
-    assert cms.get_image_request(good.id).state is RequestState.accepted
-    assert [e.to_state for e in cms.events(good.id)] == ["pending", "accepted"]
+    assert cms.requests.get(ImageRequest, good.id).state is RequestState.accepted
+    assert [e.to_state for e in cms.events.of(good.id)] == ["pending", "accepted"]
 
     again = evaluate_sensor(image_requests_sensor, dagster_instance, {"cms": cms, "platform": RULES_ONLY})
     assert isinstance(again, dg.SkipReason) and "0 image request(s) accepted" in again.skip_message
@@ -166,9 +170,7 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
 
 def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster_instance):
     ids = {
-        str(
-            cms.create_image_request(ImageRequestFields(image_name=f"race-{n:02d}", source_instance=source.k8s_name)).id
-        )
+        str(cms.requests.create(ImageRequestFields(image_name=f"race-{n:02d}", source_instance=source.k8s_name)).id)
         for n in range(24)
     }
     emitted: list[list[str]] = [[], []]
@@ -181,7 +183,7 @@ def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster
             for _ in range(20):
                 done = evaluate_image_requests(dagster_instance, cms, RULES_ONLY, limit=3)
                 emitted[slot].extend(r.run_key for r in done.run_requests)
-                if not done.accepted and not cms.list_image_requests([RequestState.pending]):
+                if not done.accepted and not cms.requests.list(ImageRequest, [RequestState.pending]):
                     return
         except BaseException as error:  # noqa: BLE001 - reported by the main thread
             errors.append(error)
@@ -196,12 +198,12 @@ def test_racing_evaluations_emit_every_request_exactly_once(cms, source, dagster
     assert len(everything) == len(set(everything)), "a request was emitted twice"
     assert set(everything) == ids, "a request was lost"
     assert emitted[0] and emitted[1], "the two evaluations did not overlap"
-    assert {r.state for r in cms.list_image_requests()} == {RequestState.accepted}
+    assert {r.state for r in cms.requests.list(ImageRequest)} == {RequestState.accepted}
 
 
 def test_accepted_request_without_a_run_is_emitted_again_and_a_launched_one_is_recorded(cms, source, dagster_instance):
-    lost = cms.create_image_request(ImageRequestFields(image_name="lost-launch", source_instance=source.k8s_name))
-    launched = cms.create_image_request(ImageRequestFields(image_name="launched", source_instance=source.k8s_name))
+    lost = cms.requests.create(ImageRequestFields(image_name="lost-launch", source_instance=source.k8s_name))
+    launched = cms.requests.create(ImageRequestFields(image_name="launched", source_instance=source.k8s_name))
     first = evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     assert sorted(first.accepted) == sorted([str(lost.id), str(launched.id)])
 
@@ -219,8 +221,8 @@ def test_accepted_request_without_a_run_is_emitted_again_and_a_launched_one_is_r
     assert later.attached == {str(launched.id): run.run_id}
     assert [r.run_key for r in later.run_requests] == [str(lost.id)]
     assert later.run_requests[0].partition_key == "lost-launch"
-    assert cms.get_image_request(launched.id).run_id == run.run_id
-    assert cms.get_image_request(lost.id).state is RequestState.accepted
+    assert cms.requests.get(ImageRequest, launched.id).run_id == run.run_id
+    assert cms.requests.get(ImageRequest, lost.id).state is RequestState.accepted
 
 
 # ---- restore requests -----------------------------------------------------------------------
@@ -229,7 +231,7 @@ def test_accepted_request_without_a_run_is_emitted_again_and_a_launched_one_is_r
 @pytest.fixture
 def ready_image(resources, cms, source):
     assert materialize_image(resources, f"{source.k8s_name}__auto").success
-    return cms.find_image(f"{source.k8s_name}__auto")
+    return cms.images.find(f"{source.k8s_name}__auto")
 
 
 def restore_request(cms, **fields):
@@ -238,8 +240,8 @@ def restore_request(cms, **fields):
     )
     values.update(fields)
     if values["source_image_id"] is None:  # a row another client wrote into the nullable column
-        return cms.create_restore_request(RestoreRequestFields.model_construct(**values))
-    return cms.create_restore_request(RestoreRequestFields(**values))
+        return cms.requests.create(RestoreRequestFields.model_construct(**values))
+    return cms.requests.create(RestoreRequestFields(**values))
 
 
 def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(
@@ -289,9 +291,9 @@ def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(
     }
     dg.validate_run_config(restore_instance, run_request.run_config)
     for request_id, reason in bad.items():
-        row = cms.get_restore_request(request_id)
+        row = cms.requests.get(RestoreRequest, request_id)
         assert row.state is RequestState.rejected and reason in row.reason, row.reason
-    assert cms.get_restore_request(good.id).state is RequestState.accepted
+    assert cms.requests.get(RestoreRequest, good.id).state is RequestState.accepted
     assert (
         run_requests_of(evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform}))
         == []
@@ -311,7 +313,7 @@ def test_on_kubernetes_the_sensor_rejects_what_the_deployment_cannot_run(cms, re
     bad = restore_request(cms, source_image_id=ready_image.name, dns_label="req-ns", namespace="default")
     result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": k8s})
     assert [r.run_key for r in run_requests_of(result)] == [str(good.id)]
-    row = cms.get_restore_request(bad.id)
+    row = cms.requests.get(RestoreRequest, bad.id)
     assert row.state is RequestState.rejected and "namespace: 'default' is not enabled" in row.reason, row.reason
 
     # A public instance on a deployment without source ranges: refused before any run.
@@ -323,7 +325,7 @@ def test_on_kubernetes_the_sensor_rejects_what_the_deployment_cannot_run(cms, re
     public = restore_request(cms, source_image_id=ready_image.name, dns_label="req-pub", namespace="team-a")
     result = evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": open_to_all})
     assert str(public.id) not in [r.run_key for r in run_requests_of(result)]
-    row = cms.get_restore_request(public.id)
+    row = cms.requests.get(RestoreRequest, public.id)
     assert row.state is RequestState.rejected and row.reason.startswith("internal: a public instance needs"), row.reason
 
 
@@ -366,9 +368,9 @@ def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_inst
 def test_nightly_schedule_leaves_out_a_running_drills_scratch_instance(cms, blob, dagster_instance, repository_def):
     source = add_instance(cms, "echo")
     image = reserve_image(cms, blob, source, "echo__drilled", run_id=None)
-    cms.transition_image(image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64)
+    cms.images.transition(image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64)
     scratch = add_instance(cms, "drill-echo-x1y2z", run_id="drill-run-1")
-    cms.start_drill(image.id, source.id, "drill-run-1")
+    cms.drills.start(image.id, source.id, "drill-run-1")
     with dg.build_schedule_context(
         instance_ref=dagster_instance.get_ref(),
         scheduled_execution_time=datetime(2026, 3, 15, 2, 0, tzinfo=UTC),
@@ -421,7 +423,7 @@ def evaluate_status_sensor(sensor, instance, run_id, event_type, resources):
 
 def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dagster_instance):
     ghost = add_instance(cms, "ghost")  # running in the CMS, unknown to the platform: fails after the image row exists
-    request = cms.create_image_request(ImageRequestFields(image_name="will-fail", source_instance=ghost.k8s_name))
+    request = cms.requests.create(ImageRequestFields(image_name="will-fail", source_instance=ghost.k8s_name))
     evaluation = evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     [run_request] = evaluation.run_requests
     dagster_instance.add_dynamic_partitions("images", evaluation.new_partitions)  # as the daemon does
@@ -438,21 +440,21 @@ def test_failed_backup_run_fails_its_request_and_image(resources, cms, blob, dag
     evaluate_status_sensor(
         request_run_started, dagster_instance, result.run_id, dg.DagsterEventType.RUN_START, resources
     )
-    assert cms.get_image_request(request.id).run_id == result.run_id
+    assert cms.requests.get(ImageRequest, request.id).run_id == result.run_id
 
     evaluate_status_sensor(
         run_failed_writeback, dagster_instance, result.run_id, dg.DagsterEventType.RUN_FAILURE, resources
     )
-    row = cms.get_image_request(request.id)
+    row = cms.requests.get(ImageRequest, request.id)
     assert row.state is RequestState.failed and row.run_id == result.run_id
-    image_row = cms.find_image("will-fail")
+    image_row = cms.images.find("will-fail")
     assert image_row.state is ImageState.failed and image_row.run_id == result.run_id
     assert row.reason.startswith("step image failed: ") and image_row.error_message in row.reason, row.reason
 
 
 def test_failure_write_back_fails_an_image_the_run_left_creating(resources, cms, blob, source, dagster_instance):
     """The run worker died inside the backup: nothing in the run marked the image failed."""
-    request = cms.create_image_request(ImageRequestFields(image_name="orphan", source_instance=source.k8s_name))
+    request = cms.requests.create(ImageRequestFields(image_name="orphan", source_instance=source.k8s_name))
     evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     run = create_run_for_test(
         dagster_instance,
@@ -467,17 +469,17 @@ def test_failure_write_back_fails_an_image_the_run_left_creating(resources, cms,
     evaluate_status_sensor(
         run_failed_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_FAILURE, resources
     )
-    image_row = cms.get_image(left.id)
+    image_row = cms.images.get(left.id)
     assert image_row.state is ImageState.failed and "the run worker vanished" in image_row.error_message
     assert blob.list_names(left.blob_path) == []
-    row = cms.get_image_request(request.id)
+    row = cms.requests.get(ImageRequest, request.id)
     assert row.state is RequestState.failed and "the run worker vanished" in row.reason
 
     # A second report of the same end changes nothing and does not raise.
     evaluate_status_sensor(
         run_failed_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_FAILURE, resources
     )
-    assert cms.get_image_request(request.id) == row
+    assert cms.requests.get(ImageRequest, request.id) == row
 
 
 def test_successful_restore_run_succeeds_its_request_with_the_instance(
@@ -501,11 +503,11 @@ def test_successful_restore_run_succeeds_its_request_with_the_instance(
     evaluate_status_sensor(
         run_succeeded_writeback, dagster_instance, result.run_id, dg.DagsterEventType.RUN_SUCCESS, resources
     )
-    row = cms.get_restore_request(request.id)
+    row = cms.requests.get(RestoreRequest, request.id)
     restored = result.output_for_node("mark_instance_running")
     assert row.state is RequestState.succeeded and row.run_id == result.run_id and row.reason is None
     assert row.instance_id == restored.id
-    assert cms.get_instance(restored.id).state is InstanceState.running
+    assert cms.instances.get(restored.id).state is InstanceState.running
 
 
 def test_canceled_restore_run_fails_request_and_instance(
@@ -519,7 +521,7 @@ def test_canceled_restore_run_fails_request_and_instance(
         status=dg.DagsterRunStatus.STARTED,
         tags={REQUEST_ID_TAG: str(request.id)},
     )
-    left = cms.create_instance(
+    left = cms.instances.create(
         user_name="cut-short",
         k8s_name="cut-short-abcde",
         namespace="default",
@@ -535,10 +537,10 @@ def test_canceled_restore_run_fails_request_and_instance(
     evaluate_status_sensor(
         run_canceled_writeback, dagster_instance, run.run_id, dg.DagsterEventType.RUN_CANCELED, resources
     )
-    assert cms.get_instance(left.id).state is InstanceState.failed
-    assert "terminated" in cms.get_instance(left.id).error_message
-    assert not cms.dns_name_in_use("cut-short")
-    row = cms.get_restore_request(request.id)
+    assert cms.instances.get(left.id).state is InstanceState.failed
+    assert "terminated" in cms.instances.get(left.id).error_message
+    assert not cms.instances.dns_name_in_use("cut-short")
+    row = cms.requests.get(RestoreRequest, request.id)
     assert row.state is RequestState.failed and row.instance_id == left.id and "canceled" in row.reason
 
 
@@ -564,7 +566,7 @@ def test_reconciler_settles_rows_of_runs_that_ended_without_reporting(resources,
         run = run_with(status)
         live[status] = reserve_image(cms, blob, source, f"alive-{status.value.lower()}", run.run_id)
 
-    request = cms.create_image_request(ImageRequestFields(image_name="req-died", source_instance=source.k8s_name))
+    request = cms.requests.create(ImageRequestFields(image_name="req-died", source_instance=source.k8s_name))
     evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     request_run = run_with(dg.DagsterRunStatus.STARTED, **{REQUEST_ID_TAG: str(request.id)})
     dagster_instance.report_run_failed(request_run)
@@ -582,12 +584,12 @@ def test_reconciler_settles_rows_of_runs_that_ended_without_reporting(resources,
         (canceled_image, canceled_run.run_id, "CANCELED"),
         (missing_image, missing_image.run_id, "missing"),
     ):
-        current = cms.get_image(row.id)
+        current = cms.images.get(row.id)
         assert current.state is ImageState.failed, current
         assert current.error_message.startswith(f"run {run_id} ended without reporting ({status}")
     for row in live.values():
-        assert cms.get_image(row.id).state is ImageState.creating
-    settled = cms.get_image_request(request.id)
+        assert cms.images.get(row.id).state is ImageState.creating
+    settled = cms.requests.get(ImageRequest, request.id)
     assert settled.state is RequestState.failed and settled.run_id == request_run.run_id
     assert settled.reason == (
         f"run {request_run.run_id} ended without reporting (FAILURE): "
@@ -663,7 +665,7 @@ def test_run_terminated_mid_backup_leaves_its_image_failed(
             )
             dagster_instance.launch_run(run.run_id, workspace)
             wait_for_pg_dump_blocked(source_dsn("postgres"), "aaa_terminated", timeout=90)
-            reserved = cms.find_image_by_run(run.run_id)
+            reserved = cms.images.find_by_run(run.run_id)
             assert reserved.state is ImageState.creating and blob.list_names(reserved.blob_path)
 
             assert dagster_instance.run_launcher.terminate(run.run_id)
@@ -675,14 +677,14 @@ def test_run_terminated_mid_backup_leaves_its_image_failed(
         with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:  # the source is shared
             admin.execute('DROP DATABASE IF EXISTS "aaa_terminated" WITH (FORCE)')
     assert ended.status is dg.DagsterRunStatus.CANCELED
-    row = cms.get_image(reserved.id)
+    row = cms.images.get(reserved.id)
     assert row.state is ImageState.failed, row
     assert "terminated" in row.error_message
     assert blob.list_names(row.blob_path) == []
 
 
 def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob, source, dagster_instance):
-    request = cms.create_image_request(ImageRequestFields(image_name="odd-success", source_instance=source.k8s_name))
+    request = cms.requests.create(ImageRequestFields(image_name="odd-success", source_instance=source.k8s_name))
     evaluate_image_requests(dagster_instance, cms, RULES_ONLY)
     run = create_run_for_test(
         dagster_instance,
@@ -703,8 +705,8 @@ def test_success_that_left_an_image_creating_still_fails_it(resources, cms, blob
     )
     assert settled.images_failed == [str(left.id)] and settled.request_state == "failed"
     expected = f"run {run.run_id} succeeded without marking the image ready"
-    assert cms.get_image(left.id).error_message == expected
-    assert cms.get_image_request(request.id).reason == expected
+    assert cms.images.get(left.id).error_message == expected
+    assert cms.requests.get(ImageRequest, request.id).reason == expected
 
 
 def test_reconciler_records_the_dead_runs_own_failure_message(resources, cms, blob, source, dagster_instance):
@@ -714,7 +716,7 @@ def test_reconciler_records_the_dead_runs_own_failure_message(resources, cms, bl
 
     reconcile(dagster_instance, cms, blob, resources["platform"], grace_seconds=0)
 
-    assert cms.get_image(row.id).error_message == (
+    assert cms.images.get(row.id).error_message == (
         f"run {run.run_id} ended without reporting (FAILURE): "
         "Run worker process died: exit code -9 (killed by the OOM killer)"
     )
@@ -724,21 +726,26 @@ def test_reconciler_records_the_dead_runs_own_failure_message(resources, cms, bl
 def test_racing_claims_never_accept_two_requests_for_the_same_name(
     request, cms, source, dagster_instance, monkeypatch, kind
 ):
-    from toygres_pipelines.automation import sensors
+    from toygres_pipelines.images import sensors as image_sensors
+    from toygres_pipelines.restores import sensors as restore_sensors
 
     if kind == "image":
 
         def create():
-            return cms.create_image_request(ImageRequestFields(image_name="same-name", source_instance=source.k8s_name))
+            return cms.requests.create(ImageRequestFields(image_name="same-name", source_instance=source.k8s_name))
 
-        check_name, listing = "check_image_request", cms.list_image_requests
+        sensors, check_name, listing = image_sensors, "check_image_request", partial(cms.requests.list, ImageRequest)
         evaluate_kind = lambda instance, cms_, limit: evaluate_image_requests(instance, cms_, RULES_ONLY, limit=limit)  # noqa: E731
         reason = "'same-name' is already requested by another accepted request"
     else:
         image_name = request.getfixturevalue("ready_image").name
         create = lambda: restore_request(cms, source_image_id=image_name, dns_label="same-label")  # noqa: E731
         platform = request.getfixturevalue("platform")
-        check_name, listing = "check_restore_request", cms.list_restore_requests
+        sensors, check_name, listing = (
+            restore_sensors,
+            "check_restore_request",
+            partial(cms.requests.list, RestoreRequest),
+        )
         evaluate_kind = lambda instance, cms_, limit: evaluate_restore_requests(instance, cms_, platform, limit=limit)  # noqa: E731
         reason = "'same-label' is already requested by another accepted request"
     first, second = create(), create()
@@ -810,7 +817,7 @@ def test_a_malformed_request_row_is_rejected_with_its_reason_and_the_others_go_o
     done = evaluate_restore_requests(dagster_instance, cms, platform)
     assert done.accepted == [str(good.id)]
     for n in (1, 2):
-        row = cms.get_restore_request(uuid.UUID(int=n))
+        row = cms.requests.get(RestoreRequest, uuid.UUID(int=n))
         assert row.state is RequestState.rejected
         assert row.reason.startswith("malformed row: databases")
-    assert cms.get_restore_request(good.id).state is RequestState.accepted
+    assert cms.requests.get(RestoreRequest, good.id).state is RequestState.accepted

@@ -15,6 +15,7 @@ import pytest
 from records import ImageState, InstanceRef, InstanceState, JobResult
 from records.units import human_bytes
 from resources.cms import CMSResource
+from resources.cms.images import ImagesTable
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformError
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
@@ -29,7 +30,7 @@ def test_backup_of_pagila_is_verified_and_restorable(resources, cms, blob, sourc
     result = materialize_image(resources, f"{source.k8s_name}__t1", {"description": "first"}, instance=instance)
     assert result.success
 
-    row = cms.find_image(f"{source.k8s_name}__t1")
+    row = cms.images.find(f"{source.k8s_name}__t1")
     assert row.state is ImageState.ready
     assert row.source_instance_id == source.id and row.description == "first"
     assert row.ready_at is not None and row.blob_path == f"images/{row.id}"
@@ -53,8 +54,8 @@ def test_backup_of_pagila_is_verified_and_restorable(resources, cms, blob, sourc
     globals_sql = blob.read_bytes(f"{row.blob_path}/globals.sql").decode()
     assert "CREATE ROLE pagila_app;" in globals_sql
 
-    assert cms.image_password(row.id).get_secret_value() == source_password(resources, source)
-    assert [e.to_state for e in cms.events(row.id)] == ["creating", "ready"]
+    assert cms.images.password(row.id).get_secret_value() == source_password(resources, source)
+    assert [e.to_state for e in cms.events.of(row.id)] == ["creating", "ready"]
 
     materialization = result.asset_materializations_for_node("image")[0]
     metadata = materialization.metadata
@@ -113,16 +114,16 @@ def test_invalid_requests_create_no_image_and_remove_their_partition(
     assert message in failure_text(result)
     assert f"partition {key!r} removed: no image row has this name" in failure_text(result)
     assert instance.get_dynamic_partitions("images") == ["kept-partition"]
-    assert cms.list_images() == []
+    assert cms.images.list() == []
     assert blob.list_names("images") == []
 
 
 def test_stopped_instance_is_refused(resources, cms, blob, source):
-    cms.transition_instance(source.id, InstanceState.stopped, reason="test")
+    cms.instances.transition(source.id, InstanceState.stopped, reason="test")
     instance = dg.DagsterInstance.ephemeral()
     result = materialize_image(resources, f"{source.k8s_name}__t2", raise_on_error=False, instance=instance)
     assert "source_instance: instance" in failure_text(result) and "must be running" in failure_text(result)
-    assert cms.list_images() == []
+    assert cms.images.list() == []
     assert instance.get_dynamic_partitions("images") == []
 
 
@@ -131,12 +132,12 @@ def test_materializing_a_ready_partition_again_reports_the_image_and_touches_not
     instance = dg.DagsterInstance.ephemeral()
     first_run = materialize_image(resources, key, instance=instance)
     assert first_run.success
-    first = cms.find_image(key)
+    first = cms.images.find(key)
     blobs = blob.list_names(first.blob_path)
     again = materialize_image(resources, key, instance=instance)
     assert again.success
-    assert cms.list_images() == [first]  # same row, same updated_at: untouched
-    assert [e.to_state for e in cms.events(first.id)] == ["creating", "ready"]
+    assert cms.images.list() == [first]  # same row, same updated_at: untouched
+    assert [e.to_state for e in cms.events.of(first.id)] == ["creating", "ready"]
     assert blob.list_names(first.blob_path) == blobs
     before = first_run.asset_materializations_for_node("image")[0].metadata
     after = again.asset_materializations_for_node("image")[0].metadata
@@ -158,7 +159,7 @@ def test_a_ready_partition_whose_bytes_no_longer_verify_fails_and_marks_the_imag
     key = f"{source.k8s_name}__rotten"
     instance = dg.DagsterInstance.ephemeral()
     assert materialize_image(resources, key, instance=instance).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest, _ = blob.read_manifest(image.blob_path)
     name = f"{image.blob_path}/{next(f for f in manifest.files if f.database == 'pagila').path}"
     data = bytearray(blob.read_bytes(name))
@@ -168,13 +169,13 @@ def test_a_ready_partition_whose_bytes_no_longer_verify_fails_and_marks_the_imag
     again = materialize_image(resources, key, instance=instance, raise_on_error=False)
     assert not again.success
     assert "its bytes no longer verify: marked corrupt" in failure_text(again)
-    assert cms.get_image(image.id).state is ImageState.corrupt
-    assert [e.to_state for e in cms.events(image.id)] == ["creating", "ready", "corrupt"]
+    assert cms.images.get(image.id).state is ImageState.corrupt
+    assert [e.to_state for e in cms.events.of(image.id)] == ["creating", "ready", "corrupt"]
 
 
 def test_a_partition_whose_image_is_not_ready_fails_and_keeps_the_partition(resources, cms, source):
     key = f"{source.k8s_name}__busy"
-    cms.reserve_image(
+    cms.images.reserve(
         image_id=None,
         name=key,
         description=None,
@@ -236,11 +237,11 @@ def test_pg_dump_of_a_dropped_database_fails_the_image(resources, cms, blob, sou
         holder.close()
     result = outcome["result"]
     assert not result.success
-    row = cms.list_images()[0]
+    row = cms.images.list()[0]
     assert row.state is ImageState.failed
     assert "pg_dump of database aaa_doomed failed" in row.error_message
     assert blob.list_names(row.blob_path) == []
-    assert [e.to_state for e in cms.events(row.id)] == ["creating", "failed"]
+    assert [e.to_state for e in cms.events.of(row.id)] == ["creating", "failed"]
 
 
 def test_blob_storage_stopping_mid_run_fails_the_image_and_leaves_no_blob(
@@ -257,7 +258,7 @@ def test_blob_storage_stopping_mid_run_fails_the_image_and_leaves_no_blob(
     runner.start()
     try:
         wait_for_pg_dump_blocked(source_dsn("postgres"), "aaa_blocked")
-        assert blob.list_names(cms.list_images()[0].blob_path) == [f"images/{cms.list_images()[0].id}/globals.sql"]
+        assert blob.list_names(cms.images.list()[0].blob_path) == [f"images/{cms.images.list()[0].id}/globals.sql"]
         stack.azurite.stop()
         holder.rollback()
         runner.join(timeout=180)
@@ -267,7 +268,7 @@ def test_blob_storage_stopping_mid_run_fails_the_image_and_leaves_no_blob(
             stack.azurite.start()
     result = outcome["result"]
     assert not result.success
-    row = cms.list_images()[0]
+    row = cms.images.list()[0]
     assert row.state is ImageState.failed and row.error_message
     # Blob storage was down when the op cleaned up; the janitor removes what is left.
     assert purge_failed_image_blobs(cms, blob) >= 1
@@ -278,7 +279,7 @@ def test_blob_storage_stopping_mid_run_fails_the_image_and_leaves_no_blob(
 
 def test_source_password_never_reaches_the_cms_in_plaintext(resources, cms, source, stack):
     assert materialize_image(resources, f"{source.k8s_name}__enc").success
-    row = cms.find_image(f"{source.k8s_name}__enc")
+    row = cms.images.find(f"{source.k8s_name}__enc")
     password = source_password(resources, source)
     with psycopg.connect(cms.dsn) as conn:
         stored = conn.execute(
@@ -292,7 +293,7 @@ def test_source_password_never_reaches_the_cms_in_plaintext(resources, cms, sour
         ).fetchone()[0]
     assert stored and password not in stored
     assert password not in whole_row and password not in events
-    assert cms.image_password(row.id).get_secret_value() == password
+    assert cms.images.password(row.id).get_secret_value() == password
 
 
 def test_verification_reads_every_archive_entry(resources, cms, blob, source):
@@ -302,7 +303,7 @@ def test_verification_reads_every_archive_entry(resources, cms, blob, source):
     from toygres_pipelines.images.verification import ImageCorrupt, verify_image
 
     assert materialize_image(resources, f"{source.k8s_name}__verify").success
-    row = cms.find_image(f"{source.k8s_name}__verify")
+    row = cms.images.find(f"{source.k8s_name}__verify")
     manifest_doc = json.loads(blob.read_bytes(f"{row.blob_path}/manifest.json"))
     entry = next(f for f in manifest_doc["files"] if f["database"] == "pagila")
     truncated = blob.read_bytes(f"{row.blob_path}/{entry['path']}")[: entry["size_bytes"] * 2 // 3]
@@ -326,7 +327,7 @@ def test_unreachable_blob_storage_fails_the_image_with_the_cause(resources, cms,
     )
     result = materialize_image({**resources, "blob": unreachable}, f"{source.k8s_name}__nowhere", raise_on_error=False)
     assert not result.success
-    row = cms.list_images()[0]
+    row = cms.images.list()[0]
     assert row.state is ImageState.failed
     assert "blob storage at http://127.0.0.1:" in row.error_message and "unreachable" in row.error_message
 
@@ -344,13 +345,13 @@ def test_cleanup_error_after_ready_never_destroys_the_verified_image(resources, 
     key = f"{source.k8s_name}__cleanup-fails"
     result = materialize_image({**resources, "platform": failing}, key, instance=instance, raise_on_error=False)
 
-    row = cms.find_image(key)
+    row = cms.images.find(key)
     assert row.state is ImageState.ready
     manifest, _ = blob.read_manifest(row.blob_path)
     assert sorted(blob.list_names(row.blob_path)) == sorted(
         [f"{row.blob_path}/manifest.json", *(f"{row.blob_path}/{f.path}" for f in manifest.files)]
     )
-    assert [e.to_state for e in cms.events(row.id)] == ["creating", "ready"]
+    assert [e.to_state for e in cms.events.of(row.id)] == ["creating", "ready"]
     assert result.success
     assert "500 Internal Server Error" in run_logs(instance, result.run_id)
 
@@ -359,7 +360,7 @@ def test_image_named_with_a_trailing_newline_is_refused_before_any_row(resources
     result = materialize_image(resources, f"{source.k8s_name}__nl\n", raise_on_error=False)
     assert not result.success
     assert "image name (partition key): " in failure_text(result)
-    assert cms.list_images() == []
+    assert cms.images.list() == []
 
 
 class FailingAfterJobPlatform(LocalPlatform):
@@ -370,11 +371,17 @@ class FailingAfterJobPlatform(LocalPlatform):
         raise JobFailed(JobResult(name=spec.name, succeeded=False, reason="exit code 1"))
 
 
+class ImagesDownOnFailure(ImagesTable):
+    def get(self, image_id):
+        raise psycopg.OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+
+
 class CMSDownOnFailure(CMSResource):
     """The CMS answers until the backup fails, then is unreachable."""
 
-    def get_image(self, image_id):
-        raise psycopg.OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+    @property
+    def images(self) -> ImagesTable:
+        return ImagesDownOnFailure(self)
 
 
 def job_dirs(platform) -> set[str]:
@@ -391,7 +398,7 @@ def test_job_directory_and_its_sas_are_removed_even_when_the_cms_is_unreachable(
     assert not result.success
     assert job_dirs(platform) == before
     # The row stays creating (the CMS could not be told); the blobs stay for the reconciler.
-    [row] = cms.list_images()
+    [row] = cms.images.list()
     assert row.state is ImageState.creating
 
 

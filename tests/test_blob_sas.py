@@ -214,23 +214,74 @@ def test_a_selective_restores_sas_reads_only_the_files_it_downloads(blob):
 # --- backup ------------------------------------------------------------------------------------
 
 
+def backup_spec_with_its_folder(blob: BlobStorageResource, image_id: uuid.UUID, parallel_jobs: int) -> JobSpec:
+    """The backup's job spec, with the folder its BLOB_URL names existing (a parallel backup's
+    staging container is made by the run before the job starts)."""
+    spec = backup_job_spec(image_row(image_id), instance_row("src"), blob, TIMEOUT, parallel_jobs=parallel_jobs)
+    container_url = spec.env["BLOB_URL"].rstrip("/")
+    if not container_url.startswith(blob.container_url + "/"):
+        blob.create_staging(image_id)
+    return spec
+
+
+def own_client(spec: JobSpec, name: str, token: str) -> BlobClient:
+    return BlobClient.from_blob_url(f"{spec.env['BLOB_URL'].rstrip('/')}/{name}?{token}")
+
+
 @pytest.mark.parametrize("parallel_jobs", [1, 4])
 def test_a_backup_jobs_sas_reads_lists_and_deletes_nothing(blob, parallel_jobs):
-    """Both modes. (Parallel mode's container SAS can still create or overwrite a name outside its
-    image: docs/security.md, "Blob storage access"; the single-stream test below shows it cannot.)"""
+    """Both modes: each writes where its BLOB_URL says (a parallel backup: its staging container)."""
     other, _ = stored_image(blob, "other")
     image_id = uuid.uuid4()
-    spec = backup_job_spec(image_row(image_id), instance_row("src"), blob, TIMEOUT, parallel_jobs=parallel_jobs)
+    spec = backup_spec_with_its_folder(blob, image_id, parallel_jobs)
     tokens = tokens_handed(spec.blob_sas)
+    assert any(not denied(lambda t=t: own_client(spec, "globals.sql", t).upload_blob(b"-- roles")) for t in tokens)
     own = f"{image_prefix(image_id)}/globals.sql"
-    assert any(not denied(lambda t=t: blob_client(blob, own, t).upload_blob(b"-- roles")) for t in tokens)
     for token in sample(tokens):
         assert not can_list(blob, token), "a backup's SAS lists the container"
+        if parallel_jobs > 1:  # nor its own staging container
+            staging = ContainerClient.from_container_url(f"{spec.env['BLOB_URL'].rstrip('/')}?{token}")
+            assert denied(lambda s=staging: list(s.list_blobs())), "a parallel backup's SAS lists its staging"
+        assert denied(lambda t=token: own_client(spec, "globals.sql", t).download_blob().readall()), (
+            "a backup's SAS reads its own file back"
+        )
         assert not can_read(blob, own, token), "a backup's SAS reads its own image back"
         assert not can_read(blob, f"{image_prefix(other)}/globals.sql", token), "a backup's SAS reads another image"
         assert denied(lambda t=token: blob_client(blob, f"{image_prefix(other)}/globals.sql", t).delete_blob())
         assert expiry_of(token) <= datetime.now(UTC) + timedelta(seconds=TIMEOUT + 15 * 60), "not short-lived"
     assert blob.read_bytes(f"{image_prefix(other)}/globals.sql") == b"-- roles"
+
+
+def test_a_parallel_backups_sas_creates_or_overwrites_nothing_outside_its_own_staging(blob):
+    """Parallel mode's file names (pg_dump -Fd's) are known to nobody ahead, yet its grant opens
+    nothing of the images container: not another image's names, not its own image's, no stray name."""
+    other, _ = stored_image(blob, "other")
+    image_id = uuid.uuid4()
+    spec = backup_spec_with_its_folder(blob, image_id, 4)
+    tokens = tokens_handed(spec.blob_sas)
+    for token in sample(tokens):
+        for name in (
+            f"{image_prefix(other)}/databases/003/toc.dat",
+            f"{image_prefix(image_id)}/databases/001/toc.dat",
+            "images/planted/manifest.json",
+            "stray",
+        ):
+            assert denied(lambda t=token, n=name: blob_client(blob, n, t).upload_blob(b"x")), name
+        for path in ("globals.sql", "manifest.json", "databases/001.dump"):
+            assert denied(
+                lambda t=token, p=path: blob_client(blob, f"{image_prefix(other)}/{p}", t).upload_blob(
+                    b"x", overwrite=True
+                )
+            ), f"a parallel backup's SAS overwrites another image's {path}"
+    assert [blob.read_bytes(f"{image_prefix(other)}/{p}")[:3] for p in ("globals.sql", "databases/001.dump")] == [
+        b"-- ",
+        b"one",
+    ]
+    assert blob.list_names(image_prefix(other)) == [
+        f"{image_prefix(other)}/{p}"
+        for p in ("databases/001.dump", "databases/002.dump", "globals.sql", "manifest.json")
+    ]
+    assert blob.list_names("images/planted") == [] and blob.list_names(image_prefix(image_id)) == []
 
 
 def test_a_single_stream_backups_sas_writes_nothing_outside_its_images_names(blob):
@@ -380,7 +431,7 @@ UNREDACTED_SIGNATURE = re.compile(r"sig=(?!REDACTED)[^&\s\"']+")
 def test_no_signature_reaches_the_run_logs_or_the_cms_of_a_backup_and_a_restore(resources, cms, source):
     dagster = dg.DagsterInstance.ephemeral()
     assert materialize_image(resources, f"{source.k8s_name}__sas", instance=dagster).success
-    image = cms.find_image(f"{source.k8s_name}__sas")
+    image = cms.images.find(f"{source.k8s_name}__sas")
     result = restore(resources, source_image_id=str(image.id), name="sas-copy", dns_label="sas-copy", instance=dagster)
     assert result.success, failure_text(result)
     for text in (dagster_text(dagster), cms_text(cms)):

@@ -2,9 +2,11 @@
 webserver and daemon of the chart's topology (toygres_pipelines/dev/topology.py: PostgreSQL storage,
 a gRPC code server; the instance config `make dev` ships) on free ports.
 
-Walks the Catalog's `image` asset (partitions with their status, the Checks tab), the restore
-launchpad (scaffolded, filled, launched), the finished run with every step green, and a bad
-request's one failure. Screenshots land in the test's tmp dir (docs/screenshots/ holds a few).
+Walks the Catalog's `image` asset (partitions with their status, the Checks tab), a mistyped
+partition materialized from the asset page (refused in the launch dialog: no run, nothing red), the
+restore launchpad (scaffolded with every optional field's default, no resource settings, filled,
+launched), the finished run with every step green, and a bad request refused in the launch dialog.
+Screenshots land in the test's tmp dir (docs/screenshots/ holds a few).
 Skipped only when Chromium (apt package `chromium`, installed by `make tools`) is absent.
 """
 
@@ -19,6 +21,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
+from dagster._core.storage.dagster_run import RunsFilter
+from dagster_graphql import DagsterGraphQLClient
 
 from records import InstanceState
 from resources.platform.postgres_server import free_port
@@ -82,22 +87,80 @@ def shoot(page, tmp_path: Path, name: str) -> Path:
 
 
 def launch_from_the_launchpad(page, base: str, config: dict, tmp_path: Path, scaffold_first: bool = True) -> str:
-    """(Scaffold,) fill the config editor, launch; returns the run id the UI navigated to."""
-    page.goto(f"{base}/locations/toygres_pipelines/jobs/restore_instance/playground")
-    page.wait_for_selector(".CodeMirror")
-    if scaffold_first:
-        scaffold_missing_config(page, tmp_path)
-    page.evaluate(
-        "config => document.querySelector('.CodeMirror').CodeMirror.setValue(config)",
-        json.dumps({"ops": {"validate_request": {"config": config}}}, indent=2),
-    )
-    page.get_by_role("button", name="Launch Run").click()
+    """(Scaffold and fill in the scaffold, or) write the config, launch; returns the run id the UI navigated to."""
+    fill_the_launchpad(page, base, config, tmp_path, scaffold_first)
     page.wait_for_url("**/runs/**")
     return page.url.rstrip("/").split("/runs/")[-1].split("?")[0]
 
 
-def scaffold_missing_config(page, tmp_path: Path) -> None:
-    """What a new user does first: the launchpad names the required fields, scaffolding adds exactly those."""
+def fill_the_launchpad(page, base: str, config: dict, tmp_path: Path, scaffold_first: bool) -> None:
+    page.goto(f"{base}/locations/toygres_pipelines/jobs/restore_instance/playground")
+    page.wait_for_selector(".CodeMirror")
+    if scaffold_first:
+        document = yaml.safe_load(scaffold_missing_config(page, tmp_path))
+        document["ops"]["validate_request"]["config"].update(config)
+        text = yaml.safe_dump(document, sort_keys=False)
+    else:
+        text = json.dumps({"ops": {"validate_request": {"config": config}}}, indent=2)
+    page.evaluate("config => document.querySelector('.CodeMirror').CodeMirror.setValue(config)", text)
+    page.get_by_role("button", name="Launch Run").click()
+
+
+def refused_in_the_launch_dialog(page, first_line: str, tmp_path: Path, name: str) -> None:
+    """The launch dialog's error: its first line is the field, the rule and the value; no stack trace."""
+    header = page.locator("h3", has_text=first_line).first
+    header.wait_for()
+    assert header.inner_text().startswith(first_line), header.inner_text()
+    assert "Traceback" not in page.locator("body").inner_text() and 'File "' not in page.locator("body").inner_text()
+    shoot(page, tmp_path, name)
+
+
+ASSET_STATE = """
+query {
+  assetNodeOrError(assetKey: {path: ["image"]}) {
+    __typename
+    ... on AssetNode {
+      partitionStats { numFailed numMaterialized }
+      assetChecksOrError {
+        __typename
+        ... on AssetChecks { checks { name executionForLatestMaterialization { status } } }
+      }
+    }
+  }
+  assetsLatestInfo(assetKeys: [{path: ["image"]}]) { latestRun { id status } }
+}
+"""
+
+
+def assert_nothing_red(port: int) -> None:
+    """What the UI shows of the `image` asset: no failed partition, no failed check, no failed latest run."""
+    state = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=60)._execute(ASSET_STATE)
+    node = state["assetNodeOrError"]
+    assert node["partitionStats"]["numFailed"] == 0, node
+    statuses = {
+        c["name"]: (c["executionForLatestMaterialization"] or {}).get("status")
+        for c in node["assetChecksOrError"]["checks"]
+    }
+    assert not {"FAILED", "EXECUTION_FAILED"} & set(statuses.values()), statuses
+    [latest] = state["assetsLatestInfo"]
+    assert (latest["latestRun"] or {}).get("status") != "FAILURE", latest
+
+
+def materialize_a_new_partition_from_the_asset_page(page, base: str, key: str, tmp_path: Path) -> None:
+    """Materialize on the Catalog's `image` asset, "Add a partition" (the key typed in), launch."""
+    page.goto(f"{base}/assets/image")
+    page.locator("button", has_text="Materialize").first.click()
+    page.get_by_text("Add a partition").first.click()
+    page.get_by_placeholder("name").fill(key)
+    page.get_by_role("button", name="Save").click()
+    launch = page.get_by_role("button", name="Launch 1 run")
+    shoot(page, tmp_path, "materialize-new-partition")
+    launch.click()
+
+
+def scaffold_missing_config(page, tmp_path: Path) -> str:
+    """What a new user does first: the launchpad opens with every optional field's default (and no
+    resource settings: those are the deployment's), the required ones are scaffolded; returns the text."""
     scaffold = page.get_by_role("button", name="Scaffold missing config")
     deadline = time.monotonic() + 60
     while not scaffold.is_enabled():  # enabled once the launchpad has validated the defaults
@@ -111,8 +174,11 @@ def scaffold_missing_config(page, tmp_path: Path) -> None:
     deadline = time.monotonic() + 30
     while "source_image_id" not in (scaffolded := page.evaluate(EDITOR_TEXT)) and time.monotonic() < deadline:
         page.wait_for_timeout(200)
-    for field in ("name", "dns_label", "source_image_id"):
+    for field in ("name", "dns_label", "source_image_id", "namespace", "databases", "postgres_version"):
         assert f"{field}:" in scaffolded, scaffolded
+    for absent in ("resources:", "azcopy", "runtime_image_id", "image_override"):
+        assert absent not in scaffolded, scaffolded
+    return scaffolded
 
 
 def wait_for_run(dagster: DagsterTopology, run_id: str, monkeypatch) -> dg.DagsterRun:
@@ -156,11 +222,34 @@ def test_an_operator_backs_up_and_restores_through_the_ui(
         page.get_by_text("verified").first.wait_for()
         shoot(page, tmp_path, "catalog-image-checks")
 
-        # The restore launchpad: scaffolded, filled, launched; the run ends with every step green
+        # A mistyped partition: refused in the launch dialog; no run, no partition, nothing red
+        materialize_a_new_partition_from_the_asset_page(page, base, "nosuch__x", tmp_path)
+        refused_in_the_launch_dialog(
+            page,
+            "Invalid backup request: source_instance: no instance 'nosuch' in the CMS",
+            tmp_path,
+            "materialize-mistyped-partition-refused",
+        )
+        with dagster_instance(topology, monkeypatch) as instance:
+            assert instance.get_runs(RunsFilter(tags={"dagster/partition": "nosuch__x"})) == []
+            assert not instance.has_dynamic_partition("images", "nosuch__x")
+        assert_nothing_red(port)
+        page.goto(f"{base}/assets/image")
+        page.get_by_text("Latest materialization").first.wait_for()
+        shoot(page, tmp_path, "catalog-image-after-refusal")
+
+        # The restore launchpad: scaffolded, the scaffold filled in (a major written as 16), launched;
+        # the run ends with every step green
         run_id = launch_from_the_launchpad(
             page,
             base,
-            {"name": "from-ui", "dns_label": "from-ui", "source_image_id": image_name, "storage_size_gb": 1},
+            {
+                "name": "from-ui",
+                "dns_label": "from-ui",
+                "source_image_id": image_name,
+                "storage_size_gb": 1,
+                "postgres_version": int(source.postgres_version),
+            },
             tmp_path,
         )
         run = wait_for_run(topology, run_id, monkeypatch)
@@ -168,18 +257,23 @@ def test_an_operator_backs_up_and_restores_through_the_ui(
         page.goto(f"{base}/runs/{run_id}")
         page.get_by_text("toygres-pipelines connect").first.wait_for()
         shoot(page, tmp_path, "restore-run-succeeded")
-        restored = cms.find_instance_by_run(run_id)
+        restored = cms.instances.find_by_run(run_id)
         assert restored.state is InstanceState.running and restored.user_name == "from-ui"
         with dagster_instance(topology, monkeypatch) as instance:
             steps = instance.get_run_step_stats(run_id)
         assert len(steps) == 10 and {s.status.value for s in steps} == {"SUCCESS"}, steps
 
-        # A bad request: one short failure naming the field, the rule and the value
-        bad_id = launch_from_the_launchpad(
+        # A bad request: refused in the launch dialog, naming the field, the rule and the value; no run
+        fill_the_launchpad(
             page, base, {"name": "Bad_Name", "dns_label": "bad-name", "source_image_id": image_name}, tmp_path, False
         )
-        assert wait_for_run(topology, bad_id, monkeypatch).status is dg.DagsterRunStatus.FAILURE
-        page.goto(f"{base}/runs/{bad_id}")
-        page.get_by_text("Invalid restore request: name: 'Bad_Name' must be a DNS-1123 label").first.wait_for()
-        shoot(page, tmp_path, "restore-run-bad-request")
+        refused_in_the_launch_dialog(
+            page,
+            "Invalid restore request: name: 'Bad_Name' must be a DNS-1123 label",
+            tmp_path,
+            "restore-bad-request-refused",
+        )
+        with dagster_instance(topology, monkeypatch) as instance:
+            assert [r.run_id for r in instance.get_runs(RunsFilter(job_name="restore_instance"))] == [run_id]
+        assert_nothing_red(port)
         topology.check_running()

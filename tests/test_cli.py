@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from records import ImageState, ImageType, InstanceState, RequestState
+from records import ImageRequest, ImageState, ImageType, InstanceState, RequestState, RestoreRequest
 from records.requests import RestoreRequestFields
 from resources.platform.postgres_server import free_port
 from tests.helpers import cli_runner
 from toygres_pipelines import cli
+from toygres_pipelines.cli import images as cli_images
+from toygres_pipelines.cli.requests import follow
 
 UNREACHABLE_PASSWORD = "n0t-Sh0wn-pw"
 
@@ -31,7 +33,7 @@ def run(cms, monkeypatch, capsys):
 
 
 def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.running, **kwargs):
-    return cms.create_instance(
+    return cms.instances.create(
         user_name=k8s_name.rsplit("-", 1)[0],
         k8s_name=k8s_name,
         namespace="default",
@@ -47,7 +49,7 @@ def add_instance(cms, k8s_name: str, state: InstanceState = InstanceState.runnin
 
 def add_image(cms, source, name: str, state: ImageState = ImageState.ready, checksum: str | None = "ab" * 32):
     image_id = uuid.uuid4()
-    image = cms.reserve_image(
+    image = cms.images.reserve(
         image_id=image_id,
         name=name,
         description=None,
@@ -58,9 +60,9 @@ def add_image(cms, source, name: str, state: ImageState = ImageState.ready, chec
         run_id=None,
     )
     if state is ImageState.ready:
-        return cms.transition_image(image.id, ImageState.ready, backup_checksum=checksum, backup_size_bytes=1234)
+        return cms.images.transition(image.id, ImageState.ready, backup_checksum=checksum, backup_size_bytes=1234)
     if state is ImageState.failed:
-        return cms.transition_image(image.id, ImageState.failed, reason="broken")
+        return cms.images.transition(image.id, ImageState.failed, reason="broken")
     return image
 
 
@@ -77,7 +79,7 @@ def test_backup_request_is_queued_pending_with_the_given_fields(run, cms, db):
         "request-backup", "--instance", "db-abcde", "--name", "nightly_1", "--description", "before upgrade"
     )
     assert (code, err) == (0, "")
-    [request] = cms.list_image_requests()
+    [request] = cms.requests.list(ImageRequest)
     assert (request.image_name, request.source_instance, request.description, request.state) == (
         "nightly_1",
         "db-abcde",
@@ -92,7 +94,7 @@ def test_backup_request_by_instance_id_gets_a_timestamped_default_name(run, cms,
     code, out, err = run("request-backup", "--instance", str(db.id), "--json")
     assert (code, err) == (0, "")
     printed = json.loads(out)
-    [request] = cms.list_image_requests()
+    [request] = cms.requests.list(ImageRequest)
     assert printed["id"] == str(request.id) and printed["state"] == "pending" and printed["kind"] == "backup"
     assert request.source_instance == "db-abcde"
     prefix = "db-abcde__manual-"
@@ -106,14 +108,14 @@ def test_backup_request_with_an_invalid_name_exits_2_and_queues_nothing(run, cms
     code, out, err = run("request-backup", "--instance", "db-abcde", "--name", name)
     assert code == 2 and out == ""
     assert err.startswith("error: name: ") and "letters, digits" in err
-    assert cms.list_image_requests() == []
+    assert cms.requests.list(ImageRequest) == []
 
 
 def test_backup_request_of_an_unknown_instance_exits_2(run, cms):
     code, _, err = run("request-backup", "--instance", "nope-12345")
     assert code == 2
     assert err == "error: source_instance: no instance 'nope-12345' in the CMS\n"
-    assert cms.list_image_requests() == []
+    assert cms.requests.list(ImageRequest) == []
 
 
 def test_backup_request_of_a_stopped_instance_exits_2(run, cms):
@@ -121,7 +123,7 @@ def test_backup_request_of_a_stopped_instance_exits_2(run, cms):
     code, _, err = run("request-backup", "--instance", "idle-abcde", "--name", "x")
     assert code == 2
     assert err.startswith("error: source_instance: ") and "stopped" in err and "must be running" in err
-    assert cms.list_image_requests() == []
+    assert cms.requests.list(ImageRequest) == []
 
 
 def test_backup_request_with_the_name_of_a_live_image_exits_2(run, cms, db):
@@ -134,7 +136,7 @@ def test_backup_request_with_the_name_of_a_live_image_exits_2(run, cms, db):
     assert run("request-backup", "--instance", "db-abcde", "--name", "reusable")[0] == 0
     code, _, err = run("request-backup", "--instance", "db-abcde", "--name", "reusable")
     assert code == 2 and err.startswith("error: name: 'reusable' is already requested by pending request ")
-    assert [r.image_name for r in cms.list_image_requests()] == ["reusable"]
+    assert [r.image_name for r in cms.requests.list(ImageRequest)] == ["reusable"]
 
 
 # ---- request-restore --------------------------------------------------------------------------
@@ -161,7 +163,7 @@ def test_restore_request_is_queued_pending_with_the_given_fields(run, cms, image
         "--internal",
     )
     assert (code, err) == (0, "")
-    [request] = cms.list_restore_requests()
+    [request] = cms.requests.list(RestoreRequest)
     assert request.model_dump(
         include={
             "name",
@@ -196,7 +198,7 @@ def test_restore_request_by_image_id_with_defaults(run, cms, image):
     printed = json.loads(out)
     assert printed["kind"] == "restore" and printed["state"] == "pending"
     assert (printed["namespace"], printed["storage_size_gb"], printed["internal"]) == ("default", 10, False)
-    assert cms.get_restore_request(printed["id"]).source_image_id == str(image.id)
+    assert cms.requests.get(RestoreRequest, printed["id"]).source_image_id == str(image.id)
 
 
 @pytest.mark.parametrize(
@@ -232,7 +234,7 @@ def test_each_restore_rule_violation_exits_2_naming_the_field(run, cms, db, imag
     code, out, err = run(*argv, *args)
     assert code == 2 and out == ""
     assert err.startswith(f"error: {field}: ") and words in err, err
-    assert cms.list_restore_requests() == []
+    assert cms.requests.list(RestoreRequest) == []
 
 
 def test_restore_request_namespace_defaults_to_the_kubernetes_platforms_and_must_be_enabled(
@@ -259,7 +261,7 @@ def test_restore_request_namespace_defaults_to_the_kubernetes_platforms_and_must
         )[0]
         == 0
     )
-    assert sorted(r.namespace for r in cms.list_restore_requests()) == ["pg-instances", "team-a"]
+    assert sorted(r.namespace for r in cms.requests.list(RestoreRequest)) == ["pg-instances", "team-a"]
     code, out, err = run(
         "request-restore",
         "--name",
@@ -272,7 +274,7 @@ def test_restore_request_namespace_defaults_to_the_kubernetes_platforms_and_must
         "default",
     )
     assert code == 2 and err.startswith("error: namespace: ") and "TOYGRES_K8S_INSTANCE_NAMESPACES" in err, err
-    assert len(cms.list_restore_requests()) == 2
+    assert len(cms.requests.list(RestoreRequest)) == 2
     monkeypatch.setenv("TOYGRES_K8S_JOB_IMAGES", f"17=acr.io/toygres-job@sha256:{'ab' * 32}")
     code, out, err = run("request-restore", "--name", "four", "--dns-label", "four-db", "--image", str(image.id))
     assert code == 2 and err.startswith("error: source_image_id: ") and "PostgreSQL 15" in err, err
@@ -282,7 +284,7 @@ def test_restore_request_for_a_dns_label_already_queued_exits_2(run, cms, image)
     assert run("request-restore", "--name", "one", "--dns-label", "shared", "--image", str(image.id))[0] == 0
     code, _, err = run("request-restore", "--name", "two", "--dns-label", "shared", "--image", str(image.id))
     assert code == 2 and err.startswith("error: dns_label: 'shared' is already requested by pending request ")
-    assert len(cms.list_restore_requests()) == 1
+    assert len(cms.requests.list(RestoreRequest)) == 1
 
 
 # ---- listings ---------------------------------------------------------------------------------
@@ -293,8 +295,8 @@ def test_listings_as_json_show_states(run, cms, db, image):
     add_instance(cms, "idle-abcde", state=InstanceState.stopped)
     run("request-backup", "--instance", "db-abcde", "--name", "b1")
     run("request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", image.name)
-    backup = cms.list_image_requests()[0]
-    with cms.claim_pending_image_requests() as claim:
+    backup = cms.requests.list(ImageRequest)[0]
+    with cms.requests.claim(ImageRequest) as claim:
         claim.reject(backup, "source went away")
 
     code, out, _ = run("images", "--json")
@@ -330,7 +332,7 @@ def test_listings_as_tables_are_aligned(run, cms, db, image):
 
 
 def test_instance_connection_strings_never_show_a_password(run, cms, db):
-    cms.transition_instance(
+    cms.instances.transition(
         db.id,
         InstanceState.stopped,
         ip_connection_string="postgresql://postgres:Hunter2pw@10.0.0.1:5432/postgres",
@@ -343,8 +345,8 @@ def test_instance_connection_strings_never_show_a_password(run, cms, db):
 
 
 def test_the_instances_table_shows_where_each_instance_answers(run, cms, db):
-    cms.transition_instance(db.id, InstanceState.stopped)
-    cms.transition_instance(
+    cms.instances.transition(db.id, InstanceState.stopped)
+    cms.instances.transition(
         db.id,
         InstanceState.running,
         ip_connection_string="postgresql://postgres@10.0.0.1:5432/postgres?sslmode=require",
@@ -402,7 +404,7 @@ def test_the_installed_entry_point_exits_with_the_documented_codes(cms, db):
 
     ok = call("request-backup", "--instance", "db-abcde", "--name", "from-cli")
     assert ok.returncode == 0, ok.stderr
-    assert [r.image_name for r in cms.list_image_requests()] == ["from-cli"]
+    assert [r.image_name for r in cms.requests.list(ImageRequest)] == ["from-cli"]
     invalid = call("request-backup", "--instance", "db-abcde", "--name", "bad name")
     assert (invalid.returncode, invalid.stdout) == (2, "")
     assert invalid.stderr.startswith("error: name: ")
@@ -419,7 +421,7 @@ def test_an_unexpected_error_exits_1_and_never_shows_the_dsn_password(cms, monke
     def broken(args, cms, out):
         raise RuntimeError(f"exploded while using {args.dsn} (postgresql://u:{UNREACHABLE_PASSWORD}@h/db)")
 
-    monkeypatch.setattr(cli, "cmd_images", broken)
+    monkeypatch.setattr(cli_images, "cmd_images", broken)
     assert cli.main(["images", "--dsn", dsn]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: unexpected RuntimeError: exploded while using ")
@@ -430,9 +432,9 @@ def test_a_restore_password_is_accepted_ignored_and_stored_nowhere(run, cms, ima
     import dagster as dg
 
     from tests.helpers import cms_text, dagster_text
-    from toygres_pipelines.automation.sensors import evaluate_restore_requests
     from toygres_pipelines.resources_from_env import platform_from_env
     from toygres_pipelines.restores.jobs import restore_instance
+    from toygres_pipelines.restores.sensors import evaluate_restore_requests
 
     secret = "s3cret-Typed-At-3am"
     code, out, err = run(
@@ -461,7 +463,7 @@ def test_a_password_given_to_the_cms_request_api_is_ignored_with_a_warning(cms, 
 
     secret = "s3cret-Via-The-Api"
     with pytest.warns(UserWarning, match="password is ignored"):
-        cms.create_restore_request(
+        cms.requests.create(
             RestoreRequestFields(
                 name="copy",
                 dns_label="copy-db",
@@ -596,9 +598,9 @@ def test_request_backup_wait_follows_the_request_to_its_end(cms, resources, sour
     import dagster as dg
 
     from tests.helpers import materialize_image
-    from toygres_pipelines.automation.jobs import REQUEST_ID_TAG
-    from toygres_pipelines.automation.sensors import evaluate_image_requests
-    from toygres_pipelines.automation.writeback import settle_run
+    from toygres_pipelines.images.sensors import evaluate_image_requests
+    from toygres_pipelines.requests.writeback import settle_run
+    from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 
     monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
     thread, result, out, _ = follow_in_thread(cms, "request-backup", "--instance", source.k8s_name, "--name", "waited")
@@ -607,8 +609,8 @@ def test_request_backup_wait_follows_the_request_to_its_end(cms, resources, sour
     [run_request] = evaluate_image_requests(dagster, cms, resources["platform"]).run_requests  # the sensor accepts it
     wait_for(lambda: "accepted" in out.getvalue(), "the accepted line")
     done = materialize_image(resources, "waited", run_request.run_config["ops"]["image"]["config"], instance=dagster)
-    [request] = cms.list_image_requests()
-    cms.attach_request_run(request.id, done.run_id)
+    [request] = cms.requests.list(ImageRequest)
+    cms.requests.attach_run(request.id, done.run_id)
     settle_run(
         cms=cms,
         blob=resources["blob"],
@@ -634,7 +636,7 @@ def test_request_restore_wait_ends_with_the_rejection_and_exit_2(cms, image, mon
         cms, "request-restore", "--name", "copy", "--dns-label", "copy-db", "--image", str(image.id)
     )
     wait_for(lambda: "pending" in out.getvalue(), "the pending line")
-    with cms.claim_pending_restore_requests() as claim:
+    with cms.requests.claim(RestoreRequest) as claim:
         for request in claim:
             claim.reject(request, "dns_label: 'copy-db' is already requested by another accepted request")
     thread.join(timeout=60)
@@ -650,7 +652,7 @@ def test_connect_finds_an_instance_by_the_name_it_was_restored_under(run, cms, l
     """`restore --name copy` makes k8s_name copy-<suffix>: `connect copy` finds it when the name is unambiguous."""
     copy = add_instance(cms, "copy-x1y2z", state=InstanceState.stopped)
     address = "postgresql://postgres@127.0.0.1:5999/postgres"
-    cms.transition_instance(copy.id, InstanceState.running, reason="test", ip_connection_string=address)
+    cms.instances.transition(copy.id, InstanceState.running, reason="test", ip_connection_string=address)
     code, out, err = run("connect", "copy")
     assert (code, out.strip()) == (0, f"psql '{address}'"), err
     add_instance(cms, "copy-a9b8c")
@@ -677,7 +679,7 @@ def test_a_nul_byte_in_any_cli_value_exits_2_naming_the_field(run, cms, db, argv
     code, out, err = run(*argv)
     assert (code, out) == (2, ""), err
     assert err.startswith(f"error: {field}: ") and "NUL" in err, err
-    assert cms.list_image_requests() == [] and cms.list_restore_requests() == []
+    assert cms.requests.list(ImageRequest) == [] and cms.requests.list(RestoreRequest) == []
 
 
 def test_images_show_with_an_empty_reference_is_refused(run, cms, db):
@@ -698,19 +700,51 @@ def test_wait_prints_events_in_the_order_they_happened(cms, source, monkeypatch)
     from records.requests import ImageRequestFields
     from tests.helpers import catalogued_image
 
-    request = cms.create_image_request(ImageRequestFields(source_instance=source.k8s_name, image_name="fast"))
-    cms.transition_image_request(request.id, RequestState.accepted)
-    cms.attach_request_run(request.id, "run-fast-1")
+    request = cms.requests.create(ImageRequestFields(source_instance=source.k8s_name, image_name="fast"))
+    cms.requests.transition(ImageRequest, request.id, RequestState.accepted)
+    cms.requests.attach_run(request.id, "run-fast-1")
     image = catalogued_image(cms, source, "fast")
     with psycopg.connect(cms.dsn, autocommit=True) as conn:
         conn.execute("UPDATE toygres_cms.images SET run_id = 'run-fast-1' WHERE id = %s", (image.id,))
-    cms.transition_image_request(request.id, RequestState.succeeded)
+    cms.requests.transition(ImageRequest, request.id, RequestState.succeeded)
     out = io.StringIO()
     args = argparse.Namespace(json=False, wait_timeout=30, poll_seconds=0.1)
-    assert cli.follow(args, cms, request, "backup", out) == 0
+    assert follow(args, cms, request, "backup", out) == 0
     lines = [line.split("Z ", 1)[1] for line in out.getvalue().splitlines()]
     assert lines == [
         "run run-fast-1 started (Dagster UI: Runs)",
         "image fast ready (1 B)",
         f"backup request {request.id} succeeded",
     ], lines
+
+
+# ---- the CLI's rules are the records' and the domains' --------------------------------------
+
+
+def test_a_restore_without_an_image_is_refused_with_the_one_rule_every_entry_point_applies(run, cms):
+    """The CLI's --image is optional to argparse (so a missing one reads like every other rule): its
+    refusal is the domain's, word for word, and so is the request sensor's for a row without one."""
+    from records import ValidationFailed
+    from records.requests import RestoreRequest
+    from toygres_pipelines.restores.config import check_request_fields
+    from toygres_pipelines.restores.sensors import check_restore_request
+
+    with pytest.raises(ValidationFailed) as domain:
+        check_request_fields(RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=""))
+    code, out, err = run("request-restore", "--name", "copy", "--dns-label", "copy-db")
+    assert (code, out, err) == (2, "", f"error: {domain.value}\n")
+
+    row = RestoreRequest.model_validate(
+        {
+            "id": uuid.uuid4(),
+            "state": RequestState.accepted,
+            "created_at": datetime.now(UTC),
+            "updated_at": datetime.now(UTC),
+            "name": "copy",
+            "dns_label": "copy-db",
+            "source_image_id": None,
+        }
+    )
+    with pytest.raises(ValidationFailed) as sensor:
+        check_restore_request(cms, None, row, set())  # refused before the platform is asked anything
+    assert str(sensor.value) == str(domain.value)

@@ -9,7 +9,7 @@ import uuid
 import dagster as dg
 import pytest
 
-from records import ImageState, InstanceState
+from records import ImageRequest, ImageState, InstanceState, RestoreRequest
 from records.requests import RestoreRequestFields
 from tests.helpers import cli_runner
 from tests.test_cli import add_instance
@@ -45,10 +45,10 @@ def test_pin_and_unpin(run, cms, blob, source):
     image = stored_image(cms, blob, source, "app__one", days_old=3)
     code, out, err = run("pin", image.name)
     assert (code, err) == (0, "") and "pinned" in out
-    assert cms.get_image(image.id).pinned
+    assert cms.images.get(image.id).pinned
     code, out, err = run("pin", str(image.id), "--off")
     assert (code, err) == (0, "") and "unpinned" in out
-    assert not cms.get_image(image.id).pinned
+    assert not cms.images.get(image.id).pinned
 
 
 def test_delete_image_refuses_a_pinned_or_in_use_image_and_deletes_otherwise(run, cms, blob, source, tmp_path):
@@ -58,7 +58,7 @@ def test_delete_image_refuses_a_pinned_or_in_use_image_and_deletes_otherwise(run
     assert code == 2 and out == ""
     assert err == "error: image: image 'app__two' is pinned: unpin it first (toygres-pipelines pin app__two --off)\n"
     run("pin", image.name, "--off")
-    request = cms.create_restore_request(
+    request = cms.requests.create(
         RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=image.name, namespace="default")
     )
     code, _, err = run("delete-image", image.name)
@@ -66,13 +66,13 @@ def test_delete_image_refuses_a_pinned_or_in_use_image_and_deletes_otherwise(run
     assert err == (
         f"error: image: image 'app__two' is in use: it is the source_image_id of pending restore request {request.id}\n"
     )
-    assert cms.get_image(image.id).state is ImageState.ready
+    assert cms.images.get(image.id).state is ImageState.ready
     assert len(blob.list_names(image.blob_path)) == len(FILES)
 
-    cms.transition_restore_request(request.id, "rejected", reason="test")
+    cms.requests.transition(RestoreRequest, request.id, "rejected", reason="test")
     code, out, err = run("delete-image", image.name, "--yes")
     assert (code, err) == (0, "")
-    assert cms.get_image(image.id).state is ImageState.deleted
+    assert cms.images.get(image.id).state is ImageState.deleted
     assert blob.list_names(image.blob_path) == []
     assert "3 blob(s)" in out and "retention" in out  # without DAGSTER_HOME the partition is left to retention
 
@@ -95,10 +95,10 @@ def test_delete_instance_refuses_what_no_restore_created_unless_forced(run, cms,
     code, _, err = run("delete-instance", source.k8s_name)
     assert code == 2
     assert err.startswith("error: --force: instance 'app-abcde' was not created by a toygres restore")
-    assert cms.get_instance(source.id).state is InstanceState.running
+    assert cms.instances.get(source.id).state is InstanceState.running
     code, out, err = run("delete-instance", source.k8s_name, "--force", "--yes")
     assert (code, err) == (0, "")
-    assert cms.get_instance(source.id).state is InstanceState.deleted
+    assert cms.instances.get(source.id).state is InstanceState.deleted
     assert "deleted" in out
 
 
@@ -109,19 +109,19 @@ def test_delete_instance_deletes_a_point_in_time_restored_instance_without_force
     tags = {"pitr_base_backup": str(uuid.uuid4()), "pitr_source": "app-abcde", "pitr_target": "latest"}
     if through_request:
         tags["request_key"] = f"restore-request:{uuid.uuid4()}"
-    instance = cms.create_instance(
+    instance = cms.instances.create(
         user_name="pitr", k8s_name="pitr-fghij", namespace="default", postgres_version="17", storage_size_gb=1,
         use_load_balancer=True, dns_name="pitr-fghij", image_type="stock", tags=tags, state=InstanceState.running,
     )  # fmt: skip
     code, out, err = run("delete-instance", instance.k8s_name, "--yes")
     assert (code, err) == (0, ""), err
-    assert cms.get_instance(instance.id).state is InstanceState.deleted
+    assert cms.instances.get(instance.id).state is InstanceState.deleted
 
 
 def test_retention_override_is_stored_checked_and_cleared(run, cms, source):
     code, out, err = run("retention", source.k8s_name, "--set", "keep_daily=14", "--set", "timezone=Europe/Berlin")
     assert (code, err) == (0, "")
-    assert cms.get_instance(source.id).retention_override == {"keep_daily": 14, "timezone": "Europe/Berlin"}
+    assert cms.instances.get(source.id).retention_override == {"keep_daily": 14, "timezone": "Europe/Berlin"}
     assert "keep_daily" in out and "Europe/Berlin" in out
 
     code, _, err = run("retention", source.k8s_name, "--set", "keep_daily=-1")
@@ -130,13 +130,13 @@ def test_retention_override_is_stored_checked_and_cleared(run, cms, source):
     assert code == 2 and err.startswith("error: keep_forever: ")
     code, _, err = run("retention", source.k8s_name, "--set", "keep_daily")
     assert code == 2 and "FIELD=VALUE" in err
-    assert cms.get_instance(source.id).retention_override == {"keep_daily": 14, "timezone": "Europe/Berlin"}
+    assert cms.instances.get(source.id).retention_override == {"keep_daily": 14, "timezone": "Europe/Berlin"}
 
     code, out, err = run("retention", source.k8s_name, "--json")
     assert json.loads(out)["effective"]["keep_daily"] == 14
     code, _, err = run("retention", source.k8s_name, "--clear")
     assert (code, err) == (0, "")
-    assert cms.get_instance(source.id).retention_override is None
+    assert cms.instances.get(source.id).retention_override is None
 
 
 def test_retention_plan_previews_and_deletes_nothing(run, cms, blob, source, monkeypatch):
@@ -150,7 +150,7 @@ def test_retention_plan_previews_and_deletes_nothing(run, cms, blob, source, mon
     assert out.splitlines()[0] == "| image | instance | state | age | kept by |"
     assert "| app__d3 | default/app-abcde | ready | 3 d | expired |" in out
     assert "| app__d1 | default/app-abcde | ready | 24 h | newest ready, newest 2 |" in out
-    assert all(cms.get_image(i.id).state is ImageState.ready for i in images)
+    assert all(cms.images.get(i.id).state is ImageState.ready for i in images)
     stray = uuid.uuid4()
     blob.write_bytes(f"images/{stray}/x", b"x")
     code, out, _ = run("retention-plan", "--json")
@@ -178,7 +178,7 @@ def test_an_image_can_never_be_named_with_an_id(run, cms, blob, source, spelling
     code, out, err = run("request-backup", "--instance", source.k8s_name, "--name", name)
     assert (code, out) == (2, "")
     assert err == f"error: name: {name!r} reads as an image id (a UUID): an image name must not be one\n"
-    assert cms.list_image_requests() == []
+    assert cms.requests.list(ImageRequest) == []
     with pytest.raises(ValidationFailed, match="name: .* reads as an image id"):
         stored_image(cms, blob, source, name, days_old=1)
 
@@ -207,8 +207,8 @@ def test_delete_image_says_whether_it_matched_an_id_or_a_name_and_refuses_an_amb
         f"error: image: {str(victim.id)!r} is ambiguous: the id of image 'app__c' and the name of image"
         f" {decoy.id} (named before image names were checked); refer to the image by its id\n"
     )
-    assert cms.get_image(victim.id).state is ImageState.ready
-    assert cms.get_image(decoy.id).state is ImageState.ready
+    assert cms.images.get(victim.id).state is ImageState.ready
+    assert cms.images.get(decoy.id).state is ImageState.ready
 
 
 def test_a_malformed_request_row_stops_neither_retention_nor_delete_image_nor_the_cli(
@@ -244,10 +244,10 @@ def test_a_malformed_request_row_stops_neither_retention_nor_delete_image_nor_th
     assert code == 2 and "is in use" in err
     code, out, err = run("delete-image", free.name, "--yes")
     assert (code, err) == (0, ""), err
-    assert cms.get_image(free.id).state is ImageState.deleted
+    assert cms.images.get(free.id).state is ImageState.deleted
     dry = run_retention_job(resources, dg.DagsterInstance.ephemeral(), dry_run=True)
     assert dry.success
-    assert cms.get_image(used.id).state is ImageState.ready and cms.get_image(newest.id).state is ImageState.ready
+    assert cms.images.get(used.id).state is ImageState.ready and cms.images.get(newest.id).state is ImageState.ready
 
 
 def test_a_malformed_request_row_in_flight_never_crashes_request_restore(run, cms, blob, source):
@@ -294,7 +294,7 @@ def test_delete_image_without_yes_and_without_a_terminal_refuses_with_exit_2(run
     assert (code, out) == (2, "")
     assert err.startswith("error: --yes: delete-image removes image 'app__confirm'")
     assert "stdin is not a terminal" in err
-    assert cms.get_image(image.id).state is ImageState.ready
+    assert cms.images.get(image.id).state is ImageState.ready
     assert len(blob.list_names(image.blob_path)) == len(FILES)
 
 
@@ -305,21 +305,21 @@ def test_delete_image_at_a_terminal_asks_and_deletes_only_on_yes(run, cms, blob,
     code, out, err = run("delete-image", image.name)
     assert declined.asked == 1 and code == 2
     assert "delete image 'app__ask'" in err and "error: --yes: not confirmed: nothing deleted" in err
-    assert cms.get_image(image.id).state is ImageState.ready
+    assert cms.images.get(image.id).state is ImageState.ready
     monkeypatch.setattr("sys.stdin", Terminal("yes\n"))
     code, out, err = run("delete-image", image.name)
     assert code == 0 and "deleted" in out
-    assert cms.get_image(image.id).state is ImageState.deleted
+    assert cms.images.get(image.id).state is ImageState.deleted
 
 
 def test_delete_instance_asks_too(run, cms, source, monkeypatch):
     code, _, err = run("delete-instance", source.k8s_name, "--force")
     assert code == 2 and err.startswith("error: --yes: delete-instance removes instance 'app-abcde'")
-    assert cms.get_instance(source.id).state is InstanceState.running
+    assert cms.instances.get(source.id).state is InstanceState.running
     monkeypatch.setattr("sys.stdin", Terminal("y\n"))
     code, out, err = run("delete-instance", source.k8s_name, "--force")
     assert code == 0, err
-    assert cms.get_instance(source.id).state is InstanceState.deleted
+    assert cms.instances.get(source.id).state is InstanceState.deleted
 
 
 def test_deleting_twice_exits_0_for_an_image_and_for_an_instance(run, cms, blob, source):
@@ -352,7 +352,7 @@ def test_retention_set_with_an_unknown_key_lists_the_allowed_keys(run, cms, sour
     assert (code, out) == (2, "")
     assert err.startswith("error: keep_dayly: ")
     assert all(key in err for key in RetentionPolicy.model_fields), err
-    assert cms.get_instance(source.id).retention_override is None
+    assert cms.instances.get(source.id).retention_override is None
 
 
 def test_request_restore_latest_is_a_point_in_time_restore_to_the_newest_second(run, cms):
@@ -365,4 +365,4 @@ def test_request_restore_latest_is_a_point_in_time_restore_to_the_newest_second(
     code, _, err = run(*args, "--latest", "--target-time", "2026-12-04T10:00:00Z")
     assert code == 2
     assert err.startswith("error: target_time: --latest and --target-time '2026-12-04T10:00:00Z' both given")
-    assert cms.list_restore_requests() == []
+    assert cms.requests.list(RestoreRequest) == []

@@ -11,6 +11,7 @@ from records import ImageState
 from tests.helpers import cli_runner
 from tests.test_cli import add_image, add_instance
 from toygres_pipelines import cli
+from toygres_pipelines.cli.images import IMAGES_PAGE_SIZE
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_pages_split_the_listing_at_their_boundaries_in_a_stable_order(run, five
 
 
 def test_a_page_counts_only_the_images_of_the_states_asked_for(run, five, cms):
-    ready = [i for i in five if cms.get_image(i).state is ImageState.ready]
+    ready = [i for i in five if cms.images.get(i).state is ImageState.ready]
     assert page(run, "--state", "ready", "--limit", "3", "--page", "2") == ready[3:]
     code, out, _ = run("images", "--state", "ready", "--limit", "3")
     assert code == 0
@@ -81,11 +82,11 @@ def test_the_default_page_is_a_screenful(run, cms):
             " blob_storage_url, blob_container, blob_path, storage_size_gb, postgres_version, state)"
             " SELECT gen_random_uuid(), 'db-many__' || n, %s, 'db-many', 'default', 'http://blob', 'c',"
             " 'images/' || n, 1, '15', 'ready' FROM generate_series(1, %s) n",
-            [source.id, cli.IMAGES_PAGE_SIZE + 1],
+            [source.id, IMAGES_PAGE_SIZE + 1],
         )
     code, out, _ = run("images")
     assert code == 0
-    assert len(out.splitlines()) == 1 + cli.IMAGES_PAGE_SIZE + 1  # header, a page, the footer
+    assert len(out.splitlines()) == 1 + IMAGES_PAGE_SIZE + 1  # header, a page, the footer
     assert out.splitlines()[-1].endswith("the next page is --page 2")
     assert len(page(run, "--page", "2")) == 1
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from records import RequestState
+from records import RequestState, RestoreRequest
 from tests.helpers import cli_runner, materialize_image
 from toygres_pipelines import cli
 
@@ -27,7 +27,7 @@ def run(cms, blob, stack, monkeypatch, capsys):
 @pytest.fixture
 def image(resources, cms, source):
     assert materialize_image(resources, f"{source.k8s_name}__cli").success
-    return cms.find_image(f"{source.k8s_name}__cli")
+    return cms.images.find(f"{source.k8s_name}__cli")
 
 
 def test_images_show_lists_the_databases_with_their_sizes(run, image, blob):
@@ -58,9 +58,9 @@ def test_request_restore_takes_databases_and_a_newer_major(run, cms, image):
     assert "holds: 'pagila', 'postgres'" in err
     code, _, err = run(*base, "--postgres-version", "14")
     assert code == 2 and err.startswith("error: postgres_version: 14 is older than PostgreSQL 15"), err
-    assert cms.list_restore_requests() == []
+    assert cms.requests.list(RestoreRequest) == []
 
     code, _, err = run(*base, "--database", "pagila", "--postgres-version", "16")
     assert code == 0, err
-    [request] = cms.list_restore_requests()
+    [request] = cms.requests.list(RestoreRequest)
     assert (request.state, request.databases, request.postgres_version) == (RequestState.pending, ["pagila"], "16")

@@ -13,7 +13,7 @@ from records.drills import DrillResult
 from tests import helpers
 from tests.helpers import cli_runner
 from toygres_pipelines import cli
-from toygres_pipelines.cli_status import EXIT_OUT_OF_WINDOWS
+from toygres_pipelines.cli.exits import EXIT_OUT_OF_WINDOWS
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +52,8 @@ def test_status_shows_newest_image_and_last_drill_and_fails_out_of_windows(run, 
     assert source.k8s_name in out and "no ready image" in out
 
     image = helpers.catalogued_image(cms, source, f"{source.k8s_name}__status")
-    drill = cms.start_drill(image.id, source.id, "run-status-1")
-    cms.finish_drill(drill.id, DrillResult.passed, "ok", recovery_seconds=7.25)
+    drill = cms.drills.start(image.id, source.id, "run-status-1")
+    cms.drills.finish(drill.id, DrillResult.passed, "ok", recovery_seconds=7.25)
     code, out, _ = run("status")
     assert code == 0, out
     [line] = [line for line in out.splitlines() if line.startswith(source.k8s_name)]
@@ -106,3 +106,27 @@ def test_the_top_level_help_lists_every_exit_code(capsys):
     epilog = " ".join(capsys.readouterr().out.split()).split("Exit codes:", 1)[1]
     for code in ("0 ok", "1 unexpected", "2 invalid", "3 CMS", f"{EXIT_OUT_OF_WINDOWS} status:"):
         assert code in epilog, epilog
+
+
+@pytest.mark.parametrize("command", ["status", "retention"])
+def test_every_command_reading_the_settings_refuses_a_bad_one_alike(run, source, monkeypatch, command):
+    """status, retention and retention-plan read the automation settings: a bad variable is bad
+    input (exit 2, the variable and its rule), whichever command meets it."""
+    monkeypatch.setenv("TOYGRES_DRILL_FRESHNESS_DAYS", "inf")
+    argv = [command] if command == "status" else [command, source.k8s_name]
+    code, out, err = run(*argv)
+    assert (code, out, err) == (
+        2,
+        "",
+        "error: TOYGRES_DRILL_FRESHNESS_DAYS: 'inf' must be a number more than 0 and at most 366\n",
+    )
+
+
+def test_the_status_help_names_the_windows_as_the_settings_declare_them(capsys):
+    from toygres_pipelines.settings import Settings as AutomationSettings
+
+    assert cli.main(["status", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for field in ("backup_freshness_hours", "drill_freshness_days"):
+        default = AutomationSettings.model_fields[field].default
+        assert f"{AutomationSettings.env_name(field)} (default {default:g})" in text, text

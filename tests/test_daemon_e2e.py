@@ -14,10 +14,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from records import ImageState, InstanceState, RequestState
+from records import ImageRequest, ImageState, InstanceState, RequestState, RestoreRequest
 from records.requests import ImageRequestFields, RestoreRequestFields
 from tests.helpers import materialize_image
-from toygres_pipelines.automation.jobs import KIND_TAG, REQUEST_ID_TAG
+from toygres_pipelines.shared.tags import KIND_TAG, REQUEST_ID_TAG
 
 pytestmark = pytest.mark.integration
 
@@ -79,12 +79,12 @@ def test_requests_run_through_the_chart_topology(resources, cms, source, topolog
     launched by the code server → CMS write-back, with the webserver up as in a deployment."""
     key = f"{source.k8s_name}__for-daemon"
     assert materialize_image(resources, key).success
-    ready = cms.find_image(key)
+    ready = cms.images.find(key)
     assert ready.state is ImageState.ready
 
     topology.start_daemon()
     topology.start_webserver("127.0.0.1", free_port())
-    restore = cms.create_restore_request(
+    restore = cms.requests.create(
         RestoreRequestFields(
             name="via-daemon",
             dns_label="via-daemon",
@@ -94,10 +94,10 @@ def test_requests_run_through_the_chart_topology(resources, cms, source, topolog
             internal=True,
         )
     )
-    backup = cms.create_image_request(
+    backup = cms.requests.create(
         ImageRequestFields(image_name="daemon-backup", source_instance=source.k8s_name, description="e2e")
     )
-    invalid = cms.create_restore_request(
+    invalid = cms.requests.create(
         RestoreRequestFields(
             name="Invalid_Name",
             dns_label="never",
@@ -112,26 +112,26 @@ def test_requests_run_through_the_chart_topology(resources, cms, source, topolog
     terminal = {RequestState.succeeded, RequestState.failed, RequestState.rejected}
     while time.monotonic() < deadline:
         topology.check_running()
-        states = (cms.get_restore_request(restore.id).state, cms.get_image_request(backup.id).state)
+        states = (cms.requests.get(RestoreRequest, restore.id).state, cms.requests.get(ImageRequest, backup.id).state)
         if all(state in terminal for state in states):
             break
         time.sleep(1)
 
-    restored = cms.get_restore_request(restore.id)
-    backed_up = cms.get_image_request(backup.id)
+    restored = cms.requests.get(RestoreRequest, restore.id)
+    backed_up = cms.requests.get(ImageRequest, backup.id)
     context = (
         f"restore request: {restored}\nimage request: {backed_up}\ndaemon log:\n{topology.log_tail('daemon')}"
         f"\ncode server log:\n{topology.log_tail('code-server')}"
     )
     assert restored.state is RequestState.succeeded, context
     assert backed_up.state is RequestState.succeeded, context
-    rejected = cms.get_restore_request(invalid.id)
+    rejected = cms.requests.get(RestoreRequest, invalid.id)
     assert rejected.state is RequestState.rejected and rejected.reason.startswith("name: 'Invalid_Name'")
 
-    instance_row = cms.get_instance(restored.instance_id)
+    instance_row = cms.instances.get(restored.instance_id)
     assert instance_row.state is InstanceState.running and instance_row.user_name == "via-daemon"
     assert instance_row.run_id == restored.run_id
-    image_row = cms.find_image("daemon-backup")
+    image_row = cms.images.find("daemon-backup")
     assert image_row.state is ImageState.ready and image_row.run_id == backed_up.run_id
     assert image_row.description == "e2e"
 

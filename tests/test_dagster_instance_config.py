@@ -112,3 +112,15 @@ def test_the_chart_instance_renderer_fails_on_values_it_does_not_render():
     values["postgresql"]["enabled"] = True
     with pytest.raises(ValueError, match="postgresql.enabled"):
         instance_yaml(values)
+
+
+def test_the_webserver_and_the_daemon_get_the_cms_dsn_for_the_run_coordinator_and_no_other_secret():
+    # The coordinator checks every submitted request against the CMS (toygres_pipelines/run_coordinator.py).
+    from toygres_pipelines.run_coordinator import CMS_DSN_ENV
+
+    values = chart_values()
+    code_secret = values["dagster-user-deployments"]["deployments"][0]["envSecrets"][0]["name"]
+    for component in ("dagsterWebserver", "dagsterDaemon"):
+        env = values[component].get("env")
+        assert env == [{"name": CMS_DSN_ENV, "valueFrom": {"secretKeyRef": {"name": code_secret, "key": CMS_DSN_ENV}}}]
+        assert not values[component].get("envSecrets"), f"{component} must not get the whole Secret"

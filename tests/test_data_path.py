@@ -101,7 +101,7 @@ def round_trip(resources, cms, platform, source, key: str, restored_name: str) -
     """Back `source` up as image `key`, restore it as `restored_name`, return what the copy holds."""
     backup = materialize_image(resources, f"{source.k8s_name}__{key}", raise_on_error=False)
     assert backup.success, failure_text(backup)
-    image = cms.find_image(f"{source.k8s_name}__{key}")
+    image = cms.images.find(f"{source.k8s_name}__{key}")
     assert image.state is ImageState.ready
     result = restore(resources, source_image_id=str(image.id), name=restored_name, dns_label=restored_name)
     assert result.success, failure_text(result)
@@ -234,9 +234,9 @@ def test_source_password_ending_in_a_newline_is_carried_exactly(resources, cms, 
     source = register_running(cms, platform, newline_password_ref)
     copy = round_trip(resources, cms, platform, source, "newline-pw", "newline-pw-copy")
     assert set(copy) == {"postgres"}
-    image = cms.find_image(f"{source.k8s_name}__newline-pw")
-    assert cms.image_password(image.id).get_secret_value() == NEWLINE_PASSWORD
-    restored = next(i for i in cms.list_instances() if i.user_name == "newline-pw-copy")
+    image = cms.images.find(f"{source.k8s_name}__newline-pw")
+    assert cms.images.password(image.id).get_secret_value() == NEWLINE_PASSWORD
+    restored = next(i for i in cms.instances.list() if i.user_name == "newline-pw-copy")
     ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
     assert platform.read_instance_password(ref).get_secret_value() == NEWLINE_PASSWORD
     with psycopg.connect(dsn_of(platform, restored, NEWLINE_PASSWORD, "postgres")) as conn:
@@ -309,7 +309,7 @@ def alive(pid: int) -> bool:
 def restore_spec(cms, blob, platform, image, ref: InstanceRef, **env) -> JobSpec:
     """The restore job of `image` into a fresh volume of `ref`, as the restore pipeline builds it."""
     manifest, _ = blob.read_manifest(image.blob_path)
-    platform.ensure_instance_secret(ref, cms.image_password(image.id))
+    platform.ensure_instance_secret(ref, cms.images.password(image.id))
     platform.create_volume(ref, 1)
     return JobSpec(
         kind=JobKind.restore,
@@ -402,7 +402,7 @@ def test_sigterm_during_pg_restore_stops_the_temporary_server_and_removes_temp_d
         conn.execute("CREATE MATERIALIZED VIEW slow AS SELECT pg_sleep(seconds) IS NULL AS slept FROM delay")
         conn.execute("UPDATE delay SET seconds = 3600")
     assert materialize_image(resources, f"{small_source.k8s_name}__sigterm-{target[:5]}").success
-    image = cms.find_image(f"{small_source.k8s_name}__sigterm-{target[:5]}")
+    image = cms.images.find(f"{small_source.k8s_name}__sigterm-{target[:5]}")
     ref = InstanceRef(k8s_name=f"sigterm-{target.split()[0]}", namespace="default")
     spec = restore_spec(cms, blob, platform, image, ref)
     pgdata = serve_pgdata(platform, spec, ref)
@@ -443,7 +443,7 @@ def test_sigkill_of_a_restore_roots_leaves_no_temporary_server_and_no_files(
         conn.execute("CREATE MATERIALIZED VIEW slow AS SELECT pg_sleep(seconds) IS NULL AS slept FROM delay")
         conn.execute("UPDATE delay SET seconds = 3600")
     assert materialize_image(resources, f"{small_source.k8s_name}__sigkill-{root}").success
-    image = cms.find_image(f"{small_source.k8s_name}__sigkill-{root}")
+    image = cms.images.find(f"{small_source.k8s_name}__sigkill-{root}")
     ref = InstanceRef(k8s_name=f"sigkill-{root}", namespace="default")
     spec = restore_spec(cms, blob, platform, image, ref)
     thread, outcome = run_in_thread(platform, spec)
@@ -499,7 +499,7 @@ def test_blob_storage_stalling_mid_backup_fails_the_image_within_the_stall_time(
     azurite_group = stack.azurite.process.pid
     try:
         wait_for_pg_dump_blocked(source_dsn("postgres"), "aaa_stalled")
-        image = cms.list_images()[0]
+        image = cms.images.list()[0]
         job_log = platform.job_dir(f"backup-{image.id}", image.source_namespace) / "job.log"
         os.killpg(azurite_group, signal.SIGSTOP)
         holder.rollback()  # the dump of aaa_stalled streams on, into a frozen blob storage
@@ -512,7 +512,7 @@ def test_blob_storage_stalling_mid_backup_fails_the_image_within_the_stall_time(
             admin.execute('DROP DATABASE IF EXISTS "aaa_stalled" WITH (FORCE)')
     result = outcome["result"]
     assert not result.success
-    row = cms.find_image(key)
+    row = cms.images.find(key)
     assert row.state is ImageState.failed
     assert "blob storage unreachable" in row.error_message and "timed out" not in row.error_message
 
@@ -521,7 +521,7 @@ def test_blob_storage_stalling_during_a_restore_download_fails_the_job_within_th
     resources, cms, blob, platform, small_source, stack
 ):
     assert materialize_image(resources, f"{small_source.k8s_name}__restore-stall").success
-    image = cms.find_image(f"{small_source.k8s_name}__restore-stall")
+    image = cms.images.find(f"{small_source.k8s_name}__restore-stall")
     ref = InstanceRef(k8s_name="stalled-restore", namespace="default")
     spec = restore_spec(cms, blob, platform, image, ref, TRANSFER_STALL_SECONDS="5")
     azurite_group = stack.azurite.process.pid
@@ -597,7 +597,7 @@ def test_a_checksum_mismatch_found_after_a_database_was_restored_still_fails_wit
     """Restores overlap downloads: the last dump's damage shows while the serve role is restoring.
     The job still exits 3 (the code no retry may follow) and removes the data directory it made."""
     assert materialize_image(resources, f"{source.k8s_name}__late-mismatch").success
-    image = cms.find_image(f"{source.k8s_name}__late-mismatch")
+    image = cms.images.find(f"{source.k8s_name}__late-mismatch")
     manifest, _ = blob.read_manifest(image.blob_path)
     last = manifest.files[-1]
     assert last.kind == "database" and manifest.files[-2].kind == "database"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
-from records import ImageType, InstanceRef, InstanceState
+from records import ImageRequest, ImageType, InstanceRef, InstanceState
 from resources.platform.base import PROJECT_DIR
 from resources.platform.local import LocalPlatform
 from resources.platform.local_tools import azcopy_path
@@ -60,7 +60,7 @@ def test_demo_instance_is_created_once_and_redeployed_when_down(cms, dev_platfor
     assert demo.dns_connection_string is not None
     password = platform.read_instance_password(devstack.demo_ref()).get_secret_value()
     assert password not in demo.ip_connection_string
-    assert [e.to_state for e in cms.events(demo.id)] == ["creating", "running"]
+    assert [e.to_state for e in cms.events.of(demo.id)] == ["creating", "running"]
 
     def pagila_counts() -> tuple[int, int]:
         dsn = psycopg.conninfo.make_conninfo(
@@ -77,13 +77,13 @@ def test_demo_instance_is_created_once_and_redeployed_when_down(cms, dev_platfor
     # The first start asks for the demo's first backup (the sensor runs it), and only once.
     assert devstack.request_first_backup(cms, demo) is True
     assert devstack.request_first_backup(cms, demo) is False
-    [request] = cms.list_image_requests()
+    [request] = cms.requests.list(ImageRequest)
     assert (request.image_name, request.source_instance) == (devstack.FIRST_BACKUP_NAME, "pagila-demo")
 
     # Running again reuses it: same row, no new event, same data.
     again = devstack.ensure_demo_instance(cms, platform, pagila_dir)
     assert again.id == demo.id
-    assert len(cms.events(demo.id)) == 2
+    assert len(cms.events.of(demo.id)) == 2
     assert pagila_counts() == counts
 
     # After a reboot the CMS says running but the server is down: it is deployed again.
@@ -103,7 +103,7 @@ def test_demo_instance_is_created_once_and_redeployed_when_down(cms, dev_platfor
 @pytest.mark.integration
 def test_running_instance_unknown_to_the_platform_is_reported(cms, dev_platform):
     platform = dev_platform
-    row = cms.create_instance(
+    row = cms.instances.create(
         user_name="ghost",
         k8s_name="ghost-abcde",
         namespace="default",
@@ -113,7 +113,7 @@ def test_running_instance_unknown_to_the_platform_is_reported(cms, dev_platform)
         dns_name="ghost",
         image_type=ImageType.stock,
     )
-    cms.transition_instance(row.id, InstanceState.running)
+    cms.instances.transition(row.id, InstanceState.running)
 
     problems = devstack.redeploy_running_instances(cms, platform)
 

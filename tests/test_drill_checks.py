@@ -11,23 +11,18 @@ import pytest
 from records.freshness import drill_weekday
 from records.requests import ImageRequestFields
 from tests import helpers
-from toygres_pipelines.automation import AutomationSettings, build_automation
-from toygres_pipelines.automation.jobs import backup_run_config
-from toygres_pipelines.drills.checks import restorable, size_plausible, size_result
-from toygres_pipelines.images.assets import IMAGE_PARTITIONS, image
+from toygres_pipelines.domains import domain_definitions
+from toygres_pipelines.drills.checks import size_result
+from toygres_pipelines.images.assets import IMAGE_PARTITIONS
+from toygres_pipelines.images.jobs import backup_run_config
+from toygres_pipelines.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
-def definitions(resources, settings: AutomationSettings | None = None) -> tuple[dg.Definitions, object]:
-    automation = build_automation(settings or AutomationSettings())
-    defs = dg.Definitions(
-        assets=[image, *automation.assets],
-        asset_checks=[restorable, size_plausible, *automation.checks],
-        jobs=automation.jobs,
-        schedules=automation.schedules,
-        resources=resources,
-    )
+def definitions(resources, settings: Settings | None = None) -> tuple[dg.Definitions, dg.Definitions]:
+    automation = domain_definitions(settings or Settings())
+    defs = dg.Definitions.merge(automation, dg.Definitions(resources=resources))
     return defs, automation
 
 
@@ -72,7 +67,7 @@ def test_an_image_more_than_double_its_previous_one_warns(resources, cms, source
 
 def test_a_new_instance_passes_the_freshness_checks_during_its_grace_period(resources, cms, source):
     """The source was registered just now: no image and no drill yet is no offence (issue 23)."""
-    defs, _ = definitions(resources, AutomationSettings(drill_freshness_severity="ERROR"))
+    defs, _ = definitions(resources, Settings(drill_freshness_severity="ERROR"))
     found = evaluations(
         defs.resolve_job_def("check_freshness").execute_in_process(instance=dg.DagsterInstance.ephemeral())
     )
@@ -80,7 +75,7 @@ def test_a_new_instance_passes_the_freshness_checks_during_its_grace_period(reso
 
 
 def test_a_stale_instance_fails_the_freshness_checks_by_name(resources, cms, source):
-    defs, _ = definitions(resources, AutomationSettings(drill_freshness_severity="ERROR", new_instance_grace_hours=0))
+    defs, _ = definitions(resources, Settings(drill_freshness_severity="ERROR", new_instance_grace_hours=0))
     check_freshness = defs.resolve_job_def("check_freshness")
 
     result = check_freshness.execute_in_process(instance=dg.DagsterInstance.ephemeral())
@@ -103,7 +98,7 @@ def test_a_stale_instance_fails_the_freshness_checks_by_name(resources, cms, sou
 def test_the_weekly_schedule_drills_an_instance_on_its_day_only(resources, cms, source):
     defs, automation = definitions(resources)
     ready = helpers.catalogued_image(cms, source, f"{source.k8s_name}__weekly")
-    schedule = automation.schedule("weekly_drills")
+    schedule = helpers.schedule_named(automation, "weekly_drills")
     monday = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
     day = drill_weekday(source.k8s_name)
     for offset in range(7):
@@ -125,7 +120,7 @@ def test_the_weekly_schedule_drills_an_instance_on_its_day_only(resources, cms, 
 def test_the_fleet_checks_run_after_every_successful_backup_restore_and_drill(kind, requested):
     """Not only hourly: a finished backup, restore or drill changes the fleet, so its checks run then
     (a run of the checks themselves does not start another one)."""
-    from toygres_pipelines.automation.jobs import KIND_TAG
+    from toygres_pipelines.shared.tags import KIND_TAG
 
     @dg.op
     def noop():
@@ -137,7 +132,7 @@ def test_the_fleet_checks_run_after_every_successful_backup_restore_and_drill(ki
 
     instance = dg.DagsterInstance.ephemeral()
     done = some_job.execute_in_process(instance=instance)
-    sensor = build_automation(AutomationSettings()).sensor("fleet_checks_after_runs")
+    sensor = helpers.sensor_named(domain_definitions(Settings()), "fleet_checks_after_runs")
     [record] = instance.get_records_for_run(done.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records
     context = dg.build_run_status_sensor_context(
         sensor_name=sensor.name,

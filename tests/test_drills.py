@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def ready_image(resources, cms, source):
     assert materialize_image(resources, f"{source.k8s_name}__drilled").success
-    return cms.find_image(f"{source.k8s_name}__drilled")
+    return cms.images.find(f"{source.k8s_name}__drilled")
 
 
 def drill(resources, image_ref: str, instance: dg.DagsterInstance):
@@ -49,7 +49,7 @@ def check_evaluations(instance: dg.DagsterInstance, check_name: str) -> list[dg.
 
 
 def assert_scratch_gone(cms, platform, run_id: str) -> None:
-    scratch = cms.find_instance_by_run(run_id)
+    scratch = cms.instances.find_by_run(run_id)
     assert scratch is not None and scratch.k8s_name.startswith("drill-")
     assert scratch.state is InstanceState.deleted
     assert not platform.instance_exists(instance_ref(scratch))
@@ -65,7 +65,7 @@ def test_drill_of_pagila_passes_records_its_recovery_time_and_deletes_the_scratc
     print(f"\ndrill of {ready_image.name}: launch to verified and torn down in {took:.1f}s")
     assert result.success
 
-    [row] = cms.list_drills(image_id=ready_image.id)
+    [row] = cms.drills.list(image_id=ready_image.id)
     assert row.result is DrillResult.passed and row.run_id == result.run_id
     assert row.source_instance_id == ready_image.source_instance_id
     assert 0 < row.recovery_seconds <= took
@@ -84,11 +84,11 @@ def test_drill_of_pagila_passes_records_its_recovery_time_and_deletes_the_scratc
 def test_a_parallel_mode_image_records_its_counts_and_its_drill_compares_them(resources, cms, platform, source):
     key = f"{source.k8s_name}__drilled-parallel"
     assert materialize_image(resources, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     instance = dg.DagsterInstance.ephemeral()
     result = drill(resources, image.name, instance)
     assert result.success
-    [row] = cms.list_drills(image_id=image.id)
+    [row] = cms.drills.list(image_id=image.id)
     assert row.result is DrillResult.passed, row.reason
     assert row.tables_checked and row.tables_checked > 20
     assert_scratch_gone(cms, platform, result.run_id)
@@ -141,7 +141,7 @@ def test_a_dump_swapped_for_valid_other_data_fails_the_drill_and_leaves_nothing_
     result = drill(resources, ready_image.name, instance)
     assert not result.success
 
-    [row] = cms.list_drills(image_id=ready_image.id)
+    [row] = cms.drills.list(image_id=ready_image.id)
     assert row.result is DrillResult.failed
     assert "public.payment_p2022_01: manifest" in row.reason and "restored 0" in row.reason
     assert_scratch_gone(cms, platform, result.run_id)
@@ -164,7 +164,7 @@ def test_an_image_whose_manifest_has_no_counts_still_restores_and_says_counts_we
     result = drill(resources, ready_image.name, instance)
     assert result.success
 
-    [row] = cms.list_drills(image_id=ready_image.id)
+    [row] = cms.drills.list(image_id=ready_image.id)
     assert row.result is DrillResult.uncounted and "counts not compared" in row.reason
     assert row.recovery_seconds is not None
     assert_scratch_gone(cms, platform, result.run_id)
@@ -182,11 +182,11 @@ def test_a_drill_whose_restore_fails_is_failed_with_the_reason_and_leaves_nothin
     result = drill(resources, ready_image.name, instance)
     assert not result.success
 
-    [row] = cms.list_drills(image_id=ready_image.id)
+    [row] = cms.drills.list(image_id=ready_image.id)
     assert row.result is DrillResult.failed and row.reason.startswith("step run_restore_job failed")
     assert "checksum mismatch" in row.reason
-    assert cms.get_image(ready_image.id).state is ImageState.corrupt  # as any restore of these bytes would
-    scratch = cms.find_instance_by_run(result.run_id)
+    assert cms.images.get(ready_image.id).state is ImageState.corrupt  # as any restore of these bytes would
+    scratch = cms.instances.find_by_run(result.run_id)
     assert scratch.state is InstanceState.deleted and not platform.instance_exists(instance_ref(scratch))
     [evaluation] = check_evaluations(instance, RESTORABLE_CHECK)
     assert not evaluation.passed
@@ -201,16 +201,16 @@ def test_the_janitor_deletes_the_scratch_instance_of_a_drill_whose_run_ended_wit
         resources, instance=instance, name="drill-killed", dns_label="drill-killed", source_image_id=ready_image.name
     )
     assert restored.success
-    scratch = cms.find_instance_by_run(restored.run_id)
+    scratch = cms.instances.find_by_run(restored.run_id)
     assert scratch.state is InstanceState.running
-    cms.start_drill(ready_image.id, ready_image.source_instance_id, restored.run_id)
+    cms.drills.start(ready_image.id, ready_image.source_instance_id, restored.run_id)
 
     settled = settle_abandoned_drills(instance, cms, platform, log=print)
 
     assert [d.run_id for d in settled] == [restored.run_id]
-    [row] = cms.list_drills(image_id=ready_image.id)
+    [row] = cms.drills.list(image_id=ready_image.id)
     assert row.result is DrillResult.failed and "ended without finishing" in row.reason
-    assert cms.get_instance(scratch.id).state is InstanceState.deleted
+    assert cms.instances.get(scratch.id).state is InstanceState.deleted
     assert not platform.instance_exists(instance_ref(scratch))
     assert settle_abandoned_drills(instance, cms, platform, log=print) == []
 
@@ -228,21 +228,23 @@ def test_the_janitor_deletes_a_scratch_instance_its_finished_drill_could_not_del
         source_image_id=ready_image.name,
     )
     assert restored.success
-    scratch = cms.find_instance_by_run(restored.run_id)
-    row = cms.start_drill(ready_image.id, ready_image.source_instance_id, restored.run_id)
-    cms.finish_drill(row.id, DrillResult.failed, "step finish_drill failed: platform unreachable")
+    scratch = cms.instances.find_by_run(restored.run_id)
+    row = cms.drills.start(ready_image.id, ready_image.source_instance_id, restored.run_id)
+    cms.drills.finish(row.id, DrillResult.failed, "step finish_drill failed: platform unreachable")
 
     settle_abandoned_drills(instance, cms, platform, log=print)
 
-    assert cms.get_instance(scratch.id).state is InstanceState.deleted
+    assert cms.instances.get(scratch.id).state is InstanceState.deleted
     assert not platform.instance_exists(instance_ref(scratch))
-    [row] = cms.list_drills(image_id=ready_image.id)
+    [row] = cms.drills.list(image_id=ready_image.id)
     assert row.result is DrillResult.failed and row.reason == "step finish_drill failed: platform unreachable"
 
 
 def test_a_canceled_drill_run_is_settled_by_the_run_status_sensor(resources, cms, platform, ready_image):
     """Terminated while its scratch instance was running: the sensor settles it without waiting for the janitor."""
-    from toygres_pipelines.automation import AutomationSettings, build_automation
+    from tests.helpers import sensor_named
+    from toygres_pipelines.domains import domain_definitions
+    from toygres_pipelines.settings import Settings
 
     instance = dg.DagsterInstance.ephemeral()
     restored = restore(
@@ -253,12 +255,12 @@ def test_a_canceled_drill_run_is_settled_by_the_run_status_sensor(resources, cms
         source_image_id=ready_image.name,
     )
     assert restored.success
-    scratch = cms.find_instance_by_run(restored.run_id)
-    cms.start_drill(ready_image.id, ready_image.source_instance_id, restored.run_id)
+    scratch = cms.instances.find_by_run(restored.run_id)
+    cms.drills.start(ready_image.id, ready_image.source_instance_id, restored.run_id)
     run = instance.get_run_by_id(restored.run_id)
     event = instance.report_run_canceled(run)
 
-    sensor = build_automation(AutomationSettings()).sensor("drill_run_canceled")
+    sensor = sensor_named(domain_definitions(Settings()), "drill_run_canceled")
     context = dg.build_run_status_sensor_context(
         sensor_name=sensor.name,
         dagster_event=event,
@@ -268,7 +270,7 @@ def test_a_canceled_drill_run_is_settled_by_the_run_status_sensor(resources, cms
     )
     sensor(context)
 
-    [row] = cms.list_drills(image_id=ready_image.id)
+    [row] = cms.drills.list(image_id=ready_image.id)
     assert row.result is DrillResult.failed and "canceled" in row.reason
-    assert cms.get_instance(scratch.id).state is InstanceState.deleted
+    assert cms.instances.get(scratch.id).state is InstanceState.deleted
     assert not platform.instance_exists(instance_ref(scratch))

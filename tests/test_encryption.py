@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from records import ImageState, InstanceState
+from records import ImageState, InstanceState, RestoreRequest
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
 from tests.conftest import SOURCE_PASSWORD
@@ -59,7 +59,7 @@ def test_an_encrypted_image_stores_only_ciphertext_verifiable_without_the_key(
     dagster = dg.DagsterInstance.ephemeral()
     result = materialize_image(encrypting(resources, platform, old_key), f"{source.k8s_name}__sealed", instance=dagster)
     assert result.success, failure_text(result)
-    row = cms.find_image(f"{source.k8s_name}__sealed")
+    row = cms.images.find(f"{source.k8s_name}__sealed")
     assert row.state is ImageState.ready and row.encryption_recipient == recipient
 
     manifest, _ = blob.read_manifest(row.blob_path)
@@ -103,7 +103,7 @@ def test_an_encrypted_image_restores_pagila_exactly(resources, cms, platform, so
     result = restore(encrypted, source_image_id=f"{source.k8s_name}__sealed", name="unsealed", instance=dagster)
     assert result.success, failure_text(result)
 
-    row = cms.get_instance(result.output_for_node("mark_instance_running").id)
+    row = cms.instances.get(result.output_for_node("mark_instance_running").id)
     restored = lambda db: dsn_of(platform, row, SOURCE_PASSWORD, db)  # noqa: E731
     assert schema_dump(restored("pagila")) == schema_dump(source_dsn("pagila"))
     assert table_fingerprints(restored("pagila")) == table_fingerprints(source_dsn("pagila"))
@@ -118,7 +118,7 @@ def test_a_restore_without_the_images_key_is_refused_before_anything_is_created(
     resources, cms, platform, source, old_key, new_key, key
 ):
     assert materialize_image(encrypting(resources, platform, old_key), f"{source.k8s_name}__sealed").success
-    instances_before, volumes_before = cms.list_instances(), platform_instances(platform)
+    instances_before, volumes_before = cms.instances.list(), platform_instances(platform)
     jobs_before = set((Path(platform.state_dir) / "jobs").glob("*/restore-*"))
     if key == "missing":
         restoring = {**resources, "platform": with_encryption(platform)}
@@ -131,7 +131,7 @@ def test_a_restore_without_the_images_key_is_refused_before_anything_is_created(
     assert "Invalid restore request: source_image_id:" in message
     assert f"encrypted with age for recipient {old_key[1]}" in message
     assert "no identity for it" in message
-    assert cms.list_instances() == instances_before and platform_instances(platform) == volumes_before
+    assert cms.instances.list() == instances_before and platform_instances(platform) == volumes_before
     assert set((Path(platform.state_dir) / "jobs").glob("*/restore-*")) == jobs_before
 
 
@@ -148,7 +148,7 @@ def test_an_identity_file_that_does_not_hold_the_declared_key_fails_before_initd
     assert f"holds no identity for recipient {old_key[1]}" in logs
     assert "initdb" not in logs and "downloading databases/" not in logs
     assert_cleaned_up(cms, platform, "run_restore_job", "holds no identity for recipient")
-    assert cms.get_image(cms.find_image(f"{source.k8s_name}__sealed").id).state is ImageState.ready  # not corrupt
+    assert cms.images.get(cms.images.find(f"{source.k8s_name}__sealed").id).state is ImageState.ready  # not corrupt
 
 
 def test_key_rotation_new_images_use_the_new_key_old_ones_restore_with_the_old_key_beside_it(
@@ -162,13 +162,13 @@ def test_key_rotation_new_images_use_the_new_key_old_ones_restore_with_the_old_k
         resources, platform, new_key, age_identity_file=str(both), age_identity_recipients=[new_key[1], old_key[1]]
     )
     assert materialize_image(rotated, f"{source.k8s_name}__after").success
-    after = cms.find_image(f"{source.k8s_name}__after")
+    after = cms.images.find(f"{source.k8s_name}__after")
     manifest, _ = blob.read_manifest(after.blob_path)
     assert manifest.encryption.recipient == new_key[1] and after.encryption_recipient == new_key[1]
 
     result = restore(rotated, source_image_id=f"{source.k8s_name}__before", name="old-key")
     assert result.success, failure_text(result)
-    row = cms.get_instance(result.output_for_node("mark_instance_running").id)
+    row = cms.instances.get(result.output_for_node("mark_instance_running").id)
     assert row.state is InstanceState.running
     # without the old key beside the new one, the old image is refused up front
     new_only = encrypting(resources, platform, new_key)
@@ -178,7 +178,7 @@ def test_key_rotation_new_images_use_the_new_key_old_ones_restore_with_the_old_k
 
 def test_an_unencrypted_deployment_stores_plain_dumps_and_says_so(resources, cms, blob, source):
     assert materialize_image(resources, f"{source.k8s_name}__plain").success
-    row = cms.find_image(f"{source.k8s_name}__plain")
+    row = cms.images.find(f"{source.k8s_name}__plain")
     manifest, _ = blob.read_manifest(row.blob_path)
     assert manifest.encryption is None and row.encryption_recipient is None
     assert blob.read_bytes(f"{row.blob_path}/globals.sql").startswith(b"--")
@@ -258,7 +258,7 @@ def test_the_cli_refuses_a_restore_request_no_identity_opens_and_queues_nothing(
     err = capsys.readouterr().err
     assert code == 2
     assert f"source_image_id: image '{image.name}' is encrypted with age for recipient {recipient}" in err
-    assert cms.list_restore_requests() == []
+    assert cms.requests.list(RestoreRequest) == []
 
 
 class JobIgnoringTheRecipient(LocalPlatform):
@@ -279,7 +279,7 @@ def test_a_backup_stored_in_plaintext_by_an_encrypting_deployment_fails_and_leav
     result = materialize_image({**resources, "platform": ignoring}, f"{source.k8s_name}__leaky", raise_on_error=False)
     assert not result.success
     assert f"this deployment encrypts for {recipient}" in failure_text(result)
-    row = cms.find_image(f"{source.k8s_name}__leaky")
+    row = cms.images.find(f"{source.k8s_name}__leaky")
     assert row.state is ImageState.failed and blob.list_names(row.blob_path) == []
 
 
@@ -292,7 +292,7 @@ def test_verification_of_an_encrypted_image_catches_a_file_that_is_not_age(
     from toygres_pipelines.images.verification import ImageCorrupt, verify_image
 
     assert materialize_image(encrypting(resources, platform, old_key), f"{source.k8s_name}__swapped").success
-    row = cms.find_image(f"{source.k8s_name}__swapped")
+    row = cms.images.find(f"{source.k8s_name}__swapped")
     manifest_doc = json.loads(blob.read_bytes(f"{row.blob_path}/manifest.json"))
     entry = next(f for f in manifest_doc["files"] if f["kind"] == "globals")
     plaintext = b"CREATE ROLE intruder LOGIN PASSWORD 'x';\n"
@@ -332,7 +332,7 @@ def test_a_parallel_mode_image_is_encrypted_file_by_file_and_restores_pagila_exa
     key = f"{source.k8s_name}__sealed-parallel"
     result = materialize_image(encrypted, key, {"parallel_jobs": 2})
     assert result.success, failure_text(result)
-    row = cms.find_image(key)
+    row = cms.images.find(key)
     manifest, _ = blob.read_manifest(row.blob_path)
     assert manifest.parallel_jobs == 2 and manifest.encryption is not None
     directory_files = [f for f in manifest.files if f.archive is not None]

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from records import ImageState, InstanceRef, InstanceState
+from records import ImageState, InstanceRef, InstanceState, RestoreRequest
 from resources.platform.base import JobFailed
 from resources.platform.postgres_server import postgres_bindir
 from tests.helpers import catalogued_image, failure_text, materialize_image, run_logs
@@ -67,7 +67,7 @@ def test_encrypted_parallel_image_selective_upgrade_restore_drill_and_reverify(
     key = f"{source.k8s_name}__sealed-par"
     made = materialize_image(encrypted, key, {"parallel_jobs": 2})
     assert made.success, failure_text(made)
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest, _ = blob.read_manifest(image.blob_path)
     assert manifest.encryption is not None and manifest.parallel_jobs == 2
     assert manifest.row_counts_by_database()[ODD_NAME] == {"public.items": 2}
@@ -87,7 +87,7 @@ def test_encrypted_parallel_image_selective_upgrade_restore_drill_and_reverify(
         instance=dagster,
     )
     assert result.success, failure_text(result)
-    row = cms.get_instance(result.output_for_node("mark_instance_running").id)
+    row = cms.instances.get(result.output_for_node("mark_instance_running").id)
     assert row.state is InstanceState.running and row.postgres_version == "16"
     restored = lambda db: dsn_of(platform, row, TWO_DB_PASSWORD, db)  # noqa: E731
     assert databases_of(restored("postgres")) == {"postgres", ODD_NAME}
@@ -99,7 +99,7 @@ def test_encrypted_parallel_image_selective_upgrade_restore_drill_and_reverify(
     dagster = dg.DagsterInstance.ephemeral()
     drilled = drill(encrypted, image.name, dagster)
     assert drilled.success, failure_text(drilled)
-    assert cms.find_image(key).state is ImageState.ready
+    assert cms.images.find(key).state is ImageState.ready
 
 
 def test_images_show_of_a_parallel_image_lists_each_database_once_with_its_rows(
@@ -113,7 +113,7 @@ def test_images_show_of_a_parallel_image_lists_each_database_once_with_its_rows(
     source = register_running(cms, platform, two_db_ref)
     key = f"{source.k8s_name}__par-show"
     assert materialize_image(resources, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest, _ = blob.read_manifest(image.blob_path)
     code, out, err = run("images", "--show", image.name, "--json")
     assert code == 0, err
@@ -129,7 +129,7 @@ def test_images_show_of_a_parallel_image_lists_each_database_once_with_its_rows(
 @pytest.mark.parametrize("state", ["creating", "ready_without_manifest"])
 def test_images_show_of_an_image_without_a_manifest_says_so_clearly(cms, source, run, state):  # noqa: F811
     if state == "creating":
-        image = cms.reserve_image(
+        image = cms.images.reserve(
             image_id=None,
             name=f"{source.k8s_name}__pending-show",
             description=None,
@@ -189,7 +189,7 @@ def test_a_later_file_of_an_encrypted_parallel_image_flipped_never_becomes_an_in
     encrypted = encrypting(resources, platform, old_key)
     key = f"{source.k8s_name}__sealed-flip"
     assert materialize_image(encrypted, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest, _ = blob.read_manifest(image.blob_path)
     last = manifest.files[-1]
     assert last.database == "postgres" and last.path.endswith("/toc.dat")
@@ -203,7 +203,7 @@ def test_a_later_file_of_an_encrypted_parallel_image_flipped_never_becomes_an_in
     assert not result.success
     assert "restoring database pagila" in run_logs(dagster, result.run_id)  # the overlap reached pagila first
     assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch")
-    assert cms.get_image(image.id).state is ImageState.corrupt
+    assert cms.images.get(image.id).state is ImageState.corrupt
 
 
 def test_sigterm_during_an_encrypted_parallel_overlapped_restore_leaves_nothing_running(
@@ -228,7 +228,7 @@ def test_sigterm_during_an_encrypted_parallel_overlapped_restore_leaves_nothing_
     sealed = encrypted["platform"]
     key = f"{small_source.k8s_name}__sigterm-sealed"
     assert materialize_image(encrypted, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     ref = InstanceRef(k8s_name="sigterm-sealed", namespace="default")
     spec = restore_spec(cms, blob, sealed, image, ref, RESTORE_JOBS="2")
     pgdata = serve_pgdata(sealed, spec, ref)
@@ -267,12 +267,12 @@ def test_a_16_source_backed_up_zstd_parallel_encrypted_restores_reverifies_and_d
         encrypted, source_image_id=f"{source.k8s_name}__to16", postgres_version="16", name="src16", dns_label="src16"
     )
     assert upgraded.success, failure_text(upgraded)
-    source16 = cms.get_instance(upgraded.output_for_node("mark_instance_running").id)
+    source16 = cms.instances.get(upgraded.output_for_node("mark_instance_running").id)
 
     key = f"{source16.k8s_name}__zpar"
     made = materialize_image(encrypted, key, {"parallel_jobs": 2})
     assert made.success, failure_text(made)
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest, _ = blob.read_manifest(image.blob_path)
     assert manifest.postgres_version == "16" and manifest.compression in ("zstd:1", "gzip:1")
     assert manifest.encryption is not None and manifest.parallel_jobs == 2
@@ -280,7 +280,7 @@ def test_a_16_source_backed_up_zstd_parallel_encrypted_restores_reverifies_and_d
 
     result = restore(encrypted, source_image_id=key, name="from-zpar", dns_label="from-zpar")
     assert result.success, failure_text(result)
-    row = cms.get_instance(result.output_for_node("mark_instance_running").id)
+    row = cms.instances.get(result.output_for_node("mark_instance_running").id)
     with psycopg.connect(dsn_of(platform, row, TWO_DB_PASSWORD, ODD_NAME)) as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (2,)
     drilled = drill(encrypted, key, dg.DagsterInstance.ephemeral())
@@ -300,14 +300,14 @@ def test_a_drill_of_an_encrypted_image_without_its_key_fails_clearly_and_leaves_
     dagster = dg.DagsterInstance.ephemeral()
     drilled = drill(resources, key, dagster)  # this deployment holds no identity
     assert not drilled.success
-    [row] = [d for d in cms.list_drills() if d.run_id == drilled.run_id]
+    [row] = [d for d in cms.drills.list() if d.run_id == drilled.run_id]
     assert row.result.value == "failed" and "identit" in (row.reason or ""), row
     assert platform_instances(platform) == before
     assert all(
-        i.state in (InstanceState.running, InstanceState.deleted, InstanceState.failed) for i in cms.list_instances()
+        i.state in (InstanceState.running, InstanceState.deleted, InstanceState.failed) for i in cms.instances.list()
     )
-    assert [i for i in cms.list_instances() if i.state is InstanceState.running] == [cms.get_instance(source.id)]
-    assert cms.find_image(key).state is ImageState.ready
+    assert [i for i in cms.instances.list() if i.state is InstanceState.running] == [cms.instances.get(source.id)]
+    assert cms.images.find(key).state is ImageState.ready
 
 
 def test_an_encrypted_parallel_dump_missing_a_data_file_its_toc_names_fails_the_backup_job(
@@ -346,7 +346,7 @@ def test_request_restore_of_databases_of_an_image_whose_manifest_is_gone_says_so
     assert code == 2 and err.startswith(f"error: source_image_id: image {image.name!r}: its manifest cannot be read"), (
         err
     )
-    assert cms.list_restore_requests() == []
+    assert cms.requests.list(RestoreRequest) == []
 
 
 def test_a_drill_compares_counts_of_tables_with_odd_names_in_an_odd_database(
@@ -366,12 +366,12 @@ def test_a_drill_compares_counts_of_tables_with_odd_names_in_an_odd_database(
         conn.execute('INSERT INTO "Odd.Schema\n\'x"."T""able.1" VALUES (1), (2), (3)')
     key = f"{source.k8s_name}__odd-tables"
     assert materialize_image(resources, key).success
-    manifest, _ = blob.read_manifest(cms.find_image(key).blob_path)
+    manifest, _ = blob.read_manifest(cms.images.find(key).blob_path)
     assert manifest.row_counts_by_database()[ODD_NAME]['"Odd.Schema\n\'x"."T""able.1"'] == 3
     dagster = dg.DagsterInstance.ephemeral()
     drilled = drill(resources, key, dagster)
     assert drilled.success, failure_text(drilled)
-    [row] = [d for d in cms.list_drills() if d.run_id == drilled.run_id]
+    [row] = [d for d in cms.drills.list() if d.run_id == drilled.run_id]
     assert row.result.value == "passed" and row.tables_checked >= 3, row
 
 
@@ -382,7 +382,7 @@ def test_restore_sh_without_the_sums_in_its_env_reads_them_from_the_verified_man
     """What a parallel image of thousands of tables gets (the list would not fit an environment variable)."""
     key = f"{source.k8s_name}__no-sums-{len(selected or [])}"
     assert materialize_image(resources, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest, _ = blob.read_manifest(image.blob_path)
     expected = [f for f in manifest.files if selected is None or f.kind != "database" or f.database in selected]
     ref = InstanceRef(k8s_name=f"no-sums-{len(selected or [])}", namespace="default")

@@ -13,7 +13,7 @@ import pytest
 from records import ImageType, InstanceState
 from resources.cms import CMSResource
 from resources.platform.local import LocalPlatform
-from toygres_pipelines.automation.schedules import nightly_run_requests
+from toygres_pipelines.images.schedules import nightly_run_requests
 
 RULES_ONLY = LocalPlatform(state_dir="/nonexistent/toygres-rules-only", azcopy_path="/bin/true")
 CONNECTIONS: list[int] = []
@@ -37,7 +37,7 @@ def counting(cms) -> CountingCMS:
 
 def add_running(cms: CMSResource, count: int, namespace: str = "default") -> None:
     for n in range(count):
-        cms.create_instance(
+        cms.instances.create(
             user_name=f"fleet-{namespace}-{n}",
             k8s_name=f"fleet-{namespace}-{n}",
             namespace=namespace,
@@ -60,8 +60,10 @@ def test_the_nightly_tick_reads_the_instances_once_whatever_the_fleet_size(cms, 
 def test_the_nightly_tick_asks_the_dagster_instance_nothing_per_partition(cms, monkeypatch):
     """The tick adds the night's partitions itself; Dagster then need not look each key up again
     (one storage query per run request: 17 s for 2,000 instances on the dev stack's SQLite)."""
-    from toygres_pipelines.automation import AutomationSettings, build_automation
+    from tests.helpers import schedule_named
     from toygres_pipelines.definitions import defs
+    from toygres_pipelines.domains import domain_definitions
+    from toygres_pipelines.settings import Settings
 
     add_running(cms, 6)
     lookups: list[str] = []
@@ -72,7 +74,7 @@ def test_the_nightly_tick_asks_the_dagster_instance_nothing_per_partition(cms, m
         return looked_up(self, partitions_def_name, partition_key)
 
     monkeypatch.setattr(dg.DagsterInstance, "has_dynamic_partition", counted)
-    nightly = build_automation(AutomationSettings()).schedule("nightly_backups")
+    nightly = schedule_named(domain_definitions(Settings()), "nightly_backups")
     with dg.instance_for_test() as instance:
         with dg.build_schedule_context(
             instance_ref=instance.get_ref(),

@@ -12,10 +12,12 @@ from pydantic import SecretStr
 from records import InstanceRef, RestoreRequestFields
 from records.job_scripts import (
     JOB_SCRIPTS,
+    RESTORE_ROLES,
     BackupEnv,
     BaseBackupEnv,
     JobScriptEnv,
-    PitrRestoreEnv,
+    PitrRestoreFetchEnv,
+    PitrRestoreServeEnv,
     Reader,
     RestoreFetchEnv,
     RestoreServeEnv,
@@ -24,8 +26,10 @@ from records.job_scripts import (
     roles_of,
 )
 from resources.platform import k8s_manifests as m
-from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec, RestoreRoles
+from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec, PlatformError, RestoreRoles
+from resources.platform.k8s_manifests import ManifestError
 from resources.platform.kubernetes import KubernetesPlatform
+from resources.platform.local import LocalPlatform
 from toygres_pipelines.restores.config import RestorePlan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,9 +136,23 @@ def test_the_contract_check_sees_a_disagreement_either_way():
     assert disagreements(BackupEnv, optional, "") != []
 
 
-def test_the_serve_role_gets_only_what_its_model_declares():
-    """The serve role runs the image's code: it gets its model's variables, nothing the fetch role has."""
-    assert RestoreRoles.serve_env <= RestoreServeEnv.variables(Supply.caller)
+def test_every_restore_runs_as_the_roles_its_models_pair():
+    """RestoreRoles is the models' pairing: each fetch script's serve script, and no other."""
+    assert RestoreRoles.scripts == {"restore.sh": "restore-serve.sh", "restore-pitr.sh": "restore-pitr-serve.sh"}
+    for fetch, serve in RESTORE_ROLES.items():
+        assert roles_of(fetch.script) == (fetch, serve)
+        assert serve.scrubbed and not fetch.scrubbed
+
+
+@pytest.mark.parametrize(("fetch", "serve"), sorted(RESTORE_ROLES.items(), key=lambda pair: pair[0].script))
+def test_the_serve_role_holds_nothing_of_the_fetch_roles(fetch, serve):
+    """The serve role runs the tenant's code: no grant, no key, no password, and none of the fetch
+    role's caller variables reach it (its environment is its model's)."""
+    secrets = {"AZCOPY_SAS_FILE", "AGE_IDENTITY_FILE", "POSTGRES_PASSWORD_FILE", "PGPASSWORD"}
+    assert serve.variables() & secrets == set()
+    assert serve.variables(Supply.secret_file, Supply.secret_ref) == set()
+    caller = CALLER_VALUES[fetch].env() | {"AZCOPY_SAS_FILE": "/x", "PGPASSWORD": "p"}
+    assert set(serve.environment(caller, {})) <= serve.variables(Supply.caller)
 
 
 def test_the_model_holds_no_platform_value():
@@ -206,13 +224,14 @@ CALLER_VALUES: dict[type[JobScriptEnv], JobScriptEnv] = {
         BLOB_URL="https://a/b", POSTGRES_VERSION="17", MANIFEST_SHA256="ab" * 32, RESTORE_DATABASES=["x"]
     ),
     RestoreServeEnv: RestoreServeEnv(RESTORE_JOBS=4),
-    PitrRestoreEnv: PitrRestoreEnv(
+    PitrRestoreFetchEnv: PitrRestoreFetchEnv(
         BLOB_URL="https://a/b", POSTGRES_VERSION="17", PLAN_BLOB="p/plan.json", PLAN_SHA256="cd" * 32
     ),
+    PitrRestoreServeEnv: PitrRestoreServeEnv(),
 }
 
 
-@pytest.mark.parametrize("script", sorted(set(JOB_SCRIPTS) - {RestoreServeEnv.script}))
+@pytest.mark.parametrize("script", sorted(set(JOB_SCRIPTS) - {serve.script for serve in RESTORE_ROLES.values()}))
 def test_the_kubernetes_job_gives_each_role_its_models_variables(script):
     """Every variable a role's script requires, and nothing its model does not declare."""
     roles = roles_of(script)
@@ -236,3 +255,22 @@ def test_the_kubernetes_job_gives_each_role_its_models_variables(script):
         assert names - PROCESS_BASICS <= role.variables(), (role.script, names - PROCESS_BASICS - role.variables())
         secret_refs = {e["name"] for e in container["env"] if "valueFrom" in e}
         assert secret_refs == role.variables(Supply.secret_ref)
+
+
+def test_both_platforms_refuse_a_restore_whose_script_has_no_serve_role(tmp_path):
+    """Every restore runs the tenant's code in a serve role: a restore job of a script RESTORE_ROLES
+    does not pair is refused before anything runs, on either platform."""
+    spec = JobSpec(
+        kind=JobKind.restore,
+        name="restore-x",
+        script=BaseBackupEnv.script,
+        instance=InstanceRef(k8s_name="orders-ab12c", namespace="toygres"),
+        env=CALLER_VALUES[BaseBackupEnv].env(),
+        blob_sas=SecretStr("sig=x"),
+    )
+    platform = KubernetesPlatform(job_images={"17": f"registry.example/toygres-job:17@sha256:{'ab' * 32}"})
+    with pytest.raises(ManifestError, match="a restore runs as fetch and serve roles"):
+        m.job(spec, platform.settings(), "toygres-job-scripts")
+    local = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path="/bin/true")
+    with pytest.raises(PlatformError, match="a restore runs as fetch and serve roles"):
+        local.run_job(spec, lambda line: None)

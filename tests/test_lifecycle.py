@@ -23,7 +23,7 @@ FILES = ("manifest.json", "globals.sql", "databases/app.dump")
 
 
 def running_instance(cms, k8s_name: str = "app-src"):
-    return cms.create_instance(
+    return cms.instances.create(
         user_name=k8s_name,
         k8s_name=k8s_name,
         namespace="default",
@@ -39,7 +39,7 @@ def running_instance(cms, k8s_name: str = "app-src"):
 def stored_image(cms, blob: BlobStorageResource, source, name: str, days_old: float, state=ImageState.ready):
     """An image row with blobs under its folder, created `days_old` days ago."""
     image_id = uuid.uuid4()
-    image = cms.reserve_image(
+    image = cms.images.reserve(
         image_id=image_id,
         name=name,
         description=None,
@@ -52,15 +52,15 @@ def stored_image(cms, blob: BlobStorageResource, source, name: str, days_old: fl
     for file in FILES:
         blob.write_bytes(f"{image.blob_path}/{file}", f"{name}/{file}".encode())
     if state is ImageState.ready:
-        cms.transition_image(image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64)
+        cms.images.transition(image.id, ImageState.ready, reason="test", backup_size_bytes=1, backup_checksum="0" * 64)
     elif state is ImageState.failed:
-        cms.transition_image(image.id, ImageState.failed, reason="test")
+        cms.images.transition(image.id, ImageState.failed, reason="test")
     with psycopg.connect(cms.dsn) as conn:
         conn.execute(
             "UPDATE toygres_cms.images SET created_at = now() - make_interval(secs => %s) WHERE id = %s",
             (days_old * 86400, image.id),
         )
-    return cms.get_image(image.id)
+    return cms.images.get(image.id)
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def plan_metadata(result) -> dict:
 
 def snapshot(cms, blob):
     return (
-        {i.id: (i.state, i.updated_at) for i in cms.list_images()},
+        {i.id: (i.state, i.updated_at) for i in cms.images.list()},
         sorted(blob.list_names("images")),
     )
 
@@ -128,14 +128,14 @@ def test_real_run_deletes_exactly_the_planned_blobs_rows_and_partitions(resource
     assert result.success, result
     kept, expired = catalogue["ready"][:2], [*catalogue["ready"][2:], catalogue["failed"]]
     for image in kept:
-        assert cms.get_image(image.id).state is ImageState.ready
+        assert cms.images.get(image.id).state is ImageState.ready
         assert len(blob.list_names(image.blob_path)) == len(FILES)
-        assert [e.to_state for e in cms.events(image.id)] == ["creating", "ready"]
+        assert [e.to_state for e in cms.events.of(image.id)] == ["creating", "ready"]
     for image in expired:
-        assert cms.get_image(image.id).state is ImageState.deleted
+        assert cms.images.get(image.id).state is ImageState.deleted
         assert blob.list_names(image.blob_path) == []
-        assert [e.to_state for e in cms.events(image.id)][-2:] == ["deleting", "deleted"]
-        assert cms.events(image.id)[-1].run_id == result.run_id
+        assert [e.to_state for e in cms.events.of(image.id)][-2:] == ["deleting", "deleted"]
+        assert cms.events.of(image.id)[-1].run_id == result.run_id
     assert blob.list_names(catalogue["stray"]) == []
     assert sorted(instance.get_dynamic_partitions(IMAGE_PARTITIONS)) == sorted(i.name for i in kept)
     assert plan_metadata(result)["dry_run"].value is False
@@ -167,21 +167,21 @@ def test_blob_storage_failing_mid_run_leaves_consistent_state_and_the_next_run_f
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "blob storage went away mid-delete" in failure.event_specific_data.user_failure_data.description
     expired = [*catalogue["ready"][2:], catalogue["failed"]]
-    states = {cms.get_image(i.id).state for i in expired}
+    states = {cms.images.get(i.id).state for i in expired}
     assert ImageState.deleting in states
-    for image in cms.list_images():
+    for image in cms.images.list():
         # never a ready row without its blobs
         if image.state is ImageState.ready:
             assert len(blob.list_names(image.blob_path)) == len(FILES)
         else:
             assert image.state in (ImageState.deleting, ImageState.deleted)
-    half_done = next(i for i in expired if cms.get_image(i.id).state is ImageState.deleting)
+    half_done = next(i for i in expired if cms.images.get(i.id).state is ImageState.deleting)
     assert half_done.name in instance.get_dynamic_partitions(IMAGE_PARTITIONS)
 
     again = run_retention_job(resources, instance, dry_run=False)
     assert again.success
     for image in expired:
-        assert cms.get_image(image.id).state is ImageState.deleted
+        assert cms.images.get(image.id).state is ImageState.deleted
         assert blob.list_names(image.blob_path) == []
     assert sorted(instance.get_dynamic_partitions(IMAGE_PARTITIONS)) == sorted(i.name for i in catalogue["ready"][:2])
 
@@ -191,7 +191,7 @@ def test_pinned_and_in_use_images_survive_retention(resources, cms, blob, catalo
 
     d4, d5 = catalogue["ready"][3:5]
     pin_image(cms, d4.name)
-    cms.create_restore_request(
+    cms.requests.create(
         RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=d5.name, namespace="default")
     )
     result = run_retention_job(resources, catalogue["instance"], dry_run=False)
@@ -199,15 +199,15 @@ def test_pinned_and_in_use_images_survive_retention(resources, cms, blob, catalo
     table = plan_metadata(result)["plan"].value
     assert f"| {d4.name} | default/app-src | ready | 4 d | pinned |" in table
     assert f"| {d5.name} | default/app-src | ready | 5 d | in use: source_image_id of pending restore request" in table
-    assert cms.get_image(d4.id).state is ImageState.ready and cms.get_image(d5.id).state is ImageState.ready
-    assert cms.get_image(catalogue["ready"][2].id).state is ImageState.deleted
+    assert cms.images.get(d4.id).state is ImageState.ready and cms.images.get(d5.id).state is ImageState.ready
+    assert cms.images.get(catalogue["ready"][2].id).state is ImageState.deleted
 
 
 def test_a_per_instance_override_in_the_cms_changes_the_plan(resources, cms, blob, catalogue):
-    cms.set_retention_override(catalogue["source"].id, {"keep_newest": 4})
+    cms.instances.set_retention_override(catalogue["source"].id, {"keep_newest": 4})
     result = run_retention_job(resources, catalogue["instance"], dry_run=False)
     assert result.success
-    states = [cms.get_image(i.id).state for i in catalogue["ready"]]
+    states = [cms.images.get(i.id).state for i in catalogue["ready"]]
     assert states == [ImageState.ready] * 4 + [ImageState.deleted]
 
 
@@ -215,7 +215,7 @@ def test_deleting_an_image_in_use_is_refused_with_the_reason(resources, cms, blo
     from toygres_pipelines.lifecycle.jobs import delete_image_job
 
     target = catalogue["ready"][2]
-    request = cms.create_restore_request(
+    request = cms.requests.create(
         RestoreRequestFields(name="copy", dns_label="copy-db", source_image_id=str(target.id), namespace="default")
     )
     result = delete_image_job.execute_in_process(
@@ -230,7 +230,7 @@ def test_deleting_an_image_in_use_is_refused_with_the_reason(resources, cms, blo
         f"image: image {target.name!r} is in use: it is the source_image_id of pending restore request {request.id}"
         in failure.event_specific_data.user_failure_data.description
     )
-    assert cms.get_image(target.id).state is ImageState.ready
+    assert cms.images.get(target.id).state is ImageState.ready
     assert len(blob.list_names(target.blob_path)) == len(FILES)
 
 
@@ -244,10 +244,10 @@ def test_delete_image_job_deletes_blobs_row_and_partition(resources, cms, blob, 
         instance=catalogue["instance"],
     )
     assert result.success
-    assert cms.get_image(target.id).state is ImageState.deleted
+    assert cms.images.get(target.id).state is ImageState.deleted
     assert blob.list_names(target.blob_path) == []
     assert target.name not in catalogue["instance"].get_dynamic_partitions(IMAGE_PARTITIONS)
-    assert [e.reason for e in cms.events(target.id)][-2:] == [
+    assert [e.reason for e in cms.events.of(target.id)][-2:] == [
         "deleted on request",
         "deleted on request: 3 blob(s) removed",
     ]
@@ -277,10 +277,10 @@ def test_delete_instance_removes_everything_and_frees_the_dns_label_for_a_new_re
     from toygres_pipelines.restores.steps import instance_ref
 
     assert materialize_image(resources, f"{source.k8s_name}__for-delete").success
-    image = cms.find_image(f"{source.k8s_name}__for-delete")
+    image = cms.images.find(f"{source.k8s_name}__for-delete")
     first = restore(resources, name="first", dns_label="reused-label", source_image_id=image.name)
     assert first.success
-    restored = cms.find_instance_by_run(first.run_id)
+    restored = cms.instances.find_by_run(first.run_id)
     assert platform.instance_exists(instance_ref(restored))
 
     refused = restore(resources, name="second", dns_label="reused-label", source_image_id=image.name)
@@ -290,15 +290,15 @@ def test_delete_instance_removes_everything_and_frees_the_dns_label_for_a_new_re
         run_config={"ops": {"delete_one_instance": {"config": {"instance": restored.k8s_name}}}}, resources=resources
     )
     assert result.success
-    gone = cms.get_instance(restored.id)
+    gone = cms.instances.get(restored.id)
     assert gone.state is InstanceState.deleted
-    assert [e.to_state for e in cms.events(restored.id)][-2:] == ["deleting", "deleted"]
+    assert [e.to_state for e in cms.events.of(restored.id)][-2:] == ["deleting", "deleted"]
     assert not platform.instance_exists(instance_ref(restored))
-    assert not cms.dns_name_in_use("reused-label")
+    assert not cms.instances.dns_name_in_use("reused-label")
 
     second = restore(resources, name="second", dns_label="reused-label", source_image_id=image.name)
     assert second.success
-    assert cms.find_instance_by_run(second.run_id).dns_name == "reused-label"
+    assert cms.instances.find_by_run(second.run_id).dns_name == "reused-label"
 
 
 def test_an_instance_no_restore_created_is_refused_unless_forced(resources, cms, platform):
@@ -308,7 +308,7 @@ def test_an_instance_no_restore_created_is_refused_unless_forced(resources, cms,
     outsider = running_instance(cms, "registered-elsewhere")
     with pytest.raises(ValidationFailed, match="force: instance 'registered-elsewhere' was not created by a toygres"):
         delete_instance(cms, platform, outsider.k8s_name)
-    assert cms.get_instance(outsider.id).state is InstanceState.running
+    assert cms.instances.get(outsider.id).state is InstanceState.running
     assert delete_instance(cms, platform, str(outsider.id), force=True).state is InstanceState.deleted
     assert delete_instance(cms, platform, str(outsider.id)).state is InstanceState.deleted  # idempotent
 
@@ -345,7 +345,7 @@ def test_a_backup_starting_during_a_retention_run_is_never_taken_for_stray_blobs
     racing = BackupStartsDuringTheListing(connection_string=blob.connection_string, container=blob.container)
     result = run_retention_job({**resources, "blob": racing}, catalogue["instance"], dry_run=False)
     assert result.success
-    assert cms.get_image(fresh["image"].id).state is ImageState.creating
+    assert cms.images.get(fresh["image"].id).state is ImageState.creating
     assert len(blob.list_names(fresh["image"].blob_path)) == len(FILES)
     assert blob.list_names(catalogue["stray"]) == []
 
@@ -372,7 +372,7 @@ def test_a_restore_creating_its_instance_during_a_deletion_keeps_the_image(resou
     from toygres_pipelines.lifecycle.images import delete_image
 
     target = catalogue["ready"][2]
-    # What the restore's create_instance does in one transaction, held open: lock the image row
+    # What the restore's cms.instances.create does in one transaction, held open: lock the image row
     # (FOR SHARE) and insert the creating instance that uses it.
     restore_tx = psycopg.connect(cms.dsn)
     restore_tx.execute("SELECT state FROM toygres_cms.images WHERE id = %s FOR SHARE", (target.id,))
@@ -399,7 +399,7 @@ def test_a_restore_creating_its_instance_during_a_deletion_keeps_the_image(resou
         restore_tx.close()
     assert "image" not in outcome
     assert "is in use: it is the source_image_id of creating instance copy-x1y2z" in str(outcome["refused"])
-    assert cms.get_image(target.id).state is ImageState.ready
+    assert cms.images.get(target.id).state is ImageState.ready
     assert len(blob.list_names(target.blob_path)) == len(FILES)
 
 
@@ -407,9 +407,9 @@ def test_a_restore_cannot_create_its_instance_from_an_image_being_deleted(cms, b
     from records import ValidationFailed
 
     target = catalogue["ready"][2]
-    cms.transition_image(target.id, ImageState.deleting, reason="test")
+    cms.images.transition(target.id, ImageState.deleting, reason="test")
     with pytest.raises(ValidationFailed, match=f"source_image_id: image {target.name!r} is deleting, it must be ready"):
-        cms.create_instance(
+        cms.instances.create(
             user_name="copy",
             k8s_name="copy-x1y2z",
             namespace="default",
@@ -420,7 +420,7 @@ def test_a_restore_cannot_create_its_instance_from_an_image_being_deleted(cms, b
             image_type=ImageType.stock,
             source_image_id=target.id,
         )
-    assert cms.find_instance("copy-x1y2z") is None
+    assert cms.instances.find("copy-x1y2z") is None
 
 
 # ---- the newest ready image changes while a retention run goes on (issue 19) -------------------
@@ -444,7 +444,7 @@ def run_retention_after(monkeypatch, resources, catalogue, meanwhile) -> object:
 
 
 def ready_images(cms, source) -> list:
-    return [i for i in cms.list_images([ImageState.ready]) if i.source_instance_id == source.id]
+    return [i for i in cms.images.list([ImageState.ready]) if i.source_instance_id == source.id]
 
 
 def test_the_newest_ready_image_turning_corrupt_after_the_plan_keeps_the_next_newest(
@@ -455,12 +455,12 @@ def test_the_newest_ready_image_turning_corrupt_after_the_plan_keeps_the_next_ne
         monkeypatch,
         resources,
         catalogue,
-        lambda: cms.transition_image(d1.id, ImageState.corrupt, reason="bytes failed verification"),
+        lambda: cms.images.transition(d1.id, ImageState.corrupt, reason="bytes failed verification"),
     )
     assert result.success, result
     assert [i.id for i in ready_images(cms, catalogue["source"])] == [d2.id]
     assert len(blob.list_names(d2.blob_path)) == len(FILES)
-    assert [cms.get_image(i.id).state for i in catalogue["ready"][2:]] == [ImageState.deleted] * 3
+    assert [cms.images.get(i.id).state for i in catalogue["ready"][2:]] == [ImageState.deleted] * 3
 
 
 def test_the_newest_ready_image_deleted_on_request_after_the_plan_keeps_the_next_newest(
@@ -476,7 +476,7 @@ def test_the_newest_ready_image_deleted_on_request_after_the_plan_keeps_the_next
         lambda: delete_image(cms, blob, str(d1.id), run_id=None, log=print, partitions=None),
     )
     assert result.success, result
-    assert cms.get_image(d1.id).state is ImageState.deleted
+    assert cms.images.get(d1.id).state is ImageState.deleted
     assert [i.id for i in ready_images(cms, catalogue["source"])] == [d2.id]
     assert len(blob.list_names(d2.blob_path)) == len(FILES)
 
@@ -485,15 +485,15 @@ def test_retention_never_turns_the_newest_ready_image_deleting_even_when_asked_d
     from records import ValidationFailed
 
     d1, d2 = catalogue["ready"][:2]
-    cms.transition_image(d1.id, ImageState.corrupt, reason="bytes failed verification")
+    cms.images.transition(d1.id, ImageState.corrupt, reason="bytes failed verification")
     with pytest.raises(
         ValidationFailed, match=f"image {d2.name!r} is the newest ready image of instance default/app-src"
     ):
-        cms.begin_image_deletion(d2.id, reason="expired by retention", run_id=None, keep_newest_ready=True)
-    assert cms.get_image(d2.id).state is ImageState.ready
+        cms.images.begin_deletion(d2.id, reason="expired by retention", run_id=None, keep_newest_ready=True)
+    assert cms.images.get(d2.id).state is ImageState.ready
     # an older one still goes: the rule is about the newest only
     assert (
-        cms.begin_image_deletion(
+        cms.images.begin_deletion(
             catalogue["ready"][2].id, reason="expired by retention", run_id=None, keep_newest_ready=True
         ).state
         is ImageState.deleting
@@ -509,23 +509,23 @@ def test_a_running_drill_holds_its_image_against_delete_image_and_retention(reso
     from toygres_pipelines.lifecycle.images import delete_image
 
     target = catalogue["ready"][3]  # expired by POLICY
-    drill = cms.start_drill(target.id, catalogue["source"].id, run_id="drill-run-1")
+    drill = cms.drills.start(target.id, catalogue["source"].id, run_id="drill-run-1")
     held = f"image {target.name!r} is in use: it is the image of running restore drill {drill.id} (run drill-run-1)"
     with pytest.raises(ValidationFailed, match=held.replace("(", r"\(").replace(")", r"\)")):
         delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)
     with pytest.raises(ValidationFailed, match="running restore drill"):
-        cms.begin_image_deletion(target.id, reason="test", run_id=None)
+        cms.images.begin_deletion(target.id, reason="test", run_id=None)
     result = run_retention_job(resources, catalogue["instance"], dry_run=False)
     assert result.success
     assert f"| {target.name} | default/app-src | ready | 4 d | in use: image of running restore drill {drill.id}" in (
         plan_metadata(result)["plan"].value
     )
-    assert cms.get_image(target.id).state is ImageState.ready
+    assert cms.images.get(target.id).state is ImageState.ready
     assert len(blob.list_names(target.blob_path)) == len(FILES)
 
-    cms.finish_drill(drill.id, DrillResult.passed, None)
+    cms.drills.finish(drill.id, DrillResult.passed, None)
     delete_image(cms, blob, target.name, run_id=None, log=print, partitions=None)
-    assert cms.get_image(target.id).state is ImageState.deleted
+    assert cms.images.get(target.id).state is ImageState.deleted
 
 
 # ---- the CMS connection cut in the middle of a retention run (issue 19) -------------------------
@@ -567,19 +567,19 @@ def test_a_cms_connection_cut_mid_retention_lists_what_was_and_was_not_deleted(r
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     description = failure.event_specific_data.user_failure_data.description
     first_deleted = CUTS[blob.container][0]
-    deleted = next(i for i in cms.list_images() if i.blob_path == first_deleted)
+    deleted = next(i for i in cms.images.list() if i.blob_path == first_deleted)
     assert deleted.state is ImageState.deleted
     assert description.startswith("retention: the CMS became unreachable"), description
     assert f"deleted: {deleted.name}" in description
     expired = [*catalogue["ready"][2:], catalogue["failed"]]
     left = sorted(i.name for i in expired if i.id != deleted.id)
     assert f"not deleted (retried by the next run): {', '.join(left)}" in description
-    for image in cms.list_images():  # consistent: never a ready row without its blobs
+    for image in cms.images.list():  # consistent: never a ready row without its blobs
         if image.state is ImageState.ready:
             assert len(blob.list_names(image.blob_path)) == len(FILES)
     again = run_retention_job(resources, catalogue["instance"], dry_run=False)
     assert again.success
-    assert all(cms.get_image(i.id).state is ImageState.deleted for i in expired)
+    assert all(cms.images.get(i.id).state is ImageState.deleted for i in expired)
 
 
 def test_a_drill_cannot_start_on_an_image_a_deletion_has_taken(cms, blob, catalogue):
@@ -588,7 +588,7 @@ def test_a_drill_cannot_start_on_an_image_a_deletion_has_taken(cms, blob, catalo
     from records import ValidationFailed
 
     target = catalogue["ready"][3]
-    cms.begin_image_deletion(target.id, reason="deleted on request", run_id=None)
+    cms.images.begin_deletion(target.id, reason="deleted on request", run_id=None)
     with pytest.raises(ValidationFailed, match=f"image: image {target.name!r} is deleting, it must be ready"):
-        cms.start_drill(target.id, catalogue["source"].id, run_id="drill-run-late")
-    assert cms.find_drill_by_run("drill-run-late") is None
+        cms.drills.start(target.id, catalogue["source"].id, run_id="drill-run-late")
+    assert cms.drills.find_by_run("drill-run-late") is None

@@ -34,6 +34,7 @@ def test_job_directory_holds_the_template_scripts_byte_for_byte(tmp_path):
         "backup.sh",
         "basebackup.sh",
         "common.sh",
+        "restore-pitr-serve.sh",
         "restore-pitr.sh",
         "restore-serve.sh",
         "restore.sh",

@@ -7,13 +7,15 @@ import argparse
 import hashlib
 import json
 import subprocess
+import uuid
 
 import dagster as dg
 import pytest
 
-from records import ImageState, ValidationFailed
+from records import ImageRequest, ImageState, ValidationFailed
 from records.parallel import MAX_PARALLEL_JOBS, validate_parallel_jobs
 from records.requests import ImageRequestFields
+from resources.blob import BlobStorageResource
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
 from tests.conftest import SOURCE_PASSWORD
@@ -62,7 +64,7 @@ def test_parallel_backup_of_pagila_restores_exactly_through_the_normal_restore_j
     key = f"{source.k8s_name}__parallel"
     result = materialize_image(resources, key, {"parallel_jobs": 2}, instance=dagster)
     assert result.success, failure_text(result)
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     assert image.state is ImageState.ready
 
     manifest, _ = blob.read_manifest(image.blob_path)
@@ -86,6 +88,7 @@ def test_parallel_backup_of_pagila_restores_exactly_through_the_normal_restore_j
     ).stdout
     assert "TABLE DATA public rental" in listing
     assert image.backup_size_bytes == manifest.total_bytes
+    assert blob.staging_image_ids() == [], "the backup's staging container outlives its run"
     logs = run_logs(dagster, result.run_id)
     assert f"pg_restore lists the archive {archive}" in logs
 
@@ -108,13 +111,20 @@ def flip_a_byte(blob, name: str) -> bytes:
 
 
 def damaging_platform(platform: LocalPlatform, blob) -> LocalPlatform:
-    """The real backup job runs; then the largest data file of the pagila directory is damaged in storage."""
+    """The real backup job runs; then the largest data file of the pagila directory is damaged in
+    storage (in the backup's staging container, where the job wrote it: the run copies it on)."""
 
     class Damaging(LocalPlatform):
         def run_job(self, spec, log):
             result = super().run_job(spec, log)
-            names = blob.list_names(f"images/{spec.labels['toygres/image-id']}/databases")
-            flip_a_byte(blob, max((n for n in names if n.endswith(".dat.gz")), key=lambda n: len(blob.read_bytes(n))))
+            staging = BlobStorageResource(
+                connection_string=blob.connection_string,
+                container=blob.staging_name(uuid.UUID(spec.labels["toygres/image-id"])),
+            )
+            names = staging.list_names("databases")
+            flip_a_byte(
+                staging, max((n for n in names if n.endswith(".dat.gz")), key=lambda n: len(staging.read_bytes(n)))
+            )
             return result
 
     return Damaging(state_dir=platform.state_dir, azcopy_path=platform.azcopy_path)
@@ -125,10 +135,11 @@ def test_a_damaged_file_of_a_directory_image_is_caught_before_ready(resources, c
     damaging = damaging_platform(platform, blob)
     result = materialize_image({**resources, "platform": damaging}, key, {"parallel_jobs": 2}, raise_on_error=False)
     assert not result.success
-    [row] = cms.list_images()
+    [row] = cms.images.list()
     assert row.state is ImageState.failed
     assert "sha256" in row.error_message and ".dat.gz" in row.error_message
     assert blob.list_names(row.blob_path) == []
+    assert blob.staging_image_ids() == []
 
 
 def test_a_directory_archive_pg_restore_cannot_read_is_caught_even_when_its_checksum_was_rewritten(
@@ -138,7 +149,7 @@ def test_a_directory_archive_pg_restore_cannot_read_is_caught_even_when_its_chec
 
     key = f"{source.k8s_name}__parallel-toc"
     assert materialize_image(resources, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest_doc = json.loads(blob.read_bytes(f"{image.blob_path}/manifest.json"))
     toc = next(f for f in manifest_doc["files"] if f["database"] == "pagila" and f["path"].endswith("/toc.dat"))
     truncated = blob.read_bytes(f"{image.blob_path}/{toc['path']}")[: toc["size_bytes"] // 2]
@@ -153,7 +164,7 @@ def test_a_directory_archive_pg_restore_cannot_read_is_caught_even_when_its_chec
 def test_a_damaged_file_of_a_ready_directory_image_never_becomes_an_instance(resources, cms, blob, platform, source):
     key = f"{source.k8s_name}__parallel-rot"
     assert materialize_image(resources, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest, _ = blob.read_manifest(image.blob_path)
     data_file = max(
         (f for f in database_files(manifest, "pagila") if f.path.endswith(".dat.gz")), key=lambda f: f.size_bytes
@@ -163,7 +174,7 @@ def test_a_damaged_file_of_a_ready_directory_image_never_becomes_an_instance(res
     result = restore(resources, source_image_id=image.name, name="rotten", dns_label="rotten-copy")
     assert not result.success
     assert "checksum mismatch" in failure_text(result)
-    assert cms.get_image(image.id).state is ImageState.corrupt
+    assert cms.images.get(image.id).state is ImageState.corrupt
     assert_cleaned_up(cms, platform, "run_restore_job", "checksum mismatch")
 
 
@@ -174,18 +185,18 @@ def test_a_backup_with_parallel_jobs_outside_the_rule_is_refused_before_any_imag
     )
     assert not result.success
     assert f"parallel_jobs: {value} must be between 1 and {MAX_PARALLEL_JOBS}" in failure_text(result)
-    assert cms.list_images() == []
+    assert cms.images.list() == []
 
 
 def test_a_backup_request_carries_parallel_jobs_to_its_run_and_one_outside_the_rule_is_rejected(resources, cms, source):
     from tests.test_automation import RULES_ONLY
-    from toygres_pipelines.automation.jobs import backup_image
-    from toygres_pipelines.automation.sensors import evaluate_image_requests
+    from toygres_pipelines.images.jobs import backup_image
+    from toygres_pipelines.images.sensors import evaluate_image_requests
 
-    parallel = cms.create_image_request(
+    parallel = cms.requests.create(
         ImageRequestFields(image_name="req-parallel", source_instance=source.k8s_name, parallel_jobs=3)
     )
-    too_many = cms.create_image_request(
+    too_many = cms.requests.create(
         ImageRequestFields(image_name="req-too-many", source_instance=source.k8s_name, parallel_jobs=64)
     )
     with dg.instance_for_test() as dagster:
@@ -209,9 +220,9 @@ def test_request_backup_cli_queues_parallel_jobs_and_refuses_one_outside_the_rul
     code = cli.main(["request-backup", "--instance", db.k8s_name, "--name", "too-many", "--parallel-jobs", "17"])
     assert code == 2
     assert capsys.readouterr().err == f"error: parallel_jobs: 17 must be between 1 and {MAX_PARALLEL_JOBS}\n"
-    assert cms.list_image_requests() == []
+    assert cms.requests.list(ImageRequest) == []
     assert cli.main(["request-backup", "--instance", db.k8s_name, "--name", "four", "--parallel-jobs", "4"]) == 0
-    [request] = cms.list_image_requests()
+    [request] = cms.requests.list(ImageRequest)
     assert (request.image_name, request.parallel_jobs) == ("four", 4)
 
 
@@ -240,10 +251,11 @@ def test_a_parallel_pg_dump_that_fails_fails_the_image_and_leaves_no_blob(resour
         runner.join(timeout=120)
         holder.close()
     assert not outcome["result"].success
-    [row] = cms.list_images()
+    [row] = cms.images.list()
     assert row.state is ImageState.failed
     assert "pg_dump of database aaa_doomed_parallel failed" in row.error_message
     assert blob.list_names(row.blob_path) == []
+    assert blob.staging_image_ids() == []
 
 
 def test_a_directory_archive_missing_a_table_data_file_is_caught(resources, cms, blob, source):
@@ -252,7 +264,7 @@ def test_a_directory_archive_missing_a_table_data_file_is_caught(resources, cms,
 
     key = f"{source.k8s_name}__parallel-gap"
     assert materialize_image(resources, key, {"parallel_jobs": 2}).success
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     manifest_doc = json.loads(blob.read_bytes(f"{image.blob_path}/manifest.json"))
     gone = max(
         (f for f in manifest_doc["files"] if f["database"] == "pagila" and f["path"].endswith(".dat.gz")),
@@ -265,3 +277,40 @@ def test_a_directory_archive_missing_a_table_data_file_is_caught(resources, cms,
 
     with pytest.raises(ImageCorrupt, match=rf"TOC names data files the manifest lacks: \['{dump_id}'\]"):
         verify_image(blob, image.blob_path)
+
+
+def test_the_janitor_removes_staging_containers_no_running_backup_writes_into(cms, blob, source):
+    """A run killed between its job and the copy leaves its staging container: the janitor removes
+    it once the image is not `creating` any more (or is unknown), never another deployment's."""
+    from toygres_pipelines.images.backup import image_prefix
+    from toygres_pipelines.images.janitor import purge_orphan_staging
+
+    def reserve() -> uuid.UUID:
+        image_id = uuid.uuid4()
+        cms.images.reserve(
+            image_id=image_id,
+            name=f"{source.k8s_name}__staged-{image_id.hex[:8]}",
+            description=None,
+            source=source,
+            blob_storage_url=blob.storage_url,
+            blob_container=blob.container,
+            blob_path=image_prefix(image_id),
+            run_id="r",
+        )
+        return image_id
+
+    writing, dead, unknown = reserve(), reserve(), uuid.uuid4()
+    cms.images.transition(dead, ImageState.failed, reason="the run died", run_id="r")
+    for image_id in (writing, dead, unknown):
+        blob.create_staging(image_id)
+    neighbour = BlobStorageResource(connection_string=blob.connection_string, container=f"{blob.container}-other")
+    neighbours_staging = uuid.uuid4()
+    neighbour.create_staging(neighbours_staging)
+    try:
+        assert set(blob.staging_image_ids()) == {writing, dead, unknown}
+        assert purge_orphan_staging(cms, blob) == 2
+        assert blob.staging_image_ids() == [writing]
+        assert neighbour.staging_image_ids() == [neighbours_staging]
+    finally:
+        blob.delete_staging(writing)
+        neighbour.delete_staging(neighbours_staging)

@@ -172,7 +172,7 @@ def test_the_sensor_archives_every_running_instance_and_removes_the_archiver_of_
     wait_for(lambda: slot_active(dsn), "the sensor's archiver streaming")
     assert reconcile_archivers(cms, blob, platform, log=print).started == []  # already running
 
-    cms.transition_instance(instance.id, InstanceState.stopped, reason="test")
+    cms.instances.transition(instance.id, InstanceState.stopped, reason="test")
     done = reconcile_archivers(cms, blob, platform, log=print)
     assert done.removed == [f"default/{ref.k8s_name}"]
     assert ref not in platform.wal_archivers()
@@ -208,3 +208,50 @@ def test_an_archiver_whose_directory_is_gone_ends_with_its_pg_receivewal(archive
     shutil.rmtree(directory)
     wait_for(lambda: pid_of_gone(pid), "the archiver gone")
     wait_for(lambda: not slot_active(dsn), "its pg_receivewal gone")
+
+
+def test_wal_archive_fresh_judges_the_lag_against_the_rpo_target_setting(cms, blob, platform, archived, monkeypatch):
+    """TOYGRES_RPO_TARGET_SECONDS, not a constant: an archive 2 s behind is an ERROR against a 2 s
+    target and fine against an hour."""
+    from datetime import UTC, datetime
+
+    import dagster as dg
+
+    from toygres_pipelines.dev.demo import register_running
+    from toygres_pipelines.pitr.checks import (
+        FLEET,
+        archive_health,
+        check_wal_archives,
+        wal_archive_continuous,
+        wal_archive_fresh_check,
+    )
+    from toygres_pipelines.pitr.settings import PitrSettings
+
+    ref, dsn, start = archived
+    start()
+    source = register_running(cms, platform, ref)
+    switch_wal(dsn)
+    wait_for(lambda: archive_health(cms, blob, platform, source, datetime.now(UTC)).lag_seconds is not None, "WAL")
+    platform.remove_wal_archiver(ref)  # nothing more is archived: the lag grows from here
+    wait_for(lambda: (archive_health(cms, blob, platform, source, datetime.now(UTC)).lag_seconds or 0) > 2.5, "lag")
+
+    def evaluate():
+        settings = PitrSettings.from_env()  # as definitions.py reads it when the code location loads
+        defs = dg.Definitions(
+            assets=[dg.AssetSpec(FLEET)],
+            asset_checks=[wal_archive_fresh_check(settings), wal_archive_continuous],
+            jobs=[check_wal_archives],
+            resources={"cms": cms, "blob": blob, "platform": platform},
+        )
+        result = defs.resolve_job_def("check_wal_archives").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+        found = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        return found["wal_archive_fresh"]
+
+    monkeypatch.setenv("TOYGRES_RPO_TARGET_SECONDS", "2")
+    red = evaluate()
+    assert not red.passed and red.severity is dg.AssetCheckSeverity.ERROR
+    assert f"default/{ref.k8s_name} (lag " in red.description and "s > 2s" in red.description
+    assert red.metadata["rpo_target_seconds"].value == 2.0
+    monkeypatch.setenv("TOYGRES_RPO_TARGET_SECONDS", "3600")
+    green = evaluate()
+    assert green.passed, green.description

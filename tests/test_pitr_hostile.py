@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -219,3 +220,102 @@ def test_a_tenant_writing_wal_faster_than_it_uploads_cannot_fill_the_archivers_d
         for name in ("archiver.log", "status.json", "pg_receivewal.log"):  # shown when the test failed
             print(name, (directory / name).read_text() if (directory / name).exists() else "-")
         wait_for(lambda: not slot_active(dsn), "pg_receivewal gone")
+
+
+# The tenant's catalogue is replayed as it is: a superuser tenant may rename a built-in function and
+# put its own in its place, under the very name the restore's post-promote queries call (schema
+# qualified: pg_catalog.pg_is_in_recovery()). Inert on its own server (which listens on TCP).
+HIJACKED_BUILTIN = r"""
+ALTER FUNCTION pg_catalog.pg_is_in_recovery() RENAME TO pg_is_in_recovery_before;
+CREATE TABLE public.loot (found text);
+CREATE FUNCTION pg_catalog.pg_is_in_recovery() RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE name text; got text;
+BEGIN
+  IF current_setting('listen_addresses') = '' AND NOT pg_catalog.pg_is_in_recovery_before()
+     AND NOT EXISTS (SELECT FROM public.loot) THEN
+    BEGIN
+      EXECUTE format('COPY public.loot (found) FROM PROGRAM %L', {shell});
+    EXCEPTION WHEN OTHERS THEN INSERT INTO public.loot VALUES ('copy program refused: ' || SQLERRM); END;
+    FOR name IN SELECT pg_catalog.unnest({files}::text[]) LOOP
+      BEGIN
+        got := pg_catalog.pg_read_file(name);
+        INSERT INTO public.loot VALUES ('pg_read_file ' || name || ': ' || got);
+      EXCEPTION WHEN OTHERS THEN NULL; END;
+    END LOOP;
+    INSERT INTO public.loot VALUES ('probe ran in the pitr restore');
+  END IF;
+  RETURN pg_catalog.pg_is_in_recovery_before();
+END $fn$;
+"""
+
+
+def test_tenant_code_run_by_a_pitr_restores_own_queries_finds_no_grant_no_identity_no_password(
+    cms,
+    blob,
+    platform,
+    archived,  # noqa: F811
+    tmp_path,
+):
+    """The server of a point-in-time restore runs the tenant's catalogue once promoted; whatever
+    runs in it finds none of the job's credentials: not in any process's environment or command
+    line, not in any file it can read (the job's grant, age identity or password copy)."""
+    from records import InstanceState
+    from tests.test_encryption import new_identity, private_key, with_encryption
+    from tests.test_restore_sandbox import PROBE_SHELL, Listener, loot_of
+    from toygres_pipelines.pitr.restore import restore_to_time
+
+    key = tmp_path / "pitr.key"
+    key.parent.chmod(0o755)
+    recipient = new_identity(key)
+    sealed = with_encryption(
+        platform, age_recipient=recipient, age_identity_file=str(key), age_identity_recipients=[recipient]
+    )
+    listener = Listener()
+    jobs = Path(platform.state_dir) / "jobs"
+    shell = PROBE_SHELL.format(roots=f"{platform.state_dir} /tmp /var/tmp", port=listener.port)
+    files = [f"{jobs}/default/restore-{{name}}/{leaf}" for leaf in ("sas", "age-identities", "password")]
+    ref, dsn, start = archived
+    start()
+    source = register_running(cms, platform, ref)
+    name = f"pitr-loot-{uuid.uuid4().hex[:6]}"
+    files = [f.format(name=name) for f in files]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            HIJACKED_BUILTIN.format(
+                shell=_literal(shell), files=_literal("{" + ",".join(f'"{f}"' for f in files) + "}")
+            )
+        )
+    commit(dsn, "before-base")
+    take_base_backup(cms, blob, sealed, source, run_id=None, log=print)
+    moment = commit(dsn, "after-base")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, moment)
+    restored = restore_to_time(
+        cms, blob, sealed, source_instance=source.k8s_name, name=name, dns_label=name, target_time=None
+    )
+    restored_ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
+    try:
+        assert restored.state is InstanceState.running
+        password = platform.read_instance_password(restored_ref).get_secret_value()
+        endpoints = platform.endpoints(restored_ref)
+        loot = loot_of(
+            psycopg.conninfo.make_conninfo(host=endpoints.host, port=endpoints.port, user="postgres", password=password)
+        )
+        assert "probe ran in the pitr restore" in loot, f"the hijacked function did not run:\n{loot[:2000]}"
+        leaks = {
+            "the age private key": private_key(key) in loot or "AGE-SECRET-KEY-" in loot,
+            "a SAS signature": "sig=" in loot or '"signatures"' in loot,
+            "the instance password": password in loot,
+            "a password variable": "PGPASSWORD" in loot or "POSTGRES_PASSWORD_FILE" in loot,
+            "a SAS or key path": "AZCOPY_SAS" in loot or "AGE_IDENTITY_FILE" in loot or "BLOB_URL" in loot,
+            # (the probe's own text, in the cmdline of the shell running it, holds the marker too)
+            "the listener": bool(listener.received) or re.search("^== TCP CONNECTED$", loot, re.MULTILINE) is not None,
+        }
+        found = [what for what, leaked in leaks.items() if leaked]
+        assert not found, f"tenant code found {found} (listener: {listener.received}):\n{loot[:3000]}"
+    finally:
+        platform.delete_instance(restored_ref)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -61,7 +61,7 @@ def test_a_base_backup_is_verified_and_catalogued_with_its_start_segment(cms, bl
     assert backup.state is BaseBackupState.ready and backup.kind == "base"
     assert backup.start_segment and backup.consistent_at and backup.sha256
     assert blob.stored_size(f"{backup.blob_path}/base.tar.zst") == backup.size_bytes
-    assert [b.id for b in cms.list_base_backups(source.id)] == [backup.id]
+    assert [b.id for b in cms.base_backups.list(source.id)] == [backup.id]
 
 
 def test_a_restore_to_t_has_the_rows_committed_before_t_and_none_after(cms, blob, platform, backed_up):
@@ -90,7 +90,7 @@ def test_targets_outside_the_window_are_refused_naming_it_before_anything_exists
     archived_until(cms, blob, source, moment)
     window = window_of(cms, blob, source).window
     assert window is not None
-    before = cms.list_instances()
+    before = cms.instances.list()
     for target in (backup.consistent_at - timedelta(seconds=5), window.latest + timedelta(hours=1)):
         with pytest.raises(ValidationFailed) as refused:
             restore_to_time(
@@ -105,7 +105,7 @@ def test_targets_outside_the_window_are_refused_naming_it_before_anything_exists
             target_time=None, postgres_version="16",
         )  # fmt: skip
     assert upgrade.value.field == "postgres_version" and "keeps the major of its base backup (15)" in str(upgrade.value)
-    assert cms.list_instances() == before
+    assert cms.instances.list() == before
     assert not any(r.k8s_name.startswith("too-far") for r in platform.wal_archivers())
 
 
@@ -154,8 +154,10 @@ def test_a_restored_instance_archives_into_its_own_prefix(cms, blob, platform, b
 def test_a_deleted_segment_turns_wal_archive_continuous_red(cms, blob, platform, backed_up):
     import dagster as dg
 
-    from toygres_pipelines.pitr.checks import FLEET, check_wal_archives, wal_archive_continuous, wal_archive_fresh
+    from toygres_pipelines.pitr.checks import FLEET, check_wal_archives, wal_archive_continuous, wal_archive_fresh_check
+    from toygres_pipelines.pitr.settings import PitrSettings
 
+    wal_archive_fresh = wal_archive_fresh_check(PitrSettings())
     source, dsn, backup = backed_up
     defs = dg.Definitions(
         assets=[dg.AssetSpec(FLEET)],
@@ -206,8 +208,8 @@ def test_retention_never_deletes_wal_a_kept_base_backup_needs(cms, blob, platfor
         for name in between
         if segment_number(name) < segment_number(second.start_segment)
     )
-    assert [b.id for b in cms.list_base_backups(source.id)] == [second.id]
-    assert first.id not in [b.id for b in cms.list_base_backups(source.id)]
+    assert [b.id for b in cms.base_backups.list(source.id)] == [second.id]
+    assert first.id not in [b.id for b in cms.base_backups.list(source.id)]
     # What is left still restores.
     restored = restore_to_time(
         cms, blob, platform, source_instance=source.k8s_name, name="after-ret", dns_label="after-ret", target_time=None
@@ -254,7 +256,7 @@ def test_pitr_status_shows_the_window_and_the_lag(cms, blob, platform, backed_up
 
 
 def test_a_pitr_drill_restores_inside_the_window_checks_and_leaves_nothing(cms, blob, platform, backed_up):
-    from toygres_pipelines.pitr.drill import pitr_drill
+    from toygres_pipelines.drills.pitr_drill import pitr_drill
 
     source, dsn, backup = backed_up
     for label in ("d1", "d2", "d3"):
@@ -264,7 +266,7 @@ def test_a_pitr_drill_restores_inside_the_window_checks_and_leaves_nothing(cms, 
     assert result.passed, result.reason
     assert result.rto_seconds and result.rto_seconds > 0
     assert result.replayed_at is None or result.replayed_at <= result.target_time
-    scratch = cms.find_instance(result.scratch)
+    scratch = cms.instances.find(result.scratch)
     assert scratch is not None and scratch.state is InstanceState.deleted
     assert not platform.instance_exists(InstanceRef(k8s_name=scratch.k8s_name, namespace=scratch.namespace))
 
@@ -295,11 +297,11 @@ def test_restore_instance_with_target_time_restores_to_that_second(cms, blob, pl
 
     refused = run(target_time=(target + timedelta(hours=1)).isoformat())
     assert not refused.success and "is outside the recoverable window" in helpers_failure(refused)
-    assert cms.find_instance("via-job") is None and not [i for i in cms.list_instances() if i.user_name == "via-job"]
+    assert cms.instances.find("via-job") is None and not [i for i in cms.instances.list() if i.user_name == "via-job"]
 
     result = run(target_time=target.isoformat())
     assert result.success, helpers_failure(result)
-    [restored] = [i for i in cms.list_instances([InstanceState.running]) if i.user_name == "via-job"]
+    [restored] = [i for i in cms.instances.list([InstanceState.running]) if i.user_name == "via-job"]
     ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
     try:
         found = labels(platform, ref)
@@ -343,12 +345,12 @@ def test_retention_never_deletes_the_base_backup_or_wal_a_running_restore_planne
     ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
     assert outcomes and outcomes[0].failed == {}
     assert restored.state is InstanceState.running and "between" in labels(platform, ref)
-    assert [b.id for b in cms.list_base_backups(source.id)] == [first.id, second.id]
+    assert [b.id for b in cms.base_backups.list(source.id)] == [first.id, second.id]
 
     # The restore ended: the hold is gone, the next retention removes the older base backup and its WAL.
     monkeypatch.setattr(restore_module, "run_pitr_job", real_run_pitr_job)
     assert apply_wal_retention(cms, blob, keep=1, log=print).failed == {}
-    assert [b.id for b in cms.list_base_backups(source.id)] == [second.id]
+    assert [b.id for b in cms.base_backups.list(source.id)] == [second.id]
     assert min(s.number for s in archived_segments(blob, source)) == segment_number(second.start_segment)
     platform.delete_instance(ref)
 
@@ -371,9 +373,9 @@ def test_a_source_with_a_tablespace_is_refused_naming_the_reason_not_backed_up(c
         conn.execute(psycopg.sql.SQL("CREATE TABLESPACE tenant_space LOCATION {}").format(str(location)))
     with pytest.raises(JobFailed, match=r"ERROR: the source has tablespaces \(tenant_space\)"):
         take_base_backup(cms, blob, platform, source, run_id=None, log=print)
-    [row] = cms.list_base_backups(source.id, states=list(BaseBackupState))
+    [row] = cms.base_backups.list(source.id, states=list(BaseBackupState))
     assert row.state is BaseBackupState.failed and "tenant_space" in (row.reason or "")
-    assert cms.list_base_backups(source.id) == []
+    assert cms.base_backups.list(source.id) == []
 
 
 def test_a_restore_whose_base_backup_retention_deleted_after_planning_is_refused_before_any_download(
@@ -404,5 +406,89 @@ def test_a_restore_whose_base_backup_retention_deleted_after_planning_is_refused
             cms, blob, platform, source_instance=source.k8s_name, name="late", dns_label="late", target_time=target
         )
     assert replays == []
-    [late] = [i for i in cms.list_instances() if i.user_name == "late"]
+    [late] = [i for i in cms.instances.list() if i.user_name == "late"]
     assert late.state is InstanceState.failed
+
+
+def run_pitr_drill(cms, blob, platform, source, instance):
+    from toygres_pipelines.drills.pitr_drill import pitr_drill_job
+
+    return pitr_drill_job.execute_in_process(
+        run_config={"ops": {"pitr_drill_op": {"config": {"source_instance": source.k8s_name}}}},
+        resources={"cms": cms, "blob": blob, "platform": platform},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def pitr_check_evaluations(instance) -> list:
+    import dagster as dg
+
+    from toygres_pipelines.pitr.checks import PITR_RESTORABLE_CHECK
+
+    records = instance.get_event_records(
+        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), ascending=True
+    )
+    found = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    return [e for e in found if e.check_name == PITR_RESTORABLE_CHECK]
+
+
+def test_a_pitr_drill_is_recorded_in_the_cms_and_shown_by_the_fleet_check(cms, blob, platform, backed_up):
+    """Result, target time, replayed point and RTO in toygres_cms.pitr_drills; the drill reports
+    `pitr_restorable` on the fleet asset, and executing the check reports the same from the CMS."""
+    import dagster as dg
+
+    from records.drills import DrillResult
+    from toygres_pipelines.pitr.checks import FLEET, pitr_restorable
+
+    source, dsn, backup = backed_up
+    for label in ("r1", "r2"):
+        moment = commit(dsn, label)
+    archived_until(cms, blob, source, moment)
+    # The archive stops changing: a partial segment re-uploaded between the drill's plan and its
+    # download fails the restore's sha256 check (a known race of active archives, docs/pitr.md).
+    platform.remove_wal_archiver(InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace))
+    instance = dg.DagsterInstance.ephemeral()
+    started = datetime.now(UTC)
+    result = run_pitr_drill(cms, blob, platform, source, instance)
+    assert result.success
+    [row] = cms.pitr_drills.list(source_instance_id=source.id)
+    assert row.result is DrillResult.passed and row.run_id == result.run_id and row.base_backup_id == backup.id
+    assert row.target_time is not None and backup.consistent_at <= row.target_time <= moment
+    assert row.replayed_at is None or row.replayed_at <= row.target_time
+    assert row.rto_seconds is not None and 0 < row.rto_seconds <= (datetime.now(UTC) - started).total_seconds()
+    assert row.scratch and row.scratch.startswith("pitr-drill-") and row.finished_at is not None
+
+    [evaluation] = pitr_check_evaluations(instance)
+    assert evaluation.passed and evaluation.asset_key == FLEET
+    assert evaluation.metadata["max_rto_seconds"].value == pytest.approx(row.rto_seconds)
+    [shown] = evaluation.metadata["instances"].value
+    assert shown["instance"] == f"default/{source.k8s_name}" and shown["result"] == "passed"
+
+    defs = dg.Definitions(
+        assets=[dg.AssetSpec(FLEET)],
+        asset_checks=[pitr_restorable],
+        jobs=[dg.define_asset_job("evaluate", selection=dg.AssetSelection.checks(pitr_restorable))],
+        resources={"cms": cms},
+    )
+    again = defs.resolve_job_def("evaluate").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    [executed] = again.get_asset_check_evaluations()
+    assert executed.passed and executed.metadata["max_rto_seconds"].value == pytest.approx(row.rto_seconds)
+
+
+def test_a_failed_pitr_drill_is_recorded_and_turns_the_fleet_check_red(cms, blob, platform, archived):  # noqa: F811
+    import dagster as dg
+
+    from records.drills import DrillResult
+
+    ref, _, _ = archived
+    source = register_running(cms, platform, ref)  # no base backup: no recoverable window
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_pitr_drill(cms, blob, platform, source, instance)
+    assert not result.success
+    [row] = cms.pitr_drills.list(source_instance_id=source.id)
+    assert row.result is DrillResult.failed and row.run_id == result.run_id
+    assert row.reason and "no recoverable window" in row.reason and row.rto_seconds is None
+    [evaluation] = pitr_check_evaluations(instance)
+    assert not evaluation.passed and evaluation.severity is dg.AssetCheckSeverity.ERROR
+    assert f"default/{source.k8s_name}" in (evaluation.description or "")

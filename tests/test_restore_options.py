@@ -193,8 +193,8 @@ def test_a_request_rows_selection_and_target_reach_the_run_the_sensor_launches()
     import dagster as dg
 
     from records.requests import RestoreRequest
-    from toygres_pipelines.automation.sensors import restore_run_request
     from toygres_pipelines.restores.jobs import restore_instance
+    from toygres_pipelines.restores.sensors import restore_run_request
 
     row = RestoreRequest(
         id="00000000-0000-0000-0000-000000000001",

@@ -55,7 +55,7 @@ def test_one_database_of_a_two_database_image_is_restored_alone(resources, cms, 
     source = register_running(cms, platform, two_db_ref)
     made = materialize_image(resources, f"{source.k8s_name}__two")
     assert made.success
-    image = cms.find_image(f"{source.k8s_name}__two")
+    image = cms.images.find(f"{source.k8s_name}__two")
     # The image's metadata lists its databases with their sizes.
     [materialization] = made.asset_materializations_for_node("image")
     listed = {r.data["database"]: r.data for r in materialization.metadata["databases"].value.records}
@@ -72,7 +72,7 @@ def test_one_database_of_a_two_database_image_is_restored_alone(resources, cms, 
         instance=dagster,
     )
     assert result.success, failure_text(result)
-    row = cms.get_instance(result.output_for_node("mark_instance_running").id)
+    row = cms.instances.get(result.output_for_node("mark_instance_running").id)
     restored = lambda db: dsn_of(platform, row, TWO_DB_PASSWORD, db)  # noqa: E731
     assert databases_of(restored("postgres")) == {"postgres", ODD_NAME}  # alpha is absent
     with psycopg.connect(restored(ODD_NAME)) as conn:
@@ -85,7 +85,7 @@ def test_one_database_of_a_two_database_image_is_restored_alone(resources, cms, 
 
 def test_an_unknown_database_is_refused_before_anything_is_created(resources, cms, blob, platform, source):
     assert materialize_image(resources, f"{source.k8s_name}__pick").success
-    image = cms.find_image(f"{source.k8s_name}__pick")
+    image = cms.images.find(f"{source.k8s_name}__pick")
     volumes_before = platform_instances(platform)
     result = restore(resources, source_image_id=image.name, databases=["pagila", "nope"])
     assert not result.success
@@ -95,13 +95,13 @@ def test_an_unknown_database_is_refused_before_anything_is_created(resources, cm
         f"Invalid restore request: databases: 'nope': no such database in the image; image {image.name!r} holds: "
         f"{held}" in failure_text(result)
     )
-    assert cms.list_instances() == [cms.get_instance(source.id)]  # no instance row
+    assert cms.instances.list() == [cms.instances.get(source.id)]  # no instance row
     assert platform_instances(platform) == volumes_before  # no volume, no secret, no server
 
 
 def test_a_postgresql_15_image_restores_into_16_with_full_fidelity(resources, cms, platform, source, source_dsn):
     assert materialize_image(resources, f"{source.k8s_name}__to-16").success
-    image = cms.find_image(f"{source.k8s_name}__to-16")
+    image = cms.images.find(f"{source.k8s_name}__to-16")
     assert image.postgres_version == "15"
 
     dagster = dg.DagsterInstance.ephemeral()
@@ -114,7 +114,7 @@ def test_a_postgresql_15_image_restores_into_16_with_full_fidelity(resources, cm
         instance=dagster,
     )
     assert result.success, failure_text(result)
-    row = cms.get_instance(result.output_for_node("mark_instance_running").id)
+    row = cms.instances.get(result.output_for_node("mark_instance_running").id)
     assert row.state is InstanceState.running
     assert (row.postgres_version, row.source_postgres_version) == ("16", "15")  # the CMS records both
     restored = lambda db: dsn_of(platform, row, SOURCE_PASSWORD, db)  # noqa: E731
@@ -137,7 +137,7 @@ def test_a_postgresql_15_image_restores_into_16_with_full_fidelity(resources, cm
     # The upgraded instance is a source like any other: its backup is taken and verified with 16's tools.
     backup = materialize_image(resources, f"{row.k8s_name}__on-16")
     assert backup.success, failure_text(backup)
-    upgraded = cms.find_image(f"{row.k8s_name}__on-16")
+    upgraded = cms.images.find(f"{row.k8s_name}__on-16")
     assert upgraded.postgres_version == "16"
     manifest, _ = resources["blob"].read_manifest(upgraded.blob_path)
     assert manifest.postgres_version == "16" and "16." in manifest.tools["pg_dump"]

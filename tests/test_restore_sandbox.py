@@ -195,7 +195,7 @@ def test_tenant_code_in_an_image_finds_no_secret_no_other_tenant_and_no_network(
     source = register_running(cms, platform, hostile_ref)
     made = materialize_image(sealed, f"{source.k8s_name}__hostile")
     assert made.success, failure_text(made)
-    image = cms.find_image(f"{source.k8s_name}__hostile")
+    image = cms.images.find(f"{source.k8s_name}__hostile")
     assert image.encryption_recipient == recipient  # there is a key to steal
 
     # A plain restore, and a selective one of the hostile database alone.
@@ -211,7 +211,7 @@ def test_tenant_code_in_an_image_finds_no_secret_no_other_tenant_and_no_network(
         reported = step.event_specific_data.metadata["dangerous_content"].value
         for finding in ("COPY ... PROGRAM in FUNCTION public.snoop", "index target_probe calls public.probe_index()"):
             assert finding in reported and finding in run_logs(dagster, result.run_id)
-        row = cms.get_instance(result.output_for_node("mark_instance_running").id)
+        row = cms.instances.get(result.output_for_node("mark_instance_running").id)
         assert_found_nothing(
             loot_of(dsn_of(platform, row, HOSTILE_PASSWORD, "hostile")), listener, key, platform.state_dir, via
         )
@@ -230,7 +230,7 @@ def test_tenant_code_in_an_image_finds_no_secret_no_other_tenant_and_no_network(
             sealed, source_image_id=image.name, name="upgrade-r", dns_label="upgrade-r", postgres_version="16"
         )
         assert result.success, failure_text(result)
-        row = cms.get_instance(result.output_for_node("mark_instance_running").id)
+        row = cms.instances.get(result.output_for_node("mark_instance_running").id)
         assert_found_nothing(
             loot_of(dsn_of(platform, row, HOSTILE_PASSWORD, "hostile")), listener, key, platform.state_dir, "upgrade"
         )

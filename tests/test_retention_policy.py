@@ -267,9 +267,9 @@ def test_markdown_table_lists_every_planned_image():
 
 
 def test_default_policy_comes_from_toygres_retention_variables():
-    from toygres_pipelines.automation.settings import AutomationSettings
+    from toygres_pipelines.settings import Settings
 
-    settings = AutomationSettings.from_env(
+    settings = Settings.from_env(
         {
             "TOYGRES_RETENTION_KEEP_DAILY": "14",
             "TOYGRES_RETENTION_TIMEZONE": "Europe/Berlin",
@@ -277,27 +277,29 @@ def test_default_policy_comes_from_toygres_retention_variables():
         }
     )
     assert settings.retention == RetentionPolicy(keep_daily=14, timezone="Europe/Berlin")
-    assert AutomationSettings.from_env({}).retention == RetentionPolicy()
+    assert Settings.from_env({}).retention == RetentionPolicy()
     with pytest.raises(ValueError, match="TOYGRES_RETENTION_KEEP_WEEKLY: 'many'"):
-        AutomationSettings.from_env({"TOYGRES_RETENTION_KEEP_WEEKLY": "many"})
+        Settings.from_env({"TOYGRES_RETENTION_KEEP_WEEKLY": "many"})
     with pytest.raises(ValueError, match="TOYGRES_RETENTION_TIMEZONE: 'Berlin' is not a known time zone"):
-        AutomationSettings.from_env({"TOYGRES_RETENTION_TIMEZONE": "Berlin"})
+        Settings.from_env({"TOYGRES_RETENTION_TIMEZONE": "Berlin"})
 
 
 def test_daily_schedule_runs_retention_for_real_and_the_launchpad_defaults_to_a_dry_run():
     import dagster as dg
 
-    from toygres_pipelines.automation import AutomationSettings, build_automation
+    from tests.helpers import schedule_named
+    from toygres_pipelines.domains import domain_definitions
     from toygres_pipelines.lifecycle.retention_job import RetentionConfig
+    from toygres_pipelines.settings import Settings
 
-    automation = build_automation(AutomationSettings(retention_cron="15 5 * * *"))
-    schedule = automation.schedule("retention_daily")
+    automation = domain_definitions(Settings(retention_cron="15 5 * * *"))
+    schedule = schedule_named(automation, "retention_daily")
     assert schedule.cron_schedule == "15 5 * * *" and schedule.job_name == "retention"
     assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
     [request] = schedule.evaluate_tick(dg.build_schedule_context()).run_requests
     assert request.run_config == {"ops": {"apply_retention": {"config": {"dry_run": False}}}}
     assert RetentionConfig().dry_run is True
-    assert "retention" in {job.name for job in automation.jobs}
+    assert "retention" in {job.name for job in automation.jobs or []}
 
 
 def test_lifecycle_jobs_are_in_the_code_location():

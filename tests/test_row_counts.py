@@ -40,7 +40,7 @@ def exact_counts(dsn: str) -> dict[str, int]:
 
 def test_manifest_records_the_exact_row_count_of_every_table(resources, cms, blob, source, source_dsn):
     assert materialize_image(resources, f"{source.k8s_name}__counted").success
-    manifest, _ = blob.read_manifest(cms.find_image(f"{source.k8s_name}__counted").blob_path)
+    manifest, _ = blob.read_manifest(cms.images.find(f"{source.k8s_name}__counted").blob_path)
 
     assert manifest.format_version == 3
     by_database = {f.database: f.row_counts for f in manifest.files if f.kind == "database"}
@@ -97,7 +97,7 @@ def rows_in_dump(dump: bytes, table: str) -> int:
 
 def test_counts_are_taken_in_the_snapshot_the_dump_reads(resources, cms, blob, source, busy_database):
     assert materialize_image(resources, f"{source.k8s_name}__busy").success
-    row = cms.find_image(f"{source.k8s_name}__busy")
+    row = cms.images.find(f"{source.k8s_name}__busy")
     manifest, _ = blob.read_manifest(row.blob_path)
     [entry] = [f for f in manifest.files if f.database == busy_database]
 
@@ -156,7 +156,7 @@ def test_a_databases_own_timeouts_never_cut_the_count_or_the_snapshot_short(
     resources, cms, blob, source, database_with_short_timeouts
 ):
     assert materialize_image(resources, f"{source.k8s_name}__timeouts").success
-    manifest, _ = blob.read_manifest(cms.find_image(f"{source.k8s_name}__timeouts").blob_path)
+    manifest, _ = blob.read_manifest(cms.images.find(f"{source.k8s_name}__timeouts").blob_path)
     [entry] = [f for f in manifest.files if f.database == database_with_short_timeouts]
     assert entry.row_counts == {"public.big": 300000}
 
@@ -279,7 +279,7 @@ def test_a_table_changed_right_after_pg_dump_read_it_keeps_the_dumps_count(
     name, wait_for_changes = tables_changed_after_the_dump
     assert materialize_image(resources, f"{source.k8s_name}__changed").success
     wait_for_changes()
-    row = cms.find_image(f"{source.k8s_name}__changed")
+    row = cms.images.find(f"{source.k8s_name}__changed")
     manifest, _ = blob.read_manifest(row.blob_path)
     [entry] = [f for f in manifest.files if f.database == name]
     dump = blob.read_bytes(f"{row.blob_path}/{entry.path}")

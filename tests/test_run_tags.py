@@ -6,8 +6,8 @@ from __future__ import annotations
 import dagster as dg
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
-from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG
 from toygres_pipelines.run_coordinator import fleet_tags
+from toygres_pipelines.shared.tags import INSTANCE_TAG, KIND_TAG
 
 IMAGE = frozenset({dg.AssetKey("image")})
 

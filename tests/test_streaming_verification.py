@@ -73,7 +73,7 @@ def test_per_backup_verification_reads_sampled_ranges_not_the_whole_dump(resourc
     downloads = DownloadCounter(monkeypatch)
     result = materialize_image(resources, f"{source.k8s_name}__sampled", raise_on_error=False)
     assert result.success, failure_text(result)
-    image = cms.find_image(f"{source.k8s_name}__sampled")
+    image = cms.images.find(f"{source.k8s_name}__sampled")
     manifest, _ = blob.read_manifest(image.blob_path)
     pagila = next(f for f in manifest.files if f.database == "pagila")
     assert pagila.size_bytes > 8 * 64 * 1024  # many ranges, so a sample is far from the whole
@@ -114,16 +114,16 @@ def test_stored_bytes_that_differ_from_the_stream_never_become_ready(resources, 
     result = materialize_image(resources, f"{source.k8s_name}__tampered", raise_on_error=False)
     assert not result.success
     assert "databases/001.dump: " in failure_text(result)
-    image = cms.find_image(f"{source.k8s_name}__tampered")
+    image = cms.images.find(f"{source.k8s_name}__tampered")
     assert image.state is ImageState.failed
-    assert [e.to_state for e in cms.events(image.id)] == ["creating", "failed"]
+    assert [e.to_state for e in cms.events.of(image.id)] == ["creating", "failed"]
 
 
 def test_the_full_re_read_stays_available_and_catches_what_a_sample_cannot(resources, cms, blob, source, monkeypatch):
     """A byte changed in a range the sample skipped: only the full mode (reverify, drills, restore) sees it."""
     monkeypatch.setattr(backup_module, "CHECK_CHUNK_BYTES", 64 * 1024)
     assert materialize_image(resources, f"{source.k8s_name}__full").success
-    image = cms.find_image(f"{source.k8s_name}__full")
+    image = cms.images.find(f"{source.k8s_name}__full")
     manifest, _ = blob.read_manifest(image.blob_path)
     pagila = next(f for f in manifest.files if f.database == "pagila")
     name = f"{image.blob_path}/{pagila.path}"

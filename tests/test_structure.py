@@ -15,7 +15,14 @@ import dagster as dg
 import pytest
 from pydantic import Field
 
-from records.requests import BackupFields, ImageRequest, ImageRequestFields, RestoreRequest, RestoreRequestFields
+from records.requests import (
+    BackupFields,
+    ImageRequest,
+    ImageRequestFields,
+    RestoreFormFields,
+    RestoreRequest,
+    RestoreRequestFields,
+)
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, run_config_values
 from toygres_pipelines.images.assets import BackupConfig
 from toygres_pipelines.restores.config import RestoreConfig
@@ -89,10 +96,158 @@ def test_the_layer_check_sees_a_wrong_way_import(tmp_path):
     ]
 
 
+# ---- domains -------------------------------------------------------------------------------
+
+# The code location is sorted by domain; each domain package owns its definitions (definitions.py).
+DOMAINS = ("images", "restores", "drills", "lifecycle", "fleet", "pitr", "requests")
+# What several domains use, one small module each; shared modules import no domain.
+SHARED = "shared"
+# The packages of the code location that are no domain: the embedded stack, the operator CLI.
+NOT_DOMAINS = ("dev", "cli")
+# The real dependencies between domains, each with its reason; any other arrow between two
+# domains fails (docs/ARCHITECTURE.md, "Domains").
+DOMAIN_DEPENDENCIES = {
+    ("drills", "restores"): "a drill runs the restore chain (restores/jobs.py restore_steps) into a scratch instance",
+    ("drills", "lifecycle"): "a drill deletes its scratch instance as delete_instance does",
+    ("drills", "pitr"): "the PITR drill restores to a point in time (pitr/restore.py) inside the window",
+    ("drills", "images"): "a drill picks a running instance's newest image (running_source) and its checks "
+    "sit on the image partitions",
+    ("restores", "images"): "a restore reads and checks the manifest an image wrote (images/verification.py)",
+    ("restores", "pitr"): "a restore with target_time is a point-in-time recovery (pitr/window.py, pitr/restore.py)",
+    ("lifecycle", "restores"): "deleting an instance removes what its restore made (names, request key)",
+    ("requests", "images"): "a run's write-back fails the image the run left creating",
+    ("requests", "restores"): "a run's write-back cleans up the instance the run left creating",
+}
+
+
+def domain_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "toygres_pipelines" else None
+
+
+def domain_arrows(root: Path) -> set[tuple[str, str]]:
+    """Every (importer, imported) pair of distinct domains the code holds."""
+    arrows = set()
+    for path in (root / "toygres_pipelines").rglob("*.py"):
+        importer = module_name(path, root)
+        for _, target in imported_modules(path, importer):
+            own, theirs = domain_of(importer), domain_of(target)
+            if own in DOMAINS and theirs in DOMAINS and own != theirs:
+                arrows.add((own, theirs))
+    return arrows
+
+
+def sideways_imports(root: Path) -> list[str]:
+    """Imports from one domain package into another (or from a shared module into any domain)
+    that DOMAIN_DEPENDENCIES does not declare; and packages that are neither domain nor shared."""
+    found = []
+    package_root = root / "toygres_pipelines"
+    for package in sorted(p.name for p in package_root.iterdir() if (p / "__init__.py").exists()):
+        if package not in (*DOMAINS, SHARED, *NOT_DOMAINS):
+            found.append(f"toygres_pipelines/{package}/ is neither a domain nor shared")
+    for path in sorted(package_root.rglob("*.py")):
+        importer = module_name(path, root)
+        own = domain_of(importer)
+        if own not in (*DOMAINS, SHARED):
+            continue  # the composition (definitions.py), the CLI, the dev stack: may import any domain
+        for line, target in imported_modules(path, importer):
+            theirs = domain_of(target)
+            if theirs not in DOMAINS or theirs == own or (own, theirs) in DOMAIN_DEPENDENCIES:
+                continue
+            found.append(f"{path.relative_to(root)}:{line} ({own}) imports {target} ({theirs})")
+    return found
+
+
+def test_domains_import_each_other_only_through_shared_modules():
+    assert sideways_imports(ROOT) == []
+
+
+def test_every_declared_domain_dependency_is_real_and_none_goes_round():
+    """A dependency the code no longer has leaves the list; no two domains depend on each other,
+    however far round."""
+    assert set(DOMAIN_DEPENDENCIES) == domain_arrows(ROOT)
+    reach = {domain: {theirs for own, theirs in DOMAIN_DEPENDENCIES if own == domain} for domain in DOMAINS}
+    for _ in DOMAINS:
+        reach = {domain: seen.union(*(reach[d] for d in seen)) for domain, seen in reach.items()}
+    assert [domain for domain, seen in reach.items() if domain in seen] == []
+
+
+def test_the_domain_check_sees_a_sideways_import(tmp_path):
+    """The check itself: a domain importing another one, a shared module importing a domain and a
+    package sorted by kind are reported; the shared modules and a declared dependency are not."""
+    package_root = tmp_path / "toygres_pipelines"
+    for package in ("images", "lifecycle", "drills", SHARED, "automation"):
+        (package_root / package).mkdir(parents=True)
+        (package_root / package / "__init__.py").write_text("")
+    (package_root / "images" / "janitor.py").write_text(
+        "from toygres_pipelines.lifecycle.retention import plan\nfrom toygres_pipelines.shared import tags\n"
+    )
+    (package_root / "drills" / "jobs.py").write_text("from toygres_pipelines.restores.jobs import restore_steps\n")
+    (package_root / SHARED / "tags.py").write_text("from ..images import assets\n")
+    (package_root / "definitions.py").write_text("from toygres_pipelines.images import assets\n")
+    assert sideways_imports(tmp_path) == [
+        "toygres_pipelines/automation/ is neither a domain nor shared",
+        "toygres_pipelines/images/janitor.py:1 (images) imports toygres_pipelines.lifecycle.retention.plan (lifecycle)",
+        "toygres_pipelines/shared/tags.py:1 (shared) imports toygres_pipelines.images.assets (images)",
+    ]
+
+
+def settings_read_in(path: Path) -> list[int]:
+    """Lines where a module calls some settings class's from_env (reads the environment itself)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "from_env"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id.endswith("Settings")
+    ]
+
+
+def test_domains_get_their_settings_and_never_read_them_from_the_environment():
+    """The settings are read once when the code location loads (definitions.py) and handed to each
+    domain's definitions; an op reading them again would see another environment than the schedules."""
+    readers = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for domain in (*DOMAINS, SHARED)
+        for path in sorted((ROOT / "toygres_pipelines" / domain).rglob("*.py"))
+        for line in settings_read_in(path)
+    ]
+    assert readers == []
+
+
+RUN_TAG_NAMES = ("toygres/kind", "toygres/request-id", "toygres/after-run")
+SHARED_ASSET_KEYS = ("image", "fleet")
+
+
+def retyped_names(root: Path) -> list[str]:
+    """Run tag names and shared asset keys typed as literals outside shared/tags.py and
+    shared/asset_keys.py (Kubernetes labels such as toygres/instance are not run tags)."""
+    found = []
+    declared = {root / "toygres_pipelines" / SHARED / "tags.py", root / "toygres_pipelines" / SHARED / "asset_keys.py"}
+    for path in sorted((root / "toygres_pipelines").rglob("*.py")):
+        if path in declared:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Constant) and node.value in RUN_TAG_NAMES:
+                found.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "AssetKey":
+                key = [getattr(argument, "value", None) for argument in node.args]
+                if len(key) == 1 and key[0] in SHARED_ASSET_KEYS:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} AssetKey({key[0]!r})")
+    return found
+
+
+def test_run_tags_and_shared_asset_keys_are_declared_once():
+    assert retyped_names(ROOT) == []
+
+
 # ---- one field list per request ------------------------------------------------------------
 
 
-class RestoreWithPriority(RestoreRequestFields):
+class RestoreWithPriority(RestoreFormFields):
     priority: int = Field(default=3, description="How urgent this restore is, 1 (most) to 5")
 
 
@@ -133,15 +288,16 @@ def test_the_real_launchpad_cli_and_sensor_are_made_from_the_records():
     the real launchpad form, the real CLI and the real sensor's run config."""
     import dagster as dg
 
-    from toygres_pipelines.automation.sensors import restore_run_request
     from toygres_pipelines.cli import build_parser
     from toygres_pipelines.forms import cli_flag
     from toygres_pipelines.images.assets import image
     from toygres_pipelines.restores.jobs import restore_instance
+    from toygres_pipelines.restores.sensors import restore_run_request
 
     config = restore_instance.run_config_schema.config_type.fields["ops"].config_type
     restore_form = config.fields["validate_request"].config_type.fields["config"].config_type.fields
-    assert set(RestoreRequestFields.model_fields) <= set(restore_form)
+    assert set(RestoreFormFields.model_fields) <= set(restore_form)
+    assert not set(RestoreRequestFields.model_fields) - set(RestoreFormFields.model_fields) & set(restore_form)
     assert set(BackupFields.model_fields) <= set(image.op.config_schema.config_type.fields)
 
     subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -199,6 +355,70 @@ def test_no_second_field_list_of_a_request(record):
 
 
 def test_launchpads_and_rows_are_the_records():
-    assert issubclass(RestoreConfig, RestoreRequestFields) and issubclass(RestoreRequest, RestoreRequestFields)
+    assert issubclass(RestoreConfig, RestoreFormFields) and issubclass(RestoreRequest, RestoreRequestFields)
+    assert issubclass(RestoreRequestFields, RestoreFormFields)
     assert issubclass(BackupConfig, BackupFields) and issubclass(ImageRequest, ImageRequestFields)
     assert issubclass(ImageRequestFields, BackupFields)
+
+
+# ---- the CLI: a package of command groups -------------------------------------------------------
+
+
+def cli_modules(root: Path) -> list[Path]:
+    """Every module of the operator CLI: the package, and any CLI module left outside it."""
+    package = root / "toygres_pipelines"
+    return sorted({*(package / "cli").rglob("*.py"), *package.glob("cli*.py"), *package.glob("*/cli.py")})
+
+
+def imports_inside_functions(path: Path) -> list[str]:
+    """`module:line imports X` for each import statement in a function body."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import | ast.ImportFrom):
+                    names = ", ".join(alias.name for alias in inner.names)
+                    found.append(f"{path.relative_to(ROOT)}:{inner.lineno} imports {names}")
+    return found
+
+
+def test_the_cli_imports_at_module_level_only():
+    """The CLI's modules import each other (and everything else) at module level: an import inside a
+    function is how a cycle hides, and the command groups need none (the output module is below them)."""
+    modules = cli_modules(ROOT)
+    assert ROOT / "toygres_pipelines" / "cli" / "__init__.py" in modules
+    assert [line for path in modules for line in imports_inside_functions(path)] == []
+
+
+def test_the_cli_package_exposes_the_entry_points():
+    from toygres_pipelines import cli
+
+    assert callable(cli.main) and callable(cli.build_parser)
+    assert cli_modules(ROOT) == sorted((ROOT / "toygres_pipelines" / "cli").rglob("*.py")), "a CLI module outside cli/"
+
+
+# ---- a rule declared once ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["job_timeout_seconds", "ready_timeout_seconds"])
+def test_a_drill_takes_the_restores_timeouts_as_declared(field):
+    """The drill's restore is checked by the restore's bounds (check_timeouts): its launchpad says
+    the restore's words and defaults, never a copy of them."""
+    from toygres_pipelines.drills.jobs import DrillConfig
+
+    drill, restore = DrillConfig.model_fields[field], RestoreConfig.model_fields[field]
+    assert (drill.description, drill.default) == (restore.description, restore.default)
+
+
+def test_a_jobs_timeout_is_described_by_the_bounds_that_check_it():
+    from records.bounds import field_bounds
+    from toygres_pipelines.restores.config import JOB_TIMEOUT_BOUNDS, READY_TIMEOUT_BOUNDS
+
+    backup = field_bounds(BackupConfig, "job_timeout_seconds")
+    assert f"{backup['ge']}-{backup['le']} seconds" in str(BackupConfig.model_fields["job_timeout_seconds"].description)
+    for field, (low, high) in (
+        ("job_timeout_seconds", JOB_TIMEOUT_BOUNDS),
+        ("ready_timeout_seconds", READY_TIMEOUT_BOUNDS),
+    ):
+        assert f"{low}-{high} seconds" in str(RestoreConfig.model_fields[field].description)
+    assert backup["le"] == JOB_TIMEOUT_BOUNDS[1], "a backup job and a restore job run two days at the most"

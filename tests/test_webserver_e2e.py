@@ -15,7 +15,7 @@ from dagster_graphql import DagsterGraphQLClient
 from records import ImageState
 from resources.platform.postgres_server import free_port
 from tests.test_daemon_e2e import dagster_instance, topology  # noqa: F401 - topology is a fixture
-from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG
+from toygres_pipelines.shared.tags import INSTANCE_TAG, KIND_TAG
 
 pytestmark = pytest.mark.integration
 
@@ -98,5 +98,5 @@ def test_backup_requested_through_the_ui_api(webserver, cms, source):
         assert time.monotonic() < deadline, f"run {run_id} still {status}"
         time.sleep(1)
     assert status == "SUCCESS"
-    image = cms.find_image(key)
+    image = cms.images.find(key)
     assert image.state is ImageState.ready and image.run_id == run_id

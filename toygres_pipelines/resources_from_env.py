@@ -113,5 +113,19 @@ def _map(var: str, value: str) -> dict[str, str]:
     return pairs
 
 
+def configured_by_the_deployment(resource: dg.ConfigurableResource) -> dg.ResourceDefinition:
+    """The resource as the deployment's variables configure it, with no run config: the launchpad
+    shows none of its settings (paths of this machine, DSNs) and a run cannot change them. Its
+    EnvVars are read when a run or sensor starts, as before."""
+    return dg.ResourceDefinition(
+        resource_fn=lambda _: resource.process_config_and_initialize(),
+        description=f"{type(resource).__name__}, configured by the deployment (TOYGRES_* variables, docs/setup.md)",
+    )
+
+
 def resources_from_env() -> dict:
-    return {"cms": cms_from_env(), "blob": blob_from_env(), "platform": platform_from_env()}
+    return {
+        "cms": configured_by_the_deployment(cms_from_env()),
+        "blob": configured_by_the_deployment(blob_from_env()),
+        "platform": configured_by_the_deployment(platform_from_env()),
+    }

@@ -12,24 +12,54 @@ Restores launched from the UI get `toygres/instance` from the requested name, dr
 image's name ('<instance>__…'), and a run of asset checks only (the fleet's checks executed from the
 UI) gets `toygres/kind=checks`, never `backup`.
 
+Every backup and restore is checked here first, with the rules the ops use (images/backup.py
+`check_backup_request`, restores/config.py `check_request_fields` + `request_source`): a request
+they refuse leaves no run (the run is deleted, and a partition with no image row too), so nothing
+turns red, and the launch dialog's error is one line naming the field, the rule and the value.
+The rules that need the CMS read it through TOYGRES_CMS_DSN where this coordinator runs (the
+webserver and the daemon); without it, or with the CMS unreachable, only the request's own rules
+apply here and the run goes on: its first step checks everything again. The platform's rules
+(namespaces served, a job image per major) are the code server's settings: its steps check them.
+
 Configured in dagster.yaml (`run_coordinator: module: toygres_pipelines.run_coordinator, class:
 TaggingRunCoordinator`); it takes QueuedRunCoordinator's config.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import dagster as dg
+import psycopg
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster_graphql.implementation.utils import UserFacingGraphQLError
+from dagster_graphql.schema.errors import GraphenePythonError
+from dagster_shared.error import SerializableErrorInfo
+from pydantic import ValidationError
 
-from toygres_pipelines.automation.jobs import CHECKS_KIND, INSTANCE_TAG, KIND_TAG, backup_image
+from records import ImageState, ValidationFailed
+from resources.cms import CMSResource
 from toygres_pipelines.drills.jobs import restore_drill
-from toygres_pipelines.images.backup import PARTITION_SOURCE_SEPARATOR
+from toygres_pipelines.images.assets import BackupConfig, image_named
+from toygres_pipelines.images.backup import PARTITION_SOURCE_SEPARATOR, check_backup_request, source_ref_for
+from toygres_pipelines.images.jobs import backup_image
+from toygres_pipelines.restores.config import RestoreConfig, check_request_fields, check_timeouts, request_source
 from toygres_pipelines.restores.jobs import restore_instance
+from toygres_pipelines.shared import asset_keys
+from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.tags import BACKUP_KIND, CHECKS_KIND, INSTANCE_TAG, KIND_TAG
 
-IMAGE_ASSET = dg.AssetKey("image")
+CMS_DSN_ENV = "TOYGRES_CMS_DSN"
+# A submit waits at most this long for the CMS before letting the run through (its step checks again).
+SUBMIT_CMS_TIMEOUT_SECONDS = 5
+log = logging.getLogger(__name__)
+
+IMAGE_ASSET = asset_keys.IMAGE
 PARTITION_TAG = "dagster/partition"
 IMPLICIT_ASSET_JOB = "__ASSET_JOB"
 RESTORE_JOB = restore_instance.name
@@ -89,7 +119,7 @@ def fleet_tags(run: DagsterRun) -> dict[str, str]:
     if is_check_run(run):
         wanted[KIND_TAG] = CHECKS_KIND
     elif is_backup(run):
-        wanted[KIND_TAG] = "backup"
+        wanted[KIND_TAG] = BACKUP_KIND
         instance = source_instance(run)
         if instance:
             wanted[INSTANCE_TAG] = instance
@@ -98,13 +128,127 @@ def fleet_tags(run: DagsterRun) -> dict[str, str]:
     return {key: value for key, value in wanted.items() if key not in run.tags}
 
 
+class RequestRefused(UserFacingGraphQLError):
+    """A submitted request that breaks a rule. The launch mutation answers it as a PythonError with
+    this message and no stack (the UI's dialog shows the message alone); elsewhere (the daemon's
+    sensors) it is an ordinary exception with the same message."""
+
+    def __init__(self, kind: str, error: ValidationFailed, value: Any):
+        self.field, self.rule, self.value = error.field, error.rule, value
+        self.message = f"Invalid {kind} request: {error}"
+        super().__init__(GraphenePythonError(SerializableErrorInfo(self.message, [], type(self).__name__)))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def submit_cms() -> CMSResource | None:
+    """The CMS where the coordinator runs (read only: no encryption key, it never reads a password)."""
+    dsn = os.environ.get(CMS_DSN_ENV, "").strip()
+    if not dsn:
+        return None
+    return CMSResource(dsn=dsn, encryption_key="", connect_timeout=SUBMIT_CMS_TIMEOUT_SECONDS)
+
+
+def field_error(error: ValidationError) -> ValidationFailed:
+    """A form value of the wrong shape (e.g. a list for postgres_version), as one named field."""
+    first = error.errors()[0]
+    return ValidationFailed(".".join(str(p) for p in first["loc"]) or "config", first["msg"])
+
+
+def form(model: type[dg.Config], config: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(config)
+    except ValidationError as error:
+        raise field_error(error) from None
+
+
+def check_backup_run(run: DagsterRun, cms: CMSResource | None) -> None:
+    """The image asset's rules for its partition: an image already ready is verified again (no
+    rule applies); else a new image's name, parallel_jobs and the source instance in the CMS."""
+    name = run.tags.get(PARTITION_TAG)
+    if not name:
+        return
+    config = form(BackupConfig, op_config(run, "image"))
+    source_ref = source_ref_for(name, config.source_instance)
+    if cms is None:
+        return
+    existing = image_named(cms, name)
+    if existing is None or existing.state is not ImageState.ready:
+        check_backup_request(cms, name, source_ref, config.parallel_jobs)
+
+
+def check_restore_run(run: DagsterRun, cms: CMSResource | None) -> None:
+    config = form(RestoreConfig, op_config(run, "validate_request"))
+    check_timeouts(config)
+    fields = config.request_fields()
+    if cms is None:
+        check_request_fields(fields)
+    else:
+        request_source(fields, cms)
+
+
+def refusal(run: DagsterRun, cms: CMSResource | None) -> RequestRefused | None:
+    """Why the rules refuse this run's request, if they do."""
+    if is_check_run(run):
+        return None
+    if is_backup(run):
+        kind, op, check = "backup", "image", check_backup_run
+    elif run.job_name == RESTORE_JOB:
+        kind, op, check = "restore", "validate_request", check_restore_run
+    else:
+        return None
+    try:
+        check(run, cms)
+    except ValidationFailed as error:
+        key = error.field.split(".")[-1]
+        value = op_config(run, op).get(key, run.tags.get(PARTITION_TAG) if kind == "backup" else None)
+        return RequestRefused(kind, error, value)
+    return None
+
+
 class TaggingRunCoordinator(QueuedRunCoordinator):
-    """QueuedRunCoordinator that tags backup runs with toygres/kind and toygres/instance first."""
+    """QueuedRunCoordinator that refuses a request the rules refuse (leaving no run) and tags
+    backup, restore, drill and check runs with toygres/kind and toygres/instance first."""
 
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
-        missing = fleet_tags(context.dagster_run)
+        run = context.dagster_run
+        refused = self._refusal(run)
+        if refused is not None:
+            self._forget(run)
+            raise refused
+        missing = fleet_tags(run)
         if missing:
-            self._instance.add_run_tags(context.dagster_run.run_id, missing)
-            tagged = self._instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+            self._instance.add_run_tags(run.run_id, missing)
+            tagged = self._instance.get_run_by_id(run.run_id) or run
             context = SubmitRunContext(tagged, context.workspace)
         return super().submit_run(context)
+
+    def _refusal(self, run: DagsterRun) -> RequestRefused | None:
+        cms = submit_cms()
+        try:
+            return refusal(run, cms)
+        except (psycopg.Error, OSError) as error:
+            log.warning(
+                "run %s: the CMS did not answer at submit (%s); its first step checks the request", run.run_id, error
+            )
+            return refusal(run, None)
+
+    def _forget(self, run: DagsterRun) -> None:
+        """No trace of a refused request: the run, the check executions it planned (Dagster's
+        delete_run keeps them, shown as skipped) and a partition added for it with no image row."""
+        instance = self._instance
+        instance.delete_run(run.run_id)
+        storage = instance.event_log_storage
+        if isinstance(storage, SqlEventLogStorage) and storage.has_table(AssetCheckExecutionsTable.name):
+            with storage.index_connection() as conn:
+                conn.execute(AssetCheckExecutionsTable.delete().where(AssetCheckExecutionsTable.c.run_id == run.run_id))
+        partition = run.tags.get(PARTITION_TAG)
+        if partition and is_backup(run) and instance.has_dynamic_partition(IMAGE_PARTITIONS, partition):
+            cms = submit_cms()
+            try:
+                unknown = cms is not None and image_named(cms, partition) is None
+            except (psycopg.Error, OSError):
+                unknown = False
+            if unknown:
+                instance.delete_dynamic_partition(IMAGE_PARTITIONS, partition)

@@ -5,13 +5,24 @@ of a row included) is written to `toygres_cms.events` in the same transaction as
 and every transition is checked against the records' transition tables while the row is locked
 (`SELECT ... FOR UPDATE`).
 
-    resource.py     CMSResource: configuration and connections, composed of the pieces below
-    schema.py       versioned migrations (resources/migrations/NNN_name.sql), advisory lock
-    encryption.py   Fernet encryption of stored source passwords
-    queries.py      the shared query helper (insert, select, transition + event)
+CMSResource is composed, not mixed in: each table has its repository, an attribute of the
+resource, and a repository's methods are reached through it only (`cms.images.find(ref)`):
+
+    cms.instances      instances.py     toygres_cms.instances
+    cms.images         images.py        toygres_cms.images (and their encrypted source passwords)
+    cms.events         events.py        toygres_cms.events (read)
+    cms.requests       requests.py      image_requests and restore_requests: one method per action,
+                                        told the kind (the record: ImageRequest or RestoreRequest),
+                                        e.g. `cms.requests.claim(RestoreRequest)`
+    cms.drills         drills.py        toygres_cms.restore_drills
+    cms.base_backups   base_backups.py  toygres_cms.base_backups (point-in-time recovery)
+    cms.migrations     schema.py        versioned migrations (resources/migrations/NNN_name.sql), advisory lock
+
+    resource.py     CMSResource: configuration, connections and the repositories above
+    queries.py      the shared query helper every repository is (insert, select, transition + event)
     tables.py       the tables as that helper sees them; unique violations as NameConflict
-    instances.py, images.py, events.py, requests.py, drills.py   one repository per table
     claims.py       pending requests claimed FOR UPDATE SKIP LOCKED by the sensors
+    encryption.py   Fernet encryption of stored source passwords
     errors.py       the resource's own errors
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable
 
@@ -22,7 +23,9 @@ REASON_MAX = 4000
 
 
 class BaseBackupsTable(Queries):
-    def reserve_base_backup(
+    """cms.base_backups"""
+
+    def reserve(
         self, source: Instance, password: SecretStr, run_id: str | None, backup_id: uuid.UUID | None = None
     ) -> BaseBackup:
         backup_id = backup_id or uuid.uuid4()
@@ -47,7 +50,7 @@ class BaseBackupsTable(Queries):
                 )  # fmt: skip
             )
 
-    def finish_base_backup(self, backup_id: uuid.UUID, result: BaseBackupResult) -> BaseBackup:
+    def finish(self, backup_id: uuid.UUID, result: BaseBackupResult) -> BaseBackup:
         with self.connection() as conn:
             return fetch_one(
                 conn.cursor(row_factory=class_row(BaseBackup)).execute(
@@ -69,7 +72,7 @@ class BaseBackupsTable(Queries):
                 )  # fmt: skip
             )
 
-    def settle_base_backup(self, backup_id: uuid.UUID, state: BaseBackupState, reason: str) -> None:
+    def settle(self, backup_id: uuid.UUID, state: BaseBackupState, reason: str) -> None:
         """creating -> failed, or ready/failed -> deleted (retention)."""
         allowed = {BaseBackupState.failed: ["creating"], BaseBackupState.deleted: ["ready", "failed"]}.get(state)
         if allowed is None:
@@ -81,10 +84,10 @@ class BaseBackupsTable(Queries):
                 [state.value, reason[:REASON_MAX], backup_id, allowed],
             )  # fmt: skip
 
-    def hold_base_backup(self, instance_id: uuid.UUID, backup_id: uuid.UUID) -> None:
+    def hold(self, instance_id: uuid.UUID, backup_id: uuid.UUID) -> None:
         """A point-in-time restore holds its base backup: its instance row is `creating` and tagged
         with the base backup (created before this call). The base backup row is share-locked here: a
-        retention deleting it (expire_base_backup, FOR UPDATE) either committed first, and the
+        retention deleting it (expire, FOR UPDATE) either committed first, and the
         restore is refused here before it reads a blob, or waits and then sees this instance."""
         with self.connection() as conn:
             row = conn.execute(
@@ -103,9 +106,9 @@ class BaseBackupsTable(Queries):
             if held is None:
                 raise CMSError(f"instance {instance_id} is not a creating restore of base backup {backup_id}")
 
-    def expire_base_backup(self, backup_id: uuid.UUID, reason: str) -> list[str]:
+    def expire(self, backup_id: uuid.UUID, reason: str) -> builtins.list[str]:
         """Retention: ready -> deleted under the row's lock, unless a running point-in-time restore
-        holds it (hold_base_backup). Returns the holders' k8s names: empty when it was marked deleted
+        holds it (hold). Returns the holders' k8s names: empty when it was marked deleted
         (or already was), else nothing changed."""
         with self.connection() as conn:
             conn.execute(sql.SQL("SELECT 1 FROM {t} WHERE id = %s FOR UPDATE").format(t=TABLE), [backup_id])
@@ -127,9 +130,9 @@ class BaseBackupsTable(Queries):
             )  # fmt: skip
             return []
 
-    def list_base_backups(
+    def list(
         self, instance_id: uuid.UUID | None = None, states: Iterable[BaseBackupState] = (BaseBackupState.ready,)
-    ) -> list[BaseBackup]:
+    ) -> builtins.list[BaseBackup]:
         """Oldest consistent first."""
         with self.connection() as conn:
             return (
@@ -144,7 +147,7 @@ class BaseBackupsTable(Queries):
                 .fetchall()
             )
 
-    def get_base_backup(self, backup_id: str) -> BaseBackup | None:
+    def get(self, backup_id: str) -> BaseBackup | None:
         try:
             parsed = uuid.UUID(str(backup_id))
         except ValueError:
@@ -156,7 +159,7 @@ class BaseBackupsTable(Queries):
                 .fetchone()
             )
 
-    def base_backup_password(self, backup_id: uuid.UUID) -> SecretStr:
+    def password(self, backup_id: uuid.UUID) -> SecretStr:
         with self.connection() as conn:
             row = conn.execute(
                 sql.SQL("SELECT source_password_encrypted FROM {t} WHERE id = %s").format(t=TABLE), [backup_id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -23,7 +24,9 @@ REASON_MAX = 4000
 
 
 class DrillsTable(Queries):
-    def start_drill(
+    """cms.drills"""
+
+    def start(
         self,
         image_id: uuid.UUID,
         source_instance_id: uuid.UUID | None,
@@ -32,7 +35,7 @@ class DrillsTable(Queries):
     ) -> Drill:
         """The drill of this run, or the one already started by it. `started_at` (default: the CMS's
         now) is given by the drill itself, so its recovery time is measured on one clock. The image
-        row is share-locked first: a deletion starting now (begin_image_deletion, FOR UPDATE) waits
+        row is share-locked first: a deletion starting now (cms.images.begin_deletion, FOR UPDATE) waits
         for this drill's row and then sees it; one that committed first leaves the image not ready,
         and the drill is refused (ValidationFailed "image") rather than holding a deleting image."""
         with self.connection() as conn:
@@ -54,7 +57,7 @@ class DrillsTable(Queries):
                 )
             )
 
-    def finish_drill(
+    def finish(
         self,
         drill_id: uuid.UUID,
         result: DrillResult,
@@ -91,16 +94,16 @@ class DrillsTable(Queries):
             )
         return row if row is not None else self._drill_where(sql.SQL("id = %s"), [drill_id])[0]
 
-    def find_drill_by_run(self, run_id: str) -> Drill | None:
+    def find_by_run(self, run_id: str) -> Drill | None:
         found = self._drill_where(sql.SQL("run_id = %s"), [run_id])
         return found[0] if found else None
 
-    def list_drills(
+    def list(
         self, *, image_id: uuid.UUID | None = None, results: Iterable[DrillResult] | None = None
-    ) -> list[Drill]:
+    ) -> builtins.list[Drill]:
         """Drills, newest first; of one image and/or with one of `results` when given."""
-        where: list[sql.Composable] = [sql.SQL("true")]
-        params: list[object] = []
+        where: builtins.list[sql.Composable] = [sql.SQL("true")]
+        params: builtins.list[object] = []
         if image_id is not None:
             where.append(sql.SQL("image_id = %s"))
             params.append(image_id)
@@ -109,7 +112,7 @@ class DrillsTable(Queries):
             params.append([r.value for r in results])
         return self._drill_where(sql.SQL(" AND ").join(where), params)
 
-    def drills_with_scratch_left(self) -> list[Drill]:
+    def with_scratch_left(self) -> builtins.list[Drill]:
         """Finished drills whose scratch instance (the instance their run created) is not deleted."""
         return self._drill_where(
             sql.SQL(
@@ -119,7 +122,7 @@ class DrillsTable(Queries):
             [],
         )
 
-    def _drill_where(self, where: sql.Composable, params: list) -> list[Drill]:
+    def _drill_where(self, where: sql.Composable, params: builtins.list) -> builtins.list[Drill]:
         with self.connection() as conn:
             return drills_in(conn, where, params)
 

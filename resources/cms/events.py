@@ -18,7 +18,9 @@ from resources.cms.tables import (
 
 
 class EventsTable(Queries):
-    def events(self, entity_id: uuid.UUID | str) -> list[Event]:
+    """cms.events"""
+
+    def of(self, entity_id: uuid.UUID | str) -> list[Event]:
         parsed = entity_id if isinstance(entity_id, uuid.UUID) else parse_uuid(str(entity_id))
         if parsed is None:
             return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -36,7 +37,9 @@ IMAGE_GROUP_LOCK_KEY = 0x7467696D
 
 
 class ImagesTable(Queries):
-    def reserve_image(
+    """cms.images"""
+
+    def reserve(
         self,
         *,
         image_id: uuid.UUID | str | None,
@@ -68,7 +71,7 @@ class ImagesTable(Queries):
         }
         return self._insert(IMAGE, values)
 
-    def set_image_password(self, image_id: uuid.UUID | str, password: SecretStr | str) -> None:
+    def set_password(self, image_id: uuid.UUID | str, password: SecretStr | str) -> None:
         """Store the source instance's password, Fernet-encrypted with encryption_key."""
         plaintext = password.get_secret_value() if isinstance(password, SecretStr) else password
         token = self.passwords().encrypt(plaintext)
@@ -87,7 +90,7 @@ class ImagesTable(Queries):
         if not updated:
             raise ImageNotFound(image_id)
 
-    def image_password(self, image_id: uuid.UUID | str) -> SecretStr:
+    def password(self, image_id: uuid.UUID | str) -> SecretStr:
         """The decrypted source password of an image (PasswordUnavailable when missing/undecryptable)."""
         parsed = parse_uuid(str(image_id))
         row = None
@@ -110,10 +113,10 @@ class ImagesTable(Queries):
                 " configured encryption_key (TOYGRES_ENCRYPTION_KEY differs from the key it was stored with)"
             ) from None
 
-    def get_image(self, image_id: uuid.UUID | str) -> Image | None:
+    def get(self, image_id: uuid.UUID | str) -> Image | None:
         return self._get(IMAGE, image_id)
 
-    def find_image(self, ref: str, field: str = "image") -> Image | None:
+    def find(self, ref: str, field: str = "image") -> Image | None:
         """An image by id (any spelling of a uuid) or by name: the live (not failed/deleted) one,
         else the newest. A UUID-shaped reference is an id (names never are, see
         validate_image_name); when it is also the name of another image (a row named before that
@@ -136,20 +139,20 @@ class ImagesTable(Queries):
             )
         return found or named
 
-    def find_image_by_run(self, run_id: str) -> Image | None:
+    def find_by_run(self, run_id: str) -> Image | None:
         return self._by_run(IMAGE, run_id)
 
-    def list_images(self, states: Iterable[ImageState] | None = None) -> list[Image]:
+    def list(self, states: Iterable[ImageState] | None = None) -> builtins.list[Image]:
         return self._list(IMAGE, states)
 
-    def page_of_images(
+    def page(
         self, states: Iterable[ImageState] | None = None, *, limit: int | None, offset: int = 0
-    ) -> tuple[list[Image], int]:
+    ) -> tuple[builtins.list[Image], int]:
         """`limit` images (None: all) from `offset` on, oldest first (created_at, then id: a stable
         order), and how many images (of these states) there are in all."""
         return self._page(IMAGE, states, limit, offset)
 
-    def set_image_pinned(self, image_id: uuid.UUID | str, pinned: bool) -> Image:
+    def set_pinned(self, image_id: uuid.UUID | str, pinned: bool) -> Image:
         """Pin (never deleted) or unpin an image; the caller checks the image may be pinned."""
         parsed = parse_uuid(str(image_id))
         row = None
@@ -161,12 +164,12 @@ class ImagesTable(Queries):
                     ),
                     [pinned, parsed],
                 ).fetchone()
-        image = self.get_image(parsed) if row is not None and parsed is not None else None
+        image = self.get(parsed) if row is not None and parsed is not None else None
         if image is None:
             raise ImageNotFound(image_id)
         return image
 
-    def begin_image_deletion(
+    def begin_deletion(
         self, image_id: uuid.UUID | str, *, reason: str, run_id: str | None, keep_newest_ready: bool = False
     ) -> Image:
         """`-> deleting` (with its event) after the deletion rules (`records.lifecycle.check_deletable`)
@@ -180,7 +183,7 @@ class ImagesTable(Queries):
         parsed = parse_uuid(str(image_id))
         if parsed is None:
             raise ImageNotFound(image_id)
-        found = self.get_image(parsed)
+        found = self.get(parsed)
         if found is None:
             raise ImageNotFound(image_id)
         with self.connection() as conn:
@@ -211,7 +214,7 @@ class ImagesTable(Queries):
                 conn, IMAGE, parsed, ImageState.deleting, reason=reason, run_id=run_id, fields={}, expected=None
             )
 
-    def _ready_of_group(self, conn: Any, image: Image) -> list[Image]:
+    def _ready_of_group(self, conn: Any, image: Image) -> builtins.list[Image]:
         """The ready images of image's instance, share-locked in id order (no lock cycle)."""
         where = (
             sql.SQL("source_instance_id = %s AND state = %s")
@@ -225,7 +228,7 @@ class ImagesTable(Queries):
         )
         return self._select(IMAGE, where, params, order="id", conn=conn, lock="FOR SHARE")
 
-    def transition_image(
+    def transition(
         self,
         image_id: uuid.UUID | str,
         to_state: ImageState | str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -29,7 +30,9 @@ from resources.cms.tables import (
 
 
 class InstancesTable(Queries):
-    def create_instance(
+    """cms.instances"""
+
+    def create(
         self,
         *,
         user_name: str,
@@ -80,7 +83,7 @@ class InstancesTable(Queries):
     @staticmethod
     def _lock_ready_source(conn: psycopg.Connection, image_id: uuid.UUID) -> None:
         """The source image must be ready, and stays so until the instance row commits: a deletion
-        (`begin_image_deletion`, FOR UPDATE) waits for this lock, then sees the creating instance."""
+        (`cms.images.begin_deletion`, FOR UPDATE) waits for this lock, then sees the creating instance."""
         row = conn.execute(
             sql.SQL("SELECT name, state FROM {} WHERE id = %s FOR SHARE").format(IMAGE.table_id), [image_id]
         ).fetchone()
@@ -89,10 +92,10 @@ class InstancesTable(Queries):
         if row[1] != ImageState.ready.value:
             raise ValidationFailed("source_image_id", f"image {row[0]!r} is {row[1]}, it must be ready")
 
-    def get_instance(self, instance_id: uuid.UUID | str) -> Instance | None:
+    def get(self, instance_id: uuid.UUID | str) -> Instance | None:
         return self._get(INSTANCE, instance_id)
 
-    def find_instance(self, ref: str) -> Instance | None:
+    def find(self, ref: str) -> Instance | None:
         """An instance by id (uuid string) or by k8s_name."""
         found = self._get(INSTANCE, ref)
         if found is not None:
@@ -100,14 +103,14 @@ class InstancesTable(Queries):
         rows = self._select(INSTANCE, sql.SQL("k8s_name = %s"), [str(ref)])
         return rows[0] if rows else None
 
-    def find_instance_by_run(self, run_id: str) -> Instance | None:
+    def find_by_run(self, run_id: str) -> Instance | None:
         return self._by_run(INSTANCE, run_id)
 
-    def find_instances_by_tag(self, key: str, value: str) -> list[Instance]:
+    def find_by_tag(self, key: str, value: str) -> builtins.list[Instance]:
         """Instances whose tags map `key` to `value` (how a repeated request finds its instance)."""
         return self._select(INSTANCE, sql.SQL("tags ->> %s = %s"), [key, value])
 
-    def list_instances(self, states: Iterable[InstanceState] | None = None) -> list[Instance]:
+    def list(self, states: Iterable[InstanceState] | None = None) -> builtins.list[Instance]:
         return self._list(INSTANCE, states)
 
     def dns_name_in_use(self, dns_name: str) -> bool:
@@ -132,12 +135,12 @@ class InstancesTable(Queries):
                     ),
                     [Jsonb(override) if override else None, parsed],
                 ).rowcount
-        instance = self.get_instance(instance_id) if updated else None
+        instance = self.get(instance_id) if updated else None
         if instance is None:
             raise InstanceNotFound(instance_id)
         return instance
 
-    def transition_instance(
+    def transition(
         self,
         instance_id: uuid.UUID | str,
         to_state: InstanceState | str,

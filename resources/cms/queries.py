@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -39,18 +39,31 @@ def fetch_one(cursor: psycopg.Cursor[Any]) -> Any:
     return row
 
 
+class Database(Protocol):
+    """What a repository needs of the resource: its connections and its password box."""
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection]: ...
+
+    def autocommit_connection(self) -> psycopg.Connection: ...
+
+    def passwords(self) -> PasswordBox: ...
+
+
 class Queries:
-    """Generic SQL over a `Table`; the repositories and the resource build on it."""
+    """Generic SQL over a `Table`; every repository is one of these over the resource's connections."""
+
+    def __init__(self, db: Database):
+        self._db = db
 
     def connection(self) -> AbstractContextManager[psycopg.Connection]:
         """A new connection in a transaction (the resource's)."""
-        raise NotImplementedError
+        return self._db.connection()
 
     def autocommit_connection(self) -> psycopg.Connection:
-        raise NotImplementedError
+        return self._db.autocommit_connection()
 
     def passwords(self) -> PasswordBox:
-        raise NotImplementedError
+        return self._db.passwords()
 
     @staticmethod
     def _record_event(

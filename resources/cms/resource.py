@@ -15,24 +15,16 @@ from resources.cms.encryption import PasswordBox
 from resources.cms.events import EventsTable
 from resources.cms.images import ImagesTable
 from resources.cms.instances import InstancesTable
+from resources.cms.pitr_drills import PitrDrillsTable
 from resources.cms.requests import RequestsTable
 from resources.cms.schema import Migrations
 
 
-class CMSResource(
-    InstancesTable,
-    ImagesTable,
-    EventsTable,
-    RequestsTable,
-    DrillsTable,
-    BaseBackupsTable,
-    Migrations,
-    dg.ConfigurableResource,
-):
-    """The toygres CMS (PostgreSQL, schema toygres_cms): instances, images, events, requests, drills.
-
-    One repository per table (instances, images, events, requests, restore_drills) over the shared `Queries`;
-    each call opens a short connection, so one resource serves many threads at once.
+class CMSResource(dg.ConfigurableResource):
+    """The toygres CMS (PostgreSQL, schema toygres_cms), composed of one repository per table:
+    `cms.instances`, `cms.images`, `cms.events`, `cms.requests`, `cms.drills`, `cms.base_backups`, `cms.pitr_drills`,
+    and `cms.migrations` (the schema). Each repository is a small `Queries` over this resource's
+    connections; each call opens a short connection, so one resource serves many threads at once.
     """
 
     dsn: str = Field(description="libpq connection string of the CMS database (TOYGRES_CMS_DSN)")
@@ -61,3 +53,35 @@ class CMSResource(
 
     def passwords(self) -> PasswordBox:
         return PasswordBox(self.encryption_key)
+
+    @property
+    def instances(self) -> InstancesTable:
+        return InstancesTable(self)
+
+    @property
+    def images(self) -> ImagesTable:
+        return ImagesTable(self)
+
+    @property
+    def events(self) -> EventsTable:
+        return EventsTable(self)
+
+    @property
+    def requests(self) -> RequestsTable:
+        return RequestsTable(self)
+
+    @property
+    def drills(self) -> DrillsTable:
+        return DrillsTable(self)
+
+    @property
+    def base_backups(self) -> BaseBackupsTable:
+        return BaseBackupsTable(self)
+
+    @property
+    def pitr_drills(self) -> PitrDrillsTable:
+        return PitrDrillsTable(self)
+
+    @property
+    def migrations(self) -> Migrations:
+        return Migrations(self)

@@ -48,9 +48,9 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 class Migrations(Queries):
-    """migrate() and applied_migrations() of the CMS resource."""
+    """cms.migrations: apply() and applied()."""
 
-    def migrate(self) -> list[str]:
+    def apply(self) -> list[str]:
         """Apply the missing migrations, in order; returns the versions applied by this call.
 
         Safe to run concurrently from several processes: a session advisory lock serializes
@@ -99,7 +99,7 @@ class Migrations(Queries):
                     conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
         return applied_now
 
-    def applied_migrations(self) -> list[str]:
+    def applied(self) -> list[str]:
         with self.connection() as conn:
             exists = fetch_one(conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_migrations",)))[0]
             if not exists:

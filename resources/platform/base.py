@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from records import Endpoints, ImageType, InstanceRef, JobResult, LogSink, validate_dns_label
 from records.encryption import validate_age_recipient
-from records.job_scripts import JobScriptEnv, RestoreFetchEnv, RestoreServeEnv, Supply, roles_of
+from records.job_scripts import RESTORE_ROLES, JobScriptEnv, roles_of
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = PROJECT_DIR / "templates"
@@ -113,33 +113,40 @@ AGE_IDENTITY_ENV = "AGE_IDENTITY_FILE"
 
 
 class RestoreRoles:
-    """The restore job's two roles (docs/security.md), declared once for both platforms; what each
-    role's environment holds is its model's (records/job_scripts.py).
+    """A restore job's two roles (docs/security.md), declared once for both platforms and for both
+    restores: the logical one (`restore.sh` + `restore-serve.sh`) and the point-in-time one
+    (`restore-pitr.sh` + `restore-pitr-serve.sh`); what each role's environment holds is its model's
+    (records/job_scripts.py RESTORE_ROLES: fetch model -> serve model).
 
-    fetch (`restore.sh`, RestoreFetchEnv): holds the SAS and the age identity; downloads, hashes,
-      verifies and decrypts, and hands the plaintext over in RESTORE_HANDOFF (it writes, serve only reads).
-    serve (`restore-serve.sh`, RestoreServeEnv): runs the image's code (initdb, the temporary server,
-      roles, pg_restore, analyze, the clean stop) as another OS user / container, with a scrubbed
+    fetch: holds the SAS and the age identity; downloads, hashes, verifies and decrypts, and hands
+      the plaintext over in RESTORE_HANDOFF (it writes, serve only reads).
+    serve: runs the tenant's code (the image's functions, or the replayed catalogue of a base
+      backup: the temporary server, the clean stop) as another OS user / container, with a scrubbed
       environment: its model's variables only, the SCRAM verifier of the instance password
       (PASSWORD_VERIFIER_ENV names its file), never the password.
     """
 
-    fetch = RestoreFetchEnv
-    serve = RestoreServeEnv
-    fetch_script = RestoreFetchEnv.script
-    serve_script = RestoreServeEnv.script
+    # fetch script -> its serve script
+    scripts = {fetch.script: serve.script for fetch, serve in RESTORE_ROLES.items()}
     handoff_env = "RESTORE_HANDOFF"
     password_verifier_env = "POSTGRES_PASSWORD_VERIFIER_FILE"
     refuse_dangerous_env = "RESTORE_REFUSE_DANGEROUS"
-    # The only JobSpec.env variables the serve role gets; everything else stays with fetch.
-    serve_env = RestoreServeEnv.variables(Supply.caller)
     # A finding of the serve role's archive scan, as logged ("dangerous content: database <name>: <what>").
     finding_prefix = "dangerous content: "
 
     @classmethod
     def splits(cls, spec: JobSpec) -> bool:
-        """Whether a job runs as these two roles: a logical restore (restore.sh)."""
-        return spec.kind is JobKind.restore and spec.script == cls.fetch_script
+        """Whether a job runs as these two roles: every restore (restore.sh, restore-pitr.sh)."""
+        return spec.kind is JobKind.restore and spec.script in cls.scripts
+
+    @classmethod
+    def serve_script_of(cls, spec: JobSpec) -> str:
+        return cls.scripts[spec.script]
+
+    @classmethod
+    def serve_of(cls, spec: JobSpec) -> type[JobScriptEnv]:
+        """The serve role's model of a restore job."""
+        return RESTORE_ROLES[script_contract(spec)]
 
 
 class PlatformResource(dg.ConfigurableResource, ABC):

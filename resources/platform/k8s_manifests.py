@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import json
 import re
 from functools import cache
 from pathlib import Path
@@ -57,6 +58,8 @@ DNS_LABEL_ANNOTATION = "service.beta.kubernetes.io/azure-dns-label-name"
 # Without it, AKS also allows the cluster's own load balancer rules around the ranges (cloud-provider-azure).
 DENY_ALL_EXCEPT_RANGES_ANNOTATION = "service.beta.kubernetes.io/azure-deny-all-except-load-balancer-source-ranges"
 ORIGINAL_LABELS_ANNOTATION = "toygres/original-labels"
+# The sha256 of the spec a Deployment was rendered with: a different one means its settings changed.
+SPEC_SHA256_ANNOTATION = "toygres/spec-sha256"
 
 PASSWORD_KEY = "password"
 SAS_KEY = "sas"
@@ -648,9 +651,8 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str)
     mount_blob_grant(pod, job_secret_name(spec.name))
     if RestoreRoles.splits(spec):
         _restore_roles(pod, spec, settings, container)
-    elif spec.kind is JobKind.restore:  # a restore of another shape (restore-pitr.sh): one container
-        pod["containers"] = [c for c in pod["containers"] if c["name"] != SERVE_CONTAINER]
-        pod["volumes"] = [v for v in pod["volumes"] if v["name"] not in ("serve-tmp", "password-verifier")]
+    elif spec.kind is JobKind.restore:
+        raise ManifestError(f"job script {spec.script!r}: a restore runs as fetch and serve roles, it has none")
     if settings.age_identity_secret and AGE_IDENTITY_ENV in roles_of(spec.script)[0].variables(Supply.secret_file):
         mount_age_identities(pod, settings.age_identity_secret)
     return manifest
@@ -671,24 +673,24 @@ def _restore_roles(pod: Manifest, spec: JobSpec, settings: ManifestSettings, fet
     fetch["securityContext"] |= {"runAsUser": settings.restore_fetch_user, "runAsGroup": settings.fs_group}
     serve = next(c for c in pod["containers"] if c["name"] == SERVE_CONTAINER)
     serve["image"] = fetch["image"]
+    serve["command"] = ["bash", f"{SCRIPTS_MOUNT}/{RestoreRoles.serve_script_of(spec)}"]
     serve["resources"] = fetch["resources"]
     serve["securityContext"] |= {"runAsUser": settings.run_as_user, "runAsGroup": settings.run_as_group}
+    model = RestoreRoles.serve_of(spec)
+    offers = {
+        "TMPDIR": "/tmp",
+        "TOYGRES_JOB": spec.name,
+        "VOLUME_PATH": settings.volume_mount_path,
+        RestoreRoles.handoff_env: handoff,
+        RestoreRoles.password_verifier_env: f"{VERIFIER_MOUNT}/{VERIFIER_KEY}",
+        "POSTGRES_USER": settings.superuser,
+        **({RestoreRoles.refuse_dangerous_env: "1"} if settings.refuse_dangerous_images else {}),
+    }
     values = {
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "HOME": "/tmp",
-        **RestoreRoles.serve.environment(
-            spec.env,
-            {
-                "TMPDIR": "/tmp",
-                "TOYGRES_JOB": spec.name,
-                "VOLUME_PATH": settings.volume_mount_path,
-                RestoreRoles.handoff_env: handoff,
-                RestoreRoles.password_verifier_env: f"{VERIFIER_MOUNT}/{VERIFIER_KEY}",
-                "POSTGRES_USER": settings.superuser,
-                **({RestoreRoles.refuse_dangerous_env: "1"} if settings.refuse_dangerous_images else {}),
-            },
-        ),
+        **model.environment(spec.env, {name: value for name, value in offers.items() if name in model.variables()}),
     }
     serve["env"] = [_env_value(name, value) for name, value in values.items()]
     for mount in serve["volumeMounts"]:
@@ -777,4 +779,18 @@ def wal_archiver_deployment(namespace: str, settings: ManifestSettings) -> Manif
     for volume in pod["volumes"]:
         if volume["name"] == "config":
             volume["secret"]["secretName"] = WAL_ARCHIVER_NAME
+    digest = hashlib.sha256(json.dumps(manifest["spec"], sort_keys=True).encode()).hexdigest()
+    manifest["metadata"].setdefault("annotations", {})[SPEC_SHA256_ANNOTATION] = digest
     return manifest
+
+
+def merge_patch(current: object, wanted: object) -> object:
+    """The JSON merge patch (RFC 7386) turning `current` into `wanted`: keys `wanted` lacks are
+    removed (null), so a setting taken away (a pull secret, a limit) goes too; fields the API server
+    defaults come back as its defaults."""
+    if not isinstance(current, dict) or not isinstance(wanted, dict):
+        return wanted
+    patch: dict[str, object] = {key: None for key in current if key not in wanted}
+    for key, value in wanted.items():
+        patch[key] = merge_patch(current.get(key), value)
+    return patch

@@ -769,16 +769,41 @@ class KubernetesPlatform(m.ManifestSettings, PlatformResource):
             pgpass[key] = line
             sas = spec.blob_sas.get_secret_value() if refresh else sas
             self._write_archiver_secret(namespace, served, pgpass, sas, exists=current is not None)
-        body = m.wal_archiver_deployment(namespace, settings)
+        self._ensure_archiver_deployment(m.wal_archiver_deployment(namespace, settings))
+        return added
+
+    def _ensure_archiver_deployment(self, body: dict) -> None:
+        """Create the namespace's archiver Deployment, or patch it to `body` when the settings it was
+        rendered from changed (its spec's sha256 annotation differs): a new archiver image or
+        resources reach the pod without anyone deleting the Deployment."""
+        namespace = body["metadata"]["namespace"]
         try:
-            self._apps.read_namespaced_deployment(m.WAL_ARCHIVER_NAME, namespace, _request_timeout=self._timeout())
+            existing = self._apps.read_namespaced_deployment(
+                m.WAL_ARCHIVER_NAME, namespace, _request_timeout=self._timeout()
+            )
         except ApiException as error:
             if error.status != 404:
                 raise PlatformError(f"cannot read {namespace}/{m.WAL_ARCHIVER_NAME}: {_api_error(error)}") from error
             self._create_or_adopt(
                 "deployment", body, self._apps.create_namespaced_deployment, self._apps.read_namespaced_deployment
             )
-        return added
+            return
+        annotations = (existing.metadata.annotations or {}) if existing.metadata else {}
+        wanted = body["metadata"]["annotations"][m.SPEC_SHA256_ANNOTATION]
+        if annotations.get(m.SPEC_SHA256_ANNOTATION) == wanted:
+            return
+        current = self._apps.api_client.sanitize_for_serialization(existing.spec) if existing.spec else {}
+        patch = {
+            "metadata": {"annotations": {m.SPEC_SHA256_ANNOTATION: wanted}},
+            "spec": m.merge_patch(current, body["spec"]),
+        }
+        try:
+            self._apps.patch_namespaced_deployment(
+                m.WAL_ARCHIVER_NAME, namespace, patch, _content_type=MERGE_PATCH, _request_timeout=self._timeout()
+            )
+        except ApiException as error:
+            raise PlatformError(f"cannot update {namespace}/{m.WAL_ARCHIVER_NAME}: {_api_error(error)}") from error
+        logger.info("archiver deployment %s/%s updated to its settings", namespace, m.WAL_ARCHIVER_NAME)
 
     def wal_archivers(self) -> list[InstanceRef]:
         found = []

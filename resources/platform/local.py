@@ -229,6 +229,8 @@ class LocalPlatform(PlatformResource):
         """The process's basics, then the script's model's environment: JobSpec.env and, of what
         this platform offers, what the model declares as the platform's (secrets as 0600 files)."""
         model = script_contract(spec)
+        if spec.kind is JobKind.restore and not RestoreRoles.splits(spec):
+            raise PlatformError(f"job {spec.name}: a restore runs as fetch and serve roles, {spec.script} has none")
         user = self._job_user(spec)
         wanted = model.variables(Supply.platform, Supply.secret_file)
 
@@ -277,9 +279,8 @@ class LocalPlatform(PlatformResource):
 
     def _job_user(self, spec: JobSpec) -> str | None:
         """Who runs the job's script (root only: else we are everyone): the job account, never
-        the service user every instance server runs as. restore-pitr.sh is the exception: it builds
-        the instance's volume in place, which the service user owns (docs/security.md, Known limits)."""
-        if run_as_user() is None or (spec.kind is JobKind.restore and not RestoreRoles.splits(spec)):
+        the service user every instance server runs as."""
+        if run_as_user() is None:
             return None
         try:
             return job_account()
@@ -345,32 +346,31 @@ class LocalPlatform(PlatformResource):
     def _run_restore(
         self, spec: JobSpec, job_dir: Path, env: dict[str, str], log: LogSink, job_log, timeout: int
     ) -> tuple[int, str | None, list[str]]:
-        """The fetch role as the service user, the serve role sandboxed; both or neither succeed.
+        """The fetch role as the job account, the serve role sandboxed; both or neither succeed.
         Whatever happens (a failure, a kill, a terminated run), neither process tree, nor the
         handoff, nor the serve role's directory (its trust pg_hba.conf, its data directory) outlives
         this call; on success the data directory moves to the volume, owned by the service user."""
         handoff, serve_dir = job_dir / "handoff", job_dir / "serve"
         # the Secret file itself (byte-exact), read by root: the serve role never reads it
         password = self._password_file(spec.instance).read_bytes().decode()
+        serve = RestoreRoles.serve_of(spec)
+        offers = {
+            "TMPDIR": "/tmp",
+            "TOYGRES_JOB": spec.name,
+            "VOLUME_PATH": str(serve_dir),
+            RestoreRoles.handoff_env: str(handoff),
+            RestoreRoles.password_verifier_env: str(serve_dir / "password-verifier"),
+            "POSTGRES_USER": self.superuser,
+            **({RestoreRoles.refuse_dangerous_env: "1"} if self.refuse_dangerous_images else {}),
+        }
         serve_env = {
             "PATH": env["PATH"],
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
             "HOME": str(serve_dir),
-            **RestoreRoles.serve.environment(
-                spec.env,
-                {
-                    "TMPDIR": "/tmp",
-                    "TOYGRES_JOB": spec.name,
-                    "VOLUME_PATH": str(serve_dir),
-                    RestoreRoles.handoff_env: str(handoff),
-                    RestoreRoles.password_verifier_env: str(serve_dir / "password-verifier"),
-                    "POSTGRES_USER": self.superuser,
-                    **({RestoreRoles.refuse_dangerous_env: "1"} if self.refuse_dangerous_images else {}),
-                },
-            ),
+            **serve.environment(spec.env, {name: value for name, value in offers.items() if name in serve.variables()}),
         }
-        serve_script = ["bash", str(job_dir / "scripts" / RestoreRoles.serve_script)]
+        serve_script = ["bash", str(job_dir / "scripts" / RestoreRoles.serve_script_of(spec))]
         with contextlib.ExitStack() as stack:
             if run_as_user() is not None:
                 try:

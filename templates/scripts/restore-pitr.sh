@@ -5,28 +5,34 @@
 # plan names is downloaded, decrypted, decompressed and checked against its sha256 first (exit 3
 # on a mismatch), so the temporary server's restore_command is a plain copy holding no credential.
 #
-# Environment: records/job_scripts.py PitrRestoreEnv (every variable, who supplies it, what it means).
+# This is the fetch role (resources/platform/base.py RestoreRoles): it holds the grant and the age
+# identity, runs nothing of the tenant's, and hands the verified plaintext (the base backup's tar, the
+# WAL segments, the target) to the serve role, restore-pitr-serve.sh, which replays it as another OS
+# user / container holding none of them (docs/security.md).
+#
+# Environment: records/job_scripts.py PitrRestoreFetchEnv (every variable, who supplies it, what it means).
+#
+# The handoff: data/base.tar, data/wal/<segment>, data/target (empty: the end of the archive), then
+# ready/all-verified; $RESTORE_HANDOFF/failed when this role failed.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore-pitr
-: "${VOLUME_PATH:?}" "${BLOB_URL:?}" "${PLAN_BLOB:?}" "${PLAN_SHA256:?}" "${POSTGRES_USER:?}"
+: "${RESTORE_HANDOFF:?}" "${BLOB_URL:?}" "${PLAN_BLOB:?}" "${PLAN_SHA256:?}"
 load_secrets
 
-pgdata="$VOLUME_PATH/pgdata"
-staging="$VOLUME_PATH/pitr-staging"
-# Unix socket paths are limited to ~107 bytes: a long TMPDIR falls back to /tmp.
-tmp_root=${TMPDIR:-/tmp}
-((${#tmp_root} <= 60)) || tmp_root=/tmp
-socket_dir=$(mktemp -d "$tmp_root/toygres-pitr.XXXXXX")
+handoff="$RESTORE_HANDOFF"
+# The platform made data/ and ready/ (setgid, the serve role's group); umask 077 keeps the staging
+# area closed to it until a file is verified (restore.sh says why there is no chmod of them here).
+staging="$handoff/.fetch"
 cleanup() {
   local status=$?
   stop_background_steps
-  if [[ -f "$pgdata/postmaster.pid" ]]; then pg_ctl -D "$pgdata" stop -m immediate -w >/dev/null 2>&1 || true; fi
-  if ((status != 0)); then rm -rf "$pgdata"; fi
-  rm -rf "$staging" "$socket_dir"
+  if ((status != 0)); then printf 'the fetch role failed (exit %s)\n' "$status" >"$handoff/failed" 2>/dev/null || true; fi
+  rm -rf "$staging"
 }
 trap cleanup EXIT
-rm -rf "$staging" "$pgdata"
-mkdir -p "$staging/wal"
+rm -rf "$staging"
+# (made by the local platform already, setgid; on Kubernetes the volume's fsGroup is the serve role's group)
+mkdir -p "$staging/wal" "$handoff/data" "$handoff/ready"
 
 download_file "$PLAN_BLOB" "$staging/plan.json" || die "download of the restore plan failed"
 [[ "$(sha256sum <"$staging/plan.json" | cut -d' ' -f1)" == "$PLAN_SHA256" ]] || die "the restore plan is not the one planned" 3
@@ -45,11 +51,9 @@ log "downloading base backup ${base_blob}"
 download_file "$base_blob" "$staging/base" || die "download of the base backup failed"
 [[ "$(sha256sum <"$staging/base" | cut -d' ' -f1)" == "$(jq -r .base.sha256 "$staging/plan.json")" ]] \
   || die "base backup ${base_blob}: sha256 mismatch" 3
-mkdir -m 700 "$pgdata"
-plaintext "$(jq -r .base.encrypted "$staging/plan.json")" <"$staging/base" | tar -C "$pgdata" -xf - \
-  || die "the base backup does not extract"
+plaintext "$(jq -r .base.encrypted "$staging/plan.json")" <"$staging/base" >"$staging/base.tar" \
+  || die "the base backup does not decode"
 rm -f "$staging/base"
-chmod 700 "$pgdata"
 
 count=$(jq '.segments | length' "$staging/plan.json")
 log "downloading ${count} WAL segment(s)"
@@ -66,79 +70,10 @@ target=$(jq -r '.target_time // empty' "$staging/plan.json")
 # PostgreSQL's own timestamp syntax (it refuses ISO 8601's trailing Z)
 if [[ -n "$target" ]]; then target=$(date -u -d "$target" '+%Y-%m-%d %H:%M:%S.%6N+00') || die "target_time unreadable"; fi
 
-# Everything in the base backup is the tenant's (docs/security.md): its configuration files could
-# name commands (recovery_end_command, archive_cleanup_command, ssl_passphrase_command), libraries
-# (shared/session/local_preload_libraries, jit_provider), files outside the data directory
-# (external_pid_file, log_directory, hba_file, include) and a standby.signal that never promotes
-# and connects out (primary_conninfo). The replay therefore reads none of them: postgresql.conf is
-# replaced by ours (config_file), postgresql.auto.conf (always read from the data directory) waits
-# in the staging directory until the server has stopped, and the signal files are ours alone.
-# No link may lead out of the data directory (pg_tblspc entries included).
-if links=$(find "$pgdata" -type l -printf '%P ' -quit) && [[ -n "$links" ]]; then
-  die "the base backup holds a symbolic link ($(shown "${links% }")): tablespaces and links out of the data directory are not restorable"
-fi
-rm -f "$pgdata/standby.signal" "$pgdata/recovery.signal" "$pgdata/postmaster.opts"
-if [[ -e "$pgdata/postgresql.auto.conf" ]]; then mv "$pgdata/postgresql.auto.conf" "$staging/postgresql.auto.conf"; fi
+printf '%s' "$target" >"$staging/target"
 
-# Replay needs what the source ran with (prepared transactions and their locks): the values its
-# control file recorded, or larger ones its own files set (plain integers only, bounded).
-controldata=$(pg_controldata "$pgdata") || die "the base backup has no readable control file"
-sizing() { # $1: setting, $2: pg_controldata's label -> the larger of both, at most 10000
-  local value from_files
-  value=$(sed -nE "s/^$2 setting: +([0-9]+)\$/\1/p" <<<"$controldata")
-  from_files=$(cat "$pgdata/postgresql.conf" "$staging/postgresql.auto.conf" 2>/dev/null \
-    | sed -nE "s/^[[:space:]]*$1[[:space:]]*=?[[:space:]]*'?([0-9]{1,5})'?[[:space:]]*(#.*)?\$/\1/p" | sort -n | tail -n 1)
-  value=$(( ${value:-0} > ${from_files:-0} ? ${value:-0} : ${from_files:-0} ))
-  printf '%s = %d\n' "$1" $(( value > 10000 ? 10000 : value ))
-}
-{
-  printf "listen_addresses = ''\nunix_socket_directories = '%s'\nunix_socket_permissions = 0700\n" "$socket_dir"
-  printf "hba_file = '%s/pg_hba.conf'\nident_file = '%s/pg_ident.conf'\n" "$socket_dir" "$socket_dir"
-  # No session before promotion (the tenant's catalogue is not consistent yet), no autovacuum or
-  # JIT after it (autoanalyze runs the tenant's index expressions), nothing archived or logged
-  # anywhere but the job's own log.
-  printf "hot_standby = off\nautovacuum = off\njit = off\narchive_mode = off\nlogging_collector = off\n"
-  printf "restore_command = 'cp %s/%%f %%p'\n" "$staging/wal"
-  printf "recovery_target_action = 'promote'\n"
-  if [[ -n "$target" ]]; then
-    printf "recovery_target_time = '%s'\n" "$target"
-    printf "recovery_target_inclusive = on\n"
-  fi
-  sizing max_connections max_connections
-  sizing max_worker_processes max_worker_processes
-  sizing max_wal_senders max_wal_senders
-  sizing max_prepared_transactions max_prepared_xacts
-  sizing max_locks_per_transaction max_locks_per_xact
-} >"$socket_dir/postgresql.conf"
-printf 'local all all trust\n' >"$socket_dir/pg_hba.conf"
-: >"$socket_dir/pg_ident.conf"
-touch "$pgdata/recovery.signal"
-log "replaying WAL to ${target:-the end of the archive}"
-
-# The server's environment holds no secret (no password, no grant or key path); the sessions this
-# job opens override the tenant's per-role and per-database settings (client options win over
-# them): no search_path of its choosing, no library loaded at connection, nothing logged.
-env -i PATH="$PATH" LANG=C.UTF-8 LC_ALL=C.UTF-8 HOME="$socket_dir" \
-  pg_ctl -D "$pgdata" -w -t 600 -l "$socket_dir/postgres.log" start -o "-c config_file=$socket_dir/postgresql.conf" >/dev/null \
-  || { tail -n 30 "$socket_dir/postgres.log" >&2; die "recovery did not start"; }
-export -n PGPASSWORD
-export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres
-export PGOPTIONS="-c search_path=pg_catalog -c session_preload_libraries= -c local_preload_libraries= -c log_statement=none -c default_transaction_read_only=off"
-until [[ "$(psql -X -Atqc 'SELECT pg_catalog.pg_is_in_recovery()' 2>/dev/null)" == f ]]; do
-  if ! pg_ctl -D "$pgdata" status >/dev/null 2>&1; then
-    tail -n 30 "$socket_dir/postgres.log" >&2
-    die "recovery ended before it reached ${target:-the end of the archive}"
-  fi
-  sleep 0.5
-done
-replayed=$(psql -X -Atqc 'SELECT pg_catalog.pg_last_xact_replay_timestamp()')
-log "promoted; last transaction replayed committed at ${replayed:-unknown}"
-
-# The instance's Secret is what clients will use from now on.
-printf 'ALTER ROLE "%s" PASSWORD '"'"'%s'"'"';\n' "${POSTGRES_USER//\"/\"\"}" "${PGPASSWORD//\'/\'\'}" \
-  | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "setting the instance's password failed"
-pg_ctl -D "$pgdata" stop -m fast -w >/dev/null || die "the restored server did not stop cleanly"
-# The tenant's own settings are its instance's again (the recovery settings never were in them).
-if [[ -e "$staging/postgresql.auto.conf" ]]; then mv "$staging/postgresql.auto.conf" "$pgdata/postgresql.auto.conf"; fi
-rm -f "$pgdata/recovery.signal"
-log "point-in-time restore complete into $pgdata"
+# Everything verified and decoded: readable by the serve role (its group), then announced.
+chmod -R g+rX "$staging/base.tar" "$staging/wal" "$staging/target"
+mv "$staging/base.tar" "$staging/wal" "$staging/target" "$handoff/data/"
+: >"$handoff/ready/.all-verified" && mv "$handoff/ready/.all-verified" "$handoff/ready/all-verified"
+log "base backup and ${count} WAL segment(s) verified and handed over"

@@ -177,6 +177,7 @@ def test_the_role_grants_exactly_the_calls_the_platform_makes(tmp_path):
         archiver = WalArchiverSpec(instance=target, container_url="https://a/b", blob_sas=SecretStr("se=x&sig=y"))
         platform.ensure_wal_archiver(archiver)  # creates the Secret and the Deployment
         platform.ensure_wal_archiver(archiver)  # served: reads only
+        platform.model_copy(update={"archiver_memory_limit": "3Gi"}).ensure_wal_archiver(archiver)  # patched
         platform.wal_archivers()
         platform.wal_archiver_error(target)
         platform.remove_wal_archiver(target)  # the last one: Deployment and Secret deleted

@@ -318,7 +318,8 @@ def test_instance_certificates_are_signed_by_the_deployments_ca(tmp_path):
 
 def test_with_a_ca_the_dns_connection_string_verifies_the_server():
     from records import Endpoints
-    from toygres_pipelines.restores.steps import check_url, connection_strings
+    from toygres_pipelines.restores.steps import check_url
+    from toygres_pipelines.shared.connections import connection_strings
 
     endpoints = Endpoints(
         host="orders-copy.westeurope.cloudapp.azure.com",

@@ -41,7 +41,7 @@ from resources.platform.postgres_server import (
 )
 from toygres_pipelines.dev.stack import remove_tree
 from toygres_pipelines.resources_from_env import kubernetes_platform_from_env
-from toygres_pipelines.restores.steps import connection_strings
+from toygres_pipelines.shared.connections import connection_strings
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(60)]
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.kubernetes, pytest.mark.timeout(120)]
 
 
 def restored_row(cms):
-    source = cms.create_instance(
+    source = cms.instances.create(
         user_name="orders",
         k8s_name="orders-ab12c",
         namespace=NS,
@@ -29,7 +29,7 @@ def restored_row(cms):
         state=InstanceState.running,
     )
     image = catalogued_image(cms, source, "orders__n1")
-    row = cms.create_instance(
+    row = cms.instances.create(
         user_name="orders-copy",
         k8s_name=TARGET.k8s_name,
         namespace=NS,
@@ -41,7 +41,7 @@ def restored_row(cms):
         source_image_id=image.id,
         tags={REQUEST_KEY: "r1"},
     )
-    return cms.transition_instance(row.id, InstanceState.running, reason="test")
+    return cms.instances.transition(row.id, InstanceState.running, reason="test")
 
 
 def test_delete_instance_removes_every_kubernetes_object_and_frees_the_label(cluster, platform, cms):  # noqa: F811
@@ -51,11 +51,11 @@ def test_delete_instance_removes_every_kubernetes_object_and_frees_the_label(clu
     platform.deploy_instance(
         DeploySpec(instance=TARGET, postgres_version="17", storage_size_gb=2, dns_label="orders-copy")
     )
-    assert platform.instance_exists(TARGET) and cms.dns_name_in_use("orders-copy")
+    assert platform.instance_exists(TARGET) and cms.instances.dns_name_in_use("orders-copy")
 
     deleted = delete_instance(cms, platform, TARGET.k8s_name)
     assert deleted.state is InstanceState.deleted
-    assert [e.to_state for e in cms.events(row.id)] == ["creating", "running", "deleting", "deleted"]
+    assert [e.to_state for e in cms.events.of(row.id)] == ["creating", "running", "deleting", "deleted"]
     for plural, name in [
         ("statefulsets", TARGET.k8s_name),
         ("services", TARGET.k8s_name),
@@ -66,4 +66,4 @@ def test_delete_instance_removes_every_kubernetes_object_and_frees_the_label(clu
         ("persistentvolumeclaims", f"{TARGET.k8s_name}-data"),
     ]:
         assert cluster.get(plural, NS, name) is None, (plural, name)
-    assert not cms.dns_name_in_use("orders-copy")
+    assert not cms.instances.dns_name_in_use("orders-copy")

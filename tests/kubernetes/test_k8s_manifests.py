@@ -236,7 +236,7 @@ def job_spec(kind: JobKind, instance: InstanceRef, sas: str | None = None, **ove
     return JobSpec(
         kind=kind,
         name=name,
-        script=f"{kind.value}.sh",
+        script=over.pop("script", f"{kind.value}.sh"),
         env=env,
         instance=instance,
         blob_sas=SecretStr(sas) if sas else None,
@@ -336,12 +336,16 @@ def test_job_manifest(instance, kind, platform):
         assert sts_env["PGDATA"] == f"{serve_env['VOLUME_PATH']}/pgdata"
 
 
-def test_a_restore_pod_splits_fetch_and_serve_and_only_fetch_holds_credentials():
+@pytest.mark.parametrize(
+    ("fetch_script", "serve_script"), [("restore.sh", "restore-serve.sh"), ("restore-pitr.sh", "restore-pitr-serve.sh")]
+)
+def test_a_restore_pod_splits_fetch_and_serve_and_only_fetch_holds_credentials(fetch_script, serve_script):
     """Issue 25: separate containers and users; the blob grant and the identity Secret in the fetch
-    container only; the serve container (the image's code) gets no token, no Secret but the
-    password's verifier, and sees no other process."""
+    container only; the serve container (the image's code, or the replayed catalogue of a
+    point-in-time restore) gets no token, no Secret but the password's verifier, and sees no other
+    process."""
     platform = KubernetesPlatform(job_images=JOB_IMAGES, age_identity_secret="toygres-age-identities")
-    spec = job_spec(JobKind.restore, INSTANCES[0])
+    spec = job_spec(JobKind.restore, INSTANCES[0], script=fetch_script)
     job = m.job(spec, platform.settings(), "scripts")
     validate(job)
     template = job["spec"]["template"]
@@ -349,8 +353,8 @@ def test_a_restore_pod_splits_fetch_and_serve_and_only_fetch_holds_credentials()
     assert pod["shareProcessNamespace"] is False
     assert template["metadata"]["annotations"]["azure.workload.identity/skip-containers"] == "serve"
     fetch, serve = (next(c for c in pod["containers"] if c["name"] == name) for name in ("job", "serve"))
-    assert fetch["command"] == ["bash", "/scripts/restore.sh"]
-    assert serve["command"] == ["bash", "/scripts/restore-serve.sh"]
+    assert fetch["command"] == ["bash", f"/scripts/{fetch_script}"]
+    assert serve["command"] == ["bash", f"/scripts/{serve_script}"]
     assert fetch["securityContext"]["runAsUser"] != serve["securityContext"]["runAsUser"] == platform.run_as_user
     volumes = {v["name"]: v for v in pod["volumes"]}
 

@@ -58,7 +58,7 @@ def k8s(cluster) -> KubernetesPlatform:
 
 
 def running_source(cms):
-    instance = cms.create_instance(
+    instance = cms.instances.create(
         user_name="orders",
         k8s_name=SOURCE.k8s_name,
         namespace=NS,
@@ -68,7 +68,7 @@ def running_source(cms):
         dns_name="orders",
         image_type=ImageType.pg_durable,
     )
-    return cms.transition_instance(instance.id, InstanceState.running, reason="test")
+    return cms.instances.transition(instance.id, InstanceState.running, reason="test")
 
 
 def restore_orders_copy(cms, blob, platform, instance: dg.DagsterInstance, **config):
@@ -105,7 +105,7 @@ def test_backup_asset_runs_a_job_and_fails_the_image_whose_blobs_do_not_verify(c
         controller.stop()
 
     assert not result.success
-    image = cms.get_image(image_id)
+    image = cms.images.get(image_id)
     assert image.state is ImageState.failed
     assert image.error_message == f"manifest.json: missing from blob storage under images/{image_id}"
     assert (image.postgres_version, image.image_type, image.source_instance_id) == (
@@ -124,7 +124,7 @@ def ready_image(cms, blob):
     """A ready image whose manifest in blob storage matches the CMS checksum."""
     source = running_source(cms)
     image_id = uuid.uuid4()
-    image = cms.reserve_image(
+    image = cms.images.reserve(
         image_id=image_id,
         name="orders__nightly",
         description=None,
@@ -134,7 +134,7 @@ def ready_image(cms, blob):
         blob_path=f"images/{image_id}",
         run_id="r",
     )
-    cms.set_image_password(image.id, SecretStr("pa\"ss\\wo'rd"))
+    cms.images.set_password(image.id, SecretStr("pa\"ss\\wo'rd"))
     now = datetime.now(UTC)
     manifest = BackupManifest(
         format_version=1,
@@ -154,7 +154,7 @@ def ready_image(cms, blob):
     )
     raw = manifest.model_dump_json().encode()
     blob.write_bytes(f"{image.blob_path}/manifest.json", raw)
-    return cms.transition_image(
+    return cms.images.transition(
         image.id, ImageState.ready, reason="test", backup_size_bytes=2, backup_checksum=hashlib.sha256(raw).hexdigest()
     )
 
@@ -189,7 +189,7 @@ def test_restore_job_creates_objects_in_order_and_cleans_up_after_a_failed_job(c
     assert job_env["POSTGRES_VERSION"]["value"] == "16"  # from the image, not the request
     assert "ERROR: checksum mismatch" in run_logs(dagster, result.run_id)
 
-    [instance] = [i for i in cms.list_instances() if i.k8s_name == target]
+    [instance] = [i for i in cms.instances.list() if i.k8s_name == target]
     assert instance.state is InstanceState.failed
     assert (
         "step run_restore_job failed" in instance.error_message and "PodFailurePolicy" in instance.error_message
@@ -202,7 +202,7 @@ def test_restore_job_creates_objects_in_order_and_cleans_up_after_a_failed_job(c
         ("statefulsets", target),
     ]:
         assert cluster.get(plural, NS, name) is None, (plural, name)
-    assert not cms.dns_name_in_use("orders-copy")
+    assert not cms.instances.dns_name_in_use("orders-copy")
 
 
 def controller_job_env(cluster) -> list[dict]:
@@ -232,7 +232,7 @@ def test_a_restore_the_deployment_cannot_run_fails_before_anything_is_created(
     )
     assert not result.success and message in failure_text(result), failure_text(result)
     assert cluster.creations() == []
-    assert [i.k8s_name for i in cms.list_instances()] == [SOURCE.k8s_name]
+    assert [i.k8s_name for i in cms.instances.list()] == [SOURCE.k8s_name]
 
 
 def test_janitor_removes_jobs_and_sas_secrets_past_their_timeout_by_label(cms, cluster, k8s):
@@ -289,7 +289,7 @@ def test_janitor_removes_jobs_and_sas_secrets_past_their_timeout_by_label(cms, c
 
 
 def add_source(cms, k8s_name: str, namespace: str, postgres_version: str):
-    return cms.create_instance(
+    return cms.instances.create(
         user_name=k8s_name,
         k8s_name=k8s_name,
         namespace=namespace,
@@ -314,16 +314,16 @@ def test_a_backup_the_deployment_cannot_run_is_refused_before_any_row(cms, blob,
     """The asset, the request sensor and the CLI share one backup-source rule; the nightly schedule skips such
     a source and says why. No image row (with its encrypted password) is written, no object created."""
     from records.requests import ImageRequestFields
-    from toygres_pipelines.automation.schedules import nightly_run_requests
-    from toygres_pipelines.automation.sensors import evaluate_image_requests
+    from toygres_pipelines.images.schedules import nightly_run_requests
+    from toygres_pipelines.images.sensors import evaluate_image_requests
 
     k8s = make_k8s(cluster)
     add_source(cms, "pg18-src", namespace, version)
     result = materialize_image({"cms": cms, "blob": blob, "platform": k8s}, "pg18-src__manual", raise_on_error=False)
     assert not result.success and message in failure_text(result), failure_text(result)
-    assert cms.list_images() == [] and cluster.creations() == []
+    assert cms.images.list() == [] and cluster.creations() == []
 
-    request = cms.create_image_request(ImageRequestFields(image_name="pg18-src__req", source_instance="pg18-src"))
+    request = cms.requests.create(ImageRequestFields(image_name="pg18-src__req", source_instance="pg18-src"))
     done = evaluate_image_requests(dg.DagsterInstance.ephemeral(), cms, k8s)
     assert done.run_requests == [] and message in done.rejected[str(request.id)]
 
@@ -336,11 +336,12 @@ def test_connect_reads_the_password_from_the_kubernetes_secret(cms, k8s, monkeyp
     from urllib.parse import unquote, urlsplit
 
     from toygres_pipelines import cli
+    from toygres_pipelines.cli import instances as cli_instances
 
     password = "k8s'pw:@/%?#"
     source = running_source(cms)
-    source = cms.transition_instance(source.id, InstanceState.stopped, reason="test")
-    cms.transition_instance(
+    source = cms.instances.transition(source.id, InstanceState.stopped, reason="test")
+    cms.instances.transition(
         source.id,
         InstanceState.running,
         reason="test",
@@ -348,7 +349,7 @@ def test_connect_reads_the_password_from_the_kubernetes_secret(cms, k8s, monkeyp
     )
     k8s.ensure_instance_secret(SOURCE, SecretStr(password))
     monkeypatch.setenv(cli.DSN_ENV, cms.dsn)
-    monkeypatch.setattr(cli, "platform_from_env", lambda: k8s)  # TOYGRES_PLATFORM=kubernetes, built from env
+    monkeypatch.setattr(cli_instances, "platform_from_env", lambda: k8s)  # TOYGRES_PLATFORM=kubernetes, built from env
 
     assert cli.main(["connect", SOURCE.k8s_name, "--show-password", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -395,7 +396,7 @@ def test_an_upgrade_restore_runs_the_target_majors_job_image_and_server(cms, blo
     assert json.loads(env["RESTORE_DATABASES"]) == ["orders"]
     assert [line.split()[1] for line in env["BACKUP_SHA256SUMS"].splitlines()] == ["globals.sql", "databases/001.dump"]
     assert posted["statefulsets"]["spec"]["template"]["spec"]["containers"][0]["image"] == PG_DURABLE_17
-    [instance] = [i for i in cms.list_instances() if i.k8s_name == target]
+    [instance] = [i for i in cms.instances.list() if i.k8s_name == target]
     assert (instance.postgres_version, instance.source_postgres_version) == ("17", "16")
 
 
@@ -425,4 +426,4 @@ def test_a_restore_into_a_major_the_deployment_cannot_run_is_refused_before_anyt
     )
     assert not result.success and message in failure_text(result), failure_text(result)
     assert cluster.creations() == []
-    assert [i.k8s_name for i in cms.list_instances()] == [SOURCE.k8s_name]
+    assert [i.k8s_name for i in cms.instances.list()] == [SOURCE.k8s_name]

@@ -118,6 +118,37 @@ def test_one_archiver_per_namespace_serves_every_instance_and_is_removed_with_th
         assert platform.wal_archivers() == []
 
 
+def test_the_archiver_deployment_follows_a_settings_change(tmp_path):
+    """A new archiver image, other resources, no pull secret any more: the next ensure patches the
+    namespace's Deployment (not left running the old pod spec); the same settings patch nothing."""
+    newer = f"registry.example/toygres:1.13-20261205@sha256:{'ab' * 32}"
+    with running_cluster(tmp_path) as cluster:
+        before = KubernetesPlatform(
+            kubeconfig_path=str(cluster.kubeconfig), archiver_image=IMAGE, job_image_pull_secret="pull-old"
+        )
+        before.ensure_instance_secret(InstanceRef(k8s_name="orders-ab12c", namespace=NS), SecretStr("pw"))
+        fresh = sas_expiring_in(timedelta(days=2))
+        assert before.ensure_wal_archiver(spec("orders-ab12c", fresh)) is True
+        pod = cluster.get("deployments", NS, m.WAL_ARCHIVER_NAME)["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == IMAGE and pod["imagePullSecrets"] == [{"name": "pull-old"}]
+
+        after = KubernetesPlatform(
+            kubeconfig_path=str(cluster.kubeconfig), archiver_image=newer, archiver_memory_limit="4Gi"
+        )
+        assert after.ensure_wal_archiver(spec("orders-ab12c", fresh)) is False  # still served: no Secret change
+        deployment = cluster.get("deployments", NS, m.WAL_ARCHIVER_NAME)
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        assert container["image"] == newer
+        assert container["resources"]["limits"]["memory"] == "4Gi"
+        assert not pod.get("imagePullSecrets")
+        validate({k: v for k, v in deployment.items() if k != "status"})
+
+        patches = len(cluster.calls("PATCH", "deployments"))
+        after.ensure_wal_archiver(spec("orders-ab12c", fresh))
+        assert len(cluster.calls("PATCH", "deployments")) == patches  # unchanged settings: nothing written
+
+
 def test_servers_accept_the_archivers_replication_over_tls_and_bound_the_slots_wal():
     """pg_hba's `all` does not match replication connections: without its own hostssl line every
     archiver is refused. The slot's WAL is bounded on the command line (above ALTER SYSTEM)."""

@@ -16,7 +16,7 @@ from resources.cms import CMSResource
 from resources.platform.base import PROJECT_DIR, DeploySpec
 from resources.platform.local import LocalPlatform
 from resources.platform.postgres_server import postgres_bindir
-from toygres_pipelines.restores.steps import SUPERUSER, connection_strings
+from toygres_pipelines.shared.connections import SUPERUSER, connection_strings
 
 PAGILA_FILES = ("pagila-schema.sql", "pagila-data.sql")
 # The Makefile searches the same places and exports TOYGRES_PAGILA_DIR to what it found.
@@ -99,11 +99,11 @@ def register_running(
     cms: CMSResource, platform: LocalPlatform, ref: InstanceRef, user_name: str | None = None
 ) -> Instance:
     """Record an instance the platform already runs as `running` in the CMS."""
-    existing = cms.find_instance(ref.k8s_name)
+    existing = cms.instances.find(ref.k8s_name)
     if existing is not None and existing.state is InstanceState.running:
         return existing
     endpoints = platform.endpoints(ref)
-    instance = existing or cms.create_instance(
+    instance = existing or cms.instances.create(
         **instance_columns(name=user_name or ref.k8s_name, internal=False, dns_label=ref.k8s_name),
         k8s_name=ref.k8s_name,
         namespace=ref.namespace,
@@ -112,7 +112,7 @@ def register_running(
         image_type=ImageType.stock,
     )
     strings = connection_strings(endpoints, password=None)
-    return cms.transition_instance(
+    return cms.instances.transition(
         instance.id,
         InstanceState.running,
         reason="registered running instance",

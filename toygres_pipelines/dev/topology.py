@@ -4,7 +4,9 @@
                   (deploy/kubernetes/dagster-values.yaml), its own process, the only one holding
                   the TOYGRES_* environment (the chart's envSecrets); runs are launched from it
     webserver     `dagster-webserver`  ┐ load the code location over gRPC from a workspace.yaml
-    daemon        `dagster-daemon run` ┘ like the chart's (configmap-workspace.yaml: grpc_server)
+    daemon        `dagster-daemon run` ┘ like the chart's (configmap-workspace.yaml: grpc_server);
+                  both submit runs through the run coordinator, so both get the CMS DSN (only
+                  that of the code server's secrets: the Helm values give them the same one key)
     instance      deploy/local/dagster.yaml: dagster_postgres run, event-log and schedule storage in
                   a database of its own on the stack's PostgreSQL server (DAGSTER_PG_* variables),
                   TaggingRunCoordinator by module path, DefaultRunLauncher (one process per run: the
@@ -34,6 +36,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from resources.platform.base import PROJECT_DIR
 from resources.platform.postgres_server import DEFAULT_SIGNALS
+from toygres_pipelines.run_coordinator import CMS_DSN_ENV
 
 LOCATION_NAME = "toygres_pipelines"
 CHART_VALUES = PROJECT_DIR / "deploy" / "kubernetes" / "dagster-values.yaml"
@@ -108,6 +111,11 @@ class DagsterTopology:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("TOYGRES_", "DAGSTER_"))}
         return {**inherited, **self.dagster_env, "PYTHONUNBUFFERED": "1"}
 
+    def submitter_env(self) -> dict[str, str]:
+        """The webserver's and the daemon's: the run coordinator checks requests against the CMS."""
+        dsn = self.code_env.get(CMS_DSN_ENV)
+        return {**self._base_env(), **({CMS_DSN_ENV: dsn} if dsn else {})}
+
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         if name in self.processes and self.processes[name].poll() is None:
             raise TopologyError(f"the {name} already runs (pid {self.processes[name].pid})")
@@ -166,12 +174,12 @@ class DagsterTopology:
 
     def start_daemon(self) -> subprocess.Popen:
         return self._start(
-            "daemon", [dagster_bin("dagster-daemon"), "run", "-w", str(self.workspace)], self._base_env()
+            "daemon", [dagster_bin("dagster-daemon"), "run", "-w", str(self.workspace)], self.submitter_env()
         )
 
     def start_webserver(self, host: str, port: int, timeout_seconds: float = 180) -> subprocess.Popen:
         argv = [dagster_bin("dagster-webserver"), "-w", str(self.workspace), "-h", host, "-p", str(port)]
-        process = self._start("webserver", argv, self._base_env())
+        process = self._start("webserver", argv, self.submitter_env())
         deadline = time.monotonic() + timeout_seconds
         while True:
             self._check_alive("webserver")

@@ -10,6 +10,7 @@ from records.drills import Drill, DrillResult
 from records.freshness import previous_ready_image, size_anomaly
 from resources.cms import CMSResource
 from toygres_pipelines.images.assets import image, image_named, image_partitions
+from toygres_pipelines.shared import asset_keys
 
 # Partitioned asset checks are a preview feature of Dagster 1.13; these two rely on it knowingly.
 warnings.filterwarnings(
@@ -17,7 +18,7 @@ warnings.filterwarnings(
 )
 
 RESTORABLE_CHECK = "restorable"
-IMAGE_ASSET = dg.AssetKey("image")
+IMAGE_ASSET = asset_keys.IMAGE
 
 
 def restorable_metadata(drill: Drill) -> dict[str, dg.MetadataValue]:
@@ -67,7 +68,7 @@ def report_restorable(instance: dg.DagsterInstance, image_name: str, drill: Dril
 def restorable(context: dg.AssetCheckExecutionContext, cms: CMSResource) -> dg.AssetCheckResult:
     name = context.partition_key
     row = image_named(cms, name)
-    drills = cms.list_drills(image_id=row.id) if row is not None else []
+    drills = cms.drills.list(image_id=row.id) if row is not None else []
     finished = [d for d in drills if d.result is not DrillResult.running]
     if not finished:
         return dg.AssetCheckResult(
@@ -108,7 +109,7 @@ def size_result(cms: CMSResource, name: str) -> dg.AssetCheckResult:
             severity=dg.AssetCheckSeverity.WARN,
             description=f"no ready image named {name!r}: nothing to compare",
         )
-    previous = previous_ready_image(cms.list_images([ImageState.ready]), row)
+    previous = previous_ready_image(cms.images.list([ImageState.ready]), row)
     why = size_anomaly(row.backup_size_bytes, previous.backup_size_bytes if previous else None)
     metadata: dict[str, dg.MetadataValue] = {"bytes": dg.MetadataValue.int(row.backup_size_bytes or 0)}
     if previous is not None:

@@ -8,7 +8,7 @@ from pydantic import SecretStr
 
 from records.manifest import BackupManifest, table_key
 from records.platform import Endpoints
-from toygres_pipelines.restores.steps import SUPERUSER
+from toygres_pipelines.shared.connections import SUPERUSER
 
 # The tables the archive reader counts (archive_reader.py, docs/drills.md says which and why).
 COUNTED_TABLES = """

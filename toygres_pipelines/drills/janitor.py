@@ -20,7 +20,7 @@ def settle_abandoned_drills(
 ) -> list[Drill]:
     """Every running drill whose run is finished (or unknown here): failed, scratch instance deleted."""
     settled = []
-    for drill in cms.list_drills(results=[DrillResult.running]):
+    for drill in cms.drills.list(results=[DrillResult.running]):
         run = instance.get_run_by_id(drill.run_id)
         if run is not None and not run.is_finished:
             continue
@@ -30,7 +30,7 @@ def settle_abandoned_drills(
         )
         if done is not None:
             settled.append(done)
-    for drill in cms.drills_with_scratch_left():
+    for drill in cms.drills.with_scratch_left():
         run = instance.get_run_by_id(drill.run_id)
         if run is None or run.is_finished:
             remove_scratch_instance(cms, platform, drill.run_id, f"drill {drill.id} ended with it left", log)

@@ -19,7 +19,6 @@ from pydantic import BaseModel, Field
 
 from records import Image, Instance, ValidationFailed
 from records.drills import DrillResult, count_differences, seconds_per_gib
-from records.requests import RestoreRequestFields
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
@@ -27,18 +26,23 @@ from toygres_pipelines.drills.amcheck import amcheck
 from toygres_pipelines.drills.checks import report_restorable
 from toygres_pipelines.drills.counting import restored_counts
 from toygres_pipelines.drills.settle import SCRATCH_PREFIX, remove_scratch_instance, settle_drill
-from toygres_pipelines.restores.config import RestoreConfig, check_timeouts, plan_restore, ready_image
+from toygres_pipelines.restores.config import (
+    RestoreConfig,
+    check_timeouts,
+    job_timeout_field,
+    plan_restore,
+    ready_image,
+    ready_timeout_field,
+)
 from toygres_pipelines.restores.jobs import TimedPlan, invalid_request, restore_steps
 from toygres_pipelines.restores.steps import instance_ref, verify_manifest_only
-
-DRILL_KIND = "drill"
-IMAGE_TAG = "toygres/image"
+from toygres_pipelines.shared.tags import DRILL_KIND, KIND_TAG
 
 
 class DrillConfig(dg.Config):
     image: str = Field(description="The image to drill: its id or name; it must be ready")
-    job_timeout_seconds: int = Field(default=3600, description="Upper bound for the restore job, 60-172800 seconds")
-    ready_timeout_seconds: int = Field(default=600, description="How long the scratch server may take, 5-3600 s")
+    job_timeout_seconds: int = job_timeout_field()
+    ready_timeout_seconds: int = ready_timeout_field()
 
 
 class DrillVerdict(BaseModel):
@@ -70,10 +74,10 @@ def plan_drill(
 ) -> TimedPlan:
     try:
         target = ready_image(cms, config.image)
-        drill = cms.start_drill(target.id, target.source_instance_id, context.run_id, datetime.now(UTC))
+        drill = cms.drills.start(target.id, target.source_instance_id, context.run_id, datetime.now(UTC))
         request = scratch_request(target, context.run_id, config)
         check_timeouts(request)
-        plan = plan_restore(RestoreRequestFields.of(request), cms, platform)
+        plan = plan_restore(request.request_fields(), cms, platform)
     except ValidationFailed as error:
         raise invalid_request(error) from None
     context.log.info(f"drill {drill.id}: restoring image {plan.image_name} into scratch instance {plan.k8s_name}")
@@ -95,7 +99,7 @@ def verify_row_counts(
     found = restored_counts(
         platform.endpoints(instance_ref(instance)), platform.read_instance_password(instance_ref(instance)), manifest
     )
-    drill = cms.find_drill_by_run(context.run_id)
+    drill = cms.drills.find_by_run(context.run_id)
     started = drill.started_at if drill else datetime.now(UTC)
     recovery = max(0.0, (datetime.now(UTC) - started).total_seconds())
     checked = sum(len(tables) for tables in found.values())
@@ -144,12 +148,12 @@ def finish_drill(
     cms: CMSResource,
     platform: PlatformResource,
 ) -> None:
-    drill = cms.find_drill_by_run(context.run_id)
+    drill = cms.drills.find_by_run(context.run_id)
     if drill is None:
         raise dg.Failure(description=f"no drill row for run {context.run_id}", allow_retries=False)
     remove_scratch_instance(cms, platform, context.run_id, "drill finished", context.log.info)
-    size = (image_row := cms.get_image(timed.plan.image_id)) and image_row.backup_size_bytes
-    drill = cms.finish_drill(
+    size = (image_row := cms.images.get(timed.plan.image_id)) and image_row.backup_size_bytes
+    drill = cms.drills.finish(
         drill.id,
         verdict.result,
         verdict.reason,
@@ -182,7 +186,7 @@ def settle_failed_drill(context: dg.HookContext) -> None:
 @dg.job(
     description="Restore drill: restore an image into a scratch instance with the restore's own ops, compare "
     "every table's row count with the manifest, record the result, delete the scratch instance",
-    tags={"toygres/kind": DRILL_KIND},
+    tags={KIND_TAG: DRILL_KIND},
     hooks={settle_failed_drill},
     executor_def=dg.in_process_executor,
 )

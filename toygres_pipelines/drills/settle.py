@@ -23,7 +23,7 @@ SCRATCH_PREFIX = "drill-"
 
 def remove_scratch_instance(cms: CMSResource, platform: PlatformResource, run_id: str, reason: str, log: LogSink):
     """Delete the instance the drill run `run_id` restored into, in whatever state it was left."""
-    scratch = cms.find_instance_by_run(run_id)
+    scratch = cms.instances.find_by_run(run_id)
     if scratch is None or scratch.state is InstanceState.deleted:
         return
     if scratch.state is InstanceState.creating:  # its objects go, it becomes failed, then deleted
@@ -42,15 +42,15 @@ def settle_drill(
     log: LogSink,
 ) -> Drill | None:
     """Remove the run's scratch instance and fail its drill if it is still running."""
-    drill = cms.find_drill_by_run(run_id)
+    drill = cms.drills.find_by_run(run_id)
     if drill is None:
         return None
     try:
         remove_scratch_instance(cms, platform, run_id, reason, log)
     finally:
         if drill.result is DrillResult.running:
-            drill = cms.finish_drill(drill.id, DrillResult.failed, reason)
-            image = cms.get_image(drill.image_id)
+            drill = cms.drills.finish(drill.id, DrillResult.failed, reason)
+            image = cms.images.get(drill.image_id)
             if image is not None:
                 report_restorable(instance, image.name, drill)
             log(f"drill {drill.id} of image {image.name if image else drill.image_id} failed: {reason[:300]}")

@@ -69,10 +69,17 @@ def running_source(cms: CMSResource, platform: PlatformResource, ref: str) -> In
     """The instance to back up: in the CMS and running, in a namespace this deployment serves, of a
     PostgreSQL major it has a job image for. Every entry point (asset, request sensor, CLI, nightly
     schedule) checks this before any image row exists."""
-    instance = cms.find_instance(ref)
+    return check_running_source(platform, source_in_cms(cms, ref), ref)
+
+
+def source_in_cms(cms: CMSResource, ref: str) -> Instance:
+    """`running_source`'s rules the CMS alone answers (the run coordinator checks these at submit)."""
+    instance = cms.instances.find(ref)
     if instance is None:
         raise ValidationFailed("source_instance", f"no instance {ref!r} in the CMS")
-    return check_running_source(platform, instance, ref)
+    if instance.state is not InstanceState.running:
+        raise ValidationFailed("source_instance", f"instance {ref!r} is {instance.state}, it must be running")
+    return instance
 
 
 def check_running_source(platform: PlatformResource, instance: Instance, ref: str) -> Instance:
@@ -93,7 +100,7 @@ def check_running_source(platform: PlatformResource, instance: Instance, ref: st
 
 def check_name_free(cms: CMSResource, name: str, field: str) -> None:
     """A live image (anything but failed or deleted) already has this name."""
-    existing = cms.find_image(name)
+    existing = cms.images.find(name)
     if existing is not None and existing.name == name and existing.state not in (ImageState.failed, ImageState.deleted):
         raise ValidationFailed(field, f"{name!r} is already used by image {existing.id} ({existing.state})")
 
@@ -108,13 +115,23 @@ def image_prefix(image_id: uuid.UUID) -> str:
 MAX_SINGLE_STREAM_DATABASES = 1000
 
 
-def backup_grant(blob: BlobStorageResource, prefix: str, timeout_seconds: int, parallel_jobs: int) -> SecretStr:
-    """Create + write SAS for the image's own file names, no read, list or delete (docs/security.md).
-    Parallel mode's file names (pg_dump -Fd's) are known to nobody ahead: it also gets a
-    container SAS with create + write only."""
+def backup_grant(
+    blob: BlobStorageResource,
+    prefix: str,
+    timeout_seconds: int,
+    parallel_jobs: int,
+    staging_id: uuid.UUID | None = None,
+) -> SecretStr:
+    """Create + write SAS, no read, list or delete (docs/security.md): a single-stream backup's
+    for its image's own file names under `prefix`; a parallel one's (pg_dump -Fd's names are
+    known to nobody ahead) for the staging container of `staging_id` only."""
+    if parallel_jobs > SINGLE_STREAM:
+        if staging_id is None:
+            raise RuntimeError("a parallel-mode backup writes into a staging container: give its image id")
+        return blob.staging_grant(staging_id, timeout_seconds)
     names = ["globals.sql", MANIFEST_NAME]
     names += [f"databases/{index:03d}.dump" for index in range(1, MAX_SINGLE_STREAM_DATABASES + 1)]
-    return blob.write_grant(prefix, names, timeout_seconds, any_name=parallel_jobs > SINGLE_STREAM)
+    return blob.write_grant(prefix, names, timeout_seconds)
 
 
 def backup_job_spec(
@@ -132,7 +149,10 @@ def backup_job_spec(
         instance=InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace),
         env=BackupEnv.of_source(
             source,
-            blob_url=blob.folder_url(image.blob_path),
+            # a parallel backup writes into its staging container; the run copies it into the image
+            blob_url=(
+                blob.staging_url(image.id) if parallel_jobs > SINGLE_STREAM else blob.folder_url(image.blob_path)
+            ),
             transfer_stall_seconds=blob.transfer_stall_seconds,
             age_recipient=age_recipient,
             IMAGE_NAME=image.name,
@@ -140,10 +160,19 @@ def backup_job_spec(
             CHECK_CHUNK_BYTES=CHECK_CHUNK_BYTES,
             DUMP_COMPRESSION=dump_compression(source.postgres_version),
         ).env(),
-        blob_sas=backup_grant(blob, image.blob_path, timeout_seconds, parallel_jobs),
+        blob_sas=backup_grant(blob, image.blob_path, timeout_seconds, parallel_jobs, image.id),
         labels={"toygres/image-id": str(image.id), "toygres/instance": source.k8s_name},
         timeout_seconds=timeout_seconds,
     )
+
+
+def check_backup_request(cms: CMSResource, name: str, source_ref: str, parallel_jobs: int) -> Instance:
+    """A new image's rules that need no platform: its name, parallel_jobs and the source in the CMS.
+    take_image adds the platform's; the run coordinator applies these when the run is submitted."""
+    validate_image_name(name, field="image name (partition key)")
+    check_name_free(cms, name, field="image name (partition key)")
+    validate_parallel_jobs(parallel_jobs)
+    return source_in_cms(cms, source_ref)
 
 
 def take_image(
@@ -166,12 +195,9 @@ def take_image(
     partial blobs. Once the image is ready nothing can fail the backup: a job that cannot be
     removed is logged and left to the janitor.
     """
-    validate_image_name(name, field="image name (partition key)")
-    check_name_free(cms, name, field="image name (partition key)")
-    validate_parallel_jobs(parallel_jobs)
-    source = running_source(cms, platform, source_ref)
+    source = check_running_source(platform, check_backup_request(cms, name, source_ref, parallel_jobs), source_ref)
     image_id = uuid.uuid4()
-    image = cms.reserve_image(
+    image = cms.images.reserve(
         image_id=image_id,
         name=name,
         description=description,
@@ -184,12 +210,18 @@ def take_image(
     started = time.monotonic()
     ref = InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace)
     job_name = None
+    staged = parallel_jobs > SINGLE_STREAM
     try:
-        cms.set_image_password(image.id, platform.read_instance_password(ref))
+        cms.images.set_password(image.id, platform.read_instance_password(ref))
         blob.check_reachable()
+        if staged:
+            blob.create_staging(image.id)
         spec = backup_job_spec(image, source, blob, job_timeout_seconds, platform.age_recipient, parallel_jobs)
         job_name = spec.name
         platform.run_job(spec, log)
+        if staged:
+            copied = blob.promote_staging(image.id, image.blob_path)
+            log(f"copied {copied} file(s) from the backup's staging container into {image.blob_path}")
         # What the job proved while streaming, plus sizes and sampled ranges: no second full transfer
         manifest, report = verify_image(blob, image.blob_path, log=log, full=False)
         if manifest.image_name != name or manifest.source_instance != source.k8s_name:
@@ -203,7 +235,7 @@ def take_image(
                 f"manifest says the files are encrypted for {stored_for or 'nobody (plaintext)'},"
                 f" this deployment encrypts for {platform.age_recipient or 'nobody'}"
             )
-        ready = cms.transition_image(
+        ready = cms.images.transition(
             image.id,
             ImageState.ready,
             run_id=run_id,
@@ -219,8 +251,12 @@ def take_image(
             # Even when the CMS is unreachable: the job (and its SAS) must not outlive the run.
             if job_name is not None:
                 _quietly(lambda: platform.delete_job(job_name, source.namespace), log)
+            if staged:
+                _quietly(lambda: blob.delete_staging(image.id), log, then="the janitor removes it")
         raise
     _quietly(lambda: platform.delete_job(spec.name, source.namespace), log, then="the janitor removes it")
+    if staged:
+        _quietly(lambda: blob.delete_staging(image.id), log, then="the janitor removes it")
     return BackupOutcome(image=ready, report=report, seconds=time.monotonic() - started, manifest=manifest)
 
 
@@ -250,14 +286,14 @@ def fail_image(
     failed after it became ready; an unreachable CMS keeps them too (the reconciler settles
     the row later).
     """
-    current = cms.get_image(image.id)
+    current = cms.images.get(image.id)
     if current is not None and current.state is ImageState.creating:
         try:
-            current = cms.transition_image(
+            current = cms.images.transition(
                 image.id, ImageState.failed, reason=reason, run_id=run_id, expected=ImageState.creating
             )
         except InvalidTransition:  # another writer settled it first (e.g. it became ready)
-            current = cms.get_image(image.id)
+            current = cms.images.get(image.id)
     if current is None or current.state not in BLOBS_REMOVABLE:
         state = current.state if current is not None else "gone from the CMS"
         log(f"image {image.id} is {state}: its blobs are kept ({reason[:300]})")

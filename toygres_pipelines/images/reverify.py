@@ -7,6 +7,7 @@ from records import Image, ImageState, LogSink, ValidationFailed
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
+from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
 
 
 class ReverifyConfig(dg.Config):
@@ -15,7 +16,7 @@ class ReverifyConfig(dg.Config):
 
 def reverify(cms: CMSResource, blob: BlobStorageResource, ref: str, run_id: str, log: LogSink) -> Image:
     """corrupt -> ready when every file (and the manifest, against the CMS checksum) verifies."""
-    image = cms.find_image(ref)
+    image = cms.images.find(ref)
     if image is None:
         raise ValidationFailed("image", f"no image {ref!r}")
     if image.state is not ImageState.corrupt:
@@ -25,7 +26,7 @@ def reverify(cms: CMSResource, blob: BlobStorageResource, ref: str, run_id: str,
     except ImageCorrupt as error:
         log(f"image {image.name} still fails verification: {error}")
         raise
-    return cms.transition_image(
+    return cms.images.transition(
         image.id,
         ImageState.ready,
         run_id=run_id,
@@ -46,6 +47,6 @@ def reverify_corrupt_image(
     context.log.info(f"image {image.name} verified again: ready")
 
 
-@dg.job(description="Re-verify a corrupt image (after its blobs were repaired)", tags={"toygres/kind": "maintenance"})
+@dg.job(description="Re-verify a corrupt image (after its blobs were repaired)", tags={KIND_TAG: MAINTENANCE_KIND})
 def reverify_image():
     reverify_corrupt_image()

@@ -12,7 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from records import Image, ImageState, InstanceState, LogSink, RequestState, ValidationFailed, parse_uuid
+from records import (
+    Image,
+    ImageState,
+    InstanceState,
+    LogSink,
+    RequestState,
+    RestoreRequest,
+    ValidationFailed,
+    parse_uuid,
+)
 from records import lifecycle as rules
 from records.drills import DrillResult
 from records.lifecycle import images_in_use
@@ -43,7 +52,7 @@ class DagsterPartitions:
 
 
 def find(cms: CMSResource, ref: str) -> Image:
-    image = cms.find_image(ref)
+    image = cms.images.find(ref)
     if image is None:
         raise ValidationFailed("image", f"no image {ref!r} (an image id or name)")
     return image
@@ -54,14 +63,14 @@ def in_use_by(cms: CMSResource, images: Iterable[Image]) -> dict:
     drill uses."""
     return images_in_use(
         images,
-        cms.list_restore_requests([RequestState.pending, RequestState.accepted]),
-        cms.list_instances([InstanceState.creating]),
-        cms.list_drills(results=[DrillResult.running]),
+        cms.requests.list(RestoreRequest, [RequestState.pending, RequestState.accepted]),
+        cms.instances.list([InstanceState.creating]),
+        cms.drills.list(results=[DrillResult.running]),
     )
 
 
 def check_deletable(cms: CMSResource, image: Image) -> None:
-    """The deletion rules, checked up front for a clear refusal; `begin_image_deletion` checks
+    """The deletion rules, checked up front for a clear refusal; `cms.images.begin_deletion` checks
     them again under the image row's lock."""
     rules.check_deletable(image, in_use_by(cms, [image]).get(image.id))
 
@@ -72,7 +81,7 @@ def pin_image(cms: CMSResource, ref: str, pinned: bool = True) -> Image:
         raise ValidationFailed(
             "image", f"image {image.name!r} is {image.state}: only a ready or corrupt image can be pinned"
         )
-    return cms.set_image_pinned(image.id, pinned)
+    return cms.images.set_pinned(image.id, pinned)
 
 
 def delete_image(
@@ -108,9 +117,9 @@ def remove_image(
     """deleting (event) -> blobs -> deleted (event) -> partition; see the module docstring.
     keep_newest_ready (retention): refused when the image is its instance's newest ready image
     at the moment it would turn deleting."""
-    image = cms.begin_image_deletion(image.id, reason=reason, run_id=run_id, keep_newest_ready=keep_newest_ready)
+    image = cms.images.begin_deletion(image.id, reason=reason, run_id=run_id, keep_newest_ready=keep_newest_ready)
     removed = blob.delete_prefix(image.blob_path)
-    deleted = cms.transition_image(
+    deleted = cms.images.transition(
         image.id,
         ImageState.deleted,
         reason=f"{reason}: {removed} blob(s) removed",
@@ -120,7 +129,7 @@ def remove_image(
     how = f", matched by {matched}" if matched else ""
     log(f"image {image.name} ({image.id}{how}) deleted: {removed} blob(s) under {image.blob_path} removed")
     if partitions is not None:
-        tidy_partitions(cms.list_images(), partitions, log, names={image.name})
+        tidy_partitions(cms.images.list(), partitions, log, names={image.name})
     return deleted
 
 

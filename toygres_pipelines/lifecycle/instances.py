@@ -6,7 +6,7 @@ it): the row has a `source_image_id` and the `request_key` tag `create_instance_
 or, for a point-in-time restore (no image row behind it), the `pitr_base_backup` tag.
 Instances registered from elsewhere (e.g. a backup source) are refused unless `force`.
 The DNS label is reserved only by creating or running rows (`instances_dns_name_active_key`,
-`dns_name_in_use`): the row leaves both at `deleting`, so a new restore may take the label.
+`cms.instances.dns_name_in_use`): the row leaves both at `deleting`, so a new restore may take the label.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from records import Instance, InstanceState, LogSink, ValidationFailed
 from records.wal import PITR_BASE_BACKUP_TAG
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.restores.jobs import REQUEST_KEY
 from toygres_pipelines.restores.steps import instance_ref, restore_job_name
+from toygres_pipelines.shared.tags import REQUEST_KEY
 
 DELETABLE = (InstanceState.running, InstanceState.stopped, InstanceState.failed, InstanceState.deleting)
 
@@ -55,7 +55,7 @@ def delete_instance(
 ) -> Instance:
     """Remove the instance's objects and mark it deleted. A failure leaves the row `deleting`;
     calling again finishes the job. An already deleted instance is returned as it is."""
-    instance = cms.find_instance(ref)
+    instance = cms.instances.find(ref)
     if instance is None:
         raise ValidationFailed("instance", f"no instance {ref!r} (an instance id or k8s_name)")
     if instance.state is InstanceState.deleted:
@@ -63,7 +63,7 @@ def delete_instance(
         return instance
     check_deletable(instance, force)
     if instance.state is not InstanceState.deleting:
-        instance = cms.transition_instance(
+        instance = cms.instances.transition(
             instance.id, InstanceState.deleting, reason=reason, run_id=run_id, expected=instance.state
         )
     try:
@@ -71,7 +71,7 @@ def delete_instance(
     except Exception as error:  # noqa: BLE001 - a leftover job is the janitor's; the instance still goes
         log(f"restore job of {instance.k8s_name} not removed now: {error}")
     platform.delete_instance(instance_ref(instance))
-    deleted = cms.transition_instance(
+    deleted = cms.instances.transition(
         instance.id,
         InstanceState.deleted,
         reason=f"{reason}: server, service, config, secret and volume removed",

@@ -7,9 +7,10 @@ from records import ValidationFailed
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.lifecycle.images import DagsterPartitions, delete_image
 from toygres_pipelines.lifecycle.instances import delete_instance
+from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
 
 
 class DeleteImageConfig(dg.Config):
@@ -52,7 +53,7 @@ def delete_one_instance(
     context.log.info(f"instance {instance.k8s_name} is {instance.state}")
 
 
-@dg.job(name="delete_image", description="Delete one image on request", tags={"toygres/kind": "maintenance"})
+@dg.job(name="delete_image", description="Delete one image on request", tags={KIND_TAG: MAINTENANCE_KIND})
 def delete_image_job():
     delete_one_image()
 
@@ -60,7 +61,7 @@ def delete_image_job():
 @dg.job(
     name="delete_instance",
     description="Delete an instance a restore created (force: any instance)",
-    tags={"toygres/kind": "maintenance"},
+    tags={KIND_TAG: MAINTENANCE_KIND},
 )
 def delete_instance_job():
     delete_one_instance()

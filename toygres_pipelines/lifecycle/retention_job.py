@@ -18,7 +18,6 @@ from records import Image, ImageState, LogSink, ValidationFailed, parse_uuid
 from records.retention import RetentionPolicy
 from resources.blob import BlobStorageResource
 from resources.cms import CMSError, CMSResource
-from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.lifecycle.images import (
     DagsterPartitions,
     Partitions,
@@ -28,6 +27,8 @@ from toygres_pipelines.lifecycle.images import (
     tidy_partitions,
 )
 from toygres_pipelines.lifecycle.retention import RetentionPlan, plan_retention
+from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
 
 IMAGES_PREFIX = "images"
 
@@ -66,9 +67,9 @@ def stray_folders(folders: list[str], images: list[Image]) -> list[str]:
 
 
 def compute_plan(cms: CMSResource, default: RetentionPolicy, now: datetime) -> tuple[list[Image], RetentionPlan]:
-    images = cms.list_images()
+    images = cms.images.list()
     overrides = {}
-    for instance in cms.list_instances():
+    for instance in cms.instances.list():
         if instance.retention_override:
             try:
                 overrides[instance.id] = default.with_override(instance.retention_override)
@@ -101,7 +102,7 @@ def run_retention(
     if dry_run:
         return outcome
     for decision in plan.expired:
-        current = cms.get_image(decision.image_id)
+        current = cms.images.get(decision.image_id)
         try:
             if current is None or current.state is not decision.state:
                 raise ValidationFailed("image", f"changed since the plan (now {current.state if current else 'gone'})")
@@ -134,7 +135,7 @@ def run_retention(
         except Exception as error:  # noqa: BLE001 - retried next run
             outcome.failed[f"{IMAGES_PREFIX}/{folder}"] = f"{type(error).__name__}: {error}"
     if partitions is not None and outcome.cms_unreachable is None:
-        outcome.partitions_removed = tidy_partitions(cms.list_images(), partitions, log)
+        outcome.partitions_removed = tidy_partitions(cms.images.list(), partitions, log)
     return outcome
 
 
@@ -195,7 +196,7 @@ def retention_job(policy: RetentionPolicy) -> dg.JobDefinition:
         name="retention",
         description="Apply the retention policy (TOYGRES_RETENTION_*, per-instance overrides in the CMS). "
         "dry_run (the default in the launchpad) only shows the plan.",
-        tags={"toygres/kind": "maintenance"},
+        tags={KIND_TAG: MAINTENANCE_KIND},
     )
     def retention():
         apply_retention()

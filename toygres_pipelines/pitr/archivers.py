@@ -34,7 +34,7 @@ def reconcile_archivers(
 ) -> ArchiverReconciliation:
     done = ArchiverReconciliation()
     running = {
-        InstanceRef(k8s_name=i.k8s_name, namespace=i.namespace) for i in cms.list_instances([InstanceState.running])
+        InstanceRef(k8s_name=i.k8s_name, namespace=i.namespace) for i in cms.instances.list([InstanceState.running])
     }
     sas = blob.container_write_token(int(ARCHIVER_SAS_TTL.total_seconds()))
     for ref in sorted(running, key=lambda r: (r.namespace, r.k8s_name)):

@@ -41,7 +41,7 @@ def take_base_backup(
     if source.state is not InstanceState.running:
         raise BaseBackupFailed(f"source_instance: {source.k8s_name} is {source.state}, not running")
     ref = InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace)
-    row = cms.reserve_base_backup(source, platform.read_instance_password(ref), run_id)
+    row = cms.base_backups.reserve(source, platform.read_instance_password(ref), run_id)
     spec = JobSpec(
         kind=JobKind.backup,
         name=f"basebackup-{row.id}",
@@ -69,12 +69,12 @@ def take_base_backup(
                 f"the source runs PostgreSQL {result.postgres_version}, the CMS says {source.postgres_version}"
             )
     except (Exception, ValidationError) as error:
-        cms.settle_base_backup(row.id, BaseBackupState.failed, str(error)[:2000])
+        cms.base_backups.settle(row.id, BaseBackupState.failed, str(error)[:2000])
         blob.delete_prefix(row.blob_path)
         raise
     finally:
         platform.delete_job(spec.name, ref.namespace)
-    ready = cms.finish_base_backup(row.id, result)
+    ready = cms.base_backups.finish(row.id, result)
     log(f"base backup {ready.id} of {source.k8s_name} ready: consistent at {ready.consistent_at}")
     return ready
 
@@ -91,7 +91,7 @@ def base_backup_op(
     blob: BlobStorageResource,
     platform: PlatformResource,
 ) -> str:
-    source = cms.find_instance(config.source_instance)
+    source = cms.instances.find(config.source_instance)
     if source is None:
         raise dg.Failure(f"source_instance: no instance {config.source_instance!r}")
     backup = take_base_backup(cms, blob, platform, source, context.run_id, context.log.info)
@@ -122,7 +122,7 @@ def due_base_backups(instances: list[Instance], weekday: int) -> list[Instance]:
 def weekly_base_backups(context: dg.ScheduleEvaluationContext, cms: CMSResource):
     when = context.scheduled_execution_time
     assert when is not None
-    for instance in due_base_backups(cms.list_instances([InstanceState.running]), when.weekday()):
+    for instance in due_base_backups(cms.instances.list([InstanceState.running]), when.weekday()):
         yield dg.RunRequest(
             run_key=f"base-{instance.k8s_name}-{when.date().isoformat()}",
             run_config={"ops": {"base_backup_op": {"config": {"source_instance": instance.k8s_name}}}},

@@ -8,14 +8,18 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from records import Instance, InstanceState
+from records.drills import DrillResult
 from records.wal import ArchiveHealth, find_gaps
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from resources.wal_archive import list_timelines
+from toygres_pipelines.pitr.settings import PitrSettings
+from toygres_pipelines.shared import asset_keys
 
-FLEET = dg.AssetKey("fleet")
-RPO_SECONDS = 60.0  # TOYGRES has no setting for it yet: docs/pitr.md
+FLEET = asset_keys.FLEET
+RPO_ENV = PitrSettings.env_name("rpo_target_seconds")
+WAL_ARCHIVE_FRESH = dg.AssetCheckKey(FLEET, "wal_archive_fresh")
 
 
 def archive_health(
@@ -32,7 +36,7 @@ def archive_health(
     assert current.newest_archived_at is not None
     bases = [
         b
-        for b in cms.list_base_backups(instance.id)
+        for b in cms.base_backups.list(instance.id)
         if b.system_identifier == current.system_identifier and b.timeline == current.timeline
     ]
     since = bases[0].start_segment if bases else None
@@ -49,7 +53,7 @@ def fleet_archive_health(
 ) -> list[ArchiveHealth]:
     now = datetime.now(UTC)
     report = []
-    for instance in cms.list_instances([InstanceState.running]):
+    for instance in cms.instances.list([InstanceState.running]):
         try:
             report.append(archive_health(cms, blob, platform, instance, now))
         except Exception as error:  # noqa: BLE001 - named, never stops the others
@@ -63,26 +67,37 @@ def fleet_archive_health(
     return report
 
 
-@dg.asset_check(
-    asset=FLEET,
-    name="wal_archive_fresh",
-    description=f"Every running instance's WAL archive lags less than {RPO_SECONDS:.0f} s (the RPO target); "
-    "offenders named with the archiver's last error.",
-)
-def wal_archive_fresh(cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource) -> dg.AssetCheckResult:
-    report = fleet_archive_health(cms, blob, platform)
-    stale = [h.describe_lag(RPO_SECONDS) for h in report if not h.fresh(RPO_SECONDS)]
-    lags = [h.lag_seconds for h in report if h.lag_seconds is not None]
-    return dg.AssetCheckResult(
-        passed=not stale,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(stale) if stale else f"all {len(report)} running instance(s) within the RPO target",
-        metadata={
-            "max_lag_seconds": dg.MetadataValue.float(max(lags) if lags else 0.0),
-            "offenders": dg.MetadataValue.text(", ".join(stale) or "none"),
-            "instances": dg.MetadataValue.json([h.model_dump(mode="json") for h in report]),
-        },
+def wal_archive_fresh_check(settings: PitrSettings) -> dg.AssetChecksDefinition:
+    """`wal_archive_fresh` judged against the deployment's RPO target (TOYGRES_RPO_TARGET_SECONDS)."""
+    rpo = settings.rpo_target_seconds
+
+    @dg.asset_check(
+        asset=FLEET,
+        name=WAL_ARCHIVE_FRESH.name,
+        description=f"Every running instance's WAL archive lags less than the RPO target ({RPO_ENV}: "
+        f"{rpo:g} s); offenders named with the archiver's last error.",
     )
+    def wal_archive_fresh(
+        cms: CMSResource, blob: BlobStorageResource, platform: PlatformResource
+    ) -> dg.AssetCheckResult:
+        report = fleet_archive_health(cms, blob, platform)
+        stale = [h.describe_lag(rpo) for h in report if not h.fresh(rpo)]
+        lags = [h.lag_seconds for h in report if h.lag_seconds is not None]
+        return dg.AssetCheckResult(
+            passed=not stale,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="; ".join(stale)
+            if stale
+            else f"all {len(report)} running instance(s) within the RPO target ({rpo:g} s)",
+            metadata={
+                "max_lag_seconds": dg.MetadataValue.float(max(lags) if lags else 0.0),
+                "rpo_target_seconds": dg.MetadataValue.float(rpo),
+                "offenders": dg.MetadataValue.text(", ".join(stale) or "none"),
+                "instances": dg.MetadataValue.json([h.model_dump(mode="json") for h in report]),
+            },
+        )
+
+    return wal_archive_fresh
 
 
 @dg.asset_check(
@@ -106,9 +121,65 @@ def wal_archive_continuous(
     )
 
 
+PITR_RESTORABLE_CHECK = "pitr_restorable"
+
+
+def pitr_restorable_evaluation(cms: CMSResource) -> dg.AssetCheckEvaluation:
+    """Each running instance's newest PITR drill (toygres_cms.pitr_drills): an ERROR naming every
+    instance whose newest drill failed; metadata: each one's result, target, replayed point and RTO
+    (`max_rto_seconds`, a float per evaluation, plots over time). Instances never drilled are
+    listed, not failed (the weekly schedule drills each one)."""
+    running = {i.id: f"{i.namespace}/{i.k8s_name}" for i in cms.instances.list([InstanceState.running])}
+    newest = [d for d in cms.pitr_drills.latest() if d.source_instance_id in running]
+    failed = [f"{running[d.source_instance_id]} ({d.reason})" for d in newest if d.result is not DrillResult.passed]
+    rtos = [d.rto_seconds for d in newest if d.rto_seconds is not None]
+    drilled = {d.source_instance_id for d in newest}
+    never = sorted(name for key, name in running.items() if key not in drilled)
+    shown = [
+        {"instance": running[d.source_instance_id], "result": d.result.value, "run_id": d.run_id,
+         "target_time": d.target_time.isoformat() if d.target_time else None,
+         "replayed_at": d.replayed_at.isoformat() if d.replayed_at else None,
+         "rto_seconds": d.rto_seconds, "finished_at": d.finished_at.isoformat(), "reason": d.reason}
+        for d in sorted(newest, key=lambda d: running[d.source_instance_id])
+    ]  # fmt: skip
+    passed_text = f"the newest PITR drill of {len(newest)} running instance(s) passed"
+    return dg.AssetCheckEvaluation(
+        asset_key=FLEET,
+        check_name=PITR_RESTORABLE_CHECK,
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(failed)
+        if failed
+        else passed_text + (f"; never drilled: {', '.join(never)}" if never else ""),
+        metadata={
+            "max_rto_seconds": dg.MetadataValue.float(max(rtos) if rtos else 0.0),
+            "offenders": dg.MetadataValue.text(", ".join(failed) or "none"),
+            "never_drilled": dg.MetadataValue.text(", ".join(never) or "none"),
+            "instances": dg.MetadataValue.json(shown),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=FLEET,
+    name=PITR_RESTORABLE_CHECK,
+    description="Every running instance's newest PITR drill (job pitr_drill) passed: restored to a point in its "
+    "window, replayed point checked, pg_amcheck clean; metadata: result, target, replayed point, RTO. Each drill "
+    "reports here; executing the check reports the newest drills again (it does not run one).",
+)
+def pitr_restorable(cms: CMSResource) -> dg.AssetCheckResult:
+    evaluation = pitr_restorable_evaluation(cms)
+    return dg.AssetCheckResult(
+        passed=evaluation.passed,
+        severity=evaluation.severity,
+        description=evaluation.description,
+        metadata=evaluation.metadata,
+    )
+
+
 check_wal_archives = dg.define_asset_job(
     name="check_wal_archives",
-    selection=dg.AssetSelection.checks(wal_archive_fresh, wal_archive_continuous),
+    selection=dg.AssetSelection.checks(WAL_ARCHIVE_FRESH, wal_archive_continuous),
     description="Evaluate wal_archive_fresh and wal_archive_continuous for every running instance.",
 )
 

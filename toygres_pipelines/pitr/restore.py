@@ -19,14 +19,14 @@ from records import (
     validate_azure_dns_label,
     validate_dns_label,
 )
-from records.job_scripts import PitrRestoreEnv
+from records.job_scripts import PitrRestoreFetchEnv, PitrRestoreServeEnv, job_env
 from records.rows import instance_columns
 from records.wal import PITR_BASE_BACKUP_TAG, RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, JobKind, JobSpec, PlatformResource
 from toygres_pipelines.pitr.window import plan_recovery
-from toygres_pipelines.restores.steps import connection_strings
+from toygres_pipelines.shared.connections import connection_strings
 
 RESTORE_TIMEOUT_SECONDS = 6 * 3600
 READY_TIMEOUT_SECONDS = 600
@@ -49,12 +49,12 @@ def restore_to_time(
 ) -> Instance:
     """ValidationFailed (naming the field and the window) before anything exists; else the new
     instance, running. A failure removes what was made and leaves the row failed with the reason."""
-    source = cms.find_instance(source_instance)
+    source = cms.instances.find(source_instance)
     if source is None:
         raise ValidationFailed("source_instance", f"no instance {source_instance!r}")
     validate_dns_label(name, "name")
     validate_azure_dns_label(dns_label, "dns_label")
-    if cms.dns_name_in_use(dns_label):
+    if cms.instances.dns_name_in_use(dns_label):
         raise ValidationFailed("dns_label", f"{dns_label} is used by another instance")
     base, plan = plan_recovery(cms, blob, source, target_time)
     if postgres_version is not None and postgres_version != base.postgres_version:
@@ -65,7 +65,7 @@ def restore_to_time(
         )
     platform.check_postgres_version(base.postgres_version, "postgres_version", "the base backup")
     ref = InstanceRef(k8s_name=new_k8s_name(name), namespace=platform.resolve_namespace(namespace))
-    instance = cms.create_instance(
+    instance = cms.instances.create(
         **instance_columns(name=name, internal=False, dns_label=dns_label),
         k8s_name=ref.k8s_name,
         namespace=ref.namespace,
@@ -81,8 +81,8 @@ def restore_to_time(
         source_postgres_version=base.postgres_version,
     )
     try:
-        cms.hold_base_backup(instance.id, base.id)
-        platform.ensure_instance_secret(ref, cms.base_backup_password(base.id))
+        cms.base_backups.hold(instance.id, base.id)
+        platform.ensure_instance_secret(ref, cms.base_backups.password(base.id))
         platform.create_volume(ref, instance.storage_size_gb)
         log(f"restoring {ref.k8s_name} from base backup {base.id} + {len(plan.segments)} WAL segment(s) "
             f"to {target_time.isoformat() if target_time else 'latest'}")  # fmt: skip
@@ -99,7 +99,7 @@ def restore_to_time(
         platform.wait_ready(ref, READY_TIMEOUT_SECONDS)
         endpoints = platform.endpoints(ref)
         strings = connection_strings(endpoints, password=None)
-        return cms.transition_instance(
+        return cms.instances.transition(
             instance.id,
             InstanceState.running,
             reason=f"restored from base backup {base.id} to {plan.target_time or 'latest'}",
@@ -108,7 +108,7 @@ def restore_to_time(
             external_ip=endpoints.external_ip,
         )
     except BaseException as error:
-        cms.transition_instance(instance.id, InstanceState.failed, reason=str(error)[:2000])
+        cms.instances.transition(instance.id, InstanceState.failed, reason=str(error)[:2000])
         platform.delete_instance(ref)
         raise
 
@@ -135,13 +135,16 @@ def run_pitr_job(
                 name=job_name,
                 script="restore-pitr.sh",
                 instance=ref,
-                env=PitrRestoreEnv(
-                    BLOB_URL=blob.container_url,
-                    PLAN_BLOB=plan_blob,
-                    PLAN_SHA256=hashlib.sha256(raw).hexdigest(),
-                    POSTGRES_VERSION=postgres_version,
-                    TRANSFER_STALL_SECONDS=blob.transfer_stall_seconds,
-                ).env(),
+                env=job_env(
+                    PitrRestoreFetchEnv(
+                        BLOB_URL=blob.container_url,
+                        PLAN_BLOB=plan_blob,
+                        PLAN_SHA256=hashlib.sha256(raw).hexdigest(),
+                        POSTGRES_VERSION=postgres_version,
+                        TRANSFER_STALL_SECONDS=blob.transfer_stall_seconds,
+                    ),
+                    PitrRestoreServeEnv(),
+                ),
                 blob_sas=blob.read_grant(
                     "", [plan_blob, plan.base.blob, *(s.blob for s in plan.segments)], timeout_seconds
                 ),

@@ -2,7 +2,7 @@
 kept with all the WAL they need (records/wal.py plan_wal_retention); older base backups and the
 WAL before the oldest kept one go. The row is marked deleted before its blobs go, so a restore
 never plans from a base backup being deleted; a base backup a running point-in-time restore or
-drill holds (cms hold_base_backup) is not deleted, and the WAL is cut only before the oldest base
+drill holds (cms.base_backups.hold) is not deleted, and the WAL is cut only before the oldest base
 backup still ready once the deletions are done; one instance failing never stops the others."""
 
 import os
@@ -33,7 +33,7 @@ class RetentionOutcome(BaseModel):
 
 def apply_wal_retention(cms: CMSResource, blob: BlobStorageResource, keep: int, log: LogSink) -> RetentionOutcome:
     outcome = RetentionOutcome()
-    backups = cms.list_base_backups(states=[BaseBackupState.ready])
+    backups = cms.base_backups.list(states=[BaseBackupState.ready])
     instances = {(b.namespace, b.k8s_name): b.instance_id for b in backups}
     for (namespace, k8s_name), instance_id in sorted(instances.items()):
         name = f"{namespace}/{k8s_name}"
@@ -45,14 +45,14 @@ def apply_wal_retention(cms: CMSResource, blob: BlobStorageResource, keep: int, 
             by_id = {b.id: b for b in backups}
             deleted = []
             for backup_id in expiring.expired_backups:
-                holders = cms.expire_base_backup(backup_id, "retention: older than the kept ones")
+                holders = cms.base_backups.expire(backup_id, "retention: older than the kept ones")
                 if holders:
                     log(f"{name}: base backup {backup_id} kept, a running restore holds it: {', '.join(holders)}")
                     continue
                 deleted.append(backup_id)
                 blob.delete_prefix(by_id[backup_id].blob_path)
             # The WAL cut is planned again from what is still ready: a held base backup keeps its WAL.
-            still_ready = cms.list_base_backups(instance_id)
+            still_ready = cms.base_backups.list(instance_id)
             cut = plan_wal_retention(still_ready, timelines, max(1, len(still_ready)))
             for blob_name in cut.expired_blobs:
                 blob.delete_blob(blob_name)

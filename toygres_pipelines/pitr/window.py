@@ -45,7 +45,7 @@ def _timeline_of(timelines: list[Timeline], backup: BaseBackup) -> Timeline | No
 
 
 def window_of(cms: CMSResource, blob: BlobStorageResource, instance: Instance) -> WindowState:
-    bases = [b for b in cms.list_base_backups(instance.id) if b.consistent_at is not None]
+    bases = [b for b in cms.base_backups.list(instance.id) if b.consistent_at is not None]
     if not bases:
         return WindowState(window=None, why_none="no ready base backup")
     timelines = list_timelines(blob, instance.namespace, instance.k8s_name)

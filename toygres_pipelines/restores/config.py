@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,9 +26,10 @@ from records import (
     validate_azure_dns_label,
     validate_dns_label,
 )
+from records.bounds import MAX_JOB_SECONDS
 from records.encryption import check_identity_for
-from records.requests import RestoreRequestFields
-from records.wal import RecoveryPlanFile, parse_target_time
+from records.requests import RestoreFormFields, RestoreRequestFields, require_source_image
+from records.wal import BaseBackup, RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
@@ -35,29 +37,74 @@ from toygres_pipelines.images.verification import read_manifest
 from toygres_pipelines.pitr.window import plan_recovery
 
 MAX_STORAGE_GB = 16384
-# A restore job downloads, checks and pg_restores the whole image: a minute at the least, two
-# days at the most (a hung job must not hold its pool slot for ever).
-JOB_TIMEOUT_BOUNDS = (60, 2 * 24 * 3600)
+# A restore job downloads, checks and pg_restores the whole image: a minute at the least.
+JOB_TIMEOUT_BOUNDS = (60, MAX_JOB_SECONDS)
 READY_TIMEOUT_BOUNDS = (5, 3600)
 # A PostgreSQL major since 10 is one number (16), never 9.6-style or with a minor (16.2).
 POSTGRES_MAJOR = re.compile(r"[1-9][0-9]+")
 
 
-class RestoreConfig(RestoreRequestFields, dg.Config):
-    """The launchpad form of `restore_instance`: the restore request plus the job's own limits."""
+def job_timeout_field() -> Any:
+    """The restore job's limit as every form that launches a restore declares it (the launchpad's,
+    the drill's); check_timeouts holds it to JOB_TIMEOUT_BOUNDS."""
+    low, high = JOB_TIMEOUT_BOUNDS
+    return Field(default=3600, description=f"Upper bound for the restore job, {low}-{high} seconds")
+
+
+def ready_timeout_field() -> Any:
+    """How long a restored server may take to accept connections; check_timeouts holds it to READY_TIMEOUT_BOUNDS."""
+    low, high = READY_TIMEOUT_BOUNDS
+    return Field(
+        default=600, description=f"How long the new server may take to accept connections, {low}-{high} seconds"
+    )
+
+
+def request_description(field: str, then: str = "") -> str:
+    """The request's description of `field` (declared once, in records/requests.py), plus `then`."""
+    return " ".join(filter(None, [RestoreFormFields.model_fields[field].description, then]))
+
+
+class RestoreConfig(RestoreFormFields, dg.Config):
+    """The launchpad form of `restore_instance`: the restore request plus the job's own limits.
+
+    The launchpad opens with every optional field's default, but leaves a None default out: here
+    those fields default to empty, which `request_fields` reads as None (the request's default)."""
 
     # No `password` field: Dagster stores run config in plaintext, and a restored instance keeps
     # the source image's password anyway. The launchpad refuses one; the CLI and the CMS request
     # API accept and ignore one with a warning.
-    job_timeout_seconds: int = Field(
-        default=3600,
-        description=f"Upper bound for the restore job, {JOB_TIMEOUT_BOUNDS[0]}-{JOB_TIMEOUT_BOUNDS[1]} seconds",
+    namespace: str = Field(default="", description=request_description("namespace"))
+    databases: list[str] = Field(default=[], description=request_description("databases"))
+    # Any: YAML reads 16 as a number and "16" as text; both mean PostgreSQL 16 (request_fields).
+    postgres_version: Any = Field(
+        default="", description=request_description("postgres_version", '(written 16 or "16")')
     )
-    ready_timeout_seconds: int = Field(
-        default=600,
-        description=f"How long the new server may take to accept connections, {READY_TIMEOUT_BOUNDS[0]}-"
-        f"{READY_TIMEOUT_BOUNDS[1]} seconds",
+    target_time: str = Field(
+        default="", description=request_description("target_time", "Empty: a logical restore of an image")
     )
+    job_timeout_seconds: int = job_timeout_field()
+    ready_timeout_seconds: int = ready_timeout_field()
+
+    def request_fields(self) -> RestoreRequestFields:
+        """The restore request this form stands for: empty fields are the request's defaults, a
+        major written as a number is the same major; the job's own limits left out."""
+        values = self.model_dump(include=set(RestoreFormFields.model_fields))
+        for field in ("namespace", "databases", "target_time"):
+            if not values[field]:
+                values[field] = None
+        values["postgres_version"] = written_major(self.postgres_version)
+        return RestoreRequestFields.model_validate(values)
+
+
+def written_major(value: Any) -> str | None:
+    """A major as the launchpad's YAML reads it: 16 (a number) or "16" (text); empty: none."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise ValidationFailed("postgres_version", f"{value!r} must be a PostgreSQL major version such as 16")
 
 
 class RestorePlan(BaseModel):
@@ -89,8 +136,7 @@ class RestorePlan(BaseModel):
 
 def check_request_fields(fields: RestoreRequestFields) -> None:
     """Rules on the request alone; each failure names its field."""
-    if not fields.source_image_id:
-        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
+    require_source_image(fields.source_image_id)
     for other in ("runtime_image_id", "image_override"):
         if getattr(fields, other):
             raise ValidationFailed(other, "cannot be combined with source_image_id")
@@ -162,7 +208,7 @@ def check_timeouts(config: RestoreConfig) -> None:
 
 
 def ready_image(cms: CMSResource, ref: str) -> Image:
-    image = cms.find_image(ref, field="source_image_id")
+    image = cms.images.find(ref, field="source_image_id")
     if image is None:
         kind = "id" if parse_uuid(ref) else "name"
         raise ValidationFailed("source_image_id", f"no image with {kind} {ref!r}")
@@ -171,6 +217,22 @@ def ready_image(cms: CMSResource, ref: str) -> Image:
     if not image.backup_checksum:
         raise ValidationFailed("source_image_id", f"image {image.name!r} has no recorded checksum")
     return image
+
+
+def request_source(fields: RestoreRequestFields, cms: CMSResource) -> Image | BaseBackup:
+    """The rules the request and the CMS alone answer: the request's own, the image (ready; the major
+    kept or raised) or, for a point in time, the base backup, and the DNS label free. plan_restore
+    starts with them; the run coordinator applies them when a run is submitted (it has no platform)."""
+    check_request_fields(fields)
+    source: Image | BaseBackup
+    if fields.target_time is not None:
+        source = point_in_time_source(fields, cms)
+    else:
+        source = ready_image(cms, fields.source_image_id or "")
+        target_postgres_version(source.postgres_version, fields.postgres_version, source.name)
+    if cms.instances.dns_name_in_use(fields.dns_label):
+        raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
+    return source
 
 
 def plan_restore(
@@ -183,11 +245,11 @@ def plan_restore(
     from the image unless a newer one is asked for. With `blob`, named databases are checked
     against the image's manifest (verified against the CMS checksum); without it (the request
     sensor) the run's validate step checks them, still before anything is created."""
-    check_request_fields(fields)
+    source = request_source(fields, cms)
     namespace = platform.resolve_namespace(fields.namespace)
-    if fields.target_time is not None:
-        return plan_point_in_time(fields, namespace, cms, platform, blob)
-    image = ready_image(cms, fields.source_image_id or "")
+    if isinstance(source, BaseBackup):
+        return plan_point_in_time(fields, source, namespace, cms, platform, blob)
+    image = source
     target = target_postgres_version(image.postgres_version, fields.postgres_version, image.name)
     field, subject = (
         ("source_image_id", f"image {image.name!r}")
@@ -198,8 +260,6 @@ def plan_restore(
     platform.check_server_image(target, image.image_type, field, subject)
     platform.check_exposure(fields.internal)
     check_identity_for(image.encryption_recipient, platform.age_identity_recipients, image.name)
-    if cms.dns_name_in_use(fields.dns_label):
-        raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     databases = fields.databases
     if databases is not None and blob is not None:
         manifest, _ = read_manifest(blob, image.blob_path, image.backup_checksum)
@@ -220,20 +280,13 @@ def plan_restore(
     )
 
 
-def plan_point_in_time(
-    fields: RestoreRequestFields,
-    namespace: str,
-    cms: CMSResource,
-    platform: PlatformResource,
-    blob: BlobStorageResource | None,
-) -> RestorePlan:
-    """A restore with `target_time` (docs/pitr.md): source_image_id names a base backup; the window
-    of its instance is checked (with `blob`; the request sensor reads no blob storage, the run's
-    validate step does) before anything is created. Same major, every database."""
-    target = parse_target_time(fields.target_time)
+def point_in_time_source(fields: RestoreRequestFields, cms: CMSResource) -> BaseBackup:
+    """A restore with `target_time` (docs/pitr.md): source_image_id names a ready base backup; same
+    major, every database."""
+    parse_target_time(fields.target_time)
     if fields.databases is not None:
         raise ValidationFailed("databases", "a point-in-time restore restores every database")
-    base = cms.get_base_backup(fields.source_image_id or "")
+    base = cms.base_backups.get(fields.source_image_id or "")
     if base is None or base.state.value != "ready":
         raise ValidationFailed(
             "source_image_id", f"no ready base backup {fields.source_image_id!r} (`pitr-status` lists the windows)"
@@ -244,12 +297,24 @@ def plan_point_in_time(
             f"a point-in-time restore keeps the major of its base backup ({base.postgres_version}); "
             f"restore to {base.postgres_version}, then upgrade with a logical image",
         )
-    source = cms.get_instance(base.instance_id)
+    return base
+
+
+def plan_point_in_time(
+    fields: RestoreRequestFields,
+    base: BaseBackup,
+    namespace: str,
+    cms: CMSResource,
+    platform: PlatformResource,
+    blob: BlobStorageResource | None,
+) -> RestorePlan:
+    """The base backup's instance and window (with `blob`; the request sensor reads no blob storage,
+    the run's validate step does) checked before anything is created."""
+    target = parse_target_time(fields.target_time)
+    source = cms.instances.get(base.instance_id)
     if source is None:
         raise ValidationFailed("source_image_id", f"base backup {base.id} has no instance")
     platform.check_postgres_version(base.postgres_version, "source_image_id", f"base backup {base.id}")
-    if cms.dns_name_in_use(fields.dns_label):
-        raise ValidationFailed("dns_label", f"{fields.dns_label!r} is already used by another instance")
     recovery = plan_recovery(cms, blob, source, target)[1] if blob is not None else None
     return RestorePlan(
         request=fields,

@@ -10,7 +10,6 @@ from records import (
     InstanceState,
     ValidationFailed,
 )
-from records.requests import RestoreRequestFields
 from records.rows import instance_columns
 from records.wal import PITR_BASE_BACKUP_TAG
 from resources.blob import BlobStorageResource
@@ -22,16 +21,16 @@ from toygres_pipelines.restores.steps import (
     check_connection,
     check_url,
     clean_up_failed_restore,
-    connection_strings,
     dangerous_content,
     instance_ref,
     mark_image_corrupt,
     restore_job_spec,
     verification_failure,
 )
+from toygres_pipelines.shared import asset_keys
+from toygres_pipelines.shared.connections import connection_strings
+from toygres_pipelines.shared.tags import KIND_TAG, REQUEST_ID_TAG, REQUEST_KEY, RESTORE_KIND
 
-REQUEST_ID_TAG = "toygres/request-id"
-REQUEST_KEY = "request_key"
 CONNECT_TIMEOUT_SECONDS = 120
 
 
@@ -63,7 +62,7 @@ def request_key(context: dg.OpExecutionContext) -> str:
 
 
 def still_creating(cms: CMSResource, instance: Instance) -> Instance:
-    current = cms.get_instance(instance.id)
+    current = cms.instances.get(instance.id)
     if current is None or current.state is not InstanceState.creating:
         state = current.state if current else "gone"
         raise dg.Failure(
@@ -100,7 +99,7 @@ def validate_request(
 ) -> TimedPlan:
     try:
         check_timeouts(config)
-        plan = plan_restore(RestoreRequestFields.of(config), cms, platform, blob)
+        plan = plan_restore(config.request_fields(), cms, platform, blob)
     except ValidationFailed as error:
         raise invalid_request(error) from None
     upgrade = (
@@ -127,7 +126,7 @@ def create_instance_record(
     context: dg.OpExecutionContext, timed: TimedPlan, cms: CMSResource, platform: PlatformResource
 ) -> Instance:
     plan, key = timed.plan, request_key(context)
-    for earlier in cms.find_instances_by_tag(REQUEST_KEY, key):
+    for earlier in cms.instances.find_by_tag(REQUEST_KEY, key):
         if earlier.state is InstanceState.running:
             raise dg.Failure(description=f"request {key} already restored as {earlier.k8s_name}", allow_retries=False)
         if earlier.state is InstanceState.creating:
@@ -140,7 +139,7 @@ def create_instance_record(
                 log=context.log.info,
             )
     try:
-        return cms.create_instance(
+        return cms.instances.create(
             **instance_columns(
                 name=plan.request.name, internal=plan.request.internal, dns_label=plan.request.dns_label
             ),
@@ -164,7 +163,7 @@ def create_instance_secret(
 ) -> Instance:
     instance = still_creating(cms, instance)
     plan = timed.plan
-    password = cms.base_backup_password(plan.image_id) if plan.point_in_time else cms.image_password(plan.image_id)
+    password = cms.base_backups.password(plan.image_id) if plan.point_in_time else cms.images.password(plan.image_id)
     platform.ensure_instance_secret(instance_ref(instance), password)
     return instance
 
@@ -193,7 +192,7 @@ def run_restore_job(
         if timed.plan.recovery is None:
             raise dg.Failure("target_time: the restore was planned without its WAL (no blob storage)")
         try:
-            cms.hold_base_backup(instance.id, timed.plan.image_id)
+            cms.base_backups.hold(instance.id, timed.plan.image_id)
         except ValidationFailed as error:
             raise invalid_request(error) from None
         run_pitr_job(platform, blob, instance_ref(instance), timed.plan.recovery, timed.plan.postgres_version,
@@ -273,7 +272,7 @@ def mark_instance_running(
     context: dg.OpExecutionContext, instance: Instance, address: InstanceAddress, server_version: str, cms: CMSResource
 ) -> dg.Output[Instance]:
     still_creating(cms, instance)
-    running = cms.transition_instance(
+    running = cms.instances.transition(
         instance.id,
         InstanceState.running,
         run_id=context.run_id,
@@ -283,7 +282,7 @@ def mark_instance_running(
         external_ip=address.endpoints.external_ip,
     )
     connect = f"toygres-pipelines connect {running.k8s_name}"
-    image = cms.get_image(running.source_image_id) if running.source_image_id else None
+    image = cms.images.get(running.source_image_id) if running.source_image_id else None
     context.log.info(
         f"instance {running.namespace}/{running.k8s_name} is running at {address.strings.ip}: connect with "
         f"`{connect}` (prints the psql command; add --show-password for one carrying the password, read from "
@@ -297,7 +296,7 @@ def mark_instance_running(
             "connection": address.strings.ip,
             "connect": connect,
             "source_image": image.name if image else str(running.source_image_id),
-            "image asset": dg.MetadataValue.asset(dg.AssetKey("image")),
+            "image asset": dg.MetadataValue.asset(asset_keys.IMAGE),
             "server_version": server_version,
         },
     )
@@ -307,7 +306,7 @@ def mark_instance_running(
 def clean_up_failed_instance(context: dg.HookContext) -> None:
     """Whatever step failed: remove what this run created and mark its instance failed."""
     cms: CMSResource = context.resources.cms
-    instance = cms.find_instance_by_run(context.run_id)
+    instance = cms.instances.find_by_run(context.run_id)
     if instance is None or instance.state is not InstanceState.creating:
         return
     reason = f"step {context.op.name} failed: {context.op_exception}"
@@ -330,7 +329,7 @@ def restore_steps(timed):
 
 @dg.job(
     description="Restore an image into a new instance: validate, create, restore, deploy, verify",
-    tags={"toygres/kind": "restore"},
+    tags={KIND_TAG: RESTORE_KIND},
     hooks={clean_up_failed_instance},
     executor_def=dg.in_process_executor,
 )

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 from pydantic import SecretStr
 
 from records import (
     BackupManifest,
-    ConnectionStrings,
     Endpoints,
     ImageState,
     Instance,
@@ -24,9 +22,7 @@ from resources.cms import CMSError, CMSResource
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource, RestoreRoles
 from toygres_pipelines.images.verification import ImageCorrupt, read_manifest, sha256sums
 from toygres_pipelines.restores.config import RestorePlan
-
-SUPERUSER = "postgres"
-DATABASE = "postgres"
+from toygres_pipelines.shared.connections import connection_string
 
 
 def instance_ref(instance: Instance) -> InstanceRef:
@@ -35,33 +31,6 @@ def instance_ref(instance: Instance) -> InstanceRef:
 
 def restore_job_name(instance: Instance) -> str:
     return f"restore-{instance.k8s_name}"
-
-
-def connection_string(
-    host: str,
-    port: int,
-    password: SecretStr | None,
-    user: str = SUPERUSER,
-    database: str = DATABASE,
-    sslmode: str | None = None,
-) -> str:
-    """A postgresql:// URL; the password, when given, is percent-encoded whatever it contains."""
-    credentials = quote(user, safe="")
-    if password is not None:
-        credentials += ":" + quote(password.get_secret_value(), safe="")
-    query = f"?sslmode={sslmode}" if sslmode else ""
-    return f"postgresql://{credentials}@{host}:{port}/{quote(database, safe='')}{query}"
-
-
-def connection_strings(endpoints: Endpoints, password: SecretStr | None) -> ConnectionStrings:
-    ip_host = endpoints.external_ip or endpoints.host
-    ssl = endpoints.sslmode
-    return ConnectionStrings(
-        ip=connection_string(ip_host, endpoints.port, password, sslmode=ssl),
-        dns=connection_string(endpoints.dns_name, endpoints.port, password, sslmode=endpoints.dns_sslmode or ssl)
-        if endpoints.dns_name
-        else None,
-    )
 
 
 def check_url(endpoints: Endpoints, password: SecretStr) -> str:
@@ -171,7 +140,7 @@ def verification_failure(error: BaseException) -> str | None:
 def mark_image_corrupt(cms: CMSResource, plan: RestorePlan, why: str, run_id: str, log: LogSink) -> None:
     """A ready image whose bytes failed verification is never offered again until re-verified."""
     try:
-        cms.transition_image(
+        cms.images.transition(
             plan.image_id,
             ImageState.corrupt,
             run_id=run_id,
@@ -207,7 +176,7 @@ def clean_up_failed_restore(
             action()
         except Exception as error:  # noqa: BLE001 - keep cleaning; say what is left
             log(f"cleanup: could not remove the {what} of {instance.k8s_name}: {error}")
-    current = cms.get_instance(instance.id)
+    current = cms.instances.get(instance.id)
     if current is not None and current.state in (InstanceState.creating, InstanceState.running):
-        cms.transition_instance(instance.id, InstanceState.failed, reason=reason[:4000])
+        cms.instances.transition(instance.id, InstanceState.failed, reason=reason[:4000])
     log(f"cleanup: instance {instance.k8s_name} marked failed: {reason[:300]}")

@@ -1,21 +1,16 @@
-"""The job that schedules and sensors launch backups with, and the tags every automated run carries."""
+"""The job that schedules and sensors launch backups with."""
 
 import dagster as dg
 
 from records.requests import BackupFields, ImageRequestFields
 from toygres_pipelines.forms import run_config_values
 from toygres_pipelines.images.assets import image
-from toygres_pipelines.restores.jobs import REQUEST_ID_TAG
-
-KIND_TAG = "toygres/kind"
-INSTANCE_TAG = "toygres/instance"
-CHECKS_KIND = "checks"  # the fleet's freshness checks, however launched
-__all__ = ["CHECKS_KIND", "INSTANCE_TAG", "KIND_TAG", "REQUEST_ID_TAG", "backup_image", "backup_run_config"]
+from toygres_pipelines.shared.tags import BACKUP_KIND, KIND_TAG
 
 backup_image = dg.define_asset_job(
     name="backup_image",
     selection=dg.AssetSelection.assets(image),  # partitions (`images`) come from the asset
-    tags={KIND_TAG: "backup"},
+    tags={KIND_TAG: BACKUP_KIND},
     # The one step runs in the run worker: a step process would import the code location and set
     # up the resources a second time (docs/benchmarks.md, orchestration overhead).
     executor_def=dg.in_process_executor,

@@ -10,31 +10,25 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from records import ImageState, InstanceState, ValidationFailed
+from records import ImageState, InstanceState
 from records.freshness import instance_status
 from resources.cms import CMSResource
-from toygres_pipelines.automation.settings import AutomationSettings
+from toygres_pipelines.cli.exits import EXIT_OK, EXIT_OUT_OF_WINDOWS
+from toygres_pipelines.cli.output import print_json, print_table, when
+from toygres_pipelines.cli.parsing import add_command
+from toygres_pipelines.cli.settings import automation_settings, described
 from toygres_pipelines.pitr.summary import PitrSummary, pitr_summaries
-
-EXIT_OK = 0
-EXIT_OUT_OF_WINDOWS = 4
 
 
 def cmd_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    from toygres_pipelines.cli import print_json, print_table, when  # cli imports this module
-
-    try:
-        settings = AutomationSettings.from_env()
-    except ValueError as error:  # bad input, not an unexpected error: its message names the variable and the rule
-        variable, _, rule = str(error).partition(": ")
-        raise ValidationFailed(variable, rule) from error
-    running = cms.list_instances([InstanceState.running])
+    settings = automation_settings()
+    running = cms.instances.list([InstanceState.running])
     now = datetime.now(UTC)
     pitr = pitr_summaries(cms, running, now)
     rows = instance_status(
         running,
-        cms.list_images([ImageState.ready]),
-        cms.list_drills(),
+        cms.images.list([ImageState.ready]),
+        cms.drills.list(),
         now,
         timedelta(hours=settings.backup_freshness_hours),
         timedelta(days=settings.drill_freshness_days),
@@ -86,14 +80,15 @@ def _seconds(value: float | None) -> str | None:
 
 
 def add_status_command(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
-    status = sub.add_parser(
+    add_command(
+        sub,
+        parent,
         "status",
-        parents=list(parent),
+        cmd_status,
         help="per running instance: newest image and its age, last drill and its recovery time, PITR window and "
         "archive lag",
         description="Per running instance: its newest ready image and its age, its last restore drill, that "
         f"drill's result and recovery time. Exit {EXIT_OUT_OF_WINDOWS} when any instance's newest image is older "
-        "than TOYGRES_BACKUP_FRESHNESS_HOURS (default 26), its newest successful drill older than "
-        "TOYGRES_DRILL_FRESHNESS_DAYS (default 8), or its newest drill failed.",
+        f"than {described('backup_freshness_hours')}, its newest successful drill older than "
+        f"{described('drill_freshness_days')}, or its newest drill failed.",
     )
-    status.set_defaults(handler=cmd_status)

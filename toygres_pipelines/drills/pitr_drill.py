@@ -1,22 +1,27 @@
 """PITR drill (job `pitr_drill`, schedule `weekly_pitr_drills`): an instance restored into a
 scratch instance to a point inside its window (10 minutes before its end, or the middle of a
 shorter window), the replayed point checked against the target, `pg_amcheck` over every database,
-the recovery time recorded, the scratch instance deleted whatever happened."""
+the recovery time recorded, the scratch instance deleted whatever happened. Every drill's result,
+target, replayed point and RTO go to toygres_cms.pitr_drills and the `pitr_restorable` check."""
 
 import hashlib
 import re
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from pydantic import BaseModel, Field
 
 from records import Instance, InstanceRef, InstanceState, LogSink
+from records.drills import DrillResult
+from records.wal import PITR_BASE_BACKUP_TAG
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.drills.amcheck import amcheck
 from toygres_pipelines.lifecycle.instances import delete_instance
+from toygres_pipelines.pitr.checks import pitr_restorable_evaluation
 from toygres_pipelines.pitr.restore import restore_to_time
 from toygres_pipelines.pitr.window import window_of
 
@@ -31,6 +36,7 @@ class PitrDrillResult(BaseModel):
     replayed_at: datetime | None = None
     rto_seconds: float | None = None
     scratch: str | None = None
+    base_backup_id: uuid.UUID | None = None
 
 
 def drill_target(earliest: datetime, latest: datetime) -> datetime:
@@ -46,6 +52,28 @@ def pitr_drill(
     source: Instance,
     log: LogSink,
     run_id: str | None = None,
+) -> PitrDrillResult:
+    """Drill `source` and record the result in toygres_cms.pitr_drills (whatever it is)."""
+    started_at = datetime.now(UTC)
+    try:
+        result = drill_once(cms, blob, platform, source, log, run_id)
+    except Exception as error:  # noqa: BLE001 - the window unreadable, the scratch not deletable: recorded too
+        result = PitrDrillResult(passed=False, reason=f"{type(error).__name__}: {error}"[:2000])
+    cms.pitr_drills.record(
+        source.id, DrillResult.passed if result.passed else DrillResult.failed, result.reason,
+        started_at=started_at, run_id=run_id, base_backup_id=result.base_backup_id, target_time=result.target_time,
+        replayed_at=result.replayed_at, rto_seconds=result.rto_seconds, scratch=result.scratch,
+    )  # fmt: skip
+    return result
+
+
+def drill_once(
+    cms: CMSResource,
+    blob: BlobStorageResource,
+    platform: PlatformResource,
+    source: Instance,
+    log: LogSink,
+    run_id: str | None,
 ) -> PitrDrillResult:
     state = window_of(cms, blob, source)
     if state.window is None:
@@ -66,12 +94,13 @@ def pitr_drill(
             dns_label=f"pitr-drill-{suffix}", target_time=target, run_id=run_id, log=collect,
         )  # fmt: skip
         rto = time.monotonic() - started
+        base_backup_id = uuid.UUID(str(scratch.tags[PITR_BASE_BACKUP_TAG]))
         replayed = next((m.group("at") for line in lines if (m := REPLAYED.search(line))), None)
         replayed_at = datetime.fromisoformat(replayed) if replayed and replayed != "unknown" else None
         if replayed_at is not None and replayed_at > target:
             return PitrDrillResult(
                 passed=False, reason=f"replayed past the target: {replayed_at} > {target}", target_time=target,
-                replayed_at=replayed_at, rto_seconds=rto, scratch=scratch.k8s_name,
+                replayed_at=replayed_at, rto_seconds=rto, scratch=scratch.k8s_name, base_backup_id=base_backup_id,
             )  # fmt: skip
         structure = amcheck(
             platform, InstanceRef(k8s_name=scratch.k8s_name, namespace=scratch.namespace), scratch.postgres_version
@@ -79,11 +108,13 @@ def pitr_drill(
         return PitrDrillResult(
             passed=True, reason=f"restored to the target, recovery target reached, {structure}",
             target_time=target, replayed_at=replayed_at, rto_seconds=rto, scratch=scratch.k8s_name,
+            base_backup_id=base_backup_id,
         )  # fmt: skip
     except Exception as error:  # noqa: BLE001 - the drill's finding, recorded
         return PitrDrillResult(
             passed=False, reason=f"{type(error).__name__}: {error}"[:2000], target_time=target,
             scratch=scratch.k8s_name if scratch else None,
+            base_backup_id=uuid.UUID(str(scratch.tags[PITR_BASE_BACKUP_TAG])) if scratch else None,
         )  # fmt: skip
     finally:
         if scratch is not None:
@@ -102,10 +133,11 @@ def pitr_drill_op(
     blob: BlobStorageResource,
     platform: PlatformResource,
 ) -> None:
-    source = cms.find_instance(config.source_instance)
+    source = cms.instances.find(config.source_instance)
     if source is None or source.state is not InstanceState.running:
         raise dg.Failure(f"source_instance: {config.source_instance!r} is not a running instance")
     result = pitr_drill(cms, blob, platform, source, context.log.info, run_id=context.run_id)
+    context.instance.report_runless_asset_event(pitr_restorable_evaluation(cms))
     context.add_output_metadata(
         {"passed": result.passed, "reason": result.reason, "target_time": str(result.target_time),
          "replayed_at": str(result.replayed_at), "rto_seconds": dg.MetadataValue.float(result.rto_seconds or 0.0)}
@@ -133,8 +165,8 @@ def pitr_drill_weekday(k8s_name: str) -> int:
 )
 def weekly_pitr_drills(context: dg.ScheduleEvaluationContext, cms: CMSResource):
     when = context.scheduled_execution_time or datetime.now(UTC)
-    with_bases = {b.instance_id for b in cms.list_base_backups()}
-    for instance in sorted(cms.list_instances([InstanceState.running]), key=lambda i: i.k8s_name):
+    with_bases = {b.instance_id for b in cms.base_backups.list()}
+    for instance in sorted(cms.instances.list([InstanceState.running]), key=lambda i: i.k8s_name):
         if instance.id in with_bases and pitr_drill_weekday(instance.k8s_name) == when.weekday():
             yield dg.RunRequest(
                 run_key=f"pitr-drill-{instance.k8s_name}-{when.date().isoformat()}",

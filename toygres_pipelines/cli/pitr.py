@@ -11,7 +11,11 @@ from pydantic import BaseModel
 
 from records import InstanceState
 from resources.cms import CMSResource
-from toygres_pipelines.pitr.checks import RPO_SECONDS, archive_health
+from toygres_pipelines.cli.exits import EXIT_OK, EXIT_OUT_OF_WINDOWS
+from toygres_pipelines.cli.output import print_json, print_table, when
+from toygres_pipelines.cli.parsing import add_command
+from toygres_pipelines.cli.settings import automation_settings
+from toygres_pipelines.pitr.checks import RPO_ENV, archive_health
 from toygres_pipelines.pitr.window import window_of
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
 
@@ -26,18 +30,13 @@ class PitrStatusRow(BaseModel):
     archiver_error: str | None
 
 
-EXIT_OK = 0
-EXIT_OUT_OF_TARGET = 4
-
-
 def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    from toygres_pipelines.cli import print_json, print_table, when  # cli imports this module
-
     blob = blob_from_env().process_config_and_initialize()
     platform = platform_from_env()
+    rpo = automation_settings().rpo_target_seconds
     now = datetime.now(UTC)
     rows = []
-    for instance in cms.list_instances([InstanceState.running]):
+    for instance in cms.instances.list([InstanceState.running]):
         state = window_of(cms, blob, instance)
         health = archive_health(cms, blob, platform, instance, now)
         problems = [*health.gaps]
@@ -45,15 +44,15 @@ def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> 
             problems.append(f"archiver: {health.why}")
         if state.window is None:
             problems.append(f"no window: {state.why_none}")
-        if not health.fresh(RPO_SECONDS):
-            problems.append(health.describe_lag(RPO_SECONDS))
+        if not health.fresh(rpo):
+            problems.append(health.describe_lag(rpo))
         rows.append(
             PitrStatusRow(
                 instance=f"{instance.namespace}/{instance.k8s_name}",
                 earliest=state.window.earliest if state.window else None,
                 latest=state.window.latest if state.window else None,
                 lag_seconds=health.lag_seconds,
-                base_backups=len(cms.list_base_backups(instance.id)),
+                base_backups=len(cms.base_backups.list(instance.id)),
                 problems=problems,
                 archiver_error=health.why,
             )
@@ -78,16 +77,18 @@ def cmd_pitr_status(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> 
             ],
             out,
         )
-    return EXIT_OUT_OF_TARGET if any(r.problems for r in rows) else EXIT_OK
+    return EXIT_OUT_OF_WINDOWS if any(r.problems for r in rows) else EXIT_OK
 
 
 def add_pitr_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
-    status = sub.add_parser(
+    add_command(
+        sub,
+        parent,
         "pitr-status",
-        parents=list(parent),
+        cmd_pitr_status,
         help="per running instance: recoverable window, archive lag and gaps, base backups",
         description="Per running instance: the earliest and latest second it can be restored to (from its ready "
         "base backups and its WAL archive), the archive's lag and gaps. Exit "
-        f"{EXIT_OUT_OF_TARGET} when any instance has no window, a gap, or a lag over {RPO_SECONDS:.0f} s.",
+        f"{EXIT_OUT_OF_WINDOWS} when any instance has no window, a gap, or a lag over the RPO target "
+        f"({RPO_ENV}, default 60 s).",
     )
-    status.set_defaults(handler=cmd_pitr_status)

@@ -21,13 +21,13 @@ from datetime import datetime
 import dagster as dg
 from pydantic import BaseModel
 
-from records import ImageState, InstanceState, LogSink, RequestState
+from records import ImageRequest, ImageState, InstanceState, LogSink, RequestState, RestoreRequest
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.sensors import first_run_for_request
-from toygres_pipelines.automation.settings import AutomationSettings
-from toygres_pipelines.automation.writeback import FINISHED, Settlement, run_failure_message, settle_run
+from toygres_pipelines.requests.settings import RequestsSettings
+from toygres_pipelines.requests.writeback import FINISHED, Settlement, run_failure_message, settle_run
+from toygres_pipelines.shared.request_claims import first_run_for_request
 
 MISSING = "missing from this Dagster instance"
 
@@ -51,13 +51,13 @@ def stuck_run_ids(instance: dg.DagsterInstance, cms: CMSResource) -> dict[str, f
         if run_id:
             run_ids[run_id] = max(run_ids.get(run_id, 0.0), changed.timestamp())
 
-    for image in cms.list_images([ImageState.creating]):
+    for image in cms.images.list([ImageState.creating]):
         add(image.run_id, image.updated_at)
-    for row in cms.list_instances([InstanceState.creating]):
+    for row in cms.instances.list([InstanceState.creating]):
         add(row.run_id, row.updated_at)
     for request in [
-        *cms.list_image_requests([RequestState.accepted]),
-        *cms.list_restore_requests([RequestState.accepted]),
+        *cms.requests.list(ImageRequest, [RequestState.accepted]),
+        *cms.requests.list(RestoreRequest, [RequestState.accepted]),
     ]:
         run_id = request.run_id
         if run_id is None:
@@ -74,7 +74,7 @@ def reconcile(
     blob: BlobStorageResource,
     platform: PlatformResource,
     *,
-    grace_seconds: float = AutomationSettings().reconcile_grace_seconds,
+    grace_seconds: float = RequestsSettings().reconcile_grace_seconds,
     log: LogSink = lambda _: None,
 ) -> Reconciliation:
     done = Reconciliation()
@@ -117,7 +117,7 @@ def reconcile(
     return done
 
 
-def reconcile_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
+def reconcile_sensor(settings: RequestsSettings) -> dg.SensorDefinition:
     @dg.sensor(
         name="reconcile_stuck_rows",
         minimum_interval_seconds=settings.reconcile_interval_seconds,

@@ -1,4 +1,5 @@
-"""Sensors that turn CMS requests into runs.
+"""The request-claim machinery the request sensors share (images/sensors.py: image requests,
+restores/sensors.py: restore requests): CMS requests turned into runs.
 
 Every evaluation:
 1. looks at accepted requests that have no run recorded: if Dagster has a run tagged with the
@@ -24,34 +25,15 @@ from typing import Any
 import dagster as dg
 import pydantic
 
-from records import (
-    ImageRequest,
-    Instance,
-    LogSink,
-    RestoreRequest,
-    RestoreRequestFields,
-    ValidationFailed,
-    validate_image_name,
-)
-from records.parallel import validate_parallel_jobs
+from records import LogSink, ValidationFailed
 from records.requests import MalformedRequest
 from resources.cms import ClaimedRequests, CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.jobs import (
-    INSTANCE_TAG,
-    KIND_TAG,
-    REQUEST_ID_TAG,
-    backup_image,
-    backup_run_config,
-)
-from toygres_pipelines.automation.settings import AutomationSettings
-from toygres_pipelines.forms import run_config_values
-from toygres_pipelines.images.assets import IMAGE_PARTITIONS, image_partitions
-from toygres_pipelines.images.backup import check_name_free, running_source
-from toygres_pipelines.restores.config import check_request_fields, plan_restore
-from toygres_pipelines.restores.jobs import restore_instance
+from toygres_pipelines.shared.asset_keys import image_partitions
+from toygres_pipelines.shared.settings import SharedSettings
+from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 
-DEFAULTS = AutomationSettings()
+DEFAULTS = SharedSettings()
 
 
 def first_run_for_request(instance: dg.DagsterInstance, request_id: object) -> dg.DagsterRun | None:
@@ -102,7 +84,7 @@ def settle_unlaunched(
     for request, age in unlaunched:
         run = first_run_for_request(instance, request.id)
         if run is not None:
-            cms.attach_request_run(request.id, run.run_id)
+            cms.requests.attach_run(request.id, run.run_id)
             done.attached[str(request.id)] = run.run_id
         elif age >= relaunch_after:
             done.run_requests.append(rerequest(request))
@@ -142,82 +124,6 @@ def accept_or_reject(
     return fresh
 
 
-# ---- image requests -------------------------------------------------------------------------
-
-
-def check_image_request(
-    cms: CMSResource, platform: PlatformResource, request: ImageRequest, names_taken: set[str]
-) -> Instance:
-    """The asset's rules, checked before anything runs; returns the running source instance."""
-    validate_image_name(request.image_name, field="image_name")
-    validate_parallel_jobs(request.parallel_jobs)
-    source = running_source(cms, platform, request.source_instance)
-    check_name_free(cms, request.image_name, field="image_name")
-    if request.image_name in names_taken:
-        raise ValidationFailed("image_name", f"{request.image_name!r} is already requested by another accepted request")
-    return source
-
-
-def image_run_request(request: ImageRequest, source_k8s_name: str) -> dg.RunRequest:
-    return dg.RunRequest(
-        run_key=str(request.id),
-        partition_key=request.image_name,
-        run_config=backup_run_config(request),
-        tags={REQUEST_ID_TAG: str(request.id), KIND_TAG: "backup", INSTANCE_TAG: source_k8s_name},
-    )
-
-
-def rerequest_image(cms: CMSResource, request: ImageRequest) -> dg.RunRequest:
-    source = cms.find_instance(request.source_instance)
-    return image_run_request(request, source.k8s_name if source else request.source_instance)
-
-
-def evaluate_image_requests(
-    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, **options: Any
-) -> Evaluation:
-    done = evaluate_requests(IMAGE_REQUESTS, instance, cms, platform, **options)
-    keys = {r.partition_key for r in done.run_requests if r.partition_key is not None}
-    done.new_partitions = sorted(k for k in keys if not instance.has_dynamic_partition(IMAGE_PARTITIONS, k))
-    return done
-
-
-# ---- restore requests -----------------------------------------------------------------------
-
-
-def check_restore_request(
-    cms: CMSResource, platform: PlatformResource, request: RestoreRequest, labels_taken: set[str]
-) -> str:
-    """The launchpad's rules; returns the id of the (ready) image to restore."""
-    if not request.source_image_id:  # the column is nullable; the request record requires it
-        raise ValidationFailed("source_image_id", "required: the id or name of the image to restore")
-    fields = RestoreRequestFields.of(request)
-    check_request_fields(fields)
-    plan = plan_restore(fields, cms, platform)
-    if request.dns_label in labels_taken:
-        raise ValidationFailed("dns_label", f"{request.dns_label!r} is already requested by another accepted request")
-    return str(plan.image_id)
-
-
-def restore_run_request(request: RestoreRequest, image_id: str) -> dg.RunRequest:
-    config = run_config_values(request, RestoreRequestFields, source_image_id=image_id)
-    return dg.RunRequest(
-        run_key=str(request.id),
-        run_config={"ops": {"validate_request": {"config": config}}},
-        tags={REQUEST_ID_TAG: str(request.id), KIND_TAG: "restore"},
-    )
-
-
-def rerequest_restore(cms: CMSResource, request: RestoreRequest) -> dg.RunRequest:
-    image = cms.find_image(request.source_image_id or "")
-    return restore_run_request(request, str(image.id) if image else request.source_image_id or "")
-
-
-def evaluate_restore_requests(
-    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, **options: Any
-) -> Evaluation:
-    return evaluate_requests(RESTORE_REQUESTS, instance, cms, platform, **options)
-
-
 # ---- one evaluation, whatever the kind ------------------------------------------------------
 
 
@@ -232,24 +138,6 @@ class RequestKind:
     check: Callable[[CMSResource, PlatformResource, Any, set[str]], Any]
     run_request: Callable[[Any, Any], dg.RunRequest]
     rerequest: Callable[[CMSResource, Any], dg.RunRequest]
-
-
-IMAGE_REQUESTS = RequestKind(
-    unlaunched=lambda cms: cms.list_unlaunched_image_requests(),
-    claim=lambda cms, limit: cms.claim_pending_image_requests(limit),
-    key=lambda request: request.image_name,
-    check=lambda *args: check_image_request(*args),
-    run_request=lambda request, source: image_run_request(request, source.k8s_name),
-    rerequest=lambda cms, request: rerequest_image(cms, request),
-)
-RESTORE_REQUESTS = RequestKind(
-    unlaunched=lambda cms: cms.list_unlaunched_restore_requests(),
-    claim=lambda cms, limit: cms.claim_pending_restore_requests(limit),
-    key=lambda request: request.dns_label,
-    check=lambda *args: check_restore_request(*args),
-    run_request=lambda request, image_id: restore_run_request(request, image_id),
-    rerequest=lambda cms, request: rerequest_restore(cms, request),
-)
 
 
 def evaluate_requests(
@@ -278,7 +166,7 @@ def evaluate_requests(
 
 
 def request_sensor(
-    settings: AutomationSettings,
+    settings: SharedSettings,
     name: str,
     job: Any,
     what: str,
@@ -307,26 +195,3 @@ def request_sensor(
         return done.result(what)
 
     return request_sensor
-
-
-def request_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
-    return [
-        request_sensor(
-            settings,
-            "image_requests_sensor",
-            backup_image,
-            "image",
-            evaluate_image_requests,
-            "Pending rows of toygres_cms.image_requests become backup_image runs (run key = request id); "
-            "invalid ones are rejected with the reason.",
-        ),
-        request_sensor(
-            settings,
-            "restore_requests_sensor",
-            restore_instance,
-            "restore",
-            evaluate_restore_requests,
-            "Pending rows of toygres_cms.restore_requests become restore_instance runs (run key = request id); "
-            "invalid ones are rejected with the reason.",
-        ),
-    ]

@@ -20,10 +20,12 @@ from records.freshness import fleet_instances
 from records.requests import ImageRequestFields
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.jobs import INSTANCE_TAG, KIND_TAG, backup_image, backup_run_config
-from toygres_pipelines.automation.settings import AutomationSettings
-from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.images.backup import check_running_source
+from toygres_pipelines.images.jobs import backup_image, backup_run_config
+from toygres_pipelines.images.settings import ImagesSettings
+from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.schedules import scheduled_time
+from toygres_pipelines.shared.tags import BACKUP_KIND, INSTANCE_TAG, KIND_TAG
 
 
 def nightly_key(instance: Instance, night: str) -> str:
@@ -51,7 +53,7 @@ def nightly_run_requests(
     requests = []
     # One read of the running instances (a running drill's scratch instance is none of the fleet's);
     # each is checked by the rules of `running_source`.
-    fleet = fleet_instances(cms.list_instances([InstanceState.running]), cms.list_drills(results=[DrillResult.running]))
+    fleet = fleet_instances(cms.instances.list([InstanceState.running]), cms.drills.list(results=[DrillResult.running]))
     for source in sorted(fleet, key=lambda i: i.k8s_name):
         try:
             check_running_source(platform, source, str(source.id))
@@ -72,7 +74,7 @@ def nightly_run_requests(
                 ),
                 # The partition is added below, in this tick: with its tag set, Dagster takes the
                 # request as resolved instead of looking each key up in its storage (docs/benchmarks.md).
-                tags={KIND_TAG: "backup", INSTANCE_TAG: source.k8s_name, PARTITION_NAME_TAG: key},
+                tags={KIND_TAG: BACKUP_KIND, INSTANCE_TAG: source.k8s_name, PARTITION_NAME_TAG: key},
             )
         )
     if requests:
@@ -80,19 +82,7 @@ def nightly_run_requests(
     return requests
 
 
-def scheduled_time(context: dg.ScheduleEvaluationContext) -> datetime | None:
-    """The tick's scheduled time; None when evaluated by hand without one (then: now)."""
-    try:
-        return context.scheduled_execution_time
-    except dg.DagsterInvariantViolationError:
-        return None
-    except Exception as error:  # noqa: BLE001 - dagster's check.failed raises a CheckError
-        if "scheduled_execution_time" in str(error):
-            return None
-        raise
-
-
-def nightly_schedule(settings: AutomationSettings) -> dg.ScheduleDefinition:
+def nightly_schedule(settings: ImagesSettings) -> dg.ScheduleDefinition:
     timezone = settings.nightly_timezone
 
     @dg.schedule(
@@ -117,17 +107,3 @@ def nightly_schedule(settings: AutomationSettings) -> dg.ScheduleDefinition:
         return requests
 
     return nightly_backups
-
-
-def retention_schedule(settings: AutomationSettings, job: dg.JobDefinition) -> dg.ScheduleDefinition:
-    """The daily retention run: not dry (the launchpad's default is), so expired images go."""
-    return dg.ScheduleDefinition(
-        name="retention_daily",
-        job=job,
-        cron_schedule=settings.retention_cron,
-        execution_timezone=settings.nightly_timezone,
-        run_config={"ops": {"apply_retention": {"config": {"dry_run": False}}}},
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Every day: delete the images the retention policy no longer keeps (TOYGRES_RETENTION_*); "
-        "preview with a dry_run launch of the `retention` job.",
-    )

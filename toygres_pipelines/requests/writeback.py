@@ -30,10 +30,10 @@ from records import (
 from resources.blob import BlobStorageResource
 from resources.cms import CMSError, CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.automation.jobs import REQUEST_ID_TAG
-from toygres_pipelines.automation.settings import AutomationSettings
 from toygres_pipelines.images.backup import fail_image
 from toygres_pipelines.restores.steps import clean_up_failed_restore
+from toygres_pipelines.shared.settings import SharedSettings
+from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 REASON_MAX = 4000
@@ -61,10 +61,10 @@ class Settlement(BaseModel):
 def request_for_run(cms: CMSResource, run_id: str, tags: Mapping[str, str]) -> ImageRequest | RestoreRequest | None:
     request_id = tags.get(REQUEST_ID_TAG)
     if request_id:
-        found = cms.get_image_request(request_id) or cms.get_restore_request(request_id)
+        found = cms.requests.get(ImageRequest, request_id) or cms.requests.get(RestoreRequest, request_id)
         if found is not None:
             return found
-    return cms.find_request_by_run(run_id)
+    return cms.requests.find_by_run(run_id)
 
 
 def record_run_start(cms: CMSResource, run_id: str, tags: Mapping[str, str], log: LogSink) -> str | None:
@@ -72,7 +72,7 @@ def record_run_start(cms: CMSResource, run_id: str, tags: Mapping[str, str], log
     request = request_for_run(cms, run_id, tags)
     if request is None or request.state is not RequestState.accepted or request.run_id is not None:
         return None
-    cms.attach_request_run(request.id, run_id)
+    cms.requests.attach_run(request.id, run_id)
     log(f"request {request.id}: run {run_id} started")
     return str(request.id)
 
@@ -98,7 +98,7 @@ def settle_run(
             return f"run {run_id} succeeded without marking the {what}"
         return (reason or f"run {run_id} failed")[:REASON_MAX]
 
-    image = cms.find_image_by_run(run_id)
+    image = cms.images.find_by_run(run_id)
     if image is not None and image.state is ImageState.creating:
         failed_why = leftover_why("image ready")
         try:
@@ -107,7 +107,7 @@ def settle_run(
         except CMSError as error:  # InvalidTransition: another writer got there first
             log(f"image {image.id}: {error}")
 
-    instance = cms.find_instance_by_run(run_id)
+    instance = cms.instances.find_by_run(run_id)
     if instance is not None and instance.state is InstanceState.creating:
         failed_why = leftover_why("instance running")
         try:
@@ -128,8 +128,9 @@ def settle_run(
     request_reason = None if ok else failed_why
     try:
         if isinstance(request, RestoreRequest):
-            restored = cms.find_instance_by_run(run_id)
-            cms.transition_restore_request(
+            restored = cms.instances.find_by_run(run_id)
+            cms.requests.transition(
+                RestoreRequest,
                 request.id,
                 target,
                 reason=request_reason,
@@ -138,7 +139,8 @@ def settle_run(
                 expected=RequestState.accepted,
             )
         else:
-            cms.transition_image_request(
+            cms.requests.transition(
+                ImageRequest,
                 request.id,
                 target,
                 reason=request_reason,
@@ -203,7 +205,7 @@ def cancel_reason(run_id: str) -> str:
 # ---- the sensors ----------------------------------------------------------------------------
 
 
-def run_started_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
+def run_started_sensor(settings: SharedSettings) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name="request_run_started",
         run_status=dg.DagsterRunStatus.STARTED,
@@ -219,7 +221,7 @@ def run_started_sensor(settings: AutomationSettings) -> dg.SensorDefinition:
 
 
 def settling_sensor(
-    settings: AutomationSettings,
+    settings: SharedSettings,
     name: str,
     status: dg.DagsterRunStatus,
     description: str,
@@ -253,7 +255,7 @@ def settling_sensor(
     return settle
 
 
-def writeback_sensors(settings: AutomationSettings) -> list[dg.SensorDefinition]:
+def writeback_sensors(settings: SharedSettings) -> list[dg.SensorDefinition]:
     """Run-status sensors: record a request's run, then settle it when the run succeeds, fails or is canceled."""
     return [
         run_started_sensor(settings),

@@ -13,10 +13,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import dagster as dg
+
 from records import ImageState, InstanceState, ValidationFailed
 from records.retention import RetentionPolicy
 from resources.cms import CMSResource
-from toygres_pipelines.automation.settings import AutomationSettings
+from toygres_pipelines.cli.exits import EXIT_OK
+from toygres_pipelines.cli.output import print_json
+from toygres_pipelines.cli.parsing import add_command
+from toygres_pipelines.cli.settings import automation_settings
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.lifecycle import images as image_rules
 from toygres_pipelines.lifecycle import instances as instance_rules
@@ -25,19 +30,11 @@ from toygres_pipelines.lifecycle.instances import delete_instance
 from toygres_pipelines.lifecycle.retention_job import IMAGES_PREFIX, compute_plan, stray_folders
 from toygres_pipelines.resources_from_env import blob_from_env, platform_from_env
 
-EXIT_OK = 0
-
-
-def _print_json(data: Any, out: TextIO) -> None:
-    from toygres_pipelines.cli import print_json  # cli imports this module
-
-    print_json(data, out)
-
 
 def cmd_pin(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     image = pin_image(cms, args.image, pinned=not args.off)
     if args.json:
-        _print_json(image.model_dump(mode="json"), out)
+        print_json(image.model_dump(mode="json"), out)
     else:
         out.write(f"image {image.name} ({image.id}) {'pinned' if image.pinned else 'unpinned'}\n")
     return EXIT_OK
@@ -63,7 +60,7 @@ def cmd_delete_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) ->
     if target.state is ImageState.deleted:
         # Idempotent: deleting what is gone succeeds (exit 0), like delete-instance.
         if args.json:
-            _print_json({**target.model_dump(mode="json"), "log": ["already deleted"]}, out)
+            print_json({**target.model_dump(mode="json"), "log": ["already deleted"]}, out)
         else:
             out.write(f"image {target.name} ({target.id}) is already deleted\n")
         return EXIT_OK
@@ -72,8 +69,6 @@ def cmd_delete_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) ->
     blob = blob_from_env().process_config_and_initialize()
     lines: list[str] = []
     if os.environ.get("DAGSTER_HOME"):
-        import dagster as dg
-
         with dg.DagsterInstance.get() as instance:
             image = delete_image(
                 cms,
@@ -87,14 +82,14 @@ def cmd_delete_image(args: argparse.Namespace, cms: CMSResource, out: TextIO) ->
         image = delete_image(cms, blob, args.image, run_id=None, log=lines.append, partitions=None)
         lines.append("DAGSTER_HOME is not set: the next retention run removes the image's partition")
     if args.json:
-        _print_json({**image.model_dump(mode="json"), "log": lines}, out)
+        print_json({**image.model_dump(mode="json"), "log": lines}, out)
     else:
         out.write("".join(f"{line}\n" for line in lines))
     return EXIT_OK
 
 
 def cmd_delete_instance(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    target = cms.find_instance(args.instance)
+    target = cms.instances.find(args.instance)
     try:
         if target is not None and target.state is not InstanceState.deleted:
             instance_rules.check_deletable(target, args.force)  # a refusal comes before the question
@@ -106,9 +101,7 @@ def cmd_delete_instance(args: argparse.Namespace, cms: CMSResource, out: TextIO)
             raise
         raise ValidationFailed("--force", refused.rule.replace("pass force", "pass --force")) from None
     if args.json:
-        _print_json(
-            {**instance.model_dump(mode="json", exclude={"ip_connection_string", "dns_connection_string"})}, out
-        )
+        print_json({**instance.model_dump(mode="json", exclude={"ip_connection_string", "dns_connection_string"})}, out)
     else:
         out.write("".join(f"{line}\n" for line in lines))
     return EXIT_OK
@@ -128,10 +121,10 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 
 def cmd_retention(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
-    instance = cms.find_instance(args.instance)
+    instance = cms.instances.find(args.instance)
     if instance is None:
         raise ValidationFailed("instance", f"no instance {args.instance!r} (an instance id or k8s_name)")
-    default = AutomationSettings.from_env().retention
+    default = automation_settings().retention
     override = dict(instance.retention_override or {})
     if args.clear:
         override = {}
@@ -140,10 +133,10 @@ def cmd_retention(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> in
         effective = default.with_override(override)  # ValidationFailed names the field
         override = {field: getattr(effective, field) for field in override}
     if args.clear or args.set:
-        instance = cms.set_retention_override(instance.id, override or None)
+        instance = cms.instances.set_retention_override(instance.id, override or None)
     effective = default.with_override(instance.retention_override)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "instance": instance.k8s_name,
                 "override": instance.retention_override,
@@ -164,10 +157,10 @@ def describe_policy(policy: RetentionPolicy) -> str:
 def cmd_retention_plan(args: argparse.Namespace, cms: CMSResource, out: TextIO) -> int:
     now = datetime.now(UTC)
     folders = blob_from_env().process_config_and_initialize().list_folders(IMAGES_PREFIX)  # before the rows
-    images, plan = compute_plan(cms, AutomationSettings.from_env().retention, now)
+    images, plan = compute_plan(cms, automation_settings().retention, now)
     strays = stray_folders(folders, images)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "kept": [d.model_dump(mode="json") for d in plan.kept],
                 "expired": [d.model_dump(mode="json") for d in plan.expired],
@@ -191,35 +184,38 @@ def add_yes(parser: argparse.ArgumentParser) -> None:
 
 
 def add_lifecycle_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) -> None:
-    pin = sub.add_parser("pin", parents=list(parent), help="pin an image (never deleted) or unpin it (--off)")
+    pin = add_command(sub, parent, "pin", cmd_pin, help="pin an image (never deleted) or unpin it (--off)")
     pin.add_argument("image", help="image id or name")
     pin.add_argument("--off", action="store_true", help="unpin")
-    pin.set_defaults(handler=cmd_pin)
 
-    image = sub.add_parser(
+    image = add_command(
+        sub,
+        parent,
         "delete-image",
-        parents=list(parent),
+        cmd_delete_image,
         help="delete an image: its blobs, its CMS row (deleted) and its partition",
         description="Refused when the image is pinned or used by a pending/accepted restore or a creating "
         "instance. Needs the blob settings (TOYGRES_BLOB_*); removes the partition when DAGSTER_HOME is set.",
     )
     image.add_argument("image", help="image id or name")
     add_yes(image)
-    image.set_defaults(handler=cmd_delete_image)
 
-    instance = sub.add_parser(
+    instance = add_command(
+        sub,
+        parent,
         "delete-instance",
-        parents=list(parent),
+        cmd_delete_instance,
         help="delete an instance a restore created: server, service, volume, secret; frees its DNS label",
     )
     instance.add_argument("instance", help="instance id or k8s_name")
     instance.add_argument("--force", action="store_true", help="also an instance no toygres restore created")
     add_yes(instance)
-    instance.set_defaults(handler=cmd_delete_instance)
 
-    retention = sub.add_parser(
+    retention = add_command(
+        sub,
+        parent,
         "retention",
-        parents=list(parent),
+        cmd_retention,
         help="show or set an instance's retention override (fields of the default policy it changes)",
     )
     retention.add_argument("instance", help="instance id or k8s_name")
@@ -230,11 +226,11 @@ def add_lifecycle_commands(sub: Any, parent: Sequence[argparse.ArgumentParser]) 
         help=f"override one field ({', '.join(RetentionPolicy.model_fields)}); repeatable",
     )
     retention.add_argument("--clear", action="store_true", help="drop the override: the default applies")
-    retention.set_defaults(handler=cmd_retention)
 
-    plan = sub.add_parser(
+    add_command(
+        sub,
+        parent,
         "retention-plan",
-        parents=list(parent),
+        cmd_retention_plan,
         help="dry run: show what the retention job would keep (and why) and delete, deleting nothing",
     )
-    plan.set_defaults(handler=cmd_retention_plan)

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Point-in-time restore job, serve role (docs/pitr.md, docs/security.md): what the fetch role
+# (restore-pitr.sh) verified and decoded becomes a data directory, replayed to the target and
+# promoted. Replay and the queries after promotion run the tenant's catalogue and data, so this
+# role holds nothing of the deployment: no grant, no key, no password (only the SCRAM verifier of
+# the instance's password), a scrubbed environment, and the platform gives it its own OS user /
+# container and no network.
+#
+# Environment: records/job_scripts.py PitrRestoreServeEnv (every variable, who supplies it, what it means).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+TOYGRES_JOB=restore-pitr
+: "${VOLUME_PATH:?}" "${RESTORE_HANDOFF:?}" "${POSTGRES_USER:?}" "${POSTGRES_PASSWORD_VERIFIER_FILE:?}"
+
+verifier=$(<"$POSTGRES_PASSWORD_VERIFIER_FILE")
+[[ "$verifier" =~ ^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$ ]] \
+  || die "POSTGRES_PASSWORD_VERIFIER_FILE holds no SCRAM-SHA-256 verifier"
+
+handoff="$RESTORE_HANDOFF/data"
+pgdata="$VOLUME_PATH/pgdata"
+# Unix socket paths are limited to ~107 bytes: a long TMPDIR falls back to /tmp.
+tmp_root=${TMPDIR:-/tmp}
+((${#tmp_root} <= 60)) || tmp_root=/tmp
+socket_dir=$(mktemp -d "$tmp_root/toygres-pitr.XXXXXX")
+staging="$socket_dir/tenant"
+cleanup() {
+  local status=$?
+  stop_background_steps
+  if [[ -f "$pgdata/postmaster.pid" ]]; then pg_ctl -D "$pgdata" stop -m immediate -w >/dev/null 2>&1 || true; fi
+  if ((status != 0)); then rm -rf "$pgdata"; fi
+  rm -rf "$socket_dir"
+}
+trap cleanup EXIT
+rm -rf "$pgdata"
+mkdir -p "$staging"
+
+# Nothing is extracted before the fetch role has verified and decoded everything.
+while [[ ! -e "$RESTORE_HANDOFF/ready/all-verified" ]]; do
+  if [[ -e "$RESTORE_HANDOFF/failed" ]]; then die "the fetch role failed: nothing is handed over"; fi
+  sleep 0.1
+done
+mkdir -m 700 "$pgdata"
+tar -C "$pgdata" -xf "$handoff/base.tar" || die "the base backup does not extract"
+chmod 700 "$pgdata"
+target=$(<"$handoff/target")
+
+# Everything in the base backup is the tenant's (docs/security.md): its configuration files could
+# name commands (recovery_end_command, archive_cleanup_command, ssl_passphrase_command), libraries
+# (shared/session/local_preload_libraries, jit_provider), files outside the data directory
+# (external_pid_file, log_directory, hba_file, include) and a standby.signal that never promotes
+# and connects out (primary_conninfo). The replay therefore reads none of them: postgresql.conf is
+# replaced by ours (config_file), postgresql.auto.conf (always read from the data directory) waits
+# in the staging directory until the server has stopped, and the signal files are ours alone.
+# No link may lead out of the data directory (pg_tblspc entries included).
+if links=$(find "$pgdata" -type l -printf '%P ' -quit) && [[ -n "$links" ]]; then
+  die "the base backup holds a symbolic link ($(shown "${links% }")): tablespaces and links out of the data directory are not restorable"
+fi
+rm -f "$pgdata/standby.signal" "$pgdata/recovery.signal" "$pgdata/postmaster.opts"
+if [[ -e "$pgdata/postgresql.auto.conf" ]]; then mv "$pgdata/postgresql.auto.conf" "$staging/postgresql.auto.conf"; fi
+
+# Replay needs what the source ran with (prepared transactions and their locks): the values its
+# control file recorded, or larger ones its own files set (plain integers only, bounded).
+controldata=$(pg_controldata "$pgdata") || die "the base backup has no readable control file"
+sizing() { # $1: setting, $2: pg_controldata's label -> the larger of both, at most 10000
+  local value from_files
+  value=$(sed -nE "s/^$2 setting: +([0-9]+)\$/\1/p" <<<"$controldata")
+  from_files=$(cat "$pgdata/postgresql.conf" "$staging/postgresql.auto.conf" 2>/dev/null \
+    | sed -nE "s/^[[:space:]]*$1[[:space:]]*=?[[:space:]]*'?([0-9]{1,5})'?[[:space:]]*(#.*)?\$/\1/p" | sort -n | tail -n 1)
+  value=$(( ${value:-0} > ${from_files:-0} ? ${value:-0} : ${from_files:-0} ))
+  printf '%s = %d\n' "$1" $(( value > 10000 ? 10000 : value ))
+}
+{
+  printf "listen_addresses = ''\nunix_socket_directories = '%s'\nunix_socket_permissions = 0700\n" "$socket_dir"
+  printf "hba_file = '%s/pg_hba.conf'\nident_file = '%s/pg_ident.conf'\n" "$socket_dir" "$socket_dir"
+  # No session before promotion (the tenant's catalogue is not consistent yet), no autovacuum or
+  # JIT after it (autoanalyze runs the tenant's index expressions), nothing archived or logged
+  # anywhere but the job's own log.
+  printf "hot_standby = off\nautovacuum = off\njit = off\narchive_mode = off\nlogging_collector = off\n"
+  printf "restore_command = 'cp %s/%%f %%p'\n" "$handoff/wal"
+  printf "recovery_target_action = 'promote'\n"
+  if [[ -n "$target" ]]; then
+    printf "recovery_target_time = '%s'\n" "$target"
+    printf "recovery_target_inclusive = on\n"
+  fi
+  sizing max_connections max_connections
+  sizing max_worker_processes max_worker_processes
+  sizing max_wal_senders max_wal_senders
+  sizing max_prepared_transactions max_prepared_xacts
+  sizing max_locks_per_transaction max_locks_per_xact
+} >"$socket_dir/postgresql.conf"
+printf 'local all all trust\n' >"$socket_dir/pg_hba.conf"
+: >"$socket_dir/pg_ident.conf"
+touch "$pgdata/recovery.signal"
+log "replaying WAL to ${target:-the end of the archive}"
+
+# The server's environment holds no secret (this role has none); the sessions this
+# job opens override the tenant's per-role and per-database settings (client options win over
+# them): no search_path of its choosing, no library loaded at connection, nothing logged.
+env -i PATH="$PATH" LANG=C.UTF-8 LC_ALL=C.UTF-8 HOME="$socket_dir" \
+  pg_ctl -D "$pgdata" -w -t 600 -l "$socket_dir/postgres.log" start -o "-c config_file=$socket_dir/postgresql.conf" >/dev/null \
+  || { tail -n 30 "$socket_dir/postgres.log" >&2; die "recovery did not start"; }
+export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres
+export PGOPTIONS="-c search_path=pg_catalog -c session_preload_libraries= -c local_preload_libraries= -c log_statement=none -c default_transaction_read_only=off"
+until [[ "$(psql -X -Atqc 'SELECT pg_catalog.pg_is_in_recovery()' 2>/dev/null)" == f ]]; do
+  if ! pg_ctl -D "$pgdata" status >/dev/null 2>&1; then
+    tail -n 30 "$socket_dir/postgres.log" >&2
+    die "recovery ended before it reached ${target:-the end of the archive}"
+  fi
+  sleep 0.5
+done
+replayed=$(psql -X -Atqc 'SELECT pg_catalog.pg_last_xact_replay_timestamp()')
+log "promoted; last transaction replayed committed at ${replayed:-unknown}"
+
+# The instance's Secret is what clients will use from now on: only its SCRAM verifier reaches this
+# role, set as a literal on stdin (never on a command line).
+printf 'ALTER ROLE "%s" PASSWORD '"'"'%s'"'"';\n' "${POSTGRES_USER//\"/\"\"}" "$verifier" \
+  | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "setting the instance's password failed"
+pg_ctl -D "$pgdata" stop -m fast -w >/dev/null || die "the restored server did not stop cleanly"
+# The tenant's own settings are its instance's again (the recovery settings never were in them).
+if [[ -e "$staging/postgresql.auto.conf" ]]; then mv "$staging/postgresql.auto.conf" "$pgdata/postgresql.auto.conf"; fi
+rm -f "$pgdata/recovery.signal"
+log "point-in-time restore complete into $pgdata"

@@ -1,0 +1,11 @@
+"""The requests domain's settings (TOYGRES_<FIELD>; composed in toygres_pipelines/settings.py)."""
+
+from pydantic import Field
+
+from toygres_pipelines.shared.settings import SharedSettings
+
+
+class RequestsSettings(SharedSettings):
+    reconcile_grace_seconds: int = Field(
+        default=60, ge=0, le=86400, description="A finished run's rows are left to the run-status sensors for this long"
+    )
