@@ -38,6 +38,22 @@ class Instance(Record):
     retention_override: dict[str, Any] | None = None  # fields of RetentionPolicy this instance sets
     source_postgres_version: str | None = None  # restored: the image's major (postgres_version may be newer)
 
+    @property
+    def internal(self) -> bool:
+        """The request's `internal` (see instance_columns)."""
+        return not self.use_load_balancer
+
+    @property
+    def dns_label(self) -> str | None:
+        """The request's `dns_label` (see instance_columns)."""
+        return self.dns_name
+
+
+def instance_columns(*, name: str, internal: bool, dns_label: str | None) -> dict[str, Any]:
+    """A request's names as the instances table spells them (the CMS schema's columns): the one
+    place they are renamed; `Instance.internal` and `Instance.dns_label` read them back."""
+    return {"user_name": name, "use_load_balancer": not internal, "dns_name": dns_label}
+
 
 class Image(Record):
     id: uuid.UUID

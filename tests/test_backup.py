@@ -393,10 +393,11 @@ def test_job_directory_and_its_sas_are_removed_even_when_the_cms_is_unreachable(
     assert row.state is ImageState.creating
 
 
-def test_janitor_removes_local_job_directories_past_their_timeout(cms, blob, platform, tmp_path, monkeypatch):
+def test_janitor_removes_local_job_directories_past_their_timeout(cms, blob, platform, tmp_path):
     import os
 
-    from toygres_pipelines.images.janitor import purge_failed_image_blobs_hourly
+    from toygres_pipelines.images.janitor import janitor_job
+    from toygres_pipelines.images.settings import ImagesSettings
 
     tmp_path.chmod(0o711)
     local = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path=platform.azcopy_path, job_timeout_seconds=600)
@@ -407,9 +408,10 @@ def test_janitor_removes_local_job_directories_past_their_timeout(cms, blob, pla
     old = time.time() - 600 - 3600
     os.utime(stale, (old, old))
 
-    monkeypatch.setenv("TOYGRES_STALE_JOB_GRACE_SECONDS", "3600")
+    # The janitor's grace as the code location reads it when it loads (TOYGRES_STALE_JOB_GRACE_SECONDS).
+    janitor = janitor_job(ImagesSettings.from_env({"TOYGRES_STALE_JOB_GRACE_SECONDS": "3600"}))
     instance = dg.DagsterInstance.ephemeral()
-    result = purge_failed_image_blobs_hourly.job.execute_in_process(
+    result = janitor.execute_in_process(
         resources={"cms": cms, "blob": blob, "platform": local}, instance=instance
     )
     assert result.success

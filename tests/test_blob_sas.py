@@ -21,7 +21,16 @@ from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobClient, ContainerClient
 from pydantic import SecretStr
 
-from records import BackupManifest, Image, ImageState, ImageType, Instance, InstanceRef, InstanceState
+from records import (
+    BackupManifest,
+    Image,
+    ImageState,
+    ImageType,
+    Instance,
+    InstanceRef,
+    InstanceState,
+    RestoreRequestFields,
+)
 from resources.blob import BlobStorageResource
 from resources.platform.base import SCRIPTS_DIR, JobFailed, JobKind, JobSpec
 from resources.platform.local_tools import azcopy_path
@@ -124,12 +133,10 @@ def instance_row(name: str) -> Instance:
 
 def restore_spec(blob: BlobStorageResource, image_id: uuid.UUID, sha256: str, databases: list[str] | None = None):
     plan = RestorePlan(
-        user_name="copy",
+        request=RestoreRequestFields(name="copy", dns_label="copy", internal=True, source_image_id=str(image_id)),
         k8s_name="copy",
         namespace="default",
-        dns_label="copy",
         storage_size_gb=1,
-        internal=True,
         image_id=image_id,
         image_name="a",
         image_type=ImageType.stock,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from records import Endpoints, ImageType, InstanceRef, JobResult, LogSink, validate_dns_label
 from records.encryption import validate_age_recipient
+from records.job_scripts import RESTORE_ROLES, JobScriptEnv, roles_of
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = PROJECT_DIR / "templates"
@@ -34,15 +35,15 @@ class JobKind(StrEnum):
 
 
 class JobSpec(BaseModel):
-    """A job script run. `env` holds only non-secret values; secrets travel by reference.
+    """A job script run. `env` holds only the caller's variables of the script's model(s)
+    (records/job_scripts.py), never a secret: secrets travel by reference, as the model declares.
 
-    Secrets the scripts may need, and how each platform hands them over:
-    - the instance password: `instance_secret` names the instance whose Secret holds it.
-      Kubernetes: env PGPASSWORD from secretKeyRef. Local: PGPASSFILE (a 0600 pgpass file).
+    - the instance password: `instance` names the instance whose Secret holds it (Kubernetes:
+      PGPASSWORD from secretKeyRef; local: POSTGRES_PASSWORD_FILE, a 0600 copy).
     - blob access: `blob_sas`, the job's grant (resources/blob_sas.py: one blob-level SAS per name
       the job may touch, minted by the Dagster process with the account key or a user delegation
-      key). Kubernetes: a per-job Secret mounted as the file AZCOPY_SAS_FILE names. Local: a 0600
-      AZCOPY_SAS_FILE. Every job has one: no job holds the deployment's identity.
+      key) as the file AZCOPY_SAS_FILE names (Kubernetes: a per-job Secret mounted; local: 0600).
+      Every job has one: no job holds the deployment's identity.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -50,11 +51,22 @@ class JobSpec(BaseModel):
     kind: JobKind
     name: str = Field(description="DNS-1123 name, unique per run attempt: backup-<image>, restore-<instance>")
     script: str = Field(description="File name under templates/scripts/")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="The caller's variables of the script's model(s) (records/job_scripts.py job_env)",
+    )
     instance: InstanceRef = Field(description="The instance the job reads (backup) or writes (restore)")
     blob_sas: SecretStr | None = Field(default=None, description="The job's blob grant; run_job refuses a job without")
     labels: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: int = 3600
+
+
+def script_contract(spec: JobSpec) -> type[JobScriptEnv]:
+    """The model of the script a job runs (its first role's: a logical restore's fetch)."""
+    try:
+        return roles_of(spec.script)[0]
+    except ValueError as error:
+        raise PlatformError(f"job {spec.name}: {error}") from None
 
 
 class JobFailed(RuntimeError):
@@ -103,25 +115,22 @@ AGE_IDENTITY_ENV = "AGE_IDENTITY_FILE"
 class RestoreRoles:
     """A restore job's two roles (docs/security.md), declared once for both platforms and for both
     restores: the logical one (`restore.sh` + `restore-serve.sh`) and the point-in-time one
-    (`restore-pitr.sh` + `restore-pitr-serve.sh`).
+    (`restore-pitr.sh` + `restore-pitr-serve.sh`); what each role's environment holds is its model's
+    (records/job_scripts.py RESTORE_ROLES: fetch model -> serve model).
 
     fetch: holds the SAS and the age identity; downloads, hashes, verifies and decrypts, and hands
       the plaintext over in RESTORE_HANDOFF (it writes, serve only reads).
     serve: runs the tenant's code (the image's functions, or the replayed catalogue of a base
       backup: the temporary server, the clean stop) as another OS user / container, with a scrubbed
-      environment: exactly SERVE_ENV of the job's variables plus where things are, and the SCRAM
-      verifier of the instance password (PASSWORD_VERIFIER_ENV names its file), never the password.
+      environment: its model's variables only, the SCRAM verifier of the instance password
+      (PASSWORD_VERIFIER_ENV names its file), never the password.
     """
 
     # fetch script -> its serve script
-    scripts = {"restore.sh": "restore-serve.sh", "restore-pitr.sh": "restore-pitr-serve.sh"}
+    scripts = {fetch.script: serve.script for fetch, serve in RESTORE_ROLES.items()}
     handoff_env = "RESTORE_HANDOFF"
     password_verifier_env = "POSTGRES_PASSWORD_VERIFIER_FILE"
     refuse_dangerous_env = "RESTORE_REFUSE_DANGEROUS"
-    # The only JobSpec.env variables the serve role gets; everything else stays with fetch.
-    serve_env = frozenset(
-        {"POSTGRES_USER", "POSTGRES_VERSION", "RESTORE_JOBS", "RESTORE_DATABASES", "PROGRESS_SECONDS"}
-    )
     # A finding of the serve role's archive scan, as logged ("dangerous content: database <name>: <what>").
     finding_prefix = "dangerous content: "
 
@@ -135,8 +144,9 @@ class RestoreRoles:
         return cls.scripts[spec.script]
 
     @classmethod
-    def serve_env_of(cls, env: dict[str, str]) -> dict[str, str]:
-        return {name: value for name, value in env.items() if name in cls.serve_env}
+    def serve_of(cls, spec: JobSpec) -> type[JobScriptEnv]:
+        """The serve role's model of a restore job."""
+        return RESTORE_ROLES[script_contract(spec)]
 
 
 class PlatformResource(dg.ConfigurableResource, ABC):

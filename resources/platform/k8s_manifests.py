@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from records import DNS1123_LABEL, ImageType, InstanceRef, ValidationFailed, validate_azure_dns_label
+from records.job_scripts import Supply, roles_of
 from resources.platform.base import (
     AGE_IDENTITY_ENV,
     SCRIPTS_DIR,
@@ -466,40 +467,50 @@ def _env_secret(name: str, secret: str, key: str) -> Manifest:
 
 
 def job_env(spec: JobSpec, settings: ManifestSettings) -> list[Manifest]:
-    """The job container's environment: JobSpec.env plus what only the platform knows."""
+    """The job container's environment: the process's basics, then the script's model's environment
+    (JobSpec.env and, of what this platform offers, what the model declares as the platform's); its
+    secret_ref variables by secretKeyRef, its secret_file ones as paths of mounted Secrets."""
     leaked = SECRET_ENV_NAMES & set(spec.env)
     if leaked:
         raise ManifestError(f"JobSpec.env may not carry secrets ({sorted(leaked)}): they travel by reference")
+    try:
+        model = roles_of(spec.script)[0]
+    except ValueError as error:
+        raise ManifestError(f"job {spec.name}: {error}") from None
+    instance = spec.instance
+    offers: dict[str, str | None] = {
+        "TMPDIR": SCRATCH_DIR,
+        "AZCOPY_LOG_LOCATION": f"{SCRATCH_DIR}/azcopy-logs",
+        "TOYGRES_JOB": spec.name,
+        BLOB_GRANT_ENV: f"{BLOB_GRANT_MOUNT}/{SAS_KEY}",
+        "AZCOPY_BUFFER_GB": azcopy_buffer_gb(spec, settings),
+        "PGHOST": service_dns_name(instance),
+        "PGPORT": str(POSTGRES_PORT),
+        "PGUSER": settings.superuser,
+        "PGSSLMODE": CLIENT_SSLMODE,
+        RestoreRoles.handoff_env: restore_handoff(settings),
+        "VOLUME_PATH": settings.volume_mount_path,
+        "POSTGRES_USER": settings.superuser,
+    }
+    wanted = model.variables(Supply.platform, Supply.secret_file)
+    platform = {name: value for name, value in offers.items() if value is not None and name in wanted}
     values: dict[str, str] = {
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "HOME": SCRATCH_DIR,
-        "TMPDIR": SCRATCH_DIR,
-        "AZCOPY_LOG_LOCATION": f"{SCRATCH_DIR}/azcopy-logs",
         "AZCOPY_JOB_PLAN_LOCATION": f"{SCRATCH_DIR}/azcopy-plans",
-        "TOYGRES_JOB": spec.name,
-        **spec.env,
-        BLOB_GRANT_ENV: f"{BLOB_GRANT_MOUNT}/{SAS_KEY}",
+        **model.environment(spec.env, platform),
     }
-    buffer_gb = azcopy_buffer_gb(spec, settings)
-    if buffer_gb is not None:
-        values["AZCOPY_BUFFER_GB"] = buffer_gb
-    instance = spec.instance
-    if spec.kind is JobKind.backup:
-        values |= {
-            "PGHOST": service_dns_name(instance),
-            "PGPORT": str(POSTGRES_PORT),
-            "PGUSER": spec.env.get("PGUSER", settings.superuser),
-            "PGSSLMODE": CLIENT_SSLMODE,
-        }
-    else:
-        values |= {
-            "VOLUME_PATH": settings.volume_mount_path,
-            "POSTGRES_USER": spec.env.get("POSTGRES_USER", settings.superuser),
-        }
     env = [_env_value(name, value) for name, value in values.items()]
-    env.append(_env_secret("PGPASSWORD", instance_secret_name(instance), PASSWORD_KEY))
+    for name in sorted(model.variables(Supply.secret_ref)):
+        if name != "PGPASSWORD":
+            raise ManifestError(f"job {spec.name}: no Secret holds {name}")
+        env.append(_env_secret(name, instance_secret_name(instance), PASSWORD_KEY))
     return env
+
+
+def restore_handoff(settings: ManifestSettings) -> str:
+    return f"{settings.volume_mount_path.rstrip('/')}/{RESTORE_HANDOFF_DIR}"
 
 
 MEMORY_UNITS = {
@@ -642,7 +653,7 @@ def job(spec: JobSpec, settings: ManifestSettings, scripts_config_map_name: str)
         _restore_roles(pod, spec, settings, container)
     elif spec.kind is JobKind.restore:
         raise ManifestError(f"job script {spec.script!r}: a restore runs as fetch and serve roles, it has none")
-    if spec.kind is JobKind.restore and settings.age_identity_secret:
+    if settings.age_identity_secret and AGE_IDENTITY_ENV in roles_of(spec.script)[0].variables(Supply.secret_file):
         mount_age_identities(pod, settings.age_identity_secret)
     return manifest
 
@@ -658,27 +669,28 @@ def _restore_roles(pod: Manifest, spec: JobSpec, settings: ManifestSettings, fet
     with a scrubbed environment, no Secret but the password's verifier, no workload identity token."""
     if settings.restore_fetch_user == settings.run_as_user:
         raise ManifestError("restore_fetch_user: must differ from run_as_user (the user of the serve container)")
-    handoff = f"{settings.volume_mount_path.rstrip('/')}/{RESTORE_HANDOFF_DIR}"
+    handoff = restore_handoff(settings)
     fetch["securityContext"] |= {"runAsUser": settings.restore_fetch_user, "runAsGroup": settings.fs_group}
-    fetch["env"] = [e for e in fetch["env"] if e["name"] not in ("PGPASSWORD", "VOLUME_PATH", "POSTGRES_USER")]
-    fetch["env"].append(_env_value(RestoreRoles.handoff_env, handoff))
     serve = next(c for c in pod["containers"] if c["name"] == SERVE_CONTAINER)
     serve["image"] = fetch["image"]
     serve["command"] = ["bash", f"{SCRIPTS_MOUNT}/{RestoreRoles.serve_script_of(spec)}"]
     serve["resources"] = fetch["resources"]
     serve["securityContext"] |= {"runAsUser": settings.run_as_user, "runAsGroup": settings.run_as_group}
-    values = {
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "HOME": "/tmp",
+    model = RestoreRoles.serve_of(spec)
+    offers = {
         "TMPDIR": "/tmp",
         "TOYGRES_JOB": spec.name,
         "VOLUME_PATH": settings.volume_mount_path,
         RestoreRoles.handoff_env: handoff,
         RestoreRoles.password_verifier_env: f"{VERIFIER_MOUNT}/{VERIFIER_KEY}",
-        "POSTGRES_USER": spec.env.get("POSTGRES_USER", settings.superuser),
-        **RestoreRoles.serve_env_of(spec.env),
+        "POSTGRES_USER": settings.superuser,
         **({RestoreRoles.refuse_dangerous_env: "1"} if settings.refuse_dangerous_images else {}),
+    }
+    values = {
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": "/tmp",
+        **model.environment(spec.env, {name: value for name, value in offers.items() if name in model.variables()}),
     }
     serve["env"] = [_env_value(name, value) for name, value in values.items()]
     for mount in serve["volumeMounts"]:

@@ -28,12 +28,14 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from records import Endpoints, InstanceRef, JobResult, ValidationFailed
 from records.encryption import refuse_pasted_identity
+from records.job_scripts import Supply
 from records.passwords import scram_sha256_verifier
 from resources.platform import local_archivers
 from resources.platform.base import (
@@ -48,6 +50,7 @@ from resources.platform.base import (
     RestoreRoles,
     WalArchiverSpec,
     job_script_files,
+    script_contract,
 )
 from resources.platform.postgres_server import (
     LocalPostgresServer,
@@ -223,36 +226,56 @@ class LocalPlatform(PlatformResource):
     # --- jobs -------------------------------------------------------------------------------
 
     def _job_env(self, spec: JobSpec, job_dir: Path) -> dict[str, str]:
+        """The process's basics, then the script's model's environment: JobSpec.env and, of what
+        this platform offers, what the model declares as the platform's (secrets as 0600 files)."""
+        model = script_contract(spec)
+        if spec.kind is JobKind.restore and not RestoreRoles.splits(spec):
+            raise PlatformError(f"job {spec.name}: a restore runs as fetch and serve roles, {spec.script} has none")
+        user = self._job_user(spec)
+        wanted = model.variables(Supply.platform, Supply.secret_file)
+
+        def source_address() -> dict[str, str]:
+            record = self.server_record(spec.instance)
+            if record is None:
+                raise PlatformError(f"instance {spec.instance.k8s_name} is not deployed on this platform")
+            return {"PGHOST": "127.0.0.1", "PGPORT": str(record.port), "PGUSER": self.superuser}
+
+        offers: dict[str, Callable[[], dict[str, str]]] = {
+            "TMPDIR": lambda: {"TMPDIR": str(job_dir / "tmp")},
+            "AZCOPY_LOG_LOCATION": lambda: {"AZCOPY_LOG_LOCATION": str(job_dir / "home" / "azcopy-logs")},
+            "TOYGRES_JOB": lambda: {"TOYGRES_JOB": spec.name},
+            "POSTGRES_PASSWORD_FILE": lambda: {
+                "POSTGRES_PASSWORD_FILE": str(self._private_password_copy(spec, job_dir))
+            },
+            "PGHOST": source_address,
+            RestoreRoles.handoff_env: lambda: {RestoreRoles.handoff_env: str(job_dir / "handoff")},
+            "VOLUME_PATH": lambda: {"VOLUME_PATH": str(self.volume_dir(spec.instance))},
+            "POSTGRES_USER": lambda: {"POSTGRES_USER": self.superuser},
+        }
+        if self.age_identity_file:
+            offers[AGE_IDENTITY_ENV] = lambda: {AGE_IDENTITY_ENV: str(self._private_identity_copy(job_dir, user))}
+        if spec.blob_sas is not None:
+            blob_sas = spec.blob_sas
+
+            def grant() -> dict[str, str]:
+                write_private_file(job_dir / "sas", blob_sas.get_secret_value(), user=user)
+                return {"AZCOPY_SAS_FILE": str(job_dir / "sas")}
+
+            offers["AZCOPY_SAS_FILE"] = grant
+        platform: dict[str, str] = {}
+        for name, offer in offers.items():
+            if name in wanted:
+                platform |= offer()
         # The job's tools are its major's: pg_dump of the source's, initdb/pg_restore of the target's.
         tools = postgres_bindir(spec.env.get("POSTGRES_VERSION"))
-        env = {
+        return {
             "PATH": f"{self._shared_bin()}:{tools}:/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
             "HOME": str(job_dir / "home"),
-            "TMPDIR": str(job_dir / "tmp"),
-            "AZCOPY_LOG_LOCATION": str(job_dir / "home" / "azcopy-logs"),
             "AZCOPY_JOB_PLAN_LOCATION": str(job_dir / "home" / "azcopy-plans"),
-            "TOYGRES_JOB": spec.name,
-            **spec.env,
+            **model.environment(spec.env, platform),
         }
-        user = self._job_user(spec)
-        if spec.kind is JobKind.backup:
-            env["POSTGRES_PASSWORD_FILE"] = str(self._private_password_copy(spec, job_dir))
-            record = self.server_record(spec.instance)
-            if record is None:
-                raise PlatformError(f"instance {spec.instance.k8s_name} is not deployed on this platform")
-            env |= {"PGHOST": "127.0.0.1", "PGPORT": str(record.port), "PGUSER": spec.env.get("PGUSER", self.superuser)}
-        elif RestoreRoles.splits(spec):
-            env |= {RestoreRoles.handoff_env: str(job_dir / "handoff")}
-            if self.age_identity_file:
-                env[AGE_IDENTITY_ENV] = str(self._private_identity_copy(job_dir, user))
-        elif spec.kind is JobKind.restore:
-            raise PlatformError(f"job {spec.name}: a restore runs as fetch and serve roles, {spec.script} has none")
-        if spec.blob_sas is not None:
-            write_private_file(job_dir / "sas", spec.blob_sas.get_secret_value(), user=user)
-            env["AZCOPY_SAS_FILE"] = str(job_dir / "sas")
-        return env
 
     def _job_user(self, spec: JobSpec) -> str | None:
         """Who runs the job's script (root only: else we are everyone): the job account, never
@@ -330,19 +353,22 @@ class LocalPlatform(PlatformResource):
         handoff, serve_dir = job_dir / "handoff", job_dir / "serve"
         # the Secret file itself (byte-exact), read by root: the serve role never reads it
         password = self._password_file(spec.instance).read_bytes().decode()
-        serve_env = {
-            "PATH": env["PATH"],
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "HOME": str(serve_dir),
+        serve = RestoreRoles.serve_of(spec)
+        offers = {
             "TMPDIR": "/tmp",
             "TOYGRES_JOB": spec.name,
             "VOLUME_PATH": str(serve_dir),
             RestoreRoles.handoff_env: str(handoff),
             RestoreRoles.password_verifier_env: str(serve_dir / "password-verifier"),
             "POSTGRES_USER": self.superuser,
-            **RestoreRoles.serve_env_of(spec.env),
             **({RestoreRoles.refuse_dangerous_env: "1"} if self.refuse_dangerous_images else {}),
+        }
+        serve_env = {
+            "PATH": env["PATH"],
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": str(serve_dir),
+            **serve.environment(spec.env, {name: value for name, value in offers.items() if name in serve.variables()}),
         }
         serve_script = ["bash", str(job_dir / "scripts" / RestoreRoles.serve_script_of(spec))]
         with contextlib.ExitStack() as stack:

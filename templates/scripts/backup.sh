@@ -2,13 +2,7 @@
 # Backup job: the instance's roles (pg_dumpall --globals-only) and one pg_dump -Fc per database,
 # each streamed through sha256 straight into blob storage (no staging file), then manifest.json.
 #
-# Env: PGHOST PGPORT PGUSER (source superuser) BLOB_URL (image folder, no credentials; parallel mode:
-#      the backup's own staging container, which the run copies into the image folder afterwards)
-#      IMAGE_NAME SOURCE_INSTANCE SOURCE_NAMESPACE, optional DUMP_COMPRESSION (pg_dump -Z: 0-9, or
-#      from PostgreSQL 16 METHOD[:LEVEL] with METHOD gzip, lz4, zstd or none), CHECK_CHUNK_BYTES,
-#      TRANSFER_STALL_SECONDS (see common.sh)
-#      AGE_RECIPIENT (encrypt every file, see encrypt_stream), PARALLEL_JOBS (>1: parallel mode, see
-#      dump_directory_to_blob)
+# Environment: records/job_scripts.py BackupEnv (every variable, who supplies it, what it means).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=backup
 : "${PGHOST:?}" "${PGPORT:?}" "${PGUSER:?}" "${BLOB_URL:?}" "${IMAGE_NAME:?}" "${SOURCE_INSTANCE:?}" "${SOURCE_NAMESPACE:?}"

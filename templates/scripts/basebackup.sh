@@ -5,8 +5,7 @@
 # zstd-compressed (age-encrypted with AGE_RECIPIENT), hashed and uploaded as base.tar.zst[.age],
 # and pitr.json (records/wal.py BaseBackupResult) beside it.
 #
-# Env: PGHOST PGPORT PGUSER (source superuser) BLOB_URL (the backup's folder, no credentials)
-#      SOURCE_INSTANCE SOURCE_NAMESPACE, optional AGE_RECIPIENT, TRANSFER_STALL_SECONDS
+# Environment: records/job_scripts.py BaseBackupEnv (every variable, who supplies it, what it means).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=basebackup
 : "${PGHOST:?}" "${PGPORT:?}" "${PGUSER:?}" "${BLOB_URL:?}" "${SOURCE_INSTANCE:?}" "${SOURCE_NAMESPACE:?}"

@@ -2,7 +2,8 @@
 # unchanged: Kubernetes mounts them from a ConfigMap, the local platform copies them into the
 # job's directory.
 #
-# Secrets arrive by reference, never as literals in the job spec:
+# Secrets arrive by reference, never as literals in the job spec (records/job_scripts.py declares
+# every variable of each script and who supplies it):
 #   PGPASSWORD          (Kubernetes: secretKeyRef)   or POSTGRES_PASSWORD_FILE (local: 0600 file)
 #   AZCOPY_SAS_FILE     the job's blob grant (local: a 0600 file; Kubernetes: the per-job Secret
 #                       mounted as a file): JSON from resources/blob_sas.py holding one blob-level

@@ -6,9 +6,7 @@
 # the instance's password), a scrubbed environment, and the platform gives it its own OS user /
 # container and no network.
 #
-# Env: VOLUME_PATH (PGDATA becomes $VOLUME_PATH/pgdata) RESTORE_HANDOFF (read only: data/base.tar,
-#      data/wal/, data/target, ready/all-verified) POSTGRES_USER (superuser)
-#      POSTGRES_PASSWORD_VERIFIER_FILE (SCRAM-SHA-256 verifier of its password), TMPDIR
+# Environment: records/job_scripts.py PitrRestoreServeEnv (every variable, who supplies it, what it means).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore-pitr
 : "${VOLUME_PATH:?}" "${RESTORE_HANDOFF:?}" "${POSTGRES_USER:?}" "${POSTGRES_PASSWORD_VERIFIER_FILE:?}"

@@ -10,9 +10,7 @@
 # WAL segments, the target) to the serve role, restore-pitr-serve.sh, which replays it as another OS
 # user / container holding none of them (docs/security.md).
 #
-# Env: RESTORE_HANDOFF (this role writes, the serve role only reads; see restore.sh) BLOB_URL (the
-#      container) PLAN_BLOB (the plan's blob name) PLAN_SHA256 (its sha256, from the op that wrote it)
-#      AGE_IDENTITY_FILE (encrypted backups), TRANSFER_STALL_SECONDS
+# Environment: records/job_scripts.py PitrRestoreFetchEnv (every variable, who supplies it, what it means).
 #
 # The handoff: data/base.tar, data/wal/<segment>, data/target (empty: the end of the archive), then
 # ready/all-verified; $RESTORE_HANDOFF/failed when this role failed.

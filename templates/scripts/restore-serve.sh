@@ -8,11 +8,7 @@
 # environment is scrubbed, its server listens on a Unix socket only, and the platform gives it no
 # network (docs/security.md).
 #
-# Env: VOLUME_PATH (PGDATA becomes $VOLUME_PATH/pgdata) RESTORE_HANDOFF (read only; see restore.sh)
-#      POSTGRES_USER (superuser) POSTGRES_PASSWORD_VERIFIER_FILE (SCRAM-SHA-256 verifier of its password)
-#      optional RESTORE_JOBS (pg_restore -j; a parallel-mode image: its parallel_jobs),
-#      RESTORE_DATABASES (a JSON array: only logged), RESTORE_REFUSE_DANGEROUS (1: refuse an image
-#      whose functions run COPY ... PROGRAM or are in an untrusted language), TMPDIR
+# Environment: records/job_scripts.py RestoreServeEnv (every variable, who supplies it, what it means).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore
 : "${VOLUME_PATH:?}" "${RESTORE_HANDOFF:?}" "${POSTGRES_USER:=postgres}" "${POSTGRES_PASSWORD_VERIFIER_FILE:?}"

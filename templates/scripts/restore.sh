@@ -7,14 +7,9 @@
 # initdb and restores earlier databases. A checksum mismatch exits 3 and nothing of the image is
 # handed over any more: the serve role fails, and no data directory can reach a running instance.
 #
-# Env: RESTORE_HANDOFF (the handoff directory: this role writes, the serve role only reads)
-#      BLOB_URL (image folder) MANIFEST_SHA256 (from the CMS row) optional BACKUP_SHA256SUMS
-#      (sha256sum -c lines, from the verified manifest; unset: read from it here),
-#      TRANSFER_STALL_SECONDS (see common.sh),
-#      AGE_IDENTITY_FILE (age private keys, mounted; needed when the manifest says the files are encrypted)
-#      RESTORE_DATABASES (a JSON array of database names: restore only those; unset: all)
+# Environment: records/job_scripts.py RestoreFetchEnv (every variable, who supplies it, what it means).
 #
-# The handoff (declared once: resources/platform/base.py RESTORE_ROLES):
+# The handoff (its roles declared once: resources/platform/base.py RestoreRoles):
 #   $RESTORE_HANDOFF/.fetch/      this role's staging (mode 0700: the serve role cannot enter it)
 #   $RESTORE_HANDOFF/data/        verified plaintext: meta/manifest.json, meta/databases (NUL-separated
 #                                 "path NUL database NUL" of each database to restore), globals.sql,

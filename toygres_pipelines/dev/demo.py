@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from records import ImageType, Instance, InstanceRef, InstanceState
+from records.rows import instance_columns
 from resources.cms import CMSResource
 from resources.platform.base import PROJECT_DIR, DeploySpec
 from resources.platform.local import LocalPlatform
@@ -103,13 +104,11 @@ def register_running(
         return existing
     endpoints = platform.endpoints(ref)
     instance = existing or cms.instances.create(
-        user_name=user_name or ref.k8s_name,
+        **instance_columns(name=user_name or ref.k8s_name, internal=False, dns_label=ref.k8s_name),
         k8s_name=ref.k8s_name,
         namespace=ref.namespace,
         postgres_version="15",
         storage_size_gb=1,
-        use_load_balancer=True,
-        dns_name=ref.k8s_name,
         image_type=ImageType.stock,
     )
     strings = connection_strings(endpoints, password=None)

@@ -47,6 +47,7 @@ from pydantic import SecretStr
 
 from records import ImageRequest, ImageType, Instance, InstanceRef, InstanceState
 from records.requests import ImageRequestFields
+from records.rows import instance_columns
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import PROJECT_DIR, DeploySpec, PlatformError
@@ -306,13 +307,11 @@ def ensure_demo_instance(cms: CMSResource, platform: LocalPlatform, pagila_dir: 
         # Registered `creating` first; a crash before `running` leaves it so, and the next start
         # makes the server again from scratch.
         instance = existing or cms.instances.create(
-            user_name=DEMO_NAME,
+            **instance_columns(name=DEMO_NAME, internal=True, dns_label=DEMO_NAME),
             k8s_name=DEMO_NAME,
             namespace=DEMO_NAMESPACE,
             postgres_version=DEMO_POSTGRES_VERSION,
             storage_size_gb=DEMO_STORAGE_GB,
-            use_load_balancer=False,
-            dns_name=DEMO_NAME,
             image_type=ImageType.stock,
             state=InstanceState.creating,
             tags={"toygres/demo": "pagila"},
@@ -380,7 +379,7 @@ def redeploy_running_instances(cms: CMSResource, platform: LocalPlatform) -> lis
             postgres_version=instance.postgres_version,
             image_type=instance.image_type,
             storage_size_gb=instance.storage_size_gb,
-            dns_label=instance.dns_name or instance.k8s_name,
+            dns_label=instance.dns_label or instance.k8s_name,
         )
         try:
             _deploy_and_wait(platform, spec)

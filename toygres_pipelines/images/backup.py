@@ -20,6 +20,7 @@ from records import (
     ValidationFailed,
     validate_image_name,
 )
+from records.job_scripts import BackupEnv
 from records.parallel import SINGLE_STREAM, validate_parallel_jobs
 from records.units import human_bytes
 from resources.blob import MANIFEST_NAME, BlobStorageResource
@@ -146,21 +147,19 @@ def backup_job_spec(
         name=f"backup-{image.id}",
         script="backup.sh",
         instance=InstanceRef(k8s_name=source.k8s_name, namespace=source.namespace),
-        env={
+        env=BackupEnv.of_source(
+            source,
             # a parallel backup writes into its staging container; the run copies it into the image
-            "BLOB_URL": (
+            blob_url=(
                 blob.staging_url(image.id) if parallel_jobs > SINGLE_STREAM else blob.folder_url(image.blob_path)
             ),
-            "IMAGE_NAME": image.name,
-            "SOURCE_INSTANCE": source.k8s_name,
-            "SOURCE_NAMESPACE": source.namespace,
-            "POSTGRES_VERSION": source.postgres_version,
-            "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
-            **({"AGE_RECIPIENT": age_recipient} if age_recipient else {}),
-            **({"PARALLEL_JOBS": str(parallel_jobs)} if parallel_jobs > SINGLE_STREAM else {}),
-            "CHECK_CHUNK_BYTES": str(CHECK_CHUNK_BYTES),
-            "DUMP_COMPRESSION": dump_compression(source.postgres_version),
-        },
+            transfer_stall_seconds=blob.transfer_stall_seconds,
+            age_recipient=age_recipient,
+            IMAGE_NAME=image.name,
+            PARALLEL_JOBS=parallel_jobs if parallel_jobs > SINGLE_STREAM else None,
+            CHECK_CHUNK_BYTES=CHECK_CHUNK_BYTES,
+            DUMP_COMPRESSION=dump_compression(source.postgres_version),
+        ).env(),
         blob_sas=backup_grant(blob, image.blob_path, timeout_seconds, parallel_jobs, image.id),
         labels={"toygres/image-id": str(image.id), "toygres/instance": source.k8s_name},
         timeout_seconds=timeout_seconds,

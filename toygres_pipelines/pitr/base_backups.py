@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field, ValidationError
 
 from records import Instance, InstanceRef, InstanceState, LogSink
+from records.job_scripts import BaseBackupEnv
 from records.wal import BaseBackup, BaseBackupResult, BaseBackupState
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -46,14 +47,12 @@ def take_base_backup(
         name=f"basebackup-{row.id}",
         script="basebackup.sh",
         instance=ref,
-        env={
-            "BLOB_URL": blob.folder_url(row.blob_path),
-            "SOURCE_INSTANCE": source.k8s_name,
-            "SOURCE_NAMESPACE": source.namespace,
-            "POSTGRES_VERSION": source.postgres_version,
-            "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
-            **({"AGE_RECIPIENT": platform.age_recipient} if platform.age_recipient else {}),
-        },
+        env=BaseBackupEnv.of_source(
+            source,
+            blob_url=blob.folder_url(row.blob_path),
+            transfer_stall_seconds=blob.transfer_stall_seconds,
+            age_recipient=platform.age_recipient,
+        ).env(),
         blob_sas=blob.write_grant(row.blob_path, [*BASE_BACKUP_NAMES, RESULT_NAME], BASE_BACKUP_TIMEOUT_SECONDS),
         labels={"toygres.io/base-backup": str(row.id)},
         timeout_seconds=BASE_BACKUP_TIMEOUT_SECONDS,

@@ -19,7 +19,9 @@ from records import (
     validate_azure_dns_label,
     validate_dns_label,
 )
+from records.job_scripts import PitrRestoreFetchEnv, PitrRestoreServeEnv, job_env
 from records.requests import NewInstanceFields
+from records.rows import instance_columns
 from records.wal import PITR_BASE_BACKUP_TAG, RecoveryPlanFile, parse_target_time
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -65,13 +67,11 @@ def restore_to_time(
     platform.check_postgres_version(base.postgres_version, "postgres_version", "the base backup")
     ref = InstanceRef(k8s_name=new_k8s_name(name), namespace=platform.resolve_namespace(namespace))
     instance = cms.instances.create(
-        user_name=name,
+        **instance_columns(name=name, internal=False, dns_label=dns_label),
         k8s_name=ref.k8s_name,
         namespace=ref.namespace,
         postgres_version=base.postgres_version,
         storage_size_gb=max(storage_size_gb, source.storage_size_gb),
-        use_load_balancer=True,
-        dns_name=dns_label,
         image_type=source.image_type,
         run_id=run_id,
         tags={
@@ -136,13 +136,16 @@ def run_pitr_job(
                 name=job_name,
                 script="restore-pitr.sh",
                 instance=ref,
-                env={
-                    "BLOB_URL": blob.container_url,
-                    "PLAN_BLOB": plan_blob,
-                    "PLAN_SHA256": hashlib.sha256(raw).hexdigest(),
-                    "POSTGRES_VERSION": postgres_version,
-                    "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
-                },
+                env=job_env(
+                    PitrRestoreFetchEnv(
+                        BLOB_URL=blob.container_url,
+                        PLAN_BLOB=plan_blob,
+                        PLAN_SHA256=hashlib.sha256(raw).hexdigest(),
+                        POSTGRES_VERSION=postgres_version,
+                        TRANSFER_STALL_SECONDS=blob.transfer_stall_seconds,
+                    ),
+                    PitrRestoreServeEnv(),
+                ),
                 blob_sas=blob.read_grant(
                     "", [plan_blob, plan.base.blob, *(s.blob for s in plan.segments)], timeout_seconds
                 ),

@@ -112,12 +112,12 @@ class RestorePlan(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    user_name: str
+    request: RestoreRequestFields = Field(
+        description="The request as asked: its names (name, dns_label, internal) flow unchanged from here"
+    )
     k8s_name: str
     namespace: str
-    dns_label: str
     storage_size_gb: int
-    internal: bool
     image_id: uuid.UUID
     image_name: str
     image_type: ImageType
@@ -135,15 +135,13 @@ class RestorePlan(BaseModel):
 
 
 def new_instance(fields: RestoreRequestFields, namespace: str, source_size_gb: int) -> dict[str, Any]:
-    """The plan's new instance, as both kinds of restore make it: the request's names, a fresh
-    Kubernetes name, and at least the source's storage."""
+    """The plan's new instance, as both kinds of restore make it: the request as asked (its names
+    flow unchanged), a fresh Kubernetes name, and at least the source's storage."""
     return {
-        "user_name": fields.name,
+        "request": fields,
         "k8s_name": new_k8s_name(fields.name),
         "namespace": namespace,
-        "dns_label": fields.dns_label,
         "storage_size_gb": max(fields.storage_size_gb, source_size_gb),
-        "internal": fields.internal,
     }
 
 

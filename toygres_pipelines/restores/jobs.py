@@ -10,6 +10,7 @@ from records import (
     InstanceState,
     ValidationFailed,
 )
+from records.rows import instance_columns
 from records.wal import PITR_BASE_BACKUP_TAG
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -139,14 +140,14 @@ def create_instance_record(
             )
     try:
         return cms.instances.create(
-            user_name=plan.user_name,
+            **instance_columns(
+                name=plan.request.name, internal=plan.request.internal, dns_label=plan.request.dns_label
+            ),
             k8s_name=plan.k8s_name,
             namespace=plan.namespace,
             postgres_version=plan.postgres_version,
             source_postgres_version=plan.source_postgres_version,
             storage_size_gb=plan.storage_size_gb,
-            use_load_balancer=not plan.internal,
-            dns_name=plan.dns_label,
             image_type=plan.image_type,
             source_image_id=None if plan.point_in_time else plan.image_id,  # a base backup is no image row
             run_id=context.run_id,
@@ -228,8 +229,8 @@ def deploy_instance(instance: Instance, timed: TimedPlan, cms: CMSResource, plat
             postgres_version=plan.postgres_version,
             image_type=plan.image_type,
             storage_size_gb=instance.storage_size_gb,
-            internal=plan.internal,
-            dns_label=plan.dns_label,
+            internal=plan.request.internal,
+            dns_label=plan.request.dns_label,
         )
     )
     return instance

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 import psycopg
 from pydantic import SecretStr
@@ -16,12 +16,13 @@ from records import (
     InstanceState,
     LogSink,
 )
+from records.job_scripts import RestoreFetchEnv, RestoreServeEnv, job_env
 from resources.blob import MANIFEST_NAME, BlobStorageResource
 from resources.cms import CMSError, CMSResource
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource, RestoreRoles
 from toygres_pipelines.images.verification import ImageCorrupt, read_manifest, sha256sums
 from toygres_pipelines.restores.config import RestorePlan
-from toygres_pipelines.shared.connections import SUPERUSER, connection_string
+from toygres_pipelines.shared.connections import connection_string
 
 
 def instance_ref(instance: Instance) -> InstanceRef:
@@ -49,13 +50,36 @@ def files_to_download(manifest: BackupManifest, databases: list[str] | None) -> 
     )
 
 
+def downloads(manifest: BackupManifest, databases: list[str] | None) -> dict[str, Any]:
+    """The fetch role's variables of what it downloads and restores. The chosen databases' names
+    travel as a JSON array (ASCII, any name exactly; the script reads it with jq)."""
+    return {
+        "BACKUP_SHA256SUMS": sums_env(sha256sums(files_to_download(manifest, databases))),
+        "RESTORE_DATABASES": databases,
+    }
+
+
 def restore_job_env(manifest: BackupManifest, databases: list[str] | None) -> dict[str, str]:
-    """What the restore job downloads and restores. The chosen databases' names travel as a JSON
-    array (ASCII, any name exactly; the script reads it with jq)."""
-    sums = sums_env(sha256sums(files_to_download(manifest, databases)))
-    if databases is None:
-        return sums
-    return {**sums, "RESTORE_DATABASES": json.dumps(databases, ensure_ascii=True)}
+    """`downloads` as the script reads them."""
+    return RestoreFetchEnv.partial_env(**downloads(manifest, databases))
+
+
+def restore_roles_env(
+    plan: RestorePlan, manifest: BackupManifest, blob: BlobStorageResource
+) -> tuple[RestoreFetchEnv, RestoreServeEnv]:
+    """Each role's variables: what the fetch role downloads and how serve restores it."""
+    fetch = RestoreFetchEnv(
+        BLOB_URL=blob.folder_url(plan.blob_path),
+        MANIFEST_SHA256=plan.manifest_sha256,
+        **downloads(manifest, plan.selected_databases),
+        # initdb's major version must be the server's (the target's: a restore may upgrade):
+        # the platform picks the job image (Kubernetes) or the binaries (local) by it.
+        POSTGRES_VERSION=plan.postgres_version,
+        TRANSFER_STALL_SECONDS=blob.transfer_stall_seconds,
+    )
+    # A parallel-mode image restores with as many pg_restore jobs as it was dumped with.
+    serve = RestoreServeEnv(RESTORE_JOBS=manifest.parallel_jobs if manifest.parallel_jobs > 1 else None)
+    return fetch, serve
 
 
 def restore_grant(
@@ -72,8 +96,8 @@ def restore_grant(
 SUMS_ENV_LIMIT = 64 * 1024
 
 
-def sums_env(sums: str) -> dict[str, str]:
-    return {"BACKUP_SHA256SUMS": sums} if len(sums.encode()) <= SUMS_ENV_LIMIT else {}
+def sums_env(sums: str) -> str | None:
+    return sums if len(sums.encode()) <= SUMS_ENV_LIMIT else None
 
 
 def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageResource, timeout_seconds: int) -> JobSpec:
@@ -84,18 +108,7 @@ def restore_job_spec(plan: RestorePlan, instance: Instance, blob: BlobStorageRes
         name=restore_job_name(instance),
         script="restore.sh",
         instance=instance_ref(instance),
-        env={
-            "BLOB_URL": blob.folder_url(plan.blob_path),
-            "MANIFEST_SHA256": plan.manifest_sha256,
-            **restore_job_env(manifest, plan.selected_databases),
-            "POSTGRES_USER": SUPERUSER,
-            # initdb's major version must be the server's (the target's: a restore may upgrade):
-            # the platform picks the job image (Kubernetes) or the binaries (local) by it.
-            "POSTGRES_VERSION": plan.postgres_version,
-            "TRANSFER_STALL_SECONDS": str(blob.transfer_stall_seconds),
-            # A parallel-mode image restores with as many pg_restore jobs as it was dumped with.
-            **({"RESTORE_JOBS": str(manifest.parallel_jobs)} if manifest.parallel_jobs > 1 else {}),
-        },
+        env=job_env(*restore_roles_env(plan, manifest, blob)),
         blob_sas=restore_grant(blob, plan.blob_path, manifest, plan.selected_databases, timeout_seconds),
         labels={"toygres/instance": instance.k8s_name, "toygres/image-id": str(plan.image_id)},
         timeout_seconds=timeout_seconds,
