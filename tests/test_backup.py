@@ -411,9 +411,7 @@ def test_janitor_removes_local_job_directories_past_their_timeout(cms, blob, pla
     # The janitor's grace as the code location reads it when it loads (TOYGRES_STALE_JOB_GRACE_SECONDS).
     janitor = janitor_job(ImagesSettings.from_env({"TOYGRES_STALE_JOB_GRACE_SECONDS": "3600"}))
     instance = dg.DagsterInstance.ephemeral()
-    result = janitor.execute_in_process(
-        resources={"cms": cms, "blob": blob, "platform": local}, instance=instance
-    )
+    result = janitor.execute_in_process(resources={"cms": cms, "blob": blob, "platform": local}, instance=instance)
     assert result.success
     assert not stale.exists() and fresh.exists()
     assert "removed stale job default/backup-stale" in run_logs(instance, result.run_id)
