@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from toygres_pipelines.images.assets import image
+from toygres_pipelines.images.assets import BackupConfig, image
+from toygres_pipelines.images.jobs import backup_form_run_config
 
 
 def materialize_image(resources, key: str, config: dict | None = None, raise_on_error: bool = True, instance=None):
@@ -13,7 +14,7 @@ def materialize_image(resources, key: str, config: dict | None = None, raise_on_
         partition_key=key,
         resources=resources,
         instance=instance,
-        run_config={"ops": {"image": {"config": config or {}}}},
+        run_config=backup_form_run_config(BackupConfig.model_construct(**(config or {}))),
         raise_on_error=raise_on_error,
     )
 
