@@ -183,8 +183,9 @@ def dagster_bench(root: Path, env: dict[str, str]) -> Iterator[Bench]:
 
 def launch_backup(bench: Bench, key: str) -> str:
     """Launch one backup_image run as the daemon does (code server + run launcher); returns its id."""
+    from records.requests import BackupFields
     from toygres_pipelines.images.assets import IMAGE_PARTITIONS, image
-    from toygres_pipelines.images.jobs import backup_image
+    from toygres_pipelines.images.jobs import backup_image, backup_run_config
     from toygres_pipelines.shared.tags import INSTANCE_TAG
 
     instance, workspace = bench.instance, bench.workspace
@@ -193,7 +194,7 @@ def launch_backup(bench: Bench, key: str) -> str:
     remote_job = location.get_repository("__repository__").get_full_job("backup_image")
     run = instance.create_run_for_job(  # type: ignore[attr-defined]
         job_def=bench.repository.get_job("backup_image"),  # type: ignore[attr-defined]
-        run_config={"ops": {"image": {"config": {"source_instance": bench.source}}}},
+        run_config=backup_run_config(BackupFields(source_instance=bench.source)),
         tags={**backup_image.tags, "dagster/partition": key, INSTANCE_TAG: bench.source},
         remote_job_origin=remote_job.get_remote_origin(),
         job_code_origin=remote_job.get_python_origin(),

@@ -11,7 +11,8 @@ from records import Image, ImageRequest, ImageState, ImageType, Instance, Instan
 from records.drills import Drill, DrillResult
 from records.requests import ImageRequestFields, RestoreRequestFields
 from records.wal import BaseBackup, BaseBackupState
-from toygres_pipelines.images.assets import image
+from toygres_pipelines.images.assets import BackupConfig, image
+from toygres_pipelines.images.jobs import backup_form_run_config
 
 
 def materialize_image(resources, key: str, config: dict | None = None, raise_on_error: bool = True, instance=None):
@@ -22,7 +23,7 @@ def materialize_image(resources, key: str, config: dict | None = None, raise_on_
         partition_key=key,
         resources=resources,
         instance=instance,
-        run_config={"ops": {"image": {"config": config or {}}}},
+        run_config=backup_form_run_config(BackupConfig.model_construct(**(config or {}))),
         raise_on_error=raise_on_error,
     )
 

@@ -55,6 +55,10 @@ reconcile_stuck_rows = sensor_named(AUTOMATION, "reconcile_stuck_rows")
 nightly_backups = schedule_named(AUTOMATION, "nightly_backups")
 
 from resources.platform.base import PROJECT_DIR  # noqa: E402
+from toygres_pipelines.images.assets import BackupConfig  # noqa: E402
+from toygres_pipelines.images.jobs import backup_config_of, backup_form_run_config  # noqa: E402
+from toygres_pipelines.restores.config import RestoreConfig  # noqa: E402
+from toygres_pipelines.restores.jobs import restore_config_of, restore_form_run_config  # noqa: E402
 
 
 @pytest.fixture
@@ -112,10 +116,10 @@ def test_image_requests_become_backup_runs_and_invalid_ones_are_rejected(
 
     first = requests[str(good.id)]
     assert first.partition_key == "req-a"
-    assert first.run_config == {
-        "ops": {
-            "image": {"config": {"source_instance": source.k8s_name, "description": "on demand", "parallel_jobs": 1}}
-        }
+    assert backup_config_of(first.run_config) == {
+        "source_instance": source.k8s_name,
+        "description": "on demand",
+        "parallel_jobs": 1,
     }
     assert first.tags[REQUEST_ID_TAG] == str(good.id)
     assert first.tags[KIND_TAG] == "backup" and first.tags[INSTANCE_TAG] == source.k8s_name
@@ -231,19 +235,13 @@ def test_restore_requests_become_restore_runs_and_invalid_ones_are_rejected(
     [run_request] = run_requests_of(result)
     assert run_request.run_key == str(good.id)
     assert run_request.tags == {REQUEST_ID_TAG: str(good.id), KIND_TAG: "restore"}
-    assert run_request.run_config == {
-        "ops": {
-            "validate_request": {
-                "config": {
-                    "name": "copy",
-                    "dns_label": "copy-db",
-                    "source_image_id": str(ready_image.id),
-                    "namespace": "default",
-                    "storage_size_gb": 1,
-                    "internal": True,
-                }
-            }
-        }
+    assert restore_config_of(run_request.run_config) == {
+        "name": "copy",
+        "dns_label": "copy-db",
+        "source_image_id": str(ready_image.id),
+        "namespace": "default",
+        "storage_size_gb": 1,
+        "internal": True,
     }
     dg.validate_run_config(restore_instance, run_request.run_config)
     for request_id, reason in bad.items():
@@ -313,7 +311,7 @@ def test_nightly_schedule_backs_up_every_running_instance_once(cms, dagster_inst
         source = expected[request.run_key]
         assert request.partition_key == request.run_key
         assert request.tags[INSTANCE_TAG] == source.k8s_name and request.tags[KIND_TAG] == "backup"
-        assert request.run_config["ops"]["image"]["config"]["source_instance"] == str(source.id)
+        assert backup_config_of(request.run_config)["source_instance"] == str(source.id)
     assert sorted(dagster_instance.get_dynamic_partitions("images")) == sorted(expected)
 
     again = evaluate()
@@ -444,8 +442,9 @@ def test_successful_restore_run_succeeds_its_request_with_the_instance(
     [run_request] = run_requests_of(
         evaluate_sensor(restore_requests_sensor, dagster_instance, {"cms": cms, "platform": platform})
     )
-    run_config = run_request.run_config
-    run_config["ops"]["validate_request"]["config"]["ready_timeout_seconds"] = 60
+    run_config = restore_form_run_config(
+        RestoreConfig(**restore_config_of(run_request.run_config), ready_timeout_seconds=60)
+    )
     result = restore_instance.execute_in_process(
         run_config=run_config,
         resources=resources,
@@ -608,7 +607,7 @@ def test_run_terminated_mid_backup_leaves_its_image_failed(
             remote_job = location.get_repository("__repository__").get_full_job("backup_image")
             run = dagster_instance.create_run_for_job(
                 job_def=repository_def.get_job("backup_image"),
-                run_config={"ops": {"image": {"config": {"source_instance": source.k8s_name}}}},
+                run_config=backup_form_run_config(BackupConfig(source_instance=source.k8s_name)).to_config_dict(),
                 tags={**backup_image.tags, "dagster/partition": key, INSTANCE_TAG: source.k8s_name},
                 remote_job_origin=remote_job.get_remote_origin(),
                 job_code_origin=remote_job.get_python_origin(),

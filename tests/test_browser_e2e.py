@@ -30,6 +30,8 @@ from resources.platform.postgres_server import free_port
 from tests.helpers import materialize_image
 from tests.test_daemon_e2e import dagster_instance, topology  # noqa: F401 - topology is a fixture
 from toygres_pipelines.dev.topology import DagsterTopology
+from toygres_pipelines.restores.config import RestoreConfig
+from toygres_pipelines.restores.jobs import restore_config_of, restore_form_run_config
 
 pytestmark = pytest.mark.integration
 
@@ -98,10 +100,10 @@ def fill_the_launchpad(page, base: str, config: dict, tmp_path: Path, scaffold_f
     page.wait_for_selector(".CodeMirror")
     if scaffold_first:
         document = yaml.safe_load(scaffold_missing_config(page, tmp_path))
-        document["ops"]["validate_request"]["config"].update(config)
-        text = yaml.safe_dump(document, sort_keys=False)
+        filled = RestoreConfig.model_construct(**{**restore_config_of(document), **config})
+        text = yaml.safe_dump(restore_form_run_config(filled).to_config_dict(), sort_keys=False)
     else:
-        text = json.dumps({"ops": {"validate_request": {"config": config}}}, indent=2)
+        text = json.dumps(restore_form_run_config(RestoreConfig.model_construct(**config)).to_config_dict(), indent=2)
     page.evaluate("config => document.querySelector('.CodeMirror').CodeMirror.setValue(config)", text)
     page.get_by_role("button", name="Launch Run").click()
 

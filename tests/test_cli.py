@@ -19,6 +19,7 @@ from tests.helpers import add_image, add_instance, cli_runner, image_request
 from toygres_pipelines import cli
 from toygres_pipelines.cli import images as cli_images
 from toygres_pipelines.cli.requests import follow
+from toygres_pipelines.images.jobs import backup_config_of
 
 UNREACHABLE_PASSWORD = "n0t-Sh0wn-pw"
 
@@ -574,7 +575,7 @@ def test_request_backup_wait_follows_the_request_to_its_end(cms, resources, sour
     dagster = dg.DagsterInstance.ephemeral()
     [run_request] = evaluate_image_requests(dagster, cms, resources["platform"]).run_requests  # the sensor accepts it
     wait_for(lambda: "accepted" in out.getvalue(), "the accepted line")
-    done = materialize_image(resources, "waited", run_request.run_config["ops"]["image"]["config"], instance=dagster)
+    done = materialize_image(resources, "waited", backup_config_of(run_request.run_config), instance=dagster)
     [request] = cms.requests.list(ImageRequest)
     cms.requests.attach_run(request.id, done.run_id)
     settle_run(

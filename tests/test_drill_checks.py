@@ -13,6 +13,7 @@ from records.requests import ImageRequestFields
 from tests import helpers
 from toygres_pipelines.domains import domain_definitions
 from toygres_pipelines.drills.checks import size_result
+from toygres_pipelines.drills.jobs import drill_config_of
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.images.jobs import backup_run_config
 from toygres_pipelines.settings import Settings
@@ -107,7 +108,7 @@ def test_the_weekly_schedule_drills_an_instance_on_its_day_only(resources, cms, 
             result = schedule.evaluate_tick(context)
         if offset == day:
             [request] = result.run_requests
-            assert request.run_config == {"ops": {"plan_drill": {"config": {"image": str(ready.id)}}}}
+            assert drill_config_of(request.run_config) == {"image": str(ready.id)}
             assert request.run_key == f"drill-{ready.name}-{when:%Y%m%d}"
             assert request.tags["toygres/kind"] == "drill"
         else:

@@ -19,7 +19,7 @@ from tests.helpers import add_drill, materialize_image
 from tests.test_restore import restore
 from toygres_pipelines.drills.checks import RESTORABLE_CHECK
 from toygres_pipelines.drills.janitor import settle_abandoned_drills
-from toygres_pipelines.drills.jobs import restore_drill
+from toygres_pipelines.drills.jobs import drill_run_config, restore_drill
 from toygres_pipelines.restores.steps import instance_ref
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def ready_image(resources, cms, source):
 
 def drill(resources, image_ref: str, instance: dg.DagsterInstance):
     return restore_drill.execute_in_process(
-        run_config={"ops": {"plan_drill": {"config": {"image": image_ref, "ready_timeout_seconds": 60}}}},
+        run_config=drill_run_config(image_ref, ready_timeout_seconds=60),
         resources=resources,
         instance=instance,
         raise_on_error=False,

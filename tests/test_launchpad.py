@@ -7,14 +7,23 @@ import dagster as dg
 import pytest
 
 from toygres_pipelines.restores.config import RestoreConfig
-from toygres_pipelines.restores.jobs import restore_instance
+from toygres_pipelines.restores.jobs import (
+    restore_config_of,
+    restore_form_fields,
+    restore_form_run_config,
+    restore_instance,
+)
 
 REQUIRED = {"name", "dns_label", "source_image_id"}
 
 
+def form_run_config(values: dict) -> dict:
+    """The run config of a launchpad form filled with `values`, as typed (Dagster checks them)."""
+    return restore_form_run_config(RestoreConfig.model_construct(**values)).to_config_dict()
+
+
 def launchpad_fields() -> dict:
-    ops = restore_instance.run_config_schema.config_type.fields["ops"].config_type.fields
-    return ops["validate_request"].config_type.fields["config"].config_type.fields
+    return restore_form_fields()
 
 
 def test_scaffolding_asks_for_exactly_what_a_restore_needs():
@@ -24,11 +33,11 @@ def test_scaffolding_asks_for_exactly_what_a_restore_needs():
 
 def test_scaffold_filled_in_is_a_valid_run_config():
     filled = {"name": "copy", "dns_label": "copy-db", "source_image_id": "pagila-demo__nightly-20260101"}
-    assert dg.validate_run_config(restore_instance, {"ops": {"validate_request": {"config": filled}}})
+    assert dg.validate_run_config(restore_instance, form_run_config(filled))
 
 
 def test_a_config_without_the_image_is_refused_before_the_run_starts():
-    config = {"ops": {"validate_request": {"config": {"name": "copy", "dns_label": "copy-db"}}}}
+    config = form_run_config({"name": "copy", "dns_label": "copy-db"})
     with pytest.raises(dg.DagsterInvalidConfigError, match="source_image_id"):
         dg.validate_run_config(restore_instance, config)
 
@@ -57,7 +66,7 @@ def launchpad_default_config(job_name: str) -> dict:
 
 def test_every_optional_field_opens_with_its_default():
     # "Scaffold missing config" adds the required fields to this; the optional ones are all there.
-    opened = launchpad_default_config("restore_instance")["ops"]["validate_request"]["config"]
+    opened = restore_config_of(launchpad_default_config("restore_instance"))
     optional = {name for name, field in launchpad_fields().items() if not field.is_required}
     assert set(opened) == optional
 
@@ -77,7 +86,7 @@ def test_no_resource_settings_in_the_launchpad(job_name):
 @pytest.mark.parametrize("version", [16, "16"])
 def test_a_major_is_accepted_as_a_number_or_as_text(version):
     config = {"name": "copy", "dns_label": "copy-db", "source_image_id": "pagila-demo__n", "postgres_version": version}
-    assert dg.validate_run_config(restore_instance, {"ops": {"validate_request": {"config": config}}})
+    assert dg.validate_run_config(restore_instance, form_run_config(config))
     assert RestoreConfig.model_validate(config).request_fields().postgres_version == "16"
 
 

@@ -13,7 +13,8 @@ from records.retention import RetentionPolicy
 from resources.blob import BlobStorageResource
 from tests.helpers import add_drill, add_image, add_instance, restore_request
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
-from toygres_pipelines.lifecycle.retention_job import retention_job
+from toygres_pipelines.lifecycle.jobs import delete_image_run_config, delete_instance_run_config
+from toygres_pipelines.lifecycle.retention_job import retention_job, retention_run_config
 
 pytestmark = pytest.mark.integration
 
@@ -54,9 +55,8 @@ def catalogue(cms, blob):
 
 
 def run_retention_job(resources, instance, dry_run: bool | None = None, policy: RetentionPolicy = POLICY):
-    config = {} if dry_run is None else {"dry_run": dry_run}
     return retention_job(policy).execute_in_process(
-        run_config={"ops": {"apply_retention": {"config": config}}},
+        run_config={} if dry_run is None else retention_run_config(dry_run),
         resources=resources,
         instance=instance,
         raise_on_error=False,
@@ -191,7 +191,7 @@ def test_deleting_an_image_in_use_is_refused_with_the_reason(resources, cms, blo
     target = catalogue["ready"][2]
     request = restore_request(cms, source_image_id=str(target.id))
     result = delete_image_job.execute_in_process(
-        run_config={"ops": {"delete_one_image": {"config": {"image": target.name}}}},
+        run_config=delete_image_run_config(target.name),
         resources=resources,
         instance=catalogue["instance"],
         raise_on_error=False,
@@ -211,7 +211,7 @@ def test_delete_image_job_deletes_blobs_row_and_partition(resources, cms, blob, 
 
     target = catalogue["ready"][0]  # the newest: deleting on request is the user's call
     result = delete_image_job.execute_in_process(
-        run_config={"ops": {"delete_one_image": {"config": {"image": str(target.id)}}}},
+        run_config=delete_image_run_config(str(target.id)),
         resources=resources,
         instance=catalogue["instance"],
     )
@@ -259,7 +259,7 @@ def test_delete_instance_removes_everything_and_frees_the_dns_label_for_a_new_re
     assert not refused.success  # the label is taken while the first instance lives
 
     result = delete_instance_job.execute_in_process(
-        run_config={"ops": {"delete_one_instance": {"config": {"instance": restored.k8s_name}}}}, resources=resources
+        run_config=delete_instance_run_config(restored.k8s_name), resources=resources
     )
     assert result.success
     gone = cms.instances.get(restored.id)

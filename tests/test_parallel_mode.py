@@ -23,6 +23,7 @@ from tests.helpers import failure_text, image_request, materialize_image, run_lo
 from tests.test_restore import assert_cleaned_up, dsn_of, restore, schema_dump, table_fingerprints
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli
 from toygres_pipelines.images.assets import image
+from toygres_pipelines.images.jobs import backup_config_of
 
 # --- the rule (no services) ---------------------------------------------------------------------
 
@@ -199,7 +200,7 @@ def test_a_backup_request_carries_parallel_jobs_to_its_run_and_one_outside_the_r
         done = evaluate_image_requests(dagster, cms, RULES_ONLY)
     [run_request] = done.run_requests
     assert run_request.run_key == str(parallel.id)
-    assert run_request.run_config["ops"]["image"]["config"]["parallel_jobs"] == 3
+    assert backup_config_of(run_request.run_config)["parallel_jobs"] == 3
     job = dg.Definitions(assets=[image], jobs=[backup_image], resources=resources).resolve_job_def("backup_image")
     dg.validate_run_config(job, run_request.run_config)
     assert done.rejected == {str(too_many.id): f"parallel_jobs: 64 must be between 1 and {MAX_PARALLEL_JOBS}"}

@@ -13,9 +13,12 @@ from records import InstanceRef, InstanceState, ValidationFailed
 from records.wal import BaseBackupState
 from tests.test_pitr_archiving import archived, archived_segments, slot_active, switch_wal, wait_for  # noqa: F401
 from toygres_pipelines.dev.demo import register_running
+from toygres_pipelines.drills.pitr_drill import pitr_drill_run_config
 from toygres_pipelines.pitr.base_backups import take_base_backup
 from toygres_pipelines.pitr.restore import restore_to_time
 from toygres_pipelines.pitr.window import window_of
+from toygres_pipelines.restores.config import RestoreConfig
+from toygres_pipelines.restores.jobs import restore_form_run_config
 
 
 def commit(dsn: str, label: str):
@@ -287,9 +290,9 @@ def test_restore_instance_with_target_time_restores_to_that_second(cms, blob, pl
 
     def run(**config):
         return restore_instance.execute_in_process(
-            run_config={"ops": {"validate_request": {"config": {
-                "name": "via-job", "dns_label": "via-job-pitr", "storage_size_gb": 1, "ready_timeout_seconds": 60,
-                "source_image_id": str(backup.id), **config}}}},
+            run_config=restore_form_run_config(RestoreConfig.model_construct(
+                name="via-job", dns_label="via-job-pitr", storage_size_gb=1, ready_timeout_seconds=60,
+                source_image_id=str(backup.id), **config)),
             resources={"cms": cms, "blob": blob, "platform": platform},
             raise_on_error=False,
             instance=dg.DagsterInstance.ephemeral(),
@@ -414,7 +417,7 @@ def run_pitr_drill(cms, blob, platform, source, instance):
     from toygres_pipelines.drills.pitr_drill import pitr_drill_job
 
     return pitr_drill_job.execute_in_process(
-        run_config={"ops": {"pitr_drill_op": {"config": {"source_instance": source.k8s_name}}}},
+        run_config=pitr_drill_run_config(source.k8s_name),
         resources={"cms": cms, "blob": blob, "platform": platform},
         instance=instance,
         raise_on_error=False,

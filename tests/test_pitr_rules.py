@@ -101,16 +101,26 @@ def test_the_point_in_time_launchpad_declares_a_new_instance_as_a_restore_reques
     import dagster as dg
 
     from records.requests import NewInstanceFields
-    from toygres_pipelines.pitr.restore import restore_to_time_job
+    from toygres_pipelines.pitr.restore import (
+        RestoreToTimeConfig,
+        restore_to_time_job,
+        restore_to_time_op,
+        restore_to_time_run_config,
+    )
+    from toygres_pipelines.shared.run_config import op_config_fields
 
-    form = restore_to_time_job.run_config_schema.config_type.fields["ops"].config_type
-    fields = form.fields["restore_to_time_op"].config_type.fields["config"].config_type.fields
+    fields = op_config_fields(restore_to_time_job, restore_to_time_op)
     assert set(fields) == {*NewInstanceFields.model_fields, "source_instance", "target_time"}
     for name, info in NewInstanceFields.model_fields.items():
         assert fields[name].description == info.description, name
     config = {"source_instance": "app-abcde", "name": "copy", "dns_label": "copy-db"}
-    assert dg.validate_run_config(restore_to_time_job, {"ops": {"restore_to_time_op": {"config": config}}})
+    assert dg.validate_run_config(
+        restore_to_time_job, restore_to_time_run_config(RestoreToTimeConfig(**config)).to_config_dict()
+    )
     with pytest.raises(dg.DagsterInvalidConfigError, match="storage_size_gb"):
         dg.validate_run_config(
-            restore_to_time_job, {"ops": {"restore_to_time_op": {"config": {**config, "storage_size_gb": "big"}}}}
+            restore_to_time_job,
+            restore_to_time_run_config(
+                RestoreToTimeConfig.model_construct(**config, storage_size_gb="big")
+            ).to_config_dict(),
         )

@@ -17,7 +17,14 @@ from resources.platform.postgres_server import postgres_bindir
 from tests import helpers
 from tests.conftest import SOURCE_PASSWORD
 from tests.helpers import cms_text, dagster_text, failure_text, materialize_image, run_logs
-from toygres_pipelines.restores.jobs import REQUEST_ID_TAG, restore_instance
+from toygres_pipelines.images.reverify import reverify_run_config
+from toygres_pipelines.restores.config import RestoreConfig
+from toygres_pipelines.restores.jobs import (
+    REQUEST_ID_TAG,
+    restore_form_fields,
+    restore_form_run_config,
+    restore_instance,
+)
 from toygres_pipelines.restores.steps import instance_ref
 
 pytestmark = pytest.mark.integration
@@ -41,7 +48,7 @@ def restore(resources, tags: dict | None = None, instance: dg.DagsterInstance | 
     config.setdefault("storage_size_gb", 1)
     config.setdefault("ready_timeout_seconds", 60)
     return restore_instance.execute_in_process(
-        run_config={"ops": {"validate_request": {"config": config}}},
+        run_config=restore_form_run_config(RestoreConfig.model_construct(**config)),
         resources=resources,
         raise_on_error=False,
         tags=tags,
@@ -255,7 +262,7 @@ def test_a_corrupt_image_is_ready_again_only_once_its_bytes_verify(resources, cm
 
     def reverify():
         return reverify_image.execute_in_process(
-            run_config={"ops": {"reverify_corrupt_image": {"config": {"image": ready_image.name}}}},
+            run_config=reverify_run_config(ready_image.name),
             resources={"cms": cms, "blob": blob},
             raise_on_error=False,
         )
@@ -306,10 +313,7 @@ def test_same_request_twice_restores_once(resources, cms, source, ready_image):
 
 
 def test_launchpad_form_describes_every_field():
-    config_type = restore_instance.run_config_schema.config_type
-    op_config = (
-        config_type.fields["ops"].config_type.fields["validate_request"].config_type.fields["config"].config_type
-    )
+    form_fields = restore_form_fields()
     expected = {
         "name",
         "dns_label",
@@ -321,17 +325,17 @@ def test_launchpad_form_describes_every_field():
         "postgres_version",
         "target_time",
     }
-    assert expected <= set(op_config.fields)
+    assert expected <= set(form_fields)
     # Not for restores (a request row carrying one is rejected): not on the form either.
-    assert not {"runtime_image_id", "image_override"} & set(op_config.fields)
-    assert "password" not in op_config.fields  # run config is stored in plaintext
-    for name, field in op_config.fields.items():
+    assert not {"runtime_image_id", "image_override"} & set(form_fields)
+    assert "password" not in form_fields  # run config is stored in plaintext
+    for name, field in form_fields.items():
         assert field.description, f"{name} has no description in the launchpad"
-    assert "password" not in op_config.fields  # a password typed in the launchpad would sit in run storage
-    assert op_config.fields["name"].is_required
+    assert "password" not in form_fields  # a password typed in the launchpad would sit in run storage
+    assert form_fields["name"].is_required
     # No fixed default: an empty namespace means the platform's own (TOYGRES_K8S_NAMESPACE on Kubernetes).
-    assert not op_config.fields["namespace"].is_required
-    assert op_config.fields["namespace"].default_value == ""
+    assert not form_fields["namespace"].is_required
+    assert form_fields["namespace"].default_value == ""
 
 
 def test_restore_job_is_registered_with_its_tags():

@@ -22,7 +22,13 @@ from resources.platform.postgres_server import (
     shared_wheel_bindir,
 )
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, run_config_values
-from toygres_pipelines.restores.config import check_request_fields, chosen_databases, target_postgres_version
+from toygres_pipelines.restores.config import (
+    RestoreConfig,
+    check_request_fields,
+    chosen_databases,
+    target_postgres_version,
+)
+from toygres_pipelines.restores.jobs import restore_config_of, restore_form_run_config
 from toygres_pipelines.restores.steps import restore_job_env
 
 HOSTILE = "b'\"=x\nnew line ü postgresql://"
@@ -208,9 +214,10 @@ def test_a_request_rows_selection_and_target_reach_the_run_the_sensor_launches()
         created_at=datetime(2026, 1, 1, tzinfo=UTC),
         updated_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    config = restore_run_request(row, "img-id").run_config["ops"]["validate_request"]["config"]
+    config = restore_config_of(restore_run_request(row, "img-id").run_config)
     assert (config["databases"], config["postgres_version"]) == (["pagila", HOSTILE], "16")
-    assert dg.validate_run_config(restore_instance, {"ops": {"validate_request": {"config": config}}})
+    form = restore_form_run_config(RestoreConfig.model_construct(**config))
+    assert dg.validate_run_config(restore_instance, form.to_config_dict())
 
 
 def test_an_instance_whose_major_has_no_binaries_any_more_can_still_be_deleted(tmp_path):

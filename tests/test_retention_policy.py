@@ -299,7 +299,7 @@ def test_daily_schedule_runs_retention_for_real_and_the_launchpad_defaults_to_a_
     assert schedule.cron_schedule == "15 5 * * *" and schedule.job_name == "retention"
     assert schedule.default_status is dg.DefaultScheduleStatus.RUNNING
     [request] = schedule.evaluate_tick(dg.build_schedule_context()).run_requests
-    assert request.run_config == {"ops": {"apply_retention": {"config": {"dry_run": False}}}}
+    assert retention_config_of(request.run_config) == {"dry_run": False}
     assert RetentionConfig().dry_run is True
     assert "retention" in {job.name for job in automation.jobs or []}
 
@@ -316,6 +316,8 @@ def test_lifecycle_jobs_are_in_the_code_location():
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+
+from toygres_pipelines.lifecycle.retention_job import retention_config_of  # noqa: E402
 
 policies = st.builds(
     RetentionPolicy,

@@ -14,6 +14,8 @@ from dagster._core.run_coordinator import SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from resources.platform.postgres_server import free_port
+from toygres_pipelines.restores.config import RestoreConfig
+from toygres_pipelines.restores.jobs import restore_form_run_config
 from toygres_pipelines.run_coordinator import CMS_DSN_ENV, RequestRefused, TaggingRunCoordinator
 
 IMAGE = frozenset({dg.AssetKey("image")})
@@ -46,7 +48,7 @@ def stored_run(instance: dg.DagsterInstance, job_name: str, tags: dict, config: 
 
 
 def restore_config(**fields) -> dict:
-    return {"ops": {"validate_request": {"config": fields}}}
+    return restore_form_run_config(RestoreConfig.model_construct(**fields)).to_config_dict()
 
 
 def test_a_restore_whose_name_breaks_the_rule_is_refused_before_a_run_exists(instance, coordinator, monkeypatch):

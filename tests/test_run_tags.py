@@ -6,6 +6,11 @@ from __future__ import annotations
 import dagster as dg
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
+from toygres_pipelines.drills.jobs import drill_run_config
+from toygres_pipelines.images.assets import BackupConfig
+from toygres_pipelines.images.jobs import backup_form_run_config
+from toygres_pipelines.restores.config import RestoreConfig
+from toygres_pipelines.restores.jobs import restore_form_run_config
 from toygres_pipelines.run_coordinator import fleet_tags
 from toygres_pipelines.shared.tags import INSTANCE_TAG, KIND_TAG
 
@@ -28,7 +33,7 @@ def test_ui_materialize_of_an_image_partition_gets_kind_and_instance_from_the_pa
 
 
 def test_the_configured_source_instance_wins_over_the_partition_key():
-    config = {"ops": {"image": {"config": {"source_instance": "orders-x1y2z"}}}}
+    config = backup_form_run_config(BackupConfig(source_instance="orders-x1y2z")).to_config_dict()
     run = run_of("__ASSET_JOB", {"dagster/partition": "pagila-demo__copy"}, config)
     assert fleet_tags(run) == {KIND_TAG: "backup", INSTANCE_TAG: "orders-x1y2z"}
 
@@ -47,13 +52,14 @@ def test_other_runs_get_nothing():
 
 
 def test_a_ui_launched_restore_is_tagged_with_the_instance_it_makes():
-    config = {"ops": {"validate_request": {"config": {"name": "orders-copy", "source_image_id": "orders__n1"}}}}
+    form = RestoreConfig.model_construct(name="orders-copy", source_image_id="orders__n1")
+    config = restore_form_run_config(form).to_config_dict()
     run = run_of("restore_instance", {KIND_TAG: "restore"}, config, selection=None)
     assert fleet_tags(run) == {INSTANCE_TAG: "orders-copy"}
 
 
 def test_a_ui_launched_drill_is_tagged_with_the_image_s_instance():
-    config = {"ops": {"plan_drill": {"config": {"image": "orders-x1y2z__nightly-20260101"}}}}
+    config = drill_run_config("orders-x1y2z__nightly-20260101").to_config_dict()
     run = run_of("restore_drill", {KIND_TAG: "drill"}, config, selection=None)
     assert fleet_tags(run) == {INSTANCE_TAG: "orders-x1y2z"}
     scheduled = run_of("restore_drill", {KIND_TAG: "drill", INSTANCE_TAG: "orders-x1y2z"}, config, selection=None)

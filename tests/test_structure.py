@@ -28,6 +28,7 @@ from records.requests import (
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, run_config_values
 from toygres_pipelines.images.assets import BackupConfig
 from toygres_pipelines.restores.config import RestoreConfig
+from toygres_pipelines.shared.run_config import OPS_KEY, op_config_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("records", "resources", "toygres_pipelines", "toygres_pipelines.dev")
@@ -262,8 +263,7 @@ def launchpad_fields(config_class: type[dg.Config]) -> dict:
     def probe():
         form()
 
-    config_type = probe.run_config_schema.config_type
-    return config_type.fields["ops"].config_type.fields["form"].config_type.fields["config"].config_type.fields
+    return op_config_fields(probe, form)
 
 
 def test_a_field_added_to_the_record_reaches_every_form(capsys):
@@ -293,11 +293,15 @@ def test_the_real_launchpad_cli_and_sensor_are_made_from_the_records():
     from toygres_pipelines.cli import build_parser
     from toygres_pipelines.forms import cli_flag
     from toygres_pipelines.images.assets import image
-    from toygres_pipelines.restores.jobs import restore_instance
+    from toygres_pipelines.restores.jobs import (
+        restore_config_of,
+        restore_form_fields,
+        restore_form_run_config,
+        restore_instance,
+    )
     from toygres_pipelines.restores.sensors import restore_run_request
 
-    config = restore_instance.run_config_schema.config_type.fields["ops"].config_type
-    restore_form = config.fields["validate_request"].config_type.fields["config"].config_type.fields
+    restore_form = restore_form_fields()
     assert set(RestoreFormFields.model_fields) <= set(restore_form)
     assert not set(RestoreRequestFields.model_fields) - set(RestoreFormFields.model_fields) & set(restore_form)
     assert set(BackupFields.model_fields) <= set(image.op.config_schema.config_type.fields)
@@ -324,9 +328,11 @@ def test_the_real_launchpad_cli_and_sensor_are_made_from_the_records():
             "updated_at": "2026-01-01T00:00:00Z",
         }
     )
-    sent = restore_run_request(row, "img-id").run_config["ops"]["validate_request"]["config"]
+    sent = restore_config_of(restore_run_request(row, "img-id").run_config)
     assert set(sent) <= set(RestoreRequestFields.model_fields) and sent["source_image_id"] == "img-id"
-    dg.validate_run_config(restore_instance, {"ops": {"validate_request": {"config": sent}}})
+    dg.validate_run_config(
+        restore_instance, restore_form_run_config(RestoreConfig.model_construct(**sent)).to_config_dict()
+    )
 
 
 @pytest.mark.parametrize("record", [RestoreRequestFields, ImageRequestFields])
@@ -463,3 +469,90 @@ def test_a_jobs_timeout_is_described_by_the_bounds_that_check_it():
     ):
         assert f"{low}-{high} seconds" in str(RestoreConfig.model_fields[field].description)
     assert backup["le"] == JOB_TIMEOUT_BOUNDS[1], "a backup job and a restore job run two days at the most"
+
+
+# ---- run config: built and read beside each job --------------------------------------------
+
+# The modules that own a job's ops and so its run config; shared/run_config.py spells the shape.
+RUN_CONFIG_OWNERS = {
+    Path("toygres_pipelines/shared/run_config.py"),
+    Path("toygres_pipelines/images/jobs.py"),
+    Path("toygres_pipelines/images/reverify.py"),
+    Path("toygres_pipelines/restores/jobs.py"),
+    Path("toygres_pipelines/drills/jobs.py"),
+    Path("toygres_pipelines/drills/pitr_drill.py"),
+    Path("toygres_pipelines/lifecycle/jobs.py"),
+    Path("toygres_pipelines/lifecycle/retention_job.py"),
+    Path("toygres_pipelines/pitr/base_backups.py"),
+    Path("toygres_pipelines/pitr/restore.py"),
+    Path("toygres_pipelines/pitr/retention.py"),
+}
+
+
+def op_names() -> set[str]:
+    from toygres_pipelines.domains import domain_definitions
+    from toygres_pipelines.settings import Settings
+
+    defs = domain_definitions(Settings())
+    jobs = [job for job in defs.jobs or [] if isinstance(job, dg.JobDefinition)]
+    assets = [asset for asset in defs.assets or [] if isinstance(asset, dg.AssetsDefinition)]
+    return {node.name for job in jobs for node in job.all_node_defs} | {asset.op.name for asset in assets}
+
+
+def run_config_keys_typed(root: Path, ops: set[str]) -> list[str]:
+    """OPS_KEY used as a key (a dict key or a subscript), or an op's name as the key of its config
+    (`{op: {"config": …}}`, `ops={op: …}`, `[op]["config"]`), outside the module that owns the job."""
+    found = []
+    for folder in ("toygres_pipelines", "tests", "bench"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.relative_to(root) in RUN_CONFIG_OWNERS:
+                continue
+            tree = ast.parse(path.read_text(), filename=str(path))
+            parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+            for node in ast.walk(tree):
+                used = []
+                if isinstance(node, ast.Dict):
+                    under_ops = isinstance(parents.get(node), ast.keyword) and parents[node].arg == OPS_KEY
+                    for key, value in zip(node.keys, node.values, strict=True):
+                        holds_config = isinstance(value, ast.Dict) and any(
+                            isinstance(k, ast.Constant) and k.value == "config" for k in value.keys
+                        )
+                        if isinstance(key, ast.Constant) and (
+                            key.value == OPS_KEY or (key.value in ops and (under_ops or holds_config))
+                        ):
+                            used.append(key)
+                elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+                    outer = parents.get(node)
+                    reads_config = (
+                        isinstance(outer, ast.Subscript)
+                        and isinstance(outer.slice, ast.Constant)
+                        and outer.slice.value == "config"
+                    )
+                    if node.slice.value == OPS_KEY or (node.slice.value in ops and reads_config):
+                        used.append(node.slice)
+                elif (
+                    isinstance(node, ast.Constant)
+                    and node.value == OPS_KEY
+                    and not isinstance(parents.get(node), (ast.Dict, ast.Subscript))
+                ):
+                    used.append(node)  # a path spelled elsewhere: (OPS_KEY, op, "config")
+                found += [f"{path.relative_to(root)}:{key.lineno} {key.value!r}" for key in used]
+    return sorted(found, key=lambda line: (line.split(":")[0], int(line.split(":")[1].split()[0]), line))
+
+
+def test_run_config_is_built_and_read_only_beside_its_job():
+    assert run_config_keys_typed(ROOT, op_names()) == []
+
+
+def test_the_run_config_check_sees_a_typed_op_name(tmp_path):
+    (tmp_path / "toygres_pipelines").mkdir()
+    (tmp_path / "toygres_pipelines" / "sensor.py").write_text(
+        'RUN = {"ops": {}}\nCONFIG = {"plan_drill": {"config": {}}}\nNAME = run_config["validate_request"]["config"]\n'
+        'TYPED = dg.RunConfig(ops={"image": DrillConfig(image="i")})\nFIELD = {"image": "i"}\n'
+    )
+    assert run_config_keys_typed(tmp_path, {"plan_drill", "validate_request", "image"}) == [
+        "toygres_pipelines/sensor.py:1 'ops'",
+        "toygres_pipelines/sensor.py:2 'plan_drill'",
+        "toygres_pipelines/sensor.py:3 'validate_request'",
+        "toygres_pipelines/sensor.py:4 'image'",
+    ]

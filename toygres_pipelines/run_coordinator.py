@@ -44,12 +44,12 @@ from pydantic import ValidationError
 
 from records import ImageState, ValidationFailed
 from resources.cms import CMSResource
-from toygres_pipelines.drills.jobs import restore_drill
+from toygres_pipelines.drills.jobs import drill_config_of, restore_drill
 from toygres_pipelines.images.assets import BackupConfig, image_named
 from toygres_pipelines.images.backup import PARTITION_SOURCE_SEPARATOR, check_backup_request, source_ref_for
-from toygres_pipelines.images.jobs import backup_image
+from toygres_pipelines.images.jobs import backup_config_of, backup_image
 from toygres_pipelines.restores.config import RestoreConfig, check_request_fields, check_timeouts, request_source
-from toygres_pipelines.restores.jobs import restore_instance
+from toygres_pipelines.restores.jobs import restore_config_of, restore_instance
 from toygres_pipelines.shared import asset_keys
 from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
 from toygres_pipelines.shared.tags import BACKUP_KIND, CHECKS_KIND, INSTANCE_TAG, KIND_TAG
@@ -82,13 +82,6 @@ def is_backup(run: DagsterRun) -> bool:
     return run.job_name.startswith(IMPLICIT_ASSET_JOB)
 
 
-def op_config(run: DagsterRun, op: str) -> dict[str, Any]:
-    config: Any = run.run_config or {}
-    for key in ("ops", op, "config"):
-        config = config.get(key) if isinstance(config, dict) else None
-    return config if isinstance(config, dict) else {}
-
-
 def instance_of_image_name(name: str) -> str | None:
     """The '<instance>__<suffix>' convention of image names (partition keys)."""
     if PARTITION_SOURCE_SEPARATOR in name:
@@ -98,7 +91,7 @@ def instance_of_image_name(name: str) -> str | None:
 
 def source_instance(run: DagsterRun) -> str | None:
     """The configured source_instance, else the partition key's part before '__' (the asset's rule)."""
-    configured = op_config(run, "image").get("source_instance")
+    configured = backup_config_of(run.run_config).get("source_instance")
     if configured:
         return str(configured)
     return instance_of_image_name(run.tags.get(PARTITION_TAG, ""))
@@ -107,9 +100,9 @@ def source_instance(run: DagsterRun) -> str | None:
 def run_instance(run: DagsterRun) -> str | None:
     """The instance a restore makes (its requested name) or a drill restores (its image's instance)."""
     if run.job_name == RESTORE_JOB:
-        return str(op_config(run, "validate_request").get("name") or "") or None
+        return str(restore_config_of(run.run_config).get("name") or "") or None
     if run.job_name == DRILL_JOB:
-        return instance_of_image_name(str(op_config(run, "plan_drill").get("image") or ""))
+        return instance_of_image_name(str(drill_config_of(run.run_config).get("image") or ""))
     return None
 
 
@@ -169,7 +162,7 @@ def check_backup_run(run: DagsterRun, cms: CMSResource | None) -> None:
     name = run.tags.get(PARTITION_TAG)
     if not name:
         return
-    config = form(BackupConfig, op_config(run, "image"))
+    config = form(BackupConfig, backup_config_of(run.run_config))
     source_ref = source_ref_for(name, config.source_instance)
     if cms is None:
         return
@@ -179,7 +172,7 @@ def check_backup_run(run: DagsterRun, cms: CMSResource | None) -> None:
 
 
 def check_restore_run(run: DagsterRun, cms: CMSResource | None) -> None:
-    config = form(RestoreConfig, op_config(run, "validate_request"))
+    config = form(RestoreConfig, restore_config_of(run.run_config))
     check_timeouts(config)
     fields = config.request_fields()
     if cms is None:
@@ -193,16 +186,16 @@ def refusal(run: DagsterRun, cms: CMSResource | None) -> RequestRefused | None:
     if is_check_run(run):
         return None
     if is_backup(run):
-        kind, op, check = "backup", "image", check_backup_run
+        kind, config_of, check = "backup", backup_config_of, check_backup_run
     elif run.job_name == RESTORE_JOB:
-        kind, op, check = "restore", "validate_request", check_restore_run
+        kind, config_of, check = "restore", restore_config_of, check_restore_run
     else:
         return None
     try:
         check(run, cms)
     except ValidationFailed as error:
         key = error.field.split(".")[-1]
-        value = op_config(run, op).get(key, run.tags.get(PARTITION_TAG) if kind == "backup" else None)
+        value = config_of(run.run_config).get(key, run.tags.get(PARTITION_TAG) if kind == "backup" else None)
         return RequestRefused(kind, error, value)
     return None
 

@@ -19,7 +19,8 @@ from records import BackupFile, BackupManifest, ImageState, ImageType, InstanceR
 from resources.platform.kubernetes import KubernetesPlatform
 from tests.helpers import failure_text, materialize_image, run_logs
 from toygres_pipelines.images import backup
-from toygres_pipelines.restores.jobs import restore_instance
+from toygres_pipelines.restores.config import RestoreConfig
+from toygres_pipelines.restores.jobs import restore_form_run_config, restore_instance
 
 pytestmark = [pytest.mark.kubernetes, pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -74,9 +75,9 @@ def running_source(cms):
 def restore_orders_copy(cms, blob, platform, instance: dg.DagsterInstance, **config):
     """restore_instance into "orders-copy" on `platform`, not raising on failure."""
     return restore_instance.execute_in_process(
-        run_config={
-            "ops": {"validate_request": {"config": {"name": "orders-copy", "dns_label": "orders-copy", **config}}}
-        },
+        run_config=restore_form_run_config(
+            RestoreConfig.model_construct(name="orders-copy", dns_label="orders-copy", **config)
+        ),
         resources={"cms": cms, "blob": blob, "platform": platform},
         raise_on_error=False,
         instance=instance,

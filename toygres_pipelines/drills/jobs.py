@@ -13,6 +13,7 @@ table's row count compared with the manifest, the result recorded, the scratch i
 
 import subprocess
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 from pydantic import BaseModel, Field
@@ -36,6 +37,7 @@ from toygres_pipelines.restores.config import (
 )
 from toygres_pipelines.restores.jobs import TimedPlan, invalid_request, restore_steps
 from toygres_pipelines.restores.steps import instance_ref, verify_manifest_only
+from toygres_pipelines.shared.run_config import RunConfigLike, op_config_of, op_run_config
 from toygres_pipelines.shared.tags import DRILL_KIND, KIND_TAG
 
 
@@ -193,3 +195,13 @@ def settle_failed_drill(context: dg.HookContext) -> None:
 def restore_drill():
     timed = plan_drill()
     finish_drill(verify_row_counts(restore_steps(timed), timed), timed)
+
+
+def drill_run_config(image: str, **limits: int) -> dg.RunConfig:
+    """The run config of a drill of `image` (its id or name); `limits`: the job's timeouts."""
+    return op_run_config(plan_drill, DrillConfig(image=image, **limits))
+
+
+def drill_config_of(run_config: RunConfigLike) -> dict[str, Any]:
+    """What a launched drill run's config asks (`plan_drill`'s config)."""
+    return op_config_of(run_config, plan_drill)

@@ -24,6 +24,7 @@ from toygres_pipelines.lifecycle.instances import delete_instance
 from toygres_pipelines.pitr.checks import pitr_restorable_evaluation
 from toygres_pipelines.pitr.restore import restore_to_time
 from toygres_pipelines.pitr.window import window_of
+from toygres_pipelines.shared.run_config import op_run_config
 
 BEFORE_END = timedelta(minutes=10)
 REPLAYED = re.compile(r"last transaction replayed committed at (?P<at>.+)$")
@@ -146,6 +147,10 @@ def pitr_drill_op(
         raise dg.Failure(f"pitr drill of {source.k8s_name} failed: {result.reason}")
 
 
+def pitr_drill_run_config(source_instance: str) -> dg.RunConfig:
+    return op_run_config(pitr_drill_op, PitrDrillConfig(source_instance=source_instance))
+
+
 @dg.job(name="pitr_drill", description="Restore an instance to a point in time into a scratch instance and check it")
 def pitr_drill_job() -> None:
     pitr_drill_op()
@@ -170,5 +175,5 @@ def weekly_pitr_drills(context: dg.ScheduleEvaluationContext, cms: CMSResource):
         if instance.id in with_bases and pitr_drill_weekday(instance.k8s_name) == when.weekday():
             yield dg.RunRequest(
                 run_key=f"pitr-drill-{instance.k8s_name}-{when.date().isoformat()}",
-                run_config={"ops": {"pitr_drill_op": {"config": {"source_instance": instance.k8s_name}}}},
+                run_config=pitr_drill_run_config(instance.k8s_name),
             )

@@ -14,7 +14,7 @@ from records.freshness import due_drills
 from records.states import ImageState
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.drills.jobs import restore_drill
+from toygres_pipelines.drills.jobs import drill_run_config, restore_drill
 from toygres_pipelines.drills.settings import DrillsSettings
 from toygres_pipelines.images.backup import running_source
 from toygres_pipelines.shared.schedules import scheduled_time
@@ -37,7 +37,7 @@ def drill_run_requests(
     return [
         dg.RunRequest(
             run_key=f"drill-{target.name}-{day}",
-            run_config={"ops": {"plan_drill": {"config": {"image": str(target.id)}}}},
+            run_config=drill_run_config(str(target.id)),
             tags={KIND_TAG: DRILL_KIND, INSTANCE_TAG: instance.k8s_name},
         )
         for instance, target in due_drills(instances, cms.images.list([ImageState.ready]), when.weekday())

@@ -7,6 +7,7 @@ from records import Image, ImageState, LogSink, ValidationFailed
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
+from toygres_pipelines.shared.run_config import op_run_config
 from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
 
 
@@ -50,3 +51,7 @@ def reverify_corrupt_image(
 @dg.job(description="Re-verify a corrupt image (after its blobs were repaired)", tags={KIND_TAG: MAINTENANCE_KIND})
 def reverify_image():
     reverify_corrupt_image()
+
+
+def reverify_run_config(image: str) -> dg.RunConfig:
+    return op_run_config(reverify_corrupt_image, ReverifyConfig(image=image))

@@ -10,6 +10,7 @@ from resources.platform.base import PlatformResource
 from toygres_pipelines.lifecycle.images import DagsterPartitions, delete_image
 from toygres_pipelines.lifecycle.instances import delete_instance
 from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.run_config import op_run_config
 from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
 
 
@@ -65,3 +66,11 @@ def delete_image_job():
 )
 def delete_instance_job():
     delete_one_instance()
+
+
+def delete_image_run_config(image: str) -> dg.RunConfig:
+    return op_run_config(delete_one_image, DeleteImageConfig(image=image))
+
+
+def delete_instance_run_config(instance: str, force: bool = False) -> dg.RunConfig:
+    return op_run_config(delete_one_instance, DeleteInstanceConfig(instance=instance, force=force))

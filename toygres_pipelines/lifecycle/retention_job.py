@@ -9,6 +9,7 @@ turns deleting, an image that has become the instance's newest ready one since t
 """
 
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 import psycopg
@@ -28,6 +29,7 @@ from toygres_pipelines.lifecycle.images import (
 )
 from toygres_pipelines.lifecycle.retention import RetentionPlan, plan_retention
 from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.run_config import RunConfigLike, op_config_of, op_run_config
 from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
 
 IMAGES_PREFIX = "images"
@@ -147,9 +149,21 @@ class RetentionConfig(dg.Config):
     )
 
 
+RETENTION_OP = "apply_retention"
+
+
+def retention_run_config(dry_run: bool) -> dg.RunConfig:
+    """The run config of a retention run; the launchpad's default is a dry run."""
+    return op_run_config(RETENTION_OP, RetentionConfig(dry_run=dry_run))
+
+
+def retention_config_of(run_config: RunConfigLike) -> dict[str, Any]:
+    return op_config_of(run_config, RETENTION_OP)
+
+
 def retention_job(policy: RetentionPolicy) -> dg.JobDefinition:
     @dg.op(
-        name="apply_retention",
+        name=RETENTION_OP,
         description="Plan which images the retention policy keeps; unless dry_run, delete the expired ones "
         "(blobs, CMS row, partition), failed images past their window and stray blob folders",
     )

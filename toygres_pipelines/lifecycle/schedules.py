@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from toygres_pipelines.lifecycle.retention_job import retention_run_config
 from toygres_pipelines.lifecycle.settings import LifecycleSettings
 
 
@@ -12,7 +13,7 @@ def retention_schedule(settings: LifecycleSettings, job: dg.JobDefinition) -> dg
         job=job,
         cron_schedule=settings.retention_cron,
         execution_timezone=settings.nightly_timezone,
-        run_config={"ops": {"apply_retention": {"config": {"dry_run": False}}}},
+        run_config=retention_run_config(dry_run=False),
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Every day: delete the images the retention policy no longer keeps (TOYGRES_RETENTION_*); "
         "preview with a dry_run launch of the `retention` job.",

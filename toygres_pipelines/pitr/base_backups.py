@@ -14,6 +14,7 @@ from records.wal import BaseBackup, BaseBackupResult, BaseBackupState
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import JobKind, JobSpec, PlatformResource
+from toygres_pipelines.shared.run_config import op_run_config
 
 BASE_BACKUP_TIMEOUT_SECONDS = 6 * 3600
 RESULT_NAME = "pitr.json"
@@ -102,6 +103,10 @@ def base_backup_op(
     return str(backup.id)
 
 
+def base_backup_run_config(source_instance: str) -> dg.RunConfig:
+    return op_run_config(base_backup_op, BaseBackupConfig(source_instance=source_instance))
+
+
 @dg.job(name="base_backup", description="A physical base backup of one instance (docs/pitr.md)")
 def base_backup_job() -> None:
     base_backup_op()
@@ -125,6 +130,6 @@ def weekly_base_backups(context: dg.ScheduleEvaluationContext, cms: CMSResource)
     for instance in due_base_backups(cms.instances.list([InstanceState.running]), when.weekday()):
         yield dg.RunRequest(
             run_key=f"base-{instance.k8s_name}-{when.date().isoformat()}",
-            run_config={"ops": {"base_backup_op": {"config": {"source_instance": instance.k8s_name}}}},
+            run_config=base_backup_run_config(instance.k8s_name),
             tags={"toygres.io/instance": instance.k8s_name},
         )

@@ -28,6 +28,7 @@ from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, JobKind, JobSpec, PlatformResource
 from toygres_pipelines.pitr.window import plan_recovery
 from toygres_pipelines.shared.connections import connection_strings
+from toygres_pipelines.shared.run_config import op_run_config
 
 RESTORE_TIMEOUT_SECONDS = 6 * 3600
 READY_TIMEOUT_SECONDS = 600
@@ -192,6 +193,10 @@ def restore_to_time_op(
     except ValidationFailed as error:
         raise dg.Failure(str(error)) from None
     return instance.k8s_name
+
+
+def restore_to_time_run_config(config: RestoreToTimeConfig) -> dg.RunConfig:
+    return op_run_config(restore_to_time_op, config)
 
 
 @dg.job(name="restore_to_time", description="A new instance restored to a point in time (docs/pitr.md)")

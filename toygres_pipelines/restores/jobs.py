@@ -1,5 +1,7 @@
 """`restore_instance`: an image becomes a new, running, verified instance, one op per step."""
 
+from typing import Any
+
 import dagster as dg
 from pydantic import BaseModel
 
@@ -10,11 +12,13 @@ from records import (
     InstanceState,
     ValidationFailed,
 )
+from records.requests import RestoreRequestFields
 from records.rows import instance_columns
 from records.wal import PITR_BASE_BACKUP_TAG
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, PlatformResource
+from toygres_pipelines.forms import run_config_values
 from toygres_pipelines.pitr.restore import run_pitr_job
 from toygres_pipelines.restores.config import RestoreConfig, RestorePlan, check_timeouts, plan_restore
 from toygres_pipelines.restores.steps import (
@@ -29,6 +33,7 @@ from toygres_pipelines.restores.steps import (
 )
 from toygres_pipelines.shared import asset_keys
 from toygres_pipelines.shared.connections import connection_strings
+from toygres_pipelines.shared.run_config import RunConfigLike, op_config_fields, op_config_of, op_run_config
 from toygres_pipelines.shared.tags import KIND_TAG, REQUEST_ID_TAG, REQUEST_KEY, RESTORE_KIND
 
 CONNECT_TIMEOUT_SECONDS = 120
@@ -335,3 +340,25 @@ def restore_steps(timed):
 )
 def restore_instance():
     restore_steps(validate_request())
+
+
+def restore_run_config(request: BaseModel, **overrides: Any) -> dg.RunConfig:
+    """The run config of a restore request: the request's fields (forms.py), plus `overrides`
+    (the image's id a sensor resolved, the job's own limits)."""
+    values = run_config_values(request, RestoreRequestFields, **overrides)
+    return restore_form_run_config(RestoreConfig(**values))
+
+
+def restore_form_run_config(form: RestoreConfig) -> dg.RunConfig:
+    """The run config of a filled launchpad form: the fields set on it, nothing else."""
+    return op_run_config(validate_request, form)
+
+
+def restore_config_of(run_config: RunConfigLike) -> dict[str, Any]:
+    """What a launched restore run's config asks (`validate_request`'s config)."""
+    return op_config_of(run_config, validate_request)
+
+
+def restore_form_fields() -> dict[str, Any]:
+    """The launchpad's fields of a restore (name -> dagster Field)."""
+    return op_config_fields(restore_instance, validate_request)

@@ -11,9 +11,8 @@ from records import RestoreRequest, RestoreRequestFields, ValidationFailed
 from records.requests import require_source_image
 from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.forms import run_config_values
 from toygres_pipelines.restores.config import check_request_fields, plan_restore
-from toygres_pipelines.restores.jobs import restore_instance
+from toygres_pipelines.restores.jobs import restore_instance, restore_run_config
 from toygres_pipelines.shared.request_claims import Evaluation, RequestKind, evaluate_requests, request_sensor
 from toygres_pipelines.shared.settings import SharedSettings
 from toygres_pipelines.shared.tags import KIND_TAG, REQUEST_ID_TAG, RESTORE_KIND
@@ -33,10 +32,9 @@ def check_restore_request(
 
 
 def restore_run_request(request: RestoreRequest, image_id: str) -> dg.RunRequest:
-    config = run_config_values(request, RestoreRequestFields, source_image_id=image_id)
     return dg.RunRequest(
         run_key=str(request.id),
-        run_config={"ops": {"validate_request": {"config": config}}},
+        run_config=restore_run_config(request, source_image_id=image_id),
         tags={REQUEST_ID_TAG: str(request.id), KIND_TAG: RESTORE_KIND},
     )
 
