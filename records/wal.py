@@ -2,7 +2,12 @@
 is called, and the rules on a sequence of segments (gaps, the recoverable window).
 
     wal/<namespace>/<k8s_name>/<system identifier>/<timeline, 8 hex>/<segment>.zst[.age]
-    wal/<namespace>/<k8s_name>/<system identifier>/<timeline, 8 hex>/<segment>.partial.zst[.age]
+    wal/<namespace>/<k8s_name>/<system identifier>/<timeline, 8 hex>/<segment>.partial.<upload>.zst[.age]
+
+Every upload of a partial segment is a blob of its own (`<upload>`: when the archiver read it,
+UTC to the microsecond), never overwritten: a restore downloads exactly the bytes it planned while
+the archiver goes on uploading newer ones. (Archives written before that have
+`<segment>.partial.zst`: one blob, rewritten; still read.)
 
 A restored instance has the source's system identifier but its own name (and, once promoted, a
 new timeline): it never writes into its source's archive.
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -22,7 +27,10 @@ from records.errors import ValidationFailed
 # 16 MiB segments (initdb's default, the only size this project creates): 256 per xlogid.
 SEGMENTS_PER_XLOGID = 0x100
 SEGMENT_NAME = re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})")
-STORED_NAME = re.compile(r"(?P<segment>[0-9A-F]{24})(?P<partial>\.partial)?\.zst(?P<age>\.age)?")
+STORED_NAME = re.compile(
+    r"(?P<segment>[0-9A-F]{24})(?P<partial>\.partial(?:\.(?P<upload>[0-9]{8}T[0-9]{12}Z))?)?\.zst(?P<age>\.age)?"
+)
+PARTIAL_UPLOAD_FORMAT = "%Y%m%dT%H%M%S%fZ"
 SYSTEM_IDENTIFIER = re.compile(r"[0-9]{1,20}")
 SLOT_NAME = "toygres_wal_archiver"
 # The instance-row tag naming the base backup a point-in-time restore made it from (it has no
@@ -50,6 +58,14 @@ def segment_number(name: str) -> int:
 
 def segment_name(timeline: int, number: int) -> str:
     return f"{timeline:08X}{number // SEGMENTS_PER_XLOGID:08X}{number % SEGMENTS_PER_XLOGID:08X}"
+
+
+def stored_segment_name(segment: str, encrypted: bool, partial_read_at: datetime | None = None) -> str:
+    """A segment's blob name (without its timeline prefix); a partial one's names when it was read."""
+    partial = ""
+    if partial_read_at is not None:
+        partial = f".partial.{partial_read_at.astimezone(UTC).strftime(PARTIAL_UPLOAD_FORMAT)}"
+    return f"{segment}{partial}.zst{'.age' if encrypted else ''}"
 
 
 def segment_of_lsn(timeline: int, lsn: str) -> str:
@@ -86,6 +102,35 @@ def parse_stored_name(blob_name: str) -> StoredSegment | None:
         partial=match.group("partial") is not None,
         encrypted=match.group("age") is not None,
     )
+
+
+def _upload_order(segment: StoredSegment) -> tuple[datetime, str]:
+    return (segment.archived_at or datetime.min.replace(tzinfo=UTC), segment.blob_name)
+
+
+def newest_partial(segments: list[StoredSegment], first: int = 0) -> StoredSegment | None:
+    """The partial upload of the highest segment from `first` on, the last one read of it."""
+    partials = [s for s in segments if s.partial and s.number >= first]
+    return max(partials, key=lambda s: (s.number, _upload_order(s)), default=None)
+
+
+def superseded_partials(segments: list[StoredSegment], superseded_before: datetime) -> list[str]:
+    """Partial uploads whose bytes a later blob of the same segment holds (the finished segment or a
+    later partial: WAL only grows) and which were superseded before `superseded_before`, so no
+    restore planned while they were the newest can still be reading them. A partial whose
+    successor has no `archived_at` is kept (its age is unknown)."""
+    removable = []
+    for partial in (s for s in segments if s.partial):
+        successors = [
+            s
+            for s in segments
+            if s.number == partial.number
+            and s.blob_name != partial.blob_name
+            and (not s.partial or _upload_order(s) > _upload_order(partial))
+        ]
+        if any(s.archived_at is not None and s.archived_at < superseded_before for s in successors):
+            removable.append(partial.blob_name)
+    return removable
 
 
 class Gap(BaseModel):
@@ -256,12 +301,16 @@ class WalRetentionPlan(BaseModel):
 
 
 def plan_wal_retention(
-    bases: list[BaseBackup], timelines: dict[tuple[str, int], list[StoredSegment]], keep: int
+    bases: list[BaseBackup],
+    timelines: dict[tuple[str, int], list[StoredSegment]],
+    keep: int,
+    partials_superseded_before: datetime | None = None,
 ) -> WalRetentionPlan:
     """Keep the newest `keep` ready base backups (at least one) and every segment from the oldest
     kept one's start on, in its system and timeline and in every timeline after it; another
     system's WAL is never touched. Nothing is removed while no base backup is ready: that WAL is the
-    only history there is."""
+    only history there is. With `partials_superseded_before`, the partial uploads superseded before
+    then go too (`superseded_partials`)."""
     ready = sorted(
         (b for b in bases if b.state is BaseBackupState.ready and b.consistent_at is not None),
         key=lambda b: b.consistent_at or datetime.min,
@@ -280,6 +329,9 @@ def plan_wal_retention(
         for segment in segments:
             if older_timeline or (timeline == oldest.timeline and segment.number < start):
                 expired_blobs.append(segment.blob_name)
+        if partials_superseded_before is not None:
+            expired_blobs.extend(superseded_partials(segments, partials_superseded_before))
+    expired_blobs = list(set(expired_blobs))
     return WalRetentionPlan(
         expired_backups=[b.id for b in ready[: -len(kept)]] if len(ready) > len(kept) else [],
         expired_blobs=sorted(expired_blobs),

@@ -495,3 +495,46 @@ def test_a_failed_pitr_drill_is_recorded_and_turns_the_fleet_check_red(cms, blob
     [evaluation] = pitr_check_evaluations(instance)
     assert not evaluation.passed and evaluation.severity is dg.AssetCheckSeverity.ERROR
     assert f"default/{source.k8s_name}" in (evaluation.description or "")
+
+
+def test_a_restore_planned_while_the_archiver_reuploads_the_partial_still_replays_to_its_target(
+    cms, blob, platform, backed_up, monkeypatch
+):
+    """The archiver uploads the partial segment again (the source kept writing) exactly between the
+    restore's plan and its download (a deterministic hook): the restore downloads the partial it
+    planned, not the newer one, and replays to its target (it once failed: sha256 mismatch)."""
+    from toygres_pipelines.pitr import restore as restore_module
+
+    source, dsn, backup = backed_up
+    target = commit(dsn, "planned")
+    after = commit(dsn, "after-t")  # a commit past the target in the planned WAL: replay stops there
+    archived_until(cms, blob, source, after)
+    real_run_pitr_job = restore_module.run_pitr_job
+    planned_partials = []
+
+    def reupload_then_replay(platform_, blob_, ref, plan, *args, **kwargs):
+        [partial] = [s for s in plan.segments if ".partial" in s.blob]
+        planned_partials.append(partial)
+        commit(dsn, "after-plan")  # the source keeps writing into the same partial segment
+
+        def reuploaded():
+            return any(
+                s.partial and s.segment == partial.segment and s.sha256 not in (None, partial.sha256)
+                for s in archived_segments(blob, source)
+            )
+
+        wait_for(reuploaded, f"the archiver to upload {partial.segment}'s partial again")
+        return real_run_pitr_job(platform_, blob_, ref, plan, *args, **kwargs)
+
+    monkeypatch.setattr(restore_module, "run_pitr_job", reupload_then_replay)
+    restored = restore_to_time(
+        cms, blob, platform, source_instance=source.k8s_name, name="raced", dns_label="raced", target_time=target
+    )
+    ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
+    try:
+        assert planned_partials, "the plan held no partial segment: the race was not exercised"
+        assert restored.state is InstanceState.running
+        found = labels(platform, ref)
+        assert {"before-base", "planned"} <= found and not {"after-t", "after-plan"} & found
+    finally:
+        platform.delete_instance(ref)

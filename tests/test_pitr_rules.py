@@ -12,11 +12,14 @@ from records.wal import (
     RecoveryWindow,
     StoredSegment,
     find_gaps,
+    newest_partial,
+    parse_stored_name,
     parse_target_time,
     plan_wal_retention,
     segment_name,
     segment_number,
     segment_of_lsn,
+    stored_segment_name,
 )
 from tests.helpers import base_backup_record
 
@@ -84,6 +87,41 @@ def test_retention_keeps_every_segment_the_oldest_kept_base_backup_needs():
     assert plan.expired_backups == [old.id] and plan.kept_from == segment_name(1, 5)
     assert plan.expired_blobs == sorted(stored(n).blob_name for n in range(1, 5))  # another system untouched
     assert plan_wal_retention([], segments, keep=1).expired_blobs == []  # no base backup: nothing goes
+
+
+def upload(number: int, read_at: datetime | None) -> StoredSegment:
+    """A segment as the archiver stores it: finished (read_at None) or one partial upload."""
+    name = stored_segment_name(segment_name(1, number), encrypted=False, partial_read_at=read_at)
+    parsed = parse_stored_name(f"wal/default/x/7/00000001/{name}")
+    assert parsed is not None
+    return parsed.model_copy(update={"archived_at": read_at or datetime.now(UTC)})
+
+
+def test_every_partial_upload_has_a_name_of_its_own_and_the_newest_is_planned():
+    now = datetime.now(UTC)
+    first, second = upload(3, now - timedelta(seconds=4)), upload(3, now - timedelta(seconds=2))
+    assert first.blob_name != second.blob_name and first.partial and first.segment == segment_name(1, 3)
+    assert first.blob_name.endswith(".partial." + (now - timedelta(seconds=4)).strftime("%Y%m%dT%H%M%S%fZ") + ".zst")
+    legacy = parse_stored_name(f"wal/default/x/7/00000001/{segment_name(1, 3)}.partial.zst.age")
+    assert legacy is not None and legacy.partial and legacy.encrypted  # archives written before still read
+    assert newest_partial([second, upload(2, None), first]) == second
+    assert parse_stored_name(f"wal/default/x/7/00000001/{segment_name(1, 3)}.partial.2026.zst") is None
+
+
+def test_retention_removes_a_partial_upload_only_when_superseded_for_longer_than_the_grace():
+    now = datetime.now(UTC)
+    backup = base(2, now - timedelta(days=1))
+    hours = [upload(3, now - timedelta(hours=h)) for h in (9, 8, 1)]  # three uploads of the partial 3
+    finished_2, partial_2 = (
+        upload(2, None).model_copy(update={"archived_at": now - timedelta(hours=9)}),
+        upload(2, now - timedelta(hours=10)),
+    )
+    segments = {("7", 1): [partial_2, finished_2, *hours]}
+    plan = plan_wal_retention([backup], segments, keep=1, partials_superseded_before=now - timedelta(hours=7))
+    # 2's partial: superseded by its finished segment 9 h ago; 3's first: by the second, 8 h ago.
+    # 3's second was superseded 1 h ago (a restore may still read it); the newest is never superseded.
+    assert plan.expired_blobs == sorted([partial_2.blob_name, hours[0].blob_name])
+    assert plan_wal_retention([backup], segments, keep=1).expired_blobs == []  # no grace given: none
 
 
 def test_the_code_location_module_holds_one_definitions_with_the_pitr_domain():

@@ -27,7 +27,7 @@ import psycopg
 from azure.storage.blob import ContainerClient
 from pydantic import BaseModel, Field
 
-from records.wal import SEGMENT_NAME, SLOT_NAME, timeline_prefix
+from records.wal import SEGMENT_NAME, SLOT_NAME, stored_segment_name, timeline_prefix
 
 
 class ArchiverConfig(BaseModel):
@@ -160,23 +160,25 @@ class Archiver:
                 env=env, stdout=log, stderr=log,
             )  # fmt: skip
 
-    def _blob_name(self, segment: str, partial: bool) -> str:
+    def _blob_name(self, segment: str, partial_read_at: datetime | None) -> str:
         assert self.system_identifier is not None
         prefix = timeline_prefix(
             self.config.namespace, self.config.k8s_name, self.system_identifier, int(segment[:8], 16)
         )
-        return f"{prefix}/{segment}{'.partial' if partial else ''}.zst{'.age' if self.config.age_recipient else ''}"
+        return f"{prefix}/{stored_segment_name(segment, self.config.age_recipient is not None, partial_read_at)}"
 
     def _upload(self, container: ContainerClient, path: Path, partial: bool) -> None:
         segment = path.name.removesuffix(".partial")
         plaintext = path.read_bytes()
         archived_at = datetime.now(UTC)
         data = stored_bytes(plaintext, self.config.age_recipient)
-        name = self._blob_name(segment, partial)
+        name = self._blob_name(segment, archived_at if partial else None)
+        # A partial upload is a blob of its own, never overwritten: a restore may be reading the
+        # one it planned (the finished segment is uploaded again only after a failed round).
         container.upload_blob(
             name,
             data,
-            overwrite=True,
+            overwrite=not partial,
             metadata={"sha256": hashlib.sha256(plaintext).hexdigest(), "archived_at": archived_at.isoformat()},
         )
         self.uploaded_bytes += len(data)
@@ -213,8 +215,8 @@ class Archiver:
         finished = self._finished()
         for path in finished:
             self._upload(container, path, partial=False)
-            # Its partial blob is superseded by the finished one (left in place: the archiver's SAS
-            # cannot delete; retention removes it with the segment).
+            # Its partial blobs are superseded by the finished one (left in place: the archiver's SAS
+            # cannot delete; wal_retention removes them once no restore can still be reading them).
             self.partial_sent.pop(path.name + ".partial", None)
             path.unlink()
         for path in sorted(self.spool.glob("*.history")):

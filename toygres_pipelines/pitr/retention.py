@@ -3,9 +3,13 @@ kept with all the WAL they need (records/wal.py plan_wal_retention); older base 
 WAL before the oldest kept one go. The row is marked deleted before its blobs go, so a restore
 never plans from a base backup being deleted; a base backup a running point-in-time restore or
 drill holds (cms.base_backups.hold) is not deleted, and the WAL is cut only before the oldest base
-backup still ready once the deletions are done; one instance failing never stops the others."""
+backup still ready once the deletions are done; one instance failing never stops the others.
+A superseded partial upload goes once superseded for longer than PARTIAL_GRACE: longer than a
+restore planned from it can still read it (its grant lives RESTORE_TIMEOUT_SECONDS from the job's
+start; the hour covers planning, the instance's creation and the superseding upload itself)."""
 
 import os
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from pydantic import BaseModel
@@ -15,8 +19,10 @@ from records.wal import BaseBackupState, WalRetentionPlan, plan_wal_retention
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.wal_archive import list_timelines
+from toygres_pipelines.pitr.restore import RESTORE_TIMEOUT_SECONDS
 
 DEFAULT_KEEP_BASE_BACKUPS = 2
+PARTIAL_GRACE = timedelta(seconds=RESTORE_TIMEOUT_SECONDS) + timedelta(hours=1)
 
 
 def keep_base_backups() -> int:
@@ -31,8 +37,11 @@ class RetentionOutcome(BaseModel):
     failed: dict[str, str] = {}
 
 
-def apply_wal_retention(cms: CMSResource, blob: BlobStorageResource, keep: int, log: LogSink) -> RetentionOutcome:
+def apply_wal_retention(
+    cms: CMSResource, blob: BlobStorageResource, keep: int, log: LogSink, now: datetime | None = None
+) -> RetentionOutcome:
     outcome = RetentionOutcome()
+    partials_superseded_before = (now or datetime.now(UTC)) - PARTIAL_GRACE
     backups = cms.base_backups.list(states=[BaseBackupState.ready])
     instances = {(b.namespace, b.k8s_name): b.instance_id for b in backups}
     for (namespace, k8s_name), instance_id in sorted(instances.items()):
@@ -53,7 +62,9 @@ def apply_wal_retention(cms: CMSResource, blob: BlobStorageResource, keep: int, 
                 blob.delete_prefix(by_id[backup_id].blob_path)
             # The WAL cut is planned again from what is still ready: a held base backup keeps its WAL.
             still_ready = cms.base_backups.list(instance_id)
-            cut = plan_wal_retention(still_ready, timelines, max(1, len(still_ready)))
+            cut = plan_wal_retention(
+                still_ready, timelines, max(1, len(still_ready)), partials_superseded_before=partials_superseded_before
+            )
             for blob_name in cut.expired_blobs:
                 blob.delete_blob(blob_name)
             plan = WalRetentionPlan(expired_backups=deleted, expired_blobs=cut.expired_blobs, kept_from=cut.kept_from)

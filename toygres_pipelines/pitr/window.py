@@ -21,6 +21,7 @@ from records.wal import (
     RecoveryWindow,
     StoredSegment,
     find_gaps,
+    newest_partial,
     segment_number,
 )
 from resources.blob import BlobStorageResource
@@ -111,7 +112,8 @@ def _segments_needed(segments: list[StoredSegment], start: str) -> list[StoredSe
     known only by reading the WAL (an upload time says nothing about a lagging archiver)."""
     first = segment_number(start)
     complete = {s.number: s for s in segments if not s.partial and s.number >= first}
-    partial = max((s for s in segments if s.partial and s.number >= first), key=lambda s: s.number, default=None)
+    # The newest upload of the partial: older ones stay (never overwritten) while this restore reads.
+    partial = newest_partial(segments, first)
     chosen = [complete[n] for n in sorted(complete)]
     if partial is not None and (not chosen or partial.number > chosen[-1].number):
         chosen.append(partial)
