@@ -16,3 +16,25 @@ def test_a_request_sensor_looks_every_daemon_loop_by_default(name):
     sensor = defs.get_sensor_def(name)
     assert sensor.minimum_interval_seconds is not None
     assert sensor.minimum_interval_seconds <= MIN_INTERVAL_LOOP_TIME
+
+
+def test_the_bench_reports_nearest_rank_percentiles_of_both_figures():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "request_latency.py"
+    spec = importlib.util.spec_from_file_location("bench_request_latency", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    samples = [bench.Sample(to_run_created=float(n), to_run_started=float(n) + 10) for n in range(1, 21)]
+    assert bench.summary(samples) == {
+        "requests": 20,
+        "to_run_created_p50": 10.5,
+        "to_run_created_p95": 19.0,
+        "to_run_started_p50": 20.5,
+        "to_run_started_p95": 29.0,
+        "to_run_started_max": 30.0,
+    }
