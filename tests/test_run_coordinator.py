@@ -14,6 +14,7 @@ from dagster._core.run_coordinator import SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from resources.platform.postgres_server import free_port
+from toygres_pipelines.drills.jobs import drill_run_config
 from toygres_pipelines.restores.config import RestoreConfig
 from toygres_pipelines.restores.jobs import restore_form_run_config
 from toygres_pipelines.run_coordinator import CMS_DSN_ENV, RequestRefused, TaggingRunCoordinator
@@ -143,3 +144,17 @@ def test_every_check_of_the_image_asset_is_per_partition():
     for key in image_checks:
         spec = defs.resolve_asset_graph().get_check_spec(key)
         assert spec.partitions_def == image_partitions, key.name
+
+
+def test_a_drill_launched_from_the_ui_is_queued_findable(instance, coordinator, monkeypatch):
+    """Every run findable (issue 23): the instance, the kind and a readable name, set at submit."""
+    monkeypatch.delenv(CMS_DSN_ENV, raising=False)
+    config = drill_run_config("orders-x1y2z__nightly-20260101").to_config_dict()
+    run = stored_run(instance, "restore_drill", {}, config)
+    queued = coordinator.submit_run(SubmitRunContext(run, workspace=None))  # type: ignore[arg-type]
+    stored = instance.get_run_by_id(run.run_id)
+    assert stored is not None and queued.status is DagsterRunStatus.QUEUED
+    for tags in (queued.tags, stored.tags):
+        assert tags["toygres/kind"] == "drill"
+        assert tags["toygres/instance"] == "orders-x1y2z"
+        assert tags["toygres/what"] == "drill orders-x1y2z__nightly-20260101"

@@ -10,7 +10,10 @@ pool covers the op side; pools cannot limit per instance.)
 
 Restores launched from the UI get `toygres/instance` from the requested name, drills from their
 image's name ('<instance>__…'), and a run of asset checks only (the fleet's checks executed from the
-UI) gets `toygres/kind=checks`, never `backup`.
+UI) gets `toygres/kind=checks`, never `backup`. Every run also gets `toygres/what`, a readable name
+("backup <partition>", "restore <image> as <name>", "drill <image>", ...): Dagster 1.13 runs have no
+name field. A UI Materialize stays `__ASSET_JOB`: a run's job name is bound to the execution plan
+snapshot its launcher runs, so it cannot be renamed here.
 
 Every backup and restore is checked here first, with the rules the ops use (images/backup.py
 `check_backup_request`, restores/config.py `check_request_fields` + `request_source`): a request
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -48,11 +52,22 @@ from toygres_pipelines.drills.jobs import drill_config_of, restore_drill
 from toygres_pipelines.images.assets import BackupConfig, image_named
 from toygres_pipelines.images.backup import PARTITION_SOURCE_SEPARATOR, check_backup_request, source_ref_for
 from toygres_pipelines.images.jobs import backup_config_of, backup_image
+from toygres_pipelines.images.reverify import reverify_config_of, reverify_image
+from toygres_pipelines.lifecycle.retention_job import retention_config_of
 from toygres_pipelines.restores.config import RestoreConfig, check_request_fields, check_timeouts, request_source
 from toygres_pipelines.restores.jobs import restore_config_of, restore_instance
 from toygres_pipelines.shared import asset_keys
 from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
-from toygres_pipelines.shared.tags import BACKUP_KIND, CHECKS_KIND, INSTANCE_TAG, KIND_TAG
+from toygres_pipelines.shared.tags import (
+    BACKUP_KIND,
+    CHECKS_KIND,
+    DRILL_KIND,
+    INSTANCE_TAG,
+    KIND_TAG,
+    MAINTENANCE_KIND,
+    RESTORE_KIND,
+    WHAT_TAG,
+)
 
 CMS_DSN_ENV = "TOYGRES_CMS_DSN"
 # A submit waits at most this long for the CMS before letting the run through (its step checks again).
@@ -64,6 +79,22 @@ PARTITION_TAG = "dagster/partition"
 IMPLICIT_ASSET_JOB = "__ASSET_JOB"
 RESTORE_JOB = restore_instance.name
 DRILL_JOB = restore_drill.name
+REVERIFY_JOB = reverify_image.name
+RETENTION_JOB = "retention"  # built per policy (lifecycle/retention_job.py)
+# The reader of each job's config and its field naming the image the job reads.
+IMAGE_FIELDS: dict[str, tuple[Callable[[Any], dict[str, Any]], str]] = {
+    RESTORE_JOB: (restore_config_of, "source_image_id"),
+    DRILL_JOB: (drill_config_of, "image"),
+    REVERIFY_JOB: (reverify_config_of, "image"),
+}
+JOB_VERBS = {DRILL_JOB: "drill", REVERIFY_JOB: "reverify"}
+# The kind a job's own tags give it (a run launched without them, e.g. re-executed, gets it here).
+JOB_KINDS = {
+    RESTORE_JOB: RESTORE_KIND,
+    DRILL_JOB: DRILL_KIND,
+    REVERIFY_JOB: MAINTENANCE_KIND,
+    RETENTION_JOB: MAINTENANCE_KIND,
+}
 
 
 def is_check_run(run: DagsterRun) -> bool:
@@ -98,11 +129,35 @@ def source_instance(run: DagsterRun) -> str | None:
 
 
 def run_instance(run: DagsterRun) -> str | None:
-    """The instance a restore makes (its requested name) or a drill restores (its image's instance)."""
+    """The instance a restore makes (its requested name), a drill or a reverify works on (its image's instance)."""
     if run.job_name == RESTORE_JOB:
         return str(restore_config_of(run.run_config).get("name") or "") or None
-    if run.job_name == DRILL_JOB:
-        return instance_of_image_name(str(drill_config_of(run.run_config).get("image") or ""))
+    image = image_of(run)
+    return instance_of_image_name(image) if image else None
+
+
+def image_of(run: DagsterRun) -> str | None:
+    """The image a drill, a reverify or a restore reads (as configured: a name or an id)."""
+    reader, key = IMAGE_FIELDS.get(run.job_name, (None, ""))
+    return str(reader(run.run_config).get(key) or "") or None if reader else None
+
+
+def run_what(run: DagsterRun) -> str | None:
+    """A readable name for the run (the `toygres/what` tag): Dagster 1.13 runs have no name field."""
+    if is_check_run(run) or run.tags.get(KIND_TAG) == CHECKS_KIND:
+        return "fleet checks"
+    if is_backup(run):
+        target = run.tags.get(PARTITION_TAG) or source_instance(run)
+        return f"backup {target}" if target else None
+    if run.job_name == RETENTION_JOB:
+        dry = retention_config_of(run.run_config).get("dry_run", True)
+        return "retention (dry run: plan only)" if dry else "retention (deletes what expired)"
+    image = image_of(run)
+    if run.job_name == RESTORE_JOB:
+        name = run_instance(run)
+        return f"restore {image} as {name}" if image and name else None
+    if image:
+        return f"{JOB_VERBS[run.job_name]} {image}"
     return None
 
 
@@ -116,8 +171,13 @@ def fleet_tags(run: DagsterRun) -> dict[str, str]:
         instance = source_instance(run)
         if instance:
             wanted[INSTANCE_TAG] = instance
-    elif instance := run_instance(run):
-        wanted[INSTANCE_TAG] = instance
+    else:
+        if run.job_name in JOB_KINDS:
+            wanted[KIND_TAG] = JOB_KINDS[run.job_name]
+        if instance := run_instance(run):
+            wanted[INSTANCE_TAG] = instance
+    if what := run_what(run):
+        wanted[WHAT_TAG] = what
     return {key: value for key, value in wanted.items() if key not in run.tags}
 
 

@@ -40,6 +40,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import yaml
 from psycopg import sql
@@ -61,6 +62,7 @@ from resources.platform.postgres_server import (
     write_private_file,
 )
 from toygres_pipelines.dev.demo import PagilaMissing, load_pagila, pagila_dir
+from toygres_pipelines.dev.run_feed import RunFeed
 from toygres_pipelines.dev.stack import Azurite, CmsServer, require_tools
 from toygres_pipelines.dev.topology import DagsterTopology, TopologyError, ensure_storage_database
 from toygres_pipelines.shared.connections import connection_strings
@@ -478,14 +480,26 @@ def stop_dagster(topology: DagsterTopology, state_dir: Path) -> None:
         (state_dir / f"dagster-{name}.pid").unlink(missing_ok=True)
 
 
-def wait_while_running(topology: DagsterTopology) -> str:
-    """Until one of the Dagster processes exits: returns what happened."""
+def wait_while_running(topology: DagsterTopology, feed: RunFeed, say: Callable[[str], None] = log) -> str:
+    """Until one of the Dagster processes exits, saying each run event (the feed): returns what happened."""
     while True:
+        try:
+            for line in feed.poll():
+                say(line)
+        except Exception as error:  # noqa: BLE001 - a storage hiccup must not stop the dev stack; the runs go on
+            say(f"warning: could not read the runs ({type(error).__name__}); see the Dagster UI")
         try:
             topology.check_running()
         except TopologyError as error:
             return str(error)
         time.sleep(1)
+
+
+def open_dagster_instance(topology: DagsterTopology) -> dg.DagsterInstance:
+    """The deployment's Dagster instance, read here for the run feed (dagster.yaml reads the storage
+    settings from the environment, as in every Dagster process)."""
+    os.environ.update(topology.dagster_env)
+    return dg.DagsterInstance.from_config(str(topology.home))
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,7 +608,9 @@ def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
         f" db {DEMO_DATABASE} | state {settings.state_dir} | DAGSTER_HOME {settings.dagster_home}"
     )
     log(f"for the CLI: source {settings.state_dir / 'dev.env'}   |   Ctrl-C stops everything")
-    log(f"error: {wait_while_running(dagster)}")
+    log(f"quiet: one line per run started, succeeded or failed; the full Dagster logs are in {dagster.log_dir}")
+    instance = cleanup.enter_context(open_dagster_instance(dagster))
+    log(f"error: {wait_while_running(dagster, RunFeed(instance))}")
     return 1
 
 

@@ -1,5 +1,7 @@
 """`reverify_image`: a corrupt image is offered again only once every byte verifies again."""
 
+from typing import Any
+
 import dagster as dg
 from pydantic import Field
 
@@ -7,7 +9,7 @@ from records import Image, ImageState, LogSink, ValidationFailed
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from toygres_pipelines.images.verification import ImageCorrupt, verify_image
-from toygres_pipelines.shared.run_config import op_run_config
+from toygres_pipelines.shared.run_config import RunConfigLike, op_config_of, op_run_config
 from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
 
 
@@ -55,3 +57,7 @@ def reverify_image():
 
 def reverify_run_config(image: str) -> dg.RunConfig:
     return op_run_config(reverify_corrupt_image, ReverifyConfig(image=image))
+
+
+def reverify_config_of(run_config: RunConfigLike) -> dict[str, Any]:
+    return op_config_of(run_config, reverify_corrupt_image)

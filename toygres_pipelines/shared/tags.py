@@ -4,6 +4,8 @@ the pools (deploy/), the write-back and the UI's filters read them by these name
 KIND_TAG = "toygres/kind"  # what a run does: one of the kinds below
 INSTANCE_TAG = "toygres/instance"  # the k8s_name of the instance a run backs up, restores or drills
 REQUEST_ID_TAG = "toygres/request-id"  # the CMS request a run was launched for
+# A readable run name (Dagster 1.13 runs have no name field): "backup orders__nightly-20260101", ...
+WHAT_TAG = "toygres/what"
 AFTER_RUN_TAG = "toygres/after-run"  # the run whose success launched a fleet check
 
 BACKUP_KIND = "backup"

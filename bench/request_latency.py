@@ -1,0 +1,113 @@
+"""Request -> run started, through the daemon: how long a CMS request waits before its run starts.
+
+    source <state>/dev.env        # a running `make dev` (the chart's topology: daemon, webserver, code server)
+    .venv/bin/python bench/request_latency.py [--requests 20] [--source pagila-demo] [--json]
+
+Inserts backup requests of the source instance into the CMS (what `toygres request-backup`
+does), one at a time, and reads from the Dagster instance when each request's run was created
+(the request sensor's tick + the run coordinator) and when it started (dequeued by the daemon,
+its run worker up). The next request is inserted once the previous run ended, so the fleet's
+one-run-per-instance limit never queues a run behind another: the figure is the path's own.
+Nothing here asserts a threshold: read the numbers (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RUN_TIMEOUT_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class Sample:
+    to_run_created: float  # CMS insert -> the run exists (sensor tick + submit)
+    to_run_started: float  # CMS insert -> the run started (+ dequeue + run worker launch)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (p95 of 20 samples is the 19th smallest)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-fraction * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
+def summary(samples: list[Sample]) -> dict[str, float | int]:
+    created = [s.to_run_created for s in samples]
+    started = [s.to_run_started for s in samples]
+    return {
+        "requests": len(samples),
+        "to_run_created_p50": round(statistics.median(created), 2),
+        "to_run_created_p95": round(percentile(created, 0.95), 2),
+        "to_run_started_p50": round(statistics.median(started), 2),
+        "to_run_started_p95": round(percentile(started, 0.95), 2),
+        "to_run_started_max": round(max(started), 2),
+    }
+
+
+def measure_one(cms, instance, source: str) -> Sample:
+    import dagster as dg
+
+    from records.requests import ImageRequestFields
+    from toygres_pipelines.shared.tags import REQUEST_ID_TAG
+
+    name = f"{source}__latency-{uuid.uuid4().hex[:10]}"
+    inserted = time.time()
+    request = cms.requests.create(ImageRequestFields(image_name=name, source_instance=source))
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        records = instance.get_run_records(dg.RunsFilter(tags={REQUEST_ID_TAG: str(request.id)}), limit=1)
+        if records and records[0].dagster_run.is_finished:
+            record = records[0]
+            if record.start_time is None:
+                raise RuntimeError(f"run {record.dagster_run.run_id} of {name} ended without starting")
+            return Sample(
+                to_run_created=record.create_timestamp.timestamp() - inserted,
+                to_run_started=record.start_time - inserted,
+            )
+        time.sleep(0.5)
+    raise RuntimeError(f"request {request.id} ({name}): no finished run after {RUN_TIMEOUT_SECONDS} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--source", default="pagila-demo", help="the running instance to back up")
+    parser.add_argument("--json", action="store_true", help="print the summary and the samples as JSON")
+    args = parser.parse_args(argv)
+
+    import dagster as dg
+
+    from resources.cms import CMSResource
+
+    if not os.environ.get("DAGSTER_HOME") or not os.environ.get("TOYGRES_CMS_DSN"):
+        parser.error("source the running stack's dev.env first (DAGSTER_HOME, TOYGRES_CMS_DSN)")
+    cms = CMSResource(dsn=os.environ["TOYGRES_CMS_DSN"], encryption_key=os.environ["TOYGRES_ENCRYPTION_KEY"])
+    samples = []
+    with dg.DagsterInstance.get() as instance:
+        for n in range(args.requests):
+            samples.append(measure_one(cms, instance, args.source))
+            if not args.json:
+                s = samples[-1]
+                print(
+                    f"{n + 1:2}: run created {s.to_run_created:6.2f} s, started {s.to_run_started:6.2f} s", flush=True
+                )
+    result = summary(samples)
+    if args.json:
+        print(json.dumps({**result, "samples": [asdict(s) for s in samples]}, indent=2))
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
