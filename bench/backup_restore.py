@@ -211,7 +211,8 @@ class PeakTreeRss:
 
     exclude: tuple[int, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, root: int | None = None) -> None:
+        self.root = os.getpid() if root is None else root  # whose descendants count
         self.peak_mib = 0.0
         self._stop = threading.Event()
 
@@ -230,12 +231,12 @@ class PeakTreeRss:
                     rss[int(entry.name)] = proportional_set_kib(entry)
             except (OSError, IndexError, ValueError):
                 continue
-        me, total = os.getpid(), 0
+        me, total = self.root, 0
         for pid in rss:
             ancestor = parents.get(pid) if pid not in self.exclude else None
             while ancestor and ancestor != me and ancestor not in self.exclude:
                 ancestor = parents.get(ancestor)
-            if ancestor == me:
+            if pid == me or ancestor == me:
                 total += rss[pid]
         return total
 

@@ -125,10 +125,11 @@ sys.stdin.readline()
 def test_the_tree_memory_counts_shared_pages_once(bench):
     """A server's shared memory (PostgreSQL's shared_buffers, mapped by every backend) is one cost,
     not one per process: four processes sharing a 64 MiB segment are about 64 MiB, not 256."""
-    sampler = bench.PeakTreeRss()
     process = subprocess.Popen(
         [sys.executable, "-c", SHARED_SEGMENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    # Only that process's tree: a test worker's other children (servers of other tests) are not ours.
+    sampler = bench.PeakTreeRss(root=process.pid)
     try:
         assert process.stdout is not None and process.stdin is not None
         for _ in range(3):
