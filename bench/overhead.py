@@ -194,7 +194,7 @@ def launch_backup(bench: Bench, key: str) -> str:
     remote_job = location.get_repository("__repository__").get_full_job("backup_image")
     run = instance.create_run_for_job(  # type: ignore[attr-defined]
         job_def=bench.repository.get_job("backup_image"),  # type: ignore[attr-defined]
-        run_config=backup_run_config(BackupFields(source_instance=bench.source)),
+        run_config=backup_run_config(BackupFields(source_instance=bench.source)).to_config_dict(),
         tags={**backup_image.tags, "dagster/partition": key, INSTANCE_TAG: bench.source},
         remote_job_origin=remote_job.get_remote_origin(),
         job_code_origin=remote_job.get_python_origin(),

@@ -42,13 +42,19 @@ def catalogued_image(cms, source):
     return helpers.catalogued_image(cms, source, f"{source.k8s_name}__catalogued")
 
 
+class RestoreFormWithPassword(RestoreConfig):
+    password: str
+
+
 def restore(resources, tags: dict | None = None, instance: dg.DagsterInstance | None = None, **config):
     config.setdefault("name", "restored")
     config.setdefault("dns_label", "restored-db")
     config.setdefault("storage_size_gb", 1)
     config.setdefault("ready_timeout_seconds", 60)
+    # A field the form lacks (a typed `password`) is sent as typed: the launchpad's schema refuses it.
+    form = RestoreConfig if set(config) <= set(RestoreConfig.model_fields) else RestoreFormWithPassword
     return restore_instance.execute_in_process(
-        run_config=restore_form_run_config(RestoreConfig.model_construct(**config)),
+        run_config=restore_form_run_config(form.model_construct(**config)),
         resources=resources,
         raise_on_error=False,
         tags=tags,
