@@ -255,3 +255,30 @@ def test_wal_archive_fresh_judges_the_lag_against_the_rpo_target_setting(cms, bl
     monkeypatch.setenv("TOYGRES_RPO_TARGET_SECONDS", "3600")
     green = evaluate()
     assert green.passed, green.description
+
+
+def test_a_partial_segment_still_being_zero_filled_is_not_uploaded_until_it_is_whole(blob, tmp_path):
+    """pg_receivewal zero-fills a new .partial to a whole segment before writing WAL into it: a
+    read in the middle is short (a loaded run replayed one: "has wrong size: 11853824 instead of
+    16777216"). Such a read holds nothing (zeros) and is not uploaded; the whole file is."""
+    from records.wal import timeline_prefix
+    from resources.platform.wal_archiver import Archiver, ArchiverConfig
+
+    config = ArchiverConfig(
+        namespace="default", k8s_name="short-abcde", host="127.0.0.1", port=1, user="postgres",
+        bindir="/usr/bin", container_url=blob.container_url,
+    )  # fmt: skip
+    archiver = Archiver(tmp_path, config)
+    archiver.system_identifier = "7000000000000000001"
+    partial = archiver.spool / "000000010000000000000003.partial"
+    container = blob._container
+    prefix = timeline_prefix("default", "short-abcde", archiver.system_identifier, 1)
+
+    partial.write_bytes(b"\0" * (11 * 1024 * 1024))
+    archiver.upload_pending(container)
+    assert list(container.list_blob_names(name_starts_with=prefix)) == []
+
+    partial.write_bytes(b"\1" + b"\0" * (16 * 1024 * 1024 - 1))
+    archiver.last_partial_upload = 0.0
+    archiver.upload_pending(container)
+    assert len(list(container.list_blob_names(name_starts_with=prefix))) == 1

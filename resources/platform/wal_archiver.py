@@ -29,6 +29,9 @@ from pydantic import BaseModel, Field
 
 from records.wal import SEGMENT_NAME, SLOT_NAME, stored_segment_name, timeline_prefix
 
+# The servers toygres runs keep initdb's default WAL segment size.
+WAL_SEGMENT_BYTES = 16 * 1024 * 1024
+
 
 class ArchiverConfig(BaseModel):
     namespace: str
@@ -229,7 +232,12 @@ class Archiver:
         if now - self.last_partial_upload < self.config.partial_seconds:
             return
         for path in self.spool.glob("*.partial"):
-            mtime = path.stat().st_mtime
+            stat = path.stat()
+            # pg_receivewal zero-fills a new .partial to a whole segment before it writes WAL into
+            # it: a shorter file is being filled, holds no WAL yet, and would replay as "wrong size".
+            if stat.st_size < WAL_SEGMENT_BYTES:
+                continue
+            mtime = stat.st_mtime
             if self.partial_sent.get(path.name) != mtime:
                 self._upload(container, path, partial=True)
                 self.partial_sent[path.name] = mtime
