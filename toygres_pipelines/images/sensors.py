@@ -56,8 +56,7 @@ def evaluate_image_requests(
 
 
 IMAGE_REQUESTS = RequestKind(
-    unlaunched=lambda cms: cms.requests.unlaunched(ImageRequest),
-    claim=lambda cms, limit: cms.requests.claim(ImageRequest, limit),
+    record=ImageRequest,
     key=lambda request: request.image_name,
     check=lambda *args: check_image_request(*args),
     run_request=lambda request, source: image_run_request(request, source.k8s_name),

@@ -51,8 +51,7 @@ def evaluate_restore_requests(
 
 
 RESTORE_REQUESTS = RequestKind(
-    unlaunched=lambda cms: cms.requests.unlaunched(RestoreRequest),
-    claim=lambda cms, limit: cms.requests.claim(RestoreRequest, limit),
+    record=RestoreRequest,
     key=lambda request: request.dns_label,
     check=lambda *args: check_restore_request(*args),
     run_request=lambda request, image_id: restore_run_request(request, image_id),

@@ -132,8 +132,7 @@ class RequestKind:
     """How one kind of request is listed, claimed, checked and launched. The functions are looked
     up when called, so what a test puts in their place is what runs."""
 
-    unlaunched: Callable[[CMSResource], list[tuple[Any, float]]]
-    claim: Callable[[CMSResource, int], Any]
+    record: type[Any]  # ImageRequest or RestoreRequest: the CMS lists and claims requests of this record
     key: Callable[[Any], str]
     check: Callable[[CMSResource, PlatformResource, Any, set[str]], Any]
     run_request: Callable[[Any, Any], dg.RunRequest]
@@ -152,8 +151,8 @@ def evaluate_requests(
 ) -> Evaluation:
     done = Evaluation()
     rerequest = partial(kind.rerequest, cms)
-    settle_unlaunched(instance, cms, kind.unlaunched(cms), relaunch_after, rerequest, done, log)
-    with kind.claim(cms, limit) as claim:
+    settle_unlaunched(instance, cms, cms.requests.unlaunched(kind.record), relaunch_after, rerequest, done, log)
+    with cms.requests.claim(kind.record, limit) as claim:
         taken = {kind.key(r) for r in claim.already_accepted() if not isinstance(r, MalformedRequest)}
         check = partial(kind.check, cms, platform)
         fresh = accept_or_reject(claim, check, taken, kind.key, kind.run_request, done, log)
