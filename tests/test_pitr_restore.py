@@ -87,6 +87,27 @@ def test_a_restore_to_t_has_the_rows_committed_before_t_and_none_after(cms, blob
         platform.delete_instance(InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
 
 
+def test_a_target_after_the_archives_last_transaction_restores_everything_archived(cms, blob, platform, backed_up):
+    """PostgreSQL stops a time-targeted replay that finds no transaction after the target
+    ("recovery ended before configured recovery target was reached"); inside the window the
+    archive holds every commit before the target, so its end is the state at the target."""
+    source, dsn, backup = backed_up
+    moment = commit(dsn, "last")
+    archived_until(cms, blob, source, moment)
+    window = window_of(cms, blob, source).window
+    assert window is not None and window.latest >= moment
+    restored = restore_to_time(
+        cms, blob, platform, source_instance=source.k8s_name, name="pitr-at-end", dns_label="pitr-at-end",
+        target_time=window.latest,
+    )  # fmt: skip
+    try:
+        assert restored.state is InstanceState.running
+        found = labels(platform, InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
+        assert {"before-base", "last"} <= found
+    finally:
+        platform.delete_instance(InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
+
+
 def test_targets_outside_the_window_are_refused_naming_it_before_anything_exists(cms, blob, platform, backed_up):
     source, dsn, backup = backed_up
     moment = commit(dsn, "x")

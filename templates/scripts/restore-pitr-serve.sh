@@ -77,16 +77,16 @@ sizing() { # $1: setting, $2: pg_controldata's label -> the larger of both, at m
   printf "hot_standby = off\nautovacuum = off\njit = off\narchive_mode = off\nlogging_collector = off\n"
   printf "restore_command = 'cp %s/%%f %%p'\n" "$handoff/wal"
   printf "recovery_target_action = 'promote'\n"
-  if [[ -n "$target" ]]; then
-    printf "recovery_target_time = '%s'\n" "$target"
-    printf "recovery_target_inclusive = on\n"
-  fi
+  printf "include_if_exists = '%s/target.conf'\n" "$socket_dir"
   sizing max_connections max_connections
   sizing max_worker_processes max_worker_processes
   sizing max_wal_senders max_wal_senders
   sizing max_prepared_transactions max_prepared_xacts
   sizing max_locks_per_transaction max_locks_per_xact
 } >"$socket_dir/postgresql.conf"
+if [[ -n "$target" ]]; then
+  printf "recovery_target_time = '%s'\nrecovery_target_inclusive = on\n" "$target" >"$socket_dir/target.conf"
+fi
 printf 'local all all trust\n' >"$socket_dir/pg_hba.conf"
 : >"$socket_dir/pg_ident.conf"
 touch "$pgdata/recovery.signal"
@@ -95,18 +95,30 @@ log "replaying WAL to ${target:-the end of the archive}"
 # The server's environment holds no secret (this role has none); the sessions this
 # job opens override the tenant's per-role and per-database settings (client options win over
 # them): no search_path of its choosing, no library loaded at connection, nothing logged.
-env -i PATH="$PATH" LANG=C.UTF-8 LC_ALL=C.UTF-8 HOME="$socket_dir" \
-  pg_ctl -D "$pgdata" -w -t 600 -l "$socket_dir/postgres.log" start -o "-c config_file=$socket_dir/postgresql.conf" >/dev/null \
-  || { tail -n 30 "$socket_dir/postgres.log" >&2; die "recovery did not start"; }
 export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres
 export PGOPTIONS="-c search_path=pg_catalog -c session_preload_libraries= -c local_preload_libraries= -c log_statement=none -c default_transaction_read_only=off"
-until [[ "$(psql -X -Atqc 'SELECT pg_catalog.pg_is_in_recovery()' 2>/dev/null)" == f ]]; do
-  if ! pg_ctl -D "$pgdata" status >/dev/null 2>&1; then
+replay() { # -> 0: promoted; 1: the server stopped first (its log says why)
+  env -i PATH="$PATH" LANG=C.UTF-8 LC_ALL=C.UTF-8 HOME="$socket_dir" \
+    pg_ctl -D "$pgdata" -w -t 600 -l "$socket_dir/postgres.log" start -o "-c config_file=$socket_dir/postgresql.conf" >/dev/null \
+    || return 1
+  until [[ "$(psql -X -Atqc 'SELECT pg_catalog.pg_is_in_recovery()' 2>/dev/null)" == f ]]; do
+    pg_ctl -D "$pgdata" status >/dev/null 2>&1 || return 1
+    sleep 0.5
+  done
+}
+if ! replay; then
+  # A time target is reached only by a transaction committed after it. The plan checked that the
+  # archive covers the target, so an archive with none after it already holds every commit up to
+  # the target: its end is the state at the target. PostgreSQL keeps what it replayed and resumes.
+  if [[ -n "$target" ]] && grep -q 'FATAL:  recovery ended before configured recovery target was reached' "$socket_dir/postgres.log"; then
+    log "no transaction after the target in the archive (it covers the target): replaying to its end"
+    rm -f "$socket_dir/target.conf"
+    replay || { tail -n 30 "$socket_dir/postgres.log" >&2; die "recovery ended before the end of the archive"; }
+  else
     tail -n 30 "$socket_dir/postgres.log" >&2
     die "recovery ended before it reached ${target:-the end of the archive}"
   fi
-  sleep 0.5
-done
+fi
 replayed=$(psql -X -Atqc 'SELECT pg_catalog.pg_last_xact_replay_timestamp()')
 log "promoted; last transaction replayed committed at ${replayed:-unknown}"
 
