@@ -563,6 +563,14 @@ class _JobProcess:
         self.reader.join(timeout=10)
 
 
+def _wait_on_one(jobs: list[_JobProcess]) -> None:
+    """Up to 0.2 s on a process still running (the last may have ended since it was polled)."""
+    running = next((job for job in jobs if job.process.poll() is None), None)
+    if running is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            running.process.wait(timeout=0.2)
+
+
 def _wait_all(jobs: list[_JobProcess], timeout: float, grace_seconds: int) -> tuple[int, str | None]:
     """Wait for every process; the first to fail (or the timeout) stops the others. A terminated
     run (any exception here) takes them all down. The exit code reported is the first process's
@@ -577,13 +585,11 @@ def _wait_all(jobs: list[_JobProcess], timeout: float, grace_seconds: int) -> tu
                 for job in jobs:
                     job.stop(grace_seconds)
                 return -1, f"timed out after {timeout:g}s"
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                next(job for job in jobs if job.process.poll() is None).process.wait(timeout=0.2)
+            _wait_on_one(jobs)
         # One failed: the others notice (the fetch role's `failed` marker) and end on their own.
         settle = time.monotonic() + min(5, grace_seconds)
         while any(job.process.poll() is None for job in jobs) and time.monotonic() < settle:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                next(job for job in jobs if job.process.poll() is None).process.wait(timeout=0.2)
+            _wait_on_one(jobs)
     except BaseException:
         for job in jobs:
             job.stop(grace_seconds)
