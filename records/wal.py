@@ -85,6 +85,9 @@ class StoredSegment(BaseModel):
     encrypted: bool
     sha256: str | None = None  # of the plaintext segment, from the blob's metadata
     archived_at: datetime | None = None  # when the archiver read the bytes it uploaded
+    # The server's time up to which every flushed commit is in these bytes (the receiver had
+    # confirmed flushing the server's WAL position of that time); None: not known.
+    covered_until: datetime | None = None
 
     @property
     def number(self) -> int:

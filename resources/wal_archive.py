@@ -27,8 +27,9 @@ class Timeline(BaseModel):
     segments: list[StoredSegment]
 
     @property
-    def newest_archived_at(self) -> datetime | None:
-        times = [s.archived_at for s in self.segments if s.archived_at is not None]
+    def covered_until(self) -> datetime | None:
+        """The server's time up to which the archive holds every flushed commit (the window's end)."""
+        times = [s.covered_until for s in self.segments if s.covered_until is not None]
         return max(times) if times else None
 
 
@@ -42,11 +43,14 @@ def list_timelines(blob: BlobStorageResource, namespace: str, k8s_name: str) -> 
         stored = parse_stored_name(name)
         if stored is None:
             continue
-        archived_at = metadata.get("archived_at")
+        archived_at = datetime.fromisoformat(metadata["archived_at"]) if metadata.get("archived_at") else None
+        # Archivers before `covered_until` claimed their read time (optimistic by the streaming lag).
+        covered = metadata.get("covered_until", metadata.get("archived_at"))
         stored = stored.model_copy(
             update={
                 "sha256": metadata.get("sha256"),
-                "archived_at": datetime.fromisoformat(archived_at) if archived_at else None,
+                "archived_at": archived_at,
+                "covered_until": datetime.fromisoformat(covered) if covered else None,
             }
         )
         grouped.setdefault((parts[0], int(parts[1], 16)), []).append(stored)

@@ -282,3 +282,52 @@ def test_a_partial_segment_still_being_zero_filled_is_not_uploaded_until_it_is_w
     archiver.last_partial_upload = 0.0
     archiver.upload_pending(container)
     assert len(list(container.list_blob_names(name_starts_with=prefix))) == 1
+
+
+def test_an_upload_never_claims_wal_the_receiver_has_not_flushed(archived, blob, platform, tmp_path):
+    """The window's end is what the archive holds: an upload read while pg_receivewal lags behind
+    the server (a loaded run restored "latest" without a commit made before the window's end)
+    claims only the server's time at which its flush position was confirmed received."""
+    from resources.platform.postgres_server import pgpass_line, postgres_bindir, write_private_file
+    from resources.platform.wal_archiver import Archiver, ArchiverConfig
+
+    ref, dsn, _ = archived
+    endpoints = platform.endpoints(ref)
+    write_private_file(
+        tmp_path / "pgpass",
+        pgpass_line("127.0.0.1", endpoints.port, "postgres", platform.read_instance_password(ref).get_secret_value()),
+        for_service_user=False,
+    )
+    (tmp_path / "sas").write_text(blob.container_write_token(3600).get_secret_value())
+    config = ArchiverConfig(
+        namespace=ref.namespace, k8s_name=ref.k8s_name, host="127.0.0.1", port=endpoints.port, user="postgres",
+        bindir=str(postgres_bindir(None)), container_url=blob.container_url, partial_seconds=0.0,
+    )  # fmt: skip
+    archiver = Archiver(tmp_path, config)
+
+    def covered():
+        archiver.step()
+        timelines = list_timelines(blob, ref.namespace, ref.k8s_name)
+        return timelines[0].covered_until if timelines else None
+
+    try:
+        wait_for(lambda: archiver.step() and slot_active(dsn), "the receiver streaming")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE marks (label text)")
+            received = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        wait_for(lambda: (at := covered()) is not None and at >= received, "the first commit covered")
+        assert archiver.receiver is not None
+        os.kill(archiver.receiver.pid, signal.SIGSTOP)
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("INSERT INTO marks VALUES ('unreceived')")
+                unreceived = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            for partial in archiver.spool.glob("*.partial"):  # as if the receiver had written something
+                os.utime(partial)
+            assert (covered() or received) < unreceived
+        finally:
+            os.kill(archiver.receiver.pid, signal.SIGCONT)
+        wait_for(lambda: (at := covered()) is not None and at >= unreceived, "the second commit covered")
+    finally:
+        archiver.close()
+        archiver.drop_slot()

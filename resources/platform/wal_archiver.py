@@ -19,15 +19,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import NamedTuple
 
 import psycopg
 from azure.storage.blob import ContainerClient
 from pydantic import BaseModel, Field
 
-from records.wal import SEGMENT_NAME, SLOT_NAME, stored_segment_name, timeline_prefix
+from records.wal import SEGMENT_NAME, SLOT_NAME, segment_number, stored_segment_name, timeline_prefix
 
 # The servers toygres runs keep initdb's default WAL segment size.
 WAL_SEGMENT_BYTES = 16 * 1024 * 1024
@@ -53,6 +55,18 @@ class ArchiverConfig(BaseModel):
 
 def config_path(directory: Path) -> Path:
     return directory / "config.json"
+
+
+# Marks kept: at one a round (poll_seconds), an hour and more of the receiver lagging behind.
+MARKS_KEPT = 10_000
+
+
+class WalMark(NamedTuple):
+    """The server's clock and WAL flush position read together: every commit that returned
+    before `at` is at or below `lsn`."""
+
+    at: datetime
+    lsn: int
 
 
 # Files beside config.json, each 0600: the container SAS and a pgpass line for the instance.
@@ -98,7 +112,11 @@ class Archiver:
         self.receiver: subprocess.Popen | None = None
         self.stopping = False
         self.system_identifier: str | None = None
-        self.partial_sent: dict[str, float] = {}
+        # Per partial file: its mtime when uploaded and whether that upload lagged the server.
+        self.partial_sent: dict[str, tuple[float, datetime | None, bool]] = {}
+        self.marks: deque[WalMark] = deque(maxlen=MARKS_KEPT)
+        self.received_lsn = 0  # what pg_receivewal has confirmed flushed (its slot's restart_lsn)
+        self.connection: psycopg.Connection | None = None
         self.last_partial_upload = 0.0
         self.uploaded_bytes = 0
         self.receiver_error: str | None = None
@@ -146,6 +164,37 @@ class Archiver:
         except psycopg.Error as error:
             print(f"wal archiver {self.config.namespace}/{self.config.k8s_name}: slot kept: {error}", flush=True)
 
+    def measure(self) -> None:
+        """A mark (the server's clock and flush position) and how far the receiver has flushed.
+        The tenant owns the server: only its own archive's claims depend on these answers."""
+        try:
+            if self.connection is None or self.connection.closed:
+                self.connection = psycopg.connect(
+                    self._conninfo(), connect_timeout=10, passfile=str(self.pgpass_file), autocommit=True,
+                    options="-c statement_timeout=5000 -c search_path=pg_catalog",
+                )  # fmt: skip
+            row = self.connection.execute(
+                "SELECT pg_catalog.clock_timestamp(),"
+                " (pg_catalog.pg_current_wal_flush_lsn() - '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8,"
+                " (SELECT (restart_lsn - '0/0'::pg_catalog.pg_lsn)::pg_catalog.int8"
+                "  FROM pg_catalog.pg_replication_slots WHERE slot_name = %s)",
+                [SLOT_NAME],
+            ).fetchone()
+        except psycopg.Error as error:
+            print(f"wal archiver {self.config.namespace}/{self.config.k8s_name}: no mark: {error}", file=sys.stderr)
+            if self.connection is not None:
+                self.connection.close()
+            self.connection = None
+            return
+        assert row is not None
+        at, lsn, received = row
+        self.marks.append(WalMark(at=at.astimezone(UTC), lsn=int(lsn)))
+        self.received_lsn = max(self.received_lsn, int(received or 0))
+
+    def covered_until(self, upto_lsn: int) -> datetime | None:
+        """The newest mark whose position bytes held up to `upto_lsn` include."""
+        return max((mark.at for mark in self.marks if mark.lsn <= upto_lsn), default=None)
+
     def _start_receiver(self) -> None:
         bindir = Path(self.config.bindir)
         env = self._env()
@@ -170,7 +219,7 @@ class Archiver:
         )
         return f"{prefix}/{stored_segment_name(segment, self.config.age_recipient is not None, partial_read_at)}"
 
-    def _upload(self, container: ContainerClient, path: Path, partial: bool) -> None:
+    def _upload(self, container: ContainerClient, path: Path, covered_until: datetime | None, partial: bool) -> None:
         segment = path.name.removesuffix(".partial")
         plaintext = path.read_bytes()
         archived_at = datetime.now(UTC)
@@ -182,7 +231,11 @@ class Archiver:
             name,
             data,
             overwrite=not partial,
-            metadata={"sha256": hashlib.sha256(plaintext).hexdigest(), "archived_at": archived_at.isoformat()},
+            metadata={
+                "sha256": hashlib.sha256(plaintext).hexdigest(),
+                "archived_at": archived_at.isoformat(),
+                "covered_until": covered_until.isoformat() if covered_until else "",
+            },
         )
         self.uploaded_bytes += len(data)
         self.receiver_error = None
@@ -217,7 +270,8 @@ class Archiver:
     def upload_pending(self, container: ContainerClient) -> None:
         finished = self._finished()
         for path in finished:
-            self._upload(container, path, partial=False)
+            end = (segment_number(path.name) + 1) * WAL_SEGMENT_BYTES
+            self._upload(container, path, self.covered_until(end), partial=False)
             # Its partial blobs are superseded by the finished one (left in place: the archiver's SAS
             # cannot delete; wal_retention removes them once no restore can still be reading them).
             self.partial_sent.pop(path.name + ".partial", None)
@@ -238,9 +292,16 @@ class Archiver:
             if stat.st_size < WAL_SEGMENT_BYTES:
                 continue
             mtime = stat.st_mtime
-            if self.partial_sent.get(path.name) != mtime:
-                self._upload(container, path, partial=True)
-                self.partial_sent[path.name] = mtime
+            # Read after the receiver's position: these bytes hold at least up to it.
+            end = (segment_number(path.name.removesuffix(".partial")) + 1) * WAL_SEGMENT_BYTES
+            covered = self.covered_until(min(self.received_lsn, end))
+            lagging = bool(self.marks) and self.received_lsn < self.marks[-1].lsn
+            sent_mtime, sent_covered, sent_lagging = self.partial_sent.get(path.name, (None, None, False))
+            # Unchanged bytes go up again only to claim what an upload behind the receiver could not.
+            caught_up = sent_lagging and covered is not None and (sent_covered is None or covered > sent_covered)
+            if sent_mtime != mtime or caught_up:
+                self._upload(container, path, covered, partial=True)
+                self.partial_sent[path.name] = (mtime, covered, lagging)
         self.last_partial_upload = now
 
     def _receiver_said(self) -> str:
@@ -279,6 +340,7 @@ class Archiver:
                 self.receiver = None
             elif self.receiver is None:
                 self._start_receiver()
+            self.measure()
             self.upload_pending(self._container())
         except Exception as failure:  # noqa: BLE001 - reported in status.json and retried
             error = f"{type(failure).__name__}: {failure}".strip()
@@ -293,6 +355,9 @@ class Archiver:
             self.receiver.terminate()
             self.receiver.wait(timeout=30)
         try:
+            self.measure()
+            if self.connection is not None:
+                self.connection.close()
             self.last_partial_upload = 0.0
             self.upload_pending(self._container())
         except Exception as failure:  # noqa: BLE001

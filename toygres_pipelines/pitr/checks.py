@@ -29,11 +29,11 @@ def archive_health(
 
     name = f"{instance.namespace}/{instance.k8s_name}"
     why = platform.wal_archiver_error(InstanceRef(k8s_name=instance.k8s_name, namespace=instance.namespace))
-    timelines = [t for t in list_timelines(blob, instance.namespace, instance.k8s_name) if t.newest_archived_at]
+    timelines = [t for t in list_timelines(blob, instance.namespace, instance.k8s_name) if t.covered_until]
     if not timelines:
         return ArchiveHealth(instance=name, lag_seconds=None, why=why)
-    current = max(timelines, key=lambda t: t.newest_archived_at or now)
-    assert current.newest_archived_at is not None
+    current = max(timelines, key=lambda t: t.covered_until or now)
+    assert current.covered_until is not None
     bases = [
         b
         for b in cms.base_backups.list(instance.id)
@@ -42,7 +42,7 @@ def archive_health(
     since = bases[0].start_segment if bases else None
     return ArchiveHealth(
         instance=name,
-        lag_seconds=max(0.0, (now - current.newest_archived_at).total_seconds()),
+        lag_seconds=max(0.0, (now - current.covered_until).total_seconds()),
         gaps=[str(g) for g in find_gaps(current.segments, since=since)],
         why=why,
     )

@@ -25,7 +25,7 @@ class PitrSummary(BaseModel):
 
 def pitr_summary(cms: CMSResource, blob: BlobStorageResource, instance: Instance, now: datetime) -> PitrSummary:
     state = window_of(cms, blob, instance)
-    archived = [t.newest_archived_at for t in list_timelines(blob, instance.namespace, instance.k8s_name)]
+    archived = [t.covered_until for t in list_timelines(blob, instance.namespace, instance.k8s_name)]
     newest = max((at for at in archived if at is not None), default=None)
     return PitrSummary(
         earliest=state.window.earliest if state.window else None,

@@ -2,9 +2,11 @@
 (toygres_cms.base_backups) and its WAL archive (blob storage), and the plan of a restore into it.
 
 earliest: the consistent point of the oldest ready base backup whose WAL is continuous from its
-start to the archive's end. latest: when the archiver last read the WAL it uploaded (the newest
-segment's or partial's `archived_at`). A gap cuts the window: it starts after the gap again
-(the next base backup), and a target across a gap is refused."""
+start to the archive's end. latest: the server's time up to which the archive holds every
+flushed commit (the newest upload's `covered_until`: the archiver confirmed its receiver had
+flushed the server's WAL position of that time before it read the bytes). A gap cuts the
+window: it starts after the gap again (the next base backup), and a target across a gap is
+refused."""
 
 from __future__ import annotations
 
@@ -64,12 +66,12 @@ def window_of(cms: CMSResource, blob: BlobStorageResource, instance: Instance) -
             continue
         usable.append(backup)
         timeline = found
-    if not usable or timeline is None or timeline.newest_archived_at is None:
+    if not usable or timeline is None or timeline.covered_until is None:
         return WindowState(window=None, why_none="; ".join(reasons) or "no archived WAL")
     earliest = usable[0].consistent_at
     assert earliest is not None
     return WindowState(
-        window=RecoveryWindow(earliest=earliest, latest=max(earliest, timeline.newest_archived_at)),
+        window=RecoveryWindow(earliest=earliest, latest=max(earliest, timeline.covered_until)),
         bases=usable,
         timeline=timeline,
     )
