@@ -30,6 +30,7 @@ from resources.platform.base import SCRIPTS_DIR, JobKind, JobSpec, PlatformError
 from resources.platform.k8s_manifests import ManifestError
 from resources.platform.kubernetes import KubernetesPlatform
 from resources.platform.local import LocalPlatform
+from tests.python_source import parse_source
 from toygres_pipelines.restores.config import RestorePlan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +186,7 @@ def renames_outside_the_records(root: Path) -> list[str]:
     """Where code above the records renames a request field to its column name, or back."""
     found = []
     for path in sorted(root.rglob("*.py")):
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = parse_source(path)
         for node in ast.walk(tree):
             if isinstance(node, ast.keyword) and node.arg in ROW_NAMES:
                 found.append(f"{path.relative_to(root.parent)}:{node.value.lineno}: {node.arg}=")

@@ -25,6 +25,7 @@ from records.requests import (
     RestoreRequest,
     RestoreRequestFields,
 )
+from tests.python_source import parse_source
 from toygres_pipelines.forms import add_cli_arguments, fields_from_cli, run_config_values
 from toygres_pipelines.images.assets import BackupConfig
 from toygres_pipelines.restores.config import RestoreConfig
@@ -52,7 +53,7 @@ def module_name(path: Path, root: Path) -> str:
 
 def imported_modules(path: Path, importer: str) -> list[tuple[int, str]]:
     """Every module an import names, relative imports resolved against `importer`."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = parse_source(path)
     package = importer.split(".") if path.name == "__init__.py" else importer.split(".")[:-1]
     found = []
     for node in ast.walk(tree):
@@ -197,7 +198,7 @@ def test_the_domain_check_sees_a_sideways_import(tmp_path):
 
 def settings_read_in(path: Path) -> list[int]:
     """Lines where a module calls some settings class's from_env (reads the environment itself)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = parse_source(path)
     return [
         node.lineno
         for node in ast.walk(tree)
@@ -233,7 +234,7 @@ def retyped_names(root: Path) -> list[str]:
     for path in sorted((root / "toygres_pipelines").rglob("*.py")):
         if path in declared:
             continue
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(parse_source(path)):
             if isinstance(node, ast.Constant) and node.value in RUN_TAG_NAMES:
                 found.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "AssetKey":
@@ -360,7 +361,7 @@ def second_field_lists(fields: set[str], root: Path = ROOT) -> list[str]:
     found = []
     for package in ("resources", "toygres_pipelines"):
         for path in sorted((root / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
+            for node in ast.walk(parse_source(path)):
                 if not isinstance(node, ast.ClassDef) or base_names(node) & REQUEST_RECORDS:
                     continue
                 names = {
@@ -395,9 +396,7 @@ def test_the_field_list_check_sees_a_three_field_copy(tmp_path):
 def test_every_class_said_not_to_be_a_request_exists():
     for place in NOT_A_REQUEST:
         path, name = place.split(":")
-        classes = [
-            node.name for node in ast.walk(ast.parse((ROOT / path).read_text())) if isinstance(node, ast.ClassDef)
-        ]
+        classes = [node.name for node in ast.walk(parse_source(ROOT / path)) if isinstance(node, ast.ClassDef)]
         assert name in classes, place
 
 
@@ -420,7 +419,7 @@ def cli_modules(root: Path) -> list[Path]:
 def imports_inside_functions(path: Path) -> list[str]:
     """`module:line imports X` for each import statement in a function body."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_source(path)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             for inner in ast.walk(node):
                 if isinstance(inner, ast.Import | ast.ImportFrom):
@@ -507,7 +506,7 @@ def run_config_keys_typed(root: Path, ops: set[str]) -> list[str]:
         for path in sorted((root / folder).rglob("*.py")):
             if path.relative_to(root) in RUN_CONFIG_OWNERS:
                 continue
-            tree = ast.parse(path.read_text(), filename=str(path))
+            tree = parse_source(path)
             parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
             for node in ast.walk(tree):
                 used = []
