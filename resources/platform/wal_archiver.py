@@ -117,6 +117,7 @@ class Archiver:
         self.marks: deque[WalMark] = deque(maxlen=MARKS_KEPT)
         self.received_lsn = 0  # what pg_receivewal has confirmed flushed (its slot's restart_lsn)
         self.connection: psycopg.Connection | None = None
+        self.mark_error: str | None = None
         self.last_partial_upload = 0.0
         self.uploaded_bytes = 0
         self.receiver_error: str | None = None
@@ -181,12 +182,15 @@ class Archiver:
                 [SLOT_NAME],
             ).fetchone()
         except psycopg.Error as error:
-            print(f"wal archiver {self.config.namespace}/{self.config.k8s_name}: no mark: {error}", file=sys.stderr)
+            if str(error) != self.mark_error:  # once per reason, not every poll
+                print(f"wal archiver {self.config.namespace}/{self.config.k8s_name}: no mark: {error}", file=sys.stderr)
+            self.mark_error = str(error)
             if self.connection is not None:
                 self.connection.close()
             self.connection = None
             return
         assert row is not None
+        self.mark_error = None
         at, lsn, received = row
         self.marks.append(WalMark(at=at.astimezone(UTC), lsn=int(lsn)))
         self.received_lsn = max(self.received_lsn, int(received or 0))
