@@ -11,6 +11,7 @@ from toygres_pipelines.pitr.checks import (
     wal_archive_continuous,
     wal_archive_fresh_check,
 )
+from toygres_pipelines.pitr.partials import wal_partials_prune_job, wal_partials_prune_schedule
 from toygres_pipelines.pitr.restore import restore_to_time_job
 from toygres_pipelines.pitr.retention import wal_retention_daily, wal_retention_job
 from toygres_pipelines.pitr.settings import PitrSettings
@@ -21,7 +22,7 @@ def pitr_definitions(settings: PitrSettings) -> dg.Definitions:
     than one Definitions (the daemon e2e test failed on it)."""
     return dg.Definitions(
         asset_checks=[wal_archive_fresh_check(settings), wal_archive_continuous, pitr_restorable],
-        jobs=[base_backup_job, restore_to_time_job, check_wal_archives, wal_retention_job],
-        schedules=[weekly_base_backups, wal_archive_checks_schedule, wal_retention_daily],
+        jobs=[base_backup_job, restore_to_time_job, check_wal_archives, wal_retention_job, wal_partials_prune_job],
+        schedules=[weekly_base_backups, wal_archive_checks_schedule, wal_retention_daily, wal_partials_prune_schedule],
         sensors=[wal_archivers],
     )

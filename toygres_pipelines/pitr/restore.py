@@ -32,6 +32,12 @@ from toygres_pipelines.shared.run_config import op_run_config
 
 RESTORE_TIMEOUT_SECONDS = 6 * 3600
 READY_TIMEOUT_SECONDS = 600
+PLANS_PREFIX = "restores/pitr/"
+
+
+def plan_blob(ref: InstanceRef) -> str:
+    """Where a running point-in-time restore's plan.json is, while its job runs."""
+    return f"{PLANS_PREFIX}{ref.namespace}/{ref.k8s_name}/plan.json"
 
 
 def restore_to_time(
@@ -126,10 +132,10 @@ def run_pitr_job(
 ) -> None:
     """restore-pitr.sh into the instance's volume from `plan` (written beside it for the job, with
     its sha256 in the job's env; both removed afterwards)."""
-    plan_blob = f"restores/pitr/{ref.namespace}/{ref.k8s_name}/plan.json"
+    plan_name = plan_blob(ref)
     job_name = f"restore-{ref.k8s_name}"
     raw = plan.model_dump_json().encode()
-    blob.write_bytes(plan_blob, raw, overwrite=True)
+    blob.write_bytes(plan_name, raw, overwrite=True)
     try:
         platform.run_job(
             JobSpec(
@@ -140,7 +146,7 @@ def run_pitr_job(
                 env=job_env(
                     PitrRestoreFetchEnv(
                         BLOB_URL=blob.container_url,
-                        PLAN_BLOB=plan_blob,
+                        PLAN_BLOB=plan_name,
                         PLAN_SHA256=hashlib.sha256(raw).hexdigest(),
                         POSTGRES_VERSION=postgres_version,
                         TRANSFER_STALL_SECONDS=blob.transfer_stall_seconds,
@@ -148,7 +154,7 @@ def run_pitr_job(
                     PitrRestoreServeEnv(),
                 ),
                 blob_sas=blob.read_grant(
-                    "", [plan_blob, plan.base.blob, *(s.blob for s in plan.segments)], timeout_seconds
+                    "", [plan_name, plan.base.blob, *(s.blob for s in plan.segments)], timeout_seconds
                 ),
                 timeout_seconds=timeout_seconds,
             ),
@@ -156,7 +162,7 @@ def run_pitr_job(
         )
     finally:
         platform.delete_job(job_name, ref.namespace)
-        blob.delete_prefix(plan_blob.rsplit("/", 1)[0])
+        blob.delete_prefix(plan_name.rsplit("/", 1)[0])
 
 
 class RestoreToTimeConfig(NewInstanceFields, dg.Config):
