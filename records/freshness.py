@@ -125,19 +125,34 @@ def offenders(report: Iterable[InstanceFreshness]) -> list[str]:
     return [f"{r.instance} ({r.why})" for r in report if not r.fresh]
 
 
+# What an instance's weekly day is for: each work spreads over the week on a day of its own.
+DRILL_DAY = ""
+BASE_BACKUP_DAY = "base:"
+PITR_DRILL_DAY = "pitr:"
+
+
+def weekday_for(k8s_name: str, work: str = DRILL_DAY) -> int:
+    """The day of the week (0 = Monday) `work` runs for an instance: a stable hash, so the fleet's
+    weekly work spreads over the week and an instance keeps its day across restarts and deployments."""
+    return int.from_bytes(hashlib.sha256(f"{work}{k8s_name}".encode()).digest()[:8], "big") % DAYS_PER_WEEK
+
+
 def drill_weekday(k8s_name: str) -> int:
-    """The day of the week (0 = Monday) an instance is drilled: a stable hash, so the fleet's drills
-    spread over the week and an instance keeps its day across restarts and deployments."""
-    return int.from_bytes(hashlib.sha256(k8s_name.encode()).digest()[:8], "big") % DAYS_PER_WEEK
+    return weekday_for(k8s_name, DRILL_DAY)
+
+
+def due_on(instances: Iterable[Instance], weekday: int, work: str) -> list[Instance]:
+    """The instances whose day for `work` is `weekday`, by name."""
+    return [i for i in sorted(instances, key=lambda i: i.k8s_name) if weekday_for(i.k8s_name, work) == weekday]
 
 
 def due_drills(instances: Iterable[Instance], images: Iterable[Image], weekday: int) -> list[tuple[Instance, Image]]:
     """The instances whose drill day is `weekday`, each with its newest ready image (none: skipped)."""
     images = list(images)
     due = []
-    for instance in sorted(instances, key=lambda i: i.k8s_name):
+    for instance in due_on(instances, weekday, DRILL_DAY):
         newest = next(iter(ready_images_of(images, instance.id)), None)
-        if drill_weekday(instance.k8s_name) == weekday and newest is not None:
+        if newest is not None:
             due.append((instance, newest))
     return due
 

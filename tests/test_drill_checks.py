@@ -8,8 +8,9 @@ import dagster as dg
 import psycopg
 import pytest
 
-from records.freshness import drill_weekday
+from records.freshness import BASE_BACKUP_DAY, PITR_DRILL_DAY, drill_weekday, weekday_for
 from records.requests import ImageRequestFields
+from records.wal import BaseBackupResult
 from tests import helpers
 from toygres_pipelines.domains import domain_definitions
 from toygres_pipelines.drills.checks import size_result
@@ -17,6 +18,7 @@ from toygres_pipelines.drills.jobs import drill_config_of
 from toygres_pipelines.images.assets import IMAGE_PARTITIONS
 from toygres_pipelines.images.jobs import backup_run_config
 from toygres_pipelines.settings import Settings
+from toygres_pipelines.shared.tags import INSTANCE_TAG, KIND_TAG
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +150,35 @@ def test_the_fleet_checks_run_after_every_successful_backup_restore_and_drill(ki
     assert isinstance(result, dg.RunRequest), result
     assert result.job_name == "check_freshness" and result.run_key == f"fleet-after-{done.run_id}"
     assert result.tags[KIND_TAG] == "checks"
+
+
+@pytest.mark.parametrize(
+    ("schedule_name", "work", "kind", "run_key"),
+    [
+        ("weekly_base_backups", BASE_BACKUP_DAY, "backup", "base-{name}-{day}"),
+        ("weekly_pitr_drills", PITR_DRILL_DAY, "drill", "pitr-drill-{name}-{day}"),
+    ],
+)
+def test_the_weekly_pitr_schedules_run_an_instance_on_its_day_only_with_its_kind_and_instance(
+    resources, cms, source, platform, pagila_ref, schedule_name, work, kind, run_key
+):
+    reserved = cms.base_backups.reserve(source, platform.read_instance_password(pagila_ref), None)
+    cms.base_backups.finish(reserved.id, BaseBackupResult(
+        system_identifier="7000000000000000001", timeline=1, start_segment="000000010000000000000002",
+        consistent_at=datetime(2026, 11, 20, tzinfo=UTC), size_bytes=1, sha256="0" * 64,
+        postgres_version=source.postgres_version, files=["base.tar.zst"],
+    ))  # fmt: skip
+    defs, automation = definitions(resources)
+    schedule = helpers.schedule_named(automation, schedule_name)
+    monday = datetime(2026, 11, 23, 5, 45, tzinfo=UTC)
+    for offset in range(7):
+        when = monday + timedelta(days=offset)
+        with dg.build_schedule_context(scheduled_execution_time=when, resources=resources) as context:
+            requests = list(schedule.evaluate_tick(context).run_requests or [])
+        if offset == weekday_for(source.k8s_name, work):
+            [request] = requests
+            assert request.run_key == run_key.format(name=source.k8s_name, day=when.date().isoformat())
+            assert request.tags[KIND_TAG] == kind
+            assert request.tags[INSTANCE_TAG] == source.k8s_name
+        else:
+            assert requests == []

@@ -140,3 +140,17 @@ def test_fleet_check_runs_are_named_as_such_and_a_what_tag_already_set_is_kept()
     assert fleet_tags(after_run) == {WHAT_TAG: "fleet checks"}
     named = run_of("restore_drill", {KIND_TAG: "drill", INSTANCE_TAG: "orders", WHAT_TAG: "mine"}, selection=None)
     assert fleet_tags(named) == {}
+
+
+def test_every_job_of_the_deployment_declares_its_kind():
+    """The queue's tag limits and the run feed's filters see every job by its kind: a PITR base
+    backup counts against the backups at once, a PITR drill against the drills."""
+    from toygres_pipelines.domains import domain_definitions
+    from toygres_pipelines.settings import Settings
+    from toygres_pipelines.shared.tags import BACKUP_KIND, CHECKS_KIND, DRILL_KIND, MAINTENANCE_KIND, RESTORE_KIND
+
+    kinds = {BACKUP_KIND, CHECKS_KIND, DRILL_KIND, MAINTENANCE_KIND, RESTORE_KIND}
+    jobs = list(domain_definitions(Settings()).jobs or [])
+    untagged = {job.name: (job.tags or {}).get(KIND_TAG) for job in jobs if (job.tags or {}).get(KIND_TAG) not in kinds}
+    assert len(jobs) > 10
+    assert untagged == {}

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from records import Instance, InstanceRef, InstanceState, LogSink
 from records.drills import DrillResult
+from records.freshness import PITR_DRILL_DAY, due_on
 from records.wal import PITR_BASE_BACKUP_TAG
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
@@ -24,7 +25,10 @@ from toygres_pipelines.lifecycle.instances import delete_instance
 from toygres_pipelines.pitr.checks import pitr_restorable_evaluation
 from toygres_pipelines.pitr.restore import restore_to_time
 from toygres_pipelines.pitr.window import window_of
+from toygres_pipelines.shared.jobs import one_op_job
 from toygres_pipelines.shared.run_config import op_run_config
+from toygres_pipelines.shared.schedules import running_schedule, scheduled_time
+from toygres_pipelines.shared.tags import DRILL_KIND, INSTANCE_TAG, KIND_TAG
 
 BEFORE_END = timedelta(minutes=10)
 REPLAYED = re.compile(r"last transaction replayed committed at (?P<at>.+)$")
@@ -151,29 +155,27 @@ def pitr_drill_run_config(source_instance: str) -> dg.RunConfig:
     return op_run_config(pitr_drill_op, PitrDrillConfig(source_instance=source_instance))
 
 
-@dg.job(name="pitr_drill", description="Restore an instance to a point in time into a scratch instance and check it")
-def pitr_drill_job() -> None:
-    pitr_drill_op()
+pitr_drill_job = one_op_job(
+    pitr_drill_op,
+    "pitr_drill",
+    DRILL_KIND,
+    "Restore an instance to a point in time into a scratch instance and check it",
+)
 
 
-def pitr_drill_weekday(k8s_name: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"pitr:{k8s_name}".encode()).digest()[:8], "big") % 7
-
-
-@dg.schedule(
-    name="weekly_pitr_drills",
-    cron_schedule="30 5 * * *",
-    job=pitr_drill_job,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Each running instance with a base backup gets a PITR drill once a week, on its own day",
+@running_schedule(
+    "weekly_pitr_drills",
+    pitr_drill_job,
+    "30 5 * * *",
+    "Each running instance with a base backup gets a PITR drill once a week, on its own day",
 )
 def weekly_pitr_drills(context: dg.ScheduleEvaluationContext, cms: CMSResource):
-    when = context.scheduled_execution_time or datetime.now(UTC)
+    when = scheduled_time(context) or datetime.now(UTC)
     with_bases = {b.instance_id for b in cms.base_backups.list()}
-    for instance in sorted(cms.instances.list([InstanceState.running]), key=lambda i: i.k8s_name):
-        if instance.id in with_bases and pitr_drill_weekday(instance.k8s_name) == when.weekday():
-            yield dg.RunRequest(
-                run_key=f"pitr-drill-{instance.k8s_name}-{when.date().isoformat()}",
-                run_config=pitr_drill_run_config(instance.k8s_name),
-            )
+    running = [i for i in cms.instances.list([InstanceState.running]) if i.id in with_bases]
+    for instance in due_on(running, when.weekday(), PITR_DRILL_DAY):
+        yield dg.RunRequest(
+            run_key=f"pitr-drill-{instance.k8s_name}-{when.date().isoformat()}",
+            run_config=pitr_drill_run_config(instance.k8s_name),
+            tags={KIND_TAG: DRILL_KIND, INSTANCE_TAG: instance.k8s_name},
+        )

@@ -17,7 +17,7 @@ from resources.platform.base import PlatformResource
 from toygres_pipelines.drills.jobs import drill_run_config, restore_drill
 from toygres_pipelines.drills.settings import DrillsSettings
 from toygres_pipelines.images.backup import running_source
-from toygres_pipelines.shared.schedules import scheduled_time
+from toygres_pipelines.shared.schedules import running_schedule, scheduled_time
 from toygres_pipelines.shared.tags import DRILL_KIND, INSTANCE_TAG, KIND_TAG
 
 
@@ -47,14 +47,13 @@ def drill_run_requests(
 def weekly_drill_schedule(settings: DrillsSettings) -> dg.ScheduleDefinition:
     timezone = settings.nightly_timezone
 
-    @dg.schedule(
-        name="weekly_drills",
-        job=restore_drill,
-        cron_schedule=settings.drill_cron,
-        execution_timezone=timezone,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Every day: a restore drill of the newest ready image of each running instance whose drill "
+    @running_schedule(
+        "weekly_drills",
+        restore_drill,
+        settings.drill_cron,
+        "Every day: a restore drill of the newest ready image of each running instance whose drill "
         "day is today, so every instance is drilled once a week, spread over the week (TOYGRES_DRILL_CRON).",
+        timezone,
     )
     def weekly_drills(context: dg.ScheduleEvaluationContext, cms: CMSResource, platform: PlatformResource):
         when = (scheduled_time(context) or datetime.now(UTC)).astimezone(ZoneInfo(timezone))

@@ -24,7 +24,7 @@ from toygres_pipelines.images.backup import check_running_source
 from toygres_pipelines.images.jobs import backup_image, backup_run_config
 from toygres_pipelines.images.settings import ImagesSettings
 from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
-from toygres_pipelines.shared.schedules import scheduled_time
+from toygres_pipelines.shared.schedules import running_schedule, scheduled_time
 from toygres_pipelines.shared.tags import BACKUP_KIND, INSTANCE_TAG, KIND_TAG
 
 
@@ -85,14 +85,13 @@ def nightly_run_requests(
 def nightly_schedule(settings: ImagesSettings) -> dg.ScheduleDefinition:
     timezone = settings.nightly_timezone
 
-    @dg.schedule(
-        name="nightly_backups",
-        job=backup_image,
-        cron_schedule=settings.nightly_cron,
-        execution_timezone=timezone,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Every night: a new image partition `<instance>__nightly-<YYYYMMDD>` and a backup run for "
+    @running_schedule(
+        "nightly_backups",
+        backup_image,
+        settings.nightly_cron,
+        "Every night: a new image partition `<instance>__nightly-<YYYYMMDD>` and a backup run for "
         "each running instance in the CMS (TOYGRES_NIGHTLY_CRON, TOYGRES_NIGHTLY_TIMEZONE).",
+        timezone,
     )
     def nightly_backups(context: dg.ScheduleEvaluationContext, cms: CMSResource, platform: PlatformResource):
         # A schedule cannot return dynamic partition requests: nightly_run_requests adds them itself.

@@ -10,8 +10,9 @@ from resources.platform.base import PlatformResource
 from toygres_pipelines.lifecycle.images import DagsterPartitions, delete_image
 from toygres_pipelines.lifecycle.instances import delete_instance
 from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.jobs import one_op_job
 from toygres_pipelines.shared.run_config import op_run_config
-from toygres_pipelines.shared.tags import KIND_TAG, MAINTENANCE_KIND
+from toygres_pipelines.shared.tags import MAINTENANCE_KIND
 
 
 class DeleteImageConfig(dg.Config):
@@ -54,18 +55,13 @@ def delete_one_instance(
     context.log.info(f"instance {instance.k8s_name} is {instance.state}")
 
 
-@dg.job(name="delete_image", description="Delete one image on request", tags={KIND_TAG: MAINTENANCE_KIND})
-def delete_image_job():
-    delete_one_image()
-
-
-@dg.job(
-    name="delete_instance",
-    description="Delete an instance a restore created (force: any instance)",
-    tags={KIND_TAG: MAINTENANCE_KIND},
+delete_image_job = one_op_job(delete_one_image, "delete_image", MAINTENANCE_KIND, "Delete one image on request")
+delete_instance_job = one_op_job(
+    delete_one_instance,
+    "delete_instance",
+    MAINTENANCE_KIND,
+    "Delete an instance a restore created (force: any instance)",
 )
-def delete_instance_job():
-    delete_one_instance()
 
 
 def delete_image_run_config(image: str) -> dg.RunConfig:

@@ -3,18 +3,22 @@ pg_verifybackup inside the job and by size and sha256 here before the row become
 Job `base_backup` (one instance, launchpad or schedule) and schedule `weekly_base_backups`
 (each running instance on its own day: a stable hash of its name offset from its drill day)."""
 
-import hashlib
+from datetime import UTC, datetime
 
 import dagster as dg
 from pydantic import Field, ValidationError
 
 from records import Instance, InstanceRef, InstanceState, LogSink
+from records.freshness import BASE_BACKUP_DAY, due_on
 from records.job_scripts import BaseBackupEnv
 from records.wal import BaseBackup, BaseBackupResult, BaseBackupState
 from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.platform.base import JobKind, JobSpec, PlatformResource
+from toygres_pipelines.shared.jobs import one_op_job
 from toygres_pipelines.shared.run_config import op_run_config
+from toygres_pipelines.shared.schedules import running_schedule, scheduled_time
+from toygres_pipelines.shared.tags import BACKUP_KIND, INSTANCE_TAG, KIND_TAG
 
 BASE_BACKUP_TIMEOUT_SECONDS = 6 * 3600
 RESULT_NAME = "pitr.json"
@@ -24,11 +28,6 @@ BASE_BACKUP_NAMES = ("base.tar.zst", "base.tar.zst.age")
 
 class BaseBackupFailed(RuntimeError):
     pass
-
-
-def base_backup_weekday(k8s_name: str) -> int:
-    """The weekday (0 = Monday) of an instance's base backup, spread over the fleet like drills."""
-    return int.from_bytes(hashlib.sha256(f"base:{k8s_name}".encode()).digest()[:8], "big") % 7
 
 
 def take_base_backup(
@@ -107,29 +106,22 @@ def base_backup_run_config(source_instance: str) -> dg.RunConfig:
     return op_run_config(base_backup_op, BaseBackupConfig(source_instance=source_instance))
 
 
-@dg.job(name="base_backup", description="A physical base backup of one instance (docs/pitr.md)")
-def base_backup_job() -> None:
-    base_backup_op()
+base_backup_job = one_op_job(
+    base_backup_op, "base_backup", BACKUP_KIND, "A physical base backup of one instance (docs/pitr.md)"
+)
 
 
-def due_base_backups(instances: list[Instance], weekday: int) -> list[Instance]:
-    return [i for i in sorted(instances, key=lambda i: i.k8s_name) if base_backup_weekday(i.k8s_name) == weekday]
-
-
-@dg.schedule(
-    name="weekly_base_backups",
-    cron_schedule="0 3 * * *",
-    job=base_backup_job,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Each running instance gets a base backup once a week, on its own day (a stable hash)",
+@running_schedule(
+    "weekly_base_backups",
+    base_backup_job,
+    "0 3 * * *",
+    "Each running instance gets a base backup once a week, on its own day (a stable hash)",
 )
 def weekly_base_backups(context: dg.ScheduleEvaluationContext, cms: CMSResource):
-    when = context.scheduled_execution_time
-    assert when is not None
-    for instance in due_base_backups(cms.instances.list([InstanceState.running]), when.weekday()):
+    when = scheduled_time(context) or datetime.now(UTC)
+    for instance in due_on(cms.instances.list([InstanceState.running]), when.weekday(), BASE_BACKUP_DAY):
         yield dg.RunRequest(
             run_key=f"base-{instance.k8s_name}-{when.date().isoformat()}",
             run_config=base_backup_run_config(instance.k8s_name),
-            tags={"toygres.io/instance": instance.k8s_name},
+            tags={KIND_TAG: BACKUP_KIND, INSTANCE_TAG: instance.k8s_name},
         )

@@ -16,6 +16,8 @@ from resources.platform.base import PlatformResource
 from resources.wal_archive import list_timelines
 from toygres_pipelines.pitr.settings import PitrSettings
 from toygres_pipelines.shared import asset_keys
+from toygres_pipelines.shared.schedules import every
+from toygres_pipelines.shared.tags import CHECKS_KIND, KIND_TAG
 
 FLEET = asset_keys.FLEET
 RPO_ENV = PitrSettings.env_name("rpo_target_seconds")
@@ -181,12 +183,11 @@ check_wal_archives = dg.define_asset_job(
     name="check_wal_archives",
     selection=dg.AssetSelection.checks(WAL_ARCHIVE_FRESH, wal_archive_continuous),
     description="Evaluate wal_archive_fresh and wal_archive_continuous for every running instance.",
+    tags={KIND_TAG: CHECKS_KIND},
 )
-
-wal_archive_checks_schedule = dg.ScheduleDefinition(
-    name="wal_archive_checks",
-    job=check_wal_archives,
-    cron_schedule="*/5 * * * *",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Evaluates wal_archive_fresh and wal_archive_continuous every 5 minutes.",
+wal_archive_checks_schedule = every(
+    "wal_archive_checks",
+    check_wal_archives,
+    "*/5 * * * *",
+    "Evaluates wal_archive_fresh and wal_archive_continuous every 5 minutes.",
 )

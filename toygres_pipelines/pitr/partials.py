@@ -19,6 +19,9 @@ from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.wal_archive import list_timelines
 from toygres_pipelines.pitr.restore import PLANS_PREFIX
+from toygres_pipelines.shared.jobs import one_op_job
+from toygres_pipelines.shared.schedules import every
+from toygres_pipelines.shared.tags import MAINTENANCE_KIND
 
 # Planning -> plan.json written: the instance row, the hold, its Secret and volume (minutes at most).
 PLAN_GRACE = timedelta(minutes=30)
@@ -72,15 +75,12 @@ def wal_partials_prune_op(context: dg.OpExecutionContext, cms: CMSResource, blob
     context.add_output_metadata({"deleted": sum(pruned.values()), "instances": len(pruned)})
 
 
-@dg.job(name="wal_partials_prune", description="PITR: superseded partial WAL uploads deleted (docs/pitr.md)")
-def wal_partials_prune_job() -> None:
-    wal_partials_prune_op()
-
-
-wal_partials_prune_schedule = dg.ScheduleDefinition(
-    name="wal_partials_prune_schedule",
-    job=wal_partials_prune_job,
-    cron_schedule="*/10 * * * *",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Runs wal_partials_prune every 10 minutes",
+wal_partials_prune_job = one_op_job(
+    wal_partials_prune_op,
+    "wal_partials_prune",
+    MAINTENANCE_KIND,
+    "PITR: superseded partial WAL uploads deleted (docs/pitr.md)",
+)
+wal_partials_prune_schedule = every(
+    "wal_partials_prune_schedule", wal_partials_prune_job, "*/10 * * * *", "Runs wal_partials_prune every 10 minutes"
 )

@@ -28,7 +28,9 @@ from resources.cms import CMSResource
 from resources.platform.base import DeploySpec, JobKind, JobSpec, PlatformResource
 from toygres_pipelines.pitr.window import plan_recovery
 from toygres_pipelines.shared.connections import connection_strings
+from toygres_pipelines.shared.jobs import one_op_job
 from toygres_pipelines.shared.run_config import op_run_config
+from toygres_pipelines.shared.tags import RESTORE_KIND
 
 RESTORE_TIMEOUT_SECONDS = 6 * 3600
 READY_TIMEOUT_SECONDS = 600
@@ -205,6 +207,6 @@ def restore_to_time_run_config(config: RestoreToTimeConfig) -> dg.RunConfig:
     return op_run_config(restore_to_time_op, config)
 
 
-@dg.job(name="restore_to_time", description="A new instance restored to a point in time (docs/pitr.md)")
-def restore_to_time_job() -> None:
-    restore_to_time_op()
+restore_to_time_job = one_op_job(
+    restore_to_time_op, "restore_to_time", RESTORE_KIND, "A new instance restored to a point in time (docs/pitr.md)"
+)

@@ -20,6 +20,9 @@ from resources.blob import BlobStorageResource
 from resources.cms import CMSResource
 from resources.wal_archive import list_timelines
 from toygres_pipelines.pitr.restore import RESTORE_TIMEOUT_SECONDS
+from toygres_pipelines.shared.jobs import one_op_job
+from toygres_pipelines.shared.schedules import every
+from toygres_pipelines.shared.tags import MAINTENANCE_KIND
 
 DEFAULT_KEEP_BASE_BACKUPS = 2
 PARTIAL_GRACE = timedelta(seconds=RESTORE_TIMEOUT_SECONDS) + timedelta(hours=1)
@@ -83,15 +86,7 @@ def wal_retention_op(context: dg.OpExecutionContext, cms: CMSResource, blob: Blo
         raise dg.Failure("; ".join(f"{k}: {v}" for k, v in outcome.failed.items()))
 
 
-@dg.job(name="wal_retention", description="PITR retention: base backups and their WAL (docs/pitr.md)")
-def wal_retention_job() -> None:
-    wal_retention_op()
-
-
-wal_retention_daily = dg.ScheduleDefinition(
-    name="wal_retention_daily",
-    job=wal_retention_job,
-    cron_schedule="30 4 * * *",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Runs wal_retention daily",
+wal_retention_job = one_op_job(
+    wal_retention_op, "wal_retention", MAINTENANCE_KIND, "PITR retention: base backups and their WAL (docs/pitr.md)"
 )
+wal_retention_daily = every("wal_retention_daily", wal_retention_job, "30 4 * * *", "Runs wal_retention daily")
