@@ -4,6 +4,7 @@ SIGTERM during a restore and blob storage stalling mid-transfer."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 from psycopg import sql
@@ -20,7 +22,7 @@ from pydantic import SecretStr
 from records import ImageState, InstanceRef, InstanceState
 from resources.blob import BlobStorageResource
 from resources.platform.base import JobFailed, JobKind, JobSpec
-from tests.helpers import failure_text, materialize_image
+from tests.helpers import failure_text, materialize_image, run_logs
 from tests.test_restore import dsn_of, restore
 from toygres_pipelines.dev.demo import provision_server, register_running
 from toygres_pipelines.images.verification import sha256sums
@@ -620,3 +622,27 @@ def test_a_checksum_mismatch_found_after_a_database_was_restored_still_fails_wit
         assert not (platform.volume_dir(ref) / "pgdata").exists()
     finally:
         platform.delete_instance(ref)
+
+
+def test_the_restores_last_progress_line_counts_every_archive_item(resources, cms, platform, small_source, small_ref):
+    """pg_restore's verbose log names most items but not all (large objects: 'processing BLOBS'),
+    and its parallel workers' lines can interleave: the count after a successful pg_restore is the
+    archive's, never '243 of 244' for a copy that holds everything. The `postgres` database is
+    restored into the existing one (no --create, so no extra DATABASE line to hide a missing one)."""
+    with psycopg.connect(server_dsn(platform, small_ref), autocommit=True) as conn:
+        [(oid,)] = conn.execute("SELECT lo_from_bytea(0, 'a large object')").fetchall()
+    try:
+        backup = materialize_image(resources, f"{small_source.k8s_name}__blobs", raise_on_error=False)
+    finally:
+        with psycopg.connect(server_dsn(platform, small_ref), autocommit=True) as conn:
+            conn.execute("SELECT lo_unlink(%s)", (oid,))
+    assert backup.success, failure_text(backup)
+    dagster = dg.DagsterInstance.ephemeral()
+    result = restore(
+        resources, source_image_id=f"{small_source.k8s_name}__blobs", name="blobs-copy", dns_label="blobs-copy",
+        databases=["postgres"], instance=dagster,
+    )  # fmt: skip
+    assert result.success, failure_text(result)
+    logs = run_logs(dagster, result.run_id)
+    done, total = map(int, re.search(r"postgres done: ([0-9]+) of ([0-9]+) archive items", logs).groups())
+    assert done == total > 0
