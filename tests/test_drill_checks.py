@@ -8,6 +8,8 @@ import dagster as dg
 import psycopg
 import pytest
 
+from records import InstanceState
+from records.drills import DrillResult
 from records.freshness import BASE_BACKUP_DAY, PITR_DRILL_DAY, drill_weekday, weekday_for
 from records.requests import ImageRequestFields
 from records.wal import BaseBackupResult
@@ -182,3 +184,30 @@ def test_the_weekly_pitr_schedules_run_an_instance_on_its_day_only_with_its_kind
             assert request.tags[INSTANCE_TAG] == source.k8s_name
         else:
             assert requests == []
+
+
+def test_the_fleet_check_shows_every_instance_on_one_table(resources, cms, source):
+    """The fleet on one page (issue 23): each running instance, its status, newest image and age,
+    last drill, its result and recovery time, in the backups_fresh evaluation the fleet's Checks tab shows."""
+    ready = helpers.catalogued_image(cms, source, f"{source.k8s_name}__tabled")
+    drill = helpers.add_drill(cms, ready, "run-tabled")
+    cms.drills.finish(drill.id, DrillResult.passed, "restored", recovery_seconds=12.5)
+    stale = helpers.add_instance(cms, "stale-abcde", state=InstanceState.running)
+    with psycopg.connect(cms.dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE toygres_cms.instances SET created_at = now() - interval '3 days' WHERE id = %s", [stale.id]
+        )
+    defs, _ = definitions(resources)
+    found = evaluations(
+        defs.resolve_job_def("check_freshness").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    )
+    table = found["backups_fresh"].metadata["fleet"]
+    assert isinstance(table, dg.TableMetadataValue)
+    assert [c.name for c in table.schema.columns] == [
+        "instance", "status", "newest_image", "image_age_hours", "last_drill", "drill_result", "recovery_seconds"
+    ]  # fmt: skip
+    rows = {r.data["instance"]: r.data for r in table.records}
+    assert rows[source.k8s_name]["newest_image"] == ready.name
+    assert rows[source.k8s_name]["drill_result"] == "passed" and rows[source.k8s_name]["recovery_seconds"] == 12.5
+    assert rows[source.k8s_name]["status"] == "new"  # registered just now: within its grace period
+    assert rows["stale-abcde"]["newest_image"] is None and "no ready image" in rows["stale-abcde"]["status"]

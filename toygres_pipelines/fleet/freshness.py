@@ -14,7 +14,15 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from records import InstanceState
-from records.freshness import InstanceFreshness, backup_freshness, drill_freshness, fleet_instances, offenders
+from records.freshness import (
+    InstanceFreshness,
+    InstanceStatus,
+    backup_freshness,
+    drill_freshness,
+    fleet_instances,
+    instance_status,
+    offenders,
+)
 from records.states import ImageState
 from resources.cms import CMSResource
 from toygres_pipelines.fleet.settings import FleetSettings
@@ -50,6 +58,38 @@ def freshness_result(report: list[InstanceFreshness], severity: str, what: str) 
     )
 
 
+FLEET_COLUMNS = (
+    dg.TableColumn("instance", "string", description="k8s_name"),
+    dg.TableColumn("status", "string", description="ok, new (within its grace period) or what is out of window"),
+    dg.TableColumn("newest_image", "string", description="its newest ready image"),
+    dg.TableColumn("image_age_hours", "float"),
+    dg.TableColumn("last_drill", "string", description="when its last restore drill started (UTC)"),
+    dg.TableColumn("drill_result", "string"),
+    dg.TableColumn("recovery_seconds", "float", description="that drill's recovery time"),
+)
+
+
+def fleet_table(rows: list[InstanceStatus]) -> dg.TableMetadataValue:
+    """Every running instance on one table: what `toygres-pipelines status` prints."""
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {
+                    "instance": row.instance,
+                    "status": "; ".join(row.problems) or ("new" if row.new else "ok"),
+                    "newest_image": row.newest_image,
+                    "image_age_hours": row.newest_image_age_hours,
+                    "last_drill": f"{row.last_drill_started_at:%Y-%m-%d %H:%M}" if row.last_drill_started_at else None,
+                    "drill_result": row.last_drill_result,
+                    "recovery_seconds": row.last_drill_recovery_seconds,
+                }
+            )
+            for row in rows
+        ],
+        schema=dg.TableSchema(columns=list(FLEET_COLUMNS)),
+    )
+
+
 def freshness_checks(settings: FleetSettings) -> list[dg.AssetChecksDefinition]:
     backup_window = timedelta(hours=settings.backup_freshness_hours)
     drill_window = timedelta(days=settings.drill_freshness_days)
@@ -63,14 +103,12 @@ def freshness_checks(settings: FleetSettings) -> list[dg.AssetChecksDefinition]:
         f"{settings.new_instance_grace_hours} h ago is new (TOYGRES_NEW_INSTANCE_GRACE_HOURS).",
     )
     def backups_fresh(cms: CMSResource) -> dg.AssetCheckResult:
-        report = backup_freshness(
-            fleet_instances(cms.instances.list([InstanceState.running]), cms.drills.list()),
-            cms.images.list([ImageState.ready]),
-            datetime.now(UTC),
-            backup_window,
-            grace,
-        )
-        return freshness_result(report, settings.backup_freshness_severity, "backup")
+        running, drills = cms.instances.list([InstanceState.running]), cms.drills.list()
+        images, now = cms.images.list([ImageState.ready]), datetime.now(UTC)
+        report = backup_freshness(fleet_instances(running, drills), images, now, backup_window, grace)
+        result = freshness_result(report, settings.backup_freshness_severity, "backup")
+        fleet = fleet_table(instance_status(running, images, drills, now, backup_window, drill_window, grace))
+        return result._replace(metadata={**result.metadata, "fleet": fleet})
 
     @dg.asset_check(
         asset=fleet.key,
