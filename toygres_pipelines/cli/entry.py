@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="toygres-pipelines",
         description="Queue backups and restores in the toygres CMS and list its images, instances and requests.",
         epilog="Exit codes: 0 ok, 2 invalid request (or a destructive command without --yes and without a "
-        "terminal), 3 CMS not configured or unreachable (or, for drill and reverify, the Dagster webserver), 4 status: an instance out of its windows, "
+        "terminal), 3 CMS not configured or unreachable (or, for drill and reverify, the Dagster webserver), "
+        "4 status: an instance out of its windows, "
         "1 unexpected error (or, with --wait, a failed request or run).",
         parents=[_common(suppress=False)],
     )
