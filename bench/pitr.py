@@ -202,8 +202,10 @@ def raw_pitr_restore(platform, blob, azurite, root: Path, plan, port: int) -> fl
         "#!/bin/bash\nset -o pipefail\n"
         'url=$(awk -F"\\t" -v s="$1" \'$1 == s {print $2}\' ' + f"{work}/segments.tsv)\n"
         '[[ -n "$url" ]] || exit 1\n'
-        # To a file, as restore-pitr.sh does (azcopy's BlobPipe panicked on partial segments at 256 MiB+).
-        f'{work}/azcopy copy "$url" "$2.zst" --output-level=quiet >&2 && zstd -q -d --rm -f "$2.zst" -o "$2"\n'
+        # To a file, as restore-pitr.sh does (azcopy's BlobPipe panicked on partial segments at
+        # 256 MiB+); a relative destination needs the direction named.
+        f'{work}/azcopy copy "$url" "$2.zst" --from-to=BlobLocal --output-level=quiet >&2'
+        ' && zstd -q -d --rm -f "$2.zst" -o "$2"\n'
     )
     (work / "fetch").chmod(0o755)
     (work / "pg_hba.conf").write_text("local all all trust\n")  # its own socket only, as restore-pitr.sh

@@ -194,6 +194,9 @@ def wait_for_run(dagster: DagsterTopology, run_id: str, monkeypatch) -> dg.Dagst
             time.sleep(1)
 
 
+# A backup, a restore launched from the UI and every page after it, through a real daemon and
+# browser: three loaded clean-clone suites at once took it past the default 300 s (each step done).
+@pytest.mark.timeout(900)
 def test_an_operator_backs_up_and_restores_through_the_ui(
     chromium,
     topology,  # noqa: F811 - the fixture imported above

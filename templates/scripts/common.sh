@@ -228,3 +228,37 @@ stop_progress() {
 
 # The bytes `dd status=progress` has passed so far, from its report ($1); empty before its first.
 bytes_counted() { { tr '\r' '\n' <"$1" | grep -Eo '^[0-9]+ bytes' | tail -n 1 | cut -d' ' -f1; } 2>/dev/null || true; }
+
+# --------------------------------------------------------------------------------------------
+# The two roles of a restore (restore.sh / restore-pitr.sh fetch, restore*-serve.sh serve)
+
+# begin_fetch_role: $handoff and the fetch role's staging area inside it ($staging, emptied);
+# its EXIT trap tells the serve role when this role failed and always removes the staging area.
+begin_fetch_role() {
+  handoff="$RESTORE_HANDOFF"
+  staging="$handoff/.fetch"
+  trap end_fetch_role EXIT
+  rm -rf "$staging"
+}
+end_fetch_role() {
+  local status=$?
+  stop_background_steps
+  if ((status != 0)); then printf 'the fetch role failed (exit %s)\n' "$status" >"$handoff/failed" 2>/dev/null || true; fi
+  rm -rf "$staging"
+}
+
+# read_verifier: the instance password's SCRAM-SHA-256 verifier ($verifier), the only form of it
+# the serve role ever holds.
+read_verifier() {
+  verifier=$(<"$POSTGRES_PASSWORD_VERIFIER_FILE")
+  [[ "$verifier" =~ ^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$ ]] \
+    || die "POSTGRES_PASSWORD_VERIFIER_FILE holds no SCRAM-SHA-256 verifier"
+}
+
+# socket_tmpdir PREFIX: a new private directory for a server's Unix socket (paths are limited to
+# ~107 bytes: a long TMPDIR falls back to /tmp).
+socket_tmpdir() {
+  local tmp_root=${TMPDIR:-/tmp}
+  ((${#tmp_root} <= 60)) || tmp_root=/tmp
+  mktemp -d "$tmp_root/$1.XXXXXX"
+}

@@ -11,16 +11,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore-pitr
 : "${VOLUME_PATH:?}" "${RESTORE_HANDOFF:?}" "${POSTGRES_USER:?}" "${POSTGRES_PASSWORD_VERIFIER_FILE:?}"
 
-verifier=$(<"$POSTGRES_PASSWORD_VERIFIER_FILE")
-[[ "$verifier" =~ ^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$ ]] \
-  || die "POSTGRES_PASSWORD_VERIFIER_FILE holds no SCRAM-SHA-256 verifier"
+read_verifier
 
 handoff="$RESTORE_HANDOFF/data"
 pgdata="$VOLUME_PATH/pgdata"
-# Unix socket paths are limited to ~107 bytes: a long TMPDIR falls back to /tmp.
-tmp_root=${TMPDIR:-/tmp}
-((${#tmp_root} <= 60)) || tmp_root=/tmp
-socket_dir=$(mktemp -d "$tmp_root/toygres-pitr.XXXXXX")
+socket_dir=$(socket_tmpdir toygres-pitr)
 staging="$socket_dir/tenant"
 cleanup() {
   local status=$?

@@ -19,18 +19,9 @@ TOYGRES_JOB=restore-pitr
 : "${RESTORE_HANDOFF:?}" "${BLOB_URL:?}" "${PLAN_BLOB:?}" "${PLAN_SHA256:?}"
 load_secrets
 
-handoff="$RESTORE_HANDOFF"
 # The platform made data/ and ready/ (setgid, the serve role's group); umask 077 keeps the staging
 # area closed to it until a file is verified (restore.sh says why there is no chmod of them here).
-staging="$handoff/.fetch"
-cleanup() {
-  local status=$?
-  stop_background_steps
-  if ((status != 0)); then printf 'the fetch role failed (exit %s)\n' "$status" >"$handoff/failed" 2>/dev/null || true; fi
-  rm -rf "$staging"
-}
-trap cleanup EXIT
-rm -rf "$staging"
+begin_fetch_role
 # (made by the local platform already, setgid; on Kubernetes the volume's fsGroup is the serve role's group)
 mkdir -p "$staging/wal" "$handoff/data" "$handoff/ready"
 

@@ -13,16 +13,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore
 : "${VOLUME_PATH:?}" "${RESTORE_HANDOFF:?}" "${POSTGRES_USER:=postgres}" "${POSTGRES_PASSWORD_VERIFIER_FILE:?}"
 
-verifier=$(<"$POSTGRES_PASSWORD_VERIFIER_FILE")
-[[ "$verifier" =~ ^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$ ]] \
-  || die "POSTGRES_PASSWORD_VERIFIER_FILE holds no SCRAM-SHA-256 verifier"
+read_verifier
 
 handoff="$RESTORE_HANDOFF/data"
 pgdata="$VOLUME_PATH/pgdata"
-# Unix socket paths are limited to ~107 bytes: a long TMPDIR falls back to /tmp.
-tmp_root=${TMPDIR:-/tmp}
-((${#tmp_root} <= 60)) || tmp_root=/tmp
-work=$(mktemp -d "$tmp_root/toygres-restore.XXXXXX")
+work=$(socket_tmpdir toygres-restore)
 cleanup() {
   local status=$?
   stop_background_steps

@@ -21,22 +21,13 @@ TOYGRES_JOB=restore
 : "${RESTORE_HANDOFF:?}" "${BLOB_URL:?}" "${MANIFEST_SHA256:?}"
 load_secrets
 
-handoff="$RESTORE_HANDOFF"
 # Created in the setgid handoff directory, the staging area and what moves out of it belong to the
 # serve role's group; only what is verified (and decrypted) is made readable to it.
-staging="$handoff/.fetch"
-cleanup() {
-  local status=$?
-  stop_background_steps
-  if ((status != 0)); then printf 'the fetch role failed (exit %s)\n' "$status" >"$handoff/failed" 2>/dev/null || true; fi
-  rm -rf "$staging"
-}
-trap cleanup EXIT
+begin_fetch_role
 
 # The platform made data/ and ready/ (mode 2750). No chmod of a setgid directory here: made by a
 # user outside its group, that would clear the bit, and what is created inside would stop
 # belonging to the serve role's group. umask 077 keeps the staging area closed to it.
-rm -rf "$staging"
 mkdir -p "$staging/databases" "$staging/hashed"
 
 # hand_over PATH KEY: PATH (under $staging; a file or an archive folder) moved to data/, readable by
