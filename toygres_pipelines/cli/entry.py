@@ -13,13 +13,21 @@ import psycopg
 from records import ValidationFailed
 from resources.cms import CMSResource
 from toygres_pipelines.cli.cms_access import DSN_ENV, add_migrate_command, open_cms
-from toygres_pipelines.cli.exits import EXIT_CMS, EXIT_INVALID, EXIT_UNEXPECTED, CMSUnavailable, CommandFailed
+from toygres_pipelines.cli.exits import (
+    EXIT_CMS,
+    EXIT_INVALID,
+    EXIT_UNEXPECTED,
+    CMSUnavailable,
+    CommandFailed,
+    DagsterUnavailable,
+)
 from toygres_pipelines.cli.images import add_images_command
 from toygres_pipelines.cli.instances import add_connect_command, add_instances_command
 from toygres_pipelines.cli.lifecycle import add_lifecycle_commands
 from toygres_pipelines.cli.pitr import add_pitr_commands
 from toygres_pipelines.cli.redaction import describe_dsn, dsn_password, redact
 from toygres_pipelines.cli.requests import add_request_commands, add_requests_command
+from toygres_pipelines.cli.runs import add_run_commands
 from toygres_pipelines.cli.status import add_status_command
 
 
@@ -63,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="toygres-pipelines",
         description="Queue backups and restores in the toygres CMS and list its images, instances and requests.",
         epilog="Exit codes: 0 ok, 2 invalid request (or a destructive command without --yes and without a "
-        "terminal), 3 CMS not configured or unreachable, 4 status: an instance out of its windows, "
-        "1 unexpected error.",
+        "terminal), 3 CMS not configured or unreachable (or, for drill and reverify, the Dagster webserver), "
+        "4 status: an instance out of its windows, "
+        "1 unexpected error (or, with --wait, a failed request or run).",
         parents=[_common(suppress=False)],
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
@@ -79,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lifecycle_commands(sub, parent)
     add_status_command(sub, parent)
     add_pitr_commands(sub, parent)
+    add_run_commands(sub, parent)
     return parser
 
 
@@ -108,7 +118,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return handler(args, cms, out)
     except ValidationFailed as invalid:
         return fail(EXIT_INVALID, str(invalid))
-    except CMSUnavailable as unavailable:
+    except (CMSUnavailable, DagsterUnavailable) as unavailable:
         return fail(EXIT_CMS, str(unavailable))
     except CommandFailed as failed:
         return fail(EXIT_UNEXPECTED, str(failed))

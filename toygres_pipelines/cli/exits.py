@@ -16,3 +16,7 @@ class CommandFailed(Exception):
 
 class CMSUnavailable(Exception):
     """The CMS is not configured, not reachable or not migrated (exit 3)."""
+
+
+class DagsterUnavailable(Exception):
+    """The Dagster webserver that launches runs is not reachable (exit 3, like the CMS)."""
