@@ -30,8 +30,10 @@ from resources.platform.postgres_server import free_port
 from tests.helpers import materialize_image
 from tests.test_daemon_e2e import dagster_instance, topology  # noqa: F401 - topology is a fixture
 from toygres_pipelines.dev.topology import DagsterTopology
+from toygres_pipelines.domains import domain_definitions
 from toygres_pipelines.restores.config import RestoreConfig
 from toygres_pipelines.restores.jobs import restore_config_of, restore_form_run_config
+from toygres_pipelines.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -194,6 +196,13 @@ def wait_for_run(dagster: DagsterTopology, run_id: str, monkeypatch) -> dg.Dagst
             time.sleep(1)
 
 
+def fleet_checks_job(resources) -> dg.JobDefinition:
+    """check_freshness as the deployment defines it, with the test's resources."""
+    return dg.Definitions.merge(domain_definitions(Settings()), dg.Definitions(resources=resources)).resolve_job_def(
+        "check_freshness"
+    )
+
+
 # A backup, a restore launched from the UI and every page after it, through a real daemon and
 # browser: three loaded clean-clone suites at once took it past the default 300 s (each step done).
 @pytest.mark.timeout(900)
@@ -281,4 +290,14 @@ def test_an_operator_backs_up_and_restores_through_the_ui(
         with dagster_instance(topology, monkeypatch) as instance:
             assert [r.run_id for r in instance.get_runs(RunsFilter(job_name="restore_instance"))] == [run_id]
         assert_nothing_red(port)
+
+        # The fleet on one page: the fleet asset's backups_fresh check, its table of every instance
+        with dagster_instance(topology, monkeypatch) as instance:
+            checked = fleet_checks_job(resources).execute_in_process(instance=instance)
+        assert checked.success
+        page.goto(f"{base}/assets/fleet?view=checks")
+        page.get_by_text("backups_fresh").first.click()
+        page.get_by_text("newest_image").first.wait_for()
+        page.get_by_text(image_name).first.wait_for()
+        shoot(page, tmp_path, "fleet-table")
         topology.check_running()
