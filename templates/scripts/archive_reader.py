@@ -2,7 +2,8 @@
 """Read a pg_dump archive once, as it streams: every TOC entry, every data block inflated, the rows
 of every table counted from the archive itself.
 
-    archive_reader.py custom < DUMP          a custom-format archive (pg_dump -Fc) on stdin
+    archive_reader.py custom [--sizes SIZES --progress PROGRESS] < DUMP
+                                             a custom-format archive (pg_dump -Fc) on stdin
     archive_reader.py directory DIRECTORY    a directory archive (pg_dump -Fd): toc.dat + its files
 
 Prints one JSON object: {"row_counts": {key: rows}, "data_bytes": N, "data_entries": N}. Exit 1 with
@@ -17,6 +18,11 @@ a value is written as the two characters backslash n). Counted: a TABLE DATA ent
 its own TABLE entry in the archive (an extension's configuration table has none: CREATE EXTENSION
 makes it on restore, so its restored count is not the archive's). The key is records/manifest.py
 table_key (tests/test_archive_reader.py holds the two equal).
+
+Progress (custom archives): with SIZES (table_sizes.sql's [[schema, table, bytes], ...]) the share of
+the tables' size read so far goes to PROGRESS as {"fraction": F}, rewritten at each percent and at
+the end. The table being read counts by its COPY bytes so far against its size times the ratio of
+COPY bytes to size of the tables already read (text is wider or narrower than the heap).
 """
 
 from __future__ import annotations
@@ -129,6 +135,9 @@ class Archive:
     def read_int(self) -> int:
         raw = self.source.read(1 + self.int_size)
         value = int.from_bytes(raw[1:], "little")
+        # pg_dump's WriteInt writes the sign as 0 or 1, and never a negative zero
+        if raw[0] > 1 or (raw[0] == 1 and value == 0):
+            raise ArchiveError(f"{self.source.what}: an integer's sign byte is {raw[0]} (value {value})")
         return -value if raw[0] else value
 
     def read_str(self) -> str | None:
@@ -196,14 +205,63 @@ def decompressor(method: str, what: str) -> tuple[Callable[[bytes], bytes], Call
         raise ArchiveError(f"{what}: {method}-compressed, and this reader has no {method} module") from None
 
 
+class Progress:
+    """The share of the archive's tables read so far, weighed by their sizes on the source."""
+
+    def __init__(self, path: str, sizes: list) -> None:
+        self.path = path
+        self.sizes: dict[str, int] = {}
+        for schema, table, size in sizes:
+            self.sizes[table_key(str(schema), str(table))] = max(int(size), 0)
+        self.total = self.done_size = self.done_text = self.size = self.text = 0
+        self.shown = -1
+
+    def begin(self, counted: dict[int, str]) -> None:
+        self.total = sum(self.sizes.get(key, 0) for key in counted.values())
+
+    def table(self, key: str | None) -> None:
+        self.done_size += self.size
+        self.done_text += self.text
+        self.size, self.text = (self.sizes.get(key, 0) if key else 0), 0
+
+    def read(self, n: int) -> None:
+        self.text += n
+        if self.total:
+            self.show(False)
+
+    def fraction(self) -> float:
+        ratio = self.done_text / self.done_size if self.done_size and self.done_text else 1.0
+        current = min(self.text / (ratio * self.size), 0.99) * self.size if self.size else 0.0
+        return min((self.done_size + current) / self.total, 0.99)
+
+    def show(self, finished: bool) -> None:
+        fraction = 1.0 if finished else self.fraction()
+        if finished or int(fraction * 100) > self.shown:
+            self.shown = int(fraction * 100)
+            self.written(fraction)
+
+    def written(self, fraction: float) -> None:
+        with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"fraction": round(fraction, 4)}, f)
+        os.replace(self.path + ".tmp", self.path)
+
+    def finish(self) -> None:
+        if self.total:
+            self.show(True)
+
+
 class Totals:
-    def __init__(self) -> None:
+    def __init__(self, progress: Progress | None = None) -> None:
         self.rows: dict[str, int] = {}
         self.data_bytes = 0
+        self.progress = progress
 
     def inflate(self, pieces: Iterator[bytes], method: str, what: str, key: str | None) -> None:
         """Inflate one stream; count its newlines when it is a table's COPY data (key)."""
         feed, finished = decompressor(method, what)
+        progress = self.progress
+        if progress is not None:
+            progress.table(key)
         newlines = size = 0
         tail = b"\n"  # the data's last bytes (a newline before the start: a row starts there)
         try:
@@ -213,6 +271,8 @@ class Totals:
                     size += len(out)
                     newlines += out.count(b"\n")
                     tail = (tail + out)[-len(END_OF_COPY) :]
+                    if progress is not None:
+                        progress.read(len(out))
         except Exception as error:  # zlib.error, zstd's and lz4's own errors
             raise ArchiveError(f"{what}: a data block does not decode ({error})") from None
         if not finished():
@@ -241,7 +301,7 @@ def chunks(archive: Archive) -> Iterator[bytes]:
         yield read(length)
 
 
-def read_custom(stream: IO[bytes]) -> dict:
+def read_custom(stream: IO[bytes], progress: Progress | None = None) -> dict:
     source = Input(stream, "archive")
     archive = Archive(source)
     if archive.format != FORMAT_CUSTOM:
@@ -249,7 +309,9 @@ def read_custom(stream: IO[bytes]) -> dict:
     counted = archive.counted_entries()
     expected = {e["id"]: e for e in archive.entries if e["has_data"]}
     seen: set[int] = set()
-    totals = Totals()
+    totals = Totals(progress)
+    if progress is not None:
+        progress.begin(counted)
     while (block := source.byte_or_eof()) is not None:
         dump_id = archive.read_int()
         entry = expected.get(dump_id)
@@ -267,6 +329,9 @@ def read_custom(stream: IO[bytes]) -> dict:
     missing = sorted(set(expected) - seen)
     if missing:
         raise ArchiveError(f"archive: TOC entries without their data: {' '.join(map(str, missing))}")
+    if progress is not None:
+        progress.table(None)
+        progress.finish()
     return totals.result(archive)
 
 
@@ -313,10 +378,17 @@ def read_directory(directory: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["custom"] and len(argv) == 1:
+    if argv[:1] == ["custom"] and len(argv) in (1, 5) and (len(argv) == 1 or argv[1::2] == ["--sizes", "--progress"]):
         stdin = sys.stdin.buffer
+        progress = None
+        if len(argv) == 5:
+            try:
+                with open(argv[2], encoding="utf-8") as sizes:
+                    progress = Progress(argv[4], json.load(sizes))
+            except (OSError, ValueError, TypeError):  # no sizes: counts without a percent
+                progress = None
         try:
-            result = read_custom(stdin)
+            result = read_custom(stdin, progress)
         except ArchiveError as error:
             print(f"archive_reader: {error}", file=sys.stderr)
             Input(stdin, "archive").drain()

@@ -26,11 +26,23 @@ if [[ -n "${DUMP_COMPRESSION:-}" && "$compression_probe" == *"invalid compressio
 fi
 [[ -z "${AGE_RECIPIENT:-}" ]] || log "every file is age-encrypted for recipient ${AGE_RECIPIENT} before it leaves this job"
 
-# dump_progress LABEL DD_REPORT STARTED [ON_DISK_BYTES]: one line of how far a stream has come
+# dump_progress LABEL DD_REPORT STARTED [ON_DISK_BYTES [PROGRESS]]: one line of how far a stream has
+# come; with the archive reader's PROGRESS (the share of the tables' size read), its percent and
+# ETA, and all databases' percent (each database weighed by its size on disk: disk_done of disk_all).
 dump_progress() {
-  local bytes elapsed=$((SECONDS - $3))
+  local bytes elapsed=$((SECONDS - $3)) fraction="" where
   bytes=$(bytes_counted "$2")
-  log "$1: $(mib "${bytes:-0}") dumped and uploaded in ${elapsed}s ($(rate "${bytes:-0}" "$elapsed"))${4:+; the database takes $(mib "$4") on disk}"
+  [[ -z "${5:-}" || ! -s "$5" ]] || fraction=$(jq -r '.fraction' "$5" 2>/dev/null) || fraction=""
+  if [[ "$fraction" =~ ^[0-9.]+$ ]]; then
+    where=$(awk -v f="$fraction" -v s="$elapsed" -v d="${disk_done:-0}" -v n="${4:-0}" -v a="${disk_all:-0}" 'BEGIN {
+      line = sprintf("%d%% of its tables read", int(100 * f))
+      if (f >= 0.01 && f < 1) { left = int(s * (1 - f) / f + 0.5); line = line sprintf(", about %dm%02ds left", int(left / 60), left % 60) }
+      if (a > 0) line = line sprintf(" (all databases: %d%%)", int(100 * (d + f * n) / a))
+      print line }')
+  else
+    where="${4:+the database takes $(mib "$4") on disk}"
+  fi
+  log "$1: $(mib "${bytes:-0}") dumped and uploaded in ${elapsed}s ($(rate "${bytes:-0}" "$elapsed"))${where:+; $where}"
 }
 
 # encrypt_stream: stdin -> stdout. With AGE_RECIPIENT (an age X25519 public key) every file is
@@ -47,11 +59,12 @@ record_encryption() { # $1: manifest.json
     '.encryption = {format: "age", recipient: $recipient} | .tools.age = $age' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
 }
 
-# stream_to_blob NAME [LABEL ON_DISK_BYTES]: stdin -> sha256 + byte count + range hashes (+ the
-# archive reader, for a dump: $work/NAME.counts) + azcopy; writes $work/NAME.{sha256,size,chunks};
-# logs its progress every PROGRESS_SECONDS and when done.
+# stream_to_blob NAME [LABEL ON_DISK_BYTES [TABLE_SIZES]]: stdin -> sha256 + byte count + range
+# hashes (+ the archive reader, for a dump: $work/NAME.counts, and with TABLE_SIZES its percent in
+# $work/NAME.progress) + azcopy; writes $work/NAME.{sha256,size,chunks}; logs its progress every
+# PROGRESS_SECONDS and when done.
 stream_to_blob() {
-  local name=$1 key=${1//\//_} label=${2:-$1} on_disk=${3:-} started=$SECONDS
+  local name=$1 key=${1//\//_} label=${2:-$1} on_disk=${3:-} tables=${4:-} started=$SECONDS
   mkfifo "$work/$key.hash-pipe" "$work/$key.size-pipe" "$work/$key.chunk-pipe"
   sha256sum <"$work/$key.hash-pipe" | cut -d' ' -f1 >"$work/$key.sha256" &
   local hash_pid=$!
@@ -63,10 +76,10 @@ stream_to_blob() {
   if [[ "$name" == *.dump ]]; then
     mkfifo "$work/$key.parse-pipe"
     parse_pipe=("$work/$key.parse-pipe")
-    read_archive "$work/$key.counts" "$work/$key.parse-errors" <"$work/$key.parse-pipe" &
+    read_archive "$work/$key.counts" "$work/$key.parse-errors" "$tables" "$work/$key.progress" <"$work/$key.parse-pipe" &
     parse_pid=$!
   fi
-  start_progress dump_progress "$label" "$work/$key.count" "$started" "$on_disk"
+  start_progress dump_progress "$label" "$work/$key.count" "$started" "$on_disk" "$work/$key.progress"
   local status=0
   if [[ -n "${AGE_RECIPIENT:-}" ]]; then
     # the reader reads the plaintext; what is hashed, counted and stored is the ciphertext
@@ -87,7 +100,7 @@ stream_to_blob() {
   stop_progress
   bytes_counted "$work/$key.count" >"$work/$key.size"
   [[ -s "$work/$key.size" ]] || status=1
-  ((status != 0)) || dump_progress "$label done" "$work/$key.count" "$started" "$on_disk"
+  ((status != 0)) || dump_progress "$label done" "$work/$key.count" "$started" "$on_disk" "$work/$key.progress"
   return "$status"
 }
 
@@ -96,14 +109,17 @@ stream_to_blob() {
 CHECK_CHUNK_BYTES=${CHECK_CHUNK_BYTES:-4194304}
 hash_chunks() { split -b "$CHECK_CHUNK_BYTES" -a 12 -d --filter='sha256sum | cut -c1-64' - "$work/chunk."; }
 
-# read_archive COUNTS ERRORS: archive_reader.py reads the whole archive on stdin once (the TOC, every
-# data block inflated, each table's rows counted from its COPY data: what the archive holds, so no
-# second session counts the source) and writes {row_counts, data_bytes, data_entries} to COUNTS; the
-# rest of stdin is drained whatever happened, so the stream never blocks on this branch.
+# read_archive COUNTS ERRORS [TABLE_SIZES PROGRESS]: archive_reader.py reads the whole archive on
+# stdin once (the TOC, every data block inflated, each table's rows counted from its COPY data: what
+# the archive holds, so no second session counts the source) and writes {row_counts, data_bytes,
+# data_entries} to COUNTS (and, given TABLE_SIZES, its percent to PROGRESS); the rest of stdin is
+# drained whatever happened, so the stream never blocks on this branch.
 ARCHIVE_READER="$(dirname "${BASH_SOURCE[0]}")/archive_reader.py"
+TABLE_SIZES_SQL="$(dirname "${BASH_SOURCE[0]}")/table_sizes.sql"
 read_archive() {
-  local status=0
-  python3 "$ARCHIVE_READER" custom >"$1" 2>"$2" || status=$?
+  local status=0 progress=()
+  [[ -z "${3:-}" ]] || progress=(--sizes "$3" --progress "$4")
+  python3 "$ARCHIVE_READER" custom "${progress[@]}" >"$1" 2>"$2" || status=$?
   cat >/dev/null
   return "$status"
 }
@@ -278,7 +294,7 @@ log "${#databases[@]} database(s) to dump, $(mib "$(IFS=+; echo $((${sizes[*]:-0
 # dump, an instance with more databases than it names.
 blob_url "$(printf 'databases/%03d.dump' "${#databases[@]}")" >/dev/null \
   || die "${SOURCE_INSTANCE} has ${#databases[@]} databases, more than this job's blob grant names dumps for: back it up in parallel mode (parallel_jobs 2 or more)"
-index=0
+index=0 disk_done=0 disk_all=$(IFS=+; echo $((${sizes[*]:-0})))
 for database in "${databases[@]}"; do
   index=$((index + 1))
   if ((PARALLEL_JOBS > 1)); then
@@ -287,14 +303,18 @@ for database in "${databases[@]}"; do
     # a directory archive's counts sit on its table of contents
     record_row_counts "$archive/toc.dat" "$work/dirs/$archive.counts"
   else
-    name=$(printf 'databases/%03d.dump' "$index")
+    name=$(printf 'databases/%03d.dump' "$index") tables="$work/${name//\//_}.tables"
     log "dumping database $(shown "$database") into $name ($(mib "${sizes[index - 1]:-0}") on disk)"
+    # the tables' sizes weigh the percent; without them the dump goes on, without a percent
+    PGOPTIONS="-c statement_timeout=60s" psql -w -X -At -q -v ON_ERROR_STOP=1 --dbname="$(dbname_conninfo "$database")" \
+      -f "$TABLE_SIZES_SQL" >"$tables" 2>/dev/null || { log "no table sizes for the percent of $name"; tables=""; }
     pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --dbname="$(dbname_conninfo "$database")" \
-      | stream_to_blob "$name" "$name (database $(shown "$database"))" "${sizes[index - 1]:-}" \
+      | stream_to_blob "$name" "$name (database $(shown "$database"))" "${sizes[index - 1]:-}" "$tables" \
       || die "pg_dump of database $(shown "$database") failed"
     record_file "$name" database "$database"
     record_row_counts "$name" "$work/${name//\//_}.counts"
   fi
+  disk_done=$((disk_done + ${sizes[index - 1]:-0}))
 done
 
 # What the dumps were compressed with, as METHOD:LEVEL (pg_dump -Fc's own default is gzip at zlib's default)
