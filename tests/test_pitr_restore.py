@@ -559,3 +559,38 @@ def test_a_restore_planned_while_the_archiver_reuploads_the_partial_still_replay
         assert {"before-base", "planned"} <= found and not {"after-t", "after-plan"} & found
     finally:
         platform.delete_instance(ref)
+
+
+def test_a_segment_changed_after_planning_fails_the_restore_with_3_and_leaves_no_instance(
+    cms, blob, platform, backed_up, monkeypatch
+):
+    """The fetch role downloads segments several at a time: the one whose bytes are not the planned
+    ones (another segment's, valid zstd) stops every download, exits 3 naming it, and nothing is
+    handed to the serve role or left running."""
+    from resources.platform.base import JobFailed
+    from toygres_pipelines.pitr import restore as restore_module
+
+    source, dsn, backup = backed_up
+    for label in ("one", "two", "three", "four", "five"):
+        commit(dsn, label)
+        switch_wal(dsn)
+    target = commit(dsn, "target")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, target)
+    real_run = restore_module.run_pitr_job
+
+    def swap_a_segment_then_run(platform_, blob_, ref, plan, *args, **kwargs):
+        victim, donor = plan.segments[2], plan.segments[1]
+        blob._container.upload_blob(victim.blob, blob.read_bytes(donor.blob), overwrite=True)
+        return real_run(platform_, blob_, ref, plan, *args, **kwargs)
+
+    monkeypatch.setattr(restore_module, "run_pitr_job", swap_a_segment_then_run)
+    with pytest.raises(JobFailed) as failed:
+        restore_to_time(
+            cms, blob, platform, source_instance=source.k8s_name, name="swapped", dns_label="swapped",
+            target_time=target,
+        )  # fmt: skip
+    assert failed.value.result.reason == "exit code 3", failed.value
+    assert "sha256 mismatch" in str(failed.value)
+    [row] = [i for i in cms.instances.list() if i.user_name == "swapped"]
+    assert row.state is InstanceState.failed

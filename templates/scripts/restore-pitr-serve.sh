@@ -34,7 +34,7 @@ while [[ ! -e "$RESTORE_HANDOFF/ready/all-verified" ]]; do
   sleep 0.1
 done
 mkdir -m 700 "$pgdata"
-tar -C "$pgdata" -xf "$handoff/base.tar" || die "the base backup does not extract"
+zstd -q -d -c "$handoff/base.tar.zst" | tar -C "$pgdata" -xf - || die "the base backup does not extract"
 chmod 700 "$pgdata"
 target=$(<"$handoff/target")
 

@@ -6,13 +6,13 @@
 # on a mismatch), so the temporary server's restore_command is a plain copy holding no credential.
 #
 # This is the fetch role (resources/platform/base.py RestoreRoles): it holds the grant and the age
-# identity, runs nothing of the tenant's, and hands the verified plaintext (the base backup's tar, the
-# WAL segments, the target) to the serve role, restore-pitr-serve.sh, which replays it as another OS
+# identity, runs nothing of the tenant's, and hands the verified plaintext (the base backup's
+# zstd-compressed tar, the WAL segments, the target) to the serve role, restore-pitr-serve.sh, which replays it as another OS
 # user / container holding none of them (docs/security.md).
 #
 # Environment: records/job_scripts.py PitrRestoreFetchEnv (every variable, who supplies it, what it means).
 #
-# The handoff: data/base.tar, data/wal/<segment>, data/target (empty: the end of the archive), then
+# The handoff: data/base.tar.zst, data/wal/<segment>, data/target (empty: the end of the archive), then
 # ready/all-verified; $RESTORE_HANDOFF/failed when this role failed.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore-pitr
@@ -42,20 +42,50 @@ log "downloading base backup ${base_blob}"
 download_file "$base_blob" "$staging/base" || die "download of the base backup failed"
 [[ "$(sha256sum <"$staging/base" | cut -d' ' -f1)" == "$(jq -r .base.sha256 "$staging/plan.json")" ]] \
   || die "base backup ${base_blob}: sha256 mismatch" 3
-plaintext "$(jq -r .base.encrypted "$staging/plan.json")" <"$staging/base" >"$staging/base.tar" \
-  || die "the base backup does not decode"
-rm -f "$staging/base"
+# Handed over still compressed: the serve role's `zstd -d | tar -x` is the one pass that writes the
+# data directory (a decompressed tar here would be written once more and read once more).
+if [[ "$(jq -r .base.encrypted "$staging/plan.json")" == true ]]; then
+  [[ -n "${AGE_IDENTITY_FILE:-}" ]] || die "the backup is encrypted and this job has no age identity"
+  age --decrypt -i "$AGE_IDENTITY_FILE" <"$staging/base" >"$staging/base.tar.zst" || die "the base backup does not decrypt"
+  rm -f "$staging/base"
+else
+  mv "$staging/base" "$staging/base.tar.zst"
+fi
 
-count=$(jq '.segments | length' "$staging/plan.json")
-log "downloading ${count} WAL segment(s)"
-for ((i = 0; i < count; i++)); do
-  IFS=$'\t' read -r blob segment sha encrypted < <(jq -r ".segments[$i] | [.blob, .segment, .sha256, .encrypted] | @tsv" "$staging/plan.json")
+# fetch_segment I: the plan's segment I downloaded, decoded and checked (exit 3 on a mismatch)
+fetch_segment() {
+  local blob segment sha encrypted
+  IFS=$'\t' read -r blob segment sha encrypted < <(jq -r ".segments[$1] | [.blob, .segment, .sha256, .encrypted] | @tsv" "$staging/plan.json")
   [[ "$segment" =~ ^[0-9A-F]{24}$ ]] || die "the plan names a segment that is not one: $(shown "$segment")"
-  download_file "$blob" "$staging/stored" || die "download of WAL ${segment} failed"
-  plaintext "$encrypted" <"$staging/stored" >"$staging/wal/$segment" || die "WAL ${segment} does not decode"
+  download_file "$blob" "$staging/stored.$1" || die "download of WAL ${segment} failed"
+  plaintext "$encrypted" <"$staging/stored.$1" >"$staging/wal/$segment" || die "WAL ${segment} does not decode"
+  rm -f "$staging/stored.$1"
   [[ "$(sha256sum <"$staging/wal/$segment" | cut -d' ' -f1)" == "$sha" ]] || die "WAL ${segment}: sha256 mismatch" 3
+}
+
+# Segments are fetched WAL_FETCH_JOBS at a time (each download mostly waits on blob storage); the
+# first failure stops the others and is this role's exit status.
+WAL_FETCH_JOBS=4
+count=$(jq '.segments | length' "$staging/plan.json")
+log "downloading ${count} WAL segment(s), ${WAL_FETCH_JOBS} at a time"
+running=0 failed=0
+for ((i = 0; i < count && failed == 0; i++)); do
+  fetch_segment "$i" &
+  running=$((running + 1))
+  if ((running >= WAL_FETCH_JOBS)); then
+    wait -n || failed=$?
+    running=$((running - 1))
+  fi
 done
-rm -f "$staging/stored"
+while ((failed == 0 && running > 0)); do
+  wait -n || failed=$?
+  running=$((running - 1))
+done
+if ((failed != 0)); then
+  kill $(jobs -pr) 2>/dev/null || true
+  wait 2>/dev/null || true
+  exit "$failed"
+fi
 
 target=$(jq -r '.target_time // empty' "$staging/plan.json")
 # PostgreSQL's own timestamp syntax (it refuses ISO 8601's trailing Z)
@@ -64,7 +94,7 @@ if [[ -n "$target" ]]; then target=$(date -u -d "$target" '+%Y-%m-%d %H:%M:%S.%6
 printf '%s' "$target" >"$staging/target"
 
 # Everything verified and decoded: readable by the serve role (its group), then announced.
-chmod -R g+rX "$staging/base.tar" "$staging/wal" "$staging/target"
-mv "$staging/base.tar" "$staging/wal" "$staging/target" "$handoff/data/"
+chmod -R g+rX "$staging/base.tar.zst" "$staging/wal" "$staging/target"
+mv "$staging/base.tar.zst" "$staging/wal" "$staging/target" "$handoff/data/"
 : >"$handoff/ready/.all-verified" && mv "$handoff/ready/.all-verified" "$handoff/ready/all-verified"
 log "base backup and ${count} WAL segment(s) verified and handed over"
