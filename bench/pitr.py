@@ -335,9 +335,14 @@ def restore_comparison(cms, blob, platform, azurite, root: Path, size_mib: int, 
         _base, plan = plan_recovery(cms, blob, source, target)
         raw, raw_fetched = raw_pitr_restore(platform, blob, azurite, root, plan, free_port())
         started = time.perf_counter()
+        steps: list[tuple[float, str]] = []  # where our restore's time goes: its log lines, timed
+
+        def timed(line: str) -> None:
+            steps.append((round(time.perf_counter() - started, 2), line[:160]))
+
         restored = restore_to_time(
             cms, blob, platform, source_instance=ref.k8s_name, name="pitr-bench",
-            dns_label=f"pitr-bench-{ref.k8s_name}", target_time=target, log=lambda _line: None,
+            dns_label=f"pitr-bench-{ref.k8s_name}", target_time=target, log=timed,
         )  # fmt: skip
         pitr_seconds = time.perf_counter() - started
         platform.delete_instance(InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
@@ -352,6 +357,7 @@ def restore_comparison(cms, blob, platform, azurite, root: Path, size_mib: int, 
             "pitr_seconds": pitr_seconds,
             "raw_seconds": raw,
             "logical_seconds": logical,
+            "pitr_log": steps,
         }
     finally:
         platform.remove_wal_archiver(ref)
