@@ -187,25 +187,31 @@ def steady_writes(dsn: str, seconds: float, rows: int) -> datetime:
     return last
 
 
-def raw_pitr_restore(platform, blob, azurite, root: Path, plan, port: int) -> float:
-    """The raw baseline: what any operator would script with the same tools."""
+def raw_pitr_restore(platform, blob, azurite, root: Path, plan, port: int) -> tuple[float, int]:
+    """The raw baseline: what any operator would script with the same tools. Its seconds and how
+    many segments its restore_command fetched: the plan's, in order, from the first on (a baseline
+    replaying only the base backup's own pg_wal would be no baseline)."""
     work = root / "raw-pitr"
     give_to_service_user(work, 0o755)
     shutil.copy(azcopy_path(), work / "azcopy")
     (work / "azcopy").chmod(0o755)
     sas = container_sas(azurite.connection_string, blob.container, "rl", timedelta(hours=3))
-    segments = {s.segment: f"{blob.container_url}/{s.blob}?{sas}" for s in plan.segments}
-    (work / "segments.tsv").write_text("".join(f"{name}\t{url}\n" for name, url in segments.items()))
+    # One file per segment holding its URL: the lookup is the file name, so the fetch cannot pick
+    # another segment's URL (awk's `$1 == s` compared the all-digit names as numbers, matched every
+    # line, and azcopy panicked on the multi-line URL: docs/benchmarks.md).
+    urls = work / "urls"
+    give_to_service_user(urls, 0o755)
+    for s in plan.segments:
+        (urls / s.segment).write_text(f"{blob.container_url}/{s.blob}?{sas}")
     home = work / "home"
     give_to_service_user(home, 0o700)
+    # Every segment the replay asks for comes from blob storage (as in our restore: no local
+    # archive), streamed through zstd into place; anything not in the plan (a .history) is absent.
     (work / "fetch").write_text(
         "#!/bin/bash\nset -o pipefail\n"
-        'url=$(awk -F"\\t" -v s="$1" \'$1 == s {print $2}\' ' + f"{work}/segments.tsv)\n"
-        '[[ -n "$url" ]] || exit 1\n'
-        # To a file, as restore-pitr.sh does (azcopy's BlobPipe panicked on partial segments at
-        # 256 MiB+); a relative destination needs the direction named.
-        f'{work}/azcopy copy "$url" "$2.zst" --from-to=BlobLocal --output-level=quiet >&2'
-        ' && zstd -q -d --rm -f "$2.zst" -o "$2"\n'
+        f'[[ "$1" =~ ^[0-9A-F]{{24}}$ && -f {urls}/$1 ]] || exit 1\n'
+        f'{work}/azcopy copy "$(<{urls}/$1)" --from-to=BlobPipe --log-level=ERROR --output-level=quiet'
+        f' | zstd -q -d -c >"$2" && echo "$1" >>{work}/fetched\n'
     )
     (work / "fetch").chmod(0o755)
     (work / "pg_hba.conf").write_text("local all all trust\n")  # its own socket only, as restore-pitr.sh
@@ -244,7 +250,12 @@ pg_ctl -D {pgdata} -w stop -m fast >/dev/null
     started = time.perf_counter()
     try:
         shell(script, env, as_postgres=True)
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        fetched = list(dict.fromkeys((work / "fetched").read_text().split())) if (work / "fetched").exists() else []
+        planned = [s.segment for s in plan.segments]
+        if not fetched or fetched != planned[: len(fetched)]:
+            raise RuntimeError(f"the raw baseline fetched {fetched}, not a prefix of the plan's {planned}")
+        return seconds, len(fetched)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -322,11 +333,16 @@ def restore_comparison(cms, blob, platform, azurite, root: Path, size_mib: int, 
         # races it: every partial upload is a blob of its own, docs/pitr.md).
         platform.remove_wal_archiver(ref)
         _base, plan = plan_recovery(cms, blob, source, target)
-        raw = raw_pitr_restore(platform, blob, azurite, root, plan, free_port())
+        raw, raw_fetched = raw_pitr_restore(platform, blob, azurite, root, plan, free_port())
         started = time.perf_counter()
+        steps: list[tuple[float, str]] = []  # where our restore's time goes: its log lines, timed
+
+        def timed(line: str) -> None:
+            steps.append((round(time.perf_counter() - started, 2), line[:160]))
+
         restored = restore_to_time(
             cms, blob, platform, source_instance=ref.k8s_name, name="pitr-bench",
-            dns_label=f"pitr-bench-{ref.k8s_name}", target_time=target, log=lambda _line: None,
+            dns_label=f"pitr-bench-{ref.k8s_name}", target_time=target, log=timed,
         )  # fmt: skip
         pitr_seconds = time.perf_counter() - started
         platform.delete_instance(InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace))
@@ -337,9 +353,11 @@ def restore_comparison(cms, blob, platform, azurite, root: Path, size_mib: int, 
             "load_seconds": round(load_seconds, 1),
             "steady_seconds": steady_seconds,
             "wal_segments_replayed": len(plan.segments),
+            "raw_segments_fetched": raw_fetched,
             "pitr_seconds": pitr_seconds,
             "raw_seconds": raw,
             "logical_seconds": logical,
+            "pitr_log": steps,
         }
     finally:
         platform.remove_wal_archiver(ref)
