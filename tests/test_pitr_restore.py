@@ -478,7 +478,10 @@ def test_a_pitr_drill_is_recorded_in_the_cms_and_shown_by_the_fleet_check(cms, b
     assert result.success
     [row] = cms.pitr_drills.list(source_instance_id=source.id)
     assert row.result is DrillResult.passed and row.run_id == result.run_id and row.base_backup_id == backup.id
-    assert row.target_time is not None and backup.consistent_at <= row.target_time <= moment
+    # inside the window the drill planned from: the archive covers past `moment` by the time the
+    # archiver stops (how far depends on the machine's load), the middle of the window may too
+    window = window_of(cms, blob, source).window
+    assert row.target_time is not None and backup.consistent_at <= row.target_time <= window.latest
     assert row.replayed_at is None or row.replayed_at <= row.target_time
     assert row.rto_seconds is not None and 0 < row.rto_seconds <= (datetime.now(UTC) - started).total_seconds()
     assert row.scratch and row.scratch.startswith("pitr-drill-") and row.finished_at is not None
