@@ -247,6 +247,14 @@ end_fetch_role() {
   rm -rf "$staging"
 }
 
+# handed_over KEY (serve role): wait until the fetch role announces KEY; stop when it failed.
+handed_over() {
+  while [[ ! -e "$RESTORE_HANDOFF/ready/$1" ]]; do
+    if [[ -e "$RESTORE_HANDOFF/failed" ]]; then die "the fetch role failed: nothing more is handed over"; fi
+    sleep 0.1
+  done
+}
+
 # read_verifier: the instance password's SCRAM-SHA-256 verifier ($verifier), the only form of it
 # the serve role ever holds.
 read_verifier() {

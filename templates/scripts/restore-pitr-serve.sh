@@ -28,14 +28,13 @@ trap cleanup EXIT
 rm -rf "$pgdata"
 mkdir -p "$staging"
 
-# Nothing is extracted before the fetch role has verified and decoded everything.
-while [[ ! -e "$RESTORE_HANDOFF/ready/all-verified" ]]; do
-  if [[ -e "$RESTORE_HANDOFF/failed" ]]; then die "the fetch role failed: nothing is handed over"; fi
-  sleep 0.1
-done
+# The base backup is extracted once the fetch role has verified it (while the segments download);
+# no server starts before every segment is verified too.
+handed_over base
 mkdir -m 700 "$pgdata"
 zstd -q -d -c "$handoff/base.tar.zst" | tar -C "$pgdata" -xf - || die "the base backup does not extract"
 chmod 700 "$pgdata"
+handed_over all-verified
 target=$(<"$handoff/target")
 
 # Everything in the base backup is the tenant's (docs/security.md): its configuration files could

@@ -12,7 +12,8 @@
 #
 # Environment: records/job_scripts.py PitrRestoreFetchEnv (every variable, who supplies it, what it means).
 #
-# The handoff: data/base.tar.zst, data/wal/<segment>, data/target (empty: the end of the archive), then
+# The handoff: data/base.tar.zst then ready/base (verified: the serve role extracts it while the
+# segments download), data/wal/<segment>, data/target (empty: the end of the archive), then
 # ready/all-verified; $RESTORE_HANDOFF/failed when this role failed.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=restore-pitr
@@ -51,6 +52,10 @@ if [[ "$(jq -r .base.encrypted "$staging/plan.json")" == true ]]; then
 else
   mv "$staging/base" "$staging/base.tar.zst"
 fi
+# The serve role extracts the verified base backup while the segments download.
+chmod g+r "$staging/base.tar.zst"
+mv "$staging/base.tar.zst" "$handoff/data/"
+: >"$handoff/ready/.base" && mv "$handoff/ready/.base" "$handoff/ready/base"
 
 # fetch_segment I: the plan's segment I downloaded, decoded and checked (exit 3 on a mismatch)
 fetch_segment() {
@@ -94,7 +99,7 @@ if [[ -n "$target" ]]; then target=$(date -u -d "$target" '+%Y-%m-%d %H:%M:%S.%6
 printf '%s' "$target" >"$staging/target"
 
 # Everything verified and decoded: readable by the serve role (its group), then announced.
-chmod -R g+rX "$staging/base.tar.zst" "$staging/wal" "$staging/target"
-mv "$staging/base.tar.zst" "$staging/wal" "$staging/target" "$handoff/data/"
+chmod -R g+rX "$staging/wal" "$staging/target"
+mv "$staging/wal" "$staging/target" "$handoff/data/"
 : >"$handoff/ready/.all-verified" && mv "$handoff/ready/.all-verified" "$handoff/ready/all-verified"
 log "base backup and ${count} WAL segment(s) verified and handed over"

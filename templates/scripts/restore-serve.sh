@@ -28,14 +28,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# handed_over KEY: wait until the fetch role announces KEY; stop when it failed.
-handed_over() {
-  while [[ ! -e "$RESTORE_HANDOFF/ready/$1" ]]; do
-    if [[ -e "$RESTORE_HANDOFF/failed" ]]; then die "the fetch role failed: nothing more is handed over"; fi
-    sleep 0.1
-  done
-}
-
 # restore_progress LABEL VERBOSE_LOG ITEMS STARTED: archive items pg_restore has done so far (an
 # estimate from its verbose log: some items are logged otherwise, parallel workers' lines interleave)
 restore_progress() {
