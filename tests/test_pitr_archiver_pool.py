@@ -36,6 +36,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
@@ -86,9 +93,12 @@ def test_one_process_archives_many_instances_and_follows_its_configuration(two_i
         for dsn in dsns:
             wait_for(lambda dsn=dsn: slot_active(dsn), "each instance streaming from its slot")
         # One interpreter: the pool's children are its pg_receivewal processes, one per instance.
+        # (Polled: a slot reads active as soon as a receiver holds it, and one loaded run listed a
+        # single child right then.)
+        receivers = lambda: [k for k in children(pool.pid) if comm(k) == "pg_receivewal"]  # noqa: E731
+        wait_for(lambda: len(receivers()) == 2, "one pg_receivewal per instance")
         kids = children(pool.pid)
-        assert len(kids) == 2
-        assert all(Path(f"/proc/{k}/comm").read_text().strip() == "pg_receivewal" for k in kids)
+        assert len(kids) == 2 and all(comm(k) == "pg_receivewal" for k in kids)
         segments = [switch_wal(dsn) for dsn in dsns]
         for (ref, _, _), segment in zip(two_instances, segments, strict=True):
             wait_for(lambda ref=ref, segment=segment: has_segment(blob, ref, segment), f"{segment} of {ref.k8s_name}")
