@@ -88,6 +88,51 @@ def test_backup_of_pagila_is_verified_and_restorable(resources, cms, blob, sourc
     assert "sig=" not in logs and source_password(resources, source) not in logs
 
 
+def test_a_tenants_operators_never_run_in_the_backups_table_sizes_session(resources, cms, blob, source, source_dsn):
+    """The tenant owns its database's settings: a search_path ahead of pg_catalog must not route
+    the size query's operators into the tenant's functions (run as the job's login, in the job's session)."""
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS shadowed")
+        admin.execute("CREATE DATABASE shadowed")
+    try:
+        with psycopg.connect(source_dsn("shadowed"), autocommit=True) as tenant:
+            tenant.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
+            tenant.execute("CREATE SCHEMA evil")
+            tenant.execute(
+                "CREATE FUNCTION evil.plus(integer, integer) RETURNS integer LANGUAGE plpgsql"
+                " AS $$BEGIN RAISE EXCEPTION 'the tenant''s operator ran'; END$$"
+            )
+            tenant.execute("CREATE OPERATOR evil.+ (LEFTARG = integer, RIGHTARG = integer, FUNCTION = evil.plus)")
+            tenant.execute("ALTER DATABASE shadowed SET search_path = evil, pg_catalog")
+        instance = dg.DagsterInstance.ephemeral()
+        result = materialize_image(resources, f"{source.k8s_name}__shadowed", {}, instance=instance)
+        assert result.success
+        logs = run_logs(instance, result.run_id)
+        assert "no table sizes for the percent" not in logs
+        assert re.search(r"\(database shadowed\) done: .*; 100% of its tables read", logs), logs
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS shadowed WITH (FORCE)")
+
+
+def test_a_tenants_search_path_cannot_hide_a_database_from_the_backup(resources, cms, blob, source, source_dsn):
+    """The job lists databases in the tenant's `postgres` database: a tenant's view named pg_database
+    ahead of pg_catalog's on its search_path must not decide what the image holds."""
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute("CREATE SCHEMA decoy")
+        admin.execute("CREATE VIEW decoy.pg_database AS SELECT * FROM pg_catalog.pg_database WHERE datname = 'postgres'")
+        admin.execute("ALTER DATABASE postgres SET search_path = decoy, pg_catalog")
+    try:
+        result = materialize_image(resources, f"{source.k8s_name}__decoy", {})
+        assert result.success
+        manifest, _ = blob.read_manifest(cms.images.find(f"{source.k8s_name}__decoy").blob_path)
+        assert {f.database for f in manifest.files if f.kind == "database"} == {"pagila", "postgres"}
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute("ALTER DATABASE postgres RESET search_path")
+            admin.execute("DROP SCHEMA decoy CASCADE")
+
+
 def source_password(resources, source) -> str:
     from toygres_pipelines.restores.steps import instance_ref
 

@@ -379,9 +379,11 @@ def test_retention_never_deletes_the_base_backup_or_wal_a_running_restore_planne
     platform.delete_instance(ref)
 
 
-def test_a_source_with_a_tablespace_is_refused_naming_the_reason_not_backed_up(cms, blob, platform, archived):  # noqa: F811
+@pytest.mark.parametrize("decoy", [False, True], ids=["plain", "behind-a-decoy-catalogue-view"])
+def test_a_source_with_a_tablespace_is_refused_naming_the_reason_not_backed_up(cms, blob, platform, archived, decoy):  # noqa: F811
     """A plain-format copy of a server with tablespaces cannot be restored into one volume: the base
-    backup fails naming the tablespace instead of becoming a `ready` backup that restores nothing."""
+    backup fails naming the tablespace instead of becoming a `ready` backup that restores nothing.
+    The tenant's own view named pg_tablespace, ahead of pg_catalog on its search_path, hides nothing."""
     from resources.platform.base import JobFailed
 
     ref, dsn, start = archived
@@ -395,6 +397,10 @@ def test_a_source_with_a_tablespace_is_refused_naming_the_reason_not_backed_up(c
         owner = data_directory.stat()
         os.chown(location, owner.st_uid, owner.st_gid)
         conn.execute(psycopg.sql.SQL("CREATE TABLESPACE tenant_space LOCATION {}").format(str(location)))
+        if decoy:
+            conn.execute("CREATE SCHEMA decoy")
+            conn.execute("CREATE VIEW decoy.pg_tablespace AS SELECT * FROM pg_catalog.pg_tablespace WHERE false")
+            conn.execute("ALTER DATABASE postgres SET search_path = decoy, pg_catalog")
     with pytest.raises(JobFailed, match=r"ERROR: the source has tablespaces \(tenant_space\)"):
         take_base_backup(cms, blob, platform, source, run_id=None, log=print)
     [row] = cms.base_backups.list(source.id, states=list(BaseBackupState))

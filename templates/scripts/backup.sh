@@ -7,6 +7,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=backup
 : "${PGHOST:?}" "${PGPORT:?}" "${PGUSER:?}" "${BLOB_URL:?}" "${IMAGE_NAME:?}" "${SOURCE_INSTANCE:?}" "${SOURCE_NAMESPACE:?}"
 export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-15}" PGDATABASE=postgres
+# The tenant owns its databases' and roles' settings: a search_path naming its schemas ahead of
+# pg_catalog would let its views and operators answer this job's catalogue queries (which databases
+# the image holds). pg_dump and pg_dumpall set their own; psql takes this one.
+export PGOPTIONS="-c search_path=pg_catalog"
 load_secrets
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/toygres-backup.XXXXXX")
@@ -306,7 +310,7 @@ for database in "${databases[@]}"; do
     name=$(printf 'databases/%03d.dump' "$index") tables="$work/${name//\//_}.tables"
     log "dumping database $(shown "$database") into $name ($(mib "${sizes[index - 1]:-0}") on disk)"
     # the tables' sizes weigh the percent; without them the dump goes on, without a percent
-    PGOPTIONS="-c statement_timeout=60s" psql -w -X -At -q -v ON_ERROR_STOP=1 --dbname="$(dbname_conninfo "$database")" \
+    PGOPTIONS="$PGOPTIONS -c statement_timeout=60s" psql -w -X -At -q -v ON_ERROR_STOP=1 --dbname="$(dbname_conninfo "$database")" \
       -f "$TABLE_SIZES_SQL" >"$tables" 2>/dev/null || { log "no table sizes for the percent of $name"; tables=""; }
     pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --dbname="$(dbname_conninfo "$database")" \
       | stream_to_blob "$name" "$name (database $(shown "$database"))" "${sizes[index - 1]:-}" "$tables" \
