@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
-from pydantic_core import PydanticUndefined
+from pydantic.fields import PydanticUndefined
 
 from records.rows import Instance
 
