@@ -120,7 +120,9 @@ def test_a_tenants_search_path_cannot_hide_a_database_from_the_backup(resources,
     ahead of pg_catalog's on its search_path must not decide what the image holds."""
     with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
         admin.execute("CREATE SCHEMA decoy")
-        admin.execute("CREATE VIEW decoy.pg_database AS SELECT * FROM pg_catalog.pg_database WHERE datname = 'postgres'")
+        admin.execute(
+            "CREATE VIEW decoy.pg_database AS SELECT * FROM pg_catalog.pg_database WHERE datname = 'postgres'"
+        )
         admin.execute("ALTER DATABASE postgres SET search_path = decoy, pg_catalog")
     try:
         result = materialize_image(resources, f"{source.k8s_name}__decoy", {})
