@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import subprocess
 import uuid
 
@@ -92,6 +93,12 @@ def test_parallel_backup_of_pagila_restores_exactly_through_the_normal_restore_j
     assert blob.staging_image_ids() == [], "the backup's staging container outlives its run"
     logs = run_logs(dagster, result.run_id)
     assert f"pg_restore lists the archive {archive}" in logs
+    # its progress: the share of the tables' sizes whose data pg_dump finished, then all databases'
+    assert re.search(
+        rf"{re.escape(archive)} \(database pagila\) dumped: [0-9.]+ MiB dumped in [0-9]+s \([0-9.]+ MiB/s\); "
+        r"100% of its tables read \(all databases: [0-9]+%\)",
+        logs,
+    ), logs
 
     restored_run = restore(resources, source_image_id=image.name, name="parallel-copy", dns_label="parallel-copy")
     assert restored_run.success, failure_text(restored_run)
