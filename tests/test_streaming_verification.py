@@ -184,3 +184,25 @@ def test_the_processes_a_backup_starts_do_not_grow_with_its_streams_length(blob,
     assert len(pagila.stream_check.chunk_sha256) > 8  # the stream is many ranges long
     grown = Counter(many_ranges) - Counter(one_range)
     assert sum(grown.values()) <= 2, f"{len(many_ranges)} programs against {len(one_range)}, more: {dict(grown)}"
+
+
+def test_a_digest_that_stops_reading_early_fails_the_backup_job(blob, platform, source, stack):
+    """The stream's hashes and size come from one reader of it: when that reader stops early (and
+    even claims success with results of its own), the stream to blob storage breaks and the job fails."""
+    fake_bin = Path(tempfile.mkdtemp(dir=stack.root, prefix="short-digest-bin-"))
+    fake_bin.chmod(0o755)
+    (fake_bin / "python3").write_text(
+        "#!/bin/bash\n"
+        'if [[ "$1" == */stream_digest.py && "$3" == *.dump ]]; then\n'
+        "  head -c 100 >/dev/null\n"
+        '  echo 100 >"$3.size"; echo 100 >"$3.count"; : >"$3.chunks"; printf "%064d\\n" 0 >"$3.sha256"\n'
+        "  exit 0\n"
+        "fi\n"
+        'exec /usr/bin/python3 "$@"\n'
+    )
+    (fake_bin / "python3").chmod(0o755)
+    job_path = f"{fake_bin}:{platform._shared_bin()}:{postgres_bindir()}:/usr/local/bin:/usr/bin:/bin"
+    spec = backup_spec(blob, source, "short-digest", PATH=job_path)
+    with pytest.raises(JobFailed, match="pg_dump of database pagila failed"):
+        platform.run_job(spec, lambda _line: None)
+    assert "images/short-digest/manifest.json" not in blob.list_names("images/short-digest")
