@@ -48,13 +48,15 @@ tools: apt npm venv
 # apt: libsecret-1-0 (azcopy needs it), jq (the job scripts write and read manifest.json and the
 # blob grant), age (client-side encryption of images: age, age-keygen), curl (the stall probe),
 # PostgreSQL server binaries (initdb, pg_ctl, pg_dump, pg_restore, psql) unless some version is
-# installed, python3-venv when venv cannot bootstrap pip, chromium (and a font) for the browser test.
+# installed, python3-venv when venv cannot bootstrap pip, chromium (and a font) for the browser test,
+# strace (a test counts the processes a backup job starts).
 apt:
 	@missing=""; \
 	dpkg -s libsecret-1-0 >/dev/null 2>&1 || missing="$$missing libsecret-1-0"; \
 	command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
 	command -v age >/dev/null 2>&1 || missing="$$missing age"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -x $(PY) ] || $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \

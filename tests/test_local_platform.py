@@ -38,6 +38,7 @@ def test_job_directory_holds_the_template_scripts_byte_for_byte(tmp_path):
         "restore-pitr.sh",
         "restore-serve.sh",
         "restore.sh",
+        "stream_digest.py",
         "table_sizes.sql",
     ]
     for template in templates:

@@ -5,6 +5,7 @@ bytes differ from the stream never becomes ready."""
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,76 @@ def test_the_full_re_read_stays_available_and_catches_what_a_sample_cannot(resou
     blob.write_bytes(name, bytes(data), overwrite=True)
     with pytest.raises(ImageCorrupt, match=f"{pagila.path}: (sha256|pg_restore cannot read)"):
         verify_image(blob, image.blob_path, expected_manifest_sha256=image.backup_checksum)
+
+
+def programs_a_backup_runs(blob, platform, source, stack, name: str, chunk_bytes: int) -> list[str]:
+    """Every program the backup job executes (strace -f on the job's shell), in order."""
+    traced = Path(tempfile.mkdtemp(dir=stack.root, prefix="traced-bin-"))
+    traced.chmod(0o777)  # the job account writes the trace here
+    trace = traced / "execs"
+    # the platform starts the job as `bash backup.sh` found on the job's PATH
+    (traced / "bash").write_text(
+        f'#!/bin/sh\nexec strace -f -qq --seccomp-bpf -e trace=execve -e signal=none -o "{trace}" /bin/bash "$@"\n'
+    )
+    (traced / "bash").chmod(0o755)
+    job_path = f"{traced}:{platform._shared_bin()}:{postgres_bindir()}:/usr/local/bin:/usr/bin:/bin"
+    # no reporter or watchdog turn during the job: their processes depend on time, not on the stream
+    spec = backup_spec(
+        blob,
+        source,
+        name,
+        PATH=job_path,
+        CHECK_CHUNK_BYTES=str(chunk_bytes),
+        PROGRESS_SECONDS="3600",
+        TRANSFER_STALL_SECONDS="3600",
+    )
+    platform.run_job(spec, lambda _line: None)
+    started: dict[str, str] = {}
+    programs = []
+    for line in trace.read_text().splitlines():
+        pid, _, call = line.partition(" ")
+        call = call.strip()
+        if call.startswith("execve("):
+            started[pid] = call.split('"', 2)[1]
+            if "<unfinished ...>" in call:
+                continue
+        elif not call.startswith("<... execve resumed>"):
+            continue
+        if call.rstrip().endswith("= 0"):
+            programs.append(Path(started[pid]).name)
+    return programs
+
+
+def test_the_processes_a_backup_starts_do_not_grow_with_its_streams_length(blob, platform, source, stack):
+    """Each byte of a dump is copied into as few processes as the stream's length allows: hashing,
+    range hashes and the byte count are one process per file, not one pair per 64 KiB range."""
+    one_range = programs_a_backup_runs(blob, platform, source, stack, "processes-one-range", 64 * 1024 * 1024)
+    many_ranges = programs_a_backup_runs(blob, platform, source, stack, "processes-many-ranges", 64 * 1024)
+    manifest, _ = blob.read_manifest("images/processes-many-ranges")
+    pagila = next(f for f in manifest.files if f.database == "pagila")
+    assert pagila.stream_check is not None
+    assert len(pagila.stream_check.chunk_sha256) > 8  # the stream is many ranges long
+    grown = Counter(many_ranges) - Counter(one_range)
+    assert sum(grown.values()) <= 2, f"{len(many_ranges)} programs against {len(one_range)}, more: {dict(grown)}"
+
+
+def test_a_digest_that_stops_reading_early_fails_the_backup_job(blob, platform, source, stack):
+    """The stream's hashes and size come from one reader of it: when that reader stops early (and
+    even claims success with results of its own), the stream to blob storage breaks and the job fails."""
+    fake_bin = Path(tempfile.mkdtemp(dir=stack.root, prefix="short-digest-bin-"))
+    fake_bin.chmod(0o755)
+    (fake_bin / "python3").write_text(
+        "#!/bin/bash\n"
+        'if [[ "$1" == */stream_digest.py && "$3" == *.dump ]]; then\n'
+        "  head -c 100 >/dev/null\n"
+        '  echo 100 >"$3.size"; echo 100 >"$3.count"; : >"$3.chunks"; printf "%064d\\n" 0 >"$3.sha256"\n'
+        "  exit 0\n"
+        "fi\n"
+        'exec /usr/bin/python3 "$@"\n'
+    )
+    (fake_bin / "python3").chmod(0o755)
+    job_path = f"{fake_bin}:{platform._shared_bin()}:{postgres_bindir()}:/usr/local/bin:/usr/bin:/bin"
+    spec = backup_spec(blob, source, "short-digest", PATH=job_path)
+    with pytest.raises(JobFailed, match="pg_dump of database pagila failed"):
+        platform.run_job(spec, lambda _line: None)
+    assert "images/short-digest/manifest.json" not in blob.list_names("images/short-digest")

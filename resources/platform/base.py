@@ -25,7 +25,8 @@ SCRIPTS_DIR = TEMPLATES_DIR / "scripts"
 
 def job_script_files(scripts_dir: Path = SCRIPTS_DIR) -> list[Path]:
     """What every job gets beside it, byte-identical on both platforms: the bash scripts, the
-    archive reader backup.sh runs (archive_reader.py) and the queries it reads (table_sizes.sql)."""
+    archive reader and the stream digest backup.sh runs (archive_reader.py, stream_digest.py) and
+    the queries it reads (table_sizes.sql)."""
     return sorted(p for p in scripts_dir.iterdir() if p.suffix in (".sh", ".py", ".sql") and p.is_file())
 
 

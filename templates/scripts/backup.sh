@@ -75,14 +75,10 @@ record_encryption() { # $1: manifest.json
 # PROGRESS_SECONDS and when done.
 stream_to_blob() {
   local name=$1 key=${1//\//_} label=${2:-$1} on_disk=${3:-} tables=${4:-} started=$SECONDS
-  mkfifo "$work/$key.hash-pipe" "$work/$key.size-pipe" "$work/$key.chunk-pipe"
-  sha256sum <"$work/$key.hash-pipe" | cut -d' ' -f1 >"$work/$key.sha256" &
-  local hash_pid=$!
-  # dd counts the bytes exactly and reports them as it goes (status=progress), for the progress lines
-  LC_ALL=C dd bs=1M of=/dev/null status=progress <"$work/$key.size-pipe" 2>"$work/$key.count" &
-  local size_pid=$!
-  hash_chunks <"$work/$key.chunk-pipe" >"$work/$key.chunks" &
-  local chunks_pid=$! parse_pid="" parse_pipe=()
+  mkfifo "$work/$key.digest-pipe"
+  # one process hashes the whole stream and each range and counts its bytes (stream_digest.py)
+  python3 "$STREAM_DIGEST" "$CHECK_CHUNK_BYTES" "$work/$key" <"$work/$key.digest-pipe" &
+  local digest_pid=$! parse_pid="" parse_pipe=()
   if [[ "$name" == *.dump ]]; then
     mkfifo "$work/$key.parse-pipe"
     parse_pipe=("$work/$key.parse-pipe")
@@ -93,31 +89,28 @@ stream_to_blob() {
   local status=0
   if [[ -n "${AGE_RECIPIENT:-}" ]]; then
     # the reader reads the plaintext; what is hashed, counted and stored is the ciphertext
-    tee "${parse_pipe[@]}" | encrypt_stream | tee "$work/$key.hash-pipe" "$work/$key.size-pipe" "$work/$key.chunk-pipe" \
-      | upload_stdin "$name" || status=$?
+    tee "${parse_pipe[@]}" | encrypt_stream | tee "$work/$key.digest-pipe" | upload_stdin "$name" || status=$?
   else
-    tee "$work/$key.hash-pipe" "$work/$key.size-pipe" "$work/$key.chunk-pipe" "${parse_pipe[@]}" \
-      | upload_stdin "$name" || status=$?
+    tee "$work/$key.digest-pipe" "${parse_pipe[@]}" | upload_stdin "$name" || status=$?
   fi
-  wait "$hash_pid" || status=$?
-  wait "$size_pid" || status=$?
-  wait "$chunks_pid" || status=$?
+  wait "$digest_pid" || status=$?
   if [[ -n "$parse_pid" ]] && ! wait "$parse_pid"; then
     log "ERROR: $name does not parse as an archive (the archive reader read it as it streamed):"
     redact <"$work/$key.parse-errors" | tail -n 5 >&2
     status=1
   fi
   stop_progress
-  bytes_counted "$work/$key.count" >"$work/$key.size"
+  # the digest writes the size last, once the stream has ended and every result is written
   [[ -s "$work/$key.size" ]] || status=1
   ((status != 0)) || dump_progress "$label done" "$work/$key.count" "$started" "$on_disk" "$work/$key.progress"
   return "$status"
 }
 
-# The sha256 of each CHECK_CHUNK_BYTES range of stdin, one per line: verification compares a
-# sample of ranges read back from blob storage with these, instead of downloading every byte.
+# The sha256 of each CHECK_CHUNK_BYTES range of the stream (verification compares a sample of ranges
+# read back from blob storage with these, instead of downloading every byte), the whole stream's
+# sha256 and its length: stream_digest.py, one process per file.
 CHECK_CHUNK_BYTES=${CHECK_CHUNK_BYTES:-4194304}
-hash_chunks() { split -b "$CHECK_CHUNK_BYTES" -a 12 -d --filter='sha256sum | cut -c1-64' - "$work/chunk."; }
+STREAM_DIGEST="$(dirname "${BASH_SOURCE[0]}")/stream_digest.py"
 
 # read_archive COUNTS ERRORS [TABLE_SIZES PROGRESS]: archive_reader.py reads the whole archive on
 # stdin once (the TOC, every data block inflated, each table's rows counted from its COPY data: what

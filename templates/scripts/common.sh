@@ -226,8 +226,9 @@ stop_progress() {
   PROGRESS_PID=""
 }
 
-# The bytes `dd status=progress` has passed so far, from its report ($1); empty before its first.
-bytes_counted() { { tr '\r' '\n' <"$1" | grep -Eo '^[0-9]+ bytes' | tail -n 1 | cut -d' ' -f1; } 2>/dev/null || true; }
+# The bytes a stream has passed so far, from its count file ($1: backup.sh's stream_digest.py
+# rewrites it whole every second); empty before its first.
+bytes_counted() { cat "$1" 2>/dev/null || true; }
 
 # --------------------------------------------------------------------------------------------
 # The two roles of a restore (restore.sh / restore-pitr.sh fetch, restore*-serve.sh serve)
