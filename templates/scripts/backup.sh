@@ -7,10 +7,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=backup
 : "${PGHOST:?}" "${PGPORT:?}" "${PGUSER:?}" "${BLOB_URL:?}" "${IMAGE_NAME:?}" "${SOURCE_INSTANCE:?}" "${SOURCE_NAMESPACE:?}"
 export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-15}" PGDATABASE=postgres
-# The tenant owns its databases' and roles' settings: a search_path naming its schemas ahead of
-# pg_catalog would let its views and operators answer this job's catalogue queries (which databases
-# the image holds). pg_dump and pg_dumpall set their own; psql takes this one.
-export PGOPTIONS="-c search_path=pg_catalog"
+# The tenant's settings (a search_path naming its schemas ahead of pg_catalog, timeouts...) must
+# not decide this job's catalogue queries (common.sh); pg_dump and pg_dumpall set theirs too.
+export PGOPTIONS="$TENANT_SESSION_OPTIONS"
 load_secrets
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/toygres-backup.XXXXXX")
