@@ -716,7 +716,9 @@ def test_a_restore_without_an_image_is_refused_with_the_one_rule_every_entry_poi
     assert str(sensor.value) == str(domain.value)
 
 
-def test_connect_lists_the_databases_from_the_catalogue_not_a_tenants_decoy(run, source, source_dsn, local_platform_env):
+def test_connect_lists_the_databases_from_the_catalogue_not_a_tenants_decoy(
+    run, source, source_dsn, local_platform_env
+):
     """The tenant's view named pg_database, ahead of pg_catalog on its search_path, picks no database."""
     import psycopg
 

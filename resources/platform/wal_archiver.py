@@ -161,7 +161,10 @@ class Archiver:
         by max_slot_wal_keep_size."""
         try:
             with psycopg.connect(
-                self._conninfo(), connect_timeout=5, passfile=str(self.pgpass_file), autocommit=True,
+                self._conninfo(),
+                connect_timeout=5,
+                passfile=str(self.pgpass_file),
+                autocommit=True,
                 options=SESSION_OPTIONS,
             ) as conn:
                 conn.execute(
