@@ -313,13 +313,22 @@ record_row_counts() { # $1 blob name, $2 the reader's output; its counts merged 
 pg_dumpall -w --globals-only | stream_to_blob globals.sql || die "pg_dumpall --globals-only failed"
 record_file globals.sql globals ""
 
+# The tenant's databases: every one but PostgreSQL's own template0 and template1 (a database the
+# tenant made a template is still its data, as pg_dumpall has it; one with datconnlimit -2 is a DROP
+# DATABASE interrupted). One the tenant closed to connections cannot be dumped: the backup fails
+# naming it rather than becoming a `ready` image without it.
+TENANT_DATABASES="datname NOT IN ('template0', 'template1') AND datconnlimit <> -2"
+closed=$(psql -w -X -Atc "SELECT left(string_agg(regexp_replace(datname, '[^a-zA-Z0-9_.-]', '?', 'g'), ', '
+  ORDER BY datname), 300) FROM pg_database WHERE NOT datallowconn AND $TENANT_DATABASES") \
+  || die "cannot list the databases of ${SOURCE_INSTANCE}"
+[[ -z "$closed" ]] || die "database(s) ${closed} of ${SOURCE_INSTANCE} allow no connections (ALTER DATABASE ... ALLOW_CONNECTIONS false): they cannot be dumped, so no image is made without them"
 # NUL-separated: a database name may hold a newline or any other byte but NUL.
-psql -w -X -At -0 -c "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname" \
+psql -w -X -At -0 -c "SELECT datname FROM pg_database WHERE datallowconn AND $TENANT_DATABASES ORDER BY datname" \
   >"$work/databases" || die "cannot list the databases of ${SOURCE_INSTANCE}"
 mapfile -d '' -t databases <"$work/databases"
 [[ ${#databases[@]} -gt 0 ]] || die "no databases to back up"
 # Their sizes on disk, in the same order: the estimate the progress lines compare against.
-psql -w -X -At -0 -c "SELECT pg_database_size(oid) FROM pg_database WHERE datallowconn AND NOT datistemplate
+psql -w -X -At -0 -c "SELECT pg_database_size(oid) FROM pg_database WHERE datallowconn AND $TENANT_DATABASES
   ORDER BY datname" >"$work/database-sizes" || die "cannot read the database sizes of ${SOURCE_INSTANCE}"
 mapfile -d '' -t sizes <"$work/database-sizes"
 log "${#databases[@]} database(s) to dump, $(mib "$(IFS=+; echo $((${sizes[*]:-0})))") on disk in all"
