@@ -15,7 +15,7 @@ TENANT_SESSION_OPTIONS = (
     "-c search_path=pg_catalog -c default_transaction_read_only=off -c statement_timeout=0"
     " -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c idle_session_timeout=0"
     " -c session_preload_libraries= -c log_statement=none -c log_min_duration_statement=-1"
-    " -c client_encoding=UTF8"
+    " -c default_tablespace= -c temp_tablespaces= -c client_encoding=UTF8"
 )
 
 

@@ -502,3 +502,42 @@ def test_an_image_carrying_its_tenants_session_settings_restores(resources, cms,
     finally:
         with psycopg.connect(source_dsn("postgres"), autocommit=True, options=override) as admin:
             admin.execute("DROP DATABASE IF EXISTS settled WITH (FORCE)")
+
+
+def test_an_image_of_a_source_with_a_tablespace_restores_into_the_instances_one_volume(
+    resources, cms, platform, source, source_dsn
+):
+    """A logical image names its tablespaces (globals.sql's CREATE TABLESPACE, each object's
+    tablespace, a role's default_tablespace): the restored instance has one volume and none of the
+    source's paths, so everything lands in the default tablespace instead of failing the restore."""
+    import os
+    import shutil
+
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        data_directory = Path(admin.execute("SHOW data_directory").fetchone()[0])
+        location = data_directory.parent / f"tablespace-{data_directory.name}"
+        location.mkdir()
+        owner = data_directory.stat()
+        os.chown(location, owner.st_uid, owner.st_gid)
+        admin.execute(psycopg.sql.SQL("CREATE TABLESPACE tenant_space LOCATION {}").format(str(location)))
+        admin.execute("DROP DATABASE IF EXISTS spaced")
+        admin.execute("CREATE DATABASE spaced")
+        admin.execute("ALTER ROLE pagila_app SET default_tablespace = 'tenant_space'")
+    try:
+        with psycopg.connect(source_dsn("spaced"), autocommit=True) as tenant:
+            tenant.execute("CREATE TABLE t TABLESPACE tenant_space AS SELECT g FROM generate_series(1, 11) g")
+            tenant.execute("CREATE INDEX ON t (g) TABLESPACE tenant_space")
+        assert materialize_image(resources, f"{source.k8s_name}__spaced").success
+        image = cms.images.find(f"{source.k8s_name}__spaced")
+        result = restore(resources, source_image_id=str(image.id), name="spaced", dns_label="spaced",
+                         databases=["spaced"])  # fmt: skip
+        assert result.success, failure_text(result)
+        row = result.output_for_node("mark_instance_running")
+        with psycopg.connect(dsn_of(platform, row, SOURCE_PASSWORD, "spaced")) as conn:
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (11,)
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute("ALTER ROLE pagila_app RESET default_tablespace")
+            admin.execute("DROP DATABASE IF EXISTS spaced WITH (FORCE)")
+            admin.execute("DROP TABLESPACE IF EXISTS tenant_space")
+        shutil.rmtree(location, ignore_errors=True)

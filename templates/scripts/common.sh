@@ -192,7 +192,8 @@ download_file() { # $1: blob name, $2: local path (BlobPipe: much faster start t
 # pg_dump connects by). records/tenant_sessions.py holds the same for the deployment's Python sessions.
 TENANT_SESSION_OPTIONS="-c search_path=pg_catalog -c default_transaction_read_only=off -c statement_timeout=0 \
 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c idle_session_timeout=0 -c session_preload_libraries= \
--c log_statement=none -c log_min_duration_statement=-1 -c client_encoding=SQL_ASCII"
+-c log_statement=none -c log_min_duration_statement=-1 -c default_tablespace= -c temp_tablespaces= \
+-c client_encoding=SQL_ASCII"
 
 # A database name as a libpq connection string that can only mean that name: a bare name
 # holding `=` or starting with postgresql:// would be parsed as a whole connection string.

@@ -75,9 +75,16 @@ globals_for_psql() {
   fi
 }
 
+# The source's tablespaces live at its paths, outside the one volume an instance has: globals.sql's
+# tablespace statements are left out, and pg_restore --no-tablespaces puts every object into the
+# default tablespace (as TENANT_SESSION_OPTIONS does for a role's default_tablespace).
+without_tablespaces() {
+  grep -v -E '^((CREATE|ALTER) TABLESPACE |(COMMENT|SECURITY LABEL( FOR [^ ]+)?) ON TABLESPACE |(GRANT|REVOKE) [A-Z, ]+ ON TABLESPACE )' || true
+}
+
 handed_over globals
 log "restoring roles"
-globals_for_psql "$handoff/globals.sql" | grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" \
+globals_for_psql "$handoff/globals.sql" | grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" | without_tablespaces \
   | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "restoring roles failed"
 
 restore_failed() { # $1: pg_restore's verbose log, $2: the database; its errors (not its progress) go to the log
@@ -131,13 +138,13 @@ for ((i = 0; i < ${#entries[@]}; i += 2)); do
   start_progress restore_progress "$label" "$report" "$items" "$started"
   if [[ "$exists" == 1 ]]; then
     log "restoring database $(shown "$database") into the existing one (${items} archive items)"
-    interruptible pg_restore --verbose --exit-on-error --jobs="${RESTORE_JOBS:-2}" \
+    interruptible pg_restore --verbose --exit-on-error --no-tablespaces --jobs="${RESTORE_JOBS:-2}" \
       --dbname="$(dbname_conninfo "$database")" "$handoff/$name" 2>"$report" || restore_failed "$report" "$database"
   else
     log "restoring database $(shown "$database") (${items} archive items)"
     # --create takes the name from the archive (quoted as an identifier) and reconnects by it
     # as a plain name, never parsed as a connection string.
-    interruptible pg_restore --verbose --exit-on-error --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres \
+    interruptible pg_restore --verbose --exit-on-error --no-tablespaces --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres \
       "$handoff/$name" 2>"$report" || restore_failed "$report" "$database"
   fi
   stop_progress
