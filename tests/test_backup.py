@@ -462,3 +462,57 @@ def test_janitor_removes_local_job_directories_past_their_timeout(cms, blob, pla
     assert result.success
     assert not stale.exists() and fresh.exists()
     assert "removed stale job default/backup-stale" in run_logs(instance, result.run_id)
+
+
+def test_a_database_the_tenant_made_a_template_is_in_the_image(resources, cms, blob, source, source_dsn):
+    """IS_TEMPLATE is the tenant's to set on its own database: the database is still its data (pg_dumpall
+    dumps it too), so the image holds it; only template0 and template1 are PostgreSQL's own."""
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS app_template")
+        admin.execute("CREATE DATABASE app_template")
+    try:
+        with psycopg.connect(source_dsn("app_template"), autocommit=True) as tenant:
+            tenant.execute("CREATE TABLE seed AS SELECT g FROM generate_series(1, 7) g")
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute("ALTER DATABASE app_template IS_TEMPLATE true")
+        assert materialize_image(resources, f"{source.k8s_name}__templated").success
+        manifest, _ = blob.read_manifest(cms.images.find(f"{source.k8s_name}__templated").blob_path)
+        assert {f.database for f in manifest.files if f.kind == "database"} == {"app_template", "pagila", "postgres"}
+        [entry] = [f for f in manifest.files if f.database == "app_template"]
+        assert entry.row_counts == {"public.seed": 7}
+        from tests.conftest import SOURCE_PASSWORD
+        from tests.test_restore import dsn_of, restore
+
+        image = cms.images.find(f"{source.k8s_name}__templated")
+        restored = restore(resources, source_image_id=str(image.id), name="templated", dns_label="templated",
+                           databases=["app_template"])  # fmt: skip
+        assert restored.success, failure_text(restored)
+        row = restored.output_for_node("mark_instance_running")
+        platform = resources["platform"]
+        with psycopg.connect(dsn_of(platform, row, SOURCE_PASSWORD, "app_template")) as conn:
+            assert conn.execute("SELECT count(*) FROM seed").fetchone() == (7,)
+            assert conn.execute("SELECT datistemplate FROM pg_database WHERE datname = 'app_template'").fetchone() == (
+                True,
+            )
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute("ALTER DATABASE app_template IS_TEMPLATE false")
+            admin.execute("DROP DATABASE IF EXISTS app_template WITH (FORCE)")
+
+
+def test_a_database_the_tenant_closed_to_connections_fails_the_backup_naming_it(resources, cms, source, source_dsn):
+    """ALLOW_CONNECTIONS false keeps pg_dump out: the backup fails naming the database instead of
+    becoming a `ready` image without it."""
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS closed_app")
+        admin.execute("CREATE DATABASE closed_app")
+        admin.execute("ALTER DATABASE closed_app ALLOW_CONNECTIONS false")
+    try:
+        result = materialize_image(resources, f"{source.k8s_name}__closed", raise_on_error=False)
+        assert not result.success
+        row = cms.images.find(f"{source.k8s_name}__closed")
+        assert row.state is ImageState.failed
+        assert "database(s) closed_app of" in row.error_message and "allow no connections" in row.error_message
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS closed_app WITH (FORCE)")

@@ -714,3 +714,23 @@ def test_a_restore_without_an_image_is_refused_with_the_one_rule_every_entry_poi
     with pytest.raises(ValidationFailed) as sensor:
         check_restore_request(cms, None, row, set())  # refused before the platform is asked anything
     assert str(sensor.value) == str(domain.value)
+
+
+def test_connect_lists_the_databases_from_the_catalogue_not_a_tenants_decoy(
+    run, source, source_dsn, local_platform_env
+):
+    """The tenant's view named pg_database, ahead of pg_catalog on its search_path, picks no database."""
+    import psycopg
+
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA decoy")
+        conn.execute("CREATE VIEW decoy.pg_database AS SELECT * FROM pg_catalog.pg_database WHERE datname <> 'pagila'")
+        conn.execute("ALTER DATABASE postgres SET search_path = decoy, pg_catalog")
+    try:
+        code, out, err = run("connect", source.k8s_name)
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as conn:
+            conn.execute("ALTER DATABASE postgres RESET search_path")
+            conn.execute("DROP SCHEMA decoy CASCADE")
+    assert code == 0, err
+    assert out.strip().endswith("/pagila'"), (out, err)

@@ -274,3 +274,31 @@ def test_a_canceled_drill_run_is_settled_by_the_run_status_sensor(resources, cms
     assert row.result is DrillResult.failed and "canceled" in row.reason
     assert cms.instances.get(scratch.id).state is InstanceState.deleted
     assert not platform.instance_exists(instance_ref(scratch))
+
+
+def test_pg_amcheck_of_a_drill_runs_with_the_deployments_settings_not_the_tenants(platform, pagila_ref, source_dsn):
+    """A scratch instance keeps the tenant's settings: a database that is read-only by default and
+    cuts statements at 1 ms is the tenant's to have, and must not fail the drill's pg_amcheck
+    (which installs amcheck where it is missing, then reads every page)."""
+    from toygres_pipelines.drills.amcheck import AMCHECK_CLEAN, amcheck
+
+    version = platform.server_record(pagila_ref).postgres_version
+    override = "-c default_transaction_read_only=off"
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS settled")
+        admin.execute("CREATE DATABASE settled")
+    try:
+        with psycopg.connect(source_dsn("settled"), autocommit=True) as tenant:
+            tenant.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 200000) g")
+            tenant.execute("CREATE INDEX ON t (g)")
+            tenant.execute("ALTER DATABASE settled SET default_transaction_read_only = on")
+            tenant.execute("ALTER DATABASE settled SET statement_timeout = '1ms'")
+        said = amcheck(platform, pagila_ref, version)
+        assert said == AMCHECK_CLEAN, said
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS settled WITH (FORCE)")
+            databases = [row[0] for row in admin.execute("SELECT datname FROM pg_database WHERE datallowconn")]
+        for database in databases:  # what --install-missing left in the shared source
+            with psycopg.connect(source_dsn(database), autocommit=True, options=override) as conn:
+                conn.execute("DROP EXTENSION IF EXISTS amcheck")

@@ -275,3 +275,19 @@ def test_both_platforms_refuse_a_restore_whose_script_has_no_serve_role(tmp_path
     local = LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path="/bin/true")
     with pytest.raises(PlatformError, match="a restore runs as fetch and serve roles"):
         local.run_job(spec, lambda line: None)
+
+
+def test_the_job_scripts_and_the_python_sessions_take_the_same_tenant_session_options():
+    """One set of options for every deployment session on a tenant's server (records/tenant_sessions.py);
+    only the encoding differs: the scripts read names as bytes (SQL_ASCII), psycopg as UTF8."""
+    import subprocess
+
+    from records.tenant_sessions import TENANT_SESSION_OPTIONS
+
+    shown = subprocess.run(
+        ["bash", "-c", 'source "$1" && printf %s "$TENANT_SESSION_OPTIONS"', "-", str(SCRIPTS_DIR / "common.sh")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert shown.split() == TENANT_SESSION_OPTIONS.replace("client_encoding=UTF8", "client_encoding=SQL_ASCII").split()
+    for script in ("backup.sh", "basebackup.sh", "restore-serve.sh"):
+        assert 'PGOPTIONS="$TENANT_SESSION_OPTIONS"' in text_of(script), script

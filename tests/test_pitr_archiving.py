@@ -331,3 +331,20 @@ def test_an_upload_never_claims_wal_the_receiver_has_not_flushed(archived, blob,
     finally:
         archiver.close()
         archiver.drop_slot()
+
+
+def test_a_tenants_decoy_catalogue_function_never_decides_where_its_wal_is_archived(archived, blob):
+    """The archiver asks the server its system identifier (the WAL's prefix, matched against the base
+    backups'): the tenant's own pg_control_system() ahead of pg_catalog on its search_path must not answer."""
+    ref, dsn, start = archived
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        sysid = str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+        conn.execute("CREATE SCHEMA decoy")
+        conn.execute(
+            "CREATE FUNCTION decoy.pg_control_system(OUT system_identifier bigint) LANGUAGE sql AS 'SELECT 42::bigint'"
+        )
+        conn.execute("ALTER ROLE postgres SET search_path = decoy, pg_catalog")
+    start()
+    second = switch_wal(dsn)
+    wait_for(lambda: list_timelines(blob, ref.namespace, ref.k8s_name), "a segment archived")
+    assert [t.system_identifier for t in list_timelines(blob, ref.namespace, ref.k8s_name)] == [sysid], second

@@ -463,3 +463,81 @@ def test_a_job_cleanup_error_after_a_good_restore_job_does_not_undo_the_restore(
     assert result.success, failure_text(result)
     assert result.output_for_node("mark_instance_running").state is InstanceState.running
     assert "500 Internal Server Error" in run_logs(dagster, result.run_id)
+
+
+def test_an_image_carrying_its_tenants_session_settings_restores(resources, cms, platform, source, source_dsn):
+    """A valid image carries its tenant's settings: the role's (globals.sql: ALTER ROLE postgres SET)
+    and each database's (pg_restore --create). A read-only default and a 1 ms statement timeout are
+    the tenant's to have; they must not stop the restore's own sessions (pg_restore, analyze, the password)."""
+    override = "-c default_transaction_read_only=off -c statement_timeout=0"
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS settled")
+        admin.execute("CREATE DATABASE settled")
+    try:
+        with psycopg.connect(source_dsn("settled"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 20000) g")
+            conn.execute("CREATE INDEX ON t (g)")
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute("ALTER DATABASE settled SET default_transaction_read_only = on")
+            admin.execute("ALTER DATABASE settled SET statement_timeout = '1ms'")
+            admin.execute("ALTER ROLE postgres SET default_transaction_read_only = on")
+        try:
+            assert materialize_image(resources, f"{source.k8s_name}__settled").success
+        finally:
+            with psycopg.connect(source_dsn("postgres"), autocommit=True, options=override) as admin:
+                admin.execute("ALTER ROLE postgres RESET default_transaction_read_only")
+        image = cms.images.find(f"{source.k8s_name}__settled")
+        result = restore(resources, source_image_id=str(image.id), name="settled", dns_label="settled",
+                         databases=["settled"])  # fmt: skip
+        assert result.success, failure_text(result)
+        row = result.output_for_node("mark_instance_running")
+        restored = dsn_of(platform, row, SOURCE_PASSWORD, "settled")
+        with psycopg.connect(restored, options=override) as conn:
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (20000,)
+            # the tenant's settings are restored as they were
+            assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("off",)
+        with psycopg.connect(restored) as conn:
+            assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("1ms",)
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True, options=override) as admin:
+            admin.execute("DROP DATABASE IF EXISTS settled WITH (FORCE)")
+
+
+def test_an_image_of_a_source_with_a_tablespace_restores_into_the_instances_one_volume(
+    resources, cms, platform, source, source_dsn
+):
+    """A logical image names its tablespaces (globals.sql's CREATE TABLESPACE, each object's
+    tablespace, a role's default_tablespace): the restored instance has one volume and none of the
+    source's paths, so everything lands in the default tablespace instead of failing the restore."""
+    import os
+    import shutil
+
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        data_directory = Path(admin.execute("SHOW data_directory").fetchone()[0])
+        location = data_directory.parent / f"tablespace-{data_directory.name}"
+        location.mkdir()
+        owner = data_directory.stat()
+        os.chown(location, owner.st_uid, owner.st_gid)
+        admin.execute(psycopg.sql.SQL("CREATE TABLESPACE tenant_space LOCATION {}").format(str(location)))
+        admin.execute("DROP DATABASE IF EXISTS spaced")
+        admin.execute("CREATE DATABASE spaced")
+        admin.execute("ALTER ROLE pagila_app SET default_tablespace = 'tenant_space'")
+    try:
+        with psycopg.connect(source_dsn("spaced"), autocommit=True) as tenant:
+            tenant.execute("CREATE TABLE t TABLESPACE tenant_space AS SELECT g FROM generate_series(1, 11) g")
+            tenant.execute("CREATE INDEX ON t (g) TABLESPACE tenant_space")
+        assert materialize_image(resources, f"{source.k8s_name}__spaced").success
+        image = cms.images.find(f"{source.k8s_name}__spaced")
+        result = restore(resources, source_image_id=str(image.id), name="spaced", dns_label="spaced",
+                         databases=["spaced"])  # fmt: skip
+        assert result.success, failure_text(result)
+        row = result.output_for_node("mark_instance_running")
+        with psycopg.connect(dsn_of(platform, row, SOURCE_PASSWORD, "spaced")) as conn:
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (11,)
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute("ALTER ROLE pagila_app RESET default_tablespace")
+            admin.execute("DROP DATABASE IF EXISTS spaced WITH (FORCE)")
+            admin.execute("DROP TABLESPACE IF EXISTS tenant_space")
+        shutil.rmtree(location, ignore_errors=True)

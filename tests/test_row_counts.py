@@ -287,3 +287,32 @@ def test_a_table_changed_right_after_pg_dump_read_it_keeps_the_dumps_count(
     assert entry.row_counts["public.z_truncated"] == rows_in_dump(dump, "z_truncated") == 1000
     assert entry.row_counts["public.z_altered"] == rows_in_dump(dump, "z_altered") == 1000
     assert exact_counts(source_dsn(name))["public.z_truncated"] == 0  # the source did change
+
+
+def test_a_restored_databases_search_path_and_decoys_never_decide_the_drills_counts(platform, pagila_ref, source_dsn):
+    """A drill counts the tables of a restored instance, whose databases and roles keep the tenant's
+    settings: its schema ahead of pg_catalog, holding a view named pg_class that hides a table and
+    its own count(*), must decide neither which tables are counted nor their counts."""
+    from pydantic import SecretStr
+
+    from tests.conftest import SOURCE_PASSWORD
+    from toygres_pipelines.drills.counting import count_rows
+
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS decoyed")
+        admin.execute("CREATE DATABASE decoyed")
+    try:
+        with psycopg.connect(source_dsn("decoyed"), autocommit=True) as tenant:
+            tenant.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 3) g")
+            tenant.execute("CREATE TABLE hidden AS SELECT g FROM generate_series(1, 5) g")
+            tenant.execute("CREATE SCHEMA decoy")
+            tenant.execute("CREATE VIEW decoy.pg_class AS SELECT * FROM pg_catalog.pg_class WHERE relname <> 'hidden'")
+            tenant.execute("CREATE FUNCTION decoy.keep(bigint) RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'")
+            tenant.execute("CREATE AGGREGATE decoy.count(*) (SFUNC = decoy.keep, STYPE = bigint, INITCOND = '0')")
+            tenant.execute("ALTER DATABASE decoyed SET search_path = decoy, pg_catalog")
+            tenant.execute("ALTER DATABASE decoyed SET default_transaction_read_only = on")
+        counts = count_rows(platform.endpoints(pagila_ref), SecretStr(SOURCE_PASSWORD), "decoyed")
+        assert counts == {"public.t": 3, "public.hidden": 5}
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS decoyed WITH (FORCE)")

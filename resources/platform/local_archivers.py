@@ -22,7 +22,14 @@ from records import InstanceRef
 from records.wal import SLOT_NAME
 from resources.platform.base import PROJECT_DIR, WalArchiverSpec
 from resources.platform.postgres_server import pgpass_line, write_private_file
-from resources.platform.wal_archiver import PGPASS_FILE, SAS_FILE, STATUS_FILE, ArchiverConfig, config_path
+from resources.platform.wal_archiver import (
+    PGPASS_FILE,
+    SAS_FILE,
+    SESSION_OPTIONS,
+    STATUS_FILE,
+    ArchiverConfig,
+    config_path,
+)
 
 
 def archiver_dir(root: Path, instance: InstanceRef) -> Path:
@@ -116,7 +123,7 @@ def drop_slot(*, port: int, user: str, password: SecretStr) -> None:
     conninfo = psycopg.conninfo.make_conninfo(
         host="127.0.0.1", port=port, user=user, password=password.get_secret_value(), dbname="postgres"
     )
-    with psycopg.connect(conninfo, connect_timeout=10, autocommit=True) as conn:
+    with psycopg.connect(conninfo, connect_timeout=10, autocommit=True, options=SESSION_OPTIONS) as conn:
         conn.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", [SLOT_NAME]
         )

@@ -29,6 +29,7 @@ import psycopg
 from azure.storage.blob import ContainerClient
 from pydantic import BaseModel, Field
 
+from records.tenant_sessions import tenant_session_options
 from records.wal import SEGMENT_NAME, SLOT_NAME, segment_number, stored_segment_name, timeline_prefix
 
 # The servers toygres runs keep initdb's default WAL segment size.
@@ -59,6 +60,9 @@ def config_path(directory: Path) -> Path:
 
 # Marks kept: at one a round (poll_seconds), an hour and more of the receiver lagging behind.
 MARKS_KEPT = 10_000
+# The archiver's sessions on the tenant's server: its settings and schemas decide nothing (the system
+# identifier the WAL is filed under, the slot) and no statement outlasts 10 s.
+SESSION_OPTIONS = tenant_session_options(10_000)
 
 
 class WalMark(NamedTuple):
@@ -145,8 +149,10 @@ class Archiver:
         return ContainerClient.from_container_url(url)
 
     def _identify(self) -> str:
-        with psycopg.connect(self._conninfo(), connect_timeout=10, passfile=self._env()["PGPASSFILE"]) as conn:
-            row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+        with psycopg.connect(
+            self._conninfo(), connect_timeout=10, passfile=self._env()["PGPASSFILE"], options=SESSION_OPTIONS
+        ) as conn:
+            row = conn.execute("SELECT system_identifier::text FROM pg_catalog.pg_control_system()").fetchone()
         assert row is not None
         return str(row[0])
 
@@ -155,7 +161,11 @@ class Archiver:
         by max_slot_wal_keep_size."""
         try:
             with psycopg.connect(
-                self._conninfo(), connect_timeout=5, passfile=str(self.pgpass_file), autocommit=True
+                self._conninfo(),
+                connect_timeout=5,
+                passfile=str(self.pgpass_file),
+                autocommit=True,
+                options=SESSION_OPTIONS,
             ) as conn:
                 conn.execute(
                     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
@@ -172,7 +182,7 @@ class Archiver:
             if self.connection is None or self.connection.closed:
                 self.connection = psycopg.connect(
                     self._conninfo(), connect_timeout=10, passfile=str(self.pgpass_file), autocommit=True,
-                    options="-c statement_timeout=5000 -c search_path=pg_catalog",
+                    options=tenant_session_options(5000),
                 )  # fmt: skip
             row = self.connection.execute(
                 "SELECT pg_catalog.clock_timestamp(),"
@@ -203,7 +213,9 @@ class Archiver:
         bindir = Path(self.config.bindir)
         env = self._env()
         # Reserved at once: WAL written between now and pg_receivewal's first connection is kept.
-        with psycopg.connect(self._conninfo(), connect_timeout=10, passfile=env["PGPASSFILE"], autocommit=True) as conn:
+        with psycopg.connect(
+            self._conninfo(), connect_timeout=10, passfile=env["PGPASSFILE"], autocommit=True, options=SESSION_OPTIONS
+        ) as conn:
             conn.execute(
                 "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
                 "(SELECT FROM pg_replication_slots WHERE slot_name = %s)",

@@ -7,10 +7,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=backup
 : "${PGHOST:?}" "${PGPORT:?}" "${PGUSER:?}" "${BLOB_URL:?}" "${IMAGE_NAME:?}" "${SOURCE_INSTANCE:?}" "${SOURCE_NAMESPACE:?}"
 export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-15}" PGDATABASE=postgres
-# The tenant owns its databases' and roles' settings: a search_path naming its schemas ahead of
-# pg_catalog would let its views and operators answer this job's catalogue queries (which databases
-# the image holds). pg_dump and pg_dumpall set their own; psql takes this one.
-export PGOPTIONS="-c search_path=pg_catalog"
+# The tenant's settings (a search_path naming its schemas ahead of pg_catalog, timeouts...) must
+# not decide this job's catalogue queries (common.sh); pg_dump and pg_dumpall set theirs too.
+export PGOPTIONS="$TENANT_SESSION_OPTIONS"
 load_secrets
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/toygres-backup.XXXXXX")
@@ -307,13 +306,22 @@ record_row_counts() { # $1 blob name, $2 the reader's output; its counts merged 
 pg_dumpall -w --globals-only | stream_to_blob globals.sql || die "pg_dumpall --globals-only failed"
 record_file globals.sql globals ""
 
+# The tenant's databases: every one but PostgreSQL's own template0 and template1 (a database the
+# tenant made a template is still its data, as pg_dumpall has it; one with datconnlimit -2 is a DROP
+# DATABASE interrupted). One the tenant closed to connections cannot be dumped: the backup fails
+# naming it rather than becoming a `ready` image without it.
+TENANT_DATABASES="datname NOT IN ('template0', 'template1') AND datconnlimit <> -2"
+closed=$(psql -w -X -Atc "SELECT left(string_agg(regexp_replace(datname, '[^a-zA-Z0-9_.-]', '?', 'g'), ', '
+  ORDER BY datname), 300) FROM pg_database WHERE NOT datallowconn AND $TENANT_DATABASES") \
+  || die "cannot list the databases of ${SOURCE_INSTANCE}"
+[[ -z "$closed" ]] || die "database(s) ${closed} of ${SOURCE_INSTANCE} allow no connections (ALTER DATABASE ... ALLOW_CONNECTIONS false): they cannot be dumped, so no image is made without them"
 # NUL-separated: a database name may hold a newline or any other byte but NUL.
-psql -w -X -At -0 -c "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname" \
+psql -w -X -At -0 -c "SELECT datname FROM pg_database WHERE datallowconn AND $TENANT_DATABASES ORDER BY datname" \
   >"$work/databases" || die "cannot list the databases of ${SOURCE_INSTANCE}"
 mapfile -d '' -t databases <"$work/databases"
 [[ ${#databases[@]} -gt 0 ]] || die "no databases to back up"
 # Their sizes on disk, in the same order: the estimate the progress lines compare against.
-psql -w -X -At -0 -c "SELECT pg_database_size(oid) FROM pg_database WHERE datallowconn AND NOT datistemplate
+psql -w -X -At -0 -c "SELECT pg_database_size(oid) FROM pg_database WHERE datallowconn AND $TENANT_DATABASES
   ORDER BY datname" >"$work/database-sizes" || die "cannot read the database sizes of ${SOURCE_INSTANCE}"
 mapfile -d '' -t sizes <"$work/database-sizes"
 log "${#databases[@]} database(s) to dump, $(mib "$(IFS=+; echo $((${sizes[*]:-0})))") on disk in all"

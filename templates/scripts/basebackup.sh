@@ -10,9 +10,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TOYGRES_JOB=basebackup
 : "${PGHOST:?}" "${PGPORT:?}" "${PGUSER:?}" "${BLOB_URL:?}" "${SOURCE_INSTANCE:?}" "${SOURCE_NAMESPACE:?}"
 export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-15}" PGDATABASE=postgres
-# The tenant's own search_path must not let its views answer this job's catalogue queries (which
-# tablespaces the source has, its system identifier).
-export PGOPTIONS="-c search_path=pg_catalog"
+# The tenant's settings (a search_path naming its schemas ahead of pg_catalog, timeouts...) must
+# not decide this job's catalogue queries (common.sh); pg_dump and pg_dumpall set theirs too.
+export PGOPTIONS="$TENANT_SESSION_OPTIONS"
 load_secrets
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/toygres-basebackup.XXXXXX")

@@ -60,7 +60,9 @@ pg_ctl -D "$pgdata" -w -t 120 -l "$work/postgres.log" start \
   -o "-c listen_addresses='' -c unix_socket_directories=$work -c hba_file=$work/pg_hba.conf \
   -c synchronous_commit=off" >/dev/null \
   || { cat "$work/postgres.log" >&2; die "temporary server did not start"; }
-export PGHOST="$work" PGUSER="$POSTGRES_USER" PGDATABASE=postgres
+export PGHOST="$work" PGUSER="$POSTGRES_USER" PGDATABASE=postgres PGOPTIONS="$TENANT_SESSION_OPTIONS"
+# (the image's globals and --create restore its role's and databases' settings: a read-only
+# default or a 1 ms statement timeout is the tenant's to keep, never this job's)
 
 # globals_for_psql FILE: globals.sql as this psql can run it. pg_dumpall since 17.6/16.10/15.14
 # wraps its script in \restrict KEY ... \unrestrict KEY; a psql of an older minor (an upgrade
@@ -73,9 +75,16 @@ globals_for_psql() {
   fi
 }
 
+# The source's tablespaces live at its paths, outside the one volume an instance has: globals.sql's
+# tablespace statements are left out, and pg_restore --no-tablespaces puts every object into the
+# default tablespace (as TENANT_SESSION_OPTIONS does for a role's default_tablespace).
+without_tablespaces() {
+  grep -v -E '^((CREATE|ALTER) TABLESPACE |(COMMENT|SECURITY LABEL( FOR [^ ]+)?) ON TABLESPACE |(GRANT|REVOKE) [A-Z, ]+ ON TABLESPACE )' || true
+}
+
 handed_over globals
 log "restoring roles"
-globals_for_psql "$handoff/globals.sql" | grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" \
+globals_for_psql "$handoff/globals.sql" | grep -v -E "^CREATE ROLE \"?${POSTGRES_USER}\"?;$" | without_tablespaces \
   | psql -X -q -v ON_ERROR_STOP=1 >/dev/null || die "restoring roles failed"
 
 restore_failed() { # $1: pg_restore's verbose log, $2: the database; its errors (not its progress) go to the log
@@ -129,13 +138,13 @@ for ((i = 0; i < ${#entries[@]}; i += 2)); do
   start_progress restore_progress "$label" "$report" "$items" "$started"
   if [[ "$exists" == 1 ]]; then
     log "restoring database $(shown "$database") into the existing one (${items} archive items)"
-    interruptible pg_restore --verbose --exit-on-error --jobs="${RESTORE_JOBS:-2}" \
+    interruptible pg_restore --verbose --exit-on-error --no-tablespaces --jobs="${RESTORE_JOBS:-2}" \
       --dbname="$(dbname_conninfo "$database")" "$handoff/$name" 2>"$report" || restore_failed "$report" "$database"
   else
     log "restoring database $(shown "$database") (${items} archive items)"
     # --create takes the name from the archive (quoted as an identifier) and reconnects by it
     # as a plain name, never parsed as a connection string.
-    interruptible pg_restore --verbose --exit-on-error --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres \
+    interruptible pg_restore --verbose --exit-on-error --no-tablespaces --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres \
       "$handoff/$name" 2>"$report" || restore_failed "$report" "$database"
   fi
   stop_progress

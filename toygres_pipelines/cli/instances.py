@@ -11,6 +11,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 
 from records import Instance, InstanceRef, InstanceState, ValidationFailed
+from records.tenant_sessions import tenant_session_options
 from resources.cms import CMSResource
 from resources.platform.base import PlatformError
 from toygres_pipelines.cli.exits import EXIT_OK
@@ -74,7 +75,9 @@ def default_database(uri: str, password: Callable[[], str]) -> str:
     secret: str | None = None
     try:
         secret = password()
-        with psycopg.connect(with_password(uri, secret), connect_timeout=5) as conn:
+        # the tenant's search_path and views decide nothing; no statement of its outlasts 5 s
+        options = tenant_session_options(5000)
+        with psycopg.connect(with_password(uri, secret), connect_timeout=5, options=options) as conn:
             names = [
                 row[0]
                 for row in conn.execute(

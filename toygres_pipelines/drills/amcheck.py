@@ -8,6 +8,7 @@ import os
 import subprocess
 
 from records import InstanceRef
+from records.tenant_sessions import TENANT_SESSION_OPTIONS
 from resources.platform.base import PlatformResource
 from resources.platform.postgres_server import postgres_bindir
 
@@ -24,6 +25,8 @@ def amcheck(platform: PlatformResource, ref: InstanceRef, postgres_version: str)
         "PATH": "/usr/bin:/bin",
         "PGPASSWORD": platform.read_instance_password(ref).get_secret_value(),
         "PGCONNECT_TIMEOUT": "15",
+        # the scratch instance keeps the tenant's settings (read-only by default, short timeouts...)
+        "PGOPTIONS": TENANT_SESSION_OPTIONS,
     }
     done = subprocess.run(
         [str(postgres_bindir(postgres_version) / "pg_amcheck"), "-h", endpoints.host, "-p", str(endpoints.port),

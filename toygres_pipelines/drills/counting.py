@@ -8,6 +8,7 @@ from pydantic import SecretStr
 
 from records.manifest import BackupManifest, table_key
 from records.platform import Endpoints
+from records.tenant_sessions import tenant_session_options
 from toygres_pipelines.shared.connections import SUPERUSER
 
 # The tables the archive reader counts (archive_reader.py, docs/drills.md says which and why).
@@ -35,6 +36,8 @@ def count_rows(
         dbname=database,
         sslmode=endpoints.sslmode or "prefer",
         connect_timeout=timeout_seconds,
+        # the restored databases and roles keep the tenant's settings: its search_path, its timeouts
+        options=tenant_session_options(),
     ) as conn:
         tables = conn.execute(COUNTED_TABLES).fetchall()
         counts = {}

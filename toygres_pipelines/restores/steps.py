@@ -17,6 +17,7 @@ from records import (
     LogSink,
 )
 from records.job_scripts import RestoreFetchEnv, RestoreServeEnv, job_env
+from records.tenant_sessions import tenant_session_options
 from resources.blob import MANIFEST_NAME, BlobStorageResource
 from resources.cms import CMSError, CMSResource
 from resources.platform.base import JobFailed, JobKind, JobSpec, PlatformResource, RestoreRoles
@@ -155,9 +156,9 @@ def mark_image_corrupt(cms: CMSResource, plan: RestorePlan, why: str, run_id: st
 
 def check_connection(connection_url: str, timeout_seconds: int) -> str:
     with psycopg.connect(
-        connection_url, connect_timeout=timeout_seconds, options=f"-c statement_timeout={timeout_seconds * 1000}"
+        connection_url, connect_timeout=timeout_seconds, options=tenant_session_options(timeout_seconds * 1000)
     ) as conn:
-        row = conn.execute("SELECT version()").fetchone()
+        row = conn.execute("SELECT pg_catalog.version()").fetchone()
     if row is None:
         raise RuntimeError("SELECT version() returned no row")
     return str(row[0])
