@@ -628,7 +628,7 @@ def held_last_segment_platform(platform, tmp_path: Path, gate: Path):
     wrapper = tmp_path / "azcopy"
     wrapper.write_text(
         "#!/usr/bin/env bash\n"
-        f'victim=$(cat {gate}/victim 2>/dev/null || true)\n'
+        f"victim=$(cat {gate}/victim 2>/dev/null || true)\n"
         'if [[ -n "$victim" && " $* " == *"/${victim}"* ]]; then\n'
         "  deadline=$((SECONDS + 60))\n"
         f"  until [[ -e {gate}/open ]]; do ((SECONDS < deadline)) || exit 7; sleep 0.05; done\n"
