@@ -603,3 +603,136 @@ def test_a_segment_changed_after_planning_fails_the_restore_with_3_and_leaves_no
     assert "sha256 mismatch" in str(failed.value)
     [row] = [i for i in cms.instances.list() if i.user_name == "swapped"]
     assert row.state is InstanceState.failed
+
+
+@pytest.fixture
+def open_tmp():
+    """A directory the job accounts can reach (pytest's tmp_path sits under a private one)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="toygres-held-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def held_last_segment_platform(platform, tmp_path: Path, gate: Path):
+    """A platform whose azcopy holds the download of the segment named in gate/victim until
+    gate/open exists (a deterministic hook: the real azcopy then runs); 60 s without it fail."""
+    from resources.platform.local import LocalPlatform
+
+    gate.mkdir()
+    gate.chmod(0o755)
+    real = Path(platform.state_dir) / "bin" / "azcopy"
+    wrapper = tmp_path / "azcopy"
+    wrapper.write_text(
+        "#!/usr/bin/env bash\n"
+        f"victim=$(cat {gate}/victim 2>/dev/null || true)\n"
+        'if [[ -n "$victim" && " $* " == *"/${victim}"* ]]; then\n'
+        "  deadline=$((SECONDS + 60))\n"
+        f"  until [[ -e {gate}/open ]]; do ((SECONDS < deadline)) || exit 7; sleep 0.05; done\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path=str(wrapper))
+
+
+def test_the_server_replays_while_the_last_segment_is_still_being_fetched(
+    cms, blob, platform, backed_up, monkeypatch, open_tmp
+):
+    """The serve role starts its server once the base backup is extracted: the last planned
+    segment's download is held until the serve role logs its replay start, and the restore still
+    reaches its target (before the overlap the server waited for every segment: no replay ever
+    began, and the held download failed)."""
+    from toygres_pipelines.pitr import restore as restore_module
+
+    source, dsn, backup = backed_up
+    for label in ("one", "two", "three"):
+        commit(dsn, label)
+        switch_wal(dsn)
+    target = commit(dsn, "target")
+    commit(dsn, "after-t")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, target)
+    gate = open_tmp / "gate"
+    local = held_last_segment_platform(platform, open_tmp, gate)
+    real_run = restore_module.run_pitr_job
+
+    def hold_the_last_segment(platform_, blob_, ref, plan, *args, **kwargs):
+        (gate / "victim").write_text(plan.segments[-1].blob.rsplit("/", 1)[1])
+        return real_run(platform_, blob_, ref, plan, *args, **kwargs)
+
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "replaying WAL to" in line:
+            (gate / "open").touch()
+
+    monkeypatch.setattr(restore_module, "run_pitr_job", hold_the_last_segment)
+    restored = restore_to_time(
+        cms, blob, local, source_instance=source.k8s_name, name="overlap", dns_label="overlap",
+        target_time=target, log=log,
+    )  # fmt: skip
+    ref = InstanceRef(k8s_name=restored.k8s_name, namespace=restored.namespace)
+    try:
+        replaying = next(i for i, line in enumerate(lines) if "replaying WAL to" in line)
+        verified = next(i for i, line in enumerate(lines) if "verified and handed over" in line)
+        assert replaying < verified, lines
+        found = labels(local, ref)
+        assert {"before-base", "three", "target"} <= found and "after-t" not in found
+    finally:
+        local.delete_instance(ref)
+
+
+def test_a_segment_changed_after_replay_began_fails_with_3_and_never_promotes(
+    cms, blob, platform, backed_up, monkeypatch, open_tmp
+):
+    """The last planned segment is swapped for another (valid zstd) once the server replays: the
+    fetch role exits 3, the server's restore_command reports it as fatal (not as the end of the
+    archive), nothing is promoted and no instance is left."""
+    from resources.platform.base import JobFailed
+    from toygres_pipelines.pitr import restore as restore_module
+
+    source, dsn, backup = backed_up
+    for label in ("one", "two", "three"):
+        commit(dsn, label)
+        switch_wal(dsn)
+    target = commit(dsn, "target")
+    switch_wal(dsn)
+    archived_until(cms, blob, source, target)
+    gate = open_tmp / "gate"
+    local = held_last_segment_platform(platform, open_tmp, gate)
+    real_run = restore_module.run_pitr_job
+    planned = []
+
+    def hold_the_last_segment(platform_, blob_, ref, plan, *args, **kwargs):
+        planned.append(plan)
+        (gate / "victim").write_text(plan.segments[-1].blob.rsplit("/", 1)[1])
+        return real_run(platform_, blob_, ref, plan, *args, **kwargs)
+
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "replaying WAL to" in line:
+            [plan] = planned
+            victim, donor = plan.segments[-1], plan.segments[0]
+            blob._container.upload_blob(victim.blob, blob.read_bytes(donor.blob), overwrite=True)
+            (gate / "open").touch()
+
+    monkeypatch.setattr(restore_module, "run_pitr_job", hold_the_last_segment)
+    with pytest.raises(JobFailed) as failed:
+        restore_to_time(
+            cms, blob, local, source_instance=source.k8s_name, name="late", dns_label="late",
+            target_time=target, log=log,
+        )  # fmt: skip
+    assert any("replaying WAL to" in line for line in lines), lines
+    assert failed.value.result.reason == "exit code 3", failed.value
+    assert "sha256 mismatch" in str(failed.value)
+    assert not any("promoted" in line for line in lines), lines
+    [row] = [i for i in cms.instances.list() if i.user_name == "late"]
+    assert row.state is InstanceState.failed
+    assert not local.instance_exists(InstanceRef(k8s_name=row.k8s_name, namespace=row.namespace))

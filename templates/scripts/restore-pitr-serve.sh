@@ -28,14 +28,52 @@ trap cleanup EXIT
 rm -rf "$pgdata"
 mkdir -p "$staging"
 
-# The base backup is extracted once the fetch role has verified it (while the segments download);
-# no server starts before every segment is verified too.
+# The base backup is extracted once the fetch role has verified it; the server starts right after,
+# while the fetch role still downloads and verifies segments (its restore_command waits for them).
+handed_over plan
 handed_over base
 mkdir -m 700 "$pgdata"
 zstd -q -d -c "$handoff/base.tar.zst" | tar -C "$pgdata" -xf - || die "the base backup does not extract"
 chmod 700 "$pgdata"
-handed_over all-verified
 target=$(<"$handoff/target")
+
+# The server's restore_command (%f %p). It hands the server only what the fetch role verified:
+# - a planned segment: waits for the fetch role's verified copy (renamed into wal/ once checked)
+#   and copies it;
+# - any other name (a .history file, the next timeline, a segment past the plan) is "not in the
+#   archive" (exit 1), at once while replay has not begun. Once it has, that answer is what ends
+#   recovery (the end of the archive, or the new-timeline probe PostgreSQL makes before it
+#   promotes at a target), so it waits for ready/all-verified first: **the server never promotes
+#   before the fetch role declared every planned segment verified**;
+# - when the fetch role failed (a changed segment, a download error) or nothing came within the
+#   deadline: exit 126. PostgreSQL takes an exit status above 125 as fatal and aborts recovery
+#   (exit 1 would read as the end of the archive and promote early); the job then fails with the
+#   fetch role's status.
+WAL_WAIT_SECONDS=1800
+{
+  printf '#!/usr/bin/env bash\nset -u\n'
+  printf 'handoff=%q replaying=%q wait_seconds=%d\n' "$RESTORE_HANDOFF" "$socket_dir/replaying" "$WAL_WAIT_SECONDS"
+  cat <<'RESTORE_COMMAND'
+planned=false
+if grep -qxF -e "$1" "$handoff/data/segments"; then planned=true; elif [[ ! -e "$replaying" ]]; then exit 1; fi
+deadline=$((SECONDS + wait_seconds))
+until [[ -e "$handoff/failed" ]]; do
+  if [[ "$planned" == true && -e "$handoff/data/wal/$1" ]]; then
+    : >"$replaying"
+    cp "$handoff/data/wal/$1" "$2" || exit 126
+    exit 0
+  fi
+  if [[ "$planned" == false && -e "$handoff/ready/all-verified" ]]; then exit 1; fi
+  if ((SECONDS >= deadline)); then
+    echo "restore_command: ${1} not handed over within ${wait_seconds}s: recovery stops" >&2
+    exit 126
+  fi
+  sleep 0.05
+done
+echo "restore_command: the fetch role failed: recovery stops (this is not the end of the archive)" >&2
+exit 126
+RESTORE_COMMAND
+} >"$socket_dir/restore-command"
 
 # Everything in the base backup is the tenant's (docs/security.md): its configuration files could
 # name commands (recovery_end_command, archive_cleanup_command, ssl_passphrase_command), libraries
@@ -69,7 +107,7 @@ sizing() { # $1: setting, $2: pg_controldata's label -> the larger of both, at m
   # JIT after it (autoanalyze runs the tenant's index expressions), nothing archived or logged
   # anywhere but the job's own log.
   printf "hot_standby = off\nautovacuum = off\njit = off\narchive_mode = off\nlogging_collector = off\n"
-  printf "restore_command = 'cp %s/%%f %%p'\n" "$handoff/wal"
+  printf "restore_command = 'bash %s/restore-command %%f %%p'\n" "$socket_dir"
   printf "recovery_target_action = 'promote'\n"
   printf "include_if_exists = '%s/target.conf'\n" "$socket_dir"
   sizing max_connections max_connections
@@ -101,6 +139,7 @@ replay() { # -> 0: promoted; 1: the server stopped first (its log says why)
   done
 }
 if ! replay; then
+  if [[ -e "$RESTORE_HANDOFF/failed" ]]; then die "the fetch role failed: recovery stopped before promotion"; fi
   # A time target is reached only by a transaction committed after it. The plan checked that the
   # archive covers the target, so an archive with none after it already holds every commit up to
   # the target: its end is the state at the target. PostgreSQL keeps what it replayed and resumes.
@@ -113,6 +152,8 @@ if ! replay; then
     die "recovery ended before it reached ${target:-the end of the archive}"
   fi
 fi
+# The invariant the restore_command keeps (it answered "not in the archive" only after this):
+[[ -e "$RESTORE_HANDOFF/ready/all-verified" ]] || die "the server promoted before every planned segment was verified"
 replayed=$(psql -X -Atqc 'SELECT pg_catalog.pg_last_xact_replay_timestamp()')
 log "promoted; last transaction replayed committed at ${replayed:-unknown}"
 
