@@ -208,8 +208,9 @@ def test_a_tenant_writing_wal_faster_than_it_uploads_cannot_fill_the_archivers_d
             wait_for(lambda n=name: n in spooled() or not slot_active(dsn), f"{name} spooled or streaming paused")
             assert len(spooled()) <= limit, f"the spool grows without bound: {spooled()}"
         assert not slot_active(dsn)
+        status = directory / "status.json"  # written at the end of a round: the first one retries the storage
         wait_for(
-            lambda: "spool full" in (json.loads((directory / "status.json").read_text()).get("error") or ""),
+            lambda: status.exists() and "spool full" in (json.loads(status.read_text()).get("error") or ""),
             "the pause named in status.json", timeout=240,
         )  # fmt: skip
     finally:
