@@ -10,6 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from tests.python_source import parse_source
+
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT_PACKAGES = ("records", "resources", "toygres_pipelines")
 
@@ -19,7 +21,7 @@ def imported_top_level_modules() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for package in PRODUCT_PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            for node in ast.walk(parse_source(path)):
                 if isinstance(node, ast.Import):
                     names = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
