@@ -53,6 +53,12 @@ def test_backup_of_pagila_is_verified_and_restorable(resources, cms, blob, sourc
 
     globals_sql = blob.read_bytes(f"{row.blob_path}/globals.sql").decode()
     assert "CREATE ROLE pagila_app;" in globals_sql
+    # dumped in the database's own encoding (a restore into another encoding converts from it)
+    script = subprocess.run(
+        [str(postgres_bindir() / "pg_restore"), "-f", "-", str(dump_path)], capture_output=True, check=True
+    ).stdout
+    assert b"SET client_encoding = 'UTF8';" in script
+    assert "SET client_encoding = 'UTF8';" in globals_sql
 
     assert cms.images.password(row.id).get_secret_value() == source_password(resources, source)
     assert [e.to_state for e in cms.events.of(row.id)] == ["creating", "ready"]
