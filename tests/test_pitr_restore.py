@@ -617,11 +617,15 @@ def open_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def held_last_segment_platform(platform, tmp_path: Path, gate: Path):
-    """A platform whose azcopy holds the download of the segment named in gate/victim until
-    gate/open exists (a deterministic hook: the real azcopy then runs); 60 s without it fail."""
+def hold_the_last_segment_until_replay(platform, tmp_path: Path, monkeypatch, when_replaying=lambda plan: None):
+    """A platform whose azcopy holds the download of the restore's last planned segment until the
+    serve role logs its replay start (`when_replaying(plan)` runs then, before the download goes on):
+    a deterministic hook, the real azcopy then runs; 60 s without it fail. Returns the platform, the
+    job's log function and the lines it logged."""
     from resources.platform.local import LocalPlatform
+    from toygres_pipelines.pitr import restore as restore_module
 
+    gate = tmp_path / "gate"
     gate.mkdir()
     gate.chmod(0o755)
     real = Path(platform.state_dir) / "bin" / "azcopy"
@@ -636,7 +640,25 @@ def held_last_segment_platform(platform, tmp_path: Path, gate: Path):
         f'exec {real} "$@"\n'
     )
     wrapper.chmod(0o755)
-    return LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path=str(wrapper))
+    real_run = restore_module.run_pitr_job
+    planned = []
+
+    def run_holding_the_last_segment(platform_, blob_, ref, plan, *args, **kwargs):
+        planned.append(plan)
+        (gate / "victim").write_text(plan.segments[-1].blob.rsplit("/", 1)[1])
+        return real_run(platform_, blob_, ref, plan, *args, **kwargs)
+
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "replaying WAL to" in line:
+            [plan] = planned
+            when_replaying(plan)
+            (gate / "open").touch()
+
+    monkeypatch.setattr(restore_module, "run_pitr_job", run_holding_the_last_segment)
+    return LocalPlatform(state_dir=str(tmp_path / "state"), azcopy_path=str(wrapper)), log, lines
 
 
 def test_the_server_replays_while_the_last_segment_is_still_being_fetched(
@@ -646,8 +668,6 @@ def test_the_server_replays_while_the_last_segment_is_still_being_fetched(
     segment's download is held until the serve role logs its replay start, and the restore still
     reaches its target (before the overlap the server waited for every segment: no replay ever
     began, and the held download failed)."""
-    from toygres_pipelines.pitr import restore as restore_module
-
     source, dsn, backup = backed_up
     for label in ("one", "two", "three"):
         commit(dsn, label)
@@ -656,22 +676,7 @@ def test_the_server_replays_while_the_last_segment_is_still_being_fetched(
     commit(dsn, "after-t")
     switch_wal(dsn)
     archived_until(cms, blob, source, target)
-    gate = open_tmp / "gate"
-    local = held_last_segment_platform(platform, open_tmp, gate)
-    real_run = restore_module.run_pitr_job
-
-    def hold_the_last_segment(platform_, blob_, ref, plan, *args, **kwargs):
-        (gate / "victim").write_text(plan.segments[-1].blob.rsplit("/", 1)[1])
-        return real_run(platform_, blob_, ref, plan, *args, **kwargs)
-
-    lines: list[str] = []
-
-    def log(line: str) -> None:
-        lines.append(line)
-        if "replaying WAL to" in line:
-            (gate / "open").touch()
-
-    monkeypatch.setattr(restore_module, "run_pitr_job", hold_the_last_segment)
+    local, log, lines = hold_the_last_segment_until_replay(platform, open_tmp, monkeypatch)
     restored = restore_to_time(
         cms, blob, local, source_instance=source.k8s_name, name="overlap", dns_label="overlap",
         target_time=target, log=log,
@@ -694,7 +699,6 @@ def test_a_segment_changed_after_replay_began_fails_with_3_and_never_promotes(
     fetch role exits 3, the server's restore_command reports it as fatal (not as the end of the
     archive), nothing is promoted and no instance is left."""
     from resources.platform.base import JobFailed
-    from toygres_pipelines.pitr import restore as restore_module
 
     source, dsn, backup = backed_up
     for label in ("one", "two", "three"):
@@ -703,27 +707,12 @@ def test_a_segment_changed_after_replay_began_fails_with_3_and_never_promotes(
     target = commit(dsn, "target")
     switch_wal(dsn)
     archived_until(cms, blob, source, target)
-    gate = open_tmp / "gate"
-    local = held_last_segment_platform(platform, open_tmp, gate)
-    real_run = restore_module.run_pitr_job
-    planned = []
 
-    def hold_the_last_segment(platform_, blob_, ref, plan, *args, **kwargs):
-        planned.append(plan)
-        (gate / "victim").write_text(plan.segments[-1].blob.rsplit("/", 1)[1])
-        return real_run(platform_, blob_, ref, plan, *args, **kwargs)
+    def swap_the_last_segment(plan):
+        victim, donor = plan.segments[-1], plan.segments[0]
+        blob._container.upload_blob(victim.blob, blob.read_bytes(donor.blob), overwrite=True)
 
-    lines: list[str] = []
-
-    def log(line: str) -> None:
-        lines.append(line)
-        if "replaying WAL to" in line:
-            [plan] = planned
-            victim, donor = plan.segments[-1], plan.segments[0]
-            blob._container.upload_blob(victim.blob, blob.read_bytes(donor.blob), overwrite=True)
-            (gate / "open").touch()
-
-    monkeypatch.setattr(restore_module, "run_pitr_job", hold_the_last_segment)
+    local, log, lines = hold_the_last_segment_until_replay(platform, open_tmp, monkeypatch, swap_the_last_segment)
     with pytest.raises(JobFailed) as failed:
         restore_to_time(
             cms, blob, local, source_instance=source.k8s_name, name="late", dns_label="late",

@@ -468,8 +468,9 @@ def test_a_job_cleanup_error_after_a_good_restore_job_does_not_undo_the_restore(
 def test_an_image_carrying_its_tenants_session_settings_restores(resources, cms, platform, source, source_dsn):
     """A valid image carries its tenant's settings: the role's (globals.sql: ALTER ROLE postgres SET)
     and each database's (pg_restore --create). A read-only default and a 1 ms statement timeout are
-    the tenant's to have; they must not stop the restore's own sessions (pg_restore, analyze, the password)."""
-    override = "-c default_transaction_read_only=off -c statement_timeout=0"
+    the tenant's to have, and so is a library loaded at each connection; they must not stop the
+    backup's or the restore's own sessions (the queries, pg_dump, pg_restore, analyze, the password)."""
+    override = "-c default_transaction_read_only=off -c statement_timeout=0 -c local_preload_libraries="
     with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
         admin.execute("DROP DATABASE IF EXISTS settled")
         admin.execute("CREATE DATABASE settled")
@@ -480,6 +481,7 @@ def test_an_image_carrying_its_tenants_session_settings_restores(resources, cms,
         with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
             admin.execute("ALTER DATABASE settled SET default_transaction_read_only = on")
             admin.execute("ALTER DATABASE settled SET statement_timeout = '1ms'")
+            admin.execute("ALTER DATABASE settled SET local_preload_libraries = 'tenant_plugin'")
             admin.execute("ALTER ROLE postgres SET default_transaction_read_only = on")
         try:
             assert materialize_image(resources, f"{source.k8s_name}__settled").success
@@ -496,9 +498,11 @@ def test_an_image_carrying_its_tenants_session_settings_restores(resources, cms,
             assert conn.execute("SELECT count(*) FROM t").fetchone() == (20000,)
             # the tenant's settings are restored as they were
             assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("off",)
-        with psycopg.connect(restored) as conn:
+        with psycopg.connect(restored, options="-c local_preload_libraries=") as conn:
             assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
             assert conn.execute("SHOW statement_timeout").fetchone() == ("1ms",)
+        with pytest.raises(psycopg.OperationalError, match="tenant_plugin"):
+            psycopg.connect(restored).close()
     finally:
         with psycopg.connect(source_dsn("postgres"), autocommit=True, options=override) as admin:
             admin.execute("DROP DATABASE IF EXISTS settled WITH (FORCE)")

@@ -9,12 +9,7 @@ TOYGRES_JOB=backup
 export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-15}" PGDATABASE=postgres
 # The tenant's settings (a search_path naming its schemas ahead of pg_catalog, timeouts...) must
 # not decide this job's catalogue queries (common.sh); pg_dump and pg_dumpall set theirs too.
-export PGOPTIONS="$TENANT_SESSION_OPTIONS"
-# The dumps keep the encoding their connection gets by default (the database's own: a restore into
-# another encoding converts from it), not the catalogue queries' SQL_ASCII, which would label every
-# dump SQL_ASCII and leave its bytes unconverted into any encoding.
-DUMP_OPTIONS=${TENANT_SESSION_OPTIONS/ -c client_encoding=SQL_ASCII/}
-[[ "$DUMP_OPTIONS" != "$TENANT_SESSION_OPTIONS" ]] || die "TENANT_SESSION_OPTIONS no longer sets client_encoding=SQL_ASCII: update DUMP_OPTIONS"
+export PGOPTIONS="$TENANT_SESSION_OPTIONS $NAMES_AS_BYTES"
 load_secrets
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/toygres-backup.XXXXXX")
@@ -253,7 +248,7 @@ dump_directory_to_blob() {
   log "dumping database $(shown "$database") into $archive/ with pg_dump -Fd -j ${PARALLEL_JOBS} ($(mib "${on_disk:-0}") on disk)"
   table_sizes "$database" "$work/dirs/$archive.tables" || : >"$work/dirs/$archive.tables"
   start_progress directory_progress "$label" "$work/dirs/$archive" "$started" "$on_disk" "$work/dirs/$archive.tables" "$work/dirs/$archive.log"
-  PGOPTIONS="$DUMP_OPTIONS" pg_dump -w -Fd -j "$PARALLEL_JOBS" --verbose ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} \
+  PGOPTIONS="$TENANT_SESSION_OPTIONS" pg_dump -w -Fd -j "$PARALLEL_JOBS" --verbose ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} \
     --dbname="$(dbname_conninfo "$database")" -f "$work/dirs/$archive" 2>"$work/dirs/$archive.log" &
   dump=$!
   upload_as_dumped "$archive" "$work/dirs/$archive.log" "$dump" &
@@ -308,7 +303,7 @@ record_row_counts() { # $1 blob name, $2 the reader's output; its counts merged 
   log "counted $(jq '.row_counts | length' "$2") table(s) of $1 in its archive: $(jq '[.row_counts[]] | add // 0' "$2") rows, $(mib "$(jq '.data_bytes' "$2")") of table data"
 }
 
-PGOPTIONS="$DUMP_OPTIONS" pg_dumpall -w --globals-only | stream_to_blob globals.sql || die "pg_dumpall --globals-only failed"
+PGOPTIONS="$TENANT_SESSION_OPTIONS" pg_dumpall -w --globals-only | stream_to_blob globals.sql || die "pg_dumpall --globals-only failed"
 record_file globals.sql globals ""
 
 # The tenant's databases: every one but PostgreSQL's own template0 and template1 (a database the
@@ -346,7 +341,7 @@ for database in "${databases[@]}"; do
     name=$(printf 'databases/%03d.dump' "$index") tables="$work/${name//\//_}.tables"
     log "dumping database $(shown "$database") into $name ($(mib "${sizes[index - 1]:-0}") on disk)"
     table_sizes "$database" "$tables" || tables=""
-    PGOPTIONS="$DUMP_OPTIONS" pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --dbname="$(dbname_conninfo "$database")" \
+    PGOPTIONS="$TENANT_SESSION_OPTIONS" pg_dump -w -Fc ${DUMP_COMPRESSION:+-Z "$DUMP_COMPRESSION"} --dbname="$(dbname_conninfo "$database")" \
       | stream_to_blob "$name" "$name (database $(shown "$database"))" "${sizes[index - 1]:-}" "$tables" \
       || die "pg_dump of database $(shown "$database") failed"
     record_file "$name" database "$database"

@@ -12,7 +12,7 @@ TOYGRES_JOB=basebackup
 export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-15}" PGDATABASE=postgres
 # The tenant's settings (a search_path naming its schemas ahead of pg_catalog, timeouts...) must
 # not decide this job's catalogue queries (common.sh); pg_dump and pg_dumpall set theirs too.
-export PGOPTIONS="$TENANT_SESSION_OPTIONS"
+export PGOPTIONS="$TENANT_SESSION_OPTIONS $NAMES_AS_BYTES"
 load_secrets
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/toygres-basebackup.XXXXXX")

@@ -187,13 +187,16 @@ download_file() { # $1: blob name, $2: local path (BlobPipe: much faster start t
 # The options of every session a job opens on a tenant's server (PGOPTIONS). The tenant owns its
 # roles' and databases' settings (ALTER ROLE/DATABASE ... SET, carried by its images too), and they
 # apply to every session that logs in; options given at connection win over them: its schemas ahead
-# of pg_catalog, a read-only default, short timeouts, a library loaded into each session, statements
-# logged, names converted to another encoding (SQL_ASCII: a name's bytes as they are, the bytes
-# pg_dump connects by). records/tenant_sessions.py holds the same for the deployment's Python sessions.
+# of pg_catalog, a read-only default, short timeouts, libraries loaded into each session, statements
+# logged. records/tenant_sessions.py holds the same for the deployment's Python sessions.
 TENANT_SESSION_OPTIONS="-c search_path=pg_catalog -c default_transaction_read_only=off -c statement_timeout=0 \
 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c idle_session_timeout=0 -c session_preload_libraries= \
--c log_statement=none -c log_min_duration_statement=-1 -c default_tablespace= -c temp_tablespaces= \
--c client_encoding=SQL_ASCII"
+-c local_preload_libraries= -c log_statement=none -c log_min_duration_statement=-1 -c default_tablespace= \
+-c temp_tablespaces="
+# Added for the jobs' own catalogue queries, not for the dumps: a name's bytes as they are (the bytes
+# pg_dump connects by), where another client encoding would convert them. A dump keeps its database's
+# encoding, so that a restore into another one converts.
+NAMES_AS_BYTES="-c client_encoding=SQL_ASCII"
 
 # A database name as a libpq connection string that can only mean that name: a bare name
 # holding `=` or starting with postgresql:// would be parsed as a whole connection string.

@@ -124,11 +124,9 @@ printf 'local all all trust\n' >"$socket_dir/pg_hba.conf"
 touch "$pgdata/recovery.signal"
 log "replaying WAL to ${target:-the end of the archive}"
 
-# The server's environment holds no secret (this role has none); the sessions this
-# job opens override the tenant's per-role and per-database settings (client options win over
-# them): no search_path of its choosing, no library loaded at connection, nothing logged.
-export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres
-export PGOPTIONS="-c search_path=pg_catalog -c session_preload_libraries= -c local_preload_libraries= -c log_statement=none -c default_transaction_read_only=off"
+# The server's environment holds no secret (this role has none); the sessions this job opens
+# override the tenant's per-role and per-database settings (common.sh).
+export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres PGOPTIONS="$TENANT_SESSION_OPTIONS"
 replay() { # -> 0: promoted; 1: the server stopped first (its log says why)
   env -i PATH="$PATH" LANG=C.UTF-8 LC_ALL=C.UTF-8 HOME="$socket_dir" \
     pg_ctl -D "$pgdata" -w -t 600 -l "$socket_dir/postgres.log" start -o "-c config_file=$socket_dir/postgresql.conf" >/dev/null \

@@ -60,7 +60,7 @@ pg_ctl -D "$pgdata" -w -t 120 -l "$work/postgres.log" start \
   -o "-c listen_addresses='' -c unix_socket_directories=$work -c hba_file=$work/pg_hba.conf \
   -c synchronous_commit=off" >/dev/null \
   || { cat "$work/postgres.log" >&2; die "temporary server did not start"; }
-export PGHOST="$work" PGUSER="$POSTGRES_USER" PGDATABASE=postgres PGOPTIONS="$TENANT_SESSION_OPTIONS"
+export PGHOST="$work" PGUSER="$POSTGRES_USER" PGDATABASE=postgres PGOPTIONS="$TENANT_SESSION_OPTIONS $NAMES_AS_BYTES"
 # (the image's globals and --create restore its role's and databases' settings: a read-only
 # default or a 1 ms statement timeout is the tenant's to keep, never this job's)
 
