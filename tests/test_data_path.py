@@ -627,8 +627,7 @@ def test_a_checksum_mismatch_found_after_a_database_was_restored_still_fails_wit
 def test_the_restores_last_progress_line_counts_every_archive_item(resources, cms, platform, small_source, small_ref):
     """pg_restore's verbose log names most items but not all (large objects: 'processing BLOBS'),
     and its parallel workers' lines can interleave: the count after a successful pg_restore is the
-    archive's, never '243 of 244' for a copy that holds everything. The `postgres` database is
-    restored into the existing one (no --create, so no extra DATABASE line to hide a missing one)."""
+    archive's, never '243 of 244' for a copy that holds everything."""
     with psycopg.connect(server_dsn(platform, small_ref), autocommit=True) as conn:
         [(oid,)] = conn.execute("SELECT lo_from_bytea(0, 'a large object')").fetchall()
     try:

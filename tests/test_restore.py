@@ -545,3 +545,41 @@ def test_an_image_of_a_source_with_a_tablespace_restores_into_the_instances_one_
             admin.execute("DROP DATABASE IF EXISTS spaced WITH (FORCE)")
             admin.execute("DROP TABLESPACE IF EXISTS tenant_space")
         shutil.rmtree(location, ignore_errors=True)
+
+
+def test_the_postgres_databases_own_settings_comment_and_grants_are_restored(
+    resources, cms, platform, source, source_dsn
+):
+    """The restored instance's `postgres` database already exists (initdb made it), so its archive is
+    restored into it without --create; its settings, its role-in-database settings, its comment and
+    its grants (pg_dump keeps them for --create only) must still come back."""
+    reset = "-c default_transaction_read_only=off -c statement_timeout=0 -c local_preload_libraries="
+    with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
+        admin.execute("ALTER DATABASE postgres SET work_mem = '7MB'")
+        admin.execute("ALTER ROLE pagila_app IN DATABASE postgres SET work_mem = '9MB'")
+        admin.execute("COMMENT ON DATABASE postgres IS 'the tenant''s own words'")
+        admin.execute("GRANT CREATE ON DATABASE postgres TO pagila_app")
+    try:
+        assert materialize_image(resources, f"{source.k8s_name}__ownsettings").success
+    finally:
+        with psycopg.connect(source_dsn("postgres"), autocommit=True, options=reset) as admin:
+            admin.execute("ALTER DATABASE postgres RESET work_mem")
+            admin.execute("ALTER ROLE pagila_app IN DATABASE postgres RESET work_mem")
+            admin.execute("COMMENT ON DATABASE postgres IS NULL")
+            admin.execute("REVOKE CREATE ON DATABASE postgres FROM pagila_app")
+    image = cms.images.find(f"{source.k8s_name}__ownsettings")
+    result = restore(resources, source_image_id=str(image.id), name="ownsettings", dns_label="ownsettings",
+                     databases=["postgres"])  # fmt: skip
+    assert result.success, failure_text(result)
+    row = result.output_for_node("mark_instance_running")
+    with psycopg.connect(dsn_of(platform, row, SOURCE_PASSWORD, "postgres")) as conn:
+        settings = conn.execute(
+            "SELECT coalesce(r.rolname, '-'), s.setconfig FROM pg_db_role_setting s"
+            " JOIN pg_database d ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole"
+            " WHERE d.datname = 'postgres' ORDER BY 1"
+        ).fetchall()
+        assert settings == [("-", ["work_mem=7MB"]), ("pagila_app", ["work_mem=9MB"])]
+        comment = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'postgres'"
+        assert conn.execute(comment).fetchone() == ("the tenant's own words",)
+        granted = conn.execute("SELECT has_database_privilege('pagila_app', 'postgres', 'CREATE')").fetchone()
+        assert granted == (True,)

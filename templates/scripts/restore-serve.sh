@@ -137,16 +137,16 @@ for ((i = 0; i < ${#entries[@]}; i += 2)); do
   report="$work/pg_restore.log" label="pg_restore of database $(shown "$database")" started=$SECONDS
   start_progress restore_progress "$label" "$report" "$items" "$started"
   if [[ "$exists" == 1 ]]; then
-    log "restoring database $(shown "$database") into the existing one (${items} archive items)"
-    interruptible pg_restore --verbose --exit-on-error --no-tablespaces --jobs="${RESTORE_JOBS:-2}" \
-      --dbname="$(dbname_conninfo "$database")" "$handoff/$name" 2>"$report" || restore_failed "$report" "$database"
-  else
-    log "restoring database $(shown "$database") (${items} archive items)"
-    # --create takes the name from the archive (quoted as an identifier) and reconnects by it
-    # as a plain name, never parsed as a connection string.
-    interruptible pg_restore --verbose --exit-on-error --no-tablespaces --jobs="${RESTORE_JOBS:-2}" --create --dbname=postgres \
-      "$handoff/$name" 2>"$report" || restore_failed "$report" "$database"
+    # initdb made it (postgres): pg_dump keeps a database's settings, its role-in-database
+    # settings, comment and grants for --create only, so it is made again from the archive.
+    psql -X -q -v ON_ERROR_STOP=1 -v db="$database" --dbname=template1 <<<'DROP DATABASE :"db"' >/dev/null \
+      || die "dropping the new instance's own database $(shown "$database") to restore it failed"
   fi
+  log "restoring database $(shown "$database") (${items} archive items)"
+  # --create takes the name from the archive (quoted as an identifier) and reconnects by it
+  # as a plain name, never parsed as a connection string.
+  interruptible pg_restore --verbose --exit-on-error --no-tablespaces --jobs="${RESTORE_JOBS:-2}" --create --dbname=template1 \
+    "$handoff/$name" 2>"$report" || restore_failed "$report" "$database"
   stop_progress
   # pg_restore --exit-on-error exited 0: it did every item of the archive
   log "$label done: $items of $items archive items restored in $((SECONDS - started))s"
