@@ -238,35 +238,44 @@ class PeakTreeRss:
         self.at_peak: dict[str, float] = {}
         self.by_command: dict[str, float] = {}
         self._stop = threading.Event()
-        self._own_cmdline = Path(f"/proc/{self.root}/cmdline").read_bytes()
 
-    def _descendants_pss_kib(self) -> dict[str, int]:
-        """The tree's PSS (KiB) by command."""
+    def tree(self) -> dict[int, str]:
+        """The processes that count, by pid, with their command labels: the root's descendants (and
+        the root unless it is the bench), never the bench itself nor a fork of it before its exec
+        (it shares, and shows, all of the bench's memory)."""
+        bench_pid, bench_cmdline = os.getpid(), Path("/proc/self/cmdline").read_bytes()
         parents: dict[int, int] = {}
-        pss: dict[int, tuple[str, int]] = {}
+        labels: dict[int, str] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
-                stat = (entry / "stat").read_text()
-                fields = stat.rsplit(")", 1)[1].split()
-                parents[int(entry.name)] = int(fields[1])
+                pid, stat = int(entry.name), (entry / "stat").read_text()
+                parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
                 cmdline = (entry / "cmdline").read_bytes()
-                # A fork of the root before its exec shares (and shows) all of the root's memory
-                if int(entry.name) != self.root and cmdline == self._own_cmdline:
+                if pid == bench_pid or cmdline == bench_cmdline:
                     continue
                 comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-                label = command_label(comm, cmdline.rstrip(b"\0").split(b"\0"))
-                pss[int(entry.name)] = (label, proportional_set_kib(entry))
+                labels[pid] = command_label(comm, cmdline.rstrip(b"\0").split(b"\0"))
             except (OSError, IndexError, ValueError):
                 continue
-        me, total = self.root, dict[str, int]()
-        for pid, (label, kib) in pss.items():
+        counted = {}
+        for pid, label in labels.items():
             ancestor = parents.get(pid) if pid not in self.exclude else None
-            while ancestor and ancestor != me and ancestor not in self.exclude:
+            while ancestor and ancestor != self.root and ancestor not in self.exclude:
                 ancestor = parents.get(ancestor)
-            if pid == me or ancestor == me:
-                total[label] = total.get(label, 0) + kib
+            if pid == self.root or ancestor == self.root:
+                counted[pid] = label
+        return counted
+
+    def _descendants_pss_kib(self) -> dict[str, int]:
+        """The tree's PSS (KiB) by command."""
+        total: dict[str, int] = {}
+        for pid, label in self.tree().items():
+            try:
+                total[label] = total.get(label, 0) + proportional_set_kib(Path(f"/proc/{pid}"))
+            except (OSError, ValueError):
+                continue  # ended meanwhile
         return total
 
     def _sample(self) -> None:

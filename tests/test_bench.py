@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -188,6 +189,19 @@ def test_the_tree_memory_is_broken_down_by_program(bench, tmp_path):
     assert 45 <= sampler.by_command[mmapped[0]] <= 70, sampler.by_command
     assert sampler.at_peak[mmapped[0]] == pytest.approx(sampler.by_command[mmapped[0]], abs=2)
     assert sum(sampler.at_peak.values()) == pytest.approx(sampler.peak_mib, abs=0.5)
+
+
+def test_the_bench_itself_is_not_part_of_the_job_tree(bench):
+    """The bench's own process (its Python, its verification's clients) is not the job's memory;
+    its children are."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        tree = bench.PeakTreeRss().tree()
+        assert os.getpid() not in tree
+        assert tree.get(child.pid) == "sleep"
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_commands_name_is_its_program_and_an_interpreters_script(bench):
