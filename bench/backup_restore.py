@@ -359,6 +359,15 @@ class Pinning:
         self.servers, self.jobs = {cores[0]}, set(cores[1:]) or {cores[0]}
         self.server_pids = server_pids
 
+    def pin_servers(self, pids: list[int]) -> None:
+        """Another server (the parallel bench's source) on the servers' core."""
+        for pid in pids:
+            for task in tree_tasks(pid):
+                try:
+                    os.sched_setaffinity(task, self.servers)
+                except OSError:
+                    continue
+
     def apply(self, pinned: bool) -> None:
         for pid in self.server_pids():
             for task in tree_tasks(pid):
@@ -709,13 +718,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"archive reader alone on one core: {context['verify']}", flush=True)
         encryption = bench_encryption(bench.platform, bench.source, bench.blob, root, args.repeat, bench.backup_env())
         print(encryption.line(), flush=True)
-        unpinned = None
-        if pinning is not None:  # the same 10x lines with every process free to use every core
-            pinning.apply(False)
-            unpinned, _ = measure_lines(bench, args.unpinned_repeat)
-            context["throughput_10x_unpinned"] = throughput(
-                unpinned, context["source_mib_10x"], context["dump_mib_10x"]
-            )
         parallel: dict[str, Any] = {}
         if not args.skip_parallel:
             parallel = measure_parallel(
@@ -726,9 +728,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 tables=args.parallel_tables,
                 jobs=args.parallel_jobs,
                 repeat=args.repeat,
+                # pinned like the lines above: its source server on the servers' core, the jobs on the others
+                pin_servers=pinning.pin_servers if pinning is not None else None,
+                azurite_pid=bench.azurite.process.pid if bench.azurite.process is not None else None,
             )
             print(describe_parallel(parallel), flush=True)
             context["parallel"] = parallel
+        unpinned = None
+        if pinning is not None:  # the same 10x lines with every process free to use every core
+            pinning.apply(False)
+            unpinned, _ = measure_lines(bench, args.unpinned_repeat)
+            context["throughput_10x_unpinned"] = throughput(
+                unpinned, context["source_mib_10x"], context["dump_mib_10x"]
+            )
         overhead = None if args.skip_overhead else measure_overhead(args.repeat)
         context["versions"] = {
             "pg_dump": shell("pg_dump --version", bench.tools_env()).strip(),
