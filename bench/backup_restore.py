@@ -13,8 +13,9 @@ Then the table grows to --scale x and, medians of --repeat runs each (with min-m
   restore  raw:   initdb, start, download every file, roles, pg_restore -j2 each database,
                   vacuumdb --analyze-only
            ours:  the restore job script (download, sha256 check, initdb, roles, pg_restore -j2, analyze)
-and the peak RSS of our job trees at that size (the 10x). Every backup line uses the same
---compression (the project's default). Prints a table; --json PATH writes the same numbers.
+and the peak memory (PSS) of our job trees at that size (the 10x), each program's share too.
+Every backup line uses the same --compression (the project's default). Prints a table; --json PATH
+writes the same numbers.
 Nothing here asserts a threshold.
 """
 
