@@ -13,8 +13,9 @@ Then the table grows to --scale x and, medians of --repeat runs each (with min-m
   restore  raw:   initdb, start, download every file, roles, pg_restore -j2 each database,
                   vacuumdb --analyze-only
            ours:  the restore job script (download, sha256 check, initdb, roles, pg_restore -j2, analyze)
-and the peak RSS of our job trees at that size (the 10x). Every backup line uses the same
---compression (the project's default). Prints a table; --json PATH writes the same numbers.
+and the peak memory (PSS) of our job trees at that size (the 10x), each program's share too.
+Every backup line uses the same --compression (the project's default). Prints a table; --json PATH
+writes the same numbers.
 Nothing here asserts a threshold.
 """
 
@@ -133,9 +134,11 @@ def assemble_results(
     unpinned: dict[str, Samples] | None = None,
     lines_1x: dict[str, Samples] | None = None,
     verify_mib_per_s: float | None = None,
+    rss_by_command: dict[str, dict[str, dict[str, float]]] | None = None,
 ) -> dict[str, Any]:
     """The bench's JSON object: the ratios first, then every line's median and min-max. `lines` are
-    the 10x lines (pinned with --pin), `unpinned` the same unpinned, `lines_1x` at 1x."""
+    the 10x lines (pinned with --pin), `unpinned` the same unpinned, `lines_1x` at 1x; `rss_by_command`:
+    each memory line's PeakTreeRss.breakdown()."""
 
     def ratios(measured: dict[str, Samples] | None) -> tuple[float | None, float | None]:
         if not measured:
@@ -166,6 +169,7 @@ def assemble_results(
         "seconds_unpinned": {name: samples.summary() for name, samples in (unpinned or {}).items()},
         "seconds_1x": {name: samples.summary() for name, samples in (lines_1x or {}).items()},
         "peak_rss_mib": {name: round(value, 1) for name, value in rss_mib.items()},
+        "peak_rss_by_command_mib": rss_by_command or {},
         "compression": list(compression),
     }
 
@@ -181,7 +185,10 @@ def format_table(results: dict[str, Any]) -> str:
     for name, summary in results["seconds"].items():
         rows.append(f"{name:<16} {summary['median']:>9.2f} {summary['min']:>8.2f} {summary['max']:>8.2f}")
     rows.append("")
-    rows.append("peak job-tree RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in results["peak_rss_mib"].items()))
+    rows.append("peak job-tree PSS (MiB): " + ", ".join(f"{k} {v}" for k, v in results["peak_rss_mib"].items()))
+    for name, breakdown in results["peak_rss_by_command_mib"].items():
+        top = ", ".join(f"{command} {mib}" for command, mib in list(breakdown["at_peak"].items())[:6])
+        rows.append(f"  {name} at its peak: {top}")
     if results["compression"]:
         rows.append("")
         rows.append(f"{'pg_dump -Z':<11} {'MiB':>8} {'seconds':>8} {'MiB/s in':>9} {'CPU s':>7}")
@@ -205,45 +212,89 @@ def proportional_set_kib(process: Path) -> int:
     raise ValueError(f"no Pss in {process}/smaps_rollup")
 
 
+INTERPRETERS = ("python", "bash", "sh")
+
+
+def command_label(comm: str, argv: Sequence[bytes]) -> str:
+    """A process's name in the breakdown: its program (`comm`), an interpreter's with its script
+    (`python3 stream_digest.py`, `bash backup.sh`): the job runs several of each."""
+    if comm.startswith(INTERPRETERS):
+        for argument in argv[1:]:
+            if argument.endswith((b".py", b".sh")) and not any(c in argument for c in b" \n;|"):
+                return f"{comm} {os.path.basename(argument).decode(errors='replace')}"
+    return comm
+
+
 class PeakTreeRss:
     """Samples the summed PSS of every descendant process (the whole job tree) while active,
-    except the subtrees of `exclude` (the bench's own Azurite)."""
+    except the subtrees of `exclude` (the bench's own Azurite): the tree's peak (`peak_mib`), each
+    command's PSS in the sample of that peak (`at_peak`) and each command's own peak, summed over its
+    processes in one sample (`by_command`), in MiB."""
 
     exclude: tuple[int, ...] = ()
 
     def __init__(self, root: int | None = None) -> None:
         self.root = os.getpid() if root is None else root  # whose descendants count
         self.peak_mib = 0.0
+        self.at_peak: dict[str, float] = {}
+        self.by_command: dict[str, float] = {}
         self._stop = threading.Event()
 
-    def _descendants_rss_kib(self) -> int:
+    def tree(self) -> dict[int, str]:
+        """The processes that count, by pid, with their command labels: the root's descendants (and
+        the root unless it is the bench), never the bench itself nor a fork of it before its exec
+        (it shares, and shows, all of the bench's memory)."""
+        bench_pid, bench_cmdline = os.getpid(), Path("/proc/self/cmdline").read_bytes()
         parents: dict[int, int] = {}
-        rss: dict[int, int] = {}
+        labels: dict[int, str] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
-                stat = (entry / "stat").read_text()
-                fields = stat.rsplit(")", 1)[1].split()
-                parents[int(entry.name)] = int(fields[1])
-                # A fork of this Python before its exec shares (and shows) all of the bench's memory
-                if not stat[stat.index("(") + 1 :].startswith("python"):
-                    rss[int(entry.name)] = proportional_set_kib(entry)
+                pid, stat = int(entry.name), (entry / "stat").read_text()
+                parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+                if pid == bench_pid or cmdline == bench_cmdline:
+                    continue
+                comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+                labels[pid] = command_label(comm, cmdline.rstrip(b"\0").split(b"\0"))
             except (OSError, IndexError, ValueError):
                 continue
-        me, total = self.root, 0
-        for pid in rss:
+        counted = {}
+        for pid, label in labels.items():
             ancestor = parents.get(pid) if pid not in self.exclude else None
-            while ancestor and ancestor != me and ancestor not in self.exclude:
+            while ancestor and ancestor != self.root and ancestor not in self.exclude:
                 ancestor = parents.get(ancestor)
-            if pid == me or ancestor == me:
-                total += rss[pid]
+            if pid == self.root or ancestor == self.root:
+                counted[pid] = label
+        return counted
+
+    def _descendants_pss_kib(self) -> dict[str, int]:
+        """The tree's PSS (KiB) by command."""
+        total: dict[str, int] = {}
+        for pid, label in self.tree().items():
+            try:
+                total[label] = total.get(label, 0) + proportional_set_kib(Path(f"/proc/{pid}"))
+            except (OSError, ValueError):
+                continue  # ended meanwhile
         return total
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_mib = max(self.peak_mib, self._descendants_rss_kib() / 1024)
+            sample = {label: kib / 1024 for label, kib in self._descendants_pss_kib().items()}
+            if sum(sample.values()) > self.peak_mib:
+                self.peak_mib, self.at_peak = sum(sample.values()), sample
+            for label, mib in sample.items():
+                self.by_command[label] = max(self.by_command.get(label, 0.0), mib)
             self._stop.wait(0.05)
+
+    def breakdown(self) -> dict[str, dict[str, float]]:
+        """`at_peak` and `by_command`, rounded, biggest first (the JSON's peak_rss_by_command_mib)."""
+
+        def ordered(values: dict[str, float]) -> dict[str, float]:
+            return {k: round(v, 1) for k, v in sorted(values.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+
+        return {"at_peak": ordered(self.at_peak), "peak": ordered(self.by_command)}
 
     def __enter__(self) -> PeakTreeRss:
         self._stop.clear()
@@ -308,6 +359,15 @@ class Pinning:
         cores = sorted(self.all)
         self.servers, self.jobs = {cores[0]}, set(cores[1:]) or {cores[0]}
         self.server_pids = server_pids
+
+    def pin_servers(self, pids: list[int]) -> None:
+        """Another server (the parallel bench's source) on the servers' core."""
+        for pid in pids:
+            for task in tree_tasks(pid):
+                try:
+                    os.sched_setaffinity(task, self.servers)
+                except OSError:
+                    continue
 
     def apply(self, pinned: bool) -> None:
         for pid in self.server_pids():
@@ -639,6 +699,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _, prefix = bench.backup_ours(backup_rss)
         bench.restore_ours(prefix, restore_rss)
         rss["backup_1x"], rss["restore_1x"] = backup_rss.peak_mib, restore_rss.peak_mib
+        rss_by_command = {"backup_1x": backup_rss.breakdown(), "restore_1x": restore_rss.breakdown()}
         context["dump_mib_1x"] = round(bench.blob.read_manifest(prefix)[0].total_bytes / 2**20, 2)
         lines_1x, _ = measure_lines(bench, 1)
         context["throughput_1x"] = throughput(lines_1x, context["source_mib_1x"], context["dump_mib_1x"])
@@ -650,6 +711,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         backup_rss, restore_rss = PeakTreeRss(), PeakTreeRss()
         lines, ours_prefix = measure_lines(bench, args.repeat, (backup_rss, restore_rss))
         rss["backup_10x"], rss["restore_10x"] = backup_rss.peak_mib, restore_rss.peak_mib
+        rss_by_command |= {"backup_10x": backup_rss.breakdown(), "restore_10x": restore_rss.breakdown()}
         context["dump_mib_10x"] = round(bench.blob.read_manifest(ours_prefix)[0].total_bytes / 2**20, 2)
         context["throughput_10x"] = throughput(lines, context["source_mib_10x"], context["dump_mib_10x"])
         core = min(pinning.jobs) if pinning is not None else 0
@@ -657,13 +719,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"archive reader alone on one core: {context['verify']}", flush=True)
         encryption = bench_encryption(bench.platform, bench.source, bench.blob, root, args.repeat, bench.backup_env())
         print(encryption.line(), flush=True)
-        unpinned = None
-        if pinning is not None:  # the same 10x lines with every process free to use every core
-            pinning.apply(False)
-            unpinned, _ = measure_lines(bench, args.unpinned_repeat)
-            context["throughput_10x_unpinned"] = throughput(
-                unpinned, context["source_mib_10x"], context["dump_mib_10x"]
-            )
         parallel: dict[str, Any] = {}
         if not args.skip_parallel:
             parallel = measure_parallel(
@@ -674,9 +729,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 tables=args.parallel_tables,
                 jobs=args.parallel_jobs,
                 repeat=args.repeat,
+                # pinned like the lines above: its source server on the servers' core, the jobs on the others
+                pin_servers=pinning.pin_servers if pinning is not None else None,
+                azurite_pid=bench.azurite.process.pid if bench.azurite.process is not None else None,
             )
             print(describe_parallel(parallel), flush=True)
             context["parallel"] = parallel
+        unpinned = None
+        if pinning is not None:  # the same 10x lines with every process free to use every core
+            pinning.apply(False)
+            unpinned, _ = measure_lines(bench, args.unpinned_repeat)
+            context["throughput_10x_unpinned"] = throughput(
+                unpinned, context["source_mib_10x"], context["dump_mib_10x"]
+            )
         overhead = None if args.skip_overhead else measure_overhead(args.repeat)
         context["versions"] = {
             "pg_dump": shell("pg_dump --version", bench.tools_env()).strip(),
@@ -693,6 +758,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             unpinned=unpinned,
             lines_1x=lines_1x,
             verify_mib_per_s=max(context["verify"]["python_job"], context["verify"]["python_bench"]),
+            rss_by_command=rss_by_command,
         )
     finally:
         if pinning is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -90,6 +91,47 @@ def load_tables(platform: LocalPlatform, source: InstanceRef, rows: int, tables:
         )
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """A process's CPU seconds with those of its children it reaped (a postmaster's ended backends)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuUse:
+    """Where one line's CPU seconds went: the job tree (this process's children: the raw script or the
+    job), the source server (its postmaster and the backends it reaped) and Azurite."""
+
+    def __init__(self, source_pid: Callable[[], int | None], azurite_pid: int | None) -> None:
+        self.source_pid, self.azurite_pid = source_pid, azurite_pid
+        self.runs: dict[str, list[dict[str, float]]] = {}
+
+    def timed(self, line: str, action: Callable[[], object]) -> float:
+        source = self.source_pid()
+        before = (children_cpu_seconds(), process_cpu_seconds(source), process_cpu_seconds(self.azurite_pid))
+        seconds = _timed(action)
+        after = (children_cpu_seconds(), process_cpu_seconds(source), process_cpu_seconds(self.azurite_pid))
+        deltas = [b - a for a, b in zip(before, after, strict=True)]
+        used = dict(zip(("job", "source_server", "azurite"), deltas, strict=True))
+        self.runs.setdefault(line, []).append({"seconds": seconds, **used})
+        return seconds
+
+    def medians(self) -> dict[str, dict[str, float]]:
+        return {
+            line: {key: round(statistics.median(run[key] for run in runs), 2) for key in runs[0]}
+            for line, runs in self.runs.items()
+        }
+
+
 def _spread(samples: list[float]) -> dict[str, float]:
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
 
@@ -103,16 +145,28 @@ def measure_parallel(
     tables: int = 4,
     jobs: int = 2,
     repeat: int = 3,
+    pin_servers: Callable[[list[int]], None] | None = None,
+    azurite_pid: int | None = None,
 ) -> dict[str, object]:
     """Seconds (median, min, max) of the raw single stream and of parallel mode, both ways, and
-    `parallel_backup_ratio` / `parallel_restore_ratio` (parallel median / raw median)."""
+    `parallel_backup_ratio` / `parallel_restore_ratio` (parallel median / raw median); `cpu_seconds`:
+    each backup line's CPU by where it went (CpuUse). `pin_servers` gets the source server's
+    postmaster once it runs (bench/backup_restore.py --pin: on the servers' core, as its own source)."""
     assert blob.connection_string, "the bench runs on Azurite"
     sas = container_sas(blob.connection_string, blob.container, "racwdl", timedelta(hours=2))  # raw baselines only
     source = InstanceRef(k8s_name=f"bench-par-{tables}t", namespace="default")
     work = root / f"parallel-{tables}t"
     give_to_service_user(work, mode=0o711)
     provision_server(platform, source, PASSWORD)
+
+    def source_pid() -> int | None:
+        pid_file = platform.server(source, 0).data_dir / "postmaster.pid"
+        return int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+
+    cpu = CpuUse(source_pid, azurite_pid)
     try:
+        if pin_servers is not None and (pid := source_pid()) is not None:
+            pin_servers([pid])
         load_tables(platform, source, rows, tables)
         endpoints = platform.endpoints(source)
         azcopy = str(azcopy_path())
@@ -143,7 +197,9 @@ def measure_parallel(
         # Raw and parallel runs alternate, so that both see the same load on a shared machine.
         raw_backup, parallel_backup, job_seconds, verify_seconds = [], [], [], []
         for attempt in range(repeat):
-            raw_backup.append(_timed(lambda: _run(as_service_user(["bash", "-c", raw_backup_script], env))))
+            raw_backup.append(
+                cpu.timed("raw_backup", lambda: _run(as_service_user(["bash", "-c", raw_backup_script], env)))
+            )
             prefix = f"images/parallel-{tables}t-{attempt}"
             staging_id = uuid.uuid4()
             blob.create_staging(staging_id)
@@ -163,7 +219,7 @@ def measure_parallel(
             )
             # the job, then the server-side copy out of its staging container (what the run does)
             job_seconds.append(
-                _timed(lambda: platform.run_job(spec, lambda _line: None))
+                cpu.timed("parallel_backup_job", lambda: platform.run_job(spec, lambda _line: None))
                 + _timed(lambda: blob.promote_staging(staging_id, prefix))
             )
             blob.delete_staging(staging_id)
@@ -227,6 +283,8 @@ def measure_parallel(
         "parallel_verify_seconds": _spread(verify_seconds),
         "raw_restore_seconds": _spread(raw_restore),
         "parallel_restore_seconds": _spread(parallel_restore),
+        "cpu_seconds": cpu.medians(),
+        "pinned": pin_servers is not None,
         "parallel_backup_ratio": statistics.median(parallel_backup) / statistics.median(raw_backup),
         "parallel_restore_ratio": statistics.median(parallel_restore) / statistics.median(raw_restore),
     }
@@ -240,7 +298,8 @@ def describe(result: dict) -> str:
         return f"{s['median']:6.2f} s ({s['min']:.2f}-{s['max']:.2f})"
 
     head = (
-        f"parallel mode, {result['tables']} table(s) of {result['rows'] // result['tables']} rows, "
+        f"parallel mode{' (pinned)' if result.get('pinned') else ''}, "
+        f"{result['tables']} table(s) of {result['rows'] // result['tables']} rows, "
         f"-j {result['jobs']}, dump {result['parallel_dump_mib']} MiB, {result['repeat']} runs each"
     )
     return "\n".join(
@@ -252,6 +311,10 @@ def describe(result: dict) -> str:
             f"verification {cell('parallel_verify_seconds')}",
             f"  restore  raw single stream {cell('raw_restore_seconds')}   parallel {cell('parallel_restore_seconds')}"
             f"   ratio {result['parallel_restore_ratio']:.2f}",
+            *(
+                f"  CPU s {line}: " + ", ".join(f"{key} {value}" for key, value in used.items())
+                for line, used in result.get("cpu_seconds", {}).items()
+            ),
         ]
     )
 

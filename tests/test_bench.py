@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -36,7 +37,10 @@ def test_results_hold_every_key_with_ratios_of_medians_and_print_as_a_table(benc
     rss = {"backup_1x": 100.0, "restore_1x": 120.0, "backup_10x": 104.0, "restore_10x": 119.0}
     compression = [{"level": "gzip:1", "dump_mib": 1.0, "seconds": 0.5, "source_mib_per_s": 40.0}]
     context = {"rows": 10, "compression": "gzip:1"}  # a context key never hides a result's
-    results = bench.assemble_results(lines=lines, rss_mib=rss, compression=compression, context=context)
+    by_command = {"backup_1x": {"at_peak": {"azcopy": 50.0, "pg_dump": 9.5}, "peak": {"azcopy": 50.0, "pg_dump": 10.0}}}
+    results = bench.assemble_results(
+        lines=lines, rss_mib=rss, compression=compression, context=context, rss_by_command=by_command
+    )
 
     assert set(bench.RESULT_KEYS) <= results.keys()
     assert results["backup_ratio"] == pytest.approx(2.3 / 2.0, abs=1e-3)  # medians, not means: 5.0 is an outlier
@@ -52,6 +56,8 @@ def test_results_hold_every_key_with_ratios_of_medians_and_print_as_a_table(benc
     for key in bench.RESULT_KEYS:
         assert key in table
     assert "n/a" in table and "gzip:1" in table
+    assert results["peak_rss_by_command_mib"] == by_command
+    assert "backup_1x at its peak: azcopy 50.0, pg_dump 9.5" in table
 
 
 def test_the_parallel_ratios_come_from_the_parallel_measurement(bench):
@@ -143,6 +149,68 @@ def test_the_tree_memory_counts_shared_pages_once(bench):
     finally:
         process.communicate(timeout=30)
     assert 60 <= sampler.peak_mib <= 100, sampler.peak_mib
+
+
+TWO_PROGRAMS = r"""
+import mmap, subprocess, sys
+grower = "import mmap, sys; m = mmap.mmap(-1, 48 << 20); m.write(b'y' * len(m)); print('ready', flush=True); " \
+    "sys.stdin.readline()"
+child = subprocess.Popen(
+    [sys.executable, "-c", grower, "grower.py"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+)
+assert child.stdout.readline() == "ready\n"
+print("ready", flush=True)
+sys.stdin.readline()
+child.communicate("\n")
+"""
+
+
+def test_the_tree_memory_is_broken_down_by_program(bench, tmp_path):
+    """Which program of the job tree holds the memory: each command's PSS at the tree's peak and its
+    own peak, an interpreter named with its script (python3 stream_digest.py, bash backup.sh). A
+    python child of the bench's tree counts (only a fork of the bench itself before its exec does not)."""
+    script = tmp_path / "parent.py"
+    script.write_text(TWO_PROGRAMS)
+    process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    sampler = bench.PeakTreeRss(root=process.pid)
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline() == "ready\n"
+        with sampler:
+            deadline = time.monotonic() + 30
+            while sampler.peak_mib < 45 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        process.stdin.write("\n")
+        process.stdin.flush()
+    finally:
+        process.communicate(timeout=30)
+    mmapped = [name for name in sampler.by_command if name.endswith("grower.py")]
+    assert mmapped, sampler.by_command
+    assert 45 <= sampler.by_command[mmapped[0]] <= 70, sampler.by_command
+    assert sampler.at_peak[mmapped[0]] == pytest.approx(sampler.by_command[mmapped[0]], abs=2)
+    assert sum(sampler.at_peak.values()) == pytest.approx(sampler.peak_mib, abs=0.5)
+
+
+def test_the_bench_itself_is_not_part_of_the_job_tree(bench):
+    """The bench's own process (its Python, its verification's clients) is not the job's memory;
+    its children are."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        tree = bench.PeakTreeRss().tree()
+        assert os.getpid() not in tree
+        assert tree.get(child.pid) == "sleep"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_commands_name_is_its_program_and_an_interpreters_script(bench):
+    label = bench.command_label
+    assert label("azcopy", [b"azcopy", b"copy", b"http://x"]) == "azcopy"
+    assert label("python3", [b"python3", b"/job/scripts/stream_digest.py", b"4194304"]) == "python3 stream_digest.py"
+    assert label("bash", [b"bash", b"/job/scripts/backup.sh"]) == "bash backup.sh"
+    assert label("bash", [b"bash", b"-o", b"pipefail", b"-c", b"pg_dump ..."]) == "bash"
+    assert label("postgres", [b"postgres: checkpointer "]) == "postgres"
 
 
 PITR_BENCH = Path(__file__).resolve().parents[1] / "bench" / "pitr.py"

@@ -88,9 +88,9 @@ stream_to_blob() {
   local status=0
   if [[ -n "${AGE_RECIPIENT:-}" ]]; then
     # the reader reads the plaintext; what is hashed, counted and stored is the ciphertext
-    tee "${parse_pipe[@]}" | encrypt_stream | tee "$work/$key.digest-pipe" | upload_stdin "$name" || status=$?
+    tee "${parse_pipe[@]}" | encrypt_stream | tee "$work/$key.digest-pipe" | upload_stdin "$name" "$on_disk" || status=$?
   else
-    tee "$work/$key.digest-pipe" "${parse_pipe[@]}" | upload_stdin "$name" || status=$?
+    tee "$work/$key.digest-pipe" "${parse_pipe[@]}" | upload_stdin "$name" "$on_disk" || status=$?
   fi
   wait "$digest_pid" || status=$?
   if [[ -n "$parse_pid" ]] && ! wait "$parse_pid"; then
@@ -221,7 +221,7 @@ store_file() {
     ln "$work/dirs/$1/$2" "$stored" || return 1
   fi
   # azcopy insists on a pipe (a redirected file is refused)
-  cat "$stored" | upload_stdin "$1/$2"
+  cat "$stored" | upload_stdin "$1/$2" "$(file_size "$stored")"
 }
 
 # record_directory ARCHIVE DATABASE: each stored file of the archive (once every upload is done)

@@ -152,12 +152,27 @@ azcopy_watched() {
   return "$status"
 }
 
-upload_stdin() { # $1: blob name; stdin: the bytes (a pipe: azcopy refuses a redirected file)
-  local output url status=0
+# A piped upload holds up to AZCOPY_CONCURRENCY_VALUE blocks of the stream in memory (azcopy's
+# default: 5 of 8 MiB, so its memory grew with the stream up to 40 MiB more): two, one uploading while
+# the next is read, of 4 MiB, or more for a stream that 50,000 blocks (Azure's limit per blob) of
+# 4 MiB could not hold 4 times over; without a size hint, azcopy's own 8 MiB (globals, small files,
+# a base backup's tar). So the job's memory is the same for 10 MiB and for a 40 GiB database.
+UPLOAD_BLOCKS_IN_FLIGHT=2
+upload_block_mib() { # $1: the stream's expected size in bytes (a database's on disk), or empty
+  local block=4
+  [[ -n "${1:-}" ]] || { echo 8; return 0; }
+  while ((block < 4000 && block * 1048576 * 50000 < 4 * $1)); do block=$((block * 2)); done
+  echo $((block < 4000 ? block : 4000))
+}
+
+upload_stdin() { # $1: blob name, $2: expected bytes (optional); stdin: the bytes (a pipe: azcopy refuses a redirected file)
+  local output url block status=0
+  [[ -z "${2:-}" || "$2" =~ ^[0-9]+$ ]] || { log "ERROR: upload of $(shown "$1"): size hint $(shown "$2") is not a byte count"; return 1; }
   url=$(blob_url "$1") || { log "ERROR: this job's blob grant opens no $(shown "$1")"; return 1; }
+  block=$(upload_block_mib "${2:-}")
   output=$(mktemp "${TMPDIR:-/tmp}/toygres-azcopy.XXXXXX")
-  azcopy_watched "$output" "$output.err" copy "$url" --from-to=PipeBlob \
-    --log-level=ERROR --output-level=essential || status=$?
+  AZCOPY_CONCURRENCY_VALUE=$UPLOAD_BLOCKS_IN_FLIGHT azcopy_watched "$output" "$output.err" copy "$url" --from-to=PipeBlob \
+    --block-size-mb="$block" --log-level=ERROR --output-level=essential || status=$?
   if ((status == 124)); then
     log "ERROR: ${STALL_MESSAGE} while uploading $1"
   elif ((status != 0)); then
