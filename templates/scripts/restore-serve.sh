@@ -55,13 +55,10 @@ rm -f "$pwfile"
 # The temporary server listens on a private socket only, trusting nobody but that socket.
 # Its commits need not wait for the WAL flush: the clean stop's checkpoint makes everything durable,
 # and a restore that does not end cleanly removes the data directory anyway.
-# Each pg_restore job builds its indexes sorting in up to maintenance_work_mem (64 MB by default):
-# the job's memory grew with the image until every job's budget was full (+55 MiB from 82 to 485
-# MiB of databases, docs/benchmarks.md); 16 MB a job keeps it flat (a bigger sort spills to disk).
 printf 'local all all trust\n' >"$work/pg_hba.conf"
 pg_ctl -D "$pgdata" -w -t 120 -l "$work/postgres.log" start \
   -o "-c listen_addresses='' -c unix_socket_directories=$work -c hba_file=$work/pg_hba.conf \
-  -c synchronous_commit=off -c maintenance_work_mem=16MB" >/dev/null \
+  -c synchronous_commit=off" >/dev/null \
   || { cat "$work/postgres.log" >&2; die "temporary server did not start"; }
 export PGHOST="$work" PGUSER="$POSTGRES_USER" PGDATABASE=postgres PGOPTIONS="$TENANT_SESSION_OPTIONS $NAMES_AS_BYTES"
 # (the image's globals and --create restore its role's and databases' settings: a read-only
