@@ -196,8 +196,8 @@ def request_run(instance, request_id: str, source: str) -> DagsterRun:
 
 
 def test_a_second_launch_of_one_request_is_refused_and_leaves_one_run(instance, coordinator, cms, monkeypatch):
-    from toygres_pipelines.run_coordinator import RequestAlreadyLaunched
     from tests.helpers import add_instance
+    from toygres_pipelines.run_coordinator import RequestAlreadyLaunched
 
     monkeypatch.setenv(CMS_DSN_ENV, cms.dsn)
     source = add_instance(cms, "dup-abcde")
@@ -272,7 +272,9 @@ def test_racing_launches_of_one_request_end_in_one_run(postgres_instance, cms, m
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert sorted(type(o).__name__ for o in outcomes.values()) == ["DagsterRunStatus", "RequestAlreadyLaunched"], outcomes
+    assert sorted(type(o).__name__ for o in outcomes.values()) == ["DagsterRunStatus", "RequestAlreadyLaunched"], (
+        outcomes
+    )
     left = postgres_instance.get_runs(dg.RunsFilter(tags={"toygres/request-id": request_id}))
     assert len(left) == 1 and left[0].status is DagsterRunStatus.QUEUED
     assert isinstance(next(o for o in outcomes.values() if not isinstance(o, DagsterRunStatus)), RequestAlreadyLaunched)

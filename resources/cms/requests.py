@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import psycopg
 from psycopg import sql
 
 from records import (
@@ -31,6 +32,9 @@ from resources.cms.tables import (
 
 # The kind of a request is its record: ImageRequest or RestoreRequest.
 RequestT = TypeVar("RequestT", ImageRequest, RestoreRequest)
+# The channel every insert of requests notifies (migration 013), its payload the kind alone.
+REQUEST_CHANNEL = "toygres_requests"
+NOTIFIED_KINDS: dict[str, type] = {"image": ImageRequest, "restore": RestoreRequest}
 # First key of the launch locks' pg_advisory_xact_lock(int4, int4) ("tgln"); the second is the request id's hash.
 LAUNCH_LOCK_KEY = 0x74676C6E
 TABLES: dict[type, Table] = {ImageRequest: IMAGE_REQUEST, RestoreRequest: RESTORE_REQUEST}
@@ -93,6 +97,18 @@ class RequestsTable(Queries):
                 lock="FOR UPDATE SKIP LOCKED",
             )
             yield ClaimedRequests(rows, self, conn, table)
+
+    def listen(self) -> psycopg.Connection:
+        """A connection of its own (the caller closes it) LISTENing on REQUEST_CHANNEL: each committed
+        statement that inserts requests sends one notification, its payload the kind
+        (NOTIFIED_KINDS), never a value of a row; read them with `conn.notifies(timeout=...)`."""
+        conn = self.autocommit_connection()
+        try:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(REQUEST_CHANNEL)))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     @contextmanager
     def launch_lock(self, request_id: str, timeout_seconds: float = 30) -> Iterator[None]:
