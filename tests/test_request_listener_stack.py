@@ -55,8 +55,8 @@ def test_the_listener_and_the_sweep_racing_over_the_same_rows_launch_each_reques
     cms,
     source,
     platform,
-    topology,
-    monkeypatch,  # noqa: F811
+    topology,  # noqa: F811
+    monkeypatch,
 ):
     port = free_port()
     topology.start_webserver("127.0.0.1", port)

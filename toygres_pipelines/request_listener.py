@@ -28,17 +28,19 @@ from toygres_pipelines.shared.webserver import DAGSTER_URL_ENV, DEFAULT_DAGSTER_
 CMS_DSN_ENV = "TOYGRES_CMS_DSN"
 
 
-def listener_from_env() -> RequestListener:
+def webserver_url() -> str:
+    return checked_dagster_url(DAGSTER_URL_ENV, os.environ.get(DAGSTER_URL_ENV, "").strip() or DEFAULT_DAGSTER_URL)
+
+
+def listener_from_env(url: str) -> RequestListener:
     dsn = os.environ.get(CMS_DSN_ENV, "").strip()
     if not dsn:
         raise ValidationFailed(CMS_DSN_ENV, "must be set: the CMS the requests are in")
-    url = os.environ.get(DAGSTER_URL_ENV, "").strip() or DEFAULT_DAGSTER_URL
-    settings = Settings.from_env()
     return RequestListener(
         cms=CMSResource(dsn=dsn, encryption_key=""),
         platform=platform_from_env(),
-        webserver=Webserver(checked_dagster_url(DAGSTER_URL_ENV, url)),
-        settings=settings,
+        webserver=Webserver(url),
+        settings=Settings.from_env(),
     )
 
 
@@ -49,14 +51,14 @@ def _stop(signum: int, _frame: object) -> None:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _stop)
+    log = logging.getLogger("toygres.request_listener")
     try:
-        listener = listener_from_env()
+        url = webserver_url()
+        listener = listener_from_env(url)
     except (ValidationFailed, ValueError) as error:
-        logging.getLogger("toygres.request_listener").error("not started: %s", error)
+        log.error("not started: %s", error)
         return 2
-    logging.getLogger("toygres.request_listener").info(
-        "listening for CMS requests; launching through %s", listener.webserver.url
-    )  # type: ignore[attr-defined]
+    log.info("listening for CMS requests; launching through %s", url)
     try:
         listener.serve()
     except (KeyboardInterrupt, SystemExit):

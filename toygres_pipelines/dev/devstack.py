@@ -14,10 +14,11 @@ Starts (or reuses) everything kept in the state dir (TOYGRES_STATE_DIR, default
     <state>/devstack.pid     this runner (`kill $(cat <state>/devstack.pid)` stops the stack)
 
 then runs Dagster as the Helm chart does (topology.py: a code server, the daemon, the webserver and
-the request listener (CMS requests launched on their notification), each in its own process group, with PostgreSQL storage in the database `dagster` of the CMS server)
-with DAGSTER_HOME (TOYGRES_DAGSTER_HOME, default <checkout>/.toygres/dagster_home). Ctrl-C (SIGINT)
-or SIGTERM stops dagster, every local instance server,
-Azurite and the CMS server; the next start reuses the same key, CMS data and demo instance.
+the request listener (CMS requests launched on their notification), each in its own process group,
+with PostgreSQL storage in the database `dagster` of the CMS server) with DAGSTER_HOME
+(TOYGRES_DAGSTER_HOME, default <checkout>/.toygres/dagster_home). Ctrl-C (SIGINT) or SIGTERM stops
+dagster, every local instance server, Azurite and the CMS server; the next start reuses the same key,
+CMS data and demo instance.
 
 Why one module of this size: it is one program (settings, start order, signals, stop order);
 the services it starts are in stack.py and the demo instance in demo.py.
@@ -608,8 +609,8 @@ def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
     url = f"http://{settings.ui_host}:{settings.ui_port}"
     log(f"Dagster UI: {url}")
     log(
-        f"running: Dagster webserver {settings.ui_host}:{settings.ui_port}, daemon, request listener, code server 127.0.0.1:"
-        f"{dagster.code_port} (logs {dagster.log_dir}) | CMS PostgreSQL 127.0.0.1:"
+        f"running: Dagster webserver {settings.ui_host}:{settings.ui_port}, daemon, request listener, code server"
+        f" 127.0.0.1:{dagster.code_port} (logs {dagster.log_dir}) | CMS PostgreSQL 127.0.0.1:"
         f"{cms_server.server.port} db {CMS_DATABASE}, Dagster storage db {DAGSTER_DATABASE} | Azurite 127.0.0.1:"
         f"{azurite.port} container {settings.blob_container} | demo instance {demo.k8s_name} 127.0.0.1:{demo_port}"
         f" db {DEMO_DATABASE} | state {settings.state_dir} | DAGSTER_HOME {settings.dagster_home}"

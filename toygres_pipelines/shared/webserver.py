@@ -98,7 +98,7 @@ class Webserver:
     """The webserver at `url` (its GraphQL API); `transport` is injectable (tests, timeouts)."""
 
     url: str
-    timeout_seconds: float = 30
+    timeout_seconds: int = 30
     transport: Any = None
     _repository: tuple[str, str] | None = field(default=None, init=False, repr=False)
 
