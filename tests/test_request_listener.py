@@ -195,3 +195,35 @@ def dagster_instance():
     import dagster as dg
 
     return dg.instance_for_test()
+
+
+def test_the_stack_starts_the_listener_with_its_log_in_the_log_dir_and_no_key(tmp_path):
+    """dev/topology.py (make dev, the daemon tests): the listener's process, its log in the stack's
+    log dir (not the terminal), the code server's settings minus the encryption key and the blob
+    credential; a CMS it cannot reach is logged and tried again, the process keeps running."""
+    from resources.platform.postgres_server import free_port
+    from toygres_pipelines.dev.topology import DagsterTopology
+
+    storage = {name: "x" for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST")}
+    topology = DagsterTopology(
+        home=tmp_path,
+        workspace=tmp_path / "workspace.yaml",
+        log_dir=tmp_path / "logs",
+        dagster_env={"DAGSTER_HOME": str(tmp_path), "DAGSTER_PG_PORT": "1", "DAGSTER_PG_DB": "d", **storage},
+        code_env={
+            "TOYGRES_CMS_DSN": f"host=127.0.0.1 port={free_port()} dbname=cms user=nobody connect_timeout=2",
+            "TOYGRES_ENCRYPTION_KEY": "k",
+            "TOYGRES_BLOB_CONNECTION_STRING": "s",
+            "TOYGRES_PLATFORM": "local",
+        },
+        code_port=4000,
+    )
+    env = topology.listener_env("http://127.0.0.1:3000")
+    assert env["TOYGRES_DAGSTER_URL"] == "http://127.0.0.1:3000" and env["TOYGRES_CMS_DSN"].startswith("host=")
+    assert not {"TOYGRES_ENCRYPTION_KEY", "TOYGRES_BLOB_CONNECTION_STRING"} & set(env)
+    topology.start_listener("http://127.0.0.1:3000")
+    try:
+        wait_for(lambda: "cannot listen on the CMS" in topology.log_tail("request-listener"), "logged CMS failure")
+        topology.check_running()
+    finally:
+        topology.stop()
