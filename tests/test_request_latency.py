@@ -57,6 +57,9 @@ def test_the_code_location_does_not_import_the_listeners_graphql_client():
     import subprocess
     import sys
 
-    probe = "import sys, toygres_pipelines.definitions; print(sorted(m for m in ('gql', 'dagster_graphql') if m in sys.modules))"
+    probe = (
+        "import sys, toygres_pipelines.definitions;"
+        " print(sorted(m for m in ('gql', 'dagster_graphql') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.strip() == "[]"

@@ -279,7 +279,8 @@ def test_the_request_listener_runs_the_user_code_image_with_its_secret_and_the_c
     image = user_code["image"]
     assert container["image"] == f"{image['repository']}:{image['tag']}"
     assert container["command"] == ["python", "-m", "toygres_pipelines.request_listener"]
-    assert container["envFrom"] == [{"secretRef": {"name": name}} for name in (s["name"] for s in user_code["envSecrets"])]
+    secrets = [secret["name"] for secret in user_code["envSecrets"]]
+    assert container["envFrom"] == [{"secretRef": {"name": name}} for name in secrets]
     url = {e["name"]: e["value"] for e in container["env"]}["TOYGRES_DAGSTER_URL"]
     assert DAGSTER_URL.fullmatch(url) and url.startswith(f"http://dagster-dagster-webserver.{DAGSTER_NS}.svc")
     assert pod["automountServiceAccountToken"] is False
