@@ -24,6 +24,13 @@ webserver and the daemon); without it, or with the CMS unreachable, only the req
 apply here and the run goes on: its first step checks everything again. The platform's rules
 (namespaces served, a job image per major) are the code server's settings: its steps check them.
 
+One run per CMS request: the request listener and the request sensors' sweep may both launch a
+request (the sweep re-emits an accepted request with no run while the listener is still launching
+it). A run tagged toygres/request-id is queued only if no other run of that request was queued
+before it, the check and the queueing under the request's advisory lock in the CMS (no write);
+the later launch is refused (RequestAlreadyLaunched) and leaves no run. A re-execution
+(dagster/parent_run_id) is no launch of the request.
+
 Configured in dagster.yaml (`run_coordinator: module: toygres_pipelines.run_coordinator, class:
 TaggingRunCoordinator`); it takes QueuedRunCoordinator's config.
 """
