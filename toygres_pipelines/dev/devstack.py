@@ -494,6 +494,8 @@ def wait_while_running(topology: DagsterTopology, feed: RunFeed, say: Callable[[
         try:
             for line in feed.poll():
                 say(line)
+        except Stop:
+            raise  # SIGTERM/SIGHUP arrived while the feed read: stop, as anywhere else
         except Exception as error:  # noqa: BLE001 - a storage hiccup must not stop the dev stack; the runs go on
             say(f"warning: could not read the runs ({type(error).__name__}); see the Dagster UI")
         try:
