@@ -6,7 +6,8 @@
 Inserts backup requests of the source instance into the CMS (what `toygres request-backup`
 does), one at a time, and reads from the Dagster instance when each request's run was created
 (the request sensor's tick + the run coordinator) and when it started (dequeued by the daemon,
-its run worker up). The next request is inserted once the previous run ended, so the fleet's
+its run worker up), and from the run's events where the time went (queued by the run coordinator,
+dequeued: RUN_STARTING). The next request is inserted once the previous run ended, so the fleet's
 one-run-per-instance limit never queues a run behind another: the figure is the path's own.
 Nothing here asserts a threshold: read the numbers (docs/benchmarks.md).
 """
@@ -30,8 +31,24 @@ RUN_TIMEOUT_SECONDS = 600
 
 @dataclass(frozen=True)
 class Sample:
-    to_run_created: float  # CMS insert -> the run exists (sensor tick + submit)
+    to_run_created: float  # CMS insert -> the run exists (the listener's launch, else the sensor's tick)
     to_run_started: float  # CMS insert -> the run started (+ dequeue + run worker launch)
+    # where the time went, from the run's own events (seconds after the insert; None: no such event)
+    to_run_queued: float | None = None  # RUN_ENQUEUED: the run coordinator accepted it
+    to_run_starting: float | None = None  # RUN_STARTING: dequeued, the launcher starts the run worker
+
+
+def event_times(instance, run_id: str, inserted: float) -> dict[str, float | None]:
+    """Seconds from the insert to the run's RUN_ENQUEUED and RUN_STARTING events."""
+    import dagster as dg
+
+    wanted = {dg.DagsterEventType.RUN_ENQUEUED: "to_run_queued", dg.DagsterEventType.RUN_STARTING: "to_run_starting"}
+    times: dict[str, float | None] = dict.fromkeys(wanted.values())
+    for record in instance.get_records_for_run(run_id, of_type=set(wanted)).records:
+        event = record.event_log_entry
+        if event.dagster_event is not None and times[wanted[event.dagster_event.event_type]] is None:
+            times[wanted[event.dagster_event.event_type]] = event.timestamp - inserted
+    return times
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -44,6 +61,19 @@ def percentile(values: list[float], fraction: float) -> float:
 def summary(samples: list[Sample]) -> dict[str, float | int]:
     created = [s.to_run_created for s in samples]
     started = [s.to_run_started for s in samples]
+    queued = [s.to_run_queued for s in samples if s.to_run_queued is not None]
+    starting = [s.to_run_starting for s in samples if s.to_run_starting is not None]
+    steps = {}
+    if queued and starting and len(queued) == len(starting) == len(samples):
+        steps = {
+            "created_to_queued_p50": round(
+                statistics.median(q - s.to_run_created for q, s in zip(queued, samples, strict=True)), 2
+            ),
+            "queued_to_starting_p50": round(statistics.median(b - a for a, b in zip(queued, starting, strict=True)), 2),
+            "starting_to_started_p50": round(
+                statistics.median(s.to_run_started - b for b, s in zip(starting, samples, strict=True)), 2
+            ),
+        }
     return {
         "requests": len(samples),
         "to_run_created_p50": round(statistics.median(created), 2),
@@ -51,6 +81,7 @@ def summary(samples: list[Sample]) -> dict[str, float | int]:
         "to_run_started_p50": round(statistics.median(started), 2),
         "to_run_started_p95": round(percentile(started, 0.95), 2),
         "to_run_started_max": round(max(started), 2),
+        **steps,
     }
 
 
@@ -73,6 +104,7 @@ def measure_one(cms, instance, source: str) -> Sample:
             return Sample(
                 to_run_created=record.create_timestamp.timestamp() - inserted,
                 to_run_started=record.start_time - inserted,
+                **event_times(instance, record.dagster_run.run_id, inserted),
             )
         time.sleep(0.5)
     raise RuntimeError(f"request {request.id} ({name}): no finished run after {RUN_TIMEOUT_SECONDS} s")

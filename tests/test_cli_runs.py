@@ -14,7 +14,8 @@ from tests.test_cli_lifecycle import run  # noqa: F401 - a fixture
 from tests.test_lifecycle import stored_image
 from toygres_pipelines.cli.exits import DagsterUnavailable
 from toygres_pipelines.cli.runs import Webserver
-from toygres_pipelines.cli.settings import DAGSTER_URL_RULE, dagster_url
+from toygres_pipelines.cli.settings import dagster_url
+from toygres_pipelines.shared.webserver import DAGSTER_URL_RULE
 
 
 @pytest.fixture

@@ -350,3 +350,28 @@ def test_the_azurite_log_holds_no_sas_signature_and_is_private(tmp_path):
     log = tmp_path / "azurite" / "azurite.log"
     assert "sig=" not in log.read_text() and "sas-log" not in log.read_text()
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_a_sigterm_while_the_run_feed_reads_stops_the_stack():
+    """SIGTERM raises Stop wherever the runner is; in the run feed's poll it was taken for a storage
+    hiccup ("could not read the runs (Stop)") and the stack went on running."""
+    from toygres_pipelines.dev.devstack import Stop, wait_while_running
+
+    class Feed:
+        def poll(self):
+            raise Stop("SIGTERM")
+
+    class Topology:
+        checks = 0
+
+        def check_running(self):
+            self.checks += 1
+            if self.checks > 2:  # the stack would have gone on: end the loop as a dead daemon would
+                from toygres_pipelines.dev.topology import TopologyError
+
+                raise TopologyError("still running after SIGTERM")
+
+    said: list[str] = []
+    with pytest.raises(Stop):
+        wait_while_running(Topology(), Feed(), said.append)  # type: ignore[arg-type]
+    assert said == []

@@ -38,3 +38,28 @@ def test_the_bench_reports_nearest_rank_percentiles_of_both_figures():
         "to_run_started_p95": 29.0,
         "to_run_started_max": 30.0,
     }
+
+
+def test_the_local_queue_dequeues_every_second():
+    """A launched request waits at most a second in the queue (the chart's values: tests/kubernetes)."""
+    import yaml
+
+    from toygres_pipelines.dev.topology import LOCAL_INSTANCE
+
+    config = yaml.safe_load(LOCAL_INSTANCE.read_text())["run_coordinator"]["config"]
+    assert config["dequeue_interval_seconds"] == 1
+
+
+def test_the_code_location_does_not_import_the_listeners_graphql_client():
+    """Every run worker imports the code location: the request listener's client (gql) stays out of
+    it (python -X importtime: the run worker's load is dagster itself, the CMS and blob clients,
+    which its ops use; nothing else worth deferring)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, toygres_pipelines.definitions;"
+        " print(sorted(m for m in ('gql', 'dagster_graphql') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "[]"

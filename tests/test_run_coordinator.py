@@ -158,3 +158,123 @@ def test_a_drill_launched_from_the_ui_is_queued_findable(instance, coordinator, 
         assert tags["toygres/kind"] == "drill"
         assert tags["toygres/instance"] == "orders-x1y2z"
         assert tags["toygres/what"] == "drill orders-x1y2z__nightly-20260101"
+
+
+# ---- one run per request, however many launches (the request listener and the sensors' sweep) --
+
+
+@pytest.fixture
+def postgres_instance(stack):
+    """A Dagster instance on PostgreSQL storage (the deployments' storage) in a database of its own:
+    submits from several threads at once see each other as the webserver's and the daemon's do."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from toygres_pipelines.dev.topology import ensure_storage_database
+
+    database = f"dagster_{uuid.uuid4().hex[:12]}"
+    env = ensure_storage_database(stack.cms.dsn, database)
+    url = (
+        f"postgresql+psycopg2://{env['DAGSTER_PG_USERNAME']}:{env['DAGSTER_PG_PASSWORD']}"
+        f"@{env['DAGSTER_PG_HOST']}:{env['DAGSTER_PG_PORT']}/{database}"
+    )
+    try:
+        with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
+            yield instance
+    finally:
+        with psycopg.connect(stack.cms.dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def request_run(instance, request_id: str, source: str) -> DagsterRun:
+    """A backup run launched for a CMS request, as the sensor and the listener launch it."""
+    key = f"{source}__requested"
+    tags = {"toygres/request-id": request_id, "toygres/kind": "backup", "dagster/partition": key}
+    return stored_run(instance, "backup_image", tags, {}, IMAGE)
+
+
+def test_a_second_launch_of_one_request_is_refused_and_leaves_one_run(instance, coordinator, cms, monkeypatch):
+    from tests.helpers import add_instance
+    from toygres_pipelines.run_coordinator import RequestAlreadyLaunched
+
+    monkeypatch.setenv(CMS_DSN_ENV, cms.dsn)
+    source = add_instance(cms, "dup-abcde")
+    instance.add_dynamic_partitions("images", [f"{source.k8s_name}__requested"])
+    first = request_run(instance, "5b0e0a0e-0000-4000-8000-000000000001", source.k8s_name)
+    second = request_run(instance, "5b0e0a0e-0000-4000-8000-000000000001", source.k8s_name)
+    assert coordinator.submit_run(SubmitRunContext(first, workspace=None)).status is DagsterRunStatus.QUEUED  # type: ignore[arg-type]
+    with pytest.raises(RequestAlreadyLaunched, match=rf"already has run {first.run_id}"):
+        coordinator.submit_run(SubmitRunContext(second, workspace=None))  # type: ignore[arg-type]
+    runs = instance.get_runs(dg.RunsFilter(tags={"toygres/request-id": "5b0e0a0e-0000-4000-8000-000000000001"}))
+    assert [run.run_id for run in runs] == [first.run_id]
+    # the winner's partition stays: only the refused run is forgotten
+    assert instance.has_dynamic_partition("images", f"{source.k8s_name}__requested")
+
+
+def test_a_reexecution_of_a_request_run_is_not_a_second_launch(instance, coordinator, cms, monkeypatch):
+    from tests.helpers import add_instance
+
+    monkeypatch.setenv(CMS_DSN_ENV, cms.dsn)
+    source = add_instance(cms, "rex-abcde")
+    first = request_run(instance, "5b0e0a0e-0000-4000-8000-000000000002", source.k8s_name)
+    coordinator.submit_run(SubmitRunContext(first, workspace=None))  # type: ignore[arg-type]
+    again = stored_run(
+        instance,
+        "backup_image",
+        {**first.tags, "dagster/parent_run_id": first.run_id, "dagster/root_run_id": first.run_id},
+        {},
+        IMAGE,
+    )
+    assert coordinator.submit_run(SubmitRunContext(again, workspace=None)).status is DagsterRunStatus.QUEUED  # type: ignore[arg-type]
+
+
+def test_racing_launches_of_one_request_end_in_one_run(postgres_instance, cms, monkeypatch):
+    """The listener's launch and the sweep's relaunch submitted at the same moment (both runs already
+    stored, both checking together): one is queued, the other refused and gone."""
+    import threading
+
+    from tests.helpers import add_instance
+    from toygres_pipelines import run_coordinator
+    from toygres_pipelines.run_coordinator import RequestAlreadyLaunched
+
+    monkeypatch.setenv(CMS_DSN_ENV, cms.dsn)
+    source = add_instance(cms, "race-abcde")
+    request_id = "5b0e0a0e-0000-4000-8000-000000000003"
+    runs = [request_run(postgres_instance, request_id, source.k8s_name) for _ in range(2)]
+    coordinators = []
+    for _ in runs:
+        coordinator = TaggingRunCoordinator()
+        coordinator.register_instance(postgres_instance)
+        coordinators.append(coordinator)
+    both_looking = threading.Barrier(2)
+    look = run_coordinator.launched_run
+
+    def look_together(*args):
+        try:
+            both_looking.wait(timeout=5)
+        except threading.BrokenBarrierError:
+            pass  # the lock let one through first: it never meets the other here
+        return look(*args)
+
+    monkeypatch.setattr(run_coordinator, "launched_run", look_together)
+    outcomes: dict[str, object] = {}
+
+    def submit(coordinator, run) -> None:
+        try:
+            outcomes[run.run_id] = coordinator.submit_run(SubmitRunContext(run, workspace=None)).status
+        except BaseException as error:  # noqa: BLE001 - read by the main thread
+            outcomes[run.run_id] = error
+
+    threads = [threading.Thread(target=submit, args=pair) for pair in zip(coordinators, runs, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(type(o).__name__ for o in outcomes.values()) == ["DagsterRunStatus", "RequestAlreadyLaunched"], (
+        outcomes
+    )
+    left = postgres_instance.get_runs(dg.RunsFilter(tags={"toygres/request-id": request_id}))
+    assert len(left) == 1 and left[0].status is DagsterRunStatus.QUEUED
+    assert isinstance(next(o for o in outcomes.values() if not isinstance(o, DagsterRunStatus)), RequestAlreadyLaunched)

@@ -24,6 +24,13 @@ webserver and the daemon); without it, or with the CMS unreachable, only the req
 apply here and the run goes on: its first step checks everything again. The platform's rules
 (namespaces served, a job image per major) are the code server's settings: its steps check them.
 
+One run per CMS request: the request listener and the request sensors' sweep may both launch a
+request (the sweep re-emits an accepted request with no run while the listener is still launching
+it). A run tagged toygres/request-id is queued only if no other run of that request was queued
+before it, the check and the queueing under the request's advisory lock in the CMS (no write);
+the later launch is refused (RequestAlreadyLaunched) and leaves no run. A re-execution
+(dagster/parent_run_id) is no launch of the request.
+
 Configured in dagster.yaml (`run_coordinator: module: toygres_pipelines.run_coordinator, class:
 TaggingRunCoordinator`); it takes QueuedRunCoordinator's config.
 """
@@ -32,15 +39,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import dagster as dg
 import psycopg
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG
 from dagster_graphql.implementation.utils import UserFacingGraphQLError
 from dagster_graphql.schema.errors import GraphenePythonError
 from dagster_shared.error import SerializableErrorInfo
@@ -65,6 +74,7 @@ from toygres_pipelines.shared.tags import (
     INSTANCE_TAG,
     KIND_TAG,
     MAINTENANCE_KIND,
+    REQUEST_ID_TAG,
     RESTORE_KIND,
     WHAT_TAG,
 )
@@ -195,6 +205,31 @@ class RequestRefused(UserFacingGraphQLError):
         return self.message
 
 
+class RequestAlreadyLaunched(UserFacingGraphQLError):
+    """A second run for a CMS request that already has one (the request listener and the request
+    sensors' sweep may both launch a request): refused, so each request runs once."""
+
+    def __init__(self, request_id: str, run_id: str):
+        self.request_id, self.run_id = request_id, run_id
+        self.message = f"request {request_id} already has run {run_id}: not launched again"
+        super().__init__(GraphenePythonError(SerializableErrorInfo(self.message, [], type(self).__name__)))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def launched_run(instance: dg.DagsterInstance, request_id: str, run_id: str) -> str | None:
+    """Another run already submitted (queued or beyond) for this request, if any. A re-execution
+    (dagster/parent_run_id) copies the request tag but is no launch of the request."""
+    for record in instance.get_run_records(dg.RunsFilter(tags={REQUEST_ID_TAG: request_id})):
+        other = record.dagster_run
+        if other.run_id == run_id or PARENT_RUN_ID_TAG in other.tags:
+            continue
+        if other.status is not DagsterRunStatus.NOT_STARTED:
+            return other.run_id
+    return None
+
+
 def submit_cms() -> CMSResource | None:
     """The CMS where the coordinator runs (read only: no encryption key, it never reads a password)."""
     dsn = os.environ.get(CMS_DSN_ENV, "").strip()
@@ -275,7 +310,30 @@ class TaggingRunCoordinator(QueuedRunCoordinator):
             self._instance.add_run_tags(run.run_id, missing)
             tagged = self._instance.get_run_by_id(run.run_id) or run
             context = SubmitRunContext(tagged, context.workspace)
-        return super().submit_run(context)
+        with self._only_launch(run):
+            return super().submit_run(context)
+
+    @contextmanager
+    def _only_launch(self, run: DagsterRun) -> Iterator[None]:
+        """Queue a request's run only if no other run of the request was queued before it: the
+        check and the queueing under the request's launch lock in the CMS, so two launches at
+        once (the listener's and the sweep's) end in one run. Without the CMS the check alone."""
+        request_id = run.tags.get(REQUEST_ID_TAG)
+        if not request_id or PARENT_RUN_ID_TAG in run.tags:
+            yield
+            return
+        with ExitStack() as locked:
+            cms = submit_cms()
+            if cms is not None:
+                try:
+                    locked.enter_context(cms.requests.launch_lock(request_id))
+                except (psycopg.Error, OSError) as error:
+                    log.warning("run %s: no launch lock from the CMS (%s); checked without it", run.run_id, error)
+            other = launched_run(self._instance, request_id, run.run_id)
+            if other is not None:
+                self._forget(run, partition=False)
+                raise RequestAlreadyLaunched(request_id, other)
+            yield
 
     def _refusal(self, run: DagsterRun) -> RequestRefused | None:
         cms = submit_cms()
@@ -287,21 +345,22 @@ class TaggingRunCoordinator(QueuedRunCoordinator):
             )
             return refusal(run, None)
 
-    def _forget(self, run: DagsterRun) -> None:
+    def _forget(self, run: DagsterRun, partition: bool = True) -> None:
         """No trace of a refused request: the run, the check executions it planned (Dagster's
-        delete_run keeps them, shown as skipped) and a partition added for it with no image row."""
+        delete_run keeps them, shown as skipped) and (`partition`) a partition added for it with
+        no image row."""
         instance = self._instance
         instance.delete_run(run.run_id)
         storage = instance.event_log_storage
         if isinstance(storage, SqlEventLogStorage) and storage.has_table(AssetCheckExecutionsTable.name):
             with storage.index_connection() as conn:
                 conn.execute(AssetCheckExecutionsTable.delete().where(AssetCheckExecutionsTable.c.run_id == run.run_id))
-        partition = run.tags.get(PARTITION_TAG)
-        if partition and is_backup(run) and instance.has_dynamic_partition(IMAGE_PARTITIONS, partition):
+        partition_key = run.tags.get(PARTITION_TAG) if partition else None
+        if partition_key and is_backup(run) and instance.has_dynamic_partition(IMAGE_PARTITIONS, partition_key):
             cms = submit_cms()
             try:
-                unknown = cms is not None and image_named(cms, partition) is None
+                unknown = cms is not None and image_named(cms, partition_key) is None
             except (psycopg.Error, OSError):
                 unknown = False
             if unknown:
-                instance.delete_dynamic_partition(IMAGE_PARTITIONS, partition)
+                instance.delete_dynamic_partition(IMAGE_PARTITIONS, partition_key)

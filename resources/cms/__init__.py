@@ -13,7 +13,8 @@ resource, and a repository's methods are reached through it only (`cms.images.fi
     cms.events         events.py        toygres_cms.events (read)
     cms.requests       requests.py      image_requests and restore_requests: one method per action,
                                         told the kind (the record: ImageRequest or RestoreRequest),
-                                        e.g. `cms.requests.claim(RestoreRequest)`
+                                        e.g. `cms.requests.claim(RestoreRequest)`; listen() (the
+                                        channel migration 013's trigger notifies), launch_lock()
     cms.drills         drills.py        toygres_cms.restore_drills
     cms.base_backups   base_backups.py  toygres_cms.base_backups (point-in-time recovery)
     cms.migrations     schema.py        versioned migrations (resources/migrations/NNN_name.sql), advisory lock

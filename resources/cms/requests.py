@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import psycopg
 from psycopg import sql
 
 from records import (
@@ -31,6 +32,11 @@ from resources.cms.tables import (
 
 # The kind of a request is its record: ImageRequest or RestoreRequest.
 RequestT = TypeVar("RequestT", ImageRequest, RestoreRequest)
+# The channel every insert of requests notifies (migration 013), its payload the kind alone.
+REQUEST_CHANNEL = "toygres_requests"
+NOTIFIED_KINDS: dict[str, type] = {"image": ImageRequest, "restore": RestoreRequest}
+# First key of the launch locks' pg_advisory_xact_lock(int4, int4) ("tgln"); the second is the request id's hash.
+LAUNCH_LOCK_KEY = 0x74676C6E
 TABLES: dict[type, Table] = {ImageRequest: IMAGE_REQUEST, RestoreRequest: RESTORE_REQUEST}
 FIELDS: dict[type[RequestFields], Table] = {ImageRequestFields: IMAGE_REQUEST, RestoreRequestFields: RESTORE_REQUEST}
 
@@ -91,6 +97,28 @@ class RequestsTable(Queries):
                 lock="FOR UPDATE SKIP LOCKED",
             )
             yield ClaimedRequests(rows, self, conn, table)
+
+    def listen(self) -> psycopg.Connection:
+        """A connection of its own (the caller closes it) LISTENing on REQUEST_CHANNEL: each committed
+        statement that inserts requests sends one notification, its payload the kind
+        (NOTIFIED_KINDS), never a value of a row; read them with `conn.notifies(timeout=...)`."""
+        conn = self.autocommit_connection()
+        try:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(REQUEST_CHANNEL)))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def launch_lock(self, request_id: str, timeout_seconds: float = 30) -> Iterator[None]:
+        """`with cms.requests.launch_lock(id):` one launch of this request at a time (the run
+        coordinator's check-then-queue), whoever launches it: a transaction-scoped advisory lock, so
+        it needs no write grant and ends with the block (or the connection)."""
+        with self.connection() as conn:
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_seconds * 1000)}ms")))
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LAUNCH_LOCK_KEY, request_id))
+            yield
 
     def transition(
         self,

@@ -53,6 +53,7 @@ def test_deploy_manifests_validate(version):
         [
             ("Namespace", DAGSTER_NS),
             ("ServiceAccount", DAGSTER_NS),
+            ("Deployment", DAGSTER_NS),  # the request listener
             ("Namespace", NS),
             ("ServiceAccount", NS),
             ("Role", NS),
@@ -263,3 +264,25 @@ def test_every_pod_that_calls_the_platform_runs_as_the_bound_account():
     assert runs["podTemplateSpecMetadata"]["labels"]["azure.workload.identity/use"] == "true"
     for deployment in user_code["deployments"]:
         assert deployment["labels"]["azure.workload.identity/use"] == "true"
+
+
+def test_the_request_listener_runs_the_user_code_image_with_its_secret_and_the_charts_webserver():
+    """deploy/kubernetes/request-listener.yaml: the code location's image and Secret, the webserver's
+    Service as the chart names it, no API token; the queue dequeues every second (issue 23)."""
+    from toygres_pipelines.shared.webserver import DAGSTER_URL
+
+    values = load("dagster-values.yaml")[0]
+    [user_code] = values["dagster-user-deployments"]["deployments"]
+    listener = one("Deployment", DAGSTER_NS)
+    pod = listener["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    image = user_code["image"]
+    assert container["image"] == f"{image['repository']}:{image['tag']}"
+    assert container["command"] == ["python", "-m", "toygres_pipelines.request_listener"]
+    secrets = [secret["name"] for secret in user_code["envSecrets"]]
+    assert container["envFrom"] == [{"secretRef": {"name": name}} for name in secrets]
+    url = {e["name"]: e["value"] for e in container["env"]}["TOYGRES_DAGSTER_URL"]
+    assert DAGSTER_URL.fullmatch(url) and url.startswith(f"http://dagster-dagster-webserver.{DAGSTER_NS}.svc")
+    assert pod["automountServiceAccountToken"] is False
+    coordinator = values["dagsterDaemon"]["runCoordinator"]["config"]["customRunCoordinator"]
+    assert coordinator["config"]["dequeue_interval_seconds"] == 1

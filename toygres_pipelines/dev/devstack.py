@@ -13,11 +13,12 @@ Starts (or reuses) everything kept in the state dir (TOYGRES_STATE_DIR, default
     <state>/dev.env          the exported environment and the CLI on PATH, to `source` (0600)
     <state>/devstack.pid     this runner (`kill $(cat <state>/devstack.pid)` stops the stack)
 
-then runs Dagster as the Helm chart does (topology.py: a code server, the daemon and the webserver,
-each in its own process group, with PostgreSQL storage in the database `dagster` of the CMS server)
-with DAGSTER_HOME (TOYGRES_DAGSTER_HOME, default <checkout>/.toygres/dagster_home). Ctrl-C (SIGINT)
-or SIGTERM stops dagster, every local instance server,
-Azurite and the CMS server; the next start reuses the same key, CMS data and demo instance.
+then runs Dagster as the Helm chart does (topology.py: a code server, the daemon, the webserver and
+the request listener (CMS requests launched on their notification), each in its own process group,
+with PostgreSQL storage in the database `dagster` of the CMS server) with DAGSTER_HOME
+(TOYGRES_DAGSTER_HOME, default <checkout>/.toygres/dagster_home). Ctrl-C (SIGINT) or SIGTERM stops
+dagster, every local instance server, Azurite and the CMS server; the next start reuses the same key,
+CMS data and demo instance.
 
 Why one module of this size: it is one program (settings, start order, signals, stop order);
 the services it starts are in stack.py and the demo instance in demo.py.
@@ -74,7 +75,12 @@ DEFAULT_UI_PORT = 3000
 CMS_DATABASE = "toygres"
 DAGSTER_DATABASE = "dagster"  # Dagster's run, event-log and schedule storage, beside the CMS database
 # The command line that identifies each Dagster process of an earlier, killed run (its pid file).
-PROCESS_MARKERS = {"webserver": "dagster-webserver", "daemon": "dagster-daemon", "code-server": "api grpc"}
+PROCESS_MARKERS = {
+    "request-listener": "toygres_pipelines.request_listener",
+    "webserver": "dagster-webserver",
+    "daemon": "dagster-daemon",
+    "code-server": "api grpc",
+}
 
 DEMO_NAME = "pagila-demo"
 DEMO_NAMESPACE = "default"
@@ -464,6 +470,8 @@ def start_dagster(settings: Settings, storage_env: dict[str, str], code_env: dic
         topology.start_code_server()
         topology.start_daemon()
         topology.start_webserver(settings.ui_host, settings.ui_port)
+        local = "127.0.0.1" if settings.ui_host in ("0.0.0.0", "::") else settings.ui_host  # noqa: S104 - a listen address
+        topology.start_listener(f"http://{local}:{settings.ui_port}")
     except TopologyError as error:
         topology.stop()
         raise DevStackError(str(error)) from error
@@ -474,7 +482,7 @@ def start_dagster(settings: Settings, storage_env: dict[str, str], code_env: dic
 
 
 def stop_dagster(topology: DagsterTopology, state_dir: Path) -> None:
-    log("stopping dagster (webserver, daemon, code server and its run workers)")
+    log("stopping dagster (request listener, webserver, daemon, code server and its run workers)")
     topology.stop()
     for name in PROCESS_MARKERS:
         (state_dir / f"dagster-{name}.pid").unlink(missing_ok=True)
@@ -486,6 +494,8 @@ def wait_while_running(topology: DagsterTopology, feed: RunFeed, say: Callable[[
         try:
             for line in feed.poll():
                 say(line)
+        except Stop:
+            raise  # SIGTERM/SIGHUP arrived while the feed read: stop, as anywhere else
         except Exception as error:  # noqa: BLE001 - a storage hiccup must not stop the dev stack; the runs go on
             say(f"warning: could not read the runs ({type(error).__name__}); see the Dagster UI")
         try:
@@ -601,8 +611,8 @@ def _run_stack(settings: Settings, cleanup: ExitStack) -> int:
     url = f"http://{settings.ui_host}:{settings.ui_port}"
     log(f"Dagster UI: {url}")
     log(
-        f"running: Dagster webserver {settings.ui_host}:{settings.ui_port}, daemon, code server 127.0.0.1:"
-        f"{dagster.code_port} (logs {dagster.log_dir}) | CMS PostgreSQL 127.0.0.1:"
+        f"running: Dagster webserver {settings.ui_host}:{settings.ui_port}, daemon, request listener, code server"
+        f" 127.0.0.1:{dagster.code_port} (logs {dagster.log_dir}) | CMS PostgreSQL 127.0.0.1:"
         f"{cms_server.server.port} db {CMS_DATABASE}, Dagster storage db {DAGSTER_DATABASE} | Azurite 127.0.0.1:"
         f"{azurite.port} container {settings.blob_container} | demo instance {demo.k8s_name} 127.0.0.1:{demo_port}"
         f" db {DEMO_DATABASE} | state {settings.state_dir} | DAGSTER_HOME {settings.dagster_home}"

@@ -7,13 +7,17 @@
     daemon        `dagster-daemon run` ┘ like the chart's (configmap-workspace.yaml: grpc_server);
                   both submit runs through the run coordinator, so both get the CMS DSN (only
                   that of the code server's secrets: the Helm values give them the same one key)
+    listener      `python -m toygres_pipelines.request_listener` (the Kubernetes Deployment
+                  deploy/kubernetes/request-listener.yaml): CMS requests launched through the webserver
+                  on their notification; the code server's settings without the encryption key and
+                  the blob credentials (it reads neither), and the webserver's URL
     instance      deploy/local/dagster.yaml: dagster_postgres run, event-log and schedule storage in
                   a database of its own on the stack's PostgreSQL server (DAGSTER_PG_* variables),
                   TaggingRunCoordinator by module path, DefaultRunLauncher (one process per run: the
                   local stand-in for K8sRunLauncher)
 
-Each process leads its own process group; `stop` ends them webserver first, code server last (its
-group holds the run workers).
+Each process leads its own process group; `stop` ends them listener and webserver first, code
+server last (its group holds the run workers).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from psycopg.conninfo import conninfo_to_dict
 from resources.platform.base import PROJECT_DIR
 from resources.platform.postgres_server import DEFAULT_SIGNALS
 from toygres_pipelines.run_coordinator import CMS_DSN_ENV
+from toygres_pipelines.shared.webserver import DAGSTER_URL_ENV
 
 LOCATION_NAME = "toygres_pipelines"
 CHART_VALUES = PROJECT_DIR / "deploy" / "kubernetes" / "dagster-values.yaml"
@@ -44,6 +49,8 @@ LOCAL_INSTANCE = PROJECT_DIR / "deploy" / "local" / "dagster.yaml"
 # What every Dagster process of the topology needs, besides DAGSTER_HOME (deploy/local/dagster.yaml).
 STORAGE_ENV = ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB")
 STOP_GRACE_SECONDS = 20
+# What the request listener is not given of the code server's environment: it reads no password or blob.
+NOT_FOR_THE_LISTENER = ("TOYGRES_ENCRYPTION_KEY", "TOYGRES_BLOB_CONNECTION_STRING", "TOYGRES_BLOB_ACCOUNT_URL")
 
 
 class TopologyError(RuntimeError):
@@ -193,13 +200,22 @@ class DagsterTopology:
                 raise TopologyError(f"the webserver did not answer on {host}:{port} within {timeout_seconds:.0f}s")
             time.sleep(0.5)
 
+    def listener_env(self, webserver_url: str) -> dict[str, str]:
+        code = {name: value for name, value in self.code_env.items() if name not in NOT_FOR_THE_LISTENER}
+        return {**self._base_env(), **code, DAGSTER_URL_ENV: webserver_url}
+
+    def start_listener(self, webserver_url: str) -> subprocess.Popen:
+        """The request listener, launching through the webserver at `webserver_url` (started first)."""
+        argv = [sys.executable, "-m", "toygres_pipelines.request_listener"]
+        return self._start("request-listener", argv, self.listener_env(webserver_url))
+
     def check_running(self) -> None:
         """Raise (with its log) when a started process has exited."""
         for name in self.processes:
             self._check_alive(name)
 
     def stop(self) -> None:
-        for name in ("webserver", "daemon", "code-server"):
+        for name in ("request-listener", "webserver", "daemon", "code-server"):
             process = self.processes.pop(name, None)
             if process is not None:
                 stop_group(process, STOP_GRACE_SECONDS)

@@ -13,8 +13,14 @@ from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.images.backup import check_name_free, running_source
 from toygres_pipelines.images.jobs import backup_image, backup_run_config
-from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
-from toygres_pipelines.shared.request_claims import Evaluation, RequestKind, evaluate_requests, request_sensor
+from toygres_pipelines.shared.request_claims import (
+    Evaluation,
+    LaunchedRuns,
+    RequestKind,
+    evaluate_requests,
+    launched_runs,
+    request_sensor,
+)
 from toygres_pipelines.shared.settings import SharedSettings
 from toygres_pipelines.shared.tags import BACKUP_KIND, INSTANCE_TAG, KIND_TAG, REQUEST_ID_TAG
 
@@ -47,11 +53,13 @@ def rerequest_image(cms: CMSResource, request: ImageRequest) -> dg.RunRequest:
 
 
 def evaluate_image_requests(
-    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, **options: Any
+    dagster: dg.DagsterInstance | LaunchedRuns, cms: CMSResource, platform: PlatformResource, **options: Any
 ) -> Evaluation:
-    done = evaluate_requests(IMAGE_REQUESTS, instance, cms, platform, **options)
+    """One evaluation of the image requests, the sensor's and the request listener's."""
+    runs = launched_runs(dagster)
+    done = evaluate_requests(IMAGE_REQUESTS, runs, cms, platform, **options)
     keys = {r.partition_key for r in done.run_requests if r.partition_key is not None}
-    done.new_partitions = sorted(k for k in keys if not instance.has_dynamic_partition(IMAGE_PARTITIONS, k))
+    done.new_partitions = sorted(k for k in keys if not runs.has_image_partition(k))
     return done
 
 

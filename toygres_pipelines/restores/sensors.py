@@ -13,7 +13,13 @@ from resources.cms import CMSResource
 from resources.platform.base import PlatformResource
 from toygres_pipelines.restores.config import check_request_fields, plan_restore
 from toygres_pipelines.restores.jobs import restore_instance, restore_run_config
-from toygres_pipelines.shared.request_claims import Evaluation, RequestKind, evaluate_requests, request_sensor
+from toygres_pipelines.shared.request_claims import (
+    Evaluation,
+    LaunchedRuns,
+    RequestKind,
+    evaluate_requests,
+    request_sensor,
+)
 from toygres_pipelines.shared.settings import SharedSettings
 from toygres_pipelines.shared.tags import KIND_TAG, REQUEST_ID_TAG, RESTORE_KIND
 
@@ -45,9 +51,10 @@ def rerequest_restore(cms: CMSResource, request: RestoreRequest) -> dg.RunReques
 
 
 def evaluate_restore_requests(
-    instance: dg.DagsterInstance, cms: CMSResource, platform: PlatformResource, **options: Any
+    dagster: dg.DagsterInstance | LaunchedRuns, cms: CMSResource, platform: PlatformResource, **options: Any
 ) -> Evaluation:
-    return evaluate_requests(RESTORE_REQUESTS, instance, cms, platform, **options)
+    """One evaluation of the restore requests, the sensor's and the request listener's."""
+    return evaluate_requests(RESTORE_REQUESTS, dagster, cms, platform, **options)
 
 
 RESTORE_REQUESTS = RequestKind(

@@ -13,6 +13,13 @@ Every evaluation:
 
 Two overlapping evaluations never see the same pending row (SKIP LOCKED) and never re-emit a
 freshly accepted one, so each request is emitted exactly once unless its launch was lost.
+
+Two callers run an evaluation: the request sensors (the sweep; the daemon launches their run
+requests) and the request listener (requests/listener.py: at once on the CMS's notification; it
+launches them through the webserver). They differ only in how they ask Dagster what exists
+(`LaunchedRuns`: the daemon's instance, or the webserver's API). A run emitted twice (the sweep's
+relaunch racing the listener's launch) is refused at submit by the run coordinator, which queues
+one run per request id.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import dagster as dg
 import pydantic
@@ -29,7 +36,7 @@ from records import LogSink, ValidationFailed
 from records.requests import MalformedRequest
 from resources.cms import ClaimedRequests, CMSResource
 from resources.platform.base import PlatformResource
-from toygres_pipelines.shared.asset_keys import image_partitions
+from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS, image_partitions
 from toygres_pipelines.shared.settings import SharedSettings
 from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 
@@ -39,6 +46,33 @@ DEFAULTS = SharedSettings()
 def first_run_for_request(instance: dg.DagsterInstance, request_id: object) -> dg.DagsterRun | None:
     runs = instance.get_runs(dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}), limit=1, ascending=True)
     return runs[0] if runs else None
+
+
+class LaunchedRuns(Protocol):
+    """What an evaluation asks of Dagster: the run launched for a request, and whether an image
+    partition exists."""
+
+    def run_for_request(self, request_id: str) -> str | None: ...
+
+    def has_image_partition(self, key: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class InstanceRuns:
+    """The sensors' answer: the Dagster instance the daemon evaluates them with."""
+
+    instance: dg.DagsterInstance
+
+    def run_for_request(self, request_id: str) -> str | None:
+        run = first_run_for_request(self.instance, request_id)
+        return run.run_id if run else None
+
+    def has_image_partition(self, key: str) -> bool:
+        return self.instance.has_dynamic_partition(IMAGE_PARTITIONS, key)
+
+
+def launched_runs(dagster: dg.DagsterInstance | LaunchedRuns) -> LaunchedRuns:
+    return InstanceRuns(dagster) if isinstance(dagster, dg.DagsterInstance) else dagster
 
 
 class Evaluation(pydantic.BaseModel):
@@ -72,7 +106,7 @@ class Evaluation(pydantic.BaseModel):
 
 
 def settle_unlaunched(
-    instance: dg.DagsterInstance,
+    dagster: LaunchedRuns,
     cms: CMSResource,
     unlaunched: list,
     relaunch_after: float,
@@ -82,10 +116,10 @@ def settle_unlaunched(
 ) -> None:
     """Accepted requests with no run id: record the run Dagster has, or emit a lost one again."""
     for request, age in unlaunched:
-        run = first_run_for_request(instance, request.id)
-        if run is not None:
-            cms.requests.attach_run(request.id, run.run_id)
-            done.attached[str(request.id)] = run.run_id
+        run_id = dagster.run_for_request(str(request.id))
+        if run_id is not None:
+            cms.requests.attach_run(request.id, run_id)
+            done.attached[str(request.id)] = run_id
         elif age >= relaunch_after:
             done.run_requests.append(rerequest(request))
             done.relaunched.append(str(request.id))
@@ -141,7 +175,7 @@ class RequestKind:
 
 def evaluate_requests(
     kind: RequestKind,
-    instance: dg.DagsterInstance,
+    dagster: dg.DagsterInstance | LaunchedRuns,
     cms: CMSResource,
     platform: PlatformResource,
     *,
@@ -151,7 +185,8 @@ def evaluate_requests(
 ) -> Evaluation:
     done = Evaluation()
     rerequest = partial(kind.rerequest, cms)
-    settle_unlaunched(instance, cms, cms.requests.unlaunched(kind.record), relaunch_after, rerequest, done, log)
+    runs = launched_runs(dagster)
+    settle_unlaunched(runs, cms, cms.requests.unlaunched(kind.record), relaunch_after, rerequest, done, log)
     with cms.requests.claim(kind.record, limit) as claim:
         taken = {kind.key(r) for r in claim.already_accepted() if not isinstance(r, MalformedRequest)}
         check = partial(kind.check, cms, platform)

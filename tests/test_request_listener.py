@@ -1,0 +1,229 @@
+"""The request listener (toygres_pipelines/requests/listener.py): a CMS request launched on its
+notification, by the request sensors' own evaluation, with the sensors still the sweep.
+
+The CMS is the real one of the fixtures. Here the webserver is a recorder injected in its place (as
+the connection, the clock and the sleep are), so the loop's behaviour is tested in seconds;
+tests/test_request_listener_stack.py launches through a real webserver and its run coordinator."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from records import ImageRequest, RequestState
+from resources.platform.local import LocalPlatform
+from tests.helpers import add_instance, image_request
+from toygres_pipelines.images.jobs import backup_run_config
+from toygres_pipelines.images.sensors import evaluate_image_requests
+from toygres_pipelines.requests.listener import RequestListener
+from toygres_pipelines.requests.settings import RequestsSettings
+from toygres_pipelines.shared.webserver import LaunchRefused
+
+pytestmark = pytest.mark.integration
+
+# The local platform's request-time rules (tests/test_automation.py RULES_ONLY): nothing runs on it.
+RULES_ONLY = LocalPlatform(state_dir="/nonexistent/toygres-rules-only", azcopy_path="/bin/true")
+DEADLINE_SECONDS = 30
+
+
+class RecordingWebserver:
+    """Stands in for shared/webserver.py Webserver: records each launch and partition, answers a
+    run id; `fail_for` names image partitions whose launch raises as an unreachable webserver would."""
+
+    def __init__(self, fail_for: set[str] | None = None):
+        self.launches: list[tuple[str, dict, dict]] = []
+        self.partitions: list[str] = []
+        self.fail_for = fail_for or set()
+        self.lock = threading.Lock()
+
+    def launch(self, job_name, run_config, tags):
+        if tags.get("dagster/partition") in self.fail_for:
+            raise ConnectionError("webserver unreachable")
+        with self.lock:
+            self.launches.append((job_name, dict(run_config), dict(tags)))
+        return str(uuid.uuid4())
+
+    def add_image_partition(self, job_name, key):
+        self.partitions.append(key)
+
+    def run_for_request(self, request_id):
+        return None
+
+    def launched(self) -> dict[str, dict]:
+        return {tags["toygres/request-id"]: tags for _, _, tags in self.launches}
+
+
+def listener(cms, webserver, **options) -> RequestListener:
+    return RequestListener(cms=cms, platform=RULES_ONLY, webserver=webserver, settings=RequestsSettings(), **options)
+
+
+def test_every_insert_of_requests_notifies_the_kind_and_nothing_of_the_row(cms):
+    conn = cms.requests.listen()
+    try:
+        add_instance(cms, "src-abcde")
+        image_request(cms, "src-abcde", "note-me", description="p4ssw0rd-looking text")
+        notes = list(conn.notifies(timeout=DEADLINE_SECONDS, stop_after=1))
+    finally:
+        conn.close()
+    assert [(n.channel, n.payload) for n in notes] == [("toygres_requests", "image")]
+
+
+def test_a_notified_request_is_launched_as_the_sensor_would_launch_it(cms):
+    source = add_instance(cms, "src-abcde")
+    webserver = RecordingWebserver()
+    listening = listener(cms, webserver)
+    conn = cms.requests.listen()
+    try:
+        request = image_request(cms, source.k8s_name, "src-abcde__now", description="asked")
+        kinds = listening.wait(conn)
+    finally:
+        conn.close()
+    assert kinds == {"image"}
+    outcome = listening.evaluate(kinds)
+    assert list(outcome.launched) == [str(request.id)]
+    [(job, run_config, tags)] = webserver.launches
+    assert job == "backup_image"
+    assert run_config == backup_run_config(request).to_config_dict()
+    assert tags == {
+        "toygres/request-id": str(request.id),
+        "toygres/kind": "backup",
+        "toygres/instance": source.k8s_name,
+        "dagster/partition": "src-abcde__now",
+    }
+    assert webserver.partitions == ["src-abcde__now"]
+    row = cms.requests.get(ImageRequest, request.id)
+    assert row.state is RequestState.accepted and row.run_id == outcome.launched[str(request.id)]
+
+
+def test_a_bad_request_beside_a_good_one_is_rejected_naming_the_field_and_the_good_one_launches(cms):
+    source = add_instance(cms, "src-abcde")
+    bad_name = image_request(cms, source.k8s_name, "bad.name")
+    bad_jobs = image_request(cms, source.k8s_name, "src-abcde__jobs", parallel_jobs=99)
+    good = image_request(cms, source.k8s_name, "src-abcde__good")
+    webserver = RecordingWebserver()
+    outcome = listener(cms, webserver).evaluate({"image"})
+    assert list(webserver.launched()) == [str(good.id)]
+    assert cms.requests.get(ImageRequest, bad_name.id).reason.startswith("image_name: 'bad.name' must")
+    assert cms.requests.get(ImageRequest, bad_jobs.id).reason.startswith("parallel_jobs:")
+    assert set(outcome.rejected) == {str(bad_name.id), str(bad_jobs.id)}
+
+
+def test_a_failed_launch_is_logged_the_others_go_on_and_the_sweep_relaunches_it(cms, caplog):
+    source = add_instance(cms, "src-abcde")
+    lost = image_request(cms, source.k8s_name, "src-abcde__lost")
+    fine = image_request(cms, source.k8s_name, "src-abcde__fine")
+    webserver = RecordingWebserver(fail_for={"src-abcde__lost"})
+    with caplog.at_level("WARNING", logger="toygres.request_listener"):
+        outcome = listener(cms, webserver).evaluate({"image"})
+    assert list(outcome.launched) == [str(fine.id)]
+    assert "webserver unreachable" in outcome.not_launched[str(lost.id)]
+    assert f"request {lost.id}: launch failed" in caplog.text
+    # accepted, no run: the request sensor's sweep emits it again
+    with dagster_instance() as instance:
+        swept = evaluate_image_requests(instance, cms, RULES_ONLY, relaunch_after=0)
+    assert [r.run_key for r in swept.run_requests] == [str(lost.id)]
+
+
+def test_a_refused_second_launch_is_no_failure(cms):
+    source = add_instance(cms, "src-abcde")
+    request = image_request(cms, source.k8s_name, "src-abcde__twice")
+
+    class AlreadyLaunched(RecordingWebserver):
+        def launch(self, job_name, run_config, tags):
+            raise LaunchRefused(f"request {tags['toygres/request-id']} already has run r1", "RequestAlreadyLaunched")
+
+    outcome = listener(cms, AlreadyLaunched()).evaluate({"image"})
+    assert list(outcome.already_launched) == [str(request.id)] and not outcome.not_launched
+
+
+def test_a_lost_cms_connection_is_opened_again_with_backoff_and_nothing_is_missed(cms, caplog):
+    """The CMS ends the listener's session (as a restart does), then refuses it twice: the listener
+    logs each, waits 1 s then 2 s (the injected sleep), listens again and launches what was
+    inserted meanwhile."""
+    source = add_instance(cms, "src-abcde")
+    webserver = RecordingWebserver()
+    attempts: list[str] = []
+    slept: list[float] = []
+    sessions: list[psycopg.Connection] = []
+
+    def connect() -> psycopg.Connection:
+        attempts.append("connect")
+        if len(attempts) in (2, 3):
+            raise psycopg.OperationalError("connection refused (the CMS is restarting)")
+        conn = cms.requests.listen()
+        sessions.append(conn)
+        return conn
+
+    listening = listener(cms, webserver, connect=connect, sleep=slept.append)
+    stop = threading.Event()
+    thread = threading.Thread(target=listening.serve, args=(stop.is_set,))
+    with caplog.at_level("INFO", logger="toygres.request_listener"):
+        thread.start()
+        try:
+            wait_for(lambda: sessions, "the first session")
+            first = image_request(cms, source.k8s_name, "src-abcde__before")
+            wait_for(lambda: str(first.id) in webserver.launched(), "the first launch")
+            with psycopg.connect(cms.dsn, autocommit=True) as admin:
+                pid = sessions[0].info.backend_pid
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                second = image_request(cms, source.k8s_name, "src-abcde__while-down")
+            wait_for(lambda: str(second.id) in webserver.launched(), "the launch after reconnecting")
+        finally:
+            stop.set()
+            # the loop wakes within the fallback interval; a notification wakes it at once
+            image_request(cms, source.k8s_name, "src-abcde__wake")
+            thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert slept[:2] == [1.0, 2.0]
+    assert "lost the CMS connection" in caplog.text and "cannot listen on the CMS" in caplog.text
+    assert len(attempts) >= 4
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {DEADLINE_SECONDS} s")
+        time.sleep(0.05)
+
+
+def dagster_instance():
+    import dagster as dg
+
+    return dg.instance_for_test()
+
+
+def test_the_stack_starts_the_listener_with_its_log_in_the_log_dir_and_no_key(tmp_path):
+    """dev/topology.py (make dev, the daemon tests): the listener's process, its log in the stack's
+    log dir (not the terminal), the code server's settings minus the encryption key and the blob
+    credential; a CMS it cannot reach is logged and tried again, the process keeps running."""
+    from resources.platform.postgres_server import free_port
+    from toygres_pipelines.dev.topology import DagsterTopology
+
+    storage = {name: "x" for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST")}
+    topology = DagsterTopology(
+        home=tmp_path,
+        workspace=tmp_path / "workspace.yaml",
+        log_dir=tmp_path / "logs",
+        dagster_env={"DAGSTER_HOME": str(tmp_path), "DAGSTER_PG_PORT": "1", "DAGSTER_PG_DB": "d", **storage},
+        code_env={
+            "TOYGRES_CMS_DSN": f"host=127.0.0.1 port={free_port()} dbname=cms user=nobody connect_timeout=2",
+            "TOYGRES_ENCRYPTION_KEY": "k",
+            "TOYGRES_BLOB_CONNECTION_STRING": "s",
+            "TOYGRES_PLATFORM": "local",
+        },
+        code_port=4000,
+    )
+    env = topology.listener_env("http://127.0.0.1:3000")
+    assert env["TOYGRES_DAGSTER_URL"] == "http://127.0.0.1:3000" and env["TOYGRES_CMS_DSN"].startswith("host=")
+    assert not {"TOYGRES_ENCRYPTION_KEY", "TOYGRES_BLOB_CONNECTION_STRING"} & set(env)
+    topology.start_listener("http://127.0.0.1:3000")
+    try:
+        wait_for(lambda: "cannot listen on the CMS" in topology.log_tail("request-listener"), "logged CMS failure")
+        topology.check_running()
+    finally:
+        topology.stop()
