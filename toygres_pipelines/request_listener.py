@@ -26,6 +26,9 @@ from toygres_pipelines.settings import Settings
 from toygres_pipelines.shared.webserver import DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL, Webserver, checked_dagster_url
 
 CMS_DSN_ENV = "TOYGRES_CMS_DSN"
+# What the listener is not given of the code location's environment (make dev leaves them out, the
+# Kubernetes Deployment blanks them): it never reads a password or a blob.
+NOT_FOR_THE_LISTENER = ("TOYGRES_ENCRYPTION_KEY", "TOYGRES_BLOB_CONNECTION_STRING", "TOYGRES_BLOB_ACCOUNT_URL")
 
 
 def webserver_url() -> str:

@@ -267,8 +267,10 @@ def test_every_pod_that_calls_the_platform_runs_as_the_bound_account():
 
 
 def test_the_request_listener_runs_the_user_code_image_with_its_secret_and_the_charts_webserver():
-    """deploy/kubernetes/request-listener.yaml: the code location's image and Secret, the webserver's
-    Service as the chart names it, no API token; the queue dequeues every second (issue 23)."""
+    """deploy/kubernetes/request-listener.yaml: the code location's image and Secret, less what it
+    never reads (the encryption key, blob credentials: blanked, as `env` wins over `envFrom`), the
+    webserver's Service as the chart names it, no API token; the queue dequeues every second (issue 23)."""
+    from toygres_pipelines.request_listener import NOT_FOR_THE_LISTENER
     from toygres_pipelines.shared.webserver import DAGSTER_URL
 
     values = load("dagster-values.yaml")[0]
@@ -281,7 +283,10 @@ def test_the_request_listener_runs_the_user_code_image_with_its_secret_and_the_c
     assert container["command"] == ["python", "-m", "toygres_pipelines.request_listener"]
     secrets = [secret["name"] for secret in user_code["envSecrets"]]
     assert container["envFrom"] == [{"secretRef": {"name": name}} for name in secrets]
-    url = {e["name"]: e["value"] for e in container["env"]}["TOYGRES_DAGSTER_URL"]
+    env = {e["name"]: e for e in container["env"]}
+    for name in NOT_FOR_THE_LISTENER:
+        assert env.get(name) == {"name": name, "value": ""}, name
+    url = env["TOYGRES_DAGSTER_URL"]["value"]
     assert DAGSTER_URL.fullmatch(url) and url.startswith(f"http://dagster-dagster-webserver.{DAGSTER_NS}.svc")
     assert pod["automountServiceAccountToken"] is False
     coordinator = values["dagsterDaemon"]["runCoordinator"]["config"]["customRunCoordinator"]

@@ -40,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from resources.platform.base import PROJECT_DIR
 from resources.platform.postgres_server import DEFAULT_SIGNALS
+from toygres_pipelines.request_listener import NOT_FOR_THE_LISTENER
 from toygres_pipelines.run_coordinator import CMS_DSN_ENV
 from toygres_pipelines.shared.webserver import DAGSTER_URL_ENV
 
@@ -49,8 +50,6 @@ LOCAL_INSTANCE = PROJECT_DIR / "deploy" / "local" / "dagster.yaml"
 # What every Dagster process of the topology needs, besides DAGSTER_HOME (deploy/local/dagster.yaml).
 STORAGE_ENV = ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB")
 STOP_GRACE_SECONDS = 20
-# What the request listener is not given of the code server's environment: it reads no password or blob.
-NOT_FOR_THE_LISTENER = ("TOYGRES_ENCRYPTION_KEY", "TOYGRES_BLOB_CONNECTION_STRING", "TOYGRES_BLOB_ACCOUNT_URL")
 
 
 class TopologyError(RuntimeError):
