@@ -522,3 +522,45 @@ def test_a_database_the_tenant_closed_to_connections_fails_the_backup_naming_it(
     finally:
         with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
             admin.execute("DROP DATABASE IF EXISTS closed_app WITH (FORCE)")
+
+
+def test_a_damaged_page_fails_the_backup_whatever_the_tenants_zero_damaged_pages(resources, cms, platform):
+    """A tenant's role may say zero_damaged_pages = on (ALTER ROLE ... SET): a page whose header is
+    damaged is then read as empty, with a WARNING. The backup's pg_dump must not take that as
+    the table: the backup fails naming the page, rather than a `ready` image without its rows."""
+    import secrets
+    import uuid
+
+    from pydantic import SecretStr
+
+    from resources.platform.base import DeploySpec
+    from toygres_pipelines.dev.demo import provision_server, register_running
+
+    ref = InstanceRef(k8s_name=f"damaged-{uuid.uuid4().hex[:6]}", namespace="default")
+    password = SecretStr(secrets.token_urlsafe(12))
+    provision_server(platform, ref, password)
+    try:
+        endpoints = platform.endpoints(ref)
+        dsn = psycopg.conninfo.make_conninfo(
+            host=endpoints.host, port=endpoints.port, user="postgres", password=password.get_secret_value()
+        )
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 5000) g")
+            (path,) = conn.execute(
+                "SELECT current_setting('data_directory') || '/' || pg_relation_filepath('t')"
+            ).fetchone()
+            conn.execute("ALTER ROLE postgres SET zero_damaged_pages = on")
+            conn.execute("CHECKPOINT")
+        platform.stop_instance(ref)
+        with open(path, "r+b") as relation:  # block 3's pd_lower past its pd_upper: an invalid page header
+            relation.seek(3 * 8192 + 12)
+            relation.write(b"\xff\xff")
+        platform.deploy_instance(
+            DeploySpec(instance=ref, postgres_version="15", storage_size_gb=1, dns_label=ref.k8s_name)
+        )
+        register_running(cms, platform, ref)
+        result = materialize_image(resources, f"{ref.k8s_name}__damaged", raise_on_error=False)
+        assert not result.success, "a backup of a table with a damaged page became ready"
+        assert "invalid page in block 3" in failure_text(result)
+    finally:
+        platform.delete_instance(ref)

@@ -348,3 +348,16 @@ def test_a_tenants_decoy_catalogue_function_never_decides_where_its_wal_is_archi
     second = switch_wal(dsn)
     wait_for(lambda: list_timelines(blob, ref.namespace, ref.k8s_name), "a segment archived")
     assert [t.system_identifier for t in list_timelines(blob, ref.namespace, ref.k8s_name)] == [sysid], second
+
+
+def test_a_tenants_date_style_never_stops_its_wal_archiving(archived, blob):
+    """DateStyle is a tenant's to set for its role (ALTER ROLE ... SET DateStyle = 'SQL, DMY', a
+    European habit), and it applies to every session that logs in: the archiver's mark query reads
+    the server's clock, which psycopg parses in ISO only. The archiver's sessions take the deployment's
+    DateStyle, so its segments are still uploaded."""
+    ref, dsn, start = archived
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER ROLE postgres SET DateStyle = 'SQL, DMY'")
+    start()
+    segment = switch_wal(dsn)
+    wait_for(lambda: has_segment(blob, ref, segment), f"segment {segment} archived")

@@ -18,7 +18,9 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -27,7 +29,7 @@ from pydantic import SecretStr
 
 from records import InstanceRef
 from resources.platform.postgres_server import postgres_bindir
-from tests.test_pitr_archiving import archived, switch_wal  # noqa: F401
+from tests.test_pitr_archiving import archived, has_segment, switch_wal, wait_for  # noqa: F401
 from tests.test_pitr_restore import archived_until, commit
 from toygres_pipelines.dev.demo import register_running
 from toygres_pipelines.pitr.base_backups import take_base_backup
@@ -316,6 +318,89 @@ def test_tenant_code_run_by_a_pitr_restores_own_queries_finds_no_grant_no_identi
         assert not found, f"tenant code found {found} (listener: {listener.received}):\n{loot[:3000]}"
     finally:
         platform.delete_instance(restored_ref)
+
+
+def pitr_of_a_tenants_archive(cms, blob, platform, archived, statements, after_base=()):  # noqa: F811
+    """`statements` in the base backup, `after_base` in the WAL after it (archived whole); returns the
+    source, the server's clock after the last commit before `after_base`, and a fresh volume's ref."""
+    ref, dsn, start = archived
+    start()
+    source = register_running(cms, platform, ref)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    commit(dsn, "before-base")
+    take_base_backup(cms, blob, platform, source, run_id=None, log=print)
+    moment = commit(dsn, "after-base")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in after_base:
+            conn.execute(statement)
+    segment = switch_wal(dsn)
+    archived_until(cms, blob, source, moment)
+    wait_for(lambda: has_segment(blob, ref, segment), f"segment {segment} archived")
+    restored = InstanceRef(k8s_name=f"pitr-{uuid.uuid4().hex[:6]}", namespace="default")
+    platform.ensure_instance_secret(restored, SecretStr(secrets.token_urlsafe(12)))
+    platform.create_volume(restored, 1)
+    return source, moment, restored
+
+
+def test_the_point_a_pitr_restore_reports_replayed_is_its_servers_not_the_tenants_sessions(
+    cms,
+    blob,
+    platform,
+    archived,  # noqa: F811
+):
+    """The pitr drill fails a restore that replayed past its target, by the job's line "last
+    transaction replayed committed at ...". A tenant's DateStyle (ALTER ROLE ... SET DateStyle, in
+    the WAL replayed) and its own pg_catalog.pg_last_xact_replay_timestamp() must not write it."""
+    from toygres_pipelines.drills.pitr_drill import REPLAYED
+
+    source, moment, restored = pitr_of_a_tenants_archive(
+        cms, blob, platform, archived,
+        [
+            "ALTER FUNCTION pg_catalog.pg_last_xact_replay_timestamp() RENAME TO pg_last_xact_replay_timestamp_before",
+            "CREATE FUNCTION pg_catalog.pg_last_xact_replay_timestamp() RETURNS timestamptz LANGUAGE sql"
+            " AS $$SELECT '1999-01-01 00:00:00+00'::timestamptz$$",
+        ],
+        after_base=["ALTER ROLE postgres SET DateStyle = 'SQL, DMY'"],
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        _, plan = plan_recovery(cms, blob, source, None)
+        run_pitr_job(platform, blob, restored, plan, "15", 240, lambda line: (print(line), lines.append(line)))
+        [replayed] = [m.group("at") for line in lines if (m := REPLAYED.search(line))]
+        # the last commit replayed is switch_wal's, after `moment`, before now
+        assert moment <= datetime.fromisoformat(replayed) <= datetime.now(UTC), replayed
+    finally:
+        platform.delete_instance(restored)
+
+
+def test_a_promoted_server_whose_catalogue_lies_fails_the_pitr_restore_at_once_instead_of_hanging(
+    cms,
+    blob,
+    platform,
+    archived,  # noqa: F811
+):
+    """Once promoted, the restore's sessions run the tenant's catalogue: a pg_is_in_recovery() that
+    always says true (or a postgres database gone) must not keep the job waiting until its timeout."""
+    source, _, restored = pitr_of_a_tenants_archive(
+        cms, blob, platform, archived,
+        [
+            "ALTER FUNCTION pg_catalog.pg_is_in_recovery() RENAME TO pg_is_in_recovery_before",
+            "CREATE FUNCTION pg_catalog.pg_is_in_recovery() RETURNS boolean LANGUAGE sql AS 'SELECT true'",
+        ],
+    )  # fmt: skip
+    lines: list[str] = []
+    timeout = 200
+    try:
+        _, plan = plan_recovery(cms, blob, source, None)
+        started = time.monotonic()
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the platform's failure; its reason is in the log
+            run_pitr_job(platform, blob, restored, plan, "15", timeout, lambda line: (print(line), lines.append(line)))
+        assert time.monotonic() - started < timeout - 30, "the restore waited on the tenant's answer until its timeout"
+        assert any("still in recovery" in line for line in lines), lines[-10:]
+    finally:
+        platform.delete_instance(restored)
 
 
 def _literal(text: str) -> str:

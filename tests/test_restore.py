@@ -469,19 +469,28 @@ def test_an_image_carrying_its_tenants_session_settings_restores(resources, cms,
     """A valid image carries its tenant's settings: the role's (globals.sql: ALTER ROLE postgres SET)
     and each database's (pg_restore --create). A read-only default and a 1 ms statement timeout are
     the tenant's to have, and so is a library loaded at each connection; they must not stop the
-    backup's or the restore's own sessions (the queries, pg_dump, pg_restore, analyze, the password)."""
-    override = "-c default_transaction_read_only=off -c statement_timeout=0 -c local_preload_libraries="
+    backup's or the restore's own sessions (the queries, pg_dump, pg_restore, analyze, the password).
+    Nor does a database whose sessions SET ROLE to a role of no rights (ALTER DATABASE ... SET role):
+    the backup's pg_dump and the restore's pg_restore run as the deployment's superuser; nor one
+    that allows no temporary file (temp_file_limit 0, maintenance_work_mem 1 MB: the restore's
+    CREATE INDEX sorts on disk)."""
+    override = "-c default_transaction_read_only=off -c statement_timeout=0 -c local_preload_libraries= -c role=none"
     with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
         admin.execute("DROP DATABASE IF EXISTS settled")
         admin.execute("CREATE DATABASE settled")
+        admin.execute("DROP ROLE IF EXISTS settled_nobody")
+        admin.execute("CREATE ROLE settled_nobody")
     try:
         with psycopg.connect(source_dsn("settled"), autocommit=True) as conn:
-            conn.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 20000) g")
+            conn.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 200000) g")
             conn.execute("CREATE INDEX ON t (g)")
         with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
             admin.execute("ALTER DATABASE settled SET default_transaction_read_only = on")
             admin.execute("ALTER DATABASE settled SET statement_timeout = '1ms'")
             admin.execute("ALTER DATABASE settled SET local_preload_libraries = 'tenant_plugin'")
+            admin.execute("ALTER DATABASE settled SET role = 'settled_nobody'")
+            admin.execute("ALTER DATABASE settled SET temp_file_limit = 0")
+            admin.execute("ALTER DATABASE settled SET maintenance_work_mem = '1MB'")
             admin.execute("ALTER ROLE postgres SET default_transaction_read_only = on")
         try:
             assert materialize_image(resources, f"{source.k8s_name}__settled").success
@@ -495,17 +504,20 @@ def test_an_image_carrying_its_tenants_session_settings_restores(resources, cms,
         row = result.output_for_node("mark_instance_running")
         restored = dsn_of(platform, row, SOURCE_PASSWORD, "settled")
         with psycopg.connect(restored, options=override) as conn:
-            assert conn.execute("SELECT count(*) FROM t").fetchone() == (20000,)
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (200000,)
             # the tenant's settings are restored as they were
             assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("off",)
         with psycopg.connect(restored, options="-c local_preload_libraries=") as conn:
             assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
             assert conn.execute("SHOW statement_timeout").fetchone() == ("1ms",)
+            assert conn.execute("SELECT current_user").fetchone() == ("settled_nobody",)
+            assert conn.execute("SHOW temp_file_limit").fetchone() == ("0",)
         with pytest.raises(psycopg.OperationalError, match="tenant_plugin"):
             psycopg.connect(restored).close()
     finally:
         with psycopg.connect(source_dsn("postgres"), autocommit=True, options=override) as admin:
             admin.execute("DROP DATABASE IF EXISTS settled WITH (FORCE)")
+            admin.execute("DROP ROLE IF EXISTS settled_nobody")
 
 
 def test_an_image_of_a_source_with_a_tablespace_restores_into_the_instances_one_volume(

@@ -202,10 +202,14 @@ download_file() { # $1: blob name, $2: local path (BlobPipe: much faster start t
 # The options of every session a job opens on a tenant's server (PGOPTIONS). The tenant owns its
 # roles' and databases' settings (ALTER ROLE/DATABASE ... SET, carried by its images too), and they
 # apply to every session that logs in; options given at connection win over them: its schemas ahead
-# of pg_catalog, a read-only default, short timeouts, libraries loaded into each session, statements
-# logged. records/tenant_sessions.py holds the same for the deployment's Python sessions.
-TENANT_SESSION_OPTIONS="-c search_path=pg_catalog -c default_transaction_read_only=off -c statement_timeout=0 \
--c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c idle_session_timeout=0 -c session_preload_libraries= \
+# of pg_catalog, a role its sessions switch to (SET role: the session would run as that role, not
+# the superuser that logged in), a DateStyle other than ISO, a read-only default, short timeouts, no
+# temporary file allowed (a restore's CREATE INDEX sorts on disk), a damaged page read as empty
+# (zero_damaged_pages, ignore_checksum_failure: a backup without its rows), libraries loaded into each session, statements logged. records/tenant_sessions.py holds the same
+# for the deployment's Python sessions.
+TENANT_SESSION_OPTIONS="-c search_path=pg_catalog -c role=none -c DateStyle=ISO -c default_transaction_read_only=off -c statement_timeout=0 \
+-c lock_timeout=0 -c idle_in_transaction_session_timeout=0 -c idle_session_timeout=0 -c temp_file_limit=-1 \
+-c zero_damaged_pages=off -c ignore_checksum_failure=off -c session_preload_libraries= \
 -c local_preload_libraries= -c log_statement=none -c log_min_duration_statement=-1 -c default_tablespace= \
 -c temp_tablespaces="
 # Added for the jobs' own catalogue queries, not for the dumps: a name's bytes as they are (the bytes

@@ -125,13 +125,17 @@ touch "$pgdata/recovery.signal"
 log "replaying WAL to ${target:-the end of the archive}"
 
 # The server's environment holds no secret (this role has none); the sessions this job opens
-# override the tenant's per-role and per-database settings (common.sh).
-export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres PGOPTIONS="$TENANT_SESSION_OPTIONS"
+# override the tenant's per-role and per-database settings (common.sh), and no statement of theirs
+# outlasts 10 s.
+export PGHOST="$socket_dir" PGUSER="$POSTGRES_USER" PGDATABASE=postgres PGOPTIONS="$TENANT_SESSION_OPTIONS -c statement_timeout=10s"
+# Promotion is the server's to say, not a session's: with hot_standby off it refuses every
+# connection until recovery has ended (pg_isready: "rejecting"), and answers once promoted, whatever
+# its catalogue holds (the tenant's database may be gone, its pg_is_in_recovery() may lie).
 replay() { # -> 0: promoted; 1: the server stopped first (its log says why)
   env -i PATH="$PATH" LANG=C.UTF-8 LC_ALL=C.UTF-8 HOME="$socket_dir" \
     pg_ctl -D "$pgdata" -w -t 600 -l "$socket_dir/postgres.log" start -o "-c config_file=$socket_dir/postgresql.conf" >/dev/null \
     || return 1
-  until [[ "$(psql -X -Atqc 'SELECT pg_catalog.pg_is_in_recovery()' 2>/dev/null)" == f ]]; do
+  until pg_isready -q; do
     pg_ctl -D "$pgdata" status >/dev/null 2>&1 || return 1
     sleep 0.5
   done
@@ -152,8 +156,17 @@ if ! replay; then
 fi
 # The invariant the restore_command keeps (it answered "not in the archive" only after this):
 [[ -e "$RESTORE_HANDOFF/ready/all-verified" ]] || die "the server promoted before every planned segment was verified"
-replayed=$(psql -X -Atqc 'SELECT pg_catalog.pg_last_xact_replay_timestamp()')
+# The point replayed to, as the server's startup process logged it when redo ended (ISO, UTC: our
+# configuration's), read before any session ran the tenant's catalogue (its own
+# pg_last_xact_replay_timestamp(), its DateStyle, a line it could RAISE into this log later). The
+# pitr drill compares it with the target.
+replayed=$(sed -nE 's/^.* LOG:  last completed transaction was at log time ([0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:.]+[+-][0-9:]+)$/\1/p' \
+  "$socket_dir/postgres.log" | tail -n 1)
 log "promoted; last transaction replayed committed at ${replayed:-unknown}"
+# A session confirms it, within 10 s, or the restore fails saying why (never waits on the tenant's catalogue).
+said=$(psql -X -Atq -v ON_ERROR_STOP=1 -c 'SELECT pg_catalog.pg_is_in_recovery()' 2>"$socket_dir/session.err") \
+  || die "the promoted server refuses the restore's session: $(tail -n 5 "$socket_dir/session.err" | head -c 500)"
+[[ "$said" == f ]] || die "the promoted server answers that it is still in recovery (pg_is_in_recovery: $(shown "${said:0:100}"))"
 
 # The instance's Secret is what clients will use from now on: only its SCRAM verifier reaches this
 # role, set as a literal on stdin (never on a command line).
