@@ -73,7 +73,9 @@ def listener():
     server.close()
 
 
-def hostile_backup(cms, blob, platform, archived, statements):  # noqa: F811
+def hostile_backup(cms, blob, platform, archived, statements, after_base=()):  # noqa: F811
+    """`statements` in the base backup, `after_base` in the WAL after it, archived up to the commit
+    before `after_base`; returns the source, its DSN, that commit's time and the last segment."""
     ref, dsn, start = archived
     start()
     source = register_running(cms, platform, ref)
@@ -83,9 +85,12 @@ def hostile_backup(cms, blob, platform, archived, statements):  # noqa: F811
     commit(dsn, "before-base")
     take_base_backup(cms, blob, platform, source, run_id=None, log=print)
     moment = commit(dsn, "after-base")
-    switch_wal(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in after_base:
+            conn.execute(statement)
+    segment = switch_wal(dsn)
     archived_until(cms, blob, source, moment)
-    return source, dsn
+    return source, dsn, moment, segment
 
 
 def replay(cms, blob, platform, source, name: str) -> tuple[InstanceRef, Path]:
@@ -149,7 +154,7 @@ def test_tenant_settings_and_files_run_nothing_reach_nothing_and_hang_nothing_in
         f"ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={port} connect_timeout=2'",
         "ALTER SYSTEM SET recovery_min_apply_delay = '1d'",
     ]
-    source, _ = hostile_backup(cms, blob, platform, archived, statements)
+    source, *_ = hostile_backup(cms, blob, platform, archived, statements)
     with psycopg.connect(dsn) as conn:
         (tenant_settings,) = conn.execute("SELECT pg_read_file('postgresql.auto.conf')").fetchone()
     ref, pgdata = replay(cms, blob, platform, source, "hostile")
@@ -323,20 +328,8 @@ def test_tenant_code_run_by_a_pitr_restores_own_queries_finds_no_grant_no_identi
 def pitr_of_a_tenants_archive(cms, blob, platform, archived, statements, after_base=()):  # noqa: F811
     """`statements` in the base backup, `after_base` in the WAL after it (archived whole); returns the
     source, the server's clock after the last commit before `after_base`, and a fresh volume's ref."""
-    ref, dsn, start = archived
-    start()
-    source = register_running(cms, platform, ref)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
-    commit(dsn, "before-base")
-    take_base_backup(cms, blob, platform, source, run_id=None, log=print)
-    moment = commit(dsn, "after-base")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in after_base:
-            conn.execute(statement)
-    segment = switch_wal(dsn)
-    archived_until(cms, blob, source, moment)
+    source, _, moment, segment = hostile_backup(cms, blob, platform, archived, statements, after_base)
+    ref = archived[0]
     wait_for(lambda: has_segment(blob, ref, segment), f"segment {segment} archived")
     restored = InstanceRef(k8s_name=f"pitr-{uuid.uuid4().hex[:6]}", namespace="default")
     platform.ensure_instance_secret(restored, SecretStr(secrets.token_urlsafe(12)))

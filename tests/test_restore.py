@@ -562,9 +562,9 @@ def test_an_image_of_a_source_with_a_tablespace_restores_into_the_instances_one_
 def test_the_postgres_databases_own_settings_comment_and_grants_are_restored(
     resources, cms, platform, source, source_dsn
 ):
-    """The restored instance's `postgres` database already exists (initdb made it), so its archive is
-    restored into it without --create; its settings, its role-in-database settings, its comment and
-    its grants (pg_dump keeps them for --create only) must still come back."""
+    """The restored instance's `postgres` database is initdb's; pg_dump keeps a database's settings,
+    its role-in-database settings, its comment and its grants for --create only, and they must
+    still come back."""
     reset = "-c default_transaction_read_only=off -c statement_timeout=0 -c local_preload_libraries="
     with psycopg.connect(source_dsn("postgres"), autocommit=True) as admin:
         admin.execute("ALTER DATABASE postgres SET work_mem = '7MB'")
