@@ -396,5 +396,32 @@ def test_a_promoted_server_whose_catalogue_lies_fails_the_pitr_restore_at_once_i
         platform.delete_instance(restored)
 
 
+def test_sizes_the_tenant_set_but_never_ran_with_do_not_stop_its_pitr_restore(
+    cms,
+    blob,
+    platform,
+    archived,  # noqa: F811
+):
+    """ALTER SYSTEM is the tenant's, and until its server restarts the values wait in
+    postgresql.auto.conf: 10000 connections, locks and prepared transactions would take about 149
+    GB of shared memory. The replay server is sized by what the source ran with (its control file),
+    so its restore still replays and promotes."""
+    source, _, restored = pitr_of_a_tenants_archive(
+        cms, blob, platform, archived,
+        [
+            "ALTER SYSTEM SET max_connections = 10000",
+            "ALTER SYSTEM SET max_locks_per_transaction = 10000",
+            "ALTER SYSTEM SET max_prepared_transactions = 10000",
+        ],
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        _, plan = plan_recovery(cms, blob, source, None)
+        run_pitr_job(platform, blob, restored, plan, "15", 240, lambda line: (print(line), lines.append(line)))
+        assert any("promoted" in line for line in lines), lines[-10:]
+    finally:
+        platform.delete_instance(restored)
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"

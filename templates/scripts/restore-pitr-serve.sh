@@ -90,14 +90,14 @@ rm -f "$pgdata/standby.signal" "$pgdata/recovery.signal" "$pgdata/postmaster.opt
 if [[ -e "$pgdata/postgresql.auto.conf" ]]; then mv "$pgdata/postgresql.auto.conf" "$staging/postgresql.auto.conf"; fi
 
 # Replay needs what the source ran with (prepared transactions and their locks): the values its
-# control file recorded, or larger ones its own files set (plain integers only, bounded).
+# control file recorded, the server's own record. Never its files' values: ALTER SYSTEM's wait in
+# postgresql.auto.conf until a restart, and sizes the source never ran with (10000 connections and
+# locks take about 149 GB of shared memory) would stop the replay server from starting.
 controldata=$(pg_controldata "$pgdata") || die "the base backup has no readable control file"
-sizing() { # $1: setting, $2: pg_controldata's label -> the larger of both, at most 10000
-  local value from_files
+sizing() { # $1: setting, $2: pg_controldata's label -> its value, at most 10000
+  local value
   value=$(sed -nE "s/^$2 setting: +([0-9]+)\$/\1/p" <<<"$controldata")
-  from_files=$(cat "$pgdata/postgresql.conf" "$staging/postgresql.auto.conf" 2>/dev/null \
-    | sed -nE "s/^[[:space:]]*$1[[:space:]]*=?[[:space:]]*'?([0-9]{1,5})'?[[:space:]]*(#.*)?\$/\1/p" | sort -n | tail -n 1)
-  value=$(( ${value:-0} > ${from_files:-0} ? ${value:-0} : ${from_files:-0} ))
+  [[ -n "$value" ]] || die "the base backup's control file records no $2 setting"
   printf '%s = %d\n' "$1" $(( value > 10000 ? 10000 : value ))
 }
 {
