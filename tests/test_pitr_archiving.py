@@ -210,6 +210,49 @@ def test_an_archiver_whose_directory_is_gone_ends_with_its_pg_receivewal(archive
     wait_for(lambda: not slot_active(dsn), "its pg_receivewal gone")
 
 
+def test_a_directory_deleted_in_the_middle_of_a_round_still_ends_its_pg_receivewal(archived, blob, platform, tmp_path):
+    """The directory can vanish while a round runs, not only between rounds (a loaded run left a
+    pg_receivewal streaming from the slot after its archiver died on the status it could no longer
+    write): the archiver still stops its receiver and ends."""
+    import shutil
+
+    from resources.platform.postgres_server import pgpass_line, postgres_bindir, write_private_file
+    from resources.platform.wal_archiver import Archiver, ArchiverConfig, config_path
+
+    ref, dsn, _ = archived
+    endpoints = platform.endpoints(ref)
+    directory = tmp_path / "archiver"
+    directory.mkdir()
+    write_private_file(
+        directory / "pgpass",
+        pgpass_line("127.0.0.1", endpoints.port, "postgres", platform.read_instance_password(ref).get_secret_value()),
+        for_service_user=False,
+    )
+    (directory / "sas").write_text(blob.container_write_token(3600).get_secret_value())
+    config = ArchiverConfig(
+        namespace=ref.namespace, k8s_name=ref.k8s_name, host="127.0.0.1", port=endpoints.port, user="postgres",
+        bindir=str(postgres_bindir(None)), container_url=blob.container_url,
+    )  # fmt: skip
+    config_path(directory).write_text(config.model_dump_json())
+    archiver = Archiver(directory)
+    measure = archiver.measure
+
+    def measure_then_lose_the_directory():
+        measure()
+        if archiver.receiver is not None and directory.exists():
+            wait_for(lambda: slot_active(dsn), "the receiver streaming")
+            shutil.rmtree(directory)
+
+    archiver.measure = measure_then_lose_the_directory
+    try:
+        archiver.run()
+        wait_for(lambda: not slot_active(dsn), "its pg_receivewal gone", timeout=30)
+    finally:
+        if archiver.receiver is not None and archiver.receiver.poll() is None:
+            archiver.receiver.kill()
+            archiver.receiver.wait()
+
+
 def test_wal_archive_fresh_judges_the_lag_against_the_rpo_target_setting(cms, blob, platform, archived, monkeypatch):
     """TOYGRES_RPO_TARGET_SECONDS, not a constant: an archive 2 s behind is an ERROR against a 2 s
     target and fine against an hour."""

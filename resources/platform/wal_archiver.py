@@ -264,7 +264,11 @@ class Archiver:
         retrying an unreachable blob storage (the run loop then keeps it stopped)."""
         while not self.stopping:
             receiver = self.receiver
-            if receiver is not None and len(self._finished()) >= self.config.spool_max_segments:
+            try:
+                full = len(self._finished()) >= self.config.spool_max_segments
+            except OSError:  # the spool is gone with its directory: the run loop ends the receiver
+                full = False
+            if receiver is not None and full:
                 receiver.terminate()
             time.sleep(self.config.poll_seconds)
 
@@ -336,8 +340,11 @@ class Archiver:
             "uploaded_bytes": self.uploaded_bytes,
         }
         tmp = self.directory / (STATUS_FILE + ".tmp")
-        tmp.write_text(json.dumps(status))
-        tmp.replace(self.directory / STATUS_FILE)
+        try:
+            tmp.write_text(json.dumps(status))
+            tmp.replace(self.directory / STATUS_FILE)
+        except FileNotFoundError:
+            pass  # the directory is gone mid-round: no one reads it, and the run loop ends here
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -369,7 +376,11 @@ class Archiver:
         """Stop pg_receivewal and upload what it wrote before it stopped."""
         if self.receiver is not None and self.receiver.poll() is None:
             self.receiver.terminate()
-            self.receiver.wait(timeout=30)
+            try:
+                self.receiver.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.receiver.kill()
+                self.receiver.wait()
         try:
             self.measure()
             if self.connection is not None:
@@ -383,11 +394,14 @@ class Archiver:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         threading.Thread(target=self._guard_spool, daemon=True).start()
-        while not self.stopping:
-            if not config_path(self.directory).exists():
-                break  # forgotten (its instance removed, the state directory deleted): nothing to serve
-            time.sleep(self.step())
-        self.close()
+        try:
+            while not self.stopping:
+                if not config_path(self.directory).exists():
+                    break  # forgotten (its instance removed, the state directory deleted): nothing to serve
+                time.sleep(self.step())
+        finally:  # whatever ended the loop, pg_receivewal never outlives its archiver
+            self.stopping = True
+            self.close()
 
 
 def main(argv: list[str]) -> int:

@@ -113,10 +113,12 @@ class ArchiverPool:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        while not self.stopping:
-            time.sleep(self.step())
-        for archiver in self.served.values():
-            archiver.close()
+        try:
+            while not self.stopping:
+                time.sleep(self.step())
+        finally:  # whatever ended the loop, no pg_receivewal outlives the pool
+            for archiver in self.served.values():
+                archiver.close()
 
 
 def last_errors(log_lines: list[str]) -> dict[str, str | None]:

@@ -163,11 +163,18 @@ directory_progress() {
   log "$1: $(mib "${bytes:-0}") dumped in ${elapsed}s ($(rate "${bytes:-0}" "$elapsed"))${where:+; $where}"
 }
 
+# finished_table_data VERBOSE_LOG: "ID<tab>NAME" of each table whose data pg_dump -j reported
+# finished. pg_dump writes "pg_dump:", " " and the message as three writes, from the leader and each
+# worker into one file: another process's prefix fragments may precede a message on its line.
+finished_table_data() {
+  sed -n -E 's/^(pg_dump:| )*finished item ([0-9]+) TABLE DATA (.*)$/\2\t\3/p' "$1" 2>/dev/null
+}
+
 # tables_finished TABLE_SIZES VERBOSE_LOG: the share of the tables' sizes whose data pg_dump -j
-# reported finished ("finished item N TABLE DATA name": the name alone, so a name in two schemas
-# counts the first of its sizes for each finished item)
+# reported finished (by the name alone, so a name in two schemas counts the first of its sizes for
+# each finished item)
 tables_finished() {
-  sed -n -E 's/^pg_dump: finished item [0-9]+ TABLE DATA //p' "$2" | jq -R -s -r --slurpfile sizes "$1" '
+  finished_table_data "$2" | cut -f2- | jq -R -s -r --slurpfile sizes "$1" '
     ($sizes[0] | map(.[2]) | add // 0) as $total
     | ($sizes[0] | group_by(.[1]) | map({key: .[0][1], value: map(.[2])}) | from_entries) as $by
     | if $total > 0 then
@@ -187,7 +194,7 @@ upload_as_dumped() {
   while ((dumping)); do
     kill -0 "$dump" 2>/dev/null || dumping=0 # checked first: the last scan sees every file
     if ((dumping)); then
-      grep -oE '^pg_dump: finished item [0-9]+ TABLE DATA ' "$report" 2>/dev/null | awk '{print $4 ".dat"}' >"$report.ready" || true
+      finished_table_data "$report" | cut -f1 | sed 's/$/.dat/' >"$report.ready" || true
     else
       (cd "$dir" && find . -type f -printf '%P\n') >"$report.ready"
     fi
