@@ -196,6 +196,25 @@ def test_an_instance_refusing_replication_gets_a_named_reason_not_a_silent_gap(a
     assert "replication connection" in reason and reason.startswith("pg_receivewal exited")
 
 
+def in_process_archiver_config(directory: Path, platform, blob, ref: InstanceRef, **settings):
+    """The files and configuration of an archiver run in the test's own process (its pgpass, SAS)."""
+    from resources.platform.postgres_server import pgpass_line, postgres_bindir, write_private_file
+    from resources.platform.wal_archiver import ArchiverConfig
+
+    endpoints = platform.endpoints(ref)
+    directory.mkdir(exist_ok=True)
+    write_private_file(
+        directory / "pgpass",
+        pgpass_line("127.0.0.1", endpoints.port, "postgres", platform.read_instance_password(ref).get_secret_value()),
+        for_service_user=False,
+    )
+    (directory / "sas").write_text(blob.container_write_token(3600).get_secret_value())
+    return ArchiverConfig(
+        namespace=ref.namespace, k8s_name=ref.k8s_name, host="127.0.0.1", port=endpoints.port, user="postgres",
+        bindir=str(postgres_bindir(None)), container_url=blob.container_url, **settings,
+    )  # fmt: skip
+
+
 def test_an_archiver_whose_directory_is_gone_ends_with_its_pg_receivewal(archived, platform):
     """A deleted state directory (a test session's, a wiped dev stack) leaves no process behind."""
     import shutil
@@ -216,23 +235,11 @@ def test_a_directory_deleted_in_the_middle_of_a_round_still_ends_its_pg_receivew
     write): the archiver still stops its receiver and ends."""
     import shutil
 
-    from resources.platform.postgres_server import pgpass_line, postgres_bindir, write_private_file
-    from resources.platform.wal_archiver import Archiver, ArchiverConfig, config_path
+    from resources.platform.wal_archiver import Archiver, config_path
 
     ref, dsn, _ = archived
-    endpoints = platform.endpoints(ref)
     directory = tmp_path / "archiver"
-    directory.mkdir()
-    write_private_file(
-        directory / "pgpass",
-        pgpass_line("127.0.0.1", endpoints.port, "postgres", platform.read_instance_password(ref).get_secret_value()),
-        for_service_user=False,
-    )
-    (directory / "sas").write_text(blob.container_write_token(3600).get_secret_value())
-    config = ArchiverConfig(
-        namespace=ref.namespace, k8s_name=ref.k8s_name, host="127.0.0.1", port=endpoints.port, user="postgres",
-        bindir=str(postgres_bindir(None)), container_url=blob.container_url,
-    )  # fmt: skip
+    config = in_process_archiver_config(directory, platform, blob, ref)
     config_path(directory).write_text(config.model_dump_json())
     archiver = Archiver(directory)
     measure = archiver.measure
@@ -331,22 +338,10 @@ def test_an_upload_never_claims_wal_the_receiver_has_not_flushed(archived, blob,
     """The window's end is what the archive holds: an upload read while pg_receivewal lags behind
     the server (a loaded run restored "latest" without a commit made before the window's end)
     claims only the server's time at which its flush position was confirmed received."""
-    from resources.platform.postgres_server import pgpass_line, postgres_bindir, write_private_file
-    from resources.platform.wal_archiver import Archiver, ArchiverConfig
+    from resources.platform.wal_archiver import Archiver
 
     ref, dsn, _ = archived
-    endpoints = platform.endpoints(ref)
-    write_private_file(
-        tmp_path / "pgpass",
-        pgpass_line("127.0.0.1", endpoints.port, "postgres", platform.read_instance_password(ref).get_secret_value()),
-        for_service_user=False,
-    )
-    (tmp_path / "sas").write_text(blob.container_write_token(3600).get_secret_value())
-    config = ArchiverConfig(
-        namespace=ref.namespace, k8s_name=ref.k8s_name, host="127.0.0.1", port=endpoints.port, user="postgres",
-        bindir=str(postgres_bindir(None)), container_url=blob.container_url, partial_seconds=0.0,
-    )  # fmt: skip
-    archiver = Archiver(tmp_path, config)
+    archiver = Archiver(tmp_path, in_process_archiver_config(tmp_path, platform, blob, ref, partial_seconds=0.0))
 
     def covered():
         archiver.step()
