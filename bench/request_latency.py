@@ -36,18 +36,31 @@ class Sample:
     # where the time went, from the run's own events (seconds after the insert; None: no such event)
     to_run_queued: float | None = None  # RUN_ENQUEUED: the run coordinator accepted it
     to_run_starting: float | None = None  # RUN_STARTING: dequeued, the launcher starts the run worker
+    # the run worker's process is up (interpreter, dagster, the instance): its "Started process" event;
+    # from there to RUN_START it loads the code location and plans the run
+    to_process_started: float | None = None
 
 
 def event_times(instance, run_id: str, inserted: float) -> dict[str, float | None]:
-    """Seconds from the insert to the run's RUN_ENQUEUED and RUN_STARTING events."""
+    """Seconds from the insert to the run's RUN_ENQUEUED and RUN_STARTING events and its run
+    worker's "Started process for run" engine event."""
     import dagster as dg
 
     wanted = {dg.DagsterEventType.RUN_ENQUEUED: "to_run_queued", dg.DagsterEventType.RUN_STARTING: "to_run_starting"}
-    times: dict[str, float | None] = dict.fromkeys(wanted.values())
-    for record in instance.get_records_for_run(run_id, of_type=set(wanted)).records:
+    times: dict[str, float | None] = dict.fromkeys([*wanted.values(), "to_process_started"])
+    of_type = {*wanted, dg.DagsterEventType.ENGINE_EVENT}
+    for record in instance.get_records_for_run(run_id, of_type=of_type).records:
         event = record.event_log_entry
-        if event.dagster_event is not None and times[wanted[event.dagster_event.event_type]] is None:
-            times[wanted[event.dagster_event.event_type]] = event.timestamp - inserted
+        if event.dagster_event is None:
+            continue
+        if event.dagster_event.event_type in wanted:
+            key = wanted[event.dagster_event.event_type]
+        elif (event.dagster_event.message or "").startswith("Started process for run"):
+            key = "to_process_started"
+        else:
+            continue
+        if times[key] is None:
+            times[key] = event.timestamp - inserted
     return times
 
 
@@ -63,6 +76,7 @@ def summary(samples: list[Sample]) -> dict[str, float | int]:
     started = [s.to_run_started for s in samples]
     queued = [s.to_run_queued for s in samples if s.to_run_queued is not None]
     starting = [s.to_run_starting for s in samples if s.to_run_starting is not None]
+    process = [s.to_process_started for s in samples if s.to_process_started is not None]
     steps = {}
     if queued and starting and len(queued) == len(starting) == len(samples):
         steps = {
@@ -72,6 +86,15 @@ def summary(samples: list[Sample]) -> dict[str, float | int]:
             "queued_to_starting_p50": round(statistics.median(b - a for a, b in zip(queued, starting, strict=True)), 2),
             "starting_to_started_p50": round(
                 statistics.median(s.to_run_started - b for b, s in zip(starting, samples, strict=True)), 2
+            ),
+        }
+    if starting and len(process) == len(starting) == len(samples):
+        steps |= {
+            "starting_to_process_p50": round(
+                statistics.median(p - b for b, p in zip(starting, process, strict=True)), 2
+            ),
+            "process_to_started_p50": round(
+                statistics.median(s.to_run_started - p for p, s in zip(process, samples, strict=True)), 2
             ),
         }
     return {
