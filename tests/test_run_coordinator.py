@@ -230,19 +230,14 @@ def test_a_reexecution_of_a_request_run_is_not_a_second_launch(instance, coordin
     assert coordinator.submit_run(SubmitRunContext(again, workspace=None)).status is DagsterRunStatus.QUEUED  # type: ignore[arg-type]
 
 
-def test_racing_launches_of_one_request_end_in_one_run(postgres_instance, cms, monkeypatch):
-    """The listener's launch and the sweep's relaunch submitted at the same moment (both runs already
-    stored, both checking together): one is queued, the other refused and gone."""
+def race_two_launches(postgres_instance, monkeypatch, request_id: str, source: str) -> dict[str, object]:
+    """Two launches of one request submitted at the same moment (both runs already stored, both
+    checking together, if the lock lets them): each run id -> its status or the error raised."""
     import threading
 
-    from tests.helpers import add_instance
     from toygres_pipelines import run_coordinator
-    from toygres_pipelines.run_coordinator import RequestAlreadyLaunched
 
-    monkeypatch.setenv(CMS_DSN_ENV, cms.dsn)
-    source = add_instance(cms, "race-abcde")
-    request_id = "5b0e0a0e-0000-4000-8000-000000000003"
-    runs = [request_run(postgres_instance, request_id, source.k8s_name) for _ in range(2)]
+    runs = [request_run(postgres_instance, request_id, source) for _ in range(2)]
     coordinators = []
     for _ in runs:
         coordinator = TaggingRunCoordinator()
@@ -272,9 +267,42 @@ def test_racing_launches_of_one_request_end_in_one_run(postgres_instance, cms, m
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    return outcomes
+
+
+def test_racing_launches_of_one_request_end_in_one_run(postgres_instance, cms, monkeypatch):
+    """The listener's launch and the sweep's relaunch submitted at the same moment: one is queued,
+    the other refused and gone."""
+    from tests.helpers import add_instance
+    from toygres_pipelines.run_coordinator import RequestAlreadyLaunched
+
+    monkeypatch.setenv(CMS_DSN_ENV, cms.dsn)
+    source = add_instance(cms, "race-abcde")
+    request_id = "5b0e0a0e-0000-4000-8000-000000000003"
+    outcomes = race_two_launches(postgres_instance, monkeypatch, request_id, source.k8s_name)
     assert sorted(type(o).__name__ for o in outcomes.values()) == ["DagsterRunStatus", "RequestAlreadyLaunched"], (
         outcomes
     )
     left = postgres_instance.get_runs(dg.RunsFilter(tags={"toygres/request-id": request_id}))
     assert len(left) == 1 and left[0].status is DagsterRunStatus.QUEUED
     assert isinstance(next(o for o in outcomes.values() if not isinstance(o, DagsterRunStatus)), RequestAlreadyLaunched)
+
+
+def test_racing_launches_with_the_cms_unreachable_never_make_two_runs(postgres_instance, cms, monkeypatch):
+    """The CMS gone between the claim and the submit (restarting, partitioned): without its launch
+    lock the check alone cannot keep two racing launches apart, so neither is queued; the request
+    stays accepted with no run, and the sweep launches it once the CMS answers again."""
+    from tests.helpers import add_instance
+
+    source = add_instance(cms, "gone-abcde")
+    monkeypatch.setenv(CMS_DSN_ENV, f"host=127.0.0.1 port={free_port()} dbname=cms user=nobody connect_timeout=2")
+    request_id = "5b0e0a0e-0000-4000-8000-000000000004"
+    outcomes = race_two_launches(postgres_instance, monkeypatch, request_id, source.k8s_name)
+    left = postgres_instance.get_runs(dg.RunsFilter(tags={"toygres/request-id": request_id}))
+    assert [run.status for run in left if run.status is not DagsterRunStatus.NOT_STARTED] == [], outcomes
+    from toygres_pipelines.run_coordinator import LaunchLockUnavailable
+
+    assert all(isinstance(o, LaunchLockUnavailable) for o in outcomes.values()), outcomes
+    assert not left, "a refused launch leaves no run"
+    message = str(next(iter(outcomes.values())))
+    assert request_id in message and "TOYGRES_CMS_DSN" not in message and "nobody" not in message
