@@ -227,3 +227,36 @@ def test_the_stack_starts_the_listener_with_its_log_in_the_log_dir_and_no_key(tm
         topology.check_running()
     finally:
         topology.stop()
+
+
+def test_a_cms_dsn_libpq_cannot_parse_stops_the_listener_and_is_never_echoed(tmp_path):
+    """A TOYGRES_CMS_DSN libpq cannot parse (an unquoted password with a space in it): libpq's
+    message quotes the DSN's text around the fault, the password's tail here. The listener says
+    which variable and which rule, shows nothing of the value, and does not start."""
+    from resources.platform.postgres_server import free_port
+    from toygres_pipelines.dev.topology import DagsterTopology
+
+    storage = {name: "x" for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST")}
+    topology = DagsterTopology(
+        home=tmp_path,
+        workspace=tmp_path / "workspace.yaml",
+        log_dir=tmp_path / "logs",
+        dagster_env={"DAGSTER_HOME": str(tmp_path), "DAGSTER_PG_PORT": "1", "DAGSTER_PG_DB": "d", **storage},
+        code_env={
+            "TOYGRES_CMS_DSN": f"host=127.0.0.1 port={free_port()} dbname=cms user=nobody password=hunter2 tail-of-it",
+            "TOYGRES_PLATFORM": "local",
+        },
+        code_port=4000,
+    )
+    process = topology.start_listener("http://127.0.0.1:3000")
+    try:
+        wait_for(
+            lambda: process.poll() is not None or "cannot listen on the CMS" in topology.log_tail("request-listener"),
+            "the listener's exit or its first failure to listen",
+        )
+        log = topology.log_tail("request-listener")
+        assert "tail-of-it" not in log and "hunter2" not in log, log
+        assert process.poll() == 2, log
+        assert "TOYGRES_CMS_DSN" in log and "not started" in log
+    finally:
+        topology.stop()

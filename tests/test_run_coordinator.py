@@ -306,3 +306,19 @@ def test_racing_launches_with_the_cms_unreachable_never_make_two_runs(postgres_i
     assert not left, "a refused launch leaves no run"
     message = str(next(iter(outcomes.values())))
     assert request_id in message and "TOYGRES_CMS_DSN" not in message and "nobody" not in message
+
+
+def test_a_cms_dsn_libpq_cannot_parse_is_never_echoed_at_submit(instance, coordinator, monkeypatch, caplog):
+    """libpq's message for a DSN it cannot parse quotes the text around the fault (an unquoted
+    password with a space: its tail). The coordinator's warnings and the launch's error (what the
+    listener logs) say the variable and the rule, never the value; the launch gets no lock."""
+    from toygres_pipelines.run_coordinator import LaunchLockUnavailable
+
+    monkeypatch.setenv(CMS_DSN_ENV, "host=127.0.0.1 port=1 dbname=cms user=nobody password=hunter2 tail-of-it")
+    run = request_run(instance, "5b0e0a0e-0000-4000-8000-000000000005", "dsn-abcde")
+    with caplog.at_level("WARNING", logger="toygres_pipelines.run_coordinator"):
+        with pytest.raises(LaunchLockUnavailable) as refused:
+            coordinator.submit_run(SubmitRunContext(run, workspace=None))  # type: ignore[arg-type]
+    said = caplog.text + str(refused.value)
+    assert "tail-of-it" not in said and "hunter2" not in said, said
+    assert "TOYGRES_CMS_DSN" in caplog.text

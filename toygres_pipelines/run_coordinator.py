@@ -59,6 +59,7 @@ from pydantic import ValidationError
 
 from records import ImageState, ValidationFailed
 from resources.cms import CMSResource
+from resources.cms.resource import CMS_DSN_ENV
 from toygres_pipelines.drills.jobs import drill_config_of, restore_drill
 from toygres_pipelines.images.assets import BackupConfig, image_named
 from toygres_pipelines.images.backup import PARTITION_SOURCE_SEPARATOR, check_backup_request, source_ref_for
@@ -81,7 +82,6 @@ from toygres_pipelines.shared.tags import (
     WHAT_TAG,
 )
 
-CMS_DSN_ENV = "TOYGRES_CMS_DSN"
 # A submit waits at most this long for the CMS before letting the run through (its step checks again).
 SUBMIT_CMS_TIMEOUT_SECONDS = 5
 log = logging.getLogger(__name__)
