@@ -322,3 +322,36 @@ def test_a_cms_dsn_libpq_cannot_parse_is_never_echoed_at_submit(instance, coordi
     said = caplog.text + str(refused.value)
     assert "tail-of-it" not in said and "hunter2" not in said, said
     assert "TOYGRES_CMS_DSN" in caplog.text
+
+
+def test_the_cms_lost_after_the_run_is_queued_does_not_fail_the_launch(instance, coordinator, cms, monkeypatch):
+    """The CMS restarting while the coordinator holds a request's launch lock (its session ended
+    between the check and the lock's release): the run is queued by then and the lost session has
+    released the lock, so the launch succeeds; it never raises, which Dagster would answer by
+    marking the queued run failed (a request failed that never ran)."""
+    import psycopg
+
+    from resources.cms.requests import LAUNCH_LOCK_KEY
+    from tests.helpers import add_instance
+    from toygres_pipelines import run_coordinator
+
+    monkeypatch.setenv(CMS_DSN_ENV, cms.dsn)
+    source = add_instance(cms, "blip-abcde")
+    look = run_coordinator.launched_run
+    ended: list[bool] = []
+
+    def cms_restarts_meanwhile(*args):
+        with psycopg.connect(cms.dsn, autocommit=True) as admin:
+            [(killed,)] = admin.execute(
+                "SELECT coalesce(bool_and(pg_terminate_backend(pid)), false) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND classid = %s AND granted",
+                (LAUNCH_LOCK_KEY,),
+            ).fetchall()
+        ended.append(killed)
+        return look(*args)
+
+    monkeypatch.setattr(run_coordinator, "launched_run", cms_restarts_meanwhile)
+    run = request_run(instance, "5b0e0a0e-0000-4000-8000-000000000006", source.k8s_name)
+    queued = coordinator.submit_run(SubmitRunContext(run, workspace=None))  # type: ignore[arg-type]
+    assert ended == [True], "the lock's session was found and ended"
+    assert queued.status is DagsterRunStatus.QUEUED
