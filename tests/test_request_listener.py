@@ -260,3 +260,51 @@ def test_a_cms_dsn_libpq_cannot_parse_stops_the_listener_and_is_never_echoed(tmp
         assert "TOYGRES_CMS_DSN" in log and "not started" in log
     finally:
         topology.stop()
+
+
+SECRET = "S3cretPw-9f2c"
+
+
+def test_hostile_values_beside_good_requests_are_rejected_with_bounded_reasons_that_quote_no_credential(cms, caplog):
+    """Rows of both kinds whose values are hostile strings (10 KB, newlines, quotes, '=', a DSN
+    with its password where a name belongs) beside a good one: each bad row is rejected naming
+    its field, the good one launches, and no reason (the CMS column, the log) is longer than a
+    screen line's worth nor quotes what looks like a credential, nor breaks a log line."""
+    from records import RestoreRequest
+    from tests.helpers import insert_restore_request, restore_request
+
+    source = add_instance(cms, "src-abcde")
+    dsn = f"postgresql://admin:{SECRET}@db.example:5432/prod"
+    bad_images = [
+        image_request(cms, source.k8s_name, "x" * 10_000),
+        image_request(cms, source.k8s_name, "evil\n2026-01-01 INFO forged line"),
+        image_request(cms, source.k8s_name, dsn),
+        image_request(cms, source.k8s_name, 'n="q\'uote"'),
+        image_request(cms, f"host=db password={SECRET}", "src-abcde__other-source"),
+        image_request(cms, "y" * 10_000, "src-abcde__long-source"),
+    ]
+    good = image_request(cms, source.k8s_name, "src-abcde__good")
+    bad_restores = [
+        restore_request(cms, name=dsn, source_image_id="no-such__image"),
+        restore_request(cms, dns_label="copy\n2026-01-01 INFO forged line", source_image_id="no-such__image"),
+        restore_request(cms, source_image_id="z" * 10_000),
+        restore_request(cms, source_image_id=dsn),
+        restore_request(cms, databases=[dsn], source_image_id="no-such__image"),
+    ]
+    with psycopg.connect(cms.dsn, autocommit=True) as conn:
+        raw = insert_restore_request(conn, name="w" * 10_000, namespace=dsn, storage_size_gb=-1)
+    webserver = RecordingWebserver()
+    with caplog.at_level("INFO", logger="toygres.request_listener"):
+        outcome = listener(cms, webserver).evaluate()
+    assert list(webserver.launched()) == [str(good.id)]
+    rejected = {str(r.id) for r in bad_images + bad_restores} | {str(raw)}
+    assert set(outcome.rejected) == rejected
+    reasons = [cms.requests.get(ImageRequest, r.id).reason for r in bad_images]
+    reasons += [cms.requests.get(RestoreRequest, r.id).reason for r in bad_restores]
+    reasons += [cms.requests.get(RestoreRequest, raw).reason]
+    for reason in reasons:
+        assert reason and ":" in reason, reason
+        assert len(reason) <= 400, f"{len(reason)} characters: {reason[:120]}..."
+        assert SECRET not in reason and "\n" not in reason, reason
+    assert SECRET not in caplog.text
+    assert all("forged line" not in line or "request" in line for line in caplog.text.splitlines())
