@@ -308,3 +308,52 @@ def test_hostile_values_beside_good_requests_are_rejected_with_bounded_reasons_t
         assert SECRET not in reason and "\n" not in reason, reason
     assert SECRET not in caplog.text
     assert all("forged line" not in line or "request" in line for line in caplog.text.splitlines())
+
+
+def accepted_with_its_launch_lost(cms):
+    """An image request accepted by the listener whose launch was lost (the webserver down), then
+    its source instance stopped: the rules refuse it now."""
+    from records import InstanceState
+
+    source = add_instance(cms, "src-abcde")
+    request = image_request(cms, source.k8s_name, "src-abcde__late")
+    listener(cms, RecordingWebserver(fail_for={"src-abcde__late"})).evaluate({"image"})
+    assert cms.requests.get(ImageRequest, request.id).state is RequestState.accepted
+    cms.instances.transition(source.id, InstanceState.stopped)
+    return request
+
+
+def test_an_accepted_request_the_rules_now_refuse_is_failed_with_the_reason_not_relaunched_forever(cms):
+    """Accepted, its launch lost, then what it needs changed (its source stopped): every relaunch
+    would be refused at submit (the run coordinator's rules) and leave no run, so it would stay
+    accepted and be re-emitted every TOYGRES_RELAUNCH_AFTER_SECONDS for ever. The sweep checks
+    it again first and fails it with the rule's reason."""
+    request = accepted_with_its_launch_lost(cms)
+    for _ in range(2):
+        with dagster_instance() as instance:
+            swept = evaluate_image_requests(instance, cms, RULES_ONLY, relaunch_after=0)
+        assert swept.run_requests == []
+    row = cms.requests.get(ImageRequest, request.id)
+    assert row.state is RequestState.failed, row
+    assert "source_instance:" in (row.reason or "") and "must be running" in (row.reason or ""), row.reason
+
+
+def test_a_launch_the_coordinator_refuses_fails_the_request_at_once(cms):
+    """The listener's launch refused at submit by the rules (RequestRefused: what it needs changed
+    between the accept and the launch): the request is failed with the refusal's message, not
+    left accepted for the sweep to relaunch and be refused again."""
+    source = add_instance(cms, "src-abcde")
+    request = image_request(cms, source.k8s_name, "src-abcde__refused")
+
+    class Refuses(RecordingWebserver):
+        def launch(self, job_name, run_config, tags):
+            raise LaunchRefused(
+                f"Invalid backup request: source_instance: instance {source.k8s_name!r} is stopped, it must be running",
+                "RequestRefused",
+            )
+
+    outcome = listener(cms, Refuses()).evaluate({"image"})
+    assert str(request.id) in outcome.not_launched
+    row = cms.requests.get(ImageRequest, request.id)
+    assert row.state is RequestState.failed, row
+    assert "source_instance:" in (row.reason or "") and "must be running" in (row.reason or ""), row.reason

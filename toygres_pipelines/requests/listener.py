@@ -16,7 +16,8 @@ never overlap (SKIP LOCKED), and a second launch of a request (the sweep re-emit
 listener is launching) is refused at submit (run_coordinator.py `RequestAlreadyLaunched`).
 
 Everything it meets is logged and it goes on: a malformed row is rejected with its reason like any
-invalid request, a failed launch is left to the sweep, a lost CMS connection is opened again with
+invalid request, a launch the coordinator's rules refuse (what the request needs changed since its
+accept) fails the request with the reason, any other failed launch is left to the sweep, a lost CMS connection is opened again with
 backoff (doubling up to TOYGRES_LISTENER_RECONNECT_MAX_SECONDS). The connection, the clock and the
 sleep are injected, so the tests drive the loop without waiting.
 """
@@ -33,6 +34,7 @@ import dagster as dg
 import psycopg
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 
+from records import ImageRequest, RequestState, RestoreRequest
 from resources.cms import CMSResource
 from resources.cms.requests import NOTIFIED_KINDS
 from resources.platform.base import PlatformResource
@@ -65,11 +67,12 @@ class RequestSource:
     kind: str  # the notification's payload (resources/cms/requests.py NOTIFIED_KINDS)
     evaluate: Callable[..., Evaluation]
     job_name: str
+    record: Any  # ImageRequest or RestoreRequest: the CMS record of this kind
 
 
 SOURCES = (
-    RequestSource("image", evaluate_image_requests, backup_image.name),
-    RequestSource("restore", evaluate_restore_requests, restore_instance.name),
+    RequestSource("image", evaluate_image_requests, backup_image.name, ImageRequest),
+    RequestSource("restore", evaluate_restore_requests, restore_instance.name, RestoreRequest),
 )
 EVERY_KIND = frozenset(source.kind for source in SOURCES)
 assert EVERY_KIND == set(NOTIFIED_KINDS), "the listener evaluates every kind the CMS notifies"
@@ -159,6 +162,9 @@ class RequestListener:
             if refused.already_launched:
                 outcome.already_launched[request_id] = str(refused)
                 log.info("request %s: %s", request_id, refused)
+            elif refused.by_the_rules:
+                outcome.not_launched[request_id] = str(refused)
+                self._fail(source, request_id, str(refused))
             else:
                 outcome.not_launched[request_id] = str(refused)
                 log.warning("request %s: refused at submit: %s", request_id, refused)
@@ -175,6 +181,17 @@ class RequestListener:
         except Exception as error:  # noqa: BLE001 - the run-status sensor records it when the run starts
             log.warning("request %s: run %s not recorded yet: %s", request_id, run_id, error)
         log.info("request %s: run %s launched (%s)", request_id, run_id, source.job_name)
+
+    def _fail(self, source: RequestSource, request_id: str, reason: str) -> None:
+        """A request the rules refuse at submit (what it needs changed since its accept): failed
+        with the reason, not left accepted for the sweep to relaunch and be refused again."""
+        log.warning("request %s: refused at submit by the rules, failed: %s", request_id, reason)
+        try:
+            self.cms.requests.transition(
+                source.record, request_id, RequestState.failed, reason=reason, expected=RequestState.accepted
+            )
+        except Exception as error:  # noqa: BLE001 - the sweep checks it again before relaunching it
+            log.warning("request %s: not failed yet (%s: %s)", request_id, type(error).__name__, error)
 
     # ---- the loop ---------------------------------------------------------------------------
 

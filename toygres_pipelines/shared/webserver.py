@@ -86,11 +86,13 @@ class WebserverError(RuntimeError):
 
 class LaunchRefused(WebserverError):
     """The run coordinator refused the launch at submit: no run exists for it. `already_launched`:
-    the request has a run already (RequestAlreadyLaunched), so nothing is wrong."""
+    the request has a run already (RequestAlreadyLaunched), so nothing is wrong; `by_the_rules`:
+    the request breaks a rule now (RequestRefused), so every launch of it would be refused."""
 
     def __init__(self, message: str, class_name: str | None):
         super().__init__(message)
         self.already_launched = class_name == "RequestAlreadyLaunched"
+        self.by_the_rules = class_name == "RequestRefused"
 
 
 @dataclass
