@@ -17,9 +17,9 @@ listener is launching) is refused at submit (run_coordinator.py `RequestAlreadyL
 
 Everything it meets is logged and it goes on: a malformed row is rejected with its reason like any
 invalid request, a launch the coordinator's rules refuse (what the request needs changed since its
-accept) fails the request with the reason, any other failed launch is left to the sweep, a lost CMS connection is opened again with
-backoff (doubling up to TOYGRES_LISTENER_RECONNECT_MAX_SECONDS). The connection, the clock and the
-sleep are injected, so the tests drive the loop without waiting.
+accept) fails the request with the reason, any other failed launch is left to the sweep, a lost
+CMS connection is opened again with backoff (doubling up to TOYGRES_LISTENER_RECONNECT_MAX_SECONDS).
+The connection, the clock and the sleep are injected, so the tests drive the loop without waiting.
 """
 
 from __future__ import annotations
