@@ -357,3 +357,27 @@ def test_a_launch_the_coordinator_refuses_fails_the_request_at_once(cms):
     row = cms.requests.get(ImageRequest, request.id)
     assert row.state is RequestState.failed, row
     assert "source_instance:" in (row.reason or "") and "must be running" in (row.reason or ""), row.reason
+
+
+def test_a_run_left_not_started_is_no_launch_the_sweep_relaunches_the_request(cms):
+    """A webserver that died between creating a request's run and submitting it leaves the run
+    NOT_STARTED for ever (the run coordinator never saw it, and counts it as no launch). The sweep
+    does not record it as the request's run (the request would stay accepted for ever, the
+    reconciler waiting on a run that never starts): it relaunches the request."""
+    import dagster as dg
+
+    source = add_instance(cms, "src-abcde")
+    request = image_request(cms, source.k8s_name, "src-abcde__orphan")
+    listener(cms, RecordingWebserver(fail_for={"src-abcde__orphan"})).evaluate({"image"})
+    with dagster_instance() as instance:
+        orphan = instance.add_run(
+            dg.DagsterRun(
+                job_name="backup_image",
+                tags={"toygres/request-id": str(request.id), "dagster/partition": "src-abcde__orphan"},
+                status=dg.DagsterRunStatus.NOT_STARTED,
+            )
+        )
+        swept = evaluate_image_requests(instance, cms, RULES_ONLY, relaunch_after=0)
+    assert orphan.run_id not in swept.attached.values()
+    assert [r.run_key for r in swept.run_requests] == [str(request.id)]
+    assert cms.requests.get(ImageRequest, request.id).run_id is None

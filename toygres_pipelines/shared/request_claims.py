@@ -46,8 +46,15 @@ from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 DEFAULTS = SharedSettings()
 
 
+# A run of a request counts as its launch once submitted: one left NOT_STARTED (its launcher died
+# between creating and submitting it) never runs, and the run coordinator counts it as no launch.
+LAUNCHED_STATUSES = [status for status in dg.DagsterRunStatus if status is not dg.DagsterRunStatus.NOT_STARTED]
+
+
 def first_run_for_request(instance: dg.DagsterInstance, request_id: object) -> dg.DagsterRun | None:
-    runs = instance.get_runs(dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}), limit=1, ascending=True)
+    """The request's first submitted run (LAUNCHED_STATUSES)."""
+    launched = dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}, statuses=LAUNCHED_STATUSES)
+    runs = instance.get_runs(launched, limit=1, ascending=True)
     return runs[0] if runs else None
 
 

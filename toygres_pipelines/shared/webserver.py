@@ -15,6 +15,7 @@ from gql.transport.requests import RequestsHTTPTransport
 
 from records import ValidationFailed
 from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.request_claims import LAUNCHED_STATUSES
 from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 
 DAGSTER_URL_ENV = "TOYGRES_DAGSTER_URL"
@@ -162,10 +163,12 @@ class Webserver:
             raise WebserverError(f"{answer['__typename']}: {answer.get('message')}")
 
     def run_for_request(self, request_id: str) -> str | None:
-        """A run tagged with this request id, if the webserver's instance has one."""
-        answer = self._execute(REQUEST_RUNS, {"filter": {"tags": [{"key": REQUEST_ID_TAG, "value": request_id}]}})[
-            "runsOrError"
-        ]
+        """A submitted run (LAUNCHED_STATUSES) tagged with this request id, if the webserver's instance has one."""
+        launched = {
+            "tags": [{"key": REQUEST_ID_TAG, "value": request_id}],
+            "statuses": [status.value for status in LAUNCHED_STATUSES],
+        }
+        answer = self._execute(REQUEST_RUNS, {"filter": launched})["runsOrError"]
         if answer["__typename"] != "Runs":
             raise WebserverError(f"{answer['__typename']}: {answer.get('message')}")
         results = answer["results"]
