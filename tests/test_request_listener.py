@@ -381,3 +381,43 @@ def test_a_run_left_not_started_is_no_launch_the_sweep_relaunches_the_request(cm
     assert orphan.run_id not in swept.attached.values()
     assert [r.run_key for r in swept.run_requests] == [str(request.id)]
     assert cms.requests.get(ImageRequest, request.id).run_id is None
+
+
+def test_many_notifications_leave_one_listening_session_and_no_other_connection(cms):
+    """A burst of 120 requests, each its own statement and notification: every one settled, and
+    afterwards the listener holds its one LISTEN session and nothing else (each pass's
+    connections closed), so connections stay bounded however many notifications come."""
+    source = add_instance(cms, "src-abcde")
+    webserver = RecordingWebserver()
+    listening = listener(cms, webserver)
+    stop = threading.Event()
+    thread = threading.Thread(target=listening.serve, args=(stop.is_set,))
+    thread.start()
+    try:
+        with psycopg.connect(cms.dsn, autocommit=True) as admin:
+            wait_for(
+                lambda: (
+                    admin.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'").fetchone()[0]
+                    == 1
+                ),
+                "the listening session",
+            )
+            requests = [image_request(cms, source.k8s_name, f"bad.{n}") for n in range(100)]
+            requests += [image_request(cms, source.k8s_name, f"src-abcde__ok{n}") for n in range(20)]
+
+            def settled() -> bool:
+                return all(cms.requests.get(ImageRequest, r.id).state is not RequestState.pending for r in requests)
+
+            wait_for(settled, "every request settled")
+            wait_for(lambda: len(webserver.launches) == 20, "the 20 good launches")
+            others = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend'"
+            )
+            # the last pass may still be closing its connections: a leak never gets down to one
+            wait_for(lambda: admin.execute(others).fetchone()[0] == 1, "the LISTEN session alone left")
+    finally:
+        stop.set()
+        image_request(cms, source.k8s_name, "src-abcde__wake")
+        thread.join(timeout=60)
+    assert not thread.is_alive()
