@@ -21,7 +21,7 @@ from toygres_pipelines.images.jobs import backup_run_config
 from toygres_pipelines.images.sensors import evaluate_image_requests
 from toygres_pipelines.requests.listener import RequestListener
 from toygres_pipelines.requests.settings import RequestsSettings
-from toygres_pipelines.shared.webserver import LaunchRefused
+from toygres_pipelines.shared.webserver import LaunchRefused, Webserver, WebserverError, WebserverUnreachable
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ DEADLINE_SECONDS = 30
 
 class RecordingWebserver:
     """Stands in for shared/webserver.py Webserver: records each launch and partition, answers a
-    run id; `fail_for` names image partitions whose launch raises as an unreachable webserver would."""
+    run id; `fail_for` names image partitions whose launch the webserver answers with an error."""
 
     def __init__(self, fail_for: set[str] | None = None):
         self.launches: list[tuple[str, dict, dict]] = []
@@ -42,7 +42,7 @@ class RecordingWebserver:
 
     def launch(self, job_name, run_config, tags):
         if tags.get("dagster/partition") in self.fail_for:
-            raise ConnectionError("webserver unreachable")
+            raise WebserverError("RunConfigValidationInvalid: the launch failed")
         with self.lock:
             self.launches.append((job_name, dict(run_config), dict(tags)))
         return str(uuid.uuid4())
@@ -120,7 +120,7 @@ def test_a_failed_launch_is_logged_the_others_go_on_and_the_sweep_relaunches_it(
     with caplog.at_level("WARNING", logger="toygres.request_listener"):
         outcome = listener(cms, webserver).evaluate({"image"})
     assert list(outcome.launched) == [str(fine.id)]
-    assert "webserver unreachable" in outcome.not_launched[str(lost.id)]
+    assert "the launch failed" in outcome.not_launched[str(lost.id)]
     assert f"request {lost.id}: launch failed" in caplog.text
     # accepted, no run: the request sensor's sweep emits it again
     with dagster_instance() as instance:
@@ -421,3 +421,50 @@ def test_many_notifications_leave_one_listening_session_and_no_other_connection(
         image_request(cms, source.k8s_name, "src-abcde__wake")
         thread.join(timeout=60)
     assert not thread.is_alive()
+
+
+def test_a_webserver_that_does_not_answer_is_tried_once_per_pass_not_once_per_request(cms, caplog):
+    """The webserver unreachable or timing out (each try up to its 30 s timeout): the listener's
+    pass tries one launch and leaves the rest of its batch to the sweep at once, instead of
+    waiting out the timeout once per request (a batch of 50: 25 minutes stalled, no notification
+    served meanwhile). Nothing is lost: every one is accepted with no run, and relaunched."""
+    source = add_instance(cms, "src-abcde")
+    requests = [image_request(cms, source.k8s_name, f"src-abcde__down{n}") for n in range(5)]
+
+    class Unreachable(RecordingWebserver):
+        tries = 0
+
+        def add_image_partition(self, job_name, key):
+            pass  # answered: the launches are what time out here
+
+        def launch(self, job_name, run_config, tags):
+            self.tries += 1
+            raise WebserverUnreachable("the webserver at http://127.0.0.1:3000 did not answer: read timed out")
+
+    webserver = Unreachable()
+    with caplog.at_level("WARNING", logger="toygres.request_listener"):
+        outcome = listener(cms, webserver).evaluate({"image"})
+    assert webserver.tries == 1
+    assert set(outcome.not_launched) == {str(r.id) for r in requests}
+    assert "left to the sweep" in caplog.text
+    with dagster_instance() as instance:
+        swept = evaluate_image_requests(instance, cms, RULES_ONLY, relaunch_after=0)
+    assert sorted(r.run_key for r in swept.run_requests) == sorted(str(r.id) for r in requests)
+
+
+def test_a_webserver_refusing_connections_is_tried_once_per_pass(cms, caplog):
+    """The real client against a port nobody listens on: its failure is a WebserverUnreachable
+    (not the transport's own error), so the pass asks once and leaves the rest to the sweep."""
+    from resources.platform.postgres_server import free_port
+
+    source = add_instance(cms, "src-abcde")
+    for n in range(3):
+        image_request(cms, source.k8s_name, f"src-abcde__refused{n}")
+    webserver = Webserver(f"http://127.0.0.1:{free_port()}", timeout_seconds=5)
+    with pytest.raises(WebserverUnreachable, match="did not answer"):
+        webserver.run_for_request("5b0e0a0e-0000-4000-8000-000000000007")
+    with caplog.at_level("WARNING", logger="toygres.request_listener"):
+        outcome = listener(cms, webserver).evaluate({"image"})
+    assert len(outcome.not_launched) == 3 and not outcome.launched
+    assert caplog.text.count("not added") == 1, caplog.text
+    assert "3 more image request(s) left to the sweep" in caplog.text, caplog.text

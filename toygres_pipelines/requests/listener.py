@@ -141,17 +141,32 @@ class RequestListener:
             log.error("evaluating %s requests failed: %s: %s", source.kind, type(error).__name__, error)
             return
         outcome.rejected.update(done.rejected)
+        # The webserver unreachable or timing out: each further call would wait out its timeout
+        # too, so the rest of the pass is left to the sweep (the requests are accepted, no run).
+        answering = True
         for key in done.new_partitions:
             try:
                 self.webserver.add_image_partition(source.job_name, key)
+            except OSError as error:
+                log.warning("image partition %s not added: %s: %s", key, type(error).__name__, error)
+                answering = False
+                break
             except Exception as error:  # noqa: BLE001 - its launch fails in turn and is left to the sweep
                 log.warning("image partition %s not added: %s: %s", key, type(error).__name__, error)
-        for run_request in done.run_requests:
-            self._launch(source, run_request, outcome)
+        for n, run_request in enumerate(done.run_requests):
+            if answering:
+                answering = self._launch(source, run_request, outcome)
+                continue
+            left = done.run_requests[n:]
+            for other in left:
+                outcome.not_launched[other.tags[REQUEST_ID_TAG]] = "not tried: the webserver did not answer"
+            log.warning("%d more %s request(s) left to the sweep: the webserver did not answer", len(left), source.kind)
+            break
         if done.run_requests or done.rejected or done.attached:
             log.info("%s in %.2f s", done.summary(source.kind), self.clock() - started)
 
-    def _launch(self, source: RequestSource, run_request: dg.RunRequest, outcome: Outcome) -> None:
+    def _launch(self, source: RequestSource, run_request: dg.RunRequest, outcome: Outcome) -> bool:
+        """Launch one run request; False when the webserver did not answer (unreachable, timed out)."""
         request_id = run_request.tags[REQUEST_ID_TAG]
         tags = dict(run_request.tags)
         if run_request.partition_key is not None:
@@ -168,19 +183,26 @@ class RequestListener:
             else:
                 outcome.not_launched[request_id] = str(refused)
                 log.warning("request %s: refused at submit: %s", request_id, refused)
-            return
+            return True
+        except OSError as error:  # WebserverUnreachable: accepted without a run, the sweep relaunches it
+            outcome.not_launched[request_id] = f"{type(error).__name__}: {error}"
+            log.warning(
+                "request %s: launch failed (%s: %s); the sweep relaunches it", request_id, type(error).__name__, error
+            )
+            return False
         except Exception as error:  # noqa: BLE001 - accepted without a run: the sweep re-emits it
             outcome.not_launched[request_id] = f"{type(error).__name__}: {error}"
             log.warning(
                 "request %s: launch failed (%s: %s); the sweep relaunches it", request_id, type(error).__name__, error
             )
-            return
+            return True
         outcome.launched[request_id] = run_id
         try:
             self.cms.requests.attach_run(request_id, run_id)
         except Exception as error:  # noqa: BLE001 - the run-status sensor records it when the run starts
             log.warning("request %s: run %s not recorded yet: %s", request_id, run_id, error)
         log.info("request %s: run %s launched (%s)", request_id, run_id, source.job_name)
+        return True
 
     def _fail(self, source: RequestSource, request_id: str, reason: str) -> None:
         """A request the rules refuse at submit (what it needs changed since its accept): failed

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gql import Client, GraphQLRequest
+from gql.transport.exceptions import TransportConnectionFailed
 from gql.transport.requests import RequestsHTTPTransport
 
 from records import ValidationFailed
@@ -85,6 +86,11 @@ class WebserverError(RuntimeError):
     """The webserver answered, and not with what was asked (its message, no stack)."""
 
 
+class WebserverUnreachable(ConnectionError):
+    """The webserver did not answer (refused, reset, timed out): a caller with more to ask stops
+    here rather than wait out the timeout once per call."""
+
+
 class LaunchRefused(WebserverError):
     """The run coordinator refused the launch at submit: no run exists for it. `already_launched`:
     the request has a run already (RequestAlreadyLaunched), so nothing is wrong; `by_the_rules`:
@@ -111,7 +117,10 @@ class Webserver:
 
     def _execute(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
         request = GraphQLRequest(query, variable_values=dict(variables or {}))
-        return Client(transport=self.transport).execute(request)
+        try:
+            return Client(transport=self.transport).execute(request)
+        except TransportConnectionFailed as error:
+            raise WebserverUnreachable(f"the webserver at {self.url} did not answer: {error}") from error
 
     def repository(self, job_name: str) -> tuple[str, str]:
         """(location, repository) holding `job_name`, asked once (the location's name is the
