@@ -2,7 +2,7 @@
 naming rules every entry point applies. The bottom layer: it imports nothing of this project.
 """
 
-from records.errors import ValidationFailed
+from records.errors import ValidationFailed, shown
 from records.manifest import BackupFile, BackupManifest
 from records.naming import (
     DNS1123_LABEL,
@@ -60,6 +60,7 @@ __all__ = [
     "RestoreRequest",
     "RestoreRequestFields",
     "ValidationFailed",
+    "shown",
     "new_k8s_name",
     "parse_uuid",
     "validate_azure_dns_label",

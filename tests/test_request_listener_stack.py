@@ -47,6 +47,11 @@ def test_a_notified_request_is_launched_without_any_sensor_tick(cms, source, top
         assert "dagster/sensor_name" not in run.tags  # no sensor launched it: no daemon runs
         assert run.status is dg.DagsterRunStatus.QUEUED  # queued by the coordinator (no daemon to dequeue)
         assert instance.has_dynamic_partition("images", name)
+        # the evaluation's question through the webserver's GraphQL API: submitted runs only
+        orphan_of = "5b0e0a0e-0000-4000-8000-00000000dead"
+        instance.add_run(dg.DagsterRun(job_name="backup_image", tags={REQUEST_ID_TAG: orphan_of}))
+        assert Webserver(url).run_for_request(str(request.id)) == run.run_id
+        assert Webserver(url).run_for_request(orphan_of) is None
     row = cms.requests.get(ImageRequest, request.id)
     assert row.state is RequestState.accepted and row.run_id == run.run_id
 

@@ -230,19 +230,14 @@ def test_a_reexecution_of_a_request_run_is_not_a_second_launch(instance, coordin
     assert coordinator.submit_run(SubmitRunContext(again, workspace=None)).status is DagsterRunStatus.QUEUED  # type: ignore[arg-type]
 
 
-def test_racing_launches_of_one_request_end_in_one_run(postgres_instance, cms, monkeypatch):
-    """The listener's launch and the sweep's relaunch submitted at the same moment (both runs already
-    stored, both checking together): one is queued, the other refused and gone."""
+def race_two_launches(postgres_instance, monkeypatch, request_id: str, source: str) -> dict[str, object]:
+    """Two launches of one request submitted at the same moment (both runs already stored, both
+    checking together, if the lock lets them): each run id -> its status or the error raised."""
     import threading
 
-    from tests.helpers import add_instance
     from toygres_pipelines import run_coordinator
-    from toygres_pipelines.run_coordinator import RequestAlreadyLaunched
 
-    monkeypatch.setenv(CMS_DSN_ENV, cms.dsn)
-    source = add_instance(cms, "race-abcde")
-    request_id = "5b0e0a0e-0000-4000-8000-000000000003"
-    runs = [request_run(postgres_instance, request_id, source.k8s_name) for _ in range(2)]
+    runs = [request_run(postgres_instance, request_id, source) for _ in range(2)]
     coordinators = []
     for _ in runs:
         coordinator = TaggingRunCoordinator()
@@ -272,9 +267,91 @@ def test_racing_launches_of_one_request_end_in_one_run(postgres_instance, cms, m
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    return outcomes
+
+
+def test_racing_launches_of_one_request_end_in_one_run(postgres_instance, cms, monkeypatch):
+    """The listener's launch and the sweep's relaunch submitted at the same moment: one is queued,
+    the other refused and gone."""
+    from tests.helpers import add_instance
+    from toygres_pipelines.run_coordinator import RequestAlreadyLaunched
+
+    monkeypatch.setenv(CMS_DSN_ENV, cms.dsn)
+    source = add_instance(cms, "race-abcde")
+    request_id = "5b0e0a0e-0000-4000-8000-000000000003"
+    outcomes = race_two_launches(postgres_instance, monkeypatch, request_id, source.k8s_name)
     assert sorted(type(o).__name__ for o in outcomes.values()) == ["DagsterRunStatus", "RequestAlreadyLaunched"], (
         outcomes
     )
     left = postgres_instance.get_runs(dg.RunsFilter(tags={"toygres/request-id": request_id}))
     assert len(left) == 1 and left[0].status is DagsterRunStatus.QUEUED
     assert isinstance(next(o for o in outcomes.values() if not isinstance(o, DagsterRunStatus)), RequestAlreadyLaunched)
+
+
+def test_racing_launches_with_the_cms_unreachable_never_make_two_runs(postgres_instance, cms, monkeypatch):
+    """The CMS gone between the claim and the submit (restarting, partitioned): without its launch
+    lock the check alone cannot keep two racing launches apart, so neither is queued; the request
+    stays accepted with no run, and the sweep launches it once the CMS answers again."""
+    from tests.helpers import add_instance
+
+    source = add_instance(cms, "gone-abcde")
+    monkeypatch.setenv(CMS_DSN_ENV, f"host=127.0.0.1 port={free_port()} dbname=cms user=nobody connect_timeout=2")
+    request_id = "5b0e0a0e-0000-4000-8000-000000000004"
+    outcomes = race_two_launches(postgres_instance, monkeypatch, request_id, source.k8s_name)
+    left = postgres_instance.get_runs(dg.RunsFilter(tags={"toygres/request-id": request_id}))
+    assert [run.status for run in left if run.status is not DagsterRunStatus.NOT_STARTED] == [], outcomes
+    from toygres_pipelines.run_coordinator import LaunchLockUnavailable
+
+    assert all(isinstance(o, LaunchLockUnavailable) for o in outcomes.values()), outcomes
+    assert not left, "a refused launch leaves no run"
+    message = str(next(iter(outcomes.values())))
+    assert request_id in message and "TOYGRES_CMS_DSN" not in message and "nobody" not in message
+
+
+def test_a_cms_dsn_libpq_cannot_parse_is_never_echoed_at_submit(instance, coordinator, monkeypatch, caplog):
+    """libpq's message for a DSN it cannot parse quotes the text around the fault (an unquoted
+    password with a space: its tail). The coordinator's warnings and the launch's error (what the
+    listener logs) say the variable and the rule, never the value; the launch gets no lock."""
+    from toygres_pipelines.run_coordinator import LaunchLockUnavailable
+
+    monkeypatch.setenv(CMS_DSN_ENV, "host=127.0.0.1 port=1 dbname=cms user=nobody password=hunter2 tail-of-it")
+    run = request_run(instance, "5b0e0a0e-0000-4000-8000-000000000005", "dsn-abcde")
+    with caplog.at_level("WARNING", logger="toygres_pipelines.run_coordinator"):
+        with pytest.raises(LaunchLockUnavailable) as refused:
+            coordinator.submit_run(SubmitRunContext(run, workspace=None))  # type: ignore[arg-type]
+    said = caplog.text + str(refused.value)
+    assert "tail-of-it" not in said and "hunter2" not in said, said
+    assert "TOYGRES_CMS_DSN" in caplog.text
+
+
+def test_the_cms_lost_after_the_run_is_queued_does_not_fail_the_launch(instance, coordinator, cms, monkeypatch):
+    """The CMS restarting while the coordinator holds a request's launch lock (its session ended
+    between the check and the lock's release): the run is queued by then and the lost session has
+    released the lock, so the launch succeeds; it never raises, which Dagster would answer by
+    marking the queued run failed (a request failed that never ran)."""
+    import psycopg
+
+    from resources.cms.requests import LAUNCH_LOCK_KEY
+    from tests.helpers import add_instance
+    from toygres_pipelines import run_coordinator
+
+    monkeypatch.setenv(CMS_DSN_ENV, cms.dsn)
+    source = add_instance(cms, "blip-abcde")
+    look = run_coordinator.launched_run
+    ended: list[bool] = []
+
+    def cms_restarts_meanwhile(*args):
+        with psycopg.connect(cms.dsn, autocommit=True) as admin:
+            [(killed,)] = admin.execute(
+                "SELECT coalesce(bool_and(pg_terminate_backend(pid)), false) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND classid = %s AND granted",
+                (LAUNCH_LOCK_KEY,),
+            ).fetchall()
+        ended.append(killed)
+        return look(*args)
+
+    monkeypatch.setattr(run_coordinator, "launched_run", cms_restarts_meanwhile)
+    run = request_run(instance, "5b0e0a0e-0000-4000-8000-000000000006", source.k8s_name)
+    queued = coordinator.submit_run(SubmitRunContext(run, workspace=None))  # type: ignore[arg-type]
+    assert ended == [True], "the lock's session was found and ended"
+    assert queued.status is DagsterRunStatus.QUEUED

@@ -20,12 +20,12 @@ import sys
 
 from records import ValidationFailed
 from resources.cms import CMSResource
+from resources.cms.resource import CMS_DSN_ENV, checked_dsn
 from toygres_pipelines.requests.listener import RequestListener
 from toygres_pipelines.resources_from_env import platform_from_env
 from toygres_pipelines.settings import Settings
 from toygres_pipelines.shared.webserver import DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL, Webserver, checked_dagster_url
 
-CMS_DSN_ENV = "TOYGRES_CMS_DSN"
 # What the listener is not given of the code location's environment (make dev leaves them out, the
 # Kubernetes Deployment blanks them): it never reads a password or a blob.
 NOT_FOR_THE_LISTENER = ("TOYGRES_ENCRYPTION_KEY", "TOYGRES_BLOB_CONNECTION_STRING", "TOYGRES_BLOB_ACCOUNT_URL")
@@ -40,7 +40,7 @@ def listener_from_env(url: str) -> RequestListener:
     if not dsn:
         raise ValidationFailed(CMS_DSN_ENV, "must be set: the CMS the requests are in")
     return RequestListener(
-        cms=CMSResource(dsn=dsn, encryption_key=""),
+        cms=CMSResource(dsn=checked_dsn(CMS_DSN_ENV, dsn), encryption_key=""),
         platform=platform_from_env(),
         webserver=Webserver(url),
         settings=Settings.from_env(),

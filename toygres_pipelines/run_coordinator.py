@@ -28,8 +28,10 @@ One run per CMS request: the request listener and the request sensors' sweep may
 request (the sweep re-emits an accepted request with no run while the listener is still launching
 it). A run tagged toygres/request-id is queued only if no other run of that request was queued
 before it, the check and the queueing under the request's advisory lock in the CMS (no write);
-the later launch is refused (RequestAlreadyLaunched) and leaves no run. A re-execution
-(dagster/parent_run_id) is no launch of the request.
+the later launch is refused (RequestAlreadyLaunched) and leaves no run. With the CMS configured
+but giving no lock (unreachable, restarting), a request's run is not queued (LaunchLockUnavailable):
+the request stays accepted with no run and the sweep launches it once the CMS answers. A
+re-execution (dagster/parent_run_id) is no launch of the request.
 
 Configured in dagster.yaml (`run_coordinator: module: toygres_pipelines.run_coordinator, class:
 TaggingRunCoordinator`); it takes QueuedRunCoordinator's config.
@@ -57,6 +59,7 @@ from pydantic import ValidationError
 
 from records import ImageState, ValidationFailed
 from resources.cms import CMSResource
+from resources.cms.resource import CMS_DSN_ENV
 from toygres_pipelines.drills.jobs import drill_config_of, restore_drill
 from toygres_pipelines.images.assets import BackupConfig, image_named
 from toygres_pipelines.images.backup import PARTITION_SOURCE_SEPARATOR, check_backup_request, source_ref_for
@@ -79,7 +82,6 @@ from toygres_pipelines.shared.tags import (
     WHAT_TAG,
 )
 
-CMS_DSN_ENV = "TOYGRES_CMS_DSN"
 # A submit waits at most this long for the CMS before letting the run through (its step checks again).
 SUBMIT_CMS_TIMEOUT_SECONDS = 5
 log = logging.getLogger(__name__)
@@ -218,6 +220,23 @@ class RequestAlreadyLaunched(UserFacingGraphQLError):
         return self.message
 
 
+class LaunchLockUnavailable(UserFacingGraphQLError):
+    """A launch of a CMS request while the CMS gives no launch lock (unreachable, restarting, the
+    lock held too long): the check alone cannot keep two racing launches apart, so none is queued.
+    The request stays accepted with no run; the sweep launches it once the CMS answers."""
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self.message = (
+            f"request {request_id}: the CMS gives no launch lock now, so it is not launched; "
+            "the request sensors launch it once the CMS answers"
+        )
+        super().__init__(GraphenePythonError(SerializableErrorInfo(self.message, [], type(self).__name__)))
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def launched_run(instance: dg.DagsterInstance, request_id: str, run_id: str) -> str | None:
     """Another run already submitted (queued or beyond) for this request, if any. A re-execution
     (dagster/parent_run_id) copies the request tag but is no launch of the request."""
@@ -317,7 +336,9 @@ class TaggingRunCoordinator(QueuedRunCoordinator):
     def _only_launch(self, run: DagsterRun) -> Iterator[None]:
         """Queue a request's run only if no other run of the request was queued before it: the
         check and the queueing under the request's launch lock in the CMS, so two launches at
-        once (the listener's and the sweep's) end in one run. Without the CMS the check alone."""
+        once (the listener's and the sweep's) end in one run. No lock from a CMS configured here
+        (unreachable, restarting): no run (LaunchLockUnavailable), never the check alone, which
+        two racing launches both pass. No CMS configured at all: the check alone."""
         request_id = run.tags.get(REQUEST_ID_TAG)
         if not request_id or PARENT_RUN_ID_TAG in run.tags:
             yield
@@ -328,7 +349,9 @@ class TaggingRunCoordinator(QueuedRunCoordinator):
                 try:
                     locked.enter_context(cms.requests.launch_lock(request_id))
                 except (psycopg.Error, OSError) as error:
-                    log.warning("run %s: no launch lock from the CMS (%s); checked without it", run.run_id, error)
+                    log.warning("run %s: no launch lock from the CMS (%s); not launched", run.run_id, error)
+                    self._forget(run, partition=False)
+                    raise LaunchLockUnavailable(request_id) from None
             other = launched_run(self._instance, request_id, run.run_id)
             if other is not None:
                 self._forget(run, partition=False)

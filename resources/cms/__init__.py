@@ -19,7 +19,8 @@ resource, and a repository's methods are reached through it only (`cms.images.fi
     cms.base_backups   base_backups.py  toygres_cms.base_backups (point-in-time recovery)
     cms.migrations     schema.py        versioned migrations (resources/migrations/NNN_name.sql), advisory lock
 
-    resource.py     CMSResource: configuration, connections and the repositories above
+    resource.py     CMSResource: configuration, connections and the repositories above;
+                    checked_dsn (a DSN libpq cannot parse is named with its rule, never quoted)
     queries.py      the shared query helper every repository is (insert, select, transition + event)
     tables.py       the tables as that helper sees them; unique violations as NameConflict
     claims.py       pending requests claimed FOR UPDATE SKIP LOCKED by the sensors

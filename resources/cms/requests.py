@@ -35,7 +35,7 @@ RequestT = TypeVar("RequestT", ImageRequest, RestoreRequest)
 # The channel every insert of requests notifies (migration 013), its payload the kind alone.
 REQUEST_CHANNEL = "toygres_requests"
 NOTIFIED_KINDS: dict[str, type] = {"image": ImageRequest, "restore": RestoreRequest}
-# First key of the launch locks' pg_advisory_xact_lock(int4, int4) ("tgln"); the second is the request id's hash.
+# First key of the launch locks' pg_advisory_lock(int4, int4) ("tgln"); the second is the request id's hash.
 LAUNCH_LOCK_KEY = 0x74676C6E
 TABLES: dict[type, Table] = {ImageRequest: IMAGE_REQUEST, RestoreRequest: RESTORE_REQUEST}
 FIELDS: dict[type[RequestFields], Table] = {ImageRequestFields: IMAGE_REQUEST, RestoreRequestFields: RESTORE_REQUEST}
@@ -113,12 +113,21 @@ class RequestsTable(Queries):
     @contextmanager
     def launch_lock(self, request_id: str, timeout_seconds: float = 30) -> Iterator[None]:
         """`with cms.requests.launch_lock(id):` one launch of this request at a time (the run
-        coordinator's check-then-queue), whoever launches it: a transaction-scoped advisory lock, so
-        it needs no write grant and ends with the block (or the connection)."""
-        with self.connection() as conn:
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(timeout_seconds * 1000)}ms")))
-            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LAUNCH_LOCK_KEY, request_id))
+        coordinator's check-then-queue), whoever launches it: an advisory lock of a session of its
+        own, so it needs no write grant and ends with the block. Releasing it is closing that
+        session, which never raises: a session the CMS lost inside the block (a restart) has
+        released the lock already, and what the block did stands."""
+        conn = self.autocommit_connection()
+        try:
+            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(timeout_seconds * 1000)}ms")))
+            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LAUNCH_LOCK_KEY, request_id))
+        except BaseException:
+            conn.close()
+            raise
+        try:
             yield
+        finally:
+            conn.close()
 
     def transition(
         self,

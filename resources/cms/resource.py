@@ -7,8 +7,10 @@ from contextlib import contextmanager
 
 import dagster as dg
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
+from records import ValidationFailed
 from resources.cms.base_backups import BaseBackupsTable
 from resources.cms.drills import DrillsTable
 from resources.cms.encryption import PasswordBox
@@ -18,6 +20,23 @@ from resources.cms.instances import InstancesTable
 from resources.cms.pitr_drills import PitrDrillsTable
 from resources.cms.requests import RequestsTable
 from resources.cms.schema import Migrations
+
+CMS_DSN_ENV = "TOYGRES_CMS_DSN"
+# libpq's own message for a DSN it cannot parse quotes the text around the fault (e.g. the tail of
+# an unquoted password with a space): it is never shown, this rule is.
+DSN_RULE = (
+    "libpq cannot parse it: key=value pairs (a value with spaces in single quotes) or a postgresql:// URI"
+    " (the value and libpq's message are not shown: they may hold the password)"
+)
+
+
+def checked_dsn(field: str, dsn: str) -> str:
+    """`dsn` if libpq parses it; else ValidationFailed naming `field` and DSN_RULE, never the value."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise ValidationFailed(field, DSN_RULE) from None
+    return dsn
 
 
 class CMSResource(dg.ConfigurableResource):
@@ -37,10 +56,18 @@ class CMSResource(dg.ConfigurableResource):
     def generate_key() -> str:
         return PasswordBox.generate_key()
 
+    def _connect(self, autocommit: bool) -> psycopg.Connection:
+        """A connection; a DSN libpq cannot parse is a psycopg error naming the rule, not quoting it."""
+        try:
+            checked_dsn(CMS_DSN_ENV, self.dsn)
+        except ValidationFailed as error:
+            raise psycopg.ProgrammingError(str(error)) from None
+        return psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=autocommit)
+
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
         """A new connection in a transaction: commits when the block ends, rolls back on error."""
-        conn = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=False)
+        conn = self._connect(autocommit=False)
         try:
             with conn:  # commit on success, rollback on exception, then close
                 yield conn
@@ -49,7 +76,7 @@ class CMSResource(dg.ConfigurableResource):
                 conn.close()
 
     def autocommit_connection(self) -> psycopg.Connection:
-        return psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=True)
+        return self._connect(autocommit=True)
 
     def passwords(self) -> PasswordBox:
         return PasswordBox(self.encryption_key)

@@ -18,6 +18,7 @@ from records import (
     InstanceState,
     LogSink,
     ValidationFailed,
+    shown,
     validate_image_name,
 )
 from records.job_scripts import BackupEnv
@@ -76,16 +77,16 @@ def source_in_cms(cms: CMSResource, ref: str) -> Instance:
     """`running_source`'s rules the CMS alone answers (the run coordinator checks these at submit)."""
     instance = cms.instances.find(ref)
     if instance is None:
-        raise ValidationFailed("source_instance", f"no instance {ref!r} in the CMS")
+        raise ValidationFailed("source_instance", f"no instance {shown(ref)} in the CMS")
     if instance.state is not InstanceState.running:
-        raise ValidationFailed("source_instance", f"instance {ref!r} is {instance.state}, it must be running")
+        raise ValidationFailed("source_instance", f"instance {shown(ref)} is {instance.state}, it must be running")
     return instance
 
 
 def check_running_source(platform: PlatformResource, instance: Instance, ref: str) -> Instance:
     """`running_source`'s rules on an instance row already read (the nightly schedule reads them all at once)."""
     if instance.state is not InstanceState.running:
-        raise ValidationFailed("source_instance", f"instance {ref!r} is {instance.state}, it must be running")
+        raise ValidationFailed("source_instance", f"instance {shown(ref)} is {instance.state}, it must be running")
     try:
         platform.resolve_namespace(instance.namespace)
     except ValidationFailed as error:
@@ -102,7 +103,7 @@ def check_name_free(cms: CMSResource, name: str, field: str) -> None:
     """A live image (anything but failed or deleted) already has this name."""
     existing = cms.images.find(name)
     if existing is not None and existing.name == name and existing.state not in (ImageState.failed, ImageState.deleted):
-        raise ValidationFailed(field, f"{name!r} is already used by image {existing.id} ({existing.state})")
+        raise ValidationFailed(field, f"{shown(name)} is already used by image {existing.id} ({existing.state})")
 
 
 def image_prefix(image_id: uuid.UUID) -> str:

@@ -16,9 +16,10 @@ never overlap (SKIP LOCKED), and a second launch of a request (the sweep re-emit
 listener is launching) is refused at submit (run_coordinator.py `RequestAlreadyLaunched`).
 
 Everything it meets is logged and it goes on: a malformed row is rejected with its reason like any
-invalid request, a failed launch is left to the sweep, a lost CMS connection is opened again with
-backoff (doubling up to TOYGRES_LISTENER_RECONNECT_MAX_SECONDS). The connection, the clock and the
-sleep are injected, so the tests drive the loop without waiting.
+invalid request, a launch the coordinator's rules refuse (what the request needs changed since its
+accept) fails the request with the reason, any other failed launch is left to the sweep, a lost
+CMS connection is opened again with backoff (doubling up to TOYGRES_LISTENER_RECONNECT_MAX_SECONDS).
+The connection, the clock and the sleep are injected, so the tests drive the loop without waiting.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import dagster as dg
 import psycopg
 from dagster._core.storage.tags import PARTITION_NAME_TAG
 
+from records import ImageRequest, RequestState, RestoreRequest
 from resources.cms import CMSResource
 from resources.cms.requests import NOTIFIED_KINDS
 from resources.platform.base import PlatformResource
@@ -65,11 +67,12 @@ class RequestSource:
     kind: str  # the notification's payload (resources/cms/requests.py NOTIFIED_KINDS)
     evaluate: Callable[..., Evaluation]
     job_name: str
+    record: Any  # ImageRequest or RestoreRequest: the CMS record of this kind
 
 
 SOURCES = (
-    RequestSource("image", evaluate_image_requests, backup_image.name),
-    RequestSource("restore", evaluate_restore_requests, restore_instance.name),
+    RequestSource("image", evaluate_image_requests, backup_image.name, ImageRequest),
+    RequestSource("restore", evaluate_restore_requests, restore_instance.name, RestoreRequest),
 )
 EVERY_KIND = frozenset(source.kind for source in SOURCES)
 assert EVERY_KIND == set(NOTIFIED_KINDS), "the listener evaluates every kind the CMS notifies"
@@ -138,17 +141,32 @@ class RequestListener:
             log.error("evaluating %s requests failed: %s: %s", source.kind, type(error).__name__, error)
             return
         outcome.rejected.update(done.rejected)
+        # The webserver unreachable or timing out: each further call would wait out its timeout
+        # too, so the rest of the pass is left to the sweep (the requests are accepted, no run).
+        answering = True
         for key in done.new_partitions:
             try:
                 self.webserver.add_image_partition(source.job_name, key)
+            except OSError as error:
+                log.warning("image partition %s not added: %s: %s", key, type(error).__name__, error)
+                answering = False
+                break
             except Exception as error:  # noqa: BLE001 - its launch fails in turn and is left to the sweep
                 log.warning("image partition %s not added: %s: %s", key, type(error).__name__, error)
-        for run_request in done.run_requests:
-            self._launch(source, run_request, outcome)
+        for n, run_request in enumerate(done.run_requests):
+            if answering:
+                answering = self._launch(source, run_request, outcome)
+                continue
+            left = done.run_requests[n:]
+            for other in left:
+                outcome.not_launched[other.tags[REQUEST_ID_TAG]] = "not tried: the webserver did not answer"
+            log.warning("%d more %s request(s) left to the sweep: the webserver did not answer", len(left), source.kind)
+            break
         if done.run_requests or done.rejected or done.attached:
             log.info("%s in %.2f s", done.summary(source.kind), self.clock() - started)
 
-    def _launch(self, source: RequestSource, run_request: dg.RunRequest, outcome: Outcome) -> None:
+    def _launch(self, source: RequestSource, run_request: dg.RunRequest, outcome: Outcome) -> bool:
+        """Launch one run request; False when the webserver did not answer (unreachable, timed out)."""
         request_id = run_request.tags[REQUEST_ID_TAG]
         tags = dict(run_request.tags)
         if run_request.partition_key is not None:
@@ -159,22 +177,43 @@ class RequestListener:
             if refused.already_launched:
                 outcome.already_launched[request_id] = str(refused)
                 log.info("request %s: %s", request_id, refused)
+            elif refused.by_the_rules:
+                outcome.not_launched[request_id] = str(refused)
+                self._fail(source, request_id, str(refused))
             else:
                 outcome.not_launched[request_id] = str(refused)
                 log.warning("request %s: refused at submit: %s", request_id, refused)
-            return
+            return True
+        except OSError as error:  # WebserverUnreachable: accepted without a run, the sweep relaunches it
+            outcome.not_launched[request_id] = f"{type(error).__name__}: {error}"
+            log.warning(
+                "request %s: launch failed (%s: %s); the sweep relaunches it", request_id, type(error).__name__, error
+            )
+            return False
         except Exception as error:  # noqa: BLE001 - accepted without a run: the sweep re-emits it
             outcome.not_launched[request_id] = f"{type(error).__name__}: {error}"
             log.warning(
                 "request %s: launch failed (%s: %s); the sweep relaunches it", request_id, type(error).__name__, error
             )
-            return
+            return True
         outcome.launched[request_id] = run_id
         try:
             self.cms.requests.attach_run(request_id, run_id)
         except Exception as error:  # noqa: BLE001 - the run-status sensor records it when the run starts
             log.warning("request %s: run %s not recorded yet: %s", request_id, run_id, error)
         log.info("request %s: run %s launched (%s)", request_id, run_id, source.job_name)
+        return True
+
+    def _fail(self, source: RequestSource, request_id: str, reason: str) -> None:
+        """A request the rules refuse at submit (what it needs changed since its accept): failed
+        with the reason, not left accepted for the sweep to relaunch and be refused again."""
+        log.warning("request %s: refused at submit by the rules, failed: %s", request_id, reason)
+        try:
+            self.cms.requests.transition(
+                source.record, request_id, RequestState.failed, reason=reason, expected=RequestState.accepted
+            )
+        except Exception as error:  # noqa: BLE001 - the sweep checks it again before relaunching it
+            log.warning("request %s: not failed yet (%s: %s)", request_id, type(error).__name__, error)
 
     # ---- the loop ---------------------------------------------------------------------------
 

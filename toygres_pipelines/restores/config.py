@@ -23,6 +23,7 @@ from records import (
     ValidationFailed,
     new_k8s_name,
     parse_uuid,
+    shown,
     validate_azure_dns_label,
     validate_dns_label,
 )
@@ -104,7 +105,7 @@ def written_major(value: Any) -> str | None:
         return str(value)
     if isinstance(value, str):
         return value
-    raise ValidationFailed("postgres_version", f"{value!r} must be a PostgreSQL major version such as 16")
+    raise ValidationFailed("postgres_version", f"{shown(value)} must be a PostgreSQL major version such as 16")
 
 
 class RestorePlan(BaseModel):
@@ -172,11 +173,11 @@ def check_database_names(names: list[str]) -> None:
     seen: set[str] = set()
     for name in names:
         if not name:
-            raise ValidationFailed("databases", f"{name!r} is empty")
+            raise ValidationFailed("databases", f"{shown(name)} is empty")
         if "\x00" in name:
-            raise ValidationFailed("databases", f"{name!r} holds a NUL byte, which no database name can")
+            raise ValidationFailed("databases", f"{shown(name)} holds a NUL byte, which no database name can")
         if name in seen:
-            raise ValidationFailed("databases", f"{name!r} is named twice")
+            raise ValidationFailed("databases", f"{shown(name)} is named twice")
         seen.add(name)
 
 
@@ -222,7 +223,7 @@ def ready_image(cms: CMSResource, ref: str) -> Image:
     image = cms.images.find(ref, field="source_image_id")
     if image is None:
         kind = "id" if parse_uuid(ref) else "name"
-        raise ValidationFailed("source_image_id", f"no image with {kind} {ref!r}")
+        raise ValidationFailed("source_image_id", f"no image with {kind} {shown(ref)}")
     if image.state is not ImageState.ready:
         raise ValidationFailed("source_image_id", f"image {image.name!r} is {image.state}, it must be ready")
     if not image.backup_checksum:

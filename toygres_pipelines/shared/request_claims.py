@@ -4,8 +4,11 @@ restores/sensors.py: restore requests): CMS requests turned into runs.
 Every evaluation:
 1. looks at accepted requests that have no run recorded: if Dagster has a run tagged with the
    request id, the run id is recorded; if not and the request was accepted more than
-   TOYGRES_RELAUNCH_AFTER_SECONDS ago (a crash between the accept commit and the launch), its run
-   request is emitted again. The run key is the request id, so the daemon never launches it twice.
+   TOYGRES_RELAUNCH_AFTER_SECONDS ago (a crash between the accept commit and the launch), it is
+   checked again with the claim's rules and its run request is emitted again; one the rules refuse
+   now (its source stopped, its image deleted meanwhile) is failed with the reason, since the run
+   coordinator would refuse every relaunch of it. The run key is the request id, so the daemon
+   never launches it twice.
 2. claims pending requests (`SELECT ... FOR UPDATE SKIP LOCKED`, claims of one kind taking
    turns), validates each with the rules the launchpad uses and against the requests already
    accepted (read in the claim's transaction), rejects the invalid ones with the reason (naming
@@ -32,7 +35,7 @@ from typing import Any, Protocol
 import dagster as dg
 import pydantic
 
-from records import LogSink, ValidationFailed
+from records import LogSink, RequestState, ValidationFailed
 from records.requests import MalformedRequest
 from resources.cms import ClaimedRequests, CMSResource
 from resources.platform.base import PlatformResource
@@ -43,8 +46,15 @@ from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 DEFAULTS = SharedSettings()
 
 
+# A run of a request counts as its launch once submitted: one left NOT_STARTED (its launcher died
+# between creating and submitting it) never runs, and the run coordinator counts it as no launch.
+LAUNCHED_STATUSES = [status for status in dg.DagsterRunStatus if status is not dg.DagsterRunStatus.NOT_STARTED]
+
+
 def first_run_for_request(instance: dg.DagsterInstance, request_id: object) -> dg.DagsterRun | None:
-    runs = instance.get_runs(dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}), limit=1, ascending=True)
+    """The request's first submitted run (LAUNCHED_STATUSES)."""
+    launched = dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}, statuses=LAUNCHED_STATUSES)
+    runs = instance.get_runs(launched, limit=1, ascending=True)
     return runs[0] if runs else None
 
 
@@ -84,6 +94,7 @@ class Evaluation(pydantic.BaseModel):
     rejected: dict[str, str] = {}
     attached: dict[str, str] = {}
     relaunched: list[str] = []
+    failed: dict[str, str] = {}  # accepted, never launched, refused by the rules now: request id -> reason
 
     model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
 
@@ -96,6 +107,8 @@ class Evaluation(pydantic.BaseModel):
             parts.append(f"{len(self.relaunched)} re-emitted (accepted, never launched)")
         if self.attached:
             parts.append(f"{len(self.attached)} run id(s) recorded")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed (accepted, never launched, refused by the rules now)")
         return ", ".join(parts)
 
     def result(self, what: str) -> dg.SensorResult | dg.SkipReason:
@@ -113,14 +126,26 @@ def settle_unlaunched(
     rerequest: Callable[[Any], dg.RunRequest],
     done: Evaluation,
     log: LogSink,
+    recheck: Callable[[Any], Any] = lambda _: None,
 ) -> None:
-    """Accepted requests with no run id: record the run Dagster has, or emit a lost one again."""
+    """Accepted requests with no run id: record the run Dagster has, or emit a lost one again once
+    `recheck` (the claim's rules) passes; one it refuses is failed with the reason."""
     for request, age in unlaunched:
         run_id = dagster.run_for_request(str(request.id))
         if run_id is not None:
             cms.requests.attach_run(request.id, run_id)
             done.attached[str(request.id)] = run_id
         elif age >= relaunch_after:
+            try:
+                recheck(request)
+            except (ValidationFailed, pydantic.ValidationError) as error:
+                reason = f"{error} (checked again before relaunching it: accepted, its launch was lost)"
+                cms.requests.transition(
+                    type(request), request.id, RequestState.failed, reason=reason, expected=RequestState.accepted
+                )
+                done.failed[str(request.id)] = reason
+                log(f"request {request.id} failed: {reason}")
+                continue
             done.run_requests.append(rerequest(request))
             done.relaunched.append(str(request.id))
             log(f"request {request.id} was accepted {age:.0f} s ago and has no run: emitting it again")
@@ -186,7 +211,13 @@ def evaluate_requests(
     done = Evaluation()
     rerequest = partial(kind.rerequest, cms)
     runs = launched_runs(dagster)
-    settle_unlaunched(runs, cms, cms.requests.unlaunched(kind.record), relaunch_after, rerequest, done, log)
+
+    # duplicates were checked at the accept: each request's own key is among the accepted ones now
+    def recheck(request: Any) -> None:
+        kind.check(cms, platform, request, set())
+
+    unlaunched = cms.requests.unlaunched(kind.record)
+    settle_unlaunched(runs, cms, unlaunched, relaunch_after, rerequest, done, log, recheck)
     with cms.requests.claim(kind.record, limit) as claim:
         taken = {kind.key(r) for r in claim.already_accepted() if not isinstance(r, MalformedRequest)}
         check = partial(kind.check, cms, platform)

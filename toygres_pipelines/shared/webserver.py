@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gql import Client, GraphQLRequest
+from gql.transport.exceptions import TransportConnectionFailed
 from gql.transport.requests import RequestsHTTPTransport
 
 from records import ValidationFailed
 from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.request_claims import LAUNCHED_STATUSES
 from toygres_pipelines.shared.tags import REQUEST_ID_TAG
 
 DAGSTER_URL_ENV = "TOYGRES_DAGSTER_URL"
@@ -84,13 +86,20 @@ class WebserverError(RuntimeError):
     """The webserver answered, and not with what was asked (its message, no stack)."""
 
 
+class WebserverUnreachable(ConnectionError):
+    """The webserver did not answer (refused, reset, timed out): a caller with more to ask stops
+    here rather than wait out the timeout once per call."""
+
+
 class LaunchRefused(WebserverError):
     """The run coordinator refused the launch at submit: no run exists for it. `already_launched`:
-    the request has a run already (RequestAlreadyLaunched), so nothing is wrong."""
+    the request has a run already (RequestAlreadyLaunched), so nothing is wrong; `by_the_rules`:
+    the request breaks a rule now (RequestRefused), so every launch of it would be refused."""
 
     def __init__(self, message: str, class_name: str | None):
         super().__init__(message)
         self.already_launched = class_name == "RequestAlreadyLaunched"
+        self.by_the_rules = class_name == "RequestRefused"
 
 
 @dataclass
@@ -108,7 +117,10 @@ class Webserver:
 
     def _execute(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
         request = GraphQLRequest(query, variable_values=dict(variables or {}))
-        return Client(transport=self.transport).execute(request)
+        try:
+            return Client(transport=self.transport).execute(request)
+        except TransportConnectionFailed as error:
+            raise WebserverUnreachable(f"the webserver at {self.url} did not answer: {error}") from error
 
     def repository(self, job_name: str) -> tuple[str, str]:
         """(location, repository) holding `job_name`, asked once (the location's name is the
@@ -160,10 +172,12 @@ class Webserver:
             raise WebserverError(f"{answer['__typename']}: {answer.get('message')}")
 
     def run_for_request(self, request_id: str) -> str | None:
-        """A run tagged with this request id, if the webserver's instance has one."""
-        answer = self._execute(REQUEST_RUNS, {"filter": {"tags": [{"key": REQUEST_ID_TAG, "value": request_id}]}})[
-            "runsOrError"
-        ]
+        """A submitted run (LAUNCHED_STATUSES) tagged with this request id, if the webserver's instance has one."""
+        launched = {
+            "tags": [{"key": REQUEST_ID_TAG, "value": request_id}],
+            "statuses": [status.value for status in LAUNCHED_STATUSES],
+        }
+        answer = self._execute(REQUEST_RUNS, {"filter": launched})["runsOrError"]
         if answer["__typename"] != "Runs":
             raise WebserverError(f"{answer['__typename']}: {answer.get('message')}")
         results = answer["results"]
