@@ -274,3 +274,19 @@ def cli_runner(capsys):
         return code, captured.out, captured.err
 
     return invoke
+
+
+def topology_without_storage(tmp_path, code_env: dict[str, str]):
+    """A DagsterTopology whose processes get the code location's `code_env` and a Dagster storage
+    that is never reached (for what the topology hands each process, or a process started alone)."""
+    from toygres_pipelines.dev.topology import DagsterTopology
+
+    storage = {name: "x" for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST")}
+    return DagsterTopology(
+        home=tmp_path,
+        workspace=tmp_path / "workspace.yaml",
+        log_dir=tmp_path / "logs",
+        dagster_env={"DAGSTER_HOME": str(tmp_path), "DAGSTER_PG_PORT": "1", "DAGSTER_PG_DB": "d", **storage},
+        code_env=code_env,
+        code_port=4000,
+    )

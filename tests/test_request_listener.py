@@ -16,7 +16,7 @@ import pytest
 
 from records import ImageRequest, RequestState
 from resources.platform.local import LocalPlatform
-from tests.helpers import add_instance, image_request
+from tests.helpers import add_instance, image_request, topology_without_storage
 from toygres_pipelines.images.jobs import backup_run_config
 from toygres_pipelines.images.sensors import evaluate_image_requests
 from toygres_pipelines.requests.listener import RequestListener
@@ -202,21 +202,15 @@ def test_the_stack_starts_the_listener_with_its_log_in_the_log_dir_and_no_key(tm
     log dir (not the terminal), the code server's settings minus the encryption key and the blob
     credential; a CMS it cannot reach is logged and tried again, the process keeps running."""
     from resources.platform.postgres_server import free_port
-    from toygres_pipelines.dev.topology import DagsterTopology
 
-    storage = {name: "x" for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST")}
-    topology = DagsterTopology(
-        home=tmp_path,
-        workspace=tmp_path / "workspace.yaml",
-        log_dir=tmp_path / "logs",
-        dagster_env={"DAGSTER_HOME": str(tmp_path), "DAGSTER_PG_PORT": "1", "DAGSTER_PG_DB": "d", **storage},
-        code_env={
+    topology = topology_without_storage(
+        tmp_path,
+        {
             "TOYGRES_CMS_DSN": f"host=127.0.0.1 port={free_port()} dbname=cms user=nobody connect_timeout=2",
             "TOYGRES_ENCRYPTION_KEY": "k",
             "TOYGRES_BLOB_CONNECTION_STRING": "s",
             "TOYGRES_PLATFORM": "local",
         },
-        code_port=4000,
     )
     env = topology.listener_env("http://127.0.0.1:3000")
     assert env["TOYGRES_DAGSTER_URL"] == "http://127.0.0.1:3000" and env["TOYGRES_CMS_DSN"].startswith("host=")
@@ -234,19 +228,13 @@ def test_a_cms_dsn_libpq_cannot_parse_stops_the_listener_and_is_never_echoed(tmp
     message quotes the DSN's text around the fault, the password's tail here. The listener says
     which variable and which rule, shows nothing of the value, and does not start."""
     from resources.platform.postgres_server import free_port
-    from toygres_pipelines.dev.topology import DagsterTopology
 
-    storage = {name: "x" for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST")}
-    topology = DagsterTopology(
-        home=tmp_path,
-        workspace=tmp_path / "workspace.yaml",
-        log_dir=tmp_path / "logs",
-        dagster_env={"DAGSTER_HOME": str(tmp_path), "DAGSTER_PG_PORT": "1", "DAGSTER_PG_DB": "d", **storage},
-        code_env={
+    topology = topology_without_storage(
+        tmp_path,
+        {
             "TOYGRES_CMS_DSN": f"host=127.0.0.1 port={free_port()} dbname=cms user=nobody password=hunter2 tail-of-it",
             "TOYGRES_PLATFORM": "local",
         },
-        code_port=4000,
     )
     process = topology.start_listener("http://127.0.0.1:3000")
     try:

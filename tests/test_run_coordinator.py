@@ -14,6 +14,7 @@ from dagster._core.run_coordinator import SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from resources.platform.postgres_server import free_port
+from tests.helpers import topology_without_storage
 from toygres_pipelines.drills.jobs import drill_run_config
 from toygres_pipelines.restores.config import RestoreConfig
 from toygres_pipelines.restores.jobs import restore_form_run_config
@@ -112,20 +113,13 @@ def test_an_unreachable_cms_lets_the_run_through_for_the_op_to_check(instance, c
 
 
 def test_the_webserver_and_the_daemon_get_the_cms_dsn_and_no_other_secret(tmp_path):
-    from toygres_pipelines.dev.topology import DagsterTopology
-
-    storage = {name: "x" for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST")}
-    topology = DagsterTopology(
-        home=tmp_path,
-        workspace=tmp_path / "workspace.yaml",
-        log_dir=tmp_path / "logs",
-        dagster_env={"DAGSTER_HOME": str(tmp_path), "DAGSTER_PG_PORT": "1", "DAGSTER_PG_DB": "d", **storage},
-        code_env={
+    topology = topology_without_storage(
+        tmp_path,
+        {
             CMS_DSN_ENV: "host=cms dbname=cms",
             "TOYGRES_ENCRYPTION_KEY": "k",
             "TOYGRES_BLOB_CONNECTION_STRING": "s",
         },
-        code_port=4000,
     )
     submitter = topology.submitter_env()
     assert submitter[CMS_DSN_ENV] == "host=cms dbname=cms"
