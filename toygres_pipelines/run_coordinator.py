@@ -48,7 +48,7 @@ from typing import Any
 import dagster as dg
 import psycopg
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG
@@ -70,6 +70,7 @@ from toygres_pipelines.restores.config import RestoreConfig, check_request_field
 from toygres_pipelines.restores.jobs import restore_config_of, restore_instance
 from toygres_pipelines.shared import asset_keys
 from toygres_pipelines.shared.asset_keys import IMAGE_PARTITIONS
+from toygres_pipelines.shared.request_claims import LAUNCHED_STATUSES
 from toygres_pipelines.shared.tags import (
     BACKUP_KIND,
     CHECKS_KIND,
@@ -193,58 +194,57 @@ def fleet_tags(run: DagsterRun) -> dict[str, str]:
     return {key: value for key, value in wanted.items() if key not in run.tags}
 
 
-class RequestRefused(UserFacingGraphQLError):
-    """A submitted request that breaks a rule. The launch mutation answers it as a PythonError with
-    this message and no stack (the UI's dialog shows the message alone); elsewhere (the daemon's
-    sensors) it is an ordinary exception with the same message."""
+class SubmitRefused(UserFacingGraphQLError):
+    """A launch refused at submit, leaving no run. The launch mutation answers it as a PythonError
+    with this message and no stack, named by the subclass (the UI's dialog shows the message alone;
+    the request listener reads the name); elsewhere (the daemon's sensors) it is an ordinary
+    exception with the same message."""
 
-    def __init__(self, kind: str, error: ValidationFailed, value: Any):
-        self.field, self.rule, self.value = error.field, error.rule, value
-        self.message = f"Invalid {kind} request: {error}"
-        super().__init__(GraphenePythonError(SerializableErrorInfo(self.message, [], type(self).__name__)))
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(GraphenePythonError(SerializableErrorInfo(message, [], type(self).__name__)))
 
     def __str__(self) -> str:
         return self.message
 
 
-class RequestAlreadyLaunched(UserFacingGraphQLError):
+class RequestRefused(SubmitRefused):
+    """A submitted request that breaks a rule."""
+
+    def __init__(self, kind: str, error: ValidationFailed, value: Any):
+        self.field, self.rule, self.value = error.field, error.rule, value
+        super().__init__(f"Invalid {kind} request: {error}")
+
+
+class RequestAlreadyLaunched(SubmitRefused):
     """A second run for a CMS request that already has one (the request listener and the request
     sensors' sweep may both launch a request): refused, so each request runs once."""
 
     def __init__(self, request_id: str, run_id: str):
         self.request_id, self.run_id = request_id, run_id
-        self.message = f"request {request_id} already has run {run_id}: not launched again"
-        super().__init__(GraphenePythonError(SerializableErrorInfo(self.message, [], type(self).__name__)))
-
-    def __str__(self) -> str:
-        return self.message
+        super().__init__(f"request {request_id} already has run {run_id}: not launched again")
 
 
-class LaunchLockUnavailable(UserFacingGraphQLError):
+class LaunchLockUnavailable(SubmitRefused):
     """A launch of a CMS request while the CMS gives no launch lock (unreachable, restarting, the
     lock held too long): the check alone cannot keep two racing launches apart, so none is queued.
     The request stays accepted with no run; the sweep launches it once the CMS answers."""
 
     def __init__(self, request_id: str):
         self.request_id = request_id
-        self.message = (
+        super().__init__(
             f"request {request_id}: the CMS gives no launch lock now, so it is not launched; "
             "the request sensors launch it once the CMS answers"
         )
-        super().__init__(GraphenePythonError(SerializableErrorInfo(self.message, [], type(self).__name__)))
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def launched_run(instance: dg.DagsterInstance, request_id: str, run_id: str) -> str | None:
-    """Another run already submitted (queued or beyond) for this request, if any. A re-execution
+    """Another run already submitted (LAUNCHED_STATUSES) for this request, if any. A re-execution
     (dagster/parent_run_id) copies the request tag but is no launch of the request."""
-    for record in instance.get_run_records(dg.RunsFilter(tags={REQUEST_ID_TAG: request_id})):
+    launched = dg.RunsFilter(tags={REQUEST_ID_TAG: request_id}, statuses=LAUNCHED_STATUSES)
+    for record in instance.get_run_records(launched):
         other = record.dagster_run
-        if other.run_id == run_id or PARENT_RUN_ID_TAG in other.tags:
-            continue
-        if other.status is not DagsterRunStatus.NOT_STARTED:
+        if other.run_id != run_id and PARENT_RUN_ID_TAG not in other.tags:
             return other.run_id
     return None
 

@@ -57,12 +57,12 @@ class CMSResource(dg.ConfigurableResource):
         return PasswordBox.generate_key()
 
     def _connect(self, autocommit: bool) -> psycopg.Connection:
-        """A connection; a DSN libpq cannot parse is a psycopg error naming the rule, not quoting it."""
+        """A connection; a DSN libpq cannot parse is a psycopg error naming the rule, not quoting it
+        (psycopg parses the DSN before it connects: its ProgrammingError is that parse's)."""
         try:
-            checked_dsn(CMS_DSN_ENV, self.dsn)
-        except ValidationFailed as error:
-            raise psycopg.ProgrammingError(str(error)) from None
-        return psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=autocommit)
+            return psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=autocommit)
+        except psycopg.ProgrammingError:
+            raise psycopg.ProgrammingError(str(ValidationFailed(CMS_DSN_ENV, DSN_RULE))) from None
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:

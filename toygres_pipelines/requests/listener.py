@@ -147,21 +147,18 @@ class RequestListener:
         for key in done.new_partitions:
             try:
                 self.webserver.add_image_partition(source.job_name, key)
-            except OSError as error:
-                log.warning("image partition %s not added: %s: %s", key, type(error).__name__, error)
-                answering = False
-                break
             except Exception as error:  # noqa: BLE001 - its launch fails in turn and is left to the sweep
                 log.warning("image partition %s not added: %s: %s", key, type(error).__name__, error)
-        for n, run_request in enumerate(done.run_requests):
-            if answering:
-                answering = self._launch(source, run_request, outcome)
-                continue
-            left = done.run_requests[n:]
+                if isinstance(error, OSError):
+                    answering = False
+                    break
+        left = list(done.run_requests)
+        while left and answering:
+            answering = self._launch(source, left.pop(0), outcome)
+        if left:
             for other in left:
                 outcome.not_launched[other.tags[REQUEST_ID_TAG]] = "not tried: the webserver did not answer"
             log.warning("%d more %s request(s) left to the sweep: the webserver did not answer", len(left), source.kind)
-            break
         if done.run_requests or done.rejected or done.attached:
             log.info("%s in %.2f s", done.summary(source.kind), self.clock() - started)
 
@@ -184,18 +181,12 @@ class RequestListener:
                 outcome.not_launched[request_id] = str(refused)
                 log.warning("request %s: refused at submit: %s", request_id, refused)
             return True
-        except OSError as error:  # WebserverUnreachable: accepted without a run, the sweep relaunches it
-            outcome.not_launched[request_id] = f"{type(error).__name__}: {error}"
-            log.warning(
-                "request %s: launch failed (%s: %s); the sweep relaunches it", request_id, type(error).__name__, error
-            )
-            return False
         except Exception as error:  # noqa: BLE001 - accepted without a run: the sweep re-emits it
             outcome.not_launched[request_id] = f"{type(error).__name__}: {error}"
             log.warning(
                 "request %s: launch failed (%s: %s); the sweep relaunches it", request_id, type(error).__name__, error
             )
-            return True
+            return not isinstance(error, OSError)  # WebserverUnreachable, a timeout: it did not answer
         outcome.launched[request_id] = run_id
         try:
             self.cms.requests.attach_run(request_id, run_id)
